@@ -1,0 +1,5 @@
+"""``python -m mailgateway`` is the same as the ``mailgateway`` command."""
+
+from mailgateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Time as an injected dependency: tests swap the clock, code never calls datetime.now() directly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Current time, timezone-aware (UTC)."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FixedClock:
+    """A clock for tests: stays where it is put."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> None:
+        from datetime import timedelta
+
+        self.at = self.at + timedelta(**delta)
+
+
+def aware(dt: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns: they were stored as UTC."""
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)

@@ -1,0 +1,165 @@
+"""Facts extracted from one inbound message: the shape of ``parse --json`` (DESIGN §6, contract).
+
+These are plain frozen dataclasses produced by pure functions (``mail.analyse``) and consumed by
+processing. ``MessageFacts.to_json()`` gives the contract object; keys are always present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("declaration", "alert", "reply", "command", "bounce", "auto_reply", "loop", "unknown")
+INDICATOR_TYPES = ("url", "domain", "ip", "email", "hash", "phone", "cve")
+
+
+@dataclass(frozen=True)
+class SenderVerdict:
+    """Who sent the message and whether that is proven (DESIGN §8: a From header proves nothing)."""
+
+    address: str | None = None
+    domain: str | None = None
+    authenticated: bool = False
+    # "dkim" (our own verification) or "authentication-results" (a trusted authserv-id said so).
+    method: str | None = None
+    # Signing domain (d=) or header.d/header.from of the trusted result, when there is one.
+    auth_domain: str | None = None
+    # Human-readable reason, recorded on the timeline ("dkim=pass d=chu.fr aligned", "no signature").
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "authenticated": self.authenticated,
+            "method": self.method,
+            "domain": self.domain,
+        }
+
+
+@dataclass(frozen=True)
+class Declaration:
+    finess: str | None = None
+    structure: str | None = None
+    category: str | None = None
+    incident_type: str | None = None
+    nature: str | None = None
+    severity: str | None = None
+    detected_at: str | None = None  # ISO 8601 with offset, Europe/Paris when not stated
+    impacts: tuple[str, ...] = ()
+    summary: str | None = None
+    measures: str | None = None
+    declarant: str | None = None  # the person who declared (never a no-reply address)
+    declarant_name: str | None = None
+    departement: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "finess": self.finess,
+            "structure": self.structure,
+            "category": self.category,
+            "incident_type": self.incident_type,
+            "nature": self.nature,
+            "severity": self.severity,
+            "detected_at": self.detected_at,
+            "impacts": list(self.impacts),
+            "summary": self.summary,
+            "measures": self.measures,
+            "declarant": self.declarant,
+        }
+
+
+@dataclass(frozen=True)
+class Alert:
+    reference: str | None = None
+    title: str | None = None
+    tlp: str | None = None
+    targets: tuple[str, ...] = ()
+    cves: tuple[str, ...] = ()
+    authentic: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "title": self.title,
+            "tlp": self.tlp,
+            "targets": list(self.targets),
+            "cves": list(self.cves),
+            "authentic": self.authentic,
+        }
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: tuple[str, ...] = ()
+    accepted: bool = False
+    reason: str | None = None
+    line: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "args": list(self.args), "accepted": self.accepted, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Bounce:
+    recipients: tuple[str, ...] = ()
+    permanent: bool = True
+    original_message_id: str | None = None
+    # The VERP token of our return path when the bounce came back to bounces+<token>@...
+    verp_token: str | None = None
+    diagnostic: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipients": list(self.recipients),
+            "permanent": self.permanent,
+            "original_message_id": self.original_message_id,
+        }
+
+
+@dataclass(frozen=True)
+class Indicator:
+    type: str
+    value: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "value": self.value}
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    kind: str = "unknown"
+    region: str | None = None
+    case_ref: str | None = None
+    sender: SenderVerdict = field(default_factory=SenderVerdict)
+    declaration: Declaration | None = None
+    alert: Alert | None = None
+    commands: tuple[Command, ...] = ()
+    bounce: Bounce | None = None
+    indicators: tuple[Indicator, ...] = ()
+    quarantine_reason: str | None = None
+    # Beyond the contract, for processing:
+    message_id: str | None = None
+    in_reply_to: tuple[str, ...] = ()  # In-Reply-To then References, our own first
+    subject: str = ""
+    reply_to: str | None = None
+    new_text: str = ""  # the reply's new text, quotes and signature removed
+    body_text: str = ""  # whole plain text (HTML converted), bounded in size
+    recipients: tuple[str, ...] = ()  # To/Cc addresses
+    is_bulletin_request: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, file: str | None = None) -> dict[str, Any]:
+        return {
+            "file": file,
+            "kind": self.kind,
+            "region": self.region,
+            "case_ref": self.case_ref,
+            "sender": self.sender.to_json(),
+            "declaration": self.declaration.to_json() if self.declaration else None,
+            "alert": self.alert.to_json() if self.alert else None,
+            "commands": [c.to_json() for c in self.commands],
+            "bounce": self.bounce.to_json() if self.bounce else None,
+            "indicators": [i.to_json() for i in self.indicators],
+            "quarantine_reason": self.quarantine_reason,
+        }

@@ -1,0 +1,388 @@
+"""Load and validate the TOML configuration into immutable settings (DESIGN §7).
+
+Settings are frozen dataclasses built once at the edge (CLI, daemon) and passed in; there is no
+global configuration object. Every problem is reported with its key path (``relay.port``,
+``regions[0].imap.password_file``) and unknown keys are errors: a misspelt key silently ignored is
+a security setting silently not applied.
+
+To add a key: add a field with its default to the right dataclass, and document it in
+``config/mailgateway.example.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailgateway.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/mailgateway.example.toml")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///var/lib/mailgateway/mailgateway.db"
+    # Several instances may share one PostgreSQL database; SQLite is for one instance only.
+    instances: int = 1
+
+
+@dataclass(frozen=True)
+class SmtpIntakeSettings:
+    host: str = "127.0.0.1"
+    port: int = 2525
+    max_message_bytes: int = 26214400
+    # RFC 5321 §4.5.3.1.8: at least 100 recipients must be accepted.
+    max_recipients: int = 100
+    # Messages accepted per client IP and per minute before answering 451 4.7.1.
+    rate_limit_per_minute: int = 600
+    # Also speak LMTP (RFC 2033) on this port; 0 disables it.
+    lmtp_port: int = 0
+    server_hostname: str = "mailgateway.localhost"
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    smtp: SmtpIntakeSettings | None = None
+    # Refuse attachments beyond this count (message kept in quarantine).
+    max_attachments: int = 100
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    host: str | None = None
+    port: int = 25
+    starttls: bool = False
+    # Implicit TLS (SMTPS, RFC 8314); exclusive with starttls.
+    tls: bool = False
+    username: str | None = None
+    password_file: str | None = None
+    maildir: str = "var/outbox"
+    timeout_seconds: float = 30.0
+    # Parallel connections to the relay, and messages sent per connection before reconnecting.
+    concurrency: int = 4
+    messages_per_connection: int = 1000
+    # Throttles: 0 means unlimited.
+    max_per_second: float = 0.0
+    max_per_hour: int = 0
+    per_domain_per_second: float = 0.0
+    per_domain_per_hour: int = 0
+    # Give up on a temporarily failing message after this long (Mailman's default: 5 days).
+    retry_deadline_hours: float = 120.0
+    retry_base_seconds: float = 60.0
+    retry_max_seconds: float = 3600.0
+    # A claimed message whose sender died is reclaimed after this lease.
+    lease_seconds: float = 300.0
+    local_hostname: str = "mailgateway.localhost"
+
+
+@dataclass(frozen=True)
+class DkimKeySettings:
+    selector: str = ""
+    algorithm: str = "rsa-sha256"
+    private_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    domain: str = ""
+    keys: tuple[DkimKeySettings, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthenticationSettings:
+    trusted_authserv_ids: tuple[str, ...] = ()
+    acss_domains: tuple[str, ...] = ("esante.gouv.fr",)
+    static_keys: dict[str, str] = field(default_factory=dict)
+    # DNS for DKIM keys: empty means the system resolver (never used by the tests).
+    nameservers: tuple[str, ...] = ()
+    dns_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    host: str = ""
+    port: int = 993
+    tls: bool = True
+    starttls: bool = False
+    username: str = ""
+    password_file: str = ""
+    folder: str = "INBOX"
+    # Processed mail is moved to these folders (created if missing); never deleted.
+    processed_folder: str = "Traité"
+    quarantine_folder: str = "Quarantaine"
+    # "new" (default): only mail arriving after the first start; "all": the whole mailbox.
+    initial_sync: str = "new"
+    # RFC 2177: re-issue IDLE at least every 29 minutes.
+    idle_renew_seconds: float = 600.0
+    poll_interval_seconds: float = 30.0
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    code: str = ""
+    name: str = ""
+    address: str = ""
+    imap: ImapSettings | None = None
+    # Staff role that receives escalations.
+    referent: str | None = None
+
+
+@dataclass(frozen=True)
+class StaffSettings:
+    address: str = ""
+    region: str = ""
+    role: str = "agent"
+
+
+@dataclass(frozen=True)
+class AcssSettings:
+    address: str = "acss@esante.gouv.fr"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    host: str = "127.0.0.1"
+    port: int = 9308
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    # Domain of the VERP return path (bounces+<token>@domain); defaults to the DKIM domain.
+    bounce_domain: str = ""
+    bounce_local_part: str = "bounces"
+    # RFC 3834 §3.1.8 / Mailman-style storm caps on automatic replies per recipient.
+    auto_replies_per_hour: int = 5
+    auto_replies_per_day: int = 10
+    auto_replies_per_case: int = 20
+    # TLP:AMBER(+STRICT) may only go to these domains (besides the agency and ACSS).
+    amber_allowed_domains: tuple[str, ...] = ()
+    # Site overrides of the bundled templates.
+    templates_dir: str | None = None
+    # The service named in acknowledgements.
+    service_name: str = "Cellule SSI de l'ARS"
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """Site additions to the French label and synonym tables (see mail/labels)."""
+
+    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    incident_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    radiotherapy_finess: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+    # "auto": JSON when stderr is not a terminal, readable text when it is.
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    intake: IntakeSettings = field(default_factory=IntakeSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    dkim: DkimSettings | None = None
+    authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
+    regions: tuple[RegionSettings, ...] = ()
+    staff: tuple[StaffSettings, ...] = ()
+    acss: AcssSettings = field(default_factory=AcssSettings)
+    metrics: MetricsSettings | None = None
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    labels: LabelSettings = field(default_factory=LabelSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # Extra sections owned by later modules are plain tables validated there.
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def region(self, code: str) -> RegionSettings | None:
+        for region in self.regions:
+            if region.code == code:
+                return region
+        return None
+
+    @property
+    def bounce_domain(self) -> str:
+        if self.outbound.bounce_domain:
+            return self.outbound.bounce_domain
+        if self.dkim and self.dkim.domain:
+            return self.dkim.domain
+        return self.regions[0].address.rpartition("@")[2] if self.regions else "localhost"
+
+
+def config_path(explicit: str | None) -> Path:
+    """``-c`` first, then ``$MAILGATEWAY_CONFIG``, then the example config (DESIGN §5)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("MAILGATEWAY_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read, validate and return the settings; raise ConfigError listing every problem."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([("(file)", f"configuration file not found: {path}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("(file)", f"invalid TOML: {exc}")]) from exc
+    return parse_settings(data, source=str(path))
+
+
+def parse_settings(data: dict[str, Any], source: str = "") -> Settings:
+    problems: list[tuple[str, str]] = []
+    settings = _build(Settings, data, "", problems)
+    if isinstance(settings, Settings):
+        settings = dataclasses.replace(settings, source=source)
+        _check_semantics(settings, problems)
+    if problems:
+        raise ConfigError(problems)
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _build(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """Convert TOML data to ``tp``, appending (path, message) for each problem."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _build(args[0], value, path, problems)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            problems.append((path, "must be a table"))
+            return tp()
+        hints = typing.get_type_hints(tp)
+        known = {f.name for f in dataclasses.fields(tp) if f.name != "source"}
+        kwargs: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in known:
+                problems.append((_join(path, key), "unknown key"))
+                continue
+            kwargs[key] = _build(hints[key], item, _join(path, key), problems)
+        return tp(**kwargs)
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append((path, "must be an array"))
+            return ()
+        return tuple(_build(inner, v, f"{path}[{i}]", problems) for i, v in enumerate(value))
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            problems.append((path, "must be a table"))
+            return {}
+        return {str(k): _build(val_tp, v, _join(path, f'"{k}"'), problems) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append((path, "must be true or false"))
+            return False
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append((path, "must be an integer"))
+            return 0
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append((path, "must be a number"))
+            return 0.0
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append((path, "must be a string"))
+            return ""
+        return value
+    raise TypeError(f"unsupported settings type {tp!r}")  # a programming error, not a config one
+
+
+def _check_address(value: str, path: str, problems: list[tuple[str, str]]) -> None:
+    local, at, domain = value.partition("@")
+    if not (local and at and "." in domain) or any(c.isspace() for c in value):
+        problems.append((path, f"not an e-mail address: {value!r}"))
+
+
+def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
+    """Rules across keys, with the key path of the offending value."""
+    if not (s.database.url.startswith("sqlite:") or s.database.url.startswith("postgresql")):
+        problems.append(("database.url", "only sqlite:/// and postgresql+psycopg:// URLs are supported"))
+    if s.database.instances > 1 and s.database.url.startswith("sqlite:"):
+        problems.append(("database.instances", "several instances need PostgreSQL; SQLite is single-instance"))
+    smtp = s.intake.smtp
+    if smtp is not None:
+        if not 0 < smtp.port < 65536:
+            problems.append(("intake.smtp.port", "must be between 1 and 65535"))
+        if smtp.max_message_bytes < 1024:
+            problems.append(("intake.smtp.max_message_bytes", "must be at least 1024"))
+    if not 0 < s.relay.port < 65536:
+        problems.append(("relay.port", "must be between 1 and 65535"))
+    if s.relay.starttls and s.relay.tls:
+        problems.append(("relay.tls", "tls (implicit) and starttls are exclusive"))
+    if s.relay.password_file and not Path(s.relay.password_file).is_file():
+        problems.append(("relay.password_file", f"file not found: {s.relay.password_file}"))
+    if s.dkim is not None:
+        if not s.dkim.domain:
+            problems.append(("dkim.domain", "required when [dkim] is present"))
+        if not s.dkim.keys:
+            problems.append(("dkim.keys", "at least one key is required when [dkim] is present"))
+        for i, key in enumerate(s.dkim.keys):
+            p = f"dkim.keys[{i}]"
+            if not key.selector:
+                problems.append((f"{p}.selector", "required"))
+            if key.algorithm not in ("rsa-sha256", "ed25519-sha256"):
+                problems.append((f"{p}.algorithm", "must be rsa-sha256 or ed25519-sha256"))
+            if not key.private_key_file:
+                problems.append((f"{p}.private_key_file", "required"))
+            elif not Path(key.private_key_file).is_file():
+                problems.append((f"{p}.private_key_file", f"file not found: {key.private_key_file}"))
+    if not s.regions:
+        problems.append(("regions", "at least one [[regions]] entry is required"))
+    codes: set[str] = set()
+    for i, region in enumerate(s.regions):
+        p = f"regions[{i}]"
+        if not region.code or not region.code.isalnum() or region.code.upper() != region.code:
+            problems.append((f"{p}.code", "required, upper-case letters and digits (e.g. ARA)"))
+        if region.code in codes:
+            problems.append((f"{p}.code", f"duplicate region {region.code}"))
+        codes.add(region.code)
+        _check_address(region.address, f"{p}.address", problems)
+        if region.imap is not None:
+            imap = region.imap
+            if not imap.host:
+                problems.append((f"{p}.imap.host", "required"))
+            if not imap.username:
+                problems.append((f"{p}.imap.username", "required"))
+            if not imap.password_file:
+                problems.append((f"{p}.imap.password_file", "required (secrets come from files)"))
+            elif not Path(imap.password_file).is_file():
+                problems.append((f"{p}.imap.password_file", f"file not found: {imap.password_file}"))
+            if imap.initial_sync not in ("new", "all"):
+                problems.append((f"{p}.imap.initial_sync", "must be 'new' or 'all'"))
+            if not imap.tls and not imap.starttls and imap.host not in ("127.0.0.1", "localhost", "::1"):
+                problems.append((f"{p}.imap.tls", "plain IMAP is only allowed to a loopback host"))
+            if imap.idle_renew_seconds > 29 * 60:
+                problems.append((f"{p}.imap.idle_renew_seconds", "RFC 2177: at most 1740 (29 minutes)"))
+    for i, staff in enumerate(s.staff):
+        _check_address(staff.address, f"staff[{i}].address", problems)
+        if staff.region not in codes:
+            problems.append((f"staff[{i}].region", f"unknown region {staff.region!r}"))
+    _check_address(s.acss.address, "acss.address", problems)
+    if s.logging.format not in ("auto", "json", "text"):
+        problems.append(("logging.format", "must be auto, json or text"))

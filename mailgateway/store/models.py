@@ -1,0 +1,347 @@
+"""SQLAlchemy mapping of every table (DESIGN §4).
+
+One module so the schema reads in one place; behaviour lives in the services. Times are stored
+as timezone-aware UTC. Raw inbound bytes and final outbound bytes are kept verbatim (never
+re-serialised). The schema is created by Alembic (``mailgateway/migrations``); after changing a
+model, regenerate the migration with ``scripts/new-migration``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only has INTEGER PRIMARY KEY as an auto-increment rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# --- intake -------------------------------------------------------------------------------------
+
+
+class InboundMessage(Base):
+    """A message as accepted: raw bytes, where it came from, what processing made of it."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))  # smtp | lmtp | imap | cli
+    mail_from: Mapped[str | None] = mapped_column(String(512))
+    rcpt_tos: Mapped[list[Any]] = mapped_column(default=list)
+    region: Mapped[str | None] = mapped_column(String(8))
+    received_at: Mapped[datetime]
+    # received -> processed | quarantined; processing is retried while "received".
+    status: Mapped[str] = mapped_column(String(16), default="received", index=True)
+    kind: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    auth: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+
+
+class InboundSourceKey(Base):
+    """Source-side identity of a message (``imap:ARA:INBOX:<uidvalidity>:<uid>``) for dedup."""
+
+    __tablename__ = "inbound_source_keys"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
+    # Set once the source has been answered (IMAP: moved/flagged on the server).
+    acknowledged_at: Mapped[datetime | None]
+
+
+class MailboxState(Base):
+    """IMAP watcher state per regional mailbox (one row per region+folder)."""
+
+    __tablename__ = "mailbox_states"
+
+    mailbox: Mapped[str] = mapped_column(String(256), primary_key=True)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    # Highest UID already seen (accepted or deliberately skipped by the initial-sync policy).
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_contact_at: Mapped[datetime | None]
+    last_message_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(32), default="new")
+    holder: Mapped[str | None] = mapped_column(String(128))
+
+
+# --- cases --------------------------------------------------------------------------------------
+
+
+class CaseSequence(Base):
+    """Last number used per region and year: references are never reused (DESIGN §4)."""
+
+    __tablename__ = "case_sequences"
+
+    region: Mapped[str] = mapped_column(String(8), primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Case(Base):
+    __tablename__ = "cases"
+    __table_args__ = (Index("ix_cases_region_status", "region", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(32), unique=True)
+    region: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(16))  # incident | alert | bulletin
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    severity: Mapped[str] = mapped_column(String(16), default="NON_QUALIFIE")
+    nature: Mapped[str | None] = mapped_column(String(32))
+    incident_type: Mapped[str | None] = mapped_column(String(64))
+    category: Mapped[str | None] = mapped_column(String(32))
+    tlp: Mapped[str | None] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(Text, default="")
+    finess: Mapped[str | None] = mapped_column(String(9), index=True)
+    establishment: Mapped[str | None] = mapped_column(Text)
+    declarant: Mapped[str | None] = mapped_column(String(512))
+    assignee: Mapped[str | None] = mapped_column(String(512))
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    opened_at: Mapped[datetime] = mapped_column(index=True)
+    updated_at: Mapped[datetime]
+    acknowledged_at: Mapped[datetime | None]
+    qualified_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    # A merged duplicate points at the case it was merged into (#fusionner).
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    linked_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    # Message-ID of the original message and of our first message (threading anchor).
+    origin_message_id: Mapped[str | None] = mapped_column(String(998))
+    last_event_hash: Mapped[str | None] = mapped_column(String(64))
+    event_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CaseEvent(Base):
+    """Append-only, hash-chained timeline: hash = sha256(prev_hash + canonical JSON of the event)."""
+
+    __tablename__ = "case_events"
+    __table_args__ = (UniqueConstraint("case_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(512))
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
+    outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_messages.id"))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Indicator(Base):
+    __tablename__ = "indicators"
+    __table_args__ = (UniqueConstraint("case_id", "type", "value"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    type: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Confirmation(Base):
+    """One-time token for broadcast/destructive commands (#confirmer <token>)."""
+
+    __tablename__ = "confirmations"
+
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    bulletin_id: Mapped[int | None] = mapped_column(ForeignKey("bulletins.id"))
+    command: Mapped[str] = mapped_column(String(32))
+    args: Mapped[list[Any]] = mapped_column(default=list)
+    requested_by: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by: Mapped[str | None] = mapped_column(String(512))
+
+
+class Reminder(Base):
+    """A deadline reminder sent: at most one per case, deadline and cadence step."""
+
+    __tablename__ = "reminders"
+    __table_args__ = (UniqueConstraint("case_id", "deadline", "step"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    deadline: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[datetime]
+
+
+# --- directory ----------------------------------------------------------------------------------
+
+
+class Establishment(Base):
+    """A FINESS geographic establishment (ET)."""
+
+    __tablename__ = "establishments"
+    __table_args__ = (Index("ix_establishments_region_category", "region", "category"),)
+
+    finess: Mapped[str] = mapped_column(String(9), primary_key=True)
+    finess_ej: Mapped[str | None] = mapped_column(String(9))
+    name: Mapped[str] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(32))
+    categetab: Mapped[str | None] = mapped_column(String(8))
+    departement: Mapped[str | None] = mapped_column(String(3), index=True)
+    region: Mapped[str | None] = mapped_column(String(8))
+    commune: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class Contact(Base):
+    """An establishment's mailbox: ssi (bulletin recipient), rssi, dsi, direction."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("finess", "address", "role"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    finess: Mapped[str] = mapped_column(ForeignKey("establishments.finess"), index=True)
+    address: Mapped[str] = mapped_column(String(512), index=True)
+    role: Mapped[str] = mapped_column(String(16), default="ssi")
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | bouncing | disabled
+    bounce_score: Mapped[float] = mapped_column(default=0.0)
+    last_bounce_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ContactBounce(Base):
+    __tablename__ = "contact_bounces"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    at: Mapped[datetime]
+    permanent: Mapped[bool]
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_messages.id"))
+
+
+class StaffMember(Base):
+    """Staff imported by CSV, in addition to [[staff]] in the configuration."""
+
+    __tablename__ = "staff"
+
+    address: Mapped[str] = mapped_column(String(512), primary_key=True)
+    region: Mapped[str] = mapped_column(String(8), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32), default="agent")
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+class OutboundMessage(Base):
+    """Final signed bytes for one recipient; the sender renders nothing new."""
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (Index("ix_outbound_due", "status", "priority", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # The same logical mail is never queued twice (e.g. after reprocessing).
+    idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # acknowledgement, notification, bulletin...
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    bulletin_id: Mapped[int | None] = mapped_column(ForeignKey("bulletins.id"), index=True)
+    message_id: Mapped[str] = mapped_column(String(998), index=True)
+    verp_token: Mapped[str] = mapped_column(String(64), unique=True)
+    mail_from: Mapped[str] = mapped_column(String(512))
+    recipient: Mapped[str] = mapped_column(String(512), index=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # Lower drains first: 0 case mail, 5 digests/reports, 10 bulletins.
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    # queued -> sending -> sent | failed (permanent) | expired (deadline) | refused (policy)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    deadline_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    sent_at: Mapped[datetime | None]
+    last_answer: Mapped[str | None] = mapped_column(Text)
+    bounced_at: Mapped[datetime | None]
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    outbound_id: Mapped[int] = mapped_column(ForeignKey("outbound_messages.id"), index=True)
+    at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(16))  # sent | temporary | permanent
+    code: Mapped[int | None] = mapped_column(Integer)
+    answer: Mapped[str | None] = mapped_column(Text)
+
+
+class AutoReplyLog(Base):
+    """Automatic replies sent, for the per-recipient and per-case storm caps."""
+
+    __tablename__ = "auto_reply_log"
+    __table_args__ = (Index("ix_auto_reply_recipient_at", "recipient", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(512))
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    at: Mapped[datetime]
+
+
+class Bulletin(Base):
+    __tablename__ = "bulletins"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    region: Mapped[str] = mapped_column(String(8))
+    target: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    tlp: Mapped[str] = mapped_column(String(16), default="CLEAR")
+    # draft -> approved -> sending -> sent | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    author: Mapped[str] = mapped_column(String(512))
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    created_at: Mapped[datetime]
+    approved_at: Mapped[datetime | None]
+    approved_by: Mapped[str | None] = mapped_column(String(512))
+    report_sent_at: Mapped[datetime | None]
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BulletinRecipient(Base):
+    __tablename__ = "bulletin_recipients"
+    __table_args__ = (UniqueConstraint("bulletin_id", "finess"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    bulletin_id: Mapped[int] = mapped_column(ForeignKey("bulletins.id"), index=True)
+    finess: Mapped[str] = mapped_column(String(9))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    address: Mapped[str] = mapped_column(String(512))
+    outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_messages.id"), index=True)
+    # queued -> delivered | bounced; acknowledged when the establishment replied
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    acknowledged_at: Mapped[datetime | None]
+    reminded_at: Mapped[datetime | None]
