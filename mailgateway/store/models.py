@@ -212,6 +212,9 @@ class Establishment(Base):
     departement: Mapped[str | None] = mapped_column(String(3), index=True)
     region: Mapped[str | None] = mapped_column(String(8))
     commune: Mapped[str | None] = mapped_column(Text)
+    # "finess" (national extraction, authoritative) or "contacts" (created from the ARS contacts
+    # CSV for a structure not yet in the extraction; a later FINESS import takes it over).
+    source: Mapped[str] = mapped_column(String(16), default="finess")
     updated_at: Mapped[datetime]
 
 

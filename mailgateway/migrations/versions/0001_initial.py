@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 01:54:20.518438
+Create Date: 2026-11-29 01:58:21.007154
 """
 from alembic import op
 import sqlalchemy as sa
@@ -69,6 +69,7 @@ def upgrade() -> None:
     sa.Column('departement', sa.String(length=3), nullable=True),
     sa.Column('region', sa.String(length=8), nullable=True),
     sa.Column('commune', sa.Text(), nullable=True),
+    sa.Column('source', sa.String(length=16), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('finess')
     )
