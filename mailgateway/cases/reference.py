@@ -1,0 +1,46 @@
+"""Case references ``SSI-<REGION>-<YYYY>-<NNNN>`` (DESIGN §4, contract).
+
+The sequence is per region and year, never reused, and safe under concurrent processes: the
+increment is one ``UPDATE ... RETURNING`` on the sequence row, which PostgreSQL serialises with a
+row lock and SQLite with its database write lock (transactions begin IMMEDIATE).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from mailgateway.store.models import CaseSequence
+
+REFERENCE_RE = re.compile(r"^SSI-(?P<region>[A-Z0-9]{2,5})-(?P<year>\d{4})-(?P<number>\d{4,})$")
+
+
+def format_reference(region: str, year: int, number: int) -> str:
+    return f"SSI-{region}-{year:04d}-{number:04d}"
+
+
+def region_of(reference: str) -> str | None:
+    match = REFERENCE_RE.match(reference)
+    return match.group("region") if match else None
+
+
+def next_reference(session: Session, region: str, year: int) -> str:
+    dialect = session.get_bind().dialect.name
+    values = {"region": region, "year": year, "last": 0}
+    if dialect == "postgresql":
+        session.execute(pg_insert(CaseSequence).values(values).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        session.execute(sqlite_insert(CaseSequence).values(values).on_conflict_do_nothing())
+    else:  # pragma: no cover - only the two supported engines
+        session.execute(insert(CaseSequence).values(values))
+    number = session.execute(
+        update(CaseSequence)
+        .where(CaseSequence.region == region, CaseSequence.year == year)
+        .values(last=CaseSequence.last + 1)
+        .returning(CaseSequence.last)
+    ).scalar_one()
+    return format_reference(region, year, number)
