@@ -1,0 +1,114 @@
+"""Shared fixtures. Servers come from ``tests/support/servers.py``; add small fixtures here.
+
+Missing server binaries skip locally and fail under ``CI=true`` (``tests.support.unavailable``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import unavailable
+from tests.support.servers import Dovecot, PostgresCluster, ServerUnavailable, SmtpSink
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CORPUS_DIR = PROJECT_ROOT.parent / "shared" / "corpus"
+
+_user_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    """The shared real-world corpus (``../shared/corpus``); never copied into the project."""
+    if not CORPUS_DIR.is_dir():
+        unavailable(f"corpus not found at {CORPUS_DIR}")
+    return CORPUS_DIR
+
+
+# --- Dovecot ------------------------------------------------------------------------------------
+
+
+def _start_dovecot(**kwargs: str) -> Dovecot:
+    try:
+        return Dovecot(**kwargs).start()
+    except ServerUnavailable as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """A fresh Dovecot of this test's own: restart/kill it freely."""
+    server = _start_dovecot()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def shared_dovecot() -> Iterator[Dovecot]:
+    """One Dovecot for the session; use ``imap_user`` for an isolated mailbox. Do not stop it."""
+    server = _start_dovecot()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def imap_user(shared_dovecot: Dovecot) -> str:
+    """A fresh, empty mailbox user on the shared Dovecot (password: ``secret``)."""
+    return shared_dovecot.add_user(f"user{next(_user_numbers)}@ars.test", "secret")
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    try:
+        cluster = PostgresCluster().start()
+    except ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PostgresCluster) -> str:
+    """A fresh, empty PostgreSQL database (SQLAlchemy URL, psycopg 3)."""
+    return pg_cluster.create_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file (created on first connect)."""
+    return f"sqlite:///{tmp_path / 'mailgateway.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Run the test on both engines: embedded SQLite and multi-instance PostgreSQL."""
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+    else:
+        url = request.getfixturevalue("pg_url")
+    return url
+
+
+# --- SMTP ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """The test relay: records what it receives; see SmtpSink.fail() for failure injection."""
+    sink = SmtpSink().start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
