@@ -1,0 +1,184 @@
+"""Import of the establishments' contacts CSV maintained by the ARS (DESIGN §5).
+
+``finess;name;category;departement;email;role`` — UTF-8 (BOM tolerated), header row, ';' or ','.
+Several rows per establishment are allowed; ``ssi`` rows (the default role) are the bulletin
+recipients, ``rssi``/``dsi`` their fall-backs (see targets.py).
+
+All or nothing: the whole file is validated first and, if any line is wrong, nothing is written
+and the report lists every error with its line number. A contact list half-imported would send
+the next bulletin to an arbitrary subset without anyone noticing.
+
+Decisions:
+- A FINESS not yet in the directory (a new structure, or no FINESS extraction imported yet) is
+  created from the row's name, category and département (``source = "contacts"``); without a
+  name that is an error. A later FINESS import takes such establishments over.
+- For establishments from the FINESS extraction, the file's name/category/département never
+  override the national reference; a differing category is reported as a warning.
+- Contacts absent from the file are kept and counted (a partial file must not silently
+  unsubscribe a region); their status (bouncing, disabled) is never reset by a re-import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from os import PathLike
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from mailgateway.directory.addresses import normalise_address
+from mailgateway.directory.categories import CATEGORIES, normalise_category
+from mailgateway.directory.csvfile import Row, fold, read_rows, read_text
+from mailgateway.directory.finess import FINESS_RE
+from mailgateway.directory.regions import departement_of_finess, normalise_departement, region_of_departement
+from mailgateway.directory.report import ImportReport
+from mailgateway.store.models import Contact, Establishment
+
+ROLES = ("ssi", "rssi", "dsi", "direction")
+
+_ALIASES = {
+    **{k: "finess" for k in ("finess", "n_finess", "no_finess", "numero_finess", "finess_et", "nofinesset")},
+    **{k: "name" for k in ("name", "nom", "raison_sociale", "etablissement", "structure", "rs")},
+    **{k: "category" for k in ("category", "categorie", "type")},
+    **{k: "departement" for k in ("departement", "dept", "dep", "department")},
+    **{k: "email" for k in ("email", "e_mail", "mail", "courriel", "adresse", "adresse_email",
+                            "adresse_e_mail", "adresse_mail", "address")},
+    **{k: "role" for k in ("role", "fonction")},
+}
+
+
+def normalise_finess(value: str, line: int, report: ImportReport) -> str | None:
+    finess = value.strip().upper()
+    if len(finess) == 8 and finess.isdigit():
+        # Spreadsheets turn 010000024 into the number 10000024.
+        report.warn(line, f"FINESS « {finess} » complété en 0{finess} (zéro initial perdu par un tableur ?)")
+        finess = "0" + finess
+    return finess if FINESS_RE.fullmatch(finess) else None
+
+
+def _establishment_values(row: Row, finess: str, radiotherapy: Collection[str]) -> dict[str, Any]:
+    category = normalise_category(row.values.get("category", "")) or "AUTRE"
+    if finess in radiotherapy:
+        category = "CENTRE_RADIOTHERAPIE"
+    dep_text = row.values.get("departement", "")
+    departement = normalise_departement(dep_text) if dep_text else departement_of_finess(finess)
+    return {
+        "name": row.values.get("name", ""),
+        "category": category,
+        "departement": departement,
+        "region": region_of_departement(departement),
+    }
+
+
+def import_contacts(
+    session: Session,
+    path: str | PathLike[str],
+    now: datetime,
+    *,
+    radiotherapy_finess: Collection[str] = (),
+) -> ImportReport:
+    """Validate the whole file, then add its contacts (and missing establishments); caller commits."""
+    report = ImportReport("contacts")
+    rows = read_rows(read_text(path, report), report, _ALIASES, ("finess", "email"))
+    if rows is None:
+        report.refused = True
+        return report
+    radiotherapy = frozenset(radiotherapy_finess)
+    known = {
+        r.finess: (r.name, r.category, r.departement, r.source)
+        for r in session.execute(
+            select(Establishment.finess, Establishment.name, Establishment.category,
+                   Establishment.departement, Establishment.source)
+        )
+    }
+    # First pass: the rows that can create an unknown establishment (first row with a name wins).
+    creating: dict[str, Row] = {}
+    valid: list[tuple[Row, str, str, str]] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for row in rows:
+        v = row.values
+        ok = True
+        finess = normalise_finess(v["finess"], row.line, report)
+        if finess is None:
+            report.error(row.line, f"numéro FINESS invalide « {v['finess']} »")
+            ok = False
+        raw_address = v["email"]
+        address = normalise_address(raw_address)
+        if address is None:
+            message = f"adresse invalide « {raw_address} »" if raw_address else "adresse manquante"
+            report.error(row.line, message)
+            ok = False
+        role = fold(v.get("role", "")) or "ssi"
+        if role not in ROLES:
+            report.error(row.line, f"rôle inconnu « {v['role']} » (valeurs possibles : {', '.join(ROLES)})")
+            ok = False
+        if v.get("category") and normalise_category(v["category"]) is None:
+            report.error(row.line, f"catégorie inconnue « {v['category']} » (valeurs possibles : "
+                         f"{', '.join(CATEGORIES)})")
+            ok = False
+        if v.get("departement") and normalise_departement(v["departement"]) is None:
+            report.error(row.line, f"département invalide « {v['departement']} »")
+            ok = False
+        if not ok or finess is None or address is None:
+            continue
+        key = (finess, address, role)
+        if key in seen:
+            report.error(row.line, f"doublon de la ligne {seen[key]} ({finess}, {address}, {role})")
+            continue
+        seen[key] = row.line
+        if finess not in known and v.get("name") and finess not in creating:
+            creating[finess] = row
+        valid.append((row, finess, address, role))
+
+    for row, finess, _address, _role in valid:
+        if finess not in known and finess not in creating:
+            report.error(row.line, f"FINESS {finess} absent de l'annuaire et sans nom : "
+                         "impossible de créer l'établissement (renseigner la colonne name)")
+        elif finess in known and row.values.get("category"):
+            category = normalise_category(row.values["category"])
+            old_name, old_category, _dep, source = known[finess]
+            if source == "finess" and category != old_category:
+                report.warn(row.line, f"catégorie « {category} » différente de l'annuaire FINESS "
+                            f"({old_category}) pour {old_name} : annuaire conservé")
+    if report.errors:
+        report.refused = True
+        return report
+
+    new_establishments = [
+        {"finess": f, "finess_ej": None, "categetab": None, "commune": None, "source": "contacts",
+         "updated_at": now, **_establishment_values(row, f, radiotherapy)}
+        for f, row in creating.items()
+    ]
+    # Establishments this file created earlier follow the file (it is their only source).
+    updated_establishments = []
+    for row, finess, _a, _r in valid:
+        if finess in known and known[finess][3] == "contacts" and row.values.get("name"):
+            values = _establishment_values(row, finess, radiotherapy)
+            old = known[finess]
+            if (values["name"], values["category"], values["departement"]) != old[:3]:
+                updated_establishments.append({"finess": finess, "updated_at": now, **values})
+                known[finess] = (values["name"], values["category"], values["departement"], "contacts")
+    existing = {(c.finess, c.address, c.role) for c in session.execute(
+        select(Contact.finess, Contact.address, Contact.role))}
+    new_contacts = [
+        {"finess": f, "address": a, "role": r, "status": "active", "bounce_score": 0.0,
+         "created_at": now, "updated_at": now}
+        for _row, f, a, r in valid
+        if (f, a, r) not in existing
+    ]
+    if new_establishments:
+        session.execute(insert(Establishment), new_establishments)
+    if updated_establishments:
+        session.execute(update(Establishment), updated_establishments)
+    if new_contacts:
+        session.execute(insert(Contact), new_contacts)
+    report.added = len(new_contacts)
+    report.unchanged = len(valid) - len(new_contacts)
+    report.changed = len(updated_establishments)
+    report.absent = len(existing - set(seen))
+    if new_establishments:
+        report.warn(0, f"établissements créés depuis ce fichier (absents de l'extraction FINESS) : "
+                    f"{len(new_establishments)}")
+    return report
