@@ -180,6 +180,19 @@ class LabelSettings:
 
 
 @dataclass(frozen=True)
+class DirectorySettings:
+    """Contact bounce scoring (Mailman 3 defaults; see directory/bounces.py)."""
+
+    bounce_threshold: float = 5.0
+    soft_bounce_score: float = 0.5
+    hard_bounce_score: float = 1.0
+    # The score restarts from zero after this many days without a bounce.
+    bounce_stale_days: float = 7.0
+    # A permanent (5xx) bounce marks the contact bouncing at once.
+    hard_bounce_marks_bouncing: bool = True
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     # "auto": JSON when stderr is not a terminal, readable text when it is.
@@ -199,6 +212,7 @@ class Settings:
     metrics: MetricsSettings | None = None
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     labels: LabelSettings = field(default_factory=LabelSettings)
+    directory: DirectorySettings = field(default_factory=DirectorySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     # Extra sections owned by later modules are plain tables validated there.
     scheduler: dict[str, Any] = field(default_factory=dict)
