@@ -349,8 +349,6 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("relay.port", "must be between 1 and 65535"))
     if s.relay.starttls and s.relay.tls:
         problems.append(("relay.tls", "tls (implicit) and starttls are exclusive"))
-    if s.relay.password_file and not Path(s.relay.password_file).is_file():
-        problems.append(("relay.password_file", f"file not found: {s.relay.password_file}"))
     if s.dkim is not None:
         if not s.dkim.domain:
             problems.append(("dkim.domain", "required when [dkim] is present"))
@@ -364,8 +362,6 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
                 problems.append((f"{p}.algorithm", "must be rsa-sha256 or ed25519-sha256"))
             if not key.private_key_file:
                 problems.append((f"{p}.private_key_file", "required"))
-            elif not Path(key.private_key_file).is_file():
-                problems.append((f"{p}.private_key_file", f"file not found: {key.private_key_file}"))
     if not s.regions:
         problems.append(("regions", "at least one [[regions]] entry is required"))
     codes: set[str] = set()
@@ -385,8 +381,6 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
                 problems.append((f"{p}.imap.username", "required"))
             if not imap.password_file:
                 problems.append((f"{p}.imap.password_file", "required (secrets come from files)"))
-            elif not Path(imap.password_file).is_file():
-                problems.append((f"{p}.imap.password_file", f"file not found: {imap.password_file}"))
             if imap.initial_sync not in ("new", "all"):
                 problems.append((f"{p}.imap.initial_sync", "must be 'new' or 'all'"))
             if not imap.tls and not imap.starttls and imap.host not in ("127.0.0.1", "localhost", "::1"):
@@ -400,3 +394,24 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
     _check_address(s.acss.address, "acss.address", problems)
     if s.logging.format not in ("auto", "json", "text"):
         problems.append(("logging.format", "must be auto, json or text"))
+
+
+def file_problems(s: Settings) -> list[tuple[str, str]]:
+    """Secrets and keys that must be readable to run (checked by ``check-config`` and ``run``,
+    not by every command, so ``parse`` works on a machine without the production secrets)."""
+    problems: list[tuple[str, str]] = []
+
+    def check(path: str | None, key: str) -> None:
+        if path and not Path(path).is_file():
+            problems.append((key, f"file not found: {path}"))
+
+    check(s.relay.password_file, "relay.password_file")
+    if s.dkim is not None:
+        for i, key in enumerate(s.dkim.keys):
+            check(key.private_key_file, f"dkim.keys[{i}].private_key_file")
+    for i, region in enumerate(s.regions):
+        if region.imap is not None:
+            check(region.imap.password_file, f"regions[{i}].imap.password_file")
+    if s.outbound.templates_dir and not Path(s.outbound.templates_dir).is_dir():
+        problems.append(("outbound.templates_dir", f"directory not found: {s.outbound.templates_dir}"))
+    return problems

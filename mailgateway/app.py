@@ -1,0 +1,92 @@
+"""Composition of the core services from settings, shared by the CLI and the daemon.
+
+Nothing here starts a thread or a server; ``daemon`` owns the lifecycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgateway.clock import Clock, SystemClock
+from mailgateway.dispatch.compose import Composer
+from mailgateway.dispatch.dkim import DkimSigner
+from mailgateway.dispatch.render import Renderer
+from mailgateway.dns import ChainResolver, DnsPythonResolver, StaticResolver, TxtResolver
+from mailgateway.mail.auth import Authenticator
+from mailgateway.mail.context import build_context
+from mailgateway.processing.handlers import Env
+from mailgateway.processing.mailer import Mailer
+from mailgateway.processing.runner import Processor
+from mailgateway.settings import Settings
+from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
+
+
+def default_resolver(settings: Settings) -> TxtResolver:
+    auth = settings.authentication
+    static = StaticResolver(auth.static_keys)
+    dns = DnsPythonResolver(nameservers=list(auth.nameservers) or None, timeout=auth.dns_timeout_seconds)
+    return ChainResolver(static, dns)
+
+
+def build_authenticator(settings: Settings, resolver: TxtResolver | None = None) -> Authenticator:
+    return Authenticator(settings.authentication, resolver or default_resolver(settings))
+
+
+@dataclass
+class App:
+    settings: Settings
+    engine: Engine
+    factory: sessionmaker[Session]
+    clock: Clock
+    renderer: Renderer
+    composer: Composer
+    mailer: Mailer
+    authenticator: Authenticator
+    env: Env
+    processor: Processor
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    resolver: TxtResolver | None = None,
+    migrate: bool = True,
+) -> App:
+    clock = clock or SystemClock()
+    if migrate:
+        ensure_schema(settings.database.url)
+    engine = make_engine(settings.database.url)
+    factory = make_sessionmaker(engine)
+    renderer = Renderer(settings.outbound.templates_dir)
+    ctx = build_context(settings)
+    composer = Composer(renderer, DkimSigner.from_settings(settings.dkim), clock,
+                        domain=settings.bounce_domain, loop_token=ctx.loop_token)
+    mailer = Mailer(settings, composer, clock)
+    authenticator = build_authenticator(settings, resolver)
+    env = Env(settings=settings, mailer=mailer, clock=clock)
+    _register_capabilities(env)
+    processor = Processor(settings, factory, clock, authenticator, env)
+    return App(settings, engine, factory, clock, renderer, composer, mailer, authenticator, env, processor)
+
+
+def _register_capabilities(env: Env) -> None:
+    """Optional capabilities plug their handlers into ``env.extra`` (commands, bulletins, bounces)."""
+    try:
+        from mailgateway.cases import commands
+    except ImportError:
+        pass
+    else:
+        commands.register(env)
+    try:
+        from mailgateway.dispatch import bulletins
+    except ImportError:
+        pass
+    else:
+        bulletins.register(env)

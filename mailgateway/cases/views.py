@@ -1,0 +1,101 @@
+"""Read models of cases for the CLI (``cases list``, ``cases show``, ``cases verify``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.cases.timeline import ChainBreak, verify_chain
+from mailgateway.clock import aware
+from mailgateway.store.models import Case, CaseEvent, Indicator
+
+
+def _iso(value: Any) -> str | None:
+    return aware(value).isoformat() if value is not None else None
+
+
+def case_summary(case: Case) -> dict[str, Any]:
+    return {
+        "reference": case.reference,
+        "region": case.region,
+        "kind": case.kind,
+        "status": case.status,
+        "severity": case.severity,
+        "title": case.title,
+        "finess": case.finess,
+        "establishment": case.establishment,
+        "category": case.category,
+        "incident_type": case.incident_type,
+        "nature": case.nature,
+        "tlp": case.tlp,
+        "declarant": case.declarant,
+        "assignee": case.assignee,
+        "opened_at": _iso(case.opened_at),
+        "updated_at": _iso(case.updated_at),
+        "acknowledged_at": _iso(case.acknowledged_at),
+        "closed_at": _iso(case.closed_at),
+    }
+
+
+def list_cases(session: Session, *, status: str | None = None, region: str | None = None,
+               limit: int = 1000) -> list[dict[str, Any]]:
+    stmt = select(Case)
+    if status:
+        stmt = stmt.where(Case.status == status.upper())
+    if region:
+        stmt = stmt.where(Case.region == region.upper())
+    stmt = stmt.order_by(Case.opened_at.desc(), Case.id.desc())
+    if limit > 0:
+        stmt = stmt.limit(limit)
+    return [case_summary(c) for c in session.scalars(stmt)]
+
+
+def show_case(session: Session, reference: str) -> dict[str, Any] | None:
+    case = session.scalar(select(Case).where(Case.reference == reference.strip().upper()))
+    if case is None:
+        return None
+    events = session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.seq))
+    indicators = session.scalars(select(Indicator).where(Indicator.case_id == case.id).order_by(Indicator.id))
+    merged = session.get(Case, case.merged_into_id) if case.merged_into_id else None
+    linked = session.get(Case, case.linked_case_id) if case.linked_case_id else None
+    return {
+        **case_summary(case),
+        "fields": case.fields,
+        "merged_into": merged.reference if merged else None,
+        "linked_case": linked.reference if linked else None,
+        "indicators": [{"type": i.type, "value": i.value} for i in indicators],
+        "timeline": [
+            {"seq": e.seq, "at": _iso(e.at), "actor": e.actor, "type": e.type, "data": e.data,
+             "inbound_id": e.inbound_id, "outbound_id": e.outbound_id, "hash": e.hash}
+            for e in events
+        ],
+    }
+
+
+def format_case(detail: dict[str, Any]) -> str:
+    lines = [
+        f"{detail['reference']} — {detail['title']}",
+        f"  statut : {detail['status']}   gravité : {detail['severity']}   région : {detail['region']}",
+        f"  structure : {detail['establishment'] or '—'} (FINESS {detail['finess'] or '—'})",
+        f"  déclarant : {detail['declarant'] or '—'}   assigné à : {detail['assignee'] or '—'}",
+        "  chronologie :",
+    ]
+    for e in detail["timeline"]:
+        lines.append(f"    {e['seq']:>3} {e['at']} {e['type']:<24} {e['actor']}")
+    return "\n".join(lines)
+
+
+def verify_cases(session: Session, reference: str | None) -> tuple[list[ChainBreak], int]:
+    stmt = select(Case).order_by(Case.id)
+    if reference:
+        stmt = stmt.where(Case.reference == reference.strip().upper())
+    breaks: list[ChainBreak] = []
+    checked = 0
+    for case in session.scalars(stmt):
+        checked += 1
+        found = verify_chain(session, case)
+        if found is not None:
+            breaks.append(found)
+    return breaks, checked

@@ -1,0 +1,432 @@
+"""Operator command line (DESIGN §5, contract).
+
+Exit codes: 0 success, 1 a check failed (``cases verify``), 2 bad input or configuration with one
+line per problem on stderr. Every command takes ``-c/--config`` (default ``$MAILGATEWAY_CONFIG``,
+then ``config/mailgateway.example.toml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mailgateway import __version__
+from mailgateway.errors import ConfigError, InputError, MailgatewayError
+from mailgateway.settings import Settings, config_path, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(config_path(args.config))
+
+
+def _read_inputs(files: Sequence[str]) -> list[tuple[str, bytes]]:
+    out = []
+    for name in files:
+        if name == "-":
+            out.append(("-", sys.stdin.buffer.read()))
+        else:
+            try:
+                out.append((name, Path(name).read_bytes()))
+            except OSError as exc:
+                raise InputError(f"{name}: lecture impossible ({exc.strerror or exc})") from exc
+    return out
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.daemon import run
+    from mailgateway.settings import file_problems
+
+    if problems := file_problems(settings):
+        raise ConfigError(problems)
+
+    return run(settings)
+
+
+def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.dispatch.compose import Composer
+    from mailgateway.dispatch.dkim import DkimSigner
+    from mailgateway.dispatch.render import Renderer
+
+    from mailgateway.settings import file_problems
+
+    problems: list[tuple[str, str]] = file_problems(settings)
+    if problems:
+        for path, msg in problems:
+            print(f"{path}: {msg}", file=sys.stderr)
+        return 2
+    renderer = Renderer(settings.outbound.templates_dir)
+    problems += [(f"templates:{name}", msg) for name, msg in renderer.check()]
+    try:
+        signer = DkimSigner.from_settings(settings.dkim)
+    except ConfigError as exc:
+        problems += exc.problems
+        signer = None
+    if not problems:
+        # Render every mail once with sample data: a template error is found now, not at 3 a.m.
+        from mailgateway.clock import SystemClock
+        from mailgateway.dispatch.samples import sample_mails
+
+        composer = Composer(renderer, signer, SystemClock(), settings.bounce_domain, "check")
+        for spec in sample_mails(settings):
+            try:
+                composer.compose(spec)
+            except MailgatewayError as exc:
+                problems.append((f"templates:{spec.template}", str(exc)))
+    for path, msg in problems:
+        print(f"{path}: {msg}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"configuration valide : {settings.source}")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.store.engine import upgrade
+
+    upgrade(settings.database.url)
+    print("base de données à jour")
+    return 0
+
+
+def _parse_context(settings: Settings) -> tuple[Any, Any]:
+    """Analysis context for ``parse``: database lookups when the database exists, read-only."""
+    from mailgateway.app import build_authenticator
+    from mailgateway.mail.context import build_context
+    from mailgateway.processing.runner import establishment_lookup_for, thread_lookup_for
+    from mailgateway.store.engine import current_revision, make_engine, make_sessionmaker
+
+    auth = build_authenticator(settings)
+    url = settings.database.url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return build_context(settings), auth
+    try:
+        engine = make_engine(url)
+        if current_revision(engine) is None:
+            return build_context(settings), auth
+        session = make_sessionmaker(engine)()
+    except Exception:
+        return build_context(settings), auth
+    ctx = build_context(settings, thread_lookup=thread_lookup_for(session),
+                        establishment_lookup=establishment_lookup_for(session))
+    return ctx, auth
+
+
+def cmd_parse(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.mail.analyse import analyse
+    from mailgateway.mail.facts import SenderVerdict
+
+    ctx, auth = _parse_context(settings)
+    for name, raw in _read_inputs(args.files):
+        try:
+            verdict = auth.verify(raw)
+        except Exception as exc:
+            verdict = SenderVerdict(detail=f"vérification impossible : {type(exc).__name__}")
+        facts = analyse(raw, ctx, verdict)
+        obj = facts.to_json(file=name)
+        if args.json:
+            _print_json(obj)
+        else:
+            print(f"{name}: {facts.kind}" + (f" [{facts.case_ref}]" if facts.case_ref else "")
+                  + (f" région {facts.region}" if facts.region else "")
+                  + (f" — {facts.quarantine_reason}" if facts.quarantine_reason else ""))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.app import build_app
+    from mailgateway.intake.accept import accept_in
+    from mailgateway.store.engine import transaction
+
+    inputs = _read_inputs(args.files)
+    app = build_app(settings)
+    try:
+        for name, raw in inputs:
+            with transaction(app.factory) as session:
+                accepted = accept_in(session, raw, source="cli", now=app.clock.now())
+            result = app.processor.process(accepted.inbound_id)
+            if accepted.duplicate and result.status == "skipped":
+                from mailgateway.store.models import InboundMessage
+
+                with app.factory() as session:
+                    row = session.get(InboundMessage, accepted.inbound_id)
+                    status = f"duplicate of inbound {accepted.inbound_id} ({row.status if row else '?'})"
+            else:
+                status = result.status
+            if args.json:
+                _print_json({"file": name, "inbound_id": accepted.inbound_id, "duplicate": accepted.duplicate,
+                             "status": result.status, "kind": result.kind, "case_ref": result.case_ref,
+                             "reason": result.reason})
+            else:
+                print(f"{name}: {status}" + (f" {result.kind}" if result.kind else "")
+                      + (f" {result.case_ref}" if result.case_ref else "")
+                      + (f" — {result.reason}" if result.reason else ""))
+    finally:
+        app.close()
+    return 0
+
+
+def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.cases import views
+    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
+
+    ensure_schema(settings.database.url)
+    engine = make_engine(settings.database.url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            if args.cases_cmd == "list":
+                rows = views.list_cases(session, status=args.status, region=args.region, limit=args.limit)
+                if args.json:
+                    _print_json(rows)
+                else:
+                    for r in rows:
+                        print(f"{r['reference']}  {r['status']:<16} {r['severity']:<13} {r['title']}")
+                return 0
+            if args.cases_cmd == "show":
+                detail = views.show_case(session, args.ref)
+                if detail is None:
+                    print(f"dossier inconnu : {args.ref}", file=sys.stderr)
+                    return 2
+                if args.json:
+                    _print_json(detail)
+                else:
+                    print(views.format_case(detail))
+                return 0
+            if args.cases_cmd == "verify":
+                breaks, checked = views.verify_cases(session, args.ref)
+                if args.ref and checked == 0:
+                    print(f"dossier inconnu : {args.ref}", file=sys.stderr)
+                    return 2
+                for b in breaks:
+                    print(f"{b.case_ref}: événement {b.seq} : {b.reason}", file=sys.stderr)
+                if breaks:
+                    return 1
+                print(f"chaîne d'audit intacte ({checked} dossier(s) vérifié(s))")
+                return 0
+    finally:
+        engine.dispose()
+    return 2
+
+
+def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.clock import SystemClock
+    from mailgateway.dispatch import outbox
+    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, transaction
+
+    ensure_schema(settings.database.url)
+    engine = make_engine(settings.database.url)
+    factory = make_sessionmaker(engine)
+    clock = SystemClock()
+    try:
+        if args.outbox_cmd == "list":
+            with factory() as session:
+                rows = outbox.list_rows(session, limit=args.limit)
+            if args.json:
+                _print_json(rows)
+            else:
+                for r in rows:
+                    print(f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {r['recipient']:<40} {r['kind']}")
+            return 0
+        if args.outbox_cmd == "retry":
+            with transaction(factory) as session:
+                ok = outbox.retry(session, args.id, clock.now())
+            if not ok:
+                print(f"message sortant inconnu ou déjà envoyé : {args.id}", file=sys.stderr)
+                return 2
+            print(f"message {args.id} remis en file")
+            return 0
+        if args.outbox_cmd == "flush":
+            from mailgateway.dispatch.sender import Sender
+
+            sender = Sender(settings, factory, clock, "cli-flush")
+            result = asyncio.run(sender.flush(include_backoff=args.all))
+            print(result.summary() if hasattr(result, "summary") else str(result))
+            return 0
+    finally:
+        engine.dispose()
+    return 2
+
+
+def cmd_directory(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.directory import run_import
+
+    text, code = run_import(settings, args.kind, args.file)
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def cmd_bulletin(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.dispatch import bulletins
+
+    return bulletins.cli(args, settings)
+
+
+def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway import scheduler
+
+    return scheduler.cli(args, settings)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway import status
+
+    return status.cli(args, settings)
+
+
+def cmd_dkim(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.dispatch.dkim import DkimSigner
+
+    signer = DkimSigner.from_settings(settings.dkim)
+    if signer is None:
+        print("aucune clé DKIM configurée ([dkim])", file=sys.stderr)
+        return 2
+    for selector in signer.selectors:
+        value = signer.dns_record(selector)
+        print(f'{selector}._domainkey.{signer.domain}. IN TXT "{value}"')
+    return 0
+
+
+def cmd_imap(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import date
+
+    from mailgateway.clock import SystemClock
+    from mailgateway.intake.imap import backfill
+    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
+
+    try:
+        since = date.fromisoformat(args.since)
+    except ValueError as exc:
+        raise InputError(f"--since : date invalide {args.since!r} (attendu AAAA-MM-JJ)") from exc
+    ensure_schema(settings.database.url)
+    engine = make_engine(settings.database.url)
+    try:
+        count = backfill(settings, make_sessionmaker(engine), args.region, since, SystemClock())
+    finally:
+        engine.dispose()
+    print(f"{count} message(s) repris depuis le {since.isoformat()} ; ils seront traités par le démon")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                        help="configuration file (default: $MAILGATEWAY_CONFIG, then config/mailgateway.example.toml)")
+    parser = argparse.ArgumentParser(prog="mailgateway", description="Passerelle de messagerie SSI des ARS.")
+    parser.add_argument("-c", "--config", default=None)
+    parser.add_argument("--version", action="version", version=f"mailgateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("run", cmd_run, "run the daemon")
+    add("check-config", cmd_check_config, "validate configuration, templates and keys")
+    p = add("db", cmd_db_upgrade, "database migrations")
+    p.add_argument("action", choices=["upgrade"])
+    p = add("parse", cmd_parse, "classify and extract without side effects")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("files", nargs="+")
+    p = add("ingest", cmd_ingest, "feed messages through accept + process")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("files", nargs="+")
+
+    p = add("cases", cmd_cases, "read cases")
+    csub = p.add_subparsers(dest="cases_cmd", required=True)
+    q = csub.add_parser("list", parents=[common])
+    q.add_argument("--status")
+    q.add_argument("--region")
+    q.add_argument("--limit", type=int, default=1000)
+    q.add_argument("--json", action="store_true")
+    q = csub.add_parser("show", parents=[common])
+    q.add_argument("ref")
+    q.add_argument("--json", action="store_true")
+    q = csub.add_parser("verify", parents=[common])
+    q.add_argument("ref", nargs="?")
+
+    p = add("outbox", cmd_outbox, "the outbound queue")
+    osub = p.add_subparsers(dest="outbox_cmd", required=True)
+    q = osub.add_parser("list", parents=[common])
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, default=1000)
+    q = osub.add_parser("retry", parents=[common])
+    q.add_argument("id", type=int)
+    q = osub.add_parser("flush", parents=[common])
+    q.add_argument("--all", action="store_true")
+
+    p = add("directory", cmd_directory, "establishments, contacts and staff")
+    dsub = p.add_subparsers(dest="directory_cmd", required=True)
+    q = dsub.add_parser("import", parents=[common])
+    q.add_argument("--kind", required=True, choices=["finess", "contacts", "staff"])
+    q.add_argument("file")
+
+    p = add("bulletin", cmd_bulletin, "awareness bulletins")
+    bsub = p.add_subparsers(dest="bulletin_cmd", required=True)
+    q = bsub.add_parser("send", parents=[common])
+    q.add_argument("--region", required=True)
+    q.add_argument("--target", required=True)
+    q.add_argument("--subject", required=True)
+    q.add_argument("--body-file", required=True)
+    q.add_argument("--tlp", default="CLEAR")
+    q.add_argument("--yes", action="store_true")
+    q.add_argument("--json", action="store_true")
+    q = bsub.add_parser("status", parents=[common])
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true")
+
+    p = add("scheduler", cmd_scheduler, "scheduled jobs")
+    ssub = p.add_subparsers(dest="scheduler_cmd", required=True)
+    q = ssub.add_parser("run-due", parents=[common])
+    q.add_argument("--now")
+    ssub.add_parser("list", parents=[common])
+
+    p = add("status", cmd_status, "health at a glance")
+    p.add_argument("--json", action="store_true")
+    p = add("dkim", cmd_dkim, "DKIM helpers")
+    p.add_argument("action", choices=["dns-record"])
+    p = add("imap", cmd_imap, "IMAP intake helpers")
+    p.add_argument("action", choices=["backfill"])
+    p.add_argument("--region", required=True)
+    p.add_argument("--since", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+        from mailgateway.logs import setup_logging
+
+        setup_logging(settings.logging)
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except ConfigError as exc:
+        for path, msg in exc.problems:
+            print(f"{path}: {msg}", file=sys.stderr)
+        return 2
+    except InputError as exc:
+        print(f"erreur : {exc}", file=sys.stderr)
+        return 2
+    except MailgatewayError as exc:
+        print(f"erreur : {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,176 @@
+"""The daemon: composition root and lifecycle (uvicorn-style: startup, main loop, timed drain).
+
+Startup: settings are already validated; migrate the embedded SQLite database; build the
+services; start the accept writer, the processor, the sender, the SMTP listener and the IMAP
+watchers; then tell systemd READY. A startup failure exits 1 with the reason.
+
+Shutdown (SIGTERM/SIGINT): stop accepting (close the SMTP listener, stop IMAP watchers), let the
+processor and the sender finish what they hold within ``drain_seconds`` (anything unfinished stays
+in the database and is picked up at the next start), exit 0.
+
+SIGHUP: reload the configuration file; staff lists, templates and directory-related settings take
+effect without dropping the listener. Listener addresses and the database need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import socket
+from dataclasses import replace
+from typing import Any
+
+from mailgateway.app import App, build_app
+from mailgateway.clock import Clock, SystemClock
+from mailgateway.dispatch.render import Renderer
+from mailgateway.errors import ConfigError
+from mailgateway.intake.smtp import IntakeHandler, start_smtp
+from mailgateway.intake.writer import AcceptWriter
+from mailgateway.processing.runner import Result
+from mailgateway.settings import Settings, load_settings
+
+log = logging.getLogger("mailgateway.daemon")
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clock: Clock | None = None, drain_seconds: float = 20.0) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.drain_seconds = drain_seconds
+        self.stop_event = asyncio.Event()
+        self._wake_processor = asyncio.Event()
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.app: App | None = None
+        self.extensions: list[Any] = []  # optional components (metrics, scheduler) with start/stop
+
+    # -- wiring ------------------------------------------------------------------------------
+    def on_accepted(self, _inbound_id: int) -> None:
+        """Called from any thread after a durable accept: wake the processor."""
+        self.loop.call_soon_threadsafe(self._wake_processor.set)
+
+    def _on_outbound(self) -> None:
+        sender = getattr(self, "sender", None)
+        if sender is not None:
+            self.loop.call_soon_threadsafe(sender.wake)
+
+    def _on_result(self, result: Result) -> None:
+        for ext in self.extensions:
+            hook = getattr(ext, "on_processed", None)
+            if hook is not None:
+                hook(result)
+
+    async def _processing_loop(self) -> None:
+        # One worker thread: SQLite has one writer; PostgreSQL instances share work by row locks.
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="processor")
+        assert self.app is not None
+        processor = self.app.processor
+        try:
+            while not self.stop_event.is_set():
+                self._wake_processor.clear()
+                try:
+                    await self.loop.run_in_executor(executor, processor.process_pending, 200)
+                except Exception:
+                    log.exception("processing sweep failed")
+                try:
+                    await asyncio.wait_for(self._wake_processor.wait(), timeout=5.0)
+                except TimeoutError:
+                    pass
+        finally:
+            executor.shutdown(wait=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.app = build_app(self.settings, clock=self.clock)
+        self.app.processor.on_outbound = self._on_outbound
+        self.app.processor.on_result = self._on_result
+        from mailgateway.dispatch.sender import Sender
+
+        self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id)
+        self.writer = AcceptWriter(self.app.factory, self.clock)
+        self.writer.start()
+        self.tasks = [
+            asyncio.create_task(self._processing_loop(), name="processing"),
+            asyncio.create_task(self.sender.run(self.stop_event), name="sender"),
+        ]
+        self.smtp_server: asyncio.AbstractServer | None = None
+        if self.settings.intake.smtp is not None:
+            self.handler = IntakeHandler(self.settings, self.writer, self.on_accepted)
+            self.smtp_server = await start_smtp(self.settings, self.handler)
+            log.info("SMTP intake listening on %s:%s", self.settings.intake.smtp.host, self.settings.intake.smtp.port)
+        self.imap = None
+        if any(r.imap is not None for r in self.settings.regions):
+            from mailgateway.intake.imap import ImapIntake
+
+            self.imap = ImapIntake(self.settings, self.app.factory, self.clock, self.on_accepted)
+            self.imap.start()
+        for ext in self.extensions:
+            await ext.start(self)
+
+    async def stop(self) -> None:
+        log.info("stopping: no new mail accepted, draining for up to %.0f s", self.drain_seconds)
+        if self.smtp_server is not None:
+            self.smtp_server.close()
+        if self.imap is not None:
+            await asyncio.to_thread(self.imap.stop, 10.0)
+        self.stop_event.set()
+        self._wake_processor.set()
+        self.sender.wake()
+        done, pending = await asyncio.wait(self.tasks, timeout=self.drain_seconds)
+        for task in pending:
+            task.cancel()
+        for ext in reversed(self.extensions):
+            await ext.stop(self)
+        if self.smtp_server is not None:
+            await self.smtp_server.wait_closed()
+        await asyncio.to_thread(self.writer.stop)
+        assert self.app is not None
+        self.app.close()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration; keep listeners and the database."""
+        try:
+            fresh = load_settings(self.settings.source)
+        except ConfigError as exc:
+            log.error("reload refused, configuration kept: %s", exc)
+            return
+        keep = replace(fresh, database=self.settings.database, intake=self.settings.intake,
+                       metrics=self.settings.metrics, relay=self.settings.relay)
+        assert self.app is not None
+        self.settings = keep
+        self.app.settings = keep
+        self.app.env.settings = keep
+        self.app.mailer.settings = keep
+        self.app.processor.settings = keep
+        self.app.renderer = Renderer(keep.outbound.templates_dir)
+        self.app.composer.renderer = self.app.renderer
+        if hasattr(self, "handler"):
+            self.handler.settings = keep
+        log.info("configuration reloaded from %s", keep.source)
+        for ext in self.extensions:
+            hook = getattr(ext, "reload", None)
+            if hook is not None:
+                hook(self)
+
+    async def serve(self) -> int:
+        try:
+            await self.start()
+        except Exception as exc:
+            log.error("startup failed: %s", exc)
+            raise
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        log.info("mailgateway ready (%s)", self.instance_id)
+        await self.stop_event.wait()
+        await self.stop()
+        return 0
+
+
+def run(settings: Settings) -> int:
+    daemon = Daemon(settings)
+    return asyncio.run(daemon.serve())

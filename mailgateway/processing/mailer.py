@@ -1,0 +1,160 @@
+"""Queue one outbound mail under the rules that hold on every outbound path (DESIGN §8).
+
+- never to a no-reply address, nor to ourselves (loops);
+- automatic replies are capped per recipient per hour and per day, and per case (storms);
+- TLP: RED never leaves the agency (staff only), AMBER / AMBER+STRICT only to allowed recipients,
+  the label in the subject;
+- a refused send is recorded on the case timeline with its reason.
+
+The mail is composed (rendered, signed) here and queued with its final bytes in the caller's
+transaction; the sender delivers it later.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailgateway.cases.timeline import append_event
+from mailgateway.clock import Clock
+from mailgateway.dispatch import outbox
+from mailgateway.dispatch.compose import Composer, MailSpec
+from mailgateway.errors import PolicyRefusal
+from mailgateway.settings import Settings
+from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffMember
+
+NO_REPLY_RE = re.compile(
+    r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|ne[-_.]?pas[-_.]?repondre|nepasrepondre|noreponse|"
+    r"mailer-daemon|postmaster|bounces?)([+-].*)?@",
+    re.IGNORECASE,
+)
+# RFC 3834 §2: lists and robots are never answered.
+ROBOT_RE = re.compile(r"^(owner-|.*-(request|bounces?|owner)@)", re.IGNORECASE)
+
+
+def is_no_reply(address: str) -> bool:
+    return bool(NO_REPLY_RE.match(address) or ROBOT_RE.match(address))
+
+
+def staff_addresses(settings: Settings, session: Session, region: str) -> list[str]:
+    """Staff of ``region``: [[staff]] from the configuration plus imported staff."""
+    found = {s.address.lower() for s in settings.staff if s.region == region}
+    found.update(
+        a.lower() for a in session.scalars(select(StaffMember.address).where(StaffMember.region == region))
+    )
+    return sorted(found)
+
+
+def all_staff(settings: Settings, session: Session) -> set[str]:
+    found = {s.address.lower() for s in settings.staff}
+    found.update(a.lower() for a in session.scalars(select(StaffMember.address)))
+    return found
+
+
+class Mailer:
+    def __init__(self, settings: Settings, composer: Composer, clock: Clock) -> None:
+        self.settings = settings
+        self.composer = composer
+        self.clock = clock
+        self.own = {r.address.lower() for r in settings.regions}
+
+    def _tlp_allows(self, session: Session, tlp: str | None, recipient: str) -> bool:
+        if tlp is None or tlp in ("CLEAR", "WHITE", "GREEN"):
+            return True
+        staff = all_staff(self.settings, session)
+        if tlp == "RED":
+            return recipient in staff
+        domain = recipient.rpartition("@")[2]
+        allowed_domains = {d.lower() for d in self.settings.outbound.amber_allowed_domains}
+        acss = self.settings.acss.address.lower()
+        if tlp == "AMBER+STRICT":
+            # TLP 2.0: AMBER+STRICT stays within the recipient organisation: agency and ACSS only.
+            return recipient in staff or recipient == acss
+        return recipient in staff or recipient == acss or domain in allowed_domains
+
+    def _cap_reached(self, session: Session, recipient: str, case: Case | None) -> str | None:
+        now = self.clock.now()
+        out = self.settings.outbound
+
+        def count(since: timedelta, *conds: object) -> int:
+            stmt = select(func.count(AutoReplyLog.id)).where(AutoReplyLog.at >= now - since, *conds)  # type: ignore[arg-type]
+            return int(session.scalar(stmt) or 0)
+
+        if count(timedelta(hours=1), AutoReplyLog.recipient == recipient) >= out.auto_replies_per_hour:
+            return f"plafond de réponses automatiques atteint pour {recipient} (par heure)"
+        if count(timedelta(days=1), AutoReplyLog.recipient == recipient) >= out.auto_replies_per_day:
+            return f"plafond de réponses automatiques atteint pour {recipient} (par jour)"
+        if case is not None and count(timedelta(days=3650), AutoReplyLog.case_id == case.id) >= out.auto_replies_per_case:
+            return f"plafond de réponses automatiques atteint pour le dossier {case.reference}"
+        return None
+
+    def send(
+        self,
+        session: Session,
+        spec: MailSpec,
+        *,
+        kind: str,
+        case: Case | None = None,
+        auto_reply: bool = False,
+        priority: int = 0,
+        bulletin_id: int | None = None,
+        actor: str = "passerelle",
+    ) -> OutboundMessage | None:
+        """Compose and queue ``spec``; return the outbox row, or None when refused or already queued."""
+        recipient = spec.to.strip().lower()
+        tlp = spec.tlp or (case.tlp if case is not None else None)
+        reason: str | None = None
+        if not recipient or "@" not in recipient:
+            reason = f"adresse de destination invalide : {recipient!r}"
+        elif is_no_reply(recipient):
+            reason = f"adresse de non-réponse ou de robot : {recipient}"
+        elif recipient in self.own:
+            reason = f"adresse de la passerelle elle-même (boucle) : {recipient}"
+        elif not self._tlp_allows(session, tlp, recipient):
+            reason = f"TLP:{tlp} interdit l'envoi à {recipient}"
+        elif auto_reply:
+            reason = self._cap_reached(session, recipient, case)
+        if reason is None:
+            try:
+                composed = self.composer.compose(replace(spec, to=recipient, tlp=tlp))
+            except PolicyRefusal as exc:
+                reason = exc.reason
+        if reason is not None:
+            if case is not None:
+                append_event(
+                    session, case, type="envoi_refuse", actor=actor, at=self.clock.now(),
+                    data={"destinataire": recipient, "type": kind, "motif": reason},
+                )
+            return None
+        row = outbox.enqueue(
+            session,
+            raw=composed.raw,
+            recipient=recipient,
+            message_id=composed.message_id,
+            idempotency_key=spec.idempotency_key,
+            kind=kind,
+            now=self.clock.now(),
+            settings=self.settings,
+            case_id=case.id if case is not None else None,
+            bulletin_id=bulletin_id,
+            priority=priority,
+        )
+        if row is None:
+            return None  # already queued by an earlier run: idempotent
+        if auto_reply:
+            session.add(AutoReplyLog(recipient=recipient, case_id=case.id if case else None, at=self.clock.now()))
+        if case is not None:
+            append_event(
+                session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
+                data={"type": kind, "destinataire": recipient, "objet": composed.subject,
+                      "message_id": composed.message_id},
+            )
+        return row
+
+    def send_many(self, session: Session, specs: Iterable[MailSpec], **kwargs: object) -> int:
+        return sum(1 for spec in specs if self.send(session, spec, **kwargs) is not None)  # type: ignore[arg-type]
