@@ -43,8 +43,20 @@ _ALIASES = {
     **{k: "name" for k in ("name", "nom", "raison_sociale", "etablissement", "structure", "rs")},
     **{k: "category" for k in ("category", "categorie", "type")},
     **{k: "departement" for k in ("departement", "dept", "dep", "department")},
-    **{k: "email" for k in ("email", "e_mail", "mail", "courriel", "adresse", "adresse_email",
-                            "adresse_e_mail", "adresse_mail", "address")},
+    **{
+        k: "email"
+        for k in (
+            "email",
+            "e_mail",
+            "mail",
+            "courriel",
+            "adresse",
+            "adresse_email",
+            "adresse_e_mail",
+            "adresse_mail",
+            "address",
+        )
+    },
     **{k: "role" for k in ("role", "fonction")},
 }
 
@@ -89,8 +101,13 @@ def import_contacts(
     known = {
         r.finess: (r.name, r.category, r.departement, r.source)
         for r in session.execute(
-            select(Establishment.finess, Establishment.name, Establishment.category,
-                   Establishment.departement, Establishment.source)
+            select(
+                Establishment.finess,
+                Establishment.name,
+                Establishment.category,
+                Establishment.departement,
+                Establishment.source,
+            )
         )
     }
     # First pass: the rows that can create an unknown establishment (first row with a name wins).
@@ -115,8 +132,10 @@ def import_contacts(
             report.error(row.line, f"rôle inconnu « {v['role']} » (valeurs possibles : {', '.join(ROLES)})")
             ok = False
         if v.get("category") and normalise_category(v["category"]) is None:
-            report.error(row.line, f"catégorie inconnue « {v['category']} » (valeurs possibles : "
-                         f"{', '.join(CATEGORIES)})")
+            report.error(
+                row.line,
+                f"catégorie inconnue « {v['category']} » (valeurs possibles : {', '.join(CATEGORIES)})",
+            )
             ok = False
         if v.get("departement") and normalise_departement(v["departement"]) is None:
             report.error(row.line, f"département invalide « {v['departement']} »")
@@ -134,21 +153,34 @@ def import_contacts(
 
     for row, finess, _address, _role in valid:
         if finess not in known and finess not in creating:
-            report.error(row.line, f"FINESS {finess} absent de l'annuaire et sans nom : "
-                         "impossible de créer l'établissement (renseigner la colonne name)")
+            report.error(
+                row.line,
+                f"FINESS {finess} absent de l'annuaire et sans nom : "
+                "impossible de créer l'établissement (renseigner la colonne name)",
+            )
         elif finess in known and row.values.get("category"):
             category = normalise_category(row.values["category"])
             old_name, old_category, _dep, source = known[finess]
             if source == "finess" and category != old_category:
-                report.warn(row.line, f"catégorie « {category} » différente de l'annuaire FINESS "
-                            f"({old_category}) pour {old_name} : annuaire conservé")
+                report.warn(
+                    row.line,
+                    f"catégorie « {category} » différente de l'annuaire FINESS "
+                    f"({old_category}) pour {old_name} : annuaire conservé",
+                )
     if report.errors:
         report.refused = True
         return report
 
     new_establishments = [
-        {"finess": f, "finess_ej": None, "categetab": None, "commune": None, "source": "contacts",
-         "updated_at": now, **_establishment_values(row, f, radiotherapy)}
+        {
+            "finess": f,
+            "finess_ej": None,
+            "categetab": None,
+            "commune": None,
+            "source": "contacts",
+            "updated_at": now,
+            **_establishment_values(row, f, radiotherapy),
+        }
         for f, row in creating.items()
     ]
     # Establishments this file created earlier follow the file (it is their only source).
@@ -160,11 +192,20 @@ def import_contacts(
             if (values["name"], values["category"], values["departement"]) != old[:3]:
                 updated_establishments.append({"finess": finess, "updated_at": now, **values})
                 known[finess] = (values["name"], values["category"], values["departement"], "contacts")
-    existing = {(c.finess, c.address, c.role) for c in session.execute(
-        select(Contact.finess, Contact.address, Contact.role))}
+    existing = {
+        (c.finess, c.address, c.role)
+        for c in session.execute(select(Contact.finess, Contact.address, Contact.role))
+    }
     new_contacts = [
-        {"finess": f, "address": a, "role": r, "status": "active", "bounce_score": 0.0,
-         "created_at": now, "updated_at": now}
+        {
+            "finess": f,
+            "address": a,
+            "role": r,
+            "status": "active",
+            "bounce_score": 0.0,
+            "created_at": now,
+            "updated_at": now,
+        }
         for _row, f, a, r in valid
         if (f, a, r) not in existing
     ]
@@ -179,6 +220,9 @@ def import_contacts(
     report.changed = len(updated_establishments)
     report.absent = len(existing - set(seen))
     if new_establishments:
-        report.warn(0, f"établissements créés depuis ce fichier (absents de l'extraction FINESS) : "
-                    f"{len(new_establishments)}")
+        report.warn(
+            0,
+            f"établissements créés depuis ce fichier (absents de l'extraction FINESS) : "
+            f"{len(new_establishments)}",
+        )
     return report

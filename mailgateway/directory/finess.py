@@ -163,8 +163,11 @@ def import_finess(
     rows = read_extraction(path, report, frozenset(radiotherapy_finess))
     if not rows or len(report.errors) > len(rows):
         report.refused = True
-        report.error(0, "le fichier ne ressemble pas à une extraction FINESS (lignes structureet valides : "
-                     f"{len(rows)}) : rien n'a été importé")
+        report.error(
+            0,
+            "le fichier ne ressemble pas à une extraction FINESS (lignes structureet valides : "
+            f"{len(rows)}) : rien n'a été importé",
+        )
         return report
 
     cols = [getattr(Establishment, c) for c in COLUMNS]

@@ -37,8 +37,13 @@ def import_staff(session: Session, path: str | PathLike[str], now: datetime) -> 
     """
     del now
     report = ImportReport("staff")
-    rows = read_rows(read_text(path, report), report, _ALIASES, ("address", "region"),
-                     header_optional=("address", "region", "role"))
+    rows = read_rows(
+        read_text(path, report),
+        report,
+        _ALIASES,
+        ("address", "region"),
+        header_optional=("address", "region", "role"),
+    )
     if rows is None:
         report.refused = True
         return report
@@ -52,8 +57,11 @@ def import_staff(session: Session, path: str | PathLike[str], now: datetime) -> 
             report.error(row.line, f"adresse invalide « {raw} »" if raw else "adresse manquante")
         region = row.values["region"].strip().upper()
         if region not in known_regions:
-            report.error(row.line, f"région inconnue « {row.values['region']} » "
-                         f"(valeurs possibles : {', '.join(known_regions)})")
+            report.error(
+                row.line,
+                f"région inconnue « {row.values['region']} » "
+                f"(valeurs possibles : {', '.join(known_regions)})",
+            )
         role = fold(row.values.get("role", "")) or DEFAULT_ROLE
         if not _ROLE_RE.fullmatch(role):
             report.error(row.line, f"rôle invalide « {row.values['role']} »")
@@ -69,8 +77,10 @@ def import_staff(session: Session, path: str | PathLike[str], now: datetime) -> 
         report.refused = True
         return report
 
-    existing = {(s.address, s.region): s.role for s in session.execute(
-        select(StaffMember.address, StaffMember.region, StaffMember.role))}
+    existing = {
+        (s.address, s.region): s.role
+        for s in session.execute(select(StaffMember.address, StaffMember.region, StaffMember.role))
+    }
     added = [
         {"address": a, "region": r, "role": role} for (a, r), role in wanted.items() if (a, r) not in existing
     ]
