@@ -394,6 +394,10 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
     _check_address(s.acss.address, "acss.address", problems)
     if s.logging.format not in ("auto", "json", "text"):
         problems.append(("logging.format", "must be auto, json or text"))
+    if s.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        problems.append(("logging.level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"))
+    if s.metrics is not None and not 0 <= s.metrics.port < 65536:
+        problems.append(("metrics.port", "must be between 0 and 65535 (0: any free port)"))
 
 
 def file_problems(s: Settings) -> list[tuple[str, str]]:
