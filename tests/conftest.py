@@ -112,3 +112,32 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
     finally:
         sink.stop()
+
+
+# --- migrated databases -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_factory(db_url: str) -> Iterator[object]:
+    """A migrated database on each engine, as a sessionmaker; the engine is disposed afterwards."""
+    from mailgateway.store.engine import make_engine, make_sessionmaker, upgrade
+
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def sqlite_factory(sqlite_url: str) -> Iterator[object]:
+    """A migrated SQLite database as a sessionmaker."""
+    from mailgateway.store.engine import make_engine, make_sessionmaker, upgrade
+
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
