@@ -87,18 +87,22 @@ def _address(addr: str, name: str = "") -> Address:
         raise PolicyRefusal(f"adresse invalide : {addr!r}") from exc
 
 
-def _attach_original(msg: EmailMessage, att: Attachment) -> None:
+def _attach_original(msg: EmailMessage, att: Attachment, verbatim: dict[bytes, bytes]) -> None:
     if att.content_type == "message/rfc822":
         # Keep the original bytes: attach them verbatim as message/rfc822 when they are safe
-        # 8bit content (RFC 2046 §5.2.1 forbids base64 on message/rfc822), else as a file.
+        # 8bit content (RFC 2046 §5.2.1 forbids base64 on message/rfc822), else as a file. The
+        # email package would re-serialise (and can fail on real mail), so a placeholder is
+        # swapped for the original bytes after generation.
         lines = att.raw.splitlines()
         if b"\0" not in att.raw and all(len(line) <= 998 for line in lines):
+            token = f"MAILGATEWAY-ORIGINAL-{len(verbatim)}-{hashlib.sha256(att.raw).hexdigest()}"
             part = MIMEPart(policy=policy.SMTP)
             part["Content-Type"] = "message/rfc822"
             part["Content-Disposition"] = f'attachment; filename="{att.filename}"'
-            part["Content-Transfer-Encoding"] = "8bit"
-            part.set_payload(b"\r\n".join(lines).decode("utf-8", "surrogateescape") + "\r\n")
+            part["Content-Transfer-Encoding"] = "8bit" if any(b > 127 for b in att.raw) else "7bit"
+            part.set_payload(token)
             msg.attach(part)
+            verbatim[token.encode()] = b"\r\n".join(lines)
             return
         msg.add_attachment(att.raw, maintype="application", subtype="octet-stream", filename=att.filename)
         return
@@ -150,11 +154,14 @@ class Composer:
         msg.set_content(rendered.text, cte="quoted-printable")
         if rendered.html is not None:
             msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
+        verbatim: dict[bytes, bytes] = {}
         if spec.attachments:
             msg.make_mixed()
             for att in spec.attachments:
-                _attach_original(msg, att)
+                _attach_original(msg, att, verbatim)
         raw = msg.as_bytes(policy=policy.SMTP)
+        for token, original in verbatim.items():
+            raw = raw.replace(token, original, 1)
         if self.signer is not None:
             raw = self.signer.sign(raw) + raw
         return Composed(raw=raw, message_id=message_id, subject=subject)
