@@ -1,0 +1,112 @@
+"""The outbox: one row per outbound message and recipient, with its final bytes (DESIGN §2).
+
+Rows are inserted in the transaction that decided to send them, so a rolled-back decision sends
+nothing and a committed one is never lost. The idempotency key makes a second decision for the
+same logical mail (reprocessing after a crash) a no-op.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from mailgateway.clock import aware
+from mailgateway.settings import Settings
+from mailgateway.store.models import OutboundMessage
+
+
+def verp_address(settings: Settings, token: str) -> str:
+    """VERP return path (bounces+<token>@domain): a bounce names its outbox row exactly."""
+    return f"{settings.outbound.bounce_local_part}+{token}@{settings.bounce_domain}"
+
+
+def enqueue(
+    session: Session,
+    *,
+    raw: bytes,
+    recipient: str,
+    message_id: str,
+    idempotency_key: str,
+    kind: str,
+    now: datetime,
+    settings: Settings,
+    case_id: int | None = None,
+    bulletin_id: int | None = None,
+    priority: int = 0,
+) -> OutboundMessage | None:
+    """Queue ``raw`` for ``recipient``; None (nothing inserted) when the key is already queued."""
+    token = secrets.token_hex(10)
+    values: dict[str, Any] = {
+        "idempotency_key": idempotency_key, "kind": kind, "case_id": case_id, "bulletin_id": bulletin_id,
+        "message_id": message_id, "verp_token": token, "mail_from": verp_address(settings, token),
+        "recipient": recipient, "raw": raw, "priority": priority, "status": "queued", "attempts": 0,
+        "created_at": now, "next_attempt_at": now,
+        "deadline_at": now + timedelta(hours=settings.relay.retry_deadline_hours),
+    }
+    dialect = session.get_bind().dialect.name
+    insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+    # ON CONFLICT DO NOTHING: a duplicate key neither raises nor poisons the caller's transaction.
+    new_id = session.execute(
+        insert_(OutboundMessage).values(values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(OutboundMessage.id)
+    ).scalar_one_or_none()
+    if new_id is None:
+        return None
+    return session.get(OutboundMessage, new_id)
+
+
+def find_by_verp(session: Session, token: str) -> OutboundMessage | None:
+    return session.scalar(select(OutboundMessage).where(OutboundMessage.verp_token == token.lower()))
+
+
+def find_by_message_id(session: Session, message_id: str) -> OutboundMessage | None:
+    mid = message_id.strip()
+    if not mid.startswith("<"):
+        mid = f"<{mid}>"
+    return session.scalar(select(OutboundMessage).where(OutboundMessage.message_id == mid).limit(1))
+
+
+def mark_bounced(session: Session, row: OutboundMessage, now: datetime, diagnostic: str) -> None:
+    row.bounced_at = now
+    if row.status in ("queued", "sending", "sent"):
+        row.status = "bounced"
+    row.last_answer = diagnostic[:2000]
+
+
+def list_rows(session: Session, limit: int = 1000) -> list[dict[str, Any]]:
+    rows = session.scalars(select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit))
+    return [
+        {"id": r.id, "status": r.status, "kind": r.kind, "recipient": r.recipient, "attempts": r.attempts,
+         "message_id": r.message_id, "priority": r.priority, "created_at": aware(r.created_at).isoformat(),
+         "next_attempt_at": aware(r.next_attempt_at).isoformat(), "last_answer": r.last_answer,
+         "case_id": r.case_id, "bulletin_id": r.bulletin_id}
+        for r in rows
+    ]
+
+
+def retry(session: Session, outbound_id: int, now: datetime) -> bool:
+    row = session.get(OutboundMessage, outbound_id)
+    if row is None or row.status == "sent":
+        return False
+    row.status = "queued"
+    row.next_attempt_at = now
+    row.lease_until = None
+    row.lease_owner = None
+    if aware(row.deadline_at) < now:
+        row.deadline_at = now + timedelta(days=1)
+    return True
+
+
+def queue_stats(session: Session, now: datetime) -> dict[str, Any]:
+    by_status = dict(session.execute(
+        select(OutboundMessage.status, func.count()).group_by(OutboundMessage.status)).all())
+    oldest = session.scalar(select(func.min(OutboundMessage.created_at)).where(OutboundMessage.status == "queued"))
+    return {"by_status": {str(k): int(v) for k, v in by_status.items()},
+            "oldest_queued_seconds": (now - aware(oldest)).total_seconds() if oldest else 0.0}
