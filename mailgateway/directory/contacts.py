@@ -168,6 +168,7 @@ def import_contacts(
                     f"({old_category}) pour {old_name} : annuaire conservé",
                 )
     if report.errors:
+        report.errors.sort(key=lambda e: e.line)  # stable: a line's errors keep their order
         report.refused = True
         return report
 

@@ -99,9 +99,7 @@ def test_changes_are_detected_and_written(session: Session, tmp_path: Path) -> N
     assert (report.added, report.changed, report.unchanged) == (1, 1, 1)
     assert _get(session, "690781810").name == "Hospices Civils de Lyon"
     # Establishments that disappear from the extraction are counted, never deleted.
-    third = write_extraction(
-        tmp_path / "c.csv", [structure_line("380780080", "CHU Grenoble", "38", "101", "1101")]
-    )
+    third = write_extraction(tmp_path / "c.csv", [structure_line("380780080", "CHU Grenoble", "38", "101", "1101")])
     report = import_finess(session, third, NOW)
     assert (report.absent, report.unchanged) == (2, 1)
     assert session.get(Establishment, "010000024") is not None
@@ -117,9 +115,7 @@ def test_a_duplicate_finess_is_an_error_on_its_second_line(session: Session, tmp
     assert _get(session, "690781810").name == "HCL"
 
 
-def test_a_file_that_is_not_an_extraction_is_refused_and_nothing_is_written(
-    session: Session, tmp_path: Path
-) -> None:
+def test_a_file_that_is_not_an_extraction_is_refused_and_nothing_is_written(session: Session, tmp_path: Path) -> None:
     path = tmp_path / "contacts.csv"
     path.write_text("finess;name;email\n690781810;HCL;ssi@chu-lyon.fr\n", encoding="utf-8")
     report = import_finess(session, path, NOW)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from mailgateway.directory import BouncePolicy, import_finess, reactivate, record_bounce
+from mailgateway.settings import DirectorySettings
+from mailgateway.store.models import Contact, ContactBounce
+from tests.directory.conftest import DATA, NOW
+
+
+@pytest.fixture
+def contact(session: Session) -> Contact:
+    import_finess(session, DATA / "finess-sample.csv", NOW)
+    session.execute(
+        insert(Contact),
+        [
+            {"finess": f, "address": "ssi@ght.fr", "role": "ssi", "created_at": NOW, "updated_at": NOW}
+            for f in ("690781810", "690000880")  # one GHT mailbox serving two establishments
+        ],
+    )
+    found = session.scalars(select(Contact).order_by(Contact.id)).first()
+    assert found is not None
+    return found
+
+
+def test_hard_bounce_marks_every_contact_of_the_address_bouncing(session: Session, contact: Contact) -> None:
+    touched = record_bounce(session, "SSI@GHT.fr", True, "550 5.1.1 user unknown", NOW)
+    assert [c.status for c in touched] == ["bouncing", "bouncing"]
+    assert touched[0].bounce_score == 1.0
+    assert session.scalar(select(func.count()).select_from(ContactBounce)) == 2
+
+
+def test_soft_bounces_reach_the_threshold_at_five_points(session: Session, contact: Contact) -> None:
+    for day in range(9):
+        record_bounce(session, "ssi@ght.fr", False, "452 4.2.2 mailbox full", NOW + timedelta(days=day))
+    assert (contact.bounce_score, contact.status) == (4.5, "active")
+    record_bounce(session, "ssi@ght.fr", False, "452 4.2.2 mailbox full", NOW + timedelta(days=9))
+    assert (contact.bounce_score, contact.status) == (5.0, "bouncing")
+
+
+def test_soft_bounces_of_one_day_score_once_but_are_all_recorded(session: Session, contact: Contact) -> None:
+    for minute in range(20):
+        record_bounce(session, "ssi@ght.fr", False, "mailbox full", NOW + timedelta(minutes=minute))
+    assert (contact.bounce_score, contact.status) == (0.5, "active")
+    count = session.scalar(
+        select(func.count()).select_from(ContactBounce).where(ContactBounce.contact_id == contact.id)
+    )
+    assert count == 20
+
+
+def test_score_restarts_after_a_quiet_week(session: Session, contact: Contact) -> None:
+    for day in range(8):
+        record_bounce(session, "ssi@ght.fr", False, None, NOW + timedelta(days=day))
+    assert contact.bounce_score == 4.0
+    record_bounce(session, "ssi@ght.fr", False, None, NOW + timedelta(days=7 + 8))
+    assert (contact.bounce_score, contact.status) == (0.5, "active")
+
+
+def test_policy_comes_from_settings_and_reactivate_clears_the_score(session: Session, contact: Contact) -> None:
+    policy = BouncePolicy.from_settings(DirectorySettings(bounce_threshold=1.0, hard_bounce_marks_bouncing=False))
+    record_bounce(session, "ssi@ght.fr", False, None, NOW, policy=policy)
+    assert contact.status == "active"
+    record_bounce(session, "ssi@ght.fr", True, None, NOW + timedelta(days=1), policy=policy)
+    assert (contact.bounce_score, contact.status) == (1.5, "bouncing")
+    reactivate(contact, NOW)
+    assert (contact.bounce_score, contact.status) == (0.0, "active")
+
+
+def test_unknown_address_touches_nothing(session: Session, contact: Contact) -> None:
+    assert record_bounce(session, "nobody@nowhere.fr", True, None, NOW) == []
