@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TextIO
 
 from mailgateway.settings import LoggingSettings
@@ -37,8 +38,8 @@ __all__ = [
 # Fields a record may carry, in the order the text format prints them.
 CONTEXT_FIELDS = ("case_ref", "message_id", "inbound_id", "outbound_id", "region", "mailbox", "recipient")
 
-_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("mailgateway_log_context",
-                                                                              default={})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "mailgateway_log_context", default=MappingProxyType({}))
 
 # LogRecord attributes that are not user data (everything else came from ``extra=``).
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
@@ -110,7 +111,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         extra = _extra(record)
-        ordered = [k for k in CONTEXT_FIELDS if k in extra] + sorted(k for k in extra if k not in CONTEXT_FIELDS)
+        ordered = [k for k in CONTEXT_FIELDS if k in extra]
+        ordered += sorted(k for k in extra if k not in CONTEXT_FIELDS)
         if ordered:
             fields = " ".join(f"{k}={extra[k]}" for k in ordered)
             head, sep, tail = text.partition("\n")  # keep a traceback below the fields

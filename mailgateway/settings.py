@@ -150,6 +150,9 @@ class AcssSettings:
 class MetricsSettings:
     host: str = "127.0.0.1"
     port: int = 9308
+    # /healthz fails when an IMAP mailbox has not been reached for this long (reconnections
+    # shorter than this are normal: server restarts, IDLE renewals).
+    mailbox_unhealthy_after_seconds: float = 300.0
 
 
 @dataclass(frozen=True)

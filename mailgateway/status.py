@@ -1,0 +1,237 @@
+"""``mailgateway status``: the gateway's health at a glance, read from the database (issue 10).
+
+The same :class:`Snapshot` feeds the Prometheus gauges (``metrics``), so the command and the
+dashboards never disagree. Reading only: the command never migrates nor writes.
+
+Exit codes: 0 all well, 1 a problem is shown (a mailbox unreachable for too long, schema behind),
+2 the database cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailgateway.cases.lifecycle import CLOSED
+from mailgateway.clock import Clock, SystemClock, aware
+from mailgateway.settings import Settings
+from mailgateway.store.models import Case, InboundMessage, MailboxState, OutboundMessage
+
+# Outbox rows still to deliver (DESIGN §4: queued -> sending -> sent | failed | expired | refused).
+PENDING_OUTBOX = ("queued", "sending")
+# IMAP watcher states in which the mailbox is being read (intake/imap.py MailboxHealth.state).
+CONNECTED_STATES = frozenset({"idle", "polling", "syncing"})
+# Beyond this the mailbox counts as unreachable ([metrics] mailbox_unhealthy_after_seconds).
+DEFAULT_MAILBOX_GRACE = 300.0
+
+
+@dataclass(frozen=True)
+class MailboxView:
+    mailbox: str
+    state: str
+    last_contact_at: datetime | None = None
+    last_message_at: datetime | None = None
+    last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.state in CONNECTED_STATES
+
+    def problem(self, now: datetime, grace_seconds: float) -> str | None:
+        """Why this mailbox is unhealthy, or None.
+
+        A reconnection is normal (server restart, IDLE renewal); a mailbox is reported only
+        when it has not been reached for ``grace_seconds``.
+        """
+        if self.connected or self.state in ("new", "stopped"):
+            return None
+        if self.last_contact_at is not None:
+            silent = (now - aware(self.last_contact_at)).total_seconds()
+            if silent <= grace_seconds:
+                return None
+            since = f"depuis {int(silent)} s"
+        else:
+            since = "jamais joignable"
+        detail = f" : {self.last_error}" if self.last_error else ""
+        return f"boîte {self.mailbox} injoignable ({self.state}, {since}){detail}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: datetime
+    inbound_backlog: int  # accepted, not yet processed
+    quarantined: int
+    outbox: dict[str, int]  # pending rows by status
+    outbox_oldest_age_seconds: float | None
+    cases_open: int
+    mailboxes: tuple[MailboxView, ...] = ()
+    # Only in a full snapshot (a scan of the inbound table: the command, not every scrape).
+    inbound: dict[str, dict[str, int]] = field(default_factory=dict)  # status -> kind -> count
+    cases_open_by_region: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def outbox_depth(self) -> int:
+        return sum(self.outbox.values())
+
+    def problems(self, grace_seconds: float = DEFAULT_MAILBOX_GRACE) -> list[str]:
+        return [p for m in self.mailboxes if (p := m.problem(self.at, grace_seconds))]
+
+
+def _count(session: Session, stmt: Any) -> int:
+    return int(session.scalar(stmt) or 0)
+
+
+def read_mailboxes(session: Session) -> tuple[MailboxView, ...]:
+    rows = session.scalars(select(MailboxState).order_by(MailboxState.mailbox))
+    return tuple(MailboxView(r.mailbox, r.state, r.last_contact_at, r.last_message_at, r.last_error) for r in rows)
+
+
+def snapshot(session: Session, now: datetime, *, full: bool = True) -> Snapshot:
+    """Read the counters; ``full=False`` keeps to indexed queries (cheap enough for every scrape)."""
+    backlog = _count(session, select(func.count()).select_from(InboundMessage)
+                     .where(InboundMessage.status == "received"))
+    quarantined = _count(session, select(func.count()).select_from(InboundMessage)
+                         .where(InboundMessage.status == "quarantined"))
+    outbox = {status: 0 for status in PENDING_OUTBOX}
+    for status, n in session.execute(
+        select(OutboundMessage.status, func.count()).where(OutboundMessage.status.in_(PENDING_OUTBOX))
+        .group_by(OutboundMessage.status)
+    ):
+        outbox[status] = int(n)
+    oldest = session.scalar(select(func.min(OutboundMessage.created_at))
+                            .where(OutboundMessage.status.in_(PENDING_OUTBOX)))
+    oldest_age = max(0.0, (now - aware(oldest)).total_seconds()) if oldest is not None else None
+    open_filter = Case.status.not_in(sorted(CLOSED)), Case.merged_into_id.is_(None)
+    cases_open = _count(session, select(func.count()).select_from(Case).where(*open_filter))
+    inbound: dict[str, dict[str, int]] = {}
+    by_region: dict[str, int] = {}
+    if full:
+        for status, kind, n in session.execute(
+            select(InboundMessage.status, InboundMessage.kind, func.count())
+            .group_by(InboundMessage.status, InboundMessage.kind)
+        ):
+            inbound.setdefault(status, {})[kind or "-"] = int(n)
+        for region, n in session.execute(
+            select(Case.region, func.count()).where(*open_filter).group_by(Case.region).order_by(Case.region)
+        ):
+            by_region[region] = int(n)
+    return Snapshot(now, backlog, quarantined, outbox, oldest_age, cases_open, read_mailboxes(session),
+                    inbound, by_region)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return aware(value).isoformat() if value is not None else None
+
+
+def to_json(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) -> dict[str, Any]:
+    return {
+        "at": snap.at.isoformat(),
+        "inbound": snap.inbound,
+        "inbound_backlog": snap.inbound_backlog,
+        "quarantined": snap.quarantined,
+        "outbox": {"depth": snap.outbox_depth, "by_status": snap.outbox,
+                   "oldest_age_seconds": snap.outbox_oldest_age_seconds},
+        "cases_open": snap.cases_open,
+        "cases_open_by_region": snap.cases_open_by_region,
+        "mailboxes": [
+            {**asdict(m), "last_contact_at": _iso(m.last_contact_at), "last_message_at": _iso(m.last_message_at),
+             "connected": m.connected, "problem": m.problem(snap.at, grace_seconds)}
+            for m in snap.mailboxes
+        ],
+        "problems": snap.problems(grace_seconds),
+    }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60:02d}" if s < 172800 else f"{s // 86400} j"
+
+
+def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) -> str:
+    """French, for the operator's terminal."""
+    lines = [f"État de mailgateway au {snap.at.isoformat(timespec='seconds')}", "", "Messages reçus :"]
+    if not snap.inbound:
+        lines.append("  aucun")
+    for status in sorted(snap.inbound):
+        kinds = snap.inbound[status]
+        detail = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
+        lines.append(f"  {status:<12} {sum(kinds.values()):>7}   ({detail})")
+    lines += [
+        f"  en attente de traitement : {snap.inbound_backlog}",
+        f"  en quarantaine : {snap.quarantined}",
+        "",
+        f"File sortante : {snap.outbox_depth} message(s) à envoyer "
+        f"({', '.join(f'{k} {v}' for k, v in snap.outbox.items())}), "
+        f"plus ancien : {_age(snap.outbox_oldest_age_seconds)}",
+        "",
+        f"Dossiers ouverts : {snap.cases_open}"
+        + (f" ({', '.join(f'{r} {n}' for r, n in snap.cases_open_by_region.items())})"
+           if snap.cases_open_by_region else ""),
+        "",
+        "Boîtes IMAP :",
+    ]
+    if not snap.mailboxes:
+        lines.append("  aucune (réception SMTP seulement, ou démon jamais lancé)")
+    for m in snap.mailboxes:
+        contact = _age((snap.at - aware(m.last_contact_at)).total_seconds()) if m.last_contact_at else "jamais"
+        flag = "ok" if m.problem(snap.at, grace_seconds) is None else "PROBLÈME"
+        lines.append(f"  {m.mailbox:<24} {m.state:<10} dernier contact il y a {contact:<8} {flag}"
+                     + (f" — {m.last_error}" if m.last_error and not m.connected else ""))
+    problems = snap.problems(grace_seconds)
+    if problems:
+        lines += ["", "Problèmes :"] + [f"  - {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def cli(args: argparse.Namespace, settings: Settings, clock: Clock | None = None) -> int:
+    from mailgateway.store.engine import current_revision, head_revision, make_engine, make_sessionmaker
+
+    url = settings.database.url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        from pathlib import Path
+
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            print(f"base de données absente : {path} (lancer « mailgateway db upgrade »)", file=sys.stderr)
+            return 2
+    grace = settings.metrics.mailbox_unhealthy_after_seconds if settings.metrics else DEFAULT_MAILBOX_GRACE
+    engine = make_engine(url)
+    try:
+        revision = current_revision(engine)
+        if revision is None:
+            print("base de données non initialisée (lancer « mailgateway db upgrade »)", file=sys.stderr)
+            return 2
+        with make_sessionmaker(engine)() as session:
+            snap = snapshot(session, (clock or SystemClock()).now())
+    except Exception as exc:  # the operator wants the reason, not a traceback
+        print(f"lecture de la base impossible : {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    head = head_revision()
+    extra = [] if revision == head else [f"schéma en retard : {revision} (attendu {head}), "
+                                         "lancer « mailgateway db upgrade »"]
+    if getattr(args, "json", False):
+        obj = to_json(snap, grace)
+        obj["schema"] = {"revision": revision, "head": head}
+        obj["problems"] += extra
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    else:
+        text = format_text(snap, grace)
+        if extra:
+            text += ("\n" if snap.problems(grace) else "\n\nProblèmes :") + "".join(f"\n  - {p}" for p in extra)
+        print(text)
+    return 1 if (snap.problems(grace) or extra) else 0
