@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailgateway.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,43 @@ class AnalysisContext:
     radiotherapy_finess: frozenset[str] = frozenset()
     # Region used when the recipient does not name one (single-region sites).
     default_region: str | None = None
+
+
+def loop_token_for(bounce_domain: str) -> str:
+    """Value of our X-Mailgateway-Loop header: names this installation by its bounce domain."""
+    return f"mailgateway:{bounce_domain}"
+
+
+def build_context(
+    settings: Settings,
+    thread_lookup: Callable[[Sequence[str]], str | None] = _no_thread,
+    establishment_lookup: Callable[[str], EstablishmentInfo | None] = _no_establishment,
+) -> AnalysisContext:
+    """The analysis context of a configuration (lookups injected by the caller)."""
+    domain = settings.bounce_domain.lower()
+    local = settings.outbound.bounce_local_part or "bounces"
+    regions = {r.address.lower(): r.code for r in settings.regions if r.address}
+    own = set(regions)
+    own.update({f"{local}@{domain}", f"noreply@{domain}", f"ne-pas-repondre@{domain}"})
+    if settings.dkim and settings.dkim.domain:
+        own.add(f"noreply@{settings.dkim.domain.lower()}")
+    staff: dict[str, set[str]] = {}
+    for member in settings.staff:
+        staff.setdefault(member.address.lower(), set()).add(member.region)
+    labels = settings.labels
+    return AnalysisContext(
+        region_addresses=regions,
+        own_addresses=frozenset(own),
+        bounce_domain=domain,
+        bounce_local_part=local,
+        loop_token=loop_token_for(domain),
+        staff={address: frozenset(codes) for address, codes in staff.items()},
+        acss_domains=tuple(d.lower() for d in settings.authentication.acss_domains),
+        thread_lookup=thread_lookup,
+        establishment_lookup=establishment_lookup,
+        extra_field_labels=dict(labels.fields),
+        extra_incident_types=dict(labels.incident_types),
+        extra_categories=dict(labels.categories),
+        radiotherapy_finess=frozenset(labels.radiotherapy_finess),
+        default_region=settings.regions[0].code if len(settings.regions) == 1 else None,
+    )

@@ -1,0 +1,106 @@
+"""Alerts of the national cell (ACSS, now CERT Santé) and CERT-FR style advisories.
+
+An alert is authentic only when the sender is authenticated and the authenticated domain is
+(under) one of the configured ACSS domains (DESIGN §8); anything else that looks like an alert
+is still recognised, so that staff can be warned about a spoofed one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailgateway.mail.facts import Alert, SenderVerdict
+from mailgateway.mail.labels import Labels
+from mailgateway.mail.refs import strip_prefixes
+from mailgateway.mail.text import labelled_lines, match_form
+
+# CERT-FR: CERTFR-2024-AVI-0123, CERTFR-2017-ALE-010; CERT Santé: 2026-ALE-031 and similar.
+_CERTFR = re.compile(r"\bCERTFR-\d{4}-[A-Z]{2,4}-\d{1,5}\b", re.I)
+_ALERT_REF = re.compile(r"\b(?:CERT[ -]?SANTE[ -]?)?\d{4}-(?:ALE|AVI|ACT|IOC|CTI|VUL|BUL|INF)-\d{1,5}\b", re.I)
+_TLP = re.compile(r"\bTLP\s*[:=]?\s*(CLEAR|WHITE|GREEN|AMBER\s*\+\s*STRICT|AMBER|RED|BLANC|VERT|AMBRE|ROUGE)\b", re.I)
+_CVE = re.compile(r"\bCVE-(\d{4})-(\d{4,7})\b", re.I)
+MAX_CVES = 200
+
+
+def domain_in(domain: str | None, domains: tuple[str, ...] | list[str]) -> bool:
+    """``domain`` equals or is a subdomain of one of ``domains``."""
+    if not domain:
+        return False
+    domain = domain.lower().rstrip(".")
+    return any(domain == d.lower() or domain.endswith("." + d.lower()) for d in domains if d)
+
+
+def tlp_of(text: str, labels: Labels) -> str | None:
+    match = _TLP.search(text[:50_000])
+    if match:
+        return labels.tlp.first(match.group(1).replace(" ", ""))
+    return None
+
+
+def cves_of(text: str) -> tuple[str, ...]:
+    seen: list[str] = []
+    for m in _CVE.finditer(text[:200_000]):
+        cve = f"CVE-{m.group(1)}-{m.group(2)}"
+        if cve not in seen:
+            seen.append(cve)
+            if len(seen) >= MAX_CVES:
+                break
+    return tuple(seen)
+
+
+def looks_like_alert(subject: str, text: str, labels: Labels) -> bool:
+    """Two independent signals: an alert word, a TLP marking, a CERT reference, a known issuer."""
+    probe = subject + "\n" + text[:20_000]
+    signals = 0
+    if labels.alert_keywords.first(subject) or re.search(r"\balerte?\b", match_form(subject)):
+        signals += 1
+    if _TLP.search(probe):
+        signals += 1
+    if _CERTFR.search(probe) or _ALERT_REF.search(probe):
+        signals += 1
+    if labels.alert_issuers.first(probe):
+        signals += 1
+    return signals >= 2
+
+
+def extract_alert(
+    subject: str, text: str, sender: SenderVerdict, acss_domains: tuple[str, ...], labels: Labels
+) -> Alert:
+    fields: dict[str, str] = {}
+    for label, value, _i in labelled_lines(text[:50_000], max_lines=400):
+        name = labels.fields.lookup(label)
+        if name == "structure":  # "Structures concernées" also names a declaration's structure
+            name = "targets"
+        if name in ("reference", "title", "targets", "tlp") and name not in fields and value:
+            fields[name] = value
+    probe = subject + "\n" + text[:50_000]
+    reference = None
+    for source in (fields.get("reference", ""), probe):
+        match = _CERTFR.search(source) or _ALERT_REF.search(source)
+        if match:
+            reference = match.group(0).upper()
+            break
+    if reference is None and fields.get("reference"):
+        reference = fields["reference"][:100]
+    title = fields.get("title")
+    if not title:
+        title = strip_prefixes(subject)
+        title = re.sub(r"^\s*(\[[^\]]{0,40}\]\s*)+", "", title)
+        title = re.sub(r"^\s*alerte?\s*[-:–]\s*", "", title, flags=re.I).strip() or None
+    tlp = None
+    if fields.get("tlp"):
+        tlp = tlp_of("TLP:" + re.sub(r"(?i)^\s*tlp\s*[:=]?\s*", "", fields["tlp"]), labels)
+    tlp = tlp or tlp_of(probe, labels)
+    targets: list[str] = []
+    if fields.get("targets"):
+        targets = [t for t in labels.categories.ordered(fields["targets"]) if t != "AUTRE"]
+    auth_domain = sender.auth_domain or sender.domain
+    authentic = bool(sender.authenticated and domain_in(auth_domain, acss_domains))
+    return Alert(
+        reference=reference,
+        title=title and title[:300],
+        tlp=tlp,
+        targets=tuple(targets),
+        cves=cves_of(probe),
+        authentic=authentic,
+    )

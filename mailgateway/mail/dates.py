@@ -1,0 +1,104 @@
+"""French dates as people write them, to ISO 8601 with the Europe/Paris offset.
+
+"27/11/2026 à 08h30", "le 27 novembre 2026 vers 8h30", "2026-11-27T08:30", "27.11.26 8:30",
+"ce matin à 8h15" (relative to the message's Date header). Times without a zone are local
+time in Europe/Paris (the agencies' time; overseas regions state their own offset in ISO form).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+PARIS = ZoneInfo("Europe/Paris")
+_MONTHS = {
+    "janvier": 1, "janv": 1, "jan": 1, "fevrier": 2, "fevr": 2, "fev": 2, "mars": 3, "avril": 4,
+    "avr": 4, "mai": 5, "juin": 6, "juillet": 7, "juil": 7, "aout": 8, "septembre": 9, "sept": 9,
+    "sep": 9, "octobre": 10, "oct": 10, "novembre": 11, "nov": 11, "decembre": 12, "dec": 12,
+}  # fmt: skip
+_TIME = r"(?:\s*(?:,|a|à|vers|aux alentours de|autour de|-|@|;)?\s*(?:environ\s*)?(\d{1,2})\s*(?:h|:|heures?)\s*(\d{2})?(?:\s*(?::|min)\s*\d{2})?)?"
+_ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?(Z|[+-]\d{2}:?\d{2})?)?\b")
+_NUMERIC = re.compile(r"\b(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})\b" + _TIME, re.I)
+_WORDS = re.compile(
+    r"\b(?:(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche)\s+)?(\d{1,2})(?:er)?\s+"
+    r"(janvier|janv|f[ée]vrier|f[ée]vr|f[ée]v|mars|avril|avr|mai|juin|juillet|juil|ao[ûu]t|septembre|sept|"
+    r"octobre|oct|novembre|nov|d[ée]cembre|d[ée]c)\.?\s+(\d{4})" + _TIME,
+    re.I,
+)
+_RELATIVE = re.compile(
+    r"\b(ce matin|cette nuit|cet apr[èe]s-midi|ce soir|aujourd'hui|hier soir|hier matin|hier|"
+    r"avant-hier|cette semaine)" + _TIME,
+    re.I,
+)
+
+
+def _fold_month(name: str) -> int | None:
+    key = name.lower().replace("é", "e").replace("û", "u").rstrip(".")
+    return _MONTHS.get(key)
+
+
+def _make(y: int, mo: int, d: int, h: str | None, mi: str | None) -> datetime | None:
+    if y < 100:
+        y += 2000
+    try:
+        hour = int(h) if h else 0
+        minute = int(mi) if mi else 0
+        if hour > 23 or minute > 59:
+            hour, minute = 0, 0
+        return datetime(y, mo, d, hour, minute, tzinfo=PARIS)
+    except ValueError:
+        return None
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="seconds")
+
+
+def parse_french_datetime(text: str, reference: datetime | None = None) -> str | None:
+    """The first date (with its time) in ``text`` as ISO 8601 with offset, or None."""
+    text = text[:20_000]
+    candidates: list[tuple[int, datetime]] = []
+    for m in _ISO.finditer(text):
+        y, mo, d, h, mi, s, tz = m.groups()
+        try:
+            if tz:
+                tzs = "+00:00" if tz == "Z" else (tz if ":" in tz else tz[:3] + ":" + tz[3:])
+                dt = datetime.fromisoformat(f"{y}-{mo}-{d}T{h}:{mi}:{s or '00'}{tzs}")
+            else:
+                dt = datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), tzinfo=PARIS)
+        except ValueError:
+            continue
+        candidates.append((m.start(), dt))
+        break
+    for m in _NUMERIC.finditer(text):
+        d, mo, y, h, mi = m.groups()
+        dt = _make(int(y), int(mo), int(d), h, mi)
+        if dt is not None:
+            candidates.append((m.start(), dt))
+            break
+    for m in _WORDS.finditer(text):
+        d, month, y, h, mi = m.groups()
+        mo = _fold_month(month)
+        dt = _make(int(y), mo, int(d), h, mi) if mo else None
+        if dt is not None:
+            candidates.append((m.start(), dt))
+            break
+    if reference is not None:
+        m = _RELATIVE.search(text)
+        if m:
+            word, h, mi = m.group(1).lower(), m.group(2), m.group(3)
+            day: date = reference.astimezone(PARIS).date()
+            if word.startswith("hier"):
+                day -= timedelta(days=1)
+            elif word == "avant-hier":
+                day -= timedelta(days=2)
+            if h or word not in ("cette semaine",):
+                default = {"ce matin": 8, "hier matin": 8, "cette nuit": 2, "ce soir": 20, "hier soir": 20}
+                hour = int(h) if h and int(h) < 24 else default.get(word, 0)
+                minute = int(mi) if mi and int(mi) < 60 else 0
+                if h or word in default:
+                    candidates.append((m.start(), datetime.combine(day, time(hour, minute), tzinfo=PARIS)))
+    if not candidates:
+        return None
+    return _iso(min(candidates, key=lambda c: c[0])[1])

@@ -1,0 +1,287 @@
+"""Incident declarations: labelled "Champ : valeur" mail (portal notifications, forms) and free text.
+
+The portal's exact mail format is not published (shared/domain/enumerations.md), so labelled
+lines are matched against the configurable label tables and everything else falls back to
+keyword search in the free text. Enumeration ids are those of enumerations.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from mailgateway.mail.context import AnalysisContext
+from mailgateway.mail.dates import parse_french_datetime
+from mailgateway.mail.facts import Declaration
+from mailgateway.mail.headers import parse_addresses
+from mailgateway.mail.labels import Labels
+from mailgateway.mail.text import labelled_lines, match_form
+
+# FINESS: 9 characters, the first two the département (2A/2B for Corsica), the last a check key.
+_FINESS = re.compile(r"(?<![\w.])((?:\d{2}|2[AaBb])\d{7})(?![\w])")
+_NOREPLY = re.compile(
+    r"^(no[-_.]?reply|ne[-_.]?pas[-_.]?repondre|ne[-_.]?pas[-_.]?r[ée]pondre|donotreply|"
+    r"do[-_.]not[-_.]reply|nepasrepondre|noreponse|no[-_.]?response|mailer[-_.]?daemon|postmaster|"
+    r"notification|notifications|automate|robot)(\+.*)?@",
+    re.I,
+)
+_NEGATIVE = re.compile(r"^\s*(non|aucun|aucune|neant|néant|pas d|sans|no|n/a|-|0)\b", re.I)
+_EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+MIN_LABELS = 3
+# A structure named in free text: "la Clinique du Parc", "au CH de Vienne", "l'EHPAD Les Tilleuls".
+_STRUCTURE = re.compile(
+    r"\b((?:Polyclinique|Clinique|Centre [Hh]ospitalier(?: [Uu]niversitaire| [Rr][ée]gional)?|CHU|CHR|CHS|CH|"
+    r"H[ôo]pital|EHPAD|Laboratoire|GHT|Groupe [Hh]ospitalier|Institut|Centre de [a-zé]+|"
+    r"Groupement [Hh]ospitalier)"
+    r"(?:[ \t]+(?:de la|de l'|de l’|du|des|de|d'|d’|et|sur|en|les?|la|[A-ZÉÈÎ][\w\-'’]*|\d{1,3})){0,6})"
+)
+
+
+def luhn_ok(digits: str) -> bool:
+    """Luhn check over a digit string whose last digit is the key."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch)
+        if i % 2 == 1:
+            n *= 2
+            if n > 9:
+                n -= 9
+        total += n
+    return total % 10 == 0
+
+
+def valid_finess(value: str) -> bool:
+    """FINESS format, and its key: Luhn over the first 8 characters (verified on real numbers).
+
+    Corsican numbers (2A/2B) are checked for format only: how the letters enter the key was not
+    found documented.
+    """
+    value = value.upper()
+    if len(value) != 9:
+        return False
+    if value[:2] in ("2A", "2B"):
+        return value[2:].isdigit()
+    return value.isdigit() and luhn_ok(value)
+
+
+def find_finess(text: str) -> str | None:
+    for match in _FINESS.finditer(text[:100_000]):
+        if valid_finess(match.group(1)):
+            return match.group(1).upper()
+    return None
+
+
+def is_noreply(address: str | None) -> bool:
+    return bool(address) and bool(_NOREPLY.match(address or ""))
+
+
+@dataclass
+class Fields:
+    """Labelled values found in a text, by field name (first occurrence wins)."""
+
+    values: dict[str, str]
+    count: int
+
+
+def labelled_fields(text: str, labels: Labels) -> Fields:
+    values: dict[str, str] = {}
+    count = 0
+    for label, value, _i in labelled_lines(text):
+        field = labels.fields.lookup(label)
+        if field is None:
+            continue
+        count += 1
+        if field not in values or (not values[field] and value):
+            values[field] = value
+    return Fields(values, count)
+
+
+def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[str, ...]:
+    found: list[str] = []
+    for key, ident in (
+        ("impact_soins", "SOINS"),
+        ("impact_donnees", "DONNEES"),
+        ("impact_fonctionnement", "FONCTIONNEMENT"),
+        ("impact_organisation", "ORGANISATION"),
+        ("impact_propagation", "PROPAGATION"),
+    ):
+        value = fields.get(key)
+        if value and not _NEGATIVE.match(value):
+            found.append(ident)
+    if "impacts" in fields:
+        found.extend(labels.impacts.all(fields["impacts"]))
+        found.extend(i for i in ("SOINS", "DONNEES", "FONCTIONNEMENT") if i.lower() in match_form(fields["impacts"]))
+    # Free text: only the impact keywords, and never a negated "pas d'impact sur les soins".
+    form = match_form(free_text[:30_000])
+    for ident in labels.impacts.all(free_text[:30_000]):
+        if ident == "SOINS" and re.search(
+            r"\b(pas|aucun|sans) (d )?impact (sur|pour) (la prise en charge|les soin|le patient)", form
+        ):
+            continue
+        found.append(ident)
+    order = ("SOINS", "DONNEES", "FONCTIONNEMENT", "ORGANISATION", "PROPAGATION")
+    return tuple(i for i in order if i in found)
+
+
+def _severity(fields: dict[str, str], text: str, labels: Labels) -> str:
+    if fields.get("severity"):
+        found = labels.severities.first(fields["severity"])
+        if found:
+            return found
+    form = match_form(text[:30_000])
+    if re.search(r"\b(incident|evenement|situation|attaque) (tres |particulierement )?grave\b", form):
+        return "GRAVE"
+    if re.search(r"\bincident (tres )?significatif\b", form):
+        return "SIGNIFICATIF"
+    return "NON_QUALIFIE"
+
+
+def _declarant(
+    fields: dict[str, str], from_address: str | None, reply_to: str | None, forwarded_from: str | None
+) -> tuple[str | None, str | None]:
+    """(address, name): label, then the original sender of a forward, then Reply-To/From."""
+    name = fields.get("declarant") or None
+    candidates: list[str] = []
+    for key in ("declarant_email", "declarant"):
+        if fields.get(key):
+            candidates.extend(m.group(0).lower() for m in _EMAIL.finditer(fields[key]))
+    if forwarded_from:
+        candidates.extend(a for _n, a in parse_addresses(forwarded_from))
+    if is_noreply(from_address) and reply_to:
+        candidates.append(reply_to)
+    candidates.append(from_address or "")
+    if reply_to:
+        candidates.append(reply_to)
+    for cand in candidates:
+        if cand and "@" in cand and not is_noreply(cand):
+            if name and "@" in name:
+                name = None
+            return cand.strip(".").lower(), name
+    return None, name
+
+
+def _structure_in_text(text: str) -> str | None:
+    for match in _STRUCTURE.finditer(text):
+        name = re.sub(r"(?:[ \t]+(?:de la|de l'|de l’|du|des|de|d'|d’|et|sur|en|les?|la))+$", "", match.group(1))
+        if " " in name or name.isupper():
+            return name.strip()
+    return None
+
+
+def _first_sentences(text: str, limit: int = 600) -> str | None:
+    cleaned = re.sub(r"[ \t]+", " ", text).strip()
+    cleaned = re.sub(r"^(bonjour|madame|monsieur|cher|chère)[^\n]{0,60}\n+", "", cleaned, flags=re.I)
+    cleaned = re.sub(r"\s*\n\s*", " ", cleaned)
+    if not cleaned:
+        return None
+    return cleaned[:limit].rstrip() + ("…" if len(cleaned) > limit else "")
+
+
+def extract_declaration(
+    text: str,
+    subject: str,
+    ctx: AnalysisContext,
+    labels: Labels,
+    from_address: str | None,
+    reply_to: str | None,
+    sent_at: datetime | None,
+    forwarded_from: str | None = None,
+) -> Declaration:
+    """Everything that can be read from a declaration's text (labelled first, then free text)."""
+    found = labelled_fields(text, labels)
+    fields = found.values
+    labelled = found.count >= MIN_LABELS
+    finess = None
+    if fields.get("finess"):
+        finess = find_finess(fields["finess"].replace(" ", ""))
+    if finess is None:
+        finess = find_finess(text)
+    info = None
+    if finess:
+        try:
+            info = ctx.establishment_lookup(finess)
+        except Exception:
+            info = None
+    structure = fields.get("structure") or (info.name if info else None)
+    if structure is None and not labelled:
+        structure = _structure_in_text(subject + "\n" + text[:5000])
+    category = None
+    if info and info.category:
+        category = labels.finess_categories.get(info.category, info.category)
+    if finess and finess in ctx.radiotherapy_finess:
+        category = "CENTRE_RADIOTHERAPIE"
+    if category is None and fields.get("category"):
+        category = labels.categories.first(fields["category"])
+    if category is None and structure:
+        category = labels.categories.first(structure)
+    if category is None and not labelled:
+        category = labels.categories.first(subject + "\n" + text[:2000])
+        if category == "AUTRE":
+            category = None
+    incident_type = labels.incident_types.first(fields["incident_type"]) if fields.get("incident_type") else None
+    if incident_type is None:
+        incident_type = labels.incident_types.first(subject) or labels.incident_types.first(text[:30_000])
+    nature = labels.natures.first(fields["nature"]) if fields.get("nature") else None
+    if nature is None:
+        if incident_type in labels.malicious:
+            nature = "MALVEILLANT"
+        elif incident_type and incident_type != "AUTRE":
+            nature = "NON_MALVEILLANT"
+        else:
+            nature = "INDETERMINE"
+    detected_at = None
+    if fields.get("detected_at"):
+        detected_at = parse_french_datetime(fields["detected_at"], sent_at)
+    if detected_at is None:
+        detected_at = parse_french_datetime(text, sent_at)
+    summary_parts = [fields[k] for k in ("summary", "scope") if fields.get(k)]
+    summary = " — ".join(summary_parts) if summary_parts else None
+    if summary is None and not labelled:
+        summary = _first_sentences(text)
+    address, name = _declarant(fields, from_address, reply_to, forwarded_from)
+    departement = info.departement if info and info.departement else None
+    if departement is None and finess:
+        departement = finess[:2]
+    return Declaration(
+        finess=finess,
+        structure=(structure or None) and structure[:300],
+        category=category,
+        incident_type=incident_type,
+        nature=nature,
+        severity=_severity(fields, subject + "\n" + text, labels),
+        detected_at=detected_at,
+        impacts=_impacts(fields, subject + "\n" + text, labels),
+        summary=summary and summary[:4000],
+        measures=(fields.get("measures") or None) and fields["measures"][:4000],
+        declarant=address,
+        declarant_name=name and name[:200],
+        departement=departement,
+    )
+
+
+def looks_like_declaration(text: str, subject: str, labels: Labels) -> tuple[bool, str]:
+    """(is a declaration, why): labelled form, or incident keywords in free text."""
+    found = labelled_fields(text, labels)
+    strong = {
+        "finess",
+        "incident_type",
+        "detected_at",
+        "nature",
+        "severity",
+        "impact_soins",
+        "impact_donnees",
+        "measures",
+        "declarant",
+        "declarant_email",
+        "structure",
+    }
+    if found.count >= MIN_LABELS and len(strong & found.values.keys()) >= 2:
+        return True, "labelled"
+    probe = subject + "\n" + text[:20_000]
+    if labels.declaration_keywords.first(probe):
+        return True, "keywords"
+    kind = labels.incident_types.first(probe)
+    if kind and kind not in labels.weak_types and kind != "COMPROMISSION_SI":
+        return True, "incident type"
+    return False, ""

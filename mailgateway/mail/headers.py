@@ -1,0 +1,185 @@
+"""Header decoding that cannot raise.
+
+Python's ``email.policy.default`` header objects raise on real mail (shared/corpus/README.md
+crash classes 1, 2 and 5: ``Group.local_part``, CR/LF in a decoded address, ``UnicodeEncodeError``
+on refolding). We therefore read header values as plain strings from a ``compat32`` message and
+decode RFC 2047 encoded words ourselves, tolerantly:
+
+* adjacent encoded words in the same charset are joined *before* decoding, so a UTF-8 character
+  split across two words (RFC 2047 §5 forbids it, mailers do it) comes out whole;
+* unknown charsets and broken base64/quoted-printable degrade to replacement characters;
+* raw 8-bit bytes (RFC 6532 UTF-8 headers, or legacy Latin-1) are decoded as UTF-8, else cp1252.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import email.utils
+import re
+from email.header import Header
+
+# RFC 2047 §2: encoded-word = "=?" charset "?" encoding "?" encoded-text "?="
+# (RFC 2231 §5 adds an optional *language after the charset).
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+_QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+_WS_BETWEEN_WORDS = re.compile(r"\?=\s+=\?")
+MAX_HEADER_CHARS = 16_384
+
+# Charset names seen in the wild that Python does not know (corpus crash class 3 and typos).
+_CHARSET_ALIASES = {
+    "uft-8": "utf-8",
+    "utf8": "utf-8",
+    "unicode-1-1-utf-7": "utf-7",
+    "x-unknown": "",
+    "unknown-8bit": "",
+    "x-user-defined": "",
+    "ansi_x3.4-1968": "ascii",
+    "x-mac-cyrillic": "mac-cyrillic",
+}
+
+
+def clean_charset(name: str | None) -> str | None:
+    """A Python codec name for a declared charset, or None when it cannot be trusted."""
+    if not name:
+        return None
+    value = str(name).strip().strip("\"'").lower()
+    # 'charset="charset=us-ascii"' (corpus crash class 3): keep what follows the last '='.
+    value = value.rpartition("=")[2].strip().strip("\"'")
+    value = _CHARSET_ALIASES.get(value, value)
+    if not value:
+        return None
+    try:
+        return codecs.lookup(value).name
+    except (LookupError, ValueError):
+        return None
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode with the declared charset if Python knows it, else guess; never raises."""
+    codec = clean_charset(charset)
+    if codec and codec not in ("ascii", "us-ascii"):
+        try:
+            return data.decode(codec)
+        except (UnicodeDecodeError, LookupError, ValueError):
+            return data.decode(codec, errors="replace") if codec != "utf-7" else _guess(data)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _guess(data)
+
+
+def _guess(data: bytes) -> str:
+    """Undeclared or lying charset: charset-normalizer for long text, cp1252 otherwise."""
+    if len(data) >= 64:
+        try:
+            from charset_normalizer import from_bytes
+
+            best = from_bytes(data[:200_000]).best()
+            if best is not None and best.encoding:
+                return data.decode(best.encoding, errors="replace")
+        except Exception:  # noqa: S110 - a guesser failure falls back to cp1252 below
+            pass
+    return data.decode("cp1252", errors="replace")
+
+
+def _raw_to_text(value: str) -> str:
+    """compat32 keeps undecodable header bytes as surrogate escapes; turn them back to text."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in value):
+        return value
+    data = value.encode("ascii", errors="surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _decode_word(charset: str, encoding: str, text: str) -> bytes:
+    if encoding in "bB":
+        cleaned = re.sub(r"[^A-Za-z0-9+/]", "", text)
+        cleaned += "=" * (-len(cleaned) % 4)
+        try:
+            return base64.b64decode(cleaned)
+        except (binascii.Error, ValueError):
+            return text.encode("ascii", errors="replace")
+    raw = text.replace("_", " ").encode("ascii", errors="replace")
+    return _QP_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+
+
+def decode_header_value(value: object) -> str:
+    """Decode one header value (str or email.header.Header) to text; never raises."""
+    try:
+        if isinstance(value, Header):
+            text = str(value)
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = str(value)
+    except Exception:
+        return ""
+    text = _raw_to_text(text[:MAX_HEADER_CHARS])
+    # Unfold (RFC 5322 §2.2.3) before looking for encoded words.
+    text = re.sub(r"\r?\n[ \t]*", " ", text).replace("\r", " ")
+    if "=?" not in text:
+        return text.strip()
+    # RFC 2047 §6.2: whitespace between adjacent encoded words is ignored.
+    text = _WS_BETWEEN_WORDS.sub("?==?", text)
+    out: list[str] = []
+    pos = 0
+    pending: list[tuple[str, bytes]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        groups: list[tuple[str, bytearray]] = []
+        for cs, data in pending:
+            if groups and groups[-1][0] == cs:
+                groups[-1][1].extend(data)
+            else:
+                groups.append((cs, bytearray(data)))
+        for cs, data in groups:
+            out.append(decode_bytes(bytes(data), cs))
+        pending.clear()
+
+    for match in _ENCODED_WORD.finditer(text):
+        if match.start() != pos:
+            flush()
+            out.append(text[pos : match.start()])
+        charset, enc, payload = match.groups()
+        pending.append((charset.lower(), _decode_word(charset, enc, payload)))
+        pos = match.end()
+    flush()
+    out.append(text[pos:])
+    return "".join(out).strip()
+
+
+def parse_addresses(value: str) -> list[tuple[str, str]]:
+    """(display name, lower-case address) pairs from a decoded address header; never raises.
+
+    Group syntax (``unlisted-recipients:; (comment)``, corpus crash class 1) yields nothing;
+    CR/LF that came out of encoded words (crash class 2) is flattened first.
+    """
+    value = value.replace("\r", " ").replace("\n", " ")[:MAX_HEADER_CHARS]
+    try:
+        pairs = email.utils.getaddresses([value])
+    except Exception:
+        pairs = []
+    result: list[tuple[str, str]] = []
+    for name, addr in pairs:
+        addr = addr.strip().strip("<>").strip()
+        if addr and not any(ch.isspace() for ch in addr):
+            result.append((name.strip(), addr.lower()))
+    if not result:
+        # getaddresses gives up on some malformed values: take any bracketed or bare address.
+        for found in re.findall(r"[\w.+\-=/!#$%&'*?^`{|}~]+@[\w\-.]+", value)[:100]:
+            result.append(("", found.lower().strip(".")))
+    return result[:500]
+
+
+def message_ids(value: str) -> list[str]:
+    """Message-IDs (without angle brackets) from In-Reply-To/References/Message-ID values."""
+    found = re.findall(r"<([^<>\s]+)>", value)
+    if not found:
+        found = [tok for tok in value.split() if "@" in tok]
+    return [f.strip("<>") for f in found][:100]

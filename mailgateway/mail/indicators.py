@@ -1,0 +1,154 @@
+"""Indicators of compromise in a text: url, domain, ip, email, hash, phone, cve.
+
+Defanged forms (``hxxp://``, ``[.]``, ``(.)``, ``[at]``, ``[:]``) are refanged first so that
+values are usable. Our own addresses, the participants of the message itself and markup
+namespaces are noise, not indicators. The count is bounded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from mailgateway.mail.facts import Indicator
+
+MAX_INDICATORS = 100
+MAX_SCAN = 200_000
+
+_REFANG = [
+    (re.compile(r"h[xX]{2}p(s?)(?=\[?:\]?//)", re.I), r"http\1"),
+    (re.compile(r"\[\s*\.\s*\]|\(\s*\.\s*\)|\{\s*\.\s*\}|\[dot\]|\(dot\)", re.I), "."),
+    (re.compile(r"\[\s*:\s*\]"), ":"),
+    (re.compile(r"\s?\[\s*at\s*\]\s?|\s?\(\s*at\s*\)\s?|\[@\]", re.I), "@"),
+    (re.compile(r"\[/\]"), "/"),
+]
+_URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'\])}]{1,2000}", re.I)
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]{1,64}@(?:[A-Za-z0-9\-]{1,63}\.){1,10}[A-Za-z]{2,24}\b")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{1,4})*(?![\w:])")
+_HASH = re.compile(
+    r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{128}|[0-9A-Fa-f]{64}|[0-9A-Fa-f]{40}|[0-9A-Fa-f]{32})(?![0-9A-Fa-f])"
+)
+_CVE = re.compile(r"\bCVE-\d{4}-\d{4,7}\b", re.I)
+# French numbers: 0X XX XX XX XX (spaces, dots, dashes or nothing), +33 X XX..., +33 (0)X ...
+_PHONE = re.compile(r"(?<![\d+])(?:(?:\+|00)33\s?(?:\(0\)\s?)?|0)([1-9])((?:[\s.\-]?\d{2}){4})(?![\d])")
+_DOMAIN = re.compile(
+    r"(?<![\w@.\-/])((?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,10}([A-Za-z]{2,18}))(?![\w\-]|\.\w)"
+)
+_GTLDS = frozenset(
+    "com net org info biz io co eu gov edu mil int xyz top online site club app dev shop store live "
+    "cloud tech icu vip work link click page example test invalid onion pro name mobi asia tel zip "
+    "win bid loan men date download review stream trade racing science party cyou buzz monster rest "
+    "sbs quest lol fun space website host press email support services".split()
+)
+
+
+def refang(text: str) -> str:
+    for pattern, repl in _REFANG:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _noise_domain(domain: str, noise: Iterable[str]) -> bool:
+    domain = domain.lower().rstrip(".")
+    return any(domain == n or domain.endswith("." + n) for n in noise)
+
+
+def extract_indicators(
+    texts: Iterable[str],
+    exclude_addresses: Iterable[str] = (),
+    noise_domains: Iterable[str] = (),
+    exclude_phones: Iterable[str] = (),
+) -> tuple[Indicator, ...]:
+    """Indicators found in ``texts`` (refanged, deduplicated, noise removed, bounded)."""
+    excluded = {a.lower() for a in exclude_addresses if a}
+    excluded_domains = {a.rpartition("@")[2] for a in excluded if "@" in a}
+    noise = tuple(n.lower() for n in noise_domains)
+    skip_phones = set(exclude_phones)
+    out: list[Indicator] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(kind: str, value: str) -> bool:
+        key = (kind, value.lower() if kind in ("url", "domain", "email", "hash") else value)
+        if key in seen:
+            return True
+        seen.add(key)
+        out.append(Indicator(kind, value))
+        return len(out) < MAX_INDICATORS
+
+    for raw in texts:
+        text = refang(raw[:MAX_SCAN])
+        spans: list[tuple[int, int]] = []
+        for m in _URL.finditer(text):
+            url = m.group(0).rstrip(".,;:!?)»")
+            spans.append((m.start(), m.start() + len(url)))
+            host = re.sub(r"^[a-z]+://", "", url, flags=re.I).split("/")[0].split("@")[-1].split(":")[0]
+            if _noise_domain(host, noise) or host.lower() in excluded_domains:
+                continue
+            if not add("url", url):
+                return tuple(out)
+        for m in _EMAIL.finditer(text):
+            spans.append(m.span())
+            addr = m.group(0).lower()
+            if addr in excluded or _noise_domain(addr.rpartition("@")[2], noise):
+                continue
+            if not add("email", addr):
+                return tuple(out)
+
+        def inside(pos: int) -> bool:
+            return any(a <= pos < b for a, b in spans)
+
+        for m in _DOMAIN.finditer(text):
+            domain, tld = m.group(1).lower(), m.group(2).lower()
+            if inside(m.start()) or not (tld in _GTLDS or (len(tld) == 2 and m.group(2).islower())):
+                continue
+            if domain in excluded_domains or _noise_domain(domain, noise) or domain.count(".") < 1:
+                continue
+            if re.fullmatch(r"[\d.]+", domain.rsplit(".", 1)[0]):
+                continue
+            if not add("domain", domain):
+                return tuple(out)
+        for m in _IPV4.finditer(text):
+            try:
+                ip = ipaddress.ip_address(m.group(0))
+            except ValueError:
+                continue
+            if ip.is_loopback or ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255":
+                continue
+            if not add("ip", str(ip)):
+                return tuple(out)
+        for m in _IPV6.finditer(text):
+            if m.group(0).count(":") < 3:
+                continue
+            try:
+                ip6 = ipaddress.ip_address(m.group(0))
+            except ValueError:
+                continue
+            if ip6.is_loopback or ip6.is_unspecified:
+                continue
+            if not add("ip", str(ip6)):
+                return tuple(out)
+        for m in _HASH.finditer(text):
+            value = m.group(0)
+            if inside(m.start()) or not re.search(r"[A-Fa-f]", value) or not re.search(r"\d", value):
+                continue
+            if not add("hash", value.lower()):
+                return tuple(out)
+        for m in _CVE.finditer(text):
+            if not add("cve", m.group(0).upper()):
+                return tuple(out)
+        for m in _PHONE.finditer(text):
+            if inside(m.start()):
+                continue
+            e164 = "+33" + m.group(1) + re.sub(r"\D", "", m.group(2))
+            if e164 in skip_phones:
+                continue
+            if not add("phone", e164):
+                return tuple(out)
+    return tuple(out)
+
+
+def phone_e164(text: str) -> list[str]:
+    """French numbers of ``text`` in E.164 form (used to exclude a declarant's own number)."""
+    return ["+33" + m.group(1) + re.sub(r"\D", "", m.group(2)) for m in _PHONE.finditer(text)]

@@ -1,0 +1,180 @@
+"""The label and synonym tables (mailgateway/data/labels.toml) as compiled matchers.
+
+The tables are data so that a site can add its own wording (``[labels]`` in the configuration,
+passed as ``AnalysisContext.extra_*``) without a code change (STYLE: "data is data").
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from mailgateway.mail.text import match_form
+
+
+@lru_cache(maxsize=1)
+def _raw_tables() -> dict[str, Any]:
+    data = resources.files("mailgateway").joinpath("data/labels.toml").read_bytes()
+    return tomllib.loads(data.decode("utf-8"))
+
+
+def _phrase_pattern(phrase: str) -> str:
+    """A synonym in match form as a regex: '*' = up to three words; word boundaries around."""
+    out = ""
+    wildcard = False
+    for token in phrase.split():
+        if token == "*":
+            wildcard = True
+            continue
+        for word in match_form(token).split():
+            if out:
+                out += " " + (r"(?:\S+ ){0,3}" if wildcard else "")
+            out += re.escape(word)
+            wildcard = False
+    if not out:
+        return r"(?!x)x"
+    return r"(?:^| )" + out + r"(?= |$)"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Enumeration id -> compiled alternation of its synonyms, in table order."""
+
+    entries: tuple[tuple[str, re.Pattern[str]], ...]
+    exact: Mapping[str, str] = field(default_factory=dict)
+
+    def first(self, text: str) -> str | None:
+        """The first id (in table order) one of whose synonyms occurs in ``text``."""
+        form = match_form(text)
+        for ident, pattern in self.entries:
+            if pattern.search(form):
+                return ident
+        return None
+
+    def earliest(self, text: str) -> str | None:
+        """The id whose synonym occurs first in ``text`` (ties: table order)."""
+        form = match_form(text)
+        best: tuple[int, int, str] | None = None
+        for rank, (ident, pattern) in enumerate(self.entries):
+            found = pattern.search(form)
+            if found and (best is None or (found.start(), rank) < best[:2]):
+                best = (found.start(), rank, ident)
+        return best[2] if best else None
+
+    def ordered(self, text: str) -> list[str]:
+        """Every id found, in order of first occurrence in ``text``."""
+        form = match_form(text)
+        hits = [(m.start(), ident) for ident, p in self.entries if (m := p.search(form))]
+        return [ident for _pos, ident in sorted(hits)]
+
+    def all(self, text: str) -> list[str]:
+        form = match_form(text)
+        return [ident for ident, pattern in self.entries if pattern.search(form)]
+
+    def lookup(self, label: str) -> str | None:
+        """Exact label match (labels of "Champ : valeur" lines)."""
+        return self.exact.get(match_form(label))
+
+
+def _table(base: Mapping[str, Sequence[str]], extra: Mapping[str, Sequence[str]] | None = None) -> Table:
+    merged: dict[str, list[str]] = {k: list(v) for k, v in base.items()}
+    for key, values in (extra or {}).items():
+        merged.setdefault(key, [])
+        # Site wording first: a site's label is meant to win.
+        merged[key] = list(values) + merged[key]
+    entries: list[tuple[str, re.Pattern[str]]] = []
+    exact: dict[str, str] = {}
+    for key, synonyms in merged.items():
+        # Longest synonym first so "non malveillant" wins over "malveillant" at one position.
+        ordered = sorted({s for s in synonyms if s.strip()}, key=len, reverse=True)
+        if not ordered:
+            continue
+        pattern = re.compile("|".join(_phrase_pattern(s) for s in ordered))
+        entries.append((key, pattern))
+        for s in ordered:
+            exact.setdefault(match_form(s), key)
+    return Table(tuple(entries), exact)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    args: str  # "words" | "text" | "raw" | "none"
+
+
+@dataclass(frozen=True)
+class Labels:
+    fields: Table
+    incident_types: Table
+    categories: Table
+    severities: Table
+    natures: Table
+    impacts: Table
+    tlp: Table
+    malicious: frozenset[str]
+    finess_categories: Mapping[str, str]
+    declaration_keywords: Table
+    weak_types: frozenset[str]
+    alert_keywords: Table
+    alert_issuers: Table
+    auto_reply_subjects: tuple[str, ...]
+    commands: Mapping[str, CommandSpec]  # normalised spelling -> spec
+    noise_domains: tuple[str, ...]
+
+
+def _freeze(mapping: Mapping[str, Sequence[str]] | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(sorted((k, tuple(v)) for k, v in (mapping or {}).items()))
+
+
+def load_labels(
+    extra_fields: Mapping[str, Sequence[str]] | None = None,
+    extra_incident_types: Mapping[str, Sequence[str]] | None = None,
+    extra_categories: Mapping[str, Sequence[str]] | None = None,
+) -> Labels:
+    """The bundled tables extended by a site's additions (cached per distinct additions)."""
+    return _load(_freeze(extra_fields), _freeze(extra_incident_types), _freeze(extra_categories))
+
+
+@lru_cache(maxsize=16)
+def _load(
+    extra_fields: tuple[tuple[str, tuple[str, ...]], ...],
+    extra_types: tuple[tuple[str, tuple[str, ...]], ...],
+    extra_categories: tuple[tuple[str, tuple[str, ...]], ...],
+) -> Labels:
+    raw = _raw_tables()
+    commands: dict[str, CommandSpec] = {}
+    for name, spec in raw["commands"].items():
+        cmd = CommandSpec(name=name, args=str(spec.get("args", "words")))
+        for spelling in [name, *spec.get("synonyms", [])]:
+            commands.setdefault(command_key(spelling), cmd)
+    finess_categories = {code: cat for cat, codes in raw["finess_categories"].items() for code in codes}
+    return Labels(
+        fields=_table(raw["fields"], dict(extra_fields)),
+        incident_types=_table(raw["incident_types"], dict(extra_types)),
+        categories=_table(raw["categories"], dict(extra_categories)),
+        severities=_table(raw["severities"]),
+        natures=_table(raw["natures"]),
+        impacts=_table(raw["impacts"]),
+        tlp=_table(raw["tlp"]),
+        malicious=frozenset(raw["malicious"]["types"]),
+        finess_categories=finess_categories,
+        declaration_keywords=_table({"DECLARATION": raw["declaration"]["keywords"]}),
+        weak_types=frozenset(raw["declaration"]["weak_types"]),
+        alert_keywords=_table({"ALERT": raw["alert"]["keywords"]}),
+        alert_issuers=_table({"ISSUER": raw["alert"]["issuers"]}),
+        auto_reply_subjects=tuple(match_form(s) for s in raw["auto_reply"]["subjects"]),
+        commands=commands,
+        noise_domains=tuple(raw["indicators"]["noise_domains"]),
+    )
+
+
+def command_key(spelling: str) -> str:
+    """Command spellings compare without accents, case, or '-', '_' and space differences."""
+    from mailgateway.mail.text import fold
+
+    return re.sub(r"[\s_\-]+", "", fold(spelling).strip().lstrip("#"))

@@ -1,0 +1,57 @@
+"""Split an mbox file into messages without losing any.
+
+``mailbox.mbox`` splits at every line starting with ``From `` (mboxo/mboxrd are supposed to escape
+body lines as ``>From``, but real files do not always). On shared/corpus
+``mimekit/.../unmunged.mbox.txt`` (a UTF-8 BOM, then bodies with unescaped ``From Russia with
+love`` lines) that yields three pieces and loses a message. Here a line is a separator only when:
+
+* it has the envelope shape ``From <sender> [<date>]``: the sender is ``-``, an address, or a
+  single token, followed by nothing or by a ctime-like date with a year or a time, and
+* the next line looks like a header field (RFC 5322 §2.2 field name and a colon).
+
+Message bytes are returned as they are in the file, without the separator line and the
+blank line before the next one (like ``mailbox.mbox.get_bytes``), and never re-encoded.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FROM_LINE = re.compile(rb"^From (?:-|\S+@\S+|\S+)(?:[ \t]*$|[ \t]+.*(?:\b\d{4}\b|\d{1,2}:\d{2}(?::\d{2})?).*$)")
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+[ \t]*:")
+
+
+def _is_separator(lines: list[bytes], index: int) -> bool:
+    line = lines[index].rstrip(b"\r\n")
+    if not line.startswith(b"From ") or not _FROM_LINE.match(line):
+        return False
+    if index + 1 >= len(lines):
+        return False
+    return bool(_HEADER_LINE.match(lines[index + 1]))
+
+
+def split_mbox(data: bytes) -> list[bytes]:
+    """The messages of an mbox file, in order."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.splitlines(keepends=True)
+    starts = [i for i in range(len(lines)) if lines[i].startswith(b"From ") and _is_separator(lines, i)]
+    if not starts:
+        return [data] if data.strip() else []
+    messages: list[bytes] = []
+    if starts[0] > 0 and b"".join(lines[: starts[0]]).strip():
+        # Text before the first separator is kept as its own item rather than dropped.
+        messages.append(b"".join(lines[: starts[0]]))
+    for n, start in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(lines)
+        body = lines[start + 1 : end]
+        if len(body) > 1 and body[-1] == b"\n":
+            body = body[:-1]  # the blank line before the next From_ line belongs to the separator
+        messages.append(b"".join(body))
+    return messages
+
+
+def looks_like_mbox(data: bytes) -> bool:
+    head = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+    return bool(_FROM_LINE.match(first)) and first.startswith(b"From ")

@@ -1,0 +1,256 @@
+"""A safe, bounded view of one message over Python's ``email`` package.
+
+Why ``compat32`` and not ``policy.default``: every crash class documented in
+shared/corpus/README.md (Group.local_part, CR/LF in an address, unknown charset, unknown
+maintype, UnicodeEncodeError on refolding, empty multipart/related) lives in the default policy's
+header objects and content manager. ``compat32`` keeps header values as strings and payloads as
+bytes, which we decode ourselves (``mail.headers``), and it parses the corpus about four times
+faster (the ≥ 300 msg/s target). If the ``compat32`` parse itself fails, ``policy.default`` is
+tried, then a headers-only parse, so some facts come out of nearly anything.
+
+The message is never re-serialised: callers keep the original bytes (DESIGN §2).
+
+Bounds: a message over ``MAX_MESSAGE_BYTES`` is parsed headers-only; at most ``MAX_PARTS`` parts
+are visited, ``MAX_DEPTH`` levels deep; each text part contributes at most ``MAX_PART_BYTES``
+and the body text at most ``MAX_TEXT_CHARS``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.parser
+import email.policy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import Message
+
+from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_addresses
+from mailgateway.mail.htmltext import html_to_text
+
+MAX_MESSAGE_BYTES = 25 * 1024 * 1024
+MAX_PARTS = 10_000
+MAX_DEPTH = 50
+MAX_PART_BYTES = 2 * 1024 * 1024
+MAX_TEXT_CHARS = 200_000
+MAX_FORWARDED = 5
+
+_ADDRESS_HEADERS = ("from", "to", "cc", "reply-to", "sender", "delivered-to", "x-original-to")
+
+
+def parse_bytes(raw: bytes) -> tuple[Message, str | None]:
+    """Parse into a compat32 Message; the second value names a degraded mode, if any."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 BOM is not a header (corpus: unmunged.mbox.txt)
+    if len(raw) > MAX_MESSAGE_BYTES:
+        head = raw[: 256 * 1024]
+        return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head), "too-large"
+    try:
+        return email.message_from_bytes(raw, policy=email.policy.compat32), None
+    except Exception:
+        try:
+            return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw), "headers-only"
+        except Exception:
+            return Message(), "unparseable"
+
+
+def walk(msg: Message, max_parts: int = MAX_PARTS) -> Iterator[tuple[Message, int, bool]]:
+    """Yield (part, depth, inside an attached message) iteratively, bounded in count and depth.
+
+    The stdlib's recursive ``walk`` is replaced so that a 10,000-part or deeply nested tree can
+    neither exhaust the stack nor run unbounded.
+    """
+    stack: list[tuple[Message, int, bool]] = [(msg, 0, False)]
+    seen = 0
+    while stack and seen < max_parts:
+        part, depth, inner = stack.pop()
+        seen += 1
+        yield part, depth, inner
+        if depth >= MAX_DEPTH:
+            continue
+        try:
+            payload = part.get_payload()
+        except Exception:
+            continue
+        if isinstance(payload, list):
+            ctype = _ctype(part)
+            child_inner = inner or ctype == "message/rfc822"
+            stack.extend((p, depth + 1, child_inner) for p in reversed(payload) if isinstance(p, Message))
+
+
+def _ctype(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:
+        return "text/plain"
+
+
+def part_bytes(part: Message, limit: int = MAX_PART_BYTES) -> bytes:
+    """Decoded (base64/QP) payload bytes of a leaf part; never raises."""
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:
+        data = None
+    if isinstance(data, bytes):
+        return data[:limit]
+    try:
+        raw = part.get_payload()
+    except Exception:
+        return b""
+    if isinstance(raw, str):
+        return raw.encode("ascii", errors="surrogateescape")[:limit]
+    return b""
+
+
+def part_text(part: Message, limit: int = MAX_PART_BYTES) -> str:
+    try:
+        charset = part.get_param("charset")
+    except Exception:
+        charset = None
+    if isinstance(charset, tuple):  # RFC 2231 (charset, language, value)
+        charset = charset[0]
+    return decode_bytes(part_bytes(part, limit), charset if isinstance(charset, str) else None)
+
+
+def _is_attachment(part: Message) -> bool:
+    try:
+        disposition = (part.get("Content-Disposition") or "").lower()
+    except Exception:
+        return False
+    return str(disposition).strip().startswith("attachment")
+
+
+@dataclass
+class ParsedMessage:
+    """What the analysers need, extracted once."""
+
+    msg: Message
+    degraded: str | None = None
+    plain: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    content_types: list[str] = field(default_factory=list)
+    forwarded: list[Message] = field(default_factory=list)  # message/rfc822 parts, top level first
+    rfc822_headers: list[str] = field(default_factory=list)  # text/rfc822-headers parts
+    delivery_status: list[str] = field(default_factory=list)  # message/delivery-status parts
+    parts: int = 0
+    _cache: dict[str, str] = field(default_factory=dict)
+
+    # -- headers ----------------------------------------------------------------------------
+    def header(self, name: str) -> str:
+        """The first value of a header, decoded; '' when absent."""
+        key = name.lower()
+        if key not in self._cache:
+            try:
+                value = self.msg.get(name)
+            except Exception:
+                value = None
+            self._cache[key] = decode_header_value(value) if value is not None else ""
+        return self._cache[key]
+
+    def headers(self, name: str) -> list[str]:
+        try:
+            values = self.msg.get_all(name) or []
+        except Exception:
+            values = []
+        return [decode_header_value(v) for v in values[:50]]
+
+    def has(self, name: str) -> bool:
+        try:
+            return name in self.msg
+        except Exception:
+            return False
+
+    def addresses(self, *names: str) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for name in names:
+            for value in self.headers(name):
+                out.extend(parse_addresses(value))
+        return out
+
+    def from_address(self) -> tuple[str, str] | None:
+        found = self.addresses("From") or self.addresses("Sender")
+        return found[0] if found else None
+
+    def message_id(self) -> str | None:
+        ids = message_ids(self.header("Message-ID"))
+        return ids[0] if ids else None
+
+    # -- body -------------------------------------------------------------------------------
+    def text(self) -> str:
+        """The message's own text: plain parts, else HTML converted; attached messages excluded."""
+        chunks = self.plain if any(p.strip() for p in self.plain) else self.html
+        return "\n\n".join(chunks)[:MAX_TEXT_CHARS]
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse and collect text, forwarded messages and report parts; never raises."""
+    msg, degraded = parse_bytes(raw)
+    parsed = ParsedMessage(msg=msg, degraded=degraded)
+    if degraded is not None and degraded != "headers-only":
+        return parsed
+    collect_parts(parsed)
+    return parsed
+
+
+def collect_parts(parsed: ParsedMessage) -> None:
+    budget = MAX_TEXT_CHARS
+    for part, depth, inner in walk(parsed.msg):
+        parsed.parts += 1
+        ctype = _ctype(part)
+        if len(parsed.content_types) < 200:
+            parsed.content_types.append(ctype)
+        if ctype == "message/rfc822" or (ctype == "message/global" and depth > 0):
+            try:
+                payload = part.get_payload()
+            except Exception:
+                payload = None
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                if len(parsed.forwarded) < MAX_FORWARDED:
+                    parsed.forwarded.append(payload[0])
+            continue
+        if ctype == "message/delivery-status" and not inner:
+            parsed.delivery_status.append(_report_text(part))
+            continue
+        if ctype in ("text/rfc822-headers", "message/rfc822-headers") and not inner:
+            parsed.rfc822_headers.append(part_text(part, 256 * 1024))
+            continue
+        if inner or part.is_multipart() or budget <= 0:
+            continue
+        if ctype == "text/plain" or (ctype.startswith("text/") and ctype not in ("text/html",)):
+            if _is_attachment(part) or ctype not in ("text/plain", "text/enriched", "text/richtext"):
+                continue
+            text = part_text(part)
+            parsed.plain.append(text)
+            budget -= len(text)
+        elif ctype == "text/html" and not _is_attachment(part):
+            text, links = html_to_text(part_text(part))
+            parsed.html.append(text)
+            parsed.links.extend(links[: 200 - len(parsed.links)])
+            budget -= len(text)
+
+
+def _report_text(part: Message) -> str:
+    """message/delivery-status: compat32 parses each block as a sub-message; rebuild the text."""
+    try:
+        payload = part.get_payload()
+    except Exception:
+        return ""
+    if isinstance(payload, str):
+        return decode_bytes(part_bytes(part, 256 * 1024), None)
+    blocks: list[str] = []
+    for block in payload[:1000] if isinstance(payload, list) else []:
+        if not isinstance(block, Message):
+            continue
+        try:
+            items = block.items()
+        except Exception:
+            continue
+        blocks.append("\n".join(f"{k}: {decode_header_value(v)}" for k, v in items))
+    return "\n\n".join(blocks)
+
+
+def inner_text(msg: Message) -> tuple[ParsedMessage, str]:
+    """Parse an attached message/rfc822 already in the tree (no re-serialisation)."""
+    inner = ParsedMessage(msg=msg)
+    collect_parts(inner)
+    return inner, inner.text()

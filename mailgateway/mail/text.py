@@ -1,0 +1,165 @@
+"""Text helpers shared by the extractors: normalisation, quotes, forwarded messages, labels.
+
+French mail is matched on a normalised form (accents removed, case folded, punctuation as
+spaces) so that "Catégorie", "CATEGORIE" and "categorie" are one label.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_NON_WORD = re.compile(r"[^0-9a-z+?]+")
+
+
+def fold(text: str) -> str:
+    """Remove accents and fold case; keep everything else."""
+    if text.isascii():
+        return text.lower()
+    text = text.replace("œ", "oe").replace("Œ", "OE").replace("æ", "ae").replace("Æ", "AE")
+    text = text.replace("’", "'").replace("ʼ", "'")
+    decomposed = unicodedata.normalize("NFKD", text)
+    # Combining marks removed in C; other non-Latin letters are kept as they are.
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def normalise(text: str) -> str:
+    """fold(), then every run of non-alphanumerics becomes one space."""
+    return _NON_WORD.sub(" ", fold(text)).strip()
+
+
+def singular(word: str) -> str:
+    """French plural stripped for matching ("comptes" -> "compte", "réseaux" -> "reseau")."""
+    if len(word) > 3 and word[-1] in "sx" and not word.endswith(("ss", "is", "us")):
+        return word[:-1]
+    return word
+
+
+def match_form(text: str) -> str:
+    """The form labels and synonyms are compared in: normalised, plurals stripped."""
+    return " ".join(singular(w) for w in normalise(text).split())
+
+
+# -- quoted text and new text -------------------------------------------------------------------
+# Where the quoted part of a reply starts (the line itself is not new text).
+_QUOTE_HEADERS = [
+    re.compile(r"^\s*-{2,}\s*(message d'origine|original message|message original)\s*-{2,}", re.I),
+    re.compile(r"^\s*_{5,}\s*$"),  # Outlook's separator line before "De : ..."
+    re.compile(r"^\s*(le|on|am)\s.{0,200}(a écrit|a ecrit|wrote|schrieb)\s*:\s*$", re.I),
+    re.compile(r"^\s*(de|from|von)\s*:\s*.+$", re.I),  # Outlook header block; checked with the next
+    re.compile(r"^\s*-{3,}\s*(forwarded message|message transféré|message transfere)\s*-{3,}", re.I),
+    re.compile(r"^\s*début du message réexpédié\s*:?\s*$", re.I),
+    re.compile(r"^\s*begin forwarded message\s*:?\s*$", re.I),
+]
+_OUTLOOK_NEXT = re.compile(r"^\s*(envoy[ée]|sent|date|gesendet|à|a|to|objet|subject)\s*:", re.I)
+_SIGNATURE = re.compile(r"^-- ?$")
+_WRAPPED_ATTRIBUTION = re.compile(r"^\s*(le|on)\s.{0,200}$", re.I)
+
+
+def quote_start(lines: list[str]) -> int | None:
+    """Index of the first line of quoted/forwarded material, or None."""
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith(">"):
+            return i
+        for n, pattern in enumerate(_QUOTE_HEADERS):
+            if not pattern.match(line):
+                continue
+            if n == 3:  # "De : x" is a quote header only when followed by "Envoyé :"/"Date :" etc.
+                following = [ln for ln in lines[i + 1 : i + 4] if ln.strip()]
+                if not following or not _OUTLOOK_NEXT.match(following[0]):
+                    continue
+            return i
+        # Gmail wraps long attributions over two lines: "Le ... <x@y>" / "a écrit :".
+        if (
+            _WRAPPED_ATTRIBUTION.match(line)
+            and i + 1 < len(lines)
+            and re.match(r"^\s*.{0,80}(a écrit|a ecrit|wrote)\s*:\s*$", lines[i + 1], re.I)
+        ):
+            return i
+    return None
+
+
+def new_text(text: str) -> str:
+    """The new text of a reply: before the first quote, attribution or signature separator."""
+    lines = text.splitlines()
+    start = quote_start(lines)
+    if start is not None:
+        lines = lines[:start]
+    for i, line in enumerate(lines):
+        if _SIGNATURE.match(line):
+            lines = lines[:i]
+            break
+    return "\n".join(lines).strip()
+
+
+# -- forwarded messages --------------------------------------------------------------------------
+_FORWARD_MARKERS = re.compile(
+    r"^\s*(?:-{3,}\s*(?:forwarded message|message transf[ée]r[ée]|original message|message d'origine)"
+    r"\s*-{3,}|d[ée]but du message r[ée]exp[ée]di[ée]\s*:?|begin forwarded message\s*:?)\s*$",
+    re.I | re.M,
+)
+
+
+def split_forwarded(text: str) -> tuple[str, str | None]:
+    """(text before the forward marker, forwarded text) — the second is None without a marker."""
+    match = _FORWARD_MARKERS.search(text)
+    if not match:
+        return text, None
+    return text[: match.start()], text[match.end() :]
+
+
+_FWD_HEADER = re.compile(r"^\s*\*?(de|from|exp[ée]diteur)\s*\*?\s*:\s*(.+)$", re.I | re.M)
+
+
+def forwarded_from(forwarded: str) -> str | None:
+    """The From line of an inline-forwarded message's header block."""
+    head = forwarded[:3000]
+    match = _FWD_HEADER.search(head)
+    return match.group(2).strip() if match else None
+
+
+# -- labelled lines ------------------------------------------------------------------------------
+_LABEL_LINE = re.compile(r"^\s*[-*•]?\s*([^:\n]{1,60}?)\s*:\s?(.*)$")
+
+
+def labelled_lines(text: str, max_lines: int = 2000) -> list[tuple[str, str, int]]:
+    """(normalised label, value, line index) for every "Label : value" line.
+
+    A label whose value is empty ("Description :") takes the following lines up to the next
+    blank line or labelled line: portals put long text on the lines after the label.
+    """
+    lines = text.splitlines()[:max_lines]
+    out: list[tuple[str, str, int]] = []
+    i = 0
+    while i < len(lines):
+        match = _LABEL_LINE.match(lines[i])
+        if not match or match.group(1).lstrip().startswith(("http", ">")):
+            i += 1
+            continue
+        label = match_form(match.group(1))
+        value = match.group(2).strip()
+        j = i + 1
+        if not value:
+            block: list[str] = []
+            while j < len(lines) and lines[j].strip() and not _LABEL_LINE.match(lines[j]):
+                block.append(lines[j].strip())
+                j += 1
+            if not block and j < len(lines) and not lines[j].strip():
+                # "Description :" then a blank line then the paragraph.
+                k = j + 1
+                while k < len(lines) and lines[k].strip():
+                    block.append(lines[k].strip())
+                    k += 1
+                j = k
+            value = " ".join(block)
+        else:
+            # Continuation lines (indented or wrapped text without a label) extend the value.
+            while (
+                j < len(lines) and lines[j].strip() and lines[j][:1] in (" ", "\t") and not _LABEL_LINE.match(lines[j])
+            ):
+                value += " " + lines[j].strip()
+                j += 1
+        if label:
+            out.append((label, value, i))
+        i = max(j, i + 1)
+    return out
