@@ -194,8 +194,7 @@ def import_contacts(
                 updated_establishments.append({"finess": finess, "updated_at": now, **values})
                 known[finess] = (values["name"], values["category"], values["departement"], "contacts")
     existing = {
-        (c.finess, c.address, c.role)
-        for c in session.execute(select(Contact.finess, Contact.address, Contact.role))
+        (c.finess, c.address, c.role) for c in session.execute(select(Contact.finess, Contact.address, Contact.role))
     }
     new_contacts = [
         {
@@ -223,7 +222,6 @@ def import_contacts(
     if new_establishments:
         report.warn(
             0,
-            f"établissements créés depuis ce fichier (absents de l'extraction FINESS) : "
-            f"{len(new_establishments)}",
+            f"établissements créés depuis ce fichier (absents de l'extraction FINESS) : {len(new_establishments)}",
         )
     return report

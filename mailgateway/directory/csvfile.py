@@ -79,9 +79,7 @@ def read_rows(
         reader = csv.reader(io.StringIO("\n".join(lines[first:])), delimiter=delimiter)
         previous_end = first
     elif not has_header:
-        report.error(
-            first + 1, "ligne d'en-tête absente ou non reconnue (attendu : " + ";".join(required) + ")"
-        )
+        report.error(first + 1, "ligne d'en-tête absente ou non reconnue (attendu : " + ";".join(required) + ")")
         return None
     missing = [name for name in required if name not in columns]
     if missing:

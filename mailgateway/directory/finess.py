@@ -21,9 +21,9 @@ from collections import Counter
 from collections.abc import Collection
 from datetime import date, datetime
 from os import PathLike
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailgateway.directory.categories import category_table
@@ -182,10 +182,18 @@ def import_finess(
         record = dict(zip(COLUMNS, values, strict=True), finess=finess, updated_at=now)
         (changed if old is not None else added).append(record)
     report.absent = len(existing.keys() - rows.keys())
+    # Core executemany on the session's connection: the ORM bulk path costs 2 s per 100,000 rows
+    # building per-row state we do not need (no events, no identity map for these rows).
+    table = cast(Table, Establishment.__table__)
+    conn = session.connection()
     if added:
-        session.execute(insert(Establishment), added)
+        conn.execute(insert(table), added)
     if changed:
-        # ORM bulk UPDATE by primary key: one executemany.
-        session.execute(update(Establishment), changed)
+        stmt = (
+            update(table)
+            .where(table.c.finess == bindparam("key"))
+            .values({c: bindparam(c) for c in (*COLUMNS, "updated_at")})
+        )
+        conn.execute(stmt, [{**record, "key": record["finess"]} for record in changed])
     report.added, report.changed = len(added), len(changed)
     return report

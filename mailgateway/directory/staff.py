@@ -59,8 +59,7 @@ def import_staff(session: Session, path: str | PathLike[str], now: datetime) -> 
         if region not in known_regions:
             report.error(
                 row.line,
-                f"région inconnue « {row.values['region']} » "
-                f"(valeurs possibles : {', '.join(known_regions)})",
+                f"région inconnue « {row.values['region']} » (valeurs possibles : {', '.join(known_regions)})",
             )
         role = fold(row.values.get("role", "")) or DEFAULT_ROLE
         if not _ROLE_RE.fullmatch(role):
@@ -81,9 +80,7 @@ def import_staff(session: Session, path: str | PathLike[str], now: datetime) -> 
         (s.address, s.region): s.role
         for s in session.execute(select(StaffMember.address, StaffMember.region, StaffMember.role))
     }
-    added = [
-        {"address": a, "region": r, "role": role} for (a, r), role in wanted.items() if (a, r) not in existing
-    ]
+    added = [{"address": a, "region": r, "role": role} for (a, r), role in wanted.items() if (a, r) not in existing]
     changed = [
         {"address": a, "region": r, "role": role}
         for (a, r), role in wanted.items()

@@ -167,9 +167,7 @@ def _reachable(stmt: _S) -> _S:
     )
 
 
-def select_recipients(
-    session: Session, region: str, target: Target, *, batch: int = 1000
-) -> Iterator[RecipientRow]:
+def select_recipients(session: Session, region: str, target: Target, *, batch: int = 1000) -> Iterator[RecipientRow]:
     """Stream one RecipientRow per reachable establishment, ordered by FINESS."""
     preference = case({role: rank for rank, role in enumerate(RECIPIENT_ROLES)}, value=Contact.role)
     stmt = select(

@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from mailgateway.directory import (
     count_establishments,
     count_recipients,
+    import_contacts,
     import_finess,
     parse_target,
+    record_bounce,
     select_recipients,
 )
 from mailgateway.store.models import Contact
 from tests.directory.conftest import DATA, NOW
+from tests.support.finess import write_csv
 
 
 def _add(session: Session, finess: str, address: str, role: str = "ssi", status: str = "active") -> None:
@@ -69,3 +74,17 @@ def test_recipients_are_streamed_in_batches(session: Session) -> None:
     rows = select_recipients(session, "ARA", parse_target("all"), batch=100)
     assert next(rows).finess == "690011234"
     assert len(list(rows)) == 2  # the extra dsi contacts never duplicate an establishment
+
+
+def test_contacts_import_selection_and_bounces_work_on_both_engines(any_session: Session, tmp_path: Path) -> None:
+    import_finess(any_session, DATA / "finess-sample.csv", NOW)
+    path = write_csv(
+        tmp_path / "c.csv",
+        "finess;name;category;departement;email;role\n690781810;;;;ssi@chu-lyon.fr;\n690781810;;;;dsi@chu-lyon.fr;dsi\n"
+        "690999990;Nouveau centre;LBM;69;ssi@nouveau.fr;\n",
+    )
+    assert import_contacts(any_session, path, NOW).added == 3
+    assert import_contacts(any_session, path, NOW).unchanged == 3
+    record_bounce(any_session, "ssi@chu-lyon.fr", True, "550 5.1.1", NOW)
+    rows = [(r.finess, r.address) for r in select_recipients(any_session, "ARA", parse_target("all"))]
+    assert rows == [("690781810", "dsi@chu-lyon.fr"), ("690999990", "ssi@nouveau.fr")]
