@@ -128,6 +128,7 @@ def _parse_context(settings: Settings) -> tuple[Any, Any]:
 def cmd_parse(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.mail.analyse import analyse
     from mailgateway.mail.facts import SenderVerdict
+    from mailgateway.processing.routing import resolve_region
 
     ctx, auth = _parse_context(settings)
     for name, raw in _read_inputs(args.files):
@@ -135,7 +136,7 @@ def cmd_parse(args: argparse.Namespace, settings: Settings) -> int:
             verdict = auth.verify(raw)
         except Exception as exc:
             verdict = SenderVerdict(detail=f"vérification impossible : {type(exc).__name__}")
-        facts = analyse(raw, ctx, verdict)
+        facts = resolve_region(settings, analyse(raw, ctx, verdict))
         obj = facts.to_json(file=name)
         if args.json:
             _print_json(obj)

@@ -30,6 +30,7 @@ from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext, EstablishmentInfo, build_context
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
 from mailgateway.processing.handlers import HANDLERS, Env, Outcome
+from mailgateway.processing.routing import resolve_region
 from mailgateway.settings import Settings
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
@@ -147,7 +148,7 @@ class Processor:
             if row is None or row.status != "received":
                 return Result(inbound_id, "skipped")
             raw = row.raw
-            facts = self.analyse_raw(session, raw)
+            facts = resolve_region(self.settings, self.analyse_raw(session, raw), row.region, row.rcpt_tos or ())
         with transaction(self.factory) as session:
             stmt = select(InboundMessage).where(InboundMessage.id == inbound_id)
             if session.get_bind().dialect.name == "postgresql":
