@@ -113,6 +113,7 @@ def import_contacts(
     # First pass: the rows that can create an unknown establishment (first row with a name wins).
     creating: dict[str, Row] = {}
     valid: list[tuple[Row, str, str, str]] = []
+    with_finess: list[tuple[Row, str]] = []  # every row whose FINESS is well-formed
     seen: dict[tuple[str, str, str], int] = {}
     for row in rows:
         v = row.values
@@ -140,6 +141,10 @@ def import_contacts(
         if v.get("departement") and normalise_departement(v["departement"]) is None:
             report.error(row.line, f"département invalide « {v['departement']} »")
             ok = False
+        if finess is not None:
+            with_finess.append((row, finess))
+            if finess not in known and v.get("name") and finess not in creating:
+                creating[finess] = row
         if not ok or finess is None or address is None:
             continue
         key = (finess, address, role)
@@ -147,18 +152,17 @@ def import_contacts(
             report.error(row.line, f"doublon de la ligne {seen[key]} ({finess}, {address}, {role})")
             continue
         seen[key] = row.line
-        if finess not in known and v.get("name") and finess not in creating:
-            creating[finess] = row
         valid.append((row, finess, address, role))
 
-    for row, finess, _address, _role in valid:
+    for row, finess in with_finess:
         if finess not in known and finess not in creating:
             report.error(
                 row.line,
                 f"FINESS {finess} absent de l'annuaire et sans nom : "
                 "impossible de créer l'établissement (renseigner la colonne name)",
             )
-        elif finess in known and row.values.get("category"):
+    for row, finess, _address, _role in valid:
+        if finess in known and row.values.get("category"):
             category = normalise_category(row.values["category"])
             old_name, old_category, _dep, source = known[finess]
             if source == "finess" and category != old_category:

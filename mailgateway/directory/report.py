@@ -51,7 +51,8 @@ class ImportReport:
         outcome = "REFUSÉ, rien n'a été enregistré" if self.refused else "effectué"
         lines = [f"{head.get(self.kind, 'Import')} : {outcome}"]
         if self.extracted_on:
-            lines.append(f"Extraction du {self.extracted_on}")
+            year, month, day = self.extracted_on.split("-")
+            lines.append(f"Extraction du {day}/{month}/{year}")
         counts = (
             f"Ajoutés : {self.added}, modifiés : {self.changed}, inchangés : {self.unchanged}, "
             f"erreurs : {len(self.errors)}"

@@ -153,3 +153,28 @@ def test_missing_email_column_is_refused(directory: Session, tmp_path: Path) -> 
 )
 def test_address_validation(value: str, expected: str | None) -> None:
     assert normalise_address(value) == expected
+
+
+def test_an_unknown_finess_is_reported_even_on_a_line_with_other_errors(directory: Session, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "c.csv", "finess;email\n999999999;x@\n")
+    report = import_contacts(directory, path, NOW)
+    assert [e.message.split(" :")[0] for e in report.errors] == [
+        "adresse invalide « x@ »",
+        "FINESS 999999999 absent de l'annuaire et sans nom",
+    ]
+
+
+def test_a_later_finess_import_takes_over_an_establishment_created_from_contacts(
+    session: Session, tmp_path: Path
+) -> None:
+    from tests.support.finess import structure_line, write_extraction
+
+    path = write_csv(tmp_path / "c.csv", HEADER + "690999990;Centre provisoire;LBM;69;ssi@centre.fr;\n")
+    import_contacts(session, path, NOW)
+    extraction = write_extraction(
+        tmp_path / "f.csv", [structure_line("690999990", "Laboratoire Officiel", "69", "611")]
+    )
+    report = import_finess(session, extraction, NOW)
+    assert (report.added, report.changed) == (0, 1)
+    est = session.get(Establishment, "690999990")
+    assert est is not None and (est.name, est.source) == ("Laboratoire Officiel", "finess")
