@@ -100,9 +100,7 @@ class _LoadedKey:
 class DkimSigner:
     """Signs outbound messages for one domain with one or more keys (one DKIM-Signature each)."""
 
-    def __init__(
-        self, domain: str, keys: Sequence[DkimKey], *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, domain: str, keys: Sequence[DkimKey], *, clock: Callable[[], float] = time.time) -> None:
         if not domain or not domain.isascii() or any(c.isspace() or c in ";=" for c in domain):
             raise ConfigError([("dkim.domain", f"not a usable signing domain: {domain!r}")])
         if not keys:
@@ -132,9 +130,7 @@ class DkimSigner:
             try:
                 data = Path(key.private_key_file).read_bytes()
             except OSError as exc:
-                problems.append(
-                    (f"dkim.keys[{i}].private_key_file", f"cannot read key: {exc.strerror or exc}")
-                )
+                problems.append((f"dkim.keys[{i}].private_key_file", f"cannot read key: {exc.strerror or exc}"))
                 continue
             keys.append(DkimKey(key.selector, key.algorithm, data))
         if problems:
@@ -167,12 +163,11 @@ class DkimSigner:
             raise PolicyRefusal("message cannot be DKIM-signed: it needs exactly one From header")
         # dkimpy's default_sign_headers order: as they occur in the message, then the over-signed ones.
         include = [n for n in names if n in SIGNED_HEADERS] + list(OVERSIGNED_HEADERS)
-        canonical_headers = _RELAXED.canonicalize_headers(headers)
+        # Only the fields we sign are hashed: canonicalising the others (Received...) is wasted work.
+        canonical_headers = _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in SIGNED_HEADERS])
         body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
         timestamp = str(int(self._clock())).encode("ascii")
-        return b"".join(
-            self._signature(key, include, canonical_headers, body_hash, timestamp) for key in self._keys
-        )
+        return b"".join(self._signature(key, include, canonical_headers, body_hash, timestamp) for key in self._keys)
 
     def _signature(
         self,
@@ -201,9 +196,7 @@ class DkimSigner:
         unsigned = dkim.RE_BTAG.sub(b"\\1", unsigned)
         hasher = hashlib.sha256()
         # RFC 6376 §3.7: the signed header fields, then this header with an empty b=, no final CRLF.
-        dkim.hash_headers(
-            hasher, _RELAXED, canonical_headers, list(include), (_HEADER_NAME, b" " + unsigned), None
-        )
+        dkim.hash_headers(hasher, _RELAXED, canonical_headers, list(include), (_HEADER_NAME, b" " + unsigned), None)
         fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
         value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
         folded: bytes = dkim.fold(value, namelen=len(_HEADER_NAME))
