@@ -326,8 +326,20 @@ def _build(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> A
         if not isinstance(value, str):
             problems.append((path, "must be a string"))
             return ""
+        if path.endswith("_file") or path.endswith("_dir"):
+            return _expand_credentials(value)
         return value
     raise TypeError(f"unsupported settings type {tp!r}")  # a programming error, not a config one
+
+
+def _expand_credentials(value: str) -> str:
+    """``${CREDENTIALS_DIRECTORY}`` in a file path: where systemd's ``LoadCredential=`` put the
+    secrets (systemd/mailgateway.service). Left as is when unset, so the "file not found" problem
+    names the variable."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        value = value.replace("${CREDENTIALS_DIRECTORY}", creds).replace("$CREDENTIALS_DIRECTORY", creds)
+    return value
 
 
 def _check_address(value: str, path: str, problems: list[tuple[str, str]]) -> None:
