@@ -24,6 +24,7 @@ import dns.rdatatype
 import dns.resolver
 
 from mailgateway.errors import AuthenticationError
+from mailgateway.settings import AuthenticationSettings
 
 __all__ = [
     "ChainResolver",
@@ -31,6 +32,7 @@ __all__ = [
     "DnsTemporaryError",
     "StaticResolver",
     "TxtResolver",
+    "build_resolver",
     "normalise_name",
 ]
 
@@ -100,7 +102,11 @@ class DnsPythonResolver:
             self._resolver = dns.resolver.Resolver(configure=False)
             self._resolver.nameservers = list(nameservers)
         else:
-            self._resolver = dns.resolver.Resolver(configure=True)
+            try:
+                self._resolver = dns.resolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration:
+                # No usable /etc/resolv.conf: every lookup becomes a temporary error, not a crash.
+                self._resolver = dns.resolver.Resolver(configure=False)
         self._resolver.port = port
         # lifetime bounds the whole query (all servers, retries); timeout each attempt.
         self._resolver.lifetime = timeout
@@ -145,3 +151,16 @@ class DnsPythonResolver:
         values.sort(key=lambda v: not v.lstrip().startswith("v=DKIM1"))
         ttl = min(float(answer.rrset.ttl if answer.rrset is not None else 0), self._max_ttl)
         return (values[0] if values else None), ttl
+
+
+def build_resolver(settings: AuthenticationSettings, *, use_dns: bool = True, port: int = 53) -> TxtResolver:
+    """The daemon's resolver: ``[authentication.static_keys]`` first, then DNS.
+
+    ``use_dns=False`` gives the static keys alone: for side-effect-free commands and tests, which
+    must never query real DNS (DESIGN §8); ``nameservers`` empty means the system resolver.
+    """
+    static = StaticResolver(settings.static_keys)
+    if not use_dns:
+        return static
+    dns_resolver = DnsPythonResolver(settings.nameservers, settings.dns_timeout_seconds, port=port)
+    return ChainResolver(static, dns_resolver)

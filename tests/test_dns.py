@@ -6,7 +6,14 @@ import time
 
 import pytest
 
-from mailgateway.dns import ChainResolver, DnsPythonResolver, DnsTemporaryError, StaticResolver
+from mailgateway.dns import (
+    ChainResolver,
+    DnsPythonResolver,
+    DnsTemporaryError,
+    StaticResolver,
+    build_resolver,
+)
+from mailgateway.settings import AuthenticationSettings
 from tests.support.dkim import TxtServer, free_udp_port, rsa_key, zone
 
 
@@ -65,9 +72,7 @@ def test_dnspython_resolver_caches_until_the_ttl_expires() -> None:
 def test_dnspython_resolver_caches_negative_answers_briefly() -> None:
     clock = FakeMonotonic()
     with TxtServer({}) as server:
-        resolver = DnsPythonResolver(
-            ["127.0.0.1"], timeout=2.0, port=server.port, monotonic=clock, negative_ttl=60
-        )
+        resolver = DnsPythonResolver(["127.0.0.1"], timeout=2.0, port=server.port, monotonic=clock, negative_ttl=60)
         assert resolver.txt("n._domainkey.x.test") is None
         assert resolver.txt("n._domainkey.x.test") is None
         assert server.queries == 1
@@ -101,3 +106,23 @@ def test_cache_is_bounded() -> None:
             resolver.txt(name)
         resolver.txt("a.x.test")  # evicted (least recently used): asked again
         assert server.queries == 4
+
+
+def test_build_resolver_without_dns_uses_static_keys_only() -> None:
+    settings = AuthenticationSettings(static_keys={"s._domainkey.x.test.": "v=DKIM1; p=static"})
+    resolver = build_resolver(settings, use_dns=False)
+    assert isinstance(resolver, StaticResolver)
+    assert resolver.txt("s._domainkey.x.test") == "v=DKIM1; p=static"
+
+
+def test_build_resolver_chains_static_keys_before_configured_nameservers() -> None:
+    with TxtServer({"d._domainkey.x.test": "v=DKIM1; p=dns", "s._domainkey.x.test": "v=DKIM1; p=dns"}) as server:
+        settings = AuthenticationSettings(
+            static_keys={"s._domainkey.x.test": "v=DKIM1; p=static"},
+            nameservers=("127.0.0.1",),
+            dns_timeout_seconds=2.0,
+        )
+        resolver = build_resolver(settings, port=server.port)
+        assert resolver.txt("s._domainkey.x.test") == "v=DKIM1; p=static"
+        assert resolver.txt("d._domainkey.x.test") == "v=DKIM1; p=dns"
+        assert server.queries == 1
