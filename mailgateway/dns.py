@@ -89,7 +89,7 @@ class DnsPythonResolver:
 
     def __init__(
         self,
-        nameservers: Sequence[str] = (),
+        nameservers: Sequence[str] | None = (),
         timeout: float = 5.0,
         *,
         port: int = 53,

@@ -148,6 +148,13 @@ class DkimSigner:
                 return key.public_record
         raise ConfigError([("dkim.keys", f"no key with selector {selector!r}")])
 
+    def zone_line(self, selector: str) -> str:
+        """The record in zone-file syntax, split in strings of at most 255 bytes (RFC 1035 §3.3.14):
+        a 2048-bit RSA key does not fit in one."""
+        value = self.dns_record(selector)
+        chunks = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+        return f"{selector}._domainkey.{self.domain}. IN TXT ( {chunks} )"
+
     def sign(self, message: bytes) -> bytes:
         """DKIM-Signature header fields (CRLF-terminated) to prepend to ``message``, one per key.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import unittest.mock
@@ -70,9 +71,7 @@ def test_signature_is_crlf_terminated_header_lines() -> None:
 
 
 def test_signed_headers_present_ones_in_order_with_from_oversigned() -> None:
-    message = sample_message(
-        extra_headers="Cc: rssi@chu.test\r\nReply-To: ssi-ara@ars.test\r\nX-Other: 1\r\n"
-    )
+    message = sample_message(extra_headers="Cc: rssi@chu.test\r\nReply-To: ssi-ara@ars.test\r\nX-Other: 1\r\n")
     (sig,) = signatures(DkimSigner("ars.test", [rsa_key().signing_key()]).sign(message))
     signed = [h.strip() for h in sig[b"h"].split(b":")]
     assert signed == [
@@ -130,6 +129,15 @@ def test_dns_record_is_the_published_key() -> None:
     with pytest.raises(ConfigError):
         signer.dns_record("unknown")
     assert signer.selectors == ("rsa", "ed")
+
+
+def test_zone_line_splits_long_records_into_strings_of_255_bytes() -> None:
+    signer = DkimSigner("ars.test", [rsa_key().signing_key()])
+    line = signer.zone_line("rsa")
+    assert line.startswith('rsa._domainkey.ars.test. IN TXT ( "v=DKIM1; k=rsa; p=')
+    strings = re.findall(r'"([^"]*)"', line)
+    assert len(strings) == 2 and all(len(s) <= 255 for s in strings)
+    assert "".join(strings) == rsa_key().txt
 
 
 def test_from_settings_reads_key_files(tmp_path: Path) -> None:
