@@ -180,7 +180,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     # 5. alert
     if _from_acss(sender, ctx) or looks_like_alert(subject, text, labels):
         alert = extract_alert(subject, text, sender, ctx.acss_domains, labels)
-        indicators = extract_indicators([text, *pm.links], _participants(pm, ctx, reply_to), labels.noise_domains)
+        indicators = extract_indicators([text, *pm.all_links()], _participants(pm, ctx, reply_to), labels.noise_domains)
         return replace(base, kind="alert", alert=alert, indicators=indicators)
     # 6. declaration (possibly forwarded)
     decl_text, decl_subject, original_from, links = _declaration_source(pm, text, subject)
@@ -207,8 +207,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         reason_text += f" (analyse dégradée : {pm.degraded})"
     elif not text.strip() and pm.parts <= 1 and not pm.header("From"):
         reason_text = "contenu illisible : aucun en-tête ni texte exploitable"
-    indicators = extract_indicators([text], _participants(pm, ctx, reply_to), labels.noise_domains)
-    return replace(base, kind="unknown", indicators=indicators, quarantine_reason=reason_text)
+    # No indicators for unknown mail: mostly spam, whose links would only be noise for staff.
+    return replace(base, kind="unknown", quarantine_reason=reason_text)
 
 
 def region_hit(addresses: list[str], ctx: AnalysisContext) -> bool:
@@ -255,9 +255,9 @@ def _declaration_source(pm: ParsedMessage, text: str, subject: str) -> tuple[str
         if inner_body.strip():
             inner_subject = parsed.header("Subject") or subject
             original = parsed.header("From") or None
-            return inner_body, inner_subject + "\n" + subject, original, parsed.links + pm.links
+            return inner_body, inner_subject + "\n" + subject, original, parsed.all_links() + pm.all_links()
     before, forwarded = split_forwarded(text)
     if forwarded and forwarded.strip():
         original = forwarded_from(forwarded)
-        return before + "\n" + forwarded, subject, original, pm.links
-    return text, subject, None, pm.links
+        return before + "\n" + forwarded, subject, original, pm.all_links()
+    return text, subject, None, pm.all_links()

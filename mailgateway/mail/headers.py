@@ -25,6 +25,10 @@ from email.header import Header
 _ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
 _QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 _WS_BETWEEN_WORDS = re.compile(r"\?=\s+=\?")
+_FOLD = re.compile(r"\r?\n[ \t]*")
+_B64_JUNK = re.compile(r"[^A-Za-z0-9+/]")
+_BARE_ADDRESS = re.compile(r"[\w.+\-=/!#$%&'*?^`{|}~]+@[\w\-.]+")
+_ANGLE_ID = re.compile(r"<([^<>\s]+)>")
 MAX_HEADER_CHARS = 16_384
 
 # Charset names seen in the wild that Python does not know (corpus crash class 3 and typos).
@@ -97,7 +101,7 @@ def _raw_to_text(value: str) -> str:
 
 def _decode_word(charset: str, encoding: str, text: str) -> bytes:
     if encoding in "bB":
-        cleaned = re.sub(r"[^A-Za-z0-9+/]", "", text)
+        cleaned = _B64_JUNK.sub("", text)
         cleaned += "=" * (-len(cleaned) % 4)
         try:
             return base64.b64decode(cleaned)
@@ -120,7 +124,7 @@ def decode_header_value(value: object) -> str:
         return ""
     text = _raw_to_text(text[:MAX_HEADER_CHARS])
     # Unfold (RFC 5322 §2.2.3) before looking for encoded words.
-    text = re.sub(r"\r?\n[ \t]*", " ", text).replace("\r", " ")
+    text = _FOLD.sub(" ", text).replace("\r", " ")
     if "=?" not in text:
         return text.strip()
     # RFC 2047 §6.2: whitespace between adjacent encoded words is ignored.
@@ -172,14 +176,14 @@ def parse_addresses(value: str) -> list[tuple[str, str]]:
             result.append((name.strip(), addr.lower()))
     if not result:
         # getaddresses gives up on some malformed values: take any bracketed or bare address.
-        for found in re.findall(r"[\w.+\-=/!#$%&'*?^`{|}~]+@[\w\-.]+", value)[:100]:
+        for found in _BARE_ADDRESS.findall(value)[:100]:
             result.append(("", found.lower().strip(".")))
     return result[:500]
 
 
 def message_ids(value: str) -> list[str]:
     """Message-IDs (without angle brackets) from In-Reply-To/References/Message-ID values."""
-    found = re.findall(r"<([^<>\s]+)>", value)
+    found = _ANGLE_ID.findall(value)
     if not found:
         found = [tok for tok in value.split() if "@" in tok]
     return [f.strip("<>") for f in found][:100]

@@ -15,6 +15,9 @@ _BLOCK = frozenset(
 )
 _SKIP = frozenset({"script", "style", "head", "noscript", "template", "svg"})
 MAX_LINKS = 200
+MAX_HTML_CHARS = 1_000_000
+_WS = re.compile(r"\s+")
+_BLANKS = re.compile(r"\n{3,}")
 
 
 class _TextExtractor(HTMLParser):
@@ -58,7 +61,7 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.skip_depth:
             return
-        text = re.sub(r"\s+", " ", data)
+        text = _WS.sub(" ", data)
         if not text.strip() and self.at_line_start:
             return
         if self.at_line_start:
@@ -78,11 +81,11 @@ def html_to_text(markup: str) -> tuple[str, list[str]]:
     """(plain text, link targets) of an HTML document; never raises."""
     parser = _TextExtractor()
     try:
-        parser.feed(markup)
+        parser.feed(markup[:MAX_HTML_CHARS])
         parser.close()
     except Exception:  # noqa: S110 - html.parser is lenient; keep whatever was extracted
         pass
     text = "".join(parser.chunks)
     text = "\n".join(line.rstrip() for line in text.split("\n"))
-    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    text = _BLANKS.sub("\n\n", text).strip()
     return text, parser.links

@@ -126,6 +126,7 @@ class ParsedMessage:
     msg: Message
     degraded: str | None = None
     plain: list[str] = field(default_factory=list)
+    html_raw: list[str] = field(default_factory=list)  # converted lazily: html.parser is slow
     html: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     content_types: list[str] = field(default_factory=list)
@@ -134,6 +135,8 @@ class ParsedMessage:
     delivery_status: list[str] = field(default_factory=list)  # message/delivery-status parts
     parts: int = 0
     _cache: dict[str, str] = field(default_factory=dict)
+    _addr_cache: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    _html_done: bool = False
 
     # -- headers ----------------------------------------------------------------------------
     def header(self, name: str) -> str:
@@ -163,8 +166,13 @@ class ParsedMessage:
     def addresses(self, *names: str) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         for name in names:
-            for value in self.headers(name):
-                out.extend(parse_addresses(value))
+            key = name.lower()
+            if key not in self._addr_cache:
+                found: list[tuple[str, str]] = []
+                for value in self.headers(name):
+                    found.extend(parse_addresses(value))
+                self._addr_cache[key] = found
+            out.extend(self._addr_cache[key])
         return out
 
     def from_address(self) -> tuple[str, str] | None:
@@ -178,8 +186,24 @@ class ParsedMessage:
     # -- body -------------------------------------------------------------------------------
     def text(self) -> str:
         """The message's own text: plain parts, else HTML converted; attached messages excluded."""
-        chunks = self.plain if any(p.strip() for p in self.plain) else self.html
-        return "\n\n".join(chunks)[:MAX_TEXT_CHARS]
+        if any(p.strip() for p in self.plain):
+            return "\n\n".join(self.plain)[:MAX_TEXT_CHARS]
+        self.convert_html()
+        return "\n\n".join(self.html)[:MAX_TEXT_CHARS]
+
+    def convert_html(self) -> None:
+        """Fill ``html`` (text) and ``links`` from the HTML parts, once."""
+        if self._html_done:
+            return
+        self._html_done = True
+        for markup in self.html_raw:
+            text, links = html_to_text(markup)
+            self.html.append(text)
+            self.links.extend(links[: 200 - len(self.links)])
+
+    def all_links(self) -> list[str]:
+        self.convert_html()
+        return self.links
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -223,10 +247,9 @@ def collect_parts(parsed: ParsedMessage) -> None:
             parsed.plain.append(text)
             budget -= len(text)
         elif ctype == "text/html" and not _is_attachment(part):
-            text, links = html_to_text(part_text(part))
-            parsed.html.append(text)
-            parsed.links.extend(links[: 200 - len(parsed.links)])
-            budget -= len(text)
+            markup = part_text(part)
+            parsed.html_raw.append(markup)
+            budget -= len(markup) // 4
 
 
 def _report_text(part: Message) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 _NON_WORD = re.compile(r"[^0-9a-z+?]+")
 
@@ -35,6 +36,7 @@ def singular(word: str) -> str:
     return word
 
 
+@lru_cache(maxsize=64)
 def match_form(text: str) -> str:
     """The form labels and synonyms are compared in: normalised, plurals stripped."""
     return " ".join(singular(w) for w in normalise(text).split())
@@ -54,6 +56,7 @@ _QUOTE_HEADERS = [
 _OUTLOOK_NEXT = re.compile(r"^\s*(envoy[ée]|sent|date|gesendet|à|a|to|objet|subject)\s*:", re.I)
 _SIGNATURE = re.compile(r"^-- ?$")
 _WRAPPED_ATTRIBUTION = re.compile(r"^\s*(le|on)\s.{0,200}$", re.I)
+_WROTE = re.compile(r"^\s*.{0,80}(a écrit|a ecrit|wrote)\s*:\s*$", re.I)
 
 
 def quote_start(lines: list[str]) -> int | None:
@@ -70,11 +73,7 @@ def quote_start(lines: list[str]) -> int | None:
                     continue
             return i
         # Gmail wraps long attributions over two lines: "Le ... <x@y>" / "a écrit :".
-        if (
-            _WRAPPED_ATTRIBUTION.match(line)
-            and i + 1 < len(lines)
-            and re.match(r"^\s*.{0,80}(a écrit|a ecrit|wrote)\s*:\s*$", lines[i + 1], re.I)
-        ):
+        if _WRAPPED_ATTRIBUTION.match(line) and i + 1 < len(lines) and _WROTE.match(lines[i + 1]):
             return i
     return None
 
@@ -132,7 +131,7 @@ def labelled_lines(text: str, max_lines: int = 2000) -> list[tuple[str, str, int
     out: list[tuple[str, str, int]] = []
     i = 0
     while i < len(lines):
-        match = _LABEL_LINE.match(lines[i])
+        match = _LABEL_LINE.match(lines[i]) if ":" in lines[i] else None
         if not match or match.group(1).lstrip().startswith(("http", ">")):
             i += 1
             continue
