@@ -60,7 +60,6 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.dispatch.compose import Composer
     from mailgateway.dispatch.dkim import DkimSigner
     from mailgateway.dispatch.render import Renderer
-
     from mailgateway.settings import file_problems
 
     problems: list[tuple[str, str]] = file_problems(settings)

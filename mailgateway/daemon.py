@@ -119,7 +119,7 @@ class Daemon:
         self.stop_event.set()
         self._wake_processor.set()
         self.sender.wake()
-        done, pending = await asyncio.wait(self.tasks, timeout=self.drain_seconds)
+        _done, pending = await asyncio.wait(self.tasks, timeout=self.drain_seconds)
         for task in pending:
             task.cancel()
         for ext in reversed(self.extensions):

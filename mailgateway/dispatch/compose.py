@@ -74,7 +74,11 @@ def clean_message_ids(values: Sequence[str | None]) -> list[str]:
     """Keep only well-formed ``<id@host>`` tokens from untrusted header values."""
     found: list[str] = []
     for value in values:
-        for token in _MSGID_RE.findall(value or ""):
+        text = value or ""
+        if "<" not in text:
+            # Analysis hands Message-IDs without their angle brackets.
+            text = " ".join(f"<{t}>" for t in text.split())
+        for token in _MSGID_RE.findall(text):
             if token not in found and len(token) <= 250:
                 found.append(token)
     return found
@@ -144,7 +148,7 @@ class Composer:
         if parents:
             msg["In-Reply-To"] = parents[0]
             # RFC 5322 §3.6.4: References = parent's References + parent's Message-ID.
-            chain = [r for r in refs if r != parents[0]][-20:] + [parents[0]]
+            chain = [*[r for r in refs if r != parents[0]][-20:], parents[0]]
             msg["References"] = " ".join(chain)
         msg["Auto-Submitted"] = spec.auto_submitted
         msg["X-Auto-Response-Suppress"] = "All"

@@ -293,7 +293,8 @@ def handle_silently(env: Env, session: Session, inbound: InboundMessage, facts: 
 
 
 def handle_unknown(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
-    return Outcome("quarantined", facts.quarantine_reason or "message non reconnu (ni déclaration, ni alerte, ni réponse)")
+    reason = facts.quarantine_reason or "message non reconnu (ni déclaration, ni alerte, ni réponse)"
+    return Outcome("quarantined", reason)
 
 
 Handler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome]

@@ -89,7 +89,8 @@ class Mailer:
             return f"plafond de réponses automatiques atteint pour {recipient} (par heure)"
         if count(timedelta(days=1), AutoReplyLog.recipient == recipient) >= out.auto_replies_per_day:
             return f"plafond de réponses automatiques atteint pour {recipient} (par jour)"
-        if case is not None and count(timedelta(days=3650), AutoReplyLog.case_id == case.id) >= out.auto_replies_per_case:
+        per_case = count(timedelta(days=3650), AutoReplyLog.case_id == case.id) if case is not None else 0
+        if case is not None and per_case >= out.auto_replies_per_case:
             return f"plafond de réponses automatiques atteint pour le dossier {case.reference}"
         return None
 

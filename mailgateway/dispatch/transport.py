@@ -1,0 +1,129 @@
+"""Transports: the relay (SMTP through aiosmtplib, pooled connections) or a local Maildir.
+
+Relay errors are translated at this boundary (RFC 5321 §4.2.1): 5yz -> PermanentDeliveryError,
+4yz, timeouts, refused or dropped connections -> TemporaryDeliveryError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import time
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from mailgateway.errors import PermanentDeliveryError, TemporaryDeliveryError
+from mailgateway.settings import RelaySettings
+
+
+class Transport(Protocol):
+    async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
+        """Deliver; return the answer text; raise a DeliveryError subclass on failure."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MaildirTransport:
+    """The embedded default without a relay: one file per message in ``<maildir>/new``.
+
+    Return-Path and Delivered-To lines are prepended, as a local delivery agent would (RFC 5321
+    §4.4), so an operator sees the envelope; the message itself is the outbox's final bytes.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
+        return await asyncio.to_thread(self._write, mail_from, recipient, raw)
+
+    def _write(self, mail_from: str, recipient: str, raw: bytes) -> str:
+        for sub in ("tmp", "new", "cur"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        name = f"{time.time():.6f}.{uuid.uuid4().hex}.{socket.gethostname()}"
+        tmp = self.root / "tmp" / name
+        data = f"Return-Path: <{mail_from}>\r\nDelivered-To: {recipient}\r\n".encode() + raw
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, self.root / "new" / name)  # maildir(5): atomic move from tmp to new
+        return f"250 stored in maildir as {name}"
+
+    async def close(self) -> None:
+        return None
+
+
+class RelayPool:
+    """A pool of persistent SMTP connections to the relay, several messages per connection."""
+
+    def __init__(self, relay: RelaySettings) -> None:
+        self.relay = relay
+        self._idle: list[tuple[aiosmtplib.SMTP, int]] = []
+        self._password = (Path(relay.password_file).read_text().strip() if relay.password_file else None)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        assert self.relay.host is not None
+        context = ssl.create_default_context()
+        client = aiosmtplib.SMTP(
+            hostname=self.relay.host, port=self.relay.port, timeout=self.relay.timeout_seconds,
+            local_hostname=self.relay.local_hostname, use_tls=self.relay.tls,
+            start_tls=self.relay.starttls, tls_context=context if (self.relay.tls or self.relay.starttls) else None,
+        )
+        try:
+            await client.connect()
+            if self.relay.username and self._password is not None:
+                await client.login(self.relay.username, self._password)
+        except aiosmtplib.SMTPResponseException as exc:
+            raise self._translate(exc.code, exc.message) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise TemporaryDeliveryError(f"relay unreachable: {type(exc).__name__}: {exc}") from exc
+        return client
+
+    @staticmethod
+    def _translate(code: int, message: str, recipients: list[str] | None = None) -> Exception:
+        if 500 <= code < 600:
+            return PermanentDeliveryError(message, code, recipients or [])
+        return TemporaryDeliveryError(message, code, recipients or [])
+
+    async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
+        client, used = self._idle.pop() if self._idle else (await self._connect(), 0)
+        keep = False
+        try:
+            errors, answer = await client.sendmail(mail_from, [recipient], raw)
+            if errors:
+                code, message = next(iter(errors.values()))
+                raise self._translate(code, message, [recipient])
+            keep = used + 1 < self.relay.messages_per_connection
+            return answer
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            first = exc.recipients[0] if exc.recipients else None
+            raise self._translate(first.code if first else 550, first.message if first else str(exc),
+                                  [recipient]) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise self._translate(exc.code, exc.message, [recipient]) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise TemporaryDeliveryError(f"{type(exc).__name__}: {exc}", None, [recipient]) from exc
+        finally:
+            if keep and client.is_connected:
+                self._idle.append((client, used + 1))
+            else:
+                await self._quietly_close(client)
+
+    @staticmethod
+    async def _quietly_close(client: aiosmtplib.SMTP) -> None:
+        try:
+            if client.is_connected:
+                await client.quit()
+        except Exception:
+            client.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client, _ in idle:
+            await self._quietly_close(client)
