@@ -233,8 +233,11 @@ class Authenticator:
         )
 
     def _dkim(self, raw: bytes, from_domain: str, details: list[str]) -> str | None:
-        checker = dkim.DKIM(raw)  # raises on a malformed message: caught by verify()
-        fields = [v for n, v in checker.headers if n.lower() == b"dkim-signature"]
+        # Tags are read from the header block alone; the whole message (body canonicalisation) is
+        # only parsed once a signature deserves a cryptographic check.
+        block_headers, _ = dkim.rfc822_parse(_header_block(raw)[0])
+        fields = [v for n, v in block_headers if n.lower() == b"dkim-signature"]
+        checker: dkim.DKIM | None = None
         if not fields:
             details.append("dkim=none (no signature)")
             return None
@@ -257,6 +260,8 @@ class Authenticator:
                 continue
             checked += 1
             lookup = _Lookup(self._resolver)
+            if checker is None:
+                checker = dkim.DKIM(raw)  # same header split as above: idx designates the same field
             try:
                 ok = bool(checker.verify(idx=idx, dnsfunc=lookup))
             except dkim.DKIMException as exc:
