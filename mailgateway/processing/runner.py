@@ -164,9 +164,16 @@ class Processor:
                 "address": facts.sender.address, "authenticated": facts.sender.authenticated,
                 "method": facts.sender.method, "domain": facts.sender.domain, "detail": facts.sender.detail,
             }
-            handler = HANDLERS.get(facts.kind)
-            outcome = handler(self.env, session, row, facts) if handler else Outcome(
-                "quarantined", f"type de message sans traitement : {facts.kind}")
+            outcome = None
+            # Capabilities may claim a message first (e.g. an establishment acknowledging a bulletin).
+            for prehandler in self.env.extra.get("prehandlers", []):
+                outcome = prehandler(self.env, session, row, facts)
+                if outcome is not None:
+                    break
+            if outcome is None:
+                handler = HANDLERS.get(facts.kind)
+                outcome = handler(self.env, session, row, facts) if handler else Outcome(
+                    "quarantined", f"type de message sans traitement : {facts.kind}")
             row.status = outcome.status
             row.reason = outcome.reason
             row.processed_at = self.clock.now()
