@@ -34,6 +34,7 @@ class SdNotifier:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.sendto("\n".join(lines).encode(), self.address)
         except OSError as exc:
+            self.close()  # reconnect next time (systemd may have been re-executed)
             # Never fatal: the watchdog will notice a daemon that really cannot talk to systemd.
             log.warning("sd_notify to %r failed: %s", self.address, exc)
             return False
