@@ -14,7 +14,7 @@ from mailgateway.clock import Clock, SystemClock
 from mailgateway.dispatch.compose import Composer
 from mailgateway.dispatch.dkim import DkimSigner
 from mailgateway.dispatch.render import Renderer
-from mailgateway.dns import ChainResolver, DnsPythonResolver, StaticResolver, TxtResolver
+from mailgateway.dns import TxtResolver, build_resolver
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import build_context
 from mailgateway.processing.handlers import Env
@@ -24,15 +24,14 @@ from mailgateway.settings import Settings
 from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
 
 
-def default_resolver(settings: Settings) -> TxtResolver:
-    auth = settings.authentication
-    static = StaticResolver(auth.static_keys)
-    dns = DnsPythonResolver(nameservers=list(auth.nameservers) or None, timeout=auth.dns_timeout_seconds)
-    return ChainResolver(static, dns)
+def default_resolver(settings: Settings, *, use_dns: bool = True) -> TxtResolver:
+    """Static keys first, then DNS (the system resolver unless ``nameservers`` is set)."""
+    return build_resolver(settings.authentication, use_dns=use_dns)
 
 
-def build_authenticator(settings: Settings, resolver: TxtResolver | None = None) -> Authenticator:
-    return Authenticator(settings.authentication, resolver or default_resolver(settings))
+def build_authenticator(settings: Settings, resolver: TxtResolver | None = None, *,
+                        use_dns: bool = True) -> Authenticator:
+    return Authenticator(settings.authentication, resolver or default_resolver(settings, use_dns=use_dns))
 
 
 @dataclass

@@ -108,7 +108,8 @@ def _parse_context(settings: Settings) -> tuple[Any, Any]:
     from mailgateway.processing.runner import establishment_lookup_for, thread_lookup_for
     from mailgateway.store.engine import current_revision, make_engine, make_sessionmaker
 
-    auth = build_authenticator(settings)
+    # parse has no side effects: no DNS query leaves the machine unless nameservers are configured.
+    auth = build_authenticator(settings, use_dns=bool(settings.authentication.nameservers))
     url = settings.database.url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return build_context(settings), auth
@@ -294,8 +295,7 @@ def cmd_dkim(args: argparse.Namespace, settings: Settings) -> int:
         print("aucune clé DKIM configurée ([dkim])", file=sys.stderr)
         return 2
     for selector in signer.selectors:
-        value = signer.dns_record(selector)
-        print(f'{selector}._domainkey.{signer.domain}. IN TXT "{value}"')
+        print(signer.zone_line(selector))
     return 0
 
 
