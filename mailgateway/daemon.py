@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import signal
 import socket
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +31,10 @@ from mailgateway.dispatch.render import Renderer
 from mailgateway.errors import ConfigError
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
 from mailgateway.intake.writer import AcceptWriter
+from mailgateway.logs import setup_logging
+from mailgateway.metrics import Metrics
 from mailgateway.processing.runner import Result
+from mailgateway.sdnotify import SdNotifier, watchdog_interval
 from mailgateway.settings import Settings, load_settings
 
 log = logging.getLogger("mailgateway.daemon")
@@ -44,11 +49,17 @@ class Daemon:
         self._wake_processor = asyncio.Event()
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
         self.app: App | None = None
-        self.extensions: list[Any] = []  # optional components (metrics, scheduler) with start/stop
+        # systemd Type=notify (READY/STOPPING/WATCHDOG); a no-op outside systemd.
+        self.notifier = SdNotifier()
+        grace = settings.metrics.mailbox_unhealthy_after_seconds if settings.metrics else 300.0
+        self.metrics = Metrics(self.clock, mailbox_grace_seconds=grace)
+        # Optional components with async start(daemon)/stop(daemon), reload(daemon), on_processed.
+        self.extensions: list[Any] = [self.metrics]
 
     # -- wiring ------------------------------------------------------------------------------
-    def on_accepted(self, _inbound_id: int) -> None:
+    def on_accepted(self, _inbound_id: int, source: str = "smtp") -> None:
         """Called from any thread after a durable accept: wake the processor."""
+        self.metrics.accepted(source)
         self.loop.call_soon_threadsafe(self._wake_processor.set)
 
     def _on_outbound(self) -> None:
@@ -105,13 +116,15 @@ class Daemon:
         if any(r.imap is not None for r in self.settings.regions):
             from mailgateway.intake.imap import ImapIntake
 
-            self.imap = ImapIntake(self.settings, self.app.factory, self.clock, self.on_accepted)
+            self.imap = ImapIntake(self.settings, self.app.factory, self.clock,
+                                   functools.partial(self.on_accepted, source="imap"))
             self.imap.start()
         for ext in self.extensions:
             await ext.start(self)
 
     async def stop(self) -> None:
         log.info("stopping: no new mail accepted, draining for up to %.0f s", self.drain_seconds)
+        self.notifier.stopping("draining")
         if self.smtp_server is not None:
             self.smtp_server.close()
         if self.imap is not None:
@@ -132,10 +145,12 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; keep listeners and the database."""
+        self.notifier.reloading()
         try:
             fresh = load_settings(self.settings.source)
         except ConfigError as exc:
             log.error("reload refused, configuration kept: %s", exc)
+            self.notifier.ready("running; last reload refused (configuration error)")
             return
         keep = replace(fresh, database=self.settings.database, intake=self.settings.intake,
                        metrics=self.settings.metrics, relay=self.settings.relay)
@@ -149,28 +164,86 @@ class Daemon:
         self.app.composer.renderer = self.app.renderer
         if hasattr(self, "handler"):
             self.handler.settings = keep
+        setup_logging(keep.logging)
         log.info("configuration reloaded from %s", keep.source)
         for ext in self.extensions:
             hook = getattr(ext, "reload", None)
             if hook is not None:
                 hook(self)
+        self.notifier.ready("running; configuration reloaded")
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a wedged loop stops the pings and systemd
+        restarts us (WatchdogSec=). Kept up during the drain, which may take a while."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _abort_start(self) -> None:
+        """Undo a partial start so the process can exit (threads joined, listeners closed)."""
+        self.stop_event.set()
+        for task in getattr(self, "tasks", []):
+            task.cancel()
+        server = getattr(self, "smtp_server", None)
+        if server is not None:
+            server.close()
+        imap = getattr(self, "imap", None)
+        if imap is not None:
+            await asyncio.to_thread(imap.stop, 5.0)
+        for ext in self.extensions:
+            try:
+                await ext.stop(self)
+            except Exception:
+                log.debug("extension stop after failed start", exc_info=True)
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            await asyncio.to_thread(writer.stop)
+        if self.app is not None:
+            self.app.close()
+
+    def _ready_status(self) -> str:
+        parts = []
+        if self.settings.intake.smtp is not None:
+            parts.append(f"SMTP {self.settings.intake.smtp.host}:{self.settings.intake.smtp.port}")
+        imap = getattr(self, "imap", None)
+        if imap is not None:
+            parts.append(f"{len(imap.watchers)} IMAP mailbox(es)")
+        server = self.metrics.server
+        if server is not None:
+            parts.append(f"metrics {server.host}:{server.port}")
+        return "running: " + (", ".join(parts) or "no intake configured")
 
     async def serve(self) -> int:
         try:
             await self.start()
         except Exception as exc:
             log.error("startup failed: %s", exc)
+            await self._abort_start()
             raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        interval = watchdog_interval()
+        watchdog = asyncio.create_task(self._watchdog(interval), name="watchdog") if interval else None
         log.info("mailgateway ready (%s)", self.instance_id)
+        self.notifier.ready(self._ready_status())
         await self.stop_event.wait()
-        await self.stop()
+        try:
+            await self.stop()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            self.notifier.close()
         return 0
 
 
 def run(settings: Settings) -> int:
+    """The daemon's exit status: 0 after a graceful stop, 1 when startup failed (reason on stderr)."""
     daemon = Daemon(settings)
-    return asyncio.run(daemon.serve())
+    try:
+        return asyncio.run(daemon.serve())
+    except Exception as exc:
+        # One line an operator can act on ("address already in use", "unable to open database").
+        print(f"mailgateway: démarrage impossible : {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -21,16 +21,17 @@ fed from the loop, catches that case.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy import text
@@ -74,8 +75,11 @@ class Metrics:
                                          ["kind"], namespace=ns, registry=r)
         self.processing_seconds = Histogram("processing_seconds", "Time to process one message",
                                             namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
-        self.deliveries_total = Counter("deliveries", "Delivery attempts to the relay, by outcome",
-                                        ["outcome"], namespace=ns, registry=r)
+        # Deliveries are counted by the sender (``Sender.stats``) and read at scrape time, plus
+        # what ``delivery()`` reports; emitted by the state collector.
+        self._deliveries: collections.Counter[str] = collections.Counter()
+        self._delivery_sources: list[Callable[[], Mapping[str, int]]] = []
+        self._lock = threading.Lock()
         self.scheduler_runs_total = Counter("scheduler_runs", "Scheduled job runs, by job and outcome",
                                             ["job", "outcome"], namespace=ns, registry=r)
         self.reloads_total = Counter("reloads", "Configuration reloads (SIGHUP)", namespace=ns, registry=r)
@@ -104,7 +108,19 @@ class Metrics:
 
     def delivery(self, outcome: str, count: int = 1) -> None:
         """``sent``, ``temporary``, ``permanent``, ``expired`` or ``refused``."""
-        self.deliveries_total.labels(outcome).inc(count)
+        with self._lock:
+            self._deliveries[outcome] += count
+
+    def attach_delivery_counts(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """A running count of delivery attempts by outcome (the sender's ``stats``)."""
+        self._delivery_sources.append(source)
+
+    def delivery_counts(self) -> dict[str, int]:
+        with self._lock:
+            total = collections.Counter(self._deliveries)
+        for source in self._delivery_sources:
+            total.update(dict(source()))
+        return dict(total)
 
     def scheduler_run(self, job: str, outcome: str = "ok") -> None:
         self.scheduler_runs_total.labels(job, outcome).inc()
@@ -174,6 +190,9 @@ class Metrics:
         imap = getattr(daemon, "imap", None)
         if imap is not None:
             self.attach_mailboxes(lambda: [_live_view(h) for h in imap.health()])
+        stats = getattr(getattr(daemon, "sender", None), "stats", None)
+        if isinstance(stats, dict):
+            self.attach_delivery_counts(lambda: stats)
         settings = daemon.settings.metrics
         if settings is not None:
             self.mailbox_grace_seconds = settings.mailbox_unhealthy_after_seconds
@@ -220,6 +239,11 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
+        deliveries = CounterMetricFamily(f"{NAMESPACE}_deliveries", "Delivery attempts to the relay, by outcome",
+                                         labels=["outcome"])
+        for outcome, n in sorted(m.delivery_counts().items()):
+            deliveries.add_metric([outcome], n)
+        yield deliveries
         if m._factory is None:
             return
         up = GaugeMetricFamily(f"{NAMESPACE}_database_up", "1 when the last database read succeeded")

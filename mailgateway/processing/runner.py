@@ -15,9 +15,10 @@ that is briefly unavailable leaves it ``received`` for the next sweep.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -45,6 +46,8 @@ class Result:
     kind: str | None = None
     case_ref: str | None = None
     reason: str | None = None
+    # Wall time of process() (the metrics' processing latency histogram).
+    seconds: float = field(default=0.0, compare=False)
 
 
 def _strip(mid: str) -> str:
@@ -132,6 +135,7 @@ class Processor:
         return analyse(raw, self.context(session), verdict)
 
     def process(self, inbound_id: int) -> Result:
+        started = time.monotonic()
         try:
             result = self._process(inbound_id)
         except OperationalError as exc:
@@ -139,6 +143,7 @@ class Processor:
             result = Result(inbound_id, "retry", reason=str(exc))
         except Exception as exc:
             result = self._quarantine(inbound_id, exc)
+        result = replace(result, seconds=time.monotonic() - started)
         self.on_result(result)
         return result
 

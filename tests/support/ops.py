@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,3 +40,54 @@ def populate(factory: sessionmaker[Session]) -> None:
         s.add(MailboxState(mailbox="ARA:INBOX", state="idle", last_contact_at=NOW - timedelta(minutes=1)))
         s.add(MailboxState(mailbox="PDL:INBOX", state="error", last_error="connection refused",
                            last_contact_at=NOW - timedelta(hours=1)))
+
+
+class NotifyListener:
+    """A fake systemd: a unix datagram socket collecting sd_notify messages in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[list[str]] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.messages.append(data.decode().split("\n"))
+                self._cond.notify_all()
+
+    def wait_for(self, line: str, *, after: int = 0, timeout: float = 20.0, count: int = 1) -> int:
+        """Wait until ``line`` appeared ``count`` times in messages after index ``after``;
+        return the index following the last match."""
+        def found() -> int | None:
+            seen = 0
+            for i, msg in enumerate(self.messages[after:], after):
+                if line in msg:
+                    seen += 1
+                    if seen >= count:
+                        return i + 1
+            return None
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: found() is not None, timeout):
+                raise AssertionError(f"{line!r} x{count} not notified in {timeout} s; got {self.messages}")
+            index = found()
+            assert index is not None
+            return index
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()

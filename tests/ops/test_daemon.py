@@ -1,0 +1,117 @@
+"""``mailgateway run`` as systemd runs it: READY/WATCHDOG/STOPPING on $NOTIFY_SOCKET, graceful
+SIGTERM, SIGHUP reload without dropping the SMTP listener, startup failures, metrics over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import socket
+import sqlite3
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_round_trip import DECLARATION
+from tests.support.gateway import GatewayConfig, RunningGateway, wait_until
+from tests.support.ops import NotifyListener
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifyListener]:
+    listener = NotifyListener(tmp_path / "notify")
+    yield listener
+    listener.close()
+
+
+def _start(config: GatewayConfig, notify: NotifyListener) -> RunningGateway:
+    # WATCHDOG_USEC as systemd sets it for WatchdogSec=; short so the test sees several pings.
+    return RunningGateway(config, extra_env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"})
+
+
+def _recipients(config: GatewayConfig) -> set[str]:
+    with sqlite3.connect(config.db_path) as db:
+        return {r for (r,) in db.execute("select recipient from outbound_messages")}
+
+
+def _scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def test_ready_watchdog_metrics_then_sigterm_drains_and_exits_0(tmp_path: Path, notify: NotifyListener) -> None:
+    config = GatewayConfig(tmp_path / "gw", metrics_port=free_port())
+    gw = _start(config, notify)
+    try:
+        ready = notify.wait_for("READY=1")
+        assert any(line.startswith("STATUS=running: SMTP 127.0.0.1:") for line in notify.messages[ready - 1])
+        notify.wait_for("WATCHDOG=1", after=ready, count=2)
+        assert config.metrics_port is not None
+        assert _scrape(config.metrics_port, "/healthz") == "ok\n"
+        gw.send(DECLARATION.encode(), mail_from="dsi@chu-nantes.test")
+        processed = 'mailgateway_messages_processed_total{kind="declaration",status="processed"} 1.0'
+        text = wait_until(lambda: next((t for t in [_scrape(config.metrics_port or 0)] if processed in t), None))
+        assert 'mailgateway_messages_accepted_total{source="smtp"} 1.0' in text
+        assert "mailgateway_processing_seconds_count 1.0" in text
+        assert "mailgateway_up 1.0" in text
+        assert "mailgateway_cases_open 1.0" in text
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(timeout=40) == 0, gw.log()
+        notify.wait_for("STOPPING=1", after=ready)
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log()
+
+
+def test_sighup_reloads_staff_without_dropping_the_smtp_connection(tmp_path: Path, notify: NotifyListener) -> None:
+    config = GatewayConfig(tmp_path / "gw")
+    with _start(config, notify) as gw:
+        ready = notify.wait_for("READY=1")
+        client = smtplib.SMTP("127.0.0.1", config.smtp_port, local_hostname="client.test", timeout=30)
+        try:
+            client.ehlo()
+            config.staff = (*config.staff, ("nouvelle.recrue@ars.test", "PDL", "agent"))
+            config.write()
+            gw.proc.send_signal(signal.SIGHUP)
+            after = notify.wait_for("RELOADING=1", after=ready)
+            notify.wait_for("READY=1", after=after)
+            # The connection opened before the reload still works: the listener was kept.
+            client.sendmail("dsi@chu-nantes.test", ["ssi-pdl@ars.test"], DECLARATION.encode())
+        finally:
+            client.quit()
+        # The new staff member is notified of the new case: the reloaded list is in force.
+        wait_until(lambda: "nouvelle.recrue@ars.test" in _recipients(config), timeout=15)
+        assert "configuration reloaded" in gw.log()
+
+
+def test_bad_configuration_exits_2_with_the_key_path(tmp_path: Path) -> None:
+    config = GatewayConfig(tmp_path / "gw", extra="[intake.smtp.tls]\nport = 1\n")
+    proc = config.cli("run", check=False, timeout=60)
+    assert proc.returncode == 2
+    assert "intake.smtp.tls" in proc.stderr
+
+
+def test_smtp_port_in_use_exits_1_with_the_reason(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = GatewayConfig(tmp_path / "gw", smtp_port=busy.getsockname()[1])
+        proc = config.cli("run", check=False, timeout=60)
+    assert proc.returncode == 1
+    assert "démarrage impossible" in proc.stderr and "address already in use" in proc.stderr.lower()
+
+
+def test_metrics_port_in_use_exits_1_and_releases_the_smtp_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = GatewayConfig(tmp_path / "gw", metrics_port=busy.getsockname()[1])
+        proc = config.cli("run", check=False, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "address already in use" in proc.stderr.lower()
+    with socket.socket() as again:  # the SMTP listener was closed on the way out
+        again.bind(("127.0.0.1", config.smtp_port))
