@@ -169,7 +169,8 @@ class OutboundSettings:
     # Site overrides of the bundled templates.
     templates_dir: str | None = None
     # The service named in acknowledgements.
-    service_name: str = "Cellule SSI de l'ARS"
+    # Who handles declarations, as it reads in a sentence ("prise en charge par la cellule SSI").
+    service_name: str = "la cellule SSI"
 
 
 @dataclass(frozen=True)
