@@ -148,9 +148,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     )
 
     if pm.degraded == "too-large":
-        return replace(
-            base, kind="unknown", extra=extra, quarantine_reason="message trop volumineux (plus de 25 Mo)", **base
-        )  # type: ignore[arg-type]
+        return replace(base, kind="unknown", quarantine_reason="message trop volumineux (plus de 25 Mo)")
     # 1. loop
     reason = loop_reason(pm, ctx.loop_token, ctx.own_addresses)
     if reason:

@@ -39,7 +39,7 @@ def iter_corpus(root: Path) -> Iterator[tuple[str, bytes, str]]:
                 if len(row) >= 4:
                     features[row[0]] = row[3]
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if path.name in _NOT_MESSAGES and path.parent == root or path.name == "COPYING":
+        if (path.name in _NOT_MESSAGES and path.parent == root) or path.name == "COPYING":
             continue
         rel = path.relative_to(root).as_posix()
         data = path.read_bytes()

@@ -17,7 +17,10 @@ _MONTHS = {
     "avr": 4, "mai": 5, "juin": 6, "juillet": 7, "juil": 7, "aout": 8, "septembre": 9, "sept": 9,
     "sep": 9, "octobre": 10, "oct": 10, "novembre": 11, "nov": 11, "decembre": 12, "dec": 12,
 }  # fmt: skip
-_TIME = r"(?:\s*(?:,|a|à|vers|aux alentours de|autour de|-|@|;)?\s*(?:environ\s*)?(\d{1,2})\s*(?:h|:|heures?)\s*(\d{2})?(?:\s*(?::|min)\s*\d{2})?)?"
+_TIME = (
+    r"(?:\s*(?:,|a|à|vers|aux alentours de|autour de|-|@|;)?\s*(?:environ\s*)?"
+    r"(\d{1,2})\s*(?:h|:|heures?)\s*(\d{2})?(?:\s*(?::|min)\s*\d{2})?)?"
+)
 _ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?(Z|[+-]\d{2}:?\d{2})?)?\b")
 _NUMERIC = re.compile(r"\b(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})\b" + _TIME, re.I)
 _WORDS = re.compile(
@@ -73,20 +76,21 @@ def parse_french_datetime(text: str, reference: datetime | None = None) -> str |
         break
     for m in _NUMERIC.finditer(text):
         d, mo, y, h, mi = m.groups()
-        dt = _make(int(y), int(mo), int(d), h, mi)
-        if dt is not None:
-            candidates.append((m.start(), dt))
+        numeric = _make(int(y), int(mo), int(d), h, mi)
+        if numeric is not None:
+            candidates.append((m.start(), numeric))
             break
     for m in _WORDS.finditer(text):
         d, month, y, h, mi = m.groups()
-        mo = _fold_month(month)
-        dt = _make(int(y), mo, int(d), h, mi) if mo else None
-        if dt is not None:
-            candidates.append((m.start(), dt))
+        month_number = _fold_month(month)
+        worded = _make(int(y), month_number, int(d), h, mi) if month_number else None
+        if worded is not None:
+            candidates.append((m.start(), worded))
             break
     if reference is not None:
-        m = _RELATIVE.search(text)
-        if m:
+        rel = _RELATIVE.search(text)
+        if rel:
+            m = rel
             word, h, mi = m.group(1).lower(), m.group(2), m.group(3)
             day: date = reference.astimezone(PARIS).date()
             if word.startswith("hier"):

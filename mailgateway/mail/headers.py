@@ -142,8 +142,8 @@ def decode_header_value(value: object) -> str:
                 groups[-1][1].extend(data)
             else:
                 groups.append((cs, bytearray(data)))
-        for cs, data in groups:
-            out.append(decode_bytes(bytes(data), cs))
+        for cs, joined in groups:
+            out.append(decode_bytes(bytes(joined), cs))
         pending.clear()
 
     for match in _ENCODED_WORD.finditer(text):

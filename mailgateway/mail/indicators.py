@@ -96,7 +96,7 @@ def extract_indicators(
             if not add("email", addr):
                 return tuple(out)
 
-        def inside(pos: int) -> bool:
+        def inside(pos: int, spans: list[tuple[int, int]] = spans) -> bool:
             return any(a <= pos < b for a, b in spans)
 
         for m in _DOMAIN.finditer(text):

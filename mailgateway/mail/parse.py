@@ -69,7 +69,7 @@ def walk(msg: Message, max_parts: int = MAX_PARTS) -> Iterator[tuple[Message, in
             continue
         try:
             payload = part.get_payload()
-        except Exception:
+        except Exception:  # noqa: S112 - an unreadable part has no children to visit
             continue
         if isinstance(payload, list):
             ctype = _ctype(part)
@@ -224,13 +224,9 @@ def collect_parts(parsed: ParsedMessage) -> None:
         if len(parsed.content_types) < 200:
             parsed.content_types.append(ctype)
         if ctype == "message/rfc822" or (ctype == "message/global" and depth > 0):
-            try:
-                payload = part.get_payload()
-            except Exception:
-                payload = None
-            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-                if len(parsed.forwarded) < MAX_FORWARDED:
-                    parsed.forwarded.append(payload[0])
+            attached = _attached_message(part)
+            if attached is not None and len(parsed.forwarded) < MAX_FORWARDED:
+                parsed.forwarded.append(attached)
             continue
         if ctype == "message/delivery-status" and not inner:
             parsed.delivery_status.append(_report_text(part))
@@ -252,6 +248,35 @@ def collect_parts(parsed: ParsedMessage) -> None:
             budget -= len(markup) // 4
 
 
+def _attached_message(part: Message) -> Message | None:
+    """The message inside a message/rfc822 part.
+
+    RFC 2046 §5.2.1 forbids base64/quoted-printable on message/rfc822, but some mailers use it:
+    the stdlib then sees a headerless message whose body is the encoded text; decode and parse it.
+    """
+    try:
+        payload = part.get_payload()
+        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    except Exception:
+        return None
+    if not (isinstance(payload, list) and payload and isinstance(payload[0], Message)):
+        return None
+    inner = payload[0]
+    if cte in ("base64", "quoted-printable") and not inner.keys():
+        body = inner.get_payload()
+        if isinstance(body, str):
+            fake = Message()
+            fake["Content-Transfer-Encoding"] = cte
+            fake.set_payload(body)
+            try:
+                data = fake.get_payload(decode=True)
+                if isinstance(data, bytes):
+                    return email.message_from_bytes(data[:MAX_MESSAGE_BYTES], policy=email.policy.compat32)
+            except Exception:
+                return inner
+    return inner
+
+
 def _report_text(part: Message) -> str:
     """message/delivery-status: compat32 parses each block as a sub-message; rebuild the text."""
     try:
@@ -266,7 +291,7 @@ def _report_text(part: Message) -> str:
             continue
         try:
             items = block.items()
-        except Exception:
+        except Exception:  # noqa: S112 - skip an unreadable report block, keep the others
             continue
         blocks.append("\n".join(f"{k}: {decode_header_value(v)}" for k, v in items))
     return "\n\n".join(blocks)

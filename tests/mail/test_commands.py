@@ -1,0 +1,66 @@
+"""Staff commands: parsing, normalisation, quotes ignored, acceptance only from authenticated staff."""
+
+from __future__ import annotations
+
+from mailgateway.mail.commands import REASON_UNKNOWN, authorise, parse_command_line, parse_commands
+from mailgateway.mail.facts import SenderVerdict
+from mailgateway.mail.labels import Labels
+from mailgateway.mail.text import new_text
+
+STAFF = {"referent.ssi@ars-sante.test": frozenset({"ARA"})}
+
+
+def test_accents_case_and_synonyms_are_normalised(labels: Labels) -> None:
+    cmd = parse_command_line("#clôturer", labels)
+    assert cmd is not None and cmd.name == "clore"
+    cmd = parse_command_line("#Qualifier Grave", labels)
+    assert cmd is not None and (cmd.name, cmd.args) == ("qualifier", ("grave",))
+    cmd = parse_command_line("#Transmettre ACSS", labels)
+    assert cmd is not None and cmd.name == "transmettre-acss"
+
+
+def test_free_text_arguments_are_kept_as_written(labels: Labels) -> None:
+    cmd = parse_command_line("#note Appel du DSI à 15h10 : MFA activée.", labels)
+    assert cmd is not None and cmd.args == ("Appel du DSI à 15h10 : MFA activée.",)
+
+
+def test_bulletin_targets_are_key_value_arguments(labels: Labels) -> None:
+    cmd = parse_command_line("#cible catégorie=LBM departement=69", labels)
+    assert cmd is not None and (cmd.name, cmd.args) == ("cible", ("categorie=LBM", "departement=69"))
+
+
+def test_status_query_canonicalises_the_reference(labels: Labels) -> None:
+    cmd = parse_command_line("#statut ssi_ara_2026_42", labels)
+    assert cmd is not None and cmd.args == ("SSI-ARA-2026-0042",)
+
+
+def test_unknown_commands_are_reported_not_dropped(labels: Labels) -> None:
+    cmd = parse_command_line("#envoyer-fleurs", labels)
+    assert cmd is not None and cmd.reason == REASON_UNKNOWN and not cmd.accepted
+
+
+def test_hashes_that_are_not_commands_are_ignored(labels: Labels) -> None:
+    assert parse_command_line("#1 priorité", labels) is None
+    assert parse_command_line("# Titre de section", labels) is None
+    assert parse_command_line("voir #clore plus bas", labels) is None
+
+
+def test_commands_in_quoted_text_are_ignored(labels: Labels) -> None:
+    body = "#lu\n\n-----Message d'origine-----\nDe : SSI-ARA\nEnvoyé : mardi\n#clore\n"
+    assert [c.name for c in parse_commands(new_text(body), labels)] == ["lu"]
+    body = "#lu\n\nLe 24/11/2026 à 14:05, SSI-ARA a écrit :\n> #clore\n"
+    assert [c.name for c in parse_commands(new_text(body), labels)] == ["lu"]
+    body = "#lu\nDe : SSI ARA <ssi-ara@ars-sante.test>\nEnvoyé : lundi 23 novembre 2026\nObjet : x\n#clore\n"
+    assert [c.name for c in parse_commands(new_text(body), labels)] == ["lu"]
+
+
+def test_only_authenticated_staff_of_the_region_is_accepted(labels: Labels) -> None:
+    cmds = parse_commands("#clore\n#inconnue", labels)
+    ok = authorise(cmds, SenderVerdict("referent.ssi@ars-sante.test", "ars-sante.test", True), "ARA", STAFF)
+    assert [(c.name, c.accepted) for c in ok] == [("clore", True), ("inconnue", False)]
+    spoofed = authorise(cmds, SenderVerdict("referent.ssi@ars-sante.test", "ars-sante.test", False), "ARA", STAFF)
+    assert not spoofed[0].accepted and "authentifié" in (spoofed[0].reason or "")
+    other_region = authorise(cmds, SenderVerdict("referent.ssi@ars-sante.test", "ars-sante.test", True), "PDL", STAFF)
+    assert not other_region[0].accepted and "PDL" in (other_region[0].reason or "")
+    stranger = authorise(cmds, SenderVerdict("dsi@clinique.test", "clinique.test", True), "ARA", STAFF)
+    assert not stranger[0].accepted

@@ -1,0 +1,42 @@
+"""Indicators: refanged, deduplicated, noise excluded."""
+
+from __future__ import annotations
+
+from mailgateway.mail.indicators import extract_indicators
+
+
+def _pairs(text: str, **kw: object) -> set[tuple[str, str]]:
+    return {(i.type, i.value) for i in extract_indicators([text], **kw)}  # type: ignore[arg-type]
+
+
+def test_defanged_values_are_refanged() -> None:
+    found = _pairs("hxxp://evil[.]example/a evil(.)example 203.0.113[.]45 pirate[at]evil.example")
+    assert ("url", "http://evil.example/a") in found
+    assert ("ip", "203.0.113.45") in found
+    assert ("email", "pirate@evil.example") in found
+
+
+def test_hashes_cves_and_domains() -> None:
+    sha = "a" * 63 + "1"
+    found = _pairs(f"hash {sha} cve-2026-1234 domaine badsite.xyz fichier README.txt")
+    assert {("hash", sha), ("cve", "CVE-2026-1234"), ("domain", "badsite.xyz")} <= found
+    assert not any(v == "readme.txt" for _t, v in found)
+
+
+def test_french_phone_formats_normalise_to_e164() -> None:
+    found = _pairs("appeler le 01 23 45 67 89, le 01.23.45.67.89 ou le +33 1 23 45 67 89 ; fax 09 70 00 00 00")
+    assert found == {("phone", "+33123456789"), ("phone", "+33970000000")}
+
+
+def test_own_and_participant_addresses_and_noise_domains_are_excluded() -> None:
+    found = _pairs(
+        "écrire à ssi-ara@ars-sante.test ou voir http://www.w3.org/1999/xhtml et cybermalveillance.gouv.fr",
+        exclude_addresses=["ssi-ara@ars-sante.test"],
+        noise_domains=["w3.org", "gouv.fr"],
+    )
+    assert found == set()
+
+
+def test_count_is_bounded() -> None:
+    text = " ".join(f"http://h{i}.example/" for i in range(500))
+    assert len(extract_indicators([text])) == 100

@@ -1,0 +1,118 @@
+"""The safe parsing layer survives every crash class of shared/corpus/README.md."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailgateway.mail.analyse import analyse
+from mailgateway.mail.context import AnalysisContext
+from mailgateway.mail.headers import clean_charset, decode_header_value, parse_addresses
+from mailgateway.mail.htmltext import html_to_text
+from mailgateway.mail.parse import MAX_PARTS, parse_message
+from tests.support.schema import assert_valid_facts
+
+CRASH_CASES = {
+    "1 Group.local_part": b"To: unlisted-recipients:; (no To-header on input)\n\nx\n",
+    "2 CR/LF in address": b"From: =?UTF-8?Q?x=0Ay?= <c@d.example>\n\nx\n",
+    "3 unknown charset": b"Content-Type: text/plain; charset=fakescii\n\nx\n",
+    "3 charset=charset=": b'Content-Type: text/plain; charset="charset=us-ascii"\n\nx\n',
+    "4 unknown maintype": b"Content-Type: signature/plain\n\nx\n",
+    "5a split UTF-8 char": b"Subject: =?utf-8?q?" + b"=D0=B0" * 10 + b"=D0?= =?utf-8?q?=B0?=\n\nx\n",
+    "5b 2047 + raw 8-bit": (
+        "From: =?ISO-8859-1?Q?Maril=F9?= Gioffré ♥ <Marilù.Gioffré@esempio-università.it>\n\nx\n".encode()
+    ),
+    "6 empty related": (
+        b'Content-Type: multipart/alternative; boundary="A"\n\n'
+        b"--A\nContent-Type: text/html\n\n<p>x</p>\n"
+        b'--A\nContent-Type: multipart/related; boundary="R"\n\nno parts\n'
+        b"--A--\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRASH_CASES))
+def test_known_stdlib_crash_classes_give_a_valid_object(name: str, ctx: AnalysisContext) -> None:
+    facts = analyse(CRASH_CASES[name], ctx)
+    assert_valid_facts(facts.to_json())
+
+
+def test_split_utf8_character_across_encoded_words_is_joined() -> None:
+    assert decode_header_value("=?utf-8?q?=D0=B0=D0?= =?utf-8?q?=B0?=") == "аа"
+
+
+def test_encoded_word_with_newline_does_not_break_addresses() -> None:
+    value = decode_header_value("=?UTF-8?Q?x=0Ay?= <c@d.example>")
+    assert parse_addresses(value) == [("x y", "c@d.example")]
+
+
+def test_group_with_comment_yields_no_address() -> None:
+    assert parse_addresses("unlisted-recipients:; (no To-header on input)") == []
+
+
+@pytest.mark.parametrize(
+    ("declared", "expected"),
+    [("UTF-8", "utf-8"), ("uft-8", "utf-8"), ('"charset=us-ascii"', "ascii"), ("fakescii", None), ("x-unknown", None)],
+)
+def test_charset_names_are_cleaned(declared: str, expected: str | None) -> None:
+    assert clean_charset(declared) == expected
+
+
+def test_latin1_and_cp1252_bodies_are_decoded() -> None:
+    raw = "Content-Type: text/plain; charset=windows-1252\n\nd\xe9claration \x80\n".encode("latin-1")
+    assert parse_message(raw).text().startswith("déclaration €")
+
+
+def test_undeclared_8bit_body_falls_back_without_error() -> None:
+    raw = b"Content-Type: text/plain\n\nincident de s\xe9curit\xe9 sur le serveur de fichiers du site\n"
+    assert "incident de s" in parse_message(raw).text()
+
+
+def test_html_only_message_is_converted_without_script_or_style() -> None:
+    text, links = html_to_text(
+        "<html><head><style>p{}</style><script>alert(1)</script></head>"
+        "<body><p>Bonjour</p><p>FINESS&nbsp;: <b>690781810</b></p><a href='http://x.example/a'>lien</a></body></html>"
+    )
+    assert "alert(1)" not in text and "p{}" not in text
+    assert "Bonjour\nFINESS : 690781810" in text.replace("\n\n", "\n")
+    assert links == ["http://x.example/a"]
+
+
+def test_a_10000_part_tree_is_walked_within_bounds(ctx: AnalysisContext) -> None:
+    parts = b"".join(b"--B\nContent-Type: text/plain\n\np%d\n" % i for i in range(MAX_PARTS + 50))
+    raw = b'Content-Type: multipart/mixed; boundary="B"\n\n' + parts + b"--B--\n"
+    facts = analyse(raw, ctx)
+    assert_valid_facts(facts.to_json())
+
+
+def test_deeply_nested_multiparts_do_not_exhaust_the_stack(ctx: AnalysisContext) -> None:
+    depth = 2000
+    head = b"".join(b'--b%d\nContent-Type: multipart/mixed; boundary="b%d"\n\n' % (i, i + 1) for i in range(depth))
+    raw = b'Content-Type: multipart/mixed; boundary="b0"\n\n' + head + b"--b%d\n\nx\n" % depth
+    facts = analyse(raw, ctx)
+    assert_valid_facts(facts.to_json())
+
+
+def test_oversized_message_is_quarantined_not_parsed(ctx: AnalysisContext) -> None:
+    raw = b"From: a@b.example\nSubject: gros\n\n" + b"x" * (25 * 1024 * 1024 + 10)
+    facts = analyse(raw, ctx)
+    assert facts.kind == "unknown" and "volumineux" in (facts.quarantine_reason or "")
+    assert facts.subject == "gros"
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\x01\x02garbage", b"\xd0\xcf\x11\xe0" + bytes(range(256)) * 4, b"\n\n\n"])
+def test_garbage_input_gives_unknown_with_reason(raw: bytes, ctx: AnalysisContext) -> None:
+    facts = analyse(raw, ctx)
+    assert facts.kind == "unknown" and facts.quarantine_reason
+    assert_valid_facts(facts.to_json())
+
+
+def test_internal_exception_becomes_unknown_naming_it(ctx: AnalysisContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailgateway.mail.analyse as module
+
+    def boom(_raw: bytes) -> None:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(module, "parse_message", boom)
+    facts = analyse(b"Subject: x\n\ny\n", ctx)
+    assert facts.kind == "unknown"
+    assert "RuntimeError" in (facts.quarantine_reason or "") and "kaboom" in (facts.quarantine_reason or "")
