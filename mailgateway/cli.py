@@ -117,7 +117,7 @@ def _parse_context(settings: Settings) -> tuple[Any, Any]:
         engine = make_engine(url)
         if current_revision(engine) is None:
             return build_context(settings), auth
-        session = make_sessionmaker(engine)()
+        session = make_sessionmaker(engine.execution_options(mailgateway_readonly=True))()
     except Exception:
         return build_context(settings), auth
     ctx = build_context(settings, thread_lookup=thread_lookup_for(session),
@@ -182,12 +182,12 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.cases import views
-    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
+    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, reading
 
     ensure_schema(settings.database.url)
     engine = make_engine(settings.database.url)
     try:
-        with make_sessionmaker(engine)() as session:
+        with reading(make_sessionmaker(engine)) as session:
             if args.cases_cmd == "list":
                 rows = views.list_cases(session, status=args.status, region=args.region, limit=args.limit)
                 if args.json:

@@ -33,7 +33,7 @@ from mailgateway.mail.facts import MessageFacts, SenderVerdict
 from mailgateway.processing.handlers import HANDLERS, Env, Outcome
 from mailgateway.processing.routing import resolve_region
 from mailgateway.settings import Settings
-from mailgateway.store.engine import transaction
+from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
 
 log = logging.getLogger("mailgateway.processing")
@@ -120,7 +120,7 @@ class Processor:
         )
 
     def pending(self, limit: int = 100) -> list[int]:
-        with self.factory() as session:
+        with reading(self.factory) as session:
             return list(session.scalars(
                 select(InboundMessage.id).where(InboundMessage.status == "received")
                 .order_by(InboundMessage.id).limit(limit)
@@ -148,7 +148,7 @@ class Processor:
         return result
 
     def _process(self, inbound_id: int) -> Result:
-        with self.factory() as session:
+        with reading(self.factory) as session:
             row = session.get(InboundMessage, inbound_id)
             if row is None or row.status != "received":
                 return Result(inbound_id, "skipped")

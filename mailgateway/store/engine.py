@@ -41,8 +41,12 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # BEGIN IMMEDIATE: take the write lock up front so two processes never deadlock on
-            # a read->write upgrade (case numbering, claims); readers are not blocked in WAL.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # a read->write upgrade (case numbering, claims). Read-only sessions (``reading``)
+            # use a deferred BEGIN: in WAL mode they neither wait for nor block the writer.
+            if conn.get_execution_options().get("mailgateway_readonly"):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -61,6 +65,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A read-only unit of work: never takes SQLite's write lock (analysis, CLI views)."""
+    bind = factory.kw["bind"]
+    with factory(bind=bind.execution_options(mailgateway_readonly=True)) as session:
+        try:
+            yield session
+        finally:
+            session.rollback()
 
 
 def alembic_config(url: str) -> Any:
