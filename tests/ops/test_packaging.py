@@ -40,14 +40,15 @@ def test_wheel_has_templates_migrations_and_data(wheel: Path) -> None:
                      "mailgateway/templates/acknowledgement.txt.j2", "mailgateway/templates/acknowledgement.html.j2",
                      "mailgateway/data/regions.csv"):
         assert required in names, required
-    entry_points = zipfile.ZipFile(wheel).read("mailgateway-" + wheel.name.split("-")[1] + ".dist-info/entry_points.txt")
+    version = wheel.name.split("-")[1]
+    entry_points = zipfile.ZipFile(wheel).read(f"mailgateway-{version}.dist-info/entry_points.txt")
     assert b"mailgateway = mailgateway.cli:main" in entry_points
 
 
 def test_installed_wheel_migrates_and_renders_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                           str(wheel)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     script = (
         "import sys, mailgateway\n"
