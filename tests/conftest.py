@@ -18,6 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_DIR = PROJECT_ROOT.parent / "shared" / "corpus"
 
 _user_numbers = itertools.count(1)
+_SHARED_USERS = 300
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +52,13 @@ def dovecot() -> Iterator[Dovecot]:
 @pytest.fixture(scope="session")
 def shared_dovecot() -> Iterator[Dovecot]:
     """One Dovecot for the session; use ``imap_user`` for an isolated mailbox. Do not stop it."""
-    server = _start_dovecot()
+    try:
+        server = Dovecot()
+    except ServerUnavailable as exc:
+        unavailable(str(exc))
+    for n in range(1, _SHARED_USERS + 1):  # known before start: no passwd-file reload to wait for
+        server.add_user(f"user{n}@ars.test", "secret")
+    server.start()
     try:
         yield server
     finally:
@@ -61,7 +68,10 @@ def shared_dovecot() -> Iterator[Dovecot]:
 @pytest.fixture
 def imap_user(shared_dovecot: Dovecot) -> str:
     """A fresh, empty mailbox user on the shared Dovecot (password: ``secret``)."""
-    return shared_dovecot.add_user(f"user{next(_user_numbers)}@ars.test", "secret")
+    n = next(_user_numbers)
+    if n > _SHARED_USERS:
+        return shared_dovecot.add_user(f"user{n}@ars.test", "secret")
+    return f"user{n}@ars.test"
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

@@ -206,9 +206,7 @@ class Dovecot:
             raise ServerUnavailable("dovecot is not installed (apt-get install dovecot-imapd dovecot-lmtpd)")
         _require_root("Dovecot")
         self.binary = binary
-        self.doveadm_binary = (
-            shutil.which("doveadm", path=os.environ.get("PATH", "") + ":/usr/bin") or "doveadm"
-        )
+        self.doveadm_binary = shutil.which("doveadm", path=os.environ.get("PATH", "") + ":/usr/bin") or "doveadm"
         self.dir = _state_dir("mailgw-dovecot-")
         self.imap_port = free_port()
         self.lmtp_port = free_port()
@@ -319,7 +317,19 @@ class Dovecot:
             raise ValueError("address and password must not contain ':' or newlines")
         self._users[address] = password
         self._write_users()
+        if self.running:
+            # Dovecot stats the passwd-file at most once a second: wait until the user is known.
+            wait_for(lambda: self._known(address), timeout=5, interval=0.1)
         return address
+
+    def _known(self, address: str) -> bool:
+        out = subprocess.run(
+            [self.doveadm_binary, "-c", str(self.config), "user", address],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        return out.returncode == 0
 
     def password_file(self, address: str, directory: Path) -> Path:
         """Write the password to ``directory/<address>.pass``: settings read secrets from files."""

@@ -1,0 +1,274 @@
+"""IMAP intake against a real Dovecot: exactly once, beside staff, through restarts (issue 3)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mailgateway.clock import SystemClock
+from mailgateway.intake import imap as imap_module
+from mailgateway.intake.imap import ImapIntake, backfill
+from mailgateway.intake.imap_session import PROCESSED_KEYWORD, ImapSession
+from tests.support.imap import PROCESSED, Mailbox, make_mailbox, message
+from tests.support.servers import Dovecot, wait_for
+
+
+@pytest.fixture
+def mailbox(shared_dovecot: Dovecot, imap_user: str, tmp_path: Path) -> Iterator[Mailbox]:
+    box = make_mailbox(shared_dovecot, imap_user, tmp_path)
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+@pytest.fixture
+def own_mailbox(dovecot: Dovecot, tmp_path: Path) -> Iterator[Mailbox]:
+    """A mailbox on a Dovecot of the test's own (to restart or kill it)."""
+    box = make_mailbox(dovecot, dovecot.add_user("ssi-ara@ars.test", "s3cret"), tmp_path)
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+def wait_idle(box: Mailbox, timeout: float = 5) -> None:
+    wait_for(lambda: all(w.health().state == "idle" for w in box.watchers if w.health().state != "stopped"),
+             timeout)  # fmt: skip
+
+
+def test_mail_delivered_while_watching_is_accepted_within_2s_and_moved(mailbox: Mailbox) -> None:
+    mailbox.start()
+    wait_idle(mailbox)
+    started = time.monotonic()
+    mailbox.deliver(message("Déclaration rançongiciel"))
+    wait_for(lambda: mailbox.inbound_count() == 1, timeout=2)
+    assert time.monotonic() - started < 2
+    (row,) = mailbox.inbound()
+    assert row.source == "imap" and row.region == "ARA" and b"Subject: D" in row.raw
+    wait_for(lambda: mailbox.folder_uids(PROCESSED), timeout=2)
+    assert mailbox.folder_uids("INBOX") == []
+    (key,) = mailbox.source_keys()
+    assert key.key.startswith("imap:ARA:INBOX:") and key.key.endswith(":1")
+    wait_for(lambda: mailbox.source_keys()[0].acknowledged_at is not None)
+    assert mailbox.accepted_ids == [row.id]
+    # PEEK: the gateway never marks a message read; staff still see it unread in Traité.
+    assert all(b"\\Seen" not in flags for flags in mailbox.flags(PROCESSED).values())
+
+
+def test_mail_read_by_staff_first_is_still_processed(mailbox: Mailbox) -> None:
+    first = mailbox.start()
+    wait_idle(mailbox)
+    first.stop()
+    mailbox.deliver(message("lu par un agent"))
+    with mailbox.imap() as staff:
+        staff.select_folder("INBOX")
+        (uid,) = staff.search("ALL")
+        staff.fetch([uid], ["BODY[]"])  # a staff client opening it sets \Seen
+        assert b"\\Seen" in staff.get_flags([uid])[uid]
+    mailbox.start()
+    wait_for(lambda: mailbox.inbound_count() == 1, timeout=3)
+    wait_for(lambda: mailbox.folder_uids("INBOX") == [], timeout=3)
+
+
+def test_mail_delivered_while_stopped_is_accepted_at_restart(mailbox: Mailbox) -> None:
+    first = mailbox.start()
+    wait_idle(mailbox)
+    mailbox.deliver(message("avant arrêt"))
+    wait_for(lambda: mailbox.inbound_count() == 1, timeout=3)
+    first.stop()
+    assert first.health().state == "stopped"
+    mailbox.deliver(message("pendant arrêt 1"))
+    mailbox.deliver(message("pendant arrêt 2"))
+    mailbox.start()
+    wait_for(lambda: mailbox.inbound_count() == 3, timeout=3)
+    wait_for(lambda: len(mailbox.folder_uids(PROCESSED)) == 3, timeout=3)
+    assert mailbox.folder_uids("INBOX") == []
+
+
+def test_initial_sync_new_skips_old_mail(mailbox: Mailbox) -> None:
+    mailbox.deliver(message("ancien"))
+    mailbox.start()
+    wait_idle(mailbox)
+    mailbox.deliver(message("nouveau"))
+    wait_for(lambda: mailbox.inbound_count() == 1, timeout=3)
+    time.sleep(0.3)
+    (row,) = mailbox.inbound()
+    assert b"nouveau" in row.raw
+    assert len(mailbox.folder_uids("INBOX")) == 1  # the old one is left alone for staff
+    state = mailbox.state()
+    assert state is not None and state.last_uid == 2
+
+
+def test_initial_sync_all_takes_old_mail(mailbox: Mailbox) -> None:
+    mailbox.with_imap(initial_sync="all")
+    mailbox.deliver(message("ancien"))
+    mailbox.start()
+    wait_for(lambda: mailbox.inbound_count() == 1, timeout=3)
+
+
+def test_crash_between_commit_and_move_gives_no_duplicate(mailbox: Mailbox) -> None:
+    crashes: list[int] = []
+
+    def crash_once(uid: int) -> None:
+        if not crashes:
+            crashes.append(uid)
+            raise RuntimeError("simulated crash after commit, before the move")
+
+    mailbox.start(after_commit=crash_once)
+    wait_idle(mailbox)
+    mailbox.deliver(message("une seule fois"))
+    wait_for(lambda: len(mailbox.folder_uids(PROCESSED)) == 1, timeout=5)
+    assert crashes == [1]
+    assert mailbox.inbound_count() == 1
+    assert len(mailbox.source_keys()) == 1
+    wait_for(lambda: mailbox.source_keys()[0].acknowledged_at is not None)
+    assert mailbox.watchers[0].health().reconnects == 1
+
+
+def test_uidvalidity_change_does_not_reprocess(mailbox: Mailbox) -> None:
+    old = message("d'avant la mise en service")
+    mailbox.append(old, msg_time=datetime.now(UTC) - timedelta(days=30))
+    watcher = mailbox.start()
+    wait_idle(mailbox)
+    done = message("déjà traité")
+    mailbox.append(done)
+    wait_for(lambda: mailbox.inbound_count() == 1, timeout=3)
+    watcher.stop()
+    # A copy of the processed message comes back (a crash before the move, a restore...), a new
+    # one arrives, then the server renumbers the folder.
+    mailbox.append(done)
+    mailbox.append(message("nouveau"))
+    before = mailbox.state()
+    assert before is not None and before.uidvalidity is not None
+    mailbox.dovecot.doveadm(
+        "mailbox", "update", "-u", mailbox.user, "--uid-validity", str(before.uidvalidity + 1000), "INBOX"
+    )
+    mailbox.start()
+    wait_for(lambda: len(mailbox.folder_uids(PROCESSED)) == 3, timeout=5)
+    assert mailbox.inbound_count() == 2  # "déjà traité" was a duplicate
+    assert len(mailbox.folder_uids("INBOX")) == 1  # the month-old mail is still not processed
+    after = mailbox.state()
+    assert after is not None and after.uidvalidity == before.uidvalidity + 1000
+
+
+def test_backfill_takes_old_mail_since_a_date(mailbox: Mailbox) -> None:
+    now = datetime.now(UTC)
+    mailbox.append(message("très ancien"), msg_time=now - timedelta(days=40))
+    mailbox.append(message("ancien"), msg_time=now - timedelta(days=5))
+    mailbox.start()
+    wait_idle(mailbox)
+    mailbox.stop_all()
+    since = date.today() - timedelta(days=10)
+    assert backfill(mailbox.settings(), mailbox.factory, "ARA", since, SystemClock()) == 1
+    assert [b"ancien" in r.raw for r in mailbox.inbound()] == [True]
+    assert len(mailbox.folder_uids("INBOX")) == 1
+    assert backfill(mailbox.settings(), mailbox.factory, "ARA", since, SystemClock()) == 0
+
+
+def test_idle_is_renewed(mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    starts: list[float] = []
+    original = ImapSession.idle_start
+
+    def counting(self: ImapSession) -> None:
+        starts.append(time.monotonic())
+        original(self)
+
+    monkeypatch.setattr(ImapSession, "idle_start", counting)
+    mailbox.with_imap(idle_renew_seconds=0.3)
+    mailbox.start()
+    wait_for(lambda: len(starts) >= 4, timeout=5)
+    mailbox.deliver(message("après renouvellements"))
+    wait_for(lambda: mailbox.inbound_count() == 1, timeout=3)
+
+
+def test_one_failing_mailbox_does_not_stop_the_others(mailbox: Mailbox, tmp_path: Path) -> None:
+    bad_password = tmp_path / "wrong.pass"
+    bad_password.write_text("wrong\n")
+    good = mailbox.region
+    bad = good.__class__(code="BRE", name="Bretagne", address="ssi-bre@ars.test",
+                         imap=mailbox.imap_settings.__class__(**{**mailbox.imap_settings.__dict__,
+                                                                 "password_file": str(bad_password)}))  # fmt: skip
+    settings = mailbox.settings().__class__(regions=(bad, good))
+    intake = ImapIntake(settings, mailbox.factory, SystemClock())
+    for w in intake.watchers:
+        w.backoff_base, w.backoff_max, w.idle_wait_step = 0.05, 0.2, 0.2
+    intake.start()
+    try:
+        wait_for(lambda: intake.health()[1].state == "idle", timeout=5)
+        mailbox.deliver(message("pour ARA"))
+        wait_for(lambda: mailbox.inbound_count() == 1, timeout=3)
+        bre = intake.health()[0]
+        assert bre.region == "BRE" and bre.state in ("error", "connecting") and bre.reconnects >= 1
+        assert bre.last_error and "AUTHENTICATIONFAILED" in bre.last_error.upper()
+    finally:
+        intake.stop()
+    assert [h.state for h in intake.health()] == ["stopped", "stopped"]
+
+
+def test_dovecot_restart_mid_idle_reconnects_and_misses_nothing(own_mailbox: Mailbox) -> None:
+    box = own_mailbox
+    watcher = box.start()
+    wait_idle(box)
+    box.dovecot.restart()
+    box.deliver(message("juste après le redémarrage"))
+    wait_for(lambda: box.inbound_count() == 1, timeout=5)
+    box.dovecot.kill()  # a crash this time: no BYE, the connection just drops
+    box.dovecot.start()
+    box.deliver(message("après le crash"))
+    wait_for(lambda: box.inbound_count() == 2, timeout=5)
+    wait_for(lambda: len(box.folder_uids(PROCESSED)) == 2, timeout=3)
+    assert watcher.health().reconnects >= 2
+
+
+def test_without_move_copies_and_flags_never_deletes(dovecot: Dovecot, tmp_path: Path) -> None:
+    caps = "IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE UIDPLUS NAMESPACE"
+    dovecot.stop()
+    with open(dovecot.config, "a") as conf:
+        conf.write(f"imap_capability = {caps}\n")
+    dovecot.start()
+    box = make_mailbox(dovecot, dovecot.add_user("ssi-ara@ars.test"), tmp_path)
+    try:
+        box.start()
+        wait_idle(box)
+        assert not box.watchers[0]._session or not box.watchers[0]._session.can_move
+        box.deliver(message("sans MOVE"))
+        wait_for(lambda: len(box.folder_uids(PROCESSED)) == 1, timeout=3)
+        wait_for(lambda: PROCESSED_KEYWORD in box.flags("INBOX").get(1, ()), timeout=3)
+        assert b"\\Deleted" not in box.flags("INBOX")[1]
+        box.stop_all()
+        box.start()  # the flagged original is not taken again
+        wait_idle(box)
+        time.sleep(0.3)
+        assert box.inbound_count() == 1
+    finally:
+        box.close()
+
+
+def test_polls_when_the_server_lacks_idle(dovecot: Dovecot, tmp_path: Path) -> None:
+    dovecot.stop()
+    with open(dovecot.config, "a") as conf:
+        conf.write("imap_capability = IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UIDPLUS MOVE NAMESPACE\n")
+    dovecot.start()
+    box = make_mailbox(dovecot, dovecot.add_user("ssi-ara@ars.test"), tmp_path, poll_interval_seconds=0.2)
+    try:
+        box.start()
+        wait_for(lambda: box.watchers[0].health().state == "polling", timeout=3)
+        box.deliver(message("sans IDLE"))
+        wait_for(lambda: box.inbound_count() == 1, timeout=3)
+    finally:
+        box.close()
+
+
+def test_backoff_grows_with_jitter() -> None:
+    watcher = imap_module.MailboxWatcher.__new__(imap_module.MailboxWatcher)
+    watcher.backoff_base, watcher.backoff_max = 1.0, 60.0
+    delays = [watcher._backoff(n) for n in range(1, 10)]
+    for n, d in enumerate(delays, start=1):
+        ceiling = min(60.0, 2.0 ** (n - 1))
+        assert ceiling / 2 <= d <= ceiling
+    assert len({round(watcher._backoff(6), 6) for _ in range(20)}) > 1
