@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
+from mailgateway.logs import bind, log_context
 from mailgateway.mail.analyse import analyse
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext, EstablishmentInfo, build_context
@@ -136,13 +137,15 @@ class Processor:
 
     def process(self, inbound_id: int) -> Result:
         started = time.monotonic()
-        try:
-            result = self._process(inbound_id)
-        except OperationalError as exc:
-            log.warning("database unavailable while processing inbound %s: %s", inbound_id, exc)
-            result = Result(inbound_id, "retry", reason=str(exc))
-        except Exception as exc:
-            result = self._quarantine(inbound_id, exc)
+        # Every log line of this message (handlers, mailer, ...) carries its ids (mailgateway.logs).
+        with log_context(inbound_id=inbound_id):
+            try:
+                result = self._process(inbound_id)
+            except OperationalError as exc:
+                log.warning("database unavailable while processing inbound %s: %s", inbound_id, exc)
+                result = Result(inbound_id, "retry", reason=str(exc))
+            except Exception as exc:
+                result = self._quarantine(inbound_id, exc)
         result = replace(result, seconds=time.monotonic() - started)
         self.on_result(result)
         return result
@@ -154,6 +157,7 @@ class Processor:
                 return Result(inbound_id, "skipped")
             raw = row.raw
             facts = resolve_region(self.settings, self.analyse_raw(session, raw), row.region, row.rcpt_tos or ())
+        bind(message_id=facts.message_id, case_ref=facts.case_ref, region=facts.region)
         with transaction(self.factory) as session:
             stmt = select(InboundMessage).where(InboundMessage.id == inbound_id)
             if session.get_bind().dialect.name == "postgresql":
@@ -183,6 +187,7 @@ class Processor:
             row.reason = outcome.reason
             row.processed_at = self.clock.now()
             case_ref = outcome.case.reference if outcome.case is not None else None
+        bind(case_ref=case_ref)
         log.info("inbound %s %s kind=%s case=%s", inbound_id, outcome.status, facts.kind, case_ref,
                  extra={"case_ref": case_ref, "message_id": facts.message_id})
         self.on_outbound()

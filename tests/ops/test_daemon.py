@@ -3,6 +3,7 @@ SIGTERM, SIGHUP reload without dropping the SMTP listener, startup failures, met
 
 from __future__ import annotations
 
+import json
 import signal
 import smtplib
 import socket
@@ -64,7 +65,11 @@ def test_ready_watchdog_metrics_then_sigterm_drains_and_exits_0(tmp_path: Path, 
         notify.wait_for("STOPPING=1", after=ready)
     finally:
         gw.stop()
-    assert "Traceback" not in gw.log()
+    log = gw.log_path.read_text()
+    assert "Traceback" not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    about = [line for line in lines if "decl-1@chu-nantes.test" in str(line.get("message_id"))]
+    assert about and str(about[-1].get("case_ref")).startswith("SSI-PDL-") and about[-1]["inbound_id"] == 1
 
 
 def test_sighup_reloads_staff_without_dropping_the_smtp_connection(tmp_path: Path, notify: NotifyListener) -> None:
