@@ -55,6 +55,8 @@ __all__ = ["ImapIntake", "MailboxHealth", "MailboxWatcher", "backfill", "mailbox
 
 log = logging.getLogger(__name__)
 
+# Called with the id of each newly accepted message (not for duplicates: a duplicate was stored
+# before, and the processor takes every "received" row on start anyway).
 OnAccepted = Callable[[int], None]
 
 
@@ -274,7 +276,7 @@ class MailboxWatcher:
                     self.after_commit(uid)
                 session.mark_processed(uid)
                 self._acknowledge(uid, source_key, advance, new=not accepted.duplicate)
-                if self.on_accepted is not None:
+                if self.on_accepted is not None and not accepted.duplicate:
                     self.on_accepted(accepted.inbound_id)
 
     def _acknowledge(self, uid: int, source_key: str | None, advance: bool, *, new: bool) -> None:
@@ -373,9 +375,10 @@ def backfill(
                     ack = db.get(InboundSourceKey, source_key)
                     if ack is not None and ack.acknowledged_at is None:
                         ack.acknowledged_at = clock.now()
-                count += not accepted.duplicate
-                if on_accepted is not None:
-                    on_accepted(accepted.inbound_id)
+                if not accepted.duplicate:
+                    count += 1
+                    if on_accepted is not None:
+                        on_accepted(accepted.inbound_id)
     finally:
         session.close()
     return count

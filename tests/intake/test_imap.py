@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -272,3 +276,86 @@ def test_backoff_grows_with_jitter() -> None:
         ceiling = min(60.0, 2.0 ** (n - 1))
         assert ceiling / 2 <= d <= ceiling
     assert len({round(watcher._backoff(6), 6) for _ in range(20)}) > 1
+
+
+def _imap_children(dovecot: Dovecot) -> list[int]:
+    """PIDs of Dovecot's per-connection ``imap`` processes."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("Name", "").strip() == "imap" and int(fields.get("PPid", "0")) == dovecot.pid:
+            found.append(int(status.parent.name))
+    return found
+
+
+def test_stuck_connection_is_detected_and_replaced(own_mailbox: Mailbox) -> None:
+    box = own_mailbox
+    box.with_imap(idle_renew_seconds=0.5, timeout_seconds=1)
+    watcher = box.start()
+    wait_idle(box)
+    (stuck,) = _imap_children(box.dovecot)
+    os.kill(stuck, signal.SIGSTOP)  # the server side stops answering; the TCP connection stays up
+    try:
+        wait_for(lambda: watcher.health().reconnects >= 1, timeout=5)
+        box.deliver(message("après une connexion bloquée"))
+        wait_for(lambda: box.inbound_count() == 1, timeout=5)
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+
+
+_CRASH_CHILD = """
+import os, signal, sys
+from mailgateway.clock import SystemClock
+from mailgateway.intake.imap import MailboxWatcher
+from mailgateway.settings import ImapSettings, RegionSettings
+from mailgateway.store.engine import make_engine, make_sessionmaker
+url, port, user, password_file = sys.argv[1:5]
+imap = ImapSettings(host="127.0.0.1", port=int(port), tls=False, username=user,
+                    password_file=password_file, processed_folder="Traité", initial_sync="all")
+region = RegionSettings(code="ARA", name="ARA", address=user, imap=imap)
+crash = lambda uid: os.kill(os.getpid(), signal.SIGKILL)  # after the commit, before the move
+MailboxWatcher(region, make_sessionmaker(make_engine(url)), SystemClock(), after_commit=crash).run()
+"""
+
+
+def test_process_killed_after_commit_gives_no_duplicate(mailbox: Mailbox, tmp_path: Path) -> None:
+    mailbox.with_imap(initial_sync="all")
+    mailbox.deliver(message("tué après le commit"))
+    imap = mailbox.imap_settings
+    child = subprocess.run(
+        [sys.executable, "-c", _CRASH_CHILD, mailbox.url, str(imap.port), imap.username, imap.password_file],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    assert mailbox.inbound_count() == 1  # committed...
+    assert len(mailbox.folder_uids("INBOX")) == 1  # ...but the server was never answered
+    assert mailbox.source_keys()[0].acknowledged_at is None
+    mailbox.start()
+    wait_for(lambda: len(mailbox.folder_uids(PROCESSED)) == 1, timeout=5)
+    assert mailbox.inbound_count() == 1
+    wait_for(lambda: mailbox.source_keys()[0].acknowledged_at is not None)
+
+
+def test_exactly_once_on_postgresql(shared_dovecot: Dovecot, imap_user: str, tmp_path: Path, pg_url: str) -> None:
+    box = make_mailbox(shared_dovecot, imap_user, tmp_path, url=pg_url)
+    crashes: list[int] = []
+
+    def crash_once(uid: int) -> None:
+        if not crashes:
+            crashes.append(uid)
+            raise RuntimeError("simulated crash after commit")
+
+    try:
+        box.start(after_commit=crash_once)
+        wait_idle(box)
+        box.deliver(message("PostgreSQL 1"))
+        box.deliver(message("PostgreSQL 2"))
+        wait_for(lambda: len(box.folder_uids(PROCESSED)) == 2, timeout=5)
+        assert box.inbound_count() == 2 and crashes
+    finally:
+        box.close()

@@ -125,8 +125,10 @@ class Mailbox:
             w.stop()
 
 
-def make_mailbox(dovecot: Dovecot, user: str, tmp: Path, code: str = "ARA", **imap: Any) -> Mailbox:
-    url = f"sqlite:///{tmp / 'gw.db'}"
+def make_mailbox(
+    dovecot: Dovecot, user: str, tmp: Path, code: str = "ARA", url: str | None = None, **imap: Any
+) -> Mailbox:
+    url = url or f"sqlite:///{tmp / 'gw.db'}"
     upgrade(url)
     password_file = dovecot.password_file(user, tmp)
     settings = ImapSettings(

@@ -1,0 +1,60 @@
+"""IMAP intake through the real daemon: mail delivered into Dovecot is acknowledged at the relay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import GatewayConfig, RunningGateway
+from tests.support.servers import Dovecot, SmtpSink, wait_for
+
+DECLARATION = """\
+From: Jeanne Martin <dsi@chu-nantes.test>
+To: SSI Pays de la Loire <ssi-pdl@ars.test>
+Subject: Déclaration d'incident : rançongiciel au centre hospitalier
+Message-ID: <imap-decl-1@chu-nantes.test>
+Date: Fri, 27 Nov 2026 09:12:00 +0100
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: 8bit
+
+Bonjour,
+
+Numéro FINESS : 440000289
+Nom de la structure : CHU de Nantes
+Type d'incident : Rançongiciel
+Date de détection : 27/11/2026 à 08h30
+Gravité : grave
+
+Des postes sont chiffrés depuis ce matin.
+"""
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, dovecot: Dovecot, smtp_sink: SmtpSink) -> Iterator[RunningGateway]:
+    user = dovecot.add_user("ssi-pdl@ars.test", "s3cret")
+    imap = {"host": "127.0.0.1", "port": dovecot.imap_port, "tls": False, "username": user,
+            "password_file": str(dovecot.password_file(user, tmp_path))}  # fmt: skip
+    config = GatewayConfig(tmp_path / "gw", relay_port=smtp_sink.port, imap={"PDL": imap})
+    with RunningGateway(config) as gw:
+        yield gw
+
+
+def test_declaration_in_the_mailbox_is_acknowledged_and_moved(
+    gateway: RunningGateway, dovecot: Dovecot, smtp_sink: SmtpSink
+) -> None:
+    wait_for(lambda: "idle" in gateway.config.cli("status", "--json", check=False).stdout, timeout=15)
+    started = time.monotonic()
+    dovecot.deliver("ssi-pdl@ars.test", DECLARATION.encode(), mail_from="dsi@chu-nantes.test")
+    wait_for(lambda: smtp_sink.messages_to("dsi@chu-nantes.test"), timeout=10)
+    assert time.monotonic() - started < 5
+    client = dovecot.imap("ssi-pdl@ars.test")
+    try:
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0
+        assert client.select_folder("Traité")[b"EXISTS"] == 1
+    finally:
+        client.logout()
+    assert len(gateway.config.cli_json("cases", "list")) == 1
