@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway import __version__
 from mailgateway.clock import Clock, SystemClock, aware
 from mailgateway.status import DEFAULT_MAILBOX_GRACE, MailboxView, snapshot
+from mailgateway.store.engine import reading
 
 if TYPE_CHECKING:
     from mailgateway.daemon import Daemon
@@ -156,7 +157,7 @@ class Metrics:
     def _check_database(self) -> str | None:
         assert self._factory is not None
         try:
-            with self._factory() as session:
+            with reading(self._factory) as session:
                 session.execute(text("SELECT 1"))
         except Exception as exc:
             return f"base de données injoignable : {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
@@ -169,7 +170,7 @@ class Metrics:
             return ()
         from mailgateway.status import read_mailboxes
 
-        with self._factory() as session:
+        with reading(self._factory) as session:
             return read_mailboxes(session)
 
     def _check_mailboxes(self) -> list[str]:
@@ -249,7 +250,7 @@ class _StateCollector(Collector):
         up = GaugeMetricFamily(f"{NAMESPACE}_database_up", "1 when the last database read succeeded")
         now = m.clock.now()
         try:
-            with m._factory() as session:
+            with reading(m._factory) as session:
                 snap = snapshot(session, now, full=False)
         except Exception as exc:
             log.warning("metrics: database read failed: %s", exc)

@@ -197,7 +197,7 @@ def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) ->
 
 
 def cli(args: argparse.Namespace, settings: Settings, clock: Clock | None = None) -> int:
-    from mailgateway.store.engine import current_revision, head_revision, make_engine, make_sessionmaker
+    from mailgateway.store.engine import current_revision, head_revision, make_engine, make_sessionmaker, reading
 
     url = settings.database.url
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -214,7 +214,8 @@ def cli(args: argparse.Namespace, settings: Settings, clock: Clock | None = None
         if revision is None:
             print("base de données non initialisée (lancer « mailgateway db upgrade »)", file=sys.stderr)
             return 2
-        with make_sessionmaker(engine)() as session:
+        # A read-only transaction: never takes SQLite's write lock from the running daemon.
+        with reading(make_sessionmaker(engine)) as session:
             snap = snapshot(session, (clock or SystemClock()).now())
     except Exception as exc:  # the operator wants the reason, not a traceback
         print(f"lecture de la base impossible : {type(exc).__name__}: {exc}", file=sys.stderr)

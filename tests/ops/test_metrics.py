@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import FixedClock
 from mailgateway.metrics import Metrics, MetricsServer
 from mailgateway.processing.runner import Result
-from mailgateway.store.engine import make_engine, make_sessionmaker
+from mailgateway.store.engine import make_engine, make_sessionmaker, transaction
 from tests.support.ops import NOW, populate
 
 
@@ -34,7 +35,7 @@ def served(clock: FixedClock, factory: sessionmaker[Session]) -> Iterator[tuple[
     server.stop()
 
 
-def _get(url: str) -> tuple[int, str, str]:
+def _get(url: str, timeout: float = 5) -> tuple[int, str, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             return resp.status, resp.headers["Content-Type"], resp.read().decode()
@@ -163,3 +164,13 @@ def test_clock_moves_ages(served: tuple[Metrics, str], factory: sessionmaker[Ses
     populate(factory)
     clock.at = clock.at + timedelta(minutes=5)
     assert _samples(_get(base + "/metrics")[2])[("mailgateway_outbox_oldest_age_seconds", ())] == 900
+
+
+def test_scrape_and_healthz_do_not_wait_for_the_writer(served: tuple[Metrics, str],
+                                                       factory: sessionmaker[Session]) -> None:
+    """SQLite: a scrape must not take the write lock the intake writer holds (BEGIN IMMEDIATE)."""
+    _metrics, base = served
+    with transaction(factory) as writer:
+        writer.execute(text("UPDATE mailbox_states SET state = state"))  # the write lock is held
+        assert _get(base + "/healthz")[0] == 200
+        assert _samples(_get(base + "/metrics")[2])[("mailgateway_database_up", ())] == 1
