@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_round_trip import DECLARATION
 from tests.support.gateway import GatewayConfig, RunningGateway, wait_until
-from tests.support.ops import NotifyListener
+from tests.support.ops import DECLARATION, NotifyListener
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
