@@ -149,13 +149,16 @@ class MailboxWatcher:
                 log.warning("IMAP %s: %s; reconnecting in %.1f s", self.key, exc, delay)
                 self._note(state="error", last_error=str(exc), reconnects=self.health().reconnects + 1)
                 self._record_state(state="error", last_error=str(exc)[:2000])
+                self._drop_session()
                 self._stop.wait(delay)
-            finally:
-                if self._session is not None:
-                    self._session.abort()
-                    self._session = None
+        self._drop_session()
         self._note(state="stopped")
         self._record_state(state="stopped")
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.abort()
+            self._session = None
 
     def _backoff(self, attempt: int) -> float:
         # Exponential backoff with "equal jitter": half fixed, half random, so mailboxes that failed

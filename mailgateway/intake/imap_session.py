@@ -96,10 +96,9 @@ class ImapSession:
             self.can_idle = b"IDLE" in caps
             self.can_move = b"MOVE" in caps
             self._keepalive()
-            for folder in (s.processed_folder,):
-                if not self.client.folder_exists(folder):
-                    self.client.create_folder(folder)
-                    self.client.subscribe_folder(folder)  # so staff clients show it
+            if not self.client.folder_exists(s.processed_folder):
+                self.client.create_folder(s.processed_folder)
+                self.client.subscribe_folder(s.processed_folder)  # so staff clients show it
             return self.select()
         except NETWORK_ERRORS as exc:
             self.abort()
