@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import email
+import shutil
 import smtplib
 import sqlite3
 import statistics
@@ -127,6 +128,7 @@ def main() -> int:
             probe.stop.set()
             probe.join(5)
             stored = accepted_times(config.db_path, stamp)
+    shutil.rmtree(work, ignore_errors=True)
     idle = [w - probe_sent[i] for i, w in enumerate(probe.wakeups[: args.messages])]
     accept = [stored[i] - sent[i] for i in sent if i in stored]
     ack_lat = [acked[i] - sent[i] for i in sent]
