@@ -301,7 +301,7 @@ def _build(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> A
             return ()
         return tuple(_build(inner, v, f"{path}[{i}]", problems) for i, v in enumerate(value))
     if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
+        _key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             problems.append((path, "must be a table"))
             return {}

@@ -105,7 +105,7 @@ def _attach_original(msg: EmailMessage, att: Attachment, verbatim: dict[bytes, b
             part["Content-Disposition"] = f'attachment; filename="{att.filename}"'
             part["Content-Transfer-Encoding"] = "8bit" if any(b > 127 for b in att.raw) else "7bit"
             part.set_payload(token)
-            msg.attach(part)
+            msg.attach(part)  # type: ignore[arg-type]  # typeshed: attach() takes the part's base type
             verbatim[token.encode()] = b"\r\n".join(lines)
             return
         msg.add_attachment(att.raw, maintype="application", subtype="octet-stream", filename=att.filename)

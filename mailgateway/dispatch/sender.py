@@ -125,7 +125,7 @@ class Throttle:
         async with self.lock:
             if domain not in self.domains:
                 self.domains[domain] = (TokenBucket(self.per_domain_rate), _HourWindow(self.per_domain_hour))
-            checks = [self.global_bucket, self.global_hour, *self.domains[domain]]
+            checks: list[TokenBucket | _HourWindow] = [self.global_bucket, self.global_hour, *self.domains[domain]]
             for check in checks:
                 while (pause := check.delay()) > 0:
                     await asyncio.sleep(min(pause, 5.0))

@@ -72,9 +72,8 @@ class IntakeHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self._rate_limited(session.peer):
             return "451 4.7.1 Too many messages from your address, try again later"
-        raw = envelope.original_content or envelope.content
-        if isinstance(raw, str):
-            raw = raw.encode("utf-8", "surrogateescape")
+        content = envelope.original_content or envelope.content or b""
+        raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else bytes(content)
         region = next((r for r in (self._region_for(a) for a in envelope.rcpt_tos) if r), None)
         try:
             future = self.writer.submit(raw, source="smtp", mail_from=envelope.mail_from,

@@ -13,7 +13,6 @@ transaction; the sender delivers it later.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import replace
 from datetime import timedelta
 
@@ -157,5 +156,3 @@ class Mailer:
             )
         return row
 
-    def send_many(self, session: Session, specs: Iterable[MailSpec], **kwargs: object) -> int:
-        return sum(1 for spec in specs if self.send(session, spec, **kwargs) is not None)  # type: ignore[arg-type]

@@ -95,7 +95,7 @@ def test_declaration_by_smtp_gets_signed_threaded_french_acknowledgement(
     assert ack.mail_from.startswith("bounces+") and ack.mail_from.endswith("@ars.test")
     zone = {f"{k}.": v.encode() for k, v in gateway.config.dkim_zone.items()}
     assert dkim.verify(ack.raw, dnsfunc=lambda name, timeout=5: zone.get(
-        (name.decode() if isinstance(name, bytes) else name)))
+        name.decode() if isinstance(name, bytes) else name))
 
     cases = gateway.config.cli_json("cases", "list")
     assert [c["reference"] for c in cases] == [ref]

@@ -150,7 +150,7 @@ class RunningGateway:
         self.log_path = config.directory / "daemon.log"
         env = _env()
         env.update(extra_env or {})
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailgateway", "run", "-c", str(config.path)],
             cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
