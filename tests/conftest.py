@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import unavailable
+from tests.support.db import migrated
 from tests.support.servers import Dovecot, PostgresCluster, ServerUnavailable, SmtpSink
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -130,24 +131,12 @@ def smtp_sink() -> Iterator[SmtpSink]:
 @pytest.fixture
 def db_factory(db_url: str) -> Iterator[object]:
     """A migrated database on each engine, as a sessionmaker; the engine is disposed afterwards."""
-    from mailgateway.store.engine import make_engine, make_sessionmaker, upgrade
-
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
+    with migrated(db_url) as factory:
+        yield factory
 
 
 @pytest.fixture
 def sqlite_factory(sqlite_url: str) -> Iterator[object]:
     """A migrated SQLite database as a sessionmaker."""
-    from mailgateway.store.engine import make_engine, make_sessionmaker, upgrade
-
-    upgrade(sqlite_url)
-    engine = make_engine(sqlite_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
+    with migrated(sqlite_url) as factory:
+        yield factory

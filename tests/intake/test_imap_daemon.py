@@ -8,29 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import GatewayConfig, RunningGateway
+from tests.support.gateway import GatewayConfig, RunningGateway, declaration
 from tests.support.servers import Dovecot, SmtpSink, wait_for
-
-DECLARATION = """\
-From: Jeanne Martin <dsi@chu-nantes.test>
-To: SSI Pays de la Loire <ssi-pdl@ars.test>
-Subject: Déclaration d'incident : rançongiciel au centre hospitalier
-Message-ID: <imap-decl-1@chu-nantes.test>
-Date: Fri, 27 Nov 2026 09:12:00 +0100
-MIME-Version: 1.0
-Content-Type: text/plain; charset=utf-8
-Content-Transfer-Encoding: 8bit
-
-Bonjour,
-
-Numéro FINESS : 440000289
-Nom de la structure : CHU de Nantes
-Type d'incident : Rançongiciel
-Date de détection : 27/11/2026 à 08h30
-Gravité : grave
-
-Des postes sont chiffrés depuis ce matin.
-"""
 
 
 @pytest.fixture
@@ -48,7 +27,7 @@ def test_declaration_in_the_mailbox_is_acknowledged_and_moved(
 ) -> None:
     wait_for(lambda: "idle" in gateway.config.cli("status", "--json", check=False).stdout, timeout=15)
     started = time.monotonic()
-    dovecot.deliver("ssi-pdl@ars.test", DECLARATION.encode(), mail_from="dsi@chu-nantes.test")
+    dovecot.deliver("ssi-pdl@ars.test", declaration("imap-decl-1@chu-nantes.test"), mail_from="dsi@chu-nantes.test")
     wait_for(lambda: smtp_sink.messages_to("dsi@chu-nantes.test"), timeout=10)
     assert time.monotonic() - started < 5
     client = dovecot.imap("ssi-pdl@ars.test")

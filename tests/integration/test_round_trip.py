@@ -12,34 +12,11 @@ from pathlib import Path
 import dkim
 import pytest
 
-from tests.support.gateway import GatewayConfig, RunningGateway, wait_until
+from tests.support.gateway import DECLARATION, GatewayConfig, RunningGateway, wait_until
 from tests.support.servers import SmtpSink
 
 YEAR = datetime.now().year
 
-DECLARATION = """\
-From: Jeanne Martin <dsi@chu-nantes.test>
-To: SSI Pays de la Loire <ssi-pdl@ars.test>
-Subject: Déclaration d'incident : rançongiciel au centre hospitalier
-Message-ID: <decl-1@chu-nantes.test>
-Date: Fri, 27 Nov 2026 09:12:00 +0100
-MIME-Version: 1.0
-Content-Type: text/plain; charset=utf-8
-Content-Transfer-Encoding: 8bit
-
-Bonjour,
-
-Numéro FINESS : 440000289
-Nom de la structure : CHU de Nantes
-Type d'incident : Rançongiciel
-Date de détection : 27/11/2026 à 08h30
-Gravité : grave
-Impacts : sécurité des soins, données de santé
-
-Des postes sont chiffrés depuis ce matin, une demande de rançon s'affiche.
-
-Jeanne Martin, RSSI
-"""
 
 PORTAL = """\
 From: Portail de signalement <ne-pas-repondre@signalement.test>

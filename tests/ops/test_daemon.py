@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import GatewayConfig, RunningGateway, wait_until
-from tests.support.ops import DECLARATION, NotifyListener
+from tests.support.gateway import DECLARATION, GatewayConfig, RunningGateway, wait_until
+from tests.support.ops import NotifyListener
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow

@@ -27,6 +27,36 @@ from tests.support.servers import free_port, wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+# A declaration as an establishment's RSSI would mail it to the PDL mailbox of GatewayConfig.
+DECLARATION = """\
+From: Jeanne Martin <dsi@chu-nantes.test>
+To: SSI Pays de la Loire <ssi-pdl@ars.test>
+Subject: Déclaration d'incident : rançongiciel au centre hospitalier
+Message-ID: <decl-1@chu-nantes.test>
+Date: Fri, 27 Nov 2026 09:12:00 +0100
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: 8bit
+
+Bonjour,
+
+Numéro FINESS : 440000289
+Nom de la structure : CHU de Nantes
+Type d'incident : Rançongiciel
+Date de détection : 27/11/2026 à 08h30
+Gravité : grave
+Impacts : sécurité des soins, données de santé
+
+Des postes sont chiffrés depuis ce matin, une demande de rançon s'affiche.
+
+Jeanne Martin, RSSI
+"""
+
+
+def declaration(message_id: str = "decl-1@chu-nantes.test") -> bytes:
+    """DECLARATION with another Message-ID (a distinct message for content-hash dedup)."""
+    return DECLARATION.replace("<decl-1@chu-nantes.test>", f"<{message_id}>").encode()
+
 
 def generate_rsa_key(path: Path) -> str:
     """Write a PKCS#1 RSA-2048 key; return the DKIM TXT value publishing its public half."""

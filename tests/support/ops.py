@@ -91,26 +91,3 @@ class NotifyListener:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
-
-
-# A declaration as an establishment's RSSI would mail it (becomes a PDL case, staff notified).
-DECLARATION = """\
-From: Jeanne Martin <dsi@chu-nantes.test>
-To: SSI Pays de la Loire <ssi-pdl@ars.test>
-Subject: Déclaration d'incident : rançongiciel au centre hospitalier
-Message-ID: <decl-1@chu-nantes.test>
-Date: Fri, 27 Nov 2026 09:12:00 +0100
-MIME-Version: 1.0
-Content-Type: text/plain; charset=utf-8
-Content-Transfer-Encoding: 8bit
-
-Bonjour,
-
-Numéro FINESS : 440000289
-Nom de la structure : CHU de Nantes
-Type d'incident : Rançongiciel
-Date de détection : 27/11/2026 à 08h30
-Gravité : grave
-
-Des postes sont chiffrés depuis ce matin.
-"""
