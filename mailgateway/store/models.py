@@ -62,6 +62,8 @@ class InboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
+    # GDPR retention (jobs/retention.py): raw emptied, envelope cleared; hash kept for dedup.
+    purged_at: Mapped[datetime | None]
 
 
 class InboundSourceKey(Base):
@@ -136,6 +138,8 @@ class Case(Base):
     origin_message_id: Mapped[str | None] = mapped_column(String(998))
     last_event_hash: Mapped[str | None] = mapped_column(String(64))
     event_count: Mapped[int] = mapped_column(Integer, default=0)
+    # GDPR retention (jobs/retention.py): personal data removed, statistics kept.
+    anonymised_at: Mapped[datetime | None]
 
 
 class CaseEvent(Base):
@@ -195,6 +199,20 @@ class Reminder(Base):
     deadline: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
     sent_at: Mapped[datetime]
+
+
+class JobRun(Base):
+    """One run of a periodic job per period (digest per day, report per week): inserted first,
+    in the transaction that queues the job's mail, so each period runs once across instances."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (UniqueConstraint("job", "period"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(64))
+    ran_at: Mapped[datetime] = mapped_column(index=True)
+    summary: Mapped[str | None] = mapped_column(Text)
 
 
 # --- directory ----------------------------------------------------------------------------------
@@ -291,6 +309,8 @@ class OutboundMessage(Base):
     sent_at: Mapped[datetime | None]
     last_answer: Mapped[str | None] = mapped_column(Text)
     bounced_at: Mapped[datetime | None]
+    # GDPR retention (jobs/retention.py): final bytes emptied.
+    purged_at: Mapped[datetime | None]
 
 
 class DeliveryAttempt(Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 01:58:21.007154
+Create Date: 2026-11-29 02:27:36.765904
 """
 from alembic import op
 import sqlalchemy as sa
@@ -49,6 +49,7 @@ def upgrade() -> None:
     sa.Column('origin_message_id', sa.String(length=998), nullable=True),
     sa.Column('last_event_hash', sa.String(length=64), nullable=True),
     sa.Column('event_count', sa.Integer(), nullable=False),
+    sa.Column('anonymised_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['linked_case_id'], ['cases.id'], ),
     sa.ForeignKeyConstraint(['merged_into_id'], ['cases.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -76,6 +77,18 @@ def upgrade() -> None:
     with op.batch_alter_table('establishments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_establishments_departement'), ['departement'], unique=False)
         batch_op.create_index('ix_establishments_region_category', ['region', 'category'], unique=False)
+
+    op.create_table('job_runs',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('job', sa.String(length=64), nullable=False),
+    sa.Column('period', sa.String(length=64), nullable=False),
+    sa.Column('ran_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('summary', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('job', 'period')
+    )
+    with op.batch_alter_table('job_runs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_job_runs_ran_at'), ['ran_at'], unique=False)
 
     op.create_table('mailbox_states',
     sa.Column('mailbox', sa.String(length=256), nullable=False),
@@ -160,6 +173,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('processed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('purged_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['case_id'], ['cases.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('sha256')
@@ -241,6 +255,7 @@ def upgrade() -> None:
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_answer', sa.Text(), nullable=True),
     sa.Column('bounced_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('purged_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['bulletin_id'], ['bulletins.id'], ),
     sa.ForeignKeyConstraint(['case_id'], ['cases.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -383,6 +398,10 @@ def downgrade() -> None:
     op.drop_table('auto_reply_log')
     op.drop_table('staff')
     op.drop_table('mailbox_states')
+    with op.batch_alter_table('job_runs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_job_runs_ran_at'))
+
+    op.drop_table('job_runs')
     with op.batch_alter_table('establishments', schema=None) as batch_op:
         batch_op.drop_index('ix_establishments_region_category')
         batch_op.drop_index(batch_op.f('ix_establishments_departement'))
