@@ -1,18 +1,29 @@
 """The sender: claim due outbox rows, deliver their final bytes, record the relay's answer.
 
-Claiming (DESIGN §2, issue 8): on PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several instances
-share the queue; SQLite has no row locks (SQLAlchemy silently drops FOR UPDATE there), so a claim
-is one atomic ``UPDATE ... WHERE status='queued'`` under SQLite's write lock. A claim is a lease:
-rows of a sender that died go back to the queue when ``lease_until`` has passed.
+One runner skeleton (STYLE §2): claim a batch, deliver it with ``relay.concurrency`` workers,
+commit the answers, repeat; sleep until woken (``wake()`` after an enqueue) or the next row is due.
+The sender renders nothing: the outbox holds final, signed bytes (DESIGN §2).
 
-Results: 2xx -> ``sent``; 4xx, timeouts, refused or dropped connections -> retried with
-exponential backoff and jitter until ``deadline_at`` (then ``expired``); 5xx -> ``failed``, final,
-and reported to ``on_permanent_failure`` (the directory marks the contact bouncing). Every attempt
-is a DeliveryAttempt row.
+Claiming. On PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` lets several instances share the
+queue. SQLite has no row locks (SQLAlchemy silently drops FOR UPDATE there): the claim is one
+``UPDATE ... WHERE status='queued'`` inside ``BEGIN IMMEDIATE``, which holds the database's only
+write lock, so two claimers can never take the same row. A claim is a lease: the rows of a sender
+that died go back to the queue once ``lease_until`` has passed, and a worker gives a row back
+instead of sending it when its own lease is about to run out. Order: ``priority`` (case mail 0
+before bulletins 10), then ``next_attempt_at``, then id.
 
-Duplicate window: results are committed in small batches right after the relay answers; a crash
-between a relay's 250 and that commit re-sends those messages (at most ``batch`` of them, with the
-same Message-ID, so receivers can de-duplicate). This is the only duplicate window.
+Results (RFC 5321 §4.2.1). 2yz -> ``sent``. 4yz, timeouts, refused or dropped connections ->
+``queued`` again after exponential backoff with jitter, until ``deadline_at`` -> ``expired``.
+5yz -> ``failed``, final. ``expired`` and ``failed`` are reported to ``on_permanent_failure``
+(by default: a bounce scored against the directory contact). Every attempt is a DeliveryAttempt
+row; a throttled message waits and is not an attempt.
+
+Duplicates. At most one delivery per row in normal operation. The only duplicate window is
+between the relay's 250 and the commit recording it: answers are committed by one group-commit
+task as soon as the previous commit ends (typically a few milliseconds, tens of messages at
+full speed). If the process dies, is cancelled mid-transaction or loses its database in that
+window, the row's lease expires and the message is sent again, with the same Message-ID, so
+receivers can recognise it.
 """
 
 from __future__ import annotations
@@ -21,24 +32,32 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from mailgateway.clock import Clock, aware
+from mailgateway.dispatch.throttle import Throttle
 from mailgateway.dispatch.transport import MaildirTransport, RelayPool, Transport
 from mailgateway.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailgateway.settings import Settings
-from mailgateway.store.engine import transaction
+from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import DeliveryAttempt, OutboundMessage
 
 log = logging.getLogger("mailgateway.sender")
 
 PermanentHook = Callable[[Session, OutboundMessage, str], None]
+_DEFAULT_HOOK: PermanentHook = lambda _s, _r, _a: None  # noqa: E731 - sentinel, replaced in __init__
+
+# A worker sleeps through a short throttle pause; a longer one puts the message back in the queue
+# so that other domains and higher-priority mail keep flowing.
+DOMAIN_MAX_SLEEP = 0.25
+RELAY_MAX_SLEEP = 5.0
 
 
 @dataclass
@@ -47,10 +66,15 @@ class FlushResult:
     deferred: int = 0
     failed: int = 0
     expired: int = 0
+    throttled: int = 0
+
+    def add(self, other: FlushResult) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def summary(self) -> str:
         return (f"envoyés : {self.sent}, reportés : {self.deferred}, échecs définitifs : {self.failed}, "
-                f"expirés : {self.expired}")
+                f"expirés : {self.expired}, en attente (débit) : {self.throttled}")
 
 
 @dataclass
@@ -59,83 +83,36 @@ class _Claimed:
     mail_from: str
     recipient: str
     raw: bytes
-    attempts: int
     deadline_at: datetime
+    leased_at: float  # time.monotonic()
 
 
 @dataclass
 class _Outcome:
     item: _Claimed
-    status: str  # sent | temporary | permanent
-    code: int | None
-    answer: str
-
-
-class TokenBucket:
-    """``rate`` per second with a burst of one second's worth; 0 means unlimited."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = max(rate, 1.0)
-        self.stamp = time.monotonic()
-
-    def delay(self) -> float:
-        """Seconds to wait before one more message may go (0: go now, token taken)."""
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic()
-        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
-
-
-@dataclass
-class _HourWindow:
-    limit: int
-    sent: list[float] = field(default_factory=list)
-
-    def delay(self) -> float:
-        if self.limit <= 0:
-            return 0.0
-        now = time.monotonic()
-        self.sent = [t for t in self.sent if now - t < 3600]
-        if len(self.sent) < self.limit:
-            self.sent.append(now)
-            return 0.0
-        return 3600 - (now - self.sent[0])
-
-
-class Throttle:
-    """Per relay and per destination domain rates (issue 8); a throttled message just waits."""
-
-    def __init__(self, settings: Settings) -> None:
-        relay = settings.relay
-        self.global_bucket = TokenBucket(relay.max_per_second)
-        self.global_hour = _HourWindow(relay.max_per_hour)
-        self.per_domain_rate = relay.per_domain_per_second
-        self.per_domain_hour = relay.per_domain_per_hour
-        self.domains: dict[str, tuple[TokenBucket, _HourWindow]] = {}
-        self.lock = asyncio.Lock()
-
-    async def wait(self, recipient: str) -> None:
-        domain = recipient.rpartition("@")[2].lower()
-        async with self.lock:
-            if domain not in self.domains:
-                self.domains[domain] = (TokenBucket(self.per_domain_rate), _HourWindow(self.per_domain_hour))
-            checks: list[TokenBucket | _HourWindow] = [self.global_bucket, self.global_hour, *self.domains[domain]]
-            for check in checks:
-                while (pause := check.delay()) > 0:
-                    await asyncio.sleep(min(pause, 5.0))
+    status: str  # sent | temporary | permanent | throttled (put back, not an attempt)
+    code: int | None = None
+    answer: str = ""
+    retry_in: float = 0.0
 
 
 def backoff_seconds(settings: Settings, attempts: int) -> float:
-    """Exponential backoff with full jitter between base and max (issue 8)."""
+    """Exponential backoff with jitter: uniform in [base, min(max, base * 2^(attempts-1))]."""
     base = settings.relay.retry_base_seconds
-    ceiling = min(settings.relay.retry_max_seconds, base * (2 ** max(attempts - 1, 0)))
+    ceiling = min(settings.relay.retry_max_seconds, base * (2 ** min(max(attempts - 1, 0), 30)))
     return random.uniform(base, max(base, ceiling))  # noqa: S311 - jitter, not security
+
+
+def contact_bounce_hook(settings: Settings, clock: Clock) -> PermanentHook:
+    """The default ``on_permanent_failure``: score a bounce against the recipient's contacts."""
+    from mailgateway.directory.bounces import BouncePolicy, record_bounce
+
+    policy = BouncePolicy.from_settings(settings.directory)
+
+    def hook(session: Session, row: OutboundMessage, answer: str) -> None:
+        record_bounce(session, row.recipient, row.status == "failed", answer, clock.now(), row.id, policy=policy)
+
+    return hook
 
 
 class Sender:
@@ -146,87 +123,156 @@ class Sender:
         clock: Clock,
         owner_id: str,
         *,
-        on_permanent_failure: PermanentHook | None = None,
+        on_permanent_failure: PermanentHook | None = _DEFAULT_HOOK,
         transport: Transport | None = None,
         batch: int = 200,
         poll_seconds: float = 2.0,
     ) -> None:
+        relay = settings.relay
         self.settings = settings
         self.factory = factory
         self.clock = clock
         self.owner = owner_id
+        if on_permanent_failure is _DEFAULT_HOOK:
+            on_permanent_failure = contact_bounce_hook(settings, clock)
         self.on_permanent_failure = on_permanent_failure
-        self.batch = batch
         self.poll_seconds = poll_seconds
+        self.workers = max(1, relay.concurrency)
+        # Under a relay rate, claim about ten seconds' worth: new case mail never waits long
+        # behind a throttled bulletin batch.
+        if relay.max_per_second > 0:
+            batch = min(batch, max(self.workers, int(relay.max_per_second * 10)))
+        self.batch = batch
+        # Give a row back rather than send it when less than this is left of its lease.
+        self.lease_guard = max(relay.lease_seconds / 2, relay.lease_seconds - 2 * relay.timeout_seconds)
         if transport is None:
-            if settings.relay.host:
-                transport = RelayPool(settings.relay)
-            else:
-                transport = MaildirTransport(Path(settings.relay.maildir))
+            transport = RelayPool(relay) if relay.host else MaildirTransport(Path(relay.maildir))
         self.transport = transport
-        self.throttle = Throttle(settings)
+        self.throttle = Throttle(
+            per_second=relay.max_per_second, per_hour=relay.max_per_hour,
+            per_domain_per_second=relay.per_domain_per_second, per_domain_per_hour=relay.per_domain_per_hour,
+        )
         self._wake = asyncio.Event()
-        self.stats = {"sent": 0, "temporary": 0, "permanent": 0}
+        self._stop: asyncio.Event | None = None
+        # Read by the metrics scrape (mailgateway.metrics): attempts by outcome since start. Only
+        # ever mutated in place, on the event loop's thread.
+        self.stats: dict[str, int] = {"sent": 0, "temporary": 0, "permanent": 0, "expired": 0}
+        self.throttled_total = 0
 
     def wake(self) -> None:
+        """Something was enqueued: start a pass now instead of at the next poll (loop thread only)."""
         self._wake.set()
 
     # -- claiming ----------------------------------------------------------------------------
-    def _claim(self, include_backoff: bool) -> list[_Claimed]:
+    def _claim(self, after_id: int | None) -> list[_Claimed]:
+        """Lease up to ``batch`` due rows; ``after_id``: ignore backoff, walk ids above it instead."""
         now = self.clock.now()
         lease = now + timedelta(seconds=self.settings.relay.lease_seconds)
-        due = or_(
-            OutboundMessage.status == "queued",
-            (OutboundMessage.status == "sending") & (OutboundMessage.lease_until < now),
-        )
+        m = OutboundMessage
+        claimable = or_(m.status == "queued", and_(m.status == "sending", m.lease_until < now))
         with transaction(self.factory) as session:
-            stmt = select(OutboundMessage.id).where(due)
-            if not include_backoff:
-                stmt = stmt.where(OutboundMessage.next_attempt_at <= now)
-            stmt = stmt.order_by(OutboundMessage.priority, OutboundMessage.next_attempt_at, OutboundMessage.id)
+            stmt = select(m.id).where(claimable)
+            if after_id is None:
+                stmt = stmt.where(m.next_attempt_at <= now).order_by(m.priority, m.next_attempt_at, m.id)
+            else:
+                stmt = stmt.where(m.id > after_id).order_by(m.id)
             stmt = stmt.limit(self.batch)
             if session.get_bind().dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             ids = list(session.scalars(stmt))
             if not ids:
                 return []
-            # Under SQLite's write lock (BEGIN IMMEDIATE) or PostgreSQL's row locks this is atomic.
+            # Atomic: the rows are locked (PostgreSQL) or we hold SQLite's write lock (BEGIN IMMEDIATE);
+            # ``claimable`` is repeated so that the claim is still correct without either.
             session.execute(
-                update(OutboundMessage).where(OutboundMessage.id.in_(ids), due)
+                update(m).where(m.id.in_(ids), claimable)
                 .values(status="sending", lease_until=lease, lease_owner=self.owner)
+                .execution_options(synchronize_session=False)
             )
             rows = session.execute(
-                select(OutboundMessage.id, OutboundMessage.mail_from, OutboundMessage.recipient, OutboundMessage.raw,
-                       OutboundMessage.attempts, OutboundMessage.deadline_at)
-                .where(OutboundMessage.id.in_(ids), OutboundMessage.lease_owner == self.owner,
-                       OutboundMessage.status == "sending")
-                .order_by(OutboundMessage.priority, OutboundMessage.id)
+                select(m.id, m.mail_from, m.recipient, m.raw, m.deadline_at)
+                .where(m.id.in_(ids), m.status == "sending", m.lease_owner == self.owner, m.lease_until == lease)
+                .order_by(m.priority, m.next_attempt_at, m.id)
             ).all()
-        return [_Claimed(r[0], r[1], r[2], r[3], r[4], aware(r[5])) for r in rows]
+        leased_at = time.monotonic()
+        return [_Claimed(r[0], r[1], r[2], r[3], aware(r[4]), leased_at) for r in rows]
 
     # -- delivering --------------------------------------------------------------------------
     async def _deliver_one(self, item: _Claimed) -> _Outcome:
-        await self.throttle.wait(item.recipient)
+        while True:
+            if time.monotonic() - item.leased_at > self.lease_guard:
+                return _Outcome(item, "throttled", answer="lease running out")
+            relay_wait = self.throttle.relay_wait()
+            if relay_wait > 0:
+                if relay_wait > RELAY_MAX_SLEEP:  # the hourly quota is spent
+                    return _Outcome(item, "throttled", answer="relay quota", retry_in=relay_wait)
+                await asyncio.sleep(relay_wait)
+                continue
+            domain_wait = self.throttle.domain_wait(item.recipient)
+            if domain_wait > 0:
+                if domain_wait > DOMAIN_MAX_SLEEP:
+                    return _Outcome(item, "throttled", answer="domain rate",
+                                    retry_in=self.throttle.put_back(item.recipient, domain_wait))
+                await asyncio.sleep(domain_wait)
+                continue
+            self.throttle.take(item.recipient)  # no await since the checks: all-or-nothing
+            break
         try:
             answer = await self.transport.send(item.mail_from, item.recipient, item.raw)
         except PermanentDeliveryError as exc:
             return _Outcome(item, "permanent", exc.code, exc.answer)
         except TemporaryDeliveryError as exc:
             return _Outcome(item, "temporary", exc.code, exc.answer)
-        except Exception as exc:  # any other failure is treated as temporary: never lose mail
+        except Exception as exc:  # anything else is temporary: never lose mail
+            log.exception("unexpected transport failure for outbound %s", item.id)
             return _Outcome(item, "temporary", None, f"{type(exc).__name__}: {exc}")
         return _Outcome(item, "sent", 250, answer)
 
-    def _record(self, outcomes: Sequence[_Outcome], result: FlushResult) -> None:
+    async def _deliver_batch(self, claimed: list[_Claimed]) -> FlushResult:
+        recorder = _GroupCommit(self)
+        todo = list(reversed(claimed))  # pop() from the end keeps the claim order
+
+        async def worker() -> None:
+            while todo and not (self._stop is not None and self._stop.is_set()):
+                recorder.add(await self._deliver_one(todo.pop()))
+
+        self.throttle.new_pass()
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.workers, len(claimed)))))
+        except asyncio.CancelledError:
+            # Shutdown past its grace period: record what the relay already answered and give
+            # back what was not tried, synchronously (we are being cancelled). What was in flight
+            # stays leased: the relay may have accepted it (the duplicate window above).
+            recorder.abandon()
+            self._record_with_retries([*recorder.pending, *(_Outcome(i, "throttled") for i in todo)])
+            raise
+        # Stopping: what was not tried goes back to the queue at once.
+        for item in todo:
+            recorder.add(_Outcome(item, "throttled", answer="sender stopping"))
+        return await recorder.close()
+
+    # -- recording ---------------------------------------------------------------------------
+    def _record(self, outcomes: list[_Outcome]) -> FlushResult:
+        result = FlushResult()
         now = self.clock.now()
         with transaction(self.factory) as session:
+            rows = {r.id: r for r in session.scalars(
+                select(OutboundMessage).options(defer(OutboundMessage.raw))
+                .where(OutboundMessage.id.in_([o.item.id for o in outcomes])))}
             for out in outcomes:
-                row = session.get(OutboundMessage, out.item.id)
-                if row is None or row.lease_owner != self.owner:
+                row = rows.get(out.item.id)
+                if row is None or row.status != "sending" or row.lease_owner != self.owner:
+                    # Reclaimed after our lease expired, or requeued by an operator.
+                    log.warning("outbound %s: lease lost before its result (%s) was recorded", out.item.id, out.status)
                     continue
-                row.attempts = out.item.attempts + 1
-                row.last_answer = out.answer[:2000]
                 row.lease_until = None
+                if out.status == "throttled":
+                    row.status = "queued"
+                    row.next_attempt_at = now + timedelta(seconds=out.retry_in)
+                    result.throttled += 1
+                    continue
+                row.attempts += 1
+                row.last_answer = out.answer[:2000]
                 session.add(DeliveryAttempt(outbound_id=row.id, at=now, outcome=out.status, code=out.code,
                                             answer=out.answer[:2000]))
                 if out.status == "sent":
@@ -238,73 +284,132 @@ class Sender:
                     row.next_attempt_at = now + timedelta(seconds=backoff_seconds(self.settings, row.attempts))
                     result.deferred += 1
                 else:
-                    expired = out.status == "temporary"
-                    row.status = "expired" if expired else "failed"
-                    if expired:
+                    row.status = "expired" if out.status == "temporary" else "failed"
+                    if row.status == "expired":
                         result.expired += 1
                     else:
                         result.failed += 1
-                    if self.on_permanent_failure is not None:
-                        self.on_permanent_failure(session, row, out.answer)
-                self.stats[out.status] = self.stats.get(out.status, 0) + 1
-        for out in outcomes:
-            if out.status != "sent":
-                log.warning("delivery to %s %s: %s", out.item.recipient, out.status, out.answer)
+                    self._report_permanent(session, row, out.answer)
+        return result
 
+    def _report_permanent(self, session: Session, row: OutboundMessage, answer: str) -> None:
+        if self.on_permanent_failure is None:
+            return
+        try:
+            with session.begin_nested():  # a failing hook must not lose the delivery results
+                self.on_permanent_failure(session, row, answer)
+        except Exception:
+            log.exception("permanent-failure hook failed for outbound %s", row.id)
+
+    def _record_with_retries(self, outcomes: list[_Outcome]) -> FlushResult:
+        for attempt in range(4):
+            try:
+                return self._record(outcomes)
+            except OperationalError:
+                if attempt == 3:
+                    raise
+                log.warning("recording delivery results failed; retrying", exc_info=True)
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _count(self, outcomes: list[_Outcome], result: FlushResult) -> None:
+        self.stats["sent"] += result.sent
+        self.stats["expired"] += result.expired
+        self.stats["temporary"] += sum(o.status == "temporary" for o in outcomes)
+        self.stats["permanent"] += sum(o.status == "permanent" for o in outcomes)
+        self.throttled_total += result.throttled
+        for out in outcomes:
+            if out.status in ("temporary", "permanent"):
+                log.warning("delivery of outbound %s to %s: %s %s", out.item.id, out.item.recipient,
+                            out.status, out.answer)
+
+    # -- passes ------------------------------------------------------------------------------
     async def _drain(self, include_backoff: bool) -> FlushResult:
         result = FlushResult()
-        workers = max(1, self.settings.relay.concurrency)
-        while True:
-            claimed = await asyncio.to_thread(self._claim, include_backoff)
+        if include_backoff:
+            # One walk over every row by id, backoff ignored; rows deferred again are not revisited.
+            cursor = 0
+            while claimed := await asyncio.to_thread(self._claim, cursor):
+                cursor = max(c.id for c in claimed)
+                result.add(await self._deliver_batch(claimed))
+        while not (self._stop is not None and self._stop.is_set()):
+            claimed = await asyncio.to_thread(self._claim, None)
             if not claimed:
-                return result
-            await self._deliver_batch(claimed, workers, result)
-            if include_backoff:
-                # One pass over what waits on backoff; what failed again keeps its new backoff.
-                include_backoff = False
+                break
+            result.add(await self._deliver_batch(claimed))
+        return result
 
-    async def _deliver_batch(self, claimed: list[_Claimed], workers: int, result: FlushResult) -> None:
-        queue: asyncio.Queue[_Claimed] = asyncio.Queue()
-        for item in claimed:
-            queue.put_nowait(item)
-        outcomes: list[_Outcome] = []
-        commits: list[asyncio.Task[None]] = []
-
-        def commit() -> None:
-            chunk = outcomes[:]
-            outcomes.clear()
-            commits.append(asyncio.create_task(asyncio.to_thread(self._record, chunk, result)))
-
-        async def worker() -> None:
-            while not queue.empty():
-                outcomes.append(await self._deliver_one(queue.get_nowait()))
-                if len(outcomes) >= 50:  # the duplicate window is at most one such chunk
-                    commit()
-
-        await asyncio.gather(*(worker() for _ in range(min(workers, len(claimed)))))
-        if outcomes:
-            commit()
-        await asyncio.gather(*commits)
+    def _seconds_to_next_due(self) -> float:
+        with reading(self.factory) as session:
+            nxt = session.scalar(select(func.min(OutboundMessage.next_attempt_at))
+                                 .where(OutboundMessage.status == "queued"))
+        if nxt is None:
+            return self.poll_seconds
+        return min(self.poll_seconds, max(0.0, (aware(nxt) - self.clock.now()).total_seconds()))
 
     async def flush(self, include_backoff: bool = False) -> FlushResult:
+        """Deliver what is due now and return the counts (``outbox flush [--all]``)."""
         try:
             return await self._drain(include_backoff)
         finally:
             await self.transport.close()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; the batch in hand is finished, the rest given back."""
+        self._stop = stop
         try:
             while not stop.is_set():
                 self._wake.clear()
+                pause = self.poll_seconds
                 try:
                     await self._drain(False)
+                    pause = await asyncio.to_thread(self._seconds_to_next_due)
                 except Exception:
                     log.exception("sender pass failed; retrying")
-                waiter = asyncio.create_task(self._wake.wait())
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({waiter, stopper}, timeout=self.poll_seconds,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+                if pause > 0:
+                    waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
+                    await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+                    for w in waiters:
+                        w.cancel()
         finally:
             await self.transport.close()
+
+
+class _GroupCommit:
+    """Commit answers as they come: one commit at a time, each taking all that arrived meanwhile.
+
+    This keeps the duplicate window (250 received, not yet committed) to about one commit's
+    duration without paying one fsync per message.
+    """
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self.pending: list[_Outcome] = []
+        self.result = FlushResult()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, outcome: _Outcome) -> None:
+        self.pending.append(outcome)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._commit_all())
+
+    async def _commit_all(self) -> None:
+        while self.pending:
+            chunk, self.pending = self.pending, []
+            try:
+                done = await asyncio.to_thread(self.sender._record_with_retries, chunk)
+            except Exception:
+                # The database is gone: these rows stay leased and are retried after the lease.
+                log.exception("could not record %d delivery results", len(chunk))
+                continue
+            self.result.add(done)
+            self.sender._count(chunk, done)
+
+    async def close(self) -> FlushResult:
+        while self.task is not None and not self.task.done():
+            await self.task
+        return self.result
+
+    def abandon(self) -> None:
+        if self.task is not None:
+            self.task.cancel()

@@ -59,12 +59,16 @@ class MaildirTransport:
         return None
 
 
+IDLE_CHECK_SECONDS = 10.0
+
+
 class RelayPool:
     """A pool of persistent SMTP connections to the relay, several messages per connection."""
 
     def __init__(self, relay: RelaySettings) -> None:
         self.relay = relay
-        self._idle: list[tuple[aiosmtplib.SMTP, int]] = []
+        # (connection, messages sent on it, time.monotonic() of its last use)
+        self._idle: list[tuple[aiosmtplib.SMTP, int, float]] = []
         self._password = (Path(relay.password_file).read_text().strip() if relay.password_file else None)
 
     async def _connect(self) -> aiosmtplib.SMTP:
@@ -91,8 +95,23 @@ class RelayPool:
             return PermanentDeliveryError(message, code, recipients or [])
         return TemporaryDeliveryError(message, code, recipients or [])
 
+    async def _checkout(self) -> tuple[aiosmtplib.SMTP, int]:
+        """An idle connection, or a new one. A connection idle for a while is checked with NOOP
+        first: relays close idle clients (RFC 5321 §4.5.3.2.7), and a send failing on a stale
+        connection would count as a failed attempt for a message never offered."""
+        while self._idle:
+            client, used, last = self._idle.pop()
+            if time.monotonic() - last < IDLE_CHECK_SECONDS:
+                return client, used
+            try:
+                await client.noop()
+                return client, used
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+        return await self._connect(), 0
+
     async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
-        client, used = self._idle.pop() if self._idle else (await self._connect(), 0)
+        client, used = await self._checkout()
         keep = False
         try:
             errors, answer = await client.sendmail(mail_from, [recipient], raw)
@@ -108,10 +127,11 @@ class RelayPool:
         except aiosmtplib.SMTPResponseException as exc:
             raise self._translate(exc.code, exc.message, [recipient]) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()  # dropped or stuck: no polite QUIT that would wait for the timeout
             raise TemporaryDeliveryError(f"{type(exc).__name__}: {exc}", None, [recipient]) from exc
         finally:
             if keep and client.is_connected:
-                self._idle.append((client, used + 1))
+                self._idle.append((client, used + 1, time.monotonic()))
             else:
                 await self._quietly_close(client)
 
@@ -125,5 +145,5 @@ class RelayPool:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for client, _ in idle:
+        for client, _used, _last in idle:
             await self._quietly_close(client)
