@@ -197,6 +197,56 @@ class DirectorySettings:
 
 
 @dataclass(frozen=True)
+class DeadlineSettings:
+    """How long a case may stay in one status before reminders (scheduler/jobs/deadlines.py)."""
+
+    # 0 disables the deadline for this status.
+    hours: float = 0.0
+    # Time between cadence steps: step 0 reminds the assignee, later steps escalate to the
+    # region's referent. 0 means "the same as hours".
+    cadence_hours: float = 0.0
+    # Reminders per stay in the status (step 0 .. max_steps-1), never more.
+    max_steps: int = 2
+
+
+def _default_deadlines() -> dict[str, DeadlineSettings]:
+    return {
+        "RECU": DeadlineSettings(hours=1.0),  # not acknowledged within 1 h
+        "PRIS_EN_COMPTE": DeadlineSettings(hours=24.0),  # not sent for qualification within 24 h
+        "QUALIFIE": DeadlineSettings(hours=168.0),  # no follow-up for 7 days
+        "A_DIFFUSER": DeadlineSettings(hours=4.0),  # alert not approved within 4 h
+    }
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """APScheduler jobs (mailgateway/scheduler.py); times are Europe/Paris wall-clock times."""
+
+    enabled: bool = True
+    # Deadlines per status; a [scheduler.deadlines.X] table overrides the default for X only.
+    deadlines: dict[str, DeadlineSettings] = field(default_factory=_default_deadlines)
+    # Count deadlines in business time only (Mon-Fri, business_start_hour..business_end_hour,
+    # French public holidays excluded).
+    business_hours: bool = False
+    business_start_hour: int = 9
+    business_end_hour: int = 18
+    deadline_interval_minutes: float = 5.0
+    digest_hour: int = 8
+    # 0 = Monday; the weekly report covers report_weeks weeks.
+    weekly_report_weekday: int = 0
+    weekly_report_hour: int = 8
+    report_weeks: int = 12
+    quarantine_summary_hour: int = 8
+    housekeeping_interval_minutes: float = 10.0
+    retention_hour: int = 3
+    # A digest or report missed while the daemon was stopped is still sent this long after its hour.
+    catch_up_hours: float = 4.0
+    # GDPR: days after which raw messages and personal data of cases in these statuses are purged
+    # (counted from closing, else from the last activity); 0 keeps them.
+    retention_days: dict[str, int] = field(default_factory=lambda: {"CLOS": 730, "CLOSE": 730})
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     # "auto": JSON when stderr is not a terminal, readable text when it is.
@@ -218,8 +268,7 @@ class Settings:
     labels: LabelSettings = field(default_factory=LabelSettings)
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
-    # Extra sections owned by later modules are plain tables validated there.
-    scheduler: dict[str, Any] = field(default_factory=dict)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     source: str = ""
 
     def region(self, code: str) -> RegionSettings | None:
@@ -414,6 +463,33 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("logging.level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"))
     if s.metrics is not None and not 0 <= s.metrics.port < 65536:
         problems.append(("metrics.port", "must be between 0 and 65535 (0: any free port)"))
+    _check_scheduler(s.scheduler, problems)
+
+
+def _check_scheduler(sc: SchedulerSettings, problems: list[tuple[str, str]]) -> None:
+    from mailgateway.cases.lifecycle import ALERT_STATUSES, INCIDENT_STATUSES
+
+    for key in ("digest_hour", "weekly_report_hour", "quarantine_summary_hour", "retention_hour",
+                "business_start_hour", "business_end_hour"):
+        if not 0 <= getattr(sc, key) <= 23:
+            problems.append((f"scheduler.{key}", "must be an hour between 0 and 23"))
+    if sc.business_start_hour >= sc.business_end_hour:
+        problems.append(("scheduler.business_end_hour", "must be after business_start_hour"))
+    if not 0 <= sc.weekly_report_weekday <= 6:
+        problems.append(("scheduler.weekly_report_weekday", "must be 0 (Monday) to 6 (Sunday)"))
+    for status, deadline in sc.deadlines.items():
+        if status not in INCIDENT_STATUSES + ALERT_STATUSES:
+            problems.append((f"scheduler.deadlines.{status}", "unknown case status"))
+        if deadline.hours < 0 or deadline.cadence_hours < 0 or deadline.max_steps < 1:
+            problems.append((f"scheduler.deadlines.{status}", "hours >= 0, cadence_hours >= 0, max_steps >= 1"))
+    for status, days in sc.retention_days.items():
+        if status not in INCIDENT_STATUSES + ALERT_STATUSES:
+            problems.append((f"scheduler.retention_days.{status}", "unknown case status"))
+        elif days < 0:
+            problems.append((f"scheduler.retention_days.{status}", "must be >= 0 (0 keeps the data)"))
+    for key in ("deadline_interval_minutes", "housekeeping_interval_minutes"):
+        if getattr(sc, key) <= 0:
+            problems.append((f"scheduler.{key}", "must be positive"))
 
 
 def file_problems(s: Settings) -> list[tuple[str, str]]:
