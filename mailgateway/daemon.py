@@ -100,7 +100,10 @@ class Daemon:
         self.app.processor.on_result = self._on_result
         from mailgateway.dispatch.sender import Sender
 
-        self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id)
+        # Bulletins replace the default 5xx hook: fallback contact + staff task (dispatch/bulletin_tracking).
+        hook = self.app.env.extra.get("permanent_failure")
+        self.sender = (Sender(self.settings, self.app.factory, self.clock, self.instance_id, on_permanent_failure=hook)
+                       if hook is not None else Sender(self.settings, self.app.factory, self.clock, self.instance_id))
         self.writer = AcceptWriter(self.app.factory, self.clock)
         self.writer.start()
         self.tasks = [

@@ -197,6 +197,20 @@ class DirectorySettings:
 
 
 @dataclass(frozen=True)
+class BulletinSettings:
+    """Awareness bulletins and ACSS alert relays (dispatch/bulletins.py)."""
+
+    # The author's report (coverage, bounces) is sent this long after the fan-out.
+    report_after_hours: float = 24.0
+    # Establishments that have not acknowledged get one reminder after this long; 0 disables.
+    reminder_after_hours: float = 72.0
+    # Recipients listed in the preview sent to the author of a bulletin by mail.
+    preview_sample: int = 10
+    # A "#diffuser" must be confirmed with "#confirmer <jeton>" within this delay.
+    confirmation_hours: float = 24.0
+
+
+@dataclass(frozen=True)
 class DeadlineSettings:
     """How long a case may stay in one status before reminders (scheduler/jobs/deadlines.py)."""
 
@@ -247,6 +261,23 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class CasesSettings:
+    """Case handling by mail (cases/commands.py)."""
+
+    # A reply from an establishment to a closed case: "reopen" it, or open a new case "link"ed to it.
+    reply_to_closed: str = "reopen"
+    # "#confirmer <jeton>" must come within this delay for #clore of a GRAVE case (#diffuser uses
+    # [bulletins].confirmation_hours).
+    confirmation_hours: float = 48.0
+    # A broadcast (#diffuser) must be confirmed by another staff member than the one who asked.
+    broadcast_second_approver: bool = False
+    # A declaration for the same FINESS as an open case opened this recently is flagged as duplicate.
+    duplicate_window_hours: float = 72.0
+    # "#retards": open cases without any activity for this many days.
+    overdue_days: float = 7.0
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     # "auto": JSON when stderr is not a terminal, readable text when it is.
@@ -267,8 +298,10 @@ class Settings:
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     labels: LabelSettings = field(default_factory=LabelSettings)
     directory: DirectorySettings = field(default_factory=DirectorySettings)
+    bulletins: BulletinSettings = field(default_factory=BulletinSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    cases: CasesSettings = field(default_factory=CasesSettings)
     source: str = ""
 
     def region(self, code: str) -> RegionSettings | None:
@@ -457,6 +490,10 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         if staff.region not in codes:
             problems.append((f"staff[{i}].region", f"unknown region {staff.region!r}"))
     _check_address(s.acss.address, "acss.address", problems)
+    if s.cases.reply_to_closed not in ("reopen", "link"):
+        problems.append(("cases.reply_to_closed", 'must be "reopen" or "link"'))
+    if s.cases.confirmation_hours <= 0:
+        problems.append(("cases.confirmation_hours", "must be positive"))
     if s.logging.format not in ("auto", "json", "text"):
         problems.append(("logging.format", "must be auto, json or text"))
     if s.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

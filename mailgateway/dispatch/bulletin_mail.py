@@ -1,0 +1,221 @@
+"""Bulletins requested and approved by mail (staff never need another interface, DESIGN §1).
+
+1. Staff mail the SSI address with the subject ``#bulletin <titre>``, one or more target lines
+   ``#cible categorie=LBM departement=69`` (clauses joined with "and"), optionally ``#tlp AMBER``,
+   and the text of the bulletin. Only authenticated staff of the region count (DESIGN §8); anyone
+   else gets a refusal and nothing is created.
+2. A draft is created and a preview goes back to the author: recipient count, a sample of
+   recipients, and how to approve.
+3. In answer to the preview, ``#diffuser`` asks for a one-time token (broadcasts are confirmed,
+   like other destructive commands), ``#confirmer <jeton>`` queues the bulletin, ``#annuler``
+   cancels it. ``#confirmer <jeton>`` is also understood outside the thread.
+
+Replies threaded to a preview are handled here (a prehandler runs before the command handler),
+so the staff command module never sees them.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from mailgateway.directory import count_establishments, count_recipients, parse_target
+from mailgateway.dispatch.bulletin_tracking import bulletin_message
+from mailgateway.dispatch.bulletins import (
+    BulletinError,
+    _stream,
+    approve_bulletin,
+    cancel_bulletin,
+    create_bulletin,
+)
+from mailgateway.dispatch.compose import MailSpec
+from mailgateway.errors import InputError
+from mailgateway.mail.facts import Command, MessageFacts
+from mailgateway.mail.refs import strip_prefixes
+from mailgateway.processing.handlers import Env, Outcome, french_datetime, from_identity, region_context
+from mailgateway.processing.mailer import is_no_reply
+from mailgateway.store.models import Bulletin, Confirmation, InboundMessage
+
+KIND_PREVIEW = "bulletin_apercu"
+_TLP_LINE = re.compile(r"^\s*#?\s*tlp\s*[:=]?\s*(?P<tlp>[A-Za-z+ ]+?)\s*$", re.IGNORECASE)
+_COMMAND_LINE = re.compile(r"^\s*#\s?\w")
+
+
+def bulletin_prehandler(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome | None:
+    if facts.kind not in ("command", "reply"):
+        return None
+    if facts.is_bulletin_request and facts.case_ref is None:
+        return _request(env, session, inbound, facts)
+    preview = bulletin_message(session, facts.in_reply_to, kinds=(KIND_PREVIEW,)) if facts.in_reply_to else None
+    if preview is not None and preview.bulletin_id is not None and facts.commands:
+        return _decide(env, session, inbound, facts, preview.bulletin_id)
+    token = _confirmation_token(session, facts)
+    if token is not None and token.bulletin_id is not None:
+        return _decide(env, session, inbound, facts, token.bulletin_id)
+    return None
+
+
+def _confirmation_token(session: Session, facts: MessageFacts) -> Confirmation | None:
+    for cmd in facts.commands:
+        if cmd.name == "confirmer" and cmd.args:
+            found = session.get(Confirmation, cmd.args[0].lower())
+            if found is not None:
+                return found
+    return None
+
+
+def _refusal(facts: MessageFacts) -> str | None:
+    refused = [c for c in facts.commands if not c.accepted]
+    accepted = [c for c in facts.commands if c.accepted]
+    if refused and not accepted:
+        return refused[0].reason or "commande refusée"
+    return None
+
+
+def _body(facts: MessageFacts) -> tuple[str, str | None]:
+    """The bulletin text (command lines removed) and the TLP written in it, if any."""
+    tlp: str | None = None
+    lines: list[str] = []
+    for line in facts.new_text.splitlines():
+        match = _TLP_LINE.match(line)
+        if match and tlp is None:
+            tlp = match.group("tlp")
+            continue
+        if _COMMAND_LINE.match(line):
+            continue
+        lines.append(line)
+    return "\n".join(lines).strip() + "\n", tlp
+
+
+def _title(facts: MessageFacts) -> str:
+    for cmd in facts.commands:
+        if cmd.name == "bulletin" and cmd.args:
+            return cmd.args[0]
+    return strip_prefixes(facts.subject).lstrip("#").removeprefix("bulletin").strip()
+
+
+def _target(commands: tuple[Command, ...]) -> str:
+    clauses = [arg for cmd in commands if cmd.name == "cible" for arg in cmd.args]
+    if not clauses:
+        raise BulletinError("aucune ligne « #cible » : indiquez par exemple « #cible categorie=LBM departement=69 » "
+                            "ou « #cible all »")
+    return ",".join(clauses)
+
+
+def _reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, region: str,
+           stage: str, bulletin: Bulletin | None, **extra: Any) -> None:
+    to = (facts.sender.address or "").lower()
+    if not to or is_no_reply(to):
+        return
+    from_address, from_name = from_identity(env, region)
+    context = {**region_context(env, region), "stage": stage, "bulletin": _bulletin_json(bulletin),
+               "reason": None, "recipients": 0, "establishments": 0, "sample": [], "token": None,
+               "expires_fr": None, "subject": " ".join(facts.subject.split())[:200], **extra}
+    spec = MailSpec(template=KIND_PREVIEW, context=context, to=to, from_address=from_address, from_name=from_name,
+                    idempotency_key=f"{KIND_PREVIEW}:{inbound.id}:{stage}", auto_submitted="auto-replied",
+                    in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+                    tlp=bulletin.tlp if bulletin is not None else None)
+    # A refusal to an unauthenticated sender is an automatic reply: capped (RFC 3834 §2, storms).
+    env.mailer.send(session, spec, kind=KIND_PREVIEW, bulletin_id=bulletin.id if bulletin is not None else None,
+                    auto_reply=bulletin is None)
+
+
+def _bulletin_json(bulletin: Bulletin | None) -> dict[str, Any] | None:
+    if bulletin is None:
+        return None
+    return {"id": bulletin.id, "subject": bulletin.subject, "body": bulletin.body, "tlp": bulletin.tlp,
+            "target": bulletin.target, "status": bulletin.status, "author": bulletin.author}
+
+
+def _request(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
+    region = facts.region if facts.region and env.settings.region(facts.region) else None
+    if region is None:
+        return Outcome("quarantined", "demande de bulletin sans région identifiable")
+    refusal = _refusal(facts)
+    if refusal is not None:
+        _reply(env, session, inbound, facts, region, "refus", None, reason=refusal)
+        return Outcome("processed", reason=f"demande de bulletin refusée : {refusal}")
+    body, tlp = _body(facts)
+    try:
+        bulletin = create_bulletin(session, env.settings, region=region, target=_target(facts.commands),
+                                   subject=_title(facts), body=body, tlp=tlp,
+                                   author=(facts.sender.address or "inconnu").lower(), now=env.clock.now())
+    except InputError as exc:
+        _reply(env, session, inbound, facts, region, "refus", None, reason=str(exc))
+        return Outcome("processed", reason=f"demande de bulletin refusée : {exc}")
+    target = parse_target(bulletin.target)
+    size = env.settings.bulletins.preview_sample
+    sample = [{"name": r.name, "finess": r.finess, "address": r.address, "role": r.role,
+               "departement": r.departement, "category": r.category}
+              for r in islice(_stream(session, bulletin), size)]
+    _reply(env, session, inbound, facts, region, "apercu", bulletin, sample=sample,
+           recipients=count_recipients(session, region, target),
+           establishments=count_establishments(session, region, target))
+    return Outcome("processed", reason=f"bulletin {bulletin.id} en attente d'approbation")
+
+
+def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, bulletin_id: int) -> Outcome:
+    bulletin = session.get(Bulletin, bulletin_id)
+    if bulletin is None:
+        return Outcome("processed", reason=f"bulletin inconnu : {bulletin_id}")
+    refusal = _refusal(facts)
+    if refusal is not None:
+        _reply(env, session, inbound, facts, bulletin.region, "refus", bulletin, reason=refusal)
+        return Outcome("processed", reason=f"commande refusée : {refusal}")
+    actor = (facts.sender.address or "inconnu").lower()
+    now = env.clock.now()
+    for cmd in facts.commands:
+        if not cmd.accepted:
+            continue
+        try:
+            if cmd.name == "annuler":
+                withdrawn = cancel_bulletin(env, session, bulletin.id, actor)
+                _reply(env, session, inbound, facts, bulletin.region, "annule", bulletin, recipients=withdrawn)
+                return Outcome("processed", reason=f"bulletin {bulletin.id} annulé")
+            if cmd.name == "diffuser":
+                if bulletin.status not in ("draft", "approved"):
+                    raise BulletinError(f"le bulletin {bulletin.id} n'est plus en attente (statut {bulletin.status})")
+                hours = env.settings.bulletins.confirmation_hours
+                token = Confirmation(token=secrets.token_hex(6), bulletin_id=bulletin.id, command="diffuser",
+                                     args=[], requested_by=actor, created_at=now,
+                                     expires_at=now + timedelta(hours=hours))
+                session.add(token)
+                _reply(env, session, inbound, facts, bulletin.region, "confirmation", bulletin, token=token.token,
+                       expires_fr=french_datetime(token.expires_at),
+                       recipients=count_recipients(session, bulletin.region, parse_target(bulletin.target)))
+                return Outcome("processed", reason=f"bulletin {bulletin.id} : confirmation demandée")
+            if cmd.name == "confirmer":
+                _check_token(session, bulletin, cmd, now, actor)
+                queued = approve_bulletin(env, session, bulletin.id, actor)
+                _reply(env, session, inbound, facts, bulletin.region, "diffuse", bulletin, recipients=queued)
+                return Outcome("processed", reason=f"bulletin {bulletin.id} diffusé à {queued} établissement(s)")
+        except InputError as exc:
+            _reply(env, session, inbound, facts, bulletin.region, "refus", bulletin, reason=str(exc))
+            return Outcome("processed", reason=f"commande refusée : {exc}")
+    _reply(env, session, inbound, facts, bulletin.region, "refus", bulletin,
+           reason="commande attendue : #diffuser, #confirmer <jeton> ou #annuler")
+    return Outcome("processed", reason="aucune commande de bulletin")
+
+
+def _check_token(session: Session, bulletin: Bulletin, cmd: Command, now: datetime, actor: str) -> None:
+    from mailgateway.clock import aware
+
+    if not cmd.args:
+        raise BulletinError("jeton manquant : répondez « #confirmer <jeton> » avec le jeton reçu")
+    token = session.get(Confirmation, cmd.args[0].lower())
+    if token is None or token.bulletin_id != bulletin.id:
+        raise BulletinError(f"jeton inconnu pour le bulletin {bulletin.id} : {cmd.args[0]}")
+    if token.used_at is not None:
+        raise BulletinError("jeton déjà utilisé")
+    if aware(token.expires_at) < now:
+        raise BulletinError("jeton expiré : répondez de nouveau « #diffuser »")
+    token.used_at = now
+    token.used_by = actor
+
+
+__all__ = ["KIND_PREVIEW", "bulletin_prehandler"]

@@ -1,0 +1,222 @@
+"""What happens after a bulletin is queued: acknowledgements, bounces, fallback contacts.
+
+* Acknowledgement: any reply threaded to one of our bulletin messages (In-Reply-To/References,
+  RFC 5322 §3.6.4), ``#lu`` or free text, marks the establishment as having acknowledged.
+  Automatic replies (RFC 3834), bounces and loops never count.
+* Bounces, from a DSN mailed back to the VERP return path (RFC 3464) or from a 5xx answer of the
+  relay (``Sender.on_permanent_failure``, RFC 5321 §4.2.1), go through ``apply_bounce``: the
+  outbox row is marked, the contact scored (directory.record_bounce), and for a permanent bounce
+  of a bulletin message the establishment's next contact (ssi, then rssi, then dsi) gets the
+  bulletin instead while staff get a "contact à corriger" task. Case mail bounces are recorded
+  on the case timeline and notified to staff the same way.
+
+A temporary DSN ("delayed", RFC 3464 §2.3.3) is scored against the contact but does not mark the
+message bounced: the remote MTA is still trying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case as sql_case
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.cases.timeline import append_event
+from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
+from mailgateway.directory.targets import RECIPIENT_ROLES
+from mailgateway.dispatch import outbox
+from mailgateway.dispatch.bulletins import FANOUT_KINDS, queue_message
+from mailgateway.dispatch.compose import MailSpec
+from mailgateway.mail.facts import MessageFacts
+from mailgateway.processing.handlers import Env, Outcome, from_identity, region_context
+from mailgateway.processing.mailer import staff_addresses
+from mailgateway.store.models import (
+    Bulletin,
+    BulletinRecipient,
+    Case,
+    Contact,
+    Establishment,
+    InboundMessage,
+    OutboundMessage,
+)
+
+_NEVER_ACKNOWLEDGES = frozenset({"bounce", "loop", "auto_reply"})
+
+
+def _bracketed(ids: tuple[str, ...] | list[str]) -> list[str]:
+    out = []
+    for mid in ids[:50]:
+        bare = mid.strip().strip("<>").strip()
+        if bare:
+            out.append(f"<{bare}>")
+    return out
+
+
+def bulletin_message(session: Session, message_ids: tuple[str, ...] | list[str],
+                     kinds: tuple[str, ...] = FANOUT_KINDS) -> OutboundMessage | None:
+    """Our bulletin message (of ``kinds``) that one of ``message_ids`` names, if any."""
+    ids = _bracketed(message_ids)
+    if not ids:
+        return None
+    return session.scalar(select(OutboundMessage).where(
+        OutboundMessage.message_id.in_(ids), OutboundMessage.bulletin_id.is_not(None),
+        OutboundMessage.kind.in_(kinds)).order_by(OutboundMessage.id).limit(1))
+
+
+def recipient_of(session: Session, row: OutboundMessage) -> BulletinRecipient | None:
+    rec = session.scalar(select(BulletinRecipient).where(BulletinRecipient.outbound_id == row.id).limit(1))
+    if rec is None and row.bulletin_id is not None:
+        # A message superseded by a fallback contact: the establishment is found by address.
+        rec = session.scalar(select(BulletinRecipient).where(
+            BulletinRecipient.bulletin_id == row.bulletin_id, BulletinRecipient.address == row.recipient).limit(1))
+    return rec
+
+
+def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessage,
+                               facts: MessageFacts) -> Outcome | None:
+    """An establishment replied to a bulletin: acknowledged. Not ours: None (next handler)."""
+    if facts.kind in _NEVER_ACKNOWLEDGES or not facts.in_reply_to:
+        return None
+    row = bulletin_message(session, facts.in_reply_to, kinds=(*FANOUT_KINDS, "relance_bulletin"))
+    if row is None:
+        return None
+    rec = recipient_of(session, row)
+    if rec is not None and rec.acknowledged_at is None:
+        rec.acknowledged_at = env.clock.now()
+    if facts.kind == "declaration":
+        return None  # an incident declared in answer to a bulletin still opens a case
+    return Outcome("processed", reason=f"accusé de lecture du bulletin {row.bulletin_id}")
+
+
+# --- bounces ------------------------------------------------------------------------------------
+
+
+def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
+    """``env.extra["bounce"]``: a DSN names its outbox row by VERP token, else by Message-ID."""
+    bounce = facts.bounce
+    assert bounce is not None
+    row: OutboundMessage | None = None
+    if bounce.verp_token:
+        row = outbox.find_by_verp(session, bounce.verp_token)
+    if row is None and bounce.original_message_id:
+        row = outbox.find_by_message_id(session, bounce.original_message_id)
+    if row is None:
+        return Outcome("processed", reason="rebond sans message d'origine identifiable")
+    diagnostic = bounce.diagnostic or "; ".join(bounce.recipients) or "rebond"
+    case = apply_bounce(env, session, row, permanent=bounce.permanent, diagnostic=diagnostic, inbound=inbound)
+    return Outcome("processed", case=case)
+
+
+def permanent_failure_hook(env: Env) -> Callable[[Session, OutboundMessage, str], None]:
+    """For ``Sender(on_permanent_failure=...)``: a 5xx at the relay (failed) is a hard bounce,
+    a message given up after its deadline (expired) a soft one."""
+
+    def hook(session: Session, row: OutboundMessage, answer: str) -> None:
+        apply_bounce(env, session, row, permanent=row.status == "failed", diagnostic=answer)
+
+    return hook
+
+
+def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent: bool, diagnostic: str,
+                 inbound: InboundMessage | None = None) -> Case | None:
+    now = env.clock.now()
+    if permanent:
+        outbox.mark_bounced(session, row, now, diagnostic)
+    policy = BouncePolicy.from_settings(env.settings.directory)
+    contacts = record_bounce(session, row.recipient, permanent, diagnostic, now, outbound_id=row.id, policy=policy)
+    finess = contacts[0].finess if contacts else None
+    case = session.get(Case, row.case_id) if row.case_id is not None else None
+    if row.bulletin_id is not None and row.kind in FANOUT_KINDS:
+        bulletin = session.get(Bulletin, row.bulletin_id)
+        rec = recipient_of(session, row)
+        if bulletin is None or rec is None:
+            return None
+        if row.status in ("bounced", "failed"):
+            rec.status = "bounced"
+        elif row.status == "expired":
+            rec.status = "expired"
+        if not permanent:
+            return None
+        fallback = _fallback(env, session, bulletin, rec, row)
+        _contact_task(env, session, bulletin.region, row, diagnostic, rec.finess, fallback, bulletin=bulletin)
+        return None
+    if case is not None:
+        if inbound is not None:
+            inbound.case_id = case.id
+        append_event(session, case, type="rebond", actor="passerelle", at=now,
+                     inbound_id=inbound.id if inbound is not None else None, outbound_id=row.id,
+                     data={"destinataire": row.recipient, "permanent": permanent, "diagnostic": diagnostic[:500]})
+        if permanent:
+            _contact_task(env, session, case.region, row, diagnostic, finess or case.finess, None, case=case)
+    elif permanent and contacts:
+        est = session.get(Establishment, contacts[0].finess)
+        if est is not None and est.region and env.settings.region(est.region) is not None:
+            _contact_task(env, session, est.region, row, diagnostic, est.finess, None)
+    return case
+
+
+def _fallback(env: Env, session: Session, bulletin: Bulletin, rec: BulletinRecipient,
+              bounced: OutboundMessage) -> str | None:
+    """Queue the bulletin to the establishment's next usable contact; return its address."""
+    if bulletin.status == "cancelled":
+        return None
+    tried = set(session.scalars(select(OutboundMessage.recipient).where(OutboundMessage.bulletin_id == bulletin.id,
+                                                                        OutboundMessage.kind.in_(FANOUT_KINDS))))
+    tried.add(bounced.recipient)
+    preference = sql_case({role: rank for rank, role in enumerate(RECIPIENT_ROLES)}, value=Contact.role)
+    candidates = session.execute(
+        select(Establishment.finess, Establishment.name, Establishment.category, Establishment.departement,
+               Contact.id, Contact.address, Contact.role)
+        .join(Contact, Contact.finess == Establishment.finess)
+        .where(Establishment.finess == rec.finess, Contact.status == "active", Contact.role.in_(RECIPIENT_ROLES))
+        .order_by(preference, Contact.id)
+    ).all()
+    for values in candidates:
+        row = RecipientRow(*values)
+        if row.address in tried:
+            continue
+        case = session.get(Case, bulletin.case_id) if bulletin.case_id is not None else None
+        alert = dict((case.fields or {}).get("alert") or {}) if case is not None else None
+        out = queue_message(env, session, bulletin, row, alert=alert, case=case, attempt=f":{row.contact_id}")
+        if out is None:
+            continue
+        rec.contact_id, rec.address, rec.outbound_id, rec.status = row.contact_id, row.address, out.id, "queued"
+        return row.address
+    return None
+
+
+def _contact_task(env: Env, session: Session, region: str, row: OutboundMessage, diagnostic: str,
+                  finess: str | None, fallback: str | None, *, bulletin: Bulletin | None = None,
+                  case: Case | None = None) -> int:
+    """Staff task: this contact address is broken; correct the directory (contact_a_corriger)."""
+    if row.kind == "contact_a_corriger" or row.recipient in staff_addresses(env.settings, session, region):
+        return 0  # a task about a task, or about staff's own mailbox, would loop (DESIGN §8)
+    est = session.get(Establishment, finess) if finess else None
+    context: dict[str, Any] = {
+        **region_context(env, region),
+        "address": row.recipient,
+        "diagnostic": " ".join(diagnostic.split())[:500],
+        "establishment": {"name": est.name, "finess": est.finess, "departement": est.departement} if est else None,
+        "fallback": fallback,
+        "bulletin": {"id": bulletin.id, "subject": bulletin.subject} if bulletin is not None else None,
+        "case": {"reference": case.reference} if case is not None else None,
+        "bounced_at_fr": _fr(env.clock.now()),
+    }
+    from_address, from_name = from_identity(env, region)
+    sent = 0
+    for staff in staff_addresses(env.settings, session, region):
+        spec = MailSpec(template="contact_a_corriger", context=context, to=staff, from_address=from_address,
+                        from_name=from_name, idempotency_key=f"contact_a_corriger:{row.id}:{staff}",
+                        auto_submitted="auto-generated")
+        if env.mailer.send(session, spec, kind="contact_a_corriger", case=case, priority=5) is not None:
+            sent += 1
+    return sent
+
+
+def _fr(at: datetime) -> str:
+    from mailgateway.processing.handlers import french_datetime
+
+    return french_datetime(at)

@@ -1,0 +1,315 @@
+"""Awareness bulletins and ACSS alert relays: one personalised, signed message per establishment.
+
+A bulletin is a row (``Bulletin``) with a region, a target expression (directory/targets.py), a
+subject, a body and a TLP label. Its fan-out streams the recipients from the directory (one per
+establishment: its ``ssi`` contact, else ``rssi``, else ``dsi``) and queues one message each,
+through the ``Mailer`` (TLP, no-reply and loop rules of DESIGN §8), with its own Message-ID and
+its own VERP return path (``outbox.enqueue``), at priority 10 so case mail drains first.
+
+Memory stays flat in the number of recipients: recipients are read from a separate read-only
+session (``yield_per``) and what was written is flushed and forgotten every ``CHUNK`` rows; the
+command line also commits every chunk. A fan-out is resumable: an establishment already queued
+is skipped (and the outbox's idempotency key makes a second queueing a no-op anyway).
+
+TLP (FIRST TLP 2.0): RED never leaves the agency, so a RED bulletin is refused outright; AMBER
+goes only where the Mailer allows it (the refused establishments are counted as ``refused``).
+
+Alerts: ``relay_alert`` fans out the agency's own relay (template ``alerte_relais``: the alert
+quoted, the agency as sender — never re-sent under the third party's From) to the categories the
+alert targets, then moves the case to DIFFUSEE.
+
+Other modules: ``bulletin_mail`` (bulletins requested and approved by mail), ``bulletin_tracking``
+(acknowledgements, bounces, fallback contacts), ``bulletin_jobs`` (reports and reminders),
+``bulletin_cli`` (the ``bulletin`` command).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from mailgateway.cases import lifecycle
+from mailgateway.cases.timeline import append_event
+from mailgateway.directory import RecipientRow, Target, parse_target, select_recipients
+from mailgateway.directory.categories import normalise_category
+from mailgateway.dispatch.compose import MailSpec
+from mailgateway.errors import InputError
+from mailgateway.processing.handlers import Env, from_identity, region_context
+from mailgateway.settings import Settings
+from mailgateway.store.models import Bulletin, BulletinRecipient, Case, InboundMessage, OutboundMessage
+
+__all__ = [
+    "CHUNK",
+    "FANOUT_KINDS",
+    "BulletinError",
+    "approve_bulletin",
+    "cancel_bulletin",
+    "check_tlp",
+    "cli",
+    "create_bulletin",
+    "fan_out",
+    "register",
+    "relay_alert",
+]
+
+PRIORITY = 10  # models.OutboundMessage.priority: 0 case mail, 5 reports, 10 bulletins
+CHUNK = 1000
+KIND_BULLETIN = "bulletin"
+KIND_RELAY = "alerte_relais"
+FANOUT_KINDS = (KIND_BULLETIN, KIND_RELAY)
+TLPS = ("CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED")
+_TLP_ALIASES = {"WHITE": "CLEAR", "BLANC": "CLEAR", "VERT": "GREEN", "AMBRE": "AMBER", "ROUGE": "RED",
+                "AMBER STRICT": "AMBER+STRICT", "AMBRE+STRICT": "AMBER+STRICT"}
+
+
+class BulletinError(InputError):
+    """A bulletin operation refused, with a French reason for the operator or the author."""
+
+
+def check_tlp(value: str | None) -> str:
+    """Canonical TLP 2.0 label; RED is refused: it never leaves the agency (DESIGN §8)."""
+    label = " ".join((value or "CLEAR").upper().replace("TLP:", "").split())
+    label = _TLP_ALIASES.get(label, label)
+    if label not in TLPS:
+        raise BulletinError(f"TLP inconnu « {value} » (valeurs : CLEAR, GREEN, AMBER, AMBER+STRICT, RED)")
+    if label == "RED":
+        raise BulletinError("TLP:RED : une information TLP:RED ne quitte jamais l'agence ; "
+                            "aucune diffusion aux établissements n'est possible")
+    return label
+
+
+def create_bulletin(
+    session: Session, settings: Settings, *, region: str, target: str | Target, subject: str, body: str,
+    tlp: str | None, author: str, now: datetime, case_id: int | None = None,
+) -> Bulletin:
+    """A draft bulletin; InputError (French) on an unknown region, a bad target or TLP:RED."""
+    if settings.region(region) is None:
+        raise BulletinError(f"région « {region} » absente de la configuration")
+    parsed = target if isinstance(target, Target) else parse_target(target)
+    parsed.check_region(region)
+    if not " ".join(subject.split()):
+        raise BulletinError("objet du bulletin vide")
+    if not body.strip():
+        raise BulletinError("texte du bulletin vide")
+    bulletin = Bulletin(region=region, target=str(parsed), subject=" ".join(subject.split())[:500], body=body,
+                        tlp=check_tlp(tlp), status="draft", author=author, case_id=case_id, created_at=now,
+                        recipients=0)
+    session.add(bulletin)
+    session.flush()
+    return bulletin
+
+
+def _alert_of(session: Session, bulletin: Bulletin) -> tuple[Case | None, dict[str, Any]]:
+    case = session.get(Case, bulletin.case_id) if bulletin.case_id is not None else None
+    return case, dict((case.fields or {}).get("alert") or {}) if case is not None else {}
+
+
+def template_context(env: Env, bulletin: Bulletin, row: RecipientRow | None,
+                     alert: dict[str, Any] | None = None, case: Case | None = None) -> dict[str, Any]:
+    """Context of ``bulletin`` / ``alerte_relais`` for one establishment (row None: a sample)."""
+    return {
+        **region_context(env, bulletin.region),
+        "bulletin": {"id": bulletin.id, "subject": bulletin.subject, "body": bulletin.body, "tlp": bulletin.tlp},
+        "establishment": {
+            "name": row.name if row else "Établissement", "finess": row.finess if row else "000000000",
+            "category": row.category if row else None, "departement": row.departement if row else None,
+        },
+        "alert": alert or None,
+        "case": {"reference": case.reference} if case is not None else None,
+    }
+
+
+def queue_message(env: Env, session: Session, bulletin: Bulletin, row: RecipientRow, *,
+                  alert: dict[str, Any] | None = None, case: Case | None = None,
+                  attempt: str = "") -> OutboundMessage | None:
+    """Compose and queue the message of ``bulletin`` for one establishment (None: refused or dup)."""
+    from_address, from_name = from_identity(env, bulletin.region)
+    spec = MailSpec(
+        template=KIND_RELAY if case is not None else KIND_BULLETIN,
+        context=template_context(env, bulletin, row, alert, case),
+        to=row.address, from_address=from_address, from_name=from_name, reply_to=from_address,
+        idempotency_key=f"bulletin:{bulletin.id}:{row.finess}{attempt}",
+        auto_submitted="auto-generated", tlp=bulletin.tlp,
+        # RFC 2919-style identification lets establishments filter bulletins; not a mailing list.
+        extra_headers={"X-Mailgateway-Bulletin": str(bulletin.id)},
+    )
+    kind = KIND_RELAY if case is not None else KIND_BULLETIN
+    return env.mailer.send(session, spec, kind=kind, priority=PRIORITY, bulletin_id=bulletin.id,
+                           actor=bulletin.approved_by or "passerelle")
+
+
+def _stream(session: Session, bulletin: Bulletin) -> Iterator[RecipientRow]:
+    """Recipients from a second, read-only session: the writer may flush and commit meanwhile."""
+    bind = session.get_bind()
+    reader = Session(bind=bind.execution_options(mailgateway_readonly=True))
+    try:
+        yield from select_recipients(reader, bulletin.region, parse_target(bulletin.target), batch=CHUNK)
+    finally:
+        reader.rollback()
+        reader.close()
+
+
+def fan_out(env: Env, session: Session, bulletin: Bulletin,
+            checkpoint: Callable[[Session], None] | None = None) -> int:
+    """Queue the bulletin for every recipient not yet queued; return how many were queued.
+
+    ``checkpoint(session)`` runs after every CHUNK recipients, once flushed (the CLI commits
+    there); rows written so far are then expunged so the session holds at most one chunk.
+    """
+    check_tlp(bulletin.tlp)
+    case, alert = _alert_of(session, bulletin)
+    bulletin.status = "sending"
+    already = int(session.scalar(select(func.count()).select_from(BulletinRecipient)
+                                 .where(BulletinRecipient.bulletin_id == bulletin.id)) or 0)
+    done: set[str] = set()
+    if already:
+        done = set(session.scalars(select(BulletinRecipient.finess)
+                                   .where(BulletinRecipient.bulletin_id == bulletin.id)))
+    queued = int(session.scalar(select(func.count()).select_from(BulletinRecipient).where(
+        BulletinRecipient.bulletin_id == bulletin.id, BulletinRecipient.outbound_id.is_not(None))) or 0)
+    written: list[object] = []
+    for row in _stream(session, bulletin):
+        if row.finess in done:
+            continue
+        out = queue_message(env, session, bulletin, row, alert=alert or None, case=case)
+        recipient = BulletinRecipient(
+            bulletin_id=bulletin.id, finess=row.finess, contact_id=row.contact_id, address=row.address,
+            outbound_id=out.id if out is not None else None, status="queued" if out is not None else "refused",
+        )
+        session.add(recipient)
+        written.append(recipient)
+        if out is not None:
+            written.append(out)
+            queued += 1
+        if len(written) >= CHUNK:
+            bulletin.recipients = queued
+            session.flush()
+            for obj in written:
+                session.expunge(obj)
+            written.clear()
+            if checkpoint is not None:
+                checkpoint(session)
+    bulletin.recipients = queued
+    bulletin.status = "sent"
+    session.flush()
+    for obj in written:
+        session.expunge(obj)
+    return queued
+
+
+def _approve(bulletin: Bulletin, approver: str, now: datetime) -> None:
+    if bulletin.status == "cancelled":
+        raise BulletinError(f"le bulletin {bulletin.id} a été annulé")
+    if bulletin.status == "sent":
+        raise BulletinError(f"le bulletin {bulletin.id} a déjà été diffusé")
+    bulletin.approved_at = bulletin.approved_at or now
+    bulletin.approved_by = bulletin.approved_by or approver
+    bulletin.status = "approved"
+
+
+def approve_bulletin(env: Env, session: Session, bulletin_id: int, approver: str) -> int:
+    """Approve a draft and queue it in the caller's transaction; return the recipients queued."""
+    bulletin = session.get(Bulletin, bulletin_id)
+    if bulletin is None:
+        raise BulletinError(f"bulletin inconnu : {bulletin_id}")
+    _approve(bulletin, approver, env.clock.now())
+    return fan_out(env, session, bulletin)
+
+
+def cancel_bulletin(env: Env, session: Session, bulletin_id: int, actor: str) -> int:
+    """Cancel a bulletin; messages still queued are withdrawn. Return how many were withdrawn."""
+    bulletin = session.get(Bulletin, bulletin_id)
+    if bulletin is None:
+        raise BulletinError(f"bulletin inconnu : {bulletin_id}")
+    withdrawn = 0
+    for out in session.scalars(select(OutboundMessage).where(
+            OutboundMessage.bulletin_id == bulletin_id, OutboundMessage.status == "queued",
+            OutboundMessage.kind.in_(FANOUT_KINDS))):
+        out.status = "cancelled"
+        out.last_answer = f"bulletin annulé par {actor}"
+        withdrawn += 1
+    if withdrawn:
+        session.execute(
+            update(BulletinRecipient)
+            .where(BulletinRecipient.bulletin_id == bulletin_id, BulletinRecipient.status == "queued")
+            .values(status="cancelled")
+        )
+    bulletin.status = "cancelled"
+    return withdrawn
+
+
+def alert_text(session: Session, case: Case) -> str:
+    """The alert as received (plain text of the first message of the case)."""
+    from mailgateway.mail.parse import parse_message
+
+    inbound = session.scalar(select(InboundMessage).where(InboundMessage.case_id == case.id)
+                             .order_by(InboundMessage.id).limit(1))
+    if inbound is None:
+        return case.title
+    try:
+        parsed = parse_message(inbound.raw)
+        parsed.convert_html()
+        return parsed.text().strip()[:100_000] or case.title
+    except Exception:  # the alert was understood once; a relay must not fail on re-reading it
+        return case.title
+
+
+def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bulletin:
+    """Relay an authentic ACSS alert to the categories it targets in the case's region.
+
+    The case must be an authentic alert awaiting broadcast (A_DIFFUSER); it becomes DIFFUSEE.
+    """
+    if case.kind != "alert":
+        raise BulletinError(f"{case.reference} n'est pas une alerte")
+    alert = dict((case.fields or {}).get("alert") or {})
+    if not alert.get("authentic"):
+        raise BulletinError(f"{case.reference} : alerte non authentifiée, aucune diffusion possible")
+    try:
+        lifecycle.check_transition("alert", case.status, "DIFFUSEE")
+    except lifecycle.InvalidTransition as exc:
+        raise BulletinError(f"{case.reference} : {exc}") from exc
+    categories = frozenset(c for c in (normalise_category(str(t)) for t in alert.get("targets") or ()) if c)
+    now = env.clock.now()
+    bulletin = create_bulletin(
+        session, env.settings, region=case.region, target=Target(categories=categories),
+        subject=alert.get("title") or case.title or "Alerte de sécurité", body=alert_text(session, case),
+        tlp=alert.get("tlp") or case.tlp or "CLEAR", author=approver, now=now, case_id=case.id,
+    )
+    _approve(bulletin, approver, now)
+    count = fan_out(env, session, bulletin)
+    previous = case.status
+    case.status = "DIFFUSEE"
+    case.updated_at = now
+    append_event(session, case, type="statut", actor=approver, at=now,
+                 data={"de": previous, "vers": "DIFFUSEE",
+                       "motif": f"alerte relayée à {count} établissement(s) (bulletin {bulletin.id})"})
+    append_event(session, case, type="diffusion", actor=approver, at=now,
+                 data={"bulletin": bulletin.id, "cible": bulletin.target, "destinataires": count,
+                       "tlp": bulletin.tlp})
+    return bulletin
+
+
+def register(env: Env) -> None:
+    """Plug the bulletin capabilities into processing (app._register_capabilities)."""
+    from mailgateway.dispatch import bulletin_mail, bulletin_tracking
+
+    prehandlers: list[Any] = env.extra.setdefault("prehandlers", [])
+    for hook in (bulletin_tracking.acknowledgement_prehandler, bulletin_mail.bulletin_prehandler):
+        if hook not in prehandlers:
+            prehandlers.append(hook)
+    env.extra["bounce"] = bulletin_tracking.handle_bounce
+    env.extra["permanent_failure"] = bulletin_tracking.permanent_failure_hook(env)
+    env.extra["relay_alert"] = relay_alert
+    env.extra["approve_bulletin"] = approve_bulletin
+    env.extra["cancel_bulletin"] = cancel_bulletin
+
+
+def cli(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.dispatch import bulletin_cli
+
+    return bulletin_cli.run(args, settings)

@@ -1,0 +1,32 @@
+"""Sample contexts of templates that need more than ``samples.sample_context`` (check-config)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_BULLETIN = {"id": 1, "subject": "Campagne d'hameçonnage en cours", "body": "Texte du bulletin.\nDeuxième ligne.",
+             "tlp": "CLEAR", "target": "category=LBM", "status": "draft", "author": "agent@ars.example"}
+_ESTABLISHMENT = {"name": "Laboratoire de biologie", "finess": "690000001", "category": "LBM", "departement": "69"}
+_COUNTS = {"id": 1, "recipients": 2, "delivered": 1, "pending": 0, "bounced": 1, "acknowledged": 1, "refused": 0,
+           "fallbacks": 1, "by_departement": {"69": {"recipients": 2, "delivered": 1, "acknowledged": 1}},
+           "by_category": {"LBM": {"recipients": 2, "delivered": 1, "acknowledged": 1}}}
+
+EXTRA: dict[str, dict[str, Any]] = {
+    "bulletin": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT, "alert": None, "case": None},
+    "alerte_relais": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT, "case": {"reference": "SSI-ARA-2026-0002"},
+                      "alert": {"reference": "CERTFR-2026-ALE-001", "title": "Vulnérabilité", "tlp": "CLEAR",
+                                "targets": ["LBM"], "cves": ["CVE-2026-0001"], "authentic": True}},
+    "relance_bulletin": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT, "alert": None,
+                         "sent_at_fr": "27/11/2026 à 08:30"},
+    "bulletin_apercu": {"stage": "apercu", "bulletin": _BULLETIN, "reason": None, "recipients": 2, "establishments": 3,
+                        "sample": [{"name": "Laboratoire", "finess": "690000001", "address": "ssi@labo.example",
+                                    "role": "ssi", "departement": "69", "category": "LBM"}],
+                        "token": "0123456789ab", "expires_fr": "28/11/2026 à 08:30"},
+    "bulletin_rapport": {"bulletin": _BULLETIN, "counts": _COUNTS, "approved_at_fr": "27/11/2026 à 08:30",
+                         "targeted": 3, "no_contact": 1,
+                         "without_ssi": [{"finess": "690000002", "name": "Labo 2", "departement": "69",
+                                          "unreached": False, "role": "rssi", "address": "rssi@labo2.example"}]},
+    "contact_a_corriger": {"address": "ssi@labo.example", "diagnostic": "550 5.1.1 user unknown",
+                           "establishment": _ESTABLISHMENT, "fallback": "rssi@labo.example", "bulletin": _BULLETIN,
+                           "case": None, "bounced_at_fr": "27/11/2026 à 08:30"},
+}
