@@ -272,7 +272,10 @@ class Sender:
                     result.throttled += 1
                     continue
                 row.attempts += 1
-                row.last_answer = out.answer[:2000]
+                # The reply as the relay wrote it (RFC 5321 §4.2: code, then text) for operators.
+                reply = out.answer if out.code is None or out.answer.startswith(str(out.code)) \
+                    else f"{out.code} {out.answer}"
+                row.last_answer = reply[:2000]
                 session.add(DeliveryAttempt(outbound_id=row.id, at=now, outcome=out.status, code=out.code,
                                             answer=out.answer[:2000]))
                 if out.status == "sent":
