@@ -143,8 +143,13 @@ def queue_message(env: Env, session: Session, bulletin: Bulletin, row: Recipient
                            actor=bulletin.approved_by or "passerelle")
 
 
-def _stream(session: Session, bulletin: Bulletin) -> Iterator[RecipientRow]:
-    """Recipients from a second, read-only session: the writer may flush and commit meanwhile."""
+def _stream(session: Session, bulletin: Bulletin, *, separate: bool = True) -> Iterator[RecipientRow]:
+    """Recipients, streamed. ``separate``: from a second, read-only session, so the writer may
+    commit meanwhile (a commit would end the cursor); else from ``session`` itself, which then
+    also sees the caller's uncommitted directory changes."""
+    if not separate:
+        yield from select_recipients(session, bulletin.region, parse_target(bulletin.target), batch=CHUNK)
+        return
     bind = session.get_bind()
     reader = Session(bind=bind.execution_options(mailgateway_readonly=True))
     try:
@@ -173,7 +178,7 @@ def fan_out(env: Env, session: Session, bulletin: Bulletin,
     queued = int(session.scalar(select(func.count()).select_from(BulletinRecipient).where(
         BulletinRecipient.bulletin_id == bulletin.id, BulletinRecipient.outbound_id.is_not(None))) or 0)
     written: list[object] = []
-    for row in _stream(session, bulletin):
+    for row in _stream(session, bulletin, separate=checkpoint is not None):
         if row.finess in done:
             continue
         out = queue_message(env, session, bulletin, row, alert=alert or None, case=case)

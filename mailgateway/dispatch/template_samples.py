@@ -13,7 +13,8 @@ _COUNTS = {"id": 1, "recipients": 2, "delivered": 1, "pending": 0, "bounced": 1,
 
 EXTRA: dict[str, dict[str, Any]] = {
     "bulletin": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT, "alert": None, "case": None},
-    "alerte_relais": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT, "case": {"reference": "SSI-ARA-2026-0002"},
+    "alerte_relais": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT,
+                      "case": {"reference": "SSI-ARA-2026-0002"},
                       "alert": {"reference": "CERTFR-2026-ALE-001", "title": "Vulnérabilité", "tlp": "CLEAR",
                                 "targets": ["LBM"], "cves": ["CVE-2026-0001"], "authentic": True}},
     "relance_bulletin": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT, "alert": None,
