@@ -31,3 +31,20 @@ EXTRA: dict[str, dict[str, Any]] = {
                            "establishment": _ESTABLISHMENT, "fallback": "rssi@labo.example", "bulletin": _BULLETIN,
                            "case": None, "bounced_at_fr": "27/11/2026 à 08:30"},
 }
+
+# Case handling by mail (cases/command_mail.py, cases/commands.py).
+_CASE_LINE = {"reference": "SSI-ARA-2026-0001", "kind": "incident", "status": "QUALIFIE", "severity": "GRAVE",
+              "title": "Centre hospitalier — RANCONGICIEL", "establishment": "Centre hospitalier",
+              "finess": "690781810", "assignee": "agent@ars.example", "declarant": "dsi@chu-exemple.fr", "tlp": None,
+              "opened_fr": "27/11/2026 à 08:30", "updated_fr": "28/11/2026 à 10:00"}
+EXTRA.update({
+    "demande_info": {"message": "Quels postes sont touchés ?", "author": "agent@ars.example"},
+    "reponse": {"message": "Merci, le dossier est suivi.", "author": "agent@ars.example"},
+    "transmission_acss": {"comment": "Établissement de référence.", "author": "agent@ars.example",
+                          "opened_fr": "27/11/2026 à 08:30"},
+    "digest_requete": {"query": "statut", "case": _CASE_LINE, "cases": [_CASE_LINE], "overdue_days": 7.0,
+                       "generated_fr": "28/11/2026 à 10:00",
+                       "timeline": [{"seq": 1, "at_fr": "27/11/2026 à 08:30", "type": "message_recu",
+                                     "actor": "dsi@chu-exemple.fr"}]},
+    "reponse_recue": {"reply_from": "dsi@chu-exemple.fr", "from_acss": False, "reopened": True, "linked_from": None},
+})

@@ -1,0 +1,134 @@
+"""Mail sent because of staff commands: receipts, requests and answers to the declarant,
+transmissions to the national cell (ACSS / CERT Santé), and query digests.
+
+Every mail goes through ``Mailer.send`` (no-reply, loop, TLP and cap rules of DESIGN §8) with an
+idempotency key derived from the inbound command message, so reprocessing queues nothing twice.
+Mail to the declarant is threaded under the case's messages (RFC 5322 §3.6.4: In-Reply-To the
+message answered, References the thread) and carries the ``[REF]`` subject tag (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.cases import service
+from mailgateway.clock import aware
+from mailgateway.dispatch.compose import Attachment, MailSpec
+from mailgateway.mail.facts import MessageFacts
+from mailgateway.processing.handlers import Env, case_context, french_datetime, from_identity, region_context
+from mailgateway.store.models import Case, CaseEvent, InboundMessage, OutboundMessage
+
+# RFC 3834 §5: "no" — the text was written (or the sending decided) by a person, not a robot.
+HUMAN = "no"
+
+
+def _fr(at: datetime | None) -> str:
+    return french_datetime(aware(at)) if at is not None else "—"
+
+
+def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,
+                 to: str, region: str, case: Case | None, results: Sequence[dict[str, Any]],
+                 refused_all: str | None = None, confirmation: dict[str, str] | None = None,
+                 help_text: str | None = None, authenticated: bool = True) -> OutboundMessage | None:
+    """The receipt of a command mail: what was applied, what was refused and why."""
+    from_address, from_name = from_identity(env, region)
+    spec = MailSpec(
+        template="receipt",
+        context={**region_context(env, region), "case": case_context(case) if case else None,
+                 "results": list(results), "refused_all": refused_all, "confirmation": confirmation,
+                 "help": help_text},
+        to=to, from_address=from_address, from_name=from_name, idempotency_key=f"receipt:{inbound.id}",
+        in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+    )
+    # A refused (possibly forged) command is answered under the automatic-reply caps: a forger
+    # must not turn the gateway into a mail cannon against a staff address (DESIGN §8).
+    return env.mailer.send(session, spec, kind="recu_commandes", case=case, auto_reply=not authenticated,
+                           actor=to if authenticated else "passerelle")
+
+
+def to_declarant(env: Env, session: Session, inbound: InboundMessage, case: Case, *, template: str,
+                 kind: str, text: str, actor: str) -> OutboundMessage | None:
+    """A request for information or an answer to the declarant, threaded under the case."""
+    if not case.declarant:
+        return None
+    from_address, from_name = from_identity(env, case.region)
+    spec = MailSpec(
+        template=template,
+        context={**region_context(env, case.region), "case": case_context(case), "message": text,
+                 "author": actor},
+        to=case.declarant, from_address=from_address, from_name=from_name,
+        idempotency_key=f"{kind}:{inbound.id}:{case.id}",
+        in_reply_to=service.last_message_from(session, case, [case.declarant]),
+        references=service.thread_ids(session, case),
+        auto_submitted=HUMAN,
+    )
+    return env.mailer.send(session, spec, kind=kind, case=case, actor=actor)
+
+
+def original_of(session: Session, case: Case) -> InboundMessage | None:
+    """The message that opened the case (its first inbound message)."""
+    return session.scalar(select(InboundMessage).where(InboundMessage.case_id == case.id)
+                          .order_by(InboundMessage.id).limit(1))
+
+
+def to_acss(env: Env, session: Session, inbound: InboundMessage, case: Case, *, comment: str,
+            actor: str) -> OutboundMessage | None:
+    """The declaration to the national cell, the original attached as message/rfc822 (RFC 2046
+    §5.2.1). Its Message-ID is ours and stable: the cell's answer threads back to the case."""
+    from_address, from_name = from_identity(env, case.region)
+    original = original_of(session, case)
+    declaration = (case.fields or {}).get("declaration") or {}
+    spec = MailSpec(
+        template="transmission_acss",
+        context={**region_context(env, case.region), "case": case_context(case), "declaration": declaration,
+                 "comment": comment, "author": actor, "opened_fr": _fr(case.opened_at)},
+        to=env.settings.acss.address, from_address=from_address, from_name=from_name,
+        idempotency_key=f"transmission_acss:{inbound.id}:{case.id}",
+        reply_to=from_address, auto_submitted=HUMAN,
+        attachments=[Attachment(original.raw, "declaration-originale.eml")] if original is not None else [],
+    )
+    return env.mailer.send(session, spec, kind="transmission_acss", case=case, actor=actor)
+
+
+def case_line(case: Case) -> dict[str, Any]:
+    return {**case_context(case), "opened_fr": _fr(case.opened_at), "updated_fr": _fr(case.updated_at)}
+
+
+def timeline_lines(session: Session, case: Case, limit: int = 25) -> list[dict[str, Any]]:
+    events = list(session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id)
+                                  .order_by(CaseEvent.seq.desc()).limit(limit)))
+    return [{"seq": e.seq, "at_fr": _fr(e.at), "type": e.type, "actor": e.actor} for e in reversed(events)]
+
+
+def send_digest(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *, index: int,
+                to: str, region: str, query: str, cases: Sequence[Case], detail: Case | None = None,
+                ) -> OutboundMessage | None:
+    """Answer to "#statut REF", "#ouverts", "#retards": staff only, so any TLP may be listed."""
+    from_address, from_name = from_identity(env, region)
+    spec = MailSpec(
+        template="digest_requete",
+        context={**region_context(env, region), "query": query, "cases": [case_line(c) for c in cases],
+                 "case": case_line(detail) if detail else None,
+                 "timeline": timeline_lines(session, detail) if detail else [],
+                 "overdue_days": env.settings.cases.overdue_days,
+                 "generated_fr": french_datetime(env.clock.now())},
+        to=to, from_address=from_address, from_name=from_name,
+        idempotency_key=f"digest:{inbound.id}:{index}",
+        in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+        # The most restrictive label of what is listed (TLP 2.0): the digest stays with staff.
+        tlp=_strictest([c.tlp for c in cases] + ([detail.tlp] if detail else [])),
+    )
+    return env.mailer.send(session, spec, kind="synthese", case=None, actor=to)
+
+
+_TLP_ORDER = ("CLEAR", "WHITE", "GREEN", "AMBER", "AMBER+STRICT", "RED")
+
+
+def _strictest(labels: Sequence[str | None]) -> str | None:
+    known = [t for t in labels if t in _TLP_ORDER]
+    return max(known, key=_TLP_ORDER.index) if known else None

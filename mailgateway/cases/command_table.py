@@ -1,0 +1,348 @@
+"""One small function per staff command, registered in ``COMMANDS`` (STYLE §3: a named table).
+
+A command function validates first and changes the case only when it will succeed: a refusal is
+a ``CaseError`` (or ``InvalidTransition``) with a French reason, and leaves nothing behind. The
+names are the canonical names of ``mail/data/labels.toml`` (synonyms, accents and case are
+normalised by ``mail/commands.py``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from mailgateway.cases import command_mail, lifecycle, service
+from mailgateway.cases.service import CaseError
+from mailgateway.cases.timeline import append_event
+from mailgateway.clock import aware
+from mailgateway.mail.facts import Command, MessageFacts
+from mailgateway.mail.refs import CASE_REF, canonical
+from mailgateway.mail.text import fold
+from mailgateway.processing.handlers import Env, french_datetime
+from mailgateway.processing.mailer import staff_addresses
+from mailgateway.store.models import Case, Confirmation, InboundMessage
+
+
+@dataclass
+class Ctx:
+    env: Env
+    session: Session
+    inbound: InboundMessage
+    facts: MessageFacts
+    case: Case | None
+    actor: str  # the authenticated staff address
+    region: str
+    now: datetime
+    confirmation: dict[str, str] | None = None
+    digests: list[tuple[str, list[Case], Case | None]] = field(default_factory=list)
+    show_help: bool = False
+
+
+@dataclass(frozen=True)
+class Spec:
+    run: Callable[[Ctx, Command], str | None]  # returns a French note for the receipt
+    needs_case: bool = True
+    summary: str = ""
+
+
+_SEVERITY = {"grave": "GRAVE", "significatif": "SIGNIFICATIF", "significative": "SIGNIFICATIF",
+             "sans-suite": "SANS_SUITE", "sanssuite": "SANS_SUITE", "sans_suite": "SANS_SUITE",
+             "non-qualifie": "NON_QUALIFIE"}
+_STATUS_ALIASES = {"OUVERT": "PRIS_EN_COMPTE", "FERME": "CLOS", "CLOTURE": "CLOS", "RESOLUE": "RESOLU",
+                   "DIFFUSE": "DIFFUSEE", "EN_COURS": "SUIVI", "SUIVRE": "SUIVI"}
+
+
+def _case(ctx: Ctx) -> Case:
+    assert ctx.case is not None
+    return ctx.case
+
+
+def _text(cmd: Command) -> str:
+    return " ".join(cmd.args).strip()
+
+
+def _event(ctx: Ctx, type_: str, data: dict[str, Any]) -> None:
+    append_event(ctx.session, _case(ctx), type=type_, actor=ctx.actor, at=ctx.now,
+                 inbound_id=ctx.inbound.id, data=data)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def assigner(ctx: Ctx, cmd: Command) -> str | None:
+    case = _case(ctx)
+    who = cmd.args[0].lower() if cmd.args else "moi"
+    target = ctx.actor if who in ("moi", "me", "moi-meme") else who
+    if target not in staff_addresses(ctx.env.settings, ctx.session, case.region):
+        raise CaseError(f"{target} ne fait pas partie des agents SSI de la région {case.region}")
+    service.assign(ctx.session, case, target, actor=ctx.actor, at=ctx.now)
+    return f"dossier assigné à {target}"
+
+
+def qualifier(ctx: Ctx, cmd: Command) -> str | None:
+    case = _case(ctx)
+    word = "-".join(cmd.args)
+    severity = _SEVERITY.get(word) or _SEVERITY.get(word.replace("-", ""))
+    if severity is None:
+        raise CaseError("gravité attendue : grave, significatif ou sans-suite")
+    moved = service.qualify(ctx.session, case, severity, actor=ctx.actor, at=ctx.now)
+    return f"gravité {severity}" + (", statut QUALIFIE" if moved else f", statut {case.status} inchangé")
+
+
+def statut(ctx: Ctx, cmd: Command) -> str | None:
+    refs = [a for a in cmd.args if CASE_REF.fullmatch(a)]
+    if refs:
+        # "#statut REF": a digest of that case (a query, by mail to the SSI address).
+        target = service.by_reference(ctx.session, refs[0])
+        if target is None or target.region != ctx.region:
+            raise CaseError(f"dossier inconnu dans la région {ctx.region} : {refs[0]}")
+        ctx.digests.append(("statut", [], service.resolve(ctx.session, target)))
+        return "synthèse du dossier envoyée"
+    case = _case_or_raise(ctx)
+    if not cmd.args:
+        ctx.digests.append(("statut", [], case))
+        return "synthèse du dossier envoyée"
+    wanted = fold("_".join(cmd.args)).upper().replace("-", "_")
+    wanted = _STATUS_ALIASES.get(wanted, wanted)
+    if wanted not in lifecycle.statuses_for(case.kind):
+        known = ", ".join(lifecycle.statuses_for(case.kind))
+        raise CaseError(f"statut inconnu : {' '.join(cmd.args)} (statuts : {known})")
+    if wanted in lifecycle.CLOSED:
+        return clore(ctx, Command("clore", (), True, None, cmd.line))
+    if case.status in lifecycle.CLOSED:
+        raise CaseError(f"{case.reference} est clos : utilisez #rouvrir")
+    previous = service.change_status(ctx.session, case, wanted, actor=ctx.actor, at=ctx.now)
+    return f"statut {previous} → {wanted}"
+
+
+def _case_or_raise(ctx: Ctx) -> Case:
+    if ctx.case is None:
+        raise CaseError(NO_CASE)
+    return ctx.case
+
+
+def transmettre_acss(ctx: Ctx, cmd: Command) -> str | None:
+    case = _case(ctx)
+    if case.kind != "incident":
+        raise CaseError("seule une déclaration d'incident se transmet à l'ACSS")
+    if not lifecycle.is_open(case.status):
+        raise CaseError(f"{case.reference} est clos")
+    row = command_mail.to_acss(ctx.env, ctx.session, ctx.inbound, case, comment=_text(cmd), actor=ctx.actor)
+    if row is None:
+        raise CaseError(f"envoi à {ctx.env.settings.acss.address} refusé ou déjà fait (voir la chronologie)")
+    note = f"déclaration transmise à {row.recipient}"
+    if case.status != "EN_QUALIFICATION" and lifecycle.allowed(case.kind, case.status, "EN_QUALIFICATION"):
+        service.change_status(ctx.session, case, "EN_QUALIFICATION", actor=ctx.actor, at=ctx.now,
+                              reason="transmise à l'ACSS pour qualification")
+        note += ", statut EN_QUALIFICATION"
+    return note
+
+
+def _to_declarant(ctx: Ctx, cmd: Command, template: str, kind: str, what: str) -> str | None:
+    case = _case(ctx)
+    text = _text(cmd)
+    if not text:
+        raise CaseError(f"texte manquant : « #{cmd.name} <texte> »")
+    if not case.declarant:
+        raise CaseError("aucune adresse de déclarant connue pour ce dossier")
+    row = command_mail.to_declarant(ctx.env, ctx.session, ctx.inbound, case, template=template, kind=kind,
+                                    text=text, actor=ctx.actor)
+    if row is None:
+        raise CaseError(f"envoi à {case.declarant} refusé (voir la chronologie du dossier)")
+    return f"{what} envoyée à {case.declarant}"
+
+
+def demander_info(ctx: Ctx, cmd: Command) -> str | None:
+    return _to_declarant(ctx, cmd, "demande_info", "demande_info", "demande d'informations")
+
+
+def repondre(ctx: Ctx, cmd: Command) -> str | None:
+    return _to_declarant(ctx, cmd, "reponse", "reponse", "réponse")
+
+
+def note(ctx: Ctx, cmd: Command) -> str | None:
+    text = _text(cmd)
+    if not text:
+        raise CaseError("texte manquant : « #note <texte> »")
+    service.add_note(ctx.session, _case(ctx), text, actor=ctx.actor, at=ctx.now)
+    return "note ajoutée à la chronologie"
+
+
+def _ask_confirmation(ctx: Ctx, command: str, args: list[str], hours: float) -> str:
+    token = secrets.token_hex(6)  # 48 bits, single use, short-lived: not guessable in time
+    expires = ctx.now + timedelta(hours=hours)
+    ctx.session.add(Confirmation(token=token, case_id=ctx.case.id if ctx.case else None,
+                                 command=command, args=args, requested_by=ctx.actor, created_at=ctx.now,
+                                 expires_at=expires))
+    if ctx.case is not None:
+        _event(ctx, "confirmation_demandee", {"commande": command, "expire": expires.isoformat()})
+    ctx.confirmation = {"token": token, "expires_fr": french_datetime(expires)}
+    return f"en attente de confirmation : répondez « #confirmer {token} »"
+
+
+def clore(ctx: Ctx, cmd: Command) -> str | None:
+    case = _case(ctx)
+    target = "CLOSE" if case.kind == "alert" else "CLOS"
+    lifecycle.check_transition(case.kind, case.status, target)
+    reason = _text(cmd) or None
+    if case.severity == "GRAVE":
+        # A GRAVE incident is closed by two explicit steps: the regulatory follow-up ends here.
+        return _ask_confirmation(ctx, "clore", [reason or ""], ctx.env.settings.cases.confirmation_hours)
+    service.close(ctx.session, case, actor=ctx.actor, at=ctx.now, reason=reason)
+    return f"dossier clos{f' ({reason})' if reason else ''}"
+
+
+def rouvrir(ctx: Ctx, cmd: Command) -> str | None:
+    target = service.reopen(ctx.session, _case(ctx), actor=ctx.actor, at=ctx.now, reason=_text(cmd) or None)
+    return f"dossier rouvert, statut {target}"
+
+
+def diffuser(ctx: Ctx, cmd: Command) -> str | None:
+    case = _case(ctx)
+    if case.kind != "alert":
+        # Bulletins are approved in answer to their preview (dispatch/bulletin_mail.py).
+        raise CaseError("seule une alerte se diffuse depuis son dossier (bulletin : répondez à son aperçu)")
+    if not (case.fields or {}).get("alert", {}).get("authentic"):
+        raise CaseError("alerte non authentifiée : aucune diffusion possible")
+    lifecycle.check_transition("alert", case.status, "DIFFUSEE")
+    # Every broadcast waits for an explicit confirmation: it reaches every targeted establishment.
+    return _ask_confirmation(ctx, "diffuser", [], ctx.env.settings.bulletins.confirmation_hours)
+
+
+def broadcast(ctx: Ctx, case: Case) -> str:
+    """Relay the alert through the bulletins module, when it is installed."""
+    try:
+        from mailgateway.dispatch import bulletins
+    except ImportError:
+        raise CaseError("diffusion indisponible") from None
+    relay = getattr(bulletins, "relay_alert", None)
+    if relay is None:
+        raise CaseError("diffusion indisponible")
+    try:
+        bulletin = relay(ctx.env, ctx.session, case, ctx.actor)
+    except CaseError:
+        raise
+    except Exception as exc:
+        if type(exc).__name__ == "BulletinError":  # a refusal with its French reason
+            raise CaseError(str(exc)) from exc
+        raise
+    return f"alerte relayée à {bulletin.recipients} établissement(s)"
+
+
+def confirmer(ctx: Ctx, cmd: Command) -> str | None:
+    token = cmd.args[0].lower() if cmd.args else ""
+    pending = ctx.session.get(Confirmation, token) if token else None
+    if pending is None:
+        raise CaseError("jeton de confirmation inconnu")
+    if pending.used_at is not None:
+        raise CaseError(f"jeton déjà utilisé par {pending.used_by}")
+    if aware(pending.expires_at) < ctx.now:
+        raise CaseError("jeton expiré : renvoyez la commande")
+    case = ctx.session.get(Case, pending.case_id) if pending.case_id is not None else None
+    if case is None or case.region != ctx.region:
+        raise CaseError("ce jeton ne concerne pas un dossier de votre région")
+    if (pending.command == "diffuser" and ctx.env.settings.cases.broadcast_second_approver
+            and pending.requested_by.lower() == ctx.actor):
+        raise CaseError("une diffusion doit être confirmée par un autre agent que son demandeur")
+    ctx.case = case
+    if pending.command == "clore":
+        lifecycle.check_transition(case.kind, case.status, "CLOSE" if case.kind == "alert" else "CLOS")
+        reason = str((pending.args or [""])[0] or "") or None
+        service.close(ctx.session, case, actor=ctx.actor, at=ctx.now, reason=reason)
+        result = "dossier clos"
+    elif pending.command == "diffuser":
+        result = broadcast(ctx, case)
+    else:
+        raise CaseError(f"commande à confirmer inconnue : {pending.command}")
+    pending.used_at = ctx.now
+    pending.used_by = ctx.actor
+    _event(ctx, "confirmation", {"commande": pending.command, "demandee_par": pending.requested_by})
+    return result
+
+
+def annuler(ctx: Ctx, cmd: Command) -> str | None:
+    token = cmd.args[0].lower() if cmd.args else ""
+    pending = ctx.session.get(Confirmation, token) if token else None
+    case = ctx.session.get(Case, pending.case_id) if pending and pending.case_id else None
+    if pending is None or pending.used_at is not None or case is None or case.region != ctx.region:
+        raise CaseError("aucune commande en attente pour ce jeton")
+    pending.used_at = ctx.now
+    pending.used_by = f"annulé par {ctx.actor}"
+    ctx.case = case
+    _event(ctx, "confirmation_annulee", {"commande": pending.command})
+    return f"commande #{pending.command} annulée"
+
+
+def fusionner(ctx: Ctx, cmd: Command) -> str | None:
+    case = _case(ctx)
+    refs = [a for a in cmd.args if CASE_REF.fullmatch(a)]
+    if not refs:
+        raise CaseError("référence attendue : « #fusionner SSI-XXX-AAAA-NNNN »")
+    match = CASE_REF.fullmatch(refs[0])
+    assert match is not None
+    target = service.by_reference(ctx.session, canonical(*match.groups()))
+    if target is None:
+        raise CaseError(f"dossier inconnu : {refs[0]}")
+    target = service.resolve(ctx.session, target)
+    service.merge(ctx.session, case, target, actor=ctx.actor, at=ctx.now)
+    return f"{case.reference} fusionné dans {target.reference}"
+
+
+def aide(ctx: Ctx, cmd: Command) -> str | None:
+    ctx.show_help = True
+    return None
+
+
+def ouverts(ctx: Ctx, cmd: Command) -> str | None:
+    found = service.open_cases(ctx.session, ctx.region)
+    ctx.digests.append(("ouverts", found, None))
+    return f"liste des {len(found)} dossier(s) ouvert(s) envoyée"
+
+
+def retards(ctx: Ctx, cmd: Command) -> str | None:
+    found = service.overdue_cases(ctx.session, ctx.region, ctx.now, ctx.env.settings.cases.overdue_days)
+    ctx.digests.append(("retards", found, None))
+    return f"liste des {len(found)} dossier(s) en retard envoyée"
+
+
+def not_here(ctx: Ctx, cmd: Command) -> str | None:
+    raise CaseError("commande réservée aux demandes de bulletin et aux établissements")
+
+
+NO_CASE = ("aucun dossier concerné : répondez au message du dossier ou indiquez sa référence "
+           "[SSI-XXX-AAAA-NNNN] dans l'objet")
+
+COMMANDS: dict[str, Spec] = {
+    "assigner": Spec(assigner, summary="#assigner <adresse|moi>     assigner le dossier"),
+    "qualifier": Spec(qualifier, summary="#qualifier grave|significatif|sans-suite"),
+    "statut": Spec(statut, needs_case=False,
+                   summary="#statut <statut>            changer le statut (ou #statut REF : synthèse)"),
+    "transmettre-acss": Spec(transmettre_acss, summary="#transmettre-acss [commentaire]  transmettre à l'ACSS"),
+    "demander-info": Spec(demander_info, summary="#demander-info <texte>      questionner le déclarant"),
+    "repondre": Spec(repondre, summary="#repondre <texte>           répondre au déclarant"),
+    "note": Spec(note, summary="#note <texte>               note interne à la chronologie"),
+    "clore": Spec(clore, summary="#clore [motif]              clore (confirmation si GRAVE)"),
+    "rouvrir": Spec(rouvrir, summary="#rouvrir [motif]            rouvrir un dossier clos"),
+    "diffuser": Spec(diffuser, summary="#diffuser                   diffuser l'alerte (avec confirmation)"),
+    "confirmer": Spec(confirmer, needs_case=False, summary="#confirmer <jeton>          confirmer une commande"),
+    "annuler": Spec(annuler, needs_case=False, summary="#annuler <jeton>            annuler une commande en attente"),
+    "fusionner": Spec(fusionner, summary="#fusionner REF              fusionner ce doublon dans REF"),
+    "ouverts": Spec(ouverts, needs_case=False, summary="#ouverts                    dossiers ouverts de la région"),
+    "retards": Spec(retards, needs_case=False, summary="#retards                    dossiers sans activité récente"),
+    "aide": Spec(aide, needs_case=False, summary="#aide                       cette aide"),
+    "lu": Spec(not_here, needs_case=False),
+    "bulletin": Spec(not_here, needs_case=False),
+    "cible": Spec(not_here, needs_case=False),
+}
+
+
+def help_text() -> str:
+    lines = ["Commandes disponibles (une par ligne, en réponse au message d'un dossier) :"]
+    lines += [f"  {spec.summary}" for spec in COMMANDS.values() if spec.summary]
+    lines.append("Par courriel à la boîte SSI, objet « #statut REF », « #ouverts » ou « #retards » : synthèse.")
+    return "\n".join(lines)

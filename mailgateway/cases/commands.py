@@ -1,0 +1,248 @@
+"""Cases handled by mail: staff commands, replies from establishments, duplicate declarations.
+
+``register(env)`` plugs three hooks into processing (``app._register_capabilities``):
+
+- ``env.extra["command"]`` — ``handle_command``: a mail of ``#commande`` lines. DESIGN §8: commands
+  count only from an *authenticated* member of the staff of the case's region ([[staff]] and the
+  imported staff list — re-checked here against the database, which analysis cannot see). Every
+  command mail from staff gets a receipt listing what was applied and what was refused and why;
+  a refused mail that looks like it comes from staff (agency domain, staff lists) gets a receipt
+  saying why nothing happened; anyone else is ignored (an establishment's "#..." line is just text
+  of its reply).
+- ``env.extra["reply"]`` — ``handle_reply``: a reply from an establishment (or the national cell)
+  is attached to its case and the assignee (else the region's staff) is notified; a reply to a
+  closed case reopens it or opens a linked case (``[cases] reply_to_closed``).
+- ``env.extra["duplicates"]`` — ``flag_duplicate``: a new declaration for the same FINESS as an
+  open case of the last ``[cases] duplicate_window_hours`` is linked to it (``doublon_possible`` on
+  both timelines, mentioned in the staff notification); ``#fusionner REF`` merges.
+
+Every change is on the timeline with the sender's address as actor.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.cases import command_mail, lifecycle, service
+from mailgateway.cases.command_table import COMMANDS, NO_CASE, Ctx, help_text
+from mailgateway.cases.service import CaseError
+from mailgateway.cases.timeline import append_event
+from mailgateway.mail.commands import REASON_UNKNOWN
+from mailgateway.mail.facts import Command, MessageFacts
+from mailgateway.processing import handlers
+from mailgateway.processing.handlers import Env, Outcome, notify_staff
+from mailgateway.processing.mailer import all_staff, staff_addresses
+from mailgateway.store.models import Case, Confirmation, InboundMessage, StaffMember
+
+__all__ = ["flag_duplicate", "handle_command", "handle_reply", "register"]
+
+QUERIES = frozenset({"ouverts", "retards"})
+
+
+def register(env: Env) -> None:
+    env.extra["command"] = handle_command
+    env.extra["reply"] = handle_reply
+    env.extra["duplicates"] = flag_duplicate
+
+
+# --- who may command ---------------------------------------------------------------------------
+
+
+def _agency_domains(env: Env) -> set[str]:
+    settings = env.settings
+    found = {r.address.rpartition("@")[2].lower() for r in settings.regions if r.address}
+    found.update(s.address.rpartition("@")[2].lower() for s in settings.staff)
+    if settings.dkim and settings.dkim.domain:
+        found.add(settings.dkim.domain.lower())
+    return found
+
+
+def looks_like_staff(env: Env, session: Session, address: str) -> bool:
+    """Claims to be staff (a From header proves nothing): listed, or in the agency's domains."""
+    return address in all_staff(env.settings, session) or address.rpartition("@")[2] in _agency_domains(env)
+
+
+def _staff_regions(env: Env, session: Session, address: str) -> set[str]:
+    found = {s.region for s in env.settings.staff if s.address.lower() == address}
+    found.update(session.scalars(select(StaffMember.region).where(StaffMember.address == address)))
+    return found
+
+
+def _query_region(env: Env, session: Session, facts: MessageFacts, sender: str) -> str | None:
+    """Region of a command that names no case: the SSI mailbox written to, else the sender's own."""
+    regions = _staff_regions(env, session, sender)
+    if facts.region and (facts.region in regions or not regions):
+        return facts.region
+    return next(iter(regions)) if len(regions) == 1 else facts.region
+
+
+def _refusal(env: Env, session: Session, facts: MessageFacts, sender: str, region: str | None) -> str | None:
+    if not sender:
+        return "expéditeur absent : commande ignorée"
+    if not facts.sender.authenticated:
+        detail = facts.sender.detail or "signature DKIM absente ou invalide"
+        return f"message non authentifié : commande ignorée ({detail})"
+    if region is None:
+        return "région inconnue : commande ignorée"
+    if sender not in staff_addresses(env.settings, session, region):
+        return f"{sender} ne fait pas partie des agents SSI de la région {region} : commande ignorée"
+    return None
+
+
+def _case_from_token(session: Session, commands: tuple[Command, ...]) -> Case | None:
+    """``#confirmer <jeton>`` in a new mail: the pending confirmation names its case."""
+    for cmd in commands:
+        if cmd.name in ("confirmer", "annuler") and cmd.args:
+            pending = session.get(Confirmation, cmd.args[0].lower())
+            if pending is not None and pending.case_id is not None:
+                return session.get(Case, pending.case_id)
+    return None
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def _received(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, case: Case) -> None:
+    inbound.case_id = case.id
+    append_event(session, case, type="message_recu", actor=facts.sender.address or "inconnu",
+                 at=env.clock.now(), inbound_id=inbound.id,
+                 data={"type": facts.kind, "objet": " ".join(facts.subject.split())[:200],
+                       "message_id": facts.message_id,
+                       "authentification": {"authentifie": facts.sender.authenticated,
+                                            "methode": facts.sender.method}})
+
+
+def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts,
+                   case: Case | None) -> Outcome:
+    sender = (facts.sender.address or "").strip().lower()
+    case = case or _case_from_token(session, facts.commands)
+    region = case.region if case is not None else _query_region(env, session, facts, sender)
+    refusal = _refusal(env, session, facts, sender, region)
+    if refusal is not None:
+        return _refused(env, session, inbound, facts, case, region, sender, refusal)
+    assert region is not None
+    if case is not None:
+        _received(env, session, inbound, facts, case)
+    ctx = Ctx(env=env, session=session, inbound=inbound, facts=facts, case=case, actor=sender, region=region,
+              now=env.clock.now())
+    results: list[dict[str, Any]] = []
+    for cmd in facts.commands:
+        results.append(_run(ctx, cmd))
+    for index, (query, cases, detail) in enumerate(ctx.digests):
+        command_mail.send_digest(env, session, inbound, facts, index=index, to=sender, region=region,
+                                 query=query, cases=cases, detail=detail)
+    # A query answered by its digest needs no separate receipt; anything else gets one.
+    only_queries = bool(ctx.digests) and all(
+        r["applied"] and (r["name"] in QUERIES or (r["name"] == "statut" and r["digest"])) for r in results)
+    if not only_queries:
+        command_mail.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
+                                  results=results, confirmation=ctx.confirmation,
+                                  help_text=help_text() if ctx.show_help else None)
+    applied = sum(1 for r in results if r["applied"])
+    return Outcome("processed", reason=f"{applied} commande(s) appliquée(s) sur {len(results)}", case=ctx.case)
+
+
+def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
+    result: dict[str, Any] = {"name": cmd.name, "line": cmd.line, "applied": False, "message": None,
+                              "digest": False}
+    spec = None if cmd.reason == REASON_UNKNOWN else COMMANDS.get(cmd.name)
+    if spec is None:
+        ctx.show_help = True
+        result["message"] = "commande inconnue (voir la liste ci-dessous)"
+        return result
+    before = len(ctx.digests)
+    try:
+        if spec.needs_case and ctx.case is None:
+            raise CaseError(NO_CASE)
+        result["message"] = spec.run(ctx, cmd)
+        result["applied"] = True
+    except (CaseError, lifecycle.InvalidTransition) as exc:
+        result["message"] = str(exc)
+        if ctx.case is not None:
+            append_event(ctx.session, ctx.case, type="commande_refusee", actor=ctx.actor, at=ctx.now,
+                         inbound_id=ctx.inbound.id, data={"commande": cmd.line[:500], "motif": str(exc)})
+    result["digest"] = len(ctx.digests) > before
+    return result
+
+
+def _refused(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, case: Case | None,
+             region: str | None, sender: str, refusal: str) -> Outcome:
+    """Nothing is applied. Staff (or whoever claims to be) are told why; others are not answered."""
+    lines = [c.line[:500] for c in facts.commands]
+    staff_like = bool(sender) and looks_like_staff(env, session, sender)
+    if case is not None and not staff_like:
+        # An establishment wrote "#..." in its reply: it is a reply like any other.
+        outcome = handlers.handle_reply(env, session, inbound, facts)
+        target = outcome.case or case
+        append_event(session, target, type="commande_ignoree", actor=sender or "inconnu", at=env.clock.now(),
+                     inbound_id=inbound.id, data={"commandes": lines, "motif": refusal})
+        return outcome
+    if case is not None:
+        _received(env, session, inbound, facts, case)
+        append_event(session, case, type="commande_refusee", actor=sender or "inconnu", at=env.clock.now(),
+                     inbound_id=inbound.id, data={"commandes": lines, "motif": refusal})
+    if staff_like and region is not None:
+        command_mail.send_receipt(env, session, inbound, facts, to=sender, region=region, case=case, results=[],
+                                  refused_all=refusal, authenticated=False)
+    return Outcome("processed", reason=refusal, case=case)
+
+
+# --- replies -----------------------------------------------------------------------------------
+
+
+def _from_acss(env: Env, address: str) -> bool:
+    domain = address.rpartition("@")[2]
+    return address == env.settings.acss.address.lower() or domain in {
+        d.lower() for d in env.settings.authentication.acss_domains}
+
+
+def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts,
+                 case: Case) -> Outcome | None:
+    """Attach a reply (already on the timeline) and notify; reopen or link a closed case."""
+    sender = (facts.sender.address or "").strip().lower()
+    if sender and sender in staff_addresses(env.settings, session, case.region):
+        return None  # staff writing in the thread: nothing to notify
+    now = env.clock.now()
+    target = case
+    extra: dict[str, Any] = {"reply_from": sender or "inconnu", "from_acss": _from_acss(env, sender),
+                             "reopened": False, "linked_from": None}
+    if not lifecycle.is_open(case.status):
+        if env.settings.cases.reply_to_closed == "link":
+            target = _follow_up(env, session, inbound, facts, case)
+            extra["linked_from"] = case.reference
+        else:
+            service.reopen(session, case, actor="passerelle", at=now,
+                           reason=f"réponse reçue de {sender or 'un expéditeur inconnu'}")
+            extra["reopened"] = True
+    notify_staff(env, session, target, inbound, facts, template="reponse_recue", kind="notification_reponse",
+                 extra=extra)
+    return Outcome("processed", case=target)
+
+
+def _follow_up(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, closed: Case) -> Case:
+    """A new case for a reply to a closed one, linked both ways (``reply_to_closed = "link"``)."""
+    title = f"Suite de {closed.reference} — {closed.title}"[:500]
+    case = handlers._new_case(env, session, region=closed.region, kind=closed.kind, inbound=inbound,
+                              facts=facts, title=title)
+    for name in ("finess", "establishment", "category", "incident_type", "nature", "declarant", "tlp"):
+        setattr(case, name, getattr(closed, name))
+    case.fields = {"suite_de": closed.reference}
+    service.link(session, case, closed, type="dossier_lie", actor="passerelle", at=env.clock.now())
+    return case
+
+
+# --- duplicates --------------------------------------------------------------------------------
+
+
+def flag_duplicate(env: Env, session: Session, case: Case) -> dict[str, Any]:
+    """Link a new declaration to an open case of the same structure; context for the notification."""
+    window = timedelta(hours=env.settings.cases.duplicate_window_hours)
+    other = service.find_duplicate(session, case, window)
+    if other is None:
+        return {}
+    service.link(session, case, other, type="doublon_possible", actor="passerelle", at=env.clock.now())
+    return {"duplicate_of": other.reference}

@@ -1,0 +1,213 @@
+"""Small operations on cases, shared by staff commands, processing and the scheduler.
+
+Each function changes the case in the caller's transaction and appends what it did to the
+timeline (``append_event``) with the actor (a staff address or "passerelle"). Status changes go
+through ``lifecycle.check_transition``: an impossible change raises ``InvalidTransition`` and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.cases import lifecycle
+from mailgateway.cases.timeline import append_event
+from mailgateway.clock import aware
+from mailgateway.errors import MailgatewayError
+from mailgateway.store.models import Case, InboundMessage, OutboundMessage
+
+SEVERITIES = ("GRAVE", "SIGNIFICATIF", "SANS_SUITE", "NON_QUALIFIE")
+
+
+class CaseError(MailgatewayError):
+    """An operation refused on a case, with a French reason for the staff member's receipt."""
+
+
+def change_status(session: Session, case: Case, target: str, *, actor: str, at: datetime,
+                  reason: str | None = None) -> str:
+    """Move ``case`` to ``target``; return the previous status."""
+    previous = case.status
+    lifecycle.check_transition(case.kind, previous, target)
+    case.status = target
+    if target in lifecycle.CLOSED:
+        case.closed_at = at
+    elif previous in lifecycle.CLOSED:
+        case.closed_at = None
+    if target == "QUALIFIE" and case.qualified_at is None:
+        case.qualified_at = at
+    data: dict[str, object] = {"de": previous, "vers": target}
+    if reason:
+        data["motif"] = reason
+    append_event(session, case, type="statut", actor=actor, at=at, data=data)
+    return previous
+
+
+def assign(session: Session, case: Case, assignee: str, *, actor: str, at: datetime) -> None:
+    previous = case.assignee
+    case.assignee = assignee.lower()
+    append_event(session, case, type="assignation", actor=actor, at=at,
+                 data={"de": previous, "vers": case.assignee})
+
+
+def qualify(session: Session, case: Case, severity: str, *, actor: str, at: datetime) -> bool:
+    """Set the severity; move to QUALIFIE when the lifecycle allows it. Return whether it moved."""
+    if case.kind != "incident":
+        raise CaseError(f"{case.reference} n'est pas un incident : pas de qualification")
+    if severity not in SEVERITIES:
+        raise CaseError(f"gravité inconnue : {severity}")
+    previous = case.severity
+    case.severity = severity
+    case.qualified_at = case.qualified_at or at
+    append_event(session, case, type="qualification", actor=actor, at=at,
+                 data={"de": previous, "vers": severity})
+    if case.status != "QUALIFIE" and lifecycle.allowed(case.kind, case.status, "QUALIFIE"):
+        change_status(session, case, "QUALIFIE", actor=actor, at=at, reason=f"gravité {severity}")
+        return True
+    return False
+
+
+def close(session: Session, case: Case, *, actor: str, at: datetime, reason: str | None = None) -> None:
+    target = "CLOSE" if case.kind == "alert" else "CLOS"
+    change_status(session, case, target, actor=actor, at=at, reason=reason)
+
+
+def reopen_target(case: Case) -> str:
+    """Where a closed case goes back to: follow-up once qualified, else acknowledged."""
+    if case.kind == "alert":
+        return "A_DIFFUSER"
+    return "SUIVI" if case.severity != "NON_QUALIFIE" else "PRIS_EN_COMPTE"
+
+
+def reopen(session: Session, case: Case, *, actor: str, at: datetime, reason: str | None = None) -> str:
+    if lifecycle.is_open(case.status):
+        raise CaseError(f"{case.reference} n'est pas clos (statut {case.status})")
+    target = reopen_target(case)
+    change_status(session, case, target, actor=actor, at=at, reason=reason or "réouverture")
+    return target
+
+
+def add_note(session: Session, case: Case, text: str, *, actor: str, at: datetime) -> None:
+    append_event(session, case, type="note", actor=actor, at=at, data={"texte": text[:5000]})
+
+
+def resolve(session: Session, case: Case) -> Case:
+    """The case that stands for ``case``: follows #fusionner to the surviving case."""
+    seen = {case.id}
+    while case.merged_into_id is not None:
+        nxt = session.get(Case, case.merged_into_id)
+        if nxt is None or nxt.id in seen:
+            break
+        seen.add(nxt.id)
+        case = nxt
+    return case
+
+
+def by_reference(session: Session, reference: str) -> Case | None:
+    return session.scalar(select(Case).where(Case.reference == reference.strip().upper()))
+
+
+def merge(session: Session, duplicate: Case, target: Case, *, actor: str, at: datetime) -> None:
+    """Merge ``duplicate`` into ``target``: the duplicate is closed and points at the target."""
+    if duplicate.id == target.id:
+        raise CaseError("un dossier ne peut pas être fusionné avec lui-même")
+    if duplicate.region != target.region:
+        raise CaseError(f"{target.reference} appartient à une autre région")
+    if duplicate.merged_into_id is not None:
+        raise CaseError(f"{duplicate.reference} est déjà fusionné")
+    if resolve(session, target).id == duplicate.id:
+        raise CaseError(f"{target.reference} est déjà fusionné dans {duplicate.reference}")
+    if not lifecycle.is_open(target.status):
+        raise CaseError(f"{target.reference} est clos : rouvrez-le avant d'y fusionner un doublon")
+    duplicate.merged_into_id = target.id
+    append_event(session, duplicate, type="fusion", actor=actor, at=at,
+                 data={"fusionne_dans": target.reference})
+    append_event(session, target, type="fusion", actor=actor, at=at,
+                 data={"doublon_absorbe": duplicate.reference})
+    if lifecycle.is_open(duplicate.status):
+        close(session, duplicate, actor=actor, at=at, reason=f"doublon fusionné dans {target.reference}")
+
+
+def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | None:
+    """An open, unmerged case for the same FINESS in the same region, opened within ``window``."""
+    if not case.finess:
+        return None
+    since = aware(case.opened_at) - window
+    candidates = session.scalars(
+        select(Case).where(
+            Case.finess == case.finess, Case.region == case.region, Case.kind == case.kind,
+            Case.id != case.id, Case.merged_into_id.is_(None), Case.opened_at >= since,
+        ).order_by(Case.opened_at.desc(), Case.id.desc())
+    )
+    for other in candidates:
+        if lifecycle.is_open(other.status):
+            return other
+    return None
+
+
+def link(session: Session, case: Case, other: Case, *, type: str, actor: str, at: datetime) -> None:
+    """Link two cases both ways (possible duplicate, follow-up of a closed case)."""
+    case.linked_case_id = other.id
+    if other.linked_case_id is None:
+        other.linked_case_id = case.id
+    append_event(session, case, type=type, actor=actor, at=at, data={"dossier_lie": other.reference})
+    append_event(session, other, type=type, actor=actor, at=at, data={"dossier_lie": case.reference})
+
+
+def thread_ids(session: Session, case: Case, limit: int = 20) -> list[str]:
+    """Message-IDs of the case's messages, oldest first: References for a mail in its thread."""
+    ids: list[tuple[datetime, str]] = []
+    if case.origin_message_id:
+        ids.append((aware(case.opened_at), case.origin_message_id))
+    for at, mid in session.execute(
+        select(InboundMessage.received_at, InboundMessage.message_id)
+        .where(InboundMessage.case_id == case.id, InboundMessage.message_id.is_not(None))
+    ):
+        if mid:
+            ids.append((aware(at), mid))
+    for out_at, out_mid in session.execute(
+        select(OutboundMessage.created_at, OutboundMessage.message_id).where(OutboundMessage.case_id == case.id)
+    ):
+        ids.append((aware(out_at), out_mid))
+    ids.sort(key=lambda pair: pair[0])
+    seen: list[str] = []
+    for _at, mid in ids:
+        token = mid if mid.startswith("<") else f"<{mid}>"
+        if token not in seen:
+            seen.append(token)
+    return seen[-limit:]
+
+
+def last_message_from(session: Session, case: Case, addresses: Sequence[str]) -> str | None:
+    """Message-ID of the latest message of the case sent by one of ``addresses`` (to answer it)."""
+    wanted = {a.lower() for a in addresses if a}
+    rows = session.execute(
+        select(InboundMessage.message_id, InboundMessage.auth)
+        .where(InboundMessage.case_id == case.id, InboundMessage.message_id.is_not(None))
+        .order_by(InboundMessage.id.desc()).limit(200)
+    )
+    for mid, auth in rows:
+        if (auth or {}).get("address", "").lower() in wanted:
+            return str(mid)
+    return case.origin_message_id
+
+
+def open_cases(session: Session, region: str, limit: int = 200) -> list[Case]:
+    closed = list(lifecycle.CLOSED)
+    return list(session.scalars(
+        select(Case).where(Case.region == region, Case.status.not_in(closed), Case.merged_into_id.is_(None))
+        .order_by(Case.opened_at, Case.id).limit(limit)
+    ))
+
+
+def overdue_cases(session: Session, region: str, now: datetime, days: float, limit: int = 200) -> list[Case]:
+    """Open cases without any timeline activity for ``days`` (the scheduler has finer deadlines)."""
+    closed = list(lifecycle.CLOSED)
+    return list(session.scalars(
+        select(Case).where(Case.region == region, Case.status.not_in(closed), Case.merged_into_id.is_(None),
+                           Case.updated_at < now - timedelta(days=days))
+        .order_by(Case.updated_at, Case.id).limit(limit)
+    ))
