@@ -40,6 +40,16 @@ class Attachment:
 
 
 @dataclass(frozen=True)
+class InlineImage:
+    """A picture shown inside the HTML body (``<img src="cid:...">``), RFC 2387 multipart/related."""
+
+    cid: str  # Content-ID without angle brackets
+    data: bytes
+    subtype: str = "png"
+    filename: str = ""
+
+
+@dataclass(frozen=True)
 class Composed:
     raw: bytes
     message_id: str  # with angle brackets
@@ -62,6 +72,8 @@ class MailSpec:
     attachments: Sequence[Attachment] = ()
     tlp: str | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    # Pictures referenced by the HTML body as cid:...; ignored when the mail has no HTML part.
+    inline_images: Sequence[InlineImage] = ()
 
 
 def stable_message_id(idempotency_key: str, domain: str) -> str:
@@ -158,6 +170,13 @@ class Composer:
         msg.set_content(rendered.text, cte="quoted-printable")
         if rendered.html is not None:
             msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
+            html_part = msg.get_body(("html",))
+            for image in spec.inline_images:
+                assert html_part is not None  # just added above
+                # The HTML part becomes multipart/related (HTML + images); the text part stays
+                # the fallback alternative (RFC 2046 §5.1.4, RFC 2387, RFC 2392 cid: URLs).
+                html_part.add_related(image.data, maintype="image", subtype=image.subtype, cid=f"<{image.cid}>",
+                                      disposition="inline", filename=image.filename or f"{image.cid}.{image.subtype}")
         verbatim: dict[bytes, bytes] = {}
         if spec.attachments:
             msg.make_mixed()

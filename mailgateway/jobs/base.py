@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, text
+from sqlalchemy import CursorResult, Result, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -27,6 +27,11 @@ class JobOutcome:
     # True when another instance held the job's lock or the period was already done.
     skipped: bool = False
     mails: int = 0
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE/DELETE (``session.execute`` is typed as a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def lock_key(name: str) -> int:

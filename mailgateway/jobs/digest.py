@@ -1,0 +1,83 @@
+"""Daily digest to each region's staff: new, overdue and open cases, alerts awaiting approval,
+bulletins in flight, contacts bouncing. Once per day (``job_runs`` row for the date, inserted in
+the transaction that queues the mail)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailgateway.app import App
+from mailgateway.cases.lifecycle import CLOSED
+from mailgateway.dispatch.compose import MailSpec
+from mailgateway.jobs.base import JobOutcome, claim_period, french_date, french_datetime, paris, plural, try_job_lock
+from mailgateway.jobs.deadlines import overdue_cases
+from mailgateway.processing.handlers import from_identity, region_context
+from mailgateway.processing.mailer import staff_addresses
+from mailgateway.store.engine import transaction
+from mailgateway.store.models import Bulletin, Case, Contact, Establishment
+
+JOB = "digest"
+LIST_LIMIT = 50
+IN_FLIGHT = ("draft", "approved", "sending")
+
+
+def _row(case: Case, **extra: Any) -> dict[str, Any]:
+    return {"reference": case.reference, "title": case.title, "status": case.status, "severity": case.severity,
+            "kind": case.kind, "establishment": case.establishment, "assignee": case.assignee,
+            "opened_fr": french_datetime(case.opened_at), **extra}
+
+
+def digest_context(session: Session, app: App, region: str, now: datetime) -> dict[str, Any]:
+    """Everything the digest shows for ``region`` at ``now``."""
+    open_stmt = select(Case).where(Case.region == region, Case.status.not_in(CLOSED),
+                                   Case.merged_into_id.is_(None), Case.kind != "bulletin")
+    open_count = int(session.scalar(select(func.count()).select_from(open_stmt.subquery())) or 0)
+    open_cases = list(session.scalars(open_stmt.order_by(Case.opened_at).limit(LIST_LIMIT)))
+    new_cases = list(session.scalars(
+        select(Case).where(Case.region == region, Case.opened_at >= now - timedelta(days=1), Case.opened_at < now,
+                           Case.kind != "bulletin").order_by(Case.opened_at)))
+    overdue = [_row(o.case, due_fr=french_datetime(o.due_at), step=o.step + 1)
+               for o in overdue_cases(session, app.settings, now, region)]
+    alerts = list(session.scalars(select(Case).where(Case.region == region, Case.kind == "alert",
+                                                     Case.status == "A_DIFFUSER").order_by(Case.opened_at)))
+    bulletins = [{"id": b.id, "subject": b.subject, "status": b.status, "recipients": b.recipients,
+                  "created_fr": french_datetime(b.created_at)}
+                 for b in session.scalars(select(Bulletin).where(Bulletin.region == region,
+                                                                 Bulletin.status.in_(IN_FLIGHT)).order_by(Bulletin.id))]
+    bouncing = [{"address": c.address, "establishment": e.name, "finess": e.finess, "role": c.role}
+                for c, e in session.execute(
+                    select(Contact, Establishment).join(Establishment, Establishment.finess == Contact.finess)
+                    .where(Establishment.region == region, Contact.status == "bouncing")
+                    .order_by(Establishment.name).limit(LIST_LIMIT)).all()]
+    return {
+        "date_fr": french_date(now), "new_cases": [_row(c) for c in new_cases], "overdue": overdue,
+        "open_cases": [_row(c) for c in open_cases], "open_count": open_count,
+        "alerts": [_row(c) for c in alerts], "bulletins": bulletins, "bouncing": bouncing,
+        "limit": LIST_LIMIT,
+    }
+
+
+def period(now: datetime) -> str:
+    return paris(now).date().isoformat()
+
+
+def run(app: App, now: datetime) -> JobOutcome:
+    mails = 0
+    with transaction(app.factory) as session:
+        if not try_job_lock(session, JOB) or not claim_period(session, JOB, period(now), now):
+            return JobOutcome(JOB, skipped=True, summary="synthèse quotidienne déjà envoyée aujourd'hui")
+        for region in app.settings.regions:
+            context = {**region_context(app.env, region.code), **digest_context(session, app, region.code, now)}
+            from_address, from_name = from_identity(app.env, region.code)
+            for address in staff_addresses(app.settings, session, region.code):
+                spec = MailSpec(template="digest", context=context, to=address, from_address=from_address,
+                                from_name=from_name, auto_submitted="auto-generated",
+                                idempotency_key=f"digest:{period(now)}:{region.code}:{address}")
+                if app.mailer.send(session, spec, kind="synthese", priority=5) is not None:
+                    mails += 1
+    return JobOutcome(JOB, count=mails, mails=mails,
+                      summary=f"synthèse quotidienne : {plural(mails, 'message envoyé', 'messages envoyés')}")

@@ -1,0 +1,103 @@
+"""Housekeeping: outbox lease reclaim, bulletin follow-ups, the daily quarantine summary."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from mailgateway.app import App
+from mailgateway.dispatch.compose import MailSpec
+from mailgateway.jobs.base import (
+    JobOutcome,
+    claim_period,
+    french_datetime,
+    last_run,
+    paris,
+    plural,
+    rowcount,
+    try_job_lock,
+)
+from mailgateway.processing.handlers import from_identity, region_context
+from mailgateway.processing.mailer import staff_addresses
+from mailgateway.store.engine import transaction
+from mailgateway.store.models import InboundMessage, OutboundMessage
+
+log = logging.getLogger("mailgateway.jobs.housekeeping")
+JOB = "housekeeping"
+QUARANTINE_JOB = "quarantine_summary"
+BULLETINS_JOB = "bulletins"
+LIST_LIMIT = 100
+
+
+def run(app: App, now: datetime) -> JobOutcome:
+    """Requeue messages whose sender died holding them (``sending`` past ``lease_until``)."""
+    with transaction(app.factory) as session:
+        if not try_job_lock(session, JOB):
+            return JobOutcome(JOB, skipped=True, summary="maintenance : déjà en cours sur une autre instance")
+        reclaimed = rowcount(session.execute(
+            update(OutboundMessage).where(OutboundMessage.status == "sending", OutboundMessage.lease_until < now)
+            .values(status="queued", lease_until=None, lease_owner=None, next_attempt_at=now)))
+        due = int(session.scalar(select(func.count()).select_from(OutboundMessage).where(
+            OutboundMessage.status == "queued", OutboundMessage.next_attempt_at <= now)) or 0)
+    if reclaimed:
+        log.warning("reclaimed %d outbound message(s) from expired leases", reclaimed)
+    summary = (f"maintenance : {plural(reclaimed, 'message réclamé', 'messages réclamés')} (bail expiré), "
+               f"{plural(due, 'message')} à envoyer")
+    return JobOutcome(JOB, count=reclaimed, summary=summary, mails=due)
+
+
+def bulletins(app: App, now: datetime) -> JobOutcome:
+    """Bulletin follow-ups owned by dispatch (author's report, reminders to the silent), if present."""
+    try:
+        from mailgateway.dispatch import bulletin_jobs
+    except ImportError:
+        return JobOutcome(BULLETINS_JOB, summary="bulletins : rien à faire")
+    steps: list[Callable[..., int]] = [bulletin_jobs.send_due_reports, bulletin_jobs.send_due_reminders]
+    mails = 0
+    with transaction(app.factory) as session:
+        if not try_job_lock(session, BULLETINS_JOB):
+            return JobOutcome(BULLETINS_JOB, skipped=True, summary="bulletins : déjà en cours sur une autre instance")
+        for step in steps:
+            mails += step(app.env, session, now)
+    return JobOutcome(BULLETINS_JOB, count=mails, mails=mails,
+                      summary=f"bulletins : {plural(mails, 'message envoyé', 'messages envoyés')} (rapports, relances)")
+
+
+def quarantine_summary(app: App, now: datetime) -> JobOutcome:
+    """Once a day, tell each region's staff about messages quarantined since the last summary."""
+    mails = count = 0
+    with transaction(app.factory) as session:
+        if not try_job_lock(session, QUARANTINE_JOB):
+            return JobOutcome(QUARANTINE_JOB, skipped=True, summary="quarantaine : déjà en cours")
+        since = last_run(session, QUARANTINE_JOB) or now - timedelta(days=1)
+        if not claim_period(session, QUARANTINE_JOB, paris(now).date().isoformat(), now):
+            return JobOutcome(QUARANTINE_JOB, skipped=True, summary="quarantaine : résumé déjà fait aujourd'hui")
+        at = func.coalesce(InboundMessage.processed_at, InboundMessage.received_at)
+        rows = list(session.scalars(select(InboundMessage).where(
+            InboundMessage.status == "quarantined", at >= since, at < now).order_by(InboundMessage.id)))
+        count = len(rows)
+        for region in app.settings.regions:
+            # A message whose region is unknown is shown to every region.
+            mine = [r for r in rows if r.region in (region.code, None)]
+            if not mine:
+                continue
+            context: dict[str, Any] = {
+                **region_context(app.env, region.code), "since_fr": french_datetime(since),
+                "count": len(mine), "limit": LIST_LIMIT,
+                "messages": [{"id": r.id, "received_fr": french_datetime(r.received_at), "sender": r.mail_from or "",
+                              "source": r.source, "reason": (r.reason or "")[:300]} for r in mine[:LIST_LIMIT]],
+            }
+            from_address, from_name = from_identity(app.env, region.code)
+            for address in staff_addresses(app.settings, session, region.code):
+                spec = MailSpec(template="quarantaine", context=context, to=address, from_address=from_address,
+                                from_name=from_name, auto_submitted="auto-generated",
+                                idempotency_key=f"quarantaine:{paris(now).date().isoformat()}:{region.code}:{address}")
+                if app.mailer.send(session, spec, kind="resume_quarantaine", priority=5) is not None:
+                    mails += 1
+    return JobOutcome(QUARANTINE_JOB, count=count, mails=mails,
+                      summary=f"quarantaine : {plural(count, 'nouveau message', 'nouveaux messages')}, "
+                              f"{plural(mails, 'résumé envoyé', 'résumés envoyés')}")

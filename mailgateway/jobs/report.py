@@ -1,0 +1,77 @@
+"""Weekly report to each region's staff: declarations per week by type and severity, delays to
+acknowledge and qualify, bulletin coverage; charts inline in the HTML (multipart/related) with a
+text fallback, and the same figures as CSV (``mailgateway report weekly --out DIR``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from mailgateway.app import App
+from mailgateway.dispatch.compose import InlineImage, MailSpec
+from mailgateway.jobs.base import JobOutcome, claim_period, plural, try_job_lock
+from mailgateway.jobs.charts import Figure, figures
+from mailgateway.jobs.stats import WeeklyStats, compute, week_start
+from mailgateway.processing.handlers import from_identity, region_context
+from mailgateway.processing.mailer import staff_addresses
+from mailgateway.store.engine import reading, transaction
+
+JOB = "weekly_report"
+
+
+def period(now: datetime) -> str:
+    year, week, _ = week_start(now).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def report_context(stats: WeeklyStats, figs: list[Figure]) -> dict[str, object]:
+    last = stats.weeks[-1]
+    return {
+        "weeks": len(stats.weeks), "from_fr": stats.weeks[0].strftime("%d/%m/%Y"),
+        "to_fr": (last + timedelta(days=6)).strftime("%d/%m/%Y"), "week_label": stats.week_labels[-1],
+        "total": stats.total, "last_week": stats.declarations[-1],
+        "rows": [{"label": lab, "monday": d.strftime("%d/%m"), "count": n,
+                  "ack": stats.ack_median_hours[i], "qualify": stats.qualify_median_hours[i]}
+                 for i, (lab, d, n) in enumerate(zip(stats.week_labels, stats.weeks, stats.declarations, strict=True))],
+        "by_type": {k: sum(v) for k, v in stats.by_type.items()},
+        "by_severity": {k: sum(v) for k, v in stats.by_severity.items()},
+        "ack": stats.ack_overall, "qualify": stats.qualify_overall, "bulletins": stats.bulletins,
+        "figures": [{"cid": f"{f.name}@mailgateway", "title": f.title} for f in figs],
+    }
+
+
+def run(app: App, now: datetime) -> JobOutcome:
+    weeks = app.settings.scheduler.report_weeks
+    mails = 0
+    with transaction(app.factory) as session:
+        if not try_job_lock(session, JOB) or not claim_period(session, JOB, period(now), now):
+            return JobOutcome(JOB, skipped=True, summary="rapport hebdomadaire déjà envoyé cette semaine")
+        for region in app.settings.regions:
+            stats = compute(session, region.code, now, weeks)
+            figs = figures(stats)
+            context = {**region_context(app.env, region.code), **report_context(stats, figs)}
+            images = [InlineImage(f"{f.name}@mailgateway", f.png, filename=f"{f.name}.png") for f in figs]
+            from_address, from_name = from_identity(app.env, region.code)
+            for address in staff_addresses(app.settings, session, region.code):
+                spec = MailSpec(template="rapport_hebdo", context=context, to=address, from_address=from_address,
+                                from_name=from_name, auto_submitted="auto-generated", inline_images=images,
+                                idempotency_key=f"rapport_hebdo:{period(now)}:{region.code}:{address}")
+                if app.mailer.send(session, spec, kind="rapport_hebdo", priority=5) is not None:
+                    mails += 1
+    return JobOutcome(JOB, count=mails, mails=mails,
+                      summary=f"rapport hebdomadaire : {plural(mails, 'message envoyé', 'messages envoyés')}")
+
+
+def export(app: App, now: datetime, out_dir: Path, region: str | None = None) -> list[Path]:
+    """Write ``<REGION>_<figure>.csv`` and ``.png`` into ``out_dir``; return the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    codes = [region] if region else [r.code for r in app.settings.regions]
+    with reading(app.factory) as session:
+        for code in codes:
+            for fig in figures(compute(session, code, now, app.settings.scheduler.report_weeks)):
+                table, picture = out_dir / f"{code}_{fig.name}.csv", out_dir / f"{code}_{fig.name}.png"
+                table.write_text(fig.csv, encoding="utf-8")
+                picture.write_bytes(fig.png)
+                written += [table, picture]
+    return written

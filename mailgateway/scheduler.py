@@ -1,0 +1,339 @@
+"""When jobs run: the schedule table, ``scheduler run-due``, and APScheduler inside the daemon.
+
+``JOBS`` is the whole schedule: each job has an APScheduler trigger (Europe/Paris wall-clock time)
+and a rule saying whether it is due at an instant, which ``run-due --now`` uses (cron-less
+operation, tests). Interval jobs (deadlines, housekeeping, bulletin follow-ups) are always due;
+daily and weekly jobs are due from their hour for ``catch_up_hours`` and run once per period
+(``job_runs``).
+
+In the daemon, APScheduler 3 keeps the schedule in the gateway's database (``apscheduler_jobs``)
+so next run times survive restarts, and a run missed while stopped fires once at start
+(``coalesce``) within the catch-up grace. Several instances on PostgreSQL may share that table and
+fire the same job: each job run takes an advisory lock and is idempotent (``mailgateway.jobs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from mailgateway.clock import PARIS, Clock, FixedClock, SystemClock
+from mailgateway.errors import InputError
+from mailgateway.jobs.base import JobOutcome, paris
+from mailgateway.settings import SchedulerSettings, Settings
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from sqlalchemy import Engine
+
+    from mailgateway.app import App
+
+log = logging.getLogger("mailgateway.scheduler")
+JOBSTORE_TABLE = "apscheduler_jobs"
+WEEKDAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
+JobFn = Callable[["App", datetime], JobOutcome]
+
+
+def _deadlines(app: App, now: datetime) -> JobOutcome:
+    from mailgateway.jobs import deadlines
+
+    return deadlines.run(app, now)
+
+
+def _digest(app: App, now: datetime) -> JobOutcome:
+    from mailgateway.jobs import digest
+
+    return digest.run(app, now)
+
+
+def _weekly_report(app: App, now: datetime) -> JobOutcome:
+    from mailgateway.jobs import report
+
+    return report.run(app, now)
+
+
+def _retention(app: App, now: datetime) -> JobOutcome:
+    from mailgateway.jobs import retention
+
+    return retention.run(app, now)
+
+
+def _housekeeping(app: App, now: datetime) -> JobOutcome:
+    from mailgateway.jobs import housekeeping
+
+    return housekeeping.run(app, now)
+
+
+def _bulletins(app: App, now: datetime) -> JobOutcome:
+    from mailgateway.jobs import housekeeping
+
+    return housekeeping.bulletins(app, now)
+
+
+def _quarantine(app: App, now: datetime) -> JobOutcome:
+    from mailgateway.jobs import housekeeping
+
+    return housekeeping.quarantine_summary(app, now)
+
+
+def in_window(sc: SchedulerSettings, now: datetime, hour: int, weekday: int | None = None) -> bool:
+    """True when ``now`` is within ``catch_up_hours`` after ``hour`` (on ``weekday``), Paris time."""
+    local = paris(now)
+    for day in (local.date(), local.date() - timedelta(days=1)):  # a window may cross midnight
+        start = datetime.combine(day, time(hour), PARIS)
+        if (weekday is None or day.weekday() == weekday) and start <= local < start + timedelta(
+                hours=max(sc.catch_up_hours, 1 / 60)):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class JobDef:
+    name: str
+    label: str  # French, for `scheduler list`
+    run: JobFn
+    trigger: Callable[[SchedulerSettings], BaseTrigger]
+    due: Callable[[SchedulerSettings, datetime], bool]
+    describe: Callable[[SchedulerSettings], str]
+
+
+def _every(minutes: Callable[[SchedulerSettings], float]) -> Callable[[SchedulerSettings], BaseTrigger]:
+    return lambda sc: IntervalTrigger(minutes=minutes(sc), timezone=PARIS)
+
+
+JOBS: tuple[JobDef, ...] = (
+    JobDef("deadlines", "échéances et rappels", _deadlines, _every(lambda sc: sc.deadline_interval_minutes),
+           lambda sc, now: True, lambda sc: f"toutes les {sc.deadline_interval_minutes:g} min"),
+    JobDef("housekeeping", "maintenance de la file sortante", _housekeeping,
+           _every(lambda sc: sc.housekeeping_interval_minutes), lambda sc, now: True,
+           lambda sc: f"toutes les {sc.housekeeping_interval_minutes:g} min"),
+    JobDef("bulletins", "suivi des bulletins", _bulletins, _every(lambda sc: sc.housekeeping_interval_minutes),
+           lambda sc, now: True, lambda sc: f"toutes les {sc.housekeeping_interval_minutes:g} min"),
+    JobDef("digest", "synthèse quotidienne", _digest,
+           lambda sc: CronTrigger(hour=sc.digest_hour, minute=0, timezone=PARIS),
+           lambda sc, now: in_window(sc, now, sc.digest_hour), lambda sc: f"chaque jour à {sc.digest_hour} h"),
+    JobDef("quarantine_summary", "résumé de la quarantaine", _quarantine,
+           lambda sc: CronTrigger(hour=sc.quarantine_summary_hour, minute=5, timezone=PARIS),
+           lambda sc, now: in_window(sc, now, sc.quarantine_summary_hour),
+           lambda sc: f"chaque jour à {sc.quarantine_summary_hour} h 05"),
+    JobDef("weekly_report", "rapport hebdomadaire", _weekly_report,
+           lambda sc: CronTrigger(day_of_week=sc.weekly_report_weekday, hour=sc.weekly_report_hour, minute=10,
+                                  timezone=PARIS),
+           lambda sc, now: in_window(sc, now, sc.weekly_report_hour, sc.weekly_report_weekday),
+           lambda sc: f"chaque {WEEKDAYS[sc.weekly_report_weekday]} à {sc.weekly_report_hour} h 10"),
+    JobDef("retention", "rétention (RGPD)", _retention,
+           lambda sc: CronTrigger(hour=sc.retention_hour, minute=30, timezone=PARIS),
+           lambda sc, now: in_window(sc, now, sc.retention_hour),
+           lambda sc: f"chaque jour à {sc.retention_hour} h 30"),
+)
+BY_NAME = {job.name: job for job in JOBS}
+
+
+class JobRunner:
+    """Runs jobs against one App; ``on_run`` hears every outcome (metrics, waking the sender)."""
+
+    def __init__(self, app: App, on_run: Callable[[JobOutcome | None, str], None] | None = None) -> None:
+        self.app = app
+        self.on_run = on_run
+
+    def run(self, name: str, now: datetime | None = None) -> JobOutcome:
+        now = now or self.app.clock.now()
+        try:
+            outcome = BY_NAME[name].run(self.app, now)
+        except Exception:
+            if self.on_run is not None:
+                self.on_run(None, name)
+            raise
+        log.info("job %s: %s", name, outcome.summary)
+        if self.on_run is not None:
+            self.on_run(outcome, name)
+        return outcome
+
+    def run_due(self, now: datetime) -> list[JobOutcome]:
+        sc = self.app.settings.scheduler
+        return [self.run(job.name, now) for job in JOBS if job.due(sc, now)]
+
+
+# -- APScheduler -------------------------------------------------------------------------------
+
+_active: JobRunner | None = None
+_active_lock = threading.Lock()
+
+
+def fire(name: str) -> None:
+    """Entry point stored in the job store (by reference: the job store is shared by instances)."""
+    with _active_lock:
+        runner = _active
+    if runner is None:
+        log.warning("job %s fired but no scheduler runner is active", name)
+        return
+    try:
+        runner.run(name)
+    except Exception:
+        log.exception("job %s failed", name)
+
+
+def build_scheduler(engine: Engine, sc: SchedulerSettings) -> BackgroundScheduler:
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    return BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)},
+        executors={"default": ThreadPoolExecutor(2)},
+        job_defaults={"coalesce": True, "max_instances": 1,
+                      "misfire_grace_time": max(60, int(sc.catch_up_hours * 3600))},
+        timezone=PARIS,
+    )
+
+
+def sync_jobs(scheduler: BackgroundScheduler, sc: SchedulerSettings) -> list[str]:
+    """Add our jobs to the (started) scheduler; a stored job whose trigger is unchanged keeps its
+    next run time, so a restart neither skips nor repeats a run. Returns the jobs (re)written."""
+    changed = []
+    for job in JOBS:
+        trigger = job.trigger(sc)
+        stored = scheduler.get_job(job.name)
+        if stored is not None and str(stored.trigger) == str(trigger):
+            continue
+        scheduler.add_job(fire, trigger=trigger, args=[job.name], id=job.name, name=job.label,
+                          replace_existing=True)
+        changed.append(job.name)
+    return changed
+
+
+class SchedulerExtension:
+    """Daemon extension: APScheduler in a background thread for the daemon's lifetime."""
+
+    def __init__(self) -> None:
+        self.scheduler: BackgroundScheduler | None = None
+        self.runner: JobRunner | None = None
+
+    async def start(self, daemon: Any) -> None:
+        global _active
+        settings: Settings = daemon.settings
+        if not settings.scheduler.enabled:
+            log.info("scheduler disabled ([scheduler] enabled = false)")
+            return
+
+        def on_run(outcome: JobOutcome | None, name: str) -> None:
+            metrics = getattr(daemon, "metrics", None)
+            if metrics is not None and hasattr(metrics, "scheduler_run"):
+                metrics.scheduler_run(name, "error" if outcome is None else "skipped" if outcome.skipped else "ok")
+            wake = getattr(daemon, "_on_outbound", None)
+            if outcome is not None and outcome.mails and wake is not None:
+                wake()
+
+        self.runner = JobRunner(daemon.app, on_run)
+        with _active_lock:
+            _active = self.runner
+        self.scheduler = build_scheduler(daemon.app.engine, settings.scheduler)
+        await asyncio.to_thread(self._start, settings.scheduler)
+
+    def _start(self, sc: SchedulerSettings) -> None:
+        assert self.scheduler is not None
+        self.scheduler.start(paused=True)
+        sync_jobs(self.scheduler, sc)
+        self.scheduler.resume()
+        log.info("scheduler started: %s", ", ".join(job.name for job in JOBS))
+
+    async def stop(self, daemon: Any) -> None:
+        global _active
+        if self.scheduler is not None and self.scheduler.running:
+            await asyncio.to_thread(self.scheduler.shutdown, True)
+        with _active_lock:
+            if _active is self.runner:
+                _active = None
+
+    def reload(self, daemon: Any) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            changed = sync_jobs(self.scheduler, daemon.settings.scheduler)
+            if changed:
+                log.info("schedule changed for: %s", ", ".join(changed))
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def parse_now(value: str | None) -> datetime | None:
+    """ISO 8601; without an offset the time is Paris wall-clock time (what operators read)."""
+    if not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InputError(f"--now : date invalide {value!r} (attendu ISO 8601, ex. 2026-12-01T08:00:00+01:00)") from exc
+    return at.replace(tzinfo=PARIS) if at.tzinfo is None else at
+
+
+def _app(settings: Settings, now: datetime | None) -> App:
+    from mailgateway.app import build_app
+
+    clock: Clock = FixedClock(now) if now is not None else SystemClock()
+    return build_app(settings, clock=clock)
+
+
+def cli(args: argparse.Namespace, settings: Settings) -> int:
+    now = parse_now(getattr(args, "now", None))
+    app = _app(settings, now)
+    try:
+        at = now or app.clock.now()
+        if args.scheduler_cmd == "run-due":
+            outcomes = JobRunner(app).run_due(at)
+            for outcome in outcomes:
+                print(outcome.summary)
+            return 0
+        if args.scheduler_cmd == "list":
+            print(format_list(app, at))
+            return 0
+    finally:
+        app.close()
+    return 2
+
+
+def format_list(app: App, now: datetime) -> str:
+    from sqlalchemy import func, select
+
+    from mailgateway.store.engine import reading
+    from mailgateway.store.models import JobRun
+
+    sc = app.settings.scheduler
+    with reading(app.factory) as session:
+        last = dict(session.execute(select(JobRun.job, func.max(JobRun.ran_at)).group_by(JobRun.job)).all())
+    lines = [f"{'tâche':<20} {'quand':<28} {'prochain passage':<22} dernier passage"]
+    for job in JOBS:
+        following = job.trigger(sc).get_next_fire_time(None, paris(now))
+        nxt = following.astimezone(PARIS).strftime("%d/%m/%Y %H:%M") if following else "—"
+        ran = last.get(job.name)
+        ran_fr = paris(ran).strftime("%d/%m/%Y %H:%M") if ran else "—"
+        lines.append(f"{job.name:<20} {job.describe(sc):<28} {nxt:<22} {ran_fr}")
+    if not sc.enabled:
+        lines.append("(planificateur désactivé dans [scheduler] : seul « scheduler run-due » exécute les tâches)")
+    return "\n".join(lines)
+
+
+def report_cli(args: argparse.Namespace, settings: Settings) -> int:
+    """``report weekly --out DIR [--region R] [--now ISO]``: the weekly figures as CSV and PNG."""
+    from mailgateway.jobs import report
+
+    if args.region and settings.region(args.region) is None:
+        raise InputError(f"--region : région inconnue {args.region!r}")
+    now = parse_now(args.now)
+    app = _app(settings, now)
+    try:
+        files = report.export(app, now or app.clock.now(), Path(args.out), args.region)
+    finally:
+        app.close()
+    print(f"{len(files)} fichiers écrits dans {args.out}")
+    return 0
