@@ -281,6 +281,12 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     return scheduler.cli(args, settings)
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway import scheduler
+
+    return scheduler.report_cli(args, settings)
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway import status
 
@@ -395,7 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="scheduler_cmd", required=True)
     q = ssub.add_parser("run-due", parents=[common])
     q.add_argument("--now")
-    ssub.add_parser("list", parents=[common])
+    q = ssub.add_parser("list", parents=[common])
+    q.add_argument("--now")
+
+    p = add("report", cmd_report, "reports (weekly figures as CSV + PNG)")
+    rsub = p.add_subparsers(dest="report_cmd", required=True)
+    q = rsub.add_parser("weekly", parents=[common])
+    q.add_argument("--out", required=True, help="directory for the CSV and PNG files")
+    q.add_argument("--region")
+    q.add_argument("--now", help="ISO 8601 instant (default: now); Paris time without an offset")
 
     p = add("status", cmd_status, "health at a glance")
     p.add_argument("--json", action="store_true")

@@ -34,6 +34,7 @@ from mailgateway.intake.writer import AcceptWriter
 from mailgateway.logs import setup_logging
 from mailgateway.metrics import Metrics
 from mailgateway.processing.runner import Result
+from mailgateway.scheduler import SchedulerExtension
 from mailgateway.sdnotify import SdNotifier, watchdog_interval
 from mailgateway.settings import Settings, load_settings
 
@@ -55,6 +56,8 @@ class Daemon:
         self.metrics = Metrics(self.clock, mailbox_grace_seconds=grace)
         # Optional components with async start(daemon)/stop(daemon), reload(daemon), on_processed.
         self.extensions: list[Any] = [self.metrics]
+        # APScheduler: deadlines, digests, reports, retention, housekeeping ([scheduler].enabled).
+        self.extensions.append(SchedulerExtension())
 
     # -- wiring ------------------------------------------------------------------------------
     def on_accepted(self, _inbound_id: int, source: str = "smtp") -> None:
