@@ -29,6 +29,7 @@ receivers can recognise it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -379,25 +380,35 @@ class Sender:
 
 
 class _GroupCommit:
-    """Commit answers as they come: one commit at a time, each taking all that arrived meanwhile.
+    """Commit answers in small groups: when ``size`` are waiting or the oldest waited ``delay`` s.
 
-    This keeps the duplicate window (250 received, not yet committed) to about one commit's
-    duration without paying one fsync per message.
+    One commit at a time. This bounds the duplicate window (250 received, not yet committed) to
+    ``delay`` plus one commit, without paying a transaction and an fsync per message.
     """
 
-    def __init__(self, sender: Sender) -> None:
+    def __init__(self, sender: Sender, size: int = 100, delay: float = 0.05) -> None:
         self.sender = sender
+        self.size = size
+        self.delay = delay
         self.pending: list[_Outcome] = []
         self.result = FlushResult()
         self.task: asyncio.Task[None] | None = None
+        self.full = asyncio.Event()
+        self.closing = False
 
     def add(self, outcome: _Outcome) -> None:
         self.pending.append(outcome)
+        if len(self.pending) >= self.size:
+            self.full.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._commit_all())
 
     async def _commit_all(self) -> None:
         while self.pending:
+            if len(self.pending) < self.size and not self.closing:
+                self.full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.full.wait(), self.delay)
             chunk, self.pending = self.pending, []
             try:
                 done = await asyncio.to_thread(self.sender._record_with_retries, chunk)
@@ -409,6 +420,8 @@ class _GroupCommit:
             self.sender._count(chunk, done)
 
     async def close(self) -> FlushResult:
+        self.closing = True
+        self.full.set()
         while self.task is not None and not self.task.done():
             await self.task
         return self.result

@@ -69,15 +69,18 @@ class RelayPool:
         self.relay = relay
         # (connection, messages sent on it, time.monotonic() of its last use)
         self._idle: list[tuple[aiosmtplib.SMTP, int, float]] = []
+        self._tls_context: ssl.SSLContext | None = None
         self._password = (Path(relay.password_file).read_text().strip() if relay.password_file else None)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         assert self.relay.host is not None
-        context = ssl.create_default_context()
+        if self._tls_context is None and (self.relay.tls or self.relay.starttls):
+            self._tls_context = ssl.create_default_context()  # verified certificates (RFC 8314 §4.1)
         client = aiosmtplib.SMTP(
             hostname=self.relay.host, port=self.relay.port, timeout=self.relay.timeout_seconds,
             local_hostname=self.relay.local_hostname, use_tls=self.relay.tls,
-            start_tls=self.relay.starttls, tls_context=context if (self.relay.tls or self.relay.starttls) else None,
+            # False, not None: aiosmtplib's None means "opportunistic", a silent downgrade.
+            start_tls=self.relay.starttls, tls_context=self._tls_context,
         )
         try:
             await client.connect()
