@@ -109,6 +109,8 @@ def statut(ctx: Ctx, cmd: Command) -> str | None:
         return "synthèse du dossier envoyée"
     wanted = fold("_".join(cmd.args)).upper().replace("-", "_")
     wanted = _STATUS_ALIASES.get(wanted, wanted)
+    if wanted not in lifecycle.statuses_for(case.kind) and wanted.startswith("EN_"):
+        wanted = wanted.removeprefix("EN_")  # "#statut en suivi", "en accompagnement"
     if wanted not in lifecycle.statuses_for(case.kind):
         known = ", ".join(lifecycle.statuses_for(case.kind))
         raise CaseError(f"statut inconnu : {' '.join(cmd.args)} (statuts : {known})")

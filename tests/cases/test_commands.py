@@ -32,3 +32,145 @@ def test_assign_me_and_qualify_grave_apply_and_are_receipted(gw: Gateway) -> Non
     assert "[appliquée] #assigner moi" in text and "[appliquée] #qualifier grave" in text
     msg = casemail.parse(receipt.raw)
     assert f"[{ref}]" in msg["Subject"]
+
+
+def test_accents_case_and_synonyms_are_understood(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#Attribuer MOI\n#Qualifié Sans Suite\n#Statut en accompagnement\n")
+    case = gw.case(ref)
+    assert case.assignee == "agent@ars.test"
+    assert (case.severity, case.status) == ("SANS_SUITE", "ACCOMPAGNEMENT")
+
+
+def test_an_impossible_status_change_is_refused_with_its_reason(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#statut RESOLU\n#statut inexistant\n")
+    assert gw.case(ref).status == "PRIS_EN_COMPTE"
+    text = gw.receipt_text()
+    assert "[refusée]  #statut RESOLU — passage de PRIS_EN_COMPTE à RESOLU impossible" in text
+    assert "statut inconnu" in text
+    assert [e.type for e in gw.events(ref)].count("commande_refusee") == 2
+
+
+def test_unsigned_command_from_a_staff_address_changes_nothing_and_says_why(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#clore\n", signed=False)
+    assert gw.case(ref).status == "PRIS_EN_COMPTE"
+    text = gw.receipt_text()
+    assert "message non authentifié : commande ignorée" in text
+    assert "commande_refusee" in [e.type for e in gw.events(ref)]
+
+
+def test_a_command_signed_with_an_unpublished_key_is_refused(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#qualifier grave\n", key=casemail.forger_key())
+    assert gw.case(ref).severity == "NON_QUALIFIE"
+    assert "message non authentifié" in gw.receipt_text()
+
+
+def test_staff_of_another_region_cannot_command(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#assigner moi\n", sender="pdl@ars.test")
+    assert gw.case(ref).assignee is None
+    assert "ne fait pas partie des agents SSI de la région ARA" in gw.receipt_text("pdl@ars.test")
+
+
+def test_an_establishment_writing_a_command_line_is_just_replying(gw: Gateway) -> None:
+    ref = gw.declare()
+    ack = gw.last("accuse_reception", "dsi@chu.test")
+    gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Accusé",
+                             body="#clore\nC'est réglé de notre côté.\n", in_reply_to=ack.message_id))
+    assert gw.case(ref).status == "PRIS_EN_COMPTE"
+    assert not gw.outbound("recu_commandes")  # nobody to tell: not staff
+    assert "commande_ignoree" in [e.type for e in gw.events(ref)]
+    assert len(gw.outbound("notification_reponse")) == 2  # the region's two staff members
+
+
+def test_unknown_command_gets_a_receipt_listing_the_valid_ones(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#frobnicate\n")
+    text = gw.receipt_text()
+    assert "[refusée]  #frobnicate — commande inconnue" in text
+    assert "#assigner <adresse|moi>" in text and "#transmettre-acss" in text
+
+
+def test_note_is_appended_to_the_timeline(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#note Appelé le RSSI, sauvegardes intactes.\n")
+    note = next(e for e in gw.events(ref) if e.type == "note")
+    assert note.actor == "agent@ars.test" and note.data["texte"] == "Appelé le RSSI, sauvegardes intactes."
+
+
+def test_assigning_someone_outside_the_region_staff_is_refused(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#assigner pdl@ars.test\n#assigner referent@ars.test\n")
+    assert gw.case(ref).assignee == "referent@ars.test"
+    assert "pdl@ars.test ne fait pas partie des agents SSI de la région ARA" in gw.receipt_text()
+
+
+def test_transmission_to_acss_attaches_the_original_and_the_answer_threads_back(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#assigner moi\n#transmettre-acss Structure sensible.\n")
+    assert gw.case(ref).status == "EN_QUALIFICATION"
+    row = gw.last("transmission_acss", "acss@esante.test")
+    msg = casemail.parse(row.raw)
+    assert f"[{ref}]" in msg["Subject"] and msg["Reply-To"] == "ssi-ara@ars.test"
+    attached = [p for p in msg.iter_attachments() if p.get_content_type() == "message/rfc822"]
+    assert len(attached) == 1
+    assert casemail.declaration(1).replace(b"\r\n", b"\n").strip() in row.raw.replace(b"\r\n", b"\n")
+    assert "Structure sensible." in casemail.text_of(row.raw)
+    # The national cell answers in the thread: attached to the case, the assignee is told.
+    answer = casemail.message(sender="analyste@esante.test", to="ssi-ara@ars.test", subject="RE: transmission",
+                              body="Incident qualifié, nous contactons l'établissement.\n",
+                              in_reply_to=row.message_id)
+    result = gw.feed(answer)
+    assert (result.kind, result.case_ref) == ("reply", ref)
+    notified = gw.last("notification_reponse")
+    assert notified.recipient == "agent@ars.test"
+    assert "Réponse de l'ACSS" in casemail.parse(notified.raw)["Subject"]
+
+
+def test_tlp_red_case_is_never_sent_to_acss(gw: Gateway) -> None:
+    ref = gw.declare()
+    from sqlalchemy import select
+
+    from mailgateway.store.engine import transaction
+    from mailgateway.store.models import Case
+
+    with transaction(gw.app.factory) as s:
+        s.scalars(select(Case).where(Case.reference == ref)).one().tlp = "RED"
+    gw.command(ref, "#transmettre-acss\n")
+    assert not gw.outbound("transmission_acss")
+    assert gw.case(ref).status == "PRIS_EN_COMPTE"
+    assert "[refusée]  #transmettre-acss" in gw.receipt_text()
+    refused = [e for e in gw.events(ref) if e.type == "envoi_refuse"]
+    assert refused and "TLP:RED" in refused[0].data["motif"]
+
+
+@pytest.mark.parametrize(("command", "kind", "subject_word"), [
+    ("#demander-info Combien de postes sont touchés ?", "demande_info", "Demande d'informations"),
+    ("#repondre Merci, nous suivons le dossier.", "reponse", "Réponse"),
+])
+def test_mail_to_the_declarant_is_threaded_and_tagged(gw: Gateway, command: str, kind: str,
+                                                      subject_word: str) -> None:
+    ref = gw.declare()
+    gw.command(ref, command + "\n")
+    row = gw.last(kind, "dsi@chu.test")
+    msg = casemail.parse(row.raw)
+    assert msg["Subject"].startswith(f"[{ref}]") and subject_word in msg["Subject"]
+    assert msg["In-Reply-To"] == "<decl-1@chu.test>"
+    ack = gw.last("accuse_reception", "dsi@chu.test")
+    assert "<decl-1@chu.test>" in msg["References"] and ack.message_id in msg["References"]
+    assert command.split(" ", 1)[1] in casemail.text_of(row.raw)
+    # The establishment's answer comes back to the case and to the staff.
+    result = gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: {msg['Subject']}",
+                                      body="Douze postes.\n", in_reply_to=row.message_id))
+    assert (result.kind, result.case_ref) == ("reply", ref)
+    assert gw.outbound("notification_reponse")
+
+
+def test_a_command_mail_without_text_is_refused(gw: Gateway) -> None:
+    ref = gw.declare()
+    gw.command(ref, "#demander-info\n")
+    assert not gw.outbound("demande_info")
+    assert "texte manquant" in gw.receipt_text()
