@@ -313,7 +313,10 @@ def format_list(app: App, now: datetime) -> str:
         last = dict(session.execute(select(JobRun.job, func.max(JobRun.ran_at)).group_by(JobRun.job)).all())
     lines = [f"{'tâche':<20} {'quand':<28} {'prochain passage':<22} dernier passage"]
     for job in JOBS:
-        following = job.trigger(sc).get_next_fire_time(None, paris(now))
+        trigger = job.trigger(sc)
+        # An interval trigger counts from when it was created: from now, for this listing.
+        following = (paris(now) + trigger.interval if isinstance(trigger, IntervalTrigger)
+                     else trigger.get_next_fire_time(None, paris(now)))
         nxt = following.astimezone(PARIS).strftime("%d/%m/%Y %H:%M") if following else "—"
         ran = last.get(job.name)
         ran_fr = paris(ran).strftime("%d/%m/%Y %H:%M") if ran else "—"

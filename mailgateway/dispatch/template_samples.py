@@ -48,3 +48,8 @@ EXTRA.update({
                                      "actor": "dsi@chu-exemple.fr"}]},
     "reponse_recue": {"reply_from": "dsi@chu-exemple.fr", "from_acss": False, "reopened": True, "linked_from": None},
 })
+
+# Scheduled mail (mailgateway/jobs): reminders, daily digest, weekly report, quarantine summary.
+from mailgateway.jobs.samples import SAMPLES as _JOB_SAMPLES  # noqa: E402
+
+EXTRA.update(_JOB_SAMPLES)

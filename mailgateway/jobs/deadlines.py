@@ -35,7 +35,7 @@ from mailgateway.jobs.base import (
 from mailgateway.jobs.business import Calendar
 from mailgateway.processing.handlers import Env, case_context, from_identity, region_context
 from mailgateway.processing.mailer import staff_addresses
-from mailgateway.settings import DeadlineSettings, Settings
+from mailgateway.settings import DeadlineSettings, Settings, _default_deadlines
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent, Reminder
 
@@ -59,7 +59,10 @@ class Overdue:
 
 
 def active_rules(settings: Settings) -> dict[str, DeadlineSettings]:
-    return {status: rule for status, rule in settings.scheduler.deadlines.items() if rule.hours > 0}
+    """Configured deadlines over the defaults: a [scheduler.deadlines] entry replaces its status's
+    default only; ``hours = 0`` disables one."""
+    rules = {**_default_deadlines(), **settings.scheduler.deadlines}
+    return {status: rule for status, rule in rules.items() if rule.hours > 0}
 
 
 def _fallback_entered(case: Case) -> datetime:

@@ -108,3 +108,16 @@ def test_a_deadline_over_christmas_counts_business_time_only(sqlite_url: str) ->
         assert ref in mail and "ouvr=C3=A9es" in mail  # "ouvrées", quoted-printable
     finally:
         gw.app.close()
+
+
+def test_a_configured_deadline_replaces_only_its_own_default(sqlite_url: str) -> None:
+    gw = make_gateway(sqlite_url, deadlines={"RECU": {"hours": 2.0, "max_steps": 1}, "A_DIFFUSER": {"hours": 0}})
+    try:
+        rules = deadlines.active_rules(gw.app.settings)
+        assert rules["RECU"].hours == 2.0 and rules["QUALIFIE"].hours == 168.0 and "A_DIFFUSER" not in rules
+        gw.declare(sender="no-reply@portail.test")
+        assert deadlines.run(gw.app, NOW + timedelta(hours=1, minutes=59)).count == 0
+        assert deadlines.run(gw.app, NOW + timedelta(hours=2)).count == 1
+        assert deadlines.run(gw.app, NOW + timedelta(days=3)).count == 0  # max_steps = 1: no escalation
+    finally:
+        gw.app.close()

@@ -105,8 +105,8 @@ async def test_the_daemon_extension_fires_jobs_in_the_background(sqlite_url: str
     gw.declare(sender="no-reply@portail.test")
     gw.clock.at = NOW + timedelta(hours=1)
     runs: list[tuple[str, str]] = []
-    daemon: Any = SimpleNamespace(settings=gw.app.settings, app=gw.app,
-                                  metrics=SimpleNamespace(scheduler_run=lambda job, outcome: runs.append((job, outcome))))
+    metrics = SimpleNamespace(scheduler_run=lambda job, outcome: runs.append((job, outcome)))
+    daemon: Any = SimpleNamespace(settings=gw.app.settings, app=gw.app, metrics=metrics)
     ext = scheduler.SchedulerExtension()
     await ext.start(daemon)
     try:
