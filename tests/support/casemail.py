@@ -74,7 +74,9 @@ def declaration(n: int = 1, *, finess: str = "690781810", sender: str = "dsi@chu
 
 
 def parse(raw: bytes) -> EmailMessage:
-    return email.message_from_bytes(raw, policy=policy.default)  # type: ignore[return-value]
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
 
 
 def text_of(raw: bytes) -> str:
