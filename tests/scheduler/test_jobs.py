@@ -169,3 +169,9 @@ def test_the_quarantine_summary_is_sent_only_when_something_was_quarantined(gw: 
     assert gw.count(JobRun, JobRun.job == "quarantine_summary") == 3
     text = text_of(parse(gw.outbound("resume_quarantaine")[0].raw))
     assert "1 message a été mis en quarantaine" in text
+
+
+def test_the_bulletins_job_runs_the_bulletin_follow_ups(gw: Gateway) -> None:
+    outcome = housekeeping.bulletins(gw.app, NOW)
+    assert not outcome.skipped and outcome.mails == 0
+    assert outcome.summary == "bulletins : 0 message envoyé (rapports, relances)"
