@@ -38,9 +38,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock, aware
 from mailgateway.dispatch.throttle import Throttle
@@ -254,46 +254,65 @@ class Sender:
 
     # -- recording ---------------------------------------------------------------------------
     def _record(self, outcomes: list[_Outcome]) -> FlushResult:
+        """Write the answers of one group in one transaction (Core executemany: this runs at the
+        fan-out's rate, where ORM unit-of-work bookkeeping per row was the main cost)."""
         result = FlushResult()
         now = self.clock.now()
+        m = OutboundMessage
         with transaction(self.factory) as session:
-            rows = {r.id: r for r in session.scalars(
-                select(OutboundMessage).options(defer(OutboundMessage.raw))
-                .where(OutboundMessage.id.in_([o.item.id for o in outcomes])))}
+            current = {r[0]: r[1] for r in session.execute(
+                select(m.id, m.attempts).where(m.id.in_([o.item.id for o in outcomes]),
+                                               m.status == "sending", m.lease_owner == self.owner))}
+            put_back: list[dict[str, object]] = []
+            attempted: list[dict[str, object]] = []
+            attempts: list[dict[str, object]] = []
+            final: list[tuple[int, str]] = []
             for out in outcomes:
-                row = rows.get(out.item.id)
-                if row is None or row.status != "sending" or row.lease_owner != self.owner:
+                oid = out.item.id
+                if oid not in current:
                     # Reclaimed after our lease expired, or requeued by an operator.
-                    log.warning("outbound %s: lease lost before its result (%s) was recorded", out.item.id, out.status)
+                    log.warning("outbound %s: lease lost before its result (%s) was recorded", oid, out.status)
                     continue
-                row.lease_until = None
                 if out.status == "throttled":
-                    row.status = "queued"
-                    row.next_attempt_at = now + timedelta(seconds=out.retry_in)
+                    put_back.append({"oid": oid, "due": now + timedelta(seconds=out.retry_in)})
                     result.throttled += 1
                     continue
-                row.attempts += 1
+                count = current[oid] + 1
                 # The reply as the relay wrote it (RFC 5321 §4.2: code, then text) for operators.
                 reply = out.answer if out.code is None or out.answer.startswith(str(out.code)) \
                     else f"{out.code} {out.answer}"
-                row.last_answer = reply[:2000]
-                session.add(DeliveryAttempt(outbound_id=row.id, at=now, outcome=out.status, code=out.code,
-                                            answer=out.answer[:2000]))
+                due, sent_at = now, None
                 if out.status == "sent":
-                    row.status = "sent"
-                    row.sent_at = now
+                    status, sent_at = "sent", now
                     result.sent += 1
                 elif out.status == "temporary" and now < out.item.deadline_at:
-                    row.status = "queued"
-                    row.next_attempt_at = now + timedelta(seconds=backoff_seconds(self.settings, row.attempts))
+                    status, due = "queued", now + timedelta(seconds=backoff_seconds(self.settings, count))
                     result.deferred += 1
+                elif out.status == "temporary":
+                    status = "expired"
+                    result.expired += 1
                 else:
-                    row.status = "expired" if out.status == "temporary" else "failed"
-                    if row.status == "expired":
-                        result.expired += 1
-                    else:
-                        result.failed += 1
-                    self._report_permanent(session, row, out.answer)
+                    status = "failed"
+                    result.failed += 1
+                if status in ("expired", "failed"):
+                    final.append((oid, out.answer))
+                attempted.append({"oid": oid, "st": status, "n": count, "ans": reply[:2000], "due": due,
+                                  "sent": sent_at})
+                attempts.append({"outbound_id": oid, "at": now, "outcome": out.status, "code": out.code,
+                                 "answer": out.answer[:2000]})
+            conn = session.connection()  # Core executemany, not the ORM's bulk-by-primary-key mode
+            if put_back:
+                conn.execute(update(m).where(m.id == bindparam("oid")).values(
+                    status="queued", lease_until=None, next_attempt_at=bindparam("due")), put_back)
+            if attempted:
+                conn.execute(update(m).where(m.id == bindparam("oid")).values(
+                    status=bindparam("st"), lease_until=None, attempts=bindparam("n"), last_answer=bindparam("ans"),
+                    next_attempt_at=bindparam("due"), sent_at=bindparam("sent")), attempted)
+                conn.execute(insert(DeliveryAttempt), attempts)
+            for oid, answer in final:
+                row = session.get(OutboundMessage, oid)
+                if row is not None:
+                    self._report_permanent(session, row, answer)
         return result
 
     def _report_permanent(self, session: Session, row: OutboundMessage, answer: str) -> None:
