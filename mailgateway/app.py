@@ -76,16 +76,10 @@ def build_app(
 
 
 def _register_capabilities(env: Env) -> None:
-    """Optional capabilities plug their handlers into ``env.extra`` (commands, bulletins, bounces)."""
-    try:
-        from mailgateway.cases import commands
-    except ImportError:
-        pass
-    else:
-        commands.register(env)
-    try:
-        from mailgateway.dispatch import bulletins
-    except ImportError:
-        pass
-    else:
-        bulletins.register(env)
+    """Capabilities plug their handlers into ``env.extra``: staff commands and replies, then
+    bulletins (acknowledgements, bounces). The order matters: bulletins see replies first."""
+    from mailgateway.cases import commands
+    from mailgateway.dispatch import bulletins
+
+    commands.register(env)
+    bulletins.register(env)
