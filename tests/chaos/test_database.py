@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 
 from mailgateway.clock import SystemClock
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
@@ -23,7 +23,7 @@ from mailgateway.store.engine import make_engine, make_sessionmaker, reading, up
 from mailgateway.store.models import InboundMessage
 from tests.support.chaos import ChaosConfig, Delivery, case_origins, db_tally, mta_send, numbered_declaration
 from tests.support.gateway import RunningGateway
-from tests.support.servers import SmtpSink
+from tests.support.servers import PostgresCluster, SmtpSink
 
 
 def wait_processed(config: ChaosConfig, count: int, timeout: float = 40) -> None:
@@ -143,3 +143,47 @@ def test_daemon_out_of_disk_answers_451_then_accepts_after_space_returns(tmp_pat
         assert mta_send(config.smtp_port, big, declarant, give_up_at=time.monotonic() + 10).accepted
         wait_processed(config, 1)
         assert db_tally(config.db_path).by_message_id.get(mid, [("?", None)])[0][0] in ("processed", "quarantined")
+
+
+def test_postgresql_restart_under_intake_loses_nothing(tmp_path: Path, smtp_sink: SmtpSink,
+                                                        pg_cluster: PostgresCluster, pg_url: str) -> None:
+    config = ChaosConfig(tmp_path / "gw", relay_port=smtp_sink.port)
+    config.database_url = pg_url
+    config.write()
+    engine = create_engine(pg_url)
+
+    def unprocessed_and_cases() -> tuple[int, int, int]:
+        with engine.connect() as conn:
+            total = conn.execute(text("SELECT count(*) FROM inbound_messages")).scalar_one()
+            waiting = conn.execute(text("SELECT count(*) FROM inbound_messages WHERE status = 'received'")).scalar_one()
+            cases = conn.execute(text("SELECT count(*) FROM cases")).scalar_one()
+        return int(total), int(waiting), int(cases)
+
+    try:
+        with RunningGateway(config):
+            results: dict[int, Delivery] = {}
+            give_up_at = time.monotonic() + 40
+
+            def client(k: int) -> None:
+                for n in range(k, 40, 4):
+                    raw, _mid, declarant = numbered_declaration(n, tag="pg")
+                    results[n] = mta_send(config.smtp_port, raw, declarant, give_up_at=give_up_at, pause=0.2)
+                    time.sleep(0.1)
+
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            pg_cluster.stop()  # fast shutdown: open connections are cut
+            time.sleep(2)
+            pg_cluster.start()
+            for t in threads:
+                t.join()
+            assert all(d.accepted for d in results.values()) and len(results) == 40
+            assert any(d.attempts > 1 for d in results.values()), "the outage was not felt by any client"
+            deadline = time.monotonic() + 40
+            while unprocessed_and_cases() != (40, 0, 40):
+                assert time.monotonic() < deadline, unprocessed_and_cases()
+                time.sleep(0.2)
+    finally:
+        engine.dispose()

@@ -37,10 +37,13 @@ class ChaosConfig(GatewayConfig):
 
     lease_seconds: float = 4.0
     relay_timeout_seconds: float = 2.0
+    database_url: str | None = None  # None: the SQLite file ``db_path``
 
     def write(self) -> Path:
         path = super().write()
         text = path.read_text(encoding="utf-8")
+        if self.database_url is not None:
+            text = text.replace(f'url = "sqlite:///{self.db_path}"', f'url = "{self.database_url}"', 1)
         text = text.replace('server_hostname = "gateway.test"\n',
                             'server_hostname = "gateway.test"\nrate_limit_per_minute = 0\n', 1)
         text = text.replace("retry_max_seconds = 2.0\n",
