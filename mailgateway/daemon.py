@@ -27,6 +27,7 @@ from typing import Any
 
 from mailgateway.app import App, build_app
 from mailgateway.clock import Clock, SystemClock
+from mailgateway.dispatch.bulletins import fan_out_approved, resume_interrupted_fan_outs
 from mailgateway.dispatch.render import Renderer
 from mailgateway.errors import ConfigError
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
@@ -95,6 +96,24 @@ class Daemon:
         finally:
             executor.shutdown(wait=True)
 
+    async def _fanout_loop(self) -> None:
+        """Queue large approved bulletins chunk by chunk (committed), beside processing."""
+        assert self.app is not None
+        app = self.app
+        # A fan-out interrupted by a stop or a crash resumes where it stopped (it skips the
+        # establishments already queued; outbox idempotency keys make any overlap a no-op).
+        await asyncio.to_thread(resume_interrupted_fan_outs, app.factory)
+        while not self.stop_event.is_set():
+            try:
+                if await asyncio.to_thread(fan_out_approved, app.env, app.factory):
+                    self._on_outbound()
+            except Exception:
+                log.exception("bulletin fan-out failed; retrying")
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), timeout=2.0)
+            except TimeoutError:
+                pass
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -112,6 +131,7 @@ class Daemon:
         self.tasks = [
             asyncio.create_task(self._processing_loop(), name="processing"),
             asyncio.create_task(self.sender.run(self.stop_event), name="sender"),
+            asyncio.create_task(self._fanout_loop(), name="fanout"),
         ]
         self.smtp_server: asyncio.AbstractServer | None = None
         if self.settings.intake.smtp is not None:

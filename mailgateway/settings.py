@@ -208,6 +208,9 @@ class BulletinSettings:
     preview_sample: int = 10
     # A "#diffuser" must be confirmed with "#confirmer <jeton>" within this delay.
     confirmation_hours: float = 24.0
+    # Approvals by mail up to this many recipients are queued in the approving transaction; larger
+    # ones are queued by the daemon in committed chunks, so intake never waits on a fan-out.
+    inline_fanout_limit: int = 500
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
             bulletin = create_bulletin(session, settings, region=region, target=target, subject=args.subject,
                                        body=body, tlp=tlp, author="cli", now=now)
             _approve(bulletin, "cli", now)
+            bulletin.status = "sending"  # this process fans it out; the daemon must not claim it
             session.commit()
             queued = fan_out(app.env, session, bulletin, checkpoint=lambda s: s.commit())
             session.commit()

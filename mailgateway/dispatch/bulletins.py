@@ -28,14 +28,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.cases import lifecycle
 from mailgateway.cases.timeline import append_event
-from mailgateway.directory import RecipientRow, Target, parse_target, select_recipients
+from mailgateway.directory import RecipientRow, Target, count_recipients, parse_target, select_recipients
 from mailgateway.directory.categories import normalise_category
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.errors import InputError
@@ -217,13 +217,54 @@ def _approve(bulletin: Bulletin, approver: str, now: datetime) -> None:
     bulletin.status = "approved"
 
 
+def _fan_out_or_defer(env: Env, session: Session, bulletin: Bulletin) -> int:
+    """Queue a small audience now, in the caller's transaction; leave a large one ``approved`` for
+    ``fan_out_approved`` (the daemon), which commits chunk by chunk: a 40,000-recipient approval
+    by mail must not hold the database's write lock for minutes. Returns the recipients planned."""
+    planned = count_recipients(session, bulletin.region, parse_target(bulletin.target))
+    if planned <= env.settings.bulletins.inline_fanout_limit:
+        return fan_out(env, session, bulletin)
+    bulletin.recipients = planned
+    return planned
+
+
+def fan_out_approved(env: Env, factory: sessionmaker[Session]) -> int:
+    """Queue every approved bulletin, committing every CHUNK recipients (daemon). Returns the
+    recipients of the bulletins processed (0: nothing was waiting)."""
+    total = 0
+    with factory() as session:
+        pending = list(session.scalars(select(Bulletin.id).where(Bulletin.status == "approved")))
+    for bulletin_id in pending:
+        with factory() as session:
+            # Claim: approved -> sending, once, so two workers never fan out the same bulletin.
+            result = session.execute(update(Bulletin).where(Bulletin.id == bulletin_id, Bulletin.status == "approved")
+                                     .values(status="sending"))
+            claimed = cast(CursorResult[Any], result).rowcount
+            session.commit()
+            if not claimed:
+                continue
+            bulletin = session.get(Bulletin, bulletin_id)
+            assert bulletin is not None
+            total += fan_out(env, session, bulletin, checkpoint=lambda s: s.commit())
+            session.commit()
+    return total
+
+
+def resume_interrupted_fan_outs(factory: sessionmaker[Session]) -> int:
+    """At daemon start: bulletins left ``sending`` by a stopped fan-out go back to ``approved``."""
+    with factory() as session:
+        result = session.execute(update(Bulletin).where(Bulletin.status == "sending").values(status="approved"))
+        session.commit()
+        return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
 def approve_bulletin(env: Env, session: Session, bulletin_id: int, approver: str) -> int:
-    """Approve a draft and queue it in the caller's transaction; return the recipients queued."""
+    """Approve a draft and queue it (now or by the daemon); return the recipients planned."""
     bulletin = session.get(Bulletin, bulletin_id)
     if bulletin is None:
         raise BulletinError(f"bulletin inconnu : {bulletin_id}")
     _approve(bulletin, approver, env.clock.now())
-    return fan_out(env, session, bulletin)
+    return _fan_out_or_defer(env, session, bulletin)
 
 
 def cancel_bulletin(env: Env, session: Session, bulletin_id: int, actor: str) -> int:
@@ -286,7 +327,7 @@ def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bullet
         tlp=alert.get("tlp") or case.tlp or "CLEAR", author=approver, now=now, case_id=case.id,
     )
     _approve(bulletin, approver, now)
-    count = fan_out(env, session, bulletin)
+    count = _fan_out_or_defer(env, session, bulletin)
     previous = case.status
     case.status = "DIFFUSEE"
     case.updated_at = now

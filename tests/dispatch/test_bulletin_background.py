@@ -1,0 +1,72 @@
+"""Large approvals are queued by the daemon in committed chunks, never in the approving transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+from mailgateway.app import App, build_app
+from mailgateway.clock import FixedClock
+from mailgateway.directory import parse_target
+from mailgateway.dispatch.bulletins import (
+    approve_bulletin,
+    create_bulletin,
+    fan_out_approved,
+    resume_interrupted_fan_outs,
+)
+from mailgateway.store.engine import transaction
+from mailgateway.store.models import Bulletin, OutboundMessage
+from tests.support.bulletins import bulletin_settings, fill_directory
+
+NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def app(sqlite_url: str) -> Iterator[App]:
+    application = build_app(bulletin_settings(sqlite_url, bulletins={"inline_fanout_limit": 5}), clock=FixedClock(NOW))
+    with transaction(application.factory) as s:
+        fill_directory(s, NOW, 12)
+    yield application
+    application.close()
+
+
+def _draft(app: App) -> int:
+    with transaction(app.factory) as s:
+        bulletin = create_bulletin(s, app.settings, region="ARA", target=parse_target("category=LBM"),
+                                   subject="Hameçonnage", body="Texte", tlp="CLEAR", author="agent@ars.test", now=NOW)
+        s.flush()
+        return bulletin.id
+
+
+def _queued(app: App) -> int:
+    with app.factory() as s:
+        return int(s.scalar(select(func.count()).select_from(OutboundMessage)) or 0)
+
+
+def test_a_large_approval_is_left_to_the_daemon_then_queued_once(app: App) -> None:
+    bulletin_id = _draft(app)
+    with transaction(app.factory) as s:
+        planned = approve_bulletin(app.env, s, bulletin_id, "agent@ars.test")
+    assert planned == 12 and _queued(app) == 0  # nothing in the approving transaction
+    assert fan_out_approved(app.env, app.factory) == 12
+    assert fan_out_approved(app.env, app.factory) == 0
+    assert _queued(app) == 12
+    with app.factory() as s:
+        assert s.get(Bulletin, bulletin_id).status == "sent"  # type: ignore[union-attr]
+
+
+def test_an_interrupted_fan_out_resumes_without_duplicates(app: App) -> None:
+    bulletin_id = _draft(app)
+    with transaction(app.factory) as s:
+        approve_bulletin(app.env, s, bulletin_id, "agent@ars.test")
+    fan_out_approved(app.env, app.factory)
+    with transaction(app.factory) as s:  # as if the daemon had stopped mid-way
+        s.get(Bulletin, bulletin_id).status = "sending"  # type: ignore[union-attr]
+    assert resume_interrupted_fan_outs(app.factory) == 1
+    fan_out_approved(app.env, app.factory)
+    assert _queued(app) == 12
+    with app.factory() as s:
+        assert s.get(Bulletin, bulletin_id).status == "sent"  # type: ignore[union-attr]
