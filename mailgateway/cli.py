@@ -250,11 +250,19 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
             print(f"message {args.id} remis en file")
             return 0
         if args.outbox_cmd == "flush":
+            from mailgateway.app import build_app
             from mailgateway.dispatch.sender import Sender
 
-            sender = Sender(settings, factory, clock, "cli-flush")
-            result = asyncio.run(sender.flush(include_backoff=args.all))
-            print(result.summary() if hasattr(result, "summary") else str(result))
+            # The daemon's bounce handling (fallback contact, staff task) applies here too.
+            app = build_app(settings, migrate=False)
+            hook = app.env.extra.get("permanent_failure")
+            sender = (Sender(settings, factory, clock, "cli-flush", on_permanent_failure=hook) if hook
+                      else Sender(settings, factory, clock, "cli-flush"))
+            try:
+                result = asyncio.run(sender.flush(include_backoff=args.all))
+            finally:
+                app.close()
+            print(result.summary())
             return 0
     finally:
         engine.dispose()
