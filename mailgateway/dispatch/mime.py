@@ -17,7 +17,6 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email import quoprimime
-from email.header import Header
 from email.utils import formataddr
 
 from mailgateway.errors import PolicyRefusal
@@ -62,8 +61,25 @@ def header(name: str, value: str) -> bytes:
     value = one_line(value)
     if value.isascii() and "=?" not in value:
         return _fold_ascii(name, value)
-    encoded = Header(value, "utf-8", header_name=name, maxlinelen=76).encode(linesep="\r\n")
-    return f"{name}: {encoded}".encode("ascii") + CRLF
+    # The first word shares its line with the field name; the others start folded lines.
+    first = max(3, (78 - len(name) - 2 - 12) // 4 * 3)
+    return f"{name}: ".encode("ascii") + b"\r\n ".join(encoded_words(value, first)) + CRLF
+
+
+def encoded_words(text: str, first_max: int = 45, max_bytes: int = 45) -> list[bytes]:
+    """RFC 2047 "B" encoded words of at most 45 UTF-8 bytes (60 base64 characters, 72 with the
+    delimiters: each fits a folded line), never splitting a character across two words (§5)."""
+    words: list[bytes] = []
+    chunk = bytearray()
+    for char in text:
+        data = char.encode("utf-8")
+        if len(chunk) + len(data) > (max_bytes if words else first_max):
+            words.append(b"=?utf-8?b?" + base64.b64encode(bytes(chunk)) + b"?=")
+            chunk.clear()
+        chunk += data
+    if chunk:
+        words.append(b"=?utf-8?b?" + base64.b64encode(bytes(chunk)) + b"?=")
+    return words
 
 
 def address_header(name: str, addr: str, display_name: str = "") -> bytes:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from mailgateway.clock import aware
 from mailgateway.settings import Settings
@@ -49,17 +50,24 @@ def enqueue(
         "created_at": now, "next_attempt_at": now,
         "deadline_at": now + timedelta(hours=settings.relay.retry_deadline_hours),
     }
-    dialect = session.get_bind().dialect.name
-    insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
-    # ON CONFLICT DO NOTHING: a duplicate key neither raises nor poisons the caller's transaction.
-    new_id = session.execute(
-        insert_(OutboundMessage).values(values)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(OutboundMessage.id)
-    ).scalar_one_or_none()
+    new_id = session.execute(_insert_statement(session.get_bind().dialect.name), values).scalar_one_or_none()
     if new_id is None:
         return None
-    return session.get(OutboundMessage, new_id)
+    # The row is known: attach it to the session without reading it back (fan-out hot path).
+    row = OutboundMessage(id=new_id, **values)
+    make_transient_to_detached(row)
+    session.add(row)
+    return row
+
+
+@cache
+def _insert_statement(dialect: str) -> Any:
+    """One compiled INSERT per dialect, values bound at execution (no per-message compilation).
+    ON CONFLICT DO NOTHING: a duplicate key neither raises nor poisons the caller's transaction."""
+    insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = cast(Table, OutboundMessage.__table__)
+    return (insert_(table).on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(table.c.id))
 
 
 def find_by_verp(session: Session, token: str) -> OutboundMessage | None:
