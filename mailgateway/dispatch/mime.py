@@ -61,9 +61,19 @@ def header(name: str, value: str) -> bytes:
     value = one_line(value)
     if value.isascii() and "=?" not in value:
         return _fold_ascii(name, value)
+    # Leading plain words ("[TLP:AMBER] [SSI-ARA-2026-0042]") stay readable for filters; the
+    # rest is encoded (RFC 2047 §5: encoded words may follow ordinary text after white space).
+    words = value.split(" ")
+    plain = 0
+    while plain < len(words) and words[plain].isascii() and "=?" not in words[plain]:
+        plain += 1
+    rest = " ".join(words[plain:])
+    if plain:
+        head = _fold_ascii(name, " ".join(words[:plain]))[:-2]
+        return head + b"\r\n " + b"\r\n ".join(encoded_words(rest, 45)) + CRLF
     # The first word shares its line with the field name; the others start folded lines.
     first = max(3, (78 - len(name) - 2 - 12) // 4 * 3)
-    return f"{name}: ".encode("ascii") + b"\r\n ".join(encoded_words(value, first)) + CRLF
+    return f"{name}: ".encode("ascii") + b"\r\n ".join(encoded_words(rest, first)) + CRLF
 
 
 def encoded_words(text: str, first_max: int = 45, max_bytes: int = 45) -> list[bytes]:

@@ -131,6 +131,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     case_ref, how = thread_case(ids, subject, ctx.thread_lookup, own_domains)
     region = _region(recipients + envelope, case_ref, ctx)
     extra: dict[str, object] = {"parse": pm.degraded} if pm.degraded else {}
+    if pm.attachments:
+        extra["attachments"] = pm.attachments
     if how:
         extra["threaded_by"] = how
     base = MessageFacts(

@@ -134,6 +134,7 @@ class ParsedMessage:
     rfc822_headers: list[str] = field(default_factory=list)  # text/rfc822-headers parts
     delivery_status: list[str] = field(default_factory=list)  # message/delivery-status parts
     parts: int = 0
+    attachments: int = 0  # leaf parts that are files (attachment disposition or not text)
     _cache: dict[str, str] = field(default_factory=dict)
     _addr_cache: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _html_done: bool = False
@@ -234,6 +235,8 @@ def collect_parts(parsed: ParsedMessage) -> None:
         if ctype in ("text/rfc822-headers", "message/rfc822-headers") and not inner:
             parsed.rfc822_headers.append(part_text(part, 256 * 1024))
             continue
+        if not inner and not part.is_multipart() and (_is_attachment(part) or not ctype.startswith("text/")):
+            parsed.attachments += 1
         if inner or part.is_multipart() or budget <= 0:
             continue
         if ctype == "text/plain" or (ctype.startswith("text/") and ctype not in ("text/html",)):

@@ -174,8 +174,13 @@ class Processor:
                 "method": facts.sender.method, "domain": facts.sender.domain, "detail": facts.sender.detail,
             }
             outcome = None
+            attachments = int(facts.extra.get("attachments", 0) or 0)
+            if attachments > self.settings.intake.max_attachments:
+                # Issue 5: attachment limits; the message is kept, in quarantine, with the reason.
+                outcome = Outcome("quarantined", f"trop de pièces jointes : {attachments} "
+                                                 f"(maximum {self.settings.intake.max_attachments})")
             # Capabilities may claim a message first (e.g. an establishment acknowledging a bulletin).
-            for prehandler in self.env.extra.get("prehandlers", []):
+            for prehandler in self.env.extra.get("prehandlers", []) if outcome is None else []:
                 outcome = prehandler(self.env, session, row, facts)
                 if outcome is not None:
                     break
