@@ -26,9 +26,11 @@ every ``poll_interval_seconds`` when the server lacks IDLE. Any error (server re
 login, database) drops the connection and reconnects after an exponential backoff with jitter.
 Each mailbox has its own thread and its own errors: one failing mailbox never stops the others.
 
-Quarantine: everything accepted moves to the processed folder; the decision to quarantine comes
-later, in processing, and is visible through the CLI and metrics (``quarantine_folder`` is not
-used by the watcher yet).
+Quarantine: everything accepted moves to the processed folder at once (the accept is what makes it
+safe to mark); processing decides about quarantine a moment later. The watcher then moves the
+quarantined ones on to ``quarantine_folder`` (found by Message-ID in the processed folder), so staff
+see them in their client; it checks for such work between syncs and every few seconds of IDLE.
+A message without a Message-ID stays in the processed folder (the CLI and metrics still show it).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,8 +52,8 @@ from mailgateway.errors import ConfigError
 from mailgateway.intake.accept import Accepted, accept_in
 from mailgateway.intake.imap_session import FETCH_BATCH, FolderStatus, ImapSession
 from mailgateway.settings import ImapSettings, RegionSettings, Settings
-from mailgateway.store.engine import transaction
-from mailgateway.store.models import InboundSourceKey, MailboxState
+from mailgateway.store.engine import reading, transaction
+from mailgateway.store.models import InboundMessage, InboundSourceKey, MailboxState
 
 __all__ = ["ImapIntake", "MailboxHealth", "MailboxWatcher", "backfill", "mailbox_key"]
 
@@ -58,6 +62,8 @@ log = logging.getLogger(__name__)
 # Called with the id of each newly accepted message (not for duplicates: a duplicate was stored
 # before, and the processor takes every "received" row on start anyway).
 OnAccepted = Callable[[int], None]
+# How often an idle watcher looks for messages that processing quarantined.
+QUARANTINE_CHECK_SECONDS = 5.0
 
 
 def mailbox_key(region: str, folder: str) -> str:
@@ -186,6 +192,7 @@ class MailboxWatcher:
                     break
                 session.noop()
             self._sync(session, self._last_uid())
+            self._sweep_quarantine(session)
         session.close()
         self._session = None
 
@@ -195,11 +202,17 @@ class MailboxWatcher:
         self._record_state(state="idle")
         session.idle_start()
         remaining = self.settings.idle_renew_seconds
+        since_check = 0.0
         while remaining > 0 and not self._stop.is_set():
             step = min(self.idle_wait_step, remaining)
             if session.idle_wait(step):
                 break
             remaining -= step
+            since_check += step
+            if since_check >= QUARANTINE_CHECK_SECONDS:
+                since_check = 0.0
+                if self._quarantine_work():
+                    break
         session.idle_stop()
         # The round trip that proves the connection is alive (socket timeout bounds it).
         session.noop()
@@ -298,6 +311,41 @@ class MailboxWatcher:
                     row.last_message_at = now
         if source_key is not None:
             self._note(last_message_at=now, last_contact_at=now, accepted=self.health().accepted + int(new))
+
+
+    # quarantine
+
+    def _quarantine_query(self) -> Any:
+        return (select(InboundSourceKey.key, InboundMessage.message_id)
+                .join(InboundMessage, InboundMessage.id == InboundSourceKey.inbound_id)
+                .where(InboundSourceKey.key.like(f"imap:{self.key}:%"),
+                       InboundSourceKey.acknowledged_at.is_not(None),
+                       InboundSourceKey.quarantined_at.is_(None),
+                       InboundMessage.status == "quarantined"))
+
+    def _quarantine_work(self) -> bool:
+        try:
+            with reading(self.factory) as db:
+                return db.execute(self._quarantine_query().limit(1)).first() is not None
+        except Exception:
+            log.exception("IMAP %s: could not look for quarantined messages", self.key)
+            return False
+
+    def _sweep_quarantine(self, session: ImapSession) -> None:
+        with reading(self.factory) as db:
+            rows = db.execute(self._quarantine_query().limit(200)).all()
+        if not rows:
+            return
+        ids = [mid for _key, mid in rows if mid]
+        moved = set(session.move_to_quarantine(ids))
+        now = self.clock.now()
+        with transaction(self.factory) as db:
+            for key, _mid in rows:
+                row = db.get(InboundSourceKey, key)
+                if row is not None:
+                    row.quarantined_at = now  # looked for once: found and moved, or not there
+        log.info("IMAP %s: %d quarantined message(s) moved to %s", self.key, len(moved),
+                 self.settings.quarantine_folder)
 
 
 def accept_message(factory: sessionmaker[Session], raw: bytes, region: str, source_key: str, clock: Clock) -> Accepted:

@@ -20,7 +20,7 @@ import re
 import select
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # Keyword set on originals when the server cannot MOVE (RFC 3501 §2.3.2 keywords are visible to
 # staff clients and survive reconnections).
 PROCESSED_KEYWORD = b"$MailgatewayTraite"
+# Without MOVE, the copy left in the processed folder is marked (never deleted).
+QUARANTINE_KEYWORD = b"$MailgatewayQuarantaine"
 # Untagged responses meaning new mail (RFC 3501 §7.3.1, §7.3.2).
 _CHANGE = re.compile(rb"^\* \d+ (EXISTS|RECENT)\b")
 # Messages fetched per round trip: bounds memory on a large backlog.
@@ -172,6 +174,31 @@ class ImapSession:
         else:
             self.client.copy([uid], folder)
             self.client.add_flags([uid], [PROCESSED_KEYWORD], silent=True)
+
+    def move_to_quarantine(self, message_ids: Sequence[str]) -> list[str]:
+        """Move processed messages that processing quarantined (found by Message-ID in the
+        processed folder) on to the quarantine folder, where staff see them; never deletes.
+        Returns the Message-IDs found and moved. The watched folder is selected again after."""
+        s = self.settings
+        if not self.client.folder_exists(s.quarantine_folder):
+            self.client.create_folder(s.quarantine_folder)
+            self.client.subscribe_folder(s.quarantine_folder)
+        moved: list[str] = []
+        self.client.select_folder(s.processed_folder)
+        try:
+            for mid in message_ids:
+                uids = self.client.search(["HEADER", "Message-ID", mid])
+                if not uids:
+                    continue
+                if self.can_move:
+                    self.client.move(uids, s.quarantine_folder)
+                else:
+                    self.client.copy(uids, s.quarantine_folder)
+                    self.client.add_flags(uids, [QUARANTINE_KEYWORD], silent=True)
+                moved.append(mid)
+        finally:
+            self.select()
+        return moved
 
     # waiting
 

@@ -75,6 +75,8 @@ class InboundSourceKey(Base):
     inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
     # Set once the source has been answered (IMAP: moved/flagged on the server).
     acknowledged_at: Mapped[datetime | None]
+    # IMAP: set once a quarantined message was moved on to the quarantine folder (or looked for).
+    quarantined_at: Mapped[datetime | None]
 
 
 class MailboxState(Base):

@@ -37,3 +37,24 @@ def test_declaration_in_the_mailbox_is_acknowledged_and_moved(
     finally:
         client.logout()
     assert len(gateway.config.cli_json("cases", "list")) == 1
+
+
+def test_a_quarantined_message_ends_in_the_quarantine_folder_where_staff_see_it(
+    gateway: RunningGateway, dovecot: Dovecot
+) -> None:
+    wait_for(lambda: "idle" in gateway.config.cli("status", "--json", check=False).stdout, timeout=15)
+    newsletter = (b"From: news@vendor.test\r\nTo: ssi-pdl@ars.test\r\nSubject: Our spring offers\r\n"
+                  b"Message-ID: <offers-1@vendor.test>\r\nDate: Fri, 27 Nov 2026 09:00:00 +0100\r\n\r\n"
+                  b"Buy our products, unrelated to any incident.\r\n")
+    dovecot.deliver("ssi-pdl@ars.test", newsletter, mail_from="news@vendor.test")
+    client = dovecot.imap("ssi-pdl@ars.test")
+
+    def in_quarantine() -> bool:
+        return client.folder_exists("Quarantaine") and client.select_folder("Quarantaine")[b"EXISTS"] == 1
+
+    try:
+        wait_for(in_quarantine, timeout=20)
+        assert client.select_folder("Traité")[b"EXISTS"] == 0
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0  # moved, never deleted
+    finally:
+        client.logout()

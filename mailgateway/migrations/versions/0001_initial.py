@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 02:27:36.765904
+Create Date: 2026-11-29 02:57:28.547126
 """
 from alembic import op
 import sqlalchemy as sa
@@ -227,6 +227,7 @@ def upgrade() -> None:
     sa.Column('key', sa.String(length=512), nullable=False),
     sa.Column('inbound_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('acknowledged_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('quarantined_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['inbound_id'], ['inbound_messages.id'], ),
     sa.PrimaryKeyConstraint('key')
     )
