@@ -144,4 +144,7 @@ def setup_logging(settings: LoggingSettings | None = None, stream: TextIO | None
     # Library chatter at INFO (one line per SMTP command, per SQL statement) drowns the journal.
     for noisy in ("mail.log", "aiosmtpd", "imapclient", "apscheduler", "alembic", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # dkimpy logs every signature it cannot check at ERROR; the sender verdict already records
+    # it on the message and its case, so the journal only needs our own line.
+    logging.getLogger("dkimpy").setLevel(logging.CRITICAL)
     return handler
