@@ -10,8 +10,10 @@ reaches the header API. Sites override any template by putting a file of the sam
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,19 @@ class RenderedMail:
     html: str | None
 
 
+@cache
+def _labels() -> dict[str, str]:
+    text = resources.files("mailgateway").joinpath("data/libelles.toml").read_text(encoding="utf-8")
+    return dict(tomllib.loads(text)["libelles"])
+
+
+def libelle(value: Any) -> Any:
+    """French label of an enumeration value (``RANCONGICIEL`` -> ``rançongiciel``); lists too."""
+    if isinstance(value, list | tuple):
+        return [libelle(v) for v in value]
+    return _labels().get(value, value) if isinstance(value, str) else value
+
+
 def _one_line(value: str) -> str:
     # RFC 5322 §2.2: a header body is one logical line; CR/LF never reach the header API.
     return " ".join(value.split())
@@ -46,6 +61,8 @@ class Renderer:
         self._text = ImmutableSandboxedEnvironment(
             loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
         )
+        for env in (self._html, self._text):
+            env.filters["libelle"] = libelle
 
     def has(self, name: str) -> bool:
         try:
