@@ -110,13 +110,16 @@ class CaseSequence(Base):
 
 class Case(Base):
     __tablename__ = "cases"
-    __table_args__ = (Index("ix_cases_region_status", "region", "status"),)
+    # (status, opened_at): ``cases list --status X`` reads the newest rows of one status straight
+    # from the index, no sort of every closed case (benchmarks/cases_list.py, DESIGN §9).
+    __table_args__ = (Index("ix_cases_region_status", "region", "status"),
+                      Index("ix_cases_status_opened_at", "status", "opened_at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     reference: Mapped[str] = mapped_column(String(32), unique=True)
     region: Mapped[str] = mapped_column(String(8))
     kind: Mapped[str] = mapped_column(String(16))  # incident | alert | bulletin
-    status: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(32))
     severity: Mapped[str] = mapped_column(String(16), default="NON_QUALIFIE")
     nature: Mapped[str | None] = mapped_column(String(32))
     incident_type: Mapped[str | None] = mapped_column(String(64))

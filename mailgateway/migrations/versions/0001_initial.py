@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 02:57:28.547126
+Create Date: 2026-11-29 03:13:52.623255
 """
 from alembic import op
 import sqlalchemy as sa
@@ -59,7 +59,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_cases_finess'), ['finess'], unique=False)
         batch_op.create_index(batch_op.f('ix_cases_opened_at'), ['opened_at'], unique=False)
         batch_op.create_index('ix_cases_region_status', ['region', 'status'], unique=False)
-        batch_op.create_index(batch_op.f('ix_cases_status'), ['status'], unique=False)
+        batch_op.create_index('ix_cases_status_opened_at', ['status', 'opened_at'], unique=False)
 
     op.create_table('establishments',
     sa.Column('finess', sa.String(length=9), nullable=False),
@@ -409,7 +409,7 @@ def downgrade() -> None:
 
     op.drop_table('establishments')
     with op.batch_alter_table('cases', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_cases_status'))
+        batch_op.drop_index('ix_cases_status_opened_at')
         batch_op.drop_index('ix_cases_region_status')
         batch_op.drop_index(batch_op.f('ix_cases_opened_at'))
         batch_op.drop_index(batch_op.f('ix_cases_finess'))
