@@ -143,7 +143,7 @@ class Daemon:
             from mailgateway.intake.imap import ImapIntake
 
             self.imap = ImapIntake(self.settings, self.app.factory, self.clock,
-                                   functools.partial(self.on_accepted, source="imap"))
+                                   functools.partial(self.on_accepted, source="imap"), instance_id=self.instance_id)
             self.imap.start()
         for ext in self.extensions:
             await ext.start(self)
@@ -252,7 +252,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         interval = watchdog_interval()
         watchdog = asyncio.create_task(self._watchdog(interval), name="watchdog") if interval else None
-        log.info("mailgateway ready (%s)", self.instance_id)
+        log.info("mailgateway ready (instance %s, %d configured)", self.instance_id, self.settings.database.instances)
         self.notifier.ready(self._ready_status())
         await self.stop_event.wait()
         try:

@@ -39,6 +39,8 @@ class MailboxView:
     last_contact_at: datetime | None = None
     last_message_at: datetime | None = None
     last_error: str | None = None
+    # The instance watching it (several instances on PostgreSQL: the holder of its lock).
+    holder: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -50,7 +52,8 @@ class MailboxView:
         A reconnection is normal (server restart, IDLE renewal); a mailbox is reported only
         when it has not been reached for ``grace_seconds``.
         """
-        if self.connected or self.state in ("new", "stopped"):
+        # "standby": another instance holds this mailbox (intake/leadership.py), nothing is wrong.
+        if self.connected or self.state in ("new", "stopped", "standby"):
             return None
         if self.last_contact_at is not None:
             silent = (now - aware(self.last_contact_at)).total_seconds()
@@ -90,7 +93,8 @@ def _count(session: Session, stmt: Any) -> int:
 
 def read_mailboxes(session: Session) -> tuple[MailboxView, ...]:
     rows = session.scalars(select(MailboxState).order_by(MailboxState.mailbox))
-    return tuple(MailboxView(r.mailbox, r.state, r.last_contact_at, r.last_message_at, r.last_error) for r in rows)
+    return tuple(MailboxView(r.mailbox, r.state, r.last_contact_at, r.last_message_at, r.last_error, r.holder)
+                 for r in rows)
 
 
 def snapshot(session: Session, now: datetime, *, full: bool = True) -> Snapshot:
@@ -189,6 +193,7 @@ def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) ->
         contact = _age((snap.at - aware(m.last_contact_at)).total_seconds()) if m.last_contact_at else "jamais"
         flag = "ok" if m.problem(snap.at, grace_seconds) is None else "PROBLÈME"
         lines.append(f"  {m.mailbox:<24} {m.state:<10} dernier contact il y a {contact:<8} {flag}"
+                     + (f" (instance {m.holder})" if m.holder else "")
                      + (f" — {m.last_error}" if m.last_error and not m.connected else ""))
     problems = snap.problems(grace_seconds)
     if problems:

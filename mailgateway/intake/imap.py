@@ -31,6 +31,10 @@ safe to mark); processing decides about quarantine a moment later. The watcher t
 quarantined ones on to ``quarantine_folder`` (found by Message-ID in the processed folder), so staff
 see them in their client; it checks for such work between syncs and every few seconds of IDLE.
 A message without a Message-ID stays in the processed folder (the CLI and metrics still show it).
+
+Several instances (PostgreSQL): every instance runs a watcher per mailbox, but only the holder of
+the mailbox's advisory lock connects; the others stay in ``standby`` and take over within seconds
+when the holder dies (``intake/leadership.py``). ``mailbox_states.holder`` names the leader.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from mailgateway.clock import Clock, aware
 from mailgateway.errors import ConfigError
 from mailgateway.intake.accept import Accepted, accept_in
 from mailgateway.intake.imap_session import FETCH_BATCH, FolderStatus, ImapSession
+from mailgateway.intake.leadership import Leadership, LeadershipLost, SoleLeader, leadership_factory
 from mailgateway.settings import ImapSettings, RegionSettings, Settings
 from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import InboundMessage, InboundSourceKey, MailboxState
@@ -76,7 +81,7 @@ class MailboxHealth:
 
     region: str
     folder: str
-    state: str  # new | connecting | idle | polling | syncing | error | stopped
+    state: str  # new | standby | connecting | idle | polling | syncing | error | stopped
     last_contact_at: datetime | None = None
     last_message_at: datetime | None = None
     last_error: str | None = None
@@ -98,6 +103,8 @@ class MailboxWatcher:
         backoff_max: float = 300.0,
         idle_wait_step: float = 1.0,
         after_commit: Callable[[int], None] | None = None,
+        leadership: Leadership | None = None,
+        holder: str | None = None,
     ) -> None:
         if region.imap is None:
             raise ConfigError([(f"regions.{region.code}.imap", "no IMAP settings for this region")])
@@ -113,6 +120,10 @@ class MailboxWatcher:
         # Test seam: runs after the accept commit and before the server is answered.
         self.after_commit = after_commit
         self.key = mailbox_key(self.region, self.settings.folder)
+        # Several instances: only the holder of the mailbox's lock watches it (leadership.py).
+        self.leadership: Leadership = leadership or SoleLeader()
+        self.holder = holder  # this instance's id, recorded in mailbox_states.holder
+        self._leading = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._session: ImapSession | None = None
@@ -145,21 +156,58 @@ class MailboxWatcher:
 
     def run(self) -> None:
         attempt = 0
-        while not self._stop.is_set():
-            try:
-                self._connect_and_watch()
-            except Exception as exc:
-                # Back off from the base again once a connection had worked (server restart).
-                attempt = 1 if self._synced else attempt + 1
-                delay = self._backoff(attempt)
-                log.warning("IMAP %s: %s; reconnecting in %.1f s", self.key, exc, delay)
-                self._note(state="error", last_error=str(exc), reconnects=self.health().reconnects + 1)
-                self._record_state(state="error", last_error=str(exc)[:2000])
-                self._drop_session()
-                self._stop.wait(delay)
-        self._drop_session()
-        self._note(state="stopped")
-        self._record_state(state="stopped")
+        try:
+            while not self._stop.is_set():
+                if not self._lead():
+                    self._stop.wait(self.leadership.retry_seconds)
+                    continue
+                try:
+                    self._connect_and_watch()
+                except LeadershipLost as exc:
+                    log.warning("IMAP %s: %s; back to standby", self.key, exc)
+                    self._drop_session()
+                    self._standby()
+                except Exception as exc:
+                    # Back off from the base again once a connection had worked (server restart).
+                    attempt = 1 if self._synced else attempt + 1
+                    delay = self._backoff(attempt)
+                    log.warning("IMAP %s: %s; reconnecting in %.1f s", self.key, exc, delay)
+                    self._note(state="error", last_error=str(exc), reconnects=self.health().reconnects + 1)
+                    self._record_state(state="error", last_error=str(exc)[:2000])
+                    self._drop_session()
+                    self._stop.wait(delay)
+        finally:
+            self._drop_session()
+            self._note(state="stopped")
+            if self._leading:  # a standby's "stopped" would overwrite the leader's state
+                self._record_state(state="stopped")
+            self._leading = False
+            self.leadership.release()
+
+    def _lead(self) -> bool:
+        """True when this watcher holds the mailbox (it just took it, or still has it)."""
+        if not self.leadership.acquire():
+            if self._leading:
+                self._standby()
+            elif self.health().state != "standby":
+                log.info("IMAP %s: standby, another instance watches this mailbox", self.key)
+                self._note(state="standby")
+            return False
+        if not self._leading:
+            self._leading = True
+            if self.leadership.takeover_grace > 0:
+                # Longer than a former leader needs to notice it lost the lock (it checks every step).
+                log.info("IMAP %s: leadership taken (%s); connecting in %.1f s", self.key, self.holder,
+                         self.leadership.takeover_grace)
+                if self._stop.wait(self.leadership.takeover_grace):
+                    return False
+            self._record_state(state="connecting", holder=self.holder)
+        return True
+
+    def _standby(self) -> None:
+        self._leading = False
+        self.leadership.release()
+        self._note(state="standby")
 
     def _drop_session(self) -> None:
         if self._session is not None:
@@ -179,6 +227,7 @@ class MailboxWatcher:
         self._note(state="connecting")
         self._session = session = ImapSession(self.settings)
         status = session.open()
+        self.leadership.check()
         last_uid = self._align(session, status)
         self._sync(session, last_uid)
         self._synced = True
@@ -188,7 +237,7 @@ class MailboxWatcher:
             else:
                 self._note(state="polling")
                 self._record_state(state="polling")
-                if self._stop.wait(self.settings.poll_interval_seconds):
+                if self._pause(self.settings.poll_interval_seconds):
                     break
                 session.noop()
             self._sync(session, self._last_uid())
@@ -207,6 +256,7 @@ class MailboxWatcher:
             step = min(self.idle_wait_step, remaining)
             if session.idle_wait(step):
                 break
+            self.leadership.check()
             remaining -= step
             since_check += step
             if since_check >= QUARANTINE_CHECK_SECONDS:
@@ -216,6 +266,17 @@ class MailboxWatcher:
         session.idle_stop()
         # The round trip that proves the connection is alive (socket timeout bounds it).
         session.noop()
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait up to ``seconds``, checking leadership each step; True when stop() was called."""
+        remaining = seconds
+        while remaining > 0:
+            step = min(self.idle_wait_step, remaining)
+            if self._stop.wait(step):
+                return True
+            self.leadership.check()
+            remaining -= step
+        return self._stop.is_set()
 
     # state
 
@@ -282,6 +343,7 @@ class MailboxWatcher:
             for uid in batch:
                 if self._stop.is_set():
                     return
+                self.leadership.check()  # never accept or move for a mailbox we no longer hold
                 raw = bodies.get(uid)
                 if raw is None:  # expunged by someone else meanwhile
                     self._acknowledge(uid, None, advance, new=False)
@@ -373,9 +435,14 @@ class ImapIntake:
         factory: sessionmaker[Session],
         clock: Clock,
         on_accepted: OnAccepted | None = None,
+        *,
+        instance_id: str | None = None,
     ) -> None:
+        # PostgreSQL: one advisory lock per mailbox, on connections of their own (leadership.py).
+        self._lock_engine, leadership = leadership_factory(settings.database.url)
         self.watchers = [
-            MailboxWatcher(region, factory, clock, on_accepted)
+            MailboxWatcher(region, factory, clock, on_accepted, holder=instance_id,
+                           leadership=leadership(mailbox_key(region.code, region.imap.folder)))
             for region in settings.regions
             if region.imap is not None
         ]
@@ -389,6 +456,8 @@ class ImapIntake:
             watcher._stop.set()  # all at once, then wait for each
         for watcher in self.watchers:
             watcher.stop(timeout)
+        if self._lock_engine is not None:
+            self._lock_engine.dispose()
 
     def health(self) -> list[MailboxHealth]:
         return [w.health() for w in self.watchers]

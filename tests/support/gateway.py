@@ -98,6 +98,9 @@ class GatewayConfig:
     imap: dict[str, dict[str, Any]] = field(default_factory=dict)  # region code -> imap table
     metrics_port: int | None = None
     selector: str = "mg"
+    # None: SQLite in ``directory``; else this URL (PostgreSQL: run ``db upgrade`` first).
+    database_url: str | None = None
+    instances: int = 1  # [database] instances (more than 1 needs PostgreSQL)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,8 @@ class GatewayConfig:
 
     def write(self) -> Path:
         lines = [
-            "[database]", f'url = "sqlite:///{self.db_path}"', "",
+            "[database]", f"url = {_toml_value(self.database_url or f'sqlite:///{self.db_path}')}",
+            f"instances = {self.instances}", "",
             "[intake.smtp]", 'host = "127.0.0.1"', f"port = {self.smtp_port}", "max_message_bytes = 1048576",
             'server_hostname = "gateway.test"', "",
             "[relay]", f'maildir = "{self.maildir}"', 'local_hostname = "gateway.test"',
