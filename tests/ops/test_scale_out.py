@@ -173,3 +173,17 @@ def test_two_instances_deliver_2000_outbox_rows_exactly_once(cluster: Cluster) -
     # Only our two senders claimed rows (SKIP LOCKED shares the queue; which one takes how many
     # depends on who wakes first, so a share is not asserted).
     assert set(owners) <= {instance_id(gw) for gw in cluster.gateways}
+
+
+def test_check_config_refuses_several_instances_on_sqlite_and_accepts_them_on_postgresql(
+    tmp_path: Path, pg_url: str
+) -> None:
+    sqlite = GatewayConfig(tmp_path / "sqlite", instances=2)
+    refused = sqlite.cli("check-config", check=False)
+    assert refused.returncode != 0 and "database.instances" in refused.stderr + refused.stdout
+    # The daemon refuses the same file: SQLite has one writer and no advisory locks, so instances
+    # could neither share the work nor elect a mailbox leader.
+    assert sqlite.cli("run", check=False, timeout=60).returncode != 0
+    upgrade(pg_url)
+    accepted = GatewayConfig(tmp_path / "pg", instances=2, database_url=pg_url).cli("check-config", check=False)
+    assert accepted.returncode == 0, accepted.stderr
