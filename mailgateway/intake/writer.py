@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
 from mailgateway.intake.accept import Accepted, accept_in
-from mailgateway.store.engine import transaction
+from mailgateway.store.engine import transaction, write_gate
 
 log = logging.getLogger("mailgateway.intake")
 
@@ -39,6 +39,7 @@ class AcceptWriter:
         self.factory = factory
         self.clock = clock
         self.batch = batch
+        self.gate = write_gate(factory.kw["bind"])
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="accept-writer", daemon=True)
         self._started = False
@@ -82,7 +83,7 @@ class AcceptWriter:
     def _write(self, items: list[_Item]) -> None:
         try:
             results = []
-            with transaction(self.factory) as session:
+            with self.gate, transaction(self.factory) as session:
                 now = self.clock.now()
                 for it in items:
                     results.append(accept_in(session, it.raw, source=it.source, now=now, mail_from=it.mail_from,

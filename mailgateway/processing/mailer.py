@@ -16,7 +16,8 @@ import re
 from dataclasses import replace
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, false, func, or_, select
+from sqlalchemy import case as case_
 from sqlalchemy.orm import Session
 
 from mailgateway.cases.timeline import append_event
@@ -79,17 +80,23 @@ class Mailer:
     def _cap_reached(self, session: Session, recipient: str, case: Case | None) -> str | None:
         now = self.clock.now()
         out = self.settings.outbound
-
-        def count(since: timedelta, *conds: object) -> int:
-            stmt = select(func.count(AutoReplyLog.id)).where(AutoReplyLog.at >= now - since, *conds)  # type: ignore[arg-type]
-            return int(session.scalar(stmt) or 0)
-
-        if count(timedelta(hours=1), AutoReplyLog.recipient == recipient) >= out.auto_replies_per_hour:
+        hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
+        # One query for the three caps (this runs for every automatic reply).
+        per_recipient = and_(AutoReplyLog.recipient == recipient, AutoReplyLog.at >= day_ago)
+        per_case = AutoReplyLog.case_id == case.id if case is not None else false()
+        row = session.execute(
+            select(
+                func.count(case_(( and_(per_recipient, AutoReplyLog.at >= hour_ago), 1))),
+                func.count(case_((per_recipient, 1))),
+                func.count(case_((per_case, 1))),
+            ).where(or_(per_recipient, per_case))
+        ).one()
+        last_hour, last_day, for_case = (int(v or 0) for v in row)
+        if last_hour >= out.auto_replies_per_hour:
             return f"plafond de réponses automatiques atteint pour {recipient} (par heure)"
-        if count(timedelta(days=1), AutoReplyLog.recipient == recipient) >= out.auto_replies_per_day:
+        if last_day >= out.auto_replies_per_day:
             return f"plafond de réponses automatiques atteint pour {recipient} (par jour)"
-        per_case = count(timedelta(days=3650), AutoReplyLog.case_id == case.id) if case is not None else 0
-        if case is not None and per_case >= out.auto_replies_per_case:
+        if case is not None and for_case >= out.auto_replies_per_case:
             return f"plafond de réponses automatiques atteint pour le dossier {case.reference}"
         return None
 

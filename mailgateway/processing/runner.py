@@ -34,7 +34,7 @@ from mailgateway.mail.facts import MessageFacts, SenderVerdict
 from mailgateway.processing.handlers import HANDLERS, Env, Outcome
 from mailgateway.processing.routing import resolve_region
 from mailgateway.settings import Settings
-from mailgateway.store.engine import reading, transaction
+from mailgateway.store.engine import reading, transaction, write_gate
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
 
 log = logging.getLogger("mailgateway.processing")
@@ -158,7 +158,7 @@ class Processor:
             raw = row.raw
             facts = resolve_region(self.settings, self.analyse_raw(session, raw), row.region, row.rcpt_tos or ())
         bind(message_id=facts.message_id, case_ref=facts.case_ref, region=facts.region)
-        with transaction(self.factory) as session:
+        with write_gate(self.factory.kw["bind"]), transaction(self.factory) as session:
             stmt = select(InboundMessage).where(InboundMessage.id == inbound_id)
             if session.get_bind().dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)

@@ -6,17 +6,21 @@ single-instance default; PostgreSQL (psycopg 3) is the multi-instance engine.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Advisory lock key serialising migrations run at start by several instances (PostgreSQL).
+MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mailgateway:migrations").digest()[:8], "big", signed=True)
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -67,6 +71,26 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def write_gate(engine: Engine) -> AbstractContextManager[Any]:
+    """The in-process gate of SQLite's single writer.
+
+    SQLite lets one transaction write at a time; a second writer waits in SQLite's busy handler,
+    which sleeps in growing steps (up to 100 ms) instead of being woken. The hot writers of one
+    process (accept writer, processor) take this lock around their write transactions, so they
+    hand the database to each other at once and the accept writer's batches are never starved.
+    PostgreSQL has row locks: no gate (a null context)."""
+    if not is_sqlite(engine):
+        return nullcontext()
+    # One gate per database file in this process, whichever engine reaches it.
+    with _GATES_LOCK:
+        gate = _GATES.setdefault(str(engine.url), threading.Lock())
+    return cast(AbstractContextManager[Any], gate)
+
+
+_GATES: dict[str, threading.Lock] = {}
+_GATES_LOCK = threading.Lock()
+
+
 @contextmanager
 def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A read-only unit of work: never takes SQLite's write lock (analysis, CLI views)."""
@@ -110,14 +134,26 @@ def head_revision() -> str | None:
 
 
 def ensure_schema(url: str) -> None:
-    """Upgrade when the database is behind; cheap when it is current."""
+    """Upgrade when the database is behind; cheap when it is current.
+
+    PostgreSQL: instances starting together on a database that is behind take turns under a
+    session advisory lock; the second finds the schema at head and does nothing.
+    """
     engine = make_engine(url)
     try:
-        behind = current_revision(engine) != head_revision()
+        if current_revision(engine) == head_revision():
+            return
+        if engine.dialect.name != "postgresql":
+            upgrade(url)
+            return
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            try:
+                upgrade(url)  # Alembic reads the revision again: a no-op if another did it meanwhile
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
     finally:
         engine.dispose()
-    if behind:
-        upgrade(url)
 
 
 os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
