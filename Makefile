@@ -16,4 +16,4 @@ bench-quick:
 
 # The chaos tests, with their heavier seeded variants (tests/chaos).
 chaos:
-	.venv/bin/pytest tests/chaos -m "slow or not slow" -s
+	.venv/bin/pytest tests/chaos -m "long or not long" -s

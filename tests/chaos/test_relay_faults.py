@@ -125,7 +125,7 @@ def test_relay_dropping_connections_mid_data_delivers_everything_once(
     assert_exactly_once(gateway.config, smtp_sink, 20, "drop")
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_every_relay_fault_at_once_over_200_declarations(gateway: RunningGateway, smtp_sink: SmtpSink) -> None:
     smtp_sink.fail(share(3), code=451, stage="data")
     smtp_sink.fail(share(5), code=421, stage="rcpt")

@@ -122,7 +122,7 @@ def test_sigkill_during_intake_loses_and_doubles_nothing(tmp_path: Path, smtp_si
     print(run_kill_chaos(tmp_path / "gw", smtp_sink, seed, count=300, kills=4))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("seed", [2, 3, 4, 5], ids=lambda s: f"seed-{s}")
 def test_sigkill_during_intake_many_seeds(tmp_path: Path, smtp_sink: SmtpSink, seed: int) -> None:
     print(run_kill_chaos(tmp_path / "gw", smtp_sink, seed, count=400, kills=8))
