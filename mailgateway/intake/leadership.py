@@ -91,7 +91,11 @@ class SoleLeader:
 
 
 class AdvisoryLock:
-    """A PostgreSQL session-level advisory lock held on a dedicated connection."""
+    """A PostgreSQL session-level advisory lock held on a dedicated connection.
+
+    A standby keeps its connection between attempts (no reconnection every few seconds); the
+    connection is closed when the lock is released or lost.
+    """
 
     def __init__(self, engine: Engine, mailbox: str, *, retry_seconds: float = 3.0,
                  takeover_grace: float = 2.0) -> None:
@@ -101,37 +105,33 @@ class AdvisoryLock:
         self.retry_seconds = retry_seconds
         self.takeover_grace = takeover_grace
         self._conn: Connection | None = None
+        self._held = False
 
     @property
     def held(self) -> bool:
-        return self._conn is not None
+        return self._held
 
     def acquire(self) -> bool:
-        if self._conn is not None:
+        if self._held:
             try:
                 self.check()
                 return True
             except LeadershipLost:
-                pass  # released below; try to take it again at once
-        conn: Connection | None = None
+                pass  # connection closed by check(); try to take the lock again at once
         try:
-            conn = self.engine.connect()
-            # Autocommit: a session-level lock must not depend on a transaction staying open.
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            got = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}))
+            if self._conn is None:
+                # Autocommit: a session-level lock must not depend on a transaction staying open.
+                self._conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._held = bool(self._conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}))
         except Exception as exc:
             log.warning("IMAP %s: leadership lock unavailable: %s", self.mailbox, exc)
-            _close(conn)
+            self._discard()
             return False
-        if not got:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
+        return self._held
 
     def check(self) -> None:
         conn = self._conn
-        if conn is None:
+        if conn is None or not self._held:
             raise LeadershipLost(f"IMAP {self.mailbox}: leadership lock not held")
         try:
             # pg_locks shows a bigint key as classid (high 32 bits), objid (low), objsubid 1.
@@ -143,20 +143,22 @@ class AdvisoryLock:
                 {"k": self.key},
             )
         except Exception as exc:
-            self.release()
+            self._discard()
             raise LeadershipLost(f"IMAP {self.mailbox}: leadership lock connection lost: {exc}") from exc
         if not held:
-            self.release()
+            self._discard()
             raise LeadershipLost(f"IMAP {self.mailbox}: leadership lock no longer held")
 
     def release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-        except Exception:
-            log.debug("IMAP %s: unlock failed (connection gone: the lock went with it)", self.mailbox)
+        if self._held and self._conn is not None:
+            try:
+                self._conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            except Exception:
+                log.debug("IMAP %s: unlock failed (connection gone: the lock went with it)", self.mailbox)
+        self._discard()
+
+    def _discard(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
         _close(conn)
 
 

@@ -7,6 +7,7 @@ import email
 import json
 import socket
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from mailgateway.settings import load_settings
 from mailgateway.store.engine import make_engine, make_sessionmaker, transaction, upgrade
 from mailgateway.store.models import InboundMessage, MailboxState, OutboundMessage
 from tests.support.gateway import GatewayConfig, RunningGateway, declaration
-from tests.support.servers import Dovecot, SmtpSink, wait_for
+from tests.support.servers import Dovecot, SmtpSink, free_port, wait_for
 
 MAILBOX = "PDL:INBOX"
 DECLARANT = "dsi@chu-nantes.test"
@@ -75,7 +76,8 @@ def cluster(tmp_path: Path, pg_url: str, dovecot: Dovecot, smtp_sink: SmtpSink) 
     imap = {"host": "127.0.0.1", "port": dovecot.imap_port, "tls": False, "username": user,
             "password_file": str(dovecot.password_file(user, tmp_path))}  # fmt: skip
     configs = tuple(GatewayConfig(tmp_path / name, relay_port=smtp_sink.port, imap={"PDL": imap},
-                                  database_url=pg_url, instances=2) for name in ("a", "b"))
+                                  database_url=pg_url, instances=2, metrics_port=free_port())
+                    for name in ("a", "b"))
     assert len(configs) == 2
     engine = make_engine(pg_url)
     gateways: list[RunningGateway] = []
@@ -87,6 +89,11 @@ def cluster(tmp_path: Path, pg_url: str, dovecot: Dovecot, smtp_sink: SmtpSink) 
             if gw.proc.poll() is None:
                 gw.stop()
         engine.dispose()
+
+
+def http_get(gw: RunningGateway, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.config.metrics_port}{path}", timeout=5) as answer:
+        return str(answer.read().decode())
 
 
 def deliver(cluster: Cluster, names: list[str]) -> None:
@@ -113,6 +120,10 @@ def test_two_instances_one_mailbox_leader_and_takeover_after_sigkill(cluster: Cl
     status = json.loads(standby.config.cli("status", "--json", check=False).stdout)
     (box,) = status["mailboxes"]
     assert box["holder"] == instance_id(leader) and box["state"] == "idle" and box["problem"] is None
+    # Its live state is "standby" in /metrics, and standing by is healthy.
+    assert f'mailgateway_imap_state{{mailbox="{MAILBOX}",state="standby"}} 1.0' in http_get(standby, "/metrics")
+    assert f'mailgateway_imap_state{{mailbox="{MAILBOX}",state="idle"}} 1.0' in http_get(leader, "/metrics")
+    assert http_get(standby, "/healthz").startswith("ok")
     # Each instance logs its id at start.
     for gw in cluster.gateways:
         assert instance_id(gw) in gw.log()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from alembic import command
@@ -9,7 +10,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from mailgateway.store.engine import alembic_config, current_revision, head_revision, make_engine, upgrade
+from mailgateway.store.engine import (
+    alembic_config,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    make_engine,
+    upgrade,
+)
 from mailgateway.store.models import Base
 
 APSCHEDULER_TABLE = "apscheduler_jobs"  # APScheduler creates and owns it (migrations/env.py)
@@ -61,3 +69,25 @@ def test_downgrade_to_base_then_upgrade_again(db_url: str) -> None:
     upgrade(db_url)
     assert revision(db_url) == head_revision()
     assert schema_diff(db_url) == []
+
+
+def test_instances_starting_together_on_an_empty_postgresql_database_migrate_it_once(pg_url: str) -> None:
+    # Every instance's `run` calls ensure_schema; they take turns under an advisory lock.
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            ensure_schema(pg_url)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert revision(pg_url) == head_revision()
+    assert schema_diff(pg_url) == []
