@@ -98,11 +98,7 @@ def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: Me
     """``env.extra["bounce"]``: a DSN names its outbox row by VERP token, else by Message-ID."""
     bounce = facts.bounce
     assert bounce is not None
-    row: OutboundMessage | None = None
-    if bounce.verp_token:
-        row = outbox.find_by_verp(session, bounce.verp_token)
-    if row is None and bounce.original_message_id:
-        row = outbox.find_by_message_id(session, bounce.original_message_id)
+    row = outbox.find_bounced(session, bounce.verp_token, bounce.original_message_id)
     if row is None:
         return Outcome("processed", reason="rebond sans message d'origine identifiable")
     diagnostic = bounce.diagnostic or "; ".join(bounce.recipients) or "rebond"

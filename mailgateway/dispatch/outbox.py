@@ -81,6 +81,14 @@ def find_by_message_id(session: Session, message_id: str) -> OutboundMessage | N
     return session.scalar(select(OutboundMessage).where(OutboundMessage.message_id == mid).limit(1))
 
 
+def find_bounced(session: Session, verp_token: str | None, original_message_id: str | None) -> OutboundMessage | None:
+    """The outbox row a bounce is about: by VERP token (exact), else by the returned Message-ID."""
+    row = find_by_verp(session, verp_token) if verp_token else None
+    if row is None and original_message_id:
+        row = find_by_message_id(session, original_message_id)
+    return row
+
+
 def mark_bounced(session: Session, row: OutboundMessage, now: datetime, diagnostic: str) -> None:
     row.bounced_at = now
     if row.status in ("queued", "sending", "sent"):

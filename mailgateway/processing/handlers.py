@@ -22,7 +22,7 @@ from mailgateway.dispatch.compose import Attachment, MailSpec
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.mailer import Mailer, is_no_reply, staff_addresses
 from mailgateway.settings import Settings
-from mailgateway.store.models import Case, Establishment, InboundMessage, Indicator, OutboundMessage
+from mailgateway.store.models import Case, Establishment, InboundMessage, Indicator
 
 
 @dataclass
@@ -265,11 +265,7 @@ def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: Me
 
     bounce = facts.bounce
     assert bounce is not None
-    row: OutboundMessage | None = None
-    if bounce.verp_token:
-        row = outbox.find_by_verp(session, bounce.verp_token)
-    if row is None and bounce.original_message_id:
-        row = outbox.find_by_message_id(session, bounce.original_message_id)
+    row = outbox.find_bounced(session, bounce.verp_token, bounce.original_message_id)
     if row is None:
         return Outcome("processed", reason="rebond sans message d'origine identifiable")
     outbox.mark_bounced(session, row, env.clock.now(), "; ".join(bounce.recipients) or "rebond")
