@@ -11,13 +11,17 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailgateway import __version__
 from mailgateway.errors import ConfigError, InputError, MailgatewayError
 from mailgateway.settings import Settings, config_path, load_settings
+
+if TYPE_CHECKING:  # the CLI imports heavy modules lazily, per command
+    from sqlalchemy.orm import Session, sessionmaker
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -28,6 +32,19 @@ def _print_json(obj: Any) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(config_path(args.config))
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """The migrated database of ``settings`` for one command; the engine is disposed after."""
+    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
+
+    ensure_schema(settings.database.url)
+    engine = make_engine(settings.database.url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
 
 
 def _read_inputs(files: Sequence[str]) -> list[tuple[str, bytes]]:
@@ -182,56 +199,46 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.cases import views
-    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, reading
+    from mailgateway.store.engine import reading
 
-    ensure_schema(settings.database.url)
-    engine = make_engine(settings.database.url)
-    try:
-        with reading(make_sessionmaker(engine)) as session:
-            if args.cases_cmd == "list":
-                rows = views.list_cases(session, status=args.status, region=args.region, limit=args.limit)
-                if args.json:
-                    _print_json(rows)
-                else:
-                    for r in rows:
-                        print(f"{r['reference']}  {r['status']:<16} {r['severity']:<13} {r['title']}")
-                return 0
-            if args.cases_cmd == "show":
-                detail = views.show_case(session, args.ref)
-                if detail is None:
-                    print(f"dossier inconnu : {args.ref}", file=sys.stderr)
-                    return 2
-                if args.json:
-                    _print_json(detail)
-                else:
-                    print(views.format_case(detail))
-                return 0
-            if args.cases_cmd == "verify":
-                breaks, checked = views.verify_cases(session, args.ref)
-                if args.ref and checked == 0:
-                    print(f"dossier inconnu : {args.ref}", file=sys.stderr)
-                    return 2
-                for b in breaks:
-                    print(f"{b.case_ref}: événement {b.seq} : {b.reason}", file=sys.stderr)
-                if breaks:
-                    return 1
-                print(f"chaîne d'audit intacte ({checked} dossier(s) vérifié(s))")
-                return 0
-    finally:
-        engine.dispose()
-    return 2
+    with _database(settings) as factory, reading(factory) as session:
+        if args.cases_cmd == "list":
+            rows = views.list_cases(session, status=args.status, region=args.region, limit=args.limit)
+            if args.json:
+                _print_json(rows)
+            else:
+                for r in rows:
+                    print(f"{r['reference']}  {r['status']:<16} {r['severity']:<13} {r['title']}")
+            return 0
+        if args.cases_cmd == "show":
+            detail = views.show_case(session, args.ref)
+            if detail is None:
+                print(f"dossier inconnu : {args.ref}", file=sys.stderr)
+                return 2
+            if args.json:
+                _print_json(detail)
+            else:
+                print(views.format_case(detail))
+            return 0
+        breaks, checked = views.verify_cases(session, args.ref)  # "verify"
+        if args.ref and checked == 0:
+            print(f"dossier inconnu : {args.ref}", file=sys.stderr)
+            return 2
+        for b in breaks:
+            print(f"{b.case_ref}: événement {b.seq} : {b.reason}", file=sys.stderr)
+        if breaks:
+            return 1
+        print(f"chaîne d'audit intacte ({checked} dossier(s) vérifié(s))")
+        return 0
 
 
 def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.clock import SystemClock
     from mailgateway.dispatch import outbox
-    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, transaction
+    from mailgateway.store.engine import transaction
 
-    ensure_schema(settings.database.url)
-    engine = make_engine(settings.database.url)
-    factory = make_sessionmaker(engine)
     clock = SystemClock()
-    try:
+    with _database(settings) as factory:
         if args.outbox_cmd == "list":
             with factory() as session:
                 rows = outbox.list_rows(session, limit=args.limit)
@@ -264,8 +271,6 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
                 app.close()
             print(result.summary())
             return 0
-    finally:
-        engine.dispose()
     return 2
 
 
@@ -318,18 +323,13 @@ def cmd_imap(args: argparse.Namespace, settings: Settings) -> int:
 
     from mailgateway.clock import SystemClock
     from mailgateway.intake.imap import backfill
-    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
 
     try:
         since = date.fromisoformat(args.since)
     except ValueError as exc:
         raise InputError(f"--since : date invalide {args.since!r} (attendu AAAA-MM-JJ)") from exc
-    ensure_schema(settings.database.url)
-    engine = make_engine(settings.database.url)
-    try:
-        count = backfill(settings, make_sessionmaker(engine), args.region, since, SystemClock())
-    finally:
-        engine.dispose()
+    with _database(settings) as factory:
+        count = backfill(settings, factory, args.region, since, SystemClock())
     print(f"{count} message(s) repris depuis le {since.isoformat()} ; ils seront traités par le démon")
     return 0
 
