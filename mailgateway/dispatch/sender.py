@@ -47,7 +47,7 @@ from mailgateway.dispatch.throttle import Throttle
 from mailgateway.dispatch.transport import MaildirTransport, RelayPool, Transport
 from mailgateway.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailgateway.settings import Settings
-from mailgateway.store.engine import reading, transaction
+from mailgateway.store.engine import reading, transaction, write_gate
 from mailgateway.store.models import DeliveryAttempt, OutboundMessage
 
 log = logging.getLogger("mailgateway.sender")
@@ -171,7 +171,7 @@ class Sender:
         lease = now + timedelta(seconds=self.settings.relay.lease_seconds)
         m = OutboundMessage
         claimable = or_(m.status == "queued", and_(m.status == "sending", m.lease_until < now))
-        with transaction(self.factory) as session:
+        with write_gate(self.factory.kw["bind"]), transaction(self.factory) as session:
             stmt = select(m.id).where(claimable)
             if after_id is None:
                 stmt = stmt.where(m.next_attempt_at <= now).order_by(m.priority, m.next_attempt_at, m.id)
@@ -259,7 +259,7 @@ class Sender:
         result = FlushResult()
         now = self.clock.now()
         m = OutboundMessage
-        with transaction(self.factory) as session:
+        with write_gate(self.factory.kw["bind"]), transaction(self.factory) as session:
             current = {r[0]: r[1] for r in session.execute(
                 select(m.id, m.attempts).where(m.id.in_([o.item.id for o in outcomes]),
                                                m.status == "sending", m.lease_owner == self.owner))}
