@@ -1,0 +1,1 @@
+"""Cases: references, lifecycle, hash-chained timeline, staff commands, read views."""

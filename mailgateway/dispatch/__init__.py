@@ -1,0 +1,1 @@
+"""Dispatch: rendering, composition, DKIM signing, outbox, sender, transports, bulletins."""

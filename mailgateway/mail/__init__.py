@@ -1,0 +1,1 @@
+"""Understanding mail: pure functions from bytes (and injected lookups) to facts."""

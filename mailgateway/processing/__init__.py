@@ -1,0 +1,1 @@
+"""Processing: one transaction per accepted message — classify, authenticate, apply, queue."""

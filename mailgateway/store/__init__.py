@@ -1,0 +1,1 @@
+"""Storage: the SQLAlchemy mapping, engines, sessions and migrations."""

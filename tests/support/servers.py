@@ -98,6 +98,23 @@ def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None
         time.sleep(0.02)
 
 
+def _session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session or process group is ``sid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, pgrp, session = fields[0], int(fields[2]), int(fields[3])
+        if state != "Z" and sid in (pgrp, session):
+            found.append(int(entry))
+    return found
+
+
 def _state_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)  # service users must traverse it (recipe: mktemp -d is 0700)
@@ -284,8 +301,22 @@ class Dovecot:
 
     @staticmethod
     def _kill_group(pgid: int) -> None:
+        """SIGKILL every process of the master's session or group, and wait until they are gone.
+
+        A surviving ``imap-login`` of a crashed instance keeps the inherited listening socket and
+        greets new clients it can no longer log in: the next instance would then time out
+        intermittently. Zombies count as gone."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while True:
+            left = _session_members(pgid)
+            if not left or time.monotonic() > deadline:
+                return
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
 
     def restart(self, timeout: float = 10.0) -> None:
         self.stop()
