@@ -130,7 +130,7 @@ class RegionSettings:
     name: str = ""
     address: str = ""
     imap: ImapSettings | None = None
-    # Staff role that receives escalations.
+    # Staff role that receives escalated reminders (default: "referent").
     referent: str | None = None
 
 
