@@ -81,9 +81,7 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
 
     problems: list[tuple[str, str]] = file_problems(settings)
     if problems:
-        for path, msg in problems:
-            print(f"{path}: {msg}", file=sys.stderr)
-        return 2
+        raise ConfigError(problems)  # main() prints one line per problem and exits 2
     renderer = Renderer(settings.outbound.templates_dir)
     problems += [(f"templates:{name}", msg) for name, msg in renderer.check()]
     try:
@@ -102,10 +100,8 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
                 composer.compose(spec)
             except MailgatewayError as exc:
                 problems.append((f"templates:{spec.template}", str(exc)))
-    for path, msg in problems:
-        print(f"{path}: {msg}", file=sys.stderr)
     if problems:
-        return 2
+        raise ConfigError(problems)
     print(f"configuration valide : {settings.source}")
     return 0
 

@@ -29,9 +29,8 @@ from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
 from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.bulletins import FANOUT_KINDS, queue_message
-from mailgateway.dispatch.compose import MailSpec
 from mailgateway.mail.facts import MessageFacts
-from mailgateway.processing.handlers import Env, Outcome, from_identity, region_context
+from mailgateway.processing.handlers import Env, Outcome, region_context
 from mailgateway.processing.mailer import staff_addresses
 from mailgateway.store.models import (
     Bulletin,
@@ -201,15 +200,8 @@ def _contact_task(env: Env, session: Session, region: str, row: OutboundMessage,
         "case": {"reference": case.reference} if case is not None else None,
         "bounced_at_fr": _fr(env.clock.now()),
     }
-    from_address, from_name = from_identity(env, region)
-    sent = 0
-    for staff in staff_addresses(env.settings, session, region):
-        spec = MailSpec(template="contact_a_corriger", context=context, to=staff, from_address=from_address,
-                        from_name=from_name, idempotency_key=f"contact_a_corriger:{row.id}:{staff}",
-                        auto_submitted="auto-generated")
-        if env.mailer.send(session, spec, kind="contact_a_corriger", case=case, priority=5) is not None:
-            sent += 1
-    return sent
+    return env.mailer.send_to_staff(session, region, template="contact_a_corriger", context=context,
+                                    kind="contact_a_corriger", key=f"contact_a_corriger:{row.id}", case=case)
 
 
 def _fr(at: datetime) -> str:

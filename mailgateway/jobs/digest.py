@@ -12,11 +12,9 @@ from sqlalchemy.orm import Session
 
 from mailgateway.app import App
 from mailgateway.cases.lifecycle import CLOSED
-from mailgateway.dispatch.compose import MailSpec
 from mailgateway.jobs.base import JobOutcome, claim_period, french_date, french_datetime, paris, plural, try_job_lock
 from mailgateway.jobs.deadlines import overdue_cases
-from mailgateway.processing.handlers import from_identity, region_context
-from mailgateway.processing.mailer import staff_addresses
+from mailgateway.processing.handlers import region_context
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, Case, Contact, Establishment
 
@@ -72,12 +70,7 @@ def run(app: App, now: datetime) -> JobOutcome:
             return JobOutcome(JOB, skipped=True, summary="synthèse quotidienne déjà envoyée aujourd'hui")
         for region in app.settings.regions:
             context = {**region_context(app.env, region.code), **digest_context(session, app, region.code, now)}
-            from_address, from_name = from_identity(app.env, region.code)
-            for address in staff_addresses(app.settings, session, region.code):
-                spec = MailSpec(template="digest", context=context, to=address, from_address=from_address,
-                                from_name=from_name, auto_submitted="auto-generated",
-                                idempotency_key=f"digest:{period(now)}:{region.code}:{address}")
-                if app.mailer.send(session, spec, kind="synthese", priority=5) is not None:
-                    mails += 1
+            mails += app.mailer.send_to_staff(session, region.code, template="digest", context=context,
+                                              kind="synthese", key=f"digest:{period(now)}:{region.code}")
     return JobOutcome(JOB, count=mails, mails=mails,
                       summary=f"synthèse quotidienne : {plural(mails, 'message envoyé', 'messages envoyés')}")

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from mailgateway.app import App
-from mailgateway.dispatch.compose import MailSpec
 from mailgateway.jobs.base import (
     JobOutcome,
     claim_period,
@@ -21,8 +20,7 @@ from mailgateway.jobs.base import (
     rowcount,
     try_job_lock,
 )
-from mailgateway.processing.handlers import from_identity, region_context
-from mailgateway.processing.mailer import staff_addresses
+from mailgateway.processing.handlers import region_context
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import InboundMessage, OutboundMessage
 
@@ -91,13 +89,9 @@ def quarantine_summary(app: App, now: datetime) -> JobOutcome:
                 "messages": [{"id": r.id, "received_fr": french_datetime(r.received_at), "sender": r.mail_from or "",
                               "source": r.source, "reason": (r.reason or "")[:300]} for r in mine[:LIST_LIMIT]],
             }
-            from_address, from_name = from_identity(app.env, region.code)
-            for address in staff_addresses(app.settings, session, region.code):
-                spec = MailSpec(template="quarantaine", context=context, to=address, from_address=from_address,
-                                from_name=from_name, auto_submitted="auto-generated",
-                                idempotency_key=f"quarantaine:{paris(now).date().isoformat()}:{region.code}:{address}")
-                if app.mailer.send(session, spec, kind="resume_quarantaine", priority=5) is not None:
-                    mails += 1
+            mails += app.mailer.send_to_staff(
+                session, region.code, template="quarantaine", context=context, kind="resume_quarantaine",
+                key=f"quarantaine:{paris(now).date().isoformat()}:{region.code}")
     return JobOutcome(QUARANTINE_JOB, count=count, mails=mails,
                       summary=f"quarantaine : {plural(count, 'nouveau message', 'nouveaux messages')}, "
                               f"{plural(mails, 'résumé envoyé', 'résumés envoyés')}")

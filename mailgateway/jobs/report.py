@@ -8,12 +8,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from mailgateway.app import App
-from mailgateway.dispatch.compose import InlineImage, MailSpec
+from mailgateway.dispatch.compose import InlineImage
 from mailgateway.jobs.base import JobOutcome, claim_period, plural, try_job_lock
 from mailgateway.jobs.charts import Figure, figures
 from mailgateway.jobs.stats import WeeklyStats, compute, week_start
-from mailgateway.processing.handlers import from_identity, region_context
-from mailgateway.processing.mailer import staff_addresses
+from mailgateway.processing.handlers import region_context
 from mailgateway.store.engine import reading, transaction
 
 JOB = "weekly_report"
@@ -51,13 +50,9 @@ def run(app: App, now: datetime) -> JobOutcome:
             figs = figures(stats)
             context = {**region_context(app.env, region.code), **report_context(stats, figs)}
             images = [InlineImage(f"{f.name}@mailgateway", f.png, filename=f"{f.name}.png") for f in figs]
-            from_address, from_name = from_identity(app.env, region.code)
-            for address in staff_addresses(app.settings, session, region.code):
-                spec = MailSpec(template="rapport_hebdo", context=context, to=address, from_address=from_address,
-                                from_name=from_name, auto_submitted="auto-generated", inline_images=images,
-                                idempotency_key=f"rapport_hebdo:{period(now)}:{region.code}:{address}")
-                if app.mailer.send(session, spec, kind="rapport_hebdo", priority=5) is not None:
-                    mails += 1
+            mails += app.mailer.send_to_staff(session, region.code, template="rapport_hebdo", context=context,
+                                              kind="rapport_hebdo", key=f"rapport_hebdo:{period(now)}:{region.code}",
+                                              inline_images=images)
     return JobOutcome(JOB, count=mails, mails=mails,
                       summary=f"rapport hebdomadaire : {plural(mails, 'message envoyé', 'messages envoyés')}")
 

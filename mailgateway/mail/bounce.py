@@ -128,27 +128,24 @@ def _decode_all(values: object) -> list[str]:
     return out
 
 
+def _headers_only(text: str) -> Message | None:
+    try:
+        return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(text)
+    except Exception:
+        return None
+
+
 def original_message_id(pm: ParsedMessage) -> str | None:
     """Message-ID of the returned message: message/rfc822, text/rfc822-headers, or inline text."""
-    for inner in pm.forwarded:
+    returned = [*pm.forwarded, *(_headers_only(h) for h in pm.rfc822_headers)]
+    for inner in returned:
         try:
-            value = inner.get("Message-ID")
+            value = inner.get("Message-ID") if inner is not None else None
         except Exception:
             value = None
-        if value is not None:
-            ids = message_ids(decode_header_value(value))
-            if ids:
-                return ids[0]
-    for headers in pm.rfc822_headers:
-        try:
-            parsed = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(headers)
-            value = parsed.get("Message-ID")
-        except Exception:
-            value = None
-        if value is not None:
-            ids = message_ids(decode_header_value(value))
-            if ids:
-                return ids[0]
+        ids = message_ids(decode_header_value(value)) if value is not None else []
+        if ids:
+            return ids[0]
     # Non-standard bounces quote the original headers in their text.
     match = re.search(r"^\s*Message-ID:\s*(<[^<>\s]+>)", pm.text()[:100_000], re.I | re.M)
     return match.group(1).strip("<>") if match else None

@@ -72,10 +72,7 @@ def case_context(case: Case) -> dict[str, Any]:
 
 
 def from_identity(env: Env, region: str) -> tuple[str, str]:
-    reg = env.settings.region(region)
-    address = reg.address if reg else env.settings.regions[0].address
-    name = f"ARS {reg.name if reg else region} - Cellule SSI"
-    return address, name
+    return env.mailer.from_identity(region)
 
 
 def _one_line(text: str | None, limit: int = 200) -> str:
@@ -112,20 +109,13 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         "subject": _one_line(facts.subject),
         **(extra or {}),
     }
-    from_address, from_name = from_identity(env, case.region)
-    recipients = [case.assignee] if case.assignee and kind == "notification_reponse" else []
-    recipients = recipients or staff_addresses(env.settings, session, case.region)
-    sent = 0
-    for staff in recipients:
-        spec = MailSpec(
-            template=template, context=context, to=staff, from_address=from_address, from_name=from_name,
-            idempotency_key=f"{kind}:{inbound.id}:{staff}", auto_submitted="auto-generated",
-            in_reply_to=facts.message_id, references=list(facts.in_reply_to),
-            attachments=[Attachment(inbound.raw, "message-original.eml")],
-        )
-        if env.mailer.send(session, spec, kind=kind, case=case) is not None:
-            sent += 1
-    return sent
+    assignee = [case.assignee] if case.assignee and kind == "notification_reponse" else None
+    return env.mailer.send_to_staff(
+        session, case.region, template=template, context=context, kind=kind, key=f"{kind}:{inbound.id}",
+        recipients=assignee, case=case, priority=0,
+        in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+        attachments=[Attachment(inbound.raw, "message-original.eml")],
+    )
 
 
 def _new_case(env: Env, session: Session, *, region: str, kind: str, inbound: InboundMessage,

@@ -13,8 +13,10 @@ transaction; the sender delivers it later.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy import case as case_
@@ -99,6 +101,38 @@ class Mailer:
         if case is not None and for_case >= out.auto_replies_per_case:
             return f"plafond de réponses automatiques atteint pour le dossier {case.reference}"
         return None
+
+    def from_identity(self, region: str) -> tuple[str, str]:
+        """The region's SSI address and display name: every mail of the gateway comes from it."""
+        reg = self.settings.region(region)
+        address = reg.address if reg else self.settings.regions[0].address
+        return address, f"ARS {reg.name if reg else region} - Cellule SSI"
+
+    def send_to_staff(
+        self,
+        session: Session,
+        region: str,
+        *,
+        template: str,
+        context: Mapping[str, Any],
+        kind: str,
+        key: str,
+        recipients: Sequence[str] | None = None,
+        case: Case | None = None,
+        priority: int = 5,
+        **spec: Any,
+    ) -> int:
+        """One mail per staff member of ``region`` (or per ``recipients``), idempotency key
+        ``<key>:<address>``; returns how many were queued."""
+        from_address, from_name = self.from_identity(region)
+        sent = 0
+        for address in recipients or staff_addresses(self.settings, session, region):
+            mail = MailSpec(template=template, context=context, to=address, from_address=from_address,
+                            from_name=from_name, idempotency_key=f"{key}:{address}",
+                            auto_submitted="auto-generated", **spec)
+            if self.send(session, mail, kind=kind, case=case, priority=priority) is not None:
+                sent += 1
+        return sent
 
     def send(
         self,
