@@ -4,6 +4,7 @@ signed, threaded French acknowledgement — through the real daemon, a real rela
 from __future__ import annotations
 
 import email
+import json
 import smtplib
 from datetime import datetime
 from email import policy
@@ -129,5 +130,6 @@ def test_message_that_breaks_processing_is_quarantined_and_the_daemon_keeps_runn
     gateway.send(garbage)
     gateway.send(DECLARATION.encode())
     wait_until(lambda: smtp_sink.messages_to("dsi@chu-nantes.test"), timeout=10)
-    status = gateway.config.cli("status", "--json").stdout
-    assert '"quarantined"' in status or "quarantaine" in status.lower()
+    status = json.loads(gateway.config.cli("status", "--json", check=False).stdout)
+    assert status["quarantined"] == 1  # the garbage: kept, with its reason; the declaration processed
+    assert status["inbound"]["processed"] == {"declaration": 1}
