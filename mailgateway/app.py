@@ -22,6 +22,7 @@ from mailgateway.processing.mailer import Mailer
 from mailgateway.processing.runner import Processor
 from mailgateway.settings import Settings
 from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
+from mailgateway.store.installation import MESSAGE_ID_SECRET, load_secret
 
 
 def default_resolver(settings: Settings, *, use_dns: bool = True) -> TxtResolver:
@@ -65,8 +66,11 @@ def build_app(
     factory = make_sessionmaker(engine)
     renderer = Renderer(settings.outbound.templates_dir)
     ctx = build_context(settings)
+    # Loaded now, in its own transaction: composing happens inside write transactions, where a
+    # second writer (SQLite) would wait on the first.
+    id_secret = load_secret(factory, MESSAGE_ID_SECRET)
     composer = Composer(renderer, DkimSigner.from_settings(settings.dkim), clock,
-                        domain=settings.bounce_domain, loop_token=ctx.loop_token)
+                        domain=settings.bounce_domain, loop_token=ctx.loop_token, id_secret=id_secret)
     mailer = Mailer(settings, composer, clock)
     authenticator = build_authenticator(settings, resolver)
     env = Env(settings=settings, mailer=mailer, clock=clock)

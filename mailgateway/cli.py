@@ -193,6 +193,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+VERIFY_SHOWN = 50  # problems printed by ``cases verify``; the count of the others follows
+
+
 def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.cases import views
     from mailgateway.store.engine import reading
@@ -217,14 +220,19 @@ def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
                 print(views.format_case(detail))
             return 0
         breaks, checked = views.verify_cases(session, args.ref)  # "verify"
+        for b in breaks[:VERIFY_SHOWN]:  # the first problem first
+            print(str(b), file=sys.stderr)
+        if len(breaks) > VERIFY_SHOWN:
+            print(f"… et {len(breaks) - VERIFY_SHOWN} autre(s) problème(s)", file=sys.stderr)
+        if breaks:
+            return 1
         if args.ref and checked == 0:
             print(f"dossier inconnu : {args.ref}", file=sys.stderr)
             return 2
-        for b in breaks:
-            print(f"{b.case_ref}: événement {b.seq} : {b.reason}", file=sys.stderr)
-        if breaks:
-            return 1
         print(f"chaîne d'audit intacte ({checked} dossier(s) vérifié(s))")
+        if not args.ref:  # to be copied elsewhere: anchors the ledgers against a full rewrite
+            for region, entries, head in views.audit_heads(session):
+                print(f"registre d'audit {region} : {entries} entrée(s), tête {head}")
         return 0
 
 

@@ -35,6 +35,7 @@ from mailgateway.intake.writer import AcceptWriter
 from mailgateway.logs import setup_logging
 from mailgateway.metrics import Metrics
 from mailgateway.processing.runner import Result
+from mailgateway.processing.worker import AnalysisWorker
 from mailgateway.scheduler import SchedulerExtension
 from mailgateway.sdnotify import SdNotifier, watchdog_interval
 from mailgateway.settings import Settings, load_settings
@@ -78,10 +79,15 @@ class Daemon:
                 hook(result)
 
     async def _processing_loop(self) -> None:
-        # One worker thread: SQLite has one writer; PostgreSQL instances share work by row locks.
+        # One processing thread: SQLite has one writer; PostgreSQL instances share work by row locks.
+        # The thread only waits while a message is analysed: the analysis runs in a worker process
+        # ([processing] isolation = "process", issue 15) that is killed and restarted alone when a
+        # message exceeds its budget, so intake keeps its GIL whatever the message costs.
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="processor")
         assert self.app is not None
         processor = self.app.processor
+        worker = AnalysisWorker(self.settings) if self.settings.processing.isolation == "process" else None
+        processor.worker = worker
         try:
             while not self.stop_event.is_set():
                 self._wake_processor.clear()
@@ -93,7 +99,18 @@ class Daemon:
                     await asyncio.wait_for(self._wake_processor.wait(), timeout=5.0)
                 except TimeoutError:
                     pass
+        except asyncio.CancelledError:
+            # The drain ran out while a message was analysed: kill the worker so the processing
+            # thread returns now (the message stays received; its attempt is counted).
+            processor.halt.set()
+            if worker is not None:
+                worker.kill()
+            raise
         finally:
+            if worker is not None:
+                # Started from the processing thread (PR_SET_PDEATHSIG follows the thread that
+                # started it), so stopped from there too.
+                executor.submit(worker.close)
             executor.shutdown(wait=True)
 
     async def _fanout_loop(self) -> None:
@@ -266,6 +283,10 @@ class Daemon:
 
 def run(settings: Settings) -> int:
     """The daemon's exit status: 0 after a graceful stop, 1 when startup failed (reason on stderr)."""
+    # Everything the daemon creates (SQLite database and its WAL, the Maildir outbox, reports)
+    # holds mail of the agencies: owner only, 0600 files and 0700 directories (issue 15), whatever
+    # umask it was started with (systemd's UMask=, a shell's 022).
+    os.umask(0o077)
     daemon = Daemon(settings)
     try:
         return asyncio.run(daemon.serve())

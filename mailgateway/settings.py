@@ -12,6 +12,7 @@ To add a key: add a field with its default to the right dataclass, and document 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -44,6 +45,16 @@ class SmtpIntakeSettings:
     # Also speak LMTP (RFC 2033) on this port; 0 disables it.
     lmtp_port: int = 0
     server_hostname: str = "mailgateway.localhost"
+    # Client IPs (or CIDR networks) of the site MTA that relays to us: only mail received from them
+    # may be authenticated by an Authentication-Results header (issue 15; docs/operations.md).
+    trusted_relays: tuple[str, ...] = ()
+    # Concurrent SMTP connections; beyond: 421 4.7.0 and close (bounded descriptors, issue 15).
+    max_connections: int = 100
+    # Message bytes held in memory by all DATA transfers together; beyond: 451 4.3.1. 0: four
+    # times max_message_bytes.
+    max_concurrent_data_bytes: int = 0
+    # A connection silent this long is closed (RFC 5321 §4.5.3.2.7 asks for at least 5 minutes).
+    idle_timeout_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,20 @@ class IntakeSettings:
     smtp: SmtpIntakeSettings | None = None
     # Refuse attachments beyond this count (message kept in quarantine).
     max_attachments: int = 100
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    """Bounded work per message (issue 15): isolation, time budget, attempts (processing/worker.py)."""
+
+    # "process": sender authentication and analysis run in a worker process that is killed and
+    # restarted alone when a message exceeds its budget, so intake never freezes (the daemon's
+    # default); "thread": in the daemon's own process (no isolation, no time budget).
+    isolation: str = "process"
+    # Per-message budget for authentication + analysis in the worker; beyond it, quarantine.
+    analysis_timeout_seconds: float = 30.0
+    # Tries (each counted before it starts, crash or not) after which a message is quarantined.
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -102,6 +127,9 @@ class AuthenticationSettings:
     # DNS for DKIM keys: empty means the system resolver (never used by the tests).
     nameservers: tuple[str, ...] = ()
     dns_timeout_seconds: float = 5.0
+    # A command mail whose Date is older than this (or missing, or more than a day ahead) is
+    # refused: an old signed mail replayed to the gateway must not act (issue 15, "once only").
+    max_command_age_days: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +192,15 @@ class OutboundSettings:
     auto_replies_per_hour: int = 5
     auto_replies_per_day: int = 10
     auto_replies_per_case: int = 20
+    # Issue 15 budgets. All automatic replies together (every recipient): a flood of forged
+    # declarations must not turn the agency into a signed spam relay; staff get one warning an hour.
+    auto_reply_global_per_hour: int = 500
+    # Staff notifications caused by one sender address per hour; beyond it the message is still
+    # stored and attached to its case, and staff get one summary notice for that sender and hour.
+    staff_notifications_per_sender_per_hour: int = 20
+    # The original is attached to staff notifications up to this size (bytes); a larger one is
+    # named with « mailgateway cases original REF » instead (one copy per staff member otherwise).
+    staff_attachment_max_bytes: int = 2 * 1024 * 1024
     # TLP:AMBER(+STRICT) may only go to these domains (besides the agency and ACSS).
     amber_allowed_domains: tuple[str, ...] = ()
     # Site overrides of the bundled templates.
@@ -192,8 +229,14 @@ class DirectorySettings:
     hard_bounce_score: float = 1.0
     # The score restarts from zero after this many days without a bounce.
     bounce_stale_days: float = 7.0
-    # A permanent (5xx) bounce marks the contact bouncing at once.
+    # A permanent failure answered by our relay (5xx) marks the contact bouncing at once; permanent
+    # DSNs do after failures on bounce_min_messages distinct messages (directory/bounces.py).
     hard_bounce_marks_bouncing: bool = True
+    # Distinct outbound messages that must have failed permanently (DSNs) before a contact is
+    # marked bouncing; a forged DSN is one message at most (issue 15).
+    bounce_min_messages: int = 2
+    # Permanent failures older than this many days no longer count towards bounce_min_messages.
+    bounce_window_days: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -267,7 +310,8 @@ class SchedulerSettings:
 class CasesSettings:
     """Case handling by mail (cases/commands.py)."""
 
-    # A reply from an establishment to a closed case: "reopen" it, or open a new case "link"ed to it.
+    # An authenticated reply from the establishment (or ACSS) to a closed case: "reopen" it, or open
+    # a new case "link"ed to it. An unauthenticated reply never changes a case (issue 15).
     reply_to_closed: str = "reopen"
     # "#confirmer <jeton>" must come within this delay for #clore of a GRAVE case (#diffuser uses
     # [bulletins].confirmation_hours).
@@ -285,12 +329,18 @@ class LoggingSettings:
     level: str = "INFO"
     # "auto": JSON when stderr is not a terminal, readable text when it is.
     format: str = "auto"
+    # Repeated warnings and errors (same logger, level and message template): at most this many per
+    # interval, then one "suppressed N similar records" line (a flood of bad clients must not fill
+    # the journal). 0 disables the limit.
+    repeat_limit: int = 20
+    repeat_interval_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     intake: IntakeSettings = field(default_factory=IntakeSettings)
+    processing: ProcessingSettings = field(default_factory=ProcessingSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     dkim: DkimSettings | None = None
     authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
@@ -446,6 +496,27 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
             problems.append(("intake.smtp.port", "must be between 1 and 65535"))
         if smtp.max_message_bytes < 1024:
             problems.append(("intake.smtp.max_message_bytes", "must be at least 1024"))
+        if smtp.max_connections < 1:
+            problems.append(("intake.smtp.max_connections", "must be at least 1"))
+        if 0 < smtp.max_concurrent_data_bytes < smtp.max_message_bytes:
+            problems.append(("intake.smtp.max_concurrent_data_bytes", "must be 0 or at least max_message_bytes"))
+        if smtp.idle_timeout_seconds <= 0:
+            problems.append(("intake.smtp.idle_timeout_seconds", "must be positive"))
+        for i, relay in enumerate(smtp.trusted_relays):
+            try:
+                ipaddress.ip_network(relay.strip(), strict=False)
+            except ValueError:
+                problems.append((f"intake.smtp.trusted_relays[{i}]", f"not an IP address or network: {relay!r}"))
+    if s.authentication.max_command_age_days <= 0:
+        problems.append(("authentication.max_command_age_days", "must be greater than 0"))
+    if s.processing.isolation not in ("process", "thread"):
+        problems.append(("processing.isolation", 'must be "process" or "thread"'))
+    if s.processing.analysis_timeout_seconds <= 0:
+        problems.append(("processing.analysis_timeout_seconds", "must be greater than 0"))
+    if s.processing.max_attempts < 1:
+        problems.append(("processing.max_attempts", "must be at least 1"))
+    if s.directory.bounce_min_messages < 1:
+        problems.append(("directory.bounce_min_messages", "must be at least 1"))
     if not 0 < s.relay.port < 65536:
         problems.append(("relay.port", "must be between 1 and 65535"))
     if s.relay.starttls and s.relay.tls:
@@ -493,6 +564,11 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         if staff.region not in codes:
             problems.append((f"staff[{i}].region", f"unknown region {staff.region!r}"))
     _check_address(s.acss.address, "acss.address", problems)
+    for budget in ("auto_reply_global_per_hour", "staff_notifications_per_sender_per_hour"):
+        if getattr(s.outbound, budget) < 1:
+            problems.append((f"outbound.{budget}", "must be at least 1"))
+    if s.outbound.staff_attachment_max_bytes < 0:
+        problems.append(("outbound.staff_attachment_max_bytes", "must be >= 0 (0: never attach the original)"))
     if s.cases.reply_to_closed not in ("reopen", "link"):
         problems.append(("cases.reply_to_closed", 'must be "reopen" or "link"'))
     if s.cases.confirmation_hours <= 0:

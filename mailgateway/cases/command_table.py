@@ -41,6 +41,9 @@ class Ctx:
     confirmation: dict[str, str] | None = None
     digests: list[tuple[str, list[Case], Case | None]] = field(default_factory=list)
     show_help: bool = False
+    # Cases that were GRAVE at some point of this mail (requalified by it, either way): closing
+    # one still takes a confirmation, so "#qualifier sans-suite" + "#clore" is not a shortcut.
+    was_grave: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ def qualifier(ctx: Ctx, cmd: Command) -> str | None:
     severity = _SEVERITY.get(word) or _SEVERITY.get(word.replace("-", ""))
     if severity is None:
         raise CaseError("gravité attendue : grave, significatif ou sans-suite")
+    if "GRAVE" in (case.severity, severity):
+        ctx.was_grave.add(case.id)
     moved = service.qualify(ctx.session, case, severity, actor=ctx.actor, at=ctx.now)
     return f"gravité {severity}" + (", statut QUALIFIE" if moved else f", statut {case.status} inchangé")
 
@@ -187,12 +192,17 @@ def _ask_confirmation(ctx: Ctx, command: str, args: list[str], hours: float) -> 
     return f"en attente de confirmation : répondez « #confirmer {token} »"
 
 
+def _grave_in_this_mail(ctx: Ctx, case: Case) -> bool:
+    """GRAVE now, or at any point of the mail being run (only #qualifier changes the severity)."""
+    return case.severity == "GRAVE" or case.id in ctx.was_grave
+
+
 def clore(ctx: Ctx, cmd: Command) -> str | None:
     case = _case(ctx)
     target = "CLOSE" if case.kind == "alert" else "CLOS"
     lifecycle.check_transition(case.kind, case.status, target)
     reason = _text(cmd) or None
-    if case.severity == "GRAVE":
+    if _grave_in_this_mail(ctx, case):
         # A GRAVE incident is closed by two explicit steps: the regulatory follow-up ends here.
         return _ask_confirmation(ctx, "clore", [reason or ""], ctx.env.settings.cases.confirmation_hours)
     service.close(ctx.session, case, actor=ctx.actor, at=ctx.now, reason=reason)
@@ -259,6 +269,8 @@ def confirmer(ctx: Ctx, cmd: Command) -> str | None:
         result = "dossier clos"
     elif pending.command == "diffuser":
         result = broadcast(ctx, case)
+    elif pending.command == "fusionner":
+        result = _confirmed_merge(ctx, case, pending)
     else:
         raise CaseError(f"commande à confirmer inconnue : {pending.command}")
     pending.used_at = ctx.now
@@ -291,6 +303,28 @@ def fusionner(ctx: Ctx, cmd: Command) -> str | None:
     if target is None:
         raise CaseError(f"dossier inconnu : {refs[0]}")
     target = service.resolve(ctx.session, target)
+    if _grave_in_this_mail(ctx, case) and target.severity != "GRAVE":
+        # Merging closes the duplicate: its GRAVE follow-up would end unless the target carries it.
+        _check_merge(ctx, case, target)
+        return _ask_confirmation(ctx, "fusionner", [target.reference], ctx.env.settings.cases.confirmation_hours)
+    service.merge(ctx.session, case, target, actor=ctx.actor, at=ctx.now)
+    return f"{case.reference} fusionné dans {target.reference}"
+
+
+def _check_merge(ctx: Ctx, case: Case, target: Case) -> None:
+    """Refuse now what ``service.merge`` would refuse at confirmation (same rules, no change)."""
+    if case.id == target.id or case.region != target.region or case.merged_into_id is not None:
+        raise CaseError(f"fusion de {case.reference} dans {target.reference} impossible")
+    if not lifecycle.is_open(target.status):
+        raise CaseError(f"{target.reference} est clos : rouvrez-le avant d'y fusionner un doublon")
+
+
+def _confirmed_merge(ctx: Ctx, case: Case, pending: Confirmation) -> str:
+    reference = str((pending.args or [""])[0] or "")
+    found = service.by_reference(ctx.session, reference) if reference else None
+    if found is None:
+        raise CaseError(f"dossier inconnu : {reference}")
+    target = service.resolve(ctx.session, found)
     service.merge(ctx.session, case, target, actor=ctx.actor, at=ctx.now)
     return f"{case.reference} fusionné dans {target.reference}"
 

@@ -8,7 +8,9 @@
   command mail from staff gets a receipt listing what was applied and what was refused and why;
   a refused mail that looks like it comes from staff (agency domain, staff lists) gets a receipt
   saying why nothing happened; anyone else is ignored (an establishment's "#..." line is just text
-  of its reply).
+  of its reply). Issue 15, once only: a command mail dated too long before its reception (or
+  undated) is refused, and one whose DKIM signature or Message-ID already ran commands is a
+  replay, refused (``processing/replay.py``); the keys are recorded with the commands they run.
 - ``env.extra["reply"]`` — ``handle_reply``: a reply from an establishment (or the national cell)
   is attached to its case and the assignee (else the region's staff) is notified; a reply to a
   closed case reopens it or opens a linked case (``[cases] reply_to_closed``).
@@ -31,9 +33,10 @@ from mailgateway.cases import command_mail, lifecycle, service
 from mailgateway.cases.command_table import COMMANDS, NO_CASE, Ctx, help_text
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
+from mailgateway.clock import aware
 from mailgateway.mail.commands import REASON_UNKNOWN
 from mailgateway.mail.facts import Command, MessageFacts
-from mailgateway.processing import handlers
+from mailgateway.processing import handlers, replay
 from mailgateway.processing.handlers import Env, Outcome, notify_staff
 from mailgateway.processing.mailer import all_staff, staff_addresses
 from mailgateway.store.models import Case, Confirmation, InboundMessage, StaffMember
@@ -93,6 +96,12 @@ def _refusal(env: Env, session: Session, facts: MessageFacts, sender: str, regio
     return None
 
 
+def _stale(env: Env, inbound: InboundMessage, facts: MessageFacts) -> str | None:
+    """A command mail dated too long before its reception (or undated) acts on nothing."""
+    return replay.command_date_refusal(inbound.raw, facts, aware(inbound.received_at),
+                                       env.settings.authentication.max_command_age_days)
+
+
 def _case_from_token(session: Session, commands: tuple[Command, ...]) -> Case | None:
     """``#confirmer <jeton>`` in a new mail: the pending confirmation names its case."""
     for cmd in commands:
@@ -121,10 +130,15 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     sender = (facts.sender.address or "").strip().lower()
     case = case or _case_from_token(session, facts.commands)
     region = case.region if case is not None else _query_region(env, session, facts, sender)
-    refusal = _refusal(env, session, facts, sender, region)
+    refusal = _refusal(env, session, facts, sender, region) or _stale(env, inbound, facts)
     if refusal is not None:
         return _refused(env, session, inbound, facts, case, region, sender, refusal)
     assert region is not None
+    # Once only: the keys are recorded in this transaction, the one that runs the commands.
+    first = replay.claim(session, facts, inbound.id, env.clock.now())
+    if first is not None:
+        return _refused(env, session, inbound, facts, case, region, sender, replay.COMMAND_REPLAYED,
+                        first=first.inbound_id)
     if case is not None:
         _received(env, session, inbound, facts, case)
     ctx = Ctx(env=env, session=session, inbound=inbound, facts=facts, case=case, actor=sender, region=region,
@@ -170,21 +184,29 @@ def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
 
 
 def _refused(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, case: Case | None,
-             region: str | None, sender: str, refusal: str) -> Outcome:
-    """Nothing is applied. Staff (or whoever claims to be) are told why; others are not answered."""
+             region: str | None, sender: str, refusal: str, first: int | None = None) -> Outcome:
+    """Nothing is applied. Staff (or whoever claims to be) are told why; others are not answered.
+
+    ``first``: the inbound message that already ran these commands (a replay), for the timeline.
+    The receipt goes under the automatic-reply caps: replaying one signed mail a thousand times
+    must not mail its author a thousand times.
+    """
     lines = [c.line[:500] for c in facts.commands]
+    motif: dict[str, Any] = {"commandes": lines, "motif": refusal}
+    if first is not None:
+        motif["deja_execute_par_message"] = first
     staff_like = bool(sender) and looks_like_staff(env, session, sender)
     if case is not None and not staff_like:
         # An establishment wrote "#..." in its reply: it is a reply like any other.
         outcome = handlers.handle_reply(env, session, inbound, facts)
         target = outcome.case or case
         append_event(session, target, type="commande_ignoree", actor=sender or "inconnu", at=env.clock.now(),
-                     inbound_id=inbound.id, data={"commandes": lines, "motif": refusal})
+                     inbound_id=inbound.id, data=motif)
         return outcome
     if case is not None:
         _received(env, session, inbound, facts, case)
         append_event(session, case, type="commande_refusee", actor=sender or "inconnu", at=env.clock.now(),
-                     inbound_id=inbound.id, data={"commandes": lines, "motif": refusal})
+                     inbound_id=inbound.id, data=motif)
     if staff_like and region is not None:
         command_mail.send_receipt(env, session, inbound, facts, to=sender, region=region, case=case, results=[],
                                   refused_all=refusal, authenticated=False)
@@ -210,7 +232,13 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
     target = case
     extra: dict[str, Any] = {"reply_from": sender or "inconnu", "from_acss": _from_acss(env, sender),
                              "reopened": False, "linked_from": None}
-    if not lifecycle.is_open(case.status):
+    # Issue 15: only an authenticated reply from the establishment (or ACSS) reopens or links.
+    refusal = None if lifecycle.is_open(case.status) else handlers.status_refusal(env, session, case, facts)
+    if refusal is not None:
+        extra["kept_closed"] = refusal
+        append_event(session, case, type="reouverture_refusee", actor=sender or "inconnu", at=now,
+                     inbound_id=inbound.id, data={"motif": refusal})
+    elif not lifecycle.is_open(case.status):
         if env.settings.cases.reply_to_closed == "link":
             target = _follow_up(env, session, inbound, facts, case)
             extra["linked_from"] = case.reference

@@ -1,31 +1,67 @@
-"""The append-only, tamper-evident case timeline.
+"""The append-only, tamper-evident case timeline, and the audit ledger that anchors it.
 
 Each event's hash is ``sha256(prev_hash || canonical JSON of the event)``; the first event chains
-from 64 zeros. Changing, inserting or deleting any event breaks every later hash, and
-``mailgateway cases verify`` names the first broken event. (The chain proves integrity against
-edits through the database, not against someone who recomputes the whole chain; the last hash is
-also logged so it can be anchored elsewhere.)
+from 64 zeros. Since migration 0002 the canonical JSON also holds ``state``: the sha256 of the
+case's audited state (status, severity, declarant, TLP, fields, links... see ``STATE_COLUMNS``)
+as it is written with the event. So:
+
+- changing, inserting or deleting an event breaks every later hash;
+- editing an audited column of the case row without an event makes the row disagree with the
+  state sealed in its latest event;
+- each transaction that writes events also appends, per case, an entry ``(reference, last event
+  seq, last event hash)`` to its region's ``audit_ledger``, itself a hash chain. The ledger lives
+  outside the mutable case row: deleting a case, truncating its tail events or rewriting its row
+  together with ``last_event_hash``/``event_count`` no longer verifies.
+
+``mailgateway cases verify`` (cases/verify.py) checks all of this. The chains prove integrity
+against edits through the database, not against someone who recomputes every chain; the ledger
+heads printed by ``cases verify`` are what to copy elsewhere to anchor them.
+
+Events are *sealed* (state, prev_hash, hash) in a ``before_flush`` hook rather than in
+``append_event``: callers routinely append an event and then set the columns it describes (a new
+case is numbered, its first event appended, then its FINESS, declarant... are filled in), and the
+state an event seals must be the state written with it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event as orm_event
+from sqlalchemy import insert, inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
 from mailgateway.clock import aware
-from mailgateway.store.models import Case, CaseEvent
+from mailgateway.store.models import AuditHead, AuditLedger, Case, CaseEvent
 
 GENESIS = "0" * 64
+# The audited state of a case: what the timeline vouches for. Not audited: updated_at, the
+# *_at milestones and anonymised_at (bookkeeping, set with an event anyway), the chain head itself.
+STATE_COLUMNS = ("reference", "region", "kind", "status", "severity", "nature", "incident_type", "category",
+                 "tlp", "title", "finess", "establishment", "declarant", "assignee", "fields", "origin_message_id")
+# Links are sealed by the *reference* they point at, so re-pointing an id is seen.
+LINK_COLUMNS = (("merged_into_id", "merged_into"), ("linked_case_id", "linked_case"))
+AUDITED_ATTRIBUTES = STATE_COLUMNS + tuple(column for column, _ in LINK_COLUMNS)
+SAFETY_NET_TYPE = "etat"
+
+_PENDING = "mailgateway.timeline.pending"
+_TOUCHED = "mailgateway.timeline.touched"
 
 
-def _canonical(case_ref: str, seq: int, at: datetime, actor: str, type_: str, data: dict[str, Any]) -> bytes:
-    body = {
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def _canonical(case_ref: str, seq: int, at: datetime, actor: str, type_: str, data: dict[str, Any],
+               state: str | None = None) -> bytes:
+    body: dict[str, Any] = {
         "case": case_ref,
         "seq": seq,
         "at": aware(at).astimezone(UTC).isoformat(timespec="microseconds"),
@@ -33,11 +69,27 @@ def _canonical(case_ref: str, seq: int, at: datetime, actor: str, type_: str, da
         "type": type_,
         "data": data,
     }
-    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    if state is not None:  # events written before migration 0002 keep their original hash
+        body["state"] = state
+    return _dumps(body)
 
 
-def event_hash(prev: str, case_ref: str, seq: int, at: datetime, actor: str, type_: str, data: dict[str, Any]) -> str:
-    return hashlib.sha256(prev.encode() + _canonical(case_ref, seq, at, actor, type_, data)).hexdigest()
+def event_hash(prev: str, case_ref: str, seq: int, at: datetime, actor: str, type_: str, data: dict[str, Any],
+               state: str | None = None) -> str:
+    return hashlib.sha256(prev.encode() + _canonical(case_ref, seq, at, actor, type_, data, state)).hexdigest()
+
+
+def state_hash(values: Mapping[str, Any], reference_of: Callable[[int | None], str | None]) -> str:
+    """sha256 of the audited state, from column values (ORM object or raw row alike)."""
+    state = {name: values.get(name) for name in STATE_COLUMNS}
+    for column, key in LINK_COLUMNS:
+        state[key] = reference_of(values.get(column))
+    return hashlib.sha256(_dumps(state)).hexdigest()
+
+
+def ledger_hash(prev: str, region: str, seq: int, case_ref: str, event_seq: int, event_hash_: str) -> str:
+    body = {"region": region, "seq": seq, "case": case_ref, "event_seq": event_seq, "event_hash": event_hash_}
+    return hashlib.sha256(prev.encode() + _dumps(body)).hexdigest()
 
 
 def append_event(
@@ -51,53 +103,158 @@ def append_event(
     inbound_id: int | None = None,
     outbound_id: int | None = None,
 ) -> CaseEvent:
-    """Append one event; the case row carries the chain head so appends need no extra read."""
-    payload = json.loads(json.dumps(data or {}, default=str))  # what is hashed is what is stored
-    prev = case.last_event_hash or GENESIS
-    seq = (case.event_count or 0) + 1
-    event = CaseEvent(
-        case_id=case.id,
-        seq=seq,
-        at=at,
-        actor=actor,
-        type=type,
-        data=payload,
-        inbound_id=inbound_id,
-        outbound_id=outbound_id,
-        prev_hash=prev,
-        hash=event_hash(prev, case.reference, seq, at, actor, type, payload),
-    )
-    session.add(event)
-    case.last_event_hash = event.hash
-    case.event_count = seq
+    """Append one event: sealed (state, prev_hash, hash) when flushed, anchored in the ledger at commit."""
+    event = _add_event(session, case, type=type, actor=actor, at=at, data=data,
+                       inbound_id=inbound_id, outbound_id=outbound_id)
+    session.info.setdefault(_PENDING, []).append((case, event))
     case.updated_at = at
     # No flush here: the unit of work writes events with the rest of the transaction (autoflush
     # before any query), which matters on the processing hot path (several events per message).
     return event
 
 
+def _add_event(session: Session, case: Case, *, type: str, actor: str, at: datetime, data: dict[str, Any] | None,
+               inbound_id: int | None = None, outbound_id: int | None = None) -> CaseEvent:
+    payload = json.loads(json.dumps(data or {}, default=str))  # what is hashed is what is stored
+    seq = (case.event_count or 0) + 1
+    event = CaseEvent(case_id=case.id, seq=seq, at=at, actor=actor, type=type, data=payload,
+                      inbound_id=inbound_id, outbound_id=outbound_id)
+    session.add(event)
+    case.event_count = seq
+    return event
+
+
+# --- sealing at flush ----------------------------------------------------------------------------
+
+
+def _audited_changes(case: Case) -> list[str]:
+    state = inspect(case)
+    return [name for name in AUDITED_ATTRIBUTES if state.attrs[name].history.has_changes()]
+
+
+def _reference_in(session: Session) -> Callable[[int | None], str | None]:
+    def reference_of(case_id: int | None) -> str | None:
+        if case_id is None:
+            return None
+        other = session.get(Case, case_id)  # identity map first: both sides of a link are loaded
+        return other.reference if other is not None else None
+    return reference_of
+
+
+def _before_flush(session: Session, _context: UOWTransaction, _instances: object) -> None:
+    new = session.new  # a fresh set at each access: take it once
+    pending: list[tuple[Case, CaseEvent]] = [
+        (case, event) for case, event in session.info.pop(_PENDING, []) if event in new
+    ]
+    # Safety net: every code path that changes a case appends an event saying so (cases/service.py,
+    # processing, jobs); one that forgets would leave a row the chain does not vouch for, and
+    # ``cases verify`` would then cry wolf on an honest database. Rather than trust every present
+    # and future writer, a change of an audited column flushed without any event for that case gets
+    # an "etat" event naming the columns: the chain stays honest (it records what the gateway wrote)
+    # and edits made *outside* the gateway (SQL) still stand out. Its time is the case's updated_at:
+    # the injected clock is not reachable from here.
+    with_events = {id(case) for case, _ in pending}
+    for obj in list(session.dirty):
+        if isinstance(obj, Case) and obj.id is not None and id(obj) not in with_events:
+            changed = _audited_changes(obj)
+            if changed:
+                event = _add_event(session, obj, type=SAFETY_NET_TYPE, actor="passerelle",
+                                   at=obj.updated_at, data={"champs": changed})
+                pending.append((obj, event))
+                with_events.add(id(obj))
+    if pending:
+        _seal(session, pending)
+
+
+def _seal(session: Session, pending: list[tuple[Case, CaseEvent]]) -> None:
+    reference_of = _reference_in(session)
+    states: dict[int, str] = {}
+    touched: dict[int, Case] = session.info.setdefault(_TOUCHED, {})
+    for case, event in pending:
+        state = states.get(id(case))
+        if state is None:
+            state = states[id(case)] = state_hash({name: getattr(case, name) for name in AUDITED_ATTRIBUTES},
+                                                  reference_of)
+        prev = case.last_event_hash or GENESIS
+        event.case_id = case.id
+        event.prev_hash = prev
+        event.state_hash = state
+        event.hash = event_hash(prev, case.reference, event.seq, event.at, event.actor, event.type, event.data,
+                                state)
+        case.last_event_hash = event.hash
+        touched[id(case)] = case
+
+
+def _before_commit(session: Session) -> None:
+    """Anchor the chain head of every case the transaction wrote events for, once per
+    transaction (not per flush: processing flushes before each query): one ledger entry per case
+    and one head read and update per region."""
+    if session.in_nested_transaction():
+        return  # a savepoint's release: the outer transaction anchors at its commit
+    session.flush()  # seal what is pending first: the anchor is the final head
+    touched: dict[int, Case] = session.info.pop(_TOUCHED, {})
+    cases = [case for case in touched.values() if inspect(case).persistent and case.last_event_hash]
+    for region in sorted({case.region for case in cases}):
+        seq, prev = _locked_head(session, region)
+        entries: list[dict[str, Any]] = []
+        for case in cases:
+            if case.region == region:
+                seq += 1
+                last_hash = case.last_event_hash or GENESIS
+                entry_hash = ledger_hash(prev, region, seq, case.reference, case.event_count, last_hash)
+                entries.append({"region": region, "seq": seq, "case_reference": case.reference,
+                                "event_seq": case.event_count, "event_hash": last_hash, "prev_hash": prev,
+                                "hash": entry_hash})
+                prev = entry_hash
+        # Core statements (no ORM objects to track): the ledger costs three statements per
+        # region and transaction, whatever the number of events.
+        session.execute(insert(AuditLedger), entries)
+        session.execute(update(AuditHead).where(AuditHead.region == region).values(seq=seq, hash=prev))
+
+
+def _locked_head(session: Session, region: str) -> tuple[int, str]:
+    """The region's ledger head (seq, hash), locked until commit (PostgreSQL row lock; SQLite
+    transactions already hold the write lock, BEGIN IMMEDIATE): concurrent instances append in turn."""
+    stmt = select(AuditHead.seq, AuditHead.hash).where(AuditHead.region == region).with_for_update()
+    head = session.execute(stmt).one_or_none()
+    if head is None:
+        values = {"region": region, "seq": 0, "hash": GENESIS}
+        dialect = session.get_bind().dialect.name
+        insert_head = pg_insert if dialect == "postgresql" else sqlite_insert
+        session.execute(insert_head(AuditHead).values(values).on_conflict_do_nothing())
+        head = session.execute(stmt).one()
+    return int(head.seq), str(head.hash)
+
+
+def _transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # rolled back or committed: nothing left to anchor
+        session.info.pop(_TOUCHED, None)
+        session.info.pop(_PENDING, None)
+
+
+# Registered on the Session class: every session of the process, whichever module made it.
+orm_event.listen(Session, "before_flush", _before_flush)
+orm_event.listen(Session, "before_commit", _before_commit)
+orm_event.listen(Session, "after_transaction_end", _transaction_end)
+
+
 @dataclass(frozen=True)
 class ChainBreak:
+    """One problem found by ``cases verify``: ``seq`` names the event when there is one."""
+
     case_ref: str
-    seq: int
+    seq: int | None
     reason: str
+
+    def __str__(self) -> str:
+        if self.seq is None:
+            return f"{self.case_ref}: {self.reason}"
+        return f"{self.case_ref}: événement {self.seq} : {self.reason}"
 
 
 def verify_chain(session: Session, case: Case) -> ChainBreak | None:
-    """Return the first broken event of ``case``'s timeline, or None when the chain holds."""
-    prev = GENESIS
-    expected_seq = 1
-    events = session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.seq))
-    for event in events:
-        if event.seq != expected_seq:
-            return ChainBreak(case.reference, expected_seq, "événement manquant")
-        if event.prev_hash != prev:
-            return ChainBreak(case.reference, event.seq, "chaînage rompu (hash précédent différent)")
-        computed = event_hash(prev, case.reference, event.seq, event.at, event.actor, event.type, event.data)
-        if computed != event.hash:
-            return ChainBreak(case.reference, event.seq, "contenu modifié (hash différent)")
-        prev = event.hash
-        expected_seq += 1
-    if case.last_event_hash not in (None, prev) or (case.event_count or 0) != expected_seq - 1:
-        return ChainBreak(case.reference, expected_seq, "fin de chaîne supprimée")
-    return None
+    """Return the first problem of ``case``'s timeline, state and anchor, or None when all hold."""
+    from mailgateway.cases.verify import verify_references
+
+    problems, _checked = verify_references(session, case.reference)
+    return problems[0] if problems else None

@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgateway.cases.timeline import ChainBreak, verify_chain
+from mailgateway.cases.timeline import ChainBreak
+from mailgateway.cases.verify import ledger_heads, verify_references
 from mailgateway.clock import aware
 from mailgateway.store.models import Case, CaseEvent, Indicator
 
@@ -88,14 +89,10 @@ def format_case(detail: dict[str, Any]) -> str:
 
 
 def verify_cases(session: Session, reference: str | None) -> tuple[list[ChainBreak], int]:
-    stmt = select(Case).order_by(Case.id)
-    if reference:
-        stmt = stmt.where(Case.reference == reference.strip().upper())
-    breaks: list[ChainBreak] = []
-    checked = 0
-    for case in session.scalars(stmt):
-        checked += 1
-        found = verify_chain(session, case)
-        if found is not None:
-            breaks.append(found)
-    return breaks, checked
+    """Problems found by ``cases verify`` (first one first) and the number of cases checked."""
+    return verify_references(session, reference)
+
+
+def audit_heads(session: Session) -> list[tuple[str, int, str]]:
+    """(region, ledger entries, head hash): printed by ``cases verify`` to be anchored elsewhere."""
+    return ledger_heads(session)

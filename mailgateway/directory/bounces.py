@@ -1,18 +1,34 @@
-"""Contact status changes driven by bounces, scored the way Mailman 3 scores list members.
+"""Contact status changes driven by bounces, scored the way Mailman 3 scores list members,
+and hardened against forged bounces (issue 15).
 
 Each bounce adds to the contact's score (permanent 1.0, temporary 0.5); at the threshold (5.0)
 the contact becomes ``bouncing`` and bulletins fall back to the establishment's next contact
 (targets.py). A score older than ``bounce_stale_days`` without a new bounce restarts from zero,
 and, as in Mailman, only one bounce per contact and per day is scored: a full mailbox answering
-every message of one busy day is one bad day, not ten. A permanent bounce (RFC 3463 5.x.x:
-the mailbox does not exist) marks the contact bouncing at once. Every bounce is kept as a
-ContactBounce row, scored or not, for the weekly report and for staff.
+every message of one busy day is one bad day, not ten. Every bounce is kept as a ContactBounce
+row, scored or not, with how it reached us, for the weekly report and for staff.
+
+A bounce is only as good as its evidence (``evidence``):
+
+* ``relay``: our own relay refused or gave up the message (RFC 5321 §4.2.1, recorded by the
+  sender). Nobody else can produce it: a permanent one marks the contact bouncing at once.
+* ``verp``: a DSN mailed back to the message's VERP return path. The token is random and only
+  ever sent with that one message, so the DSN comes from somewhere on its delivery path; still,
+  one such DSN is one delivery: the contact becomes bouncing only after permanent failures on
+  ``bounce_min_messages`` distinct outbound messages (within ``bounce_window_days``).
+* ``message_id``: a DSN that only names one of our Message-IDs in its body. Message-IDs travel
+  further than return paths (quoted in replies, forwarded), so such a DSN is recorded and counts
+  towards the distinct messages, but never scores and never marks a contact bouncing unless a
+  ``relay`` or ``verp`` failure is among them: anonymous DSNs alone never take a contact away.
+
+A delivery is counted once: a second DSN for the same outbound message scores nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,6 +37,14 @@ from mailgateway.clock import PARIS, aware
 from mailgateway.directory.addresses import normalise_address
 from mailgateway.settings import DirectorySettings
 from mailgateway.store.models import Contact, ContactBounce
+
+Evidence = Literal["relay", "verp", "message_id"]
+RELAY: Evidence = "relay"
+VERP: Evidence = "verp"
+MESSAGE_ID: Evidence = "message_id"
+_STRONG = frozenset({RELAY, VERP})
+# Recent permanent bounces read per contact to count distinct messages (bounded work).
+_HISTORY_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -31,6 +55,8 @@ class BouncePolicy:
     stale_after: timedelta = timedelta(days=7)
     hard_marks_bouncing: bool = True
     once_per_day: bool = True
+    min_messages: int = 2
+    window: timedelta = timedelta(days=90)
 
     @classmethod
     def from_settings(cls, s: DirectorySettings) -> BouncePolicy:
@@ -40,6 +66,8 @@ class BouncePolicy:
             hard_score=s.hard_bounce_score,
             stale_after=timedelta(days=s.bounce_stale_days),
             hard_marks_bouncing=s.hard_bounce_marks_bouncing,
+            min_messages=max(1, s.bounce_min_messages),
+            window=timedelta(days=s.bounce_window_days),
         )
 
 
@@ -55,26 +83,23 @@ def record_bounce(
     outbound_id: int | None = None,
     *,
     policy: BouncePolicy = DEFAULT_POLICY,
+    evidence: Evidence = RELAY,
 ) -> list[Contact]:
     """Score a bounce against every contact with this address; return the contacts touched.
 
     One address may serve several establishments (a GHT's shared SSI mailbox): all are scored.
-    An unknown address touches nothing and returns an empty list.
+    An unknown address touches nothing and returns an empty list. ``evidence`` says how the
+    failure reached us (module docstring); callers handling a DSN must say so.
     """
     canonical = normalise_address(address) or address.strip().lower()
     contacts = list(session.scalars(select(Contact).where(Contact.address == canonical).order_by(Contact.id)))
-    today = now.astimezone(PARIS).date()
     for contact in contacts:
-        last = aware(contact.last_bounce_at) if contact.last_bounce_at is not None else None
-        if last is not None and now - last > policy.stale_after:
-            contact.bounce_score = 0.0
-        already_today = last is not None and last.astimezone(PARIS).date() == today
-        if not (policy.once_per_day and already_today and not permanent):
-            contact.bounce_score += policy.hard_score if permanent else policy.soft_score
-        contact.last_bounce_at = now
-        if contact.status == "active" and (
-            (permanent and policy.hard_marks_bouncing) or contact.bounce_score >= policy.threshold
-        ):
+        history = _permanent_history(session, contact, now, policy)
+        repeat = _already_counted(session, contact, outbound_id, permanent)
+        _score(contact, permanent, now, policy, counts=evidence in _STRONG and not repeat)
+        if permanent:
+            history.append((outbound_id, evidence))
+        if contact.status == "active" and _marks_bouncing(contact, permanent, evidence, history, policy):
             contact.status = "bouncing"
         contact.updated_at = now
         session.add(
@@ -84,18 +109,75 @@ def record_bounce(
                 permanent=permanent,
                 diagnostic=diagnostic,
                 outbound_id=outbound_id,
+                evidence=evidence,
             )
         )
     session.flush()
     return contacts
 
 
+def _score(contact: Contact, permanent: bool, now: datetime, policy: BouncePolicy, *, counts: bool) -> None:
+    """Mailman's score: stale scores restart; soft bounces score once a day."""
+    last = aware(contact.last_bounce_at) if contact.last_bounce_at is not None else None
+    if last is not None and now - last > policy.stale_after:
+        contact.bounce_score = 0.0
+    already_today = last is not None and last.astimezone(PARIS).date() == now.astimezone(PARIS).date()
+    if counts and not (policy.once_per_day and already_today and not permanent):
+        contact.bounce_score += policy.hard_score if permanent else policy.soft_score
+    contact.last_bounce_at = now
+
+
+def _marks_bouncing(contact: Contact, permanent: bool, evidence: Evidence,
+                    history: list[tuple[int | None, str | None]], policy: BouncePolicy) -> bool:
+    if contact.bounce_score >= policy.threshold:
+        return True  # only relay/VERP bounces ever score
+    if not (permanent and policy.hard_marks_bouncing):
+        return False
+    if evidence == RELAY:
+        return True
+    # Distinct deliveries: each outbound message once; a bounce naming none counts alone.
+    distinct = {oid if oid is not None else f"none:{n}" for n, (oid, _e) in enumerate(history)}
+    strong = any(e in _STRONG for _oid, e in history)
+    return strong and len(distinct) >= policy.min_messages
+
+
+def _permanent_history(session: Session, contact: Contact, now: datetime,
+                       policy: BouncePolicy) -> list[tuple[int | None, str | None]]:
+    """(outbound_id, evidence) of the contact's permanent bounces still counted."""
+    since = now - policy.window
+    if contact.bounces_counted_since is not None:
+        since = max(since, aware(contact.bounces_counted_since))
+    rows = session.execute(
+        select(ContactBounce.at, ContactBounce.outbound_id, ContactBounce.evidence)
+        .where(ContactBounce.contact_id == contact.id, ContactBounce.permanent.is_(True))
+        .order_by(ContactBounce.id.desc()).limit(_HISTORY_LIMIT)
+    ).all()
+    # Rows recorded before 0002 carry no evidence: they came through the same paths, count as strong.
+    return [(oid, evidence or RELAY) for at, oid, evidence in rows if aware(at) >= since]
+
+
+def _already_counted(session: Session, contact: Contact, outbound_id: int | None, permanent: bool) -> bool:
+    """A bounce for a delivery already scored for this contact (same or stronger failure)."""
+    if outbound_id is None:
+        return False
+    query = select(ContactBounce.id).where(
+        ContactBounce.contact_id == contact.id, ContactBounce.outbound_id == outbound_id,
+        ContactBounce.evidence.in_(_STRONG))
+    if permanent:
+        query = query.where(ContactBounce.permanent.is_(True))
+    return session.scalar(query.limit(1)) is not None
+
+
 def reactivate(contact: Contact, now: datetime | None = None) -> None:
-    """Staff confirmed the mailbox works again: active, score cleared (history is kept)."""
+    """Staff confirmed the mailbox works again: active, score and counted bounces cleared
+    (history is kept)."""
     contact.status = "active"
     contact.bounce_score = 0.0
     if now is not None:
         contact.updated_at = now
+        contact.bounces_counted_since = now
+    elif contact.last_bounce_at is not None:
+        contact.bounces_counted_since = aware(contact.last_bounce_at) + timedelta(microseconds=1)
 
 
 def disable(contact: Contact, now: datetime | None = None) -> None:

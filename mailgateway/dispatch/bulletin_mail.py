@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from mailgateway.clock import aware
 from mailgateway.directory import count_establishments, count_recipients, parse_target
 from mailgateway.dispatch.bulletin_tracking import bulletin_message
 from mailgateway.dispatch.bulletins import (
@@ -37,12 +38,13 @@ from mailgateway.dispatch.compose import MailSpec
 from mailgateway.errors import InputError
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import strip_prefixes
+from mailgateway.processing import replay
 from mailgateway.processing.handlers import Env, Outcome, french_datetime, from_identity, region_context
-from mailgateway.processing.mailer import is_no_reply
+from mailgateway.processing.mailer import all_staff, is_no_reply, staff_addresses
+from mailgateway.processing.routing import AUTHORISING_REGION
 from mailgateway.store.models import Bulletin, Confirmation, InboundMessage
 
 KIND_PREVIEW = "bulletin_apercu"
-_TLP_LINE = re.compile(r"^\s*#?\s*tlp\s*[:=]?\s*(?P<tlp>[A-Za-z+ ]+?)\s*$", re.IGNORECASE)
 _COMMAND_LINE = re.compile(r"^\s*#\s?\w")
 
 
@@ -69,7 +71,37 @@ def _confirmation_token(session: Session, facts: MessageFacts) -> Confirmation |
     return None
 
 
-def _refusal(facts: MessageFacts) -> str | None:
+def _authority(env: Env, session: Session, facts: MessageFacts, region: str) -> str | None:
+    """Why the sender may not request or approve a bulletin of ``region``; None when they may.
+
+    Issue 15: the analysis accepts commands of staff of *any* region when the mail names no
+    regional mailbox, and knows only the To/Cc region. A bulletin belongs to its own region:
+    only authenticated staff of that region count, and only in a mail delivered or addressed to
+    a regional SSI mailbox (``routing.named_region``)."""
+    sender = (facts.sender.address or "").strip().lower()
+    if not facts.sender.authenticated:
+        return "message non authentifié : commande ignorée"
+    if facts.extra.get(AUTHORISING_REGION) is None:
+        return "message adressé à aucune boîte SSI régionale : commande ignorée"
+    if sender not in staff_addresses(env.settings, session, region):
+        return f"{sender} ne fait pas partie des agents SSI de la région {region} : commande ignorée"
+    return None
+
+
+def _refusal(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, region: str) -> str | None:
+    authority = _authority(env, session, facts, region)
+    if authority is not None:
+        return authority
+    # Once only, and never from an old mail (issue 15): a bulletin request or approval replayed
+    # with an extra Received: line, or resent weeks later, acts on nothing. The keys are recorded
+    # in this transaction, the one that acts.
+    stale = replay.command_date_refusal(inbound.raw, facts, aware(inbound.received_at),
+                                        env.settings.authentication.max_command_age_days)
+    if stale is not None:
+        return stale
+    first = replay.claim(session, facts, inbound.id, env.clock.now())
+    if first is not None:
+        return replay.COMMAND_REPLAYED
     refused = [c for c in facts.commands if not c.accepted]
     accepted = [c for c in facts.commands if c.accepted]
     if refused and not accepted:
@@ -77,14 +109,33 @@ def _refusal(facts: MessageFacts) -> str | None:
     return None
 
 
+def _staff_like(env: Env, session: Session, address: str) -> bool:
+    """Claims to be staff (listed, or an address of the agency's domains): a From proves nothing."""
+    domains = {r.address.rpartition("@")[2].lower() for r in env.settings.regions}
+    return address in all_staff(env.settings, session) or address.rpartition("@")[2] in domains
+
+
+def _tlp_line(line: str) -> str | None:
+    """The value of a "#tlp X" / "TLP : X" line, as written ("" for a bare "#tlp"), or None.
+
+    String operations (the former regex backtracked on blanks). The value is checked by
+    bulletins.check_tlp, which refuses what it does not know instead of sending as CLEAR.
+    """
+    text = line.strip()
+    text = text[1:].lstrip() if text.startswith("#") else text
+    if text[:3].lower() != "tlp" or text[3:4].isalnum():
+        return None
+    return text[3:].lstrip(" \t:=").strip()
+
+
 def _body(facts: MessageFacts) -> tuple[str, str | None]:
     """The bulletin text (command lines removed) and the TLP written in it, if any."""
     tlp: str | None = None
     lines: list[str] = []
     for line in facts.new_text.splitlines():
-        match = _TLP_LINE.match(line)
-        if match and tlp is None:
-            tlp = match.group("tlp")
+        written = _tlp_line(line)
+        if written is not None and tlp is None:
+            tlp = written
             continue
         if _COMMAND_LINE.match(line):
             continue
@@ -108,21 +159,27 @@ def _target(commands: tuple[Command, ...]) -> str:
 
 
 def _reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, region: str,
-           stage: str, bulletin: Bulletin | None, **extra: Any) -> None:
+           stage: str, bulletin: Bulletin | None, *, trusted: bool = True, **extra: Any) -> None:
+    """Answer the sender. ``trusted``: authenticated staff of the region. Anyone else gets at most
+    a bare refusal, and only if the address looks like the agency's: the From of an
+    unauthenticated mail may be a victim's, so nothing of the message (subject, commands) nor of
+    the bulletin is echoed, and the refusal counts against the automatic-reply caps (issue 15)."""
     to = (facts.sender.address or "").lower()
-    if not to or is_no_reply(to):
+    if not to or is_no_reply(to) or (not trusted and not _staff_like(env, session, to)):
         return
+    shown = bulletin if trusted else None
     from_address, from_name = from_identity(env, region)
-    context = {**region_context(env, region), "stage": stage, "bulletin": _bulletin_json(bulletin),
+    context = {**region_context(env, region), "stage": stage, "bulletin": _bulletin_json(shown),
                "reason": None, "recipients": 0, "establishments": 0, "sample": [], "token": None,
-               "expires_fr": None, "subject": " ".join(facts.subject.split())[:200], **extra}
+               "expires_fr": None, "subject": " ".join(facts.subject.split())[:200] if trusted else "", **extra}
     spec = MailSpec(template=KIND_PREVIEW, context=context, to=to, from_address=from_address, from_name=from_name,
                     idempotency_key=f"{KIND_PREVIEW}:{inbound.id}:{stage}", auto_submitted="auto-replied",
-                    in_reply_to=facts.message_id, references=list(facts.in_reply_to),
-                    tlp=bulletin.tlp if bulletin is not None else None)
-    # A refusal to an unauthenticated sender is an automatic reply: capped (RFC 3834 §2, storms).
-    env.mailer.send(session, spec, kind=KIND_PREVIEW, bulletin_id=bulletin.id if bulletin is not None else None,
-                    auto_reply=bulletin is None)
+                    in_reply_to=facts.message_id, references=list(facts.in_reply_to) if trusted else [],
+                    tlp=shown.tlp if shown is not None else None)
+    # A refusal to anyone but the region's authenticated staff is an automatic reply: capped
+    # (RFC 3834 §2, storms), the global budget included.
+    env.mailer.send(session, spec, kind=KIND_PREVIEW, bulletin_id=shown.id if shown is not None else None,
+                    auto_reply=not trusted or shown is None)
 
 
 def _bulletin_json(bulletin: Bulletin | None) -> dict[str, Any] | None:
@@ -133,12 +190,16 @@ def _bulletin_json(bulletin: Bulletin | None) -> dict[str, Any] | None:
 
 
 def _request(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
-    region = facts.region if facts.region and env.settings.region(facts.region) else None
+    # The region the mail was delivered to (DESIGN §8), else the one analysis found.
+    named = facts.extra.get(AUTHORISING_REGION)
+    region = named if isinstance(named, str) else facts.region
+    region = region if region and env.settings.region(region) else None
     if region is None:
         return Outcome("quarantined", "demande de bulletin sans région identifiable")
-    refusal = _refusal(facts)
+    refusal = _refusal(env, session, inbound, facts, region)
     if refusal is not None:
-        _reply(env, session, inbound, facts, region, "refus", None, reason=refusal)
+        _reply(env, session, inbound, facts, region, "refus", None, reason=refusal,
+               trusted=_authority(env, session, facts, region) is None)
         return Outcome("processed", reason=f"demande de bulletin refusée : {refusal}")
     body, tlp = _body(facts)
     try:
@@ -163,9 +224,10 @@ def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageF
     bulletin = session.get(Bulletin, bulletin_id)
     if bulletin is None:
         return Outcome("processed", reason=f"bulletin inconnu : {bulletin_id}")
-    refusal = _refusal(facts)
+    refusal = _refusal(env, session, inbound, facts, bulletin.region)
     if refusal is not None:
-        _reply(env, session, inbound, facts, bulletin.region, "refus", bulletin, reason=refusal)
+        _reply(env, session, inbound, facts, bulletin.region, "refus", bulletin, reason=refusal,
+               trusted=_authority(env, session, facts, bulletin.region) is None)
         return Outcome("processed", reason=f"commande refusée : {refusal}")
     actor = (facts.sender.address or "inconnu").lower()
     now = env.clock.now()
@@ -203,8 +265,6 @@ def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageF
 
 
 def _check_token(session: Session, bulletin: Bulletin, cmd: Command, now: datetime, actor: str) -> None:
-    from mailgateway.clock import aware
-
     if not cmd.args:
         raise BulletinError("jeton manquant : répondez « #confirmer <jeton> » avec le jeton reçu")
     token = session.get(Confirmation, cmd.args[0].lower())

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.cases.timeline import append_event
 from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
+from mailgateway.directory.bounces import Evidence
 from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.bulletins import FANOUT_KINDS, queue_message
@@ -93,15 +94,32 @@ def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessa
 # --- bounces ------------------------------------------------------------------------------------
 
 
+UNMATCHED_BOUNCE = "rebond ignoré : il ne désigne aucun message envoyé par la passerelle"
+UNVERIFIED_BOUNCE = ("rebond non vérifié (reçu hors de l'adresse de retour du message) : "
+                     "enregistré, sans effet sur le contact ni sur la diffusion")
+
+
 def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
-    """``env.extra["bounce"]``: a DSN names its outbox row by VERP token, else by Message-ID."""
+    """``env.extra["bounce"]``: a DSN names its outbox row by VERP token, else by Message-ID.
+
+    Only a DSN at the message's own VERP return path acts (row bounced, fallback contact, staff
+    task). One that merely names a Message-ID of ours is recorded against the contact as weak
+    evidence (directory/bounces.py) and nothing else: Message-IDs are seen by more people than
+    the return path. One that names nothing we sent counts for nothing (issue 15: forged DSNs).
+    """
     bounce = facts.bounce
     assert bounce is not None
-    row = outbox.find_bounced(session, bounce.verp_token, bounce.original_message_id)
-    if row is None:
-        return Outcome("processed", reason="rebond sans message d'origine identifiable")
+    match = outbox.find_bounced(session, bounce.verp_token, bounce.original_message_id)
+    if match is None:
+        return Outcome("processed", reason=UNMATCHED_BOUNCE)
     diagnostic = bounce.diagnostic or "; ".join(bounce.recipients) or "rebond"
-    case = apply_bounce(env, session, row, permanent=bounce.permanent, diagnostic=diagnostic, inbound=inbound)
+    if match.evidence != "verp":
+        record_bounce(session, match.row.recipient, bounce.permanent, diagnostic, env.clock.now(),
+                      outbound_id=match.row.id, policy=BouncePolicy.from_settings(env.settings.directory),
+                      evidence="message_id")
+        return Outcome("processed", reason=UNVERIFIED_BOUNCE)
+    case = apply_bounce(env, session, match.row, permanent=bounce.permanent, diagnostic=diagnostic,
+                        inbound=inbound, evidence="verp")
     return Outcome("processed", case=case)
 
 
@@ -116,12 +134,14 @@ def permanent_failure_hook(env: Env) -> Callable[[Session, OutboundMessage, str]
 
 
 def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent: bool, diagnostic: str,
-                 inbound: InboundMessage | None = None) -> Case | None:
+                 inbound: InboundMessage | None = None, evidence: Evidence = "relay") -> Case | None:
+    """A failure of ``row`` known from our relay (``relay``) or a DSN at its VERP address (``verp``)."""
     now = env.clock.now()
     if permanent:
         outbox.mark_bounced(session, row, now, diagnostic)
     policy = BouncePolicy.from_settings(env.settings.directory)
-    contacts = record_bounce(session, row.recipient, permanent, diagnostic, now, outbound_id=row.id, policy=policy)
+    contacts = record_bounce(session, row.recipient, permanent, diagnostic, now, outbound_id=row.id, policy=policy,
+                             evidence=evidence)
     finess = contacts[0].finess if contacts else None
     case = session.get(Case, row.case_id) if row.case_id is not None else None
     if row.bulletin_id is not None and row.kind in FANOUT_KINDS:

@@ -39,6 +39,8 @@ from mailgateway.directory import RecipientRow, Target, count_recipients, parse_
 from mailgateway.directory.categories import normalise_category
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.errors import InputError
+from mailgateway.mail.tlp import LABELS as TLP_LABELS
+from mailgateway.mail.tlp import operator_label, relay_label
 from mailgateway.processing.handlers import Env, from_identity, region_context
 from mailgateway.settings import Settings
 from mailgateway.store.models import Bulletin, BulletinRecipient, Case, InboundMessage, OutboundMessage
@@ -62,9 +64,7 @@ CHUNK = 1000
 KIND_BULLETIN = "bulletin"
 KIND_RELAY = "alerte_relais"
 FANOUT_KINDS = (KIND_BULLETIN, KIND_RELAY)
-TLPS = ("CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED")
-_TLP_ALIASES = {"WHITE": "CLEAR", "BLANC": "CLEAR", "VERT": "GREEN", "AMBRE": "AMBER", "ROUGE": "RED",
-                "AMBER STRICT": "AMBER+STRICT", "AMBRE+STRICT": "AMBER+STRICT"}
+TLPS = TLP_LABELS
 
 
 class BulletinError(InputError):
@@ -72,11 +72,12 @@ class BulletinError(InputError):
 
 
 def check_tlp(value: str | None) -> str:
-    """Canonical TLP 2.0 label; RED is refused: it never leaves the agency (DESIGN §8)."""
-    label = " ".join((value or "CLEAR").upper().replace("TLP:", "").split())
-    label = _TLP_ALIASES.get(label, label)
-    if label not in TLPS:
+    """Canonical TLP 2.0 label (mail/tlp.py); an unknown one is refused, RED too: it never leaves the
+    agency (DESIGN §8). No label at all is CLEAR: the author of a bulletin is the source and decides."""
+    marking = operator_label(value)
+    if not marking.known:
         raise BulletinError(f"TLP inconnu « {value} » (valeurs : CLEAR, GREEN, AMBER, AMBER+STRICT, RED)")
+    label = marking.label
     if label == "RED":
         raise BulletinError("TLP:RED : une information TLP:RED ne quitte jamais l'agence ; "
                             "aucune diffusion aux établissements n'est possible")
@@ -324,7 +325,8 @@ def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bullet
     bulletin = create_bulletin(
         session, env.settings, region=case.region, target=Target(categories=categories),
         subject=alert.get("title") or case.title or "Alerte de sécurité", body=alert_text(session, case),
-        tlp=alert.get("tlp") or case.tlp or "CLEAR", author=approver, now=now, case_id=case.id,
+        # Fails closed: an unknown, unparsed or missing marking relays as AMBER+STRICT (mail/tlp.py).
+        tlp=relay_label(alert.get("tlp") or case.tlp), author=approver, now=now, case_id=case.id,
     )
     _approve(bulletin, approver, now)
     count = _fan_out_or_defer(env, session, bulletin)

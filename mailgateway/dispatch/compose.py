@@ -10,8 +10,11 @@ gateways do not answer it and we recognise it if it comes back.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import format_datetime
@@ -74,10 +77,26 @@ class MailSpec:
     inline_images: Sequence[InlineImage] = ()
 
 
-def stable_message_id(idempotency_key: str, domain: str) -> str:
-    """The same logical mail always has the same Message-ID (at-least-once delivery, DESIGN §8)."""
-    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
-    return f"<mg.{digest}@{domain}>"
+# Bits of HMAC output kept in a Message-ID: far beyond guessing (RFC 5322 §3.6.4 asks only for
+# uniqueness; we also need unpredictability, see stable_message_id).
+MESSAGE_ID_BITS = 160
+
+
+def stable_message_id(idempotency_key: str, domain: str, secret: bytes) -> str:
+    """The same logical mail always has the same Message-ID (at-least-once delivery, DESIGN §8),
+    and nobody outside can compute it.
+
+    Our Message-IDs are credentials of a sort: a DSN naming one is attributed to the outbox row
+    (bounce scoring) and a reply naming one is threaded into its case or bulletin. They used to be
+    ``sha256(key)`` of guessable keys (``bulletin:<id>:<FINESS>``), so anyone could forge bounces
+    or thread into any case. Now: HMAC-SHA256 under the installation secret
+    (store/installation.py), 160 bits, base32 (case-insensitive, RFC 4648 §6).
+    """
+    if len(secret) < 16:
+        raise ValueError("the Message-ID secret must have at least 128 bits")
+    mac = hmac.new(secret, b"message-id\x00" + idempotency_key.encode(), hashlib.sha256).digest()
+    token = base64.b32encode(mac[: MESSAGE_ID_BITS // 8]).decode("ascii").lower()
+    return f"<mg.{token}@{domain}>"
 
 
 def clean_message_ids(values: Sequence[str | None]) -> list[str]:
@@ -102,19 +121,28 @@ class Composer:
         clock: Clock,
         domain: str,
         loop_token: str,
+        *,
+        id_secret: bytes | None = None,
     ) -> None:
         self.renderer = renderer
         self.signer = signer
         self.clock = clock
         self.domain = domain
         self.loop_token = loop_token
+        # The daemon and the CLI pass the installation secret (app.build_app), shared by every
+        # instance. Without one (template checks, benchmarks) a random per-process key keeps the
+        # identifiers unguessable; they are then stable only within this process.
+        self.id_secret = id_secret if id_secret is not None else secrets.token_bytes(32)
+
+    def message_id(self, idempotency_key: str) -> str:
+        return stable_message_id(idempotency_key, self.domain, self.id_secret)
 
     def compose(self, spec: MailSpec) -> Composed:
         rendered = self.renderer.render(spec.template, spec.context)
         subject = rendered.subject
         if spec.tlp and f"TLP:{spec.tlp}" not in subject:
             subject = f"[TLP:{spec.tlp}] {subject}"
-        message_id = stable_message_id(spec.idempotency_key, self.domain)
+        message_id = self.message_id(spec.idempotency_key)
         head = [
             mime.address_header("From", spec.from_address, spec.from_name),
             mime.address_header("To", spec.to),

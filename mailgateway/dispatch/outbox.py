@@ -8,9 +8,10 @@ same logical mail (reprocessing after a crash) a no-op.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -20,6 +21,15 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from mailgateway.clock import aware
 from mailgateway.settings import Settings
 from mailgateway.store.models import OutboundMessage
+
+# VERP tokens: 128 random bits, fresh for every row, stored with it. A DSN naming one proves it
+# came from the path of that one message: nobody outside can compute or guess it.
+VERP_TOKEN_BYTES = 16
+
+
+def new_verp_token() -> str:
+    """Lower-case hex: the local part survives case-folding relays (RFC 5321 §2.4)."""
+    return secrets.token_hex(VERP_TOKEN_BYTES)
 
 
 def verp_address(settings: Settings, token: str) -> str:
@@ -42,7 +52,7 @@ def enqueue(
     priority: int = 0,
 ) -> OutboundMessage | None:
     """Queue ``raw`` for ``recipient``; None (nothing inserted) when the key is already queued."""
-    token = secrets.token_hex(10)
+    token = new_verp_token()
     values: dict[str, Any] = {
         "idempotency_key": idempotency_key, "kind": kind, "case_id": case_id, "bulletin_id": bulletin_id,
         "message_id": message_id, "verp_token": token, "mail_from": verp_address(settings, token),
@@ -81,12 +91,23 @@ def find_by_message_id(session: Session, message_id: str) -> OutboundMessage | N
     return session.scalar(select(OutboundMessage).where(OutboundMessage.message_id == mid).limit(1))
 
 
-def find_bounced(session: Session, verp_token: str | None, original_message_id: str | None) -> OutboundMessage | None:
-    """The outbox row a bounce is about: by VERP token (exact), else by the returned Message-ID."""
+@dataclass(frozen=True)
+class BounceMatch:
+    """The outbox row a bounce is about, and how we know (directory/bounces.py evidence)."""
+
+    row: OutboundMessage
+    evidence: Literal["verp", "message_id"]
+
+
+def find_bounced(session: Session, verp_token: str | None, original_message_id: str | None) -> BounceMatch | None:
+    """The outbox row a bounce is about: by VERP token (exact, strong), else by a Message-ID that
+    we actually sent (weaker: Message-IDs travel in replies and forwards). None: nothing of ours,
+    the bounce must count for nothing (a guessed or foreign identifier)."""
     row = find_by_verp(session, verp_token) if verp_token else None
-    if row is None and original_message_id:
-        row = find_by_message_id(session, original_message_id)
-    return row
+    if row is not None:
+        return BounceMatch(row, "verp")
+    row = find_by_message_id(session, original_message_id) if original_message_id else None
+    return BounceMatch(row, "message_id") if row is not None else None
 
 
 def mark_bounced(session: Session, row: OutboundMessage, now: datetime, diagnostic: str) -> None:

@@ -49,6 +49,10 @@ EXTRA.update({
     "reponse_recue": {"reply_from": "dsi@chu-exemple.fr", "from_acss": False, "reopened": True, "linked_from": None},
 })
 
+# Budget warnings to staff (processing/mailer.py, issue 15).
+EXTRA["avertissement"] = {"motif": "budget global de réponses automatiques atteint (500 par heure)",
+                          "details": ["SSI-ARA-2026-0001"]}
+
 # Scheduled mail (mailgateway/jobs): reminders, daily digest, weekly report, quarantine summary.
 from mailgateway.jobs.samples import SAMPLES as _JOB_SAMPLES  # noqa: E402
 

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.store.models import InboundMessage, InboundSourceKey
+from mailgateway.wire import canonical
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,14 @@ def accept_in(
     rcpt_tos: Sequence[str] = (),
     source_key: str | None = None,
     region: str | None = None,
+    peer: str | None = None,
 ) -> Accepted:
-    """Store ``raw`` in the caller's transaction; the caller commits before answering the source."""
+    """Store ``raw`` in the caller's transaction; the caller commits before answering the source.
+
+    What is stored (and hashed) is ``canonical(raw)``: line endings are normalised once, here, for
+    SMTP, IMAP and CLI alike, so that DKIM verification and analysis read the same bytes (issue 15).
+    """
+    raw = canonical(raw)
     if source_key is not None:
         known = session.get(InboundSourceKey, source_key)
         if known is not None:
@@ -56,6 +63,7 @@ def accept_in(
             size=len(raw),
             source=source,
             mail_from=mail_from,
+            peer=peer,
             rcpt_tos=[r.lower() for r in rcpt_tos],
             region=region,
             received_at=now,

@@ -3,11 +3,22 @@
 The handler never parses the message: routing needs only the envelope. Replies follow RFC 5321
 §4.2 and RFC 3463 enhanced codes:
 
+- an envelope address that is not UTF-8 or holds control characters: ``553 5.1.7`` at MAIL,
+  ``501 5.1.3`` at RCPT (RFC 3463 §3.2: bad sender / destination address syntax), so it never
+  reaches the group commit;
 - unknown recipient at RCPT: ``550 5.1.1`` (RFC 3463 §3.2: bad destination mailbox);
 - too many recipients: ``452 4.5.3`` (RFC 5321 §4.5.3.1.8);
-- too large: ``552 5.3.4`` (aiosmtpd's ``data_size_limit``, RFC 1870);
+- too large: ``552 5.3.4`` (RFC 1870 §6.1, RFC 3463 §3.4) at MAIL when the declared ``SIZE=`` is
+  over the limit, else as soon as the running DATA size is: nothing past the limit is kept;
 - a client sending too fast: ``451 4.7.1`` (try later);
+- too many connections: ``421 4.7.0`` instead of the greeting, then close (RFC 5321 §3.1);
+- too many message bytes in memory across all connections: ``451 4.3.1`` at DATA (RFC 3463 §3.3:
+  insufficient system storage);
 - storage failed: ``451 4.3.0`` — never a 250 for a message that is not stored.
+
+A connection silent for ``idle_timeout_seconds`` is closed (also while DATA is flowing, the timer
+restarts at each line). The ``queued as`` id is random, logged next to the inbound id: it tells
+the client nothing about our database (issue 15: sequential ids helped forge bounces).
 """
 
 from __future__ import annotations
@@ -15,17 +26,62 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
-from mailgateway.intake.writer import AcceptWriter
+from mailgateway.intake.writer import AcceptWriter, EnvelopeError, address_problem
+from mailgateway.logs import UNLIMITED
 from mailgateway.settings import Settings, SmtpIntakeSettings
+from mailgateway.wire import header_block_refusal
 
 log = logging.getLogger("mailgateway.intake.smtp")
+
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+NO_MEMORY = "451 4.3.1 Insufficient system storage, try again later"
+LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 §4.5.3.1.6)"
+
+
+def peer_ip(peer: Any) -> str:
+    """The client IP of an aiosmtpd ``session.peer`` ((host, port[, flow, scope]) for TCP)."""
+    host = peer[0] if isinstance(peer, tuple) and peer else peer
+    return str(host)[:64]
+
+
+def declared_size(arg: str | None) -> int | None:
+    """The ``SIZE=`` parameter of a MAIL command argument (RFC 1870 §3), or None."""
+    if not arg:
+        return None
+    _, _, params = arg.rpartition(">")
+    for token in params.split():
+        name, eq, value = token.partition("=")
+        if eq and name.upper() == "SIZE" and value.isascii() and value.isdigit() and len(value) <= 20:
+            return int(value)
+    return None
+
+
+class DataBudget:
+    """Message bytes held in memory by the DATA transfers of one listener (one event loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    def has_room(self, wanted: int = 0) -> bool:
+        return self.in_use + max(wanted, 1) <= self.limit
+
+    def take(self, n: int) -> bool:
+        if self.in_use + n > self.limit:
+            return False
+        self.in_use += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.in_use -= n
 
 
 class IntakeHandler:
@@ -41,12 +97,27 @@ class IntakeHandler:
         self.bounce_re = re.compile(rf"^{local}(\+[a-z0-9_-]+)?@{domain}$")
         self._recent: dict[str, deque[float]] = defaultdict(deque)
         self.accepted = 0
+        self.connections = 0
+        self.refused_connections = 0
+        self.budget = DataBudget(self.smtp.max_concurrent_data_bytes or 4 * self.smtp.max_message_bytes)
 
     def _region_for(self, address: str) -> str | None:
         return self.regions.get(address.lower())
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if problem := address_problem(address):
+            log.debug("MAIL FROM refused from %s: %s", peer_ip(session.peer), problem)
+            return f"553 5.1.7 Sender address rejected: {problem}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        if problem := address_problem(address):
+            log.debug("RCPT TO refused from %s: %s", peer_ip(session.peer), problem)
+            return f"501 5.1.3 Recipient address rejected: {problem}"
         addr = address.strip().lower()
         if self._region_for(addr) is None and not self.bounce_re.match(addr):
             return f"550 5.1.1 <{address}>: Recipient address rejected: unknown mailbox"
@@ -59,8 +130,11 @@ class IntakeHandler:
         limit = self.smtp.rate_limit_per_minute
         if limit <= 0:
             return False
-        ip = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+        ip = peer_ip(peer)
         now = time.monotonic()
+        if len(self._recent) > 10_000:  # many distinct clients (IPv6): forget the quiet ones
+            for quiet in [k for k, q in self._recent.items() if not q or now - q[-1] > 60]:
+                del self._recent[quiet]
         recent = self._recent[ip]
         while recent and now - recent[0] > 60:
             recent.popleft()
@@ -74,31 +148,199 @@ class IntakeHandler:
             return "451 4.7.1 Too many messages from your address, try again later"
         content = envelope.original_content or envelope.content or b""
         raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else bytes(content)
+        # One view of a message (issue 15): a header block that DKIM and analysis would read
+        # differently is refused before it is stored (RFC 3463 5.6.0: bad message content).
+        if refusal := header_block_refusal(raw):
+            return f"550 5.6.0 {refusal}"
         region = next((r for r in (self._region_for(a) for a in envelope.rcpt_tos) if r), None)
+        ip = peer_ip(session.peer)
         try:
             future = self.writer.submit(raw, source="smtp", mail_from=envelope.mail_from,
-                                        rcpt_tos=list(envelope.rcpt_tos), region=region)
+                                        rcpt_tos=list(envelope.rcpt_tos), region=region, peer=ip)
             accepted = await asyncio.wrap_future(future)
+        except EnvelopeError as exc:  # checked at MAIL/RCPT already; kept for other callers' paths
+            return f"554 5.5.2 Invalid envelope: {exc}"
         except Exception:
             log.exception("SMTP accept failed")
             return "451 4.3.0 Temporary local problem, please try again later"
         self.accepted += 1
         if not accepted.duplicate:
             self.on_accepted(accepted.inbound_id)
-        return f"250 2.0.0 Ok: queued as {accepted.inbound_id}"
+        # Opaque to the client; the log line ties it to the inbound id for operators.
+        queue_id = secrets.token_hex(6).upper()
+        log.info("SMTP message accepted, queued as %s", queue_id,
+                 extra={**UNLIMITED, "inbound_id": accepted.inbound_id, "queue_id": queue_id, "peer": ip,
+                        "duplicate": accepted.duplicate})
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a command: no traceback text to the client (aiosmtpd's default
+        sends the exception text), one rate-limited log line for us."""
+        log.warning("SMTP session error: %s", type(error).__name__, exc_info=error)
+        return "451 4.3.0 Temporary local problem, please try again later"
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with the intake limits: connection cap, early 552, shared DATA memory budget.
+
+    ``smtp_DATA`` replaces aiosmtpd's own: aiosmtpd answers an oversized message only after the
+    client has sent all of it and counts nothing across connections.
+    """
+
+    def __init__(self, handler: IntakeHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.intake = handler
+        self._counted = False
+        self._refused = False
+        self._declared_size = 0
+
+    # -- connection cap ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and not self._counted:  # not the STARTTLS re-entry
+            if self.intake.connections >= self.intake.smtp.max_connections:
+                # Refused before any state is built: the descriptor is released at once.
+                self._refused = True
+                self.intake.refused_connections += 1
+                log.debug("connection refused: %d connections open", self.intake.connections)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(f"421 4.7.0 {self.hostname} Too many connections, try again later\r\n".encode())
+                transport.close()
+                return
+            self.intake.connections += 1
+            self._counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted:
+            self._counted = False
+            self.intake.connections -= 1
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    # -- RFC 1870 SIZE -----------------------------------------------------------------------
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        size = declared_size(arg)
+        if size is not None and self.data_size_limit and size > self.data_size_limit:
+            # RFC 1870 §6.1: refuse at MAIL, with the enhanced code (aiosmtpd's reply has none).
+            await self.push(TOO_BIG)
+            return
+        self._declared_size = size or 0
+        await super().smtp_MAIL(arg)
+
+    # -- DATA --------------------------------------------------------------------------------
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        if not self.intake.budget.has_room(self._declared_size):
+            log.debug("DATA refused: %d message bytes in memory", self.intake.budget.in_use)
+            await self.push(NO_MEMORY)
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        held = [0]  # bytes taken from the shared budget, given back whatever happens
+        try:
+            content = await self._receive(held)
+            if content is None:
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                return
+            self.envelope.content = self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.intake.budget.give(held[0])
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _receive(self, held: list[int]) -> bytes | None:
+        """The message up to the lone dot (RFC 5321 §4.5.2), or None once refused (reply sent).
+
+        Past the size limit or the shared budget nothing more is kept: the refusal is pushed at
+        once and the rest is read and dropped. A client that goes on sending as much again after
+        the refusal is disconnected.
+        """
+        limit = self.data_size_limit or 0
+        lines: list[bytes] = []
+        size = 0
+        refusal: str | None = None
+        partial = False  # the previous chunk did not end a line (longer than the stream limit)
+        while self.transport is not None:
+            try:
+                chunk = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                chunk = await self._reader.read(exc.consumed)
+            line_start, partial = not partial, not chunk.endswith(b"\r\n")
+            if line_start and chunk == b".\r\n":
+                break
+            self._reset_timeout()  # the idle timeout counts from the last line received
+            size += len(chunk)
+            if refusal is None:
+                refusal = self._refusal(size, chunk, whole_line=line_start and not partial)
+                if refusal is None:
+                    held[0] += len(chunk)
+                    lines.append(chunk)
+                    continue
+                self.intake.budget.give(held[0])
+                held[0] = 0
+                lines.clear()
+                if refusal != LINE_TOO_LONG:
+                    log.debug("DATA refused: %s", refusal)
+                    await self.push(refusal)
+            elif limit and size > 2 * limit and self.transport is not None:
+                self.transport.close()
+                return None
+        if self.transport is None:
+            return None
+        if refusal is not None:
+            if refusal == LINE_TOO_LONG:  # answered at the end, as aiosmtpd does
+                await self.push(refusal)
+            return None
+        # Dot-stuffing (RFC 5321 §4.5.2): a leading dot was doubled by the client.
+        content = b"".join(line[1:] if line.startswith(b".") else line for line in lines)
+        lines.clear()
+        return content
+
+    def _refusal(self, size: int, chunk: bytes, *, whole_line: bool) -> str | None:
+        """Why this chunk cannot be kept, or None once its bytes are taken from the budget."""
+        if self.data_size_limit and size > self.data_size_limit:
+            return TOO_BIG
+        if not whole_line:
+            return LINE_TOO_LONG
+        if not self.intake.budget.take(len(chunk)):
+            return NO_MEMORY
+        return None
 
 
 def smtp_factory(settings: Settings, handler: IntakeHandler) -> Callable[[], SMTP]:
     smtp = settings.intake.smtp or SmtpIntakeSettings()
 
     def factory() -> SMTP:
-        return SMTP(
+        return GatewaySMTP(
             handler,
             data_size_limit=smtp.max_message_bytes,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=smtp.server_hostname,
             ident="mailgateway ESMTP",
+            timeout=smtp.idle_timeout_seconds,
         )
 
     return factory

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from mailgateway.mail import tlp
 from mailgateway.mail.facts import Alert, SenderVerdict
 from mailgateway.mail.labels import Labels
 from mailgateway.mail.refs import strip_prefixes
@@ -17,7 +18,6 @@ from mailgateway.mail.text import labelled_lines, match_form
 # CERT-FR: CERTFR-2024-AVI-0123, CERTFR-2017-ALE-010; CERT Santé: 2026-ALE-031 and similar.
 _CERTFR = re.compile(r"\bCERTFR-\d{4}-[A-Z]{2,4}-\d{1,5}\b", re.I)
 _ALERT_REF = re.compile(r"\b(?:CERT[ -]?SANTE[ -]?)?\d{4}-(?:ALE|AVI|ACT|IOC|CTI|VUL|BUL|INF)-\d{1,5}\b", re.I)
-_TLP = re.compile(r"\bTLP\s*[:=]?\s*(CLEAR|WHITE|GREEN|AMBER\s*\+\s*STRICT|AMBER|RED|BLANC|VERT|AMBRE|ROUGE)\b", re.I)
 _CVE = re.compile(r"\bCVE-(\d{4})-(\d{4,7})\b", re.I)
 MAX_CVES = 200
 
@@ -30,11 +30,23 @@ def domain_in(domain: str | None, domains: tuple[str, ...] | list[str]) -> bool:
     return any(domain == d.lower() or domain.endswith("." + d.lower()) for d in domains if d)
 
 
-def tlp_of(text: str, labels: Labels) -> str | None:
-    match = _TLP.search(text[:50_000])
-    if match:
-        return labels.tlp.first(match.group(1).replace(" ", ""))
-    return None
+MAX_TLP_SCAN = 200_000  # the relay forwards up to 100,000 characters of the alert: all are scanned
+
+
+def tlp_of(subject: str, text: str, field: str | None) -> tuple[str, str | None, bool]:
+    """(label relay obeys, marking(s) as written or None, all understood) — mail/tlp.py fails closed.
+
+    The labelled field ("TLP : …", "Diffusion : …") and every marking of the subject and text
+    count, and the strictest wins: the relay forwards the whole text. No marking at all is
+    AMBER+STRICT too (tlp.relay_label explains why).
+    """
+    markings = [m for m in (tlp.parse_value(field),) if m is not None]
+    markings.extend(tlp.find_markings(subject + "\n" + text[:MAX_TLP_SCAN]))
+    chosen = tlp.strictest(markings)
+    if chosen is None:
+        return tlp.relay_label(None), None, False
+    written = list(dict.fromkeys(m.raw for m in markings))[:5]
+    return chosen.label, " ; ".join(written), all(m.known for m in markings)
 
 
 def cves_of(text: str) -> tuple[str, ...]:
@@ -54,7 +66,7 @@ def looks_like_alert(subject: str, text: str, labels: Labels) -> bool:
     signals = 0
     if labels.alert_keywords.first(subject) or re.search(r"\balerte?\b", match_form(subject)):
         signals += 1
-    if _TLP.search(probe):
+    if any(m.known for m in tlp.find_markings(probe)):
         signals += 1
     if _CERTFR.search(probe) or _ALERT_REF.search(probe):
         signals += 1
@@ -87,10 +99,7 @@ def extract_alert(
         title = strip_prefixes(subject)
         title = re.sub(r"^\s*(\[[^\]]{0,40}\]\s*)+", "", title)
         title = re.sub(r"^\s*alerte?\s*[-:–]\s*", "", title, flags=re.I).strip() or None
-    tlp = None
-    if fields.get("tlp"):
-        tlp = tlp_of("TLP:" + re.sub(r"(?i)^\s*tlp\s*[:=]?\s*", "", fields["tlp"]), labels)
-    tlp = tlp or tlp_of(probe, labels)
+    label, marking, known = tlp_of(subject, text, fields.get("tlp"))
     targets: list[str] = []
     if fields.get("targets"):
         targets = [t for t in labels.categories.ordered(fields["targets"]) if t != "AUTRE"]
@@ -99,8 +108,10 @@ def extract_alert(
     return Alert(
         reference=reference,
         title=title and title[:300],
-        tlp=tlp,
+        tlp=label,
         targets=tuple(targets),
         cves=cves_of(probe),
         authentic=authentic,
+        tlp_marking=marking,
+        tlp_known=known,
     )

@@ -16,9 +16,21 @@ A sender is *authenticated* when, and only when, one of these holds:
    received it — possibly written by the sender to impersonate our MTA (RFC 8601 §5 asks MTAs to
    remove such forgeries, but not all do). Headers from untrusted authserv-ids are ignored.
 
-Never authenticated: no From, several From fields or several addresses in From (RFC 5322 §3.6.2
+   And only for mail that came through the trusted path (``verify(..., trusted_path=True)``, see
+   ``arrived_via_trusted_path``): the IMAP mailbox, fed by the site's MTA, or SMTP from one of
+   ``[intake.smtp] trusted_relays``. Sent straight to our SMTP listener, an A-R header was written
+   by the sender, whatever authserv-id it claims.
+
+Never authenticated: a header block that DKIM and analysis could read differently
+(``mailgateway.wire.header_block_problem``: bare CR, duplicate single-instance fields, junk lines,
+over the size bounds), no From, several From fields or several addresses in From (RFC 5322 §3.6.2
 allows a Sender then, and which one is "the" author becomes ambiguous; DMARC, RFC 7489 §6.6.1,
 rejects them too), an address two parsers disagree on.
+
+What was signed: ``SenderVerdict.signed_headers`` lists the names in the accepted signature's
+``h=`` (for an A-R pass, the ``h=`` of the DKIM-Signature it names, read without crypto), so that
+analysis acts on Subject / In-Reply-To / References only when they are covered (RFC 6376 §8.15);
+``signature_key`` identifies that signature for the replay guard.
 
 Robustness: this runs on every inbound message, including hostile and broken ones (shared/corpus).
 ``verify`` never raises; whatever goes wrong yields ``authenticated=False`` with the reason in
@@ -33,9 +45,11 @@ import email.parser
 import email.policy
 import email.utils
 import functools
+import hashlib
+import ipaddress
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import authres
 import dkim
@@ -44,20 +58,50 @@ from publicsuffixlist import PublicSuffixList
 
 from mailgateway.dns import DnsTemporaryError, TxtResolver
 from mailgateway.mail.facts import SenderVerdict
-from mailgateway.settings import AuthenticationSettings
+from mailgateway.settings import AuthenticationSettings, Settings
+from mailgateway.wire import (
+    MAX_HEADER_BYTES,
+    MAX_SIGNATURE_FIELDS,
+    MAX_SIGNED_NAMES,
+    canonical,
+    header_block,
+    header_block_refusal,
+)
 
-__all__ = ["MAX_SIGNATURES", "Authenticator", "aligned", "from_address", "normalise_domain"]
+__all__ = [
+    "MAX_SIGNATURES",
+    "Authenticator",
+    "aligned",
+    "arrived_via_trusted_path",
+    "from_address",
+    "normalise_domain",
+    "signature_key",
+    "signed_names",
+]
 
 log = logging.getLogger(__name__)
 
 # Bounds the work an attacker can make us do with one message (each check may cost a DNS lookup).
+# DKIM-Signature fields looked at at all (MAX_SIGNATURE_FIELDS), names in one h= (MAX_SIGNED_NAMES)
+# and the header block handed to dkimpy (MAX_HEADER_BYTES) are bounded in mailgateway.wire.
 MAX_SIGNATURES = 5
-# DKIM-Signature fields looked at, at all (parsing is cheap, but not free).
-MAX_SIGNATURE_FIELDS = 50
-# Header block examined for From / Authentication-Results (the body is irrelevant here).
-MAX_HEADER_BYTES = 1_000_000
 
-_AUTHSERV_ID = re.compile(r"\s*(?:\([^)]*\)\s*)*([^\s;()]+)")
+_AUTHSERV_ID_END = frozenset(" \t\r\n;()")
+
+
+def _authserv_id(value: str) -> str | None:
+    """The authserv-id of an A-R value (RFC 8601 §2.2), after leading comments; string operations
+    only (no regex with nested quantifiers on text the sender wrote)."""
+    text = value.lstrip()
+    while text.startswith("("):
+        end = text.find(")")
+        if end < 0:
+            return None
+        text = text[end + 1 :].lstrip()
+    size = 0
+    while size < len(text) and text[size] not in _AUTHSERV_ID_END:
+        size += 1
+    return text[:size].lower() or None
 
 
 @functools.cache
@@ -100,11 +144,8 @@ def aligned(signing_domain: str | None, from_domain: str | None) -> bool:
 
 def _header_block(raw: bytes) -> tuple[bytes, bool]:
     """The header block, and whether it is complete (a huge one is cut and never trusted)."""
-    head = raw[:MAX_HEADER_BYTES]
-    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0]
-    if ends:
-        return head[: min(ends)], True
-    return head, len(raw) <= MAX_HEADER_BYTES
+    block = header_block(raw[: MAX_HEADER_BYTES + 2])
+    return block, len(block) <= MAX_HEADER_BYTES
 
 
 def _unfold(value: bytes | str) -> str:
@@ -184,6 +225,60 @@ class _Lookup:
         return value.encode("ascii", "replace")
 
 
+def arrived_via_trusted_path(settings: Settings, source: str, peer: str | None) -> bool:
+    """Whether an Authentication-Results header of this message can have been written by our MTA.
+
+    IMAP: the regional mailbox is fed by the site's MTA, which adds (and must strip forged) A-R
+    with its authserv-id. SMTP/LMTP: only from a client listed in ``[intake.smtp] trusted_relays``;
+    anyone else talks to us directly and writes whatever headers they like. CLI ingest: never.
+    """
+    if source == "imap":
+        return True
+    if source not in ("smtp", "lmtp") or not peer:
+        return False
+    smtp = settings.intake.smtp
+    if smtp is None or not smtp.trusted_relays:
+        return False
+    try:
+        address = ipaddress.ip_address(peer.strip().strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for relay in smtp.trusted_relays:
+        try:
+            if address in ipaddress.ip_network(relay.strip(), strict=False):
+                return True
+        except (ValueError, TypeError):  # checked by check-config; a bad entry trusts nobody
+            continue
+    return False
+
+
+def signed_names(tags: dict[bytes, bytes]) -> list[str]:
+    """Lower-cased names of a signature's ``h=`` tag, in order (duplicates kept: over-signing)."""
+    return [n.strip().decode("ascii", "replace").lower() for n in bytes(tags.get(b"h", b"")).split(b":") if n.strip()]
+
+
+def signature_key(domain: str, tags: dict[bytes, bytes]) -> str:
+    """``dkim:<d>:<sha256 of b= without whitespace>``: one signature, however it is refolded."""
+    b = bytes(tags.get(b"b", b"")).translate(None, b" \t\r\n")
+    return f"dkim:{domain}:{hashlib.sha256(b).hexdigest()}"
+
+
+def _unauthenticated(raw: bytes, detail: str) -> SenderVerdict:
+    address, domain = from_address(raw)
+    return SenderVerdict(address=address, domain=domain, authenticated=False, detail=detail)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What a passing check established: the domain, and what the signature covers."""
+
+    domain: str
+    signed_headers: frozenset[str] = frozenset()
+    key: str | None = None
+
+
 class Authenticator:
     """Checks DKIM signatures and trusted Authentication-Results; pure apart from the resolver."""
 
@@ -198,16 +293,21 @@ class Authenticator:
         self._resolver = resolver
         self._max_signatures = max_signatures
 
-    def verify(self, raw: bytes) -> SenderVerdict:
+    def verify(self, raw: bytes, *, trusted_path: bool = False) -> SenderVerdict:
+        """Who sent ``raw`` and whether it is proven; A-R counts only when ``trusted_path``."""
         try:
-            return self._verify(raw)
+            # The same bytes analysis reads (idempotent: accept already stored them canonical).
+            raw = canonical(raw)
+            refusal = header_block_refusal(raw)
+            if refusal is not None:
+                # Checked before any dkimpy call: this also bounds what dkimpy is handed.
+                return _unauthenticated(raw, f"ambiguous header block: {refusal}")
+            return self._verify(raw, trusted_path)
         except Exception as exc:  # untrusted input must never crash processing (DESIGN §8)
             log.warning("sender authentication failed unexpectedly", exc_info=True)
-            address, domain = from_address(raw)
-            detail = f"check failed: {type(exc).__name__}"
-            return SenderVerdict(address=address, domain=domain, authenticated=False, detail=detail)
+            return _unauthenticated(raw, f"check failed: {type(exc).__name__}")
 
-    def _verify(self, raw: bytes) -> SenderVerdict:
+    def _verify(self, raw: bytes, trusted_path: bool) -> SenderVerdict:
         headers, strict = _headers(raw)
         address, domain = _parse_from([v for n, v in headers if n.lower() == "from"])
         if domain is None:
@@ -218,21 +318,27 @@ class Authenticator:
             why = "malformed header block"
             return SenderVerdict(address=address, domain=domain, authenticated=False, detail=why)
         details: list[str] = []
-        auth_domain = self._dkim(raw, domain, details)
+        passed = self._dkim(raw, domain, details)
         method = "dkim"
-        if auth_domain is None:
-            auth_domain = self._authentication_results(headers, domain, details)
+        if passed is None:
             method = "authentication-results"
-        return SenderVerdict(
-            address=address,
-            domain=domain,
-            authenticated=auth_domain is not None,
-            method=method if auth_domain is not None else None,
-            auth_domain=auth_domain,
-            detail="; ".join(details),
+            if trusted_path:
+                passed = self._authentication_results(headers, domain, details)
+            elif self._trusted_ids and any(n.lower() == "authentication-results" for n, _v in headers):
+                details.append("Authentication-Results ignored (not received through a trusted relay)")
+        verdict = SenderVerdict(address=address, domain=domain, authenticated=False, detail="; ".join(details))
+        if passed is None:
+            return verdict
+        return replace(
+            verdict,
+            authenticated=True,
+            method=method,
+            auth_domain=passed.domain,
+            signed_headers=passed.signed_headers,
+            signature_key=passed.key,
         )
 
-    def _dkim(self, raw: bytes, from_domain: str, details: list[str]) -> str | None:
+    def _dkim(self, raw: bytes, from_domain: str, details: list[str]) -> _Pass | None:
         # Tags are read from the header block alone; the whole message (body canonicalisation) is
         # only parsed once a signature deserves a cryptographic check.
         block_headers, _ = dkim.rfc822_parse(_header_block(raw)[0])
@@ -241,6 +347,8 @@ class Authenticator:
         if not fields:
             details.append("dkim=none (no signature)")
             return None
+        if len(fields) > MAX_SIGNATURE_FIELDS:
+            details.append(f"dkim=ignored ({len(fields)} signatures, only the first {MAX_SIGNATURE_FIELDS} examined)")
         checked = 0
         for idx, value in enumerate(fields[:MAX_SIGNATURE_FIELDS]):
             try:
@@ -272,7 +380,8 @@ class Authenticator:
                 continue
             if ok:
                 details.append(f"dkim=pass {label} aligned")
-                return normalise_domain(d)
+                signer = normalise_domain(d) or d.lower()
+                return _Pass(signer, frozenset(signed_names(tags)), signature_key(signer, tags))
             if lookup.temporary:
                 details.append(f"dkim=temperror {label} (key lookup failed)")
             elif lookup.missing:
@@ -283,26 +392,28 @@ class Authenticator:
 
     def _authentication_results(
         self, headers: list[tuple[str, str]], from_domain: str, details: list[str]
-    ) -> str | None:
+    ) -> _Pass | None:
         if not self._trusted_ids:
             return None
         for name, value in headers:  # top to bottom: the first trusted one is the closest MTA's
             if name.lower() != "authentication-results":
                 continue
-            match = _AUTHSERV_ID.match(value)
-            if match is None or match.group(1).lower() not in self._trusted_ids:
+            authserv_id = _authserv_id(value)
+            if authserv_id is None or authserv_id not in self._trusted_ids:
                 continue
-            authserv_id = match.group(1).lower()
-            return self._trusted_result(authserv_id, value, from_domain, details)
+            return self._trusted_result(authserv_id, value, from_domain, headers, details)
         details.append("no trusted Authentication-Results")
         return None
 
-    def _trusted_result(self, authserv_id: str, value: str, from_domain: str, details: list[str]) -> str | None:
+    def _trusted_result(
+        self, authserv_id: str, value: str, from_domain: str, headers: list[tuple[str, str]], details: list[str]
+    ) -> _Pass | None:
         try:
             parsed = authres.AuthenticationResultsHeader.parse_value(value)
         except Exception:  # authres.AuthResError, or worse on garbage
             details.append(f"Authentication-Results from {authserv_id} unparsable")
             return None
+        dmarc: str | None = None
         for result in parsed.results:
             method = str(result.method).lower()
             if str(result.result).lower() != "pass":
@@ -311,15 +422,50 @@ class Authenticator:
             if method == "dmarc":
                 header_from = normalise_domain(props.get(("header", "from")))
                 if header_from is not None and header_from == from_domain:
-                    details.append(f"Authentication-Results {authserv_id}: dmarc=pass header.from={header_from}")
-                    return header_from
+                    dmarc = header_from
             elif method == "dkim":
                 signer = props.get(("header", "d")) or props.get(("header", "i"), "").rpartition("@")[2]
                 if aligned(signer, from_domain):
+                    domain = normalise_domain(signer) or signer.lower()
                     details.append(f"Authentication-Results {authserv_id}: dkim=pass header.d={signer} aligned")
-                    return normalise_domain(signer)
+                    names, key = _covered_by(headers, domain, props.get(("header", "b")))
+                    return _Pass(domain, names, key)
+        if dmarc is not None:
+            # DMARC may pass on SPF alone: nothing is known to be signed, so nothing steers.
+            details.append(f"Authentication-Results {authserv_id}: dmarc=pass header.from={dmarc}")
+            return _Pass(dmarc)
         details.append(f"Authentication-Results from {authserv_id}: no aligned pass")
         return None
+
+
+def _covered_by(headers: list[tuple[str, str]], domain: str, b_prefix: str | None) -> tuple[frozenset[str], str | None]:
+    """What the DKIM-Signature that an A-R ``dkim=pass header.d=<domain>`` vouches for covers.
+
+    No crypto: the relay checked it. The signature is the one with that ``d=`` whose ``b=`` starts
+    with ``header.b`` when given (RFC 6008 §4); when several could be meant, only the names they all
+    cover count. None found: nothing is known to be covered.
+    """
+    prefix = "".join((b_prefix or "").split())
+    found: list[tuple[frozenset[str], str]] = []
+    for name, value in headers[: 4 * MAX_SIGNATURE_FIELDS]:
+        if name.lower() != "dkim-signature":
+            continue
+        try:
+            tags = parse_tag_value(value.encode("utf-8", "surrogateescape"))
+        except Exception:  # noqa: S112 - an unparsable signature covers nothing
+            continue
+        if normalise_domain(bytes(tags.get(b"d", b"")).decode("ascii", "replace")) != domain:
+            continue
+        b = "".join(bytes(tags.get(b"b", b"")).decode("ascii", "replace").split())
+        if prefix and not b.startswith(prefix):
+            continue
+        found.append((frozenset(signed_names(tags)), signature_key(domain, tags)))
+        if len(found) >= MAX_SIGNATURE_FIELDS:
+            break
+    if not found:
+        return frozenset(), None
+    names = frozenset.intersection(*(n for n, _k in found))
+    return names, found[0][1] if len(found) == 1 else None
 
 
 def _refusal(tags: dict[bytes, bytes], from_domain: str) -> str | None:
@@ -336,8 +482,11 @@ def _refusal(tags: dict[bytes, bytes], from_domain: str) -> str | None:
     if b"l" in tags:
         # RFC 6376 §8.2: with l= anyone may append content under the signature.
         return "l= body length limit refused"
-    signed = [h.strip().lower() for h in bytes(tags.get(b"h", b"")).split(b":")]
-    if b"from" not in signed:
+    signed = signed_names(tags)
+    if len(signed) > MAX_SIGNED_NAMES:
+        # Verifying costs (names in h=) x (fields in the block): the DKIM cost bomb (issue 15).
+        return f"h= lists {len(signed)} header names, more than {MAX_SIGNED_NAMES}"
+    if "from" not in signed:
         # RFC 6376 §6.1.1: a signature not covering From MUST be ignored.
         return "From not signed"
     return None

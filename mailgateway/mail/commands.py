@@ -23,6 +23,7 @@ _COMMAND_LINE = re.compile(r"^[ \t]*#(\s?)([^\W\d_][\w\-]*|\?)(.*)$")
 REASON_UNKNOWN = "commande inconnue"
 REASON_NOT_AUTHENTICATED = "expéditeur non authentifié (signature DKIM/DMARC absente ou invalide)"
 REASON_NOT_STAFF = "l'expéditeur ne fait pas partie des agents SSI de la région"
+REASON_NO_REGION = "message adressé à aucune boîte SSI régionale : aucune commande n'est acceptée"
 
 
 def _args(mode: str, rest: str) -> tuple[str, ...]:
@@ -101,8 +102,12 @@ def authorise(
             continue
         if not sender.authenticated:
             reason: str | None = REASON_NOT_AUTHENTICATED
-        elif not regions or (region is not None and region not in regions):
-            reason = REASON_NOT_STAFF + (f" {region}" if region else "")
+        elif region is None:
+            # Issue 15: a mail that names no regional mailbox (and no case) authorises nobody;
+            # "any staff of any region" would let one region act on another's behalf.
+            reason = REASON_NO_REGION
+        elif not regions or region not in regions:
+            reason = f"{REASON_NOT_STAFF} {region}"
         else:
             reason = None
         out.append(Command(cmd.name, cmd.args, accepted=reason is None, reason=reason, line=cmd.line))

@@ -17,9 +17,11 @@ _MONTHS = {
     "avr": 4, "mai": 5, "juin": 6, "juillet": 7, "juil": 7, "aout": 8, "septembre": 9, "sept": 9,
     "sep": 9, "octobre": 10, "oct": 10, "novembre": 11, "nov": 11, "decembre": 12, "dec": 12,
 }  # fmt: skip
+# Each optional word carries its own trailing blanks ("(?:a\s*)?", not "\s*a?\s*"): two "\s*" around
+# an optional part share a run of blanks, which made every date followed by many blanks quadratic.
 _TIME = (
-    r"(?:\s*(?:,|a|à|vers|aux alentours de|autour de|-|@|;)?\s*(?:environ\s*)?"
-    r"(\d{1,2})\s*(?:h|:|heures?)\s*(\d{2})?(?:\s*(?::|min)\s*\d{2})?)?"
+    r"(?:\s*(?:(?:,|a|à|vers|aux alentours de|autour de|-|@|;)\s*)?(?:environ\s*)?"
+    r"(\d{1,2})\s*(?:h|:|heures?)(?:\s*(\d{2}))?(?:\s*(?::|min)\s*\d{2})?)?"
 )
 _ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?(Z|[+-]\d{2}:?\d{2})?)?\b")
 _NUMERIC = re.compile(r"\b(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})\b" + _TIME, re.I)

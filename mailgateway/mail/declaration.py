@@ -27,8 +27,11 @@ _NOREPLY = re.compile(
     re.I,
 )
 _NEGATIVE = re.compile(r"^\s*(non|aucun|aucune|neant|néant|pas d|sans|no|n/a|-|0)\b", re.I)
-_EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+# The local part is bounded (RFC 5321 §4.5.3.1.1: 64 octets): tried from every character of a long
+# run without '@', an unbounded "[\w.+\-]+" rescanned the rest of the run each time (quadratic).
+_EMAIL = re.compile(r"[\w.+\-]{1,64}@[\w\-]+(?:\.[\w\-]+)+")
 MIN_LABELS = 3
+_BLANK_RUN = re.compile(r"\s+")
 # A structure named in free text: "la Clinique du Parc", "au CH de Vienne", "l'EHPAD Les Tilleuls".
 _STRUCTURE = re.compile(
     r"\b((?:Polyclinique|Clinique|Centre [Hh]ospitalier(?: [Uu]niversitaire| [Rr][ée]gional)?|CHU|CHR|CHS|CH|"
@@ -172,7 +175,9 @@ def _structure_in_text(text: str) -> str | None:
 def _first_sentences(text: str, limit: int = 600) -> str | None:
     cleaned = re.sub(r"[ \t]+", " ", text).strip()
     cleaned = re.sub(r"^(bonjour|madame|monsieur|cher|chère)[^\n]{0,60}\n+", "", cleaned, flags=re.I)
-    cleaned = re.sub(r"\s*\n\s*", " ", cleaned)
+    # A run of blanks holding a line break becomes one space. One "\s+" per run: "\s*\n\s*" retried
+    # every start inside a long run of other blanks (no-break spaces), quadratic.
+    cleaned = _BLANK_RUN.sub(lambda m: " " if "\n" in m.group(0) else m.group(0), cleaned)
     if not cleaned:
         return None
     return cleaned[:limit].rstrip() + ("…" if len(cleaned) > limit else "")

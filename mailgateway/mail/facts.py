@@ -26,6 +26,13 @@ class SenderVerdict:
     auth_domain: str | None = None
     # Human-readable reason, recorded on the timeline ("dkim=pass d=chu.fr aligned", "no signature").
     detail: str = ""
+    # Lower-cased header field names covered by the accepted signature (its h= tag), empty when the
+    # method gives no such knowledge. Steering headers (Subject, In-Reply-To, References) are acted
+    # on only when covered (RFC 6376 §8.15).
+    signed_headers: frozenset[str] = frozenset()
+    # "dkim:<d>:<sha256 of b=>" of the accepted signature: a command or alert runs at most once per
+    # signature (replays with an extra Received: line carry the same one).
+    signature_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,10 +79,12 @@ class Declaration:
 class Alert:
     reference: str | None = None
     title: str | None = None
-    tlp: str | None = None
+    tlp: str | None = None  # the label relay obeys (mail/tlp.py: fails closed to AMBER+STRICT)
     targets: tuple[str, ...] = ()
     cves: tuple[str, ...] = ()
     authentic: bool = False
+    tlp_marking: str | None = None  # the marking(s) as written, for staff; None: no marking at all
+    tlp_known: bool = False  # every marking was a TLP label
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +94,8 @@ class Alert:
             "targets": list(self.targets),
             "cves": list(self.cves),
             "authentic": self.authentic,
+            "tlp_marking": self.tlp_marking,
+            "tlp_known": self.tlp_known,
         }
 
 

@@ -1,13 +1,23 @@
-"""HTML to plain text with the standard library's ``html.parser`` (no third-party sanitizer needed:
-the text is only read, never rendered). Script and style contents are dropped; block elements
-become line breaks so labelled lines ("Champ : valeur") survive; link targets are collected
-separately because they carry indicators that the visible text may not show.
+"""HTML to plain text (no third-party sanitizer needed: the text is only read, never rendered).
+Script and style contents are dropped; block elements become line breaks so labelled lines
+("Champ : valeur") survive; link targets are collected separately because they carry indicators
+that the visible text may not show.
+
+The markup is split into tags and text by a small tokenizer of our own (``_feed``) rather than
+the standard library's ``html.parser``: in Python 3.11 the latter rescans the rest of the
+document for every unterminated construct (CVE-2025-6069 and neighbours: 100 KB of "<a" took
+50 s, 25,000 "<!--" 24 s), so one anonymous HTML mail could hold processing for hours (issue 15,
+"bounded work"). Every step below moves forward with ``str.find`` or a regex made of single
+character classes, so the work is linear in the size of the markup. The tokenizer follows the
+WHATWG rules where they matter for text: comments end at "-->" (unterminated: the rest is a
+comment), script/style content is raw text up to its end tag, "<!…>" and "<?…>" are skipped to
+">", a "<" not followed by a letter is text, and character references are decoded.
 """
 
 from __future__ import annotations
 
+import html
 import re
-from html.parser import HTMLParser
 
 _BLOCK = frozenset(
     "p div br li ul ol tr table h1 h2 h3 h4 h5 h6 blockquote pre hr section article header footer "
@@ -20,9 +30,97 @@ _WS = re.compile(r"\s+")
 _BLANKS = re.compile(r"\n{3,}")
 
 
-class _TextExtractor(HTMLParser):
+_TAG_NAME = re.compile(r"[A-Za-z][^\s/>]*")
+_TAG_STOP = re.compile(r"[>\"']")
+# name, then an optional value: "=" separates the two blank runs, so they never compete.
+_ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?""")
+_RAW_END = {name: re.compile(rf"</{name}(?=[\s/>]|$)", re.I) for name in ("script", "style")}
+
+
+def _tag_end(markup: str, pos: int) -> int:
+    """Index of the '>' closing the tag whose attributes start at ``pos``, or -1 (end of input).
+
+    A quote opens a value only right after '=' (``title=don't`` has no quoted value).
+    """
+    while True:
+        stop = _TAG_STOP.search(markup, pos)
+        if stop is None:
+            return -1
+        at = stop.start()
+        if markup[at] == ">":
+            return at
+        if markup[pos:at].rstrip().endswith("="):  # only the part just scanned: linear
+            close = markup.find(markup[at], at + 1)
+            if close < 0:
+                return -1
+            pos = close + 1
+        else:
+            pos = at + 1
+
+
+def _attrs(text: str) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for m in _ATTR.finditer(text):
+        value = next((v for v in m.group(2, 3, 4) if v is not None), None)
+        out.append((m.group(1).lower(), html.unescape(value) if value is not None else None))
+    return out
+
+
+def _feed(parser: _TextExtractor, markup: str) -> None:
+    """Tokenize ``markup`` into ``parser``'s handlers, in one forward pass (see the module doc)."""
+    i, n = 0, len(markup)
+    while i < n:
+        lt = markup.find("<", i)
+        if lt < 0:
+            parser.handle_data(html.unescape(markup[i:]))
+            return
+        if lt > i:
+            parser.handle_data(html.unescape(markup[i:lt]))
+        i = _markup_at(parser, markup, lt)
+        if i < 0:
+            return
+
+
+def _markup_at(parser: _TextExtractor, markup: str, lt: int) -> int:
+    """Handle the construct at ``markup[lt] == "<"``; where to go on, or -1 when input is used up."""
+    if markup.startswith("<!--", lt):
+        end = markup.find("-->", lt + 4)
+        return -1 if end < 0 else end + 3
+    closing = markup.startswith("</", lt)
+    name = _TAG_NAME.match(markup, lt + 2 if closing else lt + 1)
+    if name is None:
+        if markup.startswith(("<!", "<?", "</"), lt):  # doctype, CDATA, processing instruction, "</>"
+            gt = markup.find(">", lt)
+            return -1 if gt < 0 else gt + 1
+        parser.handle_data("<")
+        return lt + 1
+    gt = _tag_end(markup, name.end())
+    if gt < 0:  # a tag cut by the end of the input: keep its text, as html.parser did
+        parser.handle_data(markup[lt:])
+        return -1
+    tag = name.group(0).lower()
+    if closing:
+        parser.handle_endtag(tag)
+        return gt + 1
+    inner = markup[name.end() : gt]
+    if inner.endswith("/"):
+        parser.handle_startendtag(tag, _attrs(inner[:-1]))
+        return gt + 1
+    parser.handle_starttag(tag, _attrs(inner))
+    raw_end = _RAW_END.get(tag)
+    if raw_end is None:
+        return gt + 1
+    # script/style: raw text up to the end tag (its content is skipped by the handlers).
+    found = raw_end.search(markup, gt + 1)
+    if found is None:
+        return -1
+    end_gt = markup.find(">", found.end())
+    parser.handle_endtag(tag)
+    return -1 if end_gt < 0 else end_gt + 1
+
+
+class _TextExtractor:
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.chunks: list[str] = []
         self.links: list[str] = []
         self.skip_depth = 0
@@ -81,9 +179,8 @@ def html_to_text(markup: str) -> tuple[str, list[str]]:
     """(plain text, link targets) of an HTML document; never raises."""
     parser = _TextExtractor()
     try:
-        parser.feed(markup[:MAX_HTML_CHARS])
-        parser.close()
-    except Exception:  # noqa: S110 - html.parser is lenient; keep whatever was extracted
+        _feed(parser, markup[:MAX_HTML_CHARS])
+    except Exception:  # noqa: S110 - keep whatever was extracted; the text is only read
         pass
     text = "".join(parser.chunks)
     text = "\n".join(line.rstrip() for line in text.split("\n"))

@@ -20,12 +20,15 @@ from __future__ import annotations
 import email
 import email.parser
 import email.policy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
+import dkim
+
 from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_addresses
 from mailgateway.mail.htmltext import html_to_text
+from mailgateway.wire import MAX_SIGNATURE_FIELDS, MAX_SIGNED_NAMES, header_block, header_block_problem
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -305,3 +308,77 @@ def inner_text(msg: Message) -> tuple[ParsedMessage, str]:
     inner = ParsedMessage(msg=msg)
     collect_parts(inner)
     return inner, inner.text()
+
+
+# --- one view of a message (issue 15) --------------------------------------------------------------
+
+
+def _unfolded(value: str) -> str:
+    return value.replace("\r\n", "").replace("\n", "").strip(" \t")
+
+
+def dkim_view(raw: bytes) -> list[tuple[str, str]] | None:
+    """The header fields as dkimpy splits them (what DKIM verifies), or None when it cannot."""
+    try:
+        parsed, _body = dkim.rfc822_parse(header_block(raw))
+    except Exception:  # MessageFormatError, IndexError on a leading continuation
+        return None
+    return [
+        (bytes(n).decode("ascii", "surrogateescape"), _unfolded(bytes(v).decode("ascii", "surrogateescape")))
+        for n, v in parsed
+    ]
+
+
+def email_view(msg: Message) -> list[tuple[str, str]]:
+    """The header fields as the ``email`` package split them (what analysis reads)."""
+    return [(str(n), _unfolded(v if isinstance(v, str) else str(v))) for n, v in msg.raw_items()]
+
+
+def views_problem(raw: bytes, msg: Message) -> str | None:
+    """Defence in depth behind ``wire.header_block_problem``: the two parsers' header lists must be
+    identical (names, order, count, unfolded values); any difference is an ambiguous header block."""
+    seen = dkim_view(raw)
+    if seen is None:
+        return "en-têtes illisibles pour la vérification DKIM"
+    read = email_view(msg)
+    if len(seen) != len(read):
+        return f"en-têtes lus différemment par la vérification DKIM et l'analyse ({len(seen)} / {len(read)} champs)"
+    for (dk_name, dk_value), (em_name, em_value) in zip(seen, read, strict=True):
+        if dk_name != em_name or dk_value != em_value:
+            return f"en-tête {em_name[:60]} lu différemment par la vérification DKIM et l'analyse"
+    return None
+
+
+def _h_names(signature: str) -> int:
+    """Names listed in the h= tag of one DKIM-Signature value (RFC 6376 §3.5), counted linearly."""
+    for tag in signature.split(";"):
+        name, _eq, value = tag.partition("=")
+        if name.strip() == "h":
+            return sum(1 for n in value.split(":") if n.strip())
+    return 0
+
+
+def budget_problem(signatures: Iterable[str]) -> str | None:
+    """Over the per-message analysis budget for DKIM signatures (the verifier's cost bomb)."""
+    values = list(signatures)
+    if len(values) > MAX_SIGNATURE_FIELDS:
+        return f"trop de signatures DKIM : {len(values)} (maximum {MAX_SIGNATURE_FIELDS})"
+    for value in values:
+        names = _h_names(value)
+        if names > MAX_SIGNED_NAMES:
+            return f"signature DKIM couvrant {names} noms d'en-têtes (maximum {MAX_SIGNED_NAMES})"
+    return None
+
+
+def message_problem(raw: bytes, parsed: ParsedMessage) -> str | None:
+    """Why ``raw`` must not be acted on (French): an ambiguous header block or one over budget."""
+    problem = header_block_problem(raw)
+    if problem is None and parsed.degraded != "unparseable":
+        problem = views_problem(raw, parsed.msg)
+    if problem is None:
+        try:
+            signatures = [str(v) for v in parsed.msg.get_all("DKIM-Signature") or []]
+        except Exception:
+            signatures = []
+        problem = budget_problem(signatures)
+    return problem

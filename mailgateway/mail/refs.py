@@ -20,7 +20,8 @@ CASE_REF = re.compile(
 )
 CANONICAL = re.compile(r"^SSI-[A-Z]{2,4}-\d{4}-\d{4,6}$")
 # Reply/forward prefixes in French, English and German clients (RE:, TR:, Fwd:, AW:, WG:, RÉF:).
-_PREFIX = re.compile(r"^\s*(?:(?:re|r[ée]f|tr|fw|fwd|aw|wg|sv|vs|antw|rif|réf)\s*(?:\[\d+\])?\s*:\s*)+", re.I)
+# "(?:\[\d+\]\s*)?" rather than "\s*(?:\[\d+\])?\s*": no two quantifiers over the same blanks.
+_PREFIX = re.compile(r"^\s*(?:(?:re|r[ée]f|tr|fw|fwd|aw|wg|sv|vs|antw|rif|réf)\s*(?:\[\d+\]\s*)?:\s*)+", re.I)
 
 
 def canonical(region: str, year: str, number: str) -> str:

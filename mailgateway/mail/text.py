@@ -50,19 +50,25 @@ _QUOTE_HEADERS = [
     re.compile(r"^\s*(le|on|am)\s.{0,200}(a écrit|a ecrit|wrote|schrieb)\s*:\s*$", re.I),
     re.compile(r"^\s*(de|from|von)\s*:\s*.+$", re.I),  # Outlook header block; checked with the next
     re.compile(r"^\s*-{3,}\s*(forwarded message|message transféré|message transfere)\s*-{3,}", re.I),
-    re.compile(r"^\s*début du message réexpédié\s*:?\s*$", re.I),
-    re.compile(r"^\s*begin forwarded message\s*:?\s*$", re.I),
+    # "(?:\s*:)?\s*$", not "\s*:?\s*$": two quantifiers over one run of blanks (quadratic).
+    re.compile(r"^\s*début du message réexpédié(?:\s*:)?\s*$", re.I),
+    re.compile(r"^\s*begin forwarded message(?:\s*:)?\s*$", re.I),
 ]
 _OUTLOOK_NEXT = re.compile(r"^\s*(envoy[ée]|sent|date|gesendet|à|a|to|objet|subject)\s*:", re.I)
 _SIGNATURE = re.compile(r"^-- ?$")
 _WRAPPED_ATTRIBUTION = re.compile(r"^\s*(le|on)\s.{0,200}$", re.I)
-_WROTE = re.compile(r"^\s*.{0,80}(a écrit|a ecrit|wrote)\s*:\s*$", re.I)
+# Matched on the line without its leading blanks: "^\s*.{0,80}" would let both quantifiers share
+# a run of blanks (80 tries per blank).
+_WROTE = re.compile(r"^.{0,80}(a écrit|a ecrit|wrote)\s*:\s*$", re.I)
 
 
 def quote_start(lines: list[str]) -> int | None:
     """Index of the first line of quoted/forwarded material, or None."""
     for i, line in enumerate(lines):
-        if line.lstrip().startswith(">"):
+        stripped = line.lstrip()
+        if not stripped:
+            continue  # no pattern matches a blank line: skip ten regex calls per blank line
+        if stripped.startswith(">"):
             return i
         for n, pattern in enumerate(_QUOTE_HEADERS):
             if not pattern.match(line):
@@ -73,7 +79,7 @@ def quote_start(lines: list[str]) -> int | None:
                     continue
             return i
         # Gmail wraps long attributions over two lines: "Le ... <x@y>" / "a écrit :".
-        if _WRAPPED_ATTRIBUTION.match(line) and i + 1 < len(lines) and _WROTE.match(lines[i + 1]):
+        if _WRAPPED_ATTRIBUTION.match(line) and i + 1 < len(lines) and _WROTE.match(lines[i + 1].lstrip()):
             return i
     return None
 
@@ -92,9 +98,14 @@ def new_text(text: str) -> str:
 
 
 # -- forwarded messages --------------------------------------------------------------------------
+# One line (re.M), blanks within the line only: "\s" would cross line ends, so that "^\s*" tried
+# at every line start would rescan every following blank line (quadratic), and "\s*:?\s*$" lets two
+# quantifiers share one run of blanks.
+_BLANK = r"[^\S\n]*"
 _FORWARD_MARKERS = re.compile(
-    r"^\s*(?:-{3,}\s*(?:forwarded message|message transf[ée]r[ée]|original message|message d'origine)"
-    r"\s*-{3,}|d[ée]but du message r[ée]exp[ée]di[ée]\s*:?|begin forwarded message\s*:?)\s*$",
+    rf"^{_BLANK}(?:-{{3,}}{_BLANK}(?:forwarded message|message transf[ée]r[ée]|original message|message d'origine)"
+    rf"{_BLANK}-{{3,}}|d[ée]but du message r[ée]exp[ée]di[ée](?:{_BLANK}:)?|begin forwarded message(?:{_BLANK}:)?)"
+    rf"{_BLANK}$",
     re.I | re.M,
 )
 
@@ -107,7 +118,7 @@ def split_forwarded(text: str) -> tuple[str, str | None]:
     return text[: match.start()], text[match.end() :]
 
 
-_FWD_HEADER = re.compile(r"^\s*\*?(de|from|exp[ée]diteur)\s*\*?\s*:\s*(.+)$", re.I | re.M)
+_FWD_HEADER = re.compile(rf"^{_BLANK}\*?(de|from|exp[ée]diteur)(?:{_BLANK}\*)?{_BLANK}:{_BLANK}(.+)$", re.I | re.M)
 
 
 def forwarded_from(forwarded: str) -> str | None:
@@ -118,7 +129,37 @@ def forwarded_from(forwarded: str) -> str | None:
 
 
 # -- labelled lines ------------------------------------------------------------------------------
-_LABEL_LINE = re.compile(r"^\s*[-*•]?\s*([^:\n]{1,60}?)\s*:\s?(.*)$")
+MAX_LABEL = 60
+_BULLETS = ("-", "*", "•")
+
+
+def label_line(line: str) -> tuple[str, str] | None:
+    r"""(label as written, value) of one "Label : value" line (no line break in it), or None.
+
+    The label is what precedes the first colon, without blanks around it and without one list
+    bullet ("-", "*", "•"); at most MAX_LABEL characters. It may be empty (" : x", "- : x"):
+    such a line still counts as labelled (it ends a multi-line value) but names no field.
+
+    String operations, not a regex: the former ``^\s*[-*•]?\s*([^:\n]{1,60}?)\s*:`` let four
+    quantifiers share one run of blanks, and a line of a few thousand spaces before a colon took
+    minutes (issue 15, "poison message"). This is linear in the length of the line, with the same
+    results on every line.
+    """
+    head, colon, rest = line.partition(":")
+    if not colon or not head:
+        return None
+    label = head.lstrip()
+    if label.startswith(_BULLETS):
+        label = label[1:].lstrip()
+    label = label.rstrip()
+    if len(label) > MAX_LABEL or "\n" in label:
+        return None
+    # One blank after the colon belongs to the separator (": value"); the rest is the value.
+    return label, rest[1:] if rest[:1].isspace() else rest
+
+
+def _is_label_line(line: str) -> bool:
+    return label_line(line) is not None
 
 
 def labelled_lines(text: str, max_lines: int = 2000) -> list[tuple[str, str, int]]:
@@ -131,16 +172,16 @@ def labelled_lines(text: str, max_lines: int = 2000) -> list[tuple[str, str, int
     out: list[tuple[str, str, int]] = []
     i = 0
     while i < len(lines):
-        match = _LABEL_LINE.match(lines[i]) if ":" in lines[i] else None
-        if not match or match.group(1).lstrip().startswith(("http", ">")):
+        found = label_line(lines[i])
+        if found is None or found[0].startswith(("http", ">")):
             i += 1
             continue
-        label = match_form(match.group(1))
-        value = match.group(2).strip()
+        label = match_form(found[0])
+        value = found[1].strip()
         j = i + 1
         if not value:
             block: list[str] = []
-            while j < len(lines) and lines[j].strip() and not _LABEL_LINE.match(lines[j]):
+            while j < len(lines) and lines[j].strip() and not _is_label_line(lines[j]):
                 block.append(lines[j].strip())
                 j += 1
             if not block and j < len(lines) and not lines[j].strip():
@@ -154,7 +195,7 @@ def labelled_lines(text: str, max_lines: int = 2000) -> list[tuple[str, str, int
         else:
             # Continuation lines (indented or wrapped text without a label) extend the value.
             while (
-                j < len(lines) and lines[j].strip() and lines[j][:1] in (" ", "\t") and not _LABEL_LINE.match(lines[j])
+                j < len(lines) and lines[j].strip() and lines[j][:1] in (" ", "\t") and not _is_label_line(lines[j])
             ):
                 value += " " + lines[j].strip()
                 j += 1

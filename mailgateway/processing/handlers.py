@@ -6,6 +6,8 @@ Each handler runs inside the message's transaction and returns an ``Outcome``. T
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,9 +22,10 @@ from mailgateway.cases.timeline import append_event
 from mailgateway.clock import PARIS, Clock, aware
 from mailgateway.dispatch.compose import Attachment, MailSpec
 from mailgateway.mail.facts import MessageFacts
+from mailgateway.processing import replay
 from mailgateway.processing.mailer import Mailer, is_no_reply, staff_addresses
 from mailgateway.settings import Settings
-from mailgateway.store.models import Case, Establishment, InboundMessage, Indicator
+from mailgateway.store.models import Case, Contact, Establishment, InboundMessage, Indicator
 
 
 @dataclass
@@ -92,9 +95,43 @@ def declarant_of(facts: MessageFacts) -> str | None:
     return None
 
 
+def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) -> bool:
+    """Per-sender cap on staff notifications (issue 15): over it, the message stays stored and
+    attached to its case, the timeline says so, and staff get one summary notice for that sender
+    and hour. An authentic ACSS alert is never held back."""
+    if facts.alert is not None and facts.alert.authentic:
+        return False
+    sender = (facts.sender.address or "").strip().lower()
+    if env.mailer.notice_allowed(session, sender):
+        return False
+    cap = env.settings.outbound.staff_notifications_per_sender_per_hour
+    append_event(session, case, type="notification_limitee", actor="passerelle", at=env.clock.now(),
+                 data={"expediteur": sender or "inconnu", "motif": f"plus de {cap} notifications en une heure"})
+    topic = "notifications:" + hashlib.sha256(sender.encode()).hexdigest()[:16]
+    env.mailer.warn_staff(
+        session, case.region, topic=topic,
+        motif=f"plus de {cap} messages en une heure de {sender or 'un expéditeur inconnu'}",
+        details=[f"premier message non notifié : dossier {case.reference}",
+                 "les messages suivants de cet expéditeur sont rattachés à leurs dossiers sans notification"])
+    return True
+
+
+def _original(env: Env, case: Case, inbound: InboundMessage) -> tuple[list[Attachment], dict[str, Any]]:
+    """The original, attached once per staff member only when small: a 25 MB declaration copied
+    into every notification multiplied the database by the staff count (issue 15)."""
+    size = len(inbound.raw)
+    attached = size <= env.settings.outbound.staff_attachment_max_bytes
+    context = {"original_attached": attached, "original_size_fr": f"{size / 1_048_576:.1f} Mo",
+               "original_command": f"mailgateway cases original {case.reference}"}
+    return ([Attachment(inbound.raw, "message-original.eml")] if attached else []), context
+
+
 def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage, facts: MessageFacts,
                  template: str = "staff_notification", kind: str = "notification_equipe",
                  extra: dict[str, Any] | None = None) -> int:
+    if _notice_capped(env, session, case, facts):
+        return 0
+    attachments, original = _original(env, case, inbound)
     est = session.get(Establishment, case.finess) if case.finess else None
     context = {
         **region_context(env, case.region),
@@ -107,6 +144,7 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         "sender": facts.sender.to_json(),
         "indicators": [i.to_json() for i in facts.indicators[:50]],
         "subject": _one_line(facts.subject),
+        **original,
         **(extra or {}),
     }
     assignee = [case.assignee] if case.assignee and kind == "notification_reponse" else None
@@ -114,7 +152,7 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         session, case.region, template=template, context=context, kind=kind, key=f"{kind}:{inbound.id}",
         recipients=assignee, case=case, priority=0,
         in_reply_to=facts.message_id, references=list(facts.in_reply_to),
-        attachments=[Attachment(inbound.raw, "message-original.eml")],
+        attachments=attachments,
     )
 
 
@@ -142,6 +180,38 @@ def _new_case(env: Env, session: Session, *, region: str, kind: str, inbound: In
     return case
 
 
+# An enumeration code (RANCONGICIEL, ETABLISSEMENT_SANTE): what the label tables map mail text to.
+_ENUM_CODE = re.compile(r"[A-Z][A-Z0-9_+]{0,47}")
+
+
+def _enum_code(value: str | None) -> str | None:
+    return value if value and _ENUM_CODE.fullmatch(value) else None
+
+
+def _declarant_verified(facts: MessageFacts, declarant: str) -> bool:
+    """The acknowledgement goes back to the very address that authenticated the declaration.
+    Otherwise the recipient came from From / Reply-To / « Courriel du déclarant » of a message
+    anyone could have written, and may be a victim."""
+    sender = (facts.sender.address or "").strip().lower()
+    return facts.sender.authenticated and bool(sender) and sender == declarant
+
+
+def _acknowledgement_context(env: Env, region: str, case: Case, inbound: InboundMessage, facts: MessageFacts,
+                             verified: bool) -> dict[str, Any]:
+    """Issue 15: mail to an unverified address never echoes text of an unauthenticated message
+    (subject, structure name, free text): only the reference, the date received and the incident
+    type / category as enumeration codes (shown by their French labels). A DKIM-signed mail can
+    otherwise be made to carry an attacker's words, signed by the agency, to anyone."""
+    base = {**region_context(env, region), "received_at_fr": french_datetime(inbound.received_at),
+            "incident_type": _enum_code(case.incident_type), "category": _enum_code(case.category),
+            "summary_only": not verified}
+    if verified:
+        return {**base, "case": case_context(case), "subject": _one_line(facts.subject)}
+    safe = dict.fromkeys(case_context(case))
+    safe.update(reference=case.reference, kind=case.kind, status=case.status, severity=case.severity)
+    return {**base, "case": safe, "subject": ""}
+
+
 def handle_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
     region = facts.region
     if region is None or env.settings.region(region) is None:
@@ -162,13 +232,13 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     now = env.clock.now()
     if case.declarant:
         from_address, from_name = from_identity(env, region)
+        verified = _declarant_verified(facts, case.declarant)
         spec = MailSpec(
             template="acknowledgement",
-            context={**region_context(env, region), "case": case_context(case),
-                     "received_at_fr": french_datetime(inbound.received_at), "subject": _one_line(facts.subject)},
+            context=_acknowledgement_context(env, region, case, inbound, facts, verified),
             to=case.declarant, from_address=from_address, from_name=from_name,
             idempotency_key=f"acknowledgement:{inbound.id}",
-            in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+            in_reply_to=facts.message_id, references=list(facts.in_reply_to) if verified else [],
         )
         if env.mailer.send(session, spec, kind="accuse_reception", case=case, auto_reply=True) is not None:
             case.acknowledged_at = now
@@ -184,12 +254,36 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     return Outcome("processed", case=case)
 
 
+def _replayed_alert(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,
+                    authentic: bool) -> Outcome | None:
+    """Once only (processing/replay.py): an alert already received opens no second case, so it can
+    be neither announced nor relayed twice. Only an authentic alert records its keys: a forged copy
+    arriving first must not make the genuine one look replayed."""
+    now = env.clock.now()
+    first = (replay.claim(session, facts, inbound.id, now) if authentic
+             else replay.recorded(session, replay.keys_of(facts)))
+    if first is None:
+        return None
+    original = session.get(InboundMessage, first.inbound_id)
+    case = session.get(Case, original.case_id) if original is not None and original.case_id else None
+    if case is not None:
+        inbound.case_id = case.id
+        append_event(session, case, type="alerte_rejouee", actor=facts.sender.address or "inconnu", at=now,
+                     inbound_id=inbound.id,
+                     data={"motif": replay.ALERT_REPLAYED, "deja_recue_par_message": first.inbound_id,
+                           "message_id": facts.message_id})
+    return Outcome("processed", reason=replay.ALERT_REPLAYED, case=case)
+
+
 def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
     region = facts.region
     if region is None or env.settings.region(region) is None:
         return Outcome("quarantined", "région destinataire inconnue pour l'alerte")
     alert = facts.alert
     assert alert is not None
+    replayed = _replayed_alert(env, session, inbound, facts, authentic=alert.authentic)
+    if replayed is not None:
+        return replayed
     title = _one_line(alert.title or facts.subject, 160)
     case = _new_case(env, session, region=region, kind="alert", inbound=inbound, facts=facts, title=title)
     case.tlp = alert.tlp
@@ -205,6 +299,31 @@ def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                      data={"motif": facts.sender.detail or "expéditeur non authentifié"})
     notify_staff(env, session, case, inbound, facts)
     return Outcome("processed", case=case)
+
+
+def _case_domains(env: Env, session: Session, case: Case) -> set[str]:
+    """Domains that speak for the case's establishment: its declarant's and its directory contacts'."""
+    found = {case.declarant.rpartition("@")[2].lower()} if case.declarant and "@" in case.declarant else set()
+    if case.finess:
+        found.update(a.rpartition("@")[2].lower()
+                     for a in session.scalars(select(Contact.address).where(Contact.finess == case.finess)))
+    acss = env.settings.acss.address.lower()
+    found.update({acss.rpartition("@")[2], *(d.lower() for d in env.settings.authentication.acss_domains)})
+    return {d for d in found if d}
+
+
+def status_refusal(env: Env, session: Session, case: Case, facts: MessageFacts) -> str | None:
+    """Why a reply may not change the case's status (issue 15), None when it may.
+
+    Case references are sequential: anyone can write « [SSI-ARA-2026-0042] » in a subject. Only a
+    reply authenticated (aligned DKIM) from the establishment's or the ACSS's domain may reopen a
+    closed case; any other reply is attached to the case and notified, and changes nothing."""
+    if not facts.sender.authenticated:
+        return "réponse non authentifiée"
+    sender = (facts.sender.address or "").strip().lower()
+    if sender.rpartition("@")[2] not in _case_domains(env, session, case):
+        return f"{sender or 'expéditeur inconnu'} n'appartient pas à l'établissement du dossier"
+    return None
 
 
 def _threaded_case(session: Session, facts: MessageFacts) -> Case | None:
@@ -255,9 +374,13 @@ def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: Me
 
     bounce = facts.bounce
     assert bounce is not None
-    row = outbox.find_bounced(session, bounce.verp_token, bounce.original_message_id)
-    if row is None:
-        return Outcome("processed", reason="rebond sans message d'origine identifiable")
+    match = outbox.find_bounced(session, bounce.verp_token, bounce.original_message_id)
+    if match is None:
+        return Outcome("processed", reason="rebond ignoré : il ne désigne aucun message envoyé par la passerelle")
+    if match.evidence != "verp":
+        # Only our random VERP return path proves the DSN travelled that message's path (issue 15).
+        return Outcome("processed", reason="rebond non vérifié (reçu hors de l'adresse de retour du message)")
+    row = match.row
     outbox.mark_bounced(session, row, env.clock.now(), "; ".join(bounce.recipients) or "rebond")
     if row.case_id is not None:
         case = session.get(Case, row.case_id)

@@ -1,7 +1,10 @@
 """Queue one outbound mail under the rules that hold on every outbound path (DESIGN §8).
 
 - never to a no-reply address, nor to ourselves (loops);
-- automatic replies are capped per recipient per hour and per day, and per case (storms);
+- automatic replies are capped per recipient per hour and per day, and per case (storms), and
+  all together per hour (a global budget: rotating recipients must not turn the gateway into a
+  signed spam relay); over the budget staff get one warning an hour, not one per refusal;
+- staff notifications caused by one sender are capped per hour (``notice_allowed``);
 - TLP: RED never leaves the agency (staff only), AMBER / AMBER+STRICT only to allowed recipients,
   the label in the subject;
 - a refused send is recorded on the case timeline with its reason.
@@ -27,8 +30,12 @@ from mailgateway.clock import Clock
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.compose import Composer, MailSpec
 from mailgateway.errors import PolicyRefusal
+from mailgateway.mail.tlp import relay_label
 from mailgateway.settings import Settings
-from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffMember
+from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffMember, StaffNoticeLog
+
+# Template of the warnings the gateway sends its own staff about its budgets (one per hour).
+WARNING_TEMPLATE = "avertissement"
 
 NO_REPLY_RE = re.compile(
     r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|ne[-_.]?pas[-_.]?repondre|nepasrepondre|noreponse|"
@@ -66,7 +73,9 @@ class Mailer:
         self.own = {r.address.lower() for r in settings.regions}
 
     def _tlp_allows(self, session: Session, tlp: str | None, recipient: str) -> bool:
-        if tlp is None or tlp in ("CLEAR", "WHITE", "GREEN"):
+        # A label this gate does not know is AMBER+STRICT (mail/tlp.py fails closed), never CLEAR.
+        tlp = relay_label(tlp) if tlp is not None else None
+        if tlp is None or tlp in ("CLEAR", "GREEN"):
             return True
         staff = all_staff(self.settings, session)
         if tlp == "RED":
@@ -101,6 +110,53 @@ class Mailer:
         if case is not None and for_case >= out.auto_replies_per_case:
             return f"plafond de réponses automatiques atteint pour le dossier {case.reference}"
         return None
+
+    def _global_budget_reached(self, session: Session) -> str | None:
+        """All automatic replies of the last hour, every recipient together (index ix_auto_reply_at)."""
+        budget = self.settings.outbound.auto_reply_global_per_hour
+        hour_ago = self.clock.now() - timedelta(hours=1)
+        total = int(session.scalar(select(func.count()).select_from(AutoReplyLog)
+                                   .where(AutoReplyLog.at >= hour_ago)) or 0)
+        if total < budget:
+            return None
+        return f"budget global de réponses automatiques atteint ({budget} par heure, tous destinataires confondus)"
+
+    def _hour_bucket(self) -> str:
+        return self.clock.now().strftime("%Y%m%d%H")
+
+    def _region_of(self, spec: MailSpec, case: Case | None) -> str | None:
+        if case is not None:
+            return case.region
+        sender = spec.from_address.lower()
+        return next((r.code for r in self.settings.regions if r.address.lower() == sender), None)
+
+    def warn_staff(self, session: Session, region: str, *, topic: str, motif: str,
+                   details: Sequence[str] = ()) -> int:
+        """One warning per ``topic``, region and clock hour (idempotency key): staff are told that a
+        budget was reached, never once per refused mail."""
+        context = {
+            "service_name": self.settings.outbound.service_name,
+            "region_name": (reg.name if (reg := self.settings.region(region)) else region),
+            "region_address": reg.address if reg else "", "region_code": region,
+            "motif": motif, "details": list(details)[:20],
+        }
+        key = f"avertissement:{topic}:{region}:{self._hour_bucket()}"
+        return self.send_to_staff(session, region, template=WARNING_TEMPLATE, context=context,
+                                  kind="avertissement_plafond", key=key, priority=0)
+
+    def notice_allowed(self, session: Session, sender: str) -> bool:
+        """Whether staff may still be notified of a message from ``sender`` this hour; counts it if so.
+
+        The cap is per sender address (lower-cased; an empty sender is one sender): an outsider
+        must not be able to push a stream of gateway notifications, with attachments, to staff."""
+        key = (sender or "").strip().lower()[:512]
+        hour_ago = self.clock.now() - timedelta(hours=1)
+        count = int(session.scalar(select(func.count()).select_from(StaffNoticeLog).where(
+            StaffNoticeLog.sender == key, StaffNoticeLog.at >= hour_ago)) or 0)
+        if count >= self.settings.outbound.staff_notifications_per_sender_per_hour:
+            return False
+        session.add(StaffNoticeLog(sender=key, at=self.clock.now()))
+        return True
 
     def from_identity(self, region: str) -> tuple[str, str]:
         """The region's SSI address and display name: every mail of the gateway comes from it."""
@@ -160,6 +216,10 @@ class Mailer:
             reason = f"TLP:{tlp} interdit l'envoi à {recipient}"
         elif auto_reply:
             reason = self._cap_reached(session, recipient, case)
+            if reason is None and (reason := self._global_budget_reached(session)) is not None:
+                region = self._region_of(spec, case)
+                if region is not None:
+                    self.warn_staff(session, region, topic="reponses_automatiques", motif=reason)
         if reason is None:
             try:
                 composed = self.composer.compose(replace(spec, to=recipient, tlp=tlp))

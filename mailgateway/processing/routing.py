@@ -29,8 +29,32 @@ def _finess_departement(finess: str | None) -> str | None:
     return head
 
 
+AUTHORISING_REGION = "authorising_region"
+
+
+def named_region(settings: Settings, facts: MessageFacts, envelope_region: str | None = None,
+                 envelope_rcpts: Sequence[str] = ()) -> str | None:
+    """The region whose SSI mailbox this mail was delivered or addressed to: the IMAP mailbox or
+    SMTP envelope recipient first (DESIGN §8), else a regional address written in To/Cc, exactly.
+
+    Unlike ``resolve_region`` this never guesses (no alias domain, FINESS or single-region
+    fallback): it is the only region an approval by mail may be authorised for. A mail that names
+    no regional mailbox authorises nobody (issue 15: region None used to mean "any staff")."""
+    configured = {r.code for r in settings.regions}
+    if envelope_region in configured:
+        return envelope_region
+    by_address = {r.address.lower(): r.code for r in settings.regions}
+    for address in [*envelope_rcpts, *facts.recipients]:
+        code = by_address.get(address.strip().lower())
+        if code is not None:
+            return code
+    return None
+
+
 def resolve_region(settings: Settings, facts: MessageFacts, envelope_region: str | None = None,
                    envelope_rcpts: Sequence[str] = ()) -> MessageFacts:
+    named = named_region(settings, facts, envelope_region, envelope_rcpts)
+    facts = replace(facts, extra={**facts.extra, AUTHORISING_REGION: named})
     configured = {r.code for r in settings.regions}
     if facts.region in configured:
         return facts

@@ -49,6 +49,9 @@ class InboundMessage(Base):
     size: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(16))  # smtp | lmtp | imap | cli
     mail_from: Mapped[str | None] = mapped_column(String(512))
+    # SMTP client IP (intake/smtp.py); None for IMAP and CLI. Authentication-Results are accepted
+    # only from [intake.smtp] trusted_relays (issue 15).
+    peer: Mapped[str | None] = mapped_column(String(64))
     rcpt_tos: Mapped[list[Any]] = mapped_column(default=list)
     region: Mapped[str | None] = mapped_column(String(8))
     received_at: Mapped[datetime]
@@ -64,6 +67,20 @@ class InboundMessage(Base):
     processed_at: Mapped[datetime | None]
     # GDPR retention (jobs/retention.py): raw emptied, envelope cleared; hash kept for dedup.
     purged_at: Mapped[datetime | None]
+
+
+class ReplayKey(Base):
+    """A command mail or alert already acted on (processing/replay.py): one row per key.
+
+    Keys are ``dkim:<d>:<sha256 of b=>`` (the accepted signature) and ``mid:<Message-ID>``; a
+    second message carrying either is a replay, whatever its other bytes (issue 15, "once only").
+    Recorded in the transaction that acts, so a crash before the commit re-runs exactly once."""
+
+    __tablename__ = "replay_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
+    at: Mapped[datetime]
 
 
 class InboundSourceKey(Base):
@@ -164,6 +181,37 @@ class CaseEvent(Base):
     outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_messages.id"))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # sha256 of the case's audited state when the event was written (cases/timeline.py); part of
+    # the event hash. NULL for events written before migration 0002 (their hash is unchanged).
+    state_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """Head of a region's audit ledger: locked (row lock / SQLite write lock) to append to it."""
+
+    __tablename__ = "audit_heads"
+
+    region: Mapped[str] = mapped_column(String(8), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditLedger(Base):
+    """Append-only, hash-chained per region: each entry anchors one case's chain head (reference,
+    last event seq and hash) outside the mutable case row, so a deleted case, a truncated timeline
+    or a rewritten case row is detected by ``cases verify`` (cases/timeline.py)."""
+
+    __tablename__ = "audit_ledger"
+    __table_args__ = (UniqueConstraint("region", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    region: Mapped[str] = mapped_column(String(8))
+    seq: Mapped[int] = mapped_column(Integer)
+    case_reference: Mapped[str] = mapped_column(String(32), index=True)
+    event_seq: Mapped[int] = mapped_column(Integer)
+    event_hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class Indicator(Base):
@@ -256,6 +304,9 @@ class Contact(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | bouncing | disabled
     bounce_score: Mapped[float] = mapped_column(default=0.0)
     last_bounce_at: Mapped[datetime | None]
+    # Bounces before this instant no longer count towards the distinct-message rule (staff
+    # reactivated the contact); None: all within the window count (directory/bounces.py).
+    bounces_counted_since: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -269,6 +320,9 @@ class ContactBounce(Base):
     permanent: Mapped[bool]
     diagnostic: Mapped[str | None] = mapped_column(Text)
     outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_messages.id"))
+    # How the failure reached us: relay (our relay's own answer), verp (a DSN at the message's
+    # VERP address), message_id (a DSN that only names a Message-ID); None: before 0002.
+    evidence: Mapped[str | None] = mapped_column(String(16))
 
 
 class StaffMember(Base):
@@ -333,11 +387,23 @@ class AutoReplyLog(Base):
     """Automatic replies sent, for the per-recipient and per-case storm caps."""
 
     __tablename__ = "auto_reply_log"
-    __table_args__ = (Index("ix_auto_reply_recipient_at", "recipient", "at"),)
+    # "at" alone: the global budget counts every automatic reply of the last hour (issue 15).
+    __table_args__ = (Index("ix_auto_reply_recipient_at", "recipient", "at"), Index("ix_auto_reply_at", "at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     recipient: Mapped[str] = mapped_column(String(512))
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    at: Mapped[datetime]
+
+
+class StaffNoticeLog(Base):
+    """Staff notifications caused by an inbound sender, for the per-sender cap (issue 15)."""
+
+    __tablename__ = "staff_notice_log"
+    __table_args__ = (Index("ix_staff_notice_sender_at", "sender", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sender: Mapped[str] = mapped_column(String(512))
     at: Mapped[datetime]
 
 
@@ -375,3 +441,19 @@ class BulletinRecipient(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     acknowledged_at: Mapped[datetime | None]
     reminded_at: Mapped[datetime | None]
+
+
+# --- installation -------------------------------------------------------------------------------
+
+
+class InstallationSecret(Base):
+    """Random keys of this installation, created once on first use (store/installation.py).
+
+    Kept in the database so that every instance sharing it derives the same identifiers
+    (Message-IDs of re-sent mail stay stable across restarts and instances)."""
+
+    __tablename__ = "installation_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]

@@ -72,8 +72,10 @@ def test_reply_to_a_closed_case_reopens_it_by_default(gw: Gateway) -> None:
     ref = gw.declare()
     gw.command(ref, "#assigner moi\n#clore\n")
     ack = gw.last("accuse_reception", "dsi@chu.test")
-    gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}]",
-                             body="Le problème est revenu.\n", in_reply_to=ack.message_id))
+    # Issue 15: only an authenticated reply from the establishment reopens (test_budgets.py: others don't).
+    gw.feed(casemail.sign(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}]",
+                                           body="Le problème est revenu.\n", in_reply_to=ack.message_id),
+                          casemail.establishment_key()))
     assert gw.case(ref).status == "PRIS_EN_COMPTE"
     notified = gw.last("notification_reponse")
     assert notified.recipient == "agent@ars.test"  # the assignee, not the whole region
@@ -85,8 +87,9 @@ def test_reply_to_a_closed_case_opens_a_linked_case_when_configured(sqlite_url: 
         ref = gw.declare()
         gw.command(ref, "#clore\n")
         ack = gw.last("accuse_reception", "dsi@chu.test")
-        result = gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}]",
-                                          body="Le problème est revenu.\n", in_reply_to=ack.message_id))
+        result = gw.feed(casemail.sign(casemail.message(
+            sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}]",
+            body="Le problème est revenu.\n", in_reply_to=ack.message_id), casemail.establishment_key()))
         assert result.case_ref != ref and result.case_ref
         old, new = gw.case(ref), gw.case(result.case_ref)
         assert old.status == "CLOS"
@@ -140,7 +143,8 @@ def test_queries_by_subject_send_digests_of_the_senders_region(gw: Gateway) -> N
     gw.feed(casemail.staff_mail("", subject="#retards"))
     assert "Aucun dossier." in casemail.text_of(gw.last("synthese", "agent@ars.test").raw)
     gw.clock.advance(days=8)
-    gw.feed(casemail.staff_mail("", subject="#retards"))
+    # Written now: a command mail dated eight days before its reception is refused (issue 15).
+    gw.feed(casemail.staff_mail("", subject="#retards", date=gw.clock.now()))
     assert ref in casemail.text_of(gw.last("synthese", "agent@ars.test").raw)
 
 

@@ -72,3 +72,80 @@ def test_policy_comes_from_settings_and_reactivate_clears_the_score(session: Ses
 
 def test_unknown_address_touches_nothing(session: Session, contact: Contact) -> None:
     assert record_bounce(session, "nobody@nowhere.fr", True, None, NOW) == []
+
+
+# --- issue 15: forged bounces; evidence and distinct deliveries -----------------------------------
+
+
+def _sent(session: Session, n: int, recipient: str = "ssi@ght.fr") -> int:
+    """One outbound message to ``recipient`` (its id), as the fan-out would queue it."""
+    from mailgateway.dispatch import outbox
+    from mailgateway.settings import OutboundSettings, Settings
+
+    settings = Settings(outbound=OutboundSettings(bounce_domain="ars.test"))
+    row = outbox.enqueue(session, raw=b"x", recipient=recipient, message_id=f"<m{n}@ars.test>",
+                         idempotency_key=f"bulletin:{n}:{recipient}", kind="bulletin", now=NOW, settings=settings)
+    assert row is not None
+    return row.id
+
+
+def test_dsns_naming_only_message_ids_never_mark_a_contact_bouncing(session: Session, contact: Contact) -> None:
+    # An anonymous DSN names a Message-ID of ours (learnt from a forwarded mail): one per bulletin,
+    # for five bulletins, each sent twice. Recorded, never scored, the contact stays.
+    for n in range(5):
+        outbound = _sent(session, n)
+        for minute in range(2):
+            record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW + timedelta(days=n, minutes=minute),
+                          outbound_id=outbound, evidence="message_id")
+    assert (contact.status, contact.bounce_score) == ("active", 0.0)
+    count = session.scalar(
+        select(func.count()).select_from(ContactBounce).where(ContactBounce.contact_id == contact.id))
+    assert count == 10
+
+
+def test_one_delivery_bounced_many_times_by_verp_is_one_failure(session: Session, contact: Contact) -> None:
+    outbound = _sent(session, 1)
+    for minute in range(6):
+        record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW + timedelta(minutes=minute),
+                      outbound_id=outbound, evidence="verp")
+    assert (contact.status, contact.bounce_score) == ("active", 1.0)
+
+
+def test_verp_failures_on_two_distinct_messages_mark_the_contact_bouncing(
+    session: Session, contact: Contact
+) -> None:
+    record_bounce(session, "ssi@ght.fr", True, "550", NOW, outbound_id=_sent(session, 1), evidence="verp")
+    assert contact.status == "active"
+    record_bounce(session, "ssi@ght.fr", True, "550", NOW + timedelta(days=20), outbound_id=_sent(session, 2),
+                  evidence="verp")
+    assert contact.status == "bouncing"
+
+
+def test_a_weak_dsn_counts_only_beside_a_verp_failure(session: Session, contact: Contact) -> None:
+    record_bounce(session, "ssi@ght.fr", True, "550", NOW, outbound_id=_sent(session, 1), evidence="message_id")
+    assert contact.status == "active"
+    record_bounce(session, "ssi@ght.fr", True, "550", NOW + timedelta(days=1), outbound_id=_sent(session, 2),
+                  evidence="verp")
+    assert contact.status == "bouncing"
+
+
+def test_distinct_messages_are_counted_within_the_window_and_since_reactivation(
+    session: Session, contact: Contact
+) -> None:
+    policy = BouncePolicy.from_settings(DirectorySettings(bounce_min_messages=3, bounce_window_days=30))
+    for n, day in ((1, 0), (2, 40), (3, 41)):  # the first is out of the window by the third
+        record_bounce(session, "ssi@ght.fr", True, "550", NOW + timedelta(days=day), outbound_id=_sent(session, n),
+                      evidence="verp", policy=policy)
+    assert contact.status == "active"
+    record_bounce(session, "ssi@ght.fr", True, "550", NOW + timedelta(days=42), outbound_id=_sent(session, 4),
+                  evidence="verp", policy=policy)
+    assert contact.status == "bouncing"
+    reactivate(contact, NOW + timedelta(days=43))
+    record_bounce(session, "ssi@ght.fr", True, "550", NOW + timedelta(days=44), outbound_id=_sent(session, 5),
+                  evidence="verp", policy=policy)
+    assert contact.status == "active"
+
+
+def test_the_relays_own_5xx_still_marks_the_contact_at_once(session: Session, contact: Contact) -> None:
+    record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW, outbound_id=_sent(session, 1), evidence="relay")
+    assert contact.status == "bouncing"

@@ -193,20 +193,34 @@ def test_a_550_bounces_marks_the_contact_and_the_next_contact_gets_the_bulletin(
     assert len(tasks) == 1 and b"ssi@e1.test" in tasks[0].raw and b"rssi@e1.test" in tasks[0].raw
 
 
+def _bounce_by_verp(app: App, bulletin_id: int, recipient: str) -> None:
+    with app.factory() as s:
+        row = s.scalar(select(OutboundMessage).where(OutboundMessage.recipient == recipient,
+                                                     OutboundMessage.bulletin_id == bulletin_id))
+        assert row is not None
+        verp, mid = row.mail_from, row.message_id
+    result = process(app, dsn(verp, recipient, mid))
+    assert result.kind == "bounce" and result.status == "processed" and result.reason is None
+
+
 def test_a_dsn_mailed_back_to_the_verp_address_bounces_the_contact(app: App) -> None:
     bulletin_id = _send(app)
     flush(app)
-    with app.factory() as s:
-        row = s.scalar(select(OutboundMessage).where(OutboundMessage.recipient == "ssi@e2.test"))
-        assert row is not None
-        verp, mid = row.mail_from, row.message_id
-    result = process(app, dsn(verp, "ssi@e2.test", mid))
-    assert result.kind == "bounce" and result.status == "processed"
+    _bounce_by_verp(app, bulletin_id, "ssi@e2.test")
     with app.factory() as s:
         contact = s.scalar(select(Contact).where(Contact.address == "ssi@e2.test"))
         counts = status_counts(s, bulletin_id)
-    assert contact is not None and contact.status == "bouncing"
+    # This bulletin falls back to the next contact at once...
     assert counts is not None and counts["bounced"] == 1 and counts["fallbacks"] == 1 and counts["pending"] == 1
+    # ...but one delivery is not enough to drop the contact (issue 15: a DSN may be forged):
+    # failures on two distinct messages (directory.bounce_min_messages) are.
+    assert contact is not None and contact.status == "active"
+    second = _send(app)
+    flush(app)
+    _bounce_by_verp(app, second, "ssi@e2.test")
+    with app.factory() as s:
+        contact = s.scalar(select(Contact).where(Contact.address == "ssi@e2.test"))
+    assert contact is not None and contact.status == "bouncing"
 
 
 def test_acknowledgement_by_reply_and_reminder_to_the_silent_ones(app: App, clock: FixedClock) -> None:

@@ -62,11 +62,16 @@ def test_html_alternative_escapes_untrusted_text() -> None:
 
 
 def test_our_mail_is_marked_automatic_and_has_a_stable_message_id() -> None:
-    out = _composer().compose(_spec())
+    secret = b"s" * 32
+    composer = Composer(Renderer(), None, FixedClock(datetime(2026, 11, 27, 8, 30, tzinfo=UTC)), "ars.test",
+                        "loop-1", id_secret=secret)
+    out = composer.compose(_spec())
     msg = email.message_from_bytes(out.raw, policy=policy.default)
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["X-Mailgateway-Loop"] == "loop-1"
-    assert msg["Message-ID"] == stable_message_id("k", "ars.test") == out.message_id
+    # Stable: the same logical mail (same key, same installation secret) has the same Message-ID.
+    assert msg["Message-ID"] == stable_message_id("k", "ars.test", secret) == out.message_id
+    assert composer.compose(_spec()).message_id == out.message_id
 
 
 def test_original_is_attached_verbatim_as_message_rfc822() -> None:

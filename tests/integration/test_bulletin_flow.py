@@ -26,7 +26,9 @@ def staff_mail(subject: str, body: str, n: int, in_reply_to: str | None = None, 
         + (f"In-Reply-To: {in_reply_to}\r\nReferences: {in_reply_to}\r\n" if in_reply_to else "")
         + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body.replace("\n", "\r\n")
     ).encode()
-    return dkimpy_sign(raw, STAFF_KEY) + raw if sign else raw
+    # What steers the mail (threading, Date) is signed, as staff mail clients do (issue 15).
+    signed = ("from", "to", "subject", "date", "message-id", "in-reply-to", "references")
+    return dkimpy_sign(raw, STAFF_KEY, headers=signed) + raw if sign else raw
 
 
 def parsed(m: ReceivedMessage) -> EmailMessage:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ def show(gw: RunningGateway) -> Any:
 def staff(gw: RunningGateway, body: str, parent: EmailMessage, **kw: Any) -> str:
     """Answer ``parent`` with ``body``; return the Message-ID of the answer."""
     kw.setdefault("sender", STAFF)
+    kw.setdefault("date", datetime.now(UTC))  # the daemon refuses commands dated days ago
     raw = casemail.staff_mail(body, to="ssi-pdl@ars.test", subject=f"RE: {parent['Subject']}",
                               in_reply_to=parent["Message-ID"], **kw)
     gw.send(raw, mail_from=kw["sender"])

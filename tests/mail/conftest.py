@@ -38,8 +38,14 @@ def labels() -> Labels:
     return load_labels()
 
 
+SIGNED = frozenset({"from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references"})
+
+
 @pytest.fixture
 def staff_verdict() -> SenderVerdict:
+    # A DKIM pass whose h= covers the steering headers, as mail clients' signers produce (issue 15:
+    # an uncovered Subject/In-Reply-To/References steers nothing).
     return SenderVerdict(
-        address=STAFF, domain="ars-sante.test", authenticated=True, method="dkim", auth_domain="ars-sante.test"
+        address=STAFF, domain="ars-sante.test", authenticated=True, method="dkim", auth_domain="ars-sante.test",
+        signed_headers=SIGNED,
     )

@@ -6,15 +6,24 @@ import pytest
 
 from mailgateway.dispatch.dkim import DkimSigner
 from mailgateway.dns import StaticResolver
-from mailgateway.mail.auth import Authenticator
-from mailgateway.settings import AuthenticationSettings
+from mailgateway.mail.auth import Authenticator, arrived_via_trusted_path
+from mailgateway.mail.facts import SenderVerdict
+from mailgateway.settings import AuthenticationSettings, IntakeSettings, Settings, SmtpIntakeSettings
 from tests.support.dkim import rsa_key, zone
 
 TRUSTED = ("mx.ars.test", "filter.ars.test")
 
 
+class TrustedPathAuthenticator(Authenticator):
+    """These tests are about reading A-R: the message came through the trusted path (issue 15:
+    A-R counts only then; the untrusted path is tested at the end of this file)."""
+
+    def verify(self, raw: bytes, *, trusted_path: bool = True) -> SenderVerdict:
+        return super().verify(raw, trusted_path=trusted_path)
+
+
 def authenticator(trusted: tuple[str, ...] = TRUSTED) -> Authenticator:
-    return Authenticator(AuthenticationSettings(trusted_authserv_ids=trusted), StaticResolver({}))
+    return TrustedPathAuthenticator(AuthenticationSettings(trusted_authserv_ids=trusted), StaticResolver({}))
 
 
 def message(*ar_values: str, sender: str = "dsi@dsi.chu.test") -> bytes:
@@ -148,3 +157,73 @@ def test_our_own_dkim_check_comes_first() -> None:
     verdict = Authenticator(settings, StaticResolver(zone(key))).verify(raw)
     assert verdict.authenticated
     assert verdict.method == "dkim"
+
+
+# --- issue 15: A-R only from the trusted path, and what it says was signed --------------------------
+
+
+def test_forged_results_sent_straight_to_smtp_are_ignored() -> None:
+    raw = message("mx.ars.test; dmarc=pass header.from=dsi.chu.test")
+    plain = Authenticator(AuthenticationSettings(trusted_authserv_ids=TRUSTED), StaticResolver({}))
+    verdict = plain.verify(raw)  # the default: not the trusted path
+    assert not verdict.authenticated
+    assert "not received through a trusted relay" in verdict.detail
+
+
+def _settings(*relays: str) -> Settings:
+    return Settings(intake=IntakeSettings(smtp=SmtpIntakeSettings(trusted_relays=relays)))
+
+
+@pytest.mark.parametrize(
+    ("source", "peer", "relays", "expected"),
+    [
+        ("imap", None, (), True),
+        ("smtp", "192.0.2.10", (), False),
+        ("smtp", "192.0.2.10", ("192.0.2.10",), True),
+        ("smtp", "192.0.2.11", ("192.0.2.10",), False),
+        ("smtp", "10.1.2.3", ("10.0.0.0/8",), True),
+        ("smtp", "::ffff:10.1.2.3", ("10.0.0.0/8",), True),
+        ("lmtp", "::1", ("::1",), True),
+        ("smtp", None, ("192.0.2.10",), False),
+        ("smtp", "not-an-ip", ("192.0.2.10",), False),
+        ("cli", "192.0.2.10", ("192.0.2.10",), False),
+    ],
+)
+def test_trusted_path(source: str, peer: str | None, relays: tuple[str, ...], expected: bool) -> None:
+    assert arrived_via_trusted_path(_settings(*relays), source, peer) is expected
+
+
+def test_dmarc_pass_alone_covers_nothing() -> None:
+    verdict = authenticator().verify(message("mx.ars.test; dmarc=pass header.from=dsi.chu.test"))
+    assert verdict.authenticated
+    assert verdict.signed_headers == frozenset()
+
+
+def _with_signature(raw: bytes, d: str, h: str, b: str) -> bytes:
+    return f"DKIM-Signature: v=1; a=rsa-sha256; d={d}; s=sel; h={h}; bh=AAAA; b={b}\r\n".encode() + raw
+
+
+def test_dkim_pass_covers_the_h_of_the_named_signature() -> None:
+    raw = message("mx.ars.test; dkim=pass header.d=chu.test header.b=QmFy")
+    raw = _with_signature(raw, "chu.test", "from:to:subject", "Rm9v")
+    raw = _with_signature(raw, "chu.test", "from:subject:in-reply-to", "QmFyYmF6")
+    raw = _with_signature(raw, "other.test", "from:references", "QmFy")
+    verdict = authenticator().verify(raw)
+    assert verdict.authenticated
+    assert verdict.signed_headers == {"from", "subject", "in-reply-to"}
+    assert verdict.signature_key is not None and verdict.signature_key.startswith("dkim:chu.test:")
+
+
+def test_dkim_pass_without_header_b_covers_what_every_candidate_covers() -> None:
+    raw = message("mx.ars.test; dkim=pass header.d=chu.test")
+    raw = _with_signature(raw, "chu.test", "from:to:subject", "Rm9v")
+    raw = _with_signature(raw, "chu.test", "from:subject:in-reply-to", "QmFy")
+    verdict = authenticator().verify(raw)
+    assert verdict.signed_headers == {"from", "subject"}
+    assert verdict.signature_key is None
+
+
+def test_dkim_pass_without_a_matching_signature_covers_nothing() -> None:
+    verdict = authenticator().verify(message("mx.ars.test; dkim=pass header.d=chu.test"))
+    assert verdict.authenticated
+    assert verdict.signed_headers == frozenset()

@@ -10,7 +10,9 @@ from mailgateway.mail.facts import SenderVerdict
 from tests.support.messages import make_alert, make_declaration, make_dsn, make_message, make_reply
 from tests.support.schema import assert_valid_facts
 
-ACSS = SenderVerdict("alerte@esante.gouv.fr", "esante.gouv.fr", True, "dkim", "esante.gouv.fr")
+# A DKIM pass covering the steering headers (issue 15: an uncovered Subject makes an alert not authentic).
+SIGNED = frozenset({"from", "to", "subject", "date", "message-id", "in-reply-to", "references"})
+ACSS = SenderVerdict("alerte@esante.gouv.fr", "esante.gouv.fr", True, "dkim", "esante.gouv.fr", signed_headers=SIGNED)
 
 
 def test_our_loop_header_makes_a_loop_even_for_a_declaration(ctx: AnalysisContext) -> None:
@@ -158,7 +160,8 @@ def test_spoofed_alert_is_recognised_but_not_authentic(ctx: AnalysisContext) -> 
 
 
 def test_alert_from_subdomain_of_acss_domain_authenticated(ctx: AnalysisContext) -> None:
-    verdict = SenderVerdict("a@cert.esante.gouv.fr", "cert.esante.gouv.fr", True, "dkim", "cert.esante.gouv.fr")
+    verdict = SenderVerdict("a@cert.esante.gouv.fr", "cert.esante.gouv.fr", True, "dkim", "cert.esante.gouv.fr",
+                            signed_headers=SIGNED)
     facts = analyse(make_alert(sender="a@cert.esante.gouv.fr", extra_headers={"Precedence": "bulk"}), ctx, verdict)
     assert facts.kind == "alert" and facts.alert is not None and facts.alert.authentic
 

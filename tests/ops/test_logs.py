@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailgateway.logs import log_context, setup_logging
+from mailgateway.logs import UNLIMITED, RepeatLimiter, log_context, setup_logging
 from mailgateway.settings import LoggingSettings
 
 
@@ -101,3 +101,54 @@ def test_level_filters_and_setup_is_idempotent(restore_root: None) -> None:
     log.warning("shown")
     assert [line["msg"] for line in _lines(stream)] == ["shown"]
     assert sum(1 for h in logging.getLogger().handlers if h.get_name() == "mailgateway") == 1
+
+
+def test_a_flood_of_one_template_is_limited_and_summarised(restore_root: None) -> None:
+    """Issue 15: ~1,000 bad connections made the log grow 70 MB in 35 s. The same template with
+    other arguments (another peer) counts as the same record."""
+    stream = io.StringIO()
+    handler = setup_logging(LoggingSettings(format="json", repeat_limit=5, repeat_interval_seconds=60.0),
+                            stream=stream)
+    log = logging.getLogger("mailgateway.intake.smtp")
+    for n in range(1000):
+        log.warning("%r sent a bad command", ("192.0.2.1", 40000 + n))
+    log.warning("another template")
+    log.error("queued as %s", "ABC", extra=UNLIMITED)
+    for n in range(30):
+        log.info("message %d stored", n)  # INFO: one line per stored message, never limited
+    lines = _lines(stream)
+    assert len(lines) == 37
+    assert [line["msg"] for line in lines[5:7]] == ["another template", "queued as ABC"]
+    limiter = next(f for f in handler.filters if isinstance(f, RepeatLimiter))
+    limiter.flush()
+    summary = _lines(stream)[-1]
+    assert summary["level"] == "warning" and summary["suppressed"] == 995
+    assert "suppressed 995 similar log records" in str(summary["msg"])
+    assert "mailgateway.intake.smtp" in str(summary["msg"])
+
+
+def test_the_count_is_reported_when_the_window_ends_and_records_pass_again() -> None:
+    now = [0.0]
+    emitted: list[logging.LogRecord] = []
+    limiter = RepeatLimiter(emitted.append, limit=2, interval=10.0, clock=lambda: now[0])
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("mailgateway.test", logging.ERROR, __file__, 1, msg, args, None)
+
+    passed = [limiter.filter(record("boom %d", n)) for n in range(10)]
+    assert passed == [True, True] + [False] * 8 and emitted == []
+    now[0] = 10.5  # the window ended: the next record of any template reports it, then passes
+    assert limiter.filter(record("other"))
+    assert [r.getMessage().split(" (")[0] for r in emitted] == ["suppressed 8 similar log records in 10 s"]
+    assert emitted[0].levelno == logging.ERROR
+    assert limiter.filter(record("boom %d", 11))
+    # A limit of 0 lets everything through.
+    unlimited = RepeatLimiter(emitted.append, limit=0)
+    assert all(unlimited.filter(record("boom %d", n)) for n in range(100))
+
+
+def test_distinct_templates_are_bounded() -> None:
+    limiter = RepeatLimiter(lambda _r: None, limit=1, interval=60.0, max_keys=10)
+    results = [limiter.filter(logging.LogRecord("x", logging.WARNING, __file__, 1, f"template {n}", None, None))
+               for n in range(100)]
+    assert results[:10] == [True] * 10 and results.count(True) == 11  # then one shared overflow key

@@ -92,6 +92,15 @@ def test_unit_has_the_lifecycle_and_secret_directives() -> None:
     assert int(d["TimeoutStopSec"][0]) >= 40
 
 
+def test_unit_bounds_descriptors_and_keeps_state_private() -> None:
+    """Issue 15: ~1,000 idle connections exhausted the default 1024 descriptors; the state
+    directory (database, outbox) was readable by the group."""
+    d = _directives(UNIT)
+    assert int(d["LimitNOFILE"][0]) >= 4096
+    assert d["StateDirectoryMode"] == ["0700"]
+    assert _directives(HARDENING)["UMask"] == ["0077"]
+
+
 def test_hardening_drop_in_has_the_sandbox() -> None:
     d = _directives(HARDENING)
     expected = {
@@ -99,7 +108,7 @@ def test_hardening_drop_in_has_the_sandbox() -> None:
         "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
         "ProtectKernelLogs": "yes", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
         "CapabilityBoundingSet": "", "MemoryDenyWriteExecute": "yes", "LockPersonality": "yes",
-        "RestrictRealtime": "yes", "RestrictSUIDSGID": "yes", "UMask": "0027",
+        "RestrictRealtime": "yes", "RestrictSUIDSGID": "yes", "UMask": "0077",
     }
     assert {k: d.get(k, [None])[0] for k in expected} == expected
     assert d["SystemCallFilter"][0] == "@system-service"

@@ -113,6 +113,9 @@ def test_an_out_of_office_answer_to_our_acknowledgement_is_not_answered(app: App
     ("AMBER", "dsi@chu.test", False), ("AMBER", "acss@esante.gouv.fr", True),
     ("AMBER+STRICT", "dsi@allowed.test", False), ("AMBER", "dsi@allowed.test", True),
     ("GREEN", "dsi@chu.test", True),
+    # Fails closed (issue 15): a label the gate does not know is AMBER+STRICT, not AMBER or CLEAR.
+    ("PURPLE", "dsi@allowed.test", False), ("PURPLE", "dsi@chu.test", False), ("PURPLE", "agent@ars.test", True),
+    ("WHITE", "dsi@chu.test", True),
 ])
 def test_tlp_is_enforced_on_the_outbound_path(sqlite_url: str, tlp: str, recipient: str, allowed: bool) -> None:
     app = make_app(sqlite_url, outbound={"amber_allowed_domains": ["allowed.test"]})

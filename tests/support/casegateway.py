@@ -17,6 +17,7 @@ from mailgateway.settings import parse_settings
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
 from tests.support import casemail
+from tests.support.dkim import zone
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -30,7 +31,8 @@ def settings_data(url: str, **cases: Any) -> dict[str, Any]:
                   {"address": "referent@ars.test", "region": "ARA", "role": "referent"},
                   {"address": "pdl@ars.test", "region": "PDL"}],
         "authentication": {"nameservers": ["127.0.0.1"], "dns_timeout_seconds": 0.1,
-                           "acss_domains": ["esante.test"], "static_keys": casemail.staff_keys()},
+                           "acss_domains": ["esante.test"], "static_keys": {**casemail.staff_keys(),
+                                           **zone(casemail.establishment_key())}},
         "acss": {"address": "acss@esante.test"},
         "cases": cases,
     }

@@ -9,9 +9,11 @@ from __future__ import annotations
 import email
 import itertools
 from collections.abc import Sequence
+from datetime import datetime
 from email import policy
 from email.header import Header
 from email.message import EmailMessage
+from email.utils import format_datetime
 
 from mailgateway.dispatch.dkim import DkimSigner
 from tests.support.dkim import GeneratedKey, rsa_key, zone
@@ -32,8 +34,19 @@ def staff_keys() -> dict[str, str]:
     return zone(staff_key())
 
 
+def establishment_key() -> GeneratedKey:
+    """The DKIM key of the establishments' domain ``chu.test`` (published by ``casegateway``)."""
+    return rsa_key("rsa", "chu.test")
+
+
+# The Date of test mail: the FixedClock of tests.support.casegateway. A real daemon runs on the
+# wall clock and refuses commands older than [authentication] max_command_age_days: pass ``date``.
+DATE = "Fri, 27 Nov 2026 10:00:00 +0100"
+
+
 def message(*, sender: str, to: str, subject: str, body: str, in_reply_to: str | None = None,
-            references: Sequence[str] = (), message_id: str | None = None) -> bytes:
+            references: Sequence[str] = (), message_id: str | None = None,
+            date: datetime | None = None) -> bytes:
     n = next(_numbers)
     domain = sender.rpartition("@")[2]
     lines = [
@@ -41,7 +54,7 @@ def message(*, sender: str, to: str, subject: str, body: str, in_reply_to: str |
         f"To: {to}",
         f"Subject: {Header(subject, 'utf-8').encode()}",
         f"Message-ID: {message_id or f'<m{n}.test@{domain}>'}",
-        "Date: Fri, 27 Nov 2026 10:00:00 +0100",
+        f"Date: {format_datetime(date) if date is not None else DATE}",
         "MIME-Version: 1.0",
         "Content-Type: text/plain; charset=utf-8",
         "Content-Transfer-Encoding: 8bit",
@@ -59,8 +72,10 @@ def sign(raw: bytes, key: GeneratedKey | None = None) -> bytes:
 
 def staff_mail(body: str, *, sender: str = "agent@ars.test", to: str = "ssi-ara@ars.test",
                subject: str = "Re: dossier", in_reply_to: str | None = None, references: Sequence[str] = (),
-               signed: bool = True, key: GeneratedKey | None = None) -> bytes:
-    raw = message(sender=sender, to=to, subject=subject, body=body, in_reply_to=in_reply_to, references=references)
+               signed: bool = True, key: GeneratedKey | None = None, date: datetime | None = None,
+               message_id: str | None = None) -> bytes:
+    raw = message(sender=sender, to=to, subject=subject, body=body, in_reply_to=in_reply_to, references=references,
+                  date=date, message_id=message_id)
     return sign(raw, key) if signed else raw
 
 

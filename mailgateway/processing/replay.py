@@ -1,0 +1,170 @@
+"""Once only: a command mail or an alert acts at most once (issue 15, "once only").
+
+Intake de-duplicates by content hash, which a replay defeats by changing one byte outside what
+was signed — one more ``Received:`` line (RFC 5321 §4.4 lets every relay add one) keeps the DKIM
+signature valid. So what identifies a message *as acted on* is not its bytes but:
+
+- ``dkim:<d>:<sha256 of b=>`` — the accepted DKIM signature (``SenderVerdict.signature_key``):
+  the same signature is the same signed content, however the unsigned part was changed;
+- ``mid:<Message-ID>`` — lower-cased, without angle brackets (RFC 5322 §3.6.4: unique per
+  message), which also catches the same message signed again or relayed by a trusted
+  authserv-id (no signature key then).
+
+Keys are recorded in the transaction that acts (the processing transaction of the message), so a
+crash before its commit leaves no key and the message is re-run once; the primary key makes a
+concurrent second copy fail its insert, which ``claim`` reports as a replay. Only messages that
+act record keys: a forged, unauthenticated copy that arrives first must not burn the Message-ID
+of the genuine one.
+
+Commands also carry a date check (``command_date_refusal``): a signed command mail sent anywhere
+long ago (a copy, a forward, a leak) is refused when its ``Date:`` is older than
+``[authentication] max_command_age_days``, missing, unreadable or more than a day ahead.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import email.utils
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailgateway.clock import PARIS
+from mailgateway.mail.facts import MessageFacts
+from mailgateway.store.models import ReplayKey
+from mailgateway.wire import header_block
+
+__all__ = [
+    "ALERT_REPLAYED",
+    "COMMAND_REPLAYED",
+    "MAX_FUTURE",
+    "claim",
+    "command_date_refusal",
+    "keys_of",
+    "message_id_key",
+    "recorded",
+    "sent_at",
+]
+
+COMMAND_REPLAYED = "commande déjà exécutée : message rejoué"
+ALERT_REPLAYED = "alerte déjà reçue : message rejoué"
+# Clocks drift and time zones get mislabelled, but a command dated more than a day ahead was not
+# written now: it would stay "recent" for max_command_age_days + its lead.
+MAX_FUTURE = timedelta(days=1)
+_KEY_LENGTH = 255  # ReplayKey.key
+
+
+def _bounded(key: str) -> str:
+    """``key`` itself when it fits the column, else its prefix and a SHA-256 of the whole key."""
+    if len(key) <= _KEY_LENGTH:
+        return key
+    prefix = key.split(":", 1)[0]
+    return f"{prefix}:sha256:{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()}"
+
+
+def message_id_key(message_id: str | None) -> str | None:
+    """``mid:<id>`` lower-cased without angle brackets, or None for a missing or empty id."""
+    value = (message_id or "").strip().strip("<>").strip().lower()
+    return _bounded(f"mid:{value}") if value else None
+
+
+def keys_of(facts: MessageFacts) -> list[str]:
+    """The replay keys of a message: its signature, then its Message-ID (each when present)."""
+    keys: list[str] = []
+    if facts.sender.signature_key:
+        keys.append(_bounded(facts.sender.signature_key))
+    mid = message_id_key(facts.message_id)
+    if mid is not None and mid not in keys:
+        keys.append(mid)
+    return keys
+
+
+def recorded(session: Session, keys: Sequence[str]) -> ReplayKey | None:
+    """The earliest record of any of ``keys`` (the message that already acted), or None."""
+    if not keys:
+        return None
+    return session.scalar(select(ReplayKey).where(ReplayKey.key.in_(list(keys)))
+                          .order_by(ReplayKey.inbound_id).limit(1))
+
+
+def claim(session: Session, facts: MessageFacts, inbound_id: int, at: datetime) -> ReplayKey | None:
+    """Record the keys of ``facts`` for ``inbound_id``, or return the record that makes it a replay.
+
+    Re-processing the same inbound message (a crash after a partial run is rolled back, but a
+    caller may claim twice in one transaction) is not a replay: its own records are accepted.
+    The insert runs in a savepoint, so a concurrent copy committed in between (PostgreSQL) turns
+    into a replay here rather than an error that would quarantine the message.
+    """
+    keys = keys_of(facts)
+    found = recorded(session, keys)
+    if found is not None and found.inbound_id != inbound_id:
+        return found
+    mine = set(session.scalars(select(ReplayKey.key).where(ReplayKey.inbound_id == inbound_id)))
+    missing = [k for k in keys if k not in mine]
+    if not missing:
+        return None
+    try:
+        with session.begin_nested():
+            session.add_all(ReplayKey(key=k, inbound_id=inbound_id, at=at) for k in missing)
+    except IntegrityError:
+        found = recorded(session, keys)
+        if found is not None and found.inbound_id != inbound_id:
+            return found
+        raise
+    return None
+
+
+# --- command dates ------------------------------------------------------------------------------
+
+
+def sent_at(raw: bytes) -> tuple[datetime | None, str | None]:
+    """The ``Date:`` of ``raw`` as an aware datetime, or (None, French reason).
+
+    Only the header block is read, with the parser analysis uses (``email``, compat32): the
+    block has already been checked unambiguous (``wire.header_block_problem``, one Date at most).
+    """
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block(raw))
+    values = headers.get_all("Date") or []
+    if not values:
+        return None, "en-tête Date absent : une commande doit être datée"
+    if len(values) > 1:
+        return None, "plusieurs en-têtes Date (RFC 5322 §3.6)"
+    try:
+        when = email.utils.parsedate_to_datetime(str(values[0]))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None, "en-tête Date illisible (RFC 5322 §3.3)"
+    if when.tzinfo is None:
+        # RFC 5322 §3.3: "-0000" is UTC with no information about the local time zone.
+        when = when.replace(tzinfo=UTC)
+    return when, None
+
+
+def _fr(at: datetime) -> str:
+    return at.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
+
+
+def command_date_refusal(raw: bytes, facts: MessageFacts, received_at: datetime, max_age_days: float) -> str | None:
+    """Why a command mail is too old (or undated, or from the future) to act on, or None.
+
+    Measured against the message's reception, not its processing: a backlog after an outage
+    must not turn fresh commands into stale ones.
+    """
+    when, problem = sent_at(raw)
+    if problem is not None:
+        return f"{problem} : commande refusée"
+    assert when is not None
+    signed = facts.sender.signed_headers
+    if signed and "date" not in signed:
+        # A Date outside the signature could be rewritten by whoever replays the mail.
+        return "la date du message n'est pas couverte par sa signature DKIM : commande refusée"
+    if when < received_at - timedelta(days=max_age_days):
+        return (f"commande trop ancienne : message daté du {_fr(when)}, plus de "
+                f"{max_age_days:g} jour(s) avant sa réception : commande refusée")
+    if when > received_at + MAX_FUTURE:
+        return f"message daté dans le futur ({_fr(when)}) : commande refusée"
+    return None

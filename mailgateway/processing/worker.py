@@ -1,0 +1,378 @@
+"""The expensive, pure part of processing, in a process that can be killed alone (issue 15).
+
+Sender authentication (DKIM canonicalisation, ``h=`` lists), analysis (MIME walk, label parsing)
+and region resolution only read the message and a few rows; their cost is chosen by whoever wrote
+the message. Run in the daemon's process, a costly one holds the GIL (``re`` and parts of dkimpy
+run in C without releasing it) and freezes SMTP intake and IMAP with it; a thread cannot be
+stopped. So the daemon hands them to one persistent worker process, gives each message a time
+budget, and past it kills the worker, starts a new one and quarantines the message.
+
+* ``analyse_inbound`` is the one implementation, used in-process (``ingest``, tests) and in the
+  worker; the worker reads the row and answers the context lookups (threading, FINESS) from its
+  own read-only session on the same database, so both modes give the same facts.
+* The worker is started with the ``spawn`` method: ``fork`` of a threaded daemon would copy locks
+  held by other threads (the writer, the sender) in the locked state (POSIX ``fork(2)``).
+* It is persistent (spawning costs about a second of imports; a message costs a pipe round trip)
+  and started before an attempt is counted, so a worker that fails to start never uses up a
+  message's attempts.
+
+The write transaction (handlers, outbox) stays in the parent (processing/runner.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from mailgateway.logs import log_context
+from mailgateway.mail.analyse import analyse
+from mailgateway.mail.auth import Authenticator, arrived_via_trusted_path
+from mailgateway.mail.context import AnalysisContext, EstablishmentInfo, build_context
+from mailgateway.mail.facts import MessageFacts, SenderVerdict
+from mailgateway.processing.routing import resolve_region
+from mailgateway.settings import Settings
+from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
+
+log = logging.getLogger("mailgateway.processing.worker")
+
+# Spawning imports the package (≈1 s here, more on a loaded host): not part of any message's budget.
+STARTUP_SECONDS = 120.0
+# A worker asked to stop gets this long to finish before it is killed.
+STOP_SECONDS = 5.0
+
+
+class WorkerUnavailable(Exception):
+    """The worker could not be started: nothing was tried, the message waits (no attempt used)."""
+
+
+class WorkerLost(Exception):
+    """The worker died during the analysis (killed, out of memory): the message is tried again."""
+
+
+class AnalysisRetry(Exception):
+    """The worker's database was briefly unavailable: the message is tried again."""
+
+
+class AnalysisFailed(Exception):
+    """The analysis raised; ``detail`` is the exception as the in-process mode records it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class AnalysisTimeout(Exception):
+    """The message exceeded its budget; the worker was killed (a new one starts on demand)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"analysis over {seconds} s")
+        self.seconds = seconds
+
+
+# -- the analysis itself (both modes) ---------------------------------------------------------
+
+def _strip(mid: str) -> str:
+    return mid.strip().strip("<>").strip()
+
+
+def thread_lookup_for(session: Session) -> Callable[[Sequence[str]], str | None]:
+    """Message-IDs of a reply -> case reference, our own mail first (issue 4: threading)."""
+
+    def lookup(message_ids: Sequence[str]) -> str | None:
+        ids = [m for m in (_strip(x) for x in message_ids) if m][:50]
+        if not ids:
+            return None
+        bracketed = [f"<{m}>" for m in ids]
+        ref = session.scalar(
+            select(Case.reference).join(OutboundMessage, OutboundMessage.case_id == Case.id)
+            .where(OutboundMessage.message_id.in_(bracketed)).limit(1)
+        )
+        if ref:
+            return ref
+        ref = session.scalar(
+            select(Case.reference).join(InboundMessage, InboundMessage.case_id == Case.id)
+            .where(or_(InboundMessage.message_id.in_(bracketed), InboundMessage.message_id.in_(ids))).limit(1)
+        )
+        if ref:
+            return ref
+        return session.scalar(
+            select(Case.reference).where(or_(Case.origin_message_id.in_(bracketed), Case.origin_message_id.in_(ids)))
+            .limit(1)
+        )
+
+    return lookup
+
+
+def establishment_lookup_for(session: Session) -> Callable[[str], EstablishmentInfo | None]:
+    def lookup(finess: str) -> EstablishmentInfo | None:
+        est = session.get(Establishment, finess)
+        if est is None:
+            return None
+        return EstablishmentInfo(finess=est.finess, name=est.name, category=est.category,
+                                 departement=est.departement, region=est.region)
+
+    return lookup
+
+
+def context_for(settings: Settings, session: Session) -> AnalysisContext:
+    return build_context(settings, thread_lookup=thread_lookup_for(session),
+                         establishment_lookup=establishment_lookup_for(session))
+
+
+def verify_sender(settings: Settings, authenticator: Authenticator, row: InboundMessage) -> SenderVerdict:
+    # Authentication-Results count only for mail that came through the site's MTA (issue 15).
+    trusted_path = arrived_via_trusted_path(settings, row.source, row.peer)
+    try:
+        return authenticator.verify(row.raw, trusted_path=trusted_path)
+    except Exception as exc:  # authentication must never lose a message
+        log.exception("authentication failed")
+        return SenderVerdict(detail=f"vérification impossible : {type(exc).__name__}")
+
+
+def analyse_inbound(settings: Settings, authenticator: Authenticator, session: Session,
+                    inbound_id: int) -> MessageFacts | None:
+    """Authenticate, analyse and route one stored message; None when the row is gone."""
+    row = session.get(InboundMessage, inbound_id)
+    if row is None:
+        return None
+    facts = analyse(row.raw, context_for(settings, session), verify_sender(settings, authenticator, row))
+    return resolve_region(settings, facts, row.region, row.rcpt_tos or ())
+
+
+# -- the worker process -----------------------------------------------------------------------
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL us when the daemon dies (a SIGKILLed daemon must not leave a worker busy on
+    a poison message). Best effort elsewhere: the worker exits when the pipe closes.
+
+    prctl(2): the signal follows the *thread* that started us, so the worker is started from a
+    long-lived thread (the daemon's processing thread)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _build_authenticator(settings: Settings) -> Authenticator:
+    from mailgateway.app import build_authenticator
+
+    return build_authenticator(settings)
+
+
+def worker_main(conn: Connection, settings: Settings, parent_pid: int) -> None:
+    """Entry point of the worker process: answer ``("analyse", id)`` until the pipe closes."""
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole foreground process group; the daemon stops its worker itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from mailgateway.logs import setup_logging
+    from mailgateway.store.engine import make_engine, make_sessionmaker
+
+    setup_logging(settings.logging)
+    engine = make_engine(settings.database.url, pool_size=1)
+    factory = make_sessionmaker(engine)
+    authenticator = _build_authenticator(settings)
+    _warm_up(settings, authenticator, factory)
+    conn.send(("ready", os.getpid()))
+    try:
+        while True:
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "stop":
+                return
+            if kind == "settings":  # SIGHUP in the daemon: staff, labels, keys may have changed
+                settings = payload
+                authenticator = _build_authenticator(settings)
+                continue
+            conn.send_bytes(_answer(settings, authenticator, factory, payload))
+    finally:
+        engine.dispose()
+
+
+# Analysed once at start, so that lazy initialisations (label tables, charset data, the first
+# database connection: ≈0.2 s) are not charged to the first real message's budget.
+_SAMPLE = (
+    "From: rssi@exemple.test\r\nTo: ssi@exemple.test\r\nSubject: Déclaration d'incident\r\n"
+    "Message-ID: <warm-up@exemple.test>\r\nDate: Fri, 27 Nov 2026 09:00:00 +0100\r\n"
+    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    "Numéro FINESS : 690781810\r\nType d'incident : rançongiciel\r\nGravité : grave\r\n"
+    "Voir http://exemple.test/x\r\n"
+).encode()
+
+
+def _warm_up(settings: Settings, authenticator: Authenticator, factory: Any) -> None:
+    from mailgateway.store.engine import reading
+
+    try:
+        with reading(factory) as session:
+            analyse(_SAMPLE, context_for(settings, session), authenticator.verify(_SAMPLE))
+    except Exception:  # a warm-up problem is not a reason to refuse work
+        log.warning("analysis worker warm-up failed", exc_info=True)
+
+
+def _answer(settings: Settings, authenticator: Authenticator, factory: Any, inbound_id: int) -> bytes:
+    """The pickled answer to one request: ("ok", facts) | ("retry", why) | ("error", exception)."""
+    from mailgateway.store.engine import reading
+
+    with log_context(inbound_id=inbound_id):
+        try:
+            with reading(factory) as session:
+                facts = analyse_inbound(settings, authenticator, session, inbound_id)
+        except OperationalError as exc:
+            return pickle.dumps(("retry", str(exc)))
+        except Exception as exc:
+            return pickle.dumps(("error", _exception_text(exc)))
+        try:
+            # Pickled here, not by conn.send: an unpicklable fact is an error answer, not a dead worker.
+            return pickle.dumps(("ok", facts))
+        except Exception as exc:
+            log.exception("analysis result cannot be sent to the daemon")
+            return pickle.dumps(("error", _exception_text(exc)))
+
+
+def _exception_text(exc: BaseException) -> str:
+    """The exception as processing records it in a quarantine reason (same as in-process)."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+
+
+class AnalysisWorker:
+    """The parent's handle on one persistent worker process; used by one processing thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._settings = settings
+        self._proc: BaseProcess | None = None
+        self._conn: Connection | None = None
+        # The message being analysed right now (status, metrics, tests): None when idle.
+        self.busy_with: int | None = None
+        self.started = 0  # workers started so far (restarts = started - 1)
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
+
+    def prepare(self, settings: Settings) -> None:
+        """Have a live worker with these settings; raise WorkerUnavailable if none can start."""
+        with self._lock:
+            self._ready(settings)
+
+    def _ready(self, settings: Settings) -> Connection:
+        if self._proc is not None and self._conn is not None and self._proc.is_alive():
+            if settings is not self._settings:
+                self._send(("settings", settings))
+                self._settings = settings
+            return self._conn
+        self._discard()
+        parent, child = self._ctx.Pipe()
+        try:
+            proc = self._ctx.Process(target=worker_main, args=(child, settings, os.getpid()),
+                                     name="mailgateway-analysis", daemon=True)
+            proc.start()
+        except Exception as exc:
+            parent.close()
+            raise WorkerUnavailable(f"cannot start the analysis worker: {exc}") from exc
+        finally:
+            child.close()
+        self._proc, self._conn, self._settings = proc, parent, settings
+        self.started += 1
+        started = time.monotonic()
+        try:
+            if not parent.poll(STARTUP_SECONDS):
+                raise WorkerUnavailable(f"analysis worker not ready after {STARTUP_SECONDS:.0f} s")
+            parent.recv()
+        except (EOFError, OSError) as exc:
+            proc.join(STOP_SECONDS)
+            code = proc.exitcode
+            self._discard()
+            raise WorkerUnavailable(f"analysis worker exited at start (exit code {code})") from exc
+        except WorkerUnavailable:
+            self._discard()
+            raise
+        log.info("analysis worker %s started in %.2f s", proc.pid, time.monotonic() - started)
+        return parent
+
+    def _send(self, message: tuple[str, Any]) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.send(message)
+        except (OSError, ValueError) as exc:
+            self._discard()
+            raise WorkerLost(f"analysis worker unreachable: {exc}") from exc
+
+    def analyse(self, settings: Settings, inbound_id: int, timeout: float) -> MessageFacts | None:
+        with self._lock:
+            conn = self._ready(settings)
+            self.busy_with = inbound_id
+            try:
+                self._send(("analyse", inbound_id))
+                try:
+                    # poll() is also true when the worker died (EOF): recv() then raises.
+                    if not conn.poll(timeout):
+                        log.warning("inbound %s: analysis over its %s s budget; restarting the worker",
+                                    inbound_id, timeout)
+                        self._discard()
+                        raise AnalysisTimeout(timeout)
+                    # Our own child's answer, never bytes from mail: safe to unpickle.
+                    kind, payload = pickle.loads(conn.recv_bytes())  # noqa: S301
+                except (EOFError, OSError) as exc:
+                    code = self._proc.exitcode if self._proc is not None else None
+                    self._discard()
+                    raise WorkerLost(f"analysis worker died (exit code {code})") from exc
+            finally:
+                self.busy_with = None
+        if kind == "ok":
+            return payload  # type: ignore[no-any-return]
+        if kind == "retry":
+            raise AnalysisRetry(payload)
+        raise AnalysisFailed(payload)
+
+    def _discard(self) -> None:
+        """Kill the worker (if any) and forget it; the next message starts a new one."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            conn.close()
+        if proc is not None:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(STOP_SECONDS)
+            with contextlib.suppress(ValueError):  # still running after SIGKILL + 5 s: let it be
+                proc.close()
+
+    def kill(self) -> None:
+        """Kill the worker now, from any thread (a daemon stopping while a message is analysed):
+        the processing thread's wait ends at once, with WorkerLost."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.kill()
+
+    def close(self) -> None:
+        """Ask the worker to stop, then make sure it has."""
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.send(("stop", None))
+            if self._proc is not None:
+                self._proc.join(STOP_SECONDS)
+            self._discard()

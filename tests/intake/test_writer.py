@@ -1,0 +1,74 @@
+"""The group commit fails an item alone (issue 15: one bad MAIL FROM made 59 of 60 honest messages
+get 451): envelopes are checked before queueing, and each item has its own savepoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgateway.clock import SystemClock
+from mailgateway.intake.accept import accept_in
+from mailgateway.intake.writer import AcceptWriter, EnvelopeError
+from mailgateway.store.engine import reading
+from mailgateway.store.models import InboundMessage
+from tests.support.db import migrated
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    with migrated(f"sqlite:///{tmp_path / 'writer.db'}") as f:
+        yield f
+
+
+def _stored(factory: sessionmaker[Session]) -> list[tuple[bytes, str | None, str | None]]:
+    with reading(factory) as s:
+        return [(r.raw, r.mail_from, r.peer) for r in s.scalars(select(InboundMessage).order_by(InboundMessage.id))]
+
+
+def test_a_non_utf8_sender_is_refused_before_the_batch(factory: sessionmaker[Session]) -> None:
+    writer = AcceptWriter(factory, SystemClock())
+    bad = writer.submit(b"Subject: x\r\n\r\nbad\r\n", source="smtp", mail_from="caf\udce9@chu.test",
+                        rcpt_tos=["ssi-pdl@ars.test"], region="PDL", peer="192.0.2.7")
+    assert isinstance(bad.exception(timeout=1), EnvelopeError)
+    control = writer.submit(b"Subject: x\r\n\r\nbad\r\n", source="smtp", mail_from="a@b.test",
+                            rcpt_tos=["ssi-pdl@ars.test\r\nX-Injected: 1"], region="PDL")
+    assert isinstance(control.exception(timeout=1), EnvelopeError)
+    writer.start()
+    try:
+        good = writer.submit(b"Subject: y\r\n\r\ngood\r\n", source="smtp", mail_from="dsi@chu.test",
+                             rcpt_tos=["ssi-pdl@ars.test"], region="PDL", peer="192.0.2.7")
+        assert not good.result(timeout=30).duplicate
+    finally:
+        writer.stop()
+    assert _stored(factory) == [(b"Subject: y\r\n\r\ngood\r\n", "dsi@chu.test", "192.0.2.7")]
+
+
+def test_an_item_failing_in_the_batch_fails_alone(factory: sessionmaker[Session],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever makes one insert fail (here: a failure injected into accept_in for one message),
+    its savepoint is rolled back and its neighbours in the same transaction are committed."""
+    def flaky(session: Session, raw: bytes, **kw: Any) -> Any:
+        result = accept_in(session, raw, **kw)  # its row is flushed, then the item fails
+        if b"poison" in raw:
+            raise UnicodeEncodeError("utf-8", "\udce9", 0, 1, "surrogates not allowed")
+        return result
+
+    monkeypatch.setattr("mailgateway.intake.writer.accept_in", flaky)
+    writer = AcceptWriter(factory, SystemClock())
+    # Submitted before the writer starts: all 60 are taken as one batch.
+    futures = [writer.submit(b"Subject: %d\r\n\r\n%s\r\n" % (n, b"poison" if n == 30 else b"ok"),
+                             source="smtp", mail_from="dsi@chu.test", rcpt_tos=["ssi-pdl@ars.test"],
+                             region="PDL") for n in range(60)]
+    writer.start()
+    try:
+        outcomes = [f.exception(timeout=30) for f in futures]
+    finally:
+        writer.stop()
+    assert [n for n, exc in enumerate(outcomes) if exc is not None] == [30]
+    stored = _stored(factory)
+    assert len(stored) == 59 and not any(b"poison" in raw for raw, _, _ in stored)

@@ -1,0 +1,354 @@
+"""One view of a message (issue 15, item 1): the bytes that are verified are the bytes acted on.
+
+Each attack starts from a genuinely DKIM-signed mail (real keys, tests/support/dkim.py) that the
+attacker received or saw and then altered in transit, and goes through the same two steps as the
+daemon: ``Authenticator.verify`` then ``analyse``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from mailgateway.dns import StaticResolver
+from mailgateway.mail.analyse import analyse
+from mailgateway.mail.auth import Authenticator
+from mailgateway.mail.context import AnalysisContext
+from mailgateway.mail.facts import MessageFacts, SenderVerdict
+from mailgateway.mail.parse import parse_message, views_problem
+from mailgateway.settings import AuthenticationSettings
+from mailgateway.wire import canonical, header_block_problem, header_block_refusal
+from tests.support import casemail
+from tests.support.dkim import GeneratedKey, dkimpy_sign, dkimpy_verify, rsa_key, zone
+
+STAFF = "agent@ars.test"
+CASE = "SSI-ARA-2026-0042"
+VICTIM = "SSI-ARA-2026-0007"
+NOTIFICATION = "<notif.42@ars.test>"
+OTHER_NOTIFICATION = "<notif.7@ars.test>"
+THREADS = {NOTIFICATION: CASE, OTHER_NOTIFICATION: VICTIM}
+
+
+def _lookup(ids: Sequence[str]) -> str | None:
+    for mid in ids:
+        found = THREADS.get(mid if mid.startswith("<") else f"<{mid}>")
+        if found:
+            return found
+    return None
+
+
+CTX = AnalysisContext(
+    region_addresses={"ssi-ara@ars.test": "ARA"},
+    own_addresses=frozenset({"ssi-ara@ars.test"}),
+    bounce_domain="ars.test",
+    loop_token="mailgateway:ars.test",
+    staff={STAFF: frozenset({"ARA"})},
+    acss_domains=("esante.test",),
+    thread_lookup=_lookup,
+)
+
+
+def acss_key() -> GeneratedKey:
+    return rsa_key("sel", "esante.test")
+
+
+def authenticator(*, keys: bool = True) -> Authenticator:
+    records = zone(casemail.staff_key(), acss_key()) if keys else {}
+    return Authenticator(AuthenticationSettings(trusted_authserv_ids=("mx.ars.test",)), StaticResolver(records))
+
+
+def run(raw: bytes, *, trusted_path: bool = False, keys: bool = True) -> MessageFacts:
+    verdict = authenticator(keys=keys).verify(raw, trusted_path=trusted_path)
+    return analyse(raw, CTX, verdict)
+
+
+def staff_reply(body: str, *, subject: str = f"RE: [{CASE}] Nouvelle déclaration",
+                in_reply_to: str | None = NOTIFICATION) -> bytes:
+    raw = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject=subject, body=body, in_reply_to=in_reply_to)
+    return casemail.sign(raw)
+
+
+def signed_with(raw: bytes, key: GeneratedKey, headers: tuple[str, ...]) -> bytes:
+    return dkimpy_sign(raw, key, headers=headers) + raw
+
+
+def with_subject(raw: bytes, subject: str) -> bytes:
+    """``raw`` with its Subject field's value replaced (in place: same position, one instance)."""
+    start = raw.index(b"\r\nSubject: ") + len(b"\r\nSubject: ")
+    end = raw.index(b"\r\n", start)
+    return raw[:start] + subject.encode() + raw[end:]
+
+
+def accepted(facts: MessageFacts) -> list[str]:
+    return [c.name for c in facts.commands if c.accepted]
+
+
+# --- the benign cases still authenticate and act ---------------------------------------------------
+
+
+def test_signed_staff_command_is_applied_to_its_case() -> None:
+    raw = staff_reply("#clore\n")
+    verdict = authenticator().verify(raw)
+    assert verdict.authenticated
+    assert {"from", "subject", "in-reply-to", "references"} <= verdict.signed_headers
+    assert verdict.signature_key is not None and verdict.signature_key.startswith("dkim:ars.test:")
+    facts = analyse(raw, CTX, verdict)
+    assert (facts.kind, facts.case_ref, accepted(facts)) == ("command", CASE, ["clore"])
+
+
+def test_signature_key_ignores_refolding_of_b() -> None:
+    raw = staff_reply("#clore\n")
+    key = authenticator().verify(raw).signature_key
+    relayed = b"Received: from mx.ars.test by gateway.test; Fri, 27 Nov 2026 10:00:01 +0100\r\n" + raw
+    assert authenticator().verify(relayed).signature_key == key
+
+
+def test_bare_lf_mail_is_the_same_message() -> None:
+    # mbox files, IMAP servers and `mailgateway ingest` may hand over LF-only mail.
+    raw = staff_reply("#clore\n").replace(b"\r\n", b"\n")
+    facts = run(raw)
+    assert facts.sender.authenticated
+    assert (facts.kind, facts.case_ref, accepted(facts)) == ("command", CASE, ["clore"])
+
+
+def test_signer_that_does_not_cover_in_reply_to_still_works_when_it_steers_nothing() -> None:
+    # Some signers never cover In-Reply-To/References; the covered [SSI-…] subject names the case.
+    raw = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject=f"RE: [{CASE}] Nouvelle déclaration",
+                           body="#clore\n", in_reply_to=NOTIFICATION)
+    facts = run(signed_with(raw, casemail.staff_key(), ("from", "to", "subject", "date", "message-id")))
+    assert facts.sender.authenticated
+    assert (facts.kind, facts.case_ref, accepted(facts)) == ("command", CASE, ["clore"])
+
+
+# --- item 1: prepended duplicates ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "prepended",
+    [
+        f"Subject: RE: [{VICTIM}] x\r\nIn-Reply-To: {OTHER_NOTIFICATION}\r\n",
+        f"In-Reply-To: {OTHER_NOTIFICATION}\r\n",
+        "Subject: #clore\r\n",
+        f"References: {OTHER_NOTIFICATION}\r\n",
+        "From: agent@ars.test\r\n",
+    ],
+)
+def test_prepended_duplicate_is_never_authenticated_nor_acted_on(prepended: str) -> None:
+    raw = prepended.encode() + staff_reply("Merci.\n#note vu\n")
+    facts = run(raw)
+    assert not facts.sender.authenticated
+    assert "Duplicate" in facts.sender.detail
+    assert facts.kind == "unknown"
+    assert facts.quarantine_reason is not None and "présent plusieurs fois" in facts.quarantine_reason
+    assert (facts.case_ref, facts.commands) == (None, ())
+
+
+# --- item 1: the bare-CR fold trick ------------------------------------------------------------------
+
+
+def _fold_trick(raw: bytes, injected: bytes) -> bytes:
+    """An unsigned X-Mailer whose "continuation" lines follow a bare CR, at the end of the header."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    return head + b"\r\nX-Mailer: x\r\r\n" + injected.removesuffix(b"\r\n") + sep + body
+
+
+def test_bare_cr_fold_is_one_field_for_dkim_and_end_of_header_for_email() -> None:
+    raw = _fold_trick(staff_reply("Merci pour ces éléments.\n"), b" #clore\r\n #repondre https://phish.test/x\r\n")
+    # The premise of the attack: dkimpy still verifies the signature (X-Mailer is not signed).
+    assert dkimpy_verify(raw, zone(casemail.staff_key()))
+    facts = run(raw)
+    assert not facts.sender.authenticated
+    assert facts.kind == "unknown" and facts.commands == ()
+    assert facts.quarantine_reason is not None and "retour chariot" in facts.quarantine_reason
+
+
+def test_bare_cr_fold_cannot_rewrite_an_authentic_alert() -> None:
+    body = "Titre : Vulnérabilité critique VPN\nTLP : AMBER\nRéférence : 2026-ALE-031\n\nDétails.\n"
+    raw = casemail.message(sender="alerte@esante.test", to="ssi-ara@ars.test",
+                           subject="[TLP:AMBER] Alerte 2026-ALE-031", body=body)
+    raw = casemail.sign(raw, acss_key())
+    genuine = run(raw).alert
+    assert genuine is not None and genuine.authentic and genuine.tlp == "AMBER"
+    forged = _fold_trick(raw, b" TLP:CLEAR\r\n Titre : Mise a jour urgente https://malware.test\r\n")
+    assert dkimpy_verify(forged, zone(acss_key()))
+    facts = run(forged)
+    assert facts.kind == "unknown" and facts.alert is None
+    assert not facts.sender.authenticated
+
+
+# --- item 1: a Subject (or threading header) the signature does not cover ------------------------
+
+
+def test_unsigned_subject_does_not_choose_the_case() -> None:
+    original = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject="Point de situation", body="#clore\n")
+    signed = signed_with(original, casemail.staff_key(), ("from", "to", "date", "message-id"))
+    forged = with_subject(signed, f"RE: [{VICTIM}] suivi")
+    facts = run(forged)
+    assert facts.sender.authenticated  # the signature is valid: Subject is not in its h=
+    assert accepted(facts) == []
+    assert facts.case_ref is None
+    assert [c.reason for c in facts.commands] == ["en-tête Subject non couvert par la signature DKIM"]
+
+
+def test_unsigned_subject_query_is_refused() -> None:
+    original = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject="bonjour", body="Merci.\n")
+    signed = signed_with(original, casemail.staff_key(), ("from", "to", "date", "message-id"))
+    facts = run(with_subject(signed, f"#statut {VICTIM}"))
+    assert facts.kind == "command"
+    assert accepted(facts) == []
+    assert facts.commands[0].reason == "en-tête Subject non couvert par la signature DKIM"
+    assert not facts.is_bulletin_request
+
+
+def test_added_in_reply_to_does_not_thread_commands() -> None:
+    # Our own signer covers In-Reply-To only when present: an attacker may add one.
+    raw = staff_reply("#clore\n", subject="Point de situation", in_reply_to=None)
+    forged = f"In-Reply-To: {OTHER_NOTIFICATION}\r\n".encode() + raw
+    facts = run(forged)
+    assert facts.sender.authenticated
+    assert facts.case_ref is None and facts.in_reply_to == ()
+    assert accepted(facts) == []
+    assert facts.commands[0].reason == "en-tête In-Reply-To non couvert par la signature DKIM"
+
+
+def test_alert_with_unsigned_subject_is_not_authentic_and_keeps_the_signed_tlp() -> None:
+    body = "TLP : AMBER\nRéférence : 2026-ALE-031\n\nUne vulnérabilité critique touche les VPN.\n"
+    raw = casemail.message(sender="alerte@esante.test", to="ssi-ara@ars.test", subject="Alerte 2026-ALE-031",
+                           body=body)
+    genuine = signed_with(raw, acss_key(), ("from", "to", "subject", "date", "message-id"))
+    facts = run(genuine)
+    assert facts.alert is not None and facts.alert.authentic and facts.alert.tlp == "AMBER"
+    partial = signed_with(raw, acss_key(), ("from", "to", "date", "message-id"))
+    forged = with_subject(partial, "[TLP:CLEAR] Alerte: Installez https://x.test")
+    facts = run(forged)
+    assert facts.kind == "alert" and facts.alert is not None
+    assert not facts.alert.authentic
+    assert facts.alert.tlp == "AMBER"
+    assert "x.test" not in (facts.alert.title or "") and "x.test" not in facts.subject
+
+
+# --- item 5: Authentication-Results only from the trusted path -----------------------------------
+
+
+def _forged_ar(raw: bytes) -> bytes:
+    forged = b"Authentication-Results: mx.ars.test; dkim=pass header.d=ars.test; dmarc=pass header.from=ars.test"
+    return forged + b"\r\n" + raw
+
+
+def test_forged_authentication_results_straight_to_smtp_authenticate_nothing() -> None:
+    raw = _forged_ar(casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject=f"RE: [{CASE}] x",
+                                      body="#clore\n", in_reply_to=NOTIFICATION))
+    facts = run(raw, trusted_path=False)
+    assert not facts.sender.authenticated
+    assert accepted(facts) == []
+
+
+def test_trusted_relay_results_cover_what_the_named_signature_covers() -> None:
+    # Our MTA checked the signature (we cannot: no key here) and said so with its authserv-id.
+    signed = staff_reply("#clore\n")
+    raw = b"Authentication-Results: mx.ars.test; dkim=pass header.d=ars.test\r\n" + signed
+    facts = run(raw, trusted_path=True, keys=False)
+    assert facts.sender.method == "authentication-results"
+    assert "in-reply-to" in facts.sender.signed_headers
+    assert (facts.case_ref, accepted(facts)) == (CASE, ["clore"])
+
+
+def test_trusted_relay_dmarc_pass_without_a_signature_steers_nothing() -> None:
+    raw = b"Authentication-Results: mx.ars.test; dmarc=pass header.from=ars.test\r\n" + casemail.message(
+        sender=STAFF, to="ssi-ara@ars.test", subject=f"RE: [{CASE}] x", body="#clore\n", in_reply_to=NOTIFICATION)
+    facts = run(raw, trusted_path=True)
+    assert facts.sender.authenticated and facts.sender.signed_headers == frozenset()
+    assert accepted(facts) == []
+    assert "non couverts par la signature DKIM" in (facts.commands[0].reason or "")
+
+
+# --- item 4 and the analysis budget --------------------------------------------------------------
+
+
+def test_dkim_cost_bomb_is_refused_before_dkimpy() -> None:
+    names = ":".join(f"x-absent-{i}" for i in range(5000))
+    bomb = (f"DKIM-Signature: v=1; a=rsa-sha256; d=ars.test; s=rsa; h=from:{names}; bh=AAAA; b=AAAA\r\n"
+            + "".join(f"X-Filler-{i}: {'y' * 100}\r\n" for i in range(900))).encode()
+    raw = bomb + casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject="x", body="#clore\n")
+    started = time.perf_counter()
+    verdict = authenticator().verify(raw)
+    facts = analyse(raw, CTX, verdict)
+    elapsed = time.perf_counter() - started
+    assert not verdict.authenticated
+    assert "more than 64" in verdict.detail
+    assert facts.kind == "unknown" and "maximum 64" in (facts.quarantine_reason or "")
+    assert elapsed < 2.0
+
+
+def test_too_many_header_fields_are_over_budget() -> None:
+    raw = "".join(f"X-F-{i}: y\r\n" for i in range(1001)).encode() + staff_reply("#clore\n")
+    facts = run(raw)
+    assert not facts.sender.authenticated
+    assert facts.kind == "unknown" and "trop de champs" in (facts.quarantine_reason or "")
+
+
+def test_oversized_header_block_is_refused() -> None:
+    raw = b"X-Big: " + b"a" * (300 * 1024) + b"\r\n" + staff_reply("#clore\n")
+    assert header_block_refusal(raw) == "Header block larger than 256 KB"
+    assert run(raw).kind == "unknown"
+
+
+# --- wire: the pure functions --------------------------------------------------------------------
+
+
+def test_canonical_turns_bare_lf_into_crlf_and_keeps_bare_cr() -> None:
+    assert canonical(b"A: b\nC: d\r\n\nx\ry\n") == b"A: b\r\nC: d\r\n\r\nx\ry\r\n"
+    assert canonical(b"\xef\xbb\xbfA: b\n\nx") == b"A: b\r\n\r\nx"
+    once = canonical(b"A: b\r\r\n\nx\n")
+    assert canonical(once) == once
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"From: a@b.test\r\nSubject: x\r\n\r\nbody\rwith CR\r\n", None),
+        (b"From sender@b.test Fri Nov 27 08:00:00 2026\nFrom: a@b.test\n\nbody\n", None),
+        (b"Subject: x\r\n\tfolded\r\n\r\n", None),
+        (b"Received: a\r\nReceived: b\r\n\r\n", None),
+        (b"X-Mailer: x\r\r\n #clore\r\n\r\n", "retour chariot (CR) isolé dans les en-têtes"),
+        (b"A: b\rC: d\r\n\r\n", "retour chariot (CR) isolé dans les en-têtes"),
+        (b" x\r\nA: b\r\n\r\n", "ligne de continuation avant le premier champ d'en-tête"),
+        (b"A: b\r\nFrom x@y\r\n\r\n", "ligne « From » d'enveloppe au milieu des en-têtes"),
+        (b"A: b\r\njunk line\r\n\r\n", "ligne d'en-tête invalide (ni champ « nom: valeur » ni continuation)"),
+        (b"A: b\r\nSubject : b\r\n\r\n", "ligne d'en-tête invalide (ni champ « nom: valeur » ni continuation)"),
+        (b": b\r\n\r\n", "ligne d'en-tête invalide (ni champ « nom: valeur » ni continuation)"),
+        (b"Message-Id: <a@b>\r\nMESSAGE-ID: <c@d>\r\n\r\n",
+         "en-tête Message-ID présent plusieurs fois (RFC 5322 §3.6)"),
+        (b"Content-Type: text/plain\r\nContent-type: text/html\r\n\r\n",
+         "en-tête Content-Type présent plusieurs fois (RFC 5322 §3.6)"),
+    ],
+)
+def test_header_block_problem(raw: bytes, expected: str | None) -> None:
+    assert header_block_problem(raw) == expected
+
+
+def test_header_block_problem_is_linear_on_hostile_input() -> None:
+    for raw in (b"A: " + b" " * 200_000 + b"\r\n\r\n", b"A: b\r\n" + b"\t" * 200_000 + b"\r\n\r\n",
+                b"X" * 250_000 + b":\r\n\r\n", b"A: b\r\n" * 999 + b"\r\n"):
+        started = time.perf_counter()
+        header_block_problem(raw)
+        assert time.perf_counter() - started < 0.5
+
+
+def test_views_problem_names_a_disagreement() -> None:
+    seen = parse_message(b"From: a@b.test\r\nSubject: signed\r\n\r\nx")
+    assert views_problem(b"From: a@b.test\r\nSubject: signed\r\n\r\nx", seen.msg) is None
+    problem = views_problem(b"From: a@b.test\r\nSubject: other\r\n\r\nx", seen.msg)
+    assert problem == "en-tête Subject lu différemment par la vérification DKIM et l'analyse"
+
+
+def test_never_authenticated_even_when_the_caller_says_so() -> None:
+    # Analysis does not trust a verdict computed elsewhere for an ambiguous header block.
+    raw = b"Subject: a\r\nSubject: b\r\nFrom: agent@ars.test\r\n\r\n#clore\r\n"
+    given = SenderVerdict(address=STAFF, domain="ars.test", authenticated=True, method="dkim",
+                          signed_headers=frozenset({"from", "subject"}))
+    facts = analyse(raw, CTX, given)
+    assert not facts.sender.authenticated and facts.sender.signature_key is None
+    assert facts.kind == "unknown"
