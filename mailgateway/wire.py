@@ -23,6 +23,8 @@ in the size of its input (no regular expression at all).
 
 from __future__ import annotations
 
+import unicodedata
+
 __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_HEADER_FIELDS",
@@ -36,8 +38,10 @@ __all__ = [
 ]
 
 # RFC 5322 §3.6 fields that "MUST occur at most once", plus the MIME fields that decide how the body
-# is read (RFC 2045 §§4, 5, 6: one version, one type, one encoding per entity): a second instance of
-# any of them is ambiguous, and DKIM and the analyser would each pick a different one.
+# is read (RFC 2045 §§5, 6: one type, one encoding per entity): a second instance of any of them is
+# ambiguous, and DKIM and the analyser would each pick a different one. MIME-Version is left out: its
+# only value is 1.0, no parser reads it to decide anything, and antivirus gateways are known to add a
+# second one to honest declarations.
 SINGLE_INSTANCE_FIELDS: tuple[str, ...] = (
     "from",
     "sender",
@@ -49,7 +53,6 @@ SINGLE_INSTANCE_FIELDS: tuple[str, ...] = (
     "message-id",
     "in-reply-to",
     "references",
-    "mime-version",
     "content-type",
     "content-transfer-encoding",
 )
@@ -128,9 +131,20 @@ def header_block_problem(raw: bytes) -> str | None:
 
 
 def header_block_refusal(raw: bytes) -> str | None:
-    """The same verdict in English, for an SMTP reply (``550 5.6.0 <this>``), or None."""
+    """The same verdict for an SMTP reply (``550 5.6.0 <this>``), or None: English, then the French
+    reason in plain ASCII (an SMTP reply is US-ASCII, RFC 5321 §4.2), so that the bounce a
+    declarant receives tells them in their language why the message was refused."""
     found = _problem(raw)
-    return found[1] if found else None
+    if not found:
+        return None
+    return f"{found[1]} / message refuse : {_ascii(found[0])}"
+
+
+def _ascii(text: str) -> str:
+    """French text without accents and typographic quotes, for an SMTP reply line."""
+    text = text.replace("«", '"').replace("»", '"').replace("\u00a0", " ").replace("’", "'")
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if c.isascii() and not unicodedata.combining(c))
 
 
 def _problem(raw: bytes) -> tuple[str, str] | None:

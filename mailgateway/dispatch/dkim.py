@@ -69,8 +69,12 @@ SIGNED_HEADERS: tuple[bytes, ...] = (
     b"auto-submitted",
 )
 # RFC 6376 §8.15: listing a header once more than it occurs prevents adding a second one (a second
-# From shown by some clients instead of the signed one).
-OVERSIGNED_HEADERS: tuple[bytes, ...] = (b"from",)
+# From shown by some clients instead of the signed one). Every single-instance field that steers a
+# reader or a gateway (author, recipients, subject, threading) is over-signed, present or not: an
+# added Subject or In-Reply-To above our signed mail breaks the signature instead of re-targeting it.
+OVERSIGNED_HEADERS: tuple[bytes, ...] = (
+    b"from", b"to", b"cc", b"reply-to", b"subject", b"date", b"message-id", b"in-reply-to", b"references",
+)
 
 # RFC 8301 §3.2: signers MUST use at least 1024 bits and SHOULD use 2048.
 MIN_RSA_BITS = 1024

@@ -284,10 +284,13 @@ class GatewaySMTP(SMTP):
         partial = False  # the previous chunk did not end a line (longer than the stream limit)
         while self.transport is not None:
             try:
-                chunk = await self._reader.readuntil(b"\r\n")
+                # Lines end at LF, as aiosmtpd reads them: mail sent with bare LF line endings
+                # (RFC 5321 §2.3.8 forbids them, many scripts send them) is split into lines here
+                # and normalised once at accept (mailgateway.wire), not refused as one long line.
+                chunk = await self._reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as exc:
                 chunk = await self._reader.read(exc.consumed)
-            line_start, partial = not partial, not chunk.endswith(b"\r\n")
+            line_start, partial = not partial, not chunk.endswith(b"\n")
             if line_start and chunk == b".\r\n":
                 break
             self._reset_timeout()  # the idle timeout counts from the last line received

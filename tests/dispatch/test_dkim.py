@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dkim.util import parse_tag_value
 
-from mailgateway.dispatch.dkim import DkimKey, DkimSigner
+from mailgateway.dispatch.dkim import OVERSIGNED_HEADERS, DkimKey, DkimSigner
 from mailgateway.errors import ConfigError, PolicyRefusal
 from mailgateway.settings import DkimKeySettings, DkimSettings
 from tests.support import unavailable
@@ -45,7 +45,7 @@ def test_dual_signature_verifies_with_dkimpy() -> None:
 def test_output_is_byte_identical_to_dkimpy_sign() -> None:
     message = sample_message()
     headers = [b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type"]
-    headers += [b"content-transfer-encoding", b"auto-submitted", b"from"]
+    headers += [b"content-transfer-encoding", b"auto-submitted", *OVERSIGNED_HEADERS]
     with unittest.mock.patch("time.time", return_value=T0):
         expected = b"".join(
             dkim.sign(
@@ -70,16 +70,26 @@ def test_signature_is_crlf_terminated_header_lines() -> None:
     assert signed.count(b"DKIM-Signature: ") == 2
 
 
-def test_signed_headers_present_ones_in_order_with_from_oversigned() -> None:
+def test_signed_headers_present_ones_in_order_with_steering_fields_oversigned() -> None:
     message = sample_message(extra_headers="Cc: rssi@chu.test\r\nReply-To: ssi-ara@ars.test\r\nX-Other: 1\r\n")
     (sig,) = signatures(DkimSigner("ars.test", [rsa_key().signing_key()]).sign(message))
     signed = [h.strip() for h in sig[b"h"].split(b":")]
     assert signed == [
         b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type",
-        b"content-transfer-encoding", b"auto-submitted", b"cc", b"reply-to", b"from",
+        b"content-transfer-encoding", b"auto-submitted", b"cc", b"reply-to",
+        b"from", b"to", b"cc", b"reply-to", b"subject", b"date", b"message-id", b"in-reply-to", b"references",
     ]  # fmt: skip
     assert sig[b"c"] == b"relaxed/relaxed"
     assert sig[b"d"] == b"ars.test"
+
+
+@pytest.mark.parametrize("header", ["Subject: #clore", "In-Reply-To: <other@ars.test>", "Cc: victim@evil.test"])
+def test_added_steering_header_breaks_the_signature(header: str) -> None:
+    message = sample_message()
+    signed = DkimSigner("ars.test", [rsa_key().signing_key()]).sign(message) + message
+    assert dkimpy_verify(signed, zone(rsa_key()))
+    forged = header.encode() + b"\r\n" + signed
+    assert not dkimpy_verify(forged, zone(rsa_key()))
 
 
 def test_added_second_from_breaks_the_signature() -> None:

@@ -173,6 +173,26 @@ def test_declared_size_over_the_limit_gets_552_5_3_4_at_mail(gateway: RunningGat
         client.close()
 
 
+def test_bare_lf_message_of_many_lines_is_accepted_and_stored_with_crlf(gateway: RunningGateway) -> None:
+    """A script sending bare LF line endings (RFC 5321 §2.3.8 forbids them; real senders do it) must
+    not be refused as one "line too long": lines end at LF, and accept normalises them to CRLF."""
+    raw = _message(7, size=4_000).replace(b"\r\n", b"\n")
+    assert b"\r" not in raw and len(raw) > 3_000
+    client = Client(gateway.config.smtp_port).greet()
+    try:
+        assert client.cmd(b"MAIL FROM:<dsi@chu.test>")[0] == 250
+        assert client.cmd(b"RCPT TO:<" + PDL.encode() + b">")[0] == 250
+        assert client.cmd(b"DATA")[0] == 354
+        client.sock.sendall(raw + b".\r\n")
+        code, text = client.reply()
+        assert code == 250, text
+    finally:
+        client.close()
+    with sqlite3.connect(gateway.config.db_path) as db:
+        (stored,) = db.execute("select raw from inbound_messages").fetchone()
+    assert stored == raw.replace(b"\n", b"\r\n")
+
+
 def test_running_size_over_the_limit_gets_552_5_3_4_before_the_end_of_data(gateway: RunningGateway) -> None:
     """The refusal comes as soon as the limit is passed (the client may stop sending), and the
     session is usable afterwards."""

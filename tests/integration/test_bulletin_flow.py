@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import re
 from email.message import EmailMessage
 from pathlib import Path
@@ -22,7 +23,7 @@ STAFF_KEY = rsa_key("staff", "ars.test")
 def staff_mail(subject: str, body: str, n: int, in_reply_to: str | None = None, sign: bool = True) -> bytes:
     raw = (
         f"From: Agent SSI <agent@ars.test>\r\nTo: ssi-pdl@ars.test\r\nSubject: {subject}\r\n"
-        f"Message-ID: <staff-{n}@ars.test>\r\nDate: Fri, 27 Nov 2026 10:0{n}:00 +0100\r\n"
+        f"Message-ID: <staff-{n}@ars.test>\r\nDate: {email.utils.formatdate(localtime=True)}\r\n"
         + (f"In-Reply-To: {in_reply_to}\r\nReferences: {in_reply_to}\r\n" if in_reply_to else "")
         + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body.replace("\n", "\r\n")
     ).encode()

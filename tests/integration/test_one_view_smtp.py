@@ -78,17 +78,17 @@ def test_altered_signed_replies_are_refused_at_smtp_and_quarantined_at_ingest(
     fold = head + b"\r\nX-Mailer: x\r\r\n #clore\r\n #repondre https://phish.test/reset" + sep + body
     assert dkimpy_verify(fold, casemail.staff_keys())
     code, text = send(gateway, fold)
-    assert (code, text) == (550, "5.6.0 Bare CR in the header block")
+    assert code == 550 and text.startswith("5.6.0 Bare CR in the header block / message refuse : "), text
 
     # A header block that is no header block at all.
-    assert send(gateway, b"\x00\xff\xfe garbage that is not a message\r\n" * 10) == (
-        550, "5.6.0 Malformed header line (neither a field nor a continuation)")
+    code, text = send(gateway, b"\x00\xff\xfe garbage that is not a message\r\n" * 10)
+    assert code == 550 and text.startswith("5.6.0 Malformed header line (neither a field nor a continuation) / "), text
 
     # A prepended Subject (and In-Reply-To) above a signed command mail.
     signed = reply(notification, "#assigner moi\n")
     prepended = b"Subject: #clore\r\nIn-Reply-To: <another@ars.test>\r\n" + signed
     code, text = send(gateway, prepended)
-    assert (code, text) == (550, "5.6.0 Duplicate Subject header field (RFC 5322 section 3.6)")
+    assert code == 550 and text.startswith("5.6.0 Duplicate Subject header field (RFC 5322 section 3.6) / "), text
 
     # The same bytes through the IMAP/CLI path: stored, then quarantined with the reason.
     result = ingest(gateway, prepended)

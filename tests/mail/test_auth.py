@@ -197,8 +197,12 @@ def test_body_length_limited_signatures_are_refused() -> None:
 
 def test_signature_not_covering_from_is_ignored() -> None:
     raw = signed(message(), chu_rsa())
-    mangled = raw.replace(b"h=from : ", b"h=", 1).replace(b" : from;", b";", 1)
-    assert mangled != raw
+    # Drop every "from" from h= (our signer over-signs it), whatever the folding.
+    start = raw.index(b"h=")
+    end = raw.index(b";", start)
+    names = [n.strip() for n in raw[start + 2 : end].replace(b"\r\n", b"").split(b":")]
+    mangled = raw[:start] + b"h=" + b" : ".join(n for n in names if n != b"from") + raw[end:]
+    assert mangled != raw and b"from" in names
     verdict = authenticator(chu_rsa()).verify(mangled)
     assert not verdict.authenticated
     assert "From not signed" in verdict.detail

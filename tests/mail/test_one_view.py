@@ -203,8 +203,10 @@ def test_unsigned_subject_query_is_refused() -> None:
 
 
 def test_added_in_reply_to_does_not_thread_commands() -> None:
-    # Our own signer covers In-Reply-To only when present: an attacker may add one.
-    raw = staff_reply("#clore\n", subject="Point de situation", in_reply_to=None)
+    # A signer that covers In-Reply-To only when present (most do; ours over-signs it): an
+    # attacker may add one.
+    unsigned = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject="Point de situation", body="#clore\n")
+    raw = signed_with(unsigned, casemail.staff_key(), ("from", "to", "subject", "date", "message-id"))
     forged = f"In-Reply-To: {OTHER_NOTIFICATION}\r\n".encode() + raw
     facts = run(forged)
     assert facts.sender.authenticated
@@ -291,8 +293,24 @@ def test_too_many_header_fields_are_over_budget() -> None:
 
 def test_oversized_header_block_is_refused() -> None:
     raw = b"X-Big: " + b"a" * (300 * 1024) + b"\r\n" + staff_reply("#clore\n")
-    assert header_block_refusal(raw) == "Header block larger than 256 KB"
+    assert header_block_refusal(raw) == (
+        "Header block larger than 256 KB / message refuse : en-tetes trop volumineux (plus de 256 Ko)"
+    )
     assert run(raw).kind == "unknown"
+
+
+def test_smtp_refusal_is_ascii_and_says_why_in_french_too() -> None:
+    raw = b"Subject: a\r\nSubject: b\r\n" + staff_reply("#clore\n")
+    refusal = header_block_refusal(raw) or ""
+    assert refusal.isascii()
+    assert "Duplicate Subject header field" in refusal and "en-tete Subject present plusieurs fois" in refusal
+
+
+def test_a_second_identical_mime_version_is_harmless() -> None:
+    """Antivirus gateways add one; no parser decides anything from it (RFC 2045 §4: always 1.0)."""
+    raw = b"MIME-Version: 1.0\r\n" + staff_reply("#note vu\n")
+    assert header_block_problem(raw) is None
+    assert run(raw).sender.authenticated
 
 
 # --- wire: the pure functions --------------------------------------------------------------------
