@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import dns.exception
 import dns.name
@@ -35,6 +35,9 @@ __all__ = [
     "build_resolver",
     "normalise_name",
 ]
+
+
+_T = TypeVar("_T")
 
 
 class DnsTemporaryError(AuthenticationError):
@@ -84,7 +87,10 @@ class DnsPythonResolver:
     ``["127.0.0.1"]`` and the port of a server they run. Positive answers are cached for their TTL
     (capped at ``max_ttl``), negative ones (NXDOMAIN, no TXT) for ``negative_ttl`` — RFC 2308 would
     use the SOA minimum, but a short fixed value is enough for key lookups and keeps this simple.
-    Temporary failures are not cached.
+    Temporary failures (timeout, SERVFAIL) are remembered for ``failure_ttl`` and raised again
+    without a query: RFC 2308 §7.1 allows caching server failures for up to five minutes, and a
+    dead domain named by message after message must cost one timeout a minute, not one per
+    message (issue 15, bounded work).
     """
 
     def __init__(
@@ -95,6 +101,7 @@ class DnsPythonResolver:
         port: int = 53,
         max_ttl: float = 3600.0,
         negative_ttl: float = 60.0,
+        failure_ttl: float = 60.0,
         max_entries: int = 1024,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -113,9 +120,11 @@ class DnsPythonResolver:
         self._resolver.timeout = timeout
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl
+        self._failure_ttl = failure_ttl
         self._max_entries = max_entries
         self._monotonic = monotonic
         self._cache: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._failures: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def txt(self, name: str) -> str | None:
@@ -126,13 +135,25 @@ class DnsPythonResolver:
             if hit is not None and hit[0] > now:
                 self._cache.move_to_end(key)
                 return hit[1]
-        value, ttl = self._query(key)
+            failed = self._failures.get(key)
+            if failed is not None and failed[0] > now:
+                raise DnsTemporaryError(f"{failed[1]} (cached failure)")
+        try:
+            value, ttl = self._query(key)
+        except DnsTemporaryError as exc:
+            self._remember(self._failures, key, (self._monotonic() + self._failure_ttl, str(exc)))
+            raise
         with self._lock:
-            self._cache[key] = (now + ttl, value)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._max_entries:
-                self._cache.popitem(last=False)
+            self._failures.pop(key, None)
+        self._remember(self._cache, key, (now + ttl, value))
         return value
+
+    def _remember(self, cache: OrderedDict[str, _T], key: str, entry: _T) -> None:
+        with self._lock:
+            cache[key] = entry
+            cache.move_to_end(key)
+            while len(cache) > self._max_entries:
+                cache.popitem(last=False)
 
     def _query(self, key: str) -> tuple[str | None, float]:
         try:

@@ -81,13 +81,21 @@ def test_dnspython_resolver_caches_negative_answers_briefly() -> None:
         assert resolver.txt("n._domainkey.x.test") == "v=DKIM1; p=new"
 
 
-def test_servfail_is_a_temporary_error_and_is_not_cached() -> None:
+def test_servfail_is_a_temporary_error_remembered_for_a_minute_only() -> None:
+    """Issue 15: a failing name is not queried again for ``failure_ttl`` (it used to be queried
+    — and to cost a timeout — for every message naming it), then it is."""
+    clock = FakeMonotonic()
     with TxtServer({"s._domainkey.x.test": "v=DKIM1; p=x"}) as server:
-        resolver = DnsPythonResolver(["127.0.0.1"], timeout=2.0, port=server.port)
+        resolver = DnsPythonResolver(["127.0.0.1"], timeout=2.0, port=server.port, monotonic=clock, failure_ttl=60)
         server.fail = True
         with pytest.raises(DnsTemporaryError):
             resolver.txt("s._domainkey.x.test")
+        asked = server.queries
         server.fail = False
+        with pytest.raises(DnsTemporaryError):
+            resolver.txt("s._domainkey.x.test")
+        assert server.queries == asked
+        clock.now += 61
         assert resolver.txt("s._domainkey.x.test") == "v=DKIM1; p=x"
 
 

@@ -34,14 +34,18 @@ def _fr(at: datetime | None) -> str:
 def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,
                  to: str, region: str, case: Case | None, results: Sequence[dict[str, Any]],
                  refused_all: str | None = None, confirmation: dict[str, str] | None = None,
-                 help_text: str | None = None, authenticated: bool = True) -> OutboundMessage | None:
-    """The receipt of a command mail: what was applied, what was refused and why."""
+                 help_text: str | None = None, authenticated: bool = True,
+                 replayed_fr: str | None = None) -> OutboundMessage | None:
+    """The receipt of a command mail: what was applied, what was refused and why.
+
+    ``replayed_fr``: the mail had already been received and applied then (« dd/mm/yyyy à HH:MM »):
+    the receipt says so plainly instead of listing a refusal."""
     from_address, from_name = from_identity(env, region)
     spec = MailSpec(
         template="receipt",
         context={**region_context(env, region), "case": case_context(case) if case else None,
                  "results": list(results), "refused_all": refused_all, "confirmation": confirmation,
-                 "help": help_text},
+                 "help": help_text, "replayed_fr": replayed_fr},
         to=to, from_address=from_address, from_name=from_name, idempotency_key=f"receipt:{inbound.id}",
         in_reply_to=facts.message_id, references=list(facts.in_reply_to),
     )

@@ -222,28 +222,49 @@ def diffuser(ctx: Ctx, cmd: Command) -> str | None:
     if not (case.fields or {}).get("alert", {}).get("authentic"):
         raise CaseError("alerte non authentifiée : aucune diffusion possible")
     lifecycle.check_transition("alert", case.status, "DIFFUSEE")
+    # Refused now, not after the confirmation, when the TLP lets no targeted establishment have it.
+    bulletins = _bulletins()
+    reach = _call(lambda: bulletins.relay_reach(ctx.env, ctx.session, case))
+    refusal = bulletins.reach_refusal(ctx.env, reach)
+    if refusal is not None:
+        raise CaseError(refusal)
     # Every broadcast waits for an explicit confirmation: it reaches every targeted establishment.
-    return _ask_confirmation(ctx, "diffuser", [], ctx.env.settings.bulletins.confirmation_hours)
+    pending = _ask_confirmation(ctx, "diffuser", [], ctx.env.settings.bulletins.confirmation_hours)
+    note = f"l'alerte TLP:{reach.tlp} atteindra {reach.allowed} établissement(s)"
+    withheld = bulletins.withheld_note(ctx.env, reach)
+    return f"{pending} ; {note}" + (f" ; {withheld}" if withheld else "")
 
 
-def broadcast(ctx: Ctx, case: Case) -> str:
-    """Relay the alert through the bulletins module, when it is installed."""
+def _bulletins() -> Any:
+    """The bulletins module, when it is installed (cases work without it)."""
     try:
         from mailgateway.dispatch import bulletins
     except ImportError:
         raise CaseError("diffusion indisponible") from None
-    relay = getattr(bulletins, "relay_alert", None)
-    if relay is None:
+    if getattr(bulletins, "relay_alert", None) is None:
         raise CaseError("diffusion indisponible")
+    return bulletins
+
+
+def _call(action: Callable[[], Any]) -> Any:
+    """Run a bulletins operation; its refusal (BulletinError, French) becomes the command's."""
     try:
-        bulletin = relay(ctx.env, ctx.session, case, ctx.actor)
+        return action()
     except CaseError:
         raise
     except Exception as exc:
         if type(exc).__name__ == "BulletinError":  # a refusal with its French reason
             raise CaseError(str(exc)) from exc
         raise
-    return f"alerte relayée à {bulletin.recipients} établissement(s)"
+
+
+def broadcast(ctx: Ctx, case: Case) -> str:
+    """Relay the alert through the bulletins module, when it is installed."""
+    bulletins = _bulletins()
+    reach = _call(lambda: bulletins.relay_reach(ctx.env, ctx.session, case))
+    bulletin = _call(lambda: bulletins.relay_alert(ctx.env, ctx.session, case, ctx.actor))
+    withheld = bulletins.withheld_note(ctx.env, reach)
+    return f"alerte relayée à {bulletin.recipients} établissement(s)" + (f" ; {withheld}" if withheld else "")
 
 
 def confirmer(ctx: Ctx, cmd: Command) -> str | None:
@@ -352,6 +373,30 @@ def not_here(ctx: Ctx, cmd: Command) -> str | None:
 
 NO_CASE = ("aucun dossier concerné : répondez au message du dossier ou indiquez sa référence "
            "[SSI-XXX-AAAA-NNNN] dans l'objet")
+
+
+
+def no_case_reason(facts: MessageFacts) -> str:
+    """Why a command found no case, and what works when the cause is an unsigned thread.
+
+    Analysis ignores In-Reply-To / References that the DKIM signature does not cover (RFC 6376
+    §8.15; some Microsoft 365 setups sign neither): "reply to the message" cannot work then."""
+    uncovered = [str(h) for h in _as_list(facts.extra.get("uncovered_headers")) if h in ("In-Reply-To", "References")]
+    if not uncovered:
+        return NO_CASE
+    why = (f"aucun dossier ni bulletin concerné : votre messagerie ne signe pas (DKIM) les en-têtes "
+           f"{', '.join(uncovered)} qui relient votre réponse au message d'origine, la passerelle ne peut donc "
+           "pas s'y fier")
+    if "subject" in facts.sender.signed_headers:
+        return (why + " ; indiquez dans l'objet la référence [SSI-XXX-AAAA-NNNN] du dossier ou le numéro du "
+                "bulletin (« bulletin 12 »), ou envoyez « #confirmer <jeton> » dans un nouveau message")
+    return (why + " ; l'objet n'est pas signé non plus : envoyez « #confirmer <jeton> » dans un nouveau message, "
+            "ou demandez à l'administrateur de votre messagerie de signer Subject, In-Reply-To et References")
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
 
 COMMANDS: dict[str, Spec] = {
     "assigner": Spec(assigner, summary="#assigner <adresse|moi>     assigner le dossier"),

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import command_mail, lifecycle, service
-from mailgateway.cases.command_table import COMMANDS, NO_CASE, Ctx, help_text
+from mailgateway.cases.command_table import COMMANDS, Ctx, help_text, no_case_reason
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware
@@ -39,7 +39,7 @@ from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.processing import handlers, replay
 from mailgateway.processing.handlers import Env, Outcome, notify_staff
 from mailgateway.processing.mailer import all_staff, staff_addresses
-from mailgateway.store.models import Case, Confirmation, InboundMessage, StaffMember
+from mailgateway.store.models import Case, Confirmation, InboundMessage, ReplayKey, StaffMember
 
 __all__ = ["flag_duplicate", "handle_command", "handle_reply", "register"]
 
@@ -134,11 +134,12 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     if refusal is not None:
         return _refused(env, session, inbound, facts, case, region, sender, refusal)
     assert region is not None
-    # Once only: the keys are recorded in this transaction, the one that runs the commands.
-    first = replay.claim(session, facts, inbound.id, env.clock.now())
+    # Once only, per region (the case's, else the one the mail was processed for): the keys are
+    # recorded in this transaction, the one that runs the commands.
+    first = replay.claim(session, facts, inbound.id, env.clock.now(), region=region)
     if first is not None:
         return _refused(env, session, inbound, facts, case, region, sender, replay.COMMAND_REPLAYED,
-                        first=first.inbound_id)
+                        first=first)
     if case is not None:
         _received(env, session, inbound, facts, case)
     ctx = Ctx(env=env, session=session, inbound=inbound, facts=facts, case=case, actor=sender, region=region,
@@ -156,13 +157,13 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
         command_mail.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
                                   results=results, confirmation=ctx.confirmation,
                                   help_text=help_text() if ctx.show_help else None)
-    applied = sum(1 for r in results if r["applied"])
+    applied = sum(1 for r in results if r["applied"] and not r["pending"])
     return Outcome("processed", reason=f"{applied} commande(s) appliquée(s) sur {len(results)}", case=ctx.case)
 
 
 def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
     result: dict[str, Any] = {"name": cmd.name, "line": cmd.line, "applied": False, "message": None,
-                              "digest": False}
+                              "digest": False, "pending": False}
     spec = None if cmd.reason == REASON_UNKNOWN else COMMANDS.get(cmd.name)
     if spec is None:
         ctx.show_help = True
@@ -171,9 +172,12 @@ def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
     before = len(ctx.digests)
     try:
         if spec.needs_case and ctx.case is None:
-            raise CaseError(NO_CASE)
+            raise CaseError(no_case_reason(ctx.facts))
+        asked = ctx.confirmation
         result["message"] = spec.run(ctx, cmd)
         result["applied"] = True
+        # Accepted but not done: it waits for "#confirmer <jeton>" (the receipt must not say "appliquée").
+        result["pending"] = ctx.confirmation is not asked
     except (CaseError, lifecycle.InvalidTransition) as exc:
         result["message"] = str(exc)
         if ctx.case is not None:
@@ -184,17 +188,18 @@ def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
 
 
 def _refused(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, case: Case | None,
-             region: str | None, sender: str, refusal: str, first: int | None = None) -> Outcome:
+             region: str | None, sender: str, refusal: str, first: ReplayKey | None = None) -> Outcome:
     """Nothing is applied. Staff (or whoever claims to be) are told why; others are not answered.
 
-    ``first``: the inbound message that already ran these commands (a replay), for the timeline.
+    ``first``: the record of the message that already ran these commands (a replay), for the
+    timeline and for a receipt that says when, calmly: it is most often a client resending.
     The receipt goes under the automatic-reply caps: replaying one signed mail a thousand times
     must not mail its author a thousand times.
     """
     lines = [c.line[:500] for c in facts.commands]
     motif: dict[str, Any] = {"commandes": lines, "motif": refusal}
     if first is not None:
-        motif["deja_execute_par_message"] = first
+        motif["deja_execute_par_message"] = first.inbound_id
     staff_like = bool(sender) and looks_like_staff(env, session, sender)
     if case is not None and not staff_like:
         # An establishment wrote "#..." in its reply: it is a reply like any other.
@@ -209,7 +214,8 @@ def _refused(env: Env, session: Session, inbound: InboundMessage, facts: Message
                      inbound_id=inbound.id, data=motif)
     if staff_like and region is not None:
         command_mail.send_receipt(env, session, inbound, facts, to=sender, region=region, case=case, results=[],
-                                  refused_all=refusal, authenticated=False)
+                                  refused_all=refusal, authenticated=False,
+                                  replayed_fr=replay.first_applied_fr(first) if first is not None else None)
     return Outcome("processed", reason=refusal, case=case)
 
 

@@ -116,6 +116,18 @@ def record_bounce(
     return contacts
 
 
+def statuses_of(session: Session, address: str) -> dict[int, str]:
+    """Status of every contact with this address (before a bounce, to see what it changed)."""
+    canonical = normalise_address(address) or address.strip().lower()
+    return {cid: status for cid, status in session.execute(
+        select(Contact.id, Contact.status).where(Contact.address == canonical))}
+
+
+def newly_out_of_use(contacts: list[Contact], before: dict[int, str]) -> list[Contact]:
+    """The contacts a bounce just took out of use (active before, bouncing or disabled now)."""
+    return [c for c in contacts if before.get(c.id) == "active" and c.status in ("bouncing", "disabled")]
+
+
 def _score(contact: Contact, permanent: bool, now: datetime, policy: BouncePolicy, *, counts: bool) -> None:
     """Mailman's score: stale scores restart; soft bounces score once a day."""
     last = aware(contact.last_bounce_at) if contact.last_bounce_at is not None else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -36,6 +37,7 @@ from mailgateway.dispatch.bulletins import (
 )
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.errors import InputError
+from mailgateway.mail.analyse import coverage_reason
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import strip_prefixes
 from mailgateway.processing import replay
@@ -58,8 +60,44 @@ def bulletin_prehandler(env: Env, session: Session, inbound: InboundMessage, fac
         return _decide(env, session, inbound, facts, preview.bulletin_id)
     token = _confirmation_token(session, facts)
     if token is not None and token.bulletin_id is not None:
-        return _decide(env, session, inbound, facts, token.bulletin_id)
+        # The token, not the (unsigned) thread, names the bulletin: nothing was steered by it.
+        return _decide(env, session, inbound, _threading_waived(facts), token.bulletin_id)
+    by_subject = _bulletin_from_subject(facts)
+    if by_subject is not None and session.get(Bulletin, by_subject) is not None:
+        return _decide(env, session, inbound, _threading_waived(facts), by_subject)
     return None
+
+
+# "Aperçu du bulletin 12 : …", "Confirmation demandée — bulletin 12 : …" (bulletin_apercu.subject.j2),
+# kept by "RE:"/"TR:". One bounded run of digits: no backtracking on untrusted text.
+_SUBJECT_BULLETIN = re.compile(r"\bbulletin (\d{1,9})\b", re.IGNORECASE)
+_THREADING = ("In-Reply-To", "References")
+
+
+def _bulletin_from_subject(facts: MessageFacts) -> int | None:
+    """The bulletin a reply names in its *signed* Subject, when its threading headers cannot be used.
+
+    Some signers (Microsoft 365 setups among them) do not cover In-Reply-To / References, so
+    analysis ignores them (RFC 6376 §8.15) and the reply reaches no preview. A Subject covered by
+    the signature still names the bulletin of the preview it answers: the sender's authority, the
+    replay and date checks (``_refusal``) and the ``#confirmer`` token hold as for a threaded reply.
+    """
+    if facts.case_ref is not None or not facts.commands or not facts.sender.authenticated:
+        return None
+    if "subject" not in facts.sender.signed_headers:
+        return None
+    match = _SUBJECT_BULLETIN.search(strip_prefixes(facts.subject))
+    return int(match.group(1)) if match else None
+
+
+def _threading_waived(facts: MessageFacts) -> MessageFacts:
+    """Commands refused by analysis only because unsigned threading headers might have steered
+    them: the bulletin is now named by the signed Subject, so they count (``_authority`` re-checks
+    the sender against the bulletin's own region)."""
+    waived = {coverage_reason(list(names)) for names in (_THREADING, _THREADING[:1], _THREADING[1:])}
+    commands = tuple(Command(c.name, c.args, accepted=True, reason=None, line=c.line) if c.reason in waived else c
+                     for c in facts.commands)
+    return replace(facts, commands=commands)
 
 
 def _confirmation_token(session: Session, facts: MessageFacts) -> Confirmation | None:
@@ -94,14 +132,14 @@ def _refusal(env: Env, session: Session, inbound: InboundMessage, facts: Message
         return authority
     # Once only, and never from an old mail (issue 15): a bulletin request or approval replayed
     # with an extra Received: line, or resent weeks later, acts on nothing. The keys are recorded
-    # in this transaction, the one that acts.
+    # in this transaction, the one that acts, scoped by the bulletin's region (processing/replay.py).
     stale = replay.command_date_refusal(inbound.raw, facts, aware(inbound.received_at),
                                         env.settings.authentication.max_command_age_days)
     if stale is not None:
         return stale
-    first = replay.claim(session, facts, inbound.id, env.clock.now())
+    first = replay.claim(session, facts, inbound.id, env.clock.now(), region=region)
     if first is not None:
-        return replay.COMMAND_REPLAYED
+        return replay.already_applied(first)
     refused = [c for c in facts.commands if not c.accepted]
     accepted = [c for c in facts.commands if c.accepted]
     if refused and not accepted:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.cases.timeline import append_event
 from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
-from mailgateway.directory.bounces import Evidence
+from mailgateway.directory.bounces import Evidence, newly_out_of_use, statuses_of
 from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.bulletins import FANOUT_KINDS, queue_message
@@ -140,8 +140,12 @@ def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent:
     if permanent:
         outbox.mark_bounced(session, row, now, diagnostic)
     policy = BouncePolicy.from_settings(env.settings.directory)
+    before = statuses_of(session, row.recipient)
     contacts = record_bounce(session, row.recipient, permanent, diagnostic, now, outbound_id=row.id, policy=policy,
                              evidence=evidence)
+    # Issue 15: one DSN no longer takes a directory contact out of use. Staff are asked to correct
+    # a contact only when this bounce did (or for an address the directory does not know).
+    notify = not contacts or bool(newly_out_of_use(contacts, before))
     finess = contacts[0].finess if contacts else None
     case = session.get(Case, row.case_id) if row.case_id is not None else None
     if row.bulletin_id is not None and row.kind in FANOUT_KINDS:
@@ -156,7 +160,9 @@ def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent:
         if not permanent:
             return None
         fallback = _fallback(env, session, bulletin, rec, row)
-        _contact_task(env, session, bulletin.region, row, diagnostic, rec.finess, fallback, bulletin=bulletin)
+        if notify:
+            _contact_task(env, session, bulletin.region, row, diagnostic, rec.finess, fallback, bulletin=bulletin,
+                          marked=bool(contacts))
         return None
     if case is not None:
         if inbound is not None:
@@ -164,12 +170,13 @@ def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent:
         append_event(session, case, type="rebond", actor="passerelle", at=now,
                      inbound_id=inbound.id if inbound is not None else None, outbound_id=row.id,
                      data={"destinataire": row.recipient, "permanent": permanent, "diagnostic": diagnostic[:500]})
-        if permanent:
-            _contact_task(env, session, case.region, row, diagnostic, finess or case.finess, None, case=case)
-    elif permanent and contacts:
+        if permanent and notify:
+            _contact_task(env, session, case.region, row, diagnostic, finess or case.finess, None, case=case,
+                          marked=bool(contacts))
+    elif permanent and contacts and notify:
         est = session.get(Establishment, contacts[0].finess)
         if est is not None and est.region and env.settings.region(est.region) is not None:
-            _contact_task(env, session, est.region, row, diagnostic, est.finess, None)
+            _contact_task(env, session, est.region, row, diagnostic, est.finess, None, marked=True)
     return case
 
 
@@ -205,8 +212,9 @@ def _fallback(env: Env, session: Session, bulletin: Bulletin, rec: BulletinRecip
 
 def _contact_task(env: Env, session: Session, region: str, row: OutboundMessage, diagnostic: str,
                   finess: str | None, fallback: str | None, *, bulletin: Bulletin | None = None,
-                  case: Case | None = None) -> int:
-    """Staff task: this contact address is broken; correct the directory (contact_a_corriger)."""
+                  case: Case | None = None, marked: bool = False) -> int:
+    """Staff task: this contact address is broken; correct the directory (contact_a_corriger).
+    ``marked``: a directory contact with this address was just taken out of use."""
     if row.kind == "contact_a_corriger" or row.recipient in staff_addresses(env.settings, session, region):
         return 0  # a task about a task, or about staff's own mailbox, would loop (DESIGN §8)
     est = session.get(Establishment, finess) if finess else None
@@ -219,6 +227,7 @@ def _contact_task(env: Env, session: Session, region: str, row: OutboundMessage,
         "bulletin": {"id": bulletin.id, "subject": bulletin.subject} if bulletin is not None else None,
         "case": {"reference": case.reference} if case is not None else None,
         "bounced_at_fr": _fr(env.clock.now()),
+        "marked": marked,
     }
     return env.mailer.send_to_staff(session, region, template="contact_a_corriger", context=context,
                                     kind="contact_a_corriger", key=f"contact_a_corriger:{row.id}", case=case)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -49,14 +50,18 @@ __all__ = [
     "CHUNK",
     "FANOUT_KINDS",
     "BulletinError",
+    "Reach",
     "approve_bulletin",
     "cancel_bulletin",
     "check_tlp",
     "cli",
     "create_bulletin",
     "fan_out",
+    "reach_refusal",
     "register",
     "relay_alert",
+    "relay_reach",
+    "withheld_note",
 ]
 
 PRIORITY = 10  # models.OutboundMessage.priority: 0 case mail, 5 reports, 10 bulletins
@@ -306,10 +311,81 @@ def alert_text(session: Session, case: Case) -> str:
         return case.title
 
 
+@dataclass(frozen=True)
+class Reach:
+    """Whom a relay can reach: the establishments targeted, and those the TLP gate lets through."""
+
+    tlp: str
+    planned: int
+    allowed: int
+
+    @property
+    def withheld(self) -> int:
+        return self.planned - self.allowed
+
+
+def _tlp_rule(env: Env, tlp: str) -> str:
+    """Why TLP ``tlp`` keeps an alert from establishments, in French (FIRST TLP 2.0)."""
+    if tlp == "AMBER":
+        domains = ", ".join(env.settings.outbound.amber_allowed_domains)
+        where = f"les domaines {domains}" if domains else "aucun domaine d'établissement"
+        return (f"TLP:AMBER ne permet l'envoi qu'à l'agence, à l'ACSS et aux domaines listés dans "
+                f"[outbound] amber_allowed_domains (ici : {where})")
+    return f"TLP:{tlp} réserve l'information à l'agence et à l'ACSS, aucun établissement ne peut la recevoir"
+
+
+def _what_to_do(tlp: str) -> str:
+    advice = ("demandez à l'ACSS / CERT Santé une version partageable (TLP:CLEAR ou TLP:GREEN), ou diffusez "
+              "un bulletin avec un TLP explicite (« bulletin create … --tlp GREEN » ou courriel « #bulletin » "
+              "avec « #tlp GREEN »)")
+    if tlp == "AMBER":
+        advice += ", ou ajoutez les domaines des établissements concernés à [outbound] amber_allowed_domains"
+    return advice
+
+
+def relay_reach(env: Env, session: Session, case: Case) -> Reach:
+    """Count, before anything is written, whom the relay of ``case`` would reach (the Mailer's TLP
+    rule on each targeted establishment's address): "relayée à 0 établissement(s)" is refused up front."""
+    alert = dict((case.fields or {}).get("alert") or {})
+    # Fails closed: an unknown, unparsed or missing marking relays as AMBER+STRICT (mail/tlp.py).
+    tlp = check_tlp(relay_label(alert.get("tlp") or case.tlp))
+    target = Target(categories=_alert_categories(alert))
+    allows = env.mailer.tlp_gate(session, tlp)
+    planned = allowed = 0
+    for row in select_recipients(session, case.region, target, batch=CHUNK):
+        planned += 1
+        allowed += bool(allows(row.address.strip().lower()))
+    return Reach(tlp=tlp, planned=planned, allowed=allowed)
+
+
+def reach_refusal(env: Env, reach: Reach) -> str | None:
+    """The French reason a relay reaching nobody is refused, with what to do; None if someone is reached."""
+    if reach.allowed:
+        return None
+    if not reach.planned:
+        return ("aucun établissement ciblé par l'alerte n'a de contact joignable dans l'annuaire de la région : "
+                "alerte non relayée")
+    return (f"alerte non relayée : aucun des {reach.planned} établissement(s) ciblé(s) ne peut la recevoir — "
+            f"{_tlp_rule(env, reach.tlp)} ; {_what_to_do(reach.tlp)}")
+
+
+def withheld_note(env: Env, reach: Reach) -> str:
+    """For a receipt: how many establishments the TLP keeps out, and why ("" when none)."""
+    if not reach.withheld:
+        return ""
+    return f"{reach.withheld} établissement(s) sur {reach.planned} retenu(s) par le TLP ({_tlp_rule(env, reach.tlp)})"
+
+
+def _alert_categories(alert: dict[str, Any]) -> frozenset[str]:
+    return frozenset(c for c in (normalise_category(str(t)) for t in alert.get("targets") or ()) if c)
+
+
 def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bulletin:
     """Relay an authentic ACSS alert to the categories it targets in the case's region.
 
-    The case must be an authentic alert awaiting broadcast (A_DIFFUSER); it becomes DIFFUSEE.
+    The case must be an authentic alert awaiting broadcast (A_DIFFUSER); it becomes DIFFUSEE. A
+    relay that would reach no establishment (none targeted, or all kept out by the TLP) is refused
+    with its reason, and nothing is written: the case keeps its status.
     """
     if case.kind != "alert":
         raise BulletinError(f"{case.reference} n'est pas une alerte")
@@ -320,25 +396,39 @@ def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bullet
         lifecycle.check_transition("alert", case.status, "DIFFUSEE")
     except lifecycle.InvalidTransition as exc:
         raise BulletinError(f"{case.reference} : {exc}") from exc
-    categories = frozenset(c for c in (normalise_category(str(t)) for t in alert.get("targets") or ()) if c)
+    reach = relay_reach(env, session, case)
+    refusal = reach_refusal(env, reach)
+    if refusal is not None:
+        raise BulletinError(refusal)
     now = env.clock.now()
+    # A savepoint: should the Mailer still refuse every address (no-reply, loop...), the draft
+    # bulletin and its "refused" rows are undone and the relay refused, as above.
+    savepoint = session.begin_nested()
     bulletin = create_bulletin(
-        session, env.settings, region=case.region, target=Target(categories=categories),
+        session, env.settings, region=case.region, target=Target(categories=_alert_categories(alert)),
         subject=alert.get("title") or case.title or "Alerte de sécurité", body=alert_text(session, case),
-        # Fails closed: an unknown, unparsed or missing marking relays as AMBER+STRICT (mail/tlp.py).
-        tlp=relay_label(alert.get("tlp") or case.tlp), author=approver, now=now, case_id=case.id,
+        tlp=reach.tlp, author=approver, now=now, case_id=case.id,
     )
     _approve(bulletin, approver, now)
     count = _fan_out_or_defer(env, session, bulletin)
+    if bulletin.status == "approved":
+        # Deferred to the daemon (which overwrites this with what it queued): what the TLP gate lets through.
+        count = bulletin.recipients = reach.allowed
+    if not count:
+        savepoint.rollback()
+        raise BulletinError(f"alerte non relayée : aucun des {reach.planned} établissement(s) ciblé(s) n'a pu "
+                            "recevoir l'alerte (adresses refusées, voir « bulletin status »)")
+    savepoint.commit()
     previous = case.status
     case.status = "DIFFUSEE"
     case.updated_at = now
+    withheld = reach.planned - count
     append_event(session, case, type="statut", actor=approver, at=now,
                  data={"de": previous, "vers": "DIFFUSEE",
                        "motif": f"alerte relayée à {count} établissement(s) (bulletin {bulletin.id})"})
     append_event(session, case, type="diffusion", actor=approver, at=now,
                  data={"bulletin": bulletin.id, "cible": bulletin.target, "destinataires": count,
-                       "tlp": bulletin.tlp})
+                       "tlp": bulletin.tlp, "retenus": withheld})
     return bulletin
 
 

@@ -29,7 +29,7 @@ EXTRA: dict[str, dict[str, Any]] = {
                                           "unreached": False, "role": "rssi", "address": "rssi@labo2.example"}]},
     "contact_a_corriger": {"address": "ssi@labo.example", "diagnostic": "550 5.1.1 user unknown",
                            "establishment": _ESTABLISHMENT, "fallback": "rssi@labo.example", "bulletin": _BULLETIN,
-                           "case": None, "bounced_at_fr": "27/11/2026 à 08:30"},
+                           "case": None, "bounced_at_fr": "27/11/2026 à 08:30", "marked": True},
 }
 
 # Case handling by mail (cases/command_mail.py, cases/commands.py).

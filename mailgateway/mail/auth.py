@@ -49,14 +49,14 @@ import hashlib
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import authres
 import dkim
 from dkim.util import parse_tag_value
 from publicsuffixlist import PublicSuffixList
 
-from mailgateway.dns import DnsTemporaryError, TxtResolver
+from mailgateway.dns import DnsTemporaryError, TxtResolver, normalise_name
 from mailgateway.mail.facts import SenderVerdict
 from mailgateway.settings import AuthenticationSettings, Settings
 from mailgateway.wire import (
@@ -69,6 +69,7 @@ from mailgateway.wire import (
 )
 
 __all__ = [
+    "MAX_KEY_LOOKUPS",
     "MAX_SIGNATURES",
     "Authenticator",
     "aligned",
@@ -85,6 +86,9 @@ log = logging.getLogger(__name__)
 # DKIM-Signature fields looked at at all (MAX_SIGNATURE_FIELDS), names in one h= (MAX_SIGNED_NAMES)
 # and the header block handed to dkimpy (MAX_HEADER_BYTES) are bounded in mailgateway.wire.
 MAX_SIGNATURES = 5
+# Distinct DKIM key names looked up for one message: the first, plus two more (a dual RSA +
+# ed25519 signature needs two; RFC 8463 §2). Each may cost a DNS timeout (issue 15).
+MAX_KEY_LOOKUPS = 3
 
 _AUTHSERV_ID_END = frozenset(" \t\r\n;()")
 
@@ -205,20 +209,56 @@ def from_address(raw: bytes) -> tuple[str | None, str | None]:
 
 
 @dataclass
+class _DnsBudget:
+    """The DNS one message may cost (issue 15, bounded work): a message that names several aligned
+    domains whose DNS never answers must not cost one timeout per signature, holding processing
+    for everyone behind it. After the first temporary failure no more key is looked up; at most
+    ``max_lookups`` distinct key names are looked up at all (a dual RSA + ed25519 signature,
+    RFC 8463 §2, needs two). A name asked twice is answered from this message's memo."""
+
+    max_lookups: int
+    answers: dict[str, str | None] = field(default_factory=dict)
+    lookups: int = 0
+    failed: bool = False  # a temporary failure (timeout, SERVFAIL) happened in this message
+
+    def refusal(self, name: str) -> str | None:
+        """Why ``name`` may not be looked up for this message (None: it may, or it is memoised)."""
+        if normalise_name(name) in self.answers:
+            return None
+        if self.failed:
+            return "temperror"
+        if self.lookups >= self.max_lookups:
+            return "ignored"
+        return None
+
+
+@dataclass
 class _Lookup:
     """dkimpy's ``dnsfunc`` over our resolver, remembering what happened for the detail text."""
 
     resolver: TxtResolver
+    budget: _DnsBudget
     missing: bool = False
     temporary: bool = False
+    skipped: bool = False
 
     def __call__(self, name: bytes | str, timeout: int = 5) -> bytes | None:
-        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        try:
-            value = self.resolver.txt(text)
-        except DnsTemporaryError as exc:
-            self.temporary = True
-            raise dkim.DnsTimeoutError(str(exc)) from exc
+        text = normalise_name(name)
+        if self.budget.refusal(text) is not None:
+            # Enforced here too: whatever dkimpy asks for, the budget holds.
+            self.skipped = True
+            raise dkim.DnsTimeoutError("skipped: DNS budget spent")
+        if text in self.budget.answers:
+            value = self.budget.answers[text]
+        else:
+            self.budget.lookups += 1
+            try:
+                value = self.resolver.txt(text)
+            except DnsTemporaryError as exc:
+                self.temporary = True
+                self.budget.failed = True
+                raise dkim.DnsTimeoutError(str(exc)) from exc
+            self.budget.answers[text] = value
         if value is None:
             self.missing = True
             return None
@@ -288,10 +328,12 @@ class Authenticator:
         resolver: TxtResolver,
         *,
         max_signatures: int = MAX_SIGNATURES,
+        max_key_lookups: int = MAX_KEY_LOOKUPS,
     ) -> None:
         self._trusted_ids = frozenset(i.strip().lower() for i in settings.trusted_authserv_ids if i.strip())
         self._resolver = resolver
         self._max_signatures = max_signatures
+        self._max_key_lookups = max_key_lookups
 
     def verify(self, raw: bytes, *, trusted_path: bool = False) -> SenderVerdict:
         """Who sent ``raw`` and whether it is proven; A-R counts only when ``trusted_path``."""
@@ -350,6 +392,7 @@ class Authenticator:
         if len(fields) > MAX_SIGNATURE_FIELDS:
             details.append(f"dkim=ignored ({len(fields)} signatures, only the first {MAX_SIGNATURE_FIELDS} examined)")
         checked = 0
+        budget = _DnsBudget(self._max_key_lookups)
         for idx, value in enumerate(fields[:MAX_SIGNATURE_FIELDS]):
             try:
                 tags = parse_tag_value(value)
@@ -366,8 +409,13 @@ class Authenticator:
             if checked >= self._max_signatures:
                 details.append(f"dkim=ignored {label} (more than {self._max_signatures} signatures)")
                 continue
+            spent = budget.refusal(f"{s}._domainkey.{d}")
+            if spent is not None:
+                why = "after a DNS failure" if spent == "temperror" else f"at most {self._max_key_lookups} key lookups"
+                details.append(f"dkim={spent} {label} (skipped: DNS budget spent, {why})")
+                continue
             checked += 1
-            lookup = _Lookup(self._resolver)
+            lookup = _Lookup(self._resolver, budget)
             if checker is None:
                 checker = dkim.DKIM(raw)  # same header split as above: idx designates the same field
             try:
@@ -382,7 +430,9 @@ class Authenticator:
                 details.append(f"dkim=pass {label} aligned")
                 signer = normalise_domain(d) or d.lower()
                 return _Pass(signer, frozenset(signed_names(tags)), signature_key(signer, tags))
-            if lookup.temporary:
+            if lookup.skipped:
+                details.append(f"dkim=temperror {label} (skipped: DNS budget spent)")
+            elif lookup.temporary:
                 details.append(f"dkim=temperror {label} (key lookup failed)")
             elif lookup.missing:
                 details.append(f"dkim=permerror {label} (no key published)")

@@ -255,13 +255,15 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
 
 
 def _replayed_alert(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,
-                    authentic: bool) -> Outcome | None:
-    """Once only (processing/replay.py): an alert already received opens no second case, so it can
-    be neither announced nor relayed twice. Only an authentic alert records its keys: a forged copy
-    arriving first must not make the genuine one look replayed."""
+                    region: str, authentic: bool) -> Outcome | None:
+    """Once only (processing/replay.py): an alert already received *in this region* opens no
+    second case, so it can be neither announced nor relayed twice there. The keys are scoped by
+    region: one alert sent to several regional mailboxes opens one case in each, and a copy sent
+    to the wrong region first cannot suppress it for the right one. Only an authentic alert
+    records its keys: a forged copy arriving first must not make the genuine one look replayed."""
     now = env.clock.now()
-    first = (replay.claim(session, facts, inbound.id, now) if authentic
-             else replay.recorded(session, replay.keys_of(facts)))
+    first = (replay.claim(session, facts, inbound.id, now, region=region) if authentic
+             else replay.recorded(session, replay.keys_of(facts, region)))
     if first is None:
         return None
     original = session.get(InboundMessage, first.inbound_id)
@@ -281,7 +283,7 @@ def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: Mes
         return Outcome("quarantined", "région destinataire inconnue pour l'alerte")
     alert = facts.alert
     assert alert is not None
-    replayed = _replayed_alert(env, session, inbound, facts, authentic=alert.authentic)
+    replayed = _replayed_alert(env, session, inbound, facts, region=region, authentic=alert.authentic)
     if replayed is not None:
         return replayed
     title = _one_line(alert.title or facts.subject, 160)

@@ -16,7 +16,7 @@ transaction; the sender delivers it later.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -73,20 +73,25 @@ class Mailer:
         self.own = {r.address.lower() for r in settings.regions}
 
     def _tlp_allows(self, session: Session, tlp: str | None, recipient: str) -> bool:
+        return self.tlp_gate(session, tlp)(recipient)
+
+    def tlp_gate(self, session: Session, tlp: str | None) -> Callable[[str], bool]:
+        """The TLP rule for ``tlp`` as a predicate on a (lower-case) recipient address, reading the
+        staff lists once: ``send`` uses it, and so does a relay counting whom it can reach."""
         # A label this gate does not know is AMBER+STRICT (mail/tlp.py fails closed), never CLEAR.
         tlp = relay_label(tlp) if tlp is not None else None
         if tlp is None or tlp in ("CLEAR", "GREEN"):
-            return True
+            return lambda recipient: True
         staff = all_staff(self.settings, session)
         if tlp == "RED":
-            return recipient in staff
-        domain = recipient.rpartition("@")[2]
-        allowed_domains = {d.lower() for d in self.settings.outbound.amber_allowed_domains}
+            return lambda recipient: recipient in staff
         acss = self.settings.acss.address.lower()
         if tlp == "AMBER+STRICT":
             # TLP 2.0: AMBER+STRICT stays within the recipient organisation: agency and ACSS only.
-            return recipient in staff or recipient == acss
-        return recipient in staff or recipient == acss or domain in allowed_domains
+            return lambda recipient: recipient in staff or recipient == acss
+        allowed_domains = {d.lower() for d in self.settings.outbound.amber_allowed_domains}
+        return lambda recipient: (recipient in staff or recipient == acss
+                                  or recipient.rpartition("@")[2] in allowed_domains)
 
     def _cap_reached(self, session: Session, recipient: str, case: Case | None) -> str | None:
         now = self.clock.now()

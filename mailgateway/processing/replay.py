@@ -10,6 +10,13 @@ signature valid. So what identifies a message *as acted on* is not its bytes but
   message), which also catches the same message signed again or relayed by a trusted
   authserv-id (no signature key then).
 
+Both are scoped by the region the message is processed for (``<REGION>|dkim:…``,
+``<REGION>|mid:…``): DESIGN §8 processes a message once *per region*. One genuine alert sent to
+ssi-ara and ssi-pdl is two deliveries of the same signature and Message-ID; a global key made the
+second region's copy a "replay", and let anyone holding a Bcc'd copy send it to the wrong region
+first to suppress it for the right one. Commands are scoped by their case's region (else the
+region the command mail was processed for), so a copy to a second mailbox does not run twice.
+
 Keys are recorded in the transaction that acts (the processing transaction of the message), so a
 crash before its commit leaves no key and the message is re-run once; the primary key makes a
 concurrent second copy fail its insert, which ``claim`` reports as a replay. Only messages that
@@ -34,7 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailgateway.clock import PARIS
+from mailgateway.clock import PARIS, aware
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.store.models import ReplayKey
 from mailgateway.wire import header_block
@@ -43,8 +50,10 @@ __all__ = [
     "ALERT_REPLAYED",
     "COMMAND_REPLAYED",
     "MAX_FUTURE",
+    "already_applied",
     "claim",
     "command_date_refusal",
+    "first_applied_fr",
     "keys_of",
     "message_id_key",
     "recorded",
@@ -67,18 +76,28 @@ def _bounded(key: str) -> str:
     return f"{prefix}:sha256:{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()}"
 
 
-def message_id_key(message_id: str | None) -> str | None:
-    """``mid:<id>`` lower-cased without angle brackets, or None for a missing or empty id."""
+def _scoped(region: str | None, key: str) -> str:
+    # "|" cannot occur in a region code (settings: [A-Z0-9] codes); the scope comes first so that
+    # _bounded keeps it readable in the prefix of a hashed key.
+    return f"{region.upper()}|{key}" if region else key
+
+
+def message_id_key(message_id: str | None, region: str | None = None) -> str | None:
+    """``[<REGION>|]mid:<id>`` lower-cased without angle brackets, or None for a missing or empty id."""
     value = (message_id or "").strip().strip("<>").strip().lower()
-    return _bounded(f"mid:{value}") if value else None
+    return _bounded(_scoped(region, f"mid:{value}")) if value else None
 
 
-def keys_of(facts: MessageFacts) -> list[str]:
-    """The replay keys of a message: its signature, then its Message-ID (each when present)."""
+def keys_of(facts: MessageFacts, region: str | None = None) -> list[str]:
+    """The replay keys of a message processed for ``region``: its signature, then its Message-ID.
+
+    Every caller that acts passes the region it acts for; ``region=None`` (unscoped keys) is
+    kept for tools and tests that inspect keys, never for a decision to act.
+    """
     keys: list[str] = []
     if facts.sender.signature_key:
-        keys.append(_bounded(facts.sender.signature_key))
-    mid = message_id_key(facts.message_id)
+        keys.append(_bounded(_scoped(region, facts.sender.signature_key)))
+    mid = message_id_key(facts.message_id, region)
     if mid is not None and mid not in keys:
         keys.append(mid)
     return keys
@@ -92,15 +111,17 @@ def recorded(session: Session, keys: Sequence[str]) -> ReplayKey | None:
                           .order_by(ReplayKey.inbound_id).limit(1))
 
 
-def claim(session: Session, facts: MessageFacts, inbound_id: int, at: datetime) -> ReplayKey | None:
-    """Record the keys of ``facts`` for ``inbound_id``, or return the record that makes it a replay.
+def claim(session: Session, facts: MessageFacts, inbound_id: int, at: datetime,
+          region: str | None = None) -> ReplayKey | None:
+    """Record the keys of ``facts`` for ``inbound_id`` in ``region``, or return the record that
+    makes it a replay there (the same message acting for another region is not a replay).
 
     Re-processing the same inbound message (a crash after a partial run is rolled back, but a
     caller may claim twice in one transaction) is not a replay: its own records are accepted.
     The insert runs in a savepoint, so a concurrent copy committed in between (PostgreSQL) turns
     into a replay here rather than an error that would quarantine the message.
     """
-    keys = keys_of(facts)
+    keys = keys_of(facts, region)
     found = recorded(session, keys)
     if found is not None and found.inbound_id != inbound_id:
         return found
@@ -117,6 +138,18 @@ def claim(session: Session, facts: MessageFacts, inbound_id: int, at: datetime) 
             return found
         raise
     return None
+
+
+def first_applied_fr(first: ReplayKey) -> str:
+    """When the first copy acted (its record's time), Europe/Paris, « dd/mm/yyyy à HH:MM »."""
+    return _fr(aware(first.at))
+
+
+def already_applied(first: ReplayKey) -> str:
+    """What staff are told when their mail is a replay (an Outlook resend, a copy sent twice):
+    not an alarm, but when the first copy was applied and that there is nothing to do."""
+    return (f"ce message avait déjà été reçu et ses commandes appliquées le {first_applied_fr(first)}. "
+            "Rien n'a été appliqué une seconde fois : vous n'avez rien à faire.")
 
 
 # --- command dates ------------------------------------------------------------------------------

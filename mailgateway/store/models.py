@@ -72,8 +72,9 @@ class InboundMessage(Base):
 class ReplayKey(Base):
     """A command mail or alert already acted on (processing/replay.py): one row per key.
 
-    Keys are ``dkim:<d>:<sha256 of b=>`` (the accepted signature) and ``mid:<Message-ID>``; a
-    second message carrying either is a replay, whatever its other bytes (issue 15, "once only").
+    Keys are ``<REGION>|dkim:<d>:<sha256 of b=>`` (the accepted signature) and
+    ``<REGION>|mid:<Message-ID>``, scoped by the region the message acts for; a second message
+    carrying either in that region is a replay, whatever its other bytes (issue 15, "once only").
     Recorded in the transaction that acts, so a crash before the commit re-runs exactly once."""
 
     __tablename__ = "replay_keys"

@@ -11,7 +11,8 @@ from sqlalchemy import select
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case
 from tests.support import casemail
-from tests.support.casegateway import Gateway, make_gateway
+from tests.support.bulletins import fill_directory
+from tests.support.casegateway import NOW, Gateway, make_gateway
 
 
 @pytest.fixture
@@ -162,7 +163,9 @@ def _authentic_alert(gw: Gateway) -> str:
         case = s.scalars(select(Case).where(Case.reference == ref)).one()
         case.kind, case.status = "alert", "A_DIFFUSER"
         case.fields = {"alert": {"authentic": True, "title": "Vulnérabilité critique", "targets": ["LBM"],
-                                 "tlp": "CLEAR"}}
+                                 "tlp": "CLEAR", "reference": "CERTFR-2026-ALE-001", "cves": []}}
+        # Someone to relay to: a relay reaching no establishment is refused (issue 15).
+        fill_directory(s, NOW, 2, category="LBM")
     return ref
 
 

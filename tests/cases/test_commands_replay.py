@@ -12,13 +12,15 @@ import pytest
 from sqlalchemy import func, select
 
 from mailgateway.app import build_app
-from mailgateway.clock import FixedClock
+from mailgateway.clock import PARIS, FixedClock
 from mailgateway.intake.accept import accept_in
 from mailgateway.processing.replay import ALERT_REPLAYED, COMMAND_REPLAYED
+from mailgateway.processing.runner import Result
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, Case, InboundMessage, ReplayKey
 from tests.support import casemail
+from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, make_gateway, settings_data
 from tests.support.dkim import rsa_key, zone
 from tests.support.messages import make_alert
@@ -68,7 +70,11 @@ def test_a_signed_command_mail_replayed_with_one_more_received_line_runs_once(gw
     assert refused[0].data["deja_execute_par_message"] < replayed.inbound_id
     texts = receipts(gw)
     assert len(texts) == 2 and "[appliquée] #note première" in texts[0]
-    assert f"Aucune commande n'a été appliquée : {COMMAND_REPLAYED}" in texts[1]
+    # Most replays are a mail client resending: the receipt says when it was applied, calmly.
+    when = NOW.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
+    assert (f"Ce message avait déjà été reçu et ses commandes appliquées le {when}.\r\n"
+            "Rien n'a été appliqué une seconde fois : vous n'avez rien à faire.") in texts[1]
+    assert "rejoué" not in texts[1] and "Aucune commande" not in texts[1]
 
 
 def test_the_same_message_id_under_another_signature_is_refused(gw: Gateway) -> None:
@@ -79,7 +85,7 @@ def test_the_same_message_id_under_another_signature_is_refused(gw: Gateway) -> 
     result = gw.feed(again)
     assert result.reason == COMMAND_REPLAYED
     assert gw.case(ref).assignee is None
-    assert COMMAND_REPLAYED in receipts(gw)[-1]
+    assert "Ce message avait déjà été reçu et ses commandes appliquées le" in receipts(gw)[-1]
 
 
 def test_a_refused_forgery_does_not_burn_the_message_id_of_the_genuine_mail(gw: Gateway) -> None:
@@ -109,8 +115,10 @@ def test_keys_are_recorded_with_the_commands_they_ran(gw: Gateway) -> None:
     result = gw.feed(threaded(gw, ref, "#note x\n", message_id="<Keyed@ARS.test>"))
     with gw.app.factory() as s:
         keys = {k.key: k.inbound_id for k in s.scalars(select(ReplayKey))}
-    assert keys.get("mid:keyed@ars.test") == result.inbound_id
-    assert any(k.startswith("dkim:ars.test:") for k in keys)
+    # Scoped by the case's region.
+    region = gw.case(ref).region
+    assert keys.get(f"{region}|mid:keyed@ars.test") == result.inbound_id
+    assert any(k.startswith(f"{region}|dkim:ars.test:") for k in keys)
 
 
 # --- old, undated and future command mail -------------------------------------------------------
@@ -172,8 +180,10 @@ def acss_gw(sqlite_url: str) -> Iterator[Gateway]:
 
 def test_an_authentic_alert_replayed_opens_one_case_and_is_relayed_once(acss_gw: Gateway) -> None:
     gw = acss_gw
+    with transaction(gw.app.factory) as s:  # someone to relay to: a relay to nobody is refused
+        fill_directory(s, NOW, 2, category="LBM")
     raw = casemail.sign(make_alert(sender="CERT Santé <alerte@esante.test>", to="ssi-ara@ars.test",
-                                   message_id="<ale-12@esante.test>"), ACSS_KEY)
+                                   message_id="<ale-12@esante.test>", tlp="TLP:CLEAR"), ACSS_KEY)
     first = gw.feed(raw)
     assert first.kind == "alert" and first.case_ref, first
     assert gw.case(first.case_ref).status == "A_DIFFUSER"
@@ -210,6 +220,80 @@ def test_an_unauthenticated_copy_first_does_not_hide_the_genuine_alert(acss_gw: 
     # ... and once the genuine one is in, an unsigned copy is a replay too.
     again = gw.feed(RECEIVED + plain)
     assert again.reason == ALERT_REPLAYED and again.case_ref == genuine.case_ref
+
+
+# --- once per region (DESIGN §8: a message to several regional mailboxes is processed per region)
+
+
+NATIONAL = "Diffusion ARS <diffusion-ars@esante.test>"  # the alert names no regional mailbox in To
+
+
+def deliver(gw: Gateway, raw: bytes, region: str) -> Result:
+    """``raw`` as delivered to ``region``'s SSI mailbox (SMTP envelope recipient / IMAP mailbox)."""
+    address = f"ssi-{region.lower()}@ars.test"
+    with transaction(gw.app.factory) as s:
+        inbound = accept_in(s, raw, source="smtp", now=gw.clock.now(), rcpt_tos=[address],
+                            region=region).inbound_id
+    return gw.app.processor.process(inbound)
+
+
+def relayed(region: str) -> bytes:
+    """A distinct copy as another delivery carries it (one more Received: line, same signature)."""
+    return (f"Received: from mx.esante.test by mx-{region.lower()}.ars.test; "
+            "Fri, 27 Nov 2026 10:05:00 +0100\r\n").encode()
+
+
+def cases_by_region(gw: Gateway) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    with gw.app.factory() as s:
+        for case in s.scalars(select(Case).order_by(Case.id)):
+            found.setdefault(case.region, []).append(case.reference)
+    return found
+
+
+def test_one_signed_alert_delivered_to_two_regions_opens_a_case_in_each(acss_gw: Gateway) -> None:
+    gw = acss_gw
+    raw = casemail.sign(make_alert(sender="CERT Santé <alerte@esante.test>", to=NATIONAL,
+                                   message_id="<ale-20@esante.test>"), ACSS_KEY)
+    ara = deliver(gw, relayed("ARA") + raw, "ARA")
+    pdl = deliver(gw, relayed("PDL") + raw, "PDL")
+    assert ara.reason is None and pdl.reason is None, (ara, pdl)
+    assert ara.case_ref and ara.case_ref.startswith("SSI-ARA-")
+    assert pdl.case_ref and pdl.case_ref.startswith("SSI-PDL-")
+    assert gw.case(ara.case_ref).status == gw.case(pdl.case_ref).status == "A_DIFFUSER"
+    # Each region's staff are told, in their region.
+    assert gw.outbound("notification_equipe", "agent@ars.test")
+    assert gw.outbound("notification_equipe", "pdl@ars.test")
+    # A replay within one region is still refused.
+    again = deliver(gw, RECEIVED + relayed("PDL") + raw, "PDL")
+    assert again.reason == ALERT_REPLAYED and again.case_ref == pdl.case_ref
+    assert cases_by_region(gw) == {"ARA": [ara.case_ref], "PDL": [pdl.case_ref]}
+    with gw.app.factory() as s:
+        keys = {k.key for k in s.scalars(select(ReplayKey))}
+    assert {"ARA|mid:ale-20@esante.test", "PDL|mid:ale-20@esante.test"} <= keys
+
+
+def test_a_bcc_copy_sent_to_the_wrong_region_first_does_not_suppress_the_right_one(acss_gw: Gateway) -> None:
+    """An attacker Bcc'd on a genuine ACSS alert for PDL sends it to ssi-ara before the real
+    delivery reaches ssi-pdl: the PDL case must still be opened (it used to be "rejoué")."""
+    gw = acss_gw
+    raw = casemail.sign(make_alert(sender="CERT Santé <alerte@esante.test>", to=NATIONAL,
+                                   message_id="<ale-21@esante.test>"), ACSS_KEY)
+    attacker = deliver(gw, RECEIVED + raw, "ARA")
+    genuine = deliver(gw, relayed("PDL") + raw, "PDL")
+    assert genuine.reason is None and genuine.case_ref and genuine.case_ref.startswith("SSI-PDL-"), genuine
+    assert gw.case(genuine.case_ref).status == "A_DIFFUSER"
+    assert gw.outbound("notification_equipe", "pdl@ars.test")
+    assert attacker.case_ref and attacker.case_ref.startswith("SSI-ARA-")
+
+
+def test_a_command_mail_copied_to_a_second_regional_mailbox_runs_once(gw: Gateway) -> None:
+    """Commands are scoped by their case's region, not by the mailbox a copy landed in."""
+    ref = gw.declare()
+    raw = threaded(gw, ref, "#note une seule fois\n", to="ssi-ara@ars.test")
+    assert deliver(gw, relayed("ARA") + raw, "ARA").reason != COMMAND_REPLAYED
+    assert deliver(gw, relayed("PDL") + raw, "PDL").reason == COMMAND_REPLAYED
+    assert len([e for e in gw.events(ref) if e.type == "note"]) == 1
 
 
 # --- confirmation within one mail ---------------------------------------------------------------

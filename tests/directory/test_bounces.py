@@ -149,3 +149,18 @@ def test_distinct_messages_are_counted_within_the_window_and_since_reactivation(
 def test_the_relays_own_5xx_still_marks_the_contact_at_once(session: Session, contact: Contact) -> None:
     record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW, outbound_id=_sent(session, 1), evidence="relay")
     assert contact.status == "bouncing"
+
+
+def test_newly_out_of_use_names_only_contacts_a_bounce_took_out_of_use(session: Session, contact: Contact) -> None:
+    """What "Contact à corriger" relies on (issue 15): one VERP DSN leaves the contact active."""
+    from mailgateway.directory.bounces import newly_out_of_use, statuses_of
+
+    before = statuses_of(session, "SSI@ght.fr")
+    touched = record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW, outbound_id=None, evidence="verp")
+    assert [c.status for c in touched] == ["active", "active"] and not newly_out_of_use(touched, before)
+    before = statuses_of(session, "ssi@ght.fr")
+    touched = record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW, outbound_id=None, evidence="relay")
+    assert newly_out_of_use(touched, before) == touched and {c.status for c in touched} == {"bouncing"}
+    before = statuses_of(session, "ssi@ght.fr")
+    touched = record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW, evidence="relay")
+    assert not newly_out_of_use(touched, before)  # already out of use: no second notice

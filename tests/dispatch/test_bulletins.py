@@ -223,6 +223,29 @@ def test_a_dsn_mailed_back_to_the_verp_address_bounces_the_contact(app: App) -> 
     assert contact is not None and contact.status == "bouncing"
 
 
+def test_one_dsn_does_not_tell_staff_the_contact_is_out_of_use(app: App) -> None:
+    """Issue 15: one DSN no longer disables a contact, so "Contact à corriger … n'est plus utilisé"
+    after it was untrue. Staff are asked to correct the contact when it is actually taken out of use."""
+    def tasks() -> list[OutboundMessage]:
+        with app.factory() as s:
+            rows = list(s.scalars(select(OutboundMessage).where(OutboundMessage.kind == "contact_a_corriger")))
+            for r in rows:
+                s.expunge(r)
+            return rows
+
+    bulletin_id = _send(app)
+    flush(app)
+    _bounce_by_verp(app, bulletin_id, "ssi@e2.test")
+    assert not tasks()
+    second = _send(app)
+    flush(app)
+    _bounce_by_verp(app, second, "ssi@e2.test")
+    found = tasks()
+    assert len(found) == 1
+    text = email.message_from_bytes(found[0].raw, policy=email.policy.default).get_body(("plain",))
+    assert text is not None and "désormais marqué en échec" in " ".join(text.get_content().split())
+
+
 def test_acknowledgement_by_reply_and_reminder_to_the_silent_ones(app: App, clock: FixedClock) -> None:
     bulletin_id = _send(app)
     flush(app)

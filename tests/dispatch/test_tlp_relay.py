@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from mailgateway.app import App, build_app
 from mailgateway.clock import FixedClock
-from mailgateway.dispatch.bulletins import relay_alert
+from mailgateway.dispatch.bulletins import BulletinError, relay_alert
 from mailgateway.intake.accept import accept_in
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, OutboundMessage
@@ -88,8 +88,10 @@ def test_an_alert_whose_marking_is_not_understood_is_never_relayed_to_establishm
     with transaction(app.factory) as s:
         stored = s.get(Case, case.id)
         assert stored is not None
-        bulletin = relay_alert(app.env, s, stored, "agent@ars.test")
-        assert bulletin.tlp == "AMBER+STRICT"
+        # Refused outright, not "relayed to 0 establishments" (issue 15), and the case stays put.
+        with pytest.raises(BulletinError, match=r"TLP:AMBER\+STRICT"):
+            relay_alert(app.env, s, stored, "agent@ars.test")
+        assert stored.status == "A_DIFFUSER"
     with app.factory() as s:
         relayed = set(s.scalars(select(OutboundMessage.recipient).where(OutboundMessage.kind == "alerte_relais")))
     assert not relayed & set(ESTABLISHMENTS)

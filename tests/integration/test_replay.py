@@ -69,7 +69,8 @@ def test_replayed_command_and_alert_act_once_and_old_commands_not_at_all(gateway
     # The same mail, replayed through another relay: refused, its author told, nothing sent.
     gateway.send(RECEIVED + raw, mail_from=STAFF)
     receipt = mail_to(smtp_sink, STAFF, 3)[2]
-    assert "commande déjà exécutée : message rejoué" in text(receipt)
+    assert "Ce message avait déjà été reçu et ses commandes appliquées le " in text(receipt)
+    assert "vous n'avez rien à faire" in text(receipt) and "rejoué" not in text(receipt)
     case = show(gateway, REF)
     answers = [e for e in case["timeline"] if e["type"] == "mail_sortant" and e["data"].get("type") == "reponse"]
     assert len(answers) == 1
@@ -97,3 +98,26 @@ def test_replayed_command_and_alert_act_once_and_old_commands_not_at_all(gateway
     listed = gateway.config.cli_json("cases", "list")
     assert sorted(c["reference"] for c in listed) == [REF, alert_ref]
     assert len(smtp_sink.messages_to(STAFF)) == 5
+
+
+def test_one_alert_to_two_regional_mailboxes_opens_a_case_in_each_even_after_a_bcc_copy(
+        gateway: RunningGateway, smtp_sink: SmtpSink) -> None:
+    """DESIGN §8: once per region. An attacker Bcc'd on a genuine ACSS alert sends it to
+    ssi-ara first; the real deliveries to ssi-pdl and ssi-ara follow (each relay adds its own
+    Received: line). Each region gets its one case; the repeat in ARA is a replay."""
+    alert = casemail.sign(make_alert(sender="CERT Santé <alerte@esante.test>",
+                                     to="Diffusion ARS <diffusion-ars@esante.test>",
+                                     message_id="<ale-30@esante.test>"), ACSS_KEY)
+    ara_ref, pdl_ref = f"SSI-ARA-{YEAR}-0001", f"SSI-PDL-{YEAR}-0001"
+    gateway.send(RECEIVED + alert, to=("ssi-ara@ars.test",), mail_from="alerte@esante.test")
+    wait_until(lambda: [c for c in gateway.config.cli_json("cases", "list") if c["reference"] == ara_ref],
+               timeout=20)
+    hop = b"Received: from mx.esante.test by mx.ars.test; Fri, 27 Nov 2026 10:06:00 +0100\r\n"
+    gateway.send(hop + alert, to=("ssi-pdl@ars.test",), mail_from="alerte@esante.test")
+    told = mail_to(smtp_sink, STAFF, 1)[0]
+    assert pdl_ref in told["Subject"]
+    gateway.send(hop + b"X-Copy: ara\r\n" + alert, to=("ssi-ara@ars.test",), mail_from="alerte@esante.test")
+    wait_until(lambda: any(e["type"] == "alerte_rejouee" for e in show(gateway, ara_ref)["timeline"]), timeout=20)
+    listed = gateway.config.cli_json("cases", "list")
+    assert sorted(c["reference"] for c in listed) == [ara_ref, pdl_ref]
+    assert show(gateway, pdl_ref)["status"] == "A_DIFFUSER"
