@@ -82,8 +82,8 @@ def build_app(
 def _register_capabilities(env: Env) -> None:
     """Capabilities plug their handlers into ``env.extra``: staff commands and replies, then
     bulletins (acknowledgements, bounces). The order matters: bulletins see replies first."""
-    from mailgateway.cases import commands
-    from mailgateway.dispatch import bulletins
+    from mailgateway.bulletins import fanout
+    from mailgateway.commands import handling
 
-    commands.register(env)
-    bulletins.register(env)
+    handling.register(env)
+    fanout.register(env)

@@ -287,9 +287,9 @@ def cmd_directory(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bulletin(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway.dispatch import bulletins
+    from mailgateway.bulletins import fanout
 
-    return bulletins.cli(args, settings)
+    return fanout.cli(args, settings)
 
 
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:

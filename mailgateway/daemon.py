@@ -26,8 +26,8 @@ from dataclasses import replace
 from typing import Any
 
 from mailgateway.app import App, build_app
+from mailgateway.bulletins.fanout import fan_out_approved, resume_interrupted_fan_outs
 from mailgateway.clock import Clock, SystemClock
-from mailgateway.dispatch.bulletins import fan_out_approved, resume_interrupted_fan_outs
 from mailgateway.dispatch.render import Renderer
 from mailgateway.errors import ConfigError
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
@@ -139,7 +139,7 @@ class Daemon:
         self.app.processor.on_result = self._on_result
         from mailgateway.dispatch.sender import Sender
 
-        # Bulletins replace the default 5xx hook: fallback contact + staff task (dispatch/bulletin_tracking).
+        # Bulletins replace the default 5xx hook: fallback contact + staff task (bulletins/tracking.py).
         hook = self.app.env.extra.get("permanent_failure")
         self.sender = (Sender(self.settings, self.app.factory, self.clock, self.instance_id, on_permanent_failure=hook)
                        if hook is not None else Sender(self.settings, self.app.factory, self.clock, self.instance_id))

@@ -241,7 +241,7 @@ class DirectorySettings:
 
 @dataclass(frozen=True)
 class BulletinSettings:
-    """Awareness bulletins and ACSS alert relays (dispatch/bulletins.py)."""
+    """Awareness bulletins and ACSS alert relays (bulletins/fanout.py)."""
 
     # The author's report (coverage, bounces) is sent this long after the fan-out.
     report_after_hours: float = 24.0
@@ -308,7 +308,7 @@ class SchedulerSettings:
 
 @dataclass(frozen=True)
 class CasesSettings:
-    """Case handling by mail (cases/commands.py)."""
+    """Case handling by mail (commands/handling.py)."""
 
     # An authenticated reply from the establishment (or ACSS) to a closed case: "reopen" it, or open
     # a new case "link"ed to it. An unauthenticated reply never changes a case (issue 15).

@@ -33,8 +33,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _send(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.app import build_app
+    from mailgateway.bulletins.fanout import _approve, _stream, check_tlp, create_bulletin, fan_out
     from mailgateway.directory import count_establishments, count_recipients, parse_target
-    from mailgateway.dispatch.bulletins import _approve, _stream, check_tlp, create_bulletin, fan_out
     from mailgateway.store.engine import reading
 
     try:
@@ -90,7 +90,7 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway.dispatch.bulletin_jobs import status_counts
+    from mailgateway.bulletins.followups import status_counts
     from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, reading
 
     ensure_schema(settings.database.url)

@@ -32,7 +32,7 @@ EXTRA: dict[str, dict[str, Any]] = {
                            "case": None, "bounced_at_fr": "27/11/2026 à 08:30", "marked": True},
 }
 
-# Case handling by mail (cases/command_mail.py, cases/commands.py).
+# Case handling by mail (commands/receipts.py, commands/handling.py).
 _CASE_LINE = {"reference": "SSI-ARA-2026-0001", "kind": "incident", "status": "QUALIFIE", "severity": "GRAVE",
               "title": "Centre hospitalier — RANCONGICIEL", "establishment": "Centre hospitalier",
               "finess": "690781810", "assignee": "agent@ars.example", "declarant": "dsi@chu-exemple.fr", "tlp": None,

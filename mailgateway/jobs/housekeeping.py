@@ -51,10 +51,10 @@ def run(app: App, now: datetime) -> JobOutcome:
 def bulletins(app: App, now: datetime) -> JobOutcome:
     """Bulletin follow-ups owned by dispatch (author's report, reminders to the silent), if present."""
     try:
-        from mailgateway.dispatch import bulletin_jobs
+        from mailgateway.bulletins import followups
     except ImportError:
         return JobOutcome(BULLETINS_JOB, summary="bulletins : rien à faire")
-    steps: list[Callable[..., int]] = [bulletin_jobs.send_due_reports, bulletin_jobs.send_due_reminders]
+    steps: list[Callable[..., int]] = [followups.send_due_reports, followups.send_due_reminders]
     mails = 0
     with transaction(app.factory) as session:
         if not try_job_lock(session, BULLETINS_JOB):

@@ -1,7 +1,7 @@
 """TLP markings (FIRST TLP 2.0, https://www.first.org/tlp/): one parser for mail and operators.
 
 Every place that reads a marking goes through here: ACSS alerts (mail/alert.py), the TLP of an
-alert relay (dispatch/bulletins.relay_alert), bulletins written by staff (``#tlp`` lines,
+alert relay (bulletins/fanout.relay_alert), bulletins written by staff (``#tlp`` lines,
 ``bulletin send --tlp``) and the outbound gate (processing/mailer.py).
 
 It fails closed. A marking that is present but not understood ("TLP:PURPLE", "TLP: ???",

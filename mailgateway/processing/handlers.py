@@ -248,7 +248,7 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     else:
         append_event(session, case, type="accuse_reception_impossible", actor="passerelle", at=now,
                      data={"motif": "aucune adresse de déclarant utilisable"})
-    # Capability hook (cases/commands.py): link a possible duplicate, mention it to staff.
+    # Capability hook (commands/handling.py): link a possible duplicate, mention it to staff.
     duplicates: Callable[..., dict[str, Any]] | None = env.extra.get("duplicates")
     notify_staff(env, session, case, inbound, facts, extra=duplicates(env, session, case) if duplicates else None)
     return Outcome("processed", case=case)

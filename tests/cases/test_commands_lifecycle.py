@@ -191,21 +191,6 @@ def test_broadcast_second_approver_must_be_someone_else(sqlite_url: str) -> None
         assert gw.case(ref).status == "DIFFUSEE"
 
 
-def test_diffuser_without_the_bulletins_module_is_refused(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    import mailgateway.dispatch
-
-    ref = _authentic_alert(gw)
-    gw.command(ref, "#diffuser\n")
-    token = token_of(gw.receipt_text())
-    monkeypatch.setitem(sys.modules, "mailgateway.dispatch.bulletins", None)  # import raises ImportError
-    monkeypatch.delattr(mailgateway.dispatch, "bulletins")
-    gw.command(ref, f"#confirmer {token}\n")
-    assert gw.case(ref).status == "A_DIFFUSER"
-    assert "diffusion indisponible" in gw.receipt_text()
-
-
 def test_an_unauthenticated_alert_cannot_be_broadcast(gw: Gateway) -> None:
     ref = _authentic_alert(gw)
     with transaction(gw.app.factory) as s:

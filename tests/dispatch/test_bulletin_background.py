@@ -9,14 +9,14 @@ import pytest
 from sqlalchemy import func, select
 
 from mailgateway.app import App, build_app
-from mailgateway.clock import FixedClock
-from mailgateway.directory import parse_target
-from mailgateway.dispatch.bulletins import (
+from mailgateway.bulletins.fanout import (
     approve_bulletin,
     create_bulletin,
     fan_out_approved,
     resume_interrupted_fan_outs,
 )
+from mailgateway.clock import FixedClock
+from mailgateway.directory import parse_target
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, OutboundMessage
 from tests.support.bulletins import bulletin_settings, fill_directory

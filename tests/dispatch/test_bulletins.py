@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 
 from mailgateway import cli
 from mailgateway.app import App, build_app
+from mailgateway.bulletins.followups import send_due_reminders, send_due_reports, status_counts
 from mailgateway.clock import FixedClock
-from mailgateway.dispatch.bulletin_jobs import send_due_reminders, send_due_reports, status_counts
 from mailgateway.dispatch.sender import Sender
 from mailgateway.intake.accept import accept_in
 from mailgateway.store.engine import transaction
@@ -145,7 +145,7 @@ def test_red_is_refused_and_a_bad_target_gives_the_french_reason(
 
 
 def test_amber_goes_only_to_allowed_recipients(sqlite_url: str, clock: FixedClock) -> None:
-    from mailgateway.dispatch.bulletins import approve_bulletin, create_bulletin
+    from mailgateway.bulletins.fanout import approve_bulletin, create_bulletin
 
     settings = bulletin_settings(sqlite_url, outbound={"amber_allowed_domains": ["e1.test"]})
     application = build_app(settings, clock=clock)
@@ -162,7 +162,7 @@ def test_amber_goes_only_to_allowed_recipients(sqlite_url: str, clock: FixedCloc
 
 
 def _send(app: App, target: str = "category=LBM") -> int:
-    from mailgateway.dispatch.bulletins import approve_bulletin, create_bulletin
+    from mailgateway.bulletins.fanout import approve_bulletin, create_bulletin
 
     with transaction(app.factory) as s:
         bulletin = create_bulletin(s, app.settings, region="ARA", target=target, subject="Hameçonnage",

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 from mailgateway.app import App, build_app
+from mailgateway.bulletins import fanout
+from mailgateway.bulletins.fanout import BulletinError, create_bulletin, fan_out, relay_alert
 from mailgateway.clock import FixedClock
-from mailgateway.dispatch import bulletins
-from mailgateway.dispatch.bulletins import BulletinError, create_bulletin, fan_out, relay_alert
 from mailgateway.dispatch.compose import Composed, MailSpec
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
@@ -113,7 +113,7 @@ def _peak_for(url: str, recipients: int, cheap: bool = True) -> int:
 def test_fan_out_memory_is_flat_in_the_number_of_recipients(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # Small chunks keep it fast (tracemalloc slows everything ~10x) and both runs cross many
     # chunk boundaries; the bench variant below runs 10,000 vs 1,000 with real composition.
-    monkeypatch.setattr(bulletins, "CHUNK", 25)
+    monkeypatch.setattr(fanout, "CHUNK", 25)
     small = _peak_for(f"sqlite:///{tmp_path / 'small.db'}", 100)
     large = _peak_for(f"sqlite:///{tmp_path / 'large.db'}", 1_000)
     # Ten times the recipients (4 MB of messages): holding them would need ~10x.

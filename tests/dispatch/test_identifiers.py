@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy import func, select
 
 from mailgateway.app import App, build_app
+from mailgateway.bulletins.fanout import approve_bulletin, create_bulletin
+from mailgateway.bulletins.tracking import UNMATCHED_BOUNCE, UNVERIFIED_BOUNCE
 from mailgateway.clock import FixedClock
 from mailgateway.dispatch import outbox
-from mailgateway.dispatch.bulletin_tracking import UNMATCHED_BOUNCE, UNVERIFIED_BOUNCE
-from mailgateway.dispatch.bulletins import approve_bulletin, create_bulletin
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.samples import sample_mails
 from mailgateway.dispatch.sender import Sender

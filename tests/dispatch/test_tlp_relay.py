@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from mailgateway.app import App, build_app
+from mailgateway.bulletins.fanout import BulletinError, relay_alert
 from mailgateway.clock import FixedClock
-from mailgateway.dispatch.bulletins import BulletinError, relay_alert
 from mailgateway.intake.accept import accept_in
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, OutboundMessage

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailgateway.dispatch.bulletin_mail import _tlp_line
-from mailgateway.dispatch.bulletins import BulletinError, check_tlp
+from mailgateway.bulletins.by_mail import _tlp_line
+from mailgateway.bulletins.fanout import BulletinError, check_tlp
 from mailgateway.mail import tlp
 from mailgateway.mail.analyse import analyse
 from mailgateway.mail.context import AnalysisContext

@@ -16,10 +16,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mailgateway.cases import command_mail, lifecycle, service
+from mailgateway.bulletins import fanout
+from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware
+from mailgateway.commands import receipts
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold
@@ -139,7 +141,7 @@ def transmettre_acss(ctx: Ctx, cmd: Command) -> str | None:
         raise CaseError("seule une déclaration d'incident se transmet à l'ACSS")
     if not lifecycle.is_open(case.status):
         raise CaseError(f"{case.reference} est clos")
-    row = command_mail.to_acss(ctx.env, ctx.session, ctx.inbound, case, comment=_text(cmd), actor=ctx.actor)
+    row = receipts.to_acss(ctx.env, ctx.session, ctx.inbound, case, comment=_text(cmd), actor=ctx.actor)
     if row is None:
         raise CaseError(f"envoi à {ctx.env.settings.acss.address} refusé ou déjà fait (voir la chronologie)")
     note = f"déclaration transmise à {row.recipient}"
@@ -157,7 +159,7 @@ def _to_declarant(ctx: Ctx, cmd: Command, template: str, kind: str, what: str) -
         raise CaseError(f"texte manquant : « #{cmd.name} <texte> »")
     if not case.declarant:
         raise CaseError("aucune adresse de déclarant connue pour ce dossier")
-    row = command_mail.to_declarant(ctx.env, ctx.session, ctx.inbound, case, template=template, kind=kind,
+    row = receipts.to_declarant(ctx.env, ctx.session, ctx.inbound, case, template=template, kind=kind,
                                     text=text, actor=ctx.actor)
     if row is None:
         raise CaseError(f"envoi à {case.declarant} refusé (voir la chronologie du dossier)")
@@ -217,53 +219,36 @@ def rouvrir(ctx: Ctx, cmd: Command) -> str | None:
 def diffuser(ctx: Ctx, cmd: Command) -> str | None:
     case = _case(ctx)
     if case.kind != "alert":
-        # Bulletins are approved in answer to their preview (dispatch/bulletin_mail.py).
+        # Bulletins are approved in answer to their preview (bulletins/by_mail.py).
         raise CaseError("seule une alerte se diffuse depuis son dossier (bulletin : répondez à son aperçu)")
     if not (case.fields or {}).get("alert", {}).get("authentic"):
         raise CaseError("alerte non authentifiée : aucune diffusion possible")
     lifecycle.check_transition("alert", case.status, "DIFFUSEE")
     # Refused now, not after the confirmation, when the TLP lets no targeted establishment have it.
-    bulletins = _bulletins()
-    reach = _call(lambda: bulletins.relay_reach(ctx.env, ctx.session, case))
-    refusal = bulletins.reach_refusal(ctx.env, reach)
+    reach = _call(lambda: fanout.relay_reach(ctx.env, ctx.session, case))
+    refusal = fanout.reach_refusal(ctx.env, reach)
     if refusal is not None:
         raise CaseError(refusal)
     # Every broadcast waits for an explicit confirmation: it reaches every targeted establishment.
     pending = _ask_confirmation(ctx, "diffuser", [], ctx.env.settings.bulletins.confirmation_hours)
     note = f"l'alerte TLP:{reach.tlp} atteindra {reach.allowed} établissement(s)"
-    withheld = bulletins.withheld_note(ctx.env, reach)
+    withheld = fanout.withheld_note(ctx.env, reach)
     return f"{pending} ; {note}" + (f" ; {withheld}" if withheld else "")
-
-
-def _bulletins() -> Any:
-    """The bulletins module, when it is installed (cases work without it)."""
-    try:
-        from mailgateway.dispatch import bulletins
-    except ImportError:
-        raise CaseError("diffusion indisponible") from None
-    if getattr(bulletins, "relay_alert", None) is None:
-        raise CaseError("diffusion indisponible")
-    return bulletins
 
 
 def _call(action: Callable[[], Any]) -> Any:
     """Run a bulletins operation; its refusal (BulletinError, French) becomes the command's."""
     try:
         return action()
-    except CaseError:
-        raise
-    except Exception as exc:
-        if type(exc).__name__ == "BulletinError":  # a refusal with its French reason
-            raise CaseError(str(exc)) from exc
-        raise
+    except fanout.BulletinError as exc:  # a refusal with its French reason
+        raise CaseError(str(exc)) from exc
 
 
 def broadcast(ctx: Ctx, case: Case) -> str:
-    """Relay the alert through the bulletins module, when it is installed."""
-    bulletins = _bulletins()
-    reach = _call(lambda: bulletins.relay_reach(ctx.env, ctx.session, case))
-    bulletin = _call(lambda: bulletins.relay_alert(ctx.env, ctx.session, case, ctx.actor))
-    withheld = bulletins.withheld_note(ctx.env, reach)
+    """Relay the alert through the bulletins feature."""
+    reach = _call(lambda: fanout.relay_reach(ctx.env, ctx.session, case))
+    bulletin = _call(lambda: fanout.relay_alert(ctx.env, ctx.session, case, ctx.actor))
+    withheld = fanout.withheld_note(ctx.env, reach)
     return f"alerte relayée à {bulletin.recipients} établissement(s)" + (f" ; {withheld}" if withheld else "")
 
 

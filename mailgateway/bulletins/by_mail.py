@@ -25,16 +25,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mailgateway.clock import aware
-from mailgateway.directory import count_establishments, count_recipients, parse_target
-from mailgateway.dispatch.bulletin_tracking import bulletin_message
-from mailgateway.dispatch.bulletins import (
+from mailgateway.bulletins.fanout import (
     BulletinError,
     _stream,
     approve_bulletin,
     cancel_bulletin,
     create_bulletin,
 )
+from mailgateway.bulletins.tracking import bulletin_message
+from mailgateway.clock import aware
+from mailgateway.directory import count_establishments, count_recipients, parse_target
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.errors import InputError
 from mailgateway.mail.analyse import coverage_reason

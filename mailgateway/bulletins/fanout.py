@@ -18,8 +18,8 @@ Alerts: ``relay_alert`` fans out the agency's own relay (template ``alerte_relai
 quoted, the agency as sender — never re-sent under the third party's From) to the categories the
 alert targets, then moves the case to DIFFUSEE.
 
-Other modules: ``bulletin_mail`` (bulletins requested and approved by mail), ``bulletin_tracking``
-(acknowledgements, bounces, fallback contacts), ``bulletin_jobs`` (reports and reminders),
+Other modules: ``by_mail`` (bulletins requested and approved by mail), ``tracking``
+(acknowledgements, bounces, fallback contacts), ``followups`` (reports and reminders),
 ``bulletin_cli`` (the ``bulletin`` command).
 """
 
@@ -434,14 +434,14 @@ def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bullet
 
 def register(env: Env) -> None:
     """Plug the bulletin capabilities into processing (app._register_capabilities)."""
-    from mailgateway.dispatch import bulletin_mail, bulletin_tracking
+    from mailgateway.bulletins import by_mail, tracking
 
     prehandlers: list[Any] = env.extra.setdefault("prehandlers", [])
-    for hook in (bulletin_tracking.acknowledgement_prehandler, bulletin_mail.bulletin_prehandler):
+    for hook in (tracking.acknowledgement_prehandler, by_mail.bulletin_prehandler):
         if hook not in prehandlers:
             prehandlers.append(hook)
-    env.extra["bounce"] = bulletin_tracking.handle_bounce
-    env.extra["permanent_failure"] = bulletin_tracking.permanent_failure_hook(env)
+    env.extra["bounce"] = tracking.handle_bounce
+    env.extra["permanent_failure"] = tracking.permanent_failure_hook(env)
     env.extra["relay_alert"] = relay_alert
     env.extra["approve_bulletin"] = approve_bulletin
     env.extra["cancel_bulletin"] = cancel_bulletin

@@ -29,11 +29,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgateway.cases import command_mail, lifecycle, service
-from mailgateway.cases.command_table import COMMANDS, Ctx, help_text, no_case_reason
+from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware
+from mailgateway.commands import receipts
+from mailgateway.commands.table import COMMANDS, Ctx, help_text, no_case_reason
 from mailgateway.mail.commands import REASON_UNKNOWN
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.processing import handlers, replay
@@ -148,13 +149,13 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     for cmd in facts.commands:
         results.append(_run(ctx, cmd))
     for index, (query, cases, detail) in enumerate(ctx.digests):
-        command_mail.send_digest(env, session, inbound, facts, index=index, to=sender, region=region,
+        receipts.send_digest(env, session, inbound, facts, index=index, to=sender, region=region,
                                  query=query, cases=cases, detail=detail)
     # A query answered by its digest needs no separate receipt; anything else gets one.
     only_queries = bool(ctx.digests) and all(
         r["applied"] and (r["name"] in QUERIES or (r["name"] == "statut" and r["digest"])) for r in results)
     if not only_queries:
-        command_mail.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
+        receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
                                   results=results, confirmation=ctx.confirmation,
                                   help_text=help_text() if ctx.show_help else None)
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
@@ -213,7 +214,7 @@ def _refused(env: Env, session: Session, inbound: InboundMessage, facts: Message
         append_event(session, case, type="commande_refusee", actor=sender or "inconnu", at=env.clock.now(),
                      inbound_id=inbound.id, data=motif)
     if staff_like and region is not None:
-        command_mail.send_receipt(env, session, inbound, facts, to=sender, region=region, case=case, results=[],
+        receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=case, results=[],
                                   refused_all=refusal, authenticated=False,
                                   replayed_fr=replay.first_applied_fr(first) if first is not None else None)
     return Outcome("processed", reason=refusal, case=case)

@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailgateway.bulletins.fanout import FANOUT_KINDS, PRIORITY, template_context
 from mailgateway.directory import RecipientRow, count_establishments, parse_target
-from mailgateway.dispatch.bulletins import FANOUT_KINDS, PRIORITY, template_context
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.processing.handlers import Env, french_datetime, from_identity, region_context
 from mailgateway.processing.mailer import staff_addresses

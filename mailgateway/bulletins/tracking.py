@@ -24,12 +24,12 @@ from sqlalchemy import case as sql_case
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailgateway.bulletins.fanout import FANOUT_KINDS, queue_message
 from mailgateway.cases.timeline import append_event
 from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
 from mailgateway.directory.bounces import Evidence, newly_out_of_use, statuses_of
 from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
-from mailgateway.dispatch.bulletins import FANOUT_KINDS, queue_message
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.handlers import Env, Outcome, region_context
 from mailgateway.processing.mailer import staff_addresses
