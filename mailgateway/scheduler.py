@@ -14,22 +14,19 @@ fire the same job: each job run takes an advisory lock and is idempotent (``mail
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from mailgateway.clock import PARIS, Clock, FixedClock, SystemClock
-from mailgateway.errors import InputError
+from mailgateway.clock import PARIS
 from mailgateway.jobs.base import JobOutcome, paris
 from mailgateway.settings import SchedulerSettings, Settings
 
@@ -266,42 +263,6 @@ class SchedulerExtension:
 # -- command line ------------------------------------------------------------------------------
 
 
-def parse_now(value: str | None) -> datetime | None:
-    """ISO 8601; without an offset the time is Paris wall-clock time (what operators read)."""
-    if not value:
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise InputError(f"--now : date invalide {value!r} (attendu ISO 8601, ex. 2026-12-01T08:00:00+01:00)") from exc
-    return at.replace(tzinfo=PARIS) if at.tzinfo is None else at
-
-
-def _app(settings: Settings, now: datetime | None) -> App:
-    from mailgateway.app import build_app
-
-    clock: Clock = FixedClock(now) if now is not None else SystemClock()
-    return build_app(settings, clock=clock)
-
-
-def cli(args: argparse.Namespace, settings: Settings) -> int:
-    now = parse_now(getattr(args, "now", None))
-    app = _app(settings, now)
-    try:
-        at = now or app.clock.now()
-        if args.scheduler_cmd == "run-due":
-            outcomes = JobRunner(app).run_due(at)
-            for outcome in outcomes:
-                print(outcome.summary)
-            return 0
-        if args.scheduler_cmd == "list":
-            print(format_list(app, at))
-            return 0
-    finally:
-        app.close()
-    return 2
-
-
 def format_list(app: App, now: datetime) -> str:
     from sqlalchemy import func, select
 
@@ -324,19 +285,3 @@ def format_list(app: App, now: datetime) -> str:
     if not sc.enabled:
         lines.append("(planificateur désactivé dans [scheduler] : seul « scheduler run-due » exécute les tâches)")
     return "\n".join(lines)
-
-
-def report_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """``report weekly --out DIR [--region R] [--now ISO]``: the weekly figures as CSV and PNG."""
-    from mailgateway.jobs import report
-
-    if args.region and settings.region(args.region) is None:
-        raise InputError(f"--region : région inconnue {args.region!r}")
-    now = parse_now(args.now)
-    app = _app(settings, now)
-    try:
-        files = report.export(app, now or app.clock.now(), Path(args.out), args.region)
-    finally:
-        app.close()
-    print(f"{len(files)} fichiers écrits dans {args.out}")
-    return 0

@@ -9,9 +9,6 @@ Exit codes: 0 all well, 1 a problem is shown (a mailbox unreachable for too long
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,8 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases.lifecycle import CLOSED
-from mailgateway.clock import Clock, SystemClock, aware
-from mailgateway.settings import Settings
+from mailgateway.clock import aware
 from mailgateway.store.models import Case, InboundMessage, MailboxState, OutboundMessage
 
 # Outbox rows still to deliver (DESIGN §4: queued -> sending -> sent | failed | expired | refused).
@@ -199,45 +195,3 @@ def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) ->
     if problems:
         lines += ["", "Problèmes :"] + [f"  - {p}" for p in problems]
     return "\n".join(lines)
-
-
-def cli(args: argparse.Namespace, settings: Settings, clock: Clock | None = None) -> int:
-    from mailgateway.store.engine import current_revision, head_revision, make_engine, make_sessionmaker, reading
-
-    url = settings.database.url
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        from pathlib import Path
-
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            print(f"base de données absente : {path} (lancer « mailgateway db upgrade »)", file=sys.stderr)
-            return 2
-    grace = settings.metrics.mailbox_unhealthy_after_seconds if settings.metrics else DEFAULT_MAILBOX_GRACE
-    engine = make_engine(url)
-    try:
-        revision = current_revision(engine)
-        if revision is None:
-            print("base de données non initialisée (lancer « mailgateway db upgrade »)", file=sys.stderr)
-            return 2
-        # A read-only transaction: never takes SQLite's write lock from the running daemon.
-        with reading(make_sessionmaker(engine)) as session:
-            snap = snapshot(session, (clock or SystemClock()).now())
-    except Exception as exc:  # the operator wants the reason, not a traceback
-        print(f"lecture de la base impossible : {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
-    head = head_revision()
-    extra = [] if revision == head else [f"schéma en retard : {revision} (attendu {head}), "
-                                         "lancer « mailgateway db upgrade »"]
-    if getattr(args, "json", False):
-        obj = to_json(snap, grace)
-        obj["schema"] = {"revision": revision, "head": head}
-        obj["problems"] += extra
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    else:
-        text = format_text(snap, grace)
-        if extra:
-            text += ("\n" if snap.problems(grace) else "\n\nProblèmes :") + "".join(f"\n  - {p}" for p in extra)
-        print(text)
-    return 1 if (snap.problems(grace) or extra) else 0

@@ -19,13 +19,12 @@ quoted, the agency as sender — never re-sent under the third party's From) to 
 alert targets, then moves the case to DIFFUSEE.
 
 Other modules: ``by_mail`` (bulletins requested and approved by mail), ``tracking``
-(acknowledgements, bounces, fallback contacts), ``followups`` (reports and reminders),
-``bulletin_cli`` (the ``bulletin`` command).
+(acknowledgements, bounces, fallback contacts), ``followups`` (reports and reminders)
+and ``cli/bulletin.py`` (the ``bulletin`` command).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,7 +53,6 @@ __all__ = [
     "approve_bulletin",
     "cancel_bulletin",
     "check_tlp",
-    "cli",
     "create_bulletin",
     "fan_out",
     "reach_refusal",
@@ -446,8 +444,3 @@ def register(env: Env) -> None:
     env.extra["approve_bulletin"] = approve_bulletin
     env.extra["cancel_bulletin"] = cancel_bulletin
 
-
-def cli(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway.dispatch import bulletin_cli
-
-    return bulletin_cli.run(args, settings)

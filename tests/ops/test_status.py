@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgateway.cli.status import run as cli
 from mailgateway.clock import FixedClock
 from mailgateway.settings import Settings, parse_settings
-from mailgateway.status import cli, snapshot
+from mailgateway.status import snapshot
 from tests.support.ops import NOW, populate
 
 

@@ -1,4 +1,4 @@
-"""``mailgateway bulletin send|status`` (DESIGN §5, contract).
+"""``mailgateway bulletin send|status`` (README « Command line », a contract).
 
 ``send`` without ``--yes`` is a dry run: recipient count and a sample, nothing written. With
 ``--yes`` the bulletin is created (approved by "cli") and queued in chunks of ``CHUNK``
@@ -15,8 +15,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from mailgateway.app import build_app
+from mailgateway.bulletins.fanout import _approve, _stream, check_tlp, create_bulletin, fan_out
+from mailgateway.bulletins.followups import status_counts
+from mailgateway.directory import count_establishments, count_recipients, parse_target
 from mailgateway.errors import InputError
 from mailgateway.settings import Settings
+from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, reading
 
 
 def _print_json(obj: Any) -> None:
@@ -32,10 +37,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _send(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway.app import build_app
-    from mailgateway.bulletins.fanout import _approve, _stream, check_tlp, create_bulletin, fan_out
-    from mailgateway.directory import count_establishments, count_recipients, parse_target
-    from mailgateway.store.engine import reading
 
     try:
         body = Path(args.body_file).read_text(encoding="utf-8")
@@ -90,8 +91,6 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway.bulletins.followups import status_counts
-    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, reading
 
     ensure_schema(settings.database.url)
     engine = make_engine(settings.database.url)

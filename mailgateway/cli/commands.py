@@ -287,27 +287,27 @@ def cmd_directory(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bulletin(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway.bulletins import fanout
+    from mailgateway.cli import bulletin
 
-    return fanout.cli(args, settings)
+    return bulletin.run(args, settings)
 
 
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway import scheduler
+    from mailgateway.cli import scheduler
 
-    return scheduler.cli(args, settings)
+    return scheduler.run(args, settings)
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway import scheduler
+    from mailgateway.cli import scheduler
 
-    return scheduler.report_cli(args, settings)
+    return scheduler.report(args, settings)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from mailgateway import status
+    from mailgateway.cli import status
 
-    return status.cli(args, settings)
+    return status.run(args, settings)
 
 
 def cmd_dkim(args: argparse.Namespace, settings: Settings) -> int:

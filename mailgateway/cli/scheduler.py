@@ -1,0 +1,63 @@
+"""``mailgateway scheduler run-due|list`` and ``report weekly``: scheduled jobs run once, on demand."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+
+from mailgateway.app import App, build_app
+from mailgateway.clock import PARIS, Clock, FixedClock, SystemClock
+from mailgateway.errors import InputError
+from mailgateway.scheduler import JobRunner, format_list
+from mailgateway.settings import Settings
+
+
+def parse_now(value: str | None) -> datetime | None:
+    """ISO 8601; without an offset the time is Paris wall-clock time (what operators read)."""
+    if not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InputError(f"--now : date invalide {value!r} (attendu ISO 8601, ex. 2026-12-01T08:00:00+01:00)") from exc
+    return at.replace(tzinfo=PARIS) if at.tzinfo is None else at
+
+
+def _app(settings: Settings, now: datetime | None) -> App:
+    clock: Clock = FixedClock(now) if now is not None else SystemClock()
+    return build_app(settings, clock=clock)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    now = parse_now(getattr(args, "now", None))
+    app = _app(settings, now)
+    try:
+        at = now or app.clock.now()
+        if args.scheduler_cmd == "run-due":
+            outcomes = JobRunner(app).run_due(at)
+            for outcome in outcomes:
+                print(outcome.summary)
+            return 0
+        if args.scheduler_cmd == "list":
+            print(format_list(app, at))
+            return 0
+    finally:
+        app.close()
+    return 2
+
+
+def report(args: argparse.Namespace, settings: Settings) -> int:
+    """``report weekly --out DIR [--region R] [--now ISO]``: the weekly figures as CSV and PNG."""
+    from mailgateway.jobs import report
+
+    if args.region and settings.region(args.region) is None:
+        raise InputError(f"--region : région inconnue {args.region!r}")
+    now = parse_now(args.now)
+    app = _app(settings, now)
+    try:
+        files = report.export(app, now or app.clock.now(), Path(args.out), args.region)
+    finally:
+        app.close()
+    print(f"{len(files)} fichiers écrits dans {args.out}")
+    return 0

@@ -1,0 +1,53 @@
+"""``mailgateway status [--json]``: health at a glance, read-only (never takes the daemon's write lock)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mailgateway.clock import Clock, SystemClock
+from mailgateway.settings import Settings
+from mailgateway.status import DEFAULT_MAILBOX_GRACE, format_text, snapshot, to_json
+
+
+def run(args: argparse.Namespace, settings: Settings, clock: Clock | None = None) -> int:
+    from mailgateway.store.engine import current_revision, head_revision, make_engine, make_sessionmaker, reading
+
+    url = settings.database.url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        from pathlib import Path
+
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            print(f"base de données absente : {path} (lancer « mailgateway db upgrade »)", file=sys.stderr)
+            return 2
+    grace = settings.metrics.mailbox_unhealthy_after_seconds if settings.metrics else DEFAULT_MAILBOX_GRACE
+    engine = make_engine(url)
+    try:
+        revision = current_revision(engine)
+        if revision is None:
+            print("base de données non initialisée (lancer « mailgateway db upgrade »)", file=sys.stderr)
+            return 2
+        # A read-only transaction: never takes SQLite's write lock from the running daemon.
+        with reading(make_sessionmaker(engine)) as session:
+            snap = snapshot(session, (clock or SystemClock()).now())
+    except Exception as exc:  # the operator wants the reason, not a traceback
+        print(f"lecture de la base impossible : {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    head = head_revision()
+    extra = [] if revision == head else [f"schéma en retard : {revision} (attendu {head}), "
+                                         "lancer « mailgateway db upgrade »"]
+    if getattr(args, "json", False):
+        obj = to_json(snap, grace)
+        obj["schema"] = {"revision": revision, "head": head}
+        obj["problems"] += extra
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    else:
+        text = format_text(snap, grace)
+        if extra:
+            text += ("\n" if snap.problems(grace) else "\n\nProblèmes :") + "".join(f"\n  - {p}" for p in extra)
+        print(text)
+    return 1 if (snap.problems(grace) or extra) else 0
