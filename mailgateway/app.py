@@ -17,7 +17,7 @@ from mailgateway.dispatch.render import Renderer
 from mailgateway.dns import TxtResolver, build_resolver
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import build_context
-from mailgateway.processing.handlers import Env
+from mailgateway.processing.context import Env
 from mailgateway.processing.mailer import Mailer
 from mailgateway.processing.runner import Processor
 from mailgateway.settings import Settings
@@ -74,16 +74,6 @@ def build_app(
     mailer = Mailer(settings, composer, clock)
     authenticator = build_authenticator(settings, resolver)
     env = Env(settings=settings, mailer=mailer, clock=clock)
-    _register_capabilities(env)
     processor = Processor(settings, factory, clock, authenticator, env)
     return App(settings, engine, factory, clock, renderer, composer, mailer, authenticator, env, processor)
 
-
-def _register_capabilities(env: Env) -> None:
-    """Capabilities plug their handlers into ``env.extra``: staff commands and replies, then
-    bulletins (acknowledgements, bounces). The order matters: bulletins see replies first."""
-    from mailgateway.bulletins import fanout
-    from mailgateway.commands import handling
-
-    handling.register(env)
-    fanout.register(env)

@@ -35,6 +35,16 @@ class FixedClock:
         self.at = self.at + timedelta(**delta)
 
 
+def paris(at: datetime) -> datetime:
+    """``at`` in Paris wall-clock time (what operators and declarants read)."""
+    return aware(at).astimezone(PARIS)
+
+
+def french_datetime(at: datetime) -> str:
+    """« 27/11/2026 à 08:30 », Paris time: the one way mail and receipts print an instant."""
+    return paris(at).strftime("%d/%m/%Y à %H:%M")
+
+
 def aware(dt: datetime) -> datetime:
     """SQLite returns naive datetimes for timezone-aware columns: they were stored as UTC."""
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)

@@ -27,8 +27,10 @@ from typing import Any
 
 from mailgateway.app import App, build_app
 from mailgateway.bulletins.fanout import fan_out_approved, resume_interrupted_fan_outs
+from mailgateway.bulletins.tracking import permanent_failure_hook
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.dispatch.render import Renderer
+from mailgateway.dispatch.sender import Sender
 from mailgateway.errors import ConfigError
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
 from mailgateway.intake.writer import AcceptWriter
@@ -137,12 +139,9 @@ class Daemon:
         self.app = build_app(self.settings, clock=self.clock)
         self.app.processor.on_outbound = self._on_outbound
         self.app.processor.on_result = self._on_result
-        from mailgateway.dispatch.sender import Sender
-
         # Bulletins replace the default 5xx hook: fallback contact + staff task (bulletins/tracking.py).
-        hook = self.app.env.extra.get("permanent_failure")
-        self.sender = (Sender(self.settings, self.app.factory, self.clock, self.instance_id, on_permanent_failure=hook)
-                       if hook is not None else Sender(self.settings, self.app.factory, self.clock, self.instance_id))
+        self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,
+                             on_permanent_failure=permanent_failure_hook(self.app.env))
         self.writer = AcceptWriter(self.app.factory, self.clock)
         self.writer.start()
         self.tasks = [

@@ -26,8 +26,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from mailgateway.clock import PARIS
-from mailgateway.jobs.base import JobOutcome, paris
+from mailgateway.clock import PARIS, paris
+from mailgateway.jobs.base import JobOutcome
 from mailgateway.settings import SchedulerSettings, Settings
 
 if TYPE_CHECKING:

@@ -33,16 +33,18 @@ from mailgateway.bulletins.fanout import (
     create_bulletin,
 )
 from mailgateway.bulletins.tracking import bulletin_message
-from mailgateway.clock import aware
+from mailgateway.clock import aware, french_datetime
 from mailgateway.directory import count_establishments, count_recipients, parse_target
 from mailgateway.dispatch.compose import MailSpec
+from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import InputError
 from mailgateway.mail.analyse import coverage_reason
+from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import strip_prefixes
 from mailgateway.processing import replay
-from mailgateway.processing.handlers import Env, Outcome, french_datetime, from_identity, region_context
-from mailgateway.processing.mailer import all_staff, is_no_reply, staff_addresses
+from mailgateway.processing.context import Env, Outcome
+from mailgateway.processing.mailer import all_staff, staff_addresses
 from mailgateway.processing.routing import AUTHORISING_REGION
 from mailgateway.store.models import Bulletin, Confirmation, InboundMessage
 
@@ -206,8 +208,8 @@ def _reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFa
     if not to or is_no_reply(to) or (not trusted and not _staff_like(env, session, to)):
         return
     shown = bulletin if trusted else None
-    from_address, from_name = from_identity(env, region)
-    context = {**region_context(env, region), "stage": stage, "bulletin": _bulletin_json(shown),
+    from_address, from_name = env.mailer.from_identity(region)
+    context = {**region_context(env.settings, region), "stage": stage, "bulletin": _bulletin_json(shown),
                "reason": None, "recipients": 0, "establishments": 0, "sample": [], "token": None,
                "expires_fr": None, "subject": " ".join(facts.subject.split())[:200] if trusted else "", **extra}
     spec = MailSpec(template=KIND_PREVIEW, context=context, to=to, from_address=from_address, from_name=from_name,

@@ -38,10 +38,11 @@ from mailgateway.cases.timeline import append_event
 from mailgateway.directory import RecipientRow, Target, count_recipients, parse_target, select_recipients
 from mailgateway.directory.categories import normalise_category
 from mailgateway.dispatch.compose import MailSpec
+from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import InputError
 from mailgateway.mail.tlp import LABELS as TLP_LABELS
 from mailgateway.mail.tlp import operator_label, relay_label
-from mailgateway.processing.handlers import Env, from_identity, region_context
+from mailgateway.processing.context import Env
 from mailgateway.settings import Settings
 from mailgateway.store.models import Bulletin, BulletinRecipient, Case, InboundMessage, OutboundMessage
 
@@ -56,8 +57,7 @@ __all__ = [
     "create_bulletin",
     "fan_out",
     "reach_refusal",
-    "register",
-    "relay_alert",
+        "relay_alert",
     "relay_reach",
     "withheld_note",
 ]
@@ -117,7 +117,7 @@ def template_context(env: Env, bulletin: Bulletin, row: RecipientRow | None,
                      alert: dict[str, Any] | None = None, case: Case | None = None) -> dict[str, Any]:
     """Context of ``bulletin`` / ``alerte_relais`` for one establishment (row None: a sample)."""
     return {
-        **region_context(env, bulletin.region),
+        **region_context(env.settings, bulletin.region),
         "bulletin": {"id": bulletin.id, "subject": bulletin.subject, "body": bulletin.body, "tlp": bulletin.tlp},
         "establishment": {
             "name": row.name if row else "Établissement", "finess": row.finess if row else "000000000",
@@ -132,7 +132,7 @@ def queue_message(env: Env, session: Session, bulletin: Bulletin, row: Recipient
                   alert: dict[str, Any] | None = None, case: Case | None = None,
                   attempt: str = "") -> OutboundMessage | None:
     """Compose and queue the message of ``bulletin`` for one establishment (None: refused or dup)."""
-    from_address, from_name = from_identity(env, bulletin.region)
+    from_address, from_name = env.mailer.from_identity(bulletin.region)
     spec = MailSpec(
         template=KIND_RELAY if case is not None else KIND_BULLETIN,
         context=template_context(env, bulletin, row, alert, case),
@@ -429,18 +429,4 @@ def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bullet
                        "tlp": bulletin.tlp, "retenus": withheld})
     return bulletin
 
-
-def register(env: Env) -> None:
-    """Plug the bulletin capabilities into processing (app._register_capabilities)."""
-    from mailgateway.bulletins import by_mail, tracking
-
-    prehandlers: list[Any] = env.extra.setdefault("prehandlers", [])
-    for hook in (tracking.acknowledgement_prehandler, by_mail.bulletin_prehandler):
-        if hook not in prehandlers:
-            prehandlers.append(hook)
-    env.extra["bounce"] = tracking.handle_bounce
-    env.extra["permanent_failure"] = tracking.permanent_failure_hook(env)
-    env.extra["relay_alert"] = relay_alert
-    env.extra["approve_bulletin"] = approve_bulletin
-    env.extra["cancel_bulletin"] = cancel_bulletin
 

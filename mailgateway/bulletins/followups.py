@@ -21,9 +21,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailgateway.bulletins.fanout import FANOUT_KINDS, PRIORITY, template_context
+from mailgateway.clock import french_datetime
 from mailgateway.directory import RecipientRow, count_establishments, parse_target
 from mailgateway.dispatch.compose import MailSpec
-from mailgateway.processing.handlers import Env, french_datetime, from_identity, region_context
+from mailgateway.dispatch.contexts import region_context
+from mailgateway.processing.context import Env
 from mailgateway.processing.mailer import staff_addresses
 from mailgateway.store.models import Bulletin, BulletinRecipient, Case, Contact, Establishment, OutboundMessage
 
@@ -109,7 +111,7 @@ def send_due_reports(env: Env, session: Session, now: datetime) -> int:
     for bulletin in due:
         counts = status_counts(session, bulletin.id) or {}
         targeted = count_establishments(session, bulletin.region, parse_target(bulletin.target))
-        context = {**region_context(env, bulletin.region), "counts": counts,
+        context = {**region_context(env.settings, bulletin.region), "counts": counts,
                    "bulletin": {"id": bulletin.id, "subject": bulletin.subject, "tlp": bulletin.tlp,
                                 "target": bulletin.target},
                    "approved_at_fr": french_datetime(bulletin.approved_at or bulletin.created_at),
@@ -119,7 +121,7 @@ def send_due_reports(env: Env, session: Session, now: datetime) -> int:
         recipients = [bulletin.author] if "@" in bulletin.author else []
         recipients = recipients or staff_addresses(env.settings, session, bulletin.region)
         case = session.get(Case, bulletin.case_id) if bulletin.case_id is not None else None
-        from_address, from_name = from_identity(env, bulletin.region)
+        from_address, from_name = env.mailer.from_identity(bulletin.region)
         for to in recipients:
             spec = MailSpec(template=KIND_REPORT, context=context, to=to, from_address=from_address,
                             from_name=from_name, idempotency_key=f"{KIND_REPORT}:{bulletin.id}:{to}",
@@ -159,7 +161,7 @@ def send_due_reminders(env: Env, session: Session, now: datetime) -> int:
                                est.departement if est else None, rec.contact_id or 0, rec.address, "ssi")
             context = {**template_context(env, bulletin, row),
                        "sent_at_fr": french_datetime(original.sent_at) if original and original.sent_at else ""}
-            from_address, from_name = from_identity(env, bulletin.region)
+            from_address, from_name = env.mailer.from_identity(bulletin.region)
             spec = MailSpec(template=KIND_REMINDER, context=context, to=rec.address, from_address=from_address,
                             from_name=from_name, reply_to=from_address,
                             idempotency_key=f"{KIND_REMINDER}:{bulletin.id}:{rec.finess}",

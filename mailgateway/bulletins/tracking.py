@@ -17,7 +17,6 @@ message bounced: the remote MTA is still trying.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case as sql_case
@@ -26,12 +25,14 @@ from sqlalchemy.orm import Session
 
 from mailgateway.bulletins.fanout import FANOUT_KINDS, queue_message
 from mailgateway.cases.timeline import append_event
+from mailgateway.clock import french_datetime
 from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
 from mailgateway.directory.bounces import Evidence, newly_out_of_use, statuses_of
 from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
+from mailgateway.dispatch.contexts import region_context
 from mailgateway.mail.facts import MessageFacts
-from mailgateway.processing.handlers import Env, Outcome, region_context
+from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.mailer import staff_addresses
 from mailgateway.store.models import (
     Bulletin,
@@ -100,7 +101,8 @@ UNVERIFIED_BOUNCE = ("rebond non vérifié (reçu hors de l'adresse de retour du
 
 
 def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
-    """``env.extra["bounce"]``: a DSN names its outbox row by VERP token, else by Message-ID.
+    """The ``bounce`` handler (``processing/pipeline.py``): a DSN names its outbox row by VERP
+    token, else by Message-ID.
 
     Only a DSN at the message's own VERP return path acts (row bounced, fallback contact, staff
     task). One that merely names a Message-ID of ours is recorded against the contact as weak
@@ -219,21 +221,15 @@ def _contact_task(env: Env, session: Session, region: str, row: OutboundMessage,
         return 0  # a task about a task, or about staff's own mailbox, would loop (DESIGN §8)
     est = session.get(Establishment, finess) if finess else None
     context: dict[str, Any] = {
-        **region_context(env, region),
+        **region_context(env.settings, region),
         "address": row.recipient,
         "diagnostic": " ".join(diagnostic.split())[:500],
         "establishment": {"name": est.name, "finess": est.finess, "departement": est.departement} if est else None,
         "fallback": fallback,
         "bulletin": {"id": bulletin.id, "subject": bulletin.subject} if bulletin is not None else None,
         "case": {"reference": case.reference} if case is not None else None,
-        "bounced_at_fr": _fr(env.clock.now()),
+        "bounced_at_fr": french_datetime(env.clock.now()),
         "marked": marked,
     }
     return env.mailer.send_to_staff(session, region, template="contact_a_corriger", context=context,
                                     kind="contact_a_corriger", key=f"contact_a_corriger:{row.id}", case=case)
-
-
-def _fr(at: datetime) -> str:
-    from mailgateway.processing.handlers import french_datetime
-
-    return french_datetime(at)

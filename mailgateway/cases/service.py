@@ -1,9 +1,10 @@
-"""Small operations on cases, shared by staff commands, processing and the scheduler.
+"""Operations on cases, shared by processing, the mail commands, bulletins and the scheduler.
 
 Each function changes the case in the caller's transaction and appends what it did to the
 timeline (``append_event``) with the actor (a staff address or "passerelle"). Status changes go
 through ``lifecycle.check_transition``: an impossible change raises ``InvalidTransition`` and
-changes nothing.
+changes nothing. Cases are opened here (``new_case``) and every received message is recorded
+here (``record_received``): one place builds those timeline events.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import lifecycle
+from mailgateway.cases.reference import next_reference
 from mailgateway.cases.timeline import append_event
-from mailgateway.clock import aware
+from mailgateway.clock import aware, paris
 from mailgateway.errors import MailgatewayError
-from mailgateway.store.models import Case, InboundMessage, OutboundMessage
+from mailgateway.mail.autoreply import is_no_reply
+from mailgateway.mail.facts import MessageFacts
+from mailgateway.store.models import Case, InboundMessage, Indicator, OutboundMessage
 
 SEVERITIES = ("GRAVE", "SIGNIFICATIF", "SANS_SUITE", "NON_QUALIFIE")
 
@@ -210,3 +214,71 @@ def overdue_cases(session: Session, region: str, now: datetime, days: float, lim
                            Case.updated_at < now - timedelta(days=days))
         .order_by(Case.updated_at, Case.id).limit(limit)
     ))
+
+
+def one_line(text: str | None, limit: int = 200) -> str:
+    """Mail text for a timeline or a template: whitespace folded, at most ``limit`` characters."""
+    return " ".join((text or "").split())[:limit]
+
+
+def declarant_of(facts: MessageFacts) -> str | None:
+    """The person who declared; a portal's no-reply sender is never answered."""
+    candidates = [
+        facts.declaration.declarant if facts.declaration else None,
+        facts.reply_to,
+        facts.sender.address,
+    ]
+    for candidate in candidates:
+        if candidate and "@" in candidate and not is_no_reply(candidate):
+            return candidate.strip().lower()
+    return None
+
+
+def record_received(session: Session, case: Case, inbound: InboundMessage, facts: MessageFacts, *,
+                    at: datetime, detail: bool = False) -> None:
+    """Attach ``inbound`` to ``case`` and put it on the timeline (``message_recu``); ``detail``
+    adds the authentication detail (the message that opened the case)."""
+    inbound.case_id = case.id
+    authentication: dict[str, object] = {"authentifie": facts.sender.authenticated, "methode": facts.sender.method}
+    if detail:
+        authentication["detail"] = facts.sender.detail
+    append_event(session, case, type="message_recu", actor=facts.sender.address or "inconnu", at=at,
+                 inbound_id=inbound.id,
+                 data={"type": facts.kind, "objet": one_line(facts.subject), "message_id": facts.message_id,
+                       "authentification": authentication})
+
+
+def new_case(session: Session, *, region: str, kind: str, inbound: InboundMessage, facts: MessageFacts,
+             title: str, at: datetime) -> Case:
+    """Open a case for ``inbound`` (reference of its year of reception, initial status), with its
+    first timeline event and the message's indicators."""
+    reference = next_reference(session, region, paris(inbound.received_at).year)
+    case = Case(
+        reference=reference, region=region, kind=kind, status=lifecycle.initial_status(kind),
+        severity="NON_QUALIFIE", title=title, opened_at=inbound.received_at, updated_at=at,
+        origin_message_id=facts.message_id, fields={}, event_count=0,
+    )
+    session.add(case)
+    session.flush()
+    record_received(session, case, inbound, facts, at=at, detail=True)
+    for indicator in {(i.type, i.value) for i in facts.indicators[:200]}:
+        session.add(Indicator(case_id=case.id, type=indicator[0], value=indicator[1][:2000]))
+    return case
+
+
+def threaded_case(session: Session, facts: MessageFacts) -> Case | None:
+    """The case a message is threaded to (its ``[REF]``), following merges."""
+    if not facts.case_ref:
+        return None
+    case = session.scalar(select(Case).where(Case.reference == facts.case_ref))
+    while case is not None and case.merged_into_id is not None:
+        case = session.get(Case, case.merged_into_id)
+    return case
+
+
+def flag_duplicate(session: Session, case: Case, window: timedelta, *, at: datetime) -> Case | None:
+    """Link a new declaration to an open case of the same structure within ``window``; the other case."""
+    other = find_duplicate(session, case, window)
+    if other is not None:
+        link(session, case, other, type="doublon_possible", actor="passerelle", at=at)
+    return other

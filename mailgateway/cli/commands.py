@@ -262,13 +262,12 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.outbox_cmd == "flush":
             from mailgateway.app import build_app
+            from mailgateway.bulletins.tracking import permanent_failure_hook
             from mailgateway.dispatch.sender import Sender
 
             # The daemon's bounce handling (fallback contact, staff task) applies here too.
             app = build_app(settings, migrate=False)
-            hook = app.env.extra.get("permanent_failure")
-            sender = (Sender(settings, factory, clock, "cli-flush", on_permanent_failure=hook) if hook
-                      else Sender(settings, factory, clock, "cli-flush"))
+            sender = Sender(settings, factory, clock, "cli-flush", on_permanent_failure=permanent_failure_hook(app.env))
             try:
                 result = asyncio.run(sender.flush(include_backoff=args.all))
             finally:

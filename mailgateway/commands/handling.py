@@ -1,8 +1,8 @@
 """Cases handled by mail: staff commands, replies from establishments, duplicate declarations.
 
-``register(env)`` plugs three hooks into processing (``app._register_capabilities``):
+``processing/pipeline.py`` routes two kinds of message here:
 
-- ``env.extra["command"]`` — ``handle_command``: a mail of ``#commande`` lines. DESIGN §8: commands
+- ``handle_command``: a mail of ``#commande`` lines. Commands
   count only from an *authenticated* member of the staff of the case's region ([[staff]] and the
   imported staff list — re-checked here against the database, which analysis cannot see). Every
   command mail from staff gets a receipt listing what was applied and what was refused and why;
@@ -11,19 +11,19 @@
   of its reply). Issue 15, once only: a command mail dated too long before its reception (or
   undated) is refused, and one whose DKIM signature or Message-ID already ran commands is a
   replay, refused (``processing/replay.py``); the keys are recorded with the commands they run.
-- ``env.extra["reply"]`` — ``handle_reply``: a reply from an establishment (or the national cell)
+- ``handle_reply``: a reply from an establishment (or the national cell)
   is attached to its case and the assignee (else the region's staff) is notified; a reply to a
   closed case reopens it or opens a linked case (``[cases] reply_to_closed``).
-- ``env.extra["duplicates"]`` — ``flag_duplicate``: a new declaration for the same FINESS as an
-  open case of the last ``[cases] duplicate_window_hours`` is linked to it (``doublon_possible`` on
-  both timelines, mentioned in the staff notification); ``#fusionner REF`` merges.
+
+A new declaration for the same FINESS as an open case of the last ``[cases]
+duplicate_window_hours`` is linked to it by processing (``cases.service.flag_duplicate``);
+``#fusionner REF`` merges.
 
 Every change is on the timeline with the sender's address as actor.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -37,20 +37,14 @@ from mailgateway.commands import receipts
 from mailgateway.commands.table import COMMANDS, Ctx, help_text, no_case_reason
 from mailgateway.mail.commands import REASON_UNKNOWN
 from mailgateway.mail.facts import Command, MessageFacts
-from mailgateway.processing import handlers, replay
-from mailgateway.processing.handlers import Env, Outcome, notify_staff
+from mailgateway.processing import replay
+from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.processing.mailer import all_staff, staff_addresses
-from mailgateway.store.models import Case, Confirmation, InboundMessage, ReplayKey, StaffMember
+from mailgateway.store.models import Case, Confirmation, Contact, InboundMessage, ReplayKey, StaffMember
 
-__all__ = ["flag_duplicate", "handle_command", "handle_reply", "register"]
+__all__ = ["handle_command", "handle_reply", "status_refusal"]
 
 QUERIES = frozenset({"ouverts", "retards"})
-
-
-def register(env: Env) -> None:
-    env.extra["command"] = handle_command
-    env.extra["reply"] = handle_reply
-    env.extra["duplicates"] = flag_duplicate
 
 
 # --- who may command ---------------------------------------------------------------------------
@@ -116,20 +110,9 @@ def _case_from_token(session: Session, commands: tuple[Command, ...]) -> Case | 
 # --- commands ----------------------------------------------------------------------------------
 
 
-def _received(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, case: Case) -> None:
-    inbound.case_id = case.id
-    append_event(session, case, type="message_recu", actor=facts.sender.address or "inconnu",
-                 at=env.clock.now(), inbound_id=inbound.id,
-                 data={"type": facts.kind, "objet": " ".join(facts.subject.split())[:200],
-                       "message_id": facts.message_id,
-                       "authentification": {"authentifie": facts.sender.authenticated,
-                                            "methode": facts.sender.method}})
-
-
-def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts,
-                   case: Case | None) -> Outcome:
+def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
     sender = (facts.sender.address or "").strip().lower()
-    case = case or _case_from_token(session, facts.commands)
+    case = service.threaded_case(session, facts) or _case_from_token(session, facts.commands)
     region = case.region if case is not None else _query_region(env, session, facts, sender)
     refusal = _refusal(env, session, facts, sender, region) or _stale(env, inbound, facts)
     if refusal is not None:
@@ -142,7 +125,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
         return _refused(env, session, inbound, facts, case, region, sender, replay.COMMAND_REPLAYED,
                         first=first)
     if case is not None:
-        _received(env, session, inbound, facts, case)
+        service.record_received(session, case, inbound, facts, at=env.clock.now())
     ctx = Ctx(env=env, session=session, inbound=inbound, facts=facts, case=case, actor=sender, region=region,
               now=env.clock.now())
     results: list[dict[str, Any]] = []
@@ -204,13 +187,13 @@ def _refused(env: Env, session: Session, inbound: InboundMessage, facts: Message
     staff_like = bool(sender) and looks_like_staff(env, session, sender)
     if case is not None and not staff_like:
         # An establishment wrote "#..." in its reply: it is a reply like any other.
-        outcome = handlers.handle_reply(env, session, inbound, facts)
+        outcome = handle_reply(env, session, inbound, facts)
         target = outcome.case or case
         append_event(session, target, type="commande_ignoree", actor=sender or "inconnu", at=env.clock.now(),
                      inbound_id=inbound.id, data=motif)
         return outcome
     if case is not None:
-        _received(env, session, inbound, facts, case)
+        service.record_received(session, case, inbound, facts, at=env.clock.now())
         append_event(session, case, type="commande_refusee", actor=sender or "inconnu", at=env.clock.now(),
                      inbound_id=inbound.id, data=motif)
     if staff_like and region is not None:
@@ -229,18 +212,46 @@ def _from_acss(env: Env, address: str) -> bool:
         d.lower() for d in env.settings.authentication.acss_domains}
 
 
-def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts,
-                 case: Case) -> Outcome | None:
-    """Attach a reply (already on the timeline) and notify; reopen or link a closed case."""
+def _case_domains(env: Env, session: Session, case: Case) -> set[str]:
+    """Domains that speak for the case's establishment: its declarant's and its directory contacts'."""
+    found = {case.declarant.rpartition("@")[2].lower()} if case.declarant and "@" in case.declarant else set()
+    if case.finess:
+        found.update(a.rpartition("@")[2].lower()
+                     for a in session.scalars(select(Contact.address).where(Contact.finess == case.finess)))
+    acss = env.settings.acss.address.lower()
+    found.update({acss.rpartition("@")[2], *(d.lower() for d in env.settings.authentication.acss_domains)})
+    return {d for d in found if d}
+
+
+def status_refusal(env: Env, session: Session, case: Case, facts: MessageFacts) -> str | None:
+    """Why a reply may not change the case's status (issue 15), None when it may.
+
+    Case references are sequential: anyone can write « [SSI-ARA-2026-0042] » in a subject. Only a
+    reply authenticated (aligned DKIM) from the establishment's or the ACSS's domain may reopen a
+    closed case; any other reply is attached to the case and notified, and changes nothing."""
+    if not facts.sender.authenticated:
+        return "réponse non authentifiée"
+    sender = (facts.sender.address or "").strip().lower()
+    if sender.rpartition("@")[2] not in _case_domains(env, session, case):
+        return f"{sender or 'expéditeur inconnu'} n'appartient pas à l'établissement du dossier"
+    return None
+
+
+def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
+    """Attach a reply to its case and notify; reopen or link a closed case."""
+    case = service.threaded_case(session, facts)
+    if case is None:
+        return Outcome("quarantined", f"réponse à un dossier inconnu : {facts.case_ref}")
+    service.record_received(session, case, inbound, facts, at=env.clock.now())
     sender = (facts.sender.address or "").strip().lower()
     if sender and sender in staff_addresses(env.settings, session, case.region):
-        return None  # staff writing in the thread: nothing to notify
+        return Outcome("processed", case=case)  # staff writing in the thread: nothing to notify
     now = env.clock.now()
     target = case
     extra: dict[str, Any] = {"reply_from": sender or "inconnu", "from_acss": _from_acss(env, sender),
                              "reopened": False, "linked_from": None}
     # Issue 15: only an authenticated reply from the establishment (or ACSS) reopens or links.
-    refusal = None if lifecycle.is_open(case.status) else handlers.status_refusal(env, session, case, facts)
+    refusal = None if lifecycle.is_open(case.status) else status_refusal(env, session, case, facts)
     if refusal is not None:
         extra["kept_closed"] = refusal
         append_event(session, case, type="reouverture_refusee", actor=sender or "inconnu", at=now,
@@ -261,23 +272,11 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
 def _follow_up(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, closed: Case) -> Case:
     """A new case for a reply to a closed one, linked both ways (``reply_to_closed = "link"``)."""
     title = f"Suite de {closed.reference} — {closed.title}"[:500]
-    case = handlers._new_case(env, session, region=closed.region, kind=closed.kind, inbound=inbound,
-                              facts=facts, title=title)
+    case = service.new_case(session, region=closed.region, kind=closed.kind, inbound=inbound, facts=facts,
+                            title=title, at=env.clock.now())
     for name in ("finess", "establishment", "category", "incident_type", "nature", "declarant", "tlp"):
         setattr(case, name, getattr(closed, name))
     case.fields = {"suite_de": closed.reference}
     service.link(session, case, closed, type="dossier_lie", actor="passerelle", at=env.clock.now())
     return case
 
-
-# --- duplicates --------------------------------------------------------------------------------
-
-
-def flag_duplicate(env: Env, session: Session, case: Case) -> dict[str, Any]:
-    """Link a new declaration to an open case of the same structure; context for the notification."""
-    window = timedelta(hours=env.settings.cases.duplicate_window_hours)
-    other = service.find_duplicate(session, case, window)
-    if other is None:
-        return {}
-    service.link(session, case, other, type="doublon_possible", actor="passerelle", at=env.clock.now())
-    return {"duplicate_of": other.reference}

@@ -17,10 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import service
-from mailgateway.clock import aware
+from mailgateway.clock import aware, french_datetime
 from mailgateway.dispatch.compose import Attachment, MailSpec
+from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.mail.facts import MessageFacts
-from mailgateway.processing.handlers import Env, case_context, french_datetime, from_identity, region_context
+from mailgateway.processing.context import Env
 from mailgateway.store.models import Case, CaseEvent, InboundMessage, OutboundMessage
 
 # RFC 3834 §5: "no" — the text was written (or the sending decided) by a person, not a robot.
@@ -40,10 +41,10 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
 
     ``replayed_fr``: the mail had already been received and applied then (« dd/mm/yyyy à HH:MM »):
     the receipt says so plainly instead of listing a refusal."""
-    from_address, from_name = from_identity(env, region)
+    from_address, from_name = env.mailer.from_identity(region)
     spec = MailSpec(
         template="receipt",
-        context={**region_context(env, region), "case": case_context(case) if case else None,
+        context={**region_context(env.settings, region), "case": case_context(case) if case else None,
                  "results": list(results), "refused_all": refused_all, "confirmation": confirmation,
                  "help": help_text, "replayed_fr": replayed_fr},
         to=to, from_address=from_address, from_name=from_name, idempotency_key=f"receipt:{inbound.id}",
@@ -60,10 +61,10 @@ def to_declarant(env: Env, session: Session, inbound: InboundMessage, case: Case
     """A request for information or an answer to the declarant, threaded under the case."""
     if not case.declarant:
         return None
-    from_address, from_name = from_identity(env, case.region)
+    from_address, from_name = env.mailer.from_identity(case.region)
     spec = MailSpec(
         template=template,
-        context={**region_context(env, case.region), "case": case_context(case), "message": text,
+        context={**region_context(env.settings, case.region), "case": case_context(case), "message": text,
                  "author": actor},
         to=case.declarant, from_address=from_address, from_name=from_name,
         idempotency_key=f"{kind}:{inbound.id}:{case.id}",
@@ -84,12 +85,12 @@ def to_acss(env: Env, session: Session, inbound: InboundMessage, case: Case, *, 
             actor: str) -> OutboundMessage | None:
     """The declaration to the national cell, the original attached as message/rfc822 (RFC 2046
     §5.2.1). Its Message-ID is ours and stable: the cell's answer threads back to the case."""
-    from_address, from_name = from_identity(env, case.region)
+    from_address, from_name = env.mailer.from_identity(case.region)
     original = original_of(session, case)
     declaration = (case.fields or {}).get("declaration") or {}
     spec = MailSpec(
         template="transmission_acss",
-        context={**region_context(env, case.region), "case": case_context(case), "declaration": declaration,
+        context={**region_context(env.settings, case.region), "case": case_context(case), "declaration": declaration,
                  "comment": comment, "author": actor, "opened_fr": _fr(case.opened_at)},
         to=env.settings.acss.address, from_address=from_address, from_name=from_name,
         idempotency_key=f"transmission_acss:{inbound.id}:{case.id}",
@@ -113,10 +114,10 @@ def send_digest(env: Env, session: Session, inbound: InboundMessage, facts: Mess
                 to: str, region: str, query: str, cases: Sequence[Case], detail: Case | None = None,
                 ) -> OutboundMessage | None:
     """Answer to "#statut REF", "#ouverts", "#retards": staff only, so any TLP may be listed."""
-    from_address, from_name = from_identity(env, region)
+    from_address, from_name = env.mailer.from_identity(region)
     spec = MailSpec(
         template="digest_requete",
-        context={**region_context(env, region), "query": query, "cases": [case_line(c) for c in cases],
+        context={**region_context(env.settings, region), "query": query, "cases": [case_line(c) for c in cases],
                  "case": case_line(detail) if detail else None,
                  "timeline": timeline_lines(session, detail) if detail else [],
                  "overdue_days": env.settings.cases.overdue_days,

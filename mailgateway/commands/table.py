@@ -20,12 +20,12 @@ from mailgateway.bulletins import fanout
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
-from mailgateway.clock import aware
+from mailgateway.clock import aware, french_datetime
 from mailgateway.commands import receipts
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold
-from mailgateway.processing.handlers import Env, french_datetime
+from mailgateway.processing.context import Env
 from mailgateway.processing.mailer import staff_addresses
 from mailgateway.store.models import Case, Confirmation, InboundMessage
 

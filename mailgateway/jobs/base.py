@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from mailgateway.clock import PARIS, aware
+from mailgateway.clock import aware, paris
 from mailgateway.processing.mailer import staff_addresses
 from mailgateway.settings import Settings
 from mailgateway.store.models import JobRun, StaffMember
@@ -85,16 +85,8 @@ def referents(settings: Settings, session: Session, region: str) -> list[str]:
     return sorted(found) or staff_addresses(settings, session, region)
 
 
-def paris(at: datetime) -> datetime:
-    return aware(at).astimezone(PARIS)
-
-
 def french_date(at: datetime) -> str:
     return paris(at).strftime("%d/%m/%Y")
-
-
-def french_datetime(at: datetime) -> str:
-    return paris(at).strftime("%d/%m/%Y à %H:%M")
 
 
 def plural(n: int, singular: str, plural_form: str | None = None) -> str:

@@ -21,19 +21,12 @@ from sqlalchemy.orm import Session
 
 from mailgateway.app import App
 from mailgateway.cases.timeline import append_event
-from mailgateway.clock import aware
+from mailgateway.clock import aware, french_datetime
 from mailgateway.dispatch.compose import MailSpec
-from mailgateway.jobs.base import (
-    JobOutcome,
-    french_datetime,
-    french_duration,
-    insert_ignore,
-    plural,
-    referents,
-    try_job_lock,
-)
+from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.jobs.base import JobOutcome, french_duration, insert_ignore, plural, referents, try_job_lock
 from mailgateway.jobs.business import Calendar
-from mailgateway.processing.handlers import Env, case_context, from_identity, region_context
+from mailgateway.processing.context import Env
 from mailgateway.processing.mailer import staff_addresses
 from mailgateway.settings import DeadlineSettings, Settings, _default_deadlines
 from mailgateway.store.engine import transaction
@@ -137,13 +130,13 @@ def _remind(app: App, session: Session, item: Overdue, now: datetime) -> int | N
     env: Env = app.env
     escalation = item.step > 0
     context: dict[str, Any] = {
-        **region_context(env, case.region), "case": case_context(case),
+        **region_context(env.settings, case.region), "case": case_context(case),
         "since_fr": french_datetime(item.entered_at), "due_fr": french_datetime(item.due_at),
         "late": french_duration((now - item.due_at).total_seconds() / 3600),
         "allowed": french_duration(item.rule.hours), "business_hours": app.settings.scheduler.business_hours,
         "step": item.step + 1, "steps": item.rule.max_steps, "escalation": escalation,
     }
-    from_address, from_name = from_identity(env, case.region)
+    from_address, from_name = env.mailer.from_identity(case.region)
     queued: list[str] = []
     for address in _recipients(app.settings, session, item):
         spec = MailSpec(template="rappel", context=context, to=address, from_address=from_address,

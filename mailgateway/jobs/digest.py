@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session
 
 from mailgateway.app import App
 from mailgateway.cases.lifecycle import CLOSED
-from mailgateway.jobs.base import JobOutcome, claim_period, french_date, french_datetime, paris, plural, try_job_lock
+from mailgateway.clock import french_datetime, paris
+from mailgateway.dispatch.contexts import region_context
+from mailgateway.jobs.base import JobOutcome, claim_period, french_date, plural, try_job_lock
 from mailgateway.jobs.deadlines import overdue_cases
-from mailgateway.processing.handlers import region_context
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, Case, Contact, Establishment
 
@@ -69,7 +70,7 @@ def run(app: App, now: datetime) -> JobOutcome:
         if not try_job_lock(session, JOB) or not claim_period(session, JOB, period(now), now):
             return JobOutcome(JOB, skipped=True, summary="synthèse quotidienne déjà envoyée aujourd'hui")
         for region in app.settings.regions:
-            context = {**region_context(app.env, region.code), **digest_context(session, app, region.code, now)}
+            context = {**region_context(app.settings, region.code), **digest_context(session, app, region.code, now)}
             mails += app.mailer.send_to_staff(session, region.code, template="digest", context=context,
                                               kind="synthese", key=f"digest:{period(now)}:{region.code}")
     return JobOutcome(JOB, count=mails, mails=mails,

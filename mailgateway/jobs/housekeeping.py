@@ -10,17 +10,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from mailgateway.app import App
-from mailgateway.jobs.base import (
-    JobOutcome,
-    claim_period,
-    french_datetime,
-    last_run,
-    paris,
-    plural,
-    rowcount,
-    try_job_lock,
-)
-from mailgateway.processing.handlers import region_context
+from mailgateway.clock import french_datetime, paris
+from mailgateway.dispatch.contexts import region_context
+from mailgateway.jobs.base import JobOutcome, claim_period, last_run, plural, rowcount, try_job_lock
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import InboundMessage, OutboundMessage
 
@@ -84,7 +76,7 @@ def quarantine_summary(app: App, now: datetime) -> JobOutcome:
             if not mine:
                 continue
             context: dict[str, Any] = {
-                **region_context(app.env, region.code), "since_fr": french_datetime(since),
+                **region_context(app.settings, region.code), "since_fr": french_datetime(since),
                 "count": len(mine), "limit": LIST_LIMIT,
                 "messages": [{"id": r.id, "received_fr": french_datetime(r.received_at), "sender": r.mail_from or "",
                               "source": r.source, "reason": (r.reason or "")[:300]} for r in mine[:LIST_LIMIT]],

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from mailgateway.app import App
 from mailgateway.dispatch.compose import InlineImage
+from mailgateway.dispatch.contexts import region_context
 from mailgateway.jobs.base import JobOutcome, claim_period, plural, try_job_lock
 from mailgateway.jobs.charts import Figure, figures
 from mailgateway.jobs.stats import WeeklyStats, compute, week_start
-from mailgateway.processing.handlers import region_context
 from mailgateway.store.engine import reading, transaction
 
 JOB = "weekly_report"
@@ -48,7 +48,7 @@ def run(app: App, now: datetime) -> JobOutcome:
         for region in app.settings.regions:
             stats = compute(session, region.code, now, weeks)
             figs = figures(stats)
-            context = {**region_context(app.env, region.code), **report_context(stats, figs)}
+            context = {**region_context(app.settings, region.code), **report_context(stats, figs)}
             images = [InlineImage(f"{f.name}@mailgateway", f.png, filename=f"{f.name}.png") for f in figs]
             mails += app.mailer.send_to_staff(session, region.code, template="rapport_hebdo", context=context,
                                               kind="rapport_hebdo", key=f"rapport_hebdo:{period(now)}:{region.code}",

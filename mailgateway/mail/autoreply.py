@@ -8,12 +8,27 @@ Outlook/Exchange subjects ("Réponse automatique : ...") which carry no header a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from mailgateway.mail.parse import ParsedMessage
 from mailgateway.mail.text import match_form
 
 LOOP_HEADER = "X-Mailgateway-Loop"
+
+# Addresses never written to: no-reply senders, robots and lists.
+NO_REPLY_RE = re.compile(
+    r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|ne[-_.]?pas[-_.]?repondre|nepasrepondre|noreponse|"
+    r"mailer-daemon|postmaster|bounces?)([+-].*)?@",
+    re.IGNORECASE,
+)
+# RFC 3834 §2: lists and robots are never answered.
+ROBOT_RE = re.compile(r"^(owner-|.*-(request|bounces?|owner)@)", re.IGNORECASE)
+
+
+def is_no_reply(address: str) -> bool:
+    return bool(NO_REPLY_RE.match(address) or ROBOT_RE.match(address))
+
 
 
 def loop_reason(pm: ParsedMessage, loop_token: str, own_addresses: Iterable[str]) -> str | None:

@@ -15,7 +15,6 @@ transaction; the sender delivers it later.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -30,6 +29,7 @@ from mailgateway.clock import Clock
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.compose import Composer, MailSpec
 from mailgateway.errors import PolicyRefusal
+from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.tlp import relay_label
 from mailgateway.settings import Settings
 from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffMember, StaffNoticeLog
@@ -37,17 +37,6 @@ from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffM
 # Template of the warnings the gateway sends its own staff about its budgets (one per hour).
 WARNING_TEMPLATE = "avertissement"
 
-NO_REPLY_RE = re.compile(
-    r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|ne[-_.]?pas[-_.]?repondre|nepasrepondre|noreponse|"
-    r"mailer-daemon|postmaster|bounces?)([+-].*)?@",
-    re.IGNORECASE,
-)
-# RFC 3834 §2: lists and robots are never answered.
-ROBOT_RE = re.compile(r"^(owner-|.*-(request|bounces?|owner)@)", re.IGNORECASE)
-
-
-def is_no_reply(address: str) -> bool:
-    return bool(NO_REPLY_RE.match(address) or ROBOT_RE.match(address))
 
 
 def staff_addresses(settings: Settings, session: Session, region: str) -> list[str]:

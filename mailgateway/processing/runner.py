@@ -37,7 +37,8 @@ from mailgateway.logs import bind, log_context
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.facts import MessageFacts
-from mailgateway.processing.handlers import HANDLERS, Env, Outcome
+from mailgateway.processing.context import Env, Outcome
+from mailgateway.processing.pipeline import HANDLERS, PREHANDLERS
 from mailgateway.processing.worker import (
     AnalysisFailed,
     AnalysisRetry,
@@ -274,8 +275,8 @@ class Processor:
                 # Issue 5: attachment limits; the message is kept, in quarantine, with the reason.
                 outcome = Outcome("quarantined", f"trop de pièces jointes : {attachments} "
                                                  f"(maximum {self.settings.intake.max_attachments})")
-            # Capabilities may claim a message first (e.g. an establishment acknowledging a bulletin).
-            for prehandler in self.env.extra.get("prehandlers", []) if outcome is None else []:
+            # Features may claim a message first (e.g. an establishment acknowledging a bulletin).
+            for prehandler in PREHANDLERS if outcome is None else ():
                 outcome = prehandler(self.env, session, row, facts)
                 if outcome is not None:
                     break

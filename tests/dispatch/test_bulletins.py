@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from mailgateway import cli
 from mailgateway.app import App, build_app
 from mailgateway.bulletins.followups import send_due_reminders, send_due_reports, status_counts
+from mailgateway.bulletins.tracking import permanent_failure_hook
 from mailgateway.clock import FixedClock
 from mailgateway.dispatch.sender import Sender
 from mailgateway.intake.accept import accept_in
@@ -84,7 +85,7 @@ def count(app: App, model: Any, *where: Any) -> int:
 
 def flush(app: App) -> None:
     sender = Sender(app.settings, app.factory, app.clock, "test",
-                    on_permanent_failure=app.env.extra["permanent_failure"])
+                    on_permanent_failure=permanent_failure_hook(app.env))
     asyncio.run(sender.flush(include_backoff=True))
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from mailgateway.app import App, build_app
 from mailgateway.bulletins.fanout import approve_bulletin, create_bulletin
-from mailgateway.bulletins.tracking import UNMATCHED_BOUNCE, UNVERIFIED_BOUNCE
+from mailgateway.bulletins.tracking import UNMATCHED_BOUNCE, UNVERIFIED_BOUNCE, permanent_failure_hook
 from mailgateway.clock import FixedClock
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.compose import MailSpec
@@ -130,7 +130,7 @@ def test_instances_starting_together_create_one_secret(db_url: str) -> None:
 
 def flush(app: App) -> None:
     sender = Sender(app.settings, app.factory, app.clock, "test",
-                    on_permanent_failure=app.env.extra["permanent_failure"])
+                    on_permanent_failure=permanent_failure_hook(app.env))
     asyncio.run(sender.flush(include_backoff=True))
 
 

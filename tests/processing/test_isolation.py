@@ -142,12 +142,12 @@ def test_a_message_out_of_attempts_is_quarantined_without_analysis(
 
 
 def test_a_handler_crash_counts_its_attempt_once(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mailgateway.processing import handlers
+    from mailgateway.processing import pipeline
 
     def explode(*_args: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(handlers.HANDLERS, "declaration", explode)
+    monkeypatch.setitem(pipeline.HANDLERS, "declaration", explode)
     inbound = accept(app, declaration(4))
     assert app.processor.process(inbound).status == "quarantined"
     stored = row(app, inbound)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from mailgateway.app import App, build_app
 from mailgateway.clock import FixedClock
 from mailgateway.intake.accept import accept_in
-from mailgateway.processing import handlers
+from mailgateway.processing import pipeline
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, InboundMessage, OutboundMessage
@@ -73,7 +73,7 @@ def test_a_handler_crash_rolls_back_and_quarantines_with_the_exception(
     def explode(*_args: Any) -> Any:
         raise RuntimeError("boom in the middle")
 
-    monkeypatch.setitem(handlers.HANDLERS, "declaration", explode)
+    monkeypatch.setitem(pipeline.HANDLERS, "declaration", explode)
     inbound = accept(app, declaration(2))
     result = app.processor.process(inbound)
     assert result.status == "quarantined"

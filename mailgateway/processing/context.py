@@ -1,0 +1,106 @@
+"""What every feature's message handling shares: the environment, the outcome, the staff notice.
+
+``Env`` is what a handler may use (settings, the outbound ``Mailer`` gate, the clock); a handler
+returns an ``Outcome``. ``Handler`` and ``Prehandler`` are the two shapes ``pipeline.py`` wires:
+a prehandler may claim any message first (``None``: not mine), a handler takes one kind.
+``notify_staff`` is the one staff notification about an inbound message (capped per sender).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from mailgateway.cases import service
+from mailgateway.cases.timeline import append_event
+from mailgateway.clock import Clock, french_datetime
+from mailgateway.dispatch.compose import Attachment
+from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.mail.facts import MessageFacts
+from mailgateway.processing.mailer import Mailer
+from mailgateway.settings import Settings
+from mailgateway.store.models import Case, Establishment, InboundMessage
+
+
+@dataclass
+class Env:
+    settings: Settings
+    mailer: Mailer
+    clock: Clock
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # processed | quarantined
+    reason: str | None = None
+    case: Case | None = None
+
+
+Handler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome]
+Prehandler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome | None]
+
+
+def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) -> bool:
+    """Per-sender cap on staff notifications: over it, the message stays stored and attached to
+    its case, the timeline says so, and staff get one summary notice for that sender and hour.
+    An authentic ACSS alert is never held back."""
+    if facts.alert is not None and facts.alert.authentic:
+        return False
+    sender = (facts.sender.address or "").strip().lower()
+    if env.mailer.notice_allowed(session, sender):
+        return False
+    cap = env.settings.outbound.staff_notifications_per_sender_per_hour
+    append_event(session, case, type="notification_limitee", actor="passerelle", at=env.clock.now(),
+                 data={"expediteur": sender or "inconnu", "motif": f"plus de {cap} notifications en une heure"})
+    topic = "notifications:" + hashlib.sha256(sender.encode()).hexdigest()[:16]
+    env.mailer.warn_staff(
+        session, case.region, topic=topic,
+        motif=f"plus de {cap} messages en une heure de {sender or 'un expéditeur inconnu'}",
+        details=[f"premier message non notifié : dossier {case.reference}",
+                 "les messages suivants de cet expéditeur sont rattachés à leurs dossiers sans notification"])
+    return True
+
+
+def _original(env: Env, case: Case, inbound: InboundMessage) -> tuple[list[Attachment], dict[str, Any]]:
+    """The original, attached once per staff member only when small: a 25 MB declaration copied
+    into every notification would multiply the database by the staff count."""
+    size = len(inbound.raw)
+    attached = size <= env.settings.outbound.staff_attachment_max_bytes
+    context = {"original_attached": attached, "original_size_fr": f"{size / 1_048_576:.1f} Mo",
+               "original_command": f"mailgateway cases original {case.reference}"}
+    return ([Attachment(inbound.raw, "message-original.eml")] if attached else []), context
+
+
+def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage, facts: MessageFacts,
+                 template: str = "staff_notification", kind: str = "notification_equipe",
+                 extra: dict[str, Any] | None = None) -> int:
+    """Tell the region's staff (the assignee, for a reply) about ``inbound``, the original attached."""
+    if _notice_capped(env, session, case, facts):
+        return 0
+    attachments, original = _original(env, case, inbound)
+    est = session.get(Establishment, case.finess) if case.finess else None
+    context = {
+        **region_context(env.settings, case.region),
+        "case": case_context(case),
+        "received_at_fr": french_datetime(inbound.received_at),
+        "declaration": facts.declaration.to_json() if facts.declaration else None,
+        "alert": facts.alert.to_json() if facts.alert else None,
+        "establishment": {"name": est.name, "departement": est.departement} if est else None,
+        "declarant": case.declarant,
+        "sender": facts.sender.to_json(),
+        "indicators": [i.to_json() for i in facts.indicators[:50]],
+        "subject": service.one_line(facts.subject),
+        **original,
+        **(extra or {}),
+    }
+    assignee = [case.assignee] if case.assignee and kind == "notification_reponse" else None
+    return env.mailer.send_to_staff(
+        session, case.region, template=template, context=context, kind=kind, key=f"{kind}:{inbound.id}",
+        recipients=assignee, case=case, priority=0,
+        in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+        attachments=attachments,
+    )
