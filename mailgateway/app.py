@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgateway.cases.timeline import append_event
 from mailgateway.clock import Clock, SystemClock
+from mailgateway.directory.staff import StaffDirectory
 from mailgateway.dispatch.compose import Composer
 from mailgateway.dispatch.dkim import DkimSigner
+from mailgateway.dispatch.mailer import Mailer
 from mailgateway.dispatch.render import Renderer
 from mailgateway.dns import TxtResolver, build_resolver
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import build_context
 from mailgateway.processing.context import Env
-from mailgateway.processing.mailer import Mailer
 from mailgateway.processing.runner import Processor
 from mailgateway.settings import Settings
 from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
@@ -71,7 +73,7 @@ def build_app(
     id_secret = load_secret(factory, MESSAGE_ID_SECRET)
     composer = Composer(renderer, DkimSigner.from_settings(settings.dkim), clock,
                         domain=settings.bounce_domain, loop_token=ctx.loop_token, id_secret=id_secret)
-    mailer = Mailer(settings, composer, clock)
+    mailer = Mailer(settings, composer, clock, staff=StaffDirectory(settings), journal=append_event)
     authenticator = build_authenticator(settings, resolver)
     env = Env(settings=settings, mailer=mailer, clock=clock)
     processor = Processor(settings, factory, clock, authenticator, env)

@@ -35,6 +35,7 @@ from mailgateway.bulletins.fanout import (
 from mailgateway.bulletins.tracking import bulletin_message
 from mailgateway.clock import aware, french_datetime
 from mailgateway.directory import count_establishments, count_recipients, parse_target
+from mailgateway.directory.staff import all_staff, staff_addresses
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import InputError
@@ -44,7 +45,6 @@ from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import strip_prefixes
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome
-from mailgateway.processing.mailer import all_staff, staff_addresses
 from mailgateway.processing.routing import AUTHORISING_REGION
 from mailgateway.store.models import Bulletin, Confirmation, InboundMessage
 

@@ -23,10 +23,10 @@ from sqlalchemy.orm import Session
 from mailgateway.bulletins.fanout import FANOUT_KINDS, PRIORITY, template_context
 from mailgateway.clock import french_datetime
 from mailgateway.directory import RecipientRow, count_establishments, parse_target
+from mailgateway.directory.staff import staff_addresses
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.processing.context import Env
-from mailgateway.processing.mailer import staff_addresses
 from mailgateway.store.models import Bulletin, BulletinRecipient, Case, Contact, Establishment, OutboundMessage
 
 KIND_REPORT = "bulletin_rapport"

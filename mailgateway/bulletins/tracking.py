@@ -28,12 +28,12 @@ from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
 from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
 from mailgateway.directory.bounces import Evidence, newly_out_of_use, statuses_of
+from mailgateway.directory.staff import staff_addresses
 from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.context import Env, Outcome
-from mailgateway.processing.mailer import staff_addresses
 from mailgateway.store.models import (
     Bulletin,
     BulletinRecipient,

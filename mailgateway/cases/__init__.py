@@ -1,1 +1,2 @@
-"""Cases: references, lifecycle, hash-chained timeline, staff commands, read views."""
+"""Cases, the domain: references, lifecycle, hash-chained timeline, verification, read views, and
+``service`` — the one writer of a case's status and the one builder of its message events."""

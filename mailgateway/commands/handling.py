@@ -35,11 +35,11 @@ from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware
 from mailgateway.commands import receipts
 from mailgateway.commands.table import COMMANDS, Ctx, help_text, no_case_reason
+from mailgateway.directory.staff import all_staff, staff_addresses
 from mailgateway.mail.commands import REASON_UNKNOWN
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
-from mailgateway.processing.mailer import all_staff, staff_addresses
 from mailgateway.store.models import Case, Confirmation, Contact, InboundMessage, ReplayKey, StaffMember
 
 __all__ = ["handle_command", "handle_reply", "status_refusal"]

@@ -22,11 +22,11 @@ from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware, french_datetime
 from mailgateway.commands import receipts
+from mailgateway.directory.staff import staff_addresses
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold
 from mailgateway.processing.context import Env
-from mailgateway.processing.mailer import staff_addresses
 from mailgateway.store.models import Case, Confirmation, InboundMessage
 
 

@@ -26,6 +26,7 @@ A delivery is counted once: a second DSN for the same outbound message scores no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -33,10 +34,10 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgateway.clock import PARIS, aware
+from mailgateway.clock import PARIS, Clock, aware
 from mailgateway.directory.addresses import normalise_address
-from mailgateway.settings import DirectorySettings
-from mailgateway.store.models import Contact, ContactBounce
+from mailgateway.settings import DirectorySettings, Settings
+from mailgateway.store.models import Contact, ContactBounce, OutboundMessage
 
 Evidence = Literal["relay", "verp", "message_id"]
 RELAY: Evidence = "relay"
@@ -197,3 +198,14 @@ def disable(contact: Contact, now: datetime | None = None) -> None:
     contact.status = "disabled"
     if now is not None:
         contact.updated_at = now
+
+
+def contact_bounce_hook(settings: Settings, clock: Clock) -> Callable[[Session, OutboundMessage, str], None]:
+    """An ``on_permanent_failure`` for ``dispatch.sender.Sender``: score a bounce against the
+    recipient's contacts (the bulletins feature's hook adds fallback contacts on top)."""
+    policy = BouncePolicy.from_settings(settings.directory)
+
+    def hook(session: Session, row: OutboundMessage, answer: str) -> None:
+        record_bounce(session, row.recipient, row.status == "failed", answer, clock.now(), row.id, policy=policy)
+
+    return hook

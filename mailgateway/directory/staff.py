@@ -19,6 +19,7 @@ from mailgateway.directory.addresses import normalise_address
 from mailgateway.directory.csvfile import fold, read_rows, read_text
 from mailgateway.directory.regions import regions
 from mailgateway.directory.report import ImportReport
+from mailgateway.settings import Settings
 from mailgateway.store.models import StaffMember
 
 DEFAULT_ROLE = "agent"
@@ -97,3 +98,34 @@ def import_staff(session: Session, path: str | PathLike[str], now: datetime) -> 
     report.added, report.changed, report.removed = len(added), len(changed), len(removed)
     report.unchanged = len(wanted) - len(added) - len(changed)
     return report
+
+
+# --- who the staff are (read by the outbound gate, the mail commands, bulletins and jobs) ---
+
+
+def staff_addresses(settings: Settings, session: Session, region: str) -> list[str]:
+    """Staff of ``region``: [[staff]] from the configuration plus imported staff."""
+    found = {s.address.lower() for s in settings.staff if s.region == region}
+    found.update(
+        a.lower() for a in session.scalars(select(StaffMember.address).where(StaffMember.region == region))
+    )
+    return sorted(found)
+
+
+def all_staff(settings: Settings, session: Session) -> set[str]:
+    found = {s.address.lower() for s in settings.staff}
+    found.update(a.lower() for a in session.scalars(select(StaffMember.address)))
+    return found
+
+
+class StaffDirectory:
+    """``dispatch.mailer.StaffDirectory`` over the configuration and the imported list."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def of_region(self, session: Session, region: str) -> list[str]:
+        return staff_addresses(self.settings, session, region)
+
+    def everyone(self, session: Session) -> set[str]:
+        return all_staff(self.settings, session)

@@ -53,7 +53,6 @@ from mailgateway.store.models import DeliveryAttempt, OutboundMessage
 log = logging.getLogger("mailgateway.sender")
 
 PermanentHook = Callable[[Session, OutboundMessage, str], None]
-_DEFAULT_HOOK: PermanentHook = lambda _s, _r, _a: None  # noqa: E731 - sentinel, replaced in __init__
 
 # A worker sleeps through a short throttle pause; a longer one puts the message back in the queue
 # so that other domains and higher-priority mail keep flowing.
@@ -104,18 +103,6 @@ def backoff_seconds(settings: Settings, attempts: int) -> float:
     return random.uniform(base, max(base, ceiling))  # noqa: S311 - jitter, not security
 
 
-def contact_bounce_hook(settings: Settings, clock: Clock) -> PermanentHook:
-    """The default ``on_permanent_failure``: score a bounce against the recipient's contacts."""
-    from mailgateway.directory.bounces import BouncePolicy, record_bounce
-
-    policy = BouncePolicy.from_settings(settings.directory)
-
-    def hook(session: Session, row: OutboundMessage, answer: str) -> None:
-        record_bounce(session, row.recipient, row.status == "failed", answer, clock.now(), row.id, policy=policy)
-
-    return hook
-
-
 class Sender:
     def __init__(
         self,
@@ -124,7 +111,7 @@ class Sender:
         clock: Clock,
         owner_id: str,
         *,
-        on_permanent_failure: PermanentHook | None = _DEFAULT_HOOK,
+        on_permanent_failure: PermanentHook | None = None,
         transport: Transport | None = None,
         batch: int = 200,
         poll_seconds: float = 2.0,
@@ -134,8 +121,6 @@ class Sender:
         self.factory = factory
         self.clock = clock
         self.owner = owner_id
-        if on_permanent_failure is _DEFAULT_HOOK:
-            on_permanent_failure = contact_bounce_hook(settings, clock)
         self.on_permanent_failure = on_permanent_failure
         self.poll_seconds = poll_seconds
         self.workers = max(1, relay.concurrency)

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from mailgateway.clock import aware, paris
-from mailgateway.processing.mailer import staff_addresses
+from mailgateway.directory.staff import staff_addresses
 from mailgateway.settings import Settings
 from mailgateway.store.models import JobRun, StaffMember
 

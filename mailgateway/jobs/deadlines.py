@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session
 from mailgateway.app import App
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware, french_datetime
+from mailgateway.directory.staff import staff_addresses
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.jobs.base import JobOutcome, french_duration, insert_ignore, plural, referents, try_job_lock
 from mailgateway.jobs.business import Calendar
 from mailgateway.processing.context import Env
-from mailgateway.processing.mailer import staff_addresses
 from mailgateway.settings import DeadlineSettings, Settings, _default_deadlines
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent, Reminder

@@ -2,7 +2,7 @@
 
 Every place that reads a marking goes through here: ACSS alerts (mail/alert.py), the TLP of an
 alert relay (bulletins/fanout.relay_alert), bulletins written by staff (``#tlp`` lines,
-``bulletin send --tlp``) and the outbound gate (processing/mailer.py).
+``bulletin send --tlp``) and the outbound gate (dispatch/mailer.py).
 
 It fails closed. A marking that is present but not understood ("TLP:PURPLE", "TLP: ???",
 "TLP:AMBER-ish", "Diffusion : restreinte") is AMBER+STRICT for relay — it never leaves the agency

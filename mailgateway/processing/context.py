@@ -20,8 +20,8 @@ from mailgateway.cases.timeline import append_event
 from mailgateway.clock import Clock, french_datetime
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.dispatch.mailer import Mailer
 from mailgateway.mail.facts import MessageFacts
-from mailgateway.processing.mailer import Mailer
 from mailgateway.settings import Settings
 from mailgateway.store.models import Case, Establishment, InboundMessage
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import FixedClock, SystemClock, aware
+from mailgateway.directory.bounces import contact_bounce_hook
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.sender import Sender, backoff_seconds
 from mailgateway.settings import OutboundSettings, RelaySettings, Settings
@@ -183,7 +184,8 @@ def test_by_default_a_permanent_failure_marks_the_contact_bouncing(
         session.add(Contact(finess="750000001", address="gone@chu.test", role="ssi", created_at=NOW, updated_at=NOW))
     queue(sqlite_factory, settings, ["gone@chu.test"])
     smtp_sink.fail("gone@chu.test", code=550)
-    sender = Sender(settings, sqlite_factory, FixedClock(NOW), "test")  # default hook
+    sender = Sender(settings, sqlite_factory, FixedClock(NOW), "test",
+                    on_permanent_failure=contact_bounce_hook(settings, FixedClock(NOW)))
     assert asyncio.run(sender.flush()).failed == 1
     with sqlite_factory() as session:
         contact = session.scalars(select(Contact)).one()

@@ -1,4 +1,4 @@
-"""Queue one outbound mail under the rules that hold on every outbound path (DESIGN §8).
+"""The outbound gate: queue one mail under the rules that hold on every outbound path.
 
 - never to a no-reply address, nor to ourselves (loops);
 - automatic replies are capped per recipient per hour and per day, and per case (storms), and
@@ -11,54 +11,62 @@
 
 The mail is composed (rendered, signed) here and queued with its final bytes in the caller's
 transaction; the sender delivers it later.
+
+The gate needs two things from above the sending machinery, given to it by ``app.py``: who the
+staff are (``StaffDirectory``, implemented by ``directory.staff.StaffDirectory``) and where a case
+records what was sent or refused (``CaseJournal``, implemented by ``cases.timeline.append_event``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy import case as case_
 from sqlalchemy.orm import Session
 
-from mailgateway.cases.timeline import append_event
 from mailgateway.clock import Clock
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.compose import Composer, MailSpec
+from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import PolicyRefusal
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.tlp import relay_label
 from mailgateway.settings import Settings
-from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffMember, StaffNoticeLog
+from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffNoticeLog
 
 # Template of the warnings the gateway sends its own staff about its budgets (one per hour).
 WARNING_TEMPLATE = "avertissement"
 
 
 
-def staff_addresses(settings: Settings, session: Session, region: str) -> list[str]:
-    """Staff of ``region``: [[staff]] from the configuration plus imported staff."""
-    found = {s.address.lower() for s in settings.staff if s.region == region}
-    found.update(
-        a.lower() for a in session.scalars(select(StaffMember.address).where(StaffMember.region == region))
-    )
-    return sorted(found)
+class StaffDirectory(Protocol):
+    """The agency's staff: [[staff]] of the configuration and the imported list (lower-case)."""
+
+    def of_region(self, session: Session, region: str) -> list[str]: ...
+
+    def everyone(self, session: Session) -> set[str]: ...
 
 
-def all_staff(settings: Settings, session: Session) -> set[str]:
-    found = {s.address.lower() for s in settings.staff}
-    found.update(a.lower() for a in session.scalars(select(StaffMember.address)))
-    return found
+class CaseJournal(Protocol):
+    """Appends an event to a case's timeline."""
+
+    def __call__(self, session: Session, case: Case, *, type: str, actor: str, at: datetime,
+                 data: dict[str, Any] | None = None, inbound_id: int | None = None,
+                 outbound_id: int | None = None) -> object: ...
 
 
 class Mailer:
-    def __init__(self, settings: Settings, composer: Composer, clock: Clock) -> None:
+    def __init__(self, settings: Settings, composer: Composer, clock: Clock, *, staff: StaffDirectory,
+                 journal: CaseJournal) -> None:
         self.settings = settings
         self.composer = composer
         self.clock = clock
+        self.staff = staff
+        self.journal = journal
         self.own = {r.address.lower() for r in settings.regions}
 
     def _tlp_allows(self, session: Session, tlp: str | None, recipient: str) -> bool:
@@ -71,7 +79,7 @@ class Mailer:
         tlp = relay_label(tlp) if tlp is not None else None
         if tlp is None or tlp in ("CLEAR", "GREEN"):
             return lambda recipient: True
-        staff = all_staff(self.settings, session)
+        staff = self.staff.everyone(session)
         if tlp == "RED":
             return lambda recipient: recipient in staff
         acss = self.settings.acss.address.lower()
@@ -128,12 +136,7 @@ class Mailer:
                    details: Sequence[str] = ()) -> int:
         """One warning per ``topic``, region and clock hour (idempotency key): staff are told that a
         budget was reached, never once per refused mail."""
-        context = {
-            "service_name": self.settings.outbound.service_name,
-            "region_name": (reg.name if (reg := self.settings.region(region)) else region),
-            "region_address": reg.address if reg else "", "region_code": region,
-            "motif": motif, "details": list(details)[:20],
-        }
+        context = {**region_context(self.settings, region), "motif": motif, "details": list(details)[:20]}
         key = f"avertissement:{topic}:{region}:{self._hour_bucket()}"
         return self.send_to_staff(session, region, template=WARNING_TEMPLATE, context=context,
                                   kind="avertissement_plafond", key=key, priority=0)
@@ -176,7 +179,7 @@ class Mailer:
         ``<key>:<address>``; returns how many were queued."""
         from_address, from_name = self.from_identity(region)
         sent = 0
-        for address in recipients or staff_addresses(self.settings, session, region):
+        for address in recipients or self.staff.of_region(session, region):
             mail = MailSpec(template=template, context=context, to=address, from_address=from_address,
                             from_name=from_name, idempotency_key=f"{key}:{address}",
                             auto_submitted="auto-generated", **spec)
@@ -221,7 +224,7 @@ class Mailer:
                 reason = exc.reason
         if reason is not None:
             if case is not None:
-                append_event(
+                self.journal(
                     session, case, type="envoi_refuse", actor=actor, at=self.clock.now(),
                     data={"destinataire": recipient, "type": kind, "motif": reason},
                 )
@@ -244,7 +247,7 @@ class Mailer:
         if auto_reply:
             session.add(AutoReplyLog(recipient=recipient, case_id=case.id if case else None, at=self.clock.now()))
         if case is not None:
-            append_event(
+            self.journal(
                 session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
                 data={"type": kind, "destinataire": recipient, "objet": composed.subject,
                       "message_id": composed.message_id},
