@@ -17,24 +17,14 @@ from mailgateway.dispatch.compose import Composer
 from mailgateway.dispatch.dkim import DkimSigner
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.dispatch.render import Renderer
-from mailgateway.dns import TxtResolver, build_resolver
-from mailgateway.mail.auth import Authenticator
+from mailgateway.dns import TxtResolver
+from mailgateway.mail.auth import Authenticator, build_authenticator
 from mailgateway.mail.context import build_context
 from mailgateway.processing.context import Env
 from mailgateway.processing.runner import Processor
 from mailgateway.settings import Settings
 from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
 from mailgateway.store.installation import MESSAGE_ID_SECRET, load_secret
-
-
-def default_resolver(settings: Settings, *, use_dns: bool = True) -> TxtResolver:
-    """Static keys first, then DNS (the system resolver unless ``nameservers`` is set)."""
-    return build_resolver(settings.authentication, use_dns=use_dns)
-
-
-def build_authenticator(settings: Settings, resolver: TxtResolver | None = None, *,
-                        use_dns: bool = True) -> Authenticator:
-    return Authenticator(settings.authentication, resolver or default_resolver(settings, use_dns=use_dns))
 
 
 @dataclass

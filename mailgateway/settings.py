@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mailgateway.errors import ConfigError
+from mailgateway.statuses import ALERT_STATUSES, INCIDENT_STATUSES, CaseStatus
 
 DEFAULT_CONFIG = Path("config/mailgateway.example.toml")
 
@@ -271,10 +272,10 @@ class DeadlineSettings:
 
 def _default_deadlines() -> dict[str, DeadlineSettings]:
     return {
-        "RECU": DeadlineSettings(hours=1.0),  # not acknowledged within 1 h
-        "PRIS_EN_COMPTE": DeadlineSettings(hours=24.0),  # not sent for qualification within 24 h
-        "QUALIFIE": DeadlineSettings(hours=168.0),  # no follow-up for 7 days
-        "A_DIFFUSER": DeadlineSettings(hours=4.0),  # alert not approved within 4 h
+        CaseStatus.RECU: DeadlineSettings(hours=1.0),  # not acknowledged within 1 h
+        CaseStatus.PRIS_EN_COMPTE: DeadlineSettings(hours=24.0),  # not sent for qualification within 24 h
+        CaseStatus.QUALIFIE: DeadlineSettings(hours=168.0),  # no follow-up for 7 days
+        CaseStatus.A_DIFFUSER: DeadlineSettings(hours=4.0),  # alert not approved within 4 h
     }
 
 
@@ -303,7 +304,7 @@ class SchedulerSettings:
     catch_up_hours: float = 4.0
     # GDPR: days after which raw messages and personal data of cases in these statuses are purged
     # (counted from closing, else from the last activity); 0 keeps them.
-    retention_days: dict[str, int] = field(default_factory=lambda: {"CLOS": 730, "CLOSE": 730})
+    retention_days: dict[str, int] = field(default_factory=lambda: {CaseStatus.CLOS: 730, CaseStatus.CLOSE: 730})
 
 
 @dataclass(frozen=True)
@@ -583,8 +584,6 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
 
 
 def _check_scheduler(sc: SchedulerSettings, problems: list[tuple[str, str]]) -> None:
-    from mailgateway.cases.lifecycle import ALERT_STATUSES, INCIDENT_STATUSES
-
     for key in ("digest_hour", "weekly_report_hour", "quarantine_summary_hour", "retention_hour",
                 "business_start_hour", "business_end_hour"):
         if not 0 <= getattr(sc, key) <= 23:

@@ -33,7 +33,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgateway.cases import lifecycle
+from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
 from mailgateway.directory import RecipientRow, Target, count_recipients, parse_target, select_recipients
 from mailgateway.directory.categories import normalise_category
@@ -44,6 +44,7 @@ from mailgateway.mail.tlp import LABELS as TLP_LABELS
 from mailgateway.mail.tlp import operator_label, relay_label
 from mailgateway.processing.context import Env
 from mailgateway.settings import Settings
+from mailgateway.statuses import CaseStatus
 from mailgateway.store.models import Bulletin, BulletinRecipient, Case, InboundMessage, OutboundMessage
 
 __all__ = [
@@ -391,7 +392,7 @@ def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bullet
     if not alert.get("authentic"):
         raise BulletinError(f"{case.reference} : alerte non authentifiée, aucune diffusion possible")
     try:
-        lifecycle.check_transition("alert", case.status, "DIFFUSEE")
+        lifecycle.check_transition("alert", case.status, CaseStatus.DIFFUSEE)
     except lifecycle.InvalidTransition as exc:
         raise BulletinError(f"{case.reference} : {exc}") from exc
     reach = relay_reach(env, session, case)
@@ -417,13 +418,9 @@ def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bullet
         raise BulletinError(f"alerte non relayée : aucun des {reach.planned} établissement(s) ciblé(s) n'a pu "
                             "recevoir l'alerte (adresses refusées, voir « bulletin status »)")
     savepoint.commit()
-    previous = case.status
-    case.status = "DIFFUSEE"
-    case.updated_at = now
     withheld = reach.planned - count
-    append_event(session, case, type="statut", actor=approver, at=now,
-                 data={"de": previous, "vers": "DIFFUSEE",
-                       "motif": f"alerte relayée à {count} établissement(s) (bulletin {bulletin.id})"})
+    service.change_status(session, case, CaseStatus.DIFFUSEE, actor=approver, at=now,
+                          reason=f"alerte relayée à {count} établissement(s) (bulletin {bulletin.id})")
     append_event(session, case, type="diffusion", actor=approver, at=now,
                  data={"bulletin": bulletin.id, "cible": bulletin.target, "destinataires": count,
                        "tlp": bulletin.tlp, "retenus": withheld})

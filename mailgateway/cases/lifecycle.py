@@ -1,4 +1,4 @@
-"""Case statuses and the explicit transition table (shared/domain/enumerations.md).
+"""The explicit transition table between case statuses (the names: ``mailgateway/statuses.py``).
 
 Incidents follow the steps of Instruction SG/SHFDS/FSSI/2017/281: received, acknowledged, sent
 to the national cell for qualification, qualified, supported, followed, resolved (the structure
@@ -9,28 +9,27 @@ closed. Closing is possible from any open state; reopening returns to a working 
 from __future__ import annotations
 
 from mailgateway.errors import MailgatewayError
+from mailgateway.statuses import ALERT_STATUSES, CLOSED, INCIDENT_STATUSES, CaseStatus
 
-INCIDENT_STATUSES = (
-    "RECU", "PRIS_EN_COMPTE", "EN_QUALIFICATION", "QUALIFIE", "ACCOMPAGNEMENT", "SUIVI", "RESOLU", "CLOS",
-)
-ALERT_STATUSES = ("RECUE", "A_DIFFUSER", "DIFFUSEE", "CLOSE")
-CLOSED = frozenset({"CLOS", "CLOSE"})
+__all__ = ["ALERT_STATUSES", "CLOSED", "INCIDENT_STATUSES", "InvalidTransition", "allowed", "check_transition",
+           "initial_status", "is_open", "statuses_for"]
 
+S = CaseStatus
 _INCIDENT: dict[str, frozenset[str]] = {
-    "RECU": frozenset({"PRIS_EN_COMPTE", "EN_QUALIFICATION", "QUALIFIE", "CLOS"}),
-    "PRIS_EN_COMPTE": frozenset({"EN_QUALIFICATION", "QUALIFIE", "ACCOMPAGNEMENT", "CLOS"}),
-    "EN_QUALIFICATION": frozenset({"QUALIFIE", "ACCOMPAGNEMENT", "CLOS"}),
-    "QUALIFIE": frozenset({"EN_QUALIFICATION", "ACCOMPAGNEMENT", "SUIVI", "RESOLU", "CLOS"}),
-    "ACCOMPAGNEMENT": frozenset({"SUIVI", "RESOLU", "CLOS"}),
-    "SUIVI": frozenset({"ACCOMPAGNEMENT", "RESOLU", "CLOS"}),
-    "RESOLU": frozenset({"SUIVI", "CLOS"}),
-    "CLOS": frozenset({"PRIS_EN_COMPTE", "SUIVI"}),  # #rouvrir
+    S.RECU: frozenset({S.PRIS_EN_COMPTE, S.EN_QUALIFICATION, S.QUALIFIE, S.CLOS}),
+    S.PRIS_EN_COMPTE: frozenset({S.EN_QUALIFICATION, S.QUALIFIE, S.ACCOMPAGNEMENT, S.CLOS}),
+    S.EN_QUALIFICATION: frozenset({S.QUALIFIE, S.ACCOMPAGNEMENT, S.CLOS}),
+    S.QUALIFIE: frozenset({S.EN_QUALIFICATION, S.ACCOMPAGNEMENT, S.SUIVI, S.RESOLU, S.CLOS}),
+    S.ACCOMPAGNEMENT: frozenset({S.SUIVI, S.RESOLU, S.CLOS}),
+    S.SUIVI: frozenset({S.ACCOMPAGNEMENT, S.RESOLU, S.CLOS}),
+    S.RESOLU: frozenset({S.SUIVI, S.CLOS}),
+    S.CLOS: frozenset({S.PRIS_EN_COMPTE, S.SUIVI}),  # #rouvrir
 }
 _ALERT: dict[str, frozenset[str]] = {
-    "RECUE": frozenset({"A_DIFFUSER", "DIFFUSEE", "CLOSE"}),
-    "A_DIFFUSER": frozenset({"DIFFUSEE", "CLOSE"}),
-    "DIFFUSEE": frozenset({"CLOSE"}),
-    "CLOSE": frozenset({"A_DIFFUSER"}),
+    S.RECUE: frozenset({S.A_DIFFUSER, S.DIFFUSEE, S.CLOSE}),
+    S.A_DIFFUSER: frozenset({S.DIFFUSEE, S.CLOSE}),
+    S.DIFFUSEE: frozenset({S.CLOSE}),
+    S.CLOSE: frozenset({S.A_DIFFUSER}),
 }
 
 
@@ -41,12 +40,12 @@ class InvalidTransition(MailgatewayError):
         super().__init__(f"passage de {current} à {target} impossible")
 
 
-def statuses_for(kind: str) -> tuple[str, ...]:
+def statuses_for(kind: str) -> tuple[CaseStatus, ...]:
     return ALERT_STATUSES if kind == "alert" else INCIDENT_STATUSES
 
 
-def initial_status(kind: str) -> str:
-    return "RECUE" if kind == "alert" else "RECU"
+def initial_status(kind: str) -> CaseStatus:
+    return CaseStatus.RECUE if kind == "alert" else CaseStatus.RECU
 
 
 def allowed(kind: str, current: str, target: str) -> bool:

@@ -22,9 +22,8 @@ from mailgateway.clock import aware, paris
 from mailgateway.errors import MailgatewayError
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.facts import MessageFacts
+from mailgateway.statuses import SEVERITIES, CaseStatus, Severity
 from mailgateway.store.models import Case, InboundMessage, Indicator, OutboundMessage
-
-SEVERITIES = ("GRAVE", "SIGNIFICATIF", "SANS_SUITE", "NON_QUALIFIE")
 
 
 class CaseError(MailgatewayError):
@@ -41,7 +40,7 @@ def change_status(session: Session, case: Case, target: str, *, actor: str, at: 
         case.closed_at = at
     elif previous in lifecycle.CLOSED:
         case.closed_at = None
-    if target == "QUALIFIE" and case.qualified_at is None:
+    if target == CaseStatus.QUALIFIE and case.qualified_at is None:
         case.qualified_at = at
     data: dict[str, object] = {"de": previous, "vers": target}
     if reason:
@@ -68,22 +67,22 @@ def qualify(session: Session, case: Case, severity: str, *, actor: str, at: date
     case.qualified_at = case.qualified_at or at
     append_event(session, case, type="qualification", actor=actor, at=at,
                  data={"de": previous, "vers": severity})
-    if case.status != "QUALIFIE" and lifecycle.allowed(case.kind, case.status, "QUALIFIE"):
-        change_status(session, case, "QUALIFIE", actor=actor, at=at, reason=f"gravité {severity}")
+    if case.status != CaseStatus.QUALIFIE and lifecycle.allowed(case.kind, case.status, CaseStatus.QUALIFIE):
+        change_status(session, case, CaseStatus.QUALIFIE, actor=actor, at=at, reason=f"gravité {severity}")
         return True
     return False
 
 
 def close(session: Session, case: Case, *, actor: str, at: datetime, reason: str | None = None) -> None:
-    target = "CLOSE" if case.kind == "alert" else "CLOS"
+    target = CaseStatus.CLOSE if case.kind == "alert" else CaseStatus.CLOS
     change_status(session, case, target, actor=actor, at=at, reason=reason)
 
 
 def reopen_target(case: Case) -> str:
     """Where a closed case goes back to: follow-up once qualified, else acknowledged."""
     if case.kind == "alert":
-        return "A_DIFFUSER"
-    return "SUIVI" if case.severity != "NON_QUALIFIE" else "PRIS_EN_COMPTE"
+        return CaseStatus.A_DIFFUSER
+    return CaseStatus.SUIVI if case.severity != Severity.NON_QUALIFIE else CaseStatus.PRIS_EN_COMPTE
 
 
 def reopen(session: Session, case: Case, *, actor: str, at: datetime, reason: str | None = None) -> str:
@@ -255,7 +254,7 @@ def new_case(session: Session, *, region: str, kind: str, inbound: InboundMessag
     reference = next_reference(session, region, paris(inbound.received_at).year)
     case = Case(
         reference=reference, region=region, kind=kind, status=lifecycle.initial_status(kind),
-        severity="NON_QUALIFIE", title=title, opened_at=inbound.received_at, updated_at=at,
+        severity=Severity.NON_QUALIFIE, title=title, opened_at=inbound.received_at, updated_at=at,
         origin_message_id=facts.message_id, fields={}, event_count=0,
     )
     session.add(case)

@@ -251,10 +251,3 @@ class ChainBreak:
             return f"{self.case_ref}: {self.reason}"
         return f"{self.case_ref}: événement {self.seq} : {self.reason}"
 
-
-def verify_chain(session: Session, case: Case) -> ChainBreak | None:
-    """Return the first problem of ``case``'s timeline, state and anchor, or None when all hold."""
-    from mailgateway.cases.verify import verify_references
-
-    problems, _checked = verify_references(session, case.reference)
-    return problems[0] if problems else None

@@ -259,3 +259,9 @@ def ledger_heads(session: Session) -> list[tuple[str, int, str]]:
     """(region, entries, head hash) of every region's ledger: what to copy elsewhere as an anchor."""
     return [(region, seq, head_hash) for region, seq, head_hash in session.execute(
         select(AuditHead.region, AuditHead.seq, AuditHead.hash).order_by(AuditHead.region))]
+
+
+def verify_chain(session: Session, case: Case) -> ChainBreak | None:
+    """Return the first problem of ``case``'s timeline, state and anchor, or None when all hold."""
+    problems, _checked = verify_references(session, case.reference)
+    return problems[0] if problems else None

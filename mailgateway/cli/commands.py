@@ -93,9 +93,10 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
         # Render every mail once with sample data: a template error is found now, not at 3 a.m.
         from mailgateway.clock import SystemClock
         from mailgateway.dispatch.samples import sample_mails
+        from mailgateway.jobs.samples import SAMPLES as JOB_SAMPLES
 
         composer = Composer(renderer, signer, SystemClock(), settings.bounce_domain, "check")
-        for spec in sample_mails(settings):
+        for spec in sample_mails(settings, extra=JOB_SAMPLES):
             try:
                 composer.compose(spec)
             except MailgatewayError as exc:
@@ -116,7 +117,7 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 def _parse_context(settings: Settings) -> tuple[Any, Any]:
     """Analysis context for ``parse``: database lookups when the database exists, read-only."""
-    from mailgateway.app import build_authenticator
+    from mailgateway.mail.auth import build_authenticator
     from mailgateway.mail.context import build_context
     from mailgateway.processing.runner import establishment_lookup_for, thread_lookup_for
     from mailgateway.store.engine import current_revision, make_engine, make_sessionmaker

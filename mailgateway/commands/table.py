@@ -27,6 +27,7 @@ from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold
 from mailgateway.processing.context import Env
+from mailgateway.statuses import CaseStatus, Severity
 from mailgateway.store.models import Case, Confirmation, InboundMessage
 
 
@@ -55,11 +56,12 @@ class Spec:
     summary: str = ""
 
 
-_SEVERITY = {"grave": "GRAVE", "significatif": "SIGNIFICATIF", "significative": "SIGNIFICATIF",
-             "sans-suite": "SANS_SUITE", "sanssuite": "SANS_SUITE", "sans_suite": "SANS_SUITE",
-             "non-qualifie": "NON_QUALIFIE"}
-_STATUS_ALIASES = {"OUVERT": "PRIS_EN_COMPTE", "FERME": "CLOS", "CLOTURE": "CLOS", "RESOLUE": "RESOLU",
-                   "DIFFUSE": "DIFFUSEE", "EN_COURS": "SUIVI", "SUIVRE": "SUIVI"}
+_SEVERITY = {"grave": Severity.GRAVE, "significatif": Severity.SIGNIFICATIF, "significative": Severity.SIGNIFICATIF,
+             "sans-suite": Severity.SANS_SUITE, "sanssuite": Severity.SANS_SUITE, "sans_suite": Severity.SANS_SUITE,
+             "non-qualifie": Severity.NON_QUALIFIE}
+_STATUS_ALIASES = {"OUVERT": CaseStatus.PRIS_EN_COMPTE, "FERME": CaseStatus.CLOS, "CLOTURE": CaseStatus.CLOS,
+                   "RESOLUE": CaseStatus.RESOLU, "DIFFUSE": CaseStatus.DIFFUSEE, "EN_COURS": CaseStatus.SUIVI,
+                   "SUIVRE": CaseStatus.SUIVI}
 
 
 def _case(ctx: Ctx) -> Case:
@@ -95,7 +97,7 @@ def qualifier(ctx: Ctx, cmd: Command) -> str | None:
     severity = _SEVERITY.get(word) or _SEVERITY.get(word.replace("-", ""))
     if severity is None:
         raise CaseError("gravité attendue : grave, significatif ou sans-suite")
-    if "GRAVE" in (case.severity, severity):
+    if Severity.GRAVE in (case.severity, severity):
         ctx.was_grave.add(case.id)
     moved = service.qualify(ctx.session, case, severity, actor=ctx.actor, at=ctx.now)
     return f"gravité {severity}" + (", statut QUALIFIE" if moved else f", statut {case.status} inchangé")
@@ -145,8 +147,9 @@ def transmettre_acss(ctx: Ctx, cmd: Command) -> str | None:
     if row is None:
         raise CaseError(f"envoi à {ctx.env.settings.acss.address} refusé ou déjà fait (voir la chronologie)")
     note = f"déclaration transmise à {row.recipient}"
-    if case.status != "EN_QUALIFICATION" and lifecycle.allowed(case.kind, case.status, "EN_QUALIFICATION"):
-        service.change_status(ctx.session, case, "EN_QUALIFICATION", actor=ctx.actor, at=ctx.now,
+    target = CaseStatus.EN_QUALIFICATION
+    if case.status != target and lifecycle.allowed(case.kind, case.status, target):
+        service.change_status(ctx.session, case, target, actor=ctx.actor, at=ctx.now,
                               reason="transmise à l'ACSS pour qualification")
         note += ", statut EN_QUALIFICATION"
     return note
@@ -196,12 +199,12 @@ def _ask_confirmation(ctx: Ctx, command: str, args: list[str], hours: float) -> 
 
 def _grave_in_this_mail(ctx: Ctx, case: Case) -> bool:
     """GRAVE now, or at any point of the mail being run (only #qualifier changes the severity)."""
-    return case.severity == "GRAVE" or case.id in ctx.was_grave
+    return case.severity == Severity.GRAVE or case.id in ctx.was_grave
 
 
 def clore(ctx: Ctx, cmd: Command) -> str | None:
     case = _case(ctx)
-    target = "CLOSE" if case.kind == "alert" else "CLOS"
+    target = CaseStatus.CLOSE if case.kind == "alert" else CaseStatus.CLOS
     lifecycle.check_transition(case.kind, case.status, target)
     reason = _text(cmd) or None
     if _grave_in_this_mail(ctx, case):
@@ -223,7 +226,7 @@ def diffuser(ctx: Ctx, cmd: Command) -> str | None:
         raise CaseError("seule une alerte se diffuse depuis son dossier (bulletin : répondez à son aperçu)")
     if not (case.fields or {}).get("alert", {}).get("authentic"):
         raise CaseError("alerte non authentifiée : aucune diffusion possible")
-    lifecycle.check_transition("alert", case.status, "DIFFUSEE")
+    lifecycle.check_transition("alert", case.status, CaseStatus.DIFFUSEE)
     # Refused now, not after the confirmation, when the TLP lets no targeted establishment have it.
     reach = _call(lambda: fanout.relay_reach(ctx.env, ctx.session, case))
     refusal = fanout.reach_refusal(ctx.env, reach)
@@ -269,7 +272,8 @@ def confirmer(ctx: Ctx, cmd: Command) -> str | None:
         raise CaseError("une diffusion doit être confirmée par un autre agent que son demandeur")
     ctx.case = case
     if pending.command == "clore":
-        lifecycle.check_transition(case.kind, case.status, "CLOSE" if case.kind == "alert" else "CLOS")
+        closed = CaseStatus.CLOSE if case.kind == "alert" else CaseStatus.CLOS
+        lifecycle.check_transition(case.kind, case.status, closed)
         reason = str((pending.args or [""])[0] or "") or None
         service.close(ctx.session, case, actor=ctx.actor, at=ctx.now, reason=reason)
         result = "dossier clos"
@@ -309,7 +313,7 @@ def fusionner(ctx: Ctx, cmd: Command) -> str | None:
     if target is None:
         raise CaseError(f"dossier inconnu : {refs[0]}")
     target = service.resolve(ctx.session, target)
-    if _grave_in_this_mail(ctx, case) and target.severity != "GRAVE":
+    if _grave_in_this_mail(ctx, case) and target.severity != Severity.GRAVE:
         # Merging closes the duplicate: its GRAVE follow-up would end unless the target carries it.
         _check_merge(ctx, case, target)
         return _ask_confirmation(ctx, "fusionner", [target.reference], ctx.env.settings.cases.confirmation_hours)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mailgateway.dispatch.compose import MailSpec
+from mailgateway.dispatch.render import Renderer
+from mailgateway.dispatch.template_samples import EXTRA
 from mailgateway.settings import Settings
 
 SAMPLE_CASE: dict[str, Any] = {
@@ -41,25 +43,18 @@ def sample_context(settings: Settings) -> dict[str, Any]:
     }
 
 
-def sample_mails(settings: Settings, templates: tuple[str, ...] | None = None) -> Iterator[MailSpec]:
-    from mailgateway.dispatch.render import Renderer
-
+def sample_mails(settings: Settings, templates: tuple[str, ...] | None = None,
+                 extra: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[MailSpec]:
+    """One sample mail per template; ``extra`` adds the contexts of templates that need more than
+    ``sample_context`` (``template_samples.EXTRA`` is the sending machinery's and the features')."""
     renderer = Renderer(settings.outbound.templates_dir)
     names = templates or tuple(sorted(
         n.removesuffix(".subject.j2") for n in renderer._text.list_templates(extensions=["j2"])
         if n.endswith(".subject.j2")
     ))
     ctx = sample_context(settings)
-    extra = _extra_contexts()
+    extra = {**EXTRA, **(extra or {})}
     for name in names:
         yield MailSpec(template=name, context={**ctx, **extra.get(name, {})}, to="dsi@chu-exemple.fr",
                        from_address=ctx["region_address"], from_name="ARS", idempotency_key=f"check:{name}")
 
-
-def _extra_contexts() -> dict[str, dict[str, Any]]:
-    """Templates that need more than the common sample context register it here."""
-    try:
-        from mailgateway.dispatch.template_samples import EXTRA
-    except ImportError:
-        return {}
-    return dict(EXTRA)

@@ -52,8 +52,3 @@ EXTRA.update({
 # Budget warnings to staff (dispatch/mailer.py, issue 15).
 EXTRA["avertissement"] = {"motif": "budget global de réponses automatiques atteint (500 par heure)",
                           "details": ["SSI-ARA-2026-0001"]}
-
-# Scheduled mail (mailgateway/jobs): reminders, daily digest, weekly report, quarantine summary.
-from mailgateway.jobs.samples import SAMPLES as _JOB_SAMPLES  # noqa: E402
-
-EXTRA.update(_JOB_SAMPLES)

@@ -29,6 +29,7 @@ from mailgateway.jobs.base import JobOutcome, french_duration, insert_ignore, pl
 from mailgateway.jobs.business import Calendar
 from mailgateway.processing.context import Env
 from mailgateway.settings import DeadlineSettings, Settings, _default_deadlines
+from mailgateway.statuses import CaseStatus
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent, Reminder
 
@@ -59,9 +60,9 @@ def active_rules(settings: Settings) -> dict[str, DeadlineSettings]:
 
 
 def _fallback_entered(case: Case) -> datetime:
-    if case.status == "PRIS_EN_COMPTE" and case.acknowledged_at is not None:
+    if case.status == CaseStatus.PRIS_EN_COMPTE and case.acknowledged_at is not None:
         return case.acknowledged_at
-    if case.status == "QUALIFIE" and case.qualified_at is not None:
+    if case.status == CaseStatus.QUALIFIE and case.qualified_at is not None:
         return case.qualified_at
     return case.opened_at
 

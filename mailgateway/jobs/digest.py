@@ -16,6 +16,7 @@ from mailgateway.clock import french_datetime, paris
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.jobs.base import JobOutcome, claim_period, french_date, plural, try_job_lock
 from mailgateway.jobs.deadlines import overdue_cases
+from mailgateway.statuses import CaseStatus
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, Case, Contact, Establishment
 
@@ -42,7 +43,7 @@ def digest_context(session: Session, app: App, region: str, now: datetime) -> di
     overdue = [_row(o.case, due_fr=french_datetime(o.due_at), step=o.step + 1)
                for o in overdue_cases(session, app.settings, now, region)]
     alerts = list(session.scalars(select(Case).where(Case.region == region, Case.kind == "alert",
-                                                     Case.status == "A_DIFFUSER").order_by(Case.opened_at)))
+                                                     Case.status == CaseStatus.A_DIFFUSER).order_by(Case.opened_at)))
     bulletins = [{"id": b.id, "subject": b.subject, "status": b.status, "recipients": b.recipients,
                   "created_fr": french_datetime(b.created_at)}
                  for b in session.scalars(select(Bulletin).where(Bulletin.region == region,

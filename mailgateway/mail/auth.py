@@ -56,7 +56,7 @@ import dkim
 from dkim.util import parse_tag_value
 from publicsuffixlist import PublicSuffixList
 
-from mailgateway.dns import DnsTemporaryError, TxtResolver, normalise_name
+from mailgateway.dns import DnsTemporaryError, TxtResolver, build_resolver, normalise_name
 from mailgateway.mail.facts import SenderVerdict
 from mailgateway.settings import AuthenticationSettings, Settings
 from mailgateway.wire import (
@@ -545,3 +545,14 @@ def _refusal(tags: dict[bytes, bytes], from_domain: str) -> str | None:
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:120]
+
+
+def default_resolver(settings: Settings, *, use_dns: bool = True) -> TxtResolver:
+    """Static keys first, then DNS (the system resolver unless ``nameservers`` is set)."""
+    return build_resolver(settings.authentication, use_dns=use_dns)
+
+
+def build_authenticator(settings: Settings, resolver: TxtResolver | None = None, *,
+                        use_dns: bool = True) -> Authenticator:
+    """The authenticator of ``settings``: trusted authserv-ids, ACSS domains, keys by ``resolver``."""
+    return Authenticator(settings.authentication, resolver or default_resolver(settings, use_dns=use_dns))

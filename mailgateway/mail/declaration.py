@@ -17,6 +17,7 @@ from mailgateway.mail.facts import Declaration
 from mailgateway.mail.headers import parse_addresses
 from mailgateway.mail.labels import Labels
 from mailgateway.mail.text import labelled_lines, match_form
+from mailgateway.statuses import Severity
 
 # FINESS: 9 characters, the first two the département (2A/2B for Corsica), the last a check key.
 _FINESS = re.compile(r"(?<![\w.])((?:\d{2}|2[AaBb])\d{7})(?![\w])")
@@ -134,10 +135,10 @@ def _severity(fields: dict[str, str], text: str, labels: Labels) -> str:
             return found
     form = match_form(text[:30_000])
     if re.search(r"\b(incident|evenement|situation|attaque) (tres |particulierement )?grave\b", form):
-        return "GRAVE"
+        return Severity.GRAVE
     if re.search(r"\bincident (tres )?significatif\b", form):
-        return "SIGNIFICATIF"
-    return "NON_QUALIFIE"
+        return Severity.SIGNIFICATIF
+    return Severity.NON_QUALIFIE
 
 
 def _declarant(

@@ -21,6 +21,7 @@ from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
+from mailgateway.statuses import CaseStatus
 from mailgateway.store.models import Case, Establishment, InboundMessage
 
 # An enumeration code (RANCONGICIEL, ETABLISSEMENT_SANTE): what the label tables map mail text to.
@@ -86,7 +87,7 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         )
         if env.mailer.send(session, spec, kind="accuse_reception", case=case, auto_reply=True) is not None:
             case.acknowledged_at = now
-            service.change_status(session, case, "PRIS_EN_COMPTE", actor="passerelle", at=now,
+            service.change_status(session, case, CaseStatus.PRIS_EN_COMPTE, actor="passerelle", at=now,
                                   reason="accusé de réception envoyé")
     else:
         append_event(session, case, type="accuse_reception_impossible", actor="passerelle", at=now,
@@ -137,7 +138,8 @@ def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: Mes
     case.fields = {"alert": alert.to_json()}
     now = env.clock.now()
     if alert.authentic:
-        service.change_status(session, case, "A_DIFFUSER", actor="passerelle", at=now, reason="alerte authentifiée")
+        service.change_status(session, case, CaseStatus.A_DIFFUSER, actor="passerelle", at=now,
+                              reason="alerte authentifiée")
     else:
         # An unauthenticated alert is held, staff are warned, the message is kept.
         append_event(session, case, type="alerte_non_authentifiee", actor="passerelle", at=now,

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.logs import log_context
 from mailgateway.mail.analyse import analyse
-from mailgateway.mail.auth import Authenticator, arrived_via_trusted_path
+from mailgateway.mail.auth import Authenticator, arrived_via_trusted_path, build_authenticator
 from mailgateway.mail.context import AnalysisContext, EstablishmentInfo, build_context
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
 from mailgateway.processing.routing import resolve_region
@@ -170,12 +170,6 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _build_authenticator(settings: Settings) -> Authenticator:
-    from mailgateway.app import build_authenticator
-
-    return build_authenticator(settings)
-
-
 def worker_main(conn: Connection, settings: Settings, parent_pid: int) -> None:
     """Entry point of the worker process: answer ``("analyse", id)`` until the pipe closes."""
     _die_with_parent(parent_pid)
@@ -187,7 +181,7 @@ def worker_main(conn: Connection, settings: Settings, parent_pid: int) -> None:
     setup_logging(settings.logging)
     engine = make_engine(settings.database.url, pool_size=1)
     factory = make_sessionmaker(engine)
-    authenticator = _build_authenticator(settings)
+    authenticator = build_authenticator(settings)
     _warm_up(settings, authenticator, factory)
     conn.send(("ready", os.getpid()))
     try:
@@ -200,7 +194,7 @@ def worker_main(conn: Connection, settings: Settings, parent_pid: int) -> None:
                 return
             if kind == "settings":  # SIGHUP in the daemon: staff, labels, keys may have changed
                 settings = payload
-                authenticator = _build_authenticator(settings)
+                authenticator = build_authenticator(settings)
                 continue
             conn.send_bytes(_answer(settings, authenticator, factory, payload))
     finally:

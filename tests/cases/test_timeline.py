@@ -9,7 +9,8 @@ from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.cases.lifecycle import InvalidTransition, allowed, check_transition
-from mailgateway.cases.timeline import append_event, verify_chain
+from mailgateway.cases.timeline import append_event
+from mailgateway.cases.verify import verify_chain
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent
 
