@@ -40,6 +40,17 @@ class App:
     env: Env
     processor: Processor
 
+    def reconfigure(self, settings: Settings) -> None:
+        """A reloaded configuration (SIGHUP), in force for everything built here from the next
+        message on. The database, listeners and keys are the caller's to keep."""
+        self.settings = settings
+        self.env.settings = settings
+        self.mailer.settings = settings
+        self.mailer.staff = StaffDirectory(settings)
+        self.processor.settings = settings
+        self.renderer = Renderer(settings.outbound.templates_dir)
+        self.composer.renderer = self.renderer
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -23,17 +23,20 @@ import signal
 import socket
 import sys
 from dataclasses import replace
-from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.app import App, build_app
 from mailgateway.bulletins.fanout import fan_out_approved, resume_interrupted_fan_outs
 from mailgateway.bulletins.tracking import permanent_failure_hook
 from mailgateway.clock import Clock, SystemClock
-from mailgateway.dispatch.render import Renderer
 from mailgateway.dispatch.sender import Sender
 from mailgateway.errors import ConfigError
+from mailgateway.intake.imap import ImapIntake, MailboxHealth
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
 from mailgateway.intake.writer import AcceptWriter
+from mailgateway.interfaces import Extension
 from mailgateway.logs import setup_logging
 from mailgateway.metrics import Metrics
 from mailgateway.processing.runner import Result
@@ -58,10 +61,36 @@ class Daemon:
         self.notifier = SdNotifier()
         grace = settings.metrics.mailbox_unhealthy_after_seconds if settings.metrics else 300.0
         self.metrics = Metrics(self.clock, mailbox_grace_seconds=grace)
-        # Optional components with async start(daemon)/stop(daemon), reload(daemon), on_processed.
-        self.extensions: list[Any] = [self.metrics]
-        # APScheduler: deadlines, digests, reports, retention, housekeeping ([scheduler].enabled).
-        self.extensions.append(SchedulerExtension())
+        # Started after intake, stopped before it, each given this daemon as its DaemonContext:
+        # the metrics, and APScheduler (deadlines, digests, reports, retention, housekeeping).
+        self.extensions: list[Extension] = [self.metrics, SchedulerExtension(self._app)]
+
+    # -- DaemonContext (interfaces.py): what the extensions see ------------------------------
+    def _app(self) -> App:
+        assert self.app is not None, "the daemon has not started"
+        return self.app
+
+    @property
+    def factory(self) -> sessionmaker[Session]:
+        return self._app().factory
+
+    @property
+    def engine(self) -> Engine:
+        return self._app().engine
+
+    def mailbox_health(self) -> list[MailboxHealth] | None:
+        imap = getattr(self, "imap", None)
+        return imap.health() if imap is not None else None
+
+    def delivery_counts(self) -> dict[str, int] | None:
+        sender = getattr(self, "sender", None)
+        return sender.stats if sender is not None else None
+
+    def wake_sender(self) -> None:
+        self._on_outbound()
+
+    def job_ran(self, name: str, outcome: str) -> None:
+        self.metrics.scheduler_run(name, outcome)
 
     # -- wiring ------------------------------------------------------------------------------
     def on_accepted(self, _inbound_id: int, source: str = "smtp") -> None:
@@ -75,10 +104,7 @@ class Daemon:
             self.loop.call_soon_threadsafe(sender.wake)
 
     def _on_result(self, result: Result) -> None:
-        for ext in self.extensions:
-            hook = getattr(ext, "on_processed", None)
-            if hook is not None:
-                hook(result)
+        self.metrics.on_processed(result)
 
     async def _processing_loop(self) -> None:
         # One processing thread: SQLite has one writer; PostgreSQL instances share work by row locks.
@@ -156,8 +182,6 @@ class Daemon:
             log.info("SMTP intake listening on %s:%s", self.settings.intake.smtp.host, self.settings.intake.smtp.port)
         self.imap = None
         if any(r.imap is not None for r in self.settings.regions):
-            from mailgateway.intake.imap import ImapIntake
-
             self.imap = ImapIntake(self.settings, self.app.factory, self.clock,
                                    functools.partial(self.on_accepted, source="imap"), instance_id=self.instance_id)
             self.imap.start()
@@ -198,20 +222,13 @@ class Daemon:
                        metrics=self.settings.metrics, relay=self.settings.relay)
         assert self.app is not None
         self.settings = keep
-        self.app.settings = keep
-        self.app.env.settings = keep
-        self.app.mailer.settings = keep
-        self.app.processor.settings = keep
-        self.app.renderer = Renderer(keep.outbound.templates_dir)
-        self.app.composer.renderer = self.app.renderer
+        self.app.reconfigure(keep)
         if hasattr(self, "handler"):
             self.handler.settings = keep
         setup_logging(keep.logging)
         log.info("configuration reloaded from %s", keep.source)
         for ext in self.extensions:
-            hook = getattr(ext, "reload", None)
-            if hook is not None:
-                hook(self)
+            ext.reload(self)
         self.notifier.ready("running; configuration reloaded")
 
     async def _watchdog(self, interval: float) -> None:

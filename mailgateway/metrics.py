@@ -39,11 +39,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway import __version__
 from mailgateway.clock import Clock, SystemClock, aware
+from mailgateway.interfaces import DaemonContext, MailboxHealthView
 from mailgateway.status import DEFAULT_MAILBOX_GRACE, MailboxView, snapshot
 from mailgateway.store.engine import reading
 
 if TYPE_CHECKING:
-    from mailgateway.daemon import Daemon
     from mailgateway.processing.runner import Result
 
 __all__ = ["HealthCheck", "Metrics", "MetricsServer"]
@@ -184,17 +184,15 @@ class Metrics:
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
-    # -- daemon extension (``Daemon.extensions``) -----------------------------------------------
-    async def start(self, daemon: Daemon) -> None:
-        assert daemon.app is not None
-        self.attach_database(daemon.app.factory)
-        imap = getattr(daemon, "imap", None)
-        if imap is not None:
-            self.attach_mailboxes(lambda: [_live_view(h) for h in imap.health()])
-        stats = getattr(getattr(daemon, "sender", None), "stats", None)
-        if isinstance(stats, dict):
+    # -- daemon extension (``interfaces.Extension``) -------------------------------------------
+    async def start(self, ctx: DaemonContext) -> None:
+        self.attach_database(ctx.factory)
+        if ctx.mailbox_health() is not None:
+            self.attach_mailboxes(lambda: [_live_view(h) for h in ctx.mailbox_health() or ()])
+        stats = ctx.delivery_counts()
+        if stats is not None:
             self.attach_delivery_counts(lambda: stats)
-        settings = daemon.settings.metrics
+        settings = ctx.settings.metrics
         if settings is not None:
             self.mailbox_grace_seconds = settings.mailbox_unhealthy_after_seconds
             self._server = MetricsServer(self, settings.host, settings.port)
@@ -202,23 +200,23 @@ class Metrics:
             log.info("metrics on http://%s:%s/metrics", settings.host, self._server.port)
         self.up.set(1)
 
-    async def stop(self, daemon: Daemon) -> None:
+    async def stop(self, ctx: DaemonContext) -> None:
         self.up.set(0)
         if self._server is not None:
             self._server.stop()
             self._server = None
 
-    def reload(self, daemon: Daemon) -> None:
+    def reload(self, ctx: DaemonContext) -> None:
         self.reloads_total.inc()
-        if daemon.settings.metrics is not None:
-            self.mailbox_grace_seconds = daemon.settings.metrics.mailbox_unhealthy_after_seconds
+        if ctx.settings.metrics is not None:
+            self.mailbox_grace_seconds = ctx.settings.metrics.mailbox_unhealthy_after_seconds
 
     @property
     def server(self) -> MetricsServer | None:
         return self._server
 
 
-def _live_view(health: Any) -> MailboxView:
+def _live_view(health: MailboxHealthView) -> MailboxView:
     """``intake.imap.MailboxHealth`` -> the view shared with ``mailgateway status``."""
     return MailboxView(f"{health.region}:{health.folder}", health.state, health.last_contact_at,
                        health.last_message_at, health.last_error)

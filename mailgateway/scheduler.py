@@ -20,68 +20,30 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import func, select
 
 from mailgateway.clock import PARIS, paris
-from mailgateway.jobs.base import JobOutcome
-from mailgateway.settings import SchedulerSettings, Settings
+from mailgateway.interfaces import DaemonContext
+from mailgateway.jobs import deadlines, digest, housekeeping, report, retention
+from mailgateway.jobs.base import JobContext, JobOutcome
+from mailgateway.settings import SchedulerSettings
+from mailgateway.store.engine import reading
+from mailgateway.store.models import JobRun
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
     from sqlalchemy import Engine
 
-    from mailgateway.app import App
 
 log = logging.getLogger("mailgateway.scheduler")
 JOBSTORE_TABLE = "apscheduler_jobs"
 WEEKDAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
-JobFn = Callable[["App", datetime], JobOutcome]
-
-
-def _deadlines(app: App, now: datetime) -> JobOutcome:
-    from mailgateway.jobs import deadlines
-
-    return deadlines.run(app, now)
-
-
-def _digest(app: App, now: datetime) -> JobOutcome:
-    from mailgateway.jobs import digest
-
-    return digest.run(app, now)
-
-
-def _weekly_report(app: App, now: datetime) -> JobOutcome:
-    from mailgateway.jobs import report
-
-    return report.run(app, now)
-
-
-def _retention(app: App, now: datetime) -> JobOutcome:
-    from mailgateway.jobs import retention
-
-    return retention.run(app, now)
-
-
-def _housekeeping(app: App, now: datetime) -> JobOutcome:
-    from mailgateway.jobs import housekeeping
-
-    return housekeeping.run(app, now)
-
-
-def _bulletins(app: App, now: datetime) -> JobOutcome:
-    from mailgateway.jobs import housekeeping
-
-    return housekeeping.bulletins(app, now)
-
-
-def _quarantine(app: App, now: datetime) -> JobOutcome:
-    from mailgateway.jobs import housekeeping
-
-    return housekeeping.quarantine_summary(app, now)
+JobFn = Callable[[JobContext, datetime], JobOutcome]
 
 
 def in_window(sc: SchedulerSettings, now: datetime, hour: int, weekday: int | None = None) -> bool:
@@ -110,26 +72,27 @@ def _every(minutes: Callable[[SchedulerSettings], float]) -> Callable[[Scheduler
 
 
 JOBS: tuple[JobDef, ...] = (
-    JobDef("deadlines", "échéances et rappels", _deadlines, _every(lambda sc: sc.deadline_interval_minutes),
+    JobDef("deadlines", "échéances et rappels", deadlines.run, _every(lambda sc: sc.deadline_interval_minutes),
            lambda sc, now: True, lambda sc: f"toutes les {sc.deadline_interval_minutes:g} min"),
-    JobDef("housekeeping", "maintenance de la file sortante", _housekeeping,
+    JobDef("housekeeping", "maintenance de la file sortante", housekeeping.run,
            _every(lambda sc: sc.housekeeping_interval_minutes), lambda sc, now: True,
            lambda sc: f"toutes les {sc.housekeeping_interval_minutes:g} min"),
-    JobDef("bulletins", "suivi des bulletins", _bulletins, _every(lambda sc: sc.housekeeping_interval_minutes),
+    JobDef("bulletins", "suivi des bulletins", housekeeping.bulletins,
+           _every(lambda sc: sc.housekeeping_interval_minutes),
            lambda sc, now: True, lambda sc: f"toutes les {sc.housekeeping_interval_minutes:g} min"),
-    JobDef("digest", "synthèse quotidienne", _digest,
+    JobDef("digest", "synthèse quotidienne", digest.run,
            lambda sc: CronTrigger(hour=sc.digest_hour, minute=0, timezone=PARIS),
            lambda sc, now: in_window(sc, now, sc.digest_hour), lambda sc: f"chaque jour à {sc.digest_hour} h"),
-    JobDef("quarantine_summary", "résumé de la quarantaine", _quarantine,
+    JobDef("quarantine_summary", "résumé de la quarantaine", housekeeping.quarantine_summary,
            lambda sc: CronTrigger(hour=sc.quarantine_summary_hour, minute=5, timezone=PARIS),
            lambda sc, now: in_window(sc, now, sc.quarantine_summary_hour),
            lambda sc: f"chaque jour à {sc.quarantine_summary_hour} h 05"),
-    JobDef("weekly_report", "rapport hebdomadaire", _weekly_report,
+    JobDef("weekly_report", "rapport hebdomadaire", report.run,
            lambda sc: CronTrigger(day_of_week=sc.weekly_report_weekday, hour=sc.weekly_report_hour, minute=10,
                                   timezone=PARIS),
            lambda sc, now: in_window(sc, now, sc.weekly_report_hour, sc.weekly_report_weekday),
            lambda sc: f"chaque {WEEKDAYS[sc.weekly_report_weekday]} à {sc.weekly_report_hour} h 10"),
-    JobDef("retention", "rétention (RGPD)", _retention,
+    JobDef("retention", "rétention (RGPD)", retention.run,
            lambda sc: CronTrigger(hour=sc.retention_hour, minute=30, timezone=PARIS),
            lambda sc, now: in_window(sc, now, sc.retention_hour),
            lambda sc: f"chaque jour à {sc.retention_hour} h 30"),
@@ -138,16 +101,16 @@ BY_NAME = {job.name: job for job in JOBS}
 
 
 class JobRunner:
-    """Runs jobs against one App; ``on_run`` hears every outcome (metrics, waking the sender)."""
+    """Runs jobs in one ``JobContext``; ``on_run`` hears every outcome (metrics, waking the sender)."""
 
-    def __init__(self, app: App, on_run: Callable[[JobOutcome | None, str], None] | None = None) -> None:
-        self.app = app
+    def __init__(self, ctx: JobContext, on_run: Callable[[JobOutcome | None, str], None] | None = None) -> None:
+        self.ctx = ctx
         self.on_run = on_run
 
     def run(self, name: str, now: datetime | None = None) -> JobOutcome:
-        now = now or self.app.clock.now()
+        now = now or self.ctx.clock.now()
         try:
-            outcome = BY_NAME[name].run(self.app, now)
+            outcome = BY_NAME[name].run(self.ctx, now)
         except Exception:
             if self.on_run is not None:
                 self.on_run(None, name)
@@ -158,7 +121,7 @@ class JobRunner:
         return outcome
 
     def run_due(self, now: datetime) -> list[JobOutcome]:
-        sc = self.app.settings.scheduler
+        sc = self.ctx.settings.scheduler
         return [self.run(job.name, now) for job in JOBS if job.due(sc, now)]
 
 
@@ -213,29 +176,28 @@ def sync_jobs(scheduler: BackgroundScheduler, sc: SchedulerSettings) -> list[str
 class SchedulerExtension:
     """Daemon extension: APScheduler in a background thread for the daemon's lifetime."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: Callable[[], JobContext]) -> None:
+        """``jobs``: the context the jobs run in, read when the daemon starts (it builds it then)."""
+        self.jobs = jobs
         self.scheduler: BackgroundScheduler | None = None
         self.runner: JobRunner | None = None
 
-    async def start(self, daemon: Any) -> None:
+    async def start(self, ctx: DaemonContext) -> None:
         global _active
-        settings: Settings = daemon.settings
+        settings = ctx.settings
         if not settings.scheduler.enabled:
             log.info("scheduler disabled ([scheduler] enabled = false)")
             return
 
         def on_run(outcome: JobOutcome | None, name: str) -> None:
-            metrics = getattr(daemon, "metrics", None)
-            if metrics is not None and hasattr(metrics, "scheduler_run"):
-                metrics.scheduler_run(name, "error" if outcome is None else "skipped" if outcome.skipped else "ok")
-            wake = getattr(daemon, "_on_outbound", None)
-            if outcome is not None and outcome.mails and wake is not None:
-                wake()
+            ctx.job_ran(name, "error" if outcome is None else "skipped" if outcome.skipped else "ok")
+            if outcome is not None and outcome.mails:
+                ctx.wake_sender()
 
-        self.runner = JobRunner(daemon.app, on_run)
+        self.runner = JobRunner(self.jobs(), on_run)
         with _active_lock:
             _active = self.runner
-        self.scheduler = build_scheduler(daemon.app.engine, settings.scheduler)
+        self.scheduler = build_scheduler(ctx.engine, settings.scheduler)
         await asyncio.to_thread(self._start, settings.scheduler)
 
     def _start(self, sc: SchedulerSettings) -> None:
@@ -245,7 +207,7 @@ class SchedulerExtension:
         self.scheduler.resume()
         log.info("scheduler started: %s", ", ".join(job.name for job in JOBS))
 
-    async def stop(self, daemon: Any) -> None:
+    async def stop(self, ctx: DaemonContext) -> None:
         global _active
         if self.scheduler is not None and self.scheduler.running:
             await asyncio.to_thread(self.scheduler.shutdown, True)
@@ -253,9 +215,9 @@ class SchedulerExtension:
             if _active is self.runner:
                 _active = None
 
-    def reload(self, daemon: Any) -> None:
+    def reload(self, ctx: DaemonContext) -> None:
         if self.scheduler is not None and self.scheduler.running:
-            changed = sync_jobs(self.scheduler, daemon.settings.scheduler)
+            changed = sync_jobs(self.scheduler, ctx.settings.scheduler)
             if changed:
                 log.info("schedule changed for: %s", ", ".join(changed))
 
@@ -263,14 +225,10 @@ class SchedulerExtension:
 # -- command line ------------------------------------------------------------------------------
 
 
-def format_list(app: App, now: datetime) -> str:
-    from sqlalchemy import func, select
-
-    from mailgateway.store.engine import reading
-    from mailgateway.store.models import JobRun
-
-    sc = app.settings.scheduler
-    with reading(app.factory) as session:
+def format_list(ctx: JobContext, now: datetime) -> str:
+    """``scheduler list``: each job, when it runs, its next and last run."""
+    sc = ctx.settings.scheduler
+    with reading(ctx.factory) as session:
         last = dict(session.execute(select(JobRun.job, func.max(JobRun.ran_at)).group_by(JobRun.job)).all())
     lines = [f"{'tâche':<20} {'quand':<28} {'prochain passage':<22} dernier passage"]
     for job in JOBS:

@@ -1,21 +1,35 @@
-"""What every job shares: its outcome, the cross-instance lock, period claims, recipients."""
+"""What every job shares: its context, its outcome, the cross-instance lock, period claims, recipients."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import CursorResult, Result, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from mailgateway.clock import aware, paris
+from mailgateway.clock import Clock, aware, paris
 from mailgateway.directory.staff import staff_addresses
+from mailgateway.dispatch.mailer import Mailer
+from mailgateway.processing.context import Env
 from mailgateway.settings import Settings
 from mailgateway.store.models import JobRun, StaffMember
+
+
+class JobContext(Protocol):
+    """What a scheduled job may use: the settings, the database, the clock, the outbound gate and
+    the features' environment — not the daemon, the CLI or the processing runner. ``app.App``
+    provides it (read at each run, so a reloaded configuration is seen at once)."""
+
+    settings: Settings
+    factory: sessionmaker[Session]
+    clock: Clock
+    mailer: Mailer
+    env: Env
 
 
 @dataclass(frozen=True)

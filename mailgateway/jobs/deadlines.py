@@ -19,13 +19,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgateway.app import App
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware, french_datetime
 from mailgateway.directory.staff import staff_addresses
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
-from mailgateway.jobs.base import JobOutcome, french_duration, insert_ignore, plural, referents, try_job_lock
+from mailgateway.jobs.base import (
+    JobContext,
+    JobOutcome,
+    french_duration,
+    insert_ignore,
+    plural,
+    referents,
+    try_job_lock,
+)
 from mailgateway.jobs.business import Calendar
 from mailgateway.processing.context import Env
 from mailgateway.settings import DeadlineSettings, Settings, _default_deadlines
@@ -119,7 +126,7 @@ def _recipients(settings: Settings, session: Session, item: Overdue) -> list[str
     return referents(settings, session, case.region)
 
 
-def _remind(app: App, session: Session, item: Overdue, now: datetime) -> int | None:
+def _remind(ctx: JobContext, session: Session, item: Overdue, now: datetime) -> int | None:
     """Insert the reminder row, then queue its mail and record it on the timeline.
 
     Returns the number of mails queued, or None when this step was already reminded."""
@@ -128,22 +135,22 @@ def _remind(app: App, session: Session, item: Overdue, now: datetime) -> int | N
                                                  "sent_at": now}, ["case_id", "deadline", "step"])
     if inserted is None:
         return None
-    env: Env = app.env
+    env: Env = ctx.env
     escalation = item.step > 0
     context: dict[str, Any] = {
         **region_context(env.settings, case.region), "case": case_context(case),
         "since_fr": french_datetime(item.entered_at), "due_fr": french_datetime(item.due_at),
         "late": french_duration((now - item.due_at).total_seconds() / 3600),
-        "allowed": french_duration(item.rule.hours), "business_hours": app.settings.scheduler.business_hours,
+        "allowed": french_duration(item.rule.hours), "business_hours": ctx.settings.scheduler.business_hours,
         "step": item.step + 1, "steps": item.rule.max_steps, "escalation": escalation,
     }
     from_address, from_name = env.mailer.from_identity(case.region)
     queued: list[str] = []
-    for address in _recipients(app.settings, session, item):
+    for address in _recipients(ctx.settings, session, item):
         spec = MailSpec(template="rappel", context=context, to=address, from_address=from_address,
                         from_name=from_name, idempotency_key=f"rappel:{case.id}:{item.key}:{item.step}:{address}",
                         auto_submitted="auto-generated", in_reply_to=case.origin_message_id)
-        if app.mailer.send(session, spec, kind="rappel", case=case) is not None:
+        if ctx.mailer.send(session, spec, kind="rappel", case=case) is not None:
             queued.append(address)
     # The reminder is on the timeline even when every send was refused (the refusals are too).
     append_event(session, case, type="rappel", actor="passerelle", at=now,
@@ -152,16 +159,16 @@ def _remind(app: App, session: Session, item: Overdue, now: datetime) -> int | N
     return len(queued)
 
 
-def run(app: App, now: datetime) -> JobOutcome:
+def run(ctx: JobContext, now: datetime) -> JobOutcome:
     """Send the reminders due at ``now``; each (case, deadline, step) at most once, ever."""
     reminders = mails = 0
-    with transaction(app.factory) as session:
+    with transaction(ctx.factory) as session:
         if not try_job_lock(session, JOB):
             return JobOutcome(JOB, skipped=True, summary="rappels : déjà en cours sur une autre instance")
-        for item in overdue_cases(session, app.settings, now):
+        for item in overdue_cases(session, ctx.settings, now):
             try:
                 with session.begin_nested():  # one broken case does not block the others
-                    sent = _remind(app, session, item, now)
+                    sent = _remind(ctx, session, item, now)
             except Exception:
                 log.exception("reminder failed for case %s", item.case.reference)
                 continue

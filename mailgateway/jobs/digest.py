@@ -10,11 +10,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailgateway.app import App
 from mailgateway.cases.lifecycle import CLOSED
 from mailgateway.clock import french_datetime, paris
 from mailgateway.dispatch.contexts import region_context
-from mailgateway.jobs.base import JobOutcome, claim_period, french_date, plural, try_job_lock
+from mailgateway.jobs.base import JobContext, JobOutcome, claim_period, french_date, plural, try_job_lock
 from mailgateway.jobs.deadlines import overdue_cases
 from mailgateway.statuses import CaseStatus
 from mailgateway.store.engine import transaction
@@ -31,7 +30,7 @@ def _row(case: Case, **extra: Any) -> dict[str, Any]:
             "opened_fr": french_datetime(case.opened_at), **extra}
 
 
-def digest_context(session: Session, app: App, region: str, now: datetime) -> dict[str, Any]:
+def digest_context(session: Session, ctx: JobContext, region: str, now: datetime) -> dict[str, Any]:
     """Everything the digest shows for ``region`` at ``now``."""
     open_stmt = select(Case).where(Case.region == region, Case.status.not_in(CLOSED),
                                    Case.merged_into_id.is_(None), Case.kind != "bulletin")
@@ -41,7 +40,7 @@ def digest_context(session: Session, app: App, region: str, now: datetime) -> di
         select(Case).where(Case.region == region, Case.opened_at >= now - timedelta(days=1), Case.opened_at < now,
                            Case.kind != "bulletin").order_by(Case.opened_at)))
     overdue = [_row(o.case, due_fr=french_datetime(o.due_at), step=o.step + 1)
-               for o in overdue_cases(session, app.settings, now, region)]
+               for o in overdue_cases(session, ctx.settings, now, region)]
     alerts = list(session.scalars(select(Case).where(Case.region == region, Case.kind == "alert",
                                                      Case.status == CaseStatus.A_DIFFUSER).order_by(Case.opened_at)))
     bulletins = [{"id": b.id, "subject": b.subject, "status": b.status, "recipients": b.recipients,
@@ -65,14 +64,14 @@ def period(now: datetime) -> str:
     return paris(now).date().isoformat()
 
 
-def run(app: App, now: datetime) -> JobOutcome:
+def run(ctx: JobContext, now: datetime) -> JobOutcome:
     mails = 0
-    with transaction(app.factory) as session:
+    with transaction(ctx.factory) as session:
         if not try_job_lock(session, JOB) or not claim_period(session, JOB, period(now), now):
             return JobOutcome(JOB, skipped=True, summary="synthèse quotidienne déjà envoyée aujourd'hui")
-        for region in app.settings.regions:
-            context = {**region_context(app.settings, region.code), **digest_context(session, app, region.code, now)}
-            mails += app.mailer.send_to_staff(session, region.code, template="digest", context=context,
+        for region in ctx.settings.regions:
+            context = {**region_context(ctx.settings, region.code), **digest_context(session, ctx, region.code, now)}
+            mails += ctx.mailer.send_to_staff(session, region.code, template="digest", context=context,
                                               kind="synthese", key=f"digest:{period(now)}:{region.code}")
     return JobOutcome(JOB, count=mails, mails=mails,
                       summary=f"synthèse quotidienne : {plural(mails, 'message envoyé', 'messages envoyés')}")

@@ -9,10 +9,9 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from mailgateway.app import App
 from mailgateway.clock import french_datetime, paris
 from mailgateway.dispatch.contexts import region_context
-from mailgateway.jobs.base import JobOutcome, claim_period, last_run, plural, rowcount, try_job_lock
+from mailgateway.jobs.base import JobContext, JobOutcome, claim_period, last_run, plural, rowcount, try_job_lock
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import InboundMessage, OutboundMessage
 
@@ -23,9 +22,9 @@ BULLETINS_JOB = "bulletins"
 LIST_LIMIT = 100
 
 
-def run(app: App, now: datetime) -> JobOutcome:
+def run(ctx: JobContext, now: datetime) -> JobOutcome:
     """Requeue messages whose sender died holding them (``sending`` past ``lease_until``)."""
-    with transaction(app.factory) as session:
+    with transaction(ctx.factory) as session:
         if not try_job_lock(session, JOB):
             return JobOutcome(JOB, skipped=True, summary="maintenance : déjà en cours sur une autre instance")
         reclaimed = rowcount(session.execute(
@@ -40,7 +39,7 @@ def run(app: App, now: datetime) -> JobOutcome:
     return JobOutcome(JOB, count=reclaimed, summary=summary, mails=due)
 
 
-def bulletins(app: App, now: datetime) -> JobOutcome:
+def bulletins(ctx: JobContext, now: datetime) -> JobOutcome:
     """Bulletin follow-ups owned by dispatch (author's report, reminders to the silent), if present."""
     try:
         from mailgateway.bulletins import followups
@@ -48,19 +47,19 @@ def bulletins(app: App, now: datetime) -> JobOutcome:
         return JobOutcome(BULLETINS_JOB, summary="bulletins : rien à faire")
     steps: list[Callable[..., int]] = [followups.send_due_reports, followups.send_due_reminders]
     mails = 0
-    with transaction(app.factory) as session:
+    with transaction(ctx.factory) as session:
         if not try_job_lock(session, BULLETINS_JOB):
             return JobOutcome(BULLETINS_JOB, skipped=True, summary="bulletins : déjà en cours sur une autre instance")
         for step in steps:
-            mails += step(app.env, session, now)
+            mails += step(ctx.env, session, now)
     return JobOutcome(BULLETINS_JOB, count=mails, mails=mails,
                       summary=f"bulletins : {plural(mails, 'message envoyé', 'messages envoyés')} (rapports, relances)")
 
 
-def quarantine_summary(app: App, now: datetime) -> JobOutcome:
+def quarantine_summary(ctx: JobContext, now: datetime) -> JobOutcome:
     """Once a day, tell each region's staff about messages quarantined since the last summary."""
     mails = count = 0
-    with transaction(app.factory) as session:
+    with transaction(ctx.factory) as session:
         if not try_job_lock(session, QUARANTINE_JOB):
             return JobOutcome(QUARANTINE_JOB, skipped=True, summary="quarantaine : déjà en cours")
         since = last_run(session, QUARANTINE_JOB) or now - timedelta(days=1)
@@ -70,18 +69,18 @@ def quarantine_summary(app: App, now: datetime) -> JobOutcome:
         rows = list(session.scalars(select(InboundMessage).where(
             InboundMessage.status == "quarantined", at >= since, at < now).order_by(InboundMessage.id)))
         count = len(rows)
-        for region in app.settings.regions:
+        for region in ctx.settings.regions:
             # A message whose region is unknown is shown to every region.
             mine = [r for r in rows if r.region in (region.code, None)]
             if not mine:
                 continue
             context: dict[str, Any] = {
-                **region_context(app.settings, region.code), "since_fr": french_datetime(since),
+                **region_context(ctx.settings, region.code), "since_fr": french_datetime(since),
                 "count": len(mine), "limit": LIST_LIMIT,
                 "messages": [{"id": r.id, "received_fr": french_datetime(r.received_at), "sender": r.mail_from or "",
                               "source": r.source, "reason": (r.reason or "")[:300]} for r in mine[:LIST_LIMIT]],
             }
-            mails += app.mailer.send_to_staff(
+            mails += ctx.mailer.send_to_staff(
                 session, region.code, template="quarantaine", context=context, kind="resume_quarantaine",
                 key=f"quarantaine:{paris(now).date().isoformat()}:{region.code}")
     return JobOutcome(QUARANTINE_JOB, count=count, mails=mails,

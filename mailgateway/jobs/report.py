@@ -7,10 +7,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from mailgateway.app import App
 from mailgateway.dispatch.compose import InlineImage
 from mailgateway.dispatch.contexts import region_context
-from mailgateway.jobs.base import JobOutcome, claim_period, plural, try_job_lock
+from mailgateway.jobs.base import JobContext, JobOutcome, claim_period, plural, try_job_lock
 from mailgateway.jobs.charts import Figure, figures
 from mailgateway.jobs.stats import WeeklyStats, compute, week_start
 from mailgateway.store.engine import reading, transaction
@@ -39,32 +38,32 @@ def report_context(stats: WeeklyStats, figs: list[Figure]) -> dict[str, object]:
     }
 
 
-def run(app: App, now: datetime) -> JobOutcome:
-    weeks = app.settings.scheduler.report_weeks
+def run(ctx: JobContext, now: datetime) -> JobOutcome:
+    weeks = ctx.settings.scheduler.report_weeks
     mails = 0
-    with transaction(app.factory) as session:
+    with transaction(ctx.factory) as session:
         if not try_job_lock(session, JOB) or not claim_period(session, JOB, period(now), now):
             return JobOutcome(JOB, skipped=True, summary="rapport hebdomadaire déjà envoyé cette semaine")
-        for region in app.settings.regions:
+        for region in ctx.settings.regions:
             stats = compute(session, region.code, now, weeks)
             figs = figures(stats)
-            context = {**region_context(app.settings, region.code), **report_context(stats, figs)}
+            context = {**region_context(ctx.settings, region.code), **report_context(stats, figs)}
             images = [InlineImage(f"{f.name}@mailgateway", f.png, filename=f"{f.name}.png") for f in figs]
-            mails += app.mailer.send_to_staff(session, region.code, template="rapport_hebdo", context=context,
+            mails += ctx.mailer.send_to_staff(session, region.code, template="rapport_hebdo", context=context,
                                               kind="rapport_hebdo", key=f"rapport_hebdo:{period(now)}:{region.code}",
                                               inline_images=images)
     return JobOutcome(JOB, count=mails, mails=mails,
                       summary=f"rapport hebdomadaire : {plural(mails, 'message envoyé', 'messages envoyés')}")
 
 
-def export(app: App, now: datetime, out_dir: Path, region: str | None = None) -> list[Path]:
+def export(ctx: JobContext, now: datetime, out_dir: Path, region: str | None = None) -> list[Path]:
     """Write ``<REGION>_<figure>.csv`` and ``.png`` into ``out_dir``; return the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    codes = [region] if region else [r.code for r in app.settings.regions]
-    with reading(app.factory) as session:
+    codes = [region] if region else [r.code for r in ctx.settings.regions]
+    with reading(ctx.factory) as session:
         for code in codes:
-            for fig in figures(compute(session, code, now, app.settings.scheduler.report_weeks)):
+            for fig in figures(compute(session, code, now, ctx.settings.scheduler.report_weeks)):
                 table, picture = out_dir / f"{code}_{fig.name}.csv", out_dir / f"{code}_{fig.name}.png"
                 table.write_text(fig.csv, encoding="utf-8")
                 picture.write_bytes(fig.png)

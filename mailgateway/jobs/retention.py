@@ -19,9 +19,8 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from mailgateway.app import App
 from mailgateway.cases.timeline import append_event
-from mailgateway.jobs.base import JobOutcome, plural, rowcount, try_job_lock
+from mailgateway.jobs.base import JobContext, JobOutcome, plural, rowcount, try_job_lock
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import AutoReplyLog, Case, InboundMessage, OutboundMessage
 
@@ -62,10 +61,10 @@ def anonymise(session: Session, case: Case, now: datetime, days: int) -> tuple[i
     return inbound, outbound
 
 
-def run(app: App, now: datetime) -> JobOutcome:
-    rules = {status: days for status, days in app.settings.scheduler.retention_days.items() if days > 0}
+def run(ctx: JobContext, now: datetime) -> JobOutcome:
+    rules = {status: days for status, days in ctx.settings.scheduler.retention_days.items() if days > 0}
     cases = messages = 0
-    with transaction(app.factory) as session:
+    with transaction(ctx.factory) as session:
         if not try_job_lock(session, JOB):
             return JobOutcome(JOB, skipped=True, summary="rétention : déjà en cours sur une autre instance")
         for status, days in sorted(rules.items()):

@@ -105,9 +105,9 @@ async def test_the_daemon_extension_fires_jobs_in_the_background(sqlite_url: str
     gw.declare(sender="no-reply@portail.test")
     gw.clock.at = NOW + timedelta(hours=1)
     runs: list[tuple[str, str]] = []
-    metrics = SimpleNamespace(scheduler_run=lambda job, outcome: runs.append((job, outcome)))
-    daemon: Any = SimpleNamespace(settings=gw.app.settings, app=gw.app, metrics=metrics)
-    ext = scheduler.SchedulerExtension()
+    daemon: Any = SimpleNamespace(settings=gw.app.settings, engine=gw.app.engine, wake_sender=lambda: None,
+                                  job_ran=lambda job, outcome: runs.append((job, outcome)))
+    ext = scheduler.SchedulerExtension(lambda: gw.app)
     await ext.start(daemon)
     try:
         assert ext.scheduler is not None and ext.scheduler.running
