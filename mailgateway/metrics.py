@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway import __version__
 from mailgateway.clock import Clock, SystemClock, aware
 from mailgateway.interfaces import DaemonContext, MailboxHealthView
-from mailgateway.status import DEFAULT_MAILBOX_GRACE, MailboxView, snapshot
+from mailgateway.status import DEFAULT_MAILBOX_GRACE, MailboxView, read_mailboxes, snapshot
 from mailgateway.store.engine import reading
 
 if TYPE_CHECKING:
@@ -168,8 +168,6 @@ class Metrics:
             return self._mailboxes()
         if self._factory is None:
             return ()
-        from mailgateway.status import read_mailboxes
-
         with reading(self._factory) as session:
             return read_mailboxes(session)
 

@@ -40,6 +40,7 @@ from mailgateway.directory.categories import normalise_category
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import InputError
+from mailgateway.mail.parse import parse_message
 from mailgateway.mail.tlp import LABELS as TLP_LABELS
 from mailgateway.mail.tlp import operator_label, relay_label
 from mailgateway.processing.context import Env
@@ -296,8 +297,6 @@ def cancel_bulletin(env: Env, session: Session, bulletin_id: int, actor: str) ->
 
 def alert_text(session: Session, case: Case) -> str:
     """The alert as received (plain text of the first message of the case)."""
-    from mailgateway.mail.parse import parse_message
-
     inbound = session.scalar(select(InboundMessage).where(InboundMessage.case_id == case.id)
                              .order_by(InboundMessage.id).limit(1))
     if inbound is None:

@@ -41,6 +41,7 @@ from mailgateway.directory.targets import (
 from mailgateway.errors import InputError
 from mailgateway.mail.context import EstablishmentInfo
 from mailgateway.settings import Settings
+from mailgateway.store.engine import ensure_schema, is_sqlite, make_engine, make_sessionmaker, transaction
 from mailgateway.store.models import Establishment
 
 KINDS = ("finess", "contacts", "staff")
@@ -114,8 +115,6 @@ def run_import(
     2 when it was refused or could not be read (DESIGN §5). One transaction: a refused import,
     or a crash, writes nothing.
     """
-    from mailgateway.store.engine import ensure_schema, is_sqlite, make_engine, make_sessionmaker, transaction
-
     at = now or SystemClock().now()
     try:
         engine = make_engine(settings.database.url)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
+from mailgateway.bulletins import followups
 from mailgateway.clock import french_datetime, paris
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.jobs.base import JobContext, JobOutcome, claim_period, last_run, plural, rowcount, try_job_lock
@@ -40,11 +41,7 @@ def run(ctx: JobContext, now: datetime) -> JobOutcome:
 
 
 def bulletins(ctx: JobContext, now: datetime) -> JobOutcome:
-    """Bulletin follow-ups owned by dispatch (author's report, reminders to the silent), if present."""
-    try:
-        from mailgateway.bulletins import followups
-    except ImportError:
-        return JobOutcome(BULLETINS_JOB, summary="bulletins : rien à faire")
+    """Bulletin follow-ups (bulletins/followups.py): the author's report, reminders to the silent."""
     steps: list[Callable[..., int]] = [followups.send_due_reports, followups.send_due_reminders]
     mails = 0
     with transaction(ctx.factory) as session:

@@ -49,7 +49,7 @@ from mailgateway.mail.autoreply import auto_reply_reason, loop_reason
 from mailgateway.mail.bounce import detect_bounce, verp_token
 from mailgateway.mail.commands import REASON_UNKNOWN, authorise, is_staff, parse_command_line, parse_commands
 from mailgateway.mail.context import AnalysisContext
-from mailgateway.mail.declaration import extract_declaration, looks_like_declaration
+from mailgateway.mail.declaration import extract_declaration, labelled_fields, looks_like_declaration
 from mailgateway.mail.facts import Command, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import message_ids, parse_addresses
 from mailgateway.mail.indicators import extract_indicators, phone_e164
@@ -356,8 +356,6 @@ def _participants(pm: ParsedMessage, ctx: AnalysisContext, reply_to: str | None)
 
 def _declarant_phones(text: str, labels: Labels) -> list[str]:
     """Numbers given as the declarant's contact are not indicators of compromise."""
-    from mailgateway.mail.declaration import labelled_fields
-
     fields = labelled_fields(text, labels).values
     return phone_e164(" ".join(fields.get(k, "") for k in ("phone", "declarant", "declarant_email")))
 

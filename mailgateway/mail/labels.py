@@ -14,7 +14,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from mailgateway.mail.text import match_form
+from mailgateway.mail.text import fold, match_form
 
 
 @lru_cache(maxsize=1)
@@ -187,6 +187,4 @@ def _load(
 
 def command_key(spelling: str) -> str:
     """Command spellings compare without accents, case, or '-', '_' and space differences."""
-    from mailgateway.mail.text import fold
-
     return re.sub(r"[\s_\-]+", "", fold(spelling).strip().lstrip("#"))

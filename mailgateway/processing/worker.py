@@ -40,13 +40,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from mailgateway.logs import log_context
+from mailgateway.logs import log_context, setup_logging
 from mailgateway.mail.analyse import analyse
 from mailgateway.mail.auth import Authenticator, arrived_via_trusted_path, build_authenticator
 from mailgateway.mail.context import AnalysisContext, EstablishmentInfo, build_context
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
 from mailgateway.processing.routing import resolve_region
 from mailgateway.settings import Settings
+from mailgateway.store.engine import make_engine, make_sessionmaker, reading
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
 
 log = logging.getLogger("mailgateway.processing.worker")
@@ -175,9 +176,6 @@ def worker_main(conn: Connection, settings: Settings, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole foreground process group; the daemon stops its worker itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from mailgateway.logs import setup_logging
-    from mailgateway.store.engine import make_engine, make_sessionmaker
-
     setup_logging(settings.logging)
     engine = make_engine(settings.database.url, pool_size=1)
     factory = make_sessionmaker(engine)
@@ -213,8 +211,6 @@ _SAMPLE = (
 
 
 def _warm_up(settings: Settings, authenticator: Authenticator, factory: Any) -> None:
-    from mailgateway.store.engine import reading
-
     try:
         with reading(factory) as session:
             analyse(_SAMPLE, context_for(settings, session), authenticator.verify(_SAMPLE))
@@ -224,8 +220,6 @@ def _warm_up(settings: Settings, authenticator: Authenticator, factory: Any) -> 
 
 def _answer(settings: Settings, authenticator: Authenticator, factory: Any, inbound_id: int) -> bytes:
     """The pickled answer to one request: ("ok", facts) | ("retry", why) | ("error", exception)."""
-    from mailgateway.store.engine import reading
-
     with log_context(inbound_id=inbound_id):
         try:
             with reading(factory) as session:
