@@ -1,4 +1,4 @@
-"""``cases list`` over 100,000 cases in SQLite (DESIGN §9: ≤ 100 ms).
+"""``cases list`` over 100,000 cases in SQLite (README, "Benchmarks": ≤ 100 ms).
 
 Bulk-inserts ``--cases`` synthetic cases (five years, 13 regions, 85 % closed, the rest spread over
 the open incident statuses) with Core ``insert`` executemany, then times the view behind the CLI,

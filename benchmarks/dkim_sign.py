@@ -1,6 +1,6 @@
 """DKIM signing cost per message: dkimpy's pure-Python RSA vs DkimSigner (OpenSSL RSA, ed25519, both).
 
-DESIGN §9: the 10,000-message bulletin fan-out needs ≥ 1,000 signed msg/s, which dkimpy's own RSA
+The README's "Benchmarks" table: the 10,000-message bulletin fan-out needs ≥ 1,000 signed msg/s, which dkimpy's own RSA
 (≈5.7 ms per message) cannot give. Each variant signs the same N personalised messages (~2.4 KB,
 relaxed/relaxed); every signature of the last message is verified with dkimpy, so a fast but wrong
 signer cannot win. Run: ``.venv/bin/python benchmarks/dkim_sign.py [--messages 500]``.

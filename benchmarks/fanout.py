@@ -1,6 +1,6 @@
 """Bulletin fan-out: queue N personalised, DKIM-signed messages, then deliver them to a relay.
 
-DESIGN §9 targets: the sender delivers ≥ 1,000 msg/s to a relay on loopback, at least half the rate
+The README's "Benchmarks" targets: the sender delivers ≥ 1,000 msg/s to a relay on loopback, at least half the rate
 of plain ``smtplib`` pushing the same pre-rendered messages over one connection (the floor: no
 database, no leases, no answers recorded), with a peak RSS ≤ 150 MB that does not grow with the
 number of recipients.

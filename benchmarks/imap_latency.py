@@ -1,4 +1,4 @@
-"""IMAP IDLE latency (DESIGN §9): delivery into Dovecot -> accepted -> acknowledgement at the relay.
+"""IMAP IDLE latency (README, "Benchmarks"): delivery into Dovecot -> accepted -> acknowledgement at the relay.
 
 Starts a private Dovecot, an SMTP sink as the relay and the real daemon (``mailgateway run``) watching
 one regional mailbox. Each declaration is delivered by LMTP to the regional mailbox and, right after

@@ -1,6 +1,6 @@
 """SMTP intake: declarations through the real daemon on SQLite, next to a do-nothing aiosmtpd sink.
 
-DESIGN §9 target: SMTP → case + acknowledgement queued ≥ 500 msg/s and ≥ 0.4 × a bare aiosmtpd
+The README's "Benchmarks" target: SMTP → case + acknowledgement queued ≥ 500 msg/s and ≥ 0.4 × a bare aiosmtpd
 sink measured with the same client in the same run.
 
 * The client: ``--connections`` (8) persistent SMTP connections, one thread each (smtplib), like an

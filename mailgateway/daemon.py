@@ -109,7 +109,7 @@ class Daemon:
     async def _processing_loop(self) -> None:
         # One processing thread: SQLite has one writer; PostgreSQL instances share work by row locks.
         # The thread only waits while a message is analysed: the analysis runs in a worker process
-        # ([processing] isolation = "process", issue 15) that is killed and restarted alone when a
+        # ([processing] isolation = "process", docs/guarantees.md) that is killed and restarted alone when a
         # message exceeds its budget, so intake keeps its GIL whatever the message costs.
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="processor")
         assert self.app is not None
@@ -300,7 +300,7 @@ class Daemon:
 def run(settings: Settings) -> int:
     """The daemon's exit status: 0 after a graceful stop, 1 when startup failed (reason on stderr)."""
     # Everything the daemon creates (SQLite database and its WAL, the Maildir outbox, reports)
-    # holds mail of the agencies: owner only, 0600 files and 0700 directories (issue 15), whatever
+    # holds mail of the agencies: owner only, 0600 files and 0700 directories (docs/guarantees.md), whatever
     # umask it was started with (systemd's UMask=, a shell's 022).
     os.umask(0o077)
     daemon = Daemon(settings)

@@ -1,4 +1,4 @@
-"""TXT lookups for DKIM public keys, behind an injected resolver (DESIGN §8: offline tests).
+"""TXT lookups for DKIM public keys, behind an injected resolver (docs/guarantees.md: offline tests).
 
 Analysis code never resolves names itself: it is given a ``TxtResolver``. The daemon composes
 ``ChainResolver(StaticResolver(settings.authentication.static_keys), DnsPythonResolver(...))`` so that
@@ -90,7 +90,7 @@ class DnsPythonResolver:
     Temporary failures (timeout, SERVFAIL) are remembered for ``failure_ttl`` and raised again
     without a query: RFC 2308 §7.1 allows caching server failures for up to five minutes, and a
     dead domain named by message after message must cost one timeout a minute, not one per
-    message (issue 15, bounded work).
+    message (docs/guarantees.md, bounded work).
     """
 
     def __init__(
@@ -178,7 +178,7 @@ def build_resolver(settings: AuthenticationSettings, *, use_dns: bool = True, po
     """The daemon's resolver: ``[authentication.static_keys]`` first, then DNS.
 
     ``use_dns=False`` gives the static keys alone: for side-effect-free commands and tests, which
-    must never query real DNS (DESIGN §8); ``nameservers`` empty means the system resolver.
+    must never query real DNS (docs/guarantees.md); ``nameservers`` empty means the system resolver.
     """
     static = StaticResolver(settings.static_keys)
     if not use_dns:

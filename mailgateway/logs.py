@@ -1,4 +1,4 @@
-"""Structured logging with the standard library (issue 10: observability).
+"""Structured logging with the standard library (docs/operations.md: observability).
 
 * ``setup_logging(settings.logging)`` configures the root logger once, at the edge (CLI, daemon):
   JSON Lines on stderr when stderr is not a terminal (journald, a container, a file), readable text
@@ -10,7 +10,7 @@
 
 Records may also carry fields directly: ``log.info("sent", extra={"case_ref": ref})``.
 
-* :class:`RepeatLimiter` (issue 15) caps repeated warnings and errors: the same logger, level and
+* :class:`RepeatLimiter` (docs/guarantees.md) caps repeated warnings and errors: the same logger, level and
   message template (``log.warning("%r too many commands", peer)`` is one template whatever the peer) pass
   ``limit`` times per interval; the rest are counted and reported as one "suppressed N similar
   records" line, so a flood of bad clients cannot fill the journal (1,000 bad connections wrote

@@ -1,4 +1,4 @@
-"""Prometheus metrics and health endpoint on ``[metrics] host:port`` (issue 10: observability).
+"""Prometheus metrics and health endpoint on ``[metrics] host:port`` (docs/operations.md: observability).
 
 * ``GET /metrics``: the Prometheus text exposition format (OpenMetrics when the scraper asks for
   it), every name prefixed ``mailgateway_``.

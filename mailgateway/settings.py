@@ -1,4 +1,4 @@
-"""Load and validate the TOML configuration into immutable settings (DESIGN §7).
+"""Load and validate the TOML configuration into immutable settings (README, "Configuration").
 
 Settings are frozen dataclasses built once at the edge (CLI, daemon) and passed in; there is no
 global configuration object. Every problem is reported with its key path (``relay.port``,
@@ -47,9 +47,9 @@ class SmtpIntakeSettings:
     lmtp_port: int = 0
     server_hostname: str = "mailgateway.localhost"
     # Client IPs (or CIDR networks) of the site MTA that relays to us: only mail received from them
-    # may be authenticated by an Authentication-Results header (issue 15; docs/operations.md).
+    # may be authenticated by an Authentication-Results header (docs/guarantees.md; docs/operations.md).
     trusted_relays: tuple[str, ...] = ()
-    # Concurrent SMTP connections; beyond: 421 4.7.0 and close (bounded descriptors, issue 15).
+    # Concurrent SMTP connections; beyond: 421 4.7.0 and close (bounded descriptors, docs/guarantees.md).
     max_connections: int = 100
     # Message bytes held in memory by all DATA transfers together; beyond: 451 4.3.1. 0: four
     # times max_message_bytes.
@@ -67,7 +67,7 @@ class IntakeSettings:
 
 @dataclass(frozen=True)
 class ProcessingSettings:
-    """Bounded work per message (issue 15): isolation, time budget, attempts (processing/worker.py)."""
+    """Bounded work per message (docs/guarantees.md): isolation, time budget, attempts (processing/worker.py)."""
 
     # "process": sender authentication and analysis run in a worker process that is killed and
     # restarted alone when a message exceeds its budget, so intake never freezes (the daemon's
@@ -129,7 +129,7 @@ class AuthenticationSettings:
     nameservers: tuple[str, ...] = ()
     dns_timeout_seconds: float = 5.0
     # A command mail whose Date is older than this (or missing, or more than a day ahead) is
-    # refused: an old signed mail replayed to the gateway must not act (issue 15, "once only").
+    # refused: an old signed mail replayed to the gateway must not act (docs/guarantees.md, "once only").
     max_command_age_days: float = 7.0
 
 
@@ -193,7 +193,7 @@ class OutboundSettings:
     auto_replies_per_hour: int = 5
     auto_replies_per_day: int = 10
     auto_replies_per_case: int = 20
-    # Issue 15 budgets. All automatic replies together (every recipient): a flood of forged
+    # Budgets (docs/guarantees.md). All automatic replies together (every recipient): a flood of forged
     # declarations must not turn the agency into a signed spam relay; staff get one warning an hour.
     auto_reply_global_per_hour: int = 500
     # Staff notifications caused by one sender address per hour; beyond it the message is still
@@ -234,7 +234,7 @@ class DirectorySettings:
     # DSNs do after failures on bounce_min_messages distinct messages (directory/bounces.py).
     hard_bounce_marks_bouncing: bool = True
     # Distinct outbound messages that must have failed permanently (DSNs) before a contact is
-    # marked bouncing; a forged DSN is one message at most (issue 15).
+    # marked bouncing; a forged DSN is one message at most (docs/guarantees.md).
     bounce_min_messages: int = 2
     # Permanent failures older than this many days no longer count towards bounce_min_messages.
     bounce_window_days: float = 90.0
@@ -312,7 +312,7 @@ class CasesSettings:
     """Case handling by mail (commands/handling.py)."""
 
     # An authenticated reply from the establishment (or ACSS) to a closed case: "reopen" it, or open
-    # a new case "link"ed to it. An unauthenticated reply never changes a case (issue 15).
+    # a new case "link"ed to it. An unauthenticated reply never changes a case (docs/guarantees.md).
     reply_to_closed: str = "reopen"
     # "#confirmer <jeton>" must come within this delay for #clore of a GRAVE case (#diffuser uses
     # [bulletins].confirmation_hours).
@@ -374,7 +374,7 @@ class Settings:
 
 
 def config_path(explicit: str | None) -> Path:
-    """``-c`` first, then ``$MAILGATEWAY_CONFIG``, then the example config (DESIGN §5)."""
+    """``-c`` first, then ``$MAILGATEWAY_CONFIG``, then the example config (README, "Command line")."""
     if explicit:
         return Path(explicit)
     env = os.environ.get("MAILGATEWAY_CONFIG")

@@ -1,4 +1,4 @@
-"""``mailgateway status``: the gateway's health at a glance, read from the database (issue 10).
+"""``mailgateway status``: the gateway's health at a glance, read from the database (docs/operations.md).
 
 The same :class:`Snapshot` feeds the Prometheus gauges (``metrics``), so the command and the
 dashboards never disagree. Reading only: the command never migrates nor writes.
@@ -20,7 +20,7 @@ from mailgateway.cases.lifecycle import CLOSED
 from mailgateway.clock import aware
 from mailgateway.store.models import Case, InboundMessage, MailboxState, OutboundMessage
 
-# Outbox rows still to deliver (DESIGN §4: queued -> sending -> sent | failed | expired | refused).
+# Outbox rows still to deliver (queued -> sending -> sent | failed | expired | refused).
 PENDING_OUTBOX = ("queued", "sending")
 # IMAP watcher states in which the mailbox is being read (intake/imap.py MailboxHealth.state).
 CONNECTED_STATES = frozenset({"idle", "polling", "syncing"})

@@ -66,7 +66,7 @@ _DISPLAY_NAMES = {
     "cc": "Cc",
 }
 
-# Bounded work per message (issue 15, "bounded work"): real mail has a few dozen fields and a few
+# Bounded work per message (docs/guarantees.md, "bounded work"): real mail has a few dozen fields and a few
 # kilobytes of header; relays add one Received: per hop (RFC 5321 §6.3 suggests refusing beyond 100).
 MAX_HEADER_FIELDS = 1000
 MAX_HEADER_BYTES = 256 * 1024

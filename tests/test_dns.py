@@ -82,7 +82,7 @@ def test_dnspython_resolver_caches_negative_answers_briefly() -> None:
 
 
 def test_servfail_is_a_temporary_error_remembered_for_a_minute_only() -> None:
-    """Issue 15: a failing name is not queried again for ``failure_ttl`` (it used to be queried
+    """A failing name is not queried again for ``failure_ttl`` (it used to be queried
     — and to cost a timeout — for every message naming it), then it is."""
     clock = FakeMonotonic()
     with TxtServer({"s._domainkey.x.test": "v=DKIM1; p=x"}) as server:

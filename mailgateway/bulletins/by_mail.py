@@ -1,8 +1,8 @@
-"""Bulletins requested and approved by mail (staff never need another interface, DESIGN §1).
+"""Bulletins requested and approved by mail (staff never need another interface, README).
 
 1. Staff mail the SSI address with the subject ``#bulletin <titre>``, one or more target lines
    ``#cible categorie=LBM departement=69`` (clauses joined with "and"), optionally ``#tlp AMBER``,
-   and the text of the bulletin. Only authenticated staff of the region count (DESIGN §8); anyone
+   and the text of the bulletin. Only authenticated staff of the region count (docs/guarantees.md); anyone
    else gets a refusal and nothing is created.
 2. A draft is created and a preview goes back to the author: recipient count, a sample of
    recipients, and how to approve.
@@ -114,7 +114,7 @@ def _confirmation_token(session: Session, facts: MessageFacts) -> Confirmation |
 def _authority(env: Env, session: Session, facts: MessageFacts, region: str) -> str | None:
     """Why the sender may not request or approve a bulletin of ``region``; None when they may.
 
-    Issue 15: the analysis accepts commands of staff of *any* region when the mail names no
+    The analysis accepts commands of staff of *any* region when the mail names no
     regional mailbox, and knows only the To/Cc region. A bulletin belongs to its own region:
     only authenticated staff of that region count, and only in a mail delivered or addressed to
     a regional SSI mailbox (``routing.named_region``)."""
@@ -132,7 +132,7 @@ def _refusal(env: Env, session: Session, inbound: InboundMessage, facts: Message
     authority = _authority(env, session, facts, region)
     if authority is not None:
         return authority
-    # Once only, and never from an old mail (issue 15): a bulletin request or approval replayed
+    # Once only, and never from an old mail (docs/guarantees.md): a bulletin request or approval replayed
     # with an extra Received: line, or resent weeks later, acts on nothing. The keys are recorded
     # in this transaction, the one that acts, scoped by the bulletin's region (processing/replay.py).
     stale = replay.command_date_refusal(inbound.raw, facts, aware(inbound.received_at),
@@ -203,7 +203,7 @@ def _reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFa
     """Answer the sender. ``trusted``: authenticated staff of the region. Anyone else gets at most
     a bare refusal, and only if the address looks like the agency's: the From of an
     unauthenticated mail may be a victim's, so nothing of the message (subject, commands) nor of
-    the bulletin is echoed, and the refusal counts against the automatic-reply caps (issue 15)."""
+    the bulletin is echoed, and the refusal counts against the automatic-reply caps (docs/guarantees.md)."""
     to = (facts.sender.address or "").lower()
     if not to or is_no_reply(to) or (not trusted and not _staff_like(env, session, to)):
         return
@@ -230,7 +230,7 @@ def _bulletin_json(bulletin: Bulletin | None) -> dict[str, Any] | None:
 
 
 def _request(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
-    # The region the mail was delivered to (DESIGN §8), else the one analysis found.
+    # The region the mail was delivered to (docs/guarantees.md), else the one analysis found.
     named = facts.extra.get(AUTHORISING_REGION)
     region = named if isinstance(named, str) else facts.region
     region = region if region and env.settings.region(region) else None

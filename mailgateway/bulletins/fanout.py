@@ -3,7 +3,7 @@
 A bulletin is a row (``Bulletin``) with a region, a target expression (directory/targets.py), a
 subject, a body and a TLP label. Its fan-out streams the recipients from the directory (one per
 establishment: its ``ssi`` contact, else ``rssi``, else ``dsi``) and queues one message each,
-through the ``Mailer`` (TLP, no-reply and loop rules of DESIGN §8), with its own Message-ID and
+through the ``Mailer`` (TLP, no-reply and loop rules of docs/guarantees.md), with its own Message-ID and
 its own VERP return path (``outbox.enqueue``), at priority 10 so case mail drains first.
 
 Memory stays flat in the number of recipients: recipients are read from a separate read-only
@@ -78,7 +78,7 @@ class BulletinError(InputError):
 
 def check_tlp(value: str | None) -> str:
     """Canonical TLP 2.0 label (mail/tlp.py); an unknown one is refused, RED too: it never leaves the
-    agency (DESIGN §8). No label at all is CLEAR: the author of a bulletin is the source and decides."""
+    agency (docs/guarantees.md). No label at all is CLEAR: the author of a bulletin is the source and decides."""
     marking = operator_label(value)
     if not marking.known:
         raise BulletinError(f"TLP inconnu « {value} » (valeurs : CLEAR, GREEN, AMBER, AMBER+STRICT, RED)")

@@ -107,7 +107,7 @@ def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: Me
     Only a DSN at the message's own VERP return path acts (row bounced, fallback contact, staff
     task). One that merely names a Message-ID of ours is recorded against the contact as weak
     evidence (directory/bounces.py) and nothing else: Message-IDs are seen by more people than
-    the return path. One that names nothing we sent counts for nothing (issue 15: forged DSNs).
+    the return path. One that names nothing we sent counts for nothing (docs/guarantees.md: forged DSNs).
     """
     bounce = facts.bounce
     assert bounce is not None
@@ -145,7 +145,7 @@ def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent:
     before = statuses_of(session, row.recipient)
     contacts = record_bounce(session, row.recipient, permanent, diagnostic, now, outbound_id=row.id, policy=policy,
                              evidence=evidence)
-    # Issue 15: one DSN no longer takes a directory contact out of use. Staff are asked to correct
+    # One DSN no longer takes a directory contact out of use. Staff are asked to correct
     # a contact only when this bounce did (or for an address the directory does not know).
     notify = not contacts or bool(newly_out_of_use(contacts, before))
     finess = contacts[0].finess if contacts else None
@@ -218,7 +218,7 @@ def _contact_task(env: Env, session: Session, region: str, row: OutboundMessage,
     """Staff task: this contact address is broken; correct the directory (contact_a_corriger).
     ``marked``: a directory contact with this address was just taken out of use."""
     if row.kind == "contact_a_corriger" or row.recipient in staff_addresses(env.settings, session, region):
-        return 0  # a task about a task, or about staff's own mailbox, would loop (DESIGN §8)
+        return 0  # a task about a task, or about staff's own mailbox, would loop (docs/guarantees.md)
     est = session.get(Establishment, finess) if finess else None
     context: dict[str, Any] = {
         **region_context(env.settings, region),

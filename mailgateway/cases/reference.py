@@ -1,4 +1,4 @@
-"""Case references ``SSI-<REGION>-<YYYY>-<NNNN>`` (DESIGN §4, contract).
+"""Case references ``SSI-<REGION>-<YYYY>-<NNNN>`` (docs/architecture.md, "Contracts").
 
 The sequence is per region and year, never reused, and safe under concurrent processes: the
 increment is one ``UPDATE ... RETURNING`` on the sequence row, which PostgreSQL serialises with a

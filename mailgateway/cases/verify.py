@@ -1,4 +1,4 @@
-"""``mailgateway cases verify``: is every case what the gateway wrote? (DESIGN §5)
+"""``mailgateway cases verify``: is every case what the gateway wrote? (README, "Command line")
 
 Checked, for each case: its event chain (cases/timeline.py), its row against the state sealed in
 its latest event, its chain head against the region's audit ledger; for the whole database: each

@@ -1,4 +1,4 @@
-"""Operator command line (DESIGN §5, contract).
+"""Operator command line (README, "Command line": a contract).
 
 Exit codes: 0 success, 1 a check failed (``cases verify``), 2 bad input or configuration with one
 line per problem on stderr. Every command takes ``-c/--config`` (default ``$MAILGATEWAY_CONFIG``,

@@ -8,7 +8,7 @@
   command mail from staff gets a receipt listing what was applied and what was refused and why;
   a refused mail that looks like it comes from staff (agency domain, staff lists) gets a receipt
   saying why nothing happened; anyone else is ignored (an establishment's "#..." line is just text
-  of its reply). Issue 15, once only: a command mail dated too long before its reception (or
+  of its reply). Once only: a command mail dated too long before its reception (or
   undated) is refused, and one whose DKIM signature or Message-ID already ran commands is a
   replay, refused (``processing/replay.py``); the keys are recorded with the commands they run.
 - ``handle_reply``: a reply from an establishment (or the national cell)
@@ -224,7 +224,7 @@ def _case_domains(env: Env, session: Session, case: Case) -> set[str]:
 
 
 def status_refusal(env: Env, session: Session, case: Case, facts: MessageFacts) -> str | None:
-    """Why a reply may not change the case's status (issue 15), None when it may.
+    """Why a reply may not change the case's status (docs/guarantees.md), None when it may.
 
     Case references are sequential: anyone can write « [SSI-ARA-2026-0042] » in a subject. Only a
     reply authenticated (aligned DKIM) from the establishment's or the ACSS's domain may reopen a
@@ -250,7 +250,7 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
     target = case
     extra: dict[str, Any] = {"reply_from": sender or "inconnu", "from_acss": _from_acss(env, sender),
                              "reopened": False, "linked_from": None}
-    # Issue 15: only an authenticated reply from the establishment (or ACSS) reopens or links.
+    # Only an authenticated reply from the establishment (or ACSS) reopens or links.
     refusal = None if lifecycle.is_open(case.status) else status_refusal(env, session, case, facts)
     if refusal is not None:
         extra["kept_closed"] = refusal

@@ -1,10 +1,10 @@
 """Mail sent because of staff commands: receipts, requests and answers to the declarant,
 transmissions to the national cell (ACSS / CERT Santé), and query digests.
 
-Every mail goes through ``Mailer.send`` (no-reply, loop, TLP and cap rules of DESIGN §8) with an
+Every mail goes through ``Mailer.send`` (no-reply, loop, TLP and cap rules of docs/guarantees.md) with an
 idempotency key derived from the inbound command message, so reprocessing queues nothing twice.
 Mail to the declarant is threaded under the case's messages (RFC 5322 §3.6.4: In-Reply-To the
-message answered, References the thread) and carries the ``[REF]`` subject tag (DESIGN §4).
+message answered, References the thread) and carries the ``[REF]`` subject tag (docs/architecture.md, "Contracts").
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
         in_reply_to=facts.message_id, references=list(facts.in_reply_to),
     )
     # A refused (possibly forged) command is answered under the automatic-reply caps: a forger
-    # must not turn the gateway into a mail cannon against a staff address (DESIGN §8).
+    # must not turn the gateway into a mail cannon against a staff address (docs/guarantees.md).
     return env.mailer.send(session, spec, kind="recu_commandes", case=case, auto_reply=not authenticated,
                            actor=to if authenticated else "passerelle")
 

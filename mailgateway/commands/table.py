@@ -1,4 +1,4 @@
-"""One small function per staff command, registered in ``COMMANDS`` (STYLE §3: a named table).
+"""One small function per staff command, registered in ``COMMANDS``: every command is found in one table.
 
 A command function validates first and changes the case only when it will succeed: a refusal is
 a ``CaseError`` (or ``InvalidTransition``) with a French reason, and leaves nothing behind. The

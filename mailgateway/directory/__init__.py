@@ -112,7 +112,7 @@ def run_import(
     """``mailgateway directory import --kind KIND FILE``: the French report and the exit code.
 
     Exit 0 when the file was imported (a FINESS import may still list bad lines it skipped),
-    2 when it was refused or could not be read (DESIGN §5). One transaction: a refused import,
+    2 when it was refused or could not be read (README, "Command line"). One transaction: a refused import,
     or a crash, writes nothing.
     """
     at = now or SystemClock().now()

@@ -1,5 +1,5 @@
 """Contact status changes driven by bounces, scored the way Mailman 3 scores list members,
-and hardened against forged bounces (issue 15).
+and hardened against forged bounces (docs/guarantees.md).
 
 Each bounce adds to the contact's score (permanent 1.0, temporary 0.5); at the threshold (5.0)
 the contact becomes ``bouncing`` and bulletins fall back to the establishment's next contact

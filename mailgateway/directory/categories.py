@@ -1,4 +1,4 @@
-"""Structure categories (``category``, shared/domain/enumerations.md) and their FINESS mapping.
+"""Structure categories (``category``, data/finess_categories.toml) and their FINESS mapping.
 
 The mapping from FINESS codes lives in ``data/finess_categories.toml`` (data, not ``if`` chains);
 radiotherapy centres have no FINESS code of their own, so they come from a configured list of

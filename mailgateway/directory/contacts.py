@@ -1,4 +1,4 @@
-"""Import of the establishments' contacts CSV maintained by the ARS (DESIGN §5).
+"""Import of the establishments' contacts CSV maintained by the ARS (README, "Command line").
 
 ``finess;name;category;departement;email;role`` — UTF-8 (BOM tolerated), header row, ';' or ','.
 Several rows per establishment are allowed; ``ssi`` rows (the default role) are the bulletin

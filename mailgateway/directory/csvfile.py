@@ -1,6 +1,6 @@
 """Reading the ARS-maintained CSV files (contacts, staff): encoding, separator, header.
 
-DESIGN §5: UTF-8 with a header row, ';' or ',' separated. A byte-order mark is tolerated (Excel
+README, "Command line": UTF-8 with a header row, ';' or ',' separated. A byte-order mark is tolerated (Excel
 writes one), and so is Windows-1252, which is what French Excel writes for "CSV (séparateur :
 point-virgule)": refusing it would only send staff back to a text editor, and since the bytes are
 not valid UTF-8 the reading is unambiguous; the report says so.

@@ -1,6 +1,6 @@
 """Import of the national FINESS extraction (establishments, ET) into the directory.
 
-File format (shared/domain/enumerations.md "FINESS extraction file"): ';'-separated, latin-1,
+File format (the FINESS extraction file): ';'-separated, latin-1,
 no header row, a first line ``finess;etalab;<n>;<date>``, then ``structureet`` lines of 32 fields
 and, in some extractions, ``geolocalisation`` lines (skipped: we need no coordinates). About
 100,000 lines: the import reads the current directory into a dict once, compares in Python and

@@ -1,4 +1,4 @@
-"""The outcome of a directory import, and its French rendering for staff (DESIGN §5)."""
+"""The outcome of a directory import, and its French rendering for staff (README, "Command line")."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class ImportReport:
 
     @property
     def exit_code(self) -> int:
-        """DESIGN §5: 0 when imported, 2 on bad input (refused)."""
+        """README, "Command line": 0 when imported, 2 on bad input (refused)."""
         return 2 if self.refused else 0
 
     def to_text_fr(self, max_lines: int = 200) -> str:

@@ -1,6 +1,6 @@
 """Import of ARS staff (``address;region;role``), in addition to ``[[staff]]`` in the configuration.
 
-Staff addresses carry authority: authenticated mail from them is obeyed as commands (DESIGN §8).
+Staff addresses carry authority: authenticated mail from them is obeyed as commands (docs/guarantees.md).
 The CSV is therefore the complete list of CSV-managed staff: whoever is absent from the file is
 removed, so that striking someone from the list is enough to revoke them. All or nothing, like
 contacts: a file with any error changes nothing. The header row is optional.

@@ -1,4 +1,4 @@
-"""Bulletin target expressions and the recipients they select (DESIGN §5).
+"""Bulletin target expressions and the recipients they select (README, "Command line").
 
 Grammar: ``all``, or clauses ``key=value[|value...]`` joined with ``,`` (and). Keys:
 ``category``/``categorie`` (structure category identifiers, see categories.py), ``departement``

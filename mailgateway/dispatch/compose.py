@@ -83,7 +83,7 @@ MESSAGE_ID_BITS = 160
 
 
 def stable_message_id(idempotency_key: str, domain: str, secret: bytes) -> str:
-    """The same logical mail always has the same Message-ID (at-least-once delivery, DESIGN §8),
+    """The same logical mail always has the same Message-ID (at-least-once delivery, docs/guarantees.md),
     and nobody outside can compute it.
 
     Our Message-IDs are credentials of a sort: a DSN naming one is attributed to the outbox row

@@ -1,4 +1,4 @@
-"""The outbox: one row per outbound message and recipient, with its final bytes (DESIGN §2).
+"""The outbox: one row per outbound message and recipient, with its final bytes (README, "How it works").
 
 Rows are inserted in the transaction that decided to send them, so a rolled-back decision sends
 nothing and a committed one is never lost. The idempotency key makes a second decision for the

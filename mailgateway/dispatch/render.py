@@ -1,4 +1,4 @@
-"""Render mail templates in a sandboxed, autoescaping Jinja2 environment (DESIGN §8).
+"""Render mail templates in a sandboxed, autoescaping Jinja2 environment (docs/guarantees.md).
 
 A mail is three templates: ``<name>.subject.j2`` (one line), ``<name>.txt.j2`` and, optionally,
 ``<name>.html.j2``. Values taken from mail are passed as *data* only; they never become template

@@ -1,8 +1,8 @@
 """The sender: claim due outbox rows, deliver their final bytes, record the relay's answer.
 
-One runner skeleton (STYLE §2): claim a batch, deliver it with ``relay.concurrency`` workers,
+One runner skeleton: claim a batch, deliver it with ``relay.concurrency`` workers,
 commit the answers, repeat; sleep until woken (``wake()`` after an enqueue) or the next row is due.
-The sender renders nothing: the outbox holds final, signed bytes (DESIGN §2).
+The sender renders nothing: the outbox holds final, signed bytes (README, "How it works").
 
 Claiming. On PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` lets several instances share the
 queue. SQLite has no row locks (SQLAlchemy silently drops FOR UPDATE there): the claim is one

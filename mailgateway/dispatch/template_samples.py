@@ -49,6 +49,6 @@ EXTRA.update({
     "reponse_recue": {"reply_from": "dsi@chu-exemple.fr", "from_acss": False, "reopened": True, "linked_from": None},
 })
 
-# Budget warnings to staff (dispatch/mailer.py, issue 15).
+# Budget warnings to staff (dispatch/mailer.py, docs/guarantees.md).
 EXTRA["avertissement"] = {"motif": "budget global de réponses automatiques atteint (500 par heure)",
                           "details": ["SSI-ARA-2026-0001"]}

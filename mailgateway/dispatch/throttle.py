@@ -1,4 +1,4 @@
-"""Delivery throttles (issue 8): per relay and per destination domain, per second and per hour.
+"""Delivery throttles: per relay and per destination domain, per second and per hour.
 
 A throttle never blocks the event loop and never counts as a delivery attempt: ``take`` either
 grants a slot at once (0.0) or says how long until one is free, and the sender decides to wait a

@@ -1,4 +1,4 @@
-"""Accept: store the raw bytes durably, deduplicated, before the source gets its answer (DESIGN §2).
+"""Accept: store the raw bytes durably, deduplicated, before the source gets its answer (README, "How it works").
 
 Accept parses nothing beyond what routing needs (the envelope) and never loses a message. A
 message whose content hash is already stored is a duplicate: the source may be answered as if
@@ -46,7 +46,7 @@ def accept_in(
     """Store ``raw`` in the caller's transaction; the caller commits before answering the source.
 
     What is stored (and hashed) is ``canonical(raw)``: line endings are normalised once, here, for
-    SMTP, IMAP and CLI alike, so that DKIM verification and analysis read the same bytes (issue 15).
+    SMTP, IMAP and CLI alike, so that DKIM verification and analysis read the same bytes (docs/guarantees.md).
     """
     raw = canonical(raw)
     if source_key is not None:

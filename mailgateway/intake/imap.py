@@ -1,10 +1,10 @@
 """IMAP intake: watch every regional SSI mailbox with IDLE and accept each message exactly once.
 
 One ``MailboxWatcher`` thread per ``[regions.imap]`` (imapclient is synchronous); ``ImapIntake``
-starts and stops them. Per message (DESIGN §2):
+starts and stops them. Per message (README, "How it works"):
 
 1. ``UID FETCH BODY.PEEK[]`` -- PEEK never sets ``\\Seen``: staff read the same mailbox and may
-   open a message first, so no state depends on ``\\Seen`` (DESIGN §8).
+   open a message first, so no state depends on ``\\Seen`` (docs/guarantees.md).
 2. ``accept_in`` in its own transaction, with the source key
    ``imap:<region>:<folder>:<uidvalidity>:<uid>``; commit.
 3. Only then the server is answered: the message moves to the processed folder (``Traité``;

@@ -3,7 +3,7 @@
 A thin layer over imapclient (synchronous) so the watcher reads as the protocol it follows.
 Library and socket errors are translated to ``ImapError`` at this boundary.
 
-Marking a message processed (the mailbox is shared with staff, DESIGN §8, so nothing depends on
+Marking a message processed (the mailbox is shared with staff, docs/guarantees.md, so nothing depends on
 ``\\Seen``, which their clients set freely):
 
 * ``UID MOVE`` to the processed folder when the server has MOVE (RFC 6851);

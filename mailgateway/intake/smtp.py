@@ -18,7 +18,7 @@ The handler never parses the message: routing needs only the envelope. Replies f
 
 A connection silent for ``idle_timeout_seconds`` is closed (also while DATA is flowing, the timer
 restarts at each line). The ``queued as`` id is random, logged next to the inbound id: it tells
-the client nothing about our database (issue 15: sequential ids helped forge bounces).
+the client nothing about our database (docs/guarantees.md: sequential ids helped forge bounces).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class IntakeHandler:
             return "451 4.7.1 Too many messages from your address, try again later"
         content = envelope.original_content or envelope.content or b""
         raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else bytes(content)
-        # One view of a message (issue 15): a header block that DKIM and analysis would read
+        # One view of a message (docs/guarantees.md): a header block that DKIM and analysis would read
         # differently is refused before it is stored (RFC 3463 5.6.0: bad message content).
         if refusal := header_block_refusal(raw):
             return f"550 5.6.0 {refusal}"

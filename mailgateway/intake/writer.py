@@ -1,11 +1,11 @@
-"""Group commit for intake: many accepts, one durable commit (DESIGN §2 and §9).
+"""Group commit for intake: many accepts, one durable commit (README, "How it works" and "Benchmarks").
 
 SMTP sessions hand their message to one writer thread; it takes whatever is waiting (up to
 ``batch``), stores it in one transaction, commits (fsync), and only then resolves each caller's
 future, so every ``250`` is still sent after the message is on disk. Under load this turns one
 fsync per message into one per batch; with one message waiting it costs nothing extra.
 
-One bad item never fails its neighbours (issue 15: one non-UTF-8 ``MAIL FROM`` made 59 of 60
+One bad item never fails its neighbours (docs/guarantees.md: one non-UTF-8 ``MAIL FROM`` made 59 of 60
 honest messages get 451): the envelope is checked before the item is queued, and each item is
 stored under its own savepoint, so an item that fails is rolled back alone and only its caller
 gets the error. Only a failure of the batch itself (the commit) fails every item.

@@ -1,7 +1,7 @@
 """Alerts of the national cell (ACSS, now CERT Santé) and CERT-FR style advisories.
 
 An alert is authentic only when the sender is authenticated and the authenticated domain is
-(under) one of the configured ACSS domains (DESIGN §8); anything else that looks like an alert
+(under) one of the configured ACSS domains (docs/guarantees.md); anything else that looks like an alert
 is still recognised, so that staff can be warned about a spoofed one.
 """
 

@@ -1,4 +1,4 @@
-"""``analyse(raw, ctx, sender)``: one inbound message to MessageFacts (DESIGN §6). Pure, total.
+"""``analyse(raw, ctx, sender)``: one inbound message to MessageFacts (README, "Command line"). Pure, total.
 
 Classification order (the first rule that holds gives the kind):
 
@@ -25,7 +25,7 @@ Classification order (the first rule that holds gives the kind):
 ``analyse`` never raises: any internal exception gives kind ``unknown`` with the exception named
 in ``quarantine_reason``. Work is bounded by the limits of ``mail.parse`` (25 MB, 10,000 parts).
 
-One view of a message (issue 15, RFC 6376 §8.15). Before anything else:
+One view of a message (docs/guarantees.md, RFC 6376 §8.15). Before anything else:
 
 * a header block that DKIM (dkimpy) and analysis (the ``email`` package) could read differently
   (``mailgateway.wire.header_block_problem``, then a field-by-field comparison of both parsers'

@@ -1,4 +1,4 @@
-"""Who sent this message, and is it proven? (DESIGN §8: a From header proves nothing.)
+"""Who sent this message, and is it proven? (docs/guarantees.md: a From header proves nothing.)
 
 A sender is *authenticated* when, and only when, one of these holds:
 
@@ -87,7 +87,7 @@ log = logging.getLogger(__name__)
 # and the header block handed to dkimpy (MAX_HEADER_BYTES) are bounded in mailgateway.wire.
 MAX_SIGNATURES = 5
 # Distinct DKIM key names looked up for one message: the first, plus two more (a dual RSA +
-# ed25519 signature needs two; RFC 8463 §2). Each may cost a DNS timeout (issue 15).
+# ed25519 signature needs two; RFC 8463 §2). Each may cost a DNS timeout (docs/guarantees.md).
 MAX_KEY_LOOKUPS = 3
 
 _AUTHSERV_ID_END = frozenset(" \t\r\n;()")
@@ -110,7 +110,7 @@ def _authserv_id(value: str) -> str | None:
 
 @functools.cache
 def _public_suffixes() -> PublicSuffixList:
-    # The list bundled with the package: no download, no network (DESIGN §8).
+    # The list bundled with the package: no download, no network (docs/guarantees.md).
     return PublicSuffixList()
 
 
@@ -210,7 +210,7 @@ def from_address(raw: bytes) -> tuple[str | None, str | None]:
 
 @dataclass
 class _DnsBudget:
-    """The DNS one message may cost (issue 15, bounded work): a message that names several aligned
+    """The DNS one message may cost (docs/guarantees.md, bounded work): a message that names several aligned
     domains whose DNS never answers must not cost one timeout per signature, holding processing
     for everyone behind it. After the first temporary failure no more key is looked up; at most
     ``max_lookups`` distinct key names are looked up at all (a dual RSA + ed25519 signature,
@@ -345,7 +345,7 @@ class Authenticator:
                 # Checked before any dkimpy call: this also bounds what dkimpy is handed.
                 return _unauthenticated(raw, f"ambiguous header block: {refusal}")
             return self._verify(raw, trusted_path)
-        except Exception as exc:  # untrusted input must never crash processing (DESIGN §8)
+        except Exception as exc:  # untrusted input must never crash processing (docs/guarantees.md)
             log.warning("sender authentication failed unexpectedly", exc_info=True)
             return _unauthenticated(raw, f"check failed: {type(exc).__name__}")
 
@@ -534,7 +534,7 @@ def _refusal(tags: dict[bytes, bytes], from_domain: str) -> str | None:
         return "l= body length limit refused"
     signed = signed_names(tags)
     if len(signed) > MAX_SIGNED_NAMES:
-        # Verifying costs (names in h=) x (fields in the block): the DKIM cost bomb (issue 15).
+        # Verifying costs (names in h=) x (fields in the block): the DKIM cost bomb (docs/guarantees.md).
         return f"h= lists {len(signed)} header names, more than {MAX_SIGNED_NAMES}"
     if "from" not in signed:
         # RFC 6376 §6.1.1: a signature not covering From MUST be ignored.

@@ -1,4 +1,4 @@
-"""Loops and automatic replies: mail the gateway must never answer (DESIGN §8).
+"""Loops and automatic replies: mail the gateway must never answer (docs/guarantees.md).
 
 Sources: RFC 3834 (Auto-Submitted; §2 never answer auto-submitted mail; §3.1.5 responders
 ignore Precedence: bulk/junk/list), Microsoft's

@@ -1,6 +1,6 @@
 """Staff commands: ``#name args`` lines in the new text of a message (quotes never count).
 
-DESIGN §8: a command counts only from an authenticated member of the staff of the case's
+docs/guarantees.md: a command counts only from an authenticated member of the staff of the case's
 region; otherwise it is returned with ``accepted`` False and a French reason (the receipt tells
 the sender why nothing happened).
 """
@@ -103,7 +103,7 @@ def authorise(
         if not sender.authenticated:
             reason: str | None = REASON_NOT_AUTHENTICATED
         elif region is None:
-            # Issue 15: a mail that names no regional mailbox (and no case) authorises nobody;
+            # A mail that names no regional mailbox (and no case) authorises nobody;
             # "any staff of any region" would let one region act on another's behalf.
             reason = REASON_NO_REGION
         elif not regions or region not in regions:

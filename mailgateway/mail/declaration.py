@@ -1,6 +1,6 @@
 """Incident declarations: labelled "Champ : valeur" mail (portal notifications, forms) and free text.
 
-The portal's exact mail format is not published (shared/domain/enumerations.md), so labelled
+The portal's exact mail format is not published, so labelled
 lines are matched against the configurable label tables and everything else falls back to
 keyword search in the free text. Enumeration ids are those of enumerations.md.
 """

@@ -1,4 +1,4 @@
-"""Facts extracted from one inbound message: the shape of ``parse --json`` (DESIGN §6, contract).
+"""Facts extracted from one inbound message: the shape of ``parse --json`` (README, "Command line": a contract).
 
 These are plain frozen dataclasses produced by pure functions (``mail.analyse``) and consumed by
 processing. ``MessageFacts.to_json()`` gives the contract object; keys are always present.
@@ -15,7 +15,7 @@ INDICATOR_TYPES = ("url", "domain", "ip", "email", "hash", "phone", "cve")
 
 @dataclass(frozen=True)
 class SenderVerdict:
-    """Who sent the message and whether that is proven (DESIGN §8: a From header proves nothing)."""
+    """Who sent the message and whether that is proven (docs/guarantees.md: a From header proves nothing)."""
 
     address: str | None = None
     domain: str | None = None

@@ -6,7 +6,7 @@ that the visible text may not show.
 The markup is split into tags and text by a small tokenizer of our own (``_feed``) rather than
 the standard library's ``html.parser``: in Python 3.11 the latter rescans the rest of the
 document for every unterminated construct (CVE-2025-6069 and neighbours: 100 KB of "<a" took
-50 s, 25,000 "<!--" 24 s), so one anonymous HTML mail could hold processing for hours (issue 15,
+50 s, 25,000 "<!--" 24 s), so one anonymous HTML mail could hold processing for hours (docs/guarantees.md,
 "bounded work"). Every step below moves forward with ``str.find`` or a regex made of single
 character classes, so the work is linear in the size of the markup. The tokenizer follows the
 WHATWG rules where they matter for text: comments end at "-->" (unterminated: the rest is a

@@ -28,7 +28,7 @@ def _from_line(line: bytes) -> bool:
 
     String operations plus one search: the former single regex
     (``From (?:-|\\S+@\\S+|\\S+)(?:[ \\t]*$|[ \\t]+.*(?:…).*$)``) let ``\\S+@\\S+`` and
-    ``.*….*`` retry every split, and a 100 KB line took three minutes (issue 15, bounded work).
+    ``.*….*`` retry every split, and a 100 KB line took three minutes (docs/guarantees.md, bounded work).
     """
     line = line[:-1] if line.endswith(b"\n") else line  # one final line break, as "$" allowed
     if not line.startswith(b"From ") or len(line) == 5 or line[5:6].isspace() or b"\n" in line:

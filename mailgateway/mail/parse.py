@@ -8,7 +8,7 @@ bytes, which we decode ourselves (``mail.headers``), and it parses the corpus ab
 faster (the ≥ 300 msg/s target). If the ``compat32`` parse itself fails, ``policy.default`` is
 tried, then a headers-only parse, so some facts come out of nearly anything.
 
-The message is never re-serialised: callers keep the original bytes (DESIGN §2).
+The message is never re-serialised: callers keep the original bytes (README, "How it works").
 
 Bounds: a message over ``MAX_MESSAGE_BYTES`` is parsed headers-only; at most ``MAX_PARTS`` parts
 are visited, ``MAX_DEPTH`` levels deep; each text part contributes at most ``MAX_PART_BYTES``
@@ -310,7 +310,7 @@ def inner_text(msg: Message) -> tuple[ParsedMessage, str]:
     return inner, inner.text()
 
 
-# --- one view of a message (issue 15) --------------------------------------------------------------
+# --- one view of a message (docs/guarantees.md) --------------------------------------------------------------
 
 
 def _unfolded(value: str) -> str:

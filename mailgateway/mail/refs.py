@@ -1,4 +1,4 @@
-"""Case references (DESIGN §4 contract: ``SSI-<REGION>-<YYYY>-<NNNN>``) and threading.
+"""Case references (docs/architecture.md, "Contracts": ``SSI-<REGION>-<YYYY>-<NNNN>``) and threading.
 
 Threading order: the Message-IDs of In-Reply-To then References through the injected
 ``thread_lookup`` (the outbox knows what we sent), then a reference tag in the subject, then a

@@ -142,7 +142,7 @@ def label_line(line: str) -> tuple[str, str] | None:
 
     String operations, not a regex: the former ``^\s*[-*•]?\s*([^:\n]{1,60}?)\s*:`` let four
     quantifiers share one run of blanks, and a line of a few thousand spaces before a colon took
-    minutes (issue 15, "poison message"). This is linear in the length of the line, with the same
+    minutes (docs/guarantees.md, "poison message"). This is linear in the length of the line, with the same
     results on every line.
     """
     head, colon, rest = line.partition(":")

@@ -14,7 +14,7 @@ French labels map exactly: BLANC → CLEAR, VERT → GREEN, AMBRE → AMBER, AMB
 AMBER+STRICT, ROUGE → RED; TLP 1.0's WHITE is TLP 2.0's CLEAR.
 
 The search is linear: "TLP", then blanks and an optional ':' or '=' with no two quantifiers over
-the same characters, then the label read from a fixed position (issue 15: no backtracking on
+the same characters, then the label read from a fixed position (docs/guarantees.md: no backtracking on
 untrusted text).
 """
 

@@ -42,7 +42,7 @@ def _declarant_verified(facts: MessageFacts, declarant: str) -> bool:
 
 def _acknowledgement_context(env: Env, region: str, case: Case, inbound: InboundMessage, facts: MessageFacts,
                              verified: bool) -> dict[str, Any]:
-    """Issue 15: mail to an unverified address never echoes text of an unauthenticated message
+    """Mail to an unverified address never echoes text of an unauthenticated message
     (subject, structure name, free text): only the reference, the date received and the incident
     type / category as enumeration codes (shown by their French labels). A DKIM-signed mail can
     otherwise be made to carry an attacker's words, signed by the agency, to anyone."""

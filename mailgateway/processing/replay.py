@@ -1,4 +1,4 @@
-"""Once only: a command mail or an alert acts at most once (issue 15, "once only").
+"""Once only: a command mail or an alert acts at most once (docs/guarantees.md, "once only").
 
 Intake de-duplicates by content hash, which a replay defeats by changing one byte outside what
 was signed — one more ``Received:`` line (RFC 5321 §4.4 lets every relay add one) keeps the DKIM
@@ -11,7 +11,7 @@ signature valid. So what identifies a message *as acted on* is not its bytes but
   authserv-id (no signature key then).
 
 Both are scoped by the region the message is processed for (``<REGION>|dkim:…``,
-``<REGION>|mid:…``): DESIGN §8 processes a message once *per region*. One genuine alert sent to
+``<REGION>|mid:…``): docs/guarantees.md processes a message once *per region*. One genuine alert sent to
 ssi-ara and ssi-pdl is two deliveries of the same signature and Message-ID; a global key made the
 second region's copy a "replay", and let anyone holding a Bcc'd copy send it to the wrong region
 first to suppress it for the right one. Commands are scoped by their case's region (else the

@@ -35,11 +35,11 @@ AUTHORISING_REGION = "authorising_region"
 def named_region(settings: Settings, facts: MessageFacts, envelope_region: str | None = None,
                  envelope_rcpts: Sequence[str] = ()) -> str | None:
     """The region whose SSI mailbox this mail was delivered or addressed to: the IMAP mailbox or
-    SMTP envelope recipient first (DESIGN §8), else a regional address written in To/Cc, exactly.
+    SMTP envelope recipient first (docs/guarantees.md), else a regional address written in To/Cc, exactly.
 
     Unlike ``resolve_region`` this never guesses (no alias domain, FINESS or single-region
     fallback): it is the only region an approval by mail may be authorised for. A mail that names
-    no regional mailbox authorises nobody (issue 15: region None used to mean "any staff")."""
+    no regional mailbox authorises nobody (docs/guarantees.md: region None used to mean "any staff")."""
     configured = {r.code for r in settings.regions}
     if envelope_region in configured:
         return envelope_region

@@ -1,8 +1,8 @@
-"""Process accepted messages: classify, authenticate, extract, apply — once (DESIGN §2).
+"""Process accepted messages: classify, authenticate, extract, apply — once (README, "How it works").
 
 For one message:
 1. count the attempt, in its own short committed transaction, before anything else is tried; a
-   message that already used ``[processing] max_attempts`` is quarantined instead (issue 15: a
+   message that already used ``[processing] max_attempts`` is quarantined instead (docs/guarantees.md: a
    message that crashes or wedges the daemon, or kills the worker, must not be picked forever);
 2. authenticate and analyse — pure, no lock held (a large message must not block intake): in the
    daemon, in a worker process with a time budget (processing/worker.py), else in this process;
@@ -272,7 +272,7 @@ class Processor:
             outcome = None
             attachments = int(facts.extra.get("attachments", 0) or 0)
             if attachments > self.settings.intake.max_attachments:
-                # Issue 5: attachment limits; the message is kept, in quarantine, with the reason.
+                # Attachment limits; the message is kept, in quarantine, with the reason.
                 outcome = Outcome("quarantined", f"trop de pièces jointes : {attachments} "
                                                  f"(maximum {self.settings.intake.max_attachments})")
             # Features may claim a message first (e.g. an establishment acknowledging a bulletin).

@@ -1,4 +1,4 @@
-"""The expensive, pure part of processing, in a process that can be killed alone (issue 15).
+"""The expensive, pure part of processing, in a process that can be killed alone (docs/guarantees.md).
 
 Sender authentication (DKIM canonicalisation, ``h=`` lists), analysis (MIME walk, label parsing)
 and region resolution only read the message and a few rows; their cost is chosen by whoever wrote
@@ -93,7 +93,7 @@ def _strip(mid: str) -> str:
 
 
 def thread_lookup_for(session: Session) -> Callable[[Sequence[str]], str | None]:
-    """Message-IDs of a reply -> case reference, our own mail first (issue 4: threading)."""
+    """Message-IDs of a reply -> case reference, our own mail first (threading)."""
 
     def lookup(message_ids: Sequence[str]) -> str | None:
         ids = [m for m in (_strip(x) for x in message_ids) if m][:50]
@@ -137,7 +137,7 @@ def context_for(settings: Settings, session: Session) -> AnalysisContext:
 
 
 def verify_sender(settings: Settings, authenticator: Authenticator, row: InboundMessage) -> SenderVerdict:
-    # Authentication-Results count only for mail that came through the site's MTA (issue 15).
+    # Authentication-Results count only for mail that came through the site's MTA (docs/guarantees.md).
     trusted_path = arrived_via_trusted_path(settings, row.source, row.peer)
     try:
         return authenticator.verify(row.raw, trusted_path=trusted_path)

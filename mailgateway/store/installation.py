@@ -1,8 +1,8 @@
 """Per-installation secrets: random keys created once, on first use, in the database.
 
 Why the database and not a file under the data directory: several instances may share one
-database (PostgreSQL, DESIGN §4), and every one of them must derive the same Message-ID for the
-same logical mail (a re-sent or re-decided mail keeps its Message-ID, DESIGN §8) and recognise
+database (PostgreSQL, docs/architecture.md, "Contracts"), and every one of them must derive the same Message-ID for the
+same logical mail (a re-sent or re-decided mail keeps its Message-ID, docs/guarantees.md) and recognise
 the identifiers the others issued. A file would differ per host, and would be lost with the host
 while the outbox rows that name its identifiers live on in the database.
 

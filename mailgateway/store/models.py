@@ -1,4 +1,4 @@
-"""SQLAlchemy mapping of every table (DESIGN §4).
+"""SQLAlchemy mapping of every table (docs/architecture.md, "Contracts").
 
 One module so the schema reads in one place; behaviour lives in the services. Times are stored
 as timezone-aware UTC. Raw inbound bytes and final outbound bytes are kept verbatim (never
@@ -50,7 +50,7 @@ class InboundMessage(Base):
     source: Mapped[str] = mapped_column(String(16))  # smtp | lmtp | imap | cli
     mail_from: Mapped[str | None] = mapped_column(String(512))
     # SMTP client IP (intake/smtp.py); None for IMAP and CLI. Authentication-Results are accepted
-    # only from [intake.smtp] trusted_relays (issue 15).
+    # only from [intake.smtp] trusted_relays (docs/guarantees.md).
     peer: Mapped[str | None] = mapped_column(String(64))
     rcpt_tos: Mapped[list[Any]] = mapped_column(default=list)
     region: Mapped[str | None] = mapped_column(String(8))
@@ -74,7 +74,7 @@ class ReplayKey(Base):
 
     Keys are ``<REGION>|dkim:<d>:<sha256 of b=>`` (the accepted signature) and
     ``<REGION>|mid:<Message-ID>``, scoped by the region the message acts for; a second message
-    carrying either in that region is a replay, whatever its other bytes (issue 15, "once only").
+    carrying either in that region is a replay, whatever its other bytes (docs/guarantees.md, "once only").
     Recorded in the transaction that acts, so a crash before the commit re-runs exactly once."""
 
     __tablename__ = "replay_keys"
@@ -117,7 +117,7 @@ class MailboxState(Base):
 
 
 class CaseSequence(Base):
-    """Last number used per region and year: references are never reused (DESIGN §4)."""
+    """Last number used per region and year: references are never reused (docs/architecture.md, "Contracts")."""
 
     __tablename__ = "case_sequences"
 
@@ -129,7 +129,7 @@ class CaseSequence(Base):
 class Case(Base):
     __tablename__ = "cases"
     # (status, opened_at): ``cases list --status X`` reads the newest rows of one status straight
-    # from the index, no sort of every closed case (benchmarks/cases_list.py, DESIGN §9).
+    # from the index, no sort of every closed case (benchmarks/cases_list.py, README, "Benchmarks").
     __table_args__ = (Index("ix_cases_region_status", "region", "status"),
                       Index("ix_cases_status_opened_at", "status", "opened_at"))
 
@@ -388,7 +388,7 @@ class AutoReplyLog(Base):
     """Automatic replies sent, for the per-recipient and per-case storm caps."""
 
     __tablename__ = "auto_reply_log"
-    # "at" alone: the global budget counts every automatic reply of the last hour (issue 15).
+    # "at" alone: the global budget counts every automatic reply of the last hour (docs/guarantees.md).
     __table_args__ = (Index("ix_auto_reply_recipient_at", "recipient", "at"), Index("ix_auto_reply_at", "at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -398,7 +398,7 @@ class AutoReplyLog(Base):
 
 
 class StaffNoticeLog(Base):
-    """Staff notifications caused by an inbound sender, for the per-sender cap (issue 15)."""
+    """Staff notifications caused by an inbound sender, for the per-sender cap (docs/guarantees.md)."""
 
     __tablename__ = "staff_notice_log"
     __table_args__ = (Index("ix_staff_notice_sender_at", "sender", "at"),)

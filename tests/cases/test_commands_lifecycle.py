@@ -73,7 +73,7 @@ def test_reply_to_a_closed_case_reopens_it_by_default(gw: Gateway) -> None:
     ref = gw.declare()
     gw.command(ref, "#assigner moi\n#clore\n")
     ack = gw.last("accuse_reception", "dsi@chu.test")
-    # Issue 15: only an authenticated reply from the establishment reopens (test_budgets.py: others don't).
+    # Only an authenticated reply from the establishment reopens (test_budgets.py: others don't).
     gw.feed(casemail.sign(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}]",
                                            body="Le problème est revenu.\n", in_reply_to=ack.message_id),
                           casemail.establishment_key()))
@@ -144,7 +144,7 @@ def test_queries_by_subject_send_digests_of_the_senders_region(gw: Gateway) -> N
     gw.feed(casemail.staff_mail("", subject="#retards"))
     assert "Aucun dossier." in casemail.text_of(gw.last("synthese", "agent@ars.test").raw)
     gw.clock.advance(days=8)
-    # Written now: a command mail dated eight days before its reception is refused (issue 15).
+    # Written now: a command mail dated eight days before its reception is refused (docs/guarantees.md).
     gw.feed(casemail.staff_mail("", subject="#retards", date=gw.clock.now()))
     assert ref in casemail.text_of(gw.last("synthese", "agent@ars.test").raw)
 
@@ -164,7 +164,7 @@ def _authentic_alert(gw: Gateway) -> str:
         case.kind, case.status = "alert", "A_DIFFUSER"
         case.fields = {"alert": {"authentic": True, "title": "Vulnérabilité critique", "targets": ["LBM"],
                                  "tlp": "CLEAR", "reference": "CERTFR-2026-ALE-001", "cves": []}}
-        # Someone to relay to: a relay reaching no establishment is refused (issue 15).
+        # Someone to relay to: a relay reaching no establishment is refused (docs/guarantees.md).
         fill_directory(s, NOW, 2, category="LBM")
     return ref
 

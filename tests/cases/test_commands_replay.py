@@ -1,4 +1,4 @@
-"""Once only (issue 15): replayed command mail and alerts act once; old command mail not at all;
+"""Once only (docs/guarantees.md): replayed command mail and alerts act once; old command mail not at all;
 a GRAVE case is closed with a confirmation even when the same mail requalifies it."""
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def test_an_unauthenticated_copy_first_does_not_hide_the_genuine_alert(acss_gw: 
     assert again.reason == ALERT_REPLAYED and again.case_ref == genuine.case_ref
 
 
-# --- once per region (DESIGN §8: a message to several regional mailboxes is processed per region)
+# --- once per region (docs/guarantees.md: a message to several regional mailboxes is processed per region)
 
 
 NATIONAL = "Diffusion ARS <diffusion-ars@esante.test>"  # the alert names no regional mailbox in To

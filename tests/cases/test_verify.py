@@ -1,4 +1,4 @@
-"""``mailgateway cases verify`` covers everything that matters (issue 15, item 7).
+"""``mailgateway cases verify`` covers everything that matters (docs/guarantees.md, item 7).
 
 A real database is made by processing real mail (declarations, staff commands, a confirmed close,
 a merge, a follow-up case); each test then edits a copy of it with sqlite3, behind the gateway's

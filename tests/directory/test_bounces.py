@@ -74,7 +74,7 @@ def test_unknown_address_touches_nothing(session: Session, contact: Contact) -> 
     assert record_bounce(session, "nobody@nowhere.fr", True, None, NOW) == []
 
 
-# --- issue 15: forged bounces; evidence and distinct deliveries -----------------------------------
+# --- forged bounces; evidence and distinct deliveries -----------------------------------
 
 
 def _sent(session: Session, n: int, recipient: str = "ssi@ght.fr") -> int:
@@ -152,7 +152,7 @@ def test_the_relays_own_5xx_still_marks_the_contact_at_once(session: Session, co
 
 
 def test_newly_out_of_use_names_only_contacts_a_bounce_took_out_of_use(session: Session, contact: Contact) -> None:
-    """What "Contact à corriger" relies on (issue 15): one VERP DSN leaves the contact active."""
+    """What "Contact à corriger" relies on (docs/guarantees.md): one VERP DSN leaves the contact active."""
     from mailgateway.directory.bounces import newly_out_of_use, statuses_of
 
     before = statuses_of(session, "SSI@ght.fr")

@@ -213,7 +213,7 @@ def test_a_dsn_mailed_back_to_the_verp_address_bounces_the_contact(app: App) -> 
         counts = status_counts(s, bulletin_id)
     # This bulletin falls back to the next contact at once...
     assert counts is not None and counts["bounced"] == 1 and counts["fallbacks"] == 1 and counts["pending"] == 1
-    # ...but one delivery is not enough to drop the contact (issue 15: a DSN may be forged):
+    # ...but one delivery is not enough to drop the contact (docs/guarantees.md: a DSN may be forged):
     # failures on two distinct messages (directory.bounce_min_messages) are.
     assert contact is not None and contact.status == "active"
     second = _send(app)
@@ -225,7 +225,7 @@ def test_a_dsn_mailed_back_to_the_verp_address_bounces_the_contact(app: App) -> 
 
 
 def test_one_dsn_does_not_tell_staff_the_contact_is_out_of_use(app: App) -> None:
-    """Issue 15: one DSN no longer disables a contact, so "Contact à corriger … n'est plus utilisé"
+    """One DSN no longer disables a contact, so "Contact à corriger … n'est plus utilisé"
     after it was untrue. Staff are asked to correct the contact when it is actually taken out of use."""
     def tasks() -> list[OutboundMessage]:
         with app.factory() as s:

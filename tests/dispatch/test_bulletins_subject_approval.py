@@ -1,5 +1,5 @@
 """Approving a bulletin by a reply whose DKIM signature does not cover In-Reply-To / References
-(some Microsoft 365 setups): the signed Subject of the preview names the bulletin (issue 15).
+(some Microsoft 365 setups): the signed Subject of the preview names the bulletin (docs/guarantees.md).
 
 Before: such a reply was refused with "aucun dossier concerné : répondez au message du dossier ou
 indiquez sa référence [SSI-XXX-AAAA-NNNN] dans l'objet", which nobody can do for a bulletin.

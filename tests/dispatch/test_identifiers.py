@@ -1,4 +1,5 @@
-"""Issue 15 §6: outbound identifiers nobody outside can compute, and bounces that must be ours.
+"""Unguessable identifiers (docs/guarantees.md): outbound identifiers nobody outside can compute,
+and bounces that must be ours.
 
 Message-IDs used to be ``sha256(key)`` of guessable keys (``bulletin:<id>:<FINESS>``,
 ``acknowledgement:<id>``): anyone could forge a DSN that dropped a contact from the next alert,

@@ -1,4 +1,4 @@
-"""TLP fails closed on the relay path (issue 15): a genuine, DKIM-signed ACSS alert whose marking is
+"""TLP fails closed on the relay path (docs/guarantees.md): a genuine, DKIM-signed ACSS alert whose marking is
 unknown, missing or AMBRE+STRICT is never relayed to establishments, and staff see the marking.
 
 Before: "TLP:PURPLE" and an unmarked alert were relayed as TLP:CLEAR; "TLP:AMBRE+STRICT" was read
@@ -88,7 +88,7 @@ def test_an_alert_whose_marking_is_not_understood_is_never_relayed_to_establishm
     with transaction(app.factory) as s:
         stored = s.get(Case, case.id)
         assert stored is not None
-        # Refused outright, not "relayed to 0 establishments" (issue 15), and the case stays put.
+        # Refused outright, not "relayed to 0 establishments" (docs/guarantees.md), and the case stays put.
         with pytest.raises(BulletinError, match=r"TLP:AMBER\+STRICT"):
             relay_alert(app.env, s, stored, "agent@ars.test")
         assert stored.status == "A_DIFFUSER"

@@ -1,4 +1,4 @@
-"""Accept stores one normalised form (issue 15, "one view"): line endings are made CRLF once, at
+"""Accept stores one normalised form (docs/guarantees.md, "one view"): line endings are made CRLF once, at
 accept, for every source, and that is what is hashed (an LF copy of a stored CRLF message is a
 duplicate, not a second message)."""
 

@@ -1,4 +1,4 @@
-"""IMAP intake against a real Dovecot: exactly once, beside staff, through restarts (issue 3)."""
+"""IMAP intake against a real Dovecot: exactly once, beside staff, through restarts."""
 
 from __future__ import annotations
 

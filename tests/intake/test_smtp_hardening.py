@@ -1,4 +1,4 @@
-"""Issue 15, intake hardening, against the real daemon's SMTP listener: a bad envelope gets its own
+"""Intake hardening, against the real daemon's SMTP listener: a bad envelope gets its own
 5xx and never fails its neighbours, the client IP is recorded, ``queued as`` is opaque, sizes are
 refused early, connections and in-memory DATA bytes are capped, a flood of idle or bad clients
 neither exhausts descriptors nor fills the log."""
@@ -111,7 +111,7 @@ def _bad_sender(port: int) -> tuple[int, str]:
 
 
 def test_non_utf8_mail_from_gets_553_and_its_60_neighbours_are_accepted(gateway: RunningGateway) -> None:
-    """Issue 15: one non-UTF-8 MAIL FROM failed the whole group commit (59 of 60 honest messages
+    """One non-UTF-8 MAIL FROM failed the whole group commit (59 of 60 honest messages
     got 451) and the bad sender never got a 5xx."""
     port = gateway.config.smtp_port
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -145,7 +145,7 @@ def test_bad_recipient_bytes_get_501_and_the_session_goes_on(gateway: RunningGat
 
 
 def test_queued_as_is_opaque_and_logged_beside_the_inbound_id(gateway: RunningGateway) -> None:
-    """Issue 15: ``queued as N`` revealed the sequential inbound ids used to forge bounces."""
+    """``queued as N`` revealed the sequential inbound ids used to forge bounces."""
     ids = []
     for n in range(3):
         code, text = _send(gateway.config.smtp_port, _message(n))
@@ -272,7 +272,7 @@ def _open_fds(pid: int) -> int:
 
 
 def test_a_thousand_idle_connections_do_not_exhaust_descriptors(tmp_path: Path) -> None:
-    """Issue 15: ~1,000 idle connections exhausted the daemon's descriptors. With 512 of them
+    """~1,000 idle connections exhausted the daemon's descriptors. With 512 of them
     (prlimit), the cap keeps the daemon below the limit (connections over it are answered 421 and
     closed at once; a few hundred are open for an instant while asyncio accepts in batches of
     100); once the idle ones time out, an honest client is served again."""
@@ -307,7 +307,7 @@ def _try_send(port: int) -> tuple[int, str] | None:
 
 
 def test_a_flood_of_bad_clients_does_not_fill_the_log(gateway: RunningGateway) -> None:
-    """Issue 15: ~1,000 bad connections made the log grow 70 MB in 35 s."""
+    """~1,000 bad connections made the log grow 70 MB in 35 s."""
     port = gateway.config.smtp_port
     before = gateway.log_path.stat().st_size
 

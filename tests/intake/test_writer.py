@@ -1,4 +1,4 @@
-"""The group commit fails an item alone (issue 15: one bad MAIL FROM made 59 of 60 honest messages
+"""The group commit fails an item alone (docs/guarantees.md: one bad MAIL FROM made 59 of 60 honest messages
 get 451): envelopes are checked before queueing, and each item has its own savepoint."""
 
 from __future__ import annotations

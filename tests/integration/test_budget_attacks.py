@@ -1,4 +1,4 @@
-"""Issue 15 "Budgets", reproduced from outside: SMTP into the real daemon, mail out at a real SMTP sink.
+"""Budgets (docs/guarantees.md), reproduced from outside: SMTP into the real daemon, mail out at a real SMTP sink.
 
 1. An anonymous declaration naming a victim (Reply-To, « Courriel du déclarant ») with a phishing
    subject, structure name and text: the acknowledgement, DKIM-signed by the agency, reaches the

@@ -27,7 +27,7 @@ def staff_mail(subject: str, body: str, n: int, in_reply_to: str | None = None, 
         + (f"In-Reply-To: {in_reply_to}\r\nReferences: {in_reply_to}\r\n" if in_reply_to else "")
         + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body.replace("\n", "\r\n")
     ).encode()
-    # What steers the mail (threading, Date) is signed, as staff mail clients do (issue 15).
+    # What steers the mail (threading, Date) is signed, as staff mail clients do (docs/guarantees.md).
     signed = ("from", "to", "subject", "date", "message-id", "in-reply-to", "references")
     return dkimpy_sign(raw, STAFF_KEY, headers=signed) + raw if sign else raw
 

@@ -1,4 +1,4 @@
-"""The whole case process driven by mail through the real daemon (issue 6).
+"""The whole case process driven by mail through the real daemon.
 
 Declaration → staff notified → ``#assigner moi`` + ``#qualifier grave`` (DKIM-signed by the agency)
 → ``#transmettre-acss`` → the ACSS answer threads back → ``#demander-info`` → the establishment

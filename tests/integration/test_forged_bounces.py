@@ -1,4 +1,5 @@
-"""Issue 15 §6 from outside: forged DSNs over SMTP against the real daemon, bulletins at a real sink.
+"""Unguessable identifiers (docs/guarantees.md) from outside: forged DSNs over SMTP against the
+real daemon, bulletins at a real sink.
 
 The attack: compute the Message-ID of a bulletin (it used to be ``sha256("bulletin:<id>:<FINESS>")``)
 or learn a real one, mail an anonymous DSN naming it, and the establishment's contact was marked

@@ -1,4 +1,4 @@
-"""One view of a message, from the outside (issue 15, item 1): a genuinely signed staff reply,
+"""One view of a message, from the outside (docs/guarantees.md, item 1): a genuinely signed staff reply,
 altered in transit and sent over SMTP to the real daemon, is refused with ``550 5.6.0`` and changes
 no case; the same bytes fed through ``mailgateway ingest`` (as IMAP would) are stored, then
 quarantined with the French reason."""

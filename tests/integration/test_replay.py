@@ -1,4 +1,4 @@
-"""Once only, from the outside (issue 15): a DKIM-signed staff command and a signed ACSS alert,
+"""Once only, from the outside (docs/guarantees.md): a DKIM-signed staff command and a signed ACSS alert,
 each captured and sent again over SMTP to the real daemon with one more ``Received:`` line (a new
 content hash, the same signature), act once; a command mail dated long ago acts not at all."""
 
@@ -102,7 +102,7 @@ def test_replayed_command_and_alert_act_once_and_old_commands_not_at_all(gateway
 
 def test_one_alert_to_two_regional_mailboxes_opens_a_case_in_each_even_after_a_bcc_copy(
         gateway: RunningGateway, smtp_sink: SmtpSink) -> None:
-    """DESIGN §8: once per region. An attacker Bcc'd on a genuine ACSS alert sends it to
+    """docs/guarantees.md: once per region. An attacker Bcc'd on a genuine ACSS alert sends it to
     ssi-ara first; the real deliveries to ssi-pdl and ssi-ara follow (each relay adds its own
     Received: line). Each region gets its one case; the repeat in ARA is a replay."""
     alert = casemail.sign(make_alert(sender="CERT Santé <alerte@esante.test>",

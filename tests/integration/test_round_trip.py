@@ -1,4 +1,4 @@
-"""First round-trip (issue 2): a declaration mailed in becomes a case and the declarant gets a
+"""First round-trip: a declaration mailed in becomes a case and the declarant gets a
 signed, threaded French acknowledgement — through the real daemon, a real relay, real SMTP."""
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_too_large_message_is_refused_with_552(gateway: RunningGateway) -> None:
 def test_message_that_breaks_processing_is_quarantined_and_the_daemon_keeps_running(
     gateway: RunningGateway, smtp_sink: SmtpSink
 ) -> None:
-    # One header line: since issue 15 a header block that is not one (junk lines) gets 550 5.6.0 at
+    # One header line: a header block that is not one (junk lines) gets 550 5.6.0 at
     # SMTP (tests/integration/test_one_view.py); the garbage below it still reaches processing.
     garbage = b"X-Garbage: \xff\r\n\r\n" + b"\x00\xff\xfe garbage that is not a message\r\n" * 10
     gateway.send(garbage)

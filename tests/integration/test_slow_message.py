@@ -1,4 +1,4 @@
-"""A message that is slow to analyse, against the real daemon (issue 15, bounded work).
+"""A message that is slow to analyse, against the real daemon (docs/guarantees.md, bounded work).
 
 * Over its budget it is quarantined with the reason, while SMTP intake keeps answering 250 and
   ordinary declarations are processed.

@@ -43,7 +43,7 @@ SIGNED = frozenset({"from", "to", "cc", "subject", "date", "message-id", "in-rep
 
 @pytest.fixture
 def staff_verdict() -> SenderVerdict:
-    # A DKIM pass whose h= covers the steering headers, as mail clients' signers produce (issue 15:
+    # A DKIM pass whose h= covers the steering headers, as mail clients' signers produce (docs/guarantees.md:
     # an uncovered Subject/In-Reply-To/References steers nothing).
     return SenderVerdict(
         address=STAFF, domain="ars-sante.test", authenticated=True, method="dkim", auth_domain="ars-sante.test",

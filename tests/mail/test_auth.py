@@ -241,7 +241,7 @@ def test_second_from_header_is_never_authenticated() -> None:
     raw = raw.replace(b"To: ", f"From: dsi@{CHU}\r\nTo: ".encode(), 1)
     verdict = authenticator(chu_rsa()).verify(raw)
     assert not verdict.authenticated
-    # Refused earlier since issue 15: a second From is an ambiguous header block (mailgateway.wire).
+    # Refused earlier since the one-view check: a second From is an ambiguous header block (mailgateway.wire).
     assert "Duplicate From header field" in verdict.detail
 
 

@@ -1,4 +1,4 @@
-"""Bounded DNS work per message (issue 15): an anonymous mail with several aligned DKIM signatures
+"""Bounded DNS work per message (docs/guarantees.md): an anonymous mail with several aligned DKIM signatures
 for domains whose DNS never answers cost one timeout per signature, and six such mails held an
 honest declaration for 33 s. Now: no lookup after the first temporary failure of a message, at
 most ``MAX_KEY_LOOKUPS`` distinct key names per message, and the resolver remembers a failing

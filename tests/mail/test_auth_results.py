@@ -15,7 +15,7 @@ TRUSTED = ("mx.ars.test", "filter.ars.test")
 
 
 class TrustedPathAuthenticator(Authenticator):
-    """These tests are about reading A-R: the message came through the trusted path (issue 15:
+    """These tests are about reading A-R: the message came through the trusted path (docs/guarantees.md:
     A-R counts only then; the untrusted path is tested at the end of this file)."""
 
     def verify(self, raw: bytes, *, trusted_path: bool = True) -> SenderVerdict:
@@ -159,7 +159,7 @@ def test_our_own_dkim_check_comes_first() -> None:
     assert verdict.method == "dkim"
 
 
-# --- issue 15: A-R only from the trusted path, and what it says was signed --------------------------
+# --- A-R only from the trusted path, and what it says was signed --------------------------
 
 
 def test_forged_results_sent_straight_to_smtp_are_ignored() -> None:

@@ -10,7 +10,7 @@ from mailgateway.mail.facts import SenderVerdict
 from tests.support.messages import make_alert, make_declaration, make_dsn, make_message, make_reply
 from tests.support.schema import assert_valid_facts
 
-# A DKIM pass covering the steering headers (issue 15: an uncovered Subject makes an alert not authentic).
+# A DKIM pass covering the steering headers (docs/guarantees.md: an uncovered Subject makes an alert not authentic).
 SIGNED = frozenset({"from", "to", "subject", "date", "message-id", "in-reply-to", "references"})
 ACSS = SenderVerdict("alerte@esante.gouv.fr", "esante.gouv.fr", True, "dkim", "esante.gouv.fr", signed_headers=SIGNED)
 

@@ -1,4 +1,4 @@
-"""Fuzz target (issue 15): on every header block, either ``wire.header_block_problem`` reports a
+"""Fuzz target (docs/guarantees.md): on every header block, either ``wire.header_block_problem`` reports a
 problem, or dkimpy (what DKIM verifies) and the ``email`` package (what analysis reads) see exactly
 the same header fields: same names, order, count and unfolded values.
 

@@ -1,4 +1,4 @@
-"""One view of a message (issue 15, item 1): the bytes that are verified are the bytes acted on.
+"""One view of a message (docs/guarantees.md, item 1): the bytes that are verified are the bytes acted on.
 
 Each attack starts from a genuinely DKIM-signed mail (real keys, tests/support/dkim.py) that the
 attacker received or saw and then altered in transit, and goes through the same two steps as the

@@ -1,4 +1,4 @@
-"""Bounded work on untrusted text (issue 15, "poison message"): every text entry point is linear.
+"""Bounded work on untrusted text (docs/guarantees.md, "poison message"): every text entry point is linear.
 
 The label regex ``^\\s*[-*•]?\\s*([^:\\n]{1,60}?)\\s*:`` took 5 s on 600 spaces before a colon and
 minutes on a 3.7 KB line; the TLP, date, forward-marker and address patterns and Python 3.11's

@@ -1,4 +1,4 @@
-"""TLP markings fail closed (issue 15): one parser, exact French labels, unknown → AMBER+STRICT."""
+"""TLP markings fail closed (docs/guarantees.md): one parser, exact French labels, unknown → AMBER+STRICT."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Operator commands of issue 10 through the real entry point: --version, dkim dns-record, status."""
+"""Operator commands through the real entry point: --version, dkim dns-record, status."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 15: ``scripts/run`` left the database and the outbox world-readable. The daemon and the run
+"""``scripts/run`` left the database and the outbox world-readable. The daemon and the run
 command create the database, the Maildir outbox and the DKIM key for their owner only (0600 files,
 0700 directories), whatever umask they were started with."""
 

@@ -104,7 +104,7 @@ def test_level_filters_and_setup_is_idempotent(restore_root: None) -> None:
 
 
 def test_a_flood_of_one_template_is_limited_and_summarised(restore_root: None) -> None:
-    """Issue 15: ~1,000 bad connections made the log grow 70 MB in 35 s. The same template with
+    """~1,000 bad connections made the log grow 70 MB in 35 s. The same template with
     other arguments (another peer) counts as the same record."""
     stream = io.StringIO()
     handler = setup_logging(LoggingSettings(format="json", repeat_limit=5, repeat_interval_seconds=60.0),

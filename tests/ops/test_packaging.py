@@ -1,5 +1,5 @@
 """The wheel carries what the daemon needs at run time besides code: templates, migrations, data
-(issue 10: packaging). Built from a copy of the tree (setuptools' build/ must not leak stale files)
+(docs/operations.md: packaging). Built from a copy of the tree (setuptools' build/ must not leak stale files)
 and imported from where it was installed, not from this checkout."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Two daemons on one PostgreSQL database (issue 10, scale-out): one IMAP leader, takeover after
+"""Two daemons on one PostgreSQL database (docs/operations.md, scale-out): one IMAP leader, takeover after
 SIGKILL, inbound processed once, and the outbox delivered exactly once by both senders together."""
 
 from __future__ import annotations

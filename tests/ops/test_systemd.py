@@ -1,4 +1,4 @@
-"""The systemd integration files: ``systemd-analyze verify`` passes, the directives issue 10 asks for
+"""The systemd integration files: ``systemd-analyze verify`` passes, the directives docs/operations.md documents
 are there, sysusers/tmpfiles apply, and the hardening (MemoryDenyWriteExecute) does not break the
 gateway's native code paths."""
 
@@ -93,7 +93,7 @@ def test_unit_has_the_lifecycle_and_secret_directives() -> None:
 
 
 def test_unit_bounds_descriptors_and_keeps_state_private() -> None:
-    """Issue 15: ~1,000 idle connections exhausted the default 1024 descriptors; the state
+    """~1,000 idle connections exhausted the default 1024 descriptors; the state
     directory (database, outbox) was readable by the group."""
     d = _directives(UNIT)
     assert int(d["LimitNOFILE"][0]) >= 4096

@@ -1,4 +1,4 @@
-"""Issue 15, "Budgets": what unauthenticated mail can make the gateway send, and to whom.
+"""Budgets (docs/guarantees.md): what unauthenticated mail can make the gateway send, and to whom.
 
 - a global budget on automatic replies (every recipient together), one staff warning an hour;
 - acknowledgements to an address nobody verified quote no text of the message;
@@ -7,7 +7,7 @@
 - an unauthenticated reply never changes a case's status (closed stays closed);
 - bulletin approvals only from staff of the bulletin's own region, in mail naming a regional mailbox.
 
-Each test fails on the code before issue 15.
+Each test fails on the code before these budgets existed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bounded work per message (issue 15): attempts counted before each try, analysis in a worker
+"""Bounded work per message (docs/guarantees.md): attempts counted before each try, analysis in a worker
 process with a time budget, killed and restarted alone (the slow message: tests/support/slow.py).
 """
 

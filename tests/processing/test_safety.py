@@ -1,6 +1,6 @@
 """Outbound safety: no storms, no loops between gateways, TLP on every path, attachment limits.
 
-Each test fails if its protection is removed (issue 5)."""
+Each test fails if its protection is removed."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_an_out_of_office_answer_to_our_acknowledgement_is_not_answered(app: App
     ("AMBER", "dsi@chu.test", False), ("AMBER", "acss@esante.gouv.fr", True),
     ("AMBER+STRICT", "dsi@allowed.test", False), ("AMBER", "dsi@allowed.test", True),
     ("GREEN", "dsi@chu.test", True),
-    # Fails closed (issue 15): a label the gate does not know is AMBER+STRICT, not AMBER or CLEAR.
+    # Fails closed (docs/guarantees.md): a label the gate does not know is AMBER+STRICT, not AMBER or CLEAR.
     ("PURPLE", "dsi@allowed.test", False), ("PURPLE", "dsi@chu.test", False), ("PURPLE", "agent@ars.test", True),
     ("WHITE", "dsi@chu.test", True),
 ])

@@ -1,6 +1,6 @@
 """Shared test helpers: real servers on loopback (``servers``), environment policy (below).
 
-Policy (DESIGN §8, issue 3): a test that needs something this machine lacks (a server binary, the
+Policy: a test that needs something this machine lacks (a server binary, the
 shared corpus) is *skipped* locally but *fails* under ``CI=true``, where everything must be present.
 """
 

@@ -56,7 +56,7 @@ class ChaosConfig(GatewayConfig):
 def numbered_declaration(n: int, *, tag: str = "chaos") -> tuple[bytes, str, str]:
     """Declaration number ``n``: (raw, Message-ID without brackets, declarant address).
 
-    Each has its own declarant, so the per-recipient auto-reply cap (DESIGN §8) never applies,
+    Each has its own declarant, so the per-recipient auto-reply cap (docs/guarantees.md) never applies,
     and its own Message-ID, so content-hash dedup treats them as distinct messages.
     """
     mid = f"{tag}-{n}@chu-nantes.test"

@@ -1,6 +1,6 @@
 """A real mailgateway for tests: a generated configuration, DKIM keys, and the daemon as a process.
 
-``GatewayConfig`` writes a TOML file (only keys of DESIGN §7 and their documented extensions) into a
+``GatewayConfig`` writes a TOML file (only keys of README, "Configuration" and their documented extensions) into a
 temporary directory; ``RunningGateway`` starts ``python -m mailgateway run`` on it and waits until
 the SMTP intake answers. ``cli()`` runs any other command against the same configuration.
 """

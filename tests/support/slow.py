@@ -1,4 +1,4 @@
-"""A legitimate message that is slow to analyse (issue 15, bounded work).
+"""A legitimate message that is slow to analyse (docs/guarantees.md, bounded work).
 
 A ≈20 MB declaration followed by the server log the RSSI pasted, with a valid DKIM signature over
 its whole body (c=relaxed). RFC 6376 §3.7: the body hash covers every line, so verifying it costs
