@@ -57,6 +57,13 @@ class Daemon:
         self._wake_processor = asyncio.Event()
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
         self.app: App | None = None
+        # Built by start(); None until then (and after a failed start, for _abort_start).
+        self.sender: Sender | None = None
+        self.writer: AcceptWriter | None = None
+        self.handler: IntakeHandler | None = None
+        self.smtp_server: asyncio.AbstractServer | None = None
+        self.imap: ImapIntake | None = None
+        self.tasks: list[asyncio.Task[None]] = []
         # systemd Type=notify (READY/STOPPING/WATCHDOG); a no-op outside systemd.
         self.notifier = SdNotifier()
         grace = settings.metrics.mailbox_unhealthy_after_seconds if settings.metrics else 300.0
@@ -79,12 +86,10 @@ class Daemon:
         return self._app().engine
 
     def mailbox_health(self) -> list[MailboxHealth] | None:
-        imap = getattr(self, "imap", None)
-        return imap.health() if imap is not None else None
+        return self.imap.health() if self.imap is not None else None
 
     def delivery_counts(self) -> dict[str, int] | None:
-        sender = getattr(self, "sender", None)
-        return sender.stats if sender is not None else None
+        return self.sender.stats if self.sender is not None else None
 
     def wake_sender(self) -> None:
         self._on_outbound()
@@ -99,9 +104,8 @@ class Daemon:
         self.loop.call_soon_threadsafe(self._wake_processor.set)
 
     def _on_outbound(self) -> None:
-        sender = getattr(self, "sender", None)
-        if sender is not None:
-            self.loop.call_soon_threadsafe(sender.wake)
+        if self.sender is not None:
+            self.loop.call_soon_threadsafe(self.sender.wake)
 
     def _on_result(self, result: Result) -> None:
         self.metrics.on_processed(result)
@@ -166,21 +170,19 @@ class Daemon:
         self.app.processor.on_outbound = self._on_outbound
         self.app.processor.on_result = self._on_result
         # Bulletins replace the default 5xx hook: fallback contact + staff task (bulletins/tracking.py).
-        self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,
-                             on_permanent_failure=permanent_failure_hook(self.app.env))
-        self.writer = AcceptWriter(self.app.factory, self.clock)
-        self.writer.start()
+        sender = self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,
+                                      on_permanent_failure=permanent_failure_hook(self.app.env))
+        writer = self.writer = AcceptWriter(self.app.factory, self.clock)
+        writer.start()
         self.tasks = [
             asyncio.create_task(self._processing_loop(), name="processing"),
-            asyncio.create_task(self.sender.run(self.stop_event), name="sender"),
+            asyncio.create_task(sender.run(self.stop_event), name="sender"),
             asyncio.create_task(self._fanout_loop(), name="fanout"),
         ]
-        self.smtp_server: asyncio.AbstractServer | None = None
         if self.settings.intake.smtp is not None:
-            self.handler = IntakeHandler(self.settings, self.writer, self.on_accepted)
+            self.handler = IntakeHandler(self.settings, writer, self.on_accepted)
             self.smtp_server = await start_smtp(self.settings, self.handler)
             log.info("SMTP intake listening on %s:%s", self.settings.intake.smtp.host, self.settings.intake.smtp.port)
-        self.imap = None
         if any(r.imap is not None for r in self.settings.regions):
             self.imap = ImapIntake(self.settings, self.app.factory, self.clock,
                                    functools.partial(self.on_accepted, source="imap"), instance_id=self.instance_id)
@@ -197,7 +199,8 @@ class Daemon:
             await asyncio.to_thread(self.imap.stop, 10.0)
         self.stop_event.set()
         self._wake_processor.set()
-        self.sender.wake()
+        if self.sender is not None:
+            self.sender.wake()
         _done, pending = await asyncio.wait(self.tasks, timeout=self.drain_seconds)
         for task in pending:
             task.cancel()
@@ -205,7 +208,8 @@ class Daemon:
             await ext.stop(self)
         if self.smtp_server is not None:
             await self.smtp_server.wait_closed()
-        await asyncio.to_thread(self.writer.stop)
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.stop)
         assert self.app is not None
         self.app.close()
 
@@ -223,7 +227,7 @@ class Daemon:
         assert self.app is not None
         self.settings = keep
         self.app.reconfigure(keep)
-        if hasattr(self, "handler"):
+        if self.handler is not None:
             self.handler.settings = keep
         setup_logging(keep.logging)
         log.info("configuration reloaded from %s", keep.source)
@@ -241,22 +245,19 @@ class Daemon:
     async def _abort_start(self) -> None:
         """Undo a partial start so the process can exit (threads joined, listeners closed)."""
         self.stop_event.set()
-        for task in getattr(self, "tasks", []):
+        for task in self.tasks:
             task.cancel()
-        server = getattr(self, "smtp_server", None)
-        if server is not None:
-            server.close()
-        imap = getattr(self, "imap", None)
-        if imap is not None:
-            await asyncio.to_thread(imap.stop, 5.0)
+        if self.smtp_server is not None:
+            self.smtp_server.close()
+        if self.imap is not None:
+            await asyncio.to_thread(self.imap.stop, 5.0)
         for ext in self.extensions:
             try:
                 await ext.stop(self)
             except Exception:
                 log.debug("extension stop after failed start", exc_info=True)
-        writer = getattr(self, "writer", None)
-        if writer is not None:
-            await asyncio.to_thread(writer.stop)
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.stop)
         if self.app is not None:
             self.app.close()
 
@@ -264,9 +265,8 @@ class Daemon:
         parts = []
         if self.settings.intake.smtp is not None:
             parts.append(f"SMTP {self.settings.intake.smtp.host}:{self.settings.intake.smtp.port}")
-        imap = getattr(self, "imap", None)
-        if imap is not None:
-            parts.append(f"{len(imap.watchers)} IMAP mailbox(es)")
+        if self.imap is not None:
+            parts.append(f"{len(self.imap.watchers)} IMAP mailbox(es)")
         server = self.metrics.server
         if server is not None:
             parts.append(f"metrics {server.host}:{server.port}")
