@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from mailgateway.app import build_app
+from mailgateway.app import build_services
 from mailgateway.bulletins.fanout import _approve, _stream, check_tlp, create_bulletin, fan_out
 from mailgateway.bulletins.followups import status_counts
 from mailgateway.directory import count_establishments, count_recipients, parse_target
@@ -48,7 +48,7 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     target = parse_target(args.target)
     target.check_region(region)
     tlp = check_tlp(args.tlp)
-    app = build_app(settings)
+    app = build_services(settings)
     try:
         if not args.yes:
             with reading(app.factory) as session:

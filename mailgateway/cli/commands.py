@@ -262,12 +262,12 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
             print(f"message {args.id} remis en file")
             return 0
         if args.outbox_cmd == "flush":
-            from mailgateway.app import build_app
+            from mailgateway.app import build_services
             from mailgateway.bulletins.tracking import permanent_failure_hook
             from mailgateway.dispatch.sender import Sender
 
             # The daemon's bounce handling (fallback contact, staff task) applies here too.
-            app = build_app(settings, migrate=False)
+            app = build_services(settings, migrate=False)
             sender = Sender(settings, factory, clock, "cli-flush", on_permanent_failure=permanent_failure_hook(app.env))
             try:
                 result = asyncio.run(sender.flush(include_backoff=args.all))

@@ -6,7 +6,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from mailgateway.app import App, build_app
+from mailgateway.app import Services, build_services
 from mailgateway.clock import PARIS, Clock, FixedClock, SystemClock
 from mailgateway.errors import InputError
 from mailgateway.scheduler import JobRunner, format_list
@@ -24,9 +24,9 @@ def parse_now(value: str | None) -> datetime | None:
     return at.replace(tzinfo=PARIS) if at.tzinfo is None else at
 
 
-def _app(settings: Settings, now: datetime | None) -> App:
+def _app(settings: Settings, now: datetime | None) -> Services:
     clock: Clock = FixedClock(now) if now is not None else SystemClock()
-    return build_app(settings, clock=clock)
+    return build_services(settings, clock=clock)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
