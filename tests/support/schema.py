@@ -1,4 +1,4 @@
-"""A checker for the ``parse --json`` object (shared/DESIGN.md §6), reused by every test that
+"""A checker for the ``parse --json`` object (README, "Command line"), reused by every test that
 produces one. ``schema_problems(obj)`` lists what is wrong; ``assert_valid_facts`` fails on any.
 """
 
