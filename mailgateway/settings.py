@@ -194,7 +194,7 @@ class OutboundSettings:
     auto_replies_per_case: int = 20
     # Issue 15 budgets. All automatic replies together (every recipient): a flood of forged
     # declarations must not turn the agency into a signed spam relay; staff get one warning an hour.
-    auto_reply_global_per_hour: int = 500
+    auto_reply_global_per_hour: int = 5000
     # Staff notifications caused by one sender address per hour; beyond it the message is still
     # stored and attached to its case, and staff get one summary notice for that sender and hour.
     staff_notifications_per_sender_per_hour: int = 20
