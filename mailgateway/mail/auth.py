@@ -407,6 +407,7 @@ class Authenticator:
             elif self._trusted_ids and any(n.lower() == "authentication-results" for n, _v in headers):
                 details.append("Authentication-Results ignored (not received through a trusted relay)")
         verdict = SenderVerdict(address=address, domain=domain, authenticated=False, detail="; ".join(details))
+        verdict = replace(verdict, temporary=passed is None and any(d.startswith("dkim=temperror") for d in details))
         if passed is None:
             return verdict
         return replace(
