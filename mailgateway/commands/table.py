@@ -377,8 +377,9 @@ def no_case_reason(facts: MessageFacts) -> str:
            f"{', '.join(uncovered)} qui relient votre réponse au message d'origine, la passerelle ne peut donc "
            "pas s'y fier")
     if "subject" in facts.sender.signed_headers:
-        return (why + " ; indiquez dans l'objet la référence [SSI-XXX-AAAA-NNNN] du dossier ou le numéro du "
-                "bulletin (« bulletin 12 »), ou envoyez « #confirmer <jeton> » dans un nouveau message")
+        return (why + " ; indiquez dans l'objet la référence [SSI-XXX-AAAA-NNNN] du dossier, gardez l'objet du "
+                "message du bulletin (« [Bulletin 12] Aperçu du bulletin : … »), ou envoyez « #confirmer <jeton> » "
+                "dans un nouveau message")
     return (why + " ; l'objet n'est pas signé non plus : envoyez « #confirmer <jeton> » dans un nouveau message, "
             "ou demandez à l'administrateur de votre messagerie de signer Subject, In-Reply-To et References")
 

@@ -41,9 +41,9 @@ from mailgateway.wire import header_block_refusal
 
 log = logging.getLogger("mailgateway.intake.smtp")
 
-TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size / message trop volumineux"
 NO_MEMORY = "451 4.3.1 Insufficient system storage, try again later"
-LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 §4.5.3.1.6)"
+LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 section 4.5.3.1.6) / ligne trop longue (plus de 1000 octets)"
 
 
 def peer_ip(peer: Any) -> str:

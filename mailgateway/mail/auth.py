@@ -41,6 +41,8 @@ most ``max_signatures`` of them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.parser
 import email.policy
 import email.utils
@@ -53,6 +55,7 @@ from dataclasses import dataclass, field, replace
 
 import authres
 import dkim
+from dkim.canonicalization import CanonicalizationPolicy
 from dkim.util import parse_tag_value
 from publicsuffixlist import PublicSuffixList
 
@@ -217,13 +220,17 @@ class _DnsBudget:
     RFC 8463 §2, needs two). A name asked twice is answered from this message's memo."""
 
     max_lookups: int
+    # Names answered by [authentication.static_keys]: no DNS, so no budget. Without this, a fake
+    # aligned signature whose selector never answers, put above a valid one, would make the
+    # message skip even a key the gateway holds locally.
+    free: frozenset[str] = frozenset()
     answers: dict[str, str | None] = field(default_factory=dict)
     lookups: int = 0
     failed: bool = False  # a temporary failure (timeout, SERVFAIL) happened in this message
 
     def refusal(self, name: str) -> str | None:
         """Why ``name`` may not be looked up for this message (None: it may, or it is memoised)."""
-        if normalise_name(name) in self.answers:
+        if normalise_name(name) in self.answers or normalise_name(name) in self.free:
             return None
         if self.failed:
             return "temperror"
@@ -250,6 +257,8 @@ class _Lookup:
             raise dkim.DnsTimeoutError("skipped: DNS budget spent")
         if text in self.budget.answers:
             value = self.budget.answers[text]
+        elif text in self.budget.free:
+            value = self.resolver.txt(text)  # static key: answered locally, never a DNS query
         else:
             self.budget.lookups += 1
             try:
@@ -300,9 +309,37 @@ def signed_names(tags: dict[bytes, bytes]) -> list[str]:
 
 
 def signature_key(domain: str, tags: dict[bytes, bytes]) -> str:
-    """``dkim:<d>:<sha256 of b= without whitespace>``: one signature, however it is refolded."""
+    """``dkim:<d>:<sha256 of b=>`` for a signature we did not verify ourselves (named by a trusted
+    Authentication-Results): b= decoded, leading zero bytes dropped — an RSA verifier reads the
+    value as an integer, so ``AAAA`` prepended to b= still verifies and must not make a new key."""
     b = bytes(tags.get(b"b", b"")).translate(None, b" \t\r\n")
+    try:
+        b = base64.b64decode(b, validate=True).lstrip(b"\0")
+    except (ValueError, binascii.Error):
+        pass
     return f"dkim:{domain}:{hashlib.sha256(b).hexdigest()}"
+
+
+def signed_content_key(
+    domain: str, headers: list[tuple[bytes, bytes]], idx: int, tags: dict[bytes, bytes]
+) -> str | None:
+    """``dkim:<d>:<sha256 of what the signature signs>``, the replay key of a verified signature.
+
+    The signed data (RFC 6376 §3.7: the h= fields and this DKIM-Signature field with b= empty,
+    canonicalised as c= says; bh= in it covers the body) is hashed, not the b= value: b= is
+    malleable — RSA verifiers read it as an integer, so leading zero bytes, or adding the modulus,
+    still verify — and a replay with a doctored b= must meet the same key. None if it cannot be
+    computed (the caller falls back to ``signature_key``).
+    """
+    try:
+        signatures = [(n, v) for n, v in headers if n.lower() == b"dkim-signature"]
+        policy = CanonicalizationPolicy.from_c_value(bytes(tags.get(b"c", b"simple/simple")))
+        include = [n.strip().lower() for n in bytes(tags[b"h"]).split(b":") if n.strip()]
+        hasher = hashlib.sha256()
+        dkim.hash_headers(hasher, policy, policy.canonicalize_headers(headers), include, signatures[idx], tags)
+        return f"dkim:{domain}:{hasher.hexdigest()}"
+    except Exception:
+        return None
 
 
 def _unauthenticated(raw: bytes, detail: str) -> SenderVerdict:
@@ -334,6 +371,7 @@ class Authenticator:
         self._resolver = resolver
         self._max_signatures = max_signatures
         self._max_key_lookups = max_key_lookups
+        self._static_names = frozenset(normalise_name(name) for name in settings.static_keys)
 
     def verify(self, raw: bytes, *, trusted_path: bool = False) -> SenderVerdict:
         """Who sent ``raw`` and whether it is proven; A-R counts only when ``trusted_path``."""
@@ -369,6 +407,7 @@ class Authenticator:
             elif self._trusted_ids and any(n.lower() == "authentication-results" for n, _v in headers):
                 details.append("Authentication-Results ignored (not received through a trusted relay)")
         verdict = SenderVerdict(address=address, domain=domain, authenticated=False, detail="; ".join(details))
+        verdict = replace(verdict, temporary=passed is None and any(d.startswith("dkim=temperror") for d in details))
         if passed is None:
             return verdict
         return replace(
@@ -392,7 +431,7 @@ class Authenticator:
         if len(fields) > MAX_SIGNATURE_FIELDS:
             details.append(f"dkim=ignored ({len(fields)} signatures, only the first {MAX_SIGNATURE_FIELDS} examined)")
         checked = 0
-        budget = _DnsBudget(self._max_key_lookups)
+        budget = _DnsBudget(self._max_key_lookups, free=self._static_names)
         for idx, value in enumerate(fields[:MAX_SIGNATURE_FIELDS]):
             try:
                 tags = parse_tag_value(value)
@@ -429,7 +468,8 @@ class Authenticator:
             if ok:
                 details.append(f"dkim=pass {label} aligned")
                 signer = normalise_domain(d) or d.lower()
-                return _Pass(signer, frozenset(signed_names(tags)), signature_key(signer, tags))
+                key = signed_content_key(signer, block_headers, idx, tags) or signature_key(signer, tags)
+                return _Pass(signer, frozenset(signed_names(tags)), key)
             if lookup.skipped:
                 details.append(f"dkim=temperror {label} (skipped: DNS budget spent)")
             elif lookup.temporary:

@@ -47,8 +47,10 @@ Prehandler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome | No
 def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) -> bool:
     """Per-sender cap on staff notifications: over it, the message stays stored and attached to
     its case, the timeline says so, and staff get one summary notice for that sender and hour.
-    An authentic ACSS alert is never held back."""
-    if facts.alert is not None and facts.alert.authentic:
+    The cap is against anonymous floods: an authenticated sender (an authentic ACSS alert, a portal
+    or an establishment that signs its mail) answers for its mail and is never held back — in a
+    wave of declarations from one portal address, staff must see every case."""
+    if facts.sender.authenticated:
         return False
     sender = (facts.sender.address or "").strip().lower()
     if env.mailer.notice_allowed(session, sender):

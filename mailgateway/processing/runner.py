@@ -14,6 +14,15 @@ restart, with the same result once (handlers are deterministic and outbound mail
 keys), until its attempts run out. A handler that raises quarantines the message with the
 exception recorded; a database that is briefly unavailable leaves it ``received`` for the next
 sweep.
+
+A sender that could not be authenticated only because a DKIM key lookup failed temporarily
+(``SenderVerdict.temporary``: a DNS timeout, SERVFAIL) is not judged on that: in a sweep
+(``process_pending``, the daemon) the message stays ``received`` with ``retry_at`` set
+``[processing] dns_retry_seconds`` ahead (past the resolver's 60 s failure cache, dns.py), and
+sweeps skip it until then. The try that uses up ``max_attempts`` processes it as unauthenticated,
+saying on the timeline and in the receipt that the key could not be fetched: a DNS outage delays
+a message, never quarantines it. ``process(id)`` alone (``mailgateway ingest``: no later sweep is
+coming) processes at once, as unauthenticated, with the same explanation.
 """
 
 from __future__ import annotations
@@ -26,17 +35,18 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Connection, Engine, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailgateway.clock import Clock
+from mailgateway.clock import Clock, aware
 from mailgateway.logs import bind, log_context
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext
-from mailgateway.mail.facts import MessageFacts
+from mailgateway.mail.facts import MessageFacts, SenderVerdict
 from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.pipeline import HANDLERS, PREHANDLERS
 from mailgateway.processing.worker import (
@@ -63,7 +73,7 @@ log = logging.getLogger("mailgateway.processing")
 @dataclass(frozen=True)
 class Result:
     inbound_id: int
-    status: str  # processed | quarantined | skipped | retry
+    status: str  # processed | quarantined | skipped | retry | deferred (DNS: tried again later)
     kind: str | None = None
     case_ref: str | None = None
     reason: str | None = None
@@ -82,6 +92,19 @@ def abandoned_reason(attempts: int) -> str:
 
 def timeout_reason(seconds: float) -> str:
     return f"analyse trop longue : plus de {_french_seconds(seconds)} s"
+
+
+KEY_UNAVAILABLE = "clé DKIM non récupérée (échec DNS temporaire)"
+
+
+def deferred_reason(retry_at: datetime) -> str:
+    return f"{KEY_UNAVAILABLE} : nouvel essai après {retry_at.strftime('%Y-%m-%d %H:%M:%S %Z').strip()}"
+
+
+def unavailable_key_detail(sender: SenderVerdict, attempts: int) -> str:
+    """The sender detail of a message processed although its key could not be fetched."""
+    tries = f", {attempts} tentatives" if attempts > 1 else ""
+    return "; ".join(x for x in (f"{KEY_UNAVAILABLE}{tries} : authentification impossible", sender.detail) if x)
 
 
 @contextmanager
@@ -145,18 +168,25 @@ class Processor:
         return context_for(self.settings, session)
 
     def pending(self, limit: int = 100) -> list[int]:
+        """Messages due now: ``received``, and not deferred to later (``retry_at``)."""
+        now = self.clock.now()
         with reading(self.factory) as session:
             return list(session.scalars(
-                select(InboundMessage.id).where(InboundMessage.status == "received")
+                select(InboundMessage.id)
+                .where(InboundMessage.status == "received",
+                       or_(InboundMessage.retry_at.is_(None), InboundMessage.retry_at <= now))
                 .order_by(InboundMessage.id).limit(limit)
             ))
 
-    def process(self, inbound_id: int) -> Result:
+    def process(self, inbound_id: int, *, may_defer: bool = False) -> Result:
+        """Process one message now. ``may_defer`` (sweeps): a message whose DKIM key could not be
+        fetched (temporary DNS failure) waits for a later sweep instead, while it has attempts left;
+        without it (``ingest``: no sweep follows) it is processed at once as unauthenticated."""
         started = time.monotonic()
         # Every log line of this message (handlers, mailer, ...) carries its ids (mailgateway.logs).
         with log_context(inbound_id=inbound_id):
             try:
-                result = self._process(inbound_id)
+                result = self._process(inbound_id, may_defer)
             except OperationalError as exc:
                 log.warning("database unavailable while processing inbound %s: %s", inbound_id, exc)
                 result = Result(inbound_id, "retry", reason=str(exc))
@@ -166,7 +196,7 @@ class Processor:
         self.on_result(result)
         return result
 
-    def _process(self, inbound_id: int) -> Result:
+    def _process(self, inbound_id: int, may_defer: bool) -> Result:
         worker = self.worker
         if worker is not None:
             try:
@@ -178,9 +208,9 @@ class Processor:
         with self._exclusive(inbound_id) as mine:
             if not mine:  # another instance is trying it right now
                 return Result(inbound_id, "skipped")
-            early = self._count_attempt(inbound_id)
-            if early is not None:
-                return early
+            attempt = self._count_attempt(inbound_id, may_defer)
+            if isinstance(attempt, Result):
+                return attempt
             try:
                 facts = self._analyse(inbound_id)
             except AnalysisTimeout as exc:
@@ -193,6 +223,12 @@ class Processor:
                 return Result(inbound_id, "retry", reason=str(exc))
             if facts is None:
                 return Result(inbound_id, "skipped")
+            if facts.sender.temporary and not facts.sender.authenticated:
+                if may_defer and attempt < self.settings.processing.max_attempts:
+                    return self._defer(inbound_id, facts)
+                # Out of tries, or nobody to try again: unauthenticated, and saying why.
+                sender = replace(facts.sender, detail=unavailable_key_detail(facts.sender, attempt)[:1000])
+                facts = replace(facts, sender=sender)
             return self._apply(inbound_id, facts)
 
     def _analyse(self, inbound_id: int) -> MessageFacts | None:
@@ -227,21 +263,27 @@ class Processor:
                         log.warning("could not release the lock of inbound %s", inbound_id, exc_info=True)
                         conn.invalidate()
 
-    def _count_attempt(self, inbound_id: int) -> Result | None:
+    def _count_attempt(self, inbound_id: int, may_defer: bool = False) -> Result | int:
         """Count this try, committed before it starts; quarantine a message out of attempts.
 
-        Returns the final result when nothing is to be tried (gone, done, or out of attempts).
-        Only status and attempts are read: the raw bytes (up to 25 MB) stay in the database.
+        Returns this try's number (1 for the first), or the final result when nothing is to be
+        tried (gone, done, deferred to later in a sweep, or out of attempts). Only status, attempts
+        and retry_at are read: the raw bytes (up to 25 MB) stay in the database.
         """
         limit = self.settings.processing.max_attempts
         engine = self.factory.kw["bind"]
+        now = self.clock.now()
         with write_gate(engine), _crash_safe_commit(engine) as conn, conn.begin():
-            stmt = select(InboundMessage.status, InboundMessage.attempts).where(InboundMessage.id == inbound_id)
+            stmt = (select(InboundMessage.status, InboundMessage.attempts, InboundMessage.retry_at)
+                    .where(InboundMessage.id == inbound_id))
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 stmt = stmt.with_for_update()
             found = conn.execute(stmt).one_or_none()
             if found is None or found.status != "received":
+                return Result(inbound_id, "skipped")
+            if may_defer and found.retry_at is not None and aware(found.retry_at) > now:
+                # Deferred by another instance since this sweep listed it.
                 return Result(inbound_id, "skipped")
             attempts = found.attempts or 0
             if attempts >= limit:
@@ -251,7 +293,20 @@ class Processor:
                 log.error("inbound %s quarantined: %s", inbound_id, reason)
                 return Result(inbound_id, "quarantined", reason=reason)
             conn.execute(update(InboundMessage).where(InboundMessage.id == inbound_id).values(attempts=attempts + 1))
-        return None
+        return attempts + 1
+
+    def _defer(self, inbound_id: int, facts: MessageFacts) -> Result:
+        """Leave the message ``received`` until ``[processing] dns_retry_seconds`` from now (its
+        attempt stays counted: the last one processes it, see ``_process``)."""
+        retry_at = self.clock.now() + timedelta(seconds=self.settings.processing.dns_retry_seconds)
+        reason = deferred_reason(retry_at)
+        with write_gate(self.factory.kw["bind"]), transaction(self.factory) as session:
+            session.execute(update(InboundMessage)
+                            .where(InboundMessage.id == inbound_id, InboundMessage.status == "received")
+                            .values(retry_at=retry_at, reason=reason))
+        log.warning("inbound %s deferred until %s: DKIM key lookup failed temporarily (%s)",
+                    inbound_id, retry_at.isoformat(), facts.sender.detail)
+        return Result(inbound_id, "deferred", facts.kind, reason=reason)
 
     def _apply(self, inbound_id: int, facts: MessageFacts) -> Result:
         bind(message_id=facts.message_id, case_ref=facts.case_ref, region=facts.region)
@@ -285,6 +340,7 @@ class Processor:
                 outcome = handler(self.env, session, row, facts) if handler else Outcome(
                     "quarantined", f"type de message sans traitement : {facts.kind}")
             row.status = outcome.status
+            row.retry_at = None
             row.reason = outcome.reason
             row.processed_at = self.clock.now()
             case_ref = outcome.case.reference if outcome.case is not None else None
@@ -310,7 +366,7 @@ class Processor:
         for inbound_id in self.pending(limit):
             if self.halt.is_set():  # the daemon's drain ran out: the rest waits for the next start
                 break
-            results.append(self.process(inbound_id))
+            results.append(self.process(inbound_id, may_defer=True))
         return results
 
 

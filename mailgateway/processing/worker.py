@@ -16,7 +16,9 @@ budget, and past it kills the worker, starts a new one and quarantines the messa
   and started before an attempt is counted, so a worker that fails to start never uses up a
   message's attempts.
 
-The write transaction (handlers, outbox) stays in the parent (processing/runner.py).
+The write transaction (handlers, outbox) stays in the parent (processing/runner.py), and so does
+the decision to defer a message whose DKIM key lookup failed temporarily: the facts sent back
+carry ``SenderVerdict.temporary`` (the worker's resolver, with its failure cache, lives here).
 """
 
 from __future__ import annotations

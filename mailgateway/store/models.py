@@ -64,6 +64,9 @@ class InboundMessage(Base):
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None]
+    # Not tried again before this time (a DKIM key lookup failed temporarily: processing/runner.py);
+    # None: due now. Only meaningful while "received".
+    retry_at: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
     # GDPR retention (jobs/retention.py): raw emptied, envelope cleared; hash kept for dedup.
     purged_at: Mapped[datetime | None]

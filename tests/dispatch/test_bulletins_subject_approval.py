@@ -3,6 +3,10 @@
 
 Before: such a reply was refused with "aucun dossier concerné : répondez au message du dossier ou
 indiquez sa référence [SSI-XXX-AAAA-NNNN] dans l'objet", which nobody can do for a bulletin.
+
+Only our own Subjects ("[Bulletin 12] Aperçu du bulletin : …") name a bulletin: an attacker probe
+showed that any mention ("Point sur le bulletin 1 …") let "#annuler <jeton d'un dossier>" cancel
+bulletin 1 and swallowed "#confirmer <jeton d'un dossier>".
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from mailgateway.bulletins.by_mail import subject_bulletin
 from sqlalchemy import select
 
 from mailgateway.store.engine import transaction
@@ -52,7 +57,7 @@ def request(gw: Gateway) -> OutboundMessage:
     gw.feed(mail("#cible categorie=LBM\nUne campagne vise les laboratoires.\n", subject="#bulletin Hameçonnage",
                  headers=(*NO_THREADING, "in-reply-to", "references")))
     preview = previews(gw)[-1]
-    assert "Aperçu du bulletin" in subject_of(preview)
+    assert subject_of(preview).endswith("[Bulletin 1] Aperçu du bulletin : Hameçonnage"), subject_of(preview)
     return preview
 
 
@@ -68,7 +73,7 @@ def test_a_reply_whose_threading_is_unsigned_approves_by_its_signed_subject(gw: 
     gw.feed(mail("#diffuser\n", subject=f"RE: {subject_of(preview)}", in_reply_to=preview.message_id))
     confirmation = previews(gw)[-1]
     text = casemail.text_of(confirmation.raw)
-    assert "Confirmation demandée" in subject_of(confirmation), text
+    assert "[Bulletin 1] Confirmation demandée : Hameçonnage" in subject_of(confirmation), text
     token = re.search(r"#confirmer ([0-9a-f]{12})", text)
     assert token is not None and bulletin(gw).status == "draft"  # the token still holds
     gw.feed(mail(f"#confirmer {token.group(1)}\n", subject=f"RE: {subject_of(confirmation)}",
@@ -97,3 +102,99 @@ def test_without_a_signed_subject_the_refusal_says_why_and_what_works(gw: Gatewa
     assert "« #confirmer <jeton> » dans un nouveau message" in text
     assert "répondez au message du dossier" not in text
     assert bulletin(gw).status == "draft"
+
+
+# --- only our own Subjects name a bulletin (attacker probe) --------------------------------------
+
+PROBE_SUBJECT = "Point sur le bulletin 1 et le dossier en attente"
+
+
+def grave_case_token(gw: Gateway, n: int = 1) -> tuple[str, str]:
+    """A GRAVE case whose closing waits for a confirmation: (reference, token)."""
+    ref = gw.declare(n)
+    gw.command(ref, "#qualifier grave\n#clore\n")
+    token = re.search(r"#confirmer ([0-9a-f]{12})", gw.receipt_text())
+    assert token is not None and gw.case(ref).status == "QUALIFIE"
+    return ref, token.group(1)
+
+
+def bulletin_mails(gw: Gateway) -> int:
+    return len(previews(gw))
+
+
+@pytest.mark.parametrize("subject", [
+    "RE: [Bulletin 12] Aperçu du bulletin : Hameçonnage",
+    "TR: AW: [TLP:AMBER] [Bulletin 12] Confirmation demandée : x : y",
+    "RE: [TLP:CLEAR]  [Bulletin 12]   Bulletin diffusé : x",
+    "[bulletin 12] bulletin annulé : x",
+    "Re: [Bulletin 12] Bulletin refusé : RE: [Bulletin 3] Aperçu du bulletin : x",
+])
+def test_our_own_subjects_name_their_bulletin(subject: str) -> None:
+    assert subject_bulletin(subject) == 12
+
+
+@pytest.mark.parametrize("subject", [
+    PROBE_SUBJECT, "Aperçu du bulletin 12 : x", "Confirmation demandée — bulletin 12 : x",
+    "[Bulletin 12] et le dossier en attente", "[Bulletin 12] Aperçu du bulletin",
+    "Point : [Bulletin 12] Aperçu du bulletin : x", "[Bulletin 012] Aperçu du bulletin : x",
+    "[Bulletin ١٢] Aperçu du bulletin : x", "[Bulletin 1234567890] Aperçu du bulletin : x",
+    "[Bulletin SSI - ARS Auvergne-Rhône-Alpes] Hameçonnage", "[Bulletin 12]Aperçu du bulletin : x", "",
+    "[TLP:AMBER" + " " * 10_000, "RE: " * 5_000 + "[Bulletin" * 5_000,
+])
+def test_a_mention_or_a_near_miss_names_no_bulletin(subject: str) -> None:
+    assert subject_bulletin(subject) is None
+
+
+def test_the_probe_mail_cancels_nothing_and_the_case_commands_answer_it(gw: Gateway) -> None:
+    request(gw)
+    before = bulletin_mails(gw)
+    gw.feed(mail("#annuler 0123456789ab\n", subject=PROBE_SUBJECT))
+    assert bulletin(gw).status == "draft"
+    assert bulletin_mails(gw) == before  # the bulletin handler never saw it
+    assert "aucune commande en attente pour ce jeton" in gw.receipt_text()
+
+
+def test_a_case_token_goes_to_the_case_even_under_a_bulletin_subject_or_thread(gw: Gateway) -> None:
+    preview = request(gw)
+    ref, token = grave_case_token(gw)
+    # "#annuler <jeton du dossier>" threaded to the preview, under its (signed) Subject.
+    gw.feed(mail(f"#annuler {token}\n", subject=f"RE: {subject_of(preview)}", in_reply_to=preview.message_id,
+                 headers=(*NO_THREADING, "in-reply-to", "references")))
+    assert bulletin(gw).status == "draft"
+    assert any(e.type == "confirmation_annulee" for e in gw.events(ref))
+    # "#confirmer <jeton du dossier>" under the probe's Subject runs the case confirmation.
+    other, token = grave_case_token(gw, 2)
+    before = bulletin_mails(gw)
+    gw.feed(mail(f"#confirmer {token}\n", subject=PROBE_SUBJECT))
+    assert gw.case(other).status == "CLOS"
+    assert bulletin(gw).status == "draft" and bulletin_mails(gw) == before
+    assert "jeton inconnu pour le bulletin" not in gw.receipt_text()
+
+
+def test_annuler_by_subject_alone_needs_the_bulletins_pending_token(gw: Gateway) -> None:
+    preview = request(gw)
+    gw.feed(mail("#annuler\n", subject=f"RE: {subject_of(preview)}", in_reply_to=preview.message_id))
+    assert bulletin(gw).status == "draft"
+    assert "jeton manquant" in casemail.text_of(previews(gw)[-1].raw)
+    gw.feed(mail("#diffuser\n", subject=f"RE: {subject_of(preview)}", in_reply_to=preview.message_id))
+    confirmation = previews(gw)[-1]
+    token = re.search(r"#confirmer ([0-9a-f]{12})", casemail.text_of(confirmation.raw))
+    assert token is not None
+    gw.feed(mail(f"#annuler {token.group(1)}\n", subject=f"RE: {subject_of(confirmation)}",
+                 in_reply_to=confirmation.message_id))
+    assert bulletin(gw).status == "cancelled"
+    assert "[Bulletin 1] Bulletin annulé" in subject_of(previews(gw)[-1])
+
+
+def test_a_threaded_reply_still_cancels_with_a_bare_annuler(gw: Gateway) -> None:
+    preview = request(gw)
+    gw.feed(mail("#annuler\n", subject="RE: autre chose", in_reply_to=preview.message_id,
+                 headers=(*NO_THREADING, "in-reply-to", "references")))
+    assert bulletin(gw).status == "cancelled"
+
+
+def test_a_free_text_mention_approves_nothing(gw: Gateway) -> None:
+    preview = request(gw)
+    before = bulletin_mails(gw)
+    gw.feed(mail("#diffuser\n", subject="RE: Aperçu du bulletin 1 : Hameçonnage", in_reply_to=preview.message_id))
+    assert bulletin_mails(gw) == before and bulletin(gw).status == "draft"

@@ -331,3 +331,11 @@ def test_a_flood_of_bad_clients_does_not_fill_the_log(gateway: RunningGateway) -
     time.sleep(0.5)
     grown = gateway.log_path.stat().st_size - before
     assert grown < 64 * 1024, grown
+
+
+def test_every_fixed_smtp_reply_is_us_ascii() -> None:
+    """RFC 5321 §4.2: reply text is US-ASCII (a '§' reached clients in a "line too long" reply)."""
+    from mailgateway.intake import smtp
+
+    replies = [v for k, v in vars(smtp).items() if k.isupper() and isinstance(v, str) and v[:3].isdigit()]
+    assert replies and all(r.isascii() for r in replies), replies

@@ -164,3 +164,16 @@ def test_a_name_that_answers_again_is_no_longer_failed(monkeypatch: pytest.Monke
     monkeypatch.setattr(resolver._resolver, "resolve", nxdomain)
     assert resolver.txt("sel._domainkey.chu.test") is None
     assert len(queries) == 2
+
+
+def test_a_dead_selector_above_a_valid_one_does_not_skip_a_static_key() -> None:
+    """Attacker probe, round 2: a fake aligned signature whose selector never answers, put above
+    the genuine one, spent the budget and the genuine static key was skipped."""
+    genuine = signed(message(), chu_rsa())
+    forged = fake_signatures(CHU, 1, selector="slow") + genuine
+    static = zone(chu_rsa())
+    dead = DeadDns()
+    settings = AuthenticationSettings(static_keys=static)
+    verdict = Authenticator(settings, ChainResolver(StaticResolver(static), dead)).verify(forged)
+    assert verdict.authenticated, verdict.detail
+    assert dead.asked == [f"slow0._domainkey.{CHU}"]

@@ -370,3 +370,15 @@ def test_never_authenticated_even_when_the_caller_says_so() -> None:
     facts = analyse(raw, CTX, given)
     assert not facts.sender.authenticated and facts.sender.signature_key is None
     assert facts.kind == "unknown"
+
+
+def test_replay_key_is_the_signed_content_not_the_malleable_b_value() -> None:
+    """Attacker probe, round 2: RSA verifiers read b= as an integer, so zero bytes prepended to it
+    ("AAAA" in base64) still verify; keyed on b=, that copy was a "new" signature and ran again."""
+    raw = staff_reply("#note vu\n")
+    first = authenticator().verify(raw)
+    start = raw.index(b" b=") + 3
+    doctored = raw[:start] + b"AAAA" + raw[start:]
+    second = authenticator().verify(doctored)
+    assert first.authenticated and second.authenticated, second.detail
+    assert first.signature_key is not None and second.signature_key == first.signature_key

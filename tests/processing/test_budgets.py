@@ -178,6 +178,20 @@ def test_staff_notifications_are_capped_per_sender(sqlite_url: str) -> None:
         assert len(gw.outbound("notification_reponse")) - before == 3 * len(ARA_STAFF)
 
 
+def test_an_authenticated_sender_is_never_held_back_by_the_per_sender_cap(sqlite_url: str) -> None:
+    """A portal or an establishment that signs its mail answers for it: in a wave of declarations
+    from one address, staff must be told of every case."""
+    for gw in gateway(sqlite_url, outbound={"staff_notifications_per_sender_per_hour": 2}):
+        ref = gw.declare()
+        before = len(gw.outbound("notification_reponse"))
+        for n in range(4):
+            raw = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] {n}",
+                                   body=f"Complément numéro {n}.\n")
+            assert gw.feed(casemail.sign(raw, casemail.establishment_key())).status == "processed"
+        assert len(gw.outbound("notification_reponse")) - before == 4 * len(ARA_STAFF)
+        assert events(gw, "notification_limitee") == []
+
+
 # --- 6. the original attached only up to a size ------------------------------------------------------
 
 

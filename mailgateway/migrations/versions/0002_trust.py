@@ -78,10 +78,18 @@ def upgrade() -> None:
     with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
         batch_op.add_column(sa.Column('peer', sa.String(length=64), nullable=True))
     # end H7
+    # H9 (DNS retry): a message whose DKIM key lookup failed temporarily waits until retry_at.
+    with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('retry_at', sa.DateTime(timezone=True), nullable=True))
+    # end H9
     pass
 
 
 def downgrade() -> None:
+    # H9
+    with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
+        batch_op.drop_column('retry_at')
+    # end H9
     # H7
     with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
         batch_op.drop_column('peer')
