@@ -2,7 +2,7 @@
 
 A command function validates first and changes the case only when it will succeed: a refusal is
 a ``CaseError`` (or ``InvalidTransition``) with a French reason, and leaves nothing behind. The
-names are the canonical names of ``mail/data/labels.toml`` (synonyms, accents and case are
+names are the canonical names of ``mailgateway/data/labels.toml`` (synonyms, accents and case are
 normalised by ``mail/commands.py``).
 """
 

@@ -15,9 +15,9 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from mailgateway.bulletins.by_mail import subject_bulletin
 from sqlalchemy import select
 
+from mailgateway.bulletins.by_mail import subject_bulletin
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, OutboundMessage
 from tests.support import casemail
