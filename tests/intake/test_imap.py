@@ -206,6 +206,9 @@ def test_one_failing_mailbox_does_not_stop_the_others(mailbox: Mailbox, tmp_path
         wait_for(lambda: intake.health()[1].state == "idle", timeout=15)
         mailbox.deliver(message("pour ARA"))
         wait_for(lambda: mailbox.inbound_count() == 1, timeout=10)
+        # Dovecot delays a failed login (auth_failure_delay): under load the ARA message can be in
+        # before BRE's first refusal, so wait for it rather than assume it came first.
+        wait_for(lambda: intake.health()[0].reconnects >= 1, timeout=15)
         bre = intake.health()[0]
         assert bre.region == "BRE" and bre.state in ("error", "connecting") and bre.reconnects >= 1
         assert bre.last_error and "AUTHENTICATIONFAILED" in bre.last_error.upper()
