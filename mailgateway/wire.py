@@ -58,7 +58,6 @@ SINGLE_INSTANCE_FIELDS: tuple[str, ...] = (
 )
 _DISPLAY_NAMES = {
     "message-id": "Message-ID",
-    "mime-version": "MIME-Version",
     "content-transfer-encoding": "Content-Transfer-Encoding",
     "content-type": "Content-Type",
     "in-reply-to": "In-Reply-To",
