@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import Clock, french_datetime
+from mailgateway.directory.known import is_known_domain
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Mailer
@@ -47,10 +48,12 @@ Prehandler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome | No
 def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) -> bool:
     """Per-sender cap on staff notifications: over it, the message stays stored and attached to
     its case, the timeline says so, and staff get one summary notice for that sender and hour.
-    The cap is against anonymous floods: an authenticated sender (an authentic ACSS alert, a portal
-    or an establishment that signs its mail) answers for its mail and is never held back — in a
-    wave of declarations from one portal address, staff must see every case."""
-    if facts.sender.authenticated:
+    The cap is against floods: an authenticated sender of a known domain (an authentic ACSS alert,
+    the agency, an establishment of the directory or a portal that signs its mail) answers for its
+    mail and is never held back — in a wave of declarations from one portal address, staff must see
+    every case. A signature alone exempts nothing: anyone can sign with a domain of their own."""
+    if facts.sender.authenticated and is_known_domain(
+            env.settings, session, facts.sender.auth_domain or facts.sender.domain):
         return False
     sender = (facts.sender.address or "").strip().lower()
     if env.mailer.notice_allowed(session, sender):

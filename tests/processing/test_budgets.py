@@ -23,10 +23,11 @@ from mailgateway.app import build_app
 from mailgateway.clock import FixedClock
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import transaction
-from mailgateway.store.models import Bulletin, CaseEvent, InboundMessage
+from mailgateway.store.models import Bulletin, CaseEvent, Contact, Establishment, InboundMessage
 from tests.support import casemail
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.dkim import rsa_key, zone
 
 ARA_STAFF = ("agent@ars.test", "referent@ars.test")
 
@@ -182,6 +183,12 @@ def test_an_authenticated_sender_is_never_held_back_by_the_per_sender_cap(sqlite
     """A portal or an establishment that signs its mail answers for it: in a wave of declarations
     from one address, staff must be told of every case."""
     for gw in gateway(sqlite_url, outbound={"staff_notifications_per_sender_per_hour": 2}):
+        with transaction(gw.app.factory) as s:  # chu.test is an establishment of the directory
+            s.add(Establishment(finess="690781810", name="CHU", category="CH", departement="69", region="ARA",
+                                source="finess", updated_at=NOW))
+            s.flush()
+            s.add(Contact(finess="690781810", address="rssi@chu.test", role="rssi", status="active",
+                          bounce_score=0.0, created_at=NOW, updated_at=NOW))
         ref = gw.declare()
         before = len(gw.outbound("notification_reponse"))
         for n in range(4):
@@ -190,6 +197,31 @@ def test_an_authenticated_sender_is_never_held_back_by_the_per_sender_cap(sqlite
             assert gw.feed(casemail.sign(raw, casemail.establishment_key())).status == "processed"
         assert len(gw.outbound("notification_reponse")) - before == 4 * len(ARA_STAFF)
         assert events(gw, "notification_limitee") == []
+
+
+def test_a_signature_of_an_unknown_domain_does_not_lift_the_per_sender_cap(sqlite_url: str) -> None:
+    """Anyone can register a domain and sign with it: a genuine signature from a domain the agency
+    has never dealt with (not its own, not ACSS's, no staff, no directory contact) is capped like
+    an anonymous sender. The same sender in the directory is exempt (test above)."""
+    outsider = rsa_key("rsa", "intrus-signe.test")
+    data = settings_data(sqlite_url)
+    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2}
+    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(outsider)}
+    clock = FixedClock(NOW)
+    app = build_app(parse_settings(data), clock=clock)
+    try:
+        gw = Gateway(app, clock)
+        ref = gw.declare()
+        before = len(gw.outbound("notification_reponse"))
+        for n in range(5):
+            raw = casemail.message(sender="flood@intrus-signe.test", to="ssi-ara@ars.test",
+                                   subject=f"RE: [{ref}] {n}", body=f"Message {n}.\n")
+            result = gw.feed(casemail.sign(raw, outsider))
+            assert result.status == "processed"
+        assert len(gw.outbound("notification_reponse")) - before == 2 * len(ARA_STAFF)
+        assert len(events(gw, "notification_limitee")) == 3
+    finally:
+        app.close()
 
 
 # --- 6. the original attached only up to a size ------------------------------------------------------
