@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import replace
 
 from sqlalchemy import Engine
@@ -47,6 +48,9 @@ from mailgateway.settings import Settings, load_settings
 
 log = logging.getLogger("mailgateway.daemon")
 
+# Intake counts as busy this long after an accept: an MTA sends its next message within a round trip.
+INTAKE_QUIET_SECONDS = 0.02
+
 
 class Daemon:
     def __init__(self, settings: Settings, clock: Clock | None = None, drain_seconds: float = 20.0) -> None:
@@ -55,6 +59,7 @@ class Daemon:
         self.drain_seconds = drain_seconds
         self.stop_event = asyncio.Event()
         self._wake_processor = asyncio.Event()
+        self._last_accept = 0.0  # time.monotonic() of the last durable accept
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
         self.app: App | None = None
         # Built by start(); None until then (and after a failed start, for _abort_start).
@@ -100,8 +105,18 @@ class Daemon:
     # -- wiring ------------------------------------------------------------------------------
     def on_accepted(self, _inbound_id: int, source: str = "smtp") -> None:
         """Called from any thread after a durable accept: wake the processor."""
+        self._last_accept = time.monotonic()
         self.metrics.accepted(source)
         self.loop.call_soon_threadsafe(self._wake_processor.set)
+
+    def intake_busy(self) -> bool:
+        """Messages wait for their durable commit, or one was just answered and its MTA is sending
+        the next: processing yields the write lock to them (processing/runner.py). Without this,
+        the accept writer waited one whole processing transaction per group commit."""
+        handler = self.handler
+        if handler is not None and handler.storing > 0:
+            return True
+        return time.monotonic() - self._last_accept < INTAKE_QUIET_SECONDS
 
     def _on_outbound(self) -> None:
         if self.sender is not None:
@@ -154,7 +169,7 @@ class Daemon:
         await asyncio.to_thread(resume_interrupted_fan_outs, app.factory)
         while not self.stop_event.is_set():
             try:
-                if await asyncio.to_thread(fan_out_approved, app.env, app.factory):
+                if await asyncio.to_thread(fan_out_approved, app.env, app.factory, self._on_outbound):
                     self._on_outbound()
             except Exception:
                 log.exception("bulletin fan-out failed; retrying")
@@ -169,6 +184,7 @@ class Daemon:
         self.app = build_app(self.settings, clock=self.clock)
         self.app.processor.on_outbound = self._on_outbound
         self.app.processor.on_result = self._on_result
+        self.app.processor.intake_busy = self.intake_busy
         # Bulletins replace the default 5xx hook: fallback contact + staff task (bulletins/tracking.py).
         sender = self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,
                                       on_permanent_failure=permanent_failure_hook(self.app.env))

@@ -26,7 +26,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway import __version__
 from mailgateway.clock import Clock, SystemClock, aware
+from mailgateway.directory.staff import all_staff
 from mailgateway.interfaces import DaemonContext, MailboxHealthView
+from mailgateway.settings import Settings
 from mailgateway.status import DEFAULT_MAILBOX_GRACE, MailboxView, read_mailboxes, snapshot
 from mailgateway.store.engine import reading
 
@@ -89,6 +91,8 @@ class Metrics:
         self._factory: sessionmaker[Session] | None = None
         self._mailboxes: MailboxSource | None = None
         self._server: MetricsServer | None = None
+        # Who the staff are and the failure window (``staff_mail_failed``); set by the daemon.
+        self._settings: Settings | None = None
         self.registry.register(_StateCollector(self))
 
     # -- event hooks (called from any thread) ---------------------------------------------------
@@ -132,6 +136,10 @@ class Metrics:
         self._factory = factory
         self.add_health_check("database", self._check_database)
         self.add_health_check("mailboxes", self._check_mailboxes)
+
+    def attach_settings(self, settings: Settings) -> None:
+        """The configuration the state gauges need (staff list, ``staff_failure_window_hours``)."""
+        self._settings = settings
 
     def attach_mailboxes(self, source: MailboxSource) -> None:
         """Live mailbox state (the IMAP watchers of this process) instead of the database's."""
@@ -185,6 +193,7 @@ class Metrics:
     # -- daemon extension (``interfaces.Extension``) -------------------------------------------
     async def start(self, ctx: DaemonContext) -> None:
         self.attach_database(ctx.factory)
+        self.attach_settings(ctx.settings)
         if ctx.mailbox_health() is not None:
             self.attach_mailboxes(lambda: [_live_view(h) for h in ctx.mailbox_health() or ()])
         stats = ctx.delivery_counts()
@@ -206,6 +215,7 @@ class Metrics:
 
     def reload(self, ctx: DaemonContext) -> None:
         self.reloads_total.inc()
+        self.attach_settings(ctx.settings)
         if ctx.settings.metrics is not None:
             self.mailbox_grace_seconds = ctx.settings.metrics.mailbox_unhealthy_after_seconds
 
@@ -247,7 +257,10 @@ class _StateCollector(Collector):
         now = m.clock.now()
         try:
             with reading(m._factory) as session:
-                snap = snapshot(session, now, full=False)
+                settings = m._settings
+                staff = all_staff(settings, session) if settings is not None else set()
+                since = now - timedelta(hours=settings.outbound.staff_failure_window_hours) if settings else None
+                snap = snapshot(session, now, full=False, staff=staff, failures_since=since)
         except Exception as exc:
             log.warning("metrics: database read failed: %s", exc)
             up.add_metric([], 0)
@@ -265,6 +278,8 @@ class _StateCollector(Collector):
         yield _gauge("outbox_oldest_age_seconds", "Age of the oldest outbound message waiting",
                      snap.outbox_oldest_age_seconds or 0.0)
         yield _gauge("cases_open", "Open cases", snap.cases_open)
+        yield _gauge("staff_mail_failed", "Mail to staff refused for good or expired within "
+                     "[outbound] staff_failure_window_hours", snap.staff_failed)
         try:
             views = m.mailboxes() if m._mailboxes is not None else snap.mailboxes
         except Exception as exc:

@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from mailgateway.clock import PARIS, paris
 from mailgateway.interfaces import DaemonContext
 from mailgateway.jobs import deadlines, digest, housekeeping, report, retention
+from mailgateway.jobs import quarantine as quarantine_notices
 from mailgateway.jobs.base import JobContext, JobOutcome
 from mailgateway.settings import SchedulerSettings
 from mailgateway.store.engine import reading
@@ -87,6 +88,10 @@ JOBS: tuple[JobDef, ...] = (
            lambda sc: CronTrigger(hour=sc.quarantine_summary_hour, minute=5, timezone=PARIS),
            lambda sc, now: in_window(sc, now, sc.quarantine_summary_hour),
            lambda sc: f"chaque jour à {sc.quarantine_summary_hour} h 05"),
+    # SILENT: a quarantined message reaches staff within minutes (jobs/quarantine.py).
+    JobDef("quarantine_notices", "avis de quarantaine aux agents", quarantine_notices.run,
+           _every(lambda sc: sc.quarantine_notice_minutes), lambda sc, now: True,
+           lambda sc: f"toutes les {sc.quarantine_notice_minutes:g} min"),
     JobDef("weekly_report", "rapport hebdomadaire", report.run,
            lambda sc: CronTrigger(day_of_week=sc.weekly_report_weekday, hour=sc.weekly_report_hour, minute=10,
                                   timezone=PARIS),

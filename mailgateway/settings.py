@@ -46,9 +46,12 @@ class SmtpIntakeSettings:
     # Also speak LMTP (RFC 2033) on this port; 0 disables it.
     lmtp_port: int = 0
     server_hostname: str = "mailgateway.localhost"
-    # Client IPs (or CIDR networks) of the site MTA that relays to us: only mail received from them
-    # may be authenticated by an Authentication-Results header (docs/guarantees.md; docs/operations.md).
-    trusted_relays: tuple[str, ...] = ()
+    # Client IPs (or CIDR networks) of the site MTA that relays to us (README "Configuration":
+    # loopback by default, the local Postfix). They are exempt from the per-IP rate limit above (the
+    # site's own MX is not an attacker: intake/smtp.py), and only mail received from them may be
+    # authenticated by an Authentication-Results header, when its authserv-id is also listed in
+    # [authentication] trusted_authserv_ids (docs/guarantees.md; docs/operations.md).
+    trusted_relays: tuple[str, ...] = ("127.0.0.1", "::1")
     # Concurrent SMTP connections; beyond: 421 4.7.0 and close (bounded descriptors, docs/guarantees.md).
     max_connections: int = 100
     # Message bytes held in memory by all DATA transfers together; beyond: 451 4.3.1. 0: four
@@ -110,6 +113,9 @@ class RelaySettings:
     # A claimed message whose sender died is reclaimed after this lease.
     lease_seconds: float = 300.0
     local_hostname: str = "mailgateway.localhost"
+    # The relay's message size limit until it has advertised one (EHLO SIZE, RFC 1870): Postfix's
+    # default message_size_limit. Mail to staff is kept under the advertised (else this) size.
+    assumed_size_bytes: int = 10_240_000
 
 
 @dataclass(frozen=True)
@@ -207,10 +213,16 @@ class OutboundSettings:
     # The original is attached to staff notifications up to this size (bytes); a larger one is
     # named with « mailgateway cases original REF » instead (one copy per staff member otherwise).
     staff_attachment_max_bytes: int = 2 * 1024 * 1024
+    # A mail to staff refused for good (5yz, or expired) is a problem shown by ``status``, the
+    # metrics and the digest for this long after its failure (or until ``outbox retry``).
+    staff_failure_window_hours: float = 168.0
     # TLP:AMBER(+STRICT) may only go to these domains (besides the agency and ACSS).
     amber_allowed_domains: tuple[str, ...] = ()
     # Site overrides of the bundled templates.
     templates_dir: str | None = None
+    # INDICATORS: files attached to relayed alerts and bulletins with indicators (docs/indicators.md):
+    # "stix" (STIX 2.1 bundle), "misp" (MISP event), "csv" (type;value;comment); [] attaches none.
+    indicator_formats: tuple[str, ...] = ("stix", "misp", "csv")
     # The service named in acknowledgements.
     # Who handles declarations, as it reads in a sentence ("prise en charge par la cellule SSI").
     service_name: str = "la cellule SSI"
@@ -224,6 +236,14 @@ class LabelSettings:
     incident_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
     radiotherapy_finess: tuple[str, ...] = ()
+    # UNDERSTANDING (issue 16): more tables a site may extend, and a file of its wording.
+    severities: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    alert_targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    courtesy: tuple[str, ...] = ()
+    # A TOML file with the same tables ([fields], [incident_types], [categories], [severities],
+    # [alert_targets], and [courtesy] phrases = [...]), added to the ones above; a relative path
+    # is relative to the configuration file. Read once at load: a reload (SIGHUP) rereads it.
+    file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -304,6 +324,8 @@ class SchedulerSettings:
     report_weeks: int = 12
     quarantine_summary_hour: int = 8
     housekeeping_interval_minutes: float = 10.0
+    # Quarantined messages are announced to staff in one notice per region at most this often.
+    quarantine_notice_minutes: float = 5.0
     retention_hour: int = 3
     # A digest or report missed while the daemon was stopped is still sent this long after its hour.
     catch_up_hours: float = 4.0
@@ -328,6 +350,10 @@ class CasesSettings:
     duplicate_window_hours: float = 72.0
     # "#retards": open cases without any activity for this many days.
     overdue_days: float = 7.0
+    # Tell the declarant when staff close or merge the case (commands/closure.py): a French mail,
+    # never to a no-reply address, under the case's TLP; an unverified address is told nothing more
+    # than the reference.
+    notify_declarant_on_close: bool = True
 
 
 @dataclass(frozen=True)
@@ -403,6 +429,7 @@ def parse_settings(data: dict[str, Any], source: str = "") -> Settings:
     settings = _build(Settings, data, "", problems)
     if isinstance(settings, Settings):
         settings = dataclasses.replace(settings, source=source)
+        settings = _with_label_file(settings, problems)  # UNDERSTANDING
         _check_semantics(settings, problems)
     if problems:
         raise ConfigError(problems)
@@ -488,6 +515,68 @@ def _check_address(value: str, path: str, problems: list[tuple[str, str]]) -> No
     local, at, domain = value.partition("@")
     if not (local and at and "." in domain) or any(c.isspace() for c in value):
         problems.append((path, f"not an e-mail address: {value!r}"))
+
+
+# --- UNDERSTANDING (issue 16): the site's label file and the names its tables may use ---------------
+_LABEL_TABLES = ("fields", "incident_types", "categories", "severities", "alert_targets")
+
+
+def _bundled_label_names() -> dict[str, set[str]]:
+    """Names each extensible table knows (mailgateway/data/labels.toml): a misspelt field name in
+    a site's wording must be an error, not wording silently never used."""
+    from importlib import resources
+
+    raw = tomllib.loads(resources.files("mailgateway").joinpath("data/labels.toml").read_text(encoding="utf-8"))
+    names = {table: set(raw.get(table, {})) for table in _LABEL_TABLES}
+    names["alert_targets"] |= names["categories"]
+    names["categories"] |= names["alert_targets"]
+    return names
+
+
+def _label_table(value: Any, path: str, known: set[str], problems: list[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        problems.append((path, "must be a table"))
+        return {}
+    out: dict[str, tuple[str, ...]] = {}
+    for key, items in value.items():
+        if key not in known:
+            problems.append((f"{path}.{key}", f"unknown name; known: {', '.join(sorted(known))}"))
+        elif not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            problems.append((f"{path}.{key}", "must be an array of strings"))
+        else:
+            out[str(key)] = tuple(items)
+    return out
+
+
+def _with_label_file(s: Settings, problems: list[tuple[str, str]]) -> Settings:
+    """Check the inline label tables' names and add the wording of ``[labels] file``."""
+    labels = s.labels
+    known = _bundled_label_names()
+    for table in _LABEL_TABLES:
+        _label_table(getattr(labels, table), f"labels.{table}", known[table], problems)
+    if not labels.file:
+        return s
+    path = Path(labels.file)
+    if not path.is_absolute() and s.source:
+        path = Path(s.source).resolve().parent / path
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        problems.append(("labels.file", f"cannot read {path}: {exc}"))
+        return s
+    merged: dict[str, Any] = {}
+    for table, value in data.items():
+        where = f"labels.file({path.name}).{table}"
+        if table in _LABEL_TABLES:
+            extra = _label_table(value, where, known[table], problems)
+            inline: dict[str, tuple[str, ...]] = getattr(labels, table)
+            merged[table] = {k: tuple(inline.get(k, ())) + extra.get(k, ()) for k in {*inline, *extra}}
+        elif table == "courtesy" and isinstance(value, dict) and set(value) <= {"phrases"} \
+                and all(isinstance(p, str) for p in value.get("phrases", [])):
+            merged["courtesy"] = labels.courtesy + tuple(value.get("phrases", []))
+        else:
+            problems.append((where, f"unknown table; known: {', '.join((*_LABEL_TABLES, 'courtesy'))}"))
+    return dataclasses.replace(s, labels=dataclasses.replace(labels, **merged))
 
 
 def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
@@ -577,6 +666,14 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
             problems.append((f"outbound.{budget}", "must be at least 1"))
     if s.outbound.staff_attachment_max_bytes < 0:
         problems.append(("outbound.staff_attachment_max_bytes", "must be >= 0 (0: never attach the original)"))
+    if s.outbound.staff_failure_window_hours <= 0:
+        problems.append(("outbound.staff_failure_window_hours", "must be positive"))
+    unknown_formats = [f for f in s.outbound.indicator_formats if f not in ("stix", "misp", "csv")]
+    if unknown_formats or len(set(s.outbound.indicator_formats)) != len(s.outbound.indicator_formats):
+        problems.append(("outbound.indicator_formats",
+                         f"each of stix, misp, csv at most once (got {list(s.outbound.indicator_formats)})"))
+    if s.relay.assumed_size_bytes < 0:
+        problems.append(("relay.assumed_size_bytes", "must be >= 0 (0: no limit assumed)"))
     if s.cases.reply_to_closed not in ("reopen", "link"):
         problems.append(("cases.reply_to_closed", 'must be "reopen" or "link"'))
     if s.cases.confirmation_hours <= 0:
@@ -609,7 +706,7 @@ def _check_scheduler(sc: SchedulerSettings, problems: list[tuple[str, str]]) -> 
             problems.append((f"scheduler.retention_days.{status}", "unknown case status"))
         elif days < 0:
             problems.append((f"scheduler.retention_days.{status}", "must be >= 0 (0 keeps the data)"))
-    for key in ("deadline_interval_minutes", "housekeeping_interval_minutes"):
+    for key in ("deadline_interval_minutes", "housekeeping_interval_minutes", "quarantine_notice_minutes"):
         if getattr(sc, key) <= 0:
             problems.append((f"scheduler.{key}", "must be positive"))
 

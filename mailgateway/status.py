@@ -3,12 +3,14 @@
 The same :class:`Snapshot` feeds the Prometheus gauges (``metrics``), so the command and the
 dashboards never disagree. Reading only: the command never migrates nor writes.
 
-Exit codes: 0 all well, 1 a problem is shown (a mailbox unreachable for too long, schema behind),
+Exit codes: 0 all well, 1 a problem is shown (a mailbox unreachable for too long, schema behind,
+a mail to staff refused for good in the last ``[outbound] staff_failure_window_hours``),
 2 the database cannot be read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.cases.lifecycle import CLOSED
 from mailgateway.clock import aware
+from mailgateway.dispatch.failures import FailedMail, count_staff_failures, staff_failures
 from mailgateway.store.models import Case, InboundMessage, MailboxState, OutboundMessage
 
 # Outbox rows still to deliver (queued -> sending -> sent | failed | expired | refused).
@@ -74,13 +77,21 @@ class Snapshot:
     # Only in a full snapshot (a scan of the inbound table: the command, not every scrape).
     inbound: dict[str, dict[str, int]] = field(default_factory=dict)  # status -> kind -> count
     cases_open_by_region: dict[str, int] = field(default_factory=dict)
+    # Mail to staff refused for good (5yz) or expired within the failure window (dispatch/failures.py);
+    # the list only in a full snapshot.
+    staff_failed: int = 0
+    staff_failures: tuple[FailedMail, ...] = ()
 
     @property
     def outbox_depth(self) -> int:
         return sum(self.outbox.values())
 
     def problems(self, grace_seconds: float = DEFAULT_MAILBOX_GRACE) -> list[str]:
-        return [p for m in self.mailboxes if (p := m.problem(self.at, grace_seconds))]
+        found = [p for m in self.mailboxes if (p := m.problem(self.at, grace_seconds))]
+        if self.staff_failed:
+            found.append(f"{self.staff_failed} courriel(s) aux agents non remis (refus définitif du relais "
+                         "ou délai dépassé) : « mailgateway outbox list », puis « outbox retry ID »")
+        return found
 
 
 def _count(session: Session, stmt: Any) -> int:
@@ -93,8 +104,12 @@ def read_mailboxes(session: Session) -> tuple[MailboxView, ...]:
                  for r in rows)
 
 
-def snapshot(session: Session, now: datetime, *, full: bool = True) -> Snapshot:
-    """Read the counters; ``full=False`` keeps to indexed queries (cheap enough for every scrape)."""
+def snapshot(session: Session, now: datetime, *, full: bool = True, staff: Collection[str] = (),
+             failures_since: datetime | None = None) -> Snapshot:
+    """Read the counters; ``full=False`` keeps to indexed queries (cheap enough for every scrape).
+
+    ``staff`` (``directory.staff.all_staff``) and ``failures_since``: count the mail to staff
+    that failed for good since then."""
     backlog = _count(session, select(func.count()).select_from(InboundMessage)
                      .where(InboundMessage.status == "received"))
     quarantined = _count(session, select(func.count()).select_from(InboundMessage)
@@ -122,8 +137,14 @@ def snapshot(session: Session, now: datetime, *, full: bool = True) -> Snapshot:
             select(Case.region, func.count()).where(*open_filter).group_by(Case.region).order_by(Case.region)
         ):
             by_region[region] = int(n)
+    failed = 0
+    failures: tuple[FailedMail, ...] = ()
+    if staff and failures_since is not None:
+        failed = count_staff_failures(session, staff, failures_since)
+        if full and failed:
+            failures = tuple(staff_failures(session, staff, failures_since, limit=20))
     return Snapshot(now, backlog, quarantined, outbox, oldest_age, cases_open, read_mailboxes(session),
-                    inbound, by_region)
+                    inbound, by_region, failed, failures)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -140,6 +161,10 @@ def to_json(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) -> dic
                    "oldest_age_seconds": snap.outbox_oldest_age_seconds},
         "cases_open": snap.cases_open,
         "cases_open_by_region": snap.cases_open_by_region,
+        "staff_mail_failed": snap.staff_failed,
+        "staff_mail_failures": [{"id": f.id, "recipient": f.recipient, "kind": f.kind, "status": f.status,
+                                 "failed_at": f.failed_at.isoformat(), "answer": f.answer, "case_ref": f.case_ref}
+                                for f in snap.staff_failures],
         "mailboxes": [
             {**asdict(m), "last_contact_at": _iso(m.last_contact_at), "last_message_at": _iso(m.last_message_at),
              "connected": m.connected, "problem": m.problem(snap.at, grace_seconds)}
@@ -180,6 +205,9 @@ def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) ->
         f"Dossiers ouverts : {snap.cases_open}"
         + (f" ({', '.join(f'{r} {n}' for r, n in snap.cases_open_by_region.items())})"
            if snap.cases_open_by_region else ""),
+        "",
+        f"Courriels aux agents non remis : {snap.staff_failed}",
+        *(f"  - {f.failed_at.isoformat(timespec='seconds')} {f.line_fr()}" for f in snap.staff_failures),
         "",
         "Boîtes IMAP :",
     ]

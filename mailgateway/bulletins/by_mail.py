@@ -1,8 +1,12 @@
 """Bulletins requested and approved by mail (staff never need another interface, README).
 
 1. Staff mail the SSI address with the subject ``#bulletin <titre>``, one or more target lines
-   ``#cible categorie=LBM departement=69`` (clauses joined with "and"), optionally ``#tlp AMBER``,
-   and the text of the bulletin. Only authenticated staff of the region count (docs/guarantees.md); anyone
+   ``#cible categorie=LBM,ESMS departement=69`` (clauses joined with "and", values with "or";
+   each line is one set of establishments and several lines are a union:
+   ``directory.targets.parse_cible``), optionally ``#tlp AMBER``, and the text of the bulletin:
+   every line of the new text that is not a command line, paragraphs and line breaks kept
+   (format=flowed unwrapped, Outlook HTML paragraphs read as lines: mail/flowed.py,
+   mail/htmltext.py). Only authenticated staff of the region count (docs/guarantees.md); anyone
    else gets a refusal and nothing is created.
 2. A draft is created and a preview goes back to the author: recipient count, a sample of
    recipients, and how to approve.
@@ -38,14 +42,17 @@ from mailgateway.bulletins.fanout import (
 )
 from mailgateway.bulletins.tracking import bulletin_message
 from mailgateway.clock import aware, french_datetime
-from mailgateway.directory import count_establishments, count_recipients, parse_target
+from mailgateway.directory import Target, count_establishments, count_recipients, parse_target
 from mailgateway.directory.staff import all_staff, staff_addresses
+from mailgateway.directory.targets import parse_cible, union
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import InputError
 from mailgateway.mail.analyse import coverage_reason
 from mailgateway.mail.autoreply import is_no_reply
+from mailgateway.mail.commands import REASON_UNKNOWN, nearest_command
 from mailgateway.mail.facts import Command, MessageFacts
+from mailgateway.mail.labels import load_labels
 from mailgateway.mail.refs import strip_prefixes
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome
@@ -179,8 +186,18 @@ def _refusal(env: Env, session: Session, inbound: InboundMessage, facts: Message
     refused = [c for c in facts.commands if not c.accepted]
     accepted = [c for c in facts.commands if c.accepted]
     if refused and not accepted:
-        return refused[0].reason or "commande refusée"
+        return _suggested(refused[0]) or refused[0].reason or "commande refusée"
     return None
+
+
+def _suggested(cmd: Command) -> str | None:
+    """A misspelt command of authenticated staff ("#difuser"), with the nearest one (issue 17)."""
+    if cmd.reason != REASON_UNKNOWN:
+        return None
+    words = cmd.line.strip().lstrip("#").split(None, 1)
+    name = nearest_command(words[0], load_labels()) if words else None
+    shown = cmd.line.strip()[:80]
+    return f"commande inconnue « {shown} »" + (f" ; vouliez-vous écrire « #{name} » ?" if name else "")
 
 
 def _staff_like(env: Env, session: Session, address: str) -> bool:
@@ -203,7 +220,11 @@ def _tlp_line(line: str) -> str | None:
 
 
 def _body(facts: MessageFacts) -> tuple[str, str | None]:
-    """The bulletin text (command lines removed) and the TLP written in it, if any."""
+    """The bulletin text (command lines removed) and the TLP written in it, if any.
+
+    Only the lines analysis read as commands are removed ("#cible", "#tlp", …): a "# Titre" or
+    "#1 priorité" line of the text stays in it."""
+    commands = {c.line for c in facts.commands}
     tlp: str | None = None
     lines: list[str] = []
     for line in facts.new_text.splitlines():
@@ -211,9 +232,9 @@ def _body(facts: MessageFacts) -> tuple[str, str | None]:
         if written is not None and tlp is None:
             tlp = written
             continue
-        if _COMMAND_LINE.match(line):
+        if line.strip() in commands and _COMMAND_LINE.match(line):
             continue
-        lines.append(line)
+        lines.append(line.rstrip())
     return "\n".join(lines).strip() + "\n", tlp
 
 
@@ -224,12 +245,20 @@ def _title(facts: MessageFacts) -> str:
     return strip_prefixes(facts.subject).lstrip("#").removeprefix("bulletin").strip()
 
 
-def _target(commands: tuple[Command, ...]) -> str:
-    clauses = [arg for cmd in commands if cmd.name == "cible" for arg in cmd.args]
-    if not clauses:
-        raise BulletinError("aucune ligne « #cible » : indiquez par exemple « #cible categorie=LBM departement=69 » "
-                            "ou « #cible all »")
-    return ",".join(clauses)
+def _target(commands: tuple[Command, ...]) -> Target:
+    """The union of the "#cible" lines, each one set of establishments (InputError naming the line)."""
+    sets: list[Target] = []
+    for cmd in commands:
+        if cmd.name != "cible":
+            continue
+        try:
+            sets.append(parse_cible(" ".join(cmd.args)))
+        except InputError as exc:
+            raise BulletinError(f"ligne « {cmd.line[:120]} » : {exc}") from exc
+    if not sets:
+        raise BulletinError("aucune ligne « #cible » : indiquez par exemple « #cible categorie=LBM,ESMS "
+                            "departement=69 » (une ligne par ensemble de destinataires) ou « #cible tous »")
+    return union(sets)
 
 
 def _reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, region: str,
@@ -259,8 +288,13 @@ def _reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFa
 def _bulletin_json(bulletin: Bulletin | None) -> dict[str, Any] | None:
     if bulletin is None:
         return None
+    try:
+        target_fr = parse_target(bulletin.target).describe()
+    except InputError:  # a target stored before its grammar changed: shown as stored
+        target_fr = bulletin.target
     return {"id": bulletin.id, "subject": bulletin.subject, "body": bulletin.body, "tlp": bulletin.tlp,
-            "target": bulletin.target, "status": bulletin.status, "author": bulletin.author}
+            "target": bulletin.target, "target_fr": target_fr, "status": bulletin.status,
+            "author": bulletin.author}
 
 
 def _request(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:

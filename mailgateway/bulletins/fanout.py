@@ -25,7 +25,7 @@ and ``cli/bulletin.py`` (the ``bulletin`` command).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -33,11 +33,12 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgateway.bulletins.indicator_files import relay_attachments
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
 from mailgateway.directory import RecipientRow, Target, count_recipients, parse_target, select_recipients
 from mailgateway.directory.categories import normalise_category
-from mailgateway.dispatch.compose import MailSpec
+from mailgateway.dispatch.compose import Attachment, MailSpec
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import InputError
 from mailgateway.mail.parse import parse_message
@@ -59,8 +60,9 @@ __all__ = [
     "create_bulletin",
     "fan_out",
     "reach_refusal",
-        "relay_alert",
+    "relay_alert",
     "relay_reach",
+    "tlp_rule",
     "withheld_note",
 ]
 
@@ -132,9 +134,11 @@ def template_context(env: Env, bulletin: Bulletin, row: RecipientRow | None,
 
 def queue_message(env: Env, session: Session, bulletin: Bulletin, row: RecipientRow, *,
                   alert: dict[str, Any] | None = None, case: Case | None = None,
-                  attempt: str = "") -> OutboundMessage | None:
+                  attempt: str = "", attachments: Sequence[Attachment] | None = None) -> OutboundMessage | None:
     """Compose and queue the message of ``bulletin`` for one establishment (None: refused or dup)."""
     from_address, from_name = env.mailer.from_identity(bulletin.region)
+    if attachments is None:  # INDICATORS: a single copy (a bounce's fallback contact) builds its own files
+        attachments = relay_attachments(env.settings, session, bulletin, case)
     spec = MailSpec(
         template=KIND_RELAY if case is not None else KIND_BULLETIN,
         context=template_context(env, bulletin, row, alert, case),
@@ -143,6 +147,7 @@ def queue_message(env: Env, session: Session, bulletin: Bulletin, row: Recipient
         auto_submitted="auto-generated", tlp=bulletin.tlp,
         # RFC 2919-style identification lets establishments filter bulletins; not a mailing list.
         extra_headers={"X-Mailgateway-Bulletin": str(bulletin.id)},
+        attachments=attachments,  # INDICATORS: STIX / MISP / CSV files (bulletins/indicator_files.py)
     )
     kind = KIND_RELAY if case is not None else KIND_BULLETIN
     return env.mailer.send(session, spec, kind=kind, priority=PRIORITY, bulletin_id=bulletin.id,
@@ -184,10 +189,11 @@ def fan_out(env: Env, session: Session, bulletin: Bulletin,
     queued = int(session.scalar(select(func.count()).select_from(BulletinRecipient).where(
         BulletinRecipient.bulletin_id == bulletin.id, BulletinRecipient.outbound_id.is_not(None))) or 0)
     written: list[object] = []
+    files = relay_attachments(env.settings, session, bulletin, case)  # INDICATORS: built once per bulletin
     for row in _stream(session, bulletin, separate=checkpoint is not None):
         if row.finess in done:
             continue
-        out = queue_message(env, session, bulletin, row, alert=alert or None, case=case)
+        out = queue_message(env, session, bulletin, row, alert=alert or None, case=case, attachments=files)
         recipient = BulletinRecipient(
             bulletin_id=bulletin.id, finess=row.finess, contact_id=row.contact_id, address=row.address,
             outbound_id=out.id if out is not None else None, status="queued" if out is not None else "refused",
@@ -234,10 +240,20 @@ def _fan_out_or_defer(env: Env, session: Session, bulletin: Bulletin) -> int:
     return planned
 
 
-def fan_out_approved(env: Env, factory: sessionmaker[Session]) -> int:
+def fan_out_approved(env: Env, factory: sessionmaker[Session], on_chunk: Callable[[], None] | None = None) -> int:
     """Queue every approved bulletin, committing every CHUNK recipients (daemon). Returns the
-    recipients of the bulletins processed (0: nothing was waiting)."""
+    recipients of the bulletins processed (0: nothing was waiting).
+
+    ``on_chunk`` is called after each committed chunk (the daemon wakes its sender): composing and
+    signing the next chunk overlaps with sending the previous one, so what counts — approval to the
+    last message at the relay — is not the sum of the two."""
     total = 0
+
+    def checkpoint(s: Session) -> None:
+        s.commit()
+        if on_chunk is not None:
+            on_chunk()
+
     with factory() as session:
         pending = list(session.scalars(select(Bulletin.id).where(Bulletin.status == "approved")))
     for bulletin_id in pending:
@@ -251,7 +267,7 @@ def fan_out_approved(env: Env, factory: sessionmaker[Session]) -> int:
                 continue
             bulletin = session.get(Bulletin, bulletin_id)
             assert bulletin is not None
-            total += fan_out(env, session, bulletin, checkpoint=lambda s: s.commit())
+            total += fan_out(env, session, bulletin, checkpoint=checkpoint)
             session.commit()
     return total
 
@@ -316,6 +332,9 @@ class Reach:
     tlp: str
     planned: int
     allowed: int
+    # The first few of each, for the preview staff read before confirming (``relay_reach(sample=N)``).
+    sample: tuple[RecipientRow, ...] = ()
+    withheld_sample: tuple[RecipientRow, ...] = ()
 
     @property
     def withheld(self) -> int:
@@ -341,19 +360,32 @@ def _what_to_do(tlp: str) -> str:
     return advice
 
 
-def relay_reach(env: Env, session: Session, case: Case) -> Reach:
+def relay_reach(env: Env, session: Session, case: Case, *, sample: int = 0) -> Reach:
     """Count, before anything is written, whom the relay of ``case`` would reach (the Mailer's TLP
-    rule on each targeted establishment's address): "relayée à 0 établissement(s)" is refused up front."""
+    rule on each targeted establishment's address): "relayée à 0 établissement(s)" is refused up front.
+    ``sample``: keep the first that many recipients, and of those the TLP keeps out, for a preview."""
     alert = dict((case.fields or {}).get("alert") or {})
     # Fails closed: an unknown, unparsed or missing marking relays as AMBER+STRICT (mail/tlp.py).
     tlp = check_tlp(relay_label(alert.get("tlp") or case.tlp))
     target = Target(categories=_alert_categories(alert))
     allows = env.mailer.tlp_gate(session, tlp)
     planned = allowed = 0
+    reached: list[RecipientRow] = []
+    kept_out: list[RecipientRow] = []
     for row in select_recipients(session, case.region, target, batch=CHUNK):
         planned += 1
-        allowed += bool(allows(row.address.strip().lower()))
-    return Reach(tlp=tlp, planned=planned, allowed=allowed)
+        if allows(row.address.strip().lower()):
+            allowed += 1
+            if len(reached) < sample:
+                reached.append(row)
+        elif len(kept_out) < sample:
+            kept_out.append(row)
+    return Reach(tlp=tlp, planned=planned, allowed=allowed, sample=tuple(reached), withheld_sample=tuple(kept_out))
+
+
+def tlp_rule(env: Env, tlp: str) -> str:
+    """Why TLP ``tlp`` keeps establishments out, in French, naming the setting that would let them in."""
+    return _tlp_rule(env, tlp)
 
 
 def reach_refusal(env: Env, reach: Reach) -> str | None:

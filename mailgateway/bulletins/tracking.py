@@ -1,8 +1,14 @@
 """What happens after a bulletin is queued: acknowledgements, bounces, fallback contacts.
 
 * Acknowledgement: any reply threaded to one of our bulletin messages (In-Reply-To/References,
-  RFC 5322 §3.6.4), ``#lu`` or free text, marks the establishment as having acknowledged.
-  Automatic replies (RFC 3834), bounces and loops never count.
+  RFC 5322 §3.6.4), ``#lu`` or free text, marks the establishment as having acknowledged, and so
+  does a read receipt saying it was displayed (RFC 8098 ``displayed``, Outlook « Lu : »).
+  Other automatic replies (RFC 3834), bounces and loops never count.
+* Replies are read, not just counted: one that says more than an acknowledgement (a courtesy
+  « Merci, bien reçu » or ``#lu`` is all it may say, ``mail/courtesy.py``: any other text, an
+  attachment, a question) reaches the region's staff with its text inline (``reponse_diffusion``),
+  attached to the alert's case for a relayed alert. One that reads as a declaration goes on to
+  processing, which opens a case linked to the alert (``processing/handlers.py``).
 * Bounces, from a DSN mailed back to the VERP return path (RFC 3464) or from a 5xx answer of the
   relay (``Sender.on_permanent_failure``, RFC 5321 §4.2.1), go through ``apply_bounce``: the
   outbox row is marked, the contact scored (directory.record_bounce), and for a permanent bounce
@@ -24,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.bulletins.fanout import FANOUT_KINDS, queue_message
+from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
 from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
@@ -33,7 +40,7 @@ from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.mail.facts import MessageFacts
-from mailgateway.processing.context import Env, Outcome
+from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.store.models import (
     Bulletin,
     BulletinRecipient,
@@ -45,6 +52,8 @@ from mailgateway.store.models import (
 )
 
 _NEVER_ACKNOWLEDGES = frozenset({"bounce", "loop", "auto_reply"})
+# Our messages a reply acknowledges: the bulletin or relayed alert, and its reminder.
+ANSWERED_KINDS = (*FANOUT_KINDS, "relance_bulletin")
 
 
 def _bracketed(ids: tuple[str, ...] | list[str]) -> list[str]:
@@ -76,20 +85,100 @@ def recipient_of(session: Session, row: OutboundMessage) -> BulletinRecipient | 
     return rec
 
 
+def read_receipt_of(facts: MessageFacts) -> bool:
+    """A read receipt saying the message was displayed (mail/receipt.py)."""
+    receipt = facts.extra.get("receipt")
+    return isinstance(receipt, dict) and bool(receipt.get("read"))
+
+
+def only_acknowledges(facts: MessageFacts) -> bool:
+    """The reply says nothing beyond « lu » / « merci, bien reçu » (mail/courtesy.py)."""
+    return bool(facts.extra.get("courtesy"))
+
+
+MAX_INLINE_TEXT = 8000
+
+
 def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessage,
                                facts: MessageFacts) -> Outcome | None:
     """An establishment replied to a bulletin: acknowledged. Not ours: None (next handler)."""
-    if facts.kind in _NEVER_ACKNOWLEDGES or not facts.in_reply_to:
+    receipt = facts.kind == "auto_reply" and "receipt" in facts.extra
+    if (facts.kind in _NEVER_ACKNOWLEDGES and not receipt) or not facts.in_reply_to:
         return None
-    row = bulletin_message(session, facts.in_reply_to, kinds=(*FANOUT_KINDS, "relance_bulletin"))
+    row = bulletin_message(session, facts.in_reply_to, kinds=ANSWERED_KINDS)
     if row is None:
         return None
     rec = recipient_of(session, row)
+    if receipt:
+        if read_receipt_of(facts) and rec is not None and rec.acknowledged_at is None:
+            rec.acknowledged_at = env.clock.now()  # RFC 8098 "displayed": read
+        _attach(env, session, row, inbound, facts)
+        return Outcome("processed", reason=f"accusé de lecture automatique du bulletin {row.bulletin_id}")
     if rec is not None and rec.acknowledged_at is None:
         rec.acknowledged_at = env.clock.now()
-    if facts.kind == "declaration":
-        return None  # an incident declared in answer to a bulletin still opens a case
+    if facts.extra.get("reply_declaration") is not None:
+        # An incident declared in answer: processing opens a case linked to the alert. Read in the
+        # new text only: « RE: Campagne d'hameçonnage » with a question is not a declaration.
+        return None
+    if not only_acknowledges(facts):
+        notify_reply(env, session, row, rec, inbound, facts)
+        return Outcome("processed", reason=f"réponse au bulletin {row.bulletin_id} transmise à l'équipe")
+    _attach(env, session, row, inbound, facts)
     return Outcome("processed", reason=f"accusé de lecture du bulletin {row.bulletin_id}")
+
+
+def alert_case_of(session: Session, row: OutboundMessage) -> Case | None:
+    """The alert case a relayed message belongs to (None for an awareness bulletin)."""
+    bulletin = session.get(Bulletin, row.bulletin_id) if row.bulletin_id is not None else None
+    if bulletin is None or bulletin.case_id is None:
+        return None
+    return session.get(Case, bulletin.case_id)
+
+
+def _attach(env: Env, session: Session, row: OutboundMessage, inbound: InboundMessage, facts: MessageFacts) -> None:
+    """A relayed alert's case keeps every answer on its timeline (a bulletin has no case)."""
+    case = alert_case_of(session, row)
+    if case is not None:
+        service.record_received(session, case, inbound, facts, at=env.clock.now())
+
+
+def notify_reply(env: Env, session: Session, row: OutboundMessage, rec: BulletinRecipient | None,
+                 inbound: InboundMessage, facts: MessageFacts) -> int:
+    """Tell the region's staff what an establishment answered to a bulletin or relayed alert,
+    its text inline (the relayed mail invites questions: « que devons-nous faire ? »)."""
+    bulletin = session.get(Bulletin, row.bulletin_id) if row.bulletin_id is not None else None
+    if bulletin is None:
+        return 0
+    est = session.get(Establishment, rec.finess) if rec is not None else None
+    text = (facts.new_text or facts.body_text or "").strip()
+    extra: dict[str, Any] = {
+        "reply_from": facts.sender.address or "inconnu",
+        "reply_text": text[:MAX_INLINE_TEXT],
+        "reply_truncated": len(text) > MAX_INLINE_TEXT,
+        "question": "?" in text,
+        "attachments": int(facts.extra.get("attachments", 0) or 0),
+        "bulletin": {"id": bulletin.id, "subject": bulletin.subject},
+        "establishment": {"name": est.name, "finess": est.finess, "departement": est.departement} if est else None,
+    }
+    case = alert_case_of(session, row)
+    if case is not None:
+        service.record_received(session, case, inbound, facts, at=env.clock.now())
+        return notify_staff(env, session, case, inbound, facts, template="reponse_diffusion",
+                            kind="notification_reponse_diffusion", extra=extra)
+    context: dict[str, Any] = {
+        **region_context(env.settings, bulletin.region),
+        "case": None,
+        "received_at_fr": french_datetime(inbound.received_at),
+        "sender": facts.sender.to_json(),
+        "subject": service.one_line(facts.subject),
+        "indicators": [i.to_json() for i in facts.indicators[:50]],
+        "original_attached": False,
+        **extra,
+    }
+    return env.mailer.send_to_staff(session, bulletin.region, template="reponse_diffusion", context=context,
+                                    kind="notification_reponse_diffusion",
+                                    key=f"notification_reponse_diffusion:{inbound.id}",
+                                    in_reply_to=facts.message_id)
 
 
 # --- bounces ------------------------------------------------------------------------------------

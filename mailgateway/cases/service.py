@@ -180,7 +180,9 @@ def thread_ids(session: Session, case: Case, limit: int = 20) -> list[str]:
         token = mid if mid.startswith("<") else f"<{mid}>"
         if token not in seen:
             seen.append(token)
-    return seen[-limit:]
+    # The root and the latest: a trimmed References keeps the thread's first message (RFC 5322
+    # §3.6.4; dispatch/compose.bounded_references trims further, as mail clients do).
+    return seen if len(seen) <= limit else [seen[0], *seen[-(limit - 1):]]
 
 
 def last_message_from(session: Session, case: Case, addresses: Sequence[str]) -> str | None:
@@ -281,3 +283,47 @@ def flag_duplicate(session: Session, case: Case, window: timedelta, *, at: datet
     if other is not None:
         link(session, case, other, type="doublon_possible", actor="passerelle", at=at)
     return other
+
+
+# ROUTING (issue 16): a declaration moved to the region its establishment belongs to.
+
+_CARRIED = ("nature", "incident_type", "category", "tlp", "title", "finess", "establishment", "declarant",
+            "acknowledged_at", "qualified_at", "origin_message_id")
+
+
+def transfer(session: Session, case: Case, region: str, *, actor: str, at: datetime) -> Case:
+    """Move an open incident to ``region``: a new reference there (year of reception), the same
+    declaration, severity and status; its messages go with it; both timelines say so; the old
+    case is closed as transferred and stands for the new one (``merged_into_id``, so a reply
+    threaded to the old reference reaches the new case). Returns the new case."""
+    if case.kind != "incident":
+        raise CaseError("seule une déclaration d'incident se transfère à une autre région")
+    if case.region == region:
+        raise CaseError(f"{case.reference} relève déjà de la région {region}")
+    if case.merged_into_id is not None:
+        raise CaseError(f"{case.reference} est déjà fusionné ou transféré")
+    if not lifecycle.is_open(case.status):
+        raise CaseError(f"{case.reference} est clos : rouvrez-le avant de le transférer")
+    moved = Case(reference=next_reference(session, region, paris(case.opened_at).year), region=region,
+                 kind=case.kind, status=case.status, severity=case.severity, opened_at=case.opened_at,
+                 updated_at=at, fields={**(case.fields or {}), "transfere_de": case.reference}, event_count=0)
+    for name in _CARRIED:
+        setattr(moved, name, getattr(case, name))
+    session.add(moved)
+    session.flush()
+    # The messages of the case (declaration, replies) go with it; staff command mails stay.
+    for inbound in session.scalars(select(InboundMessage).where(InboundMessage.case_id == case.id,
+                                                                InboundMessage.kind != "command")):
+        inbound.case_id = moved.id
+    for indicator in list(session.scalars(select(Indicator).where(Indicator.case_id == case.id).limit(500))):
+        session.add(Indicator(case_id=moved.id, type=indicator.type, value=indicator.value))
+    append_event(session, moved, type="transfert_recu", actor=actor, at=at,
+                 data={"dossier_origine": case.reference, "region_origine": case.region, "statut": case.status,
+                       "gravite": case.severity})
+    append_event(session, case, type="transfert", actor=actor, at=at,
+                 data={"nouveau_dossier": moved.reference, "region": region})
+    case.linked_case_id = moved.id
+    moved.linked_case_id = case.id
+    case.merged_into_id = moved.id
+    close(session, case, actor=actor, at=at, reason=f"transféré à la région {region} (dossier {moved.reference})")
+    return moved

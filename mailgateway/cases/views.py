@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailgateway.cases.story import french_datetime_of, label, labelled, story
 from mailgateway.cases.timeline import ChainBreak
 from mailgateway.cases.verify import ledger_heads, verify_references
 from mailgateway.clock import aware
@@ -53,11 +54,23 @@ def list_cases(session: Session, *, status: str | None = None, region: str | Non
     return [case_summary(c) for c in session.scalars(stmt)]
 
 
+def format_case_list(rows: list[dict[str, Any]]) -> str:
+    """``cases list``: a header line, then one case per line; statuses and severities in French,
+    instants in Paris time. ``--json`` is the form for scripts."""
+    width = max([len("RÉFÉRENCE"), *(len(r["reference"]) for r in rows)])
+    lines = [f"{'RÉFÉRENCE':<{width}}  {'STATUT':<18} {'GRAVITÉ':<13} {'OUVERT LE':<18}  {'MIS À JOUR LE':<18}  TITRE"]
+    for r in rows:
+        lines.append(f"{r['reference']:<{width}}  {label(r['status']):<18} {label(r['severity']):<13} "
+                     f"{french_datetime_of(r['opened_at']):<18}  {french_datetime_of(r['updated_at']):<18}  "
+                     f"{labelled(r['title'] or '')}")
+    return "\n".join(lines)
+
+
 def show_case(session: Session, reference: str) -> dict[str, Any] | None:
     case = session.scalar(select(Case).where(Case.reference == reference.strip().upper()))
     if case is None:
         return None
-    events = session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.seq))
+    events = list(session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id).order_by(CaseEvent.seq)))
     indicators = session.scalars(select(Indicator).where(Indicator.case_id == case.id).order_by(Indicator.id))
     merged = session.get(Case, case.merged_into_id) if case.merged_into_id else None
     linked = session.get(Case, case.linked_case_id) if case.linked_case_id else None
@@ -72,19 +85,28 @@ def show_case(session: Session, reference: str) -> dict[str, Any] | None:
              "inbound_id": e.inbound_id, "outbound_id": e.outbound_id, "hash": e.hash}
             for e in events
         ],
+        # The same French story as « #statut REF » by mail (cases/story.py), oldest first.
+        "story": story(events),
     }
 
 
 def format_case(detail: dict[str, Any]) -> str:
+    """``cases show REF``: the case in French, then its story (the same lines as « #statut REF »)."""
     lines = [
-        f"{detail['reference']} — {detail['title']}",
-        f"  statut : {detail['status']}   gravité : {detail['severity']}   région : {detail['region']}",
+        f"{detail['reference']} — {labelled(detail['title'] or '')}",
+        f"  statut : {label(detail['status'])}   gravité : {label(detail['severity'])}   région : {detail['region']}"
+        + (f"   TLP:{detail['tlp']}" if detail.get("tlp") else ""),
         f"  structure : {detail['establishment'] or '—'} (FINESS {detail['finess'] or '—'})",
         f"  déclarant : {detail['declarant'] or '—'}   assigné à : {detail['assignee'] or '—'}",
-        "  chronologie :",
+        f"  ouvert le {french_datetime_of(detail['opened_at'])}, dernière activité le "
+        f"{french_datetime_of(detail['updated_at'])}",
     ]
-    for e in detail["timeline"]:
-        lines.append(f"    {e['seq']:>3} {e['at']} {e['type']:<24} {e['actor']}")
+    if detail.get("merged_into"):
+        lines.append(f"  fusionné dans : {detail['merged_into']}")
+    if detail.get("linked_case"):
+        lines.append(f"  dossier lié : {detail['linked_case']}")
+    lines.append("  chronologie :")
+    lines += [f"    {line}" for line in detail["story"]]
     return "\n".join(lines)
 
 

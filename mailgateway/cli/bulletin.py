@@ -1,4 +1,4 @@
-"""``mailgateway bulletin send|status`` (README « Command line », a contract).
+"""``mailgateway bulletin send|status|list`` (README « Command line », a contract).
 
 ``send`` without ``--yes`` is a dry run: recipient count and a sample, nothing written. With
 ``--yes`` the bulletin is created (approved by "cli") and queued in chunks of ``CHUNK``
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from mailgateway.app import build_services
 from mailgateway.bulletins.fanout import _approve, _stream, check_tlp, create_bulletin, fan_out
 from mailgateway.bulletins.followups import status_counts
+from mailgateway.bulletins.roster import bulletin_list, establishments
+from mailgateway.clock import french_datetime
 from mailgateway.directory import count_establishments, count_recipients, parse_target
 from mailgateway.errors import InputError
 from mailgateway.settings import Settings
@@ -33,6 +36,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _send(args, settings)
     if args.bulletin_cmd == "status":
         return _status(args, settings)
+    if args.bulletin_cmd == "list":
+        return _list(args, settings)
     raise InputError(f"sous-commande inconnue : {args.bulletin_cmd}")
 
 
@@ -92,18 +97,21 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
 
+    wanted = _states(args.state)
     ensure_schema(settings.database.url)
     engine = make_engine(settings.database.url)
     try:
         with reading(make_sessionmaker(engine)) as session:
             counts = status_counts(session, args.id)
+            listed = establishments(session, args.id) if counts is not None else []
     finally:
         engine.dispose()
     if counts is None:
         print(f"bulletin inconnu : {args.id}", file=sys.stderr)
         return 2
+    listed = [e for e in listed if e["state"] in wanted]
     if args.json:
-        _print_json(counts)
+        _print_json({**counts, "establishments": listed})
         return 0
     print(f"Bulletin {counts['id']} ({counts['status']}) — {counts['subject']} [TLP:{counts['tlp']}]")
     print(f"  établissements : {counts['recipients']}   remis : {counts['delivered']}   en attente : "
@@ -115,4 +123,55 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     for dep, c in counts["by_departement"].items():
         print(f"  département {dep} : {c['recipients']} établissement(s), {c['delivered']} remis, "
               f"{c['acknowledged']} accusé(s)")
+    for state in STATE_ORDER:
+        group = [e for e in listed if e["state"] == state]
+        if not group:
+            continue
+        print(f"{STATE_TITLES[state]} ({len(group)}) :")
+        for e in group:
+            extra = f" — {e['answer']}" if e["answer"] else ""
+            print(f"  {e['finess']}  {e['name']} ({e['departement'] or '?'}) — {e['email']}{extra}")
+    return 0
+
+
+# The per-establishment lists of ``bulletin status``, in the order staff act on them.
+STATE_ORDER = ("bounced", "unreached", "pending", "delivered", "acknowledged")
+STATE_TITLES = {
+    "bounced": "Rebonds et échecs",
+    "unreached": "Non atteints (aucun message envoyé)",
+    "pending": "En attente d'envoi",
+    "delivered": "Remis, sans accusé de lecture",
+    "acknowledged": "Accusés de lecture reçus",
+}
+# ``--state``: one of the states, or « unacknowledged » for every establishment that has not replied.
+STATE_CHOICES = (*STATE_ORDER, "unacknowledged")
+
+
+def _states(value: str | None) -> set[str]:
+    if not value:
+        return set(STATE_ORDER)
+    if value == "unacknowledged":
+        return set(STATE_ORDER) - {"acknowledged"}
+    return {value}
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    ensure_schema(settings.database.url)
+    engine = make_engine(settings.database.url)
+    try:
+        with reading(make_sessionmaker(engine)) as session:
+            rows = bulletin_list(session, limit=args.limit)
+    finally:
+        engine.dispose()
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'ID':>5}  {'ÉTAT':<10} {'CRÉÉ LE':<18}  {'RÉGION':<6} {'TLP':<12} {'ÉTAB.':>6} {'REMIS':>6} "
+          f"{'ACCUSÉS':>7} {'REBONDS':>7} {'ATTENTE':>7}  OBJET")
+    for r in rows:
+        created = french_datetime(datetime.fromisoformat(r["created_at"])) if r["created_at"] else "—"
+        delivered = r["delivered"] + r["acknowledged"]
+        print(f"{r['id']:>5}  {r['status']:<10} {created:<18}  {r['region']:<6} {r['tlp']:<12} {r['recipients']:>6} "
+              f"{delivered:>6} {r['acknowledged']:>7} {r['bounced'] + r['unreached']:>7} {r['pending']:>7}  "
+              f"{r['subject']}")
     return 0

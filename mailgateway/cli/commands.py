@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -201,14 +202,18 @@ def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.cases import views
     from mailgateway.store.engine import reading
 
+    if args.cases_cmd == "original":  # SILENT: cli/original.py
+        from mailgateway.cli import original
+
+        return original.run(args, settings)
+    status = _case_status(args.status) if args.cases_cmd == "list" and args.status else None
     with _database(settings) as factory, reading(factory) as session:
         if args.cases_cmd == "list":
-            rows = views.list_cases(session, status=args.status, region=args.region, limit=args.limit)
+            rows = views.list_cases(session, status=status, region=args.region, limit=args.limit)
             if args.json:
                 _print_json(rows)
             else:
-                for r in rows:
-                    print(f"{r['reference']}  {r['status']:<16} {r['severity']:<13} {r['title']}")
+                print(views.format_case_list(rows))
             return 0
         if args.cases_cmd == "show":
             detail = views.show_case(session, args.ref)
@@ -237,6 +242,20 @@ def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
 
+def _case_status(value: str) -> str:
+    """The stored status named by ``--status`` (code or French label, any case: « clos »,
+    « pris-en-compte », « en suivi »); an unknown one is bad input, listed with the valid ones."""
+    from mailgateway.cases.story import label
+    from mailgateway.statuses import CaseStatus
+
+    wanted = "_".join(value.replace("-", " ").split()).upper()
+    for status in CaseStatus:
+        if wanted in (status.value, "_".join(label(status).split()).upper()):
+            return status.value
+    known = ", ".join(s.value for s in CaseStatus)
+    raise InputError(f"--status : statut inconnu « {value} » (statuts possibles : {known})")
+
+
 def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.clock import SystemClock
     from mailgateway.dispatch import outbox
@@ -245,13 +264,16 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
     clock = SystemClock()
     with _database(settings) as factory:
         if args.outbox_cmd == "list":
+            status = (args.status or "").strip().lower() or None
+            if status is not None and status not in outbox.STATES:
+                raise InputError(f"--status : état inconnu « {args.status} » (états possibles : "
+                                 f"{', '.join(outbox.STATES)})")
             with factory() as session:
-                rows = outbox.list_rows(session, limit=args.limit)
+                rows = outbox.list_rows(session, limit=args.limit, status=status)
             if args.json:
                 _print_json(rows)
             else:
-                for r in rows:
-                    print(f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {r['recipient']:<40} {r['kind']}")
+                _print_outbox(rows)
             return 0
         if args.outbox_cmd == "retry":
             with transaction(factory) as session:
@@ -278,6 +300,16 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
     return 2
 
 
+def _print_outbox(rows: list[dict[str, Any]]) -> None:
+    """The queue as a table with a header line; instants in Paris time (« 27/11/2026 à 10:05 »)."""
+    from mailgateway.cases.story import french_datetime_of
+
+    print(f"{'ID':>6}  {'ÉTAT':<9} {'ESSAIS':>6}  {'CRÉÉ LE':<18}  {'DESTINATAIRE':<40} TYPE")
+    for r in rows:
+        print(f"{r['id']:>6}  {r['status']:<9} {r['attempts']:>6}  {french_datetime_of(r['created_at']):<18}  "
+              f"{r['recipient']:<40} {r['kind']}")
+
+
 def cmd_directory(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.directory import run_import
 
@@ -302,6 +334,18 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.cli import scheduler
 
     return scheduler.report(args, settings)
+
+
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:  # INDICATORS: cli/alerts.py
+    from mailgateway.cli import alerts
+
+    return alerts.run(args, settings)
+
+
+def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.cli import quarantine
+
+    return quarantine.run(args, settings)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -378,11 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = csub.add_parser("verify", parents=[common])
     q.add_argument("ref", nargs="?")
+    # SILENT: the original of a case, byte for byte (cli/original.py).
+    q = csub.add_parser("original", parents=[common], help="the message that opened a case, byte for byte")
+    q.add_argument("ref")
+    q.add_argument("--output", "--out", "-o", dest="out", help="write to FILE (mode 0600) instead of stdout")
 
     p = add("outbox", cmd_outbox, "the outbound queue")
     osub = p.add_subparsers(dest="outbox_cmd", required=True)
     q = osub.add_parser("list", parents=[common])
     q.add_argument("--json", action="store_true")
+    q.add_argument("--status", help="queued, sending, sent, failed, expired, refused, bounced, cancelled")
     q.add_argument("--limit", type=int, default=1000)
     q = osub.add_parser("retry", parents=[common])
     q.add_argument("id", type=int)
@@ -408,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = bsub.add_parser("status", parents=[common])
     q.add_argument("id", type=int)
     q.add_argument("--json", action="store_true")
+    q.add_argument("--state", choices=["bounced", "unreached", "pending", "delivered", "acknowledged",
+                                       "unacknowledged"], help="list only the establishments in this state")
+    q = bsub.add_parser("list", parents=[common])
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, default=200)
 
     p = add("scheduler", cmd_scheduler, "scheduled jobs")
     ssub = p.add_subparsers(dest="scheduler_cmd", required=True)
@@ -423,6 +477,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--region")
     q.add_argument("--now", help="ISO 8601 instant (default: now); Paris time without an offset")
 
+    # SILENT: the quarantine (cli/quarantine.py).
+    p = add("quarantine", cmd_quarantine, "quarantined messages: list, show, release")
+    qsub = p.add_subparsers(dest="quarantine_cmd", required=True)
+    q = qsub.add_parser("list", parents=[common])
+    q.add_argument("--region")
+    q.add_argument("--limit", type=int, default=1000)
+    q.add_argument("--json", action="store_true")
+    q = qsub.add_parser("show", parents=[common])
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true")
+    q = qsub.add_parser("release", parents=[common])
+    q.add_argument("id", type=int)
+    # INDICATORS: an alert case's indicators as files (cli/alerts.py, docs/indicators.md).
+    p = add("alerts", cmd_alerts, "ACSS alerts: export their indicators (STIX 2.1, MISP, CSV)")
+    asub = p.add_subparsers(dest="alerts_cmd", required=True)
+    q = asub.add_parser("export", parents=[common], help="an alert case's indicators as STIX 2.1, MISP or CSV")
+    q.add_argument("ref")
+    q.add_argument("--format", required=True, choices=["stix", "misp", "csv"])
+    q.add_argument("--output", "--out", "-o", dest="out", help="write to FILE (mode 0600) instead of stdout")
     p = add("status", cmd_status, "health at a glance")
     p.add_argument("--json", action="store_true")
     p = add("dkim", cmd_dkim, "DKIM helpers")
@@ -434,7 +507,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a shell shows for a command killed by SIGPIPE (128 + 13): ``mailgateway cases list | head``
+# ends like ``seq 1000000 | head`` would, quietly.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The entry point: ``_main``, and a reader of our output that went away (``| head``) ends
+    the command quietly, with no traceback (Python raises BrokenPipeError where C tools get SIGPIPE)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # buffered output fails here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail
+        # and print "Exception ignored ... BrokenPipeError" (Python docs, "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

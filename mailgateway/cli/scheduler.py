@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.app import Services, build_services
 from mailgateway.clock import PARIS, Clock, FixedClock, SystemClock
+from mailgateway.dispatch.mailer import Mailer
 from mailgateway.errors import InputError
+from mailgateway.processing.context import Env
 from mailgateway.scheduler import JobRunner, format_list
 from mailgateway.settings import Settings
 
 
 def parse_now(value: str | None) -> datetime | None:
-    """ISO 8601; without an offset the time is Paris wall-clock time (what operators read)."""
+    """ISO 8601; without an offset the time is Paris wall-clock time (what operators read).
+
+    Returned in UTC: the database stores instants as UTC (SQLite keeps no offset, so a ``+01:00``
+    value would be read back an hour off and the sealed state of every case it touched would no
+    longer match: ``cases verify`` reported untouched cases as altered)."""
     if not value:
         return None
     try:
         at = datetime.fromisoformat(value)
     except ValueError as exc:
         raise InputError(f"--now : date invalide {value!r} (attendu ISO 8601, ex. 2026-12-01T08:00:00+01:00)") from exc
-    return at.replace(tzinfo=PARIS) if at.tzinfo is None else at
+    return (at.replace(tzinfo=PARIS) if at.tzinfo is None else at).astimezone(UTC)
 
 
 def _app(settings: Settings, now: datetime | None) -> Services:
@@ -29,13 +38,34 @@ def _app(settings: Settings, now: datetime | None) -> Services:
     return build_services(settings, clock=clock)
 
 
+@dataclass
+class DecidingAt:
+    """The JobContext of ``run-due --now T``: the jobs decide what is due at T (their clock and
+    ``now``), while the mailer, built on the real clock, queues what they send for now, with
+    today's Date header — a reminder due at "now + 7 days" is sent when the operator asks, it does
+    not wait in the outbox until that date."""
+
+    settings: Settings
+    factory: sessionmaker[Session]
+    clock: Clock
+    mailer: Mailer
+    env: Env
+
+
+def deciding_at(services: Services, at: datetime) -> DecidingAt:
+    decision = FixedClock(at)
+    env = Env(settings=services.settings, mailer=services.mailer, clock=decision)
+    return DecidingAt(services.settings, services.factory, decision, services.mailer, env)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     now = parse_now(getattr(args, "now", None))
-    app = _app(settings, now)
+    # The real clock for everything that is sent; T only for what is decided (deciding_at).
+    app = _app(settings, None if args.scheduler_cmd == "run-due" else now)
     try:
         at = now or app.clock.now()
         if args.scheduler_cmd == "run-due":
-            outcomes = JobRunner(app).run_due(at)
+            outcomes = JobRunner(deciding_at(app, at)).run_due(at)
             for outcome in outcomes:
                 print(outcome.summary)
             return 0

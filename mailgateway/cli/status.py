@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import timedelta
 
 from mailgateway.clock import Clock, SystemClock
+from mailgateway.directory.staff import all_staff
 from mailgateway.settings import Settings
 from mailgateway.status import DEFAULT_MAILBOX_GRACE, format_text, snapshot, to_json
 
@@ -31,7 +33,9 @@ def run(args: argparse.Namespace, settings: Settings, clock: Clock | None = None
             return 2
         # A read-only transaction: never takes SQLite's write lock from the running daemon.
         with reading(make_sessionmaker(engine)) as session:
-            snap = snapshot(session, (clock or SystemClock()).now())
+            now = (clock or SystemClock()).now()
+            snap = snapshot(session, now, staff=all_staff(settings, session),
+                            failures_since=now - timedelta(hours=settings.outbound.staff_failure_window_hours))
     except Exception as exc:  # the operator wants the reason, not a traceback
         print(f"lecture de la base impossible : {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

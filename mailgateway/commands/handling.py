@@ -33,11 +33,13 @@ from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware
-from mailgateway.commands import receipts
+from mailgateway.commands import closure, receipts
 from mailgateway.commands.table import COMMANDS, Ctx, help_text, no_case_reason
 from mailgateway.directory.staff import all_staff, staff_addresses
-from mailgateway.mail.commands import REASON_UNKNOWN
+from mailgateway.mail.analyse import UNRECOGNISED
+from mailgateway.mail.commands import HINT_UNKNOWN, REASON_UNKNOWN, WHOLE_TEXT, Hint, command_hints, signature_part
 from mailgateway.mail.facts import Command, MessageFacts
+from mailgateway.mail.labels import load_labels
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.store.models import Case, Confirmation, Contact, InboundMessage, ReplayKey, StaffMember
@@ -131,6 +133,8 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     results: list[dict[str, Any]] = []
     for cmd in facts.commands:
         results.append(_run(ctx, cmd))
+    # A case this mail closed or merged: its declarant is told ([cases] notify_declarant_on_close).
+    closure.notify_declarants(env, session, [case, ctx.case], actor=sender, at=ctx.now)
     for index, (query, cases, detail) in enumerate(ctx.digests):
         receipts.send_digest(env, session, inbound, facts, index=index, to=sender, region=region,
                                  query=query, cases=cases, detail=detail)
@@ -140,6 +144,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     if not only_queries:
         receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
                                   results=results, confirmation=ctx.confirmation,
+                                  confirmations=ctx.confirmations,
                                   help_text=help_text() if ctx.show_help else None)
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
     return Outcome("processed", reason=f"{applied} commande(s) appliquée(s) sur {len(results)}", case=ctx.case)
@@ -147,21 +152,27 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
 
 def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
     result: dict[str, Any] = {"name": cmd.name, "line": cmd.line, "applied": False, "message": None,
-                              "digest": False, "pending": False}
+                              "digest": False, "pending": False, "preview": None,
+                              # The whole text the command carries, quoted in full by the receipt.
+                              "text": cmd.args[0] if cmd.name in WHOLE_TEXT and cmd.args else None}
     spec = None if cmd.reason == REASON_UNKNOWN else COMMANDS.get(cmd.name)
     if spec is None:
         ctx.show_help = True
-        result["message"] = "commande inconnue (voir la liste ci-dessous)"
+        hint = next((h for h in hints(ctx.facts, [cmd]) if h.why == HINT_UNKNOWN), None)
+        result["message"] = (f"commande inconnue ; vouliez-vous écrire « {hint.suggestion} » ? (liste ci-dessous)"
+                             if hint is not None else "commande inconnue (voir la liste ci-dessous)")
         return result
     before = len(ctx.digests)
     try:
         if spec.needs_case and ctx.case is None:
             raise CaseError(no_case_reason(ctx.facts))
-        asked = ctx.confirmation
+        asked = len(ctx.confirmations)
+        ctx.preview = None
         result["message"] = spec.run(ctx, cmd)
         result["applied"] = True
         # Accepted but not done: it waits for "#confirmer <jeton>" (the receipt must not say "appliquée").
-        result["pending"] = ctx.confirmation is not asked
+        result["pending"] = len(ctx.confirmations) > asked
+        result["preview"] = ctx.preview
     except (CaseError, lifecycle.InvalidTransition) as exc:
         result["message"] = str(exc)
         if ctx.case is not None:
@@ -201,6 +212,48 @@ def _refused(env: Env, session: Session, inbound: InboundMessage, facts: Message
                                   refused_all=refusal, authenticated=False,
                                   replayed_fr=replay.first_applied_fr(first) if first is not None else None)
     return Outcome("processed", reason=refusal, case=case)
+
+
+def hints(facts: MessageFacts, unknown: list[Command]) -> list[Hint]:
+    """What a mail of staff probably meant where no command ran (typo, no "#", under the signature)."""
+    return command_hints(facts.new_text, signature_part(facts.body_text), unknown, load_labels())
+
+
+def _written_to_the_gateway(env: Env, facts: MessageFacts) -> bool:
+    """No recipient outside the agency: not a copy of a conversation with an establishment."""
+    agency = {r.address.rpartition("@")[2].lower() for r in env.settings.regions}
+    return all(a.strip().lower().rpartition("@")[2] in agency for a in facts.recipients)
+
+
+def _nothing_understood(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts,
+                        case: Case, sender: str) -> None:
+    """The receipt of an authenticated staff mail in which no command was recognised: always when
+    a line looks like a command (a typo, no "#", under the signature); otherwise only when the mail
+    was written to the gateway — staff answering an establishment with the SSI mailbox in copy
+    expect their mail to be filed, not a receipt for each message of the conversation."""
+    found = [{"line": h.line, "suggestion": h.suggestion, "why": h.why} for h in hints(facts, [])]
+    if not found and not _written_to_the_gateway(env, facts):
+        return
+    receipts.send_receipt(env, session, inbound, facts, to=sender, region=case.region, case=case, results=[],
+                          understood={"hints": found}, help_text=help_text(), capped=True)
+
+
+def unrecognised_staff_prehandler(env: Env, session: Session, inbound: InboundMessage,
+                                  facts: MessageFacts) -> Outcome | None:
+    """A mail nothing recognised, written by authenticated staff of the region it arrived in (no
+    case reference, no command: « assigner moi » in a new mail): answered — what was not
+    understood, the nearest commands, the list — and filed; quarantining an agent's own mail would
+    only send the agent a quarantine notice. Anything else (None) goes on to quarantine as before."""
+    if facts.kind != "unknown" or facts.quarantine_reason != UNRECOGNISED or not facts.sender.authenticated:
+        return None
+    sender = (facts.sender.address or "").strip().lower()
+    region = facts.region
+    if not sender or region is None or sender not in staff_addresses(env.settings, session, region):
+        return None
+    found = [{"line": h.line, "suggestion": h.suggestion, "why": h.why} for h in hints(facts, [])]
+    receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=None, results=[],
+                          understood={"hints": found}, help_text=help_text(), capped=True)
+    return Outcome("processed", reason="message d'un agent sans référence de dossier ni commande reconnue")
 
 
 # --- replies -----------------------------------------------------------------------------------
@@ -245,7 +298,11 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
     service.record_received(session, case, inbound, facts, at=env.clock.now())
     sender = (facts.sender.address or "").strip().lower()
     if sender and sender in staff_addresses(env.settings, session, case.region):
-        return Outcome("processed", case=case)  # staff writing in the thread: nothing to notify
+        # Staff writing in the thread: nothing to notify. An authenticated one is told that no
+        # command was recognised, and what was probably meant (never anyone else: From proves nothing).
+        if facts.sender.authenticated:
+            _nothing_understood(env, session, inbound, facts, case, sender)
+        return Outcome("processed", case=case)
     now = env.clock.now()
     target = case
     extra: dict[str, Any] = {"reply_from": sender or "inconnu", "from_acss": _from_acss(env, sender),

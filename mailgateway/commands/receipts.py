@@ -16,10 +16,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgateway.cases import service
+from mailgateway.cases import service, story
 from mailgateway.clock import aware, french_datetime
+from mailgateway.dispatch import originals, relaylimits
 from mailgateway.dispatch.compose import Attachment, MailSpec
-from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.dispatch.contexts import case_context, french_instant, region_context
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.context import Env
 from mailgateway.store.models import Case, CaseEvent, InboundMessage, OutboundMessage
@@ -36,23 +37,29 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                  to: str, region: str, case: Case | None, results: Sequence[dict[str, Any]],
                  refused_all: str | None = None, confirmation: dict[str, str] | None = None,
                  help_text: str | None = None, authenticated: bool = True,
-                 replayed_fr: str | None = None) -> OutboundMessage | None:
+                 replayed_fr: str | None = None, confirmations: Sequence[dict[str, str]] = (),
+                 understood: dict[str, Any] | None = None, capped: bool = False) -> OutboundMessage | None:
     """The receipt of a command mail: what was applied, what was refused and why.
 
     ``replayed_fr``: the mail had already been received and applied then (« dd/mm/yyyy à HH:MM »):
-    the receipt says so plainly instead of listing a refusal."""
+    the receipt says so plainly instead of listing a refusal. ``confirmations``: every token the
+    mail asked for (``confirmation``, the last one, when only that is given). ``understood``: for
+    a mail of staff where no command was recognised, what it probably meant (mail/commands.py,
+    ``command_hints``). ``capped``: an answer that changes nothing, under the automatic-reply caps."""
     from_address, from_name = env.mailer.from_identity(region)
     spec = MailSpec(
         template="receipt",
         context={**region_context(env.settings, region), "case": case_context(case) if case else None,
                  "results": list(results), "refused_all": refused_all, "confirmation": confirmation,
-                 "help": help_text, "replayed_fr": replayed_fr},
+                 "help": help_text, "replayed_fr": replayed_fr,
+                 "confirmations": list(confirmations) or ([confirmation] if confirmation else []),
+                 "understood": understood},
         to=to, from_address=from_address, from_name=from_name, idempotency_key=f"receipt:{inbound.id}",
         in_reply_to=facts.message_id, references=list(facts.in_reply_to),
     )
     # A refused (possibly forged) command is answered under the automatic-reply caps: a forger
     # must not turn the gateway into a mail cannon against a staff address (docs/guarantees.md).
-    return env.mailer.send(session, spec, kind="recu_commandes", case=case, auto_reply=not authenticated,
+    return env.mailer.send(session, spec, kind="recu_commandes", case=case, auto_reply=capped or not authenticated,
                            actor=to if authenticated else "passerelle")
 
 
@@ -88,14 +95,23 @@ def to_acss(env: Env, session: Session, inbound: InboundMessage, case: Case, *, 
     from_address, from_name = env.mailer.from_identity(case.region)
     original = original_of(session, case)
     declaration = (case.fields or {}).get("declaration") or {}
+    raw = original.raw if original is not None and original.raw else b""
+    # A relay refuses a larger message for good (RFC 1870): then the cell gets the summary (size,
+    # SHA-256, each attachment's name, size and hash) and asks the agency for the file.
+    attached = bool(raw) and relaylimits.attachment_fits(
+        env.settings, session, size=len(raw), wire_size=originals.attached_size(raw), capped=False)
+    summary = {"original_attached": attached, "original_size_fr": originals.size_fr(len(raw))}
+    if raw and not attached:
+        summary.update(originals.summary_context(raw))
     spec = MailSpec(
         template="transmission_acss",
         context={**region_context(env.settings, case.region), "case": case_context(case), "declaration": declaration,
-                 "comment": comment, "author": actor, "opened_fr": _fr(case.opened_at)},
+                 "comment": comment, "author": actor, "opened_fr": _fr(case.opened_at),
+                 "detected_fr": french_instant(declaration.get("detected_at")), **summary},
         to=env.settings.acss.address, from_address=from_address, from_name=from_name,
         idempotency_key=f"transmission_acss:{inbound.id}:{case.id}",
         reply_to=from_address, auto_submitted=HUMAN,
-        attachments=[Attachment(original.raw, "declaration-originale.eml")] if original is not None else [],
+        attachments=[Attachment(raw, "declaration-originale.eml")] if attached else [],
     )
     return env.mailer.send(session, spec, kind="transmission_acss", case=case, actor=actor)
 
@@ -107,7 +123,9 @@ def case_line(case: Case) -> dict[str, Any]:
 def timeline_lines(session: Session, case: Case, limit: int = 25) -> list[dict[str, Any]]:
     events = list(session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id)
                                   .order_by(CaseEvent.seq.desc()).limit(limit)))
-    return [{"seq": e.seq, "at_fr": _fr(e.at), "type": e.type, "actor": e.actor} for e in reversed(events)]
+    # "line": the French story of cases/story.py, the same as ``cases show`` prints.
+    return [{"seq": e.seq, "at_fr": e.when, "type": e.type, "actor": e.actor, "what": e.what, "line": e.line}
+            for e in story.entries(events)]
 
 
 def send_digest(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *, index: int,

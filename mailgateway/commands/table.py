@@ -21,7 +21,8 @@ from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware, french_datetime
-from mailgateway.commands import receipts
+from mailgateway.commands import on_demand, receipts
+from mailgateway.commands.transfer import transfer_case
 from mailgateway.directory.staff import staff_addresses
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
@@ -42,6 +43,10 @@ class Ctx:
     region: str
     now: datetime
     confirmation: dict[str, str] | None = None
+    # Every token asked for by this mail (one per pending command), for the receipt.
+    confirmations: list[dict[str, str]] = field(default_factory=list)
+    # What a pending "#diffuser" would do (count, sample, TLP refusals), set by the command.
+    preview: dict[str, Any] | None = None
     digests: list[tuple[str, list[Case], Case | None]] = field(default_factory=list)
     show_help: bool = False
     # Cases that were GRAVE at some point of this mail (requalified by it, either way): closing
@@ -127,6 +132,10 @@ def statut(ctx: Ctx, cmd: Command) -> str | None:
         return clore(ctx, Command("clore", (), True, None, cmd.line))
     if case.status in lifecycle.CLOSED:
         raise CaseError(f"{case.reference} est clos : utilisez #rouvrir")
+    if wanted == CaseStatus.DIFFUSEE and case.kind == "alert":
+        # DIFFUSEE says the alert was relayed: only the relay itself (#diffuser) may set it.
+        raise CaseError("une alerte passe au statut DIFFUSEE par sa diffusion : utilisez #diffuser "
+                        "(un aperçu des destinataires vous sera envoyé avant confirmation)")
     previous = service.change_status(ctx.session, case, wanted, actor=ctx.actor, at=ctx.now)
     return f"statut {previous} → {wanted}"
 
@@ -193,8 +202,10 @@ def _ask_confirmation(ctx: Ctx, command: str, args: list[str], hours: float) -> 
                                  expires_at=expires))
     if ctx.case is not None:
         _event(ctx, "confirmation_demandee", {"commande": command, "expire": expires.isoformat()})
-    ctx.confirmation = {"token": token, "expires_fr": french_datetime(expires)}
-    return f"en attente de confirmation : répondez « #confirmer {token} »"
+    ctx.confirmation = {"token": token, "expires_fr": french_datetime(expires), "command": command}
+    ctx.confirmations.append(ctx.confirmation)
+    # The token itself is given once, at the end of the receipt, after what the command will do.
+    return "confirmation demandée (jeton à la fin de ce compte rendu)"
 
 
 def _grave_in_this_mail(ctx: Ctx, case: Case) -> bool:
@@ -211,7 +222,13 @@ def clore(ctx: Ctx, cmd: Command) -> str | None:
         # A GRAVE incident is closed by two explicit steps: the regulatory follow-up ends here.
         return _ask_confirmation(ctx, "clore", [reason or ""], ctx.env.settings.cases.confirmation_hours)
     service.close(ctx.session, case, actor=ctx.actor, at=ctx.now, reason=reason)
-    return f"dossier clos{f' ({reason})' if reason else ''}"
+    return f"dossier clos{f' ({_excerpt(reason)})' if reason else ''}"
+
+
+def _excerpt(text: str, size: int = 80) -> str:
+    """The first line of a (multi-line) text, for a one-line note; the receipt quotes it whole."""
+    first = text.strip().split("\n", 1)[0].strip()
+    return first if len(first) <= size and "\n" not in text.strip() else first[:size].rstrip() + " …"
 
 
 def rouvrir(ctx: Ctx, cmd: Command) -> str | None:
@@ -228,15 +245,30 @@ def diffuser(ctx: Ctx, cmd: Command) -> str | None:
         raise CaseError("alerte non authentifiée : aucune diffusion possible")
     lifecycle.check_transition("alert", case.status, CaseStatus.DIFFUSEE)
     # Refused now, not after the confirmation, when the TLP lets no targeted establishment have it.
-    reach = _call(lambda: fanout.relay_reach(ctx.env, ctx.session, case))
+    size = ctx.env.settings.bulletins.preview_sample
+    reach = _call(lambda: fanout.relay_reach(ctx.env, ctx.session, case, sample=size))
     refusal = fanout.reach_refusal(ctx.env, reach)
     if refusal is not None:
         raise CaseError(refusal)
     # Every broadcast waits for an explicit confirmation: it reaches every targeted establishment.
+    # What it will do comes first (count, sample, TLP refusals with the rule and the setting that
+    # decides), as for a bulletin's preview: receipt.txt.j2 shows it before the token.
+    ctx.preview = _relay_preview(ctx, reach)
+    note = f"l'alerte TLP:{reach.tlp} atteindra {reach.allowed} établissement(s) sur {reach.planned}"
     pending = _ask_confirmation(ctx, "diffuser", [], ctx.env.settings.bulletins.confirmation_hours)
-    note = f"l'alerte TLP:{reach.tlp} atteindra {reach.allowed} établissement(s)"
-    withheld = fanout.withheld_note(ctx.env, reach)
-    return f"{pending} ; {note}" + (f" ; {withheld}" if withheld else "")
+    return f"{note} ; {pending}"
+
+
+def _relay_preview(ctx: Ctx, reach: fanout.Reach) -> dict[str, Any]:
+    """Whom "#confirmer" would relay the alert to (counted again on confirmation: the directory may change)."""
+
+    def rows(found: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [{"name": r.name, "finess": r.finess, "address": r.address, "role": r.role,
+                 "departement": r.departement, "category": r.category} for r in found]
+
+    return {"tlp": reach.tlp, "planned": reach.planned, "allowed": reach.allowed, "withheld": reach.withheld,
+            "sample": rows(reach.sample), "withheld_sample": rows(reach.withheld_sample),
+            "rule": fanout.tlp_rule(ctx.env, reach.tlp) if reach.withheld else None}
 
 
 def _call(action: Callable[[], Any]) -> Any:
@@ -388,6 +420,28 @@ def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, (list, tuple)) else []
 
 
+def transferer(ctx: Ctx, cmd: Command) -> str | None:
+    """``#transferer <REGION>``: move a declaration to the region its establishment belongs to
+    (commands/transfer.py). Authorised like every command: authenticated staff of the case's
+    region (commands/handling.py), so only the source region can give a case away."""
+    # The mail's later commands still name the old case, now closed: they act on nothing there.
+    _moved, note = transfer_case(ctx.env, ctx.session, ctx.inbound, _case(ctx), cmd.args, actor=ctx.actor)
+    return note
+
+
+# SILENT (issue 17): what a notification could not carry, on demand (commands/on_demand.py).
+def original(ctx: Ctx, cmd: Command) -> str | None:
+    case = on_demand.target_case(ctx.session, ctx.case, cmd.args, ctx.region)
+    return on_demand.send_original(ctx.env, ctx.session, ctx.inbound, ctx.facts, actor=ctx.actor,
+                                   region=ctx.region, case=case)
+
+
+def quarantaine(ctx: Ctx, cmd: Command) -> str | None:
+    return on_demand.quarantine_command(ctx.env, ctx.session, ctx.inbound, ctx.facts, actor=ctx.actor,
+                                        region=ctx.region, args=cmd.args)
+# end SILENT
+
+
 COMMANDS: dict[str, Spec] = {
     "assigner": Spec(assigner, summary="#assigner <adresse|moi>     assigner le dossier"),
     "qualifier": Spec(qualifier, summary="#qualifier grave|significatif|sans-suite"),
@@ -405,10 +459,19 @@ COMMANDS: dict[str, Spec] = {
     "fusionner": Spec(fusionner, summary="#fusionner REF              fusionner ce doublon dans REF"),
     "ouverts": Spec(ouverts, needs_case=False, summary="#ouverts                    dossiers ouverts de la région"),
     "retards": Spec(retards, needs_case=False, summary="#retards                    dossiers sans activité récente"),
+    "transferer": Spec(transferer, summary="#transferer <RÉGION>        transférer à la région de l'établissement"),
+    "original": Spec(original, needs_case=False,
+                     summary="#original [REF]             recevoir le message d'origine (ou son résumé)"),
+    "quarantaine": Spec(quarantaine, needs_case=False,
+                        summary="#quarantaine [liberer N]    liste de la quarantaine / remettre N en traitement"),
     "aide": Spec(aide, needs_case=False, summary="#aide                       cette aide"),
-    "lu": Spec(not_here, needs_case=False),
-    "bulletin": Spec(not_here, needs_case=False),
-    "cible": Spec(not_here, needs_case=False),
+    "lu": Spec(not_here, needs_case=False,
+               summary="#lu                         (établissements) accuser réception d'un bulletin"),
+    "bulletin": Spec(not_here, needs_case=False,
+                     summary="#bulletin <titre>           (objet d'un courriel à la boîte SSI) préparer un bulletin"),
+    "cible": Spec(not_here, needs_case=False,
+                  summary="#cible categorie=LBM,ESMS departement=69   destinataires du bulletin (une ligne par "
+                          "ensemble, les lignes s'ajoutent)"),
 }
 
 
@@ -416,4 +479,22 @@ def help_text() -> str:
     lines = ["Commandes disponibles (une par ligne, en réponse au message d'un dossier) :"]
     lines += [f"  {spec.summary}" for spec in COMMANDS.values() if spec.summary]
     lines.append("Par courriel à la boîte SSI, objet « #statut REF », « #ouverts » ou « #retards » : synthèse.")
+    lines += HELP_NOTES
     return "\n".join(lines)
+
+
+# What the one-line summaries cannot say: where a text ends, how a bulletin is written.
+HELP_NOTES = [
+    "",
+    "Le texte de #repondre, #demander-info, #note, #clore, #rouvrir et #transmettre-acss commence après la",
+    "commande et continue sur les lignes suivantes, jusqu'à la prochaine ligne de commande, la signature",
+    "(ligne « -- ») ou le message cité : écrivez-le comme un courriel, sauts de ligne compris.",
+    "",
+    "Bulletin : écrivez à la boîte SSI avec l'objet « #bulletin <titre> », une ou plusieurs lignes",
+    "« #cible » (clés categorie, departement, region, finess ; valeurs séparées par des virgules ; une ligne",
+    "par ensemble de destinataires, plusieurs lignes s'additionnent, « #cible tous » pour toute la région),",
+    "éventuellement « #tlp GREEN », puis le texte. Un aperçu vous revient : répondez « #diffuser ».",
+    "Exemple :",
+    "  #cible categorie=LBM,ESMS departement=69,01",
+    "  #cible finess=690781810",
+]

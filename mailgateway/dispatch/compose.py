@@ -113,6 +113,22 @@ def clean_message_ids(values: Sequence[str | None]) -> list[str]:
     return found
 
 
+# Message-IDs kept in References: the first (the thread's root) and the last ones, the parent
+# last. RFC 5322 §3.6.4 lets a long chain be trimmed; RFC 5537 §3.4.4 (and mail clients: Thunderbird,
+# mutt) keep the first and the most recent, which is all threading needs. A case with 20+ messages
+# no longer hands the declarant a header listing every internal mail of the case.
+REFERENCES_FIRST = 1
+REFERENCES_LAST = 4
+
+
+def bounded_references(chain: Sequence[str]) -> list[str]:
+    """``chain`` (oldest first, the parent last) trimmed to its first and last few Message-IDs."""
+    ids = list(dict.fromkeys(chain))  # once each, order kept
+    if len(ids) <= REFERENCES_FIRST + REFERENCES_LAST:
+        return ids
+    return [*ids[:REFERENCES_FIRST], *ids[-REFERENCES_LAST:]]
+
+
 class Composer:
     def __init__(
         self,
@@ -159,7 +175,7 @@ class Composer:
         if parents:
             head.append(mime.raw_header("In-Reply-To", parents[0]))
             # RFC 5322 §3.6.4: References = parent's References + parent's Message-ID.
-            chain = [*[r for r in refs if r != parents[0]][-20:], parents[0]]
+            chain = bounded_references([*[r for r in refs if r != parents[0]], parents[0]])
             head.append(mime.raw_header("References", " ".join(chain)))
         head += [
             mime.raw_header("Auto-Submitted", spec.auto_submitted),

@@ -19,6 +19,7 @@ records what was sent or refused (``CaseJournal``, implemented by ``cases.timeli
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -37,6 +38,8 @@ from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.tlp import relay_label
 from mailgateway.settings import Settings
 from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffNoticeLog
+
+log = logging.getLogger("mailgateway.mailer")
 
 # Template of the warnings the gateway sends its own staff about its budgets (one per hour).
 WARNING_TEMPLATE = "avertissement"
@@ -223,6 +226,10 @@ class Mailer:
             except PolicyRefusal as exc:
                 reason = exc.reason
         if reason is not None:
+            # docs/operations.md: a refusal is a log line with its fields, like a failed delivery.
+            log.info("outbound %s to %s refused before sending: %s", kind, recipient, reason,
+                     extra={"recipient": recipient, "case_ref": case.reference if case is not None else None,
+                            "delivery": "refused", "kind": kind})
             if case is not None:
                 self.journal(
                     session, case, type="envoi_refuse", actor=actor, at=self.clock.now(),
@@ -250,7 +257,13 @@ class Mailer:
             self.journal(
                 session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
                 data={"type": kind, "destinataire": recipient, "objet": composed.subject,
-                      "message_id": composed.message_id},
+                      "message_id": composed.message_id, **_excerpt(spec)},
             )
         return row
 
+
+def _excerpt(spec: MailSpec) -> dict[str, str]:
+    """The start of a text a person wrote (an answer, a request: context "message"), for the
+    case's story (cases/story.py): staff read what was said without opening the outbox."""
+    text = spec.context.get("message")
+    return {"extrait": " ".join(text.split())[:300]} if isinstance(text, str) and text.strip() else {}

@@ -117,8 +117,15 @@ def mark_bounced(session: Session, row: OutboundMessage, now: datetime, diagnost
     row.last_answer = diagnostic[:2000]
 
 
-def list_rows(session: Session, limit: int = 1000) -> list[dict[str, Any]]:
-    rows = session.scalars(select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit))
+# Every state of an outbox row (``outbox list --status``); see OutboundMessage.status.
+STATES = ("queued", "sending", "sent", "failed", "expired", "refused", "bounced", "cancelled")
+
+
+def list_rows(session: Session, limit: int = 1000, status: str | None = None) -> list[dict[str, Any]]:
+    stmt = select(OutboundMessage)
+    if status is not None:
+        stmt = stmt.where(OutboundMessage.status == status)
+    rows = session.scalars(stmt.order_by(OutboundMessage.id.desc()).limit(limit))
     return [
         {"id": r.id, "status": r.status, "kind": r.kind, "recipient": r.recipient, "attempts": r.attempts,
          "message_id": r.message_id, "priority": r.priority, "created_at": aware(r.created_at).isoformat(),

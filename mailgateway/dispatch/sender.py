@@ -8,7 +8,8 @@ Claiming. On PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` lets several insta
 queue. SQLite has no row locks (SQLAlchemy silently drops FOR UPDATE there): the claim is one
 ``UPDATE ... WHERE status='queued'`` inside ``BEGIN IMMEDIATE``, which holds the database's only
 write lock, so two claimers can never take the same row. A claim is a lease: the rows of a sender
-that died go back to the queue once ``lease_until`` has passed, and a worker gives a row back
+that died go back to the queue once ``lease_until`` has passed — at once when a sender starts and
+finds them left by a dead one (dispatch/liveness.py) — and a worker gives a row back
 instead of sending it when its own lease is about to run out. Order: ``priority`` (case mail 0
 before bulletins 10), then ``next_attempt_at``, then id.
 
@@ -43,12 +44,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock, aware
+from mailgateway.dispatch import relaylimits
+from mailgateway.dispatch.liveness import SenderLiveness, reclaim_dead_senders
 from mailgateway.dispatch.throttle import Throttle
 from mailgateway.dispatch.transport import MaildirTransport, RelayPool, Transport
 from mailgateway.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailgateway.settings import Settings
 from mailgateway.store.engine import reading, transaction, write_gate
-from mailgateway.store.models import DeliveryAttempt, OutboundMessage
+from mailgateway.store.models import Case, DeliveryAttempt, OutboundMessage
 
 log = logging.getLogger("mailgateway.sender")
 
@@ -57,6 +60,8 @@ PermanentHook = Callable[[Session, OutboundMessage, str], None]
 # A worker sleeps through a short throttle pause; a longer one puts the message back in the queue
 # so that other domains and higher-priority mail keep flowing.
 DOMAIN_MAX_SLEEP = 0.25
+# The start-up EHLO that learns the relay's SIZE waits at most this long.
+PROBE_SECONDS = 5.0
 RELAY_MAX_SLEEP = 5.0
 
 
@@ -144,6 +149,8 @@ class Sender:
         # ever mutated in place, on the event loop's thread.
         self.stats: dict[str, int] = {"sent": 0, "temporary": 0, "permanent": 0, "expired": 0}
         self.throttled_total = 0
+        # The relay SIZE last written to ``relay_limits`` (dispatch/relaylimits.py).
+        self._recorded_size: tuple[bool, int | None] = (False, None)
 
     def wake(self) -> None:
         """Something was enqueued: start a pass now instead of at the next poll (loop thread only)."""
@@ -210,7 +217,8 @@ class Sender:
         except TemporaryDeliveryError as exc:
             return _Outcome(item, "temporary", exc.code, exc.answer)
         except Exception as exc:  # anything else is temporary: never lose mail
-            log.exception("unexpected transport failure for outbound %s", item.id)
+            log.exception("unexpected transport failure for outbound %s", item.id,
+                          extra={"outbound_id": item.id, "recipient": item.recipient})
             return _Outcome(item, "temporary", None, f"{type(exc).__name__}: {exc}")
         return _Outcome(item, "sent", 250, answer)
 
@@ -256,7 +264,8 @@ class Sender:
                 oid = out.item.id
                 if oid not in current:
                     # Reclaimed after our lease expired, or requeued by an operator.
-                    log.warning("outbound %s: lease lost before its result (%s) was recorded", oid, out.status)
+                    log.warning("outbound %s: lease lost before its result (%s) was recorded", oid, out.status,
+                                extra={"outbound_id": oid, "recipient": out.item.recipient})
                     continue
                 if out.status == "throttled":
                     put_back.append({"oid": oid, "due": now + timedelta(seconds=out.retry_in)})
@@ -307,7 +316,8 @@ class Sender:
             with session.begin_nested():  # a failing hook must not lose the delivery results
                 self.on_permanent_failure(session, row, answer)
         except Exception:
-            log.exception("permanent-failure hook failed for outbound %s", row.id)
+            log.exception("permanent-failure hook failed for outbound %s", row.id,
+                          extra={"outbound_id": row.id, "recipient": row.recipient})
 
     def _record_with_retries(self, outcomes: list[_Outcome]) -> FlushResult:
         for attempt in range(4):
@@ -326,10 +336,59 @@ class Sender:
         self.stats["temporary"] += sum(o.status == "temporary" for o in outcomes)
         self.stats["permanent"] += sum(o.status == "permanent" for o in outcomes)
         self.throttled_total += result.throttled
-        for out in outcomes:
-            if out.status in ("temporary", "permanent"):
-                log.warning("delivery of outbound %s to %s: %s %s", out.item.id, out.item.recipient,
-                            out.status, out.answer)
+        failed = [out for out in outcomes if out.status in ("temporary", "permanent")]
+        refs = self._case_refs([out.item.id for out in failed]) if failed else {}
+        for out in failed:
+            # docs/operations.md: every line about a message carries its fields (jq-selectable).
+            log.warning("delivery of outbound %s to %s: %s %s", out.item.id, out.item.recipient,
+                        out.status, out.answer,
+                        extra={"outbound_id": out.item.id, "recipient": out.item.recipient,
+                               "case_ref": refs.get(out.item.id), "delivery": out.status, "code": out.code})
+
+    def _case_refs(self, ids: list[int]) -> dict[int, str]:
+        """Case references of outbound rows, for the log lines of failed deliveries (one query)."""
+        try:
+            with reading(self.factory) as session:
+                return {int(oid): str(ref) for oid, ref in session.execute(
+                    select(OutboundMessage.id, Case.reference).join(Case, Case.id == OutboundMessage.case_id)
+                    .where(OutboundMessage.id.in_(ids)))}
+        except OperationalError:
+            return {}  # a busy database must not cost the log line
+
+    # -- the relay's size limit -------------------------------------------------------------
+    def _remember_relay_size(self) -> None:
+        """Record a SIZE the relay advertised (RFC 1870) when it changed, for the processes that
+        compose mail to staff (processing/context.py): a notification is built to fit it."""
+        key = getattr(self.transport, "key", None)
+        advertised = getattr(self.transport, "advertised", (False, None))
+        if not isinstance(key, str) or not advertised[0] or advertised == self._recorded_size:
+            return
+        with write_gate(self.factory.kw["bind"]), transaction(self.factory) as session:
+            relaylimits.remember(session, key, advertised[1], self.clock.now())
+        self._recorded_size = advertised
+        log.info("relay %s advertises SIZE %s", key, advertised[1] or "unlimited")
+
+    async def _learn_relay_size(self) -> None:
+        """At start, ask the relay for its SIZE (one EHLO): mail to staff composed from
+        now on fits it, instead of the assumed ``[relay] assumed_size_bytes``. Best effort: a relay
+        down now is seen at the first delivery."""
+        probe = getattr(self.transport, "probe", None)
+        key = getattr(self.transport, "key", None)
+        if probe is None or not isinstance(key, str):
+            return
+        try:
+            # Short: a relay that does not answer must not hold back the first deliveries.
+            await asyncio.wait_for(probe(), timeout=min(PROBE_SECONDS, self.settings.relay.timeout_seconds))
+        except Exception as exc:  # unreachable now: the first delivery will tell
+            log.info("relay %s not reached at start (%s); its SIZE is learnt at the first delivery", key, exc)
+            return
+        await self._after_batch()
+
+    async def _after_batch(self) -> None:
+        try:
+            await asyncio.to_thread(self._remember_relay_size)
+        except OperationalError:
+            log.warning("could not record the relay's SIZE; tried again after the next batch", exc_info=True)
 
     # -- passes ------------------------------------------------------------------------------
     async def _drain(self, include_backoff: bool) -> FlushResult:
@@ -340,11 +399,13 @@ class Sender:
             while claimed := await asyncio.to_thread(self._claim, cursor):
                 cursor = max(c.id for c in claimed)
                 result.add(await self._deliver_batch(claimed))
+                await self._after_batch()
         while not (self._stop is not None and self._stop.is_set()):
             claimed = await asyncio.to_thread(self._claim, None)
             if not claimed:
                 break
             result.add(await self._deliver_batch(claimed))
+            await self._after_batch()
         return result
 
     def _seconds_to_next_due(self) -> float:
@@ -365,7 +426,10 @@ class Sender:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; the batch in hand is finished, the rest given back."""
         self._stop = stop
+        liveness = SenderLiveness(self.factory.kw["bind"], self.owner)
         try:
+            await self._reclaim_at_start(liveness)
+            await self._learn_relay_size()
             while not stop.is_set():
                 self._wake.clear()
                 pause = self.poll_seconds
@@ -381,6 +445,24 @@ class Sender:
                         w.cancel()
         finally:
             await self.transport.close()
+            await asyncio.to_thread(liveness.release)
+
+    async def _reclaim_at_start(self, liveness: SenderLiveness) -> None:
+        """Before the first claim: be seen alive, then take back at once what dead senders left
+        ``sending`` (dispatch/liveness.py) instead of waiting for their leases to run out."""
+        # PostgreSQL: no claim before our liveness lock is held, or a sender starting elsewhere
+        # would take us for dead and send our rows again.
+        while not (self._stop is not None and self._stop.is_set()):
+            try:
+                await asyncio.to_thread(liveness.hold)
+                break
+            except Exception as exc:
+                log.warning("sender liveness lock unavailable (%s); trying again", exc)
+                await asyncio.sleep(self.poll_seconds)
+        try:
+            await asyncio.to_thread(reclaim_dead_senders, self.factory, self.clock, liveness)
+        except Exception:  # the leases and the housekeeping job still bring them back
+            log.exception("start-up reclaim of outbound rows failed; their leases will bring them back")
 
 
 class _GroupCommit:

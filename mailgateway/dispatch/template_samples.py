@@ -41,14 +41,29 @@ EXTRA.update({
     "demande_info": {"message": "Quels postes sont touchés ?", "author": "agent@ars.example"},
     "reponse": {"message": "Merci, le dossier est suivi.", "author": "agent@ars.example"},
     "transmission_acss": {"comment": "Établissement de référence.", "author": "agent@ars.example",
-                          "opened_fr": "27/11/2026 à 08:30"},
+                          "opened_fr": "27/11/2026 à 08:30", "detected_fr": "27/11/2026 à 08:30"},
     "digest_requete": {"query": "statut", "case": _CASE_LINE, "cases": [_CASE_LINE], "overdue_days": 7.0,
                        "generated_fr": "28/11/2026 à 10:00",
                        "timeline": [{"seq": 1, "at_fr": "27/11/2026 à 08:30", "type": "message_recu",
-                                     "actor": "dsi@chu-exemple.fr"}]},
+                                     "actor": "dsi@chu-exemple.fr",
+                                     "what": "Message reçu (déclaration) : « Déclaration d'incident »",
+                                     "line": "27/11/2026 à 08:30 — dsi@chu-exemple.fr — Message reçu (déclaration) : "
+                                             "« Déclaration d'incident »"}]},
+    "cloture_declarant": {"verified": True, "merged": False, "merged_into": None, "closed_fr": "28/11/2026 à 10:00"},
     "reponse_recue": {"reply_from": "dsi@chu-exemple.fr", "from_acss": False, "reopened": True, "linked_from": None},
 })
 
 # Budget warnings to staff (dispatch/mailer.py, docs/guarantees.md).
 EXTRA["avertissement"] = {"motif": "budget global de réponses automatiques atteint (500 par heure)",
                           "details": ["SSI-ARA-2026-0001"]}
+
+# ROUTING: #transferer (commands/transfer.py).
+_TRANSFER = {"previous": "SSI-PDL-2026-0003", "source_region": "PDL", "source_name": "Pays de la Loire",
+             "author": "agent@ars.example", "opened_fr": "27/11/2026 à 08:30", "duplicate_of": "SSI-ARA-2026-0002",
+             "case": {"reference": "SSI-ARA-2026-0004", "kind": "incident", "status": "PRIS_EN_COMPTE",
+                      "severity": "NON_QUALIFIE", "title": "Centre hospitalier — RANCONGICIEL",
+                      "establishment": "Centre hospitalier", "finess": "690781810", "category": "ETABLISSEMENT_SANTE",
+                      "incident_type": "RANCONGICIEL", "nature": "MALVEILLANT", "assignee": None,
+                      "declarant": "dsi@chu-exemple.fr", "tlp": None}}
+EXTRA["transfert_equipe"] = dict(_TRANSFER)
+EXTRA["transfert_declarant"] = dict(_TRANSFER)

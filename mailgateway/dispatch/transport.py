@@ -2,6 +2,11 @@
 
 Relay errors are translated at this boundary (RFC 5321 §4.2.1): 5yz -> PermanentDeliveryError,
 4yz, timeouts, refused or dropped connections -> TemporaryDeliveryError.
+
+The relay's advertised message size limit (EHLO ``SIZE``, RFC 1870) is remembered on each new
+connection (``RelayPool.advertised``; the sender records it in ``relay_limits`` for the processes that
+compose mail). A message over it is refused here, as the relay would (552 5.3.4), without
+pushing megabytes to hear the same answer.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Protocol
 
 import aiosmtplib
 
+from mailgateway.dispatch.relaylimits import parse_size, relay_key
 from mailgateway.errors import PermanentDeliveryError, TemporaryDeliveryError
 from mailgateway.settings import RelaySettings
 
@@ -71,6 +77,9 @@ class RelayPool:
         self._idle: list[tuple[aiosmtplib.SMTP, int, float]] = []
         self._tls_context: ssl.SSLContext | None = None
         self._password = (Path(relay.password_file).read_text().strip() if relay.password_file else None)
+        self.key = relay_key(relay)
+        # (seen, limit): the SIZE of the last EHLO answer; limit None = no limit advertised.
+        self.advertised: tuple[bool, int | None] = (False, None)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         assert self.relay.host is not None
@@ -86,6 +95,14 @@ class RelayPool:
             await client.connect()
             if self.relay.username and self._password is not None:
                 await client.login(self.relay.username, self._password)
+            if client.is_ehlo_or_helo_needed:
+                # sendmail would say EHLO anyway; its SIZE is wanted first. A HELO-only relay
+                # (RFC 5321 §3.2) advertises nothing: no limit known.
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+            self.advertised = (True, parse_size(client.esmtp_extensions.get("size")))
         except aiosmtplib.SMTPResponseException as exc:
             raise self._translate(exc.code, exc.message) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -113,8 +130,27 @@ class RelayPool:
                 client.close()
         return await self._connect(), 0
 
-    async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
+    async def probe(self) -> None:
+        """Connect once (EHLO) to learn the relay's SIZE before any mail is composed for it; the
+        connection stays in the pool. Raises a DeliveryError when the relay cannot be reached."""
         client, used = await self._checkout()
+        self._idle.append((client, used, time.monotonic()))
+
+    def _too_large(self, size: int, recipient: str) -> PermanentDeliveryError | None:
+        seen, limit = self.advertised
+        if not seen or limit is None or size <= limit:
+            return None
+        return PermanentDeliveryError(
+            f"5.3.4 message size {size} exceeds the relay's advertised SIZE {limit} (RFC 1870), not sent",
+            552, [recipient])
+
+    async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
+        if (refusal := self._too_large(len(raw), recipient)) is not None:
+            raise refusal
+        client, used = await self._checkout()
+        if (refusal := self._too_large(len(raw), recipient)) is not None:  # a new connection said less
+            self._idle.append((client, used, time.monotonic()))
+            raise refusal
         keep = False
         try:
             errors, answer = await client.sendmail(mail_from, [recipient], raw)

@@ -10,11 +10,18 @@ The handler never parses the message: routing needs only the envelope. Replies f
 - too many recipients: ``452 4.5.3`` (RFC 5321 §4.5.3.1.8);
 - too large: ``552 5.3.4`` (RFC 1870 §6.1, RFC 3463 §3.4) at MAIL when the declared ``SIZE=`` is
   over the limit, else as soon as the running DATA size is: nothing past the limit is kept;
-- a client sending too fast: ``451 4.7.1`` (try later);
+- a client sending too fast: ``451 4.7.1`` (try later), except a trusted relay (below);
 - too many connections: ``421 4.7.0`` instead of the greeting, then close (RFC 5321 §3.1);
 - too many message bytes in memory across all connections: ``451 4.3.1`` at DATA (RFC 3463 §3.3:
   insufficient system storage);
 - storage failed: ``451 4.3.0`` — never a 250 for a message that is not stored.
+
+The site's own MX or Postfix hands us everything from one address (often 127.0.0.1): the per-IP
+rate limit would turn the burst of replies after a national alert into hours of 451s and MTA
+back-off. The ``[intake.smtp] trusted_relays`` (loopback by default) are therefore exempt from it;
+what bounds them is what bounds everyone at once and grows with concurrency — the connection cap,
+the shared DATA budget and the accept writer's group commit, which answers as fast as the disk
+takes a batch. Every other peer keeps the per-IP limit.
 
 A connection silent for ``idle_timeout_seconds`` is closed (also while DATA is flowing, the timer
 restarts at each line). The ``queued as`` id is random, logged next to the inbound id: it tells
@@ -24,6 +31,7 @@ the client nothing about our database (docs/guarantees.md: sequential ids helped
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import secrets
@@ -41,7 +49,16 @@ from mailgateway.wire import header_block_refusal
 
 log = logging.getLogger("mailgateway.intake.smtp")
 
-TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size / message trop volumineux"
+
+def too_big(limit: int) -> str:
+    """The 552 5.3.4 answer naming the limit, so the sender (or the person its MTA bounces to)
+    knows what to do: RFC 3463 §3.4 gives the code, the text is for people. ASCII only: a reply
+    line is ASCII without SMTPUTF8 (RFC 5321 §4.2, RFC 6531 §3.7.4), hence French without accents."""
+    mb = limit / 1_000_000
+    return (f"552 5.3.4 Message too big: at most {limit} bytes ({mb:.0f} MB) with attachments; "
+            f"send large files another way / message trop volumineux : {mb:.0f} Mo au plus")
+
+
 NO_MEMORY = "451 4.3.1 Insufficient system storage, try again later"
 LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 section 4.5.3.1.6) / ligne trop longue (plus de 1000 octets)"
 
@@ -62,6 +79,33 @@ def declared_size(arg: str | None) -> int | None:
         if eq and name.upper() == "SIZE" and value.isascii() and value.isdigit() and len(value) <= 20:
             return int(value)
     return None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(relays: tuple[str, ...]) -> tuple[Network, ...]:
+    """The ``trusted_relays`` as networks; a bad entry (refused by check-config) trusts nobody."""
+    networks: list[Network] = []
+    for relay in relays:
+        try:
+            networks.append(ipaddress.ip_network(relay.strip(), strict=False))
+        except (ValueError, TypeError):
+            continue
+    return tuple(networks)
+
+
+def is_trusted(ip: str, networks: tuple[Network, ...]) -> bool:
+    """Whether the client address ``ip`` lies in one of ``networks`` (IPv4-mapped IPv6 as IPv4)."""
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(ip.strip().strip("[]").partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 class DataBudget:
@@ -96,7 +140,12 @@ class IntakeHandler:
         # VERP return paths of our outbound mail (bounces+<token>@domain) also land here.
         self.bounce_re = re.compile(rf"^{local}(\+[a-z0-9_-]+)?@{domain}$")
         self._recent: dict[str, deque[float]] = defaultdict(deque)
+        self.trusted = trusted_networks(self.smtp.trusted_relays)
+        self._trusted_seen: dict[str, bool] = {}
         self.accepted = 0
+        # Messages handed to the accept writer and not yet answered (the daemon's processor gives
+        # them the write lock first: daemon.Daemon.intake_busy).
+        self.storing = 0
         self.connections = 0
         self.refused_connections = 0
         self.budget = DataBudget(self.smtp.max_concurrent_data_bytes or 4 * self.smtp.max_message_bytes)
@@ -131,6 +180,8 @@ class IntakeHandler:
         if limit <= 0:
             return False
         ip = peer_ip(peer)
+        if self._is_trusted(ip):
+            return False
         now = time.monotonic()
         if len(self._recent) > 10_000:  # many distinct clients (IPv6): forget the quiet ones
             for quiet in [k for k, q in self._recent.items() if not q or now - q[-1] > 60]:
@@ -143,6 +194,14 @@ class IntakeHandler:
         recent.append(now)
         return False
 
+    def _is_trusted(self, ip: str) -> bool:
+        known = self._trusted_seen.get(ip)
+        if known is None:
+            if len(self._trusted_seen) > 10_000:  # many distinct clients: start the memo again
+                self._trusted_seen.clear()
+            known = self._trusted_seen[ip] = is_trusted(ip, self.trusted)
+        return known
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self._rate_limited(session.peer):
             return "451 4.7.1 Too many messages from your address, try again later"
@@ -152,25 +211,30 @@ class IntakeHandler:
         # differently is refused before it is stored (RFC 3463 5.6.0: bad message content).
         if refusal := header_block_refusal(raw):
             return f"550 5.6.0 {refusal}"
-        region = next((r for r in (self._region_for(a) for a in envelope.rcpt_tos) if r), None)
+        # The region is where the mail arrived: each regional envelope recipient is one receiving
+        # region, stored and processed on its own (docs/guarantees.md); To/Cc play no part.
+        regions = [r for r in (self._region_for(a) for a in envelope.rcpt_tos) if r]
         ip = peer_ip(session.peer)
+        self.storing += 1
         try:
             future = self.writer.submit(raw, source="smtp", mail_from=envelope.mail_from,
-                                        rcpt_tos=list(envelope.rcpt_tos), region=region, peer=ip)
+                                        rcpt_tos=list(envelope.rcpt_tos), regions=regions, peer=ip)
             accepted = await asyncio.wrap_future(future)
         except EnvelopeError as exc:  # checked at MAIL/RCPT already; kept for other callers' paths
             return f"554 5.5.2 Invalid envelope: {exc}"
         except Exception:
             log.exception("SMTP accept failed")
             return "451 4.3.0 Temporary local problem, please try again later"
+        finally:
+            self.storing -= 1
         self.accepted += 1
-        if not accepted.duplicate:
-            self.on_accepted(accepted.inbound_id)
+        for inbound_id in accepted.fresh:  # a true duplicate for its region is answered 250, not processed
+            self.on_accepted(inbound_id)
         # Opaque to the client; the log line ties it to the inbound id for operators.
         queue_id = secrets.token_hex(6).upper()
         log.info("SMTP message accepted, queued as %s", queue_id,
                  extra={**UNLIMITED, "inbound_id": accepted.inbound_id, "queue_id": queue_id, "peer": ip,
-                        "duplicate": accepted.duplicate})
+                        "duplicate": accepted.everywhere_duplicate, "regions": len(accepted.others) + 1})
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -235,7 +299,7 @@ class GatewaySMTP(SMTP):
         size = declared_size(arg)
         if size is not None and self.data_size_limit and size > self.data_size_limit:
             # RFC 1870 §6.1: refuse at MAIL, with the enhanced code (aiosmtpd's reply has none).
-            await self.push(TOO_BIG)
+            await self.push(too_big(self.data_size_limit))
             return
         self._declared_size = size or 0
         await super().smtp_MAIL(arg)
@@ -324,7 +388,7 @@ class GatewaySMTP(SMTP):
     def _refusal(self, size: int, chunk: bytes, *, whole_line: bool) -> str | None:
         """Why this chunk cannot be kept, or None once its bytes are taken from the budget."""
         if self.data_size_limit and size > self.data_size_limit:
-            return TOO_BIG
+            return too_big(self.data_size_limit)
         if not whole_line:
             return LINE_TOO_LONG
         if not self.intake.budget.take(len(chunk)):

@@ -61,7 +61,7 @@ class _Item:
     source: str
     mail_from: str | None
     rcpt_tos: Sequence[str]
-    region: str | None
+    regions: Sequence[str | None]
     peer: str | None = None
     future: Future[Accepted] = field(default_factory=Future)
 
@@ -87,8 +87,10 @@ class AcceptWriter:
             self._thread.join(timeout=30)
 
     def submit(self, raw: bytes, *, source: str, mail_from: str | None, rcpt_tos: Sequence[str],
-               region: str | None, peer: str | None = None) -> Future[Accepted]:
-        item = _Item(raw, source, mail_from, rcpt_tos, region, peer)
+               region: str | None = None, peer: str | None = None,
+               regions: Sequence[str] = ()) -> Future[Accepted]:
+        """Queue one message; ``regions`` (every receiving region, intake/accept.py) or ``region``."""
+        item = _Item(raw, source, mail_from, rcpt_tos, list(regions) or [region], peer)
         try:
             check_envelope(mail_from, rcpt_tos, peer)
         except EnvelopeError as exc:  # never queued: it cannot reach (and fail) a batch
@@ -140,8 +142,12 @@ class AcceptWriter:
         """One item under its own savepoint: its failure rolls back only its own rows."""
         try:
             with session.begin_nested():
-                return accept_in(session, it.raw, source=it.source, now=now, mail_from=it.mail_from,
-                                 rcpt_tos=it.rcpt_tos, region=it.region, peer=it.peer)
+                # One row per receiving region, the same bytes (intake/accept.py); no regional
+                # recipient (the bounce address): one row without a region, as always.
+                done = [accept_in(session, it.raw, source=it.source, now=now, mail_from=it.mail_from,
+                                  rcpt_tos=it.rcpt_tos, region=region, peer=it.peer)
+                        for region in dict.fromkeys(it.regions)]
+                return Accepted(done[0].inbound_id, done[0].duplicate, tuple(done[1:]))
         except (SQLAlchemyError, ValueError) as exc:  # ValueError: UnicodeError, a bad value
             log.warning("accept failed for one message of a batch: %s", type(exc).__name__, exc_info=exc)
             return exc

@@ -1,6 +1,7 @@
 """Daily digest to each region's staff: new, overdue and open cases, alerts awaiting approval,
-bulletins in flight, contacts bouncing. Once per day (``job_runs`` row for the date, inserted in
-the transaction that queues the mail)."""
+bulletins in flight, contacts bouncing, and mail to staff that failed for good since the previous
+digest (dispatch/failures.py: a lost notification must reach someone). Once per day (``job_runs``
+row for the date, inserted in the transaction that queues the mail)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,18 @@ from sqlalchemy.orm import Session
 
 from mailgateway.cases.lifecycle import CLOSED
 from mailgateway.clock import french_datetime, paris
+from mailgateway.directory.staff import all_staff, staff_addresses
 from mailgateway.dispatch.contexts import region_context
-from mailgateway.jobs.base import JobContext, JobOutcome, claim_period, french_date, plural, try_job_lock
+from mailgateway.dispatch.failures import staff_failures
+from mailgateway.jobs.base import (
+    JobContext,
+    JobOutcome,
+    claim_period,
+    french_date,
+    last_run,
+    plural,
+    try_job_lock,
+)
 from mailgateway.jobs.deadlines import overdue_cases
 from mailgateway.statuses import CaseStatus
 from mailgateway.store.engine import transaction
@@ -30,7 +41,18 @@ def _row(case: Case, **extra: Any) -> dict[str, Any]:
             "opened_fr": french_datetime(case.opened_at), **extra}
 
 
-def digest_context(session: Session, ctx: JobContext, region: str, now: datetime) -> dict[str, Any]:
+def failed_staff_mail(session: Session, ctx: JobContext, region: str, since: datetime) -> list[dict[str, Any]]:
+    """Mail to staff refused for good since ``since`` that concerns ``region``: to one of its staff,
+    or about one of its cases."""
+    mine = set(staff_addresses(ctx.settings, session, region))
+    return [{"id": f.id, "recipient": f.recipient, "kind": f.kind, "failed_fr": french_datetime(f.failed_at),
+             "case_ref": f.case_ref, "answer": " ".join(f.answer.split())[:200], "status": f.status}
+            for f in staff_failures(session, all_staff(ctx.settings, session), since, limit=LIST_LIMIT)
+            if f.recipient in mine or f.region == region]
+
+
+def digest_context(session: Session, ctx: JobContext, region: str, now: datetime,
+                   failures_since: datetime | None = None) -> dict[str, Any]:
     """Everything the digest shows for ``region`` at ``now``."""
     open_stmt = select(Case).where(Case.region == region, Case.status.not_in(CLOSED),
                                    Case.merged_into_id.is_(None), Case.kind != "bulletin")
@@ -57,6 +79,7 @@ def digest_context(session: Session, ctx: JobContext, region: str, now: datetime
         "open_cases": [_row(c) for c in open_cases], "open_count": open_count,
         "alerts": [_row(c) for c in alerts], "bulletins": bulletins, "bouncing": bouncing,
         "limit": LIST_LIMIT,
+        "staff_failures": failed_staff_mail(session, ctx, region, failures_since or now - timedelta(days=1)),
     }
 
 
@@ -67,10 +90,15 @@ def period(now: datetime) -> str:
 def run(ctx: JobContext, now: datetime) -> JobOutcome:
     mails = 0
     with transaction(ctx.factory) as session:
-        if not try_job_lock(session, JOB) or not claim_period(session, JOB, period(now), now):
+        if not try_job_lock(session, JOB):
             return JobOutcome(JOB, skipped=True, summary="synthèse quotidienne déjà envoyée aujourd'hui")
+        previous = last_run(session, JOB)
+        if not claim_period(session, JOB, period(now), now):
+            return JobOutcome(JOB, skipped=True, summary="synthèse quotidienne déjà envoyée aujourd'hui")
+        since = min(previous, now - timedelta(days=1)) if previous is not None else now - timedelta(days=1)
         for region in ctx.settings.regions:
-            context = {**region_context(ctx.settings, region.code), **digest_context(session, ctx, region.code, now)}
+            context = {**region_context(ctx.settings, region.code),
+                       **digest_context(session, ctx, region.code, now, failures_since=since)}
             mails += ctx.mailer.send_to_staff(session, region.code, template="digest", context=context,
                                               kind="synthese", key=f"digest:{period(now)}:{region.code}")
     return JobOutcome(JOB, count=mails, mails=mails,

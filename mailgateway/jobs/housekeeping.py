@@ -12,7 +12,9 @@ from sqlalchemy import func, select, update
 from mailgateway.bulletins import followups
 from mailgateway.clock import french_datetime, paris
 from mailgateway.dispatch.contexts import region_context
+from mailgateway.jobs import quarantine as quarantine_notices
 from mailgateway.jobs.base import JobContext, JobOutcome, claim_period, last_run, plural, rowcount, try_job_lock
+from mailgateway.processing import quarantine
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import InboundMessage, OutboundMessage
 
@@ -74,8 +76,8 @@ def quarantine_summary(ctx: JobContext, now: datetime) -> JobOutcome:
             context: dict[str, Any] = {
                 **region_context(ctx.settings, region.code), "since_fr": french_datetime(since),
                 "count": len(mine), "limit": LIST_LIMIT,
-                "messages": [{"id": r.id, "received_fr": french_datetime(r.received_at), "sender": r.mail_from or "",
-                              "source": r.source, "reason": (r.reason or "")[:300]} for r in mine[:LIST_LIMIT]],
+                # Sender and subject read from the headers (as text), reason in French (SILENT).
+                "messages": [quarantine_notices.message_line(quarantine.describe(r)) for r in mine[:LIST_LIMIT]],
             }
             mails += ctx.mailer.send_to_staff(
                 session, region.code, template="quarantaine", context=context, kind="resume_quarantaine",

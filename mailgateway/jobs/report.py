@@ -4,9 +4,13 @@ text fallback, and the same figures as CSV (``mailgateway report weekly --out DI
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
+from mailgateway.dispatch import relaylimits
 from mailgateway.dispatch.compose import InlineImage
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.jobs.base import JobContext, JobOutcome, claim_period, plural, try_job_lock
@@ -14,6 +18,7 @@ from mailgateway.jobs.charts import Figure, figures
 from mailgateway.jobs.stats import WeeklyStats, compute, week_start
 from mailgateway.store.engine import reading, transaction
 
+log = logging.getLogger("mailgateway.jobs.report")
 JOB = "weekly_report"
 
 
@@ -38,6 +43,18 @@ def report_context(stats: WeeklyStats, figs: list[Figure]) -> dict[str, object]:
     }
 
 
+def fitting(ctx: JobContext, session: Session, figs: list[Figure]) -> list[Figure]:
+    """The charts, unless with the report they would not fit the relay's size limit (RFC 1870;
+    dispatch/relaylimits.py): a report refused for good is worse than one without pictures
+    (``mailgateway report weekly --out DIR`` draws them)."""
+    limit = relaylimits.message_limit(ctx.settings, session)
+    size = sum(relaylimits.encoded_size(len(f.png)) for f in figs) + relaylimits.MAIL_OVERHEAD_BYTES
+    if limit is not None and size > limit:
+        log.warning("weekly report: charts left out (%d bytes with the mail, relay limit %d)", size, limit)
+        return []
+    return figs
+
+
 def run(ctx: JobContext, now: datetime) -> JobOutcome:
     weeks = ctx.settings.scheduler.report_weeks
     mails = 0
@@ -46,7 +63,7 @@ def run(ctx: JobContext, now: datetime) -> JobOutcome:
             return JobOutcome(JOB, skipped=True, summary="rapport hebdomadaire déjà envoyé cette semaine")
         for region in ctx.settings.regions:
             stats = compute(session, region.code, now, weeks)
-            figs = figures(stats)
+            figs = fitting(ctx, session, figures(stats))
             context = {**region_context(ctx.settings, region.code), **report_context(stats, figs)}
             images = [InlineImage(f"{f.name}@mailgateway", f.png, filename=f"{f.name}.png") for f in figs]
             mails += ctx.mailer.send_to_staff(session, region.code, template="rapport_hebdo", context=context,

@@ -100,18 +100,30 @@ def extract_alert(
         title = re.sub(r"^\s*(\[[^\]]{0,40}\]\s*)+", "", title)
         title = re.sub(r"^\s*alerte?\s*[-:–]\s*", "", title, flags=re.I).strip() or None
     label, marking, known = tlp_of(subject, text, fields.get("tlp"))
-    targets: list[str] = []
-    if fields.get("targets"):
-        targets = [t for t in labels.categories.ordered(fields["targets"]) if t != "AUTRE"]
-    auth_domain = sender.auth_domain or sender.domain
-    authentic = bool(sender.authenticated and domain_in(auth_domain, acss_domains))
     return Alert(
         reference=reference,
         title=title and title[:300],
         tlp=label,
-        targets=tuple(targets),
+        targets=targets_of(fields.get("targets"), text, labels),
         cves=cves_of(probe),
-        authentic=authentic,
+        authentic=bool(sender.authenticated and domain_in(sender.auth_domain or sender.domain, acss_domains)),
         tlp_marking=marking,
         tlp_known=known,
     )
+
+
+MAX_TARGET_SCAN = 20_000
+
+
+def targets_of(field: str | None, text: str, labels: Labels) -> tuple[str, ...]:
+    """Targeted structure categories: the « Structures concernées » field, read with the category
+    words and the prose phrases of ``[alert_targets]``; without that field, the prose phrases in
+    the text (« à destination des établissements et services médico-sociaux »). Table order."""
+    found: list[str] = []
+    if field:
+        found = [t for t in labels.categories.ordered(field) if t != "AUTRE"]
+        found += labels.alert_targets.ordered(field)
+    if not found:
+        found = labels.alert_targets.ordered(text[:MAX_TARGET_SCAN])
+    return tuple(dict.fromkeys(found))
+

@@ -18,8 +18,15 @@ Classification order (the first rule that holds gives the kind):
 5. **alert** — from (under) an ACSS domain, or two alert signals (alert word, TLP marking, CERT
    reference, known issuer).
 6. **declaration** — a labelled form ("Champ : valeur", portal notifications) or French free text
-   about an incident; forwarded declarations (message/rfc822 attachment or inline "Forwarded
-   message" / "Message transféré" / "Début du message réexpédié") are read in the forwarded part.
+   about an incident; forwarded declarations (message/rfc822 attachment, at any depth, or inline
+   "Forwarded message" / "Message transféré" / "Début du message réexpédié" / Outlook's "De : …
+   Envoyé : … Objet :" block, nested) are read in the forwarded part, and the declarant is who
+   wrote to the agency — never the forwarded message's author (``forwarded_author``).
+
+Read receipts (RFC 8098 ``disposition-notification`` reports, Outlook « Lu : ») are ``auto_reply``
+with ``extra["receipt"]``, checked before bounces. Any answer to one of our messages is also read
+for what it says beyond being one (``extra["courtesy"]``, ``extra["reply_declaration"]``:
+docs/understanding.md).
 7. **unknown** — with a ``quarantine_reason``.
 
 ``analyse`` never raises: any internal exception gives kind ``unknown`` with the exception named
@@ -41,7 +48,7 @@ One view of a message (docs/guarantees.md, RFC 6376 §8.15). Before anything els
 from __future__ import annotations
 
 import email.utils
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from mailgateway.mail.alert import domain_in, extract_alert, looks_like_alert
@@ -49,14 +56,17 @@ from mailgateway.mail.autoreply import auto_reply_reason, loop_reason
 from mailgateway.mail.bounce import detect_bounce, verp_token
 from mailgateway.mail.commands import REASON_UNKNOWN, authorise, is_staff, parse_command_line, parse_commands
 from mailgateway.mail.context import AnalysisContext
+from mailgateway.mail.courtesy import is_courtesy
 from mailgateway.mail.declaration import extract_declaration, labelled_fields, looks_like_declaration
 from mailgateway.mail.facts import Command, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import message_ids, parse_addresses
 from mailgateway.mail.indicators import extract_indicators, phone_e164
+from mailgateway.mail.indicators_in import with_attached
 from mailgateway.mail.labels import Labels, load_labels
 from mailgateway.mail.parse import ParsedMessage, inner_text, message_problem, parse_message
+from mailgateway.mail.receipt import read_receipt
 from mailgateway.mail.refs import strip_prefixes, thread_case
-from mailgateway.mail.text import fold, forwarded_from, new_text, split_forwarded
+from mailgateway.mail.text import fold, forwarded_from, header_block_end, new_text, split_forwarded
 from mailgateway.wire import canonical
 
 __all__ = ["analyse"]
@@ -65,6 +75,11 @@ _FRENCH_WORDS = frozenset(
     "le la les des est nous vous une pour dans sur avec qui que pas du au aux ce cette sont été "
     "bonjour cordialement notre nos votre merci suite depuis ont avons".split()
 )
+
+
+# The reason of a well-formed mail that is nothing we know: staff mail like that is answered
+# instead (commands/handling.py, handle_unknown); a degraded or unreadable one never is.
+UNRECOGNISED = "message non reconnu : ni déclaration, ni alerte, ni réponse à un dossier"
 
 
 def analyse(raw: bytes, ctx: AnalysisContext, sender: SenderVerdict | None = None) -> MessageFacts:
@@ -123,7 +138,8 @@ def _own_domains(ctx: AnalysisContext) -> list[str]:
 
 
 def _labels(ctx: AnalysisContext) -> Labels:
-    return load_labels(ctx.extra_field_labels, ctx.extra_incident_types, ctx.extra_categories)
+    return load_labels(ctx.extra_field_labels, ctx.extra_incident_types, ctx.extra_categories,
+                       ctx.extra_severities, ctx.extra_alert_targets, ctx.extra_courtesy)
 
 
 # Headers that choose what an action applies to (case, preview, query): RFC 6376 §8.15.
@@ -231,16 +247,30 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     if reason:
         extra["loop"] = reason
         return replace(base, kind="loop")
+    # 1b. read receipt (RFC 8098 MDN, Outlook « Lu : »): automatic, never a reply to read.
+    receipt = read_receipt(pm)
+    if receipt is not None:
+        extra["receipt"] = receipt.to_json()
+        extra["auto_reply"] = f"accusé de lecture ({receipt.disposition})"
+        return replace(base, kind="auto_reply")
     # 2. bounce (an out-of-office sent to our VERP return path is an auto-reply, not a bounce)
     token = verp_token(pm, ctx.bounce_local_part, ctx.bounce_domain)
     auto = auto_reply_reason(pm, labels.auto_reply_subjects, bulk_allowed=_from_acss(sender, ctx))
     bounce = detect_bounce(pm, token)
+    if bounce is not None and bounce.diagnostic is not None:
+        # BOUNCES: a non-delivery report (it always has a diagnostic) is a bounce even when its
+        # null return path or Auto-Submitted also reads as an auto-reply (mail/bounce.py).
+        return replace(base, kind="bounce", bounce=bounce)
     if bounce is not None and not (auto and not pm.delivery_status and not bounce.recipients):
         return replace(base, kind="bounce", bounce=bounce)
     # 3. auto-reply
     if auto:
         extra["auto_reply"] = auto
         return replace(base, kind="auto_reply")
+    # An answer to one of our messages (a case's, a bulletin's or a relayed alert's): what it says
+    # beyond being one. Analysis cannot tell a bulletin's Message-ID, so every answer is read.
+    if all_ids:
+        _read_reply(pm, fresh, ctx, labels, reply_to, extra)
     # 4. reply / command
     commands = _commands(subject, fresh, labels)
     bare_subject = strip_prefixes(subject)
@@ -267,9 +297,13 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         else:
             alert = extract_alert(subject, text, sender, ctx.acss_domains, labels)
         indicators = extract_indicators([text, *pm.all_links()], _participants(pm, ctx, reply_to), labels.noise_domains)
+        # INDICATORS: an attached STIX bundle or MISP event adds its indicators; its TLP is cross-checked.
+        alert, indicators = with_attached(pm, alert, indicators, _participants(pm, ctx, reply_to),
+                                          labels.noise_domains, extra)
         return replace(base, kind="alert", alert=alert, indicators=indicators)
     # 6. declaration (possibly forwarded)
-    decl_text, decl_subject, original_from, links = _declaration_source(pm, text, subject)
+    source = _declaration_source(pm, text, subject, labels)
+    decl_text, decl_subject, links = source.text, source.subject, source.links
     is_decl, why = looks_like_declaration(decl_text, decl_subject, labels)
     if (
         is_decl
@@ -281,20 +315,40 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         extra["declaration_by"] = why
         from_addr = sender.address
         declaration = extract_declaration(
-            decl_text, decl_subject, ctx, labels, from_addr, reply_to, _sent_at(pm), original_from
+            decl_text, decl_subject, ctx, labels, from_addr, reply_to, _sent_at(pm), source.author, source.outer
         )
+        if source.outer is not None:
+            extra["forwarded"] = True
         excluded = [*_participants(pm, ctx, reply_to), declaration.declarant or ""]
         phones = _declarant_phones(decl_text, labels)
         indicators = extract_indicators([decl_text, *links], excluded, labels.noise_domains, phones)
         return replace(base, kind="declaration", declaration=declaration, indicators=indicators)
     # 7. unknown
-    reason_text = "message non reconnu : ni déclaration, ni alerte, ni réponse à un dossier"
+    reason_text = UNRECOGNISED
     if pm.degraded:
         reason_text += f" (analyse dégradée : {pm.degraded})"
     elif not text.strip() and pm.parts <= 1 and not pm.header("From"):
         reason_text = "contenu illisible : aucun en-tête ni texte exploitable"
     # No indicators for unknown mail: mostly spam, whose links would only be noise for staff.
     return replace(base, kind="unknown", quarantine_reason=reason_text)
+
+
+def _read_reply(pm: ParsedMessage, fresh: str, ctx: AnalysisContext, labels: Labels, reply_to: str | None,
+                extra: dict[str, object]) -> None:
+    """What a reply says beyond being one: a mere courtesy (``extra["courtesy"]``: « Merci, bonne
+    journée », « #lu »), or a declaration in its new text (``extra["reply_declaration"]``, for a
+    reply to a relayed alert or bulletin: processing opens a case linked to it)."""
+    if is_courtesy(fresh, pm.attachments, labels):
+        extra["courtesy"] = True
+        return
+    if not fresh.strip() or fresh.lstrip().startswith("#"):
+        return  # staff commands are not declarations
+    # The new text alone: the subject of an answer echoes ours (« RE: Campagne d'hameçonnage »).
+    is_decl, why = looks_like_declaration(fresh, "", labels)
+    if is_decl and (why == "labelled" or _frenchish(fresh)):
+        extra["reply_declaration"] = extract_declaration(
+            fresh, "", ctx, labels, (pm.from_address() or ("", None))[1], reply_to, _sent_at(pm)
+        )
 
 
 def _steered_by_uncovered(
@@ -360,16 +414,86 @@ def _declarant_phones(text: str, labels: Labels) -> list[str]:
     return phone_e164(" ".join(fields.get(k, "") for k in ("phone", "declarant", "declarant_email")))
 
 
-def _declaration_source(pm: ParsedMessage, text: str, subject: str) -> tuple[str, str, str | None, list[str]]:
-    """(text, subject, original From, links) of the declaration: the forwarded part when there is one."""
-    for inner in pm.forwarded:
+@dataclass(frozen=True)
+class _Source:
+    """Where a declaration is read: its text and subject, the forwarded author, the links, and the
+    text of the message itself (the cover note of a forward: the only place the declarant's own
+    address is read from); ``outer`` is None when nothing was forwarded."""
+
+    text: str
+    subject: str
+    author: str | None
+    links: list[str]
+    outer: str | None
+
+
+MAX_INLINE_FORWARDS = 5
+
+
+def _inline_segments(text: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """(text before the first forward, [(own text of each forwarded level, its From line)]),
+    outermost first, at most ``MAX_INLINE_FORWARDS`` levels (a forward of a forward...)."""
+    before, rest = split_forwarded(text)
+    segments: list[tuple[str, str | None]] = []
+    while rest is not None and len(segments) < MAX_INLINE_FORWARDS:
+        author = forwarded_from(rest)
+        # The level's own header block (« De : / Date : / Objet : ») is not a deeper forward.
+        cut = header_block_end(rest)
+        own, deeper = split_forwarded(rest[cut:])
+        segments.append((rest[:cut] + own, author))
+        rest = deeper
+    return before, segments
+
+
+def _author_of(segments: list[tuple[str, str | None]], labels: Labels, subject: str) -> str | None:
+    """The author of the forwarded level that holds the declaration (else the deepest one)."""
+    for own, author in segments:
+        if author and looks_like_declaration(own, subject, labels)[0]:
+            return author
+    authors = [a for _own, a in segments if a]
+    return authors[-1] if authors else None
+
+
+def _declaration_source(pm: ParsedMessage, text: str, subject: str, labels: Labels) -> _Source:
+    """The declaration's source: an attached message/rfc822 (at any depth: a cover note forwarding
+    a forward), else an inline forward (Thunderbird, Gmail, Apple Mail, Outlook header block, to
+    any depth), else the message's own text. The first forwarded message that reads as a
+    declaration wins; otherwise the first with text."""
+    own_before, own_segments = _inline_segments(text)
+    outer = own_before if own_segments else text
+    attached: list[tuple[ParsedMessage, str]] = []
+    # Breadth first, outermost first: a forward's own attached messages are found in its parse
+    # too (those inside a base64-encoded message/rfc822 are only found there).
+    queue = list(pm.forwarded)
+    seen: set[int] = set()
+    while queue and len(seen) < 2 * MAX_INLINE_FORWARDS:
+        inner = queue.pop(0)
+        if id(inner) in seen:
+            continue
+        seen.add(id(inner))
         parsed, inner_body = inner_text(inner)
+        queue.extend(parsed.forwarded)
         if inner_body.strip():
-            inner_subject = parsed.header("Subject") or subject
-            original = parsed.header("From") or None
-            return inner_body, inner_subject + "\n" + subject, original, parsed.all_links() + pm.all_links()
-    before, forwarded = split_forwarded(text)
-    if forwarded and forwarded.strip():
-        original = forwarded_from(forwarded)
-        return before + "\n" + forwarded, subject, original, pm.all_links()
-    return text, subject, None, pm.all_links()
+            attached.append((parsed, inner_body))
+    verdicts = [looks_like_declaration(b, p.header("Subject") or subject, labels) for p, b in attached]
+    # A labelled form (the portal's, a hand-made one) wins over a cover note whose subject merely
+    # says « déclaration »; then the first that reads as one.
+    chosen = next((a for a, v in zip(attached, verdicts, strict=True) if v[1] == "labelled"), None) or next(
+        (a for a, v in zip(attached, verdicts, strict=True) if v[0]), None
+    )
+    if chosen is None and attached:
+        # No forwarded message reads as a declaration on its own (a forwarded phishing mail): the
+        # cover note says what happened, the forwarded message shows it.
+        chosen = (attached[0][0], outer.strip() + "\n\n" + attached[0][1])
+    if chosen is not None:
+        parsed, inner_body = chosen
+        inner_subject = parsed.header("Subject") or subject
+        _before, segments = _inline_segments(inner_body)
+        author = _author_of(segments, labels, inner_subject) if segments else None
+        return _Source(inner_body, inner_subject + "\n" + subject, author or parsed.header("From") or None,
+                       parsed.all_links() + pm.all_links(), outer)
+    if own_segments:
+        forwarded = "\n".join(own for own, _a in own_segments)
+        return _Source(own_before + "\n" + forwarded, subject, _author_of(own_segments, labels, subject),
+                       pm.all_links(), outer)
+    return _Source(text, subject, None, pm.all_links(), None)

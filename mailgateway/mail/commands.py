@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from mailgateway.mail.facts import Command, SenderVerdict
 from mailgateway.mail.labels import Labels, command_key
 from mailgateway.mail.refs import CASE_REF, canonical
-from mailgateway.mail.text import fold
+from mailgateway.mail.text import fold, quote_start
 
 MAX_COMMANDS = 50
 MAX_LINE = 2000
@@ -73,17 +74,52 @@ def parse_command_line(line: str, labels: Labels) -> Command | None:
 
 
 def parse_commands(text: str, labels: Labels) -> list[Command]:
-    """Commands of the lines of ``text`` (already reduced to the new text)."""
+    """Commands of the lines of ``text`` (already reduced to the new text: no quote, no signature).
+
+    A command of ``WHOLE_TEXT`` takes the rest of its line and every following line, up to the
+    next command line (or a signature delimiter, should ``text`` still hold one): staff write the
+    answer to a declarant as a mail, over several lines and paragraphs, and mail clients wrap long
+    lines anyway. Its one argument is that text with the writer's line breaks (blank lines around
+    it removed), at most ``MAX_TEXT`` characters.
+    """
     found: list[Command] = []
+    block: list[str] | None = None  # the lines of the last command when it takes a whole text
     for line in text.splitlines():
-        if "#" not in line:
+        if _SIGNATURE_LINE.match(line):
+            break
+        cmd = parse_command_line(line, labels) if "#" in line else None
+        if cmd is None:
+            if block is not None:
+                block.append(line)
             continue
-        cmd = parse_command_line(line, labels)
-        if cmd is not None:
-            found.append(cmd)
-            if len(found) >= MAX_COMMANDS:
-                break
+        _close(found, block)
+        if len(found) >= MAX_COMMANDS:
+            block = None
+            break
+        found.append(cmd)
+        block = [cmd.args[0] if cmd.args else ""] if cmd.name in WHOLE_TEXT and cmd.reason is None else None
+    _close(found, block)
     return found
+
+
+# Commands whose argument is a message (to the declarant, the timeline, the ACSS), not a word.
+WHOLE_TEXT = frozenset({"repondre", "demander-info", "note", "clore", "rouvrir", "transmettre-acss"})
+MAX_TEXT = 20_000
+_SIGNATURE_LINE = re.compile(r"^-- ?$")  # RFC 3676 §4.3 signature separator ("-- ")
+
+
+def _close(found: list[Command], block: list[str] | None) -> None:
+    """Give the last command of ``found`` the whole text of ``block`` (its lines, as written)."""
+    if block is None or not found:
+        return
+    lines = [line.rstrip() for line in block]
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    whole = "\n".join(lines)[:MAX_TEXT].strip()
+    last = found[-1]
+    found[-1] = Command(last.name, (whole,) if whole else (), last.accepted, last.reason, last.line)
 
 
 def authorise(
@@ -116,3 +152,101 @@ def authorise(
 
 def is_staff(address: str | None, staff: Mapping[str, frozenset[str]]) -> bool:
     return bool(address) and (address or "").lower() in staff
+
+
+# --- what staff meant: suggestions for a mail where no command was recognised ------------------
+MAX_HINTS = 5
+HINT_UNKNOWN = "commande inconnue"
+_HINT_LINES = 40  # non-blank lines of a mail looked at for a command written without "#"
+_MAX_WORD = 30  # a longer word is no command spelling: never compared
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A line that looks like a command that was not run, and what to write instead (French)."""
+
+    line: str
+    suggestion: str
+    why: str
+
+
+def distance(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance of two short words, or ``limit + 1`` once it is certainly above
+    ``limit``: O(len(a) × len(b)) with both at most ``_MAX_WORD``, so bounded per comparison."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return previous[-1]
+
+
+def nearest_command(word: str, labels: Labels) -> str | None:
+    """The canonical name of the command spelling nearest to ``word`` (at most a third of its
+    letters off, at least one), or None. Linear in the size of the command table."""
+    key = command_key(word)
+    if not key or len(key) > _MAX_WORD:
+        return None
+    if key in labels.commands:
+        return labels.commands[key].name
+    limit = max(1, len(key) // 3)
+    best: tuple[int, str] | None = None
+    for spelling, spec in labels.commands.items():
+        found = distance(key, spelling, limit)
+        if found <= limit and (best is None or found < best[0]):
+            best = (found, spec.name)
+    return best[1] if best else None
+
+
+def _shown(line: str) -> str:
+    line = line.strip()
+    return line if len(line) <= 120 else line[:117] + "…"
+
+
+def _rest(line: str) -> str:
+    parts = line.strip().lstrip("#").split(None, 1)
+    return f" {parts[1].strip()}"[:100] if len(parts) > 1 else ""
+
+
+def command_hints(new: str, signature: str, unknown: list[Command], labels: Labels) -> list[Hint]:
+    """Why a mail of staff ran no command, line by line: a misspelt ``#commande``, a command
+    written without its "#", a command put under the signature separator (never read there)."""
+    hints: list[Hint] = []
+    for cmd in unknown[:MAX_HINTS]:
+        word = cmd.line.strip().lstrip("#").split(None, 1)
+        name = nearest_command(word[0], labels) if word else None
+        if name is not None:
+            hints.append(Hint(_shown(cmd.line), f"#{name}{_rest(cmd.line)}", HINT_UNKNOWN))
+    for line in signature.splitlines()[:_HINT_LINES]:
+        under = parse_command_line(line, labels) if "#" in line else None
+        if under is not None and under.reason != REASON_UNKNOWN and len(hints) < MAX_HINTS:
+            hints.append(Hint(_shown(line), _shown(line),
+                              "sous la ligne de signature « -- » : ce qui suit la signature n'est pas lu"))
+    if unknown:
+        return hints
+    for line in [ln for ln in new.splitlines() if ln.strip()][:_HINT_LINES]:
+        words = line.split(None, 1)
+        if len(hints) >= MAX_HINTS or not words or words[0].startswith("#"):
+            continue
+        # Canonical names only ("assigner moi"): a synonym ("ok", "info", "liste") opens many a sentence.
+        spec = labels.commands.get(command_key(words[0].rstrip(":,;."))) if len(words[0]) <= _MAX_WORD else None
+        if spec is not None and command_key(spec.name) == command_key(words[0].rstrip(":,;.")):
+            hints.append(Hint(_shown(line), f"#{spec.name}{_rest(line)}",
+                              "sans « # » en début de ligne, ce n'est pas une commande"))
+    return hints
+
+
+def signature_part(text: str) -> str:
+    """The lines between the signature separator ("-- ") and the quoted part, if any."""
+    lines = text.splitlines()[:5000]
+    end = quote_start(lines)
+    lines = lines[:end] if end is not None else lines
+    for i, line in enumerate(lines):
+        if _SIGNATURE_LINE.match(line):
+            return "\n".join(lines[i + 1 :])
+    return ""

@@ -52,6 +52,9 @@ class AnalysisContext:
     extra_field_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     extra_incident_types: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     extra_categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    extra_severities: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    extra_alert_targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    extra_courtesy: tuple[str, ...] = ()
     radiotherapy_finess: frozenset[str] = frozenset()
     # Region used when the recipient does not name one (single-region sites).
     default_region: str | None = None
@@ -92,6 +95,9 @@ def build_context(
         extra_field_labels=dict(labels.fields),
         extra_incident_types=dict(labels.incident_types),
         extra_categories=dict(labels.categories),
+        extra_severities=dict(labels.severities),
+        extra_alert_targets=dict(labels.alert_targets),
+        extra_courtesy=tuple(labels.courtesy),
         radiotherapy_finess=frozenset(labels.radiotherapy_finess),
         default_region=settings.regions[0].code if len(settings.regions) == 1 else None,
     )

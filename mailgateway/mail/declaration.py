@@ -142,16 +142,21 @@ def _severity(fields: dict[str, str], text: str, labels: Labels) -> str:
 
 
 def _declarant(
-    fields: dict[str, str], from_address: str | None, reply_to: str | None, forwarded_from: str | None
+    fields: dict[str, str], from_address: str | None, reply_to: str | None
 ) -> tuple[str | None, str | None]:
-    """(address, name): label, then the original sender of a forward, then Reply-To/From."""
+    """(address, name) of the person who wrote to the agency: the labelled « Courriel du
+    déclarant » of the message's own text (a portal's notification), then Reply-To when From is a
+    no-reply robot, then From, then Reply-To.
+
+    The author of a forwarded message is never a candidate, nor are labels of the forwarded text
+    (``fields`` holds only the outer text's): the acknowledgement once went to the phisher of a
+    forwarded phishing mail.
+    """
     name = fields.get("declarant") or None
     candidates: list[str] = []
     for key in ("declarant_email", "declarant"):
         if fields.get(key):
             candidates.extend(m.group(0).lower() for m in _EMAIL.finditer(fields[key]))
-    if forwarded_from:
-        candidates.extend(a for _n, a in parse_addresses(forwarded_from))
     if is_noreply(from_address) and reply_to:
         candidates.append(reply_to)
     candidates.append(from_address or "")
@@ -163,6 +168,65 @@ def _declarant(
                 name = None
             return cand.strip(".").lower(), name
     return None, name
+
+
+def forwarded_author_address(forwarded_from: str | None) -> str | None:
+    """The address of a forwarded message's From line ("Nom <x@y>", "Nom [mailto:x@y]", "x@y")."""
+    if not forwarded_from:
+        return None
+    for _name, address in parse_addresses(forwarded_from):
+        if "@" in address:
+            return address.strip(".").lower()[:320]
+    found = _EMAIL.search(forwarded_from)
+    return found.group(0).strip(".").lower() if found else None
+
+
+def _finess_numbers(
+    fields: dict[str, str], text: str, ctx: AnalysisContext
+) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """(FINESS ET, FINESS EJ, other numbers) of a declaration.
+
+    The establishment's géographique number (ET) is what a case is about; the legal entity's
+    juridique one (EJ) groups several establishments. A label that says which wins ("FINESS ET",
+    "FINESS juridique"); otherwise the directory, keyed by ET, tells: a number it knows is an ET.
+    """
+    def labelled(key: str) -> str | None:
+        value = fields.get(key)
+        return find_finess(value.replace(" ", "")) if value else None
+
+    et, ej, generic = labelled("finess_et"), labelled("finess_ej"), labelled("finess")
+    seen: list[str] = []
+    for number in (et, generic, *_all_finess(text)):
+        if number and number not in seen and len(seen) < 10:
+            seen.append(number)
+    chosen = et
+    if chosen is None:
+        unlabelled = [n for n in seen if n != ej]
+        known = [n for n in unlabelled if _known(ctx, n)]
+        chosen = known[0] if known else (unlabelled[0] if unlabelled else ej)
+    # Only an EJ given: it stays the case's FINESS (processing maps it to its ET when the
+    # directory has exactly one).
+    others = tuple(n for n in seen if n not in (chosen, ej))
+    return chosen, (ej if ej != chosen else None), others
+
+
+def _all_finess(text: str) -> list[str]:
+    found: list[str] = []
+    for match in _FINESS.finditer(text[:100_000]):
+        if valid_finess(match.group(1)):
+            found.append(match.group(1).upper())
+            if len(found) >= 10:
+                break
+    return found
+
+
+def _known(ctx: AnalysisContext, finess: str) -> bool:
+    if not finess:
+        return False
+    try:
+        return ctx.establishment_lookup(finess) is not None
+    except Exception:
+        return False
 
 
 def _structure_in_text(text: str) -> str | None:
@@ -193,16 +257,18 @@ def extract_declaration(
     reply_to: str | None,
     sent_at: datetime | None,
     forwarded_from: str | None = None,
+    outer_text: str | None = None,
 ) -> Declaration:
-    """Everything that can be read from a declaration's text (labelled first, then free text)."""
+    """Everything that can be read from a declaration's text (labelled first, then free text).
+
+    ``outer_text``: for a forwarded declaration, the text of the message itself (the cover note),
+    the only place the declarant's address is read from; ``forwarded_from`` the forwarded
+    message's From, recorded as ``forwarded_author``.
+    """
     found = labelled_fields(text, labels)
     fields = found.values
     labelled = found.count >= MIN_LABELS
-    finess = None
-    if fields.get("finess"):
-        finess = find_finess(fields["finess"].replace(" ", ""))
-    if finess is None:
-        finess = find_finess(text)
+    finess, finess_ej, finess_others = _finess_numbers(fields, text, ctx)
     info = None
     if finess:
         try:
@@ -245,7 +311,8 @@ def extract_declaration(
     summary = " — ".join(summary_parts) if summary_parts else None
     if summary is None and not labelled:
         summary = _first_sentences(text)
-    address, name = _declarant(fields, from_address, reply_to, forwarded_from)
+    own_fields = fields if outer_text is None else labelled_fields(outer_text, labels).values
+    address, name = _declarant(own_fields, from_address, reply_to)
     departement = info.departement if info and info.departement else None
     if departement is None and finess:
         departement = finess[:2]
@@ -263,6 +330,9 @@ def extract_declaration(
         declarant=address,
         declarant_name=name and name[:200],
         departement=departement,
+        forwarded_author=forwarded_author_address(forwarded_from),
+        finess_ej=finess_ej,
+        finess_others=finess_others,
     )
 
 
@@ -271,6 +341,8 @@ def looks_like_declaration(text: str, subject: str, labels: Labels) -> tuple[boo
     found = labelled_fields(text, labels)
     strong = {
         "finess",
+        "finess_et",
+        "finess_ej",
         "incident_type",
         "detected_at",
         "nature",

@@ -62,6 +62,15 @@ class Declaration:
     declarant: str | None = None  # the person who declared (never a no-reply address)
     declarant_name: str | None = None
     departement: str | None = None
+    # A forwarded declaration (message/rfc822 or inline "Message transféré"): the author of the
+    # forwarded message. Recorded on the case for staff; never answered (the declarant is the
+    # person who wrote to the agency: a forwarded phishing mail must not get our reply).
+    forwarded_author: str | None = None
+    # The legal entity's FINESS (EJ, juridique) when the mail gives one besides the
+    # establishment's (ET, géographique), which is ``finess``.
+    finess_ej: str | None = None
+    # Other valid FINESS numbers of the text, for the directory to tell ET from EJ (not in JSON).
+    finess_others: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +85,8 @@ class Declaration:
             "summary": self.summary,
             "measures": self.measures,
             "declarant": self.declarant,
+            "forwarded_author": self.forwarded_author,
+            "finess_ej": self.finess_ej,
         }
 
 

@@ -8,7 +8,13 @@ decode RFC 2047 encoded words ourselves, tolerantly:
 * adjacent encoded words in the same charset are joined *before* decoding, so a UTF-8 character
   split across two words (RFC 2047 §5 forbids it, mailers do it) comes out whole;
 * unknown charsets and broken base64/quoted-printable degrade to replacement characters;
-* raw 8-bit bytes (RFC 6532 UTF-8 headers, or legacy Latin-1) are decoded as UTF-8, else cp1252.
+* raw 8-bit bytes (RFC 6532 UTF-8 headers as SMTPUTF8 clients and many MTAs send them, or legacy
+  Latin-1/cp1252) are decoded as UTF-8, else by a charset guess; never as U+FFFD. ``compat32``
+  hands such a value back as an ``email.header.Header`` whose ``str()`` is all replacement
+  characters ("D\ufffd\ufffdclaration"): the undecoded bytes are taken from it instead.
+
+Decoding is for display and analysis only: the stored bytes, and the header list both parsers
+must agree on (``mail.parse.views_problem``, docs/guarantees.md), are never changed.
 """
 
 from __future__ import annotations
@@ -62,6 +68,11 @@ def clean_charset(name: str | None) -> str | None:
         return None
 
 
+# Declared charsets that mailers use for their supersets (WHATWG Encoding: gb2312 and gbk are
+# labels of gb18030; Windows sends cp949/cp932 text labelled euc-kr/shift_jis).
+_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932", "big5": "big5hkscs"}
+
+
 def decode_bytes(data: bytes, charset: str | None) -> str:
     """Decode with the declared charset if Python knows it, else guess; never raises."""
     codec = clean_charset(charset)
@@ -69,6 +80,11 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
         try:
             return data.decode(codec)
         except (UnicodeDecodeError, LookupError, ValueError):
+            if codec in _SUPERSETS:
+                try:
+                    return data.decode(_SUPERSETS[codec])
+                except UnicodeDecodeError:
+                    pass
             return data.decode(codec, errors="replace") if codec != "utf-7" else _guess(data)
     try:
         return data.decode("utf-8")
@@ -77,28 +93,52 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
 
 
 def _guess(data: bytes) -> str:
-    """Undeclared or lying charset: charset-normalizer for long text, cp1252 otherwise."""
+    """Undeclared or lying charset: charset-normalizer for long text, cp1252 otherwise.
+
+    Never a replacement character: the guess must decode every byte, cp1252 leaves five bytes
+    undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D), and Latin-1 decodes anything.
+    """
     if len(data) >= 64:
         try:
             from charset_normalizer import from_bytes
 
             best = from_bytes(data[:200_000]).best()
             if best is not None and best.encoding:
-                return data.decode(best.encoding, errors="replace")
+                return data.decode(best.encoding)
         except Exception:  # noqa: S110 - a guesser failure falls back to cp1252 below
             pass
-    return data.decode("cp1252", errors="replace")
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def _raw_to_text(value: str) -> str:
     """compat32 keeps undecodable header bytes as surrogate escapes; turn them back to text."""
     if not any("\udc80" <= ch <= "\udcff" for ch in value):
         return value
-    data = value.encode("ascii", errors="surrogateescape")
+    try:
+        data = value.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return value
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+        return _guess(data)
+
+
+def _header_text(value: Header) -> str:
+    """The text of a compat32 ``Header``, its undecoded 8-bit bytes kept as surrogate escapes.
+
+    compat32 wraps a raw 8-bit value in a Header of charset ``unknown-8bit`` whose ``str()``
+    replaces every such byte by U+FFFD; its chunks still hold the bytes (as surrogates).
+    """
+    chunks = getattr(value, "_chunks", None)
+    if isinstance(chunks, list) and chunks and all(
+        isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str) for c in chunks
+    ):
+        return "".join(c[0] for c in chunks)
+    return str(value)
 
 
 def _decode_word(charset: str, encoding: str, text: str) -> bytes:
@@ -117,7 +157,7 @@ def decode_header_value(value: object) -> str:
     """Decode one header value (str or email.header.Header) to text; never raises."""
     try:
         if isinstance(value, Header):
-            text = str(value)
+            text = _header_text(value)
         elif isinstance(value, str):
             text = value
         else:

@@ -120,12 +120,23 @@ def _markup_at(parser: _TextExtractor, markup: str, lt: int) -> int:
 
 
 class _TextExtractor:
+    """Text with the line breaks a reader of the rendered mail sees.
+
+    Mail clients write one paragraph element per typed line: Outlook a ``<p class=MsoNormal>``
+    (an empty line is ``<p class=MsoNormal>&nbsp;</p>``), Gmail and OWA a ``<div>`` (an empty
+    line is ``<div><br></div>``). So a block starts and ends a line (never a blank one by
+    itself), ``<br>`` ends a line, an empty paragraph is an empty line, and a plain ``<p>`` (a web
+    page's paragraph, rendered with margins) is followed by an empty line.
+    """
+
     def __init__(self) -> None:
         self.chunks: list[str] = []
         self.links: list[str] = []
         self.skip_depth = 0
         self.quote_depth = 0
         self.at_line_start = True
+        self.blank_after = False  # an empty line already ends the text so far
+        self.paragraphs: list[tuple[bool, bool]] = []  # open <p>: (Outlook line, had text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP:
@@ -137,8 +148,17 @@ class _TextExtractor:
                 self.links.append(href.strip())
         if tag == "blockquote":
             self.quote_depth += 1
-        if tag in _BLOCK:
-            self._newline()
+        if tag == "br":
+            self._hard_break()
+        elif tag == "p":
+            if self.paragraphs:  # "<p>" closes an open "<p>" (HTML: no nested paragraphs)
+                self.handle_endtag("p")
+            self._line_end()
+            css = (dict(attrs).get("class") or "").lower()
+            if len(self.paragraphs) < 100:
+                self.paragraphs.append((css.startswith("mso"), False))
+        elif tag in _BLOCK:
+            self._line_end()
         elif tag == "td":
             self.chunks.append(" ")
 
@@ -146,6 +166,8 @@ class _TextExtractor:
         self.handle_starttag(tag, attrs)
         if tag in _SKIP:
             self.skip_depth = max(0, self.skip_depth - 1)
+        elif tag == "p":
+            self.handle_endtag(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIP:
@@ -153,8 +175,13 @@ class _TextExtractor:
             return
         if tag == "blockquote":
             self.quote_depth = max(0, self.quote_depth - 1)
-        if tag in _BLOCK:
-            self._newline()
+        if tag == "p" and self.paragraphs:
+            outlook_line, had_text = self.paragraphs.pop()
+            self._line_end()
+            if not had_text or not outlook_line:
+                self._blank_line()
+        elif tag in _BLOCK and tag != "br":
+            self._line_end()
 
     def handle_data(self, data: str) -> None:
         if self.skip_depth:
@@ -169,10 +196,29 @@ class _TextExtractor:
                 text = "> " * self.quote_depth + text
         self.chunks.append(text)
         self.at_line_start = False
+        self.blank_after = False
+        if self.paragraphs and text.strip():
+            self.paragraphs[-1] = (self.paragraphs[-1][0], True)
 
-    def _newline(self) -> None:
+    def _line_end(self) -> None:
+        """End the current line, if any (a block never adds an empty line by itself)."""
+        if not self.at_line_start:
+            self.chunks.append("\n")
+            self.at_line_start = True
+
+    def _hard_break(self) -> None:
+        """``<br>``: end the line; at the start of a line, an empty line."""
+        if self.paragraphs:
+            self.paragraphs[-1] = (self.paragraphs[-1][0], True)  # "<p><br></p>" is one line, not two
         self.chunks.append("\n")
+        self.blank_after = self.at_line_start
         self.at_line_start = True
+
+    def _blank_line(self) -> None:
+        if not self.blank_after:
+            self.chunks.append("\n")
+            self.blank_after = True
+            self.at_line_start = True
 
 
 def html_to_text(markup: str) -> tuple[str, list[str]]:

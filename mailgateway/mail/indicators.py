@@ -1,5 +1,7 @@
 """Indicators of compromise in a text: url, domain, ip, email, hash, phone, cve.
 
+Phones are in E.164 form: French numbers in every usual writing, other countries' with their "+".
+
 Defanged forms (``hxxp://``, ``[.]``, ``(.)``, ``[at]``, ``[:]``) are refanged first so that
 values are usable. Our own addresses, the participants of the message itself and markup
 namespaces are noise, not indicators. The count is bounded.
@@ -33,6 +35,11 @@ _HASH = re.compile(
 _CVE = re.compile(r"\bCVE-\d{4}-\d{4,7}\b", re.I)
 # French numbers: 0X XX XX XX XX (spaces, dots, dashes or nothing), +33 X XX..., +33 (0)X ...
 _PHONE = re.compile(r"(?<![\d+])(?:(?:\+|00)33\s?(?:\(0\)\s?)?|0)([1-9])((?:[\s.\-]?\d{2}){4})(?![\d])")
+# Other countries, E.164 (ITU-T: country code and number, 15 digits at most) as written in alerts:
+# "+44 20 7946 0958", "+1-202-555-0143". Each step reads one optional blank, dot or dash then one
+# digit, so the match is linear; +33 is the French pattern's (it knows the "(0)" and the NBSP-free
+# groupings). An amount ("+100 000 €", "+12 %") is not a number.
+_PHONE_INTL = re.compile(r"(?<![\w+])\+(?!33)((?:[^\S\n]?[.\-]?\d){8,15})(?!\d|[^\S\n]{0,2}[€%$])")
 _DOMAIN = re.compile(
     r"(?<![\w@.\-/])((?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,10}([A-Za-z]{2,18}))(?![\w\-]|\.\w)"
 )
@@ -146,9 +153,18 @@ def extract_indicators(
                 continue
             if not add("phone", e164):
                 return tuple(out)
+        for m in _PHONE_INTL.finditer(text):
+            if inside(m.start()):
+                continue
+            e164 = "+" + re.sub(r"\D", "", m.group(1))
+            if e164 in skip_phones:
+                continue
+            if not add("phone", e164):
+                return tuple(out)
     return tuple(out)
 
 
 def phone_e164(text: str) -> list[str]:
     """French numbers of ``text`` in E.164 form (used to exclude a declarant's own number)."""
-    return ["+33" + m.group(1) + re.sub(r"\D", "", m.group(2)) for m in _PHONE.finditer(text)]
+    french = ["+33" + m.group(1) + re.sub(r"\D", "", m.group(2)) for m in _PHONE.finditer(text)]
+    return french + ["+" + re.sub(r"\D", "", m.group(1)) for m in _PHONE_INTL.finditer(text)]

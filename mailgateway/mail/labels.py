@@ -137,6 +137,11 @@ class Labels:
     auto_reply_subjects: tuple[str, ...]
     commands: Mapping[str, CommandSpec]  # normalised spelling -> spec
     noise_domains: tuple[str, ...]
+    # Targeted structure categories named in an alert's prose ([alert_targets]).
+    alert_targets: Table = field(default_factory=lambda: _table({}))
+    # Courtesy phrases in match form, longest first ([courtesy]), and the length bound.
+    courtesy_phrases: tuple[str, ...] = ()
+    courtesy_max_chars: int = 200
 
 
 def _freeze(mapping: Mapping[str, Sequence[str]] | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -147,9 +152,13 @@ def load_labels(
     extra_fields: Mapping[str, Sequence[str]] | None = None,
     extra_incident_types: Mapping[str, Sequence[str]] | None = None,
     extra_categories: Mapping[str, Sequence[str]] | None = None,
+    extra_severities: Mapping[str, Sequence[str]] | None = None,
+    extra_alert_targets: Mapping[str, Sequence[str]] | None = None,
+    extra_courtesy: Sequence[str] = (),
 ) -> Labels:
     """The bundled tables extended by a site's additions (cached per distinct additions)."""
-    return _load(_freeze(extra_fields), _freeze(extra_incident_types), _freeze(extra_categories))
+    return _load(_freeze(extra_fields), _freeze(extra_incident_types), _freeze(extra_categories),
+                 _freeze(extra_severities), _freeze(extra_alert_targets), tuple(extra_courtesy))
 
 
 @lru_cache(maxsize=16)
@@ -157,6 +166,9 @@ def _load(
     extra_fields: tuple[tuple[str, tuple[str, ...]], ...],
     extra_types: tuple[tuple[str, tuple[str, ...]], ...],
     extra_categories: tuple[tuple[str, tuple[str, ...]], ...],
+    extra_severities: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    extra_alert_targets: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    extra_courtesy: tuple[str, ...] = (),
 ) -> Labels:
     raw = _raw_tables()
     commands: dict[str, CommandSpec] = {}
@@ -169,7 +181,7 @@ def _load(
         fields=_table(raw["fields"], dict(extra_fields)),
         incident_types=_table(raw["incident_types"], dict(extra_types)),
         categories=_table(raw["categories"], dict(extra_categories)),
-        severities=_table(raw["severities"]),
+        severities=_table(raw["severities"], dict(extra_severities)),
         natures=_table(raw["natures"]),
         impacts=_table(raw["impacts"]),
         tlp=_table(raw["tlp"]),
@@ -182,6 +194,10 @@ def _load(
         auto_reply_subjects=tuple(match_form(s) for s in raw["auto_reply"]["subjects"]),
         commands=commands,
         noise_domains=tuple(raw["indicators"]["noise_domains"]),
+        alert_targets=_table(raw["alert_targets"], dict(extra_alert_targets)),
+        courtesy_phrases=tuple(sorted({match_form(p) for p in [*raw["courtesy"]["phrases"], *extra_courtesy]} - {""},
+                                      key=len, reverse=True)),
+        courtesy_max_chars=int(raw["courtesy"]["max_chars"]),
     )
 
 

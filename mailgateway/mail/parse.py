@@ -26,6 +26,7 @@ from email.message import Message
 
 import dkim
 
+from mailgateway.mail.flowed import unflow_part
 from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_addresses
 from mailgateway.mail.htmltext import html_to_text
 from mailgateway.wire import MAX_SIGNATURE_FIELDS, MAX_SIGNED_NAMES, header_block, header_block_problem
@@ -111,7 +112,47 @@ def part_text(part: Message, limit: int = MAX_PART_BYTES) -> str:
         charset = None
     if isinstance(charset, tuple):  # RFC 2231 (charset, language, value)
         charset = charset[0]
-    return decode_bytes(part_bytes(part, limit), charset if isinstance(charset, str) else None)
+    text = decode_bytes(part_bytes(part, limit), charset if isinstance(charset, str) else None)
+    try:
+        flowed = str(part.get_param("format") or "").strip().lower() == "flowed"
+        delsp = str(part.get_param("delsp") or "").strip().lower() == "yes"
+    except Exception:
+        flowed = delsp = False
+    return unflow(text, delsp) if flowed and _ctype(part) == "text/plain" else text
+
+
+def unflow(text: str, delsp: bool = False) -> str:
+    """RFC 3676 format=flowed text as its paragraphs (Thunderbird, Apple Mail): a line ending in
+    a space continues on the next one of the same quote depth; space-stuffing (§4.4) is removed;
+    the signature separator « -- » is never flowed (§4.3). Linear; display and analysis only.
+    """
+    out: list[str] = []
+    buf: list[str] | None = None  # pieces of the paragraph being flowed (joined once: linear)
+    buf_depth = 0
+
+    def emit(depth: int, pieces: list[str]) -> None:
+        joined = "".join(pieces)
+        out.append(">" * depth + (" " if depth and joined else "") + joined)
+
+    for raw_line in text.split("\n"):
+        line = raw_line[:-1] if raw_line.endswith("\r") else raw_line
+        depth = len(line) - len(line.lstrip(">"))
+        body = line[depth:]
+        if body.startswith(" "):
+            body = body[1:]  # space-stuffed (or the space after a quote marker)
+        if buf is not None and depth != buf_depth:
+            emit(buf_depth, buf)
+            buf = None
+        if body.endswith(" ") and body != "-- ":
+            buf = buf if buf is not None else []
+            buf.append(body[:-1] if delsp else body)
+            buf_depth = depth
+            continue
+        emit(depth, [*(buf or []), body])
+        buf = None
+    if buf is not None:
+        emit(buf_depth, buf)
+    return "\n".join(out)
 
 
 def _is_attachment(part: Message) -> bool:
@@ -136,6 +177,7 @@ class ParsedMessage:
     forwarded: list[Message] = field(default_factory=list)  # message/rfc822 parts, top level first
     rfc822_headers: list[str] = field(default_factory=list)  # text/rfc822-headers parts
     delivery_status: list[str] = field(default_factory=list)  # message/delivery-status parts
+    dispositions: list[str] = field(default_factory=list)  # message/disposition-notification (RFC 8098)
     parts: int = 0
     attachments: int = 0  # leaf parts that are files (attachment disposition or not text)
     _cache: dict[str, str] = field(default_factory=dict)
@@ -235,6 +277,10 @@ def collect_parts(parsed: ParsedMessage) -> None:
         if ctype == "message/delivery-status" and not inner:
             parsed.delivery_status.append(_report_text(part))
             continue
+        if ctype in ("message/disposition-notification", "message/global-disposition-notification") and not inner:
+            if len(parsed.dispositions) < 5:
+                parsed.dispositions.append(_report_text(part)[:20_000])
+            continue
         if ctype in ("text/rfc822-headers", "message/rfc822-headers") and not inner:
             parsed.rfc822_headers.append(part_text(part, 256 * 1024))
             continue
@@ -245,7 +291,7 @@ def collect_parts(parsed: ParsedMessage) -> None:
         if ctype == "text/plain" or (ctype.startswith("text/") and ctype not in ("text/html",)):
             if _is_attachment(part) or ctype not in ("text/plain", "text/enriched", "text/richtext"):
                 continue
-            text = part_text(part)
+            text = unflow_part(part, part_text(part))  # RFC 3676 format=flowed (mail/flowed.py)
             parsed.plain.append(text)
             budget -= len(text)
         elif ctype == "text/html" and not _is_attachment(part):

@@ -18,7 +18,6 @@ CASE_REF = re.compile(
     r"(?<![A-Za-z0-9])SSI" + _SEP + r"([A-Za-z]{2,4})" + _SEP + r"((?:19|20)\d{2})" + _SEP + r"(\d{1,6})(?!\d)",
     re.I,
 )
-CANONICAL = re.compile(r"^SSI-[A-Z]{2,4}-\d{4}-\d{4,6}$")
 # Reply/forward prefixes in French, English and German clients (RE:, TR:, Fwd:, AW:, WG:, RÉF:).
 # "(?:\[\d+\]\s*)?" rather than "\s*(?:\[\d+\])?\s*": no two quantifiers over the same blanks.
 _PREFIX = re.compile(r"^\s*(?:(?:re|r[ée]f|tr|fw|fwd|aw|wg|sv|vs|antw|rif|réf)\s*(?:\[\d+\]\s*)?:\s*)+", re.I)

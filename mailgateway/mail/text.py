@@ -110,12 +110,82 @@ _FORWARD_MARKERS = re.compile(
 )
 
 
+# Outlook forwards inline without a marker line: a header block « De : … / Envoyé : … / À : … /
+# Objet : … » (English « From: / Sent: / To: / Subject: »), often after a line of underscores.
+_OUTLOOK_FROM = frozenset({"de", "from", "von", "expediteur"})
+_OUTLOOK_FIELDS = frozenset({"envoye", "sent", "date", "a", "to", "pour", "cc", "objet", "subject", "sujet",
+                             "gesendet", "an", "betreff", "importance"})
+_OUTLOOK_SUBJECT = frozenset({"objet", "subject", "sujet", "betreff"})
+MAX_FORWARD_LINES = 5000
+
+
+def _outlook_block(lines: list[str]) -> int | None:
+    """Index of the « De : » line that opens an Outlook header block, or None.
+
+    The « De : » line must be followed, within the next six non-blank lines, by at least two
+    other header labels one of which is the subject: a form's « De : » line is not a forward.
+    String operations only (``label_line``): linear in the text.
+    """
+    for i, line in enumerate(lines[:MAX_FORWARD_LINES]):
+        found = label_line(line)
+        if found is None or normalise(found[0].strip("*")) not in _OUTLOOK_FROM or not found[1].strip():
+            continue
+        names: set[str] = set()
+        seen = 0
+        for following in lines[i + 1 : i + 12]:
+            if not following.strip():
+                continue
+            seen += 1
+            if seen > 6:
+                break
+            label = label_line(following)
+            if label is None:
+                break
+            name = normalise(label[0].strip("*"))
+            if name not in _OUTLOOK_FIELDS:
+                break
+            names.add(name)
+        if len(names) >= 2 and names & _OUTLOOK_SUBJECT:
+            return i
+    return None
+
+
+def header_block_end(forwarded: str) -> int:
+    """Offset just after the header block that opens a forwarded text (blank lines, then
+    « Label : valeur » lines up to the first blank or unlabelled line), 0 without one."""
+    offset = 0
+    started = False
+    for line in forwarded[:20_000].splitlines(keepends=True)[:40]:
+        stripped = line.strip()
+        if not stripped:
+            if started:
+                break
+            offset += len(line)
+            continue
+        if label_line(line.rstrip("\r\n")) is None:
+            break
+        started = True
+        offset += len(line)
+    return offset if started else 0
+
+
 def split_forwarded(text: str) -> tuple[str, str | None]:
-    """(text before the forward marker, forwarded text) — the second is None without a marker."""
+    """(text before the forward marker, forwarded text) — the second is None without a marker.
+
+    Markers: « -------- Message transféré -------- » (Thunderbird), « ---------- Forwarded
+    message --------- » (Gmail), « Début du message réexpédié : » (Apple Mail), « -----Message
+    d'origine----- », and Outlook's bare header block « De : … Envoyé : … À : … Objet : … »
+    (whose « De : » line stays in the forwarded text: it names the forwarded message's author).
+    """
     match = _FORWARD_MARKERS.search(text)
-    if not match:
+    lines = text.splitlines(keepends=True)
+    block = _outlook_block([ln.rstrip("\r\n") for ln in lines])
+    block_at = sum(len(ln) for ln in lines[:block]) if block is not None else None
+    if match and (block_at is None or match.start() <= block_at):
+        return text[: match.start()], text[match.end() :]
+    if block_at is None:
         return text, None
-    return text[: match.start()], text[match.end() :]
+    return text[:block_at], text[block_at:]
 
 
 _FWD_HEADER = re.compile(rf"^{_BLANK}\*?(de|from|exp[ée]diteur)(?:{_BLANK}\*)?{_BLANK}:{_BLANK}(.+)$", re.I | re.M)

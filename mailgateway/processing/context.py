@@ -19,6 +19,7 @@ from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import Clock, french_datetime
 from mailgateway.directory.known import is_known_domain
+from mailgateway.dispatch import originals, relaylimits
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Mailer
@@ -70,14 +71,25 @@ def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) 
     return True
 
 
-def _original(env: Env, case: Case, inbound: InboundMessage) -> tuple[list[Attachment], dict[str, Any]]:
-    """The original, attached once per staff member only when small: a 25 MB declaration copied
-    into every notification would multiply the database by the staff count."""
-    size = len(inbound.raw)
-    attached = size <= env.settings.outbound.staff_attachment_max_bytes
-    context = {"original_attached": attached, "original_size_fr": f"{size / 1_048_576:.1f} Mo",
-               "original_command": f"mailgateway cases original {case.reference}"}
-    return ([Attachment(inbound.raw, "message-original.eml")] if attached else []), context
+def _original(env: Env, session: Session, case: Case, inbound: InboundMessage,
+              ) -> tuple[list[Attachment], dict[str, Any]]:
+    """The original, attached to each staff member's notification only when it fits: under
+    ``[outbound] staff_attachment_max_bytes`` (a 25 MB declaration copied into every notification
+    would multiply the database by the staff count) and under the relay's size limit (a relay
+    refuses a larger message for good, RFC 1870: the notification would be lost). Otherwise the
+    notification summarises it (size, SHA-256, each attachment's name, size and hash) and says
+    how to fetch it: « #original REF » by mail, « mailgateway cases original REF »."""
+    raw = inbound.raw or b""
+    attached = bool(raw) and relaylimits.attachment_fits(
+        env.settings, session, size=len(raw), wire_size=originals.attached_size(raw))
+    context: dict[str, Any] = {
+        "original_attached": attached, "original_size_fr": originals.size_fr(len(raw)),
+        "original_command": f"mailgateway cases original {case.reference}",
+        "original_mail_command": f"#original {case.reference}",
+    }
+    if not attached:
+        context.update(originals.summary_context(raw))
+    return ([Attachment(raw, "message-original.eml")] if attached else []), context
 
 
 def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage, facts: MessageFacts,
@@ -86,7 +98,7 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
     """Tell the region's staff (the assignee, for a reply) about ``inbound``, the original attached."""
     if _notice_capped(env, session, case, facts):
         return 0
-    attachments, original = _original(env, case, inbound)
+    attachments, original = _original(env, session, case, inbound)
     est = session.get(Establishment, case.finess) if case.finess else None
     context = {
         **region_context(env.settings, case.region),

@@ -8,18 +8,23 @@ feature's (``bulletins/tracking.py``); ``pipeline.py`` is the whole routing.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailgateway.cases import service
+from mailgateway.bulletins import tracking
+from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
-from mailgateway.mail.facts import MessageFacts
-from mailgateway.processing import replay
+from mailgateway.mail.autoreply import is_no_reply
+from mailgateway.mail.facts import Declaration, MessageFacts
+from mailgateway.mail.text import match_form
+from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.statuses import CaseStatus
 from mailgateway.store.models import Case, Establishment, InboundMessage
@@ -48,12 +53,57 @@ def _acknowledgement_context(env: Env, region: str, case: Case, inbound: Inbound
     otherwise be made to carry an attacker's words, signed by the agency, to anyone."""
     base = {**region_context(env.settings, region), "received_at_fr": french_datetime(inbound.received_at),
             "incident_type": _enum_code(case.incident_type), "category": _enum_code(case.category),
-            "summary_only": not verified}
+            "summary_only": not verified, "from_portal": _from_portal(facts, case.declarant)}
     if verified:
         return {**base, "case": case_context(case), "subject": service.one_line(facts.subject)}
     safe = dict.fromkeys(case_context(case))
     safe.update(reference=case.reference, kind=case.kind, status=case.status, severity=case.severity)
     return {**base, "case": safe, "subject": ""}
+
+
+_PORTAL_WORDS = ("portail de signalement", "signalement social sante", "signalement sante gouv")
+
+
+def _from_portal(facts: MessageFacts, declarant: str | None) -> bool:
+    """A notification of the national portal (issue 17): a labelled form sent by a no-reply robot
+    for a declarant it names (« Courriel du déclarant »), or one that says it comes from the
+    portal. Its acknowledgement must not ask the declarant to declare on the portal again."""
+    if facts.extra.get("declaration_by") != "labelled":
+        return False
+    sender = (facts.sender.address or "").strip().lower()
+    if sender and is_no_reply(sender) and bool(declarant) and declarant != sender:
+        return True
+    head = match_form(facts.subject[:300] + " " + facts.body_text[:2000])
+    return any(words in head for words in _PORTAL_WORDS)
+
+
+def _establishment(session: Session, decl: Declaration) -> tuple[Declaration, Establishment | None]:
+    """The establishment (FINESS ET) of a declaration, as the directory tells it.
+
+    The directory is keyed by the géographique number (ET) and knows each one's juridique
+    number (EJ). When the declaration's number is not an ET: another number of the mail that is
+    one wins; else an EJ with exactly one ET in the directory is that ET (several: the EJ is kept,
+    staff choose). The EJ is recorded either way.
+    """
+    if not decl.finess:
+        return decl, None
+    est = session.get(Establishment, decl.finess)
+    if est is None:
+        for other in decl.finess_others:
+            candidate = session.get(Establishment, other)
+            if candidate is not None:
+                est = candidate
+                break
+    if est is None:
+        ets = list(session.scalars(select(Establishment).where(Establishment.finess_ej == decl.finess).limit(2)))
+        if len(ets) == 1:
+            est = ets[0]
+        elif ets:
+            return replace(decl, finess_ej=decl.finess_ej or decl.finess), None
+    if est is None:
+        return decl, None
+    ej = decl.finess_ej or (decl.finess if decl.finess != est.finess else None) or est.finess_ej
+    return replace(decl, finess=est.finess, finess_ej=ej, departement=est.departement or decl.departement), est
 
 
 def handle_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
@@ -62,7 +112,8 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         return Outcome("quarantined", "région destinataire inconnue : aucune boîte SSI régionale ne correspond")
     decl = facts.declaration
     assert decl is not None
-    est = session.get(Establishment, decl.finess) if decl.finess else None
+    decl, est = _establishment(session, decl)
+    facts = replace(facts, declaration=decl)
     structure = decl.structure or (est.name if est else None)
     title = " — ".join(x for x in (structure, decl.incident_type) if x) or service.one_line(facts.subject, 120)
     case = service.new_case(session, region=region, kind="incident", inbound=inbound, facts=facts, title=title,
@@ -75,6 +126,10 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     case.fields = {"declaration": decl.to_json()}
     case.declarant = service.declarant_of(facts)
     now = env.clock.now()
+    if decl.forwarded_author:
+        # Both on the case: who wrote to us (answered) and the author of what was forwarded (never).
+        append_event(session, case, type="declaration_transferee", actor="passerelle", at=now,
+                     data={"declarant": case.declarant, "auteur_du_message_transfere": decl.forwarded_author})
     if case.declarant:
         from_address, from_name = env.mailer.from_identity(region)
         verified = _declarant_verified(facts, case.declarant)
@@ -95,7 +150,9 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     # A declaration for the same structure as an open case is linked to it, and staff are told.
     window = timedelta(hours=env.settings.cases.duplicate_window_hours)
     other = service.flag_duplicate(session, case, window, at=env.clock.now())
-    notify_staff(env, session, case, inbound, facts, extra={"duplicate_of": other.reference} if other else {})
+    extra: dict[str, Any] = {"duplicate_of": other.reference} if other else {}
+    extra.update(regional.out_of_region(env, session, case, inbound, facts))  # « hors région »
+    notify_staff(env, session, case, inbound, facts, extra=extra)
     return Outcome("processed", case=case)
 
 
@@ -136,6 +193,11 @@ def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                             at=env.clock.now())
     case.tlp = alert.tlp
     case.fields = {"alert": alert.to_json()}
+    # Where each indicator came from (the mail's text, an attached STIX bundle or MISP event):
+    # kept with the case so the exported files and staff can tell (mail/indicators_in.py).
+    sources = facts.extra.get("indicator_sources")
+    if sources:
+        case.fields["indicator_sources"] = sources
     now = env.clock.now()
     if alert.authentic:
         service.change_status(session, case, CaseStatus.A_DIFFUSER, actor="passerelle", at=now,
@@ -144,7 +206,8 @@ def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: Mes
         # An unauthenticated alert is held, staff are warned, the message is kept.
         append_event(session, case, type="alerte_non_authentifiee", actor="passerelle", at=now,
                      data={"motif": facts.sender.detail or "expéditeur non authentifié"})
-    notify_staff(env, session, case, inbound, facts)
+    # One case per receiving region, linked by the alert reference; a second version flagged.
+    notify_staff(env, session, case, inbound, facts, extra=regional.link_alert(env, session, case, inbound, facts))
     return Outcome("processed", case=case)
 
 
@@ -157,6 +220,43 @@ def handle_silently(env: Env, session: Session, inbound: InboundMessage, facts: 
                      at=env.clock.now(), inbound_id=inbound.id,
                      data={"type": facts.kind, "objet": service.one_line(facts.subject)})
     return Outcome("processed", case=case)
+
+
+def relay_declaration_prehandler(env: Env, session: Session, inbound: InboundMessage,
+                                 facts: MessageFacts) -> Outcome | None:
+    """A reply to a relayed alert or a bulletin that reads as a declaration (« une secrétaire a
+    envoyé le formulaire aux fraudeurs ») opens an incident case linked to the alert's case; the
+    acknowledgement was counted by ``tracking.acknowledgement_prehandler``. Not such: None."""
+    # Read in the reply's new text only: its subject echoes ours (« RE: Campagne d'hameçonnage »).
+    decl = facts.extra.get("reply_declaration")
+    if not isinstance(decl, Declaration) or not facts.in_reply_to or facts.kind in ("command", "bounce", "loop"):
+        return None
+    row = tracking.bulletin_message(session, facts.in_reply_to, kinds=tracking.ANSWERED_KINDS)
+    if row is None:
+        return None
+    alert_case = tracking.alert_case_of(session, row)
+    as_declaration = replace(facts, kind="declaration", declaration=decl, case_ref=None)
+    outcome = handle_declaration(env, session, inbound, as_declaration)
+    if outcome.case is not None and alert_case is not None and alert_case.id != outcome.case.id:
+        service.link(session, outcome.case, alert_case, type="dossier_lie", actor="passerelle", at=env.clock.now())
+    return outcome
+
+
+def courtesy_prehandler(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome | None:
+    """« Merci, bonne journée » on a closed case: attached to its timeline, the case stays closed
+    and nobody is notified. A substantive reply goes on to the reply handler (``[cases]
+    reply_to_closed``: reopen or link). Courtesy: ``mail/courtesy.py``, conservative."""
+    if facts.kind != "reply" or not facts.extra.get("courtesy"):
+        return None
+    case = service.threaded_case(session, facts)
+    if case is None or lifecycle.is_open(case.status):
+        return None
+    service.record_received(session, case, inbound, facts, at=env.clock.now())
+    append_event(session, case, type="remerciement_recu", actor=facts.sender.address or "inconnu",
+                 at=env.clock.now(), inbound_id=inbound.id,
+                 data={"motif": "message de courtoisie : le dossier reste clos"})
+    return Outcome("processed", reason="message de courtoisie sur un dossier clos : rattaché, dossier non rouvert",
+                   case=case)
 
 
 def handle_unknown(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:

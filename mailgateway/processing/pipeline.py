@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from mailgateway.bulletins import by_mail, tracking
 from mailgateway.commands import handling
-from mailgateway.processing import handlers
+from mailgateway.processing import handlers, regional
 from mailgateway.processing.context import Handler, Prehandler
 
 PREHANDLERS: tuple[Prehandler, ...] = (
+    regional.copy_prehandler,  # a reply/command copied to a second regional mailbox: attached once
     tracking.acknowledgement_prehandler,
     by_mail.bulletin_prehandler,
+    handlers.relay_declaration_prehandler,  # a reply to a relayed alert/bulletin that declares: a linked case
+    handlers.courtesy_prehandler,  # « Merci, bonne journée » on a closed case: attached, not reopened
+    handling.unrecognised_staff_prehandler,  # staff mail with no reference and no command: answered
 )
 
 HANDLERS: dict[str, Handler] = {

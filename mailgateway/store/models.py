@@ -38,13 +38,28 @@ class Base(DeclarativeBase):
 # --- intake -------------------------------------------------------------------------------------
 
 
+def dedup_key(sha256: str, region: str | None) -> str:
+    """The intake deduplication key: the content hash scoped by the receiving region."""
+    return f"{sha256}:{region or '-'}"
+
+
+def _dedup_default(context: Any) -> str:
+    params = context.get_current_parameters()
+    return dedup_key(params["sha256"], params.get("region"))
+
+
 class InboundMessage(Base):
     """A message as accepted: raw bytes, where it came from, what processing made of it."""
 
     __tablename__ = "inbound_messages"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # Not unique: one SMTP transaction to several regional mailboxes is stored once per receiving
+    # region (docs/guarantees.md, "The region is where the mail arrived"); ``dedup_key`` is unique.
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # ``<sha256>:<region or ->``: a duplicate is the same bytes received again *by the same region*
+    # (intake/accept.py). Rows written without it (tests, old code) get it from sha256 and region.
+    dedup_key: Mapped[str] = mapped_column(String(80), unique=True, default=_dedup_default)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(16))  # smtp | lmtp | imap | cli
@@ -272,6 +287,30 @@ class JobRun(Base):
     summary: Mapped[str | None] = mapped_column(Text)
 
 
+# ROUTING: alert receipts per region (processing/alert_links.py).
+
+
+class AlertReceipt(Base):
+    """One alert case opened in one region for a national alert reference (ACSS/CERT id).
+
+    A national alert delivered to several regions opens one case per region, linked through this
+    table; the same reference again in one region (a corrected version, a resend under a new
+    Message-ID) is linked to the earlier case and flagged to staff (docs/guarantees.md)."""
+
+    __tablename__ = "alert_receipts"
+    __table_args__ = (Index("ix_alert_receipts_reference_region", "reference", "region"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(100))
+    region: Mapped[str] = mapped_column(String(8))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"))
+    received_at: Mapped[datetime]
+
+
+# end ROUTING
+
+
 # --- directory ----------------------------------------------------------------------------------
 
 
@@ -461,3 +500,35 @@ class InstallationSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     secret: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
+
+
+# SILENT: nothing fails silently (relay SIZE memory, quarantine notices and releases).
+
+
+class RelayLimit(Base):
+    """The last message size limit a relay advertised (EHLO SIZE, RFC 1870 §4), per relay.
+
+    Written by the sender when it learns a new value; read when mail to staff is composed, so a
+    notification never carries an attachment the relay would refuse for good (5.3.4)."""
+
+    __tablename__ = "relay_limits"
+
+    relay: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:port
+    size_bytes: Mapped[int | None] = mapped_column(Integer)  # None: no limit advertised (SIZE 0 or absent)
+    seen_at: Mapped[datetime]
+
+
+class QuarantineLog(Base):
+    """What was done about a quarantined message: staff notified, released for processing (audit)."""
+
+    __tablename__ = "quarantine_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # notified | released
+    actor: Mapped[str] = mapped_column(String(512))
+    at: Mapped[datetime]
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+# end SILENT

@@ -140,7 +140,7 @@ def test_queries_by_subject_send_digests_of_the_senders_region(gw: Gateway) -> N
     gw.feed(casemail.staff_mail("", subject=f"#statut {ref}"))
     digest = gw.last("synthese", "agent@ars.test")
     assert casemail.parse(digest.raw)["Subject"].startswith(f"[{ref}] Synthèse")
-    assert "message_recu" in casemail.text_of(digest.raw)
+    assert "Message reçu (déclaration)" in casemail.text_of(digest.raw)  # the story (cases/story.py)
     gw.feed(casemail.staff_mail("", subject="#retards"))
     assert "Aucun dossier." in casemail.text_of(gw.last("synthese", "agent@ars.test").raw)
     gw.clock.advance(days=8)

@@ -35,7 +35,7 @@ def test_valid_expressions(expr: str, expected: Target) -> None:
         ("", "cible vide"),
         ("category=PHARMACIE", "catégorie inconnue « PHARMACIE »"),
         ("departement=Rhône", "département invalide « Rhône »"),
-        ("region=ARA", "critère inconnu « region »"),
+        ("zone=ARA", "critère inconnu « zone »"),  # region= is accepted now (issue 17): the bulletin's own only
         ("category=LBM,,departement=69", "critère vide"),
         ("category=LBM,category=ESMS", "critère « category » répété"),
         ("category=", "valeur vide pour « category »"),

@@ -113,7 +113,9 @@ def test_forwarded_inline_declaration_is_read_in_the_forwarded_part(ctx: Analysi
     facts = analyse(make_message(sender="collegue@ars-sante.test", subject="TR: incident", body=body), ctx)
     assert facts.kind == "declaration"
     assert facts.declaration is not None and facts.declaration.incident_type == "HAMECONNAGE"
-    assert facts.declaration.declarant == "rssi@ch-fwd.test"
+    # Issue 16: the acknowledgement goes to who wrote to the agency, never to the forwarded author.
+    assert facts.declaration.declarant == "collegue@ars-sante.test"
+    assert facts.declaration.forwarded_author == "rssi@ch-fwd.test"
 
 
 def test_declaration_attached_as_message_rfc822_is_understood(ctx: AnalysisContext) -> None:

@@ -24,9 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailgateway.mail import tlp
+from mailgateway.mail import ndr, tlp
 from mailgateway.mail.alert import extract_alert, looks_like_alert
 from mailgateway.mail.analyse import analyse
+from mailgateway.mail.bounce import parse_dsn
 from mailgateway.mail.commands import parse_commands
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.dates import parse_french_datetime
@@ -157,6 +158,15 @@ def _entry_points() -> dict[str, Callable[[str], object]]:
         "html_to_text": html_to_text,
         "split_mbox": lambda t: split_mbox(t.encode()),
         "looks_like_mbox": lambda t: looks_like_mbox(t.encode()),
+        # BOUNCES: plain-text non-delivery reports (mail/ndr.py) and RFC 3464 fields.
+        "ndr.report_text": lambda t: ndr.report_text([t]),
+        "ndr.failed_recipients": lambda t: ndr.failed_recipients(t, ["ssi-ara@ars-sante.test"], ["tok"]),
+        "ndr.diagnostic": lambda t: ndr.diagnostic(t, ["a@b.example"]),
+        "ndr.has_ndr_wording": ndr.has_ndr_wording,
+        "ndr.is_challenge": lambda t: ndr.is_challenge("x", t),
+        "ndr.envelope_recipients": lambda t: ndr.envelope_recipients(t, t),
+        "ndr.ses_notification": ndr.ses_notification,
+        "parse_dsn": parse_dsn,
     }
 
 

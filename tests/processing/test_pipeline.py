@@ -12,4 +12,7 @@ def test_every_kind_of_message_has_one_handler() -> None:
 
 def test_prehandlers_run_before_the_kind_handlers_in_a_fixed_order() -> None:
     # An establishment acknowledging a bulletin is recognised before staff authoring one by mail.
-    assert [p.__name__ for p in pipeline.PREHANDLERS] == ["acknowledgement_prehandler", "bulletin_prehandler"]
+    names = [p.__name__ for p in pipeline.PREHANDLERS]
+    assert names.index("acknowledgement_prehandler") < names.index("bulletin_prehandler")
+    # A reply or command copied to a second regional mailbox is recognised as a copy before anything acts.
+    assert names[0] == "copy_prehandler"

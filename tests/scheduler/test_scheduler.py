@@ -60,10 +60,11 @@ def test_due_rules_follow_the_paris_clock() -> None:
     sc = SchedulerSettings()
     monday_0810 = datetime(2026, 12, 7, 7, 10, tzinfo=UTC)
     due = {job.name for job in scheduler.JOBS if job.due(sc, monday_0810)}
-    assert due == {"deadlines", "housekeeping", "bulletins", "digest", "quarantine_summary", "weekly_report"}
+    assert due == {"deadlines", "housekeeping", "bulletins", "digest", "quarantine_summary", "weekly_report",
+                   "quarantine_notices"}
     tuesday_0300 = datetime(2026, 12, 8, 2, 0, tzinfo=UTC)
     assert {job.name for job in scheduler.JOBS if job.due(sc, tuesday_0300)} == {
-        "deadlines", "housekeeping", "bulletins", "retention"}
+        "deadlines", "housekeeping", "bulletins", "retention", "quarantine_notices"}
     summer = datetime(2026, 7, 6, 6, 0, tzinfo=UTC)  # 08:00 CEST, a Monday
     assert scheduler.BY_NAME["weekly_report"].due(sc, summer)
     assert not scheduler.BY_NAME["digest"].due(sc, summer - timedelta(minutes=1))

@@ -586,9 +586,14 @@ class SmtpSink:
     same port.
     """
 
-    def __init__(self, port: int | None = None, server_hostname: str = "sink.localhost") -> None:
+    def __init__(self, port: int | None = None, server_hostname: str = "sink.localhost",
+                 size_limit: int = 0) -> None:
+        """``size_limit``: advertised as EHLO ``SIZE`` and enforced like Postfix's
+        message_size_limit (552 at MAIL FROM for a declared SIZE over it, 552 after DATA otherwise);
+        0: no limit."""
         self.port = port or free_port()
         self.server_hostname = server_hostname
+        self.size_limit = size_limit
         self._state = _SinkState()
         self._controller: Any = None
 
@@ -605,7 +610,7 @@ class SmtpSink:
             port=self.port,
             server_hostname=self.server_hostname,
             ready_timeout=10,
-            data_size_limit=0,
+            data_size_limit=self.size_limit,
             decode_data=False,
         )
         controller.start()

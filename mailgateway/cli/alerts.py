@@ -1,0 +1,53 @@
+"""``mailgateway alerts export REF --format stix|misp|csv [--out FILE]``: an alert case's indicators.
+
+The same files as those attached to the alert's relay (bulletins/indicator_files.py,
+docs/indicators.md), for staff to load into their own tools. The markings are the label the alert
+relays under (mail/tlp.py: unknown or absent is AMBER+STRICT); a TLP:RED alert exports marked RED,
+for the agency's own use. FILE is created with mode 0600. Unknown case or not an alert: exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mailgateway.cli.quarantine import database
+from mailgateway.settings import Settings
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from mailgateway.bulletins.indicator_files import case_set
+    from mailgateway.dispatch.indicators_out import build
+    from mailgateway.mail.refs import CASE_REF, canonical
+    from mailgateway.store.engine import reading
+    from mailgateway.store.models import Case
+
+    match = CASE_REF.fullmatch(args.ref.strip().upper())
+    reference = canonical(*match.groups()) if match else args.ref.strip()
+    with database(settings) as factory, reading(factory) as session:
+        case = session.scalar(select(Case).where(Case.reference == reference))
+        if case is None:
+            print(f"dossier inconnu : {args.ref}", file=sys.stderr)
+            return 2
+        if case.kind != "alert":
+            print(f"{reference} n'est pas une alerte", file=sys.stderr)
+            return 2
+        found = case_set(settings, session, case)
+    data = build(found, args.format)
+    if args.out and args.out != "-":
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        print(f"{len(found.indicators)} indicateur(s), TLP:{found.tlp}, {len(data)} octets écrits dans {args.out}",
+              file=sys.stderr)
+        return 0
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # « | head »: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0

@@ -1,0 +1,50 @@
+"""``mailgateway cases original REF [--output FILE]``: the message that opened a case, byte for byte.
+
+What a staff notification could not carry (too large for the relay, or over ``[outbound]
+staff_attachment_max_bytes``). The bytes are the ones accepted (never re-serialised), written to
+stdout or to FILE (created with mode 0600: it is personal data). Unknown case: exit 2; original
+purged by retention: exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mailgateway.cli.quarantine import database
+from mailgateway.settings import Settings
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from mailgateway.mail.refs import CASE_REF, canonical
+    from mailgateway.store.engine import reading
+    from mailgateway.store.models import Case, InboundMessage
+
+    match = CASE_REF.fullmatch(args.ref.strip().upper())
+    reference = canonical(*match.groups()) if match else args.ref.strip()
+    with database(settings) as factory, reading(factory) as session:
+        case = session.scalar(select(Case).where(Case.reference == reference))
+        if case is None:
+            print(f"dossier inconnu : {args.ref}", file=sys.stderr)
+            return 2
+        raw = session.scalar(select(InboundMessage.raw).where(InboundMessage.case_id == case.id)
+                             .order_by(InboundMessage.id).limit(1))
+    if not raw:
+        print(f"message d'origine de {reference} non conservé (purgé par la rétention)", file=sys.stderr)
+        return 1
+    if args.out and args.out != "-":
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        print(f"{len(raw)} octets écrits dans {args.out}", file=sys.stderr)
+        return 0
+    try:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # « | head »: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0

@@ -1,0 +1,106 @@
+"""The declarant is told when staff close or merge its case (``[cases] notify_declarant_on_close``).
+
+Called by ``handling.handle_command`` once the commands of a staff mail have run: a case closed
+(``#clore``, or its ``#confirmer``) or merged into another (``#fusionner``) in that mail gets one
+French mail to its declarant. The mail goes through ``Mailer.send`` like every other, so the
+case's TLP, the no-reply and loop rules apply; a portal's no-reply sender is never written to.
+
+What it says depends on whether the declarant's address is *verified*, that is whether a message
+of the case came authenticated (DKIM/DMARC) from that very address. A verified declarant is told
+the structure and, for a merge, the reference of the case that continues. An unverified address
+came from headers or form text anyone could write and may be a victim of a forgery: it gets the
+reference and the date, and quotes nothing (docs/guarantees.md, as the acknowledgement does).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailgateway.cases import lifecycle, service
+from mailgateway.clock import aware, french_datetime
+from mailgateway.dispatch.compose import MailSpec
+from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.mail.autoreply import is_no_reply
+from mailgateway.processing.context import Env
+from mailgateway.store.models import Case, CaseEvent, OutboundMessage
+
+TEMPLATE = KIND = "cloture_declarant"
+
+
+def declarant_verified(session: Session, case: Case) -> bool:
+    """A message of the case was authenticated as coming from the declarant's own address."""
+    declarant = (case.declarant or "").lower()
+    for actor, data in session.execute(
+        select(CaseEvent.actor, CaseEvent.data)
+        .where(CaseEvent.case_id == case.id, CaseEvent.type == "message_recu").order_by(CaseEvent.seq).limit(200)
+    ):
+        auth = (data or {}).get("authentification") or {}
+        if str(actor).lower() == declarant and isinstance(auth, dict) and auth.get("authentifie") is True:
+            return True
+    return False
+
+
+def _ending(session: Session, case: Case, actor: str, at: datetime) -> CaseEvent | None:
+    """The event of this staff mail that ended ``case``: its merge, else its closure."""
+    # The latest events of the case, compared in Python: instants read back from SQLite are naive.
+    latest = session.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id)
+                             .order_by(CaseEvent.seq.desc()).limit(50))
+    events = [e for e in reversed(list(latest))
+              if e.type in ("statut", "fusion", "transfert") and e.actor == actor and aware(e.at) == aware(at)]
+    if any(e.type == "transfert" for e in events):
+        return None  # a transfer closes the case too, and tells the declarant itself (commands/transfer.py)
+    merged = [e for e in events if e.type == "fusion" and (e.data or {}).get("fusionne_dans")]
+    if merged:
+        return merged[-1]
+    closed = [e for e in events if e.type == "statut" and (e.data or {}).get("vers") in lifecycle.CLOSED]
+    return closed[-1] if closed else None
+
+
+def notify_declarants(env: Env, session: Session, cases: list[Case | None], *, actor: str,
+                      at: datetime) -> list[OutboundMessage]:
+    """One mail per case that this staff mail (``actor`` at ``at``) closed or merged."""
+    if not env.settings.cases.notify_declarant_on_close:
+        return []
+    sent = []
+    seen: set[int] = set()
+    for case in cases:
+        if case is None or case.id in seen or case.kind != "incident":
+            continue
+        seen.add(case.id)
+        if lifecycle.is_open(case.status) and case.merged_into_id is None:
+            continue
+        if not case.declarant or is_no_reply(case.declarant):
+            continue
+        event = _ending(session, case, actor, at)
+        if event is not None and (row := _send(env, session, case, event)) is not None:
+            sent.append(row)
+    return sent
+
+
+def _send(env: Env, session: Session, case: Case, event: CaseEvent) -> OutboundMessage | None:
+    assert case.declarant is not None
+    verified = declarant_verified(session, case)
+    merged_into = (event.data or {}).get("fusionne_dans") if event.type == "fusion" else None
+    if verified:
+        shown: dict[str, Any] = case_context(case)
+    else:
+        # Only what the gateway itself wrote: no structure name, title or text from the mail.
+        shown = dict.fromkeys(case_context(case))
+        shown.update(reference=case.reference, kind=case.kind, status=case.status)
+    from_address, from_name = env.mailer.from_identity(case.region)
+    spec = MailSpec(
+        template=TEMPLATE,
+        context={**region_context(env.settings, case.region), "case": shown, "verified": verified,
+                 "merged": event.type == "fusion", "merged_into": merged_into if verified else None,
+                 "closed_fr": french_datetime(event.at)},
+        to=case.declarant, from_address=from_address, from_name=from_name, reply_to=from_address,
+        idempotency_key=f"{KIND}:{case.id}:{event.seq}",
+        in_reply_to=service.last_message_from(session, case, [case.declarant]) if verified else None,
+        references=service.thread_ids(session, case) if verified else (),
+        auto_submitted="auto-generated",
+    )
+    return env.mailer.send(session, spec, kind=KIND, case=case, actor=event.actor)

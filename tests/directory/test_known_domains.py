@@ -1,0 +1,94 @@
+"""``is_known_domain``: exemptions from anti-flood caps go to the exact domains the agency deals
+with (directory/known.py), never to a parent, a child, or a LIKE pattern smuggled in a domain."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from mailgateway.directory.known import is_known_domain
+from mailgateway.settings import DkimSettings, Settings, parse_settings
+from mailgateway.store.models import Contact, Establishment, StaffMember
+
+NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+
+def settings(**extra: Any) -> Settings:
+    data: dict[str, Any] = {
+        "database": {"url": "sqlite://"},
+        "regions": [{"code": "ARA", "name": "Auvergne-Rhône-Alpes", "address": "ssi-ara@ars-ara.test"}],
+        "staff": [{"address": "agent@personnel.test", "region": "ARA"}],
+        "authentication": {"acss_domains": ["esante.test"]},
+    }
+    data.update(extra)
+    return parse_settings(data)
+
+
+@pytest.fixture
+def directory(session: Session) -> Session:
+    session.add(Establishment(finess="690781810", name="CHU", category="CH", departement="69", region="ARA",
+                              source="finess", updated_at=NOW))
+    session.flush()
+    session.add(Contact(finess="690781810", address="RSSI@Chu-Lyon.test", role="rssi", status="active",
+                        bounce_score=0.0, created_at=NOW, updated_at=NOW))
+    session.add(Contact(finess="690781810", address="dsi@ch_a.test", role="dsi", status="active",
+                        bounce_score=0.0, created_at=NOW, updated_at=NOW))
+    session.add(StaffMember(address="Cadre@Import.test", region="ARA"))
+    session.flush()
+    return session
+
+
+@pytest.mark.parametrize("domain", [
+    "esante.test",  # the national cell (acss_domains)
+    "ars-ara.test",  # a regional mailbox's domain
+    "personnel.test",  # staff of the configuration
+    "import.test",  # staff imported by CSV
+    "chu-lyon.test",  # an establishment's contact
+    "CHU-LYON.TEST",  # DNS names are case-insensitive (RFC 4343)
+    " chu-lyon.test. ",  # a trailing root dot, blanks
+    "ch_a.test",  # "_" is a LIKE wildcard: matches itself when escaped
+])
+def test_known_domains(directory: Session, domain: str) -> None:
+    assert is_known_domain(settings(), directory, domain)
+
+
+@pytest.mark.parametrize("domain", [
+    None,
+    "",
+    " ",
+    ".",
+    "evil.test",
+    "lyon.test",  # a suffix of a known domain's text
+    "hu-lyon.test",
+    "test",  # a parent of every known domain
+    "sub.chu-lyon.test",  # a child of a known domain
+    "sub.esante.test",
+    "sub.ars-ara.test",
+    "sub.personnel.test",
+    "chu-lyon.test.evil.test",
+    "%",  # LIKE wildcards in the domain match nothing but themselves
+    "%.test",
+    "chu%",
+    "_hu-lyon.test",
+    "chu-lyon.tes_",
+    "chXa.test",  # "_" of ch_a.test must not match any character
+    "ch\\a.test",
+])
+def test_unknown_domains(directory: Session, domain: str | None) -> None:
+    assert not is_known_domain(settings(), directory, domain)
+
+
+def test_the_signing_domain_of_the_gateway_is_known(session: Session) -> None:
+    with_dkim = replace(settings(), dkim=DkimSettings(domain="Passerelle.test"))
+    assert is_known_domain(with_dkim, session, "passerelle.test")
+    assert not is_known_domain(settings(), session, "passerelle.test")
+    assert not is_known_domain(with_dkim, session, "sub.passerelle.test")
+
+
+def test_an_empty_directory_knows_only_the_configuration(session: Session) -> None:
+    assert not is_known_domain(settings(), session, "chu-lyon.test")
+    assert is_known_domain(settings(), session, "esante.test")

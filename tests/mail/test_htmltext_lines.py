@@ -1,0 +1,35 @@
+"""HTML mail read with the line breaks its reader sees (issue 17): one Outlook ``<p class=MsoNormal>``
+or one Gmail/OWA ``<div>`` per typed line, empty paragraphs as empty lines, ``<br>`` as a line end.
+
+Before: every block added a blank line, and Outlook's empty paragraphs (``&nbsp;``) vanished, so the
+lines of a ``#demander-info`` written in Outlook came out double-spaced and its paragraphs merged.
+"""
+
+from __future__ import annotations
+
+from mailgateway.mail.htmltext import html_to_text
+
+
+def text(markup: str) -> str:
+    return html_to_text(markup)[0]
+
+
+def test_outlook_paragraphs_are_lines_and_empty_ones_are_blank_lines() -> None:
+    markup = ("<div class=WordSection1><p class=MsoNormal>Bonjour,<o:p></o:p></p>"
+              "<p class=MsoNormal><o:p>&nbsp;</o:p></p><p class=MsoNormal>1. Question ?<o:p></o:p></p>"
+              "<p class=MsoNormal>2. Question ?<o:p></o:p></p></div>")
+    assert text(markup) == "Bonjour,\n\n1. Question ?\n2. Question ?"
+
+
+def test_gmail_divs_and_br() -> None:
+    assert text("<div dir=ltr><div>a</div><div><br></div><div>b<br></div><div>c</div></div>") == "a\n\nb\nc"
+    assert text("<p>x<br>y<br><br>z</p>") == "x\ny\n\nz"
+
+
+def test_web_paragraphs_keep_their_blank_line_and_quotes_their_marks() -> None:
+    assert text("<p>Un.</p><p>Deux.</p>") == "Un.\n\nDeux."
+    assert text("<p>Réponse</p><blockquote><p>cité</p></blockquote>") == "Réponse\n\n> cité"
+
+
+def test_unclosed_paragraphs_close_each_other() -> None:
+    assert text("<p class=MsoNormal>a<p class=MsoNormal>b<p>c") == "a\nb\nc"

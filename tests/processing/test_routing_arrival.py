@@ -1,0 +1,149 @@
+"""Routing by arrival (processing/routing.py), the « hors région » flag (directory first, then the
+FINESS prefix) and ``#transferer`` refusals and follow-up, through the real pipeline in-process.
+
+The daemon-level proofs are tests/integration/test_routing_regions.py and
+tests/intake/test_imap_routing.py; these pin the rules themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from mailgateway.app import build_app
+from mailgateway.clock import FixedClock
+from mailgateway.mail.facts import Declaration, MessageFacts
+from mailgateway.processing.routing import AUTHORISING_REGION, named_region, resolve_region
+from mailgateway.settings import parse_settings
+from mailgateway.store.engine import transaction
+from mailgateway.store.models import Establishment
+from tests.support import casemail
+from tests.support.casegateway import NOW, Gateway, make_gateway, settings_data
+from tests.support.dkim import rsa_key, zone
+from tests.support.messages import make_alert
+
+SETTINGS = parse_settings(settings_data("sqlite://"))
+# What the analysis makes of a mail written To ssi-pdl (Cc ignored for this purpose).
+TO_PDL = MessageFacts(kind="declaration", region="PDL", recipients=("ssi-pdl@ars.test", "ssi-ara@ars.test"))
+
+
+@pytest.mark.parametrize(("envelope_region", "rcpts", "expected"), [
+    ("ARA", (), "ARA"),  # the IMAP mailbox
+    (None, ("ssi-ara@ars.test",), "ARA"),  # the SMTP envelope recipient
+    (None, ("SSI-ARA@ars-sante.test",), "ARA"),  # an alias domain: the local part
+    (None, ("bounces+x@ars.test",), "PDL"),  # no regional recipient: today's fallbacks (To/Cc)
+    (None, (), "PDL"),  # no arrival information (ingest, parse): To/Cc
+])
+def test_the_region_is_where_the_mail_arrived(envelope_region: str | None, rcpts: tuple[str, ...],
+                                              expected: str) -> None:
+    assert resolve_region(SETTINGS, TO_PDL, envelope_region, rcpts).region == expected
+
+
+def test_the_authorising_region_comes_from_arrival_too() -> None:
+    assert named_region(SETTINGS, TO_PDL, "ARA") == "ARA"
+    assert named_region(SETTINGS, TO_PDL, None, ("ssi-ara@ars.test",)) == "ARA"
+    assert named_region(SETTINGS, TO_PDL) == "PDL"  # no arrival: the regional address in To/Cc
+    assert resolve_region(SETTINGS, TO_PDL, "ARA").extra[AUTHORISING_REGION] == "ARA"
+
+
+def test_fallback_without_arrival_keeps_the_finess_then_single_region_order() -> None:
+    facts = MessageFacts(kind="declaration", declaration=Declaration(finess="690781810"))
+    assert resolve_region(SETTINGS, facts).region == "ARA"
+
+
+@pytest.fixture
+def gw(sqlite_url: str) -> Iterator[Gateway]:
+    yield from make_gateway(sqlite_url)
+
+
+def _establishment(gw: Gateway, finess: str, departement: str, region: str) -> None:
+    with transaction(gw.app.factory) as s:
+        s.add(Establishment(finess=finess, name="Centre hospitalier", departement=departement, region=region,
+                            updated_at=NOW))
+
+
+def test_out_of_region_uses_the_directory_before_the_finess_prefix(gw: Gateway) -> None:
+    # 690781810 would be Rhône (ARA) by its prefix; the directory says Loire-Atlantique (PDL).
+    _establishment(gw, "690781810", "44", "PDL")
+    ref = gw.declare(1, finess="690781810")  # to ssi-ara
+    assert ref.startswith("SSI-ARA-")
+    [flag] = [e for e in gw.events(ref) if e.type == "hors_region"]
+    assert flag.data["region_etablissement"] == "PDL" and flag.data["departement"] == "44"
+    told = casemail.text_of(gw.notification(ref, "agent@ars.test").raw)
+    assert "HORS RÉGION" in told and "#transferer PDL" in told
+
+
+def test_an_establishment_of_the_arrival_region_is_not_flagged(gw: Gateway) -> None:
+    ref = gw.declare(1, finess="690781810")  # Rhône, to ssi-ara
+    assert not [e for e in gw.events(ref) if e.type == "hors_region"]
+    assert "HORS RÉGION" not in casemail.text_of(gw.notification(ref, "agent@ars.test").raw)
+
+
+def test_transfer_refusals_leave_the_case_where_it_is(gw: Gateway) -> None:
+    ref = gw.declare(1, finess="440000289")  # Loire-Atlantique, to ssi-ara: hors région
+    gw.command(ref, "#transferer")
+    assert "région attendue" in gw.receipt_text()
+    gw.command(ref, "#transferer ARA")
+    assert f"{ref} relève déjà de la région ARA" in gw.receipt_text()
+    gw.command(ref, "#transferer IDF")
+    assert "région non configurée sur cette passerelle : IDF" in gw.receipt_text()
+    unsigned = gw.command(ref, "#transferer PDL", signed=False)
+    assert unsigned.status == "processed"
+    assert "non authentifié" in gw.receipt_text()
+    assert gw.case(ref).status != "CLOS" and not [e for e in gw.events(ref) if e.type == "transfert"]
+
+
+def test_a_reply_to_the_old_reference_reaches_the_transferred_case(gw: Gateway) -> None:
+    ref = gw.declare(1, finess="440000289")
+    gw.command(ref, "#transferer PDL")
+    assert "nouvelle référence SSI-PDL-2026-0001" in gw.receipt_text()
+    reply = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Déclaration",
+                             body="Les sauvegardes sont restaurées.\n")
+    result = gw.feed(reply)
+    assert result.case_ref == "SSI-PDL-2026-0001"
+    assert gw.outbound("notification_reponse", "pdl@ars.test")
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_declarant_is_told_of_the_transfer_quoting_nothing_unless_verified(gw: Gateway, signed: bool) -> None:
+    raw = casemail.declaration(1, finess="440000289")
+    result = gw.feed(casemail.sign(raw, casemail.establishment_key()) if signed else raw)
+    assert result.case_ref is not None
+    gw.command(result.case_ref, "#transferer PDL")
+    told = casemail.text_of(gw.last("transfert", "dsi@chu.test").raw)
+    assert "SSI-PDL-2026-0001" in told and result.case_ref in told and "ARS Pays de la Loire" in told
+    assert ("Centre hospitalier" in told) is signed  # the structure name came from the mail
+    assert not gw.outbound("cloture_declarant", "dsi@chu.test")  # one mail: the transfer's
+
+
+ACSS_KEY = rsa_key("acss", "esante.test")
+
+
+@pytest.fixture
+def acss_gw(sqlite_url: str) -> Iterator[Gateway]:
+    data = settings_data(sqlite_url)
+    data["authentication"]["static_keys"].update(zone(ACSS_KEY))
+    clock = FixedClock(NOW)
+    app = build_app(parse_settings(data), clock=clock)
+    try:
+        yield Gateway(app, clock)
+    finally:
+        app.close()
+
+
+def _alert(message_id: str, *, signed: bool = True) -> bytes:
+    raw = make_alert(sender="CERT Santé <alerte@esante.test>", to="ssi-ara@ars.test", message_id=message_id,
+                     reference="CERTFR-2026-ALE-040")
+    return casemail.sign(raw, ACSS_KEY) if signed else raw
+
+
+def test_a_forged_copy_first_does_not_make_the_genuine_alert_a_new_version(acss_gw: Gateway) -> None:
+    forged = acss_gw.feed(_alert("<forged@attacker.test>", signed=False))
+    genuine = acss_gw.feed(_alert("<ale-40@esante.test>"))
+    assert forged.case_ref and genuine.case_ref and forged.case_ref != genuine.case_ref
+    assert not [e for e in acss_gw.events(genuine.case_ref) if e.type == "alerte_nouvelle_version"]
+    # The genuine one is recorded: a corrected version after it is linked to it.
+    corrected = acss_gw.feed(_alert("<ale-40-v2@esante.test>"))
+    assert corrected.case_ref is not None
+    [flag] = [e for e in acss_gw.events(corrected.case_ref) if e.type == "alerte_nouvelle_version"]
+    assert flag.data["dossier_precedent"] == genuine.case_ref
