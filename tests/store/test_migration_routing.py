@@ -41,3 +41,28 @@ def test_existing_messages_get_a_dedup_key_and_copies_per_region_are_allowed(db_
             assert conn.execute(text("SELECT count(*) FROM inbound_messages")).scalar() == 3
     finally:
         engine.dispose()
+
+
+def test_a_database_in_use_upgrades_although_its_messages_are_referenced(sqlite_url: str) -> None:
+    """A site's SQLite database at 0002 holds messages referenced by replay keys, source keys and
+    cases: rebuilding ``inbound_messages`` (SQLite alters a table by copying it) must not trip over
+    those references — it did: « FOREIGN KEY constraint failed » at DROP TABLE — and must leave
+    every reference intact."""
+    command.upgrade(alembic_config(sqlite_url), "0002")
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO inbound_messages (sha256, raw, size, source, rcpt_tos, region, received_at, "
+                              "status, attempts) VALUES (:sha, :raw, 1, 'smtp', '[]', 'ARA', :at, 'processed', 1)"),
+                         {"sha": "c" * 64, "raw": b"x", "at": "2026-11-27 09:00:00+00:00"})
+            conn.execute(text("INSERT INTO replay_keys (key, inbound_id, at) VALUES ('ARA|mid:<x@y>', 1, :at)"),
+                         {"at": "2026-11-27 09:00:00+00:00"})
+            conn.execute(text("INSERT INTO inbound_source_keys (key, inbound_id) VALUES ('imap:ARA:INBOX:1:1', 1)"))
+        upgrade(sqlite_url)
+        with engine.begin() as conn:
+            assert conn.execute(text("PRAGMA foreign_key_check")).fetchall() == []
+            assert conn.execute(text("SELECT inbound_id FROM replay_keys")).scalar() == 1
+            assert conn.execute(text("SELECT dedup_key FROM inbound_messages")).scalar() == "c" * 64 + ":ARA"
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # enforced again for the daemon
+    finally:
+        engine.dispose()
