@@ -142,6 +142,9 @@ class AuthenticationSettings:
     # A command mail whose Date is older than this (or missing, or more than a day ahead) is
     # refused: an old signed mail replayed to the gateway must not act (docs/guarantees.md, "once only").
     max_command_age_days: float = 7.0
+    # An authentic alert whose Date is older than this is flagged to staff (« alerte ancienne »):
+    # a genuine alert leaked or kept can be re-sent to the gateway long after (issue 16 attack).
+    max_alert_age_days: float = 14.0
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,9 @@ class OutboundSettings:
     # Staff notifications caused by one sender address per hour; beyond it the message is still
     # stored and attached to its case, and staff get one summary notice for that sender and hour.
     staff_notifications_per_sender_per_hour: int = 20
+    # All notifications caused by unauthenticated mail together, per hour: a From is free to change,
+    # so a per-address cap alone is no cap (one summary notice beyond it).
+    staff_notifications_unauthenticated_per_hour: int = 200
     # The original is attached to staff notifications up to this size (bytes); a larger one is
     # named with « mailgateway cases original REF » instead (one copy per staff member otherwise).
     staff_attachment_max_bytes: int = 2 * 1024 * 1024
@@ -255,11 +261,11 @@ class DirectorySettings:
     hard_bounce_score: float = 1.0
     # The score restarts from zero after this many days without a bounce.
     bounce_stale_days: float = 7.0
-    # A permanent failure answered by our relay (5xx) marks the contact bouncing at once; permanent
-    # DSNs do after failures on bounce_min_messages distinct messages (directory/bounces.py).
+    # Permanent failures (a relay 5xx, a DSN) mark the contact bouncing after failures on
+    # bounce_min_messages distinct messages (directory/bounces.py); soft bounces never do.
     hard_bounce_marks_bouncing: bool = True
-    # Distinct outbound messages that must have failed permanently (DSNs) before a contact is
-    # marked bouncing; a forged DSN is one message at most (docs/guarantees.md).
+    # Distinct outbound messages that must have failed permanently (relay 5xx or DSNs) before a
+    # contact is marked bouncing; a forged DSN is one message at most (docs/guarantees.md).
     bounce_min_messages: int = 2
     # Permanent failures older than this many days no longer count towards bounce_min_messages.
     bounce_window_days: float = 90.0
@@ -661,7 +667,8 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         if staff.region not in codes:
             problems.append((f"staff[{i}].region", f"unknown region {staff.region!r}"))
     _check_address(s.acss.address, "acss.address", problems)
-    for budget in ("auto_reply_global_per_hour", "staff_notifications_per_sender_per_hour"):
+    for budget in ("auto_reply_global_per_hour", "staff_notifications_per_sender_per_hour",
+                   "staff_notifications_unauthenticated_per_hour"):
         if getattr(s.outbound, budget) < 1:
             problems.append((f"outbound.{budget}", "must be at least 1"))
     if s.outbound.staff_attachment_max_bytes < 0:

@@ -39,6 +39,7 @@ from mailgateway.bulletins.fanout import (
     approve_bulletin,
     cancel_bulletin,
     create_bulletin,
+    out_of_use_context,
 )
 from mailgateway.bulletins.tracking import bulletin_message
 from mailgateway.clock import aware, french_datetime
@@ -324,7 +325,8 @@ def _request(env: Env, session: Session, inbound: InboundMessage, facts: Message
               for r in islice(_stream(session, bulletin), size)]
     _reply(env, session, inbound, facts, region, "apercu", bulletin, sample=sample,
            recipients=count_recipients(session, region, target),
-           establishments=count_establishments(session, region, target))
+           establishments=count_establishments(session, region, target), **out_of_use_context(
+               session, region, target))
     return Outcome("processed", reason=f"bulletin {bulletin.id} en attente d'approbation")
 
 

@@ -37,6 +37,7 @@ from mailgateway.bulletins.indicator_files import relay_attachments
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
 from mailgateway.directory import RecipientRow, Target, count_recipients, parse_target, select_recipients
+from mailgateway.directory.bounces import out_of_use
 from mailgateway.directory.categories import normalise_category
 from mailgateway.dispatch.compose import Attachment, MailSpec
 from mailgateway.dispatch.contexts import region_context
@@ -335,6 +336,9 @@ class Reach:
     # The first few of each, for the preview staff read before confirming (``relay_reach(sample=N)``).
     sample: tuple[RecipientRow, ...] = ()
     withheld_sample: tuple[RecipientRow, ...] = ()
+    # Reaching nobody: targeted establishments whose contacts refusals took out of use, a few addresses.
+    out_of_use: int = 0
+    out_of_use_addresses: tuple[str, ...] = ()
 
     @property
     def withheld(self) -> int:
@@ -353,10 +357,10 @@ def _tlp_rule(env: Env, tlp: str) -> str:
 
 def _what_to_do(tlp: str) -> str:
     advice = ("demandez à l'ACSS / CERT Santé une version partageable (TLP:CLEAR ou TLP:GREEN), ou diffusez "
-              "un bulletin avec un TLP explicite (« bulletin create … --tlp GREEN » ou courriel « #bulletin » "
-              "avec « #tlp GREEN »)")
+              "un bulletin rédigé par l'ARS (courriel « #bulletin » avec « #tlp GREEN »)")
     if tlp == "AMBER":
-        advice += ", ou ajoutez les domaines des établissements concernés à [outbound] amber_allowed_domains"
+        advice += (", ou demandez à l'administrateur de la passerelle d'autoriser les domaines des établissements "
+                   "concernés (réglage [outbound] amber_allowed_domains)")
     return advice
 
 
@@ -380,7 +384,9 @@ def relay_reach(env: Env, session: Session, case: Case, *, sample: int = 0) -> R
                 reached.append(row)
         elif len(kept_out) < sample:
             kept_out.append(row)
-    return Reach(tlp=tlp, planned=planned, allowed=allowed, sample=tuple(reached), withheld_sample=tuple(kept_out))
+    stopped, addresses = out_of_use(session, case.region, target) if not planned else (0, [])
+    return Reach(tlp=tlp, planned=planned, allowed=allowed, sample=tuple(reached), withheld_sample=tuple(kept_out),
+                 out_of_use=stopped, out_of_use_addresses=tuple(addresses))
 
 
 def tlp_rule(env: Env, tlp: str) -> str:
@@ -388,10 +394,21 @@ def tlp_rule(env: Env, tlp: str) -> str:
     return _tlp_rule(env, tlp)
 
 
+def out_of_use_context(session: Session, region: str, target: Target) -> dict[str, Any]:
+    """For a preview finding establishments without an active address: how many lost theirs to
+    refusals (directory/bounces.py), and a few addresses staff may « #reactiver » once checked."""
+    count, addresses = out_of_use(session, region, target)
+    return {"out_of_use": count, "out_of_use_addresses": addresses}
+
+
 def reach_refusal(env: Env, reach: Reach) -> str | None:
     """The French reason a relay reaching nobody is refused, with what to do; None if someone is reached."""
     if reach.allowed:
         return None
+    if not reach.planned and reach.out_of_use:
+        return (f"alerte non relayée : {reach.out_of_use} établissement(s) ciblé(s) sans adresse active : contacts "
+                f"désactivés après des refus — #reactiver <adresse> (par exemple : "
+                f"{', '.join(reach.out_of_use_addresses)}) une fois l'adresse vérifiée auprès de l'établissement")
     if not reach.planned:
         return ("aucun établissement ciblé par l'alerte n'a de contact joignable dans l'annuaire de la région : "
                 "alerte non relayée")

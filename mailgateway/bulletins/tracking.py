@@ -22,7 +22,9 @@ message bounced: the remote MTA is still trying.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case as sql_case
@@ -34,23 +36,32 @@ from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
 from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
-from mailgateway.directory.bounces import Evidence, newly_out_of_use, statuses_of
+from mailgateway.directory.bounces import (
+    Evidence,
+    newly_out_of_use,
+    reactivate_address,
+    refusals_of,
+    statuses_of,
+)
 from mailgateway.directory.staff import staff_addresses
 from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.contexts import region_context
+from mailgateway.mail.bounce import mailbox_full
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.store.models import (
     Bulletin,
     BulletinRecipient,
     Case,
+    CaseEvent,
     Contact,
     Establishment,
     InboundMessage,
     OutboundMessage,
 )
 
+log = logging.getLogger(__name__)
 _NEVER_ACKNOWLEDGES = frozenset({"bounce", "loop", "auto_reply"})
 # Our messages a reply acknowledges: the bulletin or relayed alert, and its reminder.
 ANSWERED_KINDS = (*FANOUT_KINDS, "relance_bulletin")
@@ -101,12 +112,14 @@ MAX_INLINE_TEXT = 8000
 
 def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessage,
                                facts: MessageFacts) -> Outcome | None:
-    """An establishment replied to a bulletin: acknowledged. Not ours: None (next handler)."""
+    """An establishment replied to a bulletin: acknowledged. Not ours: None (next handler).
+    First, whatever the mail: authenticated mail from a contact taken out of use reactivates it."""
+    reactivate_sender(env, session, facts)
     receipt = facts.kind == "auto_reply" and "receipt" in facts.extra
     if (facts.kind in _NEVER_ACKNOWLEDGES and not receipt) or not facts.in_reply_to:
         return None
     row = bulletin_message(session, facts.in_reply_to, kinds=ANSWERED_KINDS)
-    if row is None:
+    if row is None or from_staff(env, session, row, facts):
         return None
     rec = recipient_of(session, row)
     if receipt:
@@ -125,6 +138,73 @@ def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessa
         return Outcome("processed", reason=f"réponse au bulletin {row.bulletin_id} transmise à l'équipe")
     _attach(env, session, row, inbound, facts)
     return Outcome("processed", reason=f"accusé de lecture du bulletin {row.bulletin_id}")
+
+
+def reactivate_sender(env: Env, session: Session, facts: MessageFacts) -> list[Contact]:
+    """Mail authenticated as coming from a bouncing contact's address (DKIM aligned with its
+    From, mail/auth) proves the mailbox lives again: its contacts are reactivated
+    (directory.bounces.reactivate: score and counted refusals cleared, history kept) and a log
+    line says so. Only ``bouncing`` contacts (out of use after refusals): a contact staff disabled
+    stays disabled. A report, a loop or an automatic reply proves nothing of the kind."""
+    sender = (facts.sender.address or "").strip().lower()
+    if not sender or not facts.sender.authenticated or facts.kind in _NEVER_ACKNOWLEDGES:
+        return []
+    contacts = reactivate_address(session, sender, env.clock.now())
+    for contact in contacts:
+        log.info("contact reactivated by authenticated mail", extra={
+            "contact_id": contact.id, "finess": contact.finess, "address": contact.address,
+            "method": facts.sender.method, "message_id": facts.message_id})
+    return contacts
+
+
+def from_staff(env: Env, session: Session, row: OutboundMessage, facts: MessageFacts) -> bool:
+    """Mail from the staff of the bulletin's region: never an establishment's answer.
+
+    Staff answering our own notification of an establishment's reply (« #repondre … ») quote its
+    References, which name the relayed message: without this, the agent's mail was read as the
+    establishment's acknowledgement and forwarded back to staff as « Réponse de agent@… ». The
+    address alone decides (authenticated or not): a staff address is never an establishment's,
+    and the command handler checks authentication itself."""
+    sender = (facts.sender.address or "").strip().lower()
+    bulletin = session.get(Bulletin, row.bulletin_id) if row.bulletin_id is not None else None
+    if not sender or bulletin is None:
+        return False
+    return sender in staff_addresses(env.settings, session, bulletin.region)
+
+
+@dataclass(frozen=True)
+class RelayQuestion:
+    """An establishment's answer to a relayed alert, as staff were notified of it."""
+
+    inbound_id: int
+    author: str  # the answer's From address, where staff's « #repondre » goes
+    message_id: str | None  # to thread the answer under the establishment's mail (RFC 5322 §3.6.4)
+
+
+def relay_question(session: Session, facts: MessageFacts, case: Case) -> RelayQuestion | None:
+    """The establishment answer whose staff notification (``reponse_diffusion``) this staff mail
+    replies to, on ``case`` (the alert's). The notification's idempotency key names the inbound
+    message (``notification_reponse_diffusion:<inbound id>:<agent>``), and the alert's timeline
+    says who wrote it: no new column, and the declarant of the alert (the national cell) is
+    never mistaken for the establishment that asked."""
+    for mid in _bracketed(facts.in_reply_to)[:20]:  # In-Reply-To first: the nearest notification
+        row = session.scalar(select(OutboundMessage).where(
+            OutboundMessage.message_id == mid, OutboundMessage.kind == "notification_reponse_diffusion",
+            OutboundMessage.case_id == case.id).limit(1))
+        if row is None:
+            continue
+        _kind, _sep, rest = row.idempotency_key.partition(":")
+        inbound_id = rest.partition(":")[0]
+        if not inbound_id.isdigit():
+            continue
+        event = session.scalar(select(CaseEvent).where(
+            CaseEvent.case_id == case.id, CaseEvent.inbound_id == int(inbound_id),
+            CaseEvent.type == "message_recu").limit(1))
+        inbound = session.get(InboundMessage, int(inbound_id))
+        if event is None or inbound is None or "@" not in (event.actor or ""):
+            continue
+        return RelayQuestion(inbound.id, event.actor.strip().lower(), inbound.message_id)
+    return None
 
 
 def alert_case_of(session: Session, row: OutboundMessage) -> Case | None:
@@ -219,7 +299,9 @@ def permanent_failure_hook(env: Env) -> Callable[[Session, OutboundMessage, str]
     a message given up after its deadline (expired) a soft one."""
 
     def hook(session: Session, row: OutboundMessage, answer: str) -> None:
-        apply_bounce(env, session, row, permanent=row.status == "failed", diagnostic=answer)
+        # « 552 5.2.2 mailbox full » at the relay is final for this message, not for the contact.
+        permanent = row.status == "failed" and not mailbox_full(answer)
+        apply_bounce(env, session, row, permanent=permanent, diagnostic=answer)
 
     return hook
 
@@ -234,9 +316,13 @@ def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent:
     before = statuses_of(session, row.recipient)
     contacts = record_bounce(session, row.recipient, permanent, diagnostic, now, outbound_id=row.id, policy=policy,
                              evidence=evidence)
-    # One DSN no longer takes a directory contact out of use. Staff are asked to correct
-    # a contact only when this bounce did (or for an address the directory does not know).
-    notify = not contacts or bool(newly_out_of_use(contacts, before))
+    # One refusal no longer takes a directory contact out of use (bounce_min_messages). Staff are
+    # asked to correct a contact when this bounce did, for an address the directory does not know,
+    # and on our relay's own refusal (staff have always been told of those: the first one now says
+    # the address stays in use until a second message is refused).
+    marked = bool(newly_out_of_use(contacts, before))
+    notify = not contacts or marked or (evidence == "relay" and any(c.status == "active" for c in contacts))
+    refused = refusals_of(session, contacts[0], now, policy) if contacts else 0
     finess = contacts[0].finess if contacts else None
     case = session.get(Case, row.case_id) if row.case_id is not None else None
     if row.bulletin_id is not None and row.kind in FANOUT_KINDS:
@@ -253,7 +339,7 @@ def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent:
         fallback = _fallback(env, session, bulletin, rec, row)
         if notify:
             _contact_task(env, session, bulletin.region, row, diagnostic, rec.finess, fallback, bulletin=bulletin,
-                          marked=bool(contacts))
+                          marked=marked, known=bool(contacts), refused=refused, policy=policy)
         return None
     if case is not None:
         if inbound is not None:
@@ -263,11 +349,12 @@ def apply_bounce(env: Env, session: Session, row: OutboundMessage, *, permanent:
                      data={"destinataire": row.recipient, "permanent": permanent, "diagnostic": diagnostic[:500]})
         if permanent and notify:
             _contact_task(env, session, case.region, row, diagnostic, finess or case.finess, None, case=case,
-                          marked=bool(contacts))
+                          marked=marked, known=bool(contacts), refused=refused, policy=policy)
     elif permanent and contacts and notify:
         est = session.get(Establishment, contacts[0].finess)
         if est is not None and est.region and env.settings.region(est.region) is not None:
-            _contact_task(env, session, est.region, row, diagnostic, est.finess, None, marked=True)
+            _contact_task(env, session, est.region, row, diagnostic, est.finess, None, marked=marked, known=True,
+                          refused=refused, policy=policy)
     return case
 
 
@@ -303,9 +390,11 @@ def _fallback(env: Env, session: Session, bulletin: Bulletin, rec: BulletinRecip
 
 def _contact_task(env: Env, session: Session, region: str, row: OutboundMessage, diagnostic: str,
                   finess: str | None, fallback: str | None, *, bulletin: Bulletin | None = None,
-                  case: Case | None = None, marked: bool = False) -> int:
+                  case: Case | None = None, marked: bool = False, known: bool = False, refused: int = 0,
+                  policy: BouncePolicy | None = None) -> int:
     """Staff task: this contact address is broken; correct the directory (contact_a_corriger).
-    ``marked``: a directory contact with this address was just taken out of use."""
+    ``marked``: a directory contact with this address was just taken out of use; ``known``: the
+    directory has it; ``refused``: distinct messages refused so far (the wording says which)."""
     if row.kind == "contact_a_corriger" or row.recipient in staff_addresses(env.settings, session, region):
         return 0  # a task about a task, or about staff's own mailbox, would loop (docs/guarantees.md)
     est = session.get(Establishment, finess) if finess else None
@@ -319,6 +408,9 @@ def _contact_task(env: Env, session: Session, region: str, row: OutboundMessage,
         "case": {"reference": case.reference} if case is not None else None,
         "bounced_at_fr": french_datetime(env.clock.now()),
         "marked": marked,
+        "known": known,
+        "refused": refused,
+        "min_messages": (policy or BouncePolicy()).min_messages,
     }
     return env.mailer.send_to_staff(session, region, template="contact_a_corriger", context=context,
                                     kind="contact_a_corriger", key=f"contact_a_corriger:{row.id}", case=case)

@@ -223,7 +223,13 @@ def one_line(text: str | None, limit: int = 200) -> str:
 
 
 def declarant_of(facts: MessageFacts) -> str | None:
-    """The person who declared; a portal's no-reply sender is never answered."""
+    """The person who declared; a portal's no-reply sender is never answered.
+
+    A declaration an agency colleague forwarded (``extra["transmis_par"]``, mail/analyse.py) is
+    the establishment's: its declarant or nobody, never the colleague who transmitted it."""
+    if facts.extra.get("transmis_par"):
+        found = facts.declaration.declarant if facts.declaration else None
+        return found.strip().lower() if found and "@" in found and not is_no_reply(found) else None
     candidates = [
         facts.declaration.declarant if facts.declaration else None,
         facts.reply_to,
@@ -243,10 +249,14 @@ def record_received(session: Session, case: Case, inbound: InboundMessage, facts
     authentication: dict[str, object] = {"authentifie": facts.sender.authenticated, "methode": facts.sender.method}
     if detail:
         authentication["detail"] = facts.sender.detail
+    data: dict[str, object] = {"type": facts.kind, "objet": one_line(facts.subject),
+                               "message_id": facts.message_id, "authentification": authentication}
+    if facts.kind == "reply" and facts.new_text.strip():
+        # What the establishment answered, for the story (« #statut », « cases show »): the new text
+        # only (quotes and signature removed), one bounded line, shown as text, never as markup.
+        data["extrait"] = " ".join(facts.new_text.split())[:300]
     append_event(session, case, type="message_recu", actor=facts.sender.address or "inconnu", at=at,
-                 inbound_id=inbound.id,
-                 data={"type": facts.kind, "objet": one_line(facts.subject), "message_id": facts.message_id,
-                       "authentification": authentication})
+                 inbound_id=inbound.id, data=data)
 
 
 def new_case(session: Session, *, region: str, kind: str, inbound: InboundMessage, facts: MessageFacts,

@@ -43,6 +43,8 @@ MAIL_KINDS = {
     "cloture_declarant": "information de clôture au déclarant",
     "transfert": "information de transfert au déclarant",
     "notification_transfert": "notification de transfert à l'équipe",
+    "suivi_declarant": "avis de suivi au déclarant",  # commands/reply_notice.py
+    "assignation": "avis d'assignation",
 }
 _FEMININE = frozenset({"notification_equipe", "notification_reponse", "reponse", "demande_info", "transmission_acss",
                        "synthese", "alerte_relais", "cloture_declarant", "transfert",
@@ -113,6 +115,32 @@ def labelled(text: object) -> str:
     return " ".join(_labels().get(word, word) for word in str(text or "").split(" "))
 
 
+_TARGET_KEYS = {"category": "catégorie", "departement": "département", "finess": "FINESS", "region": "région"}
+
+
+def target_fr(expression: object) -> str:
+    """A stored target expression in French (« category=ESMS|LBM,departement=69 » -> « catégorie
+    établissement social ou médico-social ou laboratoire de biologie médicale et département 69 »).
+    The canonical form is directory/targets.Target.__str__; this layer may not import it."""
+    text = str(expression or "").strip()
+    if not text:
+        return "?"
+    if text == "all":
+        return "tous les établissements de la région"
+    sets = []
+    for one in text.split(" ; "):
+        parts = []
+        for clause in one.split(","):
+            key, eq, values = clause.partition("=")
+            if not eq:
+                parts.append(clause)
+                continue
+            parts.append(f"{_TARGET_KEYS.get(key.strip(), key.strip())} "
+                         + " ou ".join(label(v.strip()) for v in values.split("|")))
+        sets.append(" et ".join(parts))
+    return " ; ou ".join(sets)
+
+
 def _with_reason(text: str, data: Mapping[str, Any]) -> str:
     motif = data.get("motif")
     return f"{text} ({labelled(excerpt(motif, 200))})" if motif else text
@@ -143,7 +171,8 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
         kind = MESSAGE_KINDS.get(str(d.get("type") or ""), "message")
         auth = d.get("authentification") or {}
         trust = "" if not isinstance(auth, Mapping) or auth.get("authentifie") else " (expéditeur non authentifié)"
-        return f"Message reçu ({kind}) : « {excerpt(d.get('objet'), 120)} »{trust}"
+        said = f" — « {excerpt(d['extrait'])} »" if d.get("extrait") else ""
+        return f"Message reçu ({kind}) : « {excerpt(d.get('objet'), 120)} »{trust}{said}"
     if type_ == "mail_sortant":
         return _mail(d, [str(d.get("destinataire") or "?")])
     if type_ == "envoi_refuse":
@@ -179,7 +208,7 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
         cmd = f" « {excerpt(d.get('commande'), 80)} »" if d.get("commande") else ""
         return _with_reason(f"Commande{cmd} {verb}", d)
     if type_ == "diffusion":
-        return (f"Alerte diffusée à {d.get('destinataires', 0)} établissement(s) (cible « {d.get('cible') or '?'} »"
+        return (f"Alerte diffusée à {d.get('destinataires', 0)} établissement(s) (cible : {target_fr(d.get('cible'))}"
                 + (f", TLP:{d['tlp']}" if d.get("tlp") else "") + ")")
     if type_ == "anonymisation":
         return _with_reason("Données personnelles anonymisées", d)

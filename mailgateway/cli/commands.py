@@ -313,9 +313,31 @@ def _print_outbox(rows: list[dict[str, Any]]) -> None:
 def cmd_directory(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.directory import run_import
 
+    if args.directory_cmd == "reactivate":
+        return _reactivate_contact(settings, args.address)
     text, code = run_import(settings, args.kind, args.file)
     print(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
+
+
+def _reactivate_contact(settings: Settings, address: str) -> int:
+    """``directory reactivate ADDRESS``: the contacts with this address (bouncing or disabled)
+    are active again; exit 2 for an address the directory does not know."""
+    from mailgateway.clock import SystemClock
+    from mailgateway.directory.bounces import contacts_of, reactivate_address
+    from mailgateway.store.engine import transaction
+
+    address = address.strip().lower()
+    with _database(settings) as factory, transaction(factory) as session:
+        if not contacts_of(session, address):
+            print(f"adresse inconnue de l'annuaire des contacts : {address}", file=sys.stderr)
+            return 2
+        done = reactivate_address(session, address, SystemClock().now(), statuses=("bouncing", "disabled"))
+    if not done:
+        print(f"{address} est déjà actif : rien à réactiver")
+    else:
+        print(f"contact {address} réactivé ({len(done)} établissement(s))")
+    return 0
 
 
 def cmd_bulletin(args: argparse.Namespace, settings: Settings) -> int:
@@ -443,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("import", parents=[common])
     q.add_argument("--kind", required=True, choices=["finess", "contacts", "staff"])
     q.add_argument("file")
+    q = dsub.add_parser("reactivate", parents=[common], help="reactivate a contact taken out of use by bounces")
+    q.add_argument("address")
 
     p = add("bulletin", cmd_bulletin, "awareness bulletins")
     bsub = p.add_subparsers(dest="bulletin_cmd", required=True)

@@ -7,9 +7,20 @@ case's TLP, the no-reply and loop rules apply; a portal's no-reply sender is nev
 
 What it says depends on whether the declarant's address is *verified*, that is whether a message
 of the case came authenticated (DKIM/DMARC) from that very address. A verified declarant is told
-the structure and, for a merge, the reference of the case that continues. An unverified address
-came from headers or form text anyone could write and may be a victim of a forgery: it gets the
-reference and the date, and quotes nothing (docs/guarantees.md, as the acknowledgement does).
+the structure, the closing motif staff wrote after ``#clore`` (written for the establishment) and,
+for a merge, the reference of the case that continues. An unverified address came from headers or
+form text anyone could write and may be a victim of a forgery: it gets the reference, the date and
+the final qualification (a label of ours), and quotes nothing (docs/guarantees.md, as the
+acknowledgement does).
+
+When a case closes, the declarants of the cases merged into it (``#fusionner``) are told too: they
+were told their declaration goes on in that case, and would otherwise never hear the end of it.
+
+The mail is threaded (In-Reply-To) under the declarant's own last message of the case, else the
+message that opened it, verified or not: a portal's notification comes from a no-reply robot, so
+the declarant it names is never verified, and the mail must still sit in the thread of that
+notification. Threading headers are Message-IDs, they quote no text; the case's whole References
+chain goes to a verified declarant only, as for the acknowledgement.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from mailgateway.processing.context import Env
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
 
 TEMPLATE = KIND = "cloture_declarant"
+MAX_MOTIF = 2000  # characters of the closing motif quoted to the declarant
+MAX_MERGED = 50  # cases merged into a closing one whose declarants are told (a bound, not a rule)
 
 
 def declarant_verified(session: Session, case: Case) -> bool:
@@ -78,12 +91,57 @@ def notify_declarants(env: Env, session: Session, cases: list[Case | None], *, a
         event = _ending(session, case, actor, at)
         if event is not None and (row := _send(env, session, case, event)) is not None:
             sent.append(row)
+        if event is not None and event.type == "statut":
+            sent.extend(_tell_merged(env, session, case, event))
     return sent
 
 
-def _send(env: Env, session: Session, case: Case, event: CaseEvent) -> OutboundMessage | None:
+def _merged_into(session: Session, case: Case) -> list[Case]:
+    """The cases merged into ``case``, directly or through another merged case, oldest first."""
+    found: list[Case] = []
+    frontier = [case.id]
+    seen = {case.id}
+    while frontier and len(found) < MAX_MERGED:
+        rows = list(session.scalars(select(Case).where(Case.merged_into_id.in_(frontier))
+                                    .order_by(Case.id).limit(MAX_MERGED)))
+        frontier = [c.id for c in rows if c.id not in seen]
+        seen.update(frontier)
+        found.extend(c for c in rows if c.id in frontier)
+    return found[:MAX_MERGED]
+
+
+def _tell_merged(env: Env, session: Session, survivor: Case, event: CaseEvent) -> list[OutboundMessage]:
+    """The declarants of cases merged into ``survivor``, now closed: one mail per address, none to
+    an address the survivor's own mail already went to."""
+    told = {(survivor.declarant or "").lower()}
+    sent = []
+    for merged in _merged_into(session, survivor):
+        address = (merged.declarant or "").lower()
+        if merged.kind != "incident" or not address or address in told or is_no_reply(address):
+            continue
+        told.add(address)
+        row = _send(env, session, merged, event, survivor=survivor)
+        if row is not None:
+            sent.append(row)
+    return sent
+
+
+def _closing_motif(event: CaseEvent) -> str | None:
+    """What staff wrote after ``#clore`` (the status event's motif), for the declarant."""
+    motif = (event.data or {}).get("motif") if event.type == "statut" else None
+    if not isinstance(motif, str) or not motif.strip():
+        return None
+    motif = motif.strip()
+    return motif if len(motif) <= MAX_MOTIF else motif[:MAX_MOTIF].rstrip() + " […]"
+
+
+def _send(env: Env, session: Session, case: Case, event: CaseEvent,
+          survivor: Case | None = None) -> OutboundMessage | None:
+    """The mail to ``case``'s declarant about ``event``: its own closure or merge, or (``survivor``)
+    the closure of the case it was merged into. The idempotency key names the event's case."""
     assert case.declarant is not None
     verified = declarant_verified(session, case)
+    closing = survivor or case
     merged_into = (event.data or {}).get("fusionne_dans") if event.type == "fusion" else None
     if verified:
         shown: dict[str, Any] = case_context(case)
@@ -92,14 +150,22 @@ def _send(env: Env, session: Session, case: Case, event: CaseEvent) -> OutboundM
         shown = dict.fromkeys(case_context(case))
         shown.update(reference=case.reference, kind=case.kind, status=case.status)
     from_address, from_name = env.mailer.from_identity(case.region)
+    parent = service.last_message_from(session, case, [case.declarant])
+    key = (f"{KIND}:{case.id}:{event.seq}" if survivor is None
+           else f"{KIND}:{case.id}:via:{survivor.id}:{event.seq}")
     spec = MailSpec(
         template=TEMPLATE,
         context={**region_context(env.settings, case.region), "case": shown, "verified": verified,
                  "merged": event.type == "fusion", "merged_into": merged_into if verified else None,
-                 "closed_fr": french_datetime(event.at)},
+                 "closed_fr": french_datetime(event.at),
+                 # Staff wrote the motif for the establishment; an unverified address gets nothing quoted.
+                 "motif": _closing_motif(event) if verified else None,
+                 "qualification": closing.severity if event.type == "statut" else None,
+                 "via_merge": survivor is not None,
+                 "survivor": survivor.reference if survivor is not None and verified else None},
         to=case.declarant, from_address=from_address, from_name=from_name, reply_to=from_address,
-        idempotency_key=f"{KIND}:{case.id}:{event.seq}",
-        in_reply_to=service.last_message_from(session, case, [case.declarant]) if verified else None,
+        idempotency_key=key,
+        in_reply_to=parent,
         references=service.thread_ids(session, case) if verified else (),
         auto_submitted="auto-generated",
     )

@@ -33,8 +33,8 @@ from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware
-from mailgateway.commands import closure, receipts
-from mailgateway.commands.table import COMMANDS, Ctx, help_text, no_case_reason
+from mailgateway.commands import closure, receipts, reply_notice
+from mailgateway.commands.table import COMMANDS, HELP_POINTER, Ctx, help_text, no_case_reason
 from mailgateway.directory.staff import all_staff, staff_addresses
 from mailgateway.mail.analyse import UNRECOGNISED
 from mailgateway.mail.commands import HINT_UNKNOWN, REASON_UNKNOWN, WHOLE_TEXT, Hint, command_hints, signature_part
@@ -131,7 +131,15 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     ctx = Ctx(env=env, session=session, inbound=inbound, facts=facts, case=case, actor=sender, region=region,
               now=env.clock.now())
     results: list[dict[str, Any]] = []
+    ran: set[tuple[str, tuple[str, ...]]] = set()
     for cmd in facts.commands:
+        # The same command in the Subject and in the body (Outlook users write both) runs once:
+        # the second is reported as a duplicate, not as a refusal of the first's work.
+        key = (cmd.name, tuple(" ".join(a.split()).lower() for a in cmd.args))
+        if cmd.reason != REASON_UNKNOWN and key in ran:
+            results.append(_duplicate(cmd))
+            continue
+        ran.add(key)
         results.append(_run(ctx, cmd))
     # A case this mail closed or merged: its declarant is told ([cases] notify_declarant_on_close).
     closure.notify_declarants(env, session, [case, ctx.case], actor=sender, at=ctx.now)
@@ -140,14 +148,28 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
                                  query=query, cases=cases, detail=detail)
     # A query answered by its digest needs no separate receipt; anything else gets one.
     only_queries = bool(ctx.digests) and all(
-        r["applied"] and (r["name"] in QUERIES or (r["name"] == "statut" and r["digest"])) for r in results)
+        r.get("duplicate") or (r["applied"] and (r["name"] in QUERIES or (r["name"] == "statut" and r["digest"])))
+        for r in results)
     if not only_queries:
         receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
                                   results=results, confirmation=ctx.confirmation,
                                   confirmations=ctx.confirmations,
-                                  help_text=help_text() if ctx.show_help else None)
+                                  help_text=_help(ctx))
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
     return Outcome("processed", reason=f"{applied} commande(s) appliquée(s) sur {len(results)}", case=ctx.case)
+
+
+def _help(ctx: Ctx) -> str | None:
+    """The whole list for « #aide » or a mistake nothing suggests; a one-line pointer otherwise."""
+    if ctx.show_help:
+        return help_text()
+    return HELP_POINTER if ctx.help_pointer else None
+
+
+def _duplicate(cmd: Command) -> dict[str, Any]:
+    return {"name": cmd.name, "line": cmd.line, "applied": False, "message": "déjà dans ce message (objet ou "
+            "corps) : exécutée une seule fois", "digest": False, "pending": False, "preview": None,
+            "text": None, "duplicate": True}
 
 
 def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
@@ -157,9 +179,12 @@ def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
                               "text": cmd.args[0] if cmd.name in WHOLE_TEXT and cmd.args else None}
     spec = None if cmd.reason == REASON_UNKNOWN else COMMANDS.get(cmd.name)
     if spec is None:
-        ctx.show_help = True
         hint = next((h for h in hints(ctx.facts, [cmd]) if h.why == HINT_UNKNOWN), None)
-        result["message"] = (f"commande inconnue ; vouliez-vous écrire « {hint.suggestion} » ? (liste ci-dessous)"
+        if hint is None:
+            ctx.show_help = True
+        else:
+            ctx.help_pointer = True
+        result["message"] = (f"commande inconnue ; vouliez-vous écrire « {hint.suggestion} » ?"
                              if hint is not None else "commande inconnue (voir la liste ci-dessous)")
         return result
     before = len(ctx.digests)
@@ -235,7 +260,8 @@ def _nothing_understood(env: Env, session: Session, inbound: InboundMessage, fac
     if not found and not _written_to_the_gateway(env, facts):
         return
     receipts.send_receipt(env, session, inbound, facts, to=sender, region=case.region, case=case, results=[],
-                          understood={"hints": found}, help_text=help_text(), capped=True)
+                          understood={"hints": found}, help_text=HELP_POINTER if found else help_text(),
+                          capped=True)
 
 
 def unrecognised_staff_prehandler(env: Env, session: Session, inbound: InboundMessage,
@@ -252,14 +278,20 @@ def unrecognised_staff_prehandler(env: Env, session: Session, inbound: InboundMe
         return None
     found = [{"line": h.line, "suggestion": h.suggestion, "why": h.why} for h in hints(facts, [])]
     receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=None, results=[],
-                          understood={"hints": found}, help_text=help_text(), capped=True)
+                          understood={"hints": found}, help_text=HELP_POINTER if found else help_text(),
+                          capped=True)
     return Outcome("processed", reason="message d'un agent sans référence de dossier ni commande reconnue")
 
 
 # --- replies -----------------------------------------------------------------------------------
 
 
-def _from_acss(env: Env, address: str) -> bool:
+def _from_acss(env: Env, address: str, facts: MessageFacts) -> bool:
+    """A reply staff may read as the national cell's: authenticated (aligned DKIM or a trusted
+    Authentication-Results), from its address or domains. A From alone proves nothing — an
+    unsigned « CERT Santé <alerte@esante…> » is shown as the unauthenticated mail it is."""
+    if not facts.sender.authenticated:
+        return False
     domain = address.rpartition("@")[2]
     return address == env.settings.acss.address.lower() or domain in {
         d.lower() for d in env.settings.authentication.acss_domains}
@@ -290,6 +322,9 @@ def status_refusal(env: Env, session: Session, case: Case, facts: MessageFacts) 
     return None
 
 
+MAX_REPLY_INLINE = 4000  # characters of a reply's new text shown in « Réponse reçue »
+
+
 def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
     """Attach a reply to its case and notify; reopen or link a closed case."""
     case = service.threaded_case(session, facts)
@@ -305,8 +340,11 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
         return Outcome("processed", case=case)
     now = env.clock.now()
     target = case
-    extra: dict[str, Any] = {"reply_from": sender or "inconnu", "from_acss": _from_acss(env, sender),
-                             "reopened": False, "linked_from": None}
+    text = (facts.new_text or facts.body_text or "").strip()
+    extra: dict[str, Any] = {"reply_from": sender or "inconnu", "from_acss": _from_acss(env, sender, facts),
+                             "reopened": False, "linked_from": None,
+                             # The answer itself, inline (the .eml is for the record, not for reading).
+                             "reply_text": text[:MAX_REPLY_INLINE], "reply_truncated": len(text) > MAX_REPLY_INLINE}
     # Only an authenticated reply from the establishment (or ACSS) reopens or links.
     refusal = None if lifecycle.is_open(case.status) else status_refusal(env, session, case, facts)
     if refusal is not None:
@@ -323,6 +361,8 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
             extra["reopened"] = True
     notify_staff(env, session, target, inbound, facts, template="reponse_recue", kind="notification_reponse",
                  extra=extra)
+    # The establishment is told what became of its reply (reopened, kept closed, received).
+    reply_notice.tell_sender(env, session, inbound, facts, case=case, target=target, extra=extra)
     return Outcome("processed", case=target)
 
 

@@ -63,6 +63,43 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                            actor=to if authenticated else "passerelle")
 
 
+# How people open and close a letter in French. The agent's text that already does so gets no
+# second « Bonjour, » nor « Cordialement, » from the template (the service's signature block stays).
+_GREETINGS = ("bonjour", "bonsoir", "madame", "monsieur", "mesdames", "messieurs", "cher ", "chère ", "chers ",
+              "chères ", "salut")
+_CLOSINGS = ("cordialement", "bien à vous", "bien cordialement", "sincères salutations", "salutations",
+             "bonne journée", "bonne soirée", "merci d'avance", "avec mes remerciements", "respectueusement",
+             "je vous prie d'agréer", "veuillez agréer", "à votre disposition", "très cordialement")
+
+
+def has_greeting(text: str) -> bool:
+    """The text opens with a greeting (« Bonjour Monsieur Dupont, »)."""
+    first = text.lstrip().split("\n", 1)[0].strip().lower()
+    return first.startswith(_GREETINGS) or first in {g.strip() for g in _GREETINGS}
+
+
+def has_closing(text: str) -> bool:
+    """One of the text's last lines (a signature may follow) is a closing formula."""
+    lines = [line.strip().lower() for line in text.strip().split("\n") if line.strip()]
+    return any(line.startswith(_CLOSINGS) for line in lines[-4:])
+
+
+def to_assignee(env: Env, session: Session, inbound: InboundMessage, case: Case, *, assignee: str,
+                actor: str) -> OutboundMessage | None:
+    """« #assigner paul.durand@… »: the new assignee is told, with the case summary and how to act."""
+    from_address, from_name = env.mailer.from_identity(case.region)
+    spec = MailSpec(
+        template="assignation",
+        context={**region_context(env.settings, case.region), "case": case_line(case), "author": actor,
+                 "assignee": assignee},
+        to=assignee, from_address=from_address, from_name=from_name,
+        idempotency_key=f"assignation:{inbound.id}:{case.id}:{assignee}",
+        in_reply_to=case.origin_message_id, references=[case.origin_message_id] if case.origin_message_id else [],
+        tlp=case.tlp,
+    )
+    return env.mailer.send(session, spec, kind="assignation", case=case, actor=actor)
+
+
 def to_declarant(env: Env, session: Session, inbound: InboundMessage, case: Case, *, template: str,
                  kind: str, text: str, actor: str) -> OutboundMessage | None:
     """A request for information or an answer to the declarant, threaded under the case."""
@@ -72,7 +109,7 @@ def to_declarant(env: Env, session: Session, inbound: InboundMessage, case: Case
     spec = MailSpec(
         template=template,
         context={**region_context(env.settings, case.region), "case": case_context(case), "message": text,
-                 "author": actor},
+                 "author": actor, "has_greeting": has_greeting(text), "has_closing": has_closing(text)},
         to=case.declarant, from_address=from_address, from_name=from_name,
         idempotency_key=f"{kind}:{inbound.id}:{case.id}",
         in_reply_to=service.last_message_from(session, case, [case.declarant]),

@@ -8,6 +8,7 @@ normalised by ``mail/commands.py``).
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,20 +17,26 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mailgateway.bulletins import fanout
+from mailgateway.bulletins import fanout, tracking
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware, french_datetime
 from mailgateway.commands import on_demand, receipts
 from mailgateway.commands.transfer import transfer_case
+from mailgateway.directory.bounces import contacts_of, reactivate_address
 from mailgateway.directory.staff import staff_addresses
+from mailgateway.dispatch.compose import MailSpec
+from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.dispatch.render import libelle
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold
 from mailgateway.processing.context import Env
 from mailgateway.statuses import CaseStatus, Severity
 from mailgateway.store.models import Case, Confirmation, InboundMessage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +56,9 @@ class Ctx:
     preview: dict[str, Any] | None = None
     digests: list[tuple[str, list[Case], Case | None]] = field(default_factory=list)
     show_help: bool = False
+    # A mistake with a suggestion: the receipt gives the suggestion and a one-line pointer to
+    # « #aide », not the whole list (``show_help``: the whole list, for #aide or no suggestion).
+    help_pointer: bool = False
     # Cases that were GRAVE at some point of this mail (requalified by it, either way): closing
     # one still takes a confirmation, so "#qualifier sans-suite" + "#clore" is not a shortcut.
     was_grave: set[int] = field(default_factory=set)
@@ -93,6 +103,10 @@ def assigner(ctx: Ctx, cmd: Command) -> str | None:
     if target not in staff_addresses(ctx.env.settings, ctx.session, case.region):
         raise CaseError(f"{target} ne fait pas partie des agents SSI de la région {case.region}")
     service.assign(ctx.session, case, target, actor=ctx.actor, at=ctx.now)
+    if target != ctx.actor:
+        # The new assignee learns it from the gateway, not from a colleague's forwarded receipt.
+        receipts.to_assignee(ctx.env, ctx.session, ctx.inbound, case, assignee=target, actor=ctx.actor)
+        return f"dossier assigné à {target} (prévenu par courriel)"
     return f"dossier assigné à {target}"
 
 
@@ -105,7 +119,9 @@ def qualifier(ctx: Ctx, cmd: Command) -> str | None:
     if Severity.GRAVE in (case.severity, severity):
         ctx.was_grave.add(case.id)
     moved = service.qualify(ctx.session, case, severity, actor=ctx.actor, at=ctx.now)
-    return f"gravité {severity}" + (", statut QUALIFIE" if moved else f", statut {case.status} inchangé")
+    # Staff read French labels, never enumeration codes (issue 17).
+    return f"gravité {libelle(severity)}" + (
+        f", statut {libelle(CaseStatus.QUALIFIE)}" if moved else f", statut {libelle(case.status)} inchangé")
 
 
 def statut(ctx: Ctx, cmd: Command) -> str | None:
@@ -126,7 +142,7 @@ def statut(ctx: Ctx, cmd: Command) -> str | None:
     if wanted not in lifecycle.statuses_for(case.kind) and wanted.startswith("EN_"):
         wanted = wanted.removeprefix("EN_")  # "#statut en suivi", "en accompagnement"
     if wanted not in lifecycle.statuses_for(case.kind):
-        known = ", ".join(lifecycle.statuses_for(case.kind))
+        known = ", ".join(f"« {libelle(st)} »" for st in lifecycle.statuses_for(case.kind))
         raise CaseError(f"statut inconnu : {' '.join(cmd.args)} (statuts : {known})")
     if wanted in lifecycle.CLOSED:
         return clore(ctx, Command("clore", (), True, None, cmd.line))
@@ -137,7 +153,7 @@ def statut(ctx: Ctx, cmd: Command) -> str | None:
         raise CaseError("une alerte passe au statut DIFFUSEE par sa diffusion : utilisez #diffuser "
                         "(un aperçu des destinataires vous sera envoyé avant confirmation)")
     previous = service.change_status(ctx.session, case, wanted, actor=ctx.actor, at=ctx.now)
-    return f"statut {previous} → {wanted}"
+    return f"statut {libelle(previous)} → {libelle(wanted)}"
 
 
 def _case_or_raise(ctx: Ctx) -> Case:
@@ -160,7 +176,7 @@ def transmettre_acss(ctx: Ctx, cmd: Command) -> str | None:
     if case.status != target and lifecycle.allowed(case.kind, case.status, target):
         service.change_status(ctx.session, case, target, actor=ctx.actor, at=ctx.now,
                               reason="transmise à l'ACSS pour qualification")
-        note += ", statut EN_QUALIFICATION"
+        note += f", statut {libelle(target)}"
     return note
 
 
@@ -183,7 +199,36 @@ def demander_info(ctx: Ctx, cmd: Command) -> str | None:
 
 
 def repondre(ctx: Ctx, cmd: Command) -> str | None:
+    # In answer to the notification of an establishment's question on a relayed alert, the
+    # answer goes to that establishment, not to the alert's declarant (the national cell).
+    asked = tracking.relay_question(ctx.session, ctx.facts, _case(ctx))
+    if asked is not None:
+        return _to_relay_author(ctx, cmd, asked)
     return _to_declarant(ctx, cmd, "reponse", "reponse", "réponse")
+
+
+def _to_relay_author(ctx: Ctx, cmd: Command, asked: tracking.RelayQuestion) -> str | None:
+    """« #repondre » to an establishment's answer to a relayed alert: threaded under its mail,
+    tagged with the alert's reference (its next answer comes back to the alert's case)."""
+    case = _case(ctx)
+    text = _text(cmd)
+    if not text:
+        raise CaseError(f"texte manquant : « #{cmd.name} <texte> »")
+    from_address, from_name = ctx.env.mailer.from_identity(case.region)
+    spec = MailSpec(
+        template="reponse",
+        context={**region_context(ctx.env.settings, case.region), "case": case_context(case), "message": text,
+                 "author": ctx.actor, "has_greeting": receipts.has_greeting(text),
+                 "has_closing": receipts.has_closing(text)},
+        to=asked.author, from_address=from_address, from_name=from_name,
+        idempotency_key=f"reponse:{ctx.inbound.id}:{case.id}:{asked.inbound_id}",
+        in_reply_to=asked.message_id, references=[asked.message_id] if asked.message_id else [],
+        auto_submitted=receipts.HUMAN,
+    )
+    row = ctx.env.mailer.send(ctx.session, spec, kind="reponse", case=case, actor=ctx.actor)
+    if row is None:
+        raise CaseError(f"envoi à {asked.author} refusé (voir la chronologie du dossier)")
+    return f"réponse envoyée à {asked.author}"
 
 
 def note(ctx: Ctx, cmd: Command) -> str | None:
@@ -233,7 +278,7 @@ def _excerpt(text: str, size: int = 80) -> str:
 
 def rouvrir(ctx: Ctx, cmd: Command) -> str | None:
     target = service.reopen(ctx.session, _case(ctx), actor=ctx.actor, at=ctx.now, reason=_text(cmd) or None)
-    return f"dossier rouvert, statut {target}"
+    return f"dossier rouvert, statut {libelle(target)}"
 
 
 def diffuser(ctx: Ctx, cmd: Command) -> str | None:
@@ -382,6 +427,22 @@ def ouverts(ctx: Ctx, cmd: Command) -> str | None:
     return f"liste des {len(found)} dossier(s) ouvert(s) envoyée"
 
 
+def reactiver(ctx: Ctx, cmd: Command) -> str | None:
+    """« #reactiver <adresse> »: staff confirm a contact of their region works again (after the
+    establishment corrected its mailbox): active again, its counted refusals cleared."""
+    address = (cmd.args[0] if cmd.args else "").strip("<>()«»\"',;: ").lower()
+    if "@" not in address:
+        raise CaseError("adresse manquante : « #reactiver <adresse> »")
+    if not contacts_of(ctx.session, address, ctx.region):
+        raise CaseError(f"{address} ne figure pas dans l'annuaire des contacts de la région {ctx.region}")
+    done = reactivate_address(ctx.session, address, ctx.now, statuses=("bouncing", "disabled"), region=ctx.region)
+    if not done:
+        return f"{address} est déjà actif : rien à réactiver"
+    log.info("contact reactivated by staff", extra={"address": address, "actor": ctx.actor,
+                                                     "contacts": [c.id for c in done]})
+    return f"contact {address} réactivé ({len(done)} établissement(s))"
+
+
 def retards(ctx: Ctx, cmd: Command) -> str | None:
     found = service.overdue_cases(ctx.session, ctx.region, ctx.now, ctx.env.settings.cases.overdue_days)
     ctx.digests.append(("retards", found, None))
@@ -464,6 +525,8 @@ COMMANDS: dict[str, Spec] = {
                      summary="#original [REF]             recevoir le message d'origine (ou son résumé)"),
     "quarantaine": Spec(quarantaine, needs_case=False,
                         summary="#quarantaine [liberer N]    liste de la quarantaine / remettre N en traitement"),
+    "reactiver": Spec(reactiver, needs_case=False,
+                      summary="#reactiver <adresse>        réactiver un contact désactivé après des refus"),
     "aide": Spec(aide, needs_case=False, summary="#aide                       cette aide"),
     "lu": Spec(not_here, needs_case=False,
                summary="#lu                         (établissements) accuser réception d'un bulletin"),
@@ -473,6 +536,9 @@ COMMANDS: dict[str, Spec] = {
                   summary="#cible categorie=LBM,ESMS departement=69   destinataires du bulletin (une ligne par "
                           "ensemble, les lignes s'ajoutent)"),
 }
+
+
+HELP_POINTER = "Envoyez « #aide » pour la liste des commandes."
 
 
 def help_text() -> str:

@@ -1,21 +1,28 @@
 """Contact status changes driven by bounces, scored the way Mailman 3 scores list members,
 and hardened against forged bounces (docs/guarantees.md).
 
-Each bounce adds to the contact's score (permanent 1.0, temporary 0.5); at the threshold (5.0)
-the contact becomes ``bouncing`` and bulletins fall back to the establishment's next contact
-(targets.py). A score older than ``bounce_stale_days`` without a new bounce restarts from zero,
-and, as in Mailman, only one bounce per contact and per day is scored: a full mailbox answering
-every message of one busy day is one bad day, not ten. Every bounce is kept as a ContactBounce
-row, scored or not, with how it reached us, for the weekly report and for staff.
+Each bounce adds to the contact's score (permanent 1.0, temporary 0.5); at the threshold (5.0),
+reached by a permanent bounce, the contact becomes ``bouncing`` and bulletins fall back to the
+establishment's next contact (targets.py). A score older than ``bounce_stale_days`` without a
+new bounce restarts from zero, and, as in Mailman, only one bounce per contact and per day is
+scored: a full mailbox answering every message of one busy day is one bad day, not ten. Every
+bounce is kept as a ContactBounce row, scored or not, with how it reached us, for the weekly
+report and for staff.
 
 A bounce is only as good as its evidence (``evidence``):
 
 * ``relay``: our own relay refused or gave up the message (RFC 5321 §4.2.1, recorded by the
-  sender). Nobody else can produce it: a permanent one marks the contact bouncing at once.
+  sender). Nobody else can produce it, but it is still one delivery: like a VERP DSN, it counts
+  as one refused message (one « 550 5.1.1 » is no « refus répétés »).
 * ``verp``: a DSN mailed back to the message's VERP return path. The token is random and only
   ever sent with that one message, so the DSN comes from somewhere on its delivery path; still,
-  one such DSN is one delivery: the contact becomes bouncing only after permanent failures on
-  ``bounce_min_messages`` distinct outbound messages (within ``bounce_window_days``).
+  one such DSN is one delivery.
+
+Either way the contact becomes bouncing only after permanent failures on ``bounce_min_messages``
+distinct outbound messages (within ``bounce_window_days``). Soft bounces (temporary, a full
+mailbox) are scored and recorded but never take a contact out of use. A bouncing contact comes
+back with ``reactivate``: authenticated mail from its address, staff's « #reactiver », the CLI
+or a contacts import listing it as active.
 * ``message_id``: a DSN that only names one of our Message-IDs in its body. Message-IDs travel
   further than return paths (quoted in replies, forwarded), so such a DSN is recorded and counts
   towards the distinct messages, but never scores and never marks a contact bouncing unless a
@@ -31,13 +38,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailgateway.clock import PARIS, Clock, aware
 from mailgateway.directory.addresses import normalise_address
+from mailgateway.directory.targets import RECIPIENT_ROLES, Target, _where
 from mailgateway.settings import DirectorySettings, Settings
-from mailgateway.store.models import Contact, ContactBounce, OutboundMessage
+from mailgateway.store.models import Contact, ContactBounce, Establishment, OutboundMessage
 
 Evidence = Literal["relay", "verp", "message_id"]
 RELAY: Evidence = "relay"
@@ -100,7 +108,7 @@ def record_bounce(
         _score(contact, permanent, now, policy, counts=evidence in _STRONG and not repeat)
         if permanent:
             history.append((outbound_id, evidence))
-        if contact.status == "active" and _marks_bouncing(contact, permanent, evidence, history, policy):
+        if contact.status == "active" and _marks_bouncing(contact, permanent, history, policy):
             contact.status = "bouncing"
         contact.updated_at = now
         session.add(
@@ -115,6 +123,15 @@ def record_bounce(
         )
     session.flush()
     return contacts
+
+
+def contacts_of(session: Session, address: str, region: str | None = None) -> list[Contact]:
+    """Every contact with this address (of the establishments of ``region`` when given)."""
+    canonical = normalise_address(address) or address.strip().lower()
+    query = select(Contact).where(Contact.address == canonical)
+    if region is not None:
+        query = query.where(Contact.finess.in_(select(Establishment.finess).where(Establishment.region == region)))
+    return list(session.scalars(query.order_by(Contact.id)))
 
 
 def statuses_of(session: Session, address: str) -> dict[int, str]:
@@ -140,18 +157,32 @@ def _score(contact: Contact, permanent: bool, now: datetime, policy: BouncePolic
     contact.last_bounce_at = now
 
 
-def _marks_bouncing(contact: Contact, permanent: bool, evidence: Evidence,
+def _marks_bouncing(contact: Contact, permanent: bool,
                     history: list[tuple[int | None, str | None]], policy: BouncePolicy) -> bool:
+    # A soft bounce (RFC 3463 4.x.x, a full mailbox 5.2.2) never takes a contact out of use: the
+    # mailbox exists and will take mail again; it is scored for the reports only.
+    if not permanent:
+        return False
     if contact.bounce_score >= policy.threshold:
         return True  # only relay/VERP bounces ever score
-    if not (permanent and policy.hard_marks_bouncing):
+    if not policy.hard_marks_bouncing:
         return False
-    if evidence == RELAY:
-        return True
-    # Distinct deliveries: each outbound message once; a bounce naming none counts alone.
-    distinct = {oid if oid is not None else f"none:{n}" for n, (oid, _e) in enumerate(history)}
-    strong = any(e in _STRONG for _oid, e in history)
-    return strong and len(distinct) >= policy.min_messages
+    return refusals(history) >= policy.min_messages
+
+
+def refusals(history: list[tuple[int | None, str | None]]) -> int:
+    """Distinct deliveries refused for good, as counted towards ``min_messages``: each outbound
+    message once (a bounce naming none counts alone), and none at all without one ``relay`` or
+    ``verp`` failure among them. Our relay's own 5xx is no exception: one « 550 5.1.1 » during one
+    bulletin is one refusal (a mailbox being migrated, a typo since corrected), not « refus répétés »."""
+    if not any(e in _STRONG for _oid, e in history):
+        return 0
+    return len({oid if oid is not None else f"none:{n}" for n, (oid, _e) in enumerate(history)})
+
+
+def refusals_of(session: Session, contact: Contact, now: datetime, policy: BouncePolicy = DEFAULT_POLICY) -> int:
+    """How many distinct refused deliveries currently count against ``contact`` (staff wording)."""
+    return refusals(_permanent_history(session, contact, now, policy))
 
 
 def _permanent_history(session: Session, contact: Contact, now: datetime,
@@ -191,6 +222,38 @@ def reactivate(contact: Contact, now: datetime | None = None) -> None:
         contact.bounces_counted_since = now
     elif contact.last_bounce_at is not None:
         contact.bounces_counted_since = aware(contact.last_bounce_at) + timedelta(microseconds=1)
+
+
+def reactivate_address(session: Session, address: str, now: datetime, *,
+                       statuses: tuple[str, ...] = ("bouncing",), region: str | None = None) -> list[Contact]:
+    """Reactivate every contact with this address whose status is in ``statuses`` (of the
+    establishments of ``region`` when given); return them. Unknown or active: empty list."""
+    canonical = normalise_address(address) or address.strip().lower()
+    query = select(Contact).where(Contact.address == canonical, Contact.status.in_(statuses))
+    if region is not None:
+        query = query.where(Contact.finess.in_(select(Establishment.finess).where(Establishment.region == region)))
+    contacts = list(session.scalars(query.order_by(Contact.id)))
+    for contact in contacts:
+        reactivate(contact, now)
+    session.flush()
+    return contacts
+
+
+def out_of_use(session: Session, region: str, target: Target, limit: int = 5) -> tuple[int, list[str]]:
+    """Establishments of ``target`` left without any active recipient contact because theirs were
+    taken out of use (bouncing, disabled): how many, and a few of those addresses (for « #reactiver »)."""
+    roles = list(RECIPIENT_ROLES)
+    active = select(Contact.finess).where(Contact.status == "active", Contact.role.in_(roles))
+    stopped = select(Contact.finess).where(Contact.status.in_(("bouncing", "disabled")), Contact.role.in_(roles))
+    targeted = _where(select(Establishment.finess), region, target).where(
+        Establishment.finess.not_in(active), Establishment.finess.in_(stopped))
+    count = int(session.scalar(select(func.count()).select_from(targeted.subquery())) or 0)
+    if not count:
+        return 0, []
+    addresses = session.scalars(
+        select(Contact.address).where(Contact.finess.in_(targeted), Contact.status.in_(("bouncing", "disabled")),
+                                      Contact.role.in_(roles)).distinct().order_by(Contact.address).limit(limit))
+    return count, list(addresses)
 
 
 def disable(contact: Contact, now: datetime | None = None) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from mailgateway.directory.addresses import normalise_address
+from mailgateway.directory.bounces import reactivate
 from mailgateway.directory.categories import CATEGORIES, normalise_category
 from mailgateway.directory.csvfile import Row, fold, read_rows, read_text
 from mailgateway.directory.finess import FINESS_RE
@@ -58,7 +59,10 @@ _ALIASES = {
         )
     },
     **{k: "role" for k in ("role", "fonction")},
+    # Optional: « actif » re-lists a contact taken out of use after refusals as active again.
+    **{k: "status" for k in ("status", "statut", "etat")},
 }
+_ACTIVE = ("actif", "active", "oui")
 
 
 def normalise_finess(value: str, line: int, report: ImportReport) -> str | None:
@@ -131,6 +135,9 @@ def import_contacts(
         role = fold(v.get("role", "")) or "ssi"
         if role not in ROLES:
             report.error(row.line, f"rôle inconnu « {v['role']} » (valeurs possibles : {', '.join(ROLES)})")
+            ok = False
+        if v.get("status") and fold(v["status"]) not in _ACTIVE:
+            report.error(row.line, f"statut inconnu « {v['status']} » (valeur possible : actif, ou vide)")
             ok = False
         if v.get("category") and normalise_category(v["category"]) is None:
             report.error(
@@ -219,6 +226,7 @@ def import_contacts(
         session.execute(update(Establishment), updated_establishments)
     if new_contacts:
         session.execute(insert(Contact), new_contacts)
+    report.reactivated = _reactivate_listed(session, valid, now)
     report.added = len(new_contacts)
     report.unchanged = len(valid) - len(new_contacts)
     report.changed = len(updated_establishments)
@@ -229,3 +237,21 @@ def import_contacts(
             f"établissements créés depuis ce fichier (absents de l'extraction FINESS) : {len(new_establishments)}",
         )
     return report
+
+
+def _reactivate_listed(session: Session, valid: list[tuple[Row, str, str, str]], now: datetime) -> int:
+    """Contacts the file lists explicitly as active (``statut`` = actif) that refusals had taken out
+    of use: active again, their counted refusals cleared (bounces.reactivate). Without the column a
+    re-import leaves their status alone (module docstring)."""
+    wanted = {(f, a, r) for row, f, a, r in valid if fold(row.values.get("status", "")) in _ACTIVE}
+    if not wanted:
+        return 0
+    addresses = sorted({a for _f, a, _r in wanted})
+    count = 0
+    for start in range(0, len(addresses), 500):
+        for contact in session.scalars(select(Contact).where(
+                Contact.address.in_(addresses[start:start + 500]), Contact.status.in_(("bouncing", "disabled")))):
+            if (contact.finess, contact.address, contact.role) in wanted:
+                reactivate(contact, now)
+                count += 1
+    return count

@@ -29,6 +29,7 @@ class ImportReport:
     unchanged: int = 0
     skipped: int = 0  # lines deliberately ignored (geolocalisation, blank lines)
     removed: int = 0
+    reactivated: int = 0  # contacts listed as active again after refusals (contacts.py, ``statut``)
     absent: int = 0  # rows already in the directory that the file does not mention (kept)
     errors: list[LineError] = field(default_factory=list)
     warnings: list[LineError] = field(default_factory=list)
@@ -61,6 +62,8 @@ class ImportReport:
             counts += f", ignorés : {self.skipped}"
         if self.removed:
             counts += f", supprimés : {self.removed}"
+        if self.reactivated:
+            counts += f", réactivés : {self.reactivated}"
         lines.append(counts)
         if self.absent:
             lines.append(f"Absents du fichier (conservés) : {self.absent}")

@@ -6,11 +6,11 @@ with the same keys for ``check-config``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
 from typing import Any
 
-from mailgateway.clock import PARIS, french_datetime
-from mailgateway.dispatch.render import libelle
+from mailgateway.clock import french_instant as french_instant  # re-exported: templates' contexts use it
+from mailgateway.dispatch.render import defang, libelle, type_indicateur
 from mailgateway.settings import Settings
 from mailgateway.store.models import Case
 
@@ -54,17 +54,9 @@ def case_context(case: Case) -> dict[str, Any]:
     }
 
 
-def french_instant(value: object) -> str | None:
-    """« 27/11/2026 à 08:30 » (Paris) of an ISO 8601 instant kept in a case's fields (a declaration's
-    ``detected_at``): mail shows people French dates, never ISO timestamps. A value that is not an
-    instant is returned as it was written; a date without a time is shown as a French date."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return value
-    if len(value.strip()) <= 10:  # a date alone: no time to convert
-        return parsed.strftime("%d/%m/%Y")
-    # A declaration's time without an offset was written in France: Paris time, not UTC.
-    return french_datetime(parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=PARIS))
+def staff_indicators(indicators: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Indicators for a mail people read: the value defanged (« hxxps://evil[.]example/x »), the
+    type in French (« adresse IP »). The refanged value stays in the machine-readable files only
+    (dispatch/indicators_out.py): a clickable link to a malicious site must never reach staff."""
+    return [{**i, "value": defang(i.get("value")), "type_code": i.get("type"),
+             "type": type_indicateur(i.get("type"))} for i in indicators]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -44,6 +44,16 @@ log = logging.getLogger("mailgateway.mailer")
 # Template of the warnings the gateway sends its own staff about its budgets (one per hour).
 WARNING_TEMPLATE = "avertissement"
 
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why ``Mailer.send`` did not queue a mail; ``capped``: an automatic-reply cap or the global
+    budget held it back, so nobody was told and a person must answer instead (the staff
+    notification of a declaration says so: processing/handlers.py)."""
+
+    reason: str
+    capped: bool
 
 
 class StaffDirectory(Protocol):
@@ -144,18 +154,28 @@ class Mailer:
         return self.send_to_staff(session, region, template=WARNING_TEMPLATE, context=context,
                                   kind="avertissement_plafond", key=key, priority=0)
 
-    def notice_allowed(self, session: Session, sender: str) -> bool:
+    def notice_allowed(self, session: Session, sender: str, *, pooled: str | None = None,
+                       pooled_cap: int | None = None) -> bool:
         """Whether staff may still be notified of a message from ``sender`` this hour; counts it if so.
 
-        The cap is per sender address (lower-cased; an empty sender is one sender): an outsider
-        must not be able to push a stream of gateway notifications, with attachments, to staff."""
+        The cap is per sender key (an address, or ``domain:<d>`` for a signing domain; lower-cased;
+        an empty sender is one sender): an outsider must not be able to push a stream of gateway
+        notifications, with attachments, to staff. ``pooled``: a second key shared by many senders
+        (all unauthenticated mail) with its own cap ``pooled_cap``; both must allow it."""
         key = (sender or "").strip().lower()[:512]
         hour_ago = self.clock.now() - timedelta(hours=1)
-        count = int(session.scalar(select(func.count()).select_from(StaffNoticeLog).where(
-            StaffNoticeLog.sender == key, StaffNoticeLog.at >= hour_ago)) or 0)
-        if count >= self.settings.outbound.staff_notifications_per_sender_per_hour:
+
+        def used(k: str) -> int:
+            return int(session.scalar(select(func.count()).select_from(StaffNoticeLog).where(
+                StaffNoticeLog.sender == k, StaffNoticeLog.at >= hour_ago)) or 0)
+
+        if used(key) >= self.settings.outbound.staff_notifications_per_sender_per_hour:
+            return False
+        if pooled is not None and pooled_cap is not None and used(pooled) >= pooled_cap:
             return False
         session.add(StaffNoticeLog(sender=key, at=self.clock.now()))
+        if pooled is not None:
+            session.add(StaffNoticeLog(sender=pooled, at=self.clock.now()))
         return True
 
     def from_identity(self, region: str) -> tuple[str, str]:
@@ -201,11 +221,14 @@ class Mailer:
         priority: int = 0,
         bulletin_id: int | None = None,
         actor: str = "passerelle",
+        refusals: list[Refusal] | None = None,
     ) -> OutboundMessage | None:
-        """Compose and queue ``spec``; return the outbox row, or None when refused or already queued."""
+        """Compose and queue ``spec``; return the outbox row, or None when refused or already queued.
+        A refusal is also appended to ``refusals`` when given (already queued is no refusal)."""
         recipient = spec.to.strip().lower()
         tlp = spec.tlp or (case.tlp if case is not None else None)
         reason: str | None = None
+        capped = False
         if not recipient or "@" not in recipient:
             reason = f"adresse de destination invalide : {recipient!r}"
         elif is_no_reply(recipient):
@@ -220,12 +243,15 @@ class Mailer:
                 region = self._region_of(spec, case)
                 if region is not None:
                     self.warn_staff(session, region, topic="reponses_automatiques", motif=reason)
+            capped = reason is not None
         if reason is None:
             try:
                 composed = self.composer.compose(replace(spec, to=recipient, tlp=tlp))
             except PolicyRefusal as exc:
                 reason = exc.reason
         if reason is not None:
+            if refusals is not None:
+                refusals.append(Refusal(reason, capped))
             # docs/operations.md: a refusal is a log line with its fields, like a failed delivery.
             log.info("outbound %s to %s refused before sending: %s", kind, recipient, reason,
                      extra={"recipient": recipient, "case_ref": case.reference if case is not None else None,

@@ -10,6 +10,7 @@ reaches the header API. Sites override any template by putting a file of the sam
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mailgateway.clock import french_instant
 from mailgateway.errors import TemplateError
 
 BUNDLED_DIR = Path(str(resources.files("mailgateway") / "templates"))
@@ -46,6 +48,88 @@ def libelle(value: Any) -> Any:
     return _labels().get(value, value) if isinstance(value, str) else value
 
 
+@cache
+def _indicator_labels() -> dict[str, str]:
+    text = resources.files("mailgateway").joinpath("data/libelles.toml").read_text(encoding="utf-8")
+    return dict(tomllib.loads(text).get("indicateurs", {}))
+
+
+def type_indicateur(value: Any) -> Any:
+    """French name of an indicator type (``phone`` -> ``téléphone``). A table of its own: the
+    words ``url`` or ``hash`` must not be translated inside a case title (``french_title``)."""
+    return _indicator_labels().get(value, value) if isinstance(value, str) else value
+
+
+_SCHEME = re.compile(r"^(h)tt(ps?)(\[?:\]?//)|^(f)t(p)(\[?:\]?//)", re.I)
+
+
+def _bracket(text: str, char: str) -> str:
+    # Idempotent: a part already written "[.]" is kept, so defanging twice changes nothing.
+    return f"[{char}]".join(part.replace(char, f"[{char}]") for part in text.split(f"[{char}]"))
+
+
+def defang(value: Any) -> Any:
+    """An indicator as people must see it in mail: not clickable, not resolvable
+    (``https://evil.example/x.exe`` -> ``hxxps://evil[.]example/x.exe``, ``a@b.fr`` -> ``a[@]b[.]fr``,
+    ``192.0.2.1`` -> ``192[.]0[.]2[.]1``). Mail clients (Outlook, Thunderbird) turn a URL, an address
+    or a host name written in plain text into a link: an indicator is evidence, never a link.
+    Only the machine-readable files (STIX, MISP, CSV: dispatch/indicators_out.py) carry values refanged."""
+    if not isinstance(value, str):
+        return value
+    m = _SCHEME.match(value)
+    if m or "://" in value:
+        if m:
+            value = (f"{m.group(1)}xx{m.group(2)}{m.group(3)}" if m.group(1)
+                     else f"{m.group(4)}x{m.group(5)}{m.group(6)}") + value[m.end():]
+        scheme, sep, rest = value.partition("//")
+        host, slash, path = rest.partition("/")
+        return scheme + sep + _bracket(host, ".") + slash + path
+    if "@" in value:
+        local, _, domain = value.rpartition("@")
+        local = local.removesuffix("[")
+        domain = domain.removeprefix("]")
+        return f"{local}[@]{_bracket(domain, '.')}"
+    if " " in value or "." not in value:
+        return value.replace(":", "[:]") if value.count(":") >= 2 and "[:]" not in value else value
+    return _bracket(value, ".")
+
+
+_URL_IN_TEXT = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'\])}]{1,2000}", re.I)
+
+
+def defang_text(value: Any) -> Any:
+    """Free text from mail (a reply, a summary) with its URLs defanged: shown to staff as text,
+    never as a link a click away (linear pattern: a scheme, then a bounded run of non-blanks)."""
+    if not isinstance(value, str):
+        return value
+    return _URL_IN_TEXT.sub(lambda m: str(defang(m.group(0))), value)
+
+
+def instant_fr(value: Any) -> Any:
+    """« 27/11/2026 à 08:30 » of an ISO 8601 instant (``clock.french_instant``)."""
+    return french_instant(value) if value else value
+
+
+def libelle_mots(value: Any) -> Any:
+    """Free text with each enumeration code word in French (« catégorie ESMS » -> « catégorie
+    établissement social ou médico-social »): word by word, linear; other words unchanged."""
+    if not isinstance(value, str):
+        return value
+    return " ".join(str(libelle(word)) for word in value.split(" "))
+
+
+_CATEGORY_CLAUSE = re.compile(r"category=([A-Za-z_|]{1,500})")
+
+
+def categories_fr(expression: Any) -> list[str]:
+    """« LBM : laboratoire de biologie médicale » for each category a stored target expression
+    names (directory/targets.py canonical form), so a preview explains the codes staff typed."""
+    if not isinstance(expression, str):
+        return []
+    codes = sorted({c for m in _CATEGORY_CLAUSE.finditer(expression) for c in m.group(1).split("|") if c})
+    return [f"{c} : {libelle(c)}" for c in codes if libelle(c) != c]
+
+
 def _one_line(value: str) -> str:
     # RFC 5322 §2.2: a header body is one logical line; CR/LF never reach the header API.
     return " ".join(value.split())
@@ -63,6 +147,12 @@ class Renderer:
         )
         for env in (self._html, self._text):
             env.filters["libelle"] = libelle
+            env.filters["type_indicateur"] = type_indicateur
+            env.filters["defang"] = defang
+            env.filters["defang_text"] = defang_text
+            env.filters["libelle_mots"] = libelle_mots
+            env.filters["categories_fr"] = categories_fr
+            env.filters["instant_fr"] = instant_fr
 
     def has(self, name: str) -> bool:
         try:

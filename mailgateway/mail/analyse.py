@@ -57,13 +57,19 @@ from mailgateway.mail.bounce import detect_bounce, verp_token
 from mailgateway.mail.commands import REASON_UNKNOWN, authorise, is_staff, parse_command_line, parse_commands
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.courtesy import is_courtesy
-from mailgateway.mail.declaration import extract_declaration, labelled_fields, looks_like_declaration
+from mailgateway.mail.declaration import (
+    addresses_in,
+    extract_declaration,
+    forwarded_author_address,
+    labelled_fields,
+    looks_like_declaration,
+)
 from mailgateway.mail.facts import Command, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import message_ids, parse_addresses
-from mailgateway.mail.indicators import extract_indicators, phone_e164
+from mailgateway.mail.indicators import extract_indicators, phone_e164, signature_phones
 from mailgateway.mail.indicators_in import with_attached
 from mailgateway.mail.labels import Labels, load_labels
-from mailgateway.mail.parse import ParsedMessage, inner_text, message_problem, parse_message
+from mailgateway.mail.parse import MAX_TEXT_CHARS, ParsedMessage, inner_text, message_problem, parse_message
 from mailgateway.mail.receipt import read_receipt
 from mailgateway.mail.refs import strip_prefixes, thread_case
 from mailgateway.mail.text import fold, forwarded_from, header_block_end, new_text, split_forwarded
@@ -314,14 +320,23 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     if is_decl:
         extra["declaration_by"] = why
         from_addr = sender.address
+        # A colleague of the agency forwarding an establishment's declaration: the establishment
+        # is the declarant, the colleague is recorded (``transmis_par``) and not acknowledged.
+        agency = _agency_domains(ctx)
+        by_agency = source.outer is not None and source.author_declares and _agency_colleague(sender, region, ctx)
         declaration = extract_declaration(
-            decl_text, decl_subject, ctx, labels, from_addr, reply_to, _sent_at(pm), source.author, source.outer
+            decl_text, decl_subject, ctx, labels, from_addr, reply_to, _sent_at(pm), source.author, source.outer,
+            agency_forward=(*agency, *ctx.acss_domains) if by_agency else None,
         )
         if source.outer is not None:
             extra["forwarded"] = True
-        excluded = [*_participants(pm, ctx, reply_to), declaration.declarant or ""]
-        phones = _declarant_phones(decl_text, labels)
-        indicators = extract_indicators([decl_text, *links], excluded, labels.noise_domains, phones)
+        if by_agency:
+            extra["transmis_par"] = (sender.address or "").lower()
+        excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
+        phones = _declarant_phones(decl_text, labels) + signature_phones(decl_text)
+        if source.outer is not None:
+            phones += signature_phones(source.outer)
+        indicators = extract_indicators([decl_text, *links], excluded, (*labels.noise_domains, *agency), phones)
         return replace(base, kind="declaration", declaration=declaration, indicators=indicators)
     # 7. unknown
     reason_text = UNRECOGNISED
@@ -333,12 +348,22 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     return replace(base, kind="unknown", quarantine_reason=reason_text)
 
 
+def _html_says_no_more(pm: ParsedMessage, labels: Labels) -> bool:
+    """A courtesy must be one in every alternative: « Merci » in text/plain beside an HTML part
+    reporting encrypted servers is not one (a reply read in Outlook shows the HTML)."""
+    if not pm.html_raw or not any(p.strip() for p in pm.plain):
+        return True  # HTML only: already what ``fresh`` was read from
+    pm.convert_html()
+    html_fresh = new_text("\n\n".join(pm.html)[:MAX_TEXT_CHARS])
+    return not html_fresh.strip() or is_courtesy(html_fresh, pm.attachments, labels)
+
+
 def _read_reply(pm: ParsedMessage, fresh: str, ctx: AnalysisContext, labels: Labels, reply_to: str | None,
                 extra: dict[str, object]) -> None:
     """What a reply says beyond being one: a mere courtesy (``extra["courtesy"]``: « Merci, bonne
     journée », « #lu »), or a declaration in its new text (``extra["reply_declaration"]``, for a
     reply to a relayed alert or bulletin: processing opens a case linked to it)."""
-    if is_courtesy(fresh, pm.attachments, labels):
+    if is_courtesy(fresh, pm.attachments, labels) and _html_says_no_more(pm, labels):
         extra["courtesy"] = True
         return
     if not fresh.strip() or fresh.lstrip().startswith("#"):
@@ -408,6 +433,23 @@ def _participants(pm: ParsedMessage, ctx: AnalysisContext, reply_to: str | None)
     return found
 
 
+def _agency_domains(ctx: AnalysisContext) -> tuple[str, ...]:
+    """The agency's own domains: those of its regional mailboxes (and of the gateway's addresses)."""
+    return tuple(_own_domains(ctx))
+
+
+def _agency_colleague(sender: SenderVerdict, region: str | None, ctx: AnalysisContext) -> bool:
+    """An authenticated member of the region's staff, or any DKIM-authenticated sender of the
+    agency's own domains: someone whose forward of a declaration is a transmission, not theirs."""
+    if not sender.authenticated or not sender.address:
+        return False
+    address = sender.address.lower()
+    regions = ctx.staff.get(address)
+    if regions and (region is None or region in regions):
+        return True
+    return domain_in(sender.domain or address.rpartition("@")[2], list(_agency_domains(ctx)))
+
+
 def _declarant_phones(text: str, labels: Labels) -> list[str]:
     """Numbers given as the declarant's contact are not indicators of compromise."""
     fields = labelled_fields(text, labels).values
@@ -425,6 +467,12 @@ class _Source:
     author: str | None
     links: list[str]
     outer: str | None
+    # The author's level reads as a declaration on its own (not a forwarded phishing mail shown
+    # as evidence): only then may an agency colleague's forward name its author as declarant.
+    author_declares: bool = False
+    # Addresses of the forwarded levels' headers (From/To/Cc of each): participants, not
+    # indicators — except the author of a deepest level that is evidence, not a declaration.
+    participants: tuple[str, ...] = ()
 
 
 MAX_INLINE_FORWARDS = 5
@@ -445,13 +493,38 @@ def _inline_segments(text: str) -> tuple[str, list[tuple[str, str | None]]]:
     return before, segments
 
 
-def _author_of(segments: list[tuple[str, str | None]], labels: Labels, subject: str) -> str | None:
-    """The author of the forwarded level that holds the declaration (else the deepest one)."""
+def _author_of(segments: list[tuple[str, str | None]], labels: Labels, subject: str) -> tuple[str | None, bool]:
+    """(author of the forwarded level that holds the declaration, True), else (the deepest
+    author, False)."""
     for own, author in segments:
         if author and looks_like_declaration(own, subject, labels)[0]:
-            return author
+            return author, True
     authors = [a for _own, a in segments if a]
-    return authors[-1] if authors else None
+    return (authors[-1] if authors else None), False
+
+
+def _inline_participants(segments: list[tuple[str, str | None]], labels: Labels, subject: str) -> list[str]:
+    """Addresses of each inline level's header block (« De : / À : / Cc : »), but the author of
+    the deepest level when that level is not itself a declaration (a forwarded phishing mail:
+    its sender is an indicator)."""
+    found: list[str] = []
+    for n, (own, author) in enumerate(segments):
+        head = own[: header_block_end(own)]
+        addresses = addresses_in(head[:5000])
+        if n == len(segments) - 1 and author and not looks_like_declaration(own, subject, labels)[0]:
+            evidence = forwarded_author_address(author)
+            addresses = [a for a in addresses if a != evidence]
+        found.extend(addresses)
+    return found
+
+
+def _attached_participants(attached: list[tuple[ParsedMessage, str]], verdicts: list[tuple[bool, str]]) -> list[str]:
+    found: list[str] = []
+    for (parsed, _body), (declares, _why) in zip(attached, verdicts, strict=True):
+        found.extend(a for _n, a in parsed.addresses("To", "Cc", "Reply-To", "Sender"))
+        if declares or parsed.forwarded:
+            found.extend(a for _n, a in parsed.addresses("From"))
+    return found
 
 
 def _declaration_source(pm: ParsedMessage, text: str, subject: str, labels: Labels) -> _Source:
@@ -481,19 +554,24 @@ def _declaration_source(pm: ParsedMessage, text: str, subject: str, labels: Labe
     chosen = next((a for a, v in zip(attached, verdicts, strict=True) if v[1] == "labelled"), None) or next(
         (a for a, v in zip(attached, verdicts, strict=True) if v[0]), None
     )
+    declares = chosen is not None
     if chosen is None and attached:
         # No forwarded message reads as a declaration on its own (a forwarded phishing mail): the
         # cover note says what happened, the forwarded message shows it.
         chosen = (attached[0][0], outer.strip() + "\n\n" + attached[0][1])
+    participants = _attached_participants(attached, verdicts) + _inline_participants(own_segments, labels, subject)
     if chosen is not None:
         parsed, inner_body = chosen
         inner_subject = parsed.header("Subject") or subject
         _before, segments = _inline_segments(inner_body)
-        author = _author_of(segments, labels, inner_subject) if segments else None
+        author, inner_declares = _author_of(segments, labels, inner_subject) if segments else (None, False)
+        participants += _inline_participants(segments, labels, inner_subject)
         return _Source(inner_body, inner_subject + "\n" + subject, author or parsed.header("From") or None,
-                       parsed.all_links() + pm.all_links(), outer)
+                       parsed.all_links() + pm.all_links(), outer,
+                       author_declares=inner_declares if author else declares, participants=tuple(participants))
     if own_segments:
         forwarded = "\n".join(own for own, _a in own_segments)
-        return _Source(own_before + "\n" + forwarded, subject, _author_of(own_segments, labels, subject),
-                       pm.all_links(), outer)
+        author, declares = _author_of(own_segments, labels, subject)
+        return _Source(own_before + "\n" + forwarded, subject, author, pm.all_links(), outer,
+                       author_declares=declares, participants=tuple(participants))
     return _Source(text, subject, None, pm.all_links(), None)

@@ -427,9 +427,13 @@ def detect_bounce(pm: ParsedMessage, token: str | None) -> Bounce | None:
     recipients = (recipients or [a for a in failed_header if not any(p in a for p in parts)] or named
                   or ndr.envelope_recipients(_returned_text(pm, texts, report), report)
                   or _flufl_named(pm, report, authors))
+    if permanent is None:
+        permanent = not _delayed(pm.header("Subject") + "\n" + report)
+    if permanent and mailbox_full(f"{diagnostic or ''}\n{report}"):
+        permanent = False  # a full mailbox is a soft bounce (mailbox_full)
     return Bounce(
         recipients=tuple(recipients[:MAX_RECIPIENTS]),
-        permanent=not _delayed(pm.header("Subject") + "\n" + report) if permanent is None else permanent,
+        permanent=permanent,
         original_message_id=original_message_id(pm),
         verp_token=token,
         diagnostic=_diagnostic(report, recipients, diagnostic),
@@ -484,6 +488,25 @@ def _verp_only(pm: ParsedMessage, token: str) -> Bounce:
     """Mail at a VERP return path that reads as no report: the token still names the delivery
     (analyse.py lets an auto-reply there be an auto-reply)."""
     return Bounce(recipients=(), permanent=True, original_message_id=original_message_id(pm), verp_token=token)
+
+
+# RFC 3463 §3.3: X.2.2 "mailbox full" is a condition that may clear ("persistent transient"),
+# and RFC 5321 §4.5.3.1.10 asks clients to treat a 552 for a full mailbox as temporary. Exchange
+# still answers it with a final NDR (« 554 5.2.2 mailbox full; QuotaExceededException »).
+_MAILBOX_FULL_STATUS = re.compile(r"\b[45]\.2\.2\b")
+_MAILBOX_FULL_WORDS = ("mailbox full", "mailbox is full", "quota", "insufficient storage",
+                       "boite pleine", "boite aux lettres pleine", "boite de reception pleine",
+                       "boite aux lettres est pleine", "espace de stockage insuffisant")
+_ADDRESS_STATUS = re.compile(r"\b5\.1\.\d{1,3}\b")
+
+
+def mailbox_full(text: str) -> bool:
+    """A full mailbox (5.2.2, "quota", « boîte pleine »): a soft bounce, whatever its class.
+    A report that also says the address is wrong (5.1.x) is not one."""
+    folded = ndr.fold(text[: ndr.MAX_REPORT_CHARS])
+    if _ADDRESS_STATUS.search(folded):
+        return False
+    return bool(_MAILBOX_FULL_STATUS.search(folded)) or any(w in folded for w in _MAILBOX_FULL_WORDS)
 
 
 def _delayed(text: str) -> bool:

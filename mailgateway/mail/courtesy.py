@@ -5,7 +5,8 @@ reopening it, and on a bulletin or relayed alert it counts as an acknowledgement
 notification. Anything else is substantive and reaches staff, so the test is conservative: the
 new text is short (``[courtesy] max_chars``), has no question mark, the message no attachment,
 and every line is made only of the phrases of ``[courtesy] phrases`` (labels.toml) — except up to
-two closing lines of a signature in which every word is capitalised (« Jean Dupont », « RSSI »).
+five closing lines of a signature: capitalised words and the particles of names (« Jean Dupont »,
+« La cellule SSI du CHU de Test »), an address, a phone line (« Tél. 04 72 00 00 00 »).
 
 Linear: the text is cut to ``max_chars`` before anything else, then matched word by word against
 phrases of at most a few words (no regex on the text).
@@ -16,8 +17,14 @@ from __future__ import annotations
 from mailgateway.mail.labels import Labels
 from mailgateway.mail.text import match_form
 
-MAX_SIGNATURE_LINES = 2
-MAX_SIGNATURE_CHARS = 60
+MAX_SIGNATURE_LINES = 5
+MAX_SIGNATURE_CHARS = 80
+# Lower-case words a name or a service may hold (« La cellule SSI du CHU de Test »).
+_PARTICLES = frozenset({"de", "du", "des", "la", "le", "les", "d", "l", "et", "à", "au", "aux", "en", "sur", "-"})
+# A signature line with digits is a phone line: it starts with one of these, or is only a number.
+_PHONE_WORDS = frozenset({"tél", "tel", "téléphone", "telephone", "mob", "mobile", "portable", "port", "fax",
+                          "standard", "ligne", "poste", "t", "m", "f"})
+_NUMBER_CHARS = frozenset("0123456789 +().-/")
 
 
 def _phrases_only(words: list[str], phrases: tuple[tuple[str, ...], ...]) -> bool:
@@ -33,13 +40,29 @@ def _phrases_only(words: list[str], phrases: tuple[tuple[str, ...], ...]) -> boo
     return True
 
 
+def _signature_word(word: str) -> bool:
+    bare = word.strip(",.;:()/|\"'«»")
+    if not bare:
+        return True
+    if "@" in bare and "/" not in bare:  # an address: « jean.dupont@chu.fr »
+        return True
+    if bare.lower().split("'")[0] in _PARTICLES or bare.lower() in _PARTICLES:
+        return True
+    return bare[:1].isupper() or not bare[:1].isalpha()
+
+
 def _signature_line(line: str) -> bool:
+    """A closing line of a signature: a name, a title, a service (capitalised words and the
+    particles of names), an address, or a phone number — never a sentence with a question."""
+    if not 0 < len(line) <= MAX_SIGNATURE_CHARS or "?" in line or "://" in line:
+        return False
     words = line.replace(",", " ").split()
-    return (
-        0 < len(line) <= MAX_SIGNATURE_CHARS
-        and not any(ch.isdigit() for ch in line)
-        and all(w[:1].isupper() or not w[:1].isalpha() for w in words)
-    )
+    if any(ch.isdigit() for ch in line):
+        first = words[0].strip(".:").lower() if words else ""
+        if first not in _PHONE_WORDS and not all(ch in _NUMBER_CHARS for ch in line):
+            return False
+        return all(ch in _NUMBER_CHARS for ch in " ".join(words[1:] if first in _PHONE_WORDS else words))
+    return all(_signature_word(w) for w in words)
 
 
 def is_courtesy(new_text: str, attachments: int, labels: Labels) -> bool:

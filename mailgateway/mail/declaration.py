@@ -8,6 +8,7 @@ keyword search in the free text. Enumeration ids are those of enumerations.md.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -91,7 +92,7 @@ class Fields:
 def labelled_fields(text: str, labels: Labels) -> Fields:
     values: dict[str, str] = {}
     count = 0
-    for label, value, _i in labelled_lines(text):
+    for label, value, _i in labelled_lines(text, is_field=lambda name: labels.fields.lookup(name) is not None):
         field = labels.fields.lookup(label)
         if field is None:
             continue
@@ -141,12 +142,22 @@ def _severity(fields: dict[str, str], text: str, labels: Labels) -> str:
     return Severity.NON_QUALIFIE
 
 
+# Words of the national portal's notifications (matched on ``match_form`` text).
+PORTAL_WORDS = ("portail de signalement", "signalement social sante", "signalement sante gouv")
+
+
+def says_portal(text: str) -> bool:
+    """Whether a text presents itself as a notification of the national portal."""
+    head = match_form(text[:2300])
+    return any(words in head for words in PORTAL_WORDS)
+
+
 def _declarant(
-    fields: dict[str, str], from_address: str | None, reply_to: str | None
+    fields: dict[str, str], from_address: str | None, reply_to: str | None, robot_hint: bool = False
 ) -> tuple[str | None, str | None]:
-    """(address, name) of the person who wrote to the agency: the labelled « Courriel du
-    déclarant » of the message's own text (a portal's notification), then Reply-To when From is a
-    no-reply robot, then From, then Reply-To.
+    """(address, name) of the person who wrote to the agency: when From is a no-reply robot (a
+    portal's notification), the labelled « Courriel du déclarant » of the message's own text, then
+    Reply-To; then From, then Reply-To.
 
     The author of a forwarded message is never a candidate, nor are labels of the forwarded text
     (``fields`` holds only the outer text's): the acknowledgement once went to the phisher of a
@@ -154,10 +165,14 @@ def _declarant(
     """
     name = fields.get("declarant") or None
     candidates: list[str] = []
-    for key in ("declarant_email", "declarant"):
+    # The labelled address counts only in a robot's notification (a portal, a ticketing tool, whose
+    # From is a no-reply): from a person, « Courriel du déclarant : victime@… » would let anyone
+    # have the agency write to, and file a case under, an address of their choosing (outside attack).
+    robot = is_noreply(from_address) or robot_hint
+    for key in ("declarant_email", "declarant") if robot else ():
         if fields.get(key):
             candidates.extend(m.group(0).lower() for m in _EMAIL.finditer(fields[key]))
-    if is_noreply(from_address) and reply_to:
+    if robot and reply_to:
         candidates.append(reply_to)
     candidates.append(from_address or "")
     if reply_to:
@@ -168,6 +183,32 @@ def _declarant(
                 name = None
             return cand.strip(".").lower(), name
     return None, name
+
+
+def addresses_in(text: str) -> list[str]:
+    """Every e-mail address written in ``text`` (lower case)."""
+    return [m.group(0).strip(".").lower() for m in _EMAIL.finditer(text)]
+
+
+def plausible_declarant(address: str | None, agency_domains: Sequence[str]) -> bool:
+    """An address an establishment could declare from: not a robot's, not the agency's own."""
+    if not address or "@" not in address or is_noreply(address):
+        return False
+    domain = address.rpartition("@")[2].lower()
+    return not any(domain == d or domain.endswith("." + d) for d in agency_domains if d)
+
+
+def _forward_declarant(fields: dict[str, str], author: str | None, agency_domains: Sequence[str]) -> str | None:
+    """The declarant of a declaration an agency colleague forwarded: the forwarded form's
+    « Courriel du déclarant », else the forwarded message's author — an establishment's address,
+    never the agency's own nor a robot's; none otherwise (nobody is acknowledged)."""
+    candidates: list[str] = []
+    for key in ("declarant_email", "declarant"):
+        if fields.get(key):
+            candidates.extend(addresses_in(fields[key]))
+    if author:
+        candidates.append(author)
+    return next((c for c in candidates if plausible_declarant(c, agency_domains)), None)
 
 
 def forwarded_author_address(forwarded_from: str | None) -> str | None:
@@ -242,7 +283,7 @@ def _first_sentences(text: str, limit: int = 600) -> str | None:
     cleaned = re.sub(r"^(bonjour|madame|monsieur|cher|chère)[^\n]{0,60}\n+", "", cleaned, flags=re.I)
     # A run of blanks holding a line break becomes one space. One "\s+" per run: "\s*\n\s*" retried
     # every start inside a long run of other blanks (no-break spaces), quadratic.
-    cleaned = _BLANK_RUN.sub(lambda m: " " if "\n" in m.group(0) else m.group(0), cleaned)
+    cleaned = _BLANK_RUN.sub(lambda m: " " if "\n" in m.group(0) else m.group(0), cleaned).strip()
     if not cleaned:
         return None
     return cleaned[:limit].rstrip() + ("…" if len(cleaned) > limit else "")
@@ -258,12 +299,17 @@ def extract_declaration(
     sent_at: datetime | None,
     forwarded_from: str | None = None,
     outer_text: str | None = None,
+    agency_forward: Sequence[str] | None = None,
 ) -> Declaration:
     """Everything that can be read from a declaration's text (labelled first, then free text).
 
     ``outer_text``: for a forwarded declaration, the text of the message itself (the cover note),
     the only place the declarant's address is read from; ``forwarded_from`` the forwarded
     message's From, recorded as ``forwarded_author``.
+
+    ``agency_forward`` (the agency's own domains), for a declaration forwarded by an authenticated
+    colleague of the agency: the declarant is the establishment that wrote the forwarded
+    declaration (``_forward_declarant``), not the colleague.
     """
     found = labelled_fields(text, labels)
     fields = found.values
@@ -312,7 +358,12 @@ def extract_declaration(
     if summary is None and not labelled:
         summary = _first_sentences(text)
     own_fields = fields if outer_text is None else labelled_fields(outer_text, labels).values
-    address, name = _declarant(own_fields, from_address, reply_to)
+    if agency_forward is not None:
+        address = _forward_declarant(fields, forwarded_author_address(forwarded_from), agency_forward)
+        name = None
+    else:
+        own_text = text if outer_text is None else outer_text
+        address, name = _declarant(own_fields, from_address, reply_to, says_portal(subject + " " + own_text))
     departement = info.departement if info and info.departement else None
     if departement is None and finess:
         departement = finess[:2]
@@ -336,6 +387,10 @@ def extract_declaration(
     )
 
 
+_INCIDENT_FIELDS = frozenset({"incident_type", "detected_at", "nature", "severity", "impact_soins", "impact_donnees",
+                              "measures"})
+
+
 def looks_like_declaration(text: str, subject: str, labels: Labels) -> tuple[bool, str]:
     """(is a declaration, why): labelled form, or incident keywords in free text."""
     found = labelled_fields(text, labels)
@@ -355,6 +410,11 @@ def looks_like_declaration(text: str, subject: str, labels: Labels) -> tuple[boo
         "structure",
     }
     if found.count >= MIN_LABELS and len(strong & found.values.keys()) >= 2:
+        return True, "labelled"
+    # A short hand-made form: a valid FINESS and one incident field (« N° FINESS : … / Gravité :
+    # grave » under « Nous vous signalons un incident : »).
+    numbers = [found.values.get(k, "") for k in ("finess", "finess_et", "finess_ej")]
+    if _INCIDENT_FIELDS & found.values.keys() and any(find_finess(n.replace(" ", "")) for n in numbers if n):
         return True, "labelled"
     probe = subject + "\n" + text[:20_000]
     if labels.declaration_keywords.first(probe):

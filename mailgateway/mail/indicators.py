@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 
 from mailgateway.mail.facts import Indicator
+from mailgateway.mail.text import normalise
 
 MAX_INDICATORS = 100
 MAX_SCAN = 200_000
@@ -168,3 +169,44 @@ def phone_e164(text: str) -> list[str]:
     """French numbers of ``text`` in E.164 form (used to exclude a declarant's own number)."""
     french = ["+33" + m.group(1) + re.sub(r"\D", "", m.group(2)) for m in _PHONE.finditer(text)]
     return french + ["+" + re.sub(r"\D", "", m.group(1)) for m in _PHONE_INTL.finditer(text)]
+
+
+# Closing formulas after which come the writer's name, title and contact numbers.
+_CLOSINGS = ("cordialement", "bien cordialement", "tres cordialement", "bien a vous", "salutations",
+             "sinceres salutations", "meilleures salutations", "respectueusement", "best regards",
+             "kind regards", "regards")
+_SIGNATURE_LINES = 10
+
+
+def _closing(line: str) -> bool:
+    stripped = line.strip()
+    if stripped in ("--", "-- "):
+        return True
+    words = normalise(stripped[:60])
+    return bool(words) and any(words == c or words.startswith(c + " ") for c in _CLOSINGS)
+
+
+def signature_phones(text: str) -> list[str]:
+    """Numbers of the signature blocks of ``text`` (E.164): the lines after a « -- » separator
+    (RFC 3676 §4.3) or a closing formula (« Cordialement, »), up to ten lines and never past the
+    start of a forwarded or quoted message. The writer's own numbers, not indicators.
+    Linear: each line is looked at once for a closing, at most ten times as a signature line."""
+    lines = text[:MAX_SCAN].splitlines()
+    block: list[str] = []
+    i = 0
+    while i < len(lines):
+        if not _closing(lines[i]):
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and j <= i + _SIGNATURE_LINES and not _forward_start(lines[j]):
+            block.append(lines[j])
+            j += 1
+        i = j
+    return phone_e164("\n".join(block))
+
+
+def _forward_start(line: str) -> bool:
+    stripped = line.lstrip()
+    return stripped.startswith((">", "---", "___", "De :", "De:", "From:", "From :")) or (
+        "a écrit" in stripped or "wrote:" in stripped or "réexpédié" in stripped)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from functools import lru_cache
 
 _NON_WORD = re.compile(r"[^0-9a-z+?]+")
@@ -232,14 +233,30 @@ def _is_label_line(line: str) -> bool:
     return label_line(line) is not None
 
 
-def labelled_lines(text: str, max_lines: int = 2000) -> list[tuple[str, str, int]]:
+def labelled_lines(
+    text: str, max_lines: int = 2000, is_field: Callable[[str], bool] | None = None
+) -> list[tuple[str, str, int]]:
     """(normalised label, value, line index) for every "Label : value" line.
 
     A label whose value is empty ("Description :") takes the following lines up to the next
-    blank line or labelled line: portals put long text on the lines after the label.
+    blank line or labelled line: portals put long text on the lines after the label; after a
+    blank line, the paragraph that follows, up to the next labelled line.
+
+    ``is_field`` (normalised label -> known field) keeps a sentence that ends with a colon
+    (« Voici les éléments : », « Nous vous signalons un incident : ») from swallowing the form
+    below it: only a known field takes the following lines, and a known field's paragraph stops
+    at the next known field. Without it every label is a field (and every labelled line ends a
+    paragraph). Each line is read once or twice: linear.
     """
     lines = text.splitlines()[:max_lines]
     out: list[tuple[str, str, int]] = []
+
+    def ends_value(line: str) -> bool:
+        found = label_line(line)
+        if found is None:
+            return False
+        return is_field is None or is_field(match_form(found[0]))
+
     i = 0
     while i < len(lines):
         found = label_line(lines[i])
@@ -249,15 +266,17 @@ def labelled_lines(text: str, max_lines: int = 2000) -> list[tuple[str, str, int
         label = match_form(found[0])
         value = found[1].strip()
         j = i + 1
-        if not value:
+        if not value and is_field is not None and not is_field(label):
+            pass  # an unknown label (a sentence ending with ':') takes nothing below it
+        elif not value:
             block: list[str] = []
             while j < len(lines) and lines[j].strip() and not _is_label_line(lines[j]):
                 block.append(lines[j].strip())
                 j += 1
             if not block and j < len(lines) and not lines[j].strip():
-                # "Description :" then a blank line then the paragraph.
+                # "Description :" then a blank line then the paragraph (not a labelled line).
                 k = j + 1
-                while k < len(lines) and lines[k].strip():
+                while k < len(lines) and lines[k].strip() and not ends_value(lines[k]):
                     block.append(lines[k].strip())
                     k += 1
                 j = k

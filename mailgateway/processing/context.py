@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import service
@@ -21,11 +23,11 @@ from mailgateway.clock import Clock, french_datetime
 from mailgateway.directory.known import is_known_domain
 from mailgateway.dispatch import originals, relaylimits
 from mailgateway.dispatch.compose import Attachment
-from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.dispatch.contexts import case_context, french_instant, region_context, staff_indicators
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.settings import Settings
-from mailgateway.store.models import Case, Establishment, InboundMessage
+from mailgateway.store.models import Case, Establishment, InboundMessage, StaffNoticeLog
 
 
 @dataclass
@@ -46,20 +48,55 @@ Handler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome]
 Prehandler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome | None]
 
 
+# The shared key of every unauthenticated sender in the staff notice log.
+UNAUTHENTICATED_POOL = "pool:unauthenticated"
+
+
+def _over_sender_cap(env: Env, session: Session, sender: str) -> bool:
+    hour_ago = env.clock.now() - timedelta(hours=1)
+    used = int(session.scalar(select(func.count()).select_from(StaffNoticeLog).where(
+        StaffNoticeLog.sender == sender, StaffNoticeLog.at >= hour_ago)) or 0)
+    return used >= env.settings.outbound.staff_notifications_per_sender_per_hour
+
+
 def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) -> bool:
     """Per-sender cap on staff notifications: over it, the message stays stored and attached to
     its case, the timeline says so, and staff get one summary notice for that sender and hour.
     The cap is against floods: an authenticated sender of a known domain (an authentic ACSS alert,
     the agency, an establishment of the directory or a portal that signs its mail) answers for its
     mail and is never held back — in a wave of declarations from one portal address, staff must see
-    every case. A signature alone exempts nothing: anyone can sign with a domain of their own."""
+    every case. A signature alone exempts nothing: anyone can sign with a domain of their own, so
+    other signed mail is capped per signing domain (not per address), and unauthenticated mail per
+    address and all together (``staff_notifications_unauthenticated_per_hour``), a From being free."""
     if facts.sender.authenticated and is_known_domain(
             env.settings, session, facts.sender.auth_domain or facts.sender.domain):
         return False
     sender = (facts.sender.address or "").strip().lower()
-    if env.mailer.notice_allowed(session, sender):
+    outbound = env.settings.outbound
+    if facts.sender.authenticated:
+        # A signing domain answers as one sender: rotating local parts (rot1@, rot2@…) gains nothing.
+        signer = (facts.sender.auth_domain or facts.sender.domain or "").lower()
+        allowed = env.mailer.notice_allowed(session, f"domain:{signer}")
+        pooled = False
+        sender = f"domaine signataire {signer}"  # one summary notice per domain and hour
+    else:
+        allowed = env.mailer.notice_allowed(session, sender, pooled=UNAUTHENTICATED_POOL,
+                                            pooled_cap=outbound.staff_notifications_unauthenticated_per_hour)
+        pooled = allowed is False and not _over_sender_cap(env, session, sender)
+    if allowed:
         return False
-    cap = env.settings.outbound.staff_notifications_per_sender_per_hour
+    if pooled:
+        cap = outbound.staff_notifications_unauthenticated_per_hour
+        append_event(session, case, type="notification_limitee", actor="passerelle", at=env.clock.now(),
+                     data={"expediteur": sender or "inconnu",
+                           "motif": f"plus de {cap} notifications de messages non authentifiés en une heure"})
+        env.mailer.warn_staff(
+            session, case.region, topic="notifications:non-authentifies",
+            motif=f"plus de {cap} messages non authentifiés en une heure (tous expéditeurs confondus)",
+            details=[f"premier message non notifié : dossier {case.reference}",
+                     "les messages non authentifiés suivants sont rattachés à leurs dossiers sans notification"])
+        return True
+    cap = outbound.staff_notifications_per_sender_per_hour
     append_event(session, case, type="notification_limitee", actor="passerelle", at=env.clock.now(),
                  data={"expediteur": sender or "inconnu", "motif": f"plus de {cap} notifications en une heure"})
     topic = "notifications:" + hashlib.sha256(sender.encode()).hexdigest()[:16]
@@ -109,7 +146,9 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         "establishment": {"name": est.name, "departement": est.departement} if est else None,
         "declarant": case.declarant,
         "sender": facts.sender.to_json(),
-        "indicators": [i.to_json() for i in facts.indicators[:50]],
+        # Defanged, French type names: a staff notification is read in Outlook, where a URL is a link.
+        "indicators": staff_indicators(i.to_json() for i in facts.indicators[:50]),
+        "detected_at_fr": french_instant(facts.declaration.detected_at) if facts.declaration else None,
         "subject": service.one_line(facts.subject),
         **original,
         **(extra or {}),

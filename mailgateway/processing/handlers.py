@@ -21,9 +21,10 @@ from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.dispatch.mailer import Refusal
 from mailgateway.mail.autoreply import is_no_reply
+from mailgateway.mail.declaration import says_portal
 from mailgateway.mail.facts import Declaration, MessageFacts
-from mailgateway.mail.text import match_form
 from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.statuses import CaseStatus
@@ -61,9 +62,6 @@ def _acknowledgement_context(env: Env, region: str, case: Case, inbound: Inbound
     return {**base, "case": safe, "subject": ""}
 
 
-_PORTAL_WORDS = ("portail de signalement", "signalement social sante", "signalement sante gouv")
-
-
 def _from_portal(facts: MessageFacts, declarant: str | None) -> bool:
     """A notification of the national portal (issue 17): a labelled form sent by a no-reply robot
     for a declarant it names (« Courriel du déclarant »), or one that says it comes from the
@@ -73,8 +71,15 @@ def _from_portal(facts: MessageFacts, declarant: str | None) -> bool:
     sender = (facts.sender.address or "").strip().lower()
     if sender and is_no_reply(sender) and bool(declarant) and declarant != sender:
         return True
-    head = match_form(facts.subject[:300] + " " + facts.body_text[:2000])
-    return any(words in head for words in _PORTAL_WORDS)
+    return says_portal(facts.subject[:300] + " " + facts.body_text[:2000])
+
+
+def _ack_held_back(refusals: list[Refusal]) -> dict[str, Any]:
+    """An acknowledgement an automatic-reply cap held back (six declarations from one address in
+    an hour): the declarant heard nothing, so the staff notification says so, prominently, and
+    how to answer by hand (``#repondre`` is a person's mail, not capped)."""
+    capped = next((r.reason for r in refusals if r.capped), None)
+    return {"ack_capped": capped} if capped else {}
 
 
 def _establishment(session: Session, decl: Declaration) -> tuple[Declaration, Establishment | None]:
@@ -125,11 +130,19 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     case.nature = decl.nature
     case.fields = {"declaration": decl.to_json()}
     case.declarant = service.declarant_of(facts)
+    # An agency colleague who forwarded an establishment's declaration: recorded, not answered.
+    forwarder = facts.extra.get("transmis_par")
+    if isinstance(forwarder, str) and forwarder:
+        case.fields["declaration"]["transmis_par"] = forwarder
     now = env.clock.now()
     if decl.forwarded_author:
-        # Both on the case: who wrote to us (answered) and the author of what was forwarded (never).
-        append_event(session, case, type="declaration_transferee", actor="passerelle", at=now,
-                     data={"declarant": case.declarant, "auteur_du_message_transfere": decl.forwarded_author})
+        # Both on the case: who wrote to us (answered) and the author of what was forwarded (never,
+        # unless a colleague of the agency transmitted it: then that author is the declarant).
+        data = {"declarant": case.declarant, "auteur_du_message_transfere": decl.forwarded_author}
+        if forwarder:
+            data["transmis_par"] = forwarder
+        append_event(session, case, type="declaration_transferee", actor="passerelle", at=now, data=data)
+    refusals: list[Refusal] = []  # why the acknowledgement was not sent, if it was not
     if case.declarant:
         from_address, from_name = env.mailer.from_identity(region)
         verified = _declarant_verified(facts, case.declarant)
@@ -138,9 +151,12 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
             context=_acknowledgement_context(env, region, case, inbound, facts, verified),
             to=case.declarant, from_address=from_address, from_name=from_name,
             idempotency_key=f"acknowledgement:{inbound.id}",
-            in_reply_to=facts.message_id, references=list(facts.in_reply_to) if verified else [],
+            # Not threaded under a colleague's internal forward: the establishment never saw it.
+            in_reply_to=None if forwarder else facts.message_id,
+            references=list(facts.in_reply_to) if verified else [],
         )
-        if env.mailer.send(session, spec, kind="accuse_reception", case=case, auto_reply=True) is not None:
+        if env.mailer.send(session, spec, kind="accuse_reception", case=case, auto_reply=True,
+                           refusals=refusals) is not None:
             case.acknowledged_at = now
             service.change_status(session, case, CaseStatus.PRIS_EN_COMPTE, actor="passerelle", at=now,
                                   reason="accusé de réception envoyé")
@@ -151,6 +167,7 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     window = timedelta(hours=env.settings.cases.duplicate_window_hours)
     other = service.flag_duplicate(session, case, window, at=env.clock.now())
     extra: dict[str, Any] = {"duplicate_of": other.reference} if other else {}
+    extra.update(_ack_held_back(refusals))
     extra.update(regional.out_of_region(env, session, case, inbound, facts))  # « hors région »
     notify_staff(env, session, case, inbound, facts, extra=extra)
     return Outcome("processed", case=case)
@@ -207,8 +224,32 @@ def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: Mes
         append_event(session, case, type="alerte_non_authentifiee", actor="passerelle", at=now,
                      data={"motif": facts.sender.detail or "expéditeur non authentifié"})
     # One case per receiving region, linked by the alert reference; a second version flagged.
-    notify_staff(env, session, case, inbound, facts, extra=regional.link_alert(env, session, case, inbound, facts))
+    extra = regional.link_alert(env, session, case, inbound, facts)
+    caution = _alert_caution(env, inbound, facts, region) if alert.authentic else []
+    if caution:
+        append_event(session, case, type="alerte_a_verifier", actor="passerelle", at=now, data={"motifs": caution})
+        extra = {**extra, "alert_caution": caution}
+    notify_staff(env, session, case, inbound, facts, extra=extra)
     return Outcome("processed", case=case)
+
+
+def _alert_caution(env: Env, inbound: InboundMessage, facts: MessageFacts, region: str) -> list[str]:
+    """What staff should check before relaying an authentic alert (French): a signature proves who
+    wrote it, not that it is current nor that it was meant for this agency — a genuine alert can
+    be re-sent to every regional mailbox months later (outside attack). Flags, not refusals: the
+    cell also writes to the agencies in Bcc, and a resend may be deliberate."""
+    found: list[str] = []
+    sent, _ = replay.sent_at(inbound.raw or b"")
+    if sent is not None:
+        age = env.clock.now() - sent
+        if age.total_seconds() > env.settings.authentication.max_alert_age_days * 86400:
+            found.append(f"alerte ancienne : datée du {french_datetime(sent)}, il y a {age.days} jours")
+    reg = env.settings.region(region)
+    signed_to = "to" in facts.sender.signed_headers  # an unsigned To proves nothing either way
+    if signed_to and reg is not None and reg.address.lower() not in {a.strip().lower() for a in facts.recipients}:
+        found.append(f"cette boîte ({reg.address}) n'est ni dans le « À » ni dans le « Cc » signés de l'alerte "
+                     "(copie cachée, ou message réinjecté par un tiers)")
+    return found
 
 
 def handle_silently(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:

@@ -70,7 +70,7 @@ __all__ = ["Processor", "Result", "describe", "establishment_lookup_for", "threa
 log = logging.getLogger("mailgateway.processing")
 
 # The longest a sweep waits for intake to go quiet before processing its next message anyway.
-INTAKE_YIELD_SECONDS = 0.0
+INTAKE_YIELD_SECONDS = 0.25
 
 
 @dataclass(frozen=True)

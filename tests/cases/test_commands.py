@@ -123,7 +123,7 @@ def test_transmission_to_acss_attaches_the_original_and_the_answer_threads_back(
     answer = casemail.message(sender="analyste@esante.test", to="ssi-ara@ars.test", subject="RE: transmission",
                               body="Incident qualifié, nous contactons l'établissement.\n",
                               in_reply_to=row.message_id)
-    result = gw.feed(answer)
+    result = gw.feed(casemail.sign(answer, casemail.acss_key()))  # the cell signs its mail
     assert (result.kind, result.case_ref) == ("reply", ref)
     notified = gw.last("notification_reponse")
     assert notified.recipient == "agent@ars.test"

@@ -53,7 +53,10 @@ def test_an_unverified_declarant_address_gets_a_message_that_quotes_nothing(gw: 
     assert ref in text and "a été clos le" in text
     for quoted in ("Centre hospitalier", "Déclaration d'incident", "doublon interne", "rançongiciel"):
         assert quoted not in text and quoted not in casemail.parse(mail.raw)["Subject"], quoted
-    assert casemail.parse(mail.raw)["References"] is None
+    # Threaded under the declaration all the same (Message-IDs quote no text), but no References
+    # chain of the case's other messages.
+    assert casemail.parse(mail.raw)["In-Reply-To"] == "<decl-1@chu.test>"
+    assert casemail.parse(mail.raw)["References"] == "<decl-1@chu.test>"
 
 
 def test_a_merged_declaration_is_told_which_case_continues(gw: Gateway) -> None:

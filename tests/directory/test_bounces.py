@@ -29,9 +29,11 @@ def contact(session: Session) -> Contact:
 
 def test_hard_bounce_marks_every_contact_of_the_address_bouncing(session: Session, contact: Contact) -> None:
     touched = record_bounce(session, "SSI@GHT.fr", True, "550 5.1.1 user unknown", NOW)
+    assert [c.status for c in touched] == ["active", "active"]  # one refusal (bounce_min_messages = 2)
+    touched = record_bounce(session, "SSI@GHT.fr", True, "550 5.1.1 user unknown", NOW + timedelta(days=1))
     assert [c.status for c in touched] == ["bouncing", "bouncing"]
-    assert touched[0].bounce_score == 1.0
-    assert session.scalar(select(func.count()).select_from(ContactBounce)) == 2
+    assert touched[0].bounce_score == 2.0
+    assert session.scalar(select(func.count()).select_from(ContactBounce)) == 4
 
 
 def test_soft_bounces_reach_the_threshold_at_five_points(session: Session, contact: Contact) -> None:
@@ -39,7 +41,8 @@ def test_soft_bounces_reach_the_threshold_at_five_points(session: Session, conta
         record_bounce(session, "ssi@ght.fr", False, "452 4.2.2 mailbox full", NOW + timedelta(days=day))
     assert (contact.bounce_score, contact.status) == (4.5, "active")
     record_bounce(session, "ssi@ght.fr", False, "452 4.2.2 mailbox full", NOW + timedelta(days=9))
-    assert (contact.bounce_score, contact.status) == (5.0, "bouncing")
+    # Scored for the reports, but a full mailbox never takes the contact out of use.
+    assert (contact.bounce_score, contact.status) == (5.0, "active")
 
 
 def test_soft_bounces_of_one_day_score_once_but_are_all_recorded(session: Session, contact: Contact) -> None:
@@ -146,8 +149,11 @@ def test_distinct_messages_are_counted_within_the_window_and_since_reactivation(
     assert contact.status == "active"
 
 
-def test_the_relays_own_5xx_still_marks_the_contact_at_once(session: Session, contact: Contact) -> None:
+def test_the_relays_own_5xx_counts_as_one_refused_message(session: Session, contact: Contact) -> None:
+    # One relay refusal is one refused message: the second distinct message marks the contact.
     record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW, outbound_id=_sent(session, 1), evidence="relay")
+    assert contact.status == "active"
+    record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW, outbound_id=_sent(session, 2), evidence="relay")
     assert contact.status == "bouncing"
 
 

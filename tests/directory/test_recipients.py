@@ -86,5 +86,6 @@ def test_contacts_import_selection_and_bounces_work_on_both_engines(any_session:
     assert import_contacts(any_session, path, NOW).added == 3
     assert import_contacts(any_session, path, NOW).unchanged == 3
     record_bounce(any_session, "ssi@chu-lyon.fr", True, "550 5.1.1", NOW)
+    record_bounce(any_session, "ssi@chu-lyon.fr", True, "550 5.1.1", NOW)  # a second refused message
     rows = [(r.finess, r.address) for r in select_recipients(any_session, "ARA", parse_target("all"))]
     assert rows == [("690781810", "dsi@chu-lyon.fr"), ("690999990", "ssi@nouveau.fr")]

@@ -183,10 +183,11 @@ def test_by_default_a_permanent_failure_marks_the_contact_bouncing(
         session.flush()
         session.add(Contact(finess="750000001", address="gone@chu.test", role="ssi", created_at=NOW, updated_at=NOW))
     queue(sqlite_factory, settings, ["gone@chu.test"])
+    queue(sqlite_factory, settings, ["gone@chu.test"], prefix="again")  # refusals on 2 distinct messages
     smtp_sink.fail("gone@chu.test", code=550)
     sender = Sender(settings, sqlite_factory, FixedClock(NOW), "test",
                     on_permanent_failure=contact_bounce_hook(settings, FixedClock(NOW)))
-    assert asyncio.run(sender.flush()).failed == 1
+    assert asyncio.run(sender.flush()).failed == 2
     with sqlite_factory() as session:
         contact = session.scalars(select(Contact)).one()
         assert contact.status == "bouncing"

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support import casemail
+from tests.support.dkim import zone
 from tests.support.gateway import DECLARATION, GatewayConfig, RunningGateway, wait_until
 from tests.support.servers import ReceivedMessage, SmtpSink
 
@@ -30,7 +31,8 @@ DECLARANT = "dsi@chu-nantes.test"
 
 @pytest.fixture
 def gateway(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[RunningGateway]:
-    config = GatewayConfig(tmp_path / "gw", relay_port=smtp_sink.port, static_keys=casemail.staff_keys())
+    config = GatewayConfig(tmp_path / "gw", relay_port=smtp_sink.port,
+                           static_keys={**casemail.staff_keys(), **zone(casemail.acss_key())})
     with RunningGateway(config) as gw:
         yield gw
 
@@ -110,7 +112,7 @@ def test_case_process_by_mail(gateway: RunningGateway, smtp_sink: SmtpSink) -> N
     answer = casemail.message(sender="analyste@esante.test", to="ssi-pdl@ars.test",
                               subject="RE: transmission", body="Qualifié grave, nous appelons le CHU.\n",
                               in_reply_to=transmission["Message-ID"])
-    gateway.send(answer, mail_from="analyste@esante.test")
+    gateway.send(casemail.sign(answer, casemail.acss_key()), mail_from="analyste@esante.test")  # the cell signs
     told = box.next(STAFF)
     assert "Réponse de l'ACSS" in told["Subject"] and f"[{REF}]" in told["Subject"]
 

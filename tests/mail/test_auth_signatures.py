@@ -560,6 +560,22 @@ def test_signatures_without_d_or_with_a_non_ascii_d_cover_nothing_and_crash_noth
     assert verdict.signed_headers == {"from", "subject"}
 
 
+def test_candidates_without_b_or_with_a_non_ascii_b_crash_nothing() -> None:
+    raw = relayed("v=1; a=rsa-sha256; d=ars.test; s=rsa; h=from:subject; bh=x", sig("from:subject", b="é"),
+                  ar="mx.ars.test; dkim=pass header.d=ars.test header.b=abcdefgh")
+    verdict = ar_verify(raw)
+    assert verdict.authenticated
+    assert verdict.signed_headers == frozenset()  # neither is the one header.b names
+
+
+def test_a_long_dkimpy_reason_is_cut_at_120_characters() -> None:
+    raw = f"DKIM-Signature: v=1; a=rsa-sha256; d=ars.test; s=rsa; h=from; bh={_BH}; b={_B}\r\n".encode() + message()
+    verdict = authenticator().verify(raw)
+    prefix = "dkim=fail d=ars.test s=rsa ("
+    assert verdict.detail.startswith(prefix + "body hash mismatch") and verdict.detail.endswith(")")
+    assert len(verdict.detail) == len(prefix) + 120 + 1
+
+
 @pytest.mark.parametrize(("ar", "domain"), [
     ("mx.ars.test; dkim=pass header.d=ARS.TEST.", "ars.test"),
     ("mx.ars.test; dkim=pass header.i=agent@ars.test", "ars.test"),
@@ -662,3 +678,31 @@ def test_trusted_relays(peer: str, relays: tuple[str, ...], expected: bool) -> N
 
 def test_no_smtp_intake_means_no_trusted_relay() -> None:
     assert auth.arrived_via_trusted_path(_relay_settings(smtp=False), "smtp", "192.0.2.10") is False
+
+
+# --- no single author, or a block dkimpy cannot split: never authenticated ----------------------------
+
+
+@pytest.mark.parametrize(("raw", "detail"), [
+    (b"To: ssi-ara@ars.test\r\nSubject: x\r\n\r\nbody\r\n", "no From header"),
+    (b"From: agent@ars.test, autre@ars.test\r\nTo: ssi-ara@ars.test\r\n\r\nbody\r\n",
+     "From must hold exactly one address"),
+])
+def test_no_single_author(raw: bytes, detail: str) -> None:
+    # A genuine signature of ars.test on top: it must not matter without an author to align with.
+    signature = DkimSigner("ars.test", [staff_key().signing_key()]).sign(message())
+    verdict = authenticator().verify(signature + raw)
+    assert verdict.authenticated is False
+    assert (verdict.address, verdict.domain, verdict.detail) == (None, None, detail)
+
+
+def test_a_block_dkimpy_cannot_split_is_never_authenticated_even_past_the_wire_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defence in depth: ``wire.header_block_refusal`` refuses such a block first; were it to let
+    one through, the strict split still fails and nothing is authenticated."""
+    raw = signed(message(), staff_key()).replace(b"To: ssi-ara@ars.test\r\n", b"To: ssi-ara@ars.test\r\nJunk line\r\n")
+    monkeypatch.setattr(auth, "header_block_refusal", lambda raw: None)
+    verdict = authenticator().verify(raw)
+    assert verdict.authenticated is False
+    assert (verdict.address, verdict.domain, verdict.detail) == (VICTIM, "ars.test", "malformed header block")

@@ -322,6 +322,10 @@ def test_hints_are_shown_shortened_and_capped(labels: Labels) -> None:
     assert hint.line == f"#assignr {long_rest}"[:117] + "…"  # a line over 120 characters is cut
     exact = "#assignr " + "y" * (120 - len("#assignr "))
     assert command_hints("", "", parse_commands(exact, labels), labels)[0].line == exact  # 120: whole
+    over = exact + "z"
+    assert command_hints("", "", parse_commands(over, labels), labels)[0].line == over[:117] + "…"  # 121: cut
+    three = parse_commands("#assignr moi vite", labels)
+    assert command_hints("", "", three, labels)[0].suggestion == "#assigner moi vite"
     many = parse_commands("\n".join(["#assignr moi"] * 8), labels)
     assert len(command_hints("", "", many, labels)) == 5  # MAX_HINTS
 
@@ -341,6 +345,7 @@ def test_hints_without_hash_skip_hash_lines_and_read_the_first_word_only(labels:
         ("note", "#note", "sans « # » en début de ligne, ce n'est pas une commande"),
     ]
     assert command_hints("Bonjour\nclore: demain", "", [], labels)[0].suggestion == "#clore demain"
+    assert command_hints("#assigner moi", "", [], labels) == []  # already written as a command
     # A word longer than any spelling is not looked up; six candidates give five hints.
     assert command_hints("a" * 31 + " x\n" + "note\n" * 6, "", [], labels)[0].line == "note"
     assert len(command_hints("note\n" * 6, "", [], labels)) == 5

@@ -319,3 +319,29 @@ def test_a_mail_naming_no_regional_mailbox_authorises_nobody(gw: Gateway) -> Non
                                 to="ssi-pdl@ars-sante.test", subject="#bulletin Sans boîte"))
     with gw.app.factory() as s:
         assert s.scalar(select(func.count()).select_from(Bulletin)) == 0
+
+
+def test_rotating_addresses_does_not_escape_the_cap(sqlite_url: str) -> None:
+    """Outside attack: 22 declarations signed by one unknown domain from rot0@…rot21@ got 22
+    notifications; the signing domain is one sender. Unauthenticated mail is also capped all
+    together, since a From costs nothing."""
+    outsider = rsa_key("rsa", "intrus-signe.test")
+    data = settings_data(sqlite_url)
+    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2,
+                        "staff_notifications_unauthenticated_per_hour": 3}
+    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(outsider)}
+    clock = FixedClock(NOW)
+    app = build_app(parse_settings(data), clock=clock)
+    try:
+        gw = Gateway(app, clock)
+        for n in range(5):
+            gw.feed(casemail.sign(casemail.declaration(100 + n, sender=f"rot{n}@intrus-signe.test"), outsider))
+        assert len(gw.outbound("notification_equipe")) == 2 * len(ARA_STAFF)
+        for n in range(5):
+            gw.feed(casemail.declaration(200 + n, sender=f"anon{n}@ailleurs-{n}.test"))
+        assert len(gw.outbound("notification_equipe")) == (2 + 3) * len(ARA_STAFF)
+        assert len(events(gw, "notification_limitee")) == 3 + 2
+        warnings = [r for r in gw.outbound() if "non authentifiés" in casemail.text_of(r.raw)]
+        assert warnings  # staff are told once that the pool is exhausted
+    finally:
+        app.close()

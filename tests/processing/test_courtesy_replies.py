@@ -90,7 +90,15 @@ def test_a_courtesy_on_an_open_case_is_still_notified(gw: Gateway) -> None:
     ("Bien reçu.\n\nCordialement,\nJean Dupont\nRSSI CH Vienne", True),
     ("Merci. Faut-il couper le VPN ?", False),  # a question
     ("Merci.\nNous avons trouvé deux autres postes infectés.", False),  # lowercase words: not a signature
-    ("Merci, bonne journée\nTél. 04 72 00 00 00", False),  # digits: not a bare signature
+    # A hospital RSSI's real signature: name, title and service with particles, phone line (outside test).
+    ("Merci, bonne journée.\nClaire Martin\nRSSI - CHU de Test\nTél. 04 72 00 00 00", True),
+    # Lower-case common nouns read like a sentence: staff are told (the safe side).
+    ("Bien reçu, merci.\nLa cellule SSI du CHU de Test", False),
+    ("Merci, bonne journée\nTél. 04 72 00 00 00\nclaire.martin@chu.test", True),
+    ("Merci.\nServeur 12 Toujours Chiffré", False),  # digits outside a phone line: not a signature
+    ("Merci.\nVoir Https://Fuite.Example/Chu", False),  # a link is never a signature
+    ("Merci.\nTél. 04 72 00 00 00 Rappelez Vite", False),  # words after the number
+    ("Merci.\nA\nB\nC\nD\nE\nF", False),  # more than five signature lines
     ("Merci " * 60, False),  # too long
     ("Bonjour, le problème est revenu.", False),
 ])
@@ -100,3 +108,4 @@ def test_the_courtesy_detector_is_conservative(text: str, courtesy: bool) -> Non
 
 def test_an_attachment_is_never_a_courtesy() -> None:
     assert not is_courtesy("Merci", 1, load_labels())
+

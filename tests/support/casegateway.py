@@ -32,7 +32,8 @@ def settings_data(url: str, **cases: Any) -> dict[str, Any]:
                   {"address": "pdl@ars.test", "region": "PDL"}],
         "authentication": {"nameservers": ["127.0.0.1"], "dns_timeout_seconds": 0.1,
                            "acss_domains": ["esante.test"], "static_keys": {**casemail.staff_keys(),
-                                           **zone(casemail.establishment_key())}},
+                                           **zone(casemail.establishment_key()),
+                                           **zone(casemail.acss_key())}},
         "acss": {"address": "acss@esante.test"},
         "cases": cases,
     }

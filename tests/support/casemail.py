@@ -34,6 +34,11 @@ def staff_keys() -> dict[str, str]:
     return zone(staff_key())
 
 
+def acss_key() -> GeneratedKey:
+    """The DKIM key of the national cell's domain ``esante.test`` (published by ``casegateway``)."""
+    return rsa_key("rsa", "esante.test")
+
+
 def establishment_key() -> GeneratedKey:
     """The DKIM key of the establishments' domain ``chu.test`` (published by ``casegateway``)."""
     return rsa_key("rsa", "chu.test")

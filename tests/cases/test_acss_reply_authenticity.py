@@ -1,0 +1,40 @@
+"""A reply is shown to staff as the national cell's only when it is authenticated (outside attack:
+an unsigned « CERT Santé <alerte@esante.test> » reply was titled « Réponse de l'ACSS »)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import casemail
+from tests.support.casegateway import Gateway, make_gateway
+
+
+@pytest.fixture
+def gw(sqlite_url: str) -> Iterator[Gateway]:
+    yield from make_gateway(sqlite_url)
+
+
+def test_an_unsigned_reply_from_an_acss_address_is_not_presented_as_the_cells(gw: Gateway) -> None:
+    ref = gw.declare()
+    ack = gw.last("accuse_reception", "dsi@chu.test").message_id
+    raw = casemail.message(sender="alerte@esante.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Déclaration",
+                           body="Merci de nous transmettre les journaux via https://collecte.example/upload.\n",
+                           in_reply_to=ack)
+    assert gw.feed(raw).status == "processed"
+    notice = gw.last("notification_reponse", "agent@ars.test")
+    subject = casemail.parse(notice.raw)["Subject"]
+    text = casemail.text_of(notice.raw)
+    assert "ACSS" not in subject and "Réponse reçue" in subject
+    assert "Réponse de la cellule nationale" not in text
+
+
+def test_a_signed_reply_of_the_cell_is_presented_as_the_cells(gw: Gateway) -> None:
+    ref = gw.declare()
+    ack = gw.last("accuse_reception", "dsi@chu.test").message_id
+    raw = casemail.message(sender="alerte@esante.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Déclaration",
+                           body="Incident qualifié.\n", in_reply_to=ack)
+    assert gw.feed(casemail.sign(raw, casemail.acss_key())).status == "processed"
+    notice = gw.last("notification_reponse", "agent@ars.test")
+    assert "Réponse de l'ACSS" in casemail.parse(notice.raw)["Subject"]

@@ -1,0 +1,252 @@
+"""Declarations as the outside tester sent them (issue 16, "Understanding"), end to end by mail.
+
+1. A sentence ending with a colon (« Voici les éléments : », « Nous vous signalons un incident : »)
+   read as a label with an empty value took the form below it as its "long text": the severity
+   was lost (NON_QUALIFIE instead of GRAVE) or the mail was quarantined as unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+
+import pytest
+from sqlalchemy import select
+
+from mailgateway.mail.declaration import labelled_fields
+from mailgateway.mail.indicators import signature_phones
+from mailgateway.mail.labels import load_labels
+from mailgateway.mail.text import labelled_lines
+from mailgateway.store.models import Indicator
+from tests.mail.test_regex_budget import BUDGET, SIZE, within
+from tests.support import casemail
+from tests.support.casegateway import Gateway, make_gateway
+
+
+@pytest.fixture
+def gw(sqlite_url: str) -> Iterator[Gateway]:
+    yield from make_gateway(sqlite_url)
+
+
+def declare(gw: Gateway, body: str, sender: str = "dsi@ch-exemple.test") -> str:
+    result = gw.feed(casemail.message(sender=sender, to="ssi-ara@ars.test", subject="Incident", body=body))
+    assert result.kind == "declaration" and result.case_ref, result
+    return result.case_ref
+
+
+def test_an_opening_sentence_ending_with_a_colon_keeps_the_severity(gw: Gateway) -> None:
+    ref = declare(gw, "Bonjour,\n\nVoici les éléments :\n\nN° FINESS : 380780080\n"
+                      "Type d'incident : rançongiciel\nGravité : grave\n")
+    case = gw.case(ref)
+    assert case.fields["declaration"]["severity"] == "GRAVE"
+    assert (case.finess, case.incident_type) == ("380780080", "RANCONGICIEL")
+    assert "Gravité déclarée : grave" in casemail.text_of(gw.last("notification_equipe", "agent@ars.test").raw)
+
+
+def test_a_two_line_form_under_a_sentence_with_a_colon_is_a_declaration(gw: Gateway) -> None:
+    ref = declare(gw, "Bonjour,\n\nNous vous signalons un incident :\n\nN° FINESS : 380780080\nGravité : grave\n")
+    case = gw.case(ref)
+    assert case.finess == "380780080"
+    assert case.fields["declaration"]["severity"] == "GRAVE"
+
+
+OUTLOOK = """From: =?iso-8859-1?Q?Sophie_Mercier?= <s.mercier@ch-exemple.test>
+To: "ssi-ara@ars.test" <ssi-ara@ars.test>
+Subject: =?iso-8859-1?Q?Incident_de_s=E9curit=E9?=
+Date: Fri, 27 Nov 2026 10:00:00 +0100
+Message-ID: <DB9PR01MB5678@EURPRD01.PROD.OUTLOOK.COM>
+MIME-Version: 1.0
+Content-Type: text/html; charset="Windows-1252"
+Content-Transfer-Encoding: quoted-printable
+
+<html><body>
+<p class=3D"MsoNormal">Bonjour,<o:p></o:p></p>
+<p class=3D"MsoNormal"><o:p>&nbsp;</o:p></p>
+<p class=3D"MsoNormal">Nous vous signalons un incident de s=E9curit=E9&nbsp;:<o:p></o:p></p>
+<p class=3D"MsoNormal"><o:p>&nbsp;</o:p></p>
+<p class=3D"MsoNormal"><b>N=B0 FINESS&nbsp;:</b> 380780080<o:p></o:p></p>
+<p class=3D"MsoNormal"><b>Type d=92incident&nbsp;:</b> ran=E7ongiciel<o:p></o:p></p>
+<p class=3D"MsoNormal"><b>Gravit=E9 ressentie&nbsp;:</b> grave<o:p></o:p></p>
+<p class=3D"MsoNormal"><o:p>&nbsp;</o:p></p>
+<p class=3D"MsoNormal">Cordialement,<o:p></o:p></p>
+<p class=3D"MsoNormal">Sophie Mercier<o:p></o:p></p>
+</body></html>
+"""
+
+
+def test_an_outlook_html_declaration_with_empty_paragraphs_keeps_the_severity(gw: Gateway) -> None:
+    result = gw.feed(OUTLOOK.replace("\n", "\r\n").encode("ascii"))
+    assert result.kind == "declaration" and result.case_ref, result
+    case = gw.case(result.case_ref)
+    assert case.fields["declaration"]["severity"] == "GRAVE"
+    assert case.incident_type == "RANCONGICIEL"
+    notification = casemail.text_of(gw.last("notification_equipe", "agent@ars.test").raw)
+    assert "Gravité déclarée : grave" in notification
+    assert "non qualifié" not in notification
+
+
+def test_an_unknown_label_never_swallows_the_known_ones_below_it() -> None:
+    labels = load_labels()
+    text = "Voici les éléments :\n\nN° FINESS : 380780080\nGravité : grave\n"
+    assert labelled_fields(text, labels).values == {"finess": "380780080", "severity": "grave"}
+    # A known label's paragraph still reads on across a sentence with a colon in it...
+    text = "Description :\n\nLe serveur s'est arrêté à 3h : tout est chiffré.\nGravité : grave\n"
+    fields = labelled_fields(text, labels).values
+    assert fields["summary"] == "Le serveur s'est arrêté à 3h : tout est chiffré."
+    assert fields["severity"] == "grave"
+    # ...and without a field table (alerts), a labelled line after the blank ends it.
+    assert [(label, value) for label, value, _i in labelled_lines("Objet :\n\nA : b\n")] == [("objet", ""), ("a", "b")]
+
+
+COLLEAGUE_FORWARD = """Bonjour,
+
+Je vous transfère la déclaration reçue ce matin du CH Exemple.
+
+Cordialement,
+Agent SSI
+Tél : 04 72 11 22 33
+
+De : RSSI CH Exemple <rssi@ch-exemple.test>
+Envoyé : vendredi 27 novembre 2026 08:41
+À : agent@ars.test
+Cc : direction@ch-exemple.test; ssi-ara@ars.test
+Objet : Déclaration d'incident
+
+Bonjour,
+
+N° FINESS : 380780080
+Type d'incident : rançongiciel
+Gravité : grave
+Les postes affichent une note de rançon ; l'attaquant demande de le contacter au 01 23 45 67 89.
+
+Cordialement,
+Jean Dupont, RSSI
++33 4 72 00 00 00
+"""
+
+
+def colleague_forward(**kw: object) -> bytes:
+    return casemail.staff_mail(COLLEAGUE_FORWARD, subject="TR: Déclaration d'incident", **kw)  # type: ignore[arg-type]
+
+
+def test_a_colleague_forward_is_the_establishments_declaration(gw: Gateway) -> None:
+    result = gw.feed(colleague_forward())
+    assert result.kind == "declaration" and result.case_ref, result
+    case = gw.case(result.case_ref)
+    assert case.declarant == "rssi@ch-exemple.test"
+    assert case.fields["declaration"]["transmis_par"] == "agent@ars.test"
+    assert [r.recipient for r in gw.outbound("accuse_reception")] == ["rssi@ch-exemple.test"]
+    # The establishment's address is not the verified sender: only the reference is quoted.
+    ack = casemail.text_of(gw.last("accuse_reception").raw)
+    assert case.reference in ack and "Objet de votre message" not in ack
+    events = [dict(e.data or {}) for e in gw.events(result.case_ref) if e.type == "declaration_transferee"]
+    assert events == [{"declarant": "rssi@ch-exemple.test", "auteur_du_message_transfere": "rssi@ch-exemple.test",
+                       "transmis_par": "agent@ars.test"}]
+    # Staff's answers and the transmission to the national cell name the establishment.
+    gw.command(result.case_ref, "#repondre Merci, nous revenons vers vous.\n#transmettre-acss urgent\n")
+    assert [r.recipient for r in gw.outbound("reponse")] == ["rssi@ch-exemple.test"]
+    assert "Déclarant : rssi@ch-exemple.test" in casemail.text_of(gw.last("transmission_acss").raw)
+    assert "agent@ars.test" not in {r.recipient for r in gw.outbound() if r.kind != "notification_equipe"
+                                    and r.kind != "recu_commandes"}
+
+
+def test_a_forward_from_an_unauthenticated_agency_address_keeps_the_outer_sender_rule(gw: Gateway) -> None:
+    result = gw.feed(colleague_forward(signed=False))
+    assert result.kind == "declaration" and result.case_ref, result
+    assert gw.case(result.case_ref).declarant == "agent@ars.test"
+    assert "rssi@ch-exemple.test" not in {r.recipient for r in gw.outbound()}
+
+
+def test_an_establishments_forward_still_acknowledges_its_sender(gw: Gateway) -> None:
+    body = COLLEAGUE_FORWARD.replace("agent@ars.test", "dsi@chu.test")
+    raw = casemail.sign(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="TR: incident",
+                                         body=body), casemail.establishment_key())
+    result = gw.feed(raw)
+    assert result.kind == "declaration" and result.case_ref, result
+    assert [r.recipient for r in gw.outbound("accuse_reception")] == ["dsi@chu.test"]
+    assert "transmis_par" not in gw.case(result.case_ref).fields["declaration"]
+
+
+def test_a_colleague_forward_of_an_agency_or_robot_author_acknowledges_nobody(gw: Gateway) -> None:
+    for n, author in enumerate(("collegue@ars.test", "no-reply@ch-exemple.test")):
+        body = COLLEAGUE_FORWARD.replace("rssi@ch-exemple.test", author)
+        result = gw.feed(casemail.staff_mail(body, subject=f"TR: Déclaration {n}"))
+        assert result.kind == "declaration" and result.case_ref, result
+        assert gw.case(result.case_ref).declarant is None
+    assert gw.outbound("accuse_reception") == []
+
+
+def test_participants_and_signature_numbers_are_not_indicators(gw: Gateway) -> None:
+    result = gw.feed(colleague_forward())
+    assert result.case_ref
+    case = gw.case(result.case_ref)
+    facts_indicators = _indicators(gw, case.id)
+    assert ("phone", "+33123456789") in facts_indicators  # the attacker's number stays
+    for value in ("+33472000000", "+33472112233", "rssi@ch-exemple.test", "direction@ch-exemple.test",
+                  "agent@ars.test", "ssi-ara@ars.test", "ars.test", "ch-exemple.test"):
+        assert all(v != value for _t, v in facts_indicators), (value, facts_indicators)
+
+
+def test_a_direct_declarations_signature_phone_is_not_an_indicator(gw: Gateway) -> None:
+    ref = declare(gw, "Bonjour,\n\nNuméro FINESS : 380780080\nType d'incident : hameçonnage\nGravité : grave\n"
+                      "Appels frauduleux du +44 20 7946 0958.\n\nBien cordialement,\n\nMarie Martin\n"
+                      "Responsable SI\nphone : +33472000000\n")
+    found = _indicators(gw, gw.case(ref).id)
+    assert ("phone", "+442079460958") in found
+    assert ("phone", "+33472000000") not in found
+
+
+def _indicators(gw: Gateway, case_id: int) -> set[tuple[str, str]]:
+    with gw.app.factory() as s:
+        return {(i.type, i.value) for i in s.scalars(select(Indicator).where(Indicator.case_id == case_id))}
+
+
+@pytest.mark.parametrize("unit", ["Voici :\n\n", "Description :\n\n", "Description :\n\nx\n", "Cordialement\n",
+                                  "-- \n", "Bien cordialement,\n01 23 45 67 89\n", " :\n", "\u00a0:\n\n"])
+def test_the_new_readers_stay_linear(unit: str) -> None:
+    labels = load_labels()
+    text = unit * (SIZE // len(unit))
+    with within(BUDGET, f"labelled_fields/signature_phones on {unit!r}"):
+        labelled_fields(text, labels)
+        signature_phones(text)
+
+
+def test_a_colleague_forward_as_an_attachment_is_the_establishments_declaration(gw: Gateway) -> None:
+    inner = casemail.message(sender="rssi@ch-exemple.test", to="agent@ars.test", subject="Déclaration d'incident",
+                             body="Bonjour,\n\nN° FINESS : 380780080\nType d'incident : rançongiciel\n"
+                                  "Gravité : grave\n\nCordialement,\nJean Dupont\n04 72 00 00 00\n")
+    outer = EmailMessage(policy=SMTP)
+    outer["From"] = "agent@ars.test"
+    outer["To"] = "ssi-ara@ars.test"
+    outer["Subject"] = "TR: Déclaration d'incident"
+    outer["Date"] = casemail.DATE
+    outer["Message-ID"] = "<fwd-att@ars.test>"
+    outer.set_content("Pour suite à donner.\n")
+    outer.add_attachment(inner, maintype="message", subtype="rfc822")
+    result = gw.feed(casemail.sign(outer.as_bytes()))
+    assert result.kind == "declaration" and result.case_ref, result
+    case = gw.case(result.case_ref)
+    assert (case.declarant, case.fields["declaration"]["transmis_par"]) == ("rssi@ch-exemple.test", "agent@ars.test")
+    assert [r.recipient for r in gw.outbound("accuse_reception")] == ["rssi@ch-exemple.test"]
+    assert not {v for _t, v in _indicators(gw, case.id)} & {"+33472000000", "rssi@ch-exemple.test", "agent@ars.test"}
+
+
+def test_a_person_cannot_name_another_declarant_to_be_acknowledged(sqlite_url: str) -> None:
+    """Outside attack: a signed mail from evil.test with « Courriel du déclarant : victim2@… »
+    had the acknowledgement sent to the victim, made the declarant of the case. Only a robot's
+    notification (a no-reply From, as the portal's) names its declarant by label."""
+    from tests.support.casegateway import make_gateway
+
+    for gw in make_gateway(sqlite_url):
+        body = ("Bonjour,\n\nNuméro FINESS : 690781810\nCourriel du déclarant : victim2@victim.test\n"
+                "Type d'incident : rançongiciel\nGravité : grave\n")
+        raw = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Déclaration", body=body)
+        result = gw.feed(raw)
+        assert result.status == "processed" and result.case_ref
+        assert gw.case(result.case_ref).declarant == "dsi@chu.test"
+        assert gw.outbound("accuse_reception", "victim2@victim.test") == []
+        portal = casemail.message(sender="no-reply@portail.test", to="ssi-ara@ars.test", subject="Signalement",
+                                  body=body.replace("690781810", "690781811"))
+        ref = gw.feed(portal).case_ref
+        assert ref and gw.case(ref).declarant == "victim2@victim.test"  # the robot's label is the declarant
