@@ -213,9 +213,10 @@ class OutboundSettings:
     # Staff notifications caused by one sender address per hour; beyond it the message is still
     # stored and attached to its case, and staff get one summary notice for that sender and hour.
     staff_notifications_per_sender_per_hour: int = 20
-    # All notifications caused by unauthenticated mail together, per hour: a From is free to change,
-    # so a per-address cap alone is no cap (one summary notice beyond it).
-    staff_notifications_unauthenticated_per_hour: int = 200
+    # All notifications caused by unauthenticated mail together, per region and hour: a From is free
+    # to change, so a per-address cap alone is no cap (one summary notice beyond it). Sized above a
+    # real wave of declarations to one region (a few hundred in an hour).
+    staff_notifications_unauthenticated_per_hour: int = 1000
     # The original is attached to staff notifications up to this size (bytes); a larger one is
     # named with « mailgateway cases original REF » instead (one copy per staff member otherwise).
     staff_attachment_max_bytes: int = 2 * 1024 * 1024

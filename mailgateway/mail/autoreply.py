@@ -26,6 +26,26 @@ NO_REPLY_RE = re.compile(
 ROBOT_RE = re.compile(r"^(owner-|.*-(request|bounces?|owner)@)", re.IGNORECASE)
 
 
+# Subject words people also start their own replies with (« RE: Absence du RSSI », « TR: Congés
+# de fin d'année »): behind a reply/forward prefix they prove nothing; every other marker
+# (« Réponse automatique », « Automatic reply », « Automatische Antwort »…) still does — a
+# forwarded auto-reply answered is a mail loop.
+_HUMAN_TOO = frozenset({"absence", "absent", "conge", "conges", "en conge", "vacation"})
+
+
+def _marker_then_colon(raw_subject: str) -> bool:
+    """« RE: Absence : [SSI-…] »: behind the prefixes, one word then a colon — how clients title
+    an automatic answer (« Absent : <subject> »), not how people write (« RE: Absence du RSSI »)."""
+    rest = raw_subject.strip()
+    for _ in range(3):  # RE: TR: Fwd: … (bounded)
+        head, colon, tail = rest.partition(":")
+        if not colon or " " in head.strip() or len(head.strip()) > 4:
+            break
+        rest = tail.strip()
+    word, colon, _tail = rest.partition(":")
+    return bool(colon) and 0 < len(word.strip()) <= 20 and " " not in word.strip()
+
+
 def is_no_reply(address: str) -> bool:
     return bool(NO_REPLY_RE.match(address) or ROBOT_RE.match(address))
 
@@ -71,7 +91,8 @@ def auto_reply_reason(pm: ParsedMessage, subject_markers: tuple[str, ...], bulk_
     for prefix in ("re ", "tr ", "fw ", "fwd ", "aw "):
         if subject.startswith(prefix):
             rest = subject[len(prefix) :]
-            if any(rest == m or rest.startswith(m + " ") for m in subject_markers[:4]):
+            if any(rest == m or rest.startswith(m + " ") for m in subject_markers
+                   if m not in _HUMAN_TOO or _marker_then_colon(pm.header("Subject")[:200])):
                 return "subject: automatic reply"
     for value in pm.headers("Return-Path"):
         if value.strip() in ("<>", ""):

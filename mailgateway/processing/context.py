@@ -48,7 +48,7 @@ Handler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome]
 Prehandler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome | None]
 
 
-# The shared key of every unauthenticated sender in the staff notice log.
+# The shared key (with ``:<region>``) of every unauthenticated sender in the staff notice log.
 UNAUTHENTICATED_POOL = "pool:unauthenticated"
 
 
@@ -80,7 +80,7 @@ def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) 
         pooled = False
         sender = f"domaine signataire {signer}"  # one summary notice per domain and hour
     else:
-        allowed = env.mailer.notice_allowed(session, sender, pooled=UNAUTHENTICATED_POOL,
+        allowed = env.mailer.notice_allowed(session, sender, pooled=f"{UNAUTHENTICATED_POOL}:{case.region}",
                                             pooled_cap=outbound.staff_notifications_unauthenticated_per_hour)
         pooled = allowed is False and not _over_sender_cap(env, session, sender)
     if allowed:

@@ -273,8 +273,8 @@ def relay_declaration_prehandler(env: Env, session: Session, inbound: InboundMes
     if not isinstance(decl, Declaration) or not facts.in_reply_to or facts.kind in ("command", "bounce", "loop"):
         return None
     row = tracking.bulletin_message(session, facts.in_reply_to, kinds=tracking.ANSWERED_KINDS)
-    if row is None:
-        return None
+    if row is None or tracking.from_staff(env, session, row, facts):
+        return None  # staff are never an establishment declaring (nor its declarant)
     alert_case = tracking.alert_case_of(session, row)
     as_declaration = replace(facts, kind="declaration", declaration=decl, case_ref=None)
     outcome = handle_declaration(env, session, inbound, as_declaration)
