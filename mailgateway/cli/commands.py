@@ -12,17 +12,17 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailgateway import __version__
+from mailgateway.cli.common import database as _database
 from mailgateway.errors import ConfigError, InputError, MailgatewayError
 from mailgateway.settings import Settings, config_path, load_settings
 
 if TYPE_CHECKING:  # the CLI imports heavy modules lazily, per command
-    from sqlalchemy.orm import Session, sessionmaker
+    pass
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -35,17 +35,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(config_path(args.config))
 
 
-@contextmanager
-def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    """The migrated database of ``settings`` for one command; the engine is disposed after."""
-    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
-
-    ensure_schema(settings.database.url)
-    engine = make_engine(settings.database.url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
 
 
 def _read_inputs(files: Sequence[str]) -> list[tuple[str, bytes]]:

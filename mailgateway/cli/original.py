@@ -12,21 +12,18 @@ import argparse
 import os
 import sys
 
-from mailgateway.cli.quarantine import database
+from mailgateway.cli.common import case_by_reference, database
 from mailgateway.settings import Settings
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
-    from mailgateway.mail.refs import CASE_REF, canonical
     from mailgateway.store.engine import reading
-    from mailgateway.store.models import Case, InboundMessage
+    from mailgateway.store.models import InboundMessage
 
-    match = CASE_REF.fullmatch(args.ref.strip().upper())
-    reference = canonical(*match.groups()) if match else args.ref.strip()
     with database(settings) as factory, reading(factory) as session:
-        case = session.scalar(select(Case).where(Case.reference == reference))
+        reference, case = case_by_reference(session, args.ref)
         if case is None:
             print(f"dossier inconnu : {args.ref}", file=sys.stderr)
             return 2

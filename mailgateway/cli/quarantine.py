@@ -12,28 +12,16 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from mailgateway.cli.common import database
 from mailgateway.clock import SystemClock, french_datetime
 from mailgateway.settings import Settings
 
 if TYPE_CHECKING:  # imported when the command runs (``mailgateway --help`` stays fast)
-    from sqlalchemy.orm import Session, sessionmaker
+    pass
 
 
-@contextmanager
-def database(settings: Settings) -> Iterator[sessionmaker[Session]]:
-    """The migrated database of ``settings`` for one command; the engine is disposed after."""
-    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
-
-    ensure_schema(settings.database.url)
-    engine = make_engine(settings.database.url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
 
 
 def _operator() -> str:
