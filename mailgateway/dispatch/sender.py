@@ -65,6 +65,12 @@ PROBE_SECONDS = 5.0
 RELAY_MAX_SLEEP = 5.0
 
 
+
+def _mailbox_full(answer: str | None) -> bool:
+    """A 5xx answer whose enhanced status code (RFC 3463) is 5.2.2, the recipient's mailbox full."""
+    words = (answer or "").split(None, 2)[:2]
+    return any(w.strip(".,;:") == "5.2.2" for w in words)
+
 @dataclass
 class FlushResult:
     sent: int = 0
@@ -213,6 +219,10 @@ class Sender:
         try:
             answer = await self.transport.send(item.mail_from, item.recipient, item.raw)
         except PermanentDeliveryError as exc:
+            if _mailbox_full(exc.answer):
+                # RFC 3463 §3.3: X.2.2 "mailbox full" is useful for persistent transient errors; a
+                # full mailbox empties — retried until the row expires, never a contact disabled.
+                return _Outcome(item, "temporary", exc.code, exc.answer)
             return _Outcome(item, "permanent", exc.code, exc.answer)
         except TemporaryDeliveryError as exc:
             return _Outcome(item, "temporary", exc.code, exc.answer)
