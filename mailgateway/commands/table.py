@@ -463,7 +463,13 @@ def no_case_reason(facts: MessageFacts) -> str:
 
     Analysis ignores In-Reply-To / References that the DKIM signature does not cover (RFC 6376
     §8.15; some Microsoft 365 setups sign neither): "reply to the message" cannot work then."""
-    uncovered = [str(h) for h in _as_list(facts.extra.get("uncovered_headers")) if h in ("In-Reply-To", "References")]
+    every = [str(h) for h in _as_list(facts.extra.get("uncovered_headers"))]
+    uncovered = [h for h in every if h in ("In-Reply-To", "References")]
+    if not uncovered and "Subject" in every and CASE_REF.search(facts.subject or ""):
+        # docs/guarantees.md: an unsigned Subject cannot choose a case (anyone can type a reference).
+        return ("aucun dossier concerné : la référence est dans l'objet, mais l'en-tête Subject n'est pas "
+                "couvert par la signature DKIM de votre message, la passerelle ne peut donc pas s'y fier ; "
+                "répondez directement à un message de la passerelle sur ce dossier")
     if not uncovered:
         return NO_CASE
     why = (f"aucun dossier ni bulletin concerné : votre messagerie ne signe pas (DKIM) les en-têtes "

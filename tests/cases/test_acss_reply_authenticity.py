@@ -38,3 +38,18 @@ def test_a_signed_reply_of_the_cell_is_presented_as_the_cells(gw: Gateway) -> No
     assert gw.feed(casemail.sign(raw, casemail.acss_key())).status == "processed"
     notice = gw.last("notification_reponse", "agent@ars.test")
     assert "Réponse de l'ACSS" in casemail.parse(notice.raw)["Subject"]
+
+
+def test_a_command_whose_reference_is_only_in_an_unsigned_subject_is_told_why(gw: Gateway) -> None:
+    """The receipt names the real cause (docs/guarantees.md: an uncovered Subject cannot choose a
+    case), not a bare « aucun dossier concerné »."""
+    from tests.support.dkim import dkimpy_sign
+
+    ref = gw.declare()
+    raw = casemail.message(sender="agent@ars.test", to="ssi-ara@ars.test", subject=f"[{ref}] suivi",
+                           body="#assigner moi\n")
+    signed = dkimpy_sign(raw, casemail.staff_key(), headers=("from", "to", "date", "message-id")) + raw
+    gw.feed(signed)
+    text = gw.receipt_text()
+    assert "l'en-tête Subject n'est pas couvert par la signature DKIM" in text
+    assert gw.case(ref).assignee is None
