@@ -43,6 +43,9 @@ _STRUCTURE = re.compile(
 )
 
 
+# Incident types that say only that something happened, not what: a more precise one wins.
+_GENERIC_TYPES = frozenset({"COMPROMISSION_SI", "AUTRE"})
+
 def luhn_ok(digits: str) -> bool:
     """Luhn check over a digit string whose last digit is the key."""
     total = 0
@@ -339,7 +342,13 @@ def extract_declaration(
             category = None
     incident_type = labels.incident_types.first(fields["incident_type"]) if fields.get("incident_type") else None
     if incident_type is None:
-        incident_type = labels.incident_types.first(subject) or labels.incident_types.first(text[:30_000])
+        # The subject is read first, but a generic word there (« Attaque informatique cette nuit »)
+        # gives way to the precise type the body names (« serveurs chiffrés… rançon »).
+        in_subject = labels.incident_types.first(subject)
+        in_body = labels.incident_types.first(text[:30_000])
+        incident_type = in_subject or in_body
+        if in_subject in _GENERIC_TYPES and in_body is not None and in_body not in _GENERIC_TYPES:
+            incident_type = in_body
     nature = labels.natures.first(fields["nature"]) if fields.get("nature") else None
     if nature is None:
         if incident_type in labels.malicious:

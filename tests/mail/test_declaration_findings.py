@@ -250,3 +250,20 @@ def test_a_person_cannot_name_another_declarant_to_be_acknowledged(sqlite_url: s
                                   body=body.replace("690781810", "690781811"))
         ref = gw.feed(portal).case_ref
         assert ref and gw.case(ref).declarant == "victim2@victim.test"  # the robot's label is the declarant
+
+
+def test_a_generic_subject_gives_way_to_the_precise_type_in_the_body(sqlite_url: str) -> None:
+    """Outside test (RSSI): subject « Attaque informatique cette nuit », body about encrypted
+    servers and a ransom, was acknowledged as « compromission du système d'information »."""
+    from mailgateway.mail.labels import load_labels
+
+    labels = load_labels()
+    assert labels.incident_types.first("Une attaque a chiffré nos serveurs cette nuit.") == "RANCONGICIEL"
+    from tests.support.casegateway import make_gateway
+
+    for gw in make_gateway(sqlite_url):
+        raw = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Attaque informatique cette nuit",
+                               body="Bonjour,\n\nNos serveurs sont chiffrés et une rançon est demandée. "
+                                    "FINESS 690781810.\n")
+        ref = gw.feed(raw).case_ref
+        assert ref and gw.case(ref).incident_type == "RANCONGICIEL"
