@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from mailgateway.clock import aware
 from mailgateway.mail.headers import decode_header_value
 from mailgateway.store.models import InboundMessage, QuarantineLog
+from mailgateway.wire import header_block_problem
 
 HEADER_BYTES = 64 * 1024  # the header block read to show a message; the rest is not parsed
 TEXT_CHARS = 200
@@ -146,6 +147,12 @@ def release(session: Session, inbound_id: int, *, actor: str, now: datetime,
         raise QuarantineError(f"le message n° {inbound_id} n'est pas en quarantaine (statut : {row.status})")
     if row.purged_at is not None or not row.raw:
         raise QuarantineError(f"le message n° {inbound_id} a été purgé (rétention) : rien à retraiter")
+    problem = header_block_problem(row.raw)
+    if problem is not None:
+        # Deterministic: its header block is one two parsers could read differently (wire.py), so
+        # processing would quarantine it again at once — and announce it again. Kept as it is.
+        raise QuarantineError(f"le message n° {inbound_id} ne peut pas être retraité : {problem} ; il serait "
+                              "aussitôt remis en quarantaine (il reste consultable : mailgateway quarantine show)")
     before = describe(row)
     # Guarded on the status: two releases at once put the message back once.
     done = session.execute(update(InboundMessage).where(
