@@ -88,9 +88,12 @@ def test_budget_attacks_against_the_daemon(tmp_path: Path, smtp_sink: SmtpSink) 
     engine.dispose()
     ref = f"SSI-PDL-{YEAR}-0001"
     with RunningGateway(config) as gateway:
-        # 1. The signed acknowledgement reaches the victim with nothing of the attacker's text.
+        # 1. The signed acknowledgement reaches the (unauthenticated) From with nothing of the attacker's
+        # text; the victim named by Reply-To and « Courriel du déclarant » — a person's mail, not a
+        # robot's notification — gets nothing at all.
         gateway.send(hostile(1), mail_from="dsi@chu-nantes.test")
-        ack = first_to(smtp_sink, "victime@autre.test")
+        ack = first_to(smtp_sink, "dsi@chu-nantes.test")
+        assert smtp_sink.messages_to("victime@autre.test") == []
         seen = readable(ack)
         assert ref in seen and "rançongiciel" in seen
         for echo in ("phish.test", "SUSPENDU", "Banque", "Réactivez"):
