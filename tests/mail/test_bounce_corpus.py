@@ -49,20 +49,27 @@ def held() -> tuple[ModuleType, list[object]]:
     return module, expectations
 
 
-def test_held_out_half_meets_the_targets_and_beats_flufl(held: tuple[ModuleType, list[object]]) -> None:
+def test_held_out_half_meets_the_targets(held: tuple[ModuleType, list[object]]) -> None:
     module, expectations = held
     bounces = sum(1 for e in expectations if e.bounce)  # type: ignore[attr-defined]
     assert bounces >= 300 and len(expectations) - bounces >= 300, "the held-out half must stay large"
     ours = module.evaluate(CORPUS, expectations, module.ours)
-    theirs = module.evaluate(CORPUS, expectations, module.flufl)
-    report = f"ours {ours.as_dict()} flufl {theirs.as_dict()}\n" + "\n".join(ours.errors)
+    report = f"ours {ours.as_dict()}\n" + "\n".join(ours.errors)
     assert ours.recall >= 0.98, report
     assert ours.precision >= 0.98, report
     assert ours.address_recall >= 0.97, report
-    assert ours.recall > theirs.recall and ours.address_recall > theirs.address_recall, report
     # Reported addresses that no label names: a handful of alias expansions the DSN itself
     # gives, never an address read from a returned message's To: (test_bounce_families.py).
     assert ours.invented <= 0.01 * ours.addresses, report
+
+
+@pytest.mark.long  # flufl.bounce over the whole held-out half: the comparison of the README's table
+def test_held_out_half_beats_flufl(held: tuple[ModuleType, list[object]]) -> None:
+    module, expectations = held
+    ours = module.evaluate(CORPUS, expectations, module.ours)
+    theirs = module.evaluate(CORPUS, expectations, module.flufl)
+    report = f"ours {ours.as_dict()} flufl {theirs.as_dict()}"
+    assert ours.recall > theirs.recall and ours.address_recall > theirs.address_recall, report
 
 
 def test_the_split_is_fixed_by_path_not_by_results() -> None:
