@@ -4,7 +4,7 @@
 - automatic replies are capped per recipient per hour and per day, and per case (storms), and
   all together per hour (a global budget: rotating recipients must not turn the gateway into a
   signed spam relay); over the budget staff get one warning an hour, not one per refusal;
-- staff notifications caused by one sender are capped per hour (``notice_allowed``);
+- staff notifications caused by one sender are capped per hour (``notice_refused``);
 - TLP: RED never leaves the agency (staff only), AMBER / AMBER+STRICT only to allowed recipients,
   the label in the subject;
 - a refused send is recorded on the case timeline with its reason.
@@ -154,14 +154,15 @@ class Mailer:
         return self.send_to_staff(session, region, template=WARNING_TEMPLATE, context=context,
                                   kind="avertissement_plafond", key=key, priority=0)
 
-    def notice_allowed(self, session: Session, sender: str, *, pooled: str | None = None,
-                       pooled_cap: int | None = None) -> bool:
-        """Whether staff may still be notified of a message from ``sender`` this hour; counts it if so.
+    def notice_refused(self, session: Session, sender: str, *, pooled: str | None = None,
+                       pooled_cap: int | None = None) -> str | None:
+        """Which cap keeps staff from being notified of a message from ``sender`` this hour —
+        ``"sender"`` or ``"pooled"`` — or None, and then the notice is counted.
 
         The cap is per sender key (an address, or ``domain:<d>`` for a signing domain; lower-cased;
         an empty sender is one sender): an outsider must not be able to push a stream of gateway
         notifications, with attachments, to staff. ``pooled``: a second key shared by many senders
-        (all unauthenticated mail) with its own cap ``pooled_cap``; both must allow it."""
+        (all unauthenticated mail of a region) with its own cap ``pooled_cap``; both must allow it."""
         key = (sender or "").strip().lower()[:512]
         hour_ago = self.clock.now() - timedelta(hours=1)
 
@@ -170,13 +171,13 @@ class Mailer:
                 StaffNoticeLog.sender == k, StaffNoticeLog.at >= hour_ago)) or 0)
 
         if used(key) >= self.settings.outbound.staff_notifications_per_sender_per_hour:
-            return False
+            return "sender"
         if pooled is not None and pooled_cap is not None and used(pooled) >= pooled_cap:
-            return False
+            return "pooled"
         session.add(StaffNoticeLog(sender=key, at=self.clock.now()))
         if pooled is not None:
             session.add(StaffNoticeLog(sender=pooled, at=self.clock.now()))
-        return True
+        return None
 
     def from_identity(self, region: str) -> tuple[str, str]:
         """The region's SSI address and display name: every mail of the gateway comes from it."""

@@ -49,6 +49,7 @@ from mailgateway.dispatch.liveness import SenderLiveness, reclaim_dead_senders
 from mailgateway.dispatch.throttle import Throttle
 from mailgateway.dispatch.transport import MaildirTransport, RelayPool, Transport
 from mailgateway.errors import PermanentDeliveryError, TemporaryDeliveryError
+from mailgateway.mail.bounce import mailbox_full
 from mailgateway.settings import Settings
 from mailgateway.store.engine import reading, transaction, write_gate
 from mailgateway.store.models import Case, DeliveryAttempt, OutboundMessage
@@ -64,12 +65,6 @@ DOMAIN_MAX_SLEEP = 0.25
 PROBE_SECONDS = 5.0
 RELAY_MAX_SLEEP = 5.0
 
-
-
-def _mailbox_full(answer: str | None) -> bool:
-    """A 5xx answer whose enhanced status code (RFC 3463) is 5.2.2, the recipient's mailbox full."""
-    words = (answer or "").split(None, 2)[:2]
-    return any(w.strip(".,;:") == "5.2.2" for w in words)
 
 @dataclass
 class FlushResult:
@@ -219,9 +214,10 @@ class Sender:
         try:
             answer = await self.transport.send(item.mail_from, item.recipient, item.raw)
         except PermanentDeliveryError as exc:
-            if _mailbox_full(exc.answer):
+            if mailbox_full(exc.answer or ""):
                 # RFC 3463 §3.3: X.2.2 "mailbox full" is useful for persistent transient errors; a
-                # full mailbox empties — retried until the row expires, never a contact disabled.
+                # full mailbox empties — retried until the row expires, never a contact disabled
+                # (the same reading as bounce reports: mail/bounce.py ``mailbox_full``).
                 return _Outcome(item, "temporary", exc.code, exc.answer)
             return _Outcome(item, "permanent", exc.code, exc.answer)
         except TemporaryDeliveryError as exc:

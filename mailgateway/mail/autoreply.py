@@ -30,7 +30,7 @@ ROBOT_RE = re.compile(r"^(owner-|.*-(request|bounces?|owner)@)", re.IGNORECASE)
 # de fin d'année »): behind a reply/forward prefix they prove nothing; every other marker
 # (« Réponse automatique », « Automatic reply », « Automatische Antwort »…) still does — a
 # forwarded auto-reply answered is a mail loop.
-_HUMAN_TOO = frozenset({"absence", "absent", "conge", "conges", "en conge", "vacation"})
+_HUMAN_TOO = frozenset({"absence", "absent", "conge", "en conge", "vacation"})  # match_form forms
 
 
 def _marker_then_colon(raw_subject: str) -> bool:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import service
@@ -27,7 +25,7 @@ from mailgateway.dispatch.contexts import case_context, french_instant, region_c
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.settings import Settings
-from mailgateway.store.models import Case, Establishment, InboundMessage, StaffNoticeLog
+from mailgateway.store.models import Case, Establishment, InboundMessage
 
 
 @dataclass
@@ -52,13 +50,6 @@ Prehandler = Callable[[Env, Session, InboundMessage, MessageFacts], Outcome | No
 UNAUTHENTICATED_POOL = "pool:unauthenticated"
 
 
-def _over_sender_cap(env: Env, session: Session, sender: str) -> bool:
-    hour_ago = env.clock.now() - timedelta(hours=1)
-    used = int(session.scalar(select(func.count()).select_from(StaffNoticeLog).where(
-        StaffNoticeLog.sender == sender, StaffNoticeLog.at >= hour_ago)) or 0)
-    return used >= env.settings.outbound.staff_notifications_per_sender_per_hour
-
-
 def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) -> bool:
     """Per-sender cap on staff notifications: over it, the message stays stored and attached to
     its case, the timeline says so, and staff get one summary notice for that sender and hour.
@@ -76,16 +67,14 @@ def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) 
     if facts.sender.authenticated:
         # A signing domain answers as one sender: rotating local parts (rot1@, rot2@…) gains nothing.
         signer = (facts.sender.auth_domain or facts.sender.domain or "").lower()
-        allowed = env.mailer.notice_allowed(session, f"domain:{signer}")
-        pooled = False
+        refused = env.mailer.notice_refused(session, f"domain:{signer}")
         sender = f"domaine signataire {signer}"  # one summary notice per domain and hour
     else:
-        allowed = env.mailer.notice_allowed(session, sender, pooled=f"{UNAUTHENTICATED_POOL}:{case.region}",
+        refused = env.mailer.notice_refused(session, sender, pooled=f"{UNAUTHENTICATED_POOL}:{case.region}",
                                             pooled_cap=outbound.staff_notifications_unauthenticated_per_hour)
-        pooled = allowed is False and not _over_sender_cap(env, session, sender)
-    if allowed:
+    if refused is None:
         return False
-    if pooled:
+    if refused == "pooled":
         cap = outbound.staff_notifications_unauthenticated_per_hour
         append_event(session, case, type="notification_limitee", actor="passerelle", at=env.clock.now(),
                      data={"expediteur": sender or "inconnu",
