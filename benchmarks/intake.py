@@ -1,31 +1,42 @@
 """SMTP intake: declarations through the real daemon on SQLite, next to a do-nothing aiosmtpd sink.
 
-The README's "Benchmarks" target: SMTP → case + acknowledgement queued ≥ 500 msg/s and ≥ 0.4 × a bare aiosmtpd
-sink measured with the same client in the same run.
+The README's "Benchmarks" target: SMTP accepted (250) ≥ 500 msg/s and ≥ 0.4 × a bare aiosmtpd sink
+measured with the same client in the same run; end to end (last acknowledgement at the relay) ≥ 200 msg/s.
 
 * The client: ``--connections`` (8) persistent SMTP connections, one thread each (smtplib), like an
   MTA delivering a queue; every message is a distinct declaration (own Message-ID, declarant and
   FINESS, so neither content dedup nor duplicate-case detection short-circuits anything).
 * The sink: aiosmtpd in its own process, answering 250 and keeping nothing.
+* Accept alone: the daemon's intake stack in its own process (aiosmtpd with ``GatewaySMTP`` and
+  ``IntakeHandler``, the ``AcceptWriter`` group commit on SQLite with synchronous=FULL, the JSON log
+  line of each accept) without processing, sender or scheduler: what intake costs by itself.
 * The gateway: ``python -m mailgateway run`` (separate process), SQLite with synchronous=FULL, the
   default intake limits (the client is on loopback, a trusted relay by default), delivering to a
   counting relay in its own process.
 
-Two rates for the gateway: *accepted* (250s received by the client: the message is durable) and
-*processed* (cases created and acknowledgements queued, polled from the database; processing
-runs behind intake, one message at a time), and *end to end*: the last acknowledgement counted at
-the relay. ``--profile FILE`` samples the daemon with py-spy and
-prints where its time goes.
+Rates for the gateway: *accepted* (250s received by the client: the message is durable),
+*processed* (cases created and acknowledgements queued, polled from the database) and *end to
+end* (the last acknowledgement counted at the relay). ``--no-process`` measures the sink and accept
+alone only (fast, fit for ``--count 20000``); ``--no-wait`` stops the daemon after its last 250
+instead of waiting for processing. Each stage prints the CPU its server process spent per message
+(and the client's), and accept alone prints the accept writer's own figures (batches, time in the
+INSERT, the commit and waiting for the write gate). ``--profile FILE`` samples the accept-alone
+server (and the daemon, ``FILE.daemon``, during its accept phase) with py-spy and prints where the
+time goes.
 
-Run: ``.venv/bin/python benchmarks/intake.py [--count 5000] [--connections 8] [--profile /tmp/p.txt]``.
+Run: ``.venv/bin/python benchmarks/intake.py [--count 5000] [--connections 8] [--no-process] [--no-wait]
+[--profile /tmp/p.txt]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import signal
 import smtplib
@@ -58,17 +69,71 @@ def finess(n: int) -> str:
 
 
 def declarations(count: int) -> list[tuple[str, bytes]]:
+    """``count`` distinct declarations (≈1 kB each: 20,000 of them are ≈20 MB, built once per run)."""
+    template = DECLARATION.replace("\n", "\r\n")  # as an MTA hands them over (RFC 5321 §2.3.8)
     out = []
     for n in range(count):
         declarant = f"rssi-{n}@etab-{n % 997}.test"
-        raw = (DECLARATION.replace("<decl-1@chu-nantes.test>", f"<bench-{n}@etab.test>")
+        raw = (template.replace("<decl-1@chu-nantes.test>", f"<bench-{n}@etab.test>")
                .replace("dsi@chu-nantes.test", declarant).replace("440000289", finess(n)))
         out.append((declarant, raw.encode()))
     return out
 
 
-def send_all(port: int, messages: list[tuple[str, bytes]], connections: int) -> float:
-    """Send every message over ``connections`` persistent connections; seconds until the last 250."""
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads): the client's share of the 2 CPUs."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pid_cpu_seconds(pid: int, task: str = "") -> float:
+    """CPU time (user + system) of another process (or one of its threads), from /proc."""
+    fields = Path(f"/proc/{pid}{task}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(tid: int | None) -> float:
+    """CPU time of one thread of this process (its native id), from /proc."""
+    return pid_cpu_seconds(os.getpid(), f"/task/{tid}") if tid is not None else 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (the processing host, its analysis worker)."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            for child in children.read_text().split():
+                found += [int(child), *descendants(int(child))]
+        except OSError:
+            continue
+    return found
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += pid_cpu_seconds(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+class Run:
+    """One stage's figures: seconds until the last 250, CPU of the server and of the client."""
+
+    def __init__(self, seconds: float, server_cpu: float | None, client_cpu: float) -> None:
+        self.seconds = seconds
+        self.server_cpu = server_cpu
+        self.client_cpu = client_cpu
+        self.writer: dict[str, Any] | None = None  # the accept writer's figures, when known
+        self.children_cpu: float | None = None  # the daemon's child processes (processing host)
+
+
+def send_all(port: int, messages: list[tuple[str, bytes]], connections: int) -> tuple[float, float]:
+    """Send every message over ``connections`` persistent connections.
+
+    Returns (seconds until the last 250, client CPU seconds)."""
     errors: list[BaseException] = []
 
     def worker(k: int) -> None:
@@ -80,6 +145,7 @@ def send_all(port: int, messages: list[tuple[str, bytes]], connections: int) -> 
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(connections)]
+    cpu = cpu_seconds()
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -87,10 +153,10 @@ def send_all(port: int, messages: list[tuple[str, bytes]], connections: int) -> 
         t.join()
     if errors:
         raise errors[0]
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds() - cpu
 
 
-def _sink_main(port: int, ready: Any) -> None:
+def _sink_main(port: int, ready: Any, conn: Any) -> None:
     from aiosmtpd.controller import Controller
 
     class Nothing:
@@ -100,26 +166,130 @@ def _sink_main(port: int, ready: Any) -> None:
     controller = Controller(Nothing(), hostname="127.0.0.1", port=port, server_hostname="sink.localhost",
                             decode_data=False)
     controller.start()
+    cpu = cpu_seconds()
     ready.set()
     try:
-        while True:
-            time.sleep(3600)
+        conn.recv()  # "stop": the client is done
+        conn.send({"cpu": cpu_seconds() - cpu})
     finally:
         controller.stop()
 
 
-def measure_sink(messages: list[tuple[str, bytes]], connections: int) -> float:
+def measure_sink(messages: list[tuple[str, bytes]], connections: int) -> Run:
     port = free_port()
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=_sink_main, args=(port, ready), daemon=True)
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_sink_main, args=(port, ready, child), daemon=True)
     proc.start()
     try:
         ready.wait(20)
-        return send_all(port, messages, connections)
+        seconds, client = send_all(port, messages, connections)
+        parent.send("stop")
+        return Run(seconds, parent.recv()["cpu"], client)
     finally:
         proc.terminate()
         proc.join(10)
+
+
+def _accept_main(config_path: str, log_path: str, ready: Any, conn: Any) -> None:
+    """Accept alone (own process): the daemon's intake stack without processing, sender or scheduler.
+
+    What ``Daemon.start`` wires for SMTP: the JSON log handler, the AcceptWriter on the SQLite
+    database (migrated), IntakeHandler + GatewaySMTP, and an ``on_accepted`` doing what the
+    daemon's does (count the accept, write one byte to the processing host's wake-up pipe)."""
+    import asyncio
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 2)  # the daemon's journal is its stderr
+    from mailgateway.clock import SystemClock
+    from mailgateway.intake.smtp import IntakeHandler, start_smtp
+    from mailgateway.intake.writer import AcceptWriter
+    from mailgateway.logs import setup_logging
+    from mailgateway.metrics import Metrics
+    from mailgateway.settings import load_settings
+    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
+
+    settings = load_settings(config_path)
+    setup_logging(settings.logging)
+    ensure_schema(settings.database.url)
+    factory = make_sessionmaker(make_engine(settings.database.url))
+    clock = SystemClock()
+
+    async def serve() -> None:
+        metrics = Metrics(clock)
+        # The processing host's wake-up pipe (processing/host.py), read by a thread as the host would.
+        wake_reader, wake_writer = os.pipe()
+        os.set_blocking(wake_writer, False)
+        threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(wake_reader, 4096), b"")],
+                         daemon=True).start()
+
+        def on_accepted(_inbound_id: int) -> None:
+            metrics.accepted("smtp")
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(wake_writer, b"\x01")
+
+        writer = AcceptWriter(factory, clock)
+        writer.start()
+        handler = IntakeHandler(settings, writer, on_accepted)
+        server = await start_smtp(settings, handler)
+        threads = {"event loop": threading.get_native_id(), "accept writer": writer._thread.native_id}
+        cpu = cpu_seconds()
+        by_thread = {name: thread_cpu_seconds(tid) for name, tid in threads.items()}
+        ready.set()
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop": the client is done
+        used = cpu_seconds() - cpu
+        by_thread = {name: thread_cpu_seconds(tid) - by_thread[name] for name, tid in threads.items()}
+        server.close()
+        await server.wait_closed()
+        writer.stop()
+        stats = getattr(writer, "stats", None)
+        conn.send({"cpu": used, "writer": stats.as_dict() if stats is not None else None,
+                   "accepted": handler.accepted, "threads": by_thread})
+
+    asyncio.run(serve())
+
+
+def py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    exe = str(Path(sys.executable).with_name("py-spy"))
+    spy = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--threads",
+                            "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    return spy
+
+
+def stop_spy(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+
+
+def measure_accept(messages: list[tuple[str, bytes]], connections: int, workdir: Path,
+                   profile: Path | None) -> tuple[Run, dict[str, Any] | None]:
+    config = ChaosConfig(workdir / "accept")
+    config.path.write_text(config.path.read_text().replace("rate_limit_per_minute = 0\n", ""))
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_accept_main, args=(str(config.path), str(workdir / "accept.log"), ready, child),
+                       daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError(f"accept server did not start: {(workdir / 'accept.log').read_text()[-4000:]}")
+        spy = py_spy(proc.pid, profile) if profile is not None else None
+        seconds, client = send_all(config.smtp_port, messages, connections)
+        stop_spy(spy)
+        parent.send("stop")
+        report = parent.recv()
+        stats = report.get("writer") or {}
+        stats["threads"] = report.get("threads", {})
+        return Run(seconds, report["cpu"], client), stats
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(10)
 
 
 def _relay_main(port: int, ready: Any, acks: Any) -> None:
@@ -173,10 +343,12 @@ def processed(db: Path) -> tuple[int, int]:
 
 
 def summarise_profile(path: Path, top: int = 16) -> str:
-    """py-spy's raw (collapsed) stacks -> share of samples per thread and per busiest function."""
+    """py-spy's raw (collapsed) stacks -> share of samples per thread, per busiest function of ours
+    (inclusive) and per function where the samples were taken (self, any module)."""
     frame_re = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
     threads: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -187,82 +359,171 @@ def summarise_profile(path: Path, top: int = 16) -> str:
         thread, *frames = stack.split(";")
         threads[thread.split(": ", 1)[-1].rstrip("_0123456789") or thread] += n
         seen = set()
+        names = []
         for frame in frames:
             found = frame_re.match(frame)
             name = f"{found.group(1)} ({found.group(2)})" if found else frame
+            names.append(name)
             if name not in seen and "mailgateway/" in name:
                 seen.add(name)
                 inclusive[name] += n
+        if names:
+            leaves[names[-1]] += n
+    if not total:
+        return "  (no samples)"
     out = ["  by thread: " + ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in threads.most_common(6))]
     out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
+    out += ["  self (where the samples were taken, idle waits included):"]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in leaves.most_common(top // 2)]
     return "\n".join(out)
 
 
+# --processing-host: "process" (the default) or "thread" (processing in the daemon's process, as
+# before issue 19), to compare both in one run; None leaves the configuration's default.
+PROCESSING_HOST: str | None = None
+
+
 def measure_gateway(messages: list[tuple[str, bytes]], connections: int, workdir: Path,
-                    profile: Path | None) -> tuple[float, float, float]:
+                    profile: Path | None, wait: bool) -> tuple[Run, float | None, float | None, tuple[int, int]]:
     relay = Relay()
     config = ChaosConfig(workdir / "gw", relay_port=relay.port)
     # The default configuration: the client is on loopback, a trusted relay by default, so no
     # per-IP rate limit applies (ChaosConfig turns the limit off; put the default back).
     config.path.write_text(config.path.read_text().replace("rate_limit_per_minute = 0\n", ""))
+    if PROCESSING_HOST is not None:  # --processing-host: where the daemon runs processing (issue 19)
+        config.path.write_text(config.path.read_text() + f'\n[processing]\nhost = "{PROCESSING_HOST}"\n')
     try:
-        return _measure(config, relay, messages, connections, profile)
+        return _measure(config, relay, messages, connections, profile, wait)
     finally:
         relay.stop()
 
 
+def daemon_writer_stats(log_path: Path) -> dict[str, Any] | None:
+    """The accept writer's figures, from the line it logs when the daemon stops (intake/writer.py)."""
+    for line in reversed(log_path.read_text(errors="replace").splitlines()):
+        if line.startswith("{") and '"accept_writer"' in line:
+            stats: dict[str, Any] = json.loads(line)["accept_writer"]
+            return stats
+    return None
+
+
 def _measure(config: ChaosConfig, relay: Relay, messages: list[tuple[str, bytes]], connections: int,
-             profile: Path | None) -> tuple[float, float, float]:
-    count = len(messages)
+             profile: Path | None, wait: bool) -> tuple[Run, float | None, float | None, tuple[int, int]]:
     with RunningGateway(config) as gateway:
-        spy = None
-        if profile is not None:
-            py_spy = str(Path(sys.executable).with_name("py-spy"))
-            spy = subprocess.Popen([py_spy, "record", "--pid", str(gateway.proc.pid), "--rate", "100",
-                                    "--format", "raw", "--threads", "-o", str(profile)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1)
-        started = time.perf_counter()
-        accepted_in = send_all(config.smtp_port, messages, connections)
-        wait_for(lambda: processed(config.db_path) >= (count, count), timeout=3600, interval=0.05)
-        processed_in = time.perf_counter() - started
-        wait_for(lambda: relay.acks.value >= count, timeout=3600, interval=0.05)
-        end_to_end = time.perf_counter() - started
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
-    return accepted_in, processed_in, end_to_end
+        result = _measure_in(gateway, config, relay, messages, connections, profile, wait)
+    result[0].writer = daemon_writer_stats(gateway.log_path)
+    return result
+
+
+def _measure_in(gateway: RunningGateway, config: ChaosConfig, relay: Relay, messages: list[tuple[str, bytes]],
+                connections: int, profile: Path | None,
+                wait: bool) -> tuple[Run, float | None, float | None, tuple[int, int]]:
+    count = len(messages)
+    pid = gateway.proc.pid
+    # The processing host (a child process) imports and builds its services after the listener is
+    # up: measured from its "started" line on, or its start-up CPU would count as accept's.
+    try:
+        wait_for(lambda: "processing host" in gateway.log() and " started in " in gateway.log(), timeout=60)
+    except TimeoutError:
+        pass  # [processing] host = "thread": nothing to wait for
+    spy = py_spy(pid, profile) if profile is not None else None
+    children = descendants(pid)
+    cpu, children_cpu = pid_cpu_seconds(pid), tree_cpu_seconds(children)
+    started = time.perf_counter()
+    accepted_in, client = send_all(config.smtp_port, messages, connections)
+    accepted = Run(accepted_in, pid_cpu_seconds(pid) - cpu, client)
+    accepted.children_cpu = tree_cpu_seconds(children) - children_cpu
+    stop_spy(spy)  # the accept phase only: processing alone runs on long after it
+    if not wait:
+        return accepted, None, None, processed(config.db_path)
+    wait_for(lambda: processed(config.db_path) >= (count, count), timeout=3600, interval=0.05)
+    processed_in = time.perf_counter() - started
+    wait_for(lambda: relay.acks.value >= count, timeout=3600, interval=0.05)
+    end_to_end = time.perf_counter() - started
+    return accepted, processed_in, end_to_end, (count, count)
+
+
+def _row(label: str, n: int, run: Run, sink: Run, note: str = "") -> str:
+    rate = n / run.seconds
+    server = f"{1e6 * run.server_cpu / n:7.0f}" if run.server_cpu is not None else "      -"
+    return (f"  {label:<34}{rate:8.0f} msg/s  {rate / (n / sink.seconds):5.2f} x sink   "
+            f"CPU µs/msg: server {server}, client {1e6 * run.client_cpu / n:5.0f}{note}")
+
+
+def writer_lines(stats: dict[str, Any] | None, seconds: float, n: int) -> list[str]:
+    threads = (stats or {}).get("threads") or {}
+    out = ["  accept alone, CPU µs/msg by thread: "
+           + ", ".join(f"{name} {1e6 * cpu / n:.0f}" for name, cpu in threads.items())]
+    if not stats or not stats.get("batches"):
+        return [*out, "  accept writer: (no figures from this version of intake/writer.py)"]
+    b, items = stats["batches"], stats["items"]
+    busy = stats["store_seconds"] + stats["commit_seconds"]
+    return [
+        *out,
+        f"  accept writer: {b} batches, {stats['items'] / b:.1f} messages ({stats['rows'] / b:.1f} rows) per batch, "
+        f"{stats['fallbacks']} per-item fallbacks; per batch: store {1e3 * stats['store_seconds'] / b:.2f} ms, "
+        f"commit {1e3 * stats['commit_seconds'] / b:.2f} ms, waiting for the write gate "
+        f"{1e3 * stats['gate_seconds'] / b:.2f} ms",
+        f"                 busy {100 * busy / seconds:.0f}% of the run; per message: store "
+        f"{1e6 * stats['store_seconds'] / items:.0f} µs, commit {1e6 * stats['commit_seconds'] / items:.0f} µs",
+    ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--profile", type=Path, help="py-spy raw output of the daemon")
+    parser.add_argument("--no-process", action="store_true",
+                        help="sink and accept alone only (no daemon, no processing)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="stop the daemon after its last 250 (do not wait for processing)")
+    parser.add_argument("--profile", type=Path, help="py-spy raw output of accept alone (and FILE.daemon)")
+    parser.add_argument("--processing-host", choices=("process", "thread"),
+                        help="[processing] host of the daemon: its own process (default) or a thread of the daemon")
     args = parser.parse_args()
+    global PROCESSING_HOST
+    PROCESSING_HOST = args.processing_host
     messages = declarations(args.count)
+    n = args.count
+    load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
+    daemon_profile = args.profile.with_name(args.profile.name + ".daemon") if args.profile else None
+    gateway = None
     try:
-        sink_s = measure_sink(messages, args.connections)
-        accepted_s, processed_s, e2e_s = measure_gateway(messages, args.connections, workdir, args.profile)
+        sink = measure_sink(messages, args.connections)
+        accept, stats = measure_accept(messages, args.connections, workdir, args.profile)
+        if not args.no_process:
+            gateway = measure_gateway(messages, args.connections, workdir, daemon_profile, not args.no_wait)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    n = args.count
-    sink_rate, acc_rate, proc_rate, e2e_rate = n / sink_s, n / accepted_s, n / processed_s, n / e2e_s
     load = os.getloadavg()
-    print(f"intake, {n} declarations, {args.connections} connections, {os.cpu_count()} CPUs, "
-          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print(f"  bare aiosmtpd sink          {sink_rate:8.0f} msg/s")
-    print(f"  gateway accepted (250)      {acc_rate:8.0f} msg/s   {acc_rate / sink_rate:5.2f} x sink   "
-          f"(target ≥ 500 msg/s, ≥ 0.40 x)")
-    print(f"  gateway processed (case +   {proc_rate:8.0f} msg/s   {proc_rate / sink_rate:5.2f} x sink")
-    print("           acknowledgement queued)")
-    print(f"  end to end (last ack at     {e2e_rate:8.0f} msg/s   {e2e_rate / sink_rate:5.2f} x sink   "
-          f"(target ≥ 200 msg/s)")
-    print("           the relay)")
-    if args.profile is not None and args.profile.exists():
-        print(f"daemon profile (py-spy, inclusive share of samples, all threads): {args.profile}")
-        print(summarise_profile(args.profile))
+    print(f"intake, {n} declarations, {args.connections} connections, {os.cpu_count()} CPUs, load average "
+          f"{load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f} before, "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} after")
+    print(_row("bare aiosmtpd sink", n, sink, sink))
+    print(_row("accept alone (no processing)", n, accept, sink))
+    print("\n".join(writer_lines(stats, accept.seconds, n)))
+    if gateway is not None:
+        accepted, processed_s, e2e_s, done = gateway
+        print(_row("daemon accepted (250)", n, accepted, sink, "   (target ≥ 500 msg/s, ≥ 0.40 x)"))
+        if accepted.children_cpu is not None:
+            print(f"  daemon's child processes (processing host, analysis worker) meanwhile: "
+                  f"CPU {1e6 * accepted.children_cpu / n:.0f} µs/msg")
+        print("\n".join(writer_lines(accepted.writer, accepted.seconds, n)[1:]).replace("accept writer:",
+                                                                                       "daemon's writer:"))
+        if processed_s is None or e2e_s is None:
+            print(f"  daemon processed: not waited for (--no-wait): {done[0]} cases, {done[1]} acknowledgements "
+                  "queued by the last 250")
+        else:
+            sink_rate = n / sink.seconds
+            print(f"  {'daemon processed (case + ack queued)':<34}{n / processed_s:8.0f} msg/s  "
+                  f"{n / processed_s / sink_rate:5.2f} x sink")
+            print(f"  {'end to end (last ack at the relay)':<34}{n / e2e_s:8.0f} msg/s  "
+                  f"{n / e2e_s / sink_rate:5.2f} x sink   (target ≥ 200 msg/s)")
+    for label, path in (("accept alone", args.profile), ("daemon, accept phase", daemon_profile)):
+        if path is not None and path.exists():
+            print(f"{label} profile (py-spy, share of samples, all threads): {path}")
+            print(summarise_profile(path))
     return 0
 
 

@@ -181,12 +181,32 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}
 
 
+# One encoder for every line (``json.dumps`` with options builds a new one per call); default=str:
+# a stray datetime or Path in ``extra`` must not lose the line.
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts (UTC, RFC 3339), level, logger, msg, bound fields, exc."""
+    """One JSON object per line: ts (UTC, RFC 3339), level, logger, msg, bound fields, exc.
+
+    Cheap enough for one line per accepted message (intake/smtp.py): the timestamp's date and time
+    are formatted once per second, the encoder is built once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._prefix = ""
+
+    def _timestamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # a race between threads only formats the same second twice
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._prefix}.{int((created - second) * 1000):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         obj: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -196,8 +216,7 @@ class JsonFormatter(logging.Formatter):
             obj["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             obj["stack"] = self.formatStack(record.stack_info)
-        # default=str: a stray datetime or Path in ``extra`` must not lose the line.
-        return json.dumps(obj, ensure_ascii=False, default=str)
+        return _JSON.encode(obj)
 
 
 class TextFormatter(logging.Formatter):

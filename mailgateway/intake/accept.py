@@ -17,12 +17,15 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import Connection, Insert, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from mailgateway.store.models import InboundMessage, InboundSourceKey, dedup_key
 from mailgateway.wire import canonical
+
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,138 @@ def content_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def stored_form(raw: bytes) -> bytes:
+    """``canonical(raw)`` (mailgateway.wire), without its two copying passes when ``raw`` is
+    already canonical, as what an MTA sends over SMTP is (CRLF lines, RFC 5321 §2.3.8): every LF
+    preceded by a CR, no BOM. Two counting passes in C, no allocation; ``raw`` itself is returned."""
+    if not raw.startswith(_BOM) and (lf := raw.count(b"\n")) and lf == raw.count(b"\r\n"):
+        return raw
+    return canonical(raw)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One message to store, as it will be stored: ``raw`` canonical (``stored_form``) and hashed.
+
+    ``regions``: every receiving region (one row each, the same bytes), or ``(None,)`` for a
+    message without arrival information (the bounce address, ``ingest``)."""
+
+    raw: bytes
+    digest: str
+    source: str
+    mail_from: str | None
+    rcpt_tos: tuple[str, ...]
+    regions: tuple[str | None, ...]
+    peer: str | None = None
+
+    @classmethod
+    def of(cls, raw: bytes, *, source: str, mail_from: str | None = None, rcpt_tos: Sequence[str] = (),
+           regions: Sequence[str | None] = (None,), peer: str | None = None) -> Arrival:
+        """Normalise line endings once, before hashing (docs/guarantees.md, "one view")."""
+        raw = stored_form(raw)
+        return cls(raw, content_hash(raw), source, mail_from, tuple(r.lower() for r in rcpt_tos),
+                   tuple(dict.fromkeys(regions or (None,))), peer)
+
+
+# ``INSERT … ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key``, one per dialect
+# (SQLite ≥ 3.35, PostgreSQL), built once so SQLAlchemy's compiled cache serves every batch.
+_INSERTS: dict[str, Insert] = {}
+_TABLE = cast(Table, InboundMessage.__table__)
+
+
+def _insert_once(dialect: str) -> Insert:
+    stmt = _INSERTS.get(dialect)
+    if stmt is None:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(_TABLE).on_conflict_do_nothing(index_elements=["dedup_key"])
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(_TABLE).on_conflict_do_nothing(index_elements=["dedup_key"])
+        stmt = _INSERTS[dialect] = stmt.returning(_TABLE.c.id, _TABLE.c.dedup_key)
+    return stmt
+
+
+# Built once (the batch's hashes are one expanding parameter): no statement construction per batch.
+# ORM attributes (not table columns): an ORM session autoflushes pending changes first.
+_STORED = (select(InboundMessage.id, InboundMessage.sha256, InboundMessage.dedup_key, InboundMessage.region)
+           .where(InboundMessage.sha256.in_(bindparam("digests", expanding=True))).order_by(InboundMessage.id))
+_RACED = select(InboundMessage.id, InboundMessage.dedup_key).where(
+    InboundMessage.dedup_key.in_(bindparam("keys", expanding=True)))
+
+
+def _earlier(stored: Sequence[tuple[int, str, str | None]], key: str, region: str | None) -> int | None:
+    """The stored row that makes (this hash, ``region``) a duplicate, or None (``stored``: the rows
+    of this hash, oldest first, as (id, dedup_key, region))."""
+    for inbound_id, stored_key, stored_region in stored:
+        # Without arrival information (``ingest``) the bytes stored for any region are a duplicate.
+        # With a region: this region's copy, stored for it, or stored without arrival information
+        # and routed to it by processing (the runner records the region it was processed for).
+        if region is None or stored_key == key or stored_region == region:
+            return inbound_id
+    return None
+
+
+def accept_batch(session: Session | Connection, arrivals: Sequence[Arrival], now: datetime) -> list[Accepted]:
+    """Store ``arrivals`` in the caller's transaction, one row per receiving region; the caller
+    commits before answering any source.
+
+    ``session``: an ORM session (``accept_in``: it autoflushes what the caller changed) or a Core
+    connection (the accept writer's group commit, intake/writer.py). Three statements whatever the
+    batch size: one SELECT of the rows already stored with these hashes, one multi-row ``INSERT … ON CONFLICT
+    (dedup_key) DO NOTHING RETURNING`` of the new ones, and — only when a concurrent writer (another
+    PostgreSQL instance, an IMAP watcher) stored a key meanwhile — one SELECT of those keys. Within
+    the batch, arrivals are decided in order, as if accepted one after the other: the second copy
+    of the same bytes for the same region is a duplicate of the first.
+    """
+    if not arrivals:
+        return []
+    digests = list(dict.fromkeys(a.digest for a in arrivals))
+    found: dict[str, list[tuple[int, str, str | None]]] = {}
+    for inbound_id, digest, key, region in session.execute(_STORED, {"digests": digests}):
+        found.setdefault(digest, []).append((int(inbound_id), key, region))
+    # Per arrival and region: ("old", id) a stored row, ("twin", key) a row stored by an earlier
+    # arrival of this batch (both duplicates), ("new", key) a row this arrival stores.
+    plans: list[list[tuple[str, Any]]] = []
+    planned: dict[str, list[tuple[str, str | None]]] = {}  # hash -> (key, region) planned in this batch
+    rows: list[dict[str, Any]] = []
+    for a in arrivals:
+        plan: list[tuple[str, Any]] = []
+        for region in a.regions:
+            key = dedup_key(a.digest, region)
+            existing = _earlier(found.get(a.digest, ()), key, region)
+            if existing is not None:
+                plan.append(("old", existing))
+                continue
+            earlier = planned.setdefault(a.digest, [])
+            twin = next((k for k, r in earlier if region is None or k == key), None)
+            if twin is not None:
+                plan.append(("twin", twin))
+                continue
+            earlier.append((key, region))
+            plan.append(("new", key))
+            rows.append({"sha256": a.digest, "dedup_key": key, "raw": a.raw, "size": len(a.raw),
+                         "source": a.source, "mail_from": a.mail_from, "peer": a.peer,
+                         "rcpt_tos": list(a.rcpt_tos), "region": region, "received_at": now,
+                         "status": "received", "attempts": 0})
+        plans.append(plan)
+    ids: dict[str, int] = {}
+    if rows:
+        dialect = session.get_bind().dialect if isinstance(session, Session) else session.dialect
+        ids = {key: int(i) for i, key in session.execute(_insert_once(dialect.name), rows)}
+    raced = [r["dedup_key"] for r in rows if r["dedup_key"] not in ids]
+    if raced:  # stored by a concurrent writer since the SELECT: a duplicate of its row
+        ids.update((key, int(i)) for i, key in session.execute(_RACED, {"keys": raced}))
+    out = []
+    for plan in plans:
+        done = [Accepted(value, duplicate=True) if kind == "old"
+                else Accepted(ids[value], duplicate=kind == "twin" or value in raced) for kind, value in plan]
+        out.append(Accepted(done[0].inbound_id, done[0].duplicate, tuple(done[1:])))
+    return out
+
+
 def accept_in(
     session: Session,
     raw: bytes,
@@ -64,40 +199,13 @@ def accept_in(
     What is stored (and hashed) is ``canonical(raw)``: line endings are normalised once, here, for
     SMTP, IMAP and CLI alike, so that DKIM verification and analysis read the same bytes (docs/guarantees.md).
     """
-    raw = canonical(raw)
     if source_key is not None:
         known = session.get(InboundSourceKey, source_key)
         if known is not None:
             return Accepted(known.inbound_id, duplicate=True)
-    digest = content_hash(raw)
-    key = dedup_key(digest, region)
-    same = select(InboundMessage.id).where(InboundMessage.sha256 == digest)
-    if region is not None:
-        # This region's copy: stored for it, or stored without arrival information (``ingest``)
-        # and routed to it by processing (the runner records the region it was processed for).
-        same = same.where(or_(InboundMessage.dedup_key == key, InboundMessage.region == region))
-    # Without arrival information (``ingest``) the bytes stored for any region are a duplicate.
-    existing = session.scalar(same.order_by(InboundMessage.id).limit(1))
-    duplicate = existing is not None
-    if existing is None:
-        row = InboundMessage(
-            sha256=digest,
-            dedup_key=key,
-            raw=raw,
-            size=len(raw),
-            source=source,
-            mail_from=mail_from,
-            peer=peer,
-            rcpt_tos=[r.lower() for r in rcpt_tos],
-            region=region,
-            received_at=now,
-            status="received",
-            attempts=0,
-        )
-        session.add(row)
-        session.flush()
-        existing = row.id
+    arrival = Arrival.of(raw, source=source, mail_from=mail_from, rcpt_tos=rcpt_tos, regions=(region,), peer=peer)
+    accepted = accept_batch(session, [arrival], now)[0]
     if source_key is not None:
-        session.add(InboundSourceKey(key=source_key, inbound_id=existing))
+        session.add(InboundSourceKey(key=source_key, inbound_id=accepted.inbound_id))
         session.flush()
-    return Accepted(existing, duplicate=duplicate)
+    return accepted

@@ -42,8 +42,8 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
+from mailgateway.intake.accept import Accepted
 from mailgateway.intake.writer import AcceptWriter, EnvelopeError, address_problem
-from mailgateway.logs import UNLIMITED
 from mailgateway.settings import Settings, SmtpIntakeSettings
 from mailgateway.wire import header_block_refusal
 
@@ -206,6 +206,7 @@ class IntakeHandler:
         if self._rate_limited(session.peer):
             return "451 4.7.1 Too many messages from your address, try again later"
         content = envelope.original_content or envelope.content or b""
+        # GatewaySMTP hands over bytes: kept as they are (bytes() of bytes is the same object).
         raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else bytes(content)
         # One view of a message (docs/guarantees.md): a header block that DKIM and analysis would read
         # differently is refused before it is stored (RFC 3463 5.6.0: bad message content).
@@ -217,9 +218,11 @@ class IntakeHandler:
         ip = peer_ip(session.peer)
         self.storing += 1
         try:
+            # The writer answers a whole batch's waiters with one wake-up of this loop.
+            waiter: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
             future = self.writer.submit(raw, source="smtp", mail_from=envelope.mail_from,
-                                        rcpt_tos=list(envelope.rcpt_tos), regions=regions, peer=ip)
-            accepted = await asyncio.wrap_future(future)
+                                        rcpt_tos=list(envelope.rcpt_tos), regions=regions, peer=ip, waiter=waiter)
+            accepted = await (asyncio.wrap_future(future) if future.done() else waiter)
         except EnvelopeError as exc:  # checked at MAIL/RCPT already; kept for other callers' paths
             return f"554 5.5.2 Invalid envelope: {exc}"
         except Exception:
@@ -232,9 +235,10 @@ class IntakeHandler:
             self.on_accepted(inbound_id)
         # Opaque to the client; the log line ties it to the inbound id for operators.
         queue_id = secrets.token_hex(6).upper()
-        log.info("SMTP message accepted, queued as %s", queue_id,
-                 extra={**UNLIMITED, "inbound_id": accepted.inbound_id, "queue_id": queue_id, "peer": ip,
-                        "duplicate": accepted.everywhere_duplicate, "regions": len(accepted.others) + 1})
+        if log.isEnabledFor(logging.INFO):
+            log.info("SMTP message accepted, queued as %s", queue_id,
+                     extra={"inbound_id": accepted.inbound_id, "queue_id": queue_id, "peer": ip,
+                            "duplicate": accepted.everywhere_duplicate, "regions": len(accepted.others) + 1})
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -346,6 +350,13 @@ class GatewaySMTP(SMTP):
         size = 0
         refusal: str | None = None
         partial = False  # the previous chunk did not end a line (longer than the stream limit)
+        dotted = False  # a line starts with a dot: undo the dot-stuffing when joining
+        # The idle timer is restarted at most every ``step`` seconds, not at every line (a timer
+        # cancelled and scheduled again per line was a tenth of the event loop's time per message):
+        # a connection silent for the whole timeout is still closed, at most ``step`` s early.
+        clock = self.loop.time
+        step = min(1.0, self._timeout_duration / 10)
+        restarted = clock()
         while self.transport is not None:
             try:
                 # Lines end at LF, as aiosmtpd reads them: mail sent with bare LF line endings
@@ -357,13 +368,16 @@ class GatewaySMTP(SMTP):
             line_start, partial = not partial, not chunk.endswith(b"\n")
             if line_start and chunk == b".\r\n":
                 break
-            self._reset_timeout()  # the idle timeout counts from the last line received
+            if (now := clock()) - restarted >= step:  # the idle timeout counts from the last line received
+                self._reset_timeout()
+                restarted = now
             size += len(chunk)
             if refusal is None:
                 refusal = self._refusal(size, chunk, whole_line=line_start and not partial)
                 if refusal is None:
                     held[0] += len(chunk)
                     lines.append(chunk)
+                    dotted = dotted or chunk.startswith(b".")
                     continue
                 self.intake.budget.give(held[0])
                 held[0] = 0
@@ -380,8 +394,12 @@ class GatewaySMTP(SMTP):
             if refusal == LINE_TOO_LONG:  # answered at the end, as aiosmtpd does
                 await self.push(refusal)
             return None
-        # Dot-stuffing (RFC 5321 §4.5.2): a leading dot was doubled by the client.
-        content = b"".join(line[1:] if line.startswith(b".") else line for line in lines)
+        # Dot-stuffing (RFC 5321 §4.5.2): a leading dot was doubled by the client. One copy of the
+        # message, the join; the line endings are left as received (accept normalises them once).
+        if dotted:
+            content = b"".join(line[1:] if line.startswith(b".") else line for line in lines)
+        else:
+            content = b"".join(lines)
         lines.clear()
         return content
 

@@ -1,32 +1,40 @@
 """Group commit for intake: many accepts, one durable commit (README, "How it works" and "Benchmarks").
 
-SMTP sessions hand their message to one writer thread; it takes whatever is waiting (up to
-``batch``), stores it in one transaction, commits (fsync), and only then resolves each caller's
-future, so every ``250`` is still sent after the message is on disk. Under load this turns one
-fsync per message into one per batch; with one message waiting it costs nothing extra.
+SMTP sessions hand their message to one writer thread; it takes whatever arrived while the last
+commit ran (up to ``batch``), stores it in one transaction, commits (fsync), and only then resolves
+each caller's future, so every ``250`` is still sent after the message is on disk. Under load this
+turns one fsync per message into one per batch; with one message waiting it costs nothing extra.
+A batch is three statements whatever its size (``accept.accept_batch``: one SELECT of the hashes
+already stored, one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING``, a SELECT of the keys
+a concurrent writer stored meanwhile, if any), not a SELECT and an ORM insert per message and region.
 
 One bad item never fails its neighbours (docs/guarantees.md: one non-UTF-8 ``MAIL FROM`` made 59 of 60
-honest messages get 451): the envelope is checked before the item is queued, and each item is
-stored under its own savepoint, so an item that fails is rolled back alone and only its caller
-gets the error. Only a failure of the batch itself (the commit) fails every item.
+honest messages get 451): the envelope is checked before the item is queued; when the batch's
+transaction fails, it is rolled back and every item is stored again in a new transaction, each
+under its own savepoint, so an item that fails is rolled back alone and only its caller gets the
+error. Only a failure of that second commit fails every item.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
-from mailgateway.intake.accept import Accepted, accept_in
-from mailgateway.store.engine import transaction, write_gate
+from mailgateway.intake.accept import Accepted, Arrival, accept_batch
+from mailgateway.store.engine import write_gate
 
 log = logging.getLogger("mailgateway.intake")
 
@@ -42,6 +50,8 @@ def address_problem(address: str) -> str | None:
     UTF-8 (RFC 6531 allows UTF-8 only) come through as lone surrogates, which no database can
     store. Control characters (RFC 5321 §4.1.2 allows none in a path) would reach the logs.
     """
+    if address.isascii() and address.isprintable():  # the usual address, checked in C
+        return None
     if any("\udc80" <= ch <= "\udcff" for ch in address):
         return "address is not valid UTF-8"
     if any(ch < " " or ch == "\x7f" for ch in address):
@@ -56,6 +66,24 @@ def check_envelope(mail_from: str | None, rcpt_tos: Sequence[str], peer: str | N
 
 
 @dataclass
+class WriterStats:
+    """What the writer did since it started (benchmarks/intake.py prints them): batches, messages,
+    rows; seconds waiting for the write gate, storing (BEGIN to the last statement) and committing."""
+
+    batches: int = 0
+    items: int = 0
+    rows: int = 0
+    failed: int = 0
+    fallbacks: int = 0
+    gate_seconds: float = 0.0
+    store_seconds: float = 0.0
+    commit_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class _Item:
     raw: bytes
     source: str
@@ -64,6 +92,18 @@ class _Item:
     regions: Sequence[str | None]
     peer: str | None = None
     future: Future[Accepted] = field(default_factory=Future)
+    waiter: asyncio.Future[Accepted] | None = None
+
+
+def _settle(pairs: list[tuple[asyncio.Future[Accepted], Accepted | BaseException]]) -> None:
+    """On an event loop: the answers of one batch (the waiter of a session that went away is skipped)."""
+    for waiter, outcome in pairs:
+        if waiter.done():
+            continue
+        if isinstance(outcome, Accepted):
+            waiter.set_result(outcome)
+        else:
+            waiter.set_exception(outcome)
 
 
 class AcceptWriter:
@@ -71,7 +111,10 @@ class AcceptWriter:
         self.factory = factory
         self.clock = clock
         self.batch = batch
-        self.gate = write_gate(factory.kw["bind"])
+        self.engine: Engine = factory.kw["bind"]
+        self.gate = write_gate(self.engine)
+        self._stored_at = 0.0
+        self.stats = WriterStats()
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="accept-writer", daemon=True)
         self._started = False
@@ -85,12 +128,21 @@ class AcceptWriter:
         if self._started:
             self._queue.put(None)
             self._thread.join(timeout=30)
+            # Where intake's time went (benchmarks/intake.py reads it from the daemon's log).
+            log.info("accept writer stopped: %d messages in %d batches", self.stats.items, self.stats.batches,
+                     extra={"accept_writer": self.stats.as_dict()})
 
     def submit(self, raw: bytes, *, source: str, mail_from: str | None, rcpt_tos: Sequence[str],
-               region: str | None = None, peer: str | None = None,
-               regions: Sequence[str] = ()) -> Future[Accepted]:
-        """Queue one message; ``regions`` (every receiving region, intake/accept.py) or ``region``."""
-        item = _Item(raw, source, mail_from, rcpt_tos, list(regions) or [region], peer)
+               region: str | None = None, peer: str | None = None, regions: Sequence[str] = (),
+               waiter: asyncio.Future[Accepted] | None = None) -> Future[Accepted]:
+        """Queue one message; ``regions`` (every receiving region, intake/accept.py) or ``region``.
+
+        ``waiter``: an asyncio future of the caller's event loop (the SMTP sessions), given the same
+        answer as the returned future once the batch is committed; the waiters of one batch are
+        settled with one wake-up of their loop, not one ``call_soon_threadsafe`` (a write to the
+        loop's self-pipe) per message as ``asyncio.wrap_future`` does. Not settled when the message
+        is refused here (the returned future is then already done)."""
+        item = _Item(raw, source, mail_from, rcpt_tos, list(regions) or [region], peer, waiter=waiter)
         try:
             check_envelope(mail_from, rcpt_tos, peer)
         except EnvelopeError as exc:  # never queued: it cannot reach (and fail) a batch
@@ -120,34 +172,84 @@ class AcceptWriter:
                 return
 
     def _write(self, items: list[_Item]) -> None:
-        outcomes: list[Accepted | BaseException] = []
+        outcomes: list[Accepted | BaseException | None] = [None] * len(items)
+        arrivals: list[tuple[int, Arrival]] = []
+        for n, it in enumerate(items):  # line endings and hash before the gate: it is not held for them
+            try:
+                arrivals.append((n, Arrival.of(it.raw, source=it.source, mail_from=it.mail_from,
+                                               rcpt_tos=it.rcpt_tos, regions=it.regions, peer=it.peer)))
+            except ValueError as exc:
+                outcomes[n] = exc
+        stats = self.stats
         try:
-            with self.gate, transaction(self.factory) as session:
-                now = self.clock.now()
-                for it in items:
-                    outcomes.append(self._write_one(session, it, now))
+            asked = time.perf_counter()
+            with self.gate:
+                entered = time.perf_counter()
+                for n, outcome in zip((n for n, _ in arrivals), self._store([a for _, a in arrivals]), strict=True):
+                    outcomes[n] = outcome
+                committed = time.perf_counter()
         except Exception as exc:  # the sources answer 4xx and retry: nothing is lost
             log.exception("accept failed for a batch of %d", len(items))
-            for it in items:
-                it.future.set_exception(exc)
+            self._resolve(items, [exc] * len(items))
             return
-        for it, outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                it.future.set_exception(outcome)
-            else:
+        stats.batches += 1
+        stats.gate_seconds += entered - asked
+        stats.store_seconds += self._stored_at - entered
+        stats.commit_seconds += committed - self._stored_at
+        self._resolve(items, outcomes)
+
+    def _resolve(self, items: list[_Item], outcomes: Sequence[Accepted | BaseException | None]) -> None:
+        """Answer every caller of the batch (after the commit, or with the batch's error)."""
+        stats = self.stats
+        stats.items += len(items)
+        waiting: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Accepted], Accepted | BaseException]]] = {}
+        for it, found in zip(items, outcomes, strict=True):
+            outcome = found if found is not None else RuntimeError("not stored")
+            if isinstance(outcome, Accepted):
+                stats.rows += 1 + len(outcome.others)
                 it.future.set_result(outcome)
+            else:
+                stats.failed += 1
+                it.future.set_exception(outcome)
+            if it.waiter is not None:
+                waiting.setdefault(it.waiter.get_loop(), []).append((it.waiter, outcome))
+        for loop, pairs in waiting.items():
+            try:
+                loop.call_soon_threadsafe(_settle, pairs)
+            except RuntimeError:  # that loop is closed (shutdown): nobody waits any more
+                log.debug("accept writer: %d answers for a closed event loop", len(pairs))
+
+    def _store(self, arrivals: list[Arrival]) -> list[Accepted | BaseException]:
+        """The whole batch in one transaction (Core: no ORM unit of work on this path); if a
+        statement fails, that transaction is rolled back and each arrival is stored again in a new
+        one, under its own savepoint. Raises only when a commit fails (every item gets the error)."""
+        self._stored_at = time.perf_counter()
+        if not arrivals:
+            return []
+        try:
+            with self.engine.begin() as conn:
+                accepted: list[Accepted | BaseException] = list(accept_batch(conn, arrivals, self.clock.now()))
+                self._stored_at = time.perf_counter()
+            return accepted
+        except (SQLAlchemyError, ValueError) as exc:  # ValueError: UnicodeError, a bad value
+            if len(arrivals) == 1:
+                log.warning("accept failed for one message: %s", type(exc).__name__, exc_info=exc)
+                return [exc]
+            log.warning("accept failed for a batch of %d (%s): storing each message on its own",
+                        len(arrivals), type(exc).__name__)
+            self.stats.fallbacks += 1
+        with self.engine.begin() as conn:
+            now = self.clock.now()
+            accepted = [self._store_one(conn, a, now) for a in arrivals]
+            self._stored_at = time.perf_counter()
+        return accepted
 
     @staticmethod
-    def _write_one(session: Session, it: _Item, now: datetime) -> Accepted | BaseException:
-        """One item under its own savepoint: its failure rolls back only its own rows."""
+    def _store_one(conn: Connection, arrival: Arrival, now: datetime) -> Accepted | BaseException:
+        """One arrival under its own savepoint: its failure rolls back only its own rows."""
         try:
-            with session.begin_nested():
-                # One row per receiving region, the same bytes (intake/accept.py); no regional
-                # recipient (the bounce address): one row without a region, as always.
-                done = [accept_in(session, it.raw, source=it.source, now=now, mail_from=it.mail_from,
-                                  rcpt_tos=it.rcpt_tos, region=region, peer=it.peer)
-                        for region in dict.fromkeys(it.regions)]
-                return Accepted(done[0].inbound_id, done[0].duplicate, tuple(done[1:]))
-        except (SQLAlchemyError, ValueError) as exc:  # ValueError: UnicodeError, a bad value
+            with conn.begin_nested():
+                return accept_batch(conn, [arrival], now)[0]
+        except (SQLAlchemyError, ValueError) as exc:
             log.warning("accept failed for one message of a batch: %s", type(exc).__name__, exc_info=exc)
             return exc

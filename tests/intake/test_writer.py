@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import SystemClock
-from mailgateway.intake.accept import accept_in
 from mailgateway.intake.writer import AcceptWriter, EnvelopeError
 from mailgateway.store.engine import reading
 from mailgateway.store.models import InboundMessage
@@ -48,22 +46,25 @@ def test_a_non_utf8_sender_is_refused_before_the_batch(factory: sessionmaker[Ses
     assert _stored(factory) == [(b"Subject: y\r\n\r\ngood\r\n", "dsi@chu.test", "192.0.2.7")]
 
 
-def test_an_item_failing_in_the_batch_fails_alone(factory: sessionmaker[Session],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever makes one insert fail (here: a failure injected into accept_in for one message),
-    its savepoint is rolled back and its neighbours in the same transaction are committed."""
-    def flaky(session: Session, raw: bytes, **kw: Any) -> Any:
-        result = accept_in(session, raw, **kw)  # its row is flushed, then the item fails
-        if b"poison" in raw:
-            raise UnicodeEncodeError("utf-8", "\udce9", 0, 1, "surrogates not allowed")
-        return result
+def poison_trigger(factory: sessionmaker[Session], marker: str = "poison") -> None:
+    """A real database failure for one row: SQLite aborts any insert whose sender contains ``marker``
+    (what a value PostgreSQL refuses, or a full disk on one large message, does to one row)."""
+    with factory.kw["bind"].begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER poison BEFORE INSERT ON inbound_messages "
+            f"WHEN NEW.mail_from LIKE '%{marker}%' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END")
 
-    monkeypatch.setattr("mailgateway.intake.writer.accept_in", flaky)
+
+def test_an_item_failing_in_the_batch_fails_alone(factory: sessionmaker[Session]) -> None:
+    """Whatever makes one insert fail (here: the database refuses one row), the batch statement is
+    rolled back and each message is stored again on its own: its neighbours in the same transaction
+    are committed, only its caller gets the error."""
+    poison_trigger(factory)
     writer = AcceptWriter(factory, SystemClock())
     # Submitted before the writer starts: all 60 are taken as one batch.
-    futures = [writer.submit(b"Subject: %d\r\n\r\n%s\r\n" % (n, b"poison" if n == 30 else b"ok"),
-                             source="smtp", mail_from="dsi@chu.test", rcpt_tos=["ssi-pdl@ars.test"],
-                             region="PDL") for n in range(60)]
+    futures = [writer.submit(b"Subject: %d\r\n\r\nok\r\n" % n, source="smtp",
+                             mail_from="poison@chu.test" if n == 30 else "dsi@chu.test",
+                             rcpt_tos=["ssi-pdl@ars.test"], region="PDL") for n in range(60)]
     writer.start()
     try:
         outcomes = [f.exception(timeout=30) for f in futures]
@@ -71,4 +72,5 @@ def test_an_item_failing_in_the_batch_fails_alone(factory: sessionmaker[Session]
         writer.stop()
     assert [n for n, exc in enumerate(outcomes) if exc is not None] == [30]
     stored = _stored(factory)
-    assert len(stored) == 59 and not any(b"poison" in raw for raw, _, _ in stored)
+    assert len(stored) == 59 and not any(sender == "poison@chu.test" for _, sender, _ in stored)
+    assert writer.stats.batches == 1 and writer.stats.fallbacks == 1
