@@ -1,8 +1,13 @@
 """The daemon: composition root and lifecycle (uvicorn-style: startup, main loop, timed drain).
 
 Startup: settings are already validated; migrate the embedded SQLite database; build the
-services; start the accept writer, the processor, the sender, the SMTP listener and the IMAP
+services; start the accept writer, the processing host, the sender, the SMTP listener and the IMAP
 watchers; then tell systemd READY. A startup failure exits 1 with the reason.
+
+Processes (docs/operations.md, "Process model"): this process accepts (SMTP, IMAP, the accept
+writer), sends, fans out and runs the scheduler and metrics; processing runs in a separate
+process, the processing host (processing/host.py), restarted here if it dies, with its analysis
+worker as its own child. Accepting therefore never waits for processing (issue 19).
 
 Shutdown (SIGTERM/SIGINT): stop accepting (close the SMTP listener, stop IMAP watchers), let the
 processor and the sender finish what they hold within ``drain_seconds`` (anything unfinished stays
@@ -18,12 +23,15 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import multiprocessing
 import os
 import signal
 import socket
 import sys
-import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,12 +42,14 @@ from mailgateway.bulletins.tracking import permanent_failure_hook
 from mailgateway.clock import Clock, SystemClock
 from mailgateway.dispatch.sender import Sender
 from mailgateway.errors import ConfigError
+from mailgateway.intake.accept import Accepted
 from mailgateway.intake.imap import ImapIntake, MailboxHealth
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
 from mailgateway.intake.writer import AcceptWriter
 from mailgateway.interfaces import Extension
 from mailgateway.logs import setup_logging
 from mailgateway.metrics import Metrics
+from mailgateway.processing.host import HostedApp, HostSupervisor, IntakeSignal
 from mailgateway.processing.runner import Result
 from mailgateway.processing.worker import AnalysisWorker
 from mailgateway.scheduler import SchedulerExtension
@@ -48,8 +58,34 @@ from mailgateway.settings import Settings, load_settings
 
 log = logging.getLogger("mailgateway.daemon")
 
-# Intake counts as busy this long after an accept: an MTA sends its next message within a round trip.
-INTAKE_QUIET_SECONDS = 0.02
+
+# /healthz reports a processing host that has not been running for this long (a restart takes ≈2 s).
+HOST_DOWN_UNHEALTHY_SECONDS = 10.0
+
+
+class _SignallingWriter(AcceptWriter):
+    """The accept writer, counting the messages that wait for their durable commit into the shared
+    ``IntakeSignal``, which the processor reads in its own process to give intake the write lock."""
+
+    def __init__(self, *args: Any, intake: IntakeSignal, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._intake = intake
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Accepted]:
+        self._intake.storing(1)
+        try:
+            future = super().submit(*args, **kwargs)
+        except BaseException:
+            self._intake.storing(-1)
+            raise
+        future.add_done_callback(lambda _f: self._intake.storing(-1))
+        return future
+
+
+def _host_builder(settings: Settings, clock: Clock) -> Callable[[], HostedApp]:
+    """What the processing host calls to build its services (pickled by reference: spawn). The
+    daemon migrated the database already."""
+    return functools.partial(build_app, settings, clock=clock, migrate=False)
 
 
 class Daemon:
@@ -59,7 +95,11 @@ class Daemon:
         self.drain_seconds = drain_seconds
         self.stop_event = asyncio.Event()
         self._wake_processor = asyncio.Event()
-        self._last_accept = 0.0  # time.monotonic() of the last durable accept
+        # Shared memory: the last accept and the messages waiting for their commit, read by the
+        # processor (in the processing host, or in this process with [processing] host = "thread").
+        self.intake = IntakeSignal(multiprocessing.get_context("spawn").RawArray("d", 2))
+        self.host: HostSupervisor | None = None
+        self._host_down_logged = False
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
         self.app: App | None = None
         # Built by start(); None until then (and after a failed start, for _abort_start).
@@ -105,18 +145,18 @@ class Daemon:
     # -- wiring ------------------------------------------------------------------------------
     def on_accepted(self, _inbound_id: int, source: str = "smtp") -> None:
         """Called from any thread after a durable accept: wake the processor."""
-        self._last_accept = time.monotonic()
+        self.intake.accepted()
         self.metrics.accepted(source)
-        self.loop.call_soon_threadsafe(self._wake_processor.set)
+        if self.host is not None:
+            self.host.wake()  # one byte on a pipe: no event-loop round trip
+        else:
+            self.loop.call_soon_threadsafe(self._wake_processor.set)
 
     def intake_busy(self) -> bool:
         """Messages wait for their durable commit, or one was just answered and its MTA is sending
         the next: processing yields the write lock to them (processing/runner.py). Without this,
         the accept writer waited one whole processing transaction per group commit."""
-        handler = self.handler
-        if handler is not None and handler.storing > 0:
-            return True
-        return time.monotonic() - self._last_accept < INTAKE_QUIET_SECONDS
+        return self.intake.busy()
 
     def _on_outbound(self) -> None:
         if self.sender is not None:
@@ -126,6 +166,7 @@ class Daemon:
         self.metrics.on_processed(result)
 
     async def _processing_loop(self) -> None:
+        # [processing] host = "thread" (the default runs processing in its own process: start()).
         # One processing thread: SQLite has one writer; PostgreSQL instances share work by row locks.
         # The thread only waits while a message is analysed: the analysis runs in a worker process
         # ([processing] isolation = "process", docs/guarantees.md) that is killed and restarted alone when a
@@ -169,7 +210,8 @@ class Daemon:
         await asyncio.to_thread(resume_interrupted_fan_outs, app.factory)
         while not self.stop_event.is_set():
             try:
-                if await asyncio.to_thread(fan_out_approved, app.env, app.factory, self._on_outbound):
+                if await asyncio.to_thread(fan_out_approved, app.env, app.factory, self._on_outbound,
+                                             stop=self.stop_event.is_set):
                     self._on_outbound()
             except Exception:
                 log.exception("bulletin fan-out failed; retrying")
@@ -185,13 +227,19 @@ class Daemon:
         self.app.processor.on_outbound = self._on_outbound
         self.app.processor.on_result = self._on_result
         self.app.processor.intake_busy = self.intake_busy
+        if self.settings.processing.host == "process":
+            self.host = HostSupervisor(self.settings, functools.partial(_host_builder, clock=self.clock),
+                                       self.intake, self._on_result, self._on_outbound,
+                                       on_exit=self.metrics.processing_host_exited)
+            self.metrics.add_health_check("processing", self._processing_health)
         # Bulletins replace the default 5xx hook: fallback contact + staff task (bulletins/tracking.py).
         sender = self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,
                                       on_permanent_failure=permanent_failure_hook(self.app.env))
-        writer = self.writer = AcceptWriter(self.app.factory, self.clock)
+        writer = self.writer = _SignallingWriter(self.app.factory, self.clock, intake=self.intake)
         writer.start()
+        processing = self.host.run(self.stop_event) if self.host is not None else self._processing_loop()
         self.tasks = [
-            asyncio.create_task(self._processing_loop(), name="processing"),
+            asyncio.create_task(processing, name="processing"),
             asyncio.create_task(sender.run(self.stop_event), name="sender"),
             asyncio.create_task(self._fanout_loop(), name="fanout"),
         ]
@@ -226,6 +274,8 @@ class Daemon:
             await self.smtp_server.wait_closed()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop)
+        if self.host is not None:
+            self.host.close()
         assert self.app is not None
         self.app.close()
 
@@ -243,6 +293,8 @@ class Daemon:
         assert self.app is not None
         self.settings = keep
         self.app.reconfigure(keep)
+        if self.host is not None:
+            self.host.reconfigure(keep)
         if self.handler is not None:
             self.handler.settings = keep
         setup_logging(keep.logging)
@@ -253,16 +305,39 @@ class Daemon:
 
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 from the event loop itself: a wedged loop stops the pings and systemd
-        restarts us (WatchdogSec=). Kept up during the drain, which may take a while."""
+        restarts us (WatchdogSec=). Kept up during the drain, which may take a while. Also stopped
+        while the processing host has been dead for a minute (restarts failing): intake would
+        accept mail that nobody processes; a restart of the whole service is the better bet."""
         while True:
-            self.notifier.watchdog()
+            if self.processing_alive():
+                self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+    def _processing_health(self) -> str | None:
+        """/healthz: a host being restarted for more than a few seconds is worth a 503."""
+        down = self.host.down_seconds() if self.host is not None else 0.0
+        return f"processing host down for {down:.0f} s (restarting)" if down > HOST_DOWN_UNHEALTHY_SECONDS else None
+
+    def processing_alive(self) -> bool:
+        host = self.host
+        if host is None or host.healthy():
+            if self._host_down_logged:
+                self._host_down_logged = False
+                self.notifier.status(self._ready_status())
+            return True
+        if not self._host_down_logged:
+            self._host_down_logged = True
+            log.error("processing host down for over a minute: systemd watchdog pings stopped")
+            self.notifier.status("processing down: restarting the processing host")
+        return False
 
     async def _abort_start(self) -> None:
         """Undo a partial start so the process can exit (threads joined, listeners closed)."""
         self.stop_event.set()
         for task in self.tasks:
             task.cancel()
+        if self.host is not None:
+            self.host.kill()
         if self.smtp_server is not None:
             self.smtp_server.close()
         if self.imap is not None:
@@ -274,6 +349,8 @@ class Daemon:
                 log.debug("extension stop after failed start", exc_info=True)
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop)
+        if self.host is not None:
+            self.host.close()
         if self.app is not None:
             self.app.close()
 
@@ -283,6 +360,8 @@ class Daemon:
             parts.append(f"SMTP {self.settings.intake.smtp.host}:{self.settings.intake.smtp.port}")
         if self.imap is not None:
             parts.append(f"{len(self.imap.watchers)} IMAP mailbox(es)")
+        if self.host is not None:
+            parts.append("processing in its own process")
         server = self.metrics.server
         if server is not None:
             parts.append(f"metrics {server.host}:{server.port}")

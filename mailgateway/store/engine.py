@@ -6,17 +6,21 @@ single-instance default; PostgreSQL (psycopg 3) is the multi-instance engine.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger("mailgateway.store")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Advisory lock key serialising migrations run at start by several instances (PostgreSQL).
@@ -72,22 +76,74 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def write_gate(engine: Engine) -> AbstractContextManager[Any]:
-    """The in-process gate of SQLite's single writer.
+    """The gate of SQLite's single writer, across the threads and processes of one installation.
 
     SQLite lets one transaction write at a time; a second writer waits in SQLite's busy handler,
-    which sleeps in growing steps (up to 100 ms) instead of being woken. The hot writers of one
-    process (accept writer, processor) take this lock around their write transactions, so they
-    hand the database to each other at once and the accept writer's batches are never starved.
-    PostgreSQL has row locks: no gate (a null context)."""
+    which sleeps in growing steps (up to 100 ms) instead of being woken. The hot writers (the
+    accept writer and the sender in the daemon, the processor in the processing host, a separate
+    process) take this gate around their write transactions, so they hand the database to each
+    other at once and the accept writer's batches are never starved: a thread lock for the threads
+    of one process, then ``flock(2)`` on ``<database>.write-lock`` for the processes (the kernel
+    wakes the next waiter on unlock, and releases the lock of a process that dies). Writers that
+    do not take it (CLI commands) still meet the others in the busy handler: the gate is about
+    speed, SQLite's own lock about correctness. PostgreSQL has row locks: no gate (a null context).
+    """
     if not is_sqlite(engine):
         return nullcontext()
-    # One gate per database file in this process, whichever engine reaches it.
+    database = engine.url.database
+    path = os.path.abspath(database) + ".write-lock" if database and database != ":memory:" else None
+    key = path or str(engine.url)
+    # One gate per database file in this process, whichever engine reaches it. A forked child
+    # gets its own: an flock is shared by the descriptors of a fork (flock(2)), and a thread lock
+    # held in the parent at fork stays held in the child for ever.
     with _GATES_LOCK:
-        gate = _GATES.setdefault(str(engine.url), threading.Lock())
-    return cast(AbstractContextManager[Any], gate)
+        gate = _GATES.get(key)
+        if gate is None or gate.pid != os.getpid():
+            gate = _GATES[key] = WriteGate(path)
+    return gate
 
 
-_GATES: dict[str, threading.Lock] = {}
+class WriteGate:
+    """A thread lock, then (with a lock file) an exclusive ``flock`` on it; reusable, not reentrant."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._file_usable = path is not None
+
+    def _descriptor(self) -> int | None:
+        if self._fd is None and self._file_usable and self.path is not None:
+            try:
+                # 0600 like the database; O_CLOEXEC: a child process must not inherit (and hold) it.
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:  # a read-only directory: SQLite's busy handler alone, as before
+                self._file_usable = False
+                log.warning("write gate %s unavailable (%s): writers of other processes meet in "
+                            "SQLite's busy handler", self.path, exc)
+        return self._fd
+
+    def __enter__(self) -> WriteGate:
+        self._threads.acquire()
+        try:
+            fd = self._descriptor()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        except BaseException:
+            self._threads.release()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+_GATES: dict[str, WriteGate] = {}
 _GATES_LOCK = threading.Lock()
 
 

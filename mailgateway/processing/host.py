@@ -1,0 +1,372 @@
+"""The processing host: the processor in its own process, beside the daemon (issue 19, docs/operations.md).
+
+Accepting a message (SMTP, IMAP) must never wait for processing. In one process they share the
+GIL: a processing thread composing and signing mail took the interpreter from the event loop
+that answers ``250``. So the daemon spawns this host, which builds the processor and runs its
+sweeps, while the daemon's process keeps the listeners, the accept writer and the sender.
+
+* The analysis worker (processing/worker.py, ``[processing] isolation = "process"``) is the
+  host's own child: a message over its budget is still killed alone and quarantined, and the host
+  itself keeps going.
+* daemon -> host: a wake byte on a pipe after each durable accept (``os.write``, from any thread,
+  never blocking: a full pipe already means "wake up"); ``IntakeSignal``, shared memory the
+  processor reads to give intake SQLite's write lock first; ``settings`` (SIGHUP) and ``stop``
+  on the control pipe.
+* host -> daemon: each ``Result`` (metrics) and ``outbound`` (wake the sender) on the control
+  pipe, read by the daemon's event loop.
+* The two processes share SQLite's writer through ``store.engine.write_gate`` (a lock file), so
+  they hand it over at once instead of meeting in SQLite's busy handler.
+
+The host is started with the ``spawn`` method (``fork`` of a threaded daemon copies locks held by
+other threads, POSIX ``fork(2)``) and dies with the daemon (PR_SET_PDEATHSIG); the daemon
+restarts a host that dies (daemon.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any, Protocol
+
+from mailgateway.logs import setup_logging
+from mailgateway.processing.runner import Processor, Result
+from mailgateway.processing.worker import AnalysisWorker, WorkerUnavailable, _die_with_parent
+from mailgateway.settings import Settings
+
+log = logging.getLogger("mailgateway.processing.host")
+
+# Intake counts as busy this long after an accept: an MTA sends its next message within a round trip.
+INTAKE_QUIET_SECONDS = 0.02
+# Messages per sweep, and the longest sleep between sweeps when nothing wakes the host.
+SWEEP_LIMIT = 200
+IDLE_SWEEP_SECONDS = 5.0
+# Spawning imports the package and builds the services (≈1-2 s, more on a loaded machine).
+STARTUP_SECONDS = 120.0
+# Restart back-off after a host died: doubled per death, back to the start after a long life.
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+STABLE_SECONDS = 60.0
+# Processing dead longer than this: the daemon stops its systemd watchdog pings (daemon.py), so
+# systemd restarts the whole service rather than leave intake accepting mail nobody processes.
+DOWN_GRACE_SECONDS = 60.0
+
+
+class IntakeSignal:
+    """Shared memory written by the daemon, read by the processor wherever it runs: the monotonic
+    time of the last durable accept (CLOCK_MONOTONIC is one clock for every process of the
+    machine) and the number of messages waiting for their commit."""
+
+    def __init__(self, shared: Any) -> None:
+        self._shared = shared  # a multiprocessing RawArray("d", 2): [last accept, storing]
+        self._lock = threading.Lock()
+
+    @property
+    def shared(self) -> Any:
+        """What to hand to the host process (picklable while it is spawned)."""
+        return self._shared
+
+    def accepted(self) -> None:
+        self._shared[0] = time.monotonic()
+
+    def storing(self, delta: int) -> None:
+        with self._lock:  # submits (event loop) and commits (writer thread) count from two threads
+            self._shared[1] += delta
+
+    def busy(self) -> bool:
+        """Messages wait for their durable commit, or one was just answered and its MTA is sending
+        the next: processing yields the write lock to them (processing/runner.py)."""
+        return bool(self._shared[1] > 0 or time.monotonic() - self._shared[0] < INTAKE_QUIET_SECONDS)
+
+
+class HostedApp(Protocol):
+    """What the host needs of the composition root (``app.App``, built in the host by the daemon's
+    builder: the processing layer does not import the faces)."""
+
+    processor: Processor
+
+    def reconfigure(self, settings: Settings) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def host_main(build: Callable[[], HostedApp], settings: Settings, control: Connection, wake: Connection,
+              intake: Any, parent_pid: int) -> None:
+    """Entry point of the host process: sweep until the daemon says stop or goes away."""
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole foreground process group; the daemon stops its host itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(settings.logging)
+    os.set_blocking(wake.fileno(), False)
+    app = build()
+    host = _Host(app, settings, control, wake, IntakeSignal(intake))
+    # SIGTERM (an operator's ``kill``): finish the message in hand and exit; the daemon starts a
+    # new host. (systemd's KillMode=mixed sends SIGTERM to the daemon only, which stops us.)
+    # (From a thread: stop() takes locks the interrupted main thread might hold.)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: threading.Thread(target=host.stop, daemon=True).start())
+    try:
+        host.run()
+    finally:
+        host.close()
+
+
+class _Host:
+    def __init__(self, app: HostedApp, settings: Settings, control: Connection, wake: Connection,
+                 intake: IntakeSignal) -> None:
+        self.app = app
+        self.control = control
+        self.wake = wake
+        self.stopping = threading.Event()
+        # Written by stop(): ends the wait between sweeps at once, from a thread or a signal handler.
+        self._stop_r, self._stop_w = os.pipe()
+        self._send_lock = threading.Lock()
+        processor = self.processor = app.processor
+        processor.on_result = self._on_result
+        processor.on_outbound = self._on_outbound
+        processor.intake_busy = intake.busy
+        # Started (and stopped) from this, the main thread: PR_SET_PDEATHSIG follows the thread.
+        processor.worker = AnalysisWorker(settings) if settings.processing.isolation == "process" else None
+        processor.settings = settings
+
+    def _send(self, message: tuple[str, Any]) -> None:
+        with self._send_lock:
+            try:
+                self.control.send(message)
+            except (OSError, ValueError):  # the daemon is gone: PR_SET_PDEATHSIG ends us too
+                self.stop()
+
+    def _on_result(self, result: Result) -> None:
+        self._send(("result", result))
+
+    def _on_outbound(self) -> None:
+        self._send(("outbound", None))
+
+    def stop(self) -> None:
+        # The sweep ends after the message in hand (runner.process_pending checks ``halt``).
+        self.stopping.set()
+        self.processor.halt.set()
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"\x01")
+
+    def _listen(self) -> None:
+        """The control pipe, in a thread: ``stop`` must reach a host busy with a sweep."""
+        while True:
+            try:
+                kind, payload = self.control.recv()
+            except (EOFError, OSError):
+                self.stop()
+                return
+            if kind == "stop":
+                self.stop()
+                return
+            if kind == "settings":  # SIGHUP in the daemon; in force from the next message on
+                self.app.reconfigure(payload)
+                setup_logging(payload.logging)
+
+    def run(self) -> None:
+        threading.Thread(target=self._listen, name="host-control", daemon=True).start()
+        self._send(("ready", os.getpid()))
+        worker = self.processor.worker
+        if worker is not None:
+            # Started now rather than by the first message (≈1 s of imports), from this thread.
+            try:
+                worker.prepare(self.processor.settings)
+            except WorkerUnavailable as exc:  # each message tries again (runner.Processor._process)
+                log.error("%s", exc)
+        while not self.stopping.is_set():
+            self._drain_wakes()
+            try:
+                self.processor.process_pending(SWEEP_LIMIT)
+            except Exception:
+                log.exception("processing sweep failed")
+            if self.stopping.is_set():
+                break
+            # A wake byte (an accept, or the daemon's stop), or a sweep every few seconds anyway
+            # (deferred messages coming due, anything accepted by another instance).
+            wait([self.wake, self._stop_r], timeout=IDLE_SWEEP_SECONDS)
+
+    def _drain_wakes(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                if not os.read(self.wake.fileno(), 65536):  # the daemon closed its end: it is gone
+                    self.stop()
+                    return
+
+    def close(self) -> None:
+        worker = self.processor.worker
+        if worker is not None:
+            worker.close()
+        self.app.close()
+        with contextlib.suppress(OSError):
+            self.control.close()
+
+
+class HostSupervisor:
+    """The daemon's side: spawn the host, read what it reports, restart it when it dies (with
+    back-off, logged), stop it with a drain. Used from the daemon's event loop; ``wake`` from any
+    thread."""
+
+    def __init__(self, settings: Settings, build_for: Callable[[Settings], Callable[[], HostedApp]],
+                 intake: IntakeSignal, on_result: Callable[[Result], None],
+                 on_outbound: Callable[[], None], on_exit: Callable[[], None] = lambda: None) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self.settings = settings
+        self._build_for = build_for
+        self._intake = intake
+        self._on_result = on_result
+        self._on_outbound = on_outbound
+        self._on_exit = on_exit
+        self._wake_reader, self._wake_writer = self._ctx.Pipe(duplex=False)
+        os.set_blocking(self._wake_writer.fileno(), False)
+        self._proc: BaseProcess | None = None
+        self._control: Connection | None = None
+        self.ready = False
+        self.started = 0  # hosts spawned so far (restarts = started - 1)
+        self.down_since: float | None = None  # monotonic time the last host died, while none runs
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
+
+    def healthy(self) -> bool:
+        """False once processing has been dead for DOWN_GRACE_SECONDS (the watchdog stops)."""
+        return self.down_seconds() < DOWN_GRACE_SECONDS
+
+    def down_seconds(self) -> float:
+        """How long no host has been running (0 while one runs or starts)."""
+        down = self.down_since
+        return 0.0 if down is None else time.monotonic() - down
+
+    def wake(self) -> None:
+        """A message was accepted: one byte, never blocking (a full pipe is a pending wake)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_writer.fileno(), b"\x01")
+
+    def reconfigure(self, settings: Settings) -> None:
+        """SIGHUP: the running host takes the new settings; a restarted one is built with them."""
+        self.settings = settings
+        if self._control is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._control.send(("settings", settings))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a host running until ``stop``; then ask it to finish the message in hand and exit.
+        Cancelled (the daemon's drain ran out): the host, and with it its analysis worker, is killed."""
+        backoff = RESTART_FIRST_SECONDS
+        while not stop.is_set():
+            spawned = time.monotonic()
+            try:
+                code = await self._run_one(stop)
+            except Exception:
+                log.exception("processing host could not be started")
+                code = None
+            if stop.is_set():
+                return
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+            self._on_exit()
+            if time.monotonic() - spawned > STABLE_SECONDS:
+                backoff = RESTART_FIRST_SECONDS
+            log.error("processing host exited (exit code %s); restarting it in %.0f s", code, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            backoff = min(backoff * 2, RESTART_MAX_SECONDS)
+
+    def _spawn(self) -> tuple[BaseProcess, Connection]:
+        parent, child = self._ctx.Pipe()
+        try:
+            proc = self._ctx.Process(
+                # Not a multiprocessing "daemon": those may not have children (the analysis
+                # worker); it dies with us anyway (PR_SET_PDEATHSIG), and stop() ends it.
+                target=host_main, name="mailgateway-processing", daemon=False,
+                args=(self._build_for(self.settings), self.settings, child, self._wake_reader,
+                      self._intake.shared, os.getpid()))
+            proc.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self.started += 1
+        return proc, parent
+
+    async def _run_one(self, stop: asyncio.Event) -> int | None:
+        loop = asyncio.get_running_loop()
+        proc, control = self._spawn()
+        self._proc, self._control, self.ready = proc, control, False
+        self.down_since = None
+        spawned = time.monotonic()
+        exited: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(proc.sentinel, _resolve, exited)
+        loop.add_reader(control.fileno(), self._read, control, spawned)
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        try:
+            while not exited.done():
+                await asyncio.wait([exited, stopping], timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+                if stopping.done() and not exited.done():
+                    # Drain: the host finishes the message in hand, then exits.
+                    with contextlib.suppress(OSError, ValueError):
+                        control.send(("stop", None))
+                    self.wake()
+                    await exited
+                elif not self.ready and time.monotonic() - spawned > STARTUP_SECONDS and not exited.done():
+                    log.error("processing host %s not ready after %.0f s: killing it", proc.pid, STARTUP_SECONDS)
+                    proc.kill()
+            proc.join(5)
+            return proc.exitcode
+        finally:
+            stopping.cancel()
+            loop.remove_reader(proc.sentinel)
+            self._read(control, spawned)  # results sent just before it exited
+            loop.remove_reader(control.fileno())
+            if proc.is_alive():  # cancelled: the drain ran out (the message stays received)
+                log.warning("processing host %s still busy at the end of the drain: killed", proc.pid)
+                proc.kill()
+                proc.join(5)
+            control.close()
+            self._proc = self._control = None
+            self.ready = False
+
+    def _read(self, control: Connection, spawned: float) -> None:
+        if control.closed:
+            return
+        try:
+            while control.poll():
+                # Our own child's messages, never bytes from mail.
+                kind, payload = control.recv()
+                if kind == "result":
+                    self._on_result(payload)
+                elif kind == "outbound":
+                    self._on_outbound()
+                elif kind == "ready":
+                    self.ready = True
+                    log.info("processing host %s started in %.2f s", payload, time.monotonic() - spawned)
+        except (EOFError, OSError):  # it exited: the sentinel ends the watch
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(control.fileno())
+
+    def kill(self) -> None:
+        """Kill the host now (a failed start being undone)."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.kill()
+
+    def close(self) -> None:
+        self.kill()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

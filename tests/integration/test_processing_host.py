@@ -1,0 +1,197 @@
+"""Processing in its own process, beside the real daemon (issue 19: accepting never waits for it).
+
+* The daemon runs processing in a child process, the processing host, whose own child is the
+  analysis worker (a slow message is still killed alone: test_slow_message.py).
+* Accepting does not depend on it: with the host frozen (SIGSTOP), SMTP keeps answering 250 and the
+  messages wait, ``received``, until it runs again.
+* A host killed with SIGKILL (and its worker with it) is restarted by the daemon, and every
+  declaration, the one it held included, ends processed once: one case, never two acknowledgements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.support.chaos import case_origins, db_tally
+from tests.support.gateway import GatewayConfig, RunningGateway, declaration
+from tests.support.servers import free_port, wait_for
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """multiprocessing "spawn" children of ``pid`` (not its resource tracker)."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(FileNotFoundError):
+                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        found.append(int(child))
+    return found
+
+
+def _one(pids: list[int]) -> int | None:
+    return pids[0] if len(pids) == 1 else None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _statuses(config: GatewayConfig, ids: list[str]) -> dict[str, list[str]]:
+    by_mid = db_tally(config.db_path).by_message_id
+    return {m: [status for status, _case in by_mid.get(m, [])] for m in ids}
+
+
+def _received(config: GatewayConfig) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=30)) as db:
+        return int(db.execute("SELECT count(*) FROM inbound_messages WHERE status = 'received'").fetchone()[0])
+
+
+def _acknowledgements(config: GatewayConfig) -> dict[str, int]:
+    """Case reference -> acknowledgements queued for it."""
+    with contextlib.closing(sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=30)) as db:
+        rows = db.execute("SELECT c.reference, count(o.id) FROM cases c LEFT JOIN outbound_messages o "
+                          "ON o.case_id = c.id AND o.kind = 'accuse_reception' GROUP BY c.reference").fetchall()
+    return {ref: n for ref, n in rows}
+
+
+def _warm(gw: RunningGateway, config: GatewayConfig) -> None:
+    gw.send(declaration("warm@chu-nantes.test"))
+    wait_for(lambda: _statuses(config, ["warm@chu-nantes.test"])["warm@chu-nantes.test"] == ["processed"],
+             timeout=60)
+
+
+def test_smtp_answers_250_while_the_processing_host_is_frozen(tmp_path: Path) -> None:
+    config = GatewayConfig(tmp_path / "gw")
+    with RunningGateway(config) as gw:
+        _warm(gw, config)
+        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        # Its own child: the analysis worker ([processing] isolation = "process", the default).
+        wait_for(lambda: _one(_spawned_children(host)), timeout=30)
+        os.kill(host, signal.SIGSTOP)  # idle: it holds no write lock between sweeps
+        try:
+            ids = [f"frozen-{n}@chu-nantes.test" for n in range(20)]
+            for mid in ids:
+                gw.send(declaration(mid))  # raises unless 250
+            # Stored, and nobody processed them: processing is not in the process that accepts.
+            # (The Message-ID column is filled by processing: count the rows instead.)
+            assert _received(config) == len(ids)
+        finally:
+            os.kill(host, signal.SIGCONT)
+        wait_for(lambda: _statuses(config, ids) == {m: ["processed"] for m in ids}, timeout=120)
+        assert gw.stop() == 0, gw.log()
+    assert "Traceback" not in gw.log_path.read_text()
+
+
+def test_a_killed_processing_host_is_restarted_and_every_declaration_processed_once(tmp_path: Path) -> None:
+    config = GatewayConfig(tmp_path / "gw")
+    with RunningGateway(config) as gw:
+        _warm(gw, config)
+        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        worker = wait_for(lambda: _one(_spawned_children(host)), timeout=30)
+        ids = [f"kill-{n}@chu-nantes.test" for n in range(40)]
+        errors: list[BaseException] = []
+
+        def send_all() -> None:
+            try:
+                for mid in ids:
+                    gw.send(declaration(mid))
+            except BaseException as exc:  # reported below: every declaration must get its 250
+                errors.append(exc)
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        # Kill it while it works: some processed, some not yet.
+        wait_for(lambda: sum(s == ["processed"] for s in _statuses(config, ids).values()) >= 3, timeout=60)
+        os.kill(host, signal.SIGKILL)
+        wait_for(lambda: _gone(worker), timeout=10)  # the analysis worker dies with its host
+        restarted = wait_for(lambda: next((p for p in _spawned_children(gw.proc.pid) if p != host), None),
+                             timeout=30)
+        sender.join(timeout=120)
+        assert not errors, errors
+        wait_for(lambda: _statuses(config, ids) == {m: ["processed"] for m in ids}, timeout=180)
+        assert _spawned_children(gw.proc.pid) == [restarted]
+        origins = case_origins(config.db_path)
+        assert all(len(origins.get(m, [])) == 1 for m in ids), origins
+        acks = _acknowledgements(config)
+        # At most one (the per-sender acknowledgement cap holds back the rest of a burst).
+        assert max(acks[origins[m][0]] for m in ids) == 1, acks
+        assert db_tally(config.db_path).inbound_total == len(ids) + 1
+        assert gw.stop() == 0, gw.log()
+    log = gw.log_path.read_text()
+    assert "processing host exited (exit code -9)" in log
+    assert log.count("processing host") >= 2
+
+
+def test_host_thread_processes_in_the_daemons_process(tmp_path: Path) -> None:
+    """``[processing] host = "thread"`` (diagnosis): no host; the analysis worker is the daemon's child."""
+    config = GatewayConfig(tmp_path / "gw", extra='[processing]\nhost = "thread"\n')
+    with RunningGateway(config) as gw:
+        _warm(gw, config)
+        worker = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        assert _spawned_children(worker) == []
+        assert gw.stop() == 0, gw.log()
+    assert "processing host" not in gw.log_path.read_text()
+
+
+def test_a_daemon_killed_alone_leaves_neither_host_nor_worker(tmp_path: Path) -> None:
+    """SIGKILL of the daemon process only (not its group): its children must not go on processing."""
+    config = GatewayConfig(tmp_path / "gw")
+    gw = RunningGateway(config)
+    try:
+        _warm(gw, config)
+        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        worker = wait_for(lambda: _one(_spawned_children(host)), timeout=30)
+        os.kill(gw.proc.pid, signal.SIGKILL)
+        gw.proc.wait(timeout=10)
+        wait_for(lambda: _gone(host) and _gone(worker), timeout=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(gw.proc.pid, signal.SIGKILL)  # multiprocessing's resource tracker, if still there
+        gw.stop()
+
+
+def _get(port: int, path: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return str(resp.read().decode())
+    except urllib.error.HTTPError as exc:  # /healthz: 503 with the reasons
+        return str(exc.read().decode())
+
+
+def test_a_host_that_cannot_start_is_retried_reported_unhealthy_and_intake_goes_on(tmp_path: Path) -> None:
+    """The restarted host cannot build its services (its DKIM key file is gone): the daemon keeps
+    trying with back-off, /healthz says processing is down, SMTP still answers 250; once the file
+    is back a host starts and the message waiting is processed."""
+    config = GatewayConfig(tmp_path / "gw", metrics_port=free_port())
+    port = config.metrics_port or 0
+    with RunningGateway(config) as gw:
+        _warm(gw, config)
+        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        away = config.key_file.with_suffix(".away")
+        config.key_file.rename(away)
+        try:
+            os.kill(host, signal.SIGKILL)
+            wait_for(lambda: "processing host down for" in _get(port, "/healthz"), timeout=60, interval=0.5)
+            gw.send(declaration("while-down@chu-nantes.test"))  # raises unless 250
+            assert _received(config) == 1
+        finally:
+            away.rename(config.key_file)
+        wait_for(lambda: _get(port, "/healthz") == "ok\n", timeout=90, interval=0.5)
+        wait_for(lambda: _statuses(config, ["while-down@chu-nantes.test"])["while-down@chu-nantes.test"]
+                 == ["processed"], timeout=60)
+        restarts = [line for line in _get(port, "/metrics").splitlines()
+                    if line.startswith("mailgateway_processing_host_restarts_total ")]
+        assert restarts and float(restarts[0].split()[1]) >= 2, restarts
+        assert gw.stop() == 0, gw.log()
+    assert "processing host exited (exit code 1)" in gw.log_path.read_text()
