@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -230,6 +231,24 @@ def _transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # rolled back or committed: nothing left to anchor
         session.info.pop(_TOUCHED, None)
         session.info.pop(_PENDING, None)
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A savepoint (``SAVEPOINT``) for one unit inside a longer transaction — one message of a
+    processing batch (processing/runner.py): on an exception it is rolled back alone and the
+    cases it touched are forgotten by the ledger anchor, so the outer commit anchors only what it
+    writes (a case's head re-read after the rollback would otherwise be anchored a second time)."""
+    touched = dict(session.info.get(_TOUCHED, {}))
+    nested = session.begin_nested()
+    try:
+        yield
+        nested.commit()  # flushes: a failing INSERT raises here, still inside this savepoint
+    except BaseException:
+        if nested.is_active:
+            nested.rollback()
+        session.info[_TOUCHED] = touched
+        raise
 
 
 # Registered on the Session class: every session of the process, whichever module made it.

@@ -106,9 +106,13 @@ def import_staff(session: Session, path: str | PathLike[str], now: datetime) -> 
 def staff_addresses(settings: Settings, session: Session, region: str) -> list[str]:
     """Staff of ``region``: [[staff]] from the configuration plus imported staff."""
     found = {s.address.lower() for s in settings.staff if s.region == region}
-    found.update(
-        a.lower() for a in session.scalars(select(StaffMember.address).where(StaffMember.region == region))
-    )
+    # No autoflush: staff rows are only written by Core statements (``import_staff``), never as
+    # pending ORM objects, so the caller's pending changes cannot alter the answer (issue 19:
+    # each autoflush on the processing hot path is a unit of work of its own).
+    with session.no_autoflush:
+        found.update(
+            a.lower() for a in session.scalars(select(StaffMember.address).where(StaffMember.region == region))
+        )
     return sorted(found)
 
 

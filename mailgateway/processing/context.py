@@ -125,7 +125,8 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
     if _notice_capped(env, session, case, facts):
         return 0
     attachments, original = _original(env, session, case, inbound)
-    est = session.get(Establishment, case.finess) if case.finess else None
+    with session.no_autoflush:  # a directory row: nothing pending changes it (issue 19)
+        est = session.get(Establishment, case.finess) if case.finess else None
     context = {
         **region_context(env.settings, case.region),
         "case": case_context(case),

@@ -117,7 +117,10 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         return Outcome("quarantined", "région destinataire inconnue : aucune boîte SSI régionale ne correspond")
     decl = facts.declaration
     assert decl is not None
-    decl, est = _establishment(session, decl)
+    # Directory rows are never written while processing: reading them needs no flush of this
+    # message's pending changes first (issue 19: each autoflush is a unit of work of its own).
+    with session.no_autoflush:
+        decl, est = _establishment(session, decl)
     facts = replace(facts, declaration=decl)
     structure = decl.structure or (est.name if est else None)
     title = " — ".join(x for x in (structure, decl.incident_type) if x) or service.one_line(facts.subject, 120)
@@ -165,7 +168,12 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
                      data={"motif": "aucune adresse de déclarant utilisable"})
     # A declaration for the same structure as an open case is linked to it, and staff are told.
     window = timedelta(hours=env.settings.cases.duplicate_window_hours)
-    other = service.flag_duplicate(session, case, window, at=env.clock.now())
+    # No autoflush for the lookup: this case's row was flushed by new_case (its id excludes it),
+    # and every other case was written by an earlier savepoint or transaction.
+    with session.no_autoflush:
+        other = service.find_duplicate(session, case, window)
+    if other is not None:
+        service.link(session, case, other, type="doublon_possible", actor="passerelle", at=env.clock.now())
     extra: dict[str, Any] = {"duplicate_of": other.reference} if other else {}
     extra.update(_ack_held_back(refusals))
     extra.update(regional.out_of_region(env, session, case, inbound, facts))  # « hors région »

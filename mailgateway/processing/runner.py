@@ -9,6 +9,12 @@ For one message:
 3. in one write transaction: re-check the message is still ``received`` (another worker or an
    earlier run may have finished it), apply the handler, queue outbound mail, mark it processed.
 
+A sweep (``process_pending``) does this by batches (``BatchRun``, issue 19): step 1 is one commit
+for the whole batch, step 2 streams the batch through the worker (each message within its own
+budget) while step 3 applies the messages already analysed, several per write transaction with a
+``SAVEPOINT`` each, so the commit + fsync is paid once per transaction and a handler that raises
+still quarantines its own message only. ``process(id)`` is one message, one transaction.
+
 A crash anywhere before the commit leaves the message ``received``: it is processed again on
 restart, with the same result once (handlers are deterministic and outbound mail has idempotency
 keys), until its attempts run out. A handler that raises quarantines the message with the
@@ -38,10 +44,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, or_, select, text, update
+from sqlalchemy import Connection, Engine, func, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgateway.cases.timeline import savepoint
 from mailgateway.clock import Clock, aware
 from mailgateway.logs import bind, log_context
 from mailgateway.mail.auth import Authenticator
@@ -52,6 +59,7 @@ from mailgateway.processing.pipeline import HANDLERS, PREHANDLERS
 from mailgateway.processing.worker import (
     AnalysisFailed,
     AnalysisRetry,
+    AnalysisStream,
     AnalysisTimeout,
     AnalysisWorker,
     WorkerLost,
@@ -71,6 +79,13 @@ log = logging.getLogger("mailgateway.processing")
 
 # The longest a sweep waits for intake to go quiet before processing its next message anyway.
 INTAKE_YIELD_SECONDS = 0.25
+# A sweep takes messages by batches (issue 19): one committed attempt count for the batch, then
+# write transactions of several messages each (a savepoint per message), so the commit + fsync,
+# the audit ledger anchor and the transaction set-up are paid once per transaction, not per
+# message. A write transaction is closed after BATCH_WRITE_SECONDS, or as soon as intake is
+# waiting (``intake_busy``), so SQLite's write lock is never held long while mail arrives.
+BATCH_SIZE = 25
+BATCH_WRITE_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -218,25 +233,34 @@ class Processor:
             attempt = self._count_attempt(inbound_id, may_defer)
             if isinstance(attempt, Result):
                 return attempt
-            try:
-                facts = self._analyse(inbound_id)
-            except AnalysisTimeout as exc:
-                return self._quarantine(inbound_id, None, reason=timeout_reason(exc.seconds))
-            except AnalysisFailed as exc:
-                return self._quarantine(inbound_id, exc.detail)
-            except (WorkerLost, WorkerUnavailable, AnalysisRetry) as exc:
-                # Counted already: a message that kills its worker every time ends in quarantine.
-                log.warning("inbound %s will be tried again: %s", inbound_id, exc)
-                return Result(inbound_id, "retry", reason=str(exc))
-            if facts is None:
-                return Result(inbound_id, "skipped")
-            if facts.sender.temporary and not facts.sender.authenticated:
-                if may_defer and attempt < self.settings.processing.max_attempts:
-                    return self._defer(inbound_id, facts)
-                # Out of tries, or nobody to try again: unauthenticated, and saying why.
-                sender = replace(facts.sender, detail=unavailable_key_detail(facts.sender, attempt)[:1000])
-                facts = replace(facts, sender=sender)
+            facts = self._try(inbound_id, attempt, may_defer, lambda: self._analyse(inbound_id))
+            if isinstance(facts, Result):
+                return facts
             return self._apply(inbound_id, facts)
+
+    def _try(self, inbound_id: int, attempt: int, may_defer: bool,
+             analysed: Callable[[], MessageFacts | None]) -> Result | MessageFacts:
+        """Step 2 of a counted try: the facts to apply (from ``analysed``), or the try's final
+        result (quarantined over budget or on a failed analysis, retry, skipped, deferred)."""
+        try:
+            facts = analysed()
+        except AnalysisTimeout as exc:
+            return self._quarantine(inbound_id, None, reason=timeout_reason(exc.seconds))
+        except AnalysisFailed as exc:
+            return self._quarantine(inbound_id, exc.detail)
+        except (WorkerLost, WorkerUnavailable, AnalysisRetry) as exc:
+            # Counted already: a message that kills its worker every time ends in quarantine.
+            log.warning("inbound %s will be tried again: %s", inbound_id, exc)
+            return Result(inbound_id, "retry", reason=str(exc))
+        if facts is None:
+            return Result(inbound_id, "skipped")
+        if facts.sender.temporary and not facts.sender.authenticated:
+            if may_defer and attempt < self.settings.processing.max_attempts:
+                return self._defer(inbound_id, facts)
+            # Out of tries, or nobody to try again: unauthenticated, and saying why.
+            sender = replace(facts.sender, detail=unavailable_key_detail(facts.sender, attempt)[:1000])
+            facts = replace(facts, sender=sender)
+        return facts
 
     def _analyse(self, inbound_id: int) -> MessageFacts | None:
         if self.worker is not None:
@@ -302,6 +326,64 @@ class Processor:
             conn.execute(update(InboundMessage).where(InboundMessage.id == inbound_id).values(attempts=attempts + 1))
         return attempts + 1
 
+    @contextmanager
+    def _exclusive_many(self, inbound_ids: list[int]) -> Iterator[set[int]]:
+        """``_exclusive`` for a batch, on one connection: the ids this instance may try now."""
+        engine = self.factory.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            yield set(inbound_ids)
+            return
+        with engine.connect() as conn:
+            mine = {i for i in inbound_ids
+                    if conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _claim_key(i)})}
+            conn.commit()
+            try:
+                yield mine
+            finally:
+                try:
+                    for i in mine:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _claim_key(i)})
+                    conn.commit()
+                except Exception:
+                    log.warning("could not release the locks of inbound %s", sorted(mine), exc_info=True)
+                    conn.invalidate()  # never hand a connection holding locks back to the pool
+
+    def _count_attempts(self, inbound_ids: list[int], may_defer: bool) -> dict[int, Result | int]:
+        """``_count_attempt`` for a batch: one crash-safe commit counts the try of every message
+        (durable before any is analysed, docs/guarantees.md) and quarantines those out of attempts."""
+        limit = self.settings.processing.max_attempts
+        engine = self.factory.kw["bind"]
+        now = self.clock.now()
+        out: dict[int, Result | int] = {}
+        with write_gate(engine), _crash_safe_commit(engine) as conn, conn.begin():
+            stmt = (select(InboundMessage.id, InboundMessage.status, InboundMessage.attempts, InboundMessage.retry_at)
+                    .where(InboundMessage.id.in_(inbound_ids)))
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                stmt = stmt.with_for_update()
+            found = {row.id: row for row in conn.execute(stmt)}
+            counted: list[int] = []
+            for inbound_id in inbound_ids:
+                row = found.get(inbound_id)
+                if row is None or row.status != "received" or (
+                        may_defer and row.retry_at is not None and aware(row.retry_at) > now):
+                    out[inbound_id] = Result(inbound_id, "skipped")
+                    continue
+                attempts = row.attempts or 0
+                if attempts >= limit:
+                    reason = abandoned_reason(attempts)
+                    conn.execute(update(InboundMessage).where(InboundMessage.id == inbound_id)
+                                 .values(status="quarantined", reason=reason, processed_at=now))
+                    log.error("inbound %s quarantined: %s", inbound_id, reason)
+                    out[inbound_id] = Result(inbound_id, "quarantined", reason=reason)
+                    continue
+                counted.append(inbound_id)
+                out[inbound_id] = attempts + 1
+            if counted:
+                conn.execute(update(InboundMessage).where(InboundMessage.id.in_(counted))
+                             .values(attempts=func.coalesce(InboundMessage.attempts, 0) + 1))
+        return out
+
     def _defer(self, inbound_id: int, facts: MessageFacts) -> Result:
         """Leave the message ``received`` until ``[processing] dns_retry_seconds`` from now (its
         attempt stays counted: the last one processes it, see ``_process``)."""
@@ -316,46 +398,57 @@ class Processor:
         return Result(inbound_id, "deferred", facts.kind, reason=reason)
 
     def _apply(self, inbound_id: int, facts: MessageFacts) -> Result:
-        bind(message_id=facts.message_id, case_ref=facts.case_ref, region=facts.region)
         with write_gate(self.factory.kw["bind"]), transaction(self.factory) as session:
-            stmt = select(InboundMessage).where(InboundMessage.id == inbound_id)
-            if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            row = session.scalar(stmt)
-            if row is None or row.status != "received":
-                return Result(inbound_id, "skipped")
-            row.kind = facts.kind
-            row.message_id = (facts.message_id or "")[:998] or None
-            row.region = row.region or facts.region
-            row.auth = {
-                "address": facts.sender.address, "authenticated": facts.sender.authenticated,
-                "method": facts.sender.method, "domain": facts.sender.domain, "detail": facts.sender.detail,
-            }
-            outcome = None
-            attachments = int(facts.extra.get("attachments", 0) or 0)
-            if attachments > self.settings.intake.max_attachments:
-                # Attachment limits; the message is kept, in quarantine, with the reason.
-                outcome = Outcome("quarantined", f"trop de pièces jointes : {attachments} "
-                                                 f"(maximum {self.settings.intake.max_attachments})")
-            # Features may claim a message first (e.g. an establishment acknowledging a bulletin).
-            for prehandler in PREHANDLERS if outcome is None else ():
-                outcome = prehandler(self.env, session, row, facts)
-                if outcome is not None:
-                    break
-            if outcome is None:
-                handler = HANDLERS.get(facts.kind)
-                outcome = handler(self.env, session, row, facts) if handler else Outcome(
-                    "quarantined", f"type de message sans traitement : {facts.kind}")
-            row.status = outcome.status
-            row.retry_at = None
-            row.reason = outcome.reason
-            row.processed_at = self.clock.now()
-            case_ref = outcome.case.reference if outcome.case is not None else None
-        bind(case_ref=case_ref)
-        log.info("inbound %s %s kind=%s case=%s", inbound_id, outcome.status, facts.kind, case_ref,
-                 extra={"case_ref": case_ref, "message_id": facts.message_id})
-        self.on_outbound()
+            result = self._apply_in(session, inbound_id, facts)
+        self._applied(result, facts)
+        return result
+
+    def _apply_in(self, session: Session, inbound_id: int, facts: MessageFacts) -> Result:
+        """Step 3 in the caller's write transaction: re-check, handler, outbound, status."""
+        bind(message_id=facts.message_id, case_ref=facts.case_ref, region=facts.region)
+        stmt = select(InboundMessage).where(InboundMessage.id == inbound_id)
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        row = session.scalar(stmt)
+        if row is None or row.status != "received":
+            return Result(inbound_id, "skipped")
+        row.kind = facts.kind
+        row.message_id = (facts.message_id or "")[:998] or None
+        row.region = row.region or facts.region
+        row.auth = {
+            "address": facts.sender.address, "authenticated": facts.sender.authenticated,
+            "method": facts.sender.method, "domain": facts.sender.domain, "detail": facts.sender.detail,
+        }
+        outcome = None
+        attachments = int(facts.extra.get("attachments", 0) or 0)
+        if attachments > self.settings.intake.max_attachments:
+            # Attachment limits; the message is kept, in quarantine, with the reason.
+            outcome = Outcome("quarantined", f"trop de pièces jointes : {attachments} "
+                                             f"(maximum {self.settings.intake.max_attachments})")
+        # Features may claim a message first (e.g. an establishment acknowledging a bulletin).
+        for prehandler in PREHANDLERS if outcome is None else ():
+            outcome = prehandler(self.env, session, row, facts)
+            if outcome is not None:
+                break
+        if outcome is None:
+            handler = HANDLERS.get(facts.kind)
+            outcome = handler(self.env, session, row, facts) if handler else Outcome(
+                "quarantined", f"type de message sans traitement : {facts.kind}")
+        row.status = outcome.status
+        row.retry_at = None
+        row.reason = outcome.reason
+        row.processed_at = self.clock.now()
+        case_ref = outcome.case.reference if outcome.case is not None else None
         return Result(inbound_id, outcome.status, facts.kind, case_ref, outcome.reason)
+
+    def _applied(self, result: Result, facts: MessageFacts) -> None:
+        """After the commit: the log line, and the sender woken (outbound mail may be queued)."""
+        if result.status == "skipped":
+            return
+        bind(case_ref=result.case_ref)
+        log.info("inbound %s %s kind=%s case=%s", result.inbound_id, result.status, facts.kind, result.case_ref,
+                 extra={"case_ref": result.case_ref, "message_id": facts.message_id})
+        self.on_outbound()
 
     def _quarantine(self, inbound_id: int, detail: str | None, *, reason: str | None = None) -> Result:
         """Quarantine with ``reason``, or with the exception ``detail`` of a failed try (the
@@ -369,23 +462,223 @@ class Processor:
         return Result(inbound_id, "quarantined", reason=detail or reason)
 
     def process_pending(self, limit: int = 1000) -> list[Result]:
-        results = []
-        for inbound_id in self.pending(limit):
+        results: list[Result] = []
+        ids = self.pending(limit)
+        for start in range(0, len(ids), BATCH_SIZE):
             self._yield_to_intake()
             if self.halt.is_set():  # the daemon's drain ran out: the rest waits for the next start
                 break
-            results.append(self.process(inbound_id, may_defer=True))
+            results += self.process_batch(ids[start:start + BATCH_SIZE], may_defer=True)
         return results
 
-    def _yield_to_intake(self) -> None:
+    def process_batch(self, inbound_ids: list[int], *, may_defer: bool = False) -> list[Result]:
+        """Process several messages with the guarantees of ``process`` for each (``BatchRun``):
+        attempts counted in one committed transaction before any is tried; analysis per message
+        (the worker's time budget per message); handlers in shared write transactions, a
+        savepoint each, so a handler that raises quarantines its own message only."""
+        started = time.monotonic()
+        done = BatchRun(self, inbound_ids, may_defer).run()
+        results = []
+        for inbound_id in inbound_ids:
+            result = done.get(inbound_id)
+            if result is None:  # not reached (halted): still received, tried again later
+                continue
+            result = replace(result, seconds=time.monotonic() - started)
+            self.on_result(result)
+            results.append(result)
+        return results
+
+    def _yield_to_intake(self) -> bool:
         """Let a burst of arrivals have SQLite's write lock and the GIL first, within a bound: a
-        message is never held back more than INTAKE_YIELD_SECONDS by intake."""
+        message is never held back more than INTAKE_YIELD_SECONDS by intake. False when intake
+        was still busy at the end of the wait."""
         busy = self.intake_busy
         if busy is None:
-            return
+            return True
         until = time.monotonic() + INTAKE_YIELD_SECONDS
-        while busy() and not self.halt.is_set() and time.monotonic() < until:
+        while busy() and not self.halt.is_set():
+            if time.monotonic() >= until:
+                return False
             time.sleep(0.005)
+        return True
+
+
+class InlineAnalyses:
+    """``AnalysisStream``'s interface for analysis in this process (no worker): nothing overlaps."""
+
+    def __init__(self, processor: Processor, inbound_ids: list[int]) -> None:
+        self._p = processor
+        self._left = inbound_ids
+        self.abandoned: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._left)
+
+    @property
+    def upcoming(self) -> int:
+        return self._left[0]
+
+    def ready(self) -> bool:
+        return bool(self._left)
+
+    def next(self) -> tuple[int, MessageFacts | None]:
+        inbound_id = self._left.pop(0)
+        return inbound_id, self._p._analyse(inbound_id)
+
+    def close(self) -> None:
+        self._left = []
+
+
+class BatchRun:
+    """One batch of a sweep (``Processor.process_batch``), with the guarantees of ``process`` for
+    each message (docs/guarantees.md):
+
+    1. every try is counted in one crash-safe commit before any message is analysed;
+    2. each message is analysed alone (in the worker: its own time budget; over it, the worker is
+       killed, that message quarantined, the next one goes to a new worker);
+    3. the handlers run in write transactions of several messages, a savepoint each: a handler
+       that raises rolls back its own message, which is quarantined with the exception, and the
+       others commit. A transaction is closed after ``BATCH_WRITE_SECONDS`` or when intake waits.
+
+    A crash before a commit leaves that transaction's messages ``received``: they are processed
+    again on restart (the outbox idempotency keys make their mail queued once).
+    """
+
+    def __init__(self, processor: Processor, inbound_ids: list[int], may_defer: bool) -> None:
+        self.p = processor
+        self.ids = inbound_ids
+        self.may_defer = may_defer
+        self.results: dict[int, Result] = {}
+        self.raised: set[int] = set()  # handlers that raised (quarantined, logged already)
+        self.transactions = 0
+
+    def run(self) -> dict[int, Result]:
+        p = self.p
+        if p.worker is not None:
+            try:
+                # Before the attempts are counted: a worker that cannot start uses up no attempt.
+                p.worker.prepare(p.settings)
+            except WorkerUnavailable as exc:
+                log.error("inbound %s wait: %s", self.ids, exc)
+                return {i: Result(i, "retry", reason=str(exc)) for i in self.ids}
+        try:
+            with p._exclusive_many(self.ids) as mine:
+                self.results.update((i, Result(i, "skipped")) for i in self.ids if i not in mine)
+                self._run([i for i in self.ids if i in mine])
+        except OperationalError as exc:
+            # What was committed stays done; the rest is tried again by a later sweep.
+            log.warning("database unavailable while processing inbound %s: %s", self.ids, exc)
+            for i in self.ids:
+                self.results.setdefault(i, Result(i, "retry", reason=str(exc)))
+        return self.results
+
+    def _run(self, inbound_ids: list[int]) -> None:
+        p = self.p
+        if not inbound_ids:
+            return
+        attempts: dict[int, int] = {}
+        for inbound_id, attempt in p._count_attempts(inbound_ids, self.may_defer).items():
+            if isinstance(attempt, Result):
+                self.results[inbound_id] = attempt
+            else:
+                attempts[inbound_id] = attempt
+        if not attempts:
+            return
+        analyses: AnalysisStream | InlineAnalyses = (
+            p.worker.stream(p.settings, list(attempts), p.settings.processing.analysis_timeout_seconds)
+            if p.worker is not None else InlineAnalyses(p, list(attempts)))
+        todo: list[tuple[int, MessageFacts]] = []
+        try:
+            while analyses or todo:
+                # Answers already analysed join this write transaction; wait only with nothing to
+                # apply. Meanwhile the worker analyses the next messages (the second core).
+                while analyses and (not todo or analyses.ready()) and not p.halt.is_set():
+                    self._analysed(analyses, attempts, todo)
+                if todo:
+                    todo = self._commit_batch(todo)
+                elif p.halt.is_set():  # stopping: counted, left received for the next start
+                    break
+        finally:
+            analyses.close()
+        for inbound_id in analyses.abandoned:
+            self.results[inbound_id] = Result(inbound_id, "retry", reason="analysis worker unavailable")
+
+    def _analysed(self, analyses: AnalysisStream | InlineAnalyses, attempts: dict[int, int],
+                  todo: list[tuple[int, MessageFacts]]) -> None:
+        p = self.p
+        inbound_id = analyses.upcoming
+        with log_context(inbound_id=inbound_id):
+            try:
+                facts = p._try(inbound_id, attempts[inbound_id], self.may_defer, lambda: analyses.next()[1])
+            except OperationalError as exc:
+                log.warning("database unavailable while processing inbound %s: %s", inbound_id, exc)
+                facts = Result(inbound_id, "retry", reason=str(exc))
+            except Exception as exc:  # an in-process analysis that raised
+                facts = p._quarantine(inbound_id, _exception_text(exc))
+        if isinstance(facts, Result):
+            self.results[inbound_id] = facts
+        else:
+            todo.append((inbound_id, facts))
+
+    def _commit_batch(self, todo: list[tuple[int, MessageFacts]]) -> list[tuple[int, MessageFacts]]:
+        """Apply messages from ``todo`` in one write transaction; return those left for the next."""
+        p = self.p
+        # The first transaction follows process_pending's own yield; the next ones yield again.
+        quiet = p._yield_to_intake() if self.transactions else True
+        self.transactions += 1
+        # Intake still busy after the longest wait: this transaction takes its full time, so a
+        # continuous burst of arrivals slows processing down but never stops it.
+        busy = p.intake_busy if quiet else None
+        applied: list[tuple[Result, MessageFacts]] = []
+        left = list(todo)
+        try:
+            with write_gate(p.factory.kw["bind"]), transaction(p.factory) as session:
+                opened = time.monotonic()
+                while left:
+                    inbound_id, facts = left.pop(0)
+                    applied.append((self._apply_one(session, inbound_id, facts), facts))
+                    if time.monotonic() - opened >= BATCH_WRITE_SECONDS or (busy is not None and busy()):
+                        break
+        except OperationalError:
+            raise
+        except Exception:
+            # The transaction failed as a whole (at its commit): each of its messages alone now,
+            # so only the one that fails again is quarantined.
+            log.warning("batch of inbound %s failed at commit; one by one", [r.inbound_id for r, _ in applied],
+                        exc_info=True)
+            for result, facts in applied:
+                with log_context(inbound_id=result.inbound_id):
+                    try:
+                        self.results[result.inbound_id] = p._apply(result.inbound_id, facts)
+                    except OperationalError:
+                        raise
+                    except Exception as exc:
+                        self.results[result.inbound_id] = p._quarantine(result.inbound_id, _exception_text(exc))
+            return left
+        for result, facts in applied:
+            self.results[result.inbound_id] = result
+            with log_context(inbound_id=result.inbound_id):
+                if result.inbound_id in self.raised:
+                    continue  # the handler raised: logged by _apply_one
+                p._applied(result, facts)
+        return left
+
+    def _apply_one(self, session: Session, inbound_id: int, facts: MessageFacts) -> Result:
+        with log_context(inbound_id=inbound_id):
+            try:
+                with savepoint(session):
+                    return self.p._apply_in(session, inbound_id, facts)
+            except OperationalError:
+                raise
+            except Exception as exc:
+                detail = _exception_text(exc)
+                reason = f"erreur de traitement : {detail}"
+                log.error("inbound %s quarantined: %s", inbound_id, detail)
+                self.raised.add(inbound_id)
+                session.execute(update(InboundMessage)
+                                .where(InboundMessage.id == inbound_id, InboundMessage.status == "received")
+                                .values(status="quarantined", reason=reason, processed_at=self.p.clock.now()))
+                return Result(inbound_id, "quarantined", reason=detail)
 
 
 def _exception_text(exc: BaseException) -> str:

@@ -196,6 +196,10 @@ def worker_main(conn: Connection, settings: Settings, parent_pid: int) -> None:
                 settings = payload
                 authenticator = build_authenticator(settings)
                 continue
+            if kind == "analyse_many":  # a batch: one answer per message, in order, each timed
+                for inbound_id in payload:
+                    conn.send_bytes(_answer(settings, authenticator, factory, inbound_id, timed=True))
+                continue
             conn.send_bytes(_answer(settings, authenticator, factory, payload))
     finally:
         engine.dispose()
@@ -220,8 +224,14 @@ def _warm_up(settings: Settings, authenticator: Authenticator, factory: Any) -> 
         log.warning("analysis worker warm-up failed", exc_info=True)
 
 
-def _answer(settings: Settings, authenticator: Authenticator, factory: Any, inbound_id: int) -> bytes:
-    """The pickled answer to one request: ("ok", facts) | ("retry", why) | ("error", exception)."""
+def _answer(settings: Settings, authenticator: Authenticator, factory: Any, inbound_id: int, *,
+            timed: bool = False) -> bytes:
+    """The pickled answer to one request: ("ok", facts) | ("retry", why) | ("error", exception);
+    ``timed`` (a batch) appends when it was finished, ``time.monotonic()``: the next message's
+    budget starts then (CLOCK_MONOTONIC is one clock for all the processes of the machine)."""
+    if timed:
+        kind, payload = pickle.loads(_answer(settings, authenticator, factory, inbound_id))  # noqa: S301 - ours
+        return pickle.dumps((kind, payload, time.monotonic()))
     with log_context(inbound_id=inbound_id):
         try:
             with reading(factory) as session:
@@ -336,6 +346,11 @@ class AnalysisWorker:
             raise AnalysisRetry(payload)
         raise AnalysisFailed(payload)
 
+    def stream(self, settings: Settings, inbound_ids: Sequence[int], timeout: float) -> AnalysisStream:
+        """Analyse ``inbound_ids`` in order with one request (a batch of a sweep); read the answers
+        with ``AnalysisStream.next``, each message within its own budget of ``timeout`` seconds."""
+        return AnalysisStream(self, settings, list(inbound_ids), timeout)
+
     def _discard(self) -> None:
         """Kill the worker (if any) and forget it; the next message starts a new one."""
         proc, conn = self._proc, self._conn
@@ -366,3 +381,90 @@ class AnalysisWorker:
             if self._proc is not None:
                 self._proc.join(STOP_SECONDS)
             self._discard()
+
+
+class AnalysisStream:
+    """The answers of one batch request, read one message at a time (processing/runner.py).
+
+    The worker analyses the batch while the caller applies earlier answers (the two cores work
+    at once). Each message keeps its own budget: it starts when the worker finished the message
+    before it (or when the request was sent), so a message over budget is still killed alone —
+    the worker is killed, ``next`` raises ``AnalysisTimeout`` for that message, and the messages
+    after it go to a new worker with a new request. After ``WorkerLost`` likewise: only the
+    message being analysed when the worker died is affected."""
+
+    def __init__(self, worker: AnalysisWorker, settings: Settings, inbound_ids: list[int], timeout: float) -> None:
+        self._worker = worker
+        self._settings = settings
+        self._left = inbound_ids
+        self._timeout = timeout
+        self._conn: Connection | None = None
+        self._started = 0.0  # when the next message's analysis began (monotonic)
+        # Left unanalysed because no worker could start (WorkerUnavailable): tried again later.
+        self.abandoned: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._left)
+
+    @property
+    def upcoming(self) -> int:
+        """The id ``next`` answers for."""
+        return self._left[0]
+
+    def close(self) -> None:
+        """Stop early (the daemon stops): a worker still owing answers is discarded, so that no
+        later request reads them."""
+        worker = self._worker
+        with worker._lock:
+            if self._left and self._conn is not None and worker._conn is self._conn:
+                worker._discard()
+            self._left = []
+
+    def ready(self) -> bool:
+        """The next answer is already here (never waits): reading it costs no idle time."""
+        conn = self._conn
+        if conn is None or not self._left:
+            return False
+        try:
+            return conn.poll(0)
+        except (OSError, ValueError):
+            return True  # next() reports the dead worker
+
+    def next(self) -> tuple[int, MessageFacts | None]:
+        """The next message's facts; raises for that message as ``AnalysisWorker.analyse`` does."""
+        inbound_id = self._left.pop(0)
+        worker = self._worker
+        with worker._lock:
+            if self._conn is None or worker._conn is not self._conn:
+                # First read, or the worker was replaced: this message and the rest, anew.
+                try:
+                    self._conn = worker._ready(self._settings)
+                except WorkerUnavailable:
+                    self.abandoned, self._left = self._left, []
+                    raise
+                worker._send(("analyse_many", [inbound_id, *self._left]))
+                self._started = time.monotonic()
+            conn = self._conn
+            worker.busy_with = inbound_id
+            try:
+                try:
+                    # poll() is also true when the worker died (EOF): recv() then raises.
+                    if not conn.poll(max(0.0, self._started + self._timeout - time.monotonic())):
+                        log.warning("inbound %s: analysis over its %s s budget; restarting the worker",
+                                    inbound_id, self._timeout)
+                        worker._discard()
+                        raise AnalysisTimeout(self._timeout)
+                    # Our own child's answer, never bytes from mail: safe to unpickle.
+                    kind, payload, finished = pickle.loads(conn.recv_bytes())  # noqa: S301
+                except (EOFError, OSError) as exc:
+                    code = worker._proc.exitcode if worker._proc is not None else None
+                    worker._discard()
+                    raise WorkerLost(f"analysis worker died (exit code {code})") from exc
+            finally:
+                worker.busy_with = None
+            self._started = finished
+        if kind == "ok":
+            return inbound_id, payload
+        if kind == "retry":
+            raise AnalysisRetry(payload)
+        raise AnalysisFailed(payload)

@@ -176,7 +176,9 @@ class Case(Base):
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
     linked_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
     # Message-ID of the original message and of our first message (threading anchor).
-    origin_message_id: Mapped[str | None] = mapped_column(String(998))
+    # Indexed (issue 19): threading looks a reply's In-Reply-To / References up here (last resort
+    # of processing/worker.thread_lookup_for), once per reply; a scan of every case otherwise.
+    origin_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     last_event_hash: Mapped[str | None] = mapped_column(String(64))
     event_count: Mapped[int] = mapped_column(Integer, default=0)
     # GDPR retention (jobs/retention.py): personal data removed, statistics kept.
@@ -435,7 +437,9 @@ class AutoReplyLog(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     recipient: Mapped[str] = mapped_column(String(512))
-    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"))
+    # Indexed (issue 19): the per-case storm cap is an OR with the per-recipient one, which SQLite
+    # answers from two indexes, or by scanning every automatic reply ever sent without this one.
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
     at: Mapped[datetime]
 
 

@@ -1,0 +1,263 @@
+"""Sweeps by batches (issue 19): several messages per write transaction, a savepoint each, one
+committed attempt count per batch, analysis answers streamed from the worker — and still, for each
+message, the guarantees of one message per transaction (docs/guarantees.md): a handler that raises
+quarantines its own message only, a crash before the commit means processed again once, with no
+second acknowledgement, and a message over its analysis budget is killed alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from mailgateway.app import App, build_app
+from mailgateway.cases.verify import verify_references
+from mailgateway.clock import FixedClock
+from mailgateway.intake.accept import accept_in
+from mailgateway.mail.facts import MessageFacts
+from mailgateway.processing import pipeline, runner
+from mailgateway.processing.context import Env, Outcome
+from mailgateway.processing.worker import AnalysisWorker
+from mailgateway.settings import parse_settings
+from mailgateway.store.engine import reading, transaction
+from mailgateway.store.models import AuditLedger, Case, CaseEvent, InboundMessage, OutboundMessage
+from tests.support.dkim import zone
+from tests.support.slow import SLOW_KEY, large_signed_declaration
+
+NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+REAL_HANDLER = pipeline.HANDLERS["declaration"]
+
+
+def declaration(n: int) -> bytes:
+    # One FINESS for all: each declaration after the first is linked to an open case of the
+    # batch (duplicate detection), so a rolled-back message has touched another message's case.
+    return (
+        f"From: dsi{n}@chu.test\r\nTo: ssi-ara@ars.test\r\nSubject: Incident {n}\r\n"
+        f"Message-ID: <d{n}@chu.test>\r\nDate: Fri, 27 Nov 2026 09:00:00 +0100\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        "Numéro FINESS : 690781810\r\nType d'incident : rançongiciel\r\n"
+        f"Serveurs chiffrés, incident numéro {n}.\r\n"
+    ).encode()
+
+
+def settings_for(url: str, **processing: Any) -> Any:
+    return parse_settings({
+        "database": {"url": url},
+        "regions": [{"code": "ARA", "name": "Auvergne-Rhône-Alpes", "address": "ssi-ara@ars.test"}],
+        "staff": [{"address": "agent@ars.test", "region": "ARA"}],
+        "authentication": {"nameservers": ["127.0.0.1"], "dns_timeout_seconds": 0.1, "static_keys": zone(SLOW_KEY)},
+        "processing": processing,
+    })
+
+
+@pytest.fixture
+def app(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    # Every message of a sweep in one write transaction, whatever the machine's speed.
+    monkeypatch.setattr(runner, "BATCH_WRITE_SECONDS", 3600.0)
+    application = build_app(settings_for(db_url), clock=FixedClock(NOW))
+    yield application
+    application.close()
+
+
+def accept(app: App, raw: bytes) -> int:
+    with transaction(app.factory) as s:
+        return accept_in(s, raw, source="cli", now=NOW).inbound_id
+
+
+def count(app: App, model: Any, *where: Any) -> int:
+    with app.factory() as s:
+        return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+def inbound(app: App, inbound_id: int) -> InboundMessage:
+    with reading(app.factory) as s:
+        found = s.get(InboundMessage, inbound_id)
+        assert found is not None
+        s.expunge(found)
+        return found
+
+
+def poisoned(message_id: str, error: type[BaseException]) -> Any:
+    """The real handler, which then raises for one message: its case, events, links and outbound
+    mail were written in its savepoint and must all be rolled back."""
+
+    def handler(env: Env, session: Any, row: InboundMessage, facts: MessageFacts) -> Outcome:
+        outcome = REAL_HANDLER(env, session, row, facts)
+        if message_id in (facts.message_id or ""):
+            raise error(f"poison in {message_id}")
+        return outcome
+
+    return handler
+
+
+def test_one_poisonous_message_of_a_batch_is_quarantined_alone(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [accept(app, declaration(n)) for n in range(1, 6)]
+    monkeypatch.setitem(pipeline.HANDLERS, "declaration", poisoned("d3@chu.test", RuntimeError))
+    commits: list[int] = []
+    event.listen(app.engine, "commit", lambda _conn: commits.append(1))
+
+    results = app.processor.process_pending()
+
+    assert [(r.inbound_id, r.status) for r in results] == [
+        (ids[0], "processed"), (ids[1], "processed"), (ids[2], "quarantined"), (ids[3], "processed"),
+        (ids[4], "processed")]
+    assert "poison in d3@chu.test" in (results[2].reason or "")
+    poison = inbound(app, ids[2])
+    assert (poison.status, poison.attempts, poison.case_id) == ("quarantined", 1, None)
+    assert "poison in d3@chu.test" in (poison.reason or "")
+    # Nothing of the poisonous message remains: four cases, four acknowledgements, none to dsi3.
+    assert count(app, Case) == 4
+    acks = count(app, OutboundMessage, OutboundMessage.kind == "accuse_reception")
+    assert acks == 4 and count(app, OutboundMessage, OutboundMessage.recipient == "dsi3@chu.test") == 0
+    assert count(app, CaseEvent, CaseEvent.inbound_id == ids[2]) == 0
+    # The link it made to an earlier case of the batch was rolled back with it, and the hash
+    # chains and the ledger still verify (no case anchored twice).
+    with reading(app.factory) as s:
+        breaks, checked = verify_references(s, None)
+    assert breaks == [] and checked == 4
+    # One commit counted the five attempts, one wrote the five messages (PostgreSQL: plus the
+    # advisory lock connection's own).
+    assert len(commits) <= 4
+
+
+def test_a_rolled_back_message_adds_nothing_to_the_audit_ledger(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poisonous declaration links itself to a case of an earlier sweep, then raises: that case
+    is touched only inside the rolled-back savepoint, and must not be anchored again."""
+    earlier = accept(app, declaration(1))
+    assert app.processor.process(earlier).status == "processed"
+    poison = accept(app, declaration(2))
+    monkeypatch.setitem(pipeline.HANDLERS, "declaration", poisoned("d2@chu.test", RuntimeError))
+    assert [r.status for r in app.processor.process_pending()] == ["quarantined"]
+    with reading(app.factory) as s:
+        anchored = list(s.scalars(select(AuditLedger.case_reference).order_by(AuditLedger.id)))
+        breaks, _ = verify_references(s, None)
+    assert anchored == ["SSI-ARA-2026-0001"]  # once, by the sweep that wrote it
+    assert breaks == [] and inbound(app, poison).status == "quarantined"
+
+
+class Crash(BaseException):
+    """Stands for the process dying mid-transaction (SIGKILL): nothing after it runs."""
+
+
+def test_a_crash_mid_batch_processes_every_message_again_once(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [accept(app, declaration(n)) for n in range(1, 6)]
+    monkeypatch.setitem(pipeline.HANDLERS, "declaration", poisoned("d4@chu.test", Crash))
+    with pytest.raises(Crash):
+        app.processor.process_pending()
+    # Messages 1-3 were applied, acknowledgements composed, in the transaction the crash lost.
+    assert count(app, Case) == 0 and count(app, OutboundMessage) == 0
+    assert [(inbound(app, i).status, inbound(app, i).attempts) for i in ids] == [("received", 1)] * 5
+
+    monkeypatch.setitem(pipeline.HANDLERS, "declaration", REAL_HANDLER)  # restarted
+    results = app.processor.process_pending()
+    assert [r.status for r in results] == ["processed"] * 5
+    assert [(inbound(app, i).status, inbound(app, i).attempts) for i in ids] == [("processed", 2)] * 5
+    assert app.processor.process_pending() == []
+    with app.factory() as s:
+        recipients = list(s.scalars(select(OutboundMessage.recipient)
+                                    .where(OutboundMessage.kind == "accuse_reception")))
+        references = list(s.scalars(select(Case.reference).order_by(Case.id)))
+    assert sorted(recipients) == [f"dsi{n}@chu.test" for n in range(1, 6)]
+    assert references == [f"SSI-ARA-2026-{n:04d}" for n in range(1, 6)]  # numbered as without the crash
+
+
+def test_a_sweep_writes_many_messages_per_transaction_and_counts_attempts_once(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [accept(app, declaration(n)) for n in range(1, 11)]
+    writes: list[int] = []
+    counts: list[int] = []
+    commit_batch, count_attempts = runner.BatchRun._commit_batch, runner.Processor._count_attempts
+    monkeypatch.setattr(runner.BatchRun, "_commit_batch",
+                        lambda self, todo: (writes.append(len(todo)), commit_batch(self, todo))[1])
+    monkeypatch.setattr(runner.Processor, "_count_attempts",
+                        lambda self, i, d: (counts.append(len(i)), count_attempts(self, i, d))[1])
+    assert [r.status for r in app.processor.process_pending()] == ["processed"] * 10
+    assert counts == [10] and writes == [10]
+    assert {inbound(app, i).attempts for i in ids} == {1}
+
+
+def test_two_instances_sweeping_together_process_each_message_once(db_url: str) -> None:
+    """PostgreSQL: each instance claims the messages of its batch (advisory locks, one connection);
+    SQLite: the write transaction re-checks the status. Either way, one case and one
+    acknowledgement per declaration."""
+    apps = [build_app(settings_for(db_url), clock=FixedClock(NOW)) for _ in range(2)]
+    try:
+        for n in range(30):
+            accept(apps[0], declaration(n))
+        errors: list[BaseException] = []
+
+        def sweep(application: App) -> None:
+            try:
+                while application.processor.process_pending():
+                    pass
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=sweep, args=(a,)) for a in apps]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        assert not errors
+        assert count(apps[0], InboundMessage, InboundMessage.status == "processed") == 30
+        with apps[0].factory() as s:
+            references = list(s.scalars(select(Case.reference)))
+        assert len(references) == 30 and len(set(references)) == 30
+        assert count(apps[0], OutboundMessage, OutboundMessage.kind == "accuse_reception") == 30
+        with reading(apps[0].factory) as s:
+            assert verify_references(s, None)[0] == []
+            attempts = set(s.scalars(select(InboundMessage.attempts)))
+        if apps[0].engine.dialect.name == "postgresql":
+            assert attempts == {1}  # claimed: each try counted by the one instance that made it
+    finally:
+        for a in apps:
+            a.close()
+
+
+def test_a_write_transaction_ends_when_intake_waits(sqlite_url: str) -> None:
+    application = build_app(settings_for(sqlite_url), clock=FixedClock(NOW))
+    try:
+        for n in range(1, 5):
+            accept(application, declaration(n))
+        asked: list[int] = []
+
+        def busy() -> bool:  # quiet before each transaction, then a message arrives
+            asked.append(1)
+            return len(asked) % 2 == 0
+
+        application.processor.intake_busy = busy
+        commits: list[int] = []
+        event.listen(application.engine, "commit", lambda _conn: commits.append(1))
+        assert [r.status for r in application.processor.process_pending()] == ["processed"] * 4
+        # The attempt count, then one transaction per message: intake had the lock in between.
+        assert len(commits) == 5
+    finally:
+        application.close()
+
+
+def test_a_message_over_budget_in_a_batch_is_killed_alone(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "BATCH_WRITE_SECONDS", 3600.0)
+    application = build_app(settings_for(sqlite_url, analysis_timeout_seconds=0.25), clock=FixedClock(NOW))
+    worker = AnalysisWorker(application.settings)
+    application.processor.worker = worker
+    try:
+        first = accept(application, declaration(1))
+        big = accept(application, large_signed_declaration())  # seconds of DKIM verification
+        last = accept(application, declaration(2))
+        worker.prepare(application.settings)
+        results = {r.inbound_id: r for r in application.processor.process_pending()}
+        assert results[first].status == "processed" and results[last].status == "processed"
+        assert (results[big].status, results[big].reason) == ("quarantined", "analyse trop longue : plus de 0,25 s")
+        assert [inbound(application, i).attempts for i in (first, big, last)] == [1, 1, 1]
+        assert worker.started == 2  # killed for the slow message only; the last went to a new one
+        # The stream left nothing behind: the next request gets its own answers.
+        again = accept(application, declaration(3))
+        assert application.processor.process(again).status == "processed"
+    finally:
+        worker.close()
+        application.close()
