@@ -6,10 +6,18 @@ establishment: its ``ssi`` contact, else ``rssi``, else ``dsi``) and queues one 
 through the ``Mailer`` (TLP, no-reply and loop rules of docs/guarantees.md), with its own Message-ID and
 its own VERP return path (``outbox.enqueue``), at priority 10 so case mail drains first.
 
-Memory stays flat in the number of recipients: recipients are read from a separate read-only
-session (``yield_per``) and what was written is flushed and forgotten every ``CHUNK`` rows; the
-command line also commits every chunk. A fan-out is resumable: an establishment already queued
-is skipped (and the outbox's idempotency key makes a second queueing a no-op anyway).
+A large fan-out (the daemon, ``bulletin send --yes``: a ``checkpoint`` is given) is a pipeline
+(issue 19, benchmarks/README.md): recipients are streamed from a separate read-only session
+(``yield_per``); each batch of ``[bulletins] fanout_commit_every`` is composed in this thread and
+DKIM-signed in a pool of worker processes (dispatch/dkim.py ``SigningPool``: ``cryptography``
+keeps the GIL while signing) *before* its write transaction, while the previous batch is signed
+and the one before inserted; the insert is one multi-row statement (dispatch/bulletin_mail.py)
+under the in-process write gate, then committed, and the sender is woken. SQLite's write lock is
+thus held for milliseconds per batch, and at most ``PIPELINE_DEPTH`` batches of composed bytes
+are alive at once: memory stays flat in the number of recipients.
+A small one (approval inside a processing transaction) queues through ``Mailer.send`` as before.
+A fan-out is resumable: an establishment already queued is skipped (and the outbox's
+idempotency key makes a second queueing a no-op anyway).
 
 TLP (FIRST TLP 2.0): RED never leaves the agency, so a RED bulletin is refused outright; AMBER
 goes only where the Mailer allows it (the refused establishments are counted as ``refused``).
@@ -25,12 +33,18 @@ and ``cli/bulletin.py`` (the ``bulletin`` command).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import copy
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.bulletins.indicator_files import relay_attachments
@@ -39,21 +53,34 @@ from mailgateway.cases.timeline import append_event
 from mailgateway.directory import RecipientRow, Target, count_recipients, parse_target, select_recipients
 from mailgateway.directory.bounces import out_of_use
 from mailgateway.directory.categories import normalise_category
-from mailgateway.dispatch.compose import Attachment, MailSpec
+from mailgateway.dispatch.bulletin_mail import Ready, enqueue_many
+from mailgateway.dispatch.compose import Attachment, Composer, MailSpec
 from mailgateway.dispatch.contexts import region_context
-from mailgateway.errors import InputError
+from mailgateway.dispatch.dkim import DkimSigner, SigningPool
+from mailgateway.dispatch.fanout_worker import (
+    ComposerRecipe,
+    Outcome,
+    compose_each,
+    compose_in_worker,
+    sign_in_worker,
+)
+from mailgateway.errors import InputError, PolicyRefusal
 from mailgateway.mail.parse import parse_message
 from mailgateway.mail.tlp import LABELS as TLP_LABELS
 from mailgateway.mail.tlp import operator_label, relay_label
 from mailgateway.processing.context import Env
 from mailgateway.settings import Settings
 from mailgateway.statuses import CaseStatus
+from mailgateway.store.engine import write_gate
 from mailgateway.store.models import Bulletin, BulletinRecipient, Case, InboundMessage, OutboundMessage
+
+log = logging.getLogger("mailgateway.bulletins")
 
 __all__ = [
     "CHUNK",
     "FANOUT_KINDS",
     "BulletinError",
+    "FanOutStats",
     "Reach",
     "approve_bulletin",
     "cancel_bulletin",
@@ -69,6 +96,11 @@ __all__ = [
 
 PRIORITY = 10  # models.OutboundMessage.priority: 0 case mail, 5 reports, 10 bulletins
 CHUNK = 1000
+# Batches composed or being signed ahead of the one being inserted: bounds the bytes in memory.
+PIPELINE_DEPTH = 2
+# Messages per task handed to a signing process: small enough that every worker gets a share of
+# a batch, large enough that the pickling round trip is a small part of the signing.
+SIGN_TASK = 50
 KIND_BULLETIN = "bulletin"
 KIND_RELAY = "alerte_relais"
 FANOUT_KINDS = (KIND_BULLETIN, KIND_RELAY)
@@ -155,7 +187,7 @@ def queue_message(env: Env, session: Session, bulletin: Bulletin, row: Recipient
                            actor=bulletin.approved_by or "passerelle")
 
 
-def _stream(session: Session, bulletin: Bulletin, *, separate: bool = True) -> Iterator[RecipientRow]:
+def _stream(session: Session, bulletin: Bulletin, *, separate: bool = True) -> Generator[RecipientRow, None, None]:
     """Recipients, streamed. ``separate``: from a second, read-only session, so the writer may
     commit meanwhile (a commit would end the cursor); else from ``session`` itself, which then
     also sees the caller's uncommitted directory changes."""
@@ -171,13 +203,33 @@ def _stream(session: Session, bulletin: Bulletin, *, separate: bool = True) -> I
         reader.close()
 
 
+@dataclass
+class FanOutStats:
+    """Where a chunked fan-out spent its time (seconds, this thread), for benchmarks/fanout.py."""
+
+    composed: float = 0.0  # streaming recipients, the rules, rendering and MIME
+    signing_wait: float = 0.0  # waiting for the signing processes (or signing here)
+    inserting: float = 0.0  # waiting for the write gate, inserting, committing
+    batches: int = 0
+    in_process: bool = False  # signed in this process (no pool, or it failed)
+    fallbacks: int = 0
+    signing_processes: list[int] = field(default_factory=list)
+
+
 def fan_out(env: Env, session: Session, bulletin: Bulletin,
-            checkpoint: Callable[[Session], None] | None = None) -> int:
+            checkpoint: Callable[[Session], None] | None = None, stats: FanOutStats | None = None,
+            stop: Callable[[], bool] | None = None) -> int:
     """Queue the bulletin for every recipient not yet queued; return how many were queued.
 
-    ``checkpoint(session)`` runs after every CHUNK recipients, once flushed (the CLI commits
-    there); rows written so far are then expunged so the session holds at most one chunk.
+    ``checkpoint(session)`` commits (the CLI; the daemon also wakes its sender there): with it the
+    fan-out is the pipeline of the module docstring and commits every batch itself, under the
+    write gate — the caller must not hold the gate, nor an open transaction on ``session``.
+    Without it (a small approval in the caller's transaction) every message goes through the Mailer.
+    ``stop()`` true between two batches (the daemon stopping): return what is queued, the bulletin
+    left ``sending`` for ``resume_interrupted_fan_outs``.
     """
+    if checkpoint is not None:
+        return _pipeline(env, session, bulletin, checkpoint, stats or FanOutStats(), stop)
     check_tlp(bulletin.tlp)
     case, alert = _alert_of(session, bulletin)
     bulletin.status = "sending"
@@ -191,7 +243,7 @@ def fan_out(env: Env, session: Session, bulletin: Bulletin,
         BulletinRecipient.bulletin_id == bulletin.id, BulletinRecipient.outbound_id.is_not(None))) or 0)
     written: list[object] = []
     files = relay_attachments(env.settings, session, bulletin, case)  # INDICATORS: built once per bulletin
-    for row in _stream(session, bulletin, separate=checkpoint is not None):
+    for row in _stream(session, bulletin, separate=False):
         if row.finess in done:
             continue
         out = queue_message(env, session, bulletin, row, alert=alert or None, case=case, attachments=files)
@@ -210,14 +262,241 @@ def fan_out(env: Env, session: Session, bulletin: Bulletin,
             for obj in written:
                 session.expunge(obj)
             written.clear()
-            if checkpoint is not None:
-                checkpoint(session)
     bulletin.recipients = queued
     bulletin.status = "sent"
     session.flush()
     for obj in written:
         session.expunge(obj)
     return queued
+
+
+@dataclass
+class _Planned:
+    """One establishment of a batch: its message to compose, or why it is refused."""
+
+    row: RecipientRow
+    recipient: str
+    key: str
+    spec: MailSpec | None = None
+    raw: bytes = b""  # composed in this thread, unsigned, when only signing is handed out ("sign")
+    message_id: str = ""
+    refusal: str | None = None
+
+
+@dataclass
+class _Batch:
+    planned: list[_Planned]
+    # per task handed to the workers: (the items it covers, its future outcomes)
+    tasks: list[tuple[list[_Planned], Future[list[Outcome]]]]
+
+
+class _Workers:
+    """Where a batch is composed and signed.
+
+    "compose": in the SigningPool's processes (composer rebuilt there: dispatch/bulletin_mail.py);
+    "sign": composed here, signed there (a composer that cannot travel, with a DkimSigner);
+    "thread": both here (no DKIM, or a signer that is not a DkimSigner).
+    Whatever a dead pool leaves undone is done here (``SigningPool.wait``)."""
+
+    def __init__(self, env: Env, stats: FanOutStats) -> None:
+        self.composer = env.mailer.composer
+        self.clock = env.clock
+        signer = self.composer.signer
+        self.pool = (SigningPool(signer, env.settings.bulletins.signing_processes)
+                     if isinstance(signer, DkimSigner) and signer._recipe is not None else None)
+        self.recipe = ComposerRecipe.of(self.composer, env.settings.outbound.templates_dir)
+        if self.pool is None or self.pool.in_process:
+            self.mode = "thread"
+        else:
+            self.mode = "compose" if self.recipe is not None else "sign"
+        self.unsigned = _unsigned(self.composer)
+        stats.in_process = self.mode == "thread"
+
+    def prepare(self, item: _Planned) -> None:
+        """In the streaming loop: compose now unless the workers will."""
+        if self.mode == "sign" and item.spec is not None:
+            try:
+                composed = self.unsigned.compose(item.spec)
+            except PolicyRefusal as exc:
+                item.refusal = exc.reason
+            else:
+                item.raw, item.message_id = composed.raw, composed.message_id
+
+    def submit(self, items: list[_Planned]) -> Future[list[Outcome]]:
+        specs = [i.spec for i in items if i.spec is not None]
+
+        def here() -> list[Outcome]:
+            return compose_each(self.composer, specs)
+
+        if self.mode == "thread" or self.pool is None:
+            done: Future[list[Outcome]] = Future()
+            done.set_result(here())
+            return done
+        if self.mode == "compose" and self.recipe is not None:
+            return self.pool.run(compose_in_worker, (self.recipe, self.clock.now(), specs), here)
+        raws = [i.raw for i in items]
+        return self.pool.run(sign_in_worker, (raws, [i.message_id for i in items]), here)
+
+    def wait(self, items: list[_Planned], future: Future[list[Outcome]]) -> list[Outcome]:
+        if self.pool is None:
+            return future.result()
+        specs = [i.spec for i in items if i.spec is not None]
+        return self.pool.wait(future, lambda: compose_each(self.composer, specs))
+
+    def close(self, stats: FanOutStats) -> None:
+        if self.pool is not None:
+            stats.signing_processes = self.pool.pids()
+            stats.fallbacks = self.pool.fallbacks
+            stats.in_process = stats.in_process or self.pool.in_process
+            self.pool.close()
+
+
+def _refusal(env: Env, allows: Callable[[str], bool], tlp: str | None, recipient: str) -> str | None:
+    """The rules ``Mailer.send`` applies to a bulletin's message (no case, no automatic reply),
+    checked before composing (docs/guarantees.md)."""
+    return env.mailer.address_refusal(recipient, tlp, allows)
+
+
+def _unsigned(composer: Composer) -> Composer:
+    """The same composer (templates, clock, Message-ID secret, loop token) without its signer."""
+    twin = copy.copy(composer)
+    twin.signer = None
+    return twin
+
+
+def _pipeline(env: Env, session: Session, bulletin: Bulletin, checkpoint: Callable[[Session], None],
+              stats: FanOutStats, stop: Callable[[], bool] | None) -> int:
+    engine = session.get_bind().engine
+    check_tlp(bulletin.tlp)
+    with write_gate(engine):
+        # Everything read from the writer's session is read here, under the gate; the commit ends
+        # that transaction: composing and signing below hold no lock.
+        case, alert = _alert_of(session, bulletin)
+        bulletin.status = "sending"
+        done = set(session.scalars(select(BulletinRecipient.finess)
+                                   .where(BulletinRecipient.bulletin_id == bulletin.id)))
+        queued = int(session.scalar(select(func.count()).select_from(BulletinRecipient).where(
+            BulletinRecipient.bulletin_id == bulletin.id, BulletinRecipient.outbound_id.is_not(None))) or 0)
+        files = relay_attachments(env.settings, session, bulletin, case)  # INDICATORS: once per bulletin
+        tlp = bulletin.tlp
+        allows = env.mailer.tlp_gate(session, tlp)
+        bulletin.recipients = queued
+        checkpoint(session)
+    from_address, from_name = env.mailer.from_identity(bulletin.region)
+    kind = KIND_RELAY if case is not None else KIND_BULLETIN
+    every = min(CHUNK, env.settings.bulletins.fanout_commit_every)  # CHUNK: the most ever held per batch
+
+    def plan(row: RecipientRow) -> _Planned:
+        recipient = row.address.strip().lower()
+        key = f"bulletin:{bulletin.id}:{row.finess}"
+        item = _Planned(row, recipient, key, refusal=_refusal(env, allows, tlp, recipient))
+        if item.refusal is None:
+            item.spec = MailSpec(
+                template=kind, context=template_context(env, bulletin, row, alert or None, case),
+                to=recipient, from_address=from_address, from_name=from_name, reply_to=from_address,
+                idempotency_key=key, auto_submitted="auto-generated", tlp=tlp,
+                # RFC 2919-style identification lets establishments filter bulletins; not a mailing list.
+                extra_headers={"X-Mailgateway-Bulletin": str(bulletin.id)},
+                attachments=files,  # INDICATORS: STIX / MISP / CSV files (bulletins/indicator_files.py)
+            )
+            workers.prepare(item)
+        return item
+
+    def submit(planned: list[_Planned]) -> _Batch:
+        todo = [i for i in planned if i.refusal is None]
+        tasks = [todo[i:i + SIGN_TASK] for i in range(0, len(todo), SIGN_TASK)]
+        return _Batch(planned, [(t, workers.submit(t)) for t in tasks])
+
+    def insert_batch(batch: _Batch) -> int:
+        t0 = time.perf_counter()
+        for items, future in batch.tasks:
+            for item, outcome in zip(items, workers.wait(items, future), strict=True):
+                if isinstance(outcome, str):
+                    item.refusal = outcome
+                else:
+                    item.raw, item.message_id = outcome
+        t1 = time.perf_counter()
+        stats.signing_wait += t1 - t0
+        ready = [Ready(i.key, i.recipient, i.message_id, i.raw) for i in batch.planned if i.refusal is None]
+        for item in batch.planned:
+            item.raw, item.spec = b"", None  # the bytes now live in ``ready`` only, until inserted
+            if item.refusal is not None:
+                # docs/operations.md: a refusal is a log line with its fields, like a failed delivery.
+                log.info("outbound %s to %s refused before sending: %s", kind, item.recipient, item.refusal,
+                         extra={"recipient": item.recipient, "delivery": "refused", "kind": kind})
+        with write_gate(engine), _rolled_back_on_error(session):
+            ids = enqueue_many(session, ready, kind=kind, now=env.clock.now(), settings=env.settings,
+                               bulletin_id=bulletin.id, priority=PRIORITY)
+            del ready
+            rows = [{"bulletin_id": bulletin.id, "finess": i.row.finess, "contact_id": i.row.contact_id,
+                     "address": i.row.address, "outbound_id": ids.get(i.key) if i.refusal is None else None,
+                     "status": "queued" if i.refusal is None and i.key in ids else "refused"}
+                    for i in batch.planned]
+            session.connection().execute(insert(BulletinRecipient), rows)
+            added = sum(r["status"] == "queued" for r in rows)
+            bulletin.recipients = (bulletin.recipients or 0) + added
+            checkpoint(session)
+        stats.inserting += time.perf_counter() - t1
+        stats.batches += 1
+        return added
+
+    workers = _Workers(env, stats)
+    pending: deque[_Batch] = deque()
+    rows = _stream(session, bulletin, separate=True)
+    stopped = False
+    try:
+        t0 = time.perf_counter()
+        planned: list[_Planned] = []
+        for row in rows:
+            if row.finess in done:
+                continue
+            done.add(row.finess)  # one message per establishment, even if the stream repeated it
+            planned.append(plan(row))
+            if len(planned) >= every:
+                pending.append(submit(planned))
+                planned = []
+                stats.composed += time.perf_counter() - t0
+                while len(pending) > PIPELINE_DEPTH:
+                    queued += insert_batch(pending.popleft())
+                if stop is not None and stop():
+                    stopped = True
+                    # Read the rest without composing (a few milliseconds per thousand): ending
+                    # the stream early would leave PostgreSQL's server-side cursor open.
+                    for _row in rows:
+                        pass
+                    break
+                t0 = time.perf_counter()
+        if planned:
+            pending.append(submit(planned))
+        stats.composed += time.perf_counter() - t0
+        while pending:
+            queued += insert_batch(pending.popleft())
+    finally:
+        rows.close()
+        pending.clear()
+        workers.close(stats)
+    if stopped:
+        # The daemon is stopping: what was composed is queued; the bulletin stays "sending" and
+        # the next start resumes it (resume_interrupted_fan_outs), skipping what is queued.
+        log.info("bulletin %s: fan-out paused by the stop after %d recipients; resumed at the next start",
+                 bulletin.id, queued)
+        return queued
+    with write_gate(engine):
+        bulletin.recipients = queued
+        bulletin.status = "sent"
+        checkpoint(session)
+    return queued
+
+
+@contextmanager
+def _rolled_back_on_error(session: Session) -> Iterator[None]:
+    """A failed batch ends its transaction before the gate is released (the next writer must not
+    find SQLite's lock still held by this session)."""
+    try:
+        yield
+    except BaseException:
+        session.rollback()
+        raise
 
 
 def _approve(bulletin: Bulletin, approver: str, now: datetime) -> None:
@@ -241,13 +520,15 @@ def _fan_out_or_defer(env: Env, session: Session, bulletin: Bulletin) -> int:
     return planned
 
 
-def fan_out_approved(env: Env, factory: sessionmaker[Session], on_chunk: Callable[[], None] | None = None) -> int:
+def fan_out_approved(env: Env, factory: sessionmaker[Session], on_chunk: Callable[[], None] | None = None,
+                     stats: FanOutStats | None = None, stop: Callable[[], bool] | None = None) -> int:
     """Queue every approved bulletin, committing every CHUNK recipients (daemon). Returns the
     recipients of the bulletins processed (0: nothing was waiting).
 
     ``on_chunk`` is called after each committed chunk (the daemon wakes its sender): composing and
     signing the next chunk overlaps with sending the previous one, so what counts — approval to the
-    last message at the relay — is not the sum of the two."""
+    last message at the relay — is not the sum of the two. ``stop()``: see ``fan_out`` (the daemon
+    may pass its stop event's ``is_set``, so a stop does not wait for a 40,000-recipient fan-out)."""
     total = 0
 
     def checkpoint(s: Session) -> None:
@@ -258,18 +539,21 @@ def fan_out_approved(env: Env, factory: sessionmaker[Session], on_chunk: Callabl
     with factory() as session:
         pending = list(session.scalars(select(Bulletin.id).where(Bulletin.status == "approved")))
     for bulletin_id in pending:
+        if stop is not None and stop():
+            break
         with factory() as session:
             # Claim: approved -> sending, once, so two workers never fan out the same bulletin.
-            result = session.execute(update(Bulletin).where(Bulletin.id == bulletin_id, Bulletin.status == "approved")
-                                     .values(status="sending"))
-            claimed = cast(CursorResult[Any], result).rowcount
-            session.commit()
-            if not claimed:
+            # Under the write gate, and committed before the fan-out: it takes the gate per batch.
+            with write_gate(factory.kw["bind"]):
+                result = session.execute(update(Bulletin).where(Bulletin.id == bulletin_id,
+                                                                Bulletin.status == "approved")
+                                         .values(status="sending"))
+                claimed = cast(CursorResult[Any], result).rowcount
+                bulletin = session.get(Bulletin, bulletin_id) if claimed else None
+                session.commit()
+            if bulletin is None:
                 continue
-            bulletin = session.get(Bulletin, bulletin_id)
-            assert bulletin is not None
-            total += fan_out(env, session, bulletin, checkpoint=checkpoint)
-            session.commit()
+            total += fan_out(env, session, bulletin, checkpoint=checkpoint, stats=stats, stop=stop)
     return total
 
 

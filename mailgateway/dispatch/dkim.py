@@ -25,6 +25,10 @@ A side benefit: the message is split and its body canonicalised and hashed once 
 
 Thread safety: a ``DkimSigner`` holds only immutable data and ``cryptography`` key objects, which
 may be used from several threads at once; ``sign`` keeps its state in locals.
+
+Processes: ``cryptography`` keeps the GIL during the RSA operation (two threads sign no faster
+than one), so a bulletin fan-out signs in a ``SigningPool`` of worker processes, each holding
+its own copy of the keys, loaded once when it starts (benchmarks/README.md, issue 19).
 """
 
 from __future__ import annotations
@@ -32,22 +36,29 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import dkim
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.canonicalization import CanonicalizationPolicy
+from dkim.canonicalization import CanonicalizationPolicy, correct_empty_body, strip_trailing_lines
 
 from mailgateway.errors import ConfigError, PolicyRefusal
 from mailgateway.settings import DkimSettings
 
-__all__ = ["ALGORITHMS", "OVERSIGNED_HEADERS", "SIGNED_HEADERS", "DkimKey", "DkimSigner"]
+__all__ = ["ALGORITHMS", "OVERSIGNED_HEADERS", "SIGNED_HEADERS", "DkimKey", "DkimSigner", "SigningPool"]
+
+log = logging.getLogger("mailgateway.dkim")
 
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 
@@ -122,6 +133,10 @@ class DkimSigner:
         if problems:
             raise ConfigError(problems)
         self._keys = tuple(loaded)
+        # What a worker process needs to build the same signer (SigningPool); None when the
+        # signer's clock is not the system's (a test clock cannot follow it into another process).
+        self._recipe: tuple[str, tuple[DkimKey, ...]] | None = (
+            (self.domain, tuple(keys)) if clock is time.time else None)
 
     @classmethod
     def from_settings(cls, settings: DkimSettings | None) -> DkimSigner | None:
@@ -176,7 +191,7 @@ class DkimSigner:
         include = [n for n in names if n in SIGNED_HEADERS] + list(OVERSIGNED_HEADERS)
         # Only the fields we sign are hashed: canonicalising the others (Received...) is wasted work.
         canonical_headers = _RELAXED.canonicalize_headers([h for h in headers if h[0].lower() in SIGNED_HEADERS])
-        body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+        body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
         timestamp = str(int(self._clock())).encode("ascii")
         return b"".join(self._signature(key, include, canonical_headers, body_hash, timestamp) for key in self._keys)
 
@@ -212,6 +227,16 @@ class DkimSigner:
         value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
         folded: bytes = dkim.fold(value, namelen=len(_HEADER_NAME))
         return _HEADER_NAME + b": " + folded
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 §3.4.4 relaxed body canonicalisation, as dkimpy does it (``canonicalize_body``).
+    Its two regular-expression passes (trailing WSP, WSP runs) change nothing in a body without a
+    tab, a double space or a space before CRLF — our quoted-printable bodies, usually — and were a
+    third of the signing time of a bulletin: then only the empty lines at the end are handled."""
+    if b"\t" in body or b"  " in body or b" \r\n" in body:
+        return bytes(_RELAXED.canonicalize_body(body))
+    return bytes(correct_empty_body(strip_trailing_lines(body)))
 
 
 def _load_key(key: DkimKey) -> _LoadedKey:
@@ -271,3 +296,137 @@ def _load_ed25519(data: bytes) -> ed25519.Ed25519PrivateKey:
     if len(seed) != 32:
         raise ValueError(f"ed25519 seed must be 32 bytes, got {len(seed)}")
     return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+
+
+# --- signing in worker processes (bulletin fan-out) ------------------------------------------
+
+_T = TypeVar("_T")
+
+# One signer per worker process, built by ``_start_worker`` from the parent's recipe.
+_WORKER_SIGNER: DkimSigner | None = None
+
+
+def _start_worker(domain: str, keys: tuple[DkimKey, ...]) -> None:
+    global _WORKER_SIGNER
+    _WORKER_SIGNER = DkimSigner(domain, keys)
+
+
+def worker_signer() -> DkimSigner:
+    """In a SigningPool worker: its signer (tasks run with ``SigningPool.run`` use it)."""
+    assert _WORKER_SIGNER is not None, "signing worker started without its keys"
+    return _WORKER_SIGNER
+
+
+def _sign_in_worker(messages: list[bytes]) -> list[bytes | str]:
+    return sign_each(worker_signer(), messages)
+
+
+def sign_each(signer: DkimSigner, messages: Sequence[bytes]) -> list[bytes | str]:
+    """The DKIM-Signature fields of each message, or (str) why it cannot be signed (PolicyRefusal)."""
+    out: list[bytes | str] = []
+    for message in messages:
+        try:
+            out.append(signer.sign(message))
+        except PolicyRefusal as exc:
+            out.append(exc.reason)
+    return out
+
+
+def pool_size(configured: int) -> int:
+    """``[bulletins] signing_processes``: 0 means one per CPU this process may run on."""
+    if configured > 0:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class SigningPool:
+    """Signs batches of messages in ``processes`` worker processes, keys loaded once per worker.
+
+    ``submit`` returns at once; ``result`` waits. Nothing is lost when the pool cannot start or a
+    worker dies: the batch is signed again in this process, and so is everything after it (the
+    pool is not restarted under a fan-out that already lost one). Signatures do not depend on
+    who computes them (same keys, same canonicalisation), only ``t=`` on the worker's clock.
+
+    Workers are started with ``spawn``: forking a process that runs threads (the daemon) may copy
+    a lock held by another thread. They exit when ``close`` is called, or when this process dies
+    (their task pipe closes).
+    """
+
+    def __init__(self, signer: DkimSigner, processes: int = 0) -> None:
+        self.signer = signer
+        self.processes = pool_size(processes)
+        self.fallbacks = 0  # batches signed here after the pool failed (tests, benchmark)
+        self._executor: ProcessPoolExecutor | None = None
+        recipe = signer._recipe
+        if recipe is None:
+            return
+        try:
+            self._executor = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker, initargs=recipe)
+        except Exception as exc:  # no processes allowed here: sign in this process
+            log.warning("DKIM signing pool unavailable (%s); signing in the fan-out's own thread", exc)
+
+    @property
+    def in_process(self) -> bool:
+        return self._executor is None
+
+    def pids(self) -> list[int]:
+        """The worker processes running now (operations, tests)."""
+        executor = self._executor
+        processes = getattr(executor, "_processes", None) or {}
+        return [p.pid for p in processes.values() if p.pid is not None]
+
+    def submit(self, messages: list[bytes]) -> Future[list[bytes | str]]:
+        """Sign ``messages`` (``result`` gives the DKIM-Signature fields, or why one cannot be signed)."""
+        return self.run(_sign_in_worker, (messages,), lambda: sign_each(self.signer, messages))
+
+    def result(self, future: Future[list[bytes | str]], messages: list[bytes]) -> list[bytes | str]:
+        """The signatures of ``messages`` (submitted as ``future``), signed here if the pool failed."""
+        return self.wait(future, lambda: sign_each(self.signer, messages))
+
+    def run(self, task: Callable[..., _T], args: tuple[object, ...], here: Callable[[], _T]) -> Future[_T]:
+        """``task(*args)`` in a worker (a module-level function; it may use ``worker_signer()``),
+        or ``here()`` in this thread, now, when the pool is not running."""
+        if self._executor is not None:
+            try:
+                return self._executor.submit(task, *args)
+            except Exception as exc:  # BrokenProcessPool, or it could not spawn: this process works
+                self._give_up(exc)
+        done: Future[_T] = Future()
+        done.set_result(here())
+        return done
+
+    def wait(self, future: Future[_T], here: Callable[[], _T]) -> _T:
+        """The result of ``run``; ``here()`` (the same work, in this thread) if the pool failed."""
+        try:
+            return future.result()
+        except Exception as exc:
+            # A worker died (killed, out of memory): the task is done again here, once; a
+            # message is inserted only after it is signed, so nothing is lost or queued twice.
+            # (An error of the task itself happens again here, and is raised.)
+            self._give_up(exc)
+            self.fallbacks += 1
+            return here()
+
+    def _give_up(self, exc: BaseException) -> None:
+        if self._executor is None:
+            return
+        log.warning("DKIM signing pool failed (%s: %s); signing in the fan-out's own thread from now on",
+                    type(exc).__name__, exc)
+        executor, self._executor = self._executor, None
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> SigningPool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -211,6 +211,20 @@ class Mailer:
                 sent += 1
         return sent
 
+    def address_refusal(self, recipient: str, tlp: str | None, allows: Callable[[str], bool]) -> str | None:
+        """Why ``recipient`` (stripped, lower case) may never receive this mail, in French, or None:
+        an invalid address, a no-reply robot, ourselves (a loop), or one the TLP marking excludes
+        (``allows``: see ``tlp_gate``). The bulletin fan-out checks the same rule before composing."""
+        if not recipient or "@" not in recipient:
+            return f"adresse de destination invalide : {recipient!r}"
+        if is_no_reply(recipient):
+            return f"adresse de non-réponse ou de robot : {recipient}"
+        if recipient in self.own:
+            return f"adresse de la passerelle elle-même (boucle) : {recipient}"
+        if not allows(recipient):
+            return f"TLP:{tlp} interdit l'envoi à {recipient}"
+        return None
+
     def send(
         self,
         session: Session,
@@ -230,15 +244,11 @@ class Mailer:
         tlp = spec.tlp or (case.tlp if case is not None else None)
         reason: str | None = None
         capped = False
-        if not recipient or "@" not in recipient:
-            reason = f"adresse de destination invalide : {recipient!r}"
-        elif is_no_reply(recipient):
-            reason = f"adresse de non-réponse ou de robot : {recipient}"
-        elif recipient in self.own:
-            reason = f"adresse de la passerelle elle-même (boucle) : {recipient}"
-        elif not self._tlp_allows(session, tlp, recipient):
-            reason = f"TLP:{tlp} interdit l'envoi à {recipient}"
-        elif auto_reply:
+        def allows(address: str) -> bool:
+            return self._tlp_allows(session, tlp, address)
+
+        reason = self.address_refusal(recipient, tlp, allows)
+        if reason is None and auto_reply:
             reason = self._cap_reached(session, recipient, case)
             if reason is None and (reason := self._global_budget_reached(session)) is not None:
                 region = self._region_of(spec, case)

@@ -144,6 +144,10 @@ class Sender:
             per_second=relay.max_per_second, per_hour=relay.max_per_hour,
             per_domain_per_second=relay.per_domain_per_second, per_domain_per_hour=relay.per_domain_per_hour,
         )
+        # Without a per-domain limit, no per-domain state: the throttle keeps one entry per domain
+        # it has seen, and a 40,000-recipient bulletin reaches tens of thousands of domains (issue 19:
+        # memory flat in the number of recipients).
+        self._per_domain = relay.per_domain_per_second > 0 or relay.per_domain_per_hour > 0
         self._wake = asyncio.Event()
         self._stop: asyncio.Event | None = None
         # Read by the metrics scrape (mailgateway.metrics): attempts by outcome since start. Only
@@ -202,14 +206,19 @@ class Sender:
                     return _Outcome(item, "throttled", answer="relay quota", retry_in=relay_wait)
                 await asyncio.sleep(relay_wait)
                 continue
-            domain_wait = self.throttle.domain_wait(item.recipient)
+            domain_wait = self.throttle.domain_wait(item.recipient) if self._per_domain else 0.0
             if domain_wait > 0:
                 if domain_wait > DOMAIN_MAX_SLEEP:
                     return _Outcome(item, "throttled", answer="domain rate",
                                     retry_in=self.throttle.put_back(item.recipient, domain_wait))
                 await asyncio.sleep(domain_wait)
                 continue
-            self.throttle.take(item.recipient)  # no await since the checks: all-or-nothing
+            # No await since the checks: all-or-nothing.
+            if self._per_domain:
+                self.throttle.take(item.recipient)
+            else:
+                for limit in self.throttle.relay:
+                    limit.take()
             break
         try:
             answer = await self.transport.send(item.mail_from, item.recipient, item.raw)

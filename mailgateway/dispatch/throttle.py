@@ -124,3 +124,11 @@ class Throttle:
 
     def new_pass(self) -> None:
         self.backlog.clear()
+        # Forget the domains whose limits are back to rest (full bucket, nothing sent within the
+        # hour): they would be recreated identical. A 40,000-recipient bulletin reaches thousands
+        # of domains; keeping each forever grew the daemon's memory with every fan-out.
+        idle = [domain for domain, (bucket, window) in self.domains.items()
+                if bucket.wait_time() == 0.0 and bucket.tokens >= bucket.capacity
+                and window.wait_time() == 0.0 and not window.sent]
+        for domain in idle:
+            del self.domains[domain]

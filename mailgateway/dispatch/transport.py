@@ -68,6 +68,38 @@ class MaildirTransport:
 IDLE_CHECK_SECONDS = 10.0
 
 
+def _plain(address: str) -> bool:
+    """An addr-spec that can go on a MAIL/RCPT line as it is: printable ASCII, no blank, no angle
+    bracket (so no CR/LF either: no command injection, RFC 5321 §4.1.2). Our VERP return paths and
+    directory addresses always are; anything else takes aiosmtplib's parsing path."""
+    return 0 < len(address) <= 512 and address.isascii() and address.isprintable() and not any(
+        c in address for c in " <>")
+
+
+async def _envelope(client: aiosmtplib.SMTP, mail_from: str, recipient: str, raw: bytes) -> str:
+    """One mail transaction with the envelope given explicitly (RFC 5321 §3.3: MAIL, RCPT, DATA).
+
+    ``SMTP.sendmail`` parses each address with ``email.utils`` twice per message (0.45 ms of the
+    sender's CPU per message at fan-out rates, benchmarks/README.md): our envelope addresses are
+    already plain addr-specs (``_plain``). Same answers, same exceptions as ``sendmail``, and the
+    same RSET after a refusal (RFC 5321 §4.1.1.5: the session is left without a transaction)."""
+    options = [b"SIZE=%d" % len(raw)] if client.supports_extension("size") else []
+    try:
+        answer = await client.execute_command(b"MAIL", b"FROM:<" + mail_from.encode("ascii") + b">", *options)
+        if answer.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, mail_from)
+        answer = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
+        if answer.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientRefused(answer.code, answer.message, recipient)
+        return (await client.data(raw)).message
+    except aiosmtplib.SMTPResponseException:
+        try:
+            await client.rset()
+        except (ConnectionError, aiosmtplib.SMTPException):
+            pass
+        raise
+
+
 class RelayPool:
     """A pool of persistent SMTP connections to the relay, several messages per connection."""
 
@@ -153,10 +185,13 @@ class RelayPool:
             raise refusal
         keep = False
         try:
-            errors, answer = await client.sendmail(mail_from, [recipient], raw)
-            if errors:
-                code, message = next(iter(errors.values()))
-                raise self._translate(code, message, [recipient])
+            if _plain(mail_from) and _plain(recipient):
+                answer = await _envelope(client, mail_from, recipient, raw)
+            else:
+                errors, answer = await client.sendmail(mail_from, [recipient], raw)
+                if errors:
+                    code, message = next(iter(errors.values()))
+                    raise self._translate(code, message, [recipient])
             keep = used + 1 < self.relay.messages_per_connection
             return answer
         except aiosmtplib.SMTPRecipientsRefused as exc:
