@@ -87,6 +87,10 @@ class Metrics:
                                             ["job", "outcome"], namespace=ns, registry=r)
         self.reloads_total = Counter("reloads", "Configuration reloads (SIGHUP)", namespace=ns, registry=r)
         self.up = Gauge("up", "1 while the daemon runs", namespace=ns, registry=r)
+        # The processing host (processing/host.py) died and was started again (issue 19).
+        self.processing_host_restarts_total = Counter(
+            "processing_host_restarts", "Processing host processes that died and were restarted",
+            namespace=ns, registry=r)
         self._checks: dict[str, HealthCheck] = {}
         self._factory: sessionmaker[Session] | None = None
         self._mailboxes: MailboxSource | None = None
@@ -110,6 +114,10 @@ class Metrics:
         seconds = getattr(result, "seconds", None)
         if isinstance(seconds, int | float) and seconds > 0:
             self.processing_seconds.observe(seconds)
+
+    def processing_host_exited(self) -> None:
+        """The processing host died (it is restarted): ``processing_host_restarts_total``."""
+        self.processing_host_restarts_total.inc()
 
     def delivery(self, outcome: str, count: int = 1) -> None:
         """``sent``, ``temporary``, ``permanent``, ``expired`` or ``refused``."""

@@ -85,6 +85,10 @@ class ProcessingSettings:
     # 60 s failure cache (dns.py), so the retry really asks again. The try that uses up
     # max_attempts processes it as unauthenticated.
     dns_retry_seconds: float = 120.0
+    # Where the daemon runs processing (issue 19: accepting never waits for it). "process": in its
+    # own process, the processing host (processing/host.py), restarted if it dies; "thread": in a
+    # thread of the daemon's process, sharing the GIL with SMTP intake (for diagnosis only).
+    host: str = "process"
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,10 @@ class BulletinSettings:
     # Approvals by mail up to this many recipients are queued in the approving transaction; larger
     # ones are queued by the daemon in committed chunks, so intake never waits on a fan-out.
     inline_fanout_limit: int = 500
+    # FANOUT: processes that DKIM-sign a chunked fan-out (0: one per CPU), and recipients queued per
+    # committed transaction (the sender is woken after each commit).
+    signing_processes: int = 0
+    fanout_commit_every: int = 200
 
 
 @dataclass(frozen=True)
@@ -613,6 +621,8 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("authentication.max_command_age_days", "must be greater than 0"))
     if s.processing.isolation not in ("process", "thread"):
         problems.append(("processing.isolation", 'must be "process" or "thread"'))
+    if s.processing.host not in ("process", "thread"):
+        problems.append(("processing.host", 'must be "process" or "thread"'))
     if s.processing.analysis_timeout_seconds <= 0:
         problems.append(("processing.analysis_timeout_seconds", "must be greater than 0"))
     if s.processing.max_attempts < 1:
@@ -625,6 +635,11 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("relay.port", "must be between 1 and 65535"))
     if s.relay.starttls and s.relay.tls:
         problems.append(("relay.tls", "tls (implicit) and starttls are exclusive"))
+    # FANOUT
+    if not 0 <= s.bulletins.signing_processes <= 64:
+        problems.append(("bulletins.signing_processes", "must be between 0 (one per CPU) and 64"))
+    if not 1 <= s.bulletins.fanout_commit_every <= 10_000:
+        problems.append(("bulletins.fanout_commit_every", "must be between 1 and 10000"))
     if s.dkim is not None:
         if not s.dkim.domain:
             problems.append(("dkim.domain", "required when [dkim] is present"))
