@@ -58,6 +58,7 @@ from mailgateway.store.models import (
     Contact,
     Establishment,
     InboundMessage,
+    Indicator,
     OutboundMessage,
 )
 
@@ -85,6 +86,76 @@ def bulletin_message(session: Session, message_ids: tuple[str, ...] | list[str],
     return session.scalar(select(OutboundMessage).where(
         OutboundMessage.message_id.in_(ids), OutboundMessage.bulletin_id.is_not(None),
         OutboundMessage.kind.in_(kinds)).order_by(OutboundMessage.id).limit(1))
+
+
+MAX_FORWARD_CANDIDATES = 50
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def answered_message(session: Session, facts: MessageFacts) -> OutboundMessage | None:
+    """Our bulletin or relayed alert (or its reminder) that this mail answers: named by
+    In-Reply-To/References, or — for a forward that keeps none (Outlook « TR: ») — one sent to
+    the sender's address whose subject the mail carries, when analysis saw our subject tag or our
+    address as the forwarded author (``extra["quotes_our_mail"]``, mail/alert.py). The latest such
+    message wins; without a subject in common, the forwarded block must name us and the latest
+    message sent to that address is the one."""
+    if facts.in_reply_to:
+        row = bulletin_message(session, facts.in_reply_to, kinds=ANSWERED_KINDS)
+        if row is not None:
+            return row
+    how = facts.extra.get("quotes_our_mail")
+    sender = (facts.sender.address or "").strip().lower()
+    if not how or not sender:
+        return None
+    rows = list(session.scalars(select(OutboundMessage).where(
+        OutboundMessage.recipient == sender, OutboundMessage.bulletin_id.is_not(None),
+        OutboundMessage.kind.in_(ANSWERED_KINDS)).order_by(OutboundMessage.id.desc()).limit(MAX_FORWARD_CANDIDATES)))
+    subject = _folded(facts.subject)
+    body = _folded(facts.body_text[:20_000])
+    for where in (subject, body):
+        for row in rows:
+            bulletin = session.get(Bulletin, row.bulletin_id)
+            title = _folded(bulletin.subject) if bulletin is not None else ""
+            if title and title in where:
+                return row
+    return rows[0] if rows and how == "transfert" else None
+
+
+# Indicators whose mention in an establishment's answer is a sighting (a phone number is not).
+SIGHTING_TYPES = ("ip", "domain", "url", "hash", "email")
+MAX_ALERT_INDICATORS = 500
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_/:")
+
+
+def _named_in(value: str, text: str) -> bool:
+    """``value`` occurs in ``text`` as a whole token (« 203.0.113.4 » is not in « 203.0.113.45 »).
+    str.find only: linear in the text for each value."""
+    start = text.find(value)
+    while start != -1:
+        end = start + len(value)
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        dotted_on = after == "." and text[end + 1 : end + 2].isalnum()  # « 203.0.113.45.7 »
+        if before not in _TOKEN_CHARS and before != "." and after not in _TOKEN_CHARS and not dotted_on:
+            return True
+        start = text.find(value, start + 1)
+    return False
+
+
+def sighted_indicators(session: Session, case: Case | None, new_text: str) -> list[str]:
+    """The alert's indicators (IP, domain, URL, hash, address) that an establishment's own text
+    names: « nous avons observé une connexion depuis 203.0.113.45 » reports a sighting, which
+    staff must see as an incident, not as a thank-you. Defanged forms (« 203.0.113[.]45 ») count."""
+    if case is None or case.kind != "alert" or not new_text.strip():
+        return []
+    text = new_text[:20_000].casefold().replace("[.]", ".").replace("(.)", ".").replace("hxxp", "http")
+    values = session.scalars(select(Indicator.value).where(
+        Indicator.case_id == case.id, Indicator.type.in_(SIGHTING_TYPES)).order_by(Indicator.id)
+        .limit(MAX_ALERT_INDICATORS))
+    return [v for v in values if len(v) >= 4 and _named_in(v.casefold(), text)][:20]
 
 
 def recipient_of(session: Session, row: OutboundMessage) -> BulletinRecipient | None:
@@ -116,9 +187,9 @@ def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessa
     First, whatever the mail: authenticated mail from a contact taken out of use reactivates it."""
     reactivate_sender(env, session, facts)
     receipt = facts.kind == "auto_reply" and "receipt" in facts.extra
-    if (facts.kind in _NEVER_ACKNOWLEDGES and not receipt) or not facts.in_reply_to:
+    if facts.kind in _NEVER_ACKNOWLEDGES and not receipt:
         return None
-    row = bulletin_message(session, facts.in_reply_to, kinds=ANSWERED_KINDS)
+    row = answered_message(session, facts)
     if row is None or from_staff(env, session, row, facts):
         return None
     rec = recipient_of(session, row)
@@ -129,9 +200,11 @@ def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessa
         return Outcome("processed", reason=f"accusé de lecture automatique du bulletin {row.bulletin_id}")
     if rec is not None and rec.acknowledged_at is None:
         rec.acknowledged_at = env.clock.now()
-    if facts.extra.get("reply_declaration") is not None:
-        # An incident declared in answer: processing opens a case linked to the alert. Read in the
-        # new text only: « RE: Campagne d'hameçonnage » with a question is not a declaration.
+    if facts.extra.get("reply_declaration") is not None or (
+            not only_acknowledges(facts) and sighted_indicators(session, alert_case_of(session, row), facts.new_text)):
+        # An incident declared in answer, or a sighting of the alert's indicators: processing opens
+        # a case linked to the alert. Read in the new text only: « RE: Campagne d'hameçonnage » with
+        # a question is not a declaration.
         return None
     if not only_acknowledges(facts):
         notify_reply(env, session, row, rec, inbound, facts)

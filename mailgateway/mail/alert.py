@@ -13,7 +13,7 @@ from mailgateway.mail import tlp
 from mailgateway.mail.facts import Alert, SenderVerdict
 from mailgateway.mail.labels import Labels
 from mailgateway.mail.refs import strip_prefixes
-from mailgateway.mail.text import labelled_lines, match_form
+from mailgateway.mail.text import forwarded_from, labelled_lines, match_form, split_forwarded
 
 # CERT-FR: CERTFR-2024-AVI-0123, CERTFR-2017-ALE-010; CERT Santé: 2026-ALE-031 and similar.
 _CERTFR = re.compile(r"\bCERTFR-\d{4}-[A-Z]{2,4}-\d{1,5}\b", re.I)
@@ -127,3 +127,25 @@ def targets_of(field: str | None, text: str, labels: Labels) -> tuple[str, ...]:
         found = labels.alert_targets.ordered(text[:MAX_TARGET_SCAN])
     return tuple(dict.fromkeys(found))
 
+
+
+# The subject tags of what the gateway sends establishments (templates/alerte_relais.subject.j2,
+# bulletin.subject.j2), compared case-folded: « TR: [TLP:CLEAR] [Alerte SSI - ARS …] … ».
+RELAY_SUBJECT_TAGS = ("[alerte ssi - ars ", "[bulletin ssi - ars ")
+MAX_SUBJECT_SCAN = 1000
+
+
+def quotes_our_mail(subject: str, text: str, own_addresses: frozenset[str] | set[str]) -> str | None:
+    """How a mail shows it forwards or quotes what the gateway sent (a relayed alert, a bulletin):
+    ``"objet"`` — our subject tag in its subject; ``"transfert"`` — the inline-forwarded block's
+    « De : » is one of our addresses; None otherwise. Such a mail is an answer to our message,
+    never an alert of its own, whatever alert text it carries (an establishment's Outlook
+    « TR: » keeps no In-Reply-To). String search and the linear forward split only."""
+    folded = " ".join(subject[:MAX_SUBJECT_SCAN].casefold().split())
+    if any(tag in folded for tag in RELAY_SUBJECT_TAGS):
+        return "objet"
+    _before, forwarded = split_forwarded(text[:MAX_TLP_SCAN])
+    author = (forwarded_from(forwarded) or "").casefold() if forwarded else ""
+    if author and any(f"<{a}>" in author or author == a for a in own_addresses if a):
+        return "transfert"
+    return None

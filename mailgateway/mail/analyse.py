@@ -51,7 +51,7 @@ import email.utils
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from mailgateway.mail.alert import domain_in, extract_alert, looks_like_alert
+from mailgateway.mail.alert import domain_in, extract_alert, looks_like_alert, quotes_our_mail
 from mailgateway.mail.autoreply import auto_reply_reason, loop_reason
 from mailgateway.mail.bounce import detect_bounce, verp_token
 from mailgateway.mail.commands import REASON_UNKNOWN, authorise, is_staff, parse_command_line, parse_commands
@@ -275,7 +275,12 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         return replace(base, kind="auto_reply")
     # An answer to one of our messages (a case's, a bulletin's or a relayed alert's): what it says
     # beyond being one. Analysis cannot tell a bulletin's Message-ID, so every answer is read.
-    if all_ids:
+    # A forward of our relay or bulletin keeps no In-Reply-To (Outlook « TR: »): our subject tag or
+    # our address as the forwarded author says it answers us (processing finds which message).
+    ours = quotes_our_mail(subject, text, ctx.own_addresses)
+    if ours:
+        extra["quotes_our_mail"] = ours
+    if all_ids or ours:
         _read_reply(pm, fresh, ctx, labels, reply_to, extra)
     # 4. reply / command
     commands = _commands(subject, fresh, labels)

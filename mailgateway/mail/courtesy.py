@@ -3,13 +3,23 @@
 A courtesy carries nothing to act on: on a closed case it is attached to the timeline without
 reopening it, and on a bulletin or relayed alert it counts as an acknowledgement without a staff
 notification. Anything else is substantive and reaches staff, so the test is conservative: the
-new text is short (``[courtesy] max_chars``), has no question mark, the message no attachment,
-and every line is made only of the phrases of ``[courtesy] phrases`` (labels.toml) — except up to
-five closing lines of a signature: capitalised words and the particles of names (« Jean Dupont »,
-« La cellule SSI du CHU de Test »), an address, a phone line (« Tél. 04 72 00 00 00 »).
+new text is short (``[courtesy] max_chars``), has no question mark, no link, no incident term
+(labels' incident types and declaration keywords), the message no attachment, and every line is
+courtesy — except up to five closing lines of a signature: capitalised words and the particles of
+names (« Jean Dupont », « La cellule SSI du CHU de Test »), an address, a phone line
+(« Tél. 04 72 00 00 00 »).
 
-Linear: the text is cut to ``max_chars`` before anything else, then matched word by word against
-phrases of at most a few words (no regex on the text).
+A courtesy line is cut into clauses at , . ; : ! and each clause is either made of the phrases of
+``[courtesy] phrases`` (« merci bonne journée »), or a general thanks / wish / closing formula: at
+most ``max_clause_words`` words, one of ``[courtesy] anchors`` (merci, remercie, bonne, cordialement,
+reçu, noté…) and every other word from the closed vocabulary ``[courtesy] words`` (function words
+and what thanks are given for: « merci infiniment pour votre aide et votre réactivité », « bonne
+fin de journée à vous », « je reste à votre disposition »). No verb of action, negation, digit or
+incident term is in that vocabulary: « merci de nous rappeler, le serveur est toujours chiffré »
+and « merci, nous avons aussi reçu le fax » are substantive.
+
+Linear: the text is cut to ``max_chars`` before anything else, split with str methods, then each
+word is looked up in sets and phrases of at most a few words are compared (no regex on the text).
 """
 
 from __future__ import annotations
@@ -65,16 +75,48 @@ def _signature_line(line: str) -> bool:
     return all(_signature_word(w) for w in words)
 
 
+# Clause boundaries inside a line: « Merci beaucoup, bonne soirée. Cordialement ».
+_CLAUSE_BREAKS = str.maketrans(dict.fromkeys(",.;:!…", "\n"))
+# What no courtesy holds, whatever its words: a link, a digit (a phone line is a signature's).
+_LINK_MARKS = ("://", "www.", "http", "hxxp")
+
+
+def _courtesy_clause(words: list[str], phrases: tuple[tuple[str, ...], ...], labels: Labels) -> bool:
+    """A fixed phrase sequence, or one anchor word and otherwise only courtesy words."""
+    if not words or _phrases_only(words, phrases):
+        return True
+    if len(words) > labels.courtesy_max_clause_words:
+        return False
+    anchors = labels.courtesy_anchors
+    vocabulary = labels.courtesy_words
+    return any(w in anchors for w in words) and all(w in anchors or w in vocabulary for w in words)
+
+
+def _courtesy_line(line: str, phrases: tuple[tuple[str, ...], ...], labels: Labels) -> bool:
+    if any(ch.isdigit() for ch in line):
+        return False
+    clauses = [match_form(c).split() for c in line.translate(_CLAUSE_BREAKS).split("\n")]
+    return any(clauses) and all(_courtesy_clause(c, phrases, labels) for c in clauses)
+
+
+def _mentions_incident(text: str, labels: Labels) -> bool:
+    """An incident term anywhere (« merci, rançongiciel en cours »): never a courtesy."""
+    return bool(labels.incident_types.first(text) or labels.declaration_keywords.first(text))
+
+
 def is_courtesy(new_text: str, attachments: int, labels: Labels) -> bool:
     """Whether a reply's new text (quotes and signature separator removed) is only a courtesy."""
     text = new_text.strip()
     if attachments or not text or len(text) > labels.courtesy_max_chars or "?" in text:
         return False
+    folded = text.casefold()
+    if any(mark in folded for mark in _LINK_MARKS) or _mentions_incident(text, labels):
+        return False
     phrases = tuple(tuple(p.split()) for p in labels.courtesy_phrases)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     courteous = 0
     for n, line in enumerate(lines):
-        if _phrases_only(match_form(line).split(), phrases):
+        if _courtesy_line(line, phrases, labels):
             courteous += 1
             continue
         # A closing signature: the last lines only, after at least one courtesy line.

@@ -142,6 +142,10 @@ class Labels:
     # Courtesy phrases in match form, longest first ([courtesy]), and the length bound.
     courtesy_phrases: tuple[str, ...] = ()
     courtesy_max_chars: int = 200
+    # A clause holding one anchor and otherwise only courtesy words is a courtesy (mail/courtesy.py).
+    courtesy_anchors: frozenset[str] = frozenset()
+    courtesy_words: frozenset[str] = frozenset()
+    courtesy_max_clause_words: int = 14
 
 
 def _freeze(mapping: Mapping[str, Sequence[str]] | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -198,6 +202,9 @@ def _load(
         courtesy_phrases=tuple(sorted({match_form(p) for p in [*raw["courtesy"]["phrases"], *extra_courtesy]} - {""},
                                       key=len, reverse=True)),
         courtesy_max_chars=int(raw["courtesy"]["max_chars"]),
+        courtesy_anchors=frozenset(match_form(w) for w in raw["courtesy"].get("anchors", [])) - {""},
+        courtesy_words=frozenset(match_form(w) for w in raw["courtesy"].get("words", [])) - {""},
+        courtesy_max_clause_words=int(raw["courtesy"].get("max_clause_words", 14)),
     )
 
 

@@ -23,12 +23,14 @@ from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
 from mailgateway.mail.autoreply import is_no_reply
-from mailgateway.mail.declaration import says_portal
+from mailgateway.mail.context import build_context
+from mailgateway.mail.declaration import extract_declaration, says_portal
 from mailgateway.mail.facts import Declaration, MessageFacts
+from mailgateway.mail.labels import load_labels
 from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.statuses import CaseStatus
-from mailgateway.store.models import Case, Establishment, InboundMessage
+from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
 
 # An enumeration code (RANCONGICIEL, ETABLISSEMENT_SANTE): what the label tables map mail text to.
 _ENUM_CODE = re.compile(r"[A-Z][A-Z0-9_+]{0,47}")
@@ -204,12 +206,20 @@ def _replayed_alert(env: Env, session: Session, inbound: InboundMessage, facts: 
     return Outcome("processed", reason=replay.ALERT_REPLAYED, case=case)
 
 
+FORWARDED_RELAY = ("transfert d'un message envoyé par la passerelle (alerte relayée ou bulletin), "
+                   "sans réponse d'un établissement destinataire reconnue : pas une nouvelle alerte")
+
+
 def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
     region = facts.region
     if region is None or env.settings.region(region) is None:
         return Outcome("quarantined", "région destinataire inconnue pour l'alerte")
     alert = facts.alert
     assert alert is not None
+    if not alert.authentic and facts.extra.get("quotes_our_mail"):
+        # Our own relay or bulletin forwarded back (an answer from an address we did not send it to,
+        # a colleague's forward): never an alert, nor a « nouvelle version » of the one relayed.
+        return Outcome("quarantined", FORWARDED_RELAY)
     replayed = _replayed_alert(env, session, inbound, facts, region=region, authentic=alert.authentic)
     if replayed is not None:
         return replayed
@@ -278,17 +288,39 @@ def relay_declaration_prehandler(env: Env, session: Session, inbound: InboundMes
     acknowledgement was counted by ``tracking.acknowledgement_prehandler``. Not such: None."""
     # Read in the reply's new text only: its subject echoes ours (« RE: Campagne d'hameçonnage »).
     decl = facts.extra.get("reply_declaration")
-    if not isinstance(decl, Declaration) or not facts.in_reply_to or facts.kind in ("command", "bounce", "loop"):
+    answers = bool(facts.in_reply_to) or bool(facts.extra.get("quotes_our_mail"))
+    if facts.kind in ("command", "bounce", "loop", "auto_reply") or not answers or facts.extra.get("courtesy"):
         return None
-    row = tracking.bulletin_message(session, facts.in_reply_to, kinds=tracking.ANSWERED_KINDS)
+    row = tracking.answered_message(session, facts)  # threaded, or a forward of our relay
     if row is None or tracking.from_staff(env, session, row, facts):
         return None  # staff are never an establishment declaring (nor its declarant)
     alert_case = tracking.alert_case_of(session, row)
+    if not isinstance(decl, Declaration):
+        # « Nous avons observé une connexion depuis 203.0.113.45 »: a sighting of the alert's
+        # indicators is an incident to follow, whatever words it uses.
+        sighted = tracking.sighted_indicators(session, alert_case, facts.new_text)
+        if not sighted:
+            return None
+        decl = _sighting(env, session, row, facts)
+        facts = replace(facts, extra={**facts.extra, "indicateurs_observes": sighted})
     as_declaration = replace(facts, kind="declaration", declaration=decl, case_ref=None)
     outcome = handle_declaration(env, session, inbound, as_declaration)
     if outcome.case is not None and alert_case is not None and alert_case.id != outcome.case.id:
         service.link(session, outcome.case, alert_case, type="dossier_lie", actor="passerelle", at=env.clock.now())
     return outcome
+
+
+def _sighting(env: Env, session: Session, row: OutboundMessage, facts: MessageFacts) -> Declaration:
+    """The declaration an establishment's sighting makes: read from its own text, the
+    establishment (FINESS) the relayed message was sent to when the text names none."""
+    ctx = build_context(env.settings)
+    labels = load_labels(ctx.extra_field_labels, ctx.extra_incident_types, ctx.extra_categories,
+                         ctx.extra_severities, ctx.extra_alert_targets, ctx.extra_courtesy)
+    decl = extract_declaration(facts.new_text, "", ctx, labels, facts.sender.address, facts.reply_to, None)
+    rec = tracking.recipient_of(session, row)
+    if not decl.finess and rec is not None:
+        decl = replace(decl, finess=rec.finess)
+    return decl
 
 
 def courtesy_prehandler(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome | None:

@@ -1,0 +1,110 @@
+"""Courtesy is recognised as a formula, not as one of a fixed list of phrases (outside test,
+hospital RSSI): « Merci beaucoup pour votre aide et votre réactivité. Bonne soirée, » reopened a
+closed serious case and told the hospital « votre dossier a été rouvert »; « Merci pour votre
+aide. » to a relayed alert notified staff. Content must still never pass for a courtesy."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mailgateway.mail.courtesy import is_courtesy
+from mailgateway.mail.labels import load_labels
+
+LABELS = load_labels()
+
+COURTESY = [
+    "Merci beaucoup pour votre aide et votre réactivité.\n\nBonne soirée,",
+    "Merci pour votre aide.",
+    "Bien reçu, merci.",
+    "Bien reçu, merci.\n\nCordialement,\nJean Dupont",
+    "Merci infiniment pour votre réactivité !",
+    "Merci bien pour l'information. Bonne journée",
+    "Merci de votre retour, bonne fin de journée.",
+    "Merci pour le partage de l'alerte.",
+    "Très bien noté, merci.",
+    "Parfait, merci !",
+    "Bien noté. Cordialement",
+    "C'est noté, merci beaucoup.",
+    "Merci à vous, bonne semaine.",
+    "Un grand merci pour votre accompagnement.",
+    "Mille mercis pour votre soutien",
+    "Je vous remercie pour votre retour rapide.",
+    "Nous vous remercions pour l'information.",
+    "Encore merci pour tout, bonne soirée.",
+    "Merci, bon week-end",
+    "Bien à vous",
+    "Bien cordialement,\nMarie Exemple\nRSSI",
+    "Merci pour votre réponse rapide et précise.",
+    "Merci pour ces informations précieuses.",
+    "Bonne fin de semaine à vous.",
+    "Je reste à votre disposition. Cordialement",
+    "Bien reçu, je vous remercie. Bonne journée.",
+    "Accusé de réception, merci.",
+    "Merci pour votre vigilance, bonne continuation.",
+    "OK, merci.",
+    "Merci pour votre diligence.",
+    "Merci pour le relais de l'alerte, cordialement",
+    "Merci Madame, bonne journée",
+    "Merci beaucoup pour votre disponibilité et votre professionnalisme.\nBonne soirée,\nClaire Martin\n"
+    "RSSI - CHU de Test\nTél. 04 72 00 00 00",
+    "Thanks a lot, best regards",
+    "Merci pour le retour, très bonne journée à vous",
+    "Merci à toute l'équipe pour votre travail.",
+    "Merci pour l'info !",
+    "Merci pour votre mail, bien reçu",
+    "Bonjour,\n\nBien reçu et bien pris en compte.\n\nBien cordialement,",
+    "Merci, bonne soirée et bon courage à vous",
+]
+
+NOT_COURTESY = [
+    "merci de nous rappeler, le serveur est toujours chiffré",
+    "merci, nous avons aussi reçu le fax",
+    "Merci, pouvez-vous nous rappeler ?",
+    "Merci. L'adresse 203.0.113.45 est bloquée.",
+    "Merci, voir https://example.org/x",
+    "Merci pour votre aide, le chiffrement a repris.",
+    "Bien reçu, nous coupons le VPN.",
+    "Merci de nous envoyer la procédure",
+    "Merci, nous avons été attaqués cette nuit",
+    "Merci pour l'alerte rançongiciel",
+    "Pas bien reçu, le message était vide",
+    "Merci, c'est fait sur 3 serveurs",
+    "Merci pour votre aide, mais le problème persiste",
+    "Bonne journée, le serveur PACS est à l'arrêt",
+    "Merci beaucoup pour votre aide et votre réactivité, mais nous avons encore des postes chiffrés",
+    "Merci de rappeler le 04 72 00 00 00",
+    "Merci pour votre aide " * 20,
+    "Cordialement, contactez-moi au plus vite",
+    "Merci. Un autre établissement est touché.",
+    "Merci pour l'information, nous sommes aussi concernés",
+    "Merci pour votre retour rapide. Et pour le poste 12",
+    "Merci, 203.0.113.45",
+    "Merci, www.exemple-fuite.fr",
+    "Bonne nouvelle : nous avons retrouvé les sauvegardes",
+    "Merci, nous ne sommes pas concernés",
+]
+
+
+@pytest.mark.parametrize("text", COURTESY)
+def test_real_world_courtesy_formulas_are_courtesy(text: str) -> None:
+    assert is_courtesy(text, 0, LABELS), text
+
+
+@pytest.mark.parametrize("text", NOT_COURTESY)
+def test_near_misses_are_substantive(text: str) -> None:
+    assert not is_courtesy(text, 0, LABELS), text
+
+
+def test_the_tables_are_large_enough() -> None:
+    assert len(COURTESY) >= 30 and len(NOT_COURTESY) >= 15
+
+
+def test_courtesy_detection_is_linear_on_hostile_text() -> None:
+    """Bounded work whatever the reply (docs/guarantees.md, "poison message")."""
+    for hostile in ("merci " * 20_000, ",".join(["merci"] * 20_000), "a" * 100_000, "merci\n" * 20_000,
+                    ("merci pour votre aide et " * 5000) + "?"):
+        start = time.perf_counter()
+        is_courtesy(hostile, 0, LABELS)
+        assert time.perf_counter() - start < 0.5
