@@ -236,8 +236,23 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
                 f"(dossier {d.get('dossier') or '?'})")
     if type_ == "etat":
         return "Modification enregistrée : " + ", ".join(_COLUMNS.get(str(c), str(c)) for c in d.get("champs") or [])
-    text = type_.replace("_", " ")
+    text = _EVENT_TITLES.get(type_) or type_.replace("_", " ")
     return _with_reason(f"{text[:1].upper()}{text[1:]}", d)
+
+
+# The events told by their title only: the stored type is an identifier without accents
+# (« alerte_non_authentifiee »), people read French (« Alerte non authentifiée »).
+_EVENT_TITLES = {
+    "accuse_reception_impossible": "accusé de réception impossible",
+    "alerte_a_verifier": "alerte à vérifier",
+    "alerte_non_authentifiee": "alerte non authentifiée",
+    "alerte_rejouee": "alerte déjà reçue (rejouée)",
+    "message_automatique": "message automatique",
+    "notification_limitee": "notification limitée",
+    "remerciement_recu": "remerciement reçu",
+    "reouverture_refusee": "réouverture refusée",
+    "stix": "export STIX",
+}
 
 
 @dataclass

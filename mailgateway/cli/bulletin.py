@@ -113,7 +113,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({**counts, "establishments": listed})
         return 0
-    print(f"Bulletin {counts['id']} ({counts['status']}) — {counts['subject']} [TLP:{counts['tlp']}]")
+    print(f"Bulletin {counts['id']} ({bulletin_status_fr(counts['status'])}) — {counts['subject']} "
+          f"[TLP:{counts['tlp']}]")
     print(f"  établissements : {counts['recipients']}   remis : {counts['delivered']}   en attente : "
           f"{counts['pending']}   rebonds/échecs : {counts['bounced']}   accusés de lecture : {counts['acknowledged']}")
     if counts["fallbacks"]:
@@ -132,6 +133,15 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
             extra = f" — {e['answer']}" if e["answer"] else ""
             print(f"  {e['finess']}  {e['name']} ({e['departement'] or '?'}) — {e['email']}{extra}")
     return 0
+
+
+# A bulletin's state as the operator reads it; ``--json`` keeps the stored values (a contract).
+BULLETIN_STATUS_FR = {"draft": "brouillon", "approved": "approuvé", "sending": "en envoi", "sent": "envoyé",
+                      "cancelled": "annulé"}
+
+
+def bulletin_status_fr(status: str) -> str:
+    return BULLETIN_STATUS_FR.get(status, status)
 
 
 # The per-establishment lists of ``bulletin status``, in the order staff act on them.
@@ -171,7 +181,8 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     for r in rows:
         created = french_datetime(datetime.fromisoformat(r["created_at"])) if r["created_at"] else "—"
         delivered = r["delivered"] + r["acknowledged"]
-        print(f"{r['id']:>5}  {r['status']:<10} {created:<18}  {r['region']:<6} {r['tlp']:<12} {r['recipients']:>6} "
+        print(f"{r['id']:>5}  {bulletin_status_fr(r['status']):<10} {created:<18}  {r['region']:<6} {r['tlp']:<12} "
+              f"{r['recipients']:>6} "
               f"{delivered:>6} {r['acknowledged']:>7} {r['bounced'] + r['unreached']:>7} {r['pending']:>7}  "
               f"{r['subject']}")
     return 0

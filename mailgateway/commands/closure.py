@@ -73,6 +73,16 @@ def _ending(session: Session, case: Case, actor: str, at: datetime) -> CaseEvent
     return closed[-1] if closed else None
 
 
+def declarant_to_tell(env: Env, case: Case) -> str | None:
+    """The address ``notify_declarants`` would write to when ``case`` closes (None: nobody), so a
+    closing that waits for confirmation can say beforehand who will be told."""
+    if not env.settings.cases.notify_declarant_on_close or case.kind != "incident":
+        return None
+    if not case.declarant or is_no_reply(case.declarant):
+        return None
+    return case.declarant
+
+
 def notify_declarants(env: Env, session: Session, cases: list[Case | None], *, actor: str,
                       at: datetime) -> list[OutboundMessage]:
     """One mail per case that this staff mail (``actor`` at ``at``) closed or merged."""

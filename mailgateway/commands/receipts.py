@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.cases import service, story
 from mailgateway.clock import aware, french_datetime
-from mailgateway.dispatch import originals, relaylimits
+from mailgateway.dispatch import originals, relaylimits, wording
 from mailgateway.dispatch.compose import Attachment, MailSpec
 from mailgateway.dispatch.contexts import case_context, french_instant, region_context
 from mailgateway.mail.facts import MessageFacts
@@ -63,25 +63,10 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                            actor=to if authenticated else "passerelle")
 
 
-# How people open and close a letter in French. The agent's text that already does so gets no
-# second « Bonjour, » nor « Cordialement, » from the template (the service's signature block stays).
-_GREETINGS = ("bonjour", "bonsoir", "madame", "monsieur", "mesdames", "messieurs", "cher ", "chère ", "chers ",
-              "chères ", "salut")
-_CLOSINGS = ("cordialement", "bien à vous", "bien cordialement", "sincères salutations", "salutations",
-             "bonne journée", "bonne soirée", "merci d'avance", "avec mes remerciements", "respectueusement",
-             "je vous prie d'agréer", "veuillez agréer", "à votre disposition", "très cordialement")
-
-
-def has_greeting(text: str) -> bool:
-    """The text opens with a greeting (« Bonjour Monsieur Dupont, »)."""
-    first = text.lstrip().split("\n", 1)[0].strip().lower()
-    return first.startswith(_GREETINGS) or first in {g.strip() for g in _GREETINGS}
-
-
-def has_closing(text: str) -> bool:
-    """One of the text's last lines (a signature may follow) is a closing formula."""
-    lines = [line.strip().lower() for line in text.strip().split("\n") if line.strip()]
-    return any(line.startswith(_CLOSINGS) for line in lines[-4:])
+# How people open and close a letter in French: the agent's text that already does so gets no
+# second « Bonjour, » nor « Cordialement, » from the template (dispatch/wording.py).
+has_greeting = wording.has_greeting
+has_closing = wording.has_closing
 
 
 def to_assignee(env: Env, session: Session, inbound: InboundMessage, case: Case, *, assignee: str,

@@ -22,7 +22,7 @@ from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware, french_datetime
-from mailgateway.commands import on_demand, receipts
+from mailgateway.commands import closure, on_demand, receipts
 from mailgateway.commands.transfer import transfer_case
 from mailgateway.directory.bounces import contacts_of, reactivate_address
 from mailgateway.directory.staff import staff_addresses
@@ -150,10 +150,18 @@ def statut(ctx: Ctx, cmd: Command) -> str | None:
         raise CaseError(f"{case.reference} est clos : utilisez #rouvrir")
     if wanted == CaseStatus.DIFFUSEE and case.kind == "alert":
         # DIFFUSEE says the alert was relayed: only the relay itself (#diffuser) may set it.
-        raise CaseError("une alerte passe au statut DIFFUSEE par sa diffusion : utilisez #diffuser "
+        raise CaseError("une alerte passe au statut « diffusée » par sa diffusion : utilisez #diffuser "
                         "(un aperçu des destinataires vous sera envoyé avant confirmation)")
     previous = service.change_status(ctx.session, case, wanted, actor=ctx.actor, at=ctx.now)
     return f"statut {libelle(previous)} → {libelle(wanted)}"
+
+
+def transition_refusal(exc: lifecycle.InvalidTransition) -> str:
+    """An impossible status change in the staff's words: French labels, never the stored codes
+    (« passage de QUALIFIE à QUALIFIE impossible » said nothing), and « déjà » for the same status."""
+    if exc.current == exc.target:
+        return f"le dossier est déjà au statut « {libelle(exc.current)} » : rien à changer"
+    return f"passage du statut « {libelle(exc.current)} » au statut « {libelle(exc.target)} » impossible"
 
 
 def _case_or_raise(ctx: Ctx) -> Case:
@@ -219,7 +227,7 @@ def _to_relay_author(ctx: Ctx, cmd: Command, asked: tracking.RelayQuestion) -> s
         template="reponse",
         context={**region_context(ctx.env.settings, case.region), "case": case_context(case), "message": text,
                  "author": ctx.actor, "has_greeting": receipts.has_greeting(text),
-                 "has_closing": receipts.has_closing(text)},
+                 "has_closing": receipts.has_closing(text), "relay": True},
         to=asked.author, from_address=from_address, from_name=from_name,
         idempotency_key=f"reponse:{ctx.inbound.id}:{case.id}:{asked.inbound_id}",
         in_reply_to=asked.message_id, references=[asked.message_id] if asked.message_id else [],
@@ -265,7 +273,14 @@ def clore(ctx: Ctx, cmd: Command) -> str | None:
     reason = _text(cmd) or None
     if _grave_in_this_mail(ctx, case):
         # A GRAVE incident is closed by two explicit steps: the regulatory follow-up ends here.
-        return _ask_confirmation(ctx, "clore", [reason or ""], ctx.env.settings.cases.confirmation_hours)
+        _ask_confirmation(ctx, "clore", [reason or ""], ctx.env.settings.cases.confirmation_hours)
+        told = closure.declarant_to_tell(ctx.env, case)
+        return (f"clôture du dossier {case.reference} (gravité « {libelle(case.severity)} ») en attente de "
+                "confirmation : une fois confirmée, le dossier sera clos"
+                + (f" et le déclarant ({told}) en sera informé par mail" if told else
+                   " (aucun mail au déclarant)")
+                + (f", motif : « {_excerpt(reason)} »" if reason else "")
+                + " ; jeton à la fin de ce compte rendu")
     service.close(ctx.session, case, actor=ctx.actor, at=ctx.now, reason=reason)
     return f"dossier clos{f' ({_excerpt(reason)})' if reason else ''}"
 
@@ -561,6 +576,12 @@ HELP_NOTES = [
     "Le texte de #repondre, #demander-info, #note, #clore, #rouvrir et #transmettre-acss commence après la",
     "commande et continue sur les lignes suivantes, jusqu'à la prochaine ligne de commande, la signature",
     "(ligne « -- ») ou le message cité : écrivez-le comme un courriel, sauts de ligne compris.",
+    "",
+    # The values « #statut » accepts, in the words people type (accents and case do not matter).
+    "Statuts d'un incident (#statut <statut>) : "
+    + ", ".join(str(libelle(st)) for st in lifecycle.INCIDENT_STATUSES[1:]) + ".",
+    "Statuts d'une alerte : " + ", ".join(str(libelle(st)) for st in lifecycle.ALERT_STATUSES[1:])
+    + " (« diffusée » s'obtient par #diffuser).",
     "",
     "Bulletin : écrivez à la boîte SSI avec l'objet « #bulletin <titre> », une ou plusieurs lignes",
     "« #cible » (clés categorie, departement, region, finess ; valeurs séparées par des virgules ; une ligne",

@@ -33,7 +33,50 @@ _ALIASES = {
     "RADIOTHERAPIE": "CENTRE_RADIOTHERAPIE",
     "ESSMS": "ESMS",
     "MEDICO_SOCIAL": "ESMS",
+    # The French labels the gateway itself prints (data/libelles.toml), and what people write in
+    # a contacts file: the kinds of health establishment (CH, CHU, clinique…) and of medico-social one.
+    "ETABLISSEMENT_DE_SANTE": "ETABLISSEMENT_SANTE",
+    "CH": "ETABLISSEMENT_SANTE",
+    "CHU": "ETABLISSEMENT_SANTE",
+    "CHR": "ETABLISSEMENT_SANTE",
+    "CHRU": "ETABLISSEMENT_SANTE",
+    "CHS": "ETABLISSEMENT_SANTE",
+    "CHI": "ETABLISSEMENT_SANTE",
+    "GHT": "ETABLISSEMENT_SANTE",
+    "CLCC": "ETABLISSEMENT_SANTE",
+    "CENTRE_HOSPITALIER": "ETABLISSEMENT_SANTE",
+    "CENTRE_HOSPITALIER_UNIVERSITAIRE": "ETABLISSEMENT_SANTE",
+    "CENTRE_HOSPITALIER_REGIONAL": "ETABLISSEMENT_SANTE",
+    "CENTRE_HOSPITALIER_REGIONAL_UNIVERSITAIRE": "ETABLISSEMENT_SANTE",
+    "CLINIQUE": "ETABLISSEMENT_SANTE",
+    "POLYCLINIQUE": "ETABLISSEMENT_SANTE",
+    "HOPITAL_PRIVE": "ETABLISSEMENT_SANTE",
+    "HOPITAL_D_INSTRUCTION_DES_ARMEES": "HOPITAL_ARMEES",
+    "HOPITAL_DES_ARMEES": "HOPITAL_ARMEES",
+    "HOPITAL_MILITAIRE": "HOPITAL_ARMEES",
+    "LABORATOIRE_DE_BIOLOGIE_MEDICALE": "LBM",
+    "LABO": "LBM",
+    "CENTRE_DE_RADIOTHERAPIE": "CENTRE_RADIOTHERAPIE",
+    "ETABLISSEMENT_SOCIAL_OU_MEDICO_SOCIAL": "ESMS",
+    "ETABLISSEMENT_MEDICO_SOCIAL": "ESMS",
+    "MEDICOSOCIAL": "ESMS",
+    "EHPAD": "ESMS",
 }
+
+# Shown when a value is refused: each identifier with what people may write instead.
+CATEGORY_HINTS = {
+    "ETABLISSEMENT_SANTE": "établissement de santé, ES, CH, CHU, clinique, hôpital",
+    "HOPITAL_ARMEES": "hôpital d'instruction des armées, HIA",
+    "LBM": "laboratoire de biologie médicale, laboratoire",
+    "CENTRE_RADIOTHERAPIE": "centre de radiothérapie, radiothérapie",
+    "ESMS": "établissement social ou médico-social, ESSMS, médico-social, EHPAD",
+    "AUTRE": "autre",
+}
+
+
+def accepted_categories() -> str:
+    """« ETABLISSEMENT_SANTE (ou : établissement de santé, ES, CH…), LBM (…) », for an error message."""
+    return " ; ".join(f"{c} (ou : {CATEGORY_HINTS[c]})" for c in CATEGORIES)
 
 
 @dataclass(frozen=True)
@@ -70,8 +113,12 @@ def category_table() -> CategoryTable:
 
 def normalise_category(value: str) -> str | None:
     """``lbm``, ``Établissement santé``, ``CENTRE-RADIOTHERAPIE`` -> identifier; None if unknown."""
-    folded = unicodedata.normalize("NFKD", value.strip()).encode("ascii", "ignore").decode("ascii")
-    key = "_".join(folded.upper().replace("-", " ").replace("_", " ").split())
+    text = value.strip()
+    # « hôpital d'instruction des armées », « médico‑social »: apostrophes and hyphens separate words.
+    for sep in ("-", "_", "'", "\u2019", "\u2011"):
+        text = text.replace(sep, " ")
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    key = "_".join(folded.upper().split())
     if key in CATEGORIES:
         return key
     return _ALIASES.get(key)

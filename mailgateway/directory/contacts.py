@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.directory.addresses import normalise_address
 from mailgateway.directory.bounces import reactivate
-from mailgateway.directory.categories import CATEGORIES, normalise_category
+from mailgateway.directory.categories import accepted_categories, normalise_category
 from mailgateway.directory.csvfile import Row, fold, read_rows, read_text
 from mailgateway.directory.finess import FINESS_RE
 from mailgateway.directory.regions import departement_of_finess, normalise_departement, region_of_departement
@@ -88,6 +88,27 @@ def _establishment_values(row: Row, finess: str, radiotherapy: Collection[str]) 
     }
 
 
+def _lines_fr(lines: list[int], shown: int = 3) -> str:
+    """« ligne 8 », « lignes 3, 5 », « lignes 3, 5, 9 … 120 lignes »."""
+    if len(lines) == 1:
+        return f"ligne {lines[0]}"
+    if len(lines) <= shown + 1:
+        return "lignes " + ", ".join(map(str, lines))
+    return "lignes " + ", ".join(map(str, lines[:shown])) + f" … {len(lines)} lignes"
+
+
+def _report_unknown_categories(report: ImportReport, unknown: dict[str, list[int]]) -> None:
+    """One error per unknown value, not one per line (a file with « PHARMACIE » on 120 lines gave
+    120 identical lines), and the accepted values said once, with the first."""
+    accepted = f" — valeurs possibles : {accepted_categories()}"
+    for n, (value, lines) in enumerate(sorted(unknown.items(), key=lambda item: item[1][0])):
+        hint = accepted if n == 0 else ""
+        if len(lines) == 1:
+            report.error(lines[0], f"catégorie inconnue « {value} »{hint}")
+        else:
+            report.error(lines[0], f"catégorie inconnue « {value} » ({_lines_fr(lines)}){hint}")
+
+
 def import_contacts(
     session: Session,
     path: str | PathLike[str],
@@ -119,6 +140,7 @@ def import_contacts(
     valid: list[tuple[Row, str, str, str]] = []
     with_finess: list[tuple[Row, str]] = []  # every row whose FINESS is well-formed
     seen: dict[tuple[str, str, str], int] = {}
+    unknown_categories: dict[str, list[int]] = {}  # value -> its lines
     for row in rows:
         v = row.values
         ok = True
@@ -140,10 +162,7 @@ def import_contacts(
             report.error(row.line, f"statut inconnu « {v['status']} » (valeur possible : actif, ou vide)")
             ok = False
         if v.get("category") and normalise_category(v["category"]) is None:
-            report.error(
-                row.line,
-                f"catégorie inconnue « {v['category']} » (valeurs possibles : {', '.join(CATEGORIES)})",
-            )
+            unknown_categories.setdefault(v["category"].strip(), []).append(row.line)  # told once, below
             ok = False
         if v.get("departement") and normalise_departement(v["departement"]) is None:
             report.error(row.line, f"département invalide « {v['departement']} »")
@@ -161,6 +180,7 @@ def import_contacts(
         seen[key] = row.line
         valid.append((row, finess, address, role))
 
+    _report_unknown_categories(report, unknown_categories)
     for row, finess in with_finess:
         if finess not in known and finess not in creating:
             report.error(

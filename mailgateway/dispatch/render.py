@@ -23,6 +23,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailgateway.clock import french_instant
+from mailgateway.dispatch import wording
 from mailgateway.errors import TemplateError
 
 BUNDLED_DIR = Path(str(resources.files("mailgateway") / "templates"))
@@ -153,6 +154,10 @@ class Renderer:
             env.filters["libelle_mots"] = libelle_mots
             env.filters["categories_fr"] = categories_fr
             env.filters["instant_fr"] = instant_fr
+            # French wording (dispatch/wording.py): « {{ name | de_elide }} » -> « d'Établissement 1 ».
+            env.filters["de_elide"] = wording.de_elide
+            env.tests["salutation"] = wording.has_greeting
+            env.tests["formule_finale"] = wording.has_closing
 
     def has(self, name: str) -> bool:
         try:

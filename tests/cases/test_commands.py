@@ -47,7 +47,7 @@ def test_an_impossible_status_change_is_refused_with_its_reason(gw: Gateway) -> 
     gw.command(ref, "#statut RESOLU\n#statut inexistant\n")
     assert gw.case(ref).status == "PRIS_EN_COMPTE"
     text = gw.receipt_text()
-    assert "[refusée]  #statut RESOLU — passage de PRIS_EN_COMPTE à RESOLU impossible" in text
+    assert "[refusée]  #statut RESOLU — passage du statut « pris en compte » au statut « résolu » impossible" in text
     assert "statut inconnu" in text
     assert [e.type for e in gw.events(ref)].count("commande_refusee") == 2
 

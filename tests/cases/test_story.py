@@ -55,7 +55,7 @@ def test_statut_by_mail_tells_who_did_what_and_when_in_french(gw: Gateway) -> No
     assert ("27/11/2026 à 10:00 — passerelle — Notification à l'équipe envoyée à agent@ars.test, referent@ars.test"
             in lines)
     assert "27/11/2026 à 10:20 — agent@ars.test — Dossier assigné à agent@ars.test" in lines
-    assert "27/11/2026 à 10:20 — agent@ars.test — Gravité : non qualifié → significatif" in lines
+    assert "27/11/2026 à 10:20 — agent@ars.test — Gravité : non qualifiée → significatif" in lines
     assert "27/11/2026 à 10:20 — agent@ars.test — Statut : pris en compte → qualifié (gravité significatif)" in lines
     assert ("27/11/2026 à 10:20 — agent@ars.test — Note : « Appel au RSSI : sauvegardes hors ligne intactes »"
             in lines)

@@ -70,8 +70,11 @@ def test_any_error_refuses_the_whole_file_and_lists_every_error(directory: Sessi
         "ligne 6 : FINESS 999999999 absent de l'annuaire et sans nom : impossible de créer l'établissement "
         "(renseigner la colonne name)",
         "ligne 7 : rôle inconnu « chef » (valeurs possibles : ssi, rssi, dsi, direction)",
-        "ligne 8 : catégorie inconnue « PHARMACIE » (valeurs possibles : ETABLISSEMENT_SANTE, HOPITAL_ARMEES, "
-        "LBM, CENTRE_RADIOTHERAPIE, ESMS, AUTRE)",
+        "ligne 8 : catégorie inconnue « PHARMACIE » — valeurs possibles : ETABLISSEMENT_SANTE (ou : établissement "
+        "de santé, ES, CH, CHU, clinique, hôpital) ; HOPITAL_ARMEES (ou : hôpital d'instruction des armées, HIA) ; "
+        "LBM (ou : laboratoire de biologie médicale, laboratoire) ; CENTRE_RADIOTHERAPIE (ou : centre de "
+        "radiothérapie, radiothérapie) ; ESMS (ou : établissement social ou médico-social, ESSMS, médico-social, "
+        "EHPAD) ; AUTRE (ou : autre)",
         "ligne 9 : nombre de colonnes incorrect (7 au lieu de 6)",
     ]
     assert _contacts(directory) == set()  # not even line 2

@@ -1,0 +1,59 @@
+"""French wording rules shared by the templates and the mail of staff commands.
+
+- Elision (« de Établissement 1 » is wrong: « d'Établissement 1 »): the preposition « de » loses its
+  vowel before a word that starts with a vowel or a mute h (Grevisse, Le Bon Usage, §44-45).
+- A letter opens and closes once: the agent's text that already greets (« Bonjour Monsieur Martin, »)
+  or signs off (« Cordialement, ») gets no second greeting nor closing formula from the template.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# A mute h elides (« l'hôpital », « d'Hauteville »); an aspirated h does not (« de Haguenau »,
+# « le Havre »): the names of structures met in the directory that start with an aspirated h.
+_ASPIRATED_H = ("haguenau", "hazebrouck", "hautepierre", "havre", "hendaye", "hérault", "haute-", "hauts-",
+                "hautes-", "haut-")
+
+
+def _base_letter(char: str) -> str:
+    return unicodedata.normalize("NFD", char)[:1].lower()
+
+
+def de_elide(name: object) -> str:
+    """« de X » or « d'X » for a name: « d'Établissement 1 », « d'Oyonnax », « de Lyon »,
+    « de Haguenau » (aspirated h). Only the first letter is read: linear, for any text."""
+    text = str(name or "").strip()
+    if not text:
+        return "de"
+    first = _base_letter(text[0])
+    if first in "aeiouy" or (first == "h" and not text.lower().startswith(_ASPIRATED_H)):
+        return f"d'{text}"
+    return f"de {text}"
+
+
+_GREETINGS = ("bonjour", "bonsoir", "madame", "monsieur", "mesdames", "messieurs", "cher ", "chère ", "chers ",
+              "chères ", "salut")
+_CLOSINGS = ("cordialement", "bien à vous", "bien cordialement", "sincères salutations", "salutations",
+             "bonne journée", "bonne soirée", "merci d'avance", "avec mes remerciements", "respectueusement",
+             "je vous prie d'agréer", "veuillez agréer", "à votre disposition", "très cordialement")
+
+
+def _lines(text: str) -> list[str]:
+    # The staff's directives (« #cible … », « #tlp … ») written above a bulletin are not its text.
+    return [line.strip().lower() for line in text.split("\n") if line.strip() and not line.strip().startswith("#")]
+
+
+def has_greeting(text: object) -> bool:
+    """The text opens with a greeting (« Bonjour Monsieur Dupont, »)."""
+    lines = _lines(str(text or ""))
+    if not lines:
+        return False
+    first = lines[0]
+    return first.startswith(_GREETINGS) or first in {g.strip() for g in _GREETINGS}
+
+
+def has_closing(text: object) -> bool:
+    """One of the text's last lines (a signature may follow) is a closing formula."""
+    lines = _lines(str(text or ""))
+    return any(line.startswith(_CLOSINGS) for line in lines[-4:])
