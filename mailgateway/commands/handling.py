@@ -34,7 +34,7 @@ from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware
 from mailgateway.commands import closure, receipts, reply_notice
-from mailgateway.commands.table import COMMANDS, HELP_POINTER, Ctx, help_text, no_case_reason
+from mailgateway.commands.table import COMMANDS, HELP_POINTER, Ctx, help_text, no_case_reason, transition_refusal
 from mailgateway.directory.staff import all_staff, staff_addresses
 from mailgateway.mail.analyse import UNRECOGNISED
 from mailgateway.mail.commands import HINT_UNKNOWN, REASON_UNKNOWN, WHOLE_TEXT, Hint, command_hints, signature_part
@@ -199,10 +199,11 @@ def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
         result["pending"] = len(ctx.confirmations) > asked
         result["preview"] = ctx.preview
     except (CaseError, lifecycle.InvalidTransition) as exc:
-        result["message"] = str(exc)
+        reason = transition_refusal(exc) if isinstance(exc, lifecycle.InvalidTransition) else str(exc)
+        result["message"] = reason
         if ctx.case is not None:
             append_event(ctx.session, ctx.case, type="commande_refusee", actor=ctx.actor, at=ctx.now,
-                         inbound_id=ctx.inbound.id, data={"commande": cmd.line[:500], "motif": str(exc)})
+                         inbound_id=ctx.inbound.id, data={"commande": cmd.line[:500], "motif": reason})
     result["digest"] = len(ctx.digests) > before
     return result
 
