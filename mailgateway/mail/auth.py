@@ -123,7 +123,8 @@ def normalise_domain(domain: str | bytes | None) -> str | None:
         return None
     text = domain.decode("utf-8", "replace") if isinstance(domain, bytes) else domain
     text = text.strip().rstrip(".").lower()
-    if not text or text.startswith("[") or any(c.isspace() or c in '@<>()[];:,\\"' for c in text):
+    # "[" is refused with the other specials: an address literal ("[192.0.2.1]") is no host name.
+    if not text or any(c.isspace() or c in '@<>()[];:,\\"' for c in text):
         return None
     if not text.isascii():
         try:
@@ -390,10 +391,9 @@ class Authenticator:
     def _verify(self, raw: bytes, trusted_path: bool) -> SenderVerdict:
         headers, strict = _headers(raw)
         address, domain = _parse_from([v for n, v in headers if n.lower() == "from"])
-        if domain is None:
-            froms = sum(1 for n, _v in headers if n.lower() == "from")
-            why = "no From header" if froms == 0 else "From must hold exactly one address"
-            return SenderVerdict(address=address, domain=None, authenticated=False, detail=why)
+        if domain is None:  # then address is None too: nobody is named
+            has_from = any(n.lower() == "from" for n, _v in headers)
+            return SenderVerdict(detail="From must hold exactly one address" if has_from else "no From header")
         if not strict:
             why = "malformed header block"
             return SenderVerdict(address=address, domain=domain, authenticated=False, detail=why)
@@ -468,7 +468,8 @@ class Authenticator:
             if ok:
                 details.append(f"dkim=pass {label} aligned")
                 signer = normalise_domain(d) or d.lower()
-                key = signed_content_key(signer, block_headers, idx, tags) or signature_key(signer, tags)
+                # A signature dkimpy verified always has computable signed content (same h=, c=, field).
+                key = signed_content_key(signer, block_headers, idx, tags)
                 return _Pass(signer, frozenset(signed_names(tags)), key)
             if lookup.skipped:
                 details.append(f"dkim=temperror {label} (skipped: DNS budget spent)")
@@ -541,7 +542,8 @@ def _covered_by(headers: list[tuple[str, str]], domain: str, b_prefix: str | Non
         if name.lower() != "dkim-signature":
             continue
         try:
-            tags = parse_tag_value(value.encode("utf-8", "surrogateescape"))
+            # The value was decoded with "replace" (``_headers``): plain UTF-8, no surrogate in it.
+            tags = parse_tag_value(value.encode())
         except Exception:  # noqa: S112 - an unparsable signature covers nothing
             continue
         if normalise_domain(bytes(tags.get(b"d", b"")).decode("ascii", "replace")) != domain:
@@ -583,8 +585,8 @@ def _refusal(tags: dict[bytes, bytes], from_domain: str) -> str | None:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:120]
+    """dkimpy's reason, first line, at most 120 characters (its class name if it gives none)."""
+    return (str(exc) or type(exc).__name__).splitlines()[0][:120]
 
 
 def default_resolver(settings: Settings, *, use_dns: bool = True) -> TxtResolver:
