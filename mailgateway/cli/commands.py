@@ -163,6 +163,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             with transaction(app.factory) as session:
                 accepted = accept_in(session, raw, source="cli", now=app.clock.now())
             result = app.processor.process(accepted.inbound_id)
+            if result.status == "skipped" and not accepted.duplicate:
+                # A running daemon's processing host took the message first: report what it did.
+                result = _settled(app.factory, result)
             if accepted.duplicate and result.status == "skipped":
                 from mailgateway.store.models import InboundMessage
 
@@ -182,6 +185,28 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         app.close()
     return 0
+
+
+def _settled(factory: Any, result: Any, timeout: float = 60.0) -> Any:
+    """The outcome of a message another process (the daemon's processing host) is processing or
+    has processed, read from its row once it has left ``received`` (``ingest``'s answer must say
+    what happened to the mail, not that someone else did it)."""
+    import time
+    from dataclasses import replace
+
+    from mailgateway.store.models import Case, InboundMessage
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with factory() as session:
+            row = session.get(InboundMessage, result.inbound_id)
+            if row is not None and row.status != "received":
+                case = session.get(Case, row.case_id) if row.case_id is not None else None
+                return replace(result, status=row.status, kind=row.kind, reason=row.reason,
+                               case_ref=case.reference if case is not None else None)
+        if row is None or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
 
 
 VERIFY_SHOWN = 50  # problems printed by ``cases verify``; the count of the others follows
