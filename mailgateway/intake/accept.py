@@ -22,6 +22,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Insert, Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from mailgateway.intake.priority import NORMAL, PriorityRule
 from mailgateway.store.models import InboundMessage, InboundSourceKey, dedup_key
 from mailgateway.wire import canonical
 
@@ -64,7 +65,8 @@ class Arrival:
     """One message to store, as it will be stored: ``raw`` canonical (``stored_form``) and hashed.
 
     ``regions``: every receiving region (one row each, the same bytes), or ``(None,)`` for a
-    message without arrival information (the bounce address, ``ingest``)."""
+    message without arrival information (the bounce address, ``ingest``). ``priority``: its place
+    in the processing queue (intake/priority.py; it orders, it grants nothing)."""
 
     raw: bytes
     digest: str
@@ -73,14 +75,18 @@ class Arrival:
     rcpt_tos: tuple[str, ...]
     regions: tuple[str | None, ...]
     peer: str | None = None
+    priority: int = NORMAL
 
     @classmethod
     def of(cls, raw: bytes, *, source: str, mail_from: str | None = None, rcpt_tos: Sequence[str] = (),
-           regions: Sequence[str | None] = (None,), peer: str | None = None) -> Arrival:
-        """Normalise line endings once, before hashing (docs/guarantees.md, "one view")."""
+           regions: Sequence[str | None] = (None,), peer: str | None = None,
+           rule: PriorityRule | None = None) -> Arrival:
+        """Normalise line endings once, before hashing (docs/guarantees.md, "one view"); ``rule``
+        decides the priority from the envelope and the From of the stored bytes (no rule: NORMAL)."""
         raw = stored_form(raw)
+        priority = rule.priority(mail_from, raw) if rule is not None else NORMAL
         return cls(raw, content_hash(raw), source, mail_from, tuple(r.lower() for r in rcpt_tos),
-                   tuple(dict.fromkeys(regions or (None,))), peer)
+                   tuple(dict.fromkeys(regions or (None,))), peer, priority)
 
 
 # ``INSERT … ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key``, one per dialect
@@ -165,7 +171,7 @@ def accept_batch(session: Session | Connection, arrivals: Sequence[Arrival], now
             rows.append({"sha256": a.digest, "dedup_key": key, "raw": a.raw, "size": len(a.raw),
                          "source": a.source, "mail_from": a.mail_from, "peer": a.peer,
                          "rcpt_tos": list(a.rcpt_tos), "region": region, "received_at": now,
-                         "status": "received", "attempts": 0})
+                         "status": "received", "attempts": 0, "priority": a.priority})
         plans.append(plan)
     ids: dict[str, int] = {}
     if rows:
@@ -193,17 +199,20 @@ def accept_in(
     source_key: str | None = None,
     region: str | None = None,
     peer: str | None = None,
+    rule: PriorityRule | None = None,
 ) -> Accepted:
     """Store ``raw`` in the caller's transaction; the caller commits before answering the source.
 
     What is stored (and hashed) is ``canonical(raw)``: line endings are normalised once, here, for
     SMTP, IMAP and CLI alike, so that DKIM verification and analysis read the same bytes (docs/guarantees.md).
+    ``rule``: the processing priority (intake/priority.py; IMAP intake), else NORMAL.
     """
     if source_key is not None:
         known = session.get(InboundSourceKey, source_key)
         if known is not None:
             return Accepted(known.inbound_id, duplicate=True)
-    arrival = Arrival.of(raw, source=source, mail_from=mail_from, rcpt_tos=rcpt_tos, regions=(region,), peer=peer)
+    arrival = Arrival.of(raw, source=source, mail_from=mail_from, rcpt_tos=rcpt_tos, regions=(region,), peer=peer,
+                         rule=rule)
     accepted = accept_batch(session, [arrival], now)[0]
     if source_key is not None:
         session.add(InboundSourceKey(key=source_key, inbound_id=accepted.inbound_id))

@@ -56,6 +56,7 @@ from mailgateway.errors import ConfigError
 from mailgateway.intake.accept import Accepted, accept_in
 from mailgateway.intake.imap_session import FETCH_BATCH, FolderStatus, ImapSession
 from mailgateway.intake.leadership import Leadership, LeadershipLost, SoleLeader, leadership_factory
+from mailgateway.intake.priority import Prioritiser, PriorityRule
 from mailgateway.settings import ImapSettings, RegionSettings, Settings
 from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import InboundMessage, InboundSourceKey, MailboxState
@@ -105,6 +106,7 @@ class MailboxWatcher:
         after_commit: Callable[[int], None] | None = None,
         leadership: Leadership | None = None,
         holder: str | None = None,
+        priority: Prioritiser | None = None,
     ) -> None:
         if region.imap is None:
             raise ConfigError([(f"regions.{region.code}.imap", "no IMAP settings for this region")])
@@ -123,6 +125,7 @@ class MailboxWatcher:
         # Several instances: only the holder of the mailbox's lock watches it (leadership.py).
         self.leadership: Leadership = leadership or SoleLeader()
         self.holder = holder  # this instance's id, recorded in mailbox_states.holder
+        self.priority = priority  # processing order of what it accepts (intake/priority.py)
         self._leading = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -349,7 +352,8 @@ class MailboxWatcher:
                     self._acknowledge(uid, None, advance, new=False)
                     continue
                 source_key = f"imap:{self.key}:{self._uidvalidity}:{uid}"
-                accepted = accept_message(self.factory, raw, self.region, source_key, self.clock)
+                accepted = accept_message(self.factory, raw, self.region, source_key, self.clock,
+                                          rule=self.priority.rule() if self.priority is not None else None)
                 if self.after_commit is not None:
                     self.after_commit(uid)
                 session.mark_processed(uid)
@@ -410,13 +414,15 @@ class MailboxWatcher:
                  self.settings.quarantine_folder)
 
 
-def accept_message(factory: sessionmaker[Session], raw: bytes, region: str, source_key: str, clock: Clock) -> Accepted:
-    """Accept in its own committed transaction; a concurrent accept of the same key is a duplicate."""
+def accept_message(factory: sessionmaker[Session], raw: bytes, region: str, source_key: str, clock: Clock,
+                   rule: PriorityRule | None = None) -> Accepted:
+    """Accept in its own committed transaction; a concurrent accept of the same key is a duplicate.
+    ``rule``: the processing priority (intake/priority.py)."""
     for attempt in (1, 2):
         try:
             with transaction(factory) as db:
                 accepted = accept_in(db, raw, source="imap", now=clock.now(), source_key=source_key,
-                                     region=region)  # fmt: skip
+                                     region=region, rule=rule)  # fmt: skip
                 return accepted
         except IntegrityError:
             # Another instance (or a backfill) inserted the same source key or content first: on the
@@ -437,12 +443,15 @@ class ImapIntake:
         on_accepted: OnAccepted | None = None,
         *,
         instance_id: str | None = None,
+        priority: Prioritiser | None = None,
     ) -> None:
         # PostgreSQL: one advisory lock per mailbox, on connections of their own (leadership.py).
         self._lock_engine, leadership = leadership_factory(settings.database.url)
+        self.priority = priority or Prioritiser(settings, factory.kw["bind"])
         self.watchers = [
             MailboxWatcher(region, factory, clock, on_accepted, holder=instance_id,
-                           leadership=leadership(mailbox_key(region.code, region.imap.folder)))
+                           leadership=leadership(mailbox_key(region.code, region.imap.folder)),
+                           priority=self.priority)
             for region in settings.regions
             if region.imap is not None
         ]
@@ -480,6 +489,7 @@ def backfill(
     if conf is None or conf.imap is None:
         raise ConfigError([("regions", f"no [regions.imap] for region {region!r}")])
     key = mailbox_key(region, conf.imap.folder)
+    priority = Prioritiser(settings, factory.kw["bind"])
     session = ImapSession(conf.imap)
     status = session.open()
     count = 0
@@ -489,7 +499,7 @@ def backfill(
             bodies = session.fetch(uids[start : start + FETCH_BATCH])
             for uid, raw in sorted(bodies.items()):
                 source_key = f"imap:{key}:{status.uidvalidity}:{uid}"
-                accepted = accept_message(factory, raw, region, source_key, clock)
+                accepted = accept_message(factory, raw, region, source_key, clock, rule=priority.rule())
                 session.mark_processed(uid)
                 with transaction(factory) as db:
                     ack = db.get(InboundSourceKey, source_key)

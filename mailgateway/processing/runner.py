@@ -38,18 +38,20 @@ import logging
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, or_, select, text, update
+from sqlalchemy import Connection, Engine, Select, func, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.cases.timeline import savepoint
 from mailgateway.clock import Clock, aware
+from mailgateway.intake.priority import NORMAL
 from mailgateway.logs import bind, log_context
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext
@@ -86,6 +88,11 @@ INTAKE_YIELD_SECONDS = 0.25
 # waiting (``intake_busy``), so SQLite's write lock is never held long while mail arrives.
 BATCH_SIZE = 25
 BATCH_WRITE_SECONDS = 0.25
+# Each batch of a sweep starts with the priority messages (staff, ACSS: intake/priority.py) that
+# are due, those that arrived during the sweep included, then takes first-come mail; at least
+# FIFO_SHARE places of a batch are kept for first-come mail while some waits, so a flood of
+# priority mail (an unverified envelope or From can claim it) slows declarations, never stops them.
+FIFO_SHARE = 5
 
 
 @dataclass(frozen=True)
@@ -190,15 +197,18 @@ class Processor:
         return context_for(self.settings, session)
 
     def pending(self, limit: int = 100) -> list[int]:
-        """Messages due now: ``received``, and not deferred to later (``retry_at``)."""
-        now = self.clock.now()
+        """Messages due now: ``received``, and not deferred to later (``retry_at``); the highest
+        ``priority`` first (intake/priority.py), then first come first served (``id``)."""
+        urgent = self._due(limit, urgent=True)
+        return urgent + self._due(limit - len(urgent), urgent=False) if len(urgent) < limit else urgent
+
+    def _due(self, limit: int, *, urgent: bool) -> list[int]:
+        """The due messages above NORMAL priority (``urgent``) or at NORMAL, in processing order.
+        Two queries rather than one ``ORDER BY priority DESC, id``: each walks the index
+        ``ix_inbound_pending`` (status, priority, id) in order and stops at ``limit``, where the
+        mixed-direction sort would read every received row of a backlog first."""
         with reading(self.factory) as session:
-            return list(session.scalars(
-                select(InboundMessage.id)
-                .where(InboundMessage.status == "received",
-                       or_(InboundMessage.retry_at.is_(None), InboundMessage.retry_at <= now))
-                .order_by(InboundMessage.id).limit(limit)
-            ))
+            return list(session.scalars(due_query(self.clock.now(), urgent=urgent).limit(limit)))
 
     def process(self, inbound_id: int, *, may_defer: bool = False) -> Result:
         """Process one message now. ``may_defer`` (sweeps): a message whose DKIM key could not be
@@ -462,13 +472,29 @@ class Processor:
         return Result(inbound_id, "quarantined", reason=detail or reason)
 
     def process_pending(self, limit: int = 1000) -> list[Result]:
+        """Process up to ``limit`` due messages by batches of BATCH_SIZE. First-come mail is the
+        backlog found at the start of the sweep, in order; priority mail is looked for again
+        before each batch, so a staff command that arrives during a burst of declarations is
+        in the next batch, not after the burst (issue 19). Each message is tried once a sweep."""
         results: list[Result] = []
-        ids = self.pending(limit)
-        for start in range(0, len(ids), BATCH_SIZE):
+        backlog = deque(self._due(limit, urgent=False))
+        tried: set[int] = set()
+        tried_urgent = 0
+        while len(tried) < limit:
             self._yield_to_intake()
             if self.halt.is_set():  # the daemon's drain ran out: the rest waits for the next start
                 break
-            results += self.process_batch(ids[start:start + BATCH_SIZE], may_defer=True)
+            size = min(BATCH_SIZE, limit - len(tried))
+            # Tried urgent messages still received (retry, skipped) are skipped, not taken again.
+            urgent = [i for i in self._due(size + tried_urgent, urgent=True) if i not in tried]
+            batch = urgent[:max(0, size - min(FIFO_SHARE, len(backlog)))]
+            tried_urgent += len(batch)
+            while len(batch) < size and backlog:
+                batch.append(backlog.popleft())
+            if not batch:
+                break
+            tried.update(batch)
+            results += self.process_batch(batch, may_defer=True)
         return results
 
     def process_batch(self, inbound_ids: list[int], *, may_defer: bool = False) -> list[Result]:
@@ -679,6 +705,15 @@ class BatchRun:
                                 .where(InboundMessage.id == inbound_id, InboundMessage.status == "received")
                                 .values(status="quarantined", reason=reason, processed_at=self.p.clock.now()))
                 return Result(inbound_id, "quarantined", reason=detail)
+
+
+def due_query(now: datetime, *, urgent: bool) -> Select[int]:
+    """``Processor._due``'s query, without its limit (tests/processing/test_priority_order.py checks its plan)."""
+    m = InboundMessage
+    stmt = select(m.id).where(m.status == "received", or_(m.retry_at.is_(None), m.retry_at <= now))
+    if urgent:
+        return stmt.where(m.priority > NORMAL).order_by(m.priority.desc(), m.id)
+    return stmt.where(m.priority == NORMAL).order_by(m.id)
 
 
 def _exception_text(exc: BaseException) -> str:

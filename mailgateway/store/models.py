@@ -52,6 +52,9 @@ class InboundMessage(Base):
     """A message as accepted: raw bytes, where it came from, what processing made of it."""
 
     __tablename__ = "inbound_messages"
+    # The sweep's queue (processing/runner.py ``Processor.pending``): received rows by priority,
+    # first come first served within one priority.
+    __table_args__ = (Index("ix_inbound_pending", "status", "priority", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # Not unique: one SMTP transaction to several regional mailboxes is stored once per receiving
@@ -85,6 +88,9 @@ class InboundMessage(Base):
     processed_at: Mapped[datetime | None]
     # GDPR retention (jobs/retention.py): raw emptied, envelope cleared; hash kept for dedup.
     purged_at: Mapped[datetime | None]
+    # Processing order, decided at accept from the unverified envelope and From (intake/priority.py):
+    # 1 staff or ACSS, 0 the rest. It orders work only and grants nothing (docs/guarantees.md).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ReplayKey(Base):

@@ -24,9 +24,19 @@ def upgrade() -> None:
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_cases_origin_message_id'), ['origin_message_id'], unique=False)
     # end PROCESSING
+    # PRIORITY (issue 19): staff commands and ACSS alerts before a burst of declarations; existing rows 0.
+    with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('priority', sa.Integer(), server_default='0', nullable=False))
+        batch_op.create_index('ix_inbound_pending', ['status', 'priority', 'id'], unique=False)
+    # end PRIORITY
 
 
 def downgrade() -> None:
+    # PRIORITY
+    with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
+        batch_op.drop_index('ix_inbound_pending')
+        batch_op.drop_column('priority')
+    # end PRIORITY
     # PROCESSING
     with op.batch_alter_table('cases', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_cases_origin_message_id'))
