@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import multiprocessing
@@ -28,9 +29,11 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -44,6 +47,7 @@ from mailgateway.dispatch.sender import Sender
 from mailgateway.errors import ConfigError
 from mailgateway.intake.accept import Accepted
 from mailgateway.intake.imap import ImapIntake, MailboxHealth
+from mailgateway.intake.priority import Prioritiser
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
 from mailgateway.intake.writer import AcceptWriter
 from mailgateway.interfaces import Extension
@@ -55,12 +59,16 @@ from mailgateway.processing.worker import AnalysisWorker
 from mailgateway.scheduler import SchedulerExtension
 from mailgateway.sdnotify import SdNotifier, watchdog_interval
 from mailgateway.settings import Settings, load_settings
+from mailgateway.status import oldest_due_received
+from mailgateway.store.engine import head_revision, reading
 
 log = logging.getLogger("mailgateway.daemon")
 
 
 # /healthz reports a processing host that has not been running for this long (a restart takes ≈2 s).
 HOST_DOWN_UNHEALTHY_SECONDS = 10.0
+# How often the daemon looks for the oldest message due for processing (one indexed read).
+STALL_CHECK_SECONDS = 2.0
 
 
 class _SignallingWriter(AcceptWriter):
@@ -100,6 +108,10 @@ class Daemon:
         self.intake = IntakeSignal(multiprocessing.get_context("spawn").RawArray("d", 2))
         self.host: HostSupervisor | None = None
         self._host_down_logged = False
+        # Processing stalled (_stall_loop): seconds without progress while a message is due.
+        self.stalled_seconds = 0.0
+        self._stall_reported: str | None = None
+        self._thread_progress = time.monotonic()  # [processing] host = "thread": the last good sweep
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
         self.app: App | None = None
         # Built by start(); None until then (and after a failed start, for _abort_start).
@@ -163,6 +175,7 @@ class Daemon:
             self.loop.call_soon_threadsafe(self.sender.wake)
 
     def _on_result(self, result: Result) -> None:
+        self._thread_progress = time.monotonic()
         self.metrics.on_processed(result)
 
     async def _processing_loop(self) -> None:
@@ -183,6 +196,8 @@ class Daemon:
                     await self.loop.run_in_executor(executor, processor.process_pending, 200)
                 except Exception:
                     log.exception("processing sweep failed")
+                else:
+                    self._thread_progress = time.monotonic()
                 try:
                     await asyncio.wait_for(self._wake_processor.wait(), timeout=5.0)
                 except TimeoutError:
@@ -230,18 +245,22 @@ class Daemon:
         if self.settings.processing.host == "process":
             self.host = HostSupervisor(self.settings, functools.partial(_host_builder, clock=self.clock),
                                        self.intake, self._on_result, self._on_outbound,
-                                       on_exit=self.metrics.processing_host_exited)
-            self.metrics.add_health_check("processing", self._processing_health)
+                                       on_exit=self.metrics.processing_host_exited,
+                                       expected_head=await asyncio.to_thread(head_revision))
+        self.metrics.add_health_check("processing", self._processing_health)
         # Bulletins replace the default 5xx hook: fallback contact + staff task (bulletins/tracking.py).
         sender = self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,
                                       on_permanent_failure=permanent_failure_hook(self.app.env))
-        writer = self.writer = _SignallingWriter(self.app.factory, self.clock, intake=self.intake)
+        # One processing-priority rule for SMTP and IMAP intake (intake/priority.py), reloaded on SIGHUP.
+        priority = Prioritiser(self.settings, self.app.factory.kw["bind"])
+        writer = self.writer = _SignallingWriter(self.app.factory, self.clock, intake=self.intake, priority=priority)
         writer.start()
         processing = self.host.run(self.stop_event) if self.host is not None else self._processing_loop()
         self.tasks = [
             asyncio.create_task(processing, name="processing"),
             asyncio.create_task(sender.run(self.stop_event), name="sender"),
             asyncio.create_task(self._fanout_loop(), name="fanout"),
+            asyncio.create_task(self._stall_loop(), name="processing-stall"),
         ]
         if self.settings.intake.smtp is not None:
             self.handler = IntakeHandler(self.settings, writer, self.on_accepted)
@@ -249,7 +268,8 @@ class Daemon:
             log.info("SMTP intake listening on %s:%s", self.settings.intake.smtp.host, self.settings.intake.smtp.port)
         if any(r.imap is not None for r in self.settings.regions):
             self.imap = ImapIntake(self.settings, self.app.factory, self.clock,
-                                   functools.partial(self.on_accepted, source="imap"), instance_id=self.instance_id)
+                                   functools.partial(self.on_accepted, source="imap"), instance_id=self.instance_id,
+                                   priority=priority)
             self.imap.start()
         for ext in self.extensions:
             await ext.start(self)
@@ -297,6 +317,8 @@ class Daemon:
             self.host.reconfigure(keep)
         if self.handler is not None:
             self.handler.settings = keep
+        if self.writer is not None and self.writer.priority is not None:
+            self.writer.priority.settings = keep  # staff and domains (IMAP intake shares it)
         setup_logging(keep.logging)
         log.info("configuration reloaded from %s", keep.source)
         for ext in self.extensions:
@@ -313,22 +335,79 @@ class Daemon:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
+    # -- processing stalled (docs/operations.md): time since processing last made progress while
+    # a message is due, whichever host runs (a host restarted every second, or failing every sweep,
+    # is no progress), not time since the current host started.
+    def _last_progress(self) -> float:
+        return self.host.progress.last_progress() if self.host is not None else self._thread_progress
+
+    async def _stall_loop(self) -> None:
+        assert self.app is not None
+        factory = self.app.factory
+        while not self.stop_event.is_set():
+            try:
+                oldest = await asyncio.to_thread(self._oldest_due, factory, self.clock.now())
+            except Exception:  # the database itself: its own health check reports it
+                log.debug("processing stall check failed", exc_info=True)
+                oldest = None
+            if oldest is None:
+                self.stalled_seconds = 0.0
+            else:
+                waiting = max(0.0, (self.clock.now() - oldest).total_seconds())
+                self.stalled_seconds = min(waiting, time.monotonic() - self._last_progress())
+            self.metrics.processing_stalled_seconds.set(self.stalled_seconds)
+            self._report_stall()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=STALL_CHECK_SECONDS)
+
+    @staticmethod
+    def _oldest_due(factory: sessionmaker[Session], now: datetime) -> datetime | None:
+        with reading(factory) as session:
+            return oldest_due_received(session, now)
+
+    def _stall_problem(self) -> str | None:
+        if self.host is not None and self.host.code_changed:
+            return "processing down: the code on disk changed since the daemon started; restart the service"
+        bound = self.settings.processing.stalled_unhealthy_seconds
+        if self.stalled_seconds > bound:
+            return (f"processing stalled for {self.stalled_seconds:.0f} s: a message waits and none was "
+                    "processed (see the log)")
+        return None
+
+    def _report_stall(self) -> None:
+        """systemd STATUS= follows the stall (and says when it is over)."""
+        problem = self._stall_problem()
+        if (problem is None) != (self._stall_reported is None):  # on each change, not each count
+            self._stall_reported = problem
+            if problem is not None:
+                log.error("%s", problem)
+            else:
+                log.info("processing progressing again")
+            self.notifier.status(problem or self._ready_status())
+
     def _processing_health(self) -> str | None:
-        """/healthz: a host being restarted for more than a few seconds is worth a 503."""
+        """/healthz: processing stalled (or refused to run), or a host being restarted for more than
+        a few seconds, is worth a 503."""
+        problem = self._stall_problem()
+        if problem is not None:
+            return problem
         down = self.host.down_seconds() if self.host is not None else 0.0
         return f"processing host down for {down:.0f} s (restarting)" if down > HOST_DOWN_UNHEALTHY_SECONDS else None
 
     def processing_alive(self) -> bool:
         host = self.host
-        if host is None or host.healthy():
+        stalled = self.stalled_seconds > self.settings.processing.stalled_watchdog_seconds
+        if not stalled and (host is None or (host.healthy() and not host.code_changed)):
             if self._host_down_logged:
                 self._host_down_logged = False
                 self.notifier.status(self._ready_status())
             return True
         if not self._host_down_logged:
             self._host_down_logged = True
-            log.error("processing host down for over a minute: systemd watchdog pings stopped")
-            self.notifier.status("processing down: restarting the processing host")
+            log.error("processing down or stalled (%.0f s without progress while mail waits): systemd "
+                      "watchdog pings stopped", self.stalled_seconds)
+            self.notifier.status("processing down: restarting the processing host" if not stalled else
+                                 f"processing stalled for {self.stalled_seconds:.0f} s: watchdog stopped")
         return False
 
     async def _abort_start(self) -> None:

@@ -91,6 +91,10 @@ class Metrics:
         self.processing_host_restarts_total = Counter(
             "processing_host_restarts", "Processing host processes that died and were restarted",
             namespace=ns, registry=r)
+        # Seconds processing made no progress while a message was due (daemon.py; 0 when fine).
+        self.processing_stalled_seconds = Gauge(
+            "processing_stalled_seconds", "Seconds without processing progress while a message is due",
+            namespace=ns, registry=r)
         self._checks: dict[str, HealthCheck] = {}
         self._factory: sessionmaker[Session] | None = None
         self._mailboxes: MailboxSource | None = None

@@ -89,6 +89,15 @@ class ProcessingSettings:
     # own process, the processing host (processing/host.py), restarted if it dies; "thread": in a
     # thread of the daemon's process, sharing the GIL with SMTP intake (for diagnosis only).
     host: str = "process"
+    # Supervision of the processing host (docs/operations.md, "Process model"): the daemon kills and
+    # restarts a host that holds SQLite's write gate longer than this, or whose heartbeat stops for
+    # longer than this plus analysis_timeout_seconds (a paused or wedged host blocks intake).
+    host_stall_seconds: float = 30.0
+    # Processing "stalled": a due message waits and processing made no progress (a message done, a
+    # sweep finished) for this long, whichever host runs: /healthz 503 and systemd STATUS= say so,
+    # and past stalled_watchdog_seconds the systemd watchdog pings stop (systemd restarts us).
+    stalled_unhealthy_seconds: float = 45.0
+    stalled_watchdog_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -623,6 +632,11 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("processing.isolation", 'must be "process" or "thread"'))
     if s.processing.host not in ("process", "thread"):
         problems.append(("processing.host", 'must be "process" or "thread"'))
+    for bound in ("host_stall_seconds", "stalled_unhealthy_seconds", "stalled_watchdog_seconds"):
+        if getattr(s.processing, bound) <= 0:
+            problems.append((f"processing.{bound}", "must be greater than 0"))
+    if s.processing.stalled_watchdog_seconds < s.processing.stalled_unhealthy_seconds:
+        problems.append(("processing.stalled_watchdog_seconds", "must be at least stalled_unhealthy_seconds"))
     if s.processing.analysis_timeout_seconds <= 0:
         problems.append(("processing.analysis_timeout_seconds", "must be greater than 0"))
     if s.processing.max_attempts < 1:

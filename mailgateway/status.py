@@ -4,7 +4,8 @@ The same :class:`Snapshot` feeds the Prometheus gauges (``metrics``), so the com
 dashboards never disagree. Reading only: the command never migrates nor writes.
 
 Exit codes: 0 all well, 1 a problem is shown (a mailbox unreachable for too long, schema behind,
-a mail to staff refused for good in the last ``[outbound] staff_failure_window_hours``),
+a mail to staff refused for good in the last ``[outbound] staff_failure_window_hours``, a message
+due for processing waiting longer than PROCESSING_LATE_SECONDS: processing is down or stalled),
 2 the database cannot be read.
 """
 
@@ -15,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases.lifecycle import CLOSED
-from mailgateway.clock import aware
+from mailgateway.clock import aware, french_datetime
 from mailgateway.dispatch.failures import FailedMail, count_staff_failures, staff_failures
 from mailgateway.store.models import Case, InboundMessage, MailboxState, OutboundMessage
 
@@ -29,6 +30,10 @@ PENDING_OUTBOX = ("queued", "sending")
 CONNECTED_STATES = frozenset({"idle", "polling", "syncing"})
 # Beyond this the mailbox counts as unreachable ([metrics] mailbox_unhealthy_after_seconds).
 DEFAULT_MAILBOX_GRACE = 300.0
+# A message accepted and due (``received``, not deferred for a DNS retry) waiting longer than this:
+# processing is down or stalled (a host that dies at each start, a sweep that fails each time). A
+# burst of thousands is processed well within it (README, "Benchmarks").
+PROCESSING_LATE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class Snapshot:
     # the list only in a full snapshot.
     staff_failed: int = 0
     staff_failures: tuple[FailedMail, ...] = ()
+    # Age of the oldest message due for processing (received, not deferred), None when none waits.
+    inbound_oldest_due_age_seconds: float | None = None
 
     @property
     def outbox_depth(self) -> int:
@@ -91,7 +98,21 @@ class Snapshot:
         if self.staff_failed:
             found.append(f"{self.staff_failed} courriel(s) aux agents non remis (refus définitif du relais "
                          "ou délai dépassé) : « mailgateway outbox list », puis « outbox retry ID »")
+        late = self.inbound_oldest_due_age_seconds
+        if late is not None and late > PROCESSING_LATE_SECONDS:
+            found.append(f"traitement arrêté ou bloqué : le plus ancien message à traiter attend depuis {_age(late)} "
+                         f"(processing stalled: oldest due message waiting {int(late)} s) ; voir le journal "
+                         "du service")
         return found
+
+
+def oldest_due_received(session: Session, now: datetime) -> datetime | None:
+    """When the oldest message due for processing arrived (``received``, its DNS retry not in the
+    future: processing/runner.py ``due_query``), or None."""
+    m = InboundMessage
+    found = session.scalar(select(func.min(m.received_at))
+                           .where(m.status == "received", or_(m.retry_at.is_(None), m.retry_at <= now)))
+    return aware(found) if found is not None else None
 
 
 def _count(session: Session, stmt: Any) -> int:
@@ -143,8 +164,10 @@ def snapshot(session: Session, now: datetime, *, full: bool = True, staff: Colle
         failed = count_staff_failures(session, staff, failures_since)
         if full and failed:
             failures = tuple(staff_failures(session, staff, failures_since, limit=20))
+    due = oldest_due_received(session, now) if backlog else None
+    due_age = max(0.0, (now - due).total_seconds()) if due is not None else None
     return Snapshot(now, backlog, quarantined, outbox, oldest_age, cases_open, read_mailboxes(session),
-                    inbound, by_region, failed, failures)
+                    inbound, by_region, failed, failures, due_age)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -159,6 +182,7 @@ def to_json(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) -> dic
         "quarantined": snap.quarantined,
         "outbox": {"depth": snap.outbox_depth, "by_status": snap.outbox,
                    "oldest_age_seconds": snap.outbox_oldest_age_seconds},
+        "inbound_oldest_due_age_seconds": snap.inbound_oldest_due_age_seconds,
         "cases_open": snap.cases_open,
         "cases_open_by_region": snap.cases_open_by_region,
         "staff_mail_failed": snap.staff_failed,
@@ -185,21 +209,33 @@ def _age(seconds: float | None) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d}" if s < 172800 else f"{s // 86400} j"
 
 
+# The stored values (``status --json`` keeps them: DESIGN.md) as the operator reads them.
+INBOUND_STATUS_FR = {"received": "reçus", "processed": "traités", "quarantined": "en quarantaine",
+                     "failed": "en échec"}
+INBOUND_KIND_FR = {"declaration": "déclaration", "alert": "alerte", "command": "commande", "reply": "réponse",
+                   "auto_reply": "réponse automatique", "bounce": "non-remise", "loop": "boucle",
+                   "unknown": "inconnu", "bulletin": "bulletin", "-": "non analysé"}
+OUTBOX_STATUS_FR = {"queued": "en file", "sending": "en cours d'envoi", "sent": "envoyés", "failed": "en échec",
+                    "expired": "expirés", "refused": "refusés", "bounced": "rejetés", "cancelled": "annulés",
+                    "deferred": "différés", "retry": "à réessayer"}
+
+
 def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) -> str:
-    """French, for the operator's terminal."""
-    lines = [f"État de mailgateway au {snap.at.isoformat(timespec='seconds')}", "", "Messages reçus :"]
+    """French, for the operator's terminal (labels and dates in French; ``to_json`` keeps the codes)."""
+    lines = [f"État de mailgateway au {french_datetime(aware(snap.at))}", "", "Messages reçus :"]
     if not snap.inbound:
         lines.append("  aucun")
     for status in sorted(snap.inbound):
         kinds = snap.inbound[status]
-        detail = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
-        lines.append(f"  {status:<12} {sum(kinds.values()):>7}   ({detail})")
+        detail = ", ".join(f"{INBOUND_KIND_FR.get(kind, kind)} {n}" for kind, n in sorted(kinds.items()))
+        lines.append(f"  {INBOUND_STATUS_FR.get(status, status):<14} {sum(kinds.values()):>7}   ({detail})")
     lines += [
         f"  en attente de traitement : {snap.inbound_backlog}",
         f"  en quarantaine : {snap.quarantined}",
+        f"  plus ancien à traiter : {_age(snap.inbound_oldest_due_age_seconds)}",
         "",
         f"File sortante : {snap.outbox_depth} message(s) à envoyer "
-        f"({', '.join(f'{k} {v}' for k, v in snap.outbox.items())}), "
+        f"({', '.join(f'{OUTBOX_STATUS_FR.get(k, k)} {v}' for k, v in snap.outbox.items())}), "
         f"plus ancien : {_age(snap.outbox_oldest_age_seconds)}",
         "",
         f"Dossiers ouverts : {snap.cases_open}"
@@ -207,7 +243,7 @@ def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) ->
            if snap.cases_open_by_region else ""),
         "",
         f"Courriels aux agents non remis : {snap.staff_failed}",
-        *(f"  - {f.failed_at.isoformat(timespec='seconds')} {f.line_fr()}" for f in snap.staff_failures),
+        *(f"  - {french_datetime(aware(f.failed_at))} {f.line_fr()}" for f in snap.staff_failures),
         "",
         "Boîtes IMAP :",
     ]

@@ -34,9 +34,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
 from mailgateway.intake.accept import Accepted, Arrival, accept_batch
-from mailgateway.store.engine import write_gate
+from mailgateway.intake.priority import Prioritiser, PriorityRule
+from mailgateway.store.engine import GateTimeout, write_gate
 
 log = logging.getLogger("mailgateway.intake")
+
+# The longest a batch waits for the write gate (store/engine.py) before its sessions get ``451 4.3.0``
+# and nothing is stored. A normal wait is milliseconds (one processing transaction); only a holder
+# paused or wedged (SIGSTOP, a stuck disk) goes past it, and the daemon kills a host that holds the
+# gate too long (processing/host.py). Well below the clients' patience: RFC 5321 §4.5.3.2.6 gives
+# them 10 min after DATA, but proxies and submission clients give up after 15-30 s, and a message
+# stored after its client gave up is delivered twice (the client retries it).
+GATE_TIMEOUT_SECONDS = 5.0
 
 
 class EnvelopeError(ValueError):
@@ -107,12 +116,17 @@ def _settle(pairs: list[tuple[asyncio.Future[Accepted], Accepted | BaseException
 
 
 class AcceptWriter:
-    def __init__(self, factory: sessionmaker[Session], clock: Clock, batch: int = 64) -> None:
+    def __init__(self, factory: sessionmaker[Session], clock: Clock, batch: int = 64,
+                 priority: Prioritiser | None = None, gate_timeout: float = GATE_TIMEOUT_SECONDS) -> None:
         self.factory = factory
         self.clock = clock
         self.batch = batch
+        # Decides each message's processing priority here, in the writer thread, not in the SMTP
+        # event loop (intake/priority.py: it only orders processing). None: every message NORMAL.
+        self.priority = priority
         self.engine: Engine = factory.kw["bind"]
         self.gate = write_gate(self.engine)
+        self.gate_timeout = gate_timeout
         self._stored_at = 0.0
         self.stats = WriterStats()
         self._queue: queue.Queue[_Item | None] = queue.Queue()
@@ -174,20 +188,30 @@ class AcceptWriter:
     def _write(self, items: list[_Item]) -> None:
         outcomes: list[Accepted | BaseException | None] = [None] * len(items)
         arrivals: list[tuple[int, Arrival]] = []
-        for n, it in enumerate(items):  # line endings and hash before the gate: it is not held for them
+        rule = self._rule()
+        for n, it in enumerate(items):  # line endings, hash, priority before the gate: it is not held for them
             try:
                 arrivals.append((n, Arrival.of(it.raw, source=it.source, mail_from=it.mail_from,
-                                               rcpt_tos=it.rcpt_tos, regions=it.regions, peer=it.peer)))
+                                               rcpt_tos=it.rcpt_tos, regions=it.regions, peer=it.peer,
+                                               rule=rule)))
             except ValueError as exc:
                 outcomes[n] = exc
         stats = self.stats
         try:
             asked = time.perf_counter()
-            with self.gate:
+            # Bounded (GATE_TIMEOUT_SECONDS): past it, GateTimeout below, 451 and nothing stored.
+            self.gate.acquire(self.gate_timeout)
+            try:
                 entered = time.perf_counter()
                 for n, outcome in zip((n for n, _ in arrivals), self._store([a for _, a in arrivals]), strict=True):
                     outcomes[n] = outcome
                 committed = time.perf_counter()
+            finally:
+                self.gate.release()
+        except GateTimeout as exc:  # nothing of this batch was stored; the clients retry later
+            log.error("accept writer: %s; %d message(s) refused with 451", exc, len(items))
+            self._resolve(items, [exc] * len(items))
+            return
         except Exception as exc:  # the sources answer 4xx and retry: nothing is lost
             log.exception("accept failed for a batch of %d", len(items))
             self._resolve(items, [exc] * len(items))
@@ -197,6 +221,15 @@ class AcceptWriter:
         stats.store_seconds += self._stored_at - entered
         stats.commit_seconds += committed - self._stored_at
         self._resolve(items, outcomes)
+
+    def _rule(self) -> PriorityRule | None:
+        if self.priority is None:
+            return None
+        try:
+            return self.priority.rule()
+        except Exception:  # the order of processing never costs an accept
+            log.warning("accept writer: no processing priority for this batch", exc_info=True)
+            return None
 
     def _resolve(self, items: list[_Item], outcomes: Sequence[Accepted | BaseException | None]) -> None:
         """Answer every caller of the batch (after the commit, or with the batch's error)."""

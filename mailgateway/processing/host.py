@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from mailgateway.logs import setup_logging
 from mailgateway.processing.runner import Processor, Result
 from mailgateway.processing.worker import AnalysisWorker, WorkerUnavailable, _die_with_parent
 from mailgateway.settings import Settings
+from mailgateway.store.engine import write_gate
 
 log = logging.getLogger("mailgateway.processing.host")
 
@@ -58,6 +60,9 @@ STABLE_SECONDS = 60.0
 # Processing dead longer than this: the daemon stops its systemd watchdog pings (daemon.py), so
 # systemd restarts the whole service rather than leave intake accepting mail nobody processes.
 DOWN_GRACE_SECONDS = 60.0
+# The host's exit status when the code on disk is not the code the daemon started with (EX_CONFIG,
+# sysexits.h): restarting it again cannot help, the daemon stops trying (HostSupervisor.run).
+CODE_CHANGED_EXIT = 78
 
 
 class IntakeSignal:
@@ -87,6 +92,40 @@ class IntakeSignal:
         return bool(self._shared[1] > 0 or time.monotonic() - self._shared[0] < INTAKE_QUIET_SECONDS)
 
 
+class HostProgress:
+    """Shared memory written by the host, read by the daemon's supervision (CLOCK_MONOTONIC, one
+    clock for every process; 0.0: no): [heartbeat, write gate held since, last progress].
+
+    One block for every host the daemon starts: "last progress" (a message done, a sweep finished
+    without error) is not reset by a restart, so a host that dies or fails at each sweep shows as
+    processing stalled, not as a fresh start (daemon.py)."""
+
+    HEARTBEAT, GATE, PROGRESS = range(3)
+
+    def __init__(self, shared: Any) -> None:
+        self.shared = shared  # a multiprocessing RawArray("d", 3)
+
+    def beat(self) -> None:
+        self.shared[self.HEARTBEAT] = time.monotonic()
+
+    def holding(self, since: float) -> None:
+        """``WriteGate.holding``: the gate taken at ``since``, or released (0.0)."""
+        self.shared[self.GATE] = since
+        self.shared[self.HEARTBEAT] = time.monotonic()
+
+    def progressed(self) -> None:
+        self.shared[self.PROGRESS] = self.shared[self.HEARTBEAT] = time.monotonic()
+
+    def heartbeat(self) -> float:
+        return float(self.shared[self.HEARTBEAT])
+
+    def gate_since(self) -> float:
+        return float(self.shared[self.GATE])
+
+    def last_progress(self) -> float:
+        return float(self.shared[self.PROGRESS])
+
+
 class HostedApp(Protocol):
     """What the host needs of the composition root (``app.App``, built in the host by the daemon's
     builder: the processing layer does not import the faces)."""
@@ -99,15 +138,27 @@ class HostedApp(Protocol):
 
 
 def host_main(build: Callable[[], HostedApp], settings: Settings, control: Connection, wake: Connection,
-              intake: Any, parent_pid: int) -> None:
+              intake: Any, parent_pid: int, progress: Any = None, expected_head: str | None = None) -> None:
     """Entry point of the host process: sweep until the daemon says stop or goes away."""
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole foreground process group; the daemon stops its host itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(settings.logging)
+    if expected_head is not None:
+        # A restarted host imports the code on disk now: after an upgrade in place without a
+        # restart, its models may expect another schema than the one the daemon migrated to
+        # ("no such column" at every pass, for ever). Refuse, and let the daemon say so.
+        from mailgateway.store.engine import head_revision
+
+        head = head_revision()
+        if head != expected_head:
+            log.critical("code on disk changed since the daemon started: restart the service "
+                         "(migration head on disk %s, database migrated to %s)", head, expected_head)
+            sys.exit(CODE_CHANGED_EXIT)
     os.set_blocking(wake.fileno(), False)
     app = build()
-    host = _Host(app, settings, control, wake, IntakeSignal(intake))
+    host = _Host(app, settings, control, wake, IntakeSignal(intake),
+                 HostProgress(progress) if progress is not None else None)
     # SIGTERM (an operator's ``kill``): finish the message in hand and exit; the daemon starts a
     # new host. (systemd's KillMode=mixed sends SIGTERM to the daemon only, which stops us.)
     # (From a thread: stop() takes locks the interrupted main thread might hold.)
@@ -120,8 +171,9 @@ def host_main(build: Callable[[], HostedApp], settings: Settings, control: Conne
 
 class _Host:
     def __init__(self, app: HostedApp, settings: Settings, control: Connection, wake: Connection,
-                 intake: IntakeSignal) -> None:
+                 intake: IntakeSignal, progress: HostProgress | None = None) -> None:
         self.app = app
+        self.progress = progress
         self.control = control
         self.wake = wake
         self.stopping = threading.Event()
@@ -131,7 +183,11 @@ class _Host:
         processor = self.processor = app.processor
         processor.on_result = self._on_result
         processor.on_outbound = self._on_outbound
-        processor.intake_busy = intake.busy
+        self._intake_busy = intake.busy
+        processor.intake_busy = self._busy
+        if progress is not None:
+            # The daemon watches how long we hold the write gate (a paused host blocks intake).
+            write_gate(processor.factory.kw["bind"]).holding = progress.holding
         # Started (and stopped) from this, the main thread: PR_SET_PDEATHSIG follows the thread.
         processor.worker = AnalysisWorker(settings) if settings.processing.isolation == "process" else None
         processor.settings = settings
@@ -143,7 +199,14 @@ class _Host:
             except (OSError, ValueError):  # the daemon is gone: PR_SET_PDEATHSIG ends us too
                 self.stop()
 
+    def _busy(self) -> bool:
+        if self.progress is not None:  # yielding to intake is alive, not stuck
+            self.progress.beat()
+        return self._intake_busy()
+
     def _on_result(self, result: Result) -> None:
+        if self.progress is not None:
+            self.progress.progressed()
         self._send(("result", result))
 
     def _on_outbound(self) -> None:
@@ -173,7 +236,6 @@ class _Host:
 
     def run(self) -> None:
         threading.Thread(target=self._listen, name="host-control", daemon=True).start()
-        self._send(("ready", os.getpid()))
         worker = self.processor.worker
         if worker is not None:
             # Started now rather than by the first message (≈1 s of imports), from this thread.
@@ -181,12 +243,22 @@ class _Host:
                 worker.prepare(self.processor.settings)
             except WorkerUnavailable as exc:  # each message tries again (runner.Processor._process)
                 log.error("%s", exc)
+        # Ready once the worker is up: the daemon's heartbeat watch starts here (startup has its
+        # own bound, STARTUP_SECONDS).
+        if self.progress is not None:
+            self.progress.beat()
+        self._send(("ready", os.getpid()))
         while not self.stopping.is_set():
             self._drain_wakes()
+            if self.progress is not None:
+                self.progress.beat()
             try:
                 self.processor.process_pending(SWEEP_LIMIT)
-            except Exception:
+            except Exception:  # no progress: the daemon's "processing stalled" counts on
                 log.exception("processing sweep failed")
+            else:
+                if self.progress is not None:
+                    self.progress.progressed()
             if self.stopping.is_set():
                 break
             # A wake byte (an accept, or the daemon's stop), or a sweep every few seconds anyway
@@ -216,8 +288,14 @@ class HostSupervisor:
 
     def __init__(self, settings: Settings, build_for: Callable[[Settings], Callable[[], HostedApp]],
                  intake: IntakeSignal, on_result: Callable[[Result], None],
-                 on_outbound: Callable[[], None], on_exit: Callable[[], None] = lambda: None) -> None:
+                 on_outbound: Callable[[], None], on_exit: Callable[[], None] = lambda: None,
+                 expected_head: str | None = None) -> None:
         self._ctx = multiprocessing.get_context("spawn")
+        # The migration head the daemon checked at start: a host whose code differs refuses to run.
+        self.expected_head = expected_head
+        self.code_changed = False  # a host refused to run: no more restarts until the service is
+        self.progress = HostProgress(self._ctx.RawArray("d", 3))
+        self.progress.progressed()  # the daemon's start counts as progress
         self.settings = settings
         self._build_for = build_for
         self._intake = intake
@@ -274,12 +352,41 @@ class HostSupervisor:
             if self.down_since is None:
                 self.down_since = time.monotonic()
             self._on_exit()
+            if code == CODE_CHANGED_EXIT:
+                await self._code_changed(stop)
+                return
             if time.monotonic() - spawned > STABLE_SECONDS:
                 backoff = RESTART_FIRST_SECONDS
             log.error("processing host exited (exit code %s); restarting it in %.0f s", code, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
             backoff = min(backoff * 2, RESTART_MAX_SECONDS)
+
+    async def _code_changed(self, stop: asyncio.Event) -> None:
+        """The code on disk is not the code we run: restarting the host would fail the same way.
+        Processing stays down (its health signals fire, daemon.py) and we say so once a minute."""
+        self.code_changed = True
+        while not stop.is_set():
+            log.error("processing down: the code on disk changed since the daemon started "
+                      "(migration head %s expected); restart the service", self.expected_head)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=60.0)
+
+    def _stuck(self, spawned: float) -> str | None:
+        """Why a ready host must be killed: it holds the write gate too long (intake gets 451s
+        meanwhile), or its heartbeat stopped beyond the analysis budget (paused, wedged)."""
+        now = time.monotonic()
+        bound = self.settings.processing.host_stall_seconds
+        since = self.progress.gate_since()
+        if since and now - since > bound:
+            return f"held the write gate for {now - since:.0f} s (bound {bound:g} s)"
+        if self.settings.processing.isolation != "process":
+            return None  # analysis in the host itself has no time budget: its silence proves nothing
+        silent = now - max(self.progress.heartbeat(), spawned)
+        limit = bound + self.settings.processing.analysis_timeout_seconds
+        if silent > limit:
+            return f"no heartbeat for {silent:.0f} s (bound {limit:g} s)"
+        return None
 
     def _spawn(self) -> tuple[BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()
@@ -289,7 +396,7 @@ class HostSupervisor:
                 # worker); it dies with us anyway (PR_SET_PDEATHSIG), and stop() ends it.
                 target=host_main, name="mailgateway-processing", daemon=False,
                 args=(self._build_for(self.settings), self.settings, child, self._wake_reader,
-                      self._intake.shared, os.getpid()))
+                      self._intake.shared, os.getpid(), self.progress.shared, self.expected_head))
             proc.start()
         except BaseException:
             parent.close()
@@ -311,7 +418,7 @@ class HostSupervisor:
         stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
             while not exited.done():
-                await asyncio.wait([exited, stopping], timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([exited, stopping], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                 if stopping.done() and not exited.done():
                     # Drain: the host finishes the message in hand, then exits.
                     with contextlib.suppress(OSError, ValueError):
@@ -321,6 +428,11 @@ class HostSupervisor:
                 elif not self.ready and time.monotonic() - spawned > STARTUP_SECONDS and not exited.done():
                     log.error("processing host %s not ready after %.0f s: killing it", proc.pid, STARTUP_SECONDS)
                     proc.kill()
+                elif self.ready and not exited.done() and (why := self._stuck(spawned)):
+                    # SIGKILL: a paused host gets no other signal; the kernel releases its flock.
+                    log.error("processing host %s %s: killed (SIGKILL), restarting it", proc.pid, why)
+                    proc.kill()
+                    self.progress.holding(0.0)
             proc.join(5)
             return proc.exitcode
         finally:

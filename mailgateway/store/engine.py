@@ -11,8 +11,9 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def write_gate(engine: Engine) -> AbstractContextManager[Any]:
+def write_gate(engine: Engine) -> WriteGate | NullGate:
     """The gate of SQLite's single writer, across the threads and processes of one installation.
 
     SQLite lets one transaction write at a time; a second writer waits in SQLite's busy handler,
@@ -89,7 +90,7 @@ def write_gate(engine: Engine) -> AbstractContextManager[Any]:
     speed, SQLite's own lock about correctness. PostgreSQL has row locks: no gate (a null context).
     """
     if not is_sqlite(engine):
-        return nullcontext()
+        return NullGate()
     database = engine.url.database
     path = os.path.abspath(database) + ".write-lock" if database and database != ":memory:" else None
     key = path or str(engine.url)
@@ -103,8 +104,46 @@ def write_gate(engine: Engine) -> AbstractContextManager[Any]:
     return gate
 
 
+class NullGate:
+    """PostgreSQL has row locks: no gate."""
+
+    holding: Callable[[float], None] | None = None
+
+    def acquire(self, timeout: float | None = None) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def __enter__(self) -> NullGate:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        pass
+
+
+class GateTimeout(Exception):
+    """The write gate was not obtained in time (a holder paused or wedged): the caller answers 4xx."""
+
+
+class _Waiter:
+    """A blocking ``flock`` in progress in its own thread, for a caller that may give up on it."""
+
+    def __init__(self) -> None:
+        self.got = threading.Event()
+        self.claimed = True  # somebody waits for it; False: unlock it as soon as it is obtained
+
+
 class WriteGate:
-    """A thread lock, then (with a lock file) an exclusive ``flock`` on it; reusable, not reentrant."""
+    """A thread lock, then (with a lock file) an exclusive ``flock`` on it; reusable, not reentrant.
+
+    ``with gate`` waits as long as it takes (the processor, the sender); ``acquire(timeout)`` gives
+    up after ``timeout`` seconds (the accept writer: an SMTP client must get its 451 before it
+    gives up itself, docs/guarantees.md). ``flock(2)`` has no timeout: a bounded wait hands the
+    blocking call to a thread that unlocks at once what it obtains after its caller gave up.
+    ``holding``: called with the monotonic time the gate was taken, and 0.0 when released (the
+    processing host publishes it for the daemon's supervision, processing/host.py).
+    """
 
     def __init__(self, path: str | None) -> None:
         self.path = path
@@ -112,35 +151,109 @@ class WriteGate:
         self._threads = threading.Lock()
         self._fd: int | None = None
         self._file_usable = path is not None
+        self._state = threading.Lock()
+        self._waiter: _Waiter | None = None
+        self.holding: Callable[[float], None] | None = None
+
+    def _open(self) -> int | None:
+        assert self.path is not None
+        try:
+            # 0600 like the database; O_CLOEXEC: a child process must not inherit (and hold) it;
+            # O_NOFOLLOW: a symlink planted at this path is refused, not followed to another file.
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:  # a read-only directory: SQLite's busy handler alone, as before
+            self._file_usable = False
+            log.warning("write gate %s unavailable (%s): writers of other processes meet in "
+                        "SQLite's busy handler", self.path, exc)
+            return None
 
     def _descriptor(self) -> int | None:
-        if self._fd is None and self._file_usable and self.path is not None:
+        """The lock file's descriptor, reopened when the file at the path is no longer the one we
+        hold (deleted or replaced while running): both processes must lock the same inode."""
+        if not self._file_usable or self.path is None:
+            return None
+        fd = self._fd
+        if fd is not None and self._waiter is None:
             try:
-                # 0600 like the database; O_CLOEXEC: a child process must not inherit (and hold) it.
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:  # a read-only directory: SQLite's busy handler alone, as before
-                self._file_usable = False
-                log.warning("write gate %s unavailable (%s): writers of other processes meet in "
-                            "SQLite's busy handler", self.path, exc)
-        return self._fd
+                mine, there = os.fstat(fd), os.stat(self.path, follow_symlinks=False)
+                same = (mine.st_ino, mine.st_dev) == (there.st_ino, there.st_dev)
+            except OSError:
+                same = False
+            if not same:
+                log.warning("write gate %s was deleted or replaced: reopened", self.path)
+                os.close(fd)
+                fd = self._fd = None
+        if fd is None:
+            fd = self._fd = self._open()
+        return fd
 
-    def __enter__(self) -> WriteGate:
-        self._threads.acquire()
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the gate, within ``timeout`` seconds if given (else :class:`GateTimeout`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._threads.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            raise GateTimeout(f"write gate busy for over {timeout:g} s")
         try:
             fd = self._descriptor()
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+                self._flock_within(fd, deadline, timeout)
         except BaseException:
             self._threads.release()
             raise
-        return self
+        if self.holding is not None:
+            self.holding(time.monotonic())
 
-    def __exit__(self, *_exc: object) -> None:
+    def _flock_within(self, fd: int, deadline: float | None, timeout: float | None) -> None:
+        # Every wait goes through the one waiter thread: a second blocking flock on the same open
+        # file would succeed as soon as the first did, and its unlock release the other's lock.
+        with self._state:
+            waiter = self._waiter
+            if waiter is None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    pass
+                waiter = self._waiter = _Waiter()
+                threading.Thread(target=self._wait_for_lock, args=(fd, waiter), name="write-gate-wait",
+                                 daemon=True).start()
+            else:  # an earlier caller gave up on it: take it over
+                waiter.claimed = True
+        if waiter.got.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+            return
+        with self._state:
+            if waiter.got.is_set():  # obtained just now
+                return
+            waiter.claimed = False
+        raise GateTimeout(f"write gate busy for over {timeout or 0:g} s")
+
+    def _wait_for_lock(self, fd: int, waiter: _Waiter) -> None:
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            obtained = True
+        except OSError:
+            obtained = False
+        with self._state:
+            self._waiter = None
+            if obtained and waiter.claimed:
+                waiter.got.set()
+            elif obtained:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        try:
+            if self.holding is not None:
+                self.holding(0.0)
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+
+    def __enter__(self) -> WriteGate:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 _GATES: dict[str, WriteGate] = {}
