@@ -13,6 +13,7 @@ Recipe: ``../shared/recipes/mail-stack.md``. Ground rules followed here:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -604,7 +605,21 @@ class SmtpSink:
             return self
         # Pitfall: port=0 fails aiosmtpd's self-check; the port is chosen beforehand.
         # server_hostname avoids socket.getfqdn() (a real DNS lookup).
-        controller = Controller(
+        class TrackingController(Controller):  # type: ignore[misc]
+            """Remembers its sessions, so ``stop`` can close the connections a client keeps open
+            (aiosmtpd's ``stop`` leaves them to the garbage collector: a ResourceWarning, an error
+            here, in whichever later test collects them)."""
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.sessions: list[Any] = []
+
+            def factory(self) -> Any:
+                smtp = super().factory()
+                self.sessions.append(smtp)
+                return smtp
+
+        controller = TrackingController(
             _SinkHandler(self._state),
             hostname=LOOPBACK,
             port=self.port,
@@ -620,6 +635,18 @@ class SmtpSink:
     def stop(self) -> None:
         controller, self._controller = self._controller, None
         if controller is not None:
+            async def close_sessions() -> None:
+                for smtp in controller.sessions:
+                    transport = getattr(smtp, "transport", None)
+                    if transport is not None and not transport.is_closing():
+                        transport.abort()
+                for _ in range(3):  # let connection_lost run: it closes the sockets
+                    await asyncio.sleep(0)
+
+            try:
+                asyncio.run_coroutine_threadsafe(close_sessions(), controller.loop).result(timeout=5)
+            except Exception:
+                pass  # the loop is already gone: nothing left to close
             controller.stop()
 
     @property
