@@ -21,7 +21,7 @@ from mailgateway.cases.service import CaseError
 from mailgateway.mail.facts import Declaration, Indicator, MessageFacts, SenderVerdict
 from mailgateway.store.models import Case, CaseEvent, InboundMessage, OutboundMessage
 from mailgateway.store.models import Indicator as IndicatorRow
-from tests.support.db import migrated
+from tests.support.db import migrated, rolled_back
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
@@ -37,13 +37,8 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[S
 
 @pytest.fixture
 def s(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction per test, rolled back: tests share the migrated database, not their rows."""
-    session = factory()
-    try:
+    with rolled_back(factory) as session:
         yield session
-    finally:
-        session.rollback()
-        session.close()
 
 
 _refs = iter(range(1, 100_000))

@@ -23,7 +23,7 @@ from mailgateway.processing.context import Env
 from mailgateway.settings import DkimSettings, RegionSettings, StaffSettings, parse_settings
 from mailgateway.store.models import Case, Confirmation, Contact, Establishment, InboundMessage, StaffMember
 from tests.support.casegateway import settings_data
-from tests.support.db import migrated
+from tests.support.db import migrated, rolled_back
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -37,13 +37,8 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[S
 
 @pytest.fixture
 def s(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction per test, rolled back."""
-    session = factory()
-    try:
+    with rolled_back(factory) as session:
         yield session
-    finally:
-        session.rollback()
-        session.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,3 +19,15 @@ def migrated(url: str) -> Iterator[sessionmaker[Session]]:
         yield make_sessionmaker(engine)
     finally:
         engine.dispose()
+
+
+@contextmanager
+def rolled_back(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose work is rolled back at the end: tests sharing one migrated database
+    (a module-scoped ``migrated``) share its schema, not their rows."""
+    session = factory()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
