@@ -53,7 +53,7 @@ from mailgateway.intake.writer import AcceptWriter
 from mailgateway.interfaces import Extension
 from mailgateway.logs import setup_logging
 from mailgateway.metrics import Metrics
-from mailgateway.processing.host import HostedApp, HostSupervisor, IntakeSignal
+from mailgateway.processing.host import SWEEP_LIMIT, HostedApp, HostSupervisor, IntakeSignal
 from mailgateway.processing.runner import Result
 from mailgateway.processing.worker import AnalysisWorker
 from mailgateway.scheduler import SchedulerExtension
@@ -193,11 +193,13 @@ class Daemon:
             while not self.stop_event.is_set():
                 self._wake_processor.clear()
                 try:
-                    await self.loop.run_in_executor(executor, processor.process_pending, 200)
+                    done = await self.loop.run_in_executor(executor, processor.process_pending, SWEEP_LIMIT)
                 except Exception:
                     log.exception("processing sweep failed")
                 else:
                     self._thread_progress = time.monotonic()
+                    if len(done) >= SWEEP_LIMIT:  # a backlog is left: sweep again, no wake will come
+                        continue
                 try:
                     await asyncio.wait_for(self._wake_processor.wait(), timeout=5.0)
                 except TimeoutError:

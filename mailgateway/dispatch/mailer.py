@@ -202,8 +202,14 @@ class Mailer:
         """One mail per staff member of ``region`` (or per ``recipients``), idempotency key
         ``<key>:<address>``; returns how many were queued."""
         from_address, from_name = self.from_identity(region)
+        addresses = list(recipients or self.staff.of_region(session, region))
+        # Already queued (an hourly warning repeated by every capped message of a burst, a message
+        # processed again): skipped before composing and signing, ≈1 ms each (issue 19).
+        queued = outbox.queued_keys(session, [f"{key}:{address}" for address in addresses])
         sent = 0
-        for address in recipients or self.staff.of_region(session, region):
+        for address in addresses:
+            if f"{key}:{address}" in queued:
+                continue
             mail = MailSpec(template=template, context=context, to=address, from_address=from_address,
                             from_name=from_name, idempotency_key=f"{key}:{address}",
                             auto_submitted="auto-generated", **spec)

@@ -8,6 +8,7 @@ same logical mail (reprocessing after a crash) a no-op.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -68,6 +69,16 @@ def enqueue(
     make_transient_to_detached(row)
     session.add(row)
     return row
+
+
+def queued_keys(session: Session, keys: Sequence[str]) -> set[str]:
+    """Which of ``keys`` are already in the outbox (one indexed lookup: idempotency_key is unique)."""
+    if not keys:
+        return set()
+    # Rows are inserted by statement (enqueue), never left pending: no flush needed to see them.
+    with session.no_autoflush:
+        return set(session.scalars(select(OutboundMessage.idempotency_key)
+                                   .where(OutboundMessage.idempotency_key.in_(list(keys)))))
 
 
 @cache

@@ -122,7 +122,8 @@ def establishment_region(settings: Settings, session: Session, finess: str | Non
     """(region, département) of a FINESS establishment: the directory first, else the number's prefix."""
     if not finess:
         return None, None
-    est = session.get(Establishment, finess)
+    with session.no_autoflush:  # a directory row: nothing pending changes it (issue 19)
+        est = session.get(Establishment, finess)
     if est is not None and (est.region or est.departement):
         departement = est.departement
         return (est.region or region_of_departement(departement)), departement
