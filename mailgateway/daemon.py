@@ -193,13 +193,11 @@ class Daemon:
             while not self.stop_event.is_set():
                 self._wake_processor.clear()
                 try:
-                    done = await self.loop.run_in_executor(executor, processor.process_pending, SWEEP_LIMIT)
+                    await self.loop.run_in_executor(executor, processor.process_backlog, SWEEP_LIMIT)
                 except Exception:
                     log.exception("processing sweep failed")
                 else:
                     self._thread_progress = time.monotonic()
-                    if len(done) >= SWEEP_LIMIT:  # a backlog is left: sweep again, no wake will come
-                        continue
                 try:
                     await asyncio.wait_for(self._wake_processor.wait(), timeout=5.0)
                 except TimeoutError:

@@ -129,6 +129,10 @@ def bounded_references(chain: Sequence[str]) -> list[str]:
     return [*ids[:REFERENCES_FIRST], *ids[-REFERENCES_LAST:]]
 
 
+# Composer.compose's cache of recipient-independent bodies, for one batch of identical mail.
+SharedBodies = dict[tuple[str, int, int, int, str | None], tuple[str, "mime.Part"]]
+
+
 class Composer:
     def __init__(
         self,
@@ -153,11 +157,18 @@ class Composer:
     def message_id(self, idempotency_key: str) -> str:
         return stable_message_id(idempotency_key, self.domain, self.id_secret)
 
-    def compose(self, spec: MailSpec) -> Composed:
-        rendered = self.renderer.render(spec.template, spec.context)
-        subject = rendered.subject
-        if spec.tlp and f"TLP:{spec.tlp}" not in subject:
-            subject = f"[TLP:{spec.tlp}] {subject}"
+    def compose(self, spec: MailSpec, bodies: SharedBodies | None = None) -> Composed:
+        """``bodies``: the same mail to several people (staff notifications) is rendered and
+        encoded once — the template, its parts and attachments — and only headers and the DKIM
+        signature are made per recipient. Keyed by the identity of the spec's context and parts:
+        the caller keeps them alive and unchanged for the dict's life (one ``send_to_staff``)."""
+        key = (spec.template, id(spec.context), id(spec.attachments), id(spec.inline_images), spec.tlp)
+        shared = bodies.get(key) if bodies is not None else None
+        if shared is None:
+            shared = self._body(spec)
+            if bodies is not None:
+                bodies[key] = shared
+        subject, body = shared
         message_id = self.message_id(spec.idempotency_key)
         head = [
             mime.address_header("From", spec.from_address, spec.from_name),
@@ -183,6 +194,17 @@ class Composer:
             mime.header(LOOP_HEADER, self.loop_token),
         ]
         head += [mime.header(name, value) for name, value in spec.extra_headers.items()]
+        raw = mime.serialise(body, head)
+        if self.signer is not None:
+            raw = self.signer.sign(raw) + raw
+        return Composed(raw=raw, message_id=message_id, subject=subject)
+
+    def _body(self, spec: MailSpec) -> tuple[str, mime.Part]:
+        """The subject and the MIME body of ``spec``: what does not depend on the recipient."""
+        rendered = self.renderer.render(spec.template, spec.context)
+        subject = rendered.subject
+        if spec.tlp and f"TLP:{spec.tlp}" not in subject:
+            subject = f"[TLP:{spec.tlp}] {subject}"
         body: mime.Part = mime.text_part(rendered.text)
         if rendered.html is not None:
             html: mime.Part = mime.text_part(rendered.html, "html")
@@ -201,7 +223,4 @@ class Composer:
                 for a in spec.attachments
             ]
             body = mime.multipart("mixed", [body, *attached])
-        raw = mime.serialise(body, head)
-        if self.signer is not None:
-            raw = self.signer.sign(raw) + raw
-        return Composed(raw=raw, message_id=message_id, subject=subject)
+        return subject, body

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.clock import Clock
 from mailgateway.dispatch import outbox
-from mailgateway.dispatch.compose import Composer, MailSpec
+from mailgateway.dispatch.compose import Composer, MailSpec, SharedBodies
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import PolicyRefusal
 from mailgateway.mail.autoreply import is_no_reply
@@ -207,13 +207,14 @@ class Mailer:
         # processed again): skipped before composing and signing, ≈1 ms each (issue 19).
         queued = outbox.queued_keys(session, [f"{key}:{address}" for address in addresses])
         sent = 0
+        bodies: SharedBodies = {}  # one rendering for every staff member (issue 19)
         for address in addresses:
             if f"{key}:{address}" in queued:
                 continue
             mail = MailSpec(template=template, context=context, to=address, from_address=from_address,
                             from_name=from_name, idempotency_key=f"{key}:{address}",
                             auto_submitted="auto-generated", **spec)
-            if self.send(session, mail, kind=kind, case=case, priority=priority) is not None:
+            if self.send(session, mail, kind=kind, case=case, priority=priority, bodies=bodies) is not None:
                 sent += 1
         return sent
 
@@ -243,6 +244,7 @@ class Mailer:
         bulletin_id: int | None = None,
         actor: str = "passerelle",
         refusals: list[Refusal] | None = None,
+        bodies: SharedBodies | None = None,
     ) -> OutboundMessage | None:
         """Compose and queue ``spec``; return the outbox row, or None when refused or already queued.
         A refusal is also appended to ``refusals`` when given (already queued is no refusal)."""
@@ -263,7 +265,7 @@ class Mailer:
             capped = reason is not None
         if reason is None:
             try:
-                composed = self.composer.compose(replace(spec, to=recipient, tlp=tlp))
+                composed = self.composer.compose(replace(spec, to=recipient, tlp=tlp), bodies)
             except PolicyRefusal as exc:
                 reason = exc.reason
         if reason is not None:

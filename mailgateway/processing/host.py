@@ -252,9 +252,8 @@ class _Host:
             self._drain_wakes()
             if self.progress is not None:
                 self.progress.beat()
-            full = False
             try:
-                full = len(self.processor.process_pending(SWEEP_LIMIT)) >= SWEEP_LIMIT
+                self.processor.process_backlog(SWEEP_LIMIT)
             except Exception:  # no progress: the daemon's "processing stalled" counts on
                 log.exception("processing sweep failed")
             else:
@@ -262,8 +261,6 @@ class _Host:
                     self.progress.progressed()
             if self.stopping.is_set():
                 break
-            if full:  # a full sweep leaves a backlog: no wake byte will come for it (burst over)
-                continue
             # A wake byte (an accept, or the daemon's stop), or a sweep every few seconds anyway
             # (deferred messages coming due, anything accepted by another instance).
             wait([self.wake, self._stop_r], timeout=IDLE_SWEEP_SECONDS)

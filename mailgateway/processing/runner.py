@@ -497,6 +497,21 @@ class Processor:
             results += self.process_batch(batch, may_defer=True)
         return results
 
+    def process_backlog(self, limit: int = 200) -> list[Result]:
+        """Sweeps of ``limit`` until one comes back short: the whole backlog, not the first
+        ``limit`` of it. After a burst nothing else wakes processing up (the accepts' wake-ups
+        were read before the first sweep): stopping at ``limit`` left the rest waiting for the
+        idle sweep, 5 s per ``limit`` messages (issue 19). ``limit`` bounds one sweep's memory.
+        A full sweep that settled nothing (all skipped, retried or deferred: another instance's,
+        the database or DNS failing) ends it too: the idle sweep tries again, no busy loop."""
+        results: list[Result] = []
+        while not self.halt.is_set():
+            done = self.process_pending(limit)
+            results += done
+            if len(done) < limit or not any(r.status in ("processed", "quarantined") for r in done):
+                break
+        return results
+
     def process_batch(self, inbound_ids: list[int], *, may_defer: bool = False) -> list[Result]:
         """Process several messages with the guarantees of ``process`` for each (``BatchRun``):
         attempts counted in one committed transaction before any is tried; analysis per message

@@ -1,0 +1,110 @@
+"""Staff mail is composed once per content, not once per staff member or per repeat (issue 19).
+
+- a staff notification to every staff member of the region renders the template and encodes the
+  original once; each member still gets a mail of their own (To, Message-ID, MIME boundary, DKIM
+  signature), each verifying;
+- an hourly cap warning, asked for again by every capped message of a burst, is composed only the
+  first time: the repeats find its key queued and are skipped before composing and signing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import dkim
+import pytest
+
+from mailgateway.app import build_app
+from mailgateway.clock import FixedClock
+from mailgateway.dispatch.compose import Composer
+from mailgateway.settings import parse_settings
+from tests.support import casemail
+from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.dkim import rsa_key
+
+ARA_STAFF = ("agent@ars.test", "referent@ars.test")
+
+
+@pytest.fixture
+def gw(sqlite_url: str, tmp_path: Path) -> Iterator[Gateway]:
+    key_file = tmp_path / "rsa.pem"
+    key_file.write_bytes(rsa_key().pem)
+    data = settings_data(sqlite_url)
+    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_unauthenticated_per_hour": 2}
+    data["dkim"] = {"domain": "ars.test", "keys": [{"selector": "rsa", "algorithm": "rsa-sha256",
+                                                    "private_key_file": str(key_file)}]}
+    clock = FixedClock(NOW)
+    app = build_app(parse_settings(data), clock=clock)
+    try:
+        yield Gateway(app, clock)
+    finally:
+        app.close()
+
+
+class Counting:
+    """Counts the Composer's renderings and compositions (wraps the real ones)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rendered: list[str] = []
+        self.composed: list[str] = []
+        body, compose = Composer._body, Composer.compose
+
+        def counting_body(composer: Composer, spec):  # type: ignore[no-untyped-def]
+            self.rendered.append(spec.template)
+            return body(composer, spec)
+
+        def counting_compose(composer: Composer, spec, bodies=None):  # type: ignore[no-untyped-def]
+            self.composed.append(spec.template)
+            return compose(composer, spec, bodies)
+
+        monkeypatch.setattr(Composer, "_body", counting_body)
+        monkeypatch.setattr(Composer, "compose", counting_compose)
+
+
+def test_one_rendering_for_every_staff_member_each_mail_its_own(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    count = Counting(monkeypatch)
+    ref = gw.declare(1)
+    assert count.rendered.count("staff_notification") == 1
+    assert count.composed.count("staff_notification") == len(ARA_STAFF)
+    mails = {to: gw.notification(ref, to) for to in ARA_STAFF}
+    assert len({m.message_id for m in mails.values()}) == len(ARA_STAFF)
+    bodies = set()
+    for to, row in mails.items():
+        raw = row.raw
+        assert f"To: {to}".encode() in raw
+        body = raw.partition(b"\r\n\r\n")[2]
+        bodies.add(re.sub(rb"=_mg[0-9a-f]{24}", b"B", body))  # our boundaries, random per mail
+        # The same text reached each member (the original attached to each).
+        assert ref in casemail.text_of(raw)
+    assert len(bodies) == 1  # same content, own boundary each
+
+
+def test_each_staff_copy_verifies(gw: Gateway) -> None:
+    ref = gw.declare(1)
+    signer = gw.app.composer.signer
+    assert signer is not None
+    records = {s: signer.dns_record(s).encode() for s in signer.selectors}
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return records[name.decode().split(".", 1)[0]]
+
+    for to in ARA_STAFF:
+        raw = gw.notification(ref, to).raw
+        assert raw.startswith(b"DKIM-Signature:")
+        assert dkim.verify(raw, dnsfunc=dnsfunc)
+
+
+def test_repeated_cap_warning_is_not_composed_again(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(2):  # the unauthenticated pool (2 an hour) is used up
+        gw.feed(casemail.declaration(300 + n, sender=f"anon{n}@ailleurs-{n}.test"))
+    count = Counting(monkeypatch)
+    gw.feed(casemail.declaration(310, sender="anon10@ailleurs-10.test"))
+    first = count.composed.count("avertissement")
+    assert first == len(ARA_STAFF)  # staff are told once that the pool is exhausted
+    for n in range(11, 16):
+        gw.feed(casemail.declaration(300 + n, sender=f"anon{n}@ailleurs-{n}.test"))
+    assert count.composed.count("avertissement") == first  # not composed again, not queued again
+    warnings = [r for r in gw.outbound() if "non authentifiés" in casemail.text_of(r.raw)]
+    assert len(warnings) == len(ARA_STAFF)
