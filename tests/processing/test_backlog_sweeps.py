@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 
 import pytest
-
 from sqlalchemy import select
 
 from mailgateway import daemon
