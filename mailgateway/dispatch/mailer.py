@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, false, func, or_, select
+from sqlalchemy import and_, false, func, insert, literal, or_, select
 from sqlalchemy import case as case_
 from sqlalchemy.orm import Session
 
@@ -107,16 +107,18 @@ class Mailer:
         now = self.clock.now()
         out = self.settings.outbound
         hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
-        # One query for the three caps (this runs for every automatic reply).
+        # One query for the three caps (this runs for every automatic reply). No flush first: the
+        # log is written by statement (send), never left pending, and nothing else pending counts.
         per_recipient = and_(AutoReplyLog.recipient == recipient, AutoReplyLog.at >= day_ago)
         per_case = AutoReplyLog.case_id == case.id if case is not None else false()
-        row = session.execute(
-            select(
-                func.count(case_(( and_(per_recipient, AutoReplyLog.at >= hour_ago), 1))),
-                func.count(case_((per_recipient, 1))),
-                func.count(case_((per_case, 1))),
-            ).where(or_(per_recipient, per_case))
-        ).one()
+        with session.no_autoflush:
+            row = session.execute(
+                select(
+                    func.count(case_(( and_(per_recipient, AutoReplyLog.at >= hour_ago), 1))),
+                    func.count(case_((per_recipient, 1))),
+                    func.count(case_((per_case, 1))),
+                ).where(or_(per_recipient, per_case))
+            ).one()
         last_hour, last_day, for_case = (int(v or 0) for v in row)
         if last_hour >= out.auto_replies_per_hour:
             return f"plafond de réponses automatiques atteint pour {recipient} (par heure)"
@@ -130,8 +132,9 @@ class Mailer:
         """All automatic replies of the last hour, every recipient together (index ix_auto_reply_at)."""
         budget = self.settings.outbound.auto_reply_global_per_hour
         hour_ago = self.clock.now() - timedelta(hours=1)
-        total = int(session.scalar(select(func.count()).select_from(AutoReplyLog)
-                                   .where(AutoReplyLog.at >= hour_ago)) or 0)
+        with session.no_autoflush:  # see _cap_reached
+            total = int(session.scalar(select(func.count()).select_from(AutoReplyLog)
+                                       .where(AutoReplyLog.at >= hour_ago)) or 0)
         if total < budget:
             return None
         return f"budget global de réponses automatiques atteint ({budget} par heure, tous destinataires confondus)"
@@ -166,17 +169,21 @@ class Mailer:
         key = (sender or "").strip().lower()[:512]
         hour_ago = self.clock.now() - timedelta(hours=1)
 
-        def used(k: str) -> int:
-            return int(session.scalar(select(func.count()).select_from(StaffNoticeLog).where(
-                StaffNoticeLog.sender == k, StaffNoticeLog.at >= hour_ago)) or 0)
-
-        if used(key) >= self.settings.outbound.staff_notifications_per_sender_per_hour:
+        pool = pooled if pooled is not None and pooled_cap is not None else None
+        # Both counts in one query (index ix_staff_notice_sender_at); no flush first: the log is
+        # written by statement below, never left pending (issue 19).
+        recent = StaffNoticeLog.at >= hour_ago
+        with session.no_autoflush:
+            own, shared = session.execute(select(
+                func.count(case_((StaffNoticeLog.sender == key, 1))),
+                func.count(case_((StaffNoticeLog.sender == pool, 1))) if pool is not None else literal(0),
+            ).where(recent, StaffNoticeLog.sender.in_([key] if pool is None else [key, pool]))).one()
+        if int(own or 0) >= self.settings.outbound.staff_notifications_per_sender_per_hour:
             return "sender"
-        if pooled is not None and pooled_cap is not None and used(pooled) >= pooled_cap:
+        if pool is not None and pooled_cap is not None and int(shared or 0) >= pooled_cap:
             return "pooled"
-        session.add(StaffNoticeLog(sender=key, at=self.clock.now()))
-        if pooled is not None:
-            session.add(StaffNoticeLog(sender=pooled, at=self.clock.now()))
+        now = self.clock.now()
+        session.execute(insert(StaffNoticeLog), [{"sender": k, "at": now} for k in (key, pooled) if k is not None])
         return None
 
     def from_identity(self, region: str) -> tuple[str, str]:
@@ -297,7 +304,8 @@ class Mailer:
         if row is None:
             return None  # already queued by an earlier run: idempotent
         if auto_reply:
-            session.add(AutoReplyLog(recipient=recipient, case_id=case.id if case else None, at=self.clock.now()))
+            session.execute(insert(AutoReplyLog).values(recipient=recipient, case_id=case.id if case else None,
+                                                        at=self.clock.now()))
         if case is not None:
             self.journal(
                 session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import Clock, french_datetime
+from mailgateway.directory.establishments import establishment
 from mailgateway.directory.known import is_known_domain
 from mailgateway.dispatch import originals, relaylimits
 from mailgateway.dispatch.compose import Attachment
@@ -25,7 +26,7 @@ from mailgateway.dispatch.contexts import case_context, french_instant, region_c
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.settings import Settings
-from mailgateway.store.models import Case, Establishment, InboundMessage
+from mailgateway.store.models import Case, InboundMessage
 
 
 @dataclass
@@ -125,8 +126,7 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
     if _notice_capped(env, session, case, facts):
         return 0
     attachments, original = _original(env, session, case, inbound)
-    with session.no_autoflush:  # a directory row: nothing pending changes it (issue 19)
-        est = session.get(Establishment, case.finess) if case.finess else None
+    est = establishment(session, case.finess) if case.finess else None
     context = {
         **region_context(env.settings, case.region),
         "case": case_context(case),

@@ -19,6 +19,7 @@ from mailgateway.bulletins import tracking
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
+from mailgateway.directory.establishments import establishment
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
@@ -94,10 +95,10 @@ def _establishment(session: Session, decl: Declaration) -> tuple[Declaration, Es
     """
     if not decl.finess:
         return decl, None
-    est = session.get(Establishment, decl.finess)
+    est = establishment(session, decl.finess)
     if est is None:
         for other in decl.finess_others:
-            candidate = session.get(Establishment, other)
+            candidate = establishment(session, other)
             if candidate is not None:
                 est = candidate
                 break

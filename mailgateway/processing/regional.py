@@ -28,12 +28,13 @@ from sqlalchemy.orm import Session
 from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
+from mailgateway.directory.establishments import establishment
 from mailgateway.directory.regions import region_of_departement
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.routing import finess_departement
 from mailgateway.settings import Settings
-from mailgateway.store.models import AlertReceipt, Case, Establishment, InboundMessage
+from mailgateway.store.models import AlertReceipt, Case, InboundMessage
 
 __all__ = ["copy_prehandler", "establishment_region", "link_alert", "out_of_region"]
 
@@ -122,8 +123,7 @@ def establishment_region(settings: Settings, session: Session, finess: str | Non
     """(region, département) of a FINESS establishment: the directory first, else the number's prefix."""
     if not finess:
         return None, None
-    with session.no_autoflush:  # a directory row: nothing pending changes it (issue 19)
-        est = session.get(Establishment, finess)
+    est = establishment(session, finess)
     if est is not None and (est.region or est.departement):
         departement = est.departement
         return (est.region or region_of_departement(departement)), departement
