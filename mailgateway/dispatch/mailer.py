@@ -183,7 +183,8 @@ class Mailer:
         if pool is not None and pooled_cap is not None and int(shared or 0) >= pooled_cap:
             return "pooled"
         now = self.clock.now()
-        session.execute(insert(StaffNoticeLog), [{"sender": k, "at": now} for k in (key, pooled) if k is not None])
+        with session.no_autoflush:  # a log row refers to nothing pending
+            session.execute(insert(StaffNoticeLog), [{"sender": k, "at": now} for k in (key, pooled) if k is not None])
         return None
 
     def from_identity(self, region: str) -> tuple[str, str]:
@@ -304,8 +305,9 @@ class Mailer:
         if row is None:
             return None  # already queued by an earlier run: idempotent
         if auto_reply:
-            session.execute(insert(AutoReplyLog).values(recipient=recipient, case_id=case.id if case else None,
-                                                        at=self.clock.now()))
+            with session.no_autoflush:  # a log row refers to nothing pending (case_id: a flushed case's)
+                session.execute(insert(AutoReplyLog).values(recipient=recipient, case_id=case.id if case else None,
+                                                            at=self.clock.now()))
         if case is not None:
             self.journal(
                 session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,

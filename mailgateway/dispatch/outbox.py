@@ -61,7 +61,10 @@ def enqueue(
         "created_at": now, "next_attempt_at": now,
         "deadline_at": now + timedelta(hours=settings.relay.retry_deadline_hours),
     }
-    new_id = session.execute(_insert_statement(session.get_bind().dialect.name), values).scalar_one_or_none()
+    # No flush first (issue 19): the row refers to nothing pending (case_id is a flushed case's),
+    # and a flush per queued mail was a unit of work of its own on the processing hot path.
+    with session.no_autoflush:
+        new_id = session.execute(_insert_statement(session.get_bind().dialect.name), values).scalar_one_or_none()
     if new_id is None:
         return None
     # The row is known: attach it to the session without reading it back (fan-out hot path).
