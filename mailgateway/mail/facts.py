@@ -175,6 +175,14 @@ class MessageFacts:
     is_bulletin_request: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def _declaration_json(self) -> dict[str, Any] | None:
+        """The declaration, and who passed it on: an agency colleague who forwarded it (the
+        declarant is the forwarded mail's author, acknowledged; the colleague is recorded, as on
+        the case, ``fields.declaration.transmis_par``), else null."""
+        if self.declaration is None:
+            return None
+        return {**self.declaration.to_json(), "transmis_par": self.extra.get("transmis_par")}
+
     def to_json(self, file: str | None = None) -> dict[str, Any]:
         return {
             "file": file,
@@ -182,7 +190,7 @@ class MessageFacts:
             "region": self.region,
             "case_ref": self.case_ref,
             "sender": self.sender.to_json(),
-            "declaration": self.declaration.to_json() if self.declaration else None,
+            "declaration": self._declaration_json(),
             "alert": self.alert.to_json() if self.alert else None,
             "commands": [c.to_json() for c in self.commands],
             "bounce": self.bounce.to_json() if self.bounce else None,

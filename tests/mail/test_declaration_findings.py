@@ -14,14 +14,17 @@ from email.policy import SMTP
 import pytest
 from sqlalchemy import select
 
+from mailgateway.intake.accept import accept_in
 from mailgateway.mail.declaration import labelled_fields
 from mailgateway.mail.indicators import signature_phones
 from mailgateway.mail.labels import load_labels
 from mailgateway.mail.text import labelled_lines
+from mailgateway.processing.worker import analyse_inbound
+from mailgateway.store.engine import transaction
 from mailgateway.store.models import Indicator
 from tests.mail.test_regex_budget import BUDGET, SIZE, within
 from tests.support import casemail
-from tests.support.casegateway import Gateway, make_gateway
+from tests.support.casegateway import NOW, Gateway, make_gateway
 
 
 @pytest.fixture
@@ -149,6 +152,24 @@ def test_a_colleague_forward_is_the_establishments_declaration(gw: Gateway) -> N
     assert "Déclarant : rssi@ch-exemple.test" in casemail.text_of(gw.last("transmission_acss").raw)
     assert "agent@ars.test" not in {r.recipient for r in gw.outbound() if r.kind != "notification_equipe"
                                     and r.kind != "recu_commandes"}
+
+
+def test_parse_json_names_the_colleague_who_passed_the_declaration_on(gw: Gateway) -> None:
+    # ``parse --json`` (DESIGN §6, extended): the declaration's ``transmis_par``, as on the case.
+    def parsed(raw: bytes) -> dict[str, object]:
+        with transaction(gw.app.factory) as s:
+            inbound_id = accept_in(s, raw, source="cli", now=NOW).inbound_id
+        with gw.app.factory() as s:
+            facts = analyse_inbound(gw.app.settings, gw.app.authenticator, s, inbound_id)
+        assert facts is not None
+        declaration = facts.to_json()["declaration"]
+        assert isinstance(declaration, dict)
+        return declaration
+
+    forwarded = parsed(colleague_forward())
+    assert (forwarded["declarant"], forwarded["transmis_par"]) == ("rssi@ch-exemple.test", "agent@ars.test")
+    direct = parsed(casemail.declaration(7))
+    assert "transmis_par" in direct and direct["transmis_par"] is None  # keys always present
 
 
 def test_a_forward_from_an_unauthenticated_agency_address_keeps_the_outer_sender_rule(gw: Gateway) -> None:
