@@ -42,6 +42,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from mailgateway.directory.establishments import establishment
 from mailgateway.logs import log_context, setup_logging
 from mailgateway.mail.analyse import analyse
 from mailgateway.mail.auth import Authenticator, arrived_via_trusted_path, build_authenticator
@@ -50,7 +51,7 @@ from mailgateway.mail.facts import MessageFacts, SenderVerdict
 from mailgateway.processing.routing import resolve_region
 from mailgateway.settings import Settings
 from mailgateway.store.engine import make_engine, make_sessionmaker, reading
-from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
+from mailgateway.store.models import Case, InboundMessage, OutboundMessage
 
 log = logging.getLogger("mailgateway.processing.worker")
 
@@ -124,7 +125,7 @@ def thread_lookup_for(session: Session) -> Callable[[Sequence[str]], str | None]
 
 def establishment_lookup_for(session: Session) -> Callable[[str], EstablishmentInfo | None]:
     def lookup(finess: str) -> EstablishmentInfo | None:
-        est = session.get(Establishment, finess)
+        est = establishment(session, finess)  # an unknown number is asked twice per analysis
         if est is None:
             return None
         return EstablishmentInfo(finess=est.finess, name=est.name, category=est.category,
