@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from mailgateway.clock import PARIS, Clock
@@ -129,6 +130,14 @@ def bounded_references(chain: Sequence[str]) -> list[str]:
     return [*ids[:REFERENCES_FIRST], *ids[-REFERENCES_LAST:]]
 
 
+@lru_cache(maxsize=16)
+def _inline_part(data: bytes, subtype: str, filename: str, cid: str) -> mime.Part:
+    """A bulletin's pictures (the agency's logo…) are the same in each of its 40,000 messages:
+    base64-encoded once (issue 19). Keyed by the bytes themselves (hashed once per object, then
+    compared); parts are never changed once made, so sharing one between messages is safe."""
+    return mime.binary_part(data, f"image/{subtype}", disposition="inline", filename=filename, content_id=cid)
+
+
 # Composer.compose's cache of recipient-independent bodies, for one batch of identical mail.
 SharedBodies = dict[tuple[str, int, int, int, str | None], tuple[str, "mime.Part"]]
 
@@ -211,8 +220,7 @@ class Composer:
             if spec.inline_images:
                 # The HTML part becomes multipart/related (HTML + images); the text part stays
                 # the fallback alternative (RFC 2046 §5.1.4, RFC 2387, RFC 2392 cid: URLs).
-                images = [mime.binary_part(i.data, f"image/{i.subtype}", disposition="inline",
-                                           filename=i.filename or f"{i.cid}.{i.subtype}", content_id=i.cid)
+                images = [_inline_part(i.data, i.subtype, i.filename or f"{i.cid}.{i.subtype}", i.cid)
                           for i in spec.inline_images]
                 html = mime.multipart("related", [html, *images])
             body = mime.multipart("alternative", [body, html])

@@ -181,7 +181,7 @@ class DkimSigner:
         header block that is not RFC 5322): such a message must not leave unsigned either.
         """
         try:
-            headers, body = dkim.rfc822_parse(message)
+            headers, body = _split(message)
         except dkim.MessageFormatError as exc:
             raise PolicyRefusal(f"message cannot be DKIM-signed: {exc}") from exc
         names = [name.lower() for name, _value in headers]
@@ -319,6 +319,21 @@ def worker_signer() -> DkimSigner:
 
 def _sign_in_worker(messages: list[bytes]) -> list[bytes | str]:
     return sign_each(worker_signer(), messages)
+
+
+def _split(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """``dkim.rfc822_parse(message)``, without splitting the body into lines when that changes
+    nothing: dkimpy splits the whole message on ``\\r?\\n`` and joins the body back with CRLF,
+    which for a message without a bare LF gives the body's own bytes, the header block ending
+    at the first CRLF CRLF (or at once, for a message starting with CRLF). Our messages are CRLF
+    throughout (dispatch/mime.py) and a bulletin's carries base64 pictures: the split was ≈10 %
+    of composing one (issue 19). Anything else (a bare LF anywhere, no body) goes to dkimpy."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0 or message.startswith(b"\r\n") or message.count(b"\n") != message.count(b"\r\n"):
+        headers, body = dkim.rfc822_parse(message)
+        return headers, body
+    headers, _ = dkim.rfc822_parse(message[:end + 4])
+    return headers, message[end + 4:]
 
 
 def sign_each(signer: DkimSigner, messages: Sequence[bytes]) -> list[bytes | str]:
