@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -169,15 +170,12 @@ class Sender:
         m = OutboundMessage
         claimable = or_(m.status == "queued", and_(m.status == "sending", m.lease_until < now))
         with write_gate(self.factory.kw["bind"]), transaction(self.factory) as session:
-            stmt = select(m.id).where(claimable)
+            locking = session.get_bind().dialect.name == "postgresql"
             if after_id is None:
-                stmt = stmt.where(m.next_attempt_at <= now).order_by(m.priority, m.next_attempt_at, m.id)
+                ids = self._due_ids(session, now, locking)
             else:
-                stmt = stmt.where(m.id > after_id).order_by(m.id)
-            stmt = stmt.limit(self.batch)
-            if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            ids = list(session.scalars(stmt))
+                stmt = select(m.id).where(claimable, m.id > after_id).order_by(m.id).limit(self.batch)
+                ids = list(session.scalars(stmt.with_for_update(skip_locked=True) if locking else stmt))
             if not ids:
                 return []
             # Atomic: the rows are locked (PostgreSQL) or we hold SQLite's write lock (BEGIN IMMEDIATE);
@@ -194,6 +192,24 @@ class Sender:
             ).all()
         leased_at = time.monotonic()
         return [_Claimed(r[0], r[1], r[2], r[3], aware(r[4]), leased_at) for r in rows]
+
+    def _due_ids(self, session: Session, now: datetime, locking: bool) -> list[int]:
+        """The first ``batch`` due rows in sending order: queued ones, and sending ones whose lease
+        ran out (their sender died). Two queries, not one with ``status = 'queued' OR …``: with
+        the OR, SQLite read every queued row and sorted them all for each claim (a temporary
+        B-tree per batch: O(queue) per claim, O(queue²) per fan-out — 19 s of 109 for 40,000
+        bulletins, under the write gate, issue 19); each query alone walks ix_outbound_due in
+        order and stops at ``batch``. The union's first ``batch`` is the first ``batch`` of the
+        two firsts."""
+        m = OutboundMessage
+        order = (m.priority, m.next_attempt_at, m.id)
+        picked: list[Any] = []
+        for which in (m.status == "queued", and_(m.status == "sending", m.lease_until < now)):
+            stmt = (select(m.id, m.priority, m.next_attempt_at).where(which, m.next_attempt_at <= now)
+                    .order_by(*order).limit(self.batch))
+            picked += session.execute(stmt.with_for_update(skip_locked=True) if locking else stmt).all()
+        picked.sort(key=lambda r: (r[1], r[2], r[0]))
+        return [r[0] for r in picked[:self.batch]]
 
     # -- delivering --------------------------------------------------------------------------
     async def _deliver_one(self, item: _Claimed) -> _Outcome:
