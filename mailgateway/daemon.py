@@ -65,8 +65,6 @@ from mailgateway.store.engine import head_revision, reading
 log = logging.getLogger("mailgateway.daemon")
 
 
-# /healthz reports a processing host that has not been running for this long (a restart takes ≈2 s).
-HOST_DOWN_UNHEALTHY_SECONDS = 10.0
 # How often the daemon looks for the oldest message due for processing (one indexed read).
 STALL_CHECK_SECONDS = 2.0
 
@@ -357,8 +355,11 @@ class Daemon:
                 self.stalled_seconds = min(waiting, time.monotonic() - self._last_progress())
             self.metrics.processing_stalled_seconds.set(self.stalled_seconds)
             self._report_stall()
+            # Every 2 s, or a quarter of the bound when it is shorter (tests), so the 503 comes
+            # within a quarter of the bound of it being passed.
+            every = min(STALL_CHECK_SECONDS, self.settings.processing.stalled_unhealthy_seconds / 4)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), timeout=STALL_CHECK_SECONDS)
+                await asyncio.wait_for(self.stop_event.wait(), timeout=every)
 
     @staticmethod
     def _oldest_due(factory: sessionmaker[Session], now: datetime) -> datetime | None:
@@ -392,7 +393,9 @@ class Daemon:
         if problem is not None:
             return problem
         down = self.host.down_seconds() if self.host is not None else 0.0
-        return f"processing host down for {down:.0f} s (restarting)" if down > HOST_DOWN_UNHEALTHY_SECONDS else None
+        # [processing] host_down_unhealthy_seconds (10 s; a restart takes ≈2 s).
+        bound = self.settings.processing.host_down_unhealthy_seconds
+        return f"processing host down for {down:.0f} s (restarting)" if down > bound else None
 
     def processing_alive(self) -> bool:
         host = self.host

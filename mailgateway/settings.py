@@ -98,6 +98,13 @@ class ProcessingSettings:
     # and past stalled_watchdog_seconds the systemd watchdog pings stop (systemd restarts us).
     stalled_unhealthy_seconds: float = 45.0
     stalled_watchdog_seconds: float = 60.0
+    # A host that died is restarted after host_restart_first_seconds, doubled per death up to
+    # host_restart_max_seconds (back to the first after a minute of life); /healthz reports a host
+    # that has not been running for host_down_unhealthy_seconds (a restart takes ≈2 s). Tests
+    # shorten them; sites have no reason to.
+    host_restart_first_seconds: float = 1.0
+    host_restart_max_seconds: float = 30.0
+    host_down_unhealthy_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -632,11 +639,14 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         problems.append(("processing.isolation", 'must be "process" or "thread"'))
     if s.processing.host not in ("process", "thread"):
         problems.append(("processing.host", 'must be "process" or "thread"'))
-    for bound in ("host_stall_seconds", "stalled_unhealthy_seconds", "stalled_watchdog_seconds"):
+    for bound in ("host_stall_seconds", "stalled_unhealthy_seconds", "stalled_watchdog_seconds",
+                  "host_restart_first_seconds", "host_restart_max_seconds", "host_down_unhealthy_seconds"):
         if getattr(s.processing, bound) <= 0:
             problems.append((f"processing.{bound}", "must be greater than 0"))
     if s.processing.stalled_watchdog_seconds < s.processing.stalled_unhealthy_seconds:
         problems.append(("processing.stalled_watchdog_seconds", "must be at least stalled_unhealthy_seconds"))
+    if s.processing.host_restart_max_seconds < s.processing.host_restart_first_seconds:
+        problems.append(("processing.host_restart_max_seconds", "must be at least host_restart_first_seconds"))
     if s.processing.analysis_timeout_seconds <= 0:
         problems.append(("processing.analysis_timeout_seconds", "must be greater than 0"))
     if s.processing.max_attempts < 1:

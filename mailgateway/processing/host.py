@@ -53,9 +53,8 @@ SWEEP_LIMIT = 200
 IDLE_SWEEP_SECONDS = 5.0
 # Spawning imports the package and builds the services (≈1-2 s, more on a loaded machine).
 STARTUP_SECONDS = 120.0
-# Restart back-off after a host died: doubled per death, back to the start after a long life.
-RESTART_FIRST_SECONDS = 1.0
-RESTART_MAX_SECONDS = 30.0
+# Restart back-off after a host died ([processing] host_restart_first_seconds, 1 s, doubled per
+# death up to host_restart_max_seconds, 30 s): back to the first after a life this long.
 STABLE_SECONDS = 60.0
 # Processing dead longer than this: the daemon stops its systemd watchdog pings (daemon.py), so
 # systemd restarts the whole service rather than leave intake accepting mail nobody processes.
@@ -339,7 +338,7 @@ class HostSupervisor:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a host running until ``stop``; then ask it to finish the message in hand and exit.
         Cancelled (the daemon's drain ran out): the host, and with it its analysis worker, is killed."""
-        backoff = RESTART_FIRST_SECONDS
+        backoff = self.settings.processing.host_restart_first_seconds
         while not stop.is_set():
             spawned = time.monotonic()
             try:
@@ -356,11 +355,11 @@ class HostSupervisor:
                 await self._code_changed(stop)
                 return
             if time.monotonic() - spawned > STABLE_SECONDS:
-                backoff = RESTART_FIRST_SECONDS
-            log.error("processing host exited (exit code %s); restarting it in %.0f s", code, backoff)
+                backoff = self.settings.processing.host_restart_first_seconds
+            log.error("processing host exited (exit code %s); restarting it in %g s", code, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
-            backoff = min(backoff * 2, RESTART_MAX_SECONDS)
+            backoff = min(backoff * 2, self.settings.processing.host_restart_max_seconds)
 
     async def _code_changed(self, stop: asyncio.Event) -> None:
         """The code on disk is not the code we run: restarting the host would fail the same way.

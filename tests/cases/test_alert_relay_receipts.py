@@ -21,6 +21,7 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, Case, Contact
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 
 ESTABLISHMENTS = 2
 
@@ -29,7 +30,7 @@ def _gateway(url: str, **outbound: Any) -> Iterator[Gateway]:
     from mailgateway.clock import FixedClock
 
     clock = FixedClock(NOW)
-    data = settings_data(url)
+    data = settings_data(at_head(url))
     data["outbound"] = outbound
     app = build_app(parse_settings(data), clock=clock)
     with transaction(app.factory) as s:

@@ -22,6 +22,7 @@ from mailgateway.store.models import Bulletin, Case, InboundMessage, ReplayKey
 from tests.support import casemail
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, make_gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import rsa_key, zone
 from tests.support.messages import make_alert
 
@@ -168,7 +169,7 @@ ACSS_KEY = rsa_key("acss", "esante.test")
 
 @pytest.fixture
 def acss_gw(sqlite_url: str) -> Iterator[Gateway]:
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(ACSS_KEY)}
     clock = FixedClock(NOW)
     app = build_app(parse_settings(data), clock=clock)

@@ -26,6 +26,7 @@ from mailgateway.dispatch.samples import sample_context
 from mailgateway.settings import parse_settings
 from tests.support import casemail
 from tests.support.casegateway import NOW, Gateway, make_gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import rsa_key, zone
 from tests.support.messages import make_alert
 
@@ -78,7 +79,7 @@ ACSS_KEY = rsa_key("acss", "esante.test")
 
 
 def test_authentic_alert_has_no_warning(sqlite_url: str) -> None:
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(ACSS_KEY)}
     clock = FixedClock(NOW)
     app = build_app(parse_settings(data), clock=clock)

@@ -19,6 +19,7 @@ from mailgateway.store.models import Case
 from tests.support import casemail
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, make_gateway, settings_data
+from tests.support.db import at_head
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def gw(sqlite_url: str) -> Iterator[Gateway]:
 
 def capped_gateway(url: str, **outbound: Any) -> Iterator[Gateway]:
     """The gateway of tests/support/casegateway.py with small [outbound] automatic-reply caps."""
-    data = settings_data(url)
+    data = settings_data(at_head(url))
     data["outbound"] = outbound
     clock = FixedClock(NOW)
     app = build_app(parse_settings(data), clock=clock)

@@ -30,6 +30,7 @@ from mailgateway.store.models import BulletinRecipient, Contact, ContactBounce, 
 from tests.support import casemail
 from tests.support.bulletins import fill_directory, finess
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 from tests.support.servers import SmtpSink
 
 SSI = "ssi@chu.test"  # the establishment's SSI mailbox, on a domain whose DKIM key is published
@@ -38,7 +39,7 @@ FULL_NDR = Path(__file__).resolve().parents[1] / "data" / "bounces" / "exchange-
 
 @pytest.fixture
 def gw(sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[Gateway]:
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["relay"] = {"host": "127.0.0.1", "port": smtp_sink.port, "retry_base_seconds": 1.0,
                      "retry_max_seconds": 2.0}
     clock = FixedClock(NOW)

@@ -22,10 +22,11 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, Case, Confirmation
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 
 
 def _gateway(url: str, *, sample: int = 10, **outbound: Any) -> Iterator[Gateway]:
-    data = settings_data(url)
+    data = settings_data(at_head(url))
     data["outbound"] = outbound
     data["bulletins"] = {"preview_sample": sample}
     app = build_app(parse_settings(data), clock=FixedClock(NOW))

@@ -20,13 +20,15 @@ from mailgateway.directory import parse_target
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, OutboundMessage
 from tests.support.bulletins import bulletin_settings, fill_directory
+from tests.support.db import at_head
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def app(sqlite_url: str) -> Iterator[App]:
-    application = build_app(bulletin_settings(sqlite_url, bulletins={"inline_fanout_limit": 5}), clock=FixedClock(NOW))
+    settings = bulletin_settings(at_head(sqlite_url), bulletins={"inline_fanout_limit": 5})
+    application = build_app(settings, clock=FixedClock(NOW))
     with transaction(application.factory) as s:
         fill_directory(s, NOW, 12)
     yield application

@@ -23,6 +23,7 @@ from mailgateway.intake.accept import accept_in
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import OutboundMessage
 from tests.support.bulletins import bulletin_settings, fill_directory, reply
+from tests.support.db import at_head
 from tests.support.servers import SmtpSink
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -30,7 +31,7 @@ NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
 @pytest.fixture
 def app(sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[App]:
-    application = build_app(bulletin_settings(sqlite_url, relay_port=smtp_sink.port), clock=FixedClock(NOW))
+    application = build_app(bulletin_settings(at_head(sqlite_url), relay_port=smtp_sink.port), clock=FixedClock(NOW))
     with transaction(application.factory) as s:
         fill_directory(s, NOW, 3)  # one ssi contact each: a bounce has no fallback
     yield application

@@ -25,6 +25,7 @@ from mailgateway.intake.accept import accept_in
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, BulletinRecipient, Contact, OutboundMessage
 from tests.support.bulletins import bulletin_settings, dsn, fill_directory, reply
+from tests.support.db import at_head
 from tests.support.servers import SmtpSink
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -47,7 +48,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def app(sqlite_url: str, smtp_sink: SmtpSink, clock: FixedClock) -> Iterator[App]:
-    application = build_app(bulletin_settings(sqlite_url, relay_port=smtp_sink.port), clock=clock)
+    application = build_app(bulletin_settings(at_head(sqlite_url), relay_port=smtp_sink.port), clock=clock)
     with transaction(application.factory) as s:
         fill_directory(s, NOW, 3, roles=("ssi", "rssi"))
         fill_directory(s, NOW, 2, departement="01", category="ESMS", start=10)
@@ -148,7 +149,7 @@ def test_red_is_refused_and_a_bad_target_gives_the_french_reason(
 def test_amber_goes_only_to_allowed_recipients(sqlite_url: str, clock: FixedClock) -> None:
     from mailgateway.bulletins.fanout import approve_bulletin, create_bulletin
 
-    settings = bulletin_settings(sqlite_url, outbound={"amber_allowed_domains": ["e1.test"]})
+    settings = bulletin_settings(at_head(sqlite_url), outbound={"amber_allowed_domains": ["e1.test"]})
     application = build_app(settings, clock=clock)
     try:
         with transaction(application.factory) as s:

@@ -20,13 +20,14 @@ from mailgateway.dispatch.compose import Composed, MailSpec
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
 from tests.support.bulletins import bulletin_settings, fill_directory
+from tests.support.db import at_head
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def app(sqlite_url: str) -> Iterator[App]:
-    application = build_app(bulletin_settings(sqlite_url), clock=FixedClock(NOW))
+    application = build_app(bulletin_settings(at_head(sqlite_url)), clock=FixedClock(NOW))
     yield application
     application.close()
 

@@ -20,13 +20,14 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case
 from tests.support import casemail
 from tests.support.casegateway import NOW, settings_data
+from tests.support.db import at_head
 from tests.support.servers import SmtpSink
 
 
 def test_a_refused_delivery_line_names_the_outbound_the_recipient_and_the_case(
     sqlite_url: str, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = {**settings_data(sqlite_url), "relay": {"host": "127.0.0.1", "port": smtp_sink.port}}
+    data = {**settings_data(at_head(sqlite_url)), "relay": {"host": "127.0.0.1", "port": smtp_sink.port}}
     app = build_app(parse_settings(data), clock=FixedClock(NOW))
     try:
         smtp_sink.fail("dsi@chu.test", code=550, message="5.1.1 User unknown")
@@ -52,7 +53,7 @@ def test_a_mail_the_gateway_refuses_to_send_is_logged_with_its_fields(
 ) -> None:
     """A mail the gateway will not send (here to a no-reply address) is in the case timeline and,
     for the operator's jq, one log line with recipient, case reference and ``delivery`` = ``refused``."""
-    app = build_app(parse_settings(settings_data(sqlite_url)), clock=FixedClock(NOW))
+    app = build_app(parse_settings(settings_data(at_head(sqlite_url))), clock=FixedClock(NOW))
     try:
         with transaction(app.factory) as s:
             inbound = accept_in(s, casemail.declaration(1), source="cli", now=NOW).inbound_id

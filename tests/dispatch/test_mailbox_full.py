@@ -17,11 +17,12 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import OutboundMessage
 from tests.support import casemail
 from tests.support.casegateway import NOW, settings_data
+from tests.support.db import at_head
 from tests.support.servers import SmtpSink
 
 
 def test_a_full_mailbox_is_retried_and_a_user_unknown_is_not(sqlite_url: str, smtp_sink: SmtpSink) -> None:
-    data = {**settings_data(sqlite_url), "relay": {"host": "127.0.0.1", "port": smtp_sink.port}}
+    data = {**settings_data(at_head(sqlite_url)), "relay": {"host": "127.0.0.1", "port": smtp_sink.port}}
     app = build_app(parse_settings(data), clock=FixedClock(NOW))
     try:
         smtp_sink.fail("dsi@chu.test", code=552, message="5.2.2 Mailbox full")

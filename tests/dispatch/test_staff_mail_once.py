@@ -22,6 +22,7 @@ from mailgateway.dispatch.compose import Composer
 from mailgateway.settings import parse_settings
 from tests.support import casemail
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import rsa_key
 
 ARA_STAFF = ("agent@ars.test", "referent@ars.test")
@@ -31,7 +32,7 @@ ARA_STAFF = ("agent@ars.test", "referent@ars.test")
 def gw(sqlite_url: str, tmp_path: Path) -> Iterator[Gateway]:
     key_file = tmp_path / "rsa.pem"
     key_file.write_bytes(rsa_key().pem)
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_unauthenticated_per_hour": 2}
     data["dkim"] = {"domain": "ars.test", "keys": [{"selector": "rsa", "algorithm": "rsa-sha256",
                                                     "private_key_file": str(key_file)}]}

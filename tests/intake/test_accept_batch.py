@@ -29,10 +29,10 @@ from mailgateway.intake.accept import Accepted, Arrival, accept_batch, accept_in
 from mailgateway.intake.smtp import IntakeHandler, start_smtp
 from mailgateway.intake.writer import AcceptWriter
 from mailgateway.settings import load_settings
-from mailgateway.store.engine import make_engine, make_sessionmaker, reading, transaction, upgrade
+from mailgateway.store.engine import make_engine, make_sessionmaker, reading, transaction
 from mailgateway.store.models import InboundMessage, dedup_key
 from tests.intake.test_writer import poison_trigger
-from tests.support.db import migrated
+from tests.support.db import at_head, migrated
 from tests.support.gateway import GatewayConfig
 from tests.support.servers import wait_for
 
@@ -195,7 +195,7 @@ def running_intake(directory: Path, smtp_keys: str = "") -> Iterator[Intake]:
     anchor = 'server_hostname = "gateway.test"'
     config.path.write_text(config.path.read_text().replace(anchor, f"{anchor}\n{smtp_keys}", 1))
     settings = load_settings(config.path)
-    upgrade(settings.database.url)
+    at_head(settings.database.url)
     engine = make_engine(settings.database.url)
     factory = make_sessionmaker(engine)
     writer = AcceptWriter(factory, SystemClock())

@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,6 +35,16 @@ def _spawned_children(pid: int) -> list[int]:
                     if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                         found.append(int(child))
     return found
+
+
+def _holds_gate(pid: int, lock: Path) -> bool:
+    """``pid`` holds the flock of ``lock`` (/proc/locks: FLOCK ADVISORY WRITE pid maj:min:inode)."""
+    inode = lock.stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and str(pid) in fields and any(f.endswith(f":{inode}") for f in fields):
+            return True
+    return False
 
 
 def _one(pids: list[int]) -> int | None:
@@ -78,7 +89,14 @@ def test_smtp_answers_250_while_the_processing_host_is_frozen(tmp_path: Path) ->
         host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
         # Its own child: the analysis worker ([processing] isolation = "process", the default).
         wait_for(lambda: _one(_spawned_children(host)), timeout=30)
-        os.kill(host, signal.SIGSTOP)  # idle: it holds no write lock between sweeps
+        # Frozen while idle: not holding the write gate (a host frozen with it is the supervision
+        # test's case, test_processing_supervision.py: killed after host_stall_seconds).
+        lock = Path(f"{config.db_path}.write-lock")
+        os.kill(host, signal.SIGSTOP)
+        while _holds_gate(host, lock):
+            os.kill(host, signal.SIGCONT)
+            time.sleep(0.05)
+            os.kill(host, signal.SIGSTOP)
         try:
             ids = [f"frozen-{n}@chu-nantes.test" for n in range(20)]
             for mid in ids:
@@ -169,11 +187,21 @@ def _get(port: int, path: str) -> str:
         return str(exc.read().decode())
 
 
+# [processing] restart back-off and /healthz bound, short for the test (settings.py validates them).
+FAST_RESTART = """
+[processing]
+host_restart_first_seconds = 0.5
+host_restart_max_seconds = 2.0
+host_down_unhealthy_seconds = 0.3
+"""
+
+
 def test_a_host_that_cannot_start_is_retried_reported_unhealthy_and_intake_goes_on(tmp_path: Path) -> None:
     """The restarted host cannot build its services (its DKIM key file is gone): the daemon keeps
     trying with back-off, /healthz says processing is down, SMTP still answers 250; once the file
-    is back a host starts and the message waiting is processed."""
-    config = GatewayConfig(tmp_path / "gw", metrics_port=free_port())
+    is back a host starts and the message waiting is processed. The back-off and the /healthz bound
+    are shortened (defaults 1 s doubling to 30 s, 10 s: the test waited 41 s for them)."""
+    config = GatewayConfig(tmp_path / "gw", metrics_port=free_port(), extra=FAST_RESTART)
     port = config.metrics_port or 0
     with RunningGateway(config) as gw:
         _warm(gw, config)
@@ -182,9 +210,12 @@ def test_a_host_that_cannot_start_is_retried_reported_unhealthy_and_intake_goes_
         config.key_file.rename(away)
         try:
             os.kill(host, signal.SIGKILL)
-            wait_for(lambda: "processing host down for" in _get(port, "/healthz"), timeout=60, interval=0.5)
+            wait_for(lambda: "processing host down for" in _get(port, "/healthz"), timeout=60, interval=0.1)
             gw.send(declaration("while-down@chu-nantes.test"))  # raises unless 250
             assert _received(config) == 1
+            # The restarted host fails (no key file) and the daemon tries again.
+            wait_for(lambda: "processing host exited (exit code 1)" in gw.log_path.read_text(), timeout=60,
+                     interval=0.1)
         finally:
             away.rename(config.key_file)
         wait_for(lambda: _get(port, "/healthz") == "ok\n", timeout=90, interval=0.5)
@@ -194,4 +225,7 @@ def test_a_host_that_cannot_start_is_retried_reported_unhealthy_and_intake_goes_
                     if line.startswith("mailgateway_processing_host_restarts_total ")]
         assert restarts and float(restarts[0].split()[1]) >= 2, restarts
         assert gw.stop() == 0, gw.log()
-    assert "processing host exited (exit code 1)" in gw.log_path.read_text()
+    log = gw.log_path.read_text()
+    assert "processing host exited (exit code 1)" in log
+    # Back-off: the first restart after 0.5 s, the next after 1 s (doubled per death).
+    assert "restarting it in 0.5 s" in log and "restarting it in 1 s" in log, log[-4000:]

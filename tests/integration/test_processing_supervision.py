@@ -28,7 +28,15 @@ from pathlib import Path
 import pytest
 
 from mailgateway.store.engine import head_revision
-from tests.integration.test_processing_host import _get, _one, _received, _spawned_children, _statuses, _warm
+from tests.integration.test_processing_host import (
+    _get,
+    _holds_gate,
+    _one,
+    _received,
+    _spawned_children,
+    _statuses,
+    _warm,
+)
 from tests.store.test_write_gate import _holder
 from tests.support.gateway import PROJECT_ROOT, GatewayConfig, RunningGateway, declaration
 from tests.support.ops import NotifyListener
@@ -41,6 +49,10 @@ analysis_timeout_seconds = 2.0
 host_stall_seconds = 2.0
 stalled_unhealthy_seconds = 3.0
 stalled_watchdog_seconds = 4.0
+"""
+# Appended to FAST (same [processing] table): restart back-off 0.2 s doubling to 1 s (defaults 1 s, 30 s).
+FAST_RESTART = """host_restart_first_seconds = 0.2
+host_restart_max_seconds = 1.0
 """
 
 
@@ -70,16 +82,6 @@ def _health(port: int) -> str:
 def _inbound(config: GatewayConfig) -> int:
     with contextlib.closing(sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=30)) as db:
         return int(db.execute("SELECT count(*) FROM inbound_messages").fetchone()[0])
-
-
-def _holds_gate(pid: int, lock: Path) -> bool:
-    """``pid`` holds the flock of ``lock`` (/proc/locks: FLOCK ADVISORY WRITE pid maj:min:inode)."""
-    inode = lock.stat().st_ino
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and str(pid) in fields and any(f.endswith(f":{inode}") for f in fields):
-            return True
-    return False
 
 
 def test_smtp_answers_451_while_the_write_gate_is_held_and_never_stores_that_message(tmp_path: Path) -> None:
@@ -193,7 +195,8 @@ def test_sweeps_failing_every_time_show_as_processing_stalled(tmp_path: Path, no
 
 
 def test_a_host_dying_at_each_start_shows_as_processing_stalled_not_flapping(tmp_path: Path) -> None:
-    config = GatewayConfig(tmp_path / "gw", metrics_port=free_port(), extra=FAST)
+    # Restarts every 0.2-1 s (not 1 s doubling to 30 s): more restarts to flap on, less waiting.
+    config = GatewayConfig(tmp_path / "gw", metrics_port=free_port(), extra=FAST + FAST_RESTART)
     port = config.metrics_port or 0
     with RunningGateway(config) as gw:
         _warm(gw, config)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import dkim
 import pytest
 
-from mailgateway.dispatch.dkim import DkimSigner
 from mailgateway.dns import ChainResolver, DnsPythonResolver, DnsTemporaryError, StaticResolver
 from mailgateway.mail.auth import Authenticator, aligned, from_address
 from mailgateway.settings import AuthenticationSettings
@@ -19,6 +18,7 @@ from tests.support.dkim import (
     ed25519_key,
     opendkim_sign,
     rsa_key,
+    signer,
     zone,
 )
 
@@ -67,7 +67,7 @@ def message(sender: str = f"Dr Martin <dsi@{CHU}>", body: str = "Déclaration d'
 
 def signed(raw: bytes, *keys: GeneratedKey) -> bytes:
     for key in keys:
-        raw = DkimSigner(key.domain, [key.signing_key()]).sign(raw) + raw
+        raw = signer(key).sign(raw) + raw
     return raw
 
 

@@ -32,7 +32,7 @@ from mailgateway.settings import (
     parse_settings,
 )
 from tests.support.casemail import forger_key, staff_key
-from tests.support.dkim import GeneratedKey, rsa_key, zone
+from tests.support.dkim import GeneratedKey, rsa_key, signer, zone
 
 VICTIM = "agent@ars.test"  # staff: their domain's key is staff_key(), published
 
@@ -61,7 +61,7 @@ def message(sender: str = VICTIM, subject: str = "Re: dossier") -> bytes:
 def signed(raw: bytes, *keys: GeneratedKey) -> bytes:
     """Signed by each key in turn: the last key's signature ends up on top (index 0)."""
     for key in keys:
-        raw = DkimSigner(key.domain, [key.signing_key()]).sign(raw) + raw
+        raw = signer(key).sign(raw) + raw
     return raw
 
 

@@ -28,6 +28,7 @@ from mailgateway.intake.accept import accept_in
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Contact, OutboundMessage
 from tests.support.bulletins import bulletin_settings, fill_directory
+from tests.support.db import at_head
 from tests.support.servers import SmtpSink
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -37,7 +38,7 @@ WORDS = "L'adresse de messagerie que vous avez entrée est introuvable"
 
 @pytest.fixture
 def app(sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[App]:
-    application = build_app(bulletin_settings(sqlite_url, relay_port=smtp_sink.port), clock=FixedClock(NOW))
+    application = build_app(bulletin_settings(at_head(sqlite_url), relay_port=smtp_sink.port), clock=FixedClock(NOW))
     with transaction(application.factory) as s:
         fill_directory(s, NOW, 2, roles=("ssi", "rssi"))
     yield application

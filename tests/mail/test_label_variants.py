@@ -21,6 +21,7 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import Establishment
 from tests.support import casemail
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 from tests.support.messages import make_message
 
 ET, EJ = "690781810", "690000880"  # valid keys; the EJ is the legal entity of the ET
@@ -100,7 +101,7 @@ def test_the_directory_tells_the_et_when_labels_do_not(ctx: AnalysisContext) -> 
 
 @pytest.fixture
 def gw(sqlite_url: str) -> Iterator[Gateway]:
-    app = build_app(parse_settings(settings_data(sqlite_url)), clock=FixedClock(NOW))
+    app = build_app(parse_settings(settings_data(at_head(sqlite_url))), clock=FixedClock(NOW))
     at = datetime(2026, 1, 1, tzinfo=UTC)
     with transaction(app.factory) as s:
         s.add(Establishment(finess=ET, finess_ej=EJ, name="Centre hospitalier de l'annuaire",

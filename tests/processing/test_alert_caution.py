@@ -17,6 +17,7 @@ from mailgateway.settings import parse_settings
 from mailgateway.store.engine import transaction
 from tests.support import casemail
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import GeneratedKey, rsa_key, zone
 
 KEY = rsa_key("rsa", "esante.test")
@@ -24,7 +25,7 @@ KEY = rsa_key("rsa", "esante.test")
 
 @pytest.fixture
 def gw(sqlite_url: str) -> Iterator[Gateway]:
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(KEY)}
     clock = FixedClock(NOW)
     app = build_app(parse_settings(data), clock=clock)

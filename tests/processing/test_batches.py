@@ -26,6 +26,7 @@ from mailgateway.processing.worker import AnalysisWorker
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import AuditLedger, Case, CaseEvent, InboundMessage, OutboundMessage
+from tests.support.db import at_head
 from tests.support.dkim import zone
 from tests.support.slow import SLOW_KEY, large_signed_declaration
 
@@ -59,7 +60,7 @@ def settings_for(url: str, **processing: Any) -> Any:
 def app(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
     # Every message of a sweep in one write transaction, whatever the machine's speed.
     monkeypatch.setattr(runner, "BATCH_WRITE_SECONDS", 3600.0)
-    application = build_app(settings_for(db_url), clock=FixedClock(NOW))
+    application = build_app(settings_for(at_head(db_url)), clock=FixedClock(NOW))
     yield application
     application.close()
 
@@ -185,7 +186,7 @@ def test_two_instances_sweeping_together_process_each_message_once(db_url: str) 
     """PostgreSQL: each instance claims the messages of its batch (advisory locks, one connection);
     SQLite: the write transaction re-checks the status. Either way, one case and one
     acknowledgement per declaration."""
-    apps = [build_app(settings_for(db_url), clock=FixedClock(NOW)) for _ in range(2)]
+    apps = [build_app(settings_for(at_head(db_url)), clock=FixedClock(NOW)) for _ in range(2)]
     try:
         for n in range(30):
             accept(apps[0], declaration(n))
@@ -220,7 +221,7 @@ def test_two_instances_sweeping_together_process_each_message_once(db_url: str) 
 
 
 def test_a_write_transaction_ends_when_intake_waits(sqlite_url: str) -> None:
-    application = build_app(settings_for(sqlite_url), clock=FixedClock(NOW))
+    application = build_app(settings_for(at_head(sqlite_url)), clock=FixedClock(NOW))
     try:
         for n in range(1, 5):
             accept(application, declaration(n))
@@ -242,7 +243,7 @@ def test_a_write_transaction_ends_when_intake_waits(sqlite_url: str) -> None:
 
 def test_a_message_over_budget_in_a_batch_is_killed_alone(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "BATCH_WRITE_SECONDS", 3600.0)
-    application = build_app(settings_for(sqlite_url, analysis_timeout_seconds=0.25), clock=FixedClock(NOW))
+    application = build_app(settings_for(at_head(sqlite_url), analysis_timeout_seconds=0.25), clock=FixedClock(NOW))
     worker = AnalysisWorker(application.settings)
     application.processor.worker = worker
     try:

@@ -27,13 +27,14 @@ from mailgateway.store.models import Bulletin, CaseEvent, Contact, Establishment
 from tests.support import casemail
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import rsa_key, zone
 
 ARA_STAFF = ("agent@ars.test", "referent@ars.test")
 
 
 def gateway(url: str, outbound: dict[str, Any] | None = None, **cases: Any) -> Iterator[Gateway]:
-    data = settings_data(url, **cases)
+    data = settings_data(at_head(url), **cases)
     data["outbound"] = {"bounce_domain": "ars.test", **(outbound or {})}
     clock = FixedClock(NOW)
     app = build_app(parse_settings(data), clock=clock)
@@ -206,7 +207,7 @@ def test_a_signature_of_an_unknown_domain_does_not_lift_the_per_sender_cap(sqlit
     has never dealt with (not its own, not ACSS's, no staff, no directory contact) is capped like
     an anonymous sender. The same sender in the directory is exempt (test above)."""
     outsider = rsa_key("rsa", "intrus-signe.test")
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2}
     data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(outsider)}
     clock = FixedClock(NOW)
@@ -328,7 +329,7 @@ def test_rotating_addresses_does_not_escape_the_cap(sqlite_url: str) -> None:
     notifications; the signing domain is one sender. Unauthenticated mail is also capped all
     together, since a From costs nothing."""
     outsider = rsa_key("rsa", "intrus-signe.test")
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2,
                         "staff_notifications_unauthenticated_per_hour": 3}
     data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(outsider)}

@@ -26,6 +26,7 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import CaseEvent, InboundMessage
 from tests.support import casemail
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import rsa_key, zone
 
 STAFF_KEY_NAME = normalise_name(casemail.staff_key().name)
@@ -50,7 +51,7 @@ class FlakyResolver:
 
 def _gateway(url: str, resolver: FlakyResolver, *, static_keys: dict[str, str] | None = None,
              **processing: Any) -> Iterator[Gateway]:
-    data = settings_data(url)
+    data = settings_data(at_head(url))
     # The keys are published in "DNS" (the resolver), not pinned as static keys: static keys are
     # answered locally and never fail.
     data["authentication"]["static_keys"] = static_keys or {}
@@ -200,7 +201,7 @@ def test_an_authenticated_message_is_never_deferred_by_another_signature_s_dns_f
 
 def test_the_worker_path_defers_too(sqlite_url: str) -> None:
     """The daemon's arrangement: analysis in a worker process whose DNS server never answers."""
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     # A DNS server on loopback that never answers (only 127.0.0.1 is ever a target): a UDP socket
     # bound to port 53 that reads nothing. The key of selector "dns" is not a static key.
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

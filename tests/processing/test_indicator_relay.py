@@ -30,6 +30,7 @@ from mailgateway.store.models import Case, Indicator, OutboundMessage
 from tests.support import casemail
 from tests.support.bulletins import dsn, fill_directory
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import GeneratedKey, rsa_key, zone
 from tests.support.indicator_files import (
     csv_values,
@@ -58,7 +59,7 @@ def acss_key() -> GeneratedKey:
 
 
 def _gateway(url: str, key: GeneratedKey, roles: tuple[str, ...] = ("ssi",), **outbound: Any) -> Iterator[Gateway]:
-    data = settings_data(url)
+    data = settings_data(at_head(url))
     data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(key)}
     # The establishments' domains may receive AMBER: an AMBER relay then reaches them.
     data["outbound"] = {"amber_allowed_domains": ["e0.test", "e1.test"], **outbound}
@@ -203,7 +204,7 @@ def test_no_format_configured_attaches_nothing(sqlite_url: str, acss_key: Genera
 
 
 def test_an_unknown_format_is_refused_by_the_settings(sqlite_url: str) -> None:
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["outbound"] = {"indicator_formats": ["stix", "pdf"]}
     with pytest.raises(Exception, match="indicator_formats"):
         parse_settings(data)

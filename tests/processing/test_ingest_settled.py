@@ -19,6 +19,7 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import InboundMessage
 from tests.support import casemail
 from tests.support.casegateway import Gateway, settings_data
+from tests.support.db import at_head
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -26,7 +27,7 @@ NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 @pytest.fixture
 def gw(sqlite_url: str) -> Iterator[Gateway]:
     clock = FixedClock(NOW)
-    app = build_app(parse_settings(settings_data(sqlite_url)), clock=clock)
+    app = build_app(parse_settings(settings_data(at_head(sqlite_url))), clock=clock)
     try:
         yield Gateway(app, clock)
     finally:

@@ -23,6 +23,7 @@ from mailgateway.processing.worker import AnalysisWorker, analyse_inbound
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import InboundMessage
+from tests.support.db import at_head
 from tests.support.dkim import zone
 from tests.support.servers import wait_for
 from tests.support.slow import SLOW_KEY as KEY
@@ -53,7 +54,7 @@ def settings_for(url: str, **processing: Any) -> Any:
 
 @pytest.fixture
 def app(db_url: str) -> Iterator[App]:
-    application = build_app(settings_for(db_url), clock=FixedClock(NOW))
+    application = build_app(settings_for(at_head(db_url)), clock=FixedClock(NOW))
     yield application
     application.close()
 
@@ -61,7 +62,7 @@ def app(db_url: str) -> Iterator[App]:
 @pytest.fixture
 def isolated(sqlite_url: str) -> Iterator[tuple[App, AnalysisWorker]]:
     """The daemon's arrangement: a Processor whose analysis runs in a worker process."""
-    application = build_app(settings_for(sqlite_url, analysis_timeout_seconds=60.0), clock=FixedClock(NOW))
+    application = build_app(settings_for(at_head(sqlite_url), analysis_timeout_seconds=60.0), clock=FixedClock(NOW))
     worker = AnalysisWorker(application.settings)
     application.processor.worker = worker
     yield application, worker
@@ -124,7 +125,7 @@ def test_the_attempt_is_committed_before_the_try_and_a_poison_row_ends_in_quaran
 def test_a_message_out_of_attempts_is_quarantined_without_analysis(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    application = build_app(settings_for(sqlite_url, max_attempts=5), clock=FixedClock(NOW))
+    application = build_app(settings_for(at_head(sqlite_url), max_attempts=5), clock=FixedClock(NOW))
     try:
         inbound = accept(application, declaration(3))
         with transaction(application.factory) as s:
@@ -210,7 +211,7 @@ def test_sigkill_of_the_worker_mid_analysis_retries_and_counts(isolated: tuple[A
 
 
 def test_a_worker_that_cannot_start_uses_no_attempt(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    application = build_app(settings_for(sqlite_url), clock=FixedClock(NOW))
+    application = build_app(settings_for(at_head(sqlite_url)), clock=FixedClock(NOW))
     worker = AnalysisWorker(application.settings)
     application.processor.worker = worker
     try:

@@ -29,6 +29,7 @@ from mailgateway.store.models import BulletinRecipient, Case
 from tests.support import casemail
 from tests.support.bulletins import fill_directory, finess
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 
 ALERT_BODY = """Bonjour,
 
@@ -49,7 +50,7 @@ SIGHTING = ("Pour information : nous avons observé hier soir une connexion VPN 
 
 @pytest.fixture
 def gw(sqlite_url: str) -> Iterator[Gateway]:
-    app = build_app(parse_settings(settings_data(sqlite_url)), clock=FixedClock(NOW))
+    app = build_app(parse_settings(settings_data(at_head(sqlite_url))), clock=FixedClock(NOW))
     with transaction(app.factory) as s:
         fill_directory(s, NOW, 2, category="LBM")  # ssi@e0.test, ssi@e1.test
     try:

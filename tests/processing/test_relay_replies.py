@@ -22,6 +22,7 @@ from mailgateway.store.models import BulletinRecipient, Case, CaseEvent
 from tests.support import casemail
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import rsa_key, zone
 
 ACSS_KEY = rsa_key("rsa", "esante.test")
@@ -41,7 +42,7 @@ La cellule ACSS (CERT Santé)
 
 @pytest.fixture
 def gw(sqlite_url: str) -> Iterator[Gateway]:
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["authentication"]["static_keys"].update(zone(ACSS_KEY))
     app = build_app(parse_settings(data), clock=FixedClock(NOW))
     with transaction(app.factory) as s:

@@ -19,6 +19,7 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import Establishment
 from tests.support import casemail
 from tests.support.casegateway import NOW, Gateway, make_gateway, settings_data
+from tests.support.db import at_head
 from tests.support.dkim import rsa_key, zone
 from tests.support.messages import make_alert
 
@@ -121,7 +122,7 @@ ACSS_KEY = rsa_key("acss", "esante.test")
 
 @pytest.fixture
 def acss_gw(sqlite_url: str) -> Iterator[Gateway]:
-    data = settings_data(sqlite_url)
+    data = settings_data(at_head(sqlite_url))
     data["authentication"]["static_keys"].update(zone(ACSS_KEY))
     clock = FixedClock(NOW)
     app = build_app(parse_settings(data), clock=clock)

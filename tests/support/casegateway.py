@@ -17,6 +17,7 @@ from mailgateway.settings import parse_settings
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
 from tests.support import casemail
+from tests.support.db import at_head
 from tests.support.dkim import zone
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -105,7 +106,7 @@ class Gateway:
 
 def make_gateway(url: str, **cases: Any) -> Iterator[Gateway]:
     clock = FixedClock(NOW)
-    app = build_app(parse_settings(settings_data(url, **cases)), clock=clock)
+    app = build_app(parse_settings(settings_data(at_head(url), **cases)), clock=clock)
     try:
         yield Gateway(app, clock)
     finally:

@@ -15,8 +15,7 @@ from email.header import Header
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from mailgateway.dispatch.dkim import DkimSigner
-from tests.support.dkim import GeneratedKey, rsa_key, zone
+from tests.support.dkim import GeneratedKey, rsa_key, signer, zone
 
 _numbers = itertools.count(1)
 
@@ -72,7 +71,7 @@ def message(*, sender: str, to: str, subject: str, body: str, in_reply_to: str |
 
 def sign(raw: bytes, key: GeneratedKey | None = None) -> bytes:
     key = key or staff_key()
-    return DkimSigner(key.domain, [key.signing_key()]).sign(raw) + raw
+    return signer(key).sign(raw) + raw
 
 
 def staff_mail(body: str, *, sender: str = "agent@ars.test", to: str = "ssi-ara@ars.test",

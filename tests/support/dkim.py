@@ -40,7 +40,7 @@ import dns.rrset
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mailgateway.dispatch.dkim import DkimKey
+from mailgateway.dispatch.dkim import DkimKey, DkimSigner
 from tests.support import unavailable
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "require_tools",
     "rsa_key",
     "sample_message",
+    "signer",
     "zone",
 ]
 
@@ -98,6 +99,14 @@ def rsa_key(selector: str = "rsa", domain: str = "ars.test", bits: int = 2048) -
     )
     txt = f"v=DKIM1; k=rsa; p={_b64(spki)}"
     return GeneratedKey(selector, domain, "rsa-sha256", pkcs1, pkcs8, pkcs1, txt)
+
+
+@functools.cache
+def signer(key: GeneratedKey) -> DkimSigner:
+    """mailgateway's DkimSigner for ``key``, built once per process: loading a PEM RSA key checks
+    it (~50 ms), which dominated tests that sign many messages. Signing itself is done afresh on
+    every call (``t=`` from the wall clock), exactly as before."""
+    return DkimSigner(key.domain, [key.signing_key()])
 
 
 @functools.cache

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.clock import SystemClock
 from mailgateway.intake.imap import MailboxWatcher
 from mailgateway.settings import DatabaseSettings, ImapSettings, RegionSettings, Settings
-from mailgateway.store.engine import make_engine, make_sessionmaker, upgrade
+from mailgateway.store.engine import make_engine, make_sessionmaker
 from mailgateway.store.models import InboundMessage, InboundSourceKey, MailboxState
+from tests.support.db import at_head
 from tests.support.servers import Dovecot
 
 PROCESSED = "Traité"
@@ -129,7 +130,7 @@ def make_mailbox(
     dovecot: Dovecot, user: str, tmp: Path, code: str = "ARA", url: str | None = None, **imap: Any
 ) -> Mailbox:
     url = url or f"sqlite:///{tmp / 'gw.db'}"
-    upgrade(url)
+    at_head(url)
     password_file = dovecot.password_file(user, tmp)
     settings = ImapSettings(
         host="127.0.0.1",

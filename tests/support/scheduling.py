@@ -14,6 +14,7 @@ from mailgateway.intake.accept import accept_in
 from mailgateway.settings import Settings, parse_settings
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, OutboundMessage
+from tests.support.db import at_head
 
 # Tuesday 1 December 2026, 09:00 in Paris.
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
@@ -87,4 +88,4 @@ class Gateway:
 
 def make_gateway(url: str, **scheduler: Any) -> Gateway:
     clock = FixedClock(NOW)
-    return Gateway(build_app(settings_for(url, **scheduler), clock=clock), clock)
+    return Gateway(build_app(settings_for(at_head(url), **scheduler), clock=clock), clock)

@@ -493,7 +493,12 @@ class PostgresCluster:
         if name is None:
             self._counter += 1
             name = f"t{os.getpid()}_{self._counter}"
-        self._as_postgres("createdb", "-h", LOOPBACK, "-p", str(self.port), "-U", "postgres", name)
+        # A connection, not `runuser … createdb`: two process starts saved per test database.
+        import psycopg  # only the PostgreSQL tests need it
+
+        with contextlib.closing(psycopg.connect(f"postgresql://postgres@{LOOPBACK}:{self.port}/postgres",
+                                                autocommit=True)) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
