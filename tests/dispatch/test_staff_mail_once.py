@@ -16,12 +16,9 @@ from pathlib import Path
 import dkim
 import pytest
 
-from mailgateway.app import build_app
-from mailgateway.clock import FixedClock
 from mailgateway.dispatch.compose import Composer
-from mailgateway.settings import parse_settings
 from tests.support import casemail
-from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.casegateway import Gateway, gateway_from, settings_data
 from tests.support.db import at_head
 from tests.support.dkim import rsa_key
 
@@ -36,12 +33,7 @@ def gw(sqlite_url: str, tmp_path: Path) -> Iterator[Gateway]:
     data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_unauthenticated_per_hour": 2}
     data["dkim"] = {"domain": "ars.test", "keys": [{"selector": "rsa", "algorithm": "rsa-sha256",
                                                     "private_key_file": str(key_file)}]}
-    clock = FixedClock(NOW)
-    app = build_app(parse_settings(data), clock=clock)
-    try:
-        yield Gateway(app, clock)
-    finally:
-        app.close()
+    yield from gateway_from(data)
 
 
 class Counting:

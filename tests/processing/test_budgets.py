@@ -26,7 +26,7 @@ from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, CaseEvent, Contact, Establishment, InboundMessage
 from tests.support import casemail
 from tests.support.bulletins import fill_directory
-from tests.support.casegateway import NOW, Gateway, settings_data
+from tests.support.casegateway import NOW, Gateway, gateway_from, settings_data
 from tests.support.db import at_head
 from tests.support.dkim import rsa_key, zone
 
@@ -36,12 +36,7 @@ ARA_STAFF = ("agent@ars.test", "referent@ars.test")
 def gateway(url: str, outbound: dict[str, Any] | None = None, **cases: Any) -> Iterator[Gateway]:
     data = settings_data(at_head(url), **cases)
     data["outbound"] = {"bounce_domain": "ars.test", **(outbound or {})}
-    clock = FixedClock(NOW)
-    app = build_app(parse_settings(data), clock=clock)
-    try:
-        yield Gateway(app, clock)
-    finally:
-        app.close()
+    yield from gateway_from(data)
 
 
 @pytest.fixture

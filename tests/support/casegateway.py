@@ -104,10 +104,15 @@ class Gateway:
         return casemail.text_of(self.last("recu_commandes", to).raw)
 
 
-def make_gateway(url: str, **cases: Any) -> Iterator[Gateway]:
+def gateway_from(data: dict[str, Any]) -> Iterator[Gateway]:
+    """A Gateway on the settings ``data`` (``settings_data(...)`` with a test's own sections)."""
     clock = FixedClock(NOW)
-    app = build_app(parse_settings(settings_data(at_head(url), **cases)), clock=clock)
+    app = build_app(parse_settings(data), clock=clock)
     try:
         yield Gateway(app, clock)
     finally:
         app.close()
+
+
+def make_gateway(url: str, **cases: Any) -> Iterator[Gateway]:
+    yield from gateway_from(settings_data(at_head(url), **cases))
