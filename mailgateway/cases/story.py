@@ -247,6 +247,7 @@ _EVENT_TITLES = {
     "alerte_a_verifier": "alerte à vérifier",
     "alerte_non_authentifiee": "alerte non authentifiée",
     "alerte_rejouee": "alerte déjà reçue (rejouée)",
+    "declaration_rejouee": "déclaration déjà reçue (rejouée ou renvoyée par un relais)",
     "message_automatique": "message automatique",
     "notification_limitee": "notification limitée",
     "remerciement_recu": "remerciement reçu",

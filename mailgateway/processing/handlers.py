@@ -118,6 +118,9 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     region = facts.region
     if region is None or env.settings.region(region) is None:
         return Outcome("quarantined", "région destinataire inconnue : aucune boîte SSI régionale ne correspond")
+    replayed = _replayed_declaration(env, session, inbound, facts, region=region)
+    if replayed is not None:
+        return replayed
     decl = facts.declaration
     assert decl is not None
     # Directory rows are never written while processing: reading them needs no flush of this
@@ -182,6 +185,30 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     extra.update(regional.out_of_region(env, session, case, inbound, facts))  # « hors région »
     notify_staff(env, session, case, inbound, facts, extra=extra)
     return Outcome("processed", case=case)
+
+
+def _replayed_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,
+                          region: str) -> Outcome | None:
+    """Once only (processing/replay.py): a declaration already received in this region — its
+    signature, or the same From, Message-ID and body behind other headers (a relay's retry, one
+    more ``Received:``) — opens no second case, sends no second acknowledgement and no second
+    staff notification: it is attached to the first one's case, the timeline says so. Found by an
+    outside tester: one signed declaration replayed with an added header opened a case and
+    notified staff each time (a known domain is exempt from the notification caps)."""
+    now = env.clock.now()
+    first = replay.claim_keys(session, replay.declaration_keys(facts, inbound.raw or b"", region), inbound.id, now)
+    if first is None:
+        return None
+    original = session.get(InboundMessage, first.inbound_id)
+    case = session.get(Case, original.case_id) if original is not None and original.case_id else None
+    if case is None:  # the first one's case is gone: this one is processed as new
+        return None
+    inbound.case_id = case.id
+    append_event(session, case, type="declaration_rejouee", actor=facts.sender.address or "inconnu", at=now,
+                 inbound_id=inbound.id,
+                 data={"motif": replay.DECLARATION_REPLAYED, "deja_recue_par_message": first.inbound_id,
+                       "message_id": facts.message_id})
+    return Outcome("processed", reason=replay.DECLARATION_REPLAYED, case=case)
 
 
 def _replayed_alert(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,

@@ -49,10 +49,13 @@ from mailgateway.wire import header_block
 __all__ = [
     "ALERT_REPLAYED",
     "COMMAND_REPLAYED",
+    "DECLARATION_REPLAYED",
     "MAX_FUTURE",
     "already_applied",
     "claim",
+    "claim_keys",
     "command_date_refusal",
+    "declaration_keys",
     "first_applied_fr",
     "keys_of",
     "message_id_key",
@@ -61,6 +64,7 @@ __all__ = [
 ]
 
 COMMAND_REPLAYED = "commande déjà exécutée : message rejoué"
+DECLARATION_REPLAYED = "déclaration déjà reçue : message rejoué"
 ALERT_REPLAYED = "alerte déjà reçue : message rejoué"
 # Clocks drift and time zones get mislabelled, but a command dated more than a day ahead was not
 # written now: it would stay "recent" for max_command_age_days + its lead.
@@ -103,6 +107,25 @@ def keys_of(facts: MessageFacts, region: str | None = None) -> list[str]:
     return keys
 
 
+def declaration_keys(facts: MessageFacts, raw: bytes, region: str | None) -> list[str]:
+    """The replay keys of a declaration processed for ``region``: its accepted signature, and
+    ``decl:<From>:<Message-ID>:<sha256 of the body>`` — the same message from the same address,
+    whatever headers were added in front (a relay retrying after a lost ``250`` adds a
+    ``Received:``; the content hash of intake no longer matches). Unauthenticated mail records it
+    too: a forged copy can only collide by carrying the same From, Message-ID and body, which is
+    the same declaration. Without a Message-ID, only the signature counts (two declarations may
+    share a body: « RAS » forms)."""
+    keys: list[str] = []
+    if facts.sender.authenticated and facts.sender.signature_key:
+        keys.append(_bounded(_scoped(region, facts.sender.signature_key)))
+    mid = (facts.message_id or "").strip().strip("<>").strip().lower()
+    if mid:
+        body = hashlib.sha256(raw[len(header_block(raw)):]).hexdigest()
+        sender = (facts.sender.address or "").strip().lower()
+        keys.append(_bounded(_scoped(region, f"decl:{sender}:{mid}:{body}")))
+    return keys
+
+
 def recorded(session: Session, keys: Sequence[str]) -> ReplayKey | None:
     """The earliest record of any of ``keys`` (the message that already acted), or None."""
     if not keys:
@@ -121,7 +144,11 @@ def claim(session: Session, facts: MessageFacts, inbound_id: int, at: datetime,
     The insert runs in a savepoint, so a concurrent copy committed in between (PostgreSQL) turns
     into a replay here rather than an error that would quarantine the message.
     """
-    keys = keys_of(facts, region)
+    return claim_keys(session, keys_of(facts, region), inbound_id, at)
+
+
+def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datetime) -> ReplayKey | None:
+    """``claim`` for keys made by the caller (``declaration_keys``)."""
     found = recorded(session, keys)
     if found is not None and found.inbound_id != inbound_id:
         return found

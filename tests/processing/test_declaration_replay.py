@@ -1,0 +1,73 @@
+"""Once only for declarations (processing/replay.py, docs/guarantees.md "once only").
+
+Found by an outside tester: one genuinely signed declaration, sent again with an unsigned
+``Received:`` line in front or an ``X-Nonce:`` header added, opened a new case, acknowledged the
+declarant and notified every staff member each time (its domain being known, no cap applied).
+A relay retrying after a lost ``250`` does the same to an honest declaration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from mailgateway.store.models import Case
+from tests.support import casemail
+from tests.support.casegateway import Gateway, make_gateway
+
+ARA_STAFF = ("agent@ars.test", "referent@ars.test")
+
+
+@pytest.fixture
+def gw(db_url: str) -> Iterator[Gateway]:
+    yield from make_gateway(db_url)
+
+
+def cases(gw: Gateway) -> int:
+    with gw.app.factory() as s:
+        return int(s.scalar(select(func.count()).select_from(Case)) or 0)
+
+
+def relayed(raw: bytes, n: int) -> bytes:
+    return f"Received: from relay{n}.chu.test by mx.ars.test; Fri, 27 Nov 2026 09:0{n}:00 +0100\r\n".encode() + raw
+
+
+def test_a_signed_declaration_replayed_behind_other_headers_acts_once(gw: Gateway) -> None:
+    signed = casemail.sign(casemail.declaration(1), casemail.establishment_key())
+    first = gw.feed(signed)
+    assert first.status == "processed" and first.case_ref
+    for n, copy in enumerate([relayed(signed, 1), signed.replace(b"\r\n\r\n", b"\r\nX-Nonce: 42\r\n\r\n", 1),
+                              relayed(relayed(signed, 2), 3)]):
+        again = gw.feed(copy)
+        assert (again.status, again.case_ref) == ("processed", first.case_ref), n
+    assert cases(gw) == 1
+    assert len(gw.outbound("accuse_reception")) == 1
+    assert len(gw.outbound("notification_equipe")) == len(ARA_STAFF)
+    replays = [e for e in gw.events(first.case_ref) if e.type == "declaration_rejouee"]
+    assert len(replays) == 3 and all(e.data and "message rejoué" in e.data["motif"] for e in replays)
+
+
+def test_a_relay_retry_of_an_unsigned_declaration_acts_once(gw: Gateway) -> None:
+    raw = casemail.declaration(2)
+    first = gw.feed(raw)
+    assert gw.feed(relayed(raw, 1)).case_ref == first.case_ref
+    assert cases(gw) == 1 and len(gw.outbound("accuse_reception")) == 1
+
+
+def test_same_message_id_with_another_body_or_from_is_another_declaration(gw: Gateway) -> None:
+    raw = casemail.declaration(3)
+    gw.feed(raw)
+    gw.feed(raw.replace(b"incident num\xc3\xa9ro 3", b"incident num\xc3\xa9ro 33"))  # same Message-ID, new text
+    gw.feed(raw.replace(b"From: dsi@chu.test", b"From: autre@chu.test"))  # a forged copy from elsewhere
+    assert cases(gw) == 3
+
+
+def test_the_same_declaration_to_two_regions_opens_a_case_in_each(gw: Gateway) -> None:
+    signed = casemail.sign(casemail.declaration(4, to="ssi-ara@ars.test"), casemail.establishment_key())
+    gw.feed(signed)
+    # To is signed: this copy is unauthenticated, with the same From, Message-ID and body: keys are
+    # per region, so it is the PDL mailbox's first declaration, not a replay.
+    gw.feed(signed.replace(b"To: ssi-ara@ars.test", b"To: ssi-pdl@ars.test"))
+    assert cases(gw) == 2
