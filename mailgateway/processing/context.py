@@ -61,7 +61,7 @@ def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) 
     other signed mail is capped per signing domain (not per address), and unauthenticated mail per
     address and all together (``staff_notifications_unauthenticated_per_hour``), a From being free."""
     if facts.sender.authenticated and is_known_domain(
-            env.settings, session, facts.sender.auth_domain or facts.sender.domain):
+            env.settings, session, facts.sender.auth_domain or facts.sender.domain, facts.sender.address):
         return False
     sender = (facts.sender.address or "").strip().lower()
     outbound = env.settings.outbound
