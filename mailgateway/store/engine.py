@@ -199,7 +199,7 @@ class WriteGate:
         except BaseException:
             self._threads.release()
             raise
-        if self.holding is not None:
+        if self.holding is not None and fd is None:  # (with a lock file: said once it is held)
             self.holding(time.monotonic())
 
     def _flock_within(self, fd: int, deadline: float | None, timeout: float | None) -> None:
@@ -210,6 +210,8 @@ class WriteGate:
             if waiter is None:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if self.holding is not None:
+                        self.holding(time.monotonic())
                     return
                 except BlockingIOError:
                     pass
@@ -219,9 +221,9 @@ class WriteGate:
             else:  # an earlier caller gave up on it: take it over
                 waiter.claimed = True
         if waiter.got.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
-            return
+            return  # "holding" said by the waiter
         with self._state:
-            if waiter.got.is_set():  # obtained just now
+            if waiter.got.is_set():  # obtained just now ("holding" said by the waiter)
                 return
             waiter.claimed = False
         raise GateTimeout(f"write gate busy for over {timeout or 0:g} s")
@@ -235,17 +237,22 @@ class WriteGate:
         with self._state:
             self._waiter = None
             if obtained and waiter.claimed:
+                # Said now, not when the caller's thread wakes up: a host paused in between held
+                # the lock while reporting it free, and was then killed as silent, not as holding.
+                if self.holding is not None:
+                    self.holding(time.monotonic())
                 waiter.got.set()
             elif obtained:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     def release(self) -> None:
         try:
-            if self.holding is not None:
-                self.holding(0.0)
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
+            # Cleared after the unlock: "holding" is never reported false while the lock is held.
+            if self.holding is not None:
+                self.holding(0.0)
             self._threads.release()
 
     def __enter__(self) -> WriteGate:
