@@ -98,18 +98,19 @@ def test_a_concurrent_copy_that_won_the_insert_is_a_replay_not_an_error(sqlite_f
     with transaction(factory) as s:
         first, second = inbound(s, 1), inbound(s, 2)
         assert replay.claim(s, facts(), first, NOW) is None
-    real = replay.recorded
+    real = replay._owners
     calls: list[int] = []
 
-    def blind_once(session: Session, keys: Any) -> ReplayKey | None:
+    def blind_once(session: Session, keys: Any) -> list[tuple[str, int]]:
         calls.append(1)
-        return None if len(calls) == 1 else real(session, keys)  # the check ran before the other commit
+        return [] if len(calls) == 1 else real(session, keys)  # the check ran before the other commit
 
-    monkeypatch.setattr(replay, "recorded", blind_once)
+    monkeypatch.setattr(replay, "_owners", blind_once)
     with transaction(factory) as s:
         found = replay.claim(s, facts(), second, NOW)
         assert found is not None and found.inbound_id == first
-        s.flush()  # the savepoint was rolled back: the transaction is still usable
+        s.flush()  # the insert did nothing (ON CONFLICT): the transaction is still usable
+        assert {k.inbound_id for k in s.scalars(select(ReplayKey))} == {first}
 
 
 def test_a_message_without_keys_claims_nothing(sqlite_factory: Any) -> None:
