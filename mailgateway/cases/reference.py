@@ -8,8 +8,9 @@ row lock and SQLite with its database write lock (transactions begin IMMEDIATE).
 from __future__ import annotations
 
 import re
+from typing import cast
 
-from sqlalchemy import insert, update
+from sqlalchemy import Table, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -29,21 +30,27 @@ def region_of(reference: str) -> str | None:
 
 
 def next_reference(session: Session, region: str, year: int) -> str:
+    """The next number of ``region`` and ``year``, in one statement: ``INSERT … ON CONFLICT DO
+    UPDATE SET last = last + 1 RETURNING last`` (SQLite ≥ 3.35, PostgreSQL). The row lock of the
+    upsert serialises concurrent instances as the UPDATE did; numbers stay gap-free per commit."""
     dialect = session.get_bind().dialect.name
-    values = {"region": region, "year": year, "last": 0}
-    # No autoflush: the sequence is only ever written by these two statements, so the caller's
-    # pending changes need not be flushed first (issue 19: one unit of work less per new case).
+    # No autoflush: the sequence is only ever written here, so the caller's pending changes need
+    # not be flushed first (issue 19: one unit of work less per new case).
     with session.no_autoflush:
-        if dialect == "postgresql":
-            session.execute(pg_insert(CaseSequence).values(values).on_conflict_do_nothing())
-        elif dialect == "sqlite":
-            session.execute(sqlite_insert(CaseSequence).values(values).on_conflict_do_nothing())
+        if dialect in ("postgresql", "sqlite"):
+            insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+            table = cast(Table, CaseSequence.__table__)
+            stmt = insert_(table).values(region=region, year=year, last=1)
+            number = session.execute(
+                stmt.on_conflict_do_update(index_elements=["region", "year"], set_={"last": table.c.last + 1})
+                .returning(table.c.last)
+            ).scalar_one()
         else:  # pragma: no cover - only the two supported engines
-            session.execute(insert(CaseSequence).values(values))
-        number = session.execute(
-            update(CaseSequence)
-            .where(CaseSequence.region == region, CaseSequence.year == year)
-            .values(last=CaseSequence.last + 1)
-            .returning(CaseSequence.last)
-        ).scalar_one()
+            session.execute(insert(CaseSequence).values(region=region, year=year, last=0))
+            number = session.execute(
+                update(CaseSequence)
+                .where(CaseSequence.region == region, CaseSequence.year == year)
+                .values(last=CaseSequence.last + 1)
+                .returning(CaseSequence.last)
+            ).scalar_one()
     return format_reference(region, year, number)
