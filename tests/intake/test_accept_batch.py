@@ -209,8 +209,13 @@ def running_intake(directory: Path, smtp_keys: str = "") -> Iterator[Intake]:
     try:
         yield Intake(writer, handler, factory, settings.intake.smtp.port, processed)
     finally:
-        server.close()
-        asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(30)
+        # Closed on its own loop's thread: Server.close() from this thread raced the loop's own
+        # wake-up of the server's waiters ('NoneType' object is not iterable, once in a full run).
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
