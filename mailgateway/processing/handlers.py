@@ -189,14 +189,16 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
 
 def _replayed_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,
                           region: str) -> Outcome | None:
-    """Once only (processing/replay.py): a declaration already received in this region — its
-    signature, or the same From, Message-ID and body behind other headers (a relay's retry, one
-    more ``Received:``) — opens no second case, sends no second acknowledgement and no second
+    """Once only (processing/replay.py, ``declaration_keys``): a declaration already received in
+    this region — its signature, or the same From, Message-ID and body behind other headers (a
+    relay's retry, one more ``Received:``; an unsigned copy of a signed one, never the reverse) —
+    opens no second case, sends no second acknowledgement and no second
     staff notification: it is attached to the first one's case, the timeline says so. Found by an
     outside tester: one signed declaration replayed with an added header opened a case and
     notified staff each time (a known domain is exempt from the notification caps)."""
     now = env.clock.now()
-    first = replay.claim_keys(session, replay.declaration_keys(facts, inbound.raw or b"", region), inbound.id, now)
+    looked_up, recorded = replay.declaration_keys(facts, inbound.raw or b"", region)
+    first = replay.claim_keys(session, recorded, inbound.id, now, looked_up=looked_up)
     if first is None:
         return None
     original = session.get(InboundMessage, first.inbound_id)

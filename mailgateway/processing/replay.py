@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
+from dkim.canonicalization import CanonicalizationPolicy
 from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -65,6 +66,8 @@ __all__ = [
     "recorded",
     "sent_at",
 ]
+
+_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 
 COMMAND_REPLAYED = "commande déjà exécutée : message rejoué"
 DECLARATION_REPLAYED = "déclaration déjà reçue : message rejoué"
@@ -110,23 +113,36 @@ def keys_of(facts: MessageFacts, region: str | None = None) -> list[str]:
     return keys
 
 
-def declaration_keys(facts: MessageFacts, raw: bytes, region: str | None) -> list[str]:
-    """The replay keys of a declaration processed for ``region``: its accepted signature, and
-    ``decl:<From>:<Message-ID>:<sha256 of the body>`` — the same message from the same address,
-    whatever headers were added in front (a relay retrying after a lost ``250`` adds a
-    ``Received:``; the content hash of intake no longer matches). Unauthenticated mail records it
-    too: a forged copy can only collide by carrying the same From, Message-ID and body, which is
-    the same declaration. Without a Message-ID, only the signature counts (two declarations may
-    share a body: « RAS » forms)."""
-    keys: list[str] = []
-    if facts.sender.authenticated and facts.sender.signature_key:
-        keys.append(_bounded(_scoped(region, facts.sender.signature_key)))
+def declaration_keys(facts: MessageFacts, raw: bytes, region: str | None) -> tuple[list[str], list[str]]:
+    """(the keys a declaration processed for ``region`` is looked up by, the keys it records).
+
+    - its accepted signature;
+    - ``decl:<a|u>:<From>:<Message-ID>:<sha256 of the body>`` — the same message from the same
+      address, whatever headers were added in front (a relay retrying after a lost ``250`` adds a
+      ``Received:``; intake's content hash no longer matches). The body is hashed as DKIM's
+      relaxed canonicalisation reads it (RFC 6376 §3.4.4: line ends, trailing blanks and empty
+      lines at the end do not count), so a copy signed twice and replayed under its other
+      signature plus a CRLF is still the same declaration.
+
+    ``a`` (authenticated) and ``u`` are apart: an unauthenticated copy is a replay of an
+    authenticated one or of an unauthenticated one, but an authenticated declaration only of an
+    authenticated one — a forged copy sent first must not swallow the genuine signed declaration
+    (outside tester: it did; the genuine one then opens its own case). Without a Message-ID, only
+    the signature counts (two declarations may share a body: « RAS » forms)."""
+    authenticated = bool(facts.sender.authenticated)
+    signature = ([_bounded(_scoped(region, facts.sender.signature_key))]
+                 if authenticated and facts.sender.signature_key else [])
     mid = (facts.message_id or "").strip().strip("<>").strip().lower()
-    if mid:
-        body = hashlib.sha256(raw[len(header_block(raw)):]).hexdigest()
-        sender = (facts.sender.address or "").strip().lower()
-        keys.append(_bounded(_scoped(region, f"decl:{sender}:{mid}:{body}")))
-    return keys
+    if not mid:
+        return signature, signature
+    body = raw[len(header_block(raw)):].replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    digest = hashlib.sha256(_RELAXED.canonicalize_body(body)).hexdigest()
+    sender = (facts.sender.address or "").strip().lower()
+    signed = _bounded(_scoped(region, f"decl:a:{sender}:{mid}:{digest}"))
+    unsigned = _bounded(_scoped(region, f"decl:u:{sender}:{mid}:{digest}"))
+    if authenticated:
+        return [*signature, signed], [*signature, signed]
+    return [signed, unsigned], [unsigned]
 
 
 def recorded(session: Session, keys: Sequence[str]) -> ReplayKey | None:
@@ -150,19 +166,22 @@ def claim(session: Session, facts: MessageFacts, inbound_id: int, at: datetime,
     return claim_keys(session, keys_of(facts, region), inbound_id, at)
 
 
-def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datetime) -> ReplayKey | None:
-    """``claim`` for keys made by the caller (``declaration_keys``).
+def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datetime,
+               looked_up: Sequence[str] | None = None) -> ReplayKey | None:
+    """``claim`` for keys made by the caller (``declaration_keys``): a replay when any of
+    ``looked_up`` (default: ``keys``) is recorded for another message; else ``keys`` are recorded.
 
     Two statements on the hot path (every declaration claims, issue 19): one read of the keys,
     one ``INSERT … ON CONFLICT DO NOTHING`` of the missing ones — no ORM objects, no savepoint. A
     key another instance committed in between is not inserted: the record that won is returned.
     Nothing is pending on these rows in the session, so the read needs no flush."""
-    if not keys:
+    search = list(dict.fromkeys([*(keys if looked_up is None else looked_up), *keys]))
+    if not search:
         return None
     with session.no_autoflush:
-        rows = _owners(session, keys)
+        rows = _owners(session, search)
         if any(owner != inbound_id for _key, owner in rows):
-            return recorded(session, keys)
+            return recorded(session, search)
         mine = {key for key, _owner in rows}
         missing = [k for k in dict.fromkeys(keys) if k not in mine]
         if not missing:
@@ -174,7 +193,7 @@ def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datet
         inserted = set(session.scalars(stmt))
         if len(inserted) == len(missing):
             return None
-        found = recorded(session, keys)
+        found = recorded(session, search)
     if found is not None and found.inbound_id != inbound_id:
         return found
     raise IntegrityError("replay key neither inserted nor found", None, ValueError(missing))

@@ -35,12 +35,15 @@ def directory(session: Session) -> Session:
     return session
 
 
-@pytest.mark.parametrize("domain", ["gmail.com", "orange.fr", "wanadoo.fr", "laposte.net", "sfr.fr", "ORANGE.FR."])
+@pytest.mark.parametrize("domain", ["gmail.com", "orange.fr", "wanadoo.fr", "laposte.net", "sfr.fr", "ORANGE.FR.",
+                                    "gmx.fr", "medecin.mssante.fr", "mailo.com", "aol.fr", "libertysurf.fr",
+                                    "tiscali.fr", "nordnet.fr", "mail.orange.fr"])
 def test_providers_are_public(domain: str) -> None:
     assert is_public_mailbox_domain(domain)
 
 
-@pytest.mark.parametrize("domain", ["chu-lyon.fr", "aphp.fr", "ars.sante.fr", "esante.gouv.fr"])
+@pytest.mark.parametrize("domain", ["chu-lyon.fr", "aphp.fr", "ars.sante.fr", "esante.gouv.fr", "chu-lyon.mssante.fr",
+                                    "fr", "com"])
 def test_institutions_are_not(domain: str) -> None:
     assert not is_public_mailbox_domain(domain)
 

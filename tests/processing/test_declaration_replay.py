@@ -15,7 +15,9 @@ from sqlalchemy import func, select
 
 from mailgateway.store.models import Case
 from tests.support import casemail
-from tests.support.casegateway import Gateway, make_gateway
+from tests.support.casegateway import Gateway, gateway_from, make_gateway, settings_data
+from tests.support.db import at_head
+from tests.support.dkim import rsa_key, zone
 
 ARA_STAFF = ("agent@ars.test", "referent@ars.test")
 
@@ -71,3 +73,39 @@ def test_the_same_declaration_to_two_regions_opens_a_case_in_each(gw: Gateway) -
     # per region, so it is the PDL mailbox's first declaration, not a replay.
     gw.feed(signed.replace(b"To: ssi-ara@ars.test", b"To: ssi-pdl@ars.test"))
     assert cases(gw) == 2
+
+
+def test_a_forged_copy_sent_first_does_not_swallow_the_genuine_signed_declaration(gw: Gateway) -> None:
+    """Outside tester: an unsigned copy with the genuine From, Message-ID and body, sent first,
+    made the genuine signed declaration a « replay » — no acknowledgement, staff never told."""
+    genuine = casemail.sign(casemail.declaration(5), casemail.establishment_key())
+    forged = casemail.declaration(5).replace(b"Subject: =?utf-8?q?D=C3=A9claration_d=27incident_5?=",
+                                             b"Subject: Test - RAS")
+    assert forged != casemail.declaration(5)
+    first = gw.feed(forged)
+    second = gw.feed(genuine)
+    assert second.case_ref and second.case_ref != first.case_ref  # its own case
+    assert [e for e in gw.events(second.case_ref) if e.type == "declaration_rejouee"] == []
+    assert len(gw.outbound("notification_equipe")) == 2 * len(ARA_STAFF)  # staff told of both
+    # And the other way round: an unsigned copy after the genuine one is its replay.
+    again = gw.feed(relayed(forged.replace(b"Subject: Test - RAS", b"Subject: autre"), 1))
+    assert again.case_ref in (first.case_ref, second.case_ref) and cases(gw) == 2
+
+
+def test_a_double_signed_declaration_replayed_under_its_other_signature_acts_once(db_url: str) -> None:
+    """Outside tester: a declaration signed twice (RSA + another key, a rotation), replayed with
+    the first signature removed and a CRLF added after the body (which neither signature covers):
+    the other signature was accepted, a new signature key, a new case."""
+    second_key = rsa_key("rsa2026b", "chu.test")
+    data = settings_data(at_head(db_url))
+    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(second_key)}
+    for gw in gateway_from(data):
+        once = casemail.sign(casemail.declaration(6), casemail.establishment_key())
+        twice = casemail.sign(once, second_key)  # the newest signature on top
+        first = gw.feed(twice)
+        top, _, rest = twice.partition(b"DKIM-Signature:")
+        without_top = b"DKIM-Signature:" + rest.split(b"DKIM-Signature:", 1)[1]  # the other one only
+        assert without_top.count(b"DKIM-Signature:") == 1 and top == b""
+        again = gw.feed(without_top + b"\r\n\r\n")
+        assert again.case_ref == first.case_ref and cases(gw) == 1
+        assert len(gw.outbound("accuse_reception")) == 1
