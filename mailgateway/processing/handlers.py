@@ -31,7 +31,7 @@ from mailgateway.mail.labels import load_labels
 from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.statuses import CaseStatus
-from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
+from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage, ReplayKey
 
 # An enumeration code (RANCONGICIEL, ETABLISSEMENT_SANTE): what the label tables map mail text to.
 _ENUM_CODE = re.compile(r"[A-Z][A-Z0-9_+]{0,47}")
@@ -201,16 +201,24 @@ def _replayed_declaration(env: Env, session: Session, inbound: InboundMessage, f
     first = replay.claim_keys(session, recorded, inbound.id, now, looked_up=looked_up)
     if first is None:
         return None
-    original = session.get(InboundMessage, first.inbound_id)
-    case = session.get(Case, original.case_id) if original is not None and original.case_id else None
+    case = _attach_replay(env, session, inbound, facts, first, "declaration_rejouee", replay.DECLARATION_REPLAYED)
     if case is None:  # the first one's case is gone: this one is processed as new
         return None
-    inbound.case_id = case.id
-    append_event(session, case, type="declaration_rejouee", actor=facts.sender.address or "inconnu", at=now,
-                 inbound_id=inbound.id,
-                 data={"motif": replay.DECLARATION_REPLAYED, "deja_recue_par_message": first.inbound_id,
-                       "message_id": facts.message_id})
     return Outcome("processed", reason=replay.DECLARATION_REPLAYED, case=case)
+
+
+def _attach_replay(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, first: ReplayKey,
+                   event: str, motif: str) -> Case | None:
+    """The case of the message that acted first, with this copy attached and on its timeline."""
+    original = session.get(InboundMessage, first.inbound_id)
+    case = session.get(Case, original.case_id) if original is not None and original.case_id else None
+    if case is not None:
+        inbound.case_id = case.id
+        append_event(session, case, type=event, actor=facts.sender.address or "inconnu", at=env.clock.now(),
+                     inbound_id=inbound.id,
+                     data={"motif": motif, "deja_recue_par_message": first.inbound_id,
+                           "message_id": facts.message_id})
+    return case
 
 
 def _replayed_alert(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,
@@ -225,14 +233,7 @@ def _replayed_alert(env: Env, session: Session, inbound: InboundMessage, facts: 
              else replay.recorded(session, replay.keys_of(facts, region)))
     if first is None:
         return None
-    original = session.get(InboundMessage, first.inbound_id)
-    case = session.get(Case, original.case_id) if original is not None and original.case_id else None
-    if case is not None:
-        inbound.case_id = case.id
-        append_event(session, case, type="alerte_rejouee", actor=facts.sender.address or "inconnu", at=now,
-                     inbound_id=inbound.id,
-                     data={"motif": replay.ALERT_REPLAYED, "deja_recue_par_message": first.inbound_id,
-                           "message_id": facts.message_id})
+    case = _attach_replay(env, session, inbound, facts, first, "alerte_rejouee", replay.ALERT_REPLAYED)
     return Outcome("processed", reason=replay.ALERT_REPLAYED, case=case)
 
 
