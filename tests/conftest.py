@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support import unavailable
-from tests.support.db import migrated
+from tests.support.db import migrated, rolled_back
 from tests.support.servers import Dovecot, PostgresCluster, ServerUnavailable, SmtpSink
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -140,3 +141,17 @@ def sqlite_factory(sqlite_url: str) -> Iterator[object]:
     """A migrated SQLite database as a sessionmaker."""
     with migrated(sqlite_url) as factory:
         yield factory
+
+
+@pytest.fixture(scope="module")
+def module_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One SQLite database at head for a whole test module whose tests each roll back
+    (``rolled_back_session``): the mutation-killing modules run hundreds of small tests."""
+    with migrated(f"sqlite:///{tmp_path_factory.mktemp('module') / 'module.db'}") as made:
+        yield made
+
+
+@pytest.fixture
+def rolled_back_session(module_factory: Any) -> Iterator[object]:
+    with rolled_back(module_factory) as session:
+        yield session

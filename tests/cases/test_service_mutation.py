@@ -6,14 +6,12 @@ the mutation-testing selection of the module (docs/mutation.md)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from mailgateway.cases import service
 from mailgateway.cases.lifecycle import InvalidTransition
@@ -21,24 +19,16 @@ from mailgateway.cases.service import CaseError
 from mailgateway.mail.facts import Declaration, Indicator, MessageFacts, SenderVerdict
 from mailgateway.store.models import Case, CaseEvent, InboundMessage, OutboundMessage
 from mailgateway.store.models import Indicator as IndicatorRow
-from tests.support.db import migrated, rolled_back
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=1)
 ACTOR = "agent@ars.test"
 
 
-@pytest.fixture(scope="module")
-def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
-    path: Path = tmp_path_factory.mktemp("service") / "service.db"
-    with migrated(f"sqlite:///{path}") as made:
-        yield made
-
-
 @pytest.fixture
-def s(factory: sessionmaker[Session]) -> Iterator[Session]:
-    with rolled_back(factory) as session:
-        yield session
+def s(rolled_back_session: Session) -> Session:
+    """A session on the module's database, rolled back after each test (tests/conftest.py)."""
+    return rolled_back_session
 
 
 _refs = iter(range(1, 100_000))

@@ -5,14 +5,12 @@ the module (docs/mutation.md); the end-to-end behaviour by mail is in tests/case
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from mailgateway.clock import FixedClock
 from mailgateway.commands import handling
@@ -23,22 +21,14 @@ from mailgateway.processing.context import Env
 from mailgateway.settings import DkimSettings, RegionSettings, StaffSettings, parse_settings
 from mailgateway.store.models import Case, Confirmation, Contact, Establishment, InboundMessage, StaffMember
 from tests.support.casegateway import settings_data
-from tests.support.db import migrated, rolled_back
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sessionmaker[Session]]:
-    path: Path = tmp_path_factory.mktemp("handling") / "handling.db"
-    with migrated(f"sqlite:///{path}") as made:
-        yield made
-
-
 @pytest.fixture
-def s(factory: sessionmaker[Session]) -> Iterator[Session]:
-    with rolled_back(factory) as session:
-        yield session
+def s(rolled_back_session: Session) -> Session:
+    """A session on the module's database, rolled back after each test (tests/conftest.py)."""
+    return rolled_back_session
 
 
 @pytest.fixture(scope="module")
