@@ -92,9 +92,14 @@ def _scoped(region: str | None, key: str) -> str:
     return f"{region.upper()}|{key}" if region else key
 
 
+def _bare(message_id: str | None) -> str:
+    """A Message-ID lower-cased, without blanks or angle brackets ("" for none)."""
+    return (message_id or "").strip().strip("<>").strip().lower()
+
+
 def message_id_key(message_id: str | None, region: str | None = None) -> str | None:
     """``[<REGION>|]mid:<id>`` lower-cased without angle brackets, or None for a missing or empty id."""
-    value = (message_id or "").strip().strip("<>").strip().lower()
+    value = _bare(message_id)
     return _bounded(_scoped(region, f"mid:{value}")) if value else None
 
 
@@ -132,7 +137,7 @@ def declaration_keys(facts: MessageFacts, raw: bytes, region: str | None) -> tup
     authenticated = bool(facts.sender.authenticated)
     signature = ([_bounded(_scoped(region, facts.sender.signature_key))]
                  if authenticated and facts.sender.signature_key else [])
-    mid = (facts.message_id or "").strip().strip("<>").strip().lower()
+    mid = _bare(facts.message_id)
     if not mid:
         return signature, signature
     body = raw[len(header_block(raw)):].replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
@@ -160,8 +165,8 @@ def claim(session: Session, facts: MessageFacts, inbound_id: int, at: datetime,
 
     Re-processing the same inbound message (a crash after a partial run is rolled back, but a
     caller may claim twice in one transaction) is not a replay: its own records are accepted.
-    The insert runs in a savepoint, so a concurrent copy committed in between (PostgreSQL) turns
-    into a replay here rather than an error that would quarantine the message.
+    A copy committed concurrently in between (PostgreSQL) turns into a replay here rather than an
+    error that would quarantine the message (``claim_keys``: ON CONFLICT DO NOTHING).
     """
     return claim_keys(session, keys_of(facts, region), inbound_id, at)
 
