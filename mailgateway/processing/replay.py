@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-from dkim.canonicalization import CanonicalizationPolicy
 from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -46,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgateway.clock import PARIS, aware
+from mailgateway.dispatch.dkim import relaxed_body
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.store.models import ReplayKey
 from mailgateway.wire import header_block
@@ -66,8 +66,6 @@ __all__ = [
     "recorded",
     "sent_at",
 ]
-
-_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 
 COMMAND_REPLAYED = "commande déjà exécutée : message rejoué"
 DECLARATION_REPLAYED = "déclaration déjà reçue : message rejoué"
@@ -141,7 +139,7 @@ def declaration_keys(facts: MessageFacts, raw: bytes, region: str | None) -> tup
     if not mid:
         return signature, signature
     body = raw[len(header_block(raw)):].replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    digest = hashlib.sha256(_RELAXED.canonicalize_body(body)).hexdigest()
+    digest = hashlib.sha256(relaxed_body(body)).hexdigest()  # linear: the body is untrusted
     sender = (facts.sender.address or "").strip().lower()
     signed = _bounded(_scoped(region, f"decl:a:{sender}:{mid}:{digest}"))
     unsigned = _bounded(_scoped(region, f"decl:u:{sender}:{mid}:{digest}"))

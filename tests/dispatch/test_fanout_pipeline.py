@@ -260,9 +260,9 @@ def test_a_composer_that_cannot_travel_composes_here_and_signs_in_the_pool(app: 
 def test_the_fast_relaxed_body_is_dkimpys(body: bytes) -> None:
     from dkim.canonicalization import CanonicalizationPolicy
 
-    from mailgateway.dispatch.dkim import _relaxed_body
+    from mailgateway.dispatch.dkim import relaxed_body
 
-    assert _relaxed_body(body) == CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(body)
+    assert relaxed_body(body) == CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(body)
 
 
 @pytest.mark.parametrize("bulletins", [{"signing_processes": -1}, {"signing_processes": 65},
