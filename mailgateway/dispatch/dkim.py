@@ -39,7 +39,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -52,9 +51,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.canonicalization import CanonicalizationPolicy, correct_empty_body, strip_trailing_lines
+from dkim.canonicalization import CanonicalizationPolicy
 
 from mailgateway.errors import ConfigError, PolicyRefusal
+from mailgateway.mail.dkim_canon import relaxed_body
 from mailgateway.settings import DkimSettings
 
 __all__ = ["ALGORITHMS", "OVERSIGNED_HEADERS", "SIGNED_HEADERS", "DkimKey", "DkimSigner", "SigningPool", "relaxed_body"]
@@ -228,27 +228,6 @@ class DkimSigner:
         value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
         folded: bytes = dkim.fold(value, namelen=len(_HEADER_NAME))
         return _HEADER_NAME + b": " + folded
-
-
-_BLANKS = re.compile(rb"[\t ]+")  # linear: one greedy run, nothing required after it
-
-
-def relaxed_body(body: bytes) -> bytes:
-    """RFC 6376 §3.4.4 relaxed body canonicalisation, byte for byte what dkimpy's
-    ``canonicalize_body`` gives, in linear time.
-
-    dkimpy strips trailing blanks with ``[\\t ]+\\r\\n``, which is quadratic on a long run of blanks
-    not followed by CRLF (40 KB of spaces: 4.6 s; the run is untrusted when the body is an
-    inbound original attached to a staff notification, or a declaration's replay key). Here a
-    line's trailing blanks go with ``rstrip`` and runs are compressed by a pattern that needs
-    nothing after it. A body without a tab, a double space or a space before CRLF — our
-    quoted-printable bodies, usually — needs neither: only the empty lines at the end count."""
-    if b"\t" not in body and b"  " not in body and b" \r\n" not in body:
-        return bytes(correct_empty_body(strip_trailing_lines(body)))
-    lines = [_BLANKS.sub(b" ", line) for line in body.split(b"\r\n")]
-    # Trailing blanks go only where a CRLF follows: not after the last segment.
-    lines[:-1] = [line.rstrip(b" ") for line in lines[:-1]]
-    return bytes(correct_empty_body(strip_trailing_lines(b"\r\n".join(lines))))
 
 
 def _load_key(key: DkimKey) -> _LoadedKey:

@@ -253,18 +253,6 @@ def test_a_composer_that_cannot_travel_composes_here_and_signs_in_the_pool(app: 
     assert all(dkimpy_verify(row.raw, records) for row in _check_once_each(app, bulletin_id))
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"\r\n", b"\r\n\r\n", b"a", b"a\r\n", b"a\r\n\r\n\r\n", b"a b\r\nc\r\n", b"a  b\r\n", b"a\tb\r\n",
-    b"a \r\nb\r\n", b"a\r\n \r\n", b"a \t \r\n\r\n", b"=C3=A9t=C3=A9\r\n=20\r\n", b" a\r\n", b"a ",
-])
-def test_the_fast_relaxed_body_is_dkimpys(body: bytes) -> None:
-    from dkim.canonicalization import CanonicalizationPolicy
-
-    from mailgateway.dispatch.dkim import relaxed_body
-
-    assert relaxed_body(body) == CanonicalizationPolicy.from_c_value(b"relaxed/relaxed").canonicalize_body(body)
-
-
 @pytest.mark.parametrize("bulletins", [{"signing_processes": -1}, {"signing_processes": 65},
                                        {"fanout_commit_every": 0}, {"fanout_commit_every": 10_001}])
 def test_fan_out_settings_out_of_range_are_refused(bulletins: dict[str, int]) -> None:
