@@ -38,6 +38,8 @@ import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -294,6 +296,24 @@ class GatewaySMTP(SMTP):
         if self._refused:
             return False
         return super().eof_received()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's own (aiosmtpd/smtp.py ``SMTP._getaddr``, 1.4), minus the ``typing.Protocol``
+        class it defines — for its type checker — at every call: ≈60 µs, for MAIL FROM and each
+        RCPT TO, a tenth of accept's CPU per message (issue 19). Same parser, same answers
+        (tests/intake/test_smtp_getaddr.py compares them)."""
+        if not arg:
+            return "", ""
+        try:
+            parsed = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = parsed[0].addr_spec
+        rest: str = parsed[1]
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     # -- RFC 1870 SIZE -----------------------------------------------------------------------
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
