@@ -151,8 +151,13 @@ def accept_all(app: App, count: int) -> None:
                       rcpt_tos=["ssi-pdl@ars.test"], peer="127.0.0.1")
 
 
+RELAY_PORT = 9  # discard: never connected to, processing only composes and queues
+
+
 def run(mode: str, count: int, open_cases: int, workdir: Path, profile: Path | None) -> float:
-    config = GatewayConfig(workdir / mode)
+    # A relay configured, as in the daemon (nothing is sent here): processing then reads what the
+    # relay advertised (dispatch/relaylimits.py) to decide whether a staff mail may attach the original.
+    config = GatewayConfig(workdir / mode, relay_port=RELAY_PORT)
     settings = load_settings(config.path)
     app = build_app(settings, clock=SystemClock())
     worker = AnalysisWorker(settings) if mode in ("worker", "single") else None

@@ -52,7 +52,11 @@ def remember(session: Session, key: str, size: int | None, now: datetime) -> Non
 
 
 def known(session: Session, key: str) -> RelayLimit | None:
-    return session.get(RelayLimit, key)
+    # No flush first: only the sender writes these rows (``remember``, then commits), never the
+    # transactions that read them, so nothing pending can change the answer — and on the
+    # processing hot path that autoflush was a whole unit of work per declaration (issue 19).
+    with session.no_autoflush:
+        return session.get(RelayLimit, key)
 
 
 def message_limit(settings: Settings, session: Session) -> int | None:
