@@ -26,7 +26,7 @@ from email.message import Message
 
 import dkim
 
-from mailgateway.mail.flowed import unflow_part
+from mailgateway.mail.flowed import unflow
 from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_addresses
 from mailgateway.mail.htmltext import html_to_text
 from mailgateway.wire import MAX_SIGNATURE_FIELDS, MAX_SIGNED_NAMES, header_block, header_block_problem
@@ -118,41 +118,8 @@ def part_text(part: Message, limit: int = MAX_PART_BYTES) -> str:
         delsp = str(part.get_param("delsp") or "").strip().lower() == "yes"
     except Exception:
         flowed = delsp = False
-    return unflow(text, delsp) if flowed and _ctype(part) == "text/plain" else text
-
-
-def unflow(text: str, delsp: bool = False) -> str:
-    """RFC 3676 format=flowed text as its paragraphs (Thunderbird, Apple Mail): a line ending in
-    a space continues on the next one of the same quote depth; space-stuffing (§4.4) is removed;
-    the signature separator « -- » is never flowed (§4.3). Linear; display and analysis only.
-    """
-    out: list[str] = []
-    buf: list[str] | None = None  # pieces of the paragraph being flowed (joined once: linear)
-    buf_depth = 0
-
-    def emit(depth: int, pieces: list[str]) -> None:
-        joined = "".join(pieces)
-        out.append(">" * depth + (" " if depth and joined else "") + joined)
-
-    for raw_line in text.split("\n"):
-        line = raw_line[:-1] if raw_line.endswith("\r") else raw_line
-        depth = len(line) - len(line.lstrip(">"))
-        body = line[depth:]
-        if body.startswith(" "):
-            body = body[1:]  # space-stuffed (or the space after a quote marker)
-        if buf is not None and depth != buf_depth:
-            emit(buf_depth, buf)
-            buf = None
-        if body.endswith(" ") and body != "-- ":
-            buf = buf if buf is not None else []
-            buf.append(body[:-1] if delsp else body)
-            buf_depth = depth
-            continue
-        emit(depth, [*(buf or []), body])
-        buf = None
-    if buf is not None:
-        emit(buf_depth, buf)
-    return "\n".join(out)
+    # RFC 3676 format=flowed, one reading for every caller (mail/flowed.py).
+    return unflow(text, delsp=delsp) if flowed and _ctype(part) == "text/plain" else text
 
 
 def _is_attachment(part: Message) -> bool:
@@ -291,7 +258,7 @@ def collect_parts(parsed: ParsedMessage) -> None:
         if ctype == "text/plain" or (ctype.startswith("text/") and ctype not in ("text/html",)):
             if _is_attachment(part) or ctype not in ("text/plain", "text/enriched", "text/richtext"):
                 continue
-            text = unflow_part(part, part_text(part))  # RFC 3676 format=flowed (mail/flowed.py)
+            text = part_text(part)  # format=flowed unwrapped there, once (mail/flowed.py)
             parsed.plain.append(text)
             budget -= len(text)
         elif ctype == "text/html" and not _is_attachment(part):

@@ -52,7 +52,7 @@ def thunderbird(text: str, width: int = 72) -> str:
     return "\n".join(out)
 
 
-def delsp(text: str, width: int = 40) -> str:
+def delsp(text: str, width: int = 72) -> str:
     """format=flowed; DelSp=yes: cut anywhere, even inside a word, a space added at each cut (§4.1)."""
     out: list[str] = []
     for line in text.split("\n"):
@@ -106,8 +106,9 @@ def receipt(gw: Gateway) -> str:
 def test_flowed_unwrapping_follows_rfc_3676() -> None:
     assert unflow(thunderbird(LONG)) == LONG
     assert unflow(delsp(LONG), delsp=True) == LONG
-    assert unflow("a \nb\n-- \nsig") == "a b\n-- \nsig"  # the signature separator is never flowed
-    assert unflow("> q1 \n> q2\nnew") == "> q1 q2\nnew"  # quote depth kept
+    wide = "a" * 70
+    assert unflow(f"{wide} \nb\n-- \nsig") == f"{wide} b\n-- \nsig"  # the signature separator is never flowed
+    assert unflow(f"> {wide} \n> q2\nnew") == f"> {wide} q2\nnew"  # quote depth kept
     assert unflow(" >stuffed") == ">stuffed"  # space-stuffing undone (§4.4)
 
 
@@ -236,7 +237,7 @@ def test_hostile_flowed_and_command_text_is_read_in_linear_time() -> None:
     from mailgateway.mail.labels import load_labels
 
     start = time.perf_counter()
-    joined = unflow("x \n" * 200_000 + "> \n>> \n" * 50_000, delsp=True)
+    joined = unflow(("x" * 70 + " \n") * 20_000 + "> \n>> \n" * 50_000, delsp=True)
     assert joined.startswith("x" * 1000)
     commands = parse_commands("#note a\n" + "b\n" * 200_000 + "#" * 10_000 + "\n", load_labels())
     assert len(commands[0].args[0]) <= 20_000

@@ -11,9 +11,10 @@ import pytest
 from mailgateway.mail.analyse import analyse
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.courtesy import is_courtesy
+from mailgateway.mail.flowed import unflow
 from mailgateway.mail.headers import decode_header_value
 from mailgateway.mail.labels import load_labels
-from mailgateway.mail.parse import parse_message, unflow
+from mailgateway.mail.parse import parse_message
 from mailgateway.mail.receipt import read_receipt
 from mailgateway.mail.text import header_block_end, split_forwarded
 from tests.mail.test_regex_budget import BUDGET, SIZE, WORST, within
