@@ -136,6 +136,9 @@ def test_bad_recipient_bytes_get_501_and_the_session_goes_on(gateway: RunningGat
         assert code == 501 and "5.1.3" in text, text
         code, text = client.cmd(b"RCPT TO:<ssi-pdl\xc3(@ars.test>")
         assert code == 501 and "5.1.3" in text, text
+        # An encoded word is a local part of its own in SMTP, never decoded into our address.
+        code, text = client.cmd(b"RCPT TO:<=?utf-8?q?ssi-pdl?=@ars.test>")
+        assert code == 553, text
         assert client.cmd(b"RCPT TO:<" + PDL.encode() + b">")[0] == 250
         assert client.cmd(b"DATA")[0] == 354
         client.sock.sendall(_message(1) + b".\r\n")
