@@ -28,7 +28,7 @@ def unflow(text: str, *, delsp: bool = False) -> str:
     Quoted lines (§4.5) keep their quote depth; a change of depth ends a paragraph even after a
     trailing space (§4.5: "improperly flowed"). Space-stuffing (§4.4) is undone. A trailing space
     counts as a soft break only where a writer wrapping at ``WRAP_MIN`` columns would have broken
-    the line (see above).
+    the line (see above), and never before a command line or the signature separator.
     """
     lines = [_split(raw) for raw in text.split("\n")]
     out: list[str] = []
@@ -70,11 +70,28 @@ def _wrapped(depth: int, content: str, following: tuple[int, str] | None) -> boo
     depth, ends its paragraph either way."""
     if following is None or following[0] != depth:
         return True
-    width = (depth + 1 if depth else 0) + len(content)  # quote markers and their blank count too
     next_text = following[1]
+    if next_text == SIGNATURE or _starts_command(next_text):
+        # Never a wrap a line may be joined to: a staff command (« #note INTERNE … » joined to the
+        # « #repondre » line above it was mailed to the establishment: an outside tester, with a
+        # line ending in a space by accident — or added, as above) nor the signature separator.
+        return False
+    width = (depth + 1 if depth else 0) + len(content)  # quote markers and their blank count too
     space = next_text.find(" ")
     next_word = len(next_text) if space < 0 else space
     return width + next_word > WRAP_MIN
+
+
+def _starts_command(text: str) -> bool:
+    """``#`` then a letter (one blank between allowed), after leading blanks: how a command line
+    starts (mail/commands.py), whatever its name — known or not, it is not joined."""
+    rest = text.lstrip(" \t")
+    if not rest.startswith("#"):
+        return False
+    rest = rest[1:]
+    if rest[:1].isspace():
+        rest = rest[1:]
+    return rest[:1].isalpha()
 
 
 def _quoted(depth: int, content: str) -> str:

@@ -242,3 +242,21 @@ def test_hostile_flowed_and_command_text_is_read_in_linear_time() -> None:
     commands = parse_commands("#note a\n" + "b\n" * 200_000 + "#" * 10_000 + "\n", load_labels())
     assert len(commands[0].args[0]) <= 20_000
     assert time.perf_counter() - start < 5.0
+
+
+def test_a_command_line_after_a_wide_line_ending_in_a_space_stays_a_command(gw: Gateway) -> None:
+    # An outside tester (an agent's client leaving a space at the end of a hard line): the 68-column
+    # « #repondre » line was joined with the « #note » below it, and the internal note was mailed to
+    # the establishment. Neither a command line nor the signature separator is ever a continuation.
+    ref = gw.declare()
+    answer = "Bonjour, merci pour votre déclaration ; le CERT Santé vous rappelle."
+    body = (f"#repondre {answer} \n#note INTERNE : le directeur a refusé l'isolement du serveur.\n"
+            f"-- \nAgent SSI, 06 00 00 00 00\n")
+    assert len(body.split("\n")[0]) >= 60
+    result = gw.feed(reply(gw, ref, "text/plain; charset=UTF-8; format=flowed", body.encode()))
+    assert result.status == "processed"
+    sent = declarant_mail(gw, "reponse")
+    assert answer in sent
+    assert "INTERNE" not in sent and "06 00 00 00 00" not in sent and "-- " not in sent
+    notes = [e for e in gw.events(ref) if e.type == "note"]
+    assert len(notes) == 1 and "le directeur a refusé" in str(notes[0].data)
