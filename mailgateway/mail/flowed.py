@@ -10,6 +10,8 @@ One forward pass over the lines, string operations only (no regex on untrusted t
 
 from __future__ import annotations
 
+from mailgateway.mail.text import quote_start
+
 SIGNATURE = "-- "  # §4.3: the signature separator is never a flowed line
 # A soft break is honoured only where a writer wrapped: where the next line's first word would not
 # have fitted on a line of this many columns. Writers wrap at 66-78 (§4.2 recommends at most 66
@@ -28,7 +30,8 @@ def unflow(text: str, *, delsp: bool = False) -> str:
     Quoted lines (§4.5) keep their quote depth; a change of depth ends a paragraph even after a
     trailing space (§4.5: "improperly flowed"). Space-stuffing (§4.4) is undone. A trailing space
     counts as a soft break only where a writer wrapping at ``WRAP_MIN`` columns would have broken
-    the line (see above), and never before a command line or the signature separator.
+    the line (see above), and never before a command line, the signature separator or an
+    attribution line.
     """
     lines = [_split(raw) for raw in text.split("\n")]
     out: list[str] = []
@@ -71,10 +74,11 @@ def _wrapped(depth: int, content: str, following: tuple[int, str] | None) -> boo
     if following is None or following[0] != depth:
         return True
     next_text = following[1]
-    if next_text == SIGNATURE or _starts_command(next_text):
+    if next_text == SIGNATURE or _starts_command(next_text) or quote_start([next_text]) == 0:
         # Never a wrap a line may be joined to: a staff command (« #note INTERNE … » joined to the
         # « #repondre » line above it was mailed to the establishment: an outside tester, with a
-        # line ending in a space by accident — or added, as above) nor the signature separator.
+        # line ending in a space by accident — or added, as above), the signature separator, an
+        # attribution (« Le …, X a écrit : ») or quote header.
         return False
     width = (depth + 1 if depth else 0) + len(content)  # quote markers and their blank count too
     space = next_text.find(" ")

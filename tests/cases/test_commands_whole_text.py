@@ -260,3 +260,12 @@ def test_a_command_line_after_a_wide_line_ending_in_a_space_stays_a_command(gw: 
     assert "INTERNE" not in sent and "06 00 00 00 00" not in sent and "-- " not in sent
     notes = [e for e in gw.events(ref) if e.type == "note"]
     assert len(notes) == 1 and "le directeur a refusé" in str(notes[0].data)
+
+
+def test_an_attribution_after_a_wide_line_ending_in_a_space_is_not_sent(gw: Gateway) -> None:
+    ref = gw.declare()
+    answer = "Bonjour, merci pour votre déclaration ; le CERT Santé vous rappelle."
+    body = f"#repondre {answer} \nLe 05/12/2026 à 20:03, Marie Exemple a écrit :\n> Bonjour,\n"
+    gw.feed(reply(gw, ref, "text/plain; charset=UTF-8; format=flowed", body.encode()))
+    sent = declarant_mail(gw, "reponse")
+    assert answer in sent and "a écrit" not in sent
