@@ -109,7 +109,12 @@ def test_smtp_answers_451_while_the_write_gate_is_held_and_never_stores_that_mes
 
 
 def test_a_host_paused_while_holding_the_gate_is_killed_and_restarted(tmp_path: Path) -> None:
-    config = GatewayConfig(tmp_path / "gw", extra=FAST)
+    # The heartbeat bound (host_stall_seconds + analysis_timeout_seconds) well above the gate's
+    # (host_stall_seconds): the catching loop below stops and resumes the host every few
+    # milliseconds, and on a loaded machine (the suite runs in two processes) its heartbeat could go
+    # stale first — then the host was killed as silent, and this test, about the gate, failed.
+    config = GatewayConfig(tmp_path / "gw", extra=FAST.replace("analysis_timeout_seconds = 2.0",
+                                                                "analysis_timeout_seconds = 10.0"))
     lock = Path(f"{config.db_path}.write-lock")
     with RunningGateway(config) as gw:
         _warm(gw, config)
