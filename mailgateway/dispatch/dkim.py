@@ -13,8 +13,9 @@ the 10,000-message fan-out needs the fast path). There is no hook to replace tha
   inline), and ``DKIM.sign`` re-parses the PEM key with dkimpy's ASN.1 code on every message.
 
 So this module keeps everything that defines the signature's *meaning* in dkimpy — message
-splitting (``rfc822_parse``), relaxed canonicalisation (``CanonicalizationPolicy``), header
-selection bottom-up with over-signing (``hash_headers`` / ``select_headers``), ``b=`` removal
+splitting (``rfc822_parse``), relaxed header canonicalisation (``CanonicalizationPolicy``; the
+body's is ``mail/dkim_canon.relaxed_body``, dkimpy's bytes in linear time, which dkimpy's verifier
+uses too), header selection bottom-up with over-signing (``hash_headers`` / ``select_headers``), ``b=`` removal
 (``RE_BTAG``) and folding (``fold``) — and re-assembles the same tag list as ``DKIM.sign``, so the
 output is byte-for-byte what dkimpy would produce for the same ``t=``, except that the private-key
 operation runs in OpenSSL. Interoperability is proved by tests against dkimpy, Mail::DKIM and
@@ -57,7 +58,7 @@ from mailgateway.errors import ConfigError, PolicyRefusal
 from mailgateway.mail.dkim_canon import relaxed_body
 from mailgateway.settings import DkimSettings
 
-__all__ = ["ALGORITHMS", "OVERSIGNED_HEADERS", "SIGNED_HEADERS", "DkimKey", "DkimSigner", "SigningPool", "relaxed_body"]
+__all__ = ["ALGORITHMS", "OVERSIGNED_HEADERS", "SIGNED_HEADERS", "DkimKey", "DkimSigner", "SigningPool"]
 
 log = logging.getLogger("mailgateway.dkim")
 

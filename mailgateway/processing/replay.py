@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailgateway.clock import PARIS, aware
-from mailgateway.dispatch.dkim import relaxed_body
+from mailgateway.mail.dkim_canon import relaxed_body
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.store.models import ReplayKey
 from mailgateway.wire import header_block
