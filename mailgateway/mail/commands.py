@@ -50,6 +50,12 @@ def _args(mode: str, rest: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def is_command_line(line: str) -> bool:
+    """Whether ``line`` has the shape of a command line (``#`` and a letter, or ``#?``), whatever
+    its name: mail/flowed.py never joins such a line to the one above it."""
+    return _COMMAND_LINE.match(line[:MAX_LINE]) is not None
+
+
 def parse_command_line(line: str, labels: Labels) -> Command | None:
     """One ``#...`` line as a Command (accepted False until authorised), or None if not one."""
     match = _COMMAND_LINE.match(line[:MAX_LINE])

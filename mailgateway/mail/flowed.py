@@ -5,11 +5,14 @@ with a trailing space (§4.2); ``DelSp=yes`` (§4.1) says that space was added b
 is removed when the lines are joined again. Without this, a staff command written on one long
 line reached the gateway as its first 72 columns (issue 17: "… Le CERT Santé va vous").
 
-One forward pass over the lines, string operations only (no regex on untrusted text).
+One forward pass over the lines, string operations, except that a line that could be joined to
+the one above is checked against the command and quote-header patterns (mail/commands.py,
+mail/text.py: linear, budget-tested) — only when the width test says it could be a wrap.
 """
 
 from __future__ import annotations
 
+from mailgateway.mail.commands import is_command_line
 from mailgateway.mail.text import quote_start
 
 SIGNATURE = "-- "  # §4.3: the signature separator is never a flowed line
@@ -74,28 +77,15 @@ def _wrapped(depth: int, content: str, following: tuple[int, str] | None) -> boo
     if following is None or following[0] != depth:
         return True
     next_text = following[1]
-    if next_text == SIGNATURE or _starts_command(next_text) or quote_start([next_text]) == 0:
-        # Never a wrap a line may be joined to: a staff command (« #note INTERNE … » joined to the
-        # « #repondre » line above it was mailed to the establishment: an outside tester, with a
-        # line ending in a space by accident — or added, as above), the signature separator, an
-        # attribution (« Le …, X a écrit : ») or quote header.
-        return False
     width = (depth + 1 if depth else 0) + len(content)  # quote markers and their blank count too
     space = next_text.find(" ")
-    next_word = len(next_text) if space < 0 else space
-    return width + next_word > WRAP_MIN
-
-
-def _starts_command(text: str) -> bool:
-    """``#`` then a letter (one blank between allowed), after leading blanks: how a command line
-    starts (mail/commands.py), whatever its name — known or not, it is not joined."""
-    rest = text.lstrip(" \t")
-    if not rest.startswith("#"):
+    if width + (len(next_text) if space < 0 else space) <= WRAP_MIN:
         return False
-    rest = rest[1:]
-    if rest[:1].isspace():
-        rest = rest[1:]
-    return rest[:1].isalpha()
+    # Never a wrap a line may be joined to: a staff command (« #note INTERNE … » joined to the
+    # « #repondre » line above it was mailed to the establishment: an outside tester, with a line
+    # ending in a space by accident — or added, as above), the signature separator, an
+    # attribution (« Le …, X a écrit : ») or quote header.
+    return not (next_text == SIGNATURE or is_command_line(next_text) or quote_start([next_text]) == 0)
 
 
 def _quoted(depth: int, content: str) -> str:
