@@ -28,18 +28,23 @@ def settings(**extra: Any) -> Settings:
     return parse_settings(data)
 
 
-@pytest.fixture
-def directory(session: Session) -> Session:
-    session.add(Establishment(finess="690781810", name="CHU", category="CH", departement="69", region="ARA",
+def one_establishment(session: Session, *, name: str, category: str, rssi: str, dsi: str, staff: str) -> Session:
+    """FINESS 690781810 (ARA) with its RSSI and DSI contacts, and one staff member."""
+    session.add(Establishment(finess="690781810", name=name, category=category, departement="69", region="ARA",
                               source="finess", updated_at=NOW))
     session.flush()
-    session.add(Contact(finess="690781810", address="RSSI@Chu-Lyon.test", role="rssi", status="active",
-                        bounce_score=0.0, created_at=NOW, updated_at=NOW))
-    session.add(Contact(finess="690781810", address="dsi@ch_a.test", role="dsi", status="active",
-                        bounce_score=0.0, created_at=NOW, updated_at=NOW))
-    session.add(StaffMember(address="Cadre@Import.test", region="ARA"))
+    for address, role in ((rssi, "rssi"), (dsi, "dsi")):
+        session.add(Contact(finess="690781810", address=address, role=role, status="active",
+                            bounce_score=0.0, created_at=NOW, updated_at=NOW))
+    session.add(StaffMember(address=staff, region="ARA"))
     session.flush()
     return session
+
+
+@pytest.fixture
+def directory(session: Session) -> Session:
+    return one_establishment(session, name="CHU", category="CH", rssi="RSSI@Chu-Lyon.test", dsi="dsi@ch_a.test",
+                             staff="Cadre@Import.test")
 
 
 @pytest.mark.parametrize("domain", [

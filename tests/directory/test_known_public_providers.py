@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from mailgateway.directory.known import is_known_domain, is_public_mailbox_domain
 from mailgateway.store.engine import transaction
-from mailgateway.store.models import Contact, Establishment, StaffMember
-from tests.directory.test_known_domains import settings
+from mailgateway.store.models import Contact, Establishment
+from tests.directory.test_known_domains import one_establishment, settings
 from tests.support import casemail
 from tests.support.casegateway import gateway_from, settings_data
 from tests.support.db import at_head
@@ -23,16 +23,8 @@ NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 @pytest.fixture
 def directory(session: Session) -> Session:
-    session.add(Establishment(finess="690781810", name="Clinique", category="CL", departement="69", region="ARA",
-                              source="finess", updated_at=NOW))
-    session.flush()
-    session.add(Contact(finess="690781810", address="Clinique.SSI@Orange.fr", role="rssi", status="active",
-                        bounce_score=0.0, created_at=NOW, updated_at=NOW))
-    session.add(Contact(finess="690781810", address="dsi@clinique-parc.test", role="dsi", status="active",
-                        bounce_score=0.0, created_at=NOW, updated_at=NOW))
-    session.add(StaffMember(address="astreinte.ars@gmail.com", region="ARA"))
-    session.flush()
-    return session
+    return one_establishment(session, name="Clinique", category="CL", rssi="Clinique.SSI@Orange.fr",
+                             dsi="dsi@clinique-parc.test", staff="astreinte.ars@gmail.com")
 
 
 @pytest.mark.parametrize("domain", ["gmail.com", "orange.fr", "wanadoo.fr", "laposte.net", "sfr.fr", "ORANGE.FR.",
