@@ -97,16 +97,20 @@ def thread_cpu_seconds(tid: int | None) -> float:
     return pid_cpu_seconds(os.getpid(), f"/task/{tid}") if tid is not None else 0.0
 
 
-def descendants(pid: int) -> list[int]:
-    """Child processes of ``pid``, recursively (the processing host, its analysis worker)."""
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (the daemon's: the processing host)."""
     found: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
-            for child in children.read_text().split():
-                found += [int(child), *descendants(int(child))]
+            found += [int(child) for child in listing.read_text().split()]
         except OSError:
             continue
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (the processing host, its analysis worker)."""
+    return [p for child in children(pid) for p in (child, *descendants(child))]
 
 
 def tree_cpu_seconds(pids: list[int]) -> float:
@@ -436,18 +440,18 @@ def _measure_in(gateway: RunningGateway, config: ChaosConfig, relay: Relay, mess
     except TimeoutError:
         pass  # [processing] host = "thread": nothing to wait for
     spy = py_spy(pid, profile) if profile is not None else None
-    children = descendants(pid)
-    cpu, children_cpu = pid_cpu_seconds(pid), tree_cpu_seconds(children)
+    tree = descendants(pid)
+    cpu, children_cpu = pid_cpu_seconds(pid), tree_cpu_seconds(tree)
     started = time.perf_counter()
     accepted_in, client = send_all(config.smtp_port, messages, connections)
     accepted = Run(accepted_in, pid_cpu_seconds(pid) - cpu, client)
-    accepted.children_cpu = tree_cpu_seconds(children) - children_cpu
+    accepted.children_cpu = tree_cpu_seconds(tree) - children_cpu
     stop_spy(spy)  # the accept phase only: processing alone runs on long after it
     if not wait:
         return accepted, None, None, processed(config.db_path)
-    hosts = [int(c) for t in Path(f"/proc/{pid}/task").glob("*/children") for c in t.read_text().split()]
+    hosts = children(pid)
     parts = {"daemon (intake, sender)": [pid], "processing host": hosts,
-             "analysis worker": [p for p in children if p not in hosts], "relay (counting sink)": [relay.proc.pid]}
+             "analysis worker": [p for p in tree if p not in hosts], "relay (counting sink)": [relay.proc.pid]}
     before = {name: tree_cpu_seconds(pids) for name, pids in parts.items()}
     wait_for(lambda: processed(config.db_path) >= (count, count), timeout=3600, interval=0.05)
     processed_in = time.perf_counter() - started
