@@ -8,7 +8,8 @@ row lock and SQLite with its database write lock (transactions begin IMMEDIATE).
 from __future__ import annotations
 
 import re
-from typing import cast
+from functools import cache
+from typing import Any, cast
 
 from sqlalchemy import Table, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -38,13 +39,7 @@ def next_reference(session: Session, region: str, year: int) -> str:
     # not be flushed first (issue 19: one unit of work less per new case).
     with session.no_autoflush:
         if dialect in ("postgresql", "sqlite"):
-            insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
-            table = cast(Table, CaseSequence.__table__)
-            stmt = insert_(table).values(region=region, year=year, last=1)
-            number = session.execute(
-                stmt.on_conflict_do_update(index_elements=["region", "year"], set_={"last": table.c.last + 1})
-                .returning(table.c.last)
-            ).scalar_one()
+            number = session.execute(_next_statement(dialect), {"region": region, "year": year, "last": 1}).scalar_one()
         else:  # pragma: no cover - only the two supported engines
             session.execute(insert(CaseSequence).values(region=region, year=year, last=0))
             number = session.execute(
@@ -54,3 +49,12 @@ def next_reference(session: Session, region: str, year: int) -> str:
                 .returning(CaseSequence.last)
             ).scalar_one()
     return format_reference(region, year, number)
+
+
+@cache
+def _next_statement(dialect: str) -> Any:
+    """Built once per dialect, values bound at execution (issue 19: every new case asks)."""
+    insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = cast(Table, CaseSequence.__table__)
+    return (insert_(table).on_conflict_do_update(index_elements=["region", "year"], set_={"last": table.c.last + 1})
+            .returning(table.c.last))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import lifecycle
@@ -138,16 +139,23 @@ def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | No
     """An open, unmerged case for the same FINESS in the same region, opened within ``window``."""
     if not case.finess:
         return None
-    since = aware(case.opened_at) - window
-    candidates = session.scalars(
-        select(Case).where(
-            Case.finess == case.finess, Case.region == case.region, Case.kind == case.kind,
-            Case.id != case.id, Case.merged_into_id.is_(None), Case.opened_at >= since,
-            # In SQL, not in Python: loading every candidate made each declaration O(open cases).
-            Case.status.not_in(lifecycle.CLOSED),
-        ).order_by(Case.opened_at.desc(), Case.id.desc()).limit(1)
-    )
-    return candidates.first()
+    found = session.scalar(_duplicate_statement(), {
+        "finess": case.finess, "region": case.region, "kind": case.kind, "id": case.id,
+        "since": aware(case.opened_at) - window})
+    return session.get(Case, found) if found is not None else None
+
+
+@cache
+def _duplicate_statement() -> Select[int]:
+    """The id of ``find_duplicate``'s case. Built once on the table's columns, values bound at
+    execution: every declaration asks (issue 19); the rare case found is then loaded by id."""
+    c = Case.__table__.c
+    return (select(c.id).where(
+        c.finess == bindparam("finess"), c.region == bindparam("region"), c.kind == bindparam("kind"),
+        c.id != bindparam("id"), c.merged_into_id.is_(None), c.opened_at >= bindparam("since"),
+        # In SQL, not in Python: loading every candidate made each declaration O(open cases).
+        c.status.not_in(lifecycle.CLOSED),
+    ).order_by(c.opened_at.desc(), c.id.desc()).limit(1))
 
 
 def link(session: Session, case: Case, other: Case, *, type: str, actor: str, at: datetime) -> None:

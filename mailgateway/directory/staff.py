@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import cache
 from os import PathLike
 
-from sqlalchemy import delete, insert, select, tuple_, update
+from sqlalchemy import Select, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from mailgateway.directory.addresses import normalise_address
@@ -110,10 +111,15 @@ def staff_addresses(settings: Settings, session: Session, region: str) -> list[s
     # pending ORM objects, so the caller's pending changes cannot alter the answer (issue 19:
     # each autoflush on the processing hot path is a unit of work of its own).
     with session.no_autoflush:
-        found.update(
-            a.lower() for a in session.scalars(select(StaffMember.address).where(StaffMember.region == region))
-        )
+        found.update(a.lower() for a in session.scalars(_region_statement(), {"region": region}))
     return sorted(found)
+
+
+@cache
+def _region_statement() -> Select[str]:
+    """Built once on the table's columns: every staff notification asks (issue 19)."""
+    columns = StaffMember.__table__.c
+    return select(columns.address).where(columns.region == bindparam("region"))
 
 
 def all_staff(settings: Settings, session: Session) -> set[str]:

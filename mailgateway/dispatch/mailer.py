@@ -23,9 +23,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from functools import cache
+from typing import Any, Protocol, cast
 
-from sqlalchemy import and_, false, func, insert, literal, or_, select
+from sqlalchemy import Insert, Select, Table, and_, bindparam, func, insert, or_, select
 from sqlalchemy import case as case_
 from sqlalchemy.orm import Session
 
@@ -106,19 +107,12 @@ class Mailer:
     def _cap_reached(self, session: Session, recipient: str, case: Case | None) -> str | None:
         now = self.clock.now()
         out = self.settings.outbound
-        hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
         # One query for the three caps (this runs for every automatic reply). No flush first: the
         # log is written by statement (send), never left pending, and nothing else pending counts.
-        per_recipient = and_(AutoReplyLog.recipient == recipient, AutoReplyLog.at >= day_ago)
-        per_case = AutoReplyLog.case_id == case.id if case is not None else false()
         with session.no_autoflush:
-            row = session.execute(
-                select(
-                    func.count(case_(( and_(per_recipient, AutoReplyLog.at >= hour_ago), 1))),
-                    func.count(case_((per_recipient, 1))),
-                    func.count(case_((per_case, 1))),
-                ).where(or_(per_recipient, per_case))
-            ).one()
+            row = session.execute(_caps_statement(), {
+                "recipient": recipient, "hour_ago": now - timedelta(hours=1), "day_ago": now - timedelta(days=1),
+                "case_id": case.id if case is not None else None}).one()
         last_hour, last_day, for_case = (int(v or 0) for v in row)
         if last_hour >= out.auto_replies_per_hour:
             return f"plafond de réponses automatiques atteint pour {recipient} (par heure)"
@@ -131,10 +125,9 @@ class Mailer:
     def _global_budget_reached(self, session: Session) -> str | None:
         """All automatic replies of the last hour, every recipient together (index ix_auto_reply_at)."""
         budget = self.settings.outbound.auto_reply_global_per_hour
-        hour_ago = self.clock.now() - timedelta(hours=1)
         with session.no_autoflush:  # see _cap_reached
-            total = int(session.scalar(select(func.count()).select_from(AutoReplyLog)
-                                       .where(AutoReplyLog.at >= hour_ago)) or 0)
+            total = int(session.scalar(_replies_since_statement(),
+                                       {"since": self.clock.now() - timedelta(hours=1)}) or 0)
         if total < budget:
             return None
         return f"budget global de réponses automatiques atteint ({budget} par heure, tous destinataires confondus)"
@@ -167,24 +160,22 @@ class Mailer:
         notifications, with attachments, to staff. ``pooled``: a second key shared by many senders
         (all unauthenticated mail of a region) with its own cap ``pooled_cap``; both must allow it."""
         key = (sender or "").strip().lower()[:512]
-        hour_ago = self.clock.now() - timedelta(hours=1)
-
         pool = pooled if pooled is not None and pooled_cap is not None else None
         # Both counts in one query (index ix_staff_notice_sender_at); no flush first: the log is
-        # written by statement below, never left pending (issue 19).
-        recent = StaffNoticeLog.at >= hour_ago
+        # written by statement below, never left pending (issue 19). Without a pool, ``pool`` is
+        # NULL: ``sender = NULL`` counts nothing.
         with session.no_autoflush:
-            own, shared = session.execute(select(
-                func.count(case_((StaffNoticeLog.sender == key, 1))),
-                func.count(case_((StaffNoticeLog.sender == pool, 1))) if pool is not None else literal(0),
-            ).where(recent, StaffNoticeLog.sender.in_([key] if pool is None else [key, pool]))).one()
+            own, shared = session.execute(_notices_statement(), {
+                "key": key, "pool": pool, "senders": [key] if pool is None else [key, pool],
+                "since": self.clock.now() - timedelta(hours=1)}).one()
         if int(own or 0) >= self.settings.outbound.staff_notifications_per_sender_per_hour:
             return "sender"
         if pool is not None and pooled_cap is not None and int(shared or 0) >= pooled_cap:
             return "pooled"
         now = self.clock.now()
         with session.no_autoflush:  # a log row refers to nothing pending
-            session.execute(insert(StaffNoticeLog), [{"sender": k, "at": now} for k in (key, pooled) if k is not None])
+            session.execute(_log_insert(StaffNoticeLog),
+                            [{"sender": k, "at": now} for k in (key, pooled) if k is not None])
         return None
 
     def from_identity(self, region: str) -> tuple[str, str]:
@@ -306,8 +297,9 @@ class Mailer:
             return None  # already queued by an earlier run: idempotent
         if auto_reply:
             with session.no_autoflush:  # a log row refers to nothing pending (case_id: a flushed case's)
-                session.execute(insert(AutoReplyLog).values(recipient=recipient, case_id=case.id if case else None,
-                                                            at=self.clock.now()))
+                session.execute(_log_insert(AutoReplyLog), {"recipient": recipient,
+                                                            "case_id": case.id if case else None,
+                                                            "at": self.clock.now()})
         if case is not None:
             self.journal(
                 session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
@@ -322,3 +314,41 @@ def _excerpt(spec: MailSpec) -> dict[str, str]:
     case's story (cases/story.py): staff read what was said without opening the outbox."""
     text = spec.context.get("message")
     return {"extrait": " ".join(text.split())[:300]} if isinstance(text, str) and text.strip() else {}
+
+
+# The caps' statements run for every declaration (issue 19): built once, on the tables' columns,
+# values bound at execution — an ORM ``select(Entity.column)`` built per call cost ≈ 0.3 ms of
+# construction and ORM compilation each time, the executed statement ≈ 0.05 ms.
+@cache
+def _caps_statement() -> Select[int, int, int]:
+    """Automatic replies to :recipient in the last hour, in the last day, and for case :case_id
+    (NULL: none; ``case_id = NULL`` is never true)."""
+    log_ = AutoReplyLog.__table__.c
+    per_recipient = and_(log_.recipient == bindparam("recipient"), log_.at >= bindparam("day_ago"))
+    per_case = log_.case_id == bindparam("case_id")
+    return select(
+        func.count(case_((and_(per_recipient, log_.at >= bindparam("hour_ago")), 1))),
+        func.count(case_((per_recipient, 1))),
+        func.count(case_((per_case, 1))),
+    ).where(or_(per_recipient, per_case))
+
+
+@cache
+def _replies_since_statement() -> Select[int]:
+    log_ = AutoReplyLog.__table__.c
+    return select(func.count()).select_from(AutoReplyLog.__table__).where(log_.at >= bindparam("since"))
+
+
+@cache
+def _notices_statement() -> Select[int, int]:
+    """Staff notices since :since for sender key :key and pool key :pool (NULL: no pool)."""
+    log_ = StaffNoticeLog.__table__.c
+    return select(
+        func.count(case_((log_.sender == bindparam("key"), 1))),
+        func.count(case_((log_.sender == bindparam("pool"), 1))),
+    ).where(log_.at >= bindparam("since"), log_.sender.in_(bindparam("senders", expanding=True)))
+
+
+@cache
+def _log_insert(model: type[AutoReplyLog] | type[StaffNoticeLog]) -> Insert:
+    return insert(cast(Table, model.__table__))

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -80,8 +80,14 @@ def queued_keys(session: Session, keys: Sequence[str]) -> set[str]:
         return set()
     # Rows are inserted by statement (enqueue), never left pending: no flush needed to see them.
     with session.no_autoflush:
-        return set(session.scalars(select(OutboundMessage.idempotency_key)
-                                   .where(OutboundMessage.idempotency_key.in_(list(keys)))))
+        return set(session.scalars(_queued_keys_statement(), {"keys": list(keys)}))
+
+
+@cache
+def _queued_keys_statement() -> Any:
+    """Built once on the table's columns (issue 19: every staff notification asks)."""
+    table = cast(Table, OutboundMessage.__table__)
+    return select(table.c.idempotency_key).where(table.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 
 
 @cache

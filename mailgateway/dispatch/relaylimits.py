@@ -22,6 +22,9 @@ from mailgateway.store.models import RelayLimit
 # What a staff mail carries besides the attachment: headers, DKIM signature, text and HTML parts
 # (the HTML embeds the text), the attachment summary. Generous: being wrong costs a refusal.
 MAIL_OVERHEAD_BYTES = 256 * 1024
+# What ``known`` read, per session (``session.info``): one processing batch asks for every staff
+# notification, and only the sender writes these rows (``remember``, which forgets the memo).
+_MEMO = "mailgateway.dispatch.relaylimits"
 
 
 def relay_key(relay: RelaySettings) -> str | None:
@@ -44,6 +47,7 @@ def parse_size(value: str | None) -> int | None:
 
 def remember(session: Session, key: str, size: int | None, now: datetime) -> None:
     """Record what ``key`` advertised (the caller commits)."""
+    session.info.get(_MEMO, {}).pop(key, None)
     row = session.get(RelayLimit, key)
     if row is None:
         session.add(RelayLimit(relay=key, size_bytes=size, seen_at=now))
@@ -55,8 +59,11 @@ def known(session: Session, key: str) -> RelayLimit | None:
     # No flush first: only the sender writes these rows (``remember``, then commits), never the
     # transactions that read them, so nothing pending can change the answer — and on the
     # processing hot path that autoflush was a whole unit of work per declaration (issue 19).
-    with session.no_autoflush:
-        return session.get(RelayLimit, key)
+    memo: dict[str, RelayLimit | None] = session.info.setdefault(_MEMO, {})
+    if key not in memo:
+        with session.no_autoflush:
+            memo[key] = session.get(RelayLimit, key)
+    return memo[key]
 
 
 def message_limit(settings: Settings, session: Session) -> int | None:

@@ -36,9 +36,10 @@ import email.utils
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -189,11 +190,9 @@ def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datet
         missing = [k for k in dict.fromkeys(keys) if k not in mine]
         if not missing:
             return None
-        insert_ = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        table = cast(Table, ReplayKey.__table__)
-        stmt = (insert_(table).values([{"key": k, "inbound_id": inbound_id, "at": at} for k in missing])
-                .on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key))
-        inserted = set(session.scalars(stmt))
+        stmt = _claim_statement(session.get_bind().dialect.name)
+        inserted = {session.scalar(stmt, {"key": k, "inbound_id": inbound_id, "at": at}) for k in missing}
+        inserted.discard(None)
         if len(inserted) == len(missing):
             return None
         found = recorded(session, search)
@@ -204,8 +203,22 @@ def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datet
 
 def _owners(session: Session, keys: Sequence[str]) -> list[tuple[str, int]]:
     """(key, inbound id) of those of ``keys`` already recorded."""
-    return [(str(k), int(i)) for k, i in session.execute(
-        select(ReplayKey.key, ReplayKey.inbound_id).where(ReplayKey.key.in_(list(keys))))]
+    return [(str(k), int(i)) for k, i in session.execute(_owners_statement(), {"keys": list(keys)})]
+
+
+# Built once on the table's columns, values bound at execution: every declaration claims (issue 19).
+@cache
+def _owners_statement() -> Any:
+    table = cast(Table, ReplayKey.__table__)
+    return select(table.c.key, table.c.inbound_id).where(table.c.key.in_(bindparam("keys", expanding=True)))
+
+
+@cache
+def _claim_statement(dialect: str) -> Any:
+    """One key, ``ON CONFLICT DO NOTHING RETURNING key``: the key when this call recorded it."""
+    insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = cast(Table, ReplayKey.__table__)
+    return insert_(table).on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key)
 
 
 def first_applied_fr(first: ReplayKey) -> str:
