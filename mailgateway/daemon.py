@@ -248,7 +248,8 @@ class Daemon:
         self.metrics.add_health_check("processing", self._processing_health)
         # Bulletins replace the default 5xx hook: fallback contact + staff task (bulletins/tracking.py).
         sender = self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,
-                                      on_permanent_failure=permanent_failure_hook(self.app.env))
+                                      on_permanent_failure=permanent_failure_hook(self.app.env),
+                                      signer=self.app.composer.signer)
         # One processing-priority rule for SMTP and IMAP intake (intake/priority.py), reloaded on SIGHUP.
         priority = Prioritiser(self.settings, self.app.factory.kw["bind"])
         writer = self.writer = _SignallingWriter(self.app.factory, self.clock, intake=self.intake, priority=priority)

@@ -304,7 +304,8 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
 
             # The daemon's bounce handling (fallback contact, staff task) applies here too.
             app = build_services(settings, migrate=False)
-            sender = Sender(settings, factory, clock, "cli-flush", on_permanent_failure=permanent_failure_hook(app.env))
+            sender = Sender(settings, factory, clock, "cli-flush", on_permanent_failure=permanent_failure_hook(app.env),
+                            signer=app.composer.signer)
             try:
                 result = asyncio.run(sender.flush(include_backoff=args.all))
             finally:

@@ -166,11 +166,12 @@ class Composer:
     def message_id(self, idempotency_key: str) -> str:
         return stable_message_id(idempotency_key, self.domain, self.id_secret)
 
-    def compose(self, spec: MailSpec, bodies: SharedBodies | None = None) -> Composed:
+    def compose(self, spec: MailSpec, bodies: SharedBodies | None = None, *, sign: bool = True) -> Composed:
         """``bodies``: the same mail to several people (staff notifications) is rendered and
         encoded once — the template, its parts and attachments — and only headers and the DKIM
         signature are made per recipient. Keyed by the identity of the spec's context and parts:
-        the caller keeps them alive and unchanged for the dict's life (one ``send_to_staff``)."""
+        the caller keeps them alive and unchanged for the dict's life (one ``send_to_staff``).
+        ``sign=False``: without the DKIM-Signature, which the sender adds (``dispatch/sender.py``)."""
         key = (spec.template, id(spec.context), id(spec.attachments), id(spec.inline_images), spec.tlp)
         shared = bodies.get(key) if bodies is not None else None
         if shared is None:
@@ -204,7 +205,7 @@ class Composer:
         ]
         head += [mime.header(name, value) for name, value in spec.extra_headers.items()]
         raw = mime.serialise(body, head)
-        if self.signer is not None:
+        if sign and self.signer is not None:
             raw = self.signer.sign(raw) + raw
         return Composed(raw=raw, message_id=message_id, subject=subject)
 
