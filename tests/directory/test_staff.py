@@ -42,3 +42,20 @@ def test_a_bad_staff_file_changes_nothing(session: Session, tmp_path: Path) -> N
     assert report.refused
     assert [e.line for e in report.errors] == [2, 3]
     assert _staff(session) == {("a@ars.sante.fr", "ARA", "agent")}
+
+
+def test_imported_staff_are_staff_of_their_own_region_only(session: Session, tmp_path: Path) -> None:
+    """Who receives a region's staff notifications: its [[staff]] plus its imported staff — never
+    another region's (``staff_addresses``, a statement built once: issue 19)."""
+    from mailgateway.directory.staff import staff_addresses
+    from mailgateway.settings import parse_settings
+    from tests.support.casegateway import settings_data
+
+    settings = parse_settings(settings_data("sqlite://"))
+    csv = write_csv(tmp_path / "s.csv", "Imp.Ara@ars.sante.fr;ARA;agent\nimp.pdl@ars.sante.fr;PDL;agent\n")
+    import_staff(session, csv, NOW)
+    ara = staff_addresses(settings, session, "ARA")
+    assert "imp.ara@ars.sante.fr" in ara and "imp.pdl@ars.sante.fr" not in ara
+    assert {s.address.lower() for s in settings.staff if s.region == "ARA"} <= set(ara)
+    pdl = staff_addresses(settings, session, "PDL")
+    assert "imp.pdl@ars.sante.fr" in pdl and "imp.ara@ars.sante.fr" not in pdl

@@ -148,3 +148,23 @@ def test_a_forged_copy_first_does_not_make_the_genuine_alert_a_new_version(acss_
     assert corrected.case_ref is not None
     [flag] = [e for e in acss_gw.events(corrected.case_ref) if e.type == "alerte_nouvelle_version"]
     assert flag.data["dossier_precedent"] == genuine.case_ref
+
+
+def test_analysis_reads_the_directory_for_the_establishment(gw: Gateway) -> None:
+    """The analysis worker's directory look-up (processing/worker.py, a statement built once):
+    of two FINESS numbers in a declaration, the one the directory knows is the establishment, and
+    a mail that names no structure gets the directory's name. Another establishment in the
+    directory must change nothing."""
+    with transaction(gw.app.factory) as s:
+        s.add(Establishment(finess="690000013", name="Clinique du Parc", departement="69", region="ARA",
+                            updated_at=NOW))
+        s.add(Establishment(finess="010000024", name="Centre hospitalier de l'Ain", departement="01",
+                            region="ARA", updated_at=NOW))
+    body = ("Bonjour,\n\nNotre ancien numéro 690781810 ne vaut plus ; établissement 690000013.\n"
+            "Type d'incident : rançongiciel\nGravité : grave\n")
+    result = gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Incident",
+                                      body=body, message_id="<two-numbers@chu.test>"))
+    assert result.case_ref
+    case = gw.case(result.case_ref)
+    assert case.finess == "690000013"  # not the first number of the text: the one the directory knows
+    assert case.establishment == "Clinique du Parc"
