@@ -60,7 +60,7 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
     # A refused (possibly forged) command is answered under the automatic-reply caps: a forger
     # must not turn the gateway into a mail cannon against a staff address (docs/guarantees.md).
     return env.mailer.send(session, spec, kind="recu_commandes", case=case, auto_reply=capped or not authenticated,
-                           actor=to if authenticated else "passerelle")
+                           verified=authenticated, actor=to if authenticated else "passerelle")
 
 
 # How people open and close a letter in French: the agent's text that already does so gets no

@@ -102,4 +102,4 @@ def tell_sender(env: Env, session: Session, inbound: InboundMessage, facts: Mess
         in_reply_to=facts.message_id,
         references=[*service.thread_ids(session, target)] if verified else [],
     )
-    return env.mailer.send(session, spec, kind=KIND, case=target, auto_reply=True)
+    return env.mailer.send(session, spec, kind=KIND, case=target, auto_reply=True, verified=verified)

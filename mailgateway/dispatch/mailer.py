@@ -106,15 +106,18 @@ class Mailer:
         return lambda recipient: (recipient in staff or recipient == acss
                                   or recipient.rpartition("@")[2] in allowed_domains)
 
-    def _cap_reached(self, session: Session, recipient: str, case: Case | None) -> str | None:
+    def _cap_reached(self, session: Session, recipient: str, case: Case | None, verified: bool) -> str | None:
+        """Per recipient (replies to a verified address and to an unverified one counted apart:
+        forged mail in someone's name must not use up what their own authenticated mail is owed)
+        per hour and per day, and per case (every reply of the case)."""
         now = self.clock.now()
         out = self.settings.outbound
         # One query for the three caps (this runs for every automatic reply). No flush first: the
         # log is written by statement (send), never left pending, and nothing else pending counts.
         with session.no_autoflush:
             row = session.execute(_caps_statement(), {
-                "recipient": recipient, "hour_ago": now - timedelta(hours=1), "day_ago": now - timedelta(days=1),
-                "case_id": case.id if case is not None else None}).one()
+                "recipient": recipient, "verified": verified, "hour_ago": now - timedelta(hours=1),
+                "day_ago": now - timedelta(days=1), "case_id": case.id if case is not None else None}).one()
         last_hour, last_day, for_case = (int(v or 0) for v in row)
         if last_hour >= out.auto_replies_per_hour:
             return f"plafond de réponses automatiques atteint pour {recipient} (par heure)"
@@ -241,6 +244,7 @@ class Mailer:
         kind: str,
         case: Case | None = None,
         auto_reply: bool = False,
+        verified: bool = False,
         priority: int = 0,
         bulletin_id: int | None = None,
         actor: str = "passerelle",
@@ -248,7 +252,9 @@ class Mailer:
         bodies: SharedBodies | None = None,
     ) -> OutboundMessage | None:
         """Compose and queue ``spec``; return the outbox row, or None when refused or already queued.
-        A refusal is also appended to ``refusals`` when given (already queued is no refusal)."""
+        A refusal is also appended to ``refusals`` when given (already queued is no refusal).
+        ``verified``: an automatic reply to the very address that authenticated the message it
+        answers (its own per-recipient caps)."""
         recipient = spec.to.strip().lower()
         tlp = spec.tlp or (case.tlp if case is not None else None)
         reason: str | None = None
@@ -258,7 +264,7 @@ class Mailer:
 
         reason = self.address_refusal(recipient, tlp, allows)
         if reason is None and auto_reply:
-            reason = self._cap_reached(session, recipient, case)
+            reason = self._cap_reached(session, recipient, case, verified)
             if reason is None and (reason := self._global_budget_reached(session)) is not None:
                 region = self._region_of(spec, case)
                 if region is not None:
@@ -301,7 +307,7 @@ class Mailer:
             with session.no_autoflush:  # a log row refers to nothing pending (case_id: a flushed case's)
                 session.execute(_log_insert(AutoReplyLog), {"recipient": recipient,
                                                             "case_id": case.id if case else None,
-                                                            "at": self.clock.now()})
+                                                            "at": self.clock.now(), "verified": verified})
         if case is not None:
             self.journal(
                 session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
@@ -323,10 +329,11 @@ def _excerpt(spec: MailSpec) -> dict[str, str]:
 # construction and ORM compilation each time, the executed statement ≈ 0.05 ms.
 @cache
 def _caps_statement() -> Select[int, int, int]:
-    """Automatic replies to :recipient in the last hour, in the last day, and for case :case_id
-    (NULL: none; ``case_id = NULL`` is never true)."""
+    """Automatic replies to :recipient (as verified or not: :verified) in the last hour, in the
+    last day, and for case :case_id (NULL: none; ``case_id = NULL`` is never true)."""
     log_ = AutoReplyLog.__table__.c
-    per_recipient = and_(log_.recipient == bindparam("recipient"), log_.at >= bindparam("day_ago"))
+    per_recipient = and_(log_.recipient == bindparam("recipient"), log_.verified == bindparam("verified"),
+                         log_.at >= bindparam("day_ago"))
     per_case = log_.case_id == bindparam("case_id")
     return select(
         func.count(case_((and_(per_recipient, log_.at >= bindparam("hour_ago")), 1))),

@@ -164,7 +164,7 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
             in_reply_to=None if forwarder else facts.message_id,
             references=list(facts.in_reply_to) if verified else [],
         )
-        if env.mailer.send(session, spec, kind="accuse_reception", case=case, auto_reply=True,
+        if env.mailer.send(session, spec, kind="accuse_reception", case=case, auto_reply=True, verified=verified,
                            refusals=refusals) is not None:
             case.acknowledged_at = now
             service.change_status(session, case, CaseStatus.PRIS_EN_COMPTE, actor="passerelle", at=now,

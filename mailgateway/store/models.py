@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only has INTEGER PRIMARY KEY as an auto-increment rowid.
@@ -447,6 +448,10 @@ class AutoReplyLog(Base):
     # answers from two indexes, or by scanning every automatic reply ever sent without this one.
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
     at: Mapped[datetime]
+    # Sent to the very address that authenticated the message it answers: the per-recipient caps
+    # count these apart from replies to an address anyone could have written in a From (forged
+    # mail in a declarant's name must not use up the acknowledgements the declarant is owed).
+    verified: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
 
 
 class StaffNoticeLog(Base):

@@ -19,6 +19,7 @@ from mailgateway.dispatch.contexts import region_context
 from mailgateway.dispatch.mailer import Refusal
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import AutoReplyLog, Case
+from tests.support import casemail
 from tests.support.casegateway import Gateway, gateway_from, settings_data
 from tests.support.db import at_head
 
@@ -86,3 +87,26 @@ def test_the_case_cap_counts_every_recipient_of_the_case(gw: Gateway) -> None:
     [refusal] = _reply(gw, "d@chu.test", ref)
     assert refusal.capped and f"pour le dossier {ref}" in refusal.reason
     assert _reply(gw, "d@chu.test") == []  # the same recipient, about no case: allowed
+
+
+def test_forged_mail_in_a_declarants_name_does_not_use_up_their_acknowledgements(sqlite_url: str) -> None:
+    """Found by an outside tester: five unsigned declarations with ``From:`` a hospital's address
+    were each acknowledged (summary only) and used up the per-recipient cap; the genuine,
+    DKIM-signed declaration of that address then got no acknowledgement. Replies to the address
+    that authenticated are capped apart from replies to an address anyone could have written."""
+    data = settings_data(at_head(sqlite_url))
+    data["outbound"] = {"bounce_domain": "ars.test", **CAPS}
+    gw = next(gateway_from(data))
+    for n in range(1, 6):  # forged: unsigned, From the declarant
+        gw.feed(casemail.declaration(n, sender="dsi@chu.test"))
+    acks = gw.outbound("accuse_reception", "dsi@chu.test")
+    assert len(acks) == CAPS["auto_replies_per_hour"]  # the forgeries are capped among themselves
+    genuine = gw.feed(casemail.sign(casemail.declaration(9, sender="dsi@chu.test"), casemail.establishment_key()))
+    assert genuine.case_ref
+    assert gw.case(genuine.case_ref).acknowledged_at is not None
+    assert len(gw.outbound("accuse_reception", "dsi@chu.test")) == len(acks) + 1
+    # Still capped among the verified ones: a signer cannot flood its own address either.
+    for n in range(10, 10 + CAPS["auto_replies_per_hour"] + 1):
+        gw.feed(casemail.sign(casemail.declaration(n, sender="dsi@chu.test"), casemail.establishment_key()))
+    assert len(gw.outbound("accuse_reception", "dsi@chu.test")) == len(acks) + CAPS["auto_replies_per_hour"]
+    gw.app.close()
