@@ -152,6 +152,18 @@ def aligned(signing_domain: str | None, from_domain: str | None) -> bool:
     return f == d or f.endswith("." + d)
 
 
+def organisational_domain(domain: str | None) -> str:
+    """The domain one registrant controls: the label under its public suffix (``s1.attacker.test``
+    → ``attacker.test``, ``dsi.chu-lyon.fr`` → ``chu-lyon.fr``), as DMARC's organisational domain
+    (RFC 7489 §3.2). Whoever signs for a domain can sign for any name under it (one wildcard TXT
+    record): a budget per signing domain is a budget per organisational domain. Lower-cased
+    input when it is no usable host name."""
+    d = normalise_domain(domain)
+    if d is None:
+        return (domain or "").strip().lower()
+    return str(_public_suffixes().privatesuffix(d) or d)
+
+
 # --- header access ---------------------------------------------------------------------------------
 
 

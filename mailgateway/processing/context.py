@@ -24,6 +24,7 @@ from mailgateway.dispatch import originals, relaylimits
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.contexts import case_context, french_instant, region_context, staff_indicators
 from mailgateway.dispatch.mailer import Mailer
+from mailgateway.mail.auth import organisational_domain
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.settings import Settings
 from mailgateway.store.models import Case, InboundMessage
@@ -66,8 +67,10 @@ def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) 
     sender = (facts.sender.address or "").strip().lower()
     outbound = env.settings.outbound
     if facts.sender.authenticated:
-        # A signing domain answers as one sender: rotating local parts (rot1@, rot2@…) gains nothing.
-        signer = (facts.sender.auth_domain or facts.sender.domain or "").lower()
+        # A signing domain answers as one sender: rotating local parts (rot1@, rot2@…) gains nothing,
+        # nor does rotating subdomains (s1.attacker.test, s2.…: one wildcard DNS record signs them all,
+        # found by an outside tester): the budget is the organisational domain's.
+        signer = organisational_domain(facts.sender.auth_domain or facts.sender.domain)
         refused = env.mailer.notice_refused(session, f"domain:{signer}")
         sender = f"domaine signataire {signer}"  # one summary notice per domain and hour
     else:
@@ -92,7 +95,7 @@ def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) 
     topic = "notifications:" + hashlib.sha256(sender.encode()).hexdigest()[:16]
     env.mailer.warn_staff(
         session, case.region, topic=topic,
-        motif=f"plus de {cap} messages en une heure de {sender or 'un expéditeur inconnu'}",
+        motif=f"plus de {cap} messages en une heure " + (f"de {sender}" if sender else "d'un expéditeur inconnu"),
         details=[f"premier message non notifié : dossier {case.reference}",
                  "les messages suivants de cet expéditeur sont rattachés à leurs dossiers sans notification"])
     return True

@@ -343,3 +343,30 @@ def test_rotating_addresses_does_not_escape_the_cap(sqlite_url: str) -> None:
         assert warnings  # staff are told once that the pool is exhausted
     finally:
         app.close()
+
+
+def test_rotating_subdomains_does_not_escape_the_cap(sqlite_url: str) -> None:
+    """Outside attack: with the per-domain cap used up at intrus-signe.test, declarations signed
+    d=s1.intrus-signe.test, d=s2.… (one wildcard DNS record publishes them all) each notified
+    every staff member. The budget is the organisational domain's (its label under the public
+    suffix); the warning names it."""
+    keys = [rsa_key("rsa", domain) for domain in ("intrus-signe.test", "s1.intrus-signe.test",
+                                                  "s2.intrus-signe.test")]
+    data = settings_data(at_head(sqlite_url))
+    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2}
+    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"],
+                                             **{k: v for key in keys for k, v in zone(key).items()}}
+    clock = FixedClock(NOW)
+    app = build_app(parse_settings(data), clock=clock)
+    try:
+        gw = Gateway(app, clock)
+        for n, key in enumerate(keys * 2):
+            result = gw.feed(casemail.sign(casemail.declaration(300 + n, sender=f"x{n}@{key.domain}"), key))
+            assert result.status == "processed"
+            assert gw.case(result.case_ref).declarant == f"x{n}@{key.domain}"
+        assert len(gw.outbound("notification_equipe")) == 2 * len(ARA_STAFF)
+        assert len(events(gw, "notification_limitee")) == 4
+        warnings = [casemail.text_of(r.raw) for r in gw.outbound("avertissement_plafond")]
+        assert warnings and all("domaine signataire intrus-signe.test" in w for w in warnings)
+    finally:
+        app.close()
