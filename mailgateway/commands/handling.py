@@ -360,8 +360,11 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
             service.reopen(session, case, actor="passerelle", at=now,
                            reason=f"réponse reçue de {sender or 'un expéditeur inconnu'}")
             extra["reopened"] = True
+    # A reopened case always reaches staff, caps or not (found by an outside tester: the declarant
+    # was told « l'équipe SSI en est informée » while the per-domain cap had silenced the notice).
+    # Not a flood: a case reopens once per closure, and only staff close cases.
     notify_staff(env, session, target, inbound, facts, template="reponse_recue", kind="notification_reponse",
-                 extra=extra)
+                 extra=extra, capped=not extra["reopened"])
     # The establishment is told what became of its reply (reopened, kept closed, received).
     reply_notice.tell_sender(env, session, inbound, facts, case=case, target=target, extra=extra)
     return Outcome("processed", case=target)

@@ -124,9 +124,10 @@ def _original(env: Env, session: Session, case: Case, inbound: InboundMessage,
 
 def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage, facts: MessageFacts,
                  template: str = "staff_notification", kind: str = "notification_equipe",
-                 extra: dict[str, Any] | None = None) -> int:
-    """Tell the region's staff (the assignee, for a reply) about ``inbound``, the original attached."""
-    if _notice_capped(env, session, case, facts):
+                 extra: dict[str, Any] | None = None, capped: bool = True) -> int:
+    """Tell the region's staff (the assignee, for a reply) about ``inbound``, the original attached.
+    ``capped=False``: a notice the per-sender caps must not hold back (bounded otherwise)."""
+    if capped and _notice_capped(env, session, case, facts):
         return 0
     attachments, original = _original(env, session, case, inbound)
     est = establishment(session, case.finess) if case.finess else None

@@ -370,3 +370,36 @@ def test_rotating_subdomains_does_not_escape_the_cap(sqlite_url: str) -> None:
         assert warnings and all("domaine signataire intrus-signe.test" in w for w in warnings)
     finally:
         app.close()
+
+
+def test_a_reopened_case_reaches_staff_even_over_the_cap(sqlite_url: str) -> None:
+    """Found by an outside tester: with its domain over the per-sender cap, an establishment's
+    reply reopened its closed case, staff got nothing, and the declarant read « l'équipe SSI en
+    est informée ». A reopening always reaches staff: a case reopens once per closure, and only
+    staff close cases, so this is no flood."""
+    outsider = rsa_key("rsa", "clinique-inconnue.test")
+    data = settings_data(at_head(sqlite_url))
+    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2}
+    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(outsider)}
+    clock = FixedClock(NOW)
+    app = build_app(parse_settings(data), clock=clock)
+    try:
+        gw = Gateway(app, clock)
+        sender = "rssi@clinique-inconnue.test"
+        ref = gw.feed(casemail.sign(casemail.declaration(1, sender=sender), outsider)).case_ref
+        assert ref
+        for n in (2, 3):  # the domain's hourly notices are used up
+            gw.feed(casemail.sign(casemail.declaration(n, sender=sender), outsider))
+        assert events(gw, "notification_limitee")
+        gw.command(ref, "#clore Comptes réinitialisés\n")
+        reply = casemail.message(sender=sender, to="ssi-ara@ars.test", subject=f"RE: [{ref}] Clôture",
+                                 body="L'incident reprend : nouveaux fichiers chiffrés ce soir.\n",
+                                 message_id="<reprise@clinique-inconnue.test>")
+        assert gw.feed(casemail.sign(reply, outsider)).status == "processed"
+        assert gw.case(ref).status != "CLOS"
+        told = [casemail.text_of(r.raw) for r in gw.outbound("notification_reponse")]
+        assert told and all("nouveaux fichiers chiffrés" in t for t in told)
+        [notice] = gw.outbound("suivi_declarant", sender)
+        assert "l'équipe SSI en est informée" in casemail.text_of(notice.raw)
+    finally:
+        app.close()
