@@ -167,21 +167,30 @@ def link(session: Session, case: Case, other: Case, *, type: str, actor: str, at
     append_event(session, other, type=type, actor=actor, at=at, data={"dossier_lie": case.reference})
 
 
-def thread_ids(session: Session, case: Case, limit: int = 20) -> list[str]:
-    """Message-IDs of the case's messages, oldest first: References for a mail in its thread."""
+def thread_ids(session: Session, case: Case, limit: int = 20, *, correspondent: str | None = None) -> list[str]:
+    """Message-IDs of the case's messages, oldest first: References for a mail in its thread.
+
+    ``correspondent``: for mail to someone outside the agency (the declarant), only the messages
+    exchanged with that address — what their own mailbox holds. The Message-IDs of staff
+    notifications and of staff's own command mail name internal mail (and, from Exchange, internal
+    servers): found by outside testers in the References of answers to a declarant."""
+    who = correspondent.strip().lower() if correspondent is not None else None
     ids: list[tuple[datetime, str]] = []
-    if case.origin_message_id:
+    if case.origin_message_id and who is None:
         ids.append((aware(case.opened_at), case.origin_message_id))
-    for at, mid in session.execute(
-        select(InboundMessage.received_at, InboundMessage.message_id)
+    for at, mid, auth in session.execute(
+        select(InboundMessage.received_at, InboundMessage.message_id, InboundMessage.auth)
         .where(InboundMessage.case_id == case.id, InboundMessage.message_id.is_not(None))
     ):
-        if mid:
+        sender = str((auth or {}).get("address") or "").strip().lower() if isinstance(auth, dict) else ""
+        if mid and (who is None or sender == who):
             ids.append((aware(at), mid))
-    for out_at, out_mid in session.execute(
-        select(OutboundMessage.created_at, OutboundMessage.message_id).where(OutboundMessage.case_id == case.id)
+    for out_at, out_mid, recipient in session.execute(
+        select(OutboundMessage.created_at, OutboundMessage.message_id, OutboundMessage.recipient)
+        .where(OutboundMessage.case_id == case.id)
     ):
-        ids.append((aware(out_at), out_mid))
+        if who is None or recipient == who:
+            ids.append((aware(out_at), out_mid))
     ids.sort(key=lambda pair: pair[0])
     seen: list[str] = []
     for _at, mid in ids:

@@ -176,7 +176,7 @@ def _send(env: Env, session: Session, case: Case, event: CaseEvent,
         to=case.declarant, from_address=from_address, from_name=from_name, reply_to=from_address,
         idempotency_key=key,
         in_reply_to=parent,
-        references=service.thread_ids(session, case) if verified else (),
+        references=service.thread_ids(session, case, correspondent=case.declarant) if verified else (),
         auto_submitted="auto-generated",
     )
     return env.mailer.send(session, spec, kind=KIND, case=case, actor=event.actor)

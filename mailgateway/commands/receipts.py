@@ -98,7 +98,7 @@ def to_declarant(env: Env, session: Session, inbound: InboundMessage, case: Case
         to=case.declarant, from_address=from_address, from_name=from_name,
         idempotency_key=f"{kind}:{inbound.id}:{case.id}",
         in_reply_to=service.last_message_from(session, case, [case.declarant]),
-        references=service.thread_ids(session, case),
+        references=service.thread_ids(session, case, correspondent=case.declarant),
         auto_submitted=HUMAN,
     )
     return env.mailer.send(session, spec, kind=kind, case=case, actor=actor)

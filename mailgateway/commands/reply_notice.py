@@ -100,6 +100,6 @@ def tell_sender(env: Env, session: Session, inbound: InboundMessage, facts: Mess
         to=sender, from_address=from_address, from_name=from_name, reply_to=from_address,
         idempotency_key=f"{KIND}:{inbound.id}",
         in_reply_to=facts.message_id,
-        references=[*service.thread_ids(session, target)] if verified else [],
+        references=[*service.thread_ids(session, target, correspondent=sender)] if verified else [],
     )
     return env.mailer.send(session, spec, kind=KIND, case=target, auto_reply=True, verified=verified)

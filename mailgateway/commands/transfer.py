@@ -66,7 +66,9 @@ def transfer_case(env: Env, session: Session, inbound: InboundMessage, case: Cas
                         from_address=from_address, from_name=from_name,
                         idempotency_key=f"transfert:{inbound.id}:{moved.id}",
                         in_reply_to=service.last_message_from(session, moved, [moved.declarant]) if verified else None,
-                        references=service.thread_ids(session, moved) if verified else (), auto_submitted=HUMAN)
+                        references=(service.thread_ids(session, moved, correspondent=moved.declarant)
+                                    if verified else ()),
+                        auto_submitted=HUMAN)
         sent = env.mailer.send(session, spec, kind="transfert", case=moved, actor=actor)
         told = f"déclarant {moved.declarant} informé" if sent is not None else "déclarant non informé (envoi refusé)"
         note += f" ; {told}"

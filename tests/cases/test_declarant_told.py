@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import select
 
 from mailgateway.store.engine import transaction
-from mailgateway.store.models import Contact, Establishment
+from mailgateway.store.models import Contact, Establishment, InboundMessage
 from tests.support import casemail
 from tests.support.casegateway import NOW, Gateway, make_gateway
 from tests.support.messages import make_portal_notification
@@ -231,3 +232,33 @@ def test_the_declarant_of_a_merged_case_is_told_when_the_surviving_case_closes(g
     assert third in text and "a été clos le" in text
     for quoted in (first, "Comptes réinitialisés", "Centre hospitalier"):
         assert quoted not in text, quoted
+
+
+def test_mail_to_the_declarant_names_no_internal_message(gw: Gateway) -> None:
+    """Found by two outside testers: the References of an answer, a request for information and
+    the closure mail listed the Message-IDs of staff notifications and of staff's own command mail
+    (internal mail; from Exchange, internal server names). Only what the declarant's own mailbox
+    holds: their messages and ours to them."""
+    ref = gw.feed(_signed_declaration(1)).case_ref
+    assert ref
+    gw.command(ref, "#demander-info Quels postes sont touchés ?\n")
+    request = gw.last("demande_info", "dsi@chu.test")
+    _reply(gw, ref, body="Les postes des urgences.\n", in_reply_to=request.message_id,
+           message_id="<reponse-info@chu.test>")
+    gw.command(ref, "#repondre Merci, nous revenons vers vous.\n")
+    gw.command(ref, "#clore Comptes réinitialisés\n")
+    internal = {r.message_id for r in gw.outbound() if r.recipient != "dsi@chu.test"}
+    with gw.app.factory() as s:
+        rows = s.execute(select(InboundMessage.message_id, InboundMessage.auth)
+                         .where(InboundMessage.case_id == gw.case(ref).id))
+        staff_mail = {m for m, auth in rows if m and (auth or {}).get("address") != "dsi@chu.test"}
+    assert len(staff_mail) == 3  # the three command mails
+    internal |= staff_mail
+    assert internal
+    theirs = [r for r in gw.outbound() if r.recipient == "dsi@chu.test" and r.kind != "accuse_reception"]
+    assert {r.kind for r in theirs} >= {"demande_info", "reponse", "cloture_declarant"}
+    for mail in theirs:
+        msg = casemail.parse(mail.raw)
+        named = set(str(msg.get("References", "")).split()) | {str(msg.get("In-Reply-To", ""))}
+        assert not named & internal, (mail.kind, named & internal)
+        assert "<decl-1@chu.test>" in named

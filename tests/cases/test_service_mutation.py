@@ -359,6 +359,21 @@ def test_thread_ids_oldest_first_bracketed_once(s: Session) -> None:
     assert service.thread_ids(s, make(s)) == []
 
 
+def test_thread_ids_for_a_correspondent_are_what_their_mailbox_holds(s: Session) -> None:
+    """Mail to the declarant names their messages and ours to them, never staff's command mail
+    nor our notifications to staff (outside testers found those in References)."""
+    case = make(s, origin_message_id="<origin@chu.test>")
+    inbound(s, at=NOW, message_id="<origin@chu.test>", case_id=case.id, auth={"address": "DSI@chu.test"})
+    inbound(s, at=NOW + timedelta(minutes=1), message_id="<cmd@ars.test>", case_id=case.id,
+            auth={"address": "agent@ars.test"})
+    inbound(s, at=NOW + timedelta(minutes=2), message_id="<noauth@chu.test>", case_id=case.id)
+    _outbound(s, case, "<to-declarant@ars.test>", NOW + timedelta(minutes=3))  # recipient x@chu.test
+    assert service.thread_ids(s, case, correspondent="x@chu.test") == ["<to-declarant@ars.test>"]
+    assert service.thread_ids(s, case, correspondent=" dsi@chu.test") == ["<origin@chu.test>"]
+    assert service.thread_ids(s, case) == ["<origin@chu.test>", "<cmd@ars.test>", "<noauth@chu.test>",
+                                           "<to-declarant@ars.test>"]
+
+
 def test_thread_ids_keep_the_root_and_the_latest(s: Session) -> None:
     case = make(s, origin_message_id="<root@chu.test>")
     for n in range(1, 25):
