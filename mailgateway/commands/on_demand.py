@@ -24,7 +24,8 @@ from mailgateway.clock import french_datetime
 from mailgateway.commands.receipts import original_of
 from mailgateway.dispatch import originals, relaylimits
 from mailgateway.dispatch.compose import Attachment, MailSpec
-from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.dispatch.contexts import case_context, french_title, region_context
+from mailgateway.dispatch.render import defang_text
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.processing import quarantine
@@ -61,7 +62,8 @@ def send_original(env: Env, session: Session, inbound: InboundMessage, facts: Me
                                            wire_size=originals.attached_size(raw), capped=False)
     context: dict[str, Any] = {
         **region_context(env.settings, case.region), "case": case_context(case),
-        "received_at_fr": french_datetime(original.received_at), "subject": service.one_line(case.title or ""),
+        "received_at_fr": french_datetime(original.received_at),
+        "subject": defang_text(service.one_line(french_title(case.title) or "")),
         "original_attached": attached, "original_requested": True,
         "original_size_fr": originals.size_fr(len(raw)),
         "original_command": f"mailgateway cases original {case.reference}",

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from mailgateway.cases.lifecycle import CLOSED
 from mailgateway.clock import french_datetime, paris
 from mailgateway.directory.staff import all_staff, staff_addresses
-from mailgateway.dispatch.contexts import region_context
+from mailgateway.dispatch.contexts import french_title, region_context
 from mailgateway.dispatch.failures import staff_failures
+from mailgateway.dispatch.render import defang_text
 from mailgateway.jobs.base import (
     JobContext,
     JobOutcome,
@@ -36,7 +37,9 @@ IN_FLIGHT = ("draft", "approved", "sending")
 
 
 def _row(case: Case, **extra: Any) -> dict[str, Any]:
-    return {"reference": case.reference, "title": case.title, "status": case.status, "severity": case.severity,
+    # Enumeration codes of the title (« RANCONGICIEL ») in French; URLs a declaration put there, defanged.
+    title = defang_text(french_title(case.title))
+    return {"reference": case.reference, "title": title, "status": case.status, "severity": case.severity,
             "kind": case.kind, "establishment": case.establishment, "assignee": case.assignee,
             "opened_fr": french_datetime(case.opened_at), **extra}
 

@@ -19,23 +19,25 @@ def gw(sqlite_url: str) -> Iterator[Gateway]:
 
 def test_a_reply_in_a_long_case_names_the_first_and_the_last_messages_only(gw: Gateway) -> None:
     ref = gw.declare()
-    for n in range(12):  # each note mail adds an inbound command and an outbound receipt
+    acknowledgement = gw.last("accuse_reception", "dsi@chu.test")
+    for n in range(12):  # staff notes: internal, never named to the declarant (cases/service.thread_ids)
         gw.clock.advance(minutes=1)
         gw.command(ref, f"#note point {n}\n")
-    acknowledgement = gw.last("accuse_reception", "dsi@chu.test")
-    gw.clock.advance(minutes=1)
-    reply = casemail.sign(casemail.message(
-        sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Accusé de réception",
-        body="Les serveurs sont isolés.\n", in_reply_to=acknowledgement.message_id,
-        message_id="<reply-1@chu.test>"), casemail.establishment_key())
-    assert gw.feed(reply).case_ref == ref
+    for n in range(1, 9):  # the declarant's own messages: a long thread in their mailbox
+        gw.clock.advance(minutes=1)
+        reply = casemail.sign(casemail.message(
+            sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Accusé de réception",
+            body=f"Point {n} : les serveurs sont isolés.\n", in_reply_to=acknowledgement.message_id,
+            message_id=f"<reply-{n}@chu.test>"), casemail.establishment_key())
+        assert gw.feed(reply).case_ref == ref
     gw.clock.advance(minutes=1)
     gw.command(ref, "#repondre Nous revenons vers vous.\n")
     msg = casemail.parse(gw.last("reponse", "dsi@chu.test").raw)
     references = msg["References"].split()
     assert len(references) == 5, references
     assert references[0] == "<decl-1@chu.test>"  # the declaration: the thread's root
-    assert references[-1] == msg["In-Reply-To"] == "<reply-1@chu.test>"  # the message answered, last
+    assert references[-1] == msg["In-Reply-To"] == "<reply-8@chu.test>"  # the message answered, last
+    assert all(r.endswith("@chu.test>") or r == acknowledgement.message_id for r in references)
     assert len(set(references)) == len(references)
 
 

@@ -25,3 +25,19 @@ def test_a_link_in_a_structure_name_is_defanged_in_the_notification_subject(gw: 
     assert gw.feed(raw).status == "processed"
     subject = str(casemail.parse(gw.last("notification_equipe", "agent@ars.test").raw)["Subject"])
     assert "https://evil.test" not in subject and "hxxps://evil[.]test/login" in subject
+
+
+def test_a_link_in_a_structure_name_is_defanged_everywhere_staff_read_it(gw: Gateway) -> None:
+    """Found by an outside tester: the subject was defanged but the notification's « Structure : »
+    line (text and HTML parts) carried the raw URL, which mail clients turn into a link."""
+    body = ("Bonjour,\n\nNuméro FINESS : 690781810\n"
+            "Nom de la structure : CHU PIRATÉ http://evil.example/pay\n"
+            "Type d'incident : rançongiciel\nGravité : grave\n")
+    raw = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Déclaration", body=body)
+    assert gw.feed(raw).status == "processed"
+    msg = casemail.parse(gw.last("notification_equipe", "agent@ars.test").raw)
+    for kind in ("plain", "html"):  # the notification's own parts, not the original attached
+        part = msg.get_body((kind,))
+        assert part is not None
+        content = part.get_content()
+        assert "http://evil.example" not in content and "hxxp://evil[.]example/pay" in content
