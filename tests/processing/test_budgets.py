@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from tests.support import casemail
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, gateway_from, settings_data
 from tests.support.db import at_head
-from tests.support.dkim import rsa_key, zone
+from tests.support.dkim import GeneratedKey, rsa_key, zone
 
 ARA_STAFF = ("agent@ars.test", "referent@ars.test")
 
@@ -42,6 +43,21 @@ def gateway(url: str, outbound: dict[str, Any] | None = None, **cases: Any) -> I
 @pytest.fixture
 def gw(sqlite_url: str) -> Iterator[Gateway]:
     yield from gateway(sqlite_url)
+
+
+@contextmanager
+def signed_by_outsiders(url: str, keys: list[GeneratedKey], **outbound: Any) -> Iterator[Gateway]:
+    """A gateway with these outside domains' DKIM keys published and ``[outbound]`` caps."""
+    data = settings_data(at_head(url))
+    data["outbound"] = {"bounce_domain": "ars.test", **outbound}
+    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"],
+                                             **{k: v for key in keys for k, v in zone(key).items()}}
+    clock = FixedClock(NOW)
+    app = build_app(parse_settings(data), clock=clock)
+    try:
+        yield Gateway(app, clock)
+    finally:
+        app.close()
 
 
 def events(gw: Gateway, type_: str) -> list[CaseEvent]:
@@ -202,13 +218,7 @@ def test_a_signature_of_an_unknown_domain_does_not_lift_the_per_sender_cap(sqlit
     has never dealt with (not its own, not ACSS's, no staff, no directory contact) is capped like
     an anonymous sender. The same sender in the directory is exempt (test above)."""
     outsider = rsa_key("rsa", "intrus-signe.test")
-    data = settings_data(at_head(sqlite_url))
-    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2}
-    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(outsider)}
-    clock = FixedClock(NOW)
-    app = build_app(parse_settings(data), clock=clock)
-    try:
-        gw = Gateway(app, clock)
+    with signed_by_outsiders(sqlite_url, [outsider], staff_notifications_per_sender_per_hour=2) as gw:
         ref = gw.declare()
         before = len(gw.outbound("notification_reponse"))
         for n in range(5):
@@ -218,8 +228,6 @@ def test_a_signature_of_an_unknown_domain_does_not_lift_the_per_sender_cap(sqlit
             assert result.status == "processed"
         assert len(gw.outbound("notification_reponse")) - before == 2 * len(ARA_STAFF)
         assert len(events(gw, "notification_limitee")) == 3
-    finally:
-        app.close()
 
 
 # --- 6. the original attached only up to a size ------------------------------------------------------
@@ -324,14 +332,8 @@ def test_rotating_addresses_does_not_escape_the_cap(sqlite_url: str) -> None:
     notifications; the signing domain is one sender. Unauthenticated mail is also capped all
     together, since a From costs nothing."""
     outsider = rsa_key("rsa", "intrus-signe.test")
-    data = settings_data(at_head(sqlite_url))
-    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2,
-                        "staff_notifications_unauthenticated_per_hour": 3}
-    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(outsider)}
-    clock = FixedClock(NOW)
-    app = build_app(parse_settings(data), clock=clock)
-    try:
-        gw = Gateway(app, clock)
+    with signed_by_outsiders(sqlite_url, [outsider], staff_notifications_per_sender_per_hour=2,
+                             staff_notifications_unauthenticated_per_hour=3) as gw:
         for n in range(5):
             gw.feed(casemail.sign(casemail.declaration(100 + n, sender=f"rot{n}@intrus-signe.test"), outsider))
         assert len(gw.outbound("notification_equipe")) == 2 * len(ARA_STAFF)
@@ -341,8 +343,6 @@ def test_rotating_addresses_does_not_escape_the_cap(sqlite_url: str) -> None:
         assert len(events(gw, "notification_limitee")) == 3 + 2
         warnings = [r for r in gw.outbound() if "non authentifiés" in casemail.text_of(r.raw)]
         assert warnings  # staff are told once that the pool is exhausted
-    finally:
-        app.close()
 
 
 def test_rotating_subdomains_does_not_escape_the_cap(sqlite_url: str) -> None:
@@ -352,14 +352,7 @@ def test_rotating_subdomains_does_not_escape_the_cap(sqlite_url: str) -> None:
     suffix); the warning names it."""
     keys = [rsa_key("rsa", domain) for domain in ("intrus-signe.test", "s1.intrus-signe.test",
                                                   "s2.intrus-signe.test")]
-    data = settings_data(at_head(sqlite_url))
-    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2}
-    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"],
-                                             **{k: v for key in keys for k, v in zone(key).items()}}
-    clock = FixedClock(NOW)
-    app = build_app(parse_settings(data), clock=clock)
-    try:
-        gw = Gateway(app, clock)
+    with signed_by_outsiders(sqlite_url, keys, staff_notifications_per_sender_per_hour=2) as gw:
         for n, key in enumerate(keys * 2):
             result = gw.feed(casemail.sign(casemail.declaration(300 + n, sender=f"x{n}@{key.domain}"), key))
             assert result.status == "processed"
@@ -368,8 +361,6 @@ def test_rotating_subdomains_does_not_escape_the_cap(sqlite_url: str) -> None:
         assert len(events(gw, "notification_limitee")) == 4
         warnings = [casemail.text_of(r.raw) for r in gw.outbound("avertissement_plafond")]
         assert warnings and all("domaine signataire intrus-signe.test" in w for w in warnings)
-    finally:
-        app.close()
 
 
 def test_a_reopened_case_reaches_staff_even_over_the_cap(sqlite_url: str) -> None:
@@ -378,13 +369,7 @@ def test_a_reopened_case_reaches_staff_even_over_the_cap(sqlite_url: str) -> Non
     est informée ». A reopening always reaches staff: a case reopens once per closure, and only
     staff close cases, so this is no flood."""
     outsider = rsa_key("rsa", "clinique-inconnue.test")
-    data = settings_data(at_head(sqlite_url))
-    data["outbound"] = {"bounce_domain": "ars.test", "staff_notifications_per_sender_per_hour": 2}
-    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(outsider)}
-    clock = FixedClock(NOW)
-    app = build_app(parse_settings(data), clock=clock)
-    try:
-        gw = Gateway(app, clock)
+    with signed_by_outsiders(sqlite_url, [outsider], staff_notifications_per_sender_per_hour=2) as gw:
         sender = "rssi@clinique-inconnue.test"
         ref = gw.feed(casemail.sign(casemail.declaration(1, sender=sender), outsider)).case_ref
         assert ref
@@ -401,5 +386,3 @@ def test_a_reopened_case_reaches_staff_even_over_the_cap(sqlite_url: str) -> Non
         assert told and all("nouveaux fichiers chiffrés" in t for t in told)
         [notice] = gw.outbound("suivi_declarant", sender)
         assert "l'équipe SSI en est informée" in casemail.text_of(notice.raw)
-    finally:
-        app.close()
