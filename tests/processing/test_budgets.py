@@ -20,9 +20,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from mailgateway.app import build_app
-from mailgateway.clock import FixedClock
-from mailgateway.settings import parse_settings
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, CaseEvent, Contact, Establishment, InboundMessage
 from tests.support import casemail
@@ -52,12 +49,7 @@ def signed_by_outsiders(url: str, keys: list[GeneratedKey], **outbound: Any) -> 
     data["outbound"] = {"bounce_domain": "ars.test", **outbound}
     data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"],
                                              **{k: v for key in keys for k, v in zone(key).items()}}
-    clock = FixedClock(NOW)
-    app = build_app(parse_settings(data), clock=clock)
-    try:
-        yield Gateway(app, clock)
-    finally:
-        app.close()
+    yield from gateway_from(data)
 
 
 def events(gw: Gateway, type_: str) -> list[CaseEvent]:
