@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.cases import lifecycle, service
 from mailgateway.clock import aware, french_datetime
+from mailgateway.dispatch import wording
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.mail.autoreply import is_no_reply
@@ -141,7 +142,10 @@ def _closing_motif(event: CaseEvent) -> str | None:
     motif = (event.data or {}).get("motif") if event.type == "statut" else None
     if not isinstance(motif, str) or not motif.strip():
         return None
-    motif = motif.strip()
+    # The template signs the letter: the agent's own sign-off (Outlook adds none of « -- ») goes.
+    motif = wording.without_closing(motif.strip())
+    if not motif:
+        return None
     return motif if len(motif) <= MAX_MOTIF else motif[:MAX_MOTIF].rstrip() + " […]"
 
 

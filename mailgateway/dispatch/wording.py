@@ -53,6 +53,19 @@ def has_greeting(text: object) -> bool:
     return first.startswith(_GREETINGS) or first in {g.strip() for g in _GREETINGS}
 
 
+def without_closing(text: str) -> str:
+    """``text`` without the writer's own sign-off (« Cordialement, » and the lines under it —
+    a name, a title — among its last four lines), for a text a template closes itself: the
+    motif of a closure, found by an outside tester as « Cordialement, Collègue SSI » followed by
+    the template's own « Cordialement, »."""
+    lines = text.rstrip().split("\n")
+    written = [i for i, line in enumerate(lines) if line.strip()]
+    for i in written[-4:]:
+        if lines[i].strip().lower().startswith(_CLOSINGS):
+            return "\n".join(lines[:i]).rstrip()
+    return text
+
+
 def has_closing(text: object) -> bool:
     """One of the text's last lines (a signature may follow) is a closing formula."""
     lines = _lines(str(text or ""))

@@ -99,3 +99,25 @@ def test_a_transfer_closes_the_case_without_a_closure_notice(gw: Gateway) -> Non
     gw.command(ref, "#transferer PDL")
     assert gw.case(ref).status == "CLOS"
     assert gw.outbound("cloture_declarant") == []  # the transfer's own mail tells the declarant
+
+
+def test_the_agents_own_sign_off_is_not_quoted_in_the_closure_mail(gw: Gateway) -> None:
+    """Found by an outside tester (Outlook writes no « -- »): « #clore » followed by the agent's
+    « Cordialement, / Collègue SSI » put that sign-off in the motif, then the template's own
+    « Cordialement, » under it. The motif is quoted without the sign-off; the timeline keeps it all."""
+    ref = gw.feed(_signed_declaration(1)).case_ref
+    assert ref
+    gw.command(ref, "#clore Comptes réinitialisés, sauvegardes vérifiées.\n\nCordialement,\nCollègue SSI\n")
+    text = casemail.text_of(gw.last("cloture_declarant", "dsi@chu.test").raw)
+    assert "Comptes réinitialisés, sauvegardes vérifiées." in text
+    assert "Collègue SSI" not in text and text.count("Cordialement,") == 1
+
+
+def test_without_closing_keeps_a_text_that_does_not_sign_off() -> None:
+    from mailgateway.dispatch.wording import without_closing
+
+    assert without_closing("Incident clos.\nCordialement,\nJ. Martin\nARS") == "Incident clos."
+    assert without_closing("Cordialement") == ""
+    text = "Cordialement remercié pour votre aide.\nSuite : sauvegardes.\nA\nB\nC\nD"
+    assert without_closing(text) == text  # a closing word early in the text is no sign-off
+    assert without_closing("Fin.") == "Fin."
