@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Select, bindparam, or_, select
 from sqlalchemy.exc import OperationalError
@@ -152,27 +152,17 @@ def _stored_statement() -> Select[bytes, str, str | None, str | None, list[Any]]
     return select(c.raw, c.source, c.peer, c.region, c.rcpt_tos).where(c.id == bindparam("id"))
 
 
-class _Stored(Protocol):
-    """What analysis reads of a stored message (an ``InboundMessage`` or a row of its columns)."""
-
-    @property
-    def raw(self) -> bytes: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def peer(self) -> str | None: ...
-
-
 def context_for(settings: Settings, session: Session) -> AnalysisContext:
     return build_context(settings, thread_lookup=thread_lookup_for(session),
                          establishment_lookup=establishment_lookup_for(session))
 
 
-def verify_sender(settings: Settings, authenticator: Authenticator, row: _Stored) -> SenderVerdict:
+def verify_sender(settings: Settings, authenticator: Authenticator, raw: bytes, source: str,
+                  peer: str | None) -> SenderVerdict:
     # Authentication-Results count only for mail that came through the site's MTA (docs/guarantees.md).
-    trusted_path = arrived_via_trusted_path(settings, row.source, row.peer)
+    trusted_path = arrived_via_trusted_path(settings, source, peer)
     try:
-        return authenticator.verify(row.raw, trusted_path=trusted_path)
+        return authenticator.verify(raw, trusted_path=trusted_path)
     except Exception as exc:  # authentication must never lose a message
         log.exception("authentication failed")
         return SenderVerdict(detail=f"vérification impossible : {type(exc).__name__}")
@@ -184,7 +174,8 @@ def analyse_inbound(settings: Settings, authenticator: Authenticator, session: S
     row = session.execute(_stored_statement(), {"id": inbound_id}).one_or_none()
     if row is None:
         return None
-    facts = analyse(row.raw, context_for(settings, session), verify_sender(settings, authenticator, row))
+    facts = analyse(row.raw, context_for(settings, session),
+                    verify_sender(settings, authenticator, row.raw, row.source, row.peer))
     return resolve_region(settings, facts, row.region, row.rcpt_tos or ())
 
 
