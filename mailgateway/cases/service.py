@@ -182,7 +182,7 @@ def thread_ids(session: Session, case: Case, limit: int = 20, *, correspondent: 
         select(InboundMessage.received_at, InboundMessage.message_id, InboundMessage.auth)
         .where(InboundMessage.case_id == case.id, InboundMessage.message_id.is_not(None))
     ):
-        sender = str((auth or {}).get("address") or "").strip().lower() if isinstance(auth, dict) else ""
+        sender = str(auth.get("address") or "").strip().lower() if isinstance(auth, dict) else ""
         if mid and (who is None or sender == who):
             ids.append((aware(at), mid))
     for out_at, out_mid, recipient in session.execute(

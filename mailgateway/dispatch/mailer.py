@@ -9,8 +9,8 @@
   the label in the subject;
 - a refused send is recorded on the case timeline with its reason.
 
-The mail is composed (rendered) here and queued with its final bytes in the caller's
-transaction; the sender DKIM-signs and delivers it later (DESIGN.md: "Send … signs, delivers"):
+The mail is composed (rendered) here and queued with its final bytes but the signature in the
+caller's transaction; the sender DKIM-signs and delivers it later (DESIGN.md: "Send … signs, delivers"):
 the RSA signature, a tenth of the processing host's time per declaration, is then made in the
 daemon's sender thread, beside processing instead of in its write transaction (issue 19).
 
