@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email import quoprimime
 from email.utils import formataddr
+from functools import lru_cache
 
 from mailgateway.errors import PolicyRefusal
 
@@ -112,10 +113,32 @@ def raw_header(name: str, value: str) -> bytes:
 
 
 def quoted_printable(text: str) -> bytes:
-    """UTF-8 text as quoted-printable with CRLF line ends (RFC 2045 §6.7)."""
-    latin1_view = text.encode("utf-8").decode("latin-1")
-    body = quoprimime.body_encode(latin1_view, maxlinelen=76, eol="\r\n")
-    return body.encode("ascii")
+    """UTF-8 text as quoted-printable with CRLF line ends (RFC 2045 §6.7): ``email.quoprimime``'s
+    encoding, byte for byte, one line at a time.
+
+    Quoted-printable encodes each line on its own (soft breaks never cross a hard one), and the
+    lines of a bulletin are the same in each of its 40,000 messages but the one naming the
+    establishment: each distinct line is encoded once (issue 19: the encoding was 13 % of a
+    signing process). Only CR, LF and CRLF end a line here, as in ``body_encode``, whose map
+    quotes every other control character before it splits."""
+    data = text.encode("utf-8")
+    if not data:
+        return b""
+    out = CRLF.join(_qp_line(line) if len(line) <= _QP_CACHED_LINE else _qp_encode(line)
+                    for line in data.splitlines())
+    return out + CRLF if data.endswith((b"\r", b"\n")) else out
+
+
+# Lines longer than this are encoded without being kept: the cache holds at most
+# 4,096 × 2,000 bytes, whatever the text quoted from an inbound message.
+_QP_CACHED_LINE = 2000
+
+
+def _qp_encode(line: bytes) -> bytes:
+    return quoprimime.body_encode(line.decode("latin-1"), maxlinelen=76, eol="\r\n").encode("ascii")
+
+
+_qp_line = lru_cache(maxsize=4096)(_qp_encode)
 
 
 def base64_lines(data: bytes) -> bytes:

@@ -459,13 +459,37 @@ class Sender:
                 cursor = max(c.id for c in claimed)
                 result.add(await self._deliver_batch(claimed))
                 await self._after_batch()
-        while not (self._stop is not None and self._stop.is_set()):
-            claimed = await asyncio.to_thread(self._claim, None)
-            if not claimed:
-                break
-            result.add(await self._deliver_batch(claimed))
-            await self._after_batch()
+        # A full batch means more is waiting: the next one is claimed (a thread, the database)
+        # while this one is delivered, so the relay connections never idle through a claim
+        # (issue 19: ≈ 15 % of a 40,000-message fan-out was spent between batches).
+        ahead: asyncio.Future[list[_Claimed]] | None = None
+        try:
+            while not (self._stop is not None and self._stop.is_set()):
+                claimed = await (ahead if ahead is not None else asyncio.to_thread(self._claim, None))
+                ahead = None
+                if not claimed:
+                    break
+                if len(claimed) >= self.batch:
+                    ahead = asyncio.ensure_future(asyncio.to_thread(self._claim, None))
+                result.add(await self._deliver_batch(claimed))
+                await self._after_batch()
+        except BaseException:
+            if ahead is not None:  # failing or cancelled: its rows go back once its claim ends
+                ahead.add_done_callback(self._give_back_claimed)
+            raise
+        if ahead is not None:  # stopping with a batch claimed ahead: back to the queue at once
+            result.add(await self._deliver_batch(await ahead))
         return result
+
+    def _give_back_claimed(self, ahead: asyncio.Future[list[_Claimed]]) -> None:
+        """A batch claimed ahead that will not be delivered: queued again now, not at the end
+        of its lease (synchronous: the pass is being cancelled or has failed)."""
+        if ahead.cancelled() or ahead.exception() is not None or not ahead.result():
+            return
+        try:
+            self._record_with_retries([_Outcome(i, "throttled", answer="sender stopping") for i in ahead.result()])
+        except Exception:
+            log.exception("could not give back %d claimed rows; their lease will", len(ahead.result()))
 
     def _seconds_to_next_due(self) -> float:
         with reading(self.factory) as session:

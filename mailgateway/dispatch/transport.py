@@ -91,12 +91,55 @@ async def _envelope(client: aiosmtplib.SMTP, mail_from: str, recipient: str, raw
         answer = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
         if answer.code not in (250, 251):
             raise aiosmtplib.SMTPRecipientRefused(answer.code, answer.message, recipient)
-        return (await client.data(raw)).message
+        return (await _data(client, raw)).message
     except aiosmtplib.SMTPResponseException:
         try:
             await client.rset()
         except (ConnectionError, aiosmtplib.SMTPException):
             pass
+        raise
+
+
+def _stuffed(raw: bytes) -> bytes | None:
+    """``raw`` as DATA carries it (RFC 5321 §4.5.2: a line starting with a period gets another;
+    §4.1.1.4: the final CRLF.CRLF), when its line ends are all CRLF already; None otherwise.
+
+    aiosmtplib gets there with two regular expressions over the whole message (line ends,
+    then periods): ≈ 80 µs for a 6 KB bulletin, a tenth of the sender's CPU per message at
+    fan-out rates (issue 19). Our outbox holds CRLF mail (dispatch/mime.py), so counting line
+    ends and one replace give the same bytes; anything else is left to aiosmtplib."""
+    lf = raw.count(b"\n")
+    if not raw.endswith(b"\r\n") or lf != raw.count(b"\r") or lf != raw.count(b"\r\n"):
+        return None
+    return (b"." if raw.startswith(b".") else b"") + raw.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def _data(client: aiosmtplib.SMTP, raw: bytes) -> aiosmtplib.SMTPResponse:
+    """``client.data(raw)``: the same commands, answers and exceptions, without aiosmtplib's
+    normalisation when ``_stuffed`` gives the bytes. It drives the protocol as
+    ``SMTPProtocol.execute_data_command`` does (aiosmtplib 3–5: the command lock, the pending-reply
+    flag, ``write``, ``read_response``); a protocol without them gets ``client.data``."""
+    protocol = client.protocol
+    stuffed = _stuffed(raw)
+    lock = getattr(protocol, "_command_lock", None)
+    if stuffed is None or lock is None or not hasattr(protocol, "_response_pending"):
+        return await client.data(raw)
+    assert protocol is not None
+    try:
+        async with lock:
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=client.timeout)
+            if start.code != 354:  # RFC 5321 §4.1.1.4: 354, then the content
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol._response_pending = True
+            protocol.write(stuffed)
+            answer = await protocol.read_response(timeout=client.timeout)
+            if answer.code != 250:
+                raise aiosmtplib.SMTPDataError(answer.code, answer.message)
+            return answer
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()  # as ``SMTP.data``: a dropped or stuck connection is not reused
         raise
 
 

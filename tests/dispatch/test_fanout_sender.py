@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from aiosmtplib import SMTPResponse
+from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import FixedClock
+from mailgateway.dispatch import outbox
 from mailgateway.dispatch.sender import Sender
-from mailgateway.dispatch.transport import _plain
+from mailgateway.dispatch.transport import _plain, _stuffed
+from mailgateway.settings import Settings
+from mailgateway.store.engine import transaction
 from tests.dispatch.test_sender import NOW, make_settings, queue, rows
 from tests.support.servers import SmtpSink
 
@@ -76,3 +84,46 @@ def test_throttle_forgets_domains_at_rest_but_keeps_those_still_limited() -> Non
         throttle.take("a@chu-one.test")
     throttle.new_pass()
     assert throttle.domain_wait("a@chu-one.test") > 0  # the limit survived the pass
+
+
+def _queue_raw(factory: sessionmaker[Session], settings: Settings, raws: dict[str, bytes]) -> None:
+    with transaction(factory) as session:
+        for rcpt, raw in raws.items():
+            assert outbox.enqueue(session, raw=raw, recipient=rcpt, message_id=f"<{rcpt}>", idempotency_key=rcpt,
+                                  kind="test", now=NOW, settings=settings) is not None
+
+
+def test_data_goes_as_it_is_with_its_periods_doubled_and_odd_line_ends_to_aiosmtplib(
+        smtp_sink: SmtpSink, sqlite_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender writes DATA itself for CRLF mail (issue 19: aiosmtplib's two regular expressions
+    per message): a line starting with a period must arrive as it was (RFC 5321 §4.5.2), the end
+    of data must not be taken for a lone « . » line, and mail with other line ends still goes
+    through aiosmtplib's normalisation."""
+    through_aiosmtplib: list[bytes] = []
+    original = SMTPProtocol.execute_data_command
+
+    async def spy(self: SMTPProtocol, message: bytes, timeout: float | None = None) -> SMTPResponse:
+        through_aiosmtplib.append(message)
+        return await original(self, message, timeout)
+
+    monkeypatch.setattr(SMTPProtocol, "execute_data_command", spy)
+    settings = make_settings(smtp_sink, concurrency=1)
+    crlf = b"Subject: x\r\nTo: a@e1.test\r\n\r\n.hidden\r\n..two\r\n.\r\nnot the end\r\n. \r\n"
+    bare_lf = b"Subject: y\nTo: b@e2.test\n\n.dot\nbare\rcr\r\n"
+    _queue_raw(sqlite_factory, settings, {"a@e1.test": crlf, "b@e2.test": bare_lf})
+    _flush(Sender(settings, sqlite_factory, FixedClock(NOW), "t", on_permanent_failure=None))
+    received = {m.rcpt_tos[0]: m.raw for m in smtp_sink.messages}
+    assert received["a@e1.test"] == crlf
+    assert received["b@e2.test"] == b"Subject: y\r\nTo: b@e2.test\r\n\r\n.dot\r\nbare\r\ncr\r\n"
+    assert through_aiosmtplib == [bare_lf]  # the CRLF one never went through it
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"..", b"\r\n", b"\n", b"\r", b" ", b"\r\n."]), max_size=12))
+def test_stuffing_is_aiosmtplibs_for_crlf_mail(pieces: list[bytes]) -> None:
+    raw = b"".join(pieces)
+    ours = _stuffed(raw)
+    if ours is None:  # not CRLF throughout, or no final CRLF: aiosmtplib's path
+        assert raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\r\n") \
+            or not raw.endswith(b"\r\n")
+        return
+    assert ours == PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)) + b".\r\n"

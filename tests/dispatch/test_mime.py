@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import quopri
 from email import policy
 
 import pytest
@@ -69,3 +70,28 @@ def test_binary_parts_carry_content_id_and_safe_filenames() -> None:
     img = next(p for p in _parse(raw).walk() if p.get_content_type() == "image/png")
     assert img["Content-ID"] == "<c1>" and img.get_content() == b"\x89PNG..."
     assert img.get_filename() == "a_b__.png"
+
+
+_LINE_ENDS_AND_QUOTED = st.sampled_from(["\r\n", "\r", "\n", " ", "\t", "=", "é", "\x0b", "\x85", "\u2028", "…",
+                                         "x" * 74, "  \t"])
+
+
+@given(st.lists(st.one_of(st.text(max_size=90), _LINE_ENDS_AND_QUOTED), max_size=12))
+def test_quoted_printable_is_the_email_packages_byte_for_byte(pieces: list[str]) -> None:
+    """The line-cached encoder (issue 19) writes exactly what ``quoprimime.body_encode`` writes:
+    same soft breaks, same quoted trailing blanks, same line ends, whatever the text."""
+    from email import quoprimime
+
+    text = "".join(pieces)
+    expected = quoprimime.body_encode(text.encode("utf-8").decode("latin-1"), maxlinelen=76, eol="\r\n")
+    assert mime.quoted_printable(text) == expected.encode("ascii")
+    assert mime.quoted_printable(text) == expected.encode("ascii")  # from the cache, the same
+
+
+def test_a_long_line_is_encoded_but_not_kept() -> None:
+    line = "é" * 5000
+    before = mime._qp_line.cache_info().currsize
+    encoded = mime.quoted_printable(line + "\n")
+    assert mime._qp_line.cache_info().currsize == before
+    assert max(len(x) for x in encoded.split(b"\r\n")) <= 76
+    assert quopri.decodestring(encoded) == (line + "\r\n").encode("utf-8")
