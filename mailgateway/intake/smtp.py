@@ -49,6 +49,13 @@ from mailgateway.intake.writer import AcceptWriter, EnvelopeError, address_probl
 from mailgateway.settings import Settings, SmtpIntakeSettings
 from mailgateway.wire import header_block_refusal
 
+# RFC 5322 §3.2.3 dot-atom (atext runs joined by single dots), twice, in angle brackets, followed
+# by nothing or by spaces and a parameter (RFC 5321 §4.1.2 Path, then Mail-parameters). Linear:
+# a dot or the @ separates each run. Anything else (quotes, comments, literals, tabs) takes the
+# stdlib parser.
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_PLAIN_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>(?=\Z| +[^ \t\r\n(])")
+
 log = logging.getLogger("mailgateway.intake.smtp")
 
 
@@ -310,12 +317,21 @@ class GatewaySMTP(SMTP):
             # §4.1.2) has none: « =?utf-8?q?ssi-ara?=@… » is a local part of its own, not ssi-ara
             # (an outside tester was routed to the region by it). Refused (553), not decoded.
             return None, None
-        try:
-            parsed = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
-        except HeaderParseError:
-            return None, None
-        addr: str = parsed[0].addr_spec
-        rest: str = parsed[1]
+        plain = _PLAIN_PATH.match(arg)
+        if plain is not None:
+            # ``<local@domain>`` of dot-atoms, then nothing or blanks and parameters: what the
+            # stdlib parser answers, without its token tree (≈ 40 µs a path, issue 19).
+            addr, rest = plain.group(1), arg[plain.end():].lstrip(" ")
+        else:
+            try:
+                parsed = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+                addr, rest = parsed[0].addr_spec, parsed[1]
+            except HeaderParseError:
+                return None, None
+            except (IndexError, AttributeError):
+                # The stdlib's parser crashes on some paths (« < » or « " » alone, « a@[ »):
+                # aiosmtpd then answered 500 with the exception's text; a bad path is a 553.
+                return None, None
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None

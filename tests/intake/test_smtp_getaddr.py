@@ -5,10 +5,14 @@ the stdlib header parser decodes: an RFC 2047 encoded word is refused — an SMT
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mailgateway.intake.smtp import GatewaySMTP
+from mailgateway.intake.smtp import _PLAIN_PATH, GatewaySMTP
 
 ARGS = [  # none with an encoded word (below)
     "", " ", "<>", "<a@b.fr>", "a@b.fr", "<a@b.fr> SIZE=1234", "a@b.fr SIZE=1 BODY=8BITMIME",
@@ -36,3 +40,32 @@ def test_same_answers_as_aiosmtpd(limit: int) -> None:
 def test_encoded_words_are_refused_not_decoded(arg: str) -> None:
     assert _bare(SMTP, 0)._getaddr(arg)[0] not in (None, "")  # what aiosmtpd would have taken
     assert _bare(GatewaySMTP, 0)._getaddr(arg) == (None, None)
+
+
+_PIECES = st.sampled_from(["<", ">", "a", "B", "1", ".", "..", "@", "-", "+", "'", "!", "~", " ", "  ", "\t", "(c)",
+                           '"', "[", "]", "é", "\r\n", "SIZE=10", "BODY=8BITMIME", ",", ":", ";", "\\", "x.y"])
+
+
+@given(st.lists(_PIECES, max_size=14))
+@settings(max_examples=400)
+def test_the_plain_path_shortcut_answers_as_aiosmtpd(pieces: list[str]) -> None:
+    """The shortcut for ``<local@domain>`` paths (issue 19) answers what the stdlib parser does,
+    wherever it applies; everything else still goes to that parser."""
+    for arg in ("".join(pieces), "<" + "".join(pieces), "<a@b.fr>" + "".join(pieces), "<" + "".join(pieces) + ">"):
+        if "=?" in arg.partition(">")[0]:
+            continue  # refused on purpose (below)
+        try:
+            expected = _bare(SMTP, 64)._getaddr(arg)
+        except (IndexError, AttributeError):  # the stdlib parser crashes (aiosmtpd: 500): ours refuses
+            expected = (None, None)
+        assert _bare(GatewaySMTP, 64)._getaddr(arg) == expected, repr(arg)
+
+
+@pytest.mark.parametrize("arg", ["<" + "a." * 50_000 + "@b", "<" + "a" * 100_000 + "@" + "b." * 50_000 + "!",
+                                 "<a@b>" + " " * 100_000 + "\t"])
+def test_the_plain_path_pattern_is_linear(arg: str) -> None:
+    """An SMTP command line is untrusted: the shortcut's pattern must not backtrack (the stdlib
+    parser behind it then refuses or parses the line)."""
+    started = time.process_time()
+    _PLAIN_PATH.match(arg)
+    assert time.process_time() - started < 0.5
