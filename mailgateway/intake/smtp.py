@@ -392,7 +392,12 @@ class GatewaySMTP(SMTP):
         size = 0
         refusal: str | None = None
         partial = False  # the previous chunk did not end a line (longer than the stream limit)
-        dotted = False  # a line starts with a dot: undo the dot-stuffing when joining
+        # The previous line ended with CRLF (or this is the first line). RFC 5321 §4.5.2 and
+        # §2.3.8: only CRLF "." CRLF ends the data, and only a line after a CRLF is dot-stuffed.
+        # Ending at LF "." CRLF (as lines are split here) let a client smuggle a second message
+        # past a relay that forwards bare LFs (SMTP smuggling, found by an outside tester; aiosmtpd
+        # 1.4.5 fixed the same in its own reader).
+        after_crlf = True
         # The idle timer is restarted at most every ``step`` seconds, not at every line (a timer
         # cancelled and scheduled again per line was a tenth of the event loop's time per message):
         # a connection silent for the whole timeout is still closed, at most ``step`` s early.
@@ -408,7 +413,9 @@ class GatewaySMTP(SMTP):
             except asyncio.LimitOverrunError as exc:
                 chunk = await self._reader.read(exc.consumed)
             line_start, partial = not partial, not chunk.endswith(b"\n")
-            if line_start and chunk == b".\r\n":
+            stuffed = line_start and after_crlf and chunk.startswith(b".")
+            after_crlf = chunk.endswith(b"\r\n")
+            if stuffed and chunk == b".\r\n":
                 break
             if (now := clock()) - restarted >= step:  # the idle timeout counts from the last line received
                 self._reset_timeout()
@@ -418,8 +425,7 @@ class GatewaySMTP(SMTP):
                 refusal = self._refusal(size, chunk, whole_line=line_start and not partial)
                 if refusal is None:
                     held[0] += len(chunk)
-                    lines.append(chunk)
-                    dotted = dotted or chunk.startswith(b".")
+                    lines.append(chunk[1:] if stuffed else chunk)  # the client's doubled dot
                     continue
                 self.intake.budget.give(held[0])
                 held[0] = 0
@@ -436,12 +442,9 @@ class GatewaySMTP(SMTP):
             if refusal == LINE_TOO_LONG:  # answered at the end, as aiosmtpd does
                 await self.push(refusal)
             return None
-        # Dot-stuffing (RFC 5321 §4.5.2): a leading dot was doubled by the client. One copy of the
-        # message, the join; the line endings are left as received (accept normalises them once).
-        if dotted:
-            content = b"".join(line[1:] if line.startswith(b".") else line for line in lines)
-        else:
-            content = b"".join(lines)
+        # One copy of the message, the join; the line endings are left as received (accept
+        # normalises them once).
+        content = b"".join(lines)
         lines.clear()
         return content
 

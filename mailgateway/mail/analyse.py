@@ -263,6 +263,12 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     token = verp_token(pm, ctx.bounce_local_part, ctx.bounce_domain)
     auto = auto_reply_reason(pm, labels.auto_reply_subjects, bulk_allowed=_from_acss(sender, ctx))
     bounce = detect_bounce(pm, token)
+    if bounce is not None and bounce.words_only and (
+            sender.authenticated or case_ref or looks_like_declaration(text, subject, labels)[0]):
+        # A report's words and an address, nothing else of a report: an authenticated sender,
+        # a case's reply or a declaration quoting a mail log (« RCPT TO:<…> », « 550 5.1.1 … »,
+        # common in a phishing or mail incident) is read as what it is, not dropped as a bounce.
+        bounce = None
     if bounce is not None and bounce.diagnostic is not None:
         # BOUNCES: a non-delivery report (it always has a diagnostic) is a bounce even when its
         # null return path or Auto-Submitted also reads as an auto-reply (mail/bounce.py).

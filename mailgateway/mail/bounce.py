@@ -415,6 +415,8 @@ def detect_bounce(pm: ParsedMessage, token: str | None) -> Bounce | None:
     parts = [token] if token else []
     named = (ndr.failed_recipients(report, authors + weak, parts)
              or ndr.failed_recipients(report, authors, parts)) if not recipients else []
+    words_only = token is None and not evidence and not pm.delivery_status and not other_parts \
+        and not _signals_of_report(pm)
     if not evidence and not _reads_as_report(pm, report, named, token):
         # At our VERP address, a report in words we cannot read (its sender or subject say it is
         # one) still names the delivery; mail with only a null return path there may be an
@@ -437,6 +439,7 @@ def detect_bounce(pm: ParsedMessage, token: str | None) -> Bounce | None:
         original_message_id=original_message_id(pm),
         verp_token=token,
         diagnostic=_diagnostic(report, recipients, diagnostic),
+        words_only=words_only,
     )
 
 

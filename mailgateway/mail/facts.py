@@ -134,6 +134,10 @@ class Bounce:
     # The VERP token of our return path when the bounce came back to bounces+<token>@...
     verp_token: str | None = None
     diagnostic: str | None = None
+    # Found by a report's wording and an address alone: no RFC 3464 part, no VERP token, no
+    # X-Failed-Recipients, no report's sender, subject or null return path. A person quoting a
+    # mail log reads the same (analyse.py then keeps a declaration or a case reply for what it is).
+    words_only: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {

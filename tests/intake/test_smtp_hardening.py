@@ -186,7 +186,9 @@ def test_bare_lf_message_of_many_lines_is_accepted_and_stored_with_crlf(gateway:
         assert client.cmd(b"MAIL FROM:<dsi@chu.test>")[0] == 250
         assert client.cmd(b"RCPT TO:<" + PDL.encode() + b">")[0] == 250
         assert client.cmd(b"DATA")[0] == 354
-        client.sock.sendall(raw + b".\r\n")
+        # The end of data is CRLF "." CRLF, whatever the lines before (RFC 5321 §4.5.2; a dot
+        # after a bare LF does not end it: SMTP smuggling, below).
+        client.sock.sendall(raw[:-1] + b"\r\n.\r\n")
         code, text = client.reply()
         assert code == 250, text
     finally:
@@ -194,6 +196,32 @@ def test_bare_lf_message_of_many_lines_is_accepted_and_stored_with_crlf(gateway:
     with sqlite3.connect(gateway.config.db_path) as db:
         (stored,) = db.execute("select raw from inbound_messages").fetchone()
     assert stored == raw.replace(b"\n", b"\r\n")
+
+
+def test_a_dot_after_a_bare_lf_neither_ends_the_data_nor_smuggles_a_second_message(
+        gateway: RunningGateway) -> None:
+    """SMTP smuggling (found by an outside tester): « LF . CRLF » inside DATA ended the message
+    here, and what followed was read as new commands — a second message, with headers (a forged
+    Authentication-Results) its sender's MTA never saw. Only CRLF "." CRLF ends the data (RFC 5321
+    §4.5.2, §2.3.8); the dot of « LF . LF » is text, not dot-stuffing."""
+    smuggled = (b"MAIL FROM:<agent@ars.test>\r\nRCPT TO:<" + PDL.encode() + b">\r\nDATA\r\n"
+                b"From: agent@ars.test\r\nSubject: smuggled\r\n\r\n#clore\r\n")
+    head = _message(8).replace(b"Bonjour.\r\n", b"")
+    client = Client(gateway.config.smtp_port).greet()
+    try:
+        assert client.cmd(b"MAIL FROM:<dsi@chu.test>")[0] == 250
+        assert client.cmd(b"RCPT TO:<" + PDL.encode() + b">")[0] == 250
+        assert client.cmd(b"DATA")[0] == 354
+        client.sock.sendall(head + b"fin\n.\r\n" + smuggled + b"a\n.\nb\r\n.\r\n")
+        code, text = client.reply()
+        assert code == 250, text
+        assert client.cmd(b"NOOP")[0] == 250  # one reply for one message: nothing else pending
+    finally:
+        client.close()
+    with sqlite3.connect(gateway.config.db_path) as db:
+        stored = [raw for (raw,) in db.execute("select raw from inbound_messages")]
+    assert len(stored) == 1
+    assert b"fin\r\n.\r\nMAIL FROM:<agent@ars.test>" in stored[0] and b"a\r\n.\r\nb\r\n" in stored[0]
 
 
 def test_running_size_over_the_limit_gets_552_5_3_4_before_the_end_of_data(gateway: RunningGateway) -> None:
