@@ -328,9 +328,10 @@ class GatewaySMTP(SMTP):
                 addr, rest = parsed[0].addr_spec, parsed[1]
             except HeaderParseError:
                 return None, None
-            except (IndexError, AttributeError):
-                # The stdlib's parser crashes on some paths (« < » or « " » alone, « a@[ »):
-                # aiosmtpd then answered 500 with the exception's text; a bad path is a 553.
+            except Exception:
+                # The stdlib's parser crashes on some paths (« < » or « " » alone: IndexError,
+                # « a@[ »: AttributeError, « <a@[\t »: UnboundLocalError): aiosmtpd then answered
+                # 500 with the exception's text. Whatever it raises, a path it cannot read is a 553.
                 return None, None
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:

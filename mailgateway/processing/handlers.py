@@ -80,9 +80,14 @@ def _from_portal(facts: MessageFacts, declarant: str | None) -> bool:
 def _ack_held_back(refusals: list[Refusal]) -> dict[str, Any]:
     """An acknowledgement an automatic-reply cap held back (six declarations from one address in
     an hour): the declarant heard nothing, so the staff notification says so, prominently, and
-    how to answer by hand (``#repondre`` is a person's mail, not capped)."""
+    how to answer by hand (``#repondre`` is a person's mail, not capped). Refused for another
+    reason (an address our relay path cannot carry, such as a quoted local part, a no-reply
+    address): said just as prominently, with the reason, since ``#repondre`` would meet the same
+    refusal (found by an outside tester: only « statut : reçu » hinted at it)."""
     capped = next((r.reason for r in refusals if r.capped), None)
-    return {"ack_capped": capped} if capped else {}
+    if capped:
+        return {"ack_capped": capped}
+    return {"ack_refused": refusals[0].reason} if refusals else {}
 
 
 def _establishment(session: Session, decl: Declaration) -> tuple[Declaration, Establishment | None]:

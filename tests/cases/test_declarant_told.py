@@ -71,6 +71,20 @@ def test_a_capped_acknowledgement_is_flagged_in_the_staff_notification(gw: Gatew
     assert len(gw.outbound("reponse", "dsi@chu.test")) == 1
 
 
+def test_an_acknowledgement_refused_for_its_address_is_flagged_too(gw: Gateway) -> None:
+    """A declarant whose address our relay path cannot carry (a quoted local part) gets no
+    acknowledgement; staff are told so at the top of their notification, with the reason, and
+    not sent to « #repondre » (the same address, the same refusal)."""
+    ref = gw.feed(casemail.declaration(1, sender='"rssi garde"@chu.test')).case_ref
+    assert ref is not None and "rssi garde" in str(gw.case(ref).declarant)
+    assert not gw.outbound("accuse_reception")
+    notice = gw.notification(str(ref), "agent@ars.test")
+    text, html = casemail.text_of(notice.raw), _html_of(notice.raw)
+    assert text.startswith("Accusé de réception NON envoyé au déclarant : adresse invalide"), text[:300]
+    assert "Contactez-le par un autre moyen." in text.split("\n")[0] and "#repondre" not in text.split("\n")[0]
+    assert "NON envoyé au déclarant : adresse invalide" in html
+
+
 # --- 2. replies: reopened, kept closed, answer to a request --------------------------------------
 
 

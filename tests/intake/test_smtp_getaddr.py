@@ -56,7 +56,7 @@ def test_the_plain_path_shortcut_answers_as_aiosmtpd(pieces: list[str]) -> None:
             continue  # refused on purpose (below)
         try:
             expected = _bare(SMTP, 64)._getaddr(arg)
-        except (IndexError, AttributeError):  # the stdlib parser crashes (aiosmtpd: 500): ours refuses
+        except Exception:  # the stdlib parser crashes (aiosmtpd: 500): ours refuses
             expected = (None, None)
         assert _bare(GatewaySMTP, 64)._getaddr(arg) == expected, repr(arg)
 
@@ -69,3 +69,8 @@ def test_the_plain_path_pattern_is_linear(arg: str) -> None:
     started = time.process_time()
     _PLAIN_PATH.match(arg)
     assert time.process_time() - started < 0.5
+
+
+@pytest.mark.parametrize("arg", ["<", '"', "a@[", "<a@[\t", "<a@[ "])
+def test_a_path_that_crashes_the_stdlib_parser_is_refused(arg: str) -> None:
+    assert _bare(GatewaySMTP, 64)._getaddr(arg) == (None, None)
