@@ -138,6 +138,13 @@ def _inline_part(data: bytes, subtype: str, filename: str, cid: str) -> mime.Par
     return mime.binary_part(data, f"image/{subtype}", disposition="inline", filename=filename, content_id=cid)
 
 
+@lru_cache(maxsize=16)
+def _attached_file(data: bytes, content_type: str, filename: str) -> mime.Part:
+    """A bulletin's indicator files (STIX, MISP, CSV) are the same in each of its messages:
+    base64-encoded once (issue 19: 7 % of a signing process), as ``_inline_part``."""
+    return mime.binary_part(data, content_type, disposition="attachment", filename=filename)
+
+
 # Composer.compose's cache of recipient-independent bodies, for one batch of identical mail.
 SharedBodies = dict[tuple[str, int, int, int, str | None], tuple[str, "mime.Part"]]
 
@@ -228,7 +235,7 @@ class Composer:
         if spec.attachments:
             attached = [
                 mime.message_part(a.raw, a.filename) if a.content_type == "message/rfc822"
-                else mime.binary_part(a.raw, a.content_type, disposition="attachment", filename=a.filename)
+                else _attached_file(a.raw, a.content_type, a.filename)
                 for a in spec.attachments
             ]
             body = mime.multipart("mixed", [body, *attached])

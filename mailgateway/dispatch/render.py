@@ -140,11 +140,16 @@ class Renderer:
     def __init__(self, site_dir: str | None = None) -> None:
         dirs = [site_dir] if site_dir else []
         loader = jinja2.FileSystemLoader([*dirs, str(BUNDLED_DIR)])
+        # auto_reload off: Jinja otherwise stats each template file at every render (three per
+        # mail, a twentieth of a bulletin's composing, issue 19). A changed template takes effect
+        # with a new Renderer: SIGHUP builds one (app.reconfigure), each fan-out starts new workers.
         self._html = ImmutableSandboxedEnvironment(
-            loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+            loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+            auto_reload=False,
         )
         self._text = ImmutableSandboxedEnvironment(
-            loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+            loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+            auto_reload=False,
         )
         for env in (self._html, self._text):
             env.filters["libelle"] = libelle

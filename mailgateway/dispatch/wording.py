@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
 
 # A mute h elides (« l'hôpital », « d'Hauteville »); an aspirated h does not (« de Haguenau »,
 # « le Havre »): the names of structures met in the directory that start with an aspirated h.
@@ -39,18 +40,27 @@ _CLOSINGS = ("cordialement", "bien à vous", "bien cordialement", "sincères sal
              "je vous prie d'agréer", "veuillez agréer", "à votre disposition", "très cordialement")
 
 
-def _lines(text: str) -> list[str]:
-    # The staff's directives (« #cible … », « #tlp … ») written above a bulletin are not its text.
-    return [line.strip().lower() for line in text.split("\n") if line.strip() and not line.strip().startswith("#")]
-
-
 def has_greeting(text: object) -> bool:
     """The text opens with a greeting (« Bonjour Monsieur Dupont, »)."""
-    lines = _lines(str(text or ""))
-    if not lines:
+    value = str(text or "")
+    # Only the first written line counts: read up to it, not the whole text (a template asks
+    # this of a bulletin's body for each of its messages).
+    first = next((line for line in _first_lines(value) if line), None)
+    if first is None:
         return False
-    first = lines[0]
     return first.startswith(_GREETINGS) or first in {g.strip() for g in _GREETINGS}
+
+
+def _first_lines(text: str) -> Iterator[str]:
+    """The text's lines lazily, stripped and lower-cased, from the top: "" for a blank line and
+    for the staff's directives (« #cible … », « #tlp … ») written above a bulletin, not its text."""
+    start = 0
+    while start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end].strip()
+        yield line.lower() if line and not line.startswith("#") else ""
+        start = end + 1
 
 
 def without_closing(text: str) -> str:
@@ -68,5 +78,14 @@ def without_closing(text: str) -> str:
 
 def has_closing(text: object) -> bool:
     """One of the text's last lines (a signature may follow) is a closing formula."""
-    lines = _lines(str(text or ""))
-    return any(line.startswith(_CLOSINGS) for line in lines[-4:])
+    value = str(text or "")
+    # Its last four written lines: taken from the end of the text, not after reading it all.
+    tail: list[str] = []
+    end = len(value)
+    while end >= 0 and len(tail) < 4:
+        start = value.rfind("\n", 0, end) + 1
+        line = value[start:end].strip()
+        if line and not line.startswith("#"):
+            tail.append(line.lower())
+        end = start - 1
+    return any(line.startswith(_CLOSINGS) for line in tail)
