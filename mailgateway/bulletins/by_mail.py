@@ -278,7 +278,7 @@ def _reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFa
                "expires_fr": None, "subject": " ".join(facts.subject.split())[:200] if trusted else "", **extra}
     spec = MailSpec(template=KIND_PREVIEW, context=context, to=to, from_address=from_address, from_name=from_name,
                     idempotency_key=f"{KIND_PREVIEW}:{inbound.id}:{stage}", auto_submitted="auto-replied",
-                    in_reply_to=facts.message_id, references=list(facts.in_reply_to) if trusted else [],
+                    in_reply_to=facts.message_id, references=facts.answer_references() if trusted else [],
                     tlp=shown.tlp if shown is not None else None)
     # A refusal to anyone but the region's authenticated staff is an automatic reply: capped
     # (RFC 3834 §2, storms), the global budget included.

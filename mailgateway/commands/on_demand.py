@@ -73,7 +73,7 @@ def send_original(env: Env, session: Session, inbound: InboundMessage, facts: Me
     from_address, from_name = env.mailer.from_identity(region)
     spec = MailSpec(template="original", context=context, to=actor, from_address=from_address, from_name=from_name,
                     idempotency_key=f"original:{inbound.id}:{case.id}", in_reply_to=facts.message_id,
-                    references=list(facts.in_reply_to),
+                    references=facts.answer_references(),
                     attachments=[Attachment(raw, "message-original.eml")] if attached else [])
     row = env.mailer.send(session, spec, kind="message_original", case=case, actor=actor)
     if row is None:
@@ -122,7 +122,7 @@ def _send_list(env: Env, session: Session, inbound: InboundMessage, facts: Messa
     from_address, from_name = env.mailer.from_identity(region)
     spec = MailSpec(template="quarantaine", context=context, to=actor, from_address=from_address,
                     from_name=from_name, idempotency_key=f"quarantaine_liste:{inbound.id}",
-                    in_reply_to=facts.message_id, references=list(facts.in_reply_to))
+                    in_reply_to=facts.message_id, references=facts.answer_references())
     if env.mailer.send(session, spec, kind="liste_quarantaine", actor=actor) is None:
         raise CaseError("envoi de la liste refusé")
     more = " (les plus récents)" if len(found) > LIST_LIMIT else ""

@@ -55,7 +55,7 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                  "confirmations": list(confirmations) or ([confirmation] if confirmation else []),
                  "understood": understood},
         to=to, from_address=from_address, from_name=from_name, idempotency_key=f"receipt:{inbound.id}",
-        in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+        in_reply_to=facts.message_id, references=facts.answer_references(),
     )
     # A refused (possibly forged) command is answered under the automatic-reply caps: a forger
     # must not turn the gateway into a mail cannon against a staff address (docs/guarantees.md).
@@ -164,7 +164,7 @@ def send_digest(env: Env, session: Session, inbound: InboundMessage, facts: Mess
                  "generated_fr": french_datetime(env.clock.now())},
         to=to, from_address=from_address, from_name=from_name,
         idempotency_key=f"digest:{inbound.id}:{index}",
-        in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+        in_reply_to=facts.message_id, references=facts.answer_references(),
         # The most restrictive label of what is listed (TLP 2.0): the digest stays with staff.
         tlp=_strictest([c.tlp for c in cases] + ([detail.tlp] if detail else [])),
     )

@@ -238,6 +238,9 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         sender=sender,
         message_id=pm.message_id(),
         in_reply_to=tuple(ids),
+        thread_chain=tuple(dict.fromkeys(
+            (reference_ids if "References" not in uncovered else [])
+            + (in_reply_ids if "In-Reply-To" not in uncovered else []))),
         subject=subject,
         reply_to=reply_to,
         new_text=fresh[:50_000],

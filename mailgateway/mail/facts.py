@@ -178,6 +178,15 @@ class MessageFacts:
     recipients: tuple[str, ...] = ()  # To/Cc addresses
     is_bulletin_request: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # The same Message-IDs in thread order (References as written, then In-Reply-To: the parent
+    # last), for the References of our answer (RFC 5322 §3.6.4); ``in_reply_to`` is ordered for
+    # finding the case. Empty: answer with ``in_reply_to``.
+    thread_chain: tuple[str, ...] = ()
+
+    def answer_references(self) -> list[str]:
+        """The References of a mail answering this one, before its own Message-ID (the composer
+        appends it as the parent): the thread oldest first."""
+        return list(self.thread_chain or self.in_reply_to)
 
     def _declaration_json(self) -> dict[str, Any] | None:
         """The declaration, and who passed it on: an agency colleague who forwarded it (the

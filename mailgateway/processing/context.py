@@ -151,6 +151,6 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
     return env.mailer.send_to_staff(
         session, case.region, template=template, context=context, kind=kind, key=f"{kind}:{inbound.id}",
         recipients=assignee, case=case, priority=0,
-        in_reply_to=facts.message_id, references=list(facts.in_reply_to),
+        in_reply_to=facts.message_id, references=facts.answer_references(),
         attachments=attachments,
     )

@@ -167,7 +167,7 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
             idempotency_key=f"acknowledgement:{inbound.id}",
             # Not threaded under a colleague's internal forward: the establishment never saw it.
             in_reply_to=None if forwarder else facts.message_id,
-            references=list(facts.in_reply_to) if verified else [],
+            references=facts.answer_references() if verified else [],
         )
         if env.mailer.send(session, spec, kind="accuse_reception", case=case, auto_reply=True, verified=verified,
                            refusals=refusals) is not None:
