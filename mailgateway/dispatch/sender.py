@@ -482,14 +482,23 @@ class Sender:
         return result
 
     def _give_back_claimed(self, ahead: asyncio.Future[list[_Claimed]]) -> None:
-        """A batch claimed ahead that will not be delivered: queued again now, not at the end
-        of its lease (synchronous: the pass is being cancelled or has failed)."""
+        """A batch claimed ahead that will not be delivered (the pass failed or is cancelled):
+        queued again now, not at the end of its lease. In a thread, as every database write of
+        the sender (a failing database retries for seconds: the event loop must not wait); in
+        this one only when the loop's executor is gone (the end of a cancelled run)."""
         if ahead.cancelled() or ahead.exception() is not None or not ahead.result():
             return
+        items = ahead.result()
         try:
-            self._record_with_retries([_Outcome(i, "throttled", answer="sender stopping") for i in ahead.result()])
+            asyncio.get_running_loop().run_in_executor(None, self._give_back_now, items)
+        except RuntimeError:
+            self._give_back_now(items)
+
+    def _give_back_now(self, items: list[_Claimed]) -> None:
+        try:
+            self._record_with_retries([_Outcome(i, "throttled", answer="sender stopping") for i in items])
         except Exception:
-            log.exception("could not give back %d claimed rows; their lease will", len(ahead.result()))
+            log.exception("could not give back %d claimed rows; their lease will", len(items))
 
     def _seconds_to_next_due(self) -> float:
         with reading(self.factory) as session:
