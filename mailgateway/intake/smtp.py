@@ -399,6 +399,7 @@ class GatewaySMTP(SMTP):
         # past a relay that forwards bare LFs (SMTP smuggling, found by an outside tester; aiosmtpd
         # 1.4.5 fixed the same in its own reader).
         after_crlf = True
+        ended_cr = False  # the previous chunk ended with CR (a long line cut between CR and LF)
         # The idle timer is restarted at most every ``step`` seconds, not at every line (a timer
         # cancelled and scheduled again per line was a tenth of the event loop's time per message):
         # a connection silent for the whole timeout is still closed, at most ``step`` s early.
@@ -415,7 +416,9 @@ class GatewaySMTP(SMTP):
                 chunk = await self._reader.read(exc.consumed)
             line_start, partial = not partial, not chunk.endswith(b"\n")
             stuffed = line_start and after_crlf and chunk.startswith(b".")
-            after_crlf = chunk.endswith(b"\r\n")
+            # A line longer than the stream's limit comes in pieces, its CR and LF may be apart.
+            after_crlf = chunk.endswith(b"\r\n") or (chunk == b"\n" and ended_cr)
+            ended_cr = chunk.endswith(b"\r")
             if stuffed and chunk == b".\r\n":
                 break
             if (now := clock()) - restarted >= step:  # the idle timeout counts from the last line received

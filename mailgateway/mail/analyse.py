@@ -64,7 +64,7 @@ from mailgateway.mail.declaration import (
     labelled_fields,
     looks_like_declaration,
 )
-from mailgateway.mail.facts import Command, MessageFacts, SenderVerdict
+from mailgateway.mail.facts import Bounce, Command, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import message_ids, parse_addresses
 from mailgateway.mail.indicators import extract_indicators, phone_e164, signature_phones
 from mailgateway.mail.indicators_in import with_attached
@@ -180,6 +180,15 @@ def _refused(commands: tuple[Command, ...], reason: str) -> tuple[Command, ...]:
     )
 
 
+def _unanchored(bounce: Bounce, own_domains: list[str]) -> bool:
+    """A bounce that names no mail of ours: no VERP token, and no original Message-ID in our
+    domains (docs/guarantees.md: only those count; the others are ignored)."""
+    if bounce.verp_token is not None:
+        return False
+    original = bounce.original_message_id or ""
+    return not (original and domain_in(original.strip("<>").rpartition("@")[2], own_domains))
+
+
 def _ordered(ids: list[str], own_domains: list[str]) -> list[str]:
     unique = list(dict.fromkeys(ids))
     unique.sort(key=lambda mid: not domain_in(mid.rpartition("@")[2], own_domains))
@@ -238,9 +247,11 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         sender=sender,
         message_id=pm.message_id(),
         in_reply_to=tuple(ids),
+        # Only an authenticated sender's own (signed) thread: an outsider's References must not
+        # choose the thread our mail joins in a mailbox (found by an outside tester).
         thread_chain=tuple(dict.fromkeys(
             (reference_ids if "References" not in uncovered else [])
-            + (in_reply_ids if "In-Reply-To" not in uncovered else []))),
+            + (in_reply_ids if "In-Reply-To" not in uncovered else []))) if sender.authenticated else (),
         subject=subject,
         reply_to=reply_to,
         new_text=fresh[:50_000],
@@ -266,11 +277,14 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     token = verp_token(pm, ctx.bounce_local_part, ctx.bounce_domain)
     auto = auto_reply_reason(pm, labels.auto_reply_subjects, bulk_allowed=_from_acss(sender, ctx))
     bounce = detect_bounce(pm, token)
-    if bounce is not None and bounce.words_only and (
-            sender.authenticated or case_ref or looks_like_declaration(text, subject, labels)[0]):
-        # A report's words and an address, nothing else of a report: an authenticated sender,
-        # a case's reply or a declaration quoting a mail log (« RCPT TO:<…> », « 550 5.1.1 … »,
-        # common in a phishing or mail incident) is read as what it is, not dropped as a bounce.
+    if bounce is not None and _unanchored(bounce, own_domains) and (
+            case_ref or (bounce.words_only and sender.authenticated)
+            or looks_like_declaration(text, subject, labels)[0]):
+        # A report about no mail of ours (no VERP token, no Message-ID we sent: it could only be
+        # ignored as a bounce) that names a case or reads as a declaration, or found by its words
+        # alone in an authenticated sender's mail, is read as what it is: a hospital quoting its
+        # mail log or an NDR (« RCPT TO:<…> », « 550 5.1.1 … », DSN fields, a forwarded
+        # « Undelivered Mail ») in a phishing or mail incident (found by outside testers).
         bounce = None
     if bounce is not None and bounce.diagnostic is not None:
         # BOUNCES: a non-delivery report (it always has a diagnostic) is a bounce even when its

@@ -87,7 +87,16 @@ def _ack_held_back(refusals: list[Refusal]) -> dict[str, Any]:
     capped = next((r.reason for r in refusals if r.capped), None)
     if capped:
         return {"ack_capped": capped}
-    return {"ack_refused": refusals[0].reason} if refusals else {}
+    return {"ack_refused": _reason_without_address(refusals[0].reason)} if refusals else {}
+
+
+def _reason_without_address(reason: str) -> str:
+    """« adresse invalide : '…' » → « adresse invalide »: the banner says why, never the address
+    itself, which the declarant wrote (« "URGENT ARS : revalidez votre session sur …"@chu… » in
+    bold red at the top of a signed notification: found by an outside tester). The address is
+    on the « Déclarant » line below."""
+    head = reason.split(" : ", 1)[0]
+    return "adresse refusée" if "@" in head else head
 
 
 def _establishment(session: Session, decl: Declaration) -> tuple[Declaration, Establishment | None]:

@@ -83,6 +83,15 @@ def test_an_acknowledgement_refused_for_its_address_is_flagged_too(gw: Gateway) 
     assert text.startswith("Accusé de réception NON envoyé au déclarant : adresse invalide"), text[:300]
     assert "Contactez-le par un autre moyen." in text.split("\n")[0] and "#repondre" not in text.split("\n")[0]
     assert "NON envoyé au déclarant : adresse invalide" in html
+    assert "rssi garde" not in text.split("\n")[0]  # the reason, never the address the declarant wrote
+
+
+def test_the_refusal_banner_never_carries_what_the_declarant_wrote(gw: Gateway) -> None:
+    lure = '"URGENT ARS : revalidez votre session sur www.ars-sso.test avant 12h"@chu.test'
+    ref = gw.feed(casemail.declaration(1, sender=lure)).case_ref
+    assert ref is not None
+    first = casemail.text_of(gw.notification(str(ref), "agent@ars.test").raw).split("\n")[0]
+    assert first.startswith("Accusé de réception NON envoyé au déclarant : ") and "revalidez" not in first, first
 
 
 # --- 2. replies: reopened, kept closed, answer to a request --------------------------------------

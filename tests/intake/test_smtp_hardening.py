@@ -224,6 +224,25 @@ def test_a_dot_after_a_bare_lf_neither_ends_the_data_nor_smuggles_a_second_messa
     assert b"fin\r\n.\r\nMAIL FROM:<agent@ars.test>" in stored[0] and b"a\r\n.\r\nb\r\n" in stored[0]
 
 
+@pytest.mark.parametrize("length", [1500, 4095, 70_000])
+def test_a_line_too_long_just_before_the_end_of_data_is_answered_at_once(gateway: RunningGateway,
+                                                                         length: int) -> None:
+    """A line over the limit comes in pieces, its CR and LF possibly apart: the end of data right
+    after it is still seen, the refusal comes at once and the session goes on (found by an outside
+    tester: no answer, and the next command swallowed as data)."""
+    client = Client(gateway.config.smtp_port, timeout=10).greet()
+    try:
+        assert client.cmd(b"MAIL FROM:<dsi@chu.test>")[0] == 250
+        assert client.cmd(b"RCPT TO:<" + PDL.encode() + b">")[0] == 250
+        assert client.cmd(b"DATA")[0] == 354
+        client.sock.sendall(b"Subject: long\r\n\r\n" + b"x" * length + b"\r\n.\r\n")
+        code, text = client.reply()
+        assert code == 500 and "too long" in text.lower(), text
+        assert client.cmd(b"NOOP")[0] == 250
+    finally:
+        client.close()
+
+
 def test_running_size_over_the_limit_gets_552_5_3_4_before_the_end_of_data(gateway: RunningGateway) -> None:
     """The refusal comes as soon as the limit is passed (the client may stop sending), and the
     session is usable afterwards."""

@@ -58,3 +58,47 @@ def test_a_report_with_a_reports_sender_is_still_a_bounce(ctx: AnalysisContext) 
                 f"your message could not be delivered.\n\n{LOGS[2]}\n", sender="MAILER-DAEMON@mx.chu-exemple.test")
     facts = analyse(raw, ctx, None)
     assert facts.kind == "bounce" and facts.bounce is not None and not facts.bounce.words_only
+
+
+DSN_FIELDS = ("Reporting-MTA: dns; mx.chu-exemple.test\nFinal-Recipient: rfc822; victime@hopital-b.test\n"
+              "Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 user unknown")
+
+
+@pytest.mark.parametrize(("subject", "quoted"), [
+    ("Déclaration d'incident : compte messagerie compromis", DSN_FIELDS),  # DSN fields quoted
+    ("TR: Undelivered Mail Returned to Sender", LOGS[2]),  # a report's subject, forwarded
+    ("Déclaration d'incident : Mail delivery failed", LOGS[0]),
+])
+@pytest.mark.parametrize("verdict", [CHU, None], ids=["authenticated", "unauthenticated"])
+def test_a_declaration_quoting_a_report_is_a_declaration(ctx: AnalysisContext, subject: str, quoted: str,
+                                                         verdict: SenderVerdict | None) -> None:
+    """A report about no mail of ours (no VERP token, no Message-ID we sent) could only be ignored
+    as a bounce: when it reads as a declaration it is one (found by an outside tester)."""
+    facts = analyse(_mail(subject, DECLARATION.format(log=quoted)), ctx, verdict)
+    assert facts.kind == "declaration"
+
+
+def test_a_report_about_our_mail_stays_a_bounce_even_naming_a_case(ctx: AnalysisContext) -> None:
+    """A non-delivery report sent to the regional mailbox, quoting our acknowledgement (its
+    Message-ID is ours) and its subject with the case reference: a bounce, never a case reply."""
+    body = (f"Votre message n'a pas pu être remis.\n\n{LOGS[2]}\n\nMessage d'origine :\n"
+            "> From: ARS <ssi-ara@ars-sante.test>\n> Message-ID: <mg.abc@ars-sante.test>\n"
+            + DECLARATION.format(log=""))
+    raw = _mail("[SSI-ARA-2026-0099] Accusé de réception", body, sender="postmaster@chu-exemple.test")
+    raw = raw.replace(b"Content-Type: text/plain", b"In-Reply-To: <mg.abc@ars-sante.test>\r\nContent-Type: text/plain")
+    facts = analyse(raw, ctx, None)
+    assert facts.kind == "bounce"
+
+
+def test_only_an_authenticated_senders_thread_orders_our_references(ctx: AnalysisContext) -> None:
+    """An outsider's References must not choose the thread our mail joins (found by an outside
+    tester): their mail is answered with the Message-IDs ordered to find the case, ours first."""
+    raw = _mail("Déclaration d'incident", DECLARATION.format(log="")).replace(
+        b"Content-Type: text/plain",
+        b"References: <alert-77@esante.gouv.fr> <x@evil.test>\r\nIn-Reply-To: <out-99@ars-sante.test>\r\n"
+        b"Content-Type: text/plain")
+    assert analyse(raw, ctx, None).thread_chain == ()
+    signed = SenderVerdict(CHU.address, CHU.domain, True, "dkim", CHU.auth_domain,
+                           signed_headers=CHU.signed_headers | {"references", "in-reply-to"})
+    assert analyse(raw, ctx, signed).thread_chain == ("alert-77@esante.gouv.fr", "x@evil.test",
+                                                      "out-99@ars-sante.test")
