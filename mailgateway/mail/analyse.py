@@ -279,9 +279,10 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     bounce = detect_bounce(pm, token)
     if bounce is not None and _unanchored(bounce, own_domains) and (
             case_ref or (bounce.words_only and sender.authenticated)
-            or looks_like_declaration(text, subject, labels)[0]):
+            or looks_like_declaration(text, subject, labels)[1] == "labelled"):
         # A report about no mail of ours (no VERP token, no Message-ID we sent: it could only be
-        # ignored as a bounce) that names a case or reads as a declaration, or found by its words
+        # ignored as a bounce) that names a case or holds a declaration's labelled fields (its
+        # keywords alone are in real bounces' wording too: the bounce corpus), or found by its words
         # alone in an authenticated sender's mail, is read as what it is: a hospital quoting its
         # mail log or an NDR (« RCPT TO:<…> », « 550 5.1.1 … », DSN fields, a forwarded
         # « Undelivered Mail ») in a phishing or mail incident (found by outside testers).
