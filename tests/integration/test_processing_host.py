@@ -38,10 +38,14 @@ def _spawned_children(pid: int) -> list[int]:
 
 
 def _holds_gate(pid: int, lock: Path) -> bool:
-    """``pid`` holds the flock of ``lock`` (/proc/locks: FLOCK ADVISORY WRITE pid maj:min:inode)."""
+    """``pid`` holds the flock of ``lock`` (/proc/locks: FLOCK ADVISORY WRITE pid maj:min:inode).
+    A line with « -> » is a request still waiting for the lock, not a holder: a host paused while
+    it waits for the gate holds nothing (the daemon writes on), and is killed as silent, later."""
     inode = lock.stat().st_ino
     for line in Path("/proc/locks").read_text().splitlines():
         fields = line.split()
+        if "->" in fields:
+            continue
         if "FLOCK" in fields and str(pid) in fields and any(f.endswith(f":{inode}") for f in fields):
             return True
     return False
