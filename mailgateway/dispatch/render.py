@@ -95,7 +95,10 @@ def defang(value: Any) -> Any:
     return _bracket(value, ".")
 
 
-_URL_IN_TEXT = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'\])}]{1,2000}", re.I)
+# Links a mail client makes clickable in plain text: a scheme's URL (web, file shares, mail) or a
+# bare « www. » host (found by an outside tester: « revalidez votre session sur www.… » stayed a
+# link in a signed staff notification). Linear: a prefix, then a bounded run of non-blanks.
+_URL_IN_TEXT = re.compile(r"\b(?:(?:https?|ftps?|sftp|smb|file)://|mailto:|www\.)[^\s<>\"'\])}]{1,2000}", re.I)
 
 
 def defang_text(value: Any) -> Any:
@@ -103,7 +106,16 @@ def defang_text(value: Any) -> Any:
     never as a link a click away (linear pattern: a scheme, then a bounded run of non-blanks)."""
     if not isinstance(value, str):
         return value
-    return _URL_IN_TEXT.sub(lambda m: str(defang(m.group(0))), value)
+    return _URL_IN_TEXT.sub(_defang_link, value)
+
+
+def _defang_link(match: re.Match[str]) -> str:
+    """``defang`` (hxxp, [.] hosts, [@]); the other schemes also get « [:] », so that a file or
+    share path (``file:///C:/x.exe``, ``smb://…``) is no link either."""
+    text = str(defang(match.group(0)))
+    if _SCHEME.match(text) or text.lower().startswith(("hxxp", "fxp", "www")):
+        return text
+    return text.replace(":", "[:]", 1)
 
 
 def instant_fr(value: Any) -> Any:

@@ -41,3 +41,20 @@ def test_a_link_in_a_structure_name_is_defanged_everywhere_staff_read_it(gw: Gat
         assert part is not None
         content = part.get_content()
         assert "http://evil.example" not in content and "hxxp://evil[.]example/pay" in content
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("revalidez sur www.ars-sso.test/agent?id=pdl avant 12h",
+     "revalidez sur www[.]ars-sso[.]test/agent?id=pdl avant 12h"),
+    ("le partage smb://srv.chu.test/compta", "le partage smb[:]//srv[.]chu[.]test/compta"),
+    ("ouvrez file:///C:/facture.exe", "ouvrez file[:]///C:/facture.exe"),
+    ("écrivez à mailto:rssi@evil.test", "écrivez à mailto[:]rssi[@]evil[.]test"),
+    ("https://evil.test/x et ftp://evil.test/y", "hxxps://evil[.]test/x et fxp://evil[.]test/y"),
+])
+def test_every_link_a_mail_client_makes_is_defanged(text: str, shown: str) -> None:
+    """Found by an outside tester: only http(s) and ftp links were defanged; a bare « www. » host,
+    a share or a file path stayed a link a click away in staff mail."""
+    from mailgateway.dispatch.render import defang_text
+
+    assert defang_text(text) == shown
+    assert defang_text(shown) == shown  # defanging twice changes nothing
