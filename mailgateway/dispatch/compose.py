@@ -131,18 +131,12 @@ def bounded_references(chain: Sequence[str]) -> list[str]:
 
 
 @lru_cache(maxsize=16)
-def _inline_part(data: bytes, subtype: str, filename: str, cid: str) -> mime.Part:
-    """A bulletin's pictures (the agency's logo…) are the same in each of its 40,000 messages:
-    base64-encoded once (issue 19). Keyed by the bytes themselves (hashed once per object, then
-    compared); parts are never changed once made, so sharing one between messages is safe."""
-    return mime.binary_part(data, f"image/{subtype}", disposition="inline", filename=filename, content_id=cid)
-
-
-@lru_cache(maxsize=16)
-def _attached_file(data: bytes, content_type: str, filename: str) -> mime.Part:
-    """A bulletin's indicator files (STIX, MISP, CSV) are the same in each of its messages:
-    base64-encoded once (issue 19: 7 % of a signing process), as ``_inline_part``."""
-    return mime.binary_part(data, content_type, disposition="attachment", filename=filename)
+def _shared_part(data: bytes, content_type: str, disposition: str, filename: str, cid: str | None = None) -> mime.Part:
+    """A bulletin's pictures (the agency's logo…) and indicator files (STIX, MISP, CSV) are the
+    same in each of its 40,000 messages: base64-encoded once (issue 19: the files were 7 % of a
+    signing process). Keyed by the bytes themselves (hashed once per object, then compared);
+    parts are never changed once made, so sharing one between messages is safe."""
+    return mime.binary_part(data, content_type, disposition=disposition, filename=filename, content_id=cid)
 
 
 # Composer.compose's cache of recipient-independent bodies, for one batch of identical mail.
@@ -228,14 +222,14 @@ class Composer:
             if spec.inline_images:
                 # The HTML part becomes multipart/related (HTML + images); the text part stays
                 # the fallback alternative (RFC 2046 §5.1.4, RFC 2387, RFC 2392 cid: URLs).
-                images = [_inline_part(i.data, i.subtype, i.filename or f"{i.cid}.{i.subtype}", i.cid)
-                          for i in spec.inline_images]
+                images = [_shared_part(i.data, f"image/{i.subtype}", "inline",
+                                       i.filename or f"{i.cid}.{i.subtype}", i.cid) for i in spec.inline_images]
                 html = mime.multipart("related", [html, *images])
             body = mime.multipart("alternative", [body, html])
         if spec.attachments:
             attached = [
                 mime.message_part(a.raw, a.filename) if a.content_type == "message/rfc822"
-                else _attached_file(a.raw, a.content_type, a.filename)
+                else _shared_part(a.raw, a.content_type, "attachment", a.filename)
                 for a in spec.attachments
             ]
             body = mime.multipart("mixed", [body, *attached])

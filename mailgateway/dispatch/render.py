@@ -110,12 +110,12 @@ def defang_text(value: Any) -> Any:
 
 
 def _defang_link(match: re.Match[str]) -> str:
-    """``defang`` (hxxp, [.] hosts, [@]); the other schemes also get « [:] », so that a file or
-    share path (``file:///C:/x.exe``, ``smb://…``) is no link either."""
-    text = str(defang(match.group(0)))
-    if _SCHEME.match(text) or text.lower().startswith(("hxxp", "fxp", "www")):
-        return text
-    return text.replace(":", "[:]", 1)
+    """``defang``: http(s) and ftp become hxxp(s) and fxp, hosts get « [.] », addresses « [@] »;
+    the other schemes keep theirs, so their colon becomes « [:] » (``file:///C:/x.exe``, ``smb://…``
+    are no link either)."""
+    link = match.group(0)
+    text = str(defang(link))
+    return text if link.lower().startswith(("http", "ftp:", "www.")) else text.replace(":", "[:]", 1)
 
 
 def instant_fr(value: Any) -> Any:

@@ -42,24 +42,24 @@ _CLOSINGS = ("cordialement", "bien à vous", "bien cordialement", "sincères sal
 
 def has_greeting(text: object) -> bool:
     """The text opens with a greeting (« Bonjour Monsieur Dupont, »)."""
-    value = str(text or "")
     # Only the first written line counts: read up to it, not the whole text (a template asks
     # this of a bulletin's body for each of its messages).
-    first = next((line for line in _first_lines(value) if line), None)
+    first = next(_written_lines(str(text or "")), None)
     if first is None:
         return False
     return first.startswith(_GREETINGS) or first in {g.strip() for g in _GREETINGS}
 
 
-def _first_lines(text: str) -> Iterator[str]:
-    """The text's lines lazily, stripped and lower-cased, from the top: "" for a blank line and
-    for the staff's directives (« #cible … », « #tlp … ») written above a bulletin, not its text."""
+def _written_lines(text: str) -> Iterator[str]:
+    """The text's written lines lazily, stripped and lower-cased, from the top: neither blank
+    lines nor the staff's directives (« #cible … », « #tlp … ») written above a bulletin."""
     start = 0
     while start <= len(text):
         end = text.find("\n", start)
         end = len(text) if end < 0 else end
         line = text[start:end].strip()
-        yield line.lower() if line and not line.startswith("#") else ""
+        if line and not line.startswith("#"):
+            yield line.lower()
         start = end + 1
 
 

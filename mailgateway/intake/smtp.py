@@ -39,7 +39,6 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr
-from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
@@ -326,12 +325,10 @@ class GatewaySMTP(SMTP):
             try:
                 parsed = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
                 addr, rest = parsed[0].addr_spec, parsed[1]
-            except HeaderParseError:
-                return None, None
             except Exception:
-                # The stdlib's parser crashes on some paths (« < » or « " » alone: IndexError,
-                # « a@[ »: AttributeError, « <a@[\t »: UnboundLocalError): aiosmtpd then answered
-                # 500 with the exception's text. Whatever it raises, a path it cannot read is a 553.
+                # HeaderParseError, and the crashes of the stdlib's parser on some paths (« < » or
+                # « " » alone: IndexError, « a@[ »: AttributeError, « <a@[\t »: UnboundLocalError),
+                # which aiosmtpd answered 500 with the exception's text: a path it cannot read is a 553.
                 return None, None
         localpart = addr.rpartition("@")[0]
         if self.local_part_limit and len(localpart) > self.local_part_limit:
