@@ -208,7 +208,11 @@ class CaseEvent(Base):
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
     outbound_id: Mapped[int | None] = mapped_column(ForeignKey("outbound_messages.id"))
     prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    # The hash tells each new event apart in one multi-row INSERT … RETURNING id: SQLite cannot
+    # return generated ids in the order of the rows given, so without a client-side "sentinel"
+    # SQLAlchemy inserts the events of a flush one statement each (issue 19: five per declaration).
+    # No DDL: the flag only tells the ORM how to match returned rows (sha256 over case and seq: unique).
+    hash: Mapped[str] = mapped_column(String(64), insert_sentinel=True)
     # sha256 of the case's audited state when the event was written (cases/timeline.py); part of
     # the event hash. NULL for events written before migration 0002 (their hash is unchanged).
     state_hash: Mapped[str | None] = mapped_column(String(64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.cases.lifecycle import InvalidTransition, allowed, check_transition
@@ -68,3 +68,33 @@ def test_transition_table() -> None:
     assert allowed("alert", "A_DIFFUSER", "DIFFUSEE")
     with pytest.raises(InvalidTransition):
         check_transition("alert", "DIFFUSEE", "A_DIFFUSER")
+
+
+def test_the_events_of_one_flush_are_one_insert_each_row_matched_to_its_event(
+        sqlite_factory: sessionmaker[Session]) -> None:
+    """Issue 19: SQLite cannot return generated ids in the order of the rows given, so without the
+    hash as a sentinel SQLAlchemy wrote each event in a statement of its own (five per declaration).
+    One statement now, and every event object still carries the id of its own row."""
+    statements: list[str] = []
+    engine = sqlite_factory.kw["bind"]
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with transaction(sqlite_factory) as s:
+            case = Case(reference="SSI-ARA-2026-0002", region="ARA", kind="incident", status="RECU", title="t",
+                        opened_at=AT, updated_at=AT, fields={}, event_count=0)
+            s.add(case)
+            s.flush()
+            events = [append_event(s, case, type="note", actor="agent@ars.test", at=AT, data={"texte": f"note {i}"})
+                      for i in range(5)]
+            s.flush()
+            ids = {e.id: (e.seq, e.hash) for e in events}
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert sum("INSERT INTO case_events" in st for st in statements) == 1
+    with sqlite_factory() as s:
+        stored = {row.id: (row.seq, row.hash) for row in s.scalars(select(CaseEvent))}
+    assert stored == ids and len(ids) == 5
