@@ -99,6 +99,9 @@ def defang(value: Any) -> Any:
 # bare « www. » host (found by an outside tester: « revalidez votre session sur www.… » stayed a
 # link in a signed staff notification). Linear: a prefix, then a bounded run of non-blanks.
 _URL_IN_TEXT = re.compile(r"\b(?:(?:https?|ftps?|sftp|smb|file)://|mailto:|www\.)[^\s<>\"'\])}]{1,2000}", re.I)
+# A Windows share path (UNC: two backslashes, a host, a path): Outlook makes it a link, and opening
+# it hands the agent's Windows credentials (NTLM) to whatever host it names.
+_UNC_IN_TEXT = re.compile(r"(?<!\\)\\\\(?=[\w.-])[^\s<>\"'\])}]{1,2000}")
 
 
 def defang_text(value: Any) -> Any:
@@ -106,7 +109,13 @@ def defang_text(value: Any) -> Any:
     never as a link a click away (linear pattern: a scheme, then a bounded run of non-blanks)."""
     if not isinstance(value, str):
         return value
-    return _URL_IN_TEXT.sub(_defang_link, value)
+    return _UNC_IN_TEXT.sub(_defang_share, _URL_IN_TEXT.sub(_defang_link, value))
+
+
+def _defang_share(match: re.Match[str]) -> str:
+    r"""« \\srv.chu.test\x » → « [\\]srv[.]chu[.]test\x »: no mail client links a path that
+    does not begin with the two backslashes."""
+    return "[\\\\]" + match.group(0)[2:].replace(".", "[.]")
 
 
 def _defang_link(match: re.Match[str]) -> str:

@@ -50,10 +50,15 @@ def test_a_link_in_a_structure_name_is_defanged_everywhere_staff_read_it(gw: Gat
     ("ouvrez file:///C:/facture.exe", "ouvrez file[:]///C:/facture.exe"),
     ("écrivez à mailto:rssi@evil.test", "écrivez à mailto[:]rssi[@]evil[.]test"),
     ("https://evil.test/x et ftp://evil.test/y", "hxxps://evil[.]test/x et fxp://evil[.]test/y"),
+    ("ouvrez \\\\srv.evil.test\\partage\\facture.exe vite",
+     "ouvrez [\\\\]srv[.]evil[.]test\\partage\\facture[.]exe vite"),
+    ("le partage \\\\10.0.0.5\\c$", "le partage [\\\\]10[.]0[.]0[.]5\\c$"),
+    ("un chemin C:\\dossier\\x.txt reste tel quel", "un chemin C:\\dossier\\x.txt reste tel quel"),
 ])
 def test_every_link_a_mail_client_makes_is_defanged(text: str, shown: str) -> None:
     """Found by an outside tester: only http(s) and ftp links were defanged; a bare « www. » host,
-    a share or a file path stayed a link a click away in staff mail."""
+    a share or a file path stayed a link a click away in staff mail. A Windows share path (UNC)
+    too: Outlook links it, and opening it sends the agent's Windows credentials to its host."""
     from mailgateway.dispatch.render import defang_text
 
     assert defang_text(text) == shown
