@@ -113,7 +113,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({**counts, "establishments": listed})
         return 0
-    print(f"Bulletin {counts['id']} ({bulletin_status_fr(counts['status'])}) — {counts['subject']} "
+    print(f"Bulletin {counts['id']} ({bulletin_status_fr(counts['status'], counts['pending'])}) — {counts['subject']} "
           f"[TLP:{counts['tlp']}]")
     print(f"  établissements : {counts['recipients']}   remis : {counts['delivered']}   en attente : "
           f"{counts['pending']}   rebonds/échecs : {counts['bounced']}   accusés de lecture : {counts['acknowledged']}")
@@ -140,7 +140,11 @@ BULLETIN_STATUS_FR = {"draft": "brouillon", "approved": "approuvé", "sending": 
                       "cancelled": "annulé"}
 
 
-def bulletin_status_fr(status: str) -> str:
+def bulletin_status_fr(status: str, pending: int = 0) -> str:
+    """« sent » is stored once every message is queued: while some still wait for the relay
+    (a fan-out stopped and resumed, a relay down) the operator reads « en envoi », not « envoyé »."""
+    if status == "sent" and pending > 0:
+        return BULLETIN_STATUS_FR["sending"]
     return BULLETIN_STATUS_FR.get(status, status)
 
 
@@ -181,7 +185,8 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
     for r in rows:
         created = french_datetime(datetime.fromisoformat(r["created_at"])) if r["created_at"] else "—"
         delivered = r["delivered"] + r["acknowledged"]
-        print(f"{r['id']:>5}  {bulletin_status_fr(r['status']):<10} {created:<18}  {r['region']:<6} {r['tlp']:<12} "
+        state = bulletin_status_fr(r["status"], r["pending"])
+        print(f"{r['id']:>5}  {state:<10} {created:<18}  {r['region']:<6} {r['tlp']:<12} "
               f"{r['recipients']:>6} "
               f"{delivered:>6} {r['acknowledged']:>7} {r['bounced'] + r['unreached']:>7} {r['pending']:>7}  "
               f"{r['subject']}")

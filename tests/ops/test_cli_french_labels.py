@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.cli.bulletin import run as bulletin_cli
@@ -19,6 +20,7 @@ from mailgateway.cli.status import run as status_cli
 from mailgateway.clock import FixedClock
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import transaction
+from mailgateway.store.models import OutboundMessage
 from tests.support import casemail
 from tests.support.bulletins import fill_directory
 from tests.support.casegateway import NOW, Gateway, make_gateway
@@ -49,9 +51,19 @@ def test_bulletin_list_shows_the_state_in_french_and_json_keeps_the_code(
         gw: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
     _sent_bulletin(gw)
     bulletin_cli(argparse.Namespace(bulletin_cmd="list", limit=10, json=False), gw.app.settings)
+    row = capsys.readouterr().out.splitlines()[1]
+    # Every message queued (stored « sent ») but none handed to the relay yet: not « envoyé ».
+    assert " en envoi " in row and " envoyé " not in row, row
+    bulletin_cli(argparse.Namespace(bulletin_cmd="status", id=1, state=None, json=False), gw.app.settings)
+    assert "(en envoi)" in capsys.readouterr().out
+    with transaction(gw.app.factory) as s:
+        s.execute(update(OutboundMessage).where(OutboundMessage.bulletin_id.is_not(None)).values(status="sent"))
+    bulletin_cli(argparse.Namespace(bulletin_cmd="list", limit=10, json=False), gw.app.settings)
     table = capsys.readouterr().out
     row = table.splitlines()[1]
     assert " envoyé " in row and " sent " not in row, table
+    bulletin_cli(argparse.Namespace(bulletin_cmd="status", id=1, state=None, json=False), gw.app.settings)
+    assert "(envoyé)" in capsys.readouterr().out
     bulletin_cli(argparse.Namespace(bulletin_cmd="list", limit=10, json=True), gw.app.settings)
     assert json.loads(capsys.readouterr().out)[0]["status"] == "sent"
 
