@@ -73,9 +73,24 @@ def clean_charset(name: str | None) -> str | None:
 _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "euc_kr": "cp949", "shift_jis": "cp932", "big5": "big5hkscs"}
 
 
+# WHATWG Encoding: the labels iso-8859-1 / latin1 mean windows-1252. Outlook labels its
+# windows-1252 text iso-8859-1: read as Latin-1, « € », « ’ », « – » (0x80, 0x92, 0x96) became C1
+# control characters and then vanished (found by an outside tester: « 2 000 000 € » arrived as
+# « 2 000 000  »). The five bytes windows-1252 leaves undefined stay what Latin-1 makes of them.
+_C1_AS_CP1252 = {
+    0x80 + i: bytes([0x80 + i]).decode("cp1252") for i in range(32) if (0x80 + i) not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)
+}
+
+
+def _latin1_as_windows_1252(data: bytes) -> str:
+    return data.decode("latin-1").translate(_C1_AS_CP1252)
+
+
 def decode_bytes(data: bytes, charset: str | None) -> str:
     """Decode with the declared charset if Python knows it, else guess; never raises."""
     codec = clean_charset(charset)
+    if codec == "iso8859-1":
+        return _latin1_as_windows_1252(data)
     if codec and codec not in ("ascii", "us-ascii"):
         try:
             return data.decode(codec)

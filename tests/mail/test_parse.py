@@ -62,6 +62,20 @@ def test_latin1_and_cp1252_bodies_are_decoded() -> None:
     assert parse_message(raw).text().startswith("déclaration €")
 
 
+@pytest.mark.parametrize("label", ["iso-8859-1", "ISO-8859-1", "latin1", "iso_8859-1"])
+def test_windows_1252_text_labelled_iso_8859_1_keeps_its_euro_quotes_and_dashes(label: str) -> None:
+    """WHATWG Encoding: « iso-8859-1 » means windows-1252, as Outlook writes it. Found by an
+    outside tester: « 2 000 000 € », « l’intention », « – » lost their characters (C1 controls)."""
+    body = "L’attaquant réclame 2 000 000 € – nous n’avons pas l’intention de payer".encode("cp1252")
+    raw = (f"Subject: =?{label}?Q?Accus=E9_de_r=E9ception_=96_ran=E7on_=80?=\n"
+           f"Content-Type: text/plain; charset={label}\n\n").encode() + body + b"\n"
+    pm = parse_message(raw)
+    assert pm.text().startswith("L’attaquant réclame 2 000 000 € – nous n’avons pas l’intention de payer")
+    assert pm.header("Subject") == "Accusé de réception – rançon €"
+    # The five bytes windows-1252 leaves undefined stay what Latin-1 makes of them: nothing is lost.
+    assert parse_message(b"Content-Type: text/plain; charset=iso-8859-1\n\na\x81b\n").text().startswith("a\x81b")
+
+
 def test_undeclared_8bit_body_falls_back_without_error() -> None:
     raw = b"Content-Type: text/plain\n\nincident de s\xe9curit\xe9 sur le serveur de fichiers du site\n"
     assert "incident de s" in parse_message(raw).text()
