@@ -17,7 +17,7 @@ from mailgateway.mail.dates import parse_french_datetime
 from mailgateway.mail.facts import Declaration
 from mailgateway.mail.headers import parse_addresses
 from mailgateway.mail.labels import Labels
-from mailgateway.mail.text import labelled_lines, match_form
+from mailgateway.mail.text import label_line, labelled_lines, match_form
 from mailgateway.statuses import Severity
 
 # FINESS: 9 characters, the first two the département (2A/2B for Corsica), the last a check key.
@@ -102,7 +102,47 @@ def labelled_fields(text: str, labels: Labels) -> Fields:
         count += 1
         if field not in values or (not values[field] and value):
             values[field] = value
+    for field, value in _table_cells(text, labels):
+        if not values.get(field):
+            values[field] = value
     return Fields(values, count)
+
+
+_MAX_CELL = 200
+
+
+def _is_field_line(line: str, labels: Labels) -> bool:
+    found = label_line(line)
+    return found is not None and labels.fields.lookup(match_form(found[0])) is not None
+
+
+def _table_cells(text: str, labels: Labels) -> list[tuple[str, str]]:
+    """A form written as a table, without colons (found by an outside tester: an Outlook table
+    and a tab-separated form lost their « Gravité | Grave »): a known field label alone in its
+    cell, its value in the next one — « Gravité<TAB>Grave » on one line, or the label alone on a
+    line (a table converted from HTML: one cell a line) and the value on the next non-blank line,
+    when that line is no label itself. Only fills fields the « Label : valeur » lines left empty,
+    and counts for nothing (a table alone does not make a labelled form). Linear."""
+    def field_of(cell: str) -> str | None:
+        cell = cell.strip().rstrip(":").strip()
+        return labels.fields.lookup(match_form(cell)) if 0 < len(cell) <= 80 else None
+
+    lines = [line.strip() for line in text.splitlines()[:2000]]
+    out: list[tuple[str, str]] = []
+    for i, line in enumerate(lines):
+        if "\t" in line:
+            left, _, right = line.partition("\t")
+            field, value = field_of(left), right.strip()
+            if field and value and len(value) <= _MAX_CELL:
+                out.append((field, value))
+            continue
+        field = field_of(line)
+        if field is None:
+            continue
+        after = next((other for other in lines[i + 1:i + 3] if other), "")
+        if after and len(after) <= _MAX_CELL and field_of(after) is None and not _is_field_line(after, labels):
+            out.append((field, after))
+    return out
 
 
 def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[str, ...]:
@@ -132,15 +172,33 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
     return tuple(i for i in order if i in found)
 
 
+# A seriousness the declarant denies (« non grave », « pas grave a priori », « pas très grave »,
+# « sans gravité »): never read as the word it negates (found by an outside tester: « Gravité :
+# non grave » reached staff as « Gravité déclarée : grave »). On ``match_form`` text (« très » is
+# « tre » there: plural endings are folded); linear.
+_DENIED_SEVERITY = re.compile(
+    r"\b(?:(?:non|pas|peu|nullement|aucunement|ni)(?: (?:tres?|trop|si|vraiment|encore|forcement))?"
+    r" (?:grave|critique|severe|majeure?|urgente?|elevee?|importante?|significati(?:f|ve)|serious|critical)"
+    r"|(?:sans|aucune|pas de) gravite|not (?:very )?(?:serious|critical|severe))\b")
+# Free text: « pas un incident grave », « aucun incident grave », « ni incident grave ».
+_DENIED_BEFORE = re.compile(r"\b(?:pas|non|aucun|aucune|ni|sans|jamais)(?: (?:un|une|d|de))? $")
+_GRAVE_IN_TEXT = re.compile(r"\b(incident|evenement|situation|attaque) (tres? |particulierement )?grave\b")
+
+
 def _severity(fields: dict[str, str], text: str, labels: Labels) -> str:
     if fields.get("severity"):
-        found = labels.severities.first(fields["severity"])
+        # What the value says once its denied words are taken out: « grave mais pas critique » is
+        # GRAVE, « non grave » says nothing (NON_QUALIFIE: staff qualify it).
+        found = labels.severities.first(_DENIED_SEVERITY.sub(" ", match_form(fields["severity"])))
         if found:
             return found
+        if _DENIED_SEVERITY.search(match_form(fields["severity"])):
+            return Severity.NON_QUALIFIE
     form = match_form(text[:30_000])
-    if re.search(r"\b(incident|evenement|situation|attaque) (tres |particulierement )?grave\b", form):
-        return Severity.GRAVE
-    if re.search(r"\bincident (tres )?significatif\b", form):
+    for match in _GRAVE_IN_TEXT.finditer(form):
+        if not _DENIED_BEFORE.search(form[max(0, match.start() - 16):match.start()]):
+            return Severity.GRAVE
+    if re.search(r"\bincident (tres? )?significatif\b", form):
         return Severity.SIGNIFICATIF
     return Severity.NON_QUALIFIE
 

@@ -57,6 +57,47 @@ def test_severity_label_variants(ctx: AnalysisContext, label: str, value: str, e
     assert decl["severity"] == expected
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    # « Gravité » is feminine: its adjectives are, too (found by an outside tester: all were lost).
+    ("élevée", "GRAVE"), ("3/4 (élevée)", "GRAVE"), ("majeure", "GRAVE"), ("Très élevée", "GRAVE"),
+    ("moyenne", "SIGNIFICATIF"), ("modérée", "SIGNIFICATIF"), ("importante", "SIGNIFICATIF"),
+    ("mineure", "NON_QUALIFIE"), ("faible", "NON_QUALIFIE"),
+    # What the declarant denies is never what is declared.
+    ("non grave", "NON_QUALIFIE"), ("pas grave a priori", "NON_QUALIFIE"), ("Pas très grave", "NON_QUALIFIE"),
+    ("sans gravité", "NON_QUALIFIE"), ("non significatif", "NON_QUALIFIE"), ("grave mais pas critique", "GRAVE"),
+    ("critical", "GRAVE"), ("high", "GRAVE"), ("medium", "SIGNIFICATIF"), ("low", "NON_QUALIFIE"),
+])
+def test_severity_values_as_declarants_write_them(ctx: AnalysisContext, value: str, expected: str) -> None:
+    decl = declaration_with(ctx, f"N° FINESS : {ET}\nType d'incident : rançongiciel\nGravité : {value}")
+    assert decl["severity"] == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Il s'agit d'un incident très grave : les urgences sont fermées.", "GRAVE"),
+    ("Ce n'est pas un incident grave, mais nous préférons vous le signaler.", "NON_QUALIFIE"),
+    ("Aucun incident grave à signaler hormis un rançongiciel sur un poste.", "NON_QUALIFIE"),
+])
+def test_seriousness_in_free_text_reads_its_negation(ctx: AnalysisContext, text: str, expected: str) -> None:
+    decl = declaration_with(ctx, f"N° FINESS : {ET}\nType d'incident : rançongiciel\n\n{text}")
+    assert decl["severity"] == expected
+
+
+@pytest.mark.parametrize("separator", ["\t", "\n", "\n\n"])
+def test_a_form_written_as_a_table_keeps_its_fields(ctx: AnalysisContext, separator: str) -> None:
+    """Found by an outside tester: an Outlook table (one cell a line once converted) or a
+    tab-separated form lost its severity; only « Label : valeur » lines were read."""
+    rows = [("Numéro FINESS", ET), ("Type d'incident", "Rançongiciel"), ("Gravité", "Grave"),
+            ("Date de détection", "30/11/2026 06:45")]
+    decl = declaration_with(ctx, "\n".join(f"{label}{separator}{value}" for label, value in rows))
+    assert decl["severity"] == "GRAVE" and decl["finess"] == ET
+    assert decl["detected_at"] == "2026-11-30T06:45:00+01:00"
+
+
+def test_a_table_cell_never_takes_the_next_label_as_its_value(ctx: AnalysisContext) -> None:
+    decl = declaration_with(ctx, f"Gravité\nNuméro FINESS : {ET}\nType d'incident : rançongiciel")
+    assert decl["severity"] == "NON_QUALIFIE" and decl["finess"] == ET
+
+
 def test_other_label_variants(ctx: AnalysisContext) -> None:
     decl = declaration_with(ctx, (
         f"Numéro FINESS : {ET}\nType d'évènement : hameçonnage\nDate et heure de découverte : 27/11/2026 à 08h30\n"
