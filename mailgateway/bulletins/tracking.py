@@ -106,6 +106,12 @@ def answered_message(session: Session, facts: MessageFacts) -> OutboundMessage |
         row = bulletin_message(session, facts.in_reply_to, kinds=ANSWERED_KINDS)
         if row is not None:
             return row
+    if facts.case_ref:
+        # Threaded to a case (its In-Reply-To or its [SSI-…] tag): an answer to that case's mail,
+        # never a bulletin's by the fallback below — found by an outside tester: an Outlook reply
+        # (« De : ARS … Envoyé : … » quoted) from a laboratory that had also received a bulletin
+        # was filed as the bulletin's read receipt and never reached its case.
+        return None
     how = facts.extra.get("quotes_our_mail")
     sender = (facts.sender.address or "").strip().lower()
     if not how or not sender:

@@ -186,3 +186,30 @@ def test_recognising_a_forward_of_our_mail_is_linear_on_hostile_text() -> None:
         start = time.perf_counter()
         quotes_our_mail(hostile[:1000], hostile, own)
         assert time.perf_counter() - start < 1.0
+
+
+def test_an_outlook_reply_to_a_case_mail_goes_to_its_case_even_after_a_relay(gw: Gateway) -> None:
+    """Found by an outside tester (ARS agent): a laboratory that had received a relayed alert
+    answered its own case's mail from Outlook (In-Reply-To our mail, [SSI-…] in the subject, our
+    « De : ARS … Envoyé : … » block quoted below). The answer was filed as the relay's read receipt
+    (« Réponse d'un établissement au bulletin ») and never reached the case."""
+    relayed(gw)
+    declaration = casemail.message(
+        sender="ssi@e0.test", to="ssi-ara@ars.test", subject="Déclaration d'incident",
+        body=f"Numéro FINESS : {finess(0)}\nType d'incident : rançongiciel\nGravité : grave\n\nPostes chiffrés.\n")
+    ref = gw.feed(declaration).case_ref
+    assert ref
+    ack = gw.last("accuse_reception", "ssi@e0.test")
+    msg = casemail.parse(ack.raw)
+    quoted = casemail.text_of(ack.raw).replace("\r\n", "\n")
+    body = ("Bonjour,\n\nVoici les éléments demandés : 12 patients concernés.\n\nCordialement\n\n"
+            f"De : {msg['From']}\nEnvoyé : vendredi 27 novembre 2026 10:01\nÀ : ssi@e0.test\n"
+            f"Objet : {msg['Subject']}\n\n{quoted}")
+    before = acknowledged(gw)
+    result = gw.feed(casemail.message(sender="ssi@e0.test", to="ssi-ara@ars.test", subject=f"RE: {msg['Subject']}",
+                                      body=body, in_reply_to=ack.message_id))
+    assert result.case_ref == ref and result.kind == "reply", result
+    received = [e for e in gw.events(ref) if e.type == "message_recu"]
+    assert any("12 patients" in str(e.data.get("extrait", "")) for e in received), [e.data for e in received]
+    assert acknowledged(gw) == before  # not the relay's read receipt
+    assert "bulletin" not in str(casemail.parse(gw.last("notification_equipe").raw)["Subject"]).lower()
