@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailgateway.clock import french_instant
@@ -98,10 +99,13 @@ def defang(value: Any) -> Any:
 # Links a mail client makes clickable in plain text: a scheme's URL (web, file shares, mail) or a
 # bare « www. » host (found by an outside tester: « revalidez votre session sur www.… » stayed a
 # link in a signed staff notification). Linear: a prefix, then a bounded run of non-blanks.
-_URL_IN_TEXT = re.compile(r"\b(?:(?:https?|ftps?|sftp|smb|file)://|mailto:|www\.)[^\s<>\"'\])}]{1,2000}", re.I)
+_URL_IN_TEXT = re.compile(
+    r"\b(?:(?!hxxps?:|fxps?:)[a-z][a-z0-9+.-]{1,15}://|(?:mailto|news|webcal|tel|sip):|www\.)[^\s<>\"'\])}]{1,2000}"
+    # a bare host with a path (« evil.example/login »: webmails link it); never an address
+    r"|\b(?<![@.])(?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,24}/[^\s<>\"'\])}]{0,2000}", re.I)
 # A Windows share path (UNC: two backslashes, a host, a path): Outlook makes it a link, and opening
 # it hands the agent's Windows credentials (NTLM) to whatever host it names.
-_UNC_IN_TEXT = re.compile(r"(?<!\\)\\\\(?=[\w.-])[^\s<>\"'\])}]{1,2000}")
+_UNC_IN_TEXT = re.compile(r"(?<!\\)\\{2,8}(?=[\w.\[-])[^\s<>\"'\])}]{1,2000}")
 
 
 def defang_text(value: Any) -> Any:
@@ -115,7 +119,7 @@ def defang_text(value: Any) -> Any:
 def _defang_share(match: re.Match[str]) -> str:
     r"""« \\srv.chu.test\x » → « [\\]srv[.]chu[.]test\x »: no mail client links a path that
     does not begin with the two backslashes."""
-    return "[\\\\]" + match.group(0)[2:].replace(".", "[.]")
+    return "[\\\\]" + match.group(0).lstrip("\\").replace(".", "[.]")
 
 
 def _defang_link(match: re.Match[str]) -> str:
@@ -124,7 +128,9 @@ def _defang_link(match: re.Match[str]) -> str:
     are no link either)."""
     link = match.group(0)
     text = str(defang(link))
-    return text if link.lower().startswith(("http", "ftp:", "www.")) else text.replace(":", "[:]", 1)
+    if link.lower().startswith(("http", "ftp:", "www.")) or ("://" not in link and ":" not in link.split("/", 1)[0]):
+        return text  # hxxp(s), fxp, a defanged host: no longer a link
+    return text.replace(":", "[:]", 1)
 
 
 def instant_fr(value: Any) -> Any:
@@ -157,6 +163,28 @@ def _one_line(value: str) -> str:
     return " ".join(value.split())
 
 
+# Mail the agency writes to itself (staff) or to the national cell: every value a template prints
+# there is defanged (``defang_text``), whatever its source. Marking each outsider-chosen field in
+# each template (``| defang_text``) left holes an outside tester found one after another: a From
+# in the quarantine notice, a reply's subject, a structure name in reminders, an attachment name.
+# Mail to establishments (acknowledgements, bulletins, relays, #repondre) keeps what staff wrote,
+# links included: they are staff's words, and those templates print no outsider text but the
+# declarant's own. Site templates with these names are inward too.
+INWARD_TEMPLATES = frozenset({
+    "assignation", "avertissement", "bulletin_rapport", "contact_a_corriger", "digest", "digest_requete",
+    "original", "quarantaine", "rappel", "rapport_hebdo", "receipt", "reponse_diffusion", "reponse_recue",
+    "staff_notification", "transfert_equipe", "transmission_acss",
+})
+
+
+def _defang_printed(value: Any) -> Any:
+    """Jinja ``finalize`` of inward templates: a printed string is defanged; markup a template or
+    filter built itself (``Markup``) and non-strings are printed as they are."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return defang_text(value)
+    return value
+
+
 class Renderer:
     def __init__(self, site_dir: str | None = None) -> None:
         dirs = [site_dir] if site_dir else []
@@ -164,15 +192,13 @@ class Renderer:
         # auto_reload off: Jinja otherwise stats each template file at every render (three per
         # mail, a twentieth of a bulletin's composing, issue 19). A changed template takes effect
         # with a new Renderer: SIGHUP builds one (app.reconfigure), each fan-out starts new workers.
-        self._html = ImmutableSandboxedEnvironment(
-            loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-            auto_reload=False,
-        )
-        self._text = ImmutableSandboxedEnvironment(
-            loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-            auto_reload=False,
-        )
-        for env in (self._html, self._text):
+        common: dict[str, Any] = {"loader": loader, "undefined": jinja2.StrictUndefined,
+                                  "keep_trailing_newline": True, "auto_reload": False}
+        self._html = ImmutableSandboxedEnvironment(autoescape=True, **common)
+        self._text = ImmutableSandboxedEnvironment(autoescape=False, **common)
+        self._inward_html = ImmutableSandboxedEnvironment(autoescape=True, finalize=_defang_printed, **common)
+        self._inward_text = ImmutableSandboxedEnvironment(autoescape=False, finalize=_defang_printed, **common)
+        for env in (self._html, self._text, self._inward_html, self._inward_text):
             env.filters["libelle"] = libelle
             env.filters["type_indicateur"] = type_indicateur
             env.filters["defang"] = defang
@@ -193,12 +219,14 @@ class Renderer:
         return True
 
     def render(self, name: str, context: Mapping[str, Any]) -> RenderedMail:
+        text_env, html_env = ((self._inward_text, self._inward_html) if name in INWARD_TEMPLATES
+                              else (self._text, self._html))
         try:
-            subject = _one_line(self._text.get_template(f"{name}.subject.j2").render(context))
-            text = self._text.get_template(f"{name}.txt.j2").render(context)
+            subject = _one_line(text_env.get_template(f"{name}.subject.j2").render(context))
+            text = text_env.get_template(f"{name}.txt.j2").render(context)
             html = None
             if self.has(f"{name}.html.j2"):
-                html = self._html.get_template(f"{name}.html.j2").render({**context, "text_body": text})
+                html = html_env.get_template(f"{name}.html.j2").render({**context, "text_body": text})
         except jinja2.TemplateError as exc:
             raise TemplateError(f"template {name}: {exc}") from exc
         return RenderedMail(subject=subject, text=text, html=html)

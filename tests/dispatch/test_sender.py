@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import email
 import mailbox
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -427,7 +428,13 @@ def test_a_batch_claimed_ahead_goes_back_when_the_sender_stops_or_is_cancelled(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await asyncio.sleep(0.5)  # the claim ahead ends in its thread, then is given back
+            # The claim ahead ends in its thread, then is given back: waited for (a fixed half
+            # second was too short on a loaded CI machine), within a generous bound.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                if [r.status for r in rows(sqlite_factory)].count("sending") <= 1:
+                    break
+                await asyncio.sleep(0.05)
         else:
             stop.set()
             await asyncio.wait_for(task, 5)

@@ -5,6 +5,7 @@ structure name became a clickable link in the subject of a DKIM-signed agency ma
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,12 @@ def test_a_link_in_a_structure_name_is_defanged_everywhere_staff_read_it(gw: Gat
      "ouvrez [\\\\]srv[.]evil[.]test\\partage\\facture[.]exe vite"),
     ("le partage \\\\10.0.0.5\\c$", "le partage [\\\\]10[.]0[.]0[.]5\\c$"),
     ("un chemin C:\\dossier\\x.txt reste tel quel", "un chemin C:\\dossier\\x.txt reste tel quel"),
+    # Any scheme, a bare host with a path, three backslashes, a bracketed host (late outside tester).
+    ("telnet://evil.test ldap://evil.test/cn", "telnet[:]//evil[.]test ldap[:]//evil[.]test/cn"),
+    ("webcal://evil.test/c.ics et news:comp.lang", "webcal[:]//evil[.]test/c.ics et news[:]comp[.]lang"),
+    ("connectez-vous sur evil.example/login", "connectez-vous sur evil[.]example/login"),
+    ("\\\\\\evil.test\\s et \\\\[::1]\\s", "[\\\\]evil[.]test\\s et [\\\\][::1]\\s"),
+    ("écrivez à rssi@chu.test le 27/11/2026", "écrivez à rssi@chu.test le 27/11/2026"),
 ])
 def test_every_link_a_mail_client_makes_is_defanged(text: str, shown: str) -> None:
     """Found by an outside tester: only http(s) and ftp links were defanged; a bare « www. » host,
@@ -63,3 +70,42 @@ def test_every_link_a_mail_client_makes_is_defanged(text: str, shown: str) -> No
 
     assert defang_text(text) == shown
     assert defang_text(shown) == shown  # defanging twice changes nothing
+
+
+def test_every_value_an_inward_template_prints_is_defanged(tmp_path: Path) -> None:
+    """Mail to staff and to the national cell defangs whatever it prints (Jinja ``finalize``), so
+    a template that forgets « | defang_text » on an outsider's field cannot carry a live link.
+    Found by an outside tester, field after field: the From of the quarantine notice, a reply's
+    subject, a structure name in reminders, an attachment name. Mail to establishments prints
+    staff's words as written."""
+    from mailgateway.dispatch.render import INWARD_TEMPLATES, Renderer
+
+    for name in ("rappel", "bulletin"):
+        (tmp_path / f"{name}.subject.j2").write_text("{{ x }}")
+        (tmp_path / f"{name}.txt.j2").write_text("Structure : {{ x }} {{ n }} {{ x | upper }}\n")
+        (tmp_path / f"{name}.html.j2").write_text("<p>{{ x }}</p>")
+    renderer = Renderer(str(tmp_path))
+    context = {"x": "https://evil.test/pay", "n": 3}
+    inward = renderer.render("rappel", context)
+    assert inward.subject == "hxxps://evil[.]test/pay"
+    assert inward.text == "Structure : hxxps://evil[.]test/pay 3 HxxPS://EVIL[.]TEST/PAY\n"
+    assert inward.html == "<p>hxxps://evil[.]test/pay</p>"
+    outward = renderer.render("bulletin", context)
+    assert outward.text == "Structure : https://evil.test/pay 3 HTTPS://EVIL.TEST/PAY\n"
+    assert {"staff_notification", "quarantaine", "reponse_recue", "rappel", "transmission_acss"} <= INWARD_TEMPLATES
+    assert not {"acknowledgement", "bulletin", "alerte_relais", "reponse", "cloture_declarant"} & INWARD_TEMPLATES
+
+
+def test_a_link_in_a_replys_subject_is_defanged_for_staff(gw: Gateway) -> None:
+    """Found by an outside tester: « Réponse reçue » printed « Objet : » as the sender wrote it."""
+    ref = gw.declare()
+    subject = f"RE: [{ref}] Reconnectez-vous sur https://evil.test/ars www.evil.fr \\\\evil3.test\\s"
+    gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=subject, body="Voir objet."))
+    notice = gw.last("notification_reponse", "agent@ars.test")
+    msg = casemail.parse(notice.raw)
+    for kind in ("plain", "html"):
+        part = msg.get_body((kind,))
+        assert part is not None
+        content = part.get_content()
+        assert "https://evil.test" not in content and "www.evil.fr" not in content and "\\\\evil3" not in content
+        assert "hxxps://evil[.]test/ars" in content
