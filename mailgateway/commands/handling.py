@@ -36,7 +36,7 @@ from mailgateway.clock import aware
 from mailgateway.commands import closure, receipts, reply_notice
 from mailgateway.commands.table import COMMANDS, HELP_POINTER, Ctx, help_text, no_case_reason, transition_refusal
 from mailgateway.directory.staff import all_staff, staff_addresses
-from mailgateway.mail.analyse import UNRECOGNISED
+from mailgateway.mail.analyse import UNRECOGNISED, coverage_reason, other_case_reason
 from mailgateway.mail.commands import HINT_UNKNOWN, REASON_UNKNOWN, WHOLE_TEXT, Hint, command_hints, signature_part
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.labels import load_labels
@@ -93,6 +93,22 @@ def _refusal(env: Env, session: Session, facts: MessageFacts, sender: str, regio
     return None
 
 
+def _refused_by_analysis(facts: MessageFacts, case: Case | None) -> str | None:
+    """What analysis refused for the whole mail, processing refuses too (one reading of a message):
+    the thread names one case and the subject another, or unsigned headers would have chosen
+    another case than the signed ones (mail/analyse.py). Without a case, each command is refused
+    with ``no_case_reason``, which says more."""
+    if case is None:
+        return None
+    steered = facts.extra.get("steered_by_uncovered")
+    if isinstance(steered, list) and steered:
+        return coverage_reason([str(name) for name in steered])
+    other = facts.extra.get("subject_names_other_case")
+    if isinstance(other, str) and other:
+        return other_case_reason(facts.case_ref, other)
+    return None
+
+
 def _stale(env: Env, inbound: InboundMessage, facts: MessageFacts) -> str | None:
     """A command mail dated too long before its reception (or undated) acts on nothing."""
     return replay.command_date_refusal(inbound.raw, facts, aware(inbound.received_at),
@@ -116,7 +132,8 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     sender = (facts.sender.address or "").strip().lower()
     case = service.threaded_case(session, facts) or _case_from_token(session, facts.commands)
     region = case.region if case is not None else _query_region(env, session, facts, sender)
-    refusal = _refusal(env, session, facts, sender, region) or _stale(env, inbound, facts)
+    refusal = (_refusal(env, session, facts, sender, region) or _stale(env, inbound, facts)
+               or _refused_by_analysis(facts, case))
     if refusal is not None:
         return _refused(env, session, inbound, facts, case, region, sender, refusal)
     assert region is not None

@@ -71,7 +71,7 @@ from mailgateway.mail.indicators_in import with_attached
 from mailgateway.mail.labels import Labels, load_labels
 from mailgateway.mail.parse import MAX_TEXT_CHARS, ParsedMessage, inner_text, message_problem, parse_message
 from mailgateway.mail.receipt import read_receipt
-from mailgateway.mail.refs import strip_prefixes, thread_case
+from mailgateway.mail.refs import find_ref, strip_prefixes, thread_case
 from mailgateway.mail.text import fold, forwarded_from, header_block_end, new_text, split_forwarded
 from mailgateway.wire import canonical
 
@@ -173,6 +173,11 @@ def _never_authenticated(sender: SenderVerdict, why: str) -> SenderVerdict:
     )
 
 
+def other_case_reason(threaded: str | None, tagged: str) -> str:
+    return (f"ce message répond au dossier {threaded} mais son objet désigne le dossier {tagged} : aucune "
+            f"commande appliquée ; répondez au message du dossier voulu sans changer la référence de l'objet")
+
+
 def _refused(commands: tuple[Command, ...], reason: str) -> tuple[Command, ...]:
     return tuple(
         c if c.reason == REASON_UNKNOWN else Command(c.name, c.args, accepted=False, reason=reason, line=c.line)
@@ -233,6 +238,11 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     steering_subject = "" if "Subject" in uncovered else subject
     case_ref, how = thread_case(ids, steering_subject, ctx.thread_lookup, own_domains)
     steered = _steered_by_uncovered(uncovered, case_ref, ids, all_ids, subject, ctx, own_domains)
+    # The thread names one case, the subject (edited by hand) another: commands are refused
+    # rather than applied to either (found by an outside tester: an agent who re-tagged a reply
+    # « [SSI-…-0005] » had his #repondre about 0005's patients mailed to 0004's declarant).
+    tagged = find_ref(steering_subject) if how == "thread" else None
+    other_case = tagged if tagged and tagged != case_ref else None
     region = _region(recipients + envelope, case_ref, ctx)
     extra: dict[str, object] = {"parse": pm.degraded} if pm.degraded else {}
     if pm.attachments:
@@ -317,6 +327,10 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         facts_commands = authorise(commands, sender, cmd_region, ctx.staff)
         if steered:
             facts_commands = _refused(facts_commands, coverage_reason(steered))
+            extra["steered_by_uncovered"] = steered
+        elif other_case:
+            facts_commands = _refused(facts_commands, other_case_reason(case_ref, other_case))
+            extra["subject_names_other_case"] = other_case
         indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains)
         return replace(base, kind=kind, commands=facts_commands, indicators=indicators, is_bulletin_request=is_bulletin)
     # 5. alert

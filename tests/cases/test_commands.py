@@ -174,3 +174,23 @@ def test_a_command_mail_without_text_is_refused(gw: Gateway) -> None:
     gw.command(ref, "#demander-info\n")
     assert not gw.outbound("demande_info")
     assert "texte manquant" in gw.receipt_text()
+
+
+def test_a_reply_whose_subject_names_another_case_applies_no_command(gw: Gateway) -> None:
+    """Found by an outside tester: a Thunderbird reply to 0001's notification re-tagged by hand
+    « [0002] » ran its #repondre on 0001 (the thread wins) and mailed 0001's declarant text meant
+    for 0002's. Now nothing is applied, and the receipt says why; the same reply unedited works."""
+    first = gw.declare(1)
+    second = gw.declare(2, finess="690000013", sender="rssi@clinique.test")
+    before = len(gw.outbound("reponse"))
+    result = gw.command(first, "#repondre Les patients concernés ont été prévenus.\n#qualifier grave\n",
+                        subject=f"Re: [{second}] Nouvelle déclaration")
+    assert result.status == "processed"
+    assert len(gw.outbound("reponse")) == before
+    assert gw.case(first).severity == "NON_QUALIFIE" and gw.case(second).severity == "NON_QUALIFIE"
+    text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+    assert "Aucune commande n'a été appliquée" in text and f"son objet désigne le dossier {second}" in text, text
+    assert "[appliquée]" not in text
+    assert "commande_refusee" in [e.type for e in gw.events(first)]
+    gw.command(first, "#qualifier grave\n", subject=f"Re: [{first}] Nouvelle déclaration")
+    assert gw.case(first).severity == "GRAVE"

@@ -156,3 +156,20 @@ def test_an_unauthenticated_reply_is_threaded_by_its_subject_and_runs_nothing(gw
     result = gw.feed(raw)
     assert (result.status, result.case_ref) == ("processed", ref)
     assert gw.case(ref).status == "PRIS_EN_COMPTE"  # "#clore" from an unauthenticated sender: nothing
+
+
+def test_unsigned_thread_headers_naming_another_case_stop_the_commands_in_processing_too(gw: Gateway) -> None:
+    """One reading of a message: analysis refuses the commands of a mail whose unsigned
+    In-Reply-To names another case than its signed subject; processing used to run them on the
+    subject's case anyway (it re-checked only who the sender is)."""
+    first = gw.declare(1)
+    second = gw.declare(2, finess="690000013", sender="rssi@clinique.test")
+    other = gw.notification(second, "agent@ars.test")
+    raw = casemail.message(sender="agent@ars.test", to="ssi-ara@ars.test", subject=f"RE: [{first}] suite",
+                           body="#assigner moi\n", in_reply_to=other.message_id)
+    # Signed over From, To, Date, Message-ID and Subject: In-Reply-To stays outside the signature.
+    raw = dkimpy_sign(raw, casemail.staff_key(), headers=("from", "to", "date", "message-id", "subject")) + raw
+    gw.feed(raw)
+    assert gw.case(first).assignee is None and gw.case(second).assignee is None
+    text = gw.receipt_text()
+    assert "Aucune commande n'a été appliquée : en-têtes In-Reply-To, References non couverts" in text, text
