@@ -62,6 +62,9 @@ def parse_command_line(line: str, labels: Labels) -> Command | None:
     if not match:
         return None
     space, word, rest = match.groups()
+    # Outlook's text/plain writes an address it linked as « a@b<mailto:a@b> » (found by an outside
+    # tester: « #assigner agent@ars.test<mailto:agent@ars.test> » was refused as no agent).
+    rest = _OUTLOOK_MAILTO.sub("", rest)
     key = command_key(word)
     # Two-word spellings first: "#transmettre acss", "#demander info".
     spec = None
@@ -114,12 +117,30 @@ MAX_TEXT = 20_000
 _SIGNATURE_LINE = re.compile(r"^-- ?$")  # RFC 3676 §4.3 signature separator ("-- ")
 
 
+# The line a phone's mail client adds under what was typed (« Envoyé de mon iPhone », « Obtenir
+# Outlook pour iOS<https://aka.ms/…> »): not part of a #repondre or #clore text (found by an
+# outside tester: the declarant's closure mail quoted « Envoyé de mon iPhone » as the motif).
+# On lowercase text without accents; bounded, linear.
+_MOBILE_SIGN_OFF = re.compile(
+    r"(?:envoye|envoyee|sent|obtenir|telecharger|get|download)\b[^<]{0,60}?"
+    r"\b(?:iphone|ipad|android|smartphone|mobile|galaxy|samsung|huawei|blackberry|appareil|outlook (?:pour|for))\b")
+
+
+_OUTLOOK_MAILTO = re.compile(r"<mailto:[^<>\s]{1,320}>", re.I)
+
+
+def _is_mobile_sign_off(line: str) -> bool:
+    text = fold(line.strip())
+    return 0 < len(text) <= 160 and _MOBILE_SIGN_OFF.match(text) is not None
+
+
 def _close(found: list[Command], block: list[str] | None) -> None:
-    """Give the last command of ``found`` the whole text of ``block`` (its lines, as written)."""
+    """Give the last command of ``found`` the whole text of ``block`` (its lines, as written),
+    without a phone's automatic sign-off line at its end."""
     if block is None or not found:
         return
     lines = [line.rstrip() for line in block]
-    while lines and not lines[-1]:
+    while lines and (not lines[-1] or _is_mobile_sign_off(lines[-1])):
         lines.pop()
     while lines and not lines[0]:
         lines.pop(0)

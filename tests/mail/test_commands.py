@@ -64,3 +64,20 @@ def test_only_authenticated_staff_of_the_region_is_accepted(labels: Labels) -> N
     assert not other_region[0].accepted and "PDL" in (other_region[0].reason or "")
     stranger = authorise(cmds, SenderVerdict("dsi@clinique.test", "clinique.test", True), "ARA", STAFF)
     assert not stranger[0].accepted
+
+
+def test_outlooks_linked_address_is_read_as_the_address(labels: Labels) -> None:
+    """Found by an outside tester: Outlook's text/plain of an auto-linked address."""
+    cmd = parse_command_line("#assigner agent@ars.test<mailto:agent@ars.test>", labels)
+    assert cmd is not None and cmd.name == "assigner" and cmd.args == ("agent@ars.test",)
+
+
+def test_a_phones_sign_off_is_not_part_of_a_commands_text(labels: Labels) -> None:
+    """Found by an outside tester: « Envoyé de mon iPhone » reached the declarant as the closure
+    motif, « Obtenir Outlook pour iOS<https://aka.ms/…> » as part of a #repondre text."""
+    for sign_off in ("Envoyé de mon iPhone", "Obtenir Outlook pour iOS<https://aka.ms/o0ukef>",
+                     "Sent from my Galaxy", "Envoyé depuis mon appareil Android"):
+        found = parse_commands(f"#clore Incident maîtrisé, sauvegardes restaurées.\n\n{sign_off}\n", labels)
+        assert [c.args for c in found] == [("Incident maîtrisé, sauvegardes restaurées.",)], sign_off
+    kept = parse_commands("#repondre Merci.\nEnvoyé de mon bureau par coursier demain.\n", labels)
+    assert kept[0].args == ("Merci.\nEnvoyé de mon bureau par coursier demain.",)
