@@ -136,7 +136,7 @@ def merge(session: Session, duplicate: Case, target: Case, *, actor: str, at: da
 
 
 def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | None:
-    """An open, unmerged case for the same FINESS in the same region, opened within ``window``."""
+    """The first open, unmerged case for the same FINESS in the same region opened within ``window``."""
     if not case.finess:
         return None
     found = session.scalar(_duplicate_statement(), {
@@ -155,7 +155,10 @@ def _duplicate_statement() -> Select[int]:
         c.id != bindparam("id"), c.merged_into_id.is_(None), c.opened_at >= bindparam("since"),
         # In SQL, not in Python: loading every candidate made each declaration O(open cases).
         c.status.not_in(lifecycle.CLOSED),
-    ).order_by(c.opened_at.desc(), c.id.desc()).limit(1))
+        # The first of them: every copy of one incident points at the same case, the one to merge
+        # into (found by an outside tester: each new copy pointed at the previous one, a chain of
+        # six cases to merge one by one).
+    ).order_by(c.opened_at, c.id).limit(1))
 
 
 def link(session: Session, case: Case, other: Case, *, type: str, actor: str, at: datetime) -> None:

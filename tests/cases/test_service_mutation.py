@@ -284,11 +284,13 @@ def test_find_duplicate_same_structure_region_kind_open_unmerged_within_the_wind
     assert service.find_duplicate(s, new, timedelta(hours=48)) is None
     older = make(s, finess=finess, opened_at=NOW - timedelta(hours=30))
     newer = make(s, finess=finess, opened_at=NOW - timedelta(hours=2))
-    assert service.find_duplicate(s, new, timedelta(hours=48)) is newer  # the latest first
-    assert service.find_duplicate(s, new, timedelta(hours=1)) is None
-    newer.status = "CLOS"
+    # The first one: every copy of an incident points at the case to merge into, not a chain.
     assert service.find_duplicate(s, new, timedelta(hours=48)) is older
-    older.merged_into_id = new.id
+    assert service.find_duplicate(s, new, timedelta(hours=1)) is None
+    assert service.find_duplicate(s, new, timedelta(hours=3)) is newer  # older is outside the window
+    older.status = "CLOS"
+    assert service.find_duplicate(s, new, timedelta(hours=48)) is newer
+    newer.merged_into_id = new.id
     make(s, finess=finess, region="PDL", opened_at=NOW)
     make(s, finess=finess, kind="alert", opened_at=NOW)
     make(s, finess="690000002", opened_at=NOW)
@@ -298,11 +300,11 @@ def test_find_duplicate_same_structure_region_kind_open_unmerged_within_the_wind
     assert service.find_duplicate(s, make(s, finess=None), timedelta(hours=48)) is None
 
 
-def test_same_time_duplicates_the_highest_id_first(s: Session) -> None:
+def test_same_time_duplicates_the_lowest_id_first(s: Session) -> None:
     new = make(s, finess="690000003")
+    first = make(s, finess="690000003", opened_at=NOW - timedelta(hours=1))
     make(s, finess="690000003", opened_at=NOW - timedelta(hours=1))
-    second = make(s, finess="690000003", opened_at=NOW - timedelta(hours=1))
-    assert service.find_duplicate(s, new, timedelta(hours=2)) is second
+    assert service.find_duplicate(s, new, timedelta(hours=2)) is first
 
 
 def test_flag_duplicate_links_both_ways(s: Session) -> None:
@@ -550,11 +552,11 @@ def test_transfer_refusals(s: Session) -> None:
 # --- orders, bounds and limits (what the mutation run of cases/service.py found untested) ---------
 
 
-def test_the_latest_duplicate_by_opening_time_not_by_id(s: Session) -> None:
+def test_the_first_duplicate_by_opening_time_not_by_id(s: Session) -> None:
     new = make(s, finess="690000007")
-    later_opened = make(s, finess="690000007", opened_at=NOW - timedelta(hours=1))
-    make(s, finess="690000007", opened_at=NOW - timedelta(hours=3))  # higher id, opened earlier
-    assert service.find_duplicate(s, new, timedelta(hours=5)) is later_opened
+    make(s, finess="690000007", opened_at=NOW - timedelta(hours=1))
+    first_opened = make(s, finess="690000007", opened_at=NOW - timedelta(hours=3))  # higher id, opened earlier
+    assert service.find_duplicate(s, new, timedelta(hours=5)) is first_opened
 
 
 def test_last_message_from_reads_this_case_and_its_latest_200_messages_only(s: Session) -> None:
