@@ -54,6 +54,10 @@ class SmtpIntakeSettings:
     trusted_relays: tuple[str, ...] = ("127.0.0.1", "::1")
     # Concurrent SMTP connections; beyond: 421 4.7.0 and close (bounded descriptors, docs/guarantees.md).
     max_connections: int = 100
+    # Concurrent connections from one client IP, trusted relays exempt; beyond: 421 4.7.0 and close.
+    # One address must not hold every slot above (found by an outside tester: 105 sockets kept
+    # alive with NOOP locked every other client out). 0: no per-address cap.
+    max_connections_per_ip: int = 20
     # Message bytes held in memory by all DATA transfers together; beyond: 451 4.3.1. 0: four
     # times max_message_bytes.
     max_concurrent_data_bytes: int = 0
@@ -624,6 +628,8 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
             problems.append(("intake.smtp.max_message_bytes", "must be at least 1024"))
         if smtp.max_connections < 1:
             problems.append(("intake.smtp.max_connections", "must be at least 1"))
+        if smtp.max_connections_per_ip < 0:
+            problems.append(("intake.smtp.max_connections_per_ip", "must be 0 (no cap) or more"))
         if 0 < smtp.max_concurrent_data_bytes < smtp.max_message_bytes:
             problems.append(("intake.smtp.max_concurrent_data_bytes", "must be 0 or at least max_message_bytes"))
         if smtp.idle_timeout_seconds <= 0:

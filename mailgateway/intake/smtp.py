@@ -156,6 +156,7 @@ class IntakeHandler:
         self.storing = 0
         self.connections = 0
         self.refused_connections = 0
+        self.connections_by_ip: dict[str, int] = {}  # untrusted peers only
         self.budget = DataBudget(self.smtp.max_concurrent_data_bytes or 4 * self.smtp.max_message_bytes)
 
     def _region_for(self, address: str) -> str | None:
@@ -268,23 +269,38 @@ class GatewaySMTP(SMTP):
         self.intake = handler
         self._counted = False
         self._refused = False
+        self._ip: str | None = None  # counted in connections_by_ip
         self._declared_size = 0
 
     # -- connection cap ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is None and not self._counted:  # not the STARTTLS re-entry
-            if self.intake.connections >= self.intake.smtp.max_connections:
-                # Refused before any state is built: the descriptor is released at once.
-                self._refused = True
-                self.intake.refused_connections += 1
-                log.debug("connection refused: %d connections open", self.intake.connections)
-                assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(f"421 4.7.0 {self.hostname} Too many connections, try again later\r\n".encode())
-                transport.close()
+            intake = self.intake
+            ip = peer_ip(transport.get_extra_info("peername"))
+            per_ip = intake.smtp.max_connections_per_ip
+            counted_ip = per_ip > 0 and not intake._is_trusted(ip)
+            if intake.connections >= intake.smtp.max_connections:
+                self._refuse(transport, "Too many connections", f"{intake.connections} connections open")
                 return
-            self.intake.connections += 1
+            if counted_ip and intake.connections_by_ip.get(ip, 0) >= per_ip:
+                self._refuse(transport, "Too many connections from your address",
+                             f"{per_ip} connections open from {ip}")
+                return
+            intake.connections += 1
+            if counted_ip:
+                intake.connections_by_ip[ip] = intake.connections_by_ip.get(ip, 0) + 1
+                self._ip = ip
             self._counted = True
         super().connection_made(transport)
+
+    def _refuse(self, transport: asyncio.BaseTransport, text: str, why: str) -> None:
+        # Refused before any state is built: the descriptor is released at once.
+        self._refused = True
+        self.intake.refused_connections += 1
+        log.debug("connection refused: %s", why)
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"421 4.7.0 {self.hostname} {text}, try again later\r\n".encode())
+        transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -292,6 +308,13 @@ class GatewaySMTP(SMTP):
         if self._counted:
             self._counted = False
             self.intake.connections -= 1
+            if self._ip is not None:
+                left = self.intake.connections_by_ip.get(self._ip, 1) - 1
+                if left > 0:
+                    self.intake.connections_by_ip[self._ip] = left
+                else:
+                    self.intake.connections_by_ip.pop(self._ip, None)
+                self._ip = None
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:

@@ -284,6 +284,37 @@ def test_connections_beyond_the_cap_get_421_and_are_closed(tmp_path: Path) -> No
         wait_until(greeted, timeout=30)
 
 
+def test_one_address_cannot_hold_every_connection_but_a_trusted_relay_may(tmp_path: Path) -> None:
+    """Found by an outside tester: 105 sockets from one IP, kept alive with NOOP, held every slot
+    and every other client got 421 for as long as they stayed open. Per client IP: at most
+    ``max_connections_per_ip``; the site's relays (``trusted_relays``) are exempt."""
+    config = _config(tmp_path / "gw", max_connections=50, max_connections_per_ip=3, trusted_relays='["192.0.2.1"]')
+    with RunningGateway(config), ExitStack() as stack:
+        held = [Client(config.smtp_port).greet() for _ in range(3)]
+        for client in held:
+            stack.callback(client.close)
+        over = Client(config.smtp_port)
+        code, text = over.reply()
+        assert code == 421 and "4.7.0" in text and "from your address" in text, text
+        assert over.file.readline() == b""
+        over.close()
+        held.pop().close()
+
+        def greeted() -> bool:
+            client = Client(config.smtp_port)
+            try:
+                return client.reply()[0] == 220
+            finally:
+                client.close()
+
+        wait_until(greeted, timeout=30)
+    trusted = _config(tmp_path / "trusted", max_connections=50, max_connections_per_ip=3)
+    with RunningGateway(trusted), ExitStack() as stack:
+        for _ in range(6):  # loopback is a trusted relay by default: no per-address cap
+            client = Client(trusted.smtp_port).greet()
+            stack.callback(client.close)
+
+
 def test_in_memory_data_bytes_are_shared_and_capped(tmp_path: Path) -> None:
     """Two clients together may not hold more than max_concurrent_data_bytes: the second gets
     451 4.3.1 (try later) and succeeds once the first is done."""
