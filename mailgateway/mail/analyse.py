@@ -71,7 +71,7 @@ from mailgateway.mail.indicators_in import with_attached
 from mailgateway.mail.labels import Labels, load_labels
 from mailgateway.mail.parse import MAX_TEXT_CHARS, ParsedMessage, inner_text, message_problem, parse_message
 from mailgateway.mail.receipt import read_receipt
-from mailgateway.mail.refs import find_ref, strip_prefixes, thread_case
+from mailgateway.mail.refs import CASE_REF, find_ref, strip_prefixes, thread_case
 from mailgateway.mail.text import fold, forwarded_from, header_block_end, new_text, split_forwarded
 from mailgateway.wire import canonical
 
@@ -456,11 +456,23 @@ def _from_acss(sender: SenderVerdict, ctx: AnalysisContext) -> bool:
 
 
 def _commands(subject: str, fresh: str, labels: Labels) -> list[Command]:
+    """The subject's command, then the body's. A command that begins the subject ends at the case
+    tag that follows it (« RE: #qualifier significatif [SSI-…] Nouvelle déclaration… »: found by an
+    outside tester, the tag and our subject were read as the severity); one written after our
+    subject (« RE: [SSI-…] Nouvelle déclaration… #assigner moi ») is read too, when it is a known
+    command (an unknown « #2 » in a subject is no command)."""
     found: list[Command] = []
     bare = strip_prefixes(subject)
+    line = ""
     if bare.startswith("#"):
-        cmd = parse_command_line(bare, labels)
-        if cmd is not None:
+        # The bracketed tag only: « #statut SSI-… » names its case as its argument.
+        tag = next((m.start() - 1 for m in CASE_REF.finditer(bare) if bare[m.start() - 1 : m.start()] == "["), None)
+        line = bare[:tag].rstrip() if tag is not None else bare
+    elif " #" in bare:
+        line = bare[bare.index(" #") + 1:]
+    if line:
+        cmd = parse_command_line(line, labels)
+        if cmd is not None and (bare.startswith("#") or cmd.reason != REASON_UNKNOWN):
             found.append(cmd)
     found.extend(parse_commands(fresh, labels))
     return found

@@ -194,3 +194,17 @@ def test_a_reply_whose_subject_names_another_case_applies_no_command(gw: Gateway
     assert "commande_refusee" in [e.type for e in gw.events(first)]
     gw.command(first, "#qualifier grave\n", subject=f"Re: [{first}] Nouvelle déclaration")
     assert gw.case(first).severity == "GRAVE"
+
+
+def test_a_command_in_the_subject_before_or_after_the_case_tag(gw: Gateway) -> None:
+    """Found by an outside tester: « RE: #qualifier significatif [SSI-…] … » was refused (the tag
+    and our subject read as the severity), « RE: [SSI-…] … #assigner moi » silently ignored."""
+    ref = gw.declare()
+    gw.command(ref, "#note vu\n", subject=f"RE: #qualifier significatif [{ref}] Nouvelle déclaration")
+    assert gw.case(ref).severity == "SIGNIFICATIF"
+    gw.command(ref, "#note rappelé le DSI\n", subject=f"RE: [{ref}] Nouvelle déclaration #assigner moi")
+    assert gw.case(ref).assignee == "agent@ars.test"
+    text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+    assert "[appliquée] #assigner moi" in text and "[appliquée] #note rappelé le DSI" in text, text
+    gw.command(ref, "#note ok\n", subject=f"RE: [{ref}] Incident #2 du jour")  # « #2 » is no command
+    assert "commande inconnue" not in casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
