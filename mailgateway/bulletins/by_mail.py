@@ -45,7 +45,7 @@ from mailgateway.bulletins.tracking import bulletin_message
 from mailgateway.clock import aware, french_datetime
 from mailgateway.directory import Target, count_establishments, count_recipients, parse_target
 from mailgateway.directory.staff import all_staff, staff_addresses
-from mailgateway.directory.targets import parse_cible, union
+from mailgateway.directory.targets import TARGET_KEYS, parse_cible, union
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import InputError
@@ -55,6 +55,7 @@ from mailgateway.mail.commands import REASON_UNKNOWN, nearest_command
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.labels import load_labels
 from mailgateway.mail.refs import strip_prefixes
+from mailgateway.mail.text import fold
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.routing import AUTHORISING_REGION
@@ -220,15 +221,57 @@ def _tlp_line(line: str) -> str | None:
     return text[3:].lstrip(" \t:=").strip()
 
 
+def _wrapped_cible(facts: MessageFacts) -> tuple[dict[str, list[str]], set[int]]:
+    """Each « #cible » line with the lines a mail client wrapped off its end (Outlook wraps plain
+    text at 76 columns: « departement=44,49 » alone on the next line), and the indexes of those
+    lines in the new text. Found by an outside tester: the wrapped clause became the first line of
+    the bulletin and the audience grew to the whole region. A continuation is a line that starts
+    with a targeting key (« departement=… », « categorie : … »), or values after a trailing comma or « = »."""
+    cibles = {c.line for c in facts.commands if c.name == "cible"}
+    lines = facts.new_text.splitlines()
+    found: dict[str, list[str]] = {}
+    taken: set[int] = set()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if line not in cibles or not _COMMAND_LINE.match(line):
+            continue
+        more = found.setdefault(line, [])
+        previous = line
+        while i < len(lines) and _continues(previous, lines[i].strip()):
+            previous = lines[i].strip()
+            more.append(previous)
+            taken.add(i)
+            i += 1
+    return found, taken
+
+
+_CLAUSE_KEY = re.compile(r"([^\s=:]{1,30})\s*[=:]")
+_VALUES = re.compile(r"[\w\-|,; ]{1,300}")
+
+
+def _continues(previous: str, line: str) -> bool:
+    if not line or line.startswith("#"):
+        return False
+    key = _CLAUSE_KEY.match(line)
+    if key is not None and fold(key.group(1)) in TARGET_KEYS:
+        return True
+    return previous.endswith((",", "|", "=", ":")) and _VALUES.fullmatch(line) is not None
+
+
 def _body(facts: MessageFacts) -> tuple[str, str | None]:
     """The bulletin text (command lines removed) and the TLP written in it, if any.
 
-    Only the lines analysis read as commands are removed ("#cible", "#tlp", …): a "# Titre" or
-    "#1 priorité" line of the text stays in it."""
+    Only the lines analysis read as commands are removed ("#cible", "#tlp", …, with what a mail
+    client wrapped off a « #cible » line): a "# Titre" or "#1 priorité" line of the text stays in it."""
     commands = {c.line for c in facts.commands}
+    _, wrapped = _wrapped_cible(facts)
     tlp: str | None = None
     lines: list[str] = []
-    for line in facts.new_text.splitlines():
+    for index, line in enumerate(facts.new_text.splitlines()):
+        if index in wrapped:
+            continue
         written = _tlp_line(line)
         if written is not None and tlp is None:
             tlp = written
@@ -246,14 +289,15 @@ def _title(facts: MessageFacts) -> str:
     return strip_prefixes(facts.subject).lstrip("#").removeprefix("bulletin").strip()
 
 
-def _target(commands: tuple[Command, ...]) -> Target:
+def _target(facts: MessageFacts) -> Target:
     """The union of the "#cible" lines, each one set of establishments (InputError naming the line)."""
     sets: list[Target] = []
-    for cmd in commands:
+    wrapped, _ = _wrapped_cible(facts)
+    for cmd in facts.commands:
         if cmd.name != "cible":
             continue
         try:
-            sets.append(parse_cible(" ".join(cmd.args)))
+            sets.append(parse_cible(" ".join([*cmd.args, *wrapped.get(cmd.line, [])])))
         except InputError as exc:
             raise BulletinError(f"ligne « {cmd.line[:120]} » : {exc}") from exc
     if not sets:
@@ -312,7 +356,7 @@ def _request(env: Env, session: Session, inbound: InboundMessage, facts: Message
         return Outcome("processed", reason=f"demande de bulletin refusée : {refusal}")
     body, tlp = _body(facts)
     try:
-        bulletin = create_bulletin(session, env.settings, region=region, target=_target(facts.commands),
+        bulletin = create_bulletin(session, env.settings, region=region, target=_target(facts),
                                    subject=_title(facts), body=body, tlp=tlp,
                                    author=(facts.sender.address or "inconnu").lower(), now=env.clock.now())
     except InputError as exc:

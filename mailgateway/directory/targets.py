@@ -50,6 +50,7 @@ _KEYS = {
     "dep": "departement",
     "finess": "finess",
 }
+TARGET_KEYS = frozenset(_KEYS)  # the keys a « #cible » clause may start with (folded)
 # Any select statement, whatever its columns (Select is variadic in SQLAlchemy 2.1).
 _S = TypeVar("_S", bound="Select[*tuple[Any, ...]]")
 _EXAMPLE = "exemples : « all », « categorie=LBM », « categorie=ESMS,departement=69|01 »"
