@@ -275,11 +275,15 @@ def clore(ctx: Ctx, cmd: Command) -> str | None:
         # A GRAVE incident is closed by two explicit steps: the regulatory follow-up ends here.
         _ask_confirmation(ctx, "clore", [reason or ""], ctx.env.settings.cases.confirmation_hours)
         told = closure.declarant_to_tell(ctx.env, case)
+        # The motif reaches a verified declarant only (commands/closure.py): the receipt must not
+        # promise it to an address that came from headers anyone writes (found by an outside tester).
+        verified = bool(told) and closure.declarant_verified(ctx.session, case)
+        motif = f", motif : « {_excerpt(reason)} »" if reason else ""
         return (f"clôture du dossier {case.reference} (gravité « {libelle(case.severity)} ») en attente de "
                 "confirmation : une fois confirmée, le dossier sera clos"
-                + (f" et le déclarant ({told}) en sera informé par mail" if told else
-                   " (aucun mail au déclarant)")
-                + (f", motif : « {_excerpt(reason)} »" if reason else "")
+                + (f" et le déclarant ({told}) en sera informé par mail{motif}" if verified or (told and not reason)
+                   else f" et le déclarant ({told}) en sera informé par mail, sans le motif (adresse non vérifiée)"
+                   f"{motif.replace(', motif', ' ; motif', 1)}" if told else f" (aucun mail au déclarant){motif}")
                 + " ; jeton à la fin de ce compte rendu")
     service.close(ctx.session, case, actor=ctx.actor, at=ctx.now, reason=reason)
     return f"dossier clos{f' ({_excerpt(reason)})' if reason else ''}"

@@ -193,3 +193,13 @@ def test_the_bulletin_confirmation_shows_the_cancel_line_with_its_token(cgw: Gat
     texts = [casemail.text_of(r.raw) for r in cgw.outbound("bulletin_apercu", "agent@ars.test")]
     assert f"#annuler {token}" in texts[1], texts[1]
     assert "Pour abandonner, répondez à ce message avec la ligne :\n#annuler\n" in texts[0].replace("\r\n", "\n")
+
+
+def test_a_pending_closure_says_the_motif_reaches_only_a_verified_declarant(cgw: Gateway) -> None:
+    """Found by an outside tester: the receipt promised the motif to a declarant whose address was
+    not verified, and the closure mail (rightly) left it out."""
+    ref = cgw.declare()  # an unsigned declaration: dsi@chu.test is not verified
+    cgw.command(ref, "#qualifier grave\n#clore Attaque DDoS terminée, services rétablis.\n")
+    text = _one_line(cgw.receipt_text())
+    assert ("le déclarant (dsi@chu.test) en sera informé par mail, sans le motif (adresse non vérifiée) ; "
+            "motif : « Attaque DDoS terminée, services rétablis. »") in text, text
