@@ -233,9 +233,11 @@ def test_the_receipt_quotes_the_text_a_command_carries(gw: Gateway) -> None:
     gw.command(ref, "#note vu avec le RSSI\n#assigner moi\n")
     text = gw.receipt_text().replace("\r\n", "\n")
     assert "[appliquée] #note vu avec le RSSI — note ajoutée à la chronologie" in text
-    assert "    Texte de la commande (1 ligne(s)) :\n    | vu avec le RSSI\n" in text
+    assert "    Texte de la commande (1 ligne) :\n    | vu avec le RSSI\n" in text
     assert text.count("Texte de la commande") == 1  # « #assigner » carries no text
     assert "Aperçu de la diffusion" not in text
+    gw.command(ref, "#note appelé le DSI\nsauvegardes intactes\n")
+    assert "    Texte de la commande (2 lignes) :\n" in gw.receipt_text().replace("\r\n", "\n")
 
 
 def test_a_status_digest_with_another_command_is_applied_in_the_receipt(gw: Gateway) -> None:
