@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mailgateway.mail.facts import Command, SenderVerdict
+from mailgateway.mail.indicators import is_closing
 from mailgateway.mail.labels import Labels, command_key
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold, quote_start
@@ -126,6 +127,8 @@ _MOBILE_SIGN_OFF = re.compile(
     r"\b(?:iphone|ipad|android|smartphone|mobile|galaxy|samsung|huawei|blackberry|appareil|outlook (?:pour|for))\b")
 
 
+# Whole-text commands whose text stays inside the agency (or goes to the ACSS): not a letter.
+_NOT_A_LETTER = frozenset({"note", "transmettre-acss", "clore", "rouvrir"})
 _OUTLOOK_MAILTO = re.compile(r"<mailto:[^<>\s]{1,320}>", re.I)
 
 
@@ -140,12 +143,18 @@ def _close(found: list[Command], block: list[str] | None) -> None:
     if block is None or not found:
         return
     lines = [line.rstrip() for line in block]
+    last = found[-1]
+    if last.name in _NOT_A_LETTER:
+        # A note, a comment for the ACSS or a closure motif is no letter: Outlook's signature under it
+        # (« Cordialement, / Jean Dupont / ARS … », no « -- ») is not part of it (found by an outside
+        # tester: #transmettre-acss alone sent the agent's signature as « Commentaire de l'ARS »).
+        end = next((i for i, line in enumerate(lines) if is_closing(line)), None)
+        lines = lines[:end] if end is not None else lines
     while lines and (not lines[-1] or _is_mobile_sign_off(lines[-1])):
         lines.pop()
     while lines and not lines[0]:
         lines.pop(0)
     whole = "\n".join(lines)[:MAX_TEXT].strip()
-    last = found[-1]
     found[-1] = Command(last.name, (whole,) if whole else (), last.accepted, last.reason, last.line)
 
 

@@ -178,6 +178,11 @@ _CLOSINGS = ("cordialement", "bien cordialement", "tres cordialement", "bien a v
 _SIGNATURE_LINES = 10
 
 
+def is_closing(line: str) -> bool:
+    """A closing formula (« Cordialement, », « Bien à vous ») or a « -- » signature separator."""
+    return _closing(line)
+
+
 def _closing(line: str) -> bool:
     stripped = line.strip()
     if stripped in ("--", "-- "):

@@ -81,3 +81,13 @@ def test_a_phones_sign_off_is_not_part_of_a_commands_text(labels: Labels) -> Non
         assert [c.args for c in found] == [("Incident maîtrisé, sauvegardes restaurées.",)], sign_off
     kept = parse_commands("#repondre Merci.\nEnvoyé de mon bureau par coursier demain.\n", labels)
     assert kept[0].args == ("Merci.\nEnvoyé de mon bureau par coursier demain.",)
+
+
+def test_an_outlook_signature_is_not_part_of_a_note_or_a_comment_for_the_acss(labels: Labels) -> None:
+    """Found by an outside tester: « #transmettre-acss » alone, written in Outlook (no « -- »), sent
+    the agent's signature as « Commentaire de l'ARS ». A #repondre is a letter: it keeps its closing."""
+    signature = "\nCordialement,\nJean Dupont\nCellule SSI — ARS Pays de la Loire\n02 40 00 00 00\n"
+    assert parse_commands("#transmettre-acss" + signature, labels)[0].args == ()
+    assert parse_commands("#note rappelé le DSI" + signature, labels)[0].args == ("rappelé le DSI",)
+    letter = parse_commands("#repondre Merci pour ces éléments." + signature, labels)[0].args[0]
+    assert letter.endswith("02 40 00 00 00") and "Cordialement," in letter
