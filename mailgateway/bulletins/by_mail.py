@@ -93,7 +93,7 @@ def bulletin_prehandler(env: Env, session: Session, inbound: InboundMessage, fac
 # that compose.py prepends, select a bulletin: a free-text mention ("le bulletin 1") never does.
 SUBJECT_MARKER = "[bulletin "
 SUBJECT_STAGES = ("aperçu du bulletin", "confirmation demandée", "bulletin diffusé", "bulletin annulé",
-                  "bulletin refusé")
+                  "commande refusée", "bulletin refusé")  # (the last: what earlier versions wrote)
 _THREADING = ("In-Reply-To", "References")
 
 
@@ -431,7 +431,9 @@ def _pending_token(session: Session, bulletin: Bulletin, cmd: Command, now: date
                             + ("" if verb == "confirmer" else " (« #diffuser » en demande un)"))
     token = session.get(Confirmation, cmd.args[0].lower())
     if token is None or token.bulletin_id != bulletin.id:
-        raise BulletinError(f"jeton inconnu pour le bulletin {bulletin.id} : {cmd.args[0]}")
+        raise BulletinError(f"jeton inconnu pour le bulletin {bulletin.id} : {cmd.args[0]} ; le bon jeton est "
+                            "dans le message « Confirmation demandée » de ce bulletin (la ligne « #confirmer … » à "
+                            "recopier telle quelle) ; le bulletin reste en attente")
     if token.used_at is not None:
         raise BulletinError("jeton déjà utilisé")
     if aware(token.expires_at) < now:

@@ -96,24 +96,69 @@ def defang(value: Any) -> Any:
     return _bracket(value, ".")
 
 
-# Links a mail client makes clickable in plain text: a scheme's URL (web, file shares, mail) or a
-# bare « www. » host (found by an outside tester: « revalidez votre session sur www.… » stayed a
-# link in a signed staff notification). Linear: a prefix, then a bounded run of non-blanks.
+# Links a mail client makes clickable in plain text, defanged in three linear passes:
+# 1. every « :// », whatever comes before it (« _https://… », « éhttps://… »: a linkifier starts the
+#    scheme at the first ASCII letter; found by an outside tester): the token around it loses its
+#    scheme's colon (« smb[:]//… »; http(s) and ftp become hxxp(s), fxp) and its host's dots;
+# 2. schemes without « // » (mailto:, news:, webcal:, tel:, sip:), a bare « www. » host, and a bare
+#    host or IPv4 address followed by a path, a query, a fragment or a port (« evil.example:8080/x »,
+#    « evil.example?sso=1 »: webmails link them) — never an address's domain, never inside a path;
+# 3. Windows share paths (UNC « \\host\share », « \\?\UNC\host\share »): Outlook links them, and
+#    opening one hands the agent's Windows credentials (NTLM) to the host it names.
+_DELIMITERS = frozenset(" \t\r\n\x0b\x0c<>\"'])}")
+_MAX_TOKEN = 2000
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+_DEFANGED_SCHEMES = {"http": "hxxp", "https": "hxxps", "ftp": "fxp", "ftps": "fxps"}
 _URL_IN_TEXT = re.compile(
-    r"\b(?:(?!hxxps?:|fxps?:)[a-z][a-z0-9+.-]{1,15}://|(?:mailto|news|webcal|tel|sip):|www\.)[^\s<>\"'\])}]{1,2000}"
-    # a bare host with a path (« evil.example/login »: webmails link it); never an address
-    r"|\b(?<![@.])(?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,24}/[^\s<>\"'\])}]{0,2000}", re.I)
-# A Windows share path (UNC: two backslashes, a host, a path): Outlook makes it a link, and opening
-# it hands the agent's Windows credentials (NTLM) to whatever host it names.
-_UNC_IN_TEXT = re.compile(r"(?<!\\)\\{2,8}(?=[\w.\[-])[^\s<>\"'\])}]{1,2000}")
+    r"(?<![A-Za-z0-9])(?:(?:mailto|news|webcal|tel|sip):|www\.)[^\s<>\"'\])}]{1,2000}"
+    r"|(?<![@./\w-])(?:(?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,24}|\d{1,3}(?:\.\d{1,3}){3})"
+    r"(?:[/?#]|:\d{1,5}(?![\d]))[^\s<>\"'\])}]{0,2000}", re.I)
+_UNC_IN_TEXT = re.compile(r"(?<!\\)\\{2,8}(?=[\w.\[?-])[^\s<>\"'\])}]{1,2000}")
 
 
 def defang_text(value: Any) -> Any:
-    """Free text from mail (a reply, a summary) with its URLs defanged: shown to staff as text,
-    never as a link a click away (linear pattern: a scheme, then a bounded run of non-blanks)."""
+    """Free text from mail (a reply, a summary) with its links defanged: shown to staff as text,
+    never as a link a click away. Linear; defanging twice changes nothing."""
     if not isinstance(value, str):
         return value
-    return _UNC_IN_TEXT.sub(_defang_share, _URL_IN_TEXT.sub(_defang_link, value))
+    return _UNC_IN_TEXT.sub(_defang_share, _URL_IN_TEXT.sub(_defang_link, _defang_schemes(value)))
+
+
+def _defang_schemes(text: str) -> str:
+    """Pass 1: each token holding « :// » (string operations: linear in the text)."""
+    out: list[str] = []
+    pos = 0
+    at = text.find("://")
+    while at != -1:
+        left = at
+        while left > 0 and at - left < _MAX_TOKEN and text[left - 1] not in _DELIMITERS:
+            left -= 1
+        right = at + 3
+        while right < len(text) and right - at < _MAX_TOKEN and text[right] not in _DELIMITERS:
+            right += 1
+        left = max(left, pos)
+        out.append(text[pos:left])
+        out.append(_defang_token(text[left:at], text[at + 3:right]))
+        pos = right
+        at = text.find("://", right)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _defang_token(before: str, after: str) -> str:
+    """``before`` « :// » ``after`` with the scheme made no scheme and the host's dots bracketed."""
+    start = len(before)
+    while start > 0 and len(before) - start < 32 and before[start - 1] in _SCHEME_CHARS:
+        start -= 1
+    prefix, scheme = before[:start], before[start:]
+    cut = next((i for i, ch in enumerate(after) if ch in "/?#\\"), len(after))
+    host = after[:cut].replace(".", "[.]").replace("@", "[@]")
+    lowered = scheme.lower()
+    if lowered in _DEFANGED_SCHEMES.values():
+        return before + "://" + after  # already defanged: no client links « hxxps:// »
+    if lowered in _DEFANGED_SCHEMES:
+        return prefix + _DEFANGED_SCHEMES[lowered] + "://" + host + after[cut:]
+    return prefix + scheme + "[:]//" + host + after[cut:]
 
 
 def _defang_share(match: re.Match[str]) -> str:
@@ -123,13 +168,13 @@ def _defang_share(match: re.Match[str]) -> str:
 
 
 def _defang_link(match: re.Match[str]) -> str:
-    """``defang``: http(s) and ftp become hxxp(s) and fxp, hosts get « [.] », addresses « [@] »;
-    the other schemes keep theirs, so their colon becomes « [:] » (``file:///C:/x.exe``, ``smb://…``
-    are no link either)."""
+    """Pass 2: « www. » and bare hosts get « [.] » (``defang``), addresses « [@] »; a scheme
+    without « // » keeps its name, its colon becomes « [:] »."""
     link = match.group(0)
     text = str(defang(link))
-    if link.lower().startswith(("http", "ftp:", "www.")) or ("://" not in link and ":" not in link.split("/", 1)[0]):
-        return text  # hxxp(s), fxp, a defanged host: no longer a link
+    head = link.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if link.lower().startswith("www.") or ":" not in head or head.rpartition(":")[2].isdigit():
+        return text
     return text.replace(":", "[:]", 1)
 
 

@@ -17,7 +17,7 @@ from mailgateway.mail.dates import parse_french_datetime
 from mailgateway.mail.facts import Declaration
 from mailgateway.mail.headers import parse_addresses
 from mailgateway.mail.labels import Labels
-from mailgateway.mail.text import label_line, labelled_lines, match_form
+from mailgateway.mail.text import label_line, labelled_lines, match_form, quote_start
 from mailgateway.statuses import Severity
 
 # FINESS: 9 characters, the first two the département (2A/2B for Corsica), the last a check key.
@@ -127,7 +127,11 @@ def _table_cells(text: str, labels: Labels) -> list[tuple[str, str]]:
         cell = cell.strip().rstrip(":").strip()
         return labels.fields.lookup(match_form(cell)) if 0 < len(cell) <= 80 else None
 
-    lines = [line.strip() for line in text.splitlines()[:2000]]
+    lines = text.splitlines()[:2000]
+    # The writer's own text only: a forwarded or quoted table is someone else's (found by an outside
+    # tester: « Gravité<TAB>Critique » in a forwarded phishing mail made the declaration GRAVE).
+    own = quote_start(lines)
+    lines = [line.strip() for line in (lines[:own] if own is not None else lines)]
     out: list[tuple[str, str]] = []
     for i, line in enumerate(lines):
         if "\t" in line:
@@ -172,33 +176,47 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
     return tuple(i for i in order if i in found)
 
 
-# A seriousness the declarant denies (« non grave », « pas grave a priori », « pas très grave »,
-# « sans gravité »): never read as the word it negates (found by an outside tester: « Gravité :
-# non grave » reached staff as « Gravité déclarée : grave »). On ``match_form`` text (« très » is
-# « tre » there: plural endings are folded); linear.
-_DENIED_SEVERITY = re.compile(
-    r"\b(?:(?:non|pas|peu|nullement|aucunement|ni)(?: (?:tres?|trop|si|vraiment|encore|forcement))?"
-    r" (?:grave|critique|severe|majeure?|urgente?|elevee?|importante?|significati(?:f|ve)|serious|critical)"
-    r"|(?:sans|aucune|pas de) gravite|not (?:very )?(?:serious|critical|severe))\b")
-# Free text: « pas un incident grave », « aucun incident grave », « ni incident grave ».
-_DENIED_BEFORE = re.compile(r"\b(?:pas|non|aucun|aucune|ni|sans|jamais)(?: (?:un|une|d|de))? $")
+# A seriousness the declarant denies (« non grave », « pas du tout grave », « pas très très grave »,
+# « guère grave », « sans gravité »): never read as the word it negates (found by outside testers:
+# « Gravité : non grave » reached staff as « Gravité déclarée : grave »). A value is read clause by
+# clause (« faible (pas du tout grave) », « grave mais pas critique », « élevée - pas de données
+# touchées »): a clause holding a negation says nothing. On ``match_form`` text; linear.
+# Clauses are cut on the text as written (``match_form`` drops punctuation).
+_CLAUSES = re.compile(r"[,;:()\[\]/.!?\n]| - | – | mais | but ")
+_NEGATION = frozenset({"non", "pas", "peu", "guere", "nullement", "aucunement", "aucun", "aucune", "sans", "ni",
+                       "rien", "loin", "jamais", "not", "no", "never", "hardly"})
+# Free text: no negation before « incident grave » in its clause (« il ne s'agit en aucun cas d'un
+# incident grave », « nous sommes loin d'un incident grave », « rien qui ressemble à un incident grave »).
 _GRAVE_IN_TEXT = re.compile(r"\b(incident|evenement|situation|attaque) (tres? |particulierement )?grave\b")
+
+
+def _affirmed(value: str) -> str:
+    """The clauses of ``value`` that deny nothing, in ``match_form``, joined."""
+    clauses = (match_form(c) for c in _CLAUSES.split(value))
+    return " ; ".join(c for c in clauses if c and _NEGATION.isdisjoint(c.split()))
+
+
+def _grave_in(text: str) -> bool:
+    for clause in _CLAUSES.split(text):
+        if "grave" not in clause.lower():
+            continue  # most clauses: no match_form at all
+        form = match_form(clause)
+        for match in _GRAVE_IN_TEXT.finditer(form):
+            if _NEGATION.isdisjoint(form[:match.start()].split()):
+                return True
+    return False
 
 
 def _severity(fields: dict[str, str], text: str, labels: Labels) -> str:
     if fields.get("severity"):
-        # What the value says once its denied words are taken out: « grave mais pas critique » is
-        # GRAVE, « non grave » says nothing (NON_QUALIFIE: staff qualify it).
-        found = labels.severities.first(_DENIED_SEVERITY.sub(" ", match_form(fields["severity"])))
+        # What the value says once its denying clauses are taken out: « grave mais pas critique »
+        # is GRAVE, « non grave » says nothing (NON_QUALIFIE: staff qualify it).
+        found = labels.severities.first(_affirmed(fields["severity"]))
         if found:
             return found
-        if _DENIED_SEVERITY.search(match_form(fields["severity"])):
-            return Severity.NON_QUALIFIE
-    form = match_form(text[:30_000])
-    for match in _GRAVE_IN_TEXT.finditer(form):
-        if not _DENIED_BEFORE.search(form[max(0, match.start() - 16):match.start()]):
-            return Severity.GRAVE
-    if re.search(r"\bincident (tres? )?significatif\b", form):
+    if _grave_in(text[:30_000]):
+        return Severity.GRAVE
+    if re.search(r"\bincident (tres? )?significatif\b", match_form(text[:30_000])):
         return Severity.SIGNIFICATIF
     return Severity.NON_QUALIFIE
 

@@ -128,6 +128,7 @@ def bulletin_mails(gw: Gateway) -> int:
     "RE: [TLP:CLEAR]  [Bulletin 12]   Bulletin diffusé : x",
     "[bulletin 12] bulletin annulé : x",
     "Re: [Bulletin 12] Bulletin refusé : RE: [Bulletin 3] Aperçu du bulletin : x",
+    "RE: [Bulletin 12] Commande refusée : Hameçonnage",
 ])
 def test_our_own_subjects_name_their_bulletin(subject: str) -> None:
     assert subject_bulletin(subject) == 12
@@ -198,3 +199,18 @@ def test_a_free_text_mention_approves_nothing(gw: Gateway) -> None:
     before = bulletin_mails(gw)
     gw.feed(mail("#diffuser\n", subject="RE: Aperçu du bulletin 1 : Hameçonnage", in_reply_to=preview.message_id))
     assert bulletin_mails(gw) == before and bulletin(gw).status == "draft"
+
+
+def test_a_mistyped_token_is_a_refused_command_not_a_refused_bulletin(gw: Gateway) -> None:
+    """Found by an outside tester: « Bulletin refusé : RE: [TLP:GREEN]… » for a typo in the token,
+    while the bulletin was still waiting, and no word of where the right token is."""
+    preview = request(gw)
+    gw.feed(mail("#diffuser\n", subject=f"RE: {subject_of(preview)}", in_reply_to=preview.message_id))
+    confirmation = previews(gw)[-1]
+    gw.feed(mail("#confirmer 0123456789ab\n", subject=f"RE: {subject_of(confirmation)}",
+                 in_reply_to=confirmation.message_id))
+    refusal = previews(gw)[-1]
+    assert subject_of(refusal).endswith("[Bulletin 1] Commande refusée : Hameçonnage"), subject_of(refusal)
+    text = " ".join(casemail.text_of(refusal.raw).split())
+    assert "jeton inconnu pour le bulletin 1" in text and "« Confirmation demandée »" in text, text
+    assert "le bulletin reste en attente" in text and bulletin(gw).status == "draft"

@@ -61,6 +61,15 @@ def test_a_link_in_a_structure_name_is_defanged_everywhere_staff_read_it(gw: Gat
     ("connectez-vous sur evil.example/login", "connectez-vous sur evil[.]example/login"),
     ("\\\\\\evil.test\\s et \\\\[::1]\\s", "[\\\\]evil[.]test\\s et [\\\\][::1]\\s"),
     ("écrivez à rssi@chu.test le 27/11/2026", "écrivez à rssi@chu.test le 27/11/2026"),
+    # Whatever precedes the scheme, any host form, the long UNC form (late outside tester).
+    ("_https://evil.example:8443/login éhttps://evil.example?sso=1",
+     "_hxxps://evil[.]example:8443/login éhxxps://evil[.]example?sso=1"),
+    ("_https://192.0.2.66/x.exe", "_hxxps://192[.]0[.]2[.]66/x.exe"),
+    ("aaaaaaaaaaaaaaaaaaaahttps://evil.example:443/", "aaaaaaaaaaaaaaaaaaaahttps[:]//evil[.]example:443/"),
+    ("evil.example:8080/login evil.example?x evil.example#x",
+     "evil[.]example:8080/login evil[.]example?x evil[.]example#x"),
+    ("\\\\?\\UNC\\evil.example\\share\\x.lnk", "[\\\\]?\\UNC\\evil[.]example\\share\\x[.]lnk"),
+    ("un fichier.txt : voir à 10h30: rdv", "un fichier.txt : voir à 10h30: rdv"),
 ])
 def test_every_link_a_mail_client_makes_is_defanged(text: str, shown: str) -> None:
     """Found by an outside tester: only http(s) and ftp links were defanged; a bare « www. » host,
@@ -88,7 +97,7 @@ def test_every_value_an_inward_template_prints_is_defanged(tmp_path: Path) -> No
     context = {"x": "https://evil.test/pay", "n": 3}
     inward = renderer.render("rappel", context)
     assert inward.subject == "hxxps://evil[.]test/pay"
-    assert inward.text == "Structure : hxxps://evil[.]test/pay 3 HxxPS://EVIL[.]TEST/PAY\n"
+    assert inward.text == "Structure : hxxps://evil[.]test/pay 3 hxxps://EVIL[.]TEST/PAY\n"
     assert inward.html == "<p>hxxps://evil[.]test/pay</p>"
     outward = renderer.render("bulletin", context)
     assert outward.text == "Structure : https://evil.test/pay 3 HTTPS://EVIL.TEST/PAY\n"

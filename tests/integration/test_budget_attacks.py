@@ -121,7 +121,7 @@ def test_budget_attacks_against_the_daemon(tmp_path: Path, smtp_sink: SmtpSink) 
         preview = first_to(smtp_sink, "agent-ara@ars.test", "Aperçu")
         gateway.send(staff("agent@ars.test", "ssi-pdl@ars.test", "RE: Aperçu", "#diffuser\n",
                            str(parsed(preview)["Message-ID"])), mail_from="agent@ars.test")
-        refusal = first_to(smtp_sink, "agent@ars.test", "Bulletin refusé")
+        refusal = first_to(smtp_sink, "agent@ars.test", "Commande refusée")
         assert "région ARA" in readable(refusal)
         assert not any(re.search(r"#confirmer [0-9a-f]{12}", readable(m)) for m in smtp_sink.messages_to(
             "agent@ars.test"))

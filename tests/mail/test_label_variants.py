@@ -65,6 +65,9 @@ def test_severity_label_variants(ctx: AnalysisContext, label: str, value: str, e
     # What the declarant denies is never what is declared.
     ("non grave", "NON_QUALIFIE"), ("pas grave a priori", "NON_QUALIFIE"), ("Pas très grave", "NON_QUALIFIE"),
     ("sans gravité", "NON_QUALIFIE"), ("non significatif", "NON_QUALIFIE"), ("grave mais pas critique", "GRAVE"),
+    ("pas du tout grave", "NON_QUALIFIE"), ("faible (pas du tout grave)", "NON_QUALIFIE"),
+    ("pas vraiment très grave", "NON_QUALIFIE"), ("guère grave", "NON_QUALIFIE"), ("Grave (non maîtrisé)", "GRAVE"),
+    ("Élevée - pas de données touchées", "GRAVE"),
     ("critical", "GRAVE"), ("high", "GRAVE"), ("medium", "SIGNIFICATIF"), ("low", "NON_QUALIFIE"),
 ])
 def test_severity_values_as_declarants_write_them(ctx: AnalysisContext, value: str, expected: str) -> None:
@@ -76,6 +79,9 @@ def test_severity_values_as_declarants_write_them(ctx: AnalysisContext, value: s
     ("Il s'agit d'un incident très grave : les urgences sont fermées.", "GRAVE"),
     ("Ce n'est pas un incident grave, mais nous préférons vous le signaler.", "NON_QUALIFIE"),
     ("Aucun incident grave à signaler hormis un rançongiciel sur un poste.", "NON_QUALIFIE"),
+    ("Il ne s'agit en aucun cas d'un incident grave.", "NON_QUALIFIE"),
+    ("Nous sommes loin d'un incident grave.", "NON_QUALIFIE"),
+    ("Pas de réponse du prestataire, un incident grave est en cours.", "GRAVE"),
 ])
 def test_seriousness_in_free_text_reads_its_negation(ctx: AnalysisContext, text: str, expected: str) -> None:
     decl = declaration_with(ctx, f"N° FINESS : {ET}\nType d'incident : rançongiciel\n\n{text}")
@@ -91,6 +97,13 @@ def test_a_form_written_as_a_table_keeps_its_fields(ctx: AnalysisContext, separa
     decl = declaration_with(ctx, "\n".join(f"{label}{separator}{value}" for label, value in rows))
     assert decl["severity"] == "GRAVE" and decl["finess"] == ET
     assert decl["detected_at"] == "2026-11-30T06:45:00+01:00"
+
+
+def test_a_table_in_quoted_text_fills_nothing(ctx: AnalysisContext) -> None:
+    """Found by an outside tester: a quoted « > Gravité<TAB>Critique » made the declaration GRAVE.
+    (A forwarded message that reads as a form is the declaration, by design: docs/understanding.md.)"""
+    decl = declaration_with(ctx, f"N° FINESS : {ET}\nType d'incident : rançongiciel\n\n> Gravité\tCritique\n")
+    assert decl["severity"] == "NON_QUALIFIE"
 
 
 def test_a_table_cell_never_takes_the_next_label_as_its_value(ctx: AnalysisContext) -> None:
