@@ -140,6 +140,8 @@ def _table_cells(text: str, labels: Labels) -> list[tuple[str, str]]:
             if field and value and len(value) <= _MAX_CELL:
                 out.append((field, value))
             continue
+        if not line or len(line) > 80 or ":" in line:
+            continue  # a label alone in its cell is short; « Label : valeur » lines are read above
         field = field_of(line)
         if field is None:
             continue
