@@ -158,6 +158,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
             continue
         ran.add(key)
         results.append(_run(ctx, cmd))
+    results.extend(_under_signature(facts))
     # A case this mail closed or merged: its declarant is told ([cases] notify_declarant_on_close).
     closure.notify_declarants(env, session, [case, ctx.case], actor=sender, at=ctx.now)
     for index, (query, cases, detail) in enumerate(ctx.digests):
@@ -174,6 +175,15 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
                                   help_text=_help(ctx))
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
     return Outcome("processed", reason=f"{applied} commande(s) appliquée(s) sur {len(results)}", case=ctx.case)
+
+
+def _under_signature(facts: MessageFacts) -> list[dict[str, Any]]:
+    """Commands written under the signature separator, never read there: said in the receipt even
+    when other commands of the mail ran (found by an outside tester: a « #transmettre-acss » under
+    « -- », below a « #note » that ran, was never sent to the ACSS and the receipt listed the note only)."""
+    return [{"name": "", "line": hint.line, "applied": False, "digest": False, "pending": False, "preview": None,
+             "text": None, "message": f"non exécutée : {hint.why} ; écrivez-la au-dessus de la signature"}
+            for hint in command_hints("", signature_part(facts.body_text), [], load_labels())]
 
 
 def _help(ctx: Ctx) -> str | None:

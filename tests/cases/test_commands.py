@@ -208,3 +208,14 @@ def test_a_command_in_the_subject_before_or_after_the_case_tag(gw: Gateway) -> N
     assert "[appliquée] #assigner moi" in text and "[appliquée] #note rappelé le DSI" in text, text
     gw.command(ref, "#note ok\n", subject=f"RE: [{ref}] Incident #2 du jour")  # « #2 » is no command
     assert "commande inconnue" not in casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+
+
+def test_a_command_under_the_signature_is_reported_even_when_others_ran(gw: Gateway) -> None:
+    """Found by an outside tester: « #note » above « -- » ran, « #transmettre-acss » below it was
+    never sent to the ACSS, and the receipt listed the note only."""
+    ref = gw.declare()
+    gw.command(ref, "#note vu avec le DSI\n\n-- \nJean Dupont\n#transmettre-acss\n")
+    text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+    assert "[appliquée] #note vu avec le DSI" in text, text
+    assert "[refusée]  #transmettre-acss — non exécutée : sous la ligne de signature" in text, text
+    assert not gw.outbound("transmission_acss")
