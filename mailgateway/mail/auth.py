@@ -199,7 +199,10 @@ def _parse_from(values: list[str]) -> tuple[str | None, str | None]:
     if len(values) != 1:
         return None, None
     value = values[0]
-    loose = [addr for _name, addr in email.utils.getaddresses([value]) if addr]
+    try:
+        loose = [addr for _name, addr in email.utils.getaddresses([value]) if addr]
+    except RecursionError:  # thousands of nested « ( » comments (outside attack): no author, quietly
+        return None, None
     try:
         header = email.policy.default.header_factory("From", value)
         strict: list[str] | None = [a.addr_spec for a in header.addresses]

@@ -303,3 +303,14 @@ def test_keys_found_through_dns_on_loopback() -> None:
 )
 def test_from_address(raw: bytes, expected: tuple[str | None, str | None]) -> None:
     assert from_address(raw) == expected
+
+
+def test_a_from_of_thousands_of_nested_comments_has_no_author_and_raises_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found by an outside tester: the stdlib's address parser recursed to RecursionError, caught
+    only by the worker's last resort with a traceback of thousands of lines in the log."""
+    raw = b"From: " + b"(" * 5000 + b"x" + b")" * 5000 + b" <a@b.test>\r\nTo: x@y.test\r\nSubject: s\r\n\r\nbody\r\n"
+    assert from_address(raw) == (None, None)
+    verdict = Authenticator(AuthenticationSettings(), resolver=StaticResolver({})).verify(raw)
+    assert not verdict.authenticated and verdict.address is None
+    assert "Traceback" not in caplog.text
