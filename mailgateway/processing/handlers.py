@@ -165,13 +165,26 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         if forwarder:
             data["transmis_par"] = forwarder
         append_event(session, case, type="declaration_transferee", actor="passerelle", at=now, data=data)
+    # A declaration for the same structure as an open case is linked to it, and staff are told.
+    window = timedelta(hours=env.settings.cases.duplicate_window_hours)
+    # No autoflush for the lookup: this case's row was flushed by new_case (its id excludes it),
+    # and every other case was written by an earlier savepoint or transaction.
+    with session.no_autoflush:
+        other = service.find_duplicate(session, case, window)
     refusals: list[Refusal] = []  # why the acknowledgement was not sent, if it was not
     if case.declarant:
         from_address, from_name = env.mailer.from_identity(region)
         verified = _declarant_verified(facts, case.declarant)
+        context = _acknowledgement_context(env, region, case, inbound, facts, verified)
+        if verified and other is not None and other.declarant == case.declarant:
+            # The same authenticated declarant sent this structure's declaration before (a resend, a
+            # correction): told which case already holds it (found by an outside tester: three
+            # references for one incident). Never to anyone else: it would tell a stranger that
+            # this structure has an incident open.
+            context["earlier_case"] = other.reference
         spec = MailSpec(
             template="acknowledgement",
-            context=_acknowledgement_context(env, region, case, inbound, facts, verified),
+            context=context,
             to=case.declarant, from_address=from_address, from_name=from_name,
             idempotency_key=f"acknowledgement:{inbound.id}",
             # Not threaded under a colleague's internal forward: the establishment never saw it.
@@ -186,12 +199,6 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     else:
         append_event(session, case, type="accuse_reception_impossible", actor="passerelle", at=now,
                      data={"motif": "aucune adresse de déclarant utilisable"})
-    # A declaration for the same structure as an open case is linked to it, and staff are told.
-    window = timedelta(hours=env.settings.cases.duplicate_window_hours)
-    # No autoflush for the lookup: this case's row was flushed by new_case (its id excludes it),
-    # and every other case was written by an earlier savepoint or transaction.
-    with session.no_autoflush:
-        other = service.find_duplicate(session, case, window)
     if other is not None:
         service.link(session, case, other, type="doublon_possible", actor="passerelle", at=env.clock.now())
     extra: dict[str, Any] = {"duplicate_of": other.reference} if other else {}
