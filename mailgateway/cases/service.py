@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cache
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import lifecycle
@@ -206,16 +206,24 @@ def thread_ids(session: Session, case: Case, limit: int = 20, *, correspondent: 
 
 
 def last_message_from(session: Session, case: Case, addresses: Sequence[str]) -> str | None:
-    """Message-ID of the latest message of the case sent by one of ``addresses`` (to answer it)."""
+    """Message-ID of the latest message of the case (or of a case merged into it) sent by one of
+    ``addresses``, to answer it; else the message that opened the case — unless an agency colleague
+    transmitted it: the establishment never saw that forward, and a reply threaded under it would
+    sit under nothing of theirs (found by an outside tester)."""
     wanted = {a.lower() for a in addresses if a}
+    merged = select(Case.id).where(Case.merged_into_id == case.id).scalar_subquery()
     rows = session.execute(
         select(InboundMessage.message_id, InboundMessage.auth)
-        .where(InboundMessage.case_id == case.id, InboundMessage.message_id.is_not(None))
+        .where(or_(InboundMessage.case_id == case.id, InboundMessage.case_id.in_(merged)),
+               InboundMessage.message_id.is_not(None))
         .order_by(InboundMessage.id.desc()).limit(200)
     )
     for mid, auth in rows:
         if (auth or {}).get("address", "").lower() in wanted:
             return str(mid)
+    declaration = (case.fields or {}).get("declaration")
+    if isinstance(declaration, dict) and declaration.get("transmis_par"):
+        return None
     return case.origin_message_id
 
 

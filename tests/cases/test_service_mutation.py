@@ -397,6 +397,18 @@ def test_last_message_from_the_latest_of_those_addresses_else_the_origin(s: Sess
     assert service.last_message_from(s, case, ["other@chu.test", "dsi@chu.test"]) == "<b@chu.test>"
 
 
+def test_last_message_from_reads_merged_cases_and_never_a_colleagues_forward(s: Session) -> None:
+    """Found by an outside tester: a #repondre on a case a colleague transmitted was threaded
+    under the colleague's internal forward, which the establishment never received, while the
+    establishment's own mail sat in a duplicate merged into the case."""
+    case = make(s, origin_message_id="<forward@ars.test>",
+                fields={"declaration": {"transmis_par": "collegue@ars.test"}})
+    assert service.last_message_from(s, case, ["rssi@ch.test"]) is None
+    duplicate = make(s, merged_into_id=case.id)
+    inbound(s, message_id="<own@ch.test>", case_id=duplicate.id, auth={"address": "rssi@ch.test"})
+    assert service.last_message_from(s, case, ["rssi@ch.test"]) == "<own@ch.test>"
+
+
 def test_open_and_overdue_cases_of_a_region(s: Session) -> None:
     region = "COR"  # a region no other test of this module writes to
     first = make(s, region=region, opened_at=NOW - timedelta(days=3), updated_at=NOW - timedelta(days=8))
