@@ -15,7 +15,7 @@ from mailgateway.mail.facts import Command, SenderVerdict
 from mailgateway.mail.indicators import is_closing
 from mailgateway.mail.labels import Labels, command_key
 from mailgateway.mail.refs import CASE_REF, canonical
-from mailgateway.mail.text import fold, quote_start
+from mailgateway.mail.text import fold, is_mobile_sign_off, quote_start
 
 MAX_COMMANDS = 50
 MAX_LINE = 2000
@@ -118,23 +118,9 @@ MAX_TEXT = 20_000
 _SIGNATURE_LINE = re.compile(r"^-- ?$")  # RFC 3676 §4.3 signature separator ("-- ")
 
 
-# The line a phone's mail client adds under what was typed (« Envoyé de mon iPhone », « Obtenir
-# Outlook pour iOS<https://aka.ms/…> »): not part of a #repondre or #clore text (found by an
-# outside tester: the declarant's closure mail quoted « Envoyé de mon iPhone » as the motif).
-# On lowercase text without accents; bounded, linear.
-_MOBILE_SIGN_OFF = re.compile(
-    r"(?:envoye|envoyee|sent|obtenir|telecharger|get|download)\b[^<]{0,60}?"
-    r"\b(?:iphone|ipad|android|smartphone|mobile|galaxy|samsung|huawei|blackberry|appareil|outlook (?:pour|for))\b")
-
-
 # Whole-text commands whose text stays inside the agency (or goes to the ACSS): not a letter.
 _NOT_A_LETTER = frozenset({"note", "transmettre-acss", "clore", "rouvrir"})
 _OUTLOOK_MAILTO = re.compile(r"<mailto:[^<>\s]{1,320}>", re.I)
-
-
-def _is_mobile_sign_off(line: str) -> bool:
-    text = fold(line.strip())
-    return 0 < len(text) <= 160 and _MOBILE_SIGN_OFF.match(text) is not None
 
 
 def _close(found: list[Command], block: list[str] | None) -> None:
@@ -150,7 +136,7 @@ def _close(found: list[Command], block: list[str] | None) -> None:
         # tester: #transmettre-acss alone sent the agent's signature as « Commentaire de l'ARS »).
         end = next((i for i, line in enumerate(lines) if is_closing(line)), None)
         lines = lines[:end] if end is not None else lines
-    while lines and (not lines[-1] or _is_mobile_sign_off(lines[-1])):
+    while lines and (not lines[-1] or is_mobile_sign_off(lines[-1])):
         lines.pop()
     while lines and not lines[0]:
         lines.pop(0)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 
 from mailgateway.mail.facts import Indicator
-from mailgateway.mail.text import normalise
+from mailgateway.mail.text import is_mobile_sign_off, normalise
 
 MAX_INDICATORS = 100
 MAX_SCAN = 200_000
@@ -176,6 +176,7 @@ _CLOSINGS = ("cordialement", "bien cordialement", "tres cordialement", "bien a v
              "sinceres salutations", "meilleures salutations", "respectueusement", "best regards",
              "kind regards", "regards")
 _SIGNATURE_LINES = 10
+_MOBILE_SIGNATURE_LINES = 4
 
 
 def is_closing(line: str) -> bool:
@@ -200,6 +201,14 @@ def signature_phones(text: str) -> list[str]:
     block: list[str] = []
     i = 0
     while i < len(lines):
+        if is_mobile_sign_off(lines[i]):
+            # « Jean Dupont RSSI / 06 12 34 56 78 / Envoyé de mon iPhone », no closing formula:
+            # the lines just above the phone's sign-off, up to a blank line, are the signature
+            # (found by an outside tester: the RSSI's own mobile listed as an indicator).
+            k = i - 1
+            while k >= 0 and i - k <= _MOBILE_SIGNATURE_LINES and lines[k].strip():
+                block.append(lines[k])
+                k -= 1
         if not _closing(lines[i]):
             i += 1
             continue

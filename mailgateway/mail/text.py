@@ -292,3 +292,19 @@ def labelled_lines(
             out.append((label, value, i))
         i = max(j, i + 1)
     return out
+
+
+# The line a phone's mail client adds under what was typed (« Envoyé de mon iPhone », « Obtenir
+# Outlook pour iOS<https://aka.ms/…> »): not part of a #repondre or #clore text (found by an
+# outside tester: the declarant's closure mail quoted « Envoyé de mon iPhone » as the motif), and
+# what is just above it is the writer's signature (mail/indicators.py).
+# On lowercase text without accents; bounded, linear.
+_MOBILE_SIGN_OFF = re.compile(
+    r"(?:envoye|envoyee|sent|obtenir|telecharger|get|download)\b[^<]{0,60}?"
+    r"\b(?:iphone|ipad|android|smartphone|mobile|galaxy|samsung|huawei|blackberry|appareil|outlook (?:pour|for))\b")
+
+
+def is_mobile_sign_off(line: str) -> bool:
+    """« Envoyé de mon iPhone », « Obtenir Outlook pour iOS<…> », « Sent from my Galaxy »…"""
+    text = fold(line.strip())
+    return 0 < len(text) <= 160 and _MOBILE_SIGN_OFF.match(text) is not None

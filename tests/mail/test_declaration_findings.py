@@ -288,3 +288,11 @@ def test_a_generic_subject_gives_way_to_the_precise_type_in_the_body(sqlite_url:
                                     "FINESS 690781810.\n")
         ref = gw.feed(raw).case_ref
         assert ref and gw.case(ref).incident_type == "RANCONGICIEL"
+
+
+def test_the_signature_above_a_phones_sign_off_is_the_writers_own() -> None:
+    """Found by an outside tester: « Jean Dupont RSSI / 06 12 34 56 78 / Envoyé de mon iPhone »,
+    with no closing formula, put the RSSI's own mobile among the indicators."""
+    text = ("Bonjour,\nNos serveurs sont chiffrés. Le faux support appelle depuis le 01 23 45 67 89.\n\n"
+            "Jean Dupont RSSI\n06 12 34 56 78\nEnvoyé de mon iPhone\n")
+    assert signature_phones(text) == ["+33612345678"]
