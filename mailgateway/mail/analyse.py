@@ -458,21 +458,16 @@ def _from_acss(sender: SenderVerdict, ctx: AnalysisContext) -> bool:
 def _commands(subject: str, fresh: str, labels: Labels) -> list[Command]:
     """The subject's command, then the body's. A command that begins the subject ends at the case
     tag that follows it (« RE: #qualifier significatif [SSI-…] Nouvelle déclaration… »: found by an
-    outside tester, the tag and our subject were read as the severity); one written after our
-    subject (« RE: [SSI-…] Nouvelle déclaration… #assigner moi ») is read too, when it is a known
-    command (an unknown « #2 » in a subject is no command)."""
+    outside tester, the tag and our subject were read as the severity). Nothing after the start of
+    the subject is read: our own subjects carry a declarant's words (a structure named « CHU
+    #clore » made every staff reply close the case: found by an outside tester)."""
     found: list[Command] = []
     bare = strip_prefixes(subject)
-    line = ""
     if bare.startswith("#"):
         # The bracketed tag only: « #statut SSI-… » names its case as its argument.
         tag = next((m.start() - 1 for m in CASE_REF.finditer(bare) if bare[m.start() - 1 : m.start()] == "["), None)
-        line = bare[:tag].rstrip() if tag is not None else bare
-    elif " #" in bare:
-        line = bare[bare.index(" #") + 1:]
-    if line:
-        cmd = parse_command_line(line, labels)
-        if cmd is not None and (bare.startswith("#") or cmd.reason != REASON_UNKNOWN):
+        cmd = parse_command_line(bare[:tag].rstrip() if tag is not None else bare, labels)
+        if cmd is not None:
             found.append(cmd)
     found.extend(parse_commands(fresh, labels))
     return found

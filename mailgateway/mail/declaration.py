@@ -184,7 +184,10 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
 # clause (« faible (pas du tout grave) », « grave mais pas critique », « élevée - pas de données
 # touchées »): a clause holding a negation says nothing. On ``match_form`` text; linear.
 # Clauses are cut on the text as written (``match_form`` drops punctuation).
-_CLAUSES = re.compile(r"[,;:()\[\]/.!?\n]| - | – | mais | but ")
+# A cause or a circumstance is a clause of its own (« grave car pas de sauvegarde », « grave sans
+# impact patient »: the negation is about the cause; found by an outside tester).
+_CLAUSES = re.compile(r"[,;:()\[\]/.!?\n]| - | – | (?:mais|but|car|parce qu|puisque|because|sans|avec|donc|vu qu)\b",
+                      re.I)
 _NEGATION = frozenset({"non", "pas", "peu", "guere", "nullement", "aucunement", "aucun", "aucune", "sans", "ni",
                        "rien", "loin", "jamais", "not", "no", "never", "hardly"})
 # Free text: no negation before « incident grave » in its clause (« il ne s'agit en aucun cas d'un

@@ -196,18 +196,28 @@ def test_a_reply_whose_subject_names_another_case_applies_no_command(gw: Gateway
     assert gw.case(first).severity == "GRAVE"
 
 
-def test_a_command_in_the_subject_before_or_after_the_case_tag(gw: Gateway) -> None:
+def test_a_command_beginning_the_subject_ends_at_the_case_tag(gw: Gateway) -> None:
     """Found by an outside tester: « RE: #qualifier significatif [SSI-…] … » was refused (the tag
-    and our subject read as the severity), « RE: [SSI-…] … #assigner moi » silently ignored."""
+    and our subject read as the severity)."""
     ref = gw.declare()
     gw.command(ref, "#note vu\n", subject=f"RE: #qualifier significatif [{ref}] Nouvelle déclaration")
     assert gw.case(ref).severity == "SIGNIFICATIF"
-    gw.command(ref, "#note rappelé le DSI\n", subject=f"RE: [{ref}] Nouvelle déclaration #assigner moi")
-    assert gw.case(ref).assignee == "agent@ars.test"
-    text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
-    assert "[appliquée] #assigner moi" in text and "[appliquée] #note rappelé le DSI" in text, text
-    gw.command(ref, "#note ok\n", subject=f"RE: [{ref}] Incident #2 du jour")  # « #2 » is no command
-    assert "commande inconnue" not in casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+
+
+def test_a_command_a_declarant_put_in_our_subject_never_runs(gw: Gateway) -> None:
+    """Found by an outside tester: a structure named « CHU Angers #clore » put « #clore » in the
+    staff notification's subject, and an agent's plain reply (« #assigner moi ») closed the case."""
+    body = ("Numéro FINESS : 690781810\nNom de la structure : CHU Angers #clore\n"
+            "Type d'incident : hameçonnage\nGravité : faible\n")
+    ref = gw.feed(casemail.message(sender="rssi@chu.test", to="ssi-ara@ars.test", subject="Déclaration #clore",
+                                   body=body)).case_ref
+    assert ref
+    subject = str(casemail.parse(gw.notification(ref, "agent@ars.test").raw)["Subject"])
+    assert "#clore" in subject  # the declarant's words, shown as written
+    gw.command(ref, "#assigner moi\n", subject=f"Re: {subject}")
+    case = gw.case(ref)
+    assert case.assignee == "agent@ars.test" and case.status != "CLOS"
+    assert "#clore" not in casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
 
 
 def test_a_command_under_the_signature_is_reported_even_when_others_ran(gw: Gateway) -> None:

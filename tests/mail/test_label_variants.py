@@ -67,7 +67,8 @@ def test_severity_label_variants(ctx: AnalysisContext, label: str, value: str, e
     ("sans gravité", "NON_QUALIFIE"), ("non significatif", "NON_QUALIFIE"), ("grave mais pas critique", "GRAVE"),
     ("pas du tout grave", "NON_QUALIFIE"), ("faible (pas du tout grave)", "NON_QUALIFIE"),
     ("pas vraiment très grave", "NON_QUALIFIE"), ("guère grave", "NON_QUALIFIE"), ("Grave (non maîtrisé)", "GRAVE"),
-    ("Élevée - pas de données touchées", "GRAVE"),
+    ("Élevée - pas de données touchées", "GRAVE"), ("grave car pas de sauvegarde", "GRAVE"),
+    ("grave sans impact patient", "GRAVE"), ("pas grave car sauvegardes intactes", "NON_QUALIFIE"),
     ("critical", "GRAVE"), ("high", "GRAVE"), ("medium", "SIGNIFICATIF"), ("low", "NON_QUALIFIE"),
 ])
 def test_severity_values_as_declarants_write_them(ctx: AnalysisContext, value: str, expected: str) -> None:
