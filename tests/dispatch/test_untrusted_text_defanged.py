@@ -118,3 +118,20 @@ def test_a_link_in_a_replys_subject_is_defanged_for_staff(gw: Gateway) -> None:
         content = part.get_content()
         assert "https://evil.test" not in content and "www.evil.fr" not in content and "\\\\evil3" not in content
         assert "hxxps://evil[.]test/ars" in content
+
+
+def test_the_acknowledgement_defangs_what_even_a_verified_declarant_wrote(gw: Gateway) -> None:
+    """A structure name or subject with a link comes back to its own (authenticated) declarant as
+    text, not as a link in a mail the agency signs (outside tester, second pass)."""
+    body = ("Numéro FINESS : 690781810\nNom de la structure : CHU https://evil.test/portail\n"
+            "Type d'incident : rançongiciel\nGravité : grave\n")
+    raw = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Déclaration www.evil.test/x",
+                           body=body)
+    assert gw.feed(casemail.sign(raw, casemail.establishment_key())).status == "processed"
+    msg = casemail.parse(gw.last("accuse_reception", "dsi@chu.test").raw)
+    for kind in ("plain", "html"):
+        part = msg.get_body((kind,))
+        assert part is not None
+        content = part.get_content()
+        assert "https://evil.test" not in content and "www.evil.test" not in content
+        assert "hxxps://evil[.]test/portail" in content and "www[.]evil[.]test/x" in content
