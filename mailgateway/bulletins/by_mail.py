@@ -260,13 +260,13 @@ def _continues(previous: str, line: str) -> bool:
     return previous.endswith((",", "|", "=", ":")) and _VALUES.fullmatch(line) is not None
 
 
-def _body(facts: MessageFacts) -> tuple[str, str | None]:
+def _body(facts: MessageFacts, wrapped: set[int]) -> tuple[str, str | None]:
     """The bulletin text (command lines removed) and the TLP written in it, if any.
 
-    Only the lines analysis read as commands are removed ("#cible", "#tlp", …, with what a mail
-    client wrapped off a « #cible » line): a "# Titre" or "#1 priorité" line of the text stays in it."""
+    Only the lines analysis read as commands are removed ("#cible", "#tlp", …, and ``wrapped``: the
+    lines a mail client wrapped off a « #cible » line): a "# Titre" or "#1 priorité" line of the text
+    stays in it."""
     commands = {c.line for c in facts.commands}
-    _, wrapped = _wrapped_cible(facts)
     tlp: str | None = None
     lines: list[str] = []
     for index, line in enumerate(facts.new_text.splitlines()):
@@ -289,10 +289,10 @@ def _title(facts: MessageFacts) -> str:
     return strip_prefixes(facts.subject).lstrip("#").removeprefix("bulletin").strip()
 
 
-def _target(facts: MessageFacts) -> Target:
-    """The union of the "#cible" lines, each one set of establishments (InputError naming the line)."""
+def _target(facts: MessageFacts, wrapped: dict[str, list[str]]) -> Target:
+    """The union of the "#cible" lines, each with what was ``wrapped`` off it, each one set of
+    establishments (InputError naming the line)."""
     sets: list[Target] = []
-    wrapped, _ = _wrapped_cible(facts)
     for cmd in facts.commands:
         if cmd.name != "cible":
             continue
@@ -354,9 +354,10 @@ def _request(env: Env, session: Session, inbound: InboundMessage, facts: Message
         _reply(env, session, inbound, facts, region, "refus", None, reason=refusal,
                trusted=_authority(env, session, facts, region) is None)
         return Outcome("processed", reason=f"demande de bulletin refusée : {refusal}")
-    body, tlp = _body(facts)
+    continuations, wrapped_lines = _wrapped_cible(facts)
+    body, tlp = _body(facts, wrapped_lines)
     try:
-        bulletin = create_bulletin(session, env.settings, region=region, target=_target(facts),
+        bulletin = create_bulletin(session, env.settings, region=region, target=_target(facts, continuations),
                                    subject=_title(facts), body=body, tlp=tlp,
                                    author=(facts.sender.address or "inconnu").lower(), now=env.clock.now())
     except InputError as exc:

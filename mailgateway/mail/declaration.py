@@ -127,18 +127,15 @@ def _table_cells(text: str, labels: Labels) -> list[tuple[str, str]]:
         cell = cell.strip().rstrip(":").strip()
         return labels.fields.lookup(match_form(cell)) if 0 < len(cell) <= 80 else None
 
-    lines = text.splitlines()[:2000]
-    # The writer's own text only: a forwarded or quoted table is someone else's (found by an outside
-    # tester: « Gravité<TAB>Critique » in a forwarded phishing mail made the declaration GRAVE).
-    own = quote_start(lines)
-    lines = [line.strip() for line in (lines[:own] if own is not None else lines)]
-    out: list[tuple[str, str]] = []
+    raw = text.splitlines()[:2000]
+    lines = [line.strip() for line in raw]
+    found: list[tuple[int, str, str]] = []
     for i, line in enumerate(lines):
         if "\t" in line:
             left, _, right = line.partition("\t")
             field, value = field_of(left), right.strip()
             if field and value and len(value) <= _MAX_CELL:
-                out.append((field, value))
+                found.append((i, field, value))
             continue
         if not line or len(line) > 80 or ":" in line:
             continue  # a label alone in its cell is short; « Label : valeur » lines are read above
@@ -147,8 +144,14 @@ def _table_cells(text: str, labels: Labels) -> list[tuple[str, str]]:
             continue
         after = next((other for other in lines[i + 1:i + 3] if other), "")
         if after and len(after) <= _MAX_CELL and field_of(after) is None and not _is_field_line(after, labels):
-            out.append((field, after))
-    return out
+            found.append((i, field, after))
+    if not found:
+        return []
+    # The writer's own text only: a forwarded or quoted table is someone else's (found by an outside
+    # tester: « Gravité<TAB>Critique » in a forwarded phishing mail made the declaration GRAVE).
+    # Looked for only when a cell was found: most mail has none, and quote_start tries ten patterns a line.
+    own = quote_start(raw)
+    return [(field, value) for i, field, value in found if own is None or i < own]
 
 
 def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[str, ...]:

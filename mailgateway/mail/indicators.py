@@ -181,10 +181,6 @@ _MOBILE_SIGNATURE_LINES = 4
 
 def is_closing(line: str) -> bool:
     """A closing formula (« Cordialement, », « Bien à vous ») or a « -- » signature separator."""
-    return _closing(line)
-
-
-def _closing(line: str) -> bool:
     stripped = line.strip()
     if stripped in ("--", "-- "):
         return True
@@ -209,7 +205,7 @@ def signature_phones(text: str) -> list[str]:
             while k >= 0 and i - k <= _MOBILE_SIGNATURE_LINES and lines[k].strip():
                 block.append(lines[k])
                 k -= 1
-        if not _closing(lines[i]):
+        if not is_closing(lines[i]):
             i += 1
             continue
         j = i + 1

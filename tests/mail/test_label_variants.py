@@ -108,8 +108,10 @@ def test_a_table_in_quoted_text_fills_nothing(ctx: AnalysisContext) -> None:
 
 
 def test_a_table_cell_never_takes_the_next_label_as_its_value(ctx: AnalysisContext) -> None:
-    decl = declaration_with(ctx, f"Gravité\nNuméro FINESS : {ET}\nType d'incident : rançongiciel")
-    assert decl["severity"] == "NON_QUALIFIE" and decl["finess"] == ET
+    decl = declaration_with(ctx, f"Nom de la structure\nNuméro FINESS : {ET}\nType d'incident : rançongiciel")
+    assert decl["structure"] != f"Numéro FINESS : {ET}" and decl["finess"] == ET
+    decl = declaration_with(ctx, f"Nom de la structure\nGravité\nNuméro FINESS : {ET}\nType d'incident : rançongiciel")
+    assert decl["structure"] != "Gravité"
 
 
 def test_other_label_variants(ctx: AnalysisContext) -> None:
