@@ -174,8 +174,9 @@ def _never_authenticated(sender: SenderVerdict, why: str) -> SenderVerdict:
 
 
 def other_case_reason(threaded: str | None, tagged: str) -> str:
-    return (f"ce message répond au dossier {threaded} mais son objet désigne le dossier {tagged} : aucune "
-            f"commande appliquée ; répondez au message du dossier voulu sans changer la référence de l'objet")
+    # Said under « Aucune commande n'a été appliquée : » or after a refused command: no need to repeat it.
+    return (f"ce message répond au dossier {threaded} mais son objet désigne le dossier {tagged} ; répondez au "
+            f"message du dossier voulu sans changer la référence de l'objet")
 
 
 def _refused(commands: tuple[Command, ...], reason: str) -> tuple[Command, ...]:
