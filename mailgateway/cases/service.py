@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import Select, bindparam, or_, select
+from sqlalchemy import Select, Table, bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import lifecycle
@@ -24,6 +25,7 @@ from mailgateway.errors import MailgatewayError
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.statuses import SEVERITIES, CaseStatus, Severity
+from mailgateway.store.inserted import attach_inserted
 from mailgateway.store.models import Case, InboundMessage, Indicator, OutboundMessage
 
 
@@ -292,17 +294,31 @@ def new_case(session: Session, *, region: str, kind: str, inbound: InboundMessag
     """Open a case for ``inbound`` (reference of its year of reception, initial status), with its
     first timeline event and the message's indicators."""
     reference = next_reference(session, region, paris(inbound.received_at).year)
-    case = Case(
-        reference=reference, region=region, kind=kind, status=lifecycle.initial_status(kind),
-        severity=Severity.NON_QUALIFIE, title=title, opened_at=inbound.received_at, updated_at=at,
-        origin_message_id=facts.message_id, fields={}, event_count=0,
-    )
-    session.add(case)
-    session.flush()
+    values: dict[str, Any] = {column: None for column in _CASE_COLUMNS}
+    values.update(reference=reference, region=region, kind=kind, status=lifecycle.initial_status(kind),
+                  severity=Severity.NON_QUALIFIE, title=title, opened_at=inbound.received_at, updated_at=at,
+                  origin_message_id=facts.message_id, fields={}, event_count=0)
+    # One INSERT … RETURNING by statement, the row then attached as persistent (issue 19): the
+    # unit of work's flush of one new object cost ≈ 0.5 ms, and flushed the inbound row's pending
+    # changes in a second UPDATE. Every column is given, so nothing is loaded back later.
+    with session.no_autoflush:
+        values["id"] = session.execute(_case_insert(), values).scalar_one()
+    case = Case(**values)
+    attach_inserted(session, case)
     record_received(session, case, inbound, facts, at=at, detail=True)
     for indicator in {(i.type, i.value) for i in facts.indicators[:200]}:
         session.add(Indicator(case_id=case.id, type=indicator[0], value=indicator[1][:2000]))
     return case
+
+
+_CASE_COLUMNS = tuple(c.key for c in cast(Table, Case.__table__).c if c.key != "id")
+
+
+@cache
+def _case_insert() -> Any:
+    """Built once (values bound at execution)."""
+    table = cast(Table, Case.__table__)
+    return insert(table).returning(table.c.id)
 
 
 def threaded_case(session: Session, facts: MessageFacts) -> Case | None:

@@ -40,6 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
 from mailgateway.clock import aware
+from mailgateway.store import inserted
 from mailgateway.store.models import AuditHead, AuditLedger, Case, CaseEvent
 
 GENESIS = "0" * 64
@@ -240,6 +241,7 @@ def savepoint(session: Session) -> Iterator[None]:
     cases it touched are forgotten by the ledger anchor, so the outer commit anchors only what it
     writes (a case's head re-read after the rollback would otherwise be anchored a second time)."""
     touched = dict(session.info.get(_TOUCHED, {}))
+    position = inserted.mark(session)
     nested = session.begin_nested()
     try:
         yield
@@ -248,6 +250,7 @@ def savepoint(session: Session) -> Iterator[None]:
         if nested.is_active:
             nested.rollback()
         session.info[_TOUCHED] = touched
+        inserted.forget_since(session, position)  # rows inserted by statement are gone too
         raise
 
 

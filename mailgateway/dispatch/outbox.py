@@ -17,10 +17,11 @@ from typing import Any, Literal, cast
 from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from mailgateway.clock import aware
 from mailgateway.settings import Settings
+from mailgateway.store.inserted import attach_inserted
 from mailgateway.store.models import OutboundMessage
 
 # VERP tokens: 128 random bits, fresh for every row, stored with it. A DSN naming one proves it
@@ -69,8 +70,7 @@ def enqueue(
         return None
     # The row is known: attach it to the session without reading it back (fan-out hot path).
     row = OutboundMessage(id=new_id, **values)
-    make_transient_to_detached(row)
-    session.add(row)
+    attach_inserted(session, row)
     return row
 
 
