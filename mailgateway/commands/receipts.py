@@ -20,7 +20,8 @@ from mailgateway.cases import service, story
 from mailgateway.clock import aware, french_datetime
 from mailgateway.dispatch import originals, relaylimits, wording
 from mailgateway.dispatch.compose import Attachment, MailSpec
-from mailgateway.dispatch.contexts import case_context, french_instant, region_context
+from mailgateway.dispatch.contexts import case_context, region_context
+from mailgateway.mail.dates import detection_fr
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.context import Env
 from mailgateway.store.models import Case, CaseEvent, InboundMessage, OutboundMessage
@@ -129,7 +130,8 @@ def to_acss(env: Env, session: Session, inbound: InboundMessage, case: Case, *, 
         template="transmission_acss",
         context={**region_context(env.settings, case.region), "case": case_context(case), "declaration": declaration,
                  "comment": comment, "author": actor, "opened_fr": _fr(case.opened_at),
-                 "detected_fr": french_instant(declaration.get("detected_at")), **summary},
+                 "detected_fr": detection_fr(declaration.get("detected_at"), declaration.get("detected_at_as_written"),
+                                             aware(case.opened_at)), **summary},
         to=env.settings.acss.address, from_address=from_address, from_name=from_name,
         idempotency_key=f"transmission_acss:{inbound.id}:{case.id}",
         reply_to=from_address, auto_submitted=HUMAN,

@@ -33,9 +33,12 @@ _WORDS = re.compile(
 )
 _RELATIVE = re.compile(
     r"\b(ce matin|cette nuit|cet apr[èe]s-midi|ce soir|aujourd'hui|hier soir|hier matin|hier|"
-    r"avant-hier|cette semaine)" + _TIME,
+    r"avant-hier|cette semaine|(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche) dernier)" + _TIME,
     re.I,
 )
+
+
+_WEEKDAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
 
 
 def _fold_month(name: str) -> int | None:
@@ -62,8 +65,17 @@ def _iso(dt: datetime) -> str:
 
 def parse_french_datetime(text: str, reference: datetime | None = None) -> str | None:
     """The first date (with its time) in ``text`` as ISO 8601 with offset, or None."""
+    return parse_detection(text, reference)[0]
+
+
+def parse_detection(text: str, reference: datetime | None = None) -> tuple[str | None, str | None]:
+    """The first date of ``text`` (``parse_french_datetime``) and, when that instant is an
+    estimate, the words it was read from: a day named relative to ``reference`` (« cette nuit »,
+    « hier soir vers 23h ») or a date without a time (midnight is then no more than a placeholder).
+    Mail to staff and to the ACSS shows those words beside the instant (``detection_fr``): an
+    incident « de cette nuit » must not reach the national cell as « 06/12/2026 à 02:00 »."""
     text = text[:20_000]
-    candidates: list[tuple[int, datetime]] = []
+    candidates: list[tuple[int, datetime, str | None]] = []
     for m in _ISO.finditer(text):
         y, mo, d, h, mi, s, tz = m.groups()
         try:
@@ -74,20 +86,20 @@ def parse_french_datetime(text: str, reference: datetime | None = None) -> str |
                 dt = datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), tzinfo=PARIS)
         except ValueError:
             continue
-        candidates.append((m.start(), dt))
+        candidates.append((m.start(), dt, None if h else m.group(0)))
         break
     for m in _NUMERIC.finditer(text):
         d, mo, y, h, mi = m.groups()
         numeric = _make(int(y), int(mo), int(d), h, mi)
         if numeric is not None:
-            candidates.append((m.start(), numeric))
+            candidates.append((m.start(), numeric, None if h else m.group(0).strip()))
             break
     for m in _WORDS.finditer(text):
         d, month, y, h, mi = m.groups()
         month_number = _fold_month(month)
         worded = _make(int(y), month_number, int(d), h, mi) if month_number else None
         if worded is not None:
-            candidates.append((m.start(), worded))
+            candidates.append((m.start(), worded, None if h else m.group(0).strip()))
             break
     if reference is not None:
         rel = _RELATIVE.search(text)
@@ -99,12 +111,55 @@ def parse_french_datetime(text: str, reference: datetime | None = None) -> str |
                 day -= timedelta(days=1)
             elif word == "avant-hier":
                 day -= timedelta(days=2)
+            elif word.endswith(" dernier"):  # « lundi dernier »: the last such day before this one
+                back = (day.weekday() - _WEEKDAYS.index(word.split()[0])) % 7
+                day -= timedelta(days=back or 7)
             if h or word not in ("cette semaine",):
                 default = {"ce matin": 8, "hier matin": 8, "cette nuit": 2, "ce soir": 20, "hier soir": 20}
                 hour = int(h) if h and int(h) < 24 else default.get(word, 0)
                 minute = int(mi) if mi and int(mi) < 60 else 0
-                if h or word in default:
-                    candidates.append((m.start(), datetime.combine(day, time(hour, minute), tzinfo=PARIS)))
+                if h or word in default or word.endswith(" dernier"):
+                    at = datetime.combine(day, time(hour, minute), tzinfo=PARIS)
+                    if not h and at > reference:
+                        # « ce matin » written at 05:05: not 08:00, three hours after the mail.
+                        at = reference.astimezone(PARIS).replace(second=0, microsecond=0)
+                    candidates.append((m.start(), at, " ".join(m.group(0).split())[:80]))
     if not candidates:
+        return None, None
+    _position, found, written = min(candidates, key=lambda c: c[0])
+    return _iso(found), written
+
+
+# A detection this long after the message was sent is a typing error (a wrong month or year), not
+# clock skew between the establishment's mail server and ours.
+FUTURE_MARGIN = timedelta(hours=1)
+
+
+def detection_fr(detected_at: object, as_written: object = None, sent_at: datetime | None = None) -> str | None:
+    """A declaration's detection time as staff and the ACSS read it: « 27/11/2026 à 08:30 »; the
+    declarant's words first when the instant was estimated from them; « à vérifier » when it is
+    later than the message that declares it (``parse_detection``)."""
+    if not isinstance(detected_at, str) or not detected_at.strip():
         return None
-    return _iso(min(candidates, key=lambda c: c[0])[1])
+    try:
+        parsed: datetime | None = datetime.fromisoformat(detected_at.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        return detected_at
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=PARIS)
+    local = parsed.astimezone(PARIS)
+    if isinstance(as_written, str) and as_written.strip():
+        words = " ".join(as_written.split())
+        if words[:1].isdigit():  # a date without a time
+            shown = f"{local:%d/%m/%Y} (heure non précisée)"
+        elif local.hour == local.minute == 0 and not any(c.isdigit() for c in words):
+            shown = f"« {words} » (compris comme le {local:%d/%m/%Y}, heure non précisée)"
+        else:
+            shown = f"« {words} » (compris comme le {local:%d/%m/%Y} vers {local:%H:%M})"
+    else:
+        shown = f"{local:%d/%m/%Y à %H:%M}"
+    if sent_at is not None and parsed > sent_at + FUTURE_MARGIN:
+        shown += " — postérieure à l'envoi de la déclaration : à vérifier auprès du déclarant"
+    return shown

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mailgateway.mail.context import AnalysisContext
-from mailgateway.mail.dates import parse_french_datetime
+from mailgateway.mail.dates import parse_detection
 from mailgateway.mail.facts import Declaration
 from mailgateway.mail.headers import parse_addresses
 from mailgateway.mail.labels import Labels
@@ -441,11 +441,11 @@ def extract_declaration(
             nature = "NON_MALVEILLANT"
         else:
             nature = "INDETERMINE"
-    detected_at = None
+    detected_at, detected_as_written = None, None
     if fields.get("detected_at"):
-        detected_at = parse_french_datetime(fields["detected_at"], sent_at)
+        detected_at, detected_as_written = parse_detection(fields["detected_at"], sent_at)
     if detected_at is None:
-        detected_at = parse_french_datetime(text, sent_at)
+        detected_at, detected_as_written = parse_detection(text, sent_at)
     summary_parts = [fields[k] for k in ("summary", "scope") if fields.get(k)]
     summary = " — ".join(summary_parts) if summary_parts else None
     if summary is None and not labelled:
@@ -468,6 +468,7 @@ def extract_declaration(
         nature=nature,
         severity=_severity(fields, subject + "\n" + text, labels),
         detected_at=detected_at,
+        detected_at_as_written=detected_as_written,
         impacts=_impacts(fields, subject + "\n" + text, labels),
         summary=summary and summary[:4000],
         measures=(fields.get("measures") or None) and fields["measures"][:4000],

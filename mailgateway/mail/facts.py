@@ -56,6 +56,9 @@ class Declaration:
     nature: str | None = None
     severity: str | None = None
     detected_at: str | None = None  # ISO 8601 with offset, Europe/Paris when not stated
+    # The declarant's words when ``detected_at`` is an estimate of them: a relative day (« cette
+    # nuit », « hier soir vers 23h ») or a date without a time (mail/dates.py parse_detection).
+    detected_at_as_written: str | None = None
     impacts: tuple[str, ...] = ()
     summary: str | None = None
     measures: str | None = None
@@ -81,6 +84,7 @@ class Declaration:
             "nature": self.nature,
             "severity": self.severity,
             "detected_at": self.detected_at,
+            "detected_at_as_written": self.detected_at_as_written,
             "impacts": list(self.impacts),
             "summary": self.summary,
             "measures": self.measures,

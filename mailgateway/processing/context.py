@@ -17,14 +17,15 @@ from sqlalchemy.orm import Session
 
 from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
-from mailgateway.clock import Clock, french_datetime
+from mailgateway.clock import Clock, aware, french_datetime
 from mailgateway.directory.establishments import establishment
 from mailgateway.directory.known import is_known_domain
 from mailgateway.dispatch import originals, relaylimits
 from mailgateway.dispatch.compose import Attachment
-from mailgateway.dispatch.contexts import case_context, french_instant, region_context, staff_indicators
+from mailgateway.dispatch.contexts import case_context, region_context, staff_indicators
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.mail.auth import organisational_domain
+from mailgateway.mail.dates import detection_fr
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.settings import Settings
 from mailgateway.store.models import Case, InboundMessage
@@ -142,7 +143,8 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         "sender": facts.sender.to_json(),
         # Defanged, French type names: a staff notification is read in Outlook, where a URL is a link.
         "indicators": staff_indicators(i.to_json() for i in facts.indicators[:50]),
-        "detected_at_fr": french_instant(facts.declaration.detected_at) if facts.declaration else None,
+        "detected_at_fr": detection_fr(facts.declaration.detected_at, facts.declaration.detected_at_as_written,
+                                       aware(inbound.received_at)) if facts.declaration else None,
         "subject": service.one_line(facts.subject),
         **original,
         **(extra or {}),

@@ -296,3 +296,15 @@ def test_statut_ref_in_subject_and_body_sends_one_digest_and_no_receipt(gw: Gate
     gw.feed(casemail.staff_mail(f"#statut {ref}\n", subject=f"#statut {ref}"))
     assert len(gw.outbound("synthese", "agent@ars.test")) == 1
     assert gw.outbound("recu_commandes", "agent@ars.test") == []
+
+
+# --- detection time estimated from the declarant's words (outside tester) -------------------------
+
+
+def test_staff_see_the_declarants_words_when_the_detection_time_was_estimated(gw: Gateway) -> None:
+    body = ("Bonjour,\n\nNuméro FINESS : 690781810\nNom de la structure : Centre hospitalier\n"
+            "Type d'incident : rançongiciel\nDate de détection : cette nuit\nServeurs chiffrés.\n")
+    gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Incident", body=body))
+    _, text, _ = _parts(gw.last("notification_equipe", "agent@ars.test").raw)
+    line = next(x for x in text.splitlines() if x.startswith("Détection :"))
+    assert "« cette nuit » (compris comme le" in line and "vers 02:00" in line, line
