@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.indicators_out import IndicatorSet, attachments
 from mailgateway.mail.facts import Indicator as FoundIndicator
-from mailgateway.mail.indicators import extract_indicators
+from mailgateway.mail.indicators import extract_indicators, signature_phones
 from mailgateway.mail.labels import load_labels
 from mailgateway.mail.tlp import relay_label
 from mailgateway.settings import Settings
@@ -59,7 +59,13 @@ def relay_attachments(settings: Settings, session: Session, bulletin: Bulletin, 
     if case is not None:
         found = case_set(settings, session, case, tlp=bulletin.tlp)
     else:
-        indicators = extract_indicators([bulletin.body or ""], noise_domains=load_labels().noise_domains)
+        # The agent's own signature is no indicator of compromise: its numbers (Outlook writes no
+        # « -- », a closing formula starts it) and the agency's addresses were exported to every
+        # establishment as IOCs (found by an outside tester). The rule of declarations.
+        body = bulletin.body or ""
+        agency = {r.address.rpartition("@")[2].lower() for r in settings.regions}
+        indicators = extract_indicators([body], noise_domains=(*load_labels().noise_domains, *agency),
+                                        exclude_phones=signature_phones(body))
         found = IndicatorSet(
             reference=f"bulletin-{bulletin.id}", title=bulletin.subject or "", tlp=bulletin.tlp,
             created=bulletin.created_at, indicators=indicators[:MAX_EXPORTED],

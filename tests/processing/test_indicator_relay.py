@@ -225,6 +225,23 @@ def test_a_bulletin_with_indicators_carries_them(gw: Gateway) -> None:
         assert {m for o in bundle["objects"] for m in o.get("object_marking_refs", ())} == {TLP2_MARKINGS["GREEN"]}
 
 
+def test_a_bulletin_exports_no_indicator_of_its_authors_signature(gw: Gateway) -> None:
+    # Outlook: no « -- » separator, a closing formula, the agent's name, title, address and phone.
+    body = ("Bonjour,\nbloquez le domaine rancon.example et appelez le 01 23 45 67 89 si vous le voyez.\n"
+            "TLP:GREEN\n\nCordialement,\nPaul Bernard\nChargé de mission SSI – ARS\n"
+            "paul.bernard@ars.test\nTél. 02 49 10 41 41\n")
+    with transaction(gw.app.factory) as s:
+        bulletin = create_bulletin(s, gw.app.settings, region="ARA", target=Target(categories=frozenset({"LBM"})),
+                                   subject="Rançongiciel", body=body, tlp="GREEN", author="agent@ars.test", now=NOW)
+        bulletin.status = "approved"
+        assert fan_out(gw.app.env, s, bulletin) == 2
+    for row in gw.outbound("bulletin"):
+        files = files_of(row.raw)
+        csv = next(data for name, (_t, data) in files.items() if name.endswith(".csv")).decode()
+        assert "rancon.example" in csv and "+33123456789" in csv  # the text's own indicators stay
+        assert "+33249104141" not in csv and "ars.test" not in csv, csv
+
+
 def _config(tmp_path: Path, url: str) -> Path:
     path = tmp_path / "mailgateway.toml"
     path.write_text(f'[database]\nurl = "{url}"\n\n[[regions]]\ncode = "ARA"\nname = "Auvergne-Rhône-Alpes"\n'
