@@ -25,7 +25,7 @@ word is looked up in sets and phrases of at most a few words are compared (no re
 from __future__ import annotations
 
 from mailgateway.mail.labels import Labels
-from mailgateway.mail.text import match_form
+from mailgateway.mail.text import is_mobile_sign_off, match_form
 
 MAX_SIGNATURE_LINES = 5
 MAX_SIGNATURE_CHARS = 80
@@ -35,6 +35,28 @@ _PARTICLES = frozenset({"de", "du", "des", "la", "le", "les", "d", "l", "et", "�
 _PHONE_WORDS = frozenset({"tél", "tel", "téléphone", "telephone", "mob", "mobile", "portable", "port", "fax",
                           "standard", "ligne", "poste", "t", "m", "f"})
 _NUMBER_CHARS = frozenset("0123456789 +().-/")
+# Lower-case words of job titles and services (« Responsable de la sécurité des systèmes
+# d'information », « Chargée de mission SSI »): a closed vocabulary, so that a capitalised sentence
+# (« Le serveur est toujours chiffré ») is still no signature line (found by an outside tester: a
+# thank-you signed with a job title reopened a closed case and told the declarant so).
+_TITLE_WORDS = frozenset({
+    "responsable", "sécurité", "securite", "système", "systèmes", "systeme", "systemes", "information",
+    "informations", "informatique", "informatiques", "numérique", "numerique", "chargé", "chargée", "charge",
+    "chargee", "mission", "missions", "direction", "directeur", "directrice", "adjoint", "adjointe", "service",
+    "services", "pôle", "pole", "cellule", "ingénieur", "ingénieure", "ingenieur", "technicien", "technicienne",
+    "réseau", "réseaux", "reseau", "reseaux", "infrastructure", "infrastructures", "biologiste", "médecin",
+    "cadre", "santé", "sante", "hospitalier", "hospitalière", "universitaire", "régional", "régionale",
+    "centre", "groupement", "délégué", "déléguée", "délégation", "protection", "données", "donnees",
+    "référent", "référente", "correspondant", "correspondante", "projet", "projets", "chef", "cheffe",
+    "pharmacien", "pharmacienne", "biologie", "médicale", "médical", "laboratoire", "établissement",
+    "applications", "application", "support", "exploitation", "qualité", "risques", "gestion", "production",
+    "département", "territorial", "territoriale", "administrateur", "administratrice", "architecte",
+    "officier", "général", "générale", "secrétaire", "assistant", "assistante", "analyste", "conseiller",
+    "conseillère", "coordinateur", "coordinatrice", "coordination", "sûreté", "surete", "crise", "cyber",
+    "cybersécurité", "cybersecurite", "hôpital", "hopital", "clinique", "patients",
+})
+# Several numbers on one line: « Tél. 02 41 49 60 00 – Port. 06 12 34 56 78 ».
+_PHONE_SEPARATORS = ("–", "—", "|", "•", " - ", " / ")
 
 
 def _phrases_only(words: list[str], phrases: tuple[tuple[str, ...], ...]) -> bool:
@@ -56,22 +78,39 @@ def _signature_word(word: str) -> bool:
         return True
     if "@" in bare and "/" not in bare:  # an address: « jean.dupont@chu.fr »
         return True
-    if bare.lower().split("'")[0] in _PARTICLES or bare.lower() in _PARTICLES:
+    lowered = bare.lower()
+    if lowered.split("'")[0] in _PARTICLES or lowered in _PARTICLES:
+        return True
+    if lowered in _TITLE_WORDS or lowered.split("'")[-1] in _TITLE_WORDS:  # « d'information »
         return True
     return bare[:1].isupper() or not bare[:1].isalpha()
 
 
+def _phone_segment(segment: str) -> bool:
+    words = segment.split()
+    first = words[0].strip(".:").lower() if words else ""
+    if first not in _PHONE_WORDS and not all(ch in _NUMBER_CHARS for ch in segment):
+        return False
+    rest = words[1:] if first in _PHONE_WORDS else words
+    if rest[:1] == [":"]:  # « Tél : 02 … »
+        rest = rest[1:]
+    return bool(rest) and all(ch in _NUMBER_CHARS for ch in " ".join(rest))
+
+
 def _signature_line(line: str) -> bool:
-    """A closing line of a signature: a name, a title, a service (capitalised words and the
-    particles of names), an address, or a phone number — never a sentence with a question."""
+    """A closing line of a signature: a name, a title, a service (capitalised words, the particles
+    of names, the words of job titles), an address, one or more phone numbers, a phone's sign-off
+    (« Envoyé de mon iPhone ») — never a sentence with a question."""
     if not 0 < len(line) <= MAX_SIGNATURE_CHARS or "?" in line or "://" in line:
         return False
+    if is_mobile_sign_off(line):
+        return True
     words = line.replace(",", " ").split()
     if any(ch.isdigit() for ch in line):
-        first = words[0].strip(".:").lower() if words else ""
-        if first not in _PHONE_WORDS and not all(ch in _NUMBER_CHARS for ch in line):
-            return False
-        return all(ch in _NUMBER_CHARS for ch in " ".join(words[1:] if first in _PHONE_WORDS else words))
+        segments = [line]
+        for separator in _PHONE_SEPARATORS:
+            segments = [part for segment in segments for part in segment.split(separator)]
+        return all(_phone_segment(segment.strip()) for segment in segments if segment.strip())
     return all(_signature_word(w) for w in words)
 
 

@@ -56,6 +56,13 @@ COURTESY = [
     "Merci pour votre mail, bien reçu",
     "Bonjour,\n\nBien reçu et bien pris en compte.\n\nBien cordialement,",
     "Merci, bonne soirée et bon courage à vous",
+    # Signed with a job title, two numbers on a line, a phone's sign-off (outside tester: each
+    # reopened a closed case, or notified staff of a « #lu » on a bulletin).
+    "Merci beaucoup, bonne journée.\nSophie Martin\nResponsable de la sécurité des systèmes d'information\n"
+    "Centre hospitalier de Cholet\nTél : 02 41 49 60 00",
+    "Merci.\nPaul Henry\nChargée de mission SSI\nTél. 02 41 49 60 00 – Port. 06 12 34 56 78",
+    "#lu\n\nEnvoyé de mon iPhone",
+    "#lu\nSophie Martin\nResponsable de la sécurité des systèmes d'information",
 ]
 
 NOT_COURTESY = [
@@ -84,6 +91,9 @@ NOT_COURTESY = [
     "Merci, www.exemple-fuite.fr",
     "Bonne nouvelle : nous avons retrouvé les sauvegardes",
     "Merci, nous ne sommes pas concernés",
+    "Merci pour votre aide.\nLe serveur est toujours chiffré.",
+    "Merci.\nLe service informatique est toujours à l'arrêt",
+    "Merci.\nTél. 02 41 49 60 00 – rappelez vite",
 ]
 
 

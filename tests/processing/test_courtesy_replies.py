@@ -92,8 +92,11 @@ def test_a_courtesy_on_an_open_case_is_still_notified(gw: Gateway) -> None:
     ("Merci.\nNous avons trouvé deux autres postes infectés.", False),  # lowercase words: not a signature
     # A hospital RSSI's real signature: name, title and service with particles, phone line (outside test).
     ("Merci, bonne journée.\nClaire Martin\nRSSI - CHU de Test\nTél. 04 72 00 00 00", True),
-    # Lower-case common nouns read like a sentence: staff are told (the safe side).
-    ("Bien reçu, merci.\nLa cellule SSI du CHU de Test", False),
+    # The words of job titles and services are a signature's (« cellule », « sécurité », « systèmes »:
+    # a thank-you signed « Responsable de la sécurité des systèmes d'information » reopened a closed
+    # case, outside tester); other lower-case words read like a sentence: staff are told (the safe side).
+    ("Bien reçu, merci.\nLa cellule SSI du CHU de Test", True),
+    ("Bien reçu, merci.\nLa cellule a coupé le VPN du CHU", False),
     ("Merci, bonne journée\nTél. 04 72 00 00 00\nclaire.martin@chu.test", True),
     ("Merci.\nServeur 12 Toujours Chiffré", False),  # digits outside a phone line: not a signature
     ("Merci.\nVoir Https://Fuite.Example/Chu", False),  # a link is never a signature
