@@ -334,7 +334,13 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
             extra["subject_names_other_case"] = other_case
         indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains)
         return replace(base, kind=kind, commands=facts_commands, indicators=indicators, is_bulletin_request=is_bulletin)
-    # 5. alert
+    # 5. alert — never an answer to what we sent (``quotes_our_mail``): an establishment's « RE: »
+    # to a relayed alert carries the alert's words and TLP, and was read as a forged alert (outside
+    # tester: `parse --json` said « alert », staff were warned of a forgery). Processing attaches
+    # such an answer to what it answers (bulletins/tracking.py) whatever its kind; one it cannot
+    # place is kept in quarantine with this reason.
+    if ours and not _from_acss(sender, ctx) and looks_like_alert(subject, text, labels):
+        return replace(base, kind="unknown", quarantine_reason=FORWARDED_RELAY)
     if _from_acss(sender, ctx) or looks_like_alert(subject, text, labels):
         if "Subject" in uncovered:
             # Title and TLP only from what was signed (the body: l= is refused), and not authentic.
@@ -390,6 +396,10 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         reason_text = "contenu illisible : aucun en-tête ni texte exploitable"
     # No indicators for unknown mail: mostly spam, whose links would only be noise for staff.
     return replace(base, kind="unknown", quarantine_reason=reason_text)
+
+
+FORWARDED_RELAY = ("transfert d'un message envoyé par la passerelle (alerte relayée ou bulletin), "
+                   "sans réponse d'un établissement destinataire reconnue : pas une nouvelle alerte")
 
 
 def _html_says_no_more(pm: ParsedMessage, labels: Labels) -> bool:

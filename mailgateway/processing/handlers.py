@@ -23,6 +23,7 @@ from mailgateway.directory.establishments import establishment
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
+from mailgateway.mail.analyse import FORWARDED_RELAY
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.context import build_context
 from mailgateway.mail.declaration import extract_declaration, says_portal
@@ -258,8 +259,6 @@ def _replayed_alert(env: Env, session: Session, inbound: InboundMessage, facts: 
     return Outcome("processed", reason=replay.ALERT_REPLAYED, case=case)
 
 
-FORWARDED_RELAY = ("transfert d'un message envoyé par la passerelle (alerte relayée ou bulletin), "
-                   "sans réponse d'un établissement destinataire reconnue : pas une nouvelle alerte")
 
 
 def handle_alert(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
@@ -355,7 +354,9 @@ def relay_declaration_prehandler(env: Env, session: Session, inbound: InboundMes
             return None
         decl = _sighting(env, session, row, facts)
         facts = replace(facts, extra={**facts.extra, "indicateurs_observes": sighted})
-    as_declaration = replace(facts, kind="declaration", declaration=decl, case_ref=None)
+    # Not an alert, whatever analysis read in the relay it quotes: the staff notice of this case
+    # warned of an « ALERTE NON AUTHENTIFIÉE » with our own relay subject as its title (outside tester).
+    as_declaration = replace(facts, kind="declaration", declaration=decl, case_ref=None, alert=None)
     outcome = handle_declaration(env, session, inbound, as_declaration)
     if outcome.case is not None and alert_case is not None and alert_case.id != outcome.case.id:
         service.link(session, outcome.case, alert_case, type="dossier_lie", actor="passerelle", at=env.clock.now())

@@ -134,6 +134,10 @@ def test_an_outlook_forward_reporting_a_sighting_opens_a_case_linked_to_the_aler
     text = casemail.text_of(notices[0].raw)
     assert "nous avons observé hier soir une connexion VPN" in text
     assert "NON AUTHENTIFI" not in str(casemail.parse(notices[0].raw)["Subject"])
+    # Nor in the body (outside tester: « ATTENTION : ALERTE NON AUTHENTIFIÉE », « Authentifiée :
+    # NON », our relay's subject as an alert title): an answer to our relay is no alert.
+    assert "NON AUTHENTIFI" not in text and "Authentifiée" not in text, text
+    assert result.kind != "alert"
     assert acknowledged(gw) == {"ssi@e0.test"}
     assert "dossier_lie" in [e.type for e in gw.events(ref)]
 
