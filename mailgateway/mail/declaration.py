@@ -92,11 +92,19 @@ class Fields:
     count: int
 
 
+# Fields of free text: their whole paragraph is theirs (mail/text.py labelled_lines).
+_FREE_TEXT_FIELDS = frozenset({"summary", "measures", "scope"})
+
+
 def labelled_fields(text: str, labels: Labels) -> Fields:
     values: dict[str, str] = {}
     count = 0
-    for label, value, _i in labelled_lines(text, is_field=lambda name: labels.fields.lookup(name) is not None):
-        field = labels.fields.lookup(label)
+    def is_long(name: str) -> bool:
+        return labels.fields.lookup_near(name) in _FREE_TEXT_FIELDS
+
+    for label, value, _i in labelled_lines(text, is_field=lambda name: labels.fields.lookup_near(name) is not None,
+                                           is_long=is_long):
+        field = labels.fields.lookup_near(label)
         if field is None:
             continue
         count += 1

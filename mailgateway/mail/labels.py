@@ -57,6 +57,8 @@ class Table:
     entries: tuple[tuple[str, re.Pattern[str]], ...]
     exact: Mapping[str, str] = field(default_factory=dict)
     firsts: tuple[frozenset[str], ...] = ()
+    # The exact labels by length (``lookup_near`` compares a label with those of its length ± 1 only).
+    by_length: Mapping[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def _candidates(self, text: str) -> tuple[str, list[tuple[int, str, re.Pattern[str]]]]:
         form = match_form(text)
@@ -90,6 +92,46 @@ class Table:
         """Exact label match (labels of "Champ : valeur" lines)."""
         return self.exact.get(match_form(label))
 
+    def lookup_near(self, label: str) -> str | None:
+        """``lookup``, or a known label one typing error away: one word of at least
+        ``MIN_NEAR_WORD`` letters one letter off (added, missing, wrong or two swapped), the other
+        words exact — « Gravitée », « Etablisement » (found by an outside tester: the ACSS was told
+        « non qualifiée » for a declaration written « Gravitée : grave »). Linear in the table."""
+        form = match_form(label)
+        found = self.exact.get(form)
+        if found is not None or not form:
+            return found
+        words = form.split()
+        near = (pair for size in (len(form) - 1, len(form), len(form) + 1) for pair in self.by_length.get(size, ()))
+        for known, ident in near:
+            other = known.split()
+            if len(other) != len(words):
+                continue
+            differing = [(a, b) for a, b in zip(words, other, strict=True) if a != b]
+            if len(differing) == 1 and min(len(w) for w in differing[0]) >= MIN_NEAR_WORD \
+                    and _one_edit(*differing[0]):
+                return ident
+        return None
+
+
+MIN_NEAR_WORD = 6
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` (different) are one insertion, deletion, substitution or swap of
+    two neighbours apart (Damerau-Levenshtein distance 1). Linear."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        if a[i + 1:] == b[i + 1:]:
+            return True  # one substitution
+        return a[i:i + 2] == b[i:i + 2][::-1] and a[i + 2:] == b[i + 2:]  # one swap
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[i + 1:] == shorter[i:]
+
 
 def _table(base: Mapping[str, Sequence[str]], extra: Mapping[str, Sequence[str]] | None = None) -> Table:
     merged: dict[str, list[str]] = {k: list(v) for k, v in base.items()}
@@ -110,7 +152,10 @@ def _table(base: Mapping[str, Sequence[str]], extra: Mapping[str, Sequence[str]]
         firsts.append(frozenset(w for syn in ordered for w in match_form(syn.replace("*", " ")).split()[:1]))
         for s in ordered:
             exact.setdefault(match_form(s), key)
-    return Table(tuple(entries), exact, tuple(firsts))
+    by_length: dict[int, list[tuple[str, str]]] = {}
+    for known, ident in exact.items():
+        by_length.setdefault(len(known), []).append((known, ident))
+    return Table(tuple(entries), exact, tuple(firsts), {n: tuple(pairs) for n, pairs in by_length.items()})
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,8 @@ def _is_label_line(line: str) -> bool:
 
 
 def labelled_lines(
-    text: str, max_lines: int = 2000, is_field: Callable[[str], bool] | None = None
+    text: str, max_lines: int = 2000, is_field: Callable[[str], bool] | None = None,
+    is_long: Callable[[str], bool] | None = None,
 ) -> list[tuple[str, str, int]]:
     """(normalised label, value, line index) for every "Label : value" line.
 
@@ -247,6 +248,11 @@ def labelled_lines(
     below it: only a known field takes the following lines, and a known field's paragraph stops
     at the next known field. Without it every label is a field (and every labelled line ends a
     paragraph). Each line is read once or twice: linear.
+
+    ``is_long`` (normalised label -> a field of free text: a description, the measures taken)
+    keeps its whole paragraph, hard-wrapped lines and lines that merely end with a colon or hold
+    a link included, up to a blank line or the next known field (found by an outside tester: the
+    résumé sent to the ACSS stopped at the first line break, or at « … la page suivante : »).
     """
     lines = text.splitlines()[:max_lines]
     out: list[tuple[str, str, int]] = []
@@ -270,7 +276,9 @@ def labelled_lines(
             pass  # an unknown label (a sentence ending with ':') takes nothing below it
         elif not value:
             block: list[str] = []
-            while j < len(lines) and lines[j].strip() and not _is_label_line(lines[j]):
+            long_text = is_long is not None and is_long(label)
+            while j < len(lines) and lines[j].strip() and not (
+                    ends_value(lines[j]) if long_text else _is_label_line(lines[j])):
                 block.append(lines[j].strip())
                 j += 1
             if not block and j < len(lines) and not lines[j].strip():
@@ -281,6 +289,10 @@ def labelled_lines(
                     k += 1
                 j = k
             value = " ".join(block)
+        elif is_long is not None and is_long(label):
+            while j < len(lines) and lines[j].strip() and not ends_value(lines[j]):
+                value += " " + lines[j].strip()
+                j += 1
         else:
             # Continuation lines (indented or wrapped text without a label) extend the value.
             while (

@@ -1,0 +1,62 @@
+"""Forms as people type them (outside tester, hospital RSSI): a misspelt label (« Gravitée »,
+« Etablisement ») lost its value — the ACSS was told « non qualifiée » for « Gravitée : grave » —
+and a hard-wrapped « Description : » stopped at its first line break, or at a line ending with a
+colon, in the résumé sent to staff and the ACSS."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mailgateway.mail.declaration import labelled_fields
+from mailgateway.mail.labels import load_labels
+
+LABELS = load_labels()
+
+
+@pytest.mark.parametrize(
+    ("label", "field"),
+    [("Gravitée", "severity"), ("Etablisement", "structure"), ("Descrption", "summary"),
+     ("Date de détéction", "detected_at"), ("Descripton de l incident", "summary")],
+)
+def test_a_label_one_typing_error_away_is_read(label: str, field: str) -> None:
+    assert labelled_fields(f"{label} : valeur écrite\n", LABELS).values == {field: "valeur écrite"}
+
+
+@pytest.mark.parametrize("label", ["Bonjour", "Cordialement", "Remarque", "Nota", "Gravités importantes"])
+def test_words_that_are_no_label_stay_unread(label: str) -> None:
+    assert labelled_fields(f"{label} : valeur\n", LABELS).values == {}
+
+
+def test_a_hard_wrapped_description_is_read_to_its_end() -> None:
+    text = ("Gravité : grave\n"
+            "Description : Plusieurs serveurs ont été chiffrés cette nuit, une note de rançon\n"
+            "a été trouvée ; le PACS est indisponible depuis 3h et l'IP\n"
+            "203.0.113.9 a été vue.\n"
+            "Mesures prises : isolement du réseau\n\nCordialement\nJean Dupont\n")
+    values = labelled_fields(text, LABELS).values
+    assert values["summary"] == ("Plusieurs serveurs ont été chiffrés cette nuit, une note de rançon a été trouvée ; "
+                                 "le PACS est indisponible depuis 3h et l'IP 203.0.113.9 a été vue.")
+    assert values["severity"] == "grave" and values["measures"] == "isolement du réseau"
+
+
+def test_a_description_paragraph_keeps_its_lines_ending_with_a_colon_and_its_links() -> None:
+    text = ("Description :\nLe courriel renvoie vers la page suivante :\n"
+            "hxxps://evil[.]example/login et demande le mot de passe.\nGravité : significatif\n")
+    values = labelled_fields(text, LABELS).values
+    assert values["summary"] == ("Le courriel renvoie vers la page suivante : hxxps://evil[.]example/login "
+                                 "et demande le mot de passe.")
+    assert values["severity"] == "significatif"
+
+
+def test_a_short_field_does_not_take_the_next_line() -> None:
+    values = labelled_fields("Gravité : grave\nNous avons coupé le VPN.\n", LABELS).values
+    assert values == {"severity": "grave"}
+
+
+def test_near_labels_are_linear_on_hostile_text() -> None:
+    text = "".join(f"Xxxxxxxx yyyy {n} : valeur\n" for n in range(2000))
+    started = time.perf_counter()
+    labelled_fields(text, LABELS)
+    assert time.perf_counter() - started < 1.0
