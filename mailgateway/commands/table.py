@@ -560,6 +560,8 @@ COMMANDS: dict[str, Spec] = {
     "cible": Spec(not_here, needs_case=False,
                   summary="#cible categorie=LBM,ESMS departement=69   destinataires du bulletin (une ligne par "
                           "ensemble, les lignes s'ajoutent)"),
+    "tlp": Spec(not_here, needs_case=False,
+                summary="#tlp GREEN                   (bulletin) marquage TLP : CLEAR, GREEN, AMBER, AMBER+STRICT"),
 }
 
 

@@ -91,3 +91,10 @@ def test_an_outlook_signature_is_not_part_of_a_note_or_a_comment_for_the_acss(la
     assert parse_commands("#note rappelé le DSI" + signature, labels)[0].args == ("rappelé le DSI",)
     letter = parse_commands("#repondre Merci pour ces éléments." + signature, labels)[0].args[0]
     assert letter.endswith("02 40 00 00 00") and "Cordialement," in letter
+
+
+def test_a_bulletins_tlp_line_is_a_known_command(labels: Labels) -> None:
+    # Outside tester: `parse --json` listed « #tlp GREEN » as « commande inconnue », yet the
+    # bulletin took the marking (bulletins/by_mail.py reads the line itself).
+    cmd = parse_command_line("#tlp GREEN", labels)
+    assert cmd is not None and cmd.name == "tlp" and cmd.args == ("GREEN",) and cmd.reason != REASON_UNKNOWN
