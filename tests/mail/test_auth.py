@@ -314,3 +314,19 @@ def test_a_from_of_thousands_of_nested_comments_has_no_author_and_raises_nothing
     verdict = Authenticator(AuthenticationSettings(), resolver=StaticResolver({})).verify(raw)
     assert not verdict.authenticated and verdict.address is None
     assert "Traceback" not in caplog.text
+
+
+def test_a_huge_from_is_no_author_and_costs_no_time() -> None:
+    # Outside attacker: a 100 KB From of repeated quoted-pairs held the analysis worker 22 s
+    # (policy.default's header parser is quadratic). Over MAX_FROM_CHARS: no author, at once.
+    import time
+
+    folded = "\r\n ".join(['"a\\"b' * 140] * 140)
+    raw = (f"From: {folded}\r\n <slow@chu.test>\r\nTo: ssi-ara@ars.test\r\nSubject: x\r\n\r\nbody\r\n").encode()
+    started = time.perf_counter()
+    assert from_address(raw) == (None, None)
+    assert time.perf_counter() - started < 1.0
+    # A long but real From (a display name of encoded words) is still read.
+    name = "=?utf-8?q?" + "Centre_hospitalier_" * 20 + "?="
+    assert from_address(f"From: {name} <rssi@chu.test>\r\nTo: a@b.test\r\n\r\nx\r\n".encode()) == (
+        "rssi@chu.test", "chu.test")
