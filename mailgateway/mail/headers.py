@@ -86,9 +86,19 @@ def _latin1_as_windows_1252(data: bytes) -> str:
     return data.decode("latin-1").translate(_C1_AS_CP1252)
 
 
+_SINGLE_BYTE_WESTERN = frozenset({"iso8859-1", "iso8859-15", "cp1252", "windows-1252"})
+
+
 def decode_bytes(data: bytes, charset: str | None) -> str:
     """Decode with the declared charset if Python knows it, else guess; never raises."""
     codec = clean_charset(charset)
+    if codec in _SINGLE_BYTE_WESTERN and not data.isascii():
+        # Labelled Latin-1 but valid UTF-8 (« ThÃ©rÃ¨se »: a client that re-encoded and kept the
+        # old label). Real Latin-1 French is never valid UTF-8: « é » alone is an invalid byte.
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     if codec == "iso8859-1":
         return _latin1_as_windows_1252(data)
     if codec and codec not in ("ascii", "us-ascii"):
@@ -100,6 +110,11 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
                     return data.decode(_SUPERSETS[codec])
                 except UnicodeDecodeError:
                     pass
+            # A lying label (Latin-1 bytes labelled utf-8, outside tester: « Sainte-Th\ufffdr\ufffdse »
+            # lost the incident type): the mail of a French-speaking sender is Western; never
+            # replacement characters. A guesser read « è » as Central European « č ».
+            if codec == "utf-8":
+                return _western(data)
             return data.decode(codec, errors="replace") if codec != "utf-7" else _guess(data)
     try:
         return data.decode("utf-8")
@@ -122,6 +137,11 @@ def _guess(data: bytes) -> str:
                 return data.decode(best.encoding)
         except Exception:  # noqa: S110 - a guesser failure falls back to cp1252 below
             pass
+    return _western(data)
+
+
+def _western(data: bytes) -> str:
+    """cp1252, or Latin-1 for the five bytes cp1252 leaves undefined: every byte decodes."""
     try:
         return data.decode("cp1252")
     except UnicodeDecodeError:

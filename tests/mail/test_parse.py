@@ -76,6 +76,19 @@ def test_windows_1252_text_labelled_iso_8859_1_keeps_its_euro_quotes_and_dashes(
     assert parse_message(b"Content-Type: text/plain; charset=iso-8859-1\n\na\x81b\n").text().startswith("a\x81b")
 
 
+@pytest.mark.parametrize(
+    ("label", "encoding"),
+    [("utf-8", "latin-1"), ("utf-8", "cp1252"), ("iso-8859-1", "utf-8"), ("windows-1252", "utf-8"),
+     ("iso-8859-15", "utf-8")],
+)
+def test_a_body_whose_charset_label_lies_is_decoded_as_written(label: str, encoding: str) -> None:
+    """Outside attacker: Latin-1 bytes labelled utf-8 gave « Sainte-Th\ufffdr\ufffdse » and lost
+    the incident type; UTF-8 bytes labelled Latin-1 gave « ThÃ©rÃ¨se »."""
+    text = "Clinique Sainte-Thérèse : rançongiciel, les serveurs de la clinique sont chiffrés depuis ce matin."
+    raw = f"Content-Type: text/plain; charset={label}\n\n".encode() + text.encode(encoding) + b"\n"
+    assert parse_message(raw).text().startswith(text)
+
+
 def test_undeclared_8bit_body_falls_back_without_error() -> None:
     raw = b"Content-Type: text/plain\n\nincident de s\xe9curit\xe9 sur le serveur de fichiers du site\n"
     assert "incident de s" in parse_message(raw).text()
