@@ -121,7 +121,19 @@ def defang_text(value: Any) -> Any:
     never as a link a click away. Linear; defanging twice changes nothing."""
     if not isinstance(value, str):
         return value
+    # 0. Colons that look like one (« http：//… », fullwidth: some clients fold it to « : » and link
+    #    it) are written as « : », and a web scheme followed by a single slash or a backslash
+    #    (« https:/evil… », which browsers and some linkifiers complete) loses its scheme. Outside attacker.
+    value = _SINGLE_SLASH_SCHEME.sub(_defang_single_slash, value.translate(_COLON_LOOKALIKES))
     return _UNC_IN_TEXT.sub(_defang_share, _URL_IN_TEXT.sub(_defang_link, _defang_schemes(value)))
+
+
+_COLON_LOOKALIKES = str.maketrans({"\uff1a": ":", "\ufe55": ":", "\ufe13": ":", "\ua789": ":", "\u2236": ":"})
+_SINGLE_SLASH_SCHEME = re.compile(r"(?<![A-Za-z0-9])(https?|ftps?)(?=:[/\\](?![/\\]))", re.I)
+
+
+def _defang_single_slash(match: re.Match[str]) -> str:
+    return _DEFANGED_SCHEMES[match.group(1).lower()]
 
 
 def _defang_schemes(text: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mailgateway.dispatch.render import defang_text
 from tests.support import casemail
 from tests.support.casegateway import Gateway, make_gateway
 
@@ -75,7 +76,6 @@ def test_every_link_a_mail_client_makes_is_defanged(text: str, shown: str) -> No
     """Found by an outside tester: only http(s) and ftp links were defanged; a bare « www. » host,
     a share or a file path stayed a link a click away in staff mail. A Windows share path (UNC)
     too: Outlook links it, and opening it sends the agent's Windows credentials to its host."""
-    from mailgateway.dispatch.render import defang_text
 
     assert defang_text(text) == shown
     assert defang_text(shown) == shown  # defanging twice changes nothing
@@ -135,3 +135,16 @@ def test_the_acknowledgement_defangs_what_even_a_verified_declarant_wrote(gw: Ga
         content = part.get_content()
         assert "https://evil.test" not in content and "www.evil.test" not in content
         assert "hxxps://evil[.]test/portail" in content and "www[.]evil[.]test/x" in content
+
+
+@pytest.mark.parametrize(
+    ("text", "kept_out"),
+    [("voir http\uff1a//evil.test/x", "http"), ("voir https\ufe55//evil.test/x", "https"),
+     ("https:/evil.test/d", "https:"), ("http:\\evil.test\\share", "http:")],
+)
+def test_lookalike_colons_and_single_slash_schemes_are_defanged(text: str, kept_out: str) -> None:
+    # Outside attacker: « http：//evil.test/x » (fullwidth colon) and « https:/evil.test/d »
+    # reached staff mail unchanged.
+    shown = defang_text(text)
+    assert kept_out not in shown.replace("hxxp", ""), shown
+    assert defang_text(shown) == shown
