@@ -265,6 +265,7 @@ class Renderer:
             env.filters["instant_fr"] = instant_fr
             # French wording (dispatch/wording.py): « {{ name | de_elide }} » -> « d'Établissement 1 ».
             env.filters["de_elide"] = wording.de_elide
+            env.filters["du_nom"] = wording.du_nom
             env.tests["salutation"] = wording.has_greeting
             env.tests["formule_finale"] = wording.has_closing
 

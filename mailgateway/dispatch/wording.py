@@ -33,6 +33,33 @@ def de_elide(name: object) -> str:
     return f"de {text}"
 
 
+# The head nouns of structure names, with the article French puts before them after « de »:
+# « du CHU de Nantes », « de la Clinique du Parc », « de l'Hôpital Nord » (outside tester:
+# « correspondant SSI de CHU de Nantes »). Other names (a town, a proper name) take « de »/« d' ».
+_DU = ("chu", "chr", "chru", "ch", "chi", "chs", "chd", "chg", "ght", "ghu", "gh", "gcs", "gip", "centre",
+       "groupe", "groupement", "laboratoire", "lbm", "pôle", "pole", "service", "cabinet", "réseau",
+       "reseau", "site", "foyer", "sih", "sdis", "département", "departement", "cmp", "cmpp", "ssiad")
+_DE_LA = ("clinique", "polyclinique", "maison", "fondation", "résidence", "residence", "mutuelle",
+          "direction", "cité", "cite", "communauté", "communaute", "société", "societe")
+_DE_L = ("hôpital", "hopital", "institut", "établissement", "etablissement", "ehpad", "unité", "unite",
+         "association", "hospitalisation", "esms", "imagerie", "ifsi", "office")
+
+
+def du_nom(name: object) -> str:
+    """« de » and the article a structure's name takes after it: « du CHU de Nantes », « de la
+    Clinique du Parc », « de l'Hôpital Nord »; a name without a known head noun: ``de_elide``.
+    Only the first word is read: linear, for any text."""
+    text = str(name or "").strip()
+    head = text.split(None, 1)[0].strip(",.;:()").lower() if text else ""
+    if head in _DU:
+        return f"du {text}"
+    if head in _DE_LA:
+        return f"de la {text}"
+    if head in _DE_L:
+        return f"de l'{text}"
+    return de_elide(text)
+
+
 _GREETINGS = ("bonjour", "bonsoir", "madame", "monsieur", "mesdames", "messieurs", "cher ", "chère ", "chers ",
               "chères ", "salut")
 _CLOSINGS = ("cordialement", "bien à vous", "bien cordialement", "sincères salutations", "salutations",

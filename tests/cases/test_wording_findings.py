@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from mailgateway.cases.story import describe
-from mailgateway.dispatch.wording import de_elide, has_closing, has_greeting
+from mailgateway.dispatch.wording import de_elide, du_nom, has_closing, has_greeting
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Establishment
 from tests.processing.test_relay_question_answer import QUESTION, _staff_answers
@@ -126,8 +126,8 @@ def test_a_bulletin_that_greets_and_signs_off_gets_neither_twice(cgw: Gateway) -
 
 def test_a_name_starting_with_a_vowel_is_elided_in_the_bulletin(cgw: Gateway) -> None:
     _bulletin(cgw, BULLETIN)
-    assert "correspondant SSI d'Établissement 0 (FINESS" in casemail.text_of(cgw.last("bulletin", "ssi@e0.test").raw)
-    assert "correspondant SSI de Laboratoire numéro 1" in casemail.text_of(cgw.last("bulletin", "ssi@e1.test").raw)
+    assert "correspondant SSI de l'Établissement 0 (FINESS" in casemail.text_of(cgw.last("bulletin", "ssi@e0.test").raw)
+    assert "correspondant SSI du Laboratoire numéro 1" in casemail.text_of(cgw.last("bulletin", "ssi@e1.test").raw)
 
 
 @pytest.mark.parametrize(("name", "said"), [
@@ -138,6 +138,18 @@ def test_a_name_starting_with_a_vowel_is_elided_in_the_bulletin(cgw: Gateway) ->
 ])
 def test_de_elide(name: str, said: str) -> None:
     assert de_elide(name) == said
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("CHU de Nantes", "du CHU de Nantes"), ("Centre hospitalier de Cholet", "du Centre hospitalier de Cholet"),
+    ("Clinique du Parc", "de la Clinique du Parc"), ("Hôpital Nord", "de l'Hôpital Nord"),
+    ("Institut Curie", "de l'Institut Curie"), ("EHPAD Les Tilleuls", "de l'EHPAD Les Tilleuls"),
+    ("Laboratoire Biomed", "du Laboratoire Biomed"), ("Oyonnax", "d'Oyonnax"), ("Lyon santé", "de Lyon santé"),
+    ("", "de"),
+])
+def test_a_structures_name_takes_its_article(name: str, said: str) -> None:
+    # Outside tester: « correspondant SSI de CHU de Nantes », « de Centre hospitalier de Cholet ».
+    assert du_nom(name) == said
 
 
 def test_greeting_and_closing_detection_skips_directive_lines() -> None:
