@@ -120,8 +120,9 @@ def qualifier(ctx: Ctx, cmd: Command) -> str | None:
         ctx.was_grave.add(case.id)
     moved = service.qualify(ctx.session, case, severity, actor=ctx.actor, at=ctx.now)
     # Staff read French labels, never enumeration codes (issue 17).
-    return f"gravité {libelle(severity)}" + (
-        f", statut {libelle(CaseStatus.QUALIFIE)}" if moved else f", statut {libelle(case.status)} inchangé")
+    # « gravité : significatif » (the regulation's word for the incident), never « gravité significatif ».
+    return f"gravité : {libelle(severity)}" + (
+        f", statut : {libelle(CaseStatus.QUALIFIE)}" if moved else f", statut : {libelle(case.status)} (inchangé)")
 
 
 def statut(ctx: Ctx, cmd: Command) -> str | None:

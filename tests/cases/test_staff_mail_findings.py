@@ -147,7 +147,7 @@ def test_receipts_and_reply_notification_use_french_labels(gw: Gateway) -> None:
     ref = gw.declare()
     gw.command(ref, "#assigner moi\n#qualifier grave\n")
     receipt = gw.receipt_text()
-    assert "gravité grave, statut qualifié" in receipt
+    assert "gravité : grave, statut : qualifié" in receipt
     assert CODES.findall(receipt) == [], receipt
     gw.command(ref, "#transmettre-acss Pour qualification.\n")
     receipt = gw.receipt_text()
