@@ -48,6 +48,7 @@ from mailgateway.directory.staff import all_staff, staff_addresses
 from mailgateway.directory.targets import TARGET_KEYS, parse_cible, union
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import region_context
+from mailgateway.dispatch.wording import nombre
 from mailgateway.errors import InputError
 from mailgateway.mail.analyse import coverage_reason
 from mailgateway.mail.autoreply import is_no_reply
@@ -416,7 +417,8 @@ def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageF
                 _pending_token(session, bulletin, cmd, now, verb="confirmer").used_by = actor
                 queued = approve_bulletin(env, session, bulletin.id, actor)
                 _reply(env, session, inbound, facts, bulletin.region, "diffuse", bulletin, recipients=queued)
-                return Outcome("processed", reason=f"bulletin {bulletin.id} diffusé à {queued} établissement(s)")
+                return Outcome("processed",
+                               reason=f"bulletin {bulletin.id} diffusé à {nombre(queued, 'établissement')}")
         except InputError as exc:
             _reply(env, session, inbound, facts, bulletin.region, "refus", bulletin, reason=str(exc))
             return Outcome("processed", reason=f"commande refusée : {exc}")

@@ -64,6 +64,7 @@ from mailgateway.dispatch.fanout_worker import (
     compose_in_worker,
     sign_in_worker,
 )
+from mailgateway.dispatch.wording import nombre
 from mailgateway.errors import InputError, PolicyRefusal
 from mailgateway.mail.parse import parse_message
 from mailgateway.mail.tlp import LABELS as TLP_LABELS
@@ -690,13 +691,13 @@ def reach_refusal(env: Env, reach: Reach) -> str | None:
     if reach.allowed:
         return None
     if not reach.planned and reach.out_of_use:
-        return (f"alerte non relayée : {reach.out_of_use} établissement(s) ciblé(s) sans adresse active : contacts "
-                f"désactivés après des refus — #reactiver <adresse> (par exemple : "
+        return (f"alerte non relayée : {nombre(reach.out_of_use, 'établissement ciblé')} sans adresse active : "
+                f"contacts désactivés après des refus — #reactiver <adresse> (par exemple : "
                 f"{', '.join(reach.out_of_use_addresses)}) une fois l'adresse vérifiée auprès de l'établissement")
     if not reach.planned:
         return ("aucun établissement ciblé par l'alerte n'a de contact joignable dans l'annuaire de la région : "
                 "alerte non relayée")
-    return (f"alerte non relayée : aucun des {reach.planned} établissement(s) ciblé(s) ne peut la recevoir — "
+    return (f"alerte non relayée : aucun des établissements ciblés ({reach.planned}) ne peut la recevoir — "
             f"{_tlp_rule(env, reach.tlp)} ; {_what_to_do(reach.tlp)}")
 
 
@@ -704,7 +705,8 @@ def withheld_note(env: Env, reach: Reach) -> str:
     """For a receipt: how many establishments the TLP keeps out, and why ("" when none)."""
     if not reach.withheld:
         return ""
-    return f"{reach.withheld} établissement(s) sur {reach.planned} retenu(s) par le TLP ({_tlp_rule(env, reach.tlp)})"
+    held = nombre(reach.withheld, "établissement retenu", "établissements retenus")
+    return f"{held} par le TLP sur {reach.planned} ({_tlp_rule(env, reach.tlp)})"
 
 
 def _alert_categories(alert: dict[str, Any]) -> frozenset[str]:
@@ -747,12 +749,12 @@ def relay_alert(env: Env, session: Session, case: Case, approver: str) -> Bullet
         count = bulletin.recipients = reach.allowed
     if not count:
         savepoint.rollback()
-        raise BulletinError(f"alerte non relayée : aucun des {reach.planned} établissement(s) ciblé(s) n'a pu "
+        raise BulletinError(f"alerte non relayée : aucun des établissements ciblés ({reach.planned}) n'a pu "
                             "recevoir l'alerte (adresses refusées, voir « bulletin status »)")
     savepoint.commit()
     withheld = reach.planned - count
     service.change_status(session, case, CaseStatus.DIFFUSEE, actor=approver, at=now,
-                          reason=f"alerte relayée à {count} établissement(s) (bulletin {bulletin.id})")
+                          reason=f"alerte relayée à {nombre(count, 'établissement')} (bulletin {bulletin.id})")
     append_event(session, case, type="diffusion", actor=approver, at=now,
                  data={"bulletin": bulletin.id, "cible": bulletin.target, "destinataires": count,
                        "tlp": bulletin.tlp, "retenus": withheld})

@@ -36,6 +36,7 @@ from mailgateway.clock import aware
 from mailgateway.commands import closure, receipts, reply_notice
 from mailgateway.commands.table import COMMANDS, HELP_POINTER, Ctx, help_text, no_case_reason, transition_refusal
 from mailgateway.directory.staff import all_staff, staff_addresses
+from mailgateway.dispatch.wording import nombre
 from mailgateway.mail.analyse import UNRECOGNISED, coverage_reason, other_case_reason
 from mailgateway.mail.commands import HINT_UNKNOWN, REASON_UNKNOWN, WHOLE_TEXT, Hint, command_hints, signature_part
 from mailgateway.mail.facts import Command, MessageFacts
@@ -174,7 +175,8 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
                                   confirmations=ctx.confirmations,
                                   help_text=_help(ctx))
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
-    return Outcome("processed", reason=f"{applied} commande(s) appliquée(s) sur {len(results)}", case=ctx.case)
+    done = nombre(applied, "commande appliquée", "commandes appliquées")
+    return Outcome("processed", reason=f"{done} sur {len(results)}", case=ctx.case)
 
 
 def _under_signature(facts: MessageFacts) -> list[dict[str, Any]]:

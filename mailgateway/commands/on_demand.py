@@ -26,6 +26,7 @@ from mailgateway.dispatch import originals, relaylimits
 from mailgateway.dispatch.compose import Attachment, MailSpec
 from mailgateway.dispatch.contexts import case_context, french_title, region_context
 from mailgateway.dispatch.render import defang_text
+from mailgateway.dispatch.wording import nombre
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.processing import quarantine
@@ -126,4 +127,4 @@ def _send_list(env: Env, session: Session, inbound: InboundMessage, facts: Messa
     if env.mailer.send(session, spec, kind="liste_quarantaine", actor=actor) is None:
         raise CaseError("envoi de la liste refusé")
     more = " (les plus récents)" if len(found) > LIST_LIMIT else ""
-    return f"liste de la quarantaine envoyée : {len(shown)} message(s){more}"
+    return f"liste de la quarantaine envoyée : {nombre(len(shown), 'message')}{more}"

@@ -29,6 +29,7 @@ from mailgateway.directory.staff import staff_addresses
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.render import libelle
+from mailgateway.dispatch.wording import nombre
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold
@@ -319,7 +320,7 @@ def diffuser(ctx: Ctx, cmd: Command) -> str | None:
     # What it will do comes first (count, sample, TLP refusals with the rule and the setting that
     # decides), as for a bulletin's preview: receipt.txt.j2 shows it before the token.
     ctx.preview = _relay_preview(ctx, reach)
-    note = f"l'alerte TLP:{reach.tlp} atteindra {reach.allowed} établissement(s) sur {reach.planned}"
+    note = f"l'alerte TLP:{reach.tlp} atteindra {nombre(reach.allowed, 'établissement')} sur {reach.planned}"
     pending = _ask_confirmation(ctx, "diffuser", [], ctx.env.settings.bulletins.confirmation_hours)
     return f"{note} ; {pending}"
 
@@ -349,7 +350,7 @@ def broadcast(ctx: Ctx, case: Case) -> str:
     reach = _call(lambda: fanout.relay_reach(ctx.env, ctx.session, case))
     bulletin = _call(lambda: fanout.relay_alert(ctx.env, ctx.session, case, ctx.actor))
     withheld = fanout.withheld_note(ctx.env, reach)
-    return f"alerte relayée à {bulletin.recipients} établissement(s)" + (f" ; {withheld}" if withheld else "")
+    return f"alerte relayée à {nombre(bulletin.recipients, 'établissement')}" + (f" ; {withheld}" if withheld else "")
 
 
 def confirmer(ctx: Ctx, cmd: Command) -> str | None:
@@ -444,7 +445,7 @@ def aide(ctx: Ctx, cmd: Command) -> str | None:
 def ouverts(ctx: Ctx, cmd: Command) -> str | None:
     found = service.open_cases(ctx.session, ctx.region)
     ctx.digests.append(("ouverts", found, None))
-    return f"liste des {len(found)} dossier(s) ouvert(s) envoyée"
+    return f"liste des dossiers ouverts envoyée ({nombre(len(found), 'dossier')})"
 
 
 def reactiver(ctx: Ctx, cmd: Command) -> str | None:
@@ -460,13 +461,13 @@ def reactiver(ctx: Ctx, cmd: Command) -> str | None:
         return f"{address} est déjà actif : rien à réactiver"
     log.info("contact reactivated by staff", extra={"address": address, "actor": ctx.actor,
                                                      "contacts": [c.id for c in done]})
-    return f"contact {address} réactivé ({len(done)} établissement(s))"
+    return f"contact {address} réactivé ({nombre(len(done), 'établissement')})"
 
 
 def retards(ctx: Ctx, cmd: Command) -> str | None:
     found = service.overdue_cases(ctx.session, ctx.region, ctx.now, ctx.env.settings.cases.overdue_days)
     ctx.digests.append(("retards", found, None))
-    return f"liste des {len(found)} dossier(s) en retard envoyée"
+    return f"liste des dossiers en retard envoyée ({nombre(len(found), 'dossier')})"
 
 
 def not_here(ctx: Ctx, cmd: Command) -> str | None:

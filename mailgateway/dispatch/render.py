@@ -266,6 +266,7 @@ class Renderer:
             # French wording (dispatch/wording.py): « {{ name | de_elide }} » -> « d'Établissement 1 ».
             env.filters["de_elide"] = wording.de_elide
             env.filters["du_nom"] = wording.du_nom
+            env.filters["nombre"] = wording.nombre
             env.tests["salutation"] = wording.has_greeting
             env.tests["formule_finale"] = wording.has_closing
 

@@ -60,6 +60,19 @@ def du_nom(name: object) -> str:
     return de_elide(text)
 
 
+def nombre(count: object, singular: str, plural: str | None = None) -> str:
+    """« 1 établissement », « 3 établissements », « 0 établissement » (French: 0 and 1 are
+    singular), instead of « 3 établissement(s) ». ``plural``: each word of ``singular`` with an
+    « s » unless given."""
+    try:
+        n = int(count)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return f"{count} {plural or singular}"
+    words = singular if n <= 1 else (plural or " ".join(w if w.endswith(("s", "x")) else w + "s"
+                                                         for w in singular.split()))
+    return f"{n} {words}"
+
+
 _GREETINGS = ("bonjour", "bonsoir", "madame", "monsieur", "mesdames", "messieurs", "cher ", "chère ", "chers ",
               "chères ", "salut")
 _CLOSINGS = ("cordialement", "bien à vous", "bien cordialement", "sincères salutations", "salutations",

@@ -76,7 +76,7 @@ def test_diffuser_is_refused_at_once_when_the_tlp_lets_no_establishment_receive_
     text = gw.receipt_text()
     assert "[refusée]  #diffuser" in text and "[appliquée]" not in text
     assert "#confirmer" not in text  # no token for a relay that would reach nobody
-    assert shown in text and f"aucun des {ESTABLISHMENTS} établissement(s)" in text
+    assert shown in text and f"aucun des établissements ciblés ({ESTABLISHMENTS})" in text
     assert "TLP:CLEAR ou TLP:GREEN" in text and "#bulletin" in text  # what to do instead
     if tlp == "AMBER":
         assert "amber_allowed_domains" in text
@@ -115,12 +115,12 @@ def test_establishments_withheld_by_the_tlp_are_counted_in_the_receipts(sqlite_u
         ref = alert(gw, "AMBER")
         gw.command(ref, "#diffuser\n")
         text = gw.receipt_text()
-        assert "[en attente de confirmation] #diffuser" in text and "atteindra 1 établissement(s)" in text
-        assert "1 établissement(s) sur 2 retenu(s) par le TLP" in text and "amber_allowed_domains" in text
+        assert "[en attente de confirmation] #diffuser" in text and "atteindra 1 établissement " in text
+        assert "1 établissement retenu par le TLP sur 2" in text and "amber_allowed_domains" in text
         gw.command(ref, f"#confirmer {token_of(text)}\n")
         text = gw.receipt_text()
-        assert "[appliquée] #confirmer" in text and "alerte relayée à 1 établissement(s)" in text
-        assert "1 établissement(s) sur 2 retenu(s) par le TLP" in text
+        assert "[appliquée] #confirmer" in text and "alerte relayée à 1 établissement" in text
+        assert "1 établissement retenu par le TLP sur 2" in text
         assert gw.case(ref).status == "DIFFUSEE"
         assert {r.recipient for r in gw.outbound("alerte_relais")} == {"ssi@e0.test"}
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from mailgateway.cases.story import describe
-from mailgateway.dispatch.wording import de_elide, du_nom, has_closing, has_greeting
+from mailgateway.dispatch.wording import de_elide, du_nom, has_closing, has_greeting, nombre
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Establishment
 from tests.processing.test_relay_question_answer import QUESTION, _staff_answers
@@ -215,3 +215,11 @@ def test_a_pending_closure_says_the_motif_reaches_only_a_verified_declarant(cgw:
     text = _one_line(cgw.receipt_text())
     assert ("le déclarant (dsi@chu.test) en sera informé par mail, sans le motif (adresse non vérifiée) ; "
             "motif : « Attaque DDoS terminée, services rétablis. »") in text, text
+
+
+@pytest.mark.parametrize(("count", "said"), [(0, "0 établissement ciblé"), (1, "1 établissement ciblé"),
+                                             (3, "3 établissements ciblés")])
+def test_counts_agree_with_their_noun(count: int, said: str) -> None:
+    # Outside tester: « 3 établissement(s) » in previews, receipts and reports.
+    assert nombre(count, "établissement ciblé") == said
+    assert nombre(2, "accusé de lecture", "accusés de lecture") == "2 accusés de lecture"

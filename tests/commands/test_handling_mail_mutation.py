@@ -22,7 +22,7 @@ def gw(sqlite_url: str) -> Iterator[Gateway]:
 def test_the_same_command_twice_in_a_mail_runs_once(gw: Gateway) -> None:
     ref = gw.declare()
     result = gw.command(ref, "#assigner Referent@ARS.test\n#assigner referent@ars.test\n#assigner moi\n")
-    assert result.reason == "2 commande(s) appliquée(s) sur 3"
+    assert result.reason == "2 commandes appliquées sur 3"
     assert [e.type for e in gw.events(ref)].count("assignation") == 2
     assert "[en double] #assigner referent@ars.test — déjà dans ce message (objet ou corps) : exécutée une seule " \
            "fois" in gw.receipt_text()
@@ -31,7 +31,7 @@ def test_the_same_command_twice_in_a_mail_runs_once(gw: Gateway) -> None:
 def test_applied_counts_neither_refused_nor_pending_commands(gw: Gateway) -> None:
     ref = gw.declare()
     result = gw.command(ref, "#qualifier grave\n#clore\n#statut RECU\n")
-    assert result.reason == "1 commande(s) appliquée(s) sur 3"
+    assert result.reason == "1 commande appliquée sur 3"
     assert gw.case(ref).status == "QUALIFIE"
     refused = [e for e in gw.events(ref) if e.type == "commande_refusee"]
     assert [(e.actor, e.data) for e in refused] == [
@@ -59,7 +59,7 @@ def test_an_unknown_command_without_a_suggestion_gets_the_whole_list(gw: Gateway
 def test_a_command_that_needs_a_case_refused_without_one(gw: Gateway) -> None:
     gw.declare()
     result = gw.feed(casemail.staff_mail("#note bonjour\n", subject="nouveau"))
-    assert result.reason == "0 commande(s) appliquée(s) sur 1"
+    assert result.reason == "0 commande appliquée sur 1"
     assert "[refusée]  #note bonjour — aucun dossier concerné : répondez au message du dossier" in gw.receipt_text()
 
 

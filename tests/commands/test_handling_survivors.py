@@ -220,7 +220,7 @@ def test_a_refused_command_is_recorded_cut_at_500_characters_against_its_message
 def test_the_receipt_says_applied_pending_and_refused(gw: Gateway) -> None:
     ref = gw.declare()
     result = gw.command(ref, "#qualifier grave\n#clore\n#statut RECU\n")
-    assert result.reason == "1 commande(s) appliquée(s) sur 3"
+    assert result.reason == "1 commande appliquée sur 3"
     text = gw.receipt_text().replace("\r\n", "\n")
     assert "[appliquée] #qualifier grave — " in text
     assert "[en attente de confirmation] #clore — " in text
@@ -243,7 +243,7 @@ def test_the_receipt_quotes_the_text_a_command_carries(gw: Gateway) -> None:
 def test_a_status_digest_with_another_command_is_applied_in_the_receipt(gw: Gateway) -> None:
     ref = gw.declare()
     result = gw.command(ref, "#statut\n#note vu\n")
-    assert result.reason == "2 commande(s) appliquée(s) sur 2"
+    assert result.reason == "2 commandes appliquées sur 2"
     text = gw.receipt_text()
     assert "[appliquée] #statut" in text and "[appliquée] #note vu" in text
     assert len(gw.outbound("synthese")) == 1
@@ -252,7 +252,7 @@ def test_a_status_digest_with_another_command_is_applied_in_the_receipt(gw: Gate
 def test_a_status_change_beside_a_query_still_gets_a_receipt(gw: Gateway) -> None:
     ref = gw.declare()
     result = gw.command(ref, "#statut EN_QUALIFICATION\n#ouverts\n")
-    assert result.reason == "2 commande(s) appliquée(s) sur 2"
+    assert result.reason == "2 commandes appliquées sur 2"
     assert gw.case(ref).status == "EN_QUALIFICATION"
     assert len(gw.outbound("synthese")) == 1  # the digest of « #ouverts »
     assert "[appliquée] #statut EN_QUALIFICATION" in gw.receipt_text()  # a change is no query
@@ -271,10 +271,10 @@ def test_the_receipt_of_a_broadcast_shows_its_preview_before_the_token(sqlite_ur
             case.fields = {"alert": {"authentic": True, "title": "Vulnérabilité critique", "targets": ["LBM"],
                                      "tlp": "CLEAR", "reference": "CERTFR-2026-ALE-002", "cves": []}}
         result = gw.command(ref, "#diffuser\n")
-        assert result.reason == "0 commande(s) appliquée(s) sur 1"  # pending: not counted
+        assert result.reason == "0 commande appliquée sur 1"  # pending: not counted
         text = gw.receipt_text().replace("\r\n", "\n")
         assert "[en attente de confirmation] #diffuser — " in text
-        assert "    Aperçu de la diffusion (alerte TLP:CLEAR) :\n    2 établissement(s) ciblé(s)" in text
+        assert "    Aperçu de la diffusion (alerte TLP:CLEAR) :\n    2 établissements ciblés" in text
         assert text.index("Aperçu de la diffusion") < text.index("#confirmer ")
 
 

@@ -224,7 +224,7 @@ def test_staff_reactivate_by_mail(gw: Gateway, smtp_sink: SmtpSink) -> None:
     assert "inconnu@nulle-part.test ne figure pas dans l'annuaire" in gw.receipt_text()
     assert status(gw) == "bouncing"
     gw.feed(casemail.staff_mail(f"#réactiver {SSI}\n", subject="Annuaire"))
-    assert f"contact {SSI} réactivé (1 établissement(s))" in gw.receipt_text()
+    assert f"contact {SSI} réactivé (1 établissement)" in gw.receipt_text()
     assert status(gw) == "active"
 
 
@@ -250,7 +250,7 @@ def test_a_preview_reaching_nobody_because_contacts_are_off_says_so(gw: Gateway,
     gw.feed(casemail.staff_mail("#cible categorie=LBM\n\nNe cliquez pas.\n", subject="#bulletin Hameçonnage"))
     preview = casemail.text_of(gw.last("bulletin_apercu", "agent@ars.test").raw)
     text = " ".join(preview.split())
-    assert ("1 établissement(s) ciblé(s) sans adresse active : contacts désactivés après des refus — "
+    assert ("1 établissement ciblé sans adresse active : contacts désactivés après des refus — "
             "#reactiver <adresse>") in text
     assert re.search(r"rssi@e0\.test, ssi@chu\.test", text)
     assert "vérifiez la ligne #cible" not in text

@@ -67,8 +67,8 @@ def test_the_preview_comes_before_the_token(gw: Gateway) -> None:
     preview = text[: token.start()]
     assert "[en attente de confirmation] #diffuser" in preview and "[appliquée]" not in text
     assert "Aperçu de la diffusion (alerte TLP:AMBER)" in preview
-    assert "l'alerte TLP:AMBER atteindra 1 établissement(s) sur 3" in preview
-    assert ("3 établissement(s) ciblé(s) ; 1 recevront l'alerte ; 2 établissement(s) sur 3 retenu(s) par le TLP"
+    assert "l'alerte TLP:AMBER atteindra 1 établissement sur 3" in preview
+    assert ("3 établissements ciblés ; 1 recevront l'alerte ; 2 établissements retenus par le TLP sur 3"
             in preview)
     assert "Laboratoire numéro 0 (FINESS 690000000, 69) : ssi@e0.test" in preview  # the sample
     refused = preview[preview.index("Refusés par le TLP"):]
@@ -76,7 +76,7 @@ def test_the_preview_comes_before_the_token(gw: Gateway) -> None:
     assert "ssi@e1.test" in refused and "ssi@e2.test" in refused
     assert gw.case(ref).status == "A_DIFFUSER" and count(gw, Bulletin) == 0  # nothing sent yet
     gw.command(ref, f"#confirmer {token.group(1)}\n")
-    assert "alerte relayée à 1 établissement(s)" in gw.receipt_text()
+    assert "alerte relayée à 1 établissement" in gw.receipt_text()
     assert {r.recipient for r in gw.outbound("alerte_relais")} == {"ssi@e0.test"}
 
 
@@ -85,7 +85,7 @@ def test_the_sample_is_bounded_and_says_how_many_more(sqlite_url: str) -> None:
         ref = alert(gw, "GREEN")
         gw.command(ref, "#diffuser\n")
         text = gw.receipt_text()
-        assert "3 établissement(s) ciblé(s) ; 3 recevront l'alerte." in text
+        assert "3 établissements ciblés ; 3 recevront l'alerte." in text
         assert "ssi@e0.test" in text and "ssi@e1.test" not in text and "Refusés" not in text
 
 
@@ -94,7 +94,7 @@ def test_amber_with_no_allowed_domain_changes_nothing_and_names_the_setting(sqli
         ref = alert(gw, "AMBER")
         gw.command(ref, "#diffuser\n")
         text = gw.receipt_text()
-        assert "[refusée]  #diffuser" in text and "aucun des 3 établissement(s)" in text
+        assert "[refusée]  #diffuser" in text and "aucun des établissements ciblés (3)" in text
         assert "[outbound] amber_allowed_domains" in text and "relayée à 0" not in text
         assert "#confirmer" not in text
         assert gw.case(ref).status == "A_DIFFUSER"

@@ -52,7 +52,7 @@ def test_several_cible_lines_are_a_union_with_french_keys_and_comma_values(gw: G
     preview = request(gw, "#cible catégorie=LBM département=69\n"
                           "#cible categorie = ESMS, LBM   departement : 01\n"
                           f"#cible finess={finess(30)}")
-    assert "Destinataires : 8 établissement(s)" in preview, preview  # 3 + (2 + 2) + 1
+    assert "Destinataires : 8 établissements" in preview, preview  # 3 + (2 + 2) + 1
     target = bulletin(gw).target
     assert target == f"category=ESMS|LBM,departement=01 ; category=LBM,departement=69 ; finess={finess(30)}"
     assert "catégorie LBM et département 69" in preview and "; ou FINESS 690000030" in preview
@@ -60,12 +60,12 @@ def test_several_cible_lines_are_a_union_with_french_keys_and_comma_values(gw: G
 
 def test_one_line_with_several_keys_is_an_intersection(gw: Gateway) -> None:
     preview = request(gw, "#cible categorie=LBM,ESMS departement=01")
-    assert "Destinataires : 4 établissement(s)" in preview
+    assert "Destinataires : 4 établissements" in preview
 
 
 def test_cible_tous_and_region_of_the_bulletin(gw: Gateway) -> None:
-    assert "Destinataires : 9 établissement(s)" in request(gw, "#cible tous")
-    assert "Destinataires : 5 établissement(s)" in request(gw, "#cible région=ARA département=69")
+    assert "Destinataires : 9 établissements" in request(gw, "#cible tous")
+    assert "Destinataires : 5 établissements" in request(gw, "#cible région=ARA département=69")
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -78,7 +78,7 @@ def test_bulletin_by_mail_preview_approval_and_delivery(tmp_path: Path, smtp_sin
                      mail_from="agent@ars.test")
         preview = to_staff(smtp_sink, "Aperçu")
         text = text_of(preview)
-        assert "Destinataires : 3 établissement(s)" in text and "Laboratoire numéro 0" in text
+        assert "Destinataires : 3 établissements" in text and "Laboratoire numéro 0" in text
         assert "#diffuser" in text and "Ne cliquez pas." in text
         assert not smtp_sink.messages_to("ssi@e0.test")  # nothing goes out before approval
 

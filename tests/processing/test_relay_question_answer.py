@@ -78,5 +78,5 @@ def test_a_relay_reaching_nobody_because_contacts_are_off_says_so(gw: Gateway) -
             contact.status = "bouncing"
     gw.command(ref, "#diffuser\n")
     receipt = " ".join(gw.receipt_text().split())
-    assert ("3 établissement(s) ciblé(s) sans adresse active : contacts désactivés après des refus — "
+    assert ("3 établissements ciblés sans adresse active : contacts désactivés après des refus — "
             "#reactiver <adresse> (par exemple : ssi@e0.test, ssi@e1.test, ssi@e2.test") in receipt
