@@ -55,7 +55,9 @@ def test_several_cible_lines_are_a_union_with_french_keys_and_comma_values(gw: G
     assert "Destinataires : 8 établissements" in preview, preview  # 3 + (2 + 2) + 1
     target = bulletin(gw).target
     assert target == f"category=ESMS|LBM,departement=01 ; category=LBM,departement=69 ; finess={finess(30)}"
-    assert "catégorie LBM et département 69" in preview and "; ou FINESS 690000030" in preview
+    # In French, not in codes (outside tester: « catégorie ETABLISSEMENT_SANTE ou LBM »).
+    assert "catégorie laboratoire de biologie médicale et département 69" in preview, preview
+    assert "; ou FINESS 690000030" in preview and "Cible : catégorie ESMS" not in preview
 
 
 def test_one_line_with_several_keys_is_an_intersection(gw: Gateway) -> None:
