@@ -16,8 +16,9 @@ from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.dates import parse_detection
 from mailgateway.mail.facts import Declaration
 from mailgateway.mail.headers import parse_addresses
+from mailgateway.mail.indicators import is_closing
 from mailgateway.mail.labels import Labels
-from mailgateway.mail.text import label_line, labelled_lines, match_form, quote_start
+from mailgateway.mail.text import is_mobile_sign_off, label_line, labelled_lines, match_form, quote_start
 from mailgateway.statuses import Severity
 
 # FINESS: 9 characters, the first two the département (2A/2B for Corsica), the last a check key.
@@ -374,6 +375,13 @@ def _structure_in_text(text: str) -> str | None:
 
 
 def _first_sentences(text: str, limit: int = 600) -> str | None:
+    # The writer's text, not their sign-off: « … Cordialement, Dr Paul Henry, Biologiste
+    # responsable » ended the résumé staff and the ACSS read (outside tester).
+    lines = text[:20_000].splitlines()
+    for i, line in enumerate(lines[:2000]):
+        if i and (is_closing(line) or is_mobile_sign_off(line)):
+            text = "\n".join(lines[:i])
+            break
     cleaned = re.sub(r"[ \t]+", " ", text).strip()
     cleaned = re.sub(r"^(bonjour|madame|monsieur|cher|chère)[^\n]{0,60}\n+", "", cleaned, flags=re.I)
     # A run of blanks holding a line break becomes one space. One "\s+" per run: "\s*\n\s*" retried

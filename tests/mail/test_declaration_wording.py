@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from mailgateway.mail.analyse import analyse
+from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.declaration import labelled_fields
 from mailgateway.mail.labels import load_labels
 
@@ -60,3 +62,17 @@ def test_near_labels_are_linear_on_hostile_text() -> None:
     started = time.perf_counter()
     labelled_fields(text, LABELS)
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_free_text_summary_stops_at_the_writers_sign_off(ctx: AnalysisContext) -> None:
+    # Outside tester: the résumé sent to staff and the ACSS ended « … Cordialement, Dr Paul Henry
+    # Biologiste responsable ».
+    body = ("Bonjour,\r\n\r\nDeux postes du laboratoire ont contacté ameli-remboursement.example hier soir, "
+            "rançongiciel suspecté, nous avons isolé les postes.\r\n\r\nCordialement,\r\nDr Paul Henry\r\n"
+            "Biologiste responsable\r\n")
+    raw = ("From: labo@lbm.test\r\nTo: ssi-ara@ars-sante.test\r\nSubject: Incident au laboratoire\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+    facts = analyse(raw, ctx)
+    assert facts.declaration is not None and facts.declaration.summary is not None, facts
+    assert facts.declaration.summary.endswith("nous avons isolé les postes."), facts.declaration.summary
+    assert "Paul Henry" not in facts.declaration.summary
