@@ -114,7 +114,9 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
             # lost the incident type): the mail of a French-speaking sender is Western; never
             # replacement characters. A guesser read « è » as Central European « č ».
             if codec == "utf-8":
-                return _western(data)
+                # Byte by byte: the invalid ones as Western, the rest as UTF-8 (a UTF-8 body with
+                # one Latin-1 disclaimer line must keep its UTF-8 text; outside tester).
+                return data.decode("utf-8", errors=_WESTERN_BYTES)
             return data.decode(codec, errors="replace") if codec != "utf-7" else _guess(data)
     try:
         return data.decode("utf-8")
@@ -138,6 +140,17 @@ def _guess(data: bytes) -> str:
         except Exception:  # noqa: S110 - a guesser failure falls back to cp1252 below
             pass
     return _western(data)
+
+
+def _western_bytes(error: UnicodeError) -> tuple[str, int]:
+    """A ``codecs`` error handler: the bytes UTF-8 could not decode, as cp1252 (or Latin-1)."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return _western(error.object[error.start:error.end]), error.end
+
+
+_WESTERN_BYTES = "mailgateway-western"
+codecs.register_error(_WESTERN_BYTES, _western_bytes)
 
 
 def _western(data: bytes) -> str:

@@ -89,6 +89,15 @@ def test_a_body_whose_charset_label_lies_is_decoded_as_written(label: str, encod
     assert parse_message(raw).text().startswith(text)
 
 
+def test_one_latin1_line_in_a_utf8_body_spoils_nothing_else() -> None:
+    """Outside tester: a Latin-1 disclaimer under UTF-8 text made the whole body Latin-1
+    (« HÃ´pital Sainte-ThÃ©rÃ¨se ») and the incident type was lost."""
+    raw = (b"Content-Type: text/plain; charset=utf-8\n\n" + "Hôpital Sainte-Thérèse : rançongiciel.\n".encode()
+           + "Ce message et ses pièces jointes sont confidentiels.\n".encode("latin-1"))
+    assert parse_message(raw).text().startswith(
+        "Hôpital Sainte-Thérèse : rançongiciel.\nCe message et ses pièces jointes sont confidentiels.")
+
+
 def test_undeclared_8bit_body_falls_back_without_error() -> None:
     raw = b"Content-Type: text/plain\n\nincident de s\xe9curit\xe9 sur le serveur de fichiers du site\n"
     assert "incident de s" in parse_message(raw).text()
