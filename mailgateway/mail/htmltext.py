@@ -138,6 +138,11 @@ def _hidden(attrs: list[tuple[str, str | None]]) -> bool:
     return False
 
 
+# Hidden elements (display:none, the hidden attribute…) are read like the rest, on purpose: what
+# a mail client shows depends on the whole CSS cascade (a later « display:block », a child made
+# visible again, a <div> that closes a hidden <p>), and a reader that skipped them was made to miss
+# text staff see — a « Merci » over a hidden-then-visible request read as a mere courtesy (outside
+# tester). Reading a superset of what staff see never hides content from them; the original is attached.
 class _TextExtractor:
     """Text with the line breaks a reader of the rendered mail sees.
 

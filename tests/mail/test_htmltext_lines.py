@@ -45,3 +45,13 @@ def test_text_a_reader_does_not_see_is_not_the_mails() -> None:
               "<p>Serveurs chiffrés.<br>Fin</p>")
     text, _links = html_to_text(markup)
     assert text.split() == ["Bonjour,", "Visible", "après", "Serveurs", "chiffrés.", "Fin"], text
+
+
+def test_text_in_hidden_elements_is_read_like_visible_text() -> None:
+    # Outside testers: skipping « hidden » elements made the gateway miss text a mail client shows
+    # (« <p style=display:none>x<div>visible</div> »: the <div> closes the hidden <p>), and a
+    # courtesy over it swallowed a request. A superset of what staff see is read instead.
+    markup = ("<p>Merci, bonne journée.</p><p style='display:none'>x<div>Le serveur de la pharmacie est de "
+              "nouveau chiffré, rappelez-moi.</div><div hidden style='display:block'>Visible aussi</div>")
+    text, _links = html_to_text(markup)
+    assert "de nouveau chiffré, rappelez-moi." in text and "Visible aussi" in text
