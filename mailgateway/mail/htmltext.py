@@ -119,25 +119,6 @@ def _markup_at(parser: _TextExtractor, markup: str, lt: int) -> int:
     return -1 if end_gt < 0 else end_gt + 1
 
 
-# Elements without an end tag: never the start of a hidden region.
-_VOID = frozenset({"br", "img", "hr", "input", "meta", "link", "wbr", "area", "base", "col", "embed", "source",
-                   "track", "param"})
-# What hides an element in a mail client: the ``hidden`` attribute, CSS display:none or
-# visibility:hidden, and Outlook's mso-hide:all.
-_HIDING = ("display:none", "visibility:hidden", "mso-hide:all")
-
-
-def _hidden(attrs: list[tuple[str, str | None]]) -> bool:
-    for name, value in attrs:
-        if name == "hidden":
-            return True
-        if name == "style" and value:
-            css = "".join(value.lower().split())[:2000]
-            if any(rule in css for rule in _HIDING):
-                return True
-    return False
-
-
 # Hidden elements (display:none, the hidden attribute…) are read like the rest, on purpose: what
 # a mail client shows depends on the whole CSS cascade (a later « display:block », a child made
 # visible again, a <div> that closes a hidden <p>), and a reader that skipped them was made to miss
@@ -161,23 +142,11 @@ class _TextExtractor:
         self.at_line_start = True
         self.blank_after = False  # an empty line already ends the text so far
         self.paragraphs: list[tuple[bool, bool]] = []  # open <p>: (Outlook line, had text)
-        # The outermost element a reader does not see (``hidden``, display:none…), and how many
-        # elements of its name are open inside it: its text is not the mail's (outside attacker:
-        # a hidden « Nom de la structure : Hopital Cache » filled the case's fields).
-        self.hidden_tag: str | None = None
-        self.hidden_depth = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP:
             self.skip_depth += 1
             return
-        if tag == "p" and self.paragraphs:  # "<p>" closes an open "<p>" (HTML: no nested paragraphs)
-            self.handle_endtag("p")
-        if tag not in _VOID:
-            if self.hidden_tag == tag:
-                self.hidden_depth += 1
-            elif self.hidden_tag is None and _hidden(attrs):
-                self.hidden_tag, self.hidden_depth = tag, 1
         if tag == "a" and len(self.links) < MAX_LINKS:
             href = dict(attrs).get("href")
             if href and not href.lower().startswith(("mailto:", "#", "cid:", "javascript:")):
@@ -187,6 +156,8 @@ class _TextExtractor:
         if tag == "br":
             self._hard_break()
         elif tag == "p":
+            if self.paragraphs:  # "<p>" closes an open "<p>" (HTML: no nested paragraphs)
+                self.handle_endtag("p")
             self._line_end()
             css = (dict(attrs).get("class") or "").lower()
             if len(self.paragraphs) < 100:
@@ -207,10 +178,6 @@ class _TextExtractor:
         if tag in _SKIP:
             self.skip_depth = max(0, self.skip_depth - 1)
             return
-        if tag == self.hidden_tag:
-            self.hidden_depth -= 1
-            if self.hidden_depth <= 0:
-                self.hidden_tag = None
         if tag == "blockquote":
             self.quote_depth = max(0, self.quote_depth - 1)
         if tag == "p" and self.paragraphs:
@@ -222,7 +189,7 @@ class _TextExtractor:
             self._line_end()
 
     def handle_data(self, data: str) -> None:
-        if self.skip_depth or self.hidden_tag is not None:
+        if self.skip_depth:
             return
         text = _WS.sub(" ", data)
         if not text.strip() and self.at_line_start:

@@ -35,18 +35,6 @@ def test_unclosed_paragraphs_close_each_other() -> None:
     assert text("<p class=MsoNormal>a<p class=MsoNormal>b<p>c") == "a\nb\nc"
 
 
-def test_text_a_reader_does_not_see_is_not_the_mails() -> None:
-    # Outside attacker: a hidden « Nom de la structure : Hopital Cache » and « Impacts : sécurité
-    # des soins » filled the case's fields while the mail, as staff see it, said neither.
-    markup = ("<div>Bonjour,</div><div style='DISPLAY: none'>Nom de la structure : Hopital Cache"
-              "<div>imbriqué</div>encore caché</div><span hidden>Impacts : sécurité des soins</span>"
-              "<p style='mso-hide:all'>Outlook caché<p>Visible après</p>"
-              "<table style='visibility:hidden'><tr><td>cellule cachée</td></tr></table>"
-              "<p>Serveurs chiffrés.<br>Fin</p>")
-    text, _links = html_to_text(markup)
-    assert text.split() == ["Bonjour,", "Visible", "après", "Serveurs", "chiffrés.", "Fin"], text
-
-
 def test_text_in_hidden_elements_is_read_like_visible_text() -> None:
     # Outside testers: skipping « hidden » elements made the gateway miss text a mail client shows
     # (« <p style=display:none>x<div>visible</div> »: the <div> closes the hidden <p>), and a
