@@ -315,10 +315,17 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     ours = quotes_our_mail(subject, text, ctx.own_addresses)
     if ours:
         extra["quotes_our_mail"] = ours
-    if all_ids or ours:
+    if all_ids or ours or case_ref:
+        # A reply with our case tag in its subject only (no In-Reply-To: a client that drops it)
+        # is read as one too: « Merci, bonne journée » reopened a closed case (outside tester).
         _read_reply(pm, fresh, ctx, labels, reply_to, extra)
     # 4. reply / command
     commands = _commands(subject, fresh, labels)
+    if extra.get("courtesy") and commands and all(c.name == "lu" for c in commands) and not is_staff(
+            sender.address, ctx.staff):
+        # « #lu » is a courtesy (docs/understanding.md), never a command of an establishment's: as a
+        # command it reopened a closed case and notified staff (outside tester).
+        commands = []
     bare_subject = strip_prefixes(subject)
     is_bulletin = fold(bare_subject).startswith("#bulletin") and "Subject" not in uncovered
     subject_query = bare_subject.startswith("#") and bool(commands) and commands[0].line == bare_subject.strip()

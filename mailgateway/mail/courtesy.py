@@ -86,7 +86,28 @@ def _signature_word(word: str) -> bool:
     return bare[:1].isupper() or not bare[:1].isalpha()
 
 
+# Words no name, title or service holds: pronouns, negations, verbs and the words of a request.
+# « NOUS N'AVONS PLUS ACCÈS AU DOSSIER PATIENT », « Urgent Rappelez Le Standard » under a
+# « Merci. » are content, not a signature (outside tester: a closed case stayed closed, silent).
+_NEVER_IN_SIGNATURE = frozenset({
+    "je", "j", "tu", "il", "elle", "nous", "vous", "ils", "elles", "on", "me", "m", "te", "se", "s", "y",
+    "ne", "n", "pas", "plus", "jamais", "rien", "aucun", "aucune", "personne", "toujours", "encore", "déjà",
+    "est", "sont", "suis", "sommes", "êtes", "était", "été", "a", "ai", "as", "avons", "avez", "ont", "avait",
+    "peut", "peuvent", "pouvez", "pouvons", "faut", "fait", "faire", "merci", "svp", "stp", "urgent",
+    "urgente", "urgence", "besoin", "aide", "aidez", "rappelez", "rappeler", "appelez", "appeler",
+    "contactez", "contacter", "répondez", "attention", "alerte", "panne", "accès", "acces", "problème",
+    "probleme", "chiffré", "chiffrés", "bloqué", "bloqués", "impossible", "depuis", "si", "que",
+    "qui", "quoi", "quand", "comment", "pourquoi", "car", "mais", "donc", "or",
+})
+_MAX_SIGNATURE_WORDS = 12
+_ACRONYM_LETTERS = 5  # « CHU », « RSSI », « ANSSI »: longer capitals are words, one surname at most
+
+
 def _phone_segment(segment: str) -> bool:
+    digits = sum(ch.isdigit() for ch in segment)
+    parts = segment.strip().split(".")
+    if not 8 <= digits <= 15 or (len(parts) == 4 and all(p.strip().isdigit() for p in parts)):
+        return False  # a phone number has 8 to 15 digits; « 10.12.4.7 » is an IPv4 address
     words = segment.split()
     first = words[0].strip(".:").lower() if words else ""
     if first not in _PHONE_WORDS and not all(ch in _NUMBER_CHARS for ch in segment):
@@ -104,13 +125,21 @@ def _signature_line(line: str) -> bool:
     if not 0 < len(line) <= MAX_SIGNATURE_CHARS or "?" in line or "://" in line:
         return False
     if is_mobile_sign_off(line):
-        return True
+        # The sign-off alone: « Envoyé de mon iPhone, le DPI ne répond plus » is content.
+        return not any(mark in line for mark in ",:;") and len(line.split()) <= 8
     words = line.replace(",", " ").split()
     if any(ch.isdigit() for ch in line):
         segments = [line]
         for separator in _PHONE_SEPARATORS:
             segments = [part for segment in segments for part in segment.split(separator)]
         return all(_phone_segment(segment.strip()) for segment in segments if segment.strip())
+    if len(words) > _MAX_SIGNATURE_WORDS:
+        return False
+    bare = [w.strip(",.;:()/|\"'«»!") for w in words]
+    if any(part in _NEVER_IN_SIGNATURE for w in bare for part in w.lower().split("'")):
+        return False
+    if sum(1 for w in bare if w.isalpha() and w.isupper() and len(w) > _ACRONYM_LETTERS) > 1:
+        return False
     return all(_signature_word(w) for w in words)
 
 

@@ -63,6 +63,8 @@ COURTESY = [
     "Merci.\nPaul Henry\nChargée de mission SSI\nTél. 02 41 49 60 00 – Port. 06 12 34 56 78",
     "#lu\n\nEnvoyé de mon iPhone",
     "#lu\nSophie Martin\nResponsable de la sécurité des systèmes d'information",
+    "Merci.\nJean-Pierre DUPONT\nRSSI – GHT Loire Atlantique\nTél. +33 2 40 08 33 33",
+    "Bien reçu, merci.\nDr Paul Henry\nBiologiste responsable",
 ]
 
 NOT_COURTESY = [
@@ -94,6 +96,15 @@ NOT_COURTESY = [
     "Merci pour votre aide.\nLe serveur est toujours chiffré.",
     "Merci.\nLe service informatique est toujours à l'arrêt",
     "Merci.\nTél. 02 41 49 60 00 – rappelez vite",
+    # Content under a « Merci. » that reads like a signature line (outside tester, second round).
+    "Merci.\nNOUS N'AVONS PLUS ACCÈS AU DOSSIER PATIENT",
+    "Merci.\nURGENT RAPPELEZ LE STANDARD",
+    "Merci.\nNous N'avons Plus Accès Au Dossier Patient",
+    "Merci.\nEnvoyé de mon iPhone, le DPI ne répond plus depuis 10 minutes",
+    "Merci.\nEnvoyé depuis le mobile : plus aucun accès au DPI",
+    "Merci.\n10.12.4.7 - 10.12.4.8",
+    "Merci.\n198.51.100.99",
+    "Merci.\nPanne Générale Du Serveur PACS",
 ]
 
 

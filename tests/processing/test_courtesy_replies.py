@@ -112,3 +112,19 @@ def test_the_courtesy_detector_is_conservative(text: str, courtesy: bool) -> Non
 def test_an_attachment_is_never_a_courtesy() -> None:
     assert not is_courtesy("Merci", 1, load_labels())
 
+
+
+@pytest.mark.parametrize("text", ["#lu", "#lu\n\nCordialement,\nMarie Exemple\nRSSI", "Merci, bonne journée."])
+@pytest.mark.parametrize("threaded", [True, False], ids=["threaded", "subject-tag-only"])
+def test_a_lu_or_a_thank_you_never_reopens_a_closed_case(gw: Gateway, text: str, threaded: bool) -> None:
+    # Outside tester: « #lu » (read as a command) and a thank-you whose client dropped In-Reply-To
+    # (the case tag in the subject only) reopened the case and notified staff.
+    ref, ack = closed_case(gw)
+    raw = thunderbird(ref, ack, text)
+    if not threaded:
+        raw = raw.replace(f"In-Reply-To: {ack}\r\nReferences: {ack}\r\n".encode(), b"")
+        raw = casemail.sign(raw[raw.index(b"From: "):], casemail.establishment_key())
+    result = gw.feed(raw)
+    assert result.status == "processed" and result.case_ref == ref, result
+    assert gw.case(ref).status == "CLOS"
+    assert not gw.outbound("notification_reponse")
