@@ -95,17 +95,29 @@ class Fields:
 
 # Fields of free text: their whole paragraph is theirs (mail/text.py labelled_lines).
 _FREE_TEXT_FIELDS = frozenset({"summary", "measures", "scope"})
+# The fields a label one typing error away may fill (« Gravitée », « Etablisement »): never who to
+# answer nor how to reach them — « Contacté : le prestataire Orange » is one letter from « Contact »
+# (the declarant) and is a sentence of the description (outside tester).
+_NEAR_FIELDS = frozenset({"severity", "structure", "summary", "measures", "scope", "detected_at", "incident_type",
+                          "nature", "category", "impacts", "finess", "finess_et", "finess_ej"})
 
 
 def labelled_fields(text: str, labels: Labels) -> Fields:
     values: dict[str, str] = {}
     count = 0
-    def is_long(name: str) -> bool:
-        return labels.fields.lookup_near(name) in _FREE_TEXT_FIELDS
+    def field_of(name: str) -> str | None:
+        field = labels.fields.lookup(name)
+        if field is None:
+            near = labels.fields.lookup_near(name)
+            field = near if near in _NEAR_FIELDS else None
+        return field
 
-    for label, value, _i in labelled_lines(text, is_field=lambda name: labels.fields.lookup_near(name) is not None,
+    def is_long(name: str) -> bool:
+        return field_of(name) in _FREE_TEXT_FIELDS
+
+    for label, value, _i in labelled_lines(text, is_field=lambda name: field_of(name) is not None,
                                            is_long=is_long):
-        field = labels.fields.lookup_near(label)
+        field = field_of(label)
         if field is None:
             continue
         count += 1

@@ -76,3 +76,11 @@ def test_a_free_text_summary_stops_at_the_writers_sign_off(ctx: AnalysisContext)
     assert facts.declaration is not None and facts.declaration.summary is not None, facts
     assert facts.declaration.summary.endswith("nous avons isolé les postes."), facts.declaration.summary
     assert "Paul Henry" not in facts.declaration.summary
+
+
+def test_a_near_miss_never_fills_who_to_answer() -> None:
+    # Outside tester: « Contacté : le prestataire Orange… » is one letter from « Contact » (the
+    # declarant); it stays a sentence of the description.
+    text = "Description : postes chiffrés\nContacté : le prestataire Orange, qui a isolé le réseau\n"
+    values = labelled_fields(text, LABELS).values
+    assert "declarant" not in values and "le prestataire Orange" in values["summary"], values
