@@ -33,9 +33,20 @@ _WORDS = re.compile(
 )
 _RELATIVE = re.compile(
     r"\b(ce matin|cette nuit|cet apr[èe]s-midi|ce soir|aujourd'hui|hier soir|hier matin|hier|"
-    r"avant-hier|cette semaine|(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche) dernier)" + _TIME,
+    r"avant-hier|cette semaine|(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche)"
+    r"(?: dernier| soir| matin| apr[èe]s-midi)?)\b" + _TIME,
     re.I,
 )
+# « le 5 décembre vers 14h »: a day and a month, the year of the message (the year before when
+# that date would be after it).
+_WORDS_NO_YEAR = re.compile(
+    r"\b(\d{1,2})(?:er)?\s+(janvier|janv|f[ée]vrier|f[ée]vr|f[ée]v|mars|avril|avr|mai|juin|juillet|juil|"
+    r"ao[ûu]t|septembre|sept|octobre|oct|novembre|nov|d[ée]cembre|d[ée]c)\b(?!\.?\s+\d{4})" + _TIME,
+    re.I,
+)
+# Hours a part of the day stands for when no time is written.
+_DEFAULT_HOURS = {"ce matin": 8, "hier matin": 8, "cette nuit": 2, "ce soir": 20, "hier soir": 20, "soir": 20,
+                  "matin": 8}
 
 
 _WEEKDAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
@@ -102,28 +113,43 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
             candidates.append((m.start(), worded, None if h else m.group(0).strip()))
             break
     if reference is not None:
+        for m in _WORDS_NO_YEAR.finditer(text):
+            d, month, h, mi = m.groups()
+            month_number = _fold_month(month)
+            here = reference.astimezone(PARIS)
+            worded = _make(here.year, month_number, int(d), h, mi) if month_number else None
+            if worded is not None and worded.date() > here.date():
+                worded = _make(here.year - 1, month_number or 1, int(d), h, mi)
+            if worded is not None:
+                candidates.append((m.start(), worded, None if h else " ".join(m.group(0).split())[:80]))
+                break
         rel = _RELATIVE.search(text)
         if rel:
             m = rel
             word, h, mi = m.group(1).lower(), m.group(2), m.group(3)
+            written = " ".join(m.group(0).split())[:80]
+            if h and int(h) > 23:
+                h = mi = None  # « hier vers 25h »: no time, not midnight
+                written = word
             day: date = reference.astimezone(PARIS).date()
+            weekday, _, part = word.partition(" ")
             if word.startswith("hier"):
                 day -= timedelta(days=1)
             elif word == "avant-hier":
                 day -= timedelta(days=2)
-            elif word.endswith(" dernier"):  # « lundi dernier »: the last such day before this one
-                back = (day.weekday() - _WEEKDAYS.index(word.split()[0])) % 7
-                day -= timedelta(days=back or 7)
-            if h or word not in ("cette semaine",):
-                default = {"ce matin": 8, "hier matin": 8, "cette nuit": 2, "ce soir": 20, "hier soir": 20}
-                hour = int(h) if h and int(h) < 24 else default.get(word, 0)
-                minute = int(mi) if mi and int(mi) < 60 else 0
-                if h or word in default or word.endswith(" dernier"):
-                    at = datetime.combine(day, time(hour, minute), tzinfo=PARIS)
-                    if not h and at > reference:
-                        # « ce matin » written at 05:05: not 08:00, three hours after the mail.
-                        at = reference.astimezone(PARIS).replace(second=0, microsecond=0)
-                    candidates.append((m.start(), at, " ".join(m.group(0).split())[:80]))
+            elif weekday in _WEEKDAYS:
+                # « lundi dernier »: the last such day before this one; « samedi (soir) »: the last
+                # such day, this one included.
+                back = (day.weekday() - _WEEKDAYS.index(weekday)) % 7
+                day -= timedelta(days=back or (7 if part == "dernier" else 0))
+            if h or word != "cette semaine":
+                hour = int(h) if h else _DEFAULT_HOURS.get(word, _DEFAULT_HOURS.get(part, 0))
+                minute = int(mi) if h and mi and int(mi) < 60 else 0
+                at = datetime.combine(day, time(hour, minute), tzinfo=PARIS)
+                if not h and at > reference:
+                    # « ce matin » written at 05:05: not 08:00, three hours after the mail.
+                    at = reference.astimezone(PARIS).replace(second=0, microsecond=0)
+                candidates.append((m.start(), at, written))
     if not candidates:
         return None, None
     _position, found, written = min(candidates, key=lambda c: c[0])

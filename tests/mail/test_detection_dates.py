@@ -79,3 +79,22 @@ def test_last_weekday_is_read(text: str, iso: str) -> None:
 def test_a_relative_day_without_a_time_shows_no_time() -> None:
     shown = detection_fr("2026-11-29T00:00:00+01:00", "dimanche dernier", SENT)
     assert shown == "« dimanche dernier » (compris comme le 29/11/2026, heure non précisée)"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("hier", "« hier » (compris comme le 05/12/2026, heure non précisée)"),
+        ("avant-hier", "« avant-hier » (compris comme le 04/12/2026, heure non précisée)"),
+        ("aujourd'hui", "« aujourd'hui » (compris comme le 06/12/2026, heure non précisée)"),
+        ("samedi soir", "« samedi soir » (compris comme le 05/12/2026 vers 20:00)"),
+        ("le 5 décembre vers 14h", "05/12/2026 à 14:00"),
+        ("5 décembre", "05/12/2026 (heure non précisée)"),
+        ("hier vers 25h", "« hier » (compris comme le 05/12/2026, heure non précisée)"),
+    ],
+)
+def test_more_words_of_a_day_are_read_and_shown_as_written(text: str, shown: str) -> None:
+    # Outside tester: « Date de détection : hier » (and the others) reached staff and the ACSS as
+    # « non précisée »; « hier vers 25h » as « vers 00:00 ».
+    iso, written = parse_detection(text, SENT)
+    assert detection_fr(iso, written, SENT) == shown
