@@ -127,7 +127,7 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
         if rel:
             m = rel
             word, h, mi = m.group(1).lower(), m.group(2), m.group(3)
-            written = " ".join(m.group(0).split())[:80]
+            written: str | None = " ".join(m.group(0).split())[:80]
             if h and int(h) > 23:
                 h = mi = None  # « hier vers 25h »: no time, not midnight
                 written = word
