@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.indicators_out import IndicatorSet, attachments
 from mailgateway.mail.facts import Indicator as FoundIndicator
-from mailgateway.mail.indicators import extract_indicators, signature_phones
+from mailgateway.mail.indicators import contact_line_phones, extract_indicators, signature_phones
 from mailgateway.mail.labels import load_labels
 from mailgateway.mail.tlp import relay_label
 from mailgateway.settings import Settings
@@ -65,7 +65,7 @@ def relay_attachments(settings: Settings, session: Session, bulletin: Bulletin, 
         body = bulletin.body or ""
         agency = {r.address.rpartition("@")[2].lower() for r in settings.regions}
         indicators = extract_indicators([body], noise_domains=(*load_labels().noise_domains, *agency),
-                                        exclude_phones=signature_phones(body))
+                                        exclude_phones=signature_phones(body) + contact_line_phones(body))
         found = IndicatorSet(
             reference=f"bulletin-{bulletin.id}", title=bulletin.subject or "", tlp=bulletin.tlp,
             created=bulletin.created_at, indicators=indicators[:MAX_EXPORTED],

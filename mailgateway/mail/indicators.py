@@ -209,11 +209,33 @@ def signature_phones(text: str) -> list[str]:
             i += 1
             continue
         j = i + 1
-        while j < len(lines) and j <= i + _SIGNATURE_LINES and not _forward_start(lines[j]):
+        while j < len(lines) and j <= i + _SIGNATURE_LINES and not _forward_start(lines[j]) \
+                and not _postscript(lines[j]):
             block.append(lines[j])
             j += 1
         i = j
     return phone_e164("\n".join(block))
+
+
+def _postscript(line: str) -> bool:
+    """« PS : bloquez aussi … » after a signature is the writer's text again (outside tester: a
+    fraud number written there was dropped as the signature's)."""
+    head = line.lstrip()[:5].upper().replace(" ", "")
+    return head.startswith(("PS:", "PS ", "P.S", "P-S", "PPS")) or head == "PS"
+
+
+# A line that gives the writer's own number: « Tél. 02 49 10 40 00 », « Portable : 06 … ».
+_CONTACT_WORDS = ("tél", "tel", "téléphone", "telephone", "mobile", "portable", "port", "fax", "standard",
+                  "ligne directe", "ligne", "poste", "mob", "gsm")
+
+
+def contact_line_phones(text: str) -> list[str]:
+    """Numbers on lines that start with a phone label (E.164): a signature's, even without a
+    closing formula above it (outside tester: « Paul Agent / ARS … / Tél. 02 49 10 40 00 » at the
+    end of a bulletin went to establishments as an indicator). Linear."""
+    lines = [line for line in text[:MAX_SCAN].splitlines()
+             if line.strip().lower().lstrip("☎✆📞 ").startswith(_CONTACT_WORDS)]
+    return phone_e164("\n".join(lines))
 
 
 def _forward_start(line: str) -> bool:

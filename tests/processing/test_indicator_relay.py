@@ -242,6 +242,26 @@ def test_a_bulletin_exports_no_indicator_of_its_authors_signature(gw: Gateway) -
         assert "+33249104141" not in csv and "ars.test" not in csv, csv
 
 
+@pytest.mark.parametrize("body", [
+    # No closing formula: the contact line alone says whose number it is.
+    "Bonjour,\n\nMerci de bloquer rancon.example sur vos pare-feux.\nPaul Agent\nARS\nTél. 02 49 10 41 41\n",
+    # A postscript after the signature is the author's text again: its fraud number stays.
+    "Bonjour,\nBloquez rancon.example.\nBien cordialement,\nPaul Agent\nTél. 02 49 10 41 41\n\n"
+    "PS : le faux support appelle depuis le 01 23 45 67 89.\n",
+])
+def test_a_bulletins_contact_line_is_no_indicator_but_its_postscript_is_text(gw: Gateway, body: str) -> None:
+    # Outside tester (second round): both ways were wrong.
+    with transaction(gw.app.factory) as s:
+        bulletin = create_bulletin(s, gw.app.settings, region="ARA", target=Target(categories=frozenset({"LBM"})),
+                                   subject="Rançongiciel", body=body, tlp="GREEN", author="agent@ars.test", now=NOW)
+        bulletin.status = "approved"
+        assert fan_out(gw.app.env, s, bulletin) == 2
+    row = gw.outbound("bulletin")[0]
+    csv = next(data for name, (_t, data) in files_of(row.raw).items() if name.endswith(".csv")).decode()
+    assert "rancon.example" in csv and "+33249104141" not in csv, csv
+    assert ("+33123456789" in csv) == ("PS :" in body), csv
+
+
 def _config(tmp_path: Path, url: str) -> Path:
     path = tmp_path / "mailgateway.toml"
     path.write_text(f'[database]\nurl = "{url}"\n\n[[regions]]\ncode = "ARA"\nname = "Auvergne-Rhône-Alpes"\n'
