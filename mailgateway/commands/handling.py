@@ -37,7 +37,7 @@ from mailgateway.commands import closure, receipts, reply_notice
 from mailgateway.commands.table import COMMANDS, HELP_POINTER, Ctx, help_text, no_case_reason, transition_refusal
 from mailgateway.directory.staff import all_staff, staff_addresses
 from mailgateway.dispatch.wording import nombre
-from mailgateway.mail.analyse import UNRECOGNISED, coverage_reason, other_case_reason
+from mailgateway.mail.analyse import FORWARDED_RELAY, UNRECOGNISED, coverage_reason, other_case_reason
 from mailgateway.mail.commands import HINT_UNKNOWN, REASON_UNKNOWN, WHOLE_TEXT, Hint, command_hints, signature_part
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.labels import load_labels
@@ -358,6 +358,8 @@ MAX_REPLY_INLINE = 4000  # characters of a reply's new text shown in « Réponse
 def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
     """Attach a reply to its case and notify; reopen or link a closed case."""
     case = service.threaded_case(session, facts)
+    if case is None and facts.extra.get("quotes_our_mail"):
+        return Outcome("quarantined", FORWARDED_RELAY)  # ours, answered by no one we sent it to
     if case is None:
         return Outcome("quarantined", f"réponse à un dossier inconnu : {facts.case_ref}")
     service.record_received(session, case, inbound, facts, at=env.clock.now())

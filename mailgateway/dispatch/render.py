@@ -128,7 +128,13 @@ def defang_text(value: Any) -> Any:
     return _UNC_IN_TEXT.sub(_defang_share, _URL_IN_TEXT.sub(_defang_link, _defang_schemes(value)))
 
 
-_COLON_LOOKALIKES = str.maketrans({"\uff1a": ":", "\ufe55": ":", "\ufe13": ":", "\ua789": ":", "\u2236": ":"})
+# Colons and slashes that look like one (Unicode confusables: fullwidth, small, modifier letter,
+# Hebrew sof pasuq, Armenian full stop, ratio; fullwidth solidus, division slash, fraction slash).
+_COLON_LOOKALIKES = str.maketrans({
+    "\uff1a": ":", "\ufe55": ":", "\ufe13": ":", "\ua789": ":", "\u2236": ":", "\u05c3": ":", "\u02f8": ":",
+    "\u0589": ":", "\u0703": ":", "\u0704": ":", "\u16ec": ":", "\u1803": ":", "\u1809": ":", "\u205a": ":",
+    "\u226c": ":", "\uff0f": "/", "\u2215": "/", "\u2044": "/", "\u29f8": "/", "\u1735": "/", "\u2cc6": "/",
+})
 _SINGLE_SLASH_SCHEME = re.compile(r"(?<![A-Za-z0-9])(https?|ftps?)(?=:[/\\](?![/\\]))", re.I)
 
 

@@ -64,7 +64,7 @@ from mailgateway.mail.declaration import (
     labelled_fields,
     looks_like_declaration,
 )
-from mailgateway.mail.facts import Bounce, Command, MessageFacts, SenderVerdict
+from mailgateway.mail.facts import Bounce, Command, Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import message_ids, parse_addresses
 from mailgateway.mail.indicators import extract_indicators, phone_e164, signature_phones
 from mailgateway.mail.indicators_in import with_attached
@@ -345,10 +345,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     # to a relayed alert carries the alert's words and TLP, and was read as a forged alert (outside
     # tester: `parse --json` said « alert », staff were warned of a forgery). Processing attaches
     # such an answer to what it answers (bulletins/tracking.py) whatever its kind; one it cannot
-    # place is kept in quarantine with this reason.
-    if ours and not _from_acss(sender, ctx) and looks_like_alert(subject, text, labels):
-        return replace(base, kind="unknown", quarantine_reason=FORWARDED_RELAY)
-    if _from_acss(sender, ctx) or looks_like_alert(subject, text, labels):
+    # place is kept in quarantine (FORWARDED_RELAY, commands/handling.py).
+    if not ours and (_from_acss(sender, ctx) or looks_like_alert(subject, text, labels)):
         if "Subject" in uncovered:
             # Title and TLP only from what was signed (the body: l= is refused), and not authentic.
             alert = extract_alert("", text, sender, ctx.acss_domains, labels)
@@ -364,7 +362,18 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         alert, indicators = with_attached(pm, alert, indicators, _participants(pm, ctx, reply_to),
                                           labels.noise_domains, extra)
         return replace(base, kind="alert", alert=alert, indicators=indicators)
-    # 6. declaration (possibly forwarded)
+    # 6. an answer to what we sent (a relayed alert, a bulletin) is read in its writer's own text
+    #    only, never in the message of ours it quotes or forwards (outside tester: a « TR: » of our
+    #    relay with « Pour info. » was read as a forwarded declaration of our own alert). A reply,
+    #    which processing attaches to the message it answers (bulletins/tracking.py) — even from
+    #    the ACSS (a signed ACSS « RE: » to our relay became a new alert case).
+    if ours:
+        own = extra.get("reply_declaration")
+        if isinstance(own, Declaration):
+            indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains)
+            return replace(base, kind="declaration", declaration=own, indicators=indicators)
+        return replace(base, kind="reply")
+    # 7. declaration (possibly forwarded)
     source = _declaration_source(pm, text, subject, labels)
     decl_text, decl_subject, links = source.text, source.subject, source.links
     is_decl, why = looks_like_declaration(decl_text, decl_subject, labels)
@@ -395,7 +404,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
             phones += signature_phones(source.outer)
         indicators = extract_indicators([decl_text, *links], excluded, (*labels.noise_domains, *agency), phones)
         return replace(base, kind="declaration", declaration=declaration, indicators=indicators)
-    # 7. unknown
+    # 8. unknown
     reason_text = UNRECOGNISED
     if pm.degraded:
         reason_text += f" (analyse dégradée : {pm.degraded})"

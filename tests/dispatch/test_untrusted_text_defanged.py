@@ -140,7 +140,9 @@ def test_the_acknowledgement_defangs_what_even_a_verified_declarant_wrote(gw: Ga
 @pytest.mark.parametrize(
     ("text", "kept_out"),
     [("voir http\uff1a//evil.test/x", "http"), ("voir https\ufe55//evil.test/x", "https"),
-     ("https:/evil.test/d", "https:"), ("http:\\evil.test\\share", "http:")],
+     ("https:/evil.test/d", "https:"), ("http:\\evil.test\\share", "http:"),
+     ("https\u05c3//evil5.example/a", "https"), ("https\u02f8//evil6.example/a", "https"),
+     ("https\uff1a\uff0f\uff0fevil24.example", "https")],
 )
 def test_lookalike_colons_and_single_slash_schemes_are_defanged(text: str, kept_out: str) -> None:
     # Outside attacker: « http：//evil.test/x » (fullwidth colon) and « https:/evil.test/d »

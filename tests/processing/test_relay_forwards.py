@@ -179,6 +179,18 @@ def test_our_relay_forwarded_by_someone_it_was_not_sent_to_is_never_an_alert(gw:
     ref = relayed(gw)
     raw = outlook_forward(gw, 0, SIGHTING).replace(b"ssi@e0.test>\r\nTo:", b"autre@ailleurs.test>\r\nTo:", 1)
     result = gw.feed(raw)
+    # An answer to our mail (parse --json: « reply », never « alert »), from no one we sent it to:
+    # kept in quarantine with the reason, no alert, no « nouvelle version » of the one relayed.
+    assert result.kind == "reply", result
+    assert result.status == "quarantined" and "pas une nouvelle alerte" in (result.reason or ""), result
+    assert [c.reference for c in alert_cases(gw)] == [ref]
+
+
+def test_our_relay_forwarded_back_with_nothing_to_say_is_kept_in_quarantine(gw: Gateway) -> None:
+    ref = relayed(gw)
+    raw = outlook_forward(gw, 0, "Pour info.").replace(b"ssi@e0.test>\r\nTo:", b"autre@ailleurs.test>\r\nTo:", 1)
+    result = gw.feed(raw)
+    assert result.kind == "reply", result  # parse --json: an answer to our mail, not « unknown » nor « alert »
     assert result.status == "quarantined" and "pas une nouvelle alerte" in (result.reason or ""), result
     assert [c.reference for c in alert_cases(gw)] == [ref]
 
