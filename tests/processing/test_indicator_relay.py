@@ -210,13 +210,22 @@ def test_an_unknown_format_is_refused_by_the_settings(sqlite_url: str) -> None:
         parse_settings(data)
 
 
-def test_a_bulletin_with_indicators_carries_them(gw: Gateway) -> None:
-    body = "Bonjour,\nbloquez hxxp://rancon[.]example/x et le domaine rancon.example.\nTLP:GREEN\n"
+def _send_bulletin(gw: Gateway, body: str) -> None:
+    """A TLP:GREEN bulletin of ``body`` approved and fanned out to the two LBM of the directory."""
     with transaction(gw.app.factory) as s:
         bulletin = create_bulletin(s, gw.app.settings, region="ARA", target=Target(categories=frozenset({"LBM"})),
                                    subject="Rançongiciel", body=body, tlp="GREEN", author="agent@ars.test", now=NOW)
         bulletin.status = "approved"
         assert fan_out(gw.app.env, s, bulletin) == 2
+
+
+def _csv_of(raw: bytes) -> str:
+    return next(data for name, (_t, data) in files_of(raw).items() if name.endswith(".csv")).decode()
+
+
+def test_a_bulletin_with_indicators_carries_them(gw: Gateway) -> None:
+    body = "Bonjour,\nbloquez hxxp://rancon[.]example/x et le domaine rancon.example.\nTLP:GREEN\n"
+    _send_bulletin(gw, body)
     for row in gw.outbound("bulletin"):
         files = files_of(row.raw)
         stix = next(data for name, (_t, data) in files.items() if name.endswith(".stix.json"))
@@ -230,14 +239,9 @@ def test_a_bulletin_exports_no_indicator_of_its_authors_signature(gw: Gateway) -
     body = ("Bonjour,\nbloquez le domaine rancon.example et appelez le 01 23 45 67 89 si vous le voyez.\n"
             "TLP:GREEN\n\nCordialement,\nPaul Bernard\nChargé de mission SSI – ARS\n"
             "paul.bernard@ars.test\nTél. 02 49 10 41 41\n")
-    with transaction(gw.app.factory) as s:
-        bulletin = create_bulletin(s, gw.app.settings, region="ARA", target=Target(categories=frozenset({"LBM"})),
-                                   subject="Rançongiciel", body=body, tlp="GREEN", author="agent@ars.test", now=NOW)
-        bulletin.status = "approved"
-        assert fan_out(gw.app.env, s, bulletin) == 2
+    _send_bulletin(gw, body)
     for row in gw.outbound("bulletin"):
-        files = files_of(row.raw)
-        csv = next(data for name, (_t, data) in files.items() if name.endswith(".csv")).decode()
+        csv = _csv_of(row.raw)
         assert "rancon.example" in csv and "+33123456789" in csv  # the text's own indicators stay
         assert "+33249104141" not in csv and "ars.test" not in csv, csv
 
@@ -251,13 +255,8 @@ def test_a_bulletin_exports_no_indicator_of_its_authors_signature(gw: Gateway) -
 ])
 def test_a_bulletins_contact_line_is_no_indicator_but_its_postscript_is_text(gw: Gateway, body: str) -> None:
     # Outside tester (second round): both ways were wrong.
-    with transaction(gw.app.factory) as s:
-        bulletin = create_bulletin(s, gw.app.settings, region="ARA", target=Target(categories=frozenset({"LBM"})),
-                                   subject="Rançongiciel", body=body, tlp="GREEN", author="agent@ars.test", now=NOW)
-        bulletin.status = "approved"
-        assert fan_out(gw.app.env, s, bulletin) == 2
-    row = gw.outbound("bulletin")[0]
-    csv = next(data for name, (_t, data) in files_of(row.raw).items() if name.endswith(".csv")).decode()
+    _send_bulletin(gw, body)
+    csv = _csv_of(gw.outbound("bulletin")[0].raw)
     assert "rancon.example" in csv and "+33249104141" not in csv, csv
     assert ("+33123456789" in csv) == ("PS :" in body), csv
 
