@@ -186,7 +186,9 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
             return f"Fusionné dans le dossier {d['fusionne_dans']}"
         return f"Doublon {d.get('doublon_absorbe') or '?'} fusionné dans ce dossier"
     if type_ == "doublon_possible":
-        return f"Doublon possible du dossier {d.get('dossier_lie') or '?'} (dossiers liés)"
+        # Said the same on both cases: « doublon du dossier X » read the wrong way round on the
+        # older one, which is no duplicate of the newer (outside tester).
+        return f"Doublon possible : dossier {d.get('dossier_lie') or '?'} (même structure, dossiers liés)"
     if type_ == "dossier_lie":
         return f"Lié au dossier {d.get('dossier_lie') or '?'}"
     if type_ == "rappel":

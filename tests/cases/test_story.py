@@ -125,3 +125,11 @@ def test_no_code_no_iso_instant_in_any_story_line(type_: str, data: dict[str, ob
     what = line.split(" — ", 2)[2]
     assert "_" not in what and not re.search(r"\d{4}-\d\d-\d\dT", what), what
     assert not re.search(r"\b(PRIS|QUALIFIE|CLOS|GRAVE|SANS|NON)\b", what), what
+
+
+def test_a_possible_duplicate_reads_the_same_on_both_cases() -> None:
+    # Outside tester: the older case said « Doublon possible du dossier <newer> », the wrong way round.
+    at = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
+    event = _Event(1, at, "doublon_possible", {"dossier_lie": "SSI-ARA-2026-0003"})
+    assert story([event]) == ["27/11/2026 à 09:00 — passerelle — Doublon possible : dossier SSI-ARA-2026-0003 "
+                              "(même structure, dossiers liés)"]
