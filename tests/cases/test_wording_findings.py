@@ -60,7 +60,9 @@ def test_repondre_to_a_question_on_a_relayed_alert_speaks_of_the_alert(gw: Gatew
     text = _one_line(casemail.text_of(sent.raw))
     assert "déclaration" not in subject and "déclaration" not in text, (subject, text)
     assert subject.endswith(f"[{ref}] Réponse de l'ARS Auvergne-Rhône-Alpes à votre question sur l'alerte relayée")
-    assert f"(Au sujet de l'alerte de sécurité relayée par l'ARS Auvergne-Rhône-Alpes (dossier {ref}" in text
+    # One plain reference line, no nested brackets (outside tester: « (Au sujet de … (dossier …).) »).
+    assert f"Référence : l'alerte de sécurité relayée par l'ARS Auvergne-Rhône-Alpes, dossier {ref}" in text
+    assert "(Au sujet de" not in text
     assert text.count("Bonjour") == 1 and text.count("Cordialement") == 1
 
 
