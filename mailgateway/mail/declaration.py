@@ -404,6 +404,17 @@ def _first_sentences(text: str, limit: int = 600) -> str | None:
     return cleaned[:limit].rstrip() + ("…" if len(cleaned) > limit else "")
 
 
+# « un prestataire a envoyé par erreur un export patients »: a data leak, not an attack (outside
+# tester: read as « malveillant » from the incident type alone).
+_ACCIDENTAL = (" par erreur ", " par inadvertance ", " erreur humaine ", " accidentellement ", " par megarde ",
+               " involontairement ", " mauvais destinataire ", " erreur de manipulation ", " erreur d envoi ")
+
+
+def _accidental(text: str) -> bool:
+    form = f" {match_form(text[:30_000])} "
+    return any(phrase in form for phrase in _ACCIDENTAL)
+
+
 def extract_declaration(
     text: str,
     subject: str,
@@ -463,7 +474,7 @@ def extract_declaration(
             incident_type = in_body
     nature = labels.natures.first(fields["nature"]) if fields.get("nature") else None
     if nature is None:
-        if incident_type in labels.malicious:
+        if incident_type in labels.malicious and not _accidental(subject + "\n" + text):
             nature = "MALVEILLANT"
         elif incident_type and incident_type != "AUTRE":
             nature = "NON_MALVEILLANT"

@@ -84,3 +84,13 @@ def test_a_near_miss_never_fills_who_to_answer() -> None:
     text = "Description : postes chiffrés\nContacté : le prestataire Orange, qui a isolé le réseau\n"
     values = labelled_fields(text, LABELS).values
     assert "declarant" not in values and "le prestataire Orange" in values["summary"], values
+
+
+def test_a_leak_sent_by_mistake_is_not_malicious(ctx: AnalysisContext) -> None:
+    # Outside tester: « un prestataire a envoyé par erreur un export patients » was « malveillant ».
+    body = ("Bonjour,\r\n\r\nUn prestataire a envoyé par erreur un export patients à un mauvais destinataire : "
+            "fuite de données de santé, 300 dossiers concernés.\r\n")
+    raw = ("From: dpo@chu.test\r\nTo: ssi-ara@ars-sante.test\r\nSubject: Fuite de données\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+    facts = analyse(raw, ctx)
+    assert facts.declaration is not None and facts.declaration.nature != "MALVEILLANT", facts.declaration
