@@ -66,7 +66,7 @@ from mailgateway.mail.declaration import (
 )
 from mailgateway.mail.facts import Bounce, Command, Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import message_ids, parse_addresses
-from mailgateway.mail.indicators import extract_indicators, phone_e164, signature_phones
+from mailgateway.mail.indicators import contact_line_phones, extract_indicators, phone_e164, signature_phones
 from mailgateway.mail.indicators_in import with_attached
 from mailgateway.mail.labels import Labels, load_labels
 from mailgateway.mail.parse import MAX_TEXT_CHARS, ParsedMessage, inner_text, message_problem, parse_message
@@ -339,7 +339,9 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         elif other_case:
             facts_commands = _refused(facts_commands, other_case_reason(case_ref, other_case))
             extra["subject_names_other_case"] = other_case
-        indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains)
+        # The writer's own numbers (a signature, a « Tél. » line) are no indicators (outside tester).
+        indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
+                                        signature_phones(fresh) + contact_line_phones(fresh))
         return replace(base, kind=kind, commands=facts_commands, indicators=indicators, is_bulletin_request=is_bulletin)
     # 5. alert — never an answer to what we sent (``quotes_our_mail``): an establishment's « RE: »
     # to a relayed alert carries the alert's words and TLP, and was read as a forged alert (outside
@@ -399,7 +401,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         if by_agency:
             extra["transmis_par"] = (sender.address or "").lower()
         excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
-        phones = _declarant_phones(decl_text, labels) + signature_phones(decl_text)
+        phones = _declarant_phones(decl_text, labels) + signature_phones(decl_text) + contact_line_phones(decl_text)
         if source.outer is not None:
             phones += signature_phones(source.outer)
         indicators = extract_indicators([decl_text, *links], excluded, (*labels.noise_domains, *agency), phones)

@@ -94,3 +94,15 @@ def test_a_leak_sent_by_mistake_is_not_malicious(ctx: AnalysisContext) -> None:
            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
     facts = analyse(raw, ctx)
     assert facts.declaration is not None and facts.declaration.nature != "MALVEILLANT", facts.declaration
+
+
+def test_the_writers_own_numbers_are_no_indicators(ctx: AnalysisContext) -> None:
+    # Outside tester: a reply's signature phone, and a declaration's « Tél. » line under a signature
+    # without a closing formula, were listed as indicators.
+    body = ("Numéro FINESS : 690781810\r\nType d'incident : hameçonnage\r\n"
+            "Description : appels frauduleux depuis le 01 99 00 55 66.\r\n\r\nSophie Martin\r\nRSSI\r\n"
+            "Tél. 02 41 49 60 00\r\n")
+    raw = ("From: rssi@chu.test\r\nTo: ssi-ara@ars-sante.test\r\nSubject: Déclaration\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+    phones = {i.value for i in analyse(raw, ctx).indicators if i.type == "phone"}
+    assert phones == {"+33199005566"}, phones
