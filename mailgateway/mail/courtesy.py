@@ -24,6 +24,8 @@ word is looked up in sets and phrases of at most a few words are compared (no re
 
 from __future__ import annotations
 
+import re
+
 from mailgateway.mail.labels import Labels
 from mailgateway.mail.text import is_mobile_sign_off, match_form
 
@@ -33,7 +35,15 @@ MAX_SIGNATURE_CHARS = 80
 _PARTICLES = frozenset({"de", "du", "des", "la", "le", "les", "d", "l", "et", "à", "au", "aux", "en", "sur", "-"})
 # A signature line with digits is a phone line: it starts with one of these, or is only a number.
 _PHONE_WORDS = frozenset({"tél", "tel", "téléphone", "telephone", "mob", "mobile", "portable", "port", "fax",
-                          "standard", "ligne", "poste", "t", "m", "f"})
+                          "standard", "ligne", "poste", "t", "m", "f", "direct", "directe", "phone", "cell", "office",
+                          "tél/fax", "tel/fax", "gsm", "pro", "fixe", "secrétariat", "secretariat", "astreinte"})
+# A phone number as signatures write it: French (« 02 40 08 33 33 », « 02.40.08.33.33 »), or
+# international (« +33 2 40 08 33 33 », « +44 20 7946 0958 »), or a short extension (« (poste 4521) »
+# reads « 4521 »). Bounded: a signature line is at most MAX_SIGNATURE_CHARS long.
+_PHONE_NUMBER = re.compile(r"\(?(?:\+\d{1,3}[ .]?(?:\(0\)[ .]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"
+                           r"|0\d(?:[ .-]?\d{2}){4}|\d{2,5})\)?")
+# Labels of an address line: « Mail : … », « Courriel : … ».
+_MAIL_WORDS = frozenset({"mail", "e-mail", "email", "courriel", "mél", "mel", "adresse"})
 _NUMBER_CHARS = frozenset("0123456789 +().-/")
 # Lower-case words of job titles and services (« Responsable de la sécurité des systèmes
 # d'information », « Chargée de mission SSI »): a closed vocabulary, so that a capitalised sentence
@@ -76,12 +86,15 @@ def _signature_word(word: str) -> bool:
     bare = word.strip(",.;:()/|\"'«»")
     if not bare:
         return True
-    if "@" in bare and "/" not in bare:  # an address: « jean.dupont@chu.fr »
-        return True
     lowered = bare.lower()
-    if lowered.split("'")[0] in _PARTICLES or lowered in _PARTICLES:
+    if lowered in _PARTICLES:
         return True
-    if lowered in _TITLE_WORDS or lowered.split("'")[-1] in _TITLE_WORDS:  # « d'information »
+    head, apostrophe, rest = bare.partition("'")
+    if apostrophe and head.lower() in _PARTICLES:
+        # « d'information », « d'Oyonnax »: an elision before a title word or a name only — « l'arrêt »
+        # is a sentence (outside tester: « Merci. / Le DPI à l'arrêt » kept a case closed, silent).
+        return rest.lower() in _TITLE_WORDS or rest[:1].isupper()
+    if lowered in _TITLE_WORDS:
         return True
     return bare[:1].isupper() or not bare[:1].isalpha()
 
@@ -90,32 +103,31 @@ def _signature_word(word: str) -> bool:
 # « NOUS N'AVONS PLUS ACCÈS AU DOSSIER PATIENT », « Urgent Rappelez Le Standard » under a
 # « Merci. » are content, not a signature (outside tester: a closed case stayed closed, silent).
 _NEVER_IN_SIGNATURE = frozenset({
-    "je", "j", "tu", "il", "elle", "nous", "vous", "ils", "elles", "on", "me", "m", "te", "se", "s", "y",
-    "ne", "n", "pas", "plus", "jamais", "rien", "aucun", "aucune", "personne", "toujours", "encore", "déjà",
-    "est", "sont", "suis", "sommes", "êtes", "était", "été", "a", "ai", "as", "avons", "avez", "ont", "avait",
+    "je", "tu", "il", "elle", "nous", "vous", "ils", "elles", "on", "me", "te", "se", "ça", "ca", "cela", "ceci",
+    "ne", "pas", "plus", "jamais", "rien", "aucun", "aucune", "personne", "toujours", "encore", "déjà",
+    "est", "sont", "suis", "sommes", "êtes", "était", "été", "ai", "as", "avons", "avez", "ont", "avait",
     "peut", "peuvent", "pouvez", "pouvons", "faut", "fait", "faire", "merci", "svp", "stp", "urgent",
     "urgente", "urgence", "besoin", "aide", "aidez", "rappelez", "rappeler", "appelez", "appeler",
     "contactez", "contacter", "répondez", "attention", "alerte", "panne", "accès", "acces", "problème",
-    "probleme", "chiffré", "chiffrés", "bloqué", "bloqués", "impossible", "depuis", "si", "que",
-    "qui", "quoi", "quand", "comment", "pourquoi", "car", "mais", "donc", "or",
+    "probleme", "chiffré", "chiffrés", "bloqué", "bloqués", "impossible", "depuis", "que", "qui", "quoi",
+    "quand", "comment", "pourquoi", "car", "mais", "donc", "hs", "ko", "down", "arrêt", "arret", "coupé",
+    "coupée", "coupés", "indisponible", "indisponibles", "recommence", "reprend", "repris", "reçu", "recu",
+    "reçus", "reçue", "infecté", "infectés", "compromis", "piraté", "piratés", "attaque", "attaqués", "virus",
+    "fuite", "again", "still", "not", "no", "we", "please", "help", "urgently", "since",
 })
 _MAX_SIGNATURE_WORDS = 12
 _ACRONYM_LETTERS = 5  # « CHU », « RSSI », « ANSSI »: longer capitals are words, one surname at most
 
 
 def _phone_segment(segment: str) -> bool:
-    digits = sum(ch.isdigit() for ch in segment)
-    parts = segment.strip().split(".")
-    if not 8 <= digits <= 15 or (len(parts) == 4 and all(p.strip().isdigit() for p in parts)):
-        return False  # a phone number has 8 to 15 digits; « 10.12.4.7 » is an IPv4 address
-    words = segment.split()
-    first = words[0].strip(".:").lower() if words else ""
-    if first not in _PHONE_WORDS and not all(ch in _NUMBER_CHARS for ch in segment):
-        return False
-    rest = words[1:] if first in _PHONE_WORDS else words
-    if rest[:1] == [":"]:  # « Tél : 02 … »
-        rest = rest[1:]
-    return bool(rest) and all(ch in _NUMBER_CHARS for ch in " ".join(rest))
+    """« Tél. direct : 02 40 08 33 33 », « Phone: +44 20 7946 0958 », « 06 12 34 56 78 »: a phone
+    label or none, then a number shaped like one — never an IPv4 address or network (« 203.0.113.45. »,
+    « (203.0.113.45) », « 203.0.113.0/24 »: a sighting, outside tester)."""
+    words = segment.replace(":", " : ").split()
+    while words and (words[0].strip(".:").lower() in _PHONE_WORDS or words[0] == ":"):
+        words = words[1:]
+    number = " ".join(words)
+    return bool(number) and _PHONE_NUMBER.fullmatch(number) is not None
 
 
 def _signature_line(line: str) -> bool:
@@ -125,8 +137,17 @@ def _signature_line(line: str) -> bool:
     if not 0 < len(line) <= MAX_SIGNATURE_CHARS or "?" in line or "://" in line:
         return False
     if is_mobile_sign_off(line):
-        # The sign-off alone: « Envoyé de mon iPhone, le DPI ne répond plus » is content.
-        return not any(mark in line for mark in ",:;") and len(line.split()) <= 8
+        # The sign-off alone: « Envoyé de mon iPhone, le DPI ne répond plus », « Sent from my
+        # iPhone. Servers down again », « … mobile car plus de messagerie » are content.
+        core = line.strip().rstrip(".!")
+        return (not any(mark in core for mark in ",:;.!?-") and len(core.split()) <= 6
+                and not any(w.lower() in _NEVER_IN_SIGNATURE for w in core.split()))
+    if "@" in line:
+        # An address is a signature's on a line of its own (« Mail : jean.dupont@chu.fr »);
+        # « Reçu de admin@vpn-update.example » is a sighting (outside tester).
+        words = line.replace(":", " ").split()
+        return len(words) <= 2 and words[-1].count("@") == 1 and (len(words) == 1 or words[0].lower().strip(".")
+                                                                 in _MAIL_WORDS)
     words = line.replace(",", " ").split()
     if any(ch.isdigit() for ch in line):
         segments = [line]
@@ -140,6 +161,10 @@ def _signature_line(line: str) -> bool:
         return False
     if sum(1 for w in bare if w.isalpha() and w.isupper() and len(w) > _ACRONYM_LETTERS) > 1:
         return False
+    letters = [w for w in bare if w.isalpha()]
+    if len(letters) >= 3 and all(w.isupper() for w in letters) and sum(
+            1 for w in letters if len(w) > _ACRONYM_LETTERS and w.lower() not in _TITLE_WORDS) > 1:
+        return False  # a shouted sentence, not « RSSI – CHU DE NANTES » (one place name)
     return all(_signature_word(w) for w in words)
 
 

@@ -65,6 +65,9 @@ COURTESY = [
     "#lu\nSophie Martin\nResponsable de la sécurité des systèmes d'information",
     "Merci.\nJean-Pierre DUPONT\nRSSI – GHT Loire Atlantique\nTél. +33 2 40 08 33 33",
     "Bien reçu, merci.\nDr Paul Henry\nBiologiste responsable",
+    "Merci,\nJ. Dupont\nRSSI", "Merci,\nM. Dupont\nIngénieur sécurité", "Merci.\nIngénieure sécurité SI",
+    "Merci.\nSophie Martin\nTél. direct : 02 40 08 33 33", "Thanks,\nJohn Smith\nCISO\nPhone: +44 20 7946 0958",
+    "Merci.\nJean DUPONT\nRSSI – CHU DE NANTES", "Merci.\nPaul Henry\nMail : paul.henry@chu.test",
 ]
 
 NOT_COURTESY = [
@@ -105,6 +108,11 @@ NOT_COURTESY = [
     "Merci.\n10.12.4.7 - 10.12.4.8",
     "Merci.\n198.51.100.99",
     "Merci.\nPanne Générale Du Serveur PACS",
+    # Third round: a sighting, a short status report, text after a phone's sign-off.
+    "Merci.\n(203.0.113.45)", "Merci.\n203.0.113.45.", "Merci.\n203.0.113.0/24",
+    "Merci.\nReçu de admin@vpn-update.example", "Merci.\nLe DPI à l'arrêt", "Merci.\nL'automate de biologie à l'arrêt",
+    "Merci.\nRéseau HS", "Merci.\nÇA RECOMMENCE CE MATIN", "Bien reçu, merci.\nEnvoyé de mon iPhone. DPI HS",
+    "Thanks.\nSent from my iPhone. Servers down again", "Merci.\nEnvoyé de mon mobile car plus de messagerie",
 ]
 
 
