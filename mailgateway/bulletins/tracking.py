@@ -199,12 +199,16 @@ def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessa
     if row is None or from_staff(env, session, row, facts):
         return None
     rec = recipient_of(session, row)
+    # Only the establishment the message went to acknowledges it: a reply threaded under another
+    # establishment's copy (its In-Reply-To is easy to get) is processed, but counts nothing for it
+    # (outside tester: « Bien reçu » from one hospital marked a laboratory as having read).
+    counts = rec is not None and rec.acknowledged_at is None and _same_organisation(facts.sender.address, row.recipient)
     if receipt:
-        if read_receipt_of(facts) and rec is not None and rec.acknowledged_at is None:
+        if read_receipt_of(facts) and counts and rec is not None:
             rec.acknowledged_at = env.clock.now()  # RFC 8098 "displayed": read
         _attach(env, session, row, inbound, facts)
         return Outcome("processed", reason=f"accusé de lecture automatique du bulletin {row.bulletin_id}")
-    if rec is not None and rec.acknowledged_at is None:
+    if counts and rec is not None:
         rec.acknowledged_at = env.clock.now()
     if facts.extra.get("reply_declaration") is not None or (
             not only_acknowledges(facts) and sighted_indicators(session, alert_case_of(session, row), facts.new_text)):
@@ -217,6 +221,14 @@ def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessa
         return Outcome("processed", reason=f"réponse au bulletin {row.bulletin_id} transmise à l'équipe")
     _attach(env, session, row, inbound, facts)
     return Outcome("processed", reason=f"accusé de lecture du bulletin {row.bulletin_id}")
+
+
+def _same_organisation(sender: str | None, recipient: str) -> bool:
+    """The sender writes from the recipient's mail domain (the same mailbox, a colleague) or one
+    of its subdomains or parents."""
+    mine = (sender or "").strip().lower().rpartition("@")[2]
+    theirs = recipient.strip().lower().rpartition("@")[2]
+    return bool(mine and theirs) and (mine == theirs or mine.endswith("." + theirs) or theirs.endswith("." + mine))
 
 
 def reactivate_sender(env: Env, session: Session, facts: MessageFacts) -> list[Contact]:

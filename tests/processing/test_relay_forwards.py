@@ -229,3 +229,17 @@ def test_an_outlook_reply_to_a_case_mail_goes_to_its_case_even_after_a_relay(gw:
     assert any("12 patients" in str(e.data.get("extrait", "")) for e in received), [e.data for e in received]
     assert acknowledged(gw) == before  # not the relay's read receipt
     assert "bulletin" not in str(casemail.parse(gw.last("notification_equipe").raw)["Subject"]).lower()
+
+
+def test_a_reply_under_another_establishments_copy_acknowledges_nothing_for_it(gw: Gateway) -> None:
+    # Outside tester: « Bien reçu, merci. » from one hospital, threaded under the relay sent to a
+    # laboratory (an In-Reply-To is easy to get), marked the laboratory as having read it.
+    relayed(gw)
+    relay = gw.last("alerte_relais", "ssi@e0.test")
+    other = casemail.message(sender="rssi@ailleurs.test", to="ssi-ara@ars.test", subject="RE: alerte",
+                             body="Bien reçu, merci.", in_reply_to=relay.message_id)
+    gw.feed(other)
+    assert acknowledged(gw) == set()
+    gw.feed(casemail.message(sender="ssi@e0.test", to="ssi-ara@ars.test", subject="RE: alerte",
+                             body="Bien reçu, merci.", in_reply_to=relay.message_id))
+    assert acknowledged(gw) == {"ssi@e0.test"}
