@@ -174,8 +174,26 @@ _CLAUSE_BREAKS = str.maketrans(dict.fromkeys(",.;:!…", "\n"))
 _LINK_MARKS = ("://", "www.", "http", "hxxp")
 
 
+# Word pairs that make a courtesy's words a request or a report: « merci d'un retour rapide »
+# (please), « ok pour l'intervention », « nous aussi reçu ce mail », « plus reçu de mail »
+# (outside tester: each passed for a thank-you).
+_REQUEST_PAIRS = (("merci", "d", "un"), ("merci", "d", "une"), ("merci", "de", "bien"), ("ok", "pour"),
+                  ("accord", "pour"))
+_ALSO = frozenset({"aussi", "egalement", "encore", "plus", "idem", "pareil", "meme"})
+_RECEIVED = frozenset({"recu", "recus", "recue", "recues"})
+
+
+def _reports(words: list[str]) -> bool:
+    joined = " " + " ".join(words) + " "
+    if any(" " + " ".join(pair) + " " in joined for pair in _REQUEST_PAIRS):
+        return True
+    return not _RECEIVED.isdisjoint(words) and not _ALSO.isdisjoint(words)
+
+
 def _courtesy_clause(words: list[str], phrases: tuple[tuple[str, ...], ...], labels: Labels) -> bool:
     """A fixed phrase sequence, or one anchor word and otherwise only courtesy words."""
+    if words and _reports(words):
+        return False
     if not words or _phrases_only(words, phrases):
         return True
     if len(words) > labels.courtesy_max_clause_words:
@@ -214,5 +232,36 @@ def is_courtesy(new_text: str, attachments: int, labels: Labels) -> bool:
             continue
         # A closing signature: the last lines only, after at least one courtesy line.
         rest = lines[n:]
-        return courteous > 0 and len(rest) <= MAX_SIGNATURE_LINES and all(_signature_line(r) for r in rest)
+        if not (courteous > 0 and len(rest) <= MAX_SIGNATURE_LINES and all(_signature_line(r) for r in rest)):
+            return False
+        # And a signature shows itself: one of its lines is surely a signature's (a title, a
+        # labelled phone line, an address line, a phone's sign-off), or it is at most two lines of
+        # a name after a closing formula (« Bien cordialement, / Marie Exemple »). « Merci. /
+        # Impactés », « Merci. / Messagerie ❌ », « Thanks. / Email Server Compromised » are content
+        # (outside tester: each kept a closed case closed, silent).
+        closed = any(_ends_with_closing(line) for line in lines[:n])
+        return any(_signature_anchor(r) for r in rest) or (closed and len(rest) <= 2)
     return courteous > 0
+
+
+# Closing formulas a name may follow alone.
+_FORMAL_CLOSINGS = ("cordialement", "bien a vous", "salutation", "regard", "respectueusement", "sincerely",
+                    "amitie", "bien a toi")  # as match_form writes them (plurals folded)
+# Acronyms and abbreviations that only a signature holds.
+_SIGNATURE_ACRONYMS = frozenset({"rssi", "dsi", "dpo", "ciso", "cio", "cto", "rsi", "dsio", "ssi", "drh", "ght",
+                                 "chu", "chr", "chru", "aphp", "ap-hp", "ars", "dr", "pr", "ehpad", "lbm", "ch"})
+
+
+def _ends_with_closing(line: str) -> bool:
+    folded = match_form(line)
+    return any(folded.endswith(closing) for closing in _FORMAL_CLOSINGS)
+
+
+def _signature_anchor(line: str) -> bool:
+    if is_mobile_sign_off(line) or "@" in line:
+        return True  # validated alone on its line by _signature_line
+    words = [w.strip(",.;:()/|\"'«»!-–").lower() for w in line.split()]
+    if any(ch.isdigit() for ch in line):
+        # « Tél. 02 40 … », never a bare number nor « Poste 4521 » (a call-back number, a workstation).
+        return bool(words) and words[0].strip(".") in _PHONE_WORDS and sum(ch.isdigit() for ch in line) >= 8
+    return any(w in _TITLE_WORDS or w in _SIGNATURE_ACRONYMS or w.split("'")[-1] in _TITLE_WORDS for w in words)

@@ -113,6 +113,12 @@ NOT_COURTESY = [
     "Merci.\nReçu de admin@vpn-update.example", "Merci.\nLe DPI à l'arrêt", "Merci.\nL'automate de biologie à l'arrêt",
     "Merci.\nRéseau HS", "Merci.\nÇA RECOMMENCE CE MATIN", "Bien reçu, merci.\nEnvoyé de mon iPhone. DPI HS",
     "Thanks.\nSent from my iPhone. Servers down again", "Merci.\nEnvoyé de mon mobile car plus de messagerie",
+    # Fourth round: a one-word status, a system's name, emojis, a request in thanks' words, a sighting.
+    "Merci.\nImpactés", "Thanks.\nAffected", "Merci.\nMessagerie ❌\nDPI ❌", "Merci.\nPACS : OFF",
+    "Thanks.\nEmail Server Compromised", "Merci.\nMode Dégradé", "Merci.\nSRV-PACS", "Merci.\nDPI Crossway",
+    "Merci.\nUs Too", "Merci d'une intervention rapide", "Merci d'un appel au service", "OK pour l'intervention",
+    "D'accord pour l'appel", "Nous aussi reçu ce mail", "Reçu également ce courriel", "Encore reçu ce message",
+    "Plus reçu de mail", "Merci.\n06 12 34 56 78", "Merci.\nPoste 4521",
 ]
 
 
