@@ -64,14 +64,18 @@ def test_near_labels_are_linear_on_hostile_text() -> None:
     assert time.perf_counter() - started < 1.0
 
 
+def _mail(sender: str, subject: str, body: str) -> bytes:
+    return (f"From: {sender}\r\nTo: ssi-ara@ars-sante.test\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+
+
 def test_a_free_text_summary_stops_at_the_writers_sign_off(ctx: AnalysisContext) -> None:
     # Outside tester: the résumé sent to staff and the ACSS ended « … Cordialement, Dr Paul Henry
     # Biologiste responsable ».
     body = ("Bonjour,\r\n\r\nDeux postes du laboratoire ont contacté ameli-remboursement.example hier soir, "
             "rançongiciel suspecté, nous avons isolé les postes.\r\n\r\nCordialement,\r\nDr Paul Henry\r\n"
             "Biologiste responsable\r\n")
-    raw = ("From: labo@lbm.test\r\nTo: ssi-ara@ars-sante.test\r\nSubject: Incident au laboratoire\r\n"
-           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+    raw = _mail("labo@lbm.test", "Incident au laboratoire", body)
     facts = analyse(raw, ctx)
     assert facts.declaration is not None and facts.declaration.summary is not None, facts
     assert facts.declaration.summary.endswith("nous avons isolé les postes."), facts.declaration.summary
@@ -90,8 +94,7 @@ def test_a_leak_sent_by_mistake_is_not_malicious(ctx: AnalysisContext) -> None:
     # Outside tester: « un prestataire a envoyé par erreur un export patients » was « malveillant ».
     body = ("Bonjour,\r\n\r\nUn prestataire a envoyé par erreur un export patients à un mauvais destinataire : "
             "fuite de données de santé, 300 dossiers concernés.\r\n")
-    raw = ("From: dpo@chu.test\r\nTo: ssi-ara@ars-sante.test\r\nSubject: Fuite de données\r\n"
-           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+    raw = _mail("dpo@chu.test", "Fuite de données", body)
     facts = analyse(raw, ctx)
     assert facts.declaration is not None and facts.declaration.nature != "MALVEILLANT", facts.declaration
 
@@ -102,7 +105,6 @@ def test_the_writers_own_numbers_are_no_indicators(ctx: AnalysisContext) -> None
     body = ("Numéro FINESS : 690781810\r\nType d'incident : hameçonnage\r\n"
             "Description : appels frauduleux depuis le 01 99 00 55 66.\r\n\r\nSophie Martin\r\nRSSI\r\n"
             "Tél. 02 41 49 60 00\r\n")
-    raw = ("From: rssi@chu.test\r\nTo: ssi-ara@ars-sante.test\r\nSubject: Déclaration\r\n"
-           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body).encode()
+    raw = _mail("rssi@chu.test", "Déclaration", body)
     phones = {i.value for i in analyse(raw, ctx).indicators if i.type == "phone"}
     assert phones == {"+33199005566"}, phones
