@@ -29,10 +29,11 @@ import re
 from mailgateway.mail.labels import Labels
 from mailgateway.mail.text import is_mobile_sign_off, match_form
 
-MAX_SIGNATURE_LINES = 5
+MAX_SIGNATURE_LINES = 7  # name, title, service, structure, address, phone, mail
 MAX_SIGNATURE_CHARS = 80
 # Lower-case words a name or a service may hold (« La cellule SSI du CHU de Test »).
-_PARTICLES = frozenset({"de", "du", "des", "la", "le", "les", "d", "l", "et", "à", "au", "aux", "en", "sur", "-"})
+_PARTICLES = frozenset({"de", "du", "des", "la", "le", "les", "d", "l", "et", "à", "au", "aux", "en", "sur", "-",
+                        "of", "and", "the", "for"})
 # A signature line with digits is a phone line: it starts with one of these, or is only a number.
 _PHONE_WORDS = frozenset({"tél", "tel", "téléphone", "telephone", "mob", "mobile", "portable", "port", "fax",
                           "standard", "ligne", "poste", "t", "m", "f", "direct", "directe", "phone", "cell", "office",
@@ -42,6 +43,33 @@ _PHONE_WORDS = frozenset({"tél", "tel", "téléphone", "telephone", "mob", "mob
 # reads « 4521 »). Bounded: a signature line is at most MAX_SIGNATURE_CHARS long.
 _PHONE_NUMBER = re.compile(r"\(?(?:\+\d{1,3}[ .]?(?:\(0\)[ .]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"
                            r"|0\d(?:[ .-]?\d{2}){4}|\d{2,5})\)?")
+# A postal address line of a signature: a number and a street word, or a postcode and a town
+# (capitalised words, « Cedex »). « 2 postes infectés » is neither. Bounded: at most 80 characters.
+_POSTAL = re.compile(
+    r"\d{1,4}(?: ?(?:bis|ter))?,? (?:rue|avenue|av\.?|allée|allee|boulevard|bd|place|pl\.?|chemin|route|impasse|quai|"
+    r"cours|square|voie|parvis|esplanade|rond-point|faubourg|BP|CS)\b[^\d]{0,60}"
+    r"|(?:BP|CS) \d{1,6}"
+    r"|\d{5} [A-ZÀ-Ý][\w' -]{1,40}(?: [Cc]edex(?: \d{1,2})?)?", re.IGNORECASE)
+
+
+def _postal(line: str) -> bool:
+    """A postal address line, with no word a status or a time would hold (« 12 rue bloquée ce
+    matin », « 44000 Nantes chiffré » are content); a town's words capitalised."""
+    text = line.strip()
+    if _POSTAL.fullmatch(text) is None:
+        return False
+    words = [w.strip(",.;:()'") for w in text.split()]
+    if len(words) > 10 or any(part in _NEVER_IN_SIGNATURE for w in words for part in w.lower().split("'")):
+        return False
+    if words and len(words[0]) == 5 and words[0].isdigit():  # « 44093 Nantes Cedex 1 »
+        return all(w[:1].isupper() or w.isdigit() or w.lower() in _PARTICLES or w.lower() == "cedex"
+                   for w in words[1:] if w)
+    # « 5 allée de l'île Gloriette »: after the street word, names, particles and elisions only.
+    street = next((i for i, w in enumerate(words) if w[:1].isalpha()), len(words))
+    return all(w[:1].isupper() or w.lower() in _PARTICLES or "'" in line.split()[i] or not w
+               for i, w in enumerate(words) if i > street)
+
+
 # Labels of an address line: « Mail : … », « Courriel : … ».
 _MAIL_WORDS = frozenset({"mail", "e-mail", "email", "courriel", "mél", "mel", "adresse"})
 _NUMBER_CHARS = frozenset("0123456789 +().-/")
@@ -64,6 +92,13 @@ _TITLE_WORDS = frozenset({
     "officier", "général", "générale", "secrétaire", "assistant", "assistante", "analyste", "conseiller",
     "conseillère", "coordinateur", "coordinatrice", "coordination", "sûreté", "surete", "crise", "cyber",
     "cybersécurité", "cybersecurite", "hôpital", "hopital", "clinique", "patients",
+    "biomédical", "biomedical", "soins", "achats", "réanimation", "reanimation", "infirmière", "infirmier",
+    "hygiéniste", "coordonnateur", "coordonnatrice", "communication", "gestionnaire", "administrative",
+    "administratif", "médico-administrative", "ressources", "humaines", "affaires", "financières", "télécoms",
+    "telecoms", "praticien", "urgences", "intercommunal", "intercommunale", "accueil", "médicalisé",
+    "spécialisée", "médico-éducatif", "personnes", "âgées", "handicap", "médecine", "veille",
+    "security", "head", "manager", "officer", "director", "department", "radiology", "hospital", "university",
+    "chief", "engineer", "team", "secrétariat",
 })
 # Several numbers on one line: « Tél. 02 41 49 60 00 – Port. 06 12 34 56 78 ».
 _PHONE_SEPARATORS = ("–", "—", "|", "•", " - ", " / ")
@@ -114,6 +149,11 @@ _NEVER_IN_SIGNATURE = frozenset({
     "coupée", "coupés", "indisponible", "indisponibles", "recommence", "reprend", "repris", "reçu", "recu",
     "reçus", "reçue", "infecté", "infectés", "compromis", "piraté", "piratés", "attaque", "attaqués", "virus",
     "fuite", "again", "still", "not", "no", "we", "please", "help", "urgently", "since",
+    # A status and when: never a name, a title or an address.
+    "bloquée", "bloquées", "fermé", "fermée", "fermés", "fermées", "tombé", "tombée", "tombés", "tombées",
+    "coupées", "chiffrée", "chiffrées", "infectée", "infectées", "touché", "touchée", "touchés", "touchées",
+    "impacté", "impactée", "impactés", "impactées", "affecté", "affectée", "affectés", "affectées", "compromise",
+    "compromises", "hors", "ce", "cette", "hier", "aujourd", "matin", "soir", "nuit", "maintenant",
 })
 _MAX_SIGNATURE_WORDS = 12
 _ACRONYM_LETTERS = 5  # « CHU », « RSSI », « ANSSI »: longer capitals are words, one surname at most
@@ -149,6 +189,8 @@ def _signature_line(line: str) -> bool:
         return len(words) <= 2 and words[-1].count("@") == 1 and (len(words) == 1 or words[0].lower().strip(".")
                                                                  in _MAIL_WORDS)
     words = line.replace(",", " ").split()
+    if _postal(line):
+        return True  # « 5 allée de l'île Gloriette », « 44093 Nantes Cedex 1 »
     if any(ch.isdigit() for ch in line):
         segments = [line]
         for separator in _PHONE_SEPARATORS:
@@ -258,7 +300,7 @@ def _ends_with_closing(line: str) -> bool:
 
 
 def _signature_anchor(line: str) -> bool:
-    if is_mobile_sign_off(line) or "@" in line:
+    if is_mobile_sign_off(line) or "@" in line or _postal(line):
         return True  # validated alone on its line by _signature_line
     words = [w.strip(",.;:()/|\"'«»!-–").lower() for w in line.split()]
     if any(ch.isdigit() for ch in line):

@@ -68,6 +68,12 @@ COURTESY = [
     "Merci,\nJ. Dupont\nRSSI", "Merci,\nM. Dupont\nIngénieur sécurité", "Merci.\nIngénieure sécurité SI",
     "Merci.\nSophie Martin\nTél. direct : 02 40 08 33 33", "Thanks,\nJohn Smith\nCISO\nPhone: +44 20 7946 0958",
     "Merci.\nJean DUPONT\nRSSI – CHU DE NANTES", "Merci.\nPaul Henry\nMail : paul.henry@chu.test",
+    # Ordinary signatures that reopened closed cases (noise): an address, more titles, English, seven lines.
+    "Merci, bonne journée.\nJeanne Martin\nCHU de Nantes\n5 allée de l'île Gloriette\n44093 Nantes Cedex 1",
+    "Merci.\nJean Dupont\nIngénieur biomédical", "Thanks,\nJohn Smith\nHead of Information Security",
+    "Merci.\nMarie Durand\nDirectrice des soins",
+    "Merci.\nSophie Martin\nRSSI\nDirection des systèmes d'information\nCHU de Nantes\nTél. 02 40 08 33 33\n"
+    "Mail : s.martin@chu-nantes.fr",
 ]
 
 NOT_COURTESY = [
@@ -119,6 +125,8 @@ NOT_COURTESY = [
     "Merci.\nUs Too", "Merci d'une intervention rapide", "Merci d'un appel au service", "OK pour l'intervention",
     "D'accord pour l'appel", "Nous aussi reçu ce mail", "Reçu également ce courriel", "Encore reçu ce message",
     "Plus reçu de mail", "Merci.\n06 12 34 56 78", "Merci.\nPoste 4521",
+    "Merci.\n12 rue bloquée ce matin", "Merci.\n44000 Nantes chiffré", "Merci.\n12 rue des Lilas inondée",
+    "Merci.\nUrgences fermées", "Merci.\nHead Office Down",
 ]
 
 
