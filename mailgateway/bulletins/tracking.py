@@ -47,6 +47,7 @@ from mailgateway.directory.staff import staff_addresses
 from mailgateway.directory.targets import RECIPIENT_ROLES
 from mailgateway.dispatch import outbox
 from mailgateway.dispatch.contexts import region_context
+from mailgateway.mail.auth import organisational_domain
 from mailgateway.mail.bounce import mailbox_full
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.context import Env, Outcome, notify_staff
@@ -224,11 +225,11 @@ def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessa
 
 
 def _same_organisation(sender: str | None, recipient: str) -> bool:
-    """The sender writes from the recipient's mail domain (the same mailbox, a colleague) or one
-    of its subdomains or parents."""
+    """The sender writes from the recipient's organisational domain (the same mailbox, a colleague,
+    a subdomain: mail/auth.py, the public suffix list)."""
     mine = (sender or "").strip().lower().rpartition("@")[2]
     theirs = recipient.strip().lower().rpartition("@")[2]
-    return bool(mine and theirs) and (mine == theirs or mine.endswith("." + theirs) or theirs.endswith("." + mine))
+    return bool(mine) and organisational_domain(mine) == organisational_domain(theirs)
 
 
 def reactivate_sender(env: Env, session: Session, facts: MessageFacts) -> list[Contact]:

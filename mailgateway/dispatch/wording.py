@@ -36,13 +36,16 @@ def de_elide(name: object) -> str:
 # The head nouns of structure names, with the article French puts before them after « de »:
 # « du CHU de Nantes », « de la Clinique du Parc », « de l'Hôpital Nord » (outside tester:
 # « correspondant SSI de CHU de Nantes »). Other names (a town, a proper name) take « de »/« d' ».
-_DU = ("chu", "chr", "chru", "ch", "chi", "chs", "chd", "chg", "ght", "ghu", "gh", "gcs", "gip", "centre",
-       "groupe", "groupement", "laboratoire", "lbm", "pôle", "pole", "service", "cabinet", "réseau",
-       "reseau", "site", "foyer", "sih", "sdis", "département", "departement", "cmp", "cmpp", "ssiad")
-_DE_LA = ("clinique", "polyclinique", "maison", "fondation", "résidence", "residence", "mutuelle",
-          "direction", "cité", "cite", "communauté", "communaute", "société", "societe")
-_DE_L = ("hôpital", "hopital", "institut", "établissement", "etablissement", "ehpad", "unité", "unite",
-         "association", "hospitalisation", "esms", "imagerie", "ifsi", "office")
+_DU = frozenset({
+    "chu", "chr", "chru", "ch", "chi", "chs", "chd", "chg", "ght", "ghu", "gh", "gcs", "gip", "centre", "groupe",
+    "groupement", "laboratoire", "lbm", "pôle", "pole", "service", "cabinet", "réseau", "reseau", "site", "foyer",
+    "sih", "sdis", "département", "departement", "cmp", "cmpp", "ssiad"})
+_DE_LA = frozenset({
+    "clinique", "polyclinique", "maison", "fondation", "résidence", "residence", "mutuelle", "direction", "cité",
+    "cite", "communauté", "communaute", "société", "societe"})
+_DE_L = frozenset({
+    "hôpital", "hopital", "institut", "établissement", "etablissement", "ehpad", "unité", "unite", "association",
+    "hospitalisation", "esms", "imagerie", "ifsi", "office"})
 
 
 def du_nom(name: object) -> str:

@@ -105,12 +105,16 @@ _NEAR_FIELDS = frozenset({"severity", "structure", "summary", "measures", "scope
 def labelled_fields(text: str, labels: Labels) -> Fields:
     values: dict[str, str] = {}
     count = 0
+    known: dict[str, str | None] = {}  # each label is asked about up to three times: looked up once
+
     def field_of(name: str) -> str | None:
-        field = labels.fields.lookup(name)
-        if field is None:
-            near = labels.fields.lookup_near(name)
-            field = near if near in _NEAR_FIELDS else None
-        return field
+        if name not in known:
+            field = labels.fields.lookup(name)
+            if field is None:
+                near = labels.fields.lookup_near(name)
+                field = near if near in _NEAR_FIELDS else None
+            known[name] = field
+        return known[name]
 
     def is_long(name: str) -> bool:
         return field_of(name) in _FREE_TEXT_FIELDS

@@ -86,7 +86,7 @@ def _latin1_as_windows_1252(data: bytes) -> str:
     return data.decode("latin-1").translate(_C1_AS_CP1252)
 
 
-_SINGLE_BYTE_WESTERN = frozenset({"iso8859-1", "iso8859-15", "cp1252", "windows-1252"})
+_SINGLE_BYTE_WESTERN = frozenset({"iso8859-1", "iso8859-15", "cp1252"})  # as clean_charset names them
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
