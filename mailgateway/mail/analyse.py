@@ -339,9 +339,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         elif other_case:
             facts_commands = _refused(facts_commands, other_case_reason(case_ref, other_case))
             extra["subject_names_other_case"] = other_case
-        # The writer's own numbers (a signature, a « Tél. » line) are no indicators (outside tester).
         indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
-                                        signature_phones(fresh) + contact_line_phones(fresh))
+                                        _own_numbers(fresh))
         return replace(base, kind=kind, commands=facts_commands, indicators=indicators, is_bulletin_request=is_bulletin)
     # 5. alert — never an answer to what we sent (``quotes_our_mail``): an establishment's « RE: »
     # to a relayed alert carries the alert's words and TLP, and was read as a forged alert (outside
@@ -372,7 +371,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     if ours:
         own = extra.get("reply_declaration")
         if isinstance(own, Declaration):
-            indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains)
+            indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
+                                            _own_numbers(fresh))
             return replace(base, kind="declaration", declaration=own, indicators=indicators)
         return replace(base, kind="reply")
     # 7. declaration (possibly forwarded)
@@ -401,7 +401,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         if by_agency:
             extra["transmis_par"] = (sender.address or "").lower()
         excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
-        phones = _declarant_phones(decl_text, labels) + signature_phones(decl_text) + contact_line_phones(decl_text)
+        phones = _declarant_phones(decl_text, labels) + _own_numbers(decl_text)
         if source.outer is not None:
             phones += signature_phones(source.outer)
         indicators = extract_indicators([decl_text, *links], excluded, (*labels.noise_domains, *agency), phones)
@@ -414,6 +414,11 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         reason_text = "contenu illisible : aucun en-tête ni texte exploitable"
     # No indicators for unknown mail: mostly spam, whose links would only be noise for staff.
     return replace(base, kind="unknown", quarantine_reason=reason_text)
+
+
+def _own_numbers(text: str) -> list[str]:
+    """The writer's own numbers (a signature, a « Tél. » line): never indicators (outside tester)."""
+    return signature_phones(text) + contact_line_phones(text)
 
 
 FORWARDED_RELAY = ("transfert d'un message envoyé par la passerelle (alerte relayée ou bulletin), "

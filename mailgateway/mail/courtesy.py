@@ -43,36 +43,33 @@ _PHONE_WORDS = frozenset({"tél", "tel", "téléphone", "telephone", "mob", "mob
 # reads « 4521 »). Bounded: a signature line is at most MAX_SIGNATURE_CHARS long.
 _PHONE_NUMBER = re.compile(r"\(?(?:\+\d{1,3}[ .]?(?:\(0\)[ .]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"
                            r"|0\d(?:[ .-]?\d{2}){4}|\d{2,5})\)?")
-# A postal address line of a signature: a number and a street word, or a postcode and a town
-# (capitalised words, « Cedex »). « 2 postes infectés » is neither. Bounded: at most 80 characters.
+# A postal address line of a signature: a number and a street word, a « BP »/« CS » box, or a
+# postcode and a town. « 2 postes infectés » is none. Bounded: at most 80 characters.
+_STREET_WORDS = ("rue", "avenue", "av", "allée", "allee", "boulevard", "bd", "place", "pl", "chemin", "route",
+                 "impasse", "quai", "cours", "square", "voie", "parvis", "esplanade", "rond-point", "faubourg")
 _POSTAL = re.compile(
-    r"\d{1,4}(?: ?(?:bis|ter))?,? (?:rue|avenue|av\.?|allée|allee|boulevard|bd|place|pl\.?|chemin|route|impasse|quai|"
-    r"cours|square|voie|parvis|esplanade|rond-point|faubourg|BP|CS)\b[^\d]{0,60}"
+    r"\d{1,4}(?: ?(?:bis|ter))?,? (?:" + "|".join(_STREET_WORDS) + r")\b\.?[^\d]{0,60}"
     r"|(?:BP|CS) \d{1,6}"
     r"|\d{5} [A-ZÀ-Ý][\w' -]{1,40}(?: [Cc]edex(?: \d{1,2})?)?", re.IGNORECASE)
+_ADDRESS_WORDS = frozenset({*_STREET_WORDS, "bp", "cs", "bis", "ter", "cedex"})
 
 
 def _postal(line: str) -> bool:
-    """A postal address line, with no word a status or a time would hold (« 12 rue bloquée ce
-    matin », « 44000 Nantes chiffré » are content); a town's words capitalised."""
+    """A postal address line whose names (street, town) are names: capitalised, particles or
+    elisions (« 5 allée de l'île Gloriette », « 44093 Nantes Cedex 1 ») — « 12 rue bloquée ce
+    matin », « 44000 Nantes chiffré » are content."""
     text = line.strip()
     if _POSTAL.fullmatch(text) is None:
         return False
-    words = [w.strip(",.;:()'") for w in text.split()]
+    words = [w.strip(",.;:()") for w in text.split()]
     if len(words) > 10 or any(part in _NEVER_IN_SIGNATURE for w in words for part in w.lower().split("'")):
         return False
-    if words and len(words[0]) == 5 and words[0].isdigit():  # « 44093 Nantes Cedex 1 »
-        return all(w[:1].isupper() or w.isdigit() or w.lower() in _PARTICLES or w.lower() == "cedex"
-                   for w in words[1:] if w)
-    # « 5 allée de l'île Gloriette »: after the street word, names, particles and elisions only.
-    street = next((i for i, w in enumerate(words) if w[:1].isalpha()), len(words))
-    return all(w[:1].isupper() or w.lower() in _PARTICLES or "'" in line.split()[i] or not w
-               for i, w in enumerate(words) if i > street)
+    return all(w[:1].isupper() or w.isdigit() or "'" in w or w.lower() in _PARTICLES or w.lower() in _ADDRESS_WORDS
+               for w in words if w)
 
 
 # Labels of an address line: « Mail : … », « Courriel : … ».
 _MAIL_WORDS = frozenset({"mail", "e-mail", "email", "courriel", "mél", "mel", "adresse"})
-_NUMBER_CHARS = frozenset("0123456789 +().-/")
 # Lower-case words of job titles and services (« Responsable de la sécurité des systèmes
 # d'information », « Chargée de mission SSI »): a closed vocabulary, so that a capitalised sentence
 # (« Le serveur est toujours chiffré ») is still no signature line (found by an outside tester: a

@@ -72,6 +72,7 @@ COURTESY = [
     "Merci, bonne journée.\nJeanne Martin\nCHU de Nantes\n5 allée de l'île Gloriette\n44093 Nantes Cedex 1",
     "Merci.\nJean Dupont\nIngénieur biomédical", "Thanks,\nJohn Smith\nHead of Information Security",
     "Merci.\nMarie Durand\nDirectrice des soins",
+    "Merci.\nPaul Henry\nCHU de Nantes\n5 bis rue Victor Hugo\nBP 1005\n44093 Nantes Cedex 1",
     "Merci.\nSophie Martin\nRSSI\nDirection des systèmes d'information\nCHU de Nantes\nTél. 02 40 08 33 33\n"
     "Mail : s.martin@chu-nantes.fr",
 ]
