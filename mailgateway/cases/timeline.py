@@ -31,17 +31,18 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
+from sqlalchemy import Insert, Table, insert, inspect, select, update
 from sqlalchemy import event as orm_event
-from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
 from mailgateway.clock import aware
-from mailgateway.store import inserted
-from mailgateway.store.models import AuditHead, AuditLedger, Case, CaseEvent
+from mailgateway.store import inserted, written
+from mailgateway.store.models import AuditHead, AuditLedger, Case, CaseEvent, InboundMessage
 
 GENESIS = "0" * 64
 # The audited state of a case: what the timeline vouches for. Not audited: updated_at, the
@@ -119,9 +120,9 @@ def _add_event(session: Session, case: Case, *, type: str, actor: str, at: datet
                inbound_id: int | None = None, outbound_id: int | None = None) -> CaseEvent:
     payload = json.loads(json.dumps(data or {}, default=str))  # what is hashed is what is stored
     seq = (case.event_count or 0) + 1
+    # Not added to the session: sealed and written by one statement at the next flush (_write).
     event = CaseEvent(case_id=case.id, seq=seq, at=at, actor=actor, type=type, data=payload,
                       inbound_id=inbound_id, outbound_id=outbound_id)
-    session.add(event)
     case.event_count = seq
     return event
 
@@ -144,10 +145,8 @@ def _reference_in(session: Session) -> Callable[[int | None], str | None]:
 
 
 def _before_flush(session: Session, _context: UOWTransaction, _instances: object) -> None:
-    new = session.new  # a fresh set at each access: take it once
-    pending: list[tuple[Case, CaseEvent]] = [
-        (case, event) for case, event in session.info.pop(_PENDING, []) if event in new
-    ]
+    # Events of a savepoint rolled back were dropped with it (_rolled_back).
+    pending: list[tuple[Case, CaseEvent]] = session.info.pop(_PENDING, [])
     # Safety net: every code path that changes a case appends an event saying so (cases/service.py,
     # processing, jobs); one that forgets would leave a row the chain does not vouch for, and
     # ``cases verify`` would then cry wolf on an honest database. Rather than trust every present
@@ -166,6 +165,30 @@ def _before_flush(session: Session, _context: UOWTransaction, _instances: object
                 with_events.add(id(obj))
     if pending:
         _seal(session, pending)
+        _write(session, pending)
+    # The case's new head and count, and the message's status, by statement (issue 19).
+    written.write_changed(session, (Case, InboundMessage))
+
+
+def _write(session: Session, pending: list[tuple[Case, CaseEvent]]) -> None:
+    """The sealed events of cases already written, in one INSERT of many rows (issue 19: the
+    unit of work's flush of five new objects per declaration cost ≈ 0.5 ms; nothing reads an
+    event's id back). A case not written yet (no id) leaves its events to the unit of work."""
+    rows = [{name: getattr(event, name) for name in _EVENT_COLUMNS} for case, event in pending
+            if case.id is not None]
+    for case, event in pending:
+        if case.id is None:
+            session.add(event)
+    if rows:
+        session.connection().execute(_events_insert(), rows)
+
+
+_EVENT_COLUMNS = tuple(c.key for c in cast(Table, CaseEvent.__table__).c if c.key != "id")
+
+
+@cache
+def _events_insert() -> Insert:
+    return insert(cast(Table, CaseEvent.__table__))
 
 
 def _seal(session: Session, pending: list[tuple[Case, CaseEvent]]) -> None:
@@ -228,6 +251,13 @@ def _locked_head(session: Session, region: str) -> tuple[int, str]:
     return int(head.seq), str(head.hash)
 
 
+def _rolled_back(session: Session, previous: SessionTransaction) -> None:
+    """A savepoint rolled back: the events it appended and did not flush are gone with it (a
+    savepoint begins with a flush, so everything pending is its own)."""
+    if previous.nested:
+        session.info.pop(_PENDING, None)
+
+
 def _transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # rolled back or committed: nothing left to anchor
         session.info.pop(_TOUCHED, None)
@@ -258,6 +288,7 @@ def savepoint(session: Session) -> Iterator[None]:
 orm_event.listen(Session, "before_flush", _before_flush)
 orm_event.listen(Session, "before_commit", _before_commit)
 orm_event.listen(Session, "after_transaction_end", _transaction_end)
+orm_event.listen(Session, "after_soft_rollback", _rolled_back)
 
 
 @dataclass(frozen=True)

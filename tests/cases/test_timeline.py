@@ -9,7 +9,7 @@ from sqlalchemy import delete, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.cases.lifecycle import InvalidTransition, allowed, check_transition
-from mailgateway.cases.timeline import append_event
+from mailgateway.cases.timeline import append_event, savepoint
 from mailgateway.cases.verify import verify_chain
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Case, CaseEvent
@@ -70,11 +70,10 @@ def test_transition_table() -> None:
         check_transition("alert", "DIFFUSEE", "A_DIFFUSER")
 
 
-def test_the_events_of_one_flush_are_one_insert_each_row_matched_to_its_event(
+def test_the_events_of_one_flush_are_one_insert_and_the_case_one_update(
         sqlite_factory: sessionmaker[Session]) -> None:
-    """Issue 19: SQLite cannot return generated ids in the order of the rows given, so without the
-    hash as a sentinel SQLAlchemy wrote each event in a statement of its own (five per declaration).
-    One statement now, and every event object still carries the id of its own row."""
+    """Issue 19: the events of a flush are one INSERT of many rows, and the case's new head and
+    count one UPDATE, both by statement (no unit of work); every row is the event it was made from."""
     statements: list[str] = []
     engine = sqlite_factory.kw["bind"]
 
@@ -90,11 +89,44 @@ def test_the_events_of_one_flush_are_one_insert_each_row_matched_to_its_event(
             s.flush()
             events = [append_event(s, case, type="note", actor="agent@ars.test", at=AT, data={"texte": f"note {i}"})
                       for i in range(5)]
+            statements.clear()
             s.flush()
-            ids = {e.id: (e.seq, e.hash) for e in events}
+            flushed = list(statements)
+            made = {(e.seq, e.hash, e.prev_hash, e.data["texte"]) for e in events}
+            assert case not in s.dirty
     finally:
         event.remove(engine, "before_cursor_execute", count)
-    assert sum("INSERT INTO case_events" in st for st in statements) == 1
+    assert [st.split(" SET")[0].split(" (")[0] for st in flushed] == [
+        "INSERT INTO case_events", "UPDATE cases"]
     with sqlite_factory() as s:
-        stored = {row.id: (row.seq, row.hash) for row in s.scalars(select(CaseEvent))}
-    assert stored == ids and len(ids) == 5
+        stored = {(row.seq, row.hash, row.prev_hash, row.data["texte"]) for row in s.scalars(select(CaseEvent))}
+        head = s.scalar(select(Case))
+        assert head is not None and head.event_count == 5 and head.last_event_hash == max(made)[1]
+        assert verify_chain(s, head) is None
+    assert stored == made and len(made) == 5
+
+
+@pytest.mark.parametrize("flushed", [True, False], ids=["flushed", "pending"])
+def test_a_savepoint_rolled_back_takes_its_events_and_the_case_head_with_it(
+        sqlite_factory: sessionmaker[Session], flushed: bool) -> None:
+    """The events and the case's new head are written by statement (issue 19): when one message of
+    a batch fails, its savepoint's events must be gone — written or still pending — and the case
+    reloaded, so the next message's event continues the stored chain, not the failed one's."""
+    factory, case_id = _case_with_events(sqlite_factory, 2)
+    with transaction(factory) as s:
+        case = s.get(Case, case_id)
+        assert case is not None
+        with pytest.raises(RuntimeError), savepoint(s):
+            append_event(s, case, type="note", actor="agent@ars.test", at=AT, data={"texte": "échoue"})
+            case.title = "changé par le message qui échoue"
+            if flushed:
+                s.flush()
+            raise RuntimeError("poison")
+        with savepoint(s):
+            append_event(s, case, type="note", actor="agent@ars.test", at=AT, data={"texte": "suivant"})
+    with factory() as s:
+        texts = [e.data["texte"] for e in s.scalars(select(CaseEvent).order_by(CaseEvent.seq))]
+        stored = s.get(Case, case_id)
+        assert stored is not None and stored.event_count == 3 and stored.title == "t"
+    assert texts == ["note 0", "note 1", "suivant"]
+    assert _verify(factory, case_id) is None
