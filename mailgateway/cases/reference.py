@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from mailgateway.store import fast
 from mailgateway.store.models import CaseSequence
 
 REFERENCE_RE = re.compile(r"^SSI-(?P<region>[A-Z0-9]{2,5})-(?P<year>\d{4})-(?P<number>\d{4,})$")
@@ -39,7 +40,8 @@ def next_reference(session: Session, region: str, year: int) -> str:
     # not be flushed first (issue 19: one unit of work less per new case).
     with session.no_autoflush:
         if dialect in ("postgresql", "sqlite"):
-            number = session.execute(_next_statement(dialect), {"region": region, "year": year, "last": 1}).scalar_one()
+            number = fast.execute(session, _next_statement(dialect),
+                                  {"region": region, "year": year, "last": 1}).rows[0][0]
         else:  # pragma: no cover - only the two supported engines
             session.execute(insert(CaseSequence).values(region=region, year=year, last=0))
             number = session.execute(

@@ -25,6 +25,7 @@ from mailgateway.errors import MailgatewayError
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.statuses import SEVERITIES, CaseStatus, Severity
+from mailgateway.store import fast
 from mailgateway.store.inserted import attach_inserted
 from mailgateway.store.models import Case, InboundMessage, Indicator, OutboundMessage
 
@@ -141,9 +142,13 @@ def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | No
     """The first open, unmerged case for the same FINESS in the same region opened within ``window``."""
     if not case.finess:
         return None
-    found = session.scalar(_duplicate_statement(), {
+    # Other cases' pending changes (a status, a merge) decide the answer: flushed first. This
+    # case's own are not (it is not its own duplicate): no flush in the middle of a declaration.
+    if session.new or any(obj is not case for obj in session.dirty):
+        session.flush()
+    found = fast.execute(session, _duplicate_statement(), {
         "finess": case.finess, "region": case.region, "kind": case.kind, "id": case.id,
-        "since": aware(case.opened_at) - window})
+        "since": aware(case.opened_at) - window}).scalar()
     return session.get(Case, found) if found is not None else None
 
 
@@ -302,7 +307,7 @@ def new_case(session: Session, *, region: str, kind: str, inbound: InboundMessag
     # unit of work's flush of one new object cost ≈ 0.5 ms, and flushed the inbound row's pending
     # changes in a second UPDATE. Every column is given, so nothing is loaded back later.
     with session.no_autoflush:
-        values["id"] = session.execute(_case_insert(), values).scalar_one()
+        values["id"] = fast.execute(session, _case_insert(), values).rows[0][0]
     case = Case(**values)
     attach_inserted(session, case)
     record_received(session, case, inbound, facts, at=at, detail=True)

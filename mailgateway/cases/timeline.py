@@ -41,7 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
 from mailgateway.clock import aware
-from mailgateway.store import inserted, written
+from mailgateway.store import fast, inserted, written
 from mailgateway.store.models import AuditHead, AuditLedger, Case, CaseEvent, InboundMessage
 
 GENESIS = "0" * 64
@@ -180,7 +180,7 @@ def _write(session: Session, pending: list[tuple[Case, CaseEvent]]) -> None:
         if case.id is None:
             session.add(event)
     if rows:
-        session.connection().execute(_events_insert(), rows)
+        fast.execute(session, _events_insert(), rows)
 
 
 _EVENT_COLUMNS = tuple(c.key for c in cast(Table, CaseEvent.__table__).c if c.key != "id")

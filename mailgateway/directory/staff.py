@@ -21,6 +21,7 @@ from mailgateway.directory.csvfile import fold, read_rows, read_text
 from mailgateway.directory.regions import regions
 from mailgateway.directory.report import ImportReport
 from mailgateway.settings import Settings
+from mailgateway.store import fast
 from mailgateway.store.models import StaffMember
 
 DEFAULT_ROLE = "agent"
@@ -111,7 +112,7 @@ def staff_addresses(settings: Settings, session: Session, region: str) -> list[s
     # pending ORM objects, so the caller's pending changes cannot alter the answer (issue 19:
     # each autoflush on the processing hot path is a unit of work of its own).
     with session.no_autoflush:
-        found.update(a.lower() for a in session.scalars(_region_statement(), {"region": region}))
+        found.update(a.lower() for (a,) in fast.execute(session, _region_statement(), {"region": region}).rows)
     return sorted(found)
 
 

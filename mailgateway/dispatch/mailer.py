@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Insert, Select, Table, and_, bindparam, func, insert, or_, select
+from sqlalchemy import Insert, Select, String, Table, and_, bindparam, func, insert, or_, select
 from sqlalchemy import case as case_
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,7 @@ from mailgateway.errors import PolicyRefusal
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.tlp import relay_label
 from mailgateway.settings import Settings
+from mailgateway.store import fast
 from mailgateway.store.models import AutoReplyLog, Case, OutboundMessage, StaffNoticeLog
 
 log = logging.getLogger("mailgateway.mailer")
@@ -115,9 +116,9 @@ class Mailer:
         # One query for the three caps (this runs for every automatic reply). No flush first: the
         # log is written by statement (send), never left pending, and nothing else pending counts.
         with session.no_autoflush:
-            row = session.execute(_caps_statement(), {
+            row = fast.execute(session, _caps_statement(), {
                 "recipient": recipient, "verified": verified, "hour_ago": now - timedelta(hours=1),
-                "day_ago": now - timedelta(days=1), "case_id": case.id if case is not None else None}).one()
+                "day_ago": now - timedelta(days=1), "case_id": case.id if case is not None else None}).rows[0]
         last_hour, last_day, for_case = (int(v or 0) for v in row)
         if last_hour >= out.auto_replies_per_hour:
             return f"plafond de réponses automatiques atteint pour {recipient} (par heure)"
@@ -131,8 +132,8 @@ class Mailer:
         """All automatic replies of the last hour, every recipient together (index ix_auto_reply_at)."""
         budget = self.settings.outbound.auto_reply_global_per_hour
         with session.no_autoflush:  # see _cap_reached
-            total = int(session.scalar(_replies_since_statement(),
-                                       {"since": self.clock.now() - timedelta(hours=1)}) or 0)
+            total = int(fast.execute(session, _replies_since_statement(),
+                                     {"since": self.clock.now() - timedelta(hours=1)}).scalar() or 0)
         if total < budget:
             return None
         return f"budget global de réponses automatiques atteint ({budget} par heure, tous destinataires confondus)"
@@ -170,17 +171,16 @@ class Mailer:
         # written by statement below, never left pending (issue 19). Without a pool, ``pool`` is
         # NULL: ``sender = NULL`` counts nothing.
         with session.no_autoflush:
-            own, shared = session.execute(_notices_statement(), {
-                "key": key, "pool": pool, "senders": [key] if pool is None else [key, pool],
-                "since": self.clock.now() - timedelta(hours=1)}).one()
+            own, shared = fast.execute(session, _notices_statement(), {
+                "key": key, "pool": pool, "since": self.clock.now() - timedelta(hours=1)}).rows[0]
         if int(own or 0) >= self.settings.outbound.staff_notifications_per_sender_per_hour:
             return "sender"
         if pool is not None and pooled_cap is not None and int(shared or 0) >= pooled_cap:
             return "pooled"
         now = self.clock.now()
         with session.no_autoflush:  # a log row refers to nothing pending
-            session.execute(_log_insert(StaffNoticeLog),
-                            [{"sender": k, "at": now} for k in (key, pooled) if k is not None])
+            fast.execute(session, _log_insert(StaffNoticeLog),
+                         [{"sender": k, "at": now} for k in (key, pooled) if k is not None])
         return None
 
     def from_identity(self, region: str) -> tuple[str, str]:
@@ -305,7 +305,7 @@ class Mailer:
             return None  # already queued by an earlier run: idempotent
         if auto_reply:
             with session.no_autoflush:  # a log row refers to nothing pending (case_id: a flushed case's)
-                session.execute(_log_insert(AutoReplyLog), {"recipient": recipient,
+                fast.execute(session, _log_insert(AutoReplyLog), {"recipient": recipient,
                                                             "case_id": case.id if case else None,
                                                             "at": self.clock.now(), "verified": verified})
         if case is not None:
@@ -350,12 +350,14 @@ def _replies_since_statement() -> Select[int]:
 
 @cache
 def _notices_statement() -> Select[int, int]:
-    """Staff notices since :since for sender key :key and pool key :pool (NULL: no pool)."""
+    """Staff notices since :since for sender key :key and pool key :pool (NULL: no pool, and
+    ``sender IN (:key, NULL)`` is ``sender = :key``)."""
     log_ = StaffNoticeLog.__table__.c
+    key, pool = bindparam("key", type_=String), bindparam("pool", type_=String)
     return select(
-        func.count(case_((log_.sender == bindparam("key"), 1))),
-        func.count(case_((log_.sender == bindparam("pool"), 1))),
-    ).where(log_.at >= bindparam("since"), log_.sender.in_(bindparam("senders", expanding=True)))
+        func.count(case_((log_.sender == key, 1))),
+        func.count(case_((log_.sender == pool, 1))),
+    ).where(log_.at >= bindparam("since"), log_.sender.in_([key, pool]))
 
 
 @cache

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.clock import aware
 from mailgateway.settings import Settings
+from mailgateway.store import fast
 from mailgateway.store.inserted import attach_inserted
 from mailgateway.store.models import OutboundMessage
 
@@ -65,7 +66,7 @@ def enqueue(
     # No flush first (issue 19): the row refers to nothing pending (case_id is a flushed case's),
     # and a flush per queued mail was a unit of work of its own on the processing hot path.
     with session.no_autoflush:
-        new_id = session.execute(_insert_statement(session.get_bind().dialect.name), values).scalar_one_or_none()
+        new_id = fast.execute(session, _insert_statement(session.get_bind().dialect.name), values).scalar()
     if new_id is None:
         return None
     # The row is known: attach it to the session without reading it back (fan-out hot path).

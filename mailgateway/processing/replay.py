@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 from mailgateway.clock import PARIS, aware
 from mailgateway.mail.dkim_canon import relaxed_body
 from mailgateway.mail.facts import MessageFacts
+from mailgateway.store import fast
 from mailgateway.store.models import ReplayKey
 from mailgateway.wire import header_block
 
@@ -191,7 +192,8 @@ def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datet
         if not missing:
             return None
         stmt = _claim_statement(session.get_bind().dialect.name)
-        inserted = {session.scalar(stmt, {"key": k, "inbound_id": inbound_id, "at": at}) for k in missing}
+        inserted = {fast.execute(session, stmt, {"key": k, "inbound_id": inbound_id, "at": at}).scalar()
+                    for k in missing}
         inserted.discard(None)
         if len(inserted) == len(missing):
             return None

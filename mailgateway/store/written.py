@@ -30,6 +30,8 @@ from sqlalchemy.orm.base import NO_VALUE
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.dml import Update
 
+from mailgateway.store import fast
+
 _PK = "_written_pk"
 
 
@@ -51,7 +53,7 @@ def write_changed(session: Session, classes: tuple[type[Any], ...]) -> None:
         return
     connection = session.connection()
     for state, columns, values in plans:
-        result = connection.execute(_update_statement(cast(Table, state.mapper.local_table), columns), values)
+        result = fast.run(connection, _update_statement(cast(Table, state.mapper.local_table), columns), values)
         if result.rowcount != 1:  # as the unit of work: a row gone under us is an error, not a no-op
             raise StaleDataError(f"UPDATE of {state.class_.__name__} {values[_PK]} matched {result.rowcount} rows")
     # What the unit of work does with what it flushed: the objects are clean, and the transaction

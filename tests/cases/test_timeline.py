@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.cases.lifecycle import InvalidTransition, allowed, check_transition
@@ -72,32 +72,28 @@ def test_transition_table() -> None:
 
 def test_the_events_of_one_flush_are_one_insert_and_the_case_one_update(
         sqlite_factory: sessionmaker[Session]) -> None:
-    """Issue 19: the events of a flush are one INSERT of many rows, and the case's new head and
-    count one UPDATE, both by statement (no unit of work); every row is the event it was made from."""
+    """Issue 19: the events of a flush are one INSERT of many rows (``executemany``), and the
+    case's new head and count one UPDATE, both by statement on the driver (no unit of work);
+    every row is the event it was made from. SQLite's own trace lists what it ran."""
     statements: list[str] = []
-    engine = sqlite_factory.kw["bind"]
-
-    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        with transaction(sqlite_factory) as s:
-            case = Case(reference="SSI-ARA-2026-0002", region="ARA", kind="incident", status="RECU", title="t",
-                        opened_at=AT, updated_at=AT, fields={}, event_count=0)
-            s.add(case)
+    with transaction(sqlite_factory) as s:
+        case = Case(reference="SSI-ARA-2026-0002", region="ARA", kind="incident", status="RECU", title="t",
+                    opened_at=AT, updated_at=AT, fields={}, event_count=0)
+        s.add(case)
+        s.flush()
+        events = [append_event(s, case, type="note", actor="agent@ars.test", at=AT, data={"texte": f"note {i}"})
+                  for i in range(5)]
+        driver = s.connection().connection.driver_connection
+        driver.set_trace_callback(statements.append)
+        try:
             s.flush()
-            events = [append_event(s, case, type="note", actor="agent@ars.test", at=AT, data={"texte": f"note {i}"})
-                      for i in range(5)]
-            statements.clear()
-            s.flush()
-            flushed = list(statements)
-            made = {(e.seq, e.hash, e.prev_hash, e.data["texte"]) for e in events}
-            assert case not in s.dirty
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-    assert [st.split(" SET")[0].split(" (")[0] for st in flushed] == [
-        "INSERT INTO case_events", "UPDATE cases"]
+        finally:
+            driver.set_trace_callback(None)
+        flushed = list(statements)
+        made = {(e.seq, e.hash, e.prev_hash, e.data["texte"]) for e in events}
+        assert case not in s.dirty
+    assert [st.split(" SET")[0].split(" (")[0] for st in flushed] == ["INSERT INTO case_events"] * 5 + [
+        "UPDATE cases"]
     with sqlite_factory() as s:
         stored = {(row.seq, row.hash, row.prev_hash, row.data["texte"]) for row in s.scalars(select(CaseEvent))}
         head = s.scalar(select(Case))
