@@ -144,7 +144,7 @@ def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | No
         return None
     # Other cases' pending changes (a status, a merge) decide the answer: flushed first. This
     # case's own are not (it is not its own duplicate): no flush in the middle of a declaration.
-    if session.new or any(obj is not case for obj in session.dirty):
+    if any(isinstance(obj, Case) and obj is not case for obj in (*session.new, *session.dirty)):
         session.flush()
     found = fast.execute(session, _duplicate_statement(), {
         "finess": case.finess, "region": case.region, "kind": case.kind, "id": case.id,

@@ -12,14 +12,13 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.bulletins import tracking
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
-from mailgateway.directory.establishments import establishment
+from mailgateway.directory.establishments import establishment, establishments_of_ej
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
@@ -118,7 +117,7 @@ def _establishment(session: Session, decl: Declaration) -> tuple[Declaration, Es
                 est = candidate
                 break
     if est is None:
-        ets = list(session.scalars(select(Establishment).where(Establishment.finess_ej == decl.finess).limit(2)))
+        ets = establishments_of_ej(session, decl.finess)
         if len(ets) == 1:
             est = ets[0]
         elif ets:

@@ -334,7 +334,8 @@ class Establishment(Base):
     __table_args__ = (Index("ix_establishments_region_category", "region", "category"),)
 
     finess: Mapped[str] = mapped_column(String(9), primary_key=True)
-    finess_ej: Mapped[str | None] = mapped_column(String(9))
+    # Indexed: a declaration naming an EJ (or an unknown number) is looked up by it (migration 0006).
+    finess_ej: Mapped[str | None] = mapped_column(String(9), index=True)
     name: Mapped[str] = mapped_column(Text)
     category: Mapped[str | None] = mapped_column(String(32))
     categetab: Mapped[str | None] = mapped_column(String(8))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import text
 
 from mailgateway.app import build_app
 from mailgateway.clock import FixedClock
@@ -168,3 +169,25 @@ def test_analysis_reads_the_directory_for_the_establishment(gw: Gateway) -> None
     case = gw.case(result.case_ref)
     assert case.finess == "690000013"  # not the first number of the text: the one the directory knows
     assert case.establishment == "Clinique du Parc"
+
+
+def test_a_declaration_naming_an_ej_is_its_only_et(gw: Gateway) -> None:
+    """A FINESS juridique (EJ) with one géographique (ET) in the directory is that ET; with
+    several, the number is kept and staff choose. Read by statements on the driver and memoised
+    per batch (directory/establishments.py), through the EJ's index (migration 0006)."""
+    with transaction(gw.app.factory) as s:
+        s.add(Establishment(finess="690781810", finess_ej="690000013", name="CH de Nantes", departement="44",
+                            region="PDL", updated_at=NOW))
+        for et in ("690000039", "690000047"):
+            s.add(Establishment(finess=et, finess_ej="690000021", name="Clinique", departement="69",
+                                region="ARA", updated_at=NOW))
+    only = gw.declare(1, finess="690000013")
+    assert gw.case(only).finess == "690781810"
+    [flag] = [e for e in gw.events(only) if e.type == "hors_region"]  # the ET's region, from the directory
+    assert flag.data["region_etablissement"] == "PDL"
+    several = gw.declare(2, finess="690000021")
+    assert gw.case(several).finess == "690000021"
+    with gw.app.factory() as s:
+        plan = " ".join(str(row[-1]) for row in s.execute(
+            text("EXPLAIN QUERY PLAN SELECT finess FROM establishments WHERE finess_ej = '690000021'")))
+    assert "ix_establishments_finess_ej" in plan  # not a scan of the whole directory
