@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, insert, inspect, select, update
+from sqlalchemy import Insert, Table, bindparam, insert, inspect, select, update
 from sqlalchemy import event as orm_event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -233,22 +233,41 @@ def _before_commit(session: Session) -> None:
                 prev = entry_hash
         # Core statements (no ORM objects to track): the ledger costs three statements per
         # region and transaction, whatever the number of events.
-        session.execute(insert(AuditLedger), entries)
-        session.execute(update(AuditHead).where(AuditHead.region == region).values(seq=seq, hash=prev))
+        fast.execute(session, _ledger_insert(), entries)
+        fast.execute(session, _head_update(), {"head_region": region, "seq": seq, "hash": prev})
 
 
 def _locked_head(session: Session, region: str) -> tuple[int, str]:
     """The region's ledger head (seq, hash), locked until commit (PostgreSQL row lock; SQLite
     transactions already hold the write lock, BEGIN IMMEDIATE): concurrent instances append in turn."""
-    stmt = select(AuditHead.seq, AuditHead.hash).where(AuditHead.region == region).with_for_update()
-    head = session.execute(stmt).one_or_none()
-    if head is None:
+    rows = fast.execute(session, _head_select(), {"head_region": region}).rows
+    if not rows:
         values = {"region": region, "seq": 0, "hash": GENESIS}
         dialect = session.get_bind().dialect.name
         insert_head = pg_insert if dialect == "postgresql" else sqlite_insert
         session.execute(insert_head(AuditHead).values(values).on_conflict_do_nothing())
-        head = session.execute(stmt).one()
-    return int(head.seq), str(head.hash)
+        rows = fast.execute(session, _head_select(), {"head_region": region}).rows
+    seq, hash_ = rows[0]
+    return int(seq), str(hash_)
+
+
+# The ledger's statements, built once (issue 19: every processing batch anchors).
+@cache
+def _ledger_insert() -> Insert:
+    return insert(cast(Table, AuditLedger.__table__))
+
+
+@cache
+def _head_select() -> Any:
+    c = cast(Table, AuditHead.__table__).c
+    return select(c.seq, c.hash).where(c.region == bindparam("head_region")).with_for_update()
+
+
+@cache
+def _head_update() -> Any:
+    table = cast(Table, AuditHead.__table__)
+    return update(table).where(table.c.region == bindparam("head_region")).values(
+        seq=bindparam("seq"), hash=bindparam("hash"))
 
 
 def _rolled_back(session: Session, previous: SessionTransaction) -> None:

@@ -36,7 +36,7 @@ import email.utils
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
@@ -205,14 +205,18 @@ def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datet
 
 def _owners(session: Session, keys: Sequence[str]) -> list[tuple[str, int]]:
     """(key, inbound id) of those of ``keys`` already recorded."""
-    return [(str(k), int(i)) for k, i in session.execute(_owners_statement(), {"keys": list(keys)})]
+    params = {f"k{i}": key for i, key in enumerate(keys)}
+    return [(str(k), int(i)) for k, i in fast.execute(session, _owners_statement(len(keys)), params).rows]
 
 
 # Built once on the table's columns, values bound at execution: every declaration claims (issue 19).
-@cache
-def _owners_statement() -> Any:
+# One statement per number of keys (a message has a handful), each with its own parameters: an
+# expanding ``IN`` is rendered by SQLAlchemy at every execution, the driver cannot run it alone.
+@lru_cache(maxsize=32)
+def _owners_statement(count: int) -> Any:
     table = cast(Table, ReplayKey.__table__)
-    return select(table.c.key, table.c.inbound_id).where(table.c.key.in_(bindparam("keys", expanding=True)))
+    return select(table.c.key, table.c.inbound_id).where(
+        table.c.key.in_([bindparam(f"k{i}", type_=table.c.key.type) for i in range(count)]))
 
 
 @cache

@@ -50,6 +50,7 @@ from mailgateway.mail.context import AnalysisContext, EstablishmentInfo, build_c
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
 from mailgateway.processing.routing import resolve_region
 from mailgateway.settings import Settings
+from mailgateway.store import fast
 from mailgateway.store.engine import make_engine, make_sessionmaker, reading
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
 
@@ -128,10 +129,9 @@ def establishment_lookup_for(session: Session) -> Callable[[str], EstablishmentI
 
     def lookup(finess: str) -> EstablishmentInfo | None:
         if finess not in memo:
-            row = session.execute(_establishment_statement(), {"finess": finess}).one_or_none()
-            memo[finess] = None if row is None else EstablishmentInfo(
-                finess=row.finess, name=row.name, category=row.category, departement=row.departement,
-                region=row.region)
+            rows = fast.execute(session, _establishment_statement(), {"finess": finess}).rows
+            memo[finess] = None if not rows else EstablishmentInfo(
+                finess=rows[0][0], name=rows[0][1], category=rows[0][2], departement=rows[0][3], region=rows[0][4])
         return memo[finess]
 
     return lookup
@@ -171,12 +171,12 @@ def verify_sender(settings: Settings, authenticator: Authenticator, raw: bytes, 
 def analyse_inbound(settings: Settings, authenticator: Authenticator, session: Session,
                     inbound_id: int) -> MessageFacts | None:
     """Authenticate, analyse and route one stored message; None when the row is gone."""
-    row = session.execute(_stored_statement(), {"id": inbound_id}).one_or_none()
-    if row is None:
+    rows = fast.execute(session, _stored_statement(), {"id": inbound_id}).rows
+    if not rows:
         return None
-    facts = analyse(row.raw, context_for(settings, session),
-                    verify_sender(settings, authenticator, row.raw, row.source, row.peer))
-    return resolve_region(settings, facts, row.region, row.rcpt_tos or ())
+    raw, source, peer, region, rcpt_tos = rows[0]
+    facts = analyse(raw, context_for(settings, session), verify_sender(settings, authenticator, raw, source, peer))
+    return resolve_region(settings, facts, region, rcpt_tos or ())
 
 
 # -- the worker process -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -270,12 +271,23 @@ _GATES_LOCK = threading.Lock()
 @contextmanager
 def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A read-only unit of work: never takes SQLite's write lock (analysis, CLI views)."""
-    bind = factory.kw["bind"]
-    with factory(bind=bind.execution_options(mailgateway_readonly=True)) as session:
+    with factory(bind=_readonly(factory.kw["bind"])) as session:
         try:
             yield session
         finally:
             session.rollback()
+
+
+_READONLY: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def _readonly(engine: Engine) -> Engine:
+    """The engine's read-only variant, made once: the analysis worker reads once per message
+    (issue 19), and each ``execution_options`` call builds a new engine proxy."""
+    found = _READONLY.get(engine)
+    if found is None:
+        found = _READONLY[engine] = engine.execution_options(mailgateway_readonly=True)
+    return found
 
 
 def alembic_config(url: str) -> Any:
