@@ -17,14 +17,13 @@ from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, bindparam, select
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from mailgateway.store import fast
 from mailgateway.store.models import Establishment
 
 _MEMO = "mailgateway.directory.establishments"
 _EJ_MEMO = "mailgateway.directory.establishments.ej"
-_COLUMNS = tuple(c.key for c in cast(Table, Establishment.__table__).c)
 
 
 def establishment(session: Session, finess: str) -> Establishment | None:
@@ -34,8 +33,7 @@ def establishment(session: Session, finess: str) -> Establishment | None:
         return memo[finess]
     found = session.identity_map.get(session.identity_key(Establishment, finess))  # loaded elsewhere
     if found is None:
-        rows = fast.execute(session, _by_et(), {"finess": finess}).rows
-        found = _attached(session, rows[0]) if rows else None
+        found = fast.load(session, Establishment, _by_et(), {"finess": finess})
     memo[finess] = cast(Establishment | None, found)
     return memo[finess]
 
@@ -51,18 +49,10 @@ def establishments_of_ej(session: Session, finess_ej: str, limit: int = 2) -> li
     return [e for e in found if e is not None]
 
 
-def _attached(session: Session, row: tuple[Any, ...]) -> Establishment:
-    """The row as a persistent object of the session, as a query would have loaded it."""
-    obj = Establishment(**dict(zip(_COLUMNS, row, strict=True)))
-    make_transient_to_detached(obj)
-    session.add(obj)
-    return obj
-
-
 @cache
 def _by_et() -> Select[Any]:
     c = cast(Table, Establishment.__table__).c
-    return select(*(c[name] for name in _COLUMNS)).where(c.finess == bindparam("finess"))
+    return select(*c).where(c.finess == bindparam("finess"))
 
 
 @cache

@@ -43,9 +43,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Select, func, or_, select, text, update
+from sqlalchemy import Connection, Engine, Select, Table, bindparam, func, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,6 +73,7 @@ from mailgateway.processing.worker import (
     thread_lookup_for,
 )
 from mailgateway.settings import Settings
+from mailgateway.store import fast
 from mailgateway.store.engine import reading, transaction, write_gate
 from mailgateway.store.models import InboundMessage
 
@@ -416,10 +418,8 @@ class Processor:
     def _apply_in(self, session: Session, inbound_id: int, facts: MessageFacts) -> Result:
         """Step 3 in the caller's write transaction: re-check, handler, outbound, status."""
         bind(message_id=facts.message_id, case_ref=facts.case_ref, region=facts.region)
-        stmt = select(InboundMessage).where(InboundMessage.id == inbound_id)
-        if session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        row = session.scalar(stmt)
+        row = fast.load(session, InboundMessage, _inbound_statement(session.get_bind().dialect.name),
+                        {"inbound_id": inbound_id})
         if row is None or row.status != "received":
             return Result(inbound_id, "skipped")
         row.kind = facts.kind
@@ -720,6 +720,15 @@ class BatchRun:
                                 .where(InboundMessage.id == inbound_id, InboundMessage.status == "received")
                                 .values(status="quarantined", reason=reason, processed_at=self.p.clock.now()))
                 return Result(inbound_id, "quarantined", reason=detail)
+
+
+@cache
+def _inbound_statement(dialect: str) -> Select[Any]:
+    """The message to apply, every column (built once per dialect; issue 19). PostgreSQL: row
+    locked, or skipped when another instance holds it."""
+    c = cast(Table, InboundMessage.__table__).c
+    stmt = select(*c).where(c.id == bindparam("inbound_id"))
+    return stmt.with_for_update(skip_locked=True) if dialect == "postgresql" else stmt
 
 
 def due_query(now: datetime, *, urgent: bool) -> Select[int]:

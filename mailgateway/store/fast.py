@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import exc
+from sqlalchemy import Table, exc
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -160,3 +160,22 @@ def run(connection: Connection, statement: Executable,
         return Result(rows, cursor.rowcount)
     finally:
         cursor.close()
+
+
+def load(session: Session, model: type[Any], statement: Executable, params: Mapping[str, Any]) -> Any:
+    """The ``model`` object of the first row of ``statement`` (which selects every column of the
+    model's table, in the table's order), attached to the session as a query would load it, or
+    None. An object the session already holds is returned as it is, as a query would."""
+    rows = execute(session, statement, params).rows
+    if not rows:
+        return None
+    table = cast(Table, model.__table__)
+    values = dict(zip((c.key for c in table.c), rows[0], strict=True))
+    pk = tuple(values[c.key] for c in table.primary_key.columns)
+    held = session.identity_map.get(session.identity_key(model, pk))
+    if held is not None:
+        return held
+    obj = model(**values)
+    make_transient_to_detached(obj)
+    session.add(obj)
+    return obj

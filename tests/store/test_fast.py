@@ -105,3 +105,15 @@ def test_driver_errors_are_sqlalchemys(db_factory: sessionmaker[Session]) -> Non
 def test_a_missing_parameter_is_refused(db_factory: sessionmaker[Session]) -> None:
     with pytest.raises(Exception, match="since"), transaction(db_factory) as s:
         fast.execute(s, _log_since(), {"sinse": NOW})
+
+
+def test_queued_keys_are_found_among_many_in_chunks(db_factory: sessionmaker[Session]) -> None:
+    """``outbox.queued_keys`` asks with one parameter per key (no expanding IN), 32 keys a query:
+    a region with 70 staff members is three queries and every queued key is found."""
+    from mailgateway.dispatch.outbox import queued_keys
+    with transaction(db_factory) as s:
+        fast.execute(s, _insert_returning(), _outbound("k-3"))
+        fast.execute(s, _insert_returning(), _outbound("k-64"))
+        asked = [f"k-{i}" for i in range(70)]
+        assert queued_keys(s, asked) == {"k-3", "k-64"}
+        assert queued_keys(s, []) == set()
