@@ -233,3 +233,29 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_batch_read_that_fails_does_not_fail_the_next_message(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker analyses a batch in one read transaction (issue 19). A message whose read fails
+    rolls it back, so the next one is analysed: on PostgreSQL a transaction refuses every
+    statement after an error, and the whole rest of the batch would have failed with it."""
+    import pickle
+
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    first, second = accept(app, declaration(1)), accept(app, declaration(2))
+    real = worker_module.analyse_inbound
+
+    def failing_read(settings: Any, authenticator: Any, session: Session, inbound_id: int) -> Any:
+        if inbound_id == first:
+            session.execute(text("SELECT * FROM no_such_table"))
+        return real(settings, authenticator, session, inbound_id)
+
+    monkeypatch.setattr(worker_module, "analyse_inbound", failing_read)
+    with reading(app.factory) as session:
+        answers = [pickle.loads(worker_module._answer(app.settings, app.processor.authenticator, app.factory, i,
+                                                      timed=True, session=session))
+                   for i in (first, second)]
+    assert answers[0][0] in ("error", "retry")
+    assert answers[1][0] == "ok" and answers[1][1].kind == "declaration"
