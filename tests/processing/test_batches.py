@@ -126,6 +126,22 @@ def test_one_poisonous_message_of_a_batch_is_quarantined_alone(app: App, monkeyp
     assert len(commits) <= 4
 
 
+def test_savepoints_only_once_a_message_of_the_batch_raised(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19: a batch's messages run without a savepoint each (≈ 0.3 ms per message); when one
+    raises, its transaction is rolled back and runs again with one savepoint per message."""
+    savepoints: list[str] = []
+    event.listen(app.engine, "savepoint", lambda _conn, name: savepoints.append(name))
+    healthy = [accept(app, declaration(n)) for n in range(1, 4)]
+    assert [r.status for r in app.processor.process_pending()] == ["processed"] * 3
+    assert savepoints == [] and count(app, Case) == 3
+    more = [accept(app, declaration(n)) for n in range(4, 8)]
+    monkeypatch.setitem(pipeline.HANDLERS, "declaration", poisoned("d6@chu.test", RuntimeError))
+    results = app.processor.process_pending()
+    assert [(r.inbound_id, r.status) for r in results] == [
+        (more[0], "processed"), (more[1], "processed"), (more[2], "quarantined"), (more[3], "processed")]
+    assert len(savepoints) >= 4 and count(app, Case) == 6 and healthy
+
+
 def test_a_rolled_back_message_adds_nothing_to_the_audit_ledger(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     """The poisonous declaration links itself to a case of an earlier sweep, then raises: that case
     is touched only inside the rolled-back savepoint, and must not be anchored again."""
