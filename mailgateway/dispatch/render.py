@@ -124,7 +124,17 @@ def defang_text(value: Any) -> Any:
     # 0. Colons that look like one (« http：//… », fullwidth: some clients fold it to « : » and link
     #    it) are written as « : », and a web scheme followed by a single slash or a backslash
     #    (« https:/evil… », which browsers and some linkifiers complete) loses its scheme. Outside attacker.
-    value = _SINGLE_SLASH_SCHEME.sub(_defang_single_slash, value.translate(_COLON_LOOKALIKES))
+    value = value.translate(_COLON_LOOKALIKES)
+    # Every pass below needs a colon (a scheme), a dot (a host, « www. », an IPv4 address) or a
+    # backslash (a share): a value with none — a name, a number, most words — is printed as it
+    # is, without five scans (issue 19: every value a staff notification prints is defanged).
+    if ":" not in value and "." not in value and "\\" not in value:
+        return value
+    return _defang_passes(value)
+
+
+def _defang_passes(value: str) -> str:
+    value = _SINGLE_SLASH_SCHEME.sub(_defang_single_slash, value)
     return _UNC_IN_TEXT.sub(_defang_share, _URL_IN_TEXT.sub(_defang_link, _defang_schemes(value)))
 
 
