@@ -14,14 +14,21 @@ from functools import lru_cache
 _NON_WORD = re.compile(r"[^0-9a-z+?]+")
 
 
+# The combining diacritical marks (U+0300–U+036F) but the grapheme joiner U+034F, whose combining
+# class is 0: what NFKD leaves of every accent of French and of the Latin scripts.
+_LATIN_MARKS = re.compile("[\u0300-\u034e\u0350-\u036f]+")
+
+
 def fold(text: str) -> str:
     """Remove accents and fold case; keep everything else."""
     if text.isascii():
         return text.lower()
     text = text.replace("œ", "oe").replace("Œ", "OE").replace("æ", "ae").replace("Æ", "AE")
     text = text.replace("’", "'").replace("ʼ", "'")
-    decomposed = unicodedata.normalize("NFKD", text)
-    # Combining marks removed in C; other non-Latin letters are kept as they are.
+    decomposed = _LATIN_MARKS.sub("", unicodedata.normalize("NFKD", text))
+    if decomposed.isascii():  # French: one pass in C (issue 19: 2.5 × faster on a declaration)
+        return decomposed.casefold()
+    # Other combining marks removed one by one; other non-Latin letters are kept as they are.
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
