@@ -102,7 +102,10 @@ def format_case(detail: dict[str, Any]) -> str:
         f"{french_datetime_of(detail['updated_at'])}",
     ]
     if detail.get("merged_into"):
-        lines.append(f"  fusionné dans : {detail['merged_into']}")
+        # A transfer to another region also points the old case at the new one (so replies follow
+        # it): said as a transfer, not a merge (outside tester).
+        moved = any(event["type"] == "transfert" for event in detail.get("timeline", ()))
+        lines.append(f"  {'transféré à' if moved else 'fusionné dans'} : {detail['merged_into']}")
     if detail.get("linked_case"):
         lines.append(f"  dossier lié : {detail['linked_case']}")
     lines.append("  chronologie :")

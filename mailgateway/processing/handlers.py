@@ -99,16 +99,18 @@ def _reason_without_address(reason: str) -> str:
     return "adresse refusée" if "@" in head else head
 
 
-def _establishment(session: Session, decl: Declaration) -> tuple[Declaration, Establishment | None]:
+def _establishment(session: Session, decl: Declaration
+                   ) -> tuple[Declaration, Establishment | None, list[Establishment]]:
     """The establishment (FINESS ET) of a declaration, as the directory tells it.
 
     The directory is keyed by the géographique number (ET) and knows each one's juridique
     number (EJ). When the declaration's number is not an ET: another number of the mail that is
     one wins; else an EJ with exactly one ET in the directory is that ET (several: the EJ is kept,
-    staff choose). The EJ is recorded either way.
+    staff choose: they are returned, for the staff notification to list). The EJ is recorded
+    either way; the category of a resolved ET fills a declaration that gave none.
     """
     if not decl.finess:
-        return decl, None
+        return decl, None, []
     est = establishment(session, decl.finess)
     if est is None:
         for other in decl.finess_others:
@@ -117,15 +119,21 @@ def _establishment(session: Session, decl: Declaration) -> tuple[Declaration, Es
                 est = candidate
                 break
     if est is None:
-        ets = establishments_of_ej(session, decl.finess)
+        ets = establishments_of_ej(session, decl.finess, limit=EJ_SITES_SHOWN + 1)
         if len(ets) == 1:
             est = ets[0]
         elif ets:
-            return replace(decl, finess_ej=decl.finess_ej or decl.finess), None
+            return replace(decl, finess_ej=decl.finess_ej or decl.finess), None, ets
     if est is None:
-        return decl, None
+        return decl, None, []
     ej = decl.finess_ej or (decl.finess if decl.finess != est.finess else None) or est.finess_ej
-    return replace(decl, finess=est.finess, finess_ej=ej, departement=est.departement or decl.departement), est
+    return replace(decl, finess=est.finess, finess_ej=ej, departement=est.departement or decl.departement,
+                   category=decl.category or est.category), est, []
+
+
+# The sites of an EJ listed to staff when a declaration names the EJ of several (one more is read
+# to say there are more).
+EJ_SITES_SHOWN = 10
 
 
 def handle_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
@@ -140,7 +148,7 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     # Directory rows are never written while processing: reading them needs no flush of this
     # message's pending changes first (issue 19: each autoflush is a unit of work of its own).
     with session.no_autoflush:
-        decl, est = _establishment(session, decl)
+        decl, est, sites = _establishment(session, decl)
     facts = replace(facts, declaration=decl)
     structure = decl.structure or (est.name if est else None)
     title = " — ".join(x for x in (structure, decl.incident_type) if x) or service.one_line(facts.subject, 120)
@@ -202,6 +210,9 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     if other is not None:
         service.link(session, case, other, type="doublon_possible", actor="passerelle", at=env.clock.now())
     extra: dict[str, Any] = {"duplicate_of": other.reference} if other else {}
+    if sites:  # an EJ of several sites: which one is for staff to find out
+        extra["ej_sites"] = {"finess_ej": decl.finess_ej, "more": len(sites) > EJ_SITES_SHOWN, "sites": [
+            {"name": s.name, "finess": s.finess, "departement": s.departement} for s in sites[:EJ_SITES_SHOWN]]}
     extra.update(_ack_held_back(refusals))
     extra.update(regional.out_of_region(env, session, case, inbound, facts))  # « hors région »
     notify_staff(env, session, case, inbound, facts, extra=extra)

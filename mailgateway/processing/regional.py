@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
-from mailgateway.directory.establishments import establishment
+from mailgateway.directory.establishments import establishment, establishments_of_ej
 from mailgateway.directory.regions import region_of_departement
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing.context import Env, Outcome
@@ -120,13 +120,27 @@ def link_alert(env: Env, session: Session, case: Case, inbound: InboundMessage, 
 
 
 def establishment_region(settings: Settings, session: Session, finess: str | None) -> tuple[str | None, str | None]:
-    """(region, département) of a FINESS establishment: the directory first, else the number's prefix."""
+    """(region, département) of a FINESS establishment: the directory first, else the number's prefix.
+
+    A juridique number (EJ) of several sites in the directory is where its sites are: one region
+    when they all are in one (its département when they share one too), none when they are in
+    several. Never its own prefix: an EJ is registered where the legal entity sits (a group's seat
+    in Paris or Lyon), not where its hospitals are (outside tester: a Nantes site of a Lyon group
+    was flagged « hors région » and transferred to ARA)."""
     if not finess:
         return None, None
     est = establishment(session, finess)
     if est is not None and (est.region or est.departement):
         departement = est.departement
         return (est.region or region_of_departement(departement)), departement
+    if est is None:
+        sites = establishments_of_ej(session, finess, limit=50)
+        if sites:
+            regions = {s.region or region_of_departement(s.departement) for s in sites}
+            departements = {s.departement for s in sites}
+            if len(regions) != 1:
+                return None, None
+            return regions.pop(), (departements.pop() if len(departements) == 1 else None)
     departement = finess_departement(finess)
     return region_of_departement(departement), departement
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from mailgateway.app import build_app
+from mailgateway.cases.views import format_case, show_case
 from mailgateway.clock import FixedClock
 from mailgateway.mail.facts import Declaration, MessageFacts
 from mailgateway.processing.routing import AUTHORISING_REGION, named_region, resolve_region
@@ -104,6 +105,10 @@ def test_a_reply_to_the_old_reference_reaches_the_transferred_case(gw: Gateway) 
     result = gw.feed(reply)
     assert result.case_ref == "SSI-PDL-2026-0001"
     assert gw.outbound("notification_reponse", "pdl@ars.test")
+    # « cases show » of the old case says where it went, as a transfer (it said « fusionné dans »).
+    with gw.app.factory() as s:
+        detail = show_case(s, ref)
+    assert detail is not None and "transféré à : SSI-PDL-2026-0001" in format_case(detail)
 
 
 @pytest.mark.parametrize("signed", [False, True])
@@ -177,7 +182,7 @@ def test_a_declaration_naming_an_ej_is_its_only_et(gw: Gateway) -> None:
     per batch (directory/establishments.py), through the EJ's index (migration 0006)."""
     with transaction(gw.app.factory) as s:
         s.add(Establishment(finess="690781810", finess_ej="690000013", name="CH de Nantes", departement="44",
-                            region="PDL", updated_at=NOW))
+                            region="PDL", category="ETABLISSEMENT_SANTE", updated_at=NOW))
         for et in ("690000039", "690000047"):
             s.add(Establishment(finess=et, finess_ej="690000021", name="Clinique", departement="69",
                                 region="ARA", updated_at=NOW))
@@ -185,9 +190,33 @@ def test_a_declaration_naming_an_ej_is_its_only_et(gw: Gateway) -> None:
     assert gw.case(only).finess == "690781810"
     [flag] = [e for e in gw.events(only) if e.type == "hors_region"]  # the ET's region, from the directory
     assert flag.data["region_etablissement"] == "PDL"
+    # The category of the ET found fills the declaration's (the notification said « non précisée »).
+    assert "Catégorie : établissement de santé" in casemail.text_of(gw.notification(only, "agent@ars.test").raw)
     several = gw.declare(2, finess="690000021")
     assert gw.case(several).finess == "690000021"
+    told = casemail.text_of(gw.notification(several, "agent@ars.test").raw)
+    assert "FINESS juridique (EJ) 690000021 : 2 établissements dans l'annuaire" in told
+    assert "Clinique — FINESS 690000039, département 69" in told and "FINESS 690000047" in told
+    assert not [e for e in gw.events(several) if e.type == "hors_region"]  # its sites are in ARA
     with gw.app.factory() as s:
         plan = " ".join(str(row[-1]) for row in s.execute(
             text("EXPLAIN QUERY PLAN SELECT finess FROM establishments WHERE finess_ej = '690000021'")))
     assert "ix_establishments_finess_ej" in plan  # not a scan of the whole directory
+
+
+def test_an_ej_is_where_its_sites_are_not_where_its_number_was_registered(gw: Gateway) -> None:
+    """Outside tester: a group registered in Lyon (EJ 690000054) whose two sites are in Pays de la
+    Loire was flagged « hors région ARA » when declared to PDL, and transferred there. The sites
+    decide: one region when they share one; none (no flag) when they are in several."""
+    with transaction(gw.app.factory) as s:
+        for et, dep in (("440100014", "44"), ("850100025", "85")):
+            s.add(Establishment(finess=et, finess_ej="690000054", name=f"Site {dep}", departement=dep, region="PDL",
+                                updated_at=NOW))
+        for et, dep, region in (("690100037", "69", "ARA"), ("440100048", "44", "PDL")):
+            s.add(Establishment(finess=et, finess_ej="690000062", name=f"Site {dep}", departement=dep,
+                                region=region, updated_at=NOW))
+    in_pdl = gw.declare(1, finess="690000054")  # to ssi-ara: its sites are all in PDL
+    [flag] = [e for e in gw.events(in_pdl) if e.type == "hors_region"]
+    assert flag.data["region_etablissement"] == "PDL" and flag.data["departement"] is None
+    spread = gw.declare(2, finess="690000062")  # one site in ARA, one in PDL: no region to name
+    assert not [e for e in gw.events(spread) if e.type == "hors_region"]
