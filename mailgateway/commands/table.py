@@ -294,7 +294,12 @@ def clore(ctx: Ctx, cmd: Command) -> str | None:
 def _excerpt(text: str, size: int = 80) -> str:
     """The first line of a (multi-line) text, for a one-line note; the receipt quotes it whole."""
     first = text.strip().split("\n", 1)[0].strip()
-    return first if len(first) <= size and "\n" not in text.strip() else first[:size].rstrip() + " …"
+    if len(first) <= size and "\n" not in text.strip():
+        return first
+    cut = first[:size]
+    if len(first) > size and not first[size].isspace() and " " in cut:
+        cut = cut.rsplit(" ", 1)[0]  # at a word's end: « donnée … » read as a word of its own (outside tester)
+    return cut.rstrip() + " …"
 
 
 def rouvrir(ctx: Ctx, cmd: Command) -> str | None:

@@ -225,3 +225,12 @@ def test_counts_agree_with_their_noun(count: int, said: str) -> None:
     # Outside tester: « 3 établissement(s) » in previews, receipts and reports.
     assert nombre(count, "établissement ciblé") == said
     assert nombre(2, "accusé de lecture", "accusés de lecture") == "2 accusés de lecture"
+
+
+def test_a_motif_excerpt_ends_at_a_word() -> None:
+    """Outside tester: « … aucune fuite de donnée … » quoted « données » cut inside the word."""
+    from mailgateway.commands.table import _excerpt
+    motif = "Incident résolu, aucune fuite de données personnelles constatée après analyse complète du serveur"
+    assert _excerpt(motif) == "Incident résolu, aucune fuite de données personnelles constatée après analyse …"
+    assert _excerpt("x" * 100) == "x" * 80 + " …"  # one long word: cut where it must be
+    assert _excerpt("court") == "court" and _excerpt("ligne un\nligne deux") == "ligne un …"
