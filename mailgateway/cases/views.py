@@ -13,6 +13,16 @@ from mailgateway.cases.verify import ledger_heads, verify_references
 from mailgateway.clock import aware
 from mailgateway.store.models import Case, CaseEvent, Indicator
 
+# Control characters a declarant wrote (« CH \x1b]0;PWNED\x07\x1b[2J ») never reach the operator's
+# terminal as such: an escape sequence retitles the window, clears the screen or rewrites lines of
+# the output (outside tester). Shown as « \x1b »; line ends are the views' own.
+_TERMINAL_SAFE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x0A}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character but the line end written as ``\\xNN``."""
+    return text.translate(_TERMINAL_SAFE)
+
 
 def _iso(value: Any) -> str | None:
     return aware(value).isoformat() if value is not None else None
@@ -63,7 +73,7 @@ def format_case_list(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['reference']:<{width}}  {label(r['status']):<18} {label(r['severity']):<13} "
                      f"{french_datetime_of(r['opened_at']):<18}  {french_datetime_of(r['updated_at']):<18}  "
                      f"{labelled(r['title'] or '')}")
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
 
 
 def show_case(session: Session, reference: str) -> dict[str, Any] | None:
@@ -110,7 +120,7 @@ def format_case(detail: dict[str, Any]) -> str:
         lines.append(f"  dossier lié : {detail['linked_case']}")
     lines.append("  chronologie :")
     lines += [f"    {line}" for line in detail["story"]]
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
 
 
 def verify_cases(session: Session, reference: str | None) -> tuple[list[ChainBreak], int]:

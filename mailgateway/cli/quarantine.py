@@ -14,6 +14,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from mailgateway.cases.views import terminal_safe
 from mailgateway.cli.common import database
 from mailgateway.clock import SystemClock, french_datetime
 from mailgateway.settings import Settings
@@ -47,21 +48,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
             if not found:
                 print("quarantaine vide")
-            for m in found:
-                print(f"{m.id:>7}  {french_datetime(m.received_at)}  {m.region or '-':<4} "
-                      f"{(m.sender or m.envelope_from or '-')[:40]:<40}  {m.subject[:50]}  — {m.reason_fr[:120]}")
+            for m in found:  # what senders wrote, without their control characters (cases/views.py)
+                print(terminal_safe(f"{m.id:>7}  {french_datetime(m.received_at)}  {m.region or '-':<4} "
+                                    f"{(m.sender or m.envelope_from or '-')[:40]:<40}  {m.subject[:50]}  "
+                                    f"— {m.reason_fr[:120]}"))
             return 0
         if args.quarantine_cmd == "show":
             with reading(factory) as session:
                 row = session.get(InboundMessage, args.id)
                 view = quarantine.describe(row) if row is not None and row.status == "quarantined" else None
-                log = quarantine.history(session, args.id) if view is not None else []
+                # Read here: the session's rollback at the end of ``reading`` expires its rows (an
+                # outside tester: « quarantine show » crashed on every message with a history).
+                log = [(e.action, e.actor, e.at, e.detail)
+                       for e in (quarantine.history(session, args.id) if view is not None else [])]
             if view is None:
                 print(f"message inconnu en quarantaine : {args.id}", file=sys.stderr)
                 return 2
             if args.json:
-                obj = {**view.to_json(), "history": [{"action": e.action, "actor": e.actor, "at": e.at.isoformat(),
-                                                      "detail": e.detail} for e in log]}
+                obj = {**view.to_json(), "history": [{"action": action, "actor": actor, "at": at.isoformat(),
+                                                      "detail": detail} for action, actor, at, detail in log]}
                 sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
                 return 0
             print(f"Message n° {view.id} en quarantaine"
@@ -71,10 +76,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                  ("De", view.sender), ("À", view.to), ("Objet", view.subject), ("Date", view.date),
                                  ("Message-ID", view.message_id), ("Taille", f"{view.size} octets"),
                                  ("Essais de traitement", str(view.attempts)), ("Motif", view.reason_fr)):
-                print(f"  {label:<24}: {value or '—'}")
-            for e in log:
-                what = "agents avertis" if e.action == quarantine.NOTIFIED else "libéré"
-                print(f"  {french_datetime(e.at)} : {what} ({e.actor})")
+                print(terminal_safe(f"  {label:<24}: {value or '—'}"))
+            for action, actor, at, _detail in log:
+                what = "agents avertis" if action == quarantine.NOTIFIED else "libéré"
+                print(f"  {french_datetime(at)} : {what} ({actor})")
             print(f"Pour le remettre en traitement : « mailgateway quarantine release {view.id} »")
             return 0
         # release

@@ -234,3 +234,18 @@ def test_a_motif_excerpt_ends_at_a_word() -> None:
     assert _excerpt(motif) == "Incident résolu, aucune fuite de données personnelles constatée après analyse …"
     assert _excerpt("x" * 100) == "x" * 80 + " …"  # one long word: cut where it must be
     assert _excerpt("court") == "court" and _excerpt("ligne un\nligne deux") == "ligne un …"
+
+
+def test_control_characters_a_declarant_wrote_never_reach_the_terminal() -> None:
+    """Outside tester: « CH \\x1b]0;PWNED\\x07\\x1b[2J » as a structure name retitled the operator's
+    window and cleared the screen through « cases list » and « cases show »."""
+    from datetime import UTC, datetime
+
+    from mailgateway.cases.views import format_case, format_case_list
+    at = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
+    row = {"reference": "SSI-ARA-2026-0001", "status": "RECU", "severity": "NON_QUALIFIE", "opened_at": at,
+           "updated_at": at, "title": "CH \x1b]0;PWNED\x07\x1b[2J\x1b[31mROUGE\x00\x9b", "region": "ARA",
+           "tlp": None, "establishment": "CH \x1b[2J", "finess": None, "declarant": None, "assignee": None}
+    for shown in (format_case_list([row]), format_case({**row, "story": ["reçu \x1b[31m"]})):
+        assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in shown)
+        assert "\\x1b]0;PWNED\\x07" in shown

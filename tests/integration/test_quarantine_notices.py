@@ -154,6 +154,14 @@ def test_command_line_list_show_release(gw: Gateway, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert f"Message n° {number} en quarantaine" in out
     assert HOSPITAL in out and "Compléments" in out and f"réponse à un dossier inconnu : {reference()}" in out
+    # With a history (staff told): shown too (outside tester: it crashed, DetachedInstanceError).
+    with gw.app.factory() as s, s.begin():
+        s.add(QuarantineLog(inbound_id=number, action="notified", actor="passerelle",
+                            at=datetime(2026, 11, 27, 9, 5, tzinfo=UTC), detail=None))
+    assert gw.cli("quarantine", "show", str(number)) == 0
+    assert ": agents avertis (passerelle)" in capsys.readouterr().out
+    assert gw.cli("quarantine", "show", str(number), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["history"][0]["action"] == "notified"
 
     # The case it answers now exists: released, the reply is processed and attached to it.
     case = gw.feed(casemail.declaration(1, sender=HOSPITAL))
@@ -161,7 +169,8 @@ def test_command_line_list_show_release(gw: Gateway, capsys: pytest.CaptureFixtu
     assert gw.cli("quarantine", "release", str(number)) == 0
     assert "remis en traitement" in capsys.readouterr().out
     with gw.app.factory() as s:
-        log = s.scalars(select(QuarantineLog).where(QuarantineLog.inbound_id == number)).one()
+        log = s.scalars(select(QuarantineLog).where(QuarantineLog.inbound_id == number,
+                                                    QuarantineLog.action == "released")).one()
         assert log.action == "released" and log.actor.startswith("cli")
         assert log.detail and "dossier inconnu" in log.detail
     (result,) = gw.app.processor.process_pending()
@@ -193,7 +202,8 @@ def test_quarantine_by_mail(gw: Gateway) -> None:
     receipt = casemail.text_of(gw.mails("recu_commandes", AGENT)[-1].raw)
     assert f"message n° {number} remis en traitement" in receipt
     with gw.app.factory() as s:
-        log = s.scalars(select(QuarantineLog).where(QuarantineLog.inbound_id == number)).one()
+        log = s.scalars(select(QuarantineLog).where(QuarantineLog.inbound_id == number,
+                                                    QuarantineLog.action == "released")).one()
         assert (log.action, log.actor) == ("released", AGENT)
     (result,) = gw.app.processor.process_pending()
     assert result.status == "processed" and result.case_ref == reference()

@@ -25,7 +25,7 @@ from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.worker import AnalysisWorker
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import reading, transaction
-from mailgateway.store.models import AuditLedger, Case, CaseEvent, InboundMessage, OutboundMessage
+from mailgateway.store.models import AuditLedger, Case, CaseEvent, InboundMessage, Indicator, OutboundMessage
 from tests.support.db import at_head
 from tests.support.dkim import zone
 from tests.support.slow import SLOW_KEY, large_signed_declaration
@@ -140,6 +140,49 @@ def test_savepoints_only_once_a_message_of_the_batch_raised(app: App, monkeypatc
     assert [(r.inbound_id, r.status) for r in results] == [
         (more[0], "processed"), (more[1], "processed"), (more[2], "quarantined"), (more[3], "processed")]
     assert len(savepoints) >= 4 and count(app, Case) == 6 and healthy
+
+
+def test_a_message_whose_writes_fail_is_quarantined_at_once_with_its_error(app: App,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside tester: a handler whose changes fail when written (here two identical indicators:
+    the unique index refuses the second) raised when its savepoint was released; the savepoint
+    was left half-open, the quarantine UPDATE then failed, the batch fell back to one by one, and
+    the message stayed « received » until its tries ran out, its error lost. It is quarantined at
+    the first try with the database's error, and the others of its batch are processed once."""
+    def failing_write(env: Env, session: Any, row: InboundMessage, facts: MessageFacts) -> Outcome:
+        outcome = REAL_HANDLER(env, session, row, facts)
+        if "d2@" in (facts.message_id or "") and outcome.case is not None:
+            for _ in range(2):
+                session.add(Indicator(case_id=outcome.case.id, type="url", value="https://dup.example/x"))
+        return outcome
+
+    ids = [accept(app, declaration(n)) for n in range(1, 4)]
+    monkeypatch.setitem(pipeline.HANDLERS, "declaration", failing_write)
+    results = app.processor.process_pending()
+    assert [(r.inbound_id, r.status) for r in results] == [
+        (ids[0], "processed"), (ids[1], "quarantined"), (ids[2], "processed")]
+    failed = inbound(app, ids[1])
+    assert (failed.status, failed.attempts) == ("quarantined", 1)
+    assert "IntegrityError" in (failed.reason or "")
+    assert count(app, Case) == 2 and count(app, Indicator) == 0
+
+
+def test_two_long_links_alike_in_their_first_2000_characters_are_one_indicator(app: App) -> None:
+    """Outside tester: indicators were made unique before being cut to 2,000 characters, so two
+    such links gave two equal rows, refused by the unique index: the declaration was never opened."""
+    import base64
+    body = ("Numéro FINESS : 690781810\r\nType d'incident : hameçonnage\r\n"
+            f"Lien 1 : https://evil.example/{'a' * 1979}11111111\r\n"
+            f"Lien 2 : https://evil.example/{'a' * 1979}22222222\r\n").encode()
+    raw = (b"From: dsi9@chu.test\r\nTo: ssi-ara@ars.test\r\nSubject: Liens\r\nMessage-ID: <long@chu.test>\r\n"
+           b"Date: Fri, 27 Nov 2026 09:00:00 +0100\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(body).replace(b"\n", b"\r\n"))
+    inbound_id = accept(app, raw)
+    assert [r.status for r in app.processor.process_pending()] == ["processed"]
+    assert inbound(app, inbound_id).case_id is not None
+    with reading(app.factory) as s:
+        urls = list(s.scalars(select(Indicator.value).where(Indicator.type == "url")))
+    assert len(urls) == 1 and len(urls[0]) == 2000
 
 
 def test_a_rolled_back_message_adds_nothing_to_the_audit_ledger(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
