@@ -16,7 +16,7 @@ from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.dates import parse_detection
 from mailgateway.mail.facts import Declaration
 from mailgateway.mail.headers import parse_addresses
-from mailgateway.mail.indicators import is_closing
+from mailgateway.mail.indicators import is_closing, without_signatures
 from mailgateway.mail.labels import Labels
 from mailgateway.mail.text import is_mobile_sign_off, label_line, labelled_lines, match_form, quote_start
 from mailgateway.statuses import Severity
@@ -194,9 +194,11 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
     if "impacts" in fields:
         found.extend(labels.impacts.all(fields["impacts"]))
         found.extend(i for i in ("SOINS", "DONNEES", "FONCTIONNEMENT") if i.lower() in match_form(fields["impacts"]))
-    # Free text: only the impact keywords, and never a negated "pas d'impact sur les soins".
-    form = match_form(free_text[:30_000])
-    for ident in labels.impacts.all(free_text[:30_000]):
+    # Free text: only the impact keywords, and never a negated "pas d'impact sur les soins"; never
+    # in a signature (« RSSI du GHT », « correspondant SSI » read as impacts: outside tester).
+    free_text = without_signatures(free_text[:30_000])
+    form = match_form(free_text)
+    for ident in labels.impacts.all(free_text):
         if ident == "SOINS" and re.search(
             r"\b(pas|aucun|sans) (d )?impact (sur|pour) (la prise en charge|les soin|le patient)", form
         ):

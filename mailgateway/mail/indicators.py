@@ -189,12 +189,29 @@ def is_closing(line: str) -> bool:
 
 
 def signature_phones(text: str) -> list[str]:
-    """Numbers of the signature blocks of ``text`` (E.164): the lines after a « -- » separator
-    (RFC 3676 §4.3) or a closing formula (« Cordialement, »), up to ten lines and never past the
-    start of a forwarded or quoted message. The writer's own numbers, not indicators.
-    Linear: each line is looked at once for a closing, at most ten times as a signature line."""
+    """Numbers of the signature blocks of ``text`` (E.164): the writer's own numbers, not indicators."""
     lines = text[:MAX_SCAN].splitlines()
-    block: list[str] = []
+    return phone_e164("\n".join(lines[i] for i in _signature_block_lines(lines)))
+
+
+def without_signatures(text: str) -> str:
+    """``text`` without its signature blocks: what the writer wrote, not who they are (« Paul
+    Durand, RSSI du GHT », « correspondant SSI » are no impact on the GHT or a correspondent:
+    outside tester)."""
+    lines = text[:MAX_SCAN].splitlines()
+    block = set(_signature_block_lines(lines))
+    if not block:
+        return text
+    kept = "\n".join(line for i, line in enumerate(lines) if i not in block)
+    return kept + text[MAX_SCAN:]
+
+
+def _signature_block_lines(lines: list[str]) -> list[int]:
+    """Indexes of the signature blocks' lines: the lines after a « -- » separator (RFC 3676
+    §4.3) or a closing formula (« Cordialement, »), up to ten lines and never past the start of a
+    forwarded or quoted message or a postscript; and the lines just above a phone's sign-off.
+    Linear: each line is looked at once for a closing, at most ten times as a signature line."""
+    block: list[int] = []
     i = 0
     while i < len(lines):
         if is_mobile_sign_off(lines[i]):
@@ -203,7 +220,7 @@ def signature_phones(text: str) -> list[str]:
             # (found by an outside tester: the RSSI's own mobile listed as an indicator).
             k = i - 1
             while k >= 0 and i - k <= _MOBILE_SIGNATURE_LINES and lines[k].strip():
-                block.append(lines[k])
+                block.append(k)
                 k -= 1
         if not is_closing(lines[i]):
             i += 1
@@ -211,10 +228,10 @@ def signature_phones(text: str) -> list[str]:
         j = i + 1
         while j < len(lines) and j <= i + _SIGNATURE_LINES and not _forward_start(lines[j]) \
                 and not _postscript(lines[j]):
-            block.append(lines[j])
+            block.append(j)
             j += 1
         i = j
-    return phone_e164("\n".join(block))
+    return block
 
 
 def _postscript(line: str) -> bool:

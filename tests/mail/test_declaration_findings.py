@@ -296,3 +296,20 @@ def test_the_signature_above_a_phones_sign_off_is_the_writers_own() -> None:
     text = ("Bonjour,\nNos serveurs sont chiffrés. Le faux support appelle depuis le 01 23 45 67 89.\n\n"
             "Jean Dupont RSSI\n06 12 34 56 78\nEnvoyé de mon iPhone\n")
     assert signature_phones(text) == ["+33612345678"]
+
+
+@pytest.mark.parametrize(("signature", "written", "impacts"), [
+    ("Paul Durand, RSSI du GHT\ncorrespondant SSI", "", []),
+    ("Paul Durand, RSSI du GHT", "L'incident touche aussi les autres établissements du GHT.\n", ["ORGANISATION"]),
+])
+def test_a_signature_is_no_impact(signature: str, written: str, impacts: list[str]) -> None:
+    """Outside tester: « RSSI du GHT » in a signature reached staff as « Impacts : au-delà de la
+    structure ». What the writer wrote still counts."""
+    from mailgateway.mail.analyse import analyse
+    from mailgateway.mail.context import AnalysisContext
+    raw = (b"From: rssi@chu.test\r\nTo: ssi-ara@ars.test\r\nSubject: Incident\r\nMessage-ID: <g@chu.test>\r\n"
+           b"Date: Fri, 27 Nov 2026 09:00:00 +0100\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           + (f"Bonjour,\nNous déclarons un rançongiciel sur les serveurs de fichiers.\n{written}"
+              f"Numéro FINESS : 690781810\n\nCordialement,\n{signature}\n").replace("\n", "\r\n").encode())
+    facts = analyse(raw, AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"}))
+    assert facts.declaration is not None and list(facts.declaration.impacts) == impacts
