@@ -77,6 +77,20 @@ def qualify(session: Session, case: Case, severity: str, *, actor: str, at: date
     return False
 
 
+def set_establishment(session: Session, case: Case, *, finess: str, name: str, category: str | None, actor: str,
+                      at: datetime) -> None:
+    """Staff name the establishment (FINESS ET) of an incident: a declaration that gave the EJ of
+    several sites, or a wrong number. The number it replaces stays on the timeline."""
+    if case.kind != "incident":
+        raise CaseError(f"{case.reference} n'est pas une déclaration d'incident : pas de structure à préciser")
+    previous = case.finess
+    case.finess = finess
+    case.establishment = name
+    case.category = category or case.category
+    append_event(session, case, type="structure", actor=actor, at=at,
+                 data={"de": previous, "vers": finess, "nom": name})
+
+
 def close(session: Session, case: Case, *, actor: str, at: datetime, reason: str | None = None) -> None:
     target = CaseStatus.CLOSE if case.kind == "alert" else CaseStatus.CLOS
     change_status(session, case, target, actor=actor, at=at, reason=reason)

@@ -163,6 +163,9 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
         return _with_reason(f"Statut : {label(d.get('de'))} → {label(d.get('vers'))}", d)
     if type_ == "qualification":
         return f"Gravité : {label(d.get('de'))} → {label(d.get('vers'))}"
+    if type_ == "structure":
+        return (f"Structure précisée : {d.get('nom') or '?'} (FINESS {d.get('vers') or '?'})"
+                + (f", auparavant FINESS {d['de']}" if d.get("de") else ""))
     if type_ == "assignation":
         return f"Dossier assigné à {d.get('vers') or 'personne'}" + (f" (auparavant {d['de']})" if d.get("de") else "")
     if type_ == "note":

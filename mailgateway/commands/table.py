@@ -25,11 +25,13 @@ from mailgateway.clock import aware, french_datetime
 from mailgateway.commands import closure, on_demand, receipts
 from mailgateway.commands.transfer import transfer_case
 from mailgateway.directory.bounces import contacts_of, reactivate_address
+from mailgateway.directory.establishments import establishment, establishments_of_ej
 from mailgateway.directory.staff import staff_addresses
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.render import libelle
 from mailgateway.dispatch.wording import nombre
+from mailgateway.mail.declaration import valid_finess
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold
@@ -124,6 +126,25 @@ def qualifier(ctx: Ctx, cmd: Command) -> str | None:
     # « gravité : significatif » (the regulation's word for the incident), never « gravité significatif ».
     return f"gravité : {libelle(severity)}" + (
         f", statut : {libelle(CaseStatus.QUALIFIE)}" if moved else f", statut : {libelle(case.status)} (inchangé)")
+
+
+def finess(ctx: Ctx, cmd: Command) -> str | None:
+    """« #finess 490100021 »: the establishment hit, by its géographique number (ET) in the
+    directory — the site of an EJ of several, which the staff notification lists, or a correction."""
+    case = _case(ctx)
+    number = "".join(cmd.args)[:20].replace(" ", "")
+    if not valid_finess(number):
+        raise CaseError("numéro FINESS géographique (ET) attendu : 9 chiffres, clé de contrôle comprise")
+    est = establishment(ctx.session, number)
+    if est is None:
+        sites = establishments_of_ej(ctx.session, number, limit=10)
+        if sites:
+            raise CaseError(f"{number} est un FINESS juridique (EJ) : donnez celui de l'établissement touché "
+                            f"({', '.join(f'{s.finess} {s.name}' for s in sites)})")
+        raise CaseError(f"FINESS {number} absent de l'annuaire : vérifiez le numéro")
+    service.set_establishment(ctx.session, case, finess=est.finess, name=est.name, category=est.category,
+                              actor=ctx.actor, at=ctx.now)
+    return f"structure : {est.name} (FINESS {est.finess})"
 
 
 def statut(ctx: Ctx, cmd: Command) -> str | None:
@@ -538,6 +559,7 @@ def quarantaine(ctx: Ctx, cmd: Command) -> str | None:
 COMMANDS: dict[str, Spec] = {
     "assigner": Spec(assigner, summary="#assigner <adresse|moi>     assigner le dossier"),
     "qualifier": Spec(qualifier, summary="#qualifier grave|significatif|sans-suite"),
+    "finess": Spec(finess, summary="#finess <FINESS ET>          préciser l'établissement touché"),
     "statut": Spec(statut, needs_case=False,
                    summary="#statut <statut>            changer le statut (ou #statut REF : synthèse)"),
     "transmettre-acss": Spec(transmettre_acss, summary="#transmettre-acss [commentaire]  transmettre à l'ACSS"),

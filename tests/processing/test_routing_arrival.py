@@ -220,3 +220,40 @@ def test_an_ej_is_where_its_sites_are_not_where_its_number_was_registered(gw: Ga
     assert flag.data["region_etablissement"] == "PDL" and flag.data["departement"] is None
     spread = gw.declare(2, finess="690000062")  # one site in ARA, one in PDL: no region to name
     assert not [e for e in gw.events(spread) if e.type == "hors_region"]
+
+
+def test_staff_name_the_site_of_an_ej_with_finess(gw: Gateway) -> None:
+    """An EJ of several sites: staff are shown them, then say which one with « #finess <ET> » (an
+    outside tester found no way to). An EJ or a number the directory does not know is refused."""
+    with transaction(gw.app.factory) as s:
+        for et, name in (("690000039", "Clinique Nord"), ("690000047", "Clinique Sud")):
+            s.add(Establishment(finess=et, finess_ej="690000021", name=name, departement="69", region="ARA",
+                                category="ETABLISSEMENT_SANTE", updated_at=NOW))
+    ref = gw.declare(1, finess="690000021")
+    assert "#finess <FINESS de l'établissement>" in casemail.text_of(gw.notification(ref, "agent@ars.test").raw)
+    gw.command(ref, "#finess 690000021")
+    assert "690000021 est un FINESS juridique (EJ)" in gw.receipt_text()
+    assert "690000039 Clinique Nord" in gw.receipt_text()
+    gw.command(ref, "#finess 690000054")
+    assert "FINESS 690000054 absent de l'annuaire" in gw.receipt_text()
+    gw.command(ref, "#finess 123")
+    assert "numéro FINESS géographique (ET) attendu" in gw.receipt_text()
+    assert gw.case(ref).finess == "690000021"
+    gw.command(ref, "#finess 690000047")
+    assert "structure : Clinique Sud (FINESS 690000047)" in gw.receipt_text()
+    case = gw.case(ref)
+    assert (case.finess, case.establishment, case.category) == ("690000047", "Clinique Sud", "ETABLISSEMENT_SANTE")
+    [event] = [e for e in gw.events(ref) if e.type == "structure"]
+    assert event.data == {"de": "690000021", "vers": "690000047", "nom": "Clinique Sud"}
+    with gw.app.factory() as s:
+        detail = show_case(s, ref)
+    assert detail is not None
+    assert "Structure précisée : Clinique Sud (FINESS 690000047), auparavant FINESS 690000021" in format_case(detail)
+    assert verify_references_intact(gw)
+
+
+def verify_references_intact(gw: Gateway) -> bool:
+    from mailgateway.cases.verify import verify_references
+    with gw.app.factory() as s:
+        breaks, _checked = verify_references(s, None)
+    return breaks == []
