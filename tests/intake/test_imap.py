@@ -45,16 +45,19 @@ def wait_idle(box: Mailbox, timeout: float = 15) -> None:
              timeout)  # fmt: skip
 
 
-def test_mail_delivered_while_watching_is_accepted_within_2s_and_moved(mailbox: Mailbox) -> None:
+def test_mail_delivered_while_watching_is_accepted_by_idle_and_moved(mailbox: Mailbox) -> None:
+    """IDLE wakes the watcher (benchmarks/imap_latency.py: ≈ 0.5 s to the acknowledgement); the
+    fallback poll is every 30 s. 10 s tells the two apart without failing on a loaded CI machine
+    (2 s did, once in five full runs with another test process beside it)."""
     mailbox.start()
     wait_idle(mailbox)
     started = time.monotonic()
     mailbox.deliver(message("Déclaration rançongiciel"))
-    wait_for(lambda: mailbox.inbound_count() == 1, timeout=2)
-    assert time.monotonic() - started < 2
+    wait_for(lambda: mailbox.inbound_count() == 1, timeout=10)
+    assert time.monotonic() - started < 10
     (row,) = mailbox.inbound()
     assert row.source == "imap" and row.region == "ARA" and b"Subject: D" in row.raw
-    wait_for(lambda: mailbox.folder_uids(PROCESSED), timeout=2)
+    wait_for(lambda: mailbox.folder_uids(PROCESSED), timeout=10)
     assert mailbox.folder_uids("INBOX") == []
     (key,) = mailbox.source_keys()
     assert key.key.startswith("imap:ARA:INBOX:") and key.key.endswith(":1")
