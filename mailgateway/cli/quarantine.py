@@ -14,7 +14,6 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from mailgateway.cases.views import terminal_safe
 from mailgateway.cli.common import database
 from mailgateway.clock import SystemClock, french_datetime
 from mailgateway.settings import Settings
@@ -48,10 +47,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
             if not found:
                 print("quarantaine vide")
-            for m in found:  # what senders wrote, without their control characters (cases/views.py)
-                print(terminal_safe(f"{m.id:>7}  {french_datetime(m.received_at)}  {m.region or '-':<4} "
-                                    f"{(m.sender or m.envelope_from or '-')[:40]:<40}  {m.subject[:50]}  "
-                                    f"— {m.reason_fr[:120]}"))
+            for m in found:  # what senders wrote is printable already (quarantine.safe_text)
+                print(f"{m.id:>7}  {french_datetime(m.received_at)}  {m.region or '-':<4} "
+                      f"{(m.sender or m.envelope_from or '-')[:40]:<40}  {m.subject[:50]}  — {m.reason_fr[:120]}")
             return 0
         if args.quarantine_cmd == "show":
             with reading(factory) as session:
@@ -76,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                  ("De", view.sender), ("À", view.to), ("Objet", view.subject), ("Date", view.date),
                                  ("Message-ID", view.message_id), ("Taille", f"{view.size} octets"),
                                  ("Essais de traitement", str(view.attempts)), ("Motif", view.reason_fr)):
-                print(terminal_safe(f"  {label:<24}: {value or '—'}"))
+                print(f"  {label:<24}: {value or '—'}")
             for action, actor, at, _detail in log:
                 what = "agents avertis" if action == quarantine.NOTIFIED else "libéré"
                 print(f"  {french_datetime(at)} : {what} ({actor})")

@@ -40,13 +40,14 @@ def establishment(session: Session, finess: str) -> Establishment | None:
 
 def establishments_of_ej(session: Session, finess_ej: str, limit: int = 2) -> list[Establishment]:
     """Up to ``limit`` establishments (ET) of the juridique number ``finess_ej``."""
-    memo: dict[tuple[str, int], list[str]] = session.info.setdefault(_EJ_MEMO, {})
-    numbers = memo.get((finess_ej, limit))
-    if numbers is None:
-        numbers = memo[(finess_ej, limit)] = [
-            str(n) for (n,) in fast.execute(session, _of_ej(), {"finess_ej": finess_ej, "limit": limit}).rows]
-    found = [establishment(session, n) for n in numbers]
-    return [e for e in found if e is not None]
+    memo: dict[tuple[str, int], list[Establishment]] = session.info.setdefault(_EJ_MEMO, {})
+    found = memo.get((finess_ej, limit))
+    if found is None:  # one query for the sites, whole rows: no second look-up per site
+        found = memo[(finess_ej, limit)] = fast.load_all(session, Establishment, _of_ej(),
+                                                         {"finess_ej": finess_ej, "limit": limit})
+        for site in found:
+            session.info.setdefault(_MEMO, {})[site.finess] = site
+    return list(found)
 
 
 @cache
@@ -58,5 +59,5 @@ def _by_et() -> Select[Any]:
 @cache
 def _of_ej() -> Select[Any]:
     c = cast(Table, Establishment.__table__).c
-    return (select(c.finess).where(c.finess_ej == bindparam("finess_ej")).order_by(c.finess)
+    return (select(*c).where(c.finess_ej == bindparam("finess_ej")).order_by(c.finess)
             .limit(bindparam("limit")))

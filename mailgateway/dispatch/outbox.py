@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import cache, lru_cache
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, bindparam, func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -84,7 +84,7 @@ def queued_keys(session: Session, keys: Sequence[str]) -> set[str]:
     for start in range(0, len(keys), _KEYS_PER_QUERY):
         chunk = keys[start:start + _KEYS_PER_QUERY]
         found.update(str(key) for (key,) in fast.execute(
-            session, _queued_keys_statement(len(chunk)), {f"k{i}": key for i, key in enumerate(chunk)}).rows)
+            session, _queued_keys_statement(len(chunk)), fast.any_of_params(chunk)).rows)
     return found
 
 
@@ -94,11 +94,9 @@ _KEYS_PER_QUERY = 32
 @lru_cache(maxsize=_KEYS_PER_QUERY)
 def _queued_keys_statement(count: int) -> Any:
     """Built once per number of keys, on the table's columns (issue 19: every staff notification
-    asks, for as many keys as the region has staff): an expanding ``IN`` is rendered by
-    SQLAlchemy at every execution; this one compiles once and runs on the driver."""
-    table = cast(Table, OutboundMessage.__table__)
-    column = table.c.idempotency_key
-    return select(column).where(column.in_([bindparam(f"k{i}", type_=column.type) for i in range(count)]))
+    asks, for as many keys as the region has staff)."""
+    column = cast(Table, OutboundMessage.__table__).c.idempotency_key
+    return select(column).where(fast.any_of(column, count))
 
 
 @cache

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -205,18 +205,16 @@ def claim_keys(session: Session, keys: Sequence[str], inbound_id: int, at: datet
 
 def _owners(session: Session, keys: Sequence[str]) -> list[tuple[str, int]]:
     """(key, inbound id) of those of ``keys`` already recorded."""
-    params = {f"k{i}": key for i, key in enumerate(keys)}
-    return [(str(k), int(i)) for k, i in fast.execute(session, _owners_statement(len(keys)), params).rows]
+    rows = fast.execute(session, _owners_statement(len(keys)), fast.any_of_params(keys)).rows
+    return [(str(k), int(i)) for k, i in rows]
 
 
 # Built once on the table's columns, values bound at execution: every declaration claims (issue 19).
-# One statement per number of keys (a message has a handful), each with its own parameters: an
-# expanding ``IN`` is rendered by SQLAlchemy at every execution, the driver cannot run it alone.
+# One statement per number of keys (a message has a handful): fast.any_of.
 @lru_cache(maxsize=32)
 def _owners_statement(count: int) -> Any:
     table = cast(Table, ReplayKey.__table__)
-    return select(table.c.key, table.c.inbound_id).where(
-        table.c.key.in_([bindparam(f"k{i}", type_=table.c.key.type) for i in range(count)]))
+    return select(table.c.key, table.c.inbound_id).where(fast.any_of(table.c.key, count))
 
 
 @cache

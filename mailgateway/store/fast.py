@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, exc
+from sqlalchemy import Table, bindparam, exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.sql import ClauseElement, Executable
@@ -163,19 +163,35 @@ def run(connection: Connection, statement: Executable,
 
 
 def load(session: Session, model: type[Any], statement: Executable, params: Mapping[str, Any]) -> Any:
-    """The ``model`` object of the first row of ``statement`` (which selects every column of the
-    model's table, in the table's order), attached to the session as a query would load it, or
-    None. An object the session already holds is returned as it is, as a query would."""
-    rows = execute(session, statement, params).rows
-    if not rows:
-        return None
+    """The ``model`` object of the first row of ``statement`` (see ``load_all``), or None."""
+    found = load_all(session, model, statement, params)
+    return found[0] if found else None
+
+
+def load_all(session: Session, model: type[Any], statement: Executable, params: Mapping[str, Any]) -> list[Any]:
+    """The ``model`` objects of the rows of ``statement`` (which selects every column of the
+    model's table, in the table's order), attached to the session as a query would load them.
+    An object the session already holds is returned as it is, as a query would."""
     table = cast(Table, model.__table__)
-    values = dict(zip((c.key for c in table.c), rows[0], strict=True))
-    pk = tuple(values[c.key] for c in table.primary_key.columns)
-    held = session.identity_map.get(session.identity_key(model, pk))
-    if held is not None:
-        return held
-    obj = model(**values)
-    make_transient_to_detached(obj)
-    session.add(obj)
-    return obj
+    keys = [c.key for c in table.c]
+    found = []
+    for row in execute(session, statement, params).rows:
+        values = dict(zip(keys, row, strict=True))
+        pk = tuple(values[c.key] for c in table.primary_key.columns)
+        obj = session.identity_map.get(session.identity_key(model, pk))
+        if obj is None:
+            obj = model(**values)
+            make_transient_to_detached(obj)
+            session.add(obj)
+        found.append(obj)
+    return found
+
+
+def any_of(column: Any, count: int) -> Any:
+    """``column IN (:k0, …)`` with one parameter per value (``any_of_params``): an expanding
+    ``IN`` is rendered by SQLAlchemy at every execution and cannot run on the driver alone."""
+    return column.in_([bindparam(f"k{i}", type_=column.type) for i in range(count)])
+
+
+def any_of_params(values: Sequence[Any]) -> dict[str, Any]:
+    return {f"k{i}": value for i, value in enumerate(values)}
