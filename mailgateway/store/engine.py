@@ -271,22 +271,24 @@ _GATES_LOCK = threading.Lock()
 @contextmanager
 def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A read-only unit of work: never takes SQLite's write lock (analysis, CLI views)."""
-    with factory(bind=_readonly(factory.kw["bind"])) as session:
+    with factory(bind=_readonly(factory)) as session:
         try:
             yield session
         finally:
             session.rollback()
 
 
-_READONLY: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+# Keyed by the sessionmaker, not the engine: the read-only variant holds its engine, and an entry
+# whose value holds its own key would never leave a weak dictionary.
+_READONLY: weakref.WeakKeyDictionary[sessionmaker[Session], Engine] = weakref.WeakKeyDictionary()
 
 
-def _readonly(engine: Engine) -> Engine:
-    """The engine's read-only variant, made once: the analysis worker reads once per message
-    (issue 19), and each ``execution_options`` call builds a new engine proxy."""
-    found = _READONLY.get(engine)
+def _readonly(factory: sessionmaker[Session]) -> Engine:
+    """The factory's engine in its read-only variant, made once: the analysis worker reads once
+    per message (issue 19), and each ``execution_options`` call builds a new engine proxy."""
+    found = _READONLY.get(factory)
     if found is None:
-        found = _READONLY[engine] = engine.execution_options(mailgateway_readonly=True)
+        found = _READONLY[factory] = factory.kw["bind"].execution_options(mailgateway_readonly=True)
     return found
 
 
