@@ -72,7 +72,7 @@ from mailgateway.mail.tlp import operator_label, relay_label
 from mailgateway.processing.context import Env
 from mailgateway.settings import Settings
 from mailgateway.statuses import CaseStatus
-from mailgateway.store.engine import write_gate
+from mailgateway.store.engine import reading, write_gate
 from mailgateway.store.models import Bulletin, BulletinRecipient, Case, InboundMessage, OutboundMessage
 
 log = logging.getLogger("mailgateway.bulletins")
@@ -537,7 +537,10 @@ def fan_out_approved(env: Env, factory: sessionmaker[Session], on_chunk: Callabl
         if on_chunk is not None:
             on_chunk()
 
-    with factory() as session:
+    # Read-only (a deferred BEGIN): this look runs every 2 s beside processing; under BEGIN
+    # IMMEDIATE it waited in SQLite's busy handler and took the write lock away from the
+    # processing host between two of its transactions (issue 19, py-spy of the daemon).
+    with reading(factory) as session:
         pending = list(session.scalars(select(Bulletin.id).where(Bulletin.status == "approved")))
     for bulletin_id in pending:
         if stop is not None and stop():

@@ -72,3 +72,23 @@ def test_an_interrupted_fan_out_resumes_without_duplicates(app: App) -> None:
     assert _queued(app) == 12
     with app.factory() as s:
         assert s.get(Bulletin, bulletin_id).status == "sent"  # type: ignore[union-attr]
+
+
+def test_looking_for_approved_bulletins_never_waits_for_the_write_lock(app: App) -> None:
+    """The daemon looks every 2 s: a look that took SQLite's write lock (BEGIN IMMEDIATE) waited
+    behind processing in SQLite's busy handler and took the lock from it (issue 19)."""
+    import sqlite3
+    import threading
+
+    path = app.settings.database.url.split("///", 1)[1]
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process's write transaction, held
+    found: list[int] = []
+    try:
+        look = threading.Thread(target=lambda: found.append(fan_out_approved(app.env, app.factory)), daemon=True)
+        look.start()
+        look.join(10)  # the busy timeout is 30 s
+        assert found == [0]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
