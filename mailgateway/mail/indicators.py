@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 from mailgateway.mail.facts import Indicator
 from mailgateway.mail.text import is_mobile_sign_off, normalise
@@ -184,7 +185,15 @@ def is_closing(line: str) -> bool:
     stripped = line.strip()
     if stripped in ("--", "-- "):
         return True
-    words = normalise(stripped[:60])
+    return _closing_head(stripped[:60])
+
+
+@lru_cache(maxsize=4096)
+def _closing_head(head: str) -> bool:
+    """Remembered (issue 19): the same lines come back in every mail (« Bonjour, »,
+    « Cordialement, »), and a message's lines are looked at twice (the signature's phones, the
+    text without signatures). Keys are at most 60 characters."""
+    words = normalise(head)
     return bool(words) and any(words == c or words.startswith(c + " ") for c in _CLOSINGS)
 
 

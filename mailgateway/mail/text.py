@@ -325,5 +325,19 @@ _MOBILE_SIGN_OFF = re.compile(
 
 def is_mobile_sign_off(line: str) -> bool:
     """« Envoyé de mon iPhone », « Obtenir Outlook pour iOS<…> », « Sent from my Galaxy »…"""
-    text = fold(line.strip())
+    stripped = line.strip()
+    if len(stripped) > _REMEMBERED_LINE:
+        return _mobile_sign_off(stripped)
+    return _remembered_mobile_sign_off(stripped)
+
+
+def _mobile_sign_off(stripped: str) -> bool:
+    text = fold(stripped)
     return 0 < len(text) <= 160 and _MOBILE_SIGN_OFF.match(text) is not None
+
+
+# Lines up to this long are remembered (issue 19: the same lines in every mail, each message's
+# lines looked at twice); longer ones (never a sign-off, unless made of combining marks) are not,
+# so the cache stays small (4,096 × 400 characters at most).
+_REMEMBERED_LINE = 400
+_remembered_mobile_sign_off = lru_cache(maxsize=4096)(_mobile_sign_off)
