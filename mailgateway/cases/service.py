@@ -324,7 +324,7 @@ def new_case(session: Session, *, region: str, kind: str, inbound: InboundMessag
     # changes in a second UPDATE. Every column is given, so nothing is loaded back later.
     with session.no_autoflush:
         values["id"] = fast.execute(session, _case_insert(), values).rows[0][0]
-    case = Case(**values)
+    case = fast.build(Case, values)
     attach_inserted(session, case)
     record_received(session, case, inbound, facts, at=at, detail=True)
     # Cut first, then made unique: two long links alike in their first 2,000 characters are one

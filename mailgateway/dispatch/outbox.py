@@ -70,7 +70,7 @@ def enqueue(
     if new_id is None:
         return None
     # The row is known: attach it to the session without reading it back (fan-out hot path).
-    row = OutboundMessage(id=new_id, **values)
+    row = fast.build(OutboundMessage, {"id": new_id, **values})
     attach_inserted(session, row)
     return row
 

@@ -117,3 +117,26 @@ def test_queued_keys_are_found_among_many_in_chunks(db_factory: sessionmaker[Ses
         asked = [f"k-{i}" for i in range(70)]
         assert queued_keys(s, asked) == {"k-3", "k-64"}
         assert queued_keys(s, []) == set()
+
+
+def test_an_object_built_from_an_inserted_row_is_persistent_clean_and_tracks_changes(
+        db_factory: sessionmaker[Session]) -> None:
+    """``fast.build`` + ``attach_inserted``: what the session holds is the row as inserted (nothing
+    pending), a later change is written at the flush, an attribute not given is read back."""
+    from sqlalchemy import inspect
+
+    from mailgateway.store.inserted import attach_inserted
+
+    with transaction(db_factory) as session:
+        values = _outbound("built")
+        values["id"] = fast.execute(session, _insert_returning(), values).rows[0][0]
+        del values["attempts"]  # not given: loaded from the row when read
+        row = fast.build(OutboundMessage, values)
+        attach_inserted(session, row)
+        state = inspect(row)
+        assert state.persistent and not session.dirty and not state.modified
+        assert row.recipient == "rssi@chu.test" and row.attempts == 0
+        row.status = "sending"
+        assert row in session.dirty
+    with db_factory() as session:
+        assert session.scalar(select(OutboundMessage.status).where(OutboundMessage.id == values["id"])) == "sending"
