@@ -255,6 +255,9 @@ def parse_addresses(value: str) -> list[tuple[str, str]]:
     CR/LF that came out of encoded words (crash class 2) is flattened first.
     """
     value = value.replace("\r", " ").replace("\n", " ")[:MAX_HEADER_CHARS]
+    plain = _plain_addresses(value)
+    if plain is not None:
+        return plain
     try:
         pairs = email.utils.getaddresses([value])
     except Exception:
@@ -269,6 +272,31 @@ def parse_addresses(value: str) -> list[tuple[str, str]]:
         for found in _BARE_ADDRESS.findall(value)[:100]:
             result.append(("", found.lower().strip(".")))
     return result[:500]
+
+
+# The common address list, read without ``getaddresses`` (a message's From, To, Cc… cost
+# ≈ 0.1 ms of the analysis; issue 19): entries of a display name of plain words (letters, digits,
+# spaces, « ' », « - »: atoms, RFC 5322 §3.2.3) and an angle address, or a bare address, both of
+# dot-atoms, separated by commas. Anything else (quotes, comments, encoded or accented names,
+# groups, empty entries) goes to ``getaddresses``; tests/mail/test_address_lists.py holds this to
+# its result. Each piece is matched alone: linear.
+_PLAIN_ADDRESS = r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+_PLAIN_ENTRY = re.compile(rf"([A-Za-z0-9' -]*)<({_PLAIN_ADDRESS})>|({_PLAIN_ADDRESS})")
+
+
+def _plain_addresses(value: str) -> list[tuple[str, str]] | None:
+    if not value.strip():
+        return []
+    found: list[tuple[str, str]] = []
+    for piece in value.split(",", 500):
+        entry = _PLAIN_ENTRY.fullmatch(piece.strip(" \t"))
+        if entry is None:
+            return None
+        if entry[3] is not None:
+            found.append(("", entry[3].lower()))
+        else:
+            found.append((" ".join(entry[1].split()), entry[2].lower()))
+    return found
 
 
 def message_ids(value: str) -> list[str]:
