@@ -103,6 +103,20 @@ _NEAR_FIELDS = frozenset({"severity", "structure", "summary", "measures", "scope
 
 
 def labelled_fields(text: str, labels: Labels) -> Fields:
+    """The labelled values of ``text``. Remembered for the last two texts: a declaration's text is
+    read three times (is it one, what it says, the declarant's phones; issue 19)."""
+    for seen_text, seen_labels, seen in _RECENT_FIELDS:
+        if seen_labels is labels and seen_text == text:
+            return Fields(dict(seen.values), seen.count)
+    found = _labelled_fields(text, labels)
+    _RECENT_FIELDS[:] = [(text, labels, found), *_RECENT_FIELDS[:1]]
+    return Fields(dict(found.values), found.count)
+
+
+_RECENT_FIELDS: list[tuple[str, Labels, Fields]] = []
+
+
+def _labelled_fields(text: str, labels: Labels) -> Fields:
     values: dict[str, str] = {}
     count = 0
     known: dict[str, str | None] = {}  # each label is asked about up to three times: looked up once
