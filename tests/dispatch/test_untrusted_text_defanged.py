@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailgateway.dispatch.render import defang_text
@@ -156,14 +156,28 @@ def test_lookalike_colons_and_single_slash_schemes_are_defanged(text: str, kept_
 
 # Pieces of what the passes look for (schemes, hosts, « www. », IPv4, ports, shares, lookalike
 # colons and slashes), joined at random: each pass is reached often, not by luck.
-_PIECES = ["www", ".", "evil", "example", "fr", "/", ":", "//", "http", "https", "ftp", "mailto", "tel", "\\",
-           "\\\\", "1", "10", "192", "x", " ", "\n", "\uff1a", "\u05c3", "\uff0f", "é", "?", "#", "8080", "@", "-"]
+_PIECES = ["www", "WwW", ".", "evil", "example", "fr", "/", ":", "//", "http", "https", "HTTP", "ftp", "mailto", "tel",
+           "\\", "\\\\", "1", "10", "192", "x", " ", "\n", "\uff1a", "\u05c3", "\uff0f", "é", "?", "#", "8080", "@",
+           "-", "\u212a", "\u017f", "\u0131", "\u0130", "\u0662", "sip", "news", "webcal", "s\u0131p", "\u017fip"]
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from(_PIECES), max_size=14).map("".join))
+@example("evil.example:8080 x")
+@example("voir WWW.evil.fr")
+@example("ſip:x")
+@example("a\\\\b.c")
+@example("voir https:\\evil.fr")
 def test_the_shortcut_for_values_without_colon_dot_or_backslash_changes_nothing(text: str) -> None:
     """Issue 19: a value with no colon, dot or backslash (after colon lookalikes are read as
-    colons) skips the passes; the passes themselves would have left it as it is."""
+    colons) skips the passes, and each pass is skipped when the text lacks what its pattern
+    needs (ASCII text has no lookalike to translate); every pass run unconditionally gives the
+    same text."""
     from mailgateway.dispatch.render import _COLON_LOOKALIKES, _defang_passes
     assert defang_text(text) == _defang_passes(text.translate(_COLON_LOOKALIKES))
+
+
+def test_every_colon_lookalike_is_outside_ascii() -> None:
+    """``defang_text`` translates only text that is not ASCII."""
+    from mailgateway.dispatch.render import _COLON_LOOKALIKES
+    assert all(code > 127 for code in _COLON_LOOKALIKES)
