@@ -23,6 +23,7 @@ in the size of its input (no regular expression at all).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 __all__ = [
@@ -147,7 +148,19 @@ def _ascii(text: str) -> str:
 
 
 def _problem(raw: bytes) -> tuple[str, str] | None:
-    """(French, English) reasons for the first problem of the header block, or None."""
+    """(French, English) reasons for the first problem of the header block, or None. The last
+    few messages' answers are remembered (issue 19: analysis asks twice, authentication once)."""
+    if len(raw) > _REMEMBERED_BYTES:
+        return _first_problem(raw)
+    return _remembered_problem(raw)
+
+
+# Messages up to this size are remembered, four of them at most (larger ones would cost more to
+# hash than to examine).
+_REMEMBERED_BYTES = 64 * 1024
+
+
+def _first_problem(raw: bytes) -> tuple[str, str] | None:
     if raw.startswith(_BOM):
         raw = raw[len(_BOM) :]
     start = 0
@@ -192,6 +205,9 @@ def _problem(raw: bytes) -> tuple[str, str] | None:
             break
         start = end + 1
     return None
+
+
+_remembered_problem = functools.lru_cache(maxsize=4)(_first_problem)
 
 
 def _line_problem(line: bytes, lineno: int, fields: int) -> tuple[str, str] | None:
