@@ -65,7 +65,7 @@ from mailgateway.mail.declaration import (
     looks_like_declaration,
 )
 from mailgateway.mail.facts import Bounce, Command, Declaration, MessageFacts, SenderVerdict
-from mailgateway.mail.headers import message_ids, parse_addresses
+from mailgateway.mail.headers import message_ids
 from mailgateway.mail.indicators import contact_line_phones, extract_indicators, phone_e164, signature_phones
 from mailgateway.mail.indicators_in import with_attached
 from mailgateway.mail.labels import Labels, load_labels
@@ -220,7 +220,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
             extra={"header_problem": problem},
         )
     subject = pm.header("Subject")[:1000]
-    reply_to_pairs = parse_addresses(pm.header("Reply-To"))
+    reply_to_pairs = pm.addresses("Reply-To")
     reply_to = reply_to_pairs[0][1] if reply_to_pairs else None
     own_domains = _own_domains(ctx)
     in_reply_ids = message_ids(pm.header("In-Reply-To"))

@@ -30,7 +30,7 @@ from email.message import Message
 
 from mailgateway.mail import ndr
 from mailgateway.mail.facts import Bounce
-from mailgateway.mail.headers import decode_header_value, message_ids, parse_addresses
+from mailgateway.mail.headers import decode_header_value, message_ids, parse_addresses, parse_header_addresses
 from mailgateway.mail.parse import ParsedMessage, part_text, walk
 from mailgateway.mail.refs import strip_prefixes
 
@@ -308,7 +308,7 @@ def _senders_side(pm: ParsedMessage) -> tuple[list[str], list[str]]:
             except Exception:
                 value = None
             if value is not None:
-                weak.extend(a for _n, a in parse_addresses(decode_header_value(value)))
+                weak.extend(a for _n, a in parse_header_addresses(value))
     return authors, weak
 
 
@@ -391,6 +391,7 @@ def detect_bounce(pm: ParsedMessage, token: str | None) -> Bounce | None:
     if _report_type(pm) in _NOT_BOUNCE_REPORTS:
         return None  # RFC 8098 read receipt, RFC 5965 feedback report
     texts = _texts(pm)
+    # A list of bare addresses an MTA wrote, some as encoded words (SMTPUTF8 ones): decoded first.
     failed_header = [a for _n, a in parse_addresses(" ".join(pm.headers("X-Failed-Recipients")))]
     other_parts = _other_report_parts(pm)
     if not (token or failed_header or pm.delivery_status or other_parts or _signals_of_report(pm)

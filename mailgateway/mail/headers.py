@@ -201,8 +201,13 @@ def _decode_word(charset: str, encoding: str, text: str) -> bytes:
     return _QP_HEX.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
 
 
-def decode_header_value(value: object) -> str:
-    """Decode one header value (str or email.header.Header) to text; never raises."""
+def header_text(value: object) -> str:
+    """One header value (str or email.header.Header) as text, unfolded, its RFC 2047 encoded
+    words left as written; never raises. Address lists are parsed from this: an encoded word is
+    the text of a display name or a comment, never an address (RFC 2047 §5), so it is decoded
+    after the list is split (``parse_header_addresses``). Decoded first, « =?utf-8?q?dsi=40chu…?=
+    <ssi@evil.test> » read as two addresses, the first one not the author's (outside tester: a
+    signed reply opened a case in another establishment's name and acknowledged it there)."""
     try:
         if isinstance(value, Header):
             text = _header_text(value)
@@ -214,7 +219,19 @@ def decode_header_value(value: object) -> str:
         return ""
     text = _raw_to_text(text[:MAX_HEADER_CHARS])
     # Unfold (RFC 5322 §2.2.3) before looking for encoded words.
-    text = _FOLD.sub(" ", text).replace("\r", " ")
+    return _FOLD.sub(" ", text).replace("\r", " ")
+
+
+def parse_header_addresses(value: object) -> list[tuple[str, str]]:
+    """(display name decoded, lower-case address) pairs of an address header, split before any
+    encoded word is decoded (``header_text``); never raises."""
+    return [(decode_header_value(name) if "=?" in name else name, address)
+            for name, address in parse_addresses(header_text(value))]
+
+
+def decode_header_value(value: object) -> str:
+    """Decode one header value (str or email.header.Header) to text; never raises."""
+    text = header_text(value)
     if "=?" not in text:
         return text.strip()
     # RFC 2047 §6.2: whitespace between adjacent encoded words is ignored.

@@ -27,7 +27,7 @@ from email.message import Message
 import dkim
 
 from mailgateway.mail.flowed import unflow
-from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_addresses
+from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_header_addresses
 from mailgateway.mail.htmltext import html_to_text
 from mailgateway.wire import MAX_SIGNATURE_FIELDS, MAX_SIGNED_NAMES, header_block, header_block_problem
 
@@ -182,8 +182,13 @@ class ParsedMessage:
             key = name.lower()
             if key not in self._addr_cache:
                 found: list[tuple[str, str]] = []
-                for value in self.headers(name):
-                    found.extend(parse_addresses(value))
+                try:
+                    values = self.msg.get_all(name) or []
+                except Exception:
+                    values = []
+                for value in values[:50]:
+                    # Split first, display names decoded after (headers.header_text).
+                    found.extend(parse_header_addresses(value))
                 self._addr_cache[key] = found
             out.extend(self._addr_cache[key])
         return out

@@ -140,6 +140,21 @@ def test_a_reply_that_declares_an_incident_opens_a_case_linked_to_the_alert(gw: 
     assert acknowledged(gw) == {"ssi@e1.test"}
 
 
+def test_a_reply_declaring_an_incident_is_answered_at_its_authors_address_not_its_display_name(
+        gw: Gateway) -> None:
+    """An encoded word is a display name, never an address (RFC 2047 §5): « =?utf-8?q?ssi=40e0…?=
+    <ssi@e1.test> » is ssi@e1.test writing (outside tester: the case was opened in e0's name and
+    e0 was acknowledged)."""
+    relayed(gw)
+    body = ("Bonjour,\n\nSuite à votre alerte : nous subissons depuis ce matin une attaque par rançongiciel, "
+            "nos serveurs de fichiers sont chiffrés.\n\nCordialement,\nLe RSSI\n")
+    raw = answer(gw, 1, body).replace(b"From: ssi@e1.test", b"From: =?utf-8?q?ssi=40e0.test?= <ssi@e1.test>", 1)
+    result = gw.feed(raw)
+    assert result.status == "processed" and result.case_ref, result
+    assert gw.case(result.case_ref).declarant == "ssi@e1.test"
+    assert gw.outbound("accuse_reception", "ssi@e1.test") and not gw.outbound("accuse_reception", "ssi@e0.test")
+
+
 THUNDERBIRD_MDN = """From: ssi@e{n}.test
 To: ssi-ara@ars.test
 Subject: Accusé de lecture (affiché) - alerte

@@ -1,0 +1,59 @@
+"""An encoded word is a display name's text, never an address (RFC 2047 §5): address lists are
+split first and their names decoded after. Decoded first, « =?utf-8?q?dsi=40chu…?= <ssi@evil…> »
+read as two addresses, the first of them not the author (outside tester: a signed mail opened a
+case in another establishment's name and acknowledged it there; a declaration whose display
+name decoded to our own address was dropped as a loop; ``parse`` routed by a display name)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from mailgateway.mail.parse import parse_message
+from mailgateway.store.models import OutboundMessage
+from tests.support import casemail
+from tests.support.casegateway import Gateway, make_gateway
+
+BODY = ("Bonjour,\n\nNuméro FINESS : 690781810\nNom de la structure : Centre hospitalier\n"
+        "Type d'incident : rançongiciel\nGravité : grave\nServeurs chiffrés depuis ce matin.\n")
+
+
+@pytest.fixture
+def gw(sqlite_url: str) -> Iterator[Gateway]:
+    yield from make_gateway(sqlite_url)
+
+
+def _declaration(from_field: str, *, to: str = "ssi-ara@ars.test", n: int = 1) -> bytes:
+    raw = casemail.message(sender=from_field, to=to, subject="Déclaration d'incident", body=BODY,
+                           message_id=f"<encoded-{n}@chu.test>")
+    return casemail.sign(raw, casemail.establishment_key())
+
+
+def test_addresses_are_split_before_display_names_are_decoded() -> None:
+    pm = parse_message(b"From: =?utf-8?q?dsi=40chu-nantes.test?= <ssi@evil.test>\r\n"
+                       b"To: =?utf-8?q?ssi-ara=40ars.test?= <ssi-pdl@ars.test>, b@c.test\r\n"
+                       b"Reply-To: =?utf-8?q?victime=40autre.test?= <contact@evil.test>\r\n\r\nx\r\n")
+    assert pm.from_address() == ("dsi@chu-nantes.test", "ssi@evil.test")
+    assert pm.addresses("To") == [("ssi-ara@ars.test", "ssi-pdl@ars.test"), ("", "b@c.test")]
+    assert pm.addresses("Reply-To") == [("victime@autre.test", "contact@evil.test")]
+
+
+def test_a_declaration_is_answered_at_its_authors_address_not_at_its_display_name(gw: Gateway) -> None:
+    result = gw.feed(_declaration("=?utf-8?q?victime=40autre.test?= <dsi@chu.test>"))
+    assert result.status == "processed" and result.case_ref, result
+    assert gw.case(result.case_ref).declarant == "dsi@chu.test"
+    with gw.app.factory() as s:
+        acks = list(s.scalars(select(OutboundMessage.recipient).where(OutboundMessage.kind == "accuse_reception")))
+    assert acks == ["dsi@chu.test"]
+
+
+def test_a_display_name_that_decodes_to_our_own_address_is_no_loop(gw: Gateway) -> None:
+    result = gw.feed(_declaration("=?utf-8?q?ssi-ara=40ars.test?= <dsi@chu.test>", n=2))
+    assert result.status == "processed" and result.kind == "declaration" and result.case_ref, result
+
+
+def test_the_region_is_read_from_the_address_not_from_the_display_name(gw: Gateway) -> None:
+    result = gw.feed(_declaration("dsi@chu.test", to="=?utf-8?q?ssi-pdl=40ars.test?= <ssi-ara@ars.test>", n=3))
+    assert result.case_ref is not None and result.case_ref.startswith("SSI-ARA-"), result
