@@ -103,7 +103,7 @@ def analyse(raw: bytes, ctx: AnalysisContext, sender: SenderVerdict | None = Non
 def _sender_from_headers(pm: ParsedMessage) -> SenderVerdict:
     found = pm.from_address()
     if not found:
-        return SenderVerdict(detail="no From header")
+        return SenderVerdict(detail="From must hold exactly one address" if pm.has("From") else "no From header")
     address = found[1]
     domain = address.rpartition("@")[2] or None
     return SenderVerdict(address=address, domain=domain, authenticated=False, detail="From header only")

@@ -194,7 +194,13 @@ class ParsedMessage:
         return out
 
     def from_address(self) -> tuple[str, str] | None:
-        found = self.addresses("From") or self.addresses("Sender")
+        """The author: the one address of From (or of Sender, without From). A From of several
+        addresses is nobody's, as for authentication (mail/auth.py): « victime@chu… <ssi@evil…> »
+        is read as two by the stdlib and as ssi@evil… by mail clients (outside tester)."""
+        found = self.addresses("From")
+        if len(found) > 1:
+            return None
+        found = found or self.addresses("Sender")
         return found[0] if found else None
 
     def message_id(self) -> str | None:

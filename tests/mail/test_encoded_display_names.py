@@ -31,6 +31,12 @@ def _declaration(from_field: str, *, to: str = "ssi-ara@ars.test", n: int = 1) -
     return casemail.sign(raw, casemail.establishment_key())
 
 
+def test_a_from_of_several_addresses_is_nobodys() -> None:
+    pm = parse_message(b"From: victime@autre.test <dsi@chu.test>\r\nSender: s@chu.test\r\n\r\nx\r\n")
+    assert pm.from_address() is None
+    assert parse_message(b"Sender: s@chu.test\r\n\r\nx\r\n").from_address() == ("", "s@chu.test")
+
+
 def test_addresses_are_split_before_display_names_are_decoded() -> None:
     pm = parse_message(b"From: =?utf-8?q?dsi=40chu-nantes.test?= <ssi@evil.test>\r\n"
                        b"To: =?utf-8?q?ssi-ara=40ars.test?= <ssi-pdl@ars.test>, b@c.test\r\n"
@@ -57,3 +63,16 @@ def test_a_display_name_that_decodes_to_our_own_address_is_no_loop(gw: Gateway) 
 def test_the_region_is_read_from_the_address_not_from_the_display_name(gw: Gateway) -> None:
     result = gw.feed(_declaration("dsi@chu.test", to="=?utf-8?q?ssi-pdl=40ars.test?= <ssi-ara@ars.test>", n=3))
     assert result.case_ref is not None and result.case_ref.startswith("SSI-ARA-"), result
+
+
+def test_a_from_of_two_addresses_names_nobody_to_answer(gw: Gateway) -> None:
+    """« victime@autre.test <dsi@chu.test> »: two addresses to the stdlib, dsi@chu.test to a mail
+    client; authentication names nobody, and a declaration's declarant is who authentication
+    names (no acknowledgement sent). The reply path: tests/processing/test_relay_replies.py."""
+    raw = casemail.message(sender="victime@autre.test <dsi@chu.test>", to="ssi-ara@ars.test",
+                           subject="Déclaration d'incident", body=BODY, message_id="<two-authors@chu.test>")
+    result = gw.feed(raw)
+    assert result.status == "processed" and result.case_ref, result
+    assert gw.case(result.case_ref).declarant is None
+    with gw.app.factory() as s:
+        assert not list(s.scalars(select(OutboundMessage).where(OutboundMessage.kind == "accuse_reception")))

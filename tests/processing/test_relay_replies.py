@@ -155,6 +155,18 @@ def test_a_reply_declaring_an_incident_is_answered_at_its_authors_address_not_it
     assert gw.outbound("accuse_reception", "ssi@e1.test") and not gw.outbound("accuse_reception", "ssi@e0.test")
 
 
+def test_a_reply_declaring_an_incident_from_two_addresses_is_answered_at_neither(gw: Gateway) -> None:
+    """« ssi@e0.test <ssi@e1.test> »: two addresses to the stdlib, ssi@e1.test to a mail client.
+    Authentication names nobody; the reply's declaration neither (outside tester: it opened a
+    case in e0's name and acknowledged e0)."""
+    relayed(gw)
+    body = ("Bonjour,\n\nSuite à votre alerte : nous subissons depuis ce matin une attaque par rançongiciel, "
+            "nos serveurs de fichiers sont chiffrés.\n\nCordialement,\nLe RSSI\n")
+    raw = answer(gw, 1, body).replace(b"From: ssi@e1.test", b"From: ssi@e0.test <ssi@e1.test>", 1)
+    gw.feed(raw)
+    assert not gw.outbound("accuse_reception", "ssi@e0.test") and not gw.outbound("accuse_reception", "ssi@e1.test")
+
+
 THUNDERBIRD_MDN = """From: ssi@e{n}.test
 To: ssi-ara@ars.test
 Subject: Accusé de lecture (affiché) - alerte
