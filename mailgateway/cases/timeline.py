@@ -62,6 +62,33 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
+def json_copy(value: Any) -> Any:
+    """``value`` as storing it as JSON and reading it back gives it (a copy: later changes by the
+    caller are not the event's). Plain values — str, int, bool, None, dicts of str keys, lists —
+    are copied as they are, 6 → 1 µs an event (issue 19); anything else (a float, a tuple, a
+    date, a subclass) takes the round trip."""
+    try:
+        return _plain_copy(value)
+    except TypeError:
+        return json.loads(json.dumps(value, default=str))
+
+
+def _plain_copy(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        copied = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(key)
+            copied[key] = _plain_copy(item)
+        return copied
+    if kind is list:
+        return [_plain_copy(item) for item in value]
+    raise TypeError(kind)
+
+
 def _canonical(case_ref: str, seq: int, at: datetime, actor: str, type_: str, data: dict[str, Any],
                state: str | None = None) -> bytes:
     body: dict[str, Any] = {
@@ -137,7 +164,7 @@ class PendingEvent:
 
 def _add_event(session: Session, case: Case, *, type: str, actor: str, at: datetime, data: dict[str, Any] | None,
                inbound_id: int | None = None, outbound_id: int | None = None) -> PendingEvent:
-    payload = json.loads(json.dumps(data or {}, default=str))  # what is hashed is what is stored
+    payload = json_copy(data or {})  # what is hashed is what is stored
     seq = (case.event_count or 0) + 1
     # Not in the session: sealed and written by one statement at the next flush (_write).
     event = PendingEvent(case_id=case.id, seq=seq, at=at, actor=actor, type=type, data=payload,
