@@ -3,7 +3,8 @@ portal) gives what the match form alone gives."""
 
 from __future__ import annotations
 
-from hypothesis import example, given, settings
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgateway.mail.declaration import PORTAL_WORDS, says_portal
@@ -13,13 +14,20 @@ _PIECES = ["portail", "de", "SIGNALEMENT", "Signalements", "signa", "lement", "s
            "sante", "gouv", "-", ".", " ", "\n", "é", "x", "ſ", "Ｓ", "signalement"]
 
 
+def by_match_form(text: str) -> bool:
+    return any(words in match_form(text[:2300]) for words in PORTAL_WORDS)
+
+
 @settings(max_examples=800, deadline=None)
 @given(st.lists(st.sampled_from(_PIECES), max_size=12).map(" ".join))
-@example("Portail de SIGNALEMENTS des événements sanitaires")
-@example("signalement.social-santé.gouv.fr")
-@example("rien à voir")
 def test_the_shortcut_changes_nothing(text: str) -> None:
-    assert says_portal(text) == any(words in match_form(text[:2300]) for words in PORTAL_WORDS)
+    assert says_portal(text) == by_match_form(text)
+
+
+@pytest.mark.parametrize("text", ["Portail de SIGNALEMENTS des événements sanitaires",
+                                  "signalement.social-santé.gouv.fr", "rien à voir"])
+def test_chosen_texts_read_alike(text: str) -> None:
+    assert says_portal(text) == by_match_form(text)
 
 
 def test_a_portal_notification_is_recognised() -> None:
