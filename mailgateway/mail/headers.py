@@ -223,9 +223,9 @@ def header_text(value: object) -> str:
 
 
 def parse_header_addresses(value: object) -> list[tuple[str, str]]:
-    """(display name decoded, lower-case address) pairs of an address header, split before any
-    encoded word is decoded (``header_text``); never raises."""
-    return [(decode_header_value(name) if "=?" in name else name, address)
+    """(display name decoded, on one line; lower-case address) pairs of an address header, split
+    before any encoded word is decoded (``header_text``); never raises."""
+    return [(" ".join(decode_header_value(name).split()) if "=?" in name else name, address)
             for name, address in parse_addresses(header_text(value))]
 
 

@@ -46,6 +46,13 @@ def test_addresses_are_split_before_display_names_are_decoded() -> None:
     assert pm.addresses("Reply-To") == [("victime@autre.test", "contact@evil.test")]
 
 
+def test_a_display_name_is_decoded_whole_and_on_one_line() -> None:
+    pm = parse_message(b"From: =?utf-8?q?Foo=2C_Bar?= <foo.bar@example.com>\r\n"
+                       b"To: =?iso-8859-1?q?Andr=E9?=\r\n  =?utf-8?q?=0A_Pirard?= <pirard@example.com>\r\n\r\nx\r\n")
+    assert pm.from_address() == ("Foo, Bar", "foo.bar@example.com")
+    assert pm.addresses("To") == [("André Pirard", "pirard@example.com")]
+
+
 def test_a_declaration_is_answered_at_its_authors_address_not_at_its_display_name(gw: Gateway) -> None:
     result = gw.feed(_declaration("=?utf-8?q?victime=40autre.test?= <dsi@chu.test>"))
     assert result.status == "processed" and result.case_ref, result
