@@ -60,8 +60,8 @@ class Table:
     # The exact labels by length (``lookup_near`` compares a label with those of its length ± 1 only).
     by_length: Mapping[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
-    # Per id, its synonyms in order as (first word, regex source): ``_narrowed``'s material.
-    synonyms: tuple[tuple[tuple[str, str], ...], ...] = ()
+    # Per id, the branches of its alternation in order, as (first word, regex source): ``_narrowed``'s material.
+    branches: tuple[tuple[tuple[str, str], ...], ...] = ()
     _narrowed_cache: dict[tuple[int, frozenset[str]], re.Pattern[str]] = field(
         default_factory=dict, compare=False, repr=False)
 
@@ -86,7 +86,7 @@ class Table:
         if found is None:
             if len(self._narrowed_cache) >= _NARROWED_KEPT:
                 self._narrowed_cache.clear()
-            source = "|".join(regex for first, regex in self.synonyms[rank] if first in present)
+            source = "|".join(regex for first, regex in self.branches[rank] if first in present)
             found = self._narrowed_cache[key] = re.compile(source)
         return found
 
