@@ -193,9 +193,10 @@ _M = TypeVar("_M")
 
 def build(model: type[_M], values: Mapping[str, Any]) -> _M:
     """A ``model`` object holding ``values`` (attribute keys) as a query leaves a loaded row:
-    in its state, without the constructor's attribute events and their history (issue 19: the
-    constructor cost ≈ 40 µs for a row of twenty columns). For ``make_transient_to_detached``
-    next, which marks them loaded; no validators or mutable types are involved here."""
+    in its state, without the constructor's attribute events and their history (issue 19: an
+    outbox row, 17 µs by the constructor, 2 µs so). For ``make_transient_to_detached`` next,
+    which marks them loaded. The models have no validators, custom constructors or mutable types
+    that a constructor would apply."""
     manager = _MANAGERS.get(model)
     if manager is None:
         class_mapper(model)  # configured first, as a constructor would: instrumentation complete
