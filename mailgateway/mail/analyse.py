@@ -220,8 +220,12 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
             extra={"header_problem": problem},
         )
     subject = pm.header("Subject")[:1000]
+    # Reply-To counts when it holds one address and From does not name several (or nobody at all
+    # while present): beside an ambiguous From, or itself a list, it names nobody to answer
+    # (outside tester: « From: victime@… <ssi@evil…> » with a Reply-To was acknowledged at it).
     reply_to_pairs = pm.addresses("Reply-To")
-    reply_to = reply_to_pairs[0][1] if reply_to_pairs else None
+    from_names_nobody = pm.has("From") and pm.from_address() is None
+    reply_to = reply_to_pairs[0][1] if len(reply_to_pairs) == 1 and not from_names_nobody else None
     own_domains = _own_domains(ctx)
     in_reply_ids = message_ids(pm.header("In-Reply-To"))
     reference_ids = message_ids(" ".join(pm.headers("References")))

@@ -83,3 +83,29 @@ def test_a_from_of_two_addresses_names_nobody_to_answer(gw: Gateway) -> None:
     assert gw.case(result.case_ref).declarant is None
     with gw.app.factory() as s:
         assert not list(s.scalars(select(OutboundMessage).where(OutboundMessage.kind == "accuse_reception")))
+
+
+@pytest.mark.parametrize(("from_field", "reply_to"), [
+    ("victime@autre.test <dsi@chu.test>", "dsi@chu.test"),  # From of two addresses, Reply-To of one
+    ("victime@autre.test <dsi@chu.test>", "victime@autre.test, dsi@chu.test"),
+    ("ne-pas-repondre@portail.test", "victime@autre.test, dsi@chu.test"),  # a robot's From, Reply-To of two
+])
+def test_reply_to_names_nobody_beside_an_ambiguous_from_or_as_a_list(gw: Gateway, from_field: str,
+                                                                     reply_to: str) -> None:
+    """Outside tester: « From: victime@… <ssi@evil…> » plus a Reply-To was acknowledged at it."""
+    raw = casemail.message(sender=from_field, to="ssi-ara@ars.test", subject="Déclaration d'incident",
+                           body=BODY, message_id=f"<reply-to-{len(from_field)}-{len(reply_to)}@chu.test>")
+    raw = raw.replace(b"\r\nTo: ", f"\r\nReply-To: {reply_to}\r\nTo: ".encode(), 1)
+    result = gw.feed(raw)
+    assert result.status == "processed" and result.case_ref, result
+    assert gw.case(result.case_ref).declarant is None
+    with gw.app.factory() as s:
+        assert not list(s.scalars(select(OutboundMessage).where(OutboundMessage.kind == "accuse_reception")))
+
+
+def test_a_single_reply_to_still_answers_a_robots_notification(gw: Gateway) -> None:
+    raw = casemail.message(sender="ne-pas-repondre@portail.test", to="ssi-ara@ars.test",
+                           subject="Déclaration d'incident", body=BODY, message_id="<robot-one@portail.test>")
+    raw = raw.replace(b"\r\nTo: ", b"\r\nReply-To: dsi@chu.test\r\nTo: ", 1)
+    result = gw.feed(raw)
+    assert result.case_ref and gw.case(result.case_ref).declarant == "dsi@chu.test", result
