@@ -212,18 +212,25 @@ def _defang_token(before: str, after: str) -> str:
 def _defang_share(match: re.Match[str]) -> str:
     r"""« \\srv.chu.test\x » → « [\\]srv[.]chu[.]test\x »: no mail client links a path that
     does not begin with the two backslashes."""
-    return "[\\\\]" + match.group(0).lstrip("\\").replace(".", "[.]")
+    share = match.group(0)
+    kept = share.rstrip(".,;:!?")  # the sentence's punctuation stays text (``_defang_link``)
+    return "[\\\\]" + kept.lstrip("\\").replace(".", "[.]") + share[len(kept):]
 
 
 def _defang_link(match: re.Match[str]) -> str:
     """Pass 2: « www. » and bare hosts get « [.] » (``defang``), addresses « [@] »; a scheme
     without « // » keeps its name, its colon becomes « [:] »."""
     link = match.group(0)
+    # The sentence's own punctuation after a link stays text (« voir www.evil.fr. »: an outside
+    # tester saw « www[.]evil[.]fr[.] »); mail clients end a link before it too.
+    kept = link.rstrip(".,;:!?")
+    end = link[len(kept):] if kept else ""
+    link = kept or link
     text = str(defang(link))
     head = link.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     if link.lower().startswith("www.") or ":" not in head or head.rpartition(":")[2].isdigit():
-        return text
-    return text.replace(":", "[:]", 1)
+        return text + end
+    return text.replace(":", "[:]", 1) + end
 
 
 def instant_fr(value: Any) -> Any:

@@ -181,3 +181,15 @@ def test_every_colon_lookalike_is_outside_ascii() -> None:
     """``defang_text`` translates only text that is not ASCII."""
     from mailgateway.dispatch.render import _COLON_LOOKALIKES
     assert all(code > 127 for code in _COLON_LOOKALIKES)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("voir www.chu-nantes.test.", "voir www[.]chu-nantes[.]test."),
+    ("sur decrypt-chu.evil.test/pay.", "sur decrypt-chu[.]evil[.]test/pay."),
+    ("le domaine evil-cdn.test:8080.", "le domaine evil-cdn[.]test:8080."),
+    ("écrire à mailto:a@b.fr !", "écrire à mailto[:]a[@]b[.]fr !"),
+    ("le partage \\\\srv.chu.test\\commun.", "le partage [\\\\]srv[.]chu[.]test\\commun."),
+])
+def test_a_sentences_punctuation_after_a_link_stays_text(text: str, shown: str) -> None:
+    """Outside tester: « www[.]chu-nantes[.]test[.] », the final full stop bracketed too."""
+    assert defang_text(text) == shown
