@@ -256,32 +256,33 @@ def _answer(settings: Settings, authenticator: Authenticator, factory: Any, inbo
     """The pickled answer to one request: ("ok", facts) | ("retry", why) | ("error", exception);
     ``timed`` (a batch) appends when it was finished, ``time.monotonic()``: the next message's
     budget starts then (CLOCK_MONOTONIC is one clock for all the processes of the machine).
-    ``session``: the batch's read session (rolled back when this message fails), else its own."""
-    if timed:
-        kind, payload = pickle.loads(_answer(settings, authenticator, factory, inbound_id,  # noqa: S301 - ours
-                                             session=session))
-        return pickle.dumps((kind, payload, time.monotonic()))
+    ``session``: the batch's read session (rolled back when this message fails), else its own.
+    Pickled once, here, not by conn.send: an unpicklable fact is an error answer, not a dead worker."""
+    kind, payload = _outcome(settings, authenticator, factory, inbound_id, session)
+    finished = (time.monotonic(),) if timed else ()
+    try:
+        return pickle.dumps((kind, payload, *finished))
+    except Exception as exc:
+        log.exception("analysis result cannot be sent to the daemon", extra={"inbound_id": inbound_id})
+        return pickle.dumps(("error", _exception_text(exc), *finished))
+
+
+def _outcome(settings: Settings, authenticator: Authenticator, factory: Any, inbound_id: int,
+             session: Session | None) -> tuple[str, Any]:
     with log_context(inbound_id=inbound_id):
         try:
             if session is None:
                 with reading(factory) as own:
-                    facts = analyse_inbound(settings, authenticator, own, inbound_id)
-            else:
-                try:
-                    facts = analyse_inbound(settings, authenticator, session, inbound_id)
-                except Exception:
-                    session.rollback()
-                    raise
+                    return "ok", analyse_inbound(settings, authenticator, own, inbound_id)
+            try:
+                return "ok", analyse_inbound(settings, authenticator, session, inbound_id)
+            except Exception:
+                session.rollback()
+                raise
         except OperationalError as exc:
-            return pickle.dumps(("retry", str(exc)))
+            return "retry", str(exc)
         except Exception as exc:
-            return pickle.dumps(("error", _exception_text(exc)))
-        try:
-            # Pickled here, not by conn.send: an unpicklable fact is an error answer, not a dead worker.
-            return pickle.dumps(("ok", facts))
-        except Exception as exc:
-            log.exception("analysis result cannot be sent to the daemon")
-            return pickle.dumps(("error", _exception_text(exc)))
+            return "error", _exception_text(exc)
 
 
 def _exception_text(exc: BaseException) -> str:

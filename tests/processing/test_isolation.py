@@ -259,3 +259,18 @@ def test_a_batch_read_that_fails_does_not_fail_the_next_message(app: App, monkey
                    for i in (first, second)]
     assert answers[0][0] in ("error", "retry")
     assert answers[1][0] == "ok" and answers[1][1].kind == "declaration"
+
+
+def test_facts_that_cannot_be_pickled_are_an_error_answer_not_a_dead_worker(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer is pickled once, in ``_answer``: what cannot be is answered as an error for its
+    message, timed like any other answer of a batch."""
+    import pickle
+
+    inbound_id = accept(app, declaration(1))
+    monkeypatch.setattr(worker_module, "analyse_inbound", lambda *args: (lambda: None))
+    plain = pickle.loads(worker_module._answer(app.settings, app.processor.authenticator, app.factory, inbound_id))
+    timed = pickle.loads(worker_module._answer(app.settings, app.processor.authenticator, app.factory, inbound_id,
+                                               timed=True))
+    assert plain[0] == "error" and len(plain) == 2
+    assert timed[0] == "error" and len(timed) == 3 and isinstance(timed[2], float)
