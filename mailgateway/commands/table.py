@@ -25,7 +25,7 @@ from mailgateway.clock import aware, french_datetime
 from mailgateway.commands import closure, on_demand, receipts
 from mailgateway.commands.transfer import transfer_case
 from mailgateway.directory.bounces import contacts_of, reactivate_address
-from mailgateway.directory.establishments import establishment, establishments_of_ej
+from mailgateway.directory.establishments import EJ_SITES_SHOWN, establishment, establishments_of_ej
 from mailgateway.directory.staff import staff_addresses
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
@@ -137,7 +137,7 @@ def finess(ctx: Ctx, cmd: Command) -> str | None:
         raise CaseError("numéro FINESS géographique (ET) attendu : 9 chiffres, clé de contrôle comprise")
     est = establishment(ctx.session, number)
     if est is None:
-        sites = establishments_of_ej(ctx.session, number, limit=10)
+        sites = establishments_of_ej(ctx.session, number)[:EJ_SITES_SHOWN]
         if sites:
             raise CaseError(f"{number} est un FINESS juridique (EJ) : donnez celui de l'établissement touché "
                             f"({', '.join(f'{s.finess} {s.name}' for s in sites)})")

@@ -38,16 +38,24 @@ def establishment(session: Session, finess: str) -> Establishment | None:
     return memo[finess]
 
 
-def establishments_of_ej(session: Session, finess_ej: str, limit: int = 2) -> list[Establishment]:
-    """Up to ``limit`` establishments (ET) of the juridique number ``finess_ej``."""
-    memo: dict[tuple[str, int], list[Establishment]] = session.info.setdefault(_EJ_MEMO, {})
-    found = memo.get((finess_ej, limit))
+def establishments_of_ej(session: Session, finess_ej: str) -> list[Establishment]:
+    """The establishments (ET) of the juridique number ``finess_ej``, by number, at most
+    ``EJ_SITES_READ``: one read per EJ and session, whatever its callers show of them."""
+    memo: dict[str, list[Establishment]] = session.info.setdefault(_EJ_MEMO, {})
+    found = memo.get(finess_ej)
     if found is None:  # one query for the sites, whole rows: no second look-up per site
-        found = memo[(finess_ej, limit)] = fast.load_all(session, Establishment, _of_ej(),
-                                                         {"finess_ej": finess_ej, "limit": limit})
+        found = memo[finess_ej] = fast.load_all(session, Establishment, _of_ej(),
+                                                {"finess_ej": finess_ej, "limit": EJ_SITES_READ})
         for site in found:
             session.info.setdefault(_MEMO, {})[site.finess] = site
     return list(found)
+
+
+# The sites of an EJ read at most: where they are (processing/regional.py) is decided on these.
+# Staff are shown the first EJ_SITES_SHOWN (the staff notification, ``#finess``'s refusal), and
+# told when there are more.
+EJ_SITES_READ = 50
+EJ_SITES_SHOWN = 10
 
 
 @cache

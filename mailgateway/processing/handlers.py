@@ -18,7 +18,7 @@ from mailgateway.bulletins import tracking
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
-from mailgateway.directory.establishments import establishment, establishments_of_ej
+from mailgateway.directory.establishments import EJ_SITES_SHOWN, establishment, establishments_of_ej
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
@@ -119,7 +119,7 @@ def _establishment(session: Session, decl: Declaration
                 est = candidate
                 break
     if est is None:
-        ets = establishments_of_ej(session, decl.finess, limit=EJ_SITES_SHOWN + 1)
+        ets = establishments_of_ej(session, decl.finess)
         if len(ets) == 1:
             est = ets[0]
         elif ets:
@@ -130,10 +130,6 @@ def _establishment(session: Session, decl: Declaration
     return replace(decl, finess=est.finess, finess_ej=ej, departement=est.departement or decl.departement,
                    category=decl.category or est.category), est, []
 
-
-# The sites of an EJ listed to staff when a declaration names the EJ of several (one more is read
-# to say there are more).
-EJ_SITES_SHOWN = 10
 
 
 def handle_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:

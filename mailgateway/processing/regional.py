@@ -134,7 +134,7 @@ def establishment_region(settings: Settings, session: Session, finess: str | Non
         departement = est.departement
         return (est.region or region_of_departement(departement)), departement
     if est is None:
-        sites = establishments_of_ej(session, finess, limit=50)
+        sites = establishments_of_ej(session, finess)
         if sites:
             regions = {s.region or region_of_departement(s.departement) for s in sites}
             departements = {s.departement for s in sites}

@@ -257,3 +257,19 @@ def verify_references_intact(gw: Gateway) -> bool:
     with gw.app.factory() as s:
         breaks, _checked = verify_references(s, None)
     return breaks == []
+
+
+def test_an_ej_of_many_sites_shows_the_first_ten_and_is_placed_by_all_of_them(gw: Gateway) -> None:
+    """The sites of an EJ are read once (up to ``EJ_SITES_READ``): staff see the first
+    ``EJ_SITES_SHOWN`` and are told there are more; where the EJ is comes from every site read,
+    here eleven in PDL and the twelfth in ARA: no one region, no « hors région » flag."""
+    with transaction(gw.app.factory) as s:
+        for n in range(12):
+            s.add(Establishment(finess=f"6901000{n:02d}", finess_ej="690000021", name=f"Site {n}",
+                                departement="44" if n < 11 else "69", region="PDL" if n < 11 else "ARA",
+                                updated_at=NOW))
+    ref = gw.declare(1, finess="690000021")
+    told = casemail.text_of(gw.notification(ref, "agent@ars.test").raw)
+    assert "FINESS juridique (EJ) 690000021 : plus de 10 établissements dans l'annuaire" in told
+    assert told.count("  - Site ") == 10 and "Site 9 —" in told and "Site 10 —" not in told
+    assert not [e for e in gw.events(ref) if e.type == "hors_region"]
