@@ -135,11 +135,11 @@ def defang_text(value: Any) -> Any:
 
 
 def _defang_needed(value: str) -> str:
-    """``_defang_passes``, each pass skipped when the text lacks what its pattern needs (issue 19:
+    """Every pass, each skipped when the text lacks what its pattern needs (issue 19:
     a staff notification prints some thirty values, sentences ending with a dot among them):
     a colon and a slash or backslash; « :// »; a scheme with its colon, « www. », or a dot with a
-    colon or a path, query or fragment character; two backslashes. Held to ``_defang_passes`` by
-    a property test."""
+    colon or a path, query or fragment character; two backslashes. Held to every pass run
+    unconditionally by a property test (tests/dispatch/test_untrusted_text_defanged.py)."""
     if ":/" in value or ":\\" in value:
         value = _SINGLE_SLASH_SCHEME.sub(_defang_single_slash, value)
     value = _defang_schemes(value)
@@ -151,11 +151,6 @@ def _defang_needed(value: str) -> str:
 # What the first alternative of _URL_IN_TEXT starts with, with its flags (re.I: « ſip: » is « sip: »
 # to it); its second alternative needs a dot and one of « / ? # : ».
 _URL_HINT = re.compile(r"(?:mailto|news|webcal|tel|sip):|www\.", re.I)
-
-
-def _defang_passes(value: str) -> str:
-    value = _SINGLE_SLASH_SCHEME.sub(_defang_single_slash, value)
-    return _UNC_IN_TEXT.sub(_defang_share, _URL_IN_TEXT.sub(_defang_link, _defang_schemes(value)))
 
 
 # Colons and slashes that look like one (Unicode confusables: fullwidth, small, modifier letter,

@@ -173,8 +173,12 @@ def test_the_shortcut_for_values_without_colon_dot_or_backslash_changes_nothing(
     colons) skips the passes, and each pass is skipped when the text lacks what its pattern
     needs (ASCII text has no lookalike to translate); every pass run unconditionally gives the
     same text."""
-    from mailgateway.dispatch.render import _COLON_LOOKALIKES, _defang_passes
-    assert defang_text(text) == _defang_passes(text.translate(_COLON_LOOKALIKES))
+    from mailgateway.dispatch import render
+
+    every_pass = render._SINGLE_SLASH_SCHEME.sub(render._defang_single_slash, text.translate(render._COLON_LOOKALIKES))
+    every_pass = render._URL_IN_TEXT.sub(render._defang_link, render._defang_schemes(every_pass))
+    every_pass = render._UNC_IN_TEXT.sub(render._defang_share, every_pass)
+    assert defang_text(text) == every_pass
 
 
 def test_every_colon_lookalike_is_outside_ascii() -> None:
