@@ -160,7 +160,9 @@ _COLON_LOOKALIKES = str.maketrans({
     "\u0589": ":", "\u0703": ":", "\u0704": ":", "\u16ec": ":", "\u1803": ":", "\u1809": ":", "\u205a": ":",
     "\u226c": ":", "\uff0f": "/", "\u2215": "/", "\u2044": "/", "\u29f8": "/", "\u1735": "/", "\u2cc6": "/",
 })
-_SINGLE_SLASH_SCHEME = re.compile(r"(?<![A-Za-z0-9])(https?|ftps?)(?=:[/\\](?![/\\]))", re.I)
+# ASCII letters only (a URI scheme is ASCII, RFC 3986 §3.1): under Unicode case folding
+# « httpſ » matched too, and had no defanged name (a KeyError from mail text: hypothesis).
+_SINGLE_SLASH_SCHEME = re.compile(r"(?<![A-Za-z0-9])(https?|ftps?)(?=:[/\\](?![/\\]))", re.I | re.A)
 
 
 def _defang_single_slash(match: re.Match[str]) -> str:

@@ -168,6 +168,7 @@ _PIECES = ["www", "WwW", ".", "evil", "example", "fr", "/", ":", "//", "http", "
 @example("ſip:x")
 @example("a\\\\b.c")
 @example("voir https:\\evil.fr")
+@example("httpſ:\\")
 def test_the_shortcut_for_values_without_colon_dot_or_backslash_changes_nothing(text: str) -> None:
     """Issue 19: a value with no colon, dot or backslash (after colon lookalikes are read as
     colons) skips the passes, and each pass is skipped when the text lacks what its pattern
@@ -197,3 +198,11 @@ def test_every_colon_lookalike_is_outside_ascii() -> None:
 def test_a_sentences_punctuation_after_a_link_stays_text(text: str, shown: str) -> None:
     """Outside tester: « www[.]chu-nantes[.]test[.] », the final full stop bracketed too."""
     assert defang_text(text) == shown
+
+
+def test_a_scheme_with_a_letter_outside_ascii_is_text_not_a_failure() -> None:
+    """« httpſ:/… » (long s) matched the single-slash pass under Unicode case folding and made
+    rendering raise; a URI scheme is ASCII (RFC 3986 §3.1), so it is text. A real one still loses
+    its scheme."""
+    assert defang_text("httpſ:/evil") == "httpſ:/evil"
+    assert defang_text("HTTPS:/evil.fr") == "hxxps:/evil.fr"
