@@ -372,7 +372,7 @@ def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: Me
     """
     bounce = facts.bounce
     assert bounce is not None
-    match = outbox.find_bounced(session, bounce.verp_token, bounce.original_message_id)
+    match = outbox.find_bounced(session, bounce.verp_token, bounce.original_message_id, bounce.recipients)
     if match is None:
         return Outcome("processed", reason=UNMATCHED_BOUNCE)
     diagnostic = bounce.diagnostic or "; ".join(bounce.recipients) or "rebond"

@@ -76,6 +76,9 @@ class MailSpec:
     extra_headers: Mapping[str, str] = field(default_factory=dict)
     # Pictures referenced by the HTML body as cid:...; ignored when the mail has no HTML part.
     inline_images: Sequence[InlineImage] = ()
+    # One message to several people (a staff notification to a region's staff): all of them in
+    # To, ``to`` among them; empty: ``to`` alone.
+    to_all: Sequence[str] = ()
 
 
 # Bits of HMAC output kept in a Message-ID: far beyond guessing (RFC 5322 §3.6.4 asks only for
@@ -183,7 +186,7 @@ class Composer:
         message_id = self.message_id(spec.idempotency_key)
         head = [
             mime.address_header("From", spec.from_address, spec.from_name),
-            mime.address_header("To", spec.to),
+            mime.address_list_header("To", spec.to_all) if spec.to_all else mime.address_header("To", spec.to),
         ]
         if spec.reply_to:
             head.append(mime.address_header("Reply-To", spec.reply_to))

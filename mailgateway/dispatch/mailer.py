@@ -47,6 +47,9 @@ log = logging.getLogger("mailgateway.mailer")
 
 # Template of the warnings the gateway sends its own staff about its budgets (one per hour).
 WARNING_TEMPLATE = "avertissement"
+# Recipients of one staff message (its To line): RFC 5321 §4.5.3.1.8 has every relay take at
+# least 100 RCPTs a transaction; a longer staff list is sent as several messages.
+STAFF_MESSAGE_MAX_RECIPIENTS = 50
 
 
 
@@ -203,24 +206,89 @@ class Mailer:
         priority: int = 5,
         **spec: Any,
     ) -> int:
-        """One mail per staff member of ``region`` (or per ``recipients``), idempotency key
-        ``<key>:<address>``; returns how many were queued."""
+        """One message to the staff of ``region`` (or to ``recipients``), all of them in To; an
+        outbox row per person, idempotency key ``<key>:<address>``; returns how many rows were
+        queued.
+
+        One message, not one per person (issue 19): composed, signed, handed to the relay and
+        stored by it once, in one transaction with a RCPT each (dispatch/sender.py), and one
+        Message-ID, so every agent's reply threads under the same notification. The team sees
+        who else was told. Each row keeps its recipient, status and attempts: a refused RCPT or
+        a bounce is that person's alone (``outbox.find_bounced``)."""
         from_address, from_name = self.from_identity(region)
-        addresses = list(recipients or self.staff.of_region(session, region))
+        addresses = list(dict.fromkeys(recipients or self.staff.of_region(session, region)))
         # Already queued (an hourly warning repeated by every capped message of a burst, a message
-        # processed again): skipped before composing and signing, ≈1 ms each (issue 19).
+        # processed again): skipped before composing, ≈1 ms each (issue 19).
         queued = outbox.queued_keys(session, [f"{key}:{address}" for address in addresses])
+        todo = [address for address in addresses if f"{key}:{address}" not in queued]
         sent = 0
-        bodies: SharedBodies = {}  # one rendering for every staff member (issue 19)
-        for address in addresses:
-            if f"{key}:{address}" in queued:
-                continue
-            mail = MailSpec(template=template, context=context, to=address, from_address=from_address,
-                            from_name=from_name, idempotency_key=f"{key}:{address}",
+        bodies: SharedBodies = {}  # one rendering for every message of this notice
+        for first in range(0, len(todo), STAFF_MESSAGE_MAX_RECIPIENTS):
+            chunk = todo[first:first + STAFF_MESSAGE_MAX_RECIPIENTS]
+            group_key = key if first == 0 else f"{key}#{first // STAFF_MESSAGE_MAX_RECIPIENTS}"
+            mail = MailSpec(template=template, context=context, to=chunk[0], from_address=from_address,
+                            from_name=from_name, idempotency_key=f"{key}:{chunk[0]}",
                             auto_submitted="auto-generated", **spec)
-            if self.send(session, mail, kind=kind, case=case, priority=priority, bodies=bodies) is not None:
-                sent += 1
+            sent += self._send_to_several(session, mail, chunk, group_key, kind=kind, case=case,
+                                          priority=priority, bodies=bodies)
         return sent
+
+    def _send_to_several(self, session: Session, spec: MailSpec, addresses: Sequence[str], group_key: str, *,
+                         kind: str, case: Case | None, priority: int, bodies: SharedBodies) -> int:
+        """``spec`` as one message to ``addresses`` (those the rules of ``send`` allow), Message-ID
+        of ``group_key``; a row per address keyed ``<key>:<address>`` (``spec``'s key is the first
+        one's, ``<key>:<first address>``). A single address takes ``send`` itself."""
+        if len(addresses) == 1:
+            return int(self.send(session, spec, kind=kind, case=case, priority=priority, bodies=bodies) is not None)
+        base_key = spec.idempotency_key.removesuffix(f":{addresses[0]}")
+        tlp = spec.tlp or (case.tlp if case is not None else None)
+        gate = self.tlp_gate(session, tlp)
+        allowed: list[str] = []
+        for address in addresses:
+            recipient = address.strip().lower()
+            reason = self.address_refusal(recipient, tlp, gate)
+            if reason is None:
+                allowed.append(recipient)
+            else:
+                self._refused(session, kind, recipient, reason, case, "passerelle")
+        if len(allowed) <= 1:
+            return sum(self.send(session, replace(spec, to=a, idempotency_key=f"{base_key}:{a}"), kind=kind,
+                                 case=case, priority=priority, bodies=bodies) is not None for a in allowed)
+        try:
+            composed = self.composer.compose(
+                replace(spec, to=allowed[0], to_all=allowed, tlp=tlp, idempotency_key=group_key), bodies, sign=False)
+        except PolicyRefusal as exc:
+            for recipient in allowed:
+                self._refused(session, kind, recipient, exc.reason, case, "passerelle")
+            return 0
+        now = self.clock.now()
+        return_path: str | None = None  # the first row inserted gives the message its return path
+        queued = 0
+        for recipient in allowed:
+            row = outbox.enqueue(
+                session, raw=composed.raw, recipient=recipient, message_id=composed.message_id,
+                idempotency_key=f"{base_key}:{recipient}", kind=kind, now=now, settings=self.settings,
+                case_id=case.id if case is not None else None, priority=priority, return_path_token=return_path)
+            if row is None:
+                continue  # queued meanwhile: idempotent
+            return_path = return_path or row.verp_token
+            queued += 1
+            if case is not None:
+                self.journal(session, case, type="mail_sortant", actor="passerelle", at=now, outbound_id=row.id,
+                             data={"type": kind, "destinataire": recipient, "objet": composed.subject,
+                                   "message_id": composed.message_id, **_excerpt(spec)})
+        return queued
+
+    def _refused(self, session: Session, kind: str, recipient: str, reason: str, case: Case | None,
+                 actor: str) -> None:
+        """A mail not queued for ``recipient``: a log line with its fields (docs/operations.md, like
+        a failed delivery) and, for a case, its timeline."""
+        log.info("outbound %s to %s refused before sending: %s", kind, recipient, reason,
+                 extra={"recipient": recipient, "case_ref": case.reference if case is not None else None,
+                        "delivery": "refused", "kind": kind})
+        if case is not None:
+            self.journal(session, case, type="envoi_refuse", actor=actor, at=self.clock.now(),
+                         data={"destinataire": recipient, "type": kind, "motif": reason})
 
     def address_refusal(self, recipient: str, tlp: str | None, allows: Callable[[str], bool]) -> str | None:
         """Why ``recipient`` (stripped, lower case) may never receive this mail, in French, or None:
@@ -278,15 +346,7 @@ class Mailer:
         if reason is not None:
             if refusals is not None:
                 refusals.append(Refusal(reason, capped))
-            # docs/operations.md: a refusal is a log line with its fields, like a failed delivery.
-            log.info("outbound %s to %s refused before sending: %s", kind, recipient, reason,
-                     extra={"recipient": recipient, "case_ref": case.reference if case is not None else None,
-                            "delivery": "refused", "kind": kind})
-            if case is not None:
-                self.journal(
-                    session, case, type="envoi_refuse", actor=actor, at=self.clock.now(),
-                    data={"destinataire": recipient, "type": kind, "motif": reason},
-                )
+            self._refused(session, kind, recipient, reason, case, actor)
             return None
         row = outbox.enqueue(
             session,

@@ -104,6 +104,11 @@ def address_header(name: str, addr: str, display_name: str = "") -> bytes:
     return line.encode("ascii") + CRLF
 
 
+def address_list_header(name: str, addrs: Sequence[str]) -> bytes:
+    """``Name: a@x, b@y``: plain addr-specs, folded between addresses (RFC 5322 §3.4, §2.2.3)."""
+    return _fold_ascii(name, ", ".join(check_address(a) for a in addrs))
+
+
 def raw_header(name: str, value: str) -> bytes:
     """A structured header we produce ourselves (Message-ID, Date, Content-Type): ASCII, one line."""
     value = one_line(value)

@@ -53,12 +53,19 @@ def enqueue(
     case_id: int | None = None,
     bulletin_id: int | None = None,
     priority: int = 0,
+    return_path_token: str | None = None,
 ) -> OutboundMessage | None:
-    """Queue ``raw`` for ``recipient``; None (nothing inserted) when the key is already queued."""
+    """Queue ``raw`` for ``recipient``; None (nothing inserted) when the key is already queued.
+
+    ``return_path_token``: a row of one message to several recipients (``Mailer.send_to_staff``)
+    shares the return path of the group's first row, whose token that is; the sender delivers
+    rows of the same return path and bytes in one transaction (dispatch/sender.py ``_units``),
+    and a bounce at that path names its recipient among them (``find_bounced``)."""
     token = new_verp_token()
     values: dict[str, Any] = {
         "idempotency_key": idempotency_key, "kind": kind, "case_id": case_id, "bulletin_id": bulletin_id,
-        "message_id": message_id, "verp_token": token, "mail_from": verp_address(settings, token),
+        "message_id": message_id, "verp_token": token,
+        "mail_from": verp_address(settings, return_path_token or token),
         "recipient": recipient, "raw": raw, "priority": priority, "status": "queued", "attempts": 0,
         "created_at": now, "next_attempt_at": now,
         "deadline_at": now + timedelta(hours=settings.relay.retry_deadline_hours),
@@ -128,15 +135,31 @@ class BounceMatch:
     evidence: Literal["verp", "message_id"]
 
 
-def find_bounced(session: Session, verp_token: str | None, original_message_id: str | None) -> BounceMatch | None:
+def find_bounced(session: Session, verp_token: str | None, original_message_id: str | None,
+                 recipients: Sequence[str] = ()) -> BounceMatch | None:
     """The outbox row a bounce is about: by VERP token (exact, strong), else by a Message-ID that
     we actually sent (weaker: Message-IDs travel in replies and forwards). None: nothing of ours,
-    the bounce must count for nothing (a guessed or foreign identifier)."""
+    the bounce must count for nothing (a guessed or foreign identifier).
+
+    A return path shared by the rows of one message to several recipients (``enqueue``'s
+    ``return_path_token``) names the group: the row is then the one of the recipient the report
+    names (RFC 3464 Final-Recipient), among that message's rows only; the token's own row when
+    it names none of them. A Message-ID names a message, not a recipient: the same rule."""
     row = find_by_verp(session, verp_token) if verp_token else None
     if row is not None:
-        return BounceMatch(row, "verp")
+        return BounceMatch(_named_recipient(session, row, recipients), "verp")
     row = find_by_message_id(session, original_message_id) if original_message_id else None
-    return BounceMatch(row, "message_id") if row is not None else None
+    return BounceMatch(_named_recipient(session, row, recipients), "message_id") if row is not None else None
+
+
+def _named_recipient(session: Session, row: OutboundMessage, recipients: Sequence[str]) -> OutboundMessage:
+    named = [r.strip().lower() for r in recipients if r and r.strip()][:50]
+    if not named or row.recipient in named:
+        return row
+    sibling = session.scalar(select(OutboundMessage).where(
+        OutboundMessage.message_id == row.message_id, OutboundMessage.mail_from == row.mail_from,
+        OutboundMessage.recipient.in_(named)).order_by(OutboundMessage.id).limit(1))
+    return sibling if sibling is not None else row
 
 
 def mark_bounced(session: Session, row: OutboundMessage, now: datetime, diagnostic: str) -> None:

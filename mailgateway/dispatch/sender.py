@@ -57,7 +57,7 @@ from mailgateway.dispatch.dkim import DkimSigner
 from mailgateway.dispatch.liveness import SenderLiveness, reclaim_dead_senders
 from mailgateway.dispatch.throttle import Throttle
 from mailgateway.dispatch.transport import MaildirTransport, RelayPool, Transport
-from mailgateway.errors import PermanentDeliveryError, PolicyRefusal, TemporaryDeliveryError
+from mailgateway.errors import DeliveryError, PermanentDeliveryError, PolicyRefusal, TemporaryDeliveryError
 from mailgateway.mail.bounce import mailbox_full
 from mailgateway.settings import Settings
 from mailgateway.store.engine import reading, transaction, write_gate
@@ -104,6 +104,25 @@ class _Claimed:
 
 
 DKIM_FIELD = b"DKIM-Signature:"
+
+
+def _units(claimed: list[_Claimed]) -> list[list[_Claimed]]:
+    """``claimed`` as mail transactions, in claim order: rows sharing their return path and
+    bytes are one message to several recipients (``outbox.enqueue_group``: a staff notification
+    to every staff member of a region), delivered together; every other row is alone (each has
+    its own VERP return path). Rows of one message split between two claims are two transactions
+    of the same bytes: correct, only slower."""
+    units: list[list[_Claimed]] = []
+    by_return_path: dict[str, list[list[_Claimed]]] = {}  # not keyed by the bytes: 40,000 hashes
+    for item in claimed:
+        same = by_return_path.setdefault(item.mail_from, [])
+        unit = next((u for u in same if u[0].raw == item.raw), None)
+        if unit is None:
+            unit = []
+            same.append(unit)
+            units.append(unit)
+        unit.append(item)
+    return units
 
 
 @dataclass
@@ -207,7 +226,12 @@ class Sender:
                 .order_by(m.priority, m.next_attempt_at, m.id)
             ).all()
         leased_at = time.monotonic()
-        return [self._signed(_Claimed(r[0], r[1], r[2], r[3], aware(r[4]), leased_at)) for r in rows]
+        claimed = [_Claimed(r[0], r[1], r[2], r[3], aware(r[4]), leased_at) for r in rows]
+        for unit in _units(claimed):  # the same message to several recipients is signed once
+            lead = self._signed(unit[0])
+            for item in unit[1:]:
+                item.raw, item.refusal = lead.raw, lead.refusal
+        return claimed
 
     def _signed(self, item: _Claimed) -> _Claimed:
         """``item`` with its DKIM-Signature fields prepended (module docstring), or its refusal."""
@@ -238,6 +262,42 @@ class Sender:
         return [r[0] for r in picked[:self.batch]]
 
     # -- delivering --------------------------------------------------------------------------
+    async def _deliver_unit(self, unit: list[_Claimed]) -> list[_Outcome]:
+        """One mail transaction: a row alone, or the rows of one message to several recipients
+        (``_units``) with one MAIL, a RCPT each and one DATA. Per-domain limits send each alone."""
+        if len(unit) == 1 or self._per_domain:
+            return [await self._deliver_one(item) for item in unit]
+        lead = unit[0]
+        if lead.refusal is not None:
+            return [_Outcome(item, "permanent", None, lead.refusal, ours=True) for item in unit]
+        while True:
+            if time.monotonic() - lead.leased_at > self.lease_guard:
+                return [_Outcome(item, "throttled", answer="lease running out") for item in unit]
+            relay_wait = self.throttle.relay_wait()
+            if relay_wait <= 0:
+                break
+            if relay_wait > RELAY_MAX_SLEEP:
+                return [_Outcome(item, "throttled", answer="relay quota", retry_in=relay_wait) for item in unit]
+            await asyncio.sleep(relay_wait)
+        for _item in unit:  # the relay's rate counts recipients: never more than one at a time
+            for limit in self.throttle.relay:
+                limit.take()
+        try:
+            answers = await self.transport.send_many(lead.mail_from, [item.recipient for item in unit], lead.raw)
+        except Exception as exc:  # as for one row: anything unexpected is temporary, never lost
+            log.exception("unexpected transport failure for outbound %s", [item.id for item in unit],
+                          extra={"outbound_id": lead.id, "recipient": lead.recipient})
+            return [_Outcome(item, "temporary", None, f"{type(exc).__name__}: {exc}") for item in unit]
+        return [self._outcome(item, answer) for item, answer in zip(unit, answers, strict=True)]
+
+    @staticmethod
+    def _outcome(item: _Claimed, answer: str | DeliveryError) -> _Outcome:
+        if isinstance(answer, str):
+            return _Outcome(item, "sent", 250, answer)
+        if isinstance(answer, PermanentDeliveryError) and not mailbox_full(answer.answer or ""):
+            return _Outcome(item, "permanent", answer.code, answer.answer)
+        return _Outcome(item, "temporary", answer.code, answer.answer)  # RFC 3463 §3.3: X.2.2 too
+
     async def _deliver_one(self, item: _Claimed) -> _Outcome:
         if item.refusal is not None:
             return _Outcome(item, "permanent", None, item.refusal, ours=True)
@@ -283,25 +343,27 @@ class Sender:
 
     async def _deliver_batch(self, claimed: list[_Claimed]) -> FlushResult:
         recorder = _GroupCommit(self)
-        todo = list(reversed(claimed))  # pop() from the end keeps the claim order
+        todo = list(reversed(_units(claimed)))  # pop() from the end keeps the claim order
 
         async def worker() -> None:
             while todo and not (self._stop is not None and self._stop.is_set()):
-                recorder.add(await self._deliver_one(todo.pop()))
+                for outcome in await self._deliver_unit(todo.pop()):
+                    recorder.add(outcome)
 
         self.throttle.new_pass()
         try:
-            await asyncio.gather(*(worker() for _ in range(min(self.workers, len(claimed)))))
+            await asyncio.gather(*(worker() for _ in range(min(self.workers, len(todo)))))
         except asyncio.CancelledError:
             # Shutdown past its grace period: record what the relay already answered and give
             # back what was not tried, synchronously (we are being cancelled). What was in flight
             # stays leased: the relay may have accepted it (the duplicate window above).
             recorder.abandon()
-            self._record_with_retries([*recorder.pending, *(_Outcome(i, "throttled") for i in todo)])
+            self._record_with_retries([*recorder.pending, *(_Outcome(i, "throttled") for u in todo for i in u)])
             raise
         # Stopping: what was not tried goes back to the queue at once.
-        for item in todo:
-            recorder.add(_Outcome(item, "throttled", answer="sender stopping"))
+        for unit in todo:
+            for item in unit:
+                recorder.add(_Outcome(item, "throttled", answer="sender stopping"))
         return await recorder.close()
 
     # -- recording ---------------------------------------------------------------------------

@@ -12,24 +12,32 @@ pushing megabytes to hear the same answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
 
 from mailgateway.dispatch.relaylimits import parse_size, relay_key
-from mailgateway.errors import PermanentDeliveryError, TemporaryDeliveryError
+from mailgateway.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from mailgateway.settings import RelaySettings
 
 
 class Transport(Protocol):
     async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
         """Deliver; return the answer text; raise a DeliveryError subclass on failure."""
+        ...
+
+    async def send_many(self, mail_from: str, recipients: Sequence[str], raw: bytes,
+                        ) -> list[str | DeliveryError]:
+        """Deliver the same bytes to several recipients, in one mail transaction where the
+        transport can; one answer or DeliveryError per recipient, in order."""
         ...
 
     async def close(self) -> None: ...
@@ -47,6 +55,11 @@ class MaildirTransport:
 
     async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
         return await asyncio.to_thread(self._write, mail_from, recipient, raw)
+
+    async def send_many(self, mail_from: str, recipients: Sequence[str], raw: bytes,
+                        ) -> list[str | DeliveryError]:
+        """A file per recipient: each carries its own Delivered-To line."""
+        return [await self.send(mail_from, recipient, raw) for recipient in recipients]
 
     def _write(self, mail_from: str, recipient: str, raw: bytes) -> str:
         for sub in ("tmp", "new", "cur"):
@@ -185,7 +198,7 @@ class RelayPool:
         return client
 
     @staticmethod
-    def _translate(code: int, message: str, recipients: list[str] | None = None) -> Exception:
+    def _translate(code: int, message: str, recipients: list[str] | None = None) -> DeliveryError:
         if 500 <= code < 600:
             return PermanentDeliveryError(message, code, recipients or [])
         return TemporaryDeliveryError(message, code, recipients or [])
@@ -251,6 +264,59 @@ class RelayPool:
                 self._idle.append((client, used + 1, time.monotonic()))
             else:
                 await self._quietly_close(client)
+
+    async def send_many(self, mail_from: str, recipients: Sequence[str], raw: bytes,
+                        ) -> list[str | DeliveryError]:
+        """One mail transaction for several recipients (RFC 5321 §3.3: one MAIL, a RCPT each,
+        one DATA): the same message to every staff member of a region is signed, written and
+        read once (issue 19). A refused RCPT is that recipient's answer alone (§3.3: the
+        transaction goes on with those accepted); MAIL's or DATA's answer is everyone's."""
+        if len(recipients) == 1 or not all(_plain(a) for a in (mail_from, *recipients)):
+            return [await self._one(mail_from, recipient, raw) for recipient in recipients]
+        results: list[str | DeliveryError | None] = [None] * len(recipients)
+        if (refusal := self._too_large(len(raw), recipients[0])) is not None:
+            return [PermanentDeliveryError(refusal.answer, refusal.code, [r]) for r in recipients]
+        client, used = await self._checkout()
+        if (refusal := self._too_large(len(raw), recipients[0])) is not None:
+            self._idle.append((client, used, time.monotonic()))
+            return [PermanentDeliveryError(refusal.answer, refusal.code, [r]) for r in recipients]
+        keep = False
+        try:
+            options = [b"SIZE=%d" % len(raw)] if client.supports_extension("size") else []
+            answer = await client.execute_command(b"MAIL", b"FROM:<" + mail_from.encode("ascii") + b">", *options)
+            if answer.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, mail_from)
+            for i, recipient in enumerate(recipients):
+                answer = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
+                if answer.code not in (250, 251):
+                    results[i] = self._translate(answer.code, answer.message, [recipient])
+            if all(r is not None for r in results):  # nobody accepted: no DATA (§4.1.1.4)
+                await client.rset()
+            else:
+                message = (await _data(client, raw)).message
+                results = [message if r is None else r for r in results]
+            keep = used + 1 < self.relay.messages_per_connection
+        except aiosmtplib.SMTPResponseException as exc:
+            with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
+                await client.rset()
+            results = [self._translate(exc.code, exc.message, [recipients[i]]) if r is None else r
+                       for i, r in enumerate(results)]
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            results = [TemporaryDeliveryError(f"{type(exc).__name__}: {exc}", None, [recipients[i]]) if r is None else r
+                       for i, r in enumerate(results)]
+        finally:
+            if keep and client.is_connected:
+                self._idle.append((client, used + 1, time.monotonic()))
+            else:
+                await self._quietly_close(client)
+        return [r for r in results if r is not None]
+
+    async def _one(self, mail_from: str, recipient: str, raw: bytes) -> str | DeliveryError:
+        try:
+            return await self.send(mail_from, recipient, raw)
+        except DeliveryError as exc:
+            return exc
 
     @staticmethod
     async def _quietly_close(client: aiosmtplib.SMTP) -> None:
