@@ -225,22 +225,19 @@ class Mailer:
         bodies: SharedBodies = {}  # one rendering for every message of this notice
         for first in range(0, len(todo), STAFF_MESSAGE_MAX_RECIPIENTS):
             chunk = todo[first:first + STAFF_MESSAGE_MAX_RECIPIENTS]
-            group_key = key if first == 0 else f"{key}#{first // STAFF_MESSAGE_MAX_RECIPIENTS}"
             mail = MailSpec(template=template, context=context, to=chunk[0], from_address=from_address,
-                            from_name=from_name, idempotency_key=f"{key}:{chunk[0]}",
-                            auto_submitted="auto-generated", **spec)
-            sent += self._send_to_several(session, mail, chunk, group_key, kind=kind, case=case,
+                            from_name=from_name, idempotency_key=key, auto_submitted="auto-generated", **spec)
+            message_key = key if first == 0 else f"{key}#{first // STAFF_MESSAGE_MAX_RECIPIENTS}"
+            sent += self._send_to_several(session, mail, chunk, message_key, kind=kind, case=case,
                                           priority=priority, bodies=bodies)
         return sent
 
-    def _send_to_several(self, session: Session, spec: MailSpec, addresses: Sequence[str], group_key: str, *,
+    def _send_to_several(self, session: Session, spec: MailSpec, addresses: Sequence[str], message_key: str, *,
                          kind: str, case: Case | None, priority: int, bodies: SharedBodies) -> int:
-        """``spec`` as one message to ``addresses`` (those the rules of ``send`` allow), Message-ID
-        of ``group_key``; a row per address keyed ``<key>:<address>`` (``spec``'s key is the first
-        one's, ``<key>:<first address>``). A single address takes ``send`` itself."""
-        if len(addresses) == 1:
-            return int(self.send(session, spec, kind=kind, case=case, priority=priority, bodies=bodies) is not None)
-        base_key = spec.idempotency_key.removesuffix(f":{addresses[0]}")
+        """``spec`` as one message to those of ``addresses`` the rules of ``send`` allow, its
+        Message-ID made of ``message_key``, and a row per address keyed ``<spec's key>:<address>``.
+        A message to one address is ``send``'s (its Message-ID made of that row's key)."""
+        key = spec.idempotency_key
         tlp = spec.tlp or (case.tlp if case is not None else None)
         gate = self.tlp_gate(session, tlp)
         allowed: list[str] = []
@@ -252,11 +249,11 @@ class Mailer:
             else:
                 self._refused(session, kind, recipient, reason, case, "passerelle")
         if len(allowed) <= 1:
-            return sum(self.send(session, replace(spec, to=a, idempotency_key=f"{base_key}:{a}"), kind=kind,
+            return sum(self.send(session, replace(spec, to=a, idempotency_key=f"{key}:{a}"), kind=kind,
                                  case=case, priority=priority, bodies=bodies) is not None for a in allowed)
         try:
             composed = self.composer.compose(
-                replace(spec, to=allowed[0], to_all=allowed, tlp=tlp, idempotency_key=group_key), bodies, sign=False)
+                replace(spec, to=allowed[0], to_all=allowed, tlp=tlp, idempotency_key=message_key), bodies, sign=False)
         except PolicyRefusal as exc:
             for recipient in allowed:
                 self._refused(session, kind, recipient, exc.reason, case, "passerelle")
@@ -267,7 +264,7 @@ class Mailer:
         for recipient in allowed:
             row = outbox.enqueue(
                 session, raw=composed.raw, recipient=recipient, message_id=composed.message_id,
-                idempotency_key=f"{base_key}:{recipient}", kind=kind, now=now, settings=self.settings,
+                idempotency_key=f"{key}:{recipient}", kind=kind, now=now, settings=self.settings,
                 case_id=case.id if case is not None else None, priority=priority, return_path_token=return_path)
             if row is None:
                 continue  # queued meanwhile: idempotent

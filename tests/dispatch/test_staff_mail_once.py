@@ -17,6 +17,7 @@ import dkim
 import pytest
 
 from mailgateway.dispatch.compose import Composer
+from mailgateway.dispatch.mailer import STAFF_MESSAGE_MAX_RECIPIENTS
 from tests.support import casemail
 from tests.support.casegateway import Gateway, gateway_from, settings_data
 from tests.support.db import at_head
@@ -104,3 +105,23 @@ def test_repeated_cap_warning_is_not_composed_again(gw: Gateway, monkeypatch: py
     assert count.composed.count("avertissement") == first  # not composed again, not queued again
     warnings = [r for r in gw.outbound() if "non authentifiés" in casemail.text_of(r.raw)]
     assert len(warnings) == len(ARA_STAFF)
+
+
+def test_a_long_staff_list_is_several_messages(sqlite_url: str) -> None:
+    """At most STAFF_MESSAGE_MAX_RECIPIENTS in one To (RFC 5321 §4.5.3.1.8: a relay takes at least
+    100 RCPTs): 120 agents are three messages, each its own Message-ID, an outbox row per agent."""
+    data = settings_data(at_head(sqlite_url))
+    data["staff"] = [{"address": f"agent{n:03d}@ars.test", "region": "ARA"} for n in range(120)]
+    for gw in gateway_from(data):
+        ref = gw.declare(1)
+        rows = [r for r in gw.outbound("notification_equipe") if r.case_id == gw.case(ref).id]
+        assert sorted(r.recipient for r in rows) == [f"agent{n:03d}@ars.test" for n in range(120)]
+        by_message: dict[str, list[str]] = {}
+        for row in rows:
+            by_message.setdefault(row.message_id, []).append(row.recipient)
+        assert sorted(len(v) for v in by_message.values()) == [20, STAFF_MESSAGE_MAX_RECIPIENTS, 50]
+        for row in rows:
+            head = row.raw.partition(b"\r\n\r\n")[0].decode().replace("\r\n ", " ")
+            to_line = next(line for line in head.split("\r\n") if line.startswith("To: "))
+            assert sorted(a.strip() for a in to_line[4:].split(",")) == sorted(by_message[row.message_id])
+            assert all(len(line) <= 78 for line in row.raw.partition(b"\r\n\r\n")[0].split(b"\r\n"))
