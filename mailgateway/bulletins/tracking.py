@@ -23,7 +23,7 @@ message bounced: the remote MTA is still trying.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -376,14 +376,43 @@ def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: Me
     if match is None:
         return Outcome("processed", reason=UNMATCHED_BOUNCE)
     diagnostic = bounce.diagnostic or "; ".join(bounce.recipients) or "rebond"
+    if not match.rows:
+        return _unattributed_bounce(env, session, match.row, inbound, bounce.recipients, diagnostic,
+                                    permanent=bounce.permanent)
     if match.evidence != "verp":
-        record_bounce(session, match.row.recipient, bounce.permanent, diagnostic, env.clock.now(),
-                      outbound_id=match.row.id, policy=BouncePolicy.from_settings(env.settings.directory),
-                      evidence="message_id")
+        for row in match.rows:
+            record_bounce(session, row.recipient, bounce.permanent, diagnostic, env.clock.now(),
+                          outbound_id=row.id, policy=BouncePolicy.from_settings(env.settings.directory),
+                          evidence="message_id")
         return Outcome("processed", reason=UNVERIFIED_BOUNCE)
-    case = apply_bounce(env, session, match.row, permanent=bounce.permanent, diagnostic=diagnostic,
-                        inbound=inbound, evidence="verp")
+    case = None
+    for row in match.rows:  # a report about a message to several agents may name several
+        case = apply_bounce(env, session, row, permanent=bounce.permanent, diagnostic=diagnostic,
+                            inbound=inbound, evidence="verp") or case
     return Outcome("processed", case=case)
+
+
+UNATTRIBUTED_BOUNCE = ("rebond d'un message envoyé à plusieurs destinataires qui n'en nomme aucun "
+                       "(une boîte qui fait suivre ?) : enregistré, aucune adresse mise en cause")
+
+
+def _unattributed_bounce(env: Env, session: Session, row: OutboundMessage, inbound: InboundMessage,
+                         reported: Sequence[str], diagnostic: str, *, permanent: bool) -> Outcome:
+    """A report at the return path of a message to several agents naming none of them (one of
+    them forwards to an address that refused): which agent cannot be known, so no row is marked
+    and no address scored; the case's story says a copy did not arrive, and where it went."""
+    case = session.get(Case, row.case_id) if row.case_id is not None else None
+    if case is not None:
+        inbound.case_id = case.id
+        recipients = list(session.scalars(select(OutboundMessage.recipient).where(
+            OutboundMessage.message_id == row.message_id, OutboundMessage.mail_from == row.mail_from)
+            .order_by(OutboundMessage.id).limit(50)))
+        append_event(session, case, type="rebond", actor="passerelle", at=env.clock.now(), inbound_id=inbound.id,
+                     outbound_id=row.id,
+                     data={"destinataire": ", ".join(r.strip().lower() for r in reported[:5]) or "inconnu",
+                           "permanent": permanent, "diagnostic": diagnostic[:500],
+                           "envoye_a": ", ".join(recipients), "non_attribue": True})
+    return Outcome("processed", reason=UNATTRIBUTED_BOUNCE, case=case)
 
 
 def permanent_failure_hook(env: Env) -> Callable[[Session, OutboundMessage, str], None]:

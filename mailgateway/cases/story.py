@@ -28,7 +28,7 @@ RECIPIENTS_SHOWN = 5  # addresses named on a line; the count of the others follo
 MAIL_KINDS = {
     "accuse_reception": "accusé de réception",
     "notification_equipe": "notification à l'équipe",
-    "notification_reponse": "notification de réponse à l'équipe",
+    "notification_reponse": "notification de réponse",
     "reponse": "réponse",
     "demande_info": "demande d'informations",
     "transmission_acss": "transmission à l'ACSS pour qualification",
@@ -106,7 +106,7 @@ def french_datetime_of(value: object) -> str:
 def _recipients(addresses: Sequence[str]) -> str:
     shown = ", ".join(addresses[:RECIPIENTS_SHOWN])
     more = len(addresses) - RECIPIENTS_SHOWN
-    return shown + (f" et {more} autre(s)" if more > 0 else "")
+    return shown + (f" et {more} {'autre' if more == 1 else 'autres'}" if more > 0 else "")
 
 
 def labelled(text: object) -> str:
@@ -183,6 +183,9 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
         return _with_reason(f"Envoi refusé ({kind}) à {d.get('destinataire') or '?'}", d)
     if type_ == "rebond":
         nature = "définitif" if d.get("permanent") else "temporaire"
+        if d.get("non_attribue"):  # a copy of a message to several agents, forwarded elsewhere
+            return (f"Non-remise ({nature}) à {d.get('destinataire') or '?'}, adresse de renvoi d'un des "
+                    f"destinataires ({d.get('envoye_a') or '?'}) : {excerpt(d.get('diagnostic'), 120)}")
         return f"Non-remise ({nature}) à {d.get('destinataire') or '?'} : {excerpt(d.get('diagnostic'), 120)}"
     if type_ == "fusion":
         if d.get("fusionne_dans"):

@@ -274,20 +274,22 @@ def hints(facts: MessageFacts, unknown: list[Command]) -> list[Hint]:
     return command_hints(facts.new_text, signature_part(facts.body_text), unknown, load_labels())
 
 
-def _written_to_the_gateway(env: Env, facts: MessageFacts) -> bool:
-    """No recipient outside the agency: not a copy of a conversation with an establishment."""
-    agency = {r.address.rpartition("@")[2].lower() for r in env.settings.regions}
-    return all(a.strip().lower().rpartition("@")[2] in agency for a in facts.recipients)
+def _written_to_the_gateway(env: Env, facts: MessageFacts, sender: str) -> bool:
+    """Addressed to the gateway's mailboxes alone (and the sender): not a copy of a conversation —
+    with an establishment, or among agents answering each other with « Répondre à tous » (a
+    notification names every agent of the region in To: issue 19; found by an outside tester)."""
+    own = {r.address.lower() for r in env.settings.regions}
+    return all(a.strip().lower() in own or a.strip().lower() == sender for a in facts.recipients)
 
 
 def _nothing_understood(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts,
                         case: Case, sender: str) -> None:
     """The receipt of an authenticated staff mail in which no command was recognised: always when
     a line looks like a command (a typo, no "#", under the signature); otherwise only when the mail
-    was written to the gateway — staff answering an establishment with the SSI mailbox in copy
-    expect their mail to be filed, not a receipt for each message of the conversation."""
+    was written to the gateway alone — staff answering an establishment, or each other, with the
+    SSI mailbox in copy expect their mail to be filed, not a receipt for each message."""
     found = [{"line": h.line, "suggestion": h.suggestion, "why": h.why} for h in hints(facts, [])]
-    if not found and not _written_to_the_gateway(env, facts):
+    if not found and not _written_to_the_gateway(env, facts, sender):
         return
     receipts.send_receipt(env, session, inbound, facts, to=sender, region=case.region, case=case, results=[],
                           understood={"hints": found}, help_text=HELP_POINTER if found else help_text(),

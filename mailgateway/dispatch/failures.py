@@ -1,4 +1,5 @@
-"""Mail to staff that will never arrive: outbox rows ``failed`` (a 5yz answer) or ``expired``.
+"""Mail to staff that will never arrive: outbox rows ``failed`` (a 5yz answer), ``expired`` or
+``bounced`` (a DSN at its return path).
 
 A staff notification refused for good is a declaration nobody reads: it must not stay a line in
 a log. ``mailgateway status`` counts it as a problem (exit 1), ``/metrics`` exposes the count
@@ -16,7 +17,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from mailgateway.clock import aware
@@ -37,14 +38,18 @@ class FailedMail:
     region: str | None
 
     def line_fr(self) -> str:
-        what = "refusé définitivement" if self.status == "failed" else "abandonné (délai de réessai dépassé)"
+        what = {"failed": "refusé définitivement", "bounced": "revenu en non-remise (avis de non-remise)"}.get(
+            self.status, "abandonné (délai de réessai dépassé)")
         case = f", dossier {self.case_ref}" if self.case_ref else ""
         return (f"courriel n° {self.id} ({self.kind}) à {self.recipient} {what}{case} : "
                 f"{' '.join(self.answer.split())[:200] or 'sans réponse du relais'}")
 
 
 def _where(staff: Collection[str], since: datetime) -> ColumnElement[bool]:
-    return and_(OutboundMessage.status.in_(FINAL_FAILURES), OutboundMessage.next_attempt_at >= since,
+    # A copy the relay took and a DSN then reported undelivered (at its VERP return path) is as
+    # lost as one the relay refused (found by an outside tester: a bounced notification was silent).
+    return and_(or_(and_(OutboundMessage.status.in_(FINAL_FAILURES), OutboundMessage.next_attempt_at >= since),
+                    and_(OutboundMessage.status == "bounced", OutboundMessage.bounced_at >= since)),
                 OutboundMessage.recipient.in_(sorted(staff)))
 
 

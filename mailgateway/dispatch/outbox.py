@@ -129,37 +129,54 @@ def find_by_message_id(session: Session, message_id: str) -> OutboundMessage | N
 
 @dataclass(frozen=True)
 class BounceMatch:
-    """The outbox row a bounce is about, and how we know (directory/bounces.py evidence)."""
+    """The outbox rows a bounce is about, and how we know (directory/bounces.py evidence).
+
+    ``rows``: every row of the message whose recipient the report names; for a message to one
+    recipient, its row. Empty when the message went to several recipients (one return path,
+    one Message-ID: ``enqueue``'s ``return_path_token``) and the report names none of them (a
+    forwarding mailbox reports the address it forwarded to): nobody can be blamed, ``row`` is
+    the message's for the record."""
 
     row: OutboundMessage
     evidence: Literal["verp", "message_id"]
+    rows: tuple[OutboundMessage, ...]
+
+
+# Recipients of one report looked up among a message's rows (a report lists each at most once).
+BOUNCE_RECIPIENTS_READ = 100
 
 
 def find_bounced(session: Session, verp_token: str | None, original_message_id: str | None,
                  recipients: Sequence[str] = ()) -> BounceMatch | None:
-    """The outbox row a bounce is about: by VERP token (exact, strong), else by a Message-ID that
+    """The outbox rows a bounce is about: by VERP token (exact, strong), else by a Message-ID that
     we actually sent (weaker: Message-IDs travel in replies and forwards). None: nothing of ours,
     the bounce must count for nothing (a guessed or foreign identifier).
 
-    A return path shared by the rows of one message to several recipients (``enqueue``'s
-    ``return_path_token``) names the group: the row is then the one of the recipient the report
-    names (RFC 3464 Final-Recipient), among that message's rows only; the token's own row when
-    it names none of them. A Message-ID names a message, not a recipient: the same rule."""
+    A message to several recipients shares its first row's return path (``enqueue``): the rows
+    are those of the recipients the report names (RFC 3464 Original-/Final-Recipient), among that
+    message's rows only — never another message's, never by the returned message's To."""
     row = find_by_verp(session, verp_token) if verp_token else None
-    if row is not None:
-        return BounceMatch(_named_recipient(session, row, recipients), "verp")
-    row = find_by_message_id(session, original_message_id) if original_message_id else None
-    return BounceMatch(_named_recipient(session, row, recipients), "message_id") if row is not None else None
-
-
-def _named_recipient(session: Session, row: OutboundMessage, recipients: Sequence[str]) -> OutboundMessage:
-    named = [r.strip().lower() for r in recipients if r and r.strip()][:50]
-    if not named or row.recipient in named:
-        return row
-    sibling = session.scalar(select(OutboundMessage).where(
+    evidence: Literal["verp", "message_id"] = "verp"
+    if row is None and original_message_id:
+        row, evidence = find_by_message_id(session, original_message_id), "message_id"
+    if row is None:
+        return None
+    siblings = list(session.scalars(select(OutboundMessage).where(
         OutboundMessage.message_id == row.message_id, OutboundMessage.mail_from == row.mail_from,
-        OutboundMessage.recipient.in_(named)).order_by(OutboundMessage.id).limit(1))
-    return sibling if sibling is not None else row
+        OutboundMessage.id != row.id).order_by(OutboundMessage.id).limit(STAFF_ROWS_READ)))
+    if not siblings:
+        return BounceMatch(row, evidence, (row,))
+    named = {r.strip().lower() for r in recipients[:BOUNCE_RECIPIENTS_READ] if r and r.strip()}
+    # Only copies the relay took can come back: a report naming an agent whose copy is still
+    # queued (a 4xx for that RCPT) is about nothing we sent them; it must not cancel that copy
+    # (found by an outside tester: every agent of the message sees the shared return path).
+    return BounceMatch(row, evidence, tuple(r for r in [row, *siblings]
+                                            if r.recipient in named and r.status in ("sent", "bounced")))
+
+
+# Rows of one message read to attribute a report (a message to staff has at most 50 recipients:
+# dispatch/mailer.py STAFF_MESSAGE_MAX_RECIPIENTS).
+STAFF_ROWS_READ = 200
 
 
 def mark_bounced(session: Session, row: OutboundMessage, now: datetime, diagnostic: str) -> None:

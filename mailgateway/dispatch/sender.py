@@ -381,6 +381,9 @@ class Sender:
             attempted: list[dict[str, object]] = []
             attempts: list[dict[str, object]] = []
             final: list[tuple[int, str]] = []
+            # One retry time for the copies of one message deferred together (a 4xx to its DATA,
+            # a dropped connection): they go out again in one transaction, not one each.
+            retry_at: dict[tuple[str, int], datetime] = {}
             for out in outcomes:
                 oid = out.item.id
                 if oid not in current:
@@ -401,7 +404,9 @@ class Sender:
                     status, sent_at = "sent", now
                     result.sent += 1
                 elif out.status == "temporary" and now < out.item.deadline_at:
-                    status, due = "queued", now + timedelta(seconds=backoff_seconds(self.settings, count))
+                    status = "queued"
+                    due = retry_at.setdefault((out.item.mail_from, count),
+                                              now + timedelta(seconds=backoff_seconds(self.settings, count)))
                     result.deferred += 1
                 elif out.status == "temporary":
                     status = "expired"

@@ -105,4 +105,4 @@ def run(ctx: JobContext, now: datetime) -> JobOutcome:
             mails += ctx.mailer.send_to_staff(session, region.code, template="digest", context=context,
                                               kind="synthese", key=f"digest:{period(now)}:{region.code}")
     return JobOutcome(JOB, count=mails, mails=mails,
-                      summary=f"synthèse quotidienne : {plural(mails, 'message envoyé', 'messages envoyés')}")
+                      summary=f"synthèse quotidienne : envoyée à {plural(mails, 'destinataire', 'destinataires')}")

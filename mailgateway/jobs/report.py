@@ -70,7 +70,7 @@ def run(ctx: JobContext, now: datetime) -> JobOutcome:
                                               kind="rapport_hebdo", key=f"rapport_hebdo:{period(now)}:{region.code}",
                                               inline_images=images)
     return JobOutcome(JOB, count=mails, mails=mails,
-                      summary=f"rapport hebdomadaire : {plural(mails, 'message envoyé', 'messages envoyés')}")
+                      summary=f"rapport hebdomadaire : envoyé à {plural(mails, 'destinataire', 'destinataires')}")
 
 
 def export(ctx: JobContext, now: datetime, out_dir: Path, region: str | None = None) -> list[Path]:

@@ -96,10 +96,19 @@ def _notice_capped(env: Env, session: Session, case: Case, facts: MessageFacts) 
     topic = "notifications:" + hashlib.sha256(sender.encode()).hexdigest()[:16]
     env.mailer.warn_staff(
         session, case.region, topic=topic,
-        motif=f"plus de {cap} messages en une heure " + (f"de {sender}" if sender else "d'un expéditeur inconnu"),
+        motif=f"plus de {cap} messages en une heure {_of_sender(sender)}",
         details=[f"premier message non notifié : dossier {case.reference}",
                  "les messages suivants de cet expéditeur sont rattachés à leurs dossiers sans notification"])
     return True
+
+
+def _of_sender(sender: str) -> str:
+    """« de l'adresse x@y », « du domaine signataire y »: never « de accueil@… » (French elision)."""
+    if not sender:
+        return "d'un expéditeur inconnu"
+    if sender.startswith("domaine "):
+        return "du " + sender
+    return f"de l'adresse {sender}"
 
 
 def _original(env: Env, session: Session, case: Case, inbound: InboundMessage,

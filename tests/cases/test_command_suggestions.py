@@ -103,6 +103,20 @@ def test_staff_answering_an_establishment_with_the_mailbox_in_copy_get_no_receip
     assert receipts(gw) == 1 and "→ #assigner moi" in gw.receipt_text()
 
 
+def test_agents_answering_each_other_with_the_mailbox_in_copy_get_no_receipt(gw: Gateway) -> None:
+    """A notification names every agent in To: « Répondre à tous » between agents copies the SSI
+    mailbox. Filed on the case, no « no command » receipt with the whole help to each (found by an
+    outside tester); written to the gateway alone, or with a command-like line, it is answered."""
+    ref = gw.declare()
+    gw.command(ref, "Je m'en occupe, je connais bien leur DSI.\n", to="ssi-ara@ars.test, referent@ars.test")
+    assert receipts(gw) == 0
+    assert any(e.type == "message_recu" for e in gw.events(ref)[-2:])  # filed on the case
+    gw.command(ref, "Je regarde.\n", to="ssi-ara@ars.test, agent@ars.test")  # the sender itself in copy
+    assert receipts(gw) == 1
+    gw.command(ref, "Bonjour,\nassigner moi\n", to="ssi-ara@ars.test, referent@ars.test")
+    assert receipts(gw) == 2 and "→ #assigner moi" in gw.receipt_text()
+
+
 def test_a_new_staff_mail_with_no_reference_and_no_command_is_answered_not_quarantined(gw: Gateway) -> None:
     """« assigner moi » in a new mail (no case reference, no "#"): the agent is told what was not
     understood and what to write; an unsigned copy of the same mail is quarantined as before."""

@@ -137,17 +137,34 @@ def test_a_bounce_at_the_shared_return_path_is_the_named_recipients(
     settings = make_settings(smtp_sink)
     ids = queue_group(sqlite_factory, settings, STAFF)
     other = queue_group(sqlite_factory, settings, ["autre@ars.test", "agent@ars.test"], key="other")
+    flush(settings, sqlite_factory)  # only copies the relay took can come back
     with sqlite_factory() as session:
         first = session.get(outbox.OutboundMessage, ids[0])
         assert first is not None
         token = first.verp_token
-        def found(named: list[str], mid: str | None = None, verp: str | None = token) -> int | None:
-            match = outbox.find_bounced(session, verp, mid, named)
-            return match.row.id if match is not None else None
 
-        assert found(["Referent@ARS.test"]) == ids[1]
-        assert found(["chef@ars.test"]) == ids[2]
-        assert found([]) == ids[0]  # a report naming nobody: the token's own row
-        assert found(["autre@ars.test"]) == ids[0]  # never a row of another message
+        def found(named: list[str], mid: str | None = None, verp: str | None = token) -> tuple[int, ...] | None:
+            match = outbox.find_bounced(session, verp, mid, named)
+            return tuple(r.id for r in match.rows) if match is not None else None
+
+        assert found(["Referent@ARS.test"]) == (ids[1],)
+        assert found(["chef@ars.test", "agent@ars.test"]) == (ids[0], ids[2])  # every one named
+        assert found([]) == ()  # a report naming nobody: nobody blamed
+        assert found(["autre@ars.test"]) == ()  # never a row of another message
         # By Message-ID (weak evidence) the same way, within that message only.
-        assert found(["agent@ars.test"], mid="<other@ars.test>", verp=None) == other[1]
+        assert found(["agent@ars.test"], mid="<other@ars.test>", verp=None) == (other[1],)
+        assert found(["nobody@x.test"], verp="0" * 32) is None
+
+
+def test_copies_deferred_together_are_retried_together(smtp_sink: SmtpSink,
+                                                        sqlite_factory: sessionmaker[Session]) -> None:
+    settings = make_settings(smtp_sink)
+    queue_group(sqlite_factory, settings, STAFF)
+    smtp_sink.fail(None, code=451, stage="data", times=2)
+    flush(settings, sqlite_factory)
+    flush(settings, sqlite_factory, include_backoff=True)  # the second backoff has its jitter
+    stored = rows(sqlite_factory)
+    assert {r.attempts for r in stored} == {2}
+    assert {r.status for r in stored} == {"queued"} and len({r.next_attempt_at for r in stored}) == 1
+    flush(settings, sqlite_factory, include_backoff=True)
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [tuple(STAFF)]  # one transaction again

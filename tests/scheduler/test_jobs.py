@@ -39,7 +39,7 @@ def test_the_digest_lists_new_overdue_and_open_cases_once_a_day(gw: Gateway) -> 
     gw.set_status(gw.declare(at=NOW - timedelta(days=5)), "CLOS")
     at = NOW  # 09:00 Paris
     outcome = digest.run(gw.app, at)
-    assert outcome.mails == 2 and outcome.summary == "synthèse quotidienne : 2 messages envoyés"
+    assert outcome.mails == 2 and outcome.summary == "synthèse quotidienne : envoyée à 2 destinataires"
     assert digest.run(gw.app, at + timedelta(hours=1)).skipped  # once per day
     rows = gw.outbound("synthese")
     assert sorted(r.recipient for r in rows) == [AGENT, REFERENT]

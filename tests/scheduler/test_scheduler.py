@@ -50,7 +50,7 @@ def test_run_due_runs_what_is_due_at_that_instant(gw: Gateway, tmp_path: Path, s
     assert not any("synthèse" in line for line in out)  # 14:00 is not the digest's hour
     assert main(["scheduler", "run-due", "-c", config, "--now", "2026-12-02T08:00"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "synthèse quotidienne : 1 message envoyé" in out and "0 rappel envoyé (0 message)" in out
+    assert "synthèse quotidienne : envoyée à 1 destinataire" in out and "0 rappel envoyé (0 message)" in out
     assert main(["scheduler", "run-due", "-c", config, "--now", "2026-12-02T08:30"]) == 0
     assert "synthèse quotidienne déjà envoyée aujourd'hui" in capsys.readouterr().out
     assert main(["scheduler", "run-due", "-c", config, "--now", "hier"]) == 2
