@@ -108,8 +108,8 @@ DKIM_FIELD = b"DKIM-Signature:"
 
 def _units(claimed: list[_Claimed]) -> list[list[_Claimed]]:
     """``claimed`` as mail transactions, in claim order: rows sharing their return path and
-    bytes are one message to several recipients (``outbox.enqueue_group``: a staff notification
-    to every staff member of a region), delivered together; every other row is alone (each has
+    bytes are one message to several recipients (``outbox.enqueue``'s ``return_path_token``: mail
+    to a region's staff, dispatch/mailer.py), delivered together; every other row is alone (each has
     its own VERP return path). Rows of one message split between two claims are two transactions
     of the same bytes: correct, only slower."""
     units: list[list[_Claimed]] = []
