@@ -1,7 +1,7 @@
 """One message to several recipients (a staff notification to a region's staff, issue 19): an
 outbox row per recipient, one return path and the same bytes for all; the sender signs it once and
-delivers it in one mail transaction (one MAIL, a RCPT each, one DATA) to a real relay on loopback,
-and each row keeps its own answer. A bounce at the shared return path is the named recipient's."""
+delivers it in one mail transaction (one MAIL, a RCPT each, one DATA) to a real relay on loopback
+(SQLite; PostgreSQL too where the claim locks rows), and each row keeps its own answer. A bounce at the shared return path is the named recipient's."""
 
 from __future__ import annotations
 
@@ -57,34 +57,34 @@ def flush(settings: Settings, factory: sessionmaker[Session], *, hook: HookSpy |
 
 
 def test_one_transaction_one_signature_a_row_each(smtp_sink: SmtpSink,
-                                                  sqlite_factory: sessionmaker[Session]) -> None:
+                                                  db_factory: sessionmaker[Session]) -> None:
     settings = make_settings(smtp_sink)
-    alone = queue(sqlite_factory, settings, ["ssi@chu.test"])
-    ids = queue_group(sqlite_factory, settings, STAFF)
+    alone = queue(db_factory, settings, ["ssi@chu.test"])
+    ids = queue_group(db_factory, settings, STAFF)
     signer = CountingSigner()
-    flush(settings, sqlite_factory, signer=signer)
+    flush(settings, db_factory, signer=signer)
     assert len(signer.signed) == 2  # the acknowledgement-like row, and the staff message once
     [single] = [m for m in smtp_sink.messages if m.rcpt_tos == ("ssi@chu.test",)]
     [group] = [m for m in smtp_sink.messages if m is not single]
     assert group.rcpt_tos == tuple(STAFF)  # one transaction, a RCPT each, in queue order
-    stored = {r.id: r for r in rows(sqlite_factory)}
+    stored = {r.id: r for r in rows(db_factory)}
     assert group.mail_from == stored[ids[0]].mail_from == stored[ids[2]].mail_from != single.mail_from
     assert group.raw.startswith(b"DKIM-Signature:") and group.raw.count(b"DKIM-Signature:") == 1
     assert all(stored[i].status == "sent" and stored[i].attempts == 1 for i in [*alone, *ids])
-    assert all(attempts(sqlite_factory, i) == [("sent", 250)] for i in ids)
+    assert all(attempts(db_factory, i) == [("sent", 250)] for i in ids)
 
 
-def test_a_refused_recipient_fails_alone(smtp_sink: SmtpSink, sqlite_factory: sessionmaker[Session]) -> None:
+def test_a_refused_recipient_fails_alone(smtp_sink: SmtpSink, db_factory: sessionmaker[Session]) -> None:
     settings = make_settings(smtp_sink)
-    ids = queue_group(sqlite_factory, settings, STAFF)
+    ids = queue_group(db_factory, settings, STAFF)
     smtp_sink.fail("referent@ars.test", code=550, message="5.1.1 User unknown")
     hook = HookSpy()
-    flush(settings, sqlite_factory, hook=hook)
+    flush(settings, db_factory, hook=hook)
     [message] = smtp_sink.messages
     assert message.rcpt_tos == ("agent@ars.test", "chef@ars.test")  # RFC 5321 §3.3: the rest go on
-    assert {r.id: r.status for r in rows(sqlite_factory)} == {ids[0]: "sent", ids[1]: "failed", ids[2]: "sent"}
+    assert {r.id: r.status for r in rows(db_factory)} == {ids[0]: "sent", ids[1]: "failed", ids[2]: "sent"}
     assert hook.calls == [(ids[1], "failed", "5.1.1 User unknown")]
-    assert attempts(sqlite_factory, ids[1]) == [("permanent", 550)]
+    assert attempts(db_factory, ids[1]) == [("permanent", 550)]
 
 
 def test_a_deferred_recipient_is_retried_alone(smtp_sink: SmtpSink, sqlite_factory: sessionmaker[Session]) -> None:
@@ -133,12 +133,12 @@ def test_without_a_relay_each_recipient_gets_a_file(tmp_path: Path, sqlite_facto
 
 
 def test_a_bounce_at_the_shared_return_path_is_the_named_recipients(
-        smtp_sink: SmtpSink, sqlite_factory: sessionmaker[Session]) -> None:
+        smtp_sink: SmtpSink, db_factory: sessionmaker[Session]) -> None:
     settings = make_settings(smtp_sink)
-    ids = queue_group(sqlite_factory, settings, STAFF)
-    other = queue_group(sqlite_factory, settings, ["autre@ars.test", "agent@ars.test"], key="other")
-    flush(settings, sqlite_factory)  # only copies the relay took can come back
-    with sqlite_factory() as session:
+    ids = queue_group(db_factory, settings, STAFF)
+    other = queue_group(db_factory, settings, ["autre@ars.test", "agent@ars.test"], key="other")
+    flush(settings, db_factory)  # only copies the relay took can come back
+    with db_factory() as session:
         first = session.get(outbox.OutboundMessage, ids[0])
         assert first is not None
         token = first.verp_token
