@@ -1,7 +1,8 @@
 """One message to several recipients (a staff notification to a region's staff, issue 19): an
 outbox row per recipient, one return path and the same bytes for all; the sender signs it once and
 delivers it in one mail transaction (one MAIL, a RCPT each, one DATA) to a real relay on loopback
-(SQLite; PostgreSQL too where the claim locks rows), and each row keeps its own answer. A bounce at the shared return path is the named recipient's."""
+(SQLite; PostgreSQL too where the claim locks rows), and each row keeps its own answer. A bounce at
+the shared return path is the named recipient's."""
 
 from __future__ import annotations
 
