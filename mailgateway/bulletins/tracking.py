@@ -409,10 +409,16 @@ def _unattributed_bounce(env: Env, session: Session, row: OutboundMessage, inbou
             .order_by(OutboundMessage.id).limit(50)))
         append_event(session, case, type="rebond", actor="passerelle", at=env.clock.now(), inbound_id=inbound.id,
                      outbound_id=row.id,
-                     data={"destinataire": ", ".join(r.strip().lower() for r in reported[:5]) or "inconnu",
+                     data={"destinataire": ", ".join(_addresses(reported)[:5]) or "inconnu",
                            "permanent": permanent, "diagnostic": diagnostic[:500],
                            "envoye_a": ", ".join(recipients), "non_attribue": True})
     return Outcome("processed", reason=UNATTRIBUTED_BOUNCE, case=case)
+
+
+def _addresses(reported: Sequence[str]) -> list[str]:
+    """What a report names that looks like an address: the rest of its text stays out of the story."""
+    found = (r.strip().lower() for r in reported[:50])
+    return [a for a in found if 3 <= len(a) <= 254 and a.count("@") >= 1 and a.isprintable() and " " not in a]
 
 
 def permanent_failure_hook(env: Env) -> Callable[[Session, OutboundMessage, str], None]:
