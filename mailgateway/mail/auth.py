@@ -62,6 +62,7 @@ from publicsuffixlist import PublicSuffixList
 from mailgateway.dns import DnsTemporaryError, TxtResolver, build_resolver, normalise_name
 from mailgateway.mail import dkim_canon
 from mailgateway.mail.facts import SenderVerdict
+from mailgateway.mail.headers import PLAIN_DOMAIN, PLAIN_LOCAL, PLAIN_NAME
 from mailgateway.settings import AuthenticationSettings, Settings
 from mailgateway.wire import (
     MAX_HEADER_BYTES,
@@ -207,8 +208,8 @@ MAX_FROM_CHARS = 2048
 # an angle address, or a bare address; local part and domain are dot-atoms of a few characters.
 # Anything else takes the slow path. Unambiguous (each repetition is delimited by a dot), so
 # linear; tests/mail/test_auth_from.py holds it to the result of the two parsers.
-_PLAIN_ADDRESS = r"([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
-_PLAIN_FROM = re.compile(rf"[A-Za-z0-9' -]*<{_PLAIN_ADDRESS}>|{_PLAIN_ADDRESS}")
+_PLAIN_ADDRESS = rf"({PLAIN_LOCAL})@({PLAIN_DOMAIN})"  # the grammar of headers.py's address lists
+_PLAIN_FROM = re.compile(rf"{PLAIN_NAME}<{_PLAIN_ADDRESS}>|{_PLAIN_ADDRESS}")
 
 
 def _parse_from(values: list[str]) -> tuple[str | None, str | None]:

@@ -297,8 +297,13 @@ def parse_addresses(value: str) -> list[tuple[str, str]]:
 # dot-atoms, separated by commas. Anything else (quotes, comments, encoded or accented names,
 # groups, empty entries) goes to ``getaddresses``; tests/mail/test_address_lists.py holds this to
 # its result. Each piece is matched alone: linear.
-_PLAIN_ADDRESS = r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
-_PLAIN_ENTRY = re.compile(rf"([A-Za-z0-9' -]*)<({_PLAIN_ADDRESS})>|({_PLAIN_ADDRESS})")
+# The "plain" grammar is one for both fast paths (this one and mail/auth.py's From): the two
+# readers of an address must agree on what they take without the stdlib.
+PLAIN_LOCAL = r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+PLAIN_DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+PLAIN_NAME = r"[A-Za-z0-9' -]*"
+_PLAIN_ADDRESS = rf"{PLAIN_LOCAL}@{PLAIN_DOMAIN}"
+_PLAIN_ENTRY = re.compile(rf"({PLAIN_NAME})<({_PLAIN_ADDRESS})>|({_PLAIN_ADDRESS})")
 
 
 def _plain_addresses(value: str) -> list[tuple[str, str]] | None:
