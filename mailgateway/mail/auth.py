@@ -207,7 +207,7 @@ MAX_FROM_CHARS = 2048
 # « ' » and « - », all atext (RFC 5322 §3.2.3), no quotes, comments, dots or encoded words — then
 # an angle address, or a bare address; local part and domain are dot-atoms of a few characters.
 # Anything else takes the slow path. Unambiguous (each repetition is delimited by a dot), so
-# linear; tests/mail/test_auth_from.py holds it to the result of the two parsers.
+# linear; tests/mail/test_plain_addresses.py holds it to the result of the two parsers.
 _PLAIN_ADDRESS = rf"({PLAIN_LOCAL})@({PLAIN_DOMAIN})"  # the grammar of headers.py's address lists
 _PLAIN_FROM = re.compile(rf"{PLAIN_NAME}<{_PLAIN_ADDRESS}>|{_PLAIN_ADDRESS}")
 

@@ -295,7 +295,7 @@ def parse_addresses(value: str) -> list[tuple[str, str]]:
 # ≈ 0.1 ms of the analysis; issue 19): entries of a display name of plain words (letters, digits,
 # spaces, « ' », « - »: atoms, RFC 5322 §3.2.3) and an angle address, or a bare address, both of
 # dot-atoms, separated by commas. Anything else (quotes, comments, encoded or accented names,
-# groups, empty entries) goes to ``getaddresses``; tests/mail/test_address_lists.py holds this to
+# groups, empty entries) goes to ``getaddresses``; tests/mail/test_plain_addresses.py holds this to
 # its result. Each piece is matched alone: linear.
 # The "plain" grammar is one for both fast paths (this one and mail/auth.py's From): the two
 # readers of an address must agree on what they take without the stdlib.
