@@ -377,7 +377,7 @@ def handle_bounce(env: Env, session: Session, inbound: InboundMessage, facts: Me
         return Outcome("processed", reason=UNMATCHED_BOUNCE)
     diagnostic = bounce.diagnostic or "; ".join(bounce.recipients) or "rebond"
     if not match.rows:
-        return _unattributed_bounce(env, session, match.row, inbound, bounce.recipients, diagnostic,
+        return _unattributed_bounce(env, session, match, inbound, bounce.recipients, diagnostic,
                                     permanent=bounce.permanent)
     if match.evidence != "verp":
         for row in match.rows:
@@ -396,22 +396,21 @@ UNATTRIBUTED_BOUNCE = ("rebond d'un message envoyé à plusieurs destinataires q
                        "(une boîte qui fait suivre ?) : enregistré, aucune adresse mise en cause")
 
 
-def _unattributed_bounce(env: Env, session: Session, row: OutboundMessage, inbound: InboundMessage,
+def _unattributed_bounce(env: Env, session: Session, match: outbox.BounceMatch, inbound: InboundMessage,
                          reported: Sequence[str], diagnostic: str, *, permanent: bool) -> Outcome:
     """A report at the return path of a message to several agents naming none of them (one of
     them forwards to an address that refused): which agent cannot be known, so no row is marked
     and no address scored; the case's story says a copy did not arrive, and where it went."""
+    row = match.row
     case = session.get(Case, row.case_id) if row.case_id is not None else None
     if case is not None:
         inbound.case_id = case.id
-        recipients = list(session.scalars(select(OutboundMessage.recipient).where(
-            OutboundMessage.message_id == row.message_id, OutboundMessage.mail_from == row.mail_from)
-            .order_by(OutboundMessage.id).limit(50)))
         append_event(session, case, type="rebond", actor="passerelle", at=env.clock.now(), inbound_id=inbound.id,
                      outbound_id=row.id,
                      data={"destinataire": ", ".join(_addresses(reported)[:5]) or "inconnu",
                            "permanent": permanent, "diagnostic": diagnostic[:500],
-                           "envoye_a": ", ".join(recipients), "non_attribue": True})
+                           "envoye_a": ", ".join(c.recipient for c in match.copies),
+                           "non_attribue": True})
     return Outcome("processed", reason=UNATTRIBUTED_BOUNCE, case=case)
 
 

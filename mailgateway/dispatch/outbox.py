@@ -140,6 +140,7 @@ class BounceMatch:
     row: OutboundMessage
     evidence: Literal["verp", "message_id"]
     rows: tuple[OutboundMessage, ...]
+    copies: tuple[OutboundMessage, ...]  # every row of the message, ``row`` first
 
 
 # Recipients of one report looked up among a message's rows (a report lists each at most once).
@@ -165,13 +166,14 @@ def find_bounced(session: Session, verp_token: str | None, original_message_id: 
         OutboundMessage.message_id == row.message_id, OutboundMessage.mail_from == row.mail_from,
         OutboundMessage.id != row.id).order_by(OutboundMessage.id).limit(STAFF_ROWS_READ)))
     if not siblings:
-        return BounceMatch(row, evidence, (row,))
+        return BounceMatch(row, evidence, (row,), (row,))
     named = {r.strip().lower() for r in recipients[:BOUNCE_RECIPIENTS_READ] if r and r.strip()}
+    copies = (row, *siblings)
     # Only copies the relay took can come back: a report naming an agent whose copy is still
     # queued (a 4xx for that RCPT) is about nothing we sent them; it must not cancel that copy
     # (found by an outside tester: every agent of the message sees the shared return path).
-    return BounceMatch(row, evidence, tuple(r for r in [row, *siblings]
-                                            if r.recipient in named and r.status in ("sent", "bounced")))
+    return BounceMatch(row, evidence, tuple(r for r in copies
+                                            if r.recipient in named and r.status in ("sent", "bounced")), copies)
 
 
 # Rows of one message read to attribute a report (a message to staff has at most 50 recipients:
