@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.clock import Clock
 from mailgateway.dispatch import outbox
-from mailgateway.dispatch.compose import Composer, MailSpec, SharedBodies
+from mailgateway.dispatch.compose import Composed, Composer, MailSpec, SharedBodies
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.errors import PolicyRefusal
 from mailgateway.mail.autoreply import is_no_reply
@@ -270,11 +270,16 @@ class Mailer:
                 continue  # queued meanwhile: idempotent
             return_path = return_path or row.verp_token
             queued += 1
-            if case is not None:
-                self.journal(session, case, type="mail_sortant", actor="passerelle", at=now, outbound_id=row.id,
-                             data={"type": kind, "destinataire": recipient, "objet": composed.subject,
-                                   "message_id": composed.message_id, **_excerpt(spec)})
+            self._journal_sent(session, case, row, spec, composed, kind=kind, actor="passerelle")
         return queued
+
+    def _journal_sent(self, session: Session, case: Case | None, row: OutboundMessage, spec: MailSpec,
+                      composed: Composed, *, kind: str, actor: str) -> None:
+        """A mail queued for a case: on its timeline, with its recipient, subject and Message-ID."""
+        if case is not None:
+            self.journal(session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
+                         data={"type": kind, "destinataire": row.recipient, "objet": composed.subject,
+                               "message_id": composed.message_id, **_excerpt(spec)})
 
     def _refused(self, session: Session, kind: str, recipient: str, reason: str, case: Case | None,
                  actor: str) -> None:
@@ -365,12 +370,7 @@ class Mailer:
                 fast.execute(session, _log_insert(AutoReplyLog), {"recipient": recipient,
                                                             "case_id": case.id if case else None,
                                                             "at": self.clock.now(), "verified": verified})
-        if case is not None:
-            self.journal(
-                session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
-                data={"type": kind, "destinataire": recipient, "objet": composed.subject,
-                      "message_id": composed.message_id, **_excerpt(spec)},
-            )
+        self._journal_sent(session, case, row, spec, composed, kind=kind, actor=actor)
         return row
 
 
