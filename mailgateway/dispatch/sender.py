@@ -57,7 +57,7 @@ from mailgateway.dispatch.dkim import DkimSigner
 from mailgateway.dispatch.liveness import SenderLiveness, reclaim_dead_senders
 from mailgateway.dispatch.throttle import Throttle
 from mailgateway.dispatch.transport import MaildirTransport, RelayPool, Transport
-from mailgateway.errors import DeliveryError, PermanentDeliveryError, PolicyRefusal, TemporaryDeliveryError
+from mailgateway.errors import DeliveryError, PermanentDeliveryError, PolicyRefusal
 from mailgateway.mail.bounce import mailbox_full
 from mailgateway.settings import Settings
 from mailgateway.store.engine import reading, transaction, write_gate
@@ -265,30 +265,52 @@ class Sender:
     async def _deliver_unit(self, unit: list[_Claimed]) -> list[_Outcome]:
         """One mail transaction: a row alone, or the rows of one message to several recipients
         (``_units``) with one MAIL, a RCPT each and one DATA. Per-domain limits send each alone."""
-        if len(unit) == 1 or self._per_domain:
-            return [await self._deliver_one(item) for item in unit]
+        if len(unit) > 1 and self._per_domain:
+            return [outcome for item in unit for outcome in await self._deliver_unit([item])]
         lead = unit[0]
         if lead.refusal is not None:
             return [_Outcome(item, "permanent", None, lead.refusal, ours=True) for item in unit]
+        held = await self._turn(unit)
+        if held is not None:
+            return held
+        try:
+            answers = await self.transport.send_many(lead.mail_from, [item.recipient for item in unit], lead.raw)
+        except Exception as exc:  # anything but a relay's answer is temporary: never lose mail
+            log.exception("unexpected transport failure for outbound %s",
+                          lead.id if len(unit) == 1 else [item.id for item in unit],
+                          extra={"outbound_id": lead.id, "recipient": lead.recipient})
+            return [_Outcome(item, "temporary", None, f"{type(exc).__name__}: {exc}") for item in unit]
+        return [self._outcome(item, answer) for item, answer in zip(unit, answers, strict=True)]
+
+    async def _turn(self, unit: list[_Claimed]) -> list[_Outcome] | None:
+        """Wait for the relay's rate (and a row's domain's, under per-domain limits: a unit of one);
+        None when the unit may go, else what to record instead (given back, not an attempt). The
+        relay's rate counts recipients."""
+        lead = unit[0]
         while True:
             if time.monotonic() - lead.leased_at > self.lease_guard:
                 return [_Outcome(item, "throttled", answer="lease running out") for item in unit]
             relay_wait = self.throttle.relay_wait()
-            if relay_wait <= 0:
-                break
-            if relay_wait > RELAY_MAX_SLEEP:
-                return [_Outcome(item, "throttled", answer="relay quota", retry_in=relay_wait) for item in unit]
-            await asyncio.sleep(relay_wait)
-        for _item in unit:  # the relay's rate counts recipients: never more than one at a time
-            for limit in self.throttle.relay:
-                limit.take()
-        try:
-            answers = await self.transport.send_many(lead.mail_from, [item.recipient for item in unit], lead.raw)
-        except Exception as exc:  # as for one row: anything unexpected is temporary, never lost
-            log.exception("unexpected transport failure for outbound %s", [item.id for item in unit],
-                          extra={"outbound_id": lead.id, "recipient": lead.recipient})
-            return [_Outcome(item, "temporary", None, f"{type(exc).__name__}: {exc}") for item in unit]
-        return [self._outcome(item, answer) for item, answer in zip(unit, answers, strict=True)]
+            if relay_wait > 0:
+                if relay_wait > RELAY_MAX_SLEEP:  # the hourly quota is spent
+                    return [_Outcome(item, "throttled", answer="relay quota", retry_in=relay_wait) for item in unit]
+                await asyncio.sleep(relay_wait)
+                continue
+            domain_wait = self.throttle.domain_wait(lead.recipient) if self._per_domain else 0.0
+            if domain_wait > 0:
+                if domain_wait > DOMAIN_MAX_SLEEP:
+                    return [_Outcome(lead, "throttled", answer="domain rate",
+                                     retry_in=self.throttle.put_back(lead.recipient, domain_wait))]
+                await asyncio.sleep(domain_wait)
+                continue
+            # No await since the checks: all-or-nothing.
+            for item in unit:
+                if self._per_domain:
+                    self.throttle.take(item.recipient)
+                else:
+                    for limit in self.throttle.relay:
+                        limit.take()
+            return None
 
     @staticmethod
     def _outcome(item: _Claimed, answer: str | DeliveryError) -> _Outcome:
@@ -296,50 +318,10 @@ class Sender:
             return _Outcome(item, "sent", 250, answer)
         if isinstance(answer, PermanentDeliveryError) and not mailbox_full(answer.answer or ""):
             return _Outcome(item, "permanent", answer.code, answer.answer)
-        return _Outcome(item, "temporary", answer.code, answer.answer)  # RFC 3463 §3.3: X.2.2 too
-
-    async def _deliver_one(self, item: _Claimed) -> _Outcome:
-        if item.refusal is not None:
-            return _Outcome(item, "permanent", None, item.refusal, ours=True)
-        while True:
-            if time.monotonic() - item.leased_at > self.lease_guard:
-                return _Outcome(item, "throttled", answer="lease running out")
-            relay_wait = self.throttle.relay_wait()
-            if relay_wait > 0:
-                if relay_wait > RELAY_MAX_SLEEP:  # the hourly quota is spent
-                    return _Outcome(item, "throttled", answer="relay quota", retry_in=relay_wait)
-                await asyncio.sleep(relay_wait)
-                continue
-            domain_wait = self.throttle.domain_wait(item.recipient) if self._per_domain else 0.0
-            if domain_wait > 0:
-                if domain_wait > DOMAIN_MAX_SLEEP:
-                    return _Outcome(item, "throttled", answer="domain rate",
-                                    retry_in=self.throttle.put_back(item.recipient, domain_wait))
-                await asyncio.sleep(domain_wait)
-                continue
-            # No await since the checks: all-or-nothing.
-            if self._per_domain:
-                self.throttle.take(item.recipient)
-            else:
-                for limit in self.throttle.relay:
-                    limit.take()
-            break
-        try:
-            answer = await self.transport.send(item.mail_from, item.recipient, item.raw)
-        except PermanentDeliveryError as exc:
-            if mailbox_full(exc.answer or ""):
-                # RFC 3463 §3.3: X.2.2 "mailbox full" is useful for persistent transient errors; a
-                # full mailbox empties — retried until the row expires, never a contact disabled
-                # (the same reading as bounce reports: mail/bounce.py ``mailbox_full``).
-                return _Outcome(item, "temporary", exc.code, exc.answer)
-            return _Outcome(item, "permanent", exc.code, exc.answer)
-        except TemporaryDeliveryError as exc:
-            return _Outcome(item, "temporary", exc.code, exc.answer)
-        except Exception as exc:  # anything else is temporary: never lose mail
-            log.exception("unexpected transport failure for outbound %s", item.id,
-                          extra={"outbound_id": item.id, "recipient": item.recipient})
-            return _Outcome(item, "temporary", None, f"{type(exc).__name__}: {exc}")
-        return _Outcome(item, "sent", 250, answer)
+        # RFC 3463 §3.3: X.2.2 "mailbox full" is useful for persistent transient errors; a full
+        # mailbox empties — retried until the row expires, never a contact disabled (the same
+        # reading as bounce reports: mail/bounce.py ``mailbox_full``).
+        return _Outcome(item, "temporary", answer.code, answer.answer)
 
     async def _deliver_batch(self, claimed: list[_Claimed]) -> FlushResult:
         recorder = _GroupCommit(self)

@@ -12,7 +12,6 @@ pushing megabytes to hear the same answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import ssl
@@ -30,14 +29,10 @@ from mailgateway.settings import RelaySettings
 
 
 class Transport(Protocol):
-    async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
-        """Deliver; return the answer text; raise a DeliveryError subclass on failure."""
-        ...
-
     async def send_many(self, mail_from: str, recipients: Sequence[str], raw: bytes,
                         ) -> list[str | DeliveryError]:
-        """Deliver the same bytes to several recipients, in one mail transaction where the
-        transport can; one answer or DeliveryError per recipient, in order."""
+        """Deliver the same bytes to one recipient or several, in one mail transaction where the
+        transport can; one answer text or DeliveryError per recipient, in order."""
         ...
 
     async def close(self) -> None: ...
@@ -89,23 +84,31 @@ def _plain(address: str) -> bool:
         c in address for c in " <>")
 
 
-async def _envelope(client: aiosmtplib.SMTP, mail_from: str, recipient: str, raw: bytes) -> str:
-    """One mail transaction with the envelope given explicitly (RFC 5321 §3.3: MAIL, RCPT, DATA).
+async def _envelope(client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str], raw: bytes,
+                    ) -> list[str | aiosmtplib.SMTPRecipientRefused]:
+    """One mail transaction with the envelope given explicitly (RFC 5321 §3.3: MAIL, a RCPT per
+    recipient, DATA): the answer to DATA for each recipient accepted, the refusal of each other.
 
     ``SMTP.sendmail`` parses each address with ``email.utils`` twice per message (0.45 ms of the
     sender's CPU per message at fan-out rates, benchmarks/README.md): our envelope addresses are
-    already plain addr-specs (``_plain``). Same answers, same exceptions as ``sendmail``, and the
-    same RSET after a refusal (RFC 5321 §4.1.1.5: the session is left without a transaction)."""
+    already plain addr-specs (``_plain``). Same answers, same exceptions as ``sendmail`` (nobody
+    accepted: ``SMTPRecipientsRefused``, no DATA), and the same RSET after a refusal (RFC 5321
+    §4.1.1.5: the session is left without a transaction)."""
     options = [b"SIZE=%d" % len(raw)] if client.supports_extension("size") else []
     try:
         answer = await client.execute_command(b"MAIL", b"FROM:<" + mail_from.encode("ascii") + b">", *options)
         if answer.code != 250:
             raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, mail_from)
-        answer = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
-        if answer.code not in (250, 251):
-            raise aiosmtplib.SMTPRecipientRefused(answer.code, answer.message, recipient)
-        return (await _data(client, raw)).message
-    except aiosmtplib.SMTPResponseException:
+        refused: dict[int, aiosmtplib.SMTPRecipientRefused] = {}
+        for i, recipient in enumerate(recipients):
+            answer = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
+            if answer.code not in (250, 251):
+                refused[i] = aiosmtplib.SMTPRecipientRefused(answer.code, answer.message, recipient)
+        if len(refused) == len(recipients):  # RFC 5321 §3.3: the transaction goes on with those accepted
+            raise aiosmtplib.SMTPRecipientsRefused(list(refused.values()))
+        message = (await _data(client, raw)).message
+        return [refused.get(i, message) for i in range(len(recipients))]
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         try:
             await client.rset()
         except (ConnectionError, aiosmtplib.SMTPException):
@@ -224,99 +227,68 @@ class RelayPool:
         client, used = await self._checkout()
         self._idle.append((client, used, time.monotonic()))
 
-    def _too_large(self, size: int, recipient: str) -> PermanentDeliveryError | None:
+    def _too_large(self, size: int, recipients: Sequence[str]) -> PermanentDeliveryError | None:
         seen, limit = self.advertised
         if not seen or limit is None or size <= limit:
             return None
         return PermanentDeliveryError(
             f"5.3.4 message size {size} exceeds the relay's advertised SIZE {limit} (RFC 1870), not sent",
-            552, [recipient])
+            552, list(recipients))
 
     async def send(self, mail_from: str, recipient: str, raw: bytes) -> str:
-        if (refusal := self._too_large(len(raw), recipient)) is not None:
-            raise refusal
-        client, used = await self._checkout()
-        if (refusal := self._too_large(len(raw), recipient)) is not None:  # a new connection said less
-            self._idle.append((client, used, time.monotonic()))
-            raise refusal
-        keep = False
-        try:
-            if _plain(mail_from) and _plain(recipient):
-                answer = await _envelope(client, mail_from, recipient, raw)
-            else:
-                errors, answer = await client.sendmail(mail_from, [recipient], raw)
-                if errors:
-                    code, message = next(iter(errors.values()))
-                    raise self._translate(code, message, [recipient])
-            keep = used + 1 < self.relay.messages_per_connection
-            return answer
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            first = exc.recipients[0] if exc.recipients else None
-            raise self._translate(first.code if first else 550, first.message if first else str(exc),
-                                  [recipient]) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            raise self._translate(exc.code, exc.message, [recipient]) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            client.close()  # dropped or stuck: no polite QUIT that would wait for the timeout
-            raise TemporaryDeliveryError(f"{type(exc).__name__}: {exc}", None, [recipient]) from exc
-        finally:
-            if keep and client.is_connected:
-                self._idle.append((client, used + 1, time.monotonic()))
-            else:
-                await self._quietly_close(client)
+        [answer] = await self.send_many(mail_from, [recipient], raw)
+        if isinstance(answer, DeliveryError):
+            raise answer
+        return answer
 
     async def send_many(self, mail_from: str, recipients: Sequence[str], raw: bytes,
                         ) -> list[str | DeliveryError]:
-        """One mail transaction for several recipients (RFC 5321 §3.3: one MAIL, a RCPT each,
-        one DATA): the same message to every staff member of a region is signed, written and
-        read once (issue 19). A refused RCPT is that recipient's answer alone (§3.3: the
-        transaction goes on with those accepted); MAIL's or DATA's answer is everyone's."""
-        if len(recipients) == 1 or not all(_plain(a) for a in (mail_from, *recipients)):
-            return [await self._one(mail_from, recipient, raw) for recipient in recipients]
-        results: list[str | DeliveryError | None] = [None] * len(recipients)
-        if (refusal := self._too_large(len(raw), recipients[0])) is not None:
-            return [PermanentDeliveryError(refusal.answer, refusal.code, [r]) for r in recipients]
+        """One mail transaction for one recipient or several (RFC 5321 §3.3: one MAIL, a RCPT each,
+        one DATA): the same message to every staff member of a region is written and read once
+        (issue 19). A refused RCPT is that recipient's answer alone; MAIL's or DATA's, a size
+        over the relay's, a relay out of reach or a dropped connection is everyone's."""
+        try:
+            return await self._transaction(mail_from, list(recipients), raw)
+        except DeliveryError as exc:
+            return [exc] * len(recipients)
+
+    async def _transaction(self, mail_from: str, recipients: list[str], raw: bytes) -> list[str | DeliveryError]:
+        if (refusal := self._too_large(len(raw), recipients)) is not None:
+            raise refusal
         client, used = await self._checkout()
-        if (refusal := self._too_large(len(raw), recipients[0])) is not None:
+        if (refusal := self._too_large(len(raw), recipients)) is not None:  # a new connection said less
             self._idle.append((client, used, time.monotonic()))
-            return [PermanentDeliveryError(refusal.answer, refusal.code, [r]) for r in recipients]
+            raise refusal
         keep = False
         try:
-            options = [b"SIZE=%d" % len(raw)] if client.supports_extension("size") else []
-            answer = await client.execute_command(b"MAIL", b"FROM:<" + mail_from.encode("ascii") + b">", *options)
-            if answer.code != 250:
-                raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, mail_from)
-            for i, recipient in enumerate(recipients):
-                answer = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
-                if answer.code not in (250, 251):
-                    results[i] = self._translate(answer.code, answer.message, [recipient])
-            if all(r is not None for r in results):  # nobody accepted: no DATA (§4.1.1.4)
-                await client.rset()
+            answers: list[str | DeliveryError] = []
+            if all(_plain(a) for a in (mail_from, *recipients)):
+                for recipient, answer in zip(recipients, await _envelope(client, mail_from, recipients, raw),
+                                             strict=True):
+                    answers.append(answer if isinstance(answer, str)
+                                   else self._translate(answer.code, answer.message, [recipient]))
             else:
-                message = (await _data(client, raw)).message
-                results = [message if r is None else r for r in results]
+                errors, message = await client.sendmail(mail_from, recipients, raw)
+                for recipient in recipients:
+                    error = errors.get(recipient)
+                    answers.append(message if error is None else self._translate(error.code, error.message,
+                                                                                 [recipient]))
             keep = used + 1 < self.relay.messages_per_connection
+            return answers
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            by_recipient = {e.recipient: e for e in exc.recipients}
+            return [self._translate(e.code, e.message, [r]) if (e := by_recipient.get(r)) is not None
+                    else self._translate(550, str(exc), [r]) for r in recipients]
         except aiosmtplib.SMTPResponseException as exc:
-            with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
-                await client.rset()
-            results = [self._translate(exc.code, exc.message, [recipients[i]]) if r is None else r
-                       for i, r in enumerate(results)]
+            raise self._translate(exc.code, exc.message, recipients) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            client.close()
-            results = [TemporaryDeliveryError(f"{type(exc).__name__}: {exc}", None, [recipients[i]]) if r is None else r
-                       for i, r in enumerate(results)]
+            client.close()  # dropped or stuck: no polite QUIT that would wait for the timeout
+            raise TemporaryDeliveryError(f"{type(exc).__name__}: {exc}", None, recipients) from exc
         finally:
             if keep and client.is_connected:
                 self._idle.append((client, used + 1, time.monotonic()))
             else:
                 await self._quietly_close(client)
-        return [r for r in results if r is not None]
-
-    async def _one(self, mail_from: str, recipient: str, raw: bytes) -> str | DeliveryError:
-        try:
-            return await self.send(mail_from, recipient, raw)
-        except DeliveryError as exc:
-            return exc
 
     @staticmethod
     async def _quietly_close(client: aiosmtplib.SMTP) -> None:
