@@ -11,6 +11,7 @@ import email
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import FixedClock
@@ -169,3 +170,15 @@ def test_copies_deferred_together_are_retried_together(smtp_sink: SmtpSink,
     assert {r.status for r in stored} == {"queued"} and len({r.next_attempt_at for r in stored}) == 1
     flush(settings, sqlite_factory, include_backoff=True)
     assert [m.rcpt_tos for m in smtp_sink.messages] == [tuple(STAFF)]  # one transaction again
+
+
+def test_a_relay_out_of_reach_defers_every_copy(smtp_sink: SmtpSink, sqlite_factory: sessionmaker[Session],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    settings = make_settings(smtp_sink)
+    queue_group(sqlite_factory, settings, STAFF)
+    smtp_sink.stop()
+    flush(settings, sqlite_factory)
+    stored = rows(sqlite_factory)
+    assert {r.status for r in stored} == {"queued"}
+    assert all("relay unreachable" in (r.last_answer or "") for r in stored)  # the relay's state, said
+    assert "unexpected transport failure" not in caplog.text
