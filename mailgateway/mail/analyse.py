@@ -262,6 +262,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         sender=sender,
         message_id=pm.message_id(),
         in_reply_to=tuple(ids),
+        named_ids=tuple(all_ids),
         # Only an authenticated sender's own (signed) thread: an outsider's References must not
         # choose the thread our mail joins in a mailbox (found by an outside tester).
         thread_chain=tuple(dict.fromkeys(

@@ -186,6 +186,11 @@ class MessageFacts:
     # last), for the References of our answer (RFC 5322 §3.6.4); ``in_reply_to`` is ordered for
     # finding the case. Empty: answer with ``in_reply_to``.
     thread_chain: tuple[str, ...] = ()
+    # Every Message-ID the message names (In-Reply-To, References; covered by a signature or
+    # not), for processing only: a message analysed before another one it names was processed
+    # was analysed against a database without that one's case, and is analysed again
+    # (processing/runner.py ``BatchRun``).
+    named_ids: tuple[str, ...] = ()
 
     def answer_references(self) -> list[str]:
         """The References of a mail answering this one, before its own Message-ID (the composer

@@ -600,6 +600,9 @@ class BatchRun:
         # After a handler raised in a transaction without savepoints: the rest of this batch
         # runs with one savepoint per message.
         self.careful = False
+        # This round's Message-IDs applied or put off, and the messages put off (``_stale``).
+        self.named_here: set[str] = set()
+        self.again: list[int] = []
 
     def run(self) -> dict[int, Result]:
         p = self.p
@@ -631,11 +634,21 @@ class BatchRun:
                 self.results[inbound_id] = attempt
             else:
                 attempts[inbound_id] = attempt
-        if not attempts:
-            return
+        ids = list(attempts)
+        while ids and not p.halt.is_set():
+            # Messages naming one applied after their analysis began are analysed again, by a
+            # new round that begins after those commits (``_stale``).
+            ids = self._round(ids, attempts)
+
+    def _round(self, ids: list[int], attempts: dict[int, int]) -> list[int]:
+        """Analyse ``ids`` (one worker request: one read snapshot) and apply them; return those
+        to analyse again."""
+        p = self.p
+        self.named_here = set()
+        self.again = []
         analyses: AnalysisStream | InlineAnalyses = (
-            p.worker.stream(p.settings, list(attempts), p.settings.processing.analysis_timeout_seconds)
-            if p.worker is not None else InlineAnalyses(p, list(attempts)))
+            p.worker.stream(p.settings, ids, p.settings.processing.analysis_timeout_seconds)
+            if p.worker is not None else InlineAnalyses(p, ids))
         todo: list[tuple[int, MessageFacts]] = []
         try:
             while analyses or todo:
@@ -651,6 +664,23 @@ class BatchRun:
             analyses.close()
         for inbound_id in analyses.abandoned:
             self.results[inbound_id] = Result(inbound_id, "retry", reason="analysis worker unavailable")
+        return list(dict.fromkeys(self.again))
+
+    def _stale(self, inbound_id: int, facts: MessageFacts) -> bool:
+        """True when the message names (In-Reply-To, References) a message applied in this round,
+        or one put off by it: its analysis read the database before that message had a case, so a
+        complement sent right after its declaration would be unthreaded — « message non
+        reconnu » — when both wait in one batch (a backlog after a restart, an IMAP mailbox read
+        at start). It is put off to the next round; so is its own Message-ID, for its replies."""
+        if not any(i in self.named_here for i in facts.named_ids):
+            if facts.message_id:
+                self.named_here.add(facts.message_id)
+            return False
+        log.info("inbound %s names a message processed after its analysis began: analysed again", inbound_id)
+        self.again.append(inbound_id)
+        if facts.message_id:
+            self.named_here.add(facts.message_id)
+        return True
 
     def _analysed(self, analyses: AnalysisStream | InlineAnalyses, attempts: dict[int, int],
                   todo: list[tuple[int, MessageFacts]]) -> None:
@@ -686,6 +716,8 @@ class BatchRun:
                 opened = time.monotonic()
                 while left:
                     inbound_id, facts = left.pop(0)
+                    if self._stale(inbound_id, facts):
+                        continue
                     applied.append((apply(session, inbound_id, facts), facts))
                     if time.monotonic() - opened >= BATCH_WRITE_SECONDS or (busy is not None and busy()):
                         break
