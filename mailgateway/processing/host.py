@@ -189,6 +189,7 @@ class _Host:
             write_gate(processor.factory.kw["bind"]).holding = progress.holding
         # Started (and stopped) from this, the main thread: PR_SET_PDEATHSIG follows the thread.
         processor.worker = AnalysisWorker(settings) if settings.processing.isolation == "process" else None
+        processor.analyse_ahead()  # while a sweep yields to intake (processing/ahead.py)
         processor.settings = settings
 
     def _send(self, message: tuple[str, Any]) -> None:

@@ -58,6 +58,7 @@ from mailgateway.logs import bind, log_context
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
+from mailgateway.processing.ahead import AnalysisAhead
 from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.pipeline import HANDLERS, PREHANDLERS
 from mailgateway.processing.worker import (
@@ -190,6 +191,9 @@ class Processor:
         # None: analysis in this process (ingest, parse, tests); the daemon sets a worker
         # ([processing] isolation = "process"), which also enforces the time budget.
         self.worker = worker
+        # The daemon's host: the worker analyses the next messages while a sweep yields to
+        # intake (processing/ahead.py). None: every message is analysed by its batch.
+        self.ahead: AnalysisAhead | None = None
         self.halt = threading.Event()
         # The daemon: True while messages are arriving. A sweep then waits (up to
         # INTAKE_YIELD_SECONDS per message) before taking the write lock: accepting is what the
@@ -213,6 +217,25 @@ class Processor:
         with reading(self.factory) as session:
             return list(session.scalars(due_query(self.clock.now(), urgent=urgent).limit(limit)))
 
+    def due_after(self, after: int, limit: int) -> list[int]:
+        """The next ``limit`` due messages of normal priority above id ``after`` (analysis ahead)."""
+        with reading(self.factory) as session:
+            stmt = due_query(self.clock.now(), urgent=False).where(InboundMessage.id > after)
+            return list(session.scalars(stmt.limit(limit)))
+
+    def analyse_ahead(self) -> AnalysisAhead | None:
+        """Analysis ahead, with the worker (the daemon's host); None without a worker."""
+        if self.worker is None:
+            return None
+        if self.ahead is None:
+            self.ahead = AnalysisAhead(self.worker, self.due_after)
+        return self.ahead
+
+    def _settle_ahead(self) -> None:
+        """Before the worker is asked anything else: the answers its request ahead still owes."""
+        if self.ahead is not None:
+            self.ahead.settle()
+
     def process(self, inbound_id: int, *, may_defer: bool = False) -> Result:
         """Process one message now. ``may_defer`` (sweeps): a message whose DKIM key could not be
         fetched (temporary DNS failure) waits for a later sweep instead, while it has attempts left;
@@ -233,6 +256,7 @@ class Processor:
 
     def _process(self, inbound_id: int, may_defer: bool) -> Result:
         worker = self.worker
+        self._settle_ahead()
         if worker is not None:
             try:
                 # Before the attempt is counted: a worker that cannot start uses up no attempt.
@@ -456,6 +480,8 @@ class Processor:
         """After the commit: the log line, and the sender woken (outbound mail may be queued)."""
         if result.status == "skipped":
             return
+        if self.ahead is not None:  # facts analysed ahead before this commit may name this message
+            self.ahead.applied += 1
         bind(case_ref=result.case_ref)
         log.info("inbound %s %s kind=%s case=%s", result.inbound_id, result.status, facts.kind, result.case_ref,
                  extra={"case_ref": result.case_ref, "message_id": facts.message_id})
@@ -538,9 +564,12 @@ class Processor:
         if busy is None:
             return True
         until = time.monotonic() + INTAKE_YIELD_SECONDS
+        ahead = self.ahead
         while busy() and not self.halt.is_set():
             if time.monotonic() >= until:
                 return False
+            if ahead is not None:  # the worker uses the wait (processing/ahead.py)
+                ahead.step(self.settings, self.settings.processing.analysis_timeout_seconds)
             time.sleep(0.005)
         return True
 
@@ -569,6 +598,42 @@ class InlineAnalyses:
 
     def close(self) -> None:
         self._left = []
+
+
+class AnalysedAhead:
+    """A round's analyses when some were made ahead (processing/ahead.py): those first-hand, the
+    others from the worker's request, in the round's order."""
+
+    def __init__(self, inbound_ids: list[int], known: dict[int, MessageFacts], rest: AnalysisStream) -> None:
+        self._left = list(inbound_ids)
+        self._known = known
+        self._rest = rest
+
+    @property
+    def abandoned(self) -> list[int]:
+        return self._rest.abandoned
+
+    def __bool__(self) -> bool:
+        return bool(self._left)
+
+    @property
+    def upcoming(self) -> int:
+        return self._left[0]
+
+    def ready(self) -> bool:
+        return bool(self._left) and (self._left[0] in self._known or self._rest.ready())
+
+    def next(self) -> tuple[int, MessageFacts | None]:
+        inbound_id = self._left.pop(0)
+        if inbound_id in self._known:
+            return inbound_id, self._known.pop(inbound_id)
+        if not self._rest:  # the worker could not start: the rest waits (``abandoned``)
+            raise WorkerUnavailable("analysis worker unavailable")
+        return self._rest.next()
+
+    def close(self) -> None:
+        self._left = []
+        self._rest.close()
 
 
 class BatchRun:
@@ -606,6 +671,7 @@ class BatchRun:
 
     def run(self) -> dict[int, Result]:
         p = self.p
+        p._settle_ahead()
         if p.worker is not None:
             try:
                 # Before the attempts are counted: a worker that cannot start uses up no attempt.
@@ -646,9 +712,15 @@ class BatchRun:
         p = self.p
         self.named_here = set()
         self.again = []
-        analyses: AnalysisStream | InlineAnalyses = (
-            p.worker.stream(p.settings, ids, p.settings.processing.analysis_timeout_seconds)
-            if p.worker is not None else InlineAnalyses(p, ids))
+        analyses: AnalysisStream | InlineAnalyses | AnalysedAhead
+        if p.worker is None:
+            analyses = InlineAnalyses(p, ids)
+        else:
+            known = {i: f for i in ids if p.ahead is not None and (f := p.ahead.take(i, p.settings)) is not None}
+            analyses = p.worker.stream(p.settings, [i for i in ids if i not in known],
+                                       p.settings.processing.analysis_timeout_seconds)
+            if known:
+                analyses = AnalysedAhead(ids, known, analyses)
         todo: list[tuple[int, MessageFacts]] = []
         try:
             while analyses or todo:
@@ -682,7 +754,7 @@ class BatchRun:
             self.named_here.add(facts.message_id)
         return True
 
-    def _analysed(self, analyses: AnalysisStream | InlineAnalyses, attempts: dict[int, int],
+    def _analysed(self, analyses: AnalysisStream | InlineAnalyses | AnalysedAhead, attempts: dict[int, int],
                   todo: list[tuple[int, MessageFacts]]) -> None:
         p = self.p
         inbound_id = analyses.upcoming

@@ -467,21 +467,37 @@ class AnalysisStream:
         except (OSError, ValueError):
             return True  # next() reports the dead worker
 
+    def begin(self) -> None:
+        """Send the request now rather than at the first ``next`` (analysis ahead)."""
+        with self._worker._lock:
+            if self._left:
+                self._request(self._left)
+
+    def _request(self, ids: list[int]) -> Connection:
+        """The worker's connection, ``ids`` requested on it unless they already are; the caller
+        holds the worker's lock."""
+        worker = self._worker
+        if self._conn is None or worker._conn is not self._conn:
+            # First read, or the worker was replaced: this message and the rest, anew.
+            try:
+                self._conn = worker._ready(self._settings)
+            except WorkerUnavailable:
+                self.abandoned, self._left = self._left, []
+                raise
+            worker._send(("analyse_many", ids))
+            self._started = time.monotonic()
+        return self._conn
+
+    def overdue(self) -> bool:
+        """The next message is past its budget (``next`` then kills the worker at once)."""
+        return self._conn is not None and bool(self._left) and time.monotonic() > self._started + self._timeout
+
     def next(self) -> tuple[int, MessageFacts | None]:
         """The next message's facts; raises for that message as ``AnalysisWorker.analyse`` does."""
         inbound_id = self._left.pop(0)
         worker = self._worker
         with worker._lock:
-            if self._conn is None or worker._conn is not self._conn:
-                # First read, or the worker was replaced: this message and the rest, anew.
-                try:
-                    self._conn = worker._ready(self._settings)
-                except WorkerUnavailable:
-                    self.abandoned, self._left = self._left, []
-                    raise
-                worker._send(("analyse_many", [inbound_id, *self._left]))
-                self._started = time.monotonic()
-            conn = self._conn
+            conn = self._request([inbound_id, *self._left])
             worker.busy_with = inbound_id
             try:
                 try:

@@ -1,0 +1,144 @@
+"""Analysis ahead (processing/ahead.py, issue 19): while a sweep yields to intake, the worker
+analyses the next messages, and their batch takes those facts instead of asking again — with
+the guarantees of a batch's own analysis: nothing is counted or written ahead, a message over
+its budget ahead is still quarantined by its batch alone, and facts that may be stale (settings
+reloaded, a message they name applied meanwhile) are not used.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from mailgateway.app import App, build_app
+from mailgateway.clock import FixedClock
+from mailgateway.processing import ahead as ahead_module
+from mailgateway.processing import runner
+from mailgateway.processing.ahead import AnalysisAhead
+from mailgateway.processing.worker import AnalysisWorker
+from mailgateway.store.engine import reading
+from mailgateway.store.models import InboundMessage
+from tests.processing.test_batch_threading import complement
+from tests.processing.test_batches import NOW, accept, declaration, settings_for
+from tests.support.db import at_head
+from tests.support.slow import large_signed_declaration
+
+BUDGET = 0.25
+
+
+@pytest.fixture
+def application(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    monkeypatch.setattr(runner, "BATCH_WRITE_SECONDS", 3600.0)
+    app = build_app(settings_for(at_head(sqlite_url), analysis_timeout_seconds=BUDGET), clock=FixedClock(NOW))
+    worker = AnalysisWorker(app.settings)
+    app.processor.worker = worker
+    worker.prepare(app.settings)
+    yield app
+    worker.close()
+    app.close()
+
+
+def analysed_ahead(app: App, count: int) -> AnalysisAhead:
+    """Step the analysis ahead as a yielding sweep does, until ``count`` facts wait or nothing is due."""
+    ahead = app.processor.analyse_ahead()
+    assert ahead is not None
+    deadline = time.monotonic() + 60
+    while len(ahead) < count and time.monotonic() < deadline:
+        ahead.step(app.settings, BUDGET)
+        if not ahead.asking:  # nothing (more) to ask for
+            break
+        time.sleep(0.005)
+    ahead.settle()
+    return ahead
+
+
+def attempts(app: App, inbound_id: int) -> tuple[str, int]:
+    with reading(app.factory) as s:
+        row = s.get(InboundMessage, inbound_id)
+        assert row is not None
+        return row.status, row.attempts or 0
+
+
+def test_facts_analysed_ahead_are_taken_by_the_batch_and_nothing_is_counted_ahead(application: App) -> None:
+    ids = [accept(application, declaration(n)) for n in range(1, 31)]
+    ahead = analysed_ahead(application, 30)
+    assert len(ahead) == 30
+    assert [attempts(application, i) for i in ids] == [("received", 0)] * 30  # an analysis ahead is no try
+    results = application.processor.process_pending()
+    assert [r.status for r in results] == ["processed"] * 30
+    assert [r.kind for r in results] == ["declaration"] * 30
+    assert ahead.taken == 30 and len(ahead) == 0
+    assert [attempts(application, i) for i in ids] == [("processed", 1)] * 30
+
+
+def test_a_message_over_its_budget_ahead_is_quarantined_by_its_batch_alone(application: App) -> None:
+    first = accept(application, declaration(1))
+    big = accept(application, large_signed_declaration())  # seconds of DKIM verification
+    last = accept(application, declaration(2))
+    worker = application.processor.worker
+    assert worker is not None
+    ahead = analysed_ahead(application, 3)
+    # The slow one had the worker killed ahead; the request's rest was dropped with it; nothing
+    # was counted or written.
+    assert worker.pid is None and len(ahead) == 1
+    assert [attempts(application, i) for i in (first, big, last)] == [("received", 0)] * 3
+    results = {r.inbound_id: r for r in application.processor.process_pending()}
+    assert (results[big].status, results[big].reason) == ("quarantined", "analyse trop longue : plus de 0,25 s")
+    assert results[first].status == results[last].status == "processed"
+    assert [attempts(application, i)[1] for i in (first, big, last)] == [1, 1, 1]
+    assert ahead.taken == 1  # the first; the last was analysed by its batch
+    assert worker.started == 3  # killed ahead, killed again by the batch (its budget twice), the last's
+
+
+def test_a_reply_analysed_ahead_of_its_declarations_processing_is_analysed_again(application: App) -> None:
+    first = accept(application, declaration(1))
+    reply = accept(application, complement(1, "<d1@chu.test>"))
+    ahead = analysed_ahead(application, 2)
+    assert len(ahead) == 2
+    # The declaration alone first (another sweep, a priority message): its case is committed
+    # after the reply's analysis ahead read the database.
+    assert application.processor.process(first).status == "processed"
+    results = {r.inbound_id: r for r in application.processor.process_pending()}
+    assert (results[reply].status, results[reply].kind) == ("processed", "reply")
+    with reading(application.factory) as s:
+        rows = [s.get(InboundMessage, i) for i in (first, reply)]
+        assert rows[0] is not None and rows[1] is not None
+        assert rows[1].case_id == rows[0].case_id is not None
+    assert ahead.taken == 0
+
+
+def test_facts_analysed_under_other_settings_are_not_taken(application: App) -> None:
+    accept(application, declaration(1))
+    ahead = analysed_ahead(application, 1)
+    reloaded = replace(application.settings)  # SIGHUP: a new settings object
+    application.processor.settings = reloaded
+    assert [r.status for r in application.processor.process_pending()] == ["processed"]
+    assert ahead.taken == 0
+
+
+def test_analysis_ahead_is_bounded(application: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ahead_module, "LOOKAHEAD", 4)
+    monkeypatch.setattr(ahead_module, "REQUEST", 3)
+    for n in range(1, 11):
+        accept(application, declaration(n))
+    ahead = analysed_ahead(application, 10)
+    assert len(ahead) == 6  # two requests of 3: the second began below the bound
+    ahead.step(application.settings, BUDGET)
+    ahead.settle()
+    assert len(ahead) == 6
+
+
+def test_a_sweep_yielding_to_intake_has_the_next_messages_analysed(application: App,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [accept(application, declaration(n)) for n in range(1, 21)]
+    ahead = application.processor.analyse_ahead()
+    assert ahead is not None
+    monkeypatch.setattr(runner, "INTAKE_YIELD_SECONDS", 60.0)
+    # Intake is busy until the worker has analysed every waiting message ahead.
+    application.processor.intake_busy = lambda: ahead.taken == 0 and len(ahead) < len(ids)
+    results = application.processor.process_pending()
+    assert [r.status for r in results] == ["processed"] * 20
+    assert ahead.taken == 20
