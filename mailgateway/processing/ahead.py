@@ -100,6 +100,8 @@ class AnalysisAhead:
         self._forget_old()
         if len(self._facts) >= LOOKAHEAD or self._chars >= LOOKAHEAD_CHARS:
             return
+        if self._worker.owing is not None:  # a batch's request is still being answered
+            return
         ids = [i for i in self._due_after(self._last, REQUEST) if i not in self._facts]
         if not ids:
             return

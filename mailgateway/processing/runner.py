@@ -710,6 +710,7 @@ class BatchRun:
         """Analyse ``ids`` (one worker request: one read snapshot) and apply them; return those
         to analyse again."""
         p = self.p
+        p._settle_ahead()  # a request ahead begun during the previous round's yields
         self.named_here = set()
         self.again = []
         analyses: AnalysisStream | InlineAnalyses | AnalysedAhead

@@ -255,11 +255,12 @@ def _answer(settings: Settings, authenticator: Authenticator, factory: Any, inbo
             timed: bool = False, session: Session | None = None) -> bytes:
     """The pickled answer to one request: ("ok", facts) | ("retry", why) | ("error", exception);
     ``timed`` (a batch) appends when it was finished, ``time.monotonic()``: the next message's
-    budget starts then (CLOCK_MONOTONIC is one clock for all the processes of the machine).
+    budget starts then (CLOCK_MONOTONIC is one clock for all the processes of the machine), and
+    the message's id, which the reader checks against the one it expects.
     ``session``: the batch's read session (rolled back when this message fails), else its own.
     Pickled once, here, not by conn.send: an unpicklable fact is an error answer, not a dead worker."""
     kind, payload = _outcome(settings, authenticator, factory, inbound_id, session)
-    finished = (time.monotonic(),) if timed else ()
+    finished = (time.monotonic(), inbound_id) if timed else ()
     try:
         return pickle.dumps((kind, payload, *finished))
     except Exception as exc:
@@ -301,6 +302,9 @@ class AnalysisWorker:
         self._conn: Connection | None = None
         # The message being analysed right now (status, metrics, tests): None when idle.
         self.busy_with: int | None = None
+        # The request whose answers are still in the pipe: one at a time (answers are read in
+        # order, so a second request's reader would read the first one's answers).
+        self.owing: AnalysisStream | None = None
         self.started = 0  # workers started so far (restarts = started - 1)
 
     @property
@@ -358,6 +362,7 @@ class AnalysisWorker:
 
     def analyse(self, settings: Settings, inbound_id: int, timeout: float) -> MessageFacts | None:
         with self._lock:
+            self._free()
             conn = self._ready(settings)
             self.busy_with = inbound_id
             try:
@@ -383,6 +388,12 @@ class AnalysisWorker:
             raise AnalysisRetry(payload)
         raise AnalysisFailed(payload)
 
+    def _free(self, asking: AnalysisStream | None = None) -> None:
+        """Refuse to send a request while another one owes answers (processing/ahead.py settles
+        its own first): its answers would be read as this one's."""
+        if self.owing is not None and self.owing is not asking and self._conn is not None:
+            raise RuntimeError("analysis worker still owes the answers of another request")
+
     def stream(self, settings: Settings, inbound_ids: Sequence[int], timeout: float) -> AnalysisStream:
         """Analyse ``inbound_ids`` in order with one request (a batch of a sweep); read the answers
         with ``AnalysisStream.next``, each message within its own budget of ``timeout`` seconds."""
@@ -392,6 +403,7 @@ class AnalysisWorker:
         """Kill the worker (if any) and forget it; the next message starts a new one."""
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
+        self.owing = None
         if conn is not None:
             conn.close()
         if proc is not None:
@@ -456,6 +468,8 @@ class AnalysisStream:
             if self._left and self._conn is not None and worker._conn is self._conn:
                 worker._discard()
             self._left = []
+            if worker.owing is self:
+                worker.owing = None
 
     def ready(self) -> bool:
         """The next answer is already here (never waits): reading it costs no idle time."""
@@ -479,12 +493,14 @@ class AnalysisStream:
         worker = self._worker
         if self._conn is None or worker._conn is not self._conn:
             # First read, or the worker was replaced: this message and the rest, anew.
+            worker._free(self)
             try:
                 self._conn = worker._ready(self._settings)
             except WorkerUnavailable:
                 self.abandoned, self._left = self._left, []
                 raise
             worker._send(("analyse_many", ids))
+            worker.owing = self
             self._started = time.monotonic()
         return self._conn
 
@@ -508,13 +524,20 @@ class AnalysisStream:
                         worker._discard()
                         raise AnalysisTimeout(self._timeout)
                     # Our own child's answer, never bytes from mail: safe to unpickle.
-                    kind, payload, finished = pickle.loads(conn.recv_bytes())  # noqa: S301
+                    kind, payload, finished, answered = pickle.loads(conn.recv_bytes())  # noqa: S301
                 except (EOFError, OSError) as exc:
                     code = worker._proc.exitcode if worker._proc is not None else None
                     worker._discard()
                     raise WorkerLost(f"analysis worker died (exit code {code})") from exc
+                if answered != inbound_id:  # never file one message's facts under another's id
+                    log.error("analysis worker answered for inbound %s instead of %s; restarting it",
+                              answered, inbound_id)
+                    worker._discard()
+                    raise WorkerLost(f"analysis worker answered for inbound {answered}")
             finally:
                 worker.busy_with = None
+            if not self._left and worker.owing is self:
+                worker.owing = None
             self._started = finished
         if kind == "ok":
             return inbound_id, payload

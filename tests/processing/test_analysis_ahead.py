@@ -41,6 +41,12 @@ def application(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ap
     app.close()
 
 
+def long_declaration(n: int, lines: int = 3000) -> bytes:
+    head, _, body = declaration(n).partition(b"\r\n\r\n")
+    return head + b"\r\n\r\n" + body + "".join(
+        f"Serveur {i} chiffré, sauvegarde {i} à vérifier.\r\n" for i in range(lines)).encode()
+
+
 def analysed_ahead(app: App, count: int) -> AnalysisAhead:
     """Step the analysis ahead as a yielding sweep does, until ``count`` facts wait or nothing is due."""
     ahead = app.processor.analyse_ahead()
@@ -142,3 +148,49 @@ def test_a_sweep_yielding_to_intake_has_the_next_messages_analysed(application: 
     results = application.processor.process_pending()
     assert [r.status for r in results] == ["processed"] * 20
     assert ahead.taken == 20
+
+
+def test_analysis_ahead_never_reads_the_answers_of_a_batchs_own_request(application: App,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The batch's worker request owes answers while its transactions yield to intake (one
+    # message a transaction: intake is always busy); the yields step the analysis ahead, which
+    # must not send a request of its own on the same pipe nor read the batch's answers as its own.
+    # Long enough to analyse that the batch's answers are still owed when it first commits.
+    ids = [accept(application, long_declaration(n)) for n in range(1, 13)]
+    settings = application.processor.settings  # a budget no loaded machine reaches
+    application.processor.settings = replace(settings, processing=replace(settings.processing,
+                                                                          analysis_timeout_seconds=30.0))
+    application.processor.analyse_ahead()
+    monkeypatch.setattr(runner, "INTAKE_YIELD_SECONDS", 0.05)
+    monkeypatch.setattr(runner, "BATCH_SIZE", 5)  # the analysis ahead asks for more than the batch
+    calls: list[int] = []
+
+    def busy() -> bool:  # quiet when the sweep starts (nothing analysed ahead), then busy
+        calls.append(1)
+        return len(calls) > 1
+
+    application.processor.intake_busy = busy
+    results = application.processor.process_pending()
+    assert [r.status for r in results] == ["processed"] * 12
+    with reading(application.factory) as s:
+        assert [s.get(InboundMessage, i).message_id for i in ids] == [  # type: ignore[union-attr]
+            f"d{n}@chu.test" for n in range(1, 13)]
+
+
+def test_analysis_ahead_waits_while_another_request_owes_answers(application: App) -> None:
+    ids = [accept(application, declaration(n)) for n in range(1, 9)]
+    worker = application.processor.worker
+    ahead = application.processor.analyse_ahead()
+    assert worker is not None and ahead is not None
+    batch = worker.stream(application.settings, ids[:4], BUDGET)  # a batch's request, unread
+    batch.begin()
+    time.sleep(0.5)  # its answers are in the pipe
+    for _ in range(5):
+        ahead.step(application.settings, BUDGET)
+    assert not ahead.asking and len(ahead) == 0  # neither asked nor read the batch's answers
+    read = [batch.next() for _ in range(4)]
+    assert [(i, f.message_id if f else None) for i, f in read] == [(i, f"d{n}@chu.test") for n, i in
+                                                                    enumerate(ids[:4], 1)]
+    ahead.step(application.settings, BUDGET)  # the worker is free: now it asks
+    ahead.settle()
+    assert len(ahead) == 8

@@ -273,4 +273,4 @@ def test_facts_that_cannot_be_pickled_are_an_error_answer_not_a_dead_worker(
     timed = pickle.loads(worker_module._answer(app.settings, app.processor.authenticator, app.factory, inbound_id,
                                                timed=True))
     assert plain[0] == "error" and len(plain) == 2
-    assert timed[0] == "error" and len(timed) == 3 and isinstance(timed[2], float)
+    assert timed[0] == "error" and len(timed) == 4 and isinstance(timed[2], float) and timed[3] == inbound_id
