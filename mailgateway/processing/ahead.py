@@ -74,6 +74,9 @@ class AnalysisAhead:
         self._stream: AnalysisStream | None = None
         self._request: tuple[Settings, int, float] | None = None
         self._last = 0  # the highest id asked for: the next request starts after it
+        # A batch's request with messages still to answer (``hold``): nothing is asked ahead
+        # meanwhile, not even after its worker was replaced (it then asks again for the rest).
+        self._held: AnalysisStream | None = None
         # Write transactions that applied messages (the processor counts them).
         self.applied = 0
         self.taken = 0  # facts used by a batch (tests, the benchmark's log line)
@@ -100,7 +103,7 @@ class AnalysisAhead:
         self._forget_old()
         if len(self._facts) >= LOOKAHEAD or self._chars >= LOOKAHEAD_CHARS:
             return
-        if self._worker.owing is not None:  # a batch's request is still being answered
+        if self._held or self._worker.owing is not None:  # a batch's request is being answered
             return
         ids = [i for i in self._due_after(self._last, REQUEST) if i not in self._facts]
         if not ids:
@@ -113,6 +116,10 @@ class AnalysisAhead:
             return
         self._stream = stream
         self._request = (settings, self.applied, time.monotonic())
+
+    def hold(self, stream: AnalysisStream | None) -> None:
+        """While ``stream`` has messages left, ask nothing ahead (None: the batch is done)."""
+        self._held = stream
 
     def settle(self) -> None:
         """Read what the request ahead still owes (each answer within its budget): the worker is

@@ -718,10 +718,11 @@ class BatchRun:
             analyses = InlineAnalyses(p, ids)
         else:
             known = {i: f for i in ids if p.ahead is not None and (f := p.ahead.take(i, p.settings)) is not None}
-            analyses = p.worker.stream(p.settings, [i for i in ids if i not in known],
-                                       p.settings.processing.analysis_timeout_seconds)
-            if known:
-                analyses = AnalysedAhead(ids, known, analyses)
+            rest = p.worker.stream(p.settings, [i for i in ids if i not in known],
+                                   p.settings.processing.analysis_timeout_seconds)
+            if p.ahead is not None:
+                p.ahead.hold(rest)
+            analyses = AnalysedAhead(ids, known, rest) if known else rest
         todo: list[tuple[int, MessageFacts]] = []
         try:
             while analyses or todo:
@@ -735,6 +736,8 @@ class BatchRun:
                     break
         finally:
             analyses.close()
+            if p.ahead is not None:
+                p.ahead.hold(None)
         for inbound_id in analyses.abandoned:
             self.results[inbound_id] = Result(inbound_id, "retry", reason="analysis worker unavailable")
         return list(dict.fromkeys(self.again))

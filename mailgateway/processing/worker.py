@@ -70,6 +70,12 @@ class WorkerLost(Exception):
     """The worker died during the analysis (killed, out of memory): the message is tried again."""
 
 
+class WorkerBusy(WorkerLost):
+    """Another request's answers are still owed on the worker's pipe (never expected: the
+    analysis ahead waits for a batch's request, processing/ahead.py); the message is tried
+    again rather than given another message's answer."""
+
+
 class AnalysisRetry(Exception):
     """The worker's database was briefly unavailable: the message is tried again."""
 
@@ -392,7 +398,7 @@ class AnalysisWorker:
         """Refuse to send a request while another one owes answers (processing/ahead.py settles
         its own first): its answers would be read as this one's."""
         if self.owing is not None and self.owing is not asking and self._conn is not None:
-            raise RuntimeError("analysis worker still owes the answers of another request")
+            raise WorkerBusy("analysis worker still owes the answers of another request")
 
     def stream(self, settings: Settings, inbound_ids: Sequence[int], timeout: float) -> AnalysisStream:
         """Analyse ``inbound_ids`` in order with one request (a batch of a sweep); read the answers
