@@ -189,7 +189,7 @@ class _Host:
             write_gate(processor.factory.kw["bind"]).holding = progress.holding
         # Started (and stopped) from this, the main thread: PR_SET_PDEATHSIG follows the thread.
         processor.worker = AnalysisWorker(settings) if settings.processing.isolation == "process" else None
-        processor.analyse_ahead()  # while a sweep yields to intake (processing/ahead.py)
+        self.ahead = processor.analyse_ahead()  # while a sweep yields to intake (processing/ahead.py)
         processor.settings = settings
 
     def _send(self, message: tuple[str, Any]) -> None:
@@ -243,6 +243,8 @@ class _Host:
                 worker.prepare(self.processor.settings)
             except WorkerUnavailable as exc:  # each message tries again (runner.Processor._process)
                 log.error("%s", exc)
+        if self.ahead is not None:
+            self.ahead.revive(self.processor.settings)
         # Ready once the worker is up: the daemon's heartbeat watch starts here (startup has its
         # own bound, STARTUP_SECONDS).
         if self.progress is not None:
@@ -261,6 +263,8 @@ class _Host:
                     self.progress.progressed()
             if self.stopping.is_set():
                 break
+            if self.ahead is not None:  # idle: a lost worker ahead is started again now
+                self.ahead.revive(self.processor.settings)
             # A wake byte (an accept, or the daemon's stop), or a sweep every few seconds anyway
             # (deferred messages coming due, anything accepted by another instance).
             wait([self.wake, self._stop_r], timeout=IDLE_SWEEP_SECONDS)
@@ -276,6 +280,8 @@ class _Host:
         worker = self.processor.worker
         if worker is not None:
             worker.close()
+        if self.ahead is not None:
+            self.ahead.close()
         self.app.close()
         with contextlib.suppress(OSError):
             self.control.close()

@@ -58,7 +58,7 @@ from mailgateway.logs import bind, log_context
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
-from mailgateway.processing.ahead import AnalysisAhead
+from mailgateway.processing.ahead import NICE, AnalysisAhead
 from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.pipeline import HANDLERS, PREHANDLERS
 from mailgateway.processing.worker import (
@@ -224,17 +224,14 @@ class Processor:
             return list(session.scalars(stmt.limit(limit)))
 
     def analyse_ahead(self) -> AnalysisAhead | None:
-        """Analysis ahead, with the worker (the daemon's host); None without a worker."""
+        """Analysis ahead, with a worker of its own at the lowest priority (the daemon's host);
+        None when analysis runs in this process (no worker)."""
         if self.worker is None:
             return None
         if self.ahead is None:
-            self.ahead = AnalysisAhead(self.worker, self.due_after)
+            worker = AnalysisWorker(self.settings, nice=NICE, name="mailgateway-analysis-ahead")
+            self.ahead = AnalysisAhead(worker, self.due_after)
         return self.ahead
-
-    def _settle_ahead(self) -> None:
-        """Before the worker is asked anything else: the answers its request ahead still owes."""
-        if self.ahead is not None:
-            self.ahead.settle()
 
     def process(self, inbound_id: int, *, may_defer: bool = False) -> Result:
         """Process one message now. ``may_defer`` (sweeps): a message whose DKIM key could not be
@@ -256,7 +253,6 @@ class Processor:
 
     def _process(self, inbound_id: int, may_defer: bool) -> Result:
         worker = self.worker
-        self._settle_ahead()
         if worker is not None:
             try:
                 # Before the attempt is counted: a worker that cannot start uses up no attempt.
@@ -568,7 +564,7 @@ class Processor:
         while busy() and not self.halt.is_set():
             if time.monotonic() >= until:
                 return False
-            if ahead is not None:  # the worker uses the wait (processing/ahead.py)
+            if ahead is not None:  # the worker ahead uses the wait (processing/ahead.py)
                 ahead.step(self.settings, self.settings.processing.analysis_timeout_seconds)
             time.sleep(0.005)
         return True
@@ -671,7 +667,6 @@ class BatchRun:
 
     def run(self) -> dict[int, Result]:
         p = self.p
-        p._settle_ahead()
         if p.worker is not None:
             try:
                 # Before the attempts are counted: a worker that cannot start uses up no attempt.
@@ -710,7 +705,6 @@ class BatchRun:
         """Analyse ``ids`` (one worker request: one read snapshot) and apply them; return those
         to analyse again."""
         p = self.p
-        p._settle_ahead()  # a request ahead begun during the previous round's yields
         self.named_here = set()
         self.again = []
         analyses: AnalysisStream | InlineAnalyses | AnalysedAhead
@@ -720,8 +714,6 @@ class BatchRun:
             known = {i: f for i in ids if p.ahead is not None and (f := p.ahead.take(i, p.settings)) is not None}
             rest = p.worker.stream(p.settings, [i for i in ids if i not in known],
                                    p.settings.processing.analysis_timeout_seconds)
-            if p.ahead is not None:
-                p.ahead.hold(rest)
             analyses = AnalysedAhead(ids, known, rest) if known else rest
         todo: list[tuple[int, MessageFacts]] = []
         try:
@@ -736,8 +728,6 @@ class BatchRun:
                     break
         finally:
             analyses.close()
-            if p.ahead is not None:
-                p.ahead.hold(None)
         for inbound_id in analyses.abandoned:
             self.results[inbound_id] = Result(inbound_id, "retry", reason="analysis worker unavailable")
         return list(dict.fromkeys(self.again))

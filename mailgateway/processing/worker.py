@@ -200,9 +200,13 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def worker_main(conn: Connection, settings: Settings, parent_pid: int) -> None:
-    """Entry point of the worker process: answer ``("analyse", id)`` until the pipe closes."""
+def worker_main(conn: Connection, settings: Settings, parent_pid: int, nice: int = 0) -> None:
+    """Entry point of the worker process: answer ``("analyse", id)`` until the pipe closes.
+    ``nice``: run at that lower priority (the analysis ahead: idle CPU only, nice(2))."""
     _die_with_parent(parent_pid)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     # Ctrl-C reaches the whole foreground process group; the daemon stops its worker itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(settings.logging)
@@ -300,7 +304,9 @@ def _exception_text(exc: BaseException) -> str:
 class AnalysisWorker:
     """The parent's handle on one persistent worker process; used by one processing thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, nice: int = 0, name: str = "mailgateway-analysis") -> None:
+        self._nice = nice
+        self._name = name
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._settings = settings
@@ -332,8 +338,8 @@ class AnalysisWorker:
         self._discard()
         parent, child = self._ctx.Pipe()
         try:
-            proc = self._ctx.Process(target=worker_main, args=(child, settings, os.getpid()),
-                                     name="mailgateway-analysis", daemon=True)
+            proc = self._ctx.Process(target=worker_main, args=(child, settings, os.getpid(), self._nice),
+                                     name=self._name, daemon=True)
             proc.start()
         except Exception as exc:
             parent.close()

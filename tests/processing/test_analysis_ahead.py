@@ -7,6 +7,7 @@ reloaded, a message they name applied meanwhile) are not used.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -38,6 +39,8 @@ def application(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ap
     worker.prepare(app.settings)
     yield app
     worker.close()
+    if app.processor.ahead is not None:
+        app.processor.ahead.close()
     app.close()
 
 
@@ -53,12 +56,15 @@ def analysed_ahead(app: App, count: int) -> AnalysisAhead:
     assert ahead is not None
     deadline = time.monotonic() + 60
     settings = app.processor.settings
+    ahead.revive(settings)  # the host starts it with its own worker
     while len(ahead) < count and time.monotonic() < deadline:
         ahead.step(settings, settings.processing.analysis_timeout_seconds)
         if not ahead.asking:  # nothing (more) to ask for
             break
         time.sleep(0.005)
-    ahead.settle()
+    while ahead.asking and time.monotonic() < deadline:  # the last answers
+        ahead.step(settings, settings.processing.analysis_timeout_seconds)
+        time.sleep(0.005)
     return ahead
 
 
@@ -88,16 +94,19 @@ def test_a_message_over_its_budget_ahead_is_quarantined_by_its_batch_alone(appli
     worker = application.processor.worker
     assert worker is not None
     ahead = analysed_ahead(application, 3)
-    # The slow one had the worker killed ahead; the request's rest was dropped with it; nothing
+    # The slow one had the worker ahead killed; the request's rest was dropped with it; nothing
     # was counted or written.
-    assert worker.pid is None and len(ahead) == 1
+    assert ahead.worker.pid is None and len(ahead) == 1
+    assert worker.started == 1
     assert [attempts(application, i) for i in (first, big, last)] == [("received", 0)] * 3
     results = {r.inbound_id: r for r in application.processor.process_pending()}
     assert (results[big].status, results[big].reason) == ("quarantined", "analyse trop longue : plus de 0,25 s")
     assert results[first].status == results[last].status == "processed"
     assert [attempts(application, i)[1] for i in (first, big, last)] == [1, 1, 1]
     assert ahead.taken == 1  # the first; the last was analysed by its batch
-    assert worker.started == 3  # killed ahead, killed again by the batch (its budget twice), the last's
+    assert worker.started == 2  # killed by the batch too (its budget spent twice); a new one for the last
+    ahead.revive(application.settings)  # processing idle: the worker ahead is started again
+    assert ahead.worker.pid is not None and ahead.worker.started == 2
 
 
 def test_a_reply_analysed_ahead_of_its_declarations_processing_is_analysed_again(application: App) -> None:
@@ -134,8 +143,7 @@ def test_analysis_ahead_is_bounded(application: App, monkeypatch: pytest.MonkeyP
     ahead = analysed_ahead(application, 10)
     assert len(ahead) == 6  # two requests of 3: the second began below the bound
     ahead.step(application.settings, BUDGET)
-    ahead.settle()
-    assert len(ahead) == 6
+    assert not ahead.asking and len(ahead) == 6
 
 
 def test_a_sweep_yielding_to_intake_has_the_next_messages_analysed(application: App,
@@ -143,6 +151,7 @@ def test_a_sweep_yielding_to_intake_has_the_next_messages_analysed(application: 
     ids = [accept(application, declaration(n)) for n in range(1, 21)]
     ahead = application.processor.analyse_ahead()
     assert ahead is not None
+    ahead.revive(application.settings)
     monkeypatch.setattr(runner, "INTAKE_YIELD_SECONDS", 60.0)
     # Intake is busy until the worker has analysed every waiting message ahead.
     application.processor.intake_busy = lambda: ahead.taken == 0 and len(ahead) < len(ids)
@@ -161,7 +170,9 @@ def test_analysis_ahead_never_reads_the_answers_of_a_batchs_own_request(applicat
     settings = application.processor.settings  # a budget no loaded machine reaches
     application.processor.settings = replace(settings, processing=replace(settings.processing,
                                                                           analysis_timeout_seconds=30.0))
-    application.processor.analyse_ahead()
+    ahead = application.processor.analyse_ahead()
+    assert ahead is not None
+    ahead.revive(application.processor.settings)
     monkeypatch.setattr(runner, "INTAKE_YIELD_SECONDS", 0.05)
     monkeypatch.setattr(runner, "BATCH_SIZE", 5)  # the analysis ahead asks for more than the batch
     calls: list[int] = []
@@ -178,23 +189,33 @@ def test_analysis_ahead_never_reads_the_answers_of_a_batchs_own_request(applicat
             f"d{n}@chu.test" for n in range(1, 13)]
 
 
-def test_analysis_ahead_waits_while_another_request_owes_answers(application: App) -> None:
-    ids = [accept(application, declaration(n)) for n in range(1, 9)]
+def test_the_worker_ahead_is_its_own_process_at_the_lowest_priority(application: App) -> None:
+    accept(application, declaration(1))
+    ahead = analysed_ahead(application, 1)
     worker = application.processor.worker
+    assert worker is not None and ahead.worker is not worker
+    pid = ahead.worker.pid
+    assert pid is not None and pid != worker.pid
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 19  # idle CPU only: intake is never slowed by it
+    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == os.getpriority(os.PRIO_PROCESS, 0)  # type: ignore[arg-type]
+
+
+def test_answers_ahead_for_messages_already_processed_are_dropped(application: App) -> None:
+    ids = [accept(application, long_declaration(n)) for n in range(1, 5)]
+    settings = application.processor.settings
+    application.processor.settings = settings = replace(
+        settings, processing=replace(settings.processing, analysis_timeout_seconds=30.0))
     ahead = application.processor.analyse_ahead()
-    assert worker is not None and ahead is not None
-    batch = worker.stream(application.settings, ids[:4], BUDGET)  # a batch's request, unread
-    batch.begin()
-    time.sleep(0.5)  # its answers are in the pipe
-    for _ in range(5):
-        ahead.step(application.settings, BUDGET)
-    assert not ahead.asking and len(ahead) == 0  # neither asked nor read the batch's answers
-    read = [batch.next() for _ in range(4)]
-    assert [(i, f.message_id if f else None) for i, f in read] == [(i, f"d{n}@chu.test") for n, i in
-                                                                    enumerate(ids[:4], 1)]
-    ahead.step(application.settings, BUDGET)  # the worker is free: now it asks
-    ahead.settle()
-    assert len(ahead) == 8
+    assert ahead is not None
+    ahead.revive(settings)
+    ahead.step(settings, 30.0)  # asked, not yet answered
+    assert ahead.asking
+    assert [r.status for r in application.processor.process_pending()] == ["processed"] * 4
+    deadline = time.monotonic() + 60
+    while ahead.asking and time.monotonic() < deadline:
+        ahead.step(settings, 30.0)
+        time.sleep(0.005)
+    assert len(ahead) == 0 and len(ids) == 4
 
 
 def test_a_batch_starting_with_facts_analysed_ahead_gets_its_other_answers(application: App,
