@@ -451,7 +451,7 @@ def _measure_in(gateway: RunningGateway, config: ChaosConfig, relay: Relay, mess
         return accepted, None, None, processed(config.db_path)
     hosts = children(pid)
     parts = {"daemon (intake, sender)": [pid], "processing host": hosts,
-             "analysis worker": [p for p in tree if p not in hosts], "relay (counting sink)": [relay.proc.pid]}
+             "analysis workers": [p for p in tree if p not in hosts], "relay (counting sink)": [relay.proc.pid]}
     before = {name: tree_cpu_seconds(pids) for name, pids in parts.items()}
     wait_for(lambda: processed(config.db_path) >= (count, count), timeout=3600, interval=0.05)
     processed_in = time.perf_counter() - started
@@ -526,7 +526,7 @@ def main() -> int:
         accepted, processed_s, e2e_s, done = gateway
         print(_row("daemon accepted (250)", n, accepted, sink, "   (target ≥ 500 msg/s, ≥ 0.40 x)"))
         if accepted.children_cpu is not None:
-            print(f"  daemon's child processes (processing host, analysis worker) meanwhile: "
+            print(f"  daemon's child processes (processing host, analysis workers) meanwhile: "
                   f"CPU {1e6 * accepted.children_cpu / n:.0f} µs/msg")
         print("\n".join(writer_lines(accepted.writer, accepted.seconds, n)[1:]).replace("accept writer:",
                                                                                        "daemon's writer:"))
