@@ -17,8 +17,8 @@ What it may not change (docs/guarantees.md):
 * **Tries are counted before a message is tried**, and an analysis ahead is not a try: nothing is
   written for it. An analysis that fails ahead (over its budget, the worker lost, an error) is
   forgotten; the message is analysed again by its batch, counted, within its own budget, and
-  quarantined there if it must be. The worker ahead, when lost, is started again only when
-  processing is idle (``revive``): its start-up never delays a batch.
+  quarantined there if it must be. The worker ahead, when lost, is started again when
+  processing is idle (``revive``), without waiting for it: its start-up never delays a batch.
 * **The facts are those a batch would have read.** Analysis reads the database (threading: which
   case a Message-ID belongs to; the FINESS directory) and the settings. Facts are not used
   when the settings were reloaded since, when older than ``FRESH_SECONDS``, or when the message
@@ -108,7 +108,7 @@ class AnalysisAhead:
             self._stream = None
             self._passed.clear()
         self._forget_old()
-        if len(self._facts) >= LOOKAHEAD or self._chars >= LOOKAHEAD_CHARS or self.worker.pid is None:
+        if len(self._facts) >= LOOKAHEAD or self._chars >= LOOKAHEAD_CHARS or not self.worker.ready_now():
             return
         ids = [i for i in self._due_after(self._last, REQUEST) if i not in self._facts]
         if not ids:
@@ -138,11 +138,11 @@ class AnalysisAhead:
         return found.facts
 
     def revive(self, settings: Settings) -> None:
-        """Processing is idle: start the worker ahead again if it was lost (a start takes about
-        a second; never in a batch's way)."""
+        """Start the worker ahead if none is alive (its start-up, about a second of imports,
+        runs beside processing at the lowest priority: nothing waits for it)."""
         if self.worker.pid is None and self._stream is None:
             try:
-                self.worker.prepare(settings)
+                self.worker.start(settings)
             except WorkerUnavailable as exc:
                 log.warning("analysis worker ahead unavailable: %s", exc)
 

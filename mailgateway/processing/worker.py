@@ -200,13 +200,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def worker_main(conn: Connection, settings: Settings, parent_pid: int, nice: int = 0) -> None:
-    """Entry point of the worker process: answer ``("analyse", id)`` until the pipe closes.
-    ``nice``: run at that lower priority (the analysis ahead: idle CPU only, nice(2))."""
+def worker_main(conn: Connection, settings: Settings, parent_pid: int) -> None:
+    """Entry point of the worker process: answer ``("analyse", id)`` until the pipe closes."""
     _die_with_parent(parent_pid)
-    if nice:
-        with contextlib.suppress(OSError):
-            os.nice(nice)
     # Ctrl-C reaches the whole foreground process group; the daemon stops its worker itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(settings.logging)
@@ -317,6 +313,7 @@ class AnalysisWorker:
         # The request whose answers are still in the pipe: one at a time (answers are read in
         # order, so a second request's reader would read the first one's answers).
         self.owing: AnalysisStream | None = None
+        self._starting: float | None = None  # spawned at (monotonic), its "ready" not yet read
         self.started = 0  # workers started so far (restarts = started - 1)
 
     @property
@@ -330,15 +327,21 @@ class AnalysisWorker:
             self._ready(settings)
 
     def _ready(self, settings: Settings) -> Connection:
-        if self._proc is not None and self._conn is not None and self._proc.is_alive():
-            if settings is not self._settings:
-                self._send(("settings", settings))
-                self._settings = settings
-            return self._conn
+        if self._proc is None or self._conn is None or not self._proc.is_alive():
+            self._spawn(settings)
+        assert self._proc is not None and self._conn is not None
+        if self._starting is not None:
+            self._await_start(self._starting + STARTUP_SECONDS - time.monotonic())
+        if settings is not self._settings:
+            self._send(("settings", settings))
+            self._settings = settings
+        return self._conn
+
+    def _spawn(self, settings: Settings) -> None:
         self._discard()
         parent, child = self._ctx.Pipe()
         try:
-            proc = self._ctx.Process(target=worker_main, args=(child, settings, os.getpid(), self._nice),
+            proc = self._ctx.Process(target=worker_main, args=(child, settings, os.getpid()),
                                      name=self._name, daemon=True)
             proc.start()
         except Exception as exc:
@@ -346,11 +349,22 @@ class AnalysisWorker:
             raise WorkerUnavailable(f"cannot start the analysis worker: {exc}") from exc
         finally:
             child.close()
+        if self._nice and proc.pid is not None:
+            # From the parent, at once: its imports run at that priority too (nice(2) may only
+            # raise a process's niceness: allowed on our own child).
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, proc.pid, self._nice)
         self._proc, self._conn, self._settings = proc, parent, settings
         self.started += 1
-        started = time.monotonic()
+        self._starting = time.monotonic()
+
+    def _await_start(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the spawned worker's "ready"; raise WorkerUnavailable if it
+        exits or does not answer in time (``STARTUP_SECONDS`` from its spawn)."""
+        proc, parent, started = self._proc, self._conn, self._starting
+        assert proc is not None and parent is not None and started is not None
         try:
-            if not parent.poll(STARTUP_SECONDS):
+            if not parent.poll(max(0.0, seconds)):
                 raise WorkerUnavailable(f"analysis worker not ready after {STARTUP_SECONDS:.0f} s")
             parent.recv()
         except (EOFError, OSError) as exc:
@@ -361,8 +375,33 @@ class AnalysisWorker:
         except WorkerUnavailable:
             self._discard()
             raise
+        self._starting = None
         log.info("analysis worker %s started in %.2f s", proc.pid, time.monotonic() - started)
-        return parent
+
+    def start(self, settings: Settings) -> None:
+        """Spawn a worker if none is alive, without waiting for it (``ready_now`` tells)."""
+        with self._lock:
+            if self._proc is None or self._conn is None or not self._proc.is_alive():
+                self._spawn(settings)
+
+    def ready_now(self) -> bool:
+        """A worker is alive and ready (never waits; a start that failed or took longer than
+        ``STARTUP_SECONDS`` is discarded and logged)."""
+        with self._lock:
+            if self._proc is None or self._conn is None or not self._proc.is_alive():
+                return False
+            if self._starting is None:
+                return True
+            overdue = time.monotonic() >= self._starting + STARTUP_SECONDS
+            try:
+                if not overdue and not self._conn.poll(0):
+                    return False  # still importing
+                self._await_start(0.0)  # its "ready", its exit, or too late (then discarded)
+            except (WorkerUnavailable, OSError) as exc:
+                self._discard()
+                log.warning("%s", exc)
+                return False
+            return True
 
     def _send(self, message: tuple[str, Any]) -> None:
         assert self._conn is not None
@@ -416,6 +455,7 @@ class AnalysisWorker:
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         self.owing = None
+        self._starting = None
         if conn is not None:
             conn.close()
         if proc is not None:

@@ -55,6 +55,18 @@ def _one(pids: list[int]) -> int | None:
     return pids[0] if len(pids) == 1 else None
 
 
+def _workers(host: int) -> tuple[int, int] | None:
+    """The host's two analysis workers, once both run: the batches' (at the host's priority)
+    and the one ahead (nice 19, processing/ahead.py)."""
+    children = _spawned_children(host)
+    with contextlib.suppress(ProcessLookupError):
+        batches = [p for p in children if os.getpriority(os.PRIO_PROCESS, p) != 19]
+        ahead = [p for p in children if os.getpriority(os.PRIO_PROCESS, p) == 19]
+        if len(batches) == 1 and len(ahead) == 1:
+            return batches[0], ahead[0]
+    return None
+
+
 def _gone(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z"
@@ -91,8 +103,8 @@ def test_smtp_answers_250_while_the_processing_host_is_frozen(tmp_path: Path) ->
     with RunningGateway(config) as gw:
         _warm(gw, config)
         host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
-        # Its own child: the analysis worker ([processing] isolation = "process", the default).
-        wait_for(lambda: _one(_spawned_children(host)), timeout=30)
+        # Its own children: the analysis workers ([processing] isolation = "process", the default).
+        wait_for(lambda: _workers(host), timeout=30)
         # Frozen while idle: not holding the write gate (a host frozen with it is the supervision
         # test's case, test_processing_supervision.py: killed after host_stall_seconds).
         lock = Path(f"{config.db_path}.write-lock")
@@ -120,7 +132,7 @@ def test_a_killed_processing_host_is_restarted_and_every_declaration_processed_o
     with RunningGateway(config) as gw:
         _warm(gw, config)
         host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
-        worker = wait_for(lambda: _one(_spawned_children(host)), timeout=30)
+        worker, ahead = wait_for(lambda: _workers(host), timeout=30)
         ids = [f"kill-{n}@chu-nantes.test" for n in range(40)]
         errors: list[BaseException] = []
 
@@ -136,7 +148,7 @@ def test_a_killed_processing_host_is_restarted_and_every_declaration_processed_o
         # Kill it while it works: some processed, some not yet.
         wait_for(lambda: sum(s == ["processed"] for s in _statuses(config, ids).values()) >= 3, timeout=60)
         os.kill(host, signal.SIGKILL)
-        wait_for(lambda: _gone(worker), timeout=10)  # the analysis worker dies with its host
+        wait_for(lambda: _gone(worker) and _gone(ahead), timeout=10)  # the analysis workers die with their host
         restarted = wait_for(lambda: next((p for p in _spawned_children(gw.proc.pid) if p != host), None),
                              timeout=30)
         sender.join(timeout=120)
@@ -173,10 +185,10 @@ def test_a_daemon_killed_alone_leaves_neither_host_nor_worker(tmp_path: Path) ->
     try:
         _warm(gw, config)
         host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
-        worker = wait_for(lambda: _one(_spawned_children(host)), timeout=30)
+        worker, ahead = wait_for(lambda: _workers(host), timeout=30)
         os.kill(gw.proc.pid, signal.SIGKILL)
         gw.proc.wait(timeout=10)
-        wait_for(lambda: _gone(host) and _gone(worker), timeout=10)
+        wait_for(lambda: _gone(host) and _gone(worker) and _gone(ahead), timeout=10)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(gw.proc.pid, signal.SIGKILL)  # multiprocessing's resource tracker, if still there

@@ -50,13 +50,23 @@ def long_declaration(n: int, lines: int = 3000) -> bytes:
         f"Serveur {i} chiffré, sauvegarde {i} à vérifier.\r\n" for i in range(lines)).encode()
 
 
-def analysed_ahead(app: App, count: int) -> AnalysisAhead:
-    """Step the analysis ahead as a yielding sweep does, until ``count`` facts wait or nothing is due."""
+def started_ahead(app: App) -> AnalysisAhead:
+    """The processor's analysis ahead with its worker up (the host starts it without waiting)."""
     ahead = app.processor.analyse_ahead()
     assert ahead is not None
+    ahead.revive(app.processor.settings)
+    deadline = time.monotonic() + 60
+    while not ahead.worker.ready_now():
+        assert time.monotonic() < deadline, "the worker ahead did not start"
+        time.sleep(0.01)
+    return ahead
+
+
+def analysed_ahead(app: App, count: int) -> AnalysisAhead:
+    """Step the analysis ahead as a yielding sweep does, until ``count`` facts wait or nothing is due."""
+    ahead = started_ahead(app)
     deadline = time.monotonic() + 60
     settings = app.processor.settings
-    ahead.revive(settings)  # the host starts it with its own worker
     while len(ahead) < count and time.monotonic() < deadline:
         ahead.step(settings, settings.processing.analysis_timeout_seconds)
         if not ahead.asking:  # nothing (more) to ask for
@@ -105,7 +115,7 @@ def test_a_message_over_its_budget_ahead_is_quarantined_by_its_batch_alone(appli
     assert [attempts(application, i)[1] for i in (first, big, last)] == [1, 1, 1]
     assert ahead.taken == 1  # the first; the last was analysed by its batch
     assert worker.started == 2  # killed by the batch too (its budget spent twice); a new one for the last
-    ahead.revive(application.settings)  # processing idle: the worker ahead is started again
+    started_ahead(application)  # processing idle: the worker ahead is started again
     assert ahead.worker.pid is not None and ahead.worker.started == 2
 
 
@@ -149,9 +159,7 @@ def test_analysis_ahead_is_bounded(application: App, monkeypatch: pytest.MonkeyP
 def test_a_sweep_yielding_to_intake_has_the_next_messages_analysed(application: App,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     ids = [accept(application, declaration(n)) for n in range(1, 21)]
-    ahead = application.processor.analyse_ahead()
-    assert ahead is not None
-    ahead.revive(application.settings)
+    ahead = started_ahead(application)
     monkeypatch.setattr(runner, "INTAKE_YIELD_SECONDS", 60.0)
     # Intake is busy until the worker has analysed every waiting message ahead.
     application.processor.intake_busy = lambda: ahead.taken == 0 and len(ahead) < len(ids)
@@ -170,9 +178,7 @@ def test_analysis_ahead_never_reads_the_answers_of_a_batchs_own_request(applicat
     settings = application.processor.settings  # a budget no loaded machine reaches
     application.processor.settings = replace(settings, processing=replace(settings.processing,
                                                                           analysis_timeout_seconds=30.0))
-    ahead = application.processor.analyse_ahead()
-    assert ahead is not None
-    ahead.revive(application.processor.settings)
+    ahead = started_ahead(application)
     monkeypatch.setattr(runner, "INTAKE_YIELD_SECONDS", 0.05)
     monkeypatch.setattr(runner, "BATCH_SIZE", 5)  # the analysis ahead asks for more than the batch
     calls: list[int] = []
@@ -205,9 +211,7 @@ def test_answers_ahead_for_messages_already_processed_are_dropped(application: A
     settings = application.processor.settings
     application.processor.settings = settings = replace(
         settings, processing=replace(settings.processing, analysis_timeout_seconds=30.0))
-    ahead = application.processor.analyse_ahead()
-    assert ahead is not None
-    ahead.revive(settings)
+    ahead = started_ahead(application)
     ahead.step(settings, 30.0)  # asked, not yet answered
     assert ahead.asking
     assert [r.status for r in application.processor.process_pending()] == ["processed"] * 4
