@@ -570,13 +570,10 @@ class Processor:
         return True
 
 
-class InlineAnalyses:
-    """``AnalysisStream``'s interface for analysis in this process (no worker): nothing overlaps."""
+class _InOrder:
+    """Part of ``AnalysisStream``'s interface: ``_left``, the ids still to answer, in order."""
 
-    def __init__(self, processor: Processor, inbound_ids: list[int]) -> None:
-        self._p = processor
-        self._left = inbound_ids
-        self.abandoned: list[int] = []
+    _left: list[int]
 
     def __bool__(self) -> bool:
         return bool(self._left)
@@ -584,6 +581,15 @@ class InlineAnalyses:
     @property
     def upcoming(self) -> int:
         return self._left[0]
+
+
+class InlineAnalyses(_InOrder):
+    """``AnalysisStream``'s interface for analysis in this process (no worker): nothing overlaps."""
+
+    def __init__(self, processor: Processor, inbound_ids: list[int]) -> None:
+        self._p = processor
+        self._left = inbound_ids
+        self.abandoned: list[int] = []
 
     def ready(self) -> bool:
         return bool(self._left)
@@ -596,7 +602,7 @@ class InlineAnalyses:
         self._left = []
 
 
-class AnalysedAhead:
+class AnalysedAhead(_InOrder):
     """A round's analyses when some were made ahead (processing/ahead.py): those first-hand, the
     others from the worker's request, in the round's order."""
 
@@ -608,13 +614,6 @@ class AnalysedAhead:
     @property
     def abandoned(self) -> list[int]:
         return self._rest.abandoned
-
-    def __bool__(self) -> bool:
-        return bool(self._left)
-
-    @property
-    def upcoming(self) -> int:
-        return self._left[0]
 
     def ready(self) -> bool:
         return bool(self._left) and (self._left[0] in self._known or self._rest.ready())
