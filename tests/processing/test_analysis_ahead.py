@@ -178,7 +178,7 @@ def test_analysis_ahead_never_reads_the_answers_of_a_batchs_own_request(applicat
     settings = application.processor.settings  # a budget no loaded machine reaches
     application.processor.settings = replace(settings, processing=replace(settings.processing,
                                                                           analysis_timeout_seconds=30.0))
-    ahead = started_ahead(application)
+    started_ahead(application)
     monkeypatch.setattr(runner, "INTAKE_YIELD_SECONDS", 0.05)
     monkeypatch.setattr(runner, "BATCH_SIZE", 5)  # the analysis ahead asks for more than the batch
     calls: list[int] = []
