@@ -110,7 +110,7 @@ class AnalysisAhead:
         self._forget_old()
         if len(self._facts) >= LOOKAHEAD or self._chars >= LOOKAHEAD_CHARS or not self.worker.ready_now():
             return
-        ids = [i for i in self._due_after(self._last, REQUEST) if i not in self._facts]
+        ids = self._due_after(self._last, REQUEST)  # above every id asked for: none analysed yet
         if not ids:
             return
         self._last = max(ids)

@@ -189,8 +189,8 @@ class _Host:
             write_gate(processor.factory.kw["bind"]).holding = progress.holding
         # Started (and stopped) from this, the main thread: PR_SET_PDEATHSIG follows the thread.
         processor.worker = AnalysisWorker(settings) if settings.processing.isolation == "process" else None
-        self.ahead = processor.analyse_ahead()  # while a sweep yields to intake (processing/ahead.py)
         processor.settings = settings
+        self.ahead = processor.analyse_ahead()  # while a sweep yields to intake (processing/ahead.py)
 
     def _send(self, message: tuple[str, Any]) -> None:
         with self._send_lock:

@@ -209,19 +209,20 @@ class Processor:
         urgent = self._due(limit, urgent=True)
         return urgent + self._due(limit - len(urgent), urgent=False) if len(urgent) < limit else urgent
 
-    def _due(self, limit: int, *, urgent: bool) -> list[int]:
+    def _due(self, limit: int, *, urgent: bool, after: int = 0) -> list[int]:
         """The due messages above NORMAL priority (``urgent``) or at NORMAL, in processing order.
         Two queries rather than one ``ORDER BY priority DESC, id``: each walks the index
         ``ix_inbound_pending`` (status, priority, id) in order and stops at ``limit``, where the
         mixed-direction sort would read every received row of a backlog first."""
+        stmt = due_query(self.clock.now(), urgent=urgent)
+        if after:  # above that id (analysis ahead: ``due_after``)
+            stmt = stmt.where(InboundMessage.id > after)
         with reading(self.factory) as session:
-            return list(session.scalars(due_query(self.clock.now(), urgent=urgent).limit(limit)))
+            return list(session.scalars(stmt.limit(limit)))
 
     def due_after(self, after: int, limit: int) -> list[int]:
         """The next ``limit`` due messages of normal priority above id ``after`` (analysis ahead)."""
-        with reading(self.factory) as session:
-            stmt = due_query(self.clock.now(), urgent=False).where(InboundMessage.id > after)
-            return list(session.scalars(stmt.limit(limit)))
+        return self._due(limit, urgent=False, after=after)
 
     def analyse_ahead(self) -> AnalysisAhead | None:
         """Analysis ahead, with a worker of its own at the lowest priority (the daemon's host);
@@ -737,15 +738,13 @@ class BatchRun:
         complement sent right after its declaration would be unthreaded — « message non
         reconnu » — when both wait in one batch (a backlog after a restart, an IMAP mailbox read
         at start). It is put off to the next round; so is its own Message-ID, for its replies."""
-        if not any(i in self.named_here for i in facts.named_ids):
-            if facts.message_id:
-                self.named_here.add(facts.message_id)
-            return False
-        log.info("inbound %s names a message processed after its analysis began: analysed again", inbound_id)
-        self.again.append(inbound_id)
+        stale = any(i in self.named_here for i in facts.named_ids)  # before its own id: it may name itself
         if facts.message_id:
             self.named_here.add(facts.message_id)
-        return True
+        if stale:
+            log.info("inbound %s names a message processed after its analysis began: analysed again", inbound_id)
+            self.again.append(inbound_id)
+        return stale
 
     def _analysed(self, analyses: AnalysisStream | InlineAnalyses | AnalysedAhead, attempts: dict[int, int],
                   todo: list[tuple[int, MessageFacts]]) -> None:

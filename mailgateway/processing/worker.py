@@ -70,12 +70,6 @@ class WorkerLost(Exception):
     """The worker died during the analysis (killed, out of memory): the message is tried again."""
 
 
-class WorkerBusy(WorkerLost):
-    """Another request's answers are still owed on the worker's pipe (never expected: the
-    analysis ahead waits for a batch's request, processing/ahead.py); the message is tried
-    again rather than given another message's answer."""
-
-
 class AnalysisRetry(Exception):
     """The worker's database was briefly unavailable: the message is tried again."""
 
@@ -310,9 +304,6 @@ class AnalysisWorker:
         self._conn: Connection | None = None
         # The message being analysed right now (status, metrics, tests): None when idle.
         self.busy_with: int | None = None
-        # The request whose answers are still in the pipe: one at a time (answers are read in
-        # order, so a second request's reader would read the first one's answers).
-        self.owing: AnalysisStream | None = None
         self._starting: float | None = None  # spawned at (monotonic), its "ready" not yet read
         self.started = 0  # workers started so far (restarts = started - 1)
 
@@ -413,7 +404,6 @@ class AnalysisWorker:
 
     def analyse(self, settings: Settings, inbound_id: int, timeout: float) -> MessageFacts | None:
         with self._lock:
-            self._free()
             conn = self._ready(settings)
             self.busy_with = inbound_id
             try:
@@ -439,12 +429,6 @@ class AnalysisWorker:
             raise AnalysisRetry(payload)
         raise AnalysisFailed(payload)
 
-    def _free(self, asking: AnalysisStream | None = None) -> None:
-        """Refuse to send a request while another one owes answers (processing/ahead.py settles
-        its own first): its answers would be read as this one's."""
-        if self.owing is not None and self.owing is not asking and self._conn is not None:
-            raise WorkerBusy("analysis worker still owes the answers of another request")
-
     def stream(self, settings: Settings, inbound_ids: Sequence[int], timeout: float) -> AnalysisStream:
         """Analyse ``inbound_ids`` in order with one request (a batch of a sweep); read the answers
         with ``AnalysisStream.next``, each message within its own budget of ``timeout`` seconds."""
@@ -454,7 +438,6 @@ class AnalysisWorker:
         """Kill the worker (if any) and forget it; the next message starts a new one."""
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
-        self.owing = None
         self._starting = None
         if conn is not None:
             conn.close()
@@ -520,8 +503,6 @@ class AnalysisStream:
             if self._left and self._conn is not None and worker._conn is self._conn:
                 worker._discard()
             self._left = []
-            if worker.owing is self:
-                worker.owing = None
 
     def ready(self) -> bool:
         """The next answer is already here (never waits): reading it costs no idle time."""
@@ -545,14 +526,12 @@ class AnalysisStream:
         worker = self._worker
         if self._conn is None or worker._conn is not self._conn:
             # First read, or the worker was replaced: this message and the rest, anew.
-            worker._free(self)
             try:
                 self._conn = worker._ready(self._settings)
             except WorkerUnavailable:
                 self.abandoned, self._left = self._left, []
                 raise
             worker._send(("analyse_many", ids))
-            worker.owing = self
             self._started = time.monotonic()
         return self._conn
 
@@ -588,8 +567,6 @@ class AnalysisStream:
                     raise WorkerLost(f"analysis worker answered for inbound {answered}")
             finally:
                 worker.busy_with = None
-            if not self._left and worker.owing is self:
-                worker.owing = None
             self._started = finished
         if kind == "ok":
             return inbound_id, payload
