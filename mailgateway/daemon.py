@@ -60,7 +60,7 @@ from mailgateway.scheduler import SchedulerExtension
 from mailgateway.sdnotify import SdNotifier, watchdog_interval
 from mailgateway.settings import Settings, load_settings
 from mailgateway.status import oldest_due_received
-from mailgateway.store.engine import head_revision, reading
+from mailgateway.store.engine import head_revision, reading, write_gate
 
 log = logging.getLogger("mailgateway.daemon")
 
@@ -244,7 +244,8 @@ class Daemon:
             self.host = HostSupervisor(self.settings, functools.partial(_host_builder, clock=self.clock),
                                        self.intake, self._on_result, self._on_outbound,
                                        on_exit=self.metrics.processing_host_exited,
-                                       expected_head=await asyncio.to_thread(head_revision))
+                                       expected_head=await asyncio.to_thread(head_revision),
+                                       gate_path=write_gate(self.app.factory.kw["bind"]).path)
         self.metrics.add_health_check("processing", self._processing_health)
         # Bulletins replace the default 5xx hook: fallback contact + staff task (bulletins/tracking.py).
         sender = self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,

@@ -42,7 +42,7 @@ from mailgateway.logs import setup_logging
 from mailgateway.processing.runner import Processor, Result
 from mailgateway.processing.worker import AnalysisWorker, WorkerUnavailable, _die_with_parent
 from mailgateway.settings import Settings
-from mailgateway.store.engine import write_gate
+from mailgateway.store.engine import flock_holders, write_gate
 
 log = logging.getLogger("mailgateway.processing.host")
 
@@ -295,7 +295,7 @@ class HostSupervisor:
     def __init__(self, settings: Settings, build_for: Callable[[Settings], Callable[[], HostedApp]],
                  intake: IntakeSignal, on_result: Callable[[Result], None],
                  on_outbound: Callable[[], None], on_exit: Callable[[], None] = lambda: None,
-                 expected_head: str | None = None) -> None:
+                 expected_head: str | None = None, gate_path: str | None = None) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         # The migration head the daemon checked at start: a host whose code differs refuses to run.
         self.expected_head = expected_head
@@ -303,6 +303,7 @@ class HostSupervisor:
         self.progress = HostProgress(self._ctx.RawArray("d", 3))
         self.progress.progressed()  # the daemon's start counts as progress
         self.settings = settings
+        self._gate_path = gate_path  # SQLite's write gate (store/engine.py), asked of the kernel
         self._build_for = build_for
         self._intake = intake
         self._on_result = on_result
@@ -378,7 +379,7 @@ class HostSupervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=60.0)
 
-    def _stuck(self, spawned: float) -> str | None:
+    def _stuck(self, pid: int | None, spawned: float) -> str | None:
         """Why a ready host must be killed: it holds the write gate too long (intake gets 451s
         meanwhile), or its heartbeat stopped beyond the analysis budget (paused, wedged)."""
         now = time.monotonic()
@@ -386,9 +387,15 @@ class HostSupervisor:
         since = self.progress.gate_since()
         if since and now - since > bound:
             return f"held the write gate for {now - since:.0f} s (bound {bound:g} s)"
+        silent = now - max(self.progress.heartbeat(), spawned)
+        # A host paused between its flock and saying so holds the gate unseen: silent beyond the
+        # gate's bound while the kernel says it holds the lock is held too long, whatever it said
+        # (intake gets 451s meanwhile). Asked of the kernel only then: a busy host takes and
+        # releases the gate many times a second, so a holder seen twice proves nothing.
+        if silent > bound and self._gate_path and pid is not None and pid in flock_holders(self._gate_path):
+            return f"held the write gate for over {bound:g} s unreported, silent for {silent:.0f} s"
         if self.settings.processing.isolation != "process":
             return None  # analysis in the host itself has no time budget: its silence proves nothing
-        silent = now - max(self.progress.heartbeat(), spawned)
         limit = bound + self.settings.processing.analysis_timeout_seconds
         if silent > limit:
             return f"no heartbeat for {silent:.0f} s (bound {limit:g} s)"
@@ -434,7 +441,7 @@ class HostSupervisor:
                 elif not self.ready and time.monotonic() - spawned > STARTUP_SECONDS and not exited.done():
                     log.error("processing host %s not ready after %.0f s: killing it", proc.pid, STARTUP_SECONDS)
                     proc.kill()
-                elif self.ready and not exited.done() and (why := self._stuck(spawned)):
+                elif self.ready and not exited.done() and (why := self._stuck(proc.pid, spawned)):
                     # SIGKILL: a paused host gets no other signal; the kernel releases its flock.
                     log.error("processing host %s %s: killed (SIGKILL), restarting it", proc.pid, why)
                     proc.kill()

@@ -109,6 +109,7 @@ class NullGate:
     """PostgreSQL has row locks: no gate."""
 
     holding: Callable[[float], None] | None = None
+    path: str | None = None
 
     def acquire(self, timeout: float | None = None) -> None:
         pass
@@ -262,6 +263,30 @@ class WriteGate:
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
+
+
+def flock_holders(path: str) -> set[int]:
+    """The processes holding an ``flock`` on ``path``, read from ``/proc/locks`` (Linux; empty
+    elsewhere or when unreadable). A line with ``->`` is a request still waiting, not a holder.
+
+    The daemon's supervision asks it of a silent processing host: the host says when it holds the
+    write gate, but a host paused between ``flock`` and saying so held it unseen (processing/host.py).
+    Lines read ``N: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF`` (proc(5))."""
+    try:
+        inode = os.stat(path, follow_symlinks=False).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return set()
+    holders: set[int] = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        pid, where = fields[4], fields[5]
+        if where.rpartition(":")[2] == str(inode) and pid.isdigit():
+            holders.add(int(pid))
+    return holders
 
 
 _GATES: dict[str, WriteGate] = {}
