@@ -27,6 +27,7 @@ from mailgateway.dispatch.mailer import Mailer
 from mailgateway.mail.auth import organisational_domain
 from mailgateway.mail.dates import detection_fr
 from mailgateway.mail.facts import MessageFacts
+from mailgateway.processing import later
 from mailgateway.settings import Settings
 from mailgateway.store.models import Case, InboundMessage
 
@@ -36,6 +37,8 @@ class Env:
     settings: Settings
     mailer: Mailer
     clock: Clock
+    # Set by a sweep working through a backlog: staff notifications wait for its end (processing/later.py).
+    defer_staff_notices: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,9 +162,12 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         **(extra or {}),
     }
     assignee = [case.assignee] if case.assignee and kind == "notification_reponse" else None
-    return env.mailer.send_to_staff(
-        session, case.region, template=template, context=context, kind=kind, key=f"{kind}:{inbound.id}",
-        recipients=assignee, case=case, priority=0,
-        in_reply_to=facts.message_id, references=facts.answer_references(),
-        attachments=attachments,
-    )
+    call: dict[str, Any] = {
+        "template": template, "context": context, "kind": kind, "key": f"{kind}:{inbound.id}",
+        "recipients": assignee, "priority": 0,
+        "in_reply_to": facts.message_id, "references": facts.answer_references(),
+    }
+    if env.defer_staff_notices and later.defer(session, env.clock.now(), case, inbound, case.region,
+                                               bool(attachments), call):
+        return len(assignee or ()) or 1
+    return env.mailer.send_to_staff(session, case.region, case=case, attachments=attachments, **call)

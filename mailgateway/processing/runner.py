@@ -58,6 +58,7 @@ from mailgateway.logs import bind, log_context
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
+from mailgateway.processing import later
 from mailgateway.processing.ahead import NICE, AnalysisAhead
 from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.pipeline import HANDLERS, PREHANDLERS
@@ -199,6 +200,10 @@ class Processor:
         # INTAKE_YIELD_SECONDS per message) before taking the write lock: accepting is what the
         # sender's MTA waits on, processing can follow a moment later (README, "Benchmarks").
         self.intake_busy: Callable[[], bool] | None = None
+        # Staff notifications may wait in deferred_staff_notices (processing/later.py): True at
+        # start (a crash may have left some), until a sweep finds none.
+        self.deferred_notices = True
+        self._deferred_checked = time.monotonic()
 
     def context(self, session: Session) -> AnalysisContext:
         return context_for(self.settings, session)
@@ -504,22 +509,59 @@ class Processor:
         backlog = deque(self._due(limit, urgent=False))
         tried: set[int] = set()
         tried_urgent = 0
-        while len(tried) < limit:
-            self._yield_to_intake()
-            if self.halt.is_set():  # the daemon's drain ran out: the rest waits for the next start
-                break
-            size = min(BATCH_SIZE, limit - len(tried))
-            # Tried urgent messages still received (retry, skipped) are skipped, not taken again.
-            urgent = [i for i in self._due(size + tried_urgent, urgent=True) if i not in tried]
-            batch = urgent[:max(0, size - min(FIFO_SHARE, len(backlog)))]
-            tried_urgent += len(batch)
-            while len(batch) < size and backlog:
-                batch.append(backlog.popleft())
-            if not batch:
-                break
-            tried.update(batch)
-            results += self.process_batch(batch, may_defer=True)
+        # A backlog: its staff notifications wait until it is done (processing/later.py).
+        self.env.defer_staff_notices = deferring = len(backlog) > BATCH_SIZE
+        try:
+            while len(tried) < limit:
+                self._yield_to_intake()
+                if self.halt.is_set():  # the daemon's drain ran out: the rest waits for the next start
+                    break
+                size = min(BATCH_SIZE, limit - len(tried))
+                # Tried urgent messages still received (retry, skipped) are skipped, not taken again.
+                urgent = [i for i in self._due(size + tried_urgent, urgent=True) if i not in tried]
+                batch = urgent[:max(0, size - min(FIFO_SHARE, len(backlog)))]
+                tried_urgent += len(batch)
+                while len(batch) < size and backlog:
+                    batch.append(backlog.popleft())
+                if not batch:
+                    break
+                tried.update(batch)
+                results += self.process_batch(batch, may_defer=True)
+                if deferring:
+                    self.deferred_notices = True
+                    self._send_deferred(waited=later.LATER_MAX_SECONDS)
+        finally:
+            self.env.defer_staff_notices = False
+        if not self.halt.is_set() and not self._due(1, urgent=False) and not self._due(1, urgent=True):
+            self._send_deferred()
         return results
+
+    def _send_deferred(self, waited: float | None = None) -> None:
+        """Staff notifications put off by backlogs (processing/later.py): every one when nothing
+        is due (``waited`` None), else those that waited ``waited`` seconds, at most every half of
+        it. Each chunk of them is a write transaction, after intake had its turn."""
+        if not self.deferred_notices:
+            return
+        now = time.monotonic()
+        if waited is not None:
+            if now - self._deferred_checked < waited / 2:
+                return
+            self._deferred_checked = now
+        if not later.any_deferred(self.factory):
+            self.deferred_notices = waited is not None
+            return
+        sent = 0
+        while not self.halt.is_set():
+            self._yield_to_intake()
+            taken = later.send_deferred(self.env.mailer, self.factory, self.clock, waited=waited)
+            sent += taken
+            if taken < later.LATER_CHUNK:
+                if waited is None:
+                    self.deferred_notices = False
+                break
+        if sent:
+            log.info("%s deferred staff notification(s) queued", sent)
+            self.on_outbound()
 
     def process_backlog(self, limit: int = 200) -> list[Result]:
         """Sweeps of ``limit`` until one comes back short: the whole backlog, not the first

@@ -470,6 +470,20 @@ class StaffNoticeLog(Base):
     at: Mapped[datetime]
 
 
+class DeferredStaffNotice(Base):
+    """A staff notification put off while a backlog is processed (processing/later.py): what
+    ``Mailer.send_to_staff`` is to be called with, written in the transaction that processed its
+    message, composed and queued once the backlog is done (or at the latest after a bound)."""
+
+    __tablename__ = "deferred_staff_notices"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class Bulletin(Base):
     __tablename__ = "bulletins"
 

@@ -1,0 +1,131 @@
+"""Staff notifications put off while a backlog is processed (issue 19).
+
+In a burst each declaration costs an acknowledgement and a staff notification. The notification
+(composed with the original attached, signed, sent, stored by the relay) is about a fifth of a
+declaration's CPU on a 2-CPU machine, all of it spent before the next declarant gets their
+acknowledgement. What the declarant waits for is that acknowledgement, the receipt the
+regulation's declaration calls for; staff read the new cases a moment later either way.
+
+So while a sweep works through a backlog (more than a batch of messages due), ``notify_staff``
+(processing/context.py) writes what it would queue into ``deferred_staff_notices``, in the
+transaction that processes the message, and the sweep composes and queues those notices once
+nothing is due any more, or as soon as the oldest has waited ``LATER_MAX_SECONDS``: a continuous
+stream of arrivals delays staff by that bound at most, never starves them. Nothing is lost: a
+crash in between leaves the rows, composed by the next sweep (``Processor``, processing/runner.py,
+says there may be some at start). What is decided is decided in the processing transaction
+(the per-sender cap, the recipients of a reply, whether the original fits); the staff list and
+the case's TLP marking are read when composing, seconds later, like any mail queued then.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailgateway.clock import Clock
+from mailgateway.dispatch.compose import Attachment
+from mailgateway.dispatch.mailer import Mailer
+from mailgateway.store.engine import reading, transaction, write_gate
+from mailgateway.store.models import Case, DeferredStaffNotice, InboundMessage
+
+log = logging.getLogger("mailgateway.processing")
+
+# The longest a staff notification waits behind a backlog before it is composed anyway.
+LATER_MAX_SECONDS = 10.0
+# Notices composed in one write transaction (the accept writer waits for the gate meanwhile).
+LATER_CHUNK = 50
+
+_INSERT = insert(DeferredStaffNotice)
+
+
+def defer(session: Session, now: datetime, case: Case, inbound: InboundMessage | None, region: str,
+          attach_original: bool, call: dict[str, Any]) -> bool:
+    """Put off ``Mailer.send_to_staff(session, region, case=case, **call)`` (the original of
+    ``inbound`` attached if ``attach_original``). False, and nothing written, when ``call`` is not
+    plain JSON: it is then sent at once, as before."""
+    spec = {**call, "region": region, "attach_original": attach_original}
+    try:
+        json.dumps(spec, allow_nan=False)
+    except (TypeError, ValueError):
+        log.warning("staff notice %s not deferred: its context is not plain JSON", call.get("key"))
+        return False
+    session.execute(_INSERT, {"created_at": now, "case_id": case.id,
+                              "inbound_id": inbound.id if inbound is not None else None, "spec": spec})
+    return True
+
+
+def any_deferred(factory: sessionmaker[Session]) -> bool:
+    """Whether some notice waits: read first, so a sweep finding none takes no write lock."""
+    with reading(factory) as session:
+        return session.scalar(select(DeferredStaffNotice.id).limit(1)) is not None
+
+
+def send_deferred(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, *,
+                  waited: float | None = None, limit: int = LATER_CHUNK) -> int:
+    """Compose and queue, oldest first, up to ``limit`` deferred notices (only those that have
+    waited ``waited`` seconds, if given) in one write transaction; return how many were taken.
+
+    A notice that fails to compose (a template error) is journaled on its case as not sent and
+    dropped, with the error logged: it would fail the same way at every sweep. That transaction
+    then runs again with a savepoint per notice, so the others are queued."""
+    try:
+        return _send(mailer, factory, clock, waited, limit, careful=False)
+    except OperationalError:
+        raise
+    except Exception:
+        log.warning("deferred staff notices failed in one transaction; again one by one", exc_info=True)
+        return _send(mailer, factory, clock, waited, limit, careful=True)
+
+
+def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: float | None, limit: int, *,
+          careful: bool) -> int:
+    model = DeferredStaffNotice
+    with write_gate(factory.kw["bind"]), transaction(factory) as session:
+        # SKIP LOCKED: on PostgreSQL, two instances compose different notices (ignored by SQLite,
+        # whose writers take turns). Queuing is idempotent anyway (outbox keys).
+        stmt = select(model).order_by(model.id).limit(limit).with_for_update(skip_locked=True)
+        if waited is not None:
+            stmt = stmt.where(model.created_at <= clock.now() - timedelta(seconds=waited))
+        notices = list(session.scalars(stmt))
+        if not notices:
+            return 0
+        cases = {c.id: c for c in session.scalars(select(Case).where(Case.id.in_({n.case_id for n in notices})))}
+        for notice in notices:
+            if careful:
+                try:
+                    with session.begin_nested():
+                        _queue(mailer, session, notice, cases[notice.case_id])
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    _failed(mailer, session, clock, notice, cases[notice.case_id], exc)
+            else:
+                _queue(mailer, session, notice, cases[notice.case_id])
+        session.execute(delete(model).where(model.id.in_([n.id for n in notices])))
+    return len(notices)
+
+
+def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, case: Case) -> None:
+    call = dict(notice.spec)
+    region = call.pop("region")
+    attachments: list[Attachment] = []
+    if call.pop("attach_original", False) and notice.inbound_id is not None:
+        raw = session.scalar(select(InboundMessage.raw).where(InboundMessage.id == notice.inbound_id))
+        if raw:
+            attachments = [Attachment(raw, "message-original.eml")]
+    mailer.send_to_staff(session, region, case=case, attachments=attachments, **call)
+
+
+def _failed(mailer: Mailer, session: Session, clock: Clock, notice: DeferredStaffNotice, case: Case,
+            exc: Exception) -> None:
+    log.error("deferred staff notice %s for case %s not sent: %s", notice.spec.get("key"), case.reference, exc,
+              exc_info=exc)
+    mailer.journal(session, case, type="envoi_refuse", actor="passerelle", at=clock.now(),
+                   data={"destinataire": "équipe", "type": notice.spec.get("kind"),
+                         "motif": f"erreur de composition : {type(exc).__name__}"})

@@ -1,0 +1,145 @@
+"""Staff notifications wait while a backlog is processed (processing/later.py, issue 19).
+
+In a burst the declarants' acknowledgements go first; each staff notification is written in the
+transaction that processed its message and composed once nothing is due, or once it waited
+``LATER_MAX_SECONDS``. A handful of messages is handled as before: its notifications in its own
+transaction. Nothing is lost across a crash; a notice that fails to compose is said on its case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from mailgateway.app import App, build_app
+from mailgateway.clock import FixedClock
+from mailgateway.processing import later, runner
+from mailgateway.store.engine import reading
+from mailgateway.store.models import Case, CaseEvent, DeferredStaffNotice, OutboundMessage
+from tests.processing.test_batches import NOW, accept, settings_for
+from tests.support.db import at_head
+
+
+def declaration(n: int) -> bytes:
+    return (
+        f"From: rssi{n}@clinique-{n}.test\r\nTo: ssi-ara@ars.test\r\nSubject: Incident {n}\r\n"
+        f"Message-ID: <later-{n}@clinique.test>\r\nDate: Fri, 27 Nov 2026 09:00:00 +0100\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"Numéro FINESS : 69078181{n % 10}\r\nType d'incident : rançongiciel\r\n"
+        f"Serveurs chiffrés, incident numéro {n}.\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[App]:
+    application = build_app(settings_for(at_head(db_url)), clock=FixedClock(NOW))
+    yield application
+    application.close()
+
+
+def outbox(app: App) -> list[tuple[int, str, str]]:
+    with reading(app.factory) as s:
+        rows = s.scalars(select(OutboundMessage).order_by(OutboundMessage.id))
+        return [(r.id, r.kind, r.idempotency_key) for r in rows]
+
+
+def waiting(app: App) -> int:
+    with reading(app.factory) as s:
+        return len(list(s.scalars(select(DeferredStaffNotice.id))))
+
+
+def test_a_backlog_acknowledges_every_declarant_before_staff_are_notified(app: App) -> None:
+    n = runner.BATCH_SIZE + 5  # more than a batch: a backlog
+    for i in range(n):
+        accept(app, declaration(i))
+    results = app.processor.process_pending()
+    assert [r.status for r in results] == ["processed"] * n
+    rows = outbox(app)
+    acks = [i for i, kind, _ in rows if kind == "accuse_reception"]
+    notices = [i for i, kind, _ in rows if kind == "notification_equipe"]
+    assert len(acks) == n and len(notices) == n  # one agent: a notification each, none lost
+    assert max(acks) < min(notices)  # every acknowledgement queued first
+    assert waiting(app) == 0  # nothing due any more: all composed at the end of the sweep
+    with reading(app.factory) as s:  # each on its case's timeline, as when composed at once
+        sent = s.scalars(select(CaseEvent).where(CaseEvent.type == "mail_sortant")).all()
+        assert sorted(e.data["type"] for e in sent) == ["accuse_reception"] * n + ["notification_equipe"] * n
+        # The original is attached to each, as to a notification composed at once.
+        raw = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).first()
+        assert raw is not None and b"message-original.eml" in raw
+
+
+def test_a_few_messages_notify_staff_in_their_own_transaction(app: App) -> None:
+    for i in range(3):
+        accept(app, declaration(i))
+    app.processor.process_pending()
+    kinds = [kind for _, kind, _ in outbox(app)]
+    # Declaration by declaration: its acknowledgement, then its notification.
+    assert kinds == ["accuse_reception", "notification_equipe"] * 3
+
+
+def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str) -> None:
+    url = at_head(db_url)
+    first = build_app(settings_for(url), clock=FixedClock(NOW))
+    try:
+        for i in range(runner.BATCH_SIZE + 5):
+            accept(first, declaration(i))
+        # The sweep stops before its end (a crash after some commits): nothing composed yet.
+        first.processor.env.defer_staff_notices = True
+        first.processor.process_batch(list(range(1, 11)))
+        first.processor.env.defer_staff_notices = False
+        assert waiting(first) == 10
+    finally:
+        first.close()
+    second = build_app(settings_for(url), clock=FixedClock(NOW))
+    try:
+        second.processor.process_pending()
+        assert waiting(second) == 0
+        assert len([k for _, k, _ in outbox(second) if k == "notification_equipe"]) == runner.BATCH_SIZE + 5
+    finally:
+        second.close()
+
+
+def test_a_continuous_stream_never_starves_staff(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bound reached at once: every batch of the backlog sends the notices waiting so far.
+    monkeypatch.setattr(later, "LATER_MAX_SECONDS", 0.0)
+    n = 3 * runner.BATCH_SIZE
+    for i in range(n):
+        accept(app, declaration(i))
+    app.processor.process_pending()
+    rows = outbox(app)
+    last_ack = max(i for i, kind, _ in rows if kind == "accuse_reception")
+    assert any(i < last_ack for i, kind, _ in rows if kind == "notification_equipe")
+
+
+def test_a_context_that_is_not_plain_json_is_sent_at_once(app: App) -> None:
+    with app.factory() as s:
+        case = Case(reference="SSI-ARA-2026-9999", region="ARA", kind="incident", status="NOUVEAU", title="t",
+                    opened_at=NOW, updated_at=NOW)
+        assert not later.defer(s, NOW, case, None, "ARA", False, {"context": {"at": NOW}})
+        assert not later.defer(s, NOW, case, None, "ARA", False, {"context": {"x": float("nan")}})
+
+
+def test_a_notice_that_fails_to_compose_is_said_on_its_case_and_the_others_go(app: App,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    n = runner.BATCH_SIZE + 5
+    for i in range(n):
+        accept(app, declaration(i))
+    real = app.env.mailer.send_to_staff
+
+    def send_to_staff(session: Any, region: str, **kw: Any) -> int:
+        if kw["key"].endswith(":3"):
+            raise RuntimeError("template broken")
+        return real(session, region, **kw)
+
+    monkeypatch.setattr(app.env.mailer, "send_to_staff", send_to_staff)
+    app.processor.process_pending()
+    assert waiting(app) == 0  # dropped, not tried at every sweep
+    assert len([k for _, k, _ in outbox(app) if k == "notification_equipe"]) == n - 1
+    with reading(app.factory) as s:
+        refused = s.scalars(select(CaseEvent).where(CaseEvent.type == "envoi_refuse")).all()
+        assert [(e.data["type"], e.data["motif"]) for e in refused] == [
+            ("notification_equipe", "erreur de composition : RuntimeError")]
+
