@@ -49,9 +49,9 @@ def defer(session: Session, now: datetime, case: Case, inbound: InboundMessage |
     """Put off ``Mailer.send_to_staff(session, region, case=case, **call)`` (the original of
     ``inbound`` attached if ``attach_original``). False, and nothing written, when ``call`` is not
     plain JSON: it is then sent at once, as before."""
-    spec = {**call, "region": region, "attach_original": attach_original}
     try:
-        json.dumps(spec, allow_nan=False)
+        spec = json.dumps({**call, "region": region, "attach_original": attach_original}, allow_nan=False,
+                          ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError):
         log.warning("staff notice %s not deferred: its context is not plain JSON", call.get("key"))
         return False
@@ -97,35 +97,36 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
             return 0
         cases = {c.id: c for c in session.scalars(select(Case).where(Case.id.in_({n.case_id for n in notices})))}
         for notice in notices:
+            call = json.loads(notice.spec)
             if careful:
                 try:
                     with session.begin_nested():
-                        _queue(mailer, session, notice, cases[notice.case_id])
+                        _queue(mailer, session, notice, call, cases[notice.case_id])
                 except OperationalError:
                     raise
                 except Exception as exc:
-                    _failed(mailer, session, clock, notice, cases[notice.case_id], exc)
+                    _failed(mailer, session, clock, call, cases[notice.case_id], exc)
             else:
-                _queue(mailer, session, notice, cases[notice.case_id])
+                _queue(mailer, session, notice, call, cases[notice.case_id])
         session.execute(delete(model).where(model.id.in_([n.id for n in notices])))
     return len(notices)
 
 
-def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, case: Case) -> None:
-    call = dict(notice.spec)
+def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, call: dict[str, Any], case: Case) -> None:
+    call = dict(call)
     region = call.pop("region")
     attachments: list[Attachment] = []
     if call.pop("attach_original", False) and notice.inbound_id is not None:
-        raw = session.scalar(select(InboundMessage.raw).where(InboundMessage.id == notice.inbound_id))
+        # One original at a time (each may be megabytes); no flush of the last notice's rows first.
+        with session.no_autoflush:
+            raw = session.scalar(select(InboundMessage.raw).where(InboundMessage.id == notice.inbound_id))
         if raw:
             attachments = [Attachment(raw, "message-original.eml")]
     mailer.send_to_staff(session, region, case=case, attachments=attachments, **call)
 
 
-def _failed(mailer: Mailer, session: Session, clock: Clock, notice: DeferredStaffNotice, case: Case,
-            exc: Exception) -> None:
-    log.error("deferred staff notice %s for case %s not sent: %s", notice.spec.get("key"), case.reference, exc,
-              exc_info=exc)
+def _failed(mailer: Mailer, session: Session, clock: Clock, call: dict[str, Any], case: Case, exc: Exception) -> None:
+    log.error("deferred staff notice %s for case %s not sent: %s", call.get("key"), case.reference, exc, exc_info=exc)
     mailer.journal(session, case, type="envoi_refuse", actor="passerelle", at=clock.now(),
-                   data={"destinataire": "équipe", "type": notice.spec.get("kind"),
+                   data={"destinataire": "équipe", "type": call.get("kind"),
                          "motif": f"erreur de composition : {type(exc).__name__}"})

@@ -481,7 +481,7 @@ class DeferredStaffNotice(Base):
     created_at: Mapped[datetime] = mapped_column(index=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[str] = mapped_column(Text)  # JSON, encoded once by the writer (it checks it is plain JSON)
 
 
 class Bulletin(Base):
