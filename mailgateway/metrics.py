@@ -289,6 +289,10 @@ class _StateCollector(Collector):
         yield depth
         yield _gauge("outbox_oldest_age_seconds", "Age of the oldest outbound message waiting",
                      snap.outbox_oldest_age_seconds or 0.0)
+        yield _gauge("staff_notices_deferred", "Staff notifications put off behind a backlog (processing/later.py)",
+                     snap.staff_notices_deferred)
+        yield _gauge("staff_notices_deferred_oldest_age_seconds", "Age of the oldest deferred staff notification",
+                     snap.staff_notices_oldest_age_seconds or 0.0)
         yield _gauge("cases_open", "Open cases", snap.cases_open)
         yield _gauge("staff_mail_failed", "Mail to staff refused for good or expired within "
                      "[outbound] staff_failure_window_hours", snap.staff_failed)

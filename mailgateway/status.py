@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from mailgateway.cases.lifecycle import CLOSED
 from mailgateway.clock import aware, french_datetime
 from mailgateway.dispatch.failures import FailedMail, count_staff_failures, staff_failures
-from mailgateway.store.models import Case, InboundMessage, MailboxState, OutboundMessage
+from mailgateway.store.models import Case, DeferredStaffNotice, InboundMessage, MailboxState, OutboundMessage
 
 # Outbox rows still to deliver (queued -> sending -> sent | failed | expired | refused).
 PENDING_OUTBOX = ("queued", "sending")
@@ -88,6 +88,9 @@ class Snapshot:
     staff_failures: tuple[FailedMail, ...] = ()
     # Age of the oldest message due for processing (received, not deferred), None when none waits.
     inbound_oldest_due_age_seconds: float | None = None
+    # Staff notifications put off behind a backlog (processing/later.py): how many, the oldest's age.
+    staff_notices_deferred: int = 0
+    staff_notices_oldest_age_seconds: float | None = None
 
     @property
     def outbox_depth(self) -> int:
@@ -103,6 +106,11 @@ class Snapshot:
             found.append(f"traitement arrêté ou bloqué : le plus ancien message à traiter attend depuis {_age(late)} "
                          f"(processing stalled: oldest due message waiting {int(late)} s) ; voir le journal "
                          "du service")
+        held = self.staff_notices_oldest_age_seconds
+        if held is not None and held > PROCESSING_LATE_SECONDS:
+            found.append(f"{self.staff_notices_deferred} notification(s) aux agents différée(s), la plus ancienne "
+                         f"depuis {_age(held)} (staff notifications deferred for {int(held)} s: processing stalled "
+                         "or stopped) ; voir le journal du service")
         return found
 
 
@@ -166,8 +174,10 @@ def snapshot(session: Session, now: datetime, *, full: bool = True, staff: Colle
             failures = tuple(staff_failures(session, staff, failures_since, limit=20))
     due = oldest_due_received(session, now) if backlog else None
     due_age = max(0.0, (now - due).total_seconds()) if due is not None else None
+    deferred, first = session.execute(select(func.count(), func.min(DeferredStaffNotice.created_at))).one()
+    deferred_age = max(0.0, (now - aware(first)).total_seconds()) if first is not None else None
     return Snapshot(now, backlog, quarantined, outbox, oldest_age, cases_open, read_mailboxes(session),
-                    inbound, by_region, failed, failures, due_age)
+                    inbound, by_region, failed, failures, due_age, int(deferred or 0), deferred_age)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -183,6 +193,8 @@ def to_json(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) -> dic
         "outbox": {"depth": snap.outbox_depth, "by_status": snap.outbox,
                    "oldest_age_seconds": snap.outbox_oldest_age_seconds},
         "inbound_oldest_due_age_seconds": snap.inbound_oldest_due_age_seconds,
+        "staff_notices_deferred": {"count": snap.staff_notices_deferred,
+                                   "oldest_age_seconds": snap.staff_notices_oldest_age_seconds},
         "cases_open": snap.cases_open,
         "cases_open_by_region": snap.cases_open_by_region,
         "staff_mail_failed": snap.staff_failed,
@@ -237,6 +249,8 @@ def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) ->
         f"File sortante : {snap.outbox_depth} message(s) à envoyer "
         f"({', '.join(f'{OUTBOX_STATUS_FR.get(k, k)} {v}' for k, v in snap.outbox.items())}), "
         f"plus ancien : {_age(snap.outbox_oldest_age_seconds)}",
+        f"Notifications aux agents différées (après une rafale) : {snap.staff_notices_deferred}, plus ancienne : "
+        f"{_age(snap.staff_notices_oldest_age_seconds)}",
         "",
         f"Dossiers ouverts : {snap.cases_open}"
         + (f" ({', '.join(f'{r} {n}' for r, n in snap.cases_open_by_region.items())})"

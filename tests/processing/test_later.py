@@ -9,11 +9,13 @@ transaction. Nothing is lost across a crash; a notice that fails to compose is s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from mailgateway import status
 from mailgateway.app import App, build_app
 from mailgateway.clock import FixedClock
 from mailgateway.processing import later, runner
@@ -143,3 +145,22 @@ def test_a_notice_that_fails_to_compose_is_said_on_its_case_and_the_others_go(ap
         assert [(e.data["type"], e.data["motif"]) for e in refused] == [
             ("notification_equipe", "erreur de composition : RuntimeError")]
 
+
+
+def test_operators_see_deferred_notices_and_a_problem_when_they_wait_too_long(db_url: str) -> None:
+    url = at_head(db_url)
+    app = build_app(settings_for(url), clock=FixedClock(NOW))
+    try:
+        for i in range(3):
+            accept(app, declaration(i))
+        app.processor.env.defer_staff_notices = True  # a sweep stopped in a backlog (a crash)
+        app.processor.process_batch([1, 2, 3])
+        with reading(app.factory) as s:
+            soon = status.snapshot(s, NOW + timedelta(seconds=30))
+            late = status.snapshot(s, NOW + timedelta(hours=1))
+        assert (soon.staff_notices_deferred, soon.staff_notices_oldest_age_seconds) == (3, 30.0)
+        assert status.to_json(soon)["staff_notices_deferred"] == {"count": 3, "oldest_age_seconds": 30.0}
+        assert not soon.problems()
+        assert any("3 notification(s) aux agents différée(s)" in p for p in late.problems())
+    finally:
+        app.close()
