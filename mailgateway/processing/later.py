@@ -12,9 +12,10 @@ transaction that processes the message, and the sweep composes and queues those 
 nothing is due any more, or as soon as the oldest has waited ``LATER_MAX_SECONDS``: a continuous
 stream of arrivals delays staff by that bound at most, never starves them. Nothing is lost: a
 crash in between leaves the rows, composed by the next sweep (``Processor``, processing/runner.py,
-says there may be some at start). What is decided is decided in the processing transaction
-(the per-sender cap, the recipients of a reply, whether the original fits); the staff list and
-the case's TLP marking are read when composing, seconds later, like any mail queued then.
+says there may be some at start, and looks for other instances' once a minute). What is decided
+is decided in the processing transaction (the per-sender cap, the recipients of a reply, whether
+the original fits); the staff list and the case's TLP marking are read when composing, seconds
+later, like any mail queued then.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ log = logging.getLogger("mailgateway.processing")
 LATER_MAX_SECONDS = 10.0
 # Notices composed in one write transaction (the accept writer waits for the gate meanwhile).
 LATER_CHUNK = 50
+# A processor with none of its own deferred looks for other instances' (a crash) this often.
+LOOK_SECONDS = 60.0
 
 _INSERT = insert(DeferredStaffNotice)
 

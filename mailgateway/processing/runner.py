@@ -203,7 +203,7 @@ class Processor:
         # Staff notifications may wait in deferred_staff_notices (processing/later.py): True at
         # start (a crash may have left some), until a sweep finds none.
         self.deferred_notices = True
-        self._deferred_checked = time.monotonic()
+        self._deferred_checked = self._deferred_looked = time.monotonic()
 
     def context(self, session: Session) -> AnalysisContext:
         return context_for(self.settings, session)
@@ -540,9 +540,12 @@ class Processor:
         """Staff notifications put off by backlogs (processing/later.py): every one when nothing
         is due (``waited`` None), else those that waited ``waited`` seconds, at most every half of
         it. Each chunk of them is a write transaction, after intake had its turn."""
-        if not self.deferred_notices:
-            return
         now = time.monotonic()
+        if not self.deferred_notices:
+            # None of ours; another instance's, left by its crash (PostgreSQL): looked for at times.
+            if waited is not None or now - self._deferred_looked < later.LOOK_SECONDS:
+                return
+            self._deferred_looked = now
         if waited is not None:
             if now - self._deferred_checked < waited / 2:
                 return

@@ -164,3 +164,17 @@ def test_operators_see_deferred_notices_and_a_problem_when_they_wait_too_long(db
         assert any("3 notification(s) aux agents différée(s)" in p for p in late.problems())
     finally:
         app.close()
+
+
+def test_another_instances_leftovers_are_looked_for_once_a_minute(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    app.processor.process_pending()  # nothing of its own: it stops looking
+    assert app.processor.deferred_notices is False
+    accept(app, declaration(1))
+    app.processor.env.defer_staff_notices = True  # another instance's processing, then its crash
+    app.processor.process_batch([1])
+    app.processor.env.defer_staff_notices = False
+    app.processor.process_pending()
+    assert waiting(app) == 1  # not looked for yet
+    monkeypatch.setattr(later, "LOOK_SECONDS", 0.0)
+    app.processor.process_pending()
+    assert waiting(app) == 0
