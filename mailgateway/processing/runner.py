@@ -550,18 +550,27 @@ class Processor:
             if now - self._deferred_checked < waited / 2:
                 return
             self._deferred_checked = now
-        if not later.any_deferred(self.factory):
-            self.deferred_notices = waited is not None
+        try:
+            if not later.any_deferred(self.factory):
+                self.deferred_notices = waited is not None
+                return
+        except OperationalError as exc:
+            log.warning("database unavailable while looking for deferred staff notifications: %s", exc)
             return
         sent = 0
-        while not self.halt.is_set():
-            self._yield_to_intake()
-            taken = later.send_deferred(self.env.mailer, self.factory, self.clock, waited=waited)
-            sent += taken
-            if taken < later.LATER_CHUNK:
-                if waited is None:
-                    self.deferred_notices = False
-                break
+        try:
+            while not self.halt.is_set():
+                self._yield_to_intake()
+                taken = later.send_deferred(self.env.mailer, self.factory, self.clock, waited=waited)
+                sent += taken
+                if taken < later.LATER_CHUNK:
+                    if waited is None:
+                        self.deferred_notices = False
+                    break
+        except OperationalError as exc:  # they stay deferred: the next sweep tries again
+            log.warning("database unavailable while queuing deferred staff notifications: %s", exc)
+        except Exception:
+            log.exception("deferred staff notifications not queued; tried again at the next sweep")
         if sent:
             log.info("%s deferred staff notification(s) queued", sent)
             self.on_outbound()
