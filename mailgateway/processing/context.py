@@ -167,7 +167,7 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         "recipients": assignee, "priority": 0,
         "in_reply_to": facts.message_id, "references": facts.answer_references(),
     }
-    if env.defer_staff_notices and later.defer(session, env.clock.now(), case, inbound, case.region,
-                                               bool(attachments), call):
+    if (env.defer_staff_notices or later.waits_for(session, case)) and later.defer(
+            session, env.clock.now(), case, inbound, case.region, bool(attachments), call):
         return len(assignee or ()) or 1
     return env.mailer.send_to_staff(session, case.region, case=case, attachments=attachments, **call)

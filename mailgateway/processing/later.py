@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
 from mailgateway.dispatch.compose import Attachment
+from mailgateway.dispatch.contexts import case_context
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.store.engine import reading, transaction, write_gate
 from mailgateway.store.models import Case, DeferredStaffNotice, InboundMessage
@@ -43,6 +44,8 @@ LATER_MAX_SECONDS = 10.0
 LATER_CHUNK = 50
 # A processor with none of its own deferred looks for other instances' (a crash) this often.
 LOOK_SECONDS = 60.0
+# While some wait, a sweep looks for those over LATER_MAX_SECONDS this often (between batches).
+CHECK_SECONDS = 1.0
 
 _INSERT = insert(DeferredStaffNotice)
 
@@ -61,6 +64,16 @@ def defer(session: Session, now: datetime, case: Case, inbound: InboundMessage |
     session.execute(_INSERT, {"created_at": now, "case_id": case.id,
                               "inbound_id": inbound.id if inbound is not None else None, "spec": spec})
     return True
+
+
+def waits_for(session: Session, case: Case) -> bool:
+    """Whether a notice of ``case`` is deferred: a later one (a complement's « Réponse reçue »
+    processed by a small sweep) must wait behind it, so staff read a case's mail in order."""
+    if case.id is None:
+        return False
+    with session.no_autoflush:
+        return session.scalar(select(DeferredStaffNotice.id).where(DeferredStaffNotice.case_id == case.id)
+                              .limit(1)) is not None
 
 
 def any_deferred(factory: sessionmaker[Session]) -> bool:
@@ -118,6 +131,9 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
 def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, call: dict[str, Any], case: Case) -> None:
     call = dict(call)
     region = call.pop("region")
+    # The case as it is now: a colleague may have closed, assigned, transferred or merged it
+    # meanwhile (an outside tester: « statut : pris en compte » on a case already closed).
+    call["context"] = {**call["context"], "case": case_context(case)}
     attachments: list[Attachment] = []
     if call.pop("attach_original", False) and notice.inbound_id is not None:
         # One original at a time (each may be megabytes); no flush of the last notice's rows first.

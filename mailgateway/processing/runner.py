@@ -527,19 +527,20 @@ class Processor:
                     break
                 tried.update(batch)
                 results += self.process_batch(batch, may_defer=True)
-                if deferring:
-                    self.deferred_notices = True
-                    self._send_deferred(waited=later.LATER_MAX_SECONDS)
+                self.deferred_notices |= deferring
+                self._send_deferred(waited=later.LATER_MAX_SECONDS)
         finally:
             self.env.defer_staff_notices = False
-        if not self.halt.is_set() and not self._due(1, urgent=False) and not self._due(1, urgent=True):
-            self._send_deferred()
+        if not self.halt.is_set():
+            idle = not self._due(1, urgent=False) and not self._due(1, urgent=True)
+            # Nothing due: every one; a continuous stream of small sweeps: those over the bound.
+            self._send_deferred(waited=None if idle else later.LATER_MAX_SECONDS)
         return results
 
     def _send_deferred(self, waited: float | None = None) -> None:
         """Staff notifications put off by backlogs (processing/later.py): every one when nothing
-        is due (``waited`` None), else those that waited ``waited`` seconds, at most every half of
-        it. Each chunk of them is a write transaction, after intake had its turn."""
+        is due (``waited`` None), else those that waited ``waited`` seconds, looked for once a
+        second. Each chunk of them is a write transaction, after intake had its turn."""
         now = time.monotonic()
         if not self.deferred_notices:
             # None of ours; another instance's, left by its crash (PostgreSQL): looked for at times.
@@ -547,7 +548,7 @@ class Processor:
                 return
             self._deferred_looked = now
         if waited is not None:
-            if now - self._deferred_checked < waited / 2:
+            if now - self._deferred_checked < later.CHECK_SECONDS:
                 return
             self._deferred_checked = now
         try:

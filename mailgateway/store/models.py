@@ -479,7 +479,7 @@ class DeferredStaffNotice(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(index=True)
-    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
     spec: Mapped[str] = mapped_column(Text)  # JSON, encoded once by the writer (it checks it is plain JSON)
 

@@ -107,6 +107,7 @@ def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str) -> 
 def test_a_continuous_stream_never_starves_staff(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     # The bound reached at once: every batch of the backlog sends the notices waiting so far.
     monkeypatch.setattr(later, "LATER_MAX_SECONDS", 0.0)
+    monkeypatch.setattr(later, "CHECK_SECONDS", 0.0)
     n = 3 * runner.BATCH_SIZE
     for i in range(n):
         accept(app, declaration(i))
@@ -178,3 +179,34 @@ def test_another_instances_leftovers_are_looked_for_once_a_minute(app: App, monk
     monkeypatch.setattr(later, "LOOK_SECONDS", 0.0)
     app.processor.process_pending()
     assert waiting(app) == 0
+
+
+def test_a_deferred_notice_is_composed_with_the_case_as_it_is_then(app: App) -> None:
+    accept(app, declaration(1))
+    app.processor.env.defer_staff_notices = True
+    app.processor.process_batch([1])
+    app.processor.env.defer_staff_notices = False
+    with app.factory() as s, s.begin():  # a colleague closed it meanwhile
+        case = s.scalars(select(Case)).one()
+        case.status = "CLOS"
+    app.processor.process_pending()
+    with reading(app.factory) as s:
+        raw = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).one()
+    assert b"clos" in raw.lower() and "pris en compte".encode() not in raw
+
+
+def test_a_reply_waits_behind_its_cases_deferred_notification(app: App) -> None:
+    accept(app, declaration(1))
+    app.processor.env.defer_staff_notices = True
+    app.processor.process_batch([1])
+    app.processor.env.defer_staff_notices = False
+    reply = accept(app, (
+        "From: rssi1@clinique-1.test\r\nTo: ssi-ara@ars.test\r\nSubject: Re: Incident 1\r\n"
+        "Message-ID: <later-reply@clinique.test>\r\nIn-Reply-To: <later-1@clinique.test>\r\n"
+        "References: <later-1@clinique.test>\r\nDate: Fri, 27 Nov 2026 09:05:00 +0100\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nComplément : sauvegardes intactes.\r\n").encode())
+    results = app.processor.process_pending()
+    assert [(r.inbound_id, r.kind) for r in results] == [(reply, "reply")]
+    kinds = [kind for _, kind, _ in outbox(app) if kind.startswith("notification")]
+    # The declaration's « Nouvelle déclaration » first, then the « Réponse reçue ».
+    assert kinds[0] == "notification_equipe" and kinds[1:] and set(kinds[1:]) == {"notification_reponse"}

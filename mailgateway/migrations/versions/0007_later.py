@@ -31,9 +31,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('deferred_staff_notices', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_deferred_staff_notices_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_deferred_staff_notices_case_id'), ['case_id'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('deferred_staff_notices', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_deferred_staff_notices_case_id'))
         batch_op.drop_index(batch_op.f('ix_deferred_staff_notices_created_at'))
     op.drop_table('deferred_staff_notices')
