@@ -59,7 +59,7 @@ from mailgateway.processing.worker import AnalysisWorker
 from mailgateway.scheduler import SchedulerExtension
 from mailgateway.sdnotify import SdNotifier, watchdog_interval
 from mailgateway.settings import Settings, load_settings
-from mailgateway.status import oldest_due_received
+from mailgateway.status import oldest_due_received, snapshot
 from mailgateway.store.engine import head_revision, reading, write_gate
 
 log = logging.getLogger("mailgateway.daemon")
@@ -297,7 +297,25 @@ class Daemon:
         if self.host is not None:
             self.host.close()
         assert self.app is not None
+        try:
+            left = await asyncio.to_thread(self._left_behind)
+        except Exception as exc:  # the database gone: nothing to add to what was logged
+            left = None
+            log.warning("stopped; work left behind unknown (database unreadable: %s)", exc)
+        if left:
+            log.warning("stopped with %s: carried over to the next start", left)
         self.app.close()
+
+    def _left_behind(self) -> str:
+        """What the drain did not finish, for the stop's log line: an operator stopping the
+        service after a burst learns what the next start will do first (an outside tester)."""
+        assert self.app is not None
+        with reading(self.app.factory) as session:
+            snap = snapshot(session, self.clock.now(), full=False)
+        return ", ".join(part for part, n in (
+            (f"{snap.inbound_backlog} message(s) to process", snap.inbound_backlog),
+            (f"{snap.outbox_depth} mail(s) to send", snap.outbox_depth),
+            (f"{snap.staff_notices_deferred} staff notification(s) deferred", snap.staff_notices_deferred)) if n)
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; keep listeners and the database."""

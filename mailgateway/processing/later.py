@@ -25,7 +25,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,6 +74,11 @@ def waits_for(session: Session, case: Case) -> bool:
     with session.no_autoflush:
         return session.scalar(select(DeferredStaffNotice.id).where(DeferredStaffNotice.case_id == case.id)
                               .limit(1)) is not None
+
+
+def count_deferred(factory: sessionmaker[Session]) -> int:
+    with reading(factory) as session:
+        return int(session.scalar(select(func.count()).select_from(DeferredStaffNotice)) or 0)
 
 
 def any_deferred(factory: sessionmaker[Session]) -> bool:

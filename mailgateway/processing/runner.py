@@ -204,6 +204,7 @@ class Processor:
         # start (a crash may have left some), until a sweep finds none.
         self.deferred_notices = True
         self._deferred_checked = self._deferred_looked = time.monotonic()
+        self._carried_over = True
 
     def context(self, session: Session) -> AnalysisContext:
         return context_for(self.settings, session)
@@ -552,6 +553,11 @@ class Processor:
                 return
             self._deferred_checked = now
         try:
+            if self._carried_over:  # the first look since this processor started
+                self._carried_over = False
+                if left := later.count_deferred(self.factory):
+                    log.info("%s staff notification(s) deferred before this start (a stop or a crash during a "
+                             "backlog): queuing them", left)
             if not later.any_deferred(self.factory):
                 self.deferred_notices = waited is not None
                 return

@@ -8,6 +8,7 @@ transaction. Nothing is lost across a crash; a notice that fails to compose is s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -82,7 +83,7 @@ def test_a_few_messages_notify_staff_in_their_own_transaction(app: App) -> None:
     assert kinds == ["accuse_reception", "notification_equipe"] * 3
 
 
-def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str) -> None:
+def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     url = at_head(db_url)
     first = build_app(settings_for(url), clock=FixedClock(NOW))
     try:
@@ -97,7 +98,9 @@ def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str) -> 
         first.close()
     second = build_app(settings_for(url), clock=FixedClock(NOW))
     try:
-        second.processor.process_pending()
+        with caplog.at_level(logging.INFO, logger="mailgateway.processing"):
+            second.processor.process_pending()
+        assert "10 staff notification(s) deferred before this start" in caplog.text  # the operator is told
         assert waiting(second) == 0
         assert len([k for _, k, _ in outbox(second) if k == "notification_equipe"]) == runner.BATCH_SIZE + 5
     finally:
@@ -192,7 +195,7 @@ def test_a_deferred_notice_is_composed_with_the_case_as_it_is_then(app: App) -> 
     app.processor.process_pending()
     with reading(app.factory) as s:
         raw = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).one()
-    assert b"clos" in raw.lower() and "pris en compte".encode() not in raw
+    assert b"clos" in raw.lower() and b"pris en compte" not in raw
 
 
 def test_a_reply_waits_behind_its_cases_deferred_notification(app: App) -> None:
@@ -210,3 +213,21 @@ def test_a_reply_waits_behind_its_cases_deferred_notification(app: App) -> None:
     kinds = [kind for _, kind, _ in outbox(app) if kind.startswith("notification")]
     # The declaration's « Nouvelle déclaration » first, then the « Réponse reçue ».
     assert kinds[0] == "notification_equipe" and kinds[1:] and set(kinds[1:]) == {"notification_reponse"}
+
+
+def test_the_stop_says_what_it_leaves_for_the_next_start(db_url: str) -> None:
+    from mailgateway.daemon import Daemon
+
+    url = at_head(db_url)
+    settings = settings_for(url)
+    daemon = Daemon(settings, clock=FixedClock(NOW))
+    daemon.app = build_app(settings, clock=FixedClock(NOW))
+    try:
+        assert daemon._left_behind() == ""
+        for i in range(3):
+            accept(daemon.app, declaration(i))
+        daemon.app.processor.env.defer_staff_notices = True
+        daemon.app.processor.process_batch([1, 2])
+        assert daemon._left_behind() == "1 message(s) to process, 2 mail(s) to send, 2 staff notification(s) deferred"
+    finally:
+        daemon.app.close()
