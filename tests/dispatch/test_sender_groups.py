@@ -182,3 +182,16 @@ def test_a_relay_out_of_reach_defers_every_copy(smtp_sink: SmtpSink, sqlite_fact
     assert {r.status for r in stored} == {"queued"}
     assert all("relay unreachable" in (r.last_answer or "") for r in stored)  # the relay's state, said
     assert "unexpected transport failure" not in caplog.text
+
+
+def test_a_claim_never_cuts_a_message_in_two(smtp_sink: SmtpSink, db_factory: sessionmaker[Session]) -> None:
+    # A full claim ending inside a staff message took its other rows in the next claim: the same
+    # bytes went out as two transactions (an outside tester: 1 notification in 100 in a burst).
+    settings = make_settings(smtp_sink)
+    queue(db_factory, settings, ["ssi@chu.test"])
+    queue_group(db_factory, settings, STAFF)
+    sender = Sender(settings, db_factory, FixedClock(NOW), "test", batch=2)
+    asyncio.run(sender.flush())
+    groups = [m.rcpt_tos for m in smtp_sink.messages if m.rcpt_tos != ("ssi@chu.test",)]
+    assert groups == [tuple(STAFF)]
+    assert all(r.status == "sent" for r in rows(db_factory))
