@@ -231,3 +231,20 @@ def test_the_stop_says_what_it_leaves_for_the_next_start(db_url: str) -> None:
         assert daemon._left_behind() == "1 message(s) to process, 2 mail(s) to send, 2 staff notification(s) deferred"
     finally:
         daemon.app.close()
+
+
+def test_the_small_sweeps_of_a_stream_send_the_overdue_notices(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stream where each sweep finds a few messages and more arrive meanwhile: no sweep defers,
+    # none ends with nothing due. The overdue notices go anyway (an outside tester: 35 s, unbounded).
+    accept(app, declaration(0))
+    app.processor.env.defer_staff_notices = True
+    app.processor.process_batch([1])
+    app.processor.env.defer_staff_notices = False
+    for i in range(1, 4):
+        accept(app, declaration(i))
+    monkeypatch.setattr(later, "CHECK_SECONDS", 0.0)
+    app.processor.process_pending(limit=1)  # mail still due at its end
+    assert waiting(app) == 1  # not overdue yet
+    monkeypatch.setattr(later, "LATER_MAX_SECONDS", 0.0)
+    app.processor.process_pending(limit=1)
+    assert waiting(app) == 0
