@@ -54,6 +54,15 @@ def waiting(app: App) -> int:
         return len(list(s.scalars(select(DeferredStaffNotice.id))))
 
 
+def processed_deferring(app: App, inbound_ids: list[int]) -> None:
+    """``inbound_ids`` processed as by a sweep in a backlog that stops there (a crash, a stop)."""
+    app.processor.env.defer_staff_notices = True
+    try:
+        app.processor.process_batch(inbound_ids)
+    finally:
+        app.processor.env.defer_staff_notices = False
+
+
 def test_a_backlog_acknowledges_every_declarant_before_staff_are_notified(app: App) -> None:
     n = runner.BATCH_SIZE + 5  # more than a batch: a backlog
     for i in range(n):
@@ -90,9 +99,7 @@ def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str, cap
         for i in range(runner.BATCH_SIZE + 5):
             accept(first, declaration(i))
         # The sweep stops before its end (a crash after some commits): nothing composed yet.
-        first.processor.env.defer_staff_notices = True
-        first.processor.process_batch(list(range(1, 11)))
-        first.processor.env.defer_staff_notices = False
+        processed_deferring(first, list(range(1, 11)))
         assert waiting(first) == 10
     finally:
         first.close()
@@ -157,8 +164,7 @@ def test_operators_see_deferred_notices_and_a_problem_when_they_wait_too_long(db
     try:
         for i in range(3):
             accept(app, declaration(i))
-        app.processor.env.defer_staff_notices = True  # a sweep stopped in a backlog (a crash)
-        app.processor.process_batch([1, 2, 3])
+        processed_deferring(app, [1, 2, 3])  # a sweep stopped in a backlog (a crash)
         with reading(app.factory) as s:
             soon = status.snapshot(s, NOW + timedelta(seconds=30))
             late = status.snapshot(s, NOW + timedelta(hours=1))
@@ -174,9 +180,7 @@ def test_another_instances_leftovers_are_looked_for_once_a_minute(app: App, monk
     app.processor.process_pending()  # nothing of its own: it stops looking
     assert app.processor.deferred_notices is False
     accept(app, declaration(1))
-    app.processor.env.defer_staff_notices = True  # another instance's processing, then its crash
-    app.processor.process_batch([1])
-    app.processor.env.defer_staff_notices = False
+    processed_deferring(app, [1])  # another instance's processing, then its crash
     app.processor.process_pending()
     assert waiting(app) == 1  # not looked for yet
     monkeypatch.setattr(later, "LOOK_SECONDS", 0.0)
@@ -186,9 +190,7 @@ def test_another_instances_leftovers_are_looked_for_once_a_minute(app: App, monk
 
 def test_a_deferred_notice_is_composed_with_the_case_as_it_is_then(app: App) -> None:
     accept(app, declaration(1))
-    app.processor.env.defer_staff_notices = True
-    app.processor.process_batch([1])
-    app.processor.env.defer_staff_notices = False
+    processed_deferring(app, [1])
     with app.factory() as s, s.begin():  # a colleague closed it meanwhile
         case = s.scalars(select(Case)).one()
         case.status = "CLOS"
@@ -200,9 +202,7 @@ def test_a_deferred_notice_is_composed_with_the_case_as_it_is_then(app: App) -> 
 
 def test_a_reply_waits_behind_its_cases_deferred_notification(app: App) -> None:
     accept(app, declaration(1))
-    app.processor.env.defer_staff_notices = True
-    app.processor.process_batch([1])
-    app.processor.env.defer_staff_notices = False
+    processed_deferring(app, [1])
     reply = accept(app, (
         "From: rssi1@clinique-1.test\r\nTo: ssi-ara@ars.test\r\nSubject: Re: Incident 1\r\n"
         "Message-ID: <later-reply@clinique.test>\r\nIn-Reply-To: <later-1@clinique.test>\r\n"
@@ -226,8 +226,7 @@ def test_the_stop_says_what_it_leaves_for_the_next_start(db_url: str) -> None:
         assert daemon._left_behind() == ""
         for i in range(3):
             accept(daemon.app, declaration(i))
-        daemon.app.processor.env.defer_staff_notices = True
-        daemon.app.processor.process_batch([1, 2])
+        processed_deferring(daemon.app, [1, 2])
         assert daemon._left_behind() == "1 message(s) to process, 2 mail(s) to send, 2 staff notification(s) deferred"
     finally:
         daemon.app.close()
@@ -237,9 +236,7 @@ def test_the_small_sweeps_of_a_stream_send_the_overdue_notices(app: App, monkeyp
     # A stream where each sweep finds a few messages and more arrive meanwhile: no sweep defers,
     # none ends with nothing due. The overdue notices go anyway (an outside tester: 35 s, unbounded).
     accept(app, declaration(0))
-    app.processor.env.defer_staff_notices = True
-    app.processor.process_batch([1])
-    app.processor.env.defer_staff_notices = False
+    processed_deferring(app, [1])
     for i in range(1, 4):
         accept(app, declaration(i))
     monkeypatch.setattr(later, "CHECK_SECONDS", 0.0)
