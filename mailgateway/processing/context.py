@@ -39,6 +39,8 @@ class Env:
     clock: Clock
     # Set by a sweep working through a backlog: staff notifications wait for its end (processing/later.py).
     defer_staff_notices: bool = False
+    # Set when one was deferred (by a backlog, or behind its case's): the sweep then looks for them.
+    staff_notices_deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,5 +171,6 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
     }
     if (env.defer_staff_notices or later.waits_for(session, case)) and later.defer(
             session, env.clock.now(), case, inbound, case.region, bool(attachments), call):
+        env.staff_notices_deferred = True
         return len(assignee or ()) or 1
     return env.mailer.send_to_staff(session, case.region, case=case, attachments=attachments, **call)

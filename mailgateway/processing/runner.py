@@ -511,7 +511,7 @@ class Processor:
         tried: set[int] = set()
         tried_urgent = 0
         # A backlog: its staff notifications wait until it is done (processing/later.py).
-        self.env.defer_staff_notices = deferring = len(backlog) > BATCH_SIZE
+        self.env.defer_staff_notices = len(backlog) > BATCH_SIZE
         try:
             while len(tried) < limit:
                 self._yield_to_intake()
@@ -528,7 +528,6 @@ class Processor:
                     break
                 tried.update(batch)
                 results += self.process_batch(batch, may_defer=True)
-                self.deferred_notices |= deferring
                 self._send_deferred(waited=later.LATER_MAX_SECONDS)
         finally:
             self.env.defer_staff_notices = False
@@ -543,6 +542,9 @@ class Processor:
         is due (``waited`` None), else those that waited ``waited`` seconds, looked for once a
         second. Each chunk of them is a write transaction, after intake had its turn."""
         now = time.monotonic()
+        if self.env.staff_notices_deferred:  # by a backlog, or behind a case's deferred one
+            self.env.staff_notices_deferred = False
+            self.deferred_notices = True
         if not self.deferred_notices:
             # None of ours; another instance's, left by its crash (PostgreSQL): looked for at times.
             if waited is not None or now - self._deferred_looked < later.LOOK_SECONDS:

@@ -181,6 +181,7 @@ def test_another_instances_leftovers_are_looked_for_once_a_minute(app: App, monk
     assert app.processor.deferred_notices is False
     accept(app, declaration(1))
     processed_deferring(app, [1])  # another instance's processing, then its crash
+    app.processor.env.staff_notices_deferred = False  # (this instance did not defer it)
     app.processor.process_pending()
     assert waiting(app) == 1  # not looked for yet
     monkeypatch.setattr(later, "LOOK_SECONDS", 0.0)
@@ -245,3 +246,19 @@ def test_the_small_sweeps_of_a_stream_send_the_overdue_notices(app: App, monkeyp
     monkeypatch.setattr(later, "LATER_MAX_SECONDS", 0.0)
     app.processor.process_pending(limit=1)
     assert waiting(app) == 0
+
+
+def test_a_notice_put_behind_another_instances_is_sent_with_it(app: App) -> None:
+    accept(app, declaration(1))
+    app.processor.process_pending()  # nothing deferred: this processor stops looking
+    processed_deferring(app, [accept(app, declaration(2))])
+    app.processor.env.staff_notices_deferred = False  # deferred by another instance
+    accept(app, (
+        "From: rssi2@clinique-2.test\r\nTo: ssi-ara@ars.test\r\nSubject: Re: Incident 2\r\n"
+        "Message-ID: <later-reply2@clinique.test>\r\nIn-Reply-To: <later-2@clinique.test>\r\n"
+        "Date: Fri, 27 Nov 2026 09:05:00 +0100\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nComplément.\r\n").encode())
+    app.processor.process_pending()  # the reply's notice waits behind the declaration's: both go now
+    assert waiting(app) == 0
+    kinds = [kind for _, kind, _ in outbox(app) if kind.startswith("notification")]
+    assert kinds == ["notification_equipe", "notification_equipe", "notification_reponse"]
