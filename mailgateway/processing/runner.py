@@ -507,6 +507,9 @@ class Processor:
         before each batch, so a staff command that arrives during a burst of declarations is
         in the next batch, not after the burst (issue 19). Each message is tried once a sweep."""
         results: list[Result] = []
+        if self._carried_over:  # this processor's first sweep, before it defers any of its own
+            self._carried_over = False
+            self._say_carried_over()
         backlog = deque(self._due(limit, urgent=False))
         tried: set[int] = set()
         tried_urgent = 0
@@ -537,6 +540,14 @@ class Processor:
             self._send_deferred(waited=None if idle else later.LATER_MAX_SECONDS)
         return results
 
+    def _say_carried_over(self) -> None:
+        try:
+            if left := later.count_deferred(self.factory):
+                log.info("%s staff notification(s) deferred before this start (a stop or a crash during a "
+                         "backlog): queuing them", left)
+        except OperationalError as exc:
+            log.warning("database unavailable while counting deferred staff notifications: %s", exc)
+
     def _send_deferred(self, waited: float | None = None) -> None:
         """Staff notifications put off by backlogs (processing/later.py): every one when nothing
         is due (``waited`` None), else those that waited ``waited`` seconds, looked for once a
@@ -555,11 +566,6 @@ class Processor:
                 return
             self._deferred_checked = now
         try:
-            if self._carried_over:  # the first look since this processor started
-                self._carried_over = False
-                if left := later.count_deferred(self.factory):
-                    log.info("%s staff notification(s) deferred before this start (a stop or a crash during a "
-                             "backlog): queuing them", left)
             if not later.any_deferred(self.factory):
                 self.deferred_notices = waited is not None
                 return
