@@ -167,7 +167,10 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
         return (f"Structure précisée : {d.get('nom') or '?'} (FINESS {d.get('vers') or '?'})"
                 + (f", auparavant FINESS {d['de']}" if d.get("de") else ""))
     if type_ == "assignation":
-        return f"Dossier assigné à {d.get('vers') or 'personne'}" + (f" (auparavant {d['de']})" if d.get("de") else "")
+        before = d.get("de")
+        if before and before == d.get("vers"):  # « #assigner moi » by the assignee: nothing changed
+            return f"Assignation confirmée : {before} (déjà assigné)"
+        return f"Dossier assigné à {d.get('vers') or 'personne'}" + (f" (auparavant {before})" if before else "")
     if type_ == "note":
         return f"Note : « {excerpt(d.get('texte'))} »"
     if type_ == "message_recu":

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from mailgateway.cases import views
-from mailgateway.cases.story import story
+from mailgateway.cases.story import describe, story
 from mailgateway.store.engine import reading
 from tests.support import casemail
 from tests.support.casegateway import Gateway, make_gateway
@@ -133,3 +133,13 @@ def test_a_possible_duplicate_reads_the_same_on_both_cases() -> None:
     event = _Event(1, at, "doublon_possible", {"dossier_lie": "SSI-ARA-2026-0003"})
     assert story([event]) == ["27/11/2026 à 09:00 — passerelle — Doublon possible : dossier SSI-ARA-2026-0003 "
                               "(même structure, dossiers liés)"]
+
+
+def test_an_assignment_to_the_assignee_says_nothing_changed() -> None:
+    # « #assigner moi » by the agent already assigned (an outside tester read « Dossier assigné à
+    # agent@ars.test (auparavant agent@ars.test) »).
+    assert describe("assignation", {"de": "agent@ars.test", "vers": "agent@ars.test"}) == (
+        "Assignation confirmée : agent@ars.test (déjà assigné)")
+    assert describe("assignation", {"de": "chef@ars.test", "vers": "agent@ars.test"}) == (
+        "Dossier assigné à agent@ars.test (auparavant chef@ars.test)")
+    assert describe("assignation", {"de": None, "vers": "agent@ars.test"}) == "Dossier assigné à agent@ars.test"
