@@ -39,7 +39,8 @@ class Env:
     clock: Clock
     # Set by a sweep working through a backlog: staff notifications wait for its end (processing/later.py).
     defer_staff_notices: bool = False
-    # Set when one was deferred (by a backlog, or behind its case's): the sweep then looks for them.
+    # Some may be deferred (by a backlog, behind a case's deferred one, or before a start): the
+    # processor's sweeps look for them until one finds none (processing/runner.py).
     staff_notices_deferred: bool = False
 
 

@@ -25,7 +25,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Select, delete, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,8 +44,6 @@ LATER_MAX_SECONDS = 10.0
 LATER_CHUNK = 50
 # A processor with none of its own deferred looks for other instances' (a crash) this often.
 LOOK_SECONDS = 60.0
-# While some wait, a sweep looks for those over LATER_MAX_SECONDS this often (between batches).
-CHECK_SECONDS = 1.0
 
 _INSERT = insert(DeferredStaffNotice)
 
@@ -81,10 +79,17 @@ def count_deferred(factory: sessionmaker[Session]) -> int:
         return int(session.scalar(select(func.count()).select_from(DeferredStaffNotice)) or 0)
 
 
-def any_deferred(factory: sessionmaker[Session]) -> bool:
-    """Whether some notice waits: read first, so a sweep finding none takes no write lock."""
+def any_deferred(factory: sessionmaker[Session], clock: Clock, *, waited: float | None = None) -> bool:
+    """Whether some notice waits (``waited`` seconds at least, if given): read first, so a sweep
+    finding none takes no write lock."""
     with reading(factory) as session:
-        return session.scalar(select(DeferredStaffNotice.id).limit(1)) is not None
+        return session.scalar(_waiting(select(DeferredStaffNotice.id), clock, waited).limit(1)) is not None
+
+
+def _waiting(stmt: Select[Any], clock: Clock, waited: float | None) -> Select[Any]:
+    if waited is None:
+        return stmt
+    return stmt.where(DeferredStaffNotice.created_at <= clock.now() - timedelta(seconds=waited))
 
 
 def send_deferred(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, *,
@@ -110,10 +115,8 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
     with write_gate(factory.kw["bind"]), transaction(factory) as session:
         # SKIP LOCKED: on PostgreSQL, two instances compose different notices (ignored by SQLite,
         # whose writers take turns). Queuing is idempotent anyway (outbox keys).
-        stmt = select(model).order_by(model.id).limit(limit).with_for_update(skip_locked=True)
-        if waited is not None:
-            stmt = stmt.where(model.created_at <= clock.now() - timedelta(seconds=waited))
-        notices = list(session.scalars(stmt))
+        stmt = _waiting(select(model), clock, waited).order_by(model.id).limit(limit)
+        notices = list(session.scalars(stmt.with_for_update(skip_locked=True)))
         if not notices:
             return 0
         cases = {c.id: c for c in session.scalars(select(Case).where(Case.id.in_({n.case_id for n in notices})))}

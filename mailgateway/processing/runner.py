@@ -206,10 +206,10 @@ class Processor:
         # INTAKE_YIELD_SECONDS per message) before taking the write lock: accepting is what the
         # sender's MTA waits on, processing can follow a moment later (README, "Benchmarks").
         self.intake_busy: Callable[[], bool] | None = None
-        # Staff notifications may wait in deferred_staff_notices (processing/later.py): True at
+        # Staff notifications may wait in deferred_staff_notices (processing/later.py): maybe at
         # start (a crash may have left some), until a sweep finds none.
-        self.deferred_notices = True
-        self._deferred_checked = self._deferred_looked = time.monotonic()
+        env.staff_notices_deferred = True
+        self._deferred_looked = time.monotonic()
         self._carried_over = True
 
     def context(self, session: Session) -> AnalysisContext:
@@ -537,13 +537,11 @@ class Processor:
                     break
                 tried.update(batch)
                 results += self.process_batch(batch, may_defer=True)
-                self._send_deferred(waited=later.LATER_MAX_SECONDS)
+                self._send_deferred()
         finally:
             self.env.defer_staff_notices = False
         if not self.halt.is_set():
-            idle = not self._due(1, urgent=False) and not self._due(1, urgent=True)
-            # Nothing due: every one; a continuous stream of small sweeps: those over the bound.
-            self._send_deferred(waited=None if idle else later.LATER_MAX_SECONDS)
+            self._send_deferred(sweep_end=True)
         return results
 
     def _say_carried_over(self) -> None:
@@ -554,26 +552,25 @@ class Processor:
         except OperationalError as exc:
             log.warning("database unavailable while counting deferred staff notifications: %s", exc)
 
-    def _send_deferred(self, waited: float | None = None) -> None:
-        """Staff notifications put off by backlogs (processing/later.py): every one when nothing
-        is due (``waited`` None), else those that waited ``waited`` seconds, looked for once a
-        second. Each chunk of them is a write transaction, after intake had its turn."""
-        now = time.monotonic()
-        if self.env.staff_notices_deferred:  # by a backlog, or behind a case's deferred one
-            self.env.staff_notices_deferred = False
-            self.deferred_notices = True
-        if not self.deferred_notices:
+    def _send_deferred(self, *, sweep_end: bool = False) -> None:
+        """Staff notifications put off by backlogs (processing/later.py): those that waited
+        ``LATER_MAX_SECONDS`` between batches and at a sweep's end, a continuous stream of small
+        sweeps included; every one at a sweep's end with nothing due. Looked for by a read
+        first, so a sweep finding none takes no write lock; each chunk is a write transaction,
+        after intake had its turn."""
+        env = self.env
+        if not env.staff_notices_deferred:
             # None of ours; another instance's, left by its crash (PostgreSQL): looked for at times.
-            if waited is not None or now - self._deferred_looked < later.LOOK_SECONDS:
+            now = time.monotonic()
+            if not sweep_end or now - self._deferred_looked < later.LOOK_SECONDS:
                 return
             self._deferred_looked = now
-        if waited is not None:
-            if now - self._deferred_checked < later.CHECK_SECONDS:
-                return
-            self._deferred_checked = now
+        every = sweep_end and not self._due(1, urgent=False) and not self._due(1, urgent=True)
+        waited = None if every else later.LATER_MAX_SECONDS
         try:
-            if not later.any_deferred(self.factory):
-                self.deferred_notices = waited is not None
+            if not later.any_deferred(self.factory, self.clock, waited=waited):
+                if every:
+                    env.staff_notices_deferred = False
                 return
         except OperationalError as exc:
             log.warning("database unavailable while looking for deferred staff notifications: %s", exc)
@@ -585,8 +582,8 @@ class Processor:
                 taken = later.send_deferred(self.env.mailer, self.factory, self.clock, waited=waited)
                 sent += taken
                 if taken < later.LATER_CHUNK:
-                    if waited is None:
-                        self.deferred_notices = False
+                    if every:
+                        env.staff_notices_deferred = False
                     break
         except OperationalError as exc:  # they stay deferred: the next sweep tries again
             log.warning("database unavailable while queuing deferred staff notifications: %s", exc)

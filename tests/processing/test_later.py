@@ -118,7 +118,6 @@ def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str, cap
 def test_a_continuous_stream_never_starves_staff(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     # The bound reached at once: every batch of the backlog sends the notices waiting so far.
     monkeypatch.setattr(later, "LATER_MAX_SECONDS", 0.0)
-    monkeypatch.setattr(later, "CHECK_SECONDS", 0.0)
     n = 3 * runner.BATCH_SIZE
     for i in range(n):
         accept(app, declaration(i))
@@ -128,7 +127,7 @@ def test_a_continuous_stream_never_starves_staff(app: App, monkeypatch: pytest.M
     assert any(i < last_ack for i, kind, _ in rows if kind == "notification_equipe")
 
 
-def test_a_context_that_is_not_plain_json_is_sent_at_once(app: App) -> None:
+def test_a_context_that_is_not_plain_json_is_not_deferred(app: App) -> None:
     with app.factory() as s:
         case = Case(reference="SSI-ARA-2026-9999", region="ARA", kind="incident", status="NOUVEAU", title="t",
                     opened_at=NOW, updated_at=NOW)
@@ -179,7 +178,7 @@ def test_operators_see_deferred_notices_and_a_problem_when_they_wait_too_long(db
 
 def test_another_instances_leftovers_are_looked_for_once_a_minute(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     app.processor.process_pending()  # nothing of its own: it stops looking
-    assert app.processor.deferred_notices is False
+    assert app.env.staff_notices_deferred is False
     accept(app, declaration(1))
     processed_deferring(app, [1])  # another instance's processing, then its crash
     app.processor.env.staff_notices_deferred = False  # (this instance did not defer it)
@@ -241,7 +240,6 @@ def test_the_small_sweeps_of_a_stream_send_the_overdue_notices(app: App, monkeyp
     processed_deferring(app, [1])
     for i in range(1, 4):
         accept(app, declaration(i))
-    monkeypatch.setattr(later, "CHECK_SECONDS", 0.0)
     app.processor.process_pending(limit=1)  # mail still due at its end
     assert waiting(app) == 1  # not overdue yet
     monkeypatch.setattr(later, "LATER_MAX_SECONDS", 0.0)
@@ -263,3 +261,19 @@ def test_a_notice_put_behind_another_instances_is_sent_with_it(app: App) -> None
     assert waiting(app) == 0
     kinds = [kind for _, kind, _ in outbox(app) if kind.startswith("notification")]
     assert kinds == ["notification_equipe", "notification_equipe", "notification_reponse"]
+
+
+def test_a_start_with_nothing_due_sends_what_a_crash_left_at_once(db_url: str) -> None:
+    url = at_head(db_url)
+    first = build_app(settings_for(url), clock=FixedClock(NOW))
+    try:
+        accept(first, declaration(1))
+        processed_deferring(first, [1])  # then the crash: nothing else due
+    finally:
+        first.close()
+    second = build_app(settings_for(url), clock=FixedClock(NOW))
+    try:
+        second.processor.process_pending()  # its first sweep, not a minute later
+        assert waiting(second) == 0
+    finally:
+        second.close()
