@@ -4,6 +4,7 @@ structure name became a clickable link in the subject of a DKIM-signed agency ma
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,19 @@ def test_a_link_in_a_structure_name_is_defanged_everywhere_staff_read_it(gw: Gat
         assert part is not None
         content = part.get_content()
         assert "http://evil.example" not in content and "hxxp://evil[.]example/pay" in content
+
+
+def test_the_notification_html_says_its_opening_line_once(gw: Gateway) -> None:
+    """An outside tester: the HTML part said « Nouvelle déclaration d'incident reçue le … » in a
+    paragraph, then again as the first line of the text version shown below it."""
+    body = "Bonjour,\n\nNuméro FINESS : 690781810\nType d'incident : rançongiciel\nGravité : grave\n"
+    raw = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Déclaration", body=body)
+    assert gw.feed(raw).status == "processed"
+    msg = casemail.parse(gw.last("notification_equipe", "agent@ars.test").raw)
+    for kind in ("plain", "html"):
+        part = msg.get_body((kind,))
+        assert part is not None
+        assert html.unescape(part.get_content()).count("Nouvelle déclaration d'incident reçue") == 1, kind
 
 
 @pytest.mark.parametrize(("text", "shown"), [
