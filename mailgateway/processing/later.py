@@ -29,12 +29,13 @@ from sqlalchemy import Select, delete, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgateway.cases.story import story
 from mailgateway.clock import Clock
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.contexts import case_context
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.store.engine import reading, transaction, write_gate
-from mailgateway.store.models import Case, DeferredStaffNotice, InboundMessage
+from mailgateway.store.models import Case, CaseEvent, DeferredStaffNotice, InboundMessage
 
 log = logging.getLogger("mailgateway.processing")
 
@@ -44,6 +45,8 @@ LATER_MAX_SECONDS = 10.0
 LATER_CHUNK = 50
 # A processor with none of its own deferred looks for other instances' (a crash) this often.
 LOOK_SECONDS = 60.0
+# What people did on a case while its notice waited, shown in it: at most this many lines.
+SINCE_LINES = 12
 
 _INSERT = insert(DeferredStaffNotice)
 
@@ -120,28 +123,55 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
         if not notices:
             return 0
         cases = {c.id: c for c in session.scalars(select(Case).where(Case.id.in_({n.case_id for n in notices})))}
+        since = _since(session, notices)
         for notice in notices:
             call = json.loads(notice.spec)
             if careful:
                 try:
                     with session.begin_nested():
-                        _queue(mailer, session, notice, call, cases[notice.case_id])
+                        _queue(mailer, session, notice, call, cases[notice.case_id], since[notice.id])
                 except OperationalError:
                     raise
                 except Exception as exc:
                     _failed(mailer, session, clock, call, cases[notice.case_id], exc)
             else:
-                _queue(mailer, session, notice, call, cases[notice.case_id])
+                _queue(mailer, session, notice, call, cases[notice.case_id], since[notice.id])
         session.execute(delete(model).where(model.id.in_([n.id for n in notices])))
     return len(notices)
 
 
-def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, call: dict[str, Any], case: Case) -> None:
+def _since(session: Session, notices: list[DeferredStaffNotice]) -> dict[int, list[str]]:
+    """For each notice, the story lines (cases/story.py) of what people did on its case after it
+    was put off: a command, a note, an answer to the declarant, the declarant's own reply. The
+    gateway's own events (the acknowledgement...) are not repeated. One query for the chunk."""
+    first = min(n.created_at for n in notices)
+    rows = session.scalars(
+        select(CaseEvent)
+        .where(CaseEvent.case_id.in_({n.case_id for n in notices}), CaseEvent.at > first,
+               CaseEvent.actor != "passerelle")
+        .order_by(CaseEvent.case_id, CaseEvent.seq))
+    by_case: dict[int, list[CaseEvent]] = {}
+    for event in rows:
+        by_case.setdefault(event.case_id, []).append(event)
+    since: dict[int, list[str]] = {}
+    for notice in notices:
+        events = [e for e in by_case.get(notice.case_id, ()) if e.at > notice.created_at]
+        lines = story(events)
+        since[notice.id] = (lines if len(lines) <= SINCE_LINES
+                            else [*lines[:SINCE_LINES - 1], f"… et {len(lines) - SINCE_LINES + 1} autres "
+                                                             "(« cases show » ou « #statut »)"])
+    return since
+
+
+def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, call: dict[str, Any], case: Case,
+           since: list[str]) -> None:
     call = dict(call)
     region = call.pop("region")
     # The case as it is now: a colleague may have closed, assigned, transferred or merged it
-    # meanwhile (an outside tester: « statut : pris en compte » on a case already closed).
-    call["context"] = {**call["context"], "case": case_context(case)}
+    # meanwhile (an outside tester: « statut : pris en compte » on a case already closed), and
+    # what was done since, so that the notice does not read as if nobody had touched it (another:
+    # « #assigner moi » offered on a case already assigned, qualified and answered).
+    call["context"] = {**call["context"], "case": case_context(case), "depuis": since}
     attachments: list[Attachment] = []
     if call.pop("attach_original", False) and notice.inbound_id is not None:
         # One original at a time (each may be megabytes); no flush of the last notice's rows first.

@@ -18,11 +18,13 @@ from sqlalchemy import select
 
 from mailgateway import status
 from mailgateway.app import App, build_app
+from mailgateway.cases import service
 from mailgateway.clock import FixedClock
 from mailgateway.processing import later, runner
 from mailgateway.store.engine import reading
 from mailgateway.store.models import Case, CaseEvent, DeferredStaffNotice, OutboundMessage
 from tests.processing.test_batches import NOW, accept, settings_for
+from tests.support import casemail
 from tests.support.db import at_head
 
 
@@ -199,6 +201,39 @@ def test_a_deferred_notice_is_composed_with_the_case_as_it_is_then(app: App) -> 
     with reading(app.factory) as s:
         raw = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).one()
     assert b"clos" in raw.lower() and b"pris en compte" not in raw
+
+
+def test_a_deferred_notice_says_what_staff_did_while_it_waited(app: App) -> None:
+    """An outside tester: composed after the burst, the notice read « statut : qualifié » beside
+    « Gravité déclarée : non qualifiée », named nobody and offered « #assigner moi » on a case
+    a colleague had already assigned, qualified and noted."""
+    accept(app, declaration(1))
+    processed_deferring(app, [1])
+    later_on = NOW + timedelta(minutes=1)
+    with app.factory() as s, s.begin():
+        case = s.scalars(select(Case)).one()
+        service.assign(s, case, "agent@ars.test", actor="agent@ars.test", at=later_on)
+        service.qualify(s, case, "GRAVE", actor="agent@ars.test", at=later_on)
+        service.add_note(s, case, "Appel du RSSI, voir https://evil.test/x", actor="agent@ars.test", at=later_on)
+    app.processor.process_pending()
+    with reading(app.factory) as s:
+        raw = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).one()
+    text = casemail.parse(raw).get_body(("plain",)).get_content()
+    assert "assigné à agent@ars.test, gravité retenue : grave" in text
+    done = text.split("DÉJÀ TRAITÉ", 1)[1].split("\n\n", 1)[0]
+    lines = [line for line in done.splitlines() if line.startswith("  - ")]
+    # Assigned, qualified (the gravity, then the status), noted: not the gateway's own events.
+    assert len(lines) == 4 and all("— agent@ars.test —" in line for line in lines), lines
+    assert "hxxps://evil[.]test/x" in done and "https://evil.test" not in done  # staff text, defanged
+
+
+def test_a_notice_composed_at_once_says_nothing_was_done_since(app: App) -> None:
+    accept(app, declaration(1))
+    app.processor.process_pending()
+    with reading(app.factory) as s:
+        raw = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).one()
+    text = casemail.parse(raw).get_body(("plain",)).get_content()
+    assert "DÉJÀ TRAITÉ" not in text and "assigné à" not in text and "gravité retenue" not in text
 
 
 def test_a_reply_waits_behind_its_cases_deferred_notification(app: App) -> None:
