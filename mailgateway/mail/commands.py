@@ -30,6 +30,11 @@ REASON_NO_REGION = "message adressé à aucune boîte SSI régionale : aucune co
 
 def _args(mode: str, rest: str) -> tuple[str, ...]:
     rest = rest.strip()
+    # French typography puts a colon after the word (« #repondre : Madame, … », « #note: … »): it
+    # is not the argument's (an outside tester: the declarant's mail began with « : Madame »). A
+    # colon that starts a word (« ::1 », « :-) ») is kept.
+    if rest[:1] == ":" and rest[1:2] in ("", " ", "\t", "\u00a0", "\u202f"):
+        rest = rest[1:].strip()
     if mode == "none" or not rest:
         return ()
     if mode == "text":

@@ -24,6 +24,18 @@ def test_free_text_arguments_are_kept_as_written(labels: Labels) -> None:
     assert cmd is not None and cmd.args == ("Appel du DSI à 15h10 : MFA activée.",)
 
 
+def test_a_colon_after_the_command_is_typography_not_argument(labels: Labels) -> None:
+    """An outside tester: « #repondre : Madame, … » sent the declarant a mail beginning « : Madame »."""
+    for line, args in [("#repondre : Madame, pouvez-vous préciser ?", ("Madame, pouvez-vous préciser ?",)),
+                       ("#note: appel du RSSI", ("appel du RSSI",)),
+                       ("#note\u00a0: appel du RSSI", ("appel du RSSI",)),
+                       ("#qualifier : grave", ("grave",)),
+                       ("#note ::1 bloquée sur le pare-feu", ("::1 bloquée sur le pare-feu",)),
+                       ("#note :-) rien de grave", (":-) rien de grave",))]:
+        cmd = parse_command_line(line, labels)
+        assert cmd is not None and cmd.args == args, line
+
+
 def test_bulletin_targets_are_key_value_arguments(labels: Labels) -> None:
     cmd = parse_command_line("#cible catégorie=LBM departement=69", labels)
     assert cmd is not None and (cmd.name, cmd.args) == ("cible", ("categorie=LBM", "departement=69"))
