@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mailgateway.mail.analyse import analyse
@@ -55,6 +57,41 @@ def test_group_with_comment_yields_no_address() -> None:
 )
 def test_charset_names_are_cleaned(declared: str, expected: str | None) -> None:
     assert clean_charset(declared) == expected
+
+
+_DECLARATION = ("From: rssi@chu.test\r\nTo: ssi-ara@ars.test\r\nSubject: {subject}\r\n"
+                "Message-ID: <cs@chu.test>\r\nDate: Fri, 27 Nov 2026 09:00:00 +0100\r\n"
+                "Content-Type: text/plain; charset={charset}\r\n\r\n"
+                "Bonjour,\r\nNuméro FINESS : 690781810\r\nType d'incident : rançongiciel\r\n{extra}\r\n")
+
+
+@pytest.mark.parametrize("label", ["zlib_codec", "rot13", "hex", "base64", "uu", "bz2", "undefined",
+                                   "unicode_escape", "raw_unicode_escape", "punycode", "idna"])
+def test_a_codec_that_is_no_charset_is_read_as_an_unknown_label(label: str, ctx: AnalysisContext) -> None:
+    """An outside tester: « charset=zlib_codec » quarantined a declaration (« LookupError: 'zlib' is
+    not a text encoding »); Python's registry is not a list of charsets."""
+    assert clean_charset(label) is None
+    raw = _DECLARATION.format(subject="Incident", charset=label, extra="").encode("utf-8")
+    facts = analyse(raw, ctx)
+    assert facts.kind == "declaration" and facts.declaration is not None
+    assert facts.declaration.incident_type == "RANCONGICIEL"
+
+
+@pytest.mark.parametrize(("charset", "subject", "extra"), [
+    ("utf-7", "Incident", "+2AA- serveurs chiffr+AOk-s"),  # UTF-7 decodes « +2AA- » to a lone surrogate
+    ("unicode_escape", "Incident", "\\ud800 serveurs"),
+    ("utf-8", "=?utf-7?q?+2AA-_Incident?=", ""),
+    ("utf-8", "=?unicode_escape?q?Incident_=5Cud800?=", ""),
+])
+def test_no_decoded_text_holds_a_lone_surrogate(charset: str, subject: str, extra: str, ctx: AnalysisContext) -> None:
+    """An outside tester: a body or an encoded word decoded to « \\ud800 », which neither the
+    database nor ``parse --json`` can encode; a reply so made was quarantined. U+FFFD instead."""
+    raw = _DECLARATION.format(subject=subject, charset=charset, extra=extra).encode("utf-8")
+    facts = analyse(raw, ctx)
+    assert facts.kind != "unknown" or "erreur" not in (facts.quarantine_reason or "")
+    for text in (facts.subject, facts.body_text, facts.new_text,
+                 json.dumps(facts.to_json(), ensure_ascii=False)):
+        text.encode("utf-8")  # raises on a surrogate
 
 
 def test_latin1_and_cp1252_bodies_are_decoded() -> None:
