@@ -68,16 +68,42 @@ def finess(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def declarations(count: int) -> list[tuple[str, bytes]]:
-    """``count`` distinct declarations (≈1 kB each: 20,000 of them are ≈20 MB, built once per run)."""
+DOMAINS = 997  # declarants' domains: etab-0.test … etab-996.test
+SELECTOR = "bench"
+
+
+def declarations(count: int, signer_key: bytes | None = None) -> list[tuple[str, bytes]]:
+    """``count`` distinct declarations (≈1 kB each: 20,000 of them are ≈20 MB, built once per run);
+    with ``signer_key`` (PEM), each DKIM-signed by its declarant's domain (RFC 6376, rsa-sha256, one
+    key published for every domain: ``static_keys``), as a hospital's mail server signs."""
+    from mailgateway.dispatch.dkim import DkimKey, DkimSigner
+
     template = DECLARATION.replace("\n", "\r\n")  # as an MTA hands them over (RFC 5321 §2.3.8)
+    signers: dict[int, DkimSigner] = {}
     out = []
     for n in range(count):
-        declarant = f"rssi-{n}@etab-{n % 997}.test"
+        declarant = f"rssi-{n}@etab-{n % DOMAINS}.test"
         raw = (template.replace("<decl-1@chu-nantes.test>", f"<bench-{n}@etab.test>")
-               .replace("dsi@chu-nantes.test", declarant).replace("440000289", finess(n)))
-        out.append((declarant, raw.encode()))
+               .replace("dsi@chu-nantes.test", declarant).replace("440000289", finess(n))).encode()
+        if signer_key is not None:
+            signer = signers.get(n % DOMAINS)
+            if signer is None:
+                signer = signers[n % DOMAINS] = DkimSigner(
+                    f"etab-{n % DOMAINS}.test", [DkimKey(SELECTOR, "rsa-sha256", signer_key)])
+            raw = signer.sign(raw) + raw
+        out.append((declarant, raw))
     return out
+
+
+SIGNED: tuple[bytes, str] | None = None  # --signed: (private key PEM, the TXT value publishing it)
+
+
+def signing_key(workdir: Path) -> tuple[bytes, str]:
+    from tests.support.gateway import generate_rsa_key
+
+    path = workdir / "declarants.pem"
+    record = generate_rsa_key(path)
+    return path.read_bytes(), record
 
 
 def cpu_seconds() -> float:
@@ -416,7 +442,9 @@ GLOBAL_AUTO_REPLIES = 5000  # settings.OutboundSettings.auto_reply_global_per_ho
 def measure_gateway(messages: list[tuple[str, bytes]], connections: int, workdir: Path,
                     profile: Path | None, wait: bool) -> tuple[Run, float | None, float | None, tuple[int, int]]:
     relay = Relay()
-    config = ChaosConfig(workdir / "gw", relay_port=relay.port)
+    static_keys = ({f"{SELECTOR}._domainkey.etab-{d}.test": SIGNED[1] for d in range(DOMAINS)}
+                   if SIGNED is not None else {})
+    config = ChaosConfig(workdir / "gw", relay_port=relay.port, static_keys=static_keys)
     # The default configuration: the client is on loopback, a trusted relay by default, so no
     # per-IP rate limit applies (ChaosConfig turns the limit off; put the default back).
     config.path.write_text(config.path.read_text().replace("rate_limit_per_minute = 0\n", ""))
@@ -529,13 +557,17 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="py-spy raw output of accept alone (and FILE.daemon)")
     parser.add_argument("--processing-host", choices=("process", "thread"),
                         help="[processing] host of the daemon: its own process (default) or a thread of the daemon")
+    parser.add_argument("--signed", action="store_true",
+                        help="DKIM-sign every declaration (its domain's key published to the daemon offline)")
     args = parser.parse_args()
-    global PROCESSING_HOST
+    global PROCESSING_HOST, SIGNED
     PROCESSING_HOST = args.processing_host
-    messages = declarations(args.count)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
+    if args.signed:
+        SIGNED = signing_key(workdir)
+    messages = declarations(args.count, SIGNED[0] if SIGNED is not None else None)
     n = args.count
     load_before = os.getloadavg()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
     daemon_profile = args.profile.with_name(args.profile.name + ".daemon") if args.profile else None
     gateway = None
     try:
@@ -546,7 +578,8 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     load = os.getloadavg()
-    print(f"intake, {n} declarations, {args.connections} connections, {os.cpu_count()} CPUs, load average "
+    signed = "DKIM-signed " if args.signed else ""
+    print(f"intake, {n} {signed}declarations, {args.connections} connections, {os.cpu_count()} CPUs, load average "
           f"{load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f} before, "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} after")
     print(_row("bare aiosmtpd sink", n, sink, sink))

