@@ -64,8 +64,10 @@ def is_known_domain(settings: Settings, session: Session, domain: str | None, ad
         return True
     if any(_domain_of(a) == domain for a in all_staff(settings, session)):
         return True
-    # Exact domain, by its index (contacts.domain): never a parent, a child or a pattern.
-    found = session.scalar(select(Contact.id).where(Contact.domain == domain).limit(1))
+    # Exact domain, by its index (contacts.domain): never a parent, a child or a pattern. No
+    # autoflush: what processing has pending (cases, events) changes no contact's address.
+    with session.no_autoflush:
+        found = session.scalar(select(Contact.id).where(Contact.domain == domain).limit(1))
     return found is not None
 
 
@@ -75,6 +77,7 @@ def _known_address(settings: Settings, session: Session, address: str, domain: s
     if address in all_staff(settings, session):
         return True
     # The domain's index first (a provider's contacts), then the address itself.
-    found = session.scalar(select(Contact.id).where(Contact.domain == domain, func.lower(Contact.address) == address)
-                           .limit(1))
+    with session.no_autoflush:
+        found = session.scalar(select(Contact.id).where(Contact.domain == domain,
+                                                        func.lower(Contact.address) == address).limit(1))
     return found is not None

@@ -97,6 +97,7 @@ def import_staff(session: Session, path: str | PathLike[str], now: datetime) -> 
     if removed:
         pk = tuple_(StaffMember.address, StaffMember.region)
         session.execute(delete(StaffMember).where(pk.in_(removed)))
+    session.info.pop(_CACHE_KEY, None)  # all_staff reads the new list
     report.added, report.changed, report.removed = len(added), len(changed), len(removed)
     report.unchanged = len(wanted) - len(added) - len(changed)
     return report
@@ -123,10 +124,24 @@ def _region_statement() -> Select[str]:
     return select(columns.address).where(columns.region == bindparam("region"))
 
 
-def all_staff(settings: Settings, session: Session) -> set[str]:
+_CACHE_KEY = "mailgateway.all_staff"
+
+
+def all_staff(settings: Settings, session: Session) -> frozenset[str]:
+    """Every staff address (configuration and imported list), lower case. Read once per
+    transaction: processing asks it of every authenticated message and every TLP-marked mail,
+    and the list only changes by an import (``import_staff``, which forgets it)."""
+    transaction = session.get_transaction()
+    cached = session.info.get(_CACHE_KEY)
+    if cached is not None and transaction is not None and cached[0] is transaction and cached[1] is settings:
+        return cached[2]  # type: ignore[no-any-return]
     found = {s.address.lower() for s in settings.staff}
-    found.update(a.lower() for a in session.scalars(select(StaffMember.address)))
-    return found
+    with session.no_autoflush:  # nothing processing writes changes the staff list
+        found.update(a.lower() for a in session.scalars(select(StaffMember.address)))
+    staff = frozenset(found)
+    if transaction is not None:
+        session.info[_CACHE_KEY] = (transaction, settings, staff)
+    return staff
 
 
 class StaffDirectory:
@@ -138,5 +153,5 @@ class StaffDirectory:
     def of_region(self, session: Session, region: str) -> list[str]:
         return staff_addresses(self.settings, session, region)
 
-    def everyone(self, session: Session) -> set[str]:
+    def everyone(self, session: Session) -> frozenset[str]:
         return all_staff(self.settings, session)

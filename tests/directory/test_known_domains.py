@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from mailgateway.directory.known import is_known_domain
+from mailgateway.directory.staff import all_staff, import_staff
 from mailgateway.settings import DkimSettings, Settings, parse_settings
 from mailgateway.store.models import Contact, Establishment, StaffMember
 
@@ -124,3 +126,26 @@ def test_a_signing_domain_is_looked_up_by_its_index(directory: Session) -> None:
 def test_the_domain_is_set_at_insert_and_by_the_migration_for_older_rows(directory: Session) -> None:
     domains = dict(directory.execute(select(Contact.address, Contact.domain)).all())
     assert domains == {"RSSI@Chu-Lyon.test": "chu-lyon.test", "dsi@ch_a.test": "ch_a.test"}
+
+
+def test_the_staff_list_is_read_once_per_transaction_and_again_after_an_import(
+        directory: Session, tmp_path: Path) -> None:
+    reads: list[str] = []
+    conn = directory.connection()
+
+    def count(_conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool) -> None:
+        if "FROM staff" in statement:
+            reads.append(statement)
+
+    config = settings()
+    event.listen(conn.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            assert is_known_domain(config, directory, "import.test")
+        assert len(reads) == 1, reads
+        csv = tmp_path / "agents.csv"
+        csv.write_text("adresse;region\nnouvel.agent@renfort.test;ARA\n", encoding="utf-8")
+        assert not import_staff(directory, csv, NOW).refused
+        assert "nouvel.agent@renfort.test" in all_staff(config, directory)
+    finally:
+        event.remove(conn.engine, "before_cursor_execute", count)
