@@ -457,10 +457,29 @@ def measure_gateway(messages: list[tuple[str, bytes]], connections: int, workdir
                                + f"\n[outbound]\nauto_reply_global_per_hour = {len(messages)}\n")
     if PROCESSING_HOST is not None:  # --processing-host: where the daemon runs processing (issue 19)
         config.path.write_text(config.path.read_text() + f'\n[processing]\nhost = "{PROCESSING_HOST}"\n')
+    if CONTACTS:
+        import_directory(config, workdir, CONTACTS)
     try:
         return _measure(config, relay, messages, connections, profile, wait)
     finally:
         relay.stop()
+
+
+CONTACTS = 0  # --contacts: establishments' contacts in the directory before the burst
+
+
+def import_directory(config: ChaosConfig, workdir: Path, count: int) -> None:
+    """A directory of ``count`` establishments, each with its SSI mailbox (``directory import
+    --kind contacts``, as an operator loads it): among them the declarants' domains (etab-N.test),
+    the rest elsewhere. What grows with the directory shows in the figures."""
+    path = workdir / "contacts.csv"
+    lines = ["finess;name;category;departement;email;role"]
+    for n in range(count):
+        domain = f"etab-{n}.test" if n < DOMAINS else f"autre-{n}.test"
+        lines.append(f"{finess(1_000_000 + n)};Établissement {n};CH;44;ssi@{domain};ssi")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "mailgateway", "-c", str(config.path), "directory", "import", "--kind",
+                    "contacts", str(path)], check=True, capture_output=True)
 
 
 def daemon_writer_stats(log_path: Path) -> dict[str, Any] | None:
@@ -557,11 +576,14 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="py-spy raw output of accept alone (and FILE.daemon)")
     parser.add_argument("--processing-host", choices=("process", "thread"),
                         help="[processing] host of the daemon: its own process (default) or a thread of the daemon")
+    parser.add_argument("--contacts", type=int, default=0,
+                        help="establishments' contacts imported into the directory first (the declarants' among them)")
     parser.add_argument("--signed", action="store_true",
                         help="DKIM-sign every declaration (its domain's key published to the daemon offline)")
     args = parser.parse_args()
-    global PROCESSING_HOST, SIGNED
+    global PROCESSING_HOST, SIGNED, CONTACTS
     PROCESSING_HOST = args.processing_host
+    CONTACTS = args.contacts
     workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
     if args.signed:
         SIGNED = signing_key(workdir)
@@ -579,7 +601,9 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     load = os.getloadavg()
     signed = "DKIM-signed " if args.signed else ""
-    print(f"intake, {n} {signed}declarations, {args.connections} connections, {os.cpu_count()} CPUs, load average "
+    directory = f", {args.contacts} contacts in the directory" if args.contacts else ""
+    print(f"intake, {n} {signed}declarations{directory}, {args.connections} connections, {os.cpu_count()} CPUs, "
+          f"load average "
           f"{load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f} before, "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} after")
     print(_row("bare aiosmtpd sink", n, sink, sink))
