@@ -33,6 +33,7 @@ A delivery is counted once: a second DSN for the same outbound message scores no
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -232,10 +233,15 @@ def reactivate_address(session: Session, address: str, now: datetime, *,
     query = select(Contact).where(Contact.address == canonical, Contact.status.in_(statuses))
     if region is not None:
         query = query.where(Contact.finess.in_(select(Establishment.finess).where(Establishment.region == region)))
-    contacts = list(session.scalars(query.order_by(Contact.id)))
+    # Asked of every authenticated message: flush first only when a contact change is pending (a
+    # bounce earlier in the same transaction), not the whole handler's work each time (issue 19).
+    pending = any(isinstance(o, Contact) for o in (*session.new, *session.dirty))
+    with contextlib.nullcontext() if pending else session.no_autoflush:
+        contacts = list(session.scalars(query.order_by(Contact.id)))
     for contact in contacts:
         reactivate(contact, now)
-    session.flush()
+    if contacts:
+        session.flush()
     return contacts
 
 

@@ -62,8 +62,11 @@ def defer(session: Session, now: datetime, case: Case, inbound: InboundMessage |
     except (TypeError, ValueError):
         log.warning("staff notice %s not deferred: its context is not plain JSON", call.get("key"))
         return False
-    session.execute(_INSERT, {"created_at": now, "case_id": case.id,
-                              "inbound_id": inbound.id if inbound is not None else None, "spec": spec})
+    # No autoflush: the row names its case by id (flushed already), and flushing what the handler
+    # has pending here only adds a flush per message (issue 19: 9 % of a signed burst's processing).
+    with session.no_autoflush:
+        session.execute(_INSERT, {"created_at": now, "case_id": case.id,
+                                  "inbound_id": inbound.id if inbound is not None else None, "spec": spec})
     return True
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from mailgateway.directory import BouncePolicy, import_finess, reactivate, record_bounce
+from mailgateway.directory.bounces import reactivate_address
 from mailgateway.settings import DirectorySettings
 from mailgateway.store.models import Contact, ContactBounce
 from tests.directory.conftest import DATA, NOW
@@ -170,3 +171,19 @@ def test_newly_out_of_use_names_only_contacts_a_bounce_took_out_of_use(session: 
     before = statuses_of(session, "ssi@ght.fr")
     touched = record_bounce(session, "ssi@ght.fr", True, "550 5.1.1", NOW, evidence="relay")
     assert not newly_out_of_use(touched, before)  # already out of use: no second notice
+
+
+def test_reactivation_sees_a_bounce_of_the_same_transaction(session: Session, contact: Contact) -> None:
+    """``reactivate_address`` reads without flushing the whole session first (issue 19: it is
+    asked of every authenticated message), except when a contact change is pending: a bounce and
+    then authenticated mail from that mailbox in one processing batch still reactivate it."""
+    contact.status = "bouncing"  # pending, not flushed
+    assert [c.id for c in reactivate_address(session, "SSI@ght.fr", NOW)] == [contact.id]
+    assert contact.status == "active"
+
+
+def test_reactivation_of_an_unknown_or_active_address_flushes_nothing(session: Session, contact: Contact) -> None:
+    session.add(ContactBounce(contact_id=contact.id, at=NOW, permanent=True, diagnostic="550 5.1.1"))
+    assert reactivate_address(session, "ssi@ght.fr", NOW) == []
+    assert reactivate_address(session, "inconnu@ailleurs.test", NOW) == []
+    assert len(session.new) == 1  # the pending row stayed pending: no flush for nothing
