@@ -20,10 +20,11 @@ from sqlalchemy import Select, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from mailgateway.store import fast
-from mailgateway.store.models import Establishment
+from mailgateway.store.models import Contact, Establishment
 
 _MEMO = "mailgateway.directory.establishments"
 _EJ_MEMO = "mailgateway.directory.establishments.ej"
+_CONTACT_MEMO = "mailgateway.directory.establishments.contact"
 
 
 def establishment(session: Session, finess: str) -> Establishment | None:
@@ -49,6 +50,17 @@ def establishments_of_ej(session: Session, finess_ej: str) -> list[Establishment
         for site in found:
             session.info.setdefault(_MEMO, {})[site.finess] = site
     return list(found)
+
+
+def finess_of_contact(session: Session, address: str) -> str | None:
+    """The FINESS of the one establishment whose contact ``address`` is (lower case, as imported),
+    or None: unknown, or a mailbox several establishments share (a GHT's: which one is meant is
+    the declaration's to say)."""
+    memo: dict[str, str | None] = session.info.setdefault(_CONTACT_MEMO, {})
+    if address not in memo:
+        found = session.scalars(select(Contact.finess).where(Contact.address == address).distinct().limit(2)).all()
+        memo[address] = found[0] if len(found) == 1 else None
+    return memo[address]
 
 
 # The sites of an EJ read at most: where they are (processing/regional.py) is decided on these.

@@ -18,7 +18,12 @@ from mailgateway.bulletins import tracking
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import french_datetime
-from mailgateway.directory.establishments import EJ_SITES_SHOWN, establishment, establishments_of_ej
+from mailgateway.directory.establishments import (
+    EJ_SITES_SHOWN,
+    establishment,
+    establishments_of_ej,
+    finess_of_contact,
+)
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
@@ -26,7 +31,7 @@ from mailgateway.mail.analyse import FORWARDED_RELAY
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.context import build_context
 from mailgateway.mail.declaration import extract_declaration, says_portal
-from mailgateway.mail.facts import Declaration, MessageFacts
+from mailgateway.mail.facts import Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.labels import load_labels
 from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
@@ -99,9 +104,14 @@ def _reason_without_address(reason: str) -> str:
     return "adresse refusée" if "@" in head else head
 
 
-def _establishment(session: Session, decl: Declaration
+def _establishment(session: Session, decl: Declaration, sender: SenderVerdict | None = None,
                    ) -> tuple[Declaration, Establishment | None, list[Establishment]]:
     """The establishment (FINESS ET) of a declaration, as the directory tells it.
+
+    A declaration that gives no number, from an authenticated address the directory holds as one
+    establishment's contact, is that establishment's (an outside tester: three « CH de Laval »
+    cases from its RSSI's known address, no FINESS, never flagged as possible duplicates). An
+    unauthenticated From proves nothing: it never names the establishment.
 
     The directory is keyed by the géographique number (ET) and knows each one's juridique
     number (EJ). When the declaration's number is not an ET: another number of the mail that is
@@ -109,6 +119,10 @@ def _establishment(session: Session, decl: Declaration
     staff choose: they are returned, for the staff notification to list). The EJ is recorded
     either way; the category of a resolved ET fills a declaration that gave none.
     """
+    if not decl.finess and sender is not None and sender.authenticated and sender.address:
+        known = finess_of_contact(session, sender.address.strip().lower())
+        if known is not None:
+            decl = replace(decl, finess=known)
     if not decl.finess:
         return decl, None, []
     est = establishment(session, decl.finess)
@@ -144,7 +158,7 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     # Directory rows are never written while processing: reading them needs no flush of this
     # message's pending changes first (issue 19: each autoflush is a unit of work of its own).
     with session.no_autoflush:
-        decl, est, sites = _establishment(session, decl)
+        decl, est, sites = _establishment(session, decl, facts.sender)
     facts = replace(facts, declaration=decl)
     structure = decl.structure or (est.name if est else None)
     title = " — ".join(x for x in (structure, decl.incident_type) if x) or service.one_line(facts.subject, 120)
