@@ -226,6 +226,11 @@ def _to_declarant(ctx: Ctx, cmd: Command, template: str, kind: str, what: str) -
 
 
 def demander_info(ctx: Ctx, cmd: Command) -> str | None:
+    # A question on a closed case contradicts the closure the declarant has just been told of (an
+    # outside tester: « #clore » then « #demander-info » in one mail sent both in the same second).
+    if _case(ctx).status == CaseStatus.CLOS:
+        raise CaseError("dossier clos : une demande d'informations n'a plus d'objet ; rouvrez-le d'abord "
+                        "(« #rouvrir ») ou répondez au déclarant avec « #repondre <texte> »")
     return _to_declarant(ctx, cmd, "demande_info", "demande_info", "demande d'informations")
 
 

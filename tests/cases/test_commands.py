@@ -229,3 +229,16 @@ def test_a_command_under_the_signature_is_reported_even_when_others_ran(gw: Gate
     assert "[appliquée] #note vu avec le DSI" in text, text
     assert "[refusée]  #transmettre-acss — non exécutée : sous la ligne de signature" in text, text
     assert not gw.outbound("transmission_acss")
+
+
+def test_a_question_to_the_declarant_of_a_closed_case_is_refused(gw: Gateway) -> None:
+    """An outside tester: « #clore » then « #demander-info » in one mail closed the case and asked
+    the declarant a question in the same second. The question is refused and the receipt says
+    what to do; an answer (« #repondre ») after a closure still goes."""
+    ref = gw.declare()
+    gw.command(ref, "#qualifier significatif\n#clore incident traité\n#demander-info Pouvez-vous préciser ?\n"
+                    "#repondre Merci, nous clôturons le dossier.\n")
+    assert gw.case(ref).status == "CLOS"
+    assert not gw.outbound("demande_info") and gw.outbound("reponse")
+    receipt = gw.receipt_text()
+    assert "dossier clos : une demande d'informations n'a plus d'objet" in receipt and "#rouvrir" in receipt
