@@ -122,7 +122,9 @@ def _establishment(session: Session, decl: Declaration, sender: SenderVerdict | 
     if not decl.finess and sender is not None and sender.authenticated and sender.address:
         known = finess_of_contact(session, sender.address.strip().lower())
         if known is not None:
-            decl = replace(decl, finess=known)
+            # The directory names it, not words of the text (an outside tester: « un poste du
+            # laboratoire » made the CH's case a laboratory's, « l'EHPAD voisin » its structure).
+            decl = replace(decl, finess=known, structure=None, category=None)
     if not decl.finess:
         return decl, None, []
     est = establishment(session, decl.finess)

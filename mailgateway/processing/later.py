@@ -34,6 +34,7 @@ from mailgateway.clock import Clock
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.contexts import case_context
 from mailgateway.dispatch.mailer import Mailer
+from mailgateway.statuses import CaseStatus
 from mailgateway.store.engine import reading, transaction, write_gate
 from mailgateway.store.models import Case, CaseEvent, DeferredStaffNotice, InboundMessage
 
@@ -47,6 +48,14 @@ LATER_CHUNK = 50
 LOOK_SECONDS = 60.0
 # What people did on a case while its notice waited, shown in it: at most this many lines.
 SINCE_LINES = 12
+# What counts as done: the case's state changed by someone (commands are applied for
+# authenticated staff only) and the mail people sent. Not what merely arrived or was refused: an
+# outside tester's twenty forged « [REF] #clore » mails filled the block with « Message reçu »
+# and « Commande refusée » lines and pushed a colleague's note out of it.
+DONE_TYPES = ("statut", "qualification", "structure", "assignation", "note", "fusion", "dossier_lie", "confirmation",
+              "diffusion", "transfert", "declaration_transferee")
+SENT_BY_PEOPLE = frozenset({"reponse", "demande_info", "transmission_acss", "cloture_declarant", "transfert",
+                            "alerte_relais"})
 
 _INSERT = insert(DeferredStaffNotice)
 
@@ -151,10 +160,12 @@ def _since(session: Session, notices: list[DeferredStaffNotice]) -> dict[int, li
     rows = session.scalars(
         select(CaseEvent)
         .where(CaseEvent.case_id.in_({n.case_id for n in notices}), CaseEvent.at > first,
-               CaseEvent.actor != "passerelle")
+               CaseEvent.actor != "passerelle", CaseEvent.type.in_((*DONE_TYPES, "mail_sortant")))
         .order_by(CaseEvent.case_id, CaseEvent.seq))
     by_case: dict[int, list[CaseEvent]] = {}
     for event in rows:
+        if event.type == "mail_sortant" and (event.data or {}).get("type") not in SENT_BY_PEOPLE:
+            continue  # the gateway's receipts and notices, sent in someone's name
         by_case.setdefault(event.case_id, []).append(event)
     since: dict[int, list[str]] = {}
     for notice in notices:
@@ -174,7 +185,9 @@ def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, call: 
     # meanwhile (an outside tester: « statut : pris en compte » on a case already closed), and
     # what was done since, so that the notice does not read as if nobody had touched it (another:
     # « #assigner moi » offered on a case already assigned, qualified and answered).
-    call["context"] = {**call["context"], "case": case_context(case), "depuis": since}
+    context = {**call["context"], "case": case_context(case), "depuis": since}
+    _drop_settled_hints(session, case, context)
+    call["context"] = context
     attachments: list[Attachment] = []
     if call.pop("attach_original", False) and notice.inbound_id is not None:
         # One original at a time (each may be megabytes); no flush of the last notice's rows first.
@@ -183,6 +196,22 @@ def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, call: 
         if raw:
             attachments = [Attachment(raw, "message-original.eml")]
     mailer.send_to_staff(session, region, case=case, attachments=attachments, **call)
+
+
+def _drop_settled_hints(session: Session, case: Case, context: dict[str, Any]) -> None:
+    """Hints decided when the message was processed that what happened since has settled (an
+    outside tester: « répondez #fusionner X » on a case already merged, or naming a duplicate
+    already merged into it; a transfer suggested for a case already transferred)."""
+    if case.status == CaseStatus.CLOS or case.merged_into_id is not None:
+        context.pop("duplicate_of", None)
+        context.pop("out_of_region", None)
+        return
+    duplicate = context.get("duplicate_of")
+    if isinstance(duplicate, str):
+        with session.no_autoflush:
+            other = session.execute(select(Case.status, Case.merged_into_id).where(Case.reference == duplicate)).first()
+        if other is None or other[1] is not None or other[0] == CaseStatus.CLOS:
+            context.pop("duplicate_of", None)
 
 
 def _failed(mailer: Mailer, session: Session, clock: Clock, call: dict[str, Any], case: Case, exc: Exception) -> None:

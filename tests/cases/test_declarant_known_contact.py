@@ -47,6 +47,16 @@ def test_a_known_contacts_signed_declaration_gets_its_establishment(gw: Gateway)
     assert f"DOUBLON POSSIBLE du dossier ouvert {first.case_ref}" in notice
 
 
+def test_the_directory_names_the_establishment_not_words_of_the_text(gw: Gateway) -> None:
+    raw = casemail.message(sender="rssi@chu.test", to="ssi-ara@ars.test", subject="Rançongiciel",
+                           body="Bonjour,\n\nUn poste du laboratoire et l'EHPAD voisin sont chiffrés.\n",
+                           message_id="<laval-lab@chu.test>")
+    result = gw.feed(casemail.sign(raw, casemail.establishment_key()))
+    assert result.case_ref
+    case = gw.case(result.case_ref)
+    assert (case.finess, case.establishment, case.category) == (LAVAL, "CH de Laval", "CH")
+
+
 def test_an_unauthenticated_from_names_no_establishment(gw: Gateway) -> None:
     result = gw.feed(without_finess(3))
     assert result.case_ref and gw.case(result.case_ref).finess is None

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from mailgateway import status
 from mailgateway.app import App, build_app
 from mailgateway.cases import service
+from mailgateway.cases.timeline import append_event
 from mailgateway.clock import FixedClock
 from mailgateway.processing import later, runner
 from mailgateway.store.engine import reading
@@ -225,6 +226,48 @@ def test_a_deferred_notice_says_what_staff_did_while_it_waited(app: App) -> None
     # Assigned, qualified (the gravity, then the status), noted: not the gateway's own events.
     assert len(lines) == 4 and all("— agent@ars.test —" in line for line in lines), lines
     assert "hxxps://evil[.]test/x" in done and "https://evil.test" not in done  # staff text, defanged
+
+
+def test_forged_mail_cannot_push_what_staff_did_out_of_a_deferred_notice(app: App) -> None:
+    """An outside tester: twenty forged « [REF] #clore » mails added « Message reçu » and « Commande
+    refusée » lines that filled the block; the colleague's note was cut. Only what was done counts:
+    state changes and the mail people sent, not what arrived, was refused or was the gateway's."""
+    accept(app, declaration(1))
+    processed_deferring(app, [1])
+    later_on = NOW + timedelta(minutes=1)
+    with app.factory() as s, s.begin():
+        case = s.scalars(select(Case)).one()
+        for n in range(30):
+            append_event(s, case, type="message_recu", actor="agent@ars.test", at=later_on,
+                         data={"type": "command", "objet": f"[REF] consigne {n}"})
+            append_event(s, case, type="commande_refusee", actor="agent@ars.test", at=later_on,
+                         data={"commande": "clore", "motif": "message non authentifié"})
+        append_event(s, case, type="mail_sortant", actor="agent@ars.test", at=later_on,
+                     data={"type": "recu_commandes", "destinataire": "agent@ars.test"})
+        service.add_note(s, case, "GENUINE-NOTE", actor="referent@ars.test", at=later_on)
+    app.processor.process_pending()
+    with reading(app.factory) as s:
+        raw = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).one()
+    text = casemail.parse(raw).get_body(("plain",)).get_content()
+    done = text.split("DÉJÀ TRAITÉ", 1)[1].split("\n\n", 1)[0]
+    assert [line for line in done.splitlines() if line.startswith("  - ")] == [
+        "  - 27/11/2026 à 10:01 — referent@ars.test — Note : « GENUINE-NOTE »"]
+
+
+def test_a_duplicate_hint_settled_meanwhile_is_not_given(app: App) -> None:
+    """An outside tester: a notice composed after the burst still said « répondez #fusionner X »
+    when the case had been merged meanwhile, or X had been merged into it."""
+    for n in (1, 2):
+        accept(app, declaration(n * 10))  # the same FINESS: the second is a possible duplicate
+    processed_deferring(app, [1, 2])
+    with app.factory() as s, s.begin():
+        first, second = s.scalars(select(Case).order_by(Case.id)).all()
+        service.merge(s, first, second, actor="agent@ars.test", at=NOW + timedelta(minutes=1))
+    app.processor.process_pending()
+    with reading(app.factory) as s:
+        raws = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).all()
+    texts = [casemail.parse(raw).get_body(("plain",)).get_content() for raw in raws]
+    assert len(texts) == 2 and not any("DOUBLON POSSIBLE" in t for t in texts), texts
 
 
 def test_a_notice_composed_at_once_says_nothing_was_done_since(app: App) -> None:
