@@ -109,6 +109,16 @@ def test_dry_run_prints_count_and_sample_and_writes_nothing(
     assert result["recipients"] == 2 and result["dry_run"] is True and len(result["sample"]) == 2
 
 
+def test_send_says_it_composes_in_the_foreground_and_the_daemon_sends(
+    app: App, tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside tester: ``bulletin send --yes`` held the terminal 15–40 s with nothing said."""
+    config = write_config(tmp_path, sqlite_url)
+    code, out, err = run_cli(capsys, config, *send_args(body_file(tmp_path), "all", "--yes"))
+    assert code == 0
+    assert "composition, signature et mise en file en cours" in err and "5 message(s) en file" in out
+
+
 def test_send_queues_one_personalised_message_per_establishment_with_own_ids(
     app: App, tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
