@@ -248,7 +248,13 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
     if type_ == "etat":
         return "Modification enregistrée : " + ", ".join(_COLUMNS.get(str(c), str(c)) for c in d.get("champs") or [])
     text = _EVENT_TITLES.get(type_) or type_.replace("_", " ")
-    return _with_reason(f"{text[:1].upper()}{text[1:]}", d)
+    title = f"{text[:1].upper()}{text[1:]}"
+    if type_ in _TITLE_SAYS_IT:
+        return title  # its motif says the same again (« déclaration déjà reçue : message rejoué »)
+    return _with_reason(title, d)
+
+
+_TITLE_SAYS_IT = frozenset({"declaration_rejouee", "alerte_rejouee"})
 
 
 # The events told by their title only: the stored type is an identifier without accents

@@ -143,3 +143,12 @@ def test_an_assignment_to_the_assignee_says_nothing_changed() -> None:
     assert describe("assignation", {"de": "chef@ars.test", "vers": "agent@ars.test"}) == (
         "Dossier assigné à agent@ars.test (auparavant chef@ars.test)")
     assert describe("assignation", {"de": None, "vers": "agent@ars.test"}) == "Dossier assigné à agent@ars.test"
+
+
+@pytest.mark.parametrize(("type_", "motif"), [("declaration_rejouee", "déclaration déjà reçue : message rejoué"),
+                                               ("alerte_rejouee", "alerte déjà reçue : message rejoué")])
+def test_a_replay_is_said_once(type_: str, motif: str) -> None:
+    """An outside tester read « Déclaration déjà reçue (rejouée ou renvoyée par un relais)
+    (déclaration déjà reçue : message rejoué) »."""
+    line = describe(type_, {"motif": motif})
+    assert line.count("déjà reçue") == 1 and line.startswith(("Déclaration déjà reçue", "Alerte déjà reçue"))
