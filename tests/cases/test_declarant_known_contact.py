@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from mailgateway.directory.addresses import normalise_address
+from mailgateway.directory.establishments import finess_of_contact
 from mailgateway.store.models import Contact, Establishment
 from tests.support import casemail
 from tests.support.casegateway import Gateway, make_gateway
@@ -71,3 +73,14 @@ def test_a_mailbox_two_establishments_share_names_neither(gw: Gateway) -> None:
                       created_at=NOW, updated_at=NOW))
     result = gw.feed(casemail.sign(without_finess(4), casemail.establishment_key()))
     assert result.case_ref and gw.case(result.case_ref).finess is None
+
+
+def test_the_address_is_looked_up_in_the_form_imports_store(gw: Gateway) -> None:
+    """Contacts are stored by ``normalise_address``: the sender's address is put in that form
+    before the look-up, however it was written (case, blanks)."""
+    with gw.app.factory() as s, s.begin():
+        s.add(Contact(finess=LAVAL, address=normalise_address("RSSI@Hôpital.test") or "", role="rssi", status="active",
+                      bounce_score=0.0, created_at=NOW, updated_at=NOW))
+    with gw.app.factory() as s:
+        assert finess_of_contact(s, "RSSI@Hôpital.test") == LAVAL
+        assert finess_of_contact(s, " Rssi@Chu.Test ") == LAVAL

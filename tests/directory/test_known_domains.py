@@ -123,7 +123,8 @@ def test_a_signing_domain_is_looked_up_by_its_index(directory: Session) -> None:
     assert len(plans) >= 2 and all("ix_contacts_domain" in p for p in plans), plans
 
 
-def test_the_domain_is_set_at_insert_and_by_the_migration_for_older_rows(directory: Session) -> None:
+def test_the_domain_is_set_at_insert(directory: Session) -> None:
+    """(Older rows: the migration, tests/store/test_migrations.py.)"""
     domains = dict(directory.execute(select(Contact.address, Contact.domain)).all())
     assert domains == {"RSSI@Chu-Lyon.test": "chu-lyon.test", "dsi@ch_a.test": "ch_a.test"}
 
