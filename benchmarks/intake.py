@@ -53,7 +53,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support: config, daemon
 
 from tests.support.chaos import ChaosConfig
-from tests.support.gateway import DECLARATION, RunningGateway
+from tests.support.gateway import DECLARATION, GatewayConfig, RunningGateway
 from tests.support.servers import free_port, wait_for
 
 
@@ -468,7 +468,7 @@ def measure_gateway(messages: list[tuple[str, bytes]], connections: int, workdir
 CONTACTS = 0  # --contacts: establishments' contacts in the directory before the burst
 
 
-def import_directory(config: ChaosConfig, workdir: Path, count: int) -> None:
+def import_directory(config: GatewayConfig, workdir: Path, count: int) -> None:
     """A directory of ``count`` establishments, each with its SSI mailbox (``directory import
     --kind contacts``, as an operator loads it): among them the declarants' domains (etab-N.test),
     the rest elsewhere. What grows with the directory shows in the figures."""

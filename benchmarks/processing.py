@@ -18,7 +18,8 @@ Per stage (wall time, inclusive; nested stages are indented): the attempt commit
 inside it), ORM flushes, commit + fsync. ``--profile FILE`` runs the inline sweep under cProfile
 and prints the top functions by cumulative time (the raw stats are written to FILE).
 
-Run: ``.venv/bin/python benchmarks/processing.py [--count 1000] [--open-cases 2000] [--profile /tmp/p.prof]``.
+Run: ``.venv/bin/python benchmarks/processing.py [--count 1000] [--open-cases 2000] [--signed] [--contacts 20000]
+[--profile /tmp/p.prof]``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.orm import Session
 
+from benchmarks import intake
 from benchmarks.intake import declarations, finess
 from mailgateway.app import App, build_app
 from mailgateway.clock import SystemClock
@@ -144,9 +146,9 @@ def seed_open_cases(app: App, n: int) -> None:
         s.execute(insert(StaffNoticeLog), notices)
 
 
-def accept_all(app: App, count: int) -> None:
+def accept_all(app: App, count: int, signer_key: bytes | None) -> None:
     with transaction(app.factory) as s:
-        for declarant, raw in declarations(count):
+        for declarant, raw in declarations(count, signer_key):
             accept_in(s, raw, source="smtp", now=app.clock.now(), mail_from=declarant,
                       rcpt_tos=["ssi-pdl@ars.test"], peer="127.0.0.1")
 
@@ -154,17 +156,22 @@ def accept_all(app: App, count: int) -> None:
 RELAY_PORT = 9  # discard: never connected to, processing only composes and queues
 
 
-def run(mode: str, count: int, open_cases: int, workdir: Path, profile: Path | None) -> float:
+def run(mode: str, count: int, open_cases: int, workdir: Path, profile: Path | None,
+        signed: tuple[bytes, str] | None = None, contacts: int = 0) -> float:
     # A relay configured, as in the daemon (nothing is sent here): processing then reads what the
     # relay advertised (dispatch/relaylimits.py) to decide whether a staff mail may attach the original.
-    config = GatewayConfig(workdir / mode, relay_port=RELAY_PORT)
+    static_keys = ({f"{intake.SELECTOR}._domainkey.etab-{d}.test": signed[1] for d in range(intake.DOMAINS)}
+                   if signed is not None else {})
+    config = GatewayConfig(workdir / mode, relay_port=RELAY_PORT, static_keys=static_keys)
+    if contacts:
+        intake.import_directory(config, workdir / mode, contacts)
     settings = load_settings(config.path)
     app = build_app(settings, clock=SystemClock())
     worker = AnalysisWorker(settings) if mode in ("worker", "single") else None
     app.processor.worker = worker
     try:
         seed_open_cases(app, open_cases)
-        accept_all(app, count)
+        accept_all(app, count, signed[0] if signed is not None else None)
         if worker is not None:
             worker.prepare(settings)  # the spawn (≈1 s of imports) is not a message's cost
         stages = Stages()
@@ -218,12 +225,18 @@ def main() -> int:
                         help="comma-separated: single (reference: process(id) one message per transaction, "
                              "worker), worker (process_pending, as the daemon), inline (no worker process)")
     parser.add_argument("--profile", type=Path, help="cProfile the inline sweep; stats written here")
+    parser.add_argument("--signed", action="store_true",
+                        help="each declaration DKIM-signed by its declarant's domain (as intake.py --signed)")
+    parser.add_argument("--contacts", type=int, default=0,
+                        help="establishments' contacts imported into the directory first (as intake.py --contacts)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (nproc {os.cpu_count()})")
     with tempfile.TemporaryDirectory(prefix="mg-bench-processing-") as tmp:
+        signed = intake.signing_key(Path(tmp)) if args.signed else None
         rates = {}
         for mode in (m.strip() for m in args.modes.split(",")):
-            rates[mode] = run(mode, args.count, args.open_cases, Path(tmp), args.profile if mode == "inline" else None)
+            rates[mode] = run(mode, args.count, args.open_cases, Path(tmp), args.profile if mode == "inline" else None,
+                              signed, args.contacts)
         if "single" in rates and "worker" in rates:
             ratio = rates["worker"] / rates["single"]
             print(f"\nsweep (worker, as the daemon) {rates['worker']:.0f} msg/s = {ratio:.2f} x "

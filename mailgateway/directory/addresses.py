@@ -14,6 +14,7 @@ import re
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.utils import parseaddr
+from functools import lru_cache
 
 # RFC 5322 §3.2.3 atext, dot-separated.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -22,8 +23,11 @@ _LOCAL_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
+@lru_cache(maxsize=4096)
 def normalise_address(value: str) -> str | None:
-    """The address in canonical (lower-case) form, or None when it is not a usable address."""
+    """The address in canonical (lower-case) form, or None when it is not a usable address.
+    Remembered (a pure function of its text): processing asks it of every authenticated sender,
+    and a contacts import of every row (≈ 40 µs each, the email package's parser)."""
     text = value.strip()
     if not text or any(c in text for c in "\r\n\t,;"):
         return None

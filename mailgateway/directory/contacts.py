@@ -33,6 +33,7 @@ from mailgateway.directory.bounces import reactivate
 from mailgateway.directory.categories import accepted_categories, normalise_category
 from mailgateway.directory.csvfile import Row, fold, read_rows, read_text
 from mailgateway.directory.finess import FINESS_RE
+from mailgateway.directory.known import forget_known
 from mailgateway.directory.regions import departement_of_finess, normalise_departement, region_of_departement
 from mailgateway.directory.report import ImportReport
 from mailgateway.store.models import Contact, Establishment
@@ -117,6 +118,7 @@ def import_contacts(
     radiotherapy_finess: Collection[str] = (),
 ) -> ImportReport:
     """Validate the whole file, then add its contacts (and missing establishments); caller commits."""
+    forget_known(session)  # the domains « we deal with » change
     report = ImportReport("contacts")
     rows = read_rows(read_text(path, report), report, _ALIASES, ("finess", "email"))
     if rows is None:

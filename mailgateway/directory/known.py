@@ -42,15 +42,45 @@ def is_public_mailbox_domain(domain: str) -> bool:
                for i in range(len(labels) - 1))
 
 
+_CACHE_KEY = "mailgateway.known_domains"
+
+
 def is_known_domain(settings: Settings, session: Session, domain: str | None, address: str | None = None) -> bool:
     """True for the agency's and ACSS's domains, a staff member's domain, or the domain of an
     establishment contact in the directory (exact domain, never a parent or a child). For a
-    public mailbox provider's domain, only ``address`` itself as a staff member or a contact."""
+    public mailbox provider's domain, only ``address`` itself as a staff member or a contact.
+
+    Answered once per transaction and question: processing asks it of every authenticated
+    message (5 % of the processing host's samples in a signed burst, issue 19), and the answer
+    only changes by an import of staff (``all_staff`` then reads a new set) or of contacts
+    (``forget_known``)."""
     domain = (domain or "").strip().lower().rstrip(".")
     if not domain:
         return False
+    transaction = session.get_transaction()
+    staff = all_staff(settings, session)  # a new set after a staff import: then nothing remembered holds
+    cached = session.info.get(_CACHE_KEY)
+    if cached is None or transaction is None or cached[0] is not transaction or cached[1] is not settings \
+            or cached[2] is not staff:
+        cached = (transaction, settings, staff, {})
+        if transaction is not None:
+            session.info[_CACHE_KEY] = cached
+    answers: dict[tuple[str, str], bool] = cached[3]
+    key = (domain, (address or "").strip().lower())
+    known = answers.get(key)
+    if known is None:
+        known = answers[key] = _known(settings, session, domain, key[1])
+    return known
+
+
+def forget_known(session: Session) -> None:
+    """Forget what ``is_known_domain`` remembered in this transaction (an import changed it)."""
+    session.info.pop(_CACHE_KEY, None)
+
+
+def _known(settings: Settings, session: Session, domain: str, address: str) -> bool:
     if is_public_mailbox_domain(domain):
-        return _known_address(settings, session, (address or "").strip().lower(), domain)
+        return _known_address(settings, session, address, domain)
     own = {d.lower() for d in settings.authentication.acss_domains}
     own.update(contact_domain(r.address) or "" for r in settings.regions)
     if settings.dkim and settings.dkim.domain:

@@ -182,6 +182,16 @@ def test_reactivation_sees_a_bounce_of_the_same_transaction(session: Session, co
     assert contact.status == "active"
 
 
+def test_reactivation_sees_a_bounce_flushed_earlier_in_the_transaction(session: Session, contact: Contact) -> None:
+    """The hot path (one statement on the driver, store/fast.py) reads the transaction's own rows."""
+    contact.status = "bouncing"
+    session.flush()
+    assert not session.dirty
+    assert [c.id for c in reactivate_address(session, "ssi@GHT.fr", NOW)] == [contact.id]
+    assert contact.status == "active"
+    assert reactivate_address(session, "ssi@ght.fr", NOW) == []  # active again: nothing to do
+
+
 def test_reactivation_of_an_unknown_or_active_address_flushes_nothing(session: Session, contact: Contact) -> None:
     session.add(ContactBounce(contact_id=contact.id, at=NOW, permanent=True, diagnostic="550 5.1.1"))
     assert reactivate_address(session, "ssi@ght.fr", NOW) == []

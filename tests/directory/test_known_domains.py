@@ -12,10 +12,12 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from mailgateway.directory.contacts import import_contacts
 from mailgateway.directory.known import is_known_domain
 from mailgateway.directory.staff import all_staff, import_staff
 from mailgateway.settings import DkimSettings, Settings, parse_settings
 from mailgateway.store.models import Contact, Establishment, StaffMember
+from tests.support.db import migrated
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
@@ -150,3 +152,46 @@ def test_the_staff_list_is_read_once_per_transaction_and_again_after_an_import(
         assert "nouvel.agent@renfort.test" in all_staff(config, directory)
     finally:
         event.remove(conn.engine, "before_cursor_execute", count)
+
+
+def test_an_answer_is_remembered_for_the_transaction_and_forgotten_by_an_import(
+        directory: Session, tmp_path: Path) -> None:
+    """Asked of every authenticated message (issue 19): the directory is read once per question
+    and transaction; a contacts import or a staff import in the same transaction is seen at once."""
+    reads: list[str] = []
+    conn = directory.connection()
+
+    def count(_conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool) -> None:
+        if statement.startswith("SELECT contacts.id"):
+            reads.append(statement)
+
+    config = settings()
+    event.listen(conn.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            assert not is_known_domain(config, directory, "ch-nouveau.test")
+            assert is_known_domain(config, directory, "CHU-lyon.test")
+        assert len(reads) == 2, reads
+        contacts = tmp_path / "contacts.csv"
+        contacts.write_text("finess;email;role\n690781810;ssi@ch-nouveau.test;ssi\n", encoding="utf-8")
+        assert not import_contacts(directory, contacts, NOW).refused
+        assert is_known_domain(config, directory, "ch-nouveau.test")
+        assert not is_known_domain(config, directory, "renfort.test")
+        staff = tmp_path / "agents.csv"
+        staff.write_text("adresse;region\nnouvel.agent@renfort.test;ARA\n", encoding="utf-8")
+        assert not import_staff(directory, staff, NOW).refused
+        assert is_known_domain(config, directory, "renfort.test")
+    finally:
+        event.remove(conn.engine, "before_cursor_execute", count)
+
+
+def test_an_answer_is_not_carried_into_the_next_transaction(sqlite_url: str) -> None:
+    config = settings()
+    with migrated(sqlite_url) as factory, factory() as session:
+        with session.begin():
+            assert not is_known_domain(config, session, "chu-lyon.test")
+        with session.begin():  # an import committed by another process meanwhile
+            one_establishment(session, name="CHU", category="CH", rssi="rssi@chu-lyon.test", dsi="dsi@chu-lyon.test",
+                              staff="cadre@import.test")
+        with session.begin():
+            assert is_known_domain(config, session, "chu-lyon.test")

@@ -22,7 +22,7 @@ from mailgateway.intake.accept import accept_in
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing import pipeline, runner
 from mailgateway.processing.context import Env, Outcome
-from mailgateway.processing.worker import AnalysisWorker
+from mailgateway.processing.worker import AnalysisFailed, AnalysisWorker
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import AuditLedger, Case, CaseEvent, InboundMessage, Indicator, OutboundMessage
@@ -233,12 +233,71 @@ def test_a_sweep_writes_many_messages_per_transaction_and_counts_attempts_once(
     counts: list[int] = []
     commit_batch, count_attempts = runner.BatchRun._commit_batch, runner.Processor._count_attempts
     monkeypatch.setattr(runner.BatchRun, "_commit_batch",
-                        lambda self, todo: (writes.append(len(todo)), commit_batch(self, todo))[1])
+                        lambda self, todo, *rest: (writes.append(len(todo)), commit_batch(self, todo, *rest))[1])
     monkeypatch.setattr(runner.Processor, "_count_attempts",
                         lambda self, i, d: (counts.append(len(i)), count_attempts(self, i, d))[1])
     assert [r.status for r in app.processor.process_pending()] == ["processed"] * 10
     assert counts == [10] and writes == [10]
     assert {inbound(app, i).attempts for i in ids} == {1}
+
+
+class Answers:
+    """``AnalysisStream``'s interface over answers already there: facts, or what reading raises."""
+
+    def __init__(self, answers: list[tuple[int, Any]]) -> None:
+        self._left = list(answers)
+        self.abandoned: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._left)
+
+    @property
+    def upcoming(self) -> int:
+        return int(self._left[0][0])
+
+    def ready(self) -> bool:
+        return bool(self._left)
+
+    def next(self) -> tuple[int, MessageFacts | None]:
+        inbound_id, answer = self._left.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return inbound_id, answer
+
+    def close(self) -> None:
+        self._left = []
+
+
+def test_a_write_transaction_takes_the_answers_already_there(app: App) -> None:
+    """Issue 19: a transaction took only the answers there when it began (one, then the few
+    analysed meanwhile: about four messages a transaction, each paying a commit). It now goes on
+    with those that arrive while it runs; one whose reading raised is handled after it."""
+    ids = [accept(app, declaration(n)) for n in range(1, 6)]
+    facts = {i: app.processor._analyse(i) for i in ids}
+    run = runner.BatchRun(app.processor, ids, may_defer=True)
+    stream = Answers([(ids[1], facts[ids[1]]), (ids[2], AnalysisFailed("ValueError: illisible")),
+                      (ids[3], facts[ids[3]]), (ids[4], facts[ids[4]])])
+    commits: list[int] = []
+    event.listen(app.engine, "commit", lambda _conn: commits.append(1))
+    first = facts[ids[0]]
+    assert first is not None
+    assert run._commit_batch([(ids[0], first)], stream, {i: 1 for i in ids}) == []  # type: ignore[arg-type]
+    assert {i: run.results[i].status for i in ids} == {
+        ids[0]: "processed", ids[1]: "processed", ids[2]: "quarantined", ids[3]: "processed", ids[4]: "processed"}
+    assert inbound(app, ids[2]).reason == "erreur de traitement : ValueError: illisible"
+    assert len(commits) == 2  # the four in one transaction; the quarantine in its own
+    assert count(app, OutboundMessage) >= 4
+
+
+def test_an_analysis_in_this_process_is_never_taken_into_a_write_transaction(app: App) -> None:
+    """Inline analysis (no worker) would read inside the write transaction: never taken there."""
+    ids = [accept(app, declaration(n)) for n in range(1, 4)]
+    first = app.processor._analyse(ids[0])
+    assert first is not None
+    run = runner.BatchRun(app.processor, ids, may_defer=True)
+    inline = runner.InlineAnalyses(app.processor, ids[1:])
+    assert run._commit_batch([(ids[0], first)], inline, {i: 1 for i in ids}) == []
+    assert list(run.results) == [ids[0]] and inline.upcoming == ids[1]
 
 
 def test_two_instances_sweeping_together_process_each_message_once(db_url: str) -> None:
