@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mailgateway.mail.indicators import extract_indicators
+import pytest
+
+from mailgateway.mail.indicators import extract_indicators, refang
 
 
 def _pairs(text: str, **kw: object) -> set[tuple[str, str]]:
@@ -14,6 +16,19 @@ def test_defanged_values_are_refanged() -> None:
     assert ("url", "http://evil.example/a") in found
     assert ("ip", "203.0.113.45") in found
     assert ("email", "pirate@evil.example") in found
+
+
+@pytest.mark.parametrize(("defanged", "value"), [
+    ("hXXps[:]//evil[.]example[/]x", "https://evil.example/x"),
+    ("evil{.}example (dot) evil(dot)example", "evil.example . evil.example"),
+    ("pirate [at] evil.example, pirate(at)evil.example, pirate[@]evil.example",
+     "pirate@evil.example, pirate@evil.example, pirate@evil.example"),
+    ("203.0.113[ . ]45", "203.0.113.45"),
+    ("rien à refanger (ici) : x", "rien à refanger (ici) : x"),
+])
+def test_every_defanged_form_is_refanged(defanged: str, value: str) -> None:
+    """Each form, also alone in a text (a pattern runs only when a character it needs is there)."""
+    assert refang(defanged) == value
 
 
 def test_hashes_cves_and_domains() -> None:
