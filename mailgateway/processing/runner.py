@@ -917,23 +917,25 @@ class BatchRun:
         the write transaction), never a wait. An answer that raised (over budget, failed, the
         worker lost) is kept in ``after`` for ``_after``, out of the transaction, as is one whose
         handling writes in a transaction of its own (``Processor._try``: unauthenticated while a
-        key was unavailable, put off) or that is skipped."""
+        key was unavailable, put off) or that is skipped — and the transaction takes no more.
+        Answers are applied in their order (a complement after the declaration it answers, put
+        off or not), and after a lost worker the next ``next`` would start a new one and wait for
+        it, holding the write lock (both found by an outside tester)."""
         p = self.p
-        while (not isinstance(analyses, InlineAnalyses) and analyses and analyses.ready()
-               and not p.halt.is_set()):
-            inbound_id = analyses.upcoming
-            try:
-                facts = analyses.next()[1]
-            except Exception as exc:  # handled by _after, as _try handles what next() raises
-                after.append((inbound_id, exc))
-                continue
-            if facts is None or (facts.sender.temporary and not facts.sender.authenticated):
-                after.append((inbound_id, facts))
-                continue
-            left.append((inbound_id, facts))
-            taken.append((inbound_id, facts))
-            return True
-        return False
+        if isinstance(analyses, InlineAnalyses) or not analyses or not analyses.ready() or p.halt.is_set():
+            return False
+        inbound_id = analyses.upcoming
+        try:
+            facts = analyses.next()[1]
+        except Exception as exc:  # handled by _after, as _try handles what next() raises
+            after.append((inbound_id, exc))
+            return False
+        if facts is None or (facts.sender.temporary and not facts.sender.authenticated):
+            after.append((inbound_id, facts))
+            return False
+        left.append((inbound_id, facts))
+        taken.append((inbound_id, facts))
+        return True
 
     def _after(self, analyses: AnalysisStream | InlineAnalyses | AnalysedAhead | None,
                attempts: dict[int, int] | None, after: list[tuple[int, _Outcome]],

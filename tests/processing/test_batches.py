@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -271,7 +272,9 @@ class Answers:
 def test_a_write_transaction_takes_the_answers_already_there(app: App) -> None:
     """Issue 19: a transaction took only the answers there when it began (one, then the few
     analysed meanwhile: about four messages a transaction, each paying a commit). It now goes on
-    with those that arrive while it runs; one whose reading raised is handled after it."""
+    with those that arrive while it runs, until one whose reading raised: that one is handled
+    after it, and the transaction takes no more (a lost worker's replacement is never waited for
+    with the write lock held; found by an outside tester)."""
     ids = [accept(app, declaration(n)) for n in range(1, 6)]
     facts = {i: app.processor._analyse(i) for i in ids}
     run = runner.BatchRun(app.processor, ids, may_defer=True)
@@ -281,12 +284,31 @@ def test_a_write_transaction_takes_the_answers_already_there(app: App) -> None:
     event.listen(app.engine, "commit", lambda _conn: commits.append(1))
     first = facts[ids[0]]
     assert first is not None
-    assert run._commit_batch([(ids[0], first)], stream, {i: 1 for i in ids}) == []  # type: ignore[arg-type]
-    assert {i: run.results[i].status for i in ids} == {
-        ids[0]: "processed", ids[1]: "processed", ids[2]: "quarantined", ids[3]: "processed", ids[4]: "processed"}
+    attempts = {i: 1 for i in ids}
+    assert run._commit_batch([(ids[0], first)], stream, attempts) == []  # type: ignore[arg-type]
+    assert {i: r.status for i, r in run.results.items()} == {
+        ids[0]: "processed", ids[1]: "processed", ids[2]: "quarantined"}
     assert inbound(app, ids[2]).reason == "erreur de traitement : ValueError: illisible"
-    assert len(commits) == 2  # the four in one transaction; the quarantine in its own
+    assert len(commits) == 2 and stream.upcoming == ids[3]  # two in one transaction; the quarantine
+    assert run._commit_batch([], stream, attempts) == []  # type: ignore[arg-type]
+    assert {run.results[i].status for i in ids[3:]} == {"processed"} and len(commits) == 3
     assert count(app, OutboundMessage) >= 4
+
+
+def test_an_answer_put_off_ends_the_transaction_and_is_applied_before_the_next(app: App) -> None:
+    """A declaration whose signing key could not be fetched, on its last try, is applied
+    unauthenticated — before the complement that follows it, never after (an outside tester)."""
+    ids = [accept(app, declaration(n)) for n in range(1, 4)]
+    facts = {i: app.processor._analyse(i) for i in ids}
+    late = facts[ids[1]]
+    assert late is not None and facts[ids[0]] is not None
+    late = replace(late, sender=replace(late.sender, authenticated=False, temporary=True))
+    run = runner.BatchRun(app.processor, ids, may_defer=True)
+    stream = Answers([(ids[1], late), (ids[2], facts[ids[2]])])
+    last_try = app.settings.processing.max_attempts
+    left = run._commit_batch([(ids[0], facts[ids[0]])], stream, {i: last_try for i in ids})  # type: ignore[arg-type]
+    assert [i for i, _ in left] == [ids[1]] and stream.upcoming == ids[2]
+    assert list(run.results) == [ids[0]]
 
 
 def test_an_analysis_in_this_process_is_never_taken_into_a_write_transaction(app: App) -> None:
@@ -349,6 +371,7 @@ def test_two_instances_sweeping_together_process_each_message_once(db_url: str) 
 def test_a_write_transaction_ends_when_intake_waits_after_its_turn(sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
                                                                     turn: float, commits_expected: int) -> None:
     monkeypatch.setattr(runner, "INTAKE_TURN_SECONDS", turn)
+    monkeypatch.setattr(runner, "BATCH_WRITE_SECONDS", 3600.0)  # a loaded machine: the turn alone decides
     application = build_app(settings_for(at_head(sqlite_url)), clock=FixedClock(NOW))
     try:
         for n in range(1, 5):
