@@ -865,7 +865,10 @@ class BatchRun:
         try:
             with write_gate(p.factory.kw["bind"]), transaction(p.factory) as session:
                 opened = time.monotonic()
+                # Intake still busy after the longest wait: answers are taken during the first
+                # turn only, then the transaction ends with what it holds (the accept writer waits).
                 while left or (analyses is not None and attempts is not None
+                               and (quiet or time.monotonic() - opened < INTAKE_TURN_SECONDS)
                                and self._take_ready(analyses, attempts, left, taken, after)):
                     inbound_id, facts = left.pop(0)
                     if self._stale(inbound_id, facts):

@@ -295,6 +295,23 @@ def test_a_write_transaction_takes_the_answers_already_there(app: App) -> None:
     assert count(app, OutboundMessage) >= 4
 
 
+@pytest.mark.parametrize(("quiet", "applied"), [(True, 3), (False, 1)])
+def test_while_intake_stays_busy_a_transaction_takes_no_answer_after_its_turn(
+        app: App, monkeypatch: pytest.MonkeyPatch, quiet: bool, applied: int) -> None:
+    """Intake still busy after the processor's longest wait: the transaction applies what it
+    holds and takes answers during its first turn only (here none: a turn of 0 s), so the accept
+    writer waits no longer than before answers were taken into transactions."""
+    monkeypatch.setattr(runner, "INTAKE_TURN_SECONDS", 0.0)
+    monkeypatch.setattr(app.processor, "_yield_to_intake", lambda: quiet)
+    ids = [accept(app, declaration(n)) for n in range(1, 4)]
+    facts = {i: app.processor._analyse(i) for i in ids}
+    run = runner.BatchRun(app.processor, ids, may_defer=True)
+    run.transactions = 1  # not the sweep's first: it yields to intake first
+    stream = Answers([(ids[1], facts[ids[1]]), (ids[2], facts[ids[2]])])
+    assert run._commit_batch([(ids[0], facts[ids[0]])], stream, {i: 1 for i in ids}) == []  # type: ignore[list-item]
+    assert len(run.results) == applied and bool(stream) is not quiet
+
+
 def test_an_answer_put_off_ends_the_transaction_and_is_applied_before_the_next(app: App) -> None:
     """A declaration whose signing key could not be fetched, on its last try, is applied
     unauthenticated — before the complement that follows it, never after (an outside tester)."""
