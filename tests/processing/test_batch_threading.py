@@ -7,13 +7,14 @@ worker alike). It is now analysed again once the message it names is applied (``
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from mailgateway.app import App, build_app
 from mailgateway.clock import FixedClock
 from mailgateway.processing import runner
-from mailgateway.processing.worker import AnalysisWorker
+from mailgateway.processing.worker import AnalysisWorker, WorkerUnavailable
 from mailgateway.store.engine import reading
 from mailgateway.store.models import InboundMessage
 from tests.processing.test_batches import NOW, accept, declaration, settings_for
@@ -90,3 +91,36 @@ def test_messages_naming_nothing_of_the_batch_are_analysed_once(application: App
     monkeypatch.setattr(runner.BatchRun, "_round", counted)
     application.processor.process_pending()
     assert rounds == [ids]
+
+
+def test_a_batch_without_a_worker_stops_the_sweep_so_nothing_overtakes_it(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker cannot start for a batch (killed as it started, an outside tester): its
+    messages are left untried, and the next batch — the complement of one of them — is not
+    processed before them: it became a case of its own and a second acknowledgement."""
+    monkeypatch.setattr(runner, "BATCH_SIZE", 2)
+    app = build_app(settings_for(at_head(sqlite_url)), clock=FixedClock(NOW))
+    worker = AnalysisWorker(app.settings)
+    app.processor.worker = worker
+    real_prepare = worker.prepare
+    failures = [WorkerUnavailable("analysis worker exited at start (exit code -9)")]
+
+    def prepare(settings: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real_prepare(settings)
+
+    monkeypatch.setattr(worker, "prepare", prepare)
+    try:
+        first = accept(app, declaration(1))
+        other = accept(app, declaration(2))
+        reply = accept(app, complement(1, "<d1@chu.test>"))
+        swept = app.processor.process_pending()
+        assert [(r.inbound_id, r.status) for r in swept] == [(first, "retry"), (other, "retry")]
+        assert case_of(app, reply) is None
+        results = {r.inbound_id: r for r in app.processor.process_pending()}
+        assert (results[first].kind, results[reply].kind) == ("declaration", "reply")
+        assert case_of(app, reply) == case_of(app, first) is not None
+    finally:
+        worker.close()
+        app.close()
