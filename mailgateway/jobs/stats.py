@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -50,7 +50,11 @@ def week_start(at: datetime) -> date:
 
 
 def _bounds(monday: date) -> datetime:
-    return datetime.combine(monday, datetime.min.time(), PARIS)
+    """Monday 00:00 in Paris, in UTC: the columns hold UTC without an offset, and SQLite compares
+    the text, so a Paris time was read as UTC — a case opened on Sunday after 23:00 UTC (Monday
+    in Paris) fell inside the week before and out of every week counted (KeyError; the test
+    suite run at 23:44 UTC)."""
+    return datetime.combine(monday, datetime.min.time(), PARIS).astimezone(UTC)
 
 
 def _summary(values: list[float]) -> dict[str, float | int | None]:

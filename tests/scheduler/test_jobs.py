@@ -175,3 +175,17 @@ def test_the_bulletins_job_runs_the_bulletin_follow_ups(gw: Gateway) -> None:
     outcome = housekeeping.bulletins(gw.app, NOW)
     assert not outcome.skipped and outcome.mails == 0
     assert outcome.summary == "bulletins : 0 message envoyé (rapports, relances)"
+
+
+def test_the_weekly_figures_cut_weeks_at_midnight_in_paris_not_utc(gw: Gateway) -> None:
+    """Sunday 23:10 UTC is Monday 00:10 in Paris: the current week, not counted yet. The columns
+    hold UTC: a Paris bound compared as UTC took that case into the week before, which it did
+    not belong to (KeyError, the test suite run at 23:44 UTC)."""
+    from mailgateway.jobs.stats import compute
+
+    sunday_in_paris = gw.declare(at=datetime(2026, 12, 6, 22, 50, tzinfo=UTC))  # 23:50 Paris, Sunday
+    gw.declare(at=datetime(2026, 12, 6, 23, 10, tzinfo=UTC))  # 00:10 Paris, Monday
+    region = gw.case(sunday_in_paris).region
+    with gw.app.factory() as s:
+        stats = compute(s, region, datetime(2026, 12, 6, 23, 30, tzinfo=UTC))
+    assert stats.declarations[-1] == 1 and sum(stats.declarations) == 1
