@@ -181,7 +181,12 @@ def test_sweeps_failing_every_time_show_as_processing_stalled(tmp_path: Path, no
     port = config.metrics_port or 0
     with RunningGateway(config, extra_env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"}) as gw:
         _warm(gw, config)
-        ready = notify.wait_for("READY=1")
+        notify.wait_for("READY=1")
+        # A slow machine (a host starting in 5 s under load) may have reported its start-up as a
+        # stall already: what follows is measured from a settled daemon, watchdog pinging.
+        wait_for(lambda: _get(port, "/healthz") == "ok\n", timeout=30, interval=0.5)
+        notify.wait_for("WATCHDOG=1", after=len(notify.messages), timeout=10)
+        ready = len(notify.messages)
         # Every sweep now fails ("processing sweep failed"): counting an attempt is an UPDATE.
         with contextlib.closing(sqlite3.connect(config.db_path, timeout=30)) as db, db:
             db.execute("CREATE TRIGGER broken BEFORE UPDATE OF attempts ON inbound_messages "
