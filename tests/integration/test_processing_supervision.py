@@ -224,6 +224,9 @@ def test_a_host_dying_at_each_start_shows_as_processing_stalled_not_flapping(tmp
     port = config.metrics_port or 0
     with RunningGateway(config) as gw:
         _warm(gw, config)
+        # A slow machine may have reported the first host's start-up (4-5 s under load) as a stall
+        # still showing: the stall looked for below is the one the dying hosts cause.
+        wait_for(lambda: _get(port, "/healthz") == "ok\n", timeout=30, interval=0.5)
         stop = threading.Event()
 
         def kill_loop() -> None:  # what /work/probe/t1/killloop.sh did: each new host dies at once
