@@ -55,20 +55,17 @@ def is_known_domain(settings: Settings, session: Session, domain: str | None, ad
 
     Answered once per transaction and question: processing asks it of every authenticated
     message (5 % of the processing host's samples in a signed burst, issue 19), and the answer
-    only changes by an import of staff (``all_staff`` then reads a new set) or of contacts
-    (``forget_known``)."""
+    only changes by an import of staff or of contacts (``forget_known``)."""
     domain = (domain or "").strip().lower().rstrip(".")
     if not domain:
         return False
-    transaction = session.get_transaction()
-    staff = all_staff(settings, session)  # a new set after a staff import: then nothing remembered holds
+    # ``all_staff`` reads a new set in each transaction, for other settings and after a staff
+    # import: what was remembered with another set no longer holds.
+    staff = all_staff(settings, session)
     cached = session.info.get(_CACHE_KEY)
-    if cached is None or transaction is None or cached[0] is not transaction or cached[1] is not settings \
-            or cached[2] is not staff:
-        cached = (transaction, settings, staff, {})
-        if transaction is not None:
-            session.info[_CACHE_KEY] = cached
-    answers: dict[tuple[str, str], bool] = cached[3]
+    if cached is None or cached[0] is not staff:
+        cached = session.info[_CACHE_KEY] = (staff, {})
+    answers: dict[tuple[str, str], bool] = cached[1]
     key = (domain, (address or "").strip().lower())
     known = answers.get(key)
     if known is None:

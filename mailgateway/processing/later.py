@@ -24,9 +24,9 @@ import json
 import logging
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Insert, Select, bindparam, delete, func, insert, select
+from sqlalchemy import Insert, Select, Table, bindparam, delete, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -65,7 +65,7 @@ SENT_BY_PEOPLE = frozenset({"reponse", "demande_info", "transmission_acss", "clo
 def _insert() -> Insert:
     """A deferred notice's row, compiled once and run on the driver (store/fast.py): one per
     declaration of a burst."""
-    return insert(DeferredStaffNotice.__table__)  # type: ignore[arg-type]
+    return insert(cast(Table, DeferredStaffNotice.__table__))
 
 
 @cache

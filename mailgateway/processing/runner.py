@@ -858,8 +858,8 @@ class BatchRun:
             todo.append((inbound_id, facts))
 
     def _commit_batch(self, todo: list[tuple[int, MessageFacts]],
-                      analyses: AnalysisStream | InlineAnalyses | AnalysedAhead | None = None,
-                      attempts: dict[int, int] | None = None) -> list[tuple[int, MessageFacts]]:
+                      analyses: AnalysisStream | InlineAnalyses | AnalysedAhead,
+                      attempts: dict[int, int]) -> list[tuple[int, MessageFacts]]:
         """Apply messages from ``todo`` in one write transaction, then the worker's answers that
         are already there (``_take_ready``); return those left for the next."""
         p = self.p
@@ -879,8 +879,7 @@ class BatchRun:
                 opened = time.monotonic()
                 # Intake still busy after the longest wait: answers are taken during the first
                 # turn only, then the transaction ends with what it holds (the accept writer waits).
-                while left or (analyses is not None and attempts is not None
-                               and (quiet or time.monotonic() - opened < INTAKE_TURN_SECONDS)
+                while left or ((quiet or time.monotonic() - opened < INTAKE_TURN_SECONDS)
                                and self._take_ready(analyses, attempts, left, taken, after)):
                     inbound_id, facts = left.pop(0)
                     if self._stale(inbound_id, facts):
@@ -952,14 +951,13 @@ class BatchRun:
         taken.append((inbound_id, facts))
         return True
 
-    def _after(self, analyses: AnalysisStream | InlineAnalyses | AnalysedAhead | None,
-               attempts: dict[int, int] | None, after: list[tuple[int, _Outcome]],
+    def _after(self, analyses: AnalysisStream | InlineAnalyses | AnalysedAhead, attempts: dict[int, int],
+               after: list[tuple[int, _Outcome]],
                left: list[tuple[int, MessageFacts]]) -> list[tuple[int, MessageFacts]]:
         """``left``, then the answers a transaction took but left for after it, through ``_try``
         (their results, or their facts to apply next)."""
-        if analyses is not None and attempts is not None:
-            for read in after:
-                self._analysed(analyses, attempts, left, read)
+        for read in after:
+            self._analysed(analyses, attempts, left, read)
         return left
 
     def _apply_bare(self, session: Session, inbound_id: int, facts: MessageFacts) -> Result:

@@ -285,12 +285,12 @@ def test_a_write_transaction_takes_the_answers_already_there(app: App) -> None:
     first = facts[ids[0]]
     assert first is not None
     attempts = {i: 1 for i in ids}
-    assert run._commit_batch([(ids[0], first)], stream, attempts) == []  # type: ignore[arg-type]
+    assert run._commit_batch([(ids[0], first)], stream, attempts) == []
     assert {i: r.status for i, r in run.results.items()} == {
         ids[0]: "processed", ids[1]: "processed", ids[2]: "quarantined"}
     assert inbound(app, ids[2]).reason == "erreur de traitement : ValueError: illisible"
     assert len(commits) == 2 and stream.upcoming == ids[3]  # two in one transaction; the quarantine
-    assert run._commit_batch([], stream, attempts) == []  # type: ignore[arg-type]
+    assert run._commit_batch([], stream, attempts) == []
     assert {run.results[i].status for i in ids[3:]} == {"processed"} and len(commits) == 3
     assert count(app, OutboundMessage) >= 4
 
@@ -308,7 +308,7 @@ def test_while_intake_stays_busy_a_transaction_takes_no_answer_after_its_turn(
     run = runner.BatchRun(app.processor, ids, may_defer=True)
     run.transactions = 1  # not the sweep's first: it yields to intake first
     stream = Answers([(ids[1], facts[ids[1]]), (ids[2], facts[ids[2]])])
-    assert run._commit_batch([(ids[0], facts[ids[0]])], stream, {i: 1 for i in ids}) == []  # type: ignore[list-item]
+    assert run._commit_batch([(ids[0], facts[ids[0]])], stream, {i: 1 for i in ids}) == []
     assert len(run.results) == applied and bool(stream) is not quiet
 
 
@@ -323,7 +323,7 @@ def test_an_answer_put_off_ends_the_transaction_and_is_applied_before_the_next(a
     run = runner.BatchRun(app.processor, ids, may_defer=True)
     stream = Answers([(ids[1], late), (ids[2], facts[ids[2]])])
     last_try = app.settings.processing.max_attempts
-    left = run._commit_batch([(ids[0], facts[ids[0]])], stream, {i: last_try for i in ids})  # type: ignore[arg-type]
+    left = run._commit_batch([(ids[0], facts[ids[0]])], stream, {i: last_try for i in ids})
     assert [i for i, _ in left] == [ids[1]] and stream.upcoming == ids[2]
     assert list(run.results) == [ids[0]]
 
