@@ -152,10 +152,14 @@ def _remind(ctx: JobContext, session: Session, item: Overdue, now: datetime) -> 
                         auto_submitted="auto-generated", in_reply_to=case.origin_message_id)
         if ctx.mailer.send(session, spec, kind="rappel", case=case) is not None:
             queued.append(address)
-    # The reminder is on the timeline even when every send was refused (the refusals are too).
-    append_event(session, case, type="rappel", actor="passerelle", at=now,
+    # The reminder is on the timeline even when every send was refused (the refusals are too),
+    # at the time it was sent, like its mail: ``scheduler run-due --now T`` decides at T, and a
+    # timeline event at T (hours ahead) sorted after what people did in between (an outside
+    # tester). The mailer runs on the real clock (cli/scheduler.py DecidingAt); the instant the
+    # reminder was decided for is kept in its data.
+    append_event(session, case, type="rappel", actor="passerelle", at=ctx.mailer.clock.now(),
                  data={"statut": case.status, "echeance": item.due_at.isoformat(), "etape": item.step + 1,
-                       "escalade": escalation, "destinataires": queued})
+                       "escalade": escalation, "destinataires": queued, "decide_pour": now.isoformat()})
     return len(queued)
 
 

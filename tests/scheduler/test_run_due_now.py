@@ -1,7 +1,7 @@
 """``scheduler run-due --now T`` through the real command line: the jobs decide what is due at T,
 but what they send is queued for now, with today's Date header (a reminder computed for
-"now + 7 days" does not wait in the outbox until that date); T with an offset or without one is
-stored as the instant it names, so ``cases verify`` finds every case as the gateway wrote it."""
+"now + 7 days" does not wait in the outbox until that date) and recorded on the timeline now; T
+with an offset or without one is stored as the instant it names, so ``cases verify`` finds every case as the gateway wrote it."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_a_reminder_due_at_t_is_queued_now_and_t_is_stored_as_that_instant(
     try:
         with gw.app.factory() as s:
             reminder = s.scalars(select(OutboundMessage).where(OutboundMessage.kind == "rappel")).one()
-            events = {e.type: aware(e.at) for e in s.scalars(select(CaseEvent))}
+            events = {e.type: e for e in s.scalars(select(CaseEvent))}
     finally:
         gw.app.close()
     # Sent when asked: due now, dated now — not at T, a week ahead.
@@ -52,8 +52,11 @@ def test_a_reminder_due_at_t_is_queued_now_and_t_is_stored_as_that_instant(
     assert before <= aware(reminder.created_at) <= after
     date = parsedate_to_datetime(str(email.message_from_bytes(reminder.raw, policy=policy.default)["Date"]))
     assert before - timedelta(seconds=1) <= date <= after
-    # Decided at T: the reminder event carries T, the very instant (not an hour off).
-    assert events["rappel"] == decided.astimezone(UTC)
+    # On the timeline when it was sent, like its mail: an event at T, a week ahead, sorted after
+    # everything people did in between (an outside tester).
+    assert before <= aware(events["rappel"].at) <= after
+    # Decided at T: the event says for which instant, the very one (not an hour off).
+    assert datetime.fromisoformat(events["rappel"].data["decide_pour"]) == decided.astimezone(UTC)
     # Nothing looks altered afterwards.
     assert main(["cases", "verify", "-c", config, ref]) == 0, capsys.readouterr().out
     assert main(["cases", "verify", "-c", config]) == 0, capsys.readouterr().out
