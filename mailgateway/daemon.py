@@ -67,6 +67,8 @@ log = logging.getLogger("mailgateway.daemon")
 
 # How often the daemon looks for the oldest message due for processing (one indexed read).
 STALL_CHECK_SECONDS = 2.0
+# How often the fan-out loop looks for bulletins left "sending" by a process that died since.
+RESUME_LOOK_SECONDS = 30.0
 
 
 class _SignallingWriter(AcceptWriter):
@@ -220,9 +222,16 @@ class Daemon:
         app = self.app
         # A fan-out interrupted by a stop or a crash resumes where it stopped (it skips the
         # establishments already queued; outbox idempotency keys make any overlap a no-op).
-        await asyncio.to_thread(resume_interrupted_fan_outs, app.factory)
+        await asyncio.to_thread(resume_interrupted_fan_outs, app.factory, self.instance_id)
+        looked = time.monotonic()
         while not self.stop_event.is_set():
             try:
+                if time.monotonic() - looked >= RESUME_LOOK_SECONDS:
+                    # A ``bulletin send --yes`` killed while it fanned out: resumed here, not at
+                    # the daemon's next start (its owner is dead; ours are left alone).
+                    looked = time.monotonic()
+                    await asyncio.to_thread(resume_interrupted_fan_outs, app.factory, self.instance_id,
+                                            at_start=False)
                 if await asyncio.to_thread(fan_out_approved, app.env, app.factory, self._on_outbound,
                                              stop=self.stop_event.is_set):
                     self._on_outbound()

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.bulletins.indicator_files import relay_attachments
@@ -64,6 +64,7 @@ from mailgateway.dispatch.fanout_worker import (
     compose_in_worker,
     sign_in_worker,
 )
+from mailgateway.dispatch.liveness import dead_among, this_process
 from mailgateway.dispatch.wording import nombre
 from mailgateway.errors import InputError, PolicyRefusal
 from mailgateway.mail.parse import parse_message
@@ -234,6 +235,7 @@ def fan_out(env: Env, session: Session, bulletin: Bulletin,
     check_tlp(bulletin.tlp)
     case, alert = _alert_of(session, bulletin)
     bulletin.status = "sending"
+    bulletin.fan_out_owner = this_process()
     already = int(session.scalar(select(func.count()).select_from(BulletinRecipient)
                                  .where(BulletinRecipient.bulletin_id == bulletin.id)) or 0)
     done: set[str] = set()
@@ -374,6 +376,7 @@ def _pipeline(env: Env, session: Session, bulletin: Bulletin, checkpoint: Callab
         # that transaction: composing and signing below hold no lock.
         case, alert = _alert_of(session, bulletin)
         bulletin.status = "sending"
+        bulletin.fan_out_owner = this_process()
         done = set(session.scalars(select(BulletinRecipient.finess)
                                    .where(BulletinRecipient.bulletin_id == bulletin.id)))
         queued = int(session.scalar(select(func.count()).select_from(BulletinRecipient).where(
@@ -551,7 +554,7 @@ def fan_out_approved(env: Env, factory: sessionmaker[Session], on_chunk: Callabl
             with write_gate(factory.kw["bind"]):
                 result = session.execute(update(Bulletin).where(Bulletin.id == bulletin_id,
                                                                 Bulletin.status == "approved")
-                                         .values(status="sending"))
+                                         .values(status="sending", fan_out_owner=this_process()))
                 claimed = cast(CursorResult[Any], result).rowcount
                 bulletin = session.get(Bulletin, bulletin_id) if claimed else None
                 session.commit()
@@ -561,12 +564,39 @@ def fan_out_approved(env: Env, factory: sessionmaker[Session], on_chunk: Callabl
     return total
 
 
-def resume_interrupted_fan_outs(factory: sessionmaker[Session]) -> int:
-    """At daemon start: bulletins left ``sending`` by a stopped fan-out go back to ``approved``."""
-    with factory() as session:
-        result = session.execute(update(Bulletin).where(Bulletin.status == "sending").values(status="approved"))
+def resume_interrupted_fan_outs(factory: sessionmaker[Session], me: str | None = None, *,
+                                at_start: bool = True) -> int:
+    """Bulletins left ``sending`` by a fan-out that stopped go back to ``approved``: at daemon
+    start (``me``: its instance id, this process's by default) and from time to time after.
+
+    Only those whose owner is provably dead (dispatch/liveness.py): a ``bulletin send --yes``
+    still fanning out, or another live instance, keeps its bulletin (an outside tester restarted
+    the daemon during a CLI fan-out: two fan-outs of one bulletin, an ERROR on the unique
+    recipient constraint). Rows without an owner (before revision 0009) are resumed, as before.
+    At start a row of ``me`` is a previous process's; later it is our own fan-out, left alone."""
+    me = me or this_process()
+    engine = factory.kw["bind"]
+    with reading(factory) as session:
+        owners = set(session.scalars(select(Bulletin.fan_out_owner).where(Bulletin.status == "sending")))
+    if not at_start:
+        owners.discard(me)
+    if not owners:
+        return 0
+    dead = dead_among(engine, {o for o in owners if o is not None}, me)
+    resumed: list[Any] = [Bulletin.fan_out_owner.in_(sorted(dead))] if dead else []
+    if None in owners:
+        resumed.append(Bulletin.fan_out_owner.is_(None))
+    if not resumed:
+        return 0
+    with write_gate(engine), factory() as session:
+        result = session.execute(update(Bulletin).where(Bulletin.status == "sending", or_(*resumed))
+                                 .values(status="approved", fan_out_owner=None))
         session.commit()
-        return int(cast(CursorResult[Any], result).rowcount or 0)
+    count = int(cast(CursorResult[Any], result).rowcount or 0)
+    if count:
+        log.warning("%d bulletin fan-out(s) left by a stopped process resumed (%s)", count,
+                    ", ".join(sorted(dead)) or "owner unknown")
+    return count
 
 
 def approve_bulletin(env: Env, session: Session, bulletin_id: int, approver: str) -> int:

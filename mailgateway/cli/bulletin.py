@@ -22,6 +22,7 @@ from mailgateway.bulletins.followups import status_counts
 from mailgateway.bulletins.roster import bulletin_list, establishments
 from mailgateway.clock import french_datetime
 from mailgateway.directory import count_establishments, count_recipients, parse_target
+from mailgateway.dispatch.liveness import SenderLiveness, this_process
 from mailgateway.errors import InputError
 from mailgateway.settings import Settings
 from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, reading
@@ -82,14 +83,23 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
                                        body=body, tlp=tlp, author="cli", now=now)
             _approve(bulletin, "cli", now)
             bulletin.status = "sending"  # this process fans it out; the daemon must not claim it
-            session.commit()
-            if not args.json:
-                # Composing and signing run here, in the foreground (about a minute for 40,000 on 2
-                # CPUs); the daemon sends each chunk as it is committed (an outside tester was not told).
-                print(f"bulletin {bulletin.id} approuvé : composition, signature et mise en file en cours "
-                      "(le démon envoie chaque lot dès qu'il est en file)…", file=sys.stderr, flush=True)
-            queued = fan_out(app.env, session, bulletin, checkpoint=lambda s: s.commit())
-            session.commit()
+            bulletin.fan_out_owner = this_process()  # nor resume it at its start while we live:
+            # seen alive by a daemon starting meanwhile (PostgreSQL: our advisory lock, taken
+            # before the bulletin names us; SQLite: our PID) — dispatch/liveness.py.
+            liveness = SenderLiveness(app.factory.kw["bind"], this_process())
+            liveness.hold()
+            try:
+                session.commit()
+                if not args.json:
+                    # Composing and signing run here, in the foreground (about a minute for 40,000
+                    # on 2 CPUs); the daemon sends each chunk as it is committed (an outside tester
+                    # was not told).
+                    print(f"bulletin {bulletin.id} approuvé : composition, signature et mise en file en cours "
+                          "(le démon envoie chaque lot dès qu'il est en file)…", file=sys.stderr, flush=True)
+                queued = fan_out(app.env, session, bulletin, checkpoint=lambda s: s.commit())
+                session.commit()
+            finally:
+                liveness.release()
             bulletin_id = bulletin.id
     finally:
         app.close()

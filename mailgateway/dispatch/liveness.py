@@ -60,6 +60,11 @@ def parse_owner(owner: str) -> tuple[str, int] | None:
     return host, int(pid)
 
 
+def this_process() -> str:
+    """This process's owner id, ``<host>:<pid>`` (the daemon's instance id, a CLI's own)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -109,14 +114,7 @@ class SenderLiveness:
         conn = self._conn
         if conn is None:
             return dead
-        for owner in owners - dead:
-            if parse_owner(owner) is None:
-                continue
-            key = owner_key(owner)
-            if conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}):
-                conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                dead.add(owner)
-        return dead
+        return dead | _unlocked(conn, owners - dead)
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
@@ -127,6 +125,33 @@ class SenderLiveness:
                 log.debug("closing the sender liveness connection failed", exc_info=True)
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _unlocked(conn: Connection, owners: set[str]) -> set[str]:
+    """PostgreSQL: the ``<host>:<pid>`` owners whose advisory lock nobody holds (dead)."""
+    dead = set()
+    for owner in owners:
+        if parse_owner(owner) is None:
+            continue
+        key = owner_key(owner)
+        if conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}):
+            conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            dead.add(owner)
+    return dead
+
+
+def dead_among(engine: Engine, owners: set[str], me: str) -> set[str]:
+    """The owners among ``owners`` that are provably dead, asked by a process that holds no
+    lock of its own for it (a bulletin's fan-out owner, seen by a starting daemon). ``me`` (this
+    process's id) counts as dead: a row of ours seen before we began is a previous process's."""
+    if engine.dialect.name != "postgresql":
+        return {o for o in owners if dead_on_sqlite(o, me)}
+    probe = create_engine(engine.url, poolclass=NullPool, connect_args=_LOCK_CONNECT_ARGS)
+    try:
+        with probe.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return {o for o in owners if o == me} | _unlocked(conn, owners - {me})
+    finally:
+        probe.dispose()
 
 
 def reclaim_dead_senders(factory: sessionmaker[Session], clock: Clock, liveness: SenderLiveness) -> int:

@@ -518,6 +518,9 @@ class Bulletin(Base):
     approved_by: Mapped[str | None] = mapped_column(String(512))
     report_sent_at: Mapped[datetime | None]
     recipients: Mapped[int] = mapped_column(Integer, default=0)
+    # Who fans it out while ``sending``: ``<host>:<pid>`` (dispatch/liveness.py). A starting daemon
+    # resumes only the fan-outs of dead owners, never a live CLI's or another instance's.
+    fan_out_owner: Mapped[str | None] = mapped_column(String(255))
 
 
 class BulletinRecipient(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from mailgateway.bulletins.fanout import (
 )
 from mailgateway.clock import FixedClock
 from mailgateway.directory import parse_target
+from mailgateway.dispatch.liveness import this_process
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Bulletin, OutboundMessage
 from tests.support.bulletins import bulletin_settings, fill_directory
@@ -72,6 +74,64 @@ def test_an_interrupted_fan_out_resumes_without_duplicates(app: App) -> None:
     assert _queued(app) == 12
     with app.factory() as s:
         assert s.get(Bulletin, bulletin_id).status == "sent"  # type: ignore[union-attr]
+
+
+def _sending(app: App, owner: str | None) -> int:
+    bulletin_id = _draft(app)
+    with transaction(app.factory) as s:
+        bulletin = s.get(Bulletin, bulletin_id)
+        assert bulletin is not None
+        bulletin.status, bulletin.fan_out_owner = "sending", owner
+    return bulletin_id
+
+
+def _status(app: App, bulletin_id: int) -> str:
+    with app.factory() as s:
+        bulletin = s.get(Bulletin, bulletin_id)
+        assert bulletin is not None
+        return bulletin.status
+
+
+def test_a_starting_daemon_resumes_only_the_fan_outs_of_dead_processes(app: App) -> None:
+    """An outside tester restarted the daemon while ``bulletin send --yes`` fanned out: the daemon
+    put the bulletin back to ``approved`` and fanned it out a second time beside the live CLI."""
+    import subprocess
+    import sys
+
+    live_cli = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead_cli = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_cli.wait()
+    try:
+        host = this_process().rpartition(":")[0]
+        me = f"{host}:{os.getpid()}"
+        kept = _sending(app, f"{host}:{live_cli.pid}")
+        crashed = _sending(app, f"{host}:{dead_cli.pid}")
+        previous = _sending(app, me)  # the daemon's own id, seen at its start: a previous process's
+        legacy = _sending(app, None)  # before revision 0009
+        assert resume_interrupted_fan_outs(app.factory, me) == 3
+        assert [_status(app, b) for b in (kept, crashed, previous, legacy)] == [
+            "sending", "approved", "approved", "approved"]
+        # Later looks (a CLI killed meanwhile) leave our own running fan-out alone.
+        mine = _sending(app, me)
+        live_cli.kill()
+        live_cli.wait()
+        assert resume_interrupted_fan_outs(app.factory, me, at_start=False) == 1
+        assert [_status(app, b) for b in (kept, mine)] == ["approved", "sending"]
+    finally:
+        live_cli.kill()
+        live_cli.wait()
+
+
+def test_a_claimed_fan_out_names_its_owner(app: App) -> None:
+    bulletin_id = _draft(app)
+    with transaction(app.factory) as s:
+        approve_bulletin(app.env, s, bulletin_id, "agent@ars.test")
+        s.flush()
+    with transaction(app.factory) as s:
+        assert s.get(Bulletin, bulletin_id).fan_out_owner is None  # type: ignore[union-attr]
+    assert fan_out_approved(app.env, app.factory) == 12
+    with transaction(app.factory) as s:
+        assert s.get(Bulletin, bulletin_id).fan_out_owner == this_process()  # type: ignore[union-attr]
 
 
 def test_looking_for_approved_bulletins_never_waits_for_the_write_lock(app: App) -> None:

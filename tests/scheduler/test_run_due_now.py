@@ -1,7 +1,8 @@
 """``scheduler run-due --now T`` through the real command line: the jobs decide what is due at T,
 but what they send is queued for now, with today's Date header (a reminder computed for
 "now + 7 days" does not wait in the outbox until that date) and recorded on the timeline now; T
-with an offset or without one is stored as the instant it names, so ``cases verify`` finds every case as the gateway wrote it."""
+with an offset or without one is stored as the instant it names, so ``cases verify`` finds every
+case as the gateway wrote it."""
 
 from __future__ import annotations
 
