@@ -110,7 +110,8 @@ class Mailer:
         return lambda recipient: (recipient in staff or recipient == acss
                                   or recipient.rpartition("@")[2] in allowed_domains)
 
-    def _cap_reached(self, session: Session, recipient: str, case: Case | None, verified: bool) -> str | None:
+    def _cap_reached(self, session: Session, recipient: str, case: Case | None, verified: bool, *,
+                     per_case_only: bool = False) -> str | None:
         """Per recipient (replies to a verified address and to an unverified one counted apart:
         forged mail in someone's name must not use up what their own authenticated mail is owed)
         per hour and per day, and per case (every reply of the case)."""
@@ -123,6 +124,8 @@ class Mailer:
                 "recipient": recipient, "verified": verified, "hour_ago": now - timedelta(hours=1),
                 "day_ago": now - timedelta(days=1), "case_id": case.id if case is not None else None}).rows[0]
         last_hour, last_day, for_case = (int(v or 0) for v in row)
+        if per_case_only:
+            last_hour = last_day = 0
         if last_hour >= out.auto_replies_per_hour:
             return f"plafond de réponses automatiques atteint pour {recipient} (par heure)"
         if last_day >= out.auto_replies_per_day:
@@ -315,6 +318,7 @@ class Mailer:
         case: Case | None = None,
         auto_reply: bool = False,
         verified: bool = False,
+        vouched: bool = False,
         priority: int = 0,
         bulletin_id: int | None = None,
         actor: str = "passerelle",
@@ -324,7 +328,13 @@ class Mailer:
         """Compose and queue ``spec``; return the outbox row, or None when refused or already queued.
         A refusal is also appended to ``refusals`` when given (already queued is no refusal).
         ``verified``: an automatic reply to the very address that authenticated the message it
-        answers (its own per-recipient caps)."""
+        answers (its own per-recipient caps). ``vouched``: moreover under a domain the agency
+        knows (directory/known.py: an establishment of the directory, the agency, ACSS) and for
+        a new case: only the per-case cap applies. Its own mail is no flood and no backscatter,
+        and each of its declarations is owed its acknowledgement — two outside testers: a flood
+        of unauthenticated declarations used up the global budget and a genuine signed declarant
+        got none; an RSSI's sixth declaration in an hour of crisis got none either. A loop cannot
+        go through it: what answers an acknowledgement joins its case, it opens no new one."""
         recipient = spec.to.strip().lower()
         tlp = spec.tlp or (case.tlp if case is not None else None)
         reason: str | None = None
@@ -334,8 +344,8 @@ class Mailer:
 
         reason = self.address_refusal(recipient, tlp, allows)
         if reason is None and auto_reply:
-            reason = self._cap_reached(session, recipient, case, verified)
-            if reason is None and (reason := self._global_budget_reached(session)) is not None:
+            reason = self._cap_reached(session, recipient, case, verified, per_case_only=vouched)
+            if reason is None and not vouched and (reason := self._global_budget_reached(session)) is not None:
                 region = self._region_of(spec, case)
                 if region is not None:
                     self.warn_staff(session, region, topic="reponses_automatiques", motif=reason)

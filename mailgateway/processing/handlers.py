@@ -24,6 +24,7 @@ from mailgateway.directory.establishments import (
     establishments_of_ej,
     finess_of_contact,
 )
+from mailgateway.directory.known import is_known_domain
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
@@ -211,8 +212,12 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
             in_reply_to=None if forwarder else facts.message_id,
             references=facts.answer_references() if verified else [],
         )
+        # From an address that authenticated under a known domain: only the per-case cap
+        # (Mailer.send ``vouched``).
+        vouched = verified and is_known_domain(env.settings, session, facts.sender.auth_domain or facts.sender.domain,
+                                               facts.sender.address)
         if env.mailer.send(session, spec, kind="accuse_reception", case=case, auto_reply=True, verified=verified,
-                           refusals=refusals) is not None:
+                           vouched=vouched, refusals=refusals) is not None:
             case.acknowledged_at = now
             service.change_status(session, case, CaseStatus.PRIS_EN_COMPTE, actor="passerelle", at=now,
                                   reason="accusé de réception envoyé")

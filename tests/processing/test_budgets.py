@@ -90,6 +90,49 @@ def test_automatic_replies_have_a_global_budget_and_staff_are_warned_once(sqlite
         assert len(gw.outbound("accuse_reception")) == 4
 
 
+def _directory_establishment(gw: Gateway) -> None:
+    with transaction(gw.app.factory) as s:  # chu.test is an establishment of the directory
+        s.add(Establishment(finess="690781810", name="CHU", category="CH", departement="69", region="ARA",
+                            source="finess", updated_at=NOW))
+        s.flush()
+        s.add(Contact(finess="690781810", address="rssi@chu.test", role="rssi", status="active",
+                      bounce_score=0.0, created_at=NOW, updated_at=NOW))
+
+
+def test_a_flood_of_forged_declarations_does_not_take_a_known_declarants_acknowledgement(sqlite_url: str) -> None:
+    """An outside tester's flood of unauthenticated declarations used up the global budget; a
+    genuine declaration signed by an establishment of the directory then got no acknowledgement.
+    Replies to an address that authenticated under a known domain are not the global budget's."""
+    for gw in gateway(sqlite_url, outbound={"auto_reply_global_per_hour": 3}):
+        _directory_establishment(gw)
+        for n in range(1, 5):
+            gw.feed(casemail.declaration(n, sender=f"victime{n}@autre.test"))
+        assert len(gw.outbound("accuse_reception")) == 3  # the budget is spent
+        signed = casemail.sign(casemail.declaration(10, sender="dsi@chu.test"), casemail.establishment_key())
+        assert gw.feed(signed).status == "processed"
+        assert [o.recipient for o in gw.outbound("accuse_reception")][-1] == "dsi@chu.test"
+        # Still spent for everyone else.
+        gw.feed(casemail.declaration(11, sender="victime11@autre.test"))
+        assert len(gw.outbound("accuse_reception")) == 4
+
+
+def test_a_known_declarant_gets_every_acknowledgement_in_an_hour_of_crisis(sqlite_url: str) -> None:
+    """An RSSI's sixth declaration in an hour got no acknowledgement (``auto_replies_per_hour``).
+    A domain of the directory answers for its mail: only the per-case cap applies to it. A
+    signature of a domain nobody knows still meets the per-recipient caps."""
+    outsider = rsa_key("rsa", "intrus-signe.test")
+    with signed_by_outsiders(sqlite_url, [outsider], auto_replies_per_hour=2) as gw:
+        _directory_establishment(gw)
+        for n in range(1, 5):
+            signed = casemail.sign(casemail.declaration(n, sender="dsi@chu.test"), casemail.establishment_key())
+            assert gw.feed(signed).status == "processed"
+        assert [o.recipient for o in gw.outbound("accuse_reception")] == ["dsi@chu.test"] * 4
+        for n in range(5, 9):
+            raw = casemail.declaration(n, sender="flood@intrus-signe.test")
+            assert gw.feed(casemail.sign(raw, outsider)).status == "processed"
+        assert [o.recipient for o in gw.outbound("accuse_reception")].count("flood@intrus-signe.test") == 2
+
+
 # --- 2. nothing of an unauthenticated message echoed to an unverified address ----------------------
 
 HOSTILE_DECLARATION = """\
