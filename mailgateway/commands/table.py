@@ -309,8 +309,8 @@ def clore(ctx: Ctx, cmd: Command) -> str | None:
         motif = f", motif : « {_excerpt(reason)} »" if reason else ""
         return (f"clôture du dossier {case.reference} (gravité « {libelle(case.severity)} ») en attente de "
                 "confirmation : une fois confirmée, le dossier sera clos"
-                + (f" et le déclarant ({told}) en sera informé par mail{motif}" if verified or (told and not reason)
-                   else f" et le déclarant ({told}) en sera informé par mail, sans le motif (adresse non vérifiée)"
+                + (f" et le déclarant ({told}) en sera informé par courriel{motif}" if verified or (told and not reason)
+                   else f" et le déclarant ({told}) en sera informé par courriel, sans le motif (adresse non vérifiée)"
                    f"{motif.replace(', motif', ' ; motif', 1)}" if told else f" (aucun mail au déclarant){motif}")
                 + " ; jeton à la fin de ce compte rendu")
     service.close(ctx.session, case, actor=ctx.actor, at=ctx.now, reason=reason)

@@ -191,7 +191,7 @@ def test_statut_clos_awaiting_confirmation_says_what_it_will_do(cgw: Gateway) ->
     cgw.command(ref, "#qualifier grave\n#statut clos\n")
     text = _one_line(cgw.receipt_text())
     assert (f"clôture du dossier {ref} (gravité « grave ») en attente de confirmation : une fois confirmée, "
-            "le dossier sera clos et le déclarant (dsi@chu.test) en sera informé par mail") in text, text
+            "le dossier sera clos et le déclarant (dsi@chu.test) en sera informé par courriel") in text, text
 
 
 def test_aide_lists_the_status_values(cgw: Gateway) -> None:
@@ -215,7 +215,7 @@ def test_a_pending_closure_says_the_motif_reaches_only_a_verified_declarant(cgw:
     ref = cgw.declare()  # an unsigned declaration: dsi@chu.test is not verified
     cgw.command(ref, "#qualifier grave\n#clore Attaque DDoS terminée, services rétablis.\n")
     text = _one_line(cgw.receipt_text())
-    assert ("le déclarant (dsi@chu.test) en sera informé par mail, sans le motif (adresse non vérifiée) ; "
+    assert ("le déclarant (dsi@chu.test) en sera informé par courriel, sans le motif (adresse non vérifiée) ; "
             "motif : « Attaque DDoS terminée, services rétablis. »") in text, text
 
 
@@ -249,3 +249,11 @@ def test_control_characters_a_declarant_wrote_never_reach_the_terminal() -> None
     for shown in (format_case_list([row]), format_case({**row, "story": ["reçu \x1b[31m"]})):
         assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in shown)
         assert "\\x1b]0;PWNED\\x07" in shown
+
+
+def test_the_notice_names_the_authentication_method_as_people_write_it(cgw: Gateway) -> None:
+    """« (authentifié par dkim) »: an outside tester (an ARS agent) — the acronym is DKIM."""
+    gw = cgw
+    gw.feed(casemail.sign(casemail.declaration(1, sender="dsi@chu.test"), casemail.establishment_key()))
+    text = _one_line(casemail.text_of(gw.last("notification_equipe", "agent@ars.test").raw))
+    assert "Expéditeur : dsi@chu.test (authentifié par DKIM)" in text, text
