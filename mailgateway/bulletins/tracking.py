@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from mailgateway.bulletins.fanout import FANOUT_KINDS, queue_message
 from mailgateway.cases import service
 from mailgateway.cases.timeline import append_event
-from mailgateway.clock import french_datetime
+from mailgateway.clock import aware, french_datetime
 from mailgateway.directory import BouncePolicy, RecipientRow, record_bounce
 from mailgateway.directory.bounces import (
     Evidence,
@@ -50,6 +50,7 @@ from mailgateway.dispatch.contexts import region_context
 from mailgateway.mail.auth import organisational_domain
 from mailgateway.mail.bounce import mailbox_full
 from mailgateway.mail.facts import MessageFacts
+from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
 from mailgateway.store.models import (
     Bulletin,
@@ -192,7 +193,7 @@ def acknowledgement_prehandler(env: Env, session: Session, inbound: InboundMessa
                                facts: MessageFacts) -> Outcome | None:
     """An establishment replied to a bulletin: acknowledged. Not ours: None (next handler).
     First, whatever the mail: authenticated mail from a contact taken out of use reactivates it."""
-    reactivate_sender(env, session, facts)
+    reactivate_sender(env, session, facts, inbound)
     receipt = facts.kind == "auto_reply" and "receipt" in facts.extra
     if facts.kind in _NEVER_ACKNOWLEDGES and not receipt:
         return None
@@ -232,7 +233,8 @@ def _same_organisation(sender: str | None, recipient: str) -> bool:
     return bool(mine) and organisational_domain(mine) == organisational_domain(theirs)
 
 
-def reactivate_sender(env: Env, session: Session, facts: MessageFacts) -> list[Contact]:
+def reactivate_sender(env: Env, session: Session, facts: MessageFacts,
+                      inbound: InboundMessage | None = None) -> list[Contact]:
     """Mail authenticated as coming from a bouncing contact's address (DKIM aligned with its
     From, mail/auth) proves the mailbox lives again: its contacts are reactivated
     (directory.bounces.reactivate: score and counted refusals cleared, history kept) and a log
@@ -241,12 +243,35 @@ def reactivate_sender(env: Env, session: Session, facts: MessageFacts) -> list[C
     sender = (facts.sender.address or "").strip().lower()
     if not sender or not facts.sender.authenticated or facts.kind in _NEVER_ACKNOWLEDGES:
         return []
-    contacts = reactivate_address(session, sender, env.clock.now())
+    contacts = reactivate_address(session, sender, env.clock.now(),
+                                  only_if=None if inbound is None else _written_after_bounce(inbound, facts))
     for contact in contacts:
         log.info("contact reactivated by authenticated mail", extra={
             "contact_id": contact.id, "finess": contact.finess, "address": contact.address,
             "method": facts.sender.method, "message_id": facts.message_id})
     return contacts
+
+
+def _written_after_bounce(inbound: InboundMessage, facts: MessageFacts) -> Callable[[Contact], bool]:
+    """Whether ``inbound`` was written after the contact's last refusal: only then does it prove
+    the mailbox lives again. An outside tester replayed a signed mail ten days old behind one more
+    ``Received:`` line and reactivated a bouncing contact (bulletins would go on to a dead
+    mailbox). Read only when a bouncing contact has this address (rare), like the command date
+    check (processing/replay.py): a ``Date:`` the signature covers, if it names its headers,
+    and not more than a day ahead of the reception."""
+
+    def proves(contact: Contact) -> bool:
+        when, problem = replay.sent_at(inbound.raw)
+        if when is None or problem is not None:
+            return False
+        signed = facts.sender.signed_headers
+        if signed and "date" not in signed:
+            return False
+        if when > aware(inbound.received_at) + replay.MAX_FUTURE:
+            return False
+        return contact.last_bounce_at is None or when > aware(contact.last_bounce_at)
+
+    return proves
 
 
 def from_staff(env: Env, session: Session, row: OutboundMessage, facts: MessageFacts) -> bool:

@@ -228,9 +228,11 @@ def reactivate(contact: Contact, now: datetime | None = None) -> None:
 
 
 def reactivate_address(session: Session, address: str, now: datetime, *,
-                       statuses: tuple[str, ...] = ("bouncing",), region: str | None = None) -> list[Contact]:
+                       statuses: tuple[str, ...] = ("bouncing",), region: str | None = None,
+                       only_if: Callable[[Contact], bool] | None = None) -> list[Contact]:
     """Reactivate every contact with this address whose status is in ``statuses`` (of the
-    establishments of ``region`` when given); return them. Unknown or active: empty list."""
+    establishments of ``region`` when given, and for which ``only_if`` holds when given); return
+    them. Unknown or active: empty list."""
     canonical = normalise_address(address) or address.strip().lower()
     pending = any(isinstance(o, Contact) for o in (*session.new, *session.dirty))
     if not pending and region is None and statuses == ("bouncing",) and fast.execute(
@@ -246,6 +248,8 @@ def reactivate_address(session: Session, address: str, now: datetime, *,
     # Flush first only when a contact change is pending, not the whole handler's work each time.
     with contextlib.nullcontext() if pending else session.no_autoflush:
         contacts = list(session.scalars(query.order_by(Contact.id)))
+    if only_if is not None:
+        contacts = [c for c in contacts if only_if(c)]
     for contact in contacts:
         reactivate(contact, now)
     if contacts:

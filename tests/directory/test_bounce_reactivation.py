@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -195,10 +196,10 @@ def test_a_broken_personal_forward_counts_as_one_refusal_and_staff_see_its_diagn
     assert "claire.martin@perso-mail.test" in task
 
 
-def _reply_from_ssi(gw: Gateway, body: str, *, signed: bool) -> Any:
+def _reply_from_ssi(gw: Gateway, body: str, *, signed: bool, date: datetime | None = None) -> Any:
     relay = gw.last("bulletin", SSI)
     raw = casemail.message(sender=SSI, to="ssi-ara@ars.test", subject="RE: Bulletin", body=body,
-                           in_reply_to=relay.message_id)
+                           in_reply_to=relay.message_id, date=date or gw.clock.now())
     return gw.feed(casemail.sign(raw, casemail.establishment_key()) if signed else raw)
 
 
@@ -215,6 +216,26 @@ def test_authenticated_mail_from_the_address_reactivates_it(gw: Gateway, smtp_si
     # Its counted refusals are cleared: one new refusal is again only one.
     smtp_sink.fail(SSI, code=550, message="5.1.1 User unknown")
     bulletin(gw, "Troisième")
+    assert status(gw) == "active"
+
+
+def test_signed_mail_written_before_the_refusals_reactivates_nothing(gw: Gateway, smtp_sink: SmtpSink) -> None:
+    """An outside tester replayed a genuine signed mail ten days old behind one more
+    ``Received:`` line: the bouncing contact came back, and bulletins would go on to a dead
+    mailbox. Only mail written after the last refusal proves the mailbox lives again."""
+    bounce_out(gw, smtp_sink)
+    gw.clock.advance(minutes=5)
+    old = gw.clock.now() - timedelta(days=10)
+    _reply_from_ssi(gw, "#lu\n", signed=True, date=old)
+    assert status(gw) == "bouncing"
+    # Undated: proves nothing either.
+    relay = gw.last("bulletin", SSI)
+    raw = casemail.message(sender=SSI, to="ssi-ara@ars.test", subject="RE: Bulletin", body="#lu\n",
+                           in_reply_to=relay.message_id)
+    undated = re.sub(rb"Date: [^\r]*\r\n", b"", raw, count=1)
+    gw.feed(casemail.sign(undated, casemail.establishment_key()))
+    assert status(gw) == "bouncing"
+    _reply_from_ssi(gw, "#lu\n", signed=True)
     assert status(gw) == "active"
 
 
