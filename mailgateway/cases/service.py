@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, bindparam, insert, or_, select
+from sqlalchemy import case as sql_case
 from sqlalchemy.orm import Session
 
 from mailgateway.cases import lifecycle
@@ -153,7 +154,9 @@ def merge(session: Session, duplicate: Case, target: Case, *, actor: str, at: da
 
 
 def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | None:
-    """The first open, unmerged case for the same FINESS in the same region opened within ``window``."""
+    """The first open, unmerged case for the same FINESS in the same region opened within
+    ``window``: of the same incident type first, when there is one (an outside tester, an RSSI:
+    the resend of a ransomware declaration was pointed at the structure's older « test » case)."""
     if not case.finess:
         return None
     # Other cases' pending changes (a status, a merge) decide the answer: flushed first. This
@@ -162,7 +165,7 @@ def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | No
         session.flush()
     found = fast.execute(session, _duplicate_statement(), {
         "finess": case.finess, "region": case.region, "kind": case.kind, "id": case.id,
-        "since": aware(case.opened_at) - window}).scalar()
+        "since": aware(case.opened_at) - window, "incident_type": case.incident_type}).scalar()
     return session.get(Case, found) if found is not None else None
 
 
@@ -181,7 +184,8 @@ def _duplicate_statement() -> Select[int]:
         # The first of them: every copy of one incident points at the same case, the one to merge
         # into (found by an outside tester: each new copy pointed at the previous one, a chain of
         # six cases to merge one by one).
-    ).order_by(c.opened_at, c.id).limit(1))
+        # Of the same incident type first (NULL matches nothing: then the first of all).
+    ).order_by(sql_case((c.incident_type == bindparam("incident_type"), 0), else_=1), c.opened_at, c.id).limit(1))
 
 
 def link(session: Session, case: Case, other: Case, *, type: str, actor: str, at: datetime) -> None:

@@ -571,6 +571,20 @@ def test_the_first_duplicate_by_opening_time_not_by_id(s: Session) -> None:
     assert service.find_duplicate(s, new, timedelta(hours=5)) is first_opened
 
 
+def test_a_duplicate_of_the_same_incident_type_comes_first(s: Session) -> None:
+    """An RSSI's resend of a ransomware declaration was pointed at the structure's older « test »
+    case; every copy of the incident still points at the first of its own type."""
+    new = make(s, finess="690000008", incident_type="RANCONGICIEL")
+    make(s, finess="690000008", opened_at=NOW - timedelta(hours=5), incident_type="AUTRE")
+    untyped = make(s, finess="690000008", opened_at=NOW - timedelta(hours=4))
+    first = make(s, finess="690000008", opened_at=NOW - timedelta(hours=3), incident_type="RANCONGICIEL")
+    make(s, finess="690000008", opened_at=NOW - timedelta(hours=2), incident_type="RANCONGICIEL")
+    assert service.find_duplicate(s, new, timedelta(hours=6)) is first
+    # No type known: the first of all, as before.
+    oldest = service.find_duplicate(s, make(s, finess="690000008"), timedelta(hours=6))
+    assert oldest is not None and oldest.incident_type == "AUTRE" and untyped.incident_type is None
+
+
 def test_last_message_from_reads_this_case_and_its_latest_200_messages_only(s: Session) -> None:
     case, other = make(s, origin_message_id="<origin@chu.test>"), make(s)
     inbound(s, message_id="<old@chu.test>", case_id=case.id, auth={"address": "dsi@chu.test"})
