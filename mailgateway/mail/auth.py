@@ -403,6 +403,7 @@ class _Pass:
     domain: str
     signed_headers: frozenset[str] = frozenset()
     key: str | None = None
+    others: tuple[str, ...] = ()
 
 
 class Authenticator:
@@ -465,6 +466,7 @@ class Authenticator:
             auth_domain=passed.domain,
             signed_headers=passed.signed_headers,
             signature_key=passed.key,
+            other_signature_keys=passed.others,
         )
 
     def _dkim(self, raw: bytes, from_domain: str, details: list[str]) -> _Pass | None:
@@ -518,7 +520,8 @@ class Authenticator:
                 signer = normalise_domain(d) or d.lower()
                 # A signature dkimpy verified always has computable signed content (same h=, c=, field).
                 key = signed_content_key(signer, block_headers, idx, tags)
-                return _Pass(signer, frozenset(signed_names(tags)), key)
+                others = _other_keys(fields[:MAX_SIGNATURE_FIELDS], idx, block_headers, from_domain)
+                return _Pass(signer, frozenset(signed_names(tags)), key, others)
             if lookup.skipped:
                 details.append(f"dkim=temperror {label} (skipped: DNS budget spent)")
             elif lookup.temporary:
@@ -606,6 +609,30 @@ def _covered_by(headers: list[tuple[str, str]], domain: str, b_prefix: str | Non
         return frozenset(), None
     names = frozenset.intersection(*(n for n, _k in found))
     return names, found[0][1] if len(found) == 1 else None
+
+
+def _other_keys(fields: list[bytes], accepted: int, headers: list[tuple[bytes, bytes]],
+                from_domain: str) -> tuple[str, ...]:
+    """The replay keys of the message's other signatures that could authenticate it (aligned,
+    not refused), not verified: a copy stripped of the accepted signature and given a new
+    Message-ID verified under its second one and opened a second case (an outside tester). Only
+    computing what they sign, no DNS, no RSA: a few microseconds each, and only for mail signed
+    more than once."""
+    keys: list[str] = []
+    for idx, value in enumerate(fields):
+        if idx == accepted:
+            continue
+        try:
+            tags = parse_tag_value(value)
+        except Exception:  # unparsable: reported by the loop that verifies (dkim=permerror)
+            tags = {}
+        if not tags or _refusal(tags, from_domain) is not None:
+            continue
+        d = bytes(tags.get(b"d", b"")).decode("ascii", "replace")
+        key = signed_content_key(normalise_domain(d) or d.lower(), headers, idx, tags)
+        if key is not None:
+            keys.append(key)
+    return tuple(dict.fromkeys(keys))
 
 
 def _refusal(tags: dict[bytes, bytes], from_domain: str) -> str | None:

@@ -33,6 +33,9 @@ class SenderVerdict:
     # "dkim:<d>:<sha256 of b=>" of the accepted signature: a command or alert runs at most once per
     # signature (replays with an extra Received: line carry the same one).
     signature_key: str | None = None
+    # The same for the message's other aligned signatures (not verified): a copy of it accepted
+    # under one of them is the same message (processing/replay.py).
+    other_signature_keys: tuple[str, ...] = ()
     # Not authenticated, and an aligned signature could not be checked because its key lookup
     # failed temporarily (dkim=temperror: DNS timeout, SERVFAIL): trying again later may
     # authenticate it. The daemon's sweep defers such a message (processing/runner.py).

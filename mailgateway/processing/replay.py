@@ -112,6 +112,7 @@ def keys_of(facts: MessageFacts, region: str | None = None) -> list[str]:
     keys: list[str] = []
     if facts.sender.signature_key:
         keys.append(_bounded(_scoped(region, facts.sender.signature_key)))
+        keys += [_bounded(_scoped(region, k)) for k in facts.sender.other_signature_keys]
     mid = message_id_key(facts.message_id, region)
     if mid is not None and mid not in keys:
         keys.append(mid)
@@ -135,8 +136,10 @@ def declaration_keys(facts: MessageFacts, raw: bytes, region: str | None) -> tup
     (outside tester: it did; the genuine one then opens its own case). Without a Message-ID, only
     the signature counts (two declarations may share a body: « RAS » forms)."""
     authenticated = bool(facts.sender.authenticated)
-    signature = ([_bounded(_scoped(region, facts.sender.signature_key))]
-                 if authenticated and facts.sender.signature_key else [])
+    # Every aligned signature's: a copy stripped of the accepted one verifies under another.
+    accepted = facts.sender.signature_key
+    signature = ([_bounded(_scoped(region, k)) for k in (accepted, *facts.sender.other_signature_keys)]
+                 if authenticated and accepted else [])
     mid = _bare(facts.message_id)
     if not mid:
         return signature, signature

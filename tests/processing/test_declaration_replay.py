@@ -17,7 +17,7 @@ from mailgateway.store.models import Case
 from tests.support import casemail
 from tests.support.casegateway import Gateway, gateway_from, make_gateway, settings_data
 from tests.support.db import at_head
-from tests.support.dkim import rsa_key, zone
+from tests.support.dkim import dkimpy_sign, rsa_key, zone
 
 ARA_STAFF = ("agent@ars.test", "referent@ars.test")
 
@@ -107,5 +107,26 @@ def test_a_double_signed_declaration_replayed_under_its_other_signature_acts_onc
         without_top = b"DKIM-Signature:" + rest.split(b"DKIM-Signature:", 1)[1]  # the other one only
         assert without_top.count(b"DKIM-Signature:") == 1 and top == b""
         again = gw.feed(without_top + b"\r\n\r\n")
+        assert again.case_ref == first.case_ref and cases(gw) == 1
+        assert len(gw.outbound("accuse_reception")) == 1
+
+
+def test_a_copy_verified_under_a_signature_not_covering_message_id_acts_once(db_url: str) -> None:
+    """Outside tester (t51): two signatures, neither covering Message-ID; the copy stripped of the
+    accepted one and given a new Message-ID verified under the other — a new signature key, a new
+    Message-ID: a second case and a second staff notification. Every aligned signature of the
+    first message is recorded now."""
+    second_key = rsa_key("rsa2026b", "chu.test")
+    data = settings_data(at_head(db_url))
+    data["authentication"]["static_keys"] = {**data["authentication"]["static_keys"], **zone(second_key)}
+    for gw in gateway_from(data):
+        raw = casemail.declaration(7)
+        lower = dkimpy_sign(raw, second_key, ("from", "to", "subject", "date"))
+        both = dkimpy_sign(lower + raw, casemail.establishment_key(), ("from", "to", "subject")) + lower + raw
+        first = gw.feed(both)
+        assert first.status == "processed" and cases(gw) == 1
+        copy = (lower + raw).replace(b"Message-ID: <decl-7@chu.test>", b"Message-ID: <other-7@chu.test>")
+        assert copy != lower + raw
+        again = gw.feed(copy)
         assert again.case_ref == first.case_ref and cases(gw) == 1
         assert len(gw.outbound("accuse_reception")) == 1
