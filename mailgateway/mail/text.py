@@ -70,9 +70,10 @@ _WRAPPED_ATTRIBUTION = re.compile(r"^\s*(le|on)\s.{0,200}$", re.I)
 _WROTE = re.compile(r"^.{0,80}(a écrit|a ecrit|wrote)\s*:\s*$", re.I)
 
 
-def quote_start(lines: list[str]) -> int | None:
-    """Index of the first line of quoted/forwarded material, or None."""
-    for i, line in enumerate(lines):
+def quote_start(lines: list[str], begin: int = 0) -> int | None:
+    """Index of the first line of quoted/forwarded material (from ``begin`` on), or None."""
+    for i in range(begin, len(lines)):
+        line = lines[i]
         stripped = line.lstrip()
         if not stripped:
             continue  # no pattern matches a blank line: skip ten regex calls per blank line
@@ -92,17 +93,54 @@ def quote_start(lines: list[str]) -> int | None:
     return None
 
 
+def _marked_block_end(lines: list[str], start: int) -> int | None:
+    """Where the ``>``-marked quote opening at ``start`` ends (the first line after it that is
+    neither marked nor blank), or None when what opens at ``start`` is not such a quote (an
+    Outlook header block, a forward marker, an attribution over unmarked text: everything after
+    it is quoted, nothing tells where it ends)."""
+    i = start
+    if not lines[i].lstrip().startswith(">"):
+        # An attribution (« Le … a écrit : », maybe wrapped over two lines) right above ">" lines.
+        i += 1
+        if i < len(lines) and not lines[i].lstrip().startswith(">") and _WROTE.match(lines[i].lstrip()):
+            i += 1
+        while i < len(lines) and not lines[i].strip():
+            i += 1
+        if i >= len(lines) or not lines[i].lstrip().startswith(">"):
+            return None
+    while i < len(lines) and (not lines[i].strip() or lines[i].lstrip().startswith(">")):
+        i += 1
+    return i
+
+
 def new_text(text: str) -> str:
-    """The new text of a reply: before the first quote, attribution or signature separator."""
+    """The new text of a reply: what is not quoted, above the signature separator.
+
+    Above the first quote, attribution or forwarded header block (top-posting: Outlook, most
+    mobiles); and, when that quote is marked line by line with ``>``, what follows it too,
+    up to the next quote (bottom-posting and interleaved answers: Thunderbird's default, an
+    outside tester's commands under the quote ran nothing). Quoted lines are never new text, so
+    the commands of a quoted notification stay quoted. One pass: each line is looked at once."""
     lines = text.splitlines()
-    start = quote_start(lines)
-    if start is not None:
-        lines = lines[:start]
-    for i, line in enumerate(lines):
-        if _SIGNATURE.match(line):
-            lines = lines[:i]
+    kept: list[str] = []
+    at = 0
+    while at < len(lines):
+        start = quote_start(lines, at)
+        piece = lines[at:] if start is None else lines[at:start]
+        for i, line in enumerate(piece):
+            if _SIGNATURE.match(line):
+                kept += piece[:i]
+                return "\n".join(kept).strip()
+        kept += piece
+        if start is None:
             break
-    return "\n".join(lines).strip()
+        end = _marked_block_end(lines, start)
+        if end is None:
+            break
+        if kept and kept[-1].strip():
+            kept.append("")
+        at = end
+    return "\n".join(kept).strip()
 
 
 # -- forwarded messages --------------------------------------------------------------------------

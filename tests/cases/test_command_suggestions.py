@@ -126,3 +126,23 @@ def test_a_new_staff_mail_with_no_reference_and_no_command_is_answered_not_quara
     assert "Aucune commande n'a été reconnue" in text and "→ #assigner moi" in text
     unsigned = gw.feed(casemail.staff_mail("Bonjour,\nassigner moi\n", subject="Dossier", signed=False))
     assert unsigned.status == "quarantined" and receipts(gw) == 1
+
+
+def test_commands_written_under_a_marked_quote_run_and_the_quoted_ones_never(gw: Gateway) -> None:
+    """Thunderbird answers under the quote by default: an outside tester (an ARS agent) wrote
+    « #assigner moi » below the quoted notification and nothing ran. Under a quote marked with
+    ">", what is not quoted is new text; the quoted notification's own commands stay quoted."""
+    ref = gw.declare()
+    quoted = "\n".join("> " + line for line in casemail.text_of(gw.notification(ref, "agent@ars.test").raw)
+                       .splitlines())
+    assert "#" in quoted  # the notification lists commands: quoted, they must not run
+    body = f"Le 27/11/2026 à 09:12, SSI ARA a écrit :\n{quoted}\n\n#assigner moi\n#qualifier grave\n\n-- \nAgent\n"
+    gw.command(ref, body)
+    case = gw.case(ref)
+    assert case.assignee == "agent@ars.test" and case.severity == "GRAVE"
+    text = gw.receipt_text()
+    assert "[appliquée]" in text and "[refusée]" not in text, text
+    # Under an unmarked quote (Outlook's header block), nothing below is read.
+    gw.command(ref, "Merci.\n\nDe : SSI ARA\nEnvoyé : vendredi 27 novembre 2026 09:12\nÀ : agent@ars.test\n"
+                    "Objet : Nouvelle déclaration\n\n#clore\n")
+    assert gw.case(ref).status != "CLOS"

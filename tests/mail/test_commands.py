@@ -110,3 +110,14 @@ def test_a_bulletins_tlp_line_is_a_known_command(labels: Labels) -> None:
     # bulletin took the marking (bulletins/by_mail.py reads the line itself).
     cmd = parse_command_line("#tlp GREEN", labels)
     assert cmd is not None and cmd.name == "tlp" and cmd.args == ("GREEN",) and cmd.reason != REASON_UNKNOWN
+
+
+def test_new_text_under_a_marked_quote_and_between_quoted_lines() -> None:
+    """Bottom-posting and interleaved answers (Thunderbird's default): what is not quoted under
+    a ">" quote is new text; an unmarked quote (Outlook's header block, an attribution over
+    unmarked text) ends the new text, as does the signature separator."""
+    assert new_text("Le 27/11 a écrit :\n> #clore\n> texte\n\n#lu\n-- \nsig\n#clore\n") == "#lu"
+    assert new_text("> question 1\nréponse 1\n> question 2\nréponse 2\n") == "réponse 1\n\nréponse 2"
+    assert new_text("#lu\n\nLe 27/11 a écrit :\ntexte non marqué\n#clore\n") == "#lu"
+    assert new_text("Merci\n\nDe : X\nEnvoyé : lundi\nÀ : Y\nObjet : Z\n\n> #clore\n#clore\n") == "Merci"
+    assert new_text("-- \nsig\n> q\n#clore\n") == ""
