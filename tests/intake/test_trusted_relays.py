@@ -85,3 +85,20 @@ def test_trusted_relays_default_to_loopback_and_match_networks() -> None:
     assert not is_trusted("10.2.0.1", site)
     assert not is_trusted("garbage", site)
     assert not is_trusted("127.0.0.1", trusted_networks(()))
+
+
+def test_a_message_to_several_regions_counts_once_per_region(tmp_path: Path) -> None:
+    """An outside tester's untrusted peer sent each message to every regional mailbox: one count
+    of the per-IP limit, a case and an acknowledgement in each region. Each regional recipient is
+    a message processed on its own, and counts as one."""
+    with RunningGateway(_config(tmp_path / "gw", '["192.0.2.25"]')) as gw:
+        codes = []
+        with smtplib.SMTP("127.0.0.1", gw.config.smtp_port, local_hostname="relay.test", timeout=60) as s:
+            for n in range(4):
+                s.ehlo_or_helo_if_needed()
+                s.mail("dsi@chu.test")
+                s.rcpt(PDL)
+                s.rcpt("ssi-ara@ars.test")
+                codes.append(s.data(_message(100 + n))[0])
+                s.rset()
+    assert codes == [250, 250, 451, 451], codes  # 2 + 2 of LIMIT = 5; a third pair would be 6
