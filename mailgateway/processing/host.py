@@ -143,6 +143,16 @@ def host_main(build: Callable[[], HostedApp], settings: Settings, control: Conne
     # Ctrl-C reaches the whole foreground process group; the daemon stops its host itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(settings.logging)
+    # The analysis worker is spawned first, so that its start (≈ 1.3 s here) runs beside our
+    # schema check and the building of our services rather than after them: the first
+    # acknowledgement after a restart waits for both (issue 19). From this, the main thread:
+    # PR_SET_PDEATHSIG follows the thread.
+    worker = AnalysisWorker(settings) if settings.processing.isolation == "process" else None
+    if worker is not None:
+        try:
+            worker.start(settings)
+        except WorkerUnavailable as exc:  # tried again by run() and by each message
+            log.error("%s", exc)
     if expected_head is not None:
         # A restarted host imports the code on disk now: after an upgrade in place without a
         # restart, its models may expect another schema than the one the daemon migrated to
@@ -157,7 +167,7 @@ def host_main(build: Callable[[], HostedApp], settings: Settings, control: Conne
     os.set_blocking(wake.fileno(), False)
     app = build()
     host = _Host(app, settings, control, wake, IntakeSignal(intake),
-                 HostProgress(progress) if progress is not None else None)
+                 HostProgress(progress) if progress is not None else None, worker=worker)
     # SIGTERM (an operator's ``kill``): finish the message in hand and exit; the daemon starts a
     # new host. (systemd's KillMode=mixed sends SIGTERM to the daemon only, which stops us.)
     # (From a thread: stop() takes locks the interrupted main thread might hold.)
@@ -170,7 +180,8 @@ def host_main(build: Callable[[], HostedApp], settings: Settings, control: Conne
 
 class _Host:
     def __init__(self, app: HostedApp, settings: Settings, control: Connection, wake: Connection,
-                 intake: IntakeSignal, progress: HostProgress | None = None) -> None:
+                 intake: IntakeSignal, progress: HostProgress | None = None, *,
+                 worker: AnalysisWorker | None = None) -> None:
         self.app = app
         self.progress = progress
         self.control = control
@@ -188,7 +199,8 @@ class _Host:
             # The daemon watches how long we hold the write gate (a paused host blocks intake).
             write_gate(processor.factory.kw["bind"]).holding = progress.holding
         # Started (and stopped) from this, the main thread: PR_SET_PDEATHSIG follows the thread.
-        processor.worker = AnalysisWorker(settings) if settings.processing.isolation == "process" else None
+        processor.worker = worker if worker is not None or settings.processing.isolation != "process" \
+            else AnalysisWorker(settings)
         processor.settings = settings
         self.ahead = processor.analyse_ahead()  # while a sweep yields to intake (processing/ahead.py)
 
