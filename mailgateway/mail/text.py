@@ -56,13 +56,15 @@ _QUOTE_HEADERS = [
     re.compile(r"^\s*-{2,}\s*(message d'origine|original message|message original)\s*-{2,}", re.I),
     re.compile(r"^\s*_{5,}\s*$"),  # Outlook's separator line before "De : ..."
     re.compile(r"^\s*(le|on|am)\s.{0,200}(a écrit|a ecrit|wrote|schrieb)\s*:\s*$", re.I),
-    re.compile(r"^\s*(de|from|von)\s*:\s*.+$", re.I),  # Outlook header block; checked with the next
+    # Outlook header block (French, English, German, Spanish, Italian, Dutch); checked with the next
+    re.compile(r"^\s*(de|from|von|da|van)\s*:\s*.+$", re.I),
     re.compile(r"^\s*-{3,}\s*(forwarded message|message transféré|message transfere)\s*-{3,}", re.I),
     # "(?:\s*:)?\s*$", not "\s*:?\s*$": two quantifiers over one run of blanks (quadratic).
     re.compile(r"^\s*début du message réexpédié(?:\s*:)?\s*$", re.I),
     re.compile(r"^\s*begin forwarded message(?:\s*:)?\s*$", re.I),
 ]
-_OUTLOOK_NEXT = re.compile(r"^\s*(envoy[ée]|sent|date|gesendet|à|a|to|objet|subject)\s*:", re.I)
+_OUTLOOK_NEXT = re.compile(r"^\s*(envoy[ée]|sent|date|gesendet|à|a|to|objet|subject|enviado(?: el)?|para|asunto|"
+                           r"fecha|inviato|data|oggetto|verzonden|aan|onderwerp|datum)\s*:", re.I)
 _SIGNATURE = re.compile(r"^-- ?$")
 _WRAPPED_ATTRIBUTION = re.compile(r"^\s*(le|on)\s.{0,200}$", re.I)
 # Matched on the line without its leading blanks: "^\s*.{0,80}" would let both quantifiers share
@@ -117,10 +119,11 @@ def new_text(text: str) -> str:
     """The new text of a reply: what is not quoted, above the signature separator.
 
     Above the first quote, attribution or forwarded header block (top-posting: Outlook, most
-    mobiles); and, when that quote is marked line by line with ``>``, what follows it too,
-    up to the next quote (bottom-posting and interleaved answers: Thunderbird's default, an
-    outside tester's commands under the quote ran nothing). Quoted lines are never new text, so
-    the commands of a quoted notification stay quoted. One pass: each line is looked at once."""
+    mobiles); or, when the mail opens with a quote marked line by line with ``>`` (nothing new
+    above it), what follows that quote too, up to the next one (bottom-posting and interleaved
+    answers: Thunderbird's default, an outside tester's commands under the quote ran nothing).
+    Quoted lines are never new text, so the commands of a quoted notification stay quoted. One
+    pass: each line is looked at once."""
     lines = text.splitlines()
     kept: list[str] = []
     at = 0
@@ -132,7 +135,11 @@ def new_text(text: str) -> str:
                 kept += piece[:i]
                 return "\n".join(kept).strip()
         kept += piece
-        if start is None:
+        if start is None or (at == 0 and any(line.strip() for line in piece)):
+            # Top-posting (new text above the first quote): everything under it is the quoted
+            # original, whose own bottom-posted reply must not read as ours — an outside tester's
+            # Outlook reply with a header block in Spanish (not recognised) quoted a colleague's
+            # Thunderbird answer, and its « #qualifier » ran in the new sender's name.
             break
         end = _marked_block_end(lines, start)
         if end is None:

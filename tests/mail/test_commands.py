@@ -121,3 +121,11 @@ def test_new_text_under_a_marked_quote_and_between_quoted_lines() -> None:
     assert new_text("#lu\n\nLe 27/11 a écrit :\ntexte non marqué\n#clore\n") == "#lu"
     assert new_text("Merci\n\nDe : X\nEnvoyé : lundi\nÀ : Y\nObjet : Z\n\n> #clore\n#clore\n") == "Merci"
     assert new_text("-- \nsig\n> q\n#clore\n") == ""
+    # Top-posted above an unmarked quote the header block of which is not recognised (Polish):
+    # the colleague's bottom-posted command inside it is quoted, not new (outside tester, t54).
+    quoted = ("Vu, je m'en occupe.\n\nOd: Agent\nWysłano: poniedziałek\nDo: ssi\nTemat: RE: dossier\n\n"
+              "Le 27/11 à 09:12, SSI a écrit :\n> Nouvelle déclaration\n\n#qualifier sans-suite\n")
+    assert new_text(quoted) == "Vu, je m'en occupe.\n\nOd: Agent\nWysłano: poniedziałek\nDo: ssi\nTemat: RE: dossier"
+    # Outlook's header block in Spanish, Italian, Dutch is a quote start, as in French and English.
+    for header in ("De: Agent\nEnviado el: lunes", "Da: Agent\nInviato: lunedì", "Van: Agent\nVerzonden: maandag"):
+        assert new_text(f"Vu.\n\n{header}\nSubject: x\n\n#clore\n") == "Vu."
