@@ -34,6 +34,9 @@ _PUBLIC_FR = frozenset({
     "nordnet.fr", "netcourrier.com", "medecin.mssante.fr", "pharmacien.mssante.fr",
     "chirurgien-dentiste.mssante.fr", "sage-femme.mssante.fr", "infirmier.mssante.fr",
     "masseur-kinesitherapeute.mssante.fr", "pedicure-podologue.mssante.fr",
+    # Also missing, found by an outside tester (a contact at one of them made all its users known).
+    "tuta.com", "tuta.io", "tutanota.com", "tutanota.de", "tutamail.com", "keemail.me", "ik.me", "mailo.fr",
+    "disroot.org", "riseup.net",
 })
 
 

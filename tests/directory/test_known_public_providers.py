@@ -29,7 +29,7 @@ def directory(session: Session) -> Session:
 
 @pytest.mark.parametrize("domain", ["gmail.com", "orange.fr", "wanadoo.fr", "laposte.net", "sfr.fr", "ORANGE.FR.",
                                     "gmx.fr", "medecin.mssante.fr", "mailo.com", "aol.fr", "libertysurf.fr",
-                                    "tiscali.fr", "nordnet.fr", "mail.orange.fr"])
+                                    "tiscali.fr", "nordnet.fr", "mail.orange.fr", "tuta.com", "ik.me", "riseup.net"])
 def test_providers_are_public(domain: str) -> None:
     assert is_public_mailbox_domain(domain)
 
