@@ -232,12 +232,7 @@ def test_an_authenticated_sender_is_never_held_back_by_the_per_sender_cap(sqlite
     """A portal or an establishment that signs its mail answers for it: in a wave of declarations
     from one address, staff must be told of every case."""
     for gw in gateway(sqlite_url, outbound={"staff_notifications_per_sender_per_hour": 2}):
-        with transaction(gw.app.factory) as s:  # chu.test is an establishment of the directory
-            s.add(Establishment(finess="690781810", name="CHU", category="CH", departement="69", region="ARA",
-                                source="finess", updated_at=NOW))
-            s.flush()
-            s.add(Contact(finess="690781810", address="rssi@chu.test", role="rssi", status="active",
-                          bounce_score=0.0, created_at=NOW, updated_at=NOW))
+        _directory_establishment(gw)
         ref = gw.declare()
         before = len(gw.outbound("notification_reponse"))
         for n in range(4):
