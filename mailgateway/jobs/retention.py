@@ -72,7 +72,10 @@ def run(ctx: JobContext, now: datetime) -> JobOutcome:
             stmt = select(Case).where(Case.status == status, Case.anonymised_at.is_(None),
                                       since < now - timedelta(days=days)).order_by(Case.id)
             for case in session.scalars(stmt).all():
-                inbound, outbound = anonymise(session, case, now, days)
+                # Decided at ``now`` (``scheduler run-due --now T``), done and dated when it is
+                # done, on the real clock like a reminder (jobs/deadlines.py): an event hours ahead
+                # sorts after what people did in between.
+                inbound, outbound = anonymise(session, case, ctx.mailer.clock.now(), days)
                 cases += 1
                 messages += inbound + outbound
     summary = (f"rétention : {plural(cases, 'dossier anonymisé', 'dossiers anonymisés')}, "

@@ -12,9 +12,10 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from mailgateway.cases import views
+from mailgateway.clock import aware
 from mailgateway.jobs import digest, housekeeping, report, retention
 from mailgateway.store.engine import transaction
-from mailgateway.store.models import Case, InboundMessage, JobRun, OutboundMessage
+from mailgateway.store.models import Case, CaseEvent, InboundMessage, JobRun, OutboundMessage
 from tests.support.scheduling import AGENT, NOW, REFERENT, Gateway
 
 MONDAY_REPORT = datetime(2026, 12, 7, 7, 10, tzinfo=UTC)  # Monday 7 Dec, 08:10 Paris
@@ -130,6 +131,10 @@ def test_retention_purges_personal_data_and_keeps_the_audit_chain(gw: Gateway) -
     with gw.app.factory() as s:
         case = s.scalars(select(Case).where(Case.reference == ref)).one()
         assert case.declarant is None and case.anonymised_at is not None
+        # Decided at the T given, dated on the gateway's clock when done (``run-due --now T``).
+        event = s.scalars(select(CaseEvent).where(CaseEvent.case_id == case.id,
+                                                  CaseEvent.type == "anonymisation")).one()
+        assert aware(event.at) == gw.app.clock.now() == aware(case.anonymised_at)
         assert "summary" not in case.fields["declaration"] and case.fields["declaration"]["incident_type"]
         assert case.incident_type == "RANCONGICIEL"  # statistics stay
         inbound = s.scalars(select(InboundMessage).where(InboundMessage.case_id == case.id)).one()
