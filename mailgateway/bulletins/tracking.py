@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import case as sql_case
@@ -260,16 +262,17 @@ def _written_after_bounce(inbound: InboundMessage, facts: MessageFacts) -> Calla
     check (processing/replay.py): a ``Date:`` the signature covers, if it names its headers,
     and not more than a day ahead of the reception."""
 
-    def proves(contact: Contact) -> bool:
+    @cache
+    def written() -> datetime | None:  # read once, whatever the number of contacts
         when, problem = replay.sent_at(inbound.raw)
-        if when is None or problem is not None:
-            return False
         signed = facts.sender.signed_headers
-        if signed and "date" not in signed:
-            return False
-        if when > aware(inbound.received_at) + replay.MAX_FUTURE:
-            return False
-        return contact.last_bounce_at is None or when > aware(contact.last_bounce_at)
+        if when is None or problem is not None or (signed and "date" not in signed):
+            return None
+        return None if when > aware(inbound.received_at) + replay.MAX_FUTURE else when
+
+    def proves(contact: Contact) -> bool:
+        when = written()
+        return when is not None and (contact.last_bounce_at is None or when > aware(contact.last_bounce_at))
 
     return proves
 

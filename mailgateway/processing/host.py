@@ -199,8 +199,7 @@ class _Host:
             # The daemon watches how long we hold the write gate (a paused host blocks intake).
             write_gate(processor.factory.kw["bind"]).holding = progress.holding
         # Started (and stopped) from this, the main thread: PR_SET_PDEATHSIG follows the thread.
-        processor.worker = worker if worker is not None or settings.processing.isolation != "process" \
-            else AnalysisWorker(settings)
+        processor.worker = worker  # host_main's, spawned before the services were built
         processor.settings = settings
         self.ahead = processor.analyse_ahead()  # while a sweep yields to intake (processing/ahead.py)
 
