@@ -53,6 +53,7 @@ from mailgateway.intake.writer import AcceptWriter
 from mailgateway.interfaces import Extension
 from mailgateway.logs import setup_logging
 from mailgateway.metrics import Metrics
+from mailgateway.processes import owner_only_files
 from mailgateway.processing.host import SWEEP_LIMIT, HostedApp, HostSupervisor, IntakeSignal
 from mailgateway.processing.runner import Result
 from mailgateway.processing.worker import AnalysisWorker
@@ -91,7 +92,7 @@ class _SignallingWriter(AcceptWriter):
 
 
 def _host_builder(settings: Settings, clock: Clock) -> Callable[[], HostedApp]:
-    """What the processing host calls to build its services (pickled by reference: spawn). The
+    """What the processing host calls to build its services (pickled by reference). The
     daemon migrated the database already."""
     return functools.partial(build_app, settings, clock=clock, migrate=False)
 
@@ -505,10 +506,7 @@ class Daemon:
 
 def run(settings: Settings) -> int:
     """The daemon's exit status: 0 after a graceful stop, 1 when startup failed (reason on stderr)."""
-    # Everything the daemon creates (SQLite database and its WAL, the Maildir outbox, reports)
-    # holds mail of the agencies: owner only, 0600 files and 0700 directories (docs/guarantees.md), whatever
-    # umask it was started with (systemd's UMask=, a shell's 022).
-    os.umask(0o077)
+    owner_only_files()  # the database, the outbox, reports: owner only (mailgateway/processes.py)
     daemon = Daemon(settings)
     try:
         return asyncio.run(daemon.serve())

@@ -2,7 +2,7 @@
 
 Accepting a message (SMTP, IMAP) must never wait for processing. In one process they share the
 GIL: a processing thread composing and signing mail took the interpreter from the event loop
-that answers ``250``. So the daemon spawns this host, which builds the processor and runs its
+that answers ``250``. So the daemon starts this host, which builds the processor and runs its
 sweeps, while the daemon's process keeps the listeners, the accept writer and the sender.
 
 * The analysis worker (processing/worker.py, ``[processing] isolation = "process"``) is the
@@ -17,9 +17,14 @@ sweeps, while the daemon's process keeps the listeners, the accept writer and th
 * The two processes share SQLite's writer through ``store.engine.write_gate`` (a lock file), so
   they hand it over at once instead of meeting in SQLite's busy handler.
 
-The host is started with the ``spawn`` method (``fork`` of a threaded daemon copies locks held by
-other threads, POSIX ``fork(2)``) and dies with the daemon (PR_SET_PDEATHSIG); the daemon
-restarts a host that dies (daemon.py).
+The host is a fork of multiprocessing's fork server, which imported the daemon's modules beside
+the daemon at start (mailgateway/processes.py): a host starts, and restarts after a crash, in
+milliseconds rather than after ≈2 s of imports; its analysis worker is in turn a fork of the host,
+taken before the host runs a thread or opens the database. The daemon restarts a host that dies
+(daemon.py). The host dies with the daemon: when the daemon's end of the control pipe closes
+without a ``stop``, it kills itself, as PR_SET_PDEATHSIG did when the daemon was its parent (the
+fork server, its parent now, outlives the daemon as long as the host lives); its workers, its own
+children, die with it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -39,8 +43,9 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from mailgateway.logs import setup_logging
+from mailgateway.processes import HOST_NAME, die_with_parent, host_context, name_process
 from mailgateway.processing.runner import Processor, Result
-from mailgateway.processing.worker import AnalysisWorker, WorkerUnavailable, _die_with_parent
+from mailgateway.processing.worker import AnalysisWorker, WorkerUnavailable
 from mailgateway.settings import Settings
 from mailgateway.store.engine import flock_holders, write_gate
 
@@ -51,7 +56,8 @@ INTAKE_QUIET_SECONDS = 0.02
 # Messages per sweep, and the longest sleep between sweeps when nothing wakes the host.
 SWEEP_LIMIT = 200
 IDLE_SWEEP_SECONDS = 5.0
-# Spawning imports the package and builds the services (≈1-2 s, more on a loaded machine).
+# A host builds its services (≈0.3 s; a fork server still importing at the daemon's start, ≈2 s
+# more; more on a loaded machine).
 STARTUP_SECONDS = 120.0
 # Restart back-off after a host died ([processing] host_restart_first_seconds, 1 s, doubled per
 # death up to host_restart_max_seconds, 30 s): back to the first after a life this long.
@@ -75,7 +81,7 @@ class IntakeSignal:
 
     @property
     def shared(self) -> Any:
-        """What to hand to the host process (picklable while it is spawned)."""
+        """What to hand to the host process (picklable while it is started)."""
         return self._shared
 
     def accepted(self) -> None:
@@ -137,26 +143,30 @@ class HostedApp(Protocol):
 
 
 def host_main(build: Callable[[], HostedApp], settings: Settings, control: Connection, wake: Connection,
-              intake: Any, parent_pid: int, progress: Any = None, expected_head: str | None = None) -> None:
+              intake: Any, progress: Any = None, expected_head: str | None = None) -> None:
     """Entry point of the host process: sweep until the daemon says stop or goes away."""
-    _die_with_parent(parent_pid)
+    # Our parent is the fork server (which dies after the daemon); the daemon's death itself
+    # reaches us through the control pipe (_Host._listen).
+    die_with_parent()
+    name_process(HOST_NAME)
     # Ctrl-C reaches the whole foreground process group; the daemon stops its host itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(settings.logging)
-    # The analysis worker is spawned first, so that its start (≈ 1.3 s here) runs beside our
-    # schema check and the building of our services rather than after them: the first
-    # acknowledgement after a restart waits for both (issue 19). From this, the main thread:
-    # PR_SET_PDEATHSIG follows the thread.
+    # The analysis worker first, while this process runs no other thread and holds no database
+    # connection: a fork of us, ready at once (processing/worker.py, AnalysisWorker.start), where
+    # a spawned one took ≈1.3 s of imports that the first acknowledgement after a restart waited
+    # for (issue 19). From this, the main thread: PR_SET_PDEATHSIG follows the thread.
     worker = AnalysisWorker(settings) if settings.processing.isolation == "process" else None
     if worker is not None:
         try:
-            worker.start(settings)
+            worker.start(settings, fork=True, close_in_child=(control, wake))
         except WorkerUnavailable as exc:  # tried again by run() and by each message
             log.error("%s", exc)
     if expected_head is not None:
-        # A restarted host imports the code on disk now: after an upgrade in place without a
-        # restart, its models may expect another schema than the one the daemon migrated to
-        # ("no such column" at every pass, for ever). Refuse, and let the daemon say so.
+        # A restarted host may import code from disk now (any module the fork server had not
+        # imported at the daemon's start): after an upgrade in place without a restart, it may
+        # expect another schema than the one the daemon migrated to ("no such column" at every
+        # pass, for ever). Refuse, and let the daemon say so.
         from mailgateway.store.engine import head_revision
 
         head = head_revision()
@@ -199,7 +209,7 @@ class _Host:
             # The daemon watches how long we hold the write gate (a paused host blocks intake).
             write_gate(processor.factory.kw["bind"]).holding = progress.holding
         # Started (and stopped) from this, the main thread: PR_SET_PDEATHSIG follows the thread.
-        processor.worker = worker  # host_main's, spawned before the services were built
+        processor.worker = worker  # host_main's, forked before the services were built
         processor.settings = settings
         self.ahead = processor.analyse_ahead()  # while a sweep yields to intake (processing/ahead.py)
 
@@ -236,6 +246,12 @@ class _Host:
             try:
                 kind, payload = self.control.recv()
             except (EOFError, OSError):
+                if not self.stopping.is_set():
+                    # The daemon is gone (SIGKILL, a crash): its restart must not find us
+                    # processing beside its new host. Die now, as PR_SET_PDEATHSIG made us die
+                    # when the daemon was our parent; our workers follow (their PR_SET_PDEATHSIG).
+                    # The message in hand stays received, its attempt counted.
+                    os.kill(os.getpid(), signal.SIGKILL)
                 self.stop()
                 return
             if kind == "stop":
@@ -299,7 +315,7 @@ class _Host:
 
 
 class HostSupervisor:
-    """The daemon's side: spawn the host, read what it reports, restart it when it dies (with
+    """The daemon's side: start the host, read what it reports, restart it when it dies (with
     back-off, logged), stop it with a drain. Used from the daemon's event loop; ``wake`` from any
     thread."""
 
@@ -307,7 +323,7 @@ class HostSupervisor:
                  intake: IntakeSignal, on_result: Callable[[Result], None],
                  on_outbound: Callable[[], None], on_exit: Callable[[], None] = lambda: None,
                  expected_head: str | None = None, gate_path: str | None = None) -> None:
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = host_context()
         # The migration head the daemon checked at start: a host whose code differs refuses to run.
         self.expected_head = expected_head
         self.code_changed = False  # a host refused to run: no more restarts until the service is
@@ -325,7 +341,7 @@ class HostSupervisor:
         self._proc: BaseProcess | None = None
         self._control: Connection | None = None
         self.ready = False
-        self.started = 0  # hosts spawned so far (restarts = started - 1)
+        self.started = 0  # hosts started so far (restarts = started - 1)
         self.down_since: float | None = None  # monotonic time the last host died, while none runs
 
     @property
@@ -417,10 +433,10 @@ class HostSupervisor:
         try:
             proc = self._ctx.Process(
                 # Not a multiprocessing "daemon": those may not have children (the analysis
-                # worker); it dies with us anyway (PR_SET_PDEATHSIG), and stop() ends it.
-                target=host_main, name="mailgateway-processing", daemon=False,
+                # worker); it dies with us anyway (_Host._listen), and stop() ends it.
+                target=host_main, name=HOST_NAME, daemon=False,
                 args=(self._build_for(self.settings), self.settings, child, self._wake_reader,
-                      self._intake.shared, os.getpid(), self.progress.shared, self.expected_head))
+                      self._intake.shared, self.progress.shared, self.expected_head))
             proc.start()
         except BaseException:
             parent.close()
@@ -432,7 +448,9 @@ class HostSupervisor:
 
     async def _run_one(self, stop: asyncio.Event) -> int | None:
         loop = asyncio.get_running_loop()
-        proc, control = self._spawn()
+        # In a thread: the fork server answers with the host's pid once it has forked it, and at
+        # the daemon's start it may still be importing (mailgateway/processes.py).
+        proc, control = await asyncio.to_thread(self._spawn)
         self._proc, self._control, self.ready = proc, control, False
         self.down_since = None
         spawned = time.monotonic()

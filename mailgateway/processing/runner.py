@@ -58,6 +58,7 @@ from mailgateway.logs import bind, log_context
 from mailgateway.mail.auth import Authenticator
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
+from mailgateway.processes import AHEAD_NAME
 from mailgateway.processing import later
 from mailgateway.processing.ahead import NICE, AnalysisAhead
 from mailgateway.processing.context import Env, Outcome
@@ -244,7 +245,7 @@ class Processor:
         if self.worker is None:
             return None
         if self.ahead is None:
-            worker = AnalysisWorker(self.settings, nice=NICE, name="mailgateway-analysis-ahead")
+            worker = AnalysisWorker(self.settings, nice=NICE, name=AHEAD_NAME)
             self.ahead = AnalysisAhead(worker, self.due_after)
         return self.ahead
 

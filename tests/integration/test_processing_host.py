@@ -20,21 +20,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mailgateway.processes import AHEAD_NAME, ANALYSIS_NAME, HOST_NAME
 from tests.support.chaos import case_origins, db_tally
 from tests.support.gateway import GatewayConfig, RunningGateway, declaration
+from tests.support.processes import children, descendants, gone, named
 from tests.support.servers import free_port, wait_for
 
 
-def _spawned_children(pid: int) -> list[int]:
-    """multiprocessing "spawn" children of ``pid`` (not its resource tracker)."""
-    found = []
-    with contextlib.suppress(FileNotFoundError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                with contextlib.suppress(FileNotFoundError):
-                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                        found.append(int(child))
-    return found
+def _hosts(daemon: int) -> list[int]:
+    """The daemon's processing hosts (forks of its fork server, mailgateway/processes.py)."""
+    return named(descendants(daemon), HOST_NAME)
 
 
 def _holds_gate(pid: int, lock: Path) -> bool:
@@ -58,20 +53,11 @@ def _one(pids: list[int]) -> int | None:
 def _workers(host: int) -> tuple[int, int] | None:
     """The host's two analysis workers, once both run: the batches' (at the host's priority)
     and the one ahead (nice 19, processing/ahead.py)."""
-    children = _spawned_children(host)
+    batches, ahead = named(children(host), ANALYSIS_NAME), named(children(host), AHEAD_NAME)
     with contextlib.suppress(ProcessLookupError):
-        batches = [p for p in children if os.getpriority(os.PRIO_PROCESS, p) != 19]
-        ahead = [p for p in children if os.getpriority(os.PRIO_PROCESS, p) == 19]
-        if len(batches) == 1 and len(ahead) == 1:
+        if len(batches) == 1 and len(ahead) == 1 and os.getpriority(os.PRIO_PROCESS, ahead[0]) == 19:
             return batches[0], ahead[0]
     return None
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _statuses(config: GatewayConfig, ids: list[str]) -> dict[str, list[str]]:
@@ -98,11 +84,46 @@ def _warm(gw: RunningGateway, config: GatewayConfig) -> None:
              timeout=60)
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[1])
+
+
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+
+
+def test_hosts_are_forks_of_a_fork_server_that_imported_the_daemon_and_their_worker_a_fork_of_them(
+        tmp_path: Path) -> None:
+    """Issue 19, the restart: a spawned host imported the whole package (≈2 s) after the daemon had,
+    and its spawned worker ≈1.3 s more, before the first acknowledgement could leave. The host is a
+    fork of the fork server, which imported ``mailgateway.daemon`` beside the daemon's own imports,
+    and the batches' worker a fork of its host: nothing is left to import. A killed host's
+    successor is forked from the same server, and processes."""
+    config = GatewayConfig(tmp_path / "gw")
+    with RunningGateway(config) as gw:
+        _warm(gw, config)
+        host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
+        server = _parent(host)
+        assert _parent(server) == gw.proc.pid
+        assert b"multiprocessing.forkserver" in _cmdline(server) and b"mailgateway.daemon" in _cmdline(server)
+        worker, ahead = wait_for(lambda: _workers(host), timeout=30)
+        assert _cmdline(host) == _cmdline(worker) == _cmdline(server)  # forks: no new interpreter
+        assert b"spawn_main" in _cmdline(ahead)  # spawned, at nice 19: nothing waits for it
+        os.kill(host, signal.SIGKILL)
+        restarted = wait_for(lambda: next((p for p in _hosts(gw.proc.pid) if p != host), None), timeout=30)
+        assert _parent(restarted) == server
+        gw.send(declaration("after-restart@chu-nantes.test"))
+        wait_for(lambda: _statuses(config, ["after-restart@chu-nantes.test"])["after-restart@chu-nantes.test"]
+                 == ["processed"], timeout=60)
+        assert gw.stop() == 0, gw.log()
+    assert "Traceback" not in gw.log_path.read_text()
+
+
 def test_smtp_answers_250_while_the_processing_host_is_frozen(tmp_path: Path) -> None:
     config = GatewayConfig(tmp_path / "gw")
     with RunningGateway(config) as gw:
         _warm(gw, config)
-        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
         # Its own children: the analysis workers ([processing] isolation = "process", the default).
         wait_for(lambda: _workers(host), timeout=30)
         # Frozen while idle: not holding the write gate (a host frozen with it is the supervision
@@ -131,7 +152,7 @@ def test_a_killed_processing_host_is_restarted_and_every_declaration_processed_o
     config = GatewayConfig(tmp_path / "gw")
     with RunningGateway(config) as gw:
         _warm(gw, config)
-        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
         worker, ahead = wait_for(lambda: _workers(host), timeout=30)
         ids = [f"kill-{n}@chu-nantes.test" for n in range(40)]
         errors: list[BaseException] = []
@@ -148,13 +169,13 @@ def test_a_killed_processing_host_is_restarted_and_every_declaration_processed_o
         # Kill it while it works: some processed, some not yet.
         wait_for(lambda: sum(s == ["processed"] for s in _statuses(config, ids).values()) >= 3, timeout=60)
         os.kill(host, signal.SIGKILL)
-        wait_for(lambda: _gone(worker) and _gone(ahead), timeout=10)  # the analysis workers die with their host
-        restarted = wait_for(lambda: next((p for p in _spawned_children(gw.proc.pid) if p != host), None),
+        wait_for(lambda: gone(worker) and gone(ahead), timeout=10)  # the analysis workers die with their host
+        restarted = wait_for(lambda: next((p for p in _hosts(gw.proc.pid) if p != host), None),
                              timeout=30)
         sender.join(timeout=120)
         assert not errors, errors
         wait_for(lambda: _statuses(config, ids) == {m: ["processed"] for m in ids}, timeout=180)
-        assert _spawned_children(gw.proc.pid) == [restarted]
+        assert _hosts(gw.proc.pid) == [restarted]
         origins = case_origins(config.db_path)
         assert all(len(origins.get(m, [])) == 1 for m in ids), origins
         acks = _acknowledgements(config)
@@ -172,8 +193,8 @@ def test_host_thread_processes_in_the_daemons_process(tmp_path: Path) -> None:
     config = GatewayConfig(tmp_path / "gw", extra='[processing]\nhost = "thread"\n')
     with RunningGateway(config) as gw:
         _warm(gw, config)
-        worker = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
-        assert _spawned_children(worker) == []
+        worker = wait_for(lambda: _one(named(children(gw.proc.pid), ANALYSIS_NAME)), timeout=30)
+        assert children(worker) == [] and _hosts(gw.proc.pid) == []
         assert gw.stop() == 0, gw.log()
     assert "processing host" not in gw.log_path.read_text()
 
@@ -184,11 +205,11 @@ def test_a_daemon_killed_alone_leaves_neither_host_nor_worker(tmp_path: Path) ->
     gw = RunningGateway(config)
     try:
         _warm(gw, config)
-        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
         worker, ahead = wait_for(lambda: _workers(host), timeout=30)
         os.kill(gw.proc.pid, signal.SIGKILL)
         gw.proc.wait(timeout=10)
-        wait_for(lambda: _gone(host) and _gone(worker) and _gone(ahead), timeout=10)
+        wait_for(lambda: gone(host) and gone(worker) and gone(ahead), timeout=10)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(gw.proc.pid, signal.SIGKILL)  # multiprocessing's resource tracker, if still there
@@ -221,7 +242,7 @@ def test_a_host_that_cannot_start_is_retried_reported_unhealthy_and_intake_goes_
     port = config.metrics_port or 0
     with RunningGateway(config) as gw:
         _warm(gw, config)
-        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
         away = config.key_file.with_suffix(".away")
         config.key_file.rename(away)
         try:

@@ -31,9 +31,9 @@ from mailgateway.store.engine import head_revision
 from tests.integration.test_processing_host import (
     _get,
     _holds_gate,
+    _hosts,
     _one,
     _received,
-    _spawned_children,
     _statuses,
     _warm,
 )
@@ -118,7 +118,7 @@ def test_a_host_paused_while_holding_the_gate_is_killed_and_restarted(tmp_path: 
     lock = Path(f"{config.db_path}.write-lock")
     with RunningGateway(config) as gw:
         _warm(gw, config)
-        host = wait_for(lambda: _one(_spawned_children(gw.proc.pid)), timeout=30)
+        host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
         backlog = [f"backlog-{n}@chu-nantes.test" for n in range(150)]
         sender = threading.Thread(target=lambda: [_as_an_mta(gw, declaration(m)) for m in backlog])
         sender.start()
@@ -138,7 +138,7 @@ def test_a_host_paused_while_holding_the_gate_is_killed_and_restarted(tmp_path: 
         gw.send(declaration("during-pause@chu-nantes.test"))
         assert time.monotonic() - started < 5.0
         wait_for(lambda: _gone_or_zombie(host), timeout=10)
-        restarted = wait_for(lambda: next((p for p in _spawned_children(gw.proc.pid) if p != host), None),
+        restarted = wait_for(lambda: next((p for p in _hosts(gw.proc.pid) if p != host), None),
                              timeout=30)
         assert restarted != host
         everything = [*backlog, "during-pause@chu-nantes.test"]
@@ -231,7 +231,7 @@ def test_a_host_dying_at_each_start_shows_as_processing_stalled_not_flapping(tmp
 
         def kill_loop() -> None:  # what /work/probe/t1/killloop.sh did: each new host dies at once
             while not stop.is_set():
-                for pid in _spawned_children(gw.proc.pid):
+                for pid in _hosts(gw.proc.pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 time.sleep(0.1)
@@ -270,7 +270,7 @@ def test_a_host_whose_code_on_disk_changed_refuses_to_run_and_is_not_restarted(t
                                 env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: _health(port) == "ok\n", timeout=60, interval=0.5)
-        host = wait_for(lambda: _one(_spawned_children(proc.pid)), timeout=30)
+        host = wait_for(lambda: _one(_hosts(proc.pid)), timeout=30)
         (code / "mailgateway" / "migrations" / "versions" / "9999_future.py").write_text(
             f'revision = "9999"\ndown_revision = "{head_revision()}"\n'
             "def upgrade() -> None:\n    pass\ndef downgrade() -> None:\n    pass\n")
@@ -280,7 +280,7 @@ def test_a_host_whose_code_on_disk_changed_refuses_to_run_and_is_not_restarted(t
         log = log_path.read_text()
         assert "code on disk changed since the daemon started: restart the service" in log
         time.sleep(3)
-        assert _spawned_children(proc.pid) == [], "the daemon restarts it in a loop"
+        assert _hosts(proc.pid) == [], "the daemon restarts it in a loop"
         assert log_path.read_text().count("processing host exited") <= 1
         assert _received(config) == 0
     finally:

@@ -21,8 +21,10 @@ import threading
 import time
 from pathlib import Path
 
+from mailgateway.processes import ANALYSIS_NAME
 from tests.support.dkim import zone
 from tests.support.gateway import GatewayConfig, RunningGateway, declaration
+from tests.support.processes import descendants, gone, named
 from tests.support.servers import wait_for
 from tests.support.slow import SLOW_KEY, SLOW_MESSAGE_ID, large_signed_declaration
 
@@ -86,23 +88,6 @@ def test_slow_message_is_quarantined_while_smtp_keeps_answering(tmp_path: Path) 
               f"median {statistics.median(during) * 1000:.0f} ms, max {max(during) * 1000:.0f} ms")
 
 
-def _worker_of(daemon_pid: int) -> int | None:
-    """The analysis worker: a spawned child of the daemon (not multiprocessing's resource tracker)."""
-    for task in Path(f"/proc/{daemon_pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:
-                return int(child)
-    return None
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_a_daemon_killed_on_a_poison_message_gives_up_after_max_attempts(tmp_path: Path) -> None:
     """Old code: the row stayed received with attempts 0, and every restart picked it again."""
     config = gateway_config(tmp_path / "gw", "analysis_timeout_seconds = 600.0\nmax_attempts = 2")
@@ -112,10 +97,10 @@ def test_a_daemon_killed_on_a_poison_message_gives_up_after_max_attempts(tmp_pat
         gw.send(big, to=("ssi-ara@ars.test",))
         wait_for(lambda: (inbound(config, BIG_ID) or ("", 0))[1] == 1, timeout=120)
         # SIGKILL of the daemon alone (not its group): its worker must not go on analysing.
-        worker = wait_for(lambda: _worker_of(gw.proc.pid), timeout=10)
+        worker = wait_for(lambda: next(iter(named(descendants(gw.proc.pid), ANALYSIS_NAME)), None), timeout=10)
         os.kill(gw.proc.pid, signal.SIGKILL)
         gw.proc.wait(timeout=10)
-        wait_for(lambda: _gone(worker), timeout=10)
+        wait_for(lambda: gone(worker), timeout=10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(gw.proc.pid, signal.SIGKILL)  # multiprocessing's resource tracker, if still there
         gw.stop()  # already gone: closes its log

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from mailgateway.processes import AHEAD_NAME, ANALYSIS_NAME, HOST_NAME
 from tests.support.gateway import DECLARATION, PROJECT_ROOT, GatewayConfig, RunningGateway, wait_until
+from tests.support.processes import descendants, named
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +64,27 @@ def test_the_daemon_creates_database_and_outbox_for_its_owner_only(tmp_path: Pat
     assert _private(modes) == {}
     assert _mode(state / "db" / "mailgateway.db") == 0o600
     assert _mode(config.maildir) == 0o700
+
+
+def _umask(pid: int) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Umask:"))
+    return int(line.split()[1], 8)
+
+
+def test_every_process_of_the_daemon_creates_files_for_its_owner_only(tmp_path: Path, umask_022: None) -> None:
+    """The processing host and its analysis workers are forks of a fork server started before the
+    daemon set its umask (mailgateway/processes.py): each has the daemon's, not the shell's."""
+    config = GatewayConfig(tmp_path / "gw")
+    with RunningGateway(config) as gw:
+        gw.send(DECLARATION.encode(), mail_from="dsi@chu-nantes.test")
+        wait_until(lambda: _outbox_has_mail(config.maildir), timeout=60)
+
+        def children() -> list[int] | None:
+            found = [named(descendants(gw.proc.pid), n) for n in (HOST_NAME, ANALYSIS_NAME, AHEAD_NAME)]
+            return [pid for group in found for pid in group] if all(found) else None
+
+        umasks = {pid: oct(_umask(pid)) for pid in [gw.proc.pid, *wait_until(children, timeout=60)]}
+        assert set(umasks.values()) == {"0o77"}, umasks
 
 
 def _sandbox(root: Path) -> None:
