@@ -52,8 +52,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support: config, daemon
 
+from mailgateway.processes import HOST_NAME
 from tests.support.chaos import ChaosConfig
 from tests.support.gateway import DECLARATION, GatewayConfig, RunningGateway
+from tests.support.processes import descendants, named
 from tests.support.servers import free_port, wait_for
 
 
@@ -121,22 +123,6 @@ def pid_cpu_seconds(pid: int, task: str = "") -> float:
 def thread_cpu_seconds(tid: int | None) -> float:
     """CPU time of one thread of this process (its native id), from /proc."""
     return pid_cpu_seconds(os.getpid(), f"/task/{tid}") if tid is not None else 0.0
-
-
-def children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (the daemon's: the processing host)."""
-    found: list[int] = []
-    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            found += [int(child) for child in listing.read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Child processes of ``pid``, recursively (the processing host, its analysis worker)."""
-    return [p for child in children(pid) for p in (child, *descendants(child))]
 
 
 def tree_cpu_seconds(pids: list[int]) -> float:
@@ -520,7 +506,7 @@ def _measure_in(gateway: RunningGateway, config: ChaosConfig, relay: Relay, mess
     stop_spy(spy)  # the accept phase only: processing alone runs on long after it
     if not wait:
         return accepted, None, None, processed(config.db_path)
-    hosts = children(pid)
+    hosts = named(tree, HOST_NAME)  # a fork of the fork server, a child of the daemon (mailgateway/processes.py)
     parts = {"daemon (intake, sender)": [pid], "processing host": hosts,
              "analysis workers": [p for p in tree if p not in hosts], "relay (counting sink)": [relay.proc.pid]}
     before = {name: tree_cpu_seconds(pids) for name, pids in parts.items()}
