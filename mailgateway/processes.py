@@ -59,6 +59,12 @@ def host_context() -> ForkServerContext:
     return multiprocessing.get_context("forkserver")
 
 
+def fork_server_pid() -> int | None:
+    """The fork server's pid, once started (multiprocessing keeps it: CPython 3.8-3.14)."""
+    pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
 def name_process(name: str) -> None:
     """Set this process's kernel name (Linux; ignored elsewhere)."""
     with contextlib.suppress(Exception):

@@ -43,7 +43,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from mailgateway.logs import setup_logging
-from mailgateway.processes import HOST_NAME, die_with_parent, host_context, name_process
+from mailgateway.processes import HOST_NAME, die_with_parent, fork_server_pid, host_context, name_process
 from mailgateway.processing.runner import Processor, Result
 from mailgateway.processing.worker import AnalysisWorker, WorkerUnavailable
 from mailgateway.settings import Settings
@@ -428,14 +428,14 @@ class HostSupervisor:
             return f"no heartbeat for {silent:.0f} s (bound {limit:g} s)"
         return None
 
-    def _spawn(self) -> tuple[BaseProcess, Connection]:
+    def _spawn(self, settings: Settings) -> tuple[BaseProcess, Connection]:
         parent, child = self._ctx.Pipe()
         try:
             proc = self._ctx.Process(
                 # Not a multiprocessing "daemon": those may not have children (the analysis
                 # worker); it dies with us anyway (_Host._listen), and stop() ends it.
                 target=host_main, name=HOST_NAME, daemon=False,
-                args=(self._build_for(self.settings), self.settings, child, self._wake_reader,
+                args=(self._build_for(settings), settings, child, self._wake_reader,
                       self._intake.shared, self.progress.shared, self.expected_head))
             proc.start()
         except BaseException:
@@ -446,16 +446,63 @@ class HostSupervisor:
         self.started += 1
         return proc, parent
 
+    async def _start(self, stop: asyncio.Event) -> tuple[BaseProcess, Connection] | None:
+        """A new host, or None when stopping. Started in a thread of its own: the fork server
+        answers with the host's pid once it has forked it (at the daemon's start it may still be
+        importing, mailgateway/processes.py), and one that never answers (stopped, wedged) must
+        neither hold the daemon's stop (a thread of asyncio's executor is waited for at exit) nor
+        keep processing down: past STARTUP_SECONDS it is killed, and the next start gets a new one."""
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[tuple[BaseProcess, Connection]] = loop.create_future()
+        settings = self.settings
+
+        def start() -> None:
+            try:
+                result = self._spawn(settings)
+            except BaseException as exc:  # handed to the event loop, raised there
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                    loop.call_soon_threadsafe(_fail, started, exc)
+                return
+            try:
+                loop.call_soon_threadsafe(_succeed, started, result)
+            except RuntimeError:  # the daemon's loop closed meanwhile: a host nobody supervises
+                _end(*result)
+
+        threading.Thread(target=start, name="host-start", daemon=True).start()
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([started, stopping], timeout=STARTUP_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if started.done():
+            proc, control = started.result()
+            if self.settings is not settings:  # SIGHUP while it was started: reconfigure() missed it
+                with contextlib.suppress(OSError, ValueError):
+                    control.send(("settings", self.settings))
+            return proc, control
+        # Whatever it starts later is ended at once (a host without its supervisor).
+        started.add_done_callback(_discard_late_host)
+        if not stop.is_set():
+            _kill_fork_server(f"did not start a processing host in {STARTUP_SECONDS:.0f} s")
+        return None
+
     async def _run_one(self, stop: asyncio.Event) -> int | None:
         loop = asyncio.get_running_loop()
-        # In a thread: the fork server answers with the host's pid once it has forked it, and at
-        # the daemon's start it may still be importing (mailgateway/processes.py).
-        proc, control = await asyncio.to_thread(self._spawn)
+        started = await self._start(stop)
+        if started is None:
+            return None
+        proc, control = started
         self._proc, self._control, self.ready = proc, control, False
         self.down_since = None
         spawned = time.monotonic()
         exited: asyncio.Future[None] = loop.create_future()
+        # Its exit, from the kernel (a pidfd: readable once the process is gone): the host is the
+        # fork server's child, which reports its exit status on ``proc.sentinel``, and a fork
+        # server stopped or wedged would report nothing (the host's death unseen for ever).
+        watch = _pidfd(proc.pid)
         loop.add_reader(proc.sentinel, _resolve, exited)
+        if watch is not None:
+            loop.add_reader(watch, _resolve, exited)
         loop.add_reader(control.fileno(), self._read, control, spawned)
         stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
@@ -475,14 +522,23 @@ class HostSupervisor:
                     log.error("processing host %s %s: killed (SIGKILL), restarting it", proc.pid, why)
                     proc.kill()
                     self.progress.holding(0.0)
-            proc.join(5)
+            proc.join(5)  # its exit status, from the fork server
+            if proc.exitcode is None and watch is not None:
+                # Gone, the kernel says, and not reported: the fork server is stopped or wedged. It
+                # would start no other host, and the daemon's exit would wait for its report (the
+                # multiprocessing module joins the processes it started).
+                _kill_fork_server(f"did not report the exit of processing host {proc.pid}")
+                proc.join(5)
             return proc.exitcode
         finally:
             stopping.cancel()
             loop.remove_reader(proc.sentinel)
+            if watch is not None:
+                loop.remove_reader(watch)
+                os.close(watch)
             self._read(control, spawned)  # results sent just before it exited
             loop.remove_reader(control.fileno())
-            if proc.is_alive():  # cancelled: the drain ran out (the message stays received)
+            if not exited.done() and proc.is_alive():  # cancelled: the drain ran out (the message stays received)
                 log.warning("processing host %s still busy at the end of the drain: killed", proc.pid)
                 proc.kill()
                 proc.join(5)
@@ -519,6 +575,47 @@ class HostSupervisor:
         self.kill()
         self._wake_reader.close()
         self._wake_writer.close()
+
+
+def _kill_fork_server(why: str) -> None:
+    """The next host start gets a new one (multiprocessing starts it again on demand)."""
+    server = fork_server_pid()
+    log.error("the fork server (%s) %s: killed (SIGKILL)", server, why)
+    if server is not None:
+        with contextlib.suppress(OSError):
+            os.kill(server, signal.SIGKILL)
+
+
+def _pidfd(pid: int | None) -> int | None:
+    """A pidfd of ``pid`` (Linux >= 5.3), or None (then only the fork server reports its exit)."""
+    if pid is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # already gone (then the sentinel says so), or no pidfd here
+        return None
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+def _discard_late_host(future: asyncio.Future[tuple[BaseProcess, Connection]]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    _end(*future.result())
+
+
+def _end(proc: BaseProcess, control: Connection) -> None:
+    with contextlib.suppress(Exception):
+        proc.kill()
+    control.close()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -119,6 +119,36 @@ def test_hosts_are_forks_of_a_fork_server_that_imported_the_daemon_and_their_wor
     assert "Traceback" not in gw.log_path.read_text()
 
 
+def test_a_stopped_fork_server_is_replaced_and_holds_neither_processing_nor_the_stop(tmp_path: Path) -> None:
+    """An outside tester: the fork server stopped (SIGSTOP) and the host killed, the daemon never
+    learnt of the host's death (the server reports it), and at SIGTERM it waited for that report for
+    ever (systemd SIGKILLs it only after TimeoutStopSec, 60 s). The kernel now tells of the death
+    (a pidfd); a server that does not report it is killed, and the next host comes from a new one."""
+    config = GatewayConfig(tmp_path / "gw")
+    gw = RunningGateway(config)
+    server = None
+    try:
+        _warm(gw, config)
+        host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
+        server = _parent(host)
+        os.kill(server, signal.SIGSTOP)
+        os.kill(host, signal.SIGKILL)
+        gw.send(declaration("server-stopped@chu-nantes.test"))  # intake goes on: raises unless 250
+        wait_for(lambda: _statuses(config, ["server-stopped@chu-nantes.test"])["server-stopped@chu-nantes.test"]
+                 == ["processed"], timeout=60)
+        restarted = _one(_hosts(gw.proc.pid))
+        assert restarted is not None and _parent(restarted) != server
+        assert f"the fork server ({server}) did not report the exit of processing host {host}" in gw.log()
+        assert gw.stop(timeout=40) == 0, gw.log()
+    finally:
+        if server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(gw.proc.pid, signal.SIGKILL)
+        gw.stop()
+
+
 def test_smtp_answers_250_while_the_processing_host_is_frozen(tmp_path: Path) -> None:
     config = GatewayConfig(tmp_path / "gw")
     with RunningGateway(config) as gw:
