@@ -53,7 +53,7 @@ from mailgateway.intake.writer import AcceptWriter
 from mailgateway.interfaces import Extension
 from mailgateway.logs import setup_logging
 from mailgateway.metrics import Metrics
-from mailgateway.processes import owner_only_files
+from mailgateway.processes import defer_reloads, owner_only_files, reload_deferred
 from mailgateway.processing.host import SWEEP_LIMIT, HostedApp, HostSupervisor, IntakeSignal
 from mailgateway.processing.runner import Result
 from mailgateway.processing.worker import AnalysisWorker
@@ -480,6 +480,7 @@ class Daemon:
         return "running: " + (", ".join(parts) or "no intake configured")
 
     async def serve(self) -> int:
+        defer_reloads()  # a SIGHUP during the start: remembered, done once ready (below)
         try:
             await self.start()
         except Exception as exc:
@@ -494,6 +495,9 @@ class Daemon:
         watchdog = asyncio.create_task(self._watchdog(interval), name="watchdog") if interval else None
         log.info("mailgateway ready (instance %s, %d configured)", self.instance_id, self.settings.database.instances)
         self.notifier.ready(self._ready_status())
+        if reload_deferred():  # the file may have changed after it was read at the start
+            log.info("a SIGHUP came during the start: reloading now")
+            self.reload()
         await self.stop_event.wait()
         try:
             await self.stop()

@@ -12,6 +12,8 @@
 * **Names**: each child sets its kernel name (``comm``, 15 bytes: ``ps``, ``top``, the journal's
   ``_COMM``), so an operator sees which one burns CPU, and tests find it.
 * **Parent death**: PR_SET_PDEATHSIG (prctl(2)) kills a child when its parent dies.
+* **Before the daemon is ready**, its own process: owner-only files (the umask), and a SIGHUP
+  remembered rather than fatal (``defer_reloads``).
 """
 
 from __future__ import annotations
@@ -36,12 +38,33 @@ AHEAD_NAME = "mgw-ahead"
 OWNER_ONLY_UMASK = 0o077
 
 _PR_SET_PDEATHSIG = 1
+_reload_deferred = False
 _PR_SET_NAME = 15
 
 
 def owner_only_files() -> None:
     """Files and directories created from now on by this process and its children: owner only."""
     os.umask(OWNER_ONLY_UMASK)
+
+
+def defer_reloads() -> None:
+    """From now until the daemon installs its own handler: a SIGHUP (``kill -HUP``, config
+    management's reload) would end the process, the signal's default action, during the imports
+    and the start (≈2 s), the SMTP listener's first moments included. It is remembered instead,
+    and the daemon reloads once ready (``reload_deferred``)."""
+
+    def remember(_signum: int, _frame: object) -> None:
+        global _reload_deferred
+        _reload_deferred = True
+
+    signal.signal(signal.SIGHUP, remember)
+
+
+def reload_deferred() -> bool:
+    """A SIGHUP came before the daemon could reload (``defer_reloads``); asked once."""
+    global _reload_deferred
+    came, _reload_deferred = _reload_deferred, False
+    return came
 
 
 def start_fork_server(preload: Sequence[str]) -> None:

@@ -54,7 +54,10 @@ def _read_inputs(files: Sequence[str]) -> list[tuple[str, bytes]]:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from mailgateway.processes import defer_reloads
     from mailgateway.settings import file_problems
+
+    defer_reloads()  # until the daemon is ready: a SIGHUP now would end the process
 
     if problems := file_problems(settings):
         raise ConfigError(problems)

@@ -4,17 +4,21 @@ SIGTERM, SIGHUP reload without dropping the SMTP listener, startup failures, met
 from __future__ import annotations
 
 import json
+import os
 import signal
 import smtplib
 import socket
 import sqlite3
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import DECLARATION, GatewayConfig, RunningGateway, wait_until
+from tests.support.gateway import DECLARATION, PROJECT_ROOT, GatewayConfig, RunningGateway, wait_until
 from tests.support.ops import NotifyListener
 from tests.support.servers import free_port
 
@@ -119,3 +123,33 @@ def test_metrics_port_in_use_exits_1_and_releases_the_smtp_port(tmp_path: Path) 
     assert "address already in use" in proc.stderr.lower()
     with socket.socket() as again:  # the SMTP listener was closed on the way out
         again.bind(("127.0.0.1", config.smtp_port))
+
+
+def test_a_sighup_during_the_start_is_a_reload_once_ready(tmp_path: Path, notify: NotifyListener) -> None:
+    """An outside tester: a SIGHUP in the first moments (the imports, the start, the SMTP listener
+    already open before the handler) ended the daemon, the signal's default action, with no log
+    line. It is remembered, and the daemon reloads the file once ready."""
+    config = GatewayConfig(tmp_path / "gw")
+    config.write()
+    log = open(tmp_path / "daemon.log", "wb")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "NOTIFY_SOCKET": notify.path}
+    env.pop("MAILGATEWAY_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "mailgateway", "run", "-c", str(config.path)], cwd=PROJECT_ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(0.5)  # importing: long before "ready"
+        config.staff = (*config.staff, ("nouvelle.recrue@ars.test", "PDL", "agent"))
+        config.write()
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("READY=1")
+        wait_until(lambda: "configuration reloaded" in (tmp_path / "daemon.log").read_text(), timeout=30)
+        assert proc.poll() is None
+        with smtplib.SMTP("127.0.0.1", config.smtp_port, local_hostname="client.test", timeout=30) as client:
+            client.sendmail("dsi@chu-nantes.test", ["ssi-pdl@ars.test"], DECLARATION.encode())
+        wait_until(lambda: "nouvelle.recrue@ars.test" in _recipients(config), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0, (tmp_path / "daemon.log").read_text()[-4000:]
+        finally:
+            log.close()
