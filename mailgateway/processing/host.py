@@ -391,7 +391,9 @@ class HostSupervisor:
                 return
             if time.monotonic() - spawned > STABLE_SECONDS:
                 backoff = self.settings.processing.host_restart_first_seconds
-            log.error("processing host exited (exit code %s); restarting it in %g s", code, backoff)
+            # 255: the fork server could not tell (it died, and the host with it: PR_SET_PDEATHSIG).
+            hint = " (its exit status lost: the fork server died or was killed)" if code == 255 else ""
+            log.error("processing host exited (exit code %s)%s; restarting it in %g s", code, hint, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=backoff)
             backoff = min(backoff * 2, self.settings.processing.host_restart_max_seconds)

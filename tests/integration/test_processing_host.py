@@ -115,6 +115,15 @@ def test_hosts_are_forks_of_a_fork_server_that_imported_the_daemon_and_their_wor
         gw.send(declaration("after-restart@chu-nantes.test"))
         wait_for(lambda: _statuses(config, ["after-restart@chu-nantes.test"])["after-restart@chu-nantes.test"]
                  == ["processed"], timeout=60)
+        # The fork server killed: its host dies with it, the log says why, and a new server forks the next.
+        os.kill(server, signal.SIGKILL)
+        wait_for(lambda: "(its exit status lost: the fork server died or was killed)" in gw.log(), timeout=30)
+        third = wait_for(lambda: next((p for p in _hosts(gw.proc.pid) if p not in (host, restarted)), None),
+                         timeout=60)
+        assert _parent(third) not in (server, gw.proc.pid)
+        gw.send(declaration("new-server@chu-nantes.test"))
+        wait_for(lambda: _statuses(config, ["new-server@chu-nantes.test"])["new-server@chu-nantes.test"]
+                 == ["processed"], timeout=60)
         assert gw.stop() == 0, gw.log()
     assert "Traceback" not in gw.log_path.read_text()
 
