@@ -5,7 +5,7 @@
   package (≈2 s here, more on a loaded machine) after the daemon had done the same: after a crash,
   the first acknowledgement waited for both, one after the other (issue 19). ``start_fork_server``
   is called by ``mailgateway run`` before the daemon's own imports: the fork server, a fresh
-  single-threaded interpreter, imports the daemon's modules beside it, on the other core, and
+  single-threaded interpreter, imports the host's modules beside it, on the other core, and
   each host (the first, and any restart) is then a ``fork(2)`` of it, ready in milliseconds.
   ``fork`` of the daemon itself stays out: it runs threads (the accept writer, the sender) whose
   locks a child would inherit held (POSIX ``fork(2)``); the fork server runs none.

@@ -62,11 +62,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if problems := file_problems(settings):
         raise ConfigError(problems)
     if settings.processing.host == "process":
-        # Before our own imports (≈2 s): the fork server imports the daemon's modules beside
-        # them, so the processing host is ready when the daemon is (mailgateway/processes.py).
+        # Before our own imports (≈2 s): the fork server imports what a processing host runs
+        # (its services, its main loop) beside them, so the host is ready when the daemon is
+        # (mailgateway/processes.py). Not the daemon's own modules (intake, scheduler, metrics):
+        # the two imports share the machine's cores.
         from mailgateway.processes import start_fork_server
 
-        start_fork_server(["mailgateway.daemon"])
+        start_fork_server(["mailgateway.app", "mailgateway.processing.host"])
     from mailgateway.daemon import run
 
     return run(settings)

@@ -17,7 +17,7 @@ sweeps, while the daemon's process keeps the listeners, the accept writer and th
 * The two processes share SQLite's writer through ``store.engine.write_gate`` (a lock file), so
   they hand it over at once instead of meeting in SQLite's busy handler.
 
-The host is a fork of multiprocessing's fork server, which imported the daemon's modules beside
+The host is a fork of multiprocessing's fork server, which imported the host's modules beside
 the daemon at start (mailgateway/processes.py): a host starts, and restarts after a crash, in
 milliseconds rather than after ≈2 s of imports; its analysis worker is in turn a fork of the host,
 taken before the host runs a thread or opens the database. The daemon restarts a host that dies

@@ -96,7 +96,7 @@ def test_hosts_are_forks_of_a_fork_server_that_imported_the_daemon_and_their_wor
         tmp_path: Path) -> None:
     """Issue 19, the restart: a spawned host imported the whole package (≈2 s) after the daemon had,
     and its spawned worker ≈1.3 s more, before the first acknowledgement could leave. The host is a
-    fork of the fork server, which imported ``mailgateway.daemon`` beside the daemon's own imports,
+    fork of the fork server, which imported the host's modules beside the daemon's own imports,
     and the batches' worker a fork of its host: nothing is left to import. A killed host's
     successor is forked from the same server, and processes."""
     config = GatewayConfig(tmp_path / "gw")
@@ -105,7 +105,7 @@ def test_hosts_are_forks_of_a_fork_server_that_imported_the_daemon_and_their_wor
         host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
         server = _parent(host)
         assert _parent(server) == gw.proc.pid
-        assert b"multiprocessing.forkserver" in _cmdline(server) and b"mailgateway.daemon" in _cmdline(server)
+        assert b"multiprocessing.forkserver" in _cmdline(server) and b"mailgateway.processing.host" in _cmdline(server)
         worker, ahead = wait_for(lambda: _workers(host), timeout=30)
         assert _cmdline(host) == _cmdline(worker) == _cmdline(server)  # forks: no new interpreter
         assert b"spawn_main" in _cmdline(ahead)  # spawned, at nice 19: nothing waits for it
