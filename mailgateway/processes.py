@@ -38,8 +38,9 @@ AHEAD_NAME = "mgw-ahead"
 OWNER_ONLY_UMASK = 0o077
 
 _PR_SET_PDEATHSIG = 1
-_reload_deferred = False
 _PR_SET_NAME = 15
+
+_reload_deferred = False  # a SIGHUP came before the daemon could reload (defer_reloads)
 
 
 def owner_only_files() -> None:
@@ -88,11 +89,15 @@ def fork_server_pid() -> int | None:
     return pid if isinstance(pid, int) else None
 
 
+def _prctl(option: int, value: object) -> None:
+    """prctl(2) on Linux; nothing elsewhere (no such call)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
 def name_process(name: str) -> None:
     """Set this process's kernel name (Linux; ignored elsewhere)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:
@@ -102,8 +107,6 @@ def die_with_parent(parent_pid: int | None = None) -> None:
 
     prctl(2): the signal follows the *thread* that started us, so a child is started from a
     long-lived thread (the daemon's processing thread, the host's main thread)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(0)

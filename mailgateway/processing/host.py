@@ -502,9 +502,9 @@ class HostSupervisor:
         # fork server's child, which reports its exit status on ``proc.sentinel``, and a fork
         # server stopped or wedged would report nothing (the host's death unseen for ever).
         watch = _pidfd(proc.pid)
-        loop.add_reader(proc.sentinel, _resolve, exited)
+        loop.add_reader(proc.sentinel, _succeed, exited, None)
         if watch is not None:
-            loop.add_reader(watch, _resolve, exited)
+            loop.add_reader(watch, _succeed, exited, None)
         loop.add_reader(control.fileno(), self._read, control, spawned)
         stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         try:
@@ -620,6 +620,3 @@ def _end(proc: BaseProcess, control: Connection) -> None:
     control.close()
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

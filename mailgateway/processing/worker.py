@@ -376,7 +376,7 @@ class AnalysisWorker:
         ``fork``: the worker is a ``fork(2)`` of this process, ready at once (it has every module
         already) instead of a new interpreter that imports them (≈1.3 s). Only for a caller that
         runs no other thread and holds no database connection (the host, first thing): a fork
-        copies locks held by other threads held, and SQLite connections must not cross a fork
+        copies the locks other threads hold, still held, and SQLite connections must not cross a fork
         (sqlite.org, "How To Corrupt An SQLite Database File", 2.6). ``close_in_child``: the
         caller's own pipes, which the worker must not keep open. Restarts (after a message over its
         budget) spawn, whatever the caller's threads are doing."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from mailgateway.processes import AHEAD_NAME, ANALYSIS_NAME, HOST_NAME
 from tests.support.chaos import case_origins, db_tally
 from tests.support.gateway import GatewayConfig, RunningGateway, declaration
-from tests.support.processes import children, descendants, gone, named
+from tests.support.processes import children, descendants, gone, named, parent
 from tests.support.servers import free_port, wait_for
 
 
@@ -84,10 +84,6 @@ def _warm(gw: RunningGateway, config: GatewayConfig) -> None:
              timeout=60)
 
 
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[1])
-
-
 def _cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
 
@@ -103,15 +99,15 @@ def test_hosts_are_forks_of_a_fork_server_that_imported_the_daemon_and_their_wor
     with RunningGateway(config) as gw:
         _warm(gw, config)
         host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
-        server = _parent(host)
-        assert _parent(server) == gw.proc.pid
+        server = parent(host)
+        assert parent(server) == gw.proc.pid
         assert b"multiprocessing.forkserver" in _cmdline(server) and b"mailgateway.processing.host" in _cmdline(server)
         worker, ahead = wait_for(lambda: _workers(host), timeout=30)
         assert _cmdline(host) == _cmdline(worker) == _cmdline(server)  # forks: no new interpreter
         assert b"spawn_main" in _cmdline(ahead)  # spawned, at nice 19: nothing waits for it
         os.kill(host, signal.SIGKILL)
         restarted = wait_for(lambda: next((p for p in _hosts(gw.proc.pid) if p != host), None), timeout=30)
-        assert _parent(restarted) == server
+        assert parent(restarted) == server
         gw.send(declaration("after-restart@chu-nantes.test"))
         wait_for(lambda: _statuses(config, ["after-restart@chu-nantes.test"])["after-restart@chu-nantes.test"]
                  == ["processed"], timeout=60)
@@ -120,7 +116,7 @@ def test_hosts_are_forks_of_a_fork_server_that_imported_the_daemon_and_their_wor
         wait_for(lambda: "(its exit status lost: the fork server died or was killed)" in gw.log(), timeout=30)
         third = wait_for(lambda: next((p for p in _hosts(gw.proc.pid) if p not in (host, restarted)), None),
                          timeout=60)
-        assert _parent(third) not in (server, gw.proc.pid)
+        assert parent(third) not in (server, gw.proc.pid)
         gw.send(declaration("new-server@chu-nantes.test"))
         wait_for(lambda: _statuses(config, ["new-server@chu-nantes.test"])["new-server@chu-nantes.test"]
                  == ["processed"], timeout=60)
@@ -139,14 +135,14 @@ def test_a_stopped_fork_server_is_replaced_and_holds_neither_processing_nor_the_
     try:
         _warm(gw, config)
         host = wait_for(lambda: _one(_hosts(gw.proc.pid)), timeout=30)
-        server = _parent(host)
+        server = parent(host)
         os.kill(server, signal.SIGSTOP)
         os.kill(host, signal.SIGKILL)
         gw.send(declaration("server-stopped@chu-nantes.test"))  # intake goes on: raises unless 250
         wait_for(lambda: _statuses(config, ["server-stopped@chu-nantes.test"])["server-stopped@chu-nantes.test"]
                  == ["processed"], timeout=60)
         restarted = _one(_hosts(gw.proc.pid))
-        assert restarted is not None and _parent(restarted) != server
+        assert restarted is not None and parent(restarted) != server
         assert f"the fork server ({server}) did not report the exit of processing host {host}" in gw.log()
         assert gw.stop(timeout=40) == 0, gw.log()
     finally:

@@ -40,6 +40,7 @@ from tests.integration.test_processing_host import (
 from tests.store.test_write_gate import _holder
 from tests.support.gateway import PROJECT_ROOT, GatewayConfig, RunningGateway, declaration
 from tests.support.ops import NotifyListener
+from tests.support.processes import gone
 from tests.support.servers import free_port, wait_for
 
 # Short bounds for the test (settings.py validates them); the defaults are 30/45/60 s.
@@ -137,7 +138,7 @@ def test_a_host_paused_while_holding_the_gate_is_killed_and_restarted(tmp_path: 
         started = time.monotonic()
         gw.send(declaration("during-pause@chu-nantes.test"))
         assert time.monotonic() - started < 5.0
-        wait_for(lambda: _gone_or_zombie(host), timeout=10)
+        wait_for(lambda: gone(host), timeout=10)
         restarted = wait_for(lambda: next((p for p in _hosts(gw.proc.pid) if p != host), None),
                              timeout=30)
         assert restarted != host
@@ -160,13 +161,6 @@ def _as_an_mta(gw: RunningGateway, raw: bytes) -> None:
                 raise
             time.sleep(1.0)
     raise AssertionError("still deferred after 30 tries")
-
-
-def _gone_or_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _backdate_received(config: GatewayConfig, seconds: int) -> None:

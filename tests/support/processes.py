@@ -26,6 +26,10 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[1])
+
+
 def gone(pid: int) -> bool:
     """Exited (reaped, or a zombie waiting for its parent)."""
     try:
