@@ -109,6 +109,11 @@ class ProcessingSettings:
     host_restart_first_seconds: float = 1.0
     host_restart_max_seconds: float = 30.0
     host_down_unhealthy_seconds: float = 10.0
+    # In a backlog (more than a batch of messages due) each staff notification waits until the
+    # backlog's acknowledgements are queued, or this long at most (processing/later.py). A burst
+    # of 2,000 declarations takes 10-30 s to work through on 2 CPUs: with 10 s its notifications
+    # were composed in the middle of it, a third of the CPU before the last declarants' receipts.
+    staff_notice_max_delay_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -649,6 +654,8 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
                   "host_restart_first_seconds", "host_restart_max_seconds", "host_down_unhealthy_seconds"):
         if getattr(s.processing, bound) <= 0:
             problems.append((f"processing.{bound}", "must be greater than 0"))
+    if s.processing.staff_notice_max_delay_seconds < 0:
+        problems.append(("processing.staff_notice_max_delay_seconds", "must be 0 or more"))
     if s.processing.stalled_watchdog_seconds < s.processing.stalled_unhealthy_seconds:
         problems.append(("processing.stalled_watchdog_seconds", "must be at least stalled_unhealthy_seconds"))
     if s.processing.host_restart_max_seconds < s.processing.host_restart_first_seconds:

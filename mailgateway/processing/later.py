@@ -9,8 +9,9 @@ regulation's declaration calls for; staff read the new cases a moment later eith
 So while a sweep works through a backlog (more than a batch of messages due), ``notify_staff``
 (processing/context.py) writes what it would queue into ``deferred_staff_notices``, in the
 transaction that processes the message, and the sweep composes and queues those notices once
-nothing is due any more, or as soon as the oldest has waited ``LATER_MAX_SECONDS``: a continuous
-stream of arrivals delays staff by that bound at most, never starves them. Nothing is lost: a
+nothing is due any more, or as soon as the oldest has waited ``[processing]
+staff_notice_max_delay_seconds`` (60 s): a continuous stream of arrivals delays staff by that bound
+at most, never starves them. Nothing is lost: a
 crash in between leaves the rows, composed by the next sweep (``Processor``, processing/runner.py,
 says there may be some at start, and looks for other instances' once a minute). What is decided
 is decided in the processing transaction (the per-sender cap, the recipients of a reply, whether
@@ -42,8 +43,6 @@ from mailgateway.store.models import Case, CaseEvent, DeferredStaffNotice, Inbou
 
 log = logging.getLogger("mailgateway.processing")
 
-# The longest a staff notification waits behind a backlog before it is composed anyway.
-LATER_MAX_SECONDS = 10.0
 # Notices composed in one write transaction (the accept writer waits for the gate meanwhile).
 LATER_CHUNK = 50
 # A processor with none of its own deferred looks for other instances' (a crash) this often.

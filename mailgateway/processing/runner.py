@@ -565,8 +565,8 @@ class Processor:
 
     def _send_deferred(self, *, sweep_end: bool = False) -> None:
         """Staff notifications put off by backlogs (processing/later.py): those that waited
-        ``LATER_MAX_SECONDS`` between batches and at a sweep's end, a continuous stream of small
-        sweeps included; every one at a sweep's end with nothing due. Looked for by a read
+        ``[processing] staff_notice_max_delay_seconds`` between batches and at a sweep's end, a
+        continuous stream of small sweeps included; every one at a sweep's end with nothing due. Looked for by a read
         first, so a sweep finding none takes no write lock; each chunk is a write transaction,
         after intake had its turn."""
         env = self.env
@@ -577,7 +577,7 @@ class Processor:
                 return
             self._deferred_looked = now
         every = sweep_end and not self._due(1, urgent=False) and not self._due(1, urgent=True)
-        waited = None if every else later.LATER_MAX_SECONDS
+        waited = None if every else self.settings.processing.staff_notice_max_delay_seconds
         try:
             if not later.any_deferred(self.factory, self.clock, waited=waited):
                 if every:
