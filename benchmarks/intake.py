@@ -148,6 +148,7 @@ class Run:
         # Until nothing is left to send (staff notifications included) and how many messages the
         # relay received then: staff notifications of a backlog follow its acknowledgements.
         self.all_out: tuple[float, int] | None = None
+        self.ahead: str | None = None  # the processing host's line on its analyses ahead
         self.all_out_cpu = 0.0  # every process's, from the last 250 until then
 
 
@@ -482,6 +483,8 @@ def _measure(config: ChaosConfig, relay: Relay, messages: list[tuple[str, bytes]
     with RunningGateway(config) as gateway:
         result = _measure_in(gateway, config, relay, messages, connections, profile, wait)
     result[0].writer = daemon_writer_stats(gateway.log_path)
+    result[0].ahead = next((line for line in gateway.log_path.read_text(errors="replace").splitlines()
+                            if "analysis ahead:" in line), None)
     return result
 
 
@@ -603,6 +606,9 @@ def main() -> int:
                   f"CPU {1e6 * accepted.children_cpu / n:.0f} µs/msg")
         print("\n".join(writer_lines(accepted.writer, accepted.seconds, n)[1:]).replace("accept writer:",
                                                                                        "daemon's writer:"))
+        if accepted.ahead is not None:
+            found = re.search(r"analysis ahead: \d+ message\(s\) analysed, \d+ used by their batch", accepted.ahead)
+            print(f"  processing host's {found.group(0) if found else accepted.ahead}")
         if processed_s is None or e2e_s is None:
             print(f"  daemon processed: not waited for (--no-wait): {done[0]} cases, {done[1]} acknowledgements "
                   "queued by the last 250")

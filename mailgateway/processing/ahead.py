@@ -86,6 +86,7 @@ class AnalysisAhead:
         # the last one may name it.
         self.applied = 0
         self.taken = 0  # facts used by a batch (tests, the benchmark)
+        self.analysed = 0  # answers filed; those not taken were analysed twice
 
     def __len__(self) -> int:
         return len(self._facts)
@@ -148,6 +149,8 @@ class AnalysisAhead:
 
     def close(self) -> None:
         """Forget everything and stop the worker ahead."""
+        if self.analysed:
+            log.info("analysis ahead: %s message(s) analysed, %s used by their batch", self.analysed, self.taken)
         self._stream = None
         self._facts.clear()
         self._chars = 0
@@ -165,7 +168,10 @@ class AnalysisAhead:
             log.info("inbound %s: analysis ahead failed (%s); its batch analyses it", inbound_id, exc)
             stream.close()
             return
-        if facts is None or self._request is None or inbound_id in self._passed:
+        if facts is None or self._request is None:
+            return
+        self.analysed += 1
+        if inbound_id in self._passed:  # its batch did not wait for it
             return
         settings, applied, at = self._request
         self._facts[inbound_id] = _Analysed(facts, settings, applied, at)

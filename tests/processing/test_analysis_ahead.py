@@ -94,6 +94,7 @@ def test_facts_analysed_ahead_are_taken_by_the_batch_and_nothing_is_counted_ahea
     assert [r.status for r in results] == ["processed"] * 30
     assert [r.kind for r in results] == ["declaration"] * 30
     assert ahead.taken == 30 and len(ahead) == 0
+    assert ahead.analysed == 30  # none analysed twice
     assert [attempts(application, i) for i in ids] == [("processed", 1)] * 30
 
 
@@ -114,6 +115,7 @@ def test_a_message_over_its_budget_ahead_is_quarantined_by_its_batch_alone(appli
     assert results[first].status == results[last].status == "processed"
     assert [attempts(application, i)[1] for i in (first, big, last)] == [1, 1, 1]
     assert ahead.taken == 1  # the first; the last was analysed by its batch
+    assert ahead.analysed == 1  # the slow one failed ahead: not counted
     assert worker.started == 2  # killed by the batch too (its budget spent twice); a new one for the last
     started_ahead(application)  # processing idle: the worker ahead is started again
     assert ahead.worker.pid is not None and ahead.worker.started == 2
