@@ -384,8 +384,15 @@ def signed_content_key(
         signatures = [(n, v) for n, v in headers if n.lower() == b"dkim-signature"]
         policy = CanonicalizationPolicy.from_c_value(bytes(tags.get(b"c", b"simple/simple")))
         include = [n.strip().lower() for n in bytes(tags[b"h"]).split(b":") if n.strip()]
+        # Only the fields h= can select are canonicalised (issue 19: canonicalising every field
+        # was a twentieth of a signed declaration's analysis). Canonicalisation is per field and
+        # dkimpy's selection compares lower-cased canonical names: relaxed names are
+        # ``name.lower().rstrip()``, simple ones unchanged (selected only when their lower-case
+        # form equals the h= entry, which then has no trailing space): a superset, in order.
+        named = set(include)
+        candidates = [field for field in headers if field[0].lower().rstrip() in named]
         hasher = hashlib.sha256()
-        dkim.hash_headers(hasher, policy, policy.canonicalize_headers(headers), include, signatures[idx], tags)
+        dkim.hash_headers(hasher, policy, policy.canonicalize_headers(candidates), include, signatures[idx], tags)
         return f"dkim:{domain}:{hasher.hexdigest()}"
     except Exception:
         return None

@@ -253,3 +253,32 @@ def test_the_domain_is_after_the_last_at_sign() -> None:
     # RFC 5322 §3.4.1: a quoted local part may hold "@"; the domain is what follows the last one.
     assert auth.from_address(b'From: "a@b"@ars.test\r\nTo: x@y.test\r\n\r\nbody') == ('"a@b"@ars.test', "ars.test")
     assert auth.from_address(b'From: Agent <"a@b"@ars.test>\r\n\r\nbody') == ('"a@b"@ars.test', "ars.test")
+
+
+def _key_of_every_field(domain: str, headers: list[tuple[bytes, bytes]], idx: int, tags: dict[bytes, bytes]) -> str:
+    """The replay key as computed before issue 19's shortcut: every field canonicalised."""
+    import hashlib
+
+    from dkim.canonicalization import CanonicalizationPolicy
+
+    signatures = [(n, v) for n, v in headers if n.lower() == b"dkim-signature"]
+    policy = CanonicalizationPolicy.from_c_value(bytes(tags.get(b"c", b"simple/simple")))
+    include = [n.strip().lower() for n in bytes(tags[b"h"]).split(b":") if n.strip()]
+    hasher = hashlib.sha256()
+    dkim.hash_headers(hasher, policy, policy.canonicalize_headers(headers), include, signatures[idx], tags)
+    return f"dkim:{domain}:{hasher.hexdigest()}"
+
+
+@pytest.mark.parametrize("c", [b"simple/simple", b"relaxed/relaxed", b"relaxed/simple", b"simple/relaxed"])
+@pytest.mark.parametrize("h", [b"from:subject:to", b"from:from:subject:date", b"FROM : Subject", b"subject:x-absent"])
+def test_the_key_canonicalises_only_the_selectable_fields_and_is_unchanged(c: bytes, h: bytes) -> None:
+    # Fields named with a trailing blank ("From :"), in upper case, twice, folded, or not named at
+    # all: the key is the one every field canonicalised gave.
+    fields = (b"Received: from a by b;\r\n\tFri, 27 Nov 2026 09:00:00 +0100\r\n"
+              b"From : rssi@clinique.test\r\nFROM: autre@clinique.test\r\nSubject:  Incident\r\n\tsuite \r\n"
+              b"To: ssi-ara@ars.test\r\nDate: Fri, 27 Nov 2026 09:00:00 +0100\r\nX-Other: y\r\n\r\nCorps\r\n")
+    raw = (b"DKIM-Signature: v=1; a=rsa-sha256; c=" + c + b"; d=ars.test; s=rsa; h=" + h
+           + b"; bh=eA==; b=eA==\r\n" + fields)
+    headers = _headers(raw)
+    tags = parse_tag_value(headers[0][1])
+    assert auth.signed_content_key("ars.test", headers, 0, tags) == _key_of_every_field("ars.test", headers, 0, tags)
