@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 import types
@@ -25,6 +26,9 @@ from mailgateway.errors import ConfigError
 from mailgateway.statuses import ALERT_STATUSES, INCIDENT_STATUSES, CaseStatus
 
 DEFAULT_CONFIG = Path("config/mailgateway.example.toml")
+# The longest staff notifications may be told to wait behind a backlog: status.py calls deferred
+# notifications older than PROCESSING_LATE_SECONDS (600 s) a stalled processing.
+STAFF_NOTICE_DELAY_LIMIT = 600.0
 
 
 @dataclass(frozen=True)
@@ -530,6 +534,9 @@ def _build(tp: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> A
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append((path, "must be a number"))
             return 0.0
+        if not math.isfinite(value):  # TOML has nan and inf: every comparison with nan is false
+            problems.append((path, "must be a finite number"))
+            return 0.0
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -654,8 +661,10 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
                   "host_restart_first_seconds", "host_restart_max_seconds", "host_down_unhealthy_seconds"):
         if getattr(s.processing, bound) <= 0:
             problems.append((f"processing.{bound}", "must be greater than 0"))
-    if s.processing.staff_notice_max_delay_seconds < 0:
-        problems.append(("processing.staff_notice_max_delay_seconds", "must be 0 or more"))
+    if not 0 <= s.processing.staff_notice_max_delay_seconds <= STAFF_NOTICE_DELAY_LIMIT:
+        # Beyond it `status` and /healthz would call the notifications of a long backlog stalled.
+        problems.append(("processing.staff_notice_max_delay_seconds",
+                         f"must be between 0 and {STAFF_NOTICE_DELAY_LIMIT:.0f}"))
     if s.processing.stalled_watchdog_seconds < s.processing.stalled_unhealthy_seconds:
         problems.append(("processing.stalled_watchdog_seconds", "must be at least stalled_unhealthy_seconds"))
     if s.processing.host_restart_max_seconds < s.processing.host_restart_first_seconds:

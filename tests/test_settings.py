@@ -38,6 +38,25 @@ def test_wrong_type_and_semantic_problems_are_all_reported() -> None:
     assert {"intake.smtp.port", "regions[0].code", "regions[0].address", "staff[0].region"} <= paths
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_that_is_not_finite_is_refused(value: float) -> None:
+    # TOML writes them nan and inf; nan compares false with every bound, so no check would see it.
+    with pytest.raises(ConfigError) as err:
+        parse_settings({**MINIMAL, "processing": {"staff_notice_max_delay_seconds": value,
+                                                  "host_stall_seconds": value}})
+    assert ("processing.staff_notice_max_delay_seconds", "must be a finite number") in err.value.problems
+    assert ("processing.host_stall_seconds", "must be a finite number") in err.value.problems
+
+
+def test_the_staff_notice_delay_is_bounded() -> None:
+    assert parse_settings({**MINIMAL, "processing": {"staff_notice_max_delay_seconds": 0}}) is not None
+    assert parse_settings({**MINIMAL, "processing": {"staff_notice_max_delay_seconds": 600}}) is not None
+    for value in (-1, 601, 1e12):
+        with pytest.raises(ConfigError) as err:
+            parse_settings({**MINIMAL, "processing": {"staff_notice_max_delay_seconds": value}})
+        assert err.value.problems == [("processing.staff_notice_max_delay_seconds", "must be between 0 and 600")]
+
+
 def test_sqlite_refuses_several_instances() -> None:
     with pytest.raises(ConfigError) as err:
         parse_settings({**MINIMAL, "database": {"url": "sqlite:///x.db", "instances": 2}})
