@@ -10,10 +10,11 @@ So while a sweep works through a backlog (more than a batch of messages due), ``
 (processing/context.py) writes what it would queue into ``deferred_staff_notices``, in the
 transaction that processes the message, and the sweep composes and queues those notices once
 nothing is due any more, or as soon as the oldest has waited ``[processing]
-staff_notice_max_delay_seconds`` (60 s): a continuous stream of arrivals delays staff by that bound
-at most, never starves them. Nothing is lost: a
-crash in between leaves the rows, composed by the next sweep (``Processor``, processing/runner.py,
-says there may be some at start, and looks for other instances' once a minute). What is decided
+staff_notice_max_delay_seconds`` (60 s; a burst of thousands is worked through within it): a
+continuous stream of arrivals delays staff by that bound at most, never starves them. Nothing is
+lost: a crash in between leaves the rows, composed by the next sweep (``Processor``,
+processing/runner.py, says there may be some at start, and looks for other instances' once a
+minute). What is decided
 is decided in the processing transaction (the per-sender cap, the recipients of a reply, whether
 the original fits); the staff list and the case's TLP marking are read when composing, seconds
 later, like any mail queued then.

@@ -566,9 +566,9 @@ class Processor:
     def _send_deferred(self, *, sweep_end: bool = False) -> None:
         """Staff notifications put off by backlogs (processing/later.py): those that waited
         ``[processing] staff_notice_max_delay_seconds`` between batches and at a sweep's end, a
-        continuous stream of small sweeps included; every one at a sweep's end with nothing due. Looked for by a read
-        first, so a sweep finding none takes no write lock; each chunk is a write transaction,
-        after intake had its turn."""
+        continuous stream of small sweeps included; every one at a sweep's end with nothing due.
+        Looked for by a read first, so a sweep finding none takes no write lock; each chunk is a
+        write transaction, after intake had its turn."""
         env = self.env
         if not env.staff_notices_deferred:
             # None of ours; another instance's, left by its crash (PostgreSQL): looked for at times.
