@@ -16,8 +16,9 @@ queue. SQLite has no row locks (SQLAlchemy silently drops FOR UPDATE there): the
 write lock, so two claimers can never take the same row. A claim is a lease: the rows of a sender
 that died go back to the queue once ``lease_until`` has passed — at once when a sender starts and
 finds them left by a dead one (dispatch/liveness.py) — and a worker gives a row back
-instead of sending it when its own lease is about to run out. Order: ``priority`` (case mail 0
-before bulletins 10), then ``next_attempt_at``, then id.
+instead of sending it when its own lease is about to run out. Order: ``priority`` (case mail 0,
+staff notifications put off behind a backlog 1, reports and digests to staff 5, bulletins 10), then
+``next_attempt_at``, then id.
 
 Results (RFC 5321 §4.2.1). 2yz -> ``sent``. 4yz, timeouts, refused or dropped connections ->
 ``queued`` again after exponential backoff with jitter, until ``deadline_at`` -> ``expired``.

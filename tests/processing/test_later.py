@@ -93,6 +93,9 @@ def test_a_backlog_acknowledges_every_declarant_before_staff_are_notified(app: A
         # The original is attached to each, as to a notification composed at once.
         raw = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == "notification_equipe")).first()
         assert raw is not None and b"message-original.eml" in raw
+        # Sent after the acknowledgements queued while the sender works through them.
+        priorities = set(s.execute(select(OutboundMessage.kind, OutboundMessage.priority)).all())
+        assert priorities == {("accuse_reception", 0), ("notification_equipe", later.DEFERRED_PRIORITY)}
 
 
 def test_a_few_messages_notify_staff_in_their_own_transaction(app: App) -> None:
@@ -102,6 +105,8 @@ def test_a_few_messages_notify_staff_in_their_own_transaction(app: App) -> None:
     kinds = [kind for _, kind, _ in outbox(app)]
     # Declaration by declaration: its acknowledgement, then its notification.
     assert kinds == ["accuse_reception", "notification_equipe"] * 3
+    with reading(app.factory) as s:  # not put off: case mail, first come first served
+        assert set(s.scalars(select(OutboundMessage.priority))) == {0}
 
 
 def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
