@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from mailgateway.errors import ConfigError
-from mailgateway.settings import load_settings, parse_settings
+from mailgateway.settings import STAFF_NOTICE_DELAY_LIMIT, load_settings, parse_settings
+from mailgateway.status import PROCESSING_LATE_SECONDS
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "mailgateway.example.toml"
 MINIMAL = {"regions": [{"code": "ARA", "name": "Auvergne-Rhône-Alpes", "address": "ssi-ara@ars.test"}]}
@@ -49,6 +50,9 @@ def test_a_number_that_is_not_finite_is_refused(value: float) -> None:
 
 
 def test_the_staff_notice_delay_is_bounded() -> None:
+    # Half the age at which `status` calls deferred notifications stalled: a chunk composed at
+    # the bound must never read as a stall.
+    assert 2 * STAFF_NOTICE_DELAY_LIMIT <= PROCESSING_LATE_SECONDS
     assert parse_settings({**MINIMAL, "processing": {"staff_notice_max_delay_seconds": 0}}) is not None
     assert parse_settings({**MINIMAL, "processing": {"staff_notice_max_delay_seconds": 300}}) is not None
     for value in (-1, 301, 1e12):

@@ -618,5 +618,3 @@ def _end(proc: BaseProcess, control: Connection) -> None:
     with contextlib.suppress(Exception):
         proc.kill()
     control.close()
-
-

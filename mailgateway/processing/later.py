@@ -14,10 +14,9 @@ staff_notice_max_delay_seconds`` (60 s; a burst of thousands is worked through w
 continuous stream of arrivals delays staff by that bound at most, never starves them. Nothing is
 lost: a crash in between leaves the rows, composed by the next sweep (``Processor``,
 processing/runner.py, says there may be some at start, and looks for other instances' once a
-minute). What is decided
-is decided in the processing transaction (the per-sender cap, the recipients of a reply, whether
-the original fits); the staff list and the case's TLP marking are read when composing, seconds
-later, like any mail queued then.
+minute). What is decided is decided in the processing transaction (the per-sender cap, the
+recipients of a reply, whether the original fits); the staff list and the case's TLP marking
+are read when composing, seconds later, like any mail queued then.
 """
 
 from __future__ import annotations
@@ -46,10 +45,10 @@ log = logging.getLogger("mailgateway.processing")
 
 # Notices composed in one write transaction (the accept writer waits for the gate meanwhile).
 LATER_CHUNK = 50
-# Outbox priority of a notice composed from here (case mail 0, other staff mail 5, bulletins 10):
-# behind the acknowledgements of a backlog still being worked through, which keep coming while the
-# sender works through a chunk of notices (an outside tester: both waited up to 19.5 s at the tail
-# of a stream); ahead of everything else.
+# Outbox priority of a notice composed from here (case mail 0, reports and digests to staff 5,
+# bulletins 10): behind the acknowledgements of a backlog still being worked through, which keep
+# coming while the sender works through a chunk of notices (an outside tester: both waited up to
+# 19.5 s at the tail of a stream); ahead of everything else.
 DEFERRED_PRIORITY = 1
 # A processor with none of its own deferred looks for other instances' (a crash) this often.
 LOOK_SECONDS = 60.0
