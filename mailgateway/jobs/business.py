@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
-
-import holidays
+from typing import TYPE_CHECKING
 
 from mailgateway.clock import PARIS, aware
 from mailgateway.settings import SchedulerSettings
 
+if TYPE_CHECKING:
+    import holidays
+
 
 @lru_cache(maxsize=1)
 def _france() -> holidays.HolidayBase:
+    # Imported on first use: the package builds every calendar it knows at import (≈0.1 s, a
+    # twentieth of the daemon's start, which every restart and every CLI command pays).
+    import holidays
+
     return holidays.country_holidays("FR")
 
 
