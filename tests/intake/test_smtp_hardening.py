@@ -5,6 +5,7 @@ neither exhausts descriptors nor fills the log."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -27,11 +28,15 @@ pytestmark = pytest.mark.slow
 PDL = "ssi-pdl@ars.test"
 
 
+_SENT = itertools.count()  # the module's tests share a daemon: a Message-ID sent twice is one message
+
+
 def _message(n: int, size: int = 0) -> bytes:
     body = b"".join(b"ligne %06d de remplissage ..................................................\r\n" % i
                     for i in range(size // 72 + 1)) if size else b"Bonjour.\r\n"
     return (b"From: Etablissement <dsi@chu.test>\r\nTo: " + PDL.encode() + b"\r\nSubject: message %d\r\n"
-            b"Message-ID: <m%d@chu.test>\r\nDate: Fri, 27 Nov 2026 09:12:00 +0100\r\n\r\n" % (n, n)) + body
+            b"Message-ID: <m%d.%d@chu.test>\r\nDate: Fri, 27 Nov 2026 09:12:00 +0100\r\n\r\n"
+            % (n, n, next(_SENT))) + body
 
 
 def _config(directory: Path, **smtp: object) -> GatewayConfig:
@@ -91,15 +96,27 @@ def _send(port: int, raw: bytes, mail_from: str = "dsi@chu.test") -> tuple[int, 
         return code, text.decode()
 
 
-def _inbound(config: GatewayConfig) -> list[tuple[int, str | None, str | None]]:
+def _inbound(config: GatewayConfig, after: int = 0) -> list[tuple[int, str | None, str | None]]:
     with sqlite3.connect(config.db_path) as db:
-        return list(db.execute("select id, mail_from, peer from inbound_messages order by id"))
+        return list(db.execute("select id, mail_from, peer from inbound_messages where id > ? order by id", (after,)))
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[RunningGateway]:
-    with RunningGateway(GatewayConfig(tmp_path / "gw")) as gw:
+def _raws(config: GatewayConfig, after: int) -> list[bytes]:
+    with sqlite3.connect(config.db_path) as db:
+        return [raw for (raw,) in db.execute("select raw from inbound_messages where id > ? order by id", (after,))]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """One daemon for the module's single-session tests (a start costs ≈2 s of CPU): each looks
+    only at the rows stored after it began (``_inbound(config, after=_last_id(config))``)."""
+    with RunningGateway(GatewayConfig(tmp_path_factory.mktemp("hardening") / "gw")) as gw:
         yield gw
+
+
+def _last_id(config: GatewayConfig) -> int:
+    with sqlite3.connect(config.db_path) as db:
+        return int(db.execute("select coalesce(max(id), 0) from inbound_messages").fetchone()[0])
 
 
 def _bad_sender(port: int) -> tuple[int, str]:
@@ -114,6 +131,7 @@ def test_non_utf8_mail_from_gets_553_and_its_60_neighbours_are_accepted(gateway:
     """One non-UTF-8 MAIL FROM failed the whole group commit (59 of 60 honest messages
     got 451) and the bad sender never got a 5xx."""
     port = gateway.config.smtp_port
+    before = _last_id(gateway.config)
     with ThreadPoolExecutor(max_workers=32) as pool:
         honest = [pool.submit(_send, port, _message(n)) for n in range(60)]
         bad = [pool.submit(_bad_sender, port) for _ in range(5)]
@@ -122,7 +140,7 @@ def test_non_utf8_mail_from_gets_553_and_its_60_neighbours_are_accepted(gateway:
     assert [code for code, _ in answers] == [250] * 60, answers
     for code, text in refusals:
         assert code == 553 and "5.1.7" in text, text
-    rows = _inbound(gateway.config)
+    rows = _inbound(gateway.config, after=before)
     assert len(rows) == 60
     # The SMTP client IP is recorded (H1 trusts Authentication-Results only from trusted relays).
     assert {peer for _, _, peer in rows} == {"127.0.0.1"}
@@ -149,6 +167,7 @@ def test_bad_recipient_bytes_get_501_and_the_session_goes_on(gateway: RunningGat
 
 def test_queued_as_is_opaque_and_logged_beside_the_inbound_id(gateway: RunningGateway) -> None:
     """``queued as N`` revealed the sequential inbound ids used to forge bounces."""
+    before = _last_id(gateway.config)
     ids = []
     for n in range(3):
         code, text = _send(gateway.config.smtp_port, _message(n))
@@ -157,13 +176,13 @@ def test_queued_as_is_opaque_and_logged_beside_the_inbound_id(gateway: RunningGa
         assert match, text
         ids.append(match.group(1))
     assert len(set(ids)) == 3 and all(len(i) >= 12 for i in ids)
-    assert not any(i in {"1", "2", "3"} for i in ids)
+    assert not any(i in {str(before + n) for n in (1, 2, 3)} for i in ids)
     logged = {}
     for line in gateway.log_path.read_text().splitlines():
         if line.startswith("{") and "queue_id" in line:
             record = json.loads(line)
             logged[record["queue_id"]] = record["inbound_id"]
-    assert [logged.get(i) for i in ids] == [1, 2, 3]
+    assert [logged.get(i) for i in ids] == [before + 1, before + 2, before + 3]
 
 
 def test_declared_size_over_the_limit_gets_552_5_3_4_at_mail(gateway: RunningGateway) -> None:
@@ -181,6 +200,7 @@ def test_bare_lf_message_of_many_lines_is_accepted_and_stored_with_crlf(gateway:
     not be refused as one "line too long": lines end at LF, and accept normalises them to CRLF."""
     raw = _message(7, size=4_000).replace(b"\r\n", b"\n")
     assert b"\r" not in raw and len(raw) > 3_000
+    before = _last_id(gateway.config)
     client = Client(gateway.config.smtp_port).greet()
     try:
         assert client.cmd(b"MAIL FROM:<dsi@chu.test>")[0] == 250
@@ -193,9 +213,7 @@ def test_bare_lf_message_of_many_lines_is_accepted_and_stored_with_crlf(gateway:
         assert code == 250, text
     finally:
         client.close()
-    with sqlite3.connect(gateway.config.db_path) as db:
-        (stored,) = db.execute("select raw from inbound_messages").fetchone()
-    assert stored == raw.replace(b"\n", b"\r\n")
+    assert _raws(gateway.config, before) == [raw.replace(b"\n", b"\r\n")]
 
 
 def test_a_dot_after_a_bare_lf_neither_ends_the_data_nor_smuggles_a_second_message(
@@ -207,6 +225,7 @@ def test_a_dot_after_a_bare_lf_neither_ends_the_data_nor_smuggles_a_second_messa
     smuggled = (b"MAIL FROM:<agent@ars.test>\r\nRCPT TO:<" + PDL.encode() + b">\r\nDATA\r\n"
                 b"From: agent@ars.test\r\nSubject: smuggled\r\n\r\n#clore\r\n")
     head = _message(8).replace(b"Bonjour.\r\n", b"")
+    before = _last_id(gateway.config)
     client = Client(gateway.config.smtp_port).greet()
     try:
         assert client.cmd(b"MAIL FROM:<dsi@chu.test>")[0] == 250
@@ -218,8 +237,7 @@ def test_a_dot_after_a_bare_lf_neither_ends_the_data_nor_smuggles_a_second_messa
         assert client.cmd(b"NOOP")[0] == 250  # one reply for one message: nothing else pending
     finally:
         client.close()
-    with sqlite3.connect(gateway.config.db_path) as db:
-        stored = [raw for (raw,) in db.execute("select raw from inbound_messages")]
+    stored = _raws(gateway.config, before)
     assert len(stored) == 1
     assert b"fin\r\n.\r\nMAIL FROM:<agent@ars.test>" in stored[0] and b"a\r\n.\r\nb\r\n" in stored[0]
 
@@ -246,6 +264,7 @@ def test_a_line_too_long_just_before_the_end_of_data_is_answered_at_once(gateway
 def test_running_size_over_the_limit_gets_552_5_3_4_before_the_end_of_data(gateway: RunningGateway) -> None:
     """The refusal comes as soon as the limit is passed (the client may stop sending), and the
     session is usable afterwards."""
+    before = _last_id(gateway.config)
     client = Client(gateway.config.smtp_port).greet()
     try:
         assert client.cmd(b"MAIL FROM:<dsi@chu.test>")[0] == 250
@@ -258,7 +277,7 @@ def test_running_size_over_the_limit_gets_552_5_3_4_before_the_end_of_data(gatew
         assert client.cmd(b"NOOP")[0] == 250
     finally:
         client.close()
-    assert _inbound(gateway.config) == []
+    assert _inbound(gateway.config, after=before) == []
 
 
 def _refused_past(config: GatewayConfig, held_count: int) -> str:
@@ -378,8 +397,13 @@ def _try_send(port: int) -> tuple[int, str] | None:
         return None
 
 
-def test_a_flood_of_bad_clients_does_not_fill_the_log(gateway: RunningGateway) -> None:
+def test_a_flood_of_bad_clients_does_not_fill_the_log(tmp_path: Path) -> None:
     """~1,000 bad connections made the log grow 70 MB in 35 s."""
+    with RunningGateway(GatewayConfig(tmp_path / "gw")) as gateway:  # its own: only its log lines
+        _flood(gateway)
+
+
+def _flood(gateway: RunningGateway) -> None:
     port = gateway.config.smtp_port
     before = gateway.log_path.stat().st_size
 
