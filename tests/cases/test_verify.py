@@ -2,7 +2,8 @@
 
 A real database is made by processing real mail (declarations, staff commands, a confirmed close,
 a merge, a follow-up case); each test then edits a copy of it with sqlite3, behind the gateway's
-back, and runs ``mailgateway cases verify`` as a subprocess. The edits are the ones the issue
+back, and runs ``mailgateway cases verify`` (in this process; as a subprocess in the test
+that shows both report alike). The edits are the ones the issue
 showed going unnoticed: case rows, re-pointed links, a truncated tail, a deleted case, and data
 that cannot be decoded.
 """
@@ -10,14 +11,17 @@ that cannot be decoded.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from sqlalchemy import delete, select, update
@@ -26,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.cases import service
 from mailgateway.cases.timeline import GENESIS, append_event, event_hash
 from mailgateway.cases.views import verify_cases
+from mailgateway.cli import main
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import AuditHead, AuditLedger, Case, CaseEvent
 from tests.support import casemail
@@ -90,10 +95,23 @@ def refs(processed: tuple[Path, dict[str, str]]) -> dict[str, str]:
     return processed[1]
 
 
-def verify(db: Path, *ref: str) -> subprocess.CompletedProcess[str]:
+def verify_cli(db: Path, *ref: str) -> subprocess.CompletedProcess[str]:
+    """``mailgateway cases verify`` as an operator runs it."""
     return subprocess.run([sys.executable, "-m", "mailgateway", "cases", "verify", *ref,
                            "-c", str(db.with_name("mailgateway.toml"))],
                           capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+
+
+def verify(db: Path, *ref: str) -> subprocess.CompletedProcess[str]:
+    """The same command run in this process: its parser, settings, handler and output, but no
+    logging setup (this process's is pytest's) and no interpreter start (≈1 s of CPU; the edits
+    below run it some forty times). A traceback here fails the test as it would show there;
+    test_the_command_line_reports_as_the_in_process_run_does compares the two."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["cases", "verify", *ref, "-c", str(db.with_name("mailgateway.toml"))]
+    with mock.patch("mailgateway.logs.setup_logging"), redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return subprocess.CompletedProcess(["mailgateway", *argv], code, out.getvalue(), err.getvalue())
 
 
 def sql(db: Path, statement: str, *params: object) -> None:
@@ -118,6 +136,16 @@ def assert_detected(result: subprocess.CompletedProcess[str], reference: str, *w
 
 
 # --- the untouched database -----------------------------------------------------------------------
+
+
+def test_the_command_line_reports_as_the_in_process_run_does(copy: Path, refs: dict[str, str]) -> None:
+    for edit in (None, "UPDATE cases SET status = 42 WHERE reference = ?"):
+        if edit:
+            sql(copy, edit, refs["assigned"])
+        for ref in ((), (refs["assigned"],)):
+            here, there = verify(copy, *ref), verify_cli(copy, *ref)
+            assert (there.returncode, there.stdout, there.stderr) == (here.returncode, here.stdout, here.stderr)
+    assert there.returncode == 1 and "Traceback" not in there.stderr
 
 
 def test_an_untouched_database_after_a_full_process_is_intact(copy: Path, refs: dict[str, str]) -> None:
