@@ -5,6 +5,7 @@
     MailgatewayError
     ├── ConfigError            bad configuration; carries (key path, problem) pairs; exit 2
     ├── InputError             bad operator input on the command line; exit 2
+    ├── SchemaError            the database's schema cannot be migrated by this code; exit 2
     ├── ParseError             a message could not be understood (it is quarantined, never dropped)
     ├── AuthenticationError    a signature or header could not be checked at all
     ├── TemplateError          a template failed to load or render
@@ -35,6 +36,11 @@ class ConfigError(MailgatewayError):
 
 class InputError(MailgatewayError):
     """Bad input given by an operator (unknown case, malformed option...)."""
+
+
+class SchemaError(MailgatewayError):
+    """The database is stamped with a revision this code cannot migrate from (a newer version's,
+    several at once, none of ours)."""
 
 
 class ParseError(MailgatewayError):

@@ -42,8 +42,7 @@ def run(args: argparse.Namespace, settings: Settings, clock: Clock | None = None
     finally:
         engine.dispose()
     head = head_revision()
-    extra = [] if revision == head else [f"schéma en retard : {revision} (attendu {head}), "
-                                         "lancer « mailgateway db upgrade »"]
+    extra = [] if revision == head else [_schema_problem(revision, head)]
     if getattr(args, "json", False):
         obj = to_json(snap, grace)
         obj["schema"] = {"revision": revision, "head": head}
@@ -55,3 +54,21 @@ def run(args: argparse.Namespace, settings: Settings, clock: Clock | None = None
             text += ("\n" if snap.problems(grace) else "\n\nProblèmes :") + "".join(f"\n  - {p}" for p in extra)
         print(text)
     return 1 if (snap.problems(grace) or extra) else 0
+
+
+def _schema_problem(revision: str, head: str | None) -> str:
+    """Behind (``db upgrade`` helps), or a revision this code does not know: a database migrated
+    by a newer version, or by a hotfix since removed (``db upgrade`` would fail; found by an
+    outside tester, who was told to run it)."""
+    from alembic.script import ScriptDirectory  # only when the revisions differ
+
+    from mailgateway.store.engine import alembic_config
+
+    try:
+        known = ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
+    except Exception:  # unknown, or not a revision at all
+        known = False
+    if known:
+        return f"schéma en retard : {revision} (attendu {head}), lancer « mailgateway db upgrade »"
+    return (f"schéma inconnu de cette version : {revision} (attendu {head}) ; base migrée par une autre "
+            "version du code : installer celle-ci ou restaurer la sauvegarde d'avant la migration")

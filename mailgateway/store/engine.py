@@ -22,6 +22,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailgateway.errors import SchemaError
+
 log = logging.getLogger("mailgateway.store")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -329,9 +331,14 @@ def alembic_config(url: str) -> Any:
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply migrations (``mailgateway db upgrade``; also done by ``run`` on SQLite)."""
     from alembic import command
+    from alembic.util.exc import CommandError
 
     make_engine(url).dispose()  # creates the SQLite directory
-    command.upgrade(alembic_config(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as exc:  # an unknown stamped revision, several heads: the reason, no traceback
+        raise SchemaError(f"migration impossible : {exc} (base migrée par une autre version du code ? "
+                          "installer celle-ci ou restaurer la sauvegarde d'avant la migration)") from exc
 
 
 # Every command, every daemon start and every processing host compares these two revisions.
@@ -352,20 +359,53 @@ def current_revision(engine: Engine) -> str | None:
             return None
         stamped = list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
     if len(stamped) > 1:  # branches: never made by us; Alembic refuses them too
-        raise RuntimeError(f"database stamped with several migration heads: {', '.join(sorted(stamped))}")
+        raise SchemaError(f"base marquée de plusieurs révisions de schéma : {', '.join(sorted(stamped))}")
     return stamped[0] if stamped else None
 
 
 def head_revision() -> str | None:
     """The newest migration on disk (read at each call: a processing host restarted after an
     upgrade in place compares it with the daemon's, processing/host.py)."""
-    names = [p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py")]
-    numbered = [n[:4] for n in names if len(n) > 5 and n[:4].isdigit() and n[4] == "_"]
-    if numbered and len(numbered) == len(names):
-        return max(numbered)
-    from alembic.script import ScriptDirectory  # a migration named otherwise: Alembic decides
+    chain = _numbered_chain(sorted((MIGRATIONS_DIR / "versions").glob("*.py")))
+    if chain is not None:
+        return chain
+    from alembic.script import ScriptDirectory  # anything else (a hotfix, a branch): Alembic decides
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def _numbered_chain(files: list[Path]) -> str | None:
+    """The last revision when the files are exactly 0001_….py, 0002_….py, … each holding its own
+    number as ``revision`` and the one before as ``down_revision``; None otherwise (found by an
+    outside tester: a ``0009_hotfix.py`` holding revision ``0009b`` was skipped, a ``0010_x.py``
+    holding ``ff10`` made every command see the schema behind)."""
+    for number, path in enumerate(files, start=1):
+        expected = f"{number:04d}"
+        if not path.name.startswith(f"{expected}_"):
+            return None
+        assigned = _assignments(path.read_text(encoding="utf-8", errors="replace"))
+        before = f"{number - 1:04d}" if number > 1 else None
+        if assigned.get("revision", _UNREAD) != expected or assigned.get("down_revision", _UNREAD) != before:
+            return None
+    return f"{len(files):04d}" if files else None
+
+
+_UNREAD = "<not a plain literal>"
+
+
+def _assignments(source: str) -> dict[str, str | None]:
+    """Module-level ``name = 'text'`` or ``name = None`` (``name: str = …`` too), the first of each
+    name; any other value reads as _UNREAD."""
+    found: dict[str, str | None] = {}
+    for line in source.splitlines():
+        target, equals, value = line.partition("=")
+        name = target.split(":", 1)[0].strip()
+        if not equals or line[:1].isspace() or not name.isidentifier() or name in found:
+            continue
+        value = value.split("#", 1)[0].strip()
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        found[name] = None if value == "None" else value[1:-1] if quoted else _UNREAD
+    return found
 
 
 def ensure_schema(url: str) -> None:

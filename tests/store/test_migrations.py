@@ -83,17 +83,32 @@ def test_revisions_read_without_alembic_are_alembics(db_url: str) -> None:
         assert revision(db_url) == alembic_revision(db_url) is not None
 
 
-def test_a_migration_named_otherwise_is_left_to_alembic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("name", "revision", "down"), [
+    ("0010_next.py", "0010", "0009"),  # the convention: read without Alembic
+    ("ae1027a6acf_hotfix.py", "ae1027a6acf", "0009"),  # named otherwise
+    ("0009_hotfix.py", "0009b", "0009"),  # a number taken twice: was skipped (outside tester)
+    ("0010_hotfix.py", "ff10", "0009"),  # a number that is not its revision: "behind" for ever
+    ("0010_branch.py", "0010", "0008"),  # two heads: Alembic refuses them, so do we
+])
+def test_a_migration_outside_the_numbered_chain_is_left_to_alembic(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, revision: str, down: str) -> None:
     versions = tmp_path / "migrations" / "versions"
     versions.mkdir(parents=True)
     for source in (MIGRATIONS_DIR / "versions").glob("*.py"):
         (versions / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "migrations" / "env.py").write_text((MIGRATIONS_DIR / "env.py").read_text(encoding="utf-8"))
-    (versions / "ae1027a6acf_hotfix.py").write_text(
-        f'revision = "ae1027a6acf"\ndown_revision = "{head_revision()}"\n'
+    (versions / name).write_text(
+        f'revision = "{revision}"\ndown_revision = "{down}"\n'
         "def upgrade() -> None:\n    pass\ndef downgrade() -> None:\n    pass\n", encoding="utf-8")
     monkeypatch.setattr(engine_module, "MIGRATIONS_DIR", tmp_path / "migrations")
-    assert head_revision() == "ae1027a6acf"
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    if down == "0008":
+        with pytest.raises(Exception, match=r"[Mm]ultiple heads"):
+            script.get_current_head()
+        with pytest.raises(Exception, match=r"[Mm]ultiple heads"):
+            head_revision()
+        return
+    assert head_revision() == script.get_current_head() == revision
 
 
 def test_an_empty_database_migrates_to_head_and_matches_the_models(db_url: str) -> None:
