@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.errors import SchemaError
@@ -339,6 +340,10 @@ def upgrade(url: str, revision: str = "head") -> None:
     except CommandError as exc:  # an unknown stamped revision, several heads: the reason, no traceback
         raise SchemaError(f"migration impossible : {exc} (base migrée par une autre version du code ? "
                           "installer celle-ci ou restaurer la sauvegarde d'avant la migration)") from exc
+    except DatabaseError as exc:
+        if isinstance(exc, OperationalError):  # locked, unreachable: the callers wait or report it
+            raise
+        raise _unreadable(exc) from exc
 
 
 # Every command, every daemon start and every processing host compares these two revisions.
@@ -408,6 +413,11 @@ def _assignments(source: str) -> dict[str, str | None]:
     return found
 
 
+def _unreadable(exc: DatabaseError) -> SchemaError:
+    """Not a database at all (a stray file at the configured path): the reason, no traceback."""
+    return SchemaError(f"base de données illisible : {exc.orig}")
+
+
 def ensure_schema(url: str) -> None:
     """Upgrade when the database is behind; cheap when it is current.
 
@@ -416,7 +426,13 @@ def ensure_schema(url: str) -> None:
     """
     engine = make_engine(url)
     try:
-        if current_revision(engine) == head_revision():
+        try:
+            current = current_revision(engine)
+        except DatabaseError as exc:
+            if isinstance(exc, OperationalError):  # locked, unreachable: the callers wait or report it
+                raise
+            raise _unreadable(exc) from exc
+        if current == head_revision():
             return
         if engine.dialect.name != "postgresql":
             upgrade(url)

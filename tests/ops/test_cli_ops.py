@@ -60,3 +60,12 @@ def test_a_database_stamped_by_another_version_gets_the_reason_not_a_traceback(t
     result = config.cli("cases", "list", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "plusieurs révisions de schéma : 0007, 0008" in result.stderr
+
+
+def test_a_file_that_is_no_database_gets_the_reason_not_a_traceback(tmp_path: Path) -> None:
+    config = GatewayConfig(tmp_path / "gw")
+    config.db_path.write_bytes(b"ceci n'est pas une base SQLite\n" * 200)
+    for command in (("cases", "list"), ("db", "upgrade")):
+        result = config.cli(*command, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "illisible" in result.stderr or "not a database" in result.stderr, result.stderr
