@@ -334,16 +334,16 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
     from alembic.util.exc import CommandError
 
-    make_engine(url).dispose()  # creates the SQLite directory
+    engine = make_engine(url)  # creates the SQLite directory
+    try:
+        current_revision(engine)  # a file that is no database: its reason, before Alembic's traceback
+    finally:
+        engine.dispose()
     try:
         command.upgrade(alembic_config(url), revision)
     except CommandError as exc:  # an unknown stamped revision, several heads: the reason, no traceback
         raise SchemaError(f"migration impossible : {exc} (base migrée par une autre version du code ? "
                           "installer celle-ci ou restaurer la sauvegarde d'avant la migration)") from exc
-    except DatabaseError as exc:
-        if isinstance(exc, OperationalError):  # locked, unreachable: the callers wait or report it
-            raise
-        raise _unreadable(exc) from exc
 
 
 # Every command, every daemon start and every processing host compares these two revisions.
@@ -352,17 +352,23 @@ def upgrade(url: str, revision: str = "head") -> None:
 # is imported only to migrate. Migrations are numbered: ``NNNN_slug.py`` holding revision
 # ``NNNN`` and down_revision the number before (scripts/new-migration; tests/store/test_migrations.py
 # checks that this reading agrees with Alembic's).
-VERSION_TABLE = "alembic_version"
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is stamped with (None: never migrated)."""
+    """The revision the database is stamped with (None: never migrated). SchemaError for a file
+    that is no database (a stray file at the configured path); locked or unreachable
+    (OperationalError) stays itself: the callers wait or report it."""
     from sqlalchemy import inspect
 
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(VERSION_TABLE):
-            return None
-        stamped = list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            stamped = list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    except DatabaseError as exc:
+        if isinstance(exc, OperationalError):
+            raise
+        raise SchemaError(f"base de données illisible : {exc.orig}") from exc
     if len(stamped) > 1:  # branches: never made by us; Alembic refuses them too
         raise SchemaError(f"base marquée de plusieurs révisions de schéma : {', '.join(sorted(stamped))}")
     return stamped[0] if stamped else None
@@ -388,34 +394,37 @@ def _numbered_chain(files: list[Path]) -> str | None:
         expected = f"{number:04d}"
         if not path.name.startswith(f"{expected}_"):
             return None
-        assigned = _assignments(path.read_text(encoding="utf-8", errors="replace"))
         before = f"{number - 1:04d}" if number > 1 else None
-        if assigned.get("revision", _UNREAD) != expected or assigned.get("down_revision", _UNREAD) != before:
+        if _literals(path) != {"revision": expected, "down_revision": before}:
             return None
     return f"{len(files):04d}" if files else None
 
 
-_UNREAD = "<not a plain literal>"
+def _literals(path: Path) -> dict[str, object] | None:
+    """``revision`` and ``down_revision`` as the module binds them last, read by Python's own
+    parser without running the file (its imports are what costs); None when either is not a
+    plain literal or the file does not parse (Alembic then decides, and reports)."""
+    import ast
 
-
-def _assignments(source: str) -> dict[str, str | None]:
-    """Module-level ``name = 'text'`` or ``name = None`` (``name: str = …`` too), the first of each
-    name; any other value reads as _UNREAD."""
-    found: dict[str, str | None] = {}
-    for line in source.splitlines():
-        target, equals, value = line.partition("=")
-        name = target.split(":", 1)[0].strip()
-        if not equals or line[:1].isspace() or not name.isidentifier() or name in found:
+    try:
+        body = ast.parse(path.read_bytes()).body
+    except (SyntaxError, ValueError):
+        return None
+    found: dict[str, object] = {}
+    for node in body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
             continue
-        value = value.split("#", 1)[0].strip()
-        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
-        found[name] = None if value == "None" else value[1:-1] if quoted else _UNREAD
+        for target in targets:
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                try:
+                    found[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    return None
     return found
-
-
-def _unreadable(exc: DatabaseError) -> SchemaError:
-    """Not a database at all (a stray file at the configured path): the reason, no traceback."""
-    return SchemaError(f"base de données illisible : {exc.orig}")
 
 
 def ensure_schema(url: str) -> None:
@@ -426,13 +435,7 @@ def ensure_schema(url: str) -> None:
     """
     engine = make_engine(url)
     try:
-        try:
-            current = current_revision(engine)
-        except DatabaseError as exc:
-            if isinstance(exc, OperationalError):  # locked, unreachable: the callers wait or report it
-                raise
-            raise _unreadable(exc) from exc
-        if current == head_revision():
+        if current_revision(engine) == head_revision():
             return
         if engine.dialect.name != "postgresql":
             upgrade(url)

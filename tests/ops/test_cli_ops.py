@@ -68,4 +68,4 @@ def test_a_file_that_is_no_database_gets_the_reason_not_a_traceback(tmp_path: Pa
     for command in (("cases", "list"), ("db", "upgrade")):
         result = config.cli(*command, check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert "illisible" in result.stderr or "not a database" in result.stderr, result.stderr
+        assert result.stderr == "erreur : base de données illisible : file is not a database\n", result.stderr

@@ -83,24 +83,28 @@ def test_revisions_read_without_alembic_are_alembics(db_url: str) -> None:
         assert revision(db_url) == alembic_revision(db_url) is not None
 
 
-@pytest.mark.parametrize(("name", "revision", "down"), [
-    ("0010_next.py", "0010", "0009"),  # the convention: read without Alembic
-    ("ae1027a6acf_hotfix.py", "ae1027a6acf", "0009"),  # named otherwise
-    ("0009_hotfix.py", "0009b", "0009"),  # a number taken twice: was skipped (outside tester)
-    ("0010_hotfix.py", "ff10", "0009"),  # a number that is not its revision: "behind" for ever
-    ("0010_branch.py", "0010", "0008"),  # two heads: Alembic refuses them, so do we
+@pytest.mark.parametrize(("name", "revision", "down", "source"), [
+    ("0010_next.py", "0010", "0009", ""),  # the convention: read without Alembic
+    ("ae1027a6acf_hotfix.py", "ae1027a6acf", "0009", ""),  # named otherwise
+    ("0009_hotfix.py", "0009b", "0009", ""),  # a number taken twice: was skipped (outside tester)
+    ("0010_hotfix.py", "ff10", "0009", ""),  # a number that is not its revision: "behind" for ever
+    ("0010_twice.py", "0010b", "0009", "revision = '0010'\n"),  # bound again: Python keeps the last
+    ("0010_branch.py", "0010", "0008", ""),  # two heads: Alembic refuses them, so do we
 ])
 def test_a_migration_outside_the_numbered_chain_is_left_to_alembic(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, revision: str, down: str) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, revision: str, down: str, source: str) -> None:
     versions = tmp_path / "migrations" / "versions"
     versions.mkdir(parents=True)
-    for source in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        (versions / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    for existing in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        (versions / existing.name).write_text(existing.read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "migrations" / "env.py").write_text((MIGRATIONS_DIR / "env.py").read_text(encoding="utf-8"))
     (versions / name).write_text(
-        f'revision = "{revision}"\ndown_revision = "{down}"\n'
+        f'{source}revision = "{revision}"\ndown_revision = "{down}"\n'
         "def upgrade() -> None:\n    pass\ndef downgrade() -> None:\n    pass\n", encoding="utf-8")
     monkeypatch.setattr(engine_module, "MIGRATIONS_DIR", tmp_path / "migrations")
+    # Which reading answers: the numbered chain for the convention only, Alembic for the rest.
+    in_chain = name == "0010_next.py"
+    assert engine_module._numbered_chain(sorted(versions.glob("*.py"))) == ("0010" if in_chain else None)
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     if down == "0008":
         with pytest.raises(Exception, match=r"[Mm]ultiple heads"):
@@ -109,6 +113,20 @@ def test_a_migration_outside_the_numbered_chain_is_left_to_alembic(
             head_revision()
         return
     assert head_revision() == script.get_current_head() == revision
+
+
+def test_revision_literals_are_read_as_python_binds_them(tmp_path: Path) -> None:
+    migration = tmp_path / "0010_x.py"
+    cases = [
+        ("revision: str = '0010'\ndown_revision: str | None = (\n    '0009')\n",
+         {"revision": "0010", "down_revision": "0009"}),
+        ("revision = '0010'\ndown_revision = None  # first\n", {"revision": "0010", "down_revision": None}),
+        ("revision = '0010'\nrevision = REV\n", None),  # not a literal: Alembic runs it
+        ("revision = '0010'\ndef upgrade(:\n", None),  # does not parse: Alembic reports it
+    ]
+    for source, expected in cases:
+        migration.write_text(source, encoding="utf-8")
+        assert engine_module._literals(migration) == expected, source
 
 
 def test_an_empty_database_migrates_to_head_and_matches_the_models(db_url: str) -> None:
