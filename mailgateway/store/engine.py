@@ -400,6 +400,11 @@ def _numbered_chain(files: list[Path]) -> str | None:
     return f"{len(files):04d}" if files else None
 
 
+# CPython 3.11's ast.parse is not thread-safe (concurrent calls raise "AST constructor recursion
+# depth mismatch", gh-106905): instances starting together migrate from threads.
+_PARSING = threading.Lock()
+
+
 def _literals(path: Path) -> dict[str, object] | None:
     """``revision`` and ``down_revision`` as the module binds them last, read by Python's own
     parser without running the file (its imports are what costs); None when either is not a
@@ -407,7 +412,8 @@ def _literals(path: Path) -> dict[str, object] | None:
     import ast
 
     try:
-        body = ast.parse(path.read_bytes()).body
+        with _PARSING:
+            body = ast.parse(path.read_bytes()).body
     except (SyntaxError, ValueError):
         return None
     found: dict[str, object] = {}

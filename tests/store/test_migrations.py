@@ -185,3 +185,23 @@ def test_contacts_imported_before_0008_get_their_domain(db_url: str) -> None:
             assert conn.execute(text("SELECT domain FROM contacts")).scalar_one() == "chu-lyon.test"
     finally:
         engine.dispose()
+
+
+def test_the_head_is_read_from_many_threads_at_once() -> None:
+    """Instances starting together migrate from threads, and CPython 3.11's ast.parse is not
+    thread-safe (a run of the suite failed with "AST constructor recursion depth mismatch")."""
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(20):
+                assert head_revision() is not None
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
