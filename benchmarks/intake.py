@@ -125,6 +125,17 @@ def thread_cpu_seconds(tid: int | None) -> float:
     return pid_cpu_seconds(os.getpid(), f"/task/{tid}") if tid is not None else 0.0
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat's first line: busy is
+    user + nice + system + irq + softirq + steal, all adds idle and iowait. Their ratio over a
+    window says whether the figure was bound by the CPUs (near 100 %) or by waits."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    busy = user + nice + system + irq + softirq + steal
+    tick = os.sysconf("SC_CLK_TCK")
+    return busy / tick, (busy + idle + iowait) / tick
+
+
 def tree_cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -150,6 +161,9 @@ class Run:
         self.all_out: tuple[float, int] | None = None
         self.ahead: str | None = None  # the processing host's line on its analyses ahead
         self.all_out_cpu = 0.0  # every process's, from the last 250 until then
+        # From the last 250 to the last ack: declarations processed then, and the machine's CPUs busy.
+        self.after_accept_processed = 0
+        self.after_accept_busy: float | None = None
 
 
 def send_all(port: int, messages: list[tuple[str, bytes]], connections: int) -> tuple[float, float]:
@@ -513,12 +527,17 @@ def _measure_in(gateway: RunningGateway, config: ChaosConfig, relay: Relay, mess
     parts = {"daemon (intake, sender)": [pid], "processing host": hosts,
              "analysis workers": [p for p in tree if p not in hosts], "relay (counting sink)": [relay.proc.pid]}
     before = {name: tree_cpu_seconds(pids) for name, pids in parts.items()}
+    done_before, machine_before = processed(config.db_path)[0], machine_cpu()
     wait_for(lambda: processed(config.db_path) >= (count, count), timeout=3600, interval=0.05)
     processed_in = time.perf_counter() - started
     wait_for(lambda: relay.acks.value >= count, timeout=3600, interval=0.05)
     end_to_end = time.perf_counter() - started
     # Per declaration, after the last 250: where the CPU went until the last acknowledgement.
     accepted.after_accept_cpu = {name: tree_cpu_seconds(pids) - before[name] for name, pids in parts.items()}
+    machine_after = machine_cpu()
+    accepted.after_accept_processed = count - done_before
+    if machine_after[1] > machine_before[1]:
+        accepted.after_accept_busy = (machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1])
     try:
         wait_for(lambda: mail_waiting(config.db_path) == 0, timeout=300, interval=0.05)
         accepted.all_out = (time.perf_counter() - started, relay.messages.value)
@@ -628,6 +647,13 @@ def main() -> int:
             print("  CPU µs per declaration from the last 250 to the last acknowledgement: "
                   + ", ".join(f"{name} {1e6 * cpu / n:.0f}" for name, cpu in after.items())
                   + f"; total {1e6 * sum(after.values()) / n:.0f} (on {os.cpu_count()} CPUs)")
+            if accepted.after_accept_processed and accepted.after_accept_busy is not None:
+                # The line above divides by every declaration; some were processed before the last
+                # 250. Per declaration processed in the window, and how busy the machine was then:
+                # near 100 %, the figure is the CPU's; well below, something waits.
+                print(f"  from the last 250 to the last acknowledgement: {accepted.after_accept_processed} "
+                      f"declarations processed, CPU {1e6 * sum(after.values()) / accepted.after_accept_processed:.0f}"
+                      f" µs each in these processes; the machine's CPUs {100 * accepted.after_accept_busy:.0f} % busy")
         if n > GLOBAL_AUTO_REPLIES:
             print(f"  [outbound] auto_reply_global_per_hour = {n} for this run (default {GLOBAL_AUTO_REPLIES}: "
                   "beyond it a burst's acknowledgements are refused by design)")
