@@ -232,17 +232,24 @@ def thread_ids(session: Session, case: Case, limit: int = 20, *, correspondent: 
     return seen if len(seen) <= limit else [seen[0], *seen[-(limit - 1):]]
 
 
+# Inbound kinds a machine wrote (mail/autoreply.py, mail/bounce.py): never the message answered.
+AUTOMATIC_KINDS = ("auto_reply", "bounce", "loop")
+
+
 def last_message_from(session: Session, case: Case, addresses: Sequence[str]) -> str | None:
     """Message-ID of the latest message of the case (or of a case merged into it) sent by one of
     ``addresses``, to answer it; else the message that opened the case — unless an agency colleague
     transmitted it: the establishment never saw that forward, and a reply threaded under it would
-    sit under nothing of theirs (found by an outside tester)."""
+    sit under nothing of theirs (found by an outside tester). Their automatic mail (an
+    out-of-office, a delivery report) is never the one answered: the closure was threaded under
+    the declarant's out-of-office (outside tester)."""
     wanted = {a.lower() for a in addresses if a}
     merged = select(Case.id).where(Case.merged_into_id == case.id).scalar_subquery()
     rows = session.execute(
         select(InboundMessage.message_id, InboundMessage.auth)
         .where(or_(InboundMessage.case_id == case.id, InboundMessage.case_id.in_(merged)),
-               InboundMessage.message_id.is_not(None))
+               InboundMessage.message_id.is_not(None),
+               or_(InboundMessage.kind.is_(None), InboundMessage.kind.not_in(AUTOMATIC_KINDS)))
         .order_by(InboundMessage.id.desc()).limit(200)
     )
     for mid, auth in rows:

@@ -37,8 +37,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 
-def _read_inputs(files: Sequence[str]) -> list[tuple[str, bytes]]:
+def _read_inputs(files: Sequence[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The files that could be read, in order, and one line per file that could not (§5 of the
+    design: « a one-line reason per problem »). An unreadable file no longer hides the others:
+    ``parse a.eml missing.eml b.eml`` printed nothing for a.eml and b.eml (outside tester)."""
     out = []
+    problems = []
     for name in files:
         if name == "-":
             out.append(("-", sys.stdin.buffer.read()))
@@ -46,8 +50,15 @@ def _read_inputs(files: Sequence[str]) -> list[tuple[str, bytes]]:
             try:
                 out.append((name, Path(name).read_bytes()))
             except OSError as exc:
-                raise InputError(f"{name}: lecture impossible ({exc.strerror or exc})") from exc
-    return out
+                problems.append(f"{name}: lecture impossible ({exc.strerror or exc})")
+    return out, problems
+
+
+def _unread(problems: Sequence[str]) -> int:
+    """Exit status after the readable files were done: 2, each problem on its own line, if any."""
+    for problem in problems:
+        print(f"erreur : {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -146,7 +157,8 @@ def cmd_parse(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.processing.routing import resolve_region
 
     ctx, auth = _parse_context(settings)
-    for name, raw in _read_inputs(args.files):
+    inputs, problems = _read_inputs(args.files)
+    for name, raw in inputs:
         try:
             verdict = auth.verify(raw)
         except Exception as exc:
@@ -159,7 +171,7 @@ def cmd_parse(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{name}: {facts.kind}" + (f" [{facts.case_ref}]" if facts.case_ref else "")
                   + (f" région {facts.region}" if facts.region else "")
                   + (f" — {facts.quarantine_reason}" if facts.quarantine_reason else ""))
-    return 0
+    return _unread(problems)
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -167,7 +179,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.intake.accept import accept_in
     from mailgateway.store.engine import transaction
 
-    inputs = _read_inputs(args.files)
+    inputs, problems = _read_inputs(args.files)
     app = build_app(settings)
     try:
         for name, raw in inputs:
@@ -195,7 +207,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                       + (f" — {result.reason}" if result.reason else ""))
     finally:
         app.close()
-    return 0
+    return _unread(problems)
 
 
 def _settled(factory: Any, result: Any, timeout: float = 60.0) -> Any:

@@ -384,6 +384,11 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
     source = _declaration_source(pm, text, subject, labels)
     decl_text, decl_subject, links = source.text, source.subject, source.links
     is_decl, why = looks_like_declaration(decl_text, decl_subject, labels)
+    if not is_decl and source.outer is None and pm.attachment_names:
+        # The form attached under a short note (« Fiche de déclaration », « cf. PJ »): its file name
+        # says what it is (« Formulaire de déclaration incident sécurité.docx »; outside tester).
+        # Keywords only: a name is no labelled form.
+        is_decl, why = looks_like_declaration(decl_text, "\n".join([decl_subject, *pm.attachment_names]), labels)
     if (
         is_decl
         and why != "labelled"

@@ -57,9 +57,17 @@ def _fold_month(name: str) -> int | None:
     return _MONTHS.get(key)
 
 
-def _make(y: int, mo: int, d: int, h: str | None, mi: str | None) -> datetime | None:
-    if y < 100:
-        y += 2000
+# Years written with four digits before this are placeholders (« 01/01/0001 », « 00/00/0000 »),
+# not a detection: never read as a plausible date (« 0001 » became 2001: outside tester).
+_FIRST_YEAR = 1900
+
+
+def _make(y: int | str, mo: int, d: int, h: str | None, mi: str | None) -> datetime | None:
+    """``y`` as written (a string: « 26 » is 2026, « 0026 » is no year) or as a number."""
+    if isinstance(y, str):
+        y = int(y) + 2000 if len(y) <= 2 else int(y)
+    if y < _FIRST_YEAR:
+        return None
     try:
         hour = int(h) if h else 0
         minute = int(mi) if mi else 0
@@ -97,18 +105,20 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
                 dt = datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0), tzinfo=PARIS)
         except ValueError:
             continue
+        if dt.year < _FIRST_YEAR:
+            continue
         candidates.append((m.start(), dt, None if h else m.group(0)))
         break
     for m in _NUMERIC.finditer(text):
         d, mo, y, h, mi = m.groups()
-        numeric = _make(int(y), int(mo), int(d), h, mi)
+        numeric = _make(y, int(mo), int(d), h, mi)
         if numeric is not None:
             candidates.append((m.start(), numeric, None if h else m.group(0).strip()))
             break
     for m in _WORDS.finditer(text):
         d, month, y, h, mi = m.groups()
         month_number = _fold_month(month)
-        worded = _make(int(y), month_number, int(d), h, mi) if month_number else None
+        worded = _make(y, month_number, int(d), h, mi) if month_number else None
         if worded is not None:
             candidates.append((m.start(), worded, None if h else m.group(0).strip()))
             break

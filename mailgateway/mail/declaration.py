@@ -206,11 +206,21 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
         if value and not _NEGATIVE.match(value):
             found.append(ident)
     if "impacts" in fields:
-        found.extend(labels.impacts.all(fields["impacts"]))
-        found.extend(i for i in ("SOINS", "DONNEES", "FONCTIONNEMENT") if i.lower() in match_form(fields["impacts"]))
+        # The clauses that deny nothing: « Impacts : pas d'impact sur les soins » names no impact
+        # (outside tester), « soins (pas de données) » names one.
+        affirmed = _affirmed(fields["impacts"])
+        found.extend(labels.impacts.all(affirmed))
+        # The impacts named by their word (« Impacts : soins, données »): compared in match_form,
+        # where « soins » is « soin » (only « fonctionnement » was found before).
+        words = set(affirmed.split())
+        found.extend(i for i in ("SOINS", "DONNEES", "FONCTIONNEMENT") if match_form(i) in words)
     # Free text: only the impact keywords, and never a negated "pas d'impact sur les soins"; never
-    # in a signature (« RSSI du GHT », « correspondant SSI » read as impacts: outside tester).
+    # in a signature (« RSSI du GHT », « correspondant SSI » read as impacts: outside tester); never
+    # on an impact's own labelled line, read above with its value: « Impact sur les soins : Non »
+    # was read as an impact on care by its label (the portal's Oui/Non layout; outside tester).
     free_text = without_signatures(free_text[:30_000])
+    if any(key in fields for key in _IMPACT_FIELDS):
+        free_text = "\n".join(line for line in free_text.splitlines() if not _is_impact_line(line, labels))
     form = match_form(free_text)
     for ident in labels.impacts.all(free_text):
         if ident == "SOINS" and re.search(
@@ -220,6 +230,18 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
         found.append(ident)
     order = ("SOINS", "DONNEES", "FONCTIONNEMENT", "ORGANISATION", "PROPAGATION")
     return tuple(i for i in order if i in found)
+
+
+_IMPACT_FIELDS = frozenset({"impact_soins", "impact_donnees", "impact_fonctionnement", "impact_organisation",
+                            "impact_propagation", "impacts"})
+
+
+def _is_impact_line(line: str, labels: Labels) -> bool:
+    """« Impact sur les soins : … », « Impacts : … »: a line labelled with an impact field."""
+    if ":" not in line:
+        return False
+    found = label_line(line)
+    return found is not None and labels.fields.lookup(match_form(found[0])) in _IMPACT_FIELDS
 
 
 # A seriousness the declarant denies (« non grave », « pas du tout grave », « pas très très grave »,

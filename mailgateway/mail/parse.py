@@ -122,6 +122,19 @@ def part_text(part: Message, limit: int = MAX_PART_BYTES) -> str:
     return unflow(text, delsp=delsp) if flowed and _ctype(part) == "text/plain" else text
 
 
+MAX_ATTACHMENT_NAMES = 10
+
+
+def _filename(part: Message) -> str:
+    """A part's file name as text (RFC 2231 decoded by the stdlib), at most 200 characters; ''
+    when it has none or it cannot be read (a broken parameter is no reason to fail a message)."""
+    try:
+        name = part.get_filename() or ""
+    except Exception:
+        return ""
+    return " ".join(str(name).split())[:200]
+
+
 def _is_attachment(part: Message) -> bool:
     try:
         disposition = (part.get("Content-Disposition") or "").lower()
@@ -147,6 +160,9 @@ class ParsedMessage:
     dispositions: list[str] = field(default_factory=list)  # message/disposition-notification (RFC 8098)
     parts: int = 0
     attachments: int = 0  # leaf parts that are files (attachment disposition or not text)
+    # Their file names, decoded (RFC 2231), the first MAX_ATTACHMENT_NAMES: a declaration sent as
+    # its form attached says so in the name (« Declaration_incident_SSI.pdf »).
+    attachment_names: list[str] = field(default_factory=list)
     _cache: dict[str, str] = field(default_factory=dict)
     _addr_cache: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _html_done: bool = False
@@ -264,6 +280,10 @@ def collect_parts(parsed: ParsedMessage) -> None:
             continue
         if not inner and not part.is_multipart() and (_is_attachment(part) or not ctype.startswith("text/")):
             parsed.attachments += 1
+            if len(parsed.attachment_names) < MAX_ATTACHMENT_NAMES:
+                name = _filename(part)
+                if name:
+                    parsed.attachment_names.append(name)
         if inner or part.is_multipart() or budget <= 0:
             continue
         if ctype == "text/plain" or (ctype.startswith("text/") and ctype not in ("text/html",)):

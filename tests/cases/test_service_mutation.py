@@ -397,6 +397,18 @@ def test_last_message_from_the_latest_of_those_addresses_else_the_origin(s: Sess
     assert service.last_message_from(s, case, ["other@chu.test", "dsi@chu.test"]) == "<b@chu.test>"
 
 
+def test_last_message_from_skips_the_declarants_automatic_mail(s: Session) -> None:
+    """Found by an outside tester (a hospital's RSSI): the closure was threaded under the
+    declarant's out-of-office, the last message of theirs in the case."""
+    case = make(s, origin_message_id="<origin@chu.test>")
+    inbound(s, message_id="<complement@chu.test>", case_id=case.id, auth={"address": "dsi@chu.test"}, kind="reply")
+    for n, kind in enumerate(("auto_reply", "bounce", "loop")):
+        inbound(s, message_id=f"<auto{n}@chu.test>", case_id=case.id, auth={"address": "dsi@chu.test"}, kind=kind)
+    assert service.last_message_from(s, case, ["dsi@chu.test"]) == "<complement@chu.test>"
+    inbound(s, message_id="<unprocessed@chu.test>", case_id=case.id, auth={"address": "dsi@chu.test"})
+    assert service.last_message_from(s, case, ["dsi@chu.test"]) == "<unprocessed@chu.test>"
+
+
 def test_last_message_from_reads_merged_cases_and_never_a_colleagues_forward(s: Session) -> None:
     """Found by an outside tester: a #repondre on a case a colleague transmitted was threaded
     under the colleague's internal forward, which the establishment never received, while the

@@ -19,6 +19,23 @@ def test_accents_case_and_synonyms_are_normalised(labels: Labels) -> None:
     assert cmd is not None and cmd.name == "transmettre-acss"
 
 
+def test_commands_that_send_mail_out_answer_only_to_their_own_name(labels: Labels) -> None:
+    """An outside tester (an ARS agent): « #info le RSSI a rappelé, ne pas divulguer » mailed those
+    internal words to the hospital (a synonym of #demander-info), and « #escalader niveau 2 » sent
+    the declaration to the national cell at once (a synonym of #transmettre-acss). A loose word is
+    now an unknown command: refused with the list, nothing sent."""
+    for line in ["#info le RSSI a rappelé, ne pas divulguer", "#infos x", "#question x", "#demander x",
+                 "#escalader niveau 2", "#transmettre à l'équipe", "#acss", "#Escalader"]:
+        cmd = parse_command_line(line, labels)
+        assert cmd is not None and cmd.reason == REASON_UNKNOWN, line
+    for line, name in [("#Demander info merci de préciser", "demander-info"), ("#demander-infos x", "demander-info"),
+                       ("#demande-info x", "demander-info"), ("#demander infos x", "demander-info"),
+                       ("#transmettre acss urgent", "transmettre-acss"), ("#transmettre-cert x", "transmettre-acss"),
+                       ("#transmettre_acss", "transmettre-acss")]:
+        cmd = parse_command_line(line, labels)
+        assert cmd is not None and cmd.reason is None and cmd.name == name, line
+
+
 def test_free_text_arguments_are_kept_as_written(labels: Labels) -> None:
     cmd = parse_command_line("#note Appel du DSI à 15h10 : MFA activée.", labels)
     assert cmd is not None and cmd.args == ("Appel du DSI à 15h10 : MFA activée.",)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from mailgateway.intake.accept import accept_in
 from mailgateway.mail.declaration import labelled_fields
+from mailgateway.mail.facts import MessageFacts
 from mailgateway.mail.indicators import signature_phones
 from mailgateway.mail.labels import load_labels
 from mailgateway.mail.text import labelled_lines
@@ -313,3 +314,81 @@ def test_a_signature_is_no_impact(signature: str, written: str, impacts: list[st
               f"Numéro FINESS : 690781810\n\nCordialement,\n{signature}\n").replace("\n", "\r\n").encode())
     facts = analyse(raw, AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"}))
     assert facts.declaration is not None and list(facts.declaration.impacts) == impacts
+
+
+# --- outside tester of 2026-12-07 (parse --json as a contract checker) ---------------------------
+
+
+def _analysed(body: str, subject: str = "Déclaration d'incident",
+              attachment: tuple[str, bytes] | None = None) -> MessageFacts:
+    from mailgateway.mail.analyse import analyse
+    from mailgateway.mail.context import AnalysisContext
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = "dsi@chu.test"
+    msg["To"] = "ssi-ara@ars.test"
+    msg["Subject"] = subject
+    msg["Message-ID"] = "<f@chu.test>"
+    msg["Date"] = "Fri, 27 Nov 2026 09:00:00 +0100"
+    msg.set_content(body)
+    if attachment is not None:
+        name, data = attachment
+        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return analyse(msg.as_bytes(), AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"}))
+
+
+@pytest.mark.parametrize(("lines", "impacts"), [
+    ("Impact sur les soins : Non\nImpact sur les données : Non\nImpact sur le fonctionnement : Non\n", []),
+    ("Impact sur les soins : Aucun impact\n", []),
+    ("Impact sur les soins : Aucun\nImpact sur les données : Oui\n", ["DONNEES"]),
+    ("Impacts : pas d'impact sur les soins\n", []),
+    ("Impacts : soins (pas de données)\n", ["SOINS"]),
+    ("Impact sur les soins : Oui\n", ["SOINS"]),
+    ("Impacts : soins, données\n", ["SOINS", "DONNEES"]),
+    ("Impact sur les soins : Non\nDes interventions sont déprogrammées.\n", ["SOINS"]),
+])
+def test_an_impact_the_form_says_no_to_is_no_impact(lines: str, impacts: list[str]) -> None:
+    """The portal's « Impact sur les soins : Oui/Non » layout: « Non » gave ``impacts:["SOINS"]``,
+    the free-text pass reading the label itself; « Impacts : pas d'impact sur les soins » too.
+    What the writer says in a sentence still counts."""
+    facts = _analysed(f"Bonjour,\n\nNuméro FINESS : 440000289\nType d'incident : Rançongiciel\n{lines}")
+    assert facts.kind == "declaration" and facts.declaration is not None
+    assert list(facts.declaration.impacts) == impacts
+
+
+@pytest.mark.parametrize(("subject", "body", "name"), [
+    ("Fiche de déclaration", "", "Declaration_incident_SSI.pdf"),
+    ("Fiche de déclaration", "Veuillez trouver ci-joint la fiche de déclaration.\nCordialement",
+     "Formulaire de déclaration incident sécurité.docx"),
+    ("Déclaration incident", "", "fiche.pdf"),
+    ("Signalement incident SSI", "cf. PJ", "fiche.pdf"),
+])
+def test_a_declaration_sent_as_its_form_attached_is_a_declaration(subject: str, body: str, name: str) -> None:
+    """A short note (or none) and the form attached: quarantined as « message non reconnu », the
+    declarant never acknowledged. The subject without its article, or the file's name, says it."""
+    facts = _analysed(body, subject=subject, attachment=(name, b"%PDF-1.4\n%%EOF\n"))
+    assert facts.kind == "declaration", (subject, name)
+
+
+def test_an_attachments_name_alone_does_not_make_a_declaration_of_anything() -> None:
+    facts = _analysed("Bonjour, voici le compte rendu de la réunion.", subject="Compte rendu",
+                      attachment=("compte-rendu.pdf", b"%PDF-1.4\n%%EOF\n"))
+    assert facts.kind != "declaration"
+
+
+@pytest.mark.parametrize(("written", "read"), [
+    ("01/01/0001 00:00", None),
+    ("0001-01-01T00:00", None),
+    ("27/11/26 08:30", "2026-11-27T08:30:00+01:00"),
+    ("27/11/2026 08:30", "2026-11-27T08:30:00+01:00"),
+    ("01/01/0001 puis le 27/11/2026 08:30", "2026-11-27T08:30:00+01:00"),
+])
+def test_a_placeholder_year_is_no_detection_date(written: str, read: str | None) -> None:
+    """« Date de détection : 01/01/0001 » was read as 2001-01-01: an invented, plausible date."""
+    from mailgateway.mail.dates import parse_french_datetime
+    assert parse_french_datetime(written) == read
+
+
+def test_a_theft_written_with_its_article_is_a_theft() -> None:
+    facts = _analysed("Bonjour,\n\nVol d'un ordinateur portable dans le service de radiologie.\n"
+                      "Numéro FINESS : 440000289\n")
+    assert facts.declaration is not None and facts.declaration.incident_type == "VOL_EQUIPEMENT"

@@ -32,6 +32,22 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> GatewayConfig:
     return config
 
 
+def test_unreadable_inputs_each_get_a_line_and_the_readable_ones_are_still_done(config: GatewayConfig) -> None:
+    """Design §5: exit 2 with a one-line reason per problem. An outside tester: ``parse --json
+    ok.eml missing dir missing2`` printed nothing for ok.eml and named the first problem only."""
+    ok = config.directory / "decl-0.eml"
+    missing = config.directory / "absent.eml"
+    proc = config.cli("parse", "--json", str(ok), str(missing), str(config.directory), str(ok), check=False)
+    assert proc.returncode == 2
+    assert [json.loads(line)["file"] for line in proc.stdout.splitlines()] == [str(ok), str(ok)]
+    assert proc.stderr.splitlines() == [f"erreur : {missing}: lecture impossible (No such file or directory)",
+                                        f"erreur : {config.directory}: lecture impossible (Is a directory)"]
+    proc = config.cli("ingest", "--json", str(missing), str(ok), check=False)
+    assert proc.returncode == 2
+    assert [json.loads(line)["file"] for line in proc.stdout.splitlines()] == [str(ok)]
+    assert proc.stderr.splitlines() == [f"erreur : {missing}: lecture impossible (No such file or directory)"]
+
+
 def test_an_unknown_case_status_exits_2_listing_the_valid_ones(config: GatewayConfig) -> None:
     proc = config.cli("cases", "list", "--status", "ouvertissime", check=False)
     assert proc.returncode == 2
