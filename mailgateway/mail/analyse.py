@@ -88,10 +88,13 @@ _FRENCH_WORDS = frozenset(
 UNRECOGNISED = "message non reconnu : ni déclaration, ni alerte, ni réponse à un dossier"
 
 
-def analyse(raw: bytes, ctx: AnalysisContext, sender: SenderVerdict | None = None) -> MessageFacts:
-    """Classify and extract; never raises (failures become kind "unknown" with the reason)."""
+def analyse(raw: bytes, ctx: AnalysisContext, sender: SenderVerdict | None = None, *,
+            released: bool = False) -> MessageFacts:
+    """Classify and extract; never raises (failures become kind "unknown" with the reason).
+    ``released``: staff released this message from quarantine after it was recognised as nothing
+    (``UNRECOGNISED``): they read it, so what is nothing else is a declaration to qualify."""
     try:
-        return _analyse(raw, ctx, sender)
+        return _analyse(raw, ctx, sender, released)
     except Exception as exc:  # the contract: a message that breaks the parser is quarantined
         return MessageFacts(
             kind="unknown",
@@ -201,7 +204,7 @@ def _ordered(ids: list[str], own_domains: list[str]) -> list[str]:
     return unique
 
 
-def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> MessageFacts:
+def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, released: bool = False) -> MessageFacts:
     raw = canonical(raw)  # the bytes the verifier read (idempotent: accept stored them so)
     pm = parse_message(raw)
     labels = _labels(ctx)
@@ -389,9 +392,13 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None) -> M
         # says what it is (« Formulaire de déclaration incident sécurité.docx »; outside tester).
         # Keywords only: a name is no labelled form.
         is_decl, why = looks_like_declaration(decl_text, "\n".join([decl_subject, *pm.attachment_names]), labels)
+    if not is_decl and released and not pm.degraded:
+        # Released from « message non reconnu » by staff: releasing it again found nothing else,
+        # and the message stayed in quarantine for ever (outside tester: a form attached alone).
+        is_decl, why = True, "released"
     if (
         is_decl
-        and why != "labelled"
+        and why not in ("labelled", "released")
         and not (_frenchish(decl_subject + " " + decl_text) or region_hit(recipients + envelope, ctx))
     ):
         is_decl = False

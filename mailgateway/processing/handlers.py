@@ -28,7 +28,7 @@ from mailgateway.directory.known import is_known_domain
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
-from mailgateway.mail.analyse import FORWARDED_RELAY
+from mailgateway.mail.analyse import FORWARDED_RELAY, UNRECOGNISED, analyse
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.context import build_context
 from mailgateway.mail.declaration import extract_declaration, says_portal
@@ -36,6 +36,9 @@ from mailgateway.mail.facts import Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.labels import load_labels
 from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
+from mailgateway.processing.quarantine import released_by_staff
+from mailgateway.processing.routing import resolve_region
+from mailgateway.processing.worker import context_for
 from mailgateway.statuses import CaseStatus
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage, ReplayKey
 
@@ -421,5 +424,18 @@ def courtesy_prehandler(env: Env, session: Session, inbound: InboundMessage, fac
 
 
 def handle_unknown(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
+    """Quarantined with its reason; unless staff released it from quarantine as nothing recognised
+    (``#quarantaine liberer N``, ``mailgateway quarantine release N``): it is then a declaration
+    to qualify, its case opened and its sender acknowledged as for any declaration. Before, a
+    release analysed it again, found nothing again and put it back in quarantine: a declaration
+    sent as a form attached alone could never become a case (outside tester). Analysed again here,
+    in this process: rare, and within the budget the first analysis kept."""
+    if facts.quarantine_reason == UNRECOGNISED and released_by_staff(session, inbound.id):
+        again = resolve_region(env.settings, analyse(inbound.raw, context_for(env.settings, session), facts.sender,
+                                                     released=True),
+                               inbound.region, inbound.rcpt_tos or ())
+        if again.kind == "declaration":
+            inbound.kind = again.kind
+            return handle_declaration(env, session, inbound, again)
     reason = facts.quarantine_reason or "message non reconnu (ni déclaration, ni alerte, ni réponse)"
     return Outcome("quarantined", reason)

@@ -165,6 +165,12 @@ def release(session: Session, inbound_id: int, *, actor: str, now: datetime,
     return before
 
 
+def released_by_staff(session: Session, inbound_id: int) -> bool:
+    """Whether the message was ever released from quarantine (by staff or an operator)."""
+    return session.scalar(select(exists().where(QuarantineLog.inbound_id == inbound_id,
+                                                QuarantineLog.action == RELEASED))) is True
+
+
 def history(session: Session, inbound_id: int) -> list[QuarantineLog]:
     return list(session.scalars(select(QuarantineLog).where(QuarantineLog.inbound_id == inbound_id)
                                 .order_by(QuarantineLog.id)))

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mailgateway.mail.analyse import UNRECOGNISED
 from mailgateway.processing.quarantine import QuarantineError, release
 from mailgateway.store.engine import transaction
 from tests.support import casemail
@@ -34,3 +35,40 @@ def test_an_ordinary_quarantined_message_is_released(gw: Gateway) -> None:
     assert result.status == "quarantined"
     with transaction(gw.app.factory) as s:
         release(s, result.inbound_id, actor="agent@ars.test", now=NOW)
+
+
+def test_a_released_unrecognised_message_becomes_a_declaration_to_qualify(gw: Gateway) -> None:
+    """An outside tester (a hospital's RSSI): a form attached under an empty body was quarantined
+    as « message non reconnu »; « #quarantaine liberer N » analysed it again, found nothing again
+    and put it back in quarantine: the declarant never had an answer and staff could not open a
+    case from it. Released by staff, what is nothing else is a declaration to qualify."""
+    raw = casemail.message(sender="cadre@chu-nantes.test", to="ssi-ara@ars.test", subject="Urgent",
+                           body="Merci de nous rappeler au plus vite.\n")
+    result = gw.feed(raw)
+    assert (result.status, result.kind) == ("quarantined", "unknown")
+    with transaction(gw.app.factory) as s:
+        release(s, result.inbound_id, actor="agent@ars.test", now=NOW)
+    again = gw.app.processor.process(result.inbound_id)
+    assert again.status == "processed" and again.case_ref, again
+    case = gw.case(again.case_ref)
+    assert (case.kind, case.declarant) == ("incident", "cadre@chu-nantes.test")
+    assert gw.last("accuse_reception", "cadre@chu-nantes.test")
+
+
+def test_a_release_changes_nothing_for_what_was_quarantined_for_another_reason(gw: Gateway) -> None:
+    """Only « message non reconnu » becomes a declaration: a message unreadable, over budget or
+    in error keeps its reason (and its quarantine) when released."""
+    raw = b"\r\n\r\n"
+    result = gw.feed(raw)
+    assert result.status == "quarantined" and result.reason != UNRECOGNISED
+    with transaction(gw.app.factory) as s:
+        release(s, result.inbound_id, actor="agent@ars.test", now=NOW)
+    assert gw.app.processor.process(result.inbound_id).status == "quarantined"
+
+
+def test_an_unrecognised_message_never_released_stays_unrecognised(gw: Gateway) -> None:
+    raw = casemail.message(sender="cadre@chu-nantes.test", to="ssi-ara@ars.test", subject="Urgent",
+                           body="Merci de nous rappeler au plus vite.\n")
+    result = gw.feed(raw)
+    assert (result.status, result.reason) == ("quarantined", UNRECOGNISED)
+    assert not gw.outbound("accuse_reception")
