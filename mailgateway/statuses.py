@@ -44,3 +44,8 @@ ALERT_STATUSES: tuple[CaseStatus, ...] = (S.RECUE, S.A_DIFFUSER, S.DIFFUSEE, S.C
 CLOSED: frozenset[CaseStatus] = frozenset({S.CLOS, S.CLOSE})
 SEVERITIES: tuple[Severity, ...] = tuple(Severity)
 del S
+
+# A bulletin's state as ARS staff and operators read it (CLI, mail); ``--json`` keeps the stored
+# values (a contract).
+BULLETIN_STATUS_FR = {"draft": "brouillon", "approved": "approuvé", "sending": "en envoi", "sent": "envoyé",
+                      "cancelled": "annulé"}

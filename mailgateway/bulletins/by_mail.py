@@ -60,6 +60,7 @@ from mailgateway.mail.text import fold
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome
 from mailgateway.processing.routing import AUTHORISING_REGION
+from mailgateway.statuses import BULLETIN_STATUS_FR
 from mailgateway.store.models import Bulletin, Confirmation, InboundMessage
 
 KIND_PREVIEW = "bulletin_apercu"
@@ -403,7 +404,8 @@ def _decide(env: Env, session: Session, inbound: InboundMessage, facts: MessageF
                 return Outcome("processed", reason=f"bulletin {bulletin.id} annulé")
             if cmd.name == "diffuser":
                 if bulletin.status not in ("draft", "approved"):
-                    raise BulletinError(f"le bulletin {bulletin.id} n'est plus en attente (statut {bulletin.status})")
+                    raise BulletinError(f"le bulletin {bulletin.id} n'est plus en attente "
+                                        f"({BULLETIN_STATUS_FR.get(bulletin.status, bulletin.status)})")
                 hours = env.settings.bulletins.confirmation_hours
                 token = Confirmation(token=secrets.token_hex(6), bulletin_id=bulletin.id, command="diffuser",
                                      args=[], requested_by=actor, created_at=now,

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from mailgateway.directory import count_establishments, count_recipients, parse_
 from mailgateway.dispatch.liveness import SenderLiveness, this_process
 from mailgateway.errors import InputError
 from mailgateway.settings import Settings
+from mailgateway.statuses import BULLETIN_STATUS_FR
 from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, reading
 
 
@@ -58,20 +58,37 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if not args.yes:
             with reading(app.factory) as session:
-                recipients = count_recipients(session, region, target)
+                reachable = count_recipients(session, region, target)
                 targeted = count_establishments(session, region, target)
                 from mailgateway.store.models import Bulletin
 
                 probe = Bulletin(id=0, region=region, target=str(target), subject=args.subject, body=body, tlp=tlp)
-                sample = [r._asdict() for r in islice(_stream(session, probe), 10)]
+                # The rules the sending applies to each address (the TLP marking first): the dry
+                # run counts whom ``--yes`` would reach. It said « 4 sur 4 » for an AMBER bulletin
+                # that then went to 1, the 3 others refused in log lines only (outside tester).
+                allows = app.env.mailer.tlp_gate(session, tlp)
+                refused: list[tuple[Any, str]] = []
+                sample: list[dict[str, Any]] = []
+                for row in _stream(session, probe):
+                    reason = app.env.mailer.address_refusal(row.address.strip().lower(), tlp, allows)
+                    if reason is not None:
+                        refused.append((row, reason))
+                    elif len(sample) < 10:
+                        sample.append(row._asdict())
+            recipients = reachable - len(refused)
             if args.json:
                 _print_json({"id": None, "dry_run": True, "recipients": recipients, "establishments": targeted,
-                             "target": str(target), "tlp": tlp, "sample": sample})
+                             "refused": len(refused), "target": str(target), "tlp": tlp, "sample": sample,
+                             "refused_sample": [{**r._asdict(), "reason": why} for r, why in refused[:10]]})
             else:
                 print(f"Simulation (rien n'est envoyé) : {recipients} établissement(s) destinataire(s) "
                       f"sur {targeted} ciblé(s) — région {region}, cible « {target} », TLP:{tlp}")
-                if targeted > recipients:
-                    print(f"{targeted - recipients} établissement(s) sans adresse SSI/RSSI/DSI active")
+                if targeted > reachable:
+                    print(f"{targeted - reachable} établissement(s) sans adresse SSI/RSSI/DSI active")
+                if refused:
+                    print(f"{len(refused)} établissement(s) exclu(s) par les règles d'envoi :")
+                    for r, why in refused[:10]:
+                        print(f"  {r.finess}  {r.name} — {why}")
                 print("Échantillon :")
                 for r in sample:
                     print(f"  {r['finess']}  {r['name']} ({r['departement'] or '?'}) — {r['address']} [{r['role']}]")
@@ -148,11 +165,6 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
             extra = f" — {e['answer']}" if e["answer"] else ""
             print(f"  {e['finess']}  {e['name']} ({e['departement'] or '?'}) — {e['email']}{extra}")
     return 0
-
-
-# A bulletin's state as the operator reads it; ``--json`` keeps the stored values (a contract).
-BULLETIN_STATUS_FR = {"draft": "brouillon", "approved": "approuvé", "sending": "en envoi", "sent": "envoyé",
-                      "cancelled": "annulé"}
 
 
 def bulletin_status_fr(status: str, pending: int = 0) -> str:

@@ -109,6 +109,27 @@ def test_dry_run_prints_count_and_sample_and_writes_nothing(
     assert result["recipients"] == 2 and result["dry_run"] is True and len(result["sample"]) == 2
 
 
+def test_the_dry_run_counts_whom_the_tlp_lets_through_as_sending_does(
+    app: App, tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside tester: an AMBER dry run said « 4 établissement(s) destinataire(s) sur 4 »;
+    ``--yes`` then sent to 1, the 3 others refused in log lines only."""
+    config = write_config(tmp_path, sqlite_url)
+    config.write_text(config.read_text(encoding="utf-8") + '[outbound]\namber_allowed_domains = ["e0.test"]\n',
+                      encoding="utf-8")
+    code, out, _ = run_cli(capsys, config, *send_args(body_file(tmp_path), "category=LBM", "--tlp", "AMBER"))
+    assert code == 0
+    assert "Simulation (rien n'est envoyé) : 1 établissement(s) destinataire(s) sur 3 ciblé(s)" in out
+    assert "2 établissement(s) exclu(s) par les règles d'envoi :" in out
+    assert "TLP:AMBER interdit l'envoi à ssi@e1.test" in out and "TLP:AMBER interdit l'envoi à ssi@e2.test" in out
+    code, out, _ = run_cli(capsys, config, *send_args(body_file(tmp_path), "category=LBM", "--tlp", "AMBER", "--json"))
+    dry = json.loads(out)
+    assert (dry["recipients"], dry["refused"], [r["address"] for r in dry["sample"]]) == (1, 2, ["ssi@e0.test"])
+    code, out, _ = run_cli(capsys, config, *send_args(body_file(tmp_path), "category=LBM", "--tlp", "AMBER", "--yes",
+                                                      "--json"))
+    assert code == 0 and json.loads(out)["recipients"] == dry["recipients"]
+
+
 def test_send_says_it_composes_in_the_foreground_and_the_daemon_sends(
     app: App, tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

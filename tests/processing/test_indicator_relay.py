@@ -77,14 +77,14 @@ def gw(sqlite_url: str, acss_key: GeneratedKey) -> Iterator[Gateway]:
     yield from _gateway(sqlite_url, acss_key)
 
 
-def alert_mail(key: GeneratedKey, tlp: str = "TLP:AMBER", file_tlp: str | None = "AMBER") -> bytes:
+def alert_mail(key: GeneratedKey, tlp: str = "TLP:AMBER", file_tlp: str | None = "AMBER", text: str = TEXT) -> bytes:
     msg = EmailMessage(policy=SMTP)
     msg["From"] = "CERT Santé <alerte@esante.test>"
     msg["To"] = "ssi-ara@ars.test"
     msg["Subject"] = "Alerte - Campagne de fax frauduleux CERTFR-2026-ALE-031"
     msg["Message-ID"] = "<alerte-31@esante.test>"
     msg["Date"] = casemail.DATE
-    msg.set_content(TEXT.format(tlp=tlp))
+    msg.set_content(text.format(tlp=tlp))
     if file_tlp is not None:
         bundle = stix_bundle(IndicatorSet(reference="CERTFR-2026-ALE-031", title="Campagne de fax frauduleux",
                                           tlp=file_tlp, created=datetime(2026, 11, 27, 8, tzinfo=UTC),
@@ -147,6 +147,26 @@ def test_alert_in_relay_out_the_attachments_hold_the_same_indicators(gw: Gateway
         # The human text keeps the alert as written: defanged.
         text = casemail.text_of(row.raw)
         assert "hxxps://faux-labo[.]example/paiement" in text and "https://faux-labo.example" not in text
+
+
+def test_links_the_acss_wrote_live_reach_establishments_defanged(gw: Gateway, acss_key: GeneratedKey) -> None:
+    """An outside tester (as the ACSS): an alert whose indicators were written live reached the
+    establishments' SSI mailboxes with « https://…/login.php » and « www.…/outil.exe » as written,
+    which their mail clients make links; staff's copy was defanged. docs/indicators.md: the mail's
+    text keeps the alert as written, defanged."""
+    live = TEXT.replace("hxxps://faux-labo[.]example/paiement", "https://faux-labo.example/paiement "
+                        "et www.faux-labo.example/outil.exe")
+    case = receive(gw, alert_mail(acss_key, file_tlp=None, text=live))
+    rows = relay(gw, case)
+    assert rows
+    for row in rows:
+        msg = casemail.parse(row.raw)
+        for ctype in ("plain", "html"):
+            part = msg.get_body(preferencelist=(ctype,))
+            assert part is not None
+            body = part.get_content()
+            assert "hxxps://faux-labo[.]example/paiement" in body, ctype
+            assert "https://faux-labo.example" not in body and "www.faux-labo.example" not in body, ctype
 
 
 def test_a_stricter_file_marking_keeps_the_alert_from_establishments_and_staff_see_why(
