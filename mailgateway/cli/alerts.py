@@ -3,7 +3,8 @@
 The same files as those attached to the alert's relay (bulletins/indicator_files.py,
 docs/indicators.md), for staff to load into their own tools. The markings are the label the alert
 relays under (mail/tlp.py: unknown or absent is AMBER+STRICT); a TLP:RED alert exports marked RED,
-for the agency's own use. FILE is created with mode 0600. Unknown case or not an alert: exit 2.
+for the agency's own use. FILE is created with mode 0600. Unknown case or not an alert: exit 2; an
+alert that was not authenticated (a forged « ACSS » sender) only with ``--unauthenticated``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         if case.kind != "alert":
             print(f"{reference} n'est pas une alerte", file=sys.stderr)
+            return 2
+        if not ((case.fields or {}).get("alert") or {}).get("authentic") and not args.unauthenticated:
+            # A forged « ACSS » alert's values, exported as indicators of malicious activity under the
+            # agency's name, could have a tool block legitimate domains (outside tester): only when asked.
+            print(f"{reference} : alerte non authentifiée : ses indicateurs ne sont exportés qu'avec "
+                  "--unauthenticated (ils peuvent désigner à tort des domaines ou adresses légitimes)", file=sys.stderr)
             return 2
         found = case_set(settings, session, case)
     data = build(found, args.format)

@@ -558,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ref")
     q.add_argument("--format", required=True, choices=["stix", "misp", "csv"])
     q.add_argument("--output", "--out", "-o", dest="out", help="write to FILE (mode 0600) instead of stdout")
+    q.add_argument("--unauthenticated", action="store_true",
+                   help="export an alert that was not authenticated too (refused otherwise)")
     p = add("status", cmd_status, "health at a glance")
     p.add_argument("--json", action="store_true")
     p = add("dkim", cmd_dkim, "DKIM helpers")

@@ -77,7 +77,8 @@ def gw(sqlite_url: str, acss_key: GeneratedKey) -> Iterator[Gateway]:
     yield from _gateway(sqlite_url, acss_key)
 
 
-def alert_mail(key: GeneratedKey, tlp: str = "TLP:AMBER", file_tlp: str | None = "AMBER", text: str = TEXT) -> bytes:
+def alert_mail(key: GeneratedKey | None, tlp: str = "TLP:AMBER", file_tlp: str | None = "AMBER",
+               text: str = TEXT) -> bytes:
     msg = EmailMessage(policy=SMTP)
     msg["From"] = "CERT Santé <alerte@esante.test>"
     msg["To"] = "ssi-ara@ars.test"
@@ -90,7 +91,7 @@ def alert_mail(key: GeneratedKey, tlp: str = "TLP:AMBER", file_tlp: str | None =
                                           tlp=file_tlp, created=datetime(2026, 11, 27, 8, tzinfo=UTC),
                                           indicators=FILE_INDICATORS, producer="CERT Santé"))
         msg.add_attachment(bundle, maintype="application", subtype="stix+json", filename="ioc.json")
-    return casemail.sign(msg.as_bytes(), key)
+    return casemail.sign(msg.as_bytes(), key) if key is not None else msg.as_bytes()
 
 
 def receive(gw: Gateway, raw: bytes) -> Case:
@@ -306,6 +307,15 @@ def test_alerts_export_writes_the_same_files_and_cases_show_lists_the_indicator_
     assert main(["alerts", "export", case.reference, "--format", "csv", "-c", config]) == 0
     assert csv_values(capsys.readouterr().out.encode()) == EXPECTED
     assert main(["alerts", "export", "SSI-ARA-2026-9999", "--format", "csv", "-c", config]) == 2
+    # A forged « ACSS » alert (unsigned): its values are not exported as indicators unless asked
+    # (an outside tester: a look-alike alert's « malicious » domains under the agency's name).
+    forged = gw.feed(alert_mail(None, file_tlp=None).replace(b"<alerte-31@esante.test>", b"<forged-31@esante.test>"))
+    assert forged.status == "processed" and forged.case_ref and gw.case(forged.case_ref).status == "RECUE"
+    capsys.readouterr()
+    assert main(["alerts", "export", forged.case_ref, "--format", "csv", "-c", config]) == 2
+    assert "alerte non authentifiée" in capsys.readouterr().err
+    assert main(["alerts", "export", forged.case_ref, "--format", "csv", "--unauthenticated", "-c", config]) == 0
+    assert ("url", "https://faux-labo.example/paiement") in csv_values(capsys.readouterr().out.encode())
     assert main(["cases", "show", case.reference, "--json", "-c", config]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert {(i["type"], i["value"]) for i in shown["indicators"]} == EXPECTED
