@@ -509,11 +509,18 @@ class Daemon:
 
 
 def run(settings: Settings) -> int:
-    """The daemon's exit status: 0 after a graceful stop, 1 when startup failed (reason on stderr)."""
+    """The daemon's exit status: 0 after a graceful stop, 1 when startup failed (reason on stderr),
+    2 when the configuration is at fault (a key that does not load: what check-config reports),
+    so that systemd's ``RestartPreventExitStatus=2`` stops instead of restarting every 5 s (an
+    empty PEM file exited 1: outside tester)."""
     owner_only_files()  # the database, the outbox, reports: owner only (mailgateway/processes.py)
     daemon = Daemon(settings)
     try:
         return asyncio.run(daemon.serve())
+    except ConfigError as exc:
+        for path, message in exc.problems:
+            print(f"{path}: {message}", file=sys.stderr)
+        return 2
     except Exception as exc:
         # One line an operator can act on ("address already in use", "unable to open database").
         print(f"mailgateway: démarrage impossible : {type(exc).__name__}: {exc}", file=sys.stderr)

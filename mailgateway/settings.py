@@ -35,7 +35,10 @@ STAFF_NOTICE_DELAY_LIMIT = 300.0
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = "sqlite:///var/lib/mailgateway/mailgateway.db"
+    # Four slashes: an absolute path (SQLAlchemy reads « sqlite:///var/lib/… » as relative to the
+    # working directory: under the unit's WorkingDirectory=/var/lib/mailgateway the default was
+    # /var/lib/mailgateway/var/lib/mailgateway/mailgateway.db; outside tester).
+    url: str = "sqlite:////var/lib/mailgateway/mailgateway.db"
     # Several instances may share one PostgreSQL database; SQLite is for one instance only.
     instances: int = 1
 
@@ -467,6 +470,11 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         raise ConfigError([("(file)", f"configuration file not found: {path}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("(file)", f"invalid TOML: {exc}")]) from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (a Latin-1 file: outside tester, a traceback)
+        raise ConfigError([("(file)", f"not UTF-8 (TOML files are UTF-8): {path}: {exc.reason} at byte "
+                                      f"{exc.start}")]) from exc
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError([("(file)", f"configuration file unreadable: {path}: {exc.strerror or exc}")]) from exc
     return parse_settings(data, source=str(path))
 
 

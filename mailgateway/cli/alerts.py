@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from mailgateway.cli.common import case_by_reference, database
+from mailgateway.cli.common import case_by_reference, database, write_private
 from mailgateway.settings import Settings
 
 
@@ -40,9 +40,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         found = case_set(settings, session, case)
     data = build(found, args.format)
     if args.out and args.out != "-":
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write_private(args.out, data)
         print(f"{len(found.indicators)} indicateur(s), TLP:{found.tlp}, {len(data)} octets écrits dans {args.out}",
               file=sys.stderr)
         return 0

@@ -116,6 +116,13 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     if problems:
         raise ConfigError(problems)
     print(f"configuration valide : {settings.source}")
+    from mailgateway.store.engine import sqlite_file
+
+    database_file = sqlite_file(settings.database.url)
+    if database_file is not None:
+        # Where the database is, as resolved from this directory: « sqlite:///x » is relative to the
+        # working directory (the unit's: /var/lib/mailgateway), « sqlite:////x » absolute.
+        print(f"base de données SQLite : {database_file.absolute()}")
     return 0
 
 

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from mailgateway.cli.common import case_by_reference, database
+from mailgateway.cli.common import case_by_reference, database, write_private
 from mailgateway.settings import Settings
 
 
@@ -33,9 +33,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"message d'origine de {reference} non conservé (purgé par la rétention)", file=sys.stderr)
         return 1
     if args.out and args.out != "-":
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
+        write_private(args.out, raw)
         print(f"{len(raw)} octets écrits dans {args.out}", file=sys.stderr)
         return 0
     try:

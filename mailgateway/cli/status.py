@@ -14,13 +14,18 @@ from mailgateway.status import DEFAULT_MAILBOX_GRACE, format_text, snapshot, to_
 
 
 def run(args: argparse.Namespace, settings: Settings, clock: Clock | None = None) -> int:
-    from mailgateway.store.engine import current_revision, head_revision, make_engine, make_sessionmaker, reading
+    from mailgateway.store.engine import (
+        current_revision,
+        head_revision,
+        make_engine,
+        make_sessionmaker,
+        reading,
+        sqlite_file,
+    )
 
     url = settings.database.url
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        from pathlib import Path
-
-        path = Path(url.removeprefix("sqlite:///"))
+    path = sqlite_file(url)
+    if path is not None:
         if not path.exists():
             print(f"base de données absente : {path} (lancer « mailgateway db upgrade »)", file=sys.stderr)
             return 2

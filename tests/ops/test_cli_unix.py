@@ -48,6 +48,45 @@ def test_unreadable_inputs_each_get_a_line_and_the_readable_ones_are_still_done(
     assert proc.stderr.splitlines() == [f"erreur : {missing}: lecture impossible (No such file or directory)"]
 
 
+def test_read_commands_refuse_a_database_that_does_not_exist(tmp_path: Path) -> None:
+    """An outside tester (ops): at a mistyped path, « cases verify » created an empty database and
+    said « chaîne d'audit intacte (0 dossier(s)) »; a check after a restore could pass on the
+    wrong file. Exit 2 naming the file, and nothing created."""
+    config = GatewayConfig(tmp_path / "gw")
+    assert not config.db_path.exists()
+    for command in (["cases", "list"], ["cases", "verify"], ["outbox", "list"], ["quarantine", "list"]):
+        proc = config.cli(*command, check=False)
+        assert proc.returncode == 2, command
+        assert proc.stderr.splitlines() == [f"erreur : base de données absente : {config.db_path} (vérifiez "
+                                            "[database] url ; « mailgateway db upgrade » ou le démon la créent)"]
+    assert not config.db_path.exists()
+    config.cli("db", "upgrade")
+    assert config.cli("cases", "verify").returncode == 0
+
+
+def test_a_configuration_file_that_cannot_be_read_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A Latin-1 file, a directory: tracebacks and exit 1 (outside tester)."""
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('[database]\nurl = "sqlite:///é.db"\n'.encode("latin-1"))
+    for path, words in ((latin, "not UTF-8"), (tmp_path, "unreadable")):
+        proc = subprocess.run([sys.executable, "-m", "mailgateway", "-c", str(path), "check-config"],
+                              capture_output=True, text=True, cwd=PROJECT_ROOT)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and words in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_an_output_file_that_cannot_be_written_is_one_line_and_exit_2(config: GatewayConfig, tmp_path: Path) -> None:
+    ref = json.loads(config.cli("cases", "list", "--json").stdout)[0]["reference"]
+    for out in (tmp_path / "absent" / "x.eml", tmp_path):
+        proc = config.cli("cases", "original", ref, "--out", str(out), check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"erreur : {out} : écriture impossible (")
+        assert len(proc.stderr.splitlines()) == 1
+
+
+def test_check_config_says_which_database_file_it_resolves_to(config: GatewayConfig) -> None:
+    assert f"base de données SQLite : {config.db_path}" in config.cli("check-config").stdout
+
+
 def test_an_unknown_case_status_exits_2_listing_the_valid_ones(config: GatewayConfig) -> None:
     proc = config.cli("cases", "list", "--status", "ouvertissime", check=False)
     assert proc.returncode == 2

@@ -125,6 +125,18 @@ def test_metrics_port_in_use_exits_1_and_releases_the_smtp_port(tmp_path: Path) 
         again.bind(("127.0.0.1", config.smtp_port))
 
 
+def test_a_signing_key_that_does_not_load_exits_2_as_check_config_does(tmp_path: Path) -> None:
+    """An empty PEM file: check-config exited 2, run 1 — and systemd's Restart=on-failure started
+    it again every 5 s instead of stopping at RestartPreventExitStatus=2 (outside tester)."""
+    config = GatewayConfig(tmp_path / "gw")
+    config.key_file.write_bytes(b"")
+    checked = config.cli("check-config", check=False)
+    ran = config.cli("run", check=False, timeout=60)
+    assert (checked.returncode, ran.returncode) == (2, 2), ran.stderr
+    reason = next(line for line in checked.stderr.splitlines() if line.startswith("dkim.keys[0]:"))
+    assert reason in ran.stderr.splitlines()
+
+
 def test_a_sighup_during_the_start_is_a_reload_once_ready(tmp_path: Path, notify: NotifyListener) -> None:
     """An outside tester: a SIGHUP in the first moments (the imports, the start, the SMTP listener
     already open before the handler) ended the daemon, the signal's default action, with no log
