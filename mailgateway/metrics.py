@@ -43,7 +43,7 @@ from mailgateway.directory.staff import all_staff
 from mailgateway.interfaces import DaemonContext, MailboxHealthView
 from mailgateway.settings import Settings
 from mailgateway.status import DEFAULT_MAILBOX_GRACE, MailboxView, read_mailboxes, snapshot
-from mailgateway.store.engine import reading
+from mailgateway.store.engine import DatabaseFileWatch, reading
 
 if TYPE_CHECKING:
     from mailgateway.processing.runner import Result
@@ -97,6 +97,7 @@ class Metrics:
             namespace=ns, registry=r)
         self._checks: dict[str, HealthCheck] = {}
         self._factory: sessionmaker[Session] | None = None
+        self._watch: DatabaseFileWatch | None = None
         self._mailboxes: MailboxSource | None = None
         self._server: MetricsServer | None = None
         # Who the staff are and the failure window (``staff_mail_failed``); set by the daemon.
@@ -146,6 +147,7 @@ class Metrics:
     def attach_database(self, factory: sessionmaker[Session]) -> None:
         """Read state gauges from this database and check it in /healthz."""
         self._factory = factory
+        self._watch = DatabaseFileWatch(factory.kw["bind"])
         self.add_health_check("database", self._check_database)
         self.add_health_check("mailboxes", self._check_mailboxes)
 
@@ -176,6 +178,9 @@ class Metrics:
 
     def _check_database(self) -> str | None:
         assert self._factory is not None
+        lost = self._watch.problem() if self._watch is not None else None
+        if lost is not None:  # reads still succeed, from the deleted file (outside tester)
+            return lost
         try:
             with reading(self._factory) as session:
                 session.execute(text("SELECT 1"))
@@ -265,8 +270,14 @@ class _StateCollector(Collector):
         yield deliveries
         if m._factory is None:
             return
-        up = GaugeMetricFamily(f"{NAMESPACE}_database_up", "1 when the last database read succeeded")
+        up = GaugeMetricFamily(f"{NAMESPACE}_database_up",
+                               "1 when the last database read succeeded (0: failed, or the file was deleted or "
+                               "replaced under the daemon)")
         now = m.clock.now()
+        if m._watch is not None and m._watch.problem() is not None:
+            up.add_metric([], 0)
+            yield up
+            return
         try:
             with reading(m._factory) as session:
                 settings = m._settings

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.clock import Clock
 from mailgateway.intake.accept import Accepted, Arrival, accept_batch
 from mailgateway.intake.priority import Prioritiser, PriorityRule
-from mailgateway.store.engine import GateTimeout, write_gate
+from mailgateway.store.engine import DatabaseFileWatch, GateTimeout, write_gate
 
 log = logging.getLogger("mailgateway.intake")
 
@@ -46,6 +46,10 @@ log = logging.getLogger("mailgateway.intake")
 # them 10 min after DATA, but proxies and submission clients give up after 15-30 s, and a message
 # stored after its client gave up is delivered twice (the client retries it).
 GATE_TIMEOUT_SECONDS = 5.0
+
+
+class DatabaseLost(RuntimeError):
+    """The database file is no longer the one opened (``DatabaseFileWatch``): answered 451."""
 
 
 class EnvelopeError(ValueError):
@@ -126,6 +130,8 @@ class AcceptWriter:
         self.priority = priority
         self.engine: Engine = factory.kw["bind"]
         self.gate = write_gate(self.engine)
+        self.watch = DatabaseFileWatch(self.engine)
+        self._lost_logged = False
         self.gate_timeout = gate_timeout
         self._stored_at = 0.0
         self.stats = WriterStats()
@@ -197,6 +203,8 @@ class AcceptWriter:
             except ValueError as exc:
                 outcomes[n] = exc
         stats = self.stats
+        if self._database_lost(items):
+            return
         try:
             asked = time.perf_counter()
             # Bounded (GATE_TIMEOUT_SECONDS): past it, GateTimeout below, 451 and nothing stored.
@@ -220,7 +228,22 @@ class AcceptWriter:
         stats.gate_seconds += entered - asked
         stats.store_seconds += self._stored_at - entered
         stats.commit_seconds += committed - self._stored_at
+        if self._database_lost(items):  # committed into a file deleted meanwhile: the clients retry
+            return
         self._resolve(items, outcomes)
+
+    def _database_lost(self, items: list[_Item]) -> bool:
+        """The database file deleted or replaced under the daemon (store/engine.py): the whole
+        batch is answered 451 — what it committed went to a file nobody will read — and so is
+        every later one, until an operator restores the file and restarts."""
+        problem = self.watch.problem()
+        if problem is None:
+            return False
+        if not self._lost_logged:
+            self._lost_logged = True
+            log.error("accept writer: %s", problem)
+        self._resolve(items, [DatabaseLost(problem)] * len(items))
+        return True
 
     def _rule(self) -> PriorityRule | None:
         if self.priority is None:

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.request import pathname2url
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -36,9 +38,27 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """Create the engine; for SQLite create the parent directory and set durability pragmas."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        existing: Path | None = None
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            found = Path(parsed.database).absolute()
+            if found.exists() or Path(f"{found}.write-lock").exists():
+                existing = found
+        if existing is not None:
+            # A database that exists, or existed (its write-lock file, which only a running
+            # installation creates, is there), is opened read-write, never created again: SQLite
+            # creates an empty file at the path on any new connection, so after the file was
+            # deleted or moved under the daemon (outside tester) a worker started meanwhile made a
+            # fresh, empty database that the next start migrated — what had been accepted was lost
+            # without a word. Its connections now fail (« unable to open database file »).
+            uri = f"file:{pathname2url(str(existing))}?mode=rw"
+
+            def _connect() -> sqlite3.Connection:
+                return sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+
+            engine = create_engine(url, creator=_connect)
+        else:
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -67,6 +87,38 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+class DatabaseFileWatch:
+    """The SQLite file a process opened, deleted or replaced under it since (an ``rm``, a restore
+    copied over the running database): every later write goes to a file nobody will open again,
+    and the next start creates an empty one. Found by an outside tester: the daemon kept
+    answering 250 into the deleted file, /healthz said ok, and the restart lost what it had
+    accepted. ``problem()`` is a ``stat(2)``: the accept writer asks before and after each batch
+    (intake/writer.py: 451 then), the health check at each /healthz and /metrics."""
+
+    def __init__(self, engine: Engine) -> None:
+        database = engine.url.database if is_sqlite(engine) else None
+        self.path = Path(database).absolute() if database and database != ":memory:" else None
+        self.identity = _identity(self.path) if self.path is not None else None
+
+    def problem(self) -> str | None:
+        if self.path is None or self.identity is None:
+            return None
+        now = _identity(self.path)
+        if now == self.identity:
+            return None
+        what = "supprimé" if now is None else "remplacé"
+        return (f"fichier de la base de données {what} pendant le fonctionnement : {self.path} ; les messages "
+                "sont refusés (451) : restaurez-le puis redémarrez le service")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -339,11 +391,24 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+def refuse_lost_database(url: str) -> None:
+    """SchemaError when a SQLite file is gone but its write-lock file, which only a running
+    installation creates, is there: the database was deleted or moved, not a first start.
+    Creating an empty one lost what had been accepted into it (outside tester): the operator
+    decides (restore it, or remove the lock file to start afresh)."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists() and Path(f"{path.absolute()}.write-lock").exists():
+        raise SchemaError(f"base de données absente : {path.absolute()}, alors que {path.name}.write-lock montre "
+                          "qu'elle a existé ; restaurez-la (sauvegarde), ou supprimez ce fichier .write-lock pour "
+                          "en créer une nouvelle, vide")
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply migrations (``mailgateway db upgrade``; also done by ``run`` on SQLite)."""
     from alembic import command
     from alembic.util.exc import CommandError
 
+    refuse_lost_database(url)
     engine = make_engine(url)  # creates the SQLite directory
     try:
         current_revision(engine)  # a file that is no database: its reason, before Alembic's traceback
@@ -449,6 +514,7 @@ def ensure_schema(url: str) -> None:
     PostgreSQL: instances starting together on a database that is behind take turns under a
     session advisory lock; the second finds the schema at head and does nothing.
     """
+    refuse_lost_database(url)
     engine = make_engine(url)
     try:
         if current_revision(engine) == head_revision():

@@ -113,6 +113,33 @@ def test_smtp_port_in_use_exits_1_with_the_reason(tmp_path: Path) -> None:
     assert "démarrage impossible" in proc.stderr and "address already in use" in proc.stderr.lower()
 
 
+def test_a_database_file_deleted_under_the_daemon_is_refused_unhealthy_and_not_recreated(tmp_path: Path) -> None:
+    """An outside tester (ops): the database file deleted while the daemon ran — it went on
+    answering 250 into the deleted file, /healthz said ok, and the restart created an empty
+    database: what had been accepted was gone. Now 451 (the client keeps its message), 503 and
+    database_up 0, and a restart refuses to create a new one while the write-lock file shows
+    there was one."""
+    import urllib.error
+
+    config = GatewayConfig(tmp_path / "gw", metrics_port=free_port())
+    assert config.metrics_port is not None
+    with RunningGateway(config) as gw:
+        gw.send(DECLARATION.encode(), mail_from="dsi@chu-nantes.test")
+        config.db_path.rename(tmp_path / "moved.db")  # as an rm or a copy over it would
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            gw.send(DECLARATION.replace("decl-1@", "decl-2@").encode(), mail_from="dsi@chu-nantes.test")
+        assert refused.value.smtp_code == 451
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            _scrape(config.metrics_port, "/healthz")
+        assert unhealthy.value.code == 503
+        assert "fichier de la base de données supprimé" in unhealthy.value.read().decode()
+        assert "mailgateway_database_up 0.0" in _scrape(config.metrics_port)
+    assert not config.db_path.exists()
+    proc = config.cli("run", check=False, timeout=60)
+    assert proc.returncode != 0 and "alors que mailgateway.db.write-lock montre qu'elle a existé" in proc.stderr
+    assert not config.db_path.exists()
+
+
 def test_metrics_port_in_use_exits_1_and_releases_the_smtp_port(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
