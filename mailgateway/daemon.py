@@ -264,6 +264,7 @@ class Daemon:
         # One processing-priority rule for SMTP and IMAP intake (intake/priority.py), reloaded on SIGHUP.
         priority = Prioritiser(self.settings, self.app.factory.kw["bind"])
         writer = self.writer = _SignallingWriter(self.app.factory, self.clock, intake=self.intake, priority=priority)
+        self.metrics.add_health_check("intake", writer.health)
         writer.start()
         processing = self.host.run(self.stop_event) if self.host is not None else self._processing_loop()
         self.tasks = [

@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.clock import Clock
@@ -132,6 +132,10 @@ class AcceptWriter:
         self.gate = write_gate(self.engine)
         self.watch = DatabaseFileWatch(self.engine)
         self._lost_logged = False
+        # The last batch failed (a read-only file, a full disk, the write gate over its bound):
+        # its reason until a batch is stored again. /healthz says it (``health``): reads kept
+        # succeeding while every accept got 451, and the daemon looked healthy (outside tester).
+        self.failing: str | None = None
         self.gate_timeout = gate_timeout
         self._stored_at = 0.0
         self.stats = WriterStats()
@@ -218,10 +222,13 @@ class AcceptWriter:
                 self.gate.release()
         except GateTimeout as exc:  # nothing of this batch was stored; the clients retry later
             log.error("accept writer: %s; %d message(s) refused with 451", exc, len(items))
+            self.failing = f"messages refusés (451) : {exc}"
             self._resolve(items, [exc] * len(items))
             return
         except Exception as exc:  # the sources answer 4xx and retry: nothing is lost
             log.exception("accept failed for a batch of %d", len(items))
+            first = (str(exc).splitlines() or [""])[0][:300]
+            self.failing = f"messages refusés (451) : enregistrement impossible : {type(exc).__name__}: {first}"
             self._resolve(items, [exc] * len(items))
             return
         stats.batches += 1
@@ -230,7 +237,19 @@ class AcceptWriter:
         stats.commit_seconds += committed - self._stored_at
         if self._database_lost(items):  # committed into a file deleted meanwhile: the clients retry
             return
+        refused = [o for o in outcomes if isinstance(o, OperationalError)]
+        if refused and not any(isinstance(o, Accepted) for o in outcomes):
+            # Every message of the batch refused by the database itself (a read-only file, a full
+            # disk): the store's problem, not a message's (a bad value is a ValueError, its own).
+            reason = (str(refused[0]).splitlines() or [""])[0][:300]
+            self.failing = f"messages refusés (451) : enregistrement impossible : {reason}"
+        else:
+            self.failing = None
         self._resolve(items, outcomes)
+
+    def health(self) -> str | None:
+        """For /healthz: why the last batch was refused, until one is stored again."""
+        return self.failing
 
     def _database_lost(self, items: list[_Item]) -> bool:
         """The database file deleted or replaced under the daemon (store/engine.py): the whole
@@ -242,6 +261,7 @@ class AcceptWriter:
         if not self._lost_logged:
             self._lost_logged = True
             log.error("accept writer: %s", problem)
+        self.failing = problem
         self._resolve(items, [DatabaseLost(problem)] * len(items))
         return True
 

@@ -74,3 +74,33 @@ def test_an_item_failing_in_the_batch_fails_alone(factory: sessionmaker[Session]
     stored = _stored(factory)
     assert len(stored) == 59 and not any(sender == "poison@chu.test" for _, sender, _ in stored)
     assert writer.stats.batches == 1 and writer.stats.fallbacks == 1
+
+
+def test_a_store_refusing_every_message_makes_intake_unhealthy_until_one_is_stored(
+        factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outside tester (ops): a read-only database file — every accept answered 451, while
+    /healthz said ok (reads still worked). The writer's ``health`` is what /healthz shows for intake
+    (daemon.py); a single message refused for its own value does not count."""
+    from sqlalchemy.exc import OperationalError
+
+    import mailgateway.intake.writer as writer_module
+
+    def refused(*_args: object, **_kw: object) -> object:
+        raise OperationalError("INSERT", {}, Exception("attempt to write a readonly database"))
+
+    writer = AcceptWriter(factory, SystemClock())
+    monkeypatch.setattr(writer_module, "accept_batch", refused)
+    monkeypatch.setattr(AcceptWriter, "_store_one", staticmethod(lambda *_a: refused()))
+    writer.start()
+    try:
+        first = writer.submit(b"Subject: 1\r\n\r\nx\r\n", source="smtp", mail_from="dsi@chu.test",
+                              rcpt_tos=["ssi-pdl@ars.test"], region="PDL")
+        assert isinstance(first.exception(timeout=30), OperationalError)
+        assert writer.health() is not None and "readonly database" in (writer.health() or "")
+        monkeypatch.undo()
+        again = writer.submit(b"Subject: 2\r\n\r\nx\r\n", source="smtp", mail_from="dsi@chu.test",
+                              rcpt_tos=["ssi-pdl@ars.test"], region="PDL")
+        assert again.exception(timeout=30) is None
+        assert writer.health() is None
+    finally:
+        writer.stop()
