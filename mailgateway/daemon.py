@@ -43,6 +43,7 @@ from mailgateway.app import App, build_app
 from mailgateway.bulletins.fanout import fan_out_approved, resume_interrupted_fan_outs
 from mailgateway.bulletins.tracking import permanent_failure_hook
 from mailgateway.clock import Clock, SystemClock
+from mailgateway.dispatch.dkim import DkimSigner
 from mailgateway.dispatch.sender import Sender
 from mailgateway.errors import ConfigError
 from mailgateway.intake.accept import Accepted
@@ -59,7 +60,7 @@ from mailgateway.processing.runner import Result
 from mailgateway.processing.worker import AnalysisWorker
 from mailgateway.scheduler import SchedulerExtension
 from mailgateway.sdnotify import SdNotifier, watchdog_interval
-from mailgateway.settings import Settings, load_settings
+from mailgateway.settings import Settings, file_problems, load_settings
 from mailgateway.status import oldest_due_received, snapshot
 from mailgateway.store.engine import head_revision, reading, write_gate
 
@@ -333,10 +334,24 @@ class Daemon:
         self.notifier.reloading()
         try:
             fresh = load_settings(self.settings.source)
+            # What check-config and run also refuse: a key file missing or that does not load.
+            # A reload that accepted it said « configuration reloaded », and the next restart
+            # failed (outside tester).
+            problems = file_problems(fresh)
+            if not problems:
+                DkimSigner.from_settings(fresh.dkim)
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             log.error("reload refused, configuration kept: %s", exc)
             self.notifier.ready("running; last reload refused (configuration error)")
             return
+        # Listeners, the database and the relay are the start's: a change there waits for a
+        # restart, said here (a new SMTP port was ignored without a word: outside tester).
+        later = [name for name in ("database", "intake", "metrics", "relay")
+                 if getattr(fresh, name) != getattr(self.settings, name)]
+        if later:
+            log.warning("reload: [%s] changed; these take effect at the next restart", "], [".join(later))
         keep = replace(fresh, database=self.settings.database, intake=self.settings.intake,
                        metrics=self.settings.metrics, relay=self.settings.relay)
         assert self.app is not None

@@ -485,8 +485,18 @@ def parse_settings(data: dict[str, Any], source: str = "") -> Settings:
         settings = dataclasses.replace(settings, source=source)
         settings = _with_label_file(settings, problems)  # UNDERSTANDING
         _check_semantics(settings, problems)
+        if problems:
+            # Already refused: the files it names are checked too, so that one run of check-config
+            # (or run) lists every problem, not the next one only (outside tester). Not when the
+            # text is valid: ``parse`` works without the production secrets.
+            problems += file_problems(settings)
     if problems:
-        raise ConfigError(problems)
+        # One line per key: a value of the wrong type also fails its range check on the default it
+        # was replaced by (« must be an integer », then « must be between 1 and 65535 »).
+        first: dict[str, str] = {}
+        for path, message in problems:
+            first.setdefault(path, message)
+        raise ConfigError(list(first.items()))
     assert isinstance(settings, Settings)
     return settings
 
@@ -636,6 +646,10 @@ def _with_label_file(s: Settings, problems: list[tuple[str, str]]) -> Settings:
     return dataclasses.replace(s, labels=dataclasses.replace(labels, **merged))
 
 
+# Listening on every address (a wildcard bind, not one we make here): conflicts with any host.
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104
+
+
 def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
     """Rules across keys, with the key path of the offending value."""
     if not (s.database.url.startswith("sqlite:") or s.database.url.startswith("postgresql")):
@@ -661,6 +675,10 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
                 ipaddress.ip_network(relay.strip(), strict=False)
             except ValueError:
                 problems.append((f"intake.smtp.trusted_relays[{i}]", f"not an IP address or network: {relay!r}"))
+    if smtp is not None and s.metrics is not None and smtp.port == s.metrics.port and (
+            smtp.host == s.metrics.host or {smtp.host, s.metrics.host} & _ANY_ADDRESS):
+        # Passed check-config, then run failed with EADDRINUSE (outside tester).
+        problems.append(("metrics.port", f"the SMTP intake already listens on {smtp.host}:{smtp.port}"))
     if s.authentication.max_command_age_days <= 0:
         problems.append(("authentication.max_command_age_days", "must be greater than 0"))
     if s.processing.isolation not in ("process", "thread"):

@@ -264,9 +264,10 @@ def format_text(snap: Snapshot, grace_seconds: float = DEFAULT_MAILBOX_GRACE) ->
     if not snap.mailboxes:
         lines.append("  aucune (réception SMTP seulement, ou démon jamais lancé)")
     for m in snap.mailboxes:
-        contact = _age((snap.at - aware(m.last_contact_at)).total_seconds()) if m.last_contact_at else "jamais"
+        contact = (f"il y a {_age((snap.at - aware(m.last_contact_at)).total_seconds()):<8}" if m.last_contact_at
+                   else "jamais établi")  # not « il y a jamais » (outside tester)
         flag = "ok" if m.problem(snap.at, grace_seconds) is None else "PROBLÈME"
-        lines.append(f"  {m.mailbox:<24} {m.state:<10} dernier contact il y a {contact:<8} {flag}"
+        lines.append(f"  {m.mailbox:<24} {m.state:<10} dernier contact {contact} {flag}"
                      + (f" (instance {m.holder})" if m.holder else "")
                      + (f" — {m.last_error}" if m.last_error and not m.connected else ""))
     problems = snap.problems(grace_seconds)

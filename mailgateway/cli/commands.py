@@ -91,16 +91,20 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     from mailgateway.dispatch.render import Renderer
     from mailgateway.settings import file_problems
 
+    # Every problem at once, one line each (main() prints them, exit 2): files, templates, keys.
+    # The file checks used to end the run, hiding the rest (outside tester).
     problems: list[tuple[str, str]] = file_problems(settings)
-    if problems:
-        raise ConfigError(problems)  # main() prints one line per problem and exits 2
-    renderer = Renderer(settings.outbound.templates_dir)
-    problems += [(f"templates:{name}", msg) for name, msg in renderer.check()]
-    try:
-        signer = DkimSigner.from_settings(settings.dkim)
-    except ConfigError as exc:
-        problems += exc.problems
-        signer = None
+    missing = {path for path, _ in problems}
+    templates_ok = "outbound.templates_dir" not in missing
+    renderer = Renderer(settings.outbound.templates_dir if templates_ok else None)
+    if templates_ok:
+        problems += [(f"templates:{name}", msg) for name, msg in renderer.check()]
+    signer = None
+    if not any(path.startswith("dkim.") for path in missing):  # a missing key file is said once
+        try:
+            signer = DkimSigner.from_settings(settings.dkim)
+        except ConfigError as exc:
+            problems += exc.problems
     if not problems:
         # Render every mail once with sample data: a template error is found now, not at 3 a.m.
         from mailgateway.clock import SystemClock
@@ -251,6 +255,13 @@ def cmd_cases(args: argparse.Namespace, settings: Settings) -> int:
 
         return original.run(args, settings)
     status = _case_status(args.status) if args.cases_cmd == "list" and args.status else None
+    if args.cases_cmd == "list" and args.region is not None:
+        # As --status does: an unknown value is a mistake, not an empty list (outside tester).
+        known = [r.code for r in settings.regions]
+        if args.region.strip().upper() not in known:
+            raise InputError(f"--region : région inconnue « {args.region} » (régions configurées : "
+                             f"{', '.join(known) or 'aucune'})")
+        args.region = args.region.strip().upper()
     with _database(settings) as factory, reading(factory) as session:
         if args.cases_cmd == "list":
             rows = views.list_cases(session, status=status, region=args.region, limit=args.limit)

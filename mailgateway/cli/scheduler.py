@@ -24,9 +24,9 @@ def parse_now(value: str | None) -> datetime | None:
     Returned in UTC: the database stores instants as UTC (SQLite keeps no offset, so a ``+01:00``
     value would be read back an hour off and the sealed state of every case it touched would no
     longer match: ``cases verify`` reported untouched cases as altered)."""
-    if not value:
+    if value is None:
         return None
-    try:
+    try:  # « --now= » (empty) is a mistake, not « now » (outside tester)
         at = datetime.fromisoformat(value)
     except ValueError as exc:
         raise InputError(f"--now : date invalide {value!r} (attendu ISO 8601, ex. 2026-12-01T08:00:00+01:00)") from exc

@@ -145,8 +145,10 @@ def release(session: Session, inbound_id: int, *, actor: str, now: datetime,
         raise QuarantineError(f"message inconnu en quarantaine : {inbound_id}")
     if row.status != "quarantined":
         raise QuarantineError(f"le message n° {inbound_id} n'est pas en quarantaine (statut : {row.status})")
-    if row.purged_at is not None or not row.raw:
+    if row.purged_at is not None:
         raise QuarantineError(f"le message n° {inbound_id} a été purgé (rétention) : rien à retraiter")
+    if not row.raw:  # received empty: never purged (« purgé » was said of it: outside tester)
+        raise QuarantineError(f"le message n° {inbound_id} est vide (0 octet reçu) : rien à retraiter")
     problem = header_block_problem(row.raw)
     if problem is not None:
         # Deterministic: its header block is one two parsers could read differently (wire.py), so

@@ -87,6 +87,33 @@ def test_check_config_says_which_database_file_it_resolves_to(config: GatewayCon
     assert f"base de données SQLite : {config.db_path}" in config.cli("check-config").stdout
 
 
+def test_an_unknown_region_exits_2_as_an_unknown_status_does(config: GatewayConfig) -> None:
+    proc = config.cli("cases", "list", "--region", "ZZZ", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == ["erreur : --region : région inconnue « ZZZ » (régions configurées : PDL, ARA)"]
+    assert config.cli("cases", "list", "--region", "pdl").returncode == 0
+
+
+def test_check_config_says_every_problem_once(tmp_path: Path) -> None:
+    """An outside tester: file checks ended the run, hiding the rest; a port of the wrong type
+    gave two lines; a metrics port equal to the SMTP port passed, then run failed."""
+    config = GatewayConfig(tmp_path / "gw")
+    config.key_file.unlink()
+    text = config.path.read_text(encoding="utf-8").replace("port = ", "port = 'x' # ", 1)
+    config.path.write_text(text, encoding="utf-8")
+    proc = config.cli("check-config", check=False)
+    assert proc.returncode == 2
+    assert [line.split(":")[0] for line in proc.stderr.splitlines()] == [
+        "intake.smtp.port", "dkim.keys[0].private_key_file"], proc.stderr
+    config.write()
+    config.path.write_text(config.path.read_text(encoding="utf-8")
+                           + f'[metrics]\nhost = "127.0.0.1"\nport = {config.smtp_port}\n', encoding="utf-8")
+    proc = config.cli("check-config", check=False)
+    assert proc.returncode == 2
+    assert sorted(line.split(":")[0] for line in proc.stderr.splitlines()) == [
+        "dkim.keys[0].private_key_file", "metrics.port"], proc.stderr
+
+
 def test_an_unknown_case_status_exits_2_listing_the_valid_ones(config: GatewayConfig) -> None:
     proc = config.cli("cases", "list", "--status", "ouvertissime", check=False)
     assert proc.returncode == 2

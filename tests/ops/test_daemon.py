@@ -96,6 +96,27 @@ def test_sighup_reloads_staff_without_dropping_the_smtp_connection(tmp_path: Pat
         assert "configuration reloaded" in gw.log()
 
 
+def test_a_reload_refuses_what_a_start_refuses_and_says_what_waits_for_a_restart(
+        tmp_path: Path, notify: NotifyListener) -> None:
+    """An outside tester: with the DKIM key file gone, a SIGHUP logged « configuration
+    reloaded » (the next restart then failed), and a new SMTP port was ignored without a word."""
+    config = GatewayConfig(tmp_path / "gw")
+    with _start(config, notify) as gw:
+        ready = notify.wait_for("READY=1")
+        key = config.key_file.read_bytes()
+        config.key_file.unlink()
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused, configuration kept" in gw.log(), timeout=30)
+        assert "dkim.keys[0].private_key_file" in gw.log() and "configuration reloaded" not in gw.log()
+        config.key_file.write_bytes(key)
+        config.smtp_port = free_port()
+        config.write()
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in gw.log(), timeout=30)
+        assert "reload: [intake] changed; these take effect at the next restart" in gw.log()
+        assert notify.wait_for("READY=1", after=ready)
+
+
 def test_bad_configuration_exits_2_with_the_key_path(tmp_path: Path) -> None:
     config = GatewayConfig(tmp_path / "gw", extra="[intake.smtp.tls]\nport = 1\n")
     proc = config.cli("run", check=False, timeout=60)
