@@ -19,6 +19,7 @@ from mailgateway.app import build_services
 from mailgateway.bulletins.fanout import _approve, _stream, check_tlp, create_bulletin, fan_out
 from mailgateway.bulletins.followups import status_counts
 from mailgateway.bulletins.roster import bulletin_list, establishments
+from mailgateway.cli.common import require_database
 from mailgateway.clock import french_datetime
 from mailgateway.directory import count_establishments, count_recipients, parse_target
 from mailgateway.dispatch.liveness import SenderLiveness, this_process
@@ -54,6 +55,16 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     target = parse_target(args.target)
     target.check_region(region)
     tlp = check_tlp(args.tlp)
+    # A marking written in the subject or the text that is stricter than --tlp (or than the CLEAR
+    # default): « [TLP:RED] Ne pas diffuser » went to every establishment as TLP:CLEAR (outside
+    # tester). The author decides, with --tlp; the mail never goes out under a weaker label.
+    from mailgateway.mail.tlp import LABELS, find_markings, strictest
+
+    written = strictest(find_markings(f"{args.subject}\n{body}"))
+    if written is not None and LABELS.index(written.label) > LABELS.index(tlp):
+        raise InputError(f"le bulletin porte le marquage TLP:{written.label} (« {written.raw} ») mais il serait "
+                         f"diffusé en TLP:{tlp} : précisez --tlp {written.label} ou retirez ce marquage")
+    require_database(settings)
     app = build_services(settings)
     try:
         if not args.yes:
@@ -130,6 +141,7 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     wanted = _states(args.state)
+    require_database(settings)
     ensure_schema(settings.database.url)
     engine = make_engine(settings.database.url)
     try:
@@ -197,6 +209,7 @@ def _states(value: str | None) -> set[str]:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    require_database(settings)
     ensure_schema(settings.database.url)
     engine = make_engine(settings.database.url)
     try:

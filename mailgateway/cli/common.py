@@ -23,18 +23,28 @@ def database(settings: Settings) -> Iterator[sessionmaker[Session]]:
     change what is there. They used to create an empty database at a mistyped path and answer
     « chaîne d'audit intacte (0 dossier(s)) », so a check after a restore could pass on the
     wrong file (outside tester). ``run`` and ``db upgrade`` create it; ``status`` says so too."""
-    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker, sqlite_file
+    from mailgateway.store.engine import ensure_schema, make_engine, make_sessionmaker
 
-    path = sqlite_file(settings.database.url)
-    if path is not None and not path.exists():
-        raise InputError(f"base de données absente : {path.absolute()} (vérifiez [database] url ; "
-                         "« mailgateway db upgrade » ou le démon la créent)")
+    require_database(settings)
     ensure_schema(settings.database.url)
     engine = make_engine(settings.database.url)
     try:
         yield make_sessionmaker(engine)
     finally:
         engine.dispose()
+
+
+def require_database(settings: Settings) -> None:
+    """InputError (exit 2) when the SQLite file of ``settings`` does not exist: a command that
+    reads or works on what is there never creates an empty database at a mistyped path (a timer's
+    « scheduler run-due » would have done so silently: outside testers). ``run``, ``db upgrade``,
+    ``ingest`` and ``directory import`` create it."""
+    from mailgateway.store.engine import sqlite_file
+
+    path = sqlite_file(settings.database.url)
+    if path is not None and not path.exists():
+        raise InputError(f"base de données absente : {path.absolute()} (vérifiez [database] url ; "
+                         "« mailgateway db upgrade » ou le démon la créent)")
 
 
 def write_private(path: str, data: bytes) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.app import Services, build_services
+from mailgateway.cli.common import require_database
 from mailgateway.clock import PARIS, Clock, FixedClock, SystemClock
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.errors import InputError
@@ -34,6 +35,7 @@ def parse_now(value: str | None) -> datetime | None:
 
 
 def _app(settings: Settings, now: datetime | None) -> Services:
+    require_database(settings)
     clock: Clock = FixedClock(now) if now is not None else SystemClock()
     return build_services(settings, clock=clock)
 

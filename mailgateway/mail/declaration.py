@@ -29,7 +29,12 @@ _NOREPLY = re.compile(
     r"notification|notifications|automate|robot)(\+.*)?@",
     re.I,
 )
-_NEGATIVE = re.compile(r"^\s*(non|aucun|aucune|neant|néant|pas d|sans|no|n/a|-|0)\b", re.I)
+_NEGATIVE = re.compile(r"^\s*(non|aucun|aucune|neant|néant|nul|nulle|pas d|sans|no|n/a|-|0)\b", re.I)
+# A form's tick boxes (« ☐ Oui ☒ Non », « [ ] Oui [X] Non »: the .docx form, read as text): the answer
+# is the word after the ticked box; boxes with none ticked answer nothing. Read as « Oui » for the
+# first word before (outside tester: « ☐ Oui ☒ Non » gave an impact on care). Linear.
+_TICKED = re.compile(r"(?:[☒☑✔✓✗✘■]|\[[xX]\]|\([xX]\))[ \t]{0,10}(\w{1,20})")
+_BOX = re.compile(r"[☐□]|\[ ?\]|\( ?\)")
 # The local part is bounded (RFC 5321 §4.5.3.1.1: 64 octets): tried from every character of a long
 # run without '@', an unbounded "[\w.+\-]+" rescanned the rest of the run each time (quadratic).
 _EMAIL = re.compile(r"[\w.+\-]{1,64}@[\w\-]+(?:\.[\w\-]+)+")
@@ -202,7 +207,7 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
         ("impact_organisation", "ORGANISATION"),
         ("impact_propagation", "PROPAGATION"),
     ):
-        value = fields.get(key)
+        value = _ticked(fields.get(key))
         if value and not _NEGATIVE.match(value):
             found.append(ident)
     if "impacts" in fields:
@@ -230,6 +235,16 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
         found.append(ident)
     order = ("SOINS", "DONNEES", "FONCTIONNEMENT", "ORGANISATION", "PROPAGATION")
     return tuple(i for i in order if i in found)
+
+
+def _ticked(value: str | None) -> str | None:
+    """``value``, or the answer its tick boxes give (``_TICKED``): « ☐ Oui ☒ Non » is « Non »."""
+    if not value:
+        return value
+    ticked = _TICKED.search(value)
+    if ticked is not None:
+        return ticked.group(1)
+    return "" if _BOX.search(value) else value
 
 
 _IMPACT_FIELDS = frozenset({"impact_soins", "impact_donnees", "impact_fonctionnement", "impact_organisation",

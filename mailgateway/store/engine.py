@@ -127,7 +127,9 @@ def sqlite_file(url: str) -> Path | None:
     for another database or one in memory."""
     if not url.startswith("sqlite:///"):
         return None
-    path = url.removeprefix("sqlite:///").partition("?")[0]
+    # SQLAlchemy's own reading (percent-escapes decoded, the query left out): the file the engine
+    # opens, not a second reading of the URL (« p%20x/db.db »: an outside tester).
+    path = make_url(url).database
     return Path(path) if path and path != ":memory:" else None
 
 
@@ -397,8 +399,13 @@ def refuse_lost_database(url: str) -> None:
     Creating an empty one lost what had been accepted into it (outside tester): the operator
     decides (restore it, or remove the lock file to start afresh)."""
     path = sqlite_file(url)
-    if path is not None and not path.exists() and Path(f"{path.absolute()}.write-lock").exists():
-        raise SchemaError(f"base de données absente : {path.absolute()}, alors que {path.name}.write-lock montre "
+    if path is None or not Path(f"{path.absolute()}.write-lock").exists():
+        return
+    # An empty file at its place is no database either (a « touch », a failed copy, « sqlite3 db
+    # '.tables' » run to have a look): it was migrated into a fresh, empty schema (outside tester).
+    if not path.exists() or path.stat().st_size == 0:
+        state = "absente" if not path.exists() else "vide (0 octet)"
+        raise SchemaError(f"base de données {state} : {path.absolute()}, alors que {path.name}.write-lock montre "
                           "qu'elle a existé ; restaurez-la (sauvegarde), ou supprimez ce fichier .write-lock pour "
                           "en créer une nouvelle, vide")
 

@@ -130,6 +130,22 @@ def test_the_dry_run_counts_whom_the_tlp_lets_through_as_sending_does(
     assert code == 0 and json.loads(out)["recipients"] == dry["recipients"]
 
 
+def test_a_marking_in_the_text_stricter_than_the_label_is_refused(
+    app: App, tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An outside tester: « [TLP:RED] Ne pas diffuser » as the subject, without --tlp, went to every
+    establishment as TLP:CLEAR. Exit 2, nothing written; an equal or weaker marking passes."""
+    config = write_config(tmp_path, sqlite_url)
+    args = ["bulletin", "send", "--region", "ARA", "--target", "all", "--body-file", str(body_file(tmp_path))]
+    code, _, err = run_cli(capsys, config, *args, "--subject", "[TLP:RED] Ne pas diffuser", "--yes")
+    assert code == 2 and "TLP:RED" in err and "--tlp RED" in err
+    code, _, err = run_cli(capsys, config, *args, "--subject", "TLP:AMBER rappel", "--tlp", "GREEN", "--yes")
+    assert code == 2 and "précisez --tlp AMBER" in err
+    assert count(app, Bulletin) == 0
+    code, _, _ = run_cli(capsys, config, *args, "--subject", "TLP:GREEN rappel", "--tlp", "AMBER")
+    assert code == 0
+
+
 def test_send_says_it_composes_in_the_foreground_and_the_daemon_sends(
     app: App, tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

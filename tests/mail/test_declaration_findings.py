@@ -343,6 +343,11 @@ def _analysed(body: str, subject: str = "Déclaration d'incident",
     ("Impacts : pas d'impact sur les soins\n", []),
     ("Impacts : soins (pas de données)\n", ["SOINS"]),
     ("Impact sur les soins : Oui\n", ["SOINS"]),
+    # The .docx form's tick boxes, read as text (outside tester: « ☐ Oui ☒ Non » was an impact).
+    ("Impact sur les soins : ☐ Oui ☒ Non\nImpact sur les données : ☒ Oui ☐ Non\n", ["DONNEES"]),
+    ("Impact sur les soins : [ ] Oui [X] Non\n", []),
+    ("Impact sur les soins : ☐ Oui ☐ Non\n", []),
+    ("Impact sur les soins : nul\n", []),
     ("Impacts : soins, données\n", ["SOINS", "DONNEES"]),
     ("Impact sur les soins : Non\nDes interventions sont déprogrammées.\n", ["SOINS"]),
 ])

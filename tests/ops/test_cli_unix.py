@@ -59,6 +59,8 @@ def test_read_commands_refuse_a_database_that_does_not_exist(tmp_path: Path) -> 
         assert proc.returncode == 2, command
         assert proc.stderr.splitlines() == [f"erreur : base de données absente : {config.db_path} (vérifiez "
                                             "[database] url ; « mailgateway db upgrade » ou le démon la créent)"]
+    for command in (["scheduler", "run-due"], ["bulletin", "list"]):  # a timer at a mistyped path
+        assert config.cli(*command, check=False).returncode == 2, command
     assert not config.db_path.exists()
     config.cli("db", "upgrade")
     assert config.cli("cases", "verify").returncode == 0

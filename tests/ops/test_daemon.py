@@ -159,6 +159,10 @@ def test_a_database_file_deleted_under_the_daemon_is_refused_unhealthy_and_not_r
     proc = config.cli("run", check=False, timeout=60)
     assert proc.returncode != 0 and "alors que mailgateway.db.write-lock montre qu'elle a existé" in proc.stderr
     assert not config.db_path.exists()
+    config.db_path.touch()  # an empty file in its place is no database either (outside tester)
+    proc = config.cli("db", "upgrade", check=False)
+    assert proc.returncode == 2 and "base de données vide (0 octet)" in proc.stderr
+    assert config.db_path.stat().st_size == 0
 
 
 def test_metrics_port_in_use_exits_1_and_releases_the_smtp_port(tmp_path: Path) -> None:
