@@ -205,3 +205,16 @@ def test_the_head_is_read_from_many_threads_at_once() -> None:
     for t in threads:
         t.join(60)
     assert errors == []
+
+
+def test_the_sqlite_file_is_read_from_the_url_as_sqlalchemy_reads_it() -> None:
+    """An outside tester: with « p%20x » in the URL the daemon opened « p x » while the commands'
+    check looked for « p%20x », and refused a database that was there."""
+    from pathlib import Path
+
+    from mailgateway.store.engine import sqlite_file
+
+    assert sqlite_file("sqlite:////srv/p%20x/db%3Fa.db") == Path("/srv/p x/db?a.db")
+    assert sqlite_file("sqlite:///var/x.db?timeout=3") == Path("var/x.db")
+    assert sqlite_file("sqlite:///:memory:") is None and sqlite_file("sqlite://") is None
+    assert sqlite_file("postgresql+psycopg://u@h/db") is None
