@@ -98,6 +98,10 @@ def _host_builder(settings: Settings, clock: Clock) -> Callable[[], HostedApp]:
     return functools.partial(build_app, settings, clock=clock, migrate=False)
 
 
+# Sections a SIGHUP keeps as the start read them (listeners, the database, the relay).
+RESTART_SECTIONS = ("database", "intake", "metrics", "relay")
+
+
 class Daemon:
     def __init__(self, settings: Settings, clock: Clock | None = None, drain_seconds: float = 20.0) -> None:
         self.settings = settings
@@ -348,12 +352,10 @@ class Daemon:
             return
         # Listeners, the database and the relay are the start's: a change there waits for a
         # restart, said here (a new SMTP port was ignored without a word: outside tester).
-        later = [name for name in ("database", "intake", "metrics", "relay")
-                 if getattr(fresh, name) != getattr(self.settings, name)]
+        later = [name for name in RESTART_SECTIONS if getattr(fresh, name) != getattr(self.settings, name)]
         if later:
             log.warning("reload: [%s] changed; these take effect at the next restart", "], [".join(later))
-        keep = replace(fresh, database=self.settings.database, intake=self.settings.intake,
-                       metrics=self.settings.metrics, relay=self.settings.relay)
+        keep = replace(fresh, **{name: getattr(self.settings, name) for name in RESTART_SECTIONS})
         assert self.app is not None
         self.settings = keep
         self.app.reconfigure(keep)

@@ -21,7 +21,7 @@ from mailgateway.bulletins.followups import status_counts
 from mailgateway.bulletins.roster import bulletin_list, establishments
 from mailgateway.cli.common import require_database
 from mailgateway.clock import french_datetime
-from mailgateway.directory import count_establishments, count_recipients, parse_target
+from mailgateway.directory import count_establishments, parse_target
 from mailgateway.dispatch.liveness import SenderLiveness, this_process
 from mailgateway.errors import InputError
 from mailgateway.settings import Settings
@@ -69,7 +69,6 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if not args.yes:
             with reading(app.factory) as session:
-                reachable = count_recipients(session, region, target)
                 targeted = count_establishments(session, region, target)
                 from mailgateway.store.models import Bulletin
 
@@ -78,28 +77,32 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
                 # run counts whom ``--yes`` would reach. It said « 4 sur 4 » for an AMBER bulletin
                 # that then went to 1, the 3 others refused in log lines only (outside tester).
                 allows = app.env.mailer.tlp_gate(session, tlp)
-                refused: list[tuple[Any, str]] = []
+                reachable = refused = 0  # establishments with an address; of them, refused by the rules
                 sample: list[dict[str, Any]] = []
+                refused_sample: list[dict[str, Any]] = []
                 for row in _stream(session, probe):
+                    reachable += 1
                     reason = app.env.mailer.address_refusal(row.address.strip().lower(), tlp, allows)
                     if reason is not None:
-                        refused.append((row, reason))
+                        refused += 1
+                        if len(refused_sample) < 10:
+                            refused_sample.append({**row._asdict(), "reason": reason})
                     elif len(sample) < 10:
                         sample.append(row._asdict())
-            recipients = reachable - len(refused)
+            recipients = reachable - refused
             if args.json:
                 _print_json({"id": None, "dry_run": True, "recipients": recipients, "establishments": targeted,
-                             "refused": len(refused), "target": str(target), "tlp": tlp, "sample": sample,
-                             "refused_sample": [{**r._asdict(), "reason": why} for r, why in refused[:10]]})
+                             "refused": refused, "target": str(target), "tlp": tlp, "sample": sample,
+                             "refused_sample": refused_sample})
             else:
                 print(f"Simulation (rien n'est envoyé) : {recipients} établissement(s) destinataire(s) "
                       f"sur {targeted} ciblé(s) — région {region}, cible « {target} », TLP:{tlp}")
                 if targeted > reachable:
                     print(f"{targeted - reachable} établissement(s) sans adresse SSI/RSSI/DSI active")
                 if refused:
-                    print(f"{len(refused)} établissement(s) exclu(s) par les règles d'envoi :")
-                    for r, why in refused[:10]:
-                        print(f"  {r.finess}  {r.name} — {why}")
+                    print(f"{refused} établissement(s) exclu(s) par les règles d'envoi :")
+                    for r in refused_sample:
+                        print(f"  {r['finess']}  {r['name']} — {r['reason']}")
                 print("Échantillon :")
                 for r in sample:
                     print(f"  {r['finess']}  {r['name']} ({r['departement'] or '?'}) — {r['address']} [{r['role']}]")

@@ -48,6 +48,11 @@ log = logging.getLogger("mailgateway.intake")
 GATE_TIMEOUT_SECONDS = 5.0
 
 
+def _line(exc: BaseException) -> str:
+    """An exception's first line, bounded: a reason for /healthz (SQLAlchemy adds the SQL below)."""
+    return (str(exc).splitlines() or [""])[0][:300]
+
+
 class DatabaseLost(RuntimeError):
     """The database file is no longer the one opened (``DatabaseFileWatch``): answered 451."""
 
@@ -227,8 +232,7 @@ class AcceptWriter:
             return
         except Exception as exc:  # the sources answer 4xx and retry: nothing is lost
             log.exception("accept failed for a batch of %d", len(items))
-            first = (str(exc).splitlines() or [""])[0][:300]
-            self.failing = f"messages refusés (451) : enregistrement impossible : {type(exc).__name__}: {first}"
+            self.failing = f"messages refusés (451) : enregistrement impossible : {type(exc).__name__}: {_line(exc)}"
             self._resolve(items, [exc] * len(items))
             return
         stats.batches += 1
@@ -241,8 +245,7 @@ class AcceptWriter:
         if refused and not any(isinstance(o, Accepted) for o in outcomes):
             # Every message of the batch refused by the database itself (a read-only file, a full
             # disk): the store's problem, not a message's (a bad value is a ValueError, its own).
-            reason = (str(refused[0]).splitlines() or [""])[0][:300]
-            self.failing = f"messages refusés (451) : enregistrement impossible : {reason}"
+            self.failing = f"messages refusés (451) : enregistrement impossible : {_line(refused[0])}"
         else:
             self.failing = None
         self._resolve(items, outcomes)

@@ -39,11 +39,11 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         existing: Path | None = None
-        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            found = Path(parsed.database).absolute()
-            if found.exists() or Path(f"{found}.write-lock").exists():
-                existing = found
+        database = _file_of(parsed.database)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            if database.exists() or lock_file(database).exists():
+                existing = database.absolute()
         if existing is not None:
             # A database that exists, or existed (its write-lock file, which only a running
             # installation creates, is there), is opened read-write, never created again: SQLite
@@ -98,8 +98,8 @@ class DatabaseFileWatch:
     (intake/writer.py: 451 then), the health check at each /healthz and /metrics."""
 
     def __init__(self, engine: Engine) -> None:
-        database = engine.url.database if is_sqlite(engine) else None
-        self.path = Path(database).absolute() if database and database != ":memory:" else None
+        database = _file_of(engine.url.database) if is_sqlite(engine) else None
+        self.path = database.absolute() if database is not None else None
         self.identity = _identity(self.path) if self.path is not None else None
 
     def problem(self) -> str | None:
@@ -121,6 +121,12 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def lock_file(database: Path) -> Path:
+    """``<database>.write-lock``: the write gate's ``flock`` file (``write_gate``), which only a
+    running installation creates — so it also tells that a database existed at ``database``."""
+    return Path(f"{os.path.abspath(database)}.write-lock")
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL (``sqlite:///relative/path``, ``sqlite:////absolute/path``,
     SQLAlchemy's reading: three slashes and a relative path, four for an absolute one), or None
@@ -129,8 +135,15 @@ def sqlite_file(url: str) -> Path | None:
         return None
     # SQLAlchemy's own reading (percent-escapes decoded, the query left out): the file the engine
     # opens, not a second reading of the URL (« p%20x/db.db »: an outside tester).
-    path = make_url(url).database
-    return Path(path) if path and path != ":memory:" else None
+    return _file_of(make_url(url).database)
+
+
+def _file_of(database: str | None) -> Path | None:
+    """The file of a SQLite URL's database part; None in memory or as SQLite's own ``file:`` URI
+    (left to SQLite as written)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -160,7 +173,7 @@ def write_gate(engine: Engine) -> WriteGate | NullGate:
     if not is_sqlite(engine):
         return NullGate()
     database = engine.url.database
-    path = os.path.abspath(database) + ".write-lock" if database and database != ":memory:" else None
+    path = str(lock_file(Path(database))) if database and database != ":memory:" else None
     key = path or str(engine.url)
     # One gate per database file in this process, whichever engine reaches it. A forked child
     # gets its own: an flock is shared by the descriptors of a fork (flock(2)), and a thread lock
@@ -399,7 +412,7 @@ def refuse_lost_database(url: str) -> None:
     Creating an empty one lost what had been accepted into it (outside tester): the operator
     decides (restore it, or remove the lock file to start afresh)."""
     path = sqlite_file(url)
-    if path is None or not Path(f"{path.absolute()}.write-lock").exists():
+    if path is None or not lock_file(path).exists():
         return
     # An empty file at its place is no database either (a « touch », a failed copy, « sqlite3 db
     # '.tables' » run to have a look): it was migrated into a fresh, empty schema (outside tester).
