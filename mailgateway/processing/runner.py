@@ -533,11 +533,16 @@ class Processor:
                 # Tried urgent messages still received (retry, skipped) are skipped, not taken again.
                 urgent = [i for i in self._due(size + tried_urgent, urgent=True) if i not in tried]
                 batch = urgent[:max(0, size - min(FIFO_SHARE, len(backlog)))]
-                tried_urgent += len(batch)
                 while len(batch) < size and backlog:
                     batch.append(backlog.popleft())
                 if not batch:
                     break
+                batch, rest = self._suspects_alone(batch)
+                taken_urgent = set(urgent)
+                for inbound_id in reversed(rest):  # first-come mail keeps its place; urgent is looked for again
+                    if inbound_id not in taken_urgent:
+                        backlog.appendleft(inbound_id)
+                tried_urgent += sum(1 for inbound_id in batch if inbound_id in taken_urgent)
                 tried.update(batch)
                 self.analysis_unavailable = False
                 results += self.process_batch(batch, may_defer=True)
@@ -554,6 +559,25 @@ class Processor:
         if not self.halt.is_set():
             self._send_deferred(sweep_end=True)
         return results
+
+    def _suspects_alone(self, batch: list[int]) -> tuple[list[int], list[int]]:
+        """``batch`` cut before its first message already tried (``attempts`` > 0 and still
+        ``received``: it was in flight when a try ended without a result — a crash, a kill, a lost
+        database — or it waits after a DNS failure), that message alone if it comes first; and
+        the rest, for later batches. A batch's tries are counted in one commit (``_count_attempts``):
+        a daemon SIGKILLed three times during a burst charged the same 25 messages three times and
+        quarantined them all (``tests/chaos/test_sigkill.py`` under load). Alone, a message's next
+        try charges it only: a poison message still meets ``max_attempts``, its neighbours don't."""
+        if len(batch) < 2:
+            return batch, []
+        m = InboundMessage
+        with reading(self.factory) as session:
+            suspects = set(session.scalars(select(m.id).where(m.id.in_(batch), m.attempts > 0)))
+        if not suspects:
+            return batch, []
+        first = next(n for n, inbound_id in enumerate(batch) if inbound_id in suspects)
+        cut = first or 1
+        return batch[:cut], batch[cut:]
 
     def _say_carried_over(self) -> None:
         try:
