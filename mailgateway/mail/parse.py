@@ -105,6 +105,21 @@ def part_bytes(part: Message, limit: int = MAX_PART_BYTES) -> bytes:
     return b""
 
 
+# Every character ``str.splitlines`` ends a line at, but LF, and the other C0 controls (but TAB) and
+# DEL: a space in the text analysis reads (the other C1 controls stay: windows-1252's undefined
+# bytes, decoded as Latin-1, are kept, tests/mail/test_parse.py). dkimpy and mail clients end a body line at LF (CRLF);
+# a bare CR, VT, FF, NEL or U+2028 inside a signed line made two lines for analysis, and a second
+# command the signer's own client showed on the same line as the first (an outside tester:
+# ``#note bonjour\r#qualifier sans-suite`` ran both). NUL and the other controls never reach a
+# command's arguments or a template (docs/guarantees.md, "one view of a message").
+_NOT_LINE_BREAKS = {c: " " for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, 0x85, 0x2028, 0x2029)}
+
+
+def one_view_text(text: str) -> str:
+    """``text`` whose only line break is LF (CRLF read as one): the lines DKIM and mail clients see."""
+    return text.replace("\r\n", "\n").translate(_NOT_LINE_BREAKS)
+
+
 def part_text(part: Message, limit: int = MAX_PART_BYTES) -> str:
     try:
         charset = part.get_param("charset")
@@ -112,7 +127,7 @@ def part_text(part: Message, limit: int = MAX_PART_BYTES) -> str:
         charset = None
     if isinstance(charset, tuple):  # RFC 2231 (charset, language, value)
         charset = charset[0]
-    text = decode_bytes(part_bytes(part, limit), charset if isinstance(charset, str) else None)
+    text = one_view_text(decode_bytes(part_bytes(part, limit), charset if isinstance(charset, str) else None))
     try:
         flowed = str(part.get_param("format") or "").strip().lower() == "flowed"
         delsp = str(part.get_param("delsp") or "").strip().lower() == "yes"
@@ -238,7 +253,7 @@ class ParsedMessage:
         self._html_done = True
         for markup in self.html_raw:
             text, links = html_to_text(markup)
-            self.html.append(text)
+            self.html.append(one_view_text(text))
             self.links.extend(links[: 200 - len(self.links)])
 
     def all_links(self) -> list[str]:

@@ -382,3 +382,28 @@ def test_replay_key_is_the_signed_content_not_the_malleable_b_value() -> None:
     second = authenticator().verify(doctored)
     assert first.authenticated and second.authenticated, second.detail
     assert first.signature_key is not None and second.signature_key == first.signature_key
+
+
+# --- body lines: LF only, as DKIM and mail clients read them (an outside tester) ---------------------
+
+
+@pytest.mark.parametrize("between", ["\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_a_signed_line_holding_another_line_break_character_is_one_line(between: str) -> None:
+    raw = staff_reply(f"#note bonjour{between}#qualifier sans-suite\n")
+    facts = run(raw)
+    assert facts.sender.authenticated
+    assert accepted(facts) == ["note"]  # one line for DKIM, the signer's client and analysis
+    assert facts.commands[0].args and "sans-suite" in " ".join(facts.commands[0].args)
+
+
+def test_control_characters_never_reach_a_commands_arguments() -> None:
+    facts = run(staff_reply("#qualifier\x00 sans-suite\n#note a\x07b\x1bc\n"))
+    assert accepted(facts) == ["qualifier", "note"]
+    for command in facts.commands:
+        assert not any(ord(ch) < 0x20 for arg in command.args for ch in arg), command.args
+
+
+def test_crlf_and_lf_bodies_read_the_same() -> None:
+    crlf = parse_message(b"Content-Type: text/plain\r\n\r\n#clore\r\n#note vu\r\n").text()
+    lf = parse_message(b"Content-Type: text/plain\n\n#clore\n#note vu\n").text()
+    assert crlf == lf == "#clore\n#note vu\n"
