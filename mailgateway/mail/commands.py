@@ -102,19 +102,57 @@ def parse_commands(text: str, labels: Labels) -> list[Command]:
     for line in text.splitlines():
         if _SIGNATURE_LINE.match(line):
             break
-        cmd = parse_command_line(line, labels) if "#" in line else None
-        if cmd is None:
-            if block is not None:
-                block.append(line)
-            continue
-        _close(found, block)
-        if len(found) >= MAX_COMMANDS:
-            block = None
-            break
-        found.append(cmd)
-        block = [cmd.args[0] if cmd.args else ""] if cmd.name in WHOLE_TEXT and cmd.reason is None else None
+        for piece in _pieces(line, labels) if "#" in line else (line,):
+            cmd = parse_command_line(piece, labels) if "#" in piece else None
+            if cmd is None:
+                if block is not None:
+                    block.append(piece)
+                continue
+            _close(found, block)
+            if len(found) >= MAX_COMMANDS:
+                _close(found, None)
+                return found
+            found.append(cmd)
+            block = [cmd.args[0] if cmd.args else ""] if cmd.name in WHOLE_TEXT and cmd.reason is None else None
     _close(found, block)
     return found
+
+
+# At most this many « # » of one line are looked at as the start of a second command.
+_MAX_CUTS = 10
+
+
+def _pieces(line: str, labels: Labels) -> list[str]:
+    """``line`` cut before each ``#name`` of a known command that follows a space, while the
+    command before it takes words, not a text: « #assigner moi #qualifier grave » is two commands
+    (an outside tester: the second was dropped without a word, and « #qualifier sans-suite #clore »
+    was refused as no severity); « #qualif grave #assigner moi » is one refused and one applied. A
+    text keeps what it holds: « #note voir #clore demain » is one note."""
+    pieces: list[str] = []
+    rest = line
+    while True:
+        cmd = parse_command_line(rest, labels)
+        cut = None if cmd is None or cmd.name in WHOLE_TEXT else _next_command(rest, labels)
+        if cut is None:
+            pieces.append(rest)
+            return pieces
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:]
+
+
+def _next_command(line: str, labels: Labels) -> int | None:
+    """Where the next known ``#name`` after the line's first ``#`` starts, after a space; None."""
+    start = line.find("#") + 1
+    for _ in range(_MAX_CUTS):
+        at = line.find("#", start)
+        if at < 0:
+            return None
+        if line[at - 1] in " \t\u00a0":
+            cmd = parse_command_line(line[at:], labels)
+            if cmd is not None and cmd.reason is None:
+                return at
+        start = at + 1
+    return None
 
 
 # Commands whose argument is a message (to the declarant, the timeline, the ACSS), not a word.

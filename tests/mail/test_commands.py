@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mailgateway.mail.commands import REASON_UNKNOWN, authorise, parse_command_line, parse_commands
 from mailgateway.mail.facts import SenderVerdict
 from mailgateway.mail.labels import Labels
@@ -146,3 +148,20 @@ def test_new_text_under_a_marked_quote_and_between_quoted_lines() -> None:
     # Outlook's header block in Spanish, Italian, Dutch is a quote start, as in French and English.
     for header in ("De: Agent\nEnviado el: lunes", "Da: Agent\nInviato: lunedì", "Van: Agent\nVerzonden: maandag"):
         assert new_text(f"Vu.\n\n{header}\nSubject: x\n\n#clore\n") == "Vu."
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("#assigner moi #qualifier grave", [("assigner", ("moi",)), ("qualifier", ("grave",))]),
+    ("#qualifier grave #assigner moi", [("qualifier", ("grave",)), ("assigner", ("moi",))]),
+    ("#qualifier sans-suite #clore", [("qualifier", ("sans-suite",)), ("clore", ())]),
+    ("#qualif grave #assigner moi", [("qualif", ()), ("assigner", ("moi",))]),
+])
+def test_two_commands_on_one_line_are_two_commands(labels: Labels, line: str, expected: list[object]) -> None:
+    # An outside tester (Outlook): the second was dropped without a word, or made the first refused.
+    assert [(c.name, c.args) for c in parse_commands(line, labels)] == expected
+
+
+@pytest.mark.parametrize("line", ["#note voir #clore demain", "#repondre Madame, #assigner n'est pas pour vous",
+                                  "#assigner moi #123 #foo"])
+def test_a_text_or_a_hash_that_names_no_command_is_not_cut(labels: Labels, line: str) -> None:
+    assert len(parse_commands(line, labels)) == 1
