@@ -129,9 +129,12 @@ def _case_from_token(session: Session, commands: tuple[Command, ...]) -> Case | 
 # --- commands ----------------------------------------------------------------------------------
 
 
-def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
+def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts,
+                   opened: Case | None = None) -> Outcome:
+    """The commands of ``facts`` on the case they answer, or on ``opened``: the case the same mail
+    just opened (an agent's forward of a declaration, commands in the cover note)."""
     sender = (facts.sender.address or "").strip().lower()
-    case = service.threaded_case(session, facts) or _case_from_token(session, facts.commands)
+    case = opened or service.threaded_case(session, facts) or _case_from_token(session, facts.commands)
     region = case.region if case is not None else _query_region(env, session, facts, sender)
     refusal = (_refusal(env, session, facts, sender, region) or _stale(env, inbound, facts)
                or _refused_by_analysis(facts, case))
@@ -144,7 +147,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     if first is not None:
         return _refused(env, session, inbound, facts, case, region, sender, replay.COMMAND_REPLAYED,
                         first=first)
-    if case is not None:
+    if case is not None and opened is None:
         service.record_received(session, case, inbound, facts, at=env.clock.now())
     ctx = Ctx(env=env, session=session, inbound=inbound, facts=facts, case=case, actor=sender, region=region,
               now=env.clock.now())

@@ -337,7 +337,17 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
     bare_subject = strip_prefixes(subject)
     is_bulletin = fold(bare_subject).startswith("#bulletin") and "Subject" not in uncovered
     subject_query = bare_subject.startswith("#") and bool(commands) and commands[0].line == bare_subject.strip()
-    if case_ref or subject_query or (commands and is_staff(sender.address, ctx.staff)):
+    source: _Source | None = None
+    if commands and not (case_ref or subject_query or ours) and is_staff(sender.address, ctx.staff):
+        # An agent forwarding an establishment's declaration with commands in the cover note
+        # (« TR: » + « #qualifier grave »): the declaration opens its case, the commands apply to
+        # it (processing/pipeline.py). An outside tester: no case, no acknowledgement, and a
+        # receipt « aucun dossier concerné » — the same forward without the command opened one.
+        source = _declaration_source(pm, text, subject, labels)
+        if source.outer is None or not looks_like_declaration(source.text, source.subject, labels)[0]:
+            source = None
+    forward_commands = source is not None
+    if source is None and (case_ref or subject_query or (commands and is_staff(sender.address, ctx.staff))):
         kind = "command" if commands else "reply"
         cmd_region = case_ref.split("-")[1] if case_ref else region
         facts_commands = authorise(commands, sender, cmd_region, ctx.staff)
@@ -355,7 +365,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
     # tester: `parse --json` said « alert », staff were warned of a forgery). Processing attaches
     # such an answer to what it answers (bulletins/tracking.py) whatever its kind; one it cannot
     # place is kept in quarantine (FORWARDED_RELAY, commands/handling.py).
-    if not ours and (_from_acss(sender, ctx) or looks_like_alert(subject, text, labels)):
+    if source is None and not ours and (_from_acss(sender, ctx) or looks_like_alert(subject, text, labels)):
         if "Subject" in uncovered:
             # Title and TLP only from what was signed (the body: l= is refused), and not authentic.
             alert = extract_alert("", text, sender, ctx.acss_domains, labels)
@@ -384,7 +394,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             return replace(base, kind="declaration", declaration=own, indicators=indicators)
         return replace(base, kind="reply")
     # 7. declaration (possibly forwarded)
-    source = _declaration_source(pm, text, subject, labels)
+    source = source or _declaration_source(pm, text, subject, labels)
     decl_text, decl_subject, links = source.text, source.subject, source.links
     is_decl, why = looks_like_declaration(decl_text, decl_subject, labels)
     if not is_decl and source.outer is None and pm.attachment_names:
@@ -422,7 +432,14 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         if source.outer is not None:
             phones += signature_phones(source.outer)
         indicators = extract_indicators([decl_text, *links], excluded, (*labels.noise_domains, *agency), phones)
-        return replace(base, kind="declaration", declaration=declaration, indicators=indicators)
+        forwarded_commands = authorise(commands, sender, region, ctx.staff) if forward_commands else ()
+        return replace(base, kind="declaration", declaration=declaration, indicators=indicators,
+                       commands=tuple(forwarded_commands))
+    if commands and is_staff(sender.address, ctx.staff):  # a forward that is no declaration after all
+        indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
+                                        _own_numbers(fresh))
+        return replace(base, kind="command", commands=authorise(commands, sender, region, ctx.staff),
+                       indicators=indicators, is_bulletin_request=is_bulletin)
     # 8. unknown
     reason_text = UNRECOGNISED
     if pm.degraded:

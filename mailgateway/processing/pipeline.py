@@ -8,10 +8,14 @@ it; a kind missing from the table is quarantined by the runner.
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from mailgateway.bulletins import by_mail, tracking
 from mailgateway.commands import handling
+from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing import handlers, regional
-from mailgateway.processing.context import Handler, Prehandler
+from mailgateway.processing.context import Env, Handler, Outcome, Prehandler
+from mailgateway.store.models import InboundMessage
 
 PREHANDLERS: tuple[Prehandler, ...] = (
     regional.copy_prehandler,  # a reply/command copied to a second regional mailbox: attached once
@@ -22,8 +26,18 @@ PREHANDLERS: tuple[Prehandler, ...] = (
     handling.unrecognised_staff_prehandler,  # staff mail with no reference and no command: answered
 )
 
+
+def handle_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts) -> Outcome:
+    """A declaration; then, on the case it opened, the commands an agent wrote above it when
+    forwarding it (« TR: » + « #qualifier grave »: mail/analyse.py), with their receipt."""
+    outcome = handlers.handle_declaration(env, session, inbound, facts)
+    if facts.commands and outcome.case is not None and outcome.status == "processed" and outcome.reason is None:
+        handling.handle_command(env, session, inbound, facts, opened=outcome.case)
+    return outcome
+
+
 HANDLERS: dict[str, Handler] = {
-    "declaration": handlers.handle_declaration,
+    "declaration": handle_declaration,
     "alert": handlers.handle_alert,
     "reply": handling.handle_reply,
     "command": handling.handle_command,

@@ -155,6 +155,28 @@ def test_a_colleague_forward_is_the_establishments_declaration(gw: Gateway) -> N
                                     and r.kind != "recu_commandes"}
 
 
+def test_commands_above_a_forwarded_declaration_apply_to_the_case_it_opens(gw: Gateway) -> None:
+    # An outside tester (Outlook « TR: » + « #qualifier grave »): no case, no acknowledgement, and
+    # a receipt « aucun dossier concerné »; the same forward without the command opened one.
+    body = "#qualifier grave\n#assigner moi\n\n" + COLLEAGUE_FORWARD
+    result = gw.feed(casemail.staff_mail(body, subject="TR: Déclaration d'incident"))
+    assert result.kind == "declaration" and result.case_ref, result
+    case = gw.case(result.case_ref)
+    assert case.declarant == "rssi@ch-exemple.test"
+    assert case.severity == "GRAVE" and case.assignee == "agent@ars.test"
+    assert [r.recipient for r in gw.outbound("accuse_reception")] == ["rssi@ch-exemple.test"]
+    receipt = gw.receipt_text()
+    assert "aucun dossier" not in receipt and receipt.count("[appliquée]") == 2, receipt
+    assert case.reference in casemail.parse(gw.last("recu_commandes").raw)["Subject"]
+
+
+def test_commands_above_a_forward_that_declares_nothing_are_refused_as_before(gw: Gateway) -> None:
+    body = "#qualifier grave\n\nDe : x@chu.test\nEnvoyé : lundi\nObjet : déjeuner\n\nOn déjeune jeudi ?\n"
+    result = gw.feed(casemail.staff_mail(body, subject="TR: déjeuner"))
+    assert result.kind == "command" and result.case_ref is None
+    assert "aucun dossier" in gw.receipt_text()
+
+
 def test_parse_json_names_the_colleague_who_passed_the_declaration_on(gw: Gateway) -> None:
     # ``parse --json`` (DESIGN §6, extended): the declaration's ``transmis_par``, as on the case.
     def parsed(raw: bytes) -> dict[str, object]:
