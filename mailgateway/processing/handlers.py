@@ -7,6 +7,8 @@ feature's (``bulletins/tracking.py``); ``pipeline.py`` is the whole routing.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 from dataclasses import replace
 from datetime import timedelta
@@ -33,6 +35,7 @@ from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.context import build_context
 from mailgateway.mail.declaration import extract_declaration, says_portal
 from mailgateway.mail.facts import Declaration, MessageFacts, SenderVerdict
+from mailgateway.mail.headers import decode_header_value
 from mailgateway.mail.labels import load_labels
 from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, notify_staff
@@ -41,6 +44,7 @@ from mailgateway.processing.routing import resolve_region
 from mailgateway.processing.worker import context_for
 from mailgateway.statuses import CaseStatus
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage, ReplayKey
+from mailgateway.wire import header_block
 
 # An enumeration code (RANCONGICIEL, ETABLISSEMENT_SANTE): what the label tables map mail text to.
 _ENUM_CODE = re.compile(r"[A-Z][A-Z0-9_+]{0,47}")
@@ -97,6 +101,20 @@ def _ack_held_back(refusals: list[Refusal]) -> dict[str, Any]:
     if capped:
         return {"ack_capped": capped}
     return {"ack_refused": _reason_without_address(refusals[0].reason)} if refusals else {}
+
+
+NO_DECLARANT = ("aucune adresse de déclarant utilisable (l'en-tête From ne contient pas une seule adresse "
+                "lisible et authentifiable)")
+
+
+def _sender_as_written(inbound: InboundMessage) -> dict[str, Any]:
+    """The From field as the mail wrote it and the envelope sender, for staff to answer by hand."""
+    try:
+        found = email.message_from_bytes(header_block(inbound.raw or b""), policy=email.policy.compat32).get("From")
+        written = " ".join(decode_header_value(found).split())[:300] if found is not None else ""
+    except Exception:  # a header staff are told about; never a reason to fail the declaration
+        written = ""
+    return {"from_header": written or "(absent)", "envelope_from": (inbound.mail_from or "")[:300]}
 
 
 def _reason_without_address(reason: str) -> str:
@@ -227,6 +245,10 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     else:
         append_event(session, case, type="accuse_reception_impossible", actor="passerelle", at=now,
                      data={"motif": "aucune adresse de déclarant utilisable"})
+        # Staff are told as loudly as for a refused acknowledgement, with what the mail said of its
+        # sender (an outside tester: « From: Lemaire, Sylvie <…> », two addresses by RFC 5322, got
+        # no acknowledgement and a notification that only said « Déclarant : inconnu »).
+        refusals.append(Refusal(NO_DECLARANT, capped=False))
     if other is not None:
         service.link(session, case, other, type="doublon_possible", actor="passerelle", at=env.clock.now())
     extra: dict[str, Any] = {"duplicate_of": other.reference} if other else {}
@@ -234,6 +256,8 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         extra["ej_sites"] = {"finess_ej": decl.finess_ej, "more": len(sites) > EJ_SITES_SHOWN, "sites": [
             {"name": s.name, "finess": s.finess, "departement": s.departement} for s in sites[:EJ_SITES_SHOWN]]}
     extra.update(_ack_held_back(refusals))
+    if not case.declarant:
+        extra.update(_sender_as_written(inbound))
     extra.update(regional.out_of_region(env, session, case, inbound, facts))  # « hors région »
     notify_staff(env, session, case, inbound, facts, extra=extra)
     return Outcome("processed", case=case)

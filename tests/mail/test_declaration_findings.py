@@ -419,3 +419,17 @@ def test_a_theft_written_with_its_article_is_a_theft() -> None:
     facts = _analysed("Bonjour,\n\nVol d'un ordinateur portable dans le service de radiologie.\n"
                       "Numéro FINESS : 440000289\n")
     assert facts.declaration is not None and facts.declaration.incident_type == "VOL_EQUIPEMENT"
+
+
+def test_a_from_staff_cannot_answer_is_shown_to_them_with_the_banner(gw: Gateway) -> None:
+    # An outside tester: « From: Lemaire, Sylvie <…> » (an unquoted comma: two addresses for RFC
+    # 5322) got no acknowledgement, and staff read only « Déclarant : inconnu ».
+    body = casemail.declaration(41).split(b"\r\n\r\n", 1)[1].decode()
+    raw = casemail.message(sender="Lemaire, Sylvie <secretariat@chu.test>", to="ssi-ara@ars.test",
+                           subject="Déclaration d'incident", body=body)
+    result = gw.feed(casemail.sign(raw, casemail.establishment_key()))
+    assert result.kind == "declaration" and result.case_ref, result
+    assert gw.outbound("accuse_reception") == []
+    text = casemail.text_of(gw.last("notification_equipe").raw)
+    assert text.startswith("Accusé de réception NON envoyé au déclarant : aucune adresse de déclarant utilisable")
+    assert "En-tête From tel que reçu : « Lemaire, Sylvie <secretariat@chu.test> »" in text, text
