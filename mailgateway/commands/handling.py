@@ -153,6 +153,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
               now=env.clock.now())
     results: list[dict[str, Any]] = []
     ran: set[tuple[str, tuple[str, ...]]] = set()
+    answered = _answered_case(session, facts, case) if opened is None else None
     for cmd in facts.commands:
         # The same command in the Subject and in the body (Outlook users write both) runs once:
         # the second is reported as a duplicate, not as a refusal of the first's work.
@@ -161,7 +162,8 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
             results.append(_duplicate(cmd))
             continue
         ran.add(key)
-        results.append(_run(ctx, cmd))
+        other_declarant = _other_declarant(answered, ctx.case, cmd)
+        results.append(other_declarant if other_declarant is not None else _run(ctx, cmd))
     results.extend(_under_signature(facts))
     # A case this mail closed or merged: its declarant is told ([cases] notify_declarant_on_close).
     closure.notify_declarants(env, session, [case, ctx.case], actor=sender, at=ctx.now)
@@ -176,10 +178,50 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
         receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
                                   results=results, confirmation=ctx.confirmation,
                                   confirmations=ctx.confirmations,
-                                  help_text=_help(ctx))
+                                  help_text=_help(ctx), followed=_followed(answered, case))
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
     done = nombre(applied, "commande appliquée", "commandes appliquées")
     return Outcome("processed", reason=f"{done} sur {len(results)}", case=ctx.case)
+
+
+# Commands that write to the case's declarant.
+_TO_DECLARANT = frozenset({"repondre", "demander-info"})
+
+
+def _answered_case(session: Session, facts: MessageFacts, case: Case | None) -> Case | None:
+    """The case the mail answers when it now stands merged or transferred into ``case``; else None."""
+    if case is None or not facts.case_ref or facts.case_ref == case.reference:
+        return None
+    return session.scalar(select(Case).where(Case.reference == facts.case_ref))
+
+
+def _followed(answered: Case | None, case: Case | None) -> dict[str, str] | None:
+    """For the receipt: the commands of a mail answering a merged or transferred case ran on the
+    case that stands for it, and it says so (an outside tester: a receipt under another reference,
+    with no word of why)."""
+    if answered is None or case is None:
+        return None
+    moved = (case.fields or {}).get("transfere_de") == answered.reference
+    how = "transféré vers" if moved else "fusionné dans"
+    return {"answered": answered.reference, "case": case.reference, "how": how}
+
+
+def _other_declarant(answered: Case | None, case: Case | None, cmd: Command) -> dict[str, Any] | None:
+    """A refusal for ``#repondre``/``#demander-info`` answering a merged case whose declarant is
+    not the surviving case's: the mail would go to someone the agent did not answer (an outside
+    tester: two people of one hospital, the merged case's declarant never got the answer, the other
+    one did). None when the command may run."""
+    if answered is None or case is None or cmd.name not in _TO_DECLARANT or not cmd.accepted:
+        return None
+    followed = _followed(answered, case)
+    if followed is None or not answered.declarant or answered.declarant.lower() == (case.declarant or "").lower():
+        return None
+    return {"name": cmd.name, "line": cmd.line, "applied": False, "digest": False, "pending": False,
+            "preview": None, "text": cmd.args[0] if cmd.args else None,
+            "message": (f"non envoyée : {answered.reference} est {followed['how']} {case.reference}, "
+                        f"dont le déclarant est {case.declarant or 'inconnu'}, pas {answered.declarant} ; "
+                        f"écrivez à {answered.declarant} directement, ou répondez depuis la notification de "
+                        f"{case.reference} pour écrire à son déclarant")}
 
 
 def _under_signature(facts: MessageFacts) -> list[dict[str, Any]]:

@@ -119,6 +119,31 @@ def test_a_duplicate_declaration_is_linked_and_fusionner_merges_it(gw: Gateway) 
     assert result.case_ref == first
 
 
+def test_commands_answering_a_merged_case_say_where_they_ran_and_never_write_to_another_declarant(
+        gw: Gateway) -> None:
+    # An outside tester: two people of one hospital, their cases merged; « #repondre » from the
+    # merged case's notification went to the other person, the receipt saying nothing of why.
+    first = gw.declare(1, sender="rssi4@chu.test")
+    gw.clock.advance(hours=1)
+    second = gw.declare(2, sender="rssi3@chu.test")
+    gw.command(second, f"#fusionner {first}\n")
+
+    gw.command(second, "#note rappel du RSSI\n#repondre Bonjour, nous vous rappelons.\n")
+
+    receipt = gw.receipt_text()
+    assert receipt.startswith(f"Bonjour,\r\n\r\nLe dossier {second} a été fusionné dans {first} : "
+                              f"les commandes ci-dessous s'appliquent à {first}."), receipt
+    assert "[appliquée] #note rappel du RSSI" in receipt
+    assert f"[refusée]  #repondre Bonjour, nous vous rappelons. — non envoyée : {second} est fusionné dans {first}" \
+        in receipt, receipt
+    assert [r.recipient for r in gw.outbound("reponse")] == []
+    # The same declarant on both: the answer goes, as before.
+    third = gw.declare(3, sender="rssi4@chu.test")
+    gw.command(third, f"#fusionner {first}\n")
+    gw.command(third, "#repondre Bonjour.\n")
+    assert [r.recipient for r in gw.outbound("reponse")] == ["rssi4@chu.test"]
+
+
 def test_no_duplicate_outside_the_window_or_for_another_structure(gw: Gateway) -> None:
     first = gw.declare(1)
     gw.clock.advance(hours=73)
