@@ -153,12 +153,17 @@ def merge(session: Session, duplicate: Case, target: Case, *, actor: str, at: da
         close(session, duplicate, actor=actor, at=at, reason=f"doublon fusionné dans {target.reference}")
 
 
-def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | None:
+def find_duplicate(session: Session, case: Case, window: timedelta, *, declarant: str | None = None) -> Case | None:
     """The first open, unmerged case for the same FINESS in the same region opened within
     ``window``: of the same incident type first, when there is one (an outside tester, an RSSI:
-    the resend of a ransomware declaration was pointed at the structure's older « test » case)."""
+    the resend of a ransomware declaration was pointed at the structure's older « test » case).
+
+    Without a FINESS, ``declarant`` (an address the caller authenticated, never one a mail merely
+    names) stands for the structure: « mise à jour : les sauvegardes sont restaurées » sent days
+    later without reference nor FINESS opened a case nobody linked to the first (an outside
+    tester, an RSSI)."""
     if not case.finess:
-        return None
+        return _same_declarant(session, case, window, declarant) if declarant else None
     # Other cases' pending changes (a status, a merge) decide the answer: flushed first. This
     # case's own are not (it is not its own duplicate): no flush in the middle of a declaration.
     if any(isinstance(obj, Case) and obj is not case for obj in (*session.new, *session.dirty)):
@@ -167,6 +172,16 @@ def find_duplicate(session: Session, case: Case, window: timedelta) -> Case | No
         "finess": case.finess, "region": case.region, "kind": case.kind, "id": case.id,
         "since": aware(case.opened_at) - window, "incident_type": case.incident_type}).scalar()
     return session.get(Case, found) if found is not None else None
+
+
+def _same_declarant(session: Session, case: Case, window: timedelta, declarant: str) -> Case | None:
+    c = Case.__table__.c
+    stmt = (select(Case).where(
+        c.declarant == declarant.strip().lower(), c.region == case.region, c.kind == case.kind, c.id != case.id,
+        c.merged_into_id.is_(None), c.opened_at >= aware(case.opened_at) - window,
+        c.status.not_in([str(status) for status in lifecycle.CLOSED])).order_by(c.opened_at, c.id).limit(1))
+    with session.no_autoflush:
+        return session.scalar(stmt)
 
 
 @cache

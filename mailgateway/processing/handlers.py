@@ -211,12 +211,12 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     window = timedelta(hours=env.settings.cases.duplicate_window_hours)
     # No autoflush for the lookup: this case's row was flushed by new_case (its id excludes it),
     # and every other case was written by an earlier savepoint or transaction.
+    verified = bool(case.declarant) and _declarant_verified(facts, case.declarant or "")
     with session.no_autoflush:
-        other = service.find_duplicate(session, case, window)
+        other = service.find_duplicate(session, case, window, declarant=case.declarant if verified else None)
     refusals: list[Refusal] = []  # why the acknowledgement was not sent, if it was not
     if case.declarant:
         from_address, from_name = env.mailer.from_identity(region)
-        verified = _declarant_verified(facts, case.declarant)
         context = _acknowledgement_context(env, region, case, inbound, facts, verified)
         if verified and other is not None and other.declarant == case.declarant:
             # The same authenticated declarant sent this structure's declaration before (a resend, a
@@ -251,7 +251,8 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         refusals.append(Refusal(NO_DECLARANT, capped=False))
     if other is not None:
         service.link(session, case, other, type="doublon_possible", actor="passerelle", at=env.clock.now())
-    extra: dict[str, Any] = {"duplicate_of": other.reference} if other else {}
+    extra: dict[str, Any] = {"duplicate_of": other.reference, "duplicate_by": "FINESS" if case.finess else
+                             "déclarant"} if other else {}
     if sites:  # an EJ of several sites: which one is for staff to find out
         extra["ej_sites"] = {"finess_ej": decl.finess_ej, "more": len(sites) > EJ_SITES_SHOWN, "sites": [
             {"name": s.name, "finess": s.finess, "departement": s.departement} for s in sites[:EJ_SITES_SHOWN]]}

@@ -433,3 +433,28 @@ def test_a_from_staff_cannot_answer_is_shown_to_them_with_the_banner(gw: Gateway
     text = casemail.text_of(gw.last("notification_equipe").raw)
     assert text.startswith("Accusé de réception NON envoyé au déclarant : aucune adresse de déclarant utilisable")
     assert "En-tête From tel que reçu : « Lemaire, Sylvie <secretariat@chu.test> »" in text, text
+
+
+def _without_finess(body: str, *, signed: bool = True) -> bytes:
+    raw = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Déclaration d'incident", body=body)
+    return casemail.sign(raw, casemail.establishment_key()) if signed else raw
+
+
+def test_an_update_without_reference_nor_finess_from_the_same_declarant_is_flagged(gw: Gateway) -> None:
+    # An outside tester (an RSSI): « mise à jour : les sauvegardes sont restaurées », days later,
+    # without reference nor FINESS, opened a case nobody linked to the first.
+    first = gw.feed(_without_finess("Déclaration d'incident : rançongiciel, serveurs chiffrés.\nGravité : grave\n"))
+    gw.clock.advance(hours=30)
+    update = gw.feed(_without_finess("Déclaration d'incident, mise à jour : les sauvegardes sont restaurées.\n"))
+    assert first.case_ref and update.case_ref and update.case_ref != first.case_ref
+    notification = casemail.text_of(gw.notification(update.case_ref, "agent@ars.test").raw)
+    assert f"DOUBLON POSSIBLE du dossier ouvert {first.case_ref} (même déclarant authentifié, sans FINESS)" \
+        in notification, notification
+    assert first.case_ref in casemail.text_of(gw.last("accuse_reception", to="dsi@chu.test").raw)
+
+
+def test_a_forged_declarant_never_links_to_a_case(gw: Gateway) -> None:
+    first = gw.feed(_without_finess("Déclaration d'incident : rançongiciel, serveurs chiffrés.\n"))
+    forged = gw.feed(_without_finess("Déclaration d'incident : hameçonnage.\n", signed=False))
+    assert forged.case_ref and first.case_ref
+    assert gw.case(forged.case_ref).linked_case_id is None
