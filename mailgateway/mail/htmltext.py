@@ -142,6 +142,7 @@ class _TextExtractor:
         self.at_line_start = True
         self.blank_after = False  # an empty line already ends the text so far
         self.paragraphs: list[tuple[bool, bool]] = []  # open <p>: (Outlook line, had text)
+        self.signed = False  # a signature block was met (``_marks_signature``)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP:
@@ -153,6 +154,14 @@ class _TextExtractor:
                 self.links.append(href.strip())
         if tag == "blockquote":
             self.quote_depth += 1
+        if not self.signed and not self.quote_depth and _marks_signature(tag, attrs):
+            # The client's own signature block: a « -- » line before it, as a plain-text client
+            # writes (RFC 3676 §4.3), so the new text and a command's text end there (an outside
+            # tester: an OWA signature — name, service, phone — went into a closure reason mailed
+            # to the hospital and into the comment sent to the national cell).
+            self._line_end()
+            self.chunks.append("-- \n")
+            self.signed = True
         if tag == "br":
             self._hard_break()
         elif tag == "p":
@@ -224,6 +233,23 @@ class _TextExtractor:
             self.chunks.append("\n")
             self.blank_after = True
             self.at_line_start = True
+
+
+# The elements mail clients wrap their automatic signature in: OWA and new Outlook
+# ``<div id="Signature">``, Outlook for Windows a bookmark ``<a name="_MailAutoSig">``, Gmail
+# ``<div class="gmail_signature">``, Thunderbird ``<div class="moz-signature">``. Quoted copies
+# (OWA's ``x_Signature``) are in the quote, which ends the new text first.
+_SIGNATURE_IDS = frozenset({"signature"})
+_SIGNATURE_CLASSES = frozenset({"gmail_signature", "moz-signature"})
+
+
+def _marks_signature(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+    if tag not in ("div", "a", "span", "table"):
+        return False
+    found = dict(attrs)
+    if (found.get("id") or "").strip().lower() in _SIGNATURE_IDS or (found.get("name") or "") == "_MailAutoSig":
+        return True
+    return any(c in _SIGNATURE_CLASSES for c in (found.get("class") or "").lower().split())
 
 
 def html_to_text(markup: str) -> tuple[str, list[str]]:

@@ -7,7 +7,10 @@ lines of a ``#demander-info`` written in Outlook came out double-spaced and its 
 
 from __future__ import annotations
 
+import pytest
+
 from mailgateway.mail.htmltext import html_to_text
+from mailgateway.mail.text import new_text
 
 
 def text(markup: str) -> str:
@@ -43,3 +46,20 @@ def test_text_in_hidden_elements_is_read_like_visible_text() -> None:
               "nouveau chiffré, rappelez-moi.</div><div hidden style='display:block'>Visible aussi</div>")
     text, _links = html_to_text(markup)
     assert "de nouveau chiffré, rappelez-moi." in text and "Visible aussi" in text
+
+
+@pytest.mark.parametrize("signature", [
+    '<div id="Signature"><div>Pierre Martin</div><div>ARS ARA - 06 12 34 56 78</div></div>',  # OWA, new Outlook
+    '<p class=MsoNormal><a name="_MailAutoSig">Pierre Martin<br>06 12 34 56 78</a></p>',  # Outlook for Windows
+    '<div class="gmail_signature" data-smartmail="gmail_signature">Pierre Martin<br>06 12 34 56 78</div>',
+    '<div class="moz-signature">Pierre Martin<br>06 12 34 56 78</div>',  # Thunderbird
+])
+def test_a_clients_signature_block_ends_the_new_text(signature: str) -> None:
+    # An outside tester: an OWA signature went into a closure reason mailed to the hospital.
+    text, _links = html_to_text(f"<div>#clore incident résolu</div><div><br></div>{signature}")
+    assert new_text(text) == "#clore incident résolu"
+
+
+def test_a_quoted_signature_is_no_signature_of_the_writer() -> None:
+    quoted = html_to_text('<div>Bonjour</div><blockquote><div id="Signature">X</div></blockquote><div>#note a</div>')
+    assert "--" not in quoted[0]
