@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.bulletins import fanout, tracking
@@ -384,11 +385,27 @@ def broadcast(ctx: Ctx, case: Case) -> str:
     return f"alerte relayée à {nombre(bulletin.recipients, 'établissement')}" + (f" ; {withheld}" if withheld else "")
 
 
+def _pending_here(ctx: Ctx) -> str:
+    """« ; en attente sur <REF> : #confirmer <jeton> (#<commande>) » for the case the mail
+    answers, or "" (an outside tester: « #confirmer » alone in answer to the receipt that holds
+    the token got « jeton de confirmation inconnu » and no word of which one)."""
+    case = ctx.case
+    if case is None or case.region != ctx.region:
+        return ""
+    found = ctx.session.scalars(select(Confirmation).where(
+        Confirmation.case_id == case.id, Confirmation.used_at.is_(None)).order_by(Confirmation.created_at)).all()
+    waiting = [f"#confirmer {c.token} (#{c.command})" for c in found if aware(c.expires_at) >= ctx.now][:3]
+    return f" ; en attente sur {case.reference} : " + ", ".join(waiting) if waiting else ""
+
+
 def confirmer(ctx: Ctx, cmd: Command) -> str | None:
     token = cmd.args[0].lower() if cmd.args else ""
-    pending = ctx.session.get(Confirmation, token) if token else None
+    if not token:
+        raise CaseError("jeton manquant : recopiez la ligne « #confirmer <jeton> » du compte rendu"
+                        + _pending_here(ctx))
+    pending = ctx.session.get(Confirmation, token)
     if pending is None:
-        raise CaseError("jeton de confirmation inconnu")
+        raise CaseError("jeton de confirmation inconnu" + _pending_here(ctx))
     if pending.used_at is not None:
         raise CaseError(f"jeton déjà utilisé par {pending.used_by}")
     if aware(pending.expires_at) < ctx.now:

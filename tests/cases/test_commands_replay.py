@@ -352,3 +352,15 @@ def test_merging_a_grave_case_into_a_grave_one_goes_on_at_once(gw: Gateway) -> N
     gw.command(first, "#qualifier grave\n")
     gw.command(second, f"#qualifier grave\n#fusionner {first}\n")
     assert gw.case(second).merged_into_id == gw.case(first).id
+
+
+def test_confirmer_without_its_token_names_the_one_waiting_on_the_case(gw: Gateway) -> None:
+    # An outside tester: « #confirmer » alone, in answer to the receipt holding the token, got
+    # « jeton de confirmation inconnu » and no word of which one.
+    ref = gw.declare()
+    gw.command(ref, "#qualifier grave\n#clore\n")
+    token = token_of(gw.receipt_text())
+    gw.command(ref, "#confirmer\n")
+    assert gw.case(ref).status != "CLOS"
+    assert (f"jeton manquant : recopiez la ligne « #confirmer <jeton> » du compte rendu ; en attente sur {ref} : "
+            f"#confirmer {token} (#clore)") in gw.receipt_text()
