@@ -178,10 +178,20 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
         receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
                                   results=results, confirmation=ctx.confirmation,
                                   confirmations=ctx.confirmations,
-                                  help_text=_help(ctx), followed=_followed(answered, case))
+                                  help_text=_help(ctx), followed=_followed(answered, case),
+                                  outsiders=_outsiders(env, facts))
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
     done = nombre(applied, "commande appliquée", "commandes appliquées")
     return Outcome("processed", reason=f"{done} sur {len(results)}", case=ctx.case)
+
+
+def _outsiders(env: Env, facts: MessageFacts) -> list[str]:
+    """The To/Cc addresses of a command mail outside the agency (its domains, the ACSS's): they
+    read the commands and whatever the mail quotes (an outside tester: a reply-all to the attached
+    original put the hospital in To, and nobody told the agent)."""
+    inside = _agency_domains(env) | {d.lower() for d in env.settings.authentication.acss_domains}
+    found = [a for a in facts.recipients if "@" in a and a.rpartition("@")[2].lower() not in inside]
+    return list(dict.fromkeys(a.lower() for a in found))[:5]
 
 
 # Commands that write to the case's declarant.

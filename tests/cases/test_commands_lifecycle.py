@@ -223,3 +223,15 @@ def test_an_unauthenticated_alert_cannot_be_broadcast(gw: Gateway) -> None:
     gw.command(ref, "#diffuser\n")
     assert "alerte non authentifiée" in gw.receipt_text()
     assert "#confirmer" not in gw.receipt_text()
+
+
+def test_a_command_mail_that_also_reached_the_hospital_is_said_in_the_receipt(gw: Gateway) -> None:
+    # An outside tester: a reply-all to the attached original put the hospital in To; the commands
+    # ran and the receipt said nothing of who else read them.
+    ref = gw.declare()
+    gw.command(ref, "#qualifier grave\n", to="ssi-ara@ars.test, dsi@chu.test")
+    receipt = gw.receipt_text()
+    assert ("Attention : votre message était aussi adressé à dsi@chu.test, hors de l'agence : ce destinataire a "
+            "reçu vos commandes et ce que votre message cite.") in receipt, receipt
+    gw.command(ref, "#note interne\n", to="ssi-ara@ars.test, referent@ars.test")
+    assert "Attention" not in gw.receipt_text()
