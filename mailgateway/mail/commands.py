@@ -123,21 +123,37 @@ _MAX_CUTS = 10
 
 
 def _pieces(line: str, labels: Labels) -> list[str]:
-    """``line`` cut before each ``#name`` of a known command that follows a space, while the
-    command before it takes words, not a text: « #assigner moi #qualifier grave » is two commands
-    (an outside tester: the second was dropped without a word, and « #qualifier sans-suite #clore »
-    was refused as no severity); « #qualif grave #assigner moi » is one refused and one applied. A
-    text keeps what it holds: « #note voir #clore demain » is one note."""
+    """``line`` cut before a known ``#name`` that follows a command and its one bare argument
+    (or none): « #assigner moi #qualifier grave » is two commands (an outside tester: the second
+    was dropped without a word, and « #qualifier sans-suite #clore » was refused as no severity);
+    « #qualif grave #assigner moi » is one refused and one applied. Anything else around a second
+    ``#name`` is prose, read as one command as always: « #assigner moi — je ne fais pas de
+    #repondre tant que… » must never mail the rest of the sentence to the hospital, nor
+    « #qualifier grave, #transmettre-acss demain » send the case to the national cell today (an
+    outside attacker on the first version, which cut before every ``#name``). A text keeps what
+    it holds: « #note voir #clore demain » is one note."""
     pieces: list[str] = []
     rest = line
     while True:
         cmd = parse_command_line(rest, labels)
         cut = None if cmd is None or cmd.name in WHOLE_TEXT else _next_command(rest, labels)
-        if cut is None:
+        if cut is None or not _bare_arguments(rest[:cut]):
             pieces.append(rest)
             return pieces
         pieces.append(rest[:cut].rstrip())
         rest = rest[cut:]
+
+
+# What one bare argument is made of: a word, an address, a reference, a FINESS, « sans-suite ».
+_ARGUMENT_CHARS = frozenset("-_.@+'")
+
+
+def _bare_arguments(head: str) -> bool:
+    """Whether ``head`` is a command with at most one argument, a bare word (no punctuation
+    around it, no second word)."""
+    match = _COMMAND_LINE.match(head.rstrip())
+    words = (match.group(3) if match else "x y").split()
+    return len(words) == 0 or (len(words) == 1 and all(ch.isalnum() or ch in _ARGUMENT_CHARS for ch in words[0]))
 
 
 def _next_command(line: str, labels: Labels) -> int | None:

@@ -162,6 +162,12 @@ def test_two_commands_on_one_line_are_two_commands(labels: Labels, line: str, ex
 
 
 @pytest.mark.parametrize("line", ["#note voir #clore demain", "#repondre Madame, #assigner n'est pas pour vous",
-                                  "#assigner moi #123 #foo"])
-def test_a_text_or_a_hash_that_names_no_command_is_not_cut(labels: Labels, line: str) -> None:
-    assert len(parse_commands(line, labels)) == 1
+                                  "#assigner moi #123 #foo",
+                                  # An outside attacker on the first version: prose around a #name.
+                                  "#assigner moi — je ne fais pas de #repondre tant que l'ACSS n'a pas vu.",
+                                  "#qualifier grave, #transmettre-acss demain après validation",
+                                  "#assigner moi (à #clore si RAS)"])
+def test_a_text_prose_or_a_hash_that_names_no_command_is_not_cut(labels: Labels, line: str) -> None:
+    found = parse_commands(line, labels)
+    first = parse_command_line(line, labels)
+    assert first is not None and [c.name for c in found] == [first.name], found
