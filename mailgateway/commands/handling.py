@@ -42,7 +42,7 @@ from mailgateway.mail.commands import HINT_UNKNOWN, REASON_UNKNOWN, WHOLE_TEXT, 
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.labels import load_labels
 from mailgateway.processing import replay
-from mailgateway.processing.context import Env, Outcome, notify_staff
+from mailgateway.processing.context import Env, Outcome, agency_domains, notify_staff
 from mailgateway.store.models import Case, Confirmation, Contact, InboundMessage, ReplayKey, StaffMember
 
 __all__ = ["handle_command", "handle_reply", "status_refusal"]
@@ -54,12 +54,7 @@ QUERIES = frozenset({"ouverts", "retards"})
 
 
 def _agency_domains(env: Env) -> set[str]:
-    settings = env.settings
-    found = {r.address.rpartition("@")[2].lower() for r in settings.regions if r.address}
-    found.update(s.address.rpartition("@")[2].lower() for s in settings.staff)
-    if settings.dkim and settings.dkim.domain:
-        found.add(settings.dkim.domain.lower())
-    return found
+    return agency_domains(env.settings)
 
 
 def looks_like_staff(env: Env, session: Session, address: str) -> bool:
@@ -194,8 +189,8 @@ def _outsiders(env: Env, facts: MessageFacts) -> list[str]:
     return list(dict.fromkeys(a.lower() for a in found))[:5]
 
 
-# Commands that write to the case's declarant.
-_TO_DECLARANT = frozenset({"repondre", "demander-info"})
+# Commands that write to the case's declarant (``#clore`` its reason, in the closure mail).
+_TO_DECLARANT = frozenset({"repondre", "demander-info", "clore"})
 
 
 def _answered_case(session: Session, facts: MessageFacts, case: Case | None) -> Case | None:
@@ -217,18 +212,22 @@ def _followed(answered: Case | None, case: Case | None) -> dict[str, str] | None
 
 
 def _other_declarant(answered: Case | None, case: Case | None, cmd: Command) -> dict[str, Any] | None:
-    """A refusal for ``#repondre``/``#demander-info`` answering a merged case whose declarant is
-    not the surviving case's: the mail would go to someone the agent did not answer (an outside
-    tester: two people of one hospital, the merged case's declarant never got the answer, the other
-    one did). None when the command may run."""
+    """A refusal for ``#repondre``/``#demander-info``/``#clore <motif>`` answering a merged case
+    whose declarant is not the surviving case's: the mail would go to someone the agent did not
+    answer (an outside tester: two people of one hospital, the merged case's declarant never got
+    the answer, the other one did; an outside attacker: « #clore Faux positif ; entre nous… »
+    mailed that reason to the other declarant). None when the command may run."""
     if answered is None or case is None or cmd.name not in _TO_DECLARANT or not cmd.accepted:
+        return None
+    if cmd.name == "clore" and not cmd.args:  # no words of the agent's in the closure mail
         return None
     followed = _followed(answered, case)
     if followed is None or not answered.declarant or answered.declarant.lower() == (case.declarant or "").lower():
         return None
+    what = "non appliquée (son motif est adressé au déclarant)" if cmd.name == "clore" else "non envoyée"
     return {"name": cmd.name, "line": cmd.line, "applied": False, "digest": False, "pending": False,
             "preview": None, "text": cmd.args[0] if cmd.args else None,
-            "message": (f"non envoyée : {answered.reference} est {followed['how']} {case.reference}, "
+            "message": (f"{what} : {answered.reference} est {followed['how']} {case.reference}, "
                         f"dont le déclarant est {case.declarant or 'inconnu'}, pas {answered.declarant} ; "
                         f"écrivez à {answered.declarant} directement, ou répondez depuis la notification de "
                         f"{case.reference} pour écrire à son déclarant")}

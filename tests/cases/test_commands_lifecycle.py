@@ -137,6 +137,14 @@ def test_commands_answering_a_merged_case_say_where_they_ran_and_never_write_to_
     assert f"[refusée]  #repondre Bonjour, nous vous rappelons. — non envoyée : {second} est fusionné dans {first}" \
         in receipt, receipt
     assert [r.recipient for r in gw.outbound("reponse")] == []
+    # An outside attacker: a closure reason is mailed to the declarant too.
+    gw.command(second, "#clore Faux positif ; entre nous, le prestataire est en cause.\n")
+    assert gw.case(first).status != "CLOS"
+    assert ("[refusée]  #clore Faux positif ; entre nous, le prestataire est en cause. — non appliquée (son motif "
+            f"est adressé au déclarant) : {second}") \
+        in gw.receipt_text()
+    to_alice = [casemail.text_of(r.raw) for r in gw.outbound() if r.recipient == "rssi4@chu.test"]
+    assert "prestataire" not in " ".join(to_alice)
     # The same declarant on both: the answer goes, as before.
     third = gw.declare(3, sender="rssi4@chu.test")
     gw.command(third, f"#fusionner {first}\n")
