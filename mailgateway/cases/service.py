@@ -175,13 +175,18 @@ def find_duplicate(session: Session, case: Case, window: timedelta, *, declarant
 
 
 def _same_declarant(session: Session, case: Case, window: timedelta, declarant: str) -> Case | None:
+    """The first open case of ``declarant`` opened within ``window`` whose declarant authenticated
+    too (``fields["declarant_authentifie"]``): an unsigned declaration in their name, sent first,
+    was offered for a merge with the genuine one, and its reference given to the real declarant
+    (an outside attacker)."""
     c = Case.__table__.c
     stmt = (select(Case).where(
         c.declarant == declarant.strip().lower(), c.region == case.region, c.kind == case.kind, c.id != case.id,
         c.merged_into_id.is_(None), c.opened_at >= aware(case.opened_at) - window,
-        c.status.not_in([str(status) for status in lifecycle.CLOSED])).order_by(c.opened_at, c.id).limit(1))
+        c.status.not_in([str(status) for status in lifecycle.CLOSED])).order_by(c.opened_at, c.id).limit(20))
     with session.no_autoflush:
-        return session.scalar(stmt)
+        return next((found for found in session.scalars(stmt) if (found.fields or {}).get("declarant_authentifie")),
+                    None)
 
 
 @cache

@@ -44,6 +44,15 @@ class Env:
     staff_notices_deferred: bool = False
 
 
+def agency_domains(settings: Settings) -> set[str]:
+    """The agency's own mail domains: its regional mailboxes', its staff's, its DKIM domain's."""
+    found = {r.address.rpartition("@")[2].lower() for r in settings.regions if r.address}
+    found.update(s.address.rpartition("@")[2].lower() for s in settings.staff)
+    if settings.dkim and settings.dkim.domain:
+        found.add(settings.dkim.domain.lower())
+    return found
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str  # processed | quarantined

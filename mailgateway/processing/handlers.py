@@ -38,7 +38,7 @@ from mailgateway.mail.facts import Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import decode_header_value
 from mailgateway.mail.labels import load_labels
 from mailgateway.processing import regional, replay
-from mailgateway.processing.context import Env, Outcome, notify_staff
+from mailgateway.processing.context import Env, Outcome, agency_domains, notify_staff
 from mailgateway.processing.quarantine import released_by_staff
 from mailgateway.processing.routing import resolve_region
 from mailgateway.processing.worker import context_for
@@ -212,8 +212,15 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     # No autoflush for the lookup: this case's row was flushed by new_case (its id excludes it),
     # and every other case was written by an earlier savepoint or transaction.
     verified = bool(case.declarant) and _declarant_verified(facts, case.declarant or "")
+    if verified:
+        case.fields["declarant_authentifie"] = True  # what a later declaration without FINESS is matched on
+    # Without a FINESS, the declarant stands for the structure: only one who authenticated, and
+    # never a colleague of the agency (an agent forwarding two unrelated phishing mails is no
+    # structure: an outside tester).
+    by_declarant = verified and not forwarder and (case.declarant or "").rpartition("@")[2] not in agency_domains(
+        env.settings)
     with session.no_autoflush:
-        other = service.find_duplicate(session, case, window, declarant=case.declarant if verified else None)
+        other = service.find_duplicate(session, case, window, declarant=case.declarant if by_declarant else None)
     refusals: list[Refusal] = []  # why the acknowledgement was not sent, if it was not
     if case.declarant:
         from_address, from_name = env.mailer.from_identity(region)

@@ -20,6 +20,7 @@ from mailgateway.mail.facts import MessageFacts
 from mailgateway.mail.indicators import signature_phones
 from mailgateway.mail.labels import load_labels
 from mailgateway.mail.text import labelled_lines
+from mailgateway.processing.runner import Result
 from mailgateway.processing.worker import analyse_inbound
 from mailgateway.store.engine import transaction
 from mailgateway.store.models import Indicator
@@ -458,3 +459,26 @@ def test_a_forged_declarant_never_links_to_a_case(gw: Gateway) -> None:
     forged = gw.feed(_without_finess("Déclaration d'incident : hameçonnage.\n", signed=False))
     assert forged.case_ref and first.case_ref
     assert gw.case(forged.case_ref).linked_case_id is None
+
+
+def test_a_forged_declaration_sent_first_is_never_offered_to_the_genuine_declarant(gw: Gateway) -> None:
+    # An outside attacker: an unsigned declaration in the RSSI's name, then the genuine signed one:
+    # « DOUBLON POSSIBLE … (même déclarant authentifié) », and the forged case's reference in the
+    # genuine declarant's acknowledgement.
+    forged = gw.feed(_without_finess("Déclaration d'incident : faux, cliquez ici.\n", signed=False))
+    genuine = gw.feed(_without_finess("Déclaration d'incident : rançongiciel, serveurs chiffrés.\n"))
+    assert forged.case_ref and genuine.case_ref
+    assert gw.case(genuine.case_ref).linked_case_id is None
+    assert forged.case_ref not in casemail.text_of(gw.last("accuse_reception", to="dsi@chu.test").raw)
+
+
+def test_an_agents_own_forwards_are_no_structure_for_duplicates(gw: Gateway) -> None:
+    # An outside attacker: an agent forwarding two unrelated phishing mails, each case's declarant
+    # the agent: the second was « DOUBLON POSSIBLE » of the first.
+    def forward(n: int) -> Result:
+        body = (f"Pour info, reçu ce matin.\n\nDe : x{n}@phish.test\nEnvoyé : lundi\nObjet : Facture {n}\n\n"
+                f"Déclaration d'incident : hameçonnage, lien piégé numéro {n}.\n")
+        return gw.feed(casemail.staff_mail(body, subject=f"TR: Facture {n}"))
+    first, second = forward(1), forward(2)
+    assert first.case_ref and second.case_ref
+    assert gw.case(second.case_ref).linked_case_id is None
