@@ -241,6 +241,8 @@ class _TextExtractor:
 # (OWA's ``x_Signature``) are in the quote, which ends the new text first.
 _SIGNATURE_IDS = frozenset({"signature"})
 _SIGNATURE_CLASSES = frozenset({"gmail_signature", "moz-signature"})
+# Substrings of lower-cased markup without which no element above is there (a cheap test first).
+SIGNATURE_MARKERS = ("signature", "_mailautosig")
 
 
 def _marks_signature(tag: str, attrs: list[tuple[str, str | None]]) -> bool:

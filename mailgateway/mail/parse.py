@@ -28,7 +28,7 @@ import dkim
 
 from mailgateway.mail.flowed import unflow
 from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_header_addresses
-from mailgateway.mail.htmltext import html_to_text
+from mailgateway.mail.htmltext import SIGNATURE_MARKERS, html_to_text
 from mailgateway.wire import MAX_SIGNATURE_FIELDS, MAX_SIGNED_NAMES, header_block, header_block_problem
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
@@ -242,9 +242,25 @@ class ParsedMessage:
     def text(self) -> str:
         """The message's own text: plain parts, else HTML converted; attached messages excluded."""
         if any(p.strip() for p in self.plain):
-            return "\n\n".join(self.plain)[:MAX_TEXT_CHARS]
+            return _signed_off("\n\n".join(self.plain)[:MAX_TEXT_CHARS], self._html_signature())
         self.convert_html()
         return "\n\n".join(self.html)[:MAX_TEXT_CHARS]
+
+    def _html_signature(self) -> str | None:
+        """The first line of the signature block the mail client marked in the HTML alternative
+        (mail/htmltext.py), or None. OWA and the new Outlook send text/plain beside the HTML, with
+        the signature unmarked in the plain part (an outside tester: an agent's name and mobile
+        number reached a hospital in a closure reason). Looked for only when a marker is in the
+        markup: converting every HTML part would cost every message."""
+        if not any(marker in raw.lower() for raw in self.html_raw for marker in SIGNATURE_MARKERS):
+            return None
+        self.convert_html()
+        for text in self.html:
+            lines = text.split("\n")
+            at = next((i for i, line in enumerate(lines) if line.rstrip() in ("--", "-- ")), None)
+            if at is not None:
+                return next((" ".join(line.split()) for line in lines[at + 1:] if line.strip()), None)
+        return None
 
     def convert_html(self) -> None:
         """Fill ``html`` (text) and ``links`` from the HTML parts, once."""
@@ -259,6 +275,20 @@ class ParsedMessage:
     def all_links(self) -> list[str]:
         self.convert_html()
         return self.links
+
+
+def _signed_off(text: str, first: str | None) -> str:
+    """``text`` with a ``-- `` line before the first line that reads ``first`` (the signature the
+    HTML alternative marked), unless a signature separator already comes before it."""
+    if not first:
+        return text
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.rstrip() in ("--", "-- "):
+            return text
+        if " ".join(line.split()) == first:
+            return "\n".join([*lines[:i], "-- ", *lines[i:]])
+    return text
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

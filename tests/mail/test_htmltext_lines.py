@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mailgateway.mail.htmltext import html_to_text
+from mailgateway.mail.parse import parse_message
 from mailgateway.mail.text import new_text
 
 
@@ -63,3 +64,30 @@ def test_a_clients_signature_block_ends_the_new_text(signature: str) -> None:
 def test_a_quoted_signature_is_no_signature_of_the_writer() -> None:
     quoted = html_to_text('<div>Bonjour</div><blockquote><div id="Signature">X</div></blockquote><div>#note a</div>')
     assert "--" not in quoted[0]
+
+
+def _alternative(plain: str, html: str) -> bytes:
+    return ("From: agent@ars.test\r\nTo: ssi-pdl@ars.test\r\nSubject: RE: [SSI-PDL-2026-0001] x\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"_000_OWA_\"\r\n\r\n"
+            "--_000_OWA_\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n\r\n" + plain.replace("\n", "\r\n")
+            + "\r\n--_000_OWA_\r\nContent-Type: text/html; charset=\"utf-8\"\r\n\r\n" + html
+            + "\r\n--_000_OWA_--\r\n").encode()
+
+
+OWA_SIGNATURE = ["Pierre Martin", "Chargé de mission SSI – ARS Pays de la Loire", "Port. : 06 98 76 54 32"]
+
+
+def test_the_plain_part_of_an_owa_mail_ends_where_its_html_marks_the_signature() -> None:
+    # An outside tester: OWA sends text/plain beside the HTML; the plain part, the one read, has
+    # the signature unmarked, and the agent's mobile number reached the hospital in a closure reason.
+    plain = ("#clore Fausse alerte confirmée.\n\n" + "\n".join(OWA_SIGNATURE)
+             + "\n________________________________\nDe : ARS\n")
+    html = ('<div class="elementToProof">#clore Fausse alerte confirmée.</div><div><br></div><div id="Signature">'
+            '<div>' + "<br>".join(OWA_SIGNATURE) + '</div></div><div id="appendonsend"></div>')
+    assert new_text(parse_message(_alternative(plain, html)).text()) == "#clore Fausse alerte confirmée."
+
+
+def test_without_a_marked_signature_the_plain_part_is_read_as_written() -> None:
+    plain = "#clore Fausse alerte confirmée.\n\nPierre Martin\n"
+    html = "<div>#clore Fausse alerte confirmée.</div><div>Pierre Martin</div>"
+    assert parse_message(_alternative(plain, html)).text() == plain
