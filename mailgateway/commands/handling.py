@@ -125,9 +125,10 @@ def _case_from_token(session: Session, commands: tuple[Command, ...]) -> Case | 
 
 
 def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts,
-                   opened: Case | None = None) -> Outcome:
+                   opened: Case | None = None, *, received_before: bool = False) -> Outcome:
     """The commands of ``facts`` on the case they answer, or on ``opened``: the case the same mail
-    just opened (an agent's forward of a declaration, commands in the cover note)."""
+    just opened (an agent's forward of a declaration, commands in the cover note), or, with
+    ``received_before``, the case of the forwarded declaration received directly before."""
     sender = (facts.sender.address or "").strip().lower()
     case = opened or service.threaded_case(session, facts) or _case_from_token(session, facts.commands)
     region = case.region if case is not None else _query_region(env, session, facts, sender)
@@ -174,7 +175,8 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
                                   results=results, confirmation=ctx.confirmation,
                                   confirmations=ctx.confirmations,
                                   help_text=_help(ctx), followed=_followed(answered, case),
-                                  outsiders=_outsiders(env, facts))
+                                  outsiders=_outsiders(env, facts),
+                                  received_before=case.reference if received_before and case is not None else None)
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
     done = nombre(applied, "commande appliquée", "commandes appliquées")
     return Outcome("processed", reason=f"{done} sur {len(results)}", case=ctx.case)

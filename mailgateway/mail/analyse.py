@@ -427,6 +427,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             extra["forwarded"] = True
         if by_agency:
             extra["transmis_par"] = (sender.address or "").lower()
+            if source.message_id:  # the establishment's own mail may have reached us already
+                extra["forwarded_message_id"] = source.message_id
         excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
         phones = _declarant_phones(decl_text, labels) + _own_numbers(decl_text)
         if source.outer is not None:
@@ -591,6 +593,8 @@ class _Source:
     # Addresses of the forwarded levels' headers (From/To/Cc of each): participants, not
     # indicators — except the author of a deepest level that is evidence, not a declaration.
     participants: tuple[str, ...] = ()
+    # The Message-ID of the attached message read as the declaration (a forward as attachment).
+    message_id: str | None = None
 
 
 MAX_INLINE_FORWARDS = 5
@@ -686,7 +690,8 @@ def _declaration_source(pm: ParsedMessage, text: str, subject: str, labels: Labe
         participants += _inline_participants(segments, labels, inner_subject)
         return _Source(inner_body, inner_subject + "\n" + subject, author or parsed.header("From") or None,
                        parsed.all_links() + pm.all_links(), outer,
-                       author_declares=inner_declares if author else declares, participants=tuple(participants))
+                       author_declares=inner_declares if author else declares, participants=tuple(participants),
+                       message_id=None if author else parsed.message_id())
     if own_segments:
         forwarded = "\n".join(own for own, _a in own_segments)
         author, declares = _author_of(own_segments, labels, subject)

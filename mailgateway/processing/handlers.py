@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.bulletins import tracking
@@ -177,6 +178,17 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     replayed = _replayed_declaration(env, session, inbound, facts, region=region)
     if replayed is not None:
         return replayed
+    earlier = _received_before(session, facts, region)
+    if earlier is not None:
+        # An agent forwarding (as an attachment) an establishment's declaration that reached the
+        # SSI address too: attached to its case, no second case, no second acknowledgement (an
+        # outside attacker: a new reference was sent to the establishment and the agent's commands
+        # ran on the copy). The agent is told by the receipt (processing/pipeline.py).
+        service.record_received(session, earlier, inbound, facts, at=env.clock.now())
+        append_event(session, earlier, type="declaration_transferee", actor=str(facts.extra["transmis_par"]),
+                     at=env.clock.now(), inbound_id=inbound.id, data={"transmis_par": facts.extra["transmis_par"],
+                                                                      "deja_recue": True})
+        return Outcome("processed", reason=FORWARDED_RECEIVED_BEFORE, case=earlier)
     decl = facts.declaration
     assert decl is not None
     # Directory rows are never written while processing: reading them needs no flush of this
@@ -269,6 +281,24 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     extra.update(regional.out_of_region(env, session, case, inbound, facts))  # « hors région »
     notify_staff(env, session, case, inbound, facts, extra=extra)
     return Outcome("processed", case=case)
+
+
+FORWARDED_RECEIVED_BEFORE = "déclaration transmise par un agent, déjà reçue directement"
+
+
+def _received_before(session: Session, facts: MessageFacts, region: str) -> Case | None:
+    """The case of the establishment's own mail that an agency colleague forwarded as an
+    attachment (``extra["forwarded_message_id"]``), if that mail reached this region already."""
+    mid = facts.extra.get("forwarded_message_id")
+    if not facts.extra.get("transmis_par") or not isinstance(mid, str) or not mid.strip("<> "):
+        return None
+    bare = mid.strip().strip("<>")
+    m = InboundMessage
+    with session.no_autoflush:
+        found = session.scalar(select(m.case_id).where(m.message_id.in_([bare, f"<{bare}>"]), m.region == region,
+                                                       m.case_id.is_not(None)).order_by(m.id).limit(1))
+        case = session.get(Case, found) if found is not None else None
+        return service.resolve(session, case) if case is not None else None
 
 
 def _replayed_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,

@@ -31,7 +31,11 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     """A declaration; then, on the case it opened, the commands an agent wrote above it when
     forwarding it (« TR: » + « #qualifier grave »: mail/analyse.py), with their receipt."""
     outcome = handlers.handle_declaration(env, session, inbound, facts)
-    if facts.commands and outcome.case is not None and outcome.status == "processed" and outcome.reason is None:
+    if outcome.case is None or outcome.status != "processed":
+        return outcome
+    if outcome.reason == handlers.FORWARDED_RECEIVED_BEFORE:  # the agent hears where it went, commands or not
+        handling.handle_command(env, session, inbound, facts, opened=outcome.case, received_before=True)
+    elif facts.commands and outcome.reason is None:
         handling.handle_command(env, session, inbound, facts, opened=outcome.case)
     return outcome
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import email
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -482,3 +483,33 @@ def test_an_agents_own_forwards_are_no_structure_for_duplicates(gw: Gateway) -> 
     first, second = forward(1), forward(2)
     assert first.case_ref and second.case_ref
     assert gw.case(second.case_ref).linked_case_id is None
+
+
+def _forward_as_attachment(original: bytes, cover: str) -> bytes:
+    """An agent's forward of ``original`` as an attachment (message/rfc822), DKIM-signed by the agency."""
+    outer = EmailMessage()
+    outer["From"] = "agent@ars.test"
+    outer["To"] = "ssi-ara@ars.test"
+    outer["Subject"] = "TR: Déclaration d'incident"
+    outer["Date"] = casemail.DATE
+    outer["Message-ID"] = f"<fwd-{abs(hash(cover)) % 10**8}@ars.test>"
+    outer.set_content(cover)
+    outer.add_attachment(email.message_from_bytes(original, policy=SMTP))
+    return casemail.sign(outer.as_bytes(policy=SMTP))
+
+
+@pytest.mark.parametrize("cover", ["#qualifier grave\n\nReçu dans ma boîte, pour suite.\n",
+                                   "Reçu dans ma boîte, pour suite.\n"])
+def test_a_forward_of_a_declaration_received_before_joins_its_case(gw: Gateway, cover: str) -> None:
+    # An outside attacker: the establishment wrote to the SSI address and to an agent, who
+    # forwarded it: a second case, a second acknowledgement with a new reference to the
+    # establishment, and the agent's commands on the copy.
+    original = casemail.declaration(51)
+    first = gw.feed(original)
+    assert first.case_ref
+    forwarded = gw.feed(_forward_as_attachment(original, cover))
+    assert forwarded.status == "processed" and forwarded.case_ref == first.case_ref, forwarded
+    assert len(gw.outbound("accuse_reception")) == 1
+    receipt = gw.receipt_text()
+    assert f"avait déjà été reçue directement de l'établissement : dossier {first.case_ref}" in receipt, receipt
+    assert (gw.case(first.case_ref).severity == "GRAVE") == cover.startswith("#qualifier")
