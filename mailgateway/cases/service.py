@@ -174,6 +174,20 @@ def find_duplicate(session: Session, case: Case, window: timedelta, *, declarant
     return session.get(Case, found) if found is not None else None
 
 
+def other_open_cases(session: Session, case: Case, window: timedelta, found: Case) -> list[Case]:
+    """``found`` (``find_duplicate``'s answer) and, when ``case`` names no incident type, the other
+    open cases of its structure within ``window`` (at most 5): which of them the new mail belongs to
+    is for staff to say (an outside tester: « point de situation » was offered for a merge with the
+    structure's oldest case, a phishing about to be cancelled, not its ransomware)."""
+    if case.incident_type or not case.finess:
+        return [found]
+    with session.no_autoflush:
+        ids = list(session.scalars(_duplicate_statement().limit(5), {
+            "finess": case.finess, "region": case.region, "kind": case.kind, "id": case.id,
+            "since": aware(case.opened_at) - window, "incident_type": case.incident_type}))
+    return [c for c in (session.get(Case, i) for i in ids) if c is not None] or [found]
+
+
 def _same_declarant(session: Session, case: Case, window: timedelta, declarant: str) -> Case | None:
     """The first open case of ``declarant`` opened within ``window`` whose declarant authenticated
     too (``fields["declarant_authentifie"]``): an unsigned declaration in their name, sent first,

@@ -233,11 +233,12 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         env.settings)
     with session.no_autoflush:
         other = service.find_duplicate(session, case, window, declarant=case.declarant if by_declarant else None)
+        candidates = service.other_open_cases(session, case, window, other) if other is not None else []
     refusals: list[Refusal] = []  # why the acknowledgement was not sent, if it was not
     if case.declarant:
         from_address, from_name = env.mailer.from_identity(region)
         context = _acknowledgement_context(env, region, case, inbound, facts, verified)
-        if verified and other is not None and other.declarant == case.declarant:
+        if verified and other is not None and other.declarant == case.declarant and len(candidates) == 1:
             # The same authenticated declarant sent this structure's declaration before (a resend, a
             # correction): told which case already holds it (found by an outside tester: three
             # references for one incident). Never to anyone else: it would tell a stranger that
@@ -272,6 +273,9 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         service.link(session, case, other, type="doublon_possible", actor="passerelle", at=env.clock.now())
     extra: dict[str, Any] = {"duplicate_of": other.reference, "duplicate_by": "FINESS" if case.finess else
                              "déclarant"} if other else {}
+    if len(candidates) > 1:  # no incident type to choose by: every open case of the structure
+        extra["duplicate_candidates"] = [{"reference": c.reference, "incident_type": c.incident_type}
+                                         for c in candidates]
     if sites:  # an EJ of several sites: which one is for staff to find out
         extra["ej_sites"] = {"finess_ej": decl.finess_ej, "more": len(sites) > EJ_SITES_SHOWN, "sites": [
             {"name": s.name, "finess": s.finess, "departement": s.departement} for s in sites[:EJ_SITES_SHOWN]]}

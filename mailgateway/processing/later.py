@@ -221,6 +221,7 @@ def _drop_settled_hints(session: Session, case: Case, context: dict[str, Any]) -
     already merged into it; a transfer suggested for a case already transferred)."""
     if case.status == CaseStatus.CLOS or case.merged_into_id is not None:
         context.pop("duplicate_of", None)
+        context.pop("duplicate_candidates", None)
         context.pop("out_of_region", None)
         return
     duplicate = context.get("duplicate_of")

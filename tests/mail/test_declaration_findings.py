@@ -513,3 +513,21 @@ def test_a_forward_of_a_declaration_received_before_joins_its_case(gw: Gateway, 
     receipt = gw.receipt_text()
     assert f"avait déjà été reçue directement de l'établissement : dossier {first.case_ref}" in receipt, receipt
     assert (gw.case(first.case_ref).severity == "GRAVE") == cover.startswith("#qualifier")
+
+
+def test_an_update_naming_no_incident_type_lists_every_open_case_of_its_structure(gw: Gateway) -> None:
+    # An outside tester: « Point de situation » (no reference, no type) was offered for a merge
+    # with the structure's oldest case, a phishing about to be cancelled, not its ransomware; the
+    # declarant's acknowledgement named that wrong case.
+    ransomware = gw.declare(61)
+    phishing = gw.feed(casemail.message(
+        sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Déclaration d'incident", message_id="<r61@chu.test>",
+        body="Numéro FINESS : 690781810\nType d'incident : hameçonnage\nGravité : grave\nCourriel piégé.\n"))
+    assert phishing.case_ref
+    update = gw.feed(casemail.message(
+        sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Déclaration d'incident : point de situation",
+        message_id="<u61@chu.test>", body="Numéro FINESS : 690781810\nRestauration du DPI à 60 %.\n"))
+    assert update.case_ref
+    text = casemail.text_of(gw.notification(update.case_ref, "agent@ars.test").raw)
+    assert "DOUBLON POSSIBLE : 2 dossiers ouverts pour ce FINESS" in text, text
+    assert ransomware in text and phishing.case_ref in text
