@@ -291,18 +291,24 @@ FORWARDED_RECEIVED_BEFORE = "déclaration transmise par un agent, déjà reçue 
 
 
 def _received_before(session: Session, facts: MessageFacts, region: str) -> Case | None:
-    """The case of the establishment's own mail that an agency colleague forwarded as an
-    attachment (``extra["forwarded_message_id"]``), if that mail reached this region already."""
+    """The case the establishment's own mail opened, when an agency colleague forwards that mail
+    as an attachment (``extra["forwarded_message_id"]``) and it reached this region already: the
+    case it opened itself (its origin Message-ID), from the same declarant, who authenticated then
+    (``declarant_authentifie``), still standing (not merged away). A Message-ID alone proves
+    nothing: a stranger sending first under the genuine one made the genuine declaration vanish
+    into their case, and an agent's ``#repondre`` went to them (an outside attacker); a merged case
+    sent it to the other declarant."""
     mid = facts.extra.get("forwarded_message_id")
-    if not facts.extra.get("transmis_par") or not isinstance(mid, str) or not mid.strip("<> "):
+    declarant = (facts.declaration.declarant or "").strip().lower() if facts.declaration else ""
+    if not facts.extra.get("transmis_par") or not isinstance(mid, str) or not mid.strip("<> ") or not declarant:
         return None
     bare = mid.strip().strip("<>")
-    m = InboundMessage
+    c = Case
     with session.no_autoflush:
-        found = session.scalar(select(m.case_id).where(m.message_id.in_([bare, f"<{bare}>"]), m.region == region,
-                                                       m.case_id.is_not(None)).order_by(m.id).limit(1))
-        case = session.get(Case, found) if found is not None else None
-        return service.resolve(session, case) if case is not None else None
+        found = session.scalars(select(c).where(
+            c.origin_message_id.in_([bare, f"<{bare}>"]), c.region == region, c.declarant == declarant,
+            c.merged_into_id.is_(None)).order_by(c.id).limit(5)).all()
+    return next((case for case in found if (case.fields or {}).get("declarant_authentifie")), None)
 
 
 def _replayed_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,

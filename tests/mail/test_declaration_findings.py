@@ -504,7 +504,7 @@ def test_a_forward_of_a_declaration_received_before_joins_its_case(gw: Gateway, 
     # An outside attacker: the establishment wrote to the SSI address and to an agent, who
     # forwarded it: a second case, a second acknowledgement with a new reference to the
     # establishment, and the agent's commands on the copy.
-    original = casemail.declaration(51)
+    original = casemail.sign(casemail.declaration(51), casemail.establishment_key())
     first = gw.feed(original)
     assert first.case_ref
     forwarded = gw.feed(_forward_as_attachment(original, cover))
@@ -531,3 +531,22 @@ def test_an_update_naming_no_incident_type_lists_every_open_case_of_its_structur
     text = casemail.text_of(gw.notification(update.case_ref, "agent@ars.test").raw)
     assert "DOUBLON POSSIBLE : 2 dossiers ouverts pour ce FINESS" in text, text
     assert ransomware in text and phishing.case_ref in text
+
+
+@pytest.mark.parametrize("first_sender", ["unsigned", "stranger"])
+def test_a_message_id_alone_never_makes_a_genuine_declaration_join_another_case(gw: Gateway, first_sender: str) -> None:
+    # An outside attacker: a mail sent first under the genuine declaration's Message-ID (unsigned
+    # in the declarant's name, or signed by the attacker's own domain) swallowed the genuine
+    # declaration an agent then forwarded, and the agent's #repondre went to the attacker.
+    genuine = casemail.sign(casemail.declaration(52), casemail.establishment_key())
+    if first_sender == "unsigned":
+        early = casemail.declaration(52).replace(b"incident num\xc3\xa9ro 52", b"exercice, merci de clore")
+    else:
+        early = casemail.message(sender="x@evil.test", to="ssi-ara@ars.test", subject="Déclaration d'incident",
+                                 body="Type d'incident : rançongiciel\n", message_id="<decl-52@chu.test>")
+    squatter = gw.feed(early)
+    assert squatter.case_ref
+    forwarded = gw.feed(_forward_as_attachment(genuine, "#repondre Bonjour, rappelez-nous.\n"))
+    assert forwarded.case_ref and forwarded.case_ref != squatter.case_ref, forwarded
+    assert gw.case(forwarded.case_ref).declarant == "dsi@chu.test"
+    assert "x@evil.test" not in {r.recipient for r in gw.outbound("reponse")}
