@@ -38,7 +38,15 @@ from mailgateway.commands.table import COMMANDS, HELP_POINTER, Ctx, help_text, n
 from mailgateway.directory.staff import all_staff, staff_addresses
 from mailgateway.dispatch.wording import nombre
 from mailgateway.mail.analyse import FORWARDED_RELAY, UNRECOGNISED, coverage_reason, other_case_reason
-from mailgateway.mail.commands import HINT_UNKNOWN, REASON_UNKNOWN, WHOLE_TEXT, Hint, command_hints, signature_part
+from mailgateway.mail.commands import (
+    HINT_UNKNOWN,
+    REASON_ONE_PER_LINE,
+    REASON_UNKNOWN,
+    WHOLE_TEXT,
+    Hint,
+    command_hints,
+    signature_part,
+)
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.labels import load_labels
 from mailgateway.processing import replay
@@ -262,6 +270,9 @@ def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
                               "digest": False, "pending": False, "preview": None,
                               # The whole text the command carries, quoted in full by the receipt.
                               "text": cmd.args[0] if cmd.name in WHOLE_TEXT and cmd.args else None}
+    if cmd.reason == REASON_ONE_PER_LINE:
+        result["message"] = cmd.reason
+        return result
     spec = None if cmd.reason == REASON_UNKNOWN else COMMANDS.get(cmd.name)
     if spec is None:
         hint = next((h for h in hints(ctx.facts, [cmd]) if h.why == HINT_UNKNOWN), None)

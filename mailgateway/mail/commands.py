@@ -26,6 +26,8 @@ REASON_UNKNOWN = "commande inconnue"
 REASON_NOT_AUTHENTICATED = "expéditeur non authentifié (signature DKIM/DMARC absente ou invalide)"
 REASON_NOT_STAFF = "l'expéditeur ne fait pas partie des agents SSI de la région"
 REASON_NO_REGION = "message adressé à aucune boîte SSI régionale : aucune commande n'est acceptée"
+REASON_ONE_PER_LINE = ("non exécutée : elle suit une autre commande sur la même ligne ; écrivez une commande "
+                       "par ligne")
 
 
 def _args(mode: str, rest: str) -> tuple[str, ...]:
@@ -102,7 +104,8 @@ def parse_commands(text: str, labels: Labels) -> list[Command]:
     for line in text.splitlines():
         if _SIGNATURE_LINE.match(line):
             break
-        for piece in _pieces(line, labels) if "#" in line else (line,):
+        pieces, unread = _pieces(line, labels) if "#" in line else ([line], None)
+        for piece in pieces:
             cmd = parse_command_line(piece, labels) if "#" in piece else None
             if cmd is None:
                 if block is not None:
@@ -114,6 +117,8 @@ def parse_commands(text: str, labels: Labels) -> list[Command]:
                 return found
             found.append(cmd)
             block = [cmd.args[0] if cmd.args else ""] if cmd.name in WHOLE_TEXT and cmd.reason is None else None
+        if unread is not None and len(found) < MAX_COMMANDS:
+            found.append(unread)
     _close(found, block)
     return found
 
@@ -122,24 +127,33 @@ def parse_commands(text: str, labels: Labels) -> list[Command]:
 _MAX_CUTS = 10
 
 
-def _pieces(line: str, labels: Labels) -> list[str]:
-    """``line`` cut before a known ``#name`` that follows a command and its one bare argument
-    (or none): « #assigner moi #qualifier grave » is two commands (an outside tester: the second
-    was dropped without a word, and « #qualifier sans-suite #clore » was refused as no severity);
-    « #qualif grave #assigner moi » is one refused and one applied. Anything else around a second
-    ``#name`` is prose, read as one command as always: « #assigner moi — je ne fais pas de
-    #repondre tant que… » must never mail the rest of the sentence to the hospital, nor
-    « #qualifier grave, #transmettre-acss demain » send the case to the national cell today (an
-    outside attacker on the first version, which cut before every ``#name``). A text keeps what
-    it holds: « #note voir #clore demain » is one note."""
+def _pieces(line: str, labels: Labels) -> tuple[list[str], Command | None]:
+    """``line`` cut before a second command, and the second command it did not run, if any.
+
+    A line is cut only between two known commands that take words, the first with at most one
+    bare argument: « #assigner moi #qualifier grave » is two commands (an outside tester: the
+    second was dropped without a word). Never before a command that takes a text (« #assigner moi
+    #clore si RAS lundi » would close the case and mail « si RAS lundi » to the hospital;
+    « #qualifier grave #transmettre-acss demain » send the case to the national cell today), nor
+    after an unknown one (« #NB #repondre pas avant l'accord du DG »), nor around words
+    (« #assigner moi — je ne fais pas de #repondre tant que… »): outside attackers. The first
+    command then ends where the second begins, and the receipt names the second as not run
+    (``REASON_ONE_PER_LINE``), whatever follows it on the line. A text keeps what it holds:
+    « #note voir #clore demain »."""
     pieces: list[str] = []
     rest = line
     while True:
         cmd = parse_command_line(rest, labels)
         cut = None if cmd is None or cmd.name in WHOLE_TEXT else _next_command(rest, labels)
-        if cut is None or not _bare_arguments(rest[:cut]):
+        if cut is None:
             pieces.append(rest)
-            return pieces
+            return pieces, None
+        second = parse_command_line(rest[cut:], labels)
+        assert second is not None  # _next_command found a known command there
+        if cmd is None or cmd.reason is not None or second.name in WHOLE_TEXT or not _bare_arguments(rest[:cut]):
+            pieces.append(rest[:cut].rstrip())
+            return pieces, Command(name=second.name, args=(), accepted=False, reason=REASON_ONE_PER_LINE,
+                                   line=rest[cut:].strip()[:MAX_LINE])
         pieces.append(rest[:cut].rstrip())
         rest = rest[cut:]
 
@@ -214,7 +228,7 @@ def authorise(
     regions = staff.get(address)
     out: list[Command] = []
     for cmd in commands:
-        if cmd.reason == REASON_UNKNOWN:
+        if cmd.reason in (REASON_UNKNOWN, REASON_ONE_PER_LINE):
             out.append(cmd)
             continue
         if not sender.authenticated:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailgateway.mail.commands import REASON_UNKNOWN, authorise, parse_command_line, parse_commands
+from mailgateway.mail.commands import REASON_ONE_PER_LINE, REASON_UNKNOWN, authorise, parse_command_line, parse_commands
 from mailgateway.mail.facts import SenderVerdict
 from mailgateway.mail.labels import Labels
 from mailgateway.mail.text import new_text
@@ -153,21 +153,36 @@ def test_new_text_under_a_marked_quote_and_between_quoted_lines() -> None:
 @pytest.mark.parametrize(("line", "expected"), [
     ("#assigner moi #qualifier grave", [("assigner", ("moi",)), ("qualifier", ("grave",))]),
     ("#qualifier grave #assigner moi", [("qualifier", ("grave",)), ("assigner", ("moi",))]),
-    ("#qualifier sans-suite #clore", [("qualifier", ("sans-suite",)), ("clore", ())]),
-    ("#qualif grave #assigner moi", [("qualif", ()), ("assigner", ("moi",))]),
+    ("#fusionner SSI-ARA-2026-0001 #assigner moi", [("fusionner", ("SSI-ARA-2026-0001",)), ("assigner", ("moi",))]),
 ])
-def test_two_commands_on_one_line_are_two_commands(labels: Labels, line: str, expected: list[object]) -> None:
-    # An outside tester (Outlook): the second was dropped without a word, or made the first refused.
-    assert [(c.name, c.args) for c in parse_commands(line, labels)] == expected
+def test_two_word_commands_on_one_line_are_two_commands(labels: Labels, line: str, expected: list[object]) -> None:
+    # An outside tester (Outlook): the second was dropped without a word.
+    found = parse_commands(line, labels)
+    assert [(c.name, c.args) for c in found] == expected and all(c.reason is None for c in found)
+
+
+@pytest.mark.parametrize(("line", "first", "unread"), [
+    # Outside attackers: each of these mailed a hospital or the ACSS what the agent never meant to send.
+    ("#assigner moi #clore si RAS lundi", ("assigner", ("moi",)), "clore"),
+    ("#qualifier grave #transmettre-acss demain après validation", ("qualifier", ("grave",)), "transmettre-acss"),
+    ("#NB #repondre pas avant l'accord du DG", ("nb", ()), "repondre"),
+    ("#assigner moi — je ne fais pas de #repondre tant que l'ACSS n'a pas vu.",
+     ("assigner", ("moi", "—", "je", "ne", "fais", "pas", "de")), "repondre"),
+    ("#qualifier grave, #transmettre-acss demain", ("qualifier", ("grave",)), "transmettre-acss"),
+    ("#assigner moi (à #clore si RAS)", ("assigner", ("moi", "(a")), "clore"),
+    ("#assigner moi et #qualifier grave", ("assigner", ("moi", "et")), "qualifier"),
+    ("#qualifier sans-suite #clore", ("qualifier", ("sans-suite",)), "clore"),
+])
+def test_a_second_command_a_line_cannot_hold_is_named_not_run(
+        labels: Labels, line: str, first: tuple[str, tuple[str, ...]], unread: str) -> None:
+    found = parse_commands(line, labels)
+    assert [(c.name, c.args) for c in found[:1]] == [first]
+    assert [(c.name, c.reason) for c in found[1:]] == [(unread, REASON_ONE_PER_LINE)]
+    assert authorise(found, SenderVerdict(address="referent.ssi@ars-sante.test", authenticated=True), "ARA",
+                     STAFF)[1].reason == REASON_ONE_PER_LINE
 
 
 @pytest.mark.parametrize("line", ["#note voir #clore demain", "#repondre Madame, #assigner n'est pas pour vous",
-                                  "#assigner moi #123 #foo",
-                                  # An outside attacker on the first version: prose around a #name.
-                                  "#assigner moi — je ne fais pas de #repondre tant que l'ACSS n'a pas vu.",
-                                  "#qualifier grave, #transmettre-acss demain après validation",
-                                  "#assigner moi (à #clore si RAS)"])
-def test_a_text_prose_or_a_hash_that_names_no_command_is_not_cut(labels: Labels, line: str) -> None:
-    found = parse_commands(line, labels)
-    first = parse_command_line(line, labels)
-    assert first is not None and [c.name for c in found] == [first.name], found
+                                  "#assigner moi #123 #foo", "#transmettre-acss #qualifier grave"])
+def test_a_text_or_a_hash_that_names_no_command_is_one_command(labels: Labels, line: str) -> None:
+    assert len(parse_commands(line, labels)) == 1
