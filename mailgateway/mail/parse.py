@@ -246,21 +246,21 @@ class ParsedMessage:
         self.convert_html()
         return "\n\n".join(self.html)[:MAX_TEXT_CHARS]
 
-    def _html_signature(self) -> str | None:
-        """The first line of the signature block the mail client marked in the HTML alternative
-        (mail/htmltext.py), or None. OWA and the new Outlook send text/plain beside the HTML, with
+    def _html_signature(self) -> tuple[str, ...]:
+        """The first lines (three at most) of the signature block the mail client marked in the
+        HTML alternative (mail/htmltext.py), or none. OWA and the new Outlook send text/plain beside the HTML, with
         the signature unmarked in the plain part (an outside tester: an agent's name and mobile
         number reached a hospital in a closure reason). Looked for only when a marker is in the
         markup: converting every HTML part would cost every message."""
         if not any(marker in raw.lower() for raw in self.html_raw for marker in SIGNATURE_MARKERS):
-            return None
+            return ()
         self.convert_html()
         for text in self.html:
             lines = text.split("\n")
             at = next((i for i, line in enumerate(lines) if line.rstrip() in ("--", "-- ")), None)
             if at is not None:
-                return next((" ".join(line.split()) for line in lines[at + 1:] if line.strip()), None)
-        return None
+                return tuple(" ".join(line.split()) for line in lines[at + 1:] if line.strip())[:3]
+        return ()
 
     def convert_html(self) -> None:
         """Fill ``html`` (text) and ``links`` from the HTML parts, once."""
@@ -277,18 +277,26 @@ class ParsedMessage:
         return self.links
 
 
-def _signed_off(text: str, first: str | None) -> str:
-    """``text`` with a ``-- `` line before the first line that reads ``first`` (the signature the
-    HTML alternative marked), unless a signature separator already comes before it."""
-    if not first:
+def _signed_off(text: str, signature: tuple[str, ...]) -> str:
+    """``text`` with a ``-- `` line where the signature the HTML alternative marked begins: the
+    first place whose lines (blank ones skipped) read as its first lines, all of them — a line of
+    the agent's own that merely equals its first (« Cordialement, » above a PS; a command) is not
+    it (an outside attacker: a PS vanished from a #repondre, commands above it were refused).
+    Unchanged when a signature separator comes first."""
+    if not signature:
         return text
     lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if line.rstrip() in ("--", "-- "):
-            return text
-        if " ".join(line.split()) == first:
-            return "\n".join([*lines[:i], "-- ", *lines[i:]])
-    return text
+    filled = [(i, " ".join(line.split())) for i, line in enumerate(lines) if line.strip()]
+    found = None
+    for n, (i, line) in enumerate(filled):
+        if line in ("--", "-- ") or lines[i].rstrip() in ("--", "-- "):
+            break
+        if tuple(text for _i, text in filled[n:n + len(signature)]) == signature:
+            found = i
+            break
+    if found is None:
+        return text
+    return "\n".join([*lines[:found], "-- ", *lines[found:]])
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

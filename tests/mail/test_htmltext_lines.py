@@ -91,3 +91,14 @@ def test_without_a_marked_signature_the_plain_part_is_read_as_written() -> None:
     plain = "#clore Fausse alerte confirmée.\n\nPierre Martin\n"
     html = "<div>#clore Fausse alerte confirmée.</div><div>Pierre Martin</div>"
     assert parse_message(_alternative(plain, html)).text() == plain
+
+
+def test_a_line_that_only_equals_the_signatures_first_is_no_signature() -> None:
+    # An outside attacker: the signature began with « Cordialement, », as did the agent's own
+    # closing above a PS; the PS vanished from the #repondre. A command equal to it was refused.
+    signature = ["Cordialement,", "Pierre Martin", "Port. : 06 98 76 54 32"]
+    plain = "#repondre Merci.\n\nCordialement,\n\nPS : gardez les journaux.\n\n" + "\n".join(signature) + "\n"
+    html = ('<div>#repondre Merci.</div><div><br></div><div>Cordialement,</div><div><br></div>'
+            '<div>PS : gardez les journaux.</div><div id="Signature"><div>' + "<br>".join(signature) + '</div></div>')
+    assert new_text(parse_message(_alternative(plain, html)).text()) == (
+        "#repondre Merci.\n\nCordialement,\n\nPS : gardez les journaux.")
