@@ -212,6 +212,8 @@ class Processor:
         env.staff_notices_deferred = True
         self._deferred_looked = time.monotonic()
         self._carried_over = True
+        # Tries already counted of the due messages, as a sweep read its queue (``_suspects_alone``).
+        self._tried: dict[int, int] = {}
         # Set by a batch whose messages were left untried because no analysis worker could start.
         self.analysis_unavailable = False
 
@@ -229,11 +231,14 @@ class Processor:
         Two queries rather than one ``ORDER BY priority DESC, id``: each walks the index
         ``ix_inbound_pending`` (status, priority, id) in order and stops at ``limit``, where the
         mixed-direction sort would read every received row of a backlog first."""
-        stmt = due_query(self.clock.now(), urgent=urgent)
+        stmt = due_query(self.clock.now(), urgent=urgent).add_columns(InboundMessage.attempts)
         if after:  # above that id (analysis ahead: ``due_after``)
             stmt = stmt.where(InboundMessage.id > after)
         with reading(self.factory) as session:
-            return list(session.scalars(stmt.limit(limit)))
+            rows = session.execute(stmt.limit(limit)).all()
+        # Read with the queue, for ``_suspects_alone``: no query of its own per batch.
+        self._tried.update((row[0], row[1] or 0) for row in rows)
+        return [row[0] for row in rows]
 
     def due_after(self, after: int, limit: int) -> list[int]:
         """The next ``limit`` due messages of normal priority above id ``after`` (analysis ahead)."""
@@ -519,6 +524,7 @@ class Processor:
         if self._carried_over:  # this processor's first sweep, before it defers any of its own
             self._carried_over = False
             self._say_carried_over()
+        self._tried.clear()  # attempts as the queue was read by this sweep (``_due``)
         backlog = deque(self._due(limit, urgent=False))
         tried: set[int] = set()
         tried_urgent = 0
@@ -570,9 +576,7 @@ class Processor:
         try charges it only: a poison message still meets ``max_attempts``, its neighbours don't."""
         if len(batch) < 2:
             return batch, []
-        m = InboundMessage
-        with reading(self.factory) as session:
-            suspects = set(session.scalars(select(m.id).where(m.id.in_(batch), m.attempts > 0)))
+        suspects = {inbound_id for inbound_id in batch if self._tried.get(inbound_id, 0) > 0}
         if not suspects:
             return batch, []
         first = next(n for n, inbound_id in enumerate(batch) if inbound_id in suspects)
