@@ -61,13 +61,9 @@ QUERIES = frozenset({"ouverts", "retards"})
 # --- who may command ---------------------------------------------------------------------------
 
 
-def _agency_domains(env: Env) -> set[str]:
-    return agency_domains(env.settings)
-
-
 def looks_like_staff(env: Env, session: Session, address: str) -> bool:
     """Claims to be staff (a From header proves nothing): listed, or in the agency's domains."""
-    return address in all_staff(env.settings, session) or address.rpartition("@")[2] in _agency_domains(env)
+    return address in all_staff(env.settings, session) or address.rpartition("@")[2] in agency_domains(env.settings)
 
 
 def _staff_regions(env: Env, session: Session, address: str) -> set[str]:
@@ -158,6 +154,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     results: list[dict[str, Any]] = []
     ran: set[tuple[str, tuple[str, ...]]] = set()
     answered = _answered_case(session, facts, case) if opened is None else None
+    followed = _followed(answered, case)
     for cmd in facts.commands:
         # The same command in the Subject and in the body (Outlook users write both) runs once:
         # the second is reported as a duplicate, not as a refusal of the first's work.
@@ -166,7 +163,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
             results.append(_duplicate(cmd))
             continue
         ran.add(key)
-        other_declarant = _other_declarant(answered, ctx.case, cmd)
+        other_declarant = _other_declarant(followed, answered, case, cmd)
         results.append(other_declarant if other_declarant is not None else _run(ctx, cmd))
     results.extend(_under_signature(facts))
     # A case this mail closed or merged: its declarant is told ([cases] notify_declarant_on_close).
@@ -182,7 +179,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
         receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=ctx.case,
                                   results=results, confirmation=ctx.confirmation,
                                   confirmations=ctx.confirmations,
-                                  help_text=_help(ctx), followed=_followed(answered, case),
+                                  help_text=_help(ctx), followed=followed,
                                   outsiders=_outsiders(env, facts),
                                   received_before=case.reference if received_before and case is not None else None)
     applied = sum(1 for r in results if r["applied"] and not r["pending"])
@@ -194,7 +191,7 @@ def _outsiders(env: Env, facts: MessageFacts) -> list[str]:
     """The To/Cc addresses of a command mail outside the agency (its domains, the ACSS's): they
     read the commands and whatever the mail quotes (an outside tester: a reply-all to the attached
     original put the hospital in To, and nobody told the agent)."""
-    inside = _agency_domains(env) | {d.lower() for d in env.settings.authentication.acss_domains}
+    inside = agency_domains(env.settings) | {d.lower() for d in env.settings.authentication.acss_domains}
     found = [a for a in facts.recipients if "@" in a and a.rpartition("@")[2].lower() not in inside]
     return list(dict.fromkeys(a.lower() for a in found))[:5]
 
@@ -221,18 +218,19 @@ def _followed(answered: Case | None, case: Case | None) -> dict[str, str] | None
     return {"answered": answered.reference, "case": case.reference, "how": how}
 
 
-def _other_declarant(answered: Case | None, case: Case | None, cmd: Command) -> dict[str, Any] | None:
+def _other_declarant(followed: dict[str, str] | None, answered: Case | None, case: Case | None,
+                     cmd: Command) -> dict[str, Any] | None:
     """A refusal for ``#repondre``/``#demander-info``/``#clore <motif>`` answering a merged case
     whose declarant is not the surviving case's: the mail would go to someone the agent did not
     answer (an outside tester: two people of one hospital, the merged case's declarant never got
     the answer, the other one did; an outside attacker: « #clore Faux positif ; entre nous… »
-    mailed that reason to the other declarant). None when the command may run."""
-    if answered is None or case is None or cmd.name not in _TO_DECLARANT or not cmd.accepted:
+    mailed that reason to the other declarant). ``followed``: ``_followed(answered, case)``. None
+    when the command may run."""
+    if followed is None or answered is None or case is None or cmd.name not in _TO_DECLARANT or not cmd.accepted:
         return None
     if cmd.name == "clore" and not cmd.args:  # no words of the agent's in the closure mail
         return None
-    followed = _followed(answered, case)
-    if followed is None or not answered.declarant or answered.declarant.lower() == (case.declarant or "").lower():
+    if not answered.declarant or answered.declarant.lower() == (case.declarant or "").lower():
         return None
     what = "non appliquée (son motif est adressé au déclarant)" if cmd.name == "clore" else "non envoyée"
     return {"name": cmd.name, "line": cmd.line, "applied": False, "digest": False, "pending": False,

@@ -434,9 +434,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         if source.outer is not None:
             phones += signature_phones(source.outer)
         indicators = extract_indicators([decl_text, *links], excluded, (*labels.noise_domains, *agency), phones)
-        forwarded_commands = authorise(commands, sender, region, ctx.staff) if forward_commands else ()
         return replace(base, kind="declaration", declaration=declaration, indicators=indicators,
-                       commands=tuple(forwarded_commands))
+                       commands=authorise(commands, sender, region, ctx.staff) if forward_commands else ())
     if commands and is_staff(sender.address, ctx.staff):  # a forward that is no declaration after all
         indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
                                         _own_numbers(fresh))

@@ -113,7 +113,6 @@ def parse_commands(text: str, labels: Labels) -> list[Command]:
                 continue
             _close(found, block)
             if len(found) >= MAX_COMMANDS:
-                _close(found, None)
                 return found
             found.append(cmd)
             block = [cmd.args[0] if cmd.args else ""] if cmd.name in WHOLE_TEXT and cmd.reason is None else None
@@ -142,20 +141,18 @@ def _pieces(line: str, labels: Labels) -> tuple[list[str], Command | None]:
     « #note voir #clore demain »."""
     pieces: list[str] = []
     rest = line
+    cmd = parse_command_line(rest, labels)
     while True:
-        cmd = parse_command_line(rest, labels)
-        cut = None if cmd is None or cmd.name in WHOLE_TEXT else _next_command(rest, labels)
-        if cut is None:
+        found = None if cmd is None or cmd.name in WHOLE_TEXT else _next_command(rest, labels)
+        if cmd is None or found is None:
             pieces.append(rest)
             return pieces, None
-        second = parse_command_line(rest[cut:], labels)
-        assert second is not None  # _next_command found a known command there
-        if cmd is None or cmd.reason is not None or second.name in WHOLE_TEXT or not _bare_arguments(rest[:cut]):
-            pieces.append(rest[:cut].rstrip())
+        cut, second = found
+        pieces.append(rest[:cut].rstrip())
+        if cmd.reason is not None or second.name in WHOLE_TEXT or not _bare_arguments(rest[:cut]):
             return pieces, Command(name=second.name, args=(), accepted=False, reason=REASON_ONE_PER_LINE,
                                    line=rest[cut:].strip()[:MAX_LINE])
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:]
+        rest, cmd = rest[cut:], second
 
 
 # What one bare argument is made of: a word, an address, a reference, a FINESS, « sans-suite ».
@@ -166,12 +163,14 @@ def _bare_arguments(head: str) -> bool:
     """Whether ``head`` is a command with at most one argument, a bare word (no punctuation
     around it, no second word)."""
     match = _COMMAND_LINE.match(head.rstrip())
-    words = (match.group(3) if match else "x y").split()
+    if match is None:
+        return False
+    words = match.group(3).split()
     return len(words) == 0 or (len(words) == 1 and all(ch.isalnum() or ch in _ARGUMENT_CHARS for ch in words[0]))
 
 
-def _next_command(line: str, labels: Labels) -> int | None:
-    """Where the next known ``#name`` after the line's first ``#`` starts, after a space; None."""
+def _next_command(line: str, labels: Labels) -> tuple[int, Command] | None:
+    """The next known command after the line's first ``#`` (after a space), and where it starts."""
     start = line.find("#") + 1
     for _ in range(_MAX_CUTS):
         at = line.find("#", start)
@@ -180,7 +179,7 @@ def _next_command(line: str, labels: Labels) -> int | None:
         if line[at - 1] in " \t\u00a0":
             cmd = parse_command_line(line[at:], labels)
             if cmd is not None and cmd.reason is None:
-                return at
+                return at, cmd
         start = at + 1
     return None
 

@@ -257,7 +257,7 @@ class ParsedMessage:
         self.convert_html()
         for text in self.html:
             lines = text.split("\n")
-            at = next((i for i, line in enumerate(lines) if line.rstrip() in ("--", "-- ")), None)
+            at = next((i for i, line in enumerate(lines) if _separator(line)), None)
             if at is not None:
                 return tuple(" ".join(line.split()) for line in lines[at + 1:] if line.strip())[:3]
         return ()
@@ -287,16 +287,17 @@ def _signed_off(text: str, signature: tuple[str, ...]) -> str:
         return text
     lines = text.split("\n")
     filled = [(i, " ".join(line.split())) for i, line in enumerate(lines) if line.strip()]
-    found = None
-    for n, (i, line) in enumerate(filled):
-        if line in ("--", "-- ") or lines[i].rstrip() in ("--", "-- "):
-            break
-        if tuple(text for _i, text in filled[n:n + len(signature)]) == signature:
-            found = i
-            break
-    if found is None:
-        return text
-    return "\n".join([*lines[:found], "-- ", *lines[found:]])
+    for n, (i, _line) in enumerate(filled):
+        if _separator(lines[i]):
+            return text
+        if tuple(words for _i, words in filled[n:n + len(signature)]) == signature:
+            return "\n".join([*lines[:i], "-- ", *lines[i:]])
+    return text
+
+
+def _separator(line: str) -> bool:
+    """The signature separator line (RFC 3676 §4.3), as mail/text.py's ``_SIGNATURE`` reads it."""
+    return line in ("--", "-- ")
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

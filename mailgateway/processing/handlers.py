@@ -221,8 +221,6 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
         append_event(session, case, type="declaration_transferee", actor="passerelle", at=now, data=data)
     # A declaration for the same structure as an open case is linked to it, and staff are told.
     window = timedelta(hours=env.settings.cases.duplicate_window_hours)
-    # No autoflush for the lookup: this case's row was flushed by new_case (its id excludes it),
-    # and every other case was written by an earlier savepoint or transaction.
     verified = bool(case.declarant) and _declarant_verified(facts, case.declarant or "")
     if verified:
         case.fields["declarant_authentifie"] = True  # what a later declaration without FINESS is matched on
@@ -231,6 +229,8 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     # structure: an outside tester).
     by_declarant = verified and not forwarder and (case.declarant or "").rpartition("@")[2] not in agency_domains(
         env.settings)
+    # No autoflush for the lookup: this case's row was flushed by new_case (its id excludes it),
+    # and every other case was written by an earlier savepoint or transaction.
     with session.no_autoflush:
         other = service.find_duplicate(session, case, window, declarant=case.declarant if by_declarant else None)
         candidates = service.other_open_cases(session, case, window, other) if other is not None else []
@@ -300,13 +300,12 @@ def _received_before(session: Session, facts: MessageFacts, region: str) -> Case
     sent it to the other declarant."""
     mid = facts.extra.get("forwarded_message_id")
     declarant = (facts.declaration.declarant or "").strip().lower() if facts.declaration else ""
-    if not facts.extra.get("transmis_par") or not isinstance(mid, str) or not mid.strip("<> ") or not declarant:
+    if not facts.extra.get("transmis_par") or not isinstance(mid, str) or not mid or not declarant:
         return None
-    bare = mid.strip().strip("<>")
-    c = Case
+    c = Case  # origin_message_id and mid: both as analysis reads them (mail/headers.py message_ids)
     with session.no_autoflush:
         found = session.scalars(select(c).where(
-            c.origin_message_id.in_([bare, f"<{bare}>"]), c.region == region, c.declarant == declarant,
+            c.origin_message_id == mid, c.region == region, c.declarant == declarant,
             c.merged_into_id.is_(None)).order_by(c.id).limit(5)).all()
     return next((case for case in found if (case.fields or {}).get("declarant_authentifie")), None)
 

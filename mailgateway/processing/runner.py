@@ -544,11 +544,11 @@ class Processor:
                 if not batch:
                     break
                 batch, rest = self._suspects_alone(batch)
-                taken_urgent = set(urgent)
+                urgent_ids = set(urgent)
                 for inbound_id in reversed(rest):  # first-come mail keeps its place; urgent is looked for again
-                    if inbound_id not in taken_urgent:
+                    if inbound_id not in urgent_ids:
                         backlog.appendleft(inbound_id)
-                tried_urgent += sum(1 for inbound_id in batch if inbound_id in taken_urgent)
+                tried_urgent += sum(1 for inbound_id in batch if inbound_id in urgent_ids)
                 tried.update(batch)
                 self.analysis_unavailable = False
                 results += self.process_batch(batch, may_defer=True)
@@ -574,12 +574,9 @@ class Processor:
         a daemon SIGKILLed three times during a burst charged the same 25 messages three times and
         quarantined them all (``tests/chaos/test_sigkill.py`` under load). Alone, a message's next
         try charges it only: a poison message still meets ``max_attempts``, its neighbours don't."""
-        if len(batch) < 2:
+        first = next((n for n, inbound_id in enumerate(batch) if self._tried.get(inbound_id, 0) > 0), None)
+        if first is None or len(batch) < 2:
             return batch, []
-        suspects = {inbound_id for inbound_id in batch if self._tried.get(inbound_id, 0) > 0}
-        if not suspects:
-            return batch, []
-        first = next(n for n, inbound_id in enumerate(batch) if inbound_id in suspects)
         cut = first or 1
         return batch[:cut], batch[cut:]
 

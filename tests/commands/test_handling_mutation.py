@@ -17,7 +17,7 @@ from mailgateway.commands import handling
 from mailgateway.commands.table import HELP_POINTER, Ctx, help_text
 from mailgateway.dispatch.mailer import Mailer
 from mailgateway.mail.facts import Command, MessageFacts, SenderVerdict
-from mailgateway.processing.context import Env
+from mailgateway.processing.context import Env, agency_domains
 from mailgateway.settings import DkimSettings, RegionSettings, StaffSettings, parse_settings
 from mailgateway.store.models import Case, Confirmation, Contact, Establishment, InboundMessage, StaffMember
 from tests.support.casegateway import settings_data
@@ -72,10 +72,10 @@ def test_agency_domains_are_the_regions_the_staffs_and_the_signing_domain(env: E
                                 RegionSettings(code="PDL", address="")),
                        staff=(StaffSettings(address="Agent@Staff.TEST", region="ARA"),),
                        dkim=DkimSettings(domain="Sign.TEST"))
-    assert handling._agency_domains(replace(env, settings=settings)) == {"region.test", "staff.test", "sign.test"}
+    assert agency_domains(settings) == {"region.test", "staff.test", "sign.test"}
     unsigned = replace(settings, dkim=DkimSettings(domain=""))
-    assert handling._agency_domains(replace(env, settings=unsigned)) == {"region.test", "staff.test"}
-    assert handling._agency_domains(replace(env, settings=replace(settings, dkim=None))) == {"region.test",
+    assert agency_domains(unsigned) == {"region.test", "staff.test"}
+    assert agency_domains(replace(settings, dkim=None)) == {"region.test",
                                                                                              "staff.test"}
 
 
@@ -243,7 +243,7 @@ def test_quoted_local_parts_holding_an_at_sign(env: Env, s: Session) -> None:
                        staff=(StaffSettings(address='"a@b"@Staff.TEST', region="ARA"),),
                        dkim=None, acss=replace(env.settings.acss, address='"a@x"@Cellule.TEST'))
     other = replace(env, settings=settings)
-    assert handling._agency_domains(other) == {"region.test", "staff.test"}
+    assert agency_domains(other.settings) == {"region.test", "staff.test"}
     assert handling.looks_like_staff(env, s, '"x@y"@ars.test')
     assert handling._written_to_the_gateway(other, MessageFacts(recipients=(' "SSI@x"@region.test',)), "")
     assert handling._from_acss(env, '"x@y"@esante.test', MessageFacts(sender=authenticated('"x@y"@esante.test')))
