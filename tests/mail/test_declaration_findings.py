@@ -477,11 +477,13 @@ def test_an_agents_own_forwards_are_no_structure_for_duplicates(gw: Gateway) -> 
     # An outside attacker: an agent forwarding two unrelated phishing mails, each case's declarant
     # the agent: the second was « DOUBLON POSSIBLE » of the first.
     def forward(n: int) -> Result:
-        body = (f"Pour info, reçu ce matin.\n\nDe : x{n}@phish.test\nEnvoyé : lundi\nObjet : Facture {n}\n\n"
-                f"Déclaration d'incident : hameçonnage, lien piégé numéro {n}.\n")
+        body = (f"Déclaration d'incident : hameçonnage reçu ce matin (numéro {n}), le message ci-dessous.\n\n"
+                f"De : x{n}@phish.test\nEnvoyé : lundi\nObjet : Facture {n}\n\n"
+                "Veuillez régler la facture jointe avant ce soir.\n")
         return gw.feed(casemail.staff_mail(body, subject=f"TR: Facture {n}"))
     first, second = forward(1), forward(2)
     assert first.case_ref and second.case_ref
+    assert gw.case(first.case_ref).declarant == gw.case(second.case_ref).declarant == "agent@ars.test"
     assert gw.case(second.case_ref).linked_case_id is None
 
 
