@@ -300,6 +300,40 @@ def test_find_duplicate_same_structure_region_kind_open_unmerged_within_the_wind
     assert service.find_duplicate(s, make(s, finess=None), timedelta(hours=48)) is None
 
 
+def test_without_finess_the_authenticated_declarants_first_open_case(s: Session) -> None:
+    """Without FINESS the declarant stands for the structure, only when both declarations were
+    authenticated (an unsigned one in their name must not catch the genuine one's reference)."""
+    new = make(s, finess=None, declarant="rssi@chu.test", fields={"declarant_authentifie": True})
+    window = timedelta(hours=48)
+    assert service.find_duplicate(s, new, window, declarant="rssi@chu.test") is None
+    make(s, finess=None, declarant="rssi@chu.test", opened_at=NOW - timedelta(hours=3))  # not authenticated
+    make(s, declarant="rssi@chu.test", fields={"declarant_authentifie": True}, region="PDL")
+    make(s, declarant="autre@chu.test", fields={"declarant_authentifie": True})
+    assert service.find_duplicate(s, new, window, declarant="rssi@chu.test") is None
+    first = make(s, declarant="rssi@chu.test", fields={"declarant_authentifie": True},
+                 opened_at=NOW - timedelta(hours=2))
+    make(s, declarant="rssi@chu.test", fields={"declarant_authentifie": True}, opened_at=NOW - timedelta(hours=1))
+    assert service.find_duplicate(s, new, window, declarant=" RSSI@chu.test ") is first
+    assert service.find_duplicate(s, new, window) is None  # no declarant given: nothing to match
+
+
+def test_the_declarant_lookup_reads_its_index(s: Session) -> None:
+    """Issue 19: what grows with the number of open cases is indexed; without it each declaration
+    without FINESS read the whole cases table."""
+    new = make(s, finess=None, declarant="rssi@chu.test")
+    seen: list[str] = []
+    conn = s.connection().connection.driver_connection
+    conn.set_trace_callback(seen.append)
+    try:
+        service.find_duplicate(s, new, timedelta(hours=48), declarant="rssi@chu.test")
+    finally:
+        conn.set_trace_callback(None)
+    lookups = [q for q in seen if q.startswith("SELECT") and "declarant" in q]
+    assert lookups, seen
+    plan = " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {lookups[0]}"))
+    assert "ix_cases_declarant_region" in plan, plan
+
+
 def test_same_time_duplicates_the_lowest_id_first(s: Session) -> None:
     new = make(s, finess="690000003")
     first = make(s, finess="690000003", opened_at=NOW - timedelta(hours=1))

@@ -83,13 +83,19 @@ def test_revisions_read_without_alembic_are_alembics(db_url: str) -> None:
         assert revision(db_url) == alembic_revision(db_url) is not None
 
 
+# The newest numbered migration, the one after it and the one before it (the cases below add a
+# file after the real chain, whatever its length).
+HEAD = max(path.name[:4] for path in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+NEXT, BEFORE = f"{int(HEAD) + 1:04d}", f"{int(HEAD) - 1:04d}"
+
+
 @pytest.mark.parametrize(("name", "revision", "down", "source"), [
-    ("0010_next.py", "0010", "0009", ""),  # the convention: read without Alembic
-    ("ae1027a6acf_hotfix.py", "ae1027a6acf", "0009", ""),  # named otherwise
-    ("0009_hotfix.py", "0009b", "0009", ""),  # a number taken twice: was skipped (outside tester)
-    ("0010_hotfix.py", "ff10", "0009", ""),  # a number that is not its revision: "behind" for ever
-    ("0010_twice.py", "0010b", "0009", "revision = '0010'\n"),  # bound again: Python keeps the last
-    ("0010_branch.py", "0010", "0008", ""),  # two heads: Alembic refuses them, so do we
+    (f"{NEXT}_next.py", NEXT, HEAD, ""),  # the convention: read without Alembic
+    ("ae1027a6acf_hotfix.py", "ae1027a6acf", HEAD, ""),  # named otherwise
+    (f"{HEAD}_hotfix.py", f"{HEAD}b", HEAD, ""),  # a number taken twice: was skipped (outside tester)
+    (f"{NEXT}_hotfix.py", "ff10", HEAD, ""),  # a number that is not its revision: "behind" for ever
+    (f"{NEXT}_twice.py", f"{NEXT}b", HEAD, f"revision = '{NEXT}'\n"),  # bound again: Python keeps the last
+    (f"{NEXT}_branch.py", NEXT, BEFORE, ""),  # two heads: Alembic refuses them, so do we
 ])
 def test_a_migration_outside_the_numbered_chain_is_left_to_alembic(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, revision: str, down: str, source: str) -> None:
@@ -103,10 +109,10 @@ def test_a_migration_outside_the_numbered_chain_is_left_to_alembic(
         "def upgrade() -> None:\n    pass\ndef downgrade() -> None:\n    pass\n", encoding="utf-8")
     monkeypatch.setattr(engine_module, "MIGRATIONS_DIR", tmp_path / "migrations")
     # Which reading answers: the numbered chain for the convention only, Alembic for the rest.
-    in_chain = name == "0010_next.py"
-    assert engine_module._numbered_chain(sorted(versions.glob("*.py"))) == ("0010" if in_chain else None)
+    in_chain = name == f"{NEXT}_next.py"
+    assert engine_module._numbered_chain(sorted(versions.glob("*.py"))) == (NEXT if in_chain else None)
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    if down == "0008":
+    if down == BEFORE:
         with pytest.raises(Exception, match=r"[Mm]ultiple heads"):
             script.get_current_head()
         with pytest.raises(Exception, match=r"[Mm]ultiple heads"):
