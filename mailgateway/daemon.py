@@ -62,7 +62,7 @@ from mailgateway.scheduler import SchedulerExtension
 from mailgateway.sdnotify import SdNotifier, watchdog_interval
 from mailgateway.settings import Settings, file_problems, load_settings
 from mailgateway.status import oldest_due_received, snapshot
-from mailgateway.store.engine import head_revision, reading, write_gate
+from mailgateway.store.engine import InstanceRunning, head_revision, hold_instance, reading, write_gate
 
 log = logging.getLogger("mailgateway.daemon")
 
@@ -532,6 +532,11 @@ def run(settings: Settings) -> int:
     so that systemd's ``RestartPreventExitStatus=2`` stops instead of restarting every 5 s (an
     empty PEM file exited 1: outside tester)."""
     owner_only_files()  # the database, the outbox, reports: owner only (mailgateway/processes.py)
+    try:
+        hold_instance(settings.database.url)  # SQLite: one daemon per database, for this process's life
+    except InstanceRunning as exc:
+        print(f"mailgateway: démarrage impossible : {exc}", file=sys.stderr)
+        return 1
     daemon = Daemon(settings)
     try:
         return asyncio.run(daemon.serve())

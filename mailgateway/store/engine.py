@@ -127,6 +127,41 @@ def lock_file(database: Path) -> Path:
     return Path(f"{os.path.abspath(database)}.write-lock")
 
 
+class InstanceRunning(Exception):
+    """Another ``mailgateway run`` holds this SQLite database (``hold_instance``)."""
+
+
+def hold_instance(url: str, wait_seconds: float = 5.0) -> int | None:
+    """On SQLite, the daemon's claim on its database: a POSIX record lock (``lockf``) on
+    ``<database>.instance-lock``, held until this process ends, or ``InstanceRunning``. SQLite is
+    for one instance (docs/operations.md §7); a second ``run`` on the same file started its own
+    watchers, processing and sender beside the first (an outside tester). Record locks, not
+    ``flock``: they belong to the process and are not inherited by its forked children, so the
+    kernel releases the claim the moment the daemon dies, SIGKILL included, even while a child
+    outlives it; a restart waits up to ``wait_seconds`` for the dead one's exit to be reaped.
+    Returns the descriptor (kept open for the process's life), None on another database."""
+    database = sqlite_file(url)
+    if database is None:
+        return None
+    path = f"{os.path.abspath(database)}.instance-lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return None  # no such directory, not ours: opening the database says so in its own words
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            os.close(fd)
+            raise InstanceRunning(f"une autre instance de mailgateway utilise déjà cette base : {database} "
+                                  f"(verrou {path}) ; SQLite ne sert qu'une instance") from None
+        return fd
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL (``sqlite:///relative/path``, ``sqlite:////absolute/path``,
     SQLAlchemy's reading: three slashes and a relative path, four for an absolute one), or None

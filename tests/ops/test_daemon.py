@@ -134,6 +134,27 @@ def test_smtp_port_in_use_exits_1_with_the_reason(tmp_path: Path) -> None:
     assert "démarrage impossible" in proc.stderr and "address already in use" in proc.stderr.lower()
 
 
+def test_a_second_daemon_on_the_same_sqlite_database_is_refused_and_a_killed_ones_restarts(tmp_path: Path) -> None:
+    """SQLite is for one instance (docs/operations.md §7): a second ``run`` on the same database
+    file, from another configuration listening elsewhere, started its own watchers, processing
+    and sender beside the first (an outside tester). It now exits 1 and says why; the first goes
+    on. The claim dies with its holder: after a SIGKILL the restart starts at once."""
+    config = GatewayConfig(tmp_path / "gw")
+    other = GatewayConfig(tmp_path / "other", database_url=f"sqlite:///{config.db_path}")
+    with RunningGateway(config) as gw:
+        started = time.monotonic()
+        proc = other.cli("run", check=False, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert "une autre instance de mailgateway utilise déjà cette base" in proc.stderr
+        assert time.monotonic() - started < 30
+        with pytest.raises(OSError):
+            smtplib.SMTP("127.0.0.1", other.smtp_port, timeout=5)  # it never listened
+        gw.send(DECLARATION.encode(), mail_from="dsi@chu-nantes.test")  # the first goes on
+        gw.kill()
+    with RunningGateway(other):  # the dead one's claim is gone with it
+        pass
+
+
 def test_a_database_file_deleted_under_the_daemon_is_refused_unhealthy_and_not_recreated(tmp_path: Path) -> None:
     """An outside tester (ops): the database file deleted while the daemon ran — it went on
     answering 250 into the deleted file, /healthz said ok, and the restart created an empty
