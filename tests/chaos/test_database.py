@@ -128,7 +128,7 @@ def test_daemon_out_of_disk_answers_451_then_accepts_after_space_returns(tmp_pat
     with RunningGateway(config) as gateway:
         pid = str(gateway.proc.pid)
         raw, mid, declarant = numbered_declaration(1, tag="efbig")
-        big = raw + (b"x" * 76 + b"\r\n") * 12000  # ~940 KB (1 MiB allowed): beyond the cap in the WAL
+        big = raw + (b"x" * 76 + b"\r\n") * 13000  # ~1,015 KB (1 MiB allowed): beyond the cap in the WAL
         sizes = [p.stat().st_size for p in config.directory.iterdir() if p.is_file()]
         cap = max(sizes) + 64 * 1024
         assert cap < len(big) // 2, sizes
