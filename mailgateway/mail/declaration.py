@@ -22,7 +22,16 @@ from mailgateway.mail.text import fold, is_mobile_sign_off, label_line, labelled
 from mailgateway.statuses import Severity
 
 # FINESS: 9 characters, the first two the département (2A/2B for Corsica), the last a check key.
-_FINESS = re.compile(r"(?<![\w.])((?:\d{2}|2[AaBb])\d{7})(?![\w])")
+# Written in groups too: « 440 012 342 » (a no-break space when pasted from Word or a
+# spreadsheet), « 44.001.234.2 », « 44-0012342 » (an outside tester, an RSSI: read as no FINESS).
+# One kind of separator per number, and never inside a longer run of groups (a phone number
+# « 02 40 08 33 33 », a SIRET): no digit group right before or after. Each optional separator is
+# followed by a digit: one way to match from each start, linear.
+_SEPARATORS = " .-\u00a0\u202f\u2009\u2007"
+_SEP = f"[{re.escape(_SEPARATORS)}]"  # escaped: « .- » in a class is a range
+_FINESS = re.compile(
+    rf"(?<![\w.])(?<!\d{_SEP})((?:\d{{2}}|2[AaBb])(?:{_SEP}?\d){{7}})(?!\w)(?!{_SEP}\d)")
+_NOT_DIGIT = str.maketrans("", "", _SEPARATORS)
 _NOREPLY = re.compile(
     r"^(no[-_.]?reply|ne[-_.]?pas[-_.]?repondre|ne[-_.]?pas[-_.]?r[ée]pondre|donotreply|"
     r"do[-_.]not[-_.]reply|nepasrepondre|noreponse|no[-_.]?response|mailer[-_.]?daemon|postmaster|"
@@ -80,10 +89,23 @@ def valid_finess(value: str) -> bool:
 
 
 def find_finess(text: str) -> str | None:
+    found = _all_finess(text, 1)
+    return found[0] if found else None
+
+
+def _all_finess(text: str, most: int = 10) -> list[str]:
+    """The valid FINESS numbers of ``text``, in order, as 9 characters (separators dropped)."""
+    found: list[str] = []
     for match in _FINESS.finditer(text[:100_000]):
-        if valid_finess(match.group(1)):
-            return match.group(1).upper()
-    return None
+        written = match.group(1)
+        if len({c for c in written if c in _SEPARATORS}) > 1:
+            continue  # « 12 345-678.9 »: no one writes a number so
+        number = written.translate(_NOT_DIGIT).upper()
+        if valid_finess(number):
+            found.append(number)
+            if len(found) >= most:
+                break
+    return found
 
 
 def is_noreply(address: str | None) -> bool:
@@ -394,7 +416,7 @@ def forwarded_author_address(forwarded_from: str | None) -> str | None:
 
 
 def _finess_numbers(
-    fields: dict[str, str], text: str, ctx: AnalysisContext
+    fields: dict[str, str], text: str, ctx: AnalysisContext, subject: str = ""
 ) -> tuple[str | None, str | None, tuple[str, ...]]:
     """(FINESS ET, FINESS EJ, other numbers) of a declaration.
 
@@ -404,11 +426,13 @@ def _finess_numbers(
     """
     def labelled(key: str) -> str | None:
         value = fields.get(key)
-        return find_finess(value.replace(" ", "")) if value else None
+        return (find_finess(value) or find_finess(_joined(value))) if value else None
 
     et, ej, generic = labelled("finess_et"), labelled("finess_ej"), labelled("finess")
     seen: list[str] = []
-    for number in (et, generic, *_all_finess(text)):
+    # The subject last (« Incident SSI - FINESS 440012342 » with nothing in the text: an outside
+    # tester, an RSSI).
+    for number in (et, generic, *_all_finess(text), *_all_finess(subject)):
         if number and number not in seen and len(seen) < 10:
             seen.append(number)
     chosen = et
@@ -422,14 +446,10 @@ def _finess_numbers(
     return chosen, (ej if ej != chosen else None), others
 
 
-def _all_finess(text: str) -> list[str]:
-    found: list[str] = []
-    for match in _FINESS.finditer(text[:100_000]):
-        if valid_finess(match.group(1)):
-            found.append(match.group(1).upper())
-            if len(found) >= 10:
-                break
-    return found
+def _joined(value: str) -> str:
+    """A labelled FINESS value with its separators dropped: the label says what the digits are
+    (« N° FINESS : 44 001 234-2 »)."""
+    return value.translate(_NOT_DIGIT)
 
 
 def _known(ctx: AnalysisContext, finess: str) -> bool:
@@ -503,7 +523,7 @@ def extract_declaration(
     found = labelled_fields(text, labels)
     fields = found.values
     labelled = found.count >= MIN_LABELS
-    finess, finess_ej, finess_others = _finess_numbers(fields, text, ctx)
+    finess, finess_ej, finess_others = _finess_numbers(fields, text, ctx, subject)
     info = None
     if finess:
         try:
@@ -610,7 +630,7 @@ def looks_like_declaration(text: str, subject: str, labels: Labels) -> tuple[boo
     # A short hand-made form: a valid FINESS and one incident field (« N° FINESS : … / Gravité :
     # grave » under « Nous vous signalons un incident : »).
     numbers = [found.values.get(k, "") for k in ("finess", "finess_et", "finess_ej")]
-    if _INCIDENT_FIELDS & found.values.keys() and any(find_finess(n.replace(" ", "")) for n in numbers if n):
+    if _INCIDENT_FIELDS & found.values.keys() and any(find_finess(n) or find_finess(_joined(n)) for n in numbers if n):
         return True, "labelled"
     probe = subject + "\n" + text[:20_000]
     if labels.declaration_keywords.first(probe):

@@ -7,7 +7,7 @@ import pytest
 from mailgateway.mail.analyse import analyse
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.dates import parse_french_datetime
-from mailgateway.mail.declaration import valid_finess
+from mailgateway.mail.declaration import find_finess, valid_finess
 from tests.support.messages import make_declaration, make_message
 from tests.support.schema import assert_valid_facts
 
@@ -72,6 +72,38 @@ def test_labelled_severity_and_non_malicious_nature(ctx: AnalysisContext) -> Non
 def test_invalid_finess_key_is_rejected(ctx: AnalysisContext) -> None:
     d = analyse(make_declaration(finess="690781811"), ctx).declaration
     assert d is not None and d.finess is None
+
+
+@pytest.mark.parametrize(("written", "expected"), [
+    ("notre n° finess est le 690781810.", "690781810"),
+    ("FINESS 690 781 810 (site principal)", "690781810"),
+    ("FINESS : 69.078.181.0", "690781810"),
+    ("FINESS : 69-0781810", "690781810"),
+    ("N°\u00a0FINESS\u00a0: 690\u00a0781\u00a0810", "690781810"),  # pasted from Word
+    ("FINESS 690\u202f781\u202f810", "690781810"),
+    # Never a piece of a longer run of digit groups, nor a number written with mixed separators.
+    ("Tél. 06 90 78 18 10", None),
+    ("+33 6 90 78 18 10", None),
+    ("SIRET 690 781 810 00012", None),
+    ("ref 1 690 781 810", None),
+    ("12 69-078.1810", None),
+    ("IP 10.69.078.181.0", None),
+    ("690781811", None),  # the key does not match
+])
+def test_a_finess_is_read_however_its_groups_are_separated(written: str, expected: str | None) -> None:
+    """An outside tester (an RSSI): « 44.001.234.2 », « 44-0012342 », « 440 012 342 » with
+    no-break spaces gave no FINESS, no category, « Structure : non identifiée »."""
+    assert find_finess(written) == expected
+
+
+def test_a_finess_in_the_subject_alone_is_the_structures(ctx: AnalysisContext) -> None:
+    raw = make_message(subject="Incident SSI - FINESS 690 000 880",
+                       body="Bonjour,\n\nNous subissons une attaque par rançongiciel depuis ce matin, "
+                            "les serveurs sont chiffrés.\n\nCordialement,\nLe RSSI\n",
+                       sender="rssi@labo.test")
+    facts = analyse(raw, ctx)
+    assert facts.declaration is not None and facts.declaration.finess == "690000880", facts.kind
+    assert facts.declaration.category == "LBM"
 
 
 def test_establishment_lookup_fills_category_from_finess_code(ctx: AnalysisContext) -> None:
