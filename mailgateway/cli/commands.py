@@ -142,7 +142,7 @@ def _parse_context(settings: Settings) -> tuple[Any, Any]:
     """Analysis context for ``parse``: database lookups when the database exists, read-only."""
     from mailgateway.mail.auth import build_authenticator
     from mailgateway.mail.context import build_context
-    from mailgateway.processing.runner import establishment_lookup_for, thread_lookup_for
+    from mailgateway.processing.runner import establishment_lookup_for, thread_lookup_for, thread_subjects_for
     from mailgateway.store.engine import current_revision, make_engine, make_sessionmaker
 
     # parse has no side effects: no DNS query leaves the machine unless nameservers are configured.
@@ -158,7 +158,8 @@ def _parse_context(settings: Settings) -> tuple[Any, Any]:
     except Exception:
         return build_context(settings), auth
     ctx = build_context(settings, thread_lookup=thread_lookup_for(session),
-                        establishment_lookup=establishment_lookup_for(session))
+                        establishment_lookup=establishment_lookup_for(session),
+                        thread_subjects=thread_subjects_for(session))
     return ctx, auth
 
 

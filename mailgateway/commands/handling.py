@@ -40,6 +40,7 @@ from mailgateway.dispatch.wording import nombre
 from mailgateway.mail.analyse import FORWARDED_RELAY, UNRECOGNISED, coverage_reason, other_case_reason
 from mailgateway.mail.commands import (
     HINT_UNKNOWN,
+    REASON_INHERITED_SUBJECT,
     REASON_ONE_PER_LINE,
     REASON_UNKNOWN,
     WHOLE_TEXT,
@@ -268,7 +269,7 @@ def _run(ctx: Ctx, cmd: Command) -> dict[str, Any]:
                               "digest": False, "pending": False, "preview": None,
                               # The whole text the command carries, quoted in full by the receipt.
                               "text": cmd.args[0] if cmd.name in WHOLE_TEXT and cmd.args else None}
-    if cmd.reason == REASON_ONE_PER_LINE:
+    if cmd.reason in (REASON_ONE_PER_LINE, REASON_INHERITED_SUBJECT):
         result["message"] = cmd.reason
         return result
     spec = None if cmd.reason == REASON_UNKNOWN else COMMANDS.get(cmd.name)

@@ -48,13 +48,21 @@ One view of a message (docs/guarantees.md, RFC 6376 §8.15). Before anything els
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from mailgateway.mail.alert import domain_in, extract_alert, looks_like_alert, quotes_our_mail
 from mailgateway.mail.autoreply import auto_reply_reason, loop_reason
 from mailgateway.mail.bounce import detect_bounce, verp_token
-from mailgateway.mail.commands import REASON_UNKNOWN, authorise, is_staff, parse_command_line, parse_commands
+from mailgateway.mail.commands import (
+    REASON_INHERITED_SUBJECT,
+    REASON_UNKNOWN,
+    authorise,
+    is_staff,
+    parse_command_line,
+    parse_commands,
+)
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.courtesy import is_courtesy
 from mailgateway.mail.declaration import (
@@ -69,9 +77,16 @@ from mailgateway.mail.headers import message_ids
 from mailgateway.mail.indicators import contact_line_phones, extract_indicators, phone_e164, signature_phones
 from mailgateway.mail.indicators_in import with_attached
 from mailgateway.mail.labels import Labels, load_labels
-from mailgateway.mail.parse import MAX_TEXT_CHARS, ParsedMessage, inner_text, message_problem, parse_message
+from mailgateway.mail.parse import (
+    MAX_TEXT_CHARS,
+    ParsedMessage,
+    inner_text,
+    message_problem,
+    parse_message,
+    text_digest,
+)
 from mailgateway.mail.receipt import read_receipt
-from mailgateway.mail.refs import CASE_REF, find_ref, strip_prefixes, thread_case
+from mailgateway.mail.refs import CASE_REF, find_ref, is_forward, strip_prefixes, thread_case
 from mailgateway.mail.text import fold, forwarded_from, header_block_end, new_text, split_forwarded
 from mailgateway.wire import canonical
 
@@ -328,7 +343,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         # is read as one too: « Merci, bonne journée » reopened a closed case (outside tester).
         _read_reply(pm, fresh, ctx, labels, reply_to, extra)
     # 4. reply / command
-    commands = _commands(subject, fresh, labels)
+    commands = _commands(subject, fresh, labels, _inherited_from(subject, all_ids, ctx, labels))
     if extra.get("courtesy") and commands and all(c.name == "lu" for c in commands) and not is_staff(
             sender.address, ctx.staff):
         # « #lu » is a courtesy (docs/understanding.md), never a command of an establishment's: as a
@@ -336,7 +351,15 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         commands = []
     bare_subject = strip_prefixes(subject)
     is_bulletin = fold(bare_subject).startswith("#bulletin") and "Subject" not in uncovered
-    subject_query = bare_subject.startswith("#") and bool(commands) and commands[0].line == bare_subject.strip()
+    subject_query = (bare_subject.startswith("#") and bool(commands) and commands[0].line == bare_subject.strip()
+                     and commands[0].reason != REASON_INHERITED_SUBJECT)
+    if (subject_query and not case_ref and not is_staff(sender.address, ctx.staff)
+            and looks_like_declaration(text, subject, labels)[0]):
+        # « #URGENT Déclaration d'incident : … », « #aide rançongiciel en cours »: a hospital's
+        # signed declaration was read as a command of theirs, refused, and nobody saw it (an
+        # outside attacker). Commands are staff's: from anyone else this is the mail's subject.
+        subject_query = False
+        commands = commands[1:]
     source: _Source | None = None
     if commands and not (case_ref or subject_query or ours) and is_staff(sender.address, ctx.staff):
         # An agent forwarding an establishment's declaration with commands in the cover note
@@ -429,6 +452,9 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             extra["transmis_par"] = (sender.address or "").lower()
             if source.message_id:  # the establishment's own mail may have reached us already
                 extra["forwarded_message_id"] = source.message_id
+                # What it says, to check against what reached us under that Message-ID: a forged
+                # copy under the genuine one's Message-ID joined the genuine case (outside attacker).
+                extra["forwarded_text_digest"] = text_digest(decl_text)
         excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
         phones = _declarant_phones(decl_text, labels) + _own_numbers(decl_text)
         if source.outer is not None:
@@ -524,22 +550,54 @@ def _from_acss(sender: SenderVerdict, ctx: AnalysisContext) -> bool:
     return domain_in(sender.auth_domain or sender.domain, ctx.acss_domains)
 
 
-def _commands(subject: str, fresh: str, labels: Labels) -> list[Command]:
+def _commands(subject: str, fresh: str, labels: Labels, inherited: Callable[[Command], bool]) -> list[Command]:
     """The subject's command, then the body's. A command that begins the subject ends at the case
     tag that follows it (« RE: #qualifier significatif [SSI-…] Nouvelle déclaration… »: found by an
     outside tester, the tag and our subject were read as the severity). Nothing after the start of
     the subject is read: our own subjects carry a declarant's words (a structure named « CHU
-    #clore » made every staff reply close the case: found by an outside tester)."""
+    #clore » made every staff reply close the case: found by an outside tester). A subject command
+    the writer did not write (``inherited``) is refused, with its reason."""
     found: list[Command] = []
-    bare = strip_prefixes(subject)
-    if bare.startswith("#"):
-        # The bracketed tag only: « #statut SSI-… » names its case as its argument.
-        tag = next((m.start() - 1 for m in CASE_REF.finditer(bare) if bare[m.start() - 1 : m.start()] == "["), None)
-        cmd = parse_command_line(bare[:tag].rstrip() if tag is not None else bare, labels)
-        if cmd is not None:
-            found.append(cmd)
+    cmd = _subject_command(subject, labels)
+    if cmd is not None:
+        found.append(replace(cmd, accepted=False, reason=REASON_INHERITED_SUBJECT) if inherited(cmd) else cmd)
     found.extend(parse_commands(fresh, labels))
     return found
+
+
+def _subject_command(subject: str, labels: Labels) -> Command | None:
+    bare = strip_prefixes(subject)
+    if not bare.startswith("#"):
+        return None
+    # The bracketed tag only: « #statut SSI-… » names its case as its argument.
+    tag = next((m.start() - 1 for m in CASE_REF.finditer(bare) if bare[m.start() - 1 : m.start()] == "["), None)
+    return parse_command_line(bare[:tag].rstrip() if tag is not None else bare, labels)
+
+
+def _inherited_from(subject: str, ids: Sequence[str], ctx: AnalysisContext,
+                    labels: Labels) -> Callable[[Command], bool]:
+    """Whether a command that begins ``subject`` came with the message it answers or forwards,
+    not from its writer. An outsider's mail filed on a case, Subject « #clore incident résolu
+    [SSI-…] »: an agent's plain « RE: » to it — or a « TR: » to a colleague, Cc the SSI address —
+    closed the case, mailed the establishment the outsider's words, moved it to another region
+    (an outside attacker). A forward's Subject is the forwarded message's; a reply's is the one
+    it answers when that one (received here) began with the same command."""
+    def inherited(cmd: Command) -> bool:
+        if is_forward(subject):
+            return True
+        if not ids:
+            return False
+        try:
+            answered = ctx.thread_subjects(list(ids))
+        except Exception:
+            return False
+        for other in answered:
+            earlier = _subject_command(other, labels)
+            if earlier is not None and (earlier.name, earlier.args) == (cmd.name, cmd.args):
+                return True
+        return False
+
+    return inherited
 
 
 def _participants(pm: ParsedMessage, ctx: AnalysisContext, reply_to: str | None) -> list[str]:

@@ -28,6 +28,11 @@ REASON_NOT_STAFF = "l'expéditeur ne fait pas partie des agents SSI de la régio
 REASON_NO_REGION = "message adressé à aucune boîte SSI régionale : aucune commande n'est acceptée"
 REASON_ONE_PER_LINE = ("non exécutée : elle suit une autre commande sur la même ligne ; écrivez une commande "
                        "par ligne")
+REASON_INHERITED_SUBJECT = ("non exécutée : l'objet du message auquel vous répondez, ou que vous transférez, "
+                            "commençait déjà par elle ; écrivez-la dans le texte pour l'appliquer")
+# Refused by analysis one command at a time (not for the whole mail): authorise keeps the reason,
+# the receipt shows it (commands/handling.py).
+PER_COMMAND_REFUSALS = (REASON_UNKNOWN, REASON_ONE_PER_LINE, REASON_INHERITED_SUBJECT)
 
 
 def _args(mode: str, rest: str) -> tuple[str, ...]:
@@ -227,7 +232,7 @@ def authorise(
     regions = staff.get(address)
     out: list[Command] = []
     for cmd in commands:
-        if cmd.reason in (REASON_UNKNOWN, REASON_ONE_PER_LINE):
+        if cmd.reason in PER_COMMAND_REFUSALS:
             out.append(cmd)
             continue
         if not sender.authenticated:

@@ -31,6 +31,10 @@ def _no_establishment(_finess: str) -> EstablishmentInfo | None:
     return None
 
 
+def _no_subjects(_message_ids: Sequence[str]) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True)
 class AnalysisContext:
     # Regional SSI address (lower-case) -> region code.
@@ -48,6 +52,9 @@ class AnalysisContext:
     # Message-IDs (without <>) of a reply's In-Reply-To/References -> case reference, if we sent one.
     thread_lookup: Callable[[Sequence[str]], str | None] = _no_thread
     establishment_lookup: Callable[[str], EstablishmentInfo | None] = _no_establishment
+    # Message-IDs (without <>) -> the Subjects of the mail received under them: a command that
+    # begins a reply's Subject but already began the Subject it answers is not its writer's.
+    thread_subjects: Callable[[Sequence[str]], list[str]] = _no_subjects
     # Site additions to the label tables (settings.labels).
     extra_field_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     extra_incident_types: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -69,6 +76,7 @@ def build_context(
     settings: Settings,
     thread_lookup: Callable[[Sequence[str]], str | None] = _no_thread,
     establishment_lookup: Callable[[str], EstablishmentInfo | None] = _no_establishment,
+    thread_subjects: Callable[[Sequence[str]], list[str]] = _no_subjects,
 ) -> AnalysisContext:
     """The analysis context of a configuration (lookups injected by the caller)."""
     domain = settings.bounce_domain.lower()
@@ -92,6 +100,7 @@ def build_context(
         acss_domains=tuple(d.lower() for d in settings.authentication.acss_domains),
         thread_lookup=thread_lookup,
         establishment_lookup=establishment_lookup,
+        thread_subjects=thread_subjects,
         extra_field_labels=dict(labels.fields),
         extra_incident_types=dict(labels.incident_types),
         extra_categories=dict(labels.categories),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import email
 import email.parser
 import email.policy
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
@@ -298,6 +299,12 @@ def _signed_off(text: str, signature: tuple[str, ...]) -> str:
 def _separator(line: str) -> bool:
     """The signature separator line (RFC 3676 §4.3), as mail/text.py's ``_SIGNATURE`` reads it."""
     return line in ("--", "-- ")
+
+
+def text_digest(text: str) -> str:
+    """A message's text, whitespace runs folded (a forwarding client may re-wrap or re-encode it),
+    hashed: whether a forwarded copy says what the message received earlier said."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

@@ -37,6 +37,19 @@ def strip_prefixes(subject: str) -> str:
     return _PREFIX.sub("", subject).strip()
 
 
+# Forward prefixes among those (French « TR: », English « Fw: »/« Fwd: », German « WG: »).
+_FORWARD_WORDS = frozenset({"tr", "fw", "fwd", "wg"})
+
+
+def is_forward(subject: str) -> bool:
+    """Whether the Subject's prefixes say it forwards a message (« RE: TR: … », « Fwd: … »)."""
+    match = _PREFIX.match(subject)
+    if match is None:
+        return False
+    words = (w.split("[")[0].strip().lower() for w in match.group(0).split(":"))
+    return any(w in _FORWARD_WORDS for w in words)
+
+
 def thread_case(
     reply_ids: Sequence[str],
     subject: str,

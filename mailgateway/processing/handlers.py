@@ -38,6 +38,7 @@ from mailgateway.mail.declaration import extract_declaration, says_portal
 from mailgateway.mail.facts import Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import decode_header_value
 from mailgateway.mail.labels import load_labels
+from mailgateway.mail.parse import parse_message, text_digest
 from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, agency_domains, notify_staff
 from mailgateway.processing.quarantine import released_by_staff
@@ -45,7 +46,7 @@ from mailgateway.processing.routing import resolve_region
 from mailgateway.processing.worker import context_for
 from mailgateway.statuses import CaseStatus
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage, ReplayKey
-from mailgateway.wire import header_block
+from mailgateway.wire import canonical, header_block
 
 # An enumeration code (RANCONGICIEL, ETABLISSEMENT_SANTE): what the label tables map mail text to.
 _ENUM_CODE = re.compile(r"[A-Z][A-Z0-9_+]{0,47}")
@@ -299,6 +300,7 @@ def _received_before(session: Session, facts: MessageFacts, region: str) -> Case
     into their case, and an agent's ``#repondre`` went to them (an outside attacker); a merged case
     sent it to the other declarant."""
     mid = facts.extra.get("forwarded_message_id")
+    digest = facts.extra.get("forwarded_text_digest")
     declarant = (facts.declaration.declarant or "").strip().lower() if facts.declaration else ""
     if not facts.extra.get("transmis_par") or not isinstance(mid, str) or not mid or not declarant:
         return None
@@ -307,7 +309,21 @@ def _received_before(session: Session, facts: MessageFacts, region: str) -> Case
         found = session.scalars(select(c).where(
             c.origin_message_id == mid, c.region == region, c.declarant == declarant,
             c.merged_into_id.is_(None)).order_by(c.id).limit(5)).all()
-    return next((case for case in found if (case.fields or {}).get("declarant_authentifie")), None)
+        return next((case for case in found if (case.fields or {}).get("declarant_authentifie")
+                     and _says_what_opened(session, case, digest)), None)
+
+
+def _says_what_opened(session: Session, case: Case, digest: object) -> bool:
+    """Whether the forwarded copy's text is the text of the mail that opened ``case``. Message-ID
+    and From prove nothing: an unsigned copy of the genuine declaration, its Message-ID and From
+    kept and its words changed (« fausse alerte, écrivez à … »), forwarded by an agent, joined the
+    genuine case and was said « déjà reçue directement » (an outside attacker). A copy that
+    differs is processed as the new declaration it is (and flagged as a possible duplicate)."""
+    if not isinstance(digest, str):
+        return False
+    raw = session.scalar(select(InboundMessage.raw).where(InboundMessage.case_id == case.id)
+                         .order_by(InboundMessage.id).limit(1))
+    return raw is not None and text_digest(parse_message(canonical(raw)).text()) == digest
 
 
 def _replayed_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,

@@ -75,13 +75,14 @@ from mailgateway.processing.worker import (
     context_for,
     establishment_lookup_for,
     thread_lookup_for,
+    thread_subjects_for,
 )
 from mailgateway.settings import Settings
 from mailgateway.store import fast
 from mailgateway.store.engine import reading, transaction, write_gate
 from mailgateway.store.models import InboundMessage
 
-__all__ = ["Processor", "Result", "describe", "establishment_lookup_for", "thread_lookup_for"]
+__all__ = ["Processor", "Result", "describe", "establishment_lookup_for", "thread_lookup_for", "thread_subjects_for"]
 
 log = logging.getLogger("mailgateway.processing")
 

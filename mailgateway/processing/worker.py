@@ -50,6 +50,7 @@ from mailgateway.mail.analyse import analyse
 from mailgateway.mail.auth import Authenticator, arrived_via_trusted_path, build_authenticator
 from mailgateway.mail.context import AnalysisContext, EstablishmentInfo, build_context
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
+from mailgateway.mail.parse import parse_message
 from mailgateway.processes import ANALYSIS_NAME, die_with_parent, name_process
 from mailgateway.processing.routing import resolve_region
 from mailgateway.settings import Settings
@@ -127,6 +128,22 @@ def thread_lookup_for(session: Session) -> Callable[[Sequence[str]], str | None]
     return lookup
 
 
+def thread_subjects_for(session: Session) -> Callable[[Sequence[str]], list[str]]:
+    """Message-IDs -> the Subjects of the mail received under them (at most 10 messages): asked
+    only for a reply whose Subject begins with a command (mail/analyse.py ``_inherited``)."""
+
+    def lookup(message_ids: Sequence[str]) -> list[str]:
+        ids = [m for m in (_strip(x) for x in message_ids) if m][:50]
+        if not ids:
+            return []
+        bracketed = [f"<{m}>" for m in ids]
+        raws = session.scalars(select(InboundMessage.raw).where(
+            or_(InboundMessage.message_id.in_(bracketed), InboundMessage.message_id.in_(ids))).limit(10))
+        return [parse_message(raw).header("Subject")[:1000] for raw in raws if raw]
+
+    return lookup
+
+
 def establishment_lookup_for(session: Session) -> Callable[[str], EstablishmentInfo | None]:
     memo: dict[str, EstablishmentInfo | None] = {}  # an unknown number is asked twice per analysis
 
@@ -157,7 +174,8 @@ def _stored_statement() -> Select[bytes, str, str | None, str | None, list[Any]]
 
 def context_for(settings: Settings, session: Session) -> AnalysisContext:
     return build_context(settings, thread_lookup=thread_lookup_for(session),
-                         establishment_lookup=establishment_lookup_for(session))
+                         establishment_lookup=establishment_lookup_for(session),
+                         thread_subjects=thread_subjects_for(session))
 
 
 def verify_sender(settings: Settings, authenticator: Authenticator, raw: bytes, source: str,

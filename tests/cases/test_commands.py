@@ -242,3 +242,58 @@ def test_a_question_to_the_declarant_of_a_closed_case_is_refused(gw: Gateway) ->
     assert not gw.outbound("demande_info") and gw.outbound("reponse")
     receipt = gw.receipt_text()
     assert "dossier clos : une demande d'informations n'a plus d'objet" in receipt and "#rouvrir" in receipt
+
+
+def _outsiders_mail_on(gw: Gateway, ref: str, subject: str) -> str:
+    """An outsider's unsigned mail threaded under the declaration (filed on its case): its
+    Message-ID, what an agent's reply to it names."""
+    mid = "<outsider-1@evil.test>"
+    result = gw.feed(casemail.message(sender="x@evil.test", to="ssi-ara@ars.test", subject=subject,
+                                      body="Bonjour, incident résolu de notre côté.\n",
+                                      in_reply_to="<decl-1@chu.test>", message_id=mid))
+    assert result.case_ref == ref, result
+    return mid
+
+
+def test_a_command_beginning_the_subject_an_agent_answers_is_not_the_agents(gw: Gateway) -> None:
+    """An outside attacker: a mail filed on a hospital's case, Subject « #clore incident résolu
+    [REF] »; an agent's plain « RE: » to it (« Bien noté ») closed the case and mailed the hospital
+    the outsider's motif. The agent did not write that command: refused, and the receipt says why."""
+    ref = gw.declare()
+    subject = f"#clore incident résolu [{ref}]"
+    mid = _outsiders_mail_on(gw, ref, subject)
+    gw.feed(casemail.staff_mail("Bien noté, je regarde.\n#note vu\n", in_reply_to=mid, subject=f"RE: {subject}"))
+    assert gw.case(ref).status != "CLOS"
+    assert not gw.outbound("cloture_declarant")
+    text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+    assert "#clore incident résolu — non exécutée : l'objet du message auquel vous répondez" in text, text
+    assert "[appliquée] #note vu" in text, text
+    # The agent's own subject command, in a reply to a message that had none, still runs.
+    gw.command(ref, "Merci.\n", subject=f"RE: #qualifier grave [{ref}] Nouvelle déclaration")
+    assert gw.case(ref).severity == "GRAVE"
+
+
+def test_a_command_beginning_a_forwards_subject_is_the_forwarded_messages(gw: Gateway) -> None:
+    """An outside attacker: an agent's « TR: » of that mail to a colleague, the SSI address in
+    copy, « Pour info », moved the case to another region and told the hospital."""
+    ref = gw.declare()
+    gw.feed(casemail.staff_mail("Pour info.\n", subject=f"TR: #transferer PDL [{ref}]",
+                                in_reply_to=gw.notification(ref, "agent@ars.test").message_id))
+    assert gw.case(ref).region == "ARA"
+    text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+    assert "non exécutée : l'objet du message auquel vous répondez, ou que vous transférez" in text, text
+
+
+def test_a_declaration_whose_subject_begins_with_a_hash_is_a_declaration(gw: Gateway) -> None:
+    """An outside attacker: a hospital's signed declarations « #URGENT Déclaration d'incident »,
+    « #aide rançongiciel en cours » were read as the hospital's commands, refused, and nobody was
+    told: no case, no acknowledgement, no notification."""
+    body = ("Bonjour,\n\nNuméro FINESS : 690781810\nNom de la structure : Centre hospitalier\n"
+            "Type d'incident : rançongiciel\nGravité : grave\nServeurs chiffrés depuis ce matin.\n")
+    for n, subject in enumerate(("#URGENT Déclaration d'incident : rançongiciel", "#aide rançongiciel en cours")):
+        raw = casemail.sign(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=subject,
+                                             body=body, message_id=f"<hash-{n}@chu.test>"),
+                            casemail.establishment_key())
+        result = gw.feed(raw)
+        assert result.status == "processed" and result.case_ref, result
+    assert len(gw.outbound("notification_equipe", "agent@ars.test")) >= 2

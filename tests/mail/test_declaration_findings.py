@@ -552,3 +552,23 @@ def test_a_message_id_alone_never_makes_a_genuine_declaration_join_another_case(
     assert forwarded.case_ref and forwarded.case_ref != squatter.case_ref, forwarded
     assert gw.case(forwarded.case_ref).declarant == "dsi@chu.test"
     assert "x@evil.test" not in {r.recipient for r in gw.outbound("reponse")}
+
+
+def test_a_forged_copy_forwarded_by_an_agent_never_joins_the_genuine_case(gw: Gateway) -> None:
+    # An outside attacker: an unsigned copy of the genuine declaration, its Message-ID and From
+    # kept and its words changed, forwarded by an agent as an attachment with « #clore … »: it
+    # joined the genuine case, the receipt said « déjà reçue directement », the case was closed
+    # and the hospital told.
+    genuine = casemail.sign(casemail.declaration(53), casemail.establishment_key())
+    first = gw.feed(genuine)
+    assert first.case_ref
+    forged = casemail.declaration(53).replace(b"incident num\xc3\xa9ro 53", b"fausse alerte, \xc3\xa9crivez \xc3\xa0 "
+                                              b"support@evil.test")
+    forwarded = gw.feed(_forward_as_attachment(forged, "#clore fausse alerte selon le CHU\n"))
+    assert forwarded.case_ref != first.case_ref, forwarded
+    assert gw.case(first.case_ref).status != "CLOS"
+    assert "avait déjà été reçue directement" not in gw.receipt_text()
+    # The genuine one, forwarded, still joins its case (the same words, re-wrapped by the client).
+    rewrapped = genuine.replace(b"Serveurs chiffr\xc3\xa9s depuis ce matin,", b"Serveurs chiffr\xc3\xa9s depuis\r\nce  matin,")
+    again = gw.feed(_forward_as_attachment(rewrapped, "Reçu dans ma boîte.\n"))
+    assert again.case_ref == first.case_ref, again
