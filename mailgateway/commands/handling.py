@@ -52,7 +52,15 @@ from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.labels import load_labels
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome, agency_domains, notify_staff
-from mailgateway.store.models import Case, Confirmation, Contact, InboundMessage, ReplayKey, StaffMember
+from mailgateway.store.models import (
+    Case,
+    Confirmation,
+    Contact,
+    InboundMessage,
+    OutboundMessage,
+    ReplayKey,
+    StaffMember,
+)
 
 __all__ = ["handle_command", "handle_reply", "status_refusal"]
 
@@ -156,6 +164,7 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     ran: set[tuple[str, tuple[str, ...]]] = set()
     answered = _answered_case(session, facts, case) if opened is None else None
     followed = _followed(answered, case)
+    writer = _answered_writer(session, facts, case) if opened is None else None
     for cmd in facts.commands:
         # The same command in the Subject and in the body (Outlook users write both) runs once:
         # the second is reported as a duplicate, not as a refusal of the first's work.
@@ -164,7 +173,8 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
             results.append(_duplicate(cmd))
             continue
         ran.add(key)
-        other_declarant = _other_declarant(followed, answered, case, cmd)
+        other_declarant = (_other_declarant(followed, answered, case, cmd)
+                           or _other_writer(writer, case, cmd))
         results.append(other_declarant if other_declarant is not None else _run(ctx, cmd))
     results.extend(_under_signature(facts))
     # A case this mail closed or merged: its declarant is told ([cases] notify_declarant_on_close).
@@ -240,6 +250,42 @@ def _other_declarant(followed: dict[str, str] | None, answered: Case | None, cas
                         f"dont le déclarant est {case.declarant or 'inconnu'}, pas {answered.declarant} ; "
                         f"écrivez à {answered.declarant} directement, ou répondez depuis la notification de "
                         f"{case.reference} pour écrire à son déclarant")}
+
+
+def _answered_writer(session: Session, facts: MessageFacts, case: Case | None) -> str | None:
+    """Who wrote the reply a staff mail answers, when the mail answers our « Réponse reçue »
+    notification of it (the notification's key names the reply): its sender's address, else None."""
+    if case is None or not facts.in_reply_to:
+        return None
+    bare = [b for b in (mid.strip().strip("<>").strip() for mid in facts.in_reply_to[:10]) if b]
+    ids = [*bare, *(f"<{b}>" for b in bare)]
+    key = session.scalar(select(OutboundMessage.idempotency_key).where(
+        OutboundMessage.message_id.in_(ids), OutboundMessage.kind == "notification_reponse",
+        OutboundMessage.case_id == case.id).limit(1))
+    number = (key or "").split(":")[1] if (key or "").count(":") >= 1 else ""
+    if not number.isdigit():
+        return None
+    auth = session.scalar(select(InboundMessage.auth).where(InboundMessage.id == int(number)))
+    address = (auth or {}).get("address") if isinstance(auth, dict) else None
+    return address.strip().lower() if isinstance(address, str) and address.strip() else None
+
+
+def _other_writer(writer: str | None, case: Case | None, cmd: Command) -> dict[str, Any] | None:
+    """A refusal for ``#repondre``/``#demander-info`` answering the « Réponse reçue » of a reply
+    whose writer is not the case's declarant: the mail goes to the declarant, not to who the agent
+    answers (an outside tester: a merged case's declarant asked a question, the agent's
+    « #repondre Oui, coupez le VPN du CH d'Angers » went to the other hospital). None when the
+    command may run."""
+    if writer is None or case is None or cmd.name not in ("repondre", "demander-info") or not cmd.accepted:
+        return None
+    if writer == (case.declarant or "").strip().lower():
+        return None
+    return {"name": cmd.name, "line": cmd.line, "applied": False, "digest": False, "pending": False,
+            "preview": None, "text": cmd.args[0] if cmd.args else None,
+            "message": (f"non envoyée : le message auquel vous répondez est de {writer}, pas du déclarant de "
+                        f"{case.reference} ({case.declarant or 'inconnu'}) à qui elle irait ; écrivez à {writer} "
+                        f"directement, ou répondez depuis la notification de {case.reference} pour écrire à "
+                        f"son déclarant")}
 
 
 def _under_signature(facts: MessageFacts) -> list[dict[str, Any]]:

@@ -297,3 +297,29 @@ def test_a_declaration_whose_subject_begins_with_a_hash_is_a_declaration(gw: Gat
         result = gw.feed(raw)
         assert result.status == "processed" and result.case_ref, result
     assert len(gw.outbound("notification_equipe", "agent@ars.test")) >= 2
+
+
+def test_an_answer_to_someone_elses_reply_is_not_mailed_to_the_declarant(gw: Gateway) -> None:
+    """An outside tester (an agent): a merged case's declarant asked a question on the surviving
+    case; the agent's « #repondre Oui, coupez le VPN du CH d'Angers » answered that « Réponse
+    reçue » and went to the other hospital's declarant. Now refused, saying to whom it would have
+    gone; the same answer to the declarant's own reply is sent."""
+    ref = gw.declare()
+
+    def reply_from(sender: str, n: int) -> str:
+        result = gw.feed(casemail.message(sender=sender, to="ssi-ara@ars.test", subject=f"RE: [{ref}] question",
+                                          body="Faut-il couper le VPN ?\n", in_reply_to="<decl-1@chu.test>",
+                                          message_id=f"<question-{n}@chu.test>"))
+        assert result.case_ref == ref, result
+        notice = gw.outbound("notification_reponse", "agent@ars.test")[-1]
+        return notice.message_id
+
+    notice = reply_from("autre@angers.test", 1)
+    before = len(gw.outbound("reponse"))
+    gw.feed(casemail.staff_mail("#repondre Oui, coupez le VPN.\n", in_reply_to=notice, subject=f"RE: [{ref}] question"))
+    assert len(gw.outbound("reponse")) == before
+    text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+    assert "non envoyée : le message auquel vous répondez est de autre@angers.test" in text, text
+    notice = reply_from("dsi@chu.test", 2)
+    gw.feed(casemail.staff_mail("#repondre Oui, coupez le VPN.\n", in_reply_to=notice, subject=f"RE: [{ref}] question"))
+    assert len(gw.outbound("reponse")) == before + 1
