@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from mailgateway.cases import lifecycle
 from mailgateway.cases.reference import next_reference
+from mailgateway.cases.story import label
 from mailgateway.cases.timeline import append_event
 from mailgateway.clock import aware, paris
 from mailgateway.errors import MailgatewayError
@@ -106,7 +107,8 @@ def reopen_target(case: Case) -> str:
 
 def reopen(session: Session, case: Case, *, actor: str, at: datetime, reason: str | None = None) -> str:
     if lifecycle.is_open(case.status):
-        raise CaseError(f"{case.reference} n'est pas clos (statut {case.status})")
+        # The French label, as every message to staff (an outside tester: « statut QUALIFIE »).
+        raise CaseError(f"{case.reference} n'est pas clos (statut « {label(case.status)} »)")
     target = reopen_target(case)
     change_status(session, case, target, actor=actor, at=at, reason=reason or "réouverture")
     return target

@@ -202,7 +202,7 @@ def test_reopen_a_closed_case_with_a_default_reason(s: Session) -> None:
 
 def test_reopen_refuses_an_open_case(s: Session) -> None:
     case = make(s, status="SUIVI")
-    with pytest.raises(CaseError, match=exactly(f"{case.reference} n'est pas clos (statut SUIVI)")):
+    with pytest.raises(CaseError, match=exactly(f"{case.reference} n'est pas clos (statut « en suivi »)")):
         service.reopen(s, case, actor=ACTOR, at=NOW)
     assert events(s, case) == []
 
