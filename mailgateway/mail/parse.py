@@ -30,6 +30,7 @@ import dkim
 from mailgateway.mail.flowed import unflow
 from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_header_addresses
 from mailgateway.mail.htmltext import SIGNATURE_MARKERS, html_to_text
+from mailgateway.mail.text import quote_start
 from mailgateway.wire import MAX_SIGNATURE_FIELDS, MAX_SIGNED_NAMES, header_block, header_block_problem
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
@@ -260,7 +261,13 @@ class ParsedMessage:
             lines = text.split("\n")
             at = next((i for i, line in enumerate(lines) if _separator(line)), None)
             if at is not None:
-                return tuple(" ".join(line.split()) for line in lines[at + 1:] if line.strip())[:3]
+                # The block ends where the quoted message begins (« De : … Envoyé : », a rule of
+                # underscores): a 1- or 2-line signature took the quote's header as its next
+                # lines, which the plain part does not have there (OWA puts a rule before it), so
+                # it was never found and reached a hospital in a closure reason (outside tester).
+                end = quote_start(lines, at + 1)
+                block = [" ".join(line.split()) for line in lines[at + 1:end] if line.strip()]
+                return tuple(line for line in block if not _rule(line))[:3]
         return ()
 
     def convert_html(self) -> None:
@@ -294,6 +301,11 @@ def _signed_off(text: str, signature: tuple[str, ...]) -> str:
         if tuple(words for _i, words in filled[n:n + len(signature)]) == signature:
             return "\n".join([*lines[:i], "-- ", *lines[i:]])
     return text
+
+
+def _rule(line: str) -> bool:
+    """A line drawn between a reply and what it quotes (« ______ », « ------ »)."""
+    return len(line) >= 5 and set(line) <= {"_", "-", "=", "—"}
 
 
 def _separator(line: str) -> bool:

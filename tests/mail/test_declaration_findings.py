@@ -569,6 +569,7 @@ def test_a_forged_copy_forwarded_by_an_agent_never_joins_the_genuine_case(gw: Ga
     assert gw.case(first.case_ref).status != "CLOS"
     assert "avait déjà été reçue directement" not in gw.receipt_text()
     # The genuine one, forwarded, still joins its case (the same words, re-wrapped by the client).
-    rewrapped = genuine.replace(b"Serveurs chiffr\xc3\xa9s depuis ce matin,", b"Serveurs chiffr\xc3\xa9s depuis\r\nce  matin,")
+    rewrapped = genuine.replace(b"Serveurs chiffr\xc3\xa9s depuis ce matin,",
+                                b"Serveurs chiffr\xc3\xa9s depuis\r\nce  matin,")
     again = gw.feed(_forward_as_attachment(rewrapped, "Reçu dans ma boîte.\n"))
     assert again.case_ref == first.case_ref, again

@@ -87,6 +87,20 @@ def test_the_plain_part_of_an_owa_mail_ends_where_its_html_marks_the_signature()
     assert new_text(parse_message(_alternative(plain, html)).text()) == "#clore Fausse alerte confirmée."
 
 
+@pytest.mark.parametrize("signature", [["Pierre Martin – 06 11 22 33 44"],
+                                       ["Pierre Martin", "Mobile : 06 11 22 33 44"]])
+def test_a_short_owa_signature_ends_the_plain_part_too(signature: list[str]) -> None:
+    # An outside tester: a 1- or 2-line signature took the quoted message's « De : … » as its next
+    # lines in the HTML, which the plain part has after a rule: never found, and « Pierre Martin /
+    # Mobile : … » reached the hospital in the closure reason, the ACSS in a comment.
+    plain = ("#clore Incident clos.\n\n" + "\n".join(signature)
+             + "\n________________________________\nDe : ARS <ssi-pdl@ars.test>\nEnvoyé : lundi\nObjet : x\n\nTexte\n")
+    html = ('<div>#clore Incident clos.</div><div><br></div><div id="Signature"><div>' + "<br>".join(signature)
+            + '</div></div><div id="appendonsend"></div><hr><div>De : ARS &lt;ssi-pdl@ars.test&gt;<br>Envoyé : lundi'
+            '<br>Objet : x</div><div>Texte</div>')
+    assert new_text(parse_message(_alternative(plain, html)).text()) == "#clore Incident clos."
+
+
 def test_without_a_marked_signature_the_plain_part_is_read_as_written() -> None:
     plain = "#clore Fausse alerte confirmée.\n\nPierre Martin\n"
     html = "<div>#clore Fausse alerte confirmée.</div><div>Pierre Martin</div>"
