@@ -17,7 +17,7 @@ from mailgateway.mail.dates import parse_detection
 from mailgateway.mail.facts import Declaration
 from mailgateway.mail.headers import parse_addresses
 from mailgateway.mail.indicators import is_closing, without_signatures
-from mailgateway.mail.labels import Labels
+from mailgateway.mail.labels import Labels, Table
 from mailgateway.mail.text import fold, is_mobile_sign_off, label_line, labelled_lines, match_form, quote_start
 from mailgateway.statuses import Severity
 
@@ -249,7 +249,9 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
     if any(key in fields for key in _IMPACT_FIELDS):
         free_text = "\n".join(line for line in free_text.splitlines() if not _is_impact_line(line, labels))
     form = match_form(free_text)
-    for ident in labels.impacts.all(free_text):
+    named = (labels.impacts.kept(_FREE_CLAUSES.split(free_text), _not_denied)
+             if labels.impacts.kept([free_text], _negation_near) else labels.impacts.all(free_text))
+    for ident in named:
         if ident == "SOINS" and re.search(
             r"\b(pas|aucun|sans) (d )?impact (sur|pour) (la prise en charge|les soin|le patient)", form
         ):
@@ -291,11 +293,43 @@ def _is_impact_line(line: str, labels: Labels) -> bool:
 # impact patient »: the negation is about the cause; found by an outside tester).
 _CLAUSES = re.compile(r"[,;:()\[\]/.!?\n]| - | – | (?:mais|but|car|parce qu|puisque|because|sans|avec|donc|vu qu)\b",
                       re.I)
-_NEGATION = frozenset({"non", "pas", "peu", "guere", "nullement", "aucunement", "aucun", "aucune", "sans", "ni",
-                       "rien", "loin", "jamais", "not", "no", "never", "hardly"})
+_NEGATION_WORDS = ("non", "pas", "peu", "guere", "nullement", "aucunement", "aucun", "aucune", "sans", "ni",
+                   "rien", "loin", "jamais", "not", "no", "never", "hardly")
+# As written and in match form, the form clauses are compared in (« sans » is « san » there).
+_NEGATION = frozenset(_NEGATION_WORDS) | frozenset(match_form(w) for w in _NEGATION_WORDS)
 # Free text: no negation before « incident grave » in its clause (« il ne s'agit en aucun cas d'un
 # incident grave », « nous sommes loin d'un incident grave », « rien qui ressemble à un incident grave »).
 _GRAVE_IN_TEXT = re.compile(r"\b(incident|evenement|situation|attaque) (tres? |particulierement )?grave\b")
+
+
+# Clauses of free text, each negation word kept at the start of the clause it opens (« attaque sans
+# rançon »: « sans » denies « rançon »); zero-width before the words, so the split removes none.
+_FREE_CLAUSES = re.compile(
+    r"[,;:()\[\]/.!?\n]| - | – |(?= (?:mais|but|car|parce qu|puisque|because|sans|avec|donc|vu qu)\b)", re.I)
+
+
+def _not_denied(form: str, start: int) -> bool:
+    """No negation word before ``start`` in the clause ``form``."""
+    return _NEGATION.isdisjoint(form[:start].split())
+
+
+def _affirmed_first(table: Table, text: str) -> str | None:
+    """The first id (table order) that ``text`` names in a clause that does not deny it before
+    naming it: « Aucune exfiltration de données constatée », « ce n'était finalement pas un
+    rançongiciel », « No data exfiltration found » name no incident type (an outside tester, an
+    RSSI: each gave its type, told to the declarant in the acknowledgement). A negation after the
+    word denies nothing (« rançongiciel non revendiqué »)."""
+    if not table.kept([text], _negation_near):
+        # No negation in the words before any name (most texts): the clauses could deny nothing.
+        # Read on the whole text, whose match form is computed (and cached) once for every table.
+        return table.first(text)
+    found = table.kept(_FREE_CLAUSES.split(text), _not_denied)
+    return found[0] if found else None
+
+
+def _negation_near(form: str, start: int) -> bool:
+    """A negation word among the 12 words before ``start`` of ``form`` (whatever the clauses)."""
+    return not _NEGATION.isdisjoint(form[max(0, start - 200):start].split()[-12:])
 
 
 def _affirmed(value: str) -> str:
@@ -550,8 +584,8 @@ def extract_declaration(
     if incident_type is None:
         # The subject is read first, but a generic word there (« Attaque informatique cette nuit »)
         # gives way to the precise type the body names (« serveurs chiffrés… rançon »).
-        in_subject = labels.incident_types.first(subject)
-        in_body = labels.incident_types.first(text[:30_000])
+        in_subject = _affirmed_first(labels.incident_types, subject)
+        in_body = _affirmed_first(labels.incident_types, text[:30_000])
         incident_type = in_subject or in_body
         if in_subject in _GENERIC_TYPES and in_body is not None and in_body not in _GENERIC_TYPES:
             incident_type = in_body

@@ -196,3 +196,27 @@ def test_french_dates(text: str, expected: str) -> None:
 )
 def test_finess_check_key(value: str, ok: bool) -> None:
     assert valid_finess(value) is ok
+
+
+@pytest.mark.parametrize(("body", "incident_type", "impacts"), [
+    ("Aucune exfiltration de données constatée à ce stade.", None, ()),
+    ("No data exfiltration found so far.", None, ()),
+    ("Ce n'était finalement pas un rançongiciel mais une panne de stockage.", "DYSFONCTIONNEMENT_INFRA", ()),
+    # « sans » denies what follows it in its clause (« san » in match form), not the attack before it.
+    ("Nos serveurs ont subi une attaque sans rançongiciel ni chiffrement, aucune fuite de données.",
+     "COMPROMISSION_SI", ()),
+    # A negation after the word denies nothing; another clause of the text still names its type.
+    ("Rançongiciel non revendiqué à ce stade.", "RANCONGICIEL", ()),
+    ("Pas de fuite de données, mais les serveurs sont chiffrés par un rançongiciel.", "RANCONGICIEL", ()),
+])
+def test_what_a_clause_denies_is_not_read_as_the_incident(ctx: AnalysisContext, body: str,
+                                                          incident_type: str | None, impacts: tuple[str, ...]) -> None:
+    """An outside tester (an RSSI): « Aucune exfiltration de données constatée » gave « fuite de
+    données », told to the declarant in the acknowledgement; « ce n'était finalement pas un
+    rançongiciel » gave « rançongiciel »."""
+    raw = make_message(subject="Déclaration d'incident", sender="rssi@labo.test",
+                       body=f"Bonjour,\n\nFINESS 690000880.\n{body}\n\nCordialement,\nLe RSSI\n")
+    d = analyse(raw, ctx).declaration
+    assert d is not None
+    assert d.incident_type == incident_type
+    assert tuple(i for i in d.impacts if i != "FONCTIONNEMENT") == impacts
