@@ -274,6 +274,11 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         extra["threaded_by"] = how
     if uncovered:
         extra["uncovered_headers"] = uncovered
+    if (reply_to and sender.authenticated and "reply-to" not in sender.signed_headers
+            and reply_to.lower() != (sender.address or "").lower()):
+        # A Reply-To added in transit to a signed mail (outside attacker): the notification says
+        # « authentifié par DKIM » and attaches the original, whose Reply-To staff would answer.
+        extra["unsigned_reply_to"] = reply_to
     base = MessageFacts(
         region=region,
         case_ref=case_ref,

@@ -165,6 +165,7 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         "establishment": {"name": est.name, "departement": est.departement} if est else None,
         "declarant": case.declarant,
         "sender": facts.sender.to_json(),
+        "unsigned_reply_to": facts.extra.get("unsigned_reply_to"),
         # Defanged, French type names: a staff notification is read in Outlook, where a URL is a link.
         "indicators": staff_indicators(i.to_json() for i in facts.indicators[:50]),
         "detected_at_fr": detection_fr(facts.declaration.detected_at, facts.declaration.detected_at_as_written,

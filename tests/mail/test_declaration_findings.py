@@ -573,3 +573,26 @@ def test_a_forged_copy_forwarded_by_an_agent_never_joins_the_genuine_case(gw: Ga
                                 b"Serveurs chiffr\xc3\xa9s depuis\r\nce  matin,")
     again = gw.feed(_forward_as_attachment(rewrapped, "Reçu dans ma boîte.\n"))
     assert again.case_ref == first.case_ref, again
+
+
+def test_a_reply_to_added_to_a_signed_declaration_is_pointed_out_to_staff(gw: Gateway) -> None:
+    # An outside attacker: a genuinely signed declaration with a Reply-To added in transit (not
+    # covered by its signature) was notified « authentifié par DKIM », the original attached: an
+    # agent answering that attachment wrote to the attacker. The declarant stays the signer.
+    from tests.support.dkim import dkimpy_sign
+
+    raw = casemail.declaration(54).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    signed = dkimpy_sign(raw, casemail.establishment_key(), headers=("from", "to", "subject", "date")) + raw
+    result = gw.feed(b"Reply-To: support@evil.test\r\n" + signed)
+    assert result.case_ref, result
+    assert gw.case(result.case_ref).declarant == "dsi@chu.test"
+    text = casemail.text_of(gw.notification(result.case_ref, "agent@ars.test").raw)
+    assert "Expéditeur : dsi@chu.test (authentifié par DKIM)" in text, text
+    assert "ATTENTION : l'adresse de réponse (Reply-To) « support@evil" in text, text
+    # Signed with the mail, it is the declarant's own choice: nothing to point out.
+    covered = dkimpy_sign(b"Reply-To: secretariat@chu.test\r\n" + raw.replace(b"decl-54@", b"decl-55@"),
+                          casemail.establishment_key(), headers=("from", "to", "subject", "date", "reply-to"))
+    again = gw.feed(covered + b"Reply-To: secretariat@chu.test\r\n" + raw.replace(b"decl-54@", b"decl-55@"))
+    assert again.case_ref, again
+    assert "ATTENTION : l'adresse de réponse" not in casemail.text_of(
+        gw.notification(again.case_ref, "agent@ars.test").raw)
