@@ -270,6 +270,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
     extra: dict[str, object] = {"parse": pm.degraded} if pm.degraded else {}
     if pm.attachments:
         extra["attachments"] = pm.attachments
+        if pm.attachment_names:  # named to staff: a declaration may be in a PDF alone (outside tester)
+            extra["attachment_names"] = [name[:200] for name in pm.attachment_names]
     if how:
         extra["threaded_by"] = how
     if uncovered:

@@ -147,6 +147,18 @@ def _original(env: Env, session: Session, case: Case, inbound: InboundMessage,
     return ([Attachment(raw, "message-original.eml")] if attached else []), context
 
 
+def _file_names(facts: MessageFacts) -> dict[str, Any] | None:
+    """The names of the original's files and how many it has: an RSSI's declaration may be a PDF
+    or a .docx form alone, and the notification said only « Le message d'origine est joint », every
+    field « non précisé » (an outside tester)."""
+    count = facts.extra.get("attachments")
+    names = facts.extra.get("attachment_names")
+    if not isinstance(count, int) or count <= 0:
+        return None
+    shown = [str(n) for n in names][:10] if isinstance(names, list) else []
+    return {"total": count, "names": shown}
+
+
 def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage, facts: MessageFacts,
                  template: str = "staff_notification", kind: str = "notification_equipe",
                  extra: dict[str, Any] | None = None, capped: bool = True) -> int:
@@ -166,6 +178,7 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         "declarant": case.declarant,
         "sender": facts.sender.to_json(),
         "unsigned_reply_to": facts.extra.get("unsigned_reply_to"),
+        "original_file_names": _file_names(facts),
         # Defanged, French type names: a staff notification is read in Outlook, where a URL is a link.
         "indicators": staff_indicators(i.to_json() for i in facts.indicators[:50]),
         "detected_at_fr": detection_fr(facts.declaration.detected_at, facts.declaration.detected_at_as_written,

@@ -596,3 +596,21 @@ def test_a_reply_to_added_to_a_signed_declaration_is_pointed_out_to_staff(gw: Ga
     assert again.case_ref, again
     assert "ATTENTION : l'adresse de réponse" not in casemail.text_of(
         gw.notification(again.case_ref, "agent@ars.test").raw)
+
+
+def test_the_notification_names_the_files_of_the_original(gw: Gateway) -> None:
+    # An outside tester (an RSSI): a declaration made of a PDF alone was notified with every field
+    # « non précisé » and « Le message d'origine est joint », no word of the file that holds it.
+    outer = EmailMessage()
+    outer["From"] = "dsi@chu.test"
+    outer["To"] = "ssi-ara@ars.test"
+    outer["Subject"] = "Déclaration d'incident de sécurité"
+    outer["Date"] = casemail.DATE
+    outer["Message-ID"] = "<pdf-56@chu.test>"
+    outer.set_content("Bonjour,\n\nVeuillez trouver ci-joint notre déclaration d'incident.\n\nCordialement,\n")
+    outer.add_attachment(b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n", maintype="application", subtype="pdf",
+                         filename="Declaration_incident_SSI.pdf")
+    result = gw.feed(outer.as_bytes(policy=SMTP))
+    assert result.case_ref, result
+    text = casemail.text_of(gw.notification(result.case_ref, "agent@ars.test").raw)
+    assert "Le message d'origine est joint. Il contient 1 pièce jointe : « Declaration_incident_SSI.pdf »." in text, text
