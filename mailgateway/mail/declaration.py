@@ -505,8 +505,10 @@ def _structure_in_text(text: str) -> str | None:
 
 def _first_sentences(text: str, limit: int = 600) -> str | None:
     # The writer's text, not their sign-off: « … Cordialement, Dr Paul Henry, Biologiste
-    # responsable » ended the résumé staff and the ACSS read (outside tester).
-    lines = text[:20_000].splitlines()
+    # responsable » ended the résumé staff and the ACSS read (outside tester); so did a card
+    # without a closing formula (« Dr Paul Durand / Biologiste responsable / 06 12 34 56 78 »).
+    text = without_signatures(text[:20_000])
+    lines = text.splitlines()
     for i, line in enumerate(lines[:2000]):
         if i and (is_closing(line) or is_mobile_sign_off(line)):
             text = "\n".join(lines[:i])

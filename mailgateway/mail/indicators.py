@@ -244,7 +244,35 @@ def _signature_block_lines(lines: list[str]) -> list[int]:
             block.append(j)
             j += 1
         i = j
-    return block
+    block.extend(_closing_block(lines))
+    return sorted(set(block))  # a line may belong to two rules' blocks: once
+
+
+# The last paragraph of a mail, when it is a few short lines one of which is a phone number
+# alone (« Dr Paul Durand / Biologiste responsable / 06 12 34 56 78 », no closing formula):
+# the writer's card, not an indicator (outside tester: the RSSI's own mobile was listed).
+_CARD_LINES, _CARD_WIDTH = 5, 60
+_PHONE_ALONE = re.compile(r"[\d\s+().\-]{10,25}")
+
+
+def _closing_block(lines: list[str]) -> list[int]:
+    end = len(lines)
+    while end > 0 and not lines[end - 1].strip():
+        end -= 1
+    start = end
+    while start > 0 and lines[start - 1].strip() and end - start < _CARD_LINES + 1:
+        start -= 1
+    card = range(start, end)
+    if not 2 <= len(card) <= _CARD_LINES or (start > 0 and lines[start - 1].strip()):
+        return []
+    if any(len(lines[k].strip()) > _CARD_WIDTH or _forward_start(lines[k]) or lines[k].rstrip().endswith((":", "?"))
+           for k in card):
+        return []  # « Le numéro de l'escroc : / 01 44 55 66 77 » is what the mail is about
+    if any(c.isdigit() for c in lines[start]):
+        return []  # a card opens with a name
+    if not any(_PHONE_ALONE.fullmatch(lines[k].strip()) and phone_e164(lines[k]) for k in card):
+        return []
+    return list(card)
 
 
 def _postscript(line: str) -> bool:

@@ -613,4 +613,5 @@ def test_the_notification_names_the_files_of_the_original(gw: Gateway) -> None:
     result = gw.feed(outer.as_bytes(policy=SMTP))
     assert result.case_ref, result
     text = casemail.text_of(gw.notification(result.case_ref, "agent@ars.test").raw)
-    assert "Le message d'origine est joint. Il contient 1 pièce jointe : « Declaration_incident_SSI.pdf »." in text, text
+    assert ("Le message d'origine est joint. Il contient 1 pièce jointe : « Declaration_incident_SSI.pdf »."
+            in text), text

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailgateway.mail.indicators import extract_indicators, refang
+from mailgateway.mail.indicators import extract_indicators, refang, signature_phones
+from mailgateway.mail.labels import load_labels
 
 
 def _pairs(text: str, **kw: object) -> set[tuple[str, str]]:
@@ -55,3 +56,17 @@ def test_own_and_participant_addresses_and_noise_domains_are_excluded() -> None:
 def test_count_is_bounded() -> None:
     text = " ".join(f"http://h{i}.example/" for i in range(500))
     assert len(extract_indicators([text])) == 100
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    # The writer's card closing the mail, no closing formula (an outside tester, an RSSI).
+    ("Serveur chiffré ce matin.\n\nDr Paul Durand\nBiologiste responsable\n06 12 34 56 78\n", []),
+    # A number the mail reports, in its last lines: still an indicator.
+    ("Appel frauduleux ce matin.\n\nLe numéro de l'escroc :\n01 44 55 66 77\n", ["+33144556677"]),
+    ("Appel frauduleux ce matin.\n\n01 44 55 66 77\nse présentant comme le support\n", ["+33144556677"]),
+    ("Appel frauduleux depuis le 01 44 55 66 77.\n\nDr Paul Durand\n", ["+33144556677"]),
+])
+def test_a_card_closing_the_mail_is_the_writers(text: str, kept: list[str]) -> None:
+    labels = load_labels()
+    found = extract_indicators([text], [], labels.noise_domains, signature_phones(text))
+    assert [i.value for i in found if i.type == "phone"] == kept
