@@ -276,7 +276,8 @@ def last_message_from(session: Session, case: Case, addresses: Sequence[str]) ->
     """Message-ID of the latest message of the case (or of a case merged into it) sent by one of
     ``addresses``, to answer it; else the message that opened the case — unless an agency colleague
     transmitted it: the establishment never saw that forward, and a reply threaded under it would
-    sit under nothing of theirs (found by an outside tester). Their automatic mail (an
+    sit under nothing of theirs (found by an outside tester); then the establishment's own mail
+    the colleague forwarded, when it had a Message-ID (``message_transmis``). Their automatic mail (an
     out-of-office, a delivery report) is never the one answered: the closure was threaded under
     the declarant's out-of-office (outside tester)."""
     wanted = {a.lower() for a in addresses if a}
@@ -293,7 +294,8 @@ def last_message_from(session: Session, case: Case, addresses: Sequence[str]) ->
             return str(mid)
     declaration = (case.fields or {}).get("declaration")
     if isinstance(declaration, dict) and declaration.get("transmis_par"):
-        return None
+        forwarded = declaration.get("message_transmis")  # the establishment's own, if it had one
+        return forwarded if isinstance(forwarded, str) and forwarded else None
     return case.origin_message_id
 
 

@@ -210,8 +210,14 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     case.declarant = service.declarant_of(facts)
     # An agency colleague who forwarded an establishment's declaration: recorded, not answered.
     forwarder = facts.extra.get("transmis_par")
+    forwarded_mid = facts.extra.get("forwarded_message_id") if forwarder else None
     if isinstance(forwarder, str) and forwarder:
         case.fields["declaration"]["transmis_par"] = forwarder
+        if isinstance(forwarded_mid, str) and forwarded_mid:
+            # The establishment's own mail, which it has: what our mail to it answers (the
+            # colleague's forward it never saw is not; an outside tester, an agent: the
+            # acknowledgement and every #repondre came unthreaded).
+            case.fields["declaration"]["message_transmis"] = forwarded_mid
     now = env.clock.now()
     if decl.forwarded_author:
         # Both on the case: who wrote to us (answered) and the author of what was forwarded (never,
@@ -250,9 +256,11 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
             context=context,
             to=case.declarant, from_address=from_address, from_name=from_name,
             idempotency_key=f"acknowledgement:{inbound.id}",
-            # Not threaded under a colleague's internal forward: the establishment never saw it.
-            in_reply_to=None if forwarder else facts.message_id,
-            references=facts.answer_references() if verified else [],
+            # Not threaded under a colleague's internal forward, which the establishment never saw:
+            # under its own forwarded mail, when it had a Message-ID.
+            in_reply_to=(forwarded_mid if isinstance(forwarded_mid, str) and forwarded_mid else None) if forwarder
+            else facts.message_id,
+            references=[] if forwarder else facts.answer_references() if verified else [],
         )
         # From an address that authenticated under a known domain: only the per-case cap
         # (Mailer.send ``vouched``).

@@ -615,3 +615,17 @@ def test_the_notification_names_the_files_of_the_original(gw: Gateway) -> None:
     text = casemail.text_of(gw.notification(result.case_ref, "agent@ars.test").raw)
     assert ("Le message d'origine est joint. Il contient 1 pièce jointe : « Declaration_incident_SSI.pdf »."
             in text), text
+
+
+def test_mail_to_a_declarant_an_agent_transmitted_answers_the_declarants_own_mail(gw: Gateway) -> None:
+    # An outside tester (an agent): after a forward as an attachment, the acknowledgement and the
+    # #repondre reached the hospital unthreaded, though its own Message-ID was in the attachment.
+    original = casemail.sign(casemail.declaration(57), casemail.establishment_key())
+    result = gw.feed(_forward_as_attachment(original, "Reçu dans ma boîte, pour suite.\n"))
+    assert result.case_ref, result
+    ack = casemail.parse(gw.last("accuse_reception", "dsi@chu.test").raw)
+    assert ack["In-Reply-To"] == "<decl-57@chu.test>" and ack["References"] == "<decl-57@chu.test>"
+    gw.command(result.case_ref, "#repondre Merci, nous revenons vers vous.\n")
+    answer = casemail.parse(gw.last("reponse", "dsi@chu.test").raw)
+    assert answer["In-Reply-To"] == "<decl-57@chu.test>"
+    assert "fwd-" not in str(answer["References"])  # never the colleague's forward
