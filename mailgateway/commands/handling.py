@@ -24,6 +24,7 @@ Every change is on the timeline with the sender's address as actor.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
@@ -406,6 +407,31 @@ def _nothing_understood(env: Env, session: Session, inbound: InboundMessage, fac
     receipts.send_receipt(env, session, inbound, facts, to=sender, region=case.region, case=case, results=[],
                           understood={"hints": found}, help_text=HELP_POINTER if found else help_text(),
                           capped=True)
+
+
+def body_reference_prehandler(env: Env, session: Session, inbound: InboundMessage,
+                              facts: MessageFacts) -> Outcome | None:
+    """A mail naming its case in its text only (« Concernant le dossier SSI-PDL-2026-0005 : … »,
+    no reference in the subject, no thread) from an address the case already writes to (its
+    declarant, a contact of its establishment: ``reply_notice.on_case``) is a reply to that case,
+    as the same reference in the subject makes it: it opened a second case with a second
+    acknowledgement and reference, or went to quarantine (an outside tester, an RSSI). Anyone
+    else's, or one naming a case of another region, goes on as before (a declaration, a quarantine)."""
+    ref = facts.extra.get("body_ref")
+    sender = (facts.sender.address or "").strip().lower()
+    if facts.kind not in ("declaration", "unknown") or facts.case_ref or not isinstance(ref, str) or not sender:
+        return None
+    if facts.region and sender in staff_addresses(env.settings, session, facts.region):
+        return None  # staff's own mail: commands, or answered as not understood
+    case = service.by_reference(session, ref)
+    if case is None or case.region != (facts.region or inbound.region):
+        return None
+    if not reply_notice.on_case(session, service.resolve(session, case), sender):
+        return None
+    inbound.kind = "reply"
+    return handle_reply(env, session, inbound, replace(facts, kind="reply", case_ref=case.reference,
+                                                       quarantine_reason=None,
+                                                       extra={**facts.extra, "threaded_by": "body"}))
 
 
 def unrecognised_staff_prehandler(env: Env, session: Session, inbound: InboundMessage,

@@ -268,6 +268,13 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
     other_case = tagged if tagged and tagged != case_ref else None
     region = _region(recipients + envelope, case_ref, ctx)
     extra: dict[str, object] = {"parse": pm.degraded} if pm.degraded else {}
+    if case_ref is None:
+        # « Concernant le dossier SSI-PDL-2026-0005 : … », no reference in the subject nor a
+        # thread: processing files it on that case when its sender is one the case writes to
+        # (commands/handling.py ``body_reference_prehandler``); one reference only.
+        named = {find_ref(m.group(0)) for m in CASE_REF.finditer(fresh[:3000])}
+        if len(named) == 1:
+            extra["body_ref"] = named.pop()
     if pm.attachments:
         extra["attachments"] = pm.attachments
         if pm.attachment_names:  # named to staff: a declaration may be in a PDF alone (outside tester)

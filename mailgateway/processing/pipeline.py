@@ -24,6 +24,7 @@ PREHANDLERS: tuple[Prehandler, ...] = (
     handlers.relay_declaration_prehandler,  # a reply to a relayed alert/bulletin that declares: a linked case
     handlers.courtesy_prehandler,  # « Merci, bonne journée » on a closed case: attached, not reopened
     handling.unrecognised_staff_prehandler,  # staff mail with no reference and no command: answered
+    handling.body_reference_prehandler,  # « Concernant le dossier SSI-… » from the case's own people: a reply
 )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mailgateway.processing.runner import Result
 from tests.support import casemail
 from tests.support.casegateway import Gateway, make_gateway
 
@@ -323,3 +324,26 @@ def test_an_answer_to_someone_elses_reply_is_not_mailed_to_the_declarant(gw: Gat
     notice = reply_from("dsi@chu.test", 2)
     gw.feed(casemail.staff_mail("#repondre Oui, coupez le VPN.\n", in_reply_to=notice, subject=f"RE: [{ref}] question"))
     assert len(gw.outbound("reponse")) == before + 1
+
+
+def test_a_mail_naming_its_case_in_its_text_is_a_reply_from_the_cases_people(gw: Gateway) -> None:
+    """An outside tester (an RSSI): « Concernant le dossier SSI-…-0005 : exfiltration constatée »,
+    sent as a new mail (no reference in the subject, no thread), opened a second case with a second
+    acknowledgement and reference; a neutral one went to quarantine. From the declarant it is a
+    reply to that case; from a stranger it is read as before."""
+    ref = gw.declare()
+    before = len(gw.outbound("accuse_reception"))
+
+    def mail(sender: str, n: int, text: str) -> Result:
+        return gw.feed(casemail.message(sender=sender, to="ssi-ara@ars.test", subject="Point de situation",
+                                        body=f"Bonjour,\n\nConcernant le dossier {ref} : {text}\n\nCordialement,\n",
+                                        message_id=f"<update-{n}@x.test>"))
+
+    neutral = mail("dsi@chu.test", 1, "les sauvegardes sont restaurées, merci.")
+    assert neutral.status == "processed" and neutral.case_ref == ref, neutral
+    update = mail("dsi@chu.test", 2, "une exfiltration de données est constatée, rançongiciel confirmé.")
+    assert update.case_ref == ref, update
+    assert len(gw.outbound("accuse_reception")) == before
+    assert len([r for r in gw.outbound("notification_reponse", "agent@ars.test") if r.case_id == gw.case(ref).id]) == 2
+    stranger = mail("x@evil.test", 3, "rançongiciel confirmé, nos serveurs sont chiffrés.")
+    assert stranger.case_ref != ref
