@@ -466,9 +466,12 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             extra["transmis_par"] = (sender.address or "").lower()
             if source.message_id:  # the establishment's own mail may have reached us already
                 extra["forwarded_message_id"] = source.message_id
-                # What it says, to check against what reached us under that Message-ID: a forged
-                # copy under the genuine one's Message-ID joined the genuine case (outside attacker).
-                extra["forwarded_text_digest"] = text_digest(decl_text)
+            # What it says, to check against what reached us (under that Message-ID, or from that
+            # declarant for an inline forward, which has none): a forged copy under the genuine
+            # one's Message-ID joined the genuine case (outside attacker); an inline « TR: » of a
+            # declaration received before opened a second case (outside tester, an agent).
+            if source.forwarded_body is not None:
+                extra["forwarded_text_digest"] = text_digest(source.forwarded_body)
         excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
         phones = _declarant_phones(decl_text, labels) + _own_numbers(decl_text)
         if source.outer is not None:
@@ -666,6 +669,9 @@ class _Source:
     participants: tuple[str, ...] = ()
     # The Message-ID of the attached message read as the declaration (a forward as attachment).
     message_id: str | None = None
+    # The forwarded declaration's own text (its header block left out): what the establishment
+    # wrote, compared with what reached us directly (processing/handlers.py ``_received_before``).
+    forwarded_body: str | None = None
 
 
 MAX_INLINE_FORWARDS = 5
@@ -762,10 +768,13 @@ def _declaration_source(pm: ParsedMessage, text: str, subject: str, labels: Labe
         return _Source(inner_body, inner_subject + "\n" + subject, author or parsed.header("From") or None,
                        parsed.all_links() + pm.all_links(), outer,
                        author_declares=inner_declares if author else declares, participants=tuple(participants),
-                       message_id=None if author else parsed.message_id())
+                       message_id=None if author else parsed.message_id(),
+                       forwarded_body=None if author else inner_body)
     if own_segments:
         forwarded = "\n".join(own for own, _a in own_segments)
         author, declares = _author_of(own_segments, labels, subject)
+        body = next((own for own, a in own_segments if a == author), None) if declares else None
         return _Source(own_before + "\n" + forwarded, subject, author, pm.all_links(), outer,
-                       author_declares=declares, participants=tuple(participants))
+                       author_declares=declares, participants=tuple(participants),
+                       forwarded_body=body[header_block_end(body):] if body is not None else None)
     return _Source(text, subject, None, pm.all_links(), None)

@@ -179,7 +179,7 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
     replayed = _replayed_declaration(env, session, inbound, facts, region=region)
     if replayed is not None:
         return replayed
-    earlier = _received_before(session, facts, region)
+    earlier = _received_before(env, session, facts, region)
     if earlier is not None:
         # An agent forwarding (as an attachment) an establishment's declaration that reached the
         # SSI address too: attached to its case, no second case, no second acknowledgement (an
@@ -299,10 +299,11 @@ def handle_declaration(env: Env, session: Session, inbound: InboundMessage, fact
 FORWARDED_RECEIVED_BEFORE = "déclaration transmise par un agent, déjà reçue directement"
 
 
-def _received_before(session: Session, facts: MessageFacts, region: str) -> Case | None:
+def _received_before(env: Env, session: Session, facts: MessageFacts, region: str) -> Case | None:
     """The case the establishment's own mail opened, when an agency colleague forwards that mail
-    as an attachment (``extra["forwarded_message_id"]``) and it reached this region already: the
-    case it opened itself (its origin Message-ID), from the same declarant, who authenticated then
+    and it reached this region already: attached, the case it opened itself (its origin
+    Message-ID, ``extra["forwarded_message_id"]``); inline (no Message-ID), one of the declarant's
+    cases of the duplicate window; either way from the same declarant, who authenticated then
     (``declarant_authentifie``), still standing (not merged away). A Message-ID alone proves
     nothing: a stranger sending first under the genuine one made the genuine declaration vanish
     into their case, and an agent's ``#repondre`` went to them (an outside attacker); a merged case
@@ -310,13 +311,18 @@ def _received_before(session: Session, facts: MessageFacts, region: str) -> Case
     mid = facts.extra.get("forwarded_message_id")
     digest = facts.extra.get("forwarded_text_digest")
     declarant = (facts.declaration.declarant or "").strip().lower() if facts.declaration else ""
-    if not facts.extra.get("transmis_par") or not isinstance(mid, str) or not mid or not declarant:
+    if not facts.extra.get("transmis_par") or not isinstance(digest, str) or not declarant:
         return None
     c = Case  # origin_message_id and mid: both as analysis reads them (mail/headers.py message_ids)
+    # Attached: the case its Message-ID opened. Inline (no Message-ID): the declarant's latest
+    # cases of the duplicate window, whichever opened with the same text.
+    by_mid = isinstance(mid, str) and bool(mid)
+    since = env.clock.now() - timedelta(hours=env.settings.cases.duplicate_window_hours)
     with session.no_autoflush:
         found = session.scalars(select(c).where(
-            c.origin_message_id == mid, c.region == region, c.declarant == declarant,
-            c.merged_into_id.is_(None)).order_by(c.id).limit(5)).all()
+            c.origin_message_id == mid if by_mid else c.opened_at >= since, c.region == region,
+            c.declarant == declarant, c.merged_into_id.is_(None))
+            .order_by(c.id if by_mid else c.id.desc()).limit(5)).all()
         return next((case for case in found if (case.fields or {}).get("declarant_authentifie")
                      and _says_what_opened(session, case, digest)), None)
 

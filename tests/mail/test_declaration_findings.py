@@ -629,3 +629,23 @@ def test_mail_to_a_declarant_an_agent_transmitted_answers_the_declarants_own_mai
     answer = casemail.parse(gw.last("reponse", "dsi@chu.test").raw)
     assert answer["In-Reply-To"] == "<decl-57@chu.test>"
     assert "fwd-" not in str(answer["References"])  # never the colleague's forward
+
+
+def test_an_inline_forward_of_a_declaration_received_before_joins_its_case(gw: Gateway) -> None:
+    # An outside tester (an agent): an Outlook inline « TR: » of a declaration the box already had
+    # opened a second case and sent the hospital a second acknowledgement with a new reference.
+    original = casemail.sign(casemail.declaration(58), casemail.establishment_key())
+    first = gw.feed(original)
+    assert first.case_ref
+    text = casemail.text_of(original)
+    forward = ("#qualifier grave\n\nReçu dans ma boîte, pour suite.\n\n________________________________\n"
+               "De : dsi@chu.test <dsi@chu.test>\nEnvoyé : lundi 7 décembre 2026 09:00\nÀ : agent@ars.test\n"
+               "Objet : Déclaration d'incident 58\n\n" + text)
+    forwarded = gw.feed(casemail.staff_mail(forward, subject="TR: Déclaration d'incident 58"))
+    assert forwarded.case_ref == first.case_ref, forwarded
+    assert len(gw.outbound("accuse_reception")) == 1
+    assert gw.case(first.case_ref).severity == "GRAVE"
+    # Other words from the same declarant: a declaration of its own, as before.
+    changed = forward.replace("incident numéro 58", "incident numéro 59, un autre serveur")
+    other = gw.feed(casemail.staff_mail(changed, subject="TR: Déclaration d'incident 59"))
+    assert other.case_ref and other.case_ref != first.case_ref
