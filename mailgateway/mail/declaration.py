@@ -98,8 +98,14 @@ def _all_finess(text: str, most: int = 10) -> list[str]:
     found: list[str] = []
     for match in _FINESS.finditer(text[:100_000]):
         written = match.group(1)
-        if len({c for c in written if c in _SEPARATORS}) > 1:
+        separators = {c for c in written if c in _SEPARATORS}
+        if len(separators) > 1:
             continue  # « 12 345-678.9 »: no one writes a number so
+        if separators and "finess" not in text[max(0, match.start() - 40):match.start()].lower():
+            # Grouped, only where the text says it is one (« FINESS : 44 001 234 2 »): a ticket
+            # « n° 44.001.234.2 », a file « 44-0012342.log » were read as the structure (an outside
+            # attacker). Labelled values are joined before (``_joined``).
+            continue
         number = written.translate(_NOT_DIGIT).upper()
         if valid_finess(number):
             found.append(number)
@@ -249,8 +255,7 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
     if any(key in fields for key in _IMPACT_FIELDS):
         free_text = "\n".join(line for line in free_text.splitlines() if not _is_impact_line(line, labels))
     form = match_form(free_text)
-    named = (labels.impacts.kept(_FREE_CLAUSES.split(free_text), _not_denied)
-             if labels.impacts.kept([free_text], _negation_near) else labels.impacts.all(free_text))
+    named = labels.impacts.kept([free_text], _not_denied)
     for ident in named:
         if ident == "SOINS" and re.search(
             r"\b(pas|aucun|sans) (d )?impact (sur|pour) (la prise en charge|les soin|le patient)", form
@@ -302,34 +307,35 @@ _NEGATION = frozenset(_NEGATION_WORDS) | frozenset(match_form(w) for w in _NEGAT
 _GRAVE_IN_TEXT = re.compile(r"\b(incident|evenement|situation|attaque) (tres? |particulierement )?grave\b")
 
 
-# Clauses of free text, each negation word kept at the start of the clause it opens (« attaque sans
-# rançon »: « sans » denies « rançon »); zero-width before the words, so the split removes none.
-_FREE_CLAUSES = re.compile(
-    r"[,;:()\[\]/.!?\n]| - | – |(?= (?:mais|but|car|parce qu|puisque|because|sans|avec|donc|vu qu)\b)", re.I)
+# A negation denies a name only when it governs it: right before it, or with at most three of
+# these between them (« pas de fuite », « aucune trace de rançongiciel », « no data exfiltration »,
+# « ce n'était pas un rançongiciel »). A negation of something else in the sentence denies nothing:
+# « n'ont pas été chiffrées par le rançongiciel », « nous n'avons pas pu stopper le rançongiciel »,
+# « sans aucun doute d'un rançongiciel », « we could not stop the ransomware » (an outside attacker,
+# against the first, clause-wide reading).
+_BETWEEN_WORDS = ("de", "d", "du", "des", "un", "une", "le", "la", "les", "l", "a", "an", "the", "any", "data",
+                  "donnee", "donnees", "trace", "traces", "signe", "signes", "indice", "indices", "preuve",
+                  "preuves", "veritable", "vrai", "reel", "real", "actual", "evidence", "sign", "of")
+_BETWEEN = frozenset(_BETWEEN_WORDS) | frozenset(match_form(w) for w in _BETWEEN_WORDS)
 
 
 def _not_denied(form: str, start: int) -> bool:
-    """No negation word before ``start`` in the clause ``form``."""
-    return _NEGATION.isdisjoint(form[:start].split())
+    """Whether the name at ``start`` of ``form`` (match form) is not governed by a negation."""
+    before = form[max(0, start - 160):start].split()
+    k = len(before) - 1
+    while k >= 0 and len(before) - 1 - k < 3 and before[k] in _BETWEEN:
+        k -= 1
+    return not (k >= 0 and before[k] in _NEGATION)
 
 
 def _affirmed_first(table: Table, text: str) -> str | None:
-    """The first id (table order) that ``text`` names in a clause that does not deny it before
-    naming it: « Aucune exfiltration de données constatée », « ce n'était finalement pas un
-    rançongiciel », « No data exfiltration found » name no incident type (an outside tester, an
-    RSSI: each gave its type, told to the declarant in the acknowledgement). A negation after the
-    word denies nothing (« rançongiciel non revendiqué »)."""
-    if not table.kept([text], _negation_near):
-        # No negation in the words before any name (most texts): the clauses could deny nothing.
-        # Read on the whole text, whose match form is computed (and cached) once for every table.
-        return table.first(text)
-    found = table.kept(_FREE_CLAUSES.split(text), _not_denied)
+    """The first id (table order) that ``text`` names without a negation governing the name:
+    « Aucune exfiltration de données constatée », « ce n'était finalement pas un rançongiciel »,
+    « No data exfiltration found » name no incident type (an outside tester, an RSSI: each gave
+    its type, told to the declarant in the acknowledgement). Read on the whole text, whose match
+    form is computed (and cached) once for every table."""
+    found = table.kept([text], _not_denied)
     return found[0] if found else None
-
-
-def _negation_near(form: str, start: int) -> bool:
-    """A negation word among the 12 words before ``start`` of ``form`` (whatever the clauses)."""
-    return not _NEGATION.isdisjoint(form[max(0, start - 200):start].split()[-12:])
 
 
 def _affirmed(value: str) -> str:

@@ -88,6 +88,10 @@ def test_invalid_finess_key_is_rejected(ctx: AnalysisContext) -> None:
     ("ref 1 690 781 810", None),
     ("12 69-078.1810", None),
     ("IP 10.69.078.181.0", None),
+    # Grouped, only where the text says it is a FINESS (an outside attacker).
+    ("Ticket GLPI n° 69.078.181.0", None),
+    ("fichier 69-0781810.log joint", None),
+    ("rappelez le 690 781 810 poste 12", None),
     ("690781811", None),  # the key does not match
 ])
 def test_a_finess_is_read_however_its_groups_are_separated(written: str, expected: str | None) -> None:
@@ -207,6 +211,14 @@ def test_finess_check_key(value: str, ok: bool) -> None:
      "COMPROMISSION_SI", ()),
     # A negation after the word denies nothing; another clause of the text still names its type.
     ("Rançongiciel non revendiqué à ce stade.", "RANCONGICIEL", ()),
+    ("Aucune trace de rançongiciel sur les serveurs.", None, ()),
+    # A negation of something else in the sentence denies nothing (an outside attacker: each of
+    # these real ransomware declarations lost its type under a clause-wide reading).
+    ("Il s'agit sans aucun doute d'un rançongiciel.", "RANCONGICIEL", ()),
+    ("Les sauvegardes n'ont pas été chiffrées par le rançongiciel, heureusement.", "RANCONGICIEL", ()),
+    ("Nous n'avons pas pu stopper le rançongiciel.", "RANCONGICIEL", ()),
+    ("Aucun poste n'a été épargné par le rançongiciel.", "RANCONGICIEL", ()),
+    ("We could not stop the ransomware.", "RANCONGICIEL", ()),
     ("Pas de fuite de données, mais les serveurs sont chiffrés par un rançongiciel.", "RANCONGICIEL", ()),
 ])
 def test_what_a_clause_denies_is_not_read_as_the_incident(ctx: AnalysisContext, body: str,
