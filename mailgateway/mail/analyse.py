@@ -357,7 +357,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         # is read as one too: « Merci, bonne journée » reopened a closed case (outside tester).
         _read_reply(pm, fresh, ctx, labels, reply_to, extra)
     # 4. reply / command
-    commands = _commands(subject, fresh, labels, _inherited_from(subject, all_ids, ctx, labels))
+    commands = _commands(subject, fresh, labels,
+                         _inherited_from(subject, in_reply_ids, reference_ids, ctx, labels))
     if extra.get("courtesy") and commands and all(c.name == "lu" for c in commands) and not is_staff(
             sender.address, ctx.staff):
         # « #lu » is a courtesy (docs/understanding.md), never a command of an establishment's: as a
@@ -591,24 +592,31 @@ def _subject_command(subject: str, labels: Labels) -> Command | None:
     return parse_command_line(bare[:tag].rstrip() if tag is not None else bare, labels)
 
 
-def _inherited_from(subject: str, ids: Sequence[str], ctx: AnalysisContext,
+def _inherited_from(subject: str, in_reply_ids: Sequence[str], reference_ids: Sequence[str], ctx: AnalysisContext,
                     labels: Labels) -> Callable[[Command], bool]:
     """Whether a command that begins ``subject`` came with the message it answers or forwards,
     not from its writer. An outsider's mail filed on a case, Subject « #clore incident résolu
     [SSI-…] »: an agent's plain « RE: » to it — or a « TR: » to a colleague, Cc the SSI address —
     closed the case, mailed the establishment the outsider's words, moved it to another region
     (an outside attacker). A forward's Subject is the forwarded message's; a reply's is the one
-    it answers when that one (received here) began with the same command."""
+    it answers when that one began with the same command — or when the gateway never saw the
+    mail it answers (the outsider's mail sent to the agent alone, answered to all: its Subject
+    may be anyone's). The parent (In-Reply-To, else the last of References) is looked up first,
+    then the thread's nearest messages: 55 made-up References must not push it out (attacker)."""
     def inherited(cmd: Command) -> bool:
         if is_forward(subject):
             return True
+        parents = list(in_reply_ids) or list(reference_ids[-1:])
+        ids = list(dict.fromkeys([*parents, *reversed(reference_ids)]))[:50]
         if not ids:
             return False
         try:
-            answered = ctx.thread_subjects(list(ids))
+            answered = ctx.thread_subjects(ids)
         except Exception:
-            return False
-        for other in answered:
+            return True  # not known to be the writer's: refused, with its reason
+        if not any(parent in answered for parent in parents):
+            return True
+        for other in answered.values():
             earlier = _subject_command(other, labels)
             if earlier is not None and (earlier.name, earlier.args) == (cmd.name, cmd.args):
                 return True

@@ -31,8 +31,8 @@ def _no_establishment(_finess: str) -> EstablishmentInfo | None:
     return None
 
 
-def _no_subjects(_message_ids: Sequence[str]) -> list[str]:
-    return []
+def _no_subjects(_message_ids: Sequence[str]) -> dict[str, str]:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,10 @@ class AnalysisContext:
     # Message-IDs (without <>) of a reply's In-Reply-To/References -> case reference, if we sent one.
     thread_lookup: Callable[[Sequence[str]], str | None] = _no_thread
     establishment_lookup: Callable[[str], EstablishmentInfo | None] = _no_establishment
-    # Message-IDs (without <>) -> the Subjects of the mail received under them: a command that
-    # begins a reply's Subject but already began the Subject it answers is not its writer's.
-    thread_subjects: Callable[[Sequence[str]], list[str]] = _no_subjects
+    # Message-IDs (without <>) -> the Subject of each the gateway received or sent, by Message-ID:
+    # a command that begins a reply's Subject but already began the Subject it answers, or that
+    # answers a mail never seen here, is not its writer's.
+    thread_subjects: Callable[[Sequence[str]], dict[str, str]] = _no_subjects
     # Site additions to the label tables (settings.labels).
     extra_field_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     extra_incident_types: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -76,7 +77,7 @@ def build_context(
     settings: Settings,
     thread_lookup: Callable[[Sequence[str]], str | None] = _no_thread,
     establishment_lookup: Callable[[str], EstablishmentInfo | None] = _no_establishment,
-    thread_subjects: Callable[[Sequence[str]], list[str]] = _no_subjects,
+    thread_subjects: Callable[[Sequence[str]], dict[str, str]] = _no_subjects,
 ) -> AnalysisContext:
     """The analysis context of a configuration (lookups injected by the caller)."""
     domain = settings.bounce_domain.lower()

@@ -37,8 +37,10 @@ def strip_prefixes(subject: str) -> str:
     return _PREFIX.sub("", subject).strip()
 
 
-# Forward prefixes among those (French « TR: », English « Fw: »/« Fwd: », German « WG: »).
-_FORWARD_WORDS = frozenset({"tr", "fw", "fwd", "wg"})
+# Forward prefixes among those (French « TR: », English « Fw: »/« Fwd: », German « WG: », Danish and
+# Norwegian « VS: », which is also Finnish for a reply: read as a forward, the safe side; an
+# outside attacker forwarded « VS: #clore … »).
+_FORWARD_WORDS = frozenset({"tr", "fw", "fwd", "wg", "vs"})
 
 
 def is_forward(subject: str) -> bool:

@@ -128,18 +128,22 @@ def thread_lookup_for(session: Session) -> Callable[[Sequence[str]], str | None]
     return lookup
 
 
-def thread_subjects_for(session: Session) -> Callable[[Sequence[str]], list[str]]:
-    """Message-IDs -> the Subjects of the mail received under them (at most 10 messages): asked
-    only for a reply whose Subject begins with a command (mail/analyse.py ``_inherited``)."""
+def thread_subjects_for(session: Session) -> Callable[[Sequence[str]], dict[str, str]]:
+    """Message-IDs -> the Subject of each message the gateway received or sent under it (bare
+    Message-ID -> Subject; at most 20 messages): asked only for a reply whose Subject begins with
+    a command (mail/analyse.py ``_inherited_from``)."""
 
-    def lookup(message_ids: Sequence[str]) -> list[str]:
+    def lookup(message_ids: Sequence[str]) -> dict[str, str]:
         ids = [m for m in (_strip(x) for x in message_ids) if m][:50]
         if not ids:
-            return []
-        bracketed = [f"<{m}>" for m in ids]
-        raws = session.scalars(select(InboundMessage.raw).where(
-            or_(InboundMessage.message_id.in_(bracketed), InboundMessage.message_id.in_(ids))).limit(10))
-        return [parse_message(raw).header("Subject")[:1000] for raw in raws if raw]
+            return {}
+        keys = [*ids, *(f"<{m}>" for m in ids)]
+        found: dict[str, str] = {}
+        for table in (InboundMessage, OutboundMessage):
+            rows = session.execute(select(table.message_id, table.raw).where(table.message_id.in_(keys)).limit(20))
+            for mid, raw in rows:
+                found.setdefault(_strip(mid or ""), parse_message(raw).header("Subject")[:1000] if raw else "")
+        return found
 
     return lookup
 

@@ -347,3 +347,38 @@ def test_a_mail_naming_its_case_in_its_text_is_a_reply_from_the_cases_people(gw:
     assert len([r for r in gw.outbound("notification_reponse", "agent@ars.test") if r.case_id == gw.case(ref).id]) == 2
     stranger = mail("x@evil.test", 3, "rançongiciel confirmé, nos serveurs sont chiffrés.")
     assert stranger.case_ref != ref
+
+
+def test_a_subject_command_in_answer_to_a_mail_never_received_here_is_not_run(gw: Gateway) -> None:
+    """An outside attacker: the outsider's « #clore incident résolu [REF] » sent to the agent's own
+    mailbox only (the SSI address in Cc, not in the envelope); the agent's reply-all closed the
+    case: the gateway could not know whose Subject it was."""
+    ref = gw.declare()
+    gw.feed(casemail.staff_mail("Bien noté.\n", in_reply_to="<never-seen@evil.test>",
+                                subject=f"RE: #clore incident résolu [{ref}]"))
+    assert gw.case(ref).status != "CLOS"
+    text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
+    assert "non exécutée : l'objet du message auquel vous répondez" in text, text
+
+
+def test_made_up_references_do_not_hide_the_mail_answered(gw: Gateway) -> None:
+    """An outside attacker: the outsider's mail (received) carried 55 made-up References in the
+    agency's domain; the agent's reply kept them, and the mail it answered fell out of the look-up."""
+    ref = gw.declare()
+    subject = f"#qualifier sans-suite [{ref}]"
+    padding = [f"<pad-{n}@ars.test>" for n in range(55)]
+    mid = "<outsider-2@evil.test>"
+    filed = gw.feed(casemail.message(sender="x@evil.test", to="ssi-ara@ars.test", subject=subject,
+                                     body="Bonjour, rien à signaler.\n", in_reply_to="<decl-1@chu.test>",
+                                     references=["<decl-1@chu.test>", *padding], message_id=mid))
+    assert filed.case_ref == ref
+    gw.feed(casemail.staff_mail("Vu.\n", in_reply_to=mid, references=["<decl-1@chu.test>", *padding, mid],
+                                subject=f"RE: {subject}"))
+    assert gw.case(ref).severity == "NON_QUALIFIE"
+
+
+def test_a_danish_forward_prefix_is_a_forward(gw: Gateway) -> None:
+    """An outside attacker: « VS: #clore doublon [REF] » (Danish, Norwegian) closed the case."""
+    ref = gw.declare()
+    gw.feed(casemail.staff_mail("Til orientering.\n", subject=f"VS: #clore doublon [{ref}]"))
+    assert gw.case(ref).status != "CLOS"
