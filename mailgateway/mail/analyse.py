@@ -81,6 +81,7 @@ from mailgateway.mail.parse import (
     MAX_TEXT_CHARS,
     ParsedMessage,
     inner_text,
+    message_digest,
     message_problem,
     parse_message,
     text_digest,
@@ -283,11 +284,12 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         extra["threaded_by"] = how
     if uncovered:
         extra["uncovered_headers"] = uncovered
-    if (reply_to and sender.authenticated and "reply-to" not in sender.signed_headers
-            and reply_to.lower() != (sender.address or "").lower()):
+    answer_to = [address for _name, address in reply_to_pairs if address.lower() != (sender.address or "").lower()]
+    if answer_to and sender.authenticated and "reply-to" not in sender.signed_headers:
         # A Reply-To added in transit to a signed mail (outside attacker): the notification says
-        # « authentifié par DKIM » and attaches the original, whose Reply-To staff would answer.
-        extra["unsigned_reply_to"] = reply_to
+        # « authentifié par DKIM » and attaches the original, whose Reply-To staff would answer —
+        # one address or several (« rssi@chu…, rssi-chu@evil… »: attacker again).
+        extra["unsigned_reply_to"] = ", ".join(answer_to[:5])
     base = MessageFacts(
         region=region,
         case_ref=case_ref,
@@ -471,8 +473,8 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             # declarant for an inline forward, which has none): a forged copy under the genuine
             # one's Message-ID joined the genuine case (outside attacker); an inline « TR: » of a
             # declaration received before opened a second case (outside tester, an agent).
-            if source.forwarded_body is not None:
-                extra["forwarded_text_digest"] = text_digest(source.forwarded_body)
+            if source.forwarded_digest is not None:
+                extra["forwarded_text_digest"] = source.forwarded_digest
         excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
         phones = _declarant_phones(decl_text, labels) + _own_numbers(decl_text)
         if source.outer is not None:
@@ -677,9 +679,10 @@ class _Source:
     participants: tuple[str, ...] = ()
     # The Message-ID of the attached message read as the declaration (a forward as attachment).
     message_id: str | None = None
-    # The forwarded declaration's own text (its header block left out): what the establishment
-    # wrote, compared with what reached us directly (processing/handlers.py ``_received_before``).
-    forwarded_body: str | None = None
+    # What the forwarded declaration says, to compare with what reached us directly (processing/
+    # handlers.py ``_received_before``): attached, the whole message as read (``message_digest``);
+    # inline, its own text without its header block (``text_digest``).
+    forwarded_digest: str | None = None
 
 
 MAX_INLINE_FORWARDS = 5
@@ -777,12 +780,12 @@ def _declaration_source(pm: ParsedMessage, text: str, subject: str, labels: Labe
                        parsed.all_links() + pm.all_links(), outer,
                        author_declares=inner_declares if author else declares, participants=tuple(participants),
                        message_id=None if author else parsed.message_id(),
-                       forwarded_body=None if author else inner_body)
+                       forwarded_digest=None if author else message_digest(parsed))
     if own_segments:
         forwarded = "\n".join(own for own, _a in own_segments)
         author, declares = _author_of(own_segments, labels, subject)
         body = next((own for own, a in own_segments if a == author), None) if declares else None
         return _Source(own_before + "\n" + forwarded, subject, author, pm.all_links(), outer,
                        author_declares=declares, participants=tuple(participants),
-                       forwarded_body=body[header_block_end(body):] if body is not None else None)
+                       forwarded_digest=text_digest(body[header_block_end(body):]) if body is not None else None)
     return _Source(text, subject, None, pm.all_links(), None)

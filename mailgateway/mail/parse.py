@@ -146,10 +146,14 @@ def _filename(part: Message) -> str:
     """A part's file name as text (RFC 2231 decoded by the stdlib), at most 200 characters; ''
     when it has none or it cannot be read (a broken parameter is no reason to fail a message)."""
     try:
-        name = part.get_filename() or ""
+        name = str(part.get_filename() or "")
+        if "=?" in name:
+            # An encoded word inside the quoted name (RFC 2047 §5 forbids it; Outlook and Gmail
+            # send it): decoded, or staff read « =?utf-8?q?…?= » (an outside tester).
+            name = decode_header_value(name)
     except Exception:
         return ""
-    return " ".join(str(name).split())[:200]
+    return " ".join(name.split())[:200]
 
 
 def _is_attachment(part: Message) -> bool:
@@ -317,6 +321,17 @@ def text_digest(text: str) -> str:
     """A message's text, whitespace runs folded (a forwarding client may re-wrap or re-encode it),
     hashed: whether a forwarded copy says what the message received earlier said."""
     return hashlib.sha256(" ".join(text.split()).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def message_digest(parsed: ParsedMessage) -> str:
+    """``text_digest`` of a whole message as a reader sees it: its text, its HTML alternative as
+    text, its files' names and its Reply-To. A forged copy forwarded by an agent kept the genuine
+    plain text under an HTML part saying « fausse alerte, écrivez à … » (what Outlook shows), or
+    added a Reply-To and a PDF (an outside attacker)."""
+    parsed.convert_html()
+    parts = (parsed.text(), "\n".join(parsed.html), "\n".join(sorted(parsed.attachment_names)),
+             " ".join(address for _name, address in parsed.addresses("Reply-To")))
+    return text_digest("\x00".join(" ".join(part.split()) for part in parts))
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

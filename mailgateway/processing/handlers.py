@@ -38,7 +38,7 @@ from mailgateway.mail.declaration import extract_declaration, says_portal
 from mailgateway.mail.facts import Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import decode_header_value
 from mailgateway.mail.labels import load_labels
-from mailgateway.mail.parse import parse_message, text_digest
+from mailgateway.mail.parse import message_digest, parse_message, text_digest
 from mailgateway.processing import regional, replay
 from mailgateway.processing.context import Env, Outcome, agency_domains, notify_staff
 from mailgateway.processing.quarantine import released_by_staff
@@ -324,10 +324,10 @@ def _received_before(env: Env, session: Session, facts: MessageFacts, region: st
             c.declarant == declarant, c.merged_into_id.is_(None))
             .order_by(c.id if by_mid else c.id.desc()).limit(5)).all()
         return next((case for case in found if (case.fields or {}).get("declarant_authentifie")
-                     and _says_what_opened(session, case, digest)), None)
+                     and _says_what_opened(session, case, digest, whole=by_mid)), None)
 
 
-def _says_what_opened(session: Session, case: Case, digest: object) -> bool:
+def _says_what_opened(session: Session, case: Case, digest: object, *, whole: bool) -> bool:
     """Whether the forwarded copy's text is the text of the mail that opened ``case``. Message-ID
     and From prove nothing: an unsigned copy of the genuine declaration, its Message-ID and From
     kept and its words changed (« fausse alerte, écrivez à … »), forwarded by an agent, joined the
@@ -337,7 +337,11 @@ def _says_what_opened(session: Session, case: Case, digest: object) -> bool:
         return False
     raw = session.scalar(select(InboundMessage.raw).where(InboundMessage.case_id == case.id)
                          .order_by(InboundMessage.id).limit(1))
-    return raw is not None and text_digest(parse_message(canonical(raw)).text()) == digest
+    if raw is None:
+        return False
+    parsed = parse_message(canonical(raw))
+    # Attached, the whole message is compared (``message_digest``); inline, its text alone.
+    return (message_digest(parsed) if whole else text_digest(parsed.text())) == digest
 
 
 def _replayed_declaration(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, *,

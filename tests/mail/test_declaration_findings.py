@@ -649,3 +649,51 @@ def test_an_inline_forward_of_a_declaration_received_before_joins_its_case(gw: G
     changed = forward.replace("incident numéro 58", "incident numéro 59, un autre serveur")
     other = gw.feed(casemail.staff_mail(changed, subject="TR: Déclaration d'incident 59"))
     assert other.case_ref and other.case_ref != first.case_ref
+
+
+@pytest.mark.parametrize("change", ["html", "reply_to", "file"])
+def test_a_copy_that_reads_otherwise_never_joins_the_genuine_case(gw: Gateway, change: str) -> None:
+    # An outside attacker: the genuine plain text kept, under an HTML alternative saying « fausse
+    # alerte, écrivez à … » (what Outlook shows), or with a Reply-To and a PDF added: forwarded by
+    # an agent, each joined the genuine case as « déjà reçue directement ».
+    genuine = casemail.declaration(60)
+    first = gw.feed(casemail.sign(genuine, casemail.establishment_key()))
+    assert first.case_ref
+    original = email.message_from_bytes(genuine, policy=SMTP)
+    forged = EmailMessage()
+    for name in ("From", "To", "Subject", "Date", "Message-ID"):
+        forged[name] = original[name]
+    forged.set_content(casemail.text_of(genuine))
+    if change == "html":
+        forged.add_alternative("<p>Fausse alerte, écrivez à support@evil.test</p>", subtype="html")
+    elif change == "reply_to":
+        forged["Reply-To"] = "support@evil.test"
+    else:
+        forged.add_attachment(b"%PDF-1.4\n", maintype="application", subtype="pdf", filename="procedure.pdf")
+    forwarded = gw.feed(_forward_as_attachment(forged.as_bytes(policy=SMTP), "Pour suite.\n"))
+    assert forwarded.case_ref and forwarded.case_ref != first.case_ref, forwarded
+
+
+def test_an_unsigned_reply_to_of_several_addresses_is_pointed_out_too(gw: Gateway) -> None:
+    # An outside attacker: « Reply-To: rssi@chu…, rssi-chu@evil… » added in transit gave no warning.
+    from tests.support.dkim import dkimpy_sign
+
+    raw = casemail.declaration(61).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    signed = dkimpy_sign(raw, casemail.establishment_key(), headers=("from", "to", "subject", "date")) + raw
+    result = gw.feed(b"Reply-To: dsi@chu.test, support@evil.test\r\n" + signed)
+    assert result.case_ref, result
+    text = casemail.text_of(gw.notification(result.case_ref, "agent@ars.test").raw)
+    assert "ATTENTION : l'adresse de réponse (Reply-To) « support@evil" in text, text
+
+
+def test_a_file_name_written_as_an_encoded_word_is_decoded() -> None:
+    # An outside tester: Outlook and Gmail put an RFC 2047 word inside the quoted name; staff read
+    # « =?utf-8?q?…?= ».
+    raw = (b"From: a@b.test\r\nTo: ssi-ara@ars.test\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nVoir.\r\n"
+           b"--b\r\nContent-Type: application/pdf\r\n"
+           b"Content-Disposition: attachment; filename=\"=?utf-8?q?D=C3=A9claration_SSI.pdf?=\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n")
+    from mailgateway.mail.parse import parse_message
+
+    assert parse_message(raw).attachment_names == ["Déclaration SSI.pdf"]
