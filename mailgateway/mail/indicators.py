@@ -248,28 +248,43 @@ def _signature_block_lines(lines: list[str]) -> list[int]:
     return sorted(set(block))  # a line may belong to two rules' blocks: once
 
 
-# The last paragraph of a mail, when it is a few short lines one of which is a phone number
-# alone (« Dr Paul Durand / Biologiste responsable / 06 12 34 56 78 », no closing formula):
-# the writer's card, not an indicator (outside tester: the RSSI's own mobile was listed).
+# The last paragraph of a mail, when it is a few short lines opening with a person's name, one
+# of them a phone number alone (« Dr Paul Durand / Biologiste responsable / 06 12 34 56 78 », no
+# closing formula): the writer's card, not an indicator (outside tester: the RSSI's own mobile was
+# listed). A name, not any short line: « Numéro de l'escroc / 01 44 55 66 77 », « Il appelait
+# depuis le / 01 … » end quick mails too, and their numbers are what the mail reports (outside
+# tester, against a first version). A confidentiality notice after the card does not hide it.
 _CARD_LINES, _CARD_WIDTH = 5, 60
 _PHONE_ALONE = re.compile(r"[\d\s+().\-]{10,25}")
+# Two to four capitalised words, a title first perhaps (« Dr », « Mme »): bounded, linear.
+_NAME_LINE = re.compile(r"(?:(?:Dr|Pr|Me|M|Mme|Mlle|Mr|Mrs|Ms)\.?[ \t]+)?"
+                        r"[A-ZÀ-ÖØ-Þ][\w'’.\-]{0,40}(?:[ \t]+[A-ZÀ-ÖØ-Þ][\w'’.\-]{0,40}){1,3}")
+_NOTICE_STARTS = ("ce message", "ce courriel", "ce mail", "ce courrier", "this message", "this e-mail", "this email",
+                  "confidenti", "avertissement", "avis de confidentialit", "disclaimer", "les informations contenues",
+                  "pensez à l'environnement", "afin de contribuer au respect de l'environnement")
 
 
-def _closing_block(lines: list[str]) -> list[int]:
-    end = len(lines)
+def _paragraph_before(lines: list[str], end: int) -> tuple[int, int]:
+    """(start, end) of the last paragraph ending at or before ``end`` (blank lines skipped)."""
     while end > 0 and not lines[end - 1].strip():
         end -= 1
     start = end
     while start > 0 and lines[start - 1].strip() and end - start < _CARD_LINES + 1:
         start -= 1
+    return start, end
+
+
+def _closing_block(lines: list[str]) -> list[int]:
+    start, end = _paragraph_before(lines, len(lines))
+    if start < end and lines[start].strip().lower().startswith(_NOTICE_STARTS):
+        start, end = _paragraph_before(lines, start)  # the card above the confidentiality notice
     card = range(start, end)
     if not 2 <= len(card) <= _CARD_LINES or (start > 0 and lines[start - 1].strip()):
         return []
-    if any(len(lines[k].strip()) > _CARD_WIDTH or _forward_start(lines[k]) or lines[k].rstrip().endswith((":", "?"))
-           for k in card):
-        return []  # « Le numéro de l'escroc : / 01 44 55 66 77 » is what the mail is about
-    if any(c.isdigit() for c in lines[start]):
-        return []  # a card opens with a name
+    if any(len(lines[k].strip()) > _CARD_WIDTH or _forward_start(lines[k]) for k in card):
+        return []
+    if not _NAME_LINE.fullmatch(lines[start].strip()):
+        return []  # « Numéro de l'escroc », « SMS frauduleux reçu du »: what the mail reports
     if not any(_PHONE_ALONE.fullmatch(lines[k].strip()) and phone_e164(lines[k]) for k in card):
         return []
     return list(card)

@@ -65,6 +65,14 @@ def test_count_is_bounded() -> None:
     ("Appel frauduleux ce matin.\n\nLe numéro de l'escroc :\n01 44 55 66 77\n", ["+33144556677"]),
     ("Appel frauduleux ce matin.\n\n01 44 55 66 77\nse présentant comme le support\n", ["+33144556677"]),
     ("Appel frauduleux depuis le 01 44 55 66 77.\n\nDr Paul Durand\n", ["+33144556677"]),
+    # Quick mails end with the numbers they report (an outside tester, against a first version).
+    ("Appels ce matin.\n\nNuméros utilisés par l'escroc\n- 01 44 55 66 77\n- 09 70 12 34 56\n",
+     ["+33144556677", "+33970123456"]),
+    ("Appels ce matin.\n\nIl appelait depuis le\n01 44 55 66 77\n", ["+33144556677"]),
+    ("SMS ce matin.\n\nSMS frauduleux reçu du\n+33 7 56 78 90 12\n", ["+33756789012"]),
+    # The card above a confidentiality notice is the writer's still.
+    ("Serveur chiffré.\n\nJeanne Martin\nRSSI - CHU de Nantes\n02 40 00 00 00\n\n"
+     "Ce message et toutes les pièces jointes sont confidentiels.\n", []),
 ])
 def test_a_card_closing_the_mail_is_the_writers(text: str, kept: list[str]) -> None:
     labels = load_labels()
