@@ -596,35 +596,45 @@ def _subject_command(subject: str, labels: Labels) -> Command | None:
 
 def _inherited_from(subject: str, in_reply_ids: Sequence[str], reference_ids: Sequence[str], ctx: AnalysisContext,
                     labels: Labels) -> Callable[[Command], bool]:
-    """Whether a command that begins ``subject`` came with the message it answers or forwards,
-    not from its writer. An outsider's mail filed on a case, Subject « #clore incident résolu
-    [SSI-…] »: an agent's plain « RE: » to it — or a « TR: » to a colleague, Cc the SSI address —
-    closed the case, mailed the establishment the outsider's words, moved it to another region
-    (an outside attacker). A forward's Subject is the forwarded message's; a reply's is the one
-    it answers when that one began with the same command — or when the gateway never saw the
-    mail it answers (the outsider's mail sent to the agent alone, answered to all: its Subject
-    may be anyone's). The parent (In-Reply-To, else the last of References) is looked up first,
-    then the thread's nearest messages: 55 made-up References must not push it out (attacker)."""
+    """Whether a command that begins ``subject`` may not be its writer's. An outsider's mail filed
+    on a case, Subject « #clore incident résolu [SSI-…] »: an agent's plain « RE: » to it — or a
+    « TR: » to a colleague, Cc the SSI address — closed the case, mailed the establishment the
+    outsider's words, moved it to another region (an outside attacker). What a mail client keeps
+    of the Subject it answers is no one's word, so a Subject command counts only in a reply to a
+    mail of ours (a notification, a receipt) whose Subject the reply keeps after the command: the
+    agent wrote the command in front of it. Not in a forward; not in a reply to anything else —
+    one the gateway never saw (sent to the agent alone), one received under a Message-ID the
+    outsider chose (the genuine declaration's: attacker), one with no thread at all. The parent is
+    In-Reply-To, else the last of References (55 made-up References must not hide it: attacker)."""
     def inherited(cmd: Command) -> bool:
         if is_forward(subject):
             return True
+        bare = strip_prefixes(subject)
+        if bare == subject.strip():
+            return False  # a new mail: its Subject is its writer's
         parents = list(in_reply_ids) or list(reference_ids[-1:])
-        ids = list(dict.fromkeys([*parents, *reversed(reference_ids)]))[:50]
-        if not ids:
-            return False
+        if not parents:
+            return True  # « RE: #clore … » with no thread: whose Subject it was is unknown
         try:
-            answered = ctx.thread_subjects(ids)
+            known = ctx.thread_subjects(parents[:10])
         except Exception:
             return True  # not known to be the writer's: refused, with its reason
-        if not any(parent in answered for parent in parents):
-            return True
-        for other in answered.values():
-            earlier = _subject_command(other, labels)
-            if earlier is not None and (earlier.name, earlier.args) == (cmd.name, cmd.args):
-                return True
-        return False
+        kept = _after_command(bare)
+        return not any(ours and _same_words(strip_prefixes(parent_subject), kept)
+                       for parent_subject, ours in (known.get(p, ("", False)) for p in parents))
 
     return inherited
+
+
+def _after_command(bare: str) -> str:
+    """A Subject (prefixes stripped) without the command that begins it: what follows the case
+    tag's opening bracket (« #qualifier grave [SSI-…] Nouvelle … » -> « [SSI-…] Nouvelle … »)."""
+    tag = next((m.start() - 1 for m in CASE_REF.finditer(bare) if bare[m.start() - 1 : m.start()] == "["), None)
+    return bare[tag:] if tag is not None else ""
+
+
+def _same_words(a: str, b: str) -> bool:
+    return bool(b) and " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
 
 
 def _participants(pm: ParsedMessage, ctx: AnalysisContext, reply_to: str | None) -> list[str]:

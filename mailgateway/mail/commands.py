@@ -28,8 +28,9 @@ REASON_NOT_STAFF = "l'expéditeur ne fait pas partie des agents SSI de la régio
 REASON_NO_REGION = "message adressé à aucune boîte SSI régionale : aucune commande n'est acceptée"
 REASON_ONE_PER_LINE = ("non exécutée : elle suit une autre commande sur la même ligne ; écrivez une commande "
                        "par ligne")
-REASON_INHERITED_SUBJECT = ("non exécutée : l'objet du message auquel vous répondez, ou que vous transférez, "
-                            "commençait déjà par elle ; écrivez-la dans le texte pour l'appliquer")
+REASON_INHERITED_SUBJECT = ("non exécutée : en tête de l'objet d'une réponse ou d'un transfert, une commande peut "
+                            "venir du message d'origine et non de vous (seule une réponse à un message de la "
+                            "passerelle, son objet repris, la porte) ; écrivez-la dans le texte pour l'appliquer")
 # Refused by analysis one command at a time (not for the whole mail): authorise keeps the reason,
 # the receipt shows it (commands/handling.py).
 PER_COMMAND_REFUSALS = (REASON_UNKNOWN, REASON_ONE_PER_LINE, REASON_INHERITED_SUBJECT)

@@ -31,7 +31,7 @@ def _no_establishment(_finess: str) -> EstablishmentInfo | None:
     return None
 
 
-def _no_subjects(_message_ids: Sequence[str]) -> dict[str, str]:
+def _no_subjects(_message_ids: Sequence[str]) -> dict[str, tuple[str, bool]]:
     return {}
 
 
@@ -52,10 +52,9 @@ class AnalysisContext:
     # Message-IDs (without <>) of a reply's In-Reply-To/References -> case reference, if we sent one.
     thread_lookup: Callable[[Sequence[str]], str | None] = _no_thread
     establishment_lookup: Callable[[str], EstablishmentInfo | None] = _no_establishment
-    # Message-IDs (without <>) -> the Subject of each the gateway received or sent, by Message-ID:
-    # a command that begins a reply's Subject but already began the Subject it answers, or that
-    # answers a mail never seen here, is not its writer's.
-    thread_subjects: Callable[[Sequence[str]], dict[str, str]] = _no_subjects
+    # Message-IDs (without <>) -> (Subject, sent by the gateway) of each message received or sent
+    # under it: a command beginning a reply's Subject counts only in answer to a mail of ours.
+    thread_subjects: Callable[[Sequence[str]], dict[str, tuple[str, bool]]] = _no_subjects
     # Site additions to the label tables (settings.labels).
     extra_field_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     extra_incident_types: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -77,7 +76,7 @@ def build_context(
     settings: Settings,
     thread_lookup: Callable[[Sequence[str]], str | None] = _no_thread,
     establishment_lookup: Callable[[str], EstablishmentInfo | None] = _no_establishment,
-    thread_subjects: Callable[[Sequence[str]], dict[str, str]] = _no_subjects,
+    thread_subjects: Callable[[Sequence[str]], dict[str, tuple[str, bool]]] = _no_subjects,
 ) -> AnalysisContext:
     """The analysis context of a configuration (lookups injected by the caller)."""
     domain = settings.bounce_domain.lower()

@@ -128,21 +128,22 @@ def thread_lookup_for(session: Session) -> Callable[[Sequence[str]], str | None]
     return lookup
 
 
-def thread_subjects_for(session: Session) -> Callable[[Sequence[str]], dict[str, str]]:
-    """Message-IDs -> the Subject of each message the gateway received or sent under it (bare
-    Message-ID -> Subject; at most 20 messages): asked only for a reply whose Subject begins with
-    a command (mail/analyse.py ``_inherited_from``)."""
+def thread_subjects_for(session: Session) -> Callable[[Sequence[str]], dict[str, tuple[str, bool]]]:
+    """Message-IDs -> (Subject, sent by the gateway) of the message received or sent under each
+    (bare Message-ID; ours first: an outsider may reuse one of ours, never make one of theirs
+    ours). Asked only for a reply whose Subject begins with a command (mail/analyse.py
+    ``_inherited_from``)."""
 
-    def lookup(message_ids: Sequence[str]) -> dict[str, str]:
+    def lookup(message_ids: Sequence[str]) -> dict[str, tuple[str, bool]]:
         ids = [m for m in (_strip(x) for x in message_ids) if m][:50]
         if not ids:
             return {}
         keys = [*ids, *(f"<{m}>" for m in ids)]
-        found: dict[str, str] = {}
-        for table in (InboundMessage, OutboundMessage):
+        found: dict[str, tuple[str, bool]] = {}
+        for table, ours in ((OutboundMessage, True), (InboundMessage, False)):
             rows = session.execute(select(table.message_id, table.raw).where(table.message_id.in_(keys)).limit(20))
             for mid, raw in rows:
-                found.setdefault(_strip(mid or ""), parse_message(raw).header("Subject")[:1000] if raw else "")
+                found.setdefault(_strip(mid or ""), (parse_message(raw).header("Subject")[:1000] if raw else "", ours))
         return found
 
     return lookup

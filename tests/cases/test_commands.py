@@ -201,7 +201,12 @@ def test_a_command_beginning_the_subject_ends_at_the_case_tag(gw: Gateway) -> No
     """Found by an outside tester: « RE: #qualifier significatif [SSI-…] … » was refused (the tag
     and our subject read as the severity)."""
     ref = gw.declare()
-    gw.command(ref, "#note vu\n", subject=f"RE: #qualifier significatif [{ref}] Nouvelle déclaration")
+    ours = str(casemail.parse(gw.notification(ref, "agent@ars.test").raw)["Subject"])
+    assert ours.startswith(f"[{ref}]")
+    gw.command(ref, "#note vu\n", subject=f"RE: #qualifier significatif {ours}")
+    assert gw.case(ref).severity == "SIGNIFICATIF"
+    # Our Subject not kept after the command: it may not be the agent's (outside attacker).
+    gw.command(ref, "#note vu\n", subject=f"RE: #qualifier grave [{ref}] Autre chose")
     assert gw.case(ref).severity == "SIGNIFICATIF"
 
 
@@ -267,10 +272,11 @@ def test_a_command_beginning_the_subject_an_agent_answers_is_not_the_agents(gw: 
     assert gw.case(ref).status != "CLOS"
     assert not gw.outbound("cloture_declarant")
     text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
-    assert "#clore incident résolu — non exécutée : l'objet du message auquel vous répondez" in text, text
+    assert "#clore incident résolu — non exécutée : en tête de l'objet d'une réponse" in text, text
     assert "[appliquée] #note vu" in text, text
-    # The agent's own subject command, in a reply to a message that had none, still runs.
-    gw.command(ref, "Merci.\n", subject=f"RE: #qualifier grave [{ref}] Nouvelle déclaration")
+    # The agent's own subject command, in front of our notification's Subject, still runs.
+    ours = str(casemail.parse(gw.notification(ref, "agent@ars.test").raw)["Subject"])
+    gw.command(ref, "Merci.\n", subject=f"RE: #qualifier grave {ours}")
     assert gw.case(ref).severity == "GRAVE"
 
 
@@ -282,7 +288,7 @@ def test_a_command_beginning_a_forwards_subject_is_the_forwarded_messages(gw: Ga
                                 in_reply_to=gw.notification(ref, "agent@ars.test").message_id))
     assert gw.case(ref).region == "ARA"
     text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
-    assert "non exécutée : l'objet du message auquel vous répondez, ou que vous transférez" in text, text
+    assert "non exécutée : en tête de l'objet d'une réponse ou d'un transfert" in text, text
 
 
 def test_a_declaration_whose_subject_begins_with_a_hash_is_a_declaration(gw: Gateway) -> None:
@@ -358,7 +364,7 @@ def test_a_subject_command_in_answer_to_a_mail_never_received_here_is_not_run(gw
                                 subject=f"RE: #clore incident résolu [{ref}]"))
     assert gw.case(ref).status != "CLOS"
     text = casemail.text_of(gw.last("recu_commandes", "agent@ars.test").raw)
-    assert "non exécutée : l'objet du message auquel vous répondez" in text, text
+    assert "non exécutée : en tête de l'objet d'une réponse" in text, text
 
 
 def test_made_up_references_do_not_hide_the_mail_answered(gw: Gateway) -> None:
@@ -381,4 +387,14 @@ def test_a_danish_forward_prefix_is_a_forward(gw: Gateway) -> None:
     """An outside attacker: « VS: #clore doublon [REF] » (Danish, Norwegian) closed the case."""
     ref = gw.declare()
     gw.feed(casemail.staff_mail("Til orientering.\n", subject=f"VS: #clore doublon [{ref}]"))
+    assert gw.case(ref).status != "CLOS"
+
+
+def test_a_subject_command_in_answer_to_a_reused_message_id_is_not_run(gw: Gateway) -> None:
+    """An outside attacker: the mail sent to the agent alone took the genuine declaration's
+    Message-ID (known here), Subject « #clore doublon [REF] »; the agent's reply-all closed the case.
+    A reply prefix with no thread at all is no better."""
+    ref = gw.declare()
+    gw.feed(casemail.staff_mail("Bien noté.\n", in_reply_to="<decl-1@chu.test>", subject=f"RE: #clore doublon [{ref}]"))
+    gw.feed(casemail.staff_mail("Bien noté.\n", subject=f"RE: #clore doublon [{ref}]"))
     assert gw.case(ref).status != "CLOS"
