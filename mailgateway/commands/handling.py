@@ -51,6 +51,7 @@ from mailgateway.mail.commands import (
 )
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.labels import load_labels
+from mailgateway.mail.text import match_form
 from mailgateway.processing import replay
 from mailgateway.processing.context import Env, Outcome, agency_domains, notify_staff
 from mailgateway.store.models import (
@@ -421,6 +422,11 @@ def body_reference_prehandler(env: Env, session: Session, inbound: InboundMessag
     sender = (facts.sender.address or "").strip().lower()
     if facts.kind not in ("declaration", "unknown") or facts.case_ref or not isinstance(ref, str) or not sender:
         return None
+    if facts.kind == "declaration" and (facts.extra.get("declaration_by") == "labelled" or _says_new(facts)):
+        # A declaration form, or « Nouvel incident, distinct de celui du dossier SSI-… »: a case of
+        # its own, naming the other (an outside attacker: a hospital's new declaration vanished
+        # into its old case, no acknowledgement, no reference).
+        return None
     if facts.region and sender in staff_addresses(env.settings, session, facts.region):
         return None  # staff's own mail: commands, or answered as not understood
     case = service.by_reference(session, ref)
@@ -432,6 +438,15 @@ def body_reference_prehandler(env: Env, session: Session, inbound: InboundMessag
     return handle_reply(env, session, inbound, replace(facts, kind="reply", case_ref=case.reference,
                                                        quarantine_reason=None,
                                                        extra={**facts.extra, "threaded_by": "body"}))
+
+
+_NEW_INCIDENT = ("nouvel incident", "nouveau incident", "autre incident", "incident distinct", "distinct de",
+                 "distincte de", "new incident", "another incident", "separate incident")
+
+
+def _says_new(facts: MessageFacts) -> bool:
+    text = f" {match_form((facts.new_text or facts.body_text or '')[:3000])} "
+    return any(f" {match_form(phrase)} " in text for phrase in _NEW_INCIDENT)
 
 
 def unrecognised_staff_prehandler(env: Env, session: Session, inbound: InboundMessage,

@@ -398,3 +398,16 @@ def test_a_subject_command_in_answer_to_a_reused_message_id_is_not_run(gw: Gatew
     gw.feed(casemail.staff_mail("Bien noté.\n", in_reply_to="<decl-1@chu.test>", subject=f"RE: #clore doublon [{ref}]"))
     gw.feed(casemail.staff_mail("Bien noté.\n", subject=f"RE: #clore doublon [{ref}]"))
     assert gw.case(ref).status != "CLOS"
+
+
+def test_a_new_declaration_naming_an_old_case_opens_its_own(gw: Gateway) -> None:
+    """An outside attacker: a hospital's full declaration « Nouvel incident, distinct de celui du
+    dossier SSI-… » vanished into the old case: no case, no acknowledgement, no reference."""
+    ref = gw.declare()
+    for n, body in enumerate((
+            f"Nouvel incident, distinct de celui du dossier {ref} : un rançongiciel a chiffré le serveur RH.\n",
+            f"Numéro FINESS : 690781810\nType d'incident : hameçonnage\nGravité : grave\nRappel : dossier {ref}.\n")):
+        result = gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test",
+                                          subject="Déclaration d'incident de sécurité", body=body,
+                                          message_id=f"<new-{n}@chu.test>"))
+        assert result.case_ref and result.case_ref != ref, result
