@@ -255,7 +255,7 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
     if any(key in fields for key in _IMPACT_FIELDS):
         free_text = "\n".join(line for line in free_text.splitlines() if not _is_impact_line(line, labels))
     form = match_form(free_text)
-    named = labels.impacts.kept([free_text], _not_denied)
+    named = labels.impacts.kept([_sentences_marked(free_text)], _not_denied)
     for ident in named:
         if ident == "SOINS" and re.search(
             r"\b(pas|aucun|sans) (d )?impact (sur|pour) (la prise en charge|les soin|le patient)", form
@@ -319,6 +319,17 @@ _BETWEEN_WORDS = ("de", "d", "du", "des", "un", "une", "le", "la", "les", "l", "
 _BETWEEN = frozenset(_BETWEEN_WORDS) | frozenset(match_form(w) for w in _BETWEEN_WORDS)
 
 
+# Where a sentence or a field ends (« Impact sur les soins : aucun. Un rançongiciel a chiffré… »:
+# « aucun » governs nothing after its full stop; an outside attacker). A word match form keeps
+# (no negation, no word between): the reading of a name stops there.
+_STOP = " zzstopzz "
+_SENTENCE_END = re.compile(r"[.:;!?]+(?=\s|$)")
+
+
+def _sentences_marked(text: str) -> str:
+    return _SENTENCE_END.sub(_STOP, text) if any(c in text for c in ".:;!?") else text
+
+
 def _not_denied(form: str, start: int) -> bool:
     """Whether the name at ``start`` of ``form`` (match form) is not governed by a negation."""
     before = form[max(0, start - 160):start].split()
@@ -334,7 +345,7 @@ def _affirmed_first(table: Table, text: str) -> str | None:
     « No data exfiltration found » name no incident type (an outside tester, an RSSI: each gave
     its type, told to the declarant in the acknowledgement). Read on the whole text, whose match
     form is computed (and cached) once for every table."""
-    found = table.kept([text], _not_denied)
+    found = table.kept([_sentences_marked(text)], _not_denied)
     return found[0] if found else None
 
 

@@ -219,6 +219,9 @@ def test_finess_check_key(value: str, ok: bool) -> None:
     ("Nous n'avons pas pu stopper le rançongiciel.", "RANCONGICIEL", ()),
     ("Aucun poste n'a été épargné par le rançongiciel.", "RANCONGICIEL", ()),
     ("We could not stop the ransomware.", "RANCONGICIEL", ()),
+    # A negation governs nothing past the end of its sentence or field (an outside attacker).
+    ("Impact sur les soins : aucun. Un rançongiciel a chiffré 40 postes.", "RANCONGICIEL", ()),
+    ("Pièce jointe ouverte : aucune. Un hameçonnage ciblé a visé la direction.", "HAMECONNAGE", ()),
     ("Pas de fuite de données, mais les serveurs sont chiffrés par un rançongiciel.", "RANCONGICIEL", ()),
 ])
 def test_what_a_clause_denies_is_not_read_as_the_incident(ctx: AnalysisContext, body: str,
