@@ -74,7 +74,13 @@ from mailgateway.mail.declaration import (
 )
 from mailgateway.mail.facts import Bounce, Command, Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import message_ids
-from mailgateway.mail.indicators import contact_line_phones, extract_indicators, phone_e164, signature_phones
+from mailgateway.mail.indicators import (
+    contact_line_phones,
+    extract_indicators,
+    phone_e164,
+    signature_phones,
+    writer_words,
+)
 from mailgateway.mail.indicators_in import with_attached
 from mailgateway.mail.labels import Labels, load_labels
 from mailgateway.mail.parse import (
@@ -398,7 +404,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             facts_commands = _refused(facts_commands, other_case_reason(case_ref, other_case))
             extra["subject_names_other_case"] = other_case
         indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
-                                        _own_numbers(fresh))
+                                        _own_numbers(fresh, _writer(pm)))
         return replace(base, kind=kind, commands=facts_commands, indicators=indicators, is_bulletin_request=is_bulletin)
     # 5. alert — never an answer to what we sent (``quotes_our_mail``): an establishment's « RE: »
     # to a relayed alert carries the alert's words and TLP, and was read as a forged alert (outside
@@ -430,7 +436,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         own = extra.get("reply_declaration")
         if isinstance(own, Declaration):
             indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
-                                            _own_numbers(fresh))
+                                            _own_numbers(fresh, _writer(pm)))
             return replace(base, kind="declaration", declaration=own, indicators=indicators)
         return replace(base, kind="reply")
     # 7. declaration (possibly forwarded)
@@ -459,9 +465,10 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         # is the declarant, the colleague is recorded (``transmis_par``) and not acknowledged.
         agency = _agency_domains(ctx)
         by_agency = source.outer is not None and source.author_declares and _agency_colleague(sender, region, ctx)
+        writer = _writer(pm, source.author)
         declaration = extract_declaration(
             decl_text, decl_subject, ctx, labels, from_addr, reply_to, _sent_at(pm), source.author, source.outer,
-            agency_forward=(*agency, *ctx.acss_domains) if by_agency else None,
+            agency_forward=(*agency, *ctx.acss_domains) if by_agency else None, writer=writer,
         )
         if source.outer is not None:
             extra["forwarded"] = True
@@ -476,15 +483,15 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             if source.forwarded_digest is not None:
                 extra["forwarded_text_digest"] = source.forwarded_digest
         excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
-        phones = _declarant_phones(decl_text, labels) + _own_numbers(decl_text)
+        phones = _declarant_phones(decl_text, labels) + _own_numbers(decl_text, writer)
         if source.outer is not None:
-            phones += signature_phones(source.outer)
+            phones += signature_phones(source.outer, _writer(pm))
         indicators = extract_indicators([decl_text, *links], excluded, (*labels.noise_domains, *agency), phones)
         return replace(base, kind="declaration", declaration=declaration, indicators=indicators,
                        commands=authorise(commands, sender, region, ctx.staff) if forward_commands else ())
     if commands and is_staff(sender.address, ctx.staff):  # a forward that is no declaration after all
         indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
-                                        _own_numbers(fresh))
+                                        _own_numbers(fresh, _writer(pm)))
         return replace(base, kind="command", commands=authorise(commands, sender, region, ctx.staff),
                        indicators=indicators, is_bulletin_request=is_bulletin)
     # 8. unknown
@@ -497,9 +504,14 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
     return replace(base, kind="unknown", quarantine_reason=reason_text)
 
 
-def _own_numbers(text: str) -> list[str]:
+def _own_numbers(text: str, writer: Sequence[str] = ()) -> list[str]:
     """The writer's own numbers (a signature, a « Tél. » line): never indicators (outside tester)."""
-    return signature_phones(text) + contact_line_phones(text)
+    return signature_phones(text, writer) + contact_line_phones(text)
+
+
+def _writer(pm: ParsedMessage, *more: str | None) -> tuple[str, ...]:
+    """The words naming the mail's writer (From, Reply-To, Sender; ``more``: a forwarded author)."""
+    return writer_words(*(part for pair in pm.addresses("From", "Reply-To", "Sender") for part in pair), *more)
 
 
 FORWARDED_RELAY = ("transfert d'un message envoyé par la passerelle (alerte relayée ou bulletin), "

@@ -226,7 +226,7 @@ def _table_cells(text: str, labels: Labels) -> list[tuple[str, str]]:
     return [(field, value) for i, field, value in found if own is None or i < own]
 
 
-def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[str, ...]:
+def _impacts(fields: dict[str, str], free_text: str, labels: Labels, writer: Sequence[str] = ()) -> tuple[str, ...]:
     found: list[str] = []
     for key, ident in (
         ("impact_soins", "SOINS"),
@@ -251,7 +251,7 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels) -> tuple[st
     # in a signature (« RSSI du GHT », « correspondant SSI » read as impacts: outside tester); never
     # on an impact's own labelled line, read above with its value: « Impact sur les soins : Non »
     # was read as an impact on care by its label (the portal's Oui/Non layout; outside tester).
-    free_text = without_signatures(free_text[:30_000])
+    free_text = without_signatures(free_text[:30_000], writer)
     if any(key in fields for key in _IMPACT_FIELDS):
         free_text = "\n".join(line for line in free_text.splitlines() if not _is_impact_line(line, labels))
     form = match_form(free_text)
@@ -520,11 +520,11 @@ def _structure_in_text(text: str) -> str | None:
     return None
 
 
-def _first_sentences(text: str, limit: int = 600) -> str | None:
+def _first_sentences(text: str, limit: int = 600, writer: Sequence[str] = ()) -> str | None:
     # The writer's text, not their sign-off: « … Cordialement, Dr Paul Henry, Biologiste
     # responsable » ended the résumé staff and the ACSS read (outside tester); so did a card
     # without a closing formula (« Dr Paul Durand / Biologiste responsable / 06 12 34 56 78 »).
-    text = without_signatures(text[:20_000])
+    text = without_signatures(text[:20_000], writer)
     lines = text.splitlines()
     for i, line in enumerate(lines[:2000]):
         if i and (is_closing(line) or is_mobile_sign_off(line)):
@@ -562,6 +562,7 @@ def extract_declaration(
     forwarded_from: str | None = None,
     outer_text: str | None = None,
     agency_forward: Sequence[str] | None = None,
+    writer: Sequence[str] = (),
 ) -> Declaration:
     """Everything that can be read from a declaration's text (labelled first, then free text).
 
@@ -624,7 +625,7 @@ def extract_declaration(
     summary_parts = [fields[k] for k in ("summary", "scope") if fields.get(k)]
     summary = " — ".join(summary_parts) if summary_parts else None
     if summary is None and not labelled:
-        summary = _first_sentences(text)
+        summary = _first_sentences(text, writer=writer)
     own_fields = fields if outer_text is None else labelled_fields(outer_text, labels).values
     if agency_forward is not None:
         address = _forward_declarant(fields, forwarded_author_address(forwarded_from), agency_forward)
@@ -644,7 +645,7 @@ def extract_declaration(
         severity=_severity(fields, subject + "\n" + text, labels),
         detected_at=detected_at,
         detected_at_as_written=detected_as_written,
-        impacts=_impacts(fields, subject + "\n" + text, labels),
+        impacts=_impacts(fields, subject + "\n" + text, labels, writer),
         summary=summary and summary[:4000],
         measures=(fields.get("measures") or None) and fields["measures"][:4000],
         declarant=address,

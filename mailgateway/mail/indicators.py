@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from mailgateway.mail.facts import Indicator
-from mailgateway.mail.text import is_mobile_sign_off, normalise
+from mailgateway.mail.text import fold, is_mobile_sign_off, normalise
 
 MAX_INDICATORS = 100
 MAX_SCAN = 200_000
@@ -201,25 +201,27 @@ def _closing_head(head: str) -> bool:
     return bool(words) and any(words == c or words.startswith(c + " ") for c in _CLOSINGS)
 
 
-def signature_phones(text: str) -> list[str]:
-    """Numbers of the signature blocks of ``text`` (E.164): the writer's own numbers, not indicators."""
+def signature_phones(text: str, writer: Sequence[str] = ()) -> list[str]:
+    """Numbers of the signature blocks of ``text`` (E.164): the writer's own numbers, not indicators.
+    ``writer``: what names the writer (From's display name, addresses): a closing card counts only
+    when its name shares a word with it (``writer_words``)."""
     lines = text[:MAX_SCAN].splitlines()
-    return phone_e164("\n".join(lines[i] for i in _signature_block_lines(lines)))
+    return phone_e164("\n".join(lines[i] for i in _signature_block_lines(lines, writer)))
 
 
-def without_signatures(text: str) -> str:
+def without_signatures(text: str, writer: Sequence[str] = ()) -> str:
     """``text`` without its signature blocks: what the writer wrote, not who they are (« Paul
     Durand, RSSI du GHT », « correspondant SSI » are no impact on the GHT or a correspondent:
     outside tester)."""
     lines = text[:MAX_SCAN].splitlines()
-    block = set(_signature_block_lines(lines))
+    block = set(_signature_block_lines(lines, writer))
     if not block:
         return text
     kept = "\n".join(line for i, line in enumerate(lines) if i not in block)
     return kept + text[MAX_SCAN:]
 
 
-def _signature_block_lines(lines: list[str]) -> list[int]:
+def _signature_block_lines(lines: list[str], writer: Sequence[str] = ()) -> list[int]:
     """Indexes of the signature blocks' lines: the lines after a « -- » separator (RFC 3676
     §4.3) or a closing formula (« Cordialement, »), up to ten lines and never past the start of a
     forwarded or quoted message or a postscript; and the lines just above a phone's sign-off.
@@ -244,7 +246,7 @@ def _signature_block_lines(lines: list[str]) -> list[int]:
             block.append(j)
             j += 1
         i = j
-    block.extend(_closing_block(lines))
+    block.extend(_closing_block(lines, writer))
     return sorted(set(block))  # a line may belong to two rules' blocks: once
 
 
@@ -274,7 +276,21 @@ def _paragraph_before(lines: list[str], end: int) -> tuple[int, int]:
     return start, end
 
 
-def _closing_block(lines: list[str]) -> list[int]:
+def writer_words(*names: str | None) -> tuple[str, ...]:
+    """The words (three letters or more, folded) of what names a mail's writer: a display name
+    (« Dr Paul Durand »), an address's local part (« paul.durand »)."""
+    words: set[str] = set()
+    for name in names:
+        if name:
+            words.update(w for w in _WORDS.findall(fold(name.partition("@")[0] if "@" in name and " " not in name
+                                                          else name)) if len(w) >= 3)
+    return tuple(sorted(words))
+
+
+_WORDS = re.compile(r"[^\W\d_]+")
+
+
+def _closing_block(lines: list[str], writer: Sequence[str] = ()) -> list[int]:
     start, end = _paragraph_before(lines, len(lines))
     if start < end and lines[start].strip().lower().startswith(_NOTICE_STARTS):
         start, end = _paragraph_before(lines, start)  # the card above the confidentiality notice
@@ -285,6 +301,10 @@ def _closing_block(lines: list[str]) -> list[int]:
         return []
     if not _NAME_LINE.fullmatch(lines[start].strip()):
         return []  # « Numéro de l'escroc », « SMS frauduleux reçu du »: what the mail reports
+    if not set(writer_words(lines[start])) & set(writer):
+        # The writer's name, not any name: « Support Technique Microsoft / 01 … » ends a vishing
+        # report, its number the indicator (an outside attacker, against a first version).
+        return []
     if not any(_PHONE_ALONE.fullmatch(lines[k].strip()) and phone_e164(lines[k]) for k in card):
         return []
     return list(card)

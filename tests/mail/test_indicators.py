@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailgateway.mail.indicators import extract_indicators, refang, signature_phones
+from mailgateway.mail.indicators import extract_indicators, refang, signature_phones, writer_words
 from mailgateway.mail.labels import load_labels
 
 
@@ -58,6 +58,9 @@ def test_count_is_bounded() -> None:
     assert len(extract_indicators([text])) == 100
 
 
+WRITER = ("Jeanne Martin", "jeanne.martin@chu.test", "Dr Paul Durand", "p.durand@labo.test")
+
+
 @pytest.mark.parametrize(("text", "kept"), [
     # The writer's card closing the mail, no closing formula (an outside tester, an RSSI).
     ("Serveur chiffré ce matin.\n\nDr Paul Durand\nBiologiste responsable\n06 12 34 56 78\n", []),
@@ -70,11 +73,14 @@ def test_count_is_bounded() -> None:
      ["+33144556677", "+33970123456"]),
     ("Appels ce matin.\n\nIl appelait depuis le\n01 44 55 66 77\n", ["+33144556677"]),
     ("SMS ce matin.\n\nSMS frauduleux reçu du\n+33 7 56 78 90 12\n", ["+33756789012"]),
+    # A name, but not the writer's: what the mail reports (an outside attacker).
+    ("Il se présentait comme :\n\nSupport Technique Microsoft\n01 44 55 66 77\n", ["+33144556677"]),
+    ("Appel reçu.\n\nService Comptabilité Medifourn\n+33 1 44 55 66 77\n", ["+33144556677"]),
     # The card above a confidentiality notice is the writer's still.
     ("Serveur chiffré.\n\nJeanne Martin\nRSSI - CHU de Nantes\n02 40 00 00 00\n\n"
      "Ce message et toutes les pièces jointes sont confidentiels.\n", []),
 ])
 def test_a_card_closing_the_mail_is_the_writers(text: str, kept: list[str]) -> None:
     labels = load_labels()
-    found = extract_indicators([text], [], labels.noise_domains, signature_phones(text))
+    found = extract_indicators([text], [], labels.noise_domains, signature_phones(text, writer_words(*WRITER)))
     assert [i.value for i in found if i.type == "phone"] == kept
