@@ -697,3 +697,46 @@ def test_a_file_name_written_as_an_encoded_word_is_decoded() -> None:
     from mailgateway.mail.parse import parse_message
 
     assert parse_message(raw).attachment_names == ["Déclaration SSI.pdf"]
+
+
+@pytest.mark.parametrize("change", ["link", "nested", "nameless_file", "calendar", "subject", "display_name"])
+def test_a_copy_that_differs_anywhere_a_reader_sees_never_joins(gw: Gateway, change: str) -> None:
+    # An outside attacker, against the text-and-names comparison: a link's target changed, a nested
+    # message, a nameless .exe, a calendar part, the Subject or the From's display name changed:
+    # each forged copy joined the genuine case « déjà reçue directement ».
+    html = '<p>Restauration : <a href="https://chu.test/restore">procédure</a></p>'
+    genuine = EmailMessage()
+    genuine["From"] = "DSI CHU <dsi@chu.test>"
+    genuine["To"] = "ssi-ara@ars.test"
+    genuine["Subject"] = "Déclaration d'incident"
+    genuine["Date"] = casemail.DATE
+    genuine["Message-ID"] = f"<shape-{change}@chu.test>"
+    genuine.set_content("Numéro FINESS : 690781810\nType d'incident : rançongiciel\nGravité : grave\n")
+    genuine.add_alternative(html, subtype="html")
+    first = gw.feed(casemail.sign(genuine.as_bytes(policy=SMTP), casemail.establishment_key()))
+    assert first.case_ref
+    forged = email.message_from_bytes(genuine.as_bytes(policy=SMTP), policy=SMTP)
+    assert isinstance(forged, EmailMessage)
+    if change == "link":
+        forged = EmailMessage()
+        for name in ("From", "To", "Subject", "Date", "Message-ID"):
+            forged[name] = genuine[name]
+        forged.set_content(genuine.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+        forged.add_alternative(html.replace("chu.test/restore", "evil.test/restore.exe"), subtype="html")
+    elif change == "nested":
+        forged.make_mixed()
+        nested = b"Subject: Consignes\r\n\r\nEcrivez a support@evil.test\r\n"
+        forged.attach(email.message_from_bytes(nested, policy=SMTP))
+    elif change == "nameless_file":
+        forged.add_attachment(b"MZ\x90\x00", maintype="application", subtype="octet-stream")
+    elif change == "calendar":
+        forged.make_mixed()
+        part = EmailMessage()
+        part.set_content("BEGIN:VCALENDAR\nSUMMARY:Rappel support\nEND:VCALENDAR\n", subtype="calendar")
+        forged.attach(part)
+    elif change == "subject":
+        forged.replace_header("Subject", "FAUSSE ALERTE - ne pas traiter")
+    else:
+        forged.replace_header("From", "ARS - Cellule SSI <dsi@chu.test>")
+    forwarded = gw.feed(_forward_as_attachment(forged.as_bytes(policy=SMTP), "Pour suite.\n"))
+    assert forwarded.case_ref and forwarded.case_ref != first.case_ref, forwarded
