@@ -246,12 +246,16 @@ def _other_declarant(followed: dict[str, str] | None, answered: Case | None, cas
     if not answered.declarant or answered.declarant.lower() == (case.declarant or "").lower():
         return None
     what = "non appliquée (son motif est adressé au déclarant)" if cmd.name == "clore" else "non envoyée"
+    return _not_sent(cmd, f"{what} : {answered.reference} est {followed['how']} {case.reference}, dont le déclarant "
+                          f"est {case.declarant or 'inconnu'}, pas {answered.declarant} ; écrivez à "
+                          f"{answered.declarant} directement, ou répondez depuis la notification de "
+                          f"{case.reference} pour écrire à son déclarant")
+
+
+def _not_sent(cmd: Command, message: str) -> dict[str, Any]:
+    """A command's result when it is refused because its mail would reach someone else."""
     return {"name": cmd.name, "line": cmd.line, "applied": False, "digest": False, "pending": False,
-            "preview": None, "text": cmd.args[0] if cmd.args else None,
-            "message": (f"{what} : {answered.reference} est {followed['how']} {case.reference}, "
-                        f"dont le déclarant est {case.declarant or 'inconnu'}, pas {answered.declarant} ; "
-                        f"écrivez à {answered.declarant} directement, ou répondez depuis la notification de "
-                        f"{case.reference} pour écrire à son déclarant")}
+            "preview": None, "text": cmd.args[0] if cmd.args else None, "message": message}
 
 
 def _answered_writer(session: Session, facts: MessageFacts, case: Case | None) -> str | None:
@@ -282,12 +286,10 @@ def _other_writer(writer: str | None, case: Case | None, cmd: Command) -> dict[s
         return None
     if writer == (case.declarant or "").strip().lower():
         return None
-    return {"name": cmd.name, "line": cmd.line, "applied": False, "digest": False, "pending": False,
-            "preview": None, "text": cmd.args[0] if cmd.args else None,
-            "message": (f"non envoyée : le message auquel vous répondez est de {writer}, pas du déclarant de "
-                        f"{case.reference} ({case.declarant or 'inconnu'}) à qui elle irait ; écrivez à {writer} "
-                        f"directement, ou répondez depuis la notification de {case.reference} pour écrire à "
-                        f"son déclarant")}
+    return _not_sent(cmd, f"non envoyée : le message auquel vous répondez est de {writer}, pas du déclarant de "
+                          f"{case.reference} ({case.declarant or 'inconnu'}) à qui elle irait ; écrivez à {writer} "
+                          f"directement, ou répondez depuis la notification de {case.reference} pour écrire à "
+                          f"son déclarant")
 
 
 def _under_signature(facts: MessageFacts) -> list[dict[str, Any]]:

@@ -262,12 +262,7 @@ def test_a_colleague_forward_as_an_attachment_is_the_establishments_declaration(
     inner = casemail.message(sender="rssi@ch-exemple.test", to="agent@ars.test", subject="Déclaration d'incident",
                              body="Bonjour,\n\nN° FINESS : 380780080\nType d'incident : rançongiciel\n"
                                   "Gravité : grave\n\nCordialement,\nJean Dupont\n04 72 00 00 00\n")
-    outer = EmailMessage(policy=SMTP)
-    outer["From"] = "agent@ars.test"
-    outer["To"] = "ssi-ara@ars.test"
-    outer["Subject"] = "TR: Déclaration d'incident"
-    outer["Date"] = casemail.DATE
-    outer["Message-ID"] = "<fwd-att@ars.test>"
+    outer = _mail("agent@ars.test", "TR: Déclaration d'incident", "<fwd-att@ars.test>")
     outer.set_content("Pour suite à donner.\n")
     outer.add_attachment(inner, maintype="message", subtype="rfc822")
     result = gw.feed(casemail.sign(outer.as_bytes()))
@@ -487,14 +482,20 @@ def test_an_agents_own_forwards_are_no_structure_for_duplicates(gw: Gateway) -> 
     assert gw.case(second.case_ref).linked_case_id is None
 
 
+def _mail(sender: str, subject: str, message_id: str, to: str = "ssi-ara@ars.test") -> EmailMessage:
+    """A message's headers, its content to set by the caller."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = casemail.DATE
+    msg["Message-ID"] = message_id
+    return msg
+
+
 def _forward_as_attachment(original: bytes, cover: str) -> bytes:
     """An agent's forward of ``original`` as an attachment (message/rfc822), DKIM-signed by the agency."""
-    outer = EmailMessage()
-    outer["From"] = "agent@ars.test"
-    outer["To"] = "ssi-ara@ars.test"
-    outer["Subject"] = "TR: Déclaration d'incident"
-    outer["Date"] = casemail.DATE
-    outer["Message-ID"] = f"<fwd-{abs(hash(cover)) % 10**8}@ars.test>"
+    outer = _mail("agent@ars.test", "TR: Déclaration d'incident", f"<fwd-{abs(hash(cover)) % 10**8}@ars.test>")
     outer.set_content(cover)
     outer.add_attachment(email.message_from_bytes(original, policy=SMTP))
     return casemail.sign(outer.as_bytes(policy=SMTP))
@@ -601,12 +602,7 @@ def test_a_reply_to_added_to_a_signed_declaration_is_pointed_out_to_staff(gw: Ga
 def test_the_notification_names_the_files_of_the_original(gw: Gateway) -> None:
     # An outside tester (an RSSI): a declaration made of a PDF alone was notified with every field
     # « non précisé » and « Le message d'origine est joint », no word of the file that holds it.
-    outer = EmailMessage()
-    outer["From"] = "dsi@chu.test"
-    outer["To"] = "ssi-ara@ars.test"
-    outer["Subject"] = "Déclaration d'incident de sécurité"
-    outer["Date"] = casemail.DATE
-    outer["Message-ID"] = "<pdf-56@chu.test>"
+    outer = _mail("dsi@chu.test", "Déclaration d'incident de sécurité", "<pdf-56@chu.test>")
     outer.set_content("Bonjour,\n\nVeuillez trouver ci-joint notre déclaration d'incident.\n\nCordialement,\n")
     outer.add_attachment(b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n", maintype="application", subtype="pdf",
                          filename="Declaration_incident_SSI.pdf")
@@ -705,12 +701,7 @@ def test_a_copy_that_differs_anywhere_a_reader_sees_never_joins(gw: Gateway, cha
     # message, a nameless .exe, a calendar part, the Subject or the From's display name changed:
     # each forged copy joined the genuine case « déjà reçue directement ».
     html = '<p>Restauration : <a href="https://chu.test/restore">procédure</a></p>'
-    genuine = EmailMessage()
-    genuine["From"] = "DSI CHU <dsi@chu.test>"
-    genuine["To"] = "ssi-ara@ars.test"
-    genuine["Subject"] = "Déclaration d'incident"
-    genuine["Date"] = casemail.DATE
-    genuine["Message-ID"] = f"<shape-{change}@chu.test>"
+    genuine = _mail("DSI CHU <dsi@chu.test>", "Déclaration d'incident", f"<shape-{change}@chu.test>")
     genuine.set_content("Numéro FINESS : 690781810\nType d'incident : rançongiciel\nGravité : grave\n")
     genuine.add_alternative(html, subtype="html")
     first = gw.feed(casemail.sign(genuine.as_bytes(policy=SMTP), casemail.establishment_key()))
