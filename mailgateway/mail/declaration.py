@@ -322,8 +322,10 @@ _BETWEEN = frozenset(_BETWEEN_WORDS) | frozenset(match_form(w) for w in _BETWEEN
 # Where a sentence or a field ends (« Impact sur les soins : aucun. Un rançongiciel a chiffré… »:
 # « aucun » governs nothing after its full stop; an outside attacker). A word match form keeps
 # (no negation, no word between): the reading of a name stops there.
+# One punctuation mark followed by a blank, not a run of them: « [.:;!?]+(?=\s|$) » retried a long
+# run of dots from each dot when a letter ended it (quadratic; tests/mail/test_regex_budget.py).
 _STOP = " zzstopzz "
-_SENTENCE_END = re.compile(r"[.:;!?]+(?=\s|$)")
+_SENTENCE_END = re.compile(r"[.:;!?](?=\s|$)")
 
 
 def _sentences_marked(text: str) -> str:
