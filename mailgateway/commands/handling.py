@@ -50,10 +50,18 @@ from mailgateway.mail.commands import (
     signature_part,
 )
 from mailgateway.mail.facts import Command, MessageFacts
+from mailgateway.mail.headers import id_forms
 from mailgateway.mail.labels import load_labels
 from mailgateway.mail.text import match_form
 from mailgateway.processing import replay
-from mailgateway.processing.context import Env, Outcome, agency_domains, notify_staff
+from mailgateway.processing.context import (
+    REPLY_NOTICE,
+    Env,
+    Outcome,
+    agency_domains,
+    noticed_inbound,
+    notify_staff,
+)
 from mailgateway.store.models import (
     Case,
     Confirmation,
@@ -263,15 +271,13 @@ def _answered_writer(session: Session, facts: MessageFacts, case: Case | None) -
     notification of it (the notification's key names the reply): its sender's address, else None."""
     if case is None or not facts.in_reply_to:
         return None
-    bare = [b for b in (mid.strip().strip("<>").strip() for mid in facts.in_reply_to[:10]) if b]
-    ids = [*bare, *(f"<{b}>" for b in bare)]
     key = session.scalar(select(OutboundMessage.idempotency_key).where(
-        OutboundMessage.message_id.in_(ids), OutboundMessage.kind == "notification_reponse",
+        OutboundMessage.message_id.in_(id_forms(facts.in_reply_to, 10)), OutboundMessage.kind == REPLY_NOTICE,
         OutboundMessage.case_id == case.id).limit(1))
-    number = (key or "").split(":")[1] if (key or "").count(":") >= 1 else ""
-    if not number.isdigit():
+    inbound_id = noticed_inbound(key or "")
+    if inbound_id is None:
         return None
-    auth = session.scalar(select(InboundMessage.auth).where(InboundMessage.id == int(number)))
+    auth = session.scalar(select(InboundMessage.auth).where(InboundMessage.id == inbound_id))
     address = (auth or {}).get("address") if isinstance(auth, dict) else None
     return address.strip().lower() if isinstance(address, str) and address.strip() else None
 
@@ -442,13 +448,15 @@ def body_reference_prehandler(env: Env, session: Session, inbound: InboundMessag
                                                        extra={**facts.extra, "threaded_by": "body"}))
 
 
-_NEW_INCIDENT = ("nouvel incident", "nouveau incident", "autre incident", "incident distinct", "distinct de",
-                 "distincte de", "new incident", "another incident", "separate incident")
+# In match form, spaced: whole words only.
+_NEW_INCIDENT = tuple(f" {match_form(phrase)} " for phrase in (
+    "nouvel incident", "nouveau incident", "autre incident", "incident distinct", "distinct de", "distincte de",
+    "new incident", "another incident", "separate incident"))
 
 
 def _says_new(facts: MessageFacts) -> bool:
     text = f" {match_form((facts.new_text or facts.body_text or '')[:3000])} "
-    return any(f" {match_form(phrase)} " in text for phrase in _NEW_INCIDENT)
+    return any(phrase in text for phrase in _NEW_INCIDENT)
 
 
 def unrecognised_staff_prehandler(env: Env, session: Session, inbound: InboundMessage,
@@ -551,7 +559,7 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
     # A reopened case always reaches staff, caps or not (found by an outside tester: the declarant
     # was told « l'équipe SSI en est informée » while the per-domain cap had silenced the notice).
     # Not a flood: a case reopens once per closure, and only staff close cases.
-    notify_staff(env, session, target, inbound, facts, template="reponse_recue", kind="notification_reponse",
+    notify_staff(env, session, target, inbound, facts, template="reponse_recue", kind=REPLY_NOTICE,
                  extra=extra, capped=not extra["reopened"])
     # The establishment is told what became of its reply (reopened, kept closed, received).
     reply_notice.tell_sender(env, session, inbound, facts, case=case, target=target, extra=extra)

@@ -30,6 +30,7 @@ from mailgateway.cases import lifecycle, service
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import region_context
 from mailgateway.mail.facts import MessageFacts
+from mailgateway.mail.headers import id_forms
 from mailgateway.processing.context import Env
 from mailgateway.store.models import Case, Contact, InboundMessage, OutboundMessage
 
@@ -57,11 +58,7 @@ def on_case(session: Session, case: Case, address: str) -> bool:
 
 def answers_request(session: Session, case: Case, facts: MessageFacts) -> bool:
     """The reply names (In-Reply-To / References) a « #demander-info » mail of the case."""
-    ids: list[str] = []
-    for mid in facts.in_reply_to[:50]:
-        bare = mid.strip().strip("<>").strip()
-        if bare:
-            ids += [f"<{bare}>", bare]
+    ids = id_forms(facts.in_reply_to)
     if not ids:
         return False
     return session.scalar(select(OutboundMessage.id).where(

@@ -601,9 +601,14 @@ def _subject_command(subject: str, labels: Labels) -> Command | None:
     bare = strip_prefixes(subject)
     if not bare.startswith("#"):
         return None
-    # The bracketed tag only: « #statut SSI-… » names its case as its argument.
-    tag = next((m.start() - 1 for m in CASE_REF.finditer(bare) if bare[m.start() - 1 : m.start()] == "["), None)
+    tag = _tag_at(bare)
     return parse_command_line(bare[:tag].rstrip() if tag is not None else bare, labels)
+
+
+def _tag_at(bare: str) -> int | None:
+    """Where a Subject's bracketed case tag opens (« [SSI-… »), or None. The bracketed tag only:
+    « #statut SSI-… » names its case as its argument."""
+    return next((m.start() - 1 for m in CASE_REF.finditer(bare) if bare[m.start() - 1 : m.start()] == "["), None)
 
 
 def _inherited_from(subject: str, in_reply_ids: Sequence[str], reference_ids: Sequence[str], ctx: AnalysisContext,
@@ -639,9 +644,9 @@ def _inherited_from(subject: str, in_reply_ids: Sequence[str], reference_ids: Se
 
 
 def _after_command(bare: str) -> str:
-    """A Subject (prefixes stripped) without the command that begins it: what follows the case
-    tag's opening bracket (« #qualifier grave [SSI-…] Nouvelle … » -> « [SSI-…] Nouvelle … »)."""
-    tag = next((m.start() - 1 for m in CASE_REF.finditer(bare) if bare[m.start() - 1 : m.start()] == "["), None)
+    """A Subject (prefixes stripped) without the command that begins it: from the case tag's
+    opening bracket on (« #qualifier grave [SSI-…] Nouvelle … » -> « [SSI-…] Nouvelle … »)."""
+    tag = _tag_at(bare)
     return bare[tag:] if tag is not None else ""
 
 

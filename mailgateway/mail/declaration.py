@@ -104,7 +104,7 @@ def _all_finess(text: str, most: int = 10) -> list[str]:
         if separators and "finess" not in text[max(0, match.start() - 40):match.start()].lower():
             # Grouped, only where the text says it is one (« FINESS : 44 001 234 2 »): a ticket
             # « n° 44.001.234.2 », a file « 44-0012342.log » were read as the structure (an outside
-            # attacker). Labelled values are joined before (``_joined``).
+            # attacker). Labelled values are joined before (``_labelled_finess``).
             continue
         number = written.translate(_NOT_DIGIT).upper()
         if valid_finess(number):
@@ -255,7 +255,7 @@ def _impacts(fields: dict[str, str], free_text: str, labels: Labels, writer: Seq
     if any(key in fields for key in _IMPACT_FIELDS):
         free_text = "\n".join(line for line in free_text.splitlines() if not _is_impact_line(line, labels))
     form = match_form(free_text)
-    named = labels.impacts.kept([_sentences_marked(free_text)], _not_denied)
+    named = labels.impacts.kept(_sentences_marked(free_text), _not_denied)
     for ident in named:
         if ident == "SOINS" and re.search(
             r"\b(pas|aucun|sans) (d )?impact (sur|pour) (la prise en charge|les soin|le patient)", form
@@ -345,9 +345,8 @@ def _affirmed_first(table: Table, text: str) -> str | None:
     """The first id (table order) that ``text`` names without a negation governing the name:
     « Aucune exfiltration de données constatée », « ce n'était finalement pas un rançongiciel »,
     « No data exfiltration found » name no incident type (an outside tester, an RSSI: each gave
-    its type, told to the declarant in the acknowledgement). Read on the whole text, whose match
-    form is computed (and cached) once for every table."""
-    found = table.kept([_sentences_marked(text)], _not_denied)
+    its type, told to the declarant in the acknowledgement)."""
+    found = table.kept(_sentences_marked(text), _not_denied)
     return found[0] if found else None
 
 
@@ -479,7 +478,7 @@ def _finess_numbers(
     """
     def labelled(key: str) -> str | None:
         value = fields.get(key)
-        return (find_finess(value) or find_finess(_joined(value))) if value else None
+        return _labelled_finess(value) if value else None
 
     et, ej, generic = labelled("finess_et"), labelled("finess_ej"), labelled("finess")
     seen: list[str] = []
@@ -499,10 +498,10 @@ def _finess_numbers(
     return chosen, (ej if ej != chosen else None), others
 
 
-def _joined(value: str) -> str:
-    """A labelled FINESS value with its separators dropped: the label says what the digits are
-    (« N° FINESS : 44 001 234-2 »)."""
-    return value.translate(_NOT_DIGIT)
+def _labelled_finess(value: str) -> str | None:
+    """The FINESS of a labelled value: as written (« 440012342 (site 2), tél. 02 40 … »), else with
+    its separators dropped — the label says what the digits are (« N° FINESS : 44 001 234-2 »)."""
+    return find_finess(value) or find_finess(value.translate(_NOT_DIGIT))
 
 
 def _known(ctx: AnalysisContext, finess: str) -> bool:
@@ -686,7 +685,7 @@ def looks_like_declaration(text: str, subject: str, labels: Labels) -> tuple[boo
     # A short hand-made form: a valid FINESS and one incident field (« N° FINESS : … / Gravité :
     # grave » under « Nous vous signalons un incident : »).
     numbers = [found.values.get(k, "") for k in ("finess", "finess_et", "finess_ej")]
-    if _INCIDENT_FIELDS & found.values.keys() and any(find_finess(n) or find_finess(_joined(n)) for n in numbers if n):
+    if _INCIDENT_FIELDS & found.values.keys() and any(_labelled_finess(n) for n in numbers if n):
         return True, "labelled"
     probe = subject + "\n" + text[:20_000]
     if labels.declaration_keywords.first(probe):

@@ -24,6 +24,7 @@ import binascii
 import codecs
 import email.utils
 import re
+from collections.abc import Iterable
 from email.header import Header
 
 # RFC 2047 §2: encoded-word = "=?" charset "?" encoding "?" encoded-text "?="
@@ -348,3 +349,10 @@ def message_ids(value: str) -> list[str]:
     if not found:
         found = [tok for tok in value.split() if "@" in tok]
     return [f.strip("<>") for f in found][:100]
+
+
+def id_forms(message_ids: Iterable[str], limit: int = 50) -> list[str]:
+    """Each of the first ``limit`` Message-IDs bare and between angle brackets: what a look-up in
+    the stored messages matches, whichever way a row holds it (ours are bracketed)."""
+    bare = [b for b in (mid.strip().strip("<>").strip() for mid in list(message_ids)[:limit]) if b]
+    return [*bare, *(f"<{b}>" for b in bare)]

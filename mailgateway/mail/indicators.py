@@ -276,6 +276,9 @@ def _paragraph_before(lines: list[str], end: int) -> tuple[int, int]:
     return start, end
 
 
+_WORDS = re.compile(r"[^\W\d_]+")
+
+
 def writer_words(*names: str | None) -> tuple[str, ...]:
     """The words (three letters or more, folded) of what names a mail's writer: a display name
     (« Dr Paul Durand »), an address's local part (« paul.durand »)."""
@@ -286,8 +289,6 @@ def writer_words(*names: str | None) -> tuple[str, ...]:
                                                           else name)) if len(w) >= 3)
     return tuple(sorted(words))
 
-
-_WORDS = re.compile(r"[^\W\d_]+")
 
 
 def _closing_block(lines: list[str], writer: Sequence[str] = ()) -> list[int]:

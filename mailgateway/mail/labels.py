@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -108,18 +108,12 @@ class Table:
         form, candidates = self._candidates(text)
         return [ident for _rank, ident, pattern in candidates if pattern.search(form)]
 
-    def kept(self, texts: Iterable[str], keep: Callable[[str, int], bool]) -> list[str]:
-        """Every id, in table order, one of whose synonyms occurs in one of ``texts`` at a place
-        ``keep(form, start)`` accepts (``form``: that text in match form)."""
-        found: dict[int, str] = {}
-        for text in texts:
-            if not text.strip():
-                continue
-            form, candidates = self._candidates(text)
-            for rank, ident, pattern in candidates:
-                if rank not in found and any(keep(form, m.start()) for m in pattern.finditer(form)):
-                    found[rank] = ident
-        return [found[rank] for rank in sorted(found)]
+    def kept(self, text: str, keep: Callable[[str, int], bool]) -> list[str]:
+        """Every id, in table order, one of whose synonyms occurs in ``text`` at a place
+        ``keep(form, start)`` accepts (``form``: the text in match form)."""
+        form, candidates = self._candidates(text)
+        return [ident for _rank, ident, pattern in candidates
+                if any(keep(form, m.start()) for m in pattern.finditer(form))]
 
     def lookup(self, label: str) -> str | None:
         """Exact label match (labels of "Champ : valeur" lines)."""

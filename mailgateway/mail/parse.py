@@ -324,27 +324,23 @@ def text_digest(text: str) -> str:
 
 
 def message_digest(parsed: ParsedMessage) -> str:
-    """``text_digest`` of a whole message as a reader sees it: its Subject and From (display name
-    too), Reply-To, text, HTML alternative as text, links, and every part — its type, and its text
-    or its decoded size. A forged copy forwarded by an agent kept the genuine plain text under an
-    HTML part saying « fausse alerte, écrivez à … » (what Outlook shows), added a Reply-To, a PDF,
-    a nameless .exe, a nested message or a calendar part, changed a link's target or the Subject
-    (an outside attacker). Whitespace is folded: a client re-wrapping or re-encoding the genuine
-    message (base64, quoted-printable) changes none of it."""
-    parsed.convert_html()
+    """``text_digest`` of a whole message as a reader sees it: its Subject, From (display name
+    too) and Reply-To, and every part — its type, file name, and its text (markup and links
+    included) or its decoded size. A forged copy forwarded by an agent kept the genuine plain text
+    under an HTML part saying « fausse alerte, écrivez à … » (what Outlook shows), added a
+    Reply-To, a PDF, a nameless .exe, a nested message or a calendar part, changed a link's target
+    or the Subject (an outside attacker). Whitespace is folded: a client re-wrapping or re-encoding
+    the genuine message (base64, quoted-printable, another charset) changes none of it."""
     shape = []
     for part, _depth, _inner in walk(parsed.msg):
         if part.is_multipart():
             continue
         ctype = _ctype(part)
-        # Text by its words (its charset decoded: a client may re-encode it), a file by its size.
         seen = text_digest(part_text(part)) if ctype.startswith("text/") else len(part_bytes(part))
-        shape.append(f"{ctype}:{seen}")
+        shape.append(f"{ctype}:{_filename(part)}:{seen}")
     parts = (parsed.header("Subject"), " ".join(f"{n} {a}" for n, a in parsed.addresses("From")),
-             " ".join(address for _name, address in parsed.addresses("Reply-To")), parsed.text(),
-             "\n".join(parsed.html), "\n".join(sorted(parsed.links)), "\n".join(sorted(parsed.attachment_names)),
-             "\n".join(shape))
-    return text_digest("\x00".join(" ".join(part.split()) for part in parts))
+             " ".join(address for _name, address in parsed.addresses("Reply-To")), "\n".join(shape))
+    return text_digest("\x00".join(parts))
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

@@ -159,6 +159,22 @@ def _file_names(facts: MessageFacts) -> dict[str, Any] | None:
     return {"total": count, "names": shown}
 
 
+# The staff notification of an establishment's reply (« Réponse reçue »): its outbox kind.
+REPLY_NOTICE = "notification_reponse"
+
+
+def _notice_key(kind: str, inbound_id: int) -> str:
+    """The idempotency key of a staff notice of an inbound message (``noticed_inbound`` reads it)."""
+    return f"{kind}:{inbound_id}"
+
+
+def noticed_inbound(key: str) -> int | None:
+    """The inbound message a staff notice's idempotency key names (``_notice_key``; the mailer
+    may append the recipient), or None."""
+    number = key.split(":")[1] if key.count(":") >= 1 else ""
+    return int(number) if number.isdigit() else None
+
+
 def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage, facts: MessageFacts,
                  template: str = "staff_notification", kind: str = "notification_equipe",
                  extra: dict[str, Any] | None = None, capped: bool = True) -> int:
@@ -187,9 +203,9 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         **original,
         **(extra or {}),
     }
-    assignee = [case.assignee] if case.assignee and kind == "notification_reponse" else None
+    assignee = [case.assignee] if case.assignee and kind == REPLY_NOTICE else None
     call: dict[str, Any] = {
-        "template": template, "context": context, "kind": kind, "key": f"{kind}:{inbound.id}",
+        "template": template, "context": context, "kind": kind, "key": _notice_key(kind, inbound.id),
         "recipients": assignee, "priority": 0,
         "in_reply_to": facts.message_id, "references": facts.answer_references(),
     }

@@ -50,6 +50,7 @@ from mailgateway.mail.analyse import analyse
 from mailgateway.mail.auth import Authenticator, arrived_via_trusted_path, build_authenticator
 from mailgateway.mail.context import AnalysisContext, EstablishmentInfo, build_context
 from mailgateway.mail.facts import MessageFacts, SenderVerdict
+from mailgateway.mail.headers import id_forms
 from mailgateway.mail.parse import parse_message
 from mailgateway.processes import ANALYSIS_NAME, die_with_parent, name_process
 from mailgateway.processing.routing import resolve_region
@@ -57,6 +58,7 @@ from mailgateway.settings import Settings
 from mailgateway.store import fast
 from mailgateway.store.engine import make_engine, make_sessionmaker, reading
 from mailgateway.store.models import Case, Establishment, InboundMessage, OutboundMessage
+from mailgateway.wire import header_block
 
 log = logging.getLogger("mailgateway.processing.worker")
 
@@ -135,15 +137,17 @@ def thread_subjects_for(session: Session) -> Callable[[Sequence[str]], dict[str,
     ``_inherited_from``)."""
 
     def lookup(message_ids: Sequence[str]) -> dict[str, tuple[str, bool]]:
-        ids = [m for m in (_strip(x) for x in message_ids) if m][:50]
-        if not ids:
+        keys = id_forms(message_ids)
+        if not keys:
             return {}
-        keys = [*ids, *(f"<{m}>" for m in ids)]
         found: dict[str, tuple[str, bool]] = {}
         for table, ours in ((OutboundMessage, True), (InboundMessage, False)):
             rows = session.execute(select(table.message_id, table.raw).where(table.message_id.in_(keys)).limit(20))
             for mid, raw in rows:
-                found.setdefault(_strip(mid or ""), (parse_message(raw).header("Subject")[:1000] if raw else "", ours))
+                # The header block alone, read by the one parser: a notification carries the
+                # original attached, and only its Subject is wanted.
+                subject = parse_message(header_block(raw)).header("Subject")[:1000] if raw else ""
+                found.setdefault(_strip(mid or ""), (subject, ours))
         return found
 
     return lookup
