@@ -343,6 +343,7 @@ class HostSupervisor:
         self.ready = False
         self.started = 0  # hosts started so far (restarts = started - 1)
         self.down_since: float | None = None  # monotonic time the last host died, while none runs
+        self._closed = False  # close(): a host a start thread forks later is ended at once
 
     @property
     def pid(self) -> int | None:
@@ -465,6 +466,9 @@ class HostSupervisor:
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
                     loop.call_soon_threadsafe(_fail, started, exc)
                 return
+            if self._closed:  # the supervisor closed meanwhile (a failed start undone)
+                _end(*result)
+                return
             try:
                 loop.call_soon_threadsafe(_succeed, started, result)
             except RuntimeError:  # the daemon's loop closed meanwhile: a host nobody supervises
@@ -476,14 +480,19 @@ class HostSupervisor:
             await asyncio.wait([started, stopping], timeout=STARTUP_SECONDS, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            if not started.done():
+                # Whatever it starts later is ended at once (a host without its supervisor) — also
+                # when this start is cancelled: a failed daemon start (the SMTP port in use) undone
+                # while the fork server was still importing left the first host running, its
+                # control pipe held by a future nobody read, and the daemon's exit waited for it
+                # (multiprocessing joins its children).
+                started.add_done_callback(_discard_late_host)
         if started.done():
             proc, control = started.result()
             if self.settings is not settings:  # SIGHUP while it was started: reconfigure() missed it
                 with contextlib.suppress(OSError, ValueError):
                     control.send(("settings", self.settings))
             return proc, control
-        # Whatever it starts later is ended at once (a host without its supervisor).
-        started.add_done_callback(_discard_late_host)
         if not stop.is_set():
             _kill_fork_server(f"did not start a processing host in {STARTUP_SECONDS:.0f} s")
         return None
@@ -574,6 +583,7 @@ class HostSupervisor:
                 proc.kill()
 
     def close(self) -> None:
+        self._closed = True
         self.kill()
         self._wake_reader.close()
         self._wake_writer.close()

@@ -113,3 +113,85 @@ def test_settings_reloaded_while_a_host_starts_reach_it(monkeypatch: pytest.Monk
         ours.close()
         hosts.close()
         supervisor.close()
+
+
+class _LateHost:
+    """What ``_spawn`` returns: a host the test can ask whether it was killed."""
+
+    def __init__(self) -> None:
+        self.killed = threading.Event()
+
+    def kill(self) -> None:
+        self.killed.set()
+
+
+def _late_supervisor(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> tuple[HostSupervisor, _LateHost, Any]:
+    supervisor = HostSupervisor(parse_settings(MINIMAL), lambda _settings: lambda: None,  # type: ignore[arg-type,return-value]
+                                IntakeSignal(multiprocessing.get_context("spawn").RawArray("d", 2)),
+                                on_result=lambda _r: None, on_outbound=lambda: None)
+    late = _LateHost()
+    ours, hosts = multiprocessing.Pipe()
+
+    def spawn(_settings: Any) -> Any:
+        release.wait(30)
+        return late, ours
+
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
+    return supervisor, late, hosts
+
+
+def test_a_host_started_after_its_start_was_cancelled_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed daemon start (the SMTP port in use) cancels the processing task while the fork
+    server, still importing, has not forked the first host. That host came later, unsupervised,
+    its control pipe held open by a future nobody read: it never exited, and the daemon's exit
+    (multiprocessing joins its children) hung for minutes after « startup failed »."""
+    release = threading.Event()
+    supervisor, late, hosts = _late_supervisor(monkeypatch, release)
+
+    async def cancel_while_starting() -> None:
+        starting = asyncio.ensure_future(supervisor._start(asyncio.Event()))
+        await asyncio.sleep(0.2)
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        release.set()  # the fork server answers now
+        await asyncio.sleep(0.5)
+
+    try:
+        asyncio.run(cancel_while_starting())
+        assert late.killed.wait(5)
+        assert hosts.poll(5) and _closed(hosts)  # its control pipe closed: the host sees EOF
+    finally:
+        release.set()
+        hosts.close()
+        supervisor.close()
+
+
+def test_a_host_started_after_the_supervisor_closed_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, the event loop gone before the fork server answers (the daemon exiting)."""
+    release = threading.Event()
+    supervisor, late, hosts = _late_supervisor(monkeypatch, release)
+
+    async def cancel_while_starting() -> None:
+        starting = asyncio.ensure_future(supervisor._start(asyncio.Event()))
+        await asyncio.sleep(0.2)
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+
+    try:
+        asyncio.run(cancel_while_starting())
+        supervisor.close()
+        release.set()
+        assert late.killed.wait(5)
+    finally:
+        release.set()
+        hosts.close()
+
+
+def _closed(conn: Any) -> bool:
+    try:
+        conn.recv()
+    except EOFError:
+        return True
+    return False
