@@ -125,7 +125,8 @@ class _LateHost:
         self.killed.set()
 
 
-def _late_supervisor(monkeypatch: pytest.MonkeyPatch, release: threading.Event) -> tuple[HostSupervisor, _LateHost, Any]:
+def _late_supervisor(monkeypatch: pytest.MonkeyPatch,
+                     release: threading.Event) -> tuple[HostSupervisor, _LateHost, Any]:
     supervisor = HostSupervisor(parse_settings(MINIMAL), lambda _settings: lambda: None,  # type: ignore[arg-type,return-value]
                                 IntakeSignal(multiprocessing.get_context("spawn").RawArray("d", 2)),
                                 on_result=lambda _r: None, on_outbound=lambda: None)
