@@ -815,4 +815,16 @@ def _declaration_source(pm: ParsedMessage, text: str, subject: str, labels: Labe
         return _Source(own_before + "\n" + forwarded, subject, author, pm.all_links(), outer,
                        author_declares=declares, participants=tuple(participants),
                        forwarded_digest=text_digest(body[header_block_end(body):]) if body is not None else None)
+    form = _attached_form(pm, text, subject, labels)
+    if form is not None:
+        return _Source(text.strip() + "\n\n" + form, subject, None, pm.all_links(), None)
     return _Source(text, subject, None, pm.all_links(), None)
+
+
+def _attached_form(pm: ParsedMessage, text: str, subject: str, labels: Labels) -> str | None:
+    """The declaration's form attached as a text file under a cover note (« ci-joint notre fiche
+    de déclaration »), read after the note; None when the note is a form itself or no attached
+    text is one. It was not read: the case showed « non précisé » everywhere (note of 2026-12-07)."""
+    if not pm.attached_texts or looks_like_declaration(text, subject, labels)[1] == "labelled":
+        return None
+    return next((t for t in pm.attached_texts if looks_like_declaration(t, subject, labels)[1] == "labelled"), None)

@@ -156,6 +156,18 @@ def _filename(part: Message) -> str:
     return " ".join(name.split())[:200]
 
 
+MAX_ATTACHED_TEXTS = 3
+MAX_ATTACHED_TEXT_CHARS = 64 * 1024
+
+
+def _text_file(part: Message, ctype: str) -> bool:
+    """A plain-text file: text/plain, or a ``.txt`` sent as application/octet-stream (some
+    clients do)."""
+    if ctype == "text/plain":
+        return True
+    return ctype == "application/octet-stream" and _filename(part).lower().endswith(".txt")
+
+
 def _is_attachment(part: Message) -> bool:
     try:
         disposition = (part.get("Content-Disposition") or "").lower()
@@ -184,6 +196,9 @@ class ParsedMessage:
     # Their file names, decoded (RFC 2231), the first MAX_ATTACHMENT_NAMES: a declaration sent as
     # its form attached says so in the name (« Declaration_incident_SSI.pdf »).
     attachment_names: list[str] = field(default_factory=list)
+    # The text of plain-text files attached at the top level (« fiche_incident.txt »), the first
+    # MAX_ATTACHED_TEXTS, each cut at MAX_ATTACHED_TEXT_CHARS: a declaration's form may come so.
+    attached_texts: list[str] = field(default_factory=list)
     _cache: dict[str, str] = field(default_factory=dict)
     _addr_cache: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _html_done: bool = False
@@ -381,6 +396,10 @@ def collect_parts(parsed: ParsedMessage) -> None:
                 name = _filename(part)
                 if name:
                     parsed.attachment_names.append(name)
+            if budget > 0 and len(parsed.attached_texts) < MAX_ATTACHED_TEXTS and _text_file(part, ctype):
+                text = part_text(part)[:MAX_ATTACHED_TEXT_CHARS]
+                parsed.attached_texts.append(text)
+                budget -= len(text)
         if inner or part.is_multipart() or budget <= 0:
             continue
         if ctype == "text/plain" or (ctype.startswith("text/") and ctype not in ("text/html",)):

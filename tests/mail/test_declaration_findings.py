@@ -393,6 +393,60 @@ def test_a_declaration_sent_as_its_form_attached_is_a_declaration(subject: str, 
     assert facts.kind == "declaration", (subject, name)
 
 
+FORM_TXT = ("Numéro FINESS : 690781810\r\nType d'incident : rançongiciel\r\nGravité : grave\r\n"
+            "Date de détection : 06/12/2026 à 22h15\r\n"
+            "Description : postes chiffrés au bloc opératoire, demande de rançon.\r\n")
+
+
+def _with_text_file(body: str, data: bytes, maintype: str, subtype: str, name: str = "fiche_incident.txt",
+                    **params: str) -> MessageFacts:
+    from mailgateway.mail.analyse import analyse
+    from mailgateway.mail.context import AnalysisContext
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = "dsi@chu.test"
+    msg["To"] = "ssi-ara@ars.test"
+    msg["Subject"] = "Déclaration d'incident"
+    msg["Message-ID"] = "<f@chu.test>"
+    msg["Date"] = "Mon, 07 Dec 2026 09:00:00 +0100"
+    msg.set_content(body)
+    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
+    return analyse(msg.as_bytes(), AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"}))
+
+
+@pytest.mark.parametrize(("data", "maintype", "subtype", "params"), [
+    (FORM_TXT.encode(), "text", "plain", {"charset": "utf-8"}),
+    (FORM_TXT.encode("cp1252"), "text", "plain", {}),  # Outlook: no charset, Notepad's ANSI
+    (FORM_TXT.encode(), "application", "octet-stream", {}),
+])
+def test_a_form_attached_as_a_text_file_is_read(data: bytes, maintype: str, subtype: str,
+                                                 params: dict[str, str]) -> None:
+    """« Veuillez trouver ci-joint notre fiche » with the form as « fiche_incident.txt »: the
+    case said « non précisé » for every field (an outside tester, note of 2026-12-07)."""
+    facts = _with_text_file("Bonjour,\nVeuillez trouver ci-joint notre fiche de déclaration.\nCordialement\n",
+                            data, maintype, subtype, **params)
+    decl = facts.declaration
+    assert facts.kind == "declaration" and decl is not None
+    assert (decl.finess, decl.incident_type, decl.severity) == ("690781810", "RANCONGICIEL", "GRAVE")
+    assert decl.detected_at == "2026-12-06T22:15:00+01:00"
+    assert decl.summary == "postes chiffrés au bloc opératoire, demande de rançon."
+
+
+def test_the_form_in_the_body_wins_over_a_text_file_attached() -> None:
+    body = "Numéro FINESS : 440000289\nType d'incident : hameçonnage\nGravité : non grave\n"
+    facts = _with_text_file(body, FORM_TXT.encode(), "text", "plain", charset="utf-8")
+    decl = facts.declaration
+    assert decl is not None and (decl.finess, decl.incident_type) == ("440000289", "HAMECONNAGE")
+
+
+def test_a_log_file_attached_is_no_form() -> None:
+    """A log attached beside a free-text declaration is evidence, not the form: the body is read."""
+    log = b"2026-12-06 22:15:01 GET /login.php 200\n" * 20
+    facts = _with_text_file("Bonjour,\nNous avons une attaque par rançongiciel cette nuit, FINESS 440000289.\n",
+                            log, "text", "plain", name="access.log", charset="utf-8")
+    decl = facts.declaration
+    assert decl is not None and decl.incident_type == "RANCONGICIEL" and decl.finess == "440000289"
+
+
 def test_an_attachments_name_alone_does_not_make_a_declaration_of_anything() -> None:
     facts = _analysed("Bonjour, voici le compte rendu de la réunion.", subject="Compte rendu",
                       attachment=("compte-rendu.pdf", b"%PDF-1.4\n%%EOF\n"))
