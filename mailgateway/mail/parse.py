@@ -30,6 +30,8 @@ import dkim
 from mailgateway.mail.flowed import unflow
 from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_header_addresses
 from mailgateway.mail.htmltext import SIGNATURE_MARKERS, html_to_text
+from mailgateway.mail.office import MAX_FILE_BYTES as MAX_OFFICE_BYTES
+from mailgateway.mail.office import office_kind, office_text
 from mailgateway.mail.text import quote_start
 from mailgateway.wire import MAX_SIGNATURE_FIELDS, MAX_SIGNED_NAMES, header_block, header_block_problem
 
@@ -160,12 +162,15 @@ MAX_ATTACHED_TEXTS = 3
 MAX_ATTACHED_TEXT_CHARS = 64 * 1024
 
 
-def _text_file(part: Message, ctype: str) -> bool:
-    """A plain-text file: text/plain, or a ``.txt`` sent as application/octet-stream (some
-    clients do)."""
-    if ctype == "text/plain":
-        return True
-    return ctype == "application/octet-stream" and _filename(part).lower().endswith(".txt")
+def _file_text(part: Message, ctype: str) -> str | None:
+    """The text of an attached file that may hold a form: plain text (text/plain, or a ``.txt``
+    sent as application/octet-stream, as some clients do), a Word or LibreOffice document
+    (mail/office.py); None for any other file."""
+    name = _filename(part).lower()
+    if ctype == "text/plain" or (ctype == "application/octet-stream" and name.endswith(".txt")):
+        return part_text(part)
+    kind = office_kind(ctype, name)
+    return office_text(part_bytes(part, MAX_OFFICE_BYTES + 1), kind) if kind is not None else None
 
 
 def _is_attachment(part: Message) -> bool:
@@ -196,7 +201,8 @@ class ParsedMessage:
     # Their file names, decoded (RFC 2231), the first MAX_ATTACHMENT_NAMES: a declaration sent as
     # its form attached says so in the name (« Declaration_incident_SSI.pdf »).
     attachment_names: list[str] = field(default_factory=list)
-    # The text of plain-text files attached at the top level (« fiche_incident.txt »), the first
+    # The text of files attached at the top level that may hold a form (« fiche_incident.txt »,
+    # « Formulaire.docx », .odt: ``_file_text``), the first
     # MAX_ATTACHED_TEXTS, each cut at MAX_ATTACHED_TEXT_CHARS: a declaration's form may come so.
     attached_texts: list[str] = field(default_factory=list)
     _cache: dict[str, str] = field(default_factory=dict)
@@ -396,10 +402,11 @@ def collect_parts(parsed: ParsedMessage) -> None:
                 name = _filename(part)
                 if name:
                     parsed.attachment_names.append(name)
-            if budget > 0 and len(parsed.attached_texts) < MAX_ATTACHED_TEXTS and _text_file(part, ctype):
-                text = part_text(part)[:MAX_ATTACHED_TEXT_CHARS]
-                parsed.attached_texts.append(text)
-                budget -= len(text)
+            if budget > 0 and len(parsed.attached_texts) < MAX_ATTACHED_TEXTS:
+                text = _file_text(part, ctype)
+                if text:
+                    parsed.attached_texts.append(text[:MAX_ATTACHED_TEXT_CHARS])
+                    budget -= len(text)
         if inner or part.is_multipart() or budget <= 0:
             continue
         if ctype == "text/plain" or (ctype.startswith("text/") and ctype not in ("text/html",)):

@@ -398,7 +398,16 @@ FORM_TXT = ("Numéro FINESS : 690781810\r\nType d'incident : rançongiciel\r\nGr
             "Description : postes chiffrés au bloc opératoire, demande de rançon.\r\n")
 
 
-def _with_text_file(body: str, data: bytes, maintype: str, subtype: str, name: str = "fiche_incident.txt",
+def docx_form() -> bytes:
+    """The form as Word saves it: a title, then a two-column table of labels and values."""
+    from tests.mail.test_office import docx, p, row
+    return docx(p("Fiche de signalement") + "<w:tbl>" + row("Numéro FINESS", "690781810")
+                + row("Type d'incident", "Rançongiciel") + row("Gravité", "Grave")
+                + row("Date de détection", "06/12/2026 à 22h15")
+                + row("Description", "postes chiffrés au bloc opératoire, demande de rançon.") + "</w:tbl>")
+
+
+def _with_text_file(body: str, data: bytes, maintype: str, subtype: str, name: str = "fiche_incident",
                     **params: str) -> MessageFacts:
     from mailgateway.mail.analyse import analyse
     from mailgateway.mail.context import AnalysisContext
@@ -417,13 +426,15 @@ def _with_text_file(body: str, data: bytes, maintype: str, subtype: str, name: s
     (FORM_TXT.encode(), "text", "plain", {"charset": "utf-8"}),
     (FORM_TXT.encode("cp1252"), "text", "plain", {}),  # Outlook: no charset, Notepad's ANSI
     (FORM_TXT.encode(), "application", "octet-stream", {}),
+    (docx_form(), "application", "vnd.openxmlformats-officedocument.wordprocessingml.document", {}),
 ])
 def test_a_form_attached_as_a_text_file_is_read(data: bytes, maintype: str, subtype: str,
                                                  params: dict[str, str]) -> None:
-    """« Veuillez trouver ci-joint notre fiche » with the form as « fiche_incident.txt »: the
-    case said « non précisé » for every field (an outside tester, note of 2026-12-07)."""
+    """« Veuillez trouver ci-joint notre fiche » with the form as « fiche_incident.txt » or a Word
+    file: the case said « non précisé » for every field (an outside tester, note of 2026-12-07)."""
+    name = "fiche_incident.docx" if subtype.endswith("document") else "fiche_incident.txt"
     facts = _with_text_file("Bonjour,\nVeuillez trouver ci-joint notre fiche de déclaration.\nCordialement\n",
-                            data, maintype, subtype, **params)
+                            data, maintype, subtype, name, **params)
     decl = facts.declaration
     assert facts.kind == "declaration" and decl is not None
     assert (decl.finess, decl.incident_type, decl.severity) == ("690781810", "RANCONGICIEL", "GRAVE")
@@ -433,7 +444,7 @@ def test_a_form_attached_as_a_text_file_is_read(data: bytes, maintype: str, subt
 
 def test_the_form_in_the_body_wins_over_a_text_file_attached() -> None:
     body = "Numéro FINESS : 440000289\nType d'incident : hameçonnage\nGravité : non grave\n"
-    facts = _with_text_file(body, FORM_TXT.encode(), "text", "plain", charset="utf-8")
+    facts = _with_text_file(body, FORM_TXT.encode(), "text", "plain", "fiche.txt", charset="utf-8")
     decl = facts.declaration
     assert decl is not None and (decl.finess, decl.incident_type) == ("440000289", "HAMECONNAGE")
 
