@@ -47,6 +47,7 @@ from mailgateway.mail.commands import (
     WHOLE_TEXT,
     Hint,
     command_hints,
+    repeats,
     signature_part,
 )
 from mailgateway.mail.facts import Command, MessageFacts
@@ -171,18 +172,18 @@ def handle_command(env: Env, session: Session, inbound: InboundMessage, facts: M
     ctx = Ctx(env=env, session=session, inbound=inbound, facts=facts, case=case, actor=sender, region=region,
               now=env.clock.now())
     results: list[dict[str, Any]] = []
-    ran: set[tuple[str, tuple[str, ...]]] = set()
+    ran: list[Command] = []
     answered = _answered_case(session, facts, case) if opened is None else None
     followed = _followed(answered, case)
     writer = _answered_writer(session, facts, case) if opened is None else None
     for cmd in facts.commands:
         # The same command in the Subject and in the body (Outlook users write both) runs once:
-        # the second is reported as a duplicate, not as a refusal of the first's work.
-        key = (cmd.name, tuple(" ".join(a.split()).lower() for a in cmd.args))
-        if cmd.reason != REASON_UNKNOWN and key in ran:
+        # the second is reported as a duplicate, not as a refusal of the first's work; the one
+        # that says more runs (mail/analyse.py puts the Subject's after the body's then).
+        if any(repeats(cmd, other) for other in ran):
             results.append(_duplicate(cmd))
             continue
-        ran.add(key)
+        ran.append(cmd)
         other_declarant = (_other_declarant(followed, answered, case, cmd)
                            or _other_writer(writer, case, cmd))
         results.append(other_declarant if other_declarant is not None else _run(ctx, cmd))

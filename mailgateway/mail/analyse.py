@@ -62,6 +62,7 @@ from mailgateway.mail.commands import (
     is_staff,
     parse_command_line,
     parse_commands,
+    repeats,
 )
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.courtesy import is_courtesy
@@ -366,7 +367,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         _read_reply(pm, fresh, ctx, labels, reply_to, extra)
     # 4. reply / command
     commands = _commands(subject, fresh, labels,
-                         _inherited_from(subject, in_reply_ids, reference_ids, ctx, labels))
+                         _inherited_from(subject, in_reply_ids, reference_ids, ctx, labels), _writer(pm))
     if extra.get("courtesy") and commands and all(c.name == "lu" for c in commands) and not is_staff(
             sender.address, ctx.staff):
         # « #lu » is a courtesy (docs/understanding.md), never a command of an establishment's: as a
@@ -582,18 +583,27 @@ def _from_acss(sender: SenderVerdict, ctx: AnalysisContext) -> bool:
     return domain_in(sender.auth_domain or sender.domain, ctx.acss_domains)
 
 
-def _commands(subject: str, fresh: str, labels: Labels, inherited: Callable[[Command], bool]) -> list[Command]:
-    """The subject's command, then the body's. A command that begins the subject ends at the case
-    tag that follows it (« RE: #qualifier significatif [SSI-…] Nouvelle déclaration… »: found by an
-    outside tester, the tag and our subject were read as the severity). Nothing after the start of
-    the subject is read: our own subjects carry a declarant's words (a structure named « CHU
-    #clore » made every staff reply close the case: found by an outside tester). A subject command
-    the writer did not write (``inherited``) is refused, with its reason."""
+def _commands(subject: str, fresh: str, labels: Labels, inherited: Callable[[Command], bool],
+              writer: Sequence[str] = ()) -> list[Command]:
+    """The subject's command, then the body's (after them when one of them repeats it, saying
+    more). A command that begins the subject ends at the case tag that follows it (« RE:
+    #qualifier significatif [SSI-…] Nouvelle déclaration… »: found by an outside tester, the tag
+    and our subject were read as the severity). Nothing after the start of the subject is read:
+    our own subjects carry a declarant's words (a structure named « CHU #clore » made every staff
+    reply close the case: found by an outside tester). A subject command the writer did not write
+    (``inherited``) is refused, with its reason."""
     found: list[Command] = []
     cmd = _subject_command(subject, labels)
+    body = parse_commands(fresh, labels, writer)
     if cmd is not None:
-        found.append(replace(cmd, accepted=False, reason=REASON_INHERITED_SUBJECT) if inherited(cmd) else cmd)
-    found.extend(parse_commands(fresh, labels))
+        cmd = replace(cmd, accepted=False, reason=REASON_INHERITED_SUBJECT) if inherited(cmd) else cmd
+        if any(repeats(cmd, other) for other in body):
+            # « RE: #clore [SSI-…] » above « #clore <motif> » in the body: the body's, which says
+            # more, runs; the Subject's is its duplicate (an outside tester, an agent: the bare
+            # Subject command closed the case first, and the motif was lost).
+            return [*body, cmd]
+        found.append(cmd)
+    found.extend(body)
     return found
 
 

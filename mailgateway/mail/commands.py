@@ -8,11 +8,11 @@ the sender why nothing happened).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mailgateway.mail.facts import Command, SenderVerdict
-from mailgateway.mail.indicators import is_closing
+from mailgateway.mail.indicators import is_closing, writer_card
 from mailgateway.mail.labels import Labels, command_key
 from mailgateway.mail.refs import CASE_REF, canonical
 from mailgateway.mail.text import fold, is_mobile_sign_off, quote_start
@@ -96,14 +96,15 @@ def parse_command_line(line: str, labels: Labels) -> Command | None:
     return Command(name=spec.name, args=_args(spec.args, rest), accepted=False, line=line.strip())
 
 
-def parse_commands(text: str, labels: Labels) -> list[Command]:
+def parse_commands(text: str, labels: Labels, writer: Sequence[str] = ()) -> list[Command]:
     """Commands of the lines of ``text`` (already reduced to the new text: no quote, no signature).
 
     A command of ``WHOLE_TEXT`` takes the rest of its line and every following line, up to the
     next command line (or a signature delimiter, should ``text`` still hold one): staff write the
     answer to a declarant as a mail, over several lines and paragraphs, and mail clients wrap long
     lines anyway. Its one argument is that text with the writer's line breaks (blank lines around
-    it removed), at most ``MAX_TEXT`` characters.
+    it removed), at most ``MAX_TEXT`` characters. ``writer``: the words naming the writer
+    (mail/indicators.py ``writer_words``), whose card ending a text is not part of it.
     """
     found: list[Command] = []
     block: list[str] | None = None  # the lines of the last command when it takes a whole text
@@ -117,14 +118,14 @@ def parse_commands(text: str, labels: Labels) -> list[Command]:
                 if block is not None:
                     block.append(piece)
                 continue
-            _close(found, block)
+            _close(found, block, writer)
             if len(found) >= MAX_COMMANDS:
                 return found
             found.append(cmd)
             block = [cmd.args[0] if cmd.args else ""] if cmd.name in WHOLE_TEXT and cmd.reason is None else None
         if unread is not None and len(found) < MAX_COMMANDS:
             found.append(unread)
-    _close(found, block)
+    _close(found, block, writer)
     return found
 
 
@@ -198,15 +199,22 @@ _SIGNATURE_LINE = re.compile(r"^-- ?$")  # RFC 3676 §4.3 signature separator ("
 
 # Whole-text commands whose text stays inside the agency (or goes to the ACSS): not a letter.
 _NOT_A_LETTER = frozenset({"note", "transmettre-acss", "clore", "rouvrir"})
+_CARD_WIDTH = 80  # an agency's card: « Direction de la santé publique – ARS Auvergne-Rhône-Alpes »
 _OUTLOOK_MAILTO = re.compile(r"<mailto:[^<>\s]{1,320}>", re.I)
 
 
-def _close(found: list[Command], block: list[str] | None) -> None:
+def _close(found: list[Command], block: list[str] | None, writer: Sequence[str] = ()) -> None:
     """Give the last command of ``found`` the whole text of ``block`` (its lines, as written),
-    without a phone's automatic sign-off line at its end."""
+    without a phone's automatic sign-off line at its end, nor the writer's card: Outlook for Mac,
+    a signature pasted or set by a template is not marked in the HTML, and « Claire Dubois /
+    Référente SSI / … / Tél. : … » under a #clore motif was mailed to the establishment, then
+    the template's own « Cordialement » (an outside tester, an agent)."""
     if block is None or not found:
         return
     lines = [line.rstrip() for line in block]
+    card = writer_card(lines, writer, _CARD_WIDTH) if writer else None
+    if card is not None and card.start > 0:
+        lines = lines[:card.start]
     last = found[-1]
     if last.name in _NOT_A_LETTER:
         # A note, a comment for the ACSS or a closure motif is no letter: Outlook's signature under it
@@ -220,6 +228,19 @@ def _close(found: list[Command], block: list[str] | None) -> None:
         lines.pop(0)
     whole = "\n".join(lines)[:MAX_TEXT].strip()
     found[-1] = Command(last.name, (whole,) if whole else (), last.accepted, last.reason, last.line)
+
+
+def repeats(cmd: Command, other: Command) -> bool:
+    """``cmd`` says nothing ``other`` does not: the same command, its words (folded) the first of
+    ``other``'s — « #clore » beside « #clore incident maîtrisé », « #qualifier grave » twice."""
+    if cmd.name != other.name or cmd.reason == REASON_UNKNOWN:
+        return False
+    mine, theirs = _words(cmd.args), _words(other.args)
+    return theirs[:len(mine)] == mine
+
+
+def _words(args: tuple[str, ...]) -> list[str]:
+    return " ".join(args).lower().split()
 
 
 def authorise(

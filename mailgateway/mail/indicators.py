@@ -291,22 +291,30 @@ def writer_words(*names: str | None) -> tuple[str, ...]:
 
 
 
-def _closing_block(lines: list[str], writer: Sequence[str] = ()) -> list[int]:
+def writer_card(lines: list[str], writer: Sequence[str], width: int = _CARD_WIDTH) -> range | None:
+    """The lines of the writer's card ending ``lines``: the last paragraph (a confidentiality
+    notice after it skipped), 2 to 5 lines of at most ``width`` characters after a blank line,
+    opening with the writer's name (« Claire Dubois » from « Dubois, Claire (ARS-ARA/DSP) »)."""
     start, end = _paragraph_before(lines, len(lines))
     if start < end and lines[start].strip().lower().startswith(_NOTICE_STARTS):
         start, end = _paragraph_before(lines, start)  # the card above the confidentiality notice
     card = range(start, end)
     if not 2 <= len(card) <= _CARD_LINES or (start > 0 and lines[start - 1].strip()):
-        return []
-    if any(len(lines[k].strip()) > _CARD_WIDTH or _forward_start(lines[k]) for k in card):
-        return []
+        return None
+    if any(len(lines[k].strip()) > width or _forward_start(lines[k]) for k in card):
+        return None
     if not _NAME_LINE.fullmatch(lines[start].strip()):
-        return []  # « Numéro de l'escroc », « SMS frauduleux reçu du »: what the mail reports
+        return None  # « Numéro de l'escroc », « SMS frauduleux reçu du »: what the mail reports
     if not set(writer_words(lines[start])) & set(writer):
         # The writer's name, not any name: « Support Technique Microsoft / 01 … » ends a vishing
         # report, its number the indicator (an outside attacker, against a first version).
-        return []
-    if not any(_PHONE_ALONE.fullmatch(lines[k].strip()) and phone_e164(lines[k]) for k in card):
+        return None
+    return card
+
+
+def _closing_block(lines: list[str], writer: Sequence[str] = ()) -> list[int]:
+    card = writer_card(lines, writer)
+    if card is None or not any(_PHONE_ALONE.fullmatch(lines[k].strip()) and phone_e164(lines[k]) for k in card):
         return []
     return list(card)
 

@@ -411,3 +411,37 @@ def test_a_new_declaration_naming_an_old_case_opens_its_own(gw: Gateway) -> None
                                           subject="Déclaration d'incident de sécurité", body=body,
                                           message_id=f"<new-{n}@chu.test>"))
         assert result.case_ref and result.case_ref != ref, result
+
+
+def test_a_bare_subject_command_gives_way_to_the_bodys_that_says_more(gw: Gateway) -> None:
+    """An outside tester (an agent, Outlook): « RE: #clore [REF] … » above « #clore <motif> » in
+    the body closed the case bare, refused the body's as « déjà clos », and the establishment's
+    closure mail had no motif. The body's runs; the Subject's is « [en double] »."""
+    ref = gw.declare()
+    ours = str(casemail.parse(gw.notification(ref, "agent@ars.test").raw)["Subject"])
+    gw.command(ref, "#clore Compte réinitialisé, MFA déployée. Incident maîtrisé.\n", subject=f"RE: #clore {ours}")
+    assert gw.case(ref).status == "CLOS"
+    text = gw.receipt_text()
+    assert "[appliquée] #clore Compte réinitialisé, MFA déployée. Incident maîtrisé." in text, text
+    assert "[en double] #clore —" in text and "[refusée]" not in text, text
+    closed = [e.data for e in gw.events(ref) if e.type == "statut" and e.data["vers"] == "CLOS"]
+    assert closed == [{"de": "PRIS_EN_COMPTE", "vers": "CLOS",
+                       "motif": "Compte réinitialisé, MFA déployée. Incident maîtrisé."}]
+
+
+def test_the_agents_card_is_not_part_of_a_command_text(gw: Gateway) -> None:
+    """An outside tester (an agent): a signature Outlook did not mark (pasted, Outlook for Mac, a
+    template's) — « Claire Dubois / Référente SSI / … / Tél. : … » under a #clore motif — was mailed
+    to the establishment, and recorded in #note texts."""
+    ref = gw.declare()
+    card = ("\n\nAgent Dupont\nRéférente sécurité des systèmes d'information\n"
+            "Direction de la santé publique – ARS Auvergne-Rhône-Alpes\nTél. : 04 72 34 74 00\n")
+    gw.command(ref, "#note Appel du RSSI : sauvegardes intactes." + card)
+    gw.command(ref, "#clore Second compte réinitialisé, plus d'envois depuis 48 h." + card)
+    notes = [e.data for e in gw.events(ref) if e.type == "note"]
+    assert notes and all("Tél." not in str(n) and "Agent Dupont" not in str(n) for n in notes), notes
+    closed = [e.data for e in gw.events(ref) if e.type == "statut" and e.data["vers"] == "CLOS"]
+    assert [c["motif"] for c in closed] == ["Second compte réinitialisé, plus d'envois depuis 48 h."]
+    # Someone else's name closing the text is the text: only the writer's card goes.
+    gw.command(ref, "#note Rappeler le RSSI :\n\nJean Martin\nCH Annecy\nTél. : 04 50 00 00 00\n")
+    assert "Jean Martin" in str([e.data for e in gw.events(ref) if e.type == "note"][-1])
