@@ -541,6 +541,26 @@ def _first_sentences(text: str, limit: int = 600, writer: Sequence[str] = ()) ->
     return cleaned[:limit].rstrip() + ("…" if len(cleaned) > limit else "")
 
 
+def _narrative(text: str, fields: dict[str, str], labels: Labels) -> str:
+    """What a labelled form's writer says beside its fields, when no field holds a description: the
+    lines that are no « Label : valeur », no label alone (a table's cell), no field's value. An
+    outside tester (an agent): « Les urgences fonctionnent en mode dégradé papier », « un virement
+    de 18 500 € a été émis » were in no résumé — the staff notification and the ACSS transmission
+    showed the fields alone."""
+    values = {line.strip() for value in fields.values() for line in value.splitlines() if line.strip()}
+    lines = text[:20_000].splitlines()[:2000]
+    end = quote_start(lines)  # a quoted or forwarded message under it is not the writer's account
+    kept = []
+    for line in lines[:end]:
+        stripped = line.strip()
+        if stripped in values or _is_field_line(line, labels):
+            continue
+        if len(stripped) <= 80 and labels.fields.lookup(match_form(stripped.rstrip(" :"))) is not None:
+            continue
+        kept.append(line)
+    return "\n".join(kept)
+
+
 # « un prestataire a envoyé par erreur un export patients »: a data leak, not an attack (outside
 # tester: read as « malveillant » from the incident type alone).
 _ACCIDENTAL = (" par erreur ", " par inadvertance ", " erreur humaine ", " accidentellement ", " par megarde ",
@@ -625,8 +645,8 @@ def extract_declaration(
         detected_at, detected_as_written = parse_detection(text, sent_at)
     summary_parts = [fields[k] for k in ("summary", "scope") if fields.get(k)]
     summary = " — ".join(summary_parts) if summary_parts else None
-    if summary is None and not labelled:
-        summary = _first_sentences(text, writer=writer)
+    if summary is None:
+        summary = _first_sentences(_narrative(text, fields, labels) if labelled else text, writer=writer)
     own_fields = fields if outer_text is None else labelled_fields(outer_text, labels).values
     if agency_forward is not None:
         address = _forward_declarant(fields, forwarded_author_address(forwarded_from), agency_forward)

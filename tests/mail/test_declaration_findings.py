@@ -796,3 +796,20 @@ def test_a_copy_that_differs_anywhere_a_reader_sees_never_joins(gw: Gateway, cha
         forged.replace_header("From", "ARS - Cellule SSI <dsi@chu.test>")
     forwarded = gw.feed(_forward_as_attachment(forged.as_bytes(policy=SMTP), "Pour suite.\n"))
     assert forwarded.case_ref and forwarded.case_ref != first.case_ref, forwarded
+
+
+def test_what_the_writer_says_beside_the_labelled_fields_is_the_summary() -> None:
+    """An outside tester (an agent): « Les urgences fonctionnent en mode dégradé papier » beside a
+    labelled form was in no résumé — the staff notification and the ACSS transmission showed the
+    fields alone (``summary: null``). Neither the labels, their values, nor the card are in it."""
+    facts = _analysed("Bonjour,\n\nNous vous déclarons un incident survenu cette nuit.\n"
+                      "Numéro FINESS : 380780015\nType d'incident : rançongiciel\nGravité : grave\n\n"
+                      "Une quarantaine de serveurs sont chiffrés. Les urgences fonctionnent en mode dégradé papier.\n\n"
+                      "Cordialement,\nSébastien Rochas\nRSSI\n")
+    decl = facts.declaration
+    assert decl is not None and decl.summary == (
+        "Nous vous déclarons un incident survenu cette nuit. Une quarantaine de serveurs sont chiffrés. "
+        "Les urgences fonctionnent en mode dégradé papier.")
+    described = _analysed("Numéro FINESS : 380780015\nType d'incident : rançongiciel\n"
+                          "Description : postes chiffrés au bloc.\n\nAutre chose encore.\n")
+    assert described.declaration is not None and described.declaration.summary == "postes chiffrés au bloc."
