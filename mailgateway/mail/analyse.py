@@ -185,6 +185,28 @@ def _uncovered(pm: ParsedMessage, sender: SenderVerdict) -> list[str]:
     return [shown for name, shown in _STEERING if pm.has(name) and name not in sender.signed_headers]
 
 
+# Headers that decide how the signed body bytes read as text (RFC 2045): the body hash fixes the
+# bytes, not their meaning. An outside attacker re-sent a genuine staff reply quoting his own
+# declaration with only these changed — « 8bit » to « quoted-printable » turned his quoted
+# « …=0A#clore Fausse alerte=0A » into command lines outside the quote; text/plain to text/html,
+# the charset to utf-7, the outer boundary to one of his own attached message's did the same. A
+# header present and not covered lets anyone choose the reading; an absent one was pinned by its
+# absence (adding it makes it present).
+_READING = (("content-type", "Content-Type"), ("content-transfer-encoding", "Content-Transfer-Encoding"))
+
+
+def unpinned_reading(pm: ParsedMessage, sender: SenderVerdict) -> list[str]:
+    """The body-reading headers present in the message but not covered by the accepted signature.
+    A multipart message's own Content-Transfer-Encoding reads nothing (its parts carry theirs, in
+    the signed body): not counted."""
+    if not sender.authenticated:
+        return []
+    found = [shown for name, shown in _READING if pm.has(name) and name not in sender.signed_headers]
+    if "Content-Type" not in found and pm.msg.is_multipart():
+        found = [name for name in found if name != "Content-Transfer-Encoding"]
+    return found
+
+
 def coverage_reason(names: list[str]) -> str:
     if len(names) == 1:
         return f"en-tête {names[0]} non couvert par la signature DKIM"
@@ -210,6 +232,10 @@ def _refused(commands: tuple[Command, ...], reason: str) -> tuple[Command, ...]:
         c if c.reason == REASON_UNKNOWN else Command(c.name, c.args, accepted=False, reason=reason, line=c.line)
         for c in commands
     )
+
+
+def _pinned(commands: tuple[Command, ...], unpinned: list[str]) -> tuple[Command, ...]:
+    return _refused(commands, coverage_reason(unpinned)) if unpinned else commands
 
 
 def _unanchored(bounce: Bounce, own_domains: list[str]) -> bool:
@@ -269,6 +295,9 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
     steering_subject = "" if "Subject" in uncovered else subject
     case_ref, how = thread_case(ids, steering_subject, ctx.thread_lookup, own_domains)
     steered = _steered_by_uncovered(uncovered, case_ref, ids, all_ids, subject, ctx, own_domains)
+    # The body's reading not pinned by the signature: no command of it counts, whatever it steers.
+    unpinned = unpinned_reading(pm, sender)
+    steered = unpinned + steered
     # The thread names one case, the subject (edited by hand) another: commands are refused
     # rather than applied to either (found by an outside tester: an agent who re-tagged a reply
     # « [SSI-…-0005] » had his #repondre about 0005's patients mailed to 0004's declarant).
@@ -423,6 +452,10 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             base = replace(base, subject="")
         else:
             alert = extract_alert(subject, text, sender, ctx.acss_domains, labels)
+        if unpinned and alert.authentic:
+            # Its text (targets, recommendations, indicators) is read in a way the signature does not fix.
+            alert = replace(alert, authentic=False)
+            extra["alert_not_authentic"] = coverage_reason(unpinned)
         indicators = extract_indicators([text, *pm.all_links()], _participants(pm, ctx, reply_to), labels.noise_domains)
         # INDICATORS: an attached STIX bundle or MISP event adds its indicators; its TLP is cross-checked.
         alert, indicators = with_attached(pm, alert, indicators, _participants(pm, ctx, reply_to),
@@ -489,11 +522,12 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             phones += signature_phones(source.outer, _writer(pm))
         indicators = extract_indicators([decl_text, *links], excluded, (*labels.noise_domains, *agency), phones)
         return replace(base, kind="declaration", declaration=declaration, indicators=indicators,
-                       commands=authorise(commands, sender, region, ctx.staff) if forward_commands else ())
+                       commands=_pinned(authorise(commands, sender, region, ctx.staff), unpinned)
+                       if forward_commands else ())
     if commands and is_staff(sender.address, ctx.staff):  # a forward that is no declaration after all
         indicators = extract_indicators([fresh], _participants(pm, ctx, reply_to), labels.noise_domains,
                                         _own_numbers(fresh, _writer(pm)))
-        return replace(base, kind="command", commands=authorise(commands, sender, region, ctx.staff),
+        return replace(base, kind="command", commands=_pinned(authorise(commands, sender, region, ctx.staff), unpinned),
                        indicators=indicators, is_bulletin_request=is_bulletin)
     # 8. unknown
     reason_text = UNRECOGNISED

@@ -38,7 +38,8 @@ def labels() -> Labels:
     return load_labels()
 
 
-SIGNED = frozenset({"from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references"})
+SIGNED = frozenset({"from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references",
+                    "content-type", "content-transfer-encoding", "mime-version"})
 
 
 @pytest.fixture

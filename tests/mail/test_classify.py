@@ -11,7 +11,8 @@ from tests.support.messages import make_alert, make_declaration, make_dsn, make_
 from tests.support.schema import assert_valid_facts
 
 # A DKIM pass covering the steering headers (docs/guarantees.md: an uncovered Subject makes an alert not authentic).
-SIGNED = frozenset({"from", "to", "subject", "date", "message-id", "in-reply-to", "references"})
+SIGNED = frozenset({"from", "to", "subject", "date", "message-id", "in-reply-to", "references",
+                    "content-type", "content-transfer-encoding", "mime-version"})
 ACSS = SenderVerdict("alerte@esante.gouv.fr", "esante.gouv.fr", True, "dkim", "esante.gouv.fr", signed_headers=SIGNED)
 
 

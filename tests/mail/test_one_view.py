@@ -30,6 +30,9 @@ NOTIFICATION = "<notif.42@ars.test>"
 OTHER_NOTIFICATION = "<notif.7@ars.test>"
 THREADS = {NOTIFICATION: CASE, OTHER_NOTIFICATION: VICTIM}
 
+# What a real signer covers beside the headers under test (mail/analyse.py ``unpinned_reading``).
+MIME_READING = ("content-type", "content-transfer-encoding")
+
 
 def _lookup(ids: Sequence[str]) -> str | None:
     for mid in ids:
@@ -117,7 +120,7 @@ def test_signer_that_does_not_cover_in_reply_to_still_works_when_it_steers_nothi
     # Some signers never cover In-Reply-To/References; the covered [SSI-…] subject names the case.
     raw = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject=f"RE: [{CASE}] Nouvelle déclaration",
                            body="#clore\n", in_reply_to=NOTIFICATION)
-    facts = run(signed_with(raw, casemail.staff_key(), ("from", "to", "subject", "date", "message-id")))
+    facts = run(signed_with(raw, casemail.staff_key(), ("from", "to", "subject", "date", "message-id", *MIME_READING)))
     assert facts.sender.authenticated
     assert (facts.kind, facts.case_ref, accepted(facts)) == ("command", CASE, ["clore"])
 
@@ -183,7 +186,7 @@ def test_bare_cr_fold_cannot_rewrite_an_authentic_alert() -> None:
 
 def test_unsigned_subject_does_not_choose_the_case() -> None:
     original = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject="Point de situation", body="#clore\n")
-    signed = signed_with(original, casemail.staff_key(), ("from", "to", "date", "message-id"))
+    signed = signed_with(original, casemail.staff_key(), ("from", "to", "date", "message-id", *MIME_READING))
     forged = with_subject(signed, f"RE: [{VICTIM}] suivi")
     facts = run(forged)
     assert facts.sender.authenticated  # the signature is valid: Subject is not in its h=
@@ -194,7 +197,7 @@ def test_unsigned_subject_does_not_choose_the_case() -> None:
 
 def test_unsigned_subject_query_is_refused() -> None:
     original = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject="bonjour", body="Merci.\n")
-    signed = signed_with(original, casemail.staff_key(), ("from", "to", "date", "message-id"))
+    signed = signed_with(original, casemail.staff_key(), ("from", "to", "date", "message-id", *MIME_READING))
     facts = run(with_subject(signed, f"#statut {VICTIM}"))
     assert facts.kind == "command"
     assert accepted(facts) == []
@@ -206,7 +209,7 @@ def test_added_in_reply_to_does_not_thread_commands() -> None:
     # A signer that covers In-Reply-To only when present (most do; ours over-signs it): an
     # attacker may add one.
     unsigned = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject="Point de situation", body="#clore\n")
-    raw = signed_with(unsigned, casemail.staff_key(), ("from", "to", "subject", "date", "message-id"))
+    raw = signed_with(unsigned, casemail.staff_key(), ("from", "to", "subject", "date", "message-id", *MIME_READING))
     forged = f"In-Reply-To: {OTHER_NOTIFICATION}\r\n".encode() + raw
     facts = run(forged)
     assert facts.sender.authenticated
@@ -219,10 +222,10 @@ def test_alert_with_unsigned_subject_is_not_authentic_and_keeps_the_signed_tlp()
     body = "TLP : AMBER\nRéférence : 2026-ALE-031\n\nUne vulnérabilité critique touche les VPN.\n"
     raw = casemail.message(sender="alerte@esante.test", to="ssi-ara@ars.test", subject="Alerte 2026-ALE-031",
                            body=body)
-    genuine = signed_with(raw, acss_key(), ("from", "to", "subject", "date", "message-id"))
+    genuine = signed_with(raw, acss_key(), ("from", "to", "subject", "date", "message-id", *MIME_READING))
     facts = run(genuine)
     assert facts.alert is not None and facts.alert.authentic and facts.alert.tlp == "AMBER"
-    partial = signed_with(raw, acss_key(), ("from", "to", "date", "message-id"))
+    partial = signed_with(raw, acss_key(), ("from", "to", "date", "message-id", *MIME_READING))
     forged = with_subject(partial, "[TLP:CLEAR] Alerte: Installez https://x.test")
     facts = run(forged)
     assert facts.kind == "alert" and facts.alert is not None
@@ -407,3 +410,81 @@ def test_crlf_and_lf_bodies_read_the_same() -> None:
     crlf = parse_message(b"Content-Type: text/plain\r\n\r\n#clore\r\n#note vu\r\n").text()
     lf = parse_message(b"Content-Type: text/plain\n\n#clore\n#note vu\n").text()
     assert crlf == lf == "#clore\n#note vu\n"
+
+
+# --- the headers that decide how the signed body reads (Content-Type, Content-Transfer-Encoding) ---
+# An outside attacker: a genuine staff reply quoting his own declaration, re-sent with one MIME
+# header changed that the agency's signer (Office 365: no Content-Transfer-Encoding; Gmail: no
+# Content-Type) left out of h=. The body hash still holds; the planted bytes read as commands.
+
+O365 = ("from", "to", "subject", "date", "message-id", "in-reply-to", "references", "content-type", "mime-version")
+GMAIL = ("mime-version", "references", "in-reply-to", "from", "date", "message-id", "subject", "to")
+PLANTED = "Des postes sont chiffrés. =0A#qualifier sans-suite=0A#clore Fausse alerte=0A"
+
+
+def _reply(body: str) -> bytes:
+    """An agent's reply to a notification, not signed yet."""
+    return casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject=f"RE: [{CASE}] Nouvelle déclaration",
+                            body=body, in_reply_to=NOTIFICATION)
+
+
+def _bottom_posted_reply() -> bytes:
+    """Thunderbird, 8bit, the agent's words under the declarant's quoted text: no command."""
+    return _reply(f"Le 07/12/2026 à 09:00, dsi@chu.test a écrit :\n> {PLANTED}\n\nBien reçu, nous regardons.\n")
+
+
+def _with_header(raw: bytes, name: bytes, value: bytes) -> bytes:
+    start = raw.index(b"\r\n" + name + b": ") + len(name) + 4
+    return raw[:start] + value + raw[raw.index(b"\r\n", start):]
+
+
+def test_an_unsigned_transfer_encoding_switched_runs_nothing() -> None:
+    raw = _bottom_posted_reply()
+    assert b"Content-Transfer-Encoding: 8bit" in raw, raw
+    genuine = signed_with(raw, casemail.staff_key(), O365)
+    facts = run(genuine)
+    assert facts.sender.authenticated and facts.commands == ()
+    forged = run(_with_header(genuine, b"Content-Transfer-Encoding", b"quoted-printable"))
+    assert forged.sender.authenticated and [c.name for c in forged.commands] == ["qualifier", "clore"]
+    assert accepted(forged) == []
+    reason = "en-tête Content-Transfer-Encoding non couvert par la signature DKIM"
+    assert {c.reason for c in forged.commands} == {reason}
+
+
+@pytest.mark.parametrize(("planted", "value"), [
+    ("Postes chiffrés.<br><br>#clore Fausse alerte<br>", b"text/html; charset=utf-8"),
+    ("Postes chiffres.+AAo-+ACM-clore Fausse alerte+AAo-", b"text/plain; charset=utf-7"),
+])
+def test_an_unsigned_content_type_changed_runs_nothing(planted: str, value: bytes) -> None:
+    raw = _reply(f"Le 07/12/2026, dsi@chu.test a ecrit :\n> {planted}\n\nVu.\n")
+    genuine = signed_with(raw, casemail.staff_key(), GMAIL)
+    assert run(genuine).commands == ()
+    forged = run(_with_header(genuine, b"Content-Type", value))
+    assert forged.sender.authenticated and [c.name for c in forged.commands] == ["clore"]
+    assert accepted(forged) == []
+
+
+def test_signed_reading_headers_or_a_multiparts_own_encoding_refuse_nothing() -> None:
+    """A signer that covers them (OpenDKIM, dkimpy, rspamd by default) runs the agent's commands;
+    a multipart's own Content-Transfer-Encoding reads nothing, covered or not (Outlook's
+    multipart/alternative through Office 365)."""
+    raw = _reply("#qualifier grave\n")
+    assert accepted(run(signed_with(raw, casemail.staff_key(), (*O365, "content-transfer-encoding")))) == ["qualifier"]
+    assert accepted(run(signed_with(raw, casemail.staff_key(), O365))) == []  # single part, CTE unsigned
+    multipart = (b"From: " + STAFF.encode() + b"\r\nTo: ssi-ara@ars.test\r\nSubject: RE: [" + CASE.encode()
+                 + b"] Nouvelle d\xc3\xa9claration\r\nDate: Mon, 07 Dec 2026 09:00:00 +0100\r\n"
+                 + b"Message-ID: <mp-1@ars.test>\r\nIn-Reply-To: " + NOTIFICATION.encode()
+                 + b"\r\nMIME-Version: 1.0\r\n"
+                 + b"Content-Type: multipart/alternative; boundary=\"b1\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+                 + b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                 + b"#qualifier grave\r\n--b1--\r\n")
+    assert accepted(run(signed_with(multipart, casemail.staff_key(), O365))) == ["qualifier"]
+    assert accepted(run(signed_with(multipart, casemail.staff_key(), GMAIL))) == []  # its boundary unsigned
+
+
+def test_an_alert_whose_reading_is_not_signed_is_not_authentic() -> None:
+    body = "TLP : AMBER\nRéférence : 2026-ALE-031\n\nUne vulnérabilité critique touche les VPN.\n"
+    raw = casemail.message(sender="alerte@esante.test", to="ssi-ara@ars.test", subject="Alerte 2026-ALE-031",
+                           body=body)
+    facts = run(signed_with(raw, acss_key(), ("from", "to", "subject", "date", "message-id")))
+    assert facts.kind == "alert" and facts.alert is not None and not facts.alert.authentic
