@@ -452,6 +452,11 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             base = replace(base, subject="")
         else:
             alert = extract_alert(subject, text, sender, ctx.acss_domains, labels)
+        # The mailboxes the cell addressed, as far as the signature says (processing/handlers.py
+        # ``_alert_caution``): a Cc added in transit naming this mailbox made a re-injected alert
+        # pass for one sent here (an outside attacker).
+        extra["signed_recipients"] = [address for name in ("To", "Cc") if name.lower() in sender.signed_headers
+                                      for _n, address in pm.addresses(name)][:200]
         if unpinned and alert.authentic:
             # Its text (targets, recommendations, indicators) is read in a way the signature does not fix.
             alert = replace(alert, authentic=False)

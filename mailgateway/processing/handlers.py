@@ -450,7 +450,11 @@ def _alert_caution(env: Env, inbound: InboundMessage, facts: MessageFacts, regio
             found.append(f"alerte ancienne : datée du {french_datetime(sent)}, il y a {age.days} jours")
     reg = env.settings.region(region)
     signed_to = "to" in facts.sender.signed_headers  # an unsigned To proves nothing either way
-    if signed_to and reg is not None and reg.address.lower() not in {a.strip().lower() for a in facts.recipients}:
+    # To and Cc as far as they are signed: an unsigned Cc naming this mailbox proves nothing (an
+    # outside attacker added one to a genuine alert re-sent here; no caution was shown).
+    signed = facts.extra.get("signed_recipients")
+    addressed = {str(a).strip().lower() for a in (signed if isinstance(signed, list) else facts.recipients)}
+    if signed_to and reg is not None and reg.address.lower() not in addressed:
         found.append(f"cette boîte ({reg.address}) n'est ni dans le « À » ni dans le « Cc » signés de l'alerte "
                      "(copie cachée, ou message réinjecté par un tiers)")
     return found

@@ -18,7 +18,7 @@ from mailgateway.store.engine import transaction
 from tests.support import casemail
 from tests.support.casegateway import NOW, Gateway, settings_data
 from tests.support.db import at_head
-from tests.support.dkim import GeneratedKey, rsa_key, zone
+from tests.support.dkim import GeneratedKey, dkimpy_sign, rsa_key, zone
 
 KEY = rsa_key("rsa", "esante.test")
 
@@ -66,6 +66,24 @@ def test_an_alert_signed_for_another_mailbox_is_flagged_in_the_region_it_was_pus
     with transaction(gw.app.factory) as s:
         inbound = accept_in(s, alert(KEY, casemail.DATE, 3), source="smtp", now=NOW,
                             rcpt_tos=["ssi-pdl@ars.test"], region="PDL").inbound_id
+    result = gw.app.processor.process(inbound)
+    assert result.status == "processed" and result.case_ref and result.case_ref.startswith("SSI-PDL-")
+    text = notice_text(gw, "pdl@ars.test")
+    assert "cette boîte (ssi-pdl@ars.test) n'est ni dans le « À » ni dans le « Cc » signés" in text
+
+
+def test_an_unsigned_cc_naming_the_mailbox_does_not_hide_a_reinjection(gw: Gateway) -> None:
+    """An outside attacker added one line, « Cc: ssi-pdl@ars.test », to a genuine alert whose
+    signature does not cover Cc, and re-sent it there: no caution was shown."""
+    raw = alert(KEY, casemail.DATE, 4)
+    raw = raw[raw.index(b"\r\nFrom: ") + 2:]  # our signer's signature off: the cell's covers no Cc
+    signed = dkimpy_sign(raw, KEY, headers=("from", "to", "subject", "date", "message-id", "mime-version",
+                                            "content-type", "content-transfer-encoding")) + raw
+    cut = signed.index(b"\r\nSubject: ") + 2
+    forged = signed[:cut] + b"Cc: ssi-pdl@ars.test\r\n" + signed[cut:]
+    with transaction(gw.app.factory) as s:
+        inbound = accept_in(s, forged, source="smtp", now=NOW, rcpt_tos=["ssi-pdl@ars.test"],
+                            region="PDL").inbound_id
     result = gw.app.processor.process(inbound)
     assert result.status == "processed" and result.case_ref and result.case_ref.startswith("SSI-PDL-")
     text = notice_text(gw, "pdl@ars.test")
