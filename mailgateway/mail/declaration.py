@@ -393,8 +393,23 @@ def says_portal(text: str) -> bool:
     # ≈ 50 µs, for every declaration's acknowledgement).
     if "signalement" not in fold(head):
         return False
-    form = match_form(head)
-    return any(words in form for words in PORTAL_WORDS)
+    # Sentence by sentence: one that names the portal and says it is down does not count.
+    for sentence in _SENTENCE_END.split(head):
+        form = match_form(sentence)
+        if any(words in form for words in PORTAL_WORDS) and not any(down in form for down in _PORTAL_DOWN):
+            return True
+    return False
+
+
+# « Le portail de signalement étant inaccessible, je vous transmets notre déclaration par courriel »
+# is no notification of the portal: it is the case where the declarant must still declare there
+# once it is back (an outside tester, an RSSI: the acknowledgement said « reçue par l'intermédiaire
+# du portail » and dropped that reminder). Match forms (mail/text.py).
+_PORTAL_DOWN = tuple(match_form(words) for words in (
+    "inaccessible", "indisponible", "injoignable", "en panne", "hors service", "hors ligne", "ne fonctionne pas",
+    "ne fonctionnant pas", "pas accessible", "plus accessible", "impossible", "dysfonctionnement", "en maintenance",
+    "ne marche pas", "n'arrive pas", "n'arrivons pas", "sans succès", "échec", "erreur", "bloqué", "planté"))
+_SENTENCE_END = re.compile(r"[.!?;\n]")
 
 
 def _declarant(

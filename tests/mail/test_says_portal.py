@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgateway.mail.declaration import PORTAL_WORDS, says_portal
+from mailgateway.mail.declaration import _PORTAL_DOWN, _SENTENCE_END, PORTAL_WORDS, says_portal
 from mailgateway.mail.text import match_form
 
 _PIECES = ["portail", "de", "SIGNALEMENT", "Signalements", "signa", "lement", "signale-ment", "social", "Santé",
@@ -15,7 +15,8 @@ _PIECES = ["portail", "de", "SIGNALEMENT", "Signalements", "signa", "lement", "s
 
 
 def by_match_form(text: str) -> bool:
-    return any(words in match_form(text[:2300]) for words in PORTAL_WORDS)
+    forms = [match_form(sentence) for sentence in _SENTENCE_END.split(text[:2300])]
+    return any(any(w in form for w in PORTAL_WORDS) and not any(d in form for d in _PORTAL_DOWN) for form in forms)
 
 
 @settings(max_examples=800, deadline=None)
@@ -33,3 +34,16 @@ def test_chosen_texts_read_alike(text: str) -> None:
 def test_a_portal_notification_is_recognised() -> None:
     assert says_portal("Objet : Déclaration sur le Portail de signalement des événements sanitaires")
     assert not says_portal("Déclaration d'incident : rançongiciel au centre hospitalier")
+
+
+@pytest.mark.parametrize("text", [
+    "Le portail de signalement étant inaccessible, je vous transmets notre déclaration par courriel.",
+    "Nous n'arrivons pas à nous connecter au portail de signalement depuis ce matin.",
+    "Portail de signalement en maintenance : déclaration par mail.",
+])
+def test_a_mail_saying_the_portal_is_down_is_no_portal_notification(text: str) -> None:
+    """An outside tester (an RSSI): the acknowledgement said « reçue par l'intermédiaire du portail
+    de signalement » and dropped the reminder to declare there — when the portal was down."""
+    assert not says_portal(text)
+    deposited = "Une déclaration a été déposée sur le portail de signalement. Impossible d'accéder au DPI."
+    assert says_portal(f"{text}\n{deposited}")
