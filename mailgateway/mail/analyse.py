@@ -95,7 +95,7 @@ from mailgateway.mail.parse import (
 )
 from mailgateway.mail.receipt import read_receipt
 from mailgateway.mail.refs import CASE_REF, find_ref, is_forward, strip_prefixes, thread_case
-from mailgateway.mail.text import fold, forwarded_from, header_block_end, new_text, split_forwarded
+from mailgateway.mail.text import fold, forwarded_from, header_block_end, match_form, new_text, split_forwarded
 from mailgateway.wire import canonical
 
 __all__ = ["analyse"]
@@ -487,6 +487,10 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         # says what it is (« Formulaire de déclaration incident sécurité.docx »; outside tester).
         # Keywords only: a name is no labelled form.
         is_decl, why = looks_like_declaration(decl_text, "\n".join([decl_subject, *pm.attachment_names]), labels)
+        if not is_decl and _announces_attached_declaration(decl_subject + "\n" + decl_text):
+            # « Vous trouverez en PJ la déclaration » above a PDF: quarantined, the laboratory never
+            # acknowledged (an outside tester, an RSSI).
+            is_decl, why = True, "keywords"
     if not is_decl and released and not pm.degraded:
         # Released from « message non reconnu » by staff: releasing it again found nothing else,
         # and the message stayed in quarantine for ever (outside tester: a form attached alone).
@@ -868,6 +872,17 @@ def _declaration_source(pm: ParsedMessage, text: str, subject: str, labels: Labe
     if form is not None:
         return _Source(text.strip() + "\n\n" + form, subject, None, pm.all_links(), None)
     return _Source(text, subject, None, pm.all_links(), None)
+
+
+_ATTACHED = ("ci joint", "en pj", "en piece jointe", "en pieces jointe", "pj ", "joint a ce", "en annexe")
+_DECLARED = ("declaration", "signalement", "declarons", "signalons", "declarer", "signaler")
+
+
+def _announces_attached_declaration(text: str) -> bool:
+    """A cover note that says the declaration is attached (« Vous trouverez en PJ la déclaration
+    pour notre site », « ci-joint notre signalement »). Asked only of mail with a file attached."""
+    form = match_form(text[:2000]) + " "
+    return any(words in form for words in _ATTACHED) and any(word in form for word in _DECLARED)
 
 
 def _attached_form(pm: ParsedMessage, text: str, subject: str, labels: Labels) -> str | None:

@@ -385,6 +385,12 @@ def test_an_impact_the_form_says_no_to_is_no_impact(lines: str, impacts: list[st
      "Formulaire de déclaration incident sécurité.docx"),
     ("Déclaration incident", "", "fiche.pdf"),
     ("Signalement incident SSI", "cf. PJ", "fiche.pdf"),
+    # An outside tester (an RSSI): the three read together, none on its own before.
+    ("Vol PC portable - site St Brieuc", "Vous trouverez en PJ la déclaration pour notre site de Saint-Brieuc.",
+     "Declaration_SSI_BioArmor_StBrieuc.pdf"),
+    ("Site de Lannion", "Bonjour, ci-joint notre signalement.", "scan0001.pdf"),
+    ("Site de Lannion", "Bonjour,\nVeuillez trouver en pièce jointe notre déclaration.", "doc.pdf"),
+    ("Envoi", "", "Declaration_SSI_BioArmor.pdf"),
 ])
 def test_a_declaration_sent_as_its_form_attached_is_a_declaration(subject: str, body: str, name: str) -> None:
     """A short note (or none) and the form attached: quarantined as « message non reconnu », the
@@ -458,8 +464,18 @@ def test_a_log_file_attached_is_no_form() -> None:
     assert decl is not None and decl.incident_type == "RANCONGICIEL" and decl.finess == "440000289"
 
 
+@pytest.mark.parametrize("words", ["Vol PC portable", "Type d'incident : vol PC portable", "laptop volé au bloc",
+                                   "PC portable volé dans la voiture d'un médecin"])
+def test_a_stolen_laptop_written_shortly_is_a_theft(words: str) -> None:
+    facts = _analysed(f"Bonjour,\n{words}.\nNuméro FINESS : 440000289\n", subject="Incident")
+    assert facts.declaration is not None and facts.declaration.incident_type == "VOL_EQUIPEMENT", words
+
+
 def test_an_attachments_name_alone_does_not_make_a_declaration_of_anything() -> None:
     facts = _analysed("Bonjour, voici le compte rendu de la réunion.", subject="Compte rendu",
+                      attachment=("compte-rendu.pdf", b"%PDF-1.4\n%%EOF\n"))
+    assert facts.kind != "declaration"
+    facts = _analysed("Bonjour, ci-joint le compte rendu de la réunion.", subject="Réunion",
                       attachment=("compte-rendu.pdf", b"%PDF-1.4\n%%EOF\n"))
     assert facts.kind != "declaration"
 
