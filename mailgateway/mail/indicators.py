@@ -334,10 +334,27 @@ _CONTACT_WORDS = ("tél", "tel", "téléphone", "telephone", "mobile", "portable
 def contact_line_phones(text: str) -> list[str]:
     """Numbers on lines that start with a phone label (E.164): a signature's, even without a
     closing formula above it (outside tester: « Paul Agent / ARS … / Tél. 02 49 10 40 00 » at the
-    end of a bulletin went to establishments as an indicator). Linear."""
+    end of a bulletin went to establishments as an indicator); and numbers right after words that
+    give the writer's own (« Joignable au 06 98 76 54 32 », « me rappeler au … »: an outside tester,
+    an RSSI, saw his call-back mobile listed as an indicator of compromise). Linear."""
     lines = [line for line in text[:MAX_SCAN].splitlines()
              if line.strip().lower().lstrip("☎✆📞 ").startswith(_CONTACT_WORDS)]
+    lowered = text[:MAX_SCAN].lower()
+    for words in _CALL_BACK:
+        at = lowered.find(words)
+        while at >= 0 and len(lines) < 200:
+            after = text[at + len(words):at + len(words) + _CALL_BACK_REACH]
+            lines.append(after.split("\n", 1)[0].split(". ", 1)[0])  # in its sentence
+            at = lowered.find(words, at + len(words))
     return phone_e164("\n".join(lines))
+
+
+# The words before the writer's own number in a sentence, and how far after them it may begin.
+_CALL_BACK = ("joignable", "me joindre", "nous joindre", "me rappeler", "nous rappeler", "rappelez-moi",
+              "me contacter", "nous contacter", "contactez-moi", "mon portable", "mon numéro", "mon mobile",
+              "ma ligne directe", "mon téléphone", "mon tel", "mon tél", "numéro de rappel", "astreinte au",
+              "de permanence au")
+_CALL_BACK_REACH = 45
 
 
 def _forward_start(line: str) -> bool:

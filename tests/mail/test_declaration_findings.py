@@ -829,3 +829,15 @@ def test_what_the_writer_says_beside_the_labelled_fields_is_the_summary() -> Non
     described = _analysed("Numéro FINESS : 380780015\nType d'incident : rançongiciel\n"
                           "Description : postes chiffrés au bloc.\n\nAutre chose encore.\n")
     assert described.declaration is not None and described.declaration.summary == "postes chiffrés au bloc."
+
+
+@pytest.mark.parametrize("sentence", ["Joignable au 06 98 76 54 32.",
+                                      "Vous pouvez me rappeler au 06 98 76 54 32 si besoin.",
+                                      "Mon portable : 06.98.76.54.32"])
+def test_the_declarants_call_back_number_is_no_indicator(sentence: str) -> None:
+    """An outside tester (an RSSI): « Joignable au 06… » was listed as an indicator of compromise,
+    exportable and sent to the ACSS; the fraudster's number in the same mail still is one."""
+    facts = _analysed("Bonjour,\nUn faux technicien nous a appelés depuis le 01 44 55 66 77 pour obtenir des accès.\n"
+                      f"{sentence}\nNuméro FINESS : 440000289\n")
+    phones = [i.value for i in facts.indicators if i.type == "phone"]
+    assert phones == ["+33144556677"], phones
