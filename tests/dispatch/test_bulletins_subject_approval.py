@@ -26,8 +26,10 @@ from tests.support.casegateway import NOW, Gateway, make_gateway
 from tests.support.dkim import dkimpy_sign
 
 # What the signer covers: everything but the threading headers, or not even the Subject.
-NO_THREADING = ("from", "to", "subject", "date", "message-id")
-NO_SUBJECT = ("from", "to", "date", "message-id")
+# Beside what each test leaves out, what a real signer covers: the headers that decide how the
+# body reads (mail/analyse.py ``unpinned_reading``).
+NO_THREADING = ("from", "to", "subject", "date", "message-id", "content-type", "content-transfer-encoding")
+NO_SUBJECT = ("from", "to", "date", "message-id", "content-type", "content-transfer-encoding")
 
 
 @pytest.fixture

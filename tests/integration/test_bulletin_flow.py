@@ -28,7 +28,7 @@ def staff_mail(subject: str, body: str, n: int, in_reply_to: str | None = None, 
         + "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body.replace("\n", "\r\n")
     ).encode()
     # What steers the mail (threading, Date) is signed, as staff mail clients do (docs/guarantees.md).
-    signed = ("from", "to", "subject", "date", "message-id", "in-reply-to", "references")
+    signed = ("from", "to", "subject", "date", "message-id", "in-reply-to", "references", "content-type")
     return dkimpy_sign(raw, STAFF_KEY, headers=signed) + raw if sign else raw
 
 
