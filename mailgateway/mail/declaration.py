@@ -556,6 +556,18 @@ def _first_sentences(text: str, limit: int = 600, writer: Sequence[str] = ()) ->
     return cleaned[:limit].rstrip() + ("…" if len(cleaned) > limit else "")
 
 
+def _without_finess(name: str) -> str:
+    """A structure's name without the FINESS written after it (« Clinique du Val de Saône – FINESS
+    690001235 » titled the case, the notifications and `cases list`: an outside tester, an agent)."""
+    at = name.lower().find("finess")
+    if at <= 0:
+        return name.strip()
+    head = name[:at].rstrip(" \t,;:–—-(/")
+    if head.lower().endswith(("n°", "no", "nº")) and not head[-3:-2].isalnum():
+        head = head[:-2]
+    return head.rstrip(" \t,;:–—-(/").strip()
+
+
 def _narrative(text: str, fields: dict[str, str], labels: Labels) -> str:
     """What a labelled form's writer says beside its fields, when no field holds a description: the
     lines that are no « Label : valeur », no label alone (a table's cell), no field's value. An
@@ -620,7 +632,7 @@ def extract_declaration(
             info = ctx.establishment_lookup(finess)
         except Exception:
             info = None
-    structure = fields.get("structure") or (info.name if info else None)
+    structure = _without_finess(fields.get("structure", "")) or (info.name if info else None)
     if structure is None and not labelled:
         structure = _structure_in_text(subject + "\n" + text[:5000])
     category = None

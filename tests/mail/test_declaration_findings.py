@@ -841,3 +841,15 @@ def test_the_declarants_call_back_number_is_no_indicator(sentence: str) -> None:
                       f"{sentence}\nNuméro FINESS : 440000289\n")
     phones = [i.value for i in facts.indicators if i.type == "phone"]
     assert phones == ["+33144556677"], phones
+
+
+@pytest.mark.parametrize(("written", "name"), [
+    ("Établissement : Clinique du Val de Saône – FINESS 690001235", "Clinique du Val de Saône"),
+    ("Nom de la structure : Hôpital Saint-Jean (n° FINESS 690001235)", "Hôpital Saint-Jean"),
+    ("Nom de la structure : Centre Nino", "Centre Nino"),
+])
+def test_the_finess_written_after_the_structures_name_is_not_part_of_it(written: str, name: str) -> None:
+    """An outside tester (an agent): « Clinique du Val de Saône – FINESS 690001235 » titled the
+    case, the notification's subject and `cases list`."""
+    facts = _analysed(f"Bonjour,\n{written}\nType d'incident : rançongiciel\nGravité : grave\n")
+    assert facts.declaration is not None and facts.declaration.structure == name
