@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.service import CaseError
 from mailgateway.cases.timeline import append_event
-from mailgateway.clock import aware
+from mailgateway.clock import aware, french_datetime
 from mailgateway.commands import closure, receipts, reply_notice
 from mailgateway.commands.table import COMMANDS, HELP_POINTER, Ctx, help_text, no_case_reason, transition_refusal
 from mailgateway.directory.staff import all_staff, staff_addresses
@@ -388,8 +388,26 @@ def _refused(env: Env, session: Session, inbound: InboundMessage, facts: Message
     if staff_like and region is not None:
         receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=case, results=[],
                                   refused_all=refusal, authenticated=False,
-                                  replayed_fr=replay.first_applied_fr(first) if first is not None else None)
+                                  replayed_fr=replay.first_applied_fr(first) if first is not None else None,
+                                  unauthenticated=_unproven(inbound, facts, lines))
     return Outcome("processed", reason=refusal, case=case)
+
+
+def _unproven(inbound: InboundMessage, facts: MessageFacts, lines: list[str]) -> dict[str, Any] | None:
+    """What the receipt of a mail not proven to be its sender's says (French): the agent whose
+    address it bears may never have written it — « dkim=none (no signature) » told them nothing
+    (an outside tester, an agent: a forged « #clore fausse alerte » in her name)."""
+    if facts.sender.authenticated:
+        return None
+    detail = facts.sender.detail or ""
+    if "dkim=none" in detail or not detail:
+        why = "il ne porte pas la signature DKIM de votre domaine"
+    elif "dkim=fail" in detail:
+        why = "sa signature DKIM ne correspond pas à son contenu (modifié en chemin, ou signature imitée)"
+    else:
+        why = "sa signature DKIM n'a pas pu être vérifiée"
+    return {"subject": service.one_line(facts.subject)[:200], "received": french_datetime(aware(inbound.received_at)),
+            "commands": lines[:10], "why": why, "detail": detail[:300]}
 
 
 def hints(facts: MessageFacts, unknown: list[Command]) -> list[Hint]:

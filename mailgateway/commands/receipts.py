@@ -41,7 +41,8 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                  replayed_fr: str | None = None, confirmations: Sequence[dict[str, str]] = (),
                  understood: dict[str, Any] | None = None, capped: bool = False,
                  followed: dict[str, str] | None = None, outsiders: Sequence[str] = (),
-                 received_before: str | None = None) -> OutboundMessage | None:
+                 received_before: str | None = None,
+                 unauthenticated: dict[str, Any] | None = None) -> OutboundMessage | None:
     """The receipt of a command mail: what was applied, what was refused and why.
 
     ``replayed_fr``: the mail had already been received and applied then (« dd/mm/yyyy à HH:MM »):
@@ -51,7 +52,9 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
     ``command_hints``). ``capped``: an answer that changes nothing, under the automatic-reply caps.
     ``followed``: the mail answered a case merged or transferred into ``case`` (``answered``, ``how``).
     ``outsiders``: the mail's To/Cc addresses outside the agency, who read it too.
-    ``received_before``: the case of the declaration the mail forwarded, which had reached us already."""
+    ``received_before``: the case of the declaration the mail forwarded, which had reached us already.
+    ``unauthenticated``: the mail was not proven to be the addressee's (``subject``, ``received``,
+    ``commands``, ``why``): the receipt says what was attempted in their name."""
     from_address, from_name = env.mailer.from_identity(region)
     spec = MailSpec(
         template="receipt",
@@ -60,7 +63,7 @@ def send_receipt(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                  "help": help_text, "replayed_fr": replayed_fr,
                  "confirmations": list(confirmations) or ([confirmation] if confirmation else []),
                  "understood": understood, "followed": followed, "outsiders": list(outsiders),
-                 "received_before": received_before},
+                 "received_before": received_before, "unauthenticated": unauthenticated},
         to=to, from_address=from_address, from_name=from_name, idempotency_key=f"receipt:{inbound.id}",
         in_reply_to=facts.message_id, references=facts.answer_references(),
     )

@@ -55,10 +55,17 @@ def test_an_impossible_status_change_is_refused_with_its_reason(gw: Gateway) -> 
 
 def test_unsigned_command_from_a_staff_address_changes_nothing_and_says_why(gw: Gateway) -> None:
     ref = gw.declare()
-    gw.command(ref, "#clore\n", signed=False)
+    gw.command(ref, "#clore fausse alerte\n", signed=False)
     assert gw.case(ref).status == "PRIS_EN_COMPTE"
     text = gw.receipt_text()
-    assert "message non authentifié : commande ignorée" in text
+    assert "Aucune n'a été appliquée : ce message n'est pas authentifié" in text
+    # What was attempted in the agent's name, and what to do (an outside tester, an agent: the
+    # receipt said « dkim=none (no signature) » and nothing of the forged « #clore fausse alerte »).
+    assert "il ne porte pas la signature DKIM de votre domaine" in text
+    assert "Commandes reçues (non appliquées) :\n  #clore fausse alerte" in text.replace("\r\n", "\n")
+    assert "quelqu'un utilise peut-être votre adresse" in text
+    assert casemail.parse(gw.last("recu_commandes", "agent@ars.test").raw)["Subject"] == (
+        f"[{ref}] Commandes non appliquées : message non authentifié à votre nom")
     assert "commande_refusee" in [e.type for e in gw.events(ref)]
 
 
@@ -66,7 +73,7 @@ def test_a_command_signed_with_an_unpublished_key_is_refused(gw: Gateway) -> Non
     ref = gw.declare()
     gw.command(ref, "#qualifier grave\n", key=casemail.forger_key())
     assert gw.case(ref).severity == "NON_QUALIFIE"
-    assert "message non authentifié" in gw.receipt_text()
+    assert "ce message n'est pas authentifié — sa signature DKIM ne correspond pas" in gw.receipt_text()
 
 
 def test_staff_of_another_region_cannot_command(gw: Gateway) -> None:

@@ -94,9 +94,9 @@ def test_case_process_by_mail(gateway: RunningGateway, smtp_sink: SmtpSink) -> N
 
     # Forged: unsigned, signed with an unpublished key; and a non-staff sender.
     staff(gateway, "#clore\n", notification, signed=False)
-    assert "message non authentifié : commande ignorée" in text(box.next(STAFF))
+    assert "Aucune n'a été appliquée : ce message n'est pas authentifié" in text(box.next(STAFF))
     staff(gateway, "#clore\n", notification, key=casemail.forger_key())
-    assert "message non authentifié : commande ignorée" in text(box.next(STAFF))
+    assert "Aucune n'a été appliquée : ce message n'est pas authentifié" in text(box.next(STAFF))
     declarant_reply = staff(gateway, "#clore\n", ack, sender=DECLARANT, signed=False)
     box.next(STAFF)  # the assignee is told of the declarant's reply; nothing is applied
     assert show(gateway)["status"] == "QUALIFIE"

@@ -141,7 +141,7 @@ def test_a_key_that_is_not_published_is_a_permanent_failure_processed_at_once(sq
         assert (stored.status, stored.attempts, stored.retry_at) == ("processed", 1, None)
         assert gw.case(ref).severity == "NON_QUALIFIE"
         text = gw.receipt_text()
-        assert "message non authentifié : commande ignorée" in text and KEY_UNAVAILABLE not in text
+        assert "Aucune n'a été appliquée : ce message n'est pas authentifié" in text and KEY_UNAVAILABLE not in text
 
 
 def test_the_last_attempt_processes_it_as_unauthenticated_saying_the_key_could_not_be_fetched(
@@ -166,7 +166,7 @@ def test_the_last_attempt_processes_it_as_unauthenticated_saying_the_key_could_n
         assert stored.auth["detail"].startswith(f"{KEY_UNAVAILABLE}, 3 tentatives")
         assert gw.case(ref).severity == "NON_QUALIFIE"
         text = gw.receipt_text()
-        assert "message non authentifié : commande ignorée" in text and KEY_UNAVAILABLE in text
+        assert "Aucune n'a été appliquée : ce message n'est pas authentifié" in text and KEY_UNAVAILABLE in text
         with gw.app.factory() as s:
             refused = list(s.scalars(select(CaseEvent).where(CaseEvent.type == "commande_refusee")))
         assert refused and any(KEY_UNAVAILABLE in str(e.data) for e in refused)
