@@ -406,8 +406,10 @@ def _unproven(inbound: InboundMessage, facts: MessageFacts, lines: list[str]) ->
         why = "sa signature DKIM ne correspond pas à son contenu (modifié en chemin, ou signature imitée)"
     else:
         why = "sa signature DKIM n'a pas pu être vérifiée"
-    return {"subject": service.one_line(facts.subject)[:200], "received": french_datetime(aware(inbound.received_at)),
-            "commands": lines[:10], "why": why, "detail": detail[:300]}
+    # Its words are anyone's: cut short, and defanged by the template (a link in a forged subject
+    # must not reach staff clickable in a mail the agency signs).
+    return {"subject": service.one_line(facts.subject)[:100], "received": french_datetime(aware(inbound.received_at)),
+            "commands": [line[:200] for line in lines[:10]], "why": why, "detail": detail[:300]}
 
 
 def hints(facts: MessageFacts, unknown: list[Command]) -> list[Hint]:

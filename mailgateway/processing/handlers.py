@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from mailgateway.bulletins import tracking
 from mailgateway.cases import lifecycle, service
 from mailgateway.cases.timeline import append_event
-from mailgateway.clock import french_datetime
+from mailgateway.clock import aware, french_datetime
 from mailgateway.directory.establishments import (
     EJ_SITES_SHOWN,
     establishment,
@@ -34,6 +34,7 @@ from mailgateway.dispatch.mailer import Refusal
 from mailgateway.mail.analyse import FORWARDED_RELAY, UNRECOGNISED, analyse
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.context import build_context
+from mailgateway.mail.dates import detection_fr
 from mailgateway.mail.declaration import extract_declaration, says_portal
 from mailgateway.mail.facts import Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import decode_header_value
@@ -56,6 +57,22 @@ def _enum_code(value: str | None) -> str | None:
     return value if value and _ENUM_CODE.fullmatch(value) else None
 
 
+def _understood(decl: Declaration | None, case: Case, inbound: InboundMessage) -> dict[str, Any]:
+    """What the acknowledgement restates of the declaration, for the declarant to check, and what
+    it could not read (French): an outside tester, an RSSI, could not tell whether « grave » and the
+    detection date had been understood, nor that a form in an attachment had not been read.
+    Enumeration codes and a date only: safe to send to an address nobody verified."""
+    if decl is None:
+        return {}
+    severity = _enum_code(decl.severity)
+    severity = None if severity == "NON_QUALIFIE" else severity
+    detected = detection_fr(decl.detected_at, decl.detected_at_as_written, aware(inbound.received_at))
+    read = {"type d'incident": decl.incident_type, "gravité": severity, "date de détection": detected,
+            "numéro FINESS de l'établissement": decl.finess or case.finess}
+    return {"declared_severity": severity, "detected_fr": detected, "missing": [k for k, v in read.items() if not v],
+            "impacts": [code for code in (_enum_code(i) for i in decl.impacts) if code]}
+
+
 def _declarant_verified(facts: MessageFacts, declarant: str) -> bool:
     """The acknowledgement goes back to the very address that authenticated the declaration.
     Otherwise the recipient came from From / Reply-To / « Courriel du déclarant » of a message
@@ -72,7 +89,8 @@ def _acknowledgement_context(env: Env, region: str, case: Case, inbound: Inbound
     otherwise be made to carry an attacker's words, signed by the agency, to anyone."""
     base = {**region_context(env.settings, region), "received_at_fr": french_datetime(inbound.received_at),
             "incident_type": _enum_code(case.incident_type), "category": _enum_code(case.category),
-            "summary_only": not verified, "from_portal": _from_portal(facts, case.declarant)}
+            "summary_only": not verified, "from_portal": _from_portal(facts, case.declarant),
+            **_understood(facts.declaration, case, inbound)}
     if verified:
         return {**base, "case": case_context(case), "subject": service.one_line(facts.subject)}
     safe = dict.fromkeys(case_context(case))

@@ -55,7 +55,8 @@ def test_an_impossible_status_change_is_refused_with_its_reason(gw: Gateway) -> 
 
 def test_unsigned_command_from_a_staff_address_changes_nothing_and_says_why(gw: Gateway) -> None:
     ref = gw.declare()
-    gw.command(ref, "#clore fausse alerte\n", signed=False)
+    gw.command(ref, "#clore fausse alerte\n#repondre voir http://phish.test/x\n", signed=False,
+               subject=f"RE: [{ref}] Gagnez un iPhone http://phish.test/y")
     assert gw.case(ref).status == "PRIS_EN_COMPTE"
     text = gw.receipt_text()
     assert "Aucune n'a été appliquée : ce message n'est pas authentifié" in text
@@ -64,6 +65,7 @@ def test_unsigned_command_from_a_staff_address_changes_nothing_and_says_why(gw: 
     assert "il ne porte pas la signature DKIM de votre domaine" in text
     assert "Commandes reçues (non appliquées) :\n  #clore fausse alerte" in text.replace("\r\n", "\n")
     assert "quelqu'un utilise peut-être votre adresse" in text
+    assert "http://phish.test" not in text and "hxxp://phish[.]test/x" in text  # a link stays text
     assert casemail.parse(gw.last("recu_commandes", "agent@ars.test").raw)["Subject"] == (
         f"[{ref}] Commandes non appliquées : message non authentifié à votre nom")
     assert "commande_refusee" in [e.type for e in gw.events(ref)]

@@ -90,7 +90,7 @@ def test_an_unsigned_staff_command_is_recorded_refused_and_receipted(gw: Gateway
         "commandes": ["#clore"], "motif": "message non authentifié : commande ignorée (dkim=none (no signature))"})]
     types = [e.type for e in gw.events(ref)]
     assert types[types.index("commande_refusee") - 1] == "message_recu"  # the mail is on the timeline
-    assert "Aucune commande n'a été appliquée : message non authentifié" in gw.receipt_text()
+    assert "Aucune n'a été appliquée : ce message n'est pas authentifié" in gw.receipt_text()
 
 
 def test_a_replayed_command_mail_says_which_message_ran_it(gw: Gateway) -> None:

@@ -853,3 +853,18 @@ def test_the_finess_written_after_the_structures_name_is_not_part_of_it(written:
     case, the notification's subject and `cases list`."""
     facts = _analysed(f"Bonjour,\n{written}\nType d'incident : rançongiciel\nGravité : grave\n")
     assert facts.declaration is not None and facts.declaration.structure == name
+
+
+def test_the_acknowledgement_restates_what_was_understood_and_names_what_was_not(gw: Gateway) -> None:
+    """An outside tester (an RSSI): the acknowledgement never said whether « grave », the detection
+    date and the impacts had been understood, nor that nothing had been read of a form attached."""
+    declare(gw, "Numéro FINESS : 690781810\nType d'incident : rançongiciel\nGravité : grave\n"
+                "Date de détection : 26/11/2026 à 23h15\nImpact sur les soins : oui\n")
+    text = casemail.text_of(gw.last("accuse_reception", "dsi@ch-exemple.test").raw)
+    assert "Gravité déclarée : grave\r\nDétection : 26/11/2026 à 23:15\r\nImpacts : sécurité des soins" in text, text
+    assert "Nous n'avons pas repéré" not in text
+    declare(gw, "Bonjour, nous vous signalons un incident de sécurité depuis ce matin, cf. le document joint.\n",
+            sender="rssi@clinique.test")
+    text = casemail.text_of(gw.last("accuse_reception", "rssi@clinique.test").raw)
+    assert ("Nous n'avons pas repéré dans votre message : type d'incident, gravité, numéro FINESS de "
+            "l'établissement.") in text.replace("\r\n", " "), text

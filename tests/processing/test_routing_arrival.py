@@ -92,7 +92,7 @@ def test_transfer_refusals_leave_the_case_where_it_is(gw: Gateway) -> None:
     assert "région non configurée sur cette passerelle : IDF" in gw.receipt_text()
     unsigned = gw.command(ref, "#transferer PDL", signed=False)
     assert unsigned.status == "processed"
-    assert "non authentifié" in gw.receipt_text()
+    assert "ce message n'est pas authentifié" in gw.receipt_text()
     assert gw.case(ref).status != "CLOS" and not [e for e in gw.events(ref) if e.type == "transfert"]
 
 
