@@ -50,10 +50,10 @@ from mailgateway.mail.commands import (
     repeats,
     signature_part,
 )
+from mailgateway.mail.declaration import says_new_incident
 from mailgateway.mail.facts import Command, MessageFacts
 from mailgateway.mail.headers import id_forms
 from mailgateway.mail.labels import load_labels
-from mailgateway.mail.text import match_form
 from mailgateway.processing import replay
 from mailgateway.processing.context import (
     REPLY_NOTICE,
@@ -469,15 +469,8 @@ def body_reference_prehandler(env: Env, session: Session, inbound: InboundMessag
                                                        extra={**facts.extra, "threaded_by": "body"}))
 
 
-# In match form, spaced: whole words only.
-_NEW_INCIDENT = tuple(f" {match_form(phrase)} " for phrase in (
-    "nouvel incident", "nouveau incident", "autre incident", "incident distinct", "distinct de", "distincte de",
-    "new incident", "another incident", "separate incident"))
-
-
 def _says_new(facts: MessageFacts) -> bool:
-    text = f" {match_form((facts.new_text or facts.body_text or '')[:3000])} "
-    return any(phrase in text for phrase in _NEW_INCIDENT)
+    return says_new_incident(facts.new_text or facts.body_text or "")
 
 
 def unrecognised_staff_prehandler(env: Env, session: Session, inbound: InboundMessage,

@@ -556,6 +556,19 @@ def _first_sentences(text: str, limit: int = 600, writer: Sequence[str] = ()) ->
     return cleaned[:limit].rstrip() + ("…" if len(cleaned) > limit else "")
 
 
+# In match form, spaced: whole words only.
+_NEW_INCIDENT = tuple(f" {match_form(phrase)} " for phrase in (
+    "nouvel incident", "nouveau incident", "autre incident", "incident distinct", "distinct de", "distincte de",
+    "sans lien avec", "new incident", "another incident", "separate incident"))
+
+
+def says_new_incident(text: str) -> bool:
+    """The writer says this is another incident than the one of the case they write about
+    (« c'est un NOUVEL incident, sans lien avec le précédent », « distinct de celui du dossier … »)."""
+    form = f" {match_form(text[:3000])} "
+    return any(phrase in form for phrase in _NEW_INCIDENT)
+
+
 def _without_finess(name: str) -> str:
     """A structure's name without the FINESS written after it (« Clinique du Val de Saône – FINESS
     690001235 » titled the case, the notifications and `cases list`: an outside tester, an agent)."""

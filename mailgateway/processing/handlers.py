@@ -28,6 +28,7 @@ from mailgateway.directory.establishments import (
     finess_of_contact,
 )
 from mailgateway.directory.known import is_known_domain
+from mailgateway.directory.staff import staff_addresses
 from mailgateway.dispatch.compose import MailSpec
 from mailgateway.dispatch.contexts import case_context, region_context
 from mailgateway.dispatch.mailer import Refusal
@@ -35,7 +36,7 @@ from mailgateway.mail.analyse import FORWARDED_RELAY, UNRECOGNISED, analyse
 from mailgateway.mail.autoreply import is_no_reply
 from mailgateway.mail.context import build_context
 from mailgateway.mail.dates import detection_fr
-from mailgateway.mail.declaration import extract_declaration, says_portal
+from mailgateway.mail.declaration import extract_declaration, says_new_incident, says_portal
 from mailgateway.mail.facts import Declaration, MessageFacts, SenderVerdict
 from mailgateway.mail.headers import decode_header_value
 from mailgateway.mail.labels import load_labels
@@ -517,6 +518,29 @@ def relay_declaration_prehandler(env: Env, session: Session, inbound: InboundMes
     outcome = handle_declaration(env, session, inbound, as_declaration)
     if outcome.case is not None and alert_case is not None and alert_case.id != outcome.case.id:
         service.link(session, outcome.case, alert_case, type="dossier_lie", actor="passerelle", at=env.clock.now())
+    return outcome
+
+
+def new_incident_in_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
+                                     facts: MessageFacts) -> Outcome | None:
+    """A reply on a case that declares another incident (« c'est un NOUVEL incident, sans lien avec
+    le précédent », a form, a type, a severity of its own) opens its own case, linked to the one it
+    answers. An outside tester, an RSSI: a ransomware at another site, written in reply to the
+    closed phishing case of the first, reopened that case under its old title — no case, no
+    acknowledgement, no deadlines, nothing to CERT Santé. Not such: None."""
+    decl = facts.extra.get("reply_declaration")
+    if facts.kind != "reply" or not isinstance(decl, Declaration) or not says_new_incident(facts.new_text):
+        return None
+    answered = service.threaded_case(session, facts)
+    if answered is None or answered.kind != "incident":
+        return None
+    sender = (facts.sender.address or "").strip().lower()
+    if sender and sender in staff_addresses(env.settings, session, answered.region):
+        return None  # staff writing in a thread are not declaring
+    as_declaration = replace(facts, kind="declaration", declaration=decl, case_ref=None)
+    outcome = handle_declaration(env, session, inbound, as_declaration)
+    if outcome.case is not None and outcome.case.id != answered.id:
+        service.link(session, outcome.case, answered, type="dossier_lie", actor="passerelle", at=env.clock.now())
     return outcome
 
 

@@ -22,6 +22,7 @@ PREHANDLERS: tuple[Prehandler, ...] = (
     tracking.acknowledgement_prehandler,
     by_mail.bulletin_prehandler,
     handlers.relay_declaration_prehandler,  # a reply to a relayed alert/bulletin that declares: a linked case
+    handlers.new_incident_in_reply_prehandler,  # « un NOUVEL incident » in reply to a case: its own case, linked
     handlers.courtesy_prehandler,  # « Merci, bonne journée » on a closed case: attached, not reopened
     handling.unrecognised_staff_prehandler,  # staff mail with no reference and no command: answered
     handling.body_reference_prehandler,  # « Concernant le dossier SSI-… » from the case's own people: a reply

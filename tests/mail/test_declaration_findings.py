@@ -868,3 +868,29 @@ def test_the_acknowledgement_restates_what_was_understood_and_names_what_was_not
     text = casemail.text_of(gw.last("accuse_reception", "rssi@clinique.test").raw)
     assert ("Nous n'avons pas repéré dans votre message : type d'incident, gravité, numéro FINESS de "
             "l'établissement.") in text.replace("\r\n", " "), text
+
+
+def test_a_new_incident_written_in_reply_to_a_case_opens_its_own(gw: Gateway) -> None:
+    """An outside tester (an RSSI): a ransomware at another site, written in reply to the closed
+    phishing case of the first (« c'est un NOUVEL incident, sans lien avec le précédent »), reopened
+    that case under its old title — no case of its own, no acknowledgement."""
+    ref = declare(gw, "Numéro FINESS : 690781810\nType d'incident : hameçonnage\nGravité : non grave\n",
+                  sender="dsi@chu.test")
+    ack = gw.last("accuse_reception", "dsi@chu.test")
+    result = gw.feed(casemail.message(
+        sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Accusé de réception",
+        in_reply_to=ack.message_id, message_id="<new-1@chu.test>",
+        body="Bonjour,\nAttention, c'est un NOUVEL incident, sans lien avec le précédent : un rançongiciel a "
+             "chiffré le serveur du laboratoire cette nuit.\nNuméro FINESS : 690781810\nGravité : grave\n"))
+    assert result.case_ref and result.case_ref != ref, result
+    new = gw.case(result.case_ref)
+    assert (new.incident_type, new.severity) == ("RANCONGICIEL", "NON_QUALIFIE") and new.declarant == "dsi@chu.test"
+    assert gw.last("accuse_reception", "dsi@chu.test").case_id == new.id
+    assert [e.type for e in gw.events(ref)].count("message_recu") == 1  # the old case got nothing of it
+    assert any(e.type == "dossier_lie" for e in gw.events(result.case_ref))
+    # More about the same incident stays a reply.
+    more = gw.feed(casemail.message(
+        sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Accusé de réception",
+        in_reply_to=ack.message_id, message_id="<more-1@chu.test>",
+        body="Bonjour,\nNouvel élément : le rançongiciel s'est étendu à deux postes.\n"))
+    assert more.case_ref == ref, more
