@@ -7,8 +7,9 @@ keyword search in the free text. Enumeration ids are those of enumerations.md.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -95,7 +96,11 @@ def find_finess(text: str) -> str | None:
 
 def _all_finess(text: str, most: int = 10) -> list[str]:
     """The valid FINESS numbers of ``text``, in order, as 9 characters (separators dropped)."""
-    found: list[str] = []
+    return [number for number, _at in itertools.islice(_finess_at(text), most)]
+
+
+def _finess_at(text: str) -> Iterator[tuple[str, int]]:
+    """(number, where it starts) for each valid FINESS number of ``text``."""
     for match in _FINESS.finditer(text[:100_000]):
         written = match.group(1)
         separators = {c for c in written if c in _SEPARATORS}
@@ -108,10 +113,7 @@ def _all_finess(text: str, most: int = 10) -> list[str]:
             continue
         number = written.translate(_NOT_DIGIT).upper()
         if valid_finess(number):
-            found.append(number)
-            if len(found) >= most:
-                break
-    return found
+            yield number, match.start()
 
 
 def is_noreply(address: str | None) -> bool:
@@ -496,6 +498,12 @@ def _finess_numbers(
         return _labelled_finess(value) if value else None
 
     et, ej, generic = labelled("finess_et"), labelled("finess_ej"), labelled("finess")
+    # In prose too, the words before a number say which it is (« notre FINESS juridique est le … »,
+    # « FINESS géographique : … (juridique : …) »): an outside tester, an RSSI, saw the legal
+    # entity's number taken for the establishment's and the site's number dropped.
+    said = _said_kinds(text)
+    ej = ej or next((n for n, kind in said if kind == "ej" and n != et), None)
+    et = et or next((n for n, kind in said if kind == "et" and n != ej), None)
     seen: list[str] = []
     # The subject last (« Incident SSI - FINESS 440012342 » with nothing in the text: an outside
     # tester, an RSSI).
@@ -511,6 +519,24 @@ def _finess_numbers(
     # directory has exactly one).
     others = tuple(n for n in seen if n not in (chosen, ej))
     return chosen, (ej if ej != chosen else None), others
+
+
+_EJ_WORDS = re.compile(r"juridique|\bEJ\b|entit[ée] juridique", re.I)
+_ET_WORDS = re.compile(r"g[ée]ographique|\bET\b|\bFINESS[ \t]+(?:du[ \t]+)?site\b", re.I)
+
+
+def _said_kinds(text: str) -> list[tuple[str, str]]:
+    """(number, "ej" | "et") for the FINESS numbers of ``text`` whose 30 characters before say
+    which they are, the nearest word deciding (« géographique : 350030029 (juridique : 350005179) »).
+    Linear: each window is searched once."""
+    found: list[tuple[str, str]] = []
+    for number, at in itertools.islice(_finess_at(text), 20):
+        window = text[max(0, at - 30):at]
+        ej = [m.end() for m in _EJ_WORDS.finditer(window)]
+        et = [m.end() for m in _ET_WORDS.finditer(window)]
+        if ej or et:
+            found.append((number, "ej" if (ej[-1] if ej else -1) > (et[-1] if et else -1) else "et"))
+    return found
 
 
 def _labelled_finess(value: str) -> str | None:

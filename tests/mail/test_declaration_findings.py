@@ -894,3 +894,16 @@ def test_a_new_incident_written_in_reply_to_a_case_opens_its_own(gw: Gateway) ->
         in_reply_to=ack.message_id, message_id="<more-1@chu.test>",
         body="Bonjour,\nNouvel élément : le rançongiciel s'est étendu à deux postes.\n"))
     assert more.case_ref == ref, more
+
+
+@pytest.mark.parametrize(("sentence", "et", "ej"), [
+    ("FINESS géographique : 350030029 (juridique : 350005179)", "350030029", "350005179"),
+    ("Notre FINESS juridique est le 350005179, le site touché a le FINESS 350030029.", "350030029", "350005179"),
+    ("FINESS EJ 350005179, FINESS ET 350030029", "350030029", "350005179"),
+])
+def test_the_words_before_a_finess_in_prose_say_which_it_is(sentence: str, et: str, ej: str) -> None:
+    """An outside tester (an RSSI): the legal entity's number (« juridique », « EJ ») written in a
+    sentence was not kept as such."""
+    facts = _analysed(f"Bonjour,\nNous vous signalons un rançongiciel. {sentence}\n")
+    decl = facts.declaration
+    assert decl is not None and (decl.finess, decl.finess_ej) == (et, ej)
