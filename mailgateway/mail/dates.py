@@ -44,6 +44,12 @@ _WORDS_NO_YEAR = re.compile(
     r"ao[ûu]t|septembre|sept|octobre|oct|novembre|nov|d[ée]cembre|d[ée]c)\b(?!\.?\s+\d{4})" + _TIME,
     re.I,
 )
+# « le 3/12 », « (le 07/12) », « 4/12 à 7h45 »: a day and a month by numbers, the year of the
+# message. Only after « le », « du », « depuis le »… or with a time: « 3/4 des postes » is no date.
+_NUMERIC_NO_YEAR = re.compile(
+    r"(?:\b(le|du|au|depuis le|d[èe]s le)\s+)?\b(\d{1,2})/(\d{1,2})(?![/\d])" + _TIME, re.I)
+# « à midi », « vers minuit » after a day: its time, which _TIME (digits) does not read.
+_NOON_OR_MIDNIGHT = re.compile(r"\s*(?:(?:à|a|vers|aux alentours de)\s+)?(midi|minuit)\b", re.I)
 # Hours a part of the day stands for when no time is written.
 _DEFAULT_HOURS = {"ce matin": 8, "hier matin": 8, "cette nuit": 2, "ce soir": 20, "hier soir": 20, "soir": 20,
                   "matin": 8}
@@ -133,15 +139,32 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
             if worded is not None:
                 candidates.append((m.start(), worded, None if h else " ".join(m.group(0).split())[:80]))
                 break
+        for m in _NUMERIC_NO_YEAR.finditer(text):
+            before, d, mo, h, mi = m.groups()
+            h, mi, extra = _spoken_time(text, m.end(), h, mi)
+            if not before and not h:
+                continue
+            here = reference.astimezone(PARIS)
+            if not (1 <= int(mo) <= 12):
+                continue
+            numeric = _make(here.year, int(mo), int(d), h, mi)
+            if numeric is not None and numeric.date() > here.date():
+                numeric = _make(here.year - 1, int(mo), int(d), h, mi)
+            if numeric is not None:
+                shown = " ".join((m.group(0) + extra).split())[:80]
+                candidates.append((m.start(), numeric, None if h else shown))
+                break
         rel = _RELATIVE.search(text)
         if rel:
             m = rel
             word, h, mi = m.group(1).lower(), m.group(2), m.group(3)
-            written: str | None = " ".join(m.group(0).split())[:80]
+            h, mi, extra = _spoken_time(text, m.end(), h, mi)
+            written: str | None = " ".join((m.group(0) + extra).split())[:80]
             if h and int(h) > 23:
                 h = mi = None  # « hier vers 25h »: no time, not midnight
                 written = word
             day: date = reference.astimezone(PARIS).date()
+            night = _night_of(text, m.start(), m.end())
             weekday, _, part = word.partition(" ")
             if word.startswith("hier"):
                 day -= timedelta(days=1)
@@ -152,6 +175,10 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
                 # such day, this one included.
                 back = (day.weekday() - _WEEKDAYS.index(weekday)) % 7
                 day -= timedelta(days=back or (7 if part == "dernier" else 0))
+                if night is not None and not h:
+                    # « la nuit de samedi à dimanche »: after Saturday's midnight, not before it.
+                    day += timedelta(days=1)
+                    h, written = "2", night
             if h or word != "cette semaine":
                 hour = int(h) if h else _DEFAULT_HOURS.get(word, _DEFAULT_HOURS.get(part, 0))
                 minute = int(mi) if h and mi and int(mi) < 60 else 0
@@ -164,6 +191,29 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
         return None, None
     _position, found, written = min(candidates, key=lambda c: c[0])
     return _iso(found), written
+
+
+def _spoken_time(text: str, end: int, h: str | None, mi: str | None) -> tuple[str | None, str | None, str]:
+    """(hour, minutes, the words read) with « à midi », « vers minuit » after a day when no hour
+    was written in digits (« hier à midi » was read as midnight: an outside tester, an RSSI)."""
+    if h:
+        return h, mi, ""
+    spoken = _NOON_OR_MIDNIGHT.match(text, end, min(len(text), end + 40))
+    if spoken is None:
+        return h, mi, ""
+    return ("12" if spoken.group(1).lower() == "midi" else "0"), "0", spoken.group(0)
+
+
+_NIGHT = re.compile(r"nuit\s+(?:de|du)\s+$", re.I)
+_NIGHT_END = re.compile(r"\s+(?:au|à|a)\s+(lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche)\b", re.I)
+
+
+def _night_of(text: str, start: int, end: int) -> str | None:
+    """« la nuit de samedi à dimanche » around a weekday at ``start``..``end``: the words, else None."""
+    if _NIGHT.search(text, max(0, start - 12), start) is None:
+        return None
+    after = _NIGHT_END.match(text, end, min(len(text), end + 20))
+    return " ".join(("nuit de " + text[start:after.end() if after else end]).split())[:80]
 
 
 # A detection this long after the message was sent is a typing error (a wrong month or year), not

@@ -98,3 +98,23 @@ def test_more_words_of_a_day_are_read_and_shown_as_written(text: str, shown: str
     # « non précisée »; « hier vers 25h » as « vers 00:00 ».
     iso, written = parse_detection(text, SENT)
     assert detection_fr(iso, written, SENT) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "iso", "written"),
+    [
+        # An outside tester (an RSSI): none of these was read, or not as written.
+        ("détecté le 3/12 vers 7h45", "2026-12-03T07:45:00+01:00", None),
+        ("le 3/12", "2026-12-03T00:00:00+01:00", "le 3/12"),
+        ("4/12 à minuit", "2026-12-04T00:00:00+01:00", None),
+        ("hier à midi", "2026-12-05T12:00:00+01:00", "hier à midi"),
+        ("dans la nuit de jeudi à vendredi", "2026-12-04T02:00:00+01:00", "nuit de jeudi à vendredi"),
+        ("le 31/12", "2025-12-31T00:00:00+01:00", "le 31/12"),  # after the mail: last year's
+        # Fractions and versions are no dates.
+        ("3/4 des postes sont touchés", None, None),
+        ("version 3.12 du logiciel", None, None),
+        ("le 13/13", None, None),
+    ],
+)
+def test_a_day_and_month_by_numbers_and_spoken_times(text: str, iso: str | None, written: str | None) -> None:
+    assert parse_detection(text, SENT) == (iso, written)

@@ -31,11 +31,11 @@ from mailgateway.mail.bounce import parse_dsn
 from mailgateway.mail.commands import parse_commands
 from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.dates import parse_french_datetime
-from mailgateway.mail.declaration import extract_declaration, looks_like_declaration
+from mailgateway.mail.declaration import extract_declaration, looks_like_declaration, says_portal
 from mailgateway.mail.facts import SenderVerdict
 from mailgateway.mail.headers import decode_header_value, message_ids, parse_addresses
 from mailgateway.mail.htmltext import html_to_text
-from mailgateway.mail.indicators import extract_indicators
+from mailgateway.mail.indicators import contact_line_phones, extract_indicators
 from mailgateway.mail.labels import load_labels
 from mailgateway.mail.mbox import looks_like_mbox, split_mbox
 from mailgateway.mail.refs import find_ref, strip_prefixes
@@ -124,6 +124,15 @@ WORST: dict[str, str] = {
     "no-break spaces between words": "a" + _runs("\u00a0") + "b",  # 35 s in the free-text summary
     "mbox From line, many @": "From " + _runs("a@") + " x",  # three minutes on the old From_ regex
     "mbox From line, blanks": "From a " + _runs(" ") + "x\nSubject: y",
+    # This session's readings: days and months by numbers, spoken times, nights, FINESS kinds,
+    # call-back numbers, the portal down, the cover note announcing a form.
+    "slashed digits": _runs("1/"),
+    "le then blanks then a day": "le" + _runs(" ") + "3/12",
+    "day then blanks then midi": "hier" + _runs(" ") + "midi",
+    "nights": _runs("nuit de "),
+    "juridique then digits": _runs("juridique 35 "),
+    "call-back words": _runs("joignable "),
+    "portal sentences": _runs("portail de signalement "),
 }
 
 HTML_WORST: dict[str, str] = {
@@ -151,6 +160,8 @@ def _entry_points() -> dict[str, Callable[[str], object]]:
         "parse_commands": lambda t: parse_commands(t, LABELS),
         "extract_indicators": lambda t: extract_indicators([t]),
         "parse_french_datetime": lambda t: parse_french_datetime(t, SENT),
+        "says_portal": says_portal,
+        "contact_line_phones": contact_line_phones,
         "tlp.find_markings": tlp.find_markings,
         "tlp.parse_value": tlp.parse_value,
         "strip_prefixes": strip_prefixes,
