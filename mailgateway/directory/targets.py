@@ -216,7 +216,8 @@ def _value(key: str, value: str, written: str | None = None) -> str:
         category = normalise_category(value)
         if category is None:
             choices = ", ".join(CATEGORIES)
-            raise InputError(f"{name} : catégorie inconnue « {_show(value)} » (valeurs possibles : {choices})")
+            raise InputError(f"{name} : catégorie inconnue « {_show(value)} » (valeurs possibles : {choices} ; "
+                             "leur nom en français aussi : « établissement de santé », « LBM », « EHPAD »…)")
         return category
     if key == "departement":
         departement = normalise_departement(value)
@@ -276,12 +277,35 @@ def parse_cible(line: str) -> Target:
             raise InputError("« tous » ne se combine pas avec d'autres critères")
         if key is None:
             raise InputError(f"valeur « {_show(word)} » sans critère devant ({_EXAMPLE_MAIL})")
+        if key == "category":
+            # A category by its French name, blanks and all (« établissement de santé »,
+            # « laboratoire de biologie médicale »): « catégorie inconnue « de » » (an outside
+            # tester, an agent). The longest run of words that names one.
+            words_taken, category = _category_words(words, i)
+            if category is not None:
+                found[key].add(category)
+                i += words_taken
+                continue
         found[key].add(_value(key, word, written))
         i += 1
     for name, values in found.items():
         if not values:
             raise InputError(f"valeur vide pour « {FRENCH_KEYS[name]} » ({_EXAMPLE_MAIL})")
     return _target({k: frozenset(v) for k, v in found.items()})
+
+
+def _category_words(words: list[str], start: int) -> tuple[int, str | None]:
+    """(how many words, the category) of the longest run of words from ``start`` (at most six,
+    not past the next « clé = ») that names a category; (0, None) when none does."""
+    end = start
+    while end < len(words) and end - start < 6 and words[end] != "=" and not (
+            end + 1 < len(words) and words[end + 1] == "="):
+        end += 1
+    for stop in range(end, start, -1):
+        category = normalise_category(" ".join(words[start:stop]))
+        if category is not None:
+            return stop - start, category
+    return 0, None
 
 
 _EXAMPLE_MAIL = "exemple : « #cible categorie=LBM,ESMS departement=69,01 », « #cible tous »"

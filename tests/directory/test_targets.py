@@ -76,3 +76,15 @@ def test_parser_raises_nothing_but_input_error(expr: str) -> None:
         assert str(exc)
     else:
         assert parse_target(str(target)) == target
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("categorie=établissement de santé departement=38,74", "category=ETABLISSEMENT_SANTE,departement=38|74"),
+    ("catégorie=laboratoire de biologie médicale,établissement de santé", "category=ETABLISSEMENT_SANTE|LBM"),
+    ("categorie=LBM ESMS departement=69", "category=ESMS|LBM,departement=69"),
+])
+def test_a_mail_target_names_categories_in_french_with_their_blanks(line: str, expected: str) -> None:
+    """An outside tester (an agent): « #cible categorie=établissement de santé » was refused with
+    « catégorie inconnue « de » »."""
+    from mailgateway.directory.targets import parse_cible
+    assert str(parse_cible(line)) == expected
