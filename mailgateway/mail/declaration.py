@@ -309,7 +309,7 @@ _NEGATION = frozenset(_NEGATION_WORDS) | frozenset(match_form(w) for w in _NEGAT
 _GRAVE_IN_TEXT = re.compile(r"\b(incident|evenement|situation|attaque) (tres? |particulierement )?grave\b")
 
 
-# A negation denies a name only when it governs it: right before it, or with at most three of
+# A negation denies a name only when it governs it: right before it, or with at most four of
 # these between them (« pas de fuite », « aucune trace de rançongiciel », « no data exfiltration »,
 # « ce n'était pas un rançongiciel »). A negation of something else in the sentence denies nothing:
 # « n'ont pas été chiffrées par le rançongiciel », « nous n'avons pas pu stopper le rançongiciel »,
@@ -317,8 +317,12 @@ _GRAVE_IN_TEXT = re.compile(r"\b(incident|evenement|situation|attaque) (tres? |p
 # against the first, clause-wide reading).
 _BETWEEN_WORDS = ("de", "d", "du", "des", "un", "une", "le", "la", "les", "l", "a", "an", "the", "any", "data",
                   "donnee", "donnees", "trace", "traces", "signe", "signes", "indice", "indices", "preuve",
-                  "preuves", "veritable", "vrai", "reel", "real", "actual", "evidence", "sign", "of")
+                  "preuves", "veritable", "vrai", "reel", "real", "actual", "evidence", "sign", "of",
+                  # « pas d'indication d'une exfiltration » (an outside tester, an RSSI).
+                  "indication", "indications", "element", "elements")
 _BETWEEN = frozenset(_BETWEEN_WORDS) | frozenset(match_form(w) for w in _BETWEEN_WORDS)
+# « pas de trace d'une exfiltration »: four (« d'une » is two words in match form).
+_MOST_BETWEEN = 4
 
 
 # Where a sentence or a field ends (« Impact sur les soins : aucun. Un rançongiciel a chiffré… »:
@@ -338,7 +342,7 @@ def _not_denied(form: str, start: int) -> bool:
     """Whether the name at ``start`` of ``form`` (match form) is not governed by a negation."""
     before = form[max(0, start - 160):start].split()
     k = len(before) - 1
-    while k >= 0 and len(before) - 1 - k < 3 and before[k] in _BETWEEN:
+    while k >= 0 and len(before) - 1 - k < _MOST_BETWEEN and before[k] in _BETWEEN:
         k -= 1
     return not (k >= 0 and before[k] in _NEGATION)
 
@@ -348,8 +352,32 @@ def _affirmed_first(table: Table, text: str) -> str | None:
     « Aucune exfiltration de données constatée », « ce n'était finalement pas un rançongiciel »,
     « No data exfiltration found » name no incident type (an outside tester, an RSSI: each gave
     its type, told to the declarant in the acknowledgement)."""
-    found = table.kept(_sentences_marked(text), _not_denied)
+    marked = _sentences_marked(text)
+    found = table.kept(marked, _not_denied)
+    if len(found) > 1:
+        # A name the writer only fears (« on ne peut pas exclure une fuite de données », « une
+        # éventuelle exfiltration ») gives way to one they state (« un lien de phishing … le compte
+        # a été utilisé »): an outside tester, an RSSI, was told « fuite de données » for a phishing.
+        stated = table.kept(marked, lambda form, start: _not_denied(form, start) and not _hedged(form, start))
+        found = stated or found
     return found[0] if found else None
+
+
+# Words before a name that make it a fear, not a fact (match forms).
+_HEDGES = frozenset(match_form(word) for word in (
+    "exclure", "exclut", "excluons", "possible", "possibles", "eventuel", "eventuelle", "eventuels", "potentiel",
+    "potentielle", "potentiels", "risque", "risques", "hypothese", "craignons", "redoutons", "craint", "crainte"))
+
+
+_STOP_WORD = _STOP.strip()
+
+
+def _hedged(form: str, start: int) -> bool:
+    """Whether one of the five words before the name at ``start`` (its sentence) hedges it."""
+    before = form[max(0, start - 80):start].split()[-5:]
+    if _STOP_WORD in before:
+        before = before[len(before) - before[::-1].index(_STOP_WORD):]
+    return any(word in _HEDGES for word in before)
 
 
 def _affirmed(value: str) -> str:
@@ -396,7 +424,7 @@ def says_portal(text: str) -> bool:
     if "signalement" not in fold(head):
         return False
     # Sentence by sentence: one that names the portal and says it is down does not count.
-    for sentence in _SENTENCE_END.split(head):
+    for sentence in _PORTAL_SENTENCE.split(head):
         form = match_form(sentence)
         if any(words in form for words in PORTAL_WORDS) and not any(down in form for down in _PORTAL_DOWN):
             return True
@@ -411,7 +439,7 @@ _PORTAL_DOWN = tuple(match_form(words) for words in (
     "inaccessible", "indisponible", "injoignable", "en panne", "hors service", "hors ligne", "ne fonctionne pas",
     "ne fonctionnant pas", "pas accessible", "plus accessible", "impossible", "dysfonctionnement", "en maintenance",
     "ne marche pas", "n'arrive pas", "n'arrivons pas", "sans succès", "échec", "erreur", "bloqué", "planté"))
-_SENTENCE_END = re.compile(r"[.!?;\n]")
+_PORTAL_SENTENCE = re.compile(r"[.!?;\n]")
 
 
 def _declarant(

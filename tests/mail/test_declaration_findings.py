@@ -907,3 +907,18 @@ def test_the_words_before_a_finess_in_prose_say_which_it_is(sentence: str, et: s
     facts = _analysed(f"Bonjour,\nNous vous signalons un rançongiciel. {sentence}\n")
     decl = facts.declaration
     assert decl is not None and (decl.finess, decl.finess_ej) == (et, ej)
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    # An outside tester (an RSSI): a phishing whose account sent 300 mails, « on ne peut pas exclure
+    # une fuite de données », was told « fuite de données ».
+    ("Une secrétaire a cliqué sur un lien de phishing, le compte a envoyé 300 mails. Nous n'avons pas "
+     "d'indication d'une exfiltration, mais on ne peut pas exclure une fuite de données.", "HAMECONNAGE"),
+    ("Un rançongiciel a chiffré les serveurs ; une éventuelle fuite de données est en cours d'analyse.",
+     "RANCONGICIEL"),
+    ("Nous craignons une fuite de données.", "FUITE_DONNEES"),  # a fear alone still names the type
+    ("Pas de trace d'une exfiltration ; un rançongiciel a chiffré deux postes.", "RANCONGICIEL"),
+])
+def test_a_feared_incident_type_gives_way_to_a_stated_one(text: str, kind: str) -> None:
+    facts = _analysed(f"Bonjour,\n{text}\nNuméro FINESS : 440000289\n", subject="Incident")
+    assert facts.declaration is not None and facts.declaration.incident_type == kind

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgateway.mail.declaration import _PORTAL_DOWN, _SENTENCE_END, PORTAL_WORDS, says_portal
+from mailgateway.mail.declaration import _PORTAL_DOWN, _PORTAL_SENTENCE, PORTAL_WORDS, says_portal
 from mailgateway.mail.text import match_form
 
 _PIECES = ["portail", "de", "SIGNALEMENT", "Signalements", "signa", "lement", "signale-ment", "social", "Santé",
@@ -15,7 +15,7 @@ _PIECES = ["portail", "de", "SIGNALEMENT", "Signalements", "signa", "lement", "s
 
 
 def by_match_form(text: str) -> bool:
-    forms = [match_form(sentence) for sentence in _SENTENCE_END.split(text[:2300])]
+    forms = [match_form(sentence) for sentence in _PORTAL_SENTENCE.split(text[:2300])]
     return any(any(w in form for w in PORTAL_WORDS) and not any(d in form for d in _PORTAL_DOWN) for form in forms)
 
 
