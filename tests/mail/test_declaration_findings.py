@@ -922,3 +922,16 @@ def test_the_words_before_a_finess_in_prose_say_which_it_is(sentence: str, et: s
 def test_a_feared_incident_type_gives_way_to_a_stated_one(text: str, kind: str) -> None:
     facts = _analysed(f"Bonjour,\n{text}\nNuméro FINESS : 440000289\n", subject="Incident")
     assert facts.declaration is not None and facts.declaration.incident_type == kind
+
+
+@pytest.mark.parametrize(("text", "impacts"), [
+    # An outside tester (an RSSI): each read as no impact.
+    ("Les 2 accélérateurs sont à l'arrêt, 45 patients à reprogrammer.", ["SOINS", "FONCTIONNEMENT"]),
+    ("Traitements retardés de 2 h.", ["SOINS"]),
+    ("3 Go de dossiers médicaux exfiltrés vers un stockage externe.", ["DONNEES"]),
+    ("Le LIS n'est pas à l'arrêt.", []),
+])
+def test_impacts_said_plainly_are_impacts(text: str, impacts: list[str]) -> None:
+    facts = _analysed(f"Bonjour,\nUn rançongiciel a chiffré un serveur. {text}\nNuméro FINESS : 440000289\n",
+                      subject="Incident")
+    assert facts.declaration is not None and list(facts.declaration.impacts) == impacts
