@@ -504,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     # SILENT: the original of a case, byte for byte (cli/original.py).
     q = csub.add_parser("original", parents=[common], help="the message that opened a case, byte for byte")
     q.add_argument("ref")
-    q.add_argument("--output", "--out", "-o", dest="out", help="write to FILE (mode 0600) instead of stdout")
+    q.add_argument("--out", "--output", "-o", dest="out", metavar="FILE",
+                   help="write to FILE (mode 0600) instead of stdout")
 
     p = add("outbox", cmd_outbox, "the outbound queue")
     osub = p.add_subparsers(dest="outbox_cmd", required=True)
@@ -576,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = asub.add_parser("export", parents=[common], help="an alert case's indicators as STIX 2.1, MISP or CSV")
     q.add_argument("ref")
     q.add_argument("--format", required=True, choices=["stix", "misp", "csv"])
-    q.add_argument("--output", "--out", "-o", dest="out", help="write to FILE (mode 0600) instead of stdout")
+    q.add_argument("--out", "--output", "-o", dest="out", metavar="FILE",
+                   help="write to FILE (mode 0600) instead of stdout")
     q.add_argument("--unauthenticated", action="store_true",
                    help="export an alert that was not authenticated too (refused otherwise)")
     p = add("status", cmd_status, "health at a glance")

@@ -1,4 +1,4 @@
-"""``mailgateway cases original REF [--output FILE]``: the message that opened a case, byte for byte.
+"""``mailgateway cases original REF [--out FILE]``: the message that opened a case, byte for byte.
 
 What a staff notification could not carry (too large for the relay, or over ``[outbound]
 staff_attachment_max_bytes``). The bytes are the ones accepted (never re-serialised), written to

@@ -283,13 +283,15 @@ def _cell(value: str) -> str:
 
 
 def csv_rows(s: IndicatorSet) -> bytes:
-    """``type;value;comment``, the MISP type names, for spreadsheets (UTF-8 with BOM for Excel)."""
+    """``type;value;comment`` (DESIGN.md §5), the MISP type names, UTF-8. No byte-order mark: the
+    first line is the contract's header for the scripts that read it (an outside tester's
+    ``head -1`` read « \ufefftype;value;comment »); the values are ASCII for the most part anyway."""
     out = io.StringIO()
     writer = csv.writer(out, delimiter=";", lineterminator="\r\n")
     writer.writerow(["type", "value", "comment"])
     for indicator in s.indicators:
         writer.writerow([misp_type(indicator), _cell(indicator.value), _cell(s.reference)])
-    return ("\ufeff" + out.getvalue()).encode()
+    return out.getvalue().encode()
 
 
 def csv_value(cell: str) -> str:

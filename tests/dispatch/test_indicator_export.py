@@ -115,8 +115,8 @@ def test_the_misp_event_loads_with_pymisp_with_misp_types_and_the_tlp_tag(tlp: s
 
 def test_the_csv_has_type_value_comment_and_no_cell_a_spreadsheet_would_run() -> None:
     data = csv_rows(indicator_set(indicators=(*ALL_KINDS, Indicator("email", "=cmd@evil.example"))))
-    lines = data.decode("utf-8-sig").splitlines()
-    assert lines[0] == "type;value;comment"
+    lines = data.decode("utf-8").splitlines()
+    assert lines[0] == "type;value;comment"  # the contract's header, no byte-order mark before it
     assert "phone-number;'+33123456789;CERTFR-2026-ALE-012" in lines
     assert "email-src;'=cmd@evil.example;CERTFR-2026-ALE-012" in lines
     assert csv_values(data) == {(i.type, i.value) for i in ALL_KINDS} | {("email", "=cmd@evil.example")}
