@@ -556,6 +556,11 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                              "reopened": False, "linked_from": None,
                              # The answer itself, inline (the .eml is for the record, not for reading).
                              "reply_text": text[:MAX_REPLY_INLINE], "reply_truncated": len(text) > MAX_REPLY_INLINE}
+    if not extra["from_acss"] and not _of_the_establishment(session, case, sender):
+        # Anyone may write « RE: [SSI-…] » (the references follow each other): an outsider's « fausse
+        # alerte, vous pouvez clore » reached staff as « Réponse reçue : CHU d'Angers — … » (an
+        # outside attacker). Filed, and said to come from someone the case does not know.
+        extra["stranger"] = {"declarant": case.declarant, "by_subject": facts.extra.get("threaded_by") == "subject"}
     # Only an authenticated reply from the establishment (or ACSS) reopens or links.
     refusal = None if lifecycle.is_open(case.status) else status_refusal(env, session, case, facts)
     if refusal is not None:
@@ -578,6 +583,17 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
     # The establishment is told what became of its reply (reopened, kept closed, received).
     reply_notice.tell_sender(env, session, inbound, facts, case=case, target=target, extra=extra)
     return Outcome("processed", case=target)
+
+
+def _of_the_establishment(session: Session, case: Case, sender: str) -> bool:
+    """The case's declarant, a contact of its establishment, or an address of the declarant's
+    domain (a colleague of the same hospital)."""
+    if not sender:
+        return False
+    if reply_notice.on_case(session, service.resolve(session, case), sender):
+        return True
+    domain = sender.rpartition("@")[2]
+    return bool(domain) and (case.declarant or "").lower().rpartition("@")[2] == domain
 
 
 def _follow_up(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, closed: Case) -> Case:

@@ -26,8 +26,9 @@ def test_an_unsigned_reply_from_an_acss_address_is_not_presented_as_the_cells(gw
     notice = gw.last("notification_reponse", "agent@ars.test")
     subject = casemail.parse(notice.raw)["Subject"]
     text = casemail.text_of(notice.raw)
-    assert "ACSS" not in subject and "Réponse reçue" in subject
+    assert "ACSS" not in subject and "Message d'un expéditeur inconnu du dossier" in subject
     assert "Réponse de la cellule nationale" not in text
+    assert "ATTENTION : alerte@esante.test n'est ni le déclarant de ce dossier (dsi@chu.test)" in text
 
 
 def test_a_signed_reply_of_the_cell_is_presented_as_the_cells(gw: Gateway) -> None:
@@ -53,3 +54,21 @@ def test_a_command_whose_reference_is_only_in_an_unsigned_subject_is_told_why(gw
     text = gw.receipt_text()
     assert "l'en-tête Subject n'est pas couvert par la signature DKIM" in text
     assert gw.case(ref).assignee is None
+
+
+def test_a_message_filed_by_its_subject_from_someone_the_case_does_not_know_says_so(gw: Gateway) -> None:
+    """An outside attacker: « RE: [SSI-…-0005] Fausse alerte, vous pouvez clore le dossier » from
+    another hospital reached staff as « Réponse reçue : CHU d'Angers — … ». A colleague of the
+    declarant's own domain is the establishment."""
+    ref = gw.declare()
+    raw = casemail.message(sender="dsi@autre-chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Suite",
+                           body="Fausse alerte, vous pouvez clore le dossier.\n")
+    assert gw.feed(raw).status == "processed"
+    notice = gw.last("notification_reponse", "agent@ars.test")
+    assert "Message d'un expéditeur inconnu du dossier" in casemail.parse(notice.raw)["Subject"]
+    text = casemail.text_of(notice.raw).replace("\r\n", " ")
+    assert "que par la référence de son objet, que chacun peut écrire" in text
+    colleague = casemail.message(sender="rssi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Suite",
+                                 body="Les sauvegardes sont restaurées.\n", message_id="<colleague@chu.test>")
+    assert gw.feed(colleague).status == "processed"
+    assert "Réponse reçue" in casemail.parse(gw.last("notification_reponse", "agent@ars.test").raw)["Subject"]
