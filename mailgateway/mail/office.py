@@ -10,8 +10,9 @@ its sender is known, so every step is bounded:
 - the file at most ``MAX_FILE_BYTES`` and ``MAX_MEMBERS`` zip members (``zipfile`` reads the whole
   central directory at open);
 - the document's XML read at most ``MAX_XML_BYTES`` decompressed (a zip bomb stops there; a cut
-  document is read up to the cut);
-- no DTD: a document that declares one (entities: « billion laughs ») is not read;
+  document is read up to the cut), at most ``MAX_ELEMENTS`` elements;
+- UTF-8 only, and no DTD: a document that declares one (entities: « billion laughs ») is not read;
+- at most ``MAX_DOCUMENTS`` documents of a message are opened, whatever they yield (mail/parse.py);
 - the text at most ``MAX_CHARS``.
 
 A table row of two cells, a label and its value, becomes « label : valeur », the line the form
@@ -27,8 +28,12 @@ from xml.etree.ElementTree import Element, ParseError, XMLPullParser
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_MEMBERS = 500
-MAX_XML_BYTES = 4 * 1024 * 1024
+MAX_XML_BYTES = 2 * 1024 * 1024
+MAX_ELEMENTS = 100_000  # a form's document has a few thousand; 4 MB of « <w:x/> » took 0.9 s
 MAX_CHARS = 64 * 1024
+# How many documents of one message are opened, whatever they yield (mail/parse.py): an outside
+# attacker attached a hundred that each yielded nothing and cost a second.
+MAX_DOCUMENTS = 2
 _CHUNK = 64 * 1024
 
 DOCX = "docx"
@@ -87,9 +92,24 @@ def office_text(data: bytes, kind: str) -> str | None:
                 xml = member.read(MAX_XML_BYTES)
     except (zipfile.BadZipFile, KeyError, OSError, RuntimeError, ValueError, EOFError, NotImplementedError):
         return None  # not a zip, no document in it, encrypted, a compression we lack, a broken stream
-    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
+    if not _utf8_without_dtd(xml):
         return None
     return _text(xml, _NAMES[kind])
+
+
+def _utf8_without_dtd(xml: bytes) -> bool:
+    """UTF-8 (what Word and LibreOffice write: no byte-order mark, no other encoding declared)
+    and no DTD. Checked on the bytes, so only in UTF-8: an outside attacker's UTF-16 document
+    carried « <!DOCTYPE … <!ENTITY » past an ASCII search, and expat expanded its entities
+    (« billion laughs »: 1 GB and 1.6 s for a 4.8 KB file)."""
+    if xml[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in xml[:4096]:
+        return False
+    head = xml[:200].lower()
+    if head.startswith(b"<?xml") and b"encoding" in head.split(b"?>", 1)[0]:
+        declared = head.split(b"encoding", 1)[1].split(b"?>", 1)[0]
+        if b"utf-8" not in declared and b"utf8" not in declared:
+            return False
+    return b"<!DOCTYPE" not in xml and b"<!ENTITY" not in xml and b"<!doctype" not in xml
 
 
 def _text(xml: bytes, names: _Names) -> str | None:
@@ -97,6 +117,7 @@ def _text(xml: bytes, names: _Names) -> str | None:
     rows: list[list[str]] = []  # the open table rows, innermost last
     cells: list[list[str]] = []  # the paragraphs of the open cells, innermost last
     size = 0
+    elements = 0
     parser: XMLPullParser[Element] = XMLPullParser(events=("start", "end"))
     chunks: list[bytes | None] = [xml[at:at + _CHUNK] for at in range(0, len(xml), _CHUNK)]
     for chunk in [*chunks, None]:  # fed in chunks: what was read is cleared as it goes
@@ -110,9 +131,10 @@ def _text(xml: bytes, names: _Names) -> str | None:
                 event, item = found[0], found[1]  # type: ignore[misc]  # typeshed's union of event tuples
                 if isinstance(item, Element):
                     size += _event(event, item, names, lines, rows, cells)
+                    elements += 1
         except ParseError:
             broken = True  # a cut or broken document: what was read before the fault stands
-        if broken or size > MAX_CHARS:
+        if broken or size > MAX_CHARS or elements > 2 * MAX_ELEMENTS:
             break
     text = "\n".join(line.strip() for line in lines).strip()
     return text[:MAX_CHARS] or None
@@ -164,7 +186,9 @@ def _paragraph(element: Element, names: _Names) -> str:
             e.text = "\n"
         elif e.tag == names.space:
             count = e.get("{urn:oasis:names:tc:opendocument:xmlns:text:1.0}c", "1")
-            e.text = " " * min(int(count), 100) if count.isdigit() else " "
+            # ASCII digits, at most three: « ² » is a digit to str.isdigit and not to int()
+            # (an outside attacker's .odt failed the whole message).
+            e.text = " " * min(int(count), 100) if count.isascii() and count.isdigit() and len(count) <= 3 else " "
     try:
         return "".join(element.itertext())
     except RecursionError:  # nested beyond reason: its text is not worth the stack

@@ -30,8 +30,8 @@ import dkim
 from mailgateway.mail.flowed import unflow
 from mailgateway.mail.headers import decode_bytes, decode_header_value, message_ids, parse_header_addresses
 from mailgateway.mail.htmltext import SIGNATURE_MARKERS, html_to_text
+from mailgateway.mail.office import MAX_DOCUMENTS, office_kind, office_text
 from mailgateway.mail.office import MAX_FILE_BYTES as MAX_OFFICE_BYTES
-from mailgateway.mail.office import office_kind, office_text
 from mailgateway.mail.text import quote_start
 from mailgateway.wire import MAX_SIGNATURE_FIELDS, MAX_SIGNED_NAMES, header_block, header_block_problem
 
@@ -162,15 +162,18 @@ MAX_ATTACHED_TEXTS = 3
 MAX_ATTACHED_TEXT_CHARS = 64 * 1024
 
 
-def _file_text(part: Message, ctype: str) -> str | None:
+def _file_text(part: Message, ctype: str, parsed: ParsedMessage) -> str | None:
     """The text of an attached file that may hold a form: plain text (text/plain, or a ``.txt``
     sent as application/octet-stream, as some clients do), a Word or LibreOffice document
-    (mail/office.py); None for any other file."""
+    (mail/office.py: at most ``MAX_DOCUMENTS`` of them opened); None for any other file."""
     name = _filename(part).lower()
     if ctype == "text/plain" or (ctype == "application/octet-stream" and name.endswith(".txt")):
         return part_text(part)
     kind = office_kind(ctype, name)
-    return office_text(part_bytes(part, MAX_OFFICE_BYTES + 1), kind) if kind is not None else None
+    if kind is None or parsed.documents_opened >= MAX_DOCUMENTS:
+        return None
+    parsed.documents_opened += 1
+    return office_text(part_bytes(part, MAX_OFFICE_BYTES + 1), kind)
 
 
 def _is_attachment(part: Message) -> bool:
@@ -205,6 +208,7 @@ class ParsedMessage:
     # « Formulaire.docx », .odt: ``_file_text``), the first
     # MAX_ATTACHED_TEXTS, each cut at MAX_ATTACHED_TEXT_CHARS: a declaration's form may come so.
     attached_texts: list[str] = field(default_factory=list)
+    documents_opened: int = 0  # Word / LibreOffice files read so far (mail/office.py MAX_DOCUMENTS)
     _cache: dict[str, str] = field(default_factory=dict)
     _addr_cache: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _html_done: bool = False
@@ -403,7 +407,7 @@ def collect_parts(parsed: ParsedMessage) -> None:
                 if name:
                     parsed.attachment_names.append(name)
             if budget > 0 and len(parsed.attached_texts) < MAX_ATTACHED_TEXTS:
-                text = _file_text(part, ctype)
+                text = _file_text(part, ctype, parsed)
                 if text:
                     parsed.attached_texts.append(text[:MAX_ATTACHED_TEXT_CHARS])
                     budget -= len(text)

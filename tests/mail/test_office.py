@@ -124,3 +124,57 @@ def test_deep_nesting_and_many_members_are_bounded() -> None:
     many = {f"media/{n}.bin": b"" for n in range(office.MAX_MEMBERS + 1)}
     assert office_text(docx(p("Gravité : grave"), extra=many), DOCX) is None
     assert office_text(b"x" * (office.MAX_FILE_BYTES + 1), DOCX) is None
+
+
+def test_a_document_in_utf16_is_not_read_whatever_it_declares() -> None:
+    """An outside attacker: a UTF-16 document carried « <!DOCTYPE … <!ENTITY » past a search for
+    the ASCII bytes, and expat expanded its entities (1 GB, 1.6 s for a 4.8 KB file)."""
+    xml = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE d [<!ENTITY a "PLANTED">]>'
+           f'<w:document {W}><w:body><w:p><w:r><w:t>Nom de la structure : &a;</w:t></w:r></w:p></w:body></w:document>')
+    for data in (xml.encode("utf-16"), xml.encode("utf-16-le"), xml.replace("UTF-16", "ISO-8859-1").encode("latin-1")):
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as archive:
+            archive.writestr("word/document.xml", data)
+        assert office_text(out.getvalue(), DOCX) is None
+
+
+def test_many_empty_elements_stop_at_the_element_bound() -> None:
+    xml = f'<w:document {W}><w:body>'.encode() + b"<w:x/>" * 700_000 + p("fin").encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/document.xml", xml)
+    started = time.perf_counter()
+    assert office_text(out.getvalue(), DOCX) is None  # cut before its one paragraph
+    assert time.perf_counter() - started < 2
+
+
+def test_an_odt_space_count_that_is_no_number_fails_nothing() -> None:
+    """An outside attacker: ``text:c="²"`` (a digit to str.isdigit, not to int) failed the message."""
+    ns = ('xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" '
+          'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0"')
+    for count in ("²", "9" * 5000, "-1"):
+        content = (f'<office:document-content {ns}><office:body><office:text><text:p>a<text:s text:c="{count}"/>b'
+                   '</text:p></office:text></office:body></office:document-content>')
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as archive:
+            archive.writestr("content.xml", content)
+        assert office_text(out.getvalue(), ODT) == "a b"
+
+
+def test_only_the_first_documents_of_a_message_are_opened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outside attacker attached a hundred documents that each yielded nothing and cost a second:
+    at most MAX_DOCUMENTS are opened, whatever they yield."""
+    from email.message import EmailMessage
+
+    from mailgateway.mail import parse
+    opened: list[int] = []
+    real = parse.office_text
+    monkeypatch.setattr(parse, "office_text", lambda data, kind: opened.append(1) or real(data, kind))
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "x@spam.test", "ssi-ara@ars.test", "Documents"
+    msg.set_content("Voir pièces jointes.")
+    for n in range(20):
+        msg.add_attachment(docx(p("rien"), member="word/other.xml"), maintype="application", filename=f"d{n}.docx",
+                           subtype="vnd.openxmlformats-officedocument.wordprocessingml.document")
+    parse.parse_message(msg.as_bytes())
+    assert len(opened) == office.MAX_DOCUMENTS
