@@ -96,7 +96,8 @@ from mailgateway.mail.parse import (
 from mailgateway.mail.receipt import read_receipt
 from mailgateway.mail.refs import CASE_REF, find_ref, is_forward, strip_prefixes, thread_case
 from mailgateway.mail.text import fold, forwarded_from, header_block_end, match_form, new_text, split_forwarded
-from mailgateway.wire import canonical
+from mailgateway.mail.transfer import reading_fixed_by_body
+from mailgateway.wire import canonical, header_block
 
 __all__ = ["analyse"]
 
@@ -195,14 +196,17 @@ def _uncovered(pm: ParsedMessage, sender: SenderVerdict) -> list[str]:
 _READING = (("content-type", "Content-Type"), ("content-transfer-encoding", "Content-Transfer-Encoding"))
 
 
-def unpinned_reading(pm: ParsedMessage, sender: SenderVerdict) -> list[str]:
+def unpinned_reading(pm: ParsedMessage, sender: SenderVerdict, raw: bytes) -> list[str]:
     """The body-reading headers present in the message but not covered by the accepted signature.
     A multipart message's own Content-Transfer-Encoding reads nothing (its parts carry theirs, in
-    the signed body): not counted."""
+    the signed body): not counted; nor a single part's whose body admits no other dangerous
+    reading (mail/transfer.py: Exchange Online never signs it, and plain-text mail is common)."""
     if not sender.authenticated:
         return []
     found = [shown for name, shown in _READING if pm.has(name) and name not in sender.signed_headers]
-    if "Content-Type" not in found and pm.msg.is_multipart():
+    if "Content-Transfer-Encoding" in found and "Content-Type" not in found and (
+            pm.msg.is_multipart()
+            or reading_fixed_by_body(pm.header("Content-Transfer-Encoding"), raw[len(header_block(raw)):])):
         found = [name for name in found if name != "Content-Transfer-Encoding"]
     return found
 
@@ -296,7 +300,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
     case_ref, how = thread_case(ids, steering_subject, ctx.thread_lookup, own_domains)
     steered = _steered_by_uncovered(uncovered, case_ref, ids, all_ids, subject, ctx, own_domains)
     # The body's reading not pinned by the signature: no command of it counts, whatever it steers.
-    unpinned = unpinned_reading(pm, sender)
+    unpinned = unpinned_reading(pm, sender, raw)
     steered = unpinned + steered
     # The thread names one case, the subject (edited by hand) another: commands are refused
     # rather than applied to either (found by an outside tester: an agent who re-tagged a reply
@@ -503,11 +507,20 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         is_decl = False
     if is_decl:
         extra["declaration_by"] = why
+        if unpinned and _agency_colleague(sender, region, ctx):
+            # An agent's signature that leaves the body's reading open proves nothing of what the
+            # body declares (see ``by_agency``): not presented to staff as the agent's.
+            sender = _never_authenticated(sender, coverage_reason(unpinned))
+            base = replace(base, sender=sender)
         from_addr = sender.address
         # A colleague of the agency forwarding an establishment's declaration: the establishment
         # is the declarant, the colleague is recorded (``transmis_par``) and not acknowledged.
         agency = _agency_domains(ctx)
-        by_agency = source.outer is not None and source.author_declares and _agency_colleague(sender, region, ctx)
+        # Not when the signature leaves the body's reading open: an outside attacker re-sent an
+        # agent's reply quoting his planted « =0A---------- Message transféré … » relabelled
+        # quoted-printable, and it became the agent's forward of another hospital's declaration.
+        by_agency = (source.outer is not None and source.author_declares and not unpinned
+                     and _agency_colleague(sender, region, ctx))
         writer = _writer(pm, source.author)
         declaration = extract_declaration(
             decl_text, decl_subject, ctx, labels, from_addr, reply_to, _sent_at(pm), source.author, source.outer,

@@ -470,7 +470,9 @@ def test_signed_reading_headers_or_a_multiparts_own_encoding_refuse_nothing() ->
     multipart/alternative through Office 365)."""
     raw = _reply("#qualifier grave\n")
     assert accepted(run(signed_with(raw, casemail.staff_key(), (*O365, "content-transfer-encoding")))) == ["qualifier"]
-    assert accepted(run(signed_with(raw, casemail.staff_key(), O365))) == []  # single part, CTE unsigned
+    # Single part, its encoding unsigned (Exchange Online), but the only reading its bytes admit
+    # (mail/transfer.py): an iPhone's or OWA's plain text was refused (an outside tester).
+    assert accepted(run(signed_with(raw, casemail.staff_key(), O365))) == ["qualifier"]
     multipart = (b"From: " + STAFF.encode() + b"\r\nTo: ssi-ara@ars.test\r\nSubject: RE: [" + CASE.encode()
                  + b"] Nouvelle d\xc3\xa9claration\r\nDate: Mon, 07 Dec 2026 09:00:00 +0100\r\n"
                  + b"Message-ID: <mp-1@ars.test>\r\nIn-Reply-To: " + NOTIFICATION.encode()
@@ -488,3 +490,35 @@ def test_an_alert_whose_reading_is_not_signed_is_not_authentic() -> None:
                            body=body)
     facts = run(signed_with(raw, acss_key(), ("from", "to", "subject", "date", "message-id")))
     assert facts.kind == "alert" and facts.alert is not None and not facts.alert.authentic
+
+
+def test_a_plain_text_alert_signed_like_exchange_online_is_authentic() -> None:
+    """An outside tester: a genuine CERT Santé alert in quoted-printable plain text, signed without
+    Content-Transfer-Encoding, was « NON AUTHENTIFIÉE » and could not be relayed."""
+    body = "TLP : AMBER\nRéférence : 2026-ALE-049\n\nUne vulnérabilité critique touche les passerelles VPN.\n"
+    raw = casemail.message(sender="alerte@esante.test", to="ssi-ara@ars.test", subject="Alerte 2026-ALE-049",
+                           body=body).replace(b"Content-Transfer-Encoding: 8bit",
+                                              b"Content-Transfer-Encoding: quoted-printable")
+    head, _, text = raw.partition(b"\r\n\r\n")
+    import quopri
+    raw = head + b"\r\n\r\n" + quopri.encodestring(text.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
+    facts = run(signed_with(raw, acss_key(), ("from", "to", "subject", "date", "message-id", "content-type",
+                                              "mime-version")))
+    assert facts.kind == "alert" and facts.alert is not None and facts.alert.authentic
+
+
+def test_an_agents_reply_relabelled_is_no_forward_of_a_declaration_by_the_agent() -> None:
+    """An outside attacker: his quoted « …=0A---------- Message transfere …=0ADe : SSI CHU Angers …
+    =0ANumero FINESS … » in a genuine agent's reply (8bit, Exchange Online's h=), relabelled
+    quoted-printable, became the agent's forward of Angers' declaration: a case, and an
+    acknowledgement signed by the agency to Angers."""
+    planted = ("Question=0A---------- Message transfere ---------=0ADe : SSI CHU Angers <ssi@chu-angers.test>"
+               "=0AObjet : Declaration=0A=0ANumero FINESS : 490000031=0AType d'incident : rancongiciel=0A")
+    raw = casemail.message(sender=STAFF, to="ssi-ara@ars.test", subject="RE: Question procedure",
+                           body=f"Bonjour,\n\nLe 07/12/2026, ssi a ecrit :\n> {planted}\n", in_reply_to="<q@chu.test>")
+    genuine = signed_with(raw, casemail.staff_key(), O365)
+    assert run(genuine).extra.get("transmis_par") is None  # what the agent wrote forwards nothing
+    forged = run(_with_header(genuine, b"Content-Transfer-Encoding", b"quoted-printable"))
+    assert not forged.sender.authenticated
+    assert forged.declaration is None or (forged.declaration.declarant != "ssi@chu-angers.test"
+                                          and forged.extra.get("transmis_par") is None)

@@ -1,0 +1,66 @@
+"""Whether a single part's body bytes fix their own Content-Transfer-Encoding (RFC 2045 §6), for a
+signature that does not cover that header (Exchange Online's ``h=`` never lists it).
+
+DKIM's body hash fixes the bytes, not how they read. Changed in transit, the header chose the
+reading: an outside attacker re-sent a genuine 8bit staff reply quoting his own words with
+« quoted-printable », and his quoted « …=0A#clore … » became a command line outside the quote.
+Refusing every such mail refused every plain-text command of agencies on Exchange Online (an
+outside tester: iPhone, OWA in plain text, Thunderbird). What the bytes allow instead:
+
+- **base64** is a reading only of bytes that are strict base64 (alphabet, line breaks, padding):
+  no text a person writes is, so no identity or quoted-printable body can be relabelled so, and a
+  base64 body relabelled otherwise reads as letters without a « # ».
+- **quoted-printable** is a reading only of bytes a QP encoder writes (RFC 2045 §6.7: printable
+  ASCII, lines of at most 76 characters, « = » only before two hexadecimal digits or a line break)
+  that encode no line break nor any other character that ends a line in Python's ``splitlines``:
+  an encoder writes a text's line breaks as line breaks. Genuine 8bit French text has 8-bit bytes
+  and is no such body; planted « =0A » is refused.
+- **identity** (7bit, 8bit, binary, anything else) is a reading only of bytes that QP would read
+  the same, or that are no QP: a genuine QP body relabelled « 8bit » (its soft line breaks then
+  cut lines) is refused.
+
+Linear: one pass over the body with two bounded regular expressions.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BASE64_LINE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_QP_ESCAPE = re.compile(rb"=(?:[0-9A-F]{2}|\r?\n|\Z)")
+_NOT_QP_BYTE = re.compile(rb"[^\t\r\n\x20-\x7e]")
+_ANY_ESCAPE = re.compile(rb"=(?:[0-9A-Fa-f]{2}|\r?\n)")
+# Characters that end a line for str.splitlines, as QP escapes (bytes, and their UTF-8 forms).
+_LINE_ENDING_ESCAPES = (b"=0A", b"=0D", b"=0B", b"=0C", b"=1C", b"=1D", b"=1E", b"=85", b"=C2=85",
+                        b"=E2=80=A8", b"=E2=80=A9")
+_IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
+
+
+def reading_fixed_by_body(encoding: str, body: bytes) -> bool:
+    """Whether ``body`` admits ``encoding`` (the header's value) as its only dangerous reading."""
+    declared = encoding.strip().lower()
+    if declared == "base64":
+        return _strict_base64(body)
+    if declared == "quoted-printable":
+        return _canonical_qp(body)
+    # Identity, or a value the parser reads as identity: only when QP would read the same.
+    return not (_ANY_ESCAPE.search(body) and _canonical_qp(body))
+
+
+def _strict_base64(body: bytes) -> bool:
+    lines = body.replace(b"\r\n", b"\n").split(b"\n")
+    joined = b"".join(line.strip() for line in lines)
+    if not joined or len(joined) % 4:
+        return False
+    if any(not _BASE64_LINE.fullmatch(line.strip()) for line in lines):
+        return False
+    return b"=" not in joined.rstrip(b"=")  # padding only at the end
+
+
+def _canonical_qp(body: bytes) -> bool:
+    if _NOT_QP_BYTE.search(body) or any(len(line) > 76 for line in body.replace(b"\r\n", b"\n").split(b"\n")):
+        return False
+    if body.count(b"=") != len(_QP_ESCAPE.findall(body)):
+        return False  # an « = » that escapes nothing (« =0a », « =G1 »): no encoder wrote it
+    upper = body.upper()
+    return not any(escape in upper for escape in _LINE_ENDING_ESCAPES)
