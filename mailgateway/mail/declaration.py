@@ -613,14 +613,22 @@ def _first_sentences(text: str, limit: int = 600, writer: Sequence[str] = ()) ->
 # In match form, spaced: whole words only.
 _NEW_INCIDENT = tuple(f" {match_form(phrase)} " for phrase in (
     "nouvel incident", "nouveau incident", "autre incident", "incident distinct", "distinct de", "distincte de",
-    "sans lien avec", "new incident", "another incident", "separate incident"))
+    "new incident", "another incident", "separate incident"))
 
 
 def says_new_incident(text: str) -> bool:
     """The writer says this is another incident than the one of the case they write about
-    (« c'est un NOUVEL incident, sans lien avec le précédent », « distinct de celui du dossier … »)."""
-    form = f" {match_form(text[:3000])} "
-    return any(phrase in form for phrase in _NEW_INCIDENT)
+    (« c'est un NOUVEL incident », « distinct de celui du dossier … »), not denying it: « aucun
+    autre incident n'a été constaté », « il ne s'agit pas d'un nouvel incident » are news of the
+    same one (an outside tester: each opened a case of its own)."""
+    form = f" {match_form(_sentences_marked(text[:3000]))} "
+    for phrase in _NEW_INCIDENT:
+        at = form.find(phrase)
+        while at >= 0:
+            if _not_denied(form, at + 1):
+                return True
+            at = form.find(phrase, at + 1)
+    return False
 
 
 def _without_finess(name: str) -> str:

@@ -529,8 +529,9 @@ def new_incident_in_reply_prehandler(env: Env, session: Session, inbound: Inboun
     closed phishing case of the first, reopened that case under its old title — no case, no
     acknowledgement, no deadlines, nothing to CERT Santé. Not such: None."""
     decl = facts.extra.get("reply_declaration")
-    if facts.kind != "reply" or not isinstance(decl, Declaration) or not says_new_incident(facts.new_text):
-        return None
+    if (facts.kind != "reply" or not isinstance(decl, Declaration) or not decl.incident_type
+            or not says_new_incident(facts.new_text)):
+        return None  # an incident of its own names what it is
     answered = service.threaded_case(session, facts)
     if answered is None or answered.kind != "incident":
         return None

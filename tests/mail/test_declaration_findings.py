@@ -888,12 +888,17 @@ def test_a_new_incident_written_in_reply_to_a_case_opens_its_own(gw: Gateway) ->
     assert gw.last("accuse_reception", "dsi@chu.test").case_id == new.id
     assert [e.type for e in gw.events(ref)].count("message_recu") == 1  # the old case got nothing of it
     assert any(e.type == "dossier_lie" for e in gw.events(result.case_ref))
-    # More about the same incident stays a reply.
-    more = gw.feed(casemail.message(
-        sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Accusé de réception",
-        in_reply_to=ack.message_id, message_id="<more-1@chu.test>",
-        body="Bonjour,\nNouvel élément : le rançongiciel s'est étendu à deux postes.\n"))
-    assert more.case_ref == ref, more
+    # More about the same incident stays a reply — also when it says it is none (an outside
+    # tester: each of these opened a case of its own).
+    for n, body in enumerate((
+            "Nouvel élément : le rançongiciel s'est étendu à deux postes.",
+            "Point de situation : aucun autre incident n'a été constaté, le rançongiciel n'a pas progressé.",
+            "Il ne s'agit pas d'un nouvel incident : 5 postes supplémentaires chiffrés (même souche).",
+            "Précision : la panne du standard est sans lien avec le rançongiciel.")):
+        more = gw.feed(casemail.message(
+            sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Accusé de réception",
+            in_reply_to=ack.message_id, message_id=f"<more-{n}@chu.test>", body=f"Bonjour,\n{body}\n"))
+        assert more.case_ref == ref, (body, more)
 
 
 @pytest.mark.parametrize(("sentence", "et", "ej"), [
