@@ -212,8 +212,8 @@ def _close(found: list[Command], block: list[str] | None, writer: Sequence[str] 
     if block is None or not found:
         return
     lines = [line.rstrip() for line in block]
-    card = writer_card(lines, writer, _CARD_WIDTH) if writer else None
-    if card is not None and card.start > 0:
+    card = writer_card(lines, writer, _CARD_WIDTH, whole_name=True) if writer else None
+    if card is not None and card.start > 0 and not _announces(lines[:card.start]):
         lines = lines[:card.start]
     last = found[-1]
     if last.name in _NOT_A_LETTER:
@@ -228,6 +228,13 @@ def _close(found: list[Command], block: list[str] | None, writer: Sequence[str] 
         lines.pop(0)
     whole = "\n".join(lines)[:MAX_TEXT].strip()
     found[-1] = Command(last.name, (whole,) if whole else (), last.accepted, last.reason, last.line)
+
+
+def _announces(lines: list[str]) -> bool:
+    """The text before a card ends announcing what follows (« vous pouvez me joindre
+    directement : »): the card is then what the agent meant to send."""
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return last.endswith(":")
 
 
 def repeats(cmd: Command, other: Command) -> bool:

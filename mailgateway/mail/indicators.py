@@ -291,10 +291,13 @@ def writer_words(*names: str | None) -> tuple[str, ...]:
 
 
 
-def writer_card(lines: list[str], writer: Sequence[str], width: int = _CARD_WIDTH) -> range | None:
+def writer_card(lines: list[str], writer: Sequence[str], width: int = _CARD_WIDTH,
+                whole_name: bool = False) -> range | None:
     """The lines of the writer's card ending ``lines``: the last paragraph (a confidentiality
     notice after it skipped), 2 to 5 lines of at most ``width`` characters after a blank line,
-    opening with the writer's name (« Claire Dubois » from « Dubois, Claire (ARS-ARA/DSP) »)."""
+    opening with the writer's name (« Claire Dubois » from « Dubois, Claire (ARS-ARA/DSP) »).
+    ``whole_name``: every word of that line is the writer's, two at least — not a colleague who
+    shares a first name, nor « ARS … » (an outside tester: text an agent meant to send was cut)."""
     start, end = _paragraph_before(lines, len(lines))
     if start < end and lines[start].strip().lower().startswith(_NOTICE_STARTS):
         start, end = _paragraph_before(lines, start)  # the card above the confidentiality notice
@@ -305,9 +308,12 @@ def writer_card(lines: list[str], writer: Sequence[str], width: int = _CARD_WIDT
         return None
     if not _NAME_LINE.fullmatch(lines[start].strip()):
         return None  # « Numéro de l'escroc », « SMS frauduleux reçu du »: what the mail reports
-    if not set(writer_words(lines[start])) & set(writer):
+    named = set(writer_words(lines[start]))
+    if not named & set(writer):
         # The writer's name, not any name: « Support Technique Microsoft / 01 … » ends a vishing
         # report, its number the indicator (an outside attacker, against a first version).
+        return None
+    if whole_name and (len(named) < 2 or not named <= set(writer)):
         return None
     return card
 

@@ -443,14 +443,27 @@ def test_the_agents_card_is_not_part_of_a_command_text(gw: Gateway) -> None:
     template's) — « Claire Dubois / Référente SSI / … / Tél. : … » under a #clore motif — was mailed
     to the establishment, and recorded in #note texts."""
     ref = gw.declare()
+    notification = gw.notification(ref, "agent@ars.test").message_id
+
+    def command(body: str) -> None:
+        raw = casemail.staff_mail(body, in_reply_to=notification, subject=f"RE: [{ref}] Nouvelle déclaration",
+                                  signed=False)
+        raw = raw.replace(b"From: agent@ars.test", b'From: "Dupont, Agent (ARS-ARA/DSP)" <agent@ars.test>', 1)
+        gw.feed(casemail.sign(raw))
+
     card = ("\n\nAgent Dupont\nRéférente sécurité des systèmes d'information\n"
             "Direction de la santé publique – ARS Auvergne-Rhône-Alpes\nTél. : 04 72 34 74 00\n")
-    gw.command(ref, "#note Appel du RSSI : sauvegardes intactes." + card)
-    gw.command(ref, "#clore Second compte réinitialisé, plus d'envois depuis 48 h." + card)
+    command("#note Appel du RSSI : sauvegardes intactes." + card)
+    command("#clore Second compte réinitialisé, plus d'envois depuis 48 h." + card)
     notes = [e.data for e in gw.events(ref) if e.type == "note"]
     assert notes and all("Tél." not in str(n) and "Agent Dupont" not in str(n) for n in notes), notes
     closed = [e.data for e in gw.events(ref) if e.type == "statut" and e.data["vers"] == "CLOS"]
     assert [c["motif"] for c in closed] == ["Second compte réinitialisé, plus d'envois depuis 48 h."]
-    # Someone else's name closing the text is the text: only the writer's card goes.
-    gw.command(ref, "#note Rappeler le RSSI :\n\nJean Martin\nCH Annecy\nTél. : 04 50 00 00 00\n")
-    assert "Jean Martin" in str([e.data for e in gw.events(ref) if e.type == "note"][-1])
+    # Not a card (an outside tester: text the agent meant to send was cut): someone sharing only a
+    # first name with the agent, « ARS … », and the agent's card announced by « : ».
+    for text, kept in (("Rappeler le RSSI :\n\nAgent Martin\nCH Annecy\nTél. : 04 50 00 00 00", "Agent Martin"),
+                       ("Point focal régional\n\nARS Auvergne-Rhône-Alpes\nAstreinte : 04 72 00 00 00", "Astreinte"),
+                       ("Vous pouvez me joindre directement :\n\nAgent Dupont\nTél. : 04 72 34 74 01",
+                        "04 72 34 74 01")):
+        command(f"#note {text}\n")
+        assert kept in str([e.data for e in gw.events(ref) if e.type == "note"][-1]), text
