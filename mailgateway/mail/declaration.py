@@ -643,6 +643,28 @@ def _without_finess(name: str) -> str:
     return head.rstrip(" \t,;:–—-(/").strip()
 
 
+def _without_cover(text: str, outer_text: str | None) -> str:
+    """``text`` without command lines and, for a forward, without its cover note and the
+    forwarded message's header block (« De : … / Envoyé : … / Objet : … »): what it says is below."""
+    lines = [line for line in text.splitlines()[:5000] if not line.lstrip().startswith("#")]
+    if outer_text is None:
+        return "\n".join(lines)
+    cover = {line.strip() for line in outer_text.splitlines() if line.strip()}
+    lines = [line for line in lines if line.strip() not in cover]
+    start = quote_start(lines)
+    if start is not None:
+        end = start
+        while end < len(lines) and (not lines[end].strip() or _FORWARD_HEADER.match(lines[end])
+                                    or lines[end].lstrip().startswith(("---", "___"))):
+            end += 1
+        lines = lines[:start] + lines[end:]
+    return "\n".join(lines)
+
+
+# A line of a forwarded message's header block, as mail clients write it.
+_FORWARD_HEADER = re.compile(r"[ \t>]*(?:De|Envoy[ée]|[ÀA]|Cc|Objet|Date|From|Sent|To|Subject)[ \t]*:", re.I)
+
+
 def _narrative(text: str, fields: dict[str, str], labels: Labels) -> str:
     """What a labelled form's writer says beside its fields, when no field holds a description: the
     lines that are no « Label : valeur », no label alone (a table's cell), no field's value. An
@@ -748,7 +770,11 @@ def extract_declaration(
     summary_parts = [fields[k] for k in ("summary", "scope") if fields.get(k)]
     summary = " — ".join(summary_parts) if summary_parts else None
     if summary is None:
-        summary = _first_sentences(_narrative(text, fields, labels) if labelled else text, writer=writer)
+        # The declaration's own words: not the cover note of the colleague who forwards it, nor
+        # their commands (« #assigner moi … Marc Lefèvre, chargé de mission » was the résumé sent to
+        # the ACSS: an outside tester).
+        told = _without_cover(text, outer_text)
+        summary = _first_sentences(_narrative(told, fields, labels) if labelled else told, writer=writer)
     own_fields = fields if outer_text is None else labelled_fields(outer_text, labels).values
     if agency_forward is not None:
         address = _forward_declarant(fields, forwarded_author_address(forwarded_from), agency_forward)

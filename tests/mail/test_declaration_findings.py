@@ -940,3 +940,25 @@ def test_impacts_said_plainly_are_impacts(text: str, impacts: list[str]) -> None
     facts = _analysed(f"Bonjour,\nUn rançongiciel a chiffré un serveur. {text}\nNuméro FINESS : 440000289\n",
                       subject="Incident")
     assert facts.declaration is not None and list(facts.declaration.impacts) == impacts
+
+
+def test_a_forwarded_declarations_summary_is_the_declarants_words_not_the_cover_note() -> None:
+    """An outside tester (an agent): for a declaration a colleague forwarded with commands above
+    it, the résumé sent to the ACSS was the colleague's note (« #assigner moi … Marc Lefèvre »)."""
+    from mailgateway.mail.analyse import analyse
+    from mailgateway.mail.context import AnalysisContext
+    body = ("#assigner moi\n#qualifier significatif\nBonjour à tous, déclaration reçue sur ma boîte, je la "
+            "transmets.\n\nMarc Lefèvre\nChargé de mission SSI\n\nDe : Odile Garnier <direction@ehpad.test>\n"
+            "Envoyé : lundi 7 décembre 2026 16:02\nÀ : Lefèvre, Marc <marc.lefevre@ars.test>\n"
+            "Objet : Signalement hameçonnage\n\nBonjour Monsieur Lefèvre,\nLa comptable a saisi ses identifiants "
+            "sur un faux site. Un virement de 18 500 € a été émis.\nFINESS : 010007896\nType : hameçonnage\n"
+            "Date de détection : 08/12/2026 09h00\nBien à vous,\nOdile Garnier\n")
+    msg = EmailMessage(policy=SMTP)
+    msg["From"], msg["To"] = "marc.lefevre@ars.test", "ssi-ara@ars.test"
+    msg["Subject"], msg["Message-ID"] = "TR: Signalement hameçonnage", "<fwd@ars.test>"
+    msg["Date"] = "Mon, 07 Dec 2026 17:00:00 +0100"
+    msg.set_content(body)
+    facts = analyse(msg.as_bytes(), AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"}))
+    assert facts.declaration is not None
+    assert facts.declaration.summary == ("La comptable a saisi ses identifiants sur un faux site. "
+                                         "Un virement de 18 500 € a été émis."), facts.declaration.summary
