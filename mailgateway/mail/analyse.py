@@ -538,7 +538,10 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
             # declaration received before opened a second case (outside tester, an agent).
             if source.forwarded_digest is not None:
                 extra["forwarded_text_digest"] = source.forwarded_digest
-        excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or ""]
+        # The addresses the form gives as the declarant's own (« Courriel du déclarant ») are no
+        # indicator (an outside tester, an RSSI: listed as one when it differed from From).
+        excluded = [*_participants(pm, ctx, reply_to), *source.participants, declaration.declarant or "",
+                    *_declarant_addresses(decl_text, labels)]
         phones = _declarant_phones(decl_text, labels) + _own_numbers(decl_text, writer)
         if source.outer is not None:
             phones += signature_phones(source.outer, _writer(pm))
@@ -745,6 +748,11 @@ def _agency_colleague(sender: SenderVerdict, region: str | None, ctx: AnalysisCo
     if regions and (region is None or region in regions):
         return True
     return domain_in(sender.domain or address.rpartition("@")[2], list(_agency_domains(ctx)))
+
+
+def _declarant_addresses(text: str, labels: Labels) -> list[str]:
+    fields = labelled_fields(text, labels).values
+    return addresses_in(" ".join(fields.get(k, "") for k in ("declarant", "declarant_email")))
 
 
 def _declarant_phones(text: str, labels: Labels) -> list[str]:

@@ -404,11 +404,35 @@ def _severity(fields: dict[str, str], text: str, labels: Labels) -> str:
         found = labels.severities.first(_affirmed(fields["severity"]))
         if found:
             return found
+    written = _severity_in_sentence(text[:30_000], labels)
+    if written is not None:
+        return written
     if _grave_in(text[:30_000]):
         return Severity.GRAVE
     if re.search(r"\bincident (tres? )?significatif\b", match_form(text[:30_000])):
         return Severity.SIGNIFICATIF
     return Severity.NON_QUALIFIE
+
+
+def _severity_in_sentence(text: str, labels: Labels) -> str | None:
+    """« …, gravité : grave, … », « la gravité de l'incident est élevée »: the severity a sentence
+    gives, in the few words after « gravité » (an outside tester, an RSSI: a « Gravité : grave »
+    inside a sentence was never read, and the acknowledgement said it had not been found)."""
+    if "gravit" not in text.lower():
+        return None
+    folded = fold(text)
+    at = folded.find("gravite")
+    for _ in range(10):
+        if at < 0:
+            return None
+        after = folded[at + len("gravite"):at + len("gravite") + 40]
+        for end in ".;!?\n":  # its sentence (« : » introduces the value)
+            after = after.split(end, 1)[0]
+        found = labels.severities.first(_affirmed(after))
+        if found:
+            return found
+        at = folded.find("gravite", at + 1)
+    return None
 
 
 # Words of the national portal's notifications (matched on ``match_form`` text).

@@ -862,12 +862,12 @@ def test_the_acknowledgement_restates_what_was_understood_and_names_what_was_not
                 "Date de détection : 26/11/2026 à 23h15\nImpact sur les soins : oui\n")
     text = casemail.text_of(gw.last("accuse_reception", "dsi@ch-exemple.test").raw)
     assert "Gravité déclarée : grave\r\nDétection : 26/11/2026 à 23:15\r\nImpacts : sécurité des soins" in text, text
-    assert "Nous n'avons pas repéré" not in text
+    assert "pas pu identifier" not in text
     declare(gw, "Bonjour, nous vous signalons un incident de sécurité depuis ce matin, cf. le document joint.\n",
             sender="rssi@clinique.test")
     text = casemail.text_of(gw.last("accuse_reception", "rssi@clinique.test").raw)
-    assert ("Nous n'avons pas repéré dans votre message : type d'incident, gravité, numéro FINESS de "
-            "l'établissement.") in text.replace("\r\n", " "), text
+    assert ("Éléments que nous n'avons pas pu identifier automatiquement dans votre message : type "
+            "d'incident, gravité, numéro FINESS de l'établissement.") in text.replace("\r\n", " "), text
 
 
 def test_a_new_incident_written_in_reply_to_a_case_opens_its_own(gw: Gateway) -> None:
@@ -962,3 +962,14 @@ def test_a_forwarded_declarations_summary_is_the_declarants_words_not_the_cover_
     assert facts.declaration is not None
     assert facts.declaration.summary == ("La comptable a saisi ses identifiants sur un faux site. "
                                          "Un virement de 18 500 € a été émis."), facts.declaration.summary
+
+
+def test_a_severity_written_in_a_sentence_and_the_forms_own_address_are_read_as_such() -> None:
+    """An outside tester (an RSSI): « …, gravité : grave, … » in a sentence was never read (the
+    acknowledgement then said it had not been found); the form's « Courriel du déclarant » was
+    listed as an indicator of compromise."""
+    facts = _analysed("Bonjour,\nRançongiciel au laboratoire, gravité : grave, 40 postes chiffrés.\n"
+                      "Numéro FINESS : 440000289\nType d'incident : rançongiciel\n"
+                      "Courriel du déclarant : rssi.astreinte@chu-nantes.test\n")
+    assert facts.declaration is not None and facts.declaration.severity == "GRAVE"
+    assert [i.value for i in facts.indicators if i.type == "email"] == []
