@@ -420,7 +420,9 @@ def _severity_in_sentence(text: str, labels: Labels) -> str | None:
     inside a sentence was never read, and the acknowledgement said it had not been found)."""
     if "gravit" not in text.lower():
         return None
-    folded = fold(text)
+    lines = text.splitlines()[:5000]
+    own = quote_start(lines)  # the writer's words: a quoted « > Gravité : critique » is someone else's
+    folded = fold("\n".join(line for line in lines[:own] if not line.lstrip().startswith(">")))
     at = folded.find("gravite")
     for _ in range(10):
         if at < 0:
