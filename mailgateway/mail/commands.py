@@ -232,9 +232,10 @@ def _close(found: list[Command], block: list[str] | None, writer: Sequence[str] 
 
 def _announces(lines: list[str]) -> bool:
     """The text before a card ends announcing what follows (« vous pouvez me joindre
-    directement : »): the card is then what the agent meant to send."""
+    directement : ») or signing off (« Cordialement, »: the card signs the letter): the card is
+    then what the agent meant to send."""
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
-    return last.endswith(":")
+    return last.endswith(":") or is_closing(last)
 
 
 def repeats(cmd: Command, other: Command) -> bool:

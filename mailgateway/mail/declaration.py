@@ -17,7 +17,7 @@ from mailgateway.mail.context import AnalysisContext
 from mailgateway.mail.dates import parse_detection
 from mailgateway.mail.facts import Declaration
 from mailgateway.mail.headers import parse_addresses
-from mailgateway.mail.indicators import is_closing, without_signatures
+from mailgateway.mail.indicators import is_closing, without_signatures, writer_card
 from mailgateway.mail.labels import Labels, Table
 from mailgateway.mail.text import fold, is_mobile_sign_off, label_line, labelled_lines, match_form, quote_start
 from mailgateway.statuses import Severity
@@ -622,6 +622,12 @@ def _first_sentences(text: str, limit: int = 600, writer: Sequence[str] = ()) ->
     # without a closing formula (« Dr Paul Durand / Biologiste responsable / 06 12 34 56 78 »).
     text = without_signatures(text[:20_000], writer)
     lines = text.splitlines()
+    # The writer's card without a phone (« Nathalie Perrin / DSI – CH Annecy Genevois ») ended
+    # most résumés (an outside tester); a phone is what the indicators' rule needs, not this one.
+    card = writer_card(lines, writer, width=80, whole_name=True) if writer else None
+    if card is not None and card.start > 0:
+        lines = lines[:card.start]
+        text = "\n".join(lines)
     for i, line in enumerate(lines[:2000]):
         if i and (is_closing(line) or is_mobile_sign_off(line)):
             text = "\n".join(lines[:i])

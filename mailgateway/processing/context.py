@@ -194,6 +194,9 @@ def notify_staff(env: Env, session: Session, case: Case, inbound: InboundMessage
         "declarant": case.declarant,
         "sender": facts.sender.to_json(),
         "unsigned_reply_to": facts.extra.get("unsigned_reply_to"),
+        # Why a signed alert is not authentic (an unsigned Subject, a reading the signature leaves
+        # open): « authentifié par DKIM » two lines below « Authentifiée : NON » said nothing.
+        "alert_not_authentic": facts.extra.get("alert_not_authentic"),
         "original_file_names": _file_names(facts),
         # Defanged, French type names: a staff notification is read in Outlook, where a URL is a link.
         "indicators": staff_indicators(i.to_json() for i in facts.indicators[:50]),

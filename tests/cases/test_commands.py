@@ -454,6 +454,10 @@ def test_the_agents_card_is_not_part_of_a_command_text(gw: Gateway) -> None:
     card = ("\n\nAgent Dupont\nRéférente sécurité des systèmes d'information\n"
             "Direction de la santé publique – ARS Auvergne-Rhône-Alpes\nTél. : 04 72 34 74 00\n")
     command("#note Appel du RSSI : sauvegardes intactes." + card)
+    # A letter the agent signs off keeps its signature: « Cordialement, » then nothing signed it.
+    command("#demander-info Pouvez-vous préciser le nombre de postes ?\nCordialement,\n\nAgent Dupont\n"
+            "Référente SSI\n")
+    assert "Agent Dupont" in casemail.text_of(gw.last("demande_info").raw)
     command("#clore Second compte réinitialisé, plus d'envois depuis 48 h." + card)
     notes = [e.data for e in gw.events(ref) if e.type == "note"]
     assert notes and all("Tél." not in str(n) and "Agent Dupont" not in str(n) for n in notes), notes

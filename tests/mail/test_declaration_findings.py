@@ -973,3 +973,21 @@ def test_a_severity_written_in_a_sentence_and_the_forms_own_address_are_read_as_
                       "Courriel du déclarant : rssi.astreinte@chu-nantes.test\n")
     assert facts.declaration is not None and facts.declaration.severity == "GRAVE"
     assert [i.value for i in facts.indicators if i.type == "email"] == []
+
+
+def test_the_writers_card_ends_no_summary_and_a_ransom_screen_is_a_ransomware() -> None:
+    """An outside tester (an RSSI): « … Nathalie Perrin / DSI – CH Annecy » ended most résumés; a
+    ransom screen described in words was typed « compromission du SI »."""
+    from mailgateway.mail.analyse import analyse
+    from mailgateway.mail.context import AnalysisContext
+    msg = EmailMessage(policy=SMTP)
+    msg["From"], msg["To"] = "Nathalie Perrin <nathalie.perrin@ch-annecy.test>", "ssi-ara@ars.test"
+    msg["Subject"], msg["Message-ID"] = "Incident", "<card@ch-annecy.test>"
+    msg["Date"] = "Mon, 07 Dec 2026 09:00:00 +0100"
+    msg.set_content("Bonjour,\nLes postes de l'accueil affichent un message nous demandant de payer pour récupérer "
+                    "nos fichiers.\n\nNathalie Perrin\nDSI – CH Annecy Genevois\n")
+    facts = analyse(msg.as_bytes(), AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"}))
+    decl = facts.declaration
+    assert decl is not None and decl.incident_type == "RANCONGICIEL"
+    assert decl.summary == ("Les postes de l'accueil affichent un message nous demandant de payer pour récupérer "
+                            "nos fichiers."), decl.summary

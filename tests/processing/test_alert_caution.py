@@ -88,3 +88,15 @@ def test_an_unsigned_cc_naming_the_mailbox_does_not_hide_a_reinjection(gw: Gatew
     assert result.status == "processed" and result.case_ref and result.case_ref.startswith("SSI-PDL-")
     text = notice_text(gw, "pdl@ars.test")
     assert "cette boîte (ssi-pdl@ars.test) n'est ni dans le « À » ni dans le « Cc » signés" in text
+
+
+def test_an_alert_whose_reading_is_not_signed_says_why_it_is_not_authentic(gw: Gateway) -> None:
+    """An outside tester (an agent): « Authentifiée : NON » two lines below « authentifié par
+    DKIM », and nothing said why."""
+    raw = alert(KEY, casemail.DATE, 5)
+    raw = raw[raw.index(b"\r\nFrom: ") + 2:]
+    signed = dkimpy_sign(raw, KEY, headers=("from", "to", "subject", "date", "message-id")) + raw
+    assert gw.feed(signed).status == "processed"
+    text = notice_text(gw, "agent@ars.test").replace("\r\n", " ")
+    assert ("Authentifiée : NON — aucune diffusion possible (signature DKIM valide, mais en-têtes Content-Type, "
+            "Content-Transfer-Encoding non couverts par la signature DKIM") in text, text
