@@ -501,6 +501,16 @@ def _declarant(
     return None, name
 
 
+# The national portal's domains (https://signalement.social-sante.gouv.fr): its notifications come
+# from there, for the declarant they name.
+_PORTAL_DOMAINS = ("signalement.social-sante.gouv.fr", "social-sante.gouv.fr", "signalement.sante.gouv.fr")
+
+
+def _portal_address(address: str | None) -> bool:
+    domain = (address or "").rpartition("@")[2].lower()
+    return any(domain == d or domain.endswith("." + d) for d in _PORTAL_DOMAINS)
+
+
 def addresses_in(text: str) -> list[str]:
     """Every e-mail address written in ``text`` (lower case)."""
     return [m.group(0).strip(".").lower() for m in _EMAIL.finditer(text)]
@@ -813,7 +823,9 @@ def extract_declaration(
         name = None
     else:
         own_text = text if outer_text is None else outer_text
-        address, name = _declarant(own_fields, from_address, reply_to, says_portal(subject + " " + own_text))
+        # The portal's own address, not words about it: a person's mail (or a document attached to
+        # it) saying « portail de signalement » chose who the agency acknowledged (an outside attacker).
+        address, name = _declarant(own_fields, from_address, reply_to, _portal_address(from_address))
     departement = info.departement if info and info.departement else None
     if departement is None and finess:
         departement = finess[:2]
