@@ -822,7 +822,6 @@ def extract_declaration(
         address = _forward_declarant(fields, forwarded_author_address(forwarded_from), agency_forward)
         name = None
     else:
-        own_text = text if outer_text is None else outer_text
         # The portal's own address, not words about it: a person's mail (or a document attached to
         # it) saying « portail de signalement » chose who the agency acknowledged (an outside attacker).
         address, name = _declarant(own_fields, from_address, reply_to, _portal_address(from_address))
