@@ -109,9 +109,13 @@ _DELIMITERS = frozenset(" \t\r\n\x0b\x0c<>\"'])}")
 _MAX_TOKEN = 2000
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 _DEFANGED_SCHEMES = {"http": "hxxp", "https": "hxxps", "ftp": "fxp", "ftps": "fxps"}
+# Schemes a client links or runs without « // » (an outside attacker's forged receipt carried
+# « data: », « javascript: », « callto: »…), and bare hosts in any script (« ars-pdl-sécurité.fr/login »).
+_NO_SLASH_SCHEMES = (r"(?:mailto|news|webcal|tel|sip|data|javascript|vbscript|file|sms|smsto|callto|facetime|skype"
+                     r"|whatsapp|tg|intent|ms-[a-z-]{1,30}):")
 _URL_IN_TEXT = re.compile(
-    r"(?<![A-Za-z0-9])(?:(?:mailto|news|webcal|tel|sip):|www\.)[^\s<>\"'\])}]{1,2000}"
-    r"|(?<![@./\w-])(?:(?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,24}|\d{1,3}(?:\.\d{1,3}){3})"
+    r"(?<![A-Za-z0-9])(?:" + _NO_SLASH_SCHEMES + r"|www\.)[^\s<>\"'\])}]{1,2000}"
+    r"|(?<![@./\w-])(?:(?:[^\W_][\w-]{0,62}\.){1,10}[^\W\d_]{2,24}|\d{1,3}(?:\.\d{1,3}){3})"
     r"(?:[/?#]|:\d{1,5}(?![\d]))[^\s<>\"'\])}]{0,2000}", re.I)
 _UNC_IN_TEXT = re.compile(r"(?<!\\)\\{2,8}(?=[\w.\[?-])[^\s<>\"'\])}]{1,2000}")
 
@@ -150,7 +154,7 @@ def _defang_needed(value: str) -> str:
 
 # What the first alternative of _URL_IN_TEXT starts with, with its flags (re.I: « ſip: » is « sip: »
 # to it); its second alternative needs a dot and one of « / ? # : ».
-_URL_HINT = re.compile(r"(?:mailto|news|webcal|tel|sip):|www\.", re.I)
+_URL_HINT = re.compile(_NO_SLASH_SCHEMES + r"|www\.", re.I)
 
 
 # Colons and slashes that look like one (Unicode confusables: fullwidth, small, modifier letter,

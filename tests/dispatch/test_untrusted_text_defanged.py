@@ -87,6 +87,10 @@ def test_the_notification_html_says_its_opening_line_once(gw: Gateway) -> None:
      "evil[.]example:8080/login evil[.]example?x evil[.]example#x"),
     ("\\\\?\\UNC\\evil.example\\share\\x.lnk", "[\\\\]?\\UNC\\evil[.]example\\share\\x[.]lnk"),
     ("un fichier.txt : voir à 10h30: rdv", "un fichier.txt : voir à 10h30: rdv"),
+    # Schemes without « // » and a host outside ASCII (an outside attacker's forged receipt).
+    ("data:text/html,x javascript:alert(1) callto:+33600000000 ms-settings:privacy",
+     "data[:]text/html,x javascript[:]alert(1) callto[:]+33600000000 ms-settings[:]privacy"),
+    ("connectez-vous sur ars-pdl-sécurité.fr/login", "connectez-vous sur ars-pdl-sécurité[.]fr/login"),
 ])
 def test_every_link_a_mail_client_makes_is_defanged(text: str, shown: str) -> None:
     """Found by an outside tester: only http(s) and ftp links were defanged; a bare « www. » host,
