@@ -360,11 +360,24 @@ def cmd_outbox(args: argparse.Namespace, settings: Settings) -> int:
 def _print_outbox(rows: list[dict[str, Any]]) -> None:
     """The queue as a table with a header line; instants in Paris time (« 27/11/2026 à 10:05 »)."""
     from mailgateway.cases.story import french_datetime_of
+    from mailgateway.status import OUTBOX_STATUS_FR
 
-    print(f"{'ID':>6}  {'ÉTAT':<9} {'ESSAIS':>6}  {'CRÉÉ LE':<18}  {'DESTINATAIRE':<40} TYPE")
+    print(f"{'ID':>6}  {'ÉTAT':<16} {'ESSAIS':>6}  {'CRÉÉ LE':<18}  {'DESTINATAIRE':<40} TYPE")
     for r in rows:
-        print(f"{r['id']:>6}  {r['status']:<9} {r['attempts']:>6}  {french_datetime_of(r['created_at']):<18}  "
-              f"{r['recipient']:<40} {r['kind']}")
+        # French for the operator reading the table (an outside tester: « sent », « recu_commandes »);
+        # ``--json`` keeps the codes.
+        status = OUTBOX_STATUS_FR.get(r["status"], r["status"])
+        kind = _OUTBOX_KINDS.get(r["kind"], str(r["kind"]).replace("_", " "))
+        print(f"{r['id']:>6}  {status:<16} {r['attempts']:>6}  {french_datetime_of(r['created_at']):<18}  "
+              f"{r['recipient']:<40} {kind}")
+
+
+_OUTBOX_KINDS = {"accuse_reception": "accusé de réception", "recu_commandes": "compte rendu de commandes",
+                 "notification_equipe": "notification à l'équipe", "notification_reponse": "réponse reçue",
+                 "cloture_declarant": "clôture (déclarant)", "demande_info": "demande d'information",
+                 "reponse": "réponse au déclarant", "transmission_acss": "transmission à l'ACSS",
+                 "bulletin": "bulletin", "bulletin_apercu": "aperçu de bulletin", "rappel": "rappel",
+                 "avis_quarantaine": "avis de quarantaine", "assignation": "assignation"}
 
 
 def cmd_directory(args: argparse.Namespace, settings: Settings) -> int:

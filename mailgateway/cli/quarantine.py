@@ -47,6 +47,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
             if not found:
                 print("quarantaine vide")
+            else:  # a header line, as the other lists have (an outside tester)
+                print(f"{'ID':>7}  {'REÇU LE':<18}  {'RÉG.':<4} {'EXPÉDITEUR':<40}  OBJET  — MOTIF")
             for m in found:  # what senders wrote is printable already (quarantine.safe_text)
                 print(f"{m.id:>7}  {french_datetime(m.received_at)}  {m.region or '-':<4} "
                       f"{(m.sender or m.envelope_from or '-')[:40]:<40}  {m.subject[:50]}  — {m.reason_fr[:120]}")

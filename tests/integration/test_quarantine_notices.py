@@ -148,6 +148,7 @@ def test_command_line_list_show_release(gw: Gateway, capsys: pytest.CaptureFixtu
     assert gw.cli("quarantine", "list") == 0
     out = capsys.readouterr().out
     assert str(number) in out and "réponse à un dossier inconnu" in out
+    assert out.splitlines()[0].split()[:3] == ["ID", "REÇU", "LE"]  # a header line, as the other lists
     assert gw.cli("quarantine", "list", "--json") == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["id"] == number
     assert gw.cli("quarantine", "show", str(number)) == 0

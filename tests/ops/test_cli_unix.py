@@ -158,6 +158,7 @@ def test_outbox_list_filters_by_status_and_limits(config: GatewayConfig) -> None
     lines = config.cli("outbox", "list", "--status", "queued", "--limit", "1").stdout.splitlines()
     assert lines[0].split()[:2] == ["ID", "ÉTAT"] and len(lines) == 2
     assert FRENCH_INSTANT.search(lines[1]), lines[1]
+    assert "en file" in lines[1] and "queued" not in lines[1]  # French in the table, codes in --json
     bad = config.cli("outbox", "list", "--status", "perdu", check=False)
     assert bad.returncode == 2 and "queued" in bad.stderr and "Traceback" not in bad.stderr
 
