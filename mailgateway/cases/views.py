@@ -68,9 +68,9 @@ def format_case_list(rows: list[dict[str, Any]]) -> str:
     """``cases list``: a header line, then one case per line; statuses and severities in French,
     instants in Paris time. ``--json`` is the form for scripts."""
     width = max([len("RÉFÉRENCE"), *(len(r["reference"]) for r in rows)])
-    lines = [f"{'RÉFÉRENCE':<{width}}  {'STATUT':<18} {'GRAVITÉ':<13} {'OUVERT LE':<18}  {'MIS À JOUR LE':<18}  TITRE"]
+    lines = [f"{'RÉFÉRENCE':<{width}}  {'STATUT':<18} {'GRAVITÉ':<14} {'OUVERT LE':<18}  {'MIS À JOUR LE':<18}  TITRE"]
     for r in rows:
-        lines.append(f"{r['reference']:<{width}}  {label(r['status']):<18} {label(r['severity']):<13} "
+        lines.append(f"{r['reference']:<{width}}  {label(r['status']):<18} {label(r['severity']):<14} "
                      f"{french_datetime_of(r['opened_at']):<18}  {french_datetime_of(r['updated_at']):<18}  "
                      f"{labelled(r['title'] or '')}")
     return terminal_safe("\n".join(lines))
