@@ -384,6 +384,24 @@ def new_case(session: Session, *, region: str, kind: str, inbound: InboundMessag
     return case
 
 
+def add_indicators(session: Session, case: Case, facts: MessageFacts, *, at: datetime, actor: str) -> int:
+    """The indicators of a follow-up the case does not hold yet (an outside tester, an RSSI: the
+    new onion address and IP of a follow-up reached neither the exports nor the ACSS), with a
+    timeline event; how many were added."""
+    found = {(i.type, i.value[:2000]) for i in facts.indicators[:200]}
+    if not found:
+        return 0
+    held = {(t, v) for t, v in session.execute(select(Indicator.type, Indicator.value)
+                                               .where(Indicator.case_id == case.id))}
+    new = sorted(found - held)
+    for indicator_type, value in new:
+        session.add(Indicator(case_id=case.id, type=indicator_type, value=value))
+    if new:
+        append_event(session, case, type="indicateurs_ajoutes", actor=actor, at=at,
+                     data={"indicateurs": [f"{t}:{v[:200]}" for t, v in new[:50]]})
+    return len(new)
+
+
 _CASE_COLUMNS = tuple(c.key for c in cast(Table, Case.__table__).c if c.key != "id")
 
 

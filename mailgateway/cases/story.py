@@ -200,6 +200,11 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
         return f"Doublon possible : dossier {d.get('dossier_lie') or '?'} (même structure, dossiers liés)"
     if type_ == "dossier_lie":
         return f"Lié au dossier {d.get('dossier_lie') or '?'}"
+    if type_ == "indicateurs_ajoutes":
+        # Their kinds only: the values (links among them) are in the case's indicators, never in a
+        # line that mail to staff may print.
+        kinds = sorted({str(i).partition(":")[0] for i in d.get("indicateurs") or []})
+        return f"Indicateurs ajoutés par une réponse : {len(d.get('indicateurs') or [])} ({', '.join(kinds)})"
     if type_ == "rappel":
         who = d.get("destinataires") or []
         to = f" à {_recipients([str(a) for a in who])}" if who else ""

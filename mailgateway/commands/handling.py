@@ -556,6 +556,10 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
                              "reopened": False, "linked_from": None,
                              # The answer itself, inline (the .eml is for the record, not for reading).
                              "reply_text": text[:MAX_REPLY_INLINE], "reply_truncated": len(text) > MAX_REPLY_INLINE}
+    if facts.sender.authenticated and _of_the_establishment(session, case, sender):
+        # Only the establishment's own, authenticated: an outsider's « RE: [REF] » must not put
+        # indicators in the case's exports (STIX, MISP) and what is sent to the ACSS.
+        service.add_indicators(session, target, facts, at=now, actor=sender)
     if not extra["from_acss"] and not _of_the_establishment(session, case, sender):
         # Anyone may write « RE: [SSI-…] » (the references follow each other): an outsider's « fausse
         # alerte, vous pouvez clore » reached staff as « Réponse reçue : CHU d'Angers — … » (an

@@ -72,3 +72,25 @@ def test_a_message_filed_by_its_subject_from_someone_the_case_does_not_know_says
                                  body="Les sauvegardes sont restaurées.\n", message_id="<colleague@chu.test>")
     assert gw.feed(colleague).status == "processed"
     assert "Réponse reçue" in casemail.parse(gw.last("notification_reponse", "agent@ars.test").raw)["Subject"]
+
+
+def test_a_follow_up_of_the_establishment_adds_its_new_indicators(gw: Gateway) -> None:
+    """An outside tester (an RSSI): the new onion address and IP of a follow-up reached neither the
+    case's exports nor the ACSS. The establishment's own, authenticated; never an outsider's."""
+    from sqlalchemy import select
+
+    from mailgateway.store.models import Indicator
+    ref = gw.declare()
+    ack = gw.last("accuse_reception", "dsi@chu.test").message_id
+    follow = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Suite",
+                              body="Nouvelle adresse de rançon : http://lockbitxyz.onion.example/chu et IP "
+                                   "192.0.2.199.\n", in_reply_to=ack, message_id="<follow@chu.test>")
+    gw.feed(casemail.sign(follow, casemail.establishment_key()))
+    outsider = casemail.message(sender="x@evil.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Suite",
+                                body="Voir http://evil.example/x.\n", message_id="<evil@evil.test>")
+    gw.feed(outsider)
+    with gw.app.factory() as s:
+        values = set(s.scalars(select(Indicator.value).where(Indicator.case_id == gw.case(ref).id)))
+    assert "http://evil.example/x" not in values
+    assert {"http://lockbitxyz.onion.example/chu", "192.0.2.199"} <= values
+    assert any(e.type == "indicateurs_ajoutes" for e in gw.events(ref))
