@@ -197,7 +197,9 @@ def describe(type_: str, data: Mapping[str, Any]) -> str:
     if type_ == "doublon_possible":
         # Said the same on both cases: « doublon du dossier X » read the wrong way round on the
         # older one, which is no duplicate of the newer (outside tester).
-        return f"Doublon possible : dossier {d.get('dossier_lie') or '?'} (même structure, dossiers liés)"
+        # Neither « même structure » (a duplicate may be the same authenticated declarant without a
+        # FINESS, for another site: an outside tester): what the staff notice says is why.
+        return f"Doublon possible : dossier {d.get('dossier_lie') or '?'} (dossiers liés)"
     if type_ == "dossier_lie":
         return f"Lié au dossier {d.get('dossier_lie') or '?'}"
     if type_ == "indicateurs_ajoutes":

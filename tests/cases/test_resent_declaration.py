@@ -11,7 +11,7 @@ import pytest
 from tests.support import casemail
 from tests.support.casegateway import Gateway, make_gateway
 
-EARLIER = "Vous nous aviez déjà adressé une déclaration pour cette structure, toujours en cours (dossier"
+EARLIER = "Vous nous aviez déjà adressé une déclaration, toujours en cours (dossier"
 
 
 @pytest.fixture

@@ -132,7 +132,7 @@ def test_a_possible_duplicate_reads_the_same_on_both_cases() -> None:
     at = datetime(2026, 11, 27, 8, 0, tzinfo=UTC)
     event = _Event(1, at, "doublon_possible", {"dossier_lie": "SSI-ARA-2026-0003"})
     assert story([event]) == ["27/11/2026 à 09:00 — passerelle — Doublon possible : dossier SSI-ARA-2026-0003 "
-                              "(même structure, dossiers liés)"]
+                              "(dossiers liés)"]
 
 
 def test_an_assignment_to_the_assignee_says_nothing_changed() -> None:
