@@ -338,8 +338,8 @@ def test_a_signature_is_no_impact(signature: str, written: str, impacts: list[st
 # --- outside tester of 2026-12-07 (parse --json as a contract checker) ---------------------------
 
 
-def _analysed(body: str, subject: str = "Déclaration d'incident",
-              attachment: tuple[str, bytes] | None = None) -> MessageFacts:
+def _analysed(body: str, subject: str = "Déclaration d'incident", attachment: tuple[str, bytes] | None = None,
+              ctype: str = "application/octet-stream", **params: str) -> MessageFacts:
     from mailgateway.mail.analyse import analyse
     from mailgateway.mail.context import AnalysisContext
     msg = EmailMessage(policy=SMTP)
@@ -351,7 +351,8 @@ def _analysed(body: str, subject: str = "Déclaration d'incident",
     msg.set_content(body)
     if attachment is not None:
         name, data = attachment
-        msg.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+        maintype, subtype = ctype.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
     return analyse(msg.as_bytes(), AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"}))
 
 
@@ -415,17 +416,7 @@ def docx_form() -> bytes:
 
 def _with_text_file(body: str, data: bytes, maintype: str, subtype: str, name: str = "fiche_incident",
                     **params: str) -> MessageFacts:
-    from mailgateway.mail.analyse import analyse
-    from mailgateway.mail.context import AnalysisContext
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = "dsi@chu.test"
-    msg["To"] = "ssi-ara@ars.test"
-    msg["Subject"] = "Déclaration d'incident"
-    msg["Message-ID"] = "<f@chu.test>"
-    msg["Date"] = "Mon, 07 Dec 2026 09:00:00 +0100"
-    msg.set_content(body)
-    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
-    return analyse(msg.as_bytes(), AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"}))
+    return _analysed(body, attachment=(name, data), ctype=f"{maintype}/{subtype}", **params)
 
 
 @pytest.mark.parametrize(("data", "maintype", "subtype", "params"), [

@@ -150,11 +150,7 @@ def test_a_host_started_after_its_start_was_cancelled_is_killed(monkeypatch: pyt
     supervisor, late, hosts = _late_supervisor(monkeypatch, release)
 
     async def cancel_while_starting() -> None:
-        starting = asyncio.ensure_future(supervisor._start(asyncio.Event()))
-        await asyncio.sleep(0.2)
-        starting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await starting
+        await _cancelled_start(supervisor)
         release.set()  # the fork server answers now
         await asyncio.sleep(0.5)
 
@@ -173,21 +169,23 @@ def test_a_host_started_after_the_supervisor_closed_is_killed(monkeypatch: pytes
     release = threading.Event()
     supervisor, late, hosts = _late_supervisor(monkeypatch, release)
 
-    async def cancel_while_starting() -> None:
-        starting = asyncio.ensure_future(supervisor._start(asyncio.Event()))
-        await asyncio.sleep(0.2)
-        starting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await starting
-
     try:
-        asyncio.run(cancel_while_starting())
+        asyncio.run(_cancelled_start(supervisor))
         supervisor.close()
         release.set()
         assert late.killed.wait(5)
     finally:
         release.set()
         hosts.close()
+
+
+async def _cancelled_start(supervisor: HostSupervisor) -> None:
+    """A host start cancelled while the fork server has not answered (a failed daemon start undone)."""
+    starting = asyncio.ensure_future(supervisor._start(asyncio.Event()))
+    await asyncio.sleep(0.2)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
 
 
 def _closed(conn: Any) -> bool:
