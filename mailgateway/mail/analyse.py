@@ -206,9 +206,18 @@ def unpinned_reading(pm: ParsedMessage, sender: SenderVerdict, raw: bytes) -> li
     found = [shown for name, shown in _READING if pm.has(name) and name not in sender.signed_headers]
     if "Content-Transfer-Encoding" in found and "Content-Type" not in found and (
             pm.msg.is_multipart()
-            or reading_fixed_by_body(pm.header("Content-Transfer-Encoding"), raw[len(header_block(raw)):])):
+            or reading_fixed_by_body(_transfer_encoding(pm), raw[len(header_block(raw)):])):
         found = [name for name in found if name != "Content-Transfer-Encoding"]
     return found
+
+
+def _transfer_encoding(pm: ParsedMessage) -> str:
+    """The top-level Content-Transfer-Encoding as the email package compares it when it decodes
+    (compat32 ``get_payload``): the raw value, lower case, not stripped nor decoded."""
+    try:
+        return str(pm.msg.get("Content-Transfer-Encoding", "")).lower()
+    except Exception:
+        return "?"  # unreadable: fixed by nothing (mail/transfer.py reads it as identity)
 
 
 def coverage_reason(names: list[str]) -> str:

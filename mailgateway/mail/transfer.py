@@ -15,9 +15,10 @@ outside tester: iPhone, OWA in plain text, Thunderbird). What the bytes allow in
   that encode no line break nor any other character that ends a line in Python's ``splitlines``:
   an encoder writes a text's line breaks as line breaks. Genuine 8bit French text has 8-bit bytes
   and is no such body; planted « =0A » is refused.
-- **identity** (7bit, 8bit, binary, anything else) is a reading only of bytes that QP would read
-  the same, or that are no QP: a genuine QP body relabelled « 8bit » (its soft line breaks then
-  cut lines) is refused.
+- **identity** (7bit, 8bit, binary, any value the email package does not decode) is a reading only
+  of bytes with no quoted-printable escape nor soft line break (blanks after it included): a genuine
+  QP body relabelled « 8bit » (its soft line breaks then cut lines) is refused;
+- **uuencode** (``x-uuencode``…, which the email package decodes) is never fixed by the bytes.
 
 Linear: one pass over the body with two bounded regular expressions.
 """
@@ -29,22 +30,34 @@ import re
 _BASE64_LINE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _QP_ESCAPE = re.compile(rb"=(?:[0-9A-F]{2}|\r?\n|\Z)")
 _NOT_QP_BYTE = re.compile(rb"[^\t\r\n\x20-\x7e]")
-_ANY_ESCAPE = re.compile(rb"=(?:[0-9A-Fa-f]{2}|\r?\n)")
 # Characters that end a line for str.splitlines, as QP escapes (bytes, and their UTF-8 forms).
 _LINE_ENDING_ESCAPES = (b"=0A", b"=0D", b"=0B", b"=0C", b"=1C", b"=1D", b"=1E", b"=85", b"=C2=85",
                         b"=E2=80=A8", b"=E2=80=A9")
-_IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
+# What the email package decodes, by the header's value exactly as it compares it (compat32
+# ``Message.get_payload``: ``str(value).lower()``, no strip — « quoted-printable » with a trailing
+# blank, folded or as an encoded word is read as identity; an outside attacker's checks read it
+# otherwise), and the uuencode names it also decodes.
+_UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+# In a body read as identity, what a quoted-printable reading would change: an escape, or a soft
+# line break with the blanks relaxed canonicalisation lets anyone add before the line end.
+_QP_LIKE = re.compile(rb"=(?:[0-9A-Fa-f]{2}|[ \t]*\r?\n|[ \t]*\Z)")
 
 
 def reading_fixed_by_body(encoding: str, body: bytes) -> bool:
-    """Whether ``body`` admits ``encoding`` (the header's value) as its only dangerous reading."""
-    declared = encoding.strip().lower()
-    if declared == "base64":
+    """Whether ``body`` admits ``encoding`` (the header's value as the email package compares it:
+    ``str(value).lower()``) as its only dangerous reading."""
+    if encoding == "base64":
         return _strict_base64(body)
-    if declared == "quoted-printable":
+    if encoding == "quoted-printable":
         return _canonical_qp(body)
-    # Identity, or a value the parser reads as identity: only when QP would read the same.
-    return not (_ANY_ESCAPE.search(body) and _canonical_qp(body))
+    if encoding in _UUENCODE:
+        # uuencode keeps only what lies between « begin » and « end »: a payload planted in a
+        # quote became the whole text (an outside attacker). Never fixed by the bytes.
+        return False
+    # Read as identity: only when nothing in it reads otherwise as quoted-printable. A genuine
+    # QP body relabelled « 8bit » (its soft line breaks then cut lines: a quoted « #clore » began
+    # one) is refused, whatever blanks were added after its soft breaks.
+    return _QP_LIKE.search(body) is None
 
 
 def _strict_base64(body: bytes) -> bool:

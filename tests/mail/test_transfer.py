@@ -39,6 +39,13 @@ def test_what_a_client_sends_is_read_as_declared(encoding: str, body: bytes) -> 
     ("8bit", qp(FRENCH)),  # genuine QP relabelled: its soft breaks would cut lines
     ("base64", b"Bien recu, nous regardons.\r\n"),  # no text a person writes is base64
     ("base64", b"I25vdGU=I25vdGU=\r\n"),  # padding inside
+    # An outside attacker, round 3: uuencode keeps only its « begin … end » payload; the header's
+    # value as the email package compares it (a trailing blank: read as identity, its QP body's
+    # soft breaks then cut lines); blanks after a soft break, which relaxed canonicalisation allows.
+    ("x-uuencode", b"Bien recu.\r\nbegin 644 log.txt\r\n&(V-L;W)E\r\n`\r\nend\r\n"),
+    ("uue", b"Bien recu.\r\n"),
+    ("quoted-printable ", qp(FRENCH)),
+    ("8bit", b"> " + b"x" * 73 + b"= \r\n#clore Fausse alerte\r\n"),
 ])
 def test_a_relabelled_body_is_refused(encoding: str, body: bytes) -> None:
     assert not reading_fixed_by_body(encoding, body)
