@@ -53,6 +53,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from mailgateway.mail.alert import domain_in, extract_alert, looks_like_alert, quotes_our_mail
+from mailgateway.mail.auth import aligned
 from mailgateway.mail.autoreply import auto_reply_reason, loop_reason
 from mailgateway.mail.bounce import detect_bounce, verp_token
 from mailgateway.mail.commands import (
@@ -534,6 +535,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         declaration = extract_declaration(
             decl_text, decl_subject, ctx, labels, from_addr, reply_to, _sent_at(pm), source.author, source.outer,
             agency_forward=(*agency, *ctx.acss_domains) if by_agency else None, writer=writer,
+            from_verified=sender.authenticated and aligned(sender.auth_domain, sender.domain),
         )
         if source.outer is not None:
             extra["forwarded"] = True

@@ -750,6 +750,7 @@ def extract_declaration(
     outer_text: str | None = None,
     agency_forward: Sequence[str] | None = None,
     writer: Sequence[str] = (),
+    from_verified: bool = False,
 ) -> Declaration:
     """Everything that can be read from a declaration's text (labelled first, then free text).
 
@@ -822,9 +823,11 @@ def extract_declaration(
         address = _forward_declarant(fields, forwarded_author_address(forwarded_from), agency_forward)
         name = None
     else:
-        # The portal's own address, not words about it: a person's mail (or a document attached to
-        # it) saying « portail de signalement » chose who the agency acknowledged (an outside attacker).
-        address, name = _declarant(own_fields, from_address, reply_to, _portal_address(from_address))
+        # The portal's own address, authenticated, not words about it: a person's mail (or a document
+        # attached to it) saying « portail de signalement », or a spoofed portal From, chose who the
+        # agency acknowledged (an outside attacker).
+        address, name = _declarant(own_fields, from_address, reply_to,
+                                   from_verified and _portal_address(from_address))
     departement = info.departement if info and info.departement else None
     if departement is None and finess:
         departement = finess[:2]
