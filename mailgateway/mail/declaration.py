@@ -654,8 +654,8 @@ def _first_sentences(text: str, limit: int = 600, writer: Sequence[str] = ()) ->
 
 # In match form, spaced: whole words only.
 _NEW_INCIDENT = tuple(f" {match_form(phrase)} " for phrase in (
-    "nouvel incident", "nouveau incident", "autre incident", "incident distinct", "distinct de", "distincte de",
-    "new incident", "another incident", "separate incident"))
+    "nouvel incident", "nouveau incident", "autre incident", "incident distinct", "distinct de celui",
+    "distinct du dossier", "new incident", "another incident", "separate incident"))
 
 
 def says_new_incident(text: str) -> bool:
@@ -667,10 +667,25 @@ def says_new_incident(text: str) -> bool:
     for phrase in _NEW_INCIDENT:
         at = form.find(phrase)
         while at >= 0:
-            if _not_denied(form, at + 1):
+            if _not_denied(form, at + 1) and not _supposed(form, at + 1):
                 return True
             at = form.find(phrase, at + 1)
     return False
+
+
+# Words before « nouvel incident » in its sentence that make it a supposition, a fear or a
+# prevention, not a statement (« afin d'éviter tout nouvel incident », « en cas de nouvel incident »,
+# « s'il s'agissait d'un nouvel incident », « nous ne pensons pas qu'il s'agisse… »: an outside tester).
+_SUPPOSING = frozenset(match_form(word) for word in (
+    "eviter", "prevenir", "cas", "si", "s", "risque", "risques", "crainte", "craignons", "pensons", "pense",
+    "semble", "savoir", "question", "eventuel", "eventuelle", "possible", "potentiel", "tout"))
+
+
+def _supposed(form: str, start: int) -> bool:
+    before = form[max(0, start - 80):start].split()[-6:]
+    if _STOP_WORD in before:
+        before = before[len(before) - before[::-1].index(_STOP_WORD):]
+    return any(word in _SUPPOSING for word in before) or _hedged(form, start)
 
 
 def _without_finess(name: str) -> str:

@@ -523,9 +523,9 @@ def relay_declaration_prehandler(env: Env, session: Session, inbound: InboundMes
 
 def new_incident_in_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
                                      facts: MessageFacts) -> Outcome | None:
-    """A reply on a case that declares another incident (« c'est un NOUVEL incident, sans lien avec
-    le précédent », a form, a type, a severity of its own) opens its own case, linked to the one it
-    answers. An outside tester, an RSSI: a ransomware at another site, written in reply to the
+    """A reply on a closed case that declares another incident (« c'est un NOUVEL incident, sans
+    lien avec le précédent », of another type or at another establishment) opens its own case,
+    linked to the one it answers. An outside tester, an RSSI: a ransomware at another site, written in reply to the
     closed phishing case of the first, reopened that case under its old title — no case, no
     acknowledgement, no deadlines, nothing to CERT Santé. Not such: None."""
     decl = facts.extra.get("reply_declaration")
@@ -533,8 +533,13 @@ def new_incident_in_reply_prehandler(env: Env, session: Session, inbound: Inboun
             or not says_new_incident(facts.new_text)):
         return None  # an incident of its own names what it is
     answered = service.threaded_case(session, facts)
-    if answered is None or answered.kind != "incident":
+    if answered is None or answered.kind != "incident" or lifecycle.is_open(answered.status):
+        # On an open case, news is of that incident whatever words it uses (« afin d'éviter tout
+        # nouvel incident », « en cas de nouvel incident, nous vous recontacterons »: an outside
+        # tester saw seven follow-ups open seven cases); staff read it there.
         return None
+    if decl.incident_type == answered.incident_type and not (decl.finess and decl.finess != answered.finess):
+        return None  # the same kind of incident at the same place: the closed one again (it reopens)
     sender = (facts.sender.address or "").strip().lower()
     if sender and sender in staff_addresses(env.settings, session, answered.region):
         return None  # staff writing in a thread are not declaring
