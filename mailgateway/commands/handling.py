@@ -560,7 +560,7 @@ def handle_reply(env: Env, session: Session, inbound: InboundMessage, facts: Mes
         # Only the establishment's own, authenticated: an outsider's « RE: [REF] » must not put
         # indicators in the case's exports (STIX, MISP) and what is sent to the ACSS.
         service.add_indicators(session, target, facts, at=now, actor=sender)
-    if not extra["from_acss"] and not _of_the_establishment(session, case, sender):
+    if not extra["from_acss"] and not _known_to_the_case(env, session, case, sender):
         # Anyone may write « RE: [SSI-…] » (the references follow each other): an outsider's « fausse
         # alerte, vous pouvez clore » reached staff as « Réponse reçue : CHU d'Angers — … » (an
         # outside attacker). Filed, and said to come from someone the case does not know.
@@ -598,6 +598,23 @@ def _of_the_establishment(session: Session, case: Case, sender: str) -> bool:
         return True
     domain = sender.rpartition("@")[2]
     return bool(domain) and (case.declarant or "").lower().rpartition("@")[2] == domain
+
+
+def _known_to_the_case(env: Env, session: Session, case: Case, sender: str) -> bool:
+    """Whether the case knows who wrote (no « expéditeur inconnu du dossier » flag): its
+    establishment, a domain of its contacts (a GHT's shared domain), the ACSS, or the agency
+    itself (another region's staff, a director: an outside tester saw them flagged)."""
+    if _of_the_establishment(session, case, sender):
+        return True
+    domain = sender.rpartition("@")[2]
+    if not domain:
+        return False
+    if domain in {r.address.lower().rpartition("@")[2] for r in env.settings.regions}:
+        return True
+    # The ACSS is known only authenticated (``from_acss``): its domain in a From proves nothing.
+    return bool(case.finess) and any(
+        address.lower().rpartition("@")[2] == domain
+        for address in session.scalars(select(Contact.address).where(Contact.finess == case.finess).limit(200)))
 
 
 def _follow_up(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, closed: Case) -> Case:

@@ -67,7 +67,7 @@ def test_a_message_filed_by_its_subject_from_someone_the_case_does_not_know_says
     notice = gw.last("notification_reponse", "agent@ars.test")
     assert "Message d'un expéditeur inconnu du dossier" in casemail.parse(notice.raw)["Subject"]
     text = casemail.text_of(notice.raw).replace("\r\n", " ")
-    assert "que par la référence de son objet, que chacun peut écrire" in text
+    assert "par la référence de son objet, que chacun peut écrire" in text
     colleague = casemail.message(sender="rssi@chu.test", to="ssi-ara@ars.test", subject=f"RE: [{ref}] Suite",
                                  body="Les sauvegardes sont restaurées.\n", message_id="<colleague@chu.test>")
     assert gw.feed(colleague).status == "processed"
@@ -94,3 +94,14 @@ def test_a_follow_up_of_the_establishment_adds_its_new_indicators(gw: Gateway) -
     assert "http://evil.example/x" not in values
     assert {"http://lockbitxyz.onion.example/chu", "192.0.2.199"} <= values
     assert any(e.type == "indicateurs_ajoutes" for e in gw.events(ref))
+
+
+def test_the_agency_and_the_establishments_contact_domains_are_known_to_the_case(gw: Gateway) -> None:
+    """An outside tester (an agent): the agency's director and another region's agent, a GHT
+    colleague of a domain the establishment's contacts use, were flagged « expéditeur inconnu »."""
+    ref = gw.declare()
+    for n, sender in enumerate(("directeur@ars.test", "agent.pdl@ars.test")):
+        raw = casemail.message(sender=sender, to="ssi-ara@ars.test", subject=f"RE: [{ref}] Suite",
+                               body="Je suis le dossier.\n", message_id=f"<known-{n}@ars.test>")
+        assert gw.feed(raw).status == "processed"
+        assert "Réponse reçue" in casemail.parse(gw.last("notification_reponse", "agent@ars.test").raw)["Subject"]
