@@ -32,7 +32,7 @@ _WORDS = re.compile(
     re.I,
 )
 _RELATIVE = re.compile(
-    r"\b(ce matin|cette nuit|cet apr[èe]s-midi|ce soir|aujourd'hui|hier soir|hier matin|hier|"
+    r"\b(ce matin|cette nuit|cet apr[èe]s-midi|ce soir|ce midi|aujourd'hui|hier soir|hier matin|hier midi|hier|"
     r"avant-hier|cette semaine|(?:lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche)"
     r"(?: dernier| soir| matin| apr[èe]s-midi)?)\b" + _TIME,
     re.I,
@@ -52,7 +52,9 @@ _NUMERIC_NO_YEAR = re.compile(
 _NOON_OR_MIDNIGHT = re.compile(r"\s*(?:(?:à|a|vers|aux alentours de)\s+)?(midi|minuit)\b", re.I)
 # Hours a part of the day stands for when no time is written.
 _DEFAULT_HOURS = {"ce matin": 8, "hier matin": 8, "cette nuit": 2, "ce soir": 20, "hier soir": 20, "soir": 20,
-                  "matin": 8}
+                  "matin": 8, "ce midi": 12, "hier midi": 12, "midi": 12}
+# « à 5h ce matin »: the hour written before the day's part (an outside tester: read as 08:00).
+_TIME_BEFORE = re.compile(r"(?:\b(?:à|a|vers|dès|des|depuis)\s+)(\d{1,2})\s*h(?:\s*(\d{2}))?\s*$", re.I)
 
 
 _WEEKDAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
@@ -101,6 +103,7 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
     incident « de cette nuit » must not reach the national cell as « 06/12/2026 à 02:00 »."""
     text = text[:20_000]
     candidates: list[tuple[int, datetime, str | None]] = []
+    rel: re.Match[str] | None = None
     for m in _ISO.finditer(text):
         y, mo, d, h, mi, s, tz = m.groups()
         try:
@@ -159,6 +162,8 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
             m = rel
             word, h, mi = m.group(1).lower(), m.group(2), m.group(3)
             h, mi, extra = _spoken_time(text, m.end(), h, mi)
+            if not h and (before := _TIME_BEFORE.search(text, max(0, m.start() - 20), m.start())):
+                h, mi = before.group(1), before.group(2)
             written: str | None = " ".join((m.group(0) + extra).split())[:80]
             if h and int(h) > 23:
                 h = mi = None  # « hier vers 25h »: no time, not midnight
@@ -189,6 +194,12 @@ def parse_detection(text: str, reference: datetime | None = None) -> tuple[str |
                 candidates.append((m.start(), at, written))
     if not candidates:
         return None, None
+    if rel is not None and rel.group(1).lower().split()[0] in _WEEKDAYS:
+        # « Lundi 30/11 à 10h30 »: the weekday names the date that follows it, not a day relative
+        # to the message (an outside tester: read as the Monday of the message, a week off).
+        dated = [c for c in candidates if rel.end() <= c[0] <= rel.end() + 3]
+        if dated:
+            candidates = [c for c in candidates if c[0] != rel.start()]
     _position, found, written = min(candidates, key=lambda c: c[0])
     return _iso(found), written
 

@@ -418,22 +418,24 @@ def _severity_in_sentence(text: str, labels: Labels) -> str | None:
     """« …, gravité : grave, … », « la gravité de l'incident est élevée »: the severity a sentence
     gives, in the few words after « gravité » (an outside tester, an RSSI: a « Gravité : grave »
     inside a sentence was never read, and the acknowledgement said it had not been found)."""
-    if "gravit" not in text.lower():
+    lowered = text.lower()
+    if "gravit" not in lowered and "criticit" not in lowered:
         return None
     lines = text.splitlines()[:5000]
     own = quote_start(lines)  # the writer's words: a quoted « > Gravité : critique » is someone else's
     folded = fold("\n".join(line for line in lines[:own] if not line.lstrip().startswith(">")))
-    at = folded.find("gravite")
-    for _ in range(10):
-        if at < 0:
-            return None
-        after = folded[at + len("gravite"):at + len("gravite") + 40]
-        for end in ".;!?\n":  # its sentence (« : » introduces the value)
-            after = after.split(end, 1)[0]
-        found = labels.severities.first(_affirmed(after))
-        if found:
-            return found
-        at = folded.find("gravite", at + 1)
+    for word in ("gravite", "criticite"):
+        at = folded.find(word)
+        for _ in range(10):
+            if at < 0:
+                break
+            after = folded[at + len(word):at + len(word) + 40]
+            for end in ".;!?\n":  # its sentence (« : » introduces the value)
+                after = after.split(end, 1)[0]
+            found = labels.severities.first(_affirmed(after))
+            if found:
+                return found
+            at = folded.find(word, at + 1)
     return None
 
 

@@ -58,7 +58,8 @@ def _enum_code(value: str | None) -> str | None:
     return value if value and _ENUM_CODE.fullmatch(value) else None
 
 
-def _understood(decl: Declaration | None, case: Case, inbound: InboundMessage) -> dict[str, Any]:
+def _understood(decl: Declaration | None, case: Case, inbound: InboundMessage,
+                from_portal: bool = False) -> dict[str, Any]:
     """What the acknowledgement restates of the declaration, for the declarant to check, and what
     it could not read (French): an outside tester, an RSSI, could not tell whether « grave » and the
     detection date had been understood, nor that a form in an attachment had not been read.
@@ -70,6 +71,8 @@ def _understood(decl: Declaration | None, case: Case, inbound: InboundMessage) -
     detected = detection_fr(decl.detected_at, decl.detected_at_as_written, aware(inbound.received_at))
     read = {"type d'incident": decl.incident_type, "gravité": severity, "date de détection": detected,
             "numéro FINESS de l'établissement": decl.finess or case.finess}
+    if from_portal:
+        del read["gravité"]  # the portal's form has no severity: nothing to ask its declarant
     return {"declared_severity": severity, "detected_fr": detected, "missing": [k for k, v in read.items() if not v],
             "impacts": [code for code in (_enum_code(i) for i in decl.impacts) if code]}
 
@@ -91,7 +94,7 @@ def _acknowledgement_context(env: Env, region: str, case: Case, inbound: Inbound
     base = {**region_context(env.settings, region), "received_at_fr": french_datetime(inbound.received_at),
             "incident_type": _enum_code(case.incident_type), "category": _enum_code(case.category),
             "summary_only": not verified, "from_portal": _from_portal(facts, case.declarant),
-            **_understood(facts.declaration, case, inbound)}
+            **_understood(facts.declaration, case, inbound, _from_portal(facts, case.declarant))}
     if verified:
         return {**base, "case": case_context(case), "subject": service.one_line(facts.subject)}
     safe = dict.fromkeys(case_context(case))

@@ -114,6 +114,11 @@ def test_more_words_of_a_day_are_read_and_shown_as_written(text: str, shown: str
         ("3/4 des postes sont touchés", None, None),
         ("version 3.12 du logiciel", None, None),
         ("le 13/13", None, None),
+        # Round 3 (an outside tester): a weekday naming the date after it, an hour before the day's
+        # part, « ce midi ».
+        ("Lundi 30/11 à 10h30, le serveur a été chiffré", "2026-11-30T10:30:00+01:00", None),
+        ("détecté à 5h ce matin", "2026-12-06T05:00:00+01:00", "ce matin"),
+        ("ce midi vers 12h30", "2026-12-06T12:30:00+01:00", "ce midi vers 12h30"),
     ],
 )
 def test_a_day_and_month_by_numbers_and_spoken_times(text: str, iso: str | None, written: str | None) -> None:

@@ -124,12 +124,13 @@ def test_other_label_variants(ctx: AnalysisContext) -> None:
 
 
 def test_a_site_extends_the_labels_in_its_configuration(ctx: AnalysisContext) -> None:
-    lines = (f"N° FINESS : {ET}\nNature de l'évènement SSI : rançongiciel\nCriticité perçue : grave\n"
+    # (« Criticité … : grave » is read anyway, in a sentence as on a line: a site's own word here.)
+    lines = (f"N° FINESS : {ET}\nNature de l'évènement SSI : rançongiciel\nNiveau d'alerte interne : grave\n"
              "Établissement déclarant SSI : Clinique du Lac")
     decl = declaration_with(ctx, lines)
     assert decl["severity"] == "NON_QUALIFIE" and decl["structure"] != "Clinique du Lac"
     site = AnalysisContext(**{**ctx.__dict__, "extra_field_labels": {
-        "severity": ("Criticité perçue",), "structure": ("Établissement déclarant SSI",)}})
+        "severity": ("Niveau d'alerte interne",), "structure": ("Établissement déclarant SSI",)}})
     decl = declaration_with(site, lines)
     assert decl["severity"] == "GRAVE" and decl["structure"] == "Clinique du Lac"
 
