@@ -112,9 +112,10 @@ _DEFANGED_SCHEMES = {"http": "hxxp", "https": "hxxps", "ftp": "fxp", "ftps": "fx
 # Schemes a client links or runs without « // » (an outside attacker's forged receipt carried
 # « data: », « javascript: », « callto: »…), and bare hosts in any script (« ars-pdl-sécurité.fr/login »).
 _NO_SLASH_SCHEMES = (r"(?:mailto|news|webcal|tel|sip|data|javascript|vbscript|file|sms|smsto|callto|facetime|skype"
-                     r"|whatsapp|tg|intent|ms-[a-z-]{1,30}):")
+                     r"|whatsapp|tg|intent|ms-[a-z-]{1,30}|telnet|gopher|wais|prospero|notes|outlook|ldap|irc"
+                     r"|xmpp|ssh|msteams|itms-services|https?|ftp):")
 _URL_IN_TEXT = re.compile(
-    r"(?<![A-Za-z0-9])(?:" + _NO_SLASH_SCHEMES + r"|www\.)[^\s<>\"'\])}]{1,2000}"
+    r"(?<![A-Za-z0-9])(?:" + _NO_SLASH_SCHEMES + r"|www\.|ftp\.)[^\s<>\"'\])}]{1,2000}"
     r"|(?<![@./\w-])(?:(?:[^\W_][\w-]{0,62}\.){1,10}[^\W\d_]{2,24}|\d{1,3}(?:\.\d{1,3}){3})"
     r"(?:[/?#]|:\d{1,5}(?![\d]))[^\s<>\"'\])}]{0,2000}", re.I)
 _UNC_IN_TEXT = re.compile(r"(?<!\\)\\{2,8}(?=[\w.\[?-])[^\s<>\"'\])}]{1,2000}")
@@ -154,7 +155,7 @@ def _defang_needed(value: str) -> str:
 
 # What the first alternative of _URL_IN_TEXT starts with, with its flags (re.I: « ſip: » is « sip: »
 # to it); its second alternative needs a dot and one of « / ? # : ».
-_URL_HINT = re.compile(_NO_SLASH_SCHEMES + r"|www\.", re.I)
+_URL_HINT = re.compile(_NO_SLASH_SCHEMES + r"|www\.|ftp\.", re.I)
 
 
 # Colons and slashes that look like one (Unicode confusables: fullwidth, small, modifier letter,
@@ -163,6 +164,8 @@ _COLON_LOOKALIKES = str.maketrans({
     "\uff1a": ":", "\ufe55": ":", "\ufe13": ":", "\ua789": ":", "\u2236": ":", "\u05c3": ":", "\u02f8": ":",
     "\u0589": ":", "\u0703": ":", "\u0704": ":", "\u16ec": ":", "\u1803": ":", "\u1809": ":", "\u205a": ":",
     "\u226c": ":", "\uff0f": "/", "\u2215": "/", "\u2044": "/", "\u29f8": "/", "\u1735": "/", "\u2cc6": "/",
+    # Dots browsers map to « . » in a host (« www。evil。example/login »: an outside attacker).
+    "\u3002": ".", "\uff0e": ".", "\uff61": ".",
 })
 # ASCII letters only (a URI scheme is ASCII, RFC 3986 §3.1): under Unicode case folding
 # « httpſ » matched too, and had no defanged name (a KeyError from mail text: hypothesis).

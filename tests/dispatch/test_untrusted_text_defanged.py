@@ -91,6 +91,11 @@ def test_the_notification_html_says_its_opening_line_once(gw: Gateway) -> None:
     ("data:text/html,x javascript:alert(1) callto:+33600000000 ms-settings:privacy",
      "data[:]text/html,x javascript[:]alert(1) callto[:]+33600000000 ms-settings[:]privacy"),
     ("connectez-vous sur ars-pdl-sécurité.fr/login", "connectez-vous sur ars-pdl-sécurité[.]fr/login"),
+    # Round 3: « ftp. » as « www. », a scheme's colon without slashes, Outlook's autoformat schemes,
+    # ideographic full stops.
+    ("ftp.evil.example https:evil.example telnet:evil ldap:x", "ftp[.]evil[.]example https[:]evil[.]example "
+     "telnet[:]evil ldap[:]x"),
+    ("www。evil。example/login", "www[.]evil[.]example/login"),
 ])
 def test_every_link_a_mail_client_makes_is_defanged(text: str, shown: str) -> None:
     """Found by an outside tester: only http(s) and ftp links were defanged; a bare « www. » host,
@@ -222,5 +227,5 @@ def test_a_scheme_with_a_letter_outside_ascii_is_text_not_a_failure() -> None:
     """« httpſ:/… » (long s) matched the single-slash pass under Unicode case folding and made
     rendering raise; a URI scheme is ASCII (RFC 3986 §3.1), so it is text. A real one still loses
     its scheme."""
-    assert defang_text("httpſ:/evil") == "httpſ:/evil"
+    assert defang_text("httpſ:/evil") == "httpſ[:]/evil"  # text (its colon bracketed since « https: » is read)
     assert defang_text("HTTPS:/evil.fr") == "hxxps:/evil.fr"
