@@ -176,8 +176,11 @@ def _event(event: str, element: Element, names: _Names, lines: list[str], rows: 
 
 def _paragraph(element: Element, names: _Names) -> str:
     if names.text is not None:  # DOCX
+        # Hidden runs (« <w:vanish/> ») are not what a person opening the file reads (an outside
+        # attacker hid « Gravité : grave » under a visible « faible »).
         pieces = ["\t" if e.tag == names.tab else "\n" if e.tag == names.brk else e.text or ""
-                  for e in element.iter() if e.tag in (names.text, names.tab, names.brk)]
+                  for run in element.iter(f"{_W}r") if run.find(f"{_W}rPr/{_W}vanish") is None
+                  for e in run.iter() if e.tag in (names.text, names.tab, names.brk)]
         return "".join(pieces)
     for e in element.iter():  # ODT: the empty elements that stand for white space
         if e.tag == names.tab:

@@ -178,3 +178,11 @@ def test_only_the_first_documents_of_a_message_are_opened(monkeypatch: pytest.Mo
                            subtype="vnd.openxmlformats-officedocument.wordprocessingml.document")
     parse.parse_message(msg.as_bytes())
     assert len(opened) == office.MAX_DOCUMENTS
+
+
+def test_hidden_word_text_is_not_read() -> None:
+    """An outside attacker: a run marked hidden (« <w:vanish/> ») under a visible « Gravité : faible »
+    was read; a person opening the file sees only the visible text."""
+    body = ('<w:p><w:r><w:t>Gravité : faible</w:t></w:r>'
+            '<w:r><w:rPr><w:vanish/></w:rPr><w:t> — Gravité : grave</w:t></w:r></w:p>')
+    assert office_text(docx(body), DOCX) == "Gravité : faible"
