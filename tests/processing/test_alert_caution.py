@@ -100,3 +100,13 @@ def test_an_alert_whose_reading_is_not_signed_says_why_it_is_not_authentic(gw: G
     text = notice_text(gw, "agent@ars.test").replace("\r\n", " ")
     assert ("Authentifiée : NON — aucune diffusion possible (signature DKIM valide, mais en-têtes Content-Type, "
             "Content-Transfer-Encoding non couverts par la signature DKIM") in text, text
+
+
+def test_an_unsigned_alert_says_why_it_is_not_authentic(gw: Gateway) -> None:
+    """An outside tester (an agent): an unsigned alert, or one whose signature no longer matches
+    (a footer added in transit), said « non authentifié » and nothing more."""
+    raw = alert(KEY, casemail.DATE, 6)
+    unsigned = raw[raw.index(b"\r\nFrom: ") + 2:]
+    assert gw.feed(unsigned).status == "processed"
+    text = notice_text(gw, "agent@ars.test").replace("\r\n", " ")
+    assert "Authentifiée : NON — aucune diffusion possible (aucune signature DKIM valide de l'ACSS" in text, text
