@@ -636,7 +636,7 @@ def _first_sentences(text: str, limit: int = 600, writer: Sequence[str] = ()) ->
     lines = text.splitlines()
     # The writer's card without a phone (« Nathalie Perrin / DSI – CH Annecy Genevois ») ended
     # most résumés (an outside tester); a phone is what the indicators' rule needs, not this one.
-    card = writer_card(lines, writer, width=80, whole_name=True) if writer else None
+    card = writer_card(lines, writer, width=80, whole_name=True, fewest=1) if writer else None
     if card is not None and card.start > 0:
         lines = lines[:card.start]
         text = "\n".join(lines)

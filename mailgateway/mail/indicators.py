@@ -292,17 +292,18 @@ def writer_words(*names: str | None) -> tuple[str, ...]:
 
 
 def writer_card(lines: list[str], writer: Sequence[str], width: int = _CARD_WIDTH,
-                whole_name: bool = False) -> range | None:
+                whole_name: bool = False, fewest: int = 2) -> range | None:
     """The lines of the writer's card ending ``lines``: the last paragraph (a confidentiality
     notice after it skipped), 2 to 5 lines of at most ``width`` characters after a blank line,
     opening with the writer's name (« Claire Dubois » from « Dubois, Claire (ARS-ARA/DSP) »).
     ``whole_name``: every word of that line is the writer's, two at least — not a colleague who
-    shares a first name, nor « ARS … » (an outside tester: text an agent meant to send was cut)."""
+    shares a first name, nor « ARS … » (an outside tester: text an agent meant to send was cut).
+    ``fewest``: lines the card has at least (one: a name alone ending a declaration's text)."""
     start, end = _paragraph_before(lines, len(lines))
     if start < end and lines[start].strip().lower().startswith(_NOTICE_STARTS):
         start, end = _paragraph_before(lines, start)  # the card above the confidentiality notice
     card = range(start, end)
-    if not 2 <= len(card) <= _CARD_LINES or (start > 0 and lines[start - 1].strip()):
+    if not fewest <= len(card) <= _CARD_LINES or (start > 0 and lines[start - 1].strip()):
         return None
     if any(len(lines[k].strip()) > width or _forward_start(lines[k]) for k in card):
         return None

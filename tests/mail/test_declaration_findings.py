@@ -987,3 +987,16 @@ def test_the_writers_card_ends_no_summary_and_a_ransom_screen_is_a_ransomware() 
     assert decl is not None and decl.incident_type == "RANCONGICIEL"
     assert decl.summary == ("Les postes de l'accueil affichent un message nous demandant de payer pour récupérer "
                             "nos fichiers."), decl.summary
+
+
+def test_the_writers_name_alone_ends_no_summary() -> None:
+    """An outside tester (an RSSI): « … Nathalie Perrin » ended most résumés."""
+    from mailgateway.mail.analyse import analyse
+    from mailgateway.mail.context import AnalysisContext
+    msg = EmailMessage(policy=SMTP)
+    msg["From"], msg["To"] = "Nathalie Perrin <nathalie.perrin@ch-annecy.test>", "ssi-ara@ars.test"
+    msg["Subject"], msg["Message-ID"] = "Incident", "<name@ch-annecy.test>"
+    msg["Date"] = "Mon, 07 Dec 2026 09:00:00 +0100"
+    msg.set_content("Bonjour,\nUn rançongiciel a chiffré le serveur de la pharmacie.\n\nNathalie Perrin\n")
+    decl = analyse(msg.as_bytes(), AnalysisContext(region_addresses={"ssi-ara@ars.test": "ARA"})).declaration
+    assert decl is not None and decl.summary == "Un rançongiciel a chiffré le serveur de la pharmacie."
