@@ -48,6 +48,7 @@ One view of a message (docs/guarantees.md, RFC 6376 §8.15). Before anything els
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -204,12 +205,26 @@ def unpinned_reading(pm: ParsedMessage, sender: SenderVerdict, raw: bytes) -> li
     reading (mail/transfer.py: Exchange Online never signs it, and plain-text mail is common)."""
     if not sender.authenticated:
         return []
-    found = [shown for name, shown in _READING if pm.has(name) and name not in sender.signed_headers]
+    signed = sender.signed_headers
+    body = raw[len(header_block(raw)):]
+    found = [shown for name, shown in _READING if pm.has(name) and name not in signed]
     if "Content-Transfer-Encoding" in found and "Content-Type" not in found and (
-            pm.msg.is_multipart()
-            or reading_fixed_by_body(_transfer_encoding(pm), raw[len(header_block(raw)):])):
+            pm.msg.is_multipart() or reading_fixed_by_body(_transfer_encoding(pm), body)):
         found = [name for name in found if name != "Content-Transfer-Encoding"]
+    # An unsigned header deleted reads too (an outside attacker, round 4: a genuine QP reply with
+    # its Content-Transfer-Encoding removed read as 7bit, its soft breaks cutting lines; a Content-Type
+    # removed reads a MIME body as plain text): absent and not signed, the default reading must be
+    # the only one the body admits.
+    if not pm.has("content-transfer-encoding") and "content-transfer-encoding" not in signed and (
+            not pm.msg.is_multipart() and not reading_fixed_by_body("", body)):
+        found.append("Content-Transfer-Encoding")
+    if not pm.has("content-type") and "content-type" not in signed and _MIME_IN_BODY.search(body[:200_000]):
+        found.insert(0, "Content-Type")
     return found
+
+
+# A body that holds MIME parts (a boundary line, then a part's Content-Type).
+_MIME_IN_BODY = re.compile(rb"(?mi)^--[^\s]{1,200}[ \t]*\r?\n(?:[^\r\n]{0,998}\r?\n){0,20}?content-type[ \t]*:")
 
 
 def _transfer_encoding(pm: ParsedMessage) -> str:

@@ -522,3 +522,21 @@ def test_an_agents_reply_relabelled_is_no_forward_of_a_declaration_by_the_agent(
     assert not forged.sender.authenticated
     assert forged.declaration is None or (forged.declaration.declarant != "ssi@chu-angers.test"
                                           and forged.extra.get("transmis_par") is None)
+
+
+@pytest.mark.parametrize(("raw", "open_headers"), [
+    # An outside attacker, round 4: a genuine QP reply with its unsigned Content-Transfer-Encoding
+    # deleted (or renamed) reads as 7bit, its soft breaks cutting lines — and a command accepted.
+    (b"From: agent@ars.test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n> " + b"x" * 73
+     + b"=\r\n#clore Fausse alerte\r\n", ["Content-Transfer-Encoding"]),
+    (b"From: agent@ars.test\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n#note vu, merci.\r\n", []),
+    # A Content-Type deleted reads a MIME body as plain text.
+    (b"From: agent@ars.test\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n#clore\r\n--b1--\r\n", ["Content-Type"]),
+    (b"From: agent@ars.test\r\n\r\n#note vu\r\n", []),
+])
+def test_an_unsigned_reading_header_deleted_is_still_judged(raw: bytes, open_headers: list[str]) -> None:
+    from mailgateway.mail.analyse import unpinned_reading
+    signed = {"from", "subject"} | ({"content-type"} if b"Content-Type" in raw.split(b"\r\n\r\n")[0] else set())
+    verdict = SenderVerdict(address=STAFF, domain="ars.test", authenticated=True, method="dkim",
+                            auth_domain="ars.test", signed_headers=frozenset(signed))
+    assert unpinned_reading(parse_message(raw), verdict, raw) == open_headers
