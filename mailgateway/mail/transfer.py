@@ -15,9 +15,10 @@ outside tester: iPhone, OWA in plain text, Thunderbird). What the bytes allow in
   that encode no line break nor any other character that ends a line in Python's ``splitlines``:
   an encoder writes a text's line breaks as line breaks. Genuine 8bit French text has 8-bit bytes
   and is no such body; planted « =0A » is refused.
-- **identity** (7bit, 8bit, binary, any value the email package does not decode) is a reading only
-  of bytes with no quoted-printable escape nor soft line break (blanks after it included): a genuine
-  QP body relabelled « 8bit » (its soft line breaks then cut lines) is refused;
+- **identity** (7bit, 8bit, binary, any value the email package does not decode, or no header) is a
+  reading only of bytes with no quoted-printable soft line break (blanks after it included): a
+  genuine QP body relabelled « 8bit » (its soft line breaks then cut lines) is refused; an escape
+  only garbles characters within a line (« #cible departement=44 » is a command, not an attack);
 - **uuencode** (``x-uuencode``…, which the email package decodes) is never fixed by the bytes.
 
 Linear: one pass over the body with two bounded regular expressions.
@@ -38,9 +39,10 @@ _LINE_ENDING_ESCAPES = (b"=0A", b"=0D", b"=0B", b"=0C", b"=1C", b"=1D", b"=1E", 
 # blank, folded or as an encoded word is read as identity; an outside attacker's checks read it
 # otherwise), and the uuencode names it also decodes.
 _UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
-# In a body read as identity, what a quoted-printable reading would change: an escape, or a soft
-# line break with the blanks relaxed canonicalisation lets anyone add before the line end.
-_QP_LIKE = re.compile(rb"=(?:[0-9A-Fa-f]{2}|[ \t]*\r?\n|[ \t]*\Z)")
+# In a body read as identity, what a genuine quoted-printable body read so would show: a soft line
+# break (with the blanks relaxed canonicalisation lets anyone add before the line end), which then
+# cuts a line in two. An escape (« =3D », « departement=44 ») only garbles characters within a line.
+_QP_LIKE = re.compile(rb"=[ \t]*(?:\r?\n|\Z)")
 
 
 def reading_fixed_by_body(encoding: str, body: bytes) -> bool:

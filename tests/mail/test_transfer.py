@@ -25,6 +25,7 @@ def qp(text: str) -> bytes:
     ("8bit", FRENCH.encode()),  # 8-bit bytes: no QP reading
     ("7bit", b"#assigner moi\r\n"),  # nothing QP would read otherwise
     ("", b"a=b c=d\r\n"),  # « = » that escapes nothing
+    ("", b"#cible categorie=LBM departement=44\r\n"),  # an escape's look-alike within a line
 ])
 def test_what_a_client_sends_is_read_as_declared(encoding: str, body: bytes) -> None:
     assert reading_fixed_by_body(encoding, body)
