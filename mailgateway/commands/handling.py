@@ -506,12 +506,18 @@ def _from_acss(env: Env, address: str, facts: MessageFacts) -> bool:
         d.lower() for d in env.settings.authentication.acss_domains}
 
 
-def _case_domains(env: Env, session: Session, case: Case) -> set[str]:
+def _establishment_domains(session: Session, case: Case) -> set[str]:
     """Domains that speak for the case's establishment: its declarant's and its directory contacts'."""
     found = {case.declarant.rpartition("@")[2].lower()} if case.declarant and "@" in case.declarant else set()
     if case.finess:
         found.update(a.rpartition("@")[2].lower()
                      for a in session.scalars(select(Contact.address).where(Contact.finess == case.finess)))
+    return found
+
+
+def _case_domains(env: Env, session: Session, case: Case) -> set[str]:
+    """The establishment's domains and the ACSS's: who may change a case's status by a reply."""
+    found = _establishment_domains(session, case)
     acss = env.settings.acss.address.lower()
     found.update({acss.rpartition("@")[2], *(d.lower() for d in env.settings.authentication.acss_domains)})
     return {d for d in found if d}
@@ -607,14 +613,11 @@ def _known_to_the_case(env: Env, session: Session, case: Case, sender: str) -> b
     if _of_the_establishment(session, case, sender):
         return True
     domain = sender.rpartition("@")[2]
-    if not domain:
-        return False
     if domain in {r.address.lower().rpartition("@")[2] for r in env.settings.regions}:
         return True
-    # The ACSS is known only authenticated (``from_acss``): its domain in a From proves nothing.
-    return bool(case.finess) and any(
-        address.lower().rpartition("@")[2] == domain
-        for address in session.scalars(select(Contact.address).where(Contact.finess == case.finess).limit(200)))
+    # Not ``_case_domains``: the ACSS is known only authenticated (``from_acss``), its domain in a
+    # From proves nothing.
+    return bool(domain) and domain in _establishment_domains(session, case)
 
 
 def _follow_up(env: Env, session: Session, inbound: InboundMessage, facts: MessageFacts, closed: Case) -> Case:

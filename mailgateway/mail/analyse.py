@@ -54,7 +54,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from mailgateway.mail.alert import domain_in, extract_alert, looks_like_alert, quotes_our_mail
-from mailgateway.mail.auth import aligned
 from mailgateway.mail.autoreply import auto_reply_reason, loop_reason
 from mailgateway.mail.bounce import detect_bounce, verp_token
 from mailgateway.mail.commands import (
@@ -550,7 +549,7 @@ def _analyse(raw: bytes, ctx: AnalysisContext, given: SenderVerdict | None, rele
         declaration = extract_declaration(
             decl_text, decl_subject, ctx, labels, from_addr, reply_to, _sent_at(pm), source.author, source.outer,
             agency_forward=(*agency, *ctx.acss_domains) if by_agency else None, writer=writer,
-            from_verified=sender.authenticated and aligned(sender.auth_domain, sender.domain),
+            from_verified=sender.authenticated,  # aligned with From by definition (mail/auth.py)
         )
         if source.outer is not None:
             extra["forwarded"] = True
@@ -936,6 +935,6 @@ def _attached_form(pm: ParsedMessage, text: str, subject: str, labels: Labels) -
     """The declaration's form attached as a text file under a cover note (« ci-joint notre fiche
     de déclaration »), read after the note; None when the note is a form itself or no attached
     text is one. It was not read: the case showed « non précisé » everywhere (note of 2026-12-07)."""
-    if not pm.attached_texts or looks_like_declaration(text, subject, labels)[1] == "labelled":
+    if not pm.text_files or looks_like_declaration(text, subject, labels)[1] == "labelled":
         return None
-    return next((t for t in pm.attached_texts if looks_like_declaration(t, subject, labels)[1] == "labelled"), None)
+    return next((t for t in pm.attached_texts() if looks_like_declaration(t, subject, labels)[1] == "labelled"), None)

@@ -372,12 +372,17 @@ _HEDGES = frozenset(match_form(word) for word in (
 _STOP_WORD = _STOP.strip()
 
 
-def _hedged(form: str, start: int) -> bool:
-    """Whether one of the five words before the name at ``start`` (its sentence) hedges it."""
-    before = form[max(0, start - 80):start].split()[-5:]
+def _words_before(form: str, start: int, most: int) -> list[str]:
+    """The ``most`` words before ``start`` in ``form`` (match form), within their sentence."""
+    before = form[max(0, start - 80):start].split()[-most:]
     if _STOP_WORD in before:
         before = before[len(before) - before[::-1].index(_STOP_WORD):]
-    return any(word in _HEDGES for word in before)
+    return before
+
+
+def _hedged(form: str, start: int) -> bool:
+    """Whether one of the five words before the name at ``start`` (its sentence) hedges it."""
+    return any(word in _HEDGES for word in _words_before(form, start, 5))
 
 
 def _affirmed(value: str) -> str:
@@ -587,7 +592,7 @@ def _finess_numbers(
     return chosen, (ej if ej != chosen else None), others
 
 
-_EJ_WORDS = re.compile(r"juridique|\bEJ\b|entit[ée] juridique", re.I)
+_EJ_WORDS = re.compile(r"juridique|\bEJ\b", re.I)
 _ET_WORDS = re.compile(r"g[ée]ographique|\bET\b|\bFINESS[ \t]+(?:du[ \t]+)?site\b", re.I)
 
 
@@ -678,16 +683,13 @@ def says_new_incident(text: str) -> bool:
 # Words before « nouvel incident » in its sentence that make it a supposition, a fear or a
 # prevention, not a statement (« afin d'éviter tout nouvel incident », « en cas de nouvel incident »,
 # « s'il s'agissait d'un nouvel incident », « nous ne pensons pas qu'il s'agisse… »: an outside tester).
+# Beside the hedges (``_hedged``: « risque », « éventuel », « possible »…).
 _SUPPOSING = frozenset(match_form(word) for word in (
-    "eviter", "prevenir", "cas", "si", "s", "risque", "risques", "crainte", "craignons", "pensons", "pense",
-    "semble", "savoir", "question", "eventuel", "eventuelle", "possible", "potentiel", "tout"))
+    "eviter", "prevenir", "cas", "si", "s", "pensons", "pense", "semble", "savoir", "question", "tout"))
 
 
 def _supposed(form: str, start: int) -> bool:
-    before = form[max(0, start - 80):start].split()[-6:]
-    if _STOP_WORD in before:
-        before = before[len(before) - before[::-1].index(_STOP_WORD):]
-    return any(word in _SUPPOSING for word in before) or _hedged(form, start)
+    return any(word in _SUPPOSING for word in _words_before(form, start, 6)) or _hedged(form, start)
 
 
 def _without_finess(name: str) -> str:

@@ -160,20 +160,15 @@ def _filename(part: Message) -> str:
 
 MAX_ATTACHED_TEXTS = 3
 MAX_ATTACHED_TEXT_CHARS = 64 * 1024
+MAX_TEXT_FILES = 20  # candidates kept while walking the parts (a message may carry hundreds)
 
 
-def _file_text(part: Message, ctype: str, parsed: ParsedMessage) -> str | None:
-    """The text of an attached file that may hold a form: plain text (text/plain, or a ``.txt``
-    sent as application/octet-stream, as some clients do), a Word or LibreOffice document
-    (mail/office.py: at most ``MAX_DOCUMENTS`` of them opened); None for any other file."""
+def _text_file(part: Message, ctype: str) -> bool:
+    """A plain-text file (text/plain, or a ``.txt`` sent as application/octet-stream, as some
+    clients do) or a Word or LibreOffice document (mail/office.py): a file that may hold a form."""
     name = _filename(part).lower()
-    if ctype == "text/plain" or (ctype == "application/octet-stream" and name.endswith(".txt")):
-        return part_text(part)
-    kind = office_kind(ctype, name)
-    if kind is None or parsed.documents_opened >= MAX_DOCUMENTS:
-        return None
-    parsed.documents_opened += 1
-    return office_text(part_bytes(part, MAX_OFFICE_BYTES + 1), kind)
+    return (ctype == "text/plain" or (ctype == "application/octet-stream" and name.endswith(".txt"))
+            or office_kind(ctype, name) is not None)
 
 
 def _is_attachment(part: Message) -> bool:
@@ -204,14 +199,13 @@ class ParsedMessage:
     # Their file names, decoded (RFC 2231), the first MAX_ATTACHMENT_NAMES: a declaration sent as
     # its form attached says so in the name (« Declaration_incident_SSI.pdf »).
     attachment_names: list[str] = field(default_factory=list)
-    # The text of files attached at the top level that may hold a form (« fiche_incident.txt »,
-    # « Formulaire.docx », .odt: ``_file_text``), the first
-    # MAX_ATTACHED_TEXTS, each cut at MAX_ATTACHED_TEXT_CHARS: a declaration's form may come so.
-    attached_texts: list[str] = field(default_factory=list)
-    documents_opened: int = 0  # Word / LibreOffice files read so far (mail/office.py MAX_DOCUMENTS)
+    # Files attached at the top level that may hold a form (« fiche_incident.txt »,
+    # « Formulaire.docx », .odt): read only when a declaration needs them (``attached_texts``).
+    text_files: list[Message] = field(default_factory=list)
     _cache: dict[str, str] = field(default_factory=dict)
     _addr_cache: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     _html_done: bool = False
+    _attached: list[str] | None = None
 
     # -- headers ----------------------------------------------------------------------------
     def header(self, name: str) -> str:
@@ -298,6 +292,31 @@ class ParsedMessage:
                 block = [" ".join(line.split()) for line in lines[at + 1:end] if line.strip()]
                 return tuple(line for line in block if not _rule(line))[:3]
         return ()
+
+    def attached_texts(self) -> list[str]:
+        """The text of the first MAX_ATTACHED_TEXTS files that may hold a form, each cut at
+        MAX_ATTACHED_TEXT_CHARS, at most MAX_DOCUMENTS Word / LibreOffice documents opened whatever
+        they yield (an outside attacker attached a hundred that yielded nothing and cost a second
+        each). Read once, when asked: most mail with a file attached is no declaration to read."""
+        if self._attached is None:
+            texts: list[str] = []
+            opened = 0
+            for part in self.text_files:
+                if len(texts) >= MAX_ATTACHED_TEXTS:
+                    break
+                name = _filename(part).lower()
+                kind = office_kind(_ctype(part), name)
+                if kind is None:
+                    text: str | None = part_text(part)
+                elif opened < MAX_DOCUMENTS:
+                    opened += 1
+                    text = office_text(part_bytes(part, MAX_OFFICE_BYTES + 1), kind)
+                else:
+                    continue
+                if text:
+                    texts.append(text[:MAX_ATTACHED_TEXT_CHARS])
+            self._attached = texts
+        return self._attached
 
     def convert_html(self) -> None:
         """Fill ``html`` (text) and ``links`` from the HTML parts, once."""
@@ -406,11 +425,8 @@ def collect_parts(parsed: ParsedMessage) -> None:
                 name = _filename(part)
                 if name:
                     parsed.attachment_names.append(name)
-            if budget > 0 and len(parsed.attached_texts) < MAX_ATTACHED_TEXTS:
-                text = _file_text(part, ctype, parsed)
-                if text:
-                    parsed.attached_texts.append(text[:MAX_ATTACHED_TEXT_CHARS])
-                    budget -= len(text)
+            if len(parsed.text_files) < MAX_TEXT_FILES and _text_file(part, ctype):
+                parsed.text_files.append(part)
         if inner or part.is_multipart() or budget <= 0:
             continue
         if ctype == "text/plain" or (ctype.startswith("text/") and ctype not in ("text/html",)):

@@ -91,10 +91,11 @@ def _acknowledgement_context(env: Env, region: str, case: Case, inbound: Inbound
     (subject, structure name, free text): only the reference, the date received and the incident
     type / category as enumeration codes (shown by their French labels). A DKIM-signed mail can
     otherwise be made to carry an attacker's words, signed by the agency, to anyone."""
+    from_portal = _from_portal(facts, case.declarant)
     base = {**region_context(env.settings, region), "received_at_fr": french_datetime(inbound.received_at),
             "incident_type": _enum_code(case.incident_type), "category": _enum_code(case.category),
-            "summary_only": not verified, "from_portal": _from_portal(facts, case.declarant),
-            **_understood(facts.declaration, case, inbound, _from_portal(facts, case.declarant))}
+            "summary_only": not verified, "from_portal": from_portal,
+            **_understood(facts.declaration, case, inbound, from_portal)}
     if verified:
         return {**base, "case": case_context(case), "subject": service.one_line(facts.subject)}
     safe = dict.fromkeys(case_context(case))

@@ -343,7 +343,6 @@ class HostSupervisor:
         self.ready = False
         self.started = 0  # hosts started so far (restarts = started - 1)
         self.down_since: float | None = None  # monotonic time the last host died, while none runs
-        self._closed = False  # close(): a host a start thread forks later is ended at once
 
     @property
     def pid(self) -> int | None:
@@ -466,9 +465,6 @@ class HostSupervisor:
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
                     loop.call_soon_threadsafe(_fail, started, exc)
                 return
-            if self._closed:  # the supervisor closed meanwhile (a failed start undone)
-                _end(*result)
-                return
             try:
                 loop.call_soon_threadsafe(_succeed, started, result)
             except RuntimeError:  # the daemon's loop closed meanwhile: a host nobody supervises
@@ -583,7 +579,6 @@ class HostSupervisor:
                 proc.kill()
 
     def close(self) -> None:
-        self._closed = True
         self.kill()
         self._wake_reader.close()
         self._wake_writer.close()

@@ -164,7 +164,7 @@ def test_a_host_started_after_its_start_was_cancelled_is_killed(monkeypatch: pyt
         supervisor.close()
 
 
-def test_a_host_started_after_the_supervisor_closed_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_host_started_after_the_daemons_loop_closed_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same, the event loop gone before the fork server answers (the daemon exiting)."""
     release = threading.Event()
     supervisor, late, hosts = _late_supervisor(monkeypatch, release)
