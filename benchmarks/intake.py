@@ -456,8 +456,9 @@ def measure_gateway(messages: list[tuple[str, bytes]], connections: int, workdir
         assert "[outbound]" not in config.path.read_text()
         config.path.write_text(config.path.read_text()
                                + f"\n[outbound]\nauto_reply_global_per_hour = {len(messages)}\n")
-    if PROCESSING_HOST is not None:  # --processing-host: where the daemon runs processing (issue 19)
-        config.path.write_text(config.path.read_text() + f'\n[processing]\nhost = "{PROCESSING_HOST}"\n')
+    processing = ([f'host = "{PROCESSING_HOST}"'] if PROCESSING_HOST is not None else []) + PROCESSING_SET
+    if processing:  # --processing-host, --processing-set: [processing] of the daemon (issue 19)
+        config.path.write_text(config.path.read_text() + "\n[processing]\n" + "\n".join(processing) + "\n")
     if CONTACTS:
         import_directory(config, workdir, CONTACTS)
     try:
@@ -467,6 +468,7 @@ def measure_gateway(messages: list[tuple[str, bytes]], connections: int, workdir
 
 
 CONTACTS = 0  # --contacts: establishments' contacts in the directory before the burst
+PROCESSING_SET: list[str] = []  # --processing-set KEY=VALUE: more [processing] keys of the daemon
 
 
 def import_directory(config: GatewayConfig, workdir: Path, count: int) -> None:
@@ -584,6 +586,9 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="py-spy raw output of accept alone (and FILE.daemon)")
     parser.add_argument("--processing-host", choices=("process", "thread"),
                         help="[processing] host of the daemon: its own process (default) or a thread of the daemon")
+    parser.add_argument("--processing-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [processing] key of the daemon's configuration (TOML value), e.g. "
+                             "staff_notice_max_delay_seconds=300")
     parser.add_argument("--contacts", type=int, default=0,
                         help="establishments' contacts imported into the directory first (the declarants' among them)")
     parser.add_argument("--signed", action="store_true",
@@ -592,6 +597,7 @@ def main() -> int:
     global PROCESSING_HOST, SIGNED, CONTACTS
     PROCESSING_HOST = args.processing_host
     CONTACTS = args.contacts
+    PROCESSING_SET[:] = [item.replace("=", " = ", 1) for item in args.processing_set]
     workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
     if args.signed:
         SIGNED = signing_key(workdir)

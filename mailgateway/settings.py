@@ -123,6 +123,11 @@ class ProcessingSettings:
     # of 2,000 declarations takes 10-30 s to work through on 2 CPUs: with 10 s its notifications
     # were composed in the middle of it, a third of the CPU before the last declarants' receipts.
     staff_notice_max_delay_seconds: float = 60.0
+    # A wave: once this many staff notifications wait behind a backlog, those of new declarations
+    # are told in digests of up to 100 cases, a mail each (« Afflux de déclarations »,
+    # processing/wave.py): 20,000 look-alike mails help no one, and cost a third of the burst's
+    # CPU before the last declarants' acknowledgements. 0: a notification per declaration always.
+    staff_notice_digest_from: int = 100
 
 
 @dataclass(frozen=True)
@@ -693,6 +698,8 @@ def _check_semantics(s: Settings, problems: list[tuple[str, str]]) -> None:
         # Beyond it `status` and /healthz would call the notifications of a long backlog stalled.
         problems.append(("processing.staff_notice_max_delay_seconds",
                          f"must be between 0 and {STAFF_NOTICE_DELAY_LIMIT:.0f}"))
+    if s.processing.staff_notice_digest_from < 0:
+        problems.append(("processing.staff_notice_digest_from", "must be 0 (never) or a number of notifications"))
     if s.processing.stalled_watchdog_seconds < s.processing.stalled_unhealthy_seconds:
         problems.append(("processing.stalled_watchdog_seconds", "must be at least stalled_unhealthy_seconds"))
     if s.processing.host_restart_max_seconds < s.processing.host_restart_first_seconds:

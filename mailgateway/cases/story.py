@@ -28,6 +28,7 @@ RECIPIENTS_SHOWN = 5  # addresses named on a line; the count of the others follo
 MAIL_KINDS = {
     "accuse_reception": "accusé de réception",
     "notification_equipe": "notification à l'équipe",
+    "notification_afflux": "notification groupée à l'équipe (afflux de déclarations)",
     "notification_reponse": "notification de réponse",
     "reponse": "réponse",
     "demande_info": "demande d'informations",
@@ -46,7 +47,8 @@ MAIL_KINDS = {
     "suivi_declarant": "avis de suivi au déclarant",  # commands/reply_notice.py
     "assignation": "avis d'assignation",
 }
-_FEMININE = frozenset({"notification_equipe", "notification_reponse", "reponse", "demande_info", "transmission_acss",
+_FEMININE = frozenset({"notification_equipe", "notification_afflux", "notification_reponse", "reponse", "demande_info",
+                       "transmission_acss",
                        "synthese", "alerte_relais", "cloture_declarant", "transfert",
                        "notification_transfert"})
 # Audited columns named by the timeline's safety-net event ("etat", cases/timeline.py).

@@ -374,6 +374,7 @@ def _print_outbox(rows: list[dict[str, Any]]) -> None:
 
 _OUTBOX_KINDS = {"accuse_reception": "accusé de réception", "recu_commandes": "compte rendu de commandes",
                  "notification_equipe": "notification à l'équipe", "notification_reponse": "réponse reçue",
+                 "notification_afflux": "notification groupée (afflux)",
                  "cloture_declarant": "clôture (déclarant)", "demande_info": "demande d'information",
                  "reponse": "réponse au déclarant", "transmission_acss": "transmission à l'ACSS",
                  "bulletin": "bulletin", "bulletin_apercu": "aperçu de bulletin", "rappel": "rappel",

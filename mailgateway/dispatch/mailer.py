@@ -207,11 +207,12 @@ class Mailer:
         recipients: Sequence[str] | None = None,
         case: Case | None = None,
         priority: int = 5,
+        on_cases: Sequence[Case] = (),
         **spec: Any,
     ) -> int:
         """One message to the staff of ``region`` (or to ``recipients``), all of them in To; an
         outbox row per person, idempotency key ``<key>:<address>``; returns how many rows were
-        queued.
+        queued. ``on_cases``: more cases whose timelines say it was sent (a digest's).
 
         One message, not one per person (issue 19): composed, signed, handed to the relay and
         stored by it once, in one transaction with a RCPT each (dispatch/sender.py), and one
@@ -232,11 +233,12 @@ class Mailer:
                             from_name=from_name, idempotency_key=key, auto_submitted="auto-generated", **spec)
             message_key = key if first == 0 else f"{key}#{first // STAFF_MESSAGE_MAX_RECIPIENTS}"
             sent += self._send_to_several(session, mail, chunk, message_key, kind=kind, case=case,
-                                          priority=priority, bodies=bodies)
+                                          priority=priority, bodies=bodies, on_cases=on_cases)
         return sent
 
     def _send_to_several(self, session: Session, spec: MailSpec, addresses: Sequence[str], message_key: str, *,
-                         kind: str, case: Case | None, priority: int, bodies: SharedBodies) -> int:
+                         kind: str, case: Case | None, priority: int, bodies: SharedBodies,
+                         on_cases: Sequence[Case] = ()) -> int:
         """``spec`` as one message to those of ``addresses`` the rules of ``send`` allow, its
         Message-ID made of ``message_key``, and a row per address keyed ``<spec's key>:<address>``.
         A message to one address is ``send``'s (its Message-ID made of that row's key)."""
@@ -253,7 +255,8 @@ class Mailer:
                 self._refused(session, kind, recipient, reason, case, "passerelle")
         if len(allowed) <= 1:
             return sum(self.send(session, replace(spec, to=a, idempotency_key=f"{key}:{a}"), kind=kind,
-                                 case=case, priority=priority, bodies=bodies) is not None for a in allowed)
+                                 case=case, priority=priority, bodies=bodies, on_cases=on_cases) is not None
+                       for a in allowed)
         try:
             composed = self.composer.compose(
                 replace(spec, to=allowed[0], to_all=allowed, tlp=tlp, idempotency_key=message_key), bodies, sign=False)
@@ -273,14 +276,15 @@ class Mailer:
                 continue  # queued meanwhile: idempotent
             return_path = return_path or row.verp_token
             queued += 1
-            self._journal_sent(session, case, row, spec, composed, kind=kind, actor="passerelle")
+            self._journal_sent(session, case, row, spec, composed, kind=kind, actor="passerelle", on_cases=on_cases)
         return queued
 
     def _journal_sent(self, session: Session, case: Case | None, row: OutboundMessage, spec: MailSpec,
-                      composed: Composed, *, kind: str, actor: str) -> None:
-        """A mail queued for a case: on its timeline, with its recipient, subject and Message-ID."""
-        if case is not None:
-            self.journal(session, case, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
+                      composed: Composed, *, kind: str, actor: str, on_cases: Sequence[Case] = ()) -> None:
+        """A mail queued for a case (and ``on_cases``): on its timeline, with its recipient,
+        subject and Message-ID."""
+        for told in ([case] if case is not None else []) + list(on_cases):
+            self.journal(session, told, type="mail_sortant", actor=actor, at=self.clock.now(), outbound_id=row.id,
                          data={"type": kind, "destinataire": row.recipient, "objet": composed.subject,
                                "message_id": composed.message_id, **_excerpt(spec)})
 
@@ -324,6 +328,7 @@ class Mailer:
         actor: str = "passerelle",
         refusals: list[Refusal] | None = None,
         bodies: SharedBodies | None = None,
+        on_cases: Sequence[Case] = (),
     ) -> OutboundMessage | None:
         """Compose and queue ``spec``; return the outbox row, or None when refused or already queued.
         A refusal is also appended to ``refusals`` when given (already queued is no refusal).
@@ -380,7 +385,7 @@ class Mailer:
                 fast.execute(session, _log_insert(AutoReplyLog), {"recipient": recipient,
                                                             "case_id": case.id if case else None,
                                                             "at": self.clock.now(), "verified": verified})
-        self._journal_sent(session, case, row, spec, composed, kind=kind, actor=actor)
+        self._journal_sent(session, case, row, spec, composed, kind=kind, actor=actor, on_cases=on_cases)
         return row
 
 

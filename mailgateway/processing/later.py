@@ -32,10 +32,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailgateway.cases.story import story
-from mailgateway.clock import Clock
+from mailgateway.clock import Clock, aware
 from mailgateway.dispatch.compose import Attachment
 from mailgateway.dispatch.contexts import case_context
 from mailgateway.dispatch.mailer import Mailer
+from mailgateway.processing import wave
 from mailgateway.statuses import CaseStatus
 from mailgateway.store import fast
 from mailgateway.store.engine import reading, transaction, write_gate
@@ -50,6 +51,8 @@ LATER_CHUNK = 50
 # coming while the sender works through a chunk of notices (an outside tester: both waited up to
 # 19.5 s at the tail of a stream); ahead of everything else.
 DEFERRED_PRIORITY = 1
+# Notices taken by one transaction in a wave (digests of wave.DIGEST_CASES each).
+WAVE_CHUNK = 2 * wave.DIGEST_CASES
 # A processor with none of its own deferred looks for other instances' (a crash) this often.
 LOOK_SECONDS = 60.0
 # What people did on a case while its notice waited, shown in it: at most this many lines.
@@ -124,48 +127,93 @@ def _waiting(stmt: Select[Any], clock: Clock, waited: float | None) -> Select[An
 
 
 def send_deferred(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, *,
-                  waited: float | None = None, limit: int = LATER_CHUNK) -> int:
+                  waited: float | None = None, limit: int = LATER_CHUNK, digest_from: int = 0) -> int:
     """Compose and queue, oldest first, up to ``limit`` deferred notices (only those that have
     waited ``waited`` seconds, if given) in one write transaction; return how many were taken.
 
+    A wave (``digest_from`` notices or more deferred, 0: never): up to ``WAVE_CHUNK`` of the
+    oldest are taken, whatever their age, and the new declarations' among them are told in
+    digests (processing/wave.py); the others go as above, those that have waited.
+
     A notice that fails to compose (a template error) is journaled on its case as not sent and
     dropped, with the error logged: it would fail the same way at every sweep. That transaction
-    then runs again with a savepoint per notice, so the others are queued."""
+    then runs again with a savepoint per notice (per digest: one that fails is sent as its
+    notices), so the others are queued."""
     try:
-        return _send(mailer, factory, clock, waited, limit, careful=False)
+        return _send(mailer, factory, clock, waited, limit, digest_from, careful=False)
     except OperationalError:
         raise
     except Exception:
         log.warning("deferred staff notices failed in one transaction; again one by one", exc_info=True)
-        return _send(mailer, factory, clock, waited, limit, careful=True)
+        return _send(mailer, factory, clock, waited, limit, digest_from, careful=True)
 
 
-def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: float | None, limit: int, *,
-          careful: bool) -> int:
+def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: float | None, limit: int,
+          digest_from: int, *, careful: bool) -> int:
     model = DeferredStaffNotice
     with write_gate(factory.kw["bind"]), transaction(factory) as session:
+        in_wave = digest_from > 0 and int(session.scalar(select(func.count()).select_from(model)) or 0) >= digest_from
         # SKIP LOCKED: on PostgreSQL, two instances compose different notices (ignored by SQLite,
         # whose writers take turns). Queuing is idempotent anyway (outbox keys).
-        stmt = _waiting(select(model), clock, waited).order_by(model.id).limit(limit)
+        stmt = (select(model).order_by(model.id).limit(WAVE_CHUNK) if in_wave
+                else _waiting(select(model), clock, waited).order_by(model.id).limit(limit))
         notices = list(session.scalars(stmt.with_for_update(skip_locked=True)))
         if not notices:
             return 0
         cases = {c.id: c for c in session.scalars(select(Case).where(Case.id.in_({n.case_id for n in notices})))}
         since = _since(session, notices)
-        for notice in notices:
-            call = json.loads(notice.spec)
+        calls = {n.id: json.loads(n.spec) for n in notices}
+        due = clock.now() - timedelta(seconds=waited) if waited is not None else None
+        told = [n for n in notices if in_wave and wave.digestible(calls[n.id])]
+        # Digests first: a reply's notice later in the queue follows its case's in the outbox.
+        alone = [n for n in notices if n not in told and (not in_wave or due is None or aware(n.created_at) <= due)]
+        alone += _send_waves(mailer, session, clock, told, calls, cases, since, careful=careful)
+        for notice in alone:
+            call, case = calls[notice.id], cases[notice.case_id]
             if careful:
                 try:
                     with session.begin_nested():
-                        _queue(mailer, session, notice, call, cases[notice.case_id], since[notice.id])
+                        _queue(mailer, session, notice, call, case, since[notice.id])
                 except OperationalError:
                     raise
                 except Exception as exc:
-                    _failed(mailer, session, clock, call, cases[notice.case_id], exc)
+                    _failed(mailer, session, clock, call, case, exc)
             else:
-                _queue(mailer, session, notice, call, cases[notice.case_id], since[notice.id])
-        session.execute(delete(model).where(model.id.in_([n.id for n in notices])))
-    return len(notices)
+                _queue(mailer, session, notice, call, case, since[notice.id])
+        taken = [n.id for n in told] + [n.id for n in alone]
+        session.execute(delete(model).where(model.id.in_(taken)))
+    return len(set(taken))
+
+
+def _send_waves(mailer: Mailer, session: Session, clock: Clock, notices: list[DeferredStaffNotice],
+                calls: dict[int, dict[str, Any]], cases: dict[int, Case], since: dict[int, list[str]], *,
+                careful: bool) -> list[DeferredStaffNotice]:
+    """``notices`` told in digests, per region (processing/wave.py); returns those of a digest
+    that failed to compose (``careful``), to be sent as notices of their own."""
+    by_region: dict[str, list[DeferredStaffNotice]] = {}
+    for notice in notices:
+        by_region.setdefault(calls[notice.id]["region"], []).append(notice)
+    left: list[DeferredStaffNotice] = []
+    for region, group in by_region.items():
+        items = []
+        for notice in group:
+            case = cases[notice.case_id]
+            context = {**calls[notice.id]["context"], "case": case_context(case)}
+            _drop_settled_hints(session, case, context)
+            items.append(wave.Item(case, context, since[notice.id], notice.inbound_id))
+        if not careful:
+            wave.send_digests(mailer, session, clock, region, items, priority=DEFERRED_PRIORITY)
+            continue
+        try:
+            with session.begin_nested():
+                wave.send_digests(mailer, session, clock, region, items, priority=DEFERRED_PRIORITY)
+        except OperationalError:
+            raise
+        except Exception:
+            log.error("staff digest of %s new declaration(s) of %s not composed: sent one by one", len(items),
+                      region, exc_info=True)
+            left += group
+    return left
 
 
 def _since(session: Session, notices: list[DeferredStaffNotice]) -> dict[int, list[str]]:

@@ -616,7 +616,8 @@ class Processor:
         try:
             while not self.halt.is_set():
                 self._yield_to_intake()
-                taken = later.send_deferred(self.env.mailer, self.factory, self.clock, waited=waited)
+                taken = later.send_deferred(self.env.mailer, self.factory, self.clock, waited=waited,
+                                            digest_from=self.settings.processing.staff_notice_digest_from)
                 sent += taken
                 if taken < later.LATER_CHUNK:
                     if every:

@@ -1,0 +1,167 @@
+"""A wave of declarations is told to staff in digests (processing/wave.py, issue 19).
+
+Once ``[processing] staff_notice_digest_from`` staff notifications wait behind a backlog, the new
+declarations among them reach staff as « Afflux de déclarations » mails of up to 100 cases, each
+case's warnings kept, each case's timeline saying which mail told staff; every other notice (an
+alert's, a reply's) keeps its own mail; below the threshold nothing changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import cast
+
+import pytest
+from sqlalchemy import select
+
+from mailgateway.app import App, build_app
+from mailgateway.clock import FixedClock
+from mailgateway.errors import ConfigError
+from mailgateway.processing import runner, wave
+from mailgateway.store.engine import reading
+from mailgateway.store.models import Case, CaseEvent, OutboundMessage
+from tests.processing.test_batches import NOW, accept, settings_for
+from tests.processing.test_later import declaration, no_delay, outbox, waiting
+from tests.support.db import at_head
+
+WAVE = 10  # staff_notice_digest_from in these tests
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[App]:
+    application = build_app(settings_for(at_head(db_url), staff_notice_digest_from=WAVE), clock=FixedClock(NOW))
+    yield application
+    application.close()
+
+
+def digests(app: App) -> list[EmailMessage]:
+    with reading(app.factory) as s:
+        raws = s.scalars(select(OutboundMessage.raw).where(OutboundMessage.kind == wave.KIND)
+                         .order_by(OutboundMessage.id)).all()
+    return [cast(EmailMessage, message_from_bytes(raw, policy=policy.default)) for raw in raws]
+
+
+def text(mail: EmailMessage) -> str:
+    part = mail.get_body(("plain",))
+    assert part is not None
+    return cast(str, part.get_content())
+
+
+def references(app: App) -> list[str]:
+    with reading(app.factory) as s:
+        return list(s.scalars(select(Case.reference).order_by(Case.id)))
+
+
+def test_a_backlog_past_the_threshold_is_told_in_one_digest(app: App) -> None:
+    n = runner.BATCH_SIZE + 5  # a backlog: notices deferred, WAVE or more of them
+    for i in range(n):
+        accept(app, declaration(i))
+    results = app.processor.process_pending()
+    assert [r.status for r in results] == ["processed"] * n
+    kinds = [kind for _, kind, _ in outbox(app)]
+    assert kinds.count("accuse_reception") == n  # every declarant acknowledged, as before
+    assert "notification_equipe" not in kinds  # no mail per case
+    assert kinds.count(wave.KIND) == 1 and waiting(app) == 0
+    (mail,) = digests(app)
+    assert mail["To"] == "agent@ars.test"
+    assert mail["Subject"].startswith(f"[SSI ARA] Afflux de déclarations : {n} nouveaux dossiers reçus le ")
+    body = text(mail)
+    for reference in references(app):  # every case, in order, its reference to act on it
+        assert f". {reference} — " in body
+    assert body.index(references(app)[0]) < body.index(references(app)[-1])
+    assert "FINESS 690781810" in body and "Type : rançongiciel" in body
+    assert "NON authentifié" in body  # the declarations are unsigned: said per case
+    # The eleventh declaration names the first one's FINESS: the duplicate hint is kept.
+    assert "DOUBLON POSSIBLE du dossier ouvert" in body
+    assert "#original RÉFÉRENCE" in body and "message-original.eml" not in mail.as_string()
+    with reading(app.factory) as s:  # each case's timeline names the digest that told staff
+        told = s.scalars(select(CaseEvent).where(CaseEvent.type == "mail_sortant")).all()
+        assert sorted(e.data["type"] for e in told) == ["accuse_reception"] * n + [wave.KIND] * n
+        assert {e.data["objet"] for e in told if e.data["type"] == wave.KIND} == {mail["Subject"]}
+
+
+def test_below_the_threshold_each_case_has_its_notification(db_url: str) -> None:
+    app = build_app(settings_for(at_head(db_url), staff_notice_digest_from=100), clock=FixedClock(NOW))
+    try:
+        n = runner.BATCH_SIZE + 5
+        for i in range(n):
+            accept(app, declaration(i))
+        app.processor.process_pending()
+        kinds = [kind for _, kind, _ in outbox(app)]
+        assert kinds.count("notification_equipe") == n and wave.KIND not in kinds
+    finally:
+        app.close()
+
+
+def test_zero_turns_digests_off(db_url: str) -> None:
+    app = build_app(settings_for(at_head(db_url), staff_notice_digest_from=0), clock=FixedClock(NOW))
+    try:
+        for i in range(runner.BATCH_SIZE + 5):
+            accept(app, declaration(i))
+        app.processor.process_pending()
+        assert wave.KIND not in [kind for _, kind, _ in outbox(app)]
+    finally:
+        app.close()
+
+
+def test_a_digest_lists_at_most_its_share_of_cases(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wave, "DIGEST_CASES", 12)
+    n = runner.BATCH_SIZE + 5
+    for i in range(n):
+        accept(app, declaration(i))
+    app.processor.process_pending()
+    mails = digests(app)
+    assert [m["Subject"].split(" : ")[1].split(" ")[0] for m in mails] == ["12", "12", str(n - 24)]
+    listed = [line.split(" ")[2] for m in mails for line in text(m).splitlines() if line.startswith("== ")]
+    assert listed == references(app)  # every case once, oldest first
+
+
+def test_a_wave_during_a_stream_is_told_before_the_stream_ends(app: App) -> None:
+    no_delay(app)  # the bound reached at once: the notices waiting are told between batches
+    n = 3 * runner.BATCH_SIZE
+    for i in range(n):
+        accept(app, declaration(i))
+    app.processor.process_pending()
+    rows = outbox(app)
+    last_ack = max(i for i, kind, _ in rows if kind == "accuse_reception")
+    assert any(i < last_ack for i, kind, _ in rows if kind == wave.KIND)
+    told = [line for m in digests(app) for line in text(m).splitlines() if line.startswith("== ")]
+    assert len(told) == n and waiting(app) == 0
+
+
+def test_a_digest_that_fails_to_compose_is_sent_as_notifications(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("template broken")
+
+    monkeypatch.setattr(wave, "send_digests", broken)
+    n = runner.BATCH_SIZE + 5
+    for i in range(n):
+        accept(app, declaration(i))
+    app.processor.process_pending()
+    kinds = [kind for _, kind, _ in outbox(app)]
+    assert kinds.count("notification_equipe") == n and waiting(app) == 0  # none lost
+
+
+def test_only_new_declarations_to_the_whole_staff_are_digested() -> None:
+    notice = {"template": "staff_notification", "kind": "notification_equipe", "recipients": None,
+              "context": {"alert": None, "case": {"kind": "incident"}}}
+    assert wave.digestible(notice)
+    assert not wave.digestible({**notice, "context": {"alert": {"authentic": False}, "case": {"kind": "alert"}}})
+    assert not wave.digestible({**notice, "context": {"alert": None, "case": {"kind": "alert"}}})
+    assert not wave.digestible({**notice, "kind": "notification_reponse", "template": "reponse_recue"})
+    assert not wave.digestible({**notice, "recipients": ["agent@ars.test"]})
+
+
+def test_the_period_is_said_in_french() -> None:
+    assert wave.period_fr(["08/12/2026 à 10:03", "08/12/2026 à 10:01"]) == "le 08/12/2026 entre 10:01 et 10:03"
+    assert wave.period_fr(["08/12/2026 à 10:01"] * 2) == "le 08/12/2026 à 10:01"
+    assert (wave.period_fr(["01/01/2027 à 00:01", "31/12/2026 à 23:59"])
+            == "entre le 31/12/2026 à 23:59 et le 01/01/2027 à 00:01")
+
+
+def test_a_negative_threshold_is_refused(db_url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings_for(at_head(db_url), staff_notice_digest_from=-1)
+    assert [key for key, _ in err.value.problems] == ["processing.staff_notice_digest_from"]
