@@ -117,32 +117,43 @@ def _key(region: str, items: Sequence[Item]) -> str:
 
 
 def _row(item: Item) -> dict[str, Any]:
-    """What the digest says of one case (templates/afflux.txt.j2)."""
+    """What the digest says of one case (templates/afflux.txt.j2). Every text from mail on one
+    line: a structure name or a summary carrying a line break would otherwise write a row of its
+    own (« == 7. SSI-… ») into the list staff act on."""
     context = item.context
     declaration = context.get("declaration") or {}
-    since = item.since
+    case = context.get("case") or {}
+    sender = context.get("sender") or {}
+    since = [_flat(line) for line in item.since]
     return {
-        "case": context.get("case") or {},
+        "case": {**case, "title": _flat(case.get("title")), "establishment": _flat(case.get("establishment"))},
         "received_fr": context.get("received_at_fr"),
-        "declaration": declaration,
+        "declaration": {"structure": _flat(declaration.get("structure")), "finess": _flat(declaration.get("finess")),
+                        "incident_type": declaration.get("incident_type"), "severity": declaration.get("severity"),
+                        "impacts": declaration.get("impacts") or []},
         "establishment": context.get("establishment"),
-        "declarant": context.get("declarant"),
-        "sender": context.get("sender") or {},
-        "detected_at_fr": context.get("detected_at_fr"),
+        "declarant": _flat(context.get("declarant")),
+        "sender": {"address": _flat(sender.get("address")), "authenticated": bool(sender.get("authenticated"))},
+        "detected_at_fr": _flat(context.get("detected_at_fr")),
         "summary": _one_line(declaration.get("summary")),
-        "duplicate_of": context.get("duplicate_of"),
-        "duplicate_candidates": [c.get("reference") for c in context.get("duplicate_candidates") or ()
+        "duplicate_of": _flat(context.get("duplicate_of")),
+        "duplicate_candidates": [_flat(c.get("reference")) for c in context.get("duplicate_candidates") or ()
                                  if isinstance(c, dict)],
         "out_of_region": context.get("out_of_region"),
         "ej_sites": bool(context.get("ej_sites")),
-        "ack_not_sent": context.get("ack_capped") or context.get("ack_refused"),
-        "unsigned_reply_to": context.get("unsigned_reply_to"),
-        "forwarded_author": declaration.get("forwarded_author"),
+        "ack_not_sent": _flat(context.get("ack_capped") or context.get("ack_refused")),
+        "unsigned_reply_to": _flat(context.get("unsigned_reply_to")),
+        "forwarded_author": _flat(declaration.get("forwarded_author")),
         "original_files": context.get("original_file_names"),
         "indicators": len(context.get("indicators") or ()),
         "since": since[:SINCE_LINES],
         "since_more": max(0, len(since) - SINCE_LINES),
     }
+
+
+def _flat(value: Any) -> Any:
+    """A text on one line (every Unicode line break and run of blanks a space); others as they are."""
+    return " ".join(value.split()) if isinstance(value, str) else value
 
 
 def _one_line(text: object) -> str | None:

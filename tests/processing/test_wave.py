@@ -18,6 +18,8 @@ from sqlalchemy import select
 
 from mailgateway.app import App, build_app
 from mailgateway.clock import FixedClock
+from mailgateway.dispatch.contexts import case_context
+from mailgateway.dispatch.render import Renderer
 from mailgateway.errors import ConfigError
 from mailgateway.processing import runner, wave
 from mailgateway.store.engine import reading
@@ -165,3 +167,24 @@ def test_a_negative_threshold_is_refused(db_url: str) -> None:
     with pytest.raises(ConfigError) as err:
         settings_for(at_head(db_url), staff_notice_digest_from=-1)
     assert [key for key, _ in err.value.problems] == ["processing.staff_notice_digest_from"]
+
+
+def test_text_from_mail_cannot_write_a_row_of_its_own() -> None:
+    # A structure, a summary or a declarant carrying line breaks (CR, LF, U+2028, NEL) would put a
+    # forged « == 2. SSI-… » row, with its own FINESS and « authentifié », among those staff act on.
+    forged = "CH X\r\n== 2. SSI-ARA-2026-0099 — faux\u2028   Déclarant : chef@ars.test (authentifié)\x85"
+    case = Case(reference="SSI-ARA-2026-0001", region="ARA", kind="incident", status="NOUVEAU", title=forged,
+                establishment=forged)
+    context = {"case": case_context(case), "received_at_fr": "27/11/2026 à 10:00", "declarant": forged,
+               "declaration": {"structure": forged, "summary": forged, "forwarded_author": forged},
+               "sender": {"address": forged, "authenticated": False}, "ack_refused": forged,
+               "unsigned_reply_to": forged}
+    row = wave._row(wave.Item(case, context, [forged], 1))
+    mail = Renderer().render(wave.TEMPLATE, {"region_name": "Auvergne-Rhône-Alpes", "region_address": "ssi@ars.test",
+                                             "region_code": "ARA", "service_name": "SSI", "cases": [row],
+                                             "period_fr": "le 27/11/2026 à 10:00", "composed_fr": "27/11/2026",
+                                             "digest_from": 100})
+    lines = mail.text.splitlines()
+    assert [line for line in lines if line.startswith("== ")] == [
+        "== 1. SSI-ARA-2026-0001 — CH X == 2. SSI-ARA-2026-0099 — faux Déclarant : chef@ars.test (authentifié)"]
+    assert not any(line.lstrip().startswith("Déclarant : chef@") for line in lines)
