@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Insert, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from mailgateway.intake.priority import NORMAL, PriorityRule
+from mailgateway.store import fast
 from mailgateway.store.models import InboundMessage, InboundSourceKey, dedup_key
 from mailgateway.wire import canonical
 
@@ -114,6 +115,8 @@ def _insert_once(dialect: str) -> Insert:
 # ORM attributes (not table columns): an ORM session autoflushes pending changes first.
 _STORED = (select(InboundMessage.id, InboundMessage.sha256, InboundMessage.dedup_key, InboundMessage.region)
            .where(InboundMessage.sha256.in_(bindparam("digests", expanding=True))).order_by(InboundMessage.id))
+_STORED_ONE = (select(InboundMessage.id, InboundMessage.sha256, InboundMessage.dedup_key, InboundMessage.region)
+               .where(InboundMessage.sha256 == bindparam("digest")).order_by(InboundMessage.id))
 _RACED = select(InboundMessage.id, InboundMessage.dedup_key).where(
     InboundMessage.dedup_key.in_(bindparam("keys", expanding=True)))
 
@@ -145,8 +148,15 @@ def accept_batch(session: Session | Connection, arrivals: Sequence[Arrival], now
     if not arrivals:
         return []
     digests = list(dict.fromkeys(a.digest for a in arrivals))
+    # The accept writer's connection on SQLite: each statement on the driver (store/fast.py), a
+    # row at a time — one process, no round trips — for 110 µs of CPU a message instead of 190
+    # through SQLAlchemy's expanding IN and multi-row INSERT (issue 19: the writer shares the
+    # daemon's GIL with the SMTP event loop; accept alone ran at 0.38 × a bare sink).
+    per_row = session if isinstance(session, Connection) and session.dialect.name == "sqlite" else None
     found: dict[str, list[tuple[int, str, str | None]]] = {}
-    for inbound_id, digest, key, region in session.execute(_STORED, {"digests": digests}):
+    stored = ([row for digest in digests for row in fast.run(per_row, _STORED_ONE, {"digest": digest}).rows]
+              if per_row is not None else session.execute(_STORED, {"digests": digests}))
+    for inbound_id, digest, key, region in stored:
         found.setdefault(digest, []).append((int(inbound_id), key, region))
     # Per arrival and region: ("old", id) a stored row, ("twin", key) a row stored by an earlier
     # arrival of this batch (both duplicates), ("new", key) a row this arrival stores.
@@ -174,7 +184,10 @@ def accept_batch(session: Session | Connection, arrivals: Sequence[Arrival], now
                          "status": "received", "attempts": 0, "priority": a.priority})
         plans.append(plan)
     ids: dict[str, int] = {}
-    if rows:
+    if rows and per_row is not None:
+        insert = _insert_once("sqlite")
+        ids = {key: int(i) for row in rows for i, key in fast.run(per_row, insert, row).rows}
+    elif rows:
         dialect = session.get_bind().dialect if isinstance(session, Session) else session.dialect
         ids = {key: int(i) for i, key in session.execute(_insert_once(dialect.name), rows)}
     raced = [r["dedup_key"] for r in rows if r["dedup_key"] not in ids]

@@ -93,6 +93,32 @@ def test_a_batch_decides_as_if_its_messages_came_one_after_the_other(
     assert sum(not a.duplicate for r in batched for a in (r, *r.others)) == len(_rows_of(batched))
 
 
+def test_the_writers_connection_decides_as_a_session_does(
+        factory: sessionmaker[Session], sqlite_factory: sessionmaker[Session]) -> None:
+    """The accept writer stores through a Core connection, on SQLite a statement a row on the
+    driver (store/fast.py): 200 arrivals in batches of 1 to 9 give the rows, duplicates and ids
+    that one ORM session gives them, and so do the same batches over the same stored rows again
+    (every one then a duplicate)."""
+    rng = random.Random(20)
+    destinations: list[tuple[str | None, ...]] = [("PDL",), ("ARA",), ("PDL", "ARA"), ("ARA", "PDL"), (None,)]
+    arrivals = [Arrival.of(_raw(rng.randrange(12)), source="smtp", mail_from="dsi@chu.test",
+                           regions=rng.choice(destinations)) for _ in range(200)]
+    cuts = [0]
+    while cuts[-1] < len(arrivals):
+        cuts.append(min(len(arrivals), cuts[-1] + rng.randint(1, 9)))
+    with transaction(sqlite_factory) as s:
+        expected = accept_batch(s, arrivals, NOW) + accept_batch(s, arrivals, NOW)
+    engine = factory.kw["bind"]
+    got: list[Accepted] = []
+    for _ in range(2):
+        for start, end in zip(cuts, cuts[1:], strict=False):
+            with engine.begin() as conn:
+                got += accept_batch(conn, arrivals[start:end], NOW)
+    assert _shape(got) == _shape(expected)
+    assert all(a.duplicate for r in got[len(arrivals):] for a in (r, *r.others))
+    assert _rows(factory) == _rows(sqlite_factory)
+
+
 def _rows_of(results: Sequence[Accepted]) -> set[int]:
     return {a.inbound_id for r in results for a in (r, *r.others)}
 
@@ -121,8 +147,8 @@ def test_a_key_stored_by_a_concurrent_writer_is_a_duplicate_of_its_row(factory: 
     with transaction(factory) as s:
         s.add(InboundMessage(sha256="0" * 64, dedup_key=dedup_key(arrival.digest, "PDL"), raw=arrival.raw,
                              size=len(arrival.raw), source="imap", region="PDL", received_at=NOW))
-    with transaction(factory) as s:
-        fresh, raced = accept_batch(s, [Arrival.of(_raw(4), source="smtp", regions=("PDL",)), arrival], NOW)
+    with factory.kw["bind"].begin() as conn:  # as the accept writer stores (on SQLite, on the driver)
+        fresh, raced = accept_batch(conn, [Arrival.of(_raw(4), source="smtp", regions=("PDL",)), arrival], NOW)
     assert not fresh.duplicate
     assert raced.duplicate and raced.inbound_id == _rows(factory)[0][0]
     assert len(_rows(factory)) == 2
