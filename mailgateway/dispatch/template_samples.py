@@ -18,15 +18,19 @@ _DIGEST_ROW = {"case": {"reference": "SSI-ARA-2026-0001", "title": "Centre hospi
                "declaration": {"finess": "690781810", "structure": "Centre hospitalier",
                                "incident_type": "RANCONGICIEL", "severity": "GRAVE", "impacts": ["SOINS"]},
                "establishment": {"name": "Centre hospitalier", "departement": "69"}, "declarant": "dsi@chu-exemple.fr",
-               "sender": {"address": "dsi@chu-exemple.fr", "authenticated": True}, "detected_at_fr": None,
+               "sender": {"address": "dsi@chu-exemple.fr", "authenticated": True, "domain": "chu-exemple.fr"},
+               "detected_at_fr": None,
                "duplicate_of": "SSI-ARA-2026-0000", "duplicate_candidates": [], "out_of_region": None,
-               "ej_sites": False, "ack_not_sent": None, "unsigned_reply_to": None, "forwarded_author": None,
+               "ej_sites": False, "ack_capped": None, "ack_refused": None, "unsigned_reply_to": None,
+               "forwarded_author": None, "from_header": None, "envelope_from": None,
                "original_files": None, "indicators": 2, "summary": "Serveurs chiffrés.",
                "since": ["27/11 08:31 — statut : pris en compte"],
                "since_more": 0}
 
 EXTRA: dict[str, dict[str, Any]] = {
-    "afflux": {"cases": [_DIGEST_ROW], "period_fr": "le 27/11/2026 entre 08:30 et 08:31",
+    "afflux": {"cases": [_DIGEST_ROW, {**_DIGEST_ROW, "since": []}], "period_fr": "le 27/11/2026 entre 08:30 et 08:31",
+               "overview": {"grave": 2, "duplicates": 2, "out_of_region": 0, "ack_not_sent": 0, "unauthenticated": 0},
+               "first_reference": "SSI-ARA-2026-0001", "last_reference": "SSI-ARA-2026-0002",
                "composed_fr": "27/11/2026 à 08:32", "digest_from": 100},
     "bulletin": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT, "alert": None, "case": None},
     "alerte_relais": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT,

@@ -152,7 +152,8 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
           digest_from: int, *, careful: bool) -> int:
     model = DeferredStaffNotice
     with write_gate(factory.kw["bind"]), transaction(factory) as session:
-        in_wave = digest_from > 0 and int(session.scalar(select(func.count()).select_from(model)) or 0) >= digest_from
+        waves = _wave_regions(session, digest_from)
+        in_wave = bool(waves)
         # SKIP LOCKED: on PostgreSQL, two instances compose different notices (ignored by SQLite,
         # whose writers take turns). Queuing is idempotent anyway (outbox keys).
         stmt = (select(model).order_by(model.id).limit(WAVE_CHUNK) if in_wave
@@ -164,7 +165,7 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
         since = _since(session, notices)
         calls = {n.id: json.loads(n.spec) for n in notices}
         due = clock.now() - timedelta(seconds=waited) if waited is not None else None
-        told = [n for n in notices if in_wave and wave.digestible(calls[n.id])]
+        told = [n for n in notices if cases[n.case_id].region in waves and wave.digestible(calls[n.id])]
         # Digests first: a reply's notice later in the queue follows its case's in the outbox.
         alone = [n for n in notices if n not in told and (not in_wave or due is None or aware(n.created_at) <= due)]
         alone += _send_waves(mailer, session, clock, told, calls, cases, since, careful=careful)
@@ -185,11 +186,23 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
     return len(set(taken))
 
 
+def _wave_regions(session: Session, digest_from: int) -> set[str]:
+    """The regions in a wave: ``digest_from`` notices or more deferred for their cases (0: none).
+    Per region: a flood into one mailbox must not turn another region's lone declaration into a
+    digest (an outside tester: 80 declarations to PDL, ARA's one case told as « Afflux »)."""
+    if digest_from <= 0:
+        return set()
+    model = DeferredStaffNotice
+    counts = session.execute(select(Case.region, func.count()).select_from(model)
+                             .join(Case, Case.id == model.case_id).group_by(Case.region))
+    return {region for region, count in counts if int(count) >= digest_from}
+
+
 def _send_waves(mailer: Mailer, session: Session, clock: Clock, notices: list[DeferredStaffNotice],
                 calls: dict[int, dict[str, Any]], cases: dict[int, Case], since: dict[int, list[str]], *,
                 careful: bool) -> list[DeferredStaffNotice]:
-    """``notices`` told in digests, per region (processing/wave.py); returns those of a digest
-    that failed to compose (``careful``), to be sent as notices of their own."""
+    """``notices`` told in digests, per region (processing/wave.py); returns those to be sent as
+    notices of their own: a digest's lone case, and a digest's that failed to compose (``careful``)."""
     by_region: dict[str, list[DeferredStaffNotice]] = {}
     for notice in notices:
         by_region.setdefault(calls[notice.id]["region"], []).append(notice)
@@ -200,13 +213,15 @@ def _send_waves(mailer: Mailer, session: Session, clock: Clock, notices: list[De
             case = cases[notice.case_id]
             context = {**calls[notice.id]["context"], "case": case_context(case)}
             _drop_settled_hints(session, case, context)
-            items.append(wave.Item(case, context, since[notice.id], notice.inbound_id))
+            items.append(wave.Item(case, context, since[notice.id], notice.inbound_id, notice.id))
         if not careful:
-            wave.send_digests(mailer, session, clock, region, items, priority=DEFERRED_PRIORITY)
+            alone = wave.send_digests(mailer, session, clock, region, items, priority=DEFERRED_PRIORITY)
+            left += [n for n in group if n.id in {i.notice_id for i in alone}]
             continue
         try:
             with session.begin_nested():
-                wave.send_digests(mailer, session, clock, region, items, priority=DEFERRED_PRIORITY)
+                alone = wave.send_digests(mailer, session, clock, region, items, priority=DEFERRED_PRIORITY)
+            left += [n for n in group if n.id in {i.notice_id for i in alone}]
         except OperationalError:
             raise
         except Exception:

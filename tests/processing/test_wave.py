@@ -21,8 +21,10 @@ from mailgateway.clock import FixedClock
 from mailgateway.dispatch.contexts import case_context
 from mailgateway.dispatch.render import Renderer
 from mailgateway.errors import ConfigError
+from mailgateway.intake.accept import accept_in
 from mailgateway.processing import runner, wave
-from mailgateway.store.engine import reading
+from mailgateway.settings import parse_settings
+from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
 from tests.processing.test_batches import NOW, accept, settings_for
 from tests.processing.test_later import declaration, no_delay, outbox, waiting
@@ -68,10 +70,14 @@ def test_a_backlog_past_the_threshold_is_told_in_one_digest(app: App) -> None:
     assert kinds.count(wave.KIND) == 1 and waiting(app) == 0
     (mail,) = digests(app)
     assert mail["To"] == "agent@ars.test"
-    assert mail["Subject"].startswith(f"[SSI ARA] Afflux de déclarations : {n} nouveaux dossiers reçus le ")
+    refs = references(app)
+    assert mail["Subject"] == (f"[SSI ARA] Afflux de déclarations : {n} nouveaux dossiers, {refs[0]} à {refs[-1]} "
+                               "(le 27/11/2026 à 10:00)")
     body = text(mail)
-    for reference in references(app):  # every case, in order, its reference to act on it
+    for reference in refs:  # every case, in order, its reference to act on it
         assert f". {reference} — " in body
+    assert f"  - expéditeurs non authentifiés : {n} sur {n}" in body  # what to triage, counted
+    assert max(len(line) for line in body.splitlines()) <= 80  # no mail reader re-wraps a line
     assert body.index(references(app)[0]) < body.index(references(app)[-1])
     assert "FINESS 690781810" in body and "Type : rançongiciel" in body
     assert "NON authentifié" in body  # the declarations are unsigned: said per case
@@ -116,6 +122,9 @@ def test_a_digest_lists_at_most_its_share_of_cases(app: App, monkeypatch: pytest
     app.processor.process_pending()
     mails = digests(app)
     assert [m["Subject"].split(" : ")[1].split(" ")[0] for m in mails] == ["12", "12", str(n - 24)]
+    refs = references(app)
+    assert [m["Subject"].split(", ")[1].split(" (")[0] for m in mails] == [
+        f"{refs[0]} à {refs[11]}", f"{refs[12]} à {refs[23]}", f"{refs[24]} à {refs[-1]}"]
     listed = [line.split(" ")[2] for m in mails for line in text(m).splitlines() if line.startswith("== ")]
     assert listed == references(app)  # every case once, oldest first
 
@@ -179,12 +188,78 @@ def test_text_from_mail_cannot_write_a_row_of_its_own() -> None:
                "declaration": {"structure": forged, "summary": forged, "forwarded_author": forged},
                "sender": {"address": forged, "authenticated": False}, "ack_refused": forged,
                "unsigned_reply_to": forged}
-    row = wave._row(wave.Item(case, context, [forged], 1))
-    mail = Renderer().render(wave.TEMPLATE, {"region_name": "Auvergne-Rhône-Alpes", "region_address": "ssi@ars.test",
-                                             "region_code": "ARA", "service_name": "SSI", "cases": [row],
-                                             "period_fr": "le 27/11/2026 à 10:00", "composed_fr": "27/11/2026",
-                                             "digest_from": 100})
+    settings = settings_for("sqlite://")
+    mail = Renderer().render(wave.TEMPLATE, wave.digest_context(
+        settings, "ARA", [wave.Item(case, context, [forged], 1), wave.Item(case, context, [], 2)], composed=NOW))
     lines = mail.text.splitlines()
     assert [line for line in lines if line.startswith("== ")] == [
-        "== 1. SSI-ARA-2026-0001 — CH X == 2. SSI-ARA-2026-0099 — faux Déclarant : chef@ars.test (authentifié)"]
-    assert not any(line.lstrip().startswith("Déclarant : chef@") for line in lines)
+        "== 1. SSI-ARA-2026-0001 — CH X == 2. SSI-ARA-2026-0099 — faux Déclarant :",
+        "== 2. SSI-ARA-2026-0001 — CH X == 2. SSI-ARA-2026-0099 — faux Déclarant :"]
+    assert not any(line.startswith("   Déclarant : chef@") for line in lines)
+
+
+@pytest.mark.parametrize("blank", ["\u2800", "\u3164", "\u200b", "\u00a0", "\u3000", "\ufeff", "\U000e0020", "\x0b"])
+def test_a_padded_field_cannot_start_a_line_when_a_reader_wraps(blank: str) -> None:
+    # An outside tester padded a structure name with braille blanks (U+2800, not white space to
+    # str.split) so that a reader wrapping at 110 columns started a line with a forged row. Every
+    # line the digest writes fits 80 columns and a continuation is indented: no reader re-wraps.
+    forged = "CH" + blank * 70 + "== 2. SSI-ARA-2026-0270 — Hospices Civils de Lyon" + blank * 40 + "Déclarant : x"
+    case = Case(reference="SSI-ARA-2026-0001", region="ARA", kind="incident", status="NOUVEAU", title="t")
+    context = {"case": case_context(case), "received_at_fr": "27/11/2026 à 10:00", "declarant": forged,
+               "declaration": {"structure": forged, "summary": forged}, "sender": {"address": "a@b.test"}}
+    mail = Renderer().render(wave.TEMPLATE, wave.digest_context(
+        settings_for("sqlite://"), "ARA", [wave.Item(case, context, [], 1)] * 2, composed=NOW))
+    lines = mail.text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert [line for line in lines if line.startswith("== ")] == ["== 1. SSI-ARA-2026-0001 — t",
+                                                                  "== 2. SSI-ARA-2026-0001 — t"]
+    assert not any(line.startswith(("Déclarant", "== 2. SSI-ARA-2026-0270")) for line in lines)
+    assert blank * 2 not in mail.text  # (the template's own guillemets hold a no-break space)
+
+
+def two_regions(url: str) -> App:
+    settings = parse_settings({
+        "database": {"url": url},
+        "regions": [{"code": "ARA", "name": "Auvergne-Rhône-Alpes", "address": "ssi-ara@ars.test"},
+                    {"code": "PDL", "name": "Pays de la Loire", "address": "ssi-pdl@ars.test"}],
+        "staff": [{"address": "agent@ars.test", "region": "ARA"}, {"address": "agent@ars-pdl.test", "region": "PDL"}],
+        "processing": {"staff_notice_digest_from": WAVE},
+    })
+    return build_app(settings, clock=FixedClock(NOW))
+
+
+def test_a_wave_in_one_region_leaves_another_regions_notifications_alone(db_url: str) -> None:
+    # An outside tester: 80 declarations to PDL, and ARA's one genuine declaration reached ARA's
+    # staff as a one-case « Afflux », without its reference in the subject nor the original.
+    app = two_regions(at_head(db_url))
+    try:
+        n = runner.BATCH_SIZE + 5
+        for i in range(n):
+            with transaction(app.factory) as s:
+                accept_in(s, declaration(i), source="cli", now=NOW, region="PDL")
+        for i in (1000, 1001):
+            with transaction(app.factory) as s:
+                accept_in(s, declaration(i), source="cli", now=NOW, region="ARA")
+        app.processor.process_pending()
+        with reading(app.factory) as s:
+            sent = s.execute(select(OutboundMessage.kind, OutboundMessage.recipient)
+                             .where(OutboundMessage.kind != "accuse_reception")).all()
+        assert sorted(sent) == [("notification_afflux", "agent@ars-pdl.test"),
+                                ("notification_equipe", "agent@ars.test"), ("notification_equipe", "agent@ars.test")]
+    finally:
+        app.close()
+
+
+def test_a_digests_lone_case_keeps_its_own_notification(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wave, "DIGEST_CASES", runner.BATCH_SIZE + 4)
+    n = runner.BATCH_SIZE + 5  # a digest of all but the last, which would be a digest alone
+    for i in range(n):
+        accept(app, declaration(i))
+    app.processor.process_pending()
+    kinds = [kind for _, kind, _ in outbox(app)]
+    assert kinds.count(wave.KIND) == 1 and kinds.count("notification_equipe") == 1
+    with reading(app.factory) as s:
+        notified = s.scalar(select(Case.reference).join(OutboundMessage, OutboundMessage.case_id == Case.id)
+                            .where(OutboundMessage.kind == "notification_equipe"))
+    assert notified == references(app)[-1]
+    assert f". {notified} — " not in text(digests(app)[0])
