@@ -11,6 +11,7 @@ loopback: the writer starts only once every client waits for its answer, so all 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import smtplib
 import threading
@@ -111,7 +112,7 @@ def test_the_writers_connection_decides_as_a_session_does(
     engine = factory.kw["bind"]
     got: list[Accepted] = []
     for _ in range(2):
-        for start, end in zip(cuts, cuts[1:], strict=False):
+        for start, end in itertools.pairwise(cuts):
             with engine.begin() as conn:
                 got += accept_batch(conn, arrivals[start:end], NOW)
     assert _shape(got) == _shape(expected)
