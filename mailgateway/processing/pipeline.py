@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from mailgateway.bulletins import by_mail, tracking
-from mailgateway.commands import handling
+from mailgateway.commands import digest_reply, handling
 from mailgateway.mail.facts import MessageFacts
 from mailgateway.processing import handlers, regional
 from mailgateway.processing.context import Env, Handler, Outcome, Prehandler
@@ -19,6 +19,7 @@ from mailgateway.store.models import InboundMessage
 
 PREHANDLERS: tuple[Prehandler, ...] = (
     regional.copy_prehandler,  # a reply/command copied to a second regional mailbox: attached once
+    digest_reply.digest_reply_prehandler,  # staff answering a wave's digest: no case, a receipt says how
     tracking.acknowledgement_prehandler,
     by_mail.bulletin_prehandler,
     handlers.relay_declaration_prehandler,  # a reply to a relayed alert/bulletin that declares: a linked case

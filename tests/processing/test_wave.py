@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from mailgateway.app import App, build_app
 from mailgateway.clock import FixedClock
+from mailgateway.commands import digest_reply
 from mailgateway.dispatch.contexts import case_context
 from mailgateway.dispatch.render import Renderer
 from mailgateway.errors import ConfigError
@@ -28,6 +29,8 @@ from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
 from tests.processing.test_batches import NOW, accept, settings_for
 from tests.processing.test_later import declaration, no_delay, outbox, waiting
+from tests.support import casemail
+from tests.support.casegateway import Gateway, gateway_from, settings_data
 from tests.support.db import at_head
 
 WAVE = 10  # staff_notice_digest_from in these tests
@@ -263,3 +266,62 @@ def test_a_digests_lone_case_keeps_its_own_notification(app: App, monkeypatch: p
                             .where(OutboundMessage.kind == "notification_equipe"))
     assert notified == references(app)[-1]
     assert f". {notified} — " not in text(digests(app)[0])
+
+
+@pytest.fixture
+def gw(db_url: str) -> Iterator[Gateway]:
+    yield from gateway_from({**settings_data(at_head(db_url)), "processing": {"staff_notice_digest_from": WAVE}})
+
+
+def wave_of(gw: Gateway) -> OutboundMessage:
+    for n in range(runner.BATCH_SIZE + 5):
+        with transaction(gw.app.factory) as s:
+            accept_in(s, casemail.declaration(n), source="cli", now=NOW)
+    gw.app.processor.process_pending()
+    return gw.last(wave.KIND, "agent@ars.test")
+
+
+def quoting(digest: OutboundMessage, new: str) -> str:
+    quoted = "\n".join(f"> {line}" for line in casemail.text_of(digest.raw).splitlines())
+    return f"{new}\n\nLe 27/11/2026 à 10:00, Cellule SSI a écrit :\n{quoted}\n"
+
+
+def count_cases(gw: Gateway) -> int:
+    with reading(gw.app.factory) as s:
+        return len(s.scalars(select(Case.id)).all())
+
+
+@pytest.mark.parametrize("new", [
+    "Je prends les dossiers de Grenoble et d'Annecy.",
+    "SSI-ARA-2026-0008 #fusionner SSI-ARA-2026-0007\nSSI-ARA-2026-0009 #assigner moi",
+])
+def test_an_agents_reply_to_a_digest_opens_nothing_and_says_how_to_act(gw: Gateway, new: str) -> None:
+    # An outside tester's Thunderbird reply quoting the digest opened a case with the agent as its
+    # declarant (acknowledged, notified to the team); the merges it asked for ran nowhere, silently.
+    digest = wave_of(gw)
+    before = count_cases(gw)
+    mail = casemail.staff_mail(quoting(digest, new), in_reply_to=digest.message_id,
+                               subject="Re: [SSI ARA] Afflux de déclarations : 30 nouveaux dossiers")
+    result = gw.feed(mail)
+    assert (result.status, result.case_ref) == ("processed", None)
+    assert count_cases(gw) == before
+    assert not gw.outbound("accuse_reception", "agent@ars.test")
+    receipt = gw.receipt_text()
+    assert "répond à un récapitulatif d'afflux" in receipt and "aucun dossier n'a été ouvert ni modifié" in receipt
+    for line in new.splitlines():
+        assert (f"  {line}" in receipt) == ("#" in line)  # the command lines it did not apply
+
+
+def test_a_reply_to_a_digest_naming_its_case_acts_on_that_case(gw: Gateway) -> None:
+    digest = wave_of(gw)
+    ref = gw.outbound("accuse_reception")[2].raw.split(b"[", 1)[1].split(b"]", 1)[0].decode()
+    result = gw.feed(casemail.staff_mail("#assigner moi", in_reply_to=digest.message_id,
+                                         subject=f"Re: [{ref}] Afflux de déclarations"))
+    assert result.case_ref == ref and gw.case(ref).assignee == "agent@ars.test"
+
+
+def test_a_reply_to_a_digest_from_outside_the_agency_is_no_staff_mail(gw: Gateway) -> None:
+    digest = wave_of(gw)
+    result = gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Re: Afflux",
+                                      body="#clore", in_reply_to=digest.message_id))
+    assert result.reason != digest_reply.REASON
