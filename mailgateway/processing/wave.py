@@ -184,7 +184,9 @@ def _row(item: Item) -> dict[str, Any]:
         "forwarded_author": _flat(declaration.get("forwarded_author")),
         "original_files": context.get("original_file_names"),
         "indicators": len(context.get("indicators") or ()),
-        "since": since[:SINCE_LINES],
+        # The latest: a colleague's note or assignment, not the first automatic status change
+        # (an outside tester, an agent).
+        "since": since[-SINCE_LINES:],
         "since_more": max(0, len(since) - SINCE_LINES),
     }
 

@@ -211,7 +211,7 @@ def test_a_padded_field_cannot_start_a_line_when_a_reader_wraps(blank: str) -> N
     context = {"case": case_context(case), "received_at_fr": "27/11/2026 à 10:00", "declarant": forged,
                "declaration": {"structure": forged, "summary": forged}, "sender": {"address": "a@b.test"}}
     mail = Renderer().render(wave.TEMPLATE, wave.digest_context(
-        settings_for("sqlite://"), "ARA", [wave.Item(case, context, [], 1)] * 2, composed=NOW))
+        settings_for("sqlite://"), "ARA", [wave.Item(case, context, [forged] * 5, 1)] * 2, composed=NOW))
     lines = mail.text.splitlines()
     assert max(len(line) for line in lines) <= 80
     assert [line for line in lines if line.startswith("== ")] == ["== 1. SSI-ARA-2026-0001 — t",
