@@ -132,15 +132,19 @@ def test_notices_left_by_a_crash_are_sent_by_the_next_processor(db_url: str, cap
         second.close()
 
 
-def test_a_continuous_stream_never_starves_staff(app: App) -> None:
-    # The bound reached at once: every batch of the backlog sends the notices waiting so far.
+def stream(app: App) -> tuple[list[tuple[int, str, str]], int]:
+    """Three batches processed with the bound reached at once (every batch of the backlog sends
+    the notices waiting so far): the outbox rows, and the id of the last acknowledgement's."""
     no_delay(app)
-    n = 3 * runner.BATCH_SIZE
-    for i in range(n):
+    for i in range(3 * runner.BATCH_SIZE):
         accept(app, declaration(i))
     app.processor.process_pending()
     rows = outbox(app)
-    last_ack = max(i for i, kind, _ in rows if kind == "accuse_reception")
+    return rows, max(i for i, kind, _ in rows if kind == "accuse_reception")
+
+
+def test_a_continuous_stream_never_starves_staff(app: App) -> None:
+    rows, last_ack = stream(app)
     assert any(i < last_ack for i, kind, _ in rows if kind == "notification_equipe")
 
 

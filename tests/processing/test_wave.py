@@ -28,7 +28,7 @@ from mailgateway.settings import parse_settings
 from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
 from tests.processing.test_batches import NOW, accept, settings_for
-from tests.processing.test_later import declaration, no_delay, outbox, waiting
+from tests.processing.test_later import declaration, outbox, stream, waiting
 from tests.support import casemail
 from tests.support.casegateway import Gateway, gateway_from, settings_data
 from tests.support.db import at_head
@@ -133,16 +133,10 @@ def test_a_digest_lists_at_most_its_share_of_cases(app: App, monkeypatch: pytest
 
 
 def test_a_wave_during_a_stream_is_told_before_the_stream_ends(app: App) -> None:
-    no_delay(app)  # the bound reached at once: the notices waiting are told between batches
-    n = 3 * runner.BATCH_SIZE
-    for i in range(n):
-        accept(app, declaration(i))
-    app.processor.process_pending()
-    rows = outbox(app)
-    last_ack = max(i for i, kind, _ in rows if kind == "accuse_reception")
+    rows, last_ack = stream(app)  # the bound reached at once: notices told between batches
     assert any(i < last_ack for i, kind, _ in rows if kind == wave.KIND)
     told = [line for m in digests(app) for line in text(m).splitlines() if line.startswith("== ")]
-    assert len(told) == n and waiting(app) == 0
+    assert len(told) == 3 * runner.BATCH_SIZE and waiting(app) == 0
 
 
 def test_a_digest_that_fails_to_compose_is_sent_as_notifications(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
