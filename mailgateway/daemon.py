@@ -266,6 +266,7 @@ class Daemon:
         sender = self.sender = Sender(self.settings, self.app.factory, self.clock, self.instance_id,
                                       on_permanent_failure=permanent_failure_hook(self.app.env),
                                       signer=self.app.composer.signer)
+        sender.intake_busy = self.intake_busy
         # One processing-priority rule for SMTP and IMAP intake (intake/priority.py), reloaded on SIGHUP.
         priority = Prioritiser(self.settings, self.app.factory.kw["bind"])
         writer = self.writer = _SignallingWriter(self.app.factory, self.clock, intake=self.intake, priority=priority)

@@ -142,6 +142,11 @@ def backoff_seconds(settings: Settings, attempts: int) -> float:
     return random.uniform(base, max(base, ceiling))  # noqa: S311 - jitter, not security
 
 
+# How long the sender waits for SMTP intake to be quiet before a batch, at most, and how often it
+# looks (``Sender._yield_to_intake``).
+INTAKE_YIELD_SECONDS = 0.25
+INTAKE_YIELD_STEP = 0.02
+
 class Sender:
     def __init__(
         self,
@@ -185,6 +190,9 @@ class Sender:
         # memory flat in the number of recipients).
         self._per_domain = relay.per_domain_per_second > 0 or relay.per_domain_per_hour > 0
         self._wake = asyncio.Event()
+        # Set by the daemon: SMTP intake is answering a burst (messages wait for their commit, or
+        # one was just answered). The sender shares the daemon's event loop and GIL with it.
+        self.intake_busy: Callable[[], bool] | None = None
         self._stop: asyncio.Event | None = None
         # Read by the metrics scrape (mailgateway.metrics): attempts by outcome since start. Only
         # ever mutated in place, on the event loop's thread.
@@ -538,6 +546,7 @@ class Sender:
                     ahead = asyncio.ensure_future(asyncio.to_thread(self._claim, None))
                 result.add(await self._deliver_batch(claimed))
                 await self._after_batch()
+                await self._yield_to_intake()
         except BaseException:
             if ahead is not None:  # failing or cancelled: its rows go back once its claim ends
                 ahead.add_done_callback(self._give_back_claimed)
@@ -591,6 +600,7 @@ class Sender:
                 self._wake.clear()
                 pause = self.poll_seconds
                 try:
+                    await self._yield_to_intake()
                     await self._drain(False)
                     pause = await asyncio.to_thread(self._seconds_to_next_due)
                 except Exception:
@@ -603,6 +613,17 @@ class Sender:
         finally:
             await self.transport.close()
             await asyncio.to_thread(liveness.release)
+
+    async def _yield_to_intake(self) -> None:
+        """While SMTP intake answers a burst, wait for a quiet moment before the next batch —
+        ``INTAKE_YIELD_SECONDS`` at most, so a continuous stream never holds mail back longer
+        (issue 19: the sender's claims, SMTP sessions and commits took the daemon's GIL from the
+        accepts, 0.37 × a bare sink with processing on, 0.45 × without)."""
+        busy = self.intake_busy
+        waited = 0.0
+        while busy is not None and waited < INTAKE_YIELD_SECONDS and busy():
+            await asyncio.sleep(INTAKE_YIELD_STEP)
+            waited += INTAKE_YIELD_STEP
 
     async def _reclaim_at_start(self, liveness: SenderLiveness) -> None:
         """Before the first claim: be seen alive, then take back at once what dead senders left

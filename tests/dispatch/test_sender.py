@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailgateway.clock import FixedClock, SystemClock, aware
 from mailgateway.directory.bounces import contact_bounce_hook
 from mailgateway.dispatch import outbox
+from mailgateway.dispatch import sender as sender_module
 from mailgateway.dispatch.sender import Sender, backoff_seconds
 from mailgateway.settings import OutboundSettings, RelaySettings, Settings
 from mailgateway.store.engine import transaction
@@ -447,3 +448,30 @@ def test_a_batch_claimed_ahead_goes_back_when_the_sender_stops_or_is_cancelled(
     assert statuses.count("sending") <= (1 if cancel else 0), statuses
     sent = statuses.count("sent")
     assert sent <= len(smtp_sink.messages) <= sent + (1 if cancel else 0) and sent < 6
+
+
+def test_the_sender_waits_for_a_quiet_moment_of_intake_within_a_bound(
+        sqlite_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender shares the daemon's event loop with SMTP intake: while intake answers a burst
+    it waits before its next batch, for a quiet moment or ``INTAKE_YIELD_SECONDS`` at most, so a
+    continuous stream never holds mail back beyond that (issue 19)."""
+    sender = Sender(make_settings(None), sqlite_factory, FixedClock(NOW), "test", on_permanent_failure=None)
+    monkeypatch.setattr(sender_module, "INTAKE_YIELD_STEP", 0.001)
+    asked: list[bool] = []
+
+    def busy_for(times: int) -> Callable[[], bool]:
+        def busy() -> bool:
+            asked.append(len(asked) < times)
+            return asked[-1]
+        return busy
+
+    sender.intake_busy = busy_for(3)  # busy three looks, then quiet: goes on at the fourth
+    asyncio.run(sender._yield_to_intake())
+    assert asked == [True, True, True, False]
+    asked.clear()
+    monkeypatch.setattr(sender_module, "INTAKE_YIELD_SECONDS", 0.01)
+    sender.intake_busy = busy_for(10**9)  # never quiet: bounded all the same
+    asyncio.run(asyncio.wait_for(sender._yield_to_intake(), timeout=30))
+    assert 1 <= len(asked) <= 10 + 1
+    sender.intake_busy = None  # no intake (the CLI's flush): no wait at all
+    asyncio.run(asyncio.wait_for(sender._yield_to_intake(), timeout=30))
