@@ -26,20 +26,27 @@ from mailgateway.processing.context import Env, Outcome
 from mailgateway.store.models import InboundMessage, OutboundMessage
 
 REASON = "réponse d'un agent à un récapitulatif d'afflux : aucun dossier concerné"
+UNPROVEN = ("réponse à un récapitulatif d'afflux (réservé aux agents) d'un expéditeur non authentifié ou qui "
+            "n'est pas agent de la région : aucun dossier ouvert")
 # Command-looking lines of the reply repeated in its receipt.
 LINES_SHOWN = 20
 
 
 def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
                             facts: MessageFacts) -> Outcome | None:
-    if facts.case_ref is not None or facts.kind in ("bounce", "auto_reply", "loop") or not facts.sender.authenticated:
-        return None
-    sender = (facts.sender.address or "").strip().lower()
-    region = facts.region
-    if not sender or region is None or sender not in staff_addresses(env.settings, session, region):
+    if facts.case_ref is not None or facts.kind in ("bounce", "auto_reply", "loop"):
         return None
     if not _answers_a_digest(session, facts):
         return None
+    sender = (facts.sender.address or "").strip().lower()
+    region = facts.region
+    if (not facts.sender.authenticated or not sender or region is None
+            or sender not in staff_addresses(env.settings, session, region)):
+        # Digests go to staff alone: an agent's reply that arrived unsigned (an outside tester:
+        # it opened a case with the agent as declarant, quoted digest as its summary) or anyone
+        # else's. Quarantined, with its reason, for staff to look at: no receipt to an address
+        # nothing proves.
+        return Outcome("quarantined", UNPROVEN)
     example = facts.extra.get("body_ref")
     example = example if isinstance(example, str) else "SSI-RÉGION-ANNÉE-NUMÉRO"
     lines = [line.strip() for line in (facts.new_text or "").splitlines() if _looks_like_command(line)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -277,8 +278,68 @@ def _one_line(value: str) -> str:
 INWARD_TEMPLATES = frozenset({
     "assignation", "avertissement", "bulletin_rapport", "contact_a_corriger", "digest", "digest_requete",
     "original", "quarantaine", "rappel", "rapport_hebdo", "receipt", "reponse_diffusion", "reponse_recue",
-    "staff_notification", "transfert_equipe", "transmission_acss",
+    "staff_notification", "transfert_equipe", "transmission_acss", "afflux",
 })
+
+
+def _columns(char: str) -> int:
+    """The columns ``char`` takes in a fixed-width font: 0 for a combining or format character,
+    2 for an East Asian wide or fullwidth one (« 医 », « Ａ »: UAX #11), else 1."""
+    if char.isascii():
+        return 1
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def _width(text: str) -> int:
+    return len(text) if text.isascii() else sum(_columns(c) for c in text)
+
+
+def _fit(word: str, room: int) -> tuple[str, str]:
+    """``word`` cut where it fills ``room`` columns: (head, rest); the head has one character at
+    least, so that cutting always progresses."""
+    used = 0
+    for n, char in enumerate(word):
+        used += _columns(char)
+        if used > room:
+            return (word[:n], word[n:]) if n else (word[:1], word[1:])
+    return word, ""
+
+
+def columns(text: object, width: int = 80, indent: str = "        ") -> str:
+    """``text`` wrapped at ``width`` columns as a fixed-width font shows them (``_columns``:
+    Jinja's ``wordwrap`` counts characters, and 32 « 医 » of 2 columns each made a 76-character
+    line 108 columns wide: a reader's own wrapping then started a line with a forged row; an
+    outside tester), continuation lines led by ``indent``, a word wider than a line cut. Each
+    line of ``text`` keeps its leading blanks. Lines are joined with « \n »."""
+    out: list[str] = []
+    for paragraph in str(text).split("\n"):
+        words = paragraph.lstrip(" ")
+        line = paragraph[:len(paragraph) - len(words)]
+        used, bare = _width(line), True
+        for word in words.split(" "):
+            if not word:
+                continue
+            size = _width(word)
+            if not bare and used + 1 + size > width:
+                out.append(line)
+                line, used, bare = indent, _width(indent), True
+            if not bare:
+                line, used = line + " ", used + 1
+            while used + size > width:
+                room = width - used
+                head, rest = _fit(word, room)
+                if _width(head) > room and line.strip():  # not one character fits after what is there
+                    out.append(line.rstrip(" "))
+                else:
+                    out.append(line + head)
+                    word, size = rest, _width(rest)
+                line, used, bare = indent, _width(indent), True
+            if word:
+                line, used, bare = line + word, used + size, False
+        out.append(line)
+    return "\n".join(out)
 
 
 def _defang_printed(value: Any) -> Any:
@@ -310,6 +371,7 @@ class Renderer:
             env.filters["libelle_mots"] = libelle_mots
             env.filters["categories_fr"] = categories_fr
             env.filters["instant_fr"] = instant_fr
+            env.filters["columns"] = columns
             # French wording (dispatch/wording.py): « {{ name | de_elide }} » -> « d'Établissement 1 ».
             env.filters["de_elide"] = wording.de_elide
             env.filters["du_nom"] = wording.du_nom

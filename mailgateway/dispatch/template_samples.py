@@ -29,8 +29,9 @@ _DIGEST_ROW = {"case": {"reference": "SSI-ARA-2026-0001", "title": "Centre hospi
 
 EXTRA: dict[str, dict[str, Any]] = {
     "afflux": {"cases": [_DIGEST_ROW, {**_DIGEST_ROW, "since": []}], "period_fr": "le 27/11/2026 entre 08:30 et 08:31",
-               "overview": {"grave": 2, "duplicates": 2, "out_of_region": 0, "ack_not_sent": 0, "unauthenticated": 0},
-               "first_reference": "SSI-ARA-2026-0001", "last_reference": "SSI-ARA-2026-0002",
+               "overview": [{"label": "graves (déclarés ou retenus)", "count": 2, "numbers": ["0001", "0002"],
+                             "more": 0}],
+               "first_number": "0001", "last_number": "0002",
                "composed_fr": "27/11/2026 à 08:32", "digest_from": 100},
     "bulletin": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT, "alert": None, "case": None},
     "alerte_relais": {"bulletin": _BULLETIN, "establishment": _ESTABLISHMENT,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,8 @@ TEMPLATE = "afflux"
 KIND = "notification_afflux"
 # Cases a digest lists: a mail staff can still scroll (≈ 7 lines a case).
 DIGEST_CASES = 100
+# Case numbers named per line of the overview.
+OVERVIEW_NUMBERS = 15
 # Characters of a declaration's summary shown on one line of a digest.
 SUMMARY_CHARS = 240
 # Lines of « done since » shown under a case of a digest (the notification shows 12).
@@ -101,24 +103,41 @@ def digest_context(settings: Settings, region: str, items: Sequence[Item], *, co
         **region_context(settings, region),
         "cases": rows,
         "overview": overview(rows),
-        "first_reference": rows[0]["case"].get("reference") if rows else None,
-        "last_reference": rows[-1]["case"].get("reference") if rows else None,
+        # Numbers, not references: a reply's subject naming a case is that case's (mail/refs.py
+        # reads a reference anywhere in it, brackets or not), and « Re: … SSI-ARA-2026-0004 à … »
+        # assigned, qualified and transferred the digest's first case (two outside testers).
+        "first_number": _number(rows[0]["case"].get("reference")) if rows else None,
+        "last_number": _number(rows[-1]["case"].get("reference")) if rows else None,
         "period_fr": period_fr([str(item.context.get("received_at_fr") or "") for item in items]),
         "composed_fr": french_datetime(composed),
         "digest_from": settings.processing.staff_notice_digest_from,
     }
 
 
-def overview(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """What to triage first, counted (an outside tester counted 46 graves and 82 duplicates by hand
-    in a digest of 99)."""
-    return {
-        "grave": sum(Severity.GRAVE in (r["declaration"].get("severity"), r["case"].get("severity")) for r in rows),
-        "duplicates": sum(bool(r["duplicate_of"] or r["duplicate_candidates"]) for r in rows),
-        "out_of_region": sum(bool(r["out_of_region"]) for r in rows),
-        "ack_not_sent": sum(bool(r["ack_capped"] or r["ack_refused"]) for r in rows),
-        "unauthenticated": sum(not r["sender"]["authenticated"] for r in rows),
-    }
+def _number(reference: object) -> str | None:
+    """« 0004 » of « SSI-ARA-2026-0004 »."""
+    return reference.rsplit("-", 1)[-1] if isinstance(reference, str) else None
+
+
+def overview(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What to triage first: each kind of row that asks for action, counted, with the references
+    (an outside tester counted 46 graves and 82 duplicates by hand in a digest of 99, then searched
+    1,573 lines for the one case of another region). Kinds with no row are left out."""
+    kinds: tuple[tuple[str, Callable[[dict[str, Any]], bool]], ...] = (
+        ("graves (déclarés ou retenus)",
+         lambda r: Severity.GRAVE in (r["declaration"].get("severity"), r["case"].get("severity"))),
+        ("accusés de réception non envoyés", lambda r: bool(r["ack_capped"] or r["ack_refused"])),
+        ("hors région", lambda r: bool(r["out_of_region"])),
+        ("doublons possibles", lambda r: bool(r["duplicate_of"] or r["duplicate_candidates"])),
+        ("expéditeurs non authentifiés", lambda r: not r["sender"]["authenticated"]),
+    )
+    out = []
+    for label, applies in kinds:
+        numbers = [_number(r["case"].get("reference")) or "?" for r in rows if applies(r)]
+        if numbers:
+            out.append({"label": label, "count": len(numbers), "numbers": numbers[:OVERVIEW_NUMBERS],
+                        "more": max(0, len(numbers) - OVERVIEW_NUMBERS)})
+    return out
 
 
 def period_fr(received: Sequence[str]) -> str:

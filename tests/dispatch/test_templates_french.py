@@ -3,6 +3,7 @@ codes (« RANCONGICIEL / MALVEILLANT / NON_QUALIFIE »), French dates, not ISO t
 
 from __future__ import annotations
 
+import random
 import re
 import tomllib
 from collections.abc import Iterator
@@ -10,7 +11,8 @@ from importlib import resources
 
 import pytest
 
-from mailgateway.dispatch.render import Renderer
+from mailgateway.dispatch.render import Renderer, columns
+from mailgateway.dispatch.render import _width as render_width
 from mailgateway.dispatch.samples import sample_mails
 from mailgateway.jobs.samples import SAMPLES as JOB_SAMPLES
 from mailgateway.settings import parse_settings
@@ -83,3 +85,18 @@ def test_answers_to_the_declarant_are_in_french(gw: Gateway) -> None:
         mail = gw.last(kind, "dsi@chu.test")
         assert _leaks(casemail.text_of(mail.raw)) == [], kind
         assert _leaks(casemail.parse(mail.raw)["Subject"]) == [], kind
+
+
+def test_columns_wraps_at_the_width_a_fixed_font_shows() -> None:
+    """The « columns » filter (dispatch/render.py): every line fits the width in columns (a wide
+    character two, a combining mark none), continuation lines indented, nothing lost or added but
+    the breaks, a word wider than a line cut."""
+    rng = random.Random(11)
+    pieces = ["a", "é", "医", "Ａ", "\u0301", " ", "  ", "x" * 30, "hxxps://evil[.]example/" + "a" * 70]
+    for _ in range(2000):
+        text = "   " + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 120)))
+        out = columns(text, 80, "        ")
+        lines = out.split("\n")
+        assert all(render_width(line) <= 80 for line in lines)
+        assert all(line.startswith("        ") for line in lines[1:])
+        assert out.replace("\n", "").replace(" ", "") == text.replace(" ", "")

@@ -20,9 +20,10 @@ from mailgateway.app import App, build_app
 from mailgateway.clock import FixedClock
 from mailgateway.commands import digest_reply
 from mailgateway.dispatch.contexts import case_context
-from mailgateway.dispatch.render import Renderer
+from mailgateway.dispatch.render import Renderer, _width
 from mailgateway.errors import ConfigError
 from mailgateway.intake.accept import accept_in
+from mailgateway.mail.refs import find_ref
 from mailgateway.processing import runner, wave
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import reading, transaction
@@ -74,19 +75,21 @@ def test_a_backlog_past_the_threshold_is_told_in_one_digest(app: App) -> None:
     (mail,) = digests(app)
     assert mail["To"] == "agent@ars.test"
     refs = references(app)
-    assert mail["Subject"] == (f"[SSI ARA] Afflux de déclarations : {n} nouveaux dossiers, {refs[0]} à {refs[-1]} "
+    assert mail["Subject"] == (f"[SSI ARA] Afflux de déclarations : {n} nouveaux dossiers n° 0001 à 00{n} "
                                "(le 27/11/2026 à 10:00)")
+    assert find_ref(mail["Subject"]) is None  # a reply's subject names no case (mail/refs.py)
     body = text(mail)
     for reference in refs:  # every case, in order, its reference to act on it
         assert f". {reference} — " in body
-    assert f"  - expéditeurs non authentifiés : {n} sur {n}" in body  # what to triage, counted
+    assert f"  - expéditeurs non authentifiés : {n} sur {n} — n° 0001, 0002, " in body  # what to triage, counted
+    assert "  - hors région" not in body  # none: not said
     assert max(len(line) for line in body.splitlines()) <= 80  # no mail reader re-wraps a line
     assert body.index(references(app)[0]) < body.index(references(app)[-1])
     assert "FINESS 690781810" in body and "Type : rançongiciel" in body
     assert "NON authentifié" in body  # the declarations are unsigned: said per case
     # The eleventh declaration names the first one's FINESS: the duplicate hint is kept.
     assert "DOUBLON POSSIBLE du dossier ouvert" in body
-    assert "#original RÉFÉRENCE" in body and "message-original.eml" not in mail.as_string()
+    assert "#original RÉFÉRENCE" in " ".join(body.split()) and "message-original.eml" not in mail.as_string()
     with reading(app.factory) as s:  # each case's timeline names the digest that told staff
         told = s.scalars(select(CaseEvent).where(CaseEvent.type == "mail_sortant")).all()
         assert sorted(e.data["type"] for e in told) == ["accuse_reception"] * n + [wave.KIND] * n
@@ -125,9 +128,8 @@ def test_a_digest_lists_at_most_its_share_of_cases(app: App, monkeypatch: pytest
     app.processor.process_pending()
     mails = digests(app)
     assert [m["Subject"].split(" : ")[1].split(" ")[0] for m in mails] == ["12", "12", str(n - 24)]
-    refs = references(app)
-    assert [m["Subject"].split(", ")[1].split(" (")[0] for m in mails] == [
-        f"{refs[0]} à {refs[11]}", f"{refs[12]} à {refs[23]}", f"{refs[24]} à {refs[-1]}"]
+    assert [m["Subject"].split(" n° ")[1].split(" (")[0] for m in mails] == [
+        "0001 à 0012", "0013 à 0024", f"0025 à 00{n}"]
     listed = [line.split(" ")[2] for m in mails for line in text(m).splitlines() if line.startswith("== ")]
     assert listed == references(app)  # every case once, oldest first
 
@@ -294,8 +296,8 @@ def test_an_agents_reply_to_a_digest_opens_nothing_and_says_how_to_act(gw: Gatew
     # declarant (acknowledged, notified to the team); the merges it asked for ran nowhere, silently.
     digest = wave_of(gw)
     before = count_cases(gw)
-    mail = casemail.staff_mail(quoting(digest, new), in_reply_to=digest.message_id,
-                               subject="Re: [SSI ARA] Afflux de déclarations : 30 nouveaux dossiers")
+    subject = casemail.parse(digest.raw)["Subject"]  # as the mail client answers it
+    mail = casemail.staff_mail(quoting(digest, new), in_reply_to=digest.message_id, subject=f"Re: {subject}")
     result = gw.feed(mail)
     assert (result.status, result.case_ref) == ("processed", None)
     assert count_cases(gw) == before
@@ -314,8 +316,31 @@ def test_a_reply_to_a_digest_naming_its_case_acts_on_that_case(gw: Gateway) -> N
     assert result.case_ref == ref and gw.case(ref).assignee == "agent@ars.test"
 
 
-def test_a_reply_to_a_digest_from_outside_the_agency_is_no_staff_mail(gw: Gateway) -> None:
+@pytest.mark.parametrize("sender", ["agent@ars.test", "rssi@autre-chu.test"])
+def test_an_unproven_reply_to_a_digest_opens_nothing_and_is_quarantined(gw: Gateway, sender: str) -> None:
+    # An outside tester: an agent's reply that arrived unsigned, quoting the digest, opened a case
+    # with the agent as its declarant. Nothing proves who wrote it: quarantined, no receipt sent.
     digest = wave_of(gw)
-    result = gw.feed(casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Re: Afflux",
-                                      body="#clore", in_reply_to=digest.message_id))
-    assert result.reason != digest_reply.REASON
+    before = count_cases(gw)
+    subject = casemail.parse(digest.raw)["Subject"]
+    result = gw.feed(casemail.message(sender=sender, to="ssi-ara@ars.test", subject=f"Re: {subject}",
+                                      body=quoting(digest, "Je prends Grenoble.\n#assigner moi"),
+                                      in_reply_to=digest.message_id))
+    assert (result.status, result.reason) == ("quarantined", digest_reply.UNPROVEN)
+    assert count_cases(gw) == before
+    assert not gw.outbound("accuse_reception", sender) and not gw.outbound("recu_commandes", sender)
+
+
+@pytest.mark.parametrize("wide", ["医", "Ａ", "e\u0301\u0301\u0301"])
+def test_wide_characters_count_twice_in_a_line(wide: str) -> None:
+    # An outside tester: 32 « 医 » (2 columns each) made a 76-character line 108 columns wide, so a
+    # reader wrapping at 80 started a line with the forged row that followed.
+    forged = wide * 40 + " == 2. SSI-ARA-2026-0041 — Hospices Civils de Lyon"
+    case = Case(reference="SSI-ARA-2026-0001", region="ARA", kind="incident", status="NOUVEAU", title=forged)
+    context = {"case": case_context(case), "received_at_fr": "27/11/2026 à 10:00", "declarant": "a@b.test",
+               "declaration": {"structure": forged, "summary": forged}, "sender": {"address": "a@b.test"}}
+    mail = Renderer().render(wave.TEMPLATE, wave.digest_context(
+        settings_for("sqlite://"), "ARA", [wave.Item(case, context, [forged], 1)] * 2, composed=NOW))
+    for part in (mail.text, mail.html or ""):
+        assert not any(line.startswith("== 2. SSI-ARA-2026-0041") for line in part.splitlines())
+    assert max(_width(line) for line in mail.text.splitlines()) <= 80
