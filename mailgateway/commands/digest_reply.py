@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.commands import receipts
+from mailgateway.commands.table import COMMANDS
 from mailgateway.directory.staff import staff_addresses
 from mailgateway.mail.commands import is_command_line
 from mailgateway.mail.facts import MessageFacts
@@ -47,6 +48,10 @@ def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
         # else's. Quarantined, with its reason, for staff to look at: no receipt to an address
         # nothing proves.
         return Outcome("quarantined", UNPROVEN)
+    if facts.kind == "command" and facts.commands and all(_case_free(cmd.name) for cmd in facts.commands):
+        # « #original SSI-… », « #ouverts », « #aide »: commands that name their case or need none,
+        # which the digest itself offers (an outside tester's « #original » was refused here).
+        return None
     example = facts.extra.get("body_ref")
     example = example if isinstance(example, str) else "SSI-RÉGION-ANNÉE-NUMÉRO"
     lines = [line.strip() for line in (facts.new_text or "").splitlines() if _looks_like_command(line)]
@@ -71,6 +76,11 @@ def _answers_a_digest(session: Session, facts: MessageFacts) -> bool:
     with session.no_autoflush:
         return session.scalar(select(OutboundMessage.id).where(
             OutboundMessage.message_id.in_(named), OutboundMessage.kind == wave.KIND).limit(1)) is not None
+
+
+def _case_free(name: str) -> bool:
+    spec = COMMANDS.get(name)
+    return spec is not None and not spec.needs_case
 
 
 def _looks_like_command(line: str) -> bool:

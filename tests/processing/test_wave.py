@@ -344,3 +344,17 @@ def test_wide_characters_count_twice_in_a_line(wide: str) -> None:
     for part in (mail.text, mail.html or ""):
         assert not any(line.startswith("== 2. SSI-ARA-2026-0041") for line in part.splitlines())
     assert max(_width(line) for line in mail.text.splitlines()) <= 80
+
+
+def test_original_in_a_reply_to_a_digest_is_sent(gw: Gateway) -> None:
+    # The digest offers « #original RÉFÉRENCE »: a command naming its case, refused in a reply to
+    # the digest before (an outside tester). It runs; a command that needs a case still does not.
+    digest = wave_of(gw)
+    ref = gw.outbound("accuse_reception")[2].raw.split(b"[", 1)[1].split(b"]", 1)[0].decode()
+    subject = f"Re: {casemail.parse(digest.raw)['Subject']}"
+    gw.feed(casemail.staff_mail(quoting(digest, f"#original {ref}"), in_reply_to=digest.message_id, subject=subject))
+    assert gw.outbound("message_original", "agent@ars.test")
+    before = count_cases(gw)
+    result = gw.feed(casemail.staff_mail(quoting(digest, f"#original {ref}\n#clore"), in_reply_to=digest.message_id,
+                                         subject=subject))
+    assert result.reason == digest_reply.REASON and count_cases(gw) == before
