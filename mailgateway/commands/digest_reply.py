@@ -7,11 +7,17 @@ d'Annecy » opened a case with the agent as its declarant, acknowledged to the a
 to the whole team, and « SSI-ARA-2026-0008 #fusionner SSI-ARA-2026-0007 » merged nothing, in
 silence. So authenticated staff replying to a digest (In-Reply-To or References naming it, no
 case reference in the subject) get a receipt saying that nothing was opened nor changed, and how
-to act on a case; the mail is filed. A reply that names a case in its subject is that case's, as
-any staff mail. Anyone else's reply goes on as before (unauthenticated mail authorises nothing).
+to act on a case; the mail is filed. Commands that name their case or need none (« #original
+SSI-… », which the digest offers) run. A reply that names a case in its subject is that case's,
+as any staff mail. An agent's reply that arrived unsigned, and another sender's declaration that
+quotes a digest's rows, are quarantined (released by staff, processed as they are); anyone else's
+mail naming a digest — an alert, a hospital's follow-up after an agent's reply-all — goes on as
+any mail.
 """
 
 from __future__ import annotations
+
+import re
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,30 +30,42 @@ from mailgateway.mail.facts import MessageFacts
 from mailgateway.mail.headers import id_forms
 from mailgateway.processing import wave
 from mailgateway.processing.context import Env, Outcome
+from mailgateway.processing.quarantine import released_by_staff
 from mailgateway.store.models import InboundMessage, OutboundMessage
 
 REASON = "réponse d'un agent à un récapitulatif d'afflux : aucun dossier concerné"
-UNPROVEN = ("réponse à un récapitulatif d'afflux (réservé aux agents) d'un expéditeur non authentifié ou qui "
-            "n'est pas agent de la région : aucun dossier ouvert")
+UNPROVEN = ("réponse non authentifiée à un récapitulatif d'afflux, à l'adresse d'un agent : aucun dossier ouvert "
+            "(libérée, elle est traitée comme un message ordinaire)")
+QUOTED = ("déclaration en réponse à un récapitulatif d'afflux (réservé aux agents) : elle peut n'en être que la "
+          "citation, aucun dossier ouvert (libérée, elle est traitée comme une déclaration)")
 # Command-looking lines of the reply repeated in its receipt.
 LINES_SHOWN = 20
 
 
 def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
                             facts: MessageFacts) -> Outcome | None:
-    if facts.case_ref is not None or facts.kind in ("bounce", "auto_reply", "loop"):
+    if facts.case_ref is not None or facts.kind in ("bounce", "auto_reply", "loop", "alert"):
         return None
     if not _answers_a_digest(session, facts):
         return None
     sender = (facts.sender.address or "").strip().lower()
     region = facts.region
-    if (not facts.sender.authenticated or not sender or region is None
-            or sender not in staff_addresses(env.settings, session, region)):
-        # Digests go to staff alone: an agent's reply that arrived unsigned (an outside tester:
-        # it opened a case with the agent as declarant, quoted digest as its summary) or anyone
-        # else's. Quarantined, with its reason, for staff to look at: no receipt to an address
-        # nothing proves.
-        return Outcome("quarantined", UNPROVEN)
+    if not sender or region is None or sender not in staff_addresses(env.settings, session, region):
+        # An establishment, the ACSS, anyone: a mail naming a digest (an agent's reply-all kept it
+        # in References) goes on as any mail — an alert, a follow-up « Concernant le dossier … »
+        # (an outside tester: both were quarantined) — but a declaration that quotes the digest's
+        # rows, which may be all it declares: quarantined with its reason; released by staff,
+        # processed as it is.
+        if facts.kind != "declaration" or not quotes_a_digest(facts.body_text):
+            return None
+        if released_by_staff(session, inbound.id):
+            return None
+        return Outcome("quarantined", QUOTED)
+    if not facts.sender.authenticated:
+        # An agent's reply that arrived unsigned opened a case with the agent as declarant, the
+        # quoted digest as its summary (an outside tester). Nothing proves who wrote it: no
+        # receipt to that address; quarantined, and processed as it is once released by staff.
+        return None if released_by_staff(session, inbound.id) else Outcome("quarantined", UNPROVEN)
     if facts.kind == "command" and facts.commands and all(_case_free(cmd.name) for cmd in facts.commands):
         # « #original SSI-… », « #ouverts », « #aide »: commands that name their case or need none,
         # which the digest itself offers (an outside tester's « #original » was refused here).
@@ -76,6 +94,16 @@ def _answers_a_digest(session: Session, facts: MessageFacts) -> bool:
     with session.no_autoflush:
         return session.scalar(select(OutboundMessage.id).where(
             OutboundMessage.message_id.in_(named), OutboundMessage.kind == wave.KIND).limit(1)) is not None
+
+
+# A digest's row heading as a reply quotes it (« > == 12. SSI-ARA-2026-0042 — … »): from a line's
+# start, blanks and quote marks of that line only (never a line break: each start scans its own
+# line, linear in the text), then literals.
+_ROW = re.compile(r"^[> \t]*== \d{1,3}\. SSI-[A-Z]{2,4}-\d{4}-\d{1,6} ", re.MULTILINE)
+
+
+def quotes_a_digest(text: str) -> bool:
+    return _ROW.search(text[:200_000]) is not None
 
 
 def _case_free(name: str) -> bool:

@@ -283,13 +283,23 @@ INWARD_TEMPLATES = frozenset({
 
 
 def _columns(char: str) -> int:
-    """The columns ``char`` takes in a fixed-width font: 0 for a combining or format character,
-    2 for an East Asian wide or fullwidth one (« 医 », « Ａ »: UAX #11), else 1."""
+    """The columns ``char`` may take in a mail reader's fixed-width font, on the safe side (a line
+    counted too wide is only wrapped early): 0 for the Latin combining accents of decomposed
+    French; 2 for East Asian wide, fullwidth, and ambiguous characters past U+2000 (« 医 », « Ａ »,
+    « ① », « ※ »: UAX #11); 3 for other symbols past U+2000, which a fixed-width font lacks and a
+    fallback font draws up to 2.4 cells wide (« ⟹ »); 1 for everything else, format and combining
+    characters included (some draw a glyph: U+0600). An outside tester forged rows with each."""
     if char.isascii():
         return 1
-    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+    code = ord(char)
+    if 0x0300 <= code <= 0x036F:
         return 0
-    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    width = unicodedata.east_asian_width(char)
+    if width in ("W", "F") or (width == "A" and code >= 0x2000):
+        return 2
+    if code >= 0x2000 and unicodedata.category(char).startswith("S"):
+        return 3
+    return 1
 
 
 def _width(text: str) -> int:
@@ -308,7 +318,7 @@ def _fit(word: str, room: int) -> tuple[str, str]:
 
 
 def columns(text: object, width: int = 80, indent: str = "        ") -> str:
-    """``text`` wrapped at ``width`` columns as a fixed-width font shows them (``_columns``:
+    """``text`` wrapped at ``width`` columns as a fixed-width font may show them (``_columns``:
     Jinja's ``wordwrap`` counts characters, and 32 « 医 » of 2 columns each made a 76-character
     line 108 columns wide: a reader's own wrapping then started a line with a forged row; an
     outside tester), continuation lines led by ``indent``, a word wider than a line cut. Each

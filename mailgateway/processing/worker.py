@@ -116,6 +116,15 @@ def thread_lookup_for(session: Session) -> Callable[[Sequence[str]], str | None]
         )
         if ref:
             return ref
+        # A Message-ID of ours names our mail, never one received under the same ID: an outsider's
+        # declaration sent with a digest's Message-ID (ours have no case) took every staff reply
+        # to that digest, and an agent's « #repondre » went to him (an outside tester).
+        ours = set(session.scalars(select(OutboundMessage.message_id).where(OutboundMessage.message_id.in_(bracketed))))
+        if ours:
+            ids = [m for m in ids if f"<{m}>" not in ours]
+            bracketed = [f"<{m}>" for m in ids]
+            if not ids:
+                return None
         ref = session.scalar(
             select(Case.reference).join(InboundMessage, InboundMessage.case_id == Case.id)
             .where(or_(InboundMessage.message_id.in_(bracketed), InboundMessage.message_id.in_(ids))).limit(1)

@@ -8,6 +8,7 @@ alert's, a reply's) keeps its own mail; below the threshold nothing changes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -24,7 +25,7 @@ from mailgateway.dispatch.render import Renderer, _width
 from mailgateway.errors import ConfigError
 from mailgateway.intake.accept import accept_in
 from mailgateway.mail.refs import find_ref
-from mailgateway.processing import runner, wave
+from mailgateway.processing import quarantine, runner, wave
 from mailgateway.settings import parse_settings
 from mailgateway.store.engine import reading, transaction
 from mailgateway.store.models import Case, CaseEvent, OutboundMessage
@@ -33,6 +34,7 @@ from tests.processing.test_later import declaration, outbox, stream, waiting
 from tests.support import casemail
 from tests.support.casegateway import Gateway, gateway_from, settings_data
 from tests.support.db import at_head
+from tests.support.messages import make_alert
 
 WAVE = 10  # staff_notice_digest_from in these tests
 
@@ -84,6 +86,7 @@ def test_a_backlog_past_the_threshold_is_told_in_one_digest(app: App) -> None:
     assert f"  - expéditeurs non authentifiés : {n} sur {n} — n° 0001, 0002, " in body  # what to triage, counted
     assert "  - hors région" not in body  # none: not said
     assert max(len(line) for line in body.splitlines()) <= 80  # no mail reader re-wraps a line
+    assert not any(line.startswith("#") for line in body.splitlines())  # nor reads our text as a command
     assert body.index(references(app)[0]) < body.index(references(app)[-1])
     assert "FINESS 690781810" in body and "Type : rançongiciel" in body
     assert "NON authentifié" in body  # the declarations are unsigned: said per case
@@ -316,34 +319,57 @@ def test_a_reply_to_a_digest_naming_its_case_acts_on_that_case(gw: Gateway) -> N
     assert result.case_ref == ref and gw.case(ref).assignee == "agent@ars.test"
 
 
-@pytest.mark.parametrize("sender", ["agent@ars.test", "rssi@autre-chu.test"])
-def test_an_unproven_reply_to_a_digest_opens_nothing_and_is_quarantined(gw: Gateway, sender: str) -> None:
+def test_an_unsigned_agents_reply_to_a_digest_opens_nothing_and_is_quarantined(gw: Gateway) -> None:
     # An outside tester: an agent's reply that arrived unsigned, quoting the digest, opened a case
-    # with the agent as its declarant. Nothing proves who wrote it: quarantined, no receipt sent.
+    # with the agent as its declarant. Nothing proves who wrote it: quarantined, no receipt sent;
+    # released by staff, it is processed as it is.
     digest = wave_of(gw)
     before = count_cases(gw)
     subject = casemail.parse(digest.raw)["Subject"]
-    result = gw.feed(casemail.message(sender=sender, to="ssi-ara@ars.test", subject=f"Re: {subject}",
-                                      body=quoting(digest, "Je prends Grenoble.\n#assigner moi"),
-                                      in_reply_to=digest.message_id))
+    result = gw.feed(casemail.staff_mail(quoting(digest, "Je prends Grenoble.\n#assigner moi"), signed=False,
+                                         in_reply_to=digest.message_id, subject=f"Re: {subject}"))
     assert (result.status, result.reason) == ("quarantined", digest_reply.UNPROVEN)
     assert count_cases(gw) == before
-    assert not gw.outbound("accuse_reception", sender) and not gw.outbound("recu_commandes", sender)
+    assert not gw.outbound("accuse_reception", "agent@ars.test") and not gw.outbound("recu_commandes", "agent@ars.test")
+    with transaction(gw.app.factory) as s:
+        quarantine.release(s, result.inbound_id, actor="agent@ars.test", now=NOW)
+    assert gw.app.processor.process(result.inbound_id).reason != digest_reply.UNPROVEN  # not quarantined again
 
 
-@pytest.mark.parametrize("wide", ["医", "Ａ", "e\u0301\u0301\u0301"])
-def test_wide_characters_count_twice_in_a_line(wide: str) -> None:
-    # An outside tester: 32 « 医 » (2 columns each) made a 76-character line 108 columns wide, so a
-    # reader wrapping at 80 started a line with the forged row that followed.
-    forged = wide * 40 + " == 2. SSI-ARA-2026-0041 — Hospices Civils de Lyon"
-    case = Case(reference="SSI-ARA-2026-0001", region="ARA", kind="incident", status="NOUVEAU", title=forged)
-    context = {"case": case_context(case), "received_at_fr": "27/11/2026 à 10:00", "declarant": "a@b.test",
-               "declaration": {"structure": forged, "summary": forged}, "sender": {"address": "a@b.test"}}
-    mail = Renderer().render(wave.TEMPLATE, wave.digest_context(
-        settings_for("sqlite://"), "ARA", [wave.Item(case, context, [forged], 1)] * 2, composed=NOW))
-    for part in (mail.text, mail.html or ""):
-        assert not any(line.startswith("== 2. SSI-ARA-2026-0041") for line in part.splitlines())
-    assert max(_width(line) for line in mail.text.splitlines()) <= 80
+def test_mail_of_others_naming_a_digest_goes_on_as_usual(gw: Gateway) -> None:
+    # An agent's reply-all puts the ACSS or a hospital in copy: what they send back names the
+    # digest in its References. A signed alert and a hospital's follow-up were quarantined, and
+    # quarantined again when released (an outside tester).
+    digest = wave_of(gw)
+    ref = gw.outbound("accuse_reception")[2].raw.split(b"[", 1)[1].split(b"]", 1)[0].decode()
+    refs = f"References: {digest.message_id}\r\n".encode()
+    alert = gw.feed(casemail.sign(refs + make_alert(sender="CERT Santé <alerte@esante.test>", to="ssi-ara@ars.test",
+                                                    tlp="TLP:CLEAR"), casemail.acss_key()))
+    assert (alert.status, alert.kind) == ("processed", "alert") and alert.case_ref
+    follow_up = casemail.message(sender="dsi@chu.test", to="ssi-ara@ars.test", subject="Complément",
+                                 body=f"Concernant le dossier {ref} : 40 serveurs chiffrés.",
+                                 in_reply_to=digest.message_id)
+    result = gw.feed(casemail.sign(follow_up, casemail.establishment_key()))
+    assert (result.status, result.case_ref) == ("processed", ref)
+    declared = gw.feed(casemail.message(sender="rssi@autre-chu.test", to="ssi-ara@ars.test", subject="Re: Afflux",
+                                        body=quoting(digest, "Voici notre déclaration."),
+                                        in_reply_to=digest.message_id))
+    if declared.kind == "declaration":  # the digest quoted may read as one: quarantined, releasable
+        assert (declared.status, declared.reason) == ("quarantined", digest_reply.QUOTED)
+
+
+def test_a_digests_message_id_reused_by_an_outsider_takes_no_reply(gw: Gateway) -> None:
+    # An outsider declared with a digest's Message-ID as his own: staff replies to the digest were
+    # filed on his case, and an agent's « #repondre » was mailed to him (an outside tester).
+    digest = wave_of(gw)
+    forged = casemail.message(sender="x@evil.test", to="ssi-ara@ars.test", subject="Incident",
+                              body=casemail.text_of(casemail.declaration(99)), message_id=digest.message_id)
+    gw.feed(forged)
+    subject = casemail.parse(digest.raw)["Subject"]
+    result = gw.feed(casemail.staff_mail(quoting(digest, "#repondre Coupez le VPN."), in_reply_to=digest.message_id,
+                                         subject=f"Re: {subject}"))
+    assert (result.case_ref, result.reason) == (None, digest_reply.REASON)
+    assert not gw.outbound("reponse", "x@evil.test")
 
 
 def test_original_in_a_reply_to_a_digest_is_sent(gw: Gateway) -> None:
@@ -358,3 +384,26 @@ def test_original_in_a_reply_to_a_digest_is_sent(gw: Gateway) -> None:
     result = gw.feed(casemail.staff_mail(quoting(digest, f"#original {ref}\n#clore"), in_reply_to=digest.message_id,
                                          subject=subject))
     assert result.reason == digest_reply.REASON and count_cases(gw) == before
+
+
+@pytest.mark.parametrize("text", ["> " * 100_000, "\n" * 200_000, ("> \t" * 1000 + "\n") * 60, "== 1. SSI-" * 20_000])
+def test_looking_for_a_quoted_digest_is_linear(text: str) -> None:
+    started = time.perf_counter()
+    assert not digest_reply.quotes_a_digest(text)
+    assert time.perf_counter() - started < 2.0  # a quadratic scan of these takes minutes
+    assert digest_reply.quotes_a_digest("Bonjour\n> > == 12. SSI-ARA-2026-0042 — CH\n")
+
+
+@pytest.mark.parametrize("wide", ["医", "Ａ", "e\u0301\u0301\u0301", "⟹", "①", "\u0600"])
+def test_wide_characters_count_twice_in_a_line(wide: str) -> None:
+    # An outside tester: 32 « 医 » (2 columns each) made a 76-character line 108 columns wide, so a
+    # reader wrapping at 80 started a line with the forged row that followed.
+    forged = wide * 40 + " == 2. SSI-ARA-2026-0041 — Hospices Civils de Lyon"
+    case = Case(reference="SSI-ARA-2026-0001", region="ARA", kind="incident", status="NOUVEAU", title=forged)
+    context = {"case": case_context(case), "received_at_fr": "27/11/2026 à 10:00", "declarant": "a@b.test",
+               "declaration": {"structure": forged, "summary": forged}, "sender": {"address": "a@b.test"}}
+    mail = Renderer().render(wave.TEMPLATE, wave.digest_context(
+        settings_for("sqlite://"), "ARA", [wave.Item(case, context, [forged], 1)] * 2, composed=NOW))
+    for part in (mail.text, mail.html or ""):
+        assert not any(line.startswith("== 2. SSI-ARA-2026-0041") for line in part.splitlines())
+    assert max(_width(line) for line in mail.text.splitlines()) <= 80
