@@ -38,6 +38,7 @@ UNPROVEN = ("réponse non authentifiée à un récapitulatif d'afflux, à l'adre
             "(libérée, elle est traitée comme un message ordinaire)")
 QUOTED = ("déclaration en réponse à un récapitulatif d'afflux (réservé aux agents) : elle peut n'en être que la "
           "citation, aucun dossier ouvert (libérée, elle est traitée comme une déclaration)")
+FILED = "échange d'agents sur un récapitulatif d'afflux, la boîte en copie : classé, aucun dossier concerné"
 # Command-looking lines of the reply repeated in its receipt.
 LINES_SHOWN = 20
 
@@ -46,11 +47,18 @@ def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
                             facts: MessageFacts) -> Outcome | None:
     if facts.case_ref is not None or facts.kind in ("bounce", "auto_reply", "loop", "alert"):
         return None
-    if not _answers_a_digest(session, facts):
+    answers = _answers_a_digest(session, facts)
+    # Or an agent's forward of a digest to a colleague with the mailbox in copy, or a « RE: »
+    # that lost its In-Reply-To: it quotes the digest's rows (an outside tester: quarantined as a
+    # forward of a gateway mail, the team told of the agents' own exchange).
+    if not answers and not (facts.sender.authenticated and quotes_a_digest(facts.body_text)):
         return None
     sender = (facts.sender.address or "").strip().lower()
     region = facts.region
-    if not sender or region is None or sender not in staff_addresses(env.settings, session, region):
+    staff = bool(sender) and region is not None and sender in staff_addresses(env.settings, session, region)
+    if not answers and not staff:
+        return None
+    if not staff or region is None:
         # An establishment, the ACSS, anyone: a mail naming a digest (an agent's reply-all kept it
         # in References) goes on as any mail — an alert, a follow-up « Concernant le dossier … »
         # (an outside tester: both were quarantined) — but a declaration that quotes the digest's
@@ -70,9 +78,13 @@ def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
         # « #original SSI-… », « #ouverts », « #aide »: commands that name their case or need none,
         # which the digest itself offers (an outside tester's « #original » was refused here).
         return None
+    lines = [line.strip() for line in (facts.new_text or "").splitlines() if _looks_like_command(line)]
+    if not answers and not lines and not _to_the_gateway_alone(env, facts, sender):
+        # Agents writing to each other about a digest, the mailbox in copy: filed, as their other
+        # exchanges in copy are (commands/handling.py), no receipt.
+        return Outcome("processed", reason=FILED)
     example = facts.extra.get("body_ref")
     example = example if isinstance(example, str) else "SSI-RÉGION-ANNÉE-NUMÉRO"
-    lines = [line.strip() for line in (facts.new_text or "").splitlines() if _looks_like_command(line)]
     refusal = ("votre message répond à un récapitulatif d'afflux, qui concerne plusieurs dossiers : aucun "
                "dossier n'a été ouvert ni modifié. Pour agir sur un dossier, écrivez à la boîte SSI un "
                f"courriel dont l'objet porte sa référence entre crochets (par exemple « [{example}] »), "
@@ -83,6 +95,11 @@ def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
     receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=None, results=[],
                           refused_all=refusal, capped=True)
     return Outcome("processed", reason=REASON)
+
+
+def _to_the_gateway_alone(env: Env, facts: MessageFacts, sender: str) -> bool:
+    own = {r.address.lower() for r in env.settings.regions}
+    return all(a.strip().lower() in own or a.strip().lower() == sender for a in facts.recipients)
 
 
 def _answers_a_digest(session: Session, facts: MessageFacts) -> bool:

@@ -407,3 +407,19 @@ def test_wide_characters_count_twice_in_a_line(wide: str) -> None:
     for part in (mail.text, mail.html or ""):
         assert not any(line.startswith("== 2. SSI-ARA-2026-0041") for line in part.splitlines())
     assert max(_width(line) for line in mail.text.splitlines()) <= 80
+
+
+def test_an_agents_forward_of_a_digest_to_a_colleague_is_filed(gw: Gateway) -> None:
+    # An outside tester: Léa forwarded a digest to Marc, the mailbox in copy, no In-Reply-To: it
+    # was quarantined as « a forward of a gateway mail » and the whole team told of it.
+    digest = wave_of(gw)
+    before = count_cases(gw)
+    body = ("Marc, peux-tu prendre les dossiers de Grenoble ?\n\n-------- Message transféré --------\n"
+            + casemail.text_of(digest.raw))
+    subject = f"TR: {casemail.parse(digest.raw)['Subject']}"
+    result = gw.feed(casemail.staff_mail(body, to="referent@ars.test, ssi-ara@ars.test", subject=subject))
+    assert (result.status, result.reason) == ("processed", digest_reply.FILED)
+    assert count_cases(gw) == before and not gw.outbound("recu_commandes")
+    result = gw.feed(casemail.staff_mail(body.replace("Marc, peux-tu", "#assigner moi\nMarc, peux-tu"),
+                                         to="ssi-ara@ars.test", subject=subject))
+    assert result.reason == digest_reply.REASON and "aucun dossier n'a été ouvert" in gw.receipt_text()
