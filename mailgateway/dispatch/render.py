@@ -278,10 +278,11 @@ def _one_line(value: str) -> str:
 INWARD_TEMPLATES = frozenset({
     "assignation", "avertissement", "bulletin_rapport", "contact_a_corriger", "digest", "digest_requete",
     "original", "quarantaine", "rappel", "rapport_hebdo", "receipt", "reponse_diffusion", "reponse_recue",
-    "staff_notification", "transfert_equipe", "transmission_acss", "afflux",
+    "staff_notification", "transfert_equipe", "transmission_acss",
 })
 
 
+@cache
 def _columns(char: str) -> int:
     """The columns ``char`` may take in a mail reader's fixed-width font, on the safe side (a line
     counted too wide is only wrapped early): 0 for the Latin combining accents of decomposed
@@ -303,7 +304,7 @@ def _columns(char: str) -> int:
 
 
 def _width(text: str) -> int:
-    return len(text) if text.isascii() else sum(_columns(c) for c in text)
+    return len(text) if text.isascii() else sum(map(_columns, text))
 
 
 def _fit(word: str, room: int) -> tuple[str, str]:

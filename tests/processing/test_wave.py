@@ -423,3 +423,17 @@ def test_an_agents_forward_of_a_digest_to_a_colleague_is_filed(gw: Gateway) -> N
     result = gw.feed(casemail.staff_mail(body.replace("Marc, peux-tu", "#assigner moi\nMarc, peux-tu"),
                                          to="ssi-ara@ars.test", subject=subject))
     assert result.reason == digest_reply.REASON and "aucun dossier n'a été ouvert" in gw.receipt_text()
+
+
+def test_links_from_mail_are_defanged_in_a_digest() -> None:
+    link = "https://evil.example/login"
+    case = Case(reference="SSI-ARA-2026-0001", region="ARA", kind="incident", status="NOUVEAU", title=f"CH {link}")
+    context = {"case": case_context(case), "received_at_fr": "27/11/2026 à 10:00", "declarant": "a@b.test",
+               "declaration": {"structure": f"CH {link}", "summary": f"Voir {link}", "forwarded_author": link},
+               "sender": {"address": "a@b.test"}, "ack_refused": link, "unsigned_reply_to": link,
+               "from_header": link}
+    mail = Renderer().render(wave.TEMPLATE, wave.digest_context(
+        settings_for("sqlite://"), "ARA", [wave.Item(case, context, [f"note : {link}"], 1)] * 2, composed=NOW))
+    for part in (mail.text, mail.html or ""):
+        assert "https://evil" not in part and "evil.example" not in part
+    assert "hxxps://evil[.]example/login" in mail.text
