@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailgateway.commands import receipts
+from mailgateway.commands.handling import written_to_the_gateway
 from mailgateway.commands.table import COMMANDS
 from mailgateway.directory.staff import staff_addresses
 from mailgateway.mail.commands import is_command_line
@@ -48,10 +49,11 @@ def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
     if facts.case_ref is not None or facts.kind in ("bounce", "auto_reply", "loop", "alert"):
         return None
     answers = _answers_a_digest(session, facts)
+    quoted = (answers or facts.sender.authenticated) and quotes_a_digest(facts.body_text)
     # Or an agent's forward of a digest to a colleague with the mailbox in copy, or a « RE: »
     # that lost its In-Reply-To: it quotes the digest's rows (an outside tester: quarantined as a
     # forward of a gateway mail, the team told of the agents' own exchange).
-    if not answers and not (facts.sender.authenticated and quotes_a_digest(facts.body_text)):
+    if not answers and not (facts.sender.authenticated and quoted):
         return None
     sender = (facts.sender.address or "").strip().lower()
     region = facts.region
@@ -64,7 +66,7 @@ def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
         # (an outside tester: both were quarantined) — but a declaration that quotes the digest's
         # rows, which may be all it declares: quarantined with its reason; released by staff,
         # processed as it is.
-        if facts.kind != "declaration" or not quotes_a_digest(facts.body_text):
+        if facts.kind != "declaration" or not quoted:
             return None
         if released_by_staff(session, inbound.id):
             return None
@@ -79,7 +81,7 @@ def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
         # which the digest itself offers (an outside tester's « #original » was refused here).
         return None
     lines = [line.strip() for line in (facts.new_text or "").splitlines() if _looks_like_command(line)]
-    if not answers and not lines and not _to_the_gateway_alone(env, facts, sender):
+    if not answers and not lines and not written_to_the_gateway(env, facts, sender):
         # Agents writing to each other about a digest, the mailbox in copy: filed, as their other
         # exchanges in copy are (commands/handling.py), no receipt.
         return Outcome("processed", reason=FILED)
@@ -95,11 +97,6 @@ def digest_reply_prehandler(env: Env, session: Session, inbound: InboundMessage,
     receipts.send_receipt(env, session, inbound, facts, to=sender, region=region, case=None, results=[],
                           refused_all=refusal, capped=True)
     return Outcome("processed", reason=REASON)
-
-
-def _to_the_gateway_alone(env: Env, facts: MessageFacts, sender: str) -> bool:
-    own = {r.address.lower() for r in env.settings.regions}
-    return all(a.strip().lower() in own or a.strip().lower() == sender for a in facts.recipients)
 
 
 def _answers_a_digest(session: Session, facts: MessageFacts) -> bool:

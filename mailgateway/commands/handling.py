@@ -417,7 +417,7 @@ def hints(facts: MessageFacts, unknown: list[Command]) -> list[Hint]:
     return command_hints(facts.new_text, signature_part(facts.body_text), unknown, load_labels())
 
 
-def _written_to_the_gateway(env: Env, facts: MessageFacts, sender: str) -> bool:
+def written_to_the_gateway(env: Env, facts: MessageFacts, sender: str) -> bool:
     """Addressed to the gateway's mailboxes alone (and the sender): not a copy of a conversation —
     with an establishment, or among agents answering each other with « Répondre à tous » (a
     notification names every agent of the region in To: issue 19; found by an outside tester)."""
@@ -432,7 +432,7 @@ def _nothing_understood(env: Env, session: Session, inbound: InboundMessage, fac
     was written to the gateway alone — staff answering an establishment, or each other, with the
     SSI mailbox in copy expect their mail to be filed, not a receipt for each message."""
     found = [{"line": h.line, "suggestion": h.suggestion, "why": h.why} for h in hints(facts, [])]
-    if not found and not _written_to_the_gateway(env, facts, sender):
+    if not found and not written_to_the_gateway(env, facts, sender):
         return
     receipts.send_receipt(env, session, inbound, facts, to=sender, region=case.region, case=case, results=[],
                           understood={"hints": found}, help_text=HELP_POINTER if found else help_text(),

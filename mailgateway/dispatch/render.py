@@ -15,7 +15,7 @@ import tomllib
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -282,7 +282,7 @@ INWARD_TEMPLATES = frozenset({
 })
 
 
-@cache
+@lru_cache(maxsize=4096)  # bounded: text from mail may hold any of the 1.1 million code points
 def _columns(char: str) -> int:
     """The columns ``char`` may take in a mail reader's fixed-width font, on the safe side (a line
     counted too wide is only wrapped early): 0 for the Latin combining accents of decomposed

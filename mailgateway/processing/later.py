@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
@@ -166,8 +167,10 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
         calls = {n.id: json.loads(n.spec) for n in notices}
         due = clock.now() - timedelta(seconds=waited) if waited is not None else None
         told = [n for n in notices if cases[n.case_id].region in waves and wave.digestible(calls[n.id])]
+        told_ids = {n.id for n in told}
         # Digests first: a reply's notice later in the queue follows its case's in the outbox.
-        alone = [n for n in notices if n not in told and (not in_wave or due is None or aware(n.created_at) <= due)]
+        alone = [n for n in notices
+                 if n.id not in told_ids and (not in_wave or due is None or aware(n.created_at) <= due)]
         alone += _send_waves(mailer, session, clock, told, calls, cases, since, careful=careful)
         for notice in alone:
             call, case = calls[notice.id], cases[notice.case_id]
@@ -181,9 +184,9 @@ def _send(mailer: Mailer, factory: sessionmaker[Session], clock: Clock, waited: 
                     _failed(mailer, session, clock, call, case, exc)
             else:
                 _queue(mailer, session, notice, call, case, since[notice.id])
-        taken = [n.id for n in told] + [n.id for n in alone]
+        taken = told_ids | {n.id for n in alone}  # a digest's lone case is in both
         session.execute(delete(model).where(model.id.in_(taken)))
-    return len(set(taken))
+    return len(taken)
 
 
 def _wave_regions(session: Session, digest_from: int) -> set[str]:
@@ -214,20 +217,19 @@ def _send_waves(mailer: Mailer, session: Session, clock: Clock, notices: list[De
             context = {**calls[notice.id]["context"], "case": case_context(case)}
             _drop_settled_hints(session, case, context)
             items.append(wave.Item(case, context, since[notice.id], notice.inbound_id, notice.id))
-        if not careful:
-            alone = wave.send_digests(mailer, session, clock, region, items, priority=DEFERRED_PRIORITY)
-            left += [n for n in group if n.id in {i.notice_id for i in alone}]
-            continue
         try:
-            with session.begin_nested():
-                alone = wave.send_digests(mailer, session, clock, region, items, priority=DEFERRED_PRIORITY)
-            left += [n for n in group if n.id in {i.notice_id for i in alone}]
+            with session.begin_nested() if careful else nullcontext():
+                alone = {i.notice_id for i in wave.send_digests(mailer, session, clock, region, items,
+                                                                 priority=DEFERRED_PRIORITY)}
         except OperationalError:
             raise
         except Exception:
+            if not careful:
+                raise  # the whole transaction again, carefully (send_deferred)
             log.error("staff digest of %s new declaration(s) of %s not composed: sent one by one", len(items),
                       region, exc_info=True)
-            left += group
+            alone = {n.id for n in group}
+        left += [n for n in group if n.id in alone]
     return left
 
 

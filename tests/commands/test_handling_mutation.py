@@ -173,7 +173,7 @@ def test_help_the_whole_list_a_pointer_or_nothing(env: Env) -> None:
 
 def test_written_to_the_gateway_alone(env: Env) -> None:
     def written(*recipients: str) -> bool:
-        return handling._written_to_the_gateway(env, MessageFacts(recipients=recipients), "agent@ars.test")
+        return handling.written_to_the_gateway(env, MessageFacts(recipients=recipients), "agent@ars.test")
 
     assert written("ssi-ara@ars.test", " SSI-PDL@ARS.test ")  # the gateway's mailboxes, any case
     assert written("ssi-ara@ars.test", "agent@ars.test")  # the sender copying itself
@@ -245,7 +245,7 @@ def test_quoted_local_parts_holding_an_at_sign(env: Env, s: Session) -> None:
     other = replace(env, settings=settings)
     assert agency_domains(other.settings) == {"region.test", "staff.test"}
     assert handling.looks_like_staff(env, s, '"x@y"@ars.test')
-    assert handling._written_to_the_gateway(other, MessageFacts(recipients=(' "SSI@x"@region.test',)), "")
+    assert handling.written_to_the_gateway(other, MessageFacts(recipients=(' "SSI@x"@region.test',)), "")
     assert handling._from_acss(env, '"x@y"@esante.test', MessageFacts(sender=authenticated('"x@y"@esante.test')))
     s.add(Establishment(finess="690000012", name="CH", updated_at=NOW))
     s.flush()

@@ -354,8 +354,8 @@ def test_mail_of_others_naming_a_digest_goes_on_as_usual(gw: Gateway) -> None:
     declared = gw.feed(casemail.message(sender="rssi@autre-chu.test", to="ssi-ara@ars.test", subject="Re: Afflux",
                                         body=quoting(digest, "Voici notre déclaration."),
                                         in_reply_to=digest.message_id))
-    if declared.kind == "declaration":  # the digest quoted may read as one: quarantined, releasable
-        assert (declared.status, declared.reason) == ("quarantined", digest_reply.QUOTED)
+    # The digest it quotes reads as a declaration: quarantined, releasable.
+    assert (declared.kind, declared.status, declared.reason) == ("declaration", "quarantined", digest_reply.QUOTED)
 
 
 def test_a_digests_message_id_reused_by_an_outsider_takes_no_reply(gw: Gateway) -> None:
